@@ -1,0 +1,65 @@
+/*
+ * cli.h - what the subcommands of the `tally` binary share: the entry point
+ * of each subcommand (one file each), signal handling for a clean Ctrl-C,
+ * the embedded broker, and repeated "-X name=value" Kafka properties.
+ */
+#ifndef TALLY_CLI_H
+#define TALLY_CLI_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+int cmd_broker(int argc, char **argv);
+int cmd_emit(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_dev(int argc, char **argv);
+
+/* Set by SIGINT/SIGTERM once cli_install_signals() ran. */
+extern volatile sig_atomic_t cli_stop;
+void cli_install_signals(void);
+
+/* A NULL-terminated list of "name=value" strings (not owning them). */
+typedef struct {
+  const char *items[65];
+  size_t count;
+} cli_properties_t;
+/* Adds one; 0, or -1 (with a message on stderr) when full or malformed. */
+int cli_properties_add(cli_properties_t *list, const char *property);
+
+/* The embedded broker: librdkafka's mock cluster on loopback. */
+typedef struct cli_broker cli_broker_t;
+typedef struct {
+  int partitions;          /* of the usage topic; default 16 */
+  const char *usage_topic; /* default tally.usage */
+  const char *dlq_topic;   /* default tally.usage.dlq */
+} cli_broker_conf_t;
+cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
+                               size_t errstr_size);
+const char *cli_broker_bootstrap(const cli_broker_t *broker);
+void cli_broker_stop(cli_broker_t *broker);
+
+/* Writes text to path atomically (write to path.tmp, rename), so a process
+ * polling for the file never reads it half-written. 0 or -1. */
+int cli_write_file_atomic(const char *path, const char *text);
+
+#endif
+
+/* What `run` and `dev` share: open the store, start the processor and the
+ * HTTP port, print where they are, run until Ctrl-C or a fatal error. */
+typedef struct {
+  const char *brokers;
+  const char *state_dir;
+  const char *http_address; /* "127.0.0.1" */
+  uint16_t http_port;       /* 0: any free port */
+  const char *http_port_file; /* optional: the bound port is written here */
+  const char *group_id, *usage_topic, *dlq_topic;
+  int batch_max_events, batch_max_ms;
+  const char *const *kafka_properties;
+} cli_serve_conf_t;
+/* Returns the process exit code. */
+int cli_serve(const cli_serve_conf_t *conf);
+
+/* Parses "ADDR:PORT" or ":PORT" or "PORT". 0 or -1. */
+int cli_parse_listen(const char *text, char *address, size_t address_size,
+                     uint16_t *port);

@@ -1,0 +1,125 @@
+/*
+ * cli_common.c - signals, property lists, files and the embedded broker
+ * shared by the subcommands.
+ */
+#include "cli.h"
+
+#include "tally_producer.h"
+#include "tly_processor.h"
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+volatile sig_atomic_t cli_stop;
+
+static void on_signal(int sig) {
+  (void)sig;
+  cli_stop = 1;
+}
+
+void cli_install_signals(void) {
+  struct sigaction action;
+  memset(&action, 0, sizeof(action));
+  action.sa_handler = on_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, NULL);
+  sigaction(SIGTERM, &action, NULL);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+int cli_properties_add(cli_properties_t *list, const char *property) {
+  if (!strchr(property, '=')) {
+    fprintf(stderr, "-X %s: expected name=value\n", property);
+    return -1;
+  }
+  if (list->count + 1 >= sizeof(list->items) / sizeof(list->items[0])) {
+    fprintf(stderr, "-X %s: too many properties\n", property);
+    return -1;
+  }
+  list->items[list->count++] = property;
+  list->items[list->count] = NULL;
+  return 0;
+}
+
+int cli_write_file_atomic(const char *path, const char *text) {
+  char tmp[4096];
+  FILE *file;
+  if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+    return -1;
+  file = fopen(tmp, "w");
+  if (!file)
+    return -1;
+  if (fputs(text, file) < 0 || fclose(file) != 0)
+    return -1;
+  return rename(tmp, path);
+}
+
+struct cli_broker {
+  rd_kafka_t *rk;
+  rd_kafka_mock_cluster_t *cluster;
+};
+
+cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
+                               size_t errstr_size) {
+  cli_broker_t *broker = calloc(1, sizeof(*broker));
+  rd_kafka_conf_t *kconf = rd_kafka_conf_new();
+  char kafka_err[512];
+  int partitions = conf->partitions > 0 ? conf->partitions : 16;
+  rd_kafka_resp_err_t err;
+
+  if (!broker) {
+    rd_kafka_conf_destroy(kconf);
+    snprintf(errstr, errstr_size, "out of memory");
+    return NULL;
+  }
+  /* The mock cluster lives inside a client instance; this one only hosts
+   * it and never talks to it. */
+  rd_kafka_conf_set(kconf, "log_level", "3", NULL, 0);
+  broker->rk =
+      rd_kafka_new(RD_KAFKA_PRODUCER, kconf, kafka_err, sizeof(kafka_err));
+  if (!broker->rk) {
+    snprintf(errstr, errstr_size, "embedded broker: %s", kafka_err);
+    free(broker);
+    return NULL;
+  }
+  broker->cluster = rd_kafka_mock_cluster_new(broker->rk, 1);
+  if (!broker->cluster) {
+    snprintf(errstr, errstr_size, "embedded broker: cannot start mock cluster");
+    goto fail;
+  }
+  err = rd_kafka_mock_topic_create(
+      broker->cluster, conf->usage_topic ? conf->usage_topic
+                                         : TALLY_DEFAULT_USAGE_TOPIC,
+      partitions, 1);
+  if (!err)
+    err = rd_kafka_mock_topic_create(
+        broker->cluster, conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC,
+        1, 1);
+  if (err) {
+    snprintf(errstr, errstr_size, "embedded broker: creating topics: %s",
+             rd_kafka_err2str(err));
+    goto fail;
+  }
+  return broker;
+fail:
+  if (broker->cluster)
+    rd_kafka_mock_cluster_destroy(broker->cluster);
+  rd_kafka_destroy(broker->rk);
+  free(broker);
+  return NULL;
+}
+
+const char *cli_broker_bootstrap(const cli_broker_t *broker) {
+  return rd_kafka_mock_cluster_bootstraps(broker->cluster);
+}
+
+void cli_broker_stop(cli_broker_t *broker) {
+  if (!broker)
+    return;
+  rd_kafka_mock_cluster_destroy(broker->cluster);
+  rd_kafka_destroy(broker->rk);
+  free(broker);
+}

@@ -1,0 +1,97 @@
+/*
+ * cli_serve.c - the processor and the HTTP port together, as `tally run`
+ * and `tally dev` start them. The processor runs on the calling thread; the
+ * HTTP port has its own threads and reads committed state.
+ */
+#include "cli.h"
+
+#include "tly_http.h"
+#include "tly_log.h"
+#include "tly_processor.h"
+#include "tly_store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int cli_parse_listen(const char *text, char *address, size_t address_size,
+                     uint16_t *port) {
+  const char *colon = strrchr(text, ':');
+  const char *port_text = colon ? colon + 1 : text;
+  char *end;
+  long value = strtol(port_text, &end, 10);
+  if (!*port_text || *end || value < 0 || value > 65535)
+    return -1;
+  *port = (uint16_t)value;
+  if (colon && colon != text) {
+    size_t len = (size_t)(colon - text);
+    if (len >= address_size)
+      return -1;
+    memcpy(address, text, len);
+    address[len] = '\0';
+  } else {
+    snprintf(address, address_size, "127.0.0.1");
+  }
+  return 0;
+}
+
+int cli_serve(const cli_serve_conf_t *conf) {
+  char errstr[1024];
+  int exit_code = 1;
+  tly_store_t *store = NULL;
+  tly_processor_t *processor = NULL;
+  tly_http_t *http = NULL;
+
+  store = tly_store_open(conf->state_dir, 0, errstr, sizeof(errstr));
+  if (!store) {
+    fprintf(stderr, "tally: state dir %s: %s\n", conf->state_dir, errstr);
+    goto out;
+  }
+  tly_processor_conf_t pconf = {
+      .brokers = conf->brokers,
+      .group_id = conf->group_id,
+      .usage_topic = conf->usage_topic,
+      .dlq_topic = conf->dlq_topic,
+      .batch_max_events = conf->batch_max_events,
+      .batch_max_ms = conf->batch_max_ms,
+      .kafka_properties = conf->kafka_properties,
+  };
+  processor = tly_processor_new(&pconf, store, errstr, sizeof(errstr));
+  if (!processor) {
+    fprintf(stderr, "tally: processor: %s\n", errstr);
+    goto out;
+  }
+  tly_http_conf_t hconf = {.address = conf->http_address,
+                           .port = conf->http_port,
+                           .store = store,
+                           .processor = processor};
+  http = tly_http_start(&hconf, errstr, sizeof(errstr));
+  if (!http) {
+    fprintf(stderr, "tally: %s\n", errstr);
+    goto out;
+  }
+  printf("tally: http   http://%s:%u\n", conf->http_address,
+         (unsigned)tly_http_port(http));
+  printf("tally: state  %s\n", conf->state_dir);
+  fflush(stdout);
+  if (conf->http_port_file) {
+    char text[16];
+    snprintf(text, sizeof(text), "%u\n", (unsigned)tly_http_port(http));
+    if (cli_write_file_atomic(conf->http_port_file, text)) {
+      fprintf(stderr, "tally: cannot write %s\n", conf->http_port_file);
+      goto out;
+    }
+  }
+  if (tly_processor_run(processor, &cli_stop, errstr, sizeof(errstr))) {
+    tly_log(TLY_LOG_ERROR, "processor", "stopping: %s", errstr);
+    fprintf(stderr, "tally: fatal: %s\n", errstr);
+    goto out;
+  }
+  exit_code = 0;
+out:
+  tly_http_stop(http);
+  tly_processor_destroy(processor);
+  if (store)
+    tly_store_close(store);
+  return exit_code;
+}

@@ -1,0 +1,75 @@
+/*
+ * cmd_run.c - `tally run`: the processor and the HTTP port against any
+ * Kafka cluster (the embedded broker of `tally broker` included).
+ */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: tally run --brokers HOST:PORT --state-dir DIR [options]\n"
+          "  --http ADDR:PORT        HTTP port (default 127.0.0.1:8080; port 0 = any)\n"
+          "  --http-port-file FILE   write the bound HTTP port to FILE\n"
+          "  --group ID              consumer group (default tally)\n"
+          "  --topic NAME            usage topic (default tally.usage)\n"
+          "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
+          "  --batch-events N        max events per commit (default 20000)\n"
+          "  --batch-ms N            max ms per commit (default 100)\n"
+          "  -X name=value           librdkafka property (TLS, SASL, ...)\n");
+}
+
+int cmd_run(int argc, char **argv) {
+  static const struct option options[] = {
+      {"brokers", required_argument, NULL, 'b'},
+      {"state-dir", required_argument, NULL, 's'},
+      {"http", required_argument, NULL, 'H'},
+      {"http-port-file", required_argument, NULL, 'P'},
+      {"group", required_argument, NULL, 'g'},
+      {"topic", required_argument, NULL, 't'},
+      {"dlq-topic", required_argument, NULL, 'd'},
+      {"batch-events", required_argument, NULL, 'e'},
+      {"batch-ms", required_argument, NULL, 'm'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  cli_properties_t properties = {0};
+  char address[64] = "127.0.0.1";
+  cli_serve_conf_t conf = {.http_address = address, .http_port = 8080};
+  int opt;
+
+  while ((opt = getopt_long(argc, argv, "b:s:X:h", options, NULL)) != -1) {
+    switch (opt) {
+    case 'b': conf.brokers = optarg; break;
+    case 's': conf.state_dir = optarg; break;
+    case 'H':
+      if (cli_parse_listen(optarg, address, sizeof(address), &conf.http_port)) {
+        fprintf(stderr, "tally run: --http %s: expected ADDR:PORT\n", optarg);
+        return 2;
+      }
+      break;
+    case 'P': conf.http_port_file = optarg; break;
+    case 'g': conf.group_id = optarg; break;
+    case 't': conf.usage_topic = optarg; break;
+    case 'd': conf.dlq_topic = optarg; break;
+    case 'e': conf.batch_max_events = atoi(optarg); break;
+    case 'm': conf.batch_max_ms = atoi(optarg); break;
+    case 'X':
+      if (cli_properties_add(&properties, optarg))
+        return 2;
+      break;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  if (!conf.brokers || !conf.state_dir) {
+    fprintf(stderr, "tally run: --brokers and --state-dir are required\n");
+    usage(stderr);
+    return 2;
+  }
+  conf.kafka_properties = properties.items;
+  cli_install_signals();
+  return cli_serve(&conf);
+}

@@ -1,0 +1,42 @@
+/*
+ * tally.c - the `tally` binary: dispatches to one subcommand per file
+ * (cmd_dev.c, cmd_run.c, cmd_broker.c, cmd_emit.c).
+ */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} command_t;
+
+static const command_t commands[] = {
+    {"dev", cmd_dev,
+     "embedded broker + processor + HTTP port in one process (--demo feeds "
+     "it)"},
+    {"run", cmd_run, "processor + HTTP port against a Kafka cluster"},
+    {"broker", cmd_broker, "the embedded broker alone"},
+    {"emit", cmd_emit, "JSON lines on stdin -> usage events in Kafka"},
+};
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: tally <command> [options]   (tally <command> --help)\n\n");
+  for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+    fprintf(out, "  %-7s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+    if (!strcmp(argv[1], commands[i].name))
+      return commands[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "tally: unknown command '%s'\n\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,93 @@
+/*
+ * tly_overlay.c - open-addressing hash table for the per-batch overlay.
+ * Linear probing, FNV-1a hashing, grows at 50% load. Entries are never
+ * removed one by one, only all at once at the end of a batch, so no
+ * tombstones are needed.
+ */
+#include "tly_overlay.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t hash_bytes(const char *key, size_t len) {
+  uint64_t hash = 14695981039346656037ULL;
+  for (size_t i = 0; i < len; i++) {
+    hash ^= (unsigned char)key[i];
+    hash *= 1099511628211ULL;
+  }
+  return hash;
+}
+
+void tly_overlay_init(tly_overlay_t *overlay) {
+  memset(overlay, 0, sizeof(*overlay));
+}
+
+void tly_overlay_reset(tly_overlay_t *overlay) {
+  for (size_t i = 0; i < overlay->capacity; i++) {
+    free(overlay->slots[i].key);
+    memset(&overlay->slots[i], 0, sizeof(overlay->slots[i]));
+  }
+  overlay->count = 0;
+}
+
+void tly_overlay_free(tly_overlay_t *overlay) {
+  tly_overlay_reset(overlay);
+  free(overlay->slots);
+  memset(overlay, 0, sizeof(*overlay));
+}
+
+static tly_overlay_entry_t *probe(tly_overlay_entry_t *slots, size_t capacity,
+                                  const char *key, size_t key_len) {
+  size_t mask = capacity - 1;
+  size_t i = (size_t)hash_bytes(key, key_len) & mask;
+  for (;;) {
+    tly_overlay_entry_t *slot = &slots[i];
+    if (!slot->key || (slot->key_len == key_len &&
+                       memcmp(slot->key, key, key_len) == 0))
+      return slot;
+    i = (i + 1) & mask;
+  }
+}
+
+tly_overlay_entry_t *tly_overlay_find(tly_overlay_t *overlay, const char *key,
+                                      size_t key_len) {
+  if (!overlay->capacity)
+    return NULL;
+  tly_overlay_entry_t *slot =
+      probe(overlay->slots, overlay->capacity, key, key_len);
+  return slot->key ? slot : NULL;
+}
+
+static int grow(tly_overlay_t *overlay) {
+  size_t capacity = overlay->capacity ? overlay->capacity * 2 : 1024;
+  tly_overlay_entry_t *slots = calloc(capacity, sizeof(*slots));
+  if (!slots)
+    return -1;
+  for (size_t i = 0; i < overlay->capacity; i++) {
+    tly_overlay_entry_t *old = &overlay->slots[i];
+    if (old->key)
+      *probe(slots, capacity, old->key, old->key_len) = *old;
+  }
+  free(overlay->slots);
+  overlay->slots = slots;
+  overlay->capacity = capacity;
+  return 0;
+}
+
+tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay,
+                                        const char *key, size_t key_len) {
+  if ((overlay->count + 1) * 2 > overlay->capacity && grow(overlay))
+    return NULL;
+  tly_overlay_entry_t *slot =
+      probe(overlay->slots, overlay->capacity, key, key_len);
+  slot->key = malloc(key_len ? key_len : 1);
+  if (!slot->key)
+    return NULL;
+  memcpy(slot->key, key, key_len);
+  slot->key_len = key_len;
+  memset(&slot->row, 0, sizeof(slot->row));
+  slot->dirty = 0;
+  overlay->count++;
+  return slot;
+}

@@ -1,0 +1,79 @@
+/*
+ * tly_processor.h - the processor loop: Kafka in, pure fold, RocksDB commit,
+ * outbox out.
+ *
+ * Per batch (bounded by count and time): consume, decode, fold into an
+ * in-memory overlay, then one synced RocksDB WriteBatch holds the dirty rows,
+ * the outputs (dead letters) in the outbox and the next offset of every
+ * partition in the batch. Offsets live only in RocksDB (no Kafka offset
+ * commits, no auto-commit): on start and on every assignment the processor
+ * resumes each partition from its stored offset, and refuses to run when the
+ * log no longer holds what it needs.
+ */
+#ifndef TLY_PROCESSOR_H
+#define TLY_PROCESSOR_H
+
+#include "tly_store.h"
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TLY_DEFAULT_GROUP_ID "tally"
+#define TLY_DEFAULT_DLQ_TOPIC "tally.usage.dlq"
+
+typedef struct {
+  const char *brokers;     /* required */
+  const char *group_id;    /* default TLY_DEFAULT_GROUP_ID */
+  const char *usage_topic; /* default TALLY_DEFAULT_USAGE_TOPIC */
+  const char *dlq_topic;   /* default TLY_DEFAULT_DLQ_TOPIC */
+  int batch_max_events;    /* default 20000 */
+  int batch_max_ms;        /* default 100 */
+  /* Extra librdkafka properties "name=value", NULL-terminated; applied to
+   * the consumer and the outbox producer after tally's defaults. */
+  const char *const *kafka_properties;
+} tly_processor_conf_t;
+
+typedef struct tly_processor tly_processor_t;
+
+typedef struct {
+  int32_t partition;
+  int assigned;
+  int64_t committed_offset; /* next offset to fold; -1 if none yet */
+  int64_t high_watermark;   /* log end as last seen; -1 if unknown */
+} tly_partition_status_t;
+
+typedef struct {
+  uint64_t events_folded;
+  uint64_t dead_letters;
+  uint64_t batches_committed;
+  uint64_t outbox_pending;
+} tly_processor_stats_t;
+
+/* The store stays the caller's; it must outlive the processor. */
+tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
+                                   tly_store_t *store, char *errstr,
+                                   size_t errstr_size);
+
+/*
+ * Runs until *stop becomes non-zero (returns 0, after committing the batch
+ * in progress) or a fatal error (returns -1 with errstr: the log lost data
+ * the state needs, the store failed, ...). Call from one thread.
+ */
+int tly_processor_run(tly_processor_t *processor, volatile sig_atomic_t *stop,
+                      char *errstr, size_t errstr_size);
+
+void tly_processor_destroy(tly_processor_t *processor);
+
+/* Number of partitions of the usage topic (for finding a subject's
+ * partition); thread-safe. */
+int32_t tly_processor_partition_count(tly_processor_t *processor);
+
+/* Thread-safe snapshots for HTTP and metrics. Fills up to max entries and
+ * returns the number of partitions. */
+size_t tly_processor_partitions(tly_processor_t *processor,
+                                tly_partition_status_t *out, size_t max);
+void tly_processor_stats(tly_processor_t *processor,
+                         tly_processor_stats_t *stats);
+
+#endif

@@ -1,0 +1,56 @@
+/*
+ * tly_codec.h - Avro binary <-> tly_event_t, with the Confluent wire framing.
+ *
+ * A framed message is: magic byte 0, the schema id as 4 bytes big-endian,
+ * then the Avro binary encoding of the envelope (schema/tally_event.avsc,
+ * compiled into the binary). Built on avro-c. Decoding never trusts its
+ * input: truncated, corrupted or oversized bytes give an error, never a
+ * crash and never an allocation larger than the input justifies.
+ *
+ * A codec is not thread-safe; use one per thread.
+ */
+#ifndef TLY_CODEC_H
+#define TLY_CODEC_H
+
+#include "tly_event.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TLY_CODEC_DEFAULT_SCHEMA_ID 1
+/* Framing header: magic byte + 4-byte schema id. */
+#define TLY_CODEC_HEADER_SIZE 5
+
+typedef struct tly_codec tly_codec_t;
+
+/* The envelope schema JSON compiled into the binary (NUL-terminated). */
+extern const char tly_event_schema_json[];
+
+/*
+ * Creates a codec for the envelope schema registered under schema_id.
+ * Returns NULL and fills errstr on failure. Free with tly_codec_destroy().
+ */
+tly_codec_t *tly_codec_new(int32_t schema_id, char *errstr, size_t errstr_size);
+void tly_codec_destroy(tly_codec_t *codec);
+
+/*
+ * Encodes event (framed). On success returns 0 and sets *out / *out_len to a
+ * buffer owned by the codec, valid until the next call on this codec; copy it
+ * if you need it longer. Returns -1 and fills errstr when the event is not
+ * valid (missing event_id, subject id or feature, negative quantity, ...).
+ */
+int tly_codec_encode(tly_codec_t *codec, const tly_event_t *event,
+                     const void **out, size_t *out_len, char *errstr,
+                     size_t errstr_size);
+
+/*
+ * Decodes a framed message into *event (which must be zeroed or cleared; the
+ * caller owns the result and frees it with tly_event_clear()). Returns 0, or
+ * -1 with errstr saying why (bad magic byte, unknown schema id, truncated or
+ * corrupt Avro, trailing bytes, invalid field). On error *event is left
+ * cleared.
+ */
+int tly_codec_decode(tly_codec_t *codec, const void *data, size_t len,
+                     tly_event_t *event, char *errstr, size_t errstr_size);
+
+#endif

@@ -1,0 +1,98 @@
+/*
+ * tly_event.h - the tally event model in C.
+ *
+ * One envelope (event_id, occurred_at, subject, body) mirrors
+ * schema/tally_event.avsc. Every string is owned by the event and freed by
+ * tly_event_clear(); a zeroed tly_event_t is a valid empty event. Quantities
+ * and times are integers (time: milliseconds since the epoch).
+ */
+#ifndef TLY_EVENT_H
+#define TLY_EVENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+  TLY_SUBJECT_USER = 0,
+  TLY_SUBJECT_API_KEY = 1,
+  TLY_SUBJECT_ANONYMOUS = 2,
+  TLY_SUBJECT__COUNT
+} tly_subject_kind_t;
+
+/* Body variants, in the order of the Avro union branches. */
+typedef enum { TLY_BODY_USAGE_RECORDED = 0, TLY_BODY__COUNT } tly_body_kind_t;
+
+typedef struct {
+  char *key;
+  char *value;
+} tly_property_t;
+
+typedef struct {
+  char *provider;
+  char *model;
+  int64_t input_tokens;
+  int64_t output_tokens;
+} tly_ai_usage_t;
+
+typedef struct {
+  char *feature;
+  int64_t quantity;
+  char *unit; /* may be "" but never NULL after decode */
+  int has_ai; /* ai is meaningful only when set */
+  tly_ai_usage_t ai;
+  size_t property_count;
+  tly_property_t *properties;
+} tly_usage_recorded_t;
+
+typedef struct {
+  char *event_id;
+  int64_t occurred_at_ms;
+  tly_subject_kind_t subject_kind;
+  char *subject_id;
+  tly_body_kind_t body_kind;
+  union {
+    tly_usage_recorded_t usage;
+  } body;
+} tly_event_t;
+
+/* Frees every string the event owns and zeroes it. Safe on a zeroed event. */
+void tly_event_clear(tly_event_t *event);
+
+/* "user", "api_key", "anonymous"; NULL for an out-of-range kind. */
+const char *tly_subject_kind_name(tly_subject_kind_t kind);
+/* Returns 0 and sets *kind, or -1 for an unknown name. */
+int tly_subject_kind_parse(const char *name, tly_subject_kind_t *kind);
+
+/*
+ * The Kafka message key of a subject: "kind:id" (e.g. "user:alice").
+ * Writes at most out_size bytes including the NUL; returns the length it
+ * needed (excluding NUL), as snprintf does.
+ */
+size_t tly_subject_key(tly_subject_kind_t kind, const char *id, char *out,
+                       size_t out_size);
+
+/* An api_key subject id: the SHA-256 of the key as lowercase hex. */
+#define TLY_API_KEY_HASH_LEN 64
+
+/* 1 when id is exactly TLY_API_KEY_HASH_LEN lowercase hex characters. */
+int tly_api_key_hash_is_valid(const char *id);
+
+/*
+ * Checks a subject: kind in range, id non-empty, and for api_key the id is
+ * the SHA-256 hex of the key (raw keys are refused). 0, or -1 with errstr.
+ * The message never quotes the id (it might be a raw key).
+ */
+int tly_subject_validate(tly_subject_kind_t kind, const char *id,
+                         char *errstr, size_t errstr_size);
+
+/*
+ * The rules every event must satisfy, shared by the codec (encode and
+ * decode) and the JSON reader: non-empty event_id, subject (as
+ * tly_subject_validate), feature, ai.provider and ai.model; quantity and
+ * token counts >= 0; property keys and values non-NULL and keys unique.
+ * 0, or -1 with errstr naming the field ("field 'quantity': ...").
+ */
+int tly_event_validate(const tly_event_t *event, char *errstr,
+                       size_t errstr_size);
+
+#endif

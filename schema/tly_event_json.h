@@ -1,0 +1,46 @@
+/*
+ * tly_event_json.h - usage events as JSON (the `emit` CLI's input lines and,
+ * later, the HTTP ingest body), validated into tly_event_t.
+ *
+ * Accepted object:
+ *   {"event_id": "e-1",                      required, non-empty string
+ *    "occurred_at": 1732300000000 | "2026-11-23T10:00:00Z", optional;
+ *                                            default: the caller's now_ms
+ *    "subject": "user:alice" | {"kind": "user", "id": "alice"}, required;
+ *                                            a bare "alice" means user:alice
+ *    "feature": "api_calls",                 required
+ *    "quantity": 1,                          required integer >= 0
+ *    "unit": "call",                         optional string
+ *    "ai": {"provider": "openai", "model": "gpt-4o",
+ *           "input_tokens": 10, "output_tokens": 5},     optional
+ *    "properties": {"region": "eu"}}         optional, string values
+ * Unknown top-level fields are rejected so typos do not pass silently.
+ */
+#ifndef TLY_EVENT_JSON_H
+#define TLY_EVENT_JSON_H
+
+#include "tly_event.h"
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Fills *event (zeroed or cleared by the caller, owned by the caller after)
+ * from a parsed JSON object. Returns 0, or -1 with errstr naming the field
+ * and the reason; *event is left cleared on error.
+ */
+int tly_event_from_json(const json_t *object, int64_t now_ms,
+                        tly_event_t *event, char *errstr, size_t errstr_size);
+
+/* Same, from text (one JSON line). */
+int tly_event_from_json_text(const char *text, size_t len, int64_t now_ms,
+                             tly_event_t *event, char *errstr,
+                             size_t errstr_size);
+
+/* Parses a subject string ("kind:id" or bare id = user). 0 or -1. The id is
+ * malloc'd into *id_out. */
+int tly_subject_parse(const char *text, tly_subject_kind_t *kind,
+                      char **id_out, char *errstr, size_t errstr_size);
+
+#endif

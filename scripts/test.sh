@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The README's second command (and all that CI runs): install what is
+# missing, build, and run the whole test suite twice: once as built for
+# users, once under AddressSanitizer + UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+echo "== build (warnings are errors)"
+scripts/build.sh build
+echo "== tests"
+ctest --test-dir build --output-on-failure --timeout 900
+
+echo "== build with AddressSanitizer + UndefinedBehaviorSanitizer"
+scripts/build.sh build-asan -DTALLY_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+echo "== tests under sanitizers"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure --timeout 900

@@ -1,0 +1,98 @@
+/*
+ * tly_store.h - tally's state in RocksDB.
+ *
+ * One RocksDB database with a column family per kind of state. Every key
+ * that belongs to a partition starts with that partition's number (4 bytes,
+ * big-endian) so a partition's state can be found, moved or dropped as a
+ * range. The one write path is tly_store_commit(): a batch of state changes,
+ * outbox entries and the next input offset of every partition in the batch,
+ * written atomically with the WAL synced. That write is the commit point of
+ * the exactly-once protocol (see DESIGN.md, "Exactly-once").
+ *
+ * Errors: functions that can fail return -1 and fill a caller-supplied
+ * errstr. Memory returned to the caller is freed with tly_store_free().
+ * The handle is safe to use from several threads (RocksDB is), a batch is
+ * not.
+ */
+#ifndef TLY_STORE_H
+#define TLY_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+  TLY_CF_USAGE = 0, /* [partition][subject key]\0[feature] -> usage row */
+  TLY_CF_OFFSETS,   /* [partition] -> next input offset (8 bytes BE) */
+  TLY_CF_OUTBOX,    /* [sequence, 8 bytes BE] -> encoded output record */
+  TLY_CF_META,      /* free-form process metadata */
+  TLY_CF__COUNT
+} tly_cf_t;
+
+typedef struct tly_store tly_store_t;
+typedef struct tly_store_batch tly_store_batch_t;
+
+/* Opens (creating if missing) the database in dir, with every column family.
+ * read_only opens without taking the lock (for inspection while another
+ * process owns the store). NULL + errstr on failure. */
+tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
+                            size_t errstr_size);
+void tly_store_close(tly_store_t *store);
+
+/* The column family's name as stored in RocksDB. */
+const char *tly_store_cf_name(tly_cf_t cf);
+
+tly_store_batch_t *tly_store_batch_new(void);
+void tly_store_batch_destroy(tly_store_batch_t *batch);
+void tly_store_batch_clear(tly_store_batch_t *batch);
+/* Number of operations queued. */
+size_t tly_store_batch_count(const tly_store_batch_t *batch);
+void tly_store_batch_put(tly_store_batch_t *batch, tly_cf_t cf,
+                         const void *key, size_t key_len, const void *value,
+                         size_t value_len);
+void tly_store_batch_delete(tly_store_batch_t *batch, tly_cf_t cf,
+                            const void *key, size_t key_len);
+/* Records that every input record of partition before next_offset is folded
+ * into this batch's state. */
+void tly_store_batch_set_offset(tly_store_batch_t *batch, int32_t partition,
+                                int64_t next_offset);
+
+/* Writes the batch atomically. sync != 0 fsyncs the WAL before returning.
+ * Does not clear the batch. 0 or -1. */
+int tly_store_commit(tly_store_t *store, tly_store_batch_t *batch, int sync,
+                     char *errstr, size_t errstr_size);
+
+/* Fault injection (tests): the next `count` commits fail with an injected
+ * I/O error and write nothing. */
+void tly_store_fail_next_commits(tly_store_t *store, int count);
+
+/* Point read. Returns 1 and a malloc'd *value (free with tly_store_free) when
+ * found, 0 when absent, -1 on error. */
+int tly_store_get(tly_store_t *store, tly_cf_t cf, const void *key,
+                  size_t key_len, char **value, size_t *value_len,
+                  char *errstr, size_t errstr_size);
+
+/* The stored next offset of a partition: 1 and *next_offset, 0 if none, -1. */
+int tly_store_get_offset(tly_store_t *store, int32_t partition,
+                         int64_t *next_offset, char *errstr,
+                         size_t errstr_size);
+
+/* Called for each key with the prefix, in key order; return non-zero to stop
+ * early. Pointers are valid only during the call. */
+typedef int (*tly_store_scan_cb)(void *opaque, const char *key,
+                                 size_t key_len, const char *value,
+                                 size_t value_len);
+/* Visits every key of cf starting with prefix (prefix_len may be 0 for all).
+ * Returns 0 or -1. */
+int tly_store_scan_prefix(tly_store_t *store, tly_cf_t cf, const void *prefix,
+                          size_t prefix_len, tly_store_scan_cb cb,
+                          void *opaque, char *errstr, size_t errstr_size);
+
+void tly_store_free(void *ptr);
+
+/* Big-endian helpers for keys and values. */
+void tly_put_be32(unsigned char *out, uint32_t value);
+void tly_put_be64(unsigned char *out, uint64_t value);
+uint32_t tly_get_be32(const unsigned char *in);
+uint64_t tly_get_be64(const unsigned char *in);
+
+#endif

@@ -1,0 +1,341 @@
+/*
+ * harness.c - processes, files, HTTP and Kafka helpers for the integration
+ * tests (see harness.h).
+ */
+#include "harness.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t th_now_ms(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+void th_sleep_ms(int ms) {
+  struct timespec pause = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&pause, &pause) && errno == EINTR)
+    ;
+}
+
+const char *th_tally_bin(void) {
+  const char *bin = getenv("TALLY_BIN");
+  return bin && *bin ? bin : "./tally";
+}
+
+char *th_mkdtemp(const char *tag) {
+  const char *base = getenv("TMPDIR");
+  char *path = malloc(512);
+  snprintf(path, 512, "%s/tally-test-%s-XXXXXX", base && *base ? base : "/tmp",
+           tag);
+  if (!mkdtemp(path)) {
+    free(path);
+    return NULL;
+  }
+  return path;
+}
+
+void th_rmrf(const char *path) {
+  if (!path || strncmp(path, "/tmp/", 5) != 0 || strstr(path, ".."))
+    return; /* only ever our own temp dirs */
+  pid_t pid = fork();
+  if (pid == 0) {
+    execlp("rm", "rm", "-rf", path, (char *)NULL);
+    _exit(127);
+  }
+  if (pid > 0)
+    waitpid(pid, NULL, 0);
+}
+
+static void redirect(const char *path, int fd, int flags) {
+  int file = open(path, flags, 0644);
+  if (file < 0)
+    _exit(126);
+  dup2(file, fd);
+  close(file);
+}
+
+pid_t th_spawn(char *const argv[], const char *stdin_path,
+               const char *stdout_path, const char *stderr_path) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid != 0)
+    return pid;
+  redirect(stdin_path ? stdin_path : "/dev/null", STDIN_FILENO, O_RDONLY);
+  if (stdout_path)
+    redirect(stdout_path, STDOUT_FILENO, O_WRONLY | O_CREAT | O_APPEND);
+  if (stderr_path)
+    redirect(stderr_path, STDERR_FILENO, O_WRONLY | O_CREAT | O_APPEND);
+  execv(argv[0], argv);
+  _exit(127);
+}
+
+int th_wait_exit(pid_t pid, int timeout_ms) {
+  int64_t deadline = th_now_ms() + timeout_ms;
+  int status;
+  for (;;) {
+    pid_t done = waitpid(pid, &status, WNOHANG);
+    if (done == pid)
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (done < 0)
+      return -1;
+    if (th_now_ms() > deadline)
+      return -1;
+    th_sleep_ms(20);
+  }
+}
+
+void th_kill9(pid_t pid) {
+  if (pid <= 0)
+    return;
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+}
+
+int th_stop(pid_t pid) {
+  if (pid <= 0)
+    return -1;
+  kill(pid, SIGTERM);
+  int rc = th_wait_exit(pid, 20000);
+  if (rc < 0) {
+    th_kill9(pid);
+    return -1;
+  }
+  return rc;
+}
+
+char *th_read_file(const char *path) {
+  FILE *file = fopen(path, "rb");
+  if (!file)
+    return NULL;
+  fseek(file, 0, SEEK_END);
+  long size = ftell(file);
+  fseek(file, 0, SEEK_SET);
+  char *data = malloc((size_t)size + 1);
+  size_t got = fread(data, 1, (size_t)size, file);
+  data[got] = '\0';
+  fclose(file);
+  return data;
+}
+
+char *th_wait_file(const char *path, int timeout_ms) {
+  int64_t deadline = th_now_ms() + timeout_ms;
+  while (th_now_ms() < deadline) {
+    if (access(path, R_OK) == 0) {
+      char *data = th_read_file(path);
+      if (data) {
+        size_t len = strlen(data);
+        while (len && (data[len - 1] == '\n' || data[len - 1] == ' '))
+          data[--len] = '\0';
+        return data;
+      }
+    }
+    th_sleep_ms(20);
+  }
+  return NULL;
+}
+
+int th_broker_start(th_broker_t *broker, int partitions) {
+  char *dir = th_mkdtemp("broker");
+  char file[600], count[16], log_path[600];
+  if (!dir)
+    return -1;
+  snprintf(broker->dir, sizeof(broker->dir), "%s", dir);
+  free(dir);
+  snprintf(file, sizeof(file), "%s/bootstrap", broker->dir);
+  snprintf(log_path, sizeof(log_path), "%s/broker.log", broker->dir);
+  snprintf(count, sizeof(count), "%d", partitions);
+  char *argv[] = {(char *)th_tally_bin(), "broker", "--partitions", count,
+                  "--bootstrap-file", file, NULL};
+  broker->pid = th_spawn(argv, NULL, log_path, log_path);
+  char *bootstrap = th_wait_file(file, 15000);
+  if (!bootstrap) {
+    th_kill9(broker->pid);
+    return -1;
+  }
+  snprintf(broker->bootstrap, sizeof(broker->bootstrap), "%s", bootstrap);
+  free(bootstrap);
+  return 0;
+}
+
+void th_broker_stop(th_broker_t *broker) {
+  th_stop(broker->pid);
+  th_rmrf(broker->dir);
+}
+
+int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
+                 const char *const *extra) {
+  static int starts;
+  char port_file[600];
+  char *argv[64];
+  int argc = 0;
+
+  snprintf(run->state_dir, sizeof(run->state_dir), "%s", state_dir);
+  snprintf(port_file, sizeof(port_file), "%s.port", state_dir);
+  snprintf(run->log_path, sizeof(run->log_path), "%s.run-%d.log", state_dir,
+           ++starts);
+  unlink(port_file);
+  argv[argc++] = (char *)th_tally_bin();
+  argv[argc++] = "run";
+  argv[argc++] = "--brokers";
+  argv[argc++] = (char *)bootstrap;
+  argv[argc++] = "--state-dir";
+  argv[argc++] = (char *)state_dir;
+  argv[argc++] = "--http";
+  argv[argc++] = "127.0.0.1:0";
+  argv[argc++] = "--http-port-file";
+  argv[argc++] = port_file;
+  /* A killed member is noticed quickly, so restarts rebalance fast. */
+  argv[argc++] = "-X";
+  argv[argc++] = "session.timeout.ms=3000";
+  for (size_t i = 0; extra && extra[i] && argc < 62; i++)
+    argv[argc++] = (char *)extra[i];
+  argv[argc] = NULL;
+  run->pid = th_spawn(argv, NULL, run->log_path, run->log_path);
+  char *port = th_wait_file(port_file, 30000);
+  if (!port) {
+    th_kill9(run->pid);
+    return -1;
+  }
+  run->port = atoi(port);
+  free(port);
+  return 0;
+}
+
+typedef struct {
+  char *data;
+  size_t len;
+} buffer_t;
+
+static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata) {
+  buffer_t *buffer = userdata;
+  size_t n = size * nmemb;
+  char *grown = realloc(buffer->data, buffer->len + n + 1);
+  if (!grown)
+    return 0;
+  memcpy(grown + buffer->len, ptr, n);
+  buffer->data = grown;
+  buffer->len += n;
+  buffer->data[buffer->len] = '\0';
+  return n;
+}
+
+int th_http_get(int port, const char *path, long *status, char **body) {
+  static __thread CURL *curl; /* kept alive: reuses the connection */
+  char url[2048];
+  buffer_t buffer = {calloc(1, 1), 0};
+  if (!curl)
+    curl = curl_easy_init();
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+  curl_easy_setopt(curl, CURLOPT_URL, url);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &buffer);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  if (curl_easy_perform(curl) != CURLE_OK) {
+    free(buffer.data);
+    return -1;
+  }
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, status);
+  *body = buffer.data;
+  return 0;
+}
+
+static long long metric_scan(int port, const char *name, const char *labels) {
+  long status;
+  char *body;
+  long long sum = 0;
+  size_t name_len = strlen(name);
+  if (th_http_get(port, "/metrics", &status, &body) || status != 200)
+    return -1;
+  for (char *line = strtok(body, "\n"); line; line = strtok(NULL, "\n")) {
+    if (strncmp(line, name, name_len) != 0)
+      continue;
+    char *rest = line + name_len;
+    if (labels) {
+      if (strncmp(rest, labels, strlen(labels)) != 0)
+        continue;
+      rest += strlen(labels);
+    } else if (*rest == '{') {
+      rest = strchr(rest, '}');
+      if (!rest)
+        continue;
+      rest++;
+    }
+    if (*rest != ' ')
+      continue;
+    sum += atoll(rest + 1);
+  }
+  free(body);
+  return sum;
+}
+
+long long th_metric_sum(int port, const char *name) {
+  return metric_scan(port, name, NULL);
+}
+
+long long th_metric_partition(int port, const char *name, int partition) {
+  char labels[64];
+  snprintf(labels, sizeof(labels), "{partition=\"%d\"}", partition);
+  return metric_scan(port, name, labels);
+}
+
+int th_high_watermarks(const char *bootstrap, const char *topic,
+                       int partitions, int64_t *out) {
+  char errstr[512];
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr,
+                    sizeof(errstr));
+  rd_kafka_t *rk =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (!rk)
+    return -1;
+  int rc = 0;
+  for (int p = 0; p < partitions && rc == 0; p++) {
+    int64_t low, high;
+    if (rd_kafka_query_watermark_offsets(rk, topic, p, &low, &high, 10000))
+      rc = -1;
+    else
+      out[p] = high;
+  }
+  rd_kafka_destroy(rk);
+  return rc;
+}
+
+int th_wait_caught_up(int port, const char *bootstrap, const char *topic,
+                      int partitions, int timeout_ms) {
+  int64_t deadline = th_now_ms() + timeout_ms;
+  int64_t *high = calloc((size_t)partitions, sizeof(*high));
+  int rc = -1;
+  if (th_high_watermarks(bootstrap, topic, partitions, high))
+    goto out;
+  while (th_now_ms() < deadline) {
+    int behind = 0;
+    for (int p = 0; p < partitions && !behind; p++) {
+      long long committed =
+          th_metric_partition(port, "tally_partition_committed_offset", p);
+      if (high[p] > 0 && committed < high[p])
+        behind = 1;
+    }
+    if (!behind) {
+      rc = 0;
+      break;
+    }
+    th_sleep_ms(100);
+  }
+out:
+  free(high);
+  return rc;
+}

@@ -1,0 +1,81 @@
+/*
+ * harness.h - what the integration tests share: real processes (`tally
+ * broker`, `tally run`, `tally emit`), real sockets, files to wait on.
+ * Everything binds to 127.0.0.1 and every wait has a deadline, so a broken
+ * build fails a test instead of hanging CI.
+ */
+#ifndef TALLY_HARNESS_H
+#define TALLY_HARNESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* The tally binary under test ($TALLY_BIN, set by CTest). */
+const char *th_tally_bin(void);
+
+/* A fresh directory under $TMPDIR or /tmp; malloc'd path. */
+char *th_mkdtemp(const char *tag);
+/* rm -rf path (only under the temp dir). */
+void th_rmrf(const char *path);
+
+/* Starts argv[0] with stdin/stdout/stderr redirected to the given files
+ * (NULL: /dev/null for stdin, inherit for the others). */
+pid_t th_spawn(char *const argv[], const char *stdin_path,
+               const char *stdout_path, const char *stderr_path);
+/* Waits for pid; its exit code, 128+signal if killed, -1 on timeout. */
+int th_wait_exit(pid_t pid, int timeout_ms);
+/* SIGKILL and reap. */
+void th_kill9(pid_t pid);
+/* SIGTERM, wait up to 20 s, then SIGKILL. Returns the exit code. */
+int th_stop(pid_t pid);
+
+/* Waits until path exists and returns its contents (malloc'd, trailing
+ * whitespace trimmed), or NULL on timeout. */
+char *th_wait_file(const char *path, int timeout_ms);
+/* Whole file, malloc'd (NULL if unreadable). */
+char *th_read_file(const char *path);
+
+typedef struct {
+  pid_t pid;
+  char dir[512];
+  char bootstrap[256];
+} th_broker_t;
+/* `tally broker --partitions N`; 0 or -1. */
+int th_broker_start(th_broker_t *broker, int partitions);
+void th_broker_stop(th_broker_t *broker);
+
+typedef struct {
+  pid_t pid;
+  int port;
+  char state_dir[512];
+  char log_path[600];
+} th_run_t;
+/* `tally run` on state_dir, HTTP on a free port, logs to state_dir/../run-N.log.
+ * extra: NULL-terminated extra arguments (may be NULL). 0 or -1. */
+int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
+                 const char *const *extra);
+
+/* GET http://127.0.0.1:port/path. 0 (with status and malloc'd body) or -1. */
+int th_http_get(int port, const char *path, long *status, char **body);
+
+/* Sum of every sample of a Prometheus metric (all label sets); -1 if the
+ * port does not answer. */
+long long th_metric_sum(int port, const char *name);
+/* The value of name{partition="p"}, or -1. */
+long long th_metric_partition(int port, const char *name, int partition);
+
+/* The high watermark of every partition of topic (array of partitions
+ * entries). 0 or -1. */
+int th_high_watermarks(const char *bootstrap, const char *topic,
+                       int partitions, int64_t *out);
+
+/* Waits until the processor on port has committed every partition of topic
+ * up to its current high watermark. 0, or -1 on timeout. */
+int th_wait_caught_up(int port, const char *bootstrap, const char *topic,
+                      int partitions, int timeout_ms);
+
+int64_t th_now_ms(void);
+void th_sleep_ms(int ms);
+
+#endif
