@@ -33,7 +33,9 @@ typedef struct tly_store_batch tly_store_batch_t;
 
 /* Opens (creating if missing) the database in dir, with every column family.
  * read_only opens without taking the lock (for inspection while another
- * process owns the store). NULL + errstr on failure. */
+ * process owns the store); it never creates anything, sees the commits made
+ * before it opened, and a column family the database does not have yet reads
+ * as empty. NULL + errstr (naming dir) on failure. */
 tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
                             size_t errstr_size);
 void tly_store_close(tly_store_t *store);
@@ -46,9 +48,8 @@ void tly_store_batch_destroy(tly_store_batch_t *batch);
 void tly_store_batch_clear(tly_store_batch_t *batch);
 /* Number of operations queued. */
 size_t tly_store_batch_count(const tly_store_batch_t *batch);
-void tly_store_batch_put(tly_store_batch_t *batch, tly_cf_t cf,
-                         const void *key, size_t key_len, const void *value,
-                         size_t value_len);
+void tly_store_batch_put(tly_store_batch_t *batch, tly_cf_t cf, const void *key,
+                         size_t key_len, const void *value, size_t value_len);
 void tly_store_batch_delete(tly_store_batch_t *batch, tly_cf_t cf,
                             const void *key, size_t key_len);
 /* Records that every input record of partition before next_offset is folded
@@ -57,19 +58,22 @@ void tly_store_batch_set_offset(tly_store_batch_t *batch, int32_t partition,
                                 int64_t next_offset);
 
 /* Writes the batch atomically. sync != 0 fsyncs the WAL before returning.
- * Does not clear the batch. 0 or -1. */
+ * Does not clear the batch. An empty batch is a successful no-op. 0 or -1. */
 int tly_store_commit(tly_store_t *store, tly_store_batch_t *batch, int sync,
                      char *errstr, size_t errstr_size);
 
-/* Fault injection (tests): the next `count` commits fail with an injected
- * I/O error and write nothing. */
+/* Fault injection (tests): the next `count` commits fail with the errstr
+ * "injected I/O error" and write nothing (0 cancels). Thread-safe: with
+ * concurrent committers exactly `count` commits fail. */
 void tly_store_fail_next_commits(tly_store_t *store, int count);
 
 /* Point read. Returns 1 and a malloc'd *value (free with tly_store_free) when
- * found, 0 when absent, -1 on error. */
+ * found, 0 when absent (*value NULL), -1 on error. The value is followed by
+ * a NUL byte not counted in *value_len, so text values can be used as
+ * strings. */
 int tly_store_get(tly_store_t *store, tly_cf_t cf, const void *key,
-                  size_t key_len, char **value, size_t *value_len,
-                  char *errstr, size_t errstr_size);
+                  size_t key_len, char **value, size_t *value_len, char *errstr,
+                  size_t errstr_size);
 
 /* The stored next offset of a partition: 1 and *next_offset, 0 if none, -1. */
 int tly_store_get_offset(tly_store_t *store, int32_t partition,
@@ -78,14 +82,13 @@ int tly_store_get_offset(tly_store_t *store, int32_t partition,
 
 /* Called for each key with the prefix, in key order; return non-zero to stop
  * early. Pointers are valid only during the call. */
-typedef int (*tly_store_scan_cb)(void *opaque, const char *key,
-                                 size_t key_len, const char *value,
-                                 size_t value_len);
-/* Visits every key of cf starting with prefix (prefix_len may be 0 for all).
- * Returns 0 or -1. */
+typedef int (*tly_store_scan_cb)(void *opaque, const char *key, size_t key_len,
+                                 const char *value, size_t value_len);
+/* Visits every key of cf starting with prefix (prefix_len may be 0, and
+ * prefix then NULL, for all). Sees one consistent snapshot. Returns 0 or -1. */
 int tly_store_scan_prefix(tly_store_t *store, tly_cf_t cf, const void *prefix,
-                          size_t prefix_len, tly_store_scan_cb cb,
-                          void *opaque, char *errstr, size_t errstr_size);
+                          size_t prefix_len, tly_store_scan_cb cb, void *opaque,
+                          char *errstr, size_t errstr_size);
 
 void tly_store_free(void *ptr);
 

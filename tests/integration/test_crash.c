@@ -22,8 +22,10 @@
 
 #define PARTITIONS 16
 #define SUBJECTS 500
-#define EVENTS 150000
-#define EVENTS_PER_SECOND 10000
+/* ~50 s of stream: a restart costs ~5 s of group rebalance on the embedded
+ * broker, so this spans at least MIN_KILLS kill/restart rounds. */
+#define EVENTS 200000
+#define EVENTS_PER_SECOND 4000
 #define MIN_KILLS 6
 
 typedef struct {
@@ -34,7 +36,7 @@ static expected_t expected[SUBJECTS];
 static atomic_int producer_done;
 /* cmocka's asserts longjmp and must stay on the test's thread: the producer
  * thread records its failure here for the test to assert on. */
-static char producer_error[512];
+static char producer_error[1024];
 static const char *bootstrap;
 
 static void *produce_stream(void *arg) {
@@ -113,8 +115,15 @@ static void test_sigkill_during_stream_keeps_totals_exact(void **state) {
   assert_int_equal(pthread_create(&producer, NULL, produce_stream, NULL), 0);
 
   while (kills < MIN_KILLS || !atomic_load(&producer_done)) {
-    th_sleep_ms(300 + rand_r(&seed) % 2200);
+    /* Kill only a processor that is folding: wait for its first commit,
+     * then a random moment (often mid-batch or mid-commit). */
+    int64_t deadline = th_now_ms() + 60000;
+    while (th_metric_sum(run.port, "tally_events_folded_total") <= 0 &&
+           th_now_ms() < deadline)
+      th_sleep_ms(20);
+    th_sleep_ms(rand_r(&seed) % 1500);
     long long folded = th_metric_sum(run.port, "tally_events_folded_total");
+    assert_true(folded > 0);
     th_kill9(run.pid);
     kills++;
     printf("# kill %d after this run folded %lld events\n", kills, folded);

@@ -106,7 +106,7 @@ static void test_usage_key_layout(void **state) {
                              sizeof(key));
   /* [0,0,1,2] "user:alice" 0 "api_calls" */
   assert_int_equal(len, 4 + 10 + 1 + 9);
-  assert_memory_equal(key, "\x00\x00\x01\x02user:alice\x00api_calls", len);
+  assert_memory_equal(key, "\x00\x00\x01\x02" "user:alice" "\x00" "api_calls", len);
   size_t prefix_len = tly_usage_key(258, TLY_SUBJECT_USER, "alice", NULL,
                                     prefix, sizeof(prefix));
   assert_int_equal(prefix_len, 4 + 10 + 1);

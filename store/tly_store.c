@@ -1,0 +1,662 @@
+/*
+ * tly_store.c - tally's state in RocksDB (see tly_store.h for the contract).
+ *
+ * This file is the only one that talks to RocksDB. It owns the database
+ * handle, one column family per tly_cf_t (the table below is the single
+ * place that names them), and the write path that makes the exactly-once
+ * protocol work: every state change, outbox entry and partition offset of a
+ * processor batch goes into one WriteBatch, written with the WAL synced
+ * (DESIGN.md, "Exactly-once"). The processor thread commits; HTTP threads
+ * read through tly_store_get() and tly_store_scan_prefix() at the same time,
+ * which RocksDB allows on one handle. Everything this file adds on top of the
+ * handle (options, column family handles) is immutable after open, except
+ * the fault-injection counter, which is atomic.
+ *
+ * A tly_store_batch_t is not a rocksdb_writebatch_t underneath: a RocksDB
+ * batch needs column family handles, which belong to an open database, while
+ * our batches are created without a store. So a batch records its operations
+ * in one flat buffer (enum value + key + value) and tly_store_commit()
+ * replays them into a RocksDB batch with the store's handles. The extra copy
+ * is negligible next to a synced WAL write.
+ */
+#include "tly_store.h"
+
+#include <rocksdb/c.h>
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Options, shortly justified:
+ * - one LRU block cache shared by all column families, so the memory bound
+ *   is one number whatever the number of column families;
+ * - a bloom filter on the usage column family only: HTTP quota checks and the
+ *   processor's overlay loads are point reads there, many of them for keys
+ *   that do not exist yet (a subject's first event). The other families are
+ *   tiny (offsets, meta) or read by scans (outbox), where a whole-key bloom
+ *   filter does not help;
+ * - two background jobs (flush + compaction) for the 2-core machines we run
+ *   on, leaving a core for the processor and HTTP threads;
+ * - level compaction with RocksDB's defaults (64 MiB memtables, snappy): the
+ *   write volume is already reduced by the per-batch aggregation;
+ * - a cap on open table files: the default (-1) keeps every SST open, which
+ *   could eat the process's 1024 descriptors that Kafka and HTTP sockets
+ *   also need;
+ * - few old info logs: every open starts a new LOG file, and dev mode opens
+ *   often. */
+#define TLY_STORE_BLOCK_CACHE_BYTES (64u << 20)
+#define TLY_STORE_BLOOM_BITS_PER_KEY 10.0
+#define TLY_STORE_BACKGROUND_JOBS 2
+#define TLY_STORE_MAX_OPEN_FILES 256
+#define TLY_STORE_KEEP_LOG_FILES 5
+
+/* One row per column family: adding state kinds means adding an enum value
+ * in tly_store.h and one row here. point_reads turns the bloom filter on. */
+typedef struct {
+  const char *name;
+  int point_reads;
+} tly_cf_desc_t;
+
+static const tly_cf_desc_t tly_cf_table[] = {
+    [TLY_CF_USAGE] = {"usage", 1},
+    [TLY_CF_OFFSETS] = {"offsets", 0},
+    [TLY_CF_OUTBOX] = {"outbox", 0},
+    [TLY_CF_META] = {"meta", 0},
+};
+
+/* A new enum value without a row: if it is the last one the table comes out
+ * short and this fails the build; a gap in the middle leaves a NULL name,
+ * which tly_store_open() rejects. */
+_Static_assert(sizeof(tly_cf_table) / sizeof(tly_cf_table[0]) == TLY_CF__COUNT,
+               "one tly_cf_table row per tly_cf_t");
+
+struct tly_store {
+  rocksdb_t *db;
+  int read_only;
+  /* RocksDB requires "default" to be opened; nothing of ours lives there. */
+  rocksdb_column_family_handle_t *default_cf;
+  /* NULL only in a read-only store whose database predates the family. */
+  rocksdb_column_family_handle_t *cf[TLY_CF__COUNT];
+  rocksdb_readoptions_t *read_options;
+  rocksdb_writeoptions_t *write_sync;
+  rocksdb_writeoptions_t *write_nosync;
+  atomic_int injected_failures;
+};
+
+/* Operations are appended to the batch buffer as this header followed by the
+ * key and value bytes; the header is memcpy'd so no alignment is needed. */
+enum { TLY_BATCH_PUT = 1, TLY_BATCH_DELETE = 2 };
+
+typedef struct {
+  unsigned char kind;
+  unsigned char cf;
+  size_t key_len;
+  size_t value_len;
+} tly_batch_op_t;
+
+struct tly_store_batch {
+  unsigned char *buf;
+  size_t len;
+  size_t cap;
+  size_t count;
+  /* Set when an append ran out of memory: put/delete cannot report it, so
+   * the commit does, rather than writing a batch with a hole in it. */
+  int out_of_memory;
+  /* Reused across commits to avoid reallocating RocksDB's buffer. */
+  rocksdb_writebatch_t *scratch;
+};
+
+__attribute__((format(printf, 3, 4))) static void
+tly_store_error(char *errstr, size_t errstr_size, const char *fmt, ...) {
+  if (errstr == NULL || errstr_size == 0)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(errstr, errstr_size, fmt, ap);
+  va_end(ap);
+}
+
+const char *tly_store_cf_name(tly_cf_t cf) {
+  if ((int)cf < 0 || cf >= TLY_CF__COUNT)
+    return NULL;
+  return tly_cf_table[cf].name;
+}
+
+/* Options for one column family (the first also carries the database-wide
+ * settings; RocksDB ignores those in the per-family copies). The block-based
+ * table options are copied into the table factory and the cache is
+ * reference-counted, so neither needs to outlive this call. */
+static rocksdb_options_t *tly_store_options_new(rocksdb_cache_t *cache,
+                                                int bloom) {
+  rocksdb_options_t *options = rocksdb_options_create();
+  rocksdb_block_based_table_options_t *table =
+      rocksdb_block_based_options_create();
+  if (options == NULL || table == NULL)
+    goto fail;
+
+  rocksdb_options_set_create_if_missing(options, 1);
+  rocksdb_options_set_create_missing_column_families(options, 1);
+  rocksdb_options_increase_parallelism(options, TLY_STORE_BACKGROUND_JOBS);
+  rocksdb_options_set_compaction_style(options, rocksdb_level_compaction);
+  rocksdb_options_set_max_open_files(options, TLY_STORE_MAX_OPEN_FILES);
+  rocksdb_options_set_keep_log_file_num(options, TLY_STORE_KEEP_LOG_FILES);
+
+  rocksdb_block_based_options_set_block_cache(table, cache);
+  if (bloom) {
+    /* The table options take ownership of the policy (it is reset() into a
+     * shared_ptr): destroying it here as well would be a double free. */
+    rocksdb_block_based_options_set_filter_policy(
+        table,
+        rocksdb_filterpolicy_create_bloom_full(TLY_STORE_BLOOM_BITS_PER_KEY));
+  }
+  rocksdb_options_set_block_based_table_factory(options, table);
+  rocksdb_block_based_options_destroy(table);
+  return options;
+
+fail:
+  if (table != NULL)
+    rocksdb_block_based_options_destroy(table);
+  if (options != NULL)
+    rocksdb_options_destroy(options);
+  return NULL;
+}
+
+/* Whether the database in dir already has a column family called name.
+ * Only used read-only: there, RocksDB cannot create a missing family, and
+ * failing would make an older store uninspectable once a family is added. */
+static int tly_store_has_cf(char **names, size_t count, const char *name) {
+  for (size_t i = 0; i < count; i++)
+    if (strcmp(names[i], name) == 0)
+      return 1;
+  return 0;
+}
+
+tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
+                            size_t errstr_size) {
+  tly_store_t *store = NULL;
+  rocksdb_cache_t *cache = NULL;
+  rocksdb_options_t *plain_options = NULL;
+  rocksdb_options_t *bloom_options = NULL;
+  char **existing = NULL;
+  size_t existing_count = 0;
+  char *err = NULL;
+
+  /* Slot 0 is "default"; slot i + 1 is the tly_cf_t i, if opened. */
+  const char *names[1 + TLY_CF__COUNT];
+  const rocksdb_options_t *cf_options[1 + TLY_CF__COUNT];
+  rocksdb_column_family_handle_t *handles[1 + TLY_CF__COUNT];
+  int slot_of[TLY_CF__COUNT];
+  int open_count = 0;
+
+  if (dir == NULL || dir[0] == '\0') {
+    tly_store_error(errstr, errstr_size, "store: no directory given");
+    return NULL;
+  }
+  for (int i = 0; i < TLY_CF__COUNT; i++) {
+    if (tly_cf_table[i].name == NULL) {
+      tly_store_error(errstr, errstr_size,
+                      "store: column family %d has no name", i);
+      return NULL;
+    }
+  }
+
+  store = calloc(1, sizeof(*store));
+  cache = rocksdb_cache_create_lru(TLY_STORE_BLOCK_CACHE_BYTES);
+  plain_options = tly_store_options_new(cache, 0);
+  bloom_options = tly_store_options_new(cache, 1);
+  if (store == NULL || cache == NULL || plain_options == NULL ||
+      bloom_options == NULL) {
+    tly_store_error(errstr, errstr_size, "open %s: out of memory", dir);
+    goto fail;
+  }
+  store->read_only = read_only != 0;
+  atomic_init(&store->injected_failures, 0);
+
+  if (store->read_only) {
+    existing =
+        rocksdb_list_column_families(plain_options, dir, &existing_count, &err);
+    if (err != NULL) {
+      tly_store_error(errstr, errstr_size, "open %s read-only: %s", dir, err);
+      goto fail;
+    }
+  }
+
+  names[open_count] = "default";
+  cf_options[open_count] = plain_options;
+  open_count++;
+  for (int i = 0; i < TLY_CF__COUNT; i++) {
+    slot_of[i] = -1;
+    if (store->read_only &&
+        !tly_store_has_cf(existing, existing_count, tly_cf_table[i].name))
+      continue;
+    slot_of[i] = open_count;
+    names[open_count] = tly_cf_table[i].name;
+    cf_options[open_count] =
+        tly_cf_table[i].point_reads ? bloom_options : plain_options;
+    open_count++;
+  }
+
+  if (store->read_only) {
+    /* error_if_wal_file_exists = 0: the owning process keeps a live WAL;
+     * replaying it is how a read-only open sees the latest commits. */
+    store->db = rocksdb_open_for_read_only_column_families(
+        plain_options, dir, open_count, names, cf_options, handles, 0, &err);
+  } else {
+    store->db = rocksdb_open_column_families(plain_options, dir, open_count,
+                                             names, cf_options, handles, &err);
+  }
+  if (err != NULL || store->db == NULL) {
+    tly_store_error(errstr, errstr_size, "open %s%s: %s", dir,
+                    store->read_only ? " read-only" : "",
+                    err != NULL ? err : "unknown error");
+    store->db = NULL;
+    goto fail;
+  }
+  store->default_cf = handles[0];
+  for (int i = 0; i < TLY_CF__COUNT; i++)
+    store->cf[i] = slot_of[i] >= 0 ? handles[slot_of[i]] : NULL;
+
+  store->read_options = rocksdb_readoptions_create();
+  store->write_sync = rocksdb_writeoptions_create();
+  store->write_nosync = rocksdb_writeoptions_create();
+  if (store->read_options == NULL || store->write_sync == NULL ||
+      store->write_nosync == NULL) {
+    tly_store_error(errstr, errstr_size, "open %s: out of memory", dir);
+    goto fail;
+  }
+  rocksdb_writeoptions_set_sync(store->write_sync, 1);
+  rocksdb_writeoptions_set_sync(store->write_nosync, 0);
+
+  /* The database copied what it needs from the options; the cache lives on
+   * through the table factories' references. */
+  rocksdb_options_destroy(plain_options);
+  rocksdb_options_destroy(bloom_options);
+  rocksdb_cache_destroy(cache);
+  if (existing != NULL)
+    rocksdb_list_column_families_destroy(existing, existing_count);
+  return store;
+
+fail:
+  rocksdb_free(err);
+  if (existing != NULL)
+    rocksdb_list_column_families_destroy(existing, existing_count);
+  tly_store_close(store);
+  if (plain_options != NULL)
+    rocksdb_options_destroy(plain_options);
+  if (bloom_options != NULL)
+    rocksdb_options_destroy(bloom_options);
+  if (cache != NULL)
+    rocksdb_cache_destroy(cache);
+  return NULL;
+}
+
+void tly_store_close(tly_store_t *store) {
+  if (store == NULL)
+    return;
+  /* Handles must go before the database they belong to. */
+  for (int i = 0; i < TLY_CF__COUNT; i++)
+    if (store->cf[i] != NULL)
+      rocksdb_column_family_handle_destroy(store->cf[i]);
+  if (store->default_cf != NULL)
+    rocksdb_column_family_handle_destroy(store->default_cf);
+  if (store->db != NULL)
+    rocksdb_close(store->db);
+  if (store->read_options != NULL)
+    rocksdb_readoptions_destroy(store->read_options);
+  if (store->write_sync != NULL)
+    rocksdb_writeoptions_destroy(store->write_sync);
+  if (store->write_nosync != NULL)
+    rocksdb_writeoptions_destroy(store->write_nosync);
+  free(store);
+}
+
+tly_store_batch_t *tly_store_batch_new(void) {
+  tly_store_batch_t *batch = calloc(1, sizeof(*batch));
+  if (batch == NULL)
+    return NULL;
+  batch->scratch = rocksdb_writebatch_create();
+  if (batch->scratch == NULL) {
+    free(batch);
+    return NULL;
+  }
+  return batch;
+}
+
+void tly_store_batch_destroy(tly_store_batch_t *batch) {
+  if (batch == NULL)
+    return;
+  rocksdb_writebatch_destroy(batch->scratch);
+  free(batch->buf);
+  free(batch);
+}
+
+void tly_store_batch_clear(tly_store_batch_t *batch) {
+  /* Keeps the buffer: the processor refills a batch of similar size every
+   * round. */
+  batch->len = 0;
+  batch->count = 0;
+  batch->out_of_memory = 0;
+}
+
+size_t tly_store_batch_count(const tly_store_batch_t *batch) {
+  return batch->count;
+}
+
+static void tly_store_batch_append(tly_store_batch_t *batch, int kind,
+                                   tly_cf_t cf, const void *key, size_t key_len,
+                                   const void *value, size_t value_len) {
+  if (batch->out_of_memory)
+    return;
+  if ((int)cf < 0 || cf >= TLY_CF__COUNT) {
+    /* A programming error; treated like a failed append so that the commit
+     * refuses the batch instead of dropping one operation. */
+    batch->out_of_memory = 1;
+    return;
+  }
+  tly_batch_op_t op = {(unsigned char)kind, (unsigned char)cf, key_len,
+                       value_len};
+  size_t need = sizeof(op) + key_len + value_len;
+  if (need > SIZE_MAX - batch->len) {
+    batch->out_of_memory = 1;
+    return;
+  }
+  if (batch->len + need > batch->cap) {
+    size_t cap = batch->cap ? batch->cap : 4096;
+    while (cap < batch->len + need)
+      cap = cap > SIZE_MAX / 2 ? batch->len + need : cap * 2;
+    unsigned char *buf = realloc(batch->buf, cap);
+    if (buf == NULL) {
+      batch->out_of_memory = 1;
+      return;
+    }
+    batch->buf = buf;
+    batch->cap = cap;
+  }
+  unsigned char *at = batch->buf + batch->len;
+  memcpy(at, &op, sizeof(op));
+  at += sizeof(op);
+  if (key_len > 0)
+    memcpy(at, key, key_len);
+  at += key_len;
+  if (value_len > 0)
+    memcpy(at, value, value_len);
+  batch->len += need;
+  batch->count++;
+}
+
+void tly_store_batch_put(tly_store_batch_t *batch, tly_cf_t cf, const void *key,
+                         size_t key_len, const void *value, size_t value_len) {
+  tly_store_batch_append(batch, TLY_BATCH_PUT, cf, key, key_len, value,
+                         value_len);
+}
+
+void tly_store_batch_delete(tly_store_batch_t *batch, tly_cf_t cf,
+                            const void *key, size_t key_len) {
+  tly_store_batch_append(batch, TLY_BATCH_DELETE, cf, key, key_len, NULL, 0);
+}
+
+void tly_store_batch_set_offset(tly_store_batch_t *batch, int32_t partition,
+                                int64_t next_offset) {
+  unsigned char key[4], value[8];
+  tly_put_be32(key, (uint32_t)partition);
+  tly_put_be64(value, (uint64_t)next_offset);
+  tly_store_batch_put(batch, TLY_CF_OFFSETS, key, sizeof(key), value,
+                      sizeof(value));
+}
+
+/* Consumes one injected failure if any is pending. A compare-and-swap loop
+ * rather than a plain decrement so that concurrent commits never take the
+ * counter below zero or fail more commits than were asked for. */
+static int tly_store_take_injected_failure(tly_store_t *store) {
+  int pending = atomic_load(&store->injected_failures);
+  while (pending > 0) {
+    if (atomic_compare_exchange_weak(&store->injected_failures, &pending,
+                                     pending - 1))
+      return 1;
+  }
+  return 0;
+}
+
+void tly_store_fail_next_commits(tly_store_t *store, int count) {
+  atomic_store(&store->injected_failures, count > 0 ? count : 0);
+}
+
+int tly_store_commit(tly_store_t *store, tly_store_batch_t *batch, int sync,
+                     char *errstr, size_t errstr_size) {
+  char *err = NULL;
+
+  if (store->read_only) {
+    tly_store_error(errstr, errstr_size, "commit: store is open read-only");
+    return -1;
+  }
+  /* Checked before the empty-batch shortcut: a test asking for n failures
+   * gets the next n commits to fail, whatever they carry. */
+  if (tly_store_take_injected_failure(store)) {
+    tly_store_error(errstr, errstr_size, "injected I/O error");
+    return -1;
+  }
+  if (batch->out_of_memory) {
+    tly_store_error(errstr, errstr_size,
+                    "commit: out of memory while building the batch");
+    return -1;
+  }
+  if (batch->count == 0)
+    return 0;
+
+  rocksdb_writebatch_clear(batch->scratch);
+  const unsigned char *at = batch->buf;
+  const unsigned char *end = batch->buf + batch->len;
+  while (at < end) {
+    tly_batch_op_t op;
+    memcpy(&op, at, sizeof(op));
+    const char *key = (const char *)at + sizeof(op);
+    const char *value = key + op.key_len;
+    if (op.kind == TLY_BATCH_PUT)
+      rocksdb_writebatch_put_cf(batch->scratch, store->cf[op.cf], key,
+                                op.key_len, value, op.value_len);
+    else
+      rocksdb_writebatch_delete_cf(batch->scratch, store->cf[op.cf], key,
+                                   op.key_len);
+    at = (const unsigned char *)value + op.value_len;
+  }
+
+  rocksdb_write(store->db, sync ? store->write_sync : store->write_nosync,
+                batch->scratch, &err);
+  if (err != NULL) {
+    tly_store_error(errstr, errstr_size, "commit: %s", err);
+    rocksdb_free(err);
+    return -1;
+  }
+  return 0;
+}
+
+int tly_store_get(tly_store_t *store, tly_cf_t cf, const void *key,
+                  size_t key_len, char **value, size_t *value_len, char *errstr,
+                  size_t errstr_size) {
+  char *err = NULL;
+
+  *value = NULL;
+  *value_len = 0;
+  if ((int)cf < 0 || cf >= TLY_CF__COUNT) {
+    tly_store_error(errstr, errstr_size, "get: no column family %d", (int)cf);
+    return -1;
+  }
+  if (store->cf[cf] == NULL)
+    return 0;
+
+  /* The pinned variant rather than rocksdb_get_cf(): the latter returns
+   * malloc(0) for an empty value, which may be NULL and then reads as
+   * "absent". A pinned slice is NULL exactly when the key is absent. */
+  rocksdb_pinnableslice_t *slice = rocksdb_get_pinned_cf(
+      store->db, store->read_options, store->cf[cf], key, key_len, &err);
+  if (err != NULL) {
+    tly_store_error(errstr, errstr_size, "get from %s: %s",
+                    tly_cf_table[cf].name, err);
+    rocksdb_free(err);
+    return -1;
+  }
+  if (slice == NULL)
+    return 0;
+
+  size_t len = 0;
+  const char *data = rocksdb_pinnableslice_value(slice, &len);
+  /* One byte more, zeroed, so callers may treat text values as strings. */
+  char *copy = malloc(len + 1);
+  if (copy == NULL) {
+    rocksdb_pinnableslice_destroy(slice);
+    tly_store_error(errstr, errstr_size, "get from %s: out of memory",
+                    tly_cf_table[cf].name);
+    return -1;
+  }
+  if (len > 0)
+    memcpy(copy, data, len);
+  copy[len] = '\0';
+  rocksdb_pinnableslice_destroy(slice);
+  *value = copy;
+  *value_len = len;
+  return 1;
+}
+
+int tly_store_get_offset(tly_store_t *store, int32_t partition,
+                         int64_t *next_offset, char *errstr,
+                         size_t errstr_size) {
+  unsigned char key[4];
+  char *value = NULL;
+  size_t value_len = 0;
+
+  tly_put_be32(key, (uint32_t)partition);
+  int found = tly_store_get(store, TLY_CF_OFFSETS, key, sizeof(key), &value,
+                            &value_len, errstr, errstr_size);
+  if (found != 1)
+    return found;
+  if (value_len != 8) {
+    /* Resuming from a guessed offset would skip or repeat input: refuse. */
+    tly_store_error(errstr, errstr_size,
+                    "offset of partition %d is corrupt (%zu bytes, want 8)",
+                    (int)partition, value_len);
+    tly_store_free(value);
+    return -1;
+  }
+  *next_offset = (int64_t)tly_get_be64((const unsigned char *)value);
+  tly_store_free(value);
+  return 1;
+}
+
+/* The smallest key greater than every key starting with prefix: the prefix
+ * with trailing 0xff bytes dropped and the last remaining byte incremented.
+ * Returns its length, 0 when there is none (prefix all 0xff). */
+static size_t tly_prefix_successor(const unsigned char *prefix,
+                                   size_t prefix_len, unsigned char *out) {
+  size_t len = prefix_len;
+  while (len > 0 && prefix[len - 1] == 0xff)
+    len--;
+  if (len == 0)
+    return 0;
+  memcpy(out, prefix, len);
+  out[len - 1]++;
+  return len;
+}
+
+int tly_store_scan_prefix(tly_store_t *store, tly_cf_t cf, const void *prefix,
+                          size_t prefix_len, tly_store_scan_cb cb, void *opaque,
+                          char *errstr, size_t errstr_size) {
+  rocksdb_readoptions_t *options = NULL;
+  rocksdb_iterator_t *iter = NULL;
+  unsigned char *upper = NULL;
+  char *err = NULL;
+  int rc = -1;
+
+  if ((int)cf < 0 || cf >= TLY_CF__COUNT) {
+    tly_store_error(errstr, errstr_size, "scan: no column family %d", (int)cf);
+    return -1;
+  }
+  if (store->cf[cf] == NULL)
+    return 0;
+  if (prefix == NULL)
+    prefix_len = 0;
+
+  options = rocksdb_readoptions_create();
+  if (options == NULL)
+    goto oom;
+  if (prefix_len > 0) {
+    /* The bound lets RocksDB stop at the end of the range by itself instead
+     * of stepping over tombstones and into the next file past it. The C API
+     * keeps only a pointer to the bound, so it must outlive the iterator. */
+    upper = malloc(prefix_len);
+    if (upper == NULL)
+      goto oom;
+    size_t upper_len = tly_prefix_successor(prefix, prefix_len, upper);
+    if (upper_len > 0)
+      rocksdb_readoptions_set_iterate_upper_bound(options, (const char *)upper,
+                                                  upper_len);
+  }
+
+  iter = rocksdb_create_iterator_cf(store->db, options, store->cf[cf]);
+  if (iter == NULL)
+    goto oom;
+  if (prefix_len > 0)
+    rocksdb_iter_seek(iter, prefix, prefix_len);
+  else
+    rocksdb_iter_seek_to_first(iter);
+
+  for (; rocksdb_iter_valid(iter); rocksdb_iter_next(iter)) {
+    size_t key_len = 0, value_len = 0;
+    const char *key = rocksdb_iter_key(iter, &key_len);
+    /* Redundant while the bound is set (every key in [prefix, successor)
+     * has the prefix), but a prefix of only 0xff bytes has no bound, and the
+     * check keeps the contract independent of the optimisation. */
+    if (prefix_len > 0 &&
+        (key_len < prefix_len || memcmp(key, prefix, prefix_len) != 0))
+      break;
+    const char *value = rocksdb_iter_value(iter, &value_len);
+    if (cb(opaque, key, key_len, value, value_len) != 0)
+      break;
+  }
+  rocksdb_iter_get_error(iter, &err);
+  if (err != NULL) {
+    tly_store_error(errstr, errstr_size, "scan of %s: %s",
+                    tly_cf_table[cf].name, err);
+    rocksdb_free(err);
+    goto done;
+  }
+  rc = 0;
+  goto done;
+
+oom:
+  tly_store_error(errstr, errstr_size, "scan of %s: out of memory",
+                  tly_cf_table[cf].name);
+done:
+  if (iter != NULL)
+    rocksdb_iter_destroy(iter);
+  if (options != NULL)
+    rocksdb_readoptions_destroy(options);
+  free(upper);
+  return rc;
+}
+
+/* Values from tly_store_get() are our own malloc() copies; rocksdb_free() is
+ * free() too, so anything either returns may be freed here. */
+void tly_store_free(void *ptr) { free(ptr); }
+
+void tly_put_be32(unsigned char *out, uint32_t value) {
+  out[0] = (unsigned char)(value >> 24);
+  out[1] = (unsigned char)(value >> 16);
+  out[2] = (unsigned char)(value >> 8);
+  out[3] = (unsigned char)value;
+}
+
+void tly_put_be64(unsigned char *out, uint64_t value) {
+  tly_put_be32(out, (uint32_t)(value >> 32));
+  tly_put_be32(out + 4, (uint32_t)value);
+}
+
+uint32_t tly_get_be32(const unsigned char *in) {
+  return (uint32_t)in[0] << 24 | (uint32_t)in[1] << 16 | (uint32_t)in[2] << 8 |
+         (uint32_t)in[3];
+}
+
+uint64_t tly_get_be64(const unsigned char *in) {
+  return (uint64_t)tly_get_be32(in) << 32 | tly_get_be32(in + 4);
+}

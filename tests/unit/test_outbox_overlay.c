@@ -1,0 +1,105 @@
+/*
+ * test_outbox_overlay.c - the outbox entry format (what survives a crash
+ * between commit and publish) and the per-batch overlay table.
+ */
+#include "tly_outbox.h"
+#include "tly_overlay.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+static void test_outbox_round_trip(void **state) {
+  (void)state;
+  const char value[] = {0, 1, 2, 0, (char)0xff};
+  tly_outbox_record_t record = {0}, back;
+  char *encoded;
+  size_t len;
+  record.topic = "tally.usage.dlq";
+  record.topic_len = strlen(record.topic);
+  record.key = "user:alice";
+  record.key_len = 10;
+  record.value = value;
+  record.value_len = sizeof(value);
+  record.headers[0] = (tly_outbox_header_t){"tally.error", "bad magic", 9};
+  record.headers[1] = (tly_outbox_header_t){"empty", "", 0};
+  record.header_count = 2;
+  assert_int_equal(tly_outbox_encode(&record, &encoded, &len), 0);
+  assert_int_equal(tly_outbox_decode(encoded, len, &back), 0);
+  assert_int_equal(back.topic_len, record.topic_len);
+  assert_memory_equal(back.topic, record.topic, record.topic_len);
+  assert_memory_equal(back.key, "user:alice", 10);
+  assert_int_equal(back.value_len, sizeof(value));
+  assert_memory_equal(back.value, value, sizeof(value));
+  assert_int_equal(back.header_count, 2);
+  assert_int_equal(back.header_name_len[0], strlen("tally.error"));
+  assert_memory_equal(back.headers[0].name, "tally.error", 11);
+  assert_memory_equal(back.headers[0].value, "bad magic", 9);
+  assert_int_equal(back.headers[1].value_len, 0);
+
+  /* Every truncation and one trailing byte are refused. */
+  for (size_t cut = 0; cut < len; cut++)
+    assert_int_equal(tly_outbox_decode(encoded, cut, &back), -1);
+  char *longer = malloc(len + 1);
+  memcpy(longer, encoded, len);
+  longer[len] = 'x';
+  assert_int_equal(tly_outbox_decode(longer, len + 1, &back), -1);
+  free(longer);
+  free(encoded);
+}
+
+static void test_outbox_rejects_too_many_headers(void **state) {
+  (void)state;
+  tly_outbox_record_t record = {0};
+  char *encoded = NULL;
+  size_t len;
+  record.topic = "t";
+  record.topic_len = 1;
+  record.header_count = TLY_OUTBOX_MAX_HEADERS + 1;
+  assert_int_equal(tly_outbox_encode(&record, &encoded, &len), -1);
+  assert_null(encoded);
+}
+
+static void test_overlay_insert_find_grow_reset(void **state) {
+  (void)state;
+  tly_overlay_t overlay;
+  char key[32];
+  tly_overlay_init(&overlay);
+  assert_null(tly_overlay_find(&overlay, "x", 1));
+  for (int i = 0; i < 5000; i++) {
+    int len = snprintf(key, sizeof(key), "k%d", i);
+    tly_overlay_entry_t *entry = tly_overlay_insert(&overlay, key, (size_t)len);
+    assert_non_null(entry);
+    assert_int_equal(entry->row.quantity, 0);
+    entry->row.quantity = i;
+    entry->dirty = i % 2;
+  }
+  assert_int_equal(overlay.count, 5000);
+  for (int i = 0; i < 5000; i++) {
+    int len = snprintf(key, sizeof(key), "k%d", i);
+    tly_overlay_entry_t *entry = tly_overlay_find(&overlay, key, (size_t)len);
+    assert_non_null(entry);
+    assert_int_equal(entry->row.quantity, i);
+    assert_int_equal(entry->dirty, i % 2);
+  }
+  /* Keys are bytes, not strings: an embedded NUL makes a different key. */
+  assert_null(tly_overlay_find(&overlay, "k1\0", 3));
+  tly_overlay_reset(&overlay);
+  assert_int_equal(overlay.count, 0);
+  assert_null(tly_overlay_find(&overlay, "k1", 2));
+  tly_overlay_free(&overlay);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_outbox_round_trip),
+      cmocka_unit_test(test_outbox_rejects_too_many_headers),
+      cmocka_unit_test(test_overlay_insert_find_grow_reset),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
