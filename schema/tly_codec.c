@@ -244,8 +244,7 @@ static int shape_compile(avro_schema_t schema, const char *path, int depth,
     return 0;
   case AVRO_RECORD:
     shape->child_count = avro_schema_record_size(schema);
-    if (shape_compile_children(schema, path, depth, shape, errstr,
-                               errstr_size))
+    if (shape_compile_children(schema, path, depth, shape, errstr, errstr_size))
       return -1;
     for (size_t i = 0; i < shape->child_count; i++)
       shape->min_size += shape->children[i].min_size;
@@ -259,8 +258,7 @@ static int shape_compile(avro_schema_t schema, const char *path, int depth,
   case AVRO_ARRAY:
     shape->child_count = 1;
     shape->min_size = 1;
-    if (shape_compile_children(schema, path, depth, shape, errstr,
-                               errstr_size))
+    if (shape_compile_children(schema, path, depth, shape, errstr, errstr_size))
       return -1;
     /* The block-count bound below relies on every entry costing at least
      * one byte; an array of nulls would let 10 bytes claim 2^62 entries. */
@@ -383,8 +381,7 @@ static int walk_string(walk_t *walk, const shape_t *shape, const char *what) {
   return 0;
 }
 
-static int walk_fixed_bytes(walk_t *walk, const shape_t *shape,
-                            int64_t count) {
+static int walk_fixed_bytes(walk_t *walk, const shape_t *shape, int64_t count) {
   if ((uint64_t)count > walk_left(walk))
     return fail(walk->errstr, walk->errstr_size,
                 "truncated Avro record: field '%s' needs %" PRId64
@@ -530,8 +527,12 @@ static int walk_value(walk_t *walk, const shape_t *shape) {
 static int validate_record(tly_codec_t *codec, const unsigned char *data,
                            size_t len, size_t *map_entries, char *errstr,
                            size_t errstr_size) {
-  walk_t walk = {data, data + len, len, codec->properties_shape, 0, errstr,
-                 errstr_size};
+  walk_t walk = {.pos = data,
+                 .end = data + len,
+                 .total = len,
+                 .counted_map = codec->properties_shape,
+                 .errstr = errstr,
+                 .errstr_size = errstr_size};
   if (walk_value(&walk, &codec->root))
     return -1;
   if (walk.pos != walk.end)
@@ -573,10 +574,10 @@ static int layout_branch(avro_schema_t union_schema, const char *record_name,
   size_t count = avro_schema_union_size(union_schema);
   for (size_t i = 0; i < count; i++) {
     avro_schema_t candidate = avro_schema_union_branch(union_schema, (int)i);
-    int match = record_name ? is_avro_record(candidate) &&
-                                  strcmp(avro_schema_name(candidate),
-                                         record_name) == 0
-                            : is_avro_null(candidate);
+    int match = record_name
+                    ? is_avro_record(candidate) &&
+                          strcmp(avro_schema_name(candidate), record_name) == 0
+                    : is_avro_null(candidate);
     if (match) {
       *branch = (int)i;
       if (record)
@@ -600,12 +601,12 @@ static int layout_resolve(tly_codec_t *codec, char *errstr,
                    errstr, errstr_size) ||
       layout_field(codec->schema, "occurred_at", AVRO_INT64, &l->occurred_at,
                    NULL, errstr, errstr_size) ||
-      layout_field(codec->schema, "subject", AVRO_RECORD, &l->subject,
-                   &subject, errstr, errstr_size) ||
+      layout_field(codec->schema, "subject", AVRO_RECORD, &l->subject, &subject,
+                   errstr, errstr_size) ||
       layout_field(codec->schema, "body", AVRO_UNION, &l->body, &body, errstr,
                    errstr_size) ||
-      layout_field(subject, "kind", AVRO_ENUM, &l->subject_kind, &kind,
-                   errstr, errstr_size) ||
+      layout_field(subject, "kind", AVRO_ENUM, &l->subject_kind, &kind, errstr,
+                   errstr_size) ||
       layout_field(subject, "id", AVRO_STRING, &l->subject_id, NULL, errstr,
                    errstr_size) ||
       layout_branch(body, "UsageRecorded", &l->usage_branch, &usage, errstr,
@@ -616,10 +617,8 @@ static int layout_resolve(tly_codec_t *codec, char *errstr,
                    errstr_size) ||
       layout_field(usage, "unit", AVRO_STRING, &l->unit, NULL, errstr,
                    errstr_size) ||
-      layout_field(usage, "ai", AVRO_UNION, &l->ai, &ai, errstr,
-                   errstr_size) ||
-      layout_branch(ai, NULL, &l->ai_null_branch, NULL, errstr,
-                    errstr_size) ||
+      layout_field(usage, "ai", AVRO_UNION, &l->ai, &ai, errstr, errstr_size) ||
+      layout_branch(ai, NULL, &l->ai_null_branch, NULL, errstr, errstr_size) ||
       layout_branch(ai, "AiUsage", &l->ai_record_branch, &ai_record, errstr,
                     errstr_size) ||
       layout_field(ai_record, "provider", AVRO_STRING, &l->provider, NULL,
@@ -803,6 +802,40 @@ static int fill_value(tly_codec_t *codec, const tly_event_t *event) {
   return 0;
 }
 
+/* Encode refuses what decode would refuse: a producer must not be able to
+ * write an event that every consumer then dead-letters. */
+static int check_text(const char *text, const char *field, char *errstr,
+                      size_t errstr_size) {
+  const char *problem;
+  if (!text)
+    return 0;
+  problem = utf8_problem((const unsigned char *)text, strlen(text));
+  if (problem)
+    return fail(errstr, errstr_size, "field '%s': string %s", field, problem);
+  return 0;
+}
+
+static int check_event_text(const tly_event_t *event, char *errstr,
+                            size_t errstr_size) {
+  const tly_usage_recorded_t *usage = &event->body.usage;
+  if (check_text(event->event_id, "event_id", errstr, errstr_size) ||
+      check_text(event->subject_id, "subject.id", errstr, errstr_size) ||
+      check_text(usage->feature, "feature", errstr, errstr_size) ||
+      check_text(usage->unit, "unit", errstr, errstr_size))
+    return -1;
+  if (usage->has_ai &&
+      (check_text(usage->ai.provider, "ai.provider", errstr, errstr_size) ||
+       check_text(usage->ai.model, "ai.model", errstr, errstr_size)))
+    return -1;
+  for (size_t i = 0; i < usage->property_count; i++)
+    if (check_text(usage->properties[i].key, "properties (key)", errstr,
+                   errstr_size) ||
+        check_text(usage->properties[i].value, "properties (value)", errstr,
+                   errstr_size))
+      return -1;
+  return 0;
+}
+
 static int reserve_output(tly_codec_t *codec, size_t needed) {
   unsigned char *grown;
   size_t capacity = codec->out_capacity;
@@ -826,23 +859,21 @@ int tly_codec_encode(tly_codec_t *codec, const tly_event_t *event,
 
   if (!codec || !event || !out || !out_len)
     return fail(errstr, errstr_size, "encode: missing argument");
-  if (tly_event_validate(event, errstr, errstr_size))
+  if (tly_event_validate(event, errstr, errstr_size) ||
+      check_event_text(event, errstr, errstr_size))
     return -1;
   if (fill_value(codec, event) || avro_value_sizeof(&codec->value, &avro_size))
-    return fail(errstr, errstr_size, "Avro encode failed: %s",
-                avro_strerror());
+    return fail(errstr, errstr_size, "Avro encode failed: %s", avro_strerror());
   if (avro_size > SIZE_MAX - TLY_CODEC_HEADER_SIZE ||
       reserve_output(codec, TLY_CODEC_HEADER_SIZE + avro_size))
     return fail(errstr, errstr_size,
                 "out of memory for a %zu-byte encoded event", avro_size);
 
   avro_writer_memory_set_dest(codec->writer,
-                              (const char *)codec->out +
-                                  TLY_CODEC_HEADER_SIZE,
+                              (const char *)codec->out + TLY_CODEC_HEADER_SIZE,
                               (int64_t)avro_size);
   if (avro_value_write(codec->writer, &codec->value))
-    return fail(errstr, errstr_size, "Avro encode failed: %s",
-                avro_strerror());
+    return fail(errstr, errstr_size, "Avro encode failed: %s", avro_strerror());
   if (avro_writer_tell(codec->writer) != (int64_t)avro_size)
     return fail(errstr, errstr_size,
                 "Avro encode wrote %" PRId64 " bytes, expected %zu",
@@ -896,8 +927,7 @@ static int extract_properties(avro_value_t *map, size_t expected,
                               size_t errstr_size) {
   size_t count = 0;
   if (avro_value_get_size(map, &count))
-    return fail(errstr, errstr_size, "Avro decode failed: %s",
-                avro_strerror());
+    return fail(errstr, errstr_size, "Avro decode failed: %s", avro_strerror());
   if (count != expected)
     return fail(errstr, errstr_size,
                 "invalid Avro record: field 'body.properties': %zu entries "
@@ -907,8 +937,7 @@ static int extract_properties(avro_value_t *map, size_t expected,
     return 0;
   usage->properties = calloc(count, sizeof(*usage->properties));
   if (!usage->properties)
-    return fail(errstr, errstr_size, "out of memory for %zu properties",
-                count);
+    return fail(errstr, errstr_size, "out of memory for %zu properties", count);
   for (size_t i = 0; i < count; i++) {
     avro_value_t entry;
     const char *key = NULL, *text = NULL;
@@ -931,8 +960,7 @@ static int extract_properties(avro_value_t *map, size_t expected,
 
 /* Copies the decoded avro value into *event. */
 static int extract_event(tly_codec_t *codec, size_t property_entries,
-                         tly_event_t *event, char *errstr,
-                         size_t errstr_size) {
+                         tly_event_t *event, char *errstr, size_t errstr_size) {
   const layout_t *l = &codec->layout;
   avro_value_t *root = &codec->value;
   avro_value_t subject, kind, body, record, ai, ai_record, properties;
@@ -955,8 +983,8 @@ static int extract_event(tly_codec_t *codec, size_t property_entries,
                 kind_index);
   event->subject_kind = (tly_subject_kind_t)kind_index;
   if (branch != l->usage_branch)
-    return fail(errstr, errstr_size,
-                "unsupported event body: union branch %d", branch);
+    return fail(errstr, errstr_size, "unsupported event body: union branch %d",
+                branch);
   event->body_kind = TLY_BODY_USAGE_RECORDED;
 
   if (avro_value_get_current_branch(&body, &record) ||
@@ -982,8 +1010,7 @@ static int extract_event(tly_codec_t *codec, size_t property_entries,
 
 avro_error:
   /* After a successful walk only memory exhaustion lands here. */
-  return fail(errstr, errstr_size, "Avro decode failed: %s",
-              avro_strerror());
+  return fail(errstr, errstr_size, "Avro decode failed: %s", avro_strerror());
 }
 
 int tly_codec_decode(tly_codec_t *codec, const void *data, size_t len,
@@ -1002,10 +1029,9 @@ int tly_codec_decode(tly_codec_t *codec, const void *data, size_t len,
                 "schema id) and an Avro record",
                 TLY_CODEC_HEADER_SIZE);
   if (bytes[0] != 0)
-    return fail(errstr, errstr_size, "bad magic byte 0x%02x (expected 0)%s",
-                bytes[0],
-                bytes[0] == '{' ? "; this looks like JSON, not framed Avro"
-                                : "");
+    return fail(
+        errstr, errstr_size, "bad magic byte 0x%02x (expected 0)%s", bytes[0],
+        bytes[0] == '{' ? "; this looks like JSON, not framed Avro" : "");
   if (len < TLY_CODEC_HEADER_SIZE)
     return fail(errstr, errstr_size,
                 "truncated header: %zu bytes, the framing needs %d", len,
@@ -1027,8 +1053,7 @@ int tly_codec_decode(tly_codec_t *codec, const void *data, size_t len,
   avro_reader_memory_set_source(codec->reader, (const char *)bytes,
                                 (int64_t)len);
   if (avro_value_read(codec->reader, &codec->value))
-    return fail(errstr, errstr_size, "Avro decode failed: %s",
-                avro_strerror());
+    return fail(errstr, errstr_size, "Avro decode failed: %s", avro_strerror());
   if (extract_event(codec, property_entries, event, errstr, errstr_size))
     goto fail;
   if (tly_event_validate(event, reason, sizeof(reason))) {

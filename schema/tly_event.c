@@ -77,8 +77,8 @@ size_t tly_subject_key(tly_subject_kind_t kind, const char *id, char *out,
       out[0] = '\0';
     return 0;
   }
-  needed = snprintf(out_size ? out : NULL, out_size, "%s:%s", name,
-                    id ? id : "");
+  needed =
+      snprintf(out_size ? out : NULL, out_size, "%s:%s", name, id ? id : "");
   return needed < 0 ? 0 : (size_t)needed;
 }
 
@@ -94,11 +94,10 @@ int tly_api_key_hash_is_valid(const char *id) {
   return id[TLY_API_KEY_HASH_LEN] == '\0';
 }
 
-int tly_subject_validate(tly_subject_kind_t kind, const char *id,
-                         char *errstr, size_t errstr_size) {
+int tly_subject_validate(tly_subject_kind_t kind, const char *id, char *errstr,
+                         size_t errstr_size) {
   if (!tly_subject_kind_name(kind)) {
-    snprintf(errstr, errstr_size, "subject kind %d is out of range",
-             (int)kind);
+    snprintf(errstr, errstr_size, "subject kind %d is out of range", (int)kind);
     return -1;
   }
   if (!id || !*id) {
@@ -130,8 +129,9 @@ static int require_count(int64_t value, const char *field, char *errstr,
                          size_t errstr_size) {
   if (value >= 0)
     return 0;
-  snprintf(errstr, errstr_size, "field '%s': must be an integer >= 0 (got %lld)",
-           field, (long long)value);
+  snprintf(errstr, errstr_size,
+           "field '%s': must be an integer >= 0 (got %lld)", field,
+           (long long)value);
   return -1;
 }
 

@@ -82,8 +82,8 @@ int tly_api_key_hash_is_valid(const char *id);
  * the SHA-256 hex of the key (raw keys are refused). 0, or -1 with errstr.
  * The message never quotes the id (it might be a raw key).
  */
-int tly_subject_validate(tly_subject_kind_t kind, const char *id,
-                         char *errstr, size_t errstr_size);
+int tly_subject_validate(tly_subject_kind_t kind, const char *id, char *errstr,
+                         size_t errstr_size);
 
 /*
  * The rules every event must satisfy, shared by the codec (encode and

@@ -54,8 +54,7 @@ static int copy_string(const json_t *value, const char *field, int non_empty,
   text = json_string_value(value);
   length = json_string_length(value);
   if (strlen(text) != length)
-    return fail(errstr, errstr_size, "field '%s': must not contain NUL",
-                field);
+    return fail(errstr, errstr_size, "field '%s': must not contain NUL", field);
   if (non_empty && length == 0)
     return fail(errstr, errstr_size, "field '%s': must be a non-empty string",
                 field);
@@ -149,9 +148,8 @@ static int parse_rfc3339(const char *text, int64_t *out_ms, char *reason,
       *p++ != ':' || (minute = read_digits(&p, 2)) < 0 || *p++ != ':' ||
       (second = read_digits(&p, 2)) < 0)
     return fail(reason, reason_size, "expected YYYY-MM-DDTHH:MM:SSZ");
-  if (month < 1 || month > 12 || day < 1 ||
-      day > days_in_month(year, month) || hour > 23 || minute > 59 ||
-      second > 59)
+  if (month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) ||
+      hour > 23 || minute > 59 || second > 59)
     return fail(reason, reason_size, "date or time out of range");
 
   if (*p == '.') {
@@ -204,6 +202,8 @@ static int parse_rfc3339(const char *text, int64_t *out_ms, char *reason,
 static int get_occurred_at(const json_t *value, int64_t *out, char *errstr,
                            size_t errstr_size) {
   char reason[REASON_SIZE];
+  const char *text;
+
   if (json_is_integer(value)) {
     if (json_integer_value(value) < 0)
       return fail(errstr, errstr_size,
@@ -216,14 +216,12 @@ static int get_occurred_at(const json_t *value, int64_t *out, char *errstr,
                 "field 'occurred_at': must be integer milliseconds since the "
                 "epoch or an RFC 3339 string such as "
                 "\"2026-11-23T10:00:00Z\"");
-  if (strlen(json_string_value(value)) != json_string_length(value) ||
-      parse_rfc3339(json_string_value(value), out, reason, sizeof(reason)))
+  text = json_string_value(value);
+  if (strlen(text) != json_string_length(value))
+    return fail(errstr, errstr_size, "field 'occurred_at': contains NUL");
+  if (parse_rfc3339(text, out, reason, sizeof(reason)))
     return fail(errstr, errstr_size,
-                "field 'occurred_at': not an RFC 3339 UTC time: %s",
-                strlen(json_string_value(value)) !=
-                        json_string_length(value)
-                    ? "contains NUL"
-                    : reason);
+                "field 'occurred_at': not an RFC 3339 UTC time: %s", reason);
   return 0;
 }
 
@@ -251,8 +249,7 @@ static int finish_subject(tly_subject_kind_t kind, const char *id,
 }
 
 static int parse_subject_text(const char *text, tly_subject_kind_t *kind,
-                              char **id_out, char *reason,
-                              size_t reason_size) {
+                              char **id_out, char *reason, size_t reason_size) {
   const char *colon = strchr(text, ':');
   char kind_name[16];
   size_t kind_length;
@@ -279,8 +276,8 @@ static int parse_subject_text(const char *text, tly_subject_kind_t *kind,
                         reason, reason_size);
 }
 
-int tly_subject_parse(const char *text, tly_subject_kind_t *kind,
-                      char **id_out, char *errstr, size_t errstr_size) {
+int tly_subject_parse(const char *text, tly_subject_kind_t *kind, char **id_out,
+                      char *errstr, size_t errstr_size) {
   char reason[REASON_SIZE];
 
   if (!text || !kind || !id_out)
@@ -300,8 +297,7 @@ static int get_subject(const json_t *value, tly_event_t *event, char *errstr,
 
   if (json_is_string(value)) {
     if (strlen(json_string_value(value)) != json_string_length(value))
-      return fail(errstr, errstr_size,
-                  "field 'subject': must not contain NUL");
+      return fail(errstr, errstr_size, "field 'subject': must not contain NUL");
     if (parse_subject_text(json_string_value(value), &event->subject_kind,
                            &event->subject_id, reason, sizeof(reason)))
       return fail(errstr, errstr_size, "field 'subject': %s", reason);
@@ -347,20 +343,17 @@ static int get_ai(const json_t *value, tly_ai_usage_t *ai, char *errstr,
     return -1;
   for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
     if (!json_object_get(value, required[i]))
-      return fail(errstr, errstr_size, "field 'ai.%s': required",
-                  required[i]);
-  return copy_string(json_object_get(value, "provider"), "ai.provider", 1,
-                     &ai->provider, errstr, errstr_size) ||
-                 copy_string(json_object_get(value, "model"), "ai.model", 1,
-                             &ai->model, errstr, errstr_size) ||
-                 get_count(json_object_get(value, "input_tokens"),
-                           "ai.input_tokens", &ai->input_tokens, errstr,
-                           errstr_size) ||
-                 get_count(json_object_get(value, "output_tokens"),
-                           "ai.output_tokens", &ai->output_tokens, errstr,
-                           errstr_size)
-             ? -1
-             : 0;
+      return fail(errstr, errstr_size, "field 'ai.%s': required", required[i]);
+  if (copy_string(json_object_get(value, "provider"), "ai.provider", 1,
+                  &ai->provider, errstr, errstr_size) ||
+      copy_string(json_object_get(value, "model"), "ai.model", 1, &ai->model,
+                  errstr, errstr_size) ||
+      get_count(json_object_get(value, "input_tokens"), "ai.input_tokens",
+                &ai->input_tokens, errstr, errstr_size) ||
+      get_count(json_object_get(value, "output_tokens"), "ai.output_tokens",
+                &ai->output_tokens, errstr, errstr_size))
+    return -1;
+  return 0;
 }
 
 static int get_properties(const json_t *value, tly_usage_recorded_t *usage,
@@ -400,9 +393,9 @@ static int get_properties(const json_t *value, tly_usage_recorded_t *usage,
 
 static int fill_event(const json_t *object, int64_t now_ms, tly_event_t *event,
                       char *errstr, size_t errstr_size) {
-  static const char *const allowed[] = {
-      "event_id", "occurred_at", "subject", "feature", "quantity",
-      "unit",     "ai",          "properties", NULL};
+  static const char *const allowed[] = {"event_id", "occurred_at", "subject",
+                                        "feature",  "quantity",    "unit",
+                                        "ai",       "properties",  NULL};
   tly_usage_recorded_t *usage = &event->body.usage;
   const json_t *value;
   char reason[REASON_SIZE];
@@ -415,8 +408,7 @@ static int fill_event(const json_t *object, int64_t now_ms, tly_event_t *event,
 
   if (!(value = json_object_get(object, "event_id")))
     return fail(errstr, errstr_size, "field 'event_id': required");
-  if (copy_string(value, "event_id", 1, &event->event_id, errstr,
-                  errstr_size))
+  if (copy_string(value, "event_id", 1, &event->event_id, errstr, errstr_size))
     return -1;
 
   event->occurred_at_ms = now_ms;

@@ -7,6 +7,7 @@ packages=(
   build-essential cmake pkg-config
   librdkafka-dev librocksdb-dev libavro-dev libcurl4-openssl-dev
   libmicrohttpd-dev libjansson-dev libssl-dev libcmocka-dev
+  clang libclang-rt-14-dev
 )
 missing=()
 for package in "${packages[@]}"; do

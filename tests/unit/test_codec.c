@@ -13,10 +13,13 @@
  * Avro inputs are written by hand with a tiny builder so that each test
  * shows exactly which bytes are wrong.
  */
+/* cmocka.h needs these first; the blank line keeps clang-format from
+ * sorting it above them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -129,8 +132,8 @@ static void assert_event_matches(const tly_event_t *event, const spec_t *spec) {
 }
 
 static const char *const region_props[] = {"region", "eu", "tier", "gold"};
-static const char *const unicode_props[] = {"città", "Zürich",
-                                            "名前", "🚀 launch"};
+static const char *const unicode_props[] = {"città", "Zürich", "名前",
+                                            "🚀 launch"};
 static const char *const empty_props[] = {"", "", "k", ""};
 
 static const spec_t round_trip_specs[] = {
@@ -261,8 +264,7 @@ static void test_round_trips(void **state) {
       size_t len;
       unsigned char *bytes = encode_spec(codec, spec, &len);
 
-      if (tly_codec_decode(codec, bytes, len, &decoded, errstr,
-                           sizeof(errstr)))
+      if (tly_codec_decode(codec, bytes, len, &decoded, errstr, sizeof(errstr)))
         fail_msg("decode '%s': %s", spec->name, errstr);
       assert_event_matches(&decoded, spec);
       tly_event_clear(&decoded);
@@ -294,9 +296,8 @@ static void test_round_trip_many_properties(void **state) {
   spec.property_count = COUNT;
   spec.properties = pairs;
   bytes = encode_spec(codec, &spec, &len);
-  assert_int_equal(tly_codec_decode(codec, bytes, len, &decoded, errstr,
-                                    sizeof(errstr)),
-                   0);
+  assert_int_equal(
+      tly_codec_decode(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
   assert_event_matches(&decoded, &spec);
   tly_event_clear(&decoded);
   free(bytes);
@@ -321,9 +322,8 @@ static void test_round_trip_large_string(void **state) {
   spec.feature = big;
   bytes = encode_spec(codec, &spec, &len);
   assert_true(len > big_len);
-  assert_int_equal(tly_codec_decode(codec, bytes, len, &decoded, errstr,
-                                    sizeof(errstr)),
-                   0);
+  assert_int_equal(
+      tly_codec_decode(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
   assert_event_matches(&decoded, &spec);
   tly_event_clear(&decoded);
   free(bytes);
@@ -348,8 +348,7 @@ static void test_decode_reuses_event(void **state) {
   assert_event_matches(&event, &round_trip_specs[0]);
   /* A failed decode leaves the event cleared. */
   assert_int_not_equal(
-      tly_codec_decode(codec, b, len_b - 1, &event, errstr, sizeof(errstr)),
-      0);
+      tly_codec_decode(codec, b, len_b - 1, &event, errstr, sizeof(errstr)), 0);
   assert_null(event.event_id);
   assert_null(event.subject_id);
   assert_null(event.body.usage.feature);
@@ -501,10 +500,9 @@ static raw_t raw_valid(void) {
 }
 
 static void put_header(msg_t *m, uint32_t schema_id) {
-  unsigned char header[5] = {0, (unsigned char)(schema_id >> 24),
-                             (unsigned char)(schema_id >> 16),
-                             (unsigned char)(schema_id >> 8),
-                             (unsigned char)schema_id};
+  unsigned char header[5] = {
+      0, (unsigned char)(schema_id >> 24), (unsigned char)(schema_id >> 16),
+      (unsigned char)(schema_id >> 8), (unsigned char)schema_id};
   put_raw(m, header, sizeof(header));
 }
 
@@ -621,8 +619,8 @@ static void test_reject_every_truncation(void **state) {
     char errstr[256] = "";
     assert_non_null(prefix);
     memcpy(prefix, bytes, cut);
-    if (tly_codec_decode(codec, prefix, cut, &event, errstr,
-                         sizeof(errstr)) == 0)
+    if (tly_codec_decode(codec, prefix, cut, &event, errstr, sizeof(errstr)) ==
+        0)
       fail_msg("decode of %zu of %zu bytes succeeded", cut, len);
     assert_true(strlen(errstr) > 0);
     /* Mostly "truncated Avro record"; a cut can also leave a map count
@@ -657,12 +655,10 @@ static void test_reject_trailing_bytes(void **state) {
 static void test_reject_corrupt_lengths(void **state) {
   tly_codec_t *codec = new_codec(1);
   msg_t m;
-  static const unsigned char too_long_varint[] = {0x80, 0x80, 0x80, 0x80,
-                                                  0x80, 0x80, 0x80, 0x80,
-                                                  0x80, 0x80, 0x01};
-  static const unsigned char overflow_varint[] = {0xFF, 0xFF, 0xFF, 0xFF,
-                                                  0xFF, 0xFF, 0xFF, 0xFF,
-                                                  0xFF, 0x7F};
+  static const unsigned char too_long_varint[] = {
+      0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01};
+  static const unsigned char overflow_varint[] = {0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                                  0xFF, 0xFF, 0xFF, 0xFF, 0x7F};
   (void)state;
 
   /* event_id claims 2^62 bytes */
@@ -894,9 +890,9 @@ static void test_reject_invalid_fields(void **state) {
     tly_event_t event = {0};
     char errstr[256];
     build_raw(&m, &raw);
-    assert_int_equal(tly_codec_decode(codec, m.bytes, m.len, &event, errstr,
-                                      sizeof(errstr)),
-                     0);
+    assert_int_equal(
+        tly_codec_decode(codec, m.bytes, m.len, &event, errstr, sizeof(errstr)),
+        0);
     tly_event_clear(&event);
   }
 
@@ -934,8 +930,7 @@ static void expect_encode_error(tly_codec_t *codec, const spec_t *spec,
   char errstr[512] = "";
 
   build_event(spec, &event);
-  if (tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)) ==
-      0)
+  if (tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)) == 0)
     fail_msg("encode unexpectedly succeeded (wanted '%s')", want);
   if (!strstr(errstr, want))
     fail_msg("error '%s' does not contain '%s'", errstr, want);
@@ -944,6 +939,7 @@ static void expect_encode_error(tly_codec_t *codec, const spec_t *spec,
 
 static void test_encode_rejects(void **state) {
   static const char *const duplicate_props[] = {"a", "1", "b", "2", "a", "3"};
+  static const char *const latin1_props[] = {"city", "Z\xfcrich", "k", "v"};
   tly_codec_t *codec = new_codec(1);
   spec_t spec;
   (void)state;
@@ -973,7 +969,8 @@ static void test_encode_rejects(void **state) {
   expect_encode_error(codec, &spec, "field 'feature'");
   spec = tiny;
   spec.quantity = -1;
-  expect_encode_error(codec, &spec, "field 'quantity': must be an integer >= 0");
+  expect_encode_error(codec, &spec,
+                      "field 'quantity': must be an integer >= 0");
   spec = round_trip_specs[2];
   spec.input_tokens = -1;
   expect_encode_error(codec, &spec, "field 'ai.input_tokens'");
@@ -986,6 +983,13 @@ static void test_encode_rejects(void **state) {
   spec = round_trip_specs[2];
   spec.model = NULL;
   expect_encode_error(codec, &spec, "field 'ai.model'");
+  /* what decode would refuse, encode refuses too */
+  spec = tiny;
+  spec.feature = "caf\xe9"; /* Latin-1, not UTF-8 */
+  expect_encode_error(codec, &spec, "field 'feature': string is not valid");
+  spec = round_trip_specs[3];
+  spec.properties = latin1_props;
+  expect_encode_error(codec, &spec, "field 'properties (value)'");
   spec = tiny;
   spec.property_count = 3;
   spec.properties = duplicate_props;
@@ -999,8 +1003,7 @@ static void test_encode_rejects(void **state) {
     build_event(&tiny, &event);
     event.body_kind = (tly_body_kind_t)3;
     assert_int_not_equal(
-        tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)),
-        0);
+        tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)), 0);
     assert_non_null(strstr(errstr, "body kind"));
     event.body_kind = TLY_BODY_USAGE_RECORDED;
     tly_event_clear(&event);
@@ -1054,8 +1057,7 @@ static void decode_must_not_crash(tly_codec_t *codec, const unsigned char *src,
   char errstr[256] = "";
   assert_non_null(copy);
   memcpy(copy, src, len);
-  if (tly_codec_decode(codec, copy, len, &event, errstr, sizeof(errstr)) ==
-      0) {
+  if (tly_codec_decode(codec, copy, len, &event, errstr, sizeof(errstr)) == 0) {
     /* Whatever decodes must satisfy the rules. */
     char reason[256];
     assert_int_equal(tly_event_validate(&event, reason, sizeof(reason)), 0);
@@ -1110,8 +1112,7 @@ static void test_random_corruption(void **state) {
     tly_event_t event = {0};
     char errstr[256];
     assert_int_equal(
-        tly_codec_decode(codec, valid, len, &event, errstr, sizeof(errstr)),
-        0);
+        tly_codec_decode(codec, valid, len, &event, errstr, sizeof(errstr)), 0);
     assert_event_matches(&event, &spec);
     tly_event_clear(&event);
   }
@@ -1143,10 +1144,9 @@ static void test_subject_kind_names(void **state) {
   assert_null(tly_subject_kind_name(TLY_SUBJECT__COUNT));
   assert_null(tly_subject_kind_name((tly_subject_kind_t)-1));
   for (int i = 0; i < TLY_SUBJECT__COUNT; i++) {
-    assert_int_equal(
-        tly_subject_kind_parse(tly_subject_kind_name((tly_subject_kind_t)i),
-                               &kind),
-        0);
+    assert_int_equal(tly_subject_kind_parse(
+                         tly_subject_kind_name((tly_subject_kind_t)i), &kind),
+                     0);
     assert_int_equal(kind, i);
   }
   assert_int_equal(tly_subject_kind_parse("User", &kind), -1);

@@ -7,10 +7,13 @@
  * subject-string parser on its own, the RFC 3339 corner cases, and the rule
  * that a raw API key never appears in an error message.
  */
+/* cmocka.h needs these first; the blank line keeps clang-format from
+ * sorting it above them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -50,19 +53,19 @@ static const valid_case_t valid_cases[] = {
      "\"call\", \"ai\": {\"provider\": \"openai\", \"model\": \"gpt-4o\", "
      "\"input_tokens\": 10, \"output_tokens\": 5}, \"properties\": "
      "{\"region\": \"eu\"}}",
-     "e-1", 1732300000000, TLY_SUBJECT_USER, "alice", "api_calls", 1, "call",
-     1, "gpt-4o", 10, 5, 1, "region", "eu"},
+     "e-1", 1732300000000, TLY_SUBJECT_USER, "alice", "api_calls", 1, "call", 1,
+     "gpt-4o", 10, 5, 1, "region", "eu"},
     /* minimal: occurred_at defaults to now, unit to "" */
     {"{\"event_id\":\"e-2\",\"subject\":\"bob\",\"feature\":\"f\","
      "\"quantity\":0}",
-     "e-2", NOW_MS, TLY_SUBJECT_USER, "bob", "f", 0, "", 0, NULL, 0, 0, 0,
-     NULL, NULL},
+     "e-2", NOW_MS, TLY_SUBJECT_USER, "bob", "f", 0, "", 0, NULL, 0, 0, 0, NULL,
+     NULL},
     /* null optional fields are absent */
     {"{\"event_id\":\"e-3\",\"subject\":\"bob\",\"feature\":\"f\","
      "\"quantity\":2,\"occurred_at\":null,\"unit\":null,\"ai\":null,"
      "\"properties\":null}",
-     "e-3", NOW_MS, TLY_SUBJECT_USER, "bob", "f", 2, "", 0, NULL, 0, 0, 0,
-     NULL, NULL},
+     "e-3", NOW_MS, TLY_SUBJECT_USER, "bob", "f", 2, "", 0, NULL, 0, 0, 0, NULL,
+     NULL},
     /* subject as an object, api_key hash */
     {"{\"event_id\":\"e-4\",\"subject\":{\"kind\":\"api_key\",\"id\":\"" HASH
      "\"},\"feature\":\"f\",\"quantity\":3}",
@@ -80,24 +83,24 @@ static const valid_case_t valid_cases[] = {
     /* RFC 3339 times */
     {"{\"event_id\":\"t1\",\"occurred_at\":\"2026-11-23T10:00:00Z\","
      "\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1}",
-     "t1", T_2026_11_23_10, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL, 0, 0,
-     0, NULL, NULL},
+     "t1", T_2026_11_23_10, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL, 0, 0, 0,
+     NULL, NULL},
     {"{\"event_id\":\"t2\",\"occurred_at\":\"2026-11-23T10:00:00.5Z\","
      "\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1}",
-     "t2", T_2026_11_23_10 + 500, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL,
-     0, 0, 0, NULL, NULL},
+     "t2", T_2026_11_23_10 + 500, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL, 0,
+     0, 0, NULL, NULL},
     {"{\"event_id\":\"t3\",\"occurred_at\":\"2026-11-23T10:00:00.123987654Z\","
      "\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1}",
-     "t3", T_2026_11_23_10 + 123, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL,
-     0, 0, 0, NULL, NULL},
+     "t3", T_2026_11_23_10 + 123, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL, 0,
+     0, 0, NULL, NULL},
     {"{\"event_id\":\"t4\",\"occurred_at\":\"2026-11-23T12:00:00+02:00\","
      "\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1}",
-     "t4", T_2026_11_23_10, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL, 0, 0,
-     0, NULL, NULL},
+     "t4", T_2026_11_23_10, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL, 0, 0, 0,
+     NULL, NULL},
     {"{\"event_id\":\"t5\",\"occurred_at\":\"2026-11-23t05:30:00.25-04:30\","
      "\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1}",
-     "t5", T_2026_11_23_10 + 250, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL,
-     0, 0, 0, NULL, NULL},
+     "t5", T_2026_11_23_10 + 250, TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL, 0,
+     0, 0, NULL, NULL},
     {"{\"event_id\":\"t6\",\"occurred_at\":\"2024-02-29T00:00:00z\","
      "\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1}",
      "t6", INT64_C(1709164800000), TLY_SUBJECT_USER, "u", "f", 1, "", 0, NULL,
@@ -115,8 +118,8 @@ static const valid_case_t valid_cases[] = {
      "\"input_tokens\":0,\"output_tokens\":9223372036854775807},"
      "\"properties\":{\"\\u540d\":\"\\ud83d\\ude80\"}}\n",
      "\xc3\xa9v", NOW_MS, TLY_SUBJECT_USER, "jos\xc3\xa9",
-     "r\xc3\xa9sum\xc3\xa9", INT64_MAX, "\xe2\x82\xac", 1, "m", 0, INT64_MAX,
-     1, "\xe5\x90\x8d", "\xf0\x9f\x9a\x80"},
+     "r\xc3\xa9sum\xc3\xa9", INT64_MAX, "\xe2\x82\xac", 1, "m", 0, INT64_MAX, 1,
+     "\xe5\x90\x8d", "\xf0\x9f\x9a\x80"},
     /* empty properties object, empty-string property value */
     {"{\"event_id\":\"p1\",\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1,"
      "\"properties\":{}}",
@@ -305,8 +308,7 @@ static const invalid_case_t invalid_cases[] = {
 
 static void test_invalid_lines(void **state) {
   (void)state;
-  for (size_t i = 0; i < sizeof(invalid_cases) / sizeof(*invalid_cases);
-       i++) {
+  for (size_t i = 0; i < sizeof(invalid_cases) / sizeof(*invalid_cases); i++) {
     const invalid_case_t *c = &invalid_cases[i];
     tly_event_t event = {0};
     char errstr[512] = "";
@@ -352,9 +354,9 @@ static void test_raw_key_never_echoed(void **state) {
 static void test_from_json_object(void **state) {
   tly_event_t event = {0};
   char errstr[512] = "";
-  json_t *object = json_pack("{s:s, s:s, s:s, s:I}", "event_id", "e",
-                             "subject", "user:alice", "feature", "f",
-                             "quantity", (json_int_t)4);
+  json_t *object =
+      json_pack("{s:s, s:s, s:s, s:I}", "event_id", "e", "subject",
+                "user:alice", "feature", "f", "quantity", (json_int_t)4);
   (void)state;
 
   assert_non_null(object);
@@ -388,14 +390,14 @@ static void test_many_properties(void **state) {
   char errstr[512] = "";
   (void)state;
 
-  used = (size_t)snprintf(line, sizeof(line), "{" BASE
-                          ",\"quantity\":1,\"properties\":{");
+  used = (size_t)snprintf(line, sizeof(line),
+                          "{" BASE ",\"quantity\":1,\"properties\":{");
   for (int i = 0; i < 100; i++)
     used += (size_t)snprintf(line + used, sizeof(line) - used,
                              "%s\"k%d\":\"v%d\"", i ? "," : "", i, i);
   snprintf(line + used, sizeof(line) - used, "}}");
-  assert_int_equal(tly_event_from_json_text(line, strlen(line), NOW_MS,
-                                            &event, errstr, sizeof(errstr)),
+  assert_int_equal(tly_event_from_json_text(line, strlen(line), NOW_MS, &event,
+                                            errstr, sizeof(errstr)),
                    0);
   assert_int_equal(event.body.usage.property_count, 100);
   tly_event_clear(&event);
@@ -403,8 +405,7 @@ static void test_many_properties(void **state) {
   /* the same with the last value not a string */
   snprintf(line + used, sizeof(line) - used, ",\"bad\":1}}");
   assert_int_not_equal(tly_event_from_json_text(line, strlen(line), NOW_MS,
-                                                &event, errstr,
-                                                sizeof(errstr)),
+                                                &event, errstr, sizeof(errstr)),
                        0);
   assert_non_null(strstr(errstr, "field 'properties.bad'"));
   assert_null(event.body.usage.properties);
@@ -435,8 +436,7 @@ static const subject_case_t subject_cases[] = {
 
 static void test_subject_parse(void **state) {
   (void)state;
-  for (size_t i = 0; i < sizeof(subject_cases) / sizeof(*subject_cases);
-       i++) {
+  for (size_t i = 0; i < sizeof(subject_cases) / sizeof(*subject_cases); i++) {
     const subject_case_t *c = &subject_cases[i];
     tly_subject_kind_t kind = TLY_SUBJECT__COUNT;
     char *id = (char *)"untouched";
