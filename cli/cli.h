@@ -33,6 +33,7 @@ typedef struct {
   int partitions;          /* of the usage topic; default 16 */
   const char *usage_topic; /* default tally.usage */
   const char *dlq_topic;   /* default tally.usage.dlq */
+  const char *alerts_topic; /* default tally.alerts */
 } cli_broker_conf_t;
 cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
                                size_t errstr_size);
@@ -53,7 +54,9 @@ typedef struct {
   const char *http_address; /* "127.0.0.1" */
   uint16_t http_port;       /* 0: any free port */
   const char *http_port_file; /* optional: the bound port is written here */
-  const char *group_id, *usage_topic, *dlq_topic;
+  const char *group_id, *usage_topic, *dlq_topic, *alerts_topic;
+  const char *config_path; /* NULL: the built-in configuration */
+  int64_t tick_interval_ms; /* 0: no ticks */
   int batch_max_events, batch_max_ms;
   const char *const *kafka_properties;
 } cli_serve_conf_t;

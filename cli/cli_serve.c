@@ -5,6 +5,7 @@
  */
 #include "cli.h"
 
+#include "tly_config.h"
 #include "tly_http.h"
 #include "tly_log.h"
 #include "tly_processor.h"
@@ -41,6 +42,15 @@ int cli_serve(const cli_serve_conf_t *conf) {
   tly_store_t *store = NULL;
   tly_processor_t *processor = NULL;
   tly_http_t *http = NULL;
+  tly_config_t *config = conf->config_path
+                             ? tly_config_load_file(conf->config_path, errstr,
+                                                    sizeof(errstr))
+                             : tly_config_default();
+  if (!config) {
+    fprintf(stderr, "tally: config %s: %s\n",
+            conf->config_path ? conf->config_path : "(built-in)", errstr);
+    return 2;
+  }
 
   store = tly_store_open(conf->state_dir, 0, errstr, sizeof(errstr));
   if (!store) {
@@ -52,6 +62,9 @@ int cli_serve(const cli_serve_conf_t *conf) {
       .group_id = conf->group_id,
       .usage_topic = conf->usage_topic,
       .dlq_topic = conf->dlq_topic,
+      .alerts_topic = conf->alerts_topic,
+      .config = config,
+      .tick_interval_ms = conf->tick_interval_ms ? conf->tick_interval_ms : -1,
       .batch_max_events = conf->batch_max_events,
       .batch_max_ms = conf->batch_max_ms,
       .kafka_properties = conf->kafka_properties,
@@ -64,7 +77,8 @@ int cli_serve(const cli_serve_conf_t *conf) {
   tly_http_conf_t hconf = {.address = conf->http_address,
                            .port = conf->http_port,
                            .store = store,
-                           .processor = processor};
+                           .processor = processor,
+                           .config = config};
   http = tly_http_start(&hconf, errstr, sizeof(errstr));
   if (!http) {
     fprintf(stderr, "tally: %s\n", errstr);
@@ -93,5 +107,6 @@ out:
   tly_processor_destroy(processor);
   if (store)
     tly_store_close(store);
+  tly_config_free(config);
   return exit_code;
 }

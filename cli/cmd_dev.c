@@ -126,10 +126,13 @@ int cmd_dev(int argc, char **argv) {
       {"partitions", required_argument, NULL, 'p'},
       {"demo-rate", required_argument, NULL, 'r'},
       {"demo-subjects", required_argument, NULL, 'n'},
+      {"config", required_argument, NULL, 'c'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   char address[64] = "127.0.0.1", state_dir[4096] = "";
-  cli_serve_conf_t conf = {.http_address = address, .http_port = 8080};
+  cli_serve_conf_t conf = {.http_address = address,
+                           .http_port = 8080,
+                           .tick_interval_ms = 60000};
   cli_broker_conf_t bconf = {.partitions = 16};
   demo_conf_t demo = {.subjects = 300, .rate = 200};
   int opt, with_demo = 0;
@@ -149,9 +152,11 @@ int cmd_dev(int argc, char **argv) {
     case 'p': bconf.partitions = atoi(optarg); break;
     case 'r': demo.rate = atoi(optarg); break;
     case 'n': demo.subjects = atoi(optarg); break;
+    case 'c': conf.config_path = optarg; break;
     case 'h':
       printf("usage: tally dev [--demo] [--state-dir DIR] [--http ADDR:PORT] "
-             "[--partitions N] [--demo-rate EVENTS_PER_S] [--demo-subjects N]\n");
+             "[--partitions N] [--demo-rate EVENTS_PER_S] [--demo-subjects N] "
+             "[--config FILE]\n");
       return 0;
     default: return 2;
     }
@@ -175,7 +180,7 @@ int cmd_dev(int argc, char **argv) {
     return 1;
   }
   printf("tally: kafka  %s   (embedded broker; topics tally.usage x%d, "
-         "tally.usage.dlq)\n",
+         "tally.usage.dlq, tally.alerts)\n",
          cli_broker_bootstrap(broker), bconf.partitions);
   conf.brokers = cli_broker_bootstrap(broker);
   conf.state_dir = state_dir;

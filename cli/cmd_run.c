@@ -19,6 +19,9 @@ static void usage(FILE *out) {
           "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
           "  --batch-events N        max events per commit (default 20000)\n"
           "  --batch-ms N            max ms per commit (default 100)\n"
+          "  --config FILE           plans, prices, thresholds (default: built in)\n"
+          "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"
+          "  --tick-interval-ms N    write Tick events this often (default 60000, 0 = never)\n"
           "  -X name=value           librdkafka property (TLS, SASL, ...)\n");
 }
 
@@ -33,11 +36,16 @@ int cmd_run(int argc, char **argv) {
       {"dlq-topic", required_argument, NULL, 'd'},
       {"batch-events", required_argument, NULL, 'e'},
       {"batch-ms", required_argument, NULL, 'm'},
+      {"config", required_argument, NULL, 'c'},
+      {"alerts-topic", required_argument, NULL, 'a'},
+      {"tick-interval-ms", required_argument, NULL, 'T'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
   char address[64] = "127.0.0.1";
-  cli_serve_conf_t conf = {.http_address = address, .http_port = 8080};
+  cli_serve_conf_t conf = {.http_address = address,
+                           .http_port = 8080,
+                           .tick_interval_ms = 60000};
   int opt;
 
   while ((opt = getopt_long(argc, argv, "b:s:X:h", options, NULL)) != -1) {
@@ -56,6 +64,9 @@ int cmd_run(int argc, char **argv) {
     case 'd': conf.dlq_topic = optarg; break;
     case 'e': conf.batch_max_events = atoi(optarg); break;
     case 'm': conf.batch_max_ms = atoi(optarg); break;
+    case 'c': conf.config_path = optarg; break;
+    case 'a': conf.alerts_topic = optarg; break;
+    case 'T': conf.tick_interval_ms = atoll(optarg); break;
     case 'X':
       if (cli_properties_add(&properties, optarg))
         return 2;

@@ -11,7 +11,8 @@
 #include "tly_http.h"
 
 #include "tly_event_json.h"
-#include "tly_fold.h"
+#include "tly_billing.h"
+#include "tly_keys.h"
 #include "tly_log.h"
 
 #include <arpa/inet.h>
@@ -74,56 +75,99 @@ static void handle_healthz(tly_http_t *http, const char *subject,
 typedef struct {
   json_t *features;
   size_t prefix_len;
+  const tly_plan_t *plan;
   int bad_rows;
 } usage_scan_t;
 
 static int collect_usage_row(void *opaque, const char *key, size_t key_len,
                              const char *value, size_t value_len) {
   usage_scan_t *scan = opaque;
-  tly_usage_row_t row;
+  tly_billing_row_t row;
   char feature[512];
   size_t feature_len = key_len - scan->prefix_len;
 
   if (feature_len >= sizeof(feature) ||
-      tly_usage_row_decode(value, value_len, &row)) {
+      tly_billing_row_decode(value, value_len, &row)) {
     scan->bad_rows++;
     return 0;
   }
   memcpy(feature, key + scan->prefix_len, feature_len);
   feature[feature_len] = '\0';
-  json_object_set_new(
-      scan->features, feature,
-      json_pack("{s:I,s:I,s:I,s:I}", "quantity", (json_int_t)row.quantity,
-                "input_tokens", (json_int_t)row.input_tokens,
-                "output_tokens", (json_int_t)row.output_tokens, "events",
-                (json_int_t)row.event_count));
+  json_t *entry = json_pack(
+      "{s:I,s:I,s:I,s:I,s:I}", "quantity", (json_int_t)row.quantity,
+      "input_tokens", (json_int_t)row.input_tokens, "output_tokens",
+      (json_int_t)row.output_tokens, "events", (json_int_t)row.event_count,
+      "cost_micros", (json_int_t)row.cost_micros);
+  const tly_feature_limit_t *limit =
+      scan->plan ? tly_plan_limit(scan->plan, feature) : NULL;
+  if (!limit || limit->limit == TLY_UNLIMITED) {
+    json_object_set_new(entry, "limit", json_null());
+    json_object_set_new(entry, "mode", json_string("unlimited"));
+    json_object_set_new(entry, "exceeded", json_false());
+  } else {
+    int64_t remaining = limit->limit - row.quantity;
+    json_object_set_new(entry, "limit", json_integer(limit->limit));
+    json_object_set_new(entry, "mode", json_string(limit->mode == TLY_LIMIT_HARD
+                                                       ? "hard"
+                                                       : "soft"));
+    json_object_set_new(entry, "remaining",
+                        json_integer(remaining > 0 ? remaining : 0));
+    json_object_set_new(entry, "percent",
+                        json_integer(limit->limit ? row.quantity * 100 / limit->limit
+                                                  : 100));
+    json_object_set_new(entry, "exceeded", json_boolean(remaining < 0));
+  }
+  json_object_set_new(scan->features, feature, entry);
   return 0;
 }
 
-/* Scans one partition's rows of the subject into scan. 0 or -1. */
-static int scan_partition(tly_http_t *http, int32_t partition,
-                          tly_subject_kind_t kind, const char *id,
-                          usage_scan_t *scan, char *errstr, size_t errlen) {
-  char prefix[1200];
-  size_t prefix_len =
-      tly_usage_key(partition, kind, id, NULL, prefix, sizeof(prefix));
-  if (!prefix_len) {
-    snprintf(errstr, errlen, "subject id too long");
-    return -1;
+/* Finds the subject's account: first in the partition Kafka's murmur2
+ * partitioner picks for it, then in the others. 1 found, 0 not, -1 error. */
+static int find_account(tly_http_t *http, tly_subject_kind_t kind,
+                        const char *id, const char *subject_key,
+                        size_t subject_key_len, tly_account_t *account,
+                        int32_t *partition_out, char *errstr, size_t errlen) {
+  int32_t partitions = tly_processor_partition_count(http->conf.processor);
+  int32_t home = partitions > 0 ? rd_kafka_msg_partitioner_murmur2(
+                                      NULL, subject_key, subject_key_len,
+                                      partitions, NULL, NULL)
+                                : -1;
+  for (int32_t i = -1; i < partitions; i++) {
+    int32_t partition = i < 0 ? home : i;
+    char key[TLY_KEY_MAX], *value = NULL;
+    size_t value_len;
+    if (partition < 0 || (i >= 0 && partition == home))
+      continue;
+    size_t key_len = tly_key_account(partition, kind, id, key, sizeof(key));
+    if (!key_len) {
+      snprintf(errstr, errlen, "subject id too long");
+      return -1;
+    }
+    int found = tly_store_get(http->conf.store, TLY_CF_ACCOUNTS, key, key_len,
+                              &value, &value_len, errstr, errlen);
+    if (found < 0)
+      return -1;
+    if (!found)
+      continue;
+    int bad = tly_account_decode(value, value_len, account);
+    tly_store_free(value);
+    if (bad) {
+      snprintf(errstr, errlen, "stored account is corrupt");
+      return -1;
+    }
+    *partition_out = partition;
+    return 1;
   }
-  scan->prefix_len = prefix_len;
-  return tly_store_scan_prefix(http->conf.store, TLY_CF_USAGE, prefix,
-                               prefix_len, collect_usage_row, scan, errstr,
-                               errlen);
+  return 0;
 }
 
 static void handle_usage(tly_http_t *http, const char *subject,
                          struct MHD_Connection *connection, response_t *out) {
   tly_subject_kind_t kind;
-  char *id = NULL, key[1100], errstr[512];
-  usage_scan_t scan = {json_object(), 0, 0};
-  int32_t partitions = tly_processor_partition_count(http->conf.processor);
-  int32_t home = -1, found_in = -1;
+  char *id = NULL, key[1100], errstr[512], prefix[TLY_KEY_MAX];
+  usage_scan_t scan = {json_object(), 0, NULL, 0};
+  tly_account_t account;
+  int32_t partition = -1;
   (void)connection;
 
   if (tly_subject_parse(subject, &kind, &id, errstr, sizeof(errstr))) {
@@ -135,31 +179,47 @@ static void handle_usage(tly_http_t *http, const char *subject,
     respond_error(out, 400, "bad_subject", "subject id too long");
     goto done;
   }
-  if (partitions > 0)
-    home = rd_kafka_msg_partitioner_murmur2(NULL, key, key_len, partitions,
-                                            NULL, NULL);
-  for (int32_t i = -1; i < partitions && found_in < 0; i++) {
-    int32_t partition = i < 0 ? home : i;
-    if (partition < 0 || (i >= 0 && partition == home))
-      continue;
-    if (scan_partition(http, partition, kind, id, &scan, errstr,
-                       sizeof(errstr))) {
-      respond_error(out, 500, "store_error", errstr);
-      goto done;
-    }
-    if (json_object_size(scan.features))
-      found_in = partition;
+  int found = find_account(http, kind, id, key, key_len, &account, &partition,
+                           errstr, sizeof(errstr));
+  if (found < 0) {
+    respond_error(out, 500, "store_error", errstr);
+    goto done;
   }
-  if (found_in < 0) {
+  if (!found) {
     char message[1200];
-    snprintf(message, sizeof(message), "no usage recorded for subject %s",
-             key);
+    snprintf(message, sizeof(message), "no usage recorded for subject %s", key);
     respond_error(out, 404, "not_found", message);
     goto done;
   }
-  respond_json(out, 200,
-               json_pack("{s:s,s:i,s:O}", "subject", key, "partition",
-                         (int)found_in, "features", scan.features));
+  scan.plan = tly_config_plan(http->conf.config, account.plan);
+  scan.prefix_len = tly_key_usage(partition, kind, id, account.cycle.start_ms,
+                                  NULL, prefix, sizeof(prefix));
+  if (tly_store_scan_prefix(http->conf.store, TLY_CF_USAGE, prefix,
+                            scan.prefix_len, collect_usage_row, &scan, errstr,
+                            sizeof(errstr))) {
+    respond_error(out, 500, "store_error", errstr);
+    goto done;
+  }
+  int64_t credits_used = tly_billing_credits_used(http->conf.config, &account);
+  json_t *credits = json_pack("{s:I}", "used", (json_int_t)credits_used);
+  if (scan.plan && scan.plan->credits != TLY_UNLIMITED) {
+    int64_t remaining = scan.plan->credits - credits_used;
+    json_object_set_new(credits, "limit", json_integer(scan.plan->credits));
+    json_object_set_new(credits, "remaining",
+                        json_integer(remaining > 0 ? remaining : 0));
+    json_object_set_new(credits, "exceeded", json_boolean(remaining < 0));
+  } else {
+    json_object_set_new(credits, "limit", json_null());
+  }
+  respond_json(
+      out, 200,
+      json_pack("{s:s,s:i,s:s,s:{s:I,s:I},s:I,s:o,s:b,s:b,s:O}", "subject", key,
+                "partition", (int)partition, "plan", account.plan, "cycle",
+                "start_ms", (json_int_t)account.cycle.start_ms, "end_ms",
+                (json_int_t)account.cycle.end_ms, "cost_micros",
+                (json_int_t)account.cycle.cost_micros, "credits", credits,
+                "payment_failed", account.payment_failed, "canceled",
+                account.canceled, "features", scan.features));
 done:
   json_decref(scan.features);
   free(id);
@@ -215,6 +275,15 @@ static void handle_metrics(tly_http_t *http, const char *subject,
               "dead-letter topic.\n# TYPE tally_dead_letters_total counter\n"
               "tally_dead_letters_total %llu\n",
               (unsigned long long)stats.dead_letters);
+  text_append(&text,
+              "# HELP tally_duplicates_total Events ignored as already folded "
+              "(same event_id).\n# TYPE tally_duplicates_total counter\n"
+              "tally_duplicates_total %llu\n",
+              (unsigned long long)stats.duplicates);
+  text_append(&text,
+              "# HELP tally_alerts_total Alerts emitted by the fold.\n"
+              "# TYPE tally_alerts_total counter\ntally_alerts_total %llu\n",
+              (unsigned long long)stats.alerts);
   text_append(&text,
               "# HELP tally_batches_committed_total RocksDB commits.\n"
               "# TYPE tally_batches_committed_total counter\n"

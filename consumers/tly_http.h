@@ -20,6 +20,7 @@ typedef struct {
   uint16_t port;       /* 0: any free port; see tly_http_port() */
   tly_store_t *store;
   tly_processor_t *processor;
+  const tly_config_t *config;
   unsigned threads;    /* default 2 */
 } tly_http_conf_t;
 

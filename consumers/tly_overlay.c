@@ -2,7 +2,8 @@
  * tly_overlay.c - open-addressing hash table for the per-batch overlay.
  * Linear probing, FNV-1a hashing, grows at 50% load. Entries are never
  * removed one by one, only all at once at the end of a batch, so no
- * tombstones are needed.
+ * tombstones are needed; they are allocated one by one so their addresses
+ * survive the table growing.
  */
 #include "tly_overlay.h"
 
@@ -10,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t hash_bytes(const char *key, size_t len) {
-  uint64_t hash = 14695981039346656037ULL;
+static uint64_t hash_key(tly_cf_t cf, const char *key, size_t len) {
+  uint64_t hash = 14695981039346656037ULL ^ (uint64_t)cf;
   for (size_t i = 0; i < len; i++) {
     hash ^= (unsigned char)key[i];
     hash *= 1099511628211ULL;
@@ -24,9 +25,14 @@ void tly_overlay_init(tly_overlay_t *overlay) {
 }
 
 void tly_overlay_reset(tly_overlay_t *overlay) {
+  if (!overlay->count)
+    return;
   for (size_t i = 0; i < overlay->capacity; i++) {
-    free(overlay->slots[i].key);
-    memset(&overlay->slots[i], 0, sizeof(overlay->slots[i]));
+    if (overlay->slots[i]) {
+      free(overlay->slots[i]->key);
+      free(overlay->slots[i]);
+      overlay->slots[i] = NULL;
+    }
   }
   overlay->count = 0;
 }
@@ -37,37 +43,36 @@ void tly_overlay_free(tly_overlay_t *overlay) {
   memset(overlay, 0, sizeof(*overlay));
 }
 
-static tly_overlay_entry_t *probe(tly_overlay_entry_t *slots, size_t capacity,
-                                  const char *key, size_t key_len) {
+static tly_overlay_entry_t **probe(tly_overlay_entry_t **slots,
+                                   size_t capacity, tly_cf_t cf,
+                                   const char *key, size_t key_len) {
   size_t mask = capacity - 1;
-  size_t i = (size_t)hash_bytes(key, key_len) & mask;
+  size_t i = (size_t)hash_key(cf, key, key_len) & mask;
   for (;;) {
-    tly_overlay_entry_t *slot = &slots[i];
-    if (!slot->key || (slot->key_len == key_len &&
-                       memcmp(slot->key, key, key_len) == 0))
-      return slot;
+    tly_overlay_entry_t *slot = slots[i];
+    if (!slot || (slot->cf == cf && slot->key_len == key_len &&
+                  memcmp(slot->key, key, key_len) == 0))
+      return &slots[i];
     i = (i + 1) & mask;
   }
 }
 
-tly_overlay_entry_t *tly_overlay_find(tly_overlay_t *overlay, const char *key,
-                                      size_t key_len) {
+tly_overlay_entry_t *tly_overlay_find(tly_overlay_t *overlay, tly_cf_t cf,
+                                      const char *key, size_t key_len) {
   if (!overlay->capacity)
     return NULL;
-  tly_overlay_entry_t *slot =
-      probe(overlay->slots, overlay->capacity, key, key_len);
-  return slot->key ? slot : NULL;
+  return *probe(overlay->slots, overlay->capacity, cf, key, key_len);
 }
 
 static int grow(tly_overlay_t *overlay) {
   size_t capacity = overlay->capacity ? overlay->capacity * 2 : 1024;
-  tly_overlay_entry_t *slots = calloc(capacity, sizeof(*slots));
+  tly_overlay_entry_t **slots = calloc(capacity, sizeof(*slots));
   if (!slots)
     return -1;
   for (size_t i = 0; i < overlay->capacity; i++) {
-    tly_overlay_entry_t *old = &overlay->slots[i];
-    if (old->key)
-      *probe(slots, capacity, old->key, old->key_len) = *old;
+    tly_overlay_entry_t *old = overlay->slots[i];
+    if (old)
+      *probe(slots, capacity, old->cf, old->key, old->key_len) = old;
   }
   free(overlay->slots);
   overlay->slots = slots;
@@ -75,19 +80,23 @@ static int grow(tly_overlay_t *overlay) {
   return 0;
 }
 
-tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay,
+tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
                                         const char *key, size_t key_len) {
   if ((overlay->count + 1) * 2 > overlay->capacity && grow(overlay))
     return NULL;
-  tly_overlay_entry_t *slot =
-      probe(overlay->slots, overlay->capacity, key, key_len);
-  slot->key = malloc(key_len ? key_len : 1);
-  if (!slot->key)
+  tly_overlay_entry_t *entry = calloc(1, sizeof(*entry));
+  if (!entry)
     return NULL;
-  memcpy(slot->key, key, key_len);
-  slot->key_len = key_len;
-  memset(&slot->row, 0, sizeof(slot->row));
-  slot->dirty = 0;
+  entry->key = malloc(key_len ? key_len : 1);
+  if (!entry->key) {
+    free(entry);
+    return NULL;
+  }
+  memcpy(entry->key, key, key_len);
+  entry->key_len = key_len;
+  entry->cf = cf;
+  entry->stored_cycle_end = -1;
+  *probe(overlay->slots, overlay->capacity, cf, key, key_len) = entry;
   overlay->count++;
-  return slot;
+  return entry;
 }

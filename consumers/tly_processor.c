@@ -17,14 +17,18 @@
 #include "tly_processor.h"
 
 #include "tally_producer.h"
+#include "tly_alert.h"
+#include "tly_billing.h"
 #include "tly_codec.h"
-#include "tly_fold.h"
+#include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
 #include "tly_overlay.h"
 
+#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -58,15 +62,39 @@ typedef struct {
   int assigned;
   int64_t committed;  /* next offset stored in RocksDB, -1 if none */
   int64_t batch_next; /* next offset folded into the open batch, -1 */
+  int64_t watermark;  /* largest occurred_at folded (event time) */
+  int watermark_dirty;
 } partition_state_t;
+
+/* Where the output topics were last seen acknowledged: recovery reads them
+ * from here to their end to find outbox entries Kafka already holds. */
+typedef struct {
+  char topic[128];
+  int32_t partition;
+  int64_t next_offset;
+  int dirty;
+} ack_mark_t;
+
+#define TICK_OPAQUE ((void *)UINTPTR_MAX)
 
 struct tly_processor {
   tly_processor_conf_t conf;
-  char *usage_topic, *dlq_topic;
+  char *usage_topic, *dlq_topic, *alerts_topic;
   tly_store_t *store;
   rd_kafka_t *consumer;
   rd_kafka_t *producer; /* idempotent; publishes the outbox */
   tly_codec_t *codec;
+  tly_alert_codec_t *alert_codec;
+  tly_billing_t billing;
+  tly_billing_view_t view;
+  int32_t view_partition; /* the partition the fold is working on */
+  tly_alert_list_t alerts;
+
+  ack_mark_t *acks;
+  size_t ack_count, ack_cap;
+  long kill_after_acks; /* fault injection: SIGKILL after the Nth ack */
+  long acks_seen;
+  int64_t last_tick_slot;
 
   /* The open batch. */
   tly_overlay_t overlay;
@@ -74,6 +102,7 @@ struct tly_processor {
   pending_output_t *outputs;
   size_t output_count, output_cap;
   size_t batch_events;
+  size_t batch_messages;
 
   /* The outbox, in sequence order. */
   outbox_item_t *outbox;
@@ -87,6 +116,7 @@ struct tly_processor {
   _Atomic int32_t partition_count;
 
   atomic_uint_least64_t events_folded, dead_letters, batches_committed;
+  atomic_uint_least64_t duplicates, alerts_total;
   atomic_uint_least64_t outbox_size; /* mirror of outbox_count for metrics */
 
   int fatal;
@@ -94,6 +124,8 @@ struct tly_processor {
 };
 
 static const char META_NEXT_SEQ[] = "outbox.next_seq";
+static const char META_WATERMARK[] = "wm:";
+static const char META_ACK[] = "ack:";
 
 static void set_fatal(tly_processor_t *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -115,7 +147,7 @@ static int ensure_partitions(tly_processor_t *p, int32_t count) {
   if (!grown)
     return -1;
   for (int32_t i = p->partition_cap; i < count; i++)
-    grown[i] = (partition_state_t){0, -1, -1};
+    grown[i] = (partition_state_t){0, -1, -1, INT64_MIN, 0};
   p->partitions = grown;
   p->partition_cap = count;
   return 0;
@@ -152,14 +184,67 @@ static outbox_item_t *outbox_find(tly_processor_t *p, uint64_t seq) {
                                                           : NULL;
 }
 
+static ack_mark_t *ack_find(tly_processor_t *p, const char *topic,
+                            int32_t partition, int create) {
+  for (size_t i = 0; i < p->ack_count; i++)
+    if (p->acks[i].partition == partition && !strcmp(p->acks[i].topic, topic))
+      return &p->acks[i];
+  if (!create)
+    return NULL;
+  if (p->ack_count == p->ack_cap) {
+    size_t cap = p->ack_cap ? p->ack_cap * 2 : 16;
+    ack_mark_t *grown = realloc(p->acks, cap * sizeof(*grown));
+    if (!grown)
+      return NULL;
+    p->acks = grown;
+    p->ack_cap = cap;
+  }
+  ack_mark_t *mark = &p->acks[p->ack_count++];
+  memset(mark, 0, sizeof(*mark));
+  snprintf(mark->topic, sizeof(mark->topic), "%s", topic);
+  mark->partition = partition;
+  return mark;
+}
+
+static void ack_mark(tly_processor_t *p, const char *topic, int32_t partition,
+                     int64_t next_offset) {
+  ack_mark_t *mark = ack_find(p, topic, partition, 1);
+  if (mark && next_offset > mark->next_offset) {
+    mark->next_offset = next_offset;
+    mark->dirty = 1;
+  }
+}
+
+static size_t ack_key(const char *topic, int32_t partition, char *out,
+                      size_t size) {
+  size_t len = (size_t)snprintf(out, size, "%s%s:", META_ACK, topic);
+  if (len + 4 > size)
+    return 0;
+  tly_put_be32((unsigned char *)out + len, (uint32_t)partition);
+  return len + 4;
+}
+
 static void outbox_delivery_report(rd_kafka_t *rk,
                                    const rd_kafka_message_t *msg,
                                    void *opaque) {
   tly_processor_t *p = opaque;
-  outbox_item_t *item = outbox_find(p, (uint64_t)(uintptr_t)msg->_private);
   (void)rk;
+  if (msg->_private == TICK_OPAQUE) {
+    if (msg->err)
+      tly_log(TLY_LOG_WARN, "ticks", "tick not written: %s",
+              rd_kafka_err2str(msg->err));
+    return; /* a lost tick is replaced by the next one */
+  }
+  outbox_item_t *item = outbox_find(p, (uint64_t)(uintptr_t)msg->_private);
   if (!item || item->state != OUTBOX_INFLIGHT)
     return;
+  if (!msg->err)
+    ack_mark(p, rd_kafka_topic_name(msg->rkt), msg->partition,
+             msg->offset + 1);
+  /* Fault injection for the crash tests: die between Kafka's ack and the
+   * outbox delete, the window the recovery reconciliation exists for. */
+  if (!msg->err && p->kill_after_acks > 0 && ++p->acks_seen >= p->kill_after_acks)
+    raise(SIGKILL);
   if (msg->err) {
     /* The idempotent producer already retried; try again later rather
      * than lose the output. */
@@ -248,10 +333,13 @@ static void outbox_compact(tly_processor_t *p) {
 /* ---- the batch ------------------------------------------------------- */
 
 static int batch_has_work(tly_processor_t *p) {
-  if (p->batch_events || p->output_count)
+  if (p->batch_messages || p->output_count)
     return 1;
   for (size_t i = 0; i < p->outbox_count; i++)
     if (p->outbox[i].state == OUTBOX_ACKED)
+      return 1;
+  for (size_t i = 0; i < p->ack_count; i++)
+    if (p->acks[i].dirty)
       return 1;
   return 0;
 }
@@ -262,6 +350,54 @@ static void batch_discard_outputs(tly_processor_t *p) {
   p->output_count = 0;
 }
 
+/* Queues one overlay entry's write. */
+static void batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
+  unsigned char value[TLY_ACCOUNT_MAX];
+  char index_key[TLY_KEY_MAX];
+  switch (entry->cf) {
+  case TLY_CF_USAGE:
+    if (!entry->stored && !entry->value.row.event_count)
+      return; /* touched by a rejected event only */
+    tly_billing_row_encode(&entry->value.row, value);
+    tly_store_batch_put(p->batch, TLY_CF_USAGE, entry->key, entry->key_len,
+                        value, TLY_BILLING_ROW_SIZE);
+    return;
+  case TLY_CF_ACCOUNTS: {
+    const tly_account_t *account = &entry->value.account;
+    if (!account->exists)
+      return;
+    size_t len = tly_account_encode(account, value);
+    tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
+                        value, len);
+    /* The cycle-end index: [p][end][kind:id], from the account key
+     * [p][kind:id]. Ticks find the accounts due through it. */
+    if (entry->stored_cycle_end == account->cycle.end_ms ||
+        entry->key_len - 4 + 12 > sizeof(index_key))
+      return;
+    memcpy(index_key, entry->key, 4);
+    memcpy(index_key + 12, entry->key + 4, entry->key_len - 4);
+    if (entry->stored_cycle_end >= 0) {
+      tly_put_be64((unsigned char *)index_key + 4,
+                   (uint64_t)entry->stored_cycle_end);
+      tly_store_batch_delete(p->batch, TLY_CF_CYCLE_ENDS, index_key,
+                             entry->key_len + 8);
+    }
+    tly_put_be64((unsigned char *)index_key + 4,
+                 (uint64_t)account->cycle.end_ms);
+    tly_store_batch_put(p->batch, TLY_CF_CYCLE_ENDS, index_key,
+                        entry->key_len + 8, "", 0);
+    return;
+  }
+  case TLY_CF_DEDUPE:
+    tly_put_be64(value, (uint64_t)entry->value.seen_at_ms);
+    tly_store_batch_put(p->batch, TLY_CF_DEDUPE, entry->key, entry->key_len,
+                        value, 8);
+    return;
+  default:
+    return;
+  }
+}
+
 /*
  * Step 3: writes the open batch in one synced RocksDB write. Returns 0, or
  * -1 after setting the fatal reason (the process must stop: what is in
@@ -269,7 +405,7 @@ static void batch_discard_outputs(tly_processor_t *p) {
  * from the stored offsets).
  */
 static int batch_commit(tly_processor_t *p) {
-  char errstr[512] = "";
+  char errstr[512] = "", meta_key[256];
   unsigned char seq_key[8], seq_value[8];
   uint64_t first_seq = p->next_seq;
 
@@ -278,13 +414,9 @@ static int batch_commit(tly_processor_t *p) {
   tly_store_batch_clear(p->batch);
 
   for (size_t i = 0; i < p->overlay.capacity; i++) {
-    tly_overlay_entry_t *entry = &p->overlay.slots[i];
-    unsigned char value[TLY_USAGE_ROW_SIZE];
-    if (!entry->key || !entry->dirty)
-      continue;
-    tly_usage_row_encode(&entry->row, value);
-    tly_store_batch_put(p->batch, TLY_CF_USAGE, entry->key, entry->key_len,
-                        value, sizeof(value));
+    tly_overlay_entry_t *entry = p->overlay.slots[i];
+    if (entry && entry->dirty)
+      batch_put_entry(p, entry);
   }
   for (size_t i = 0; i < p->output_count; i++) {
     tly_put_be64(seq_key, first_seq + i);
@@ -304,9 +436,27 @@ static int batch_commit(tly_processor_t *p) {
     tly_store_batch_delete(p->batch, TLY_CF_OUTBOX, seq_key, sizeof(seq_key));
     p->outbox[i].state = OUTBOX_DELETING;
   }
-  for (int32_t i = 0; i < p->partition_cap; i++)
-    if (p->partitions[i].batch_next >= 0)
-      tly_store_batch_set_offset(p->batch, i, p->partitions[i].batch_next);
+  for (size_t i = 0; i < p->ack_count; i++) {
+    size_t len = ack_key(p->acks[i].topic, p->acks[i].partition, meta_key,
+                         sizeof(meta_key));
+    if (!p->acks[i].dirty || !len)
+      continue;
+    tly_put_be64(seq_value, (uint64_t)p->acks[i].next_offset);
+    tly_store_batch_put(p->batch, TLY_CF_META, meta_key, len, seq_value, 8);
+  }
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    partition_state_t *part = &p->partitions[i];
+    if (part->batch_next >= 0)
+      tly_store_batch_set_offset(p->batch, i, part->batch_next);
+    if (part->watermark_dirty) {
+      memcpy(meta_key, META_WATERMARK, sizeof(META_WATERMARK) - 1);
+      tly_put_be32((unsigned char *)meta_key + sizeof(META_WATERMARK) - 1,
+                   (uint32_t)i);
+      tly_put_be64(seq_value, (uint64_t)part->watermark);
+      tly_store_batch_put(p->batch, TLY_CF_META, meta_key,
+                          sizeof(META_WATERMARK) - 1 + 4, seq_value, 8);
+    }
+  }
 
   /* A failed write leaves RocksDB untouched, so the same batch can simply be
    * written again; a store that keeps failing stops the processor. */
@@ -337,17 +487,26 @@ static int batch_commit(tly_processor_t *p) {
   p->next_seq = first_seq + p->output_count;
   p->output_count = 0;
   outbox_compact(p);
+  for (size_t i = 0; i < p->ack_count; i++)
+    p->acks[i].dirty = 0;
 
   pthread_mutex_lock(&p->lock);
   for (int32_t i = 0; i < p->partition_cap; i++) {
-    if (p->partitions[i].batch_next >= 0)
-      p->partitions[i].committed = p->partitions[i].batch_next;
-    p->partitions[i].batch_next = -1;
+    partition_state_t *part = &p->partitions[i];
+    if (part->batch_next >= 0)
+      part->committed = part->batch_next;
+    part->batch_next = -1;
+    if (part->watermark_dirty &&
+        part->watermark > INT64_MIN + p->billing.dedupe_window_ms)
+      tly_store_set_dedupe_horizon(p->store, i,
+                                   part->watermark - p->billing.dedupe_window_ms);
+    part->watermark_dirty = 0;
   }
   pthread_mutex_unlock(&p->lock);
   atomic_fetch_add(&p->events_folded, p->batch_events);
   atomic_fetch_add(&p->batches_committed, 1);
   p->batch_events = 0;
+  p->batch_messages = 0;
   tly_overlay_reset(&p->overlay);
   return 0;
 }
@@ -401,11 +560,261 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
           (int)msg->partition, (long long)msg->offset, reason);
 }
 
+/* Moves the fold's alerts into the batch's outputs (alerts topic). */
+static void queue_alerts(tly_processor_t *p) {
+  char errstr[256], key[300];
+  for (size_t i = 0; i < p->alerts.count && !p->fatal; i++) {
+    const tly_alert_t *alert = &p->alerts.items[i];
+    const void *value;
+    size_t value_len;
+    if (tly_alert_encode(p->alert_codec, alert, &value, &value_len, errstr,
+                         sizeof(errstr))) {
+      set_fatal(p, "encoding alert %s: %s", alert->alert_id, errstr);
+      break;
+    }
+    size_t key_len =
+        tly_subject_key(alert->subject_kind, alert->subject_id, key, sizeof(key));
+    const char *type = tly_alert_type_name(alert->type);
+    tly_outbox_record_t record = {0};
+    record.topic = p->alerts_topic;
+    record.topic_len = strlen(p->alerts_topic);
+    record.key = key;
+    record.key_len = key_len < sizeof(key) ? key_len : sizeof(key) - 1;
+    record.value = value;
+    record.value_len = value_len;
+    record.headers[0] = (tly_outbox_header_t){"tally.output.id", alert->alert_id,
+                                              strlen(alert->alert_id)};
+    record.headers[1] = (tly_outbox_header_t){"tally.alert.type", type, strlen(type)};
+    record.header_count = 2;
+    if (add_output(p, &record))
+      set_fatal(p, "out of memory queueing an alert");
+    atomic_fetch_add(&p->alerts_total, 1);
+  }
+  tly_alert_list_clear(&p->alerts);
+}
+
+/* ---- the state view the fold works through --------------------------- */
+
+/* The overlay entry for (cf, key), loaded from RocksDB on first touch.
+ * *loaded receives the stored value (malloc'd) or NULL. */
+static tly_overlay_entry_t *view_entry(tly_processor_t *p, tly_cf_t cf,
+                                       const char *key, size_t key_len,
+                                       char **loaded, size_t *loaded_len) {
+  char errstr[512];
+  *loaded = NULL;
+  tly_overlay_entry_t *entry = tly_overlay_find(&p->overlay, cf, key, key_len);
+  if (entry)
+    return entry;
+  int found = tly_store_get(p->store, cf, key, key_len, loaded, loaded_len,
+                            errstr, sizeof(errstr));
+  if (found < 0) {
+    set_fatal(p, "reading state: %s", errstr);
+    return NULL;
+  }
+  entry = tly_overlay_insert(&p->overlay, cf, key, key_len);
+  if (!entry) {
+    tly_store_free(*loaded);
+    *loaded = NULL;
+    set_fatal(p, "out of memory growing the overlay");
+    return NULL;
+  }
+  entry->stored = found;
+  return entry;
+}
+
+static tly_account_t *view_account(tly_billing_view_t *view,
+                                   tly_subject_kind_t kind, const char *id) {
+  tly_processor_t *p = view->opaque;
+  char key[TLY_KEY_MAX], *loaded;
+  size_t loaded_len;
+  size_t key_len = tly_key_account(p->view_partition, kind, id, key, sizeof(key));
+  if (!key_len) {
+    set_fatal(p, "subject id too long for a state key");
+    return NULL;
+  }
+  tly_overlay_entry_t *entry =
+      view_entry(p, TLY_CF_ACCOUNTS, key, key_len, &loaded, &loaded_len);
+  if (!entry)
+    return NULL;
+  if (loaded) {
+    int bad = tly_account_decode(loaded, loaded_len, &entry->value.account);
+    tly_store_free(loaded);
+    if (bad) {
+      set_fatal(p, "stored account of partition %d is corrupt",
+                (int)p->view_partition);
+      return NULL;
+    }
+    entry->stored_cycle_end = entry->value.account.cycle.end_ms;
+  }
+  entry->dirty = 1;
+  return &entry->value.account;
+}
+
+static tly_billing_row_t *view_row(tly_billing_view_t *view,
+                                   tly_subject_kind_t kind, const char *id,
+                                   int64_t cycle_start_ms, const char *feature) {
+  tly_processor_t *p = view->opaque;
+  char key[TLY_KEY_MAX], *loaded;
+  size_t loaded_len;
+  size_t key_len = tly_key_usage(p->view_partition, kind, id, cycle_start_ms,
+                                 feature, key, sizeof(key));
+  if (!key_len) {
+    set_fatal(p, "subject id and feature too long for a state key");
+    return NULL;
+  }
+  tly_overlay_entry_t *entry =
+      view_entry(p, TLY_CF_USAGE, key, key_len, &loaded, &loaded_len);
+  if (!entry)
+    return NULL;
+  if (loaded) {
+    int bad = tly_billing_row_decode(loaded, loaded_len, &entry->value.row);
+    tly_store_free(loaded);
+    if (bad) {
+      set_fatal(p, "stored usage row of partition %d is corrupt",
+                (int)p->view_partition);
+      return NULL;
+    }
+  }
+  entry->dirty = 1;
+  return &entry->value.row;
+}
+
+static int view_seen(tly_billing_view_t *view, const char *event_id,
+                     int64_t occurred_at_ms, int record) {
+  tly_processor_t *p = view->opaque;
+  char key[TLY_KEY_MAX], *loaded;
+  size_t loaded_len;
+  size_t key_len = tly_key_dedupe(p->view_partition, event_id, key, sizeof(key));
+  if (!key_len) {
+    set_fatal(p, "event id too long for a state key");
+    return -1;
+  }
+  tly_overlay_entry_t *entry =
+      view_entry(p, TLY_CF_DEDUPE, key, key_len, &loaded, &loaded_len);
+  if (!entry)
+    return -1;
+  if (loaded) {
+    entry->value.seen_at_ms =
+        loaded_len == 8 ? (int64_t)tly_get_be64((unsigned char *)loaded) : 0;
+    tly_store_free(loaded);
+  }
+  if (record) {
+    entry->value.seen_at_ms = occurred_at_ms;
+    entry->dirty = 1;
+    return 0;
+  }
+  /* An id older than the window is expired whether or not compaction has
+   * dropped it yet: the answer must not depend on compaction timing. */
+  int64_t horizon =
+      *view->watermark_ms > INT64_MIN + p->billing.dedupe_window_ms
+          ? *view->watermark_ms - p->billing.dedupe_window_ms
+          : INT64_MIN;
+  return (entry->stored || entry->dirty) && entry->value.seen_at_ms >= horizon;
+}
+
+/* ---- ticks ----------------------------------------------------------- */
+
+typedef struct {
+  int64_t tick_ms;
+  char **subjects;
+  size_t count, cap;
+} due_scan_t;
+
+static int collect_due(void *opaque, const char *key, size_t key_len,
+                       const char *value, size_t value_len) {
+  due_scan_t *scan = opaque;
+  (void)value, (void)value_len;
+  if (key_len <= 12)
+    return 0;
+  if ((int64_t)tly_get_be64((const unsigned char *)key + 4) > scan->tick_ms)
+    return 1; /* keys are in cycle-end order: the rest are not due */
+  if (scan->count == scan->cap) {
+    size_t cap = scan->cap ? scan->cap * 2 : 64;
+    char **grown = realloc(scan->subjects, cap * sizeof(*grown));
+    if (!grown)
+      return 1;
+    scan->subjects = grown;
+    scan->cap = cap;
+  }
+  scan->subjects[scan->count] = strndup(key + 12, key_len - 12);
+  if (scan->subjects[scan->count])
+    scan->count++;
+  return 0;
+}
+
+/* A tick at tick_ms closes every cycle of the partition that has ended. The
+ * batch was committed just before the tick was folded, so the index in
+ * RocksDB is current. */
+static void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms) {
+  char errstr[256], prefix[4];
+  due_scan_t scan = {tick_ms, NULL, 0, 0};
+  tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
+  if (tly_store_scan_prefix(p->store, TLY_CF_CYCLE_ENDS, prefix, 4,
+                            collect_due, &scan, errstr, sizeof(errstr)))
+    set_fatal(p, "scanning cycle ends: %s", errstr);
+  for (size_t i = 0; i < scan.count && !p->fatal; i++) {
+    char *colon = strchr(scan.subjects[i], ':');
+    tly_subject_kind_t kind;
+    if (!colon)
+      continue;
+    *colon = '\0';
+    if (tly_subject_kind_parse(scan.subjects[i], &kind))
+      continue;
+    if (tly_billing_tick(&p->billing, &p->view, kind, colon + 1, tick_ms,
+                         &p->alerts) == TLY_FOLD_FAILED && !p->fatal)
+      set_fatal(p, "out of memory closing cycles");
+  }
+  for (size_t i = 0; i < scan.count; i++)
+    free(scan.subjects[i]);
+  free(scan.subjects);
+}
+
+/* Writes this slot's tick into every partition this processor owns. Ids
+ * come from (partition, slot), so ticks written twice (a restart, two
+ * instances) are deduplicated by the fold. */
+static void write_ticks(tly_processor_t *p) {
+  int64_t interval = p->conf.tick_interval_ms;
+  if (interval <= 0)
+    return;
+  int64_t now = tly_wall_ms();
+  int64_t slot = now - now % interval;
+  if (slot <= p->last_tick_slot)
+    return;
+  p->last_tick_slot = slot;
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    char event_id[64], errstr[256];
+    const void *value;
+    size_t value_len;
+    if (!p->partitions[i].assigned)
+      continue;
+    tly_event_t tick = {0};
+    snprintf(event_id, sizeof(event_id), "tick:%d:%lld", (int)i, (long long)slot);
+    tick.event_id = event_id;
+    tick.occurred_at_ms = slot;
+    tick.subject_kind = TLY_SUBJECT_SYSTEM;
+    tick.subject_id = "tick";
+    tick.body_kind = TLY_BODY_TICK;
+    tick.body.tick.partition = i;
+    if (tly_codec_encode(p->codec, &tick, &value, &value_len, errstr,
+                         sizeof(errstr))) {
+      tly_log(TLY_LOG_WARN, "ticks", "encoding tick: %s", errstr);
+      return;
+    }
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        p->producer, RD_KAFKA_V_TOPIC(p->usage_topic), RD_KAFKA_V_PARTITION(i),
+        RD_KAFKA_V_KEY("system:tick", 11),
+        RD_KAFKA_V_VALUE((void *)value, value_len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_OPAQUE(TICK_OPAQUE), RD_KAFKA_V_END);
+    if (err)
+      tly_log(TLY_LOG_WARN, "ticks", "producing tick: %s", rd_kafka_err2str(err));
+  }
+}
+
 /* Steps 1-2 for one record. */
 static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   tly_event_t event = {0};
-  char errstr[512], key[KEY_MAX];
-  size_t key_len;
+  char errstr[512];
 
   if (!msg->payload) {
     dead_letter(p, msg, "empty message (no value)");
@@ -416,48 +825,30 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
     dead_letter(p, msg, errstr);
     goto done;
   }
-  if (event.body_kind != TLY_BODY_USAGE_RECORDED) {
-    dead_letter(p, msg, "unsupported event body");
-    goto done;
-  }
-  key_len = tly_usage_key(msg->partition, event.subject_kind,
-                          event.subject_id, event.body.usage.feature, key,
-                          sizeof(key));
-  if (!key_len) {
-    dead_letter(p, msg, "subject id and feature too long for a state key");
-    goto done;
-  }
-  tly_overlay_entry_t *entry = tly_overlay_find(&p->overlay, key, key_len);
-  if (!entry) {
-    char *value = NULL;
-    size_t value_len = 0;
-    int found = tly_store_get(p->store, TLY_CF_USAGE, key, key_len, &value,
-                              &value_len, errstr, sizeof(errstr));
-    if (found < 0) {
-      set_fatal(p, "reading state: %s", errstr);
-      goto done;
-    }
-    entry = tly_overlay_insert(&p->overlay, key, key_len);
-    if (!entry) {
-      tly_store_free(value);
-      set_fatal(p, "out of memory growing the overlay");
-      goto done;
-    }
-    if (found && tly_usage_row_decode(value, value_len, &entry->row)) {
-      tly_store_free(value);
-      set_fatal(p, "stored usage row for partition %d is corrupt",
-                (int)msg->partition);
-      goto done;
-    }
-    tly_store_free(value);
-  }
-  if (tly_fold_usage(&entry->row, &event.body.usage, errstr,
-                     sizeof(errstr))) {
+  if (event.body_kind == TLY_BODY_TICK && batch_commit(p))
+    goto done; /* the tick reads the cycle-end index: make it current */
+  p->view_partition = msg->partition;
+  p->view.watermark_ms = &p->partitions[msg->partition].watermark;
+  switch (tly_billing_fold(&p->billing, &p->view, &event, &p->alerts, errstr,
+                           sizeof(errstr))) {
+  case TLY_FOLD_APPLIED:
+    p->partitions[msg->partition].watermark_dirty = 1;
+    if (event.body_kind == TLY_BODY_TICK)
+      fold_tick(p, msg->partition, event.occurred_at_ms);
+    p->batch_events++;
+    break;
+  case TLY_FOLD_DUPLICATE:
+    atomic_fetch_add(&p->duplicates, 1);
+    break;
+  case TLY_FOLD_REJECTED:
     dead_letter(p, msg, errstr);
-    goto done;
+    break;
+  case TLY_FOLD_FAILED:
+    if (!p->fatal)
+      set_fatal(p, "the fold failed on partition %d", (int)msg->partition);
+    break;
   }
-  entry->dirty = 1;
-  p->batch_events++;
+  queue_alerts(p);
 done:
   tly_event_clear(&event);
 }
@@ -490,6 +881,7 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
     return; /* stale record of a partition no longer ours */
   fold_message(p, msg);
   p->partitions[msg->partition].batch_next = msg->offset + 1;
+  p->batch_messages++;
 }
 
 /* ---- assignment ------------------------------------------------------ */
@@ -546,11 +938,33 @@ static int resume_offsets(tly_processor_t *p,
       return -1;
     }
     part->offset = found ? stored : RD_KAFKA_OFFSET_BEGINNING;
+    /* The partition's event-time watermark, for dedupe. */
+    char wm_key[16], *wm_value = NULL;
+    size_t wm_len = 0;
+    int64_t watermark = INT64_MIN;
+    memcpy(wm_key, META_WATERMARK, sizeof(META_WATERMARK) - 1);
+    tly_put_be32((unsigned char *)wm_key + sizeof(META_WATERMARK) - 1,
+                 (uint32_t)part->partition);
+    int wm_found = tly_store_get(p->store, TLY_CF_META, wm_key,
+                                 sizeof(META_WATERMARK) - 1 + 4, &wm_value,
+                                 &wm_len, errstr, sizeof(errstr));
+    if (wm_found < 0) {
+      set_fatal(p, "reading the watermark: %s", errstr);
+      return -1;
+    }
+    if (wm_found && wm_len == 8)
+      watermark = (int64_t)tly_get_be64((unsigned char *)wm_value);
+    tly_store_free(wm_value);
+    if (watermark > INT64_MIN + p->billing.dedupe_window_ms)
+      tly_store_set_dedupe_horizon(p->store, part->partition,
+                                   watermark - p->billing.dedupe_window_ms);
     pthread_mutex_lock(&p->lock);
     if (ensure_partitions(p, part->partition + 1) == 0) {
       p->partitions[part->partition].assigned = 1;
       p->partitions[part->partition].committed = found ? stored : -1;
       p->partitions[part->partition].batch_next = -1;
+      p->partitions[part->partition].watermark = watermark;
+      p->partitions[part->partition].watermark_dirty = 0;
     }
     pthread_mutex_unlock(&p->lock);
     if (part->partition + 1 > atomic_load(&p->partition_count))
@@ -614,6 +1028,171 @@ fail:
   return NULL;
 }
 
+/* ---- recovery: reconcile the outbox with the output topics ------------ */
+
+static int load_ack_mark(void *opaque, const char *key, size_t key_len,
+                         const char *value, size_t value_len) {
+  tly_processor_t *p = opaque;
+  char topic[128];
+  size_t prefix = sizeof(META_ACK) - 1;
+  /* "ack:" topic ":" [partition, 4 bytes] */
+  if (key_len < prefix + 6 || value_len != 8 || key[key_len - 5] != ':' ||
+      key_len - prefix - 5 >= sizeof(topic))
+    return 0;
+  memcpy(topic, key + prefix, key_len - prefix - 5);
+  topic[key_len - prefix - 5] = '\0';
+  ack_mark_t *mark = ack_find(
+      p, topic, (int32_t)tly_get_be32((const unsigned char *)key + key_len - 4), 1);
+  if (mark)
+    mark->next_offset = (int64_t)tly_get_be64((const unsigned char *)value);
+  return 0;
+}
+
+/* Adds the output ids found in topic, from the last acknowledged offsets to
+ * the end, to ids. 0 or -1 (errstr). */
+static int collect_output_ids(tly_processor_t *p, const char *topic,
+                              json_t *ids, char *errstr, size_t errstr_size) {
+  char kafka_err[512];
+  const struct rd_kafka_metadata *md = NULL;
+  rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, topic, NULL);
+  rd_kafka_resp_err_t err = rd_kafka_metadata(p->producer, 0, rkt, &md, 10000);
+  rd_kafka_topic_destroy(rkt);
+  if (err || md->topic_cnt != 1 || md->topics[0].err) {
+    /* A topic that does not exist holds none of our outputs. */
+    int missing = !err && md->topic_cnt == 1 &&
+                  md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+    if (md)
+      rd_kafka_metadata_destroy(md);
+    if (missing)
+      return 0;
+    snprintf(errstr, errstr_size, "recovery: metadata of %s: %s", topic,
+             rd_kafka_err2str(err ? err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
+    return -1;
+  }
+  int partitions = md->topics[0].partition_cnt;
+  rd_kafka_metadata_destroy(md);
+
+  const char *defaults[] = {"group.id=tally-recovery", "enable.auto.commit=false",
+                            "enable.partition.eof=true",
+                            "max.partition.fetch.bytes=10485760", NULL};
+  rd_kafka_conf_t *kconf = kafka_conf(&p->conf, defaults, errstr, errstr_size);
+  if (!kconf)
+    return -1;
+  rd_kafka_t *reader =
+      rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err, sizeof(kafka_err));
+  if (!reader) {
+    snprintf(errstr, errstr_size, "recovery: %s", kafka_err);
+    return -1;
+  }
+  rd_kafka_topic_partition_list_t *parts =
+      rd_kafka_topic_partition_list_new(partitions);
+  int pending = 0, rc = 0;
+  for (int i = 0; i < partitions; i++) {
+    int64_t low, high;
+    err = rd_kafka_query_watermark_offsets(reader, topic, i, &low, &high, 10000);
+    if (err) {
+      snprintf(errstr, errstr_size, "recovery: bounds of %s[%d]: %s", topic, i,
+               rd_kafka_err2str(err));
+      rc = -1;
+      goto out;
+    }
+    ack_mark_t *mark = ack_find(p, topic, i, 0);
+    int64_t from = mark ? mark->next_offset : 0;
+    if (from < low)
+      from = low;
+    if (from >= high)
+      continue;
+    rd_kafka_topic_partition_list_add(parts, topic, i)->offset = from;
+    pending++;
+  }
+  if (!pending)
+    goto out;
+  rd_kafka_assign(reader, parts);
+  int64_t deadline = tly_monotonic_ms() + 60000;
+  while (pending > 0) {
+    if (tly_monotonic_ms() > deadline) {
+      snprintf(errstr, errstr_size,
+               "recovery: could not read %s to its end within 60 s; refusing "
+               "to publish the outbox blind",
+               topic);
+      rc = -1;
+      goto out;
+    }
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(reader, 500);
+    if (!msg)
+      continue;
+    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      pending--;
+    } else if (!msg->err) {
+      rd_kafka_headers_t *headers = NULL;
+      const void *id;
+      size_t id_len;
+      if (!rd_kafka_message_headers(msg, &headers) &&
+          !rd_kafka_header_get_last(headers, "tally.output.id", &id, &id_len)) {
+        char text[512];
+        snprintf(text, sizeof(text), "%.*s", (int)id_len, (const char *)id);
+        json_object_set_new(ids, text, json_true());
+      }
+    }
+    rd_kafka_message_destroy(msg);
+  }
+out:
+  rd_kafka_topic_partition_list_destroy(parts);
+  rd_kafka_consumer_close(reader);
+  rd_kafka_destroy(reader);
+  return rc;
+}
+
+/*
+ * Before re-publishing what a previous run left in the outbox: read the
+ * output topics from the last acknowledged offsets to their end and treat
+ * every entry whose id is already there as acknowledged (deleted at the
+ * next commit). A crash between Kafka's ack and the outbox delete then
+ * never duplicates an output. Works on any broker; needs no transactions.
+ */
+static int reconcile_outbox(tly_processor_t *p, char *errstr,
+                            size_t errstr_size) {
+  json_t *ids = json_object();
+  size_t dropped = 0;
+  int rc = -1;
+  if (!ids ||
+      tly_store_scan_prefix(p->store, TLY_CF_META, META_ACK,
+                            sizeof(META_ACK) - 1, load_ack_mark, p, errstr,
+                            errstr_size) ||
+      collect_output_ids(p, p->alerts_topic, ids, errstr, errstr_size) ||
+      collect_output_ids(p, p->dlq_topic, ids, errstr, errstr_size))
+    goto out;
+  for (size_t i = 0; i < p->outbox_count; i++) {
+    tly_outbox_record_t record;
+    if (tly_outbox_decode(p->outbox[i].record, p->outbox[i].record_len,
+                          &record)) {
+      snprintf(errstr, errstr_size, "outbox entry %llu is corrupt",
+               (unsigned long long)p->outbox[i].seq);
+      goto out;
+    }
+    for (size_t h = 0; h < record.header_count; h++) {
+      char id[512];
+      if (record.header_name_len[h] != strlen("tally.output.id") ||
+          memcmp(record.headers[h].name, "tally.output.id",
+                 record.header_name_len[h]))
+        continue;
+      snprintf(id, sizeof(id), "%.*s", (int)record.headers[h].value_len,
+               record.headers[h].value);
+      if (json_object_get(ids, id)) {
+        p->outbox[i].state = OUTBOX_ACKED;
+        dropped++;
+      }
+    }
+  }
+  tly_log(TLY_LOG_INFO, "processor",
+          "recovery: %zu of %zu outbox entries were already in Kafka", dropped,
+          p->outbox_count);
+  rc = 0;
+out:
+  json_decref(ids);
+  return rc;
+}
+
 /* Waits for the usage topic to exist and returns its partition count. */
 static int32_t topic_partition_count(tly_processor_t *p, char *errstr,
                                      size_t errstr_size) {
@@ -668,12 +1247,35 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                             : TALLY_DEFAULT_USAGE_TOPIC);
   p->dlq_topic =
       strdup(conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC);
+  p->alerts_topic = strdup(conf->alerts_topic ? conf->alerts_topic
+                                              : TLY_DEFAULT_ALERTS_TOPIC);
+  if (!conf->config) {
+    snprintf(errstr, errstr_size, "config: required");
+    goto fail;
+  }
+  p->billing.config = conf->config;
+  p->billing.dedupe_window_ms = conf->dedupe_window_ms > 0
+                                    ? conf->dedupe_window_ms
+                                    : TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
+  if (!p->conf.tick_interval_ms)
+    p->conf.tick_interval_ms = TLY_DEFAULT_TICK_INTERVAL_MS;
+  p->view = (tly_billing_view_t){p, view_account, view_row, view_seen, NULL};
+  const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
+  if (kill_after && *kill_after) {
+    p->kill_after_acks = atol(kill_after);
+    tly_log(TLY_LOG_WARN, "processor",
+            "fault injection: SIGKILL after %ld outbox acks", p->kill_after_acks);
+  }
   p->store = store;
   pthread_mutex_init(&p->lock, NULL);
   tly_overlay_init(&p->overlay);
   p->batch = tly_store_batch_new();
   p->codec = tly_codec_new(TLY_CODEC_DEFAULT_SCHEMA_ID, errstr, errstr_size);
-  if (!p->usage_topic || !p->dlq_topic || !p->batch || !p->codec)
+  if (!p->codec)
+    goto fail;
+  p->alert_codec = tly_alert_codec_new(errstr, errstr_size);
+  if (!p->usage_topic || !p->dlq_topic || !p->alerts_topic || !p->batch ||
+      !p->alert_codec)
     goto fail;
 
   /* Offsets live in RocksDB only: no auto-commit, no offset store, and an
@@ -733,9 +1335,12 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   tly_store_free(seq_value);
   if (p->outbox_count && p->outbox[p->outbox_count - 1].seq >= p->next_seq)
     p->next_seq = p->outbox[p->outbox_count - 1].seq + 1;
-  if (p->outbox_count)
+  if (p->outbox_count) {
     tly_log(TLY_LOG_INFO, "processor", "%zu outbox entries to publish",
             p->outbox_count);
+    if (reconcile_outbox(p, errstr, errstr_size))
+      goto fail;
+  }
 
   int32_t count = topic_partition_count(p, errstr, errstr_size);
   if (count < 0)
@@ -789,6 +1394,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
     if (p->fatal)
       break;
     rd_kafka_poll(p->producer, 0); /* delivery reports -> ACKED */
+    write_ticks(p);
     if (batch_commit(p))
       break;
     outbox_publish(p);
@@ -818,6 +1424,10 @@ void tly_processor_destroy(tly_processor_t *p) {
     rd_kafka_destroy(p->producer);
   }
   tly_codec_destroy(p->codec);
+  tly_alert_codec_destroy(p->alert_codec);
+  tly_alert_list_clear(&p->alerts);
+  free(p->acks);
+  free(p->alerts_topic);
   tly_store_batch_destroy(p->batch);
   tly_overlay_free(&p->overlay);
   batch_discard_outputs(p);
@@ -859,6 +1469,8 @@ size_t tly_processor_partitions(tly_processor_t *p,
 void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->events_folded = atomic_load(&p->events_folded);
   stats->dead_letters = atomic_load(&p->dead_letters);
+  stats->duplicates = atomic_load(&p->duplicates);
+  stats->alerts = atomic_load(&p->alerts_total);
   stats->batches_committed = atomic_load(&p->batches_committed);
   stats->outbox_pending = atomic_load(&p->outbox_size);
 }

@@ -13,6 +13,7 @@
 #ifndef TLY_PROCESSOR_H
 #define TLY_PROCESSOR_H
 
+#include "tly_config.h"
 #include "tly_store.h"
 
 #include <signal.h>
@@ -21,12 +22,18 @@
 
 #define TLY_DEFAULT_GROUP_ID "tally"
 #define TLY_DEFAULT_DLQ_TOPIC "tally.usage.dlq"
+#define TLY_DEFAULT_ALERTS_TOPIC "tally.alerts"
+#define TLY_DEFAULT_TICK_INTERVAL_MS 60000
 
 typedef struct {
   const char *brokers;     /* required */
   const char *group_id;    /* default TLY_DEFAULT_GROUP_ID */
   const char *usage_topic; /* default TALLY_DEFAULT_USAGE_TOPIC */
   const char *dlq_topic;   /* default TLY_DEFAULT_DLQ_TOPIC */
+  const char *alerts_topic; /* default TLY_DEFAULT_ALERTS_TOPIC */
+  const tly_config_t *config; /* required; must outlive the processor */
+  int64_t dedupe_window_ms;   /* default 7 days of event time */
+  int64_t tick_interval_ms;   /* default 60 s; <0 writes no ticks */
   int batch_max_events;    /* default 20000 */
   int batch_max_ms;        /* default 100 */
   /* Extra librdkafka properties "name=value", NULL-terminated; applied to
@@ -45,6 +52,8 @@ typedef struct {
 
 typedef struct {
   uint64_t events_folded;
+  uint64_t duplicates;
+  uint64_t alerts;
   uint64_t dead_letters;
   uint64_t batches_committed;
   uint64_t outbox_pending;

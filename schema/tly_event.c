@@ -8,8 +8,13 @@
  * book, not three that drift apart. Error messages never echo a subject id,
  * because for api_key subjects a mistake might be a raw key and raw keys must
  * not reach logs or dead letters.
+ *
+ * The bodies other than UsageRecorded are flat records of strings and
+ * numbers; they are described once, in tly_body_specs below, and the
+ * validator, clear, the codec and the JSON reader/writer walk that table.
  */
 #include "tly_event.h"
+#include "tly_event_body.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +25,111 @@ static const char *const subject_kind_names[TLY_SUBJECT__COUNT] = {
     [TLY_SUBJECT_USER] = "user",
     [TLY_SUBJECT_API_KEY] = "api_key",
     [TLY_SUBJECT_ANONYMOUS] = "anonymous",
+    [TLY_SUBJECT_SYSTEM] = "system",
 };
+
+#define FIELD(type, member, field_name, field_kind, required)                  \
+  {                                                                            \
+    .name = field_name, .kind = field_kind, .offset = offsetof(type, member),  \
+    .json_required = required                                                  \
+  }
+
+/*
+ * The flat bodies. JSON requirements: identifiers and money are required;
+ * Stripe's optional ids, periods (0 = unknown) and the attempt default.
+ * Field order is the Avro record's (checked by the codec at creation).
+ */
+const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
+    [TLY_BODY_USAGE_RECORDED] =
+        {"usage_recorded", "UsageRecorded", 1, 0, {{0}}, -1, -1},
+    [TLY_BODY_PLAN_ASSIGNED] = {"plan_assigned",
+                                "PlanAssigned",
+                                1,
+                                1,
+                                {FIELD(tly_plan_assigned_t, plan, "plan",
+                                       TLY_FIELD_TEXT, 1)},
+                                -1,
+                                -1},
+    [TLY_BODY_SUBSCRIPTION_CHANGED] =
+        {"subscription_changed",
+         "SubscriptionChanged",
+         1,
+         5,
+         {FIELD(tly_subscription_changed_t, plan, "plan", TLY_FIELD_TEXT, 1),
+          FIELD(tly_subscription_changed_t, stripe_subscription_id,
+                "stripe_subscription_id", TLY_FIELD_TEXT_OPTIONAL, 0),
+          FIELD(tly_subscription_changed_t, stripe_price_id, "stripe_price_id",
+                TLY_FIELD_TEXT_OPTIONAL, 0),
+          FIELD(tly_subscription_changed_t, period_start_ms, "period_start",
+                TLY_FIELD_TIME, 0),
+          FIELD(tly_subscription_changed_t, period_end_ms, "period_end",
+                TLY_FIELD_TIME, 0)},
+         3,
+         4},
+    [TLY_BODY_SUBSCRIPTION_CANCELED] =
+        {"subscription_canceled",
+         "SubscriptionCanceled",
+         1,
+         2,
+         {FIELD(tly_subscription_canceled_t, stripe_subscription_id,
+                "stripe_subscription_id", TLY_FIELD_TEXT_OPTIONAL, 0),
+          FIELD(tly_subscription_canceled_t, reason, "reason",
+                TLY_FIELD_TEXT_OPTIONAL, 0)},
+         -1,
+         -1},
+    [TLY_BODY_INVOICE_PAID] = {"invoice_paid",
+                               "InvoicePaid",
+                               1,
+                               4,
+                               {FIELD(tly_invoice_paid_t, invoice_id,
+                                      "invoice_id", TLY_FIELD_TEXT, 1),
+                                FIELD(tly_invoice_paid_t, amount_paid_micros,
+                                      "amount_paid_micros", TLY_FIELD_MICROS,
+                                      1),
+                                FIELD(tly_invoice_paid_t, period_start_ms,
+                                      "period_start", TLY_FIELD_TIME, 0),
+                                FIELD(tly_invoice_paid_t, period_end_ms,
+                                      "period_end", TLY_FIELD_TIME, 0)},
+                               2,
+                               3},
+    [TLY_BODY_PAYMENT_FAILED] = {"payment_failed",
+                                 "PaymentFailed",
+                                 1,
+                                 3,
+                                 {FIELD(tly_payment_failed_t, invoice_id,
+                                        "invoice_id", TLY_FIELD_TEXT, 1),
+                                  FIELD(tly_payment_failed_t, amount_due_micros,
+                                        "amount_due_micros", TLY_FIELD_MICROS,
+                                        1),
+                                  FIELD(tly_payment_failed_t, attempt,
+                                        "attempt", TLY_FIELD_COUNT32, 0)},
+                                 -1,
+                                 -1},
+    [TLY_BODY_CUSTOMER_LINKED] = {"customer_linked",
+                                  "CustomerLinked",
+                                  1,
+                                  1,
+                                  {FIELD(
+                                      tly_customer_linked_t, stripe_customer_id,
+                                      "stripe_customer_id", TLY_FIELD_TEXT, 1)},
+                                  -1,
+                                  -1},
+    /* Only the processor writes ticks: never from JSON. */
+    [TLY_BODY_TICK] = {"tick",
+                       "Tick",
+                       0,
+                       1,
+                       {FIELD(tly_tick_t, partition, "partition",
+                              TLY_FIELD_COUNT32, 1)},
+                       -1,
+                       -1},
+};
+
+const tly_body_spec_t *tly_body_spec(tly_body_kind_t kind) {
+  if ((int)kind < 0 || kind >= TLY_BODY__COUNT)
+    return NULL;
+  return &tly_body_specs[kind];
+}
 
 static void usage_clear(tly_usage_recorded_t *usage) {
   free(usage->feature);
@@ -39,10 +148,15 @@ void tly_event_clear(tly_event_t *event) {
     return;
   free(event->event_id);
   free(event->subject_id);
-  /* Only one body variant exists today; when more arrive, each gets its own
-   * clear function here, chosen by body_kind. */
-  if (event->body_kind == TLY_BODY_USAGE_RECORDED)
+  if (event->body_kind == TLY_BODY_USAGE_RECORDED) {
     usage_clear(&event->body.usage);
+  } else {
+    const tly_body_spec_t *spec = tly_body_spec(event->body_kind);
+    for (size_t i = 0; spec && i < spec->field_count; i++)
+      if (spec->fields[i].kind == TLY_FIELD_TEXT ||
+          spec->fields[i].kind == TLY_FIELD_TEXT_OPTIONAL)
+        free(*tly_body_text(event, &spec->fields[i]));
+  }
   memset(event, 0, sizeof(*event));
 }
 
@@ -102,6 +216,11 @@ int tly_subject_validate(tly_subject_kind_t kind, const char *id, char *errstr,
   }
   if (!id || !*id) {
     snprintf(errstr, errstr_size, "subject id must not be empty");
+    return -1;
+  }
+  if (kind == TLY_SUBJECT_SYSTEM && strcmp(id, TLY_SYSTEM_SUBJECT_ID) != 0) {
+    snprintf(errstr, errstr_size, "system subject id must be '%s'",
+             TLY_SYSTEM_SUBJECT_ID);
     return -1;
   }
   if (kind == TLY_SUBJECT_API_KEY && !tly_api_key_hash_is_valid(id)) {
@@ -210,6 +329,51 @@ static int usage_validate(const tly_usage_recorded_t *usage, char *errstr,
   return properties_check_unique(usage, errstr, errstr_size);
 }
 
+/* The table-described bodies: each field by its kind, then the period. */
+static int flat_body_validate(const tly_event_t *event, char *errstr,
+                              size_t errstr_size) {
+  const tly_body_spec_t *spec = tly_body_spec(event->body_kind);
+
+  for (size_t i = 0; i < spec->field_count; i++) {
+    const tly_body_field_t *field = &spec->fields[i];
+    switch (field->kind) {
+    case TLY_FIELD_TEXT:
+      if (require_text(tly_body_text_get(event, field), field->name, errstr,
+                       errstr_size))
+        return -1;
+      break;
+    case TLY_FIELD_TEXT_OPTIONAL:
+      break; /* NULL is written as "" */
+    case TLY_FIELD_MICROS:
+    case TLY_FIELD_TIME:
+      if (require_count(tly_body_int64_get(event, field), field->name, errstr,
+                        errstr_size))
+        return -1;
+      break;
+    case TLY_FIELD_COUNT32:
+      if (require_count(tly_body_int32_get(event, field), field->name, errstr,
+                        errstr_size))
+        return -1;
+      break;
+    }
+  }
+  if (spec->period_start >= 0) {
+    const tly_body_field_t *start_field = &spec->fields[spec->period_start];
+    const tly_body_field_t *end_field = &spec->fields[spec->period_end];
+    int64_t start = tly_body_int64_get(event, start_field);
+    int64_t end = tly_body_int64_get(event, end_field);
+    /* 0 means "Stripe did not say"; when both are known they must make a
+     * period, or the fold would compute a cycle that ends before it starts */
+    if (start && end && end <= start) {
+      snprintf(errstr, errstr_size,
+               "field '%s': must be after %s (%lld <= %lld)", end_field->name,
+               start_field->name, (long long)end, (long long)start);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 int tly_event_validate(const tly_event_t *event, char *errstr,
                        size_t errstr_size) {
   char reason[256];
@@ -225,12 +389,22 @@ int tly_event_validate(const tly_event_t *event, char *errstr,
     snprintf(errstr, errstr_size, "field 'subject': %s", reason);
     return -1;
   }
-  switch (event->body_kind) {
-  case TLY_BODY_USAGE_RECORDED:
-    return usage_validate(&event->body.usage, errstr, errstr_size);
-  default:
+  if (!tly_body_spec(event->body_kind)) {
     snprintf(errstr, errstr_size, "field 'body': unknown body kind %d",
              (int)event->body_kind);
     return -1;
   }
+  /* Ticks are the processor's, about no customer; nothing else is. */
+  if ((event->subject_kind == TLY_SUBJECT_SYSTEM) !=
+      (event->body_kind == TLY_BODY_TICK)) {
+    snprintf(errstr, errstr_size,
+             event->body_kind == TLY_BODY_TICK
+                 ? "field 'subject': tick events must have the subject "
+                   "system:" TLY_SYSTEM_SUBJECT_ID
+                 : "field 'subject': kind 'system' is only for tick events");
+    return -1;
+  }
+  if (event->body_kind == TLY_BODY_USAGE_RECORDED)
+    return usage_validate(&event->body.usage, errstr, errstr_size);
+  return flat_body_validate(event, errstr, errstr_size);
 }

@@ -16,11 +16,22 @@ typedef enum {
   TLY_SUBJECT_USER = 0,
   TLY_SUBJECT_API_KEY = 1,
   TLY_SUBJECT_ANONYMOUS = 2,
+  TLY_SUBJECT_SYSTEM = 3, /* only for Tick events: id "tick" */
   TLY_SUBJECT__COUNT
 } tly_subject_kind_t;
 
 /* Body variants, in the order of the Avro union branches. */
-typedef enum { TLY_BODY_USAGE_RECORDED = 0, TLY_BODY__COUNT } tly_body_kind_t;
+typedef enum {
+  TLY_BODY_USAGE_RECORDED = 0,
+  TLY_BODY_PLAN_ASSIGNED,
+  TLY_BODY_SUBSCRIPTION_CHANGED,
+  TLY_BODY_SUBSCRIPTION_CANCELED,
+  TLY_BODY_INVOICE_PAID,
+  TLY_BODY_PAYMENT_FAILED,
+  TLY_BODY_CUSTOMER_LINKED,
+  TLY_BODY_TICK,
+  TLY_BODY__COUNT
+} tly_body_kind_t;
 
 typedef struct {
   char *key;
@@ -44,6 +55,50 @@ typedef struct {
   tly_property_t *properties;
 } tly_usage_recorded_t;
 
+/* An admin (or the HTTP port) put the subject on a plan. */
+typedef struct {
+  char *plan;
+} tly_plan_assigned_t;
+
+/* From Stripe: the subscription's plan (mapped from its price id) and, when
+ * Stripe gave it, its current period (0 = unknown). */
+typedef struct {
+  char *plan;
+  char *stripe_subscription_id; /* may be "" */
+  char *stripe_price_id;        /* may be "" */
+  int64_t period_start_ms;
+  int64_t period_end_ms;
+} tly_subscription_changed_t;
+
+typedef struct {
+  char *stripe_subscription_id; /* may be "" */
+  char *reason;                 /* may be "" */
+} tly_subscription_canceled_t;
+
+/* Closes the current cycle and starts the next one (quota reset). */
+typedef struct {
+  char *invoice_id;
+  int64_t amount_paid_micros;
+  int64_t period_start_ms; /* the new cycle, when known; 0 = unknown */
+  int64_t period_end_ms;
+} tly_invoice_paid_t;
+
+typedef struct {
+  char *invoice_id;
+  int64_t amount_due_micros;
+  int32_t attempt;
+} tly_payment_failed_t;
+
+typedef struct {
+  char *stripe_customer_id;
+} tly_customer_linked_t;
+
+/* Time written into the log by the processor, one per partition and slot:
+ * the tick's time is the envelope's occurred_at. */
+typedef struct {
+  int32_t partition;
+} tly_tick_t;
+
 typedef struct {
   char *event_id;
   int64_t occurred_at_ms;
@@ -52,6 +107,13 @@ typedef struct {
   tly_body_kind_t body_kind;
   union {
     tly_usage_recorded_t usage;
+    tly_plan_assigned_t plan_assigned;
+    tly_subscription_changed_t subscription_changed;
+    tly_subscription_canceled_t subscription_canceled;
+    tly_invoice_paid_t invoice_paid;
+    tly_payment_failed_t payment_failed;
+    tly_customer_linked_t customer_linked;
+    tly_tick_t tick;
   } body;
 } tly_event_t;
 

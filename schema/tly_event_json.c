@@ -16,6 +16,7 @@
 #endif
 
 #include "tly_event_json.h"
+#include "tly_event_body.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -199,29 +200,31 @@ static int parse_rfc3339(const char *text, int64_t *out_ms, char *reason,
   return 0;
 }
 
-static int get_occurred_at(const json_t *value, int64_t *out, char *errstr,
-                           size_t errstr_size) {
+/* A time: integer milliseconds since the epoch (>= 0) or RFC 3339. */
+static int get_time(const json_t *value, const char *field, int64_t *out,
+                    char *errstr, size_t errstr_size) {
   char reason[REASON_SIZE];
   const char *text;
 
   if (json_is_integer(value)) {
     if (json_integer_value(value) < 0)
-      return fail(errstr, errstr_size,
-                  "field 'occurred_at': milliseconds must be >= 0");
+      return fail(errstr, errstr_size, "field '%s': milliseconds must be >= 0",
+                  field);
     *out = (int64_t)json_integer_value(value);
     return 0;
   }
   if (!json_is_string(value))
     return fail(errstr, errstr_size,
-                "field 'occurred_at': must be integer milliseconds since the "
+                "field '%s': must be integer milliseconds since the "
                 "epoch or an RFC 3339 string such as "
-                "\"2026-11-23T10:00:00Z\"");
+                "\"2026-11-23T10:00:00Z\"",
+                field);
   text = json_string_value(value);
   if (strlen(text) != json_string_length(value))
-    return fail(errstr, errstr_size, "field 'occurred_at': contains NUL");
+    return fail(errstr, errstr_size, "field '%s': contains NUL", field);
   if (parse_rfc3339(text, out, reason, sizeof(reason)))
-    return fail(errstr, errstr_size,
-                "field 'occurred_at': not an RFC 3339 UTC time: %s", reason);
+    return fail(errstr, errstr_size, "field '%s': not an RFC 3339 UTC time: %s",
+                field, reason);
   return 0;
 }
 
@@ -391,35 +394,13 @@ static int get_properties(const json_t *value, tly_usage_recorded_t *usage,
 /* Entry points                                                        */
 /* ------------------------------------------------------------------ */
 
-static int fill_event(const json_t *object, int64_t now_ms, tly_event_t *event,
+/* UsageRecorded's own fields (the envelope's are checked apart). */
+static const char *const usage_keys[] = {"feature", "quantity",   "unit",
+                                         "ai",      "properties", NULL};
+
+static int fill_usage(const json_t *object, tly_usage_recorded_t *usage,
                       char *errstr, size_t errstr_size) {
-  static const char *const allowed[] = {"event_id", "occurred_at", "subject",
-                                        "feature",  "quantity",    "unit",
-                                        "ai",       "properties",  NULL};
-  tly_usage_recorded_t *usage = &event->body.usage;
   const json_t *value;
-  char reason[REASON_SIZE];
-
-  if (!json_is_object(object))
-    return fail(errstr, errstr_size, "event: must be a JSON object");
-  if (check_keys(object, allowed, "", errstr, errstr_size))
-    return -1;
-  event->body_kind = TLY_BODY_USAGE_RECORDED;
-
-  if (!(value = json_object_get(object, "event_id")))
-    return fail(errstr, errstr_size, "field 'event_id': required");
-  if (copy_string(value, "event_id", 1, &event->event_id, errstr, errstr_size))
-    return -1;
-
-  event->occurred_at_ms = now_ms;
-  if ((value = member(object, "occurred_at")) &&
-      get_occurred_at(value, &event->occurred_at_ms, errstr, errstr_size))
-    return -1;
-
-  if (!(value = json_object_get(object, "subject")))
-    return fail(errstr, errstr_size, "field 'subject': required");
-  if (get_subject(value, event, errstr, errstr_size))
-    return -1;
 
   if (!(value = json_object_get(object, "feature")))
     return fail(errstr, errstr_size, "field 'feature': required");
@@ -447,8 +428,150 @@ static int fill_event(const json_t *object, int64_t now_ms, tly_event_t *event,
   if ((value = member(object, "properties")) &&
       get_properties(value, usage, errstr, errstr_size))
     return -1;
+  return 0;
+}
 
-  /* The shared rule book; everything above should already satisfy it. */
+/* One field of a table-described body; absent (or null) optional fields
+ * take their zero value ("" for strings). */
+static int fill_flat_field(const json_t *object, const tly_body_field_t *field,
+                           tly_event_t *event, char *errstr,
+                           size_t errstr_size) {
+  const json_t *value = member(object, field->name);
+  int64_t number = 0;
+
+  if (!value && field->json_required)
+    return fail(errstr, errstr_size, "field '%s': required", field->name);
+  switch (field->kind) {
+  case TLY_FIELD_TEXT:
+  case TLY_FIELD_TEXT_OPTIONAL:
+    if (value)
+      return copy_string(value, field->name, field->kind == TLY_FIELD_TEXT,
+                         tly_body_text(event, field), errstr, errstr_size);
+    if (!(*tly_body_text(event, field) = strdup("")))
+      return fail(errstr, errstr_size, "field '%s': out of memory",
+                  field->name);
+    return 0;
+  case TLY_FIELD_MICROS:
+    return value ? get_count(value, field->name, tly_body_int64(event, field),
+                             errstr, errstr_size)
+                 : 0;
+  case TLY_FIELD_TIME:
+    return value ? get_time(value, field->name, tly_body_int64(event, field),
+                            errstr, errstr_size)
+                 : 0;
+  case TLY_FIELD_COUNT32:
+    if (value && get_count(value, field->name, &number, errstr, errstr_size))
+      return -1;
+    if (number > INT32_MAX)
+      return fail(errstr, errstr_size, "field '%s': must be at most %d",
+                  field->name, INT32_MAX);
+    *tly_body_int32(event, field) = (int32_t)number;
+    return 0;
+  }
+  return fail(errstr, errstr_size, "field '%s': unsupported kind", field->name);
+}
+
+/* The "type" member: absent or null means usage_recorded. */
+static int get_type(const json_t *object, tly_body_kind_t *kind, char *errstr,
+                    size_t errstr_size) {
+  const json_t *value = member(object, "type");
+  const char *name;
+
+  *kind = TLY_BODY_USAGE_RECORDED;
+  if (!value)
+    return 0;
+  if (!json_is_string(value) ||
+      strlen(json_string_value(value)) != json_string_length(value))
+    return fail(errstr, errstr_size, "field 'type': must be a string");
+  name = json_string_value(value);
+  for (int i = 0; i < TLY_BODY__COUNT; i++) {
+    if (strcmp(name, tly_body_specs[i].type_name) != 0)
+      continue;
+    if (!tly_body_specs[i].from_json)
+      return fail(errstr, errstr_size,
+                  "field 'type': '%s' events are written by the processor "
+                  "only, never from JSON",
+                  name);
+    *kind = (tly_body_kind_t)i;
+    return 0;
+  }
+  return fail(errstr, errstr_size,
+              "field 'type': unknown type '%.64s' (expected usage_recorded, "
+              "plan_assigned, subscription_changed, subscription_canceled, "
+              "invoice_paid, payment_failed or customer_linked)",
+              name);
+}
+
+/* Every key must belong to the envelope or to the body of this type. */
+static int check_event_keys(const json_t *object, tly_body_kind_t kind,
+                            char *errstr, size_t errstr_size) {
+  static const char *const envelope_keys[] = {"event_id", "occurred_at",
+                                              "subject", "type", NULL};
+  const tly_body_spec_t *spec = &tly_body_specs[kind];
+  const char *key;
+  json_t *value;
+
+  json_object_foreach((json_t *)object, key, value) {
+    int known = 0;
+    (void)value;
+    for (size_t i = 0; envelope_keys[i] && !known; i++)
+      known = strcmp(key, envelope_keys[i]) == 0;
+    if (kind == TLY_BODY_USAGE_RECORDED)
+      for (size_t i = 0; usage_keys[i] && !known; i++)
+        known = strcmp(key, usage_keys[i]) == 0;
+    for (size_t i = 0; i < spec->field_count && !known; i++)
+      known = strcmp(key, spec->fields[i].name) == 0;
+    if (!known)
+      return fail(errstr, errstr_size,
+                  "unknown field '%s' (not a field of %s events)", key,
+                  spec->type_name);
+  }
+  return 0;
+}
+
+static int fill_event(const json_t *object, int64_t now_ms, tly_event_t *event,
+                      char *errstr, size_t errstr_size) {
+  const tly_body_spec_t *spec;
+  tly_body_kind_t kind;
+  const json_t *value;
+  char reason[REASON_SIZE];
+
+  if (!json_is_object(object))
+    return fail(errstr, errstr_size, "event: must be a JSON object");
+  if (get_type(object, &kind, errstr, errstr_size) ||
+      check_event_keys(object, kind, errstr, errstr_size))
+    return -1;
+  /* Set before any body field is copied so that clear frees them. */
+  event->body_kind = kind;
+  spec = &tly_body_specs[kind];
+
+  if (!(value = json_object_get(object, "event_id")))
+    return fail(errstr, errstr_size, "field 'event_id': required");
+  if (copy_string(value, "event_id", 1, &event->event_id, errstr, errstr_size))
+    return -1;
+
+  event->occurred_at_ms = now_ms;
+  if ((value = member(object, "occurred_at")) &&
+      get_time(value, "occurred_at", &event->occurred_at_ms, errstr,
+               errstr_size))
+    return -1;
+
+  if (!(value = json_object_get(object, "subject")))
+    return fail(errstr, errstr_size, "field 'subject': required");
+  if (get_subject(value, event, errstr, errstr_size))
+    return -1;
+
+  if (kind == TLY_BODY_USAGE_RECORDED) {
+    if (fill_usage(object, &event->body.usage, errstr, errstr_size))
+      return -1;
+  } else {
+    for (size_t i = 0; i < spec->field_count; i++)
+      if (fill_flat_field(object, &spec->fields[i], event, errstr, errstr_size))
+        return -1;
+  }
+
+  /* The shared rule book: what the JSON shape cannot say (periods in
+   * order, the system subject only for ticks). */
   if (tly_event_validate(event, reason, sizeof(reason)))
     return fail(errstr, errstr_size, "%s", reason);
   return 0;
@@ -486,5 +609,109 @@ int tly_event_from_json_text(const char *text, size_t len, int64_t now_ms,
                 error.line, error.column, error.text);
   rc = tly_event_from_json(object, now_ms, event, errstr, errstr_size);
   json_decref(object);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Writing                                                             */
+/* ------------------------------------------------------------------ */
+
+/* Adds a member; NULL (invalid UTF-8, out of memory) fails. Steals value. */
+static int put(json_t *object, const char *key, json_t *value) {
+  return value && json_object_set_new(object, key, value) == 0 ? 0 : -1;
+}
+
+static int put_text(json_t *object, const char *key, const char *text) {
+  return put(object, key, json_string(text ? text : ""));
+}
+
+static int put_usage(json_t *object, const tly_usage_recorded_t *usage) {
+  json_t *ai, *properties;
+
+  if (put_text(object, "feature", usage->feature) ||
+      put(object, "quantity", json_integer(usage->quantity)) ||
+      put_text(object, "unit", usage->unit))
+    return -1;
+  if (usage->has_ai) {
+    if (put(object, "ai", ai = json_object()) ||
+        put_text(ai, "provider", usage->ai.provider) ||
+        put_text(ai, "model", usage->ai.model) ||
+        put(ai, "input_tokens", json_integer(usage->ai.input_tokens)) ||
+        put(ai, "output_tokens", json_integer(usage->ai.output_tokens)))
+      return -1;
+  }
+  if (usage->property_count) {
+    if (put(object, "properties", properties = json_object()))
+      return -1;
+    for (size_t i = 0; i < usage->property_count; i++)
+      if (!usage->properties[i].key ||
+          put_text(properties, usage->properties[i].key,
+                   usage->properties[i].value))
+        return -1;
+  }
+  return 0;
+}
+
+static int put_flat(json_t *object, const tly_event_t *event) {
+  const tly_body_spec_t *spec = &tly_body_specs[event->body_kind];
+  for (size_t i = 0; i < spec->field_count; i++) {
+    const tly_body_field_t *field = &spec->fields[i];
+    int rc;
+    switch (field->kind) {
+    case TLY_FIELD_TEXT:
+    case TLY_FIELD_TEXT_OPTIONAL:
+      rc = put_text(object, field->name, tly_body_text_get(event, field));
+      break;
+    case TLY_FIELD_COUNT32:
+      rc = put(object, field->name,
+               json_integer(tly_body_int32_get(event, field)));
+      break;
+    default:
+      rc = put(object, field->name,
+               json_integer(tly_body_int64_get(event, field)));
+      break;
+    }
+    if (rc)
+      return -1;
+  }
+  return 0;
+}
+
+int tly_event_to_json(const tly_event_t *event, json_t **out) {
+  json_t *object;
+  char *subject = NULL;
+  size_t subject_len;
+  int rc = -1;
+
+  if (!event || !out)
+    return -1;
+  *out = NULL;
+  if (!tly_subject_kind_name(event->subject_kind) || !event->subject_id ||
+      (int)event->body_kind < 0 || event->body_kind >= TLY_BODY__COUNT)
+    return -1;
+  object = json_object();
+  subject_len =
+      tly_subject_key(event->subject_kind, event->subject_id, NULL, 0);
+  subject = malloc(subject_len + 1);
+  if (!object || !subject)
+    goto done;
+  tly_subject_key(event->subject_kind, event->subject_id, subject,
+                  subject_len + 1);
+  if (put_text(object, "type", tly_body_specs[event->body_kind].type_name) ||
+      put_text(object, "event_id", event->event_id) ||
+      put(object, "occurred_at", json_integer(event->occurred_at_ms)) ||
+      put_text(object, "subject", subject))
+    goto done;
+  if (event->body_kind == TLY_BODY_USAGE_RECORDED
+          ? put_usage(object, &event->body.usage)
+          : put_flat(object, event))
+    goto done;
+  *out = object;
+  object = NULL;
+  rc = 0;
+
+done:
+  json_decref(object);
+  free(subject);
   return rc;
 }

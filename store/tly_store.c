@@ -64,6 +64,9 @@ static const tly_cf_desc_t tly_cf_table[] = {
     [TLY_CF_OFFSETS] = {"offsets", 0},
     [TLY_CF_OUTBOX] = {"outbox", 0},
     [TLY_CF_META] = {"meta", 0},
+    [TLY_CF_ACCOUNTS] = {"accounts", 1},
+    [TLY_CF_DEDUPE] = {"dedupe", 1},
+    [TLY_CF_CYCLE_ENDS] = {"cycle_ends", 0},
 };
 
 /* A new enum value without a row: if it is the last one the table comes out
@@ -83,7 +86,49 @@ struct tly_store {
   rocksdb_writeoptions_t *write_sync;
   rocksdb_writeoptions_t *write_nosync;
   atomic_int injected_failures;
+  /* Dedupe expiry (see tly_store_set_dedupe_horizon); read by compaction
+   * threads, hence atomics. */
+  rocksdb_compactionfilter_t *dedupe_filter;
+  _Atomic int64_t *dedupe_horizons;
 };
+
+static unsigned char dedupe_filter(void *state, int level, const char *key,
+                                   size_t key_length,
+                                   const char *existing_value,
+                                   size_t value_length, char **new_value,
+                                   size_t *new_value_length,
+                                   unsigned char *value_changed) {
+  tly_store_t *store = state;
+  (void)level, (void)new_value, (void)new_value_length;
+  *value_changed = 0;
+  if (key_length < 4 || value_length != 8)
+    return 0;
+  uint32_t partition = tly_get_be32((const unsigned char *)key);
+  if (partition >= TLY_STORE_MAX_PARTITIONS)
+    return 0;
+  int64_t occurred_at =
+      (int64_t)tly_get_be64((const unsigned char *)existing_value);
+  return occurred_at < atomic_load(&store->dedupe_horizons[partition]);
+}
+
+static void dedupe_filter_destroy(void *state) { (void)state; }
+
+static const char *dedupe_filter_name(void *state) {
+  (void)state;
+  return "tally.dedupe_expiry";
+}
+
+void tly_store_set_dedupe_horizon(tly_store_t *store, int32_t partition,
+                                  int64_t horizon_ms) {
+  if (partition >= 0 && partition < TLY_STORE_MAX_PARTITIONS)
+    atomic_store(&store->dedupe_horizons[partition], horizon_ms);
+}
+
+int tly_store_compact_dedupe(tly_store_t *store) {
+  rocksdb_compact_range_cf(store->db, store->cf[TLY_CF_DEDUPE], NULL, 0, NULL,
+                           0);
+  return 0;
+}
 
 /* Operations are appended to the batch buffer as this header followed by the
  * key and value bytes; the header is memcpy'd so no alignment is needed. */
@@ -179,6 +224,7 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
   rocksdb_cache_t *cache = NULL;
   rocksdb_options_t *plain_options = NULL;
   rocksdb_options_t *bloom_options = NULL;
+  rocksdb_options_t *dedupe_options = NULL;
   char **existing = NULL;
   size_t existing_count = 0;
   char *err = NULL;
@@ -206,13 +252,25 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
   cache = rocksdb_cache_create_lru(TLY_STORE_BLOCK_CACHE_BYTES);
   plain_options = tly_store_options_new(cache, 0);
   bloom_options = tly_store_options_new(cache, 1);
+  dedupe_options = tly_store_options_new(cache, 1);
+  if (store != NULL) {
+    store->dedupe_horizons =
+        malloc(sizeof(*store->dedupe_horizons) * TLY_STORE_MAX_PARTITIONS);
+    store->dedupe_filter = rocksdb_compactionfilter_create(
+        store, dedupe_filter_destroy, dedupe_filter, dedupe_filter_name);
+  }
   if (store == NULL || cache == NULL || plain_options == NULL ||
-      bloom_options == NULL) {
+      bloom_options == NULL || dedupe_options == NULL ||
+      store->dedupe_horizons == NULL || store->dedupe_filter == NULL) {
     tly_store_error(errstr, errstr_size, "open %s: out of memory", dir);
     goto fail;
   }
   store->read_only = read_only != 0;
   atomic_init(&store->injected_failures, 0);
+  for (int i = 0; i < TLY_STORE_MAX_PARTITIONS; i++)
+    atomic_init(&store->dedupe_horizons[i], INT64_MIN);
+  /* The options do not own the filter: the store destroys it after close. */
+  rocksdb_options_set_compaction_filter(dedupe_options, store->dedupe_filter);
 
   if (store->read_only) {
     existing =
@@ -234,7 +292,9 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
     slot_of[i] = open_count;
     names[open_count] = tly_cf_table[i].name;
     cf_options[open_count] =
-        tly_cf_table[i].point_reads ? bloom_options : plain_options;
+        i == TLY_CF_DEDUPE            ? dedupe_options
+        : tly_cf_table[i].point_reads ? bloom_options
+                                      : plain_options;
     open_count++;
   }
 
@@ -273,6 +333,7 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
    * through the table factories' references. */
   rocksdb_options_destroy(plain_options);
   rocksdb_options_destroy(bloom_options);
+  rocksdb_options_destroy(dedupe_options);
   rocksdb_cache_destroy(cache);
   if (existing != NULL)
     rocksdb_list_column_families_destroy(existing, existing_count);
@@ -287,6 +348,8 @@ fail:
     rocksdb_options_destroy(plain_options);
   if (bloom_options != NULL)
     rocksdb_options_destroy(bloom_options);
+  if (dedupe_options != NULL)
+    rocksdb_options_destroy(dedupe_options);
   if (cache != NULL)
     rocksdb_cache_destroy(cache);
   return NULL;
@@ -309,6 +372,9 @@ void tly_store_close(tly_store_t *store) {
     rocksdb_writeoptions_destroy(store->write_sync);
   if (store->write_nosync != NULL)
     rocksdb_writeoptions_destroy(store->write_nosync);
+  if (store->dedupe_filter != NULL)
+    rocksdb_compactionfilter_destroy(store->dedupe_filter);
+  free(store->dedupe_horizons);
   free(store);
 }
 

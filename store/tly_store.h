@@ -25,6 +25,9 @@ typedef enum {
   TLY_CF_OFFSETS,   /* [partition] -> next input offset (8 bytes BE) */
   TLY_CF_OUTBOX,    /* [sequence, 8 bytes BE] -> encoded output record */
   TLY_CF_META,      /* free-form process metadata */
+  TLY_CF_ACCOUNTS,  /* [partition][subject key] -> account */
+  TLY_CF_DEDUPE,    /* [partition][event_id] -> occurred_at (8 bytes BE) */
+  TLY_CF_CYCLE_ENDS, /* [partition][cycle end, 8 bytes BE][subject key] */
   TLY_CF__COUNT
 } tly_cf_t;
 
@@ -91,6 +94,20 @@ int tly_store_scan_prefix(tly_store_t *store, tly_cf_t cf, const void *prefix,
                           char *errstr, size_t errstr_size);
 
 void tly_store_free(void *ptr);
+
+/*
+ * Dedupe ids expire by compaction, not by a scan: the compaction filter of
+ * the dedupe family drops an entry of partition p once its occurred_at is
+ * below p's horizon (the partition's event-time watermark minus the dedupe
+ * window). Set it from committed state only, so it never runs ahead of
+ * what a restart would recover. Partitions >= TLY_STORE_MAX_PARTITIONS
+ * never expire.
+ */
+#define TLY_STORE_MAX_PARTITIONS 65536
+void tly_store_set_dedupe_horizon(tly_store_t *store, int32_t partition,
+                                  int64_t horizon_ms);
+/* Compacts the whole dedupe family now (tests, maintenance). 0 or -1. */
+int tly_store_compact_dedupe(tly_store_t *store);
 
 /* Big-endian helpers for keys and values. */
 void tly_put_be32(unsigned char *out, uint32_t value);

@@ -200,6 +200,10 @@ int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
   /* A killed member is noticed quickly, so restarts rebalance fast. */
   argv[argc++] = "-X";
   argv[argc++] = "session.timeout.ms=3000";
+  /* Wall-clock ticks would roll the tests' fixed-time cycles over; tests
+   * that want ticks pass their own interval after this. */
+  argv[argc++] = "--tick-interval-ms";
+  argv[argc++] = "0";
   for (size_t i = 0; extra && extra[i] && argc < 62; i++)
     argv[argc++] = (char *)extra[i];
   argv[argc] = NULL;

@@ -78,7 +78,8 @@ static void produce_poison(const char *bootstrap) {
     assert_true(poisons[i].offset >= 0);
 }
 
-static long long produce_good(const char *bootstrap, long long *per_subject) {
+static long long produce_good(const char *bootstrap, int round,
+                              long long *per_subject) {
   tally_producer_conf_t conf = {.brokers = bootstrap};
   char errstr[512], id[32], event_id[32];
   long long total = 0;
@@ -87,7 +88,7 @@ static long long produce_good(const char *bootstrap, long long *per_subject) {
   for (int i = 0; i < GOOD_EVENTS; i++) {
     tly_event_t event = {0};
     snprintf(id, sizeof(id), "good-%02d", i % SUBJECTS);
-    snprintf(event_id, sizeof(event_id), "g-%d", i);
+    snprintf(event_id, sizeof(event_id), "g-%d-%d", round, i);
     event.event_id = event_id;
     event.occurred_at_ms = 1763800000000LL;
     event.subject_kind = TLY_SUBJECT_USER;
@@ -185,9 +186,9 @@ static void test_poison_goes_to_dead_letters(void **state) {
 
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
   assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
-  long long half = produce_good(broker.bootstrap, per_subject);
+  long long half = produce_good(broker.bootstrap, 1, per_subject);
   produce_poison(broker.bootstrap);
-  long long total = half + produce_good(broker.bootstrap, per_subject);
+  long long total = half + produce_good(broker.bootstrap, 2, per_subject);
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, NULL), 0);
   assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
                                      PARTITIONS, 60000),

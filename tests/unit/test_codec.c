@@ -828,17 +828,17 @@ static void test_reject_enum_and_union(void **state) {
   (void)state;
 
   raw = raw_valid();
-  raw.kind = 3;
+  raw.kind = 4;
   expect_raw_error(codec, &raw,
-                   "field 'subject.kind': enum index 3 out of range");
+                   "field 'subject.kind': enum index 4 out of range");
   raw.kind = -1;
   expect_raw_error(codec, &raw, "enum index -1 out of range");
   raw.kind = INT64_MAX;
   expect_raw_error(codec, &raw, "enum index");
 
   raw = raw_valid();
-  raw.body_branch = 1;
-  expect_raw_error(codec, &raw, "field 'body': union branch 1 out of range");
+  raw.body_branch = 8;
+  expect_raw_error(codec, &raw, "field 'body': union branch 8 out of range");
   raw.body_branch = -1;
   expect_raw_error(codec, &raw, "union branch -1 out of range");
 
@@ -1001,7 +1001,7 @@ static void test_encode_rejects(void **state) {
     size_t len;
     char errstr[256] = "";
     build_event(&tiny, &event);
-    event.body_kind = (tly_body_kind_t)3;
+    event.body_kind = TLY_BODY__COUNT;
     assert_int_not_equal(
         tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)), 0);
     assert_non_null(strstr(errstr, "body kind"));
@@ -1123,6 +1123,531 @@ static void test_random_corruption(void **state) {
 }
 
 /* ------------------------------------------------------------------ */
+/* The other body kinds                                                */
+/* ------------------------------------------------------------------ */
+
+/* A valid event of kind (UsageRecorded excluded), owned by the caller;
+ * variant 1 takes the extremes and leaves optional strings NULL. */
+static void build_flat(tly_body_kind_t kind, int variant, tly_event_t *event) {
+  int extreme = variant == 1;
+  memset(event, 0, sizeof(*event));
+  event->event_id = dup_or_null(extreme ? "évènement-✓" : "e-flat");
+  event->occurred_at_ms = extreme ? INT64_MAX : 1732300000000;
+  event->subject_kind = kind == TLY_BODY_TICK ? TLY_SUBJECT_SYSTEM
+                        : extreme             ? TLY_SUBJECT_API_KEY
+                                              : TLY_SUBJECT_USER;
+  event->subject_id = dup_or_null(kind == TLY_BODY_TICK ? "tick"
+                                  : extreme             ? API_KEY_HASH
+                                                        : "alice");
+  event->body_kind = kind;
+  switch (kind) {
+  case TLY_BODY_PLAN_ASSIGNED:
+    event->body.plan_assigned.plan = dup_or_null(extreme ? "prö 😀" : "pro");
+    break;
+  case TLY_BODY_SUBSCRIPTION_CHANGED: {
+    tly_subscription_changed_t *b = &event->body.subscription_changed;
+    b->plan = dup_or_null("team");
+    b->stripe_subscription_id = dup_or_null(extreme ? NULL : "sub_123");
+    b->stripe_price_id = dup_or_null(extreme ? NULL : "price_9");
+    b->period_start_ms = extreme ? 0 : 1730000000000;
+    b->period_end_ms = extreme ? INT64_MAX : 1732600000000;
+    break;
+  }
+  case TLY_BODY_SUBSCRIPTION_CANCELED:
+    event->body.subscription_canceled.stripe_subscription_id =
+        dup_or_null(extreme ? NULL : "sub_123");
+    event->body.subscription_canceled.reason =
+        dup_or_null(extreme ? NULL : "cancellation_requested");
+    break;
+  case TLY_BODY_INVOICE_PAID: {
+    tly_invoice_paid_t *b = &event->body.invoice_paid;
+    b->invoice_id = dup_or_null("in_1");
+    b->amount_paid_micros = extreme ? INT64_MAX : 49000000;
+    b->period_start_ms = extreme ? INT64_MAX - 1 : 1732600000000;
+    b->period_end_ms = extreme ? INT64_MAX : 1735200000000;
+    break;
+  }
+  case TLY_BODY_PAYMENT_FAILED: {
+    tly_payment_failed_t *b = &event->body.payment_failed;
+    b->invoice_id = dup_or_null("in_2");
+    b->amount_due_micros = extreme ? 0 : 49000000;
+    b->attempt = extreme ? INT32_MAX : 2;
+    break;
+  }
+  case TLY_BODY_CUSTOMER_LINKED:
+    event->body.customer_linked.stripe_customer_id = dup_or_null("cus_42");
+    break;
+  case TLY_BODY_TICK:
+    event->body.tick.partition = extreme ? INT32_MAX : 7;
+    break;
+  default:
+    fail_msg("build_flat: kind %d", (int)kind);
+  }
+}
+
+/* NULL in the original reads back as "". */
+static void assert_text(const char *got, const char *want) {
+  assert_non_null(got);
+  assert_string_equal(got, want ? want : "");
+}
+
+static void assert_flat_equal(const tly_event_t *got, const tly_event_t *want) {
+  assert_string_equal(got->event_id, want->event_id);
+  assert_true(got->occurred_at_ms == want->occurred_at_ms);
+  assert_int_equal(got->subject_kind, want->subject_kind);
+  assert_string_equal(got->subject_id, want->subject_id);
+  assert_int_equal(got->body_kind, want->body_kind);
+  switch (want->body_kind) {
+  case TLY_BODY_PLAN_ASSIGNED:
+    assert_text(got->body.plan_assigned.plan, want->body.plan_assigned.plan);
+    break;
+  case TLY_BODY_SUBSCRIPTION_CHANGED: {
+    const tly_subscription_changed_t *a = &got->body.subscription_changed,
+                                     *b = &want->body.subscription_changed;
+    assert_text(a->plan, b->plan);
+    assert_text(a->stripe_subscription_id, b->stripe_subscription_id);
+    assert_text(a->stripe_price_id, b->stripe_price_id);
+    assert_true(a->period_start_ms == b->period_start_ms);
+    assert_true(a->period_end_ms == b->period_end_ms);
+    break;
+  }
+  case TLY_BODY_SUBSCRIPTION_CANCELED:
+    assert_text(got->body.subscription_canceled.stripe_subscription_id,
+                want->body.subscription_canceled.stripe_subscription_id);
+    assert_text(got->body.subscription_canceled.reason,
+                want->body.subscription_canceled.reason);
+    break;
+  case TLY_BODY_INVOICE_PAID: {
+    const tly_invoice_paid_t *a = &got->body.invoice_paid,
+                             *b = &want->body.invoice_paid;
+    assert_text(a->invoice_id, b->invoice_id);
+    assert_true(a->amount_paid_micros == b->amount_paid_micros);
+    assert_true(a->period_start_ms == b->period_start_ms);
+    assert_true(a->period_end_ms == b->period_end_ms);
+    break;
+  }
+  case TLY_BODY_PAYMENT_FAILED:
+    assert_text(got->body.payment_failed.invoice_id,
+                want->body.payment_failed.invoice_id);
+    assert_true(got->body.payment_failed.amount_due_micros ==
+                want->body.payment_failed.amount_due_micros);
+    assert_int_equal(got->body.payment_failed.attempt,
+                     want->body.payment_failed.attempt);
+    break;
+  case TLY_BODY_CUSTOMER_LINKED:
+    assert_text(got->body.customer_linked.stripe_customer_id,
+                want->body.customer_linked.stripe_customer_id);
+    break;
+  case TLY_BODY_TICK:
+    assert_int_equal(got->body.tick.partition, want->body.tick.partition);
+    break;
+  default:
+    fail_msg("assert_flat_equal: kind %d", (int)want->body_kind);
+  }
+}
+
+/* Encodes event into a malloc'd copy of the framed bytes. */
+static unsigned char *encode_event(tly_codec_t *codec, const tly_event_t *event,
+                                   size_t *len) {
+  const void *out = NULL;
+  char errstr[256] = "";
+  unsigned char *copy;
+  if (tly_codec_encode(codec, event, &out, len, errstr, sizeof(errstr)))
+    fail_msg("encode kind %d: %s", (int)event->body_kind, errstr);
+  copy = malloc(*len);
+  assert_non_null(copy);
+  memcpy(copy, out, *len);
+  return copy;
+}
+
+static void test_round_trip_every_kind(void **state) {
+  tly_codec_t *codec = new_codec(1);
+  (void)state;
+  /* Twice, interleaved with usage events, so the reused value switches
+   * branches in both directions. */
+  for (int pass = 0; pass < 2; pass++) {
+    for (int kind = TLY_BODY_PLAN_ASSIGNED; kind < TLY_BODY__COUNT; kind++) {
+      for (int variant = 0; variant < 2; variant++) {
+        tly_event_t event, decoded = {0};
+        char errstr[256] = "";
+        size_t len;
+        unsigned char *bytes;
+
+        build_flat((tly_body_kind_t)kind, variant, &event);
+        bytes = encode_event(codec, &event, &len);
+        if (tly_codec_decode(codec, bytes, len, &decoded, errstr,
+                             sizeof(errstr)))
+          fail_msg("decode kind %d variant %d: %s", kind, variant, errstr);
+        assert_flat_equal(&decoded, &event);
+        tly_event_clear(&decoded);
+        tly_event_clear(&event);
+        free(bytes);
+
+        bytes = encode_spec(codec, &round_trip_specs[4], &len);
+        assert_int_equal(tly_codec_decode(codec, bytes, len, &decoded, errstr,
+                                          sizeof(errstr)),
+                         0);
+        assert_event_matches(&decoded, &round_trip_specs[4]);
+        tly_event_clear(&decoded);
+        free(bytes);
+      }
+    }
+  }
+  tly_codec_destroy(codec);
+}
+
+/* Byte for byte: a tick and a payment failure as the Avro spec writes
+ * them (branch index = tly_body_kind_t, system = symbol 3). */
+static void test_exact_encoding_new_kinds(void **state) {
+  static const unsigned char tick[] = {
+      0x00, 0x00, 0x00, 0x00, 0x01, /* magic, schema id 1 */
+      0x02, 't',                    /* event_id "t" */
+      0x04,                         /* occurred_at 2 */
+      0x06,                         /* subject.kind system (3) */
+      0x08, 't',  'i',  'c',  'k',  /* subject.id "tick" */
+      0x0E,                         /* body branch 7: Tick */
+      0x0A,                         /* partition 5 */
+  };
+  static const unsigned char failed[] = {
+      0x00, 0x00, 0x00, 0x00, 0x01, /* magic, schema id 1 */
+      0x02, 'p',                    /* event_id "p" */
+      0x02,                         /* occurred_at 1 */
+      0x00,                         /* subject.kind user */
+      0x02, 'a',                    /* subject.id "a" */
+      0x0A,                         /* body branch 5: PaymentFailed */
+      0x02, 'i',                    /* invoice_id "i" */
+      0x80, 0x01,                   /* amount_due_micros 64 */
+      0x06,                         /* attempt 3 */
+  };
+  tly_codec_t *codec = new_codec(1);
+  tly_event_t event = {0};
+  const void *out;
+  size_t len;
+  char errstr[256];
+  (void)state;
+
+  event.event_id = dup_or_null("t");
+  event.occurred_at_ms = 2;
+  event.subject_kind = TLY_SUBJECT_SYSTEM;
+  event.subject_id = dup_or_null("tick");
+  event.body_kind = TLY_BODY_TICK;
+  event.body.tick.partition = 5;
+  assert_int_equal(
+      tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)), 0);
+  assert_int_equal(len, sizeof(tick));
+  assert_memory_equal(out, tick, sizeof(tick));
+  tly_event_clear(&event);
+
+  event.event_id = dup_or_null("p");
+  event.occurred_at_ms = 1;
+  event.subject_kind = TLY_SUBJECT_USER;
+  event.subject_id = dup_or_null("a");
+  event.body_kind = TLY_BODY_PAYMENT_FAILED;
+  event.body.payment_failed.invoice_id = dup_or_null("i");
+  event.body.payment_failed.amount_due_micros = 64;
+  event.body.payment_failed.attempt = 3;
+  assert_int_equal(
+      tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)), 0);
+  assert_int_equal(len, sizeof(failed));
+  assert_memory_equal(out, failed, sizeof(failed));
+  tly_event_clear(&event);
+  tly_codec_destroy(codec);
+}
+
+static void test_truncation_every_kind(void **state) {
+  tly_codec_t *codec = new_codec(1);
+  (void)state;
+  for (int kind = TLY_BODY_PLAN_ASSIGNED; kind < TLY_BODY__COUNT; kind++) {
+    tly_event_t event;
+    size_t len;
+    unsigned char *bytes;
+
+    build_flat((tly_body_kind_t)kind, 0, &event);
+    bytes = encode_event(codec, &event, &len);
+    for (size_t cut = 0; cut < len; cut++) {
+      unsigned char *prefix = malloc(cut ? cut : 1);
+      tly_event_t decoded = {0};
+      char errstr[256] = "";
+      assert_non_null(prefix);
+      memcpy(prefix, bytes, cut);
+      if (tly_codec_decode(codec, prefix, cut, &decoded, errstr,
+                           sizeof(errstr)) == 0)
+        fail_msg("kind %d: decode of %zu of %zu bytes succeeded", kind, cut,
+                 len);
+      assert_true(strlen(errstr) > 0);
+      if (cut >= TLY_CODEC_HEADER_SIZE)
+        assert_non_null(strstr(errstr, "Avro record"));
+      assert_null(decoded.event_id);
+      free(prefix);
+    }
+    /* and one byte too many */
+    {
+      unsigned char *longer = malloc(len + 1);
+      assert_non_null(longer);
+      memcpy(longer, bytes, len);
+      longer[len] = 0;
+      expect_decode_error(codec, longer, len + 1, "trailing bytes");
+      free(longer);
+    }
+    tly_event_clear(&event);
+    free(bytes);
+  }
+  tly_codec_destroy(codec);
+}
+
+/* A raw envelope with a hand-written body after the branch index. */
+static void build_flat_raw(msg_t *m, int64_t subject_kind,
+                           const char *subject_id, int64_t branch,
+                           const msg_t *body) {
+  m->len = 0;
+  put_header(m, 1);
+  put_string(m, "e-1");
+  put_long(m, 1732300000000);
+  put_long(m, subject_kind);
+  put_string(m, subject_id);
+  put_long(m, branch);
+  put_raw(m, body->bytes, body->len);
+}
+
+static void expect_flat_error(tly_codec_t *codec, int64_t subject_kind,
+                              const char *subject_id, int64_t branch,
+                              const msg_t *body, const char *want) {
+  msg_t m;
+  build_flat_raw(&m, subject_kind, subject_id, branch, body);
+  expect_decode_error(codec, m.bytes, m.len, want);
+}
+
+static void test_reject_new_kinds(void **state) {
+  tly_codec_t *codec = new_codec(1);
+  msg_t body;
+  (void)state;
+
+#define BODY(...)                                                              \
+  do {                                                                         \
+    body.len = 0;                                                              \
+    __VA_ARGS__;                                                               \
+  } while (0)
+
+  /* required strings */
+  BODY(put_string(&body, ""));
+  expect_flat_error(codec, 0, "u", TLY_BODY_PLAN_ASSIGNED, &body,
+                    "field 'plan': must be a non-empty string");
+  BODY(put_string(&body, ""); put_string(&body, ""); put_string(&body, "");
+       put_long(&body, 0); put_long(&body, 0));
+  expect_flat_error(codec, 0, "u", TLY_BODY_SUBSCRIPTION_CHANGED, &body,
+                    "field 'plan'");
+  BODY(put_string(&body, ""));
+  expect_flat_error(codec, 0, "u", TLY_BODY_CUSTOMER_LINKED, &body,
+                    "field 'stripe_customer_id': must be a non-empty");
+  BODY(put_string(&body, ""); put_long(&body, 1); put_long(&body, 0);
+       put_long(&body, 0));
+  expect_flat_error(codec, 0, "u", TLY_BODY_INVOICE_PAID, &body,
+                    "field 'invoice_id'");
+  BODY(put_string(&body, ""); put_long(&body, 1); put_long(&body, 1));
+  expect_flat_error(codec, 0, "u", TLY_BODY_PAYMENT_FAILED, &body,
+                    "field 'invoice_id'");
+
+  /* money and periods >= 0 */
+  BODY(put_string(&body, "in"); put_long(&body, -1); put_long(&body, 0);
+       put_long(&body, 0));
+  expect_flat_error(codec, 0, "u", TLY_BODY_INVOICE_PAID, &body,
+                    "field 'amount_paid_micros': must be an integer >= 0");
+  BODY(put_string(&body, "in"); put_long(&body, INT64_MIN); put_long(&body, 1));
+  expect_flat_error(codec, 0, "u", TLY_BODY_PAYMENT_FAILED, &body,
+                    "field 'amount_due_micros'");
+  BODY(put_string(&body, "in"); put_long(&body, 1); put_long(&body, -1));
+  expect_flat_error(codec, 0, "u", TLY_BODY_PAYMENT_FAILED, &body,
+                    "field 'attempt'");
+  BODY(put_string(&body, "in"); put_long(&body, 0); put_long(&body, -5);
+       put_long(&body, 0));
+  expect_flat_error(codec, 0, "u", TLY_BODY_INVOICE_PAID, &body,
+                    "field 'period_start'");
+  BODY(put_string(&body, "p"); put_string(&body, ""); put_string(&body, "");
+       put_long(&body, 0); put_long(&body, -1));
+  expect_flat_error(codec, 0, "u", TLY_BODY_SUBSCRIPTION_CHANGED, &body,
+                    "field 'period_end'");
+
+  /* both bounds given: the end after the start */
+  BODY(put_string(&body, "in"); put_long(&body, 0); put_long(&body, 100);
+       put_long(&body, 100));
+  expect_flat_error(codec, 0, "u", TLY_BODY_INVOICE_PAID, &body,
+                    "field 'period_end': must be after period_start");
+  BODY(put_string(&body, "p"); put_string(&body, ""); put_string(&body, "");
+       put_long(&body, 200); put_long(&body, 100));
+  expect_flat_error(codec, 0, "u", TLY_BODY_SUBSCRIPTION_CHANGED, &body,
+                    "must be after period_start");
+
+  /* ticks: partition >= 0, subject system:tick, and only ticks */
+  BODY(put_long(&body, -1));
+  expect_flat_error(codec, TLY_SUBJECT_SYSTEM, "tick", TLY_BODY_TICK, &body,
+                    "field 'partition'");
+  BODY(put_long(&body, 1));
+  expect_flat_error(codec, TLY_SUBJECT_USER, "tick", TLY_BODY_TICK, &body,
+                    "tick events must have the subject system:tick");
+  expect_flat_error(codec, TLY_SUBJECT_SYSTEM, "clock", TLY_BODY_TICK, &body,
+                    "system subject id must be 'tick'");
+  BODY(put_string(&body, "pro"));
+  expect_flat_error(codec, TLY_SUBJECT_SYSTEM, "tick", TLY_BODY_PLAN_ASSIGNED,
+                    &body, "kind 'system' is only for tick events");
+  {
+    raw_t raw = raw_valid();
+    raw.kind = TLY_SUBJECT_SYSTEM;
+    raw.subject_id = "tick";
+    expect_raw_error(codec, &raw, "kind 'system' is only for tick events");
+  }
+
+  /* an Avro int out of range is corruption, found by the walk */
+  BODY(put_long(&body, INT64_C(1) << 31));
+  expect_flat_error(codec, TLY_SUBJECT_SYSTEM, "tick", TLY_BODY_TICK, &body,
+                    "field 'body.partition': 2147483648 out of range for int");
+  BODY(put_string(&body, "in"); put_long(&body, 1);
+       put_long(&body, INT64_C(-2147483649)));
+  expect_flat_error(codec, 0, "u", TLY_BODY_PAYMENT_FAILED, &body,
+                    "out of range for int");
+
+  /* bad UTF-8 in a new string field */
+  BODY(put_string(&body, "cus_\xff"));
+  expect_flat_error(codec, 0, "u", TLY_BODY_CUSTOMER_LINKED, &body,
+                    "field 'body.stripe_customer_id': string is not valid");
+  /* a body cut short / with the wrong shape */
+  BODY(put_string(&body, "in"));
+  expect_flat_error(codec, 0, "u", TLY_BODY_INVOICE_PAID, &body,
+                    "truncated Avro record");
+#undef BODY
+  tly_codec_destroy(codec);
+}
+
+static void expect_event_encode_error(tly_codec_t *codec, tly_event_t *event,
+                                      const char *want) {
+  const void *out = NULL;
+  size_t len = 0;
+  char errstr[512] = "";
+  if (tly_codec_encode(codec, event, &out, &len, errstr, sizeof(errstr)) == 0)
+    fail_msg("encode unexpectedly succeeded (wanted '%s')", want);
+  if (!strstr(errstr, want))
+    fail_msg("error '%s' does not contain '%s'", errstr, want);
+}
+
+static void test_encode_rejects_new_kinds(void **state) {
+  tly_codec_t *codec = new_codec(1);
+  tly_event_t event;
+  (void)state;
+
+#define WITH(kind, change, want)                                               \
+  do {                                                                         \
+    build_flat(kind, 0, &event);                                               \
+    change;                                                                    \
+    expect_event_encode_error(codec, &event, want);                            \
+    tly_event_clear(&event);                                                   \
+  } while (0)
+
+  WITH(TLY_BODY_PLAN_ASSIGNED, event.body.plan_assigned.plan[0] = '\0',
+       "field 'plan'");
+  WITH(TLY_BODY_PLAN_ASSIGNED,
+       (free(event.body.plan_assigned.plan),
+        event.body.plan_assigned.plan = NULL),
+       "field 'plan'");
+  WITH(TLY_BODY_SUBSCRIPTION_CHANGED,
+       event.body.subscription_changed.period_end_ms = 1,
+       "field 'period_end': must be after period_start");
+  WITH(TLY_BODY_SUBSCRIPTION_CHANGED,
+       event.body.subscription_changed.period_start_ms = -1,
+       "field 'period_start'");
+  WITH(TLY_BODY_SUBSCRIPTION_CANCELED,
+       event.body.subscription_canceled.reason[0] = '\xff',
+       "field 'reason': string is not valid UTF-8");
+  WITH(TLY_BODY_INVOICE_PAID, event.body.invoice_paid.amount_paid_micros = -1,
+       "field 'amount_paid_micros'");
+  WITH(TLY_BODY_INVOICE_PAID,
+       event.body.invoice_paid.period_end_ms =
+           event.body.invoice_paid.period_start_ms,
+       "must be after period_start");
+  WITH(TLY_BODY_PAYMENT_FAILED, event.body.payment_failed.invoice_id[0] = 0,
+       "field 'invoice_id'");
+  WITH(TLY_BODY_PAYMENT_FAILED, event.body.payment_failed.attempt = -1,
+       "field 'attempt'");
+  WITH(TLY_BODY_CUSTOMER_LINKED,
+       event.body.customer_linked.stripe_customer_id[0] = 0,
+       "field 'stripe_customer_id'");
+  WITH(TLY_BODY_TICK, event.body.tick.partition = -1, "field 'partition'");
+  WITH(TLY_BODY_TICK, event.subject_kind = TLY_SUBJECT_USER,
+       "tick events must have the subject system:tick");
+  WITH(TLY_BODY_CUSTOMER_LINKED, event.subject_kind = TLY_SUBJECT_SYSTEM,
+       "system subject id must be 'tick'");
+  WITH(TLY_BODY_CUSTOMER_LINKED,
+       (event.subject_kind = TLY_SUBJECT_SYSTEM,
+        strcpy(event.subject_id, "tick")),
+       "kind 'system' is only for tick events");
+  {
+    spec_t spec = tiny;
+    spec.kind = TLY_SUBJECT_SYSTEM;
+    spec.subject_id = "tick";
+    expect_encode_error(codec, &spec, "kind 'system' is only for tick events");
+  }
+#undef WITH
+  tly_codec_destroy(codec);
+}
+
+/* One period bound alone (the other 0 = unknown) is fine. */
+static void test_period_bounds_optional(void **state) {
+  tly_codec_t *codec = new_codec(1);
+  tly_event_t event, decoded = {0};
+  char errstr[256];
+  size_t len;
+  unsigned char *bytes;
+  (void)state;
+
+  build_flat(TLY_BODY_INVOICE_PAID, 0, &event);
+  event.body.invoice_paid.period_start_ms = 0;
+  bytes = encode_event(codec, &event, &len);
+  assert_int_equal(
+      tly_codec_decode(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
+  assert_flat_equal(&decoded, &event);
+  tly_event_clear(&decoded);
+  free(bytes);
+  event.body.invoice_paid.period_start_ms = 5;
+  event.body.invoice_paid.period_end_ms = 0;
+  bytes = encode_event(codec, &event, &len);
+  free(bytes);
+  tly_event_clear(&event);
+  tly_codec_destroy(codec);
+}
+
+static void test_random_corruption_new_kinds(void **state) {
+  tly_codec_t *codec = new_codec(1);
+  size_t accepted = 0;
+  (void)state;
+
+  rng_state = 424242;
+  for (int kind = TLY_BODY_PLAN_ASSIGNED; kind < TLY_BODY__COUNT; kind++) {
+    tly_event_t event;
+    size_t len;
+    unsigned char *valid, work[256];
+
+    build_flat((tly_body_kind_t)kind, 0, &event);
+    valid = encode_event(codec, &event, &len);
+    assert_true(len <= sizeof(work));
+    for (int round = 0; round < 1000; round++) {
+      size_t work_len = len;
+      int flips = 1 + (int)(rng_next() % 3);
+      memcpy(work, valid, len);
+      for (int i = 0; i < flips; i++) {
+        size_t at = TLY_CODEC_HEADER_SIZE + rng_next() % (len - 5);
+        work[at] = (unsigned char)rng_next();
+      }
+      if (rng_next() % 4 == 0)
+        work_len = rng_next() % (len + 1);
+      decode_must_not_crash(codec, work, work_len, &accepted);
+    }
+    tly_event_clear(&event);
+    free(valid);
+  }
+  print_message("random corruption (new kinds): %zu of 7000 decoded\n",
+                accepted);
+  tly_codec_destroy(codec);
+}
+
+/* ------------------------------------------------------------------ */
 /* The event model helpers                                             */
 /* ------------------------------------------------------------------ */
 
@@ -1141,6 +1666,7 @@ static void test_subject_kind_names(void **state) {
   assert_string_equal(tly_subject_kind_name(TLY_SUBJECT_API_KEY), "api_key");
   assert_string_equal(tly_subject_kind_name(TLY_SUBJECT_ANONYMOUS),
                       "anonymous");
+  assert_string_equal(tly_subject_kind_name(TLY_SUBJECT_SYSTEM), "system");
   assert_null(tly_subject_kind_name(TLY_SUBJECT__COUNT));
   assert_null(tly_subject_kind_name((tly_subject_kind_t)-1));
   for (int i = 0; i < TLY_SUBJECT__COUNT; i++) {
@@ -1188,6 +1714,13 @@ int main(void) {
       cmocka_unit_test(test_encode_rejects),
       cmocka_unit_test(test_encode_rejects_duplicate_among_many),
       cmocka_unit_test(test_random_corruption),
+      cmocka_unit_test(test_round_trip_every_kind),
+      cmocka_unit_test(test_exact_encoding_new_kinds),
+      cmocka_unit_test(test_truncation_every_kind),
+      cmocka_unit_test(test_reject_new_kinds),
+      cmocka_unit_test(test_encode_rejects_new_kinds),
+      cmocka_unit_test(test_period_bounds_optional),
+      cmocka_unit_test(test_random_corruption_new_kinds),
       cmocka_unit_test(test_event_clear_zeroed),
       cmocka_unit_test(test_subject_kind_names),
       cmocka_unit_test(test_subject_key),

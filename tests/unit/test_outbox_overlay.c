@@ -68,30 +68,37 @@ static void test_outbox_rejects_too_many_headers(void **state) {
 static void test_overlay_insert_find_grow_reset(void **state) {
   (void)state;
   tly_overlay_t overlay;
+  tly_overlay_entry_t *first = NULL;
   char key[32];
   tly_overlay_init(&overlay);
-  assert_null(tly_overlay_find(&overlay, "x", 1));
+  assert_null(tly_overlay_find(&overlay, TLY_CF_USAGE, "x", 1));
   for (int i = 0; i < 5000; i++) {
     int len = snprintf(key, sizeof(key), "k%d", i);
-    tly_overlay_entry_t *entry = tly_overlay_insert(&overlay, key, (size_t)len);
+    tly_overlay_entry_t *entry = tly_overlay_insert(&overlay, TLY_CF_USAGE, key, (size_t)len);
     assert_non_null(entry);
-    assert_int_equal(entry->row.quantity, 0);
-    entry->row.quantity = i;
+    assert_int_equal(entry->value.row.quantity, 0);
+    entry->value.row.quantity = i;
+    if (i == 0) /* keeps its address while the table grows */
+      first = entry;
     entry->dirty = i % 2;
   }
   assert_int_equal(overlay.count, 5000);
   for (int i = 0; i < 5000; i++) {
     int len = snprintf(key, sizeof(key), "k%d", i);
-    tly_overlay_entry_t *entry = tly_overlay_find(&overlay, key, (size_t)len);
+    tly_overlay_entry_t *entry =
+        tly_overlay_find(&overlay, TLY_CF_USAGE, key, (size_t)len);
     assert_non_null(entry);
-    assert_int_equal(entry->row.quantity, i);
+    assert_int_equal(entry->value.row.quantity, i);
     assert_int_equal(entry->dirty, i % 2);
   }
   /* Keys are bytes, not strings: an embedded NUL makes a different key. */
-  assert_null(tly_overlay_find(&overlay, "k1\0", 3));
+  assert_null(tly_overlay_find(&overlay, TLY_CF_USAGE, "k1\0", 3));
+  /* The same bytes in another column family are another key. */
+  assert_null(tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, "k1", 2));
+  assert_ptr_equal(tly_overlay_find(&overlay, TLY_CF_USAGE, "k0", 2), first);
   tly_overlay_reset(&overlay);
   assert_int_equal(overlay.count, 0);
-  assert_null(tly_overlay_find(&overlay, "k1", 2));
+  assert_null(tly_overlay_find(&overlay, TLY_CF_USAGE, "k1", 2));
   tly_overlay_free(&overlay);
 }
 

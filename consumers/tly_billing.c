@@ -1,0 +1,712 @@
+/*
+ * tly_billing.c - the billing fold (see tly_billing.h for the contract).
+ *
+ * Rules, in the order the fold applies them to one event:
+ *   1. dedupe: an event older than the partition's watermark minus the
+ *      window is rejected (it could no longer be told apart from a
+ *      duplicate, and a guess would be nondeterministic); an event_id seen
+ *      before is ignored;
+ *   2. the account is created on first sight (the kind's default plan, the
+ *      monthly cycle containing the event);
+ *   3. rollover on event time: an event at or after the cycle's end closes
+ *      it (billing_cycle_end with its totals) and starts the cycle that
+ *      contains the event; InvoicePaid closes the cycle whatever the time;
+ *   4. the body: usage is priced (tokens by model price plus margin, other
+ *      features by the plan's tiers), added to its cycle's row (a closed
+ *      cycle's row for a late event), and the plan's thresholds are checked
+ *      for the feature and for the plan's credits; each threshold fires once
+ *      per cycle and feature, with an id made of (subject, cycle, feature,
+ *      threshold).
+ */
+#include "tly_billing.h"
+
+#include "tly_store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- calendar (UTC, proleptic Gregorian; H. Hinnant's algorithms) ---- */
+
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
+  y -= m <= 2;
+  int64_t era = (y >= 0 ? y : y - 399) / 400;
+  int64_t yoe = y - era * 400;
+  int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, int64_t *m, int64_t *d) {
+  z += 719468;
+  int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+  int64_t doe = z - era * 146097;
+  int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  int64_t mp = (5 * doy + 2) / 153;
+  *d = doy - (153 * mp + 2) / 5 + 1;
+  *m = mp + (mp < 10 ? 3 : -9);
+  *y = yoe + era * 400 + (*m <= 2);
+}
+
+static int64_t floor_div(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+static int64_t days_in_month(int64_t y, int64_t m) {
+  static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  return m == 2 && leap ? 29 : days[m - 1];
+}
+
+/* The anchor moved by k months; the day is clamped to the month's length
+ * (an anchor on the 31st bills on the 30th in April). */
+static int64_t shift_months(int64_t anchor_ms, int64_t k) {
+  int64_t day = floor_div(anchor_ms, 86400000);
+  int64_t time_of_day = anchor_ms - day * 86400000;
+  int64_t y, m, d;
+  civil_from_days(day, &y, &m, &d);
+  int64_t month_index = y * 12 + (m - 1) + k;
+  y = floor_div(month_index, 12);
+  m = month_index - y * 12 + 1;
+  if (d > days_in_month(y, m))
+    d = days_in_month(y, m);
+  return days_from_civil(y, m, d) * 86400000 + time_of_day;
+}
+
+void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms, int64_t *start_ms,
+                             int64_t *end_ms) {
+  int64_t ay, am, ad, ty, tm, td;
+  civil_from_days(floor_div(anchor_ms, 86400000), &ay, &am, &ad);
+  civil_from_days(floor_div(t_ms, 86400000), &ty, &tm, &td);
+  int64_t k = (ty - ay) * 12 + (tm - am);
+  /* k is right or one too far either way; step until the cycle holds t. */
+  while (shift_months(anchor_ms, k) > t_ms)
+    k--;
+  while (shift_months(anchor_ms, k + 1) <= t_ms)
+    k++;
+  *start_ms = shift_months(anchor_ms, k);
+  *end_ms = shift_months(anchor_ms, k + 1);
+}
+
+/* ---- prices ----------------------------------------------------------- */
+
+int64_t tly_billing_tier_cost(const tly_feature_price_t *price,
+                              int64_t quantity) {
+  int64_t cost = 0, below = 0;
+  if (quantity <= 0 || !price->tier_count)
+    return 0;
+  if (price->model == TLY_PRICE_VOLUME) {
+    for (size_t i = 0; i < price->tier_count; i++) {
+      const tly_tier_t *tier = &price->tiers[i];
+      if (tier->up_to < 0 || quantity <= tier->up_to || i + 1 == price->tier_count)
+        return __builtin_mul_overflow(quantity, tier->unit_micros, &cost) ? -1
+                                                                          : cost;
+    }
+  }
+  for (size_t i = 0; i < price->tier_count && quantity > below; i++) {
+    const tly_tier_t *tier = &price->tiers[i];
+    int64_t top = tier->up_to < 0 || quantity < tier->up_to ? quantity
+                                                            : tier->up_to;
+    int64_t units = top - below, part;
+    if (__builtin_mul_overflow(units, tier->unit_micros, &part) ||
+        __builtin_add_overflow(cost, part, &cost))
+      return -1;
+    below = top;
+  }
+  return cost;
+}
+
+int64_t tly_billing_credits_used(const tly_config_t *config,
+                                 const tly_account_t *account) {
+  return account->cycle.cost_micros / config->micros_per_credit;
+}
+
+/* ---- alerts ----------------------------------------------------------- */
+
+void tly_alert_list_clear(tly_alert_list_t *list) {
+  for (size_t i = 0; i < list->count; i++)
+    tly_alert_clear(&list->items[i]);
+  free(list->items);
+  memset(list, 0, sizeof(*list));
+}
+
+static char *dup_string(const char *text) {
+  return strdup(text ? text : "");
+}
+
+/* Appends an alert; the id is built from `id_fmt`. NULL on OOM. */
+static tly_alert_t *add_alert(tly_alert_list_t *out, tly_alert_type_t type,
+                              tly_subject_kind_t kind, const char *id,
+                              const tly_account_t *account, int64_t at_ms,
+                              const char *feature, const char *alert_id) {
+  if (out->count == out->cap) {
+    size_t cap = out->cap ? out->cap * 2 : 8;
+    tly_alert_t *grown = realloc(out->items, cap * sizeof(*grown));
+    if (!grown)
+      return NULL;
+    out->items = grown;
+    out->cap = cap;
+  }
+  tly_alert_t *alert = &out->items[out->count];
+  memset(alert, 0, sizeof(*alert));
+  alert->alert_id = dup_string(alert_id);
+  alert->type = type;
+  alert->subject_kind = kind;
+  alert->subject_id = dup_string(id);
+  alert->occurred_at_ms = at_ms;
+  alert->cycle_start_ms = account->cycle.start_ms;
+  alert->cycle_end_ms = account->cycle.end_ms;
+  alert->plan = dup_string(account->plan);
+  alert->feature = dup_string(feature);
+  alert->detail = dup_string("");
+  alert->limit = -1;
+  if (!alert->alert_id || !alert->subject_id || !alert->plan ||
+      !alert->feature || !alert->detail) {
+    tly_alert_clear(alert);
+    return NULL;
+  }
+  out->count++;
+  return alert;
+}
+
+/* Fires every threshold of the plan that `used` reached against `limit` and
+ * that has not fired this cycle. 0, or -1 on OOM. */
+static int check_thresholds(const tly_billing_t *billing,
+                            const tly_account_t *account,
+                            const tly_plan_t *plan, tly_subject_kind_t kind,
+                            const char *id, const char *feature, int64_t used,
+                            int64_t limit, int hard, uint32_t *fired,
+                            int64_t at_ms, tly_alert_list_t *out) {
+  size_t count = plan->threshold_count ? plan->threshold_count
+                                       : billing->config->threshold_count;
+  const int *percents =
+      plan->threshold_count ? plan->thresholds : billing->config->thresholds;
+  for (size_t i = 0; i < count; i++) {
+    int64_t lhs, rhs;
+    if (*fired & (1u << i))
+      continue;
+    /* used/limit >= percent/100, in integers; an overflowing product is
+     * far past any threshold. */
+    int reached = __builtin_mul_overflow(used, (int64_t)100, &lhs) ||
+                  (!__builtin_mul_overflow(limit, (int64_t)percents[i], &rhs) &&
+                   lhs >= rhs);
+    if (!reached)
+      continue;
+    char alert_id[512];
+    char subject_key[300];
+    tly_subject_key(kind, id, subject_key, sizeof(subject_key));
+    tly_alert_type_t type =
+        percents[i] >= 100 ? TLY_ALERT_LIMIT_EXCEEDED : TLY_ALERT_LIMIT_WARNING;
+    snprintf(alert_id, sizeof(alert_id), "%s:%s:%lld:%s:%d",
+             tly_alert_type_name(type), subject_key,
+             (long long)account->cycle.start_ms, feature, percents[i]);
+    tly_alert_t *alert =
+        add_alert(out, type, kind, id, account, at_ms, feature, alert_id);
+    if (!alert)
+      return -1;
+    alert->threshold_percent = percents[i];
+    alert->used = used;
+    alert->limit = limit;
+    alert->hard = hard;
+    alert->credits_used = tly_billing_credits_used(billing->config, account);
+    alert->cost_micros = account->cycle.cost_micros;
+    *fired |= 1u << i;
+  }
+  return 0;
+}
+
+/* ---- cycles ----------------------------------------------------------- */
+
+static int close_cycle(const tly_billing_t *billing, tly_account_t *account,
+                       tly_subject_kind_t kind, const char *id, int64_t at_ms,
+                       int64_t next_start, int64_t next_end,
+                       tly_alert_list_t *out) {
+  char alert_id[512], subject_key[300];
+  const tly_plan_t *plan = tly_config_plan(billing->config, account->plan);
+  tly_subject_key(kind, id, subject_key, sizeof(subject_key));
+  snprintf(alert_id, sizeof(alert_id), "billing_cycle_end:%s:%lld",
+           subject_key, (long long)account->cycle.start_ms);
+  tly_alert_t *alert = add_alert(out, TLY_ALERT_BILLING_CYCLE_END, kind, id,
+                                 account, at_ms, "", alert_id);
+  if (!alert)
+    return -1;
+  alert->credits_used = tly_billing_credits_used(billing->config, account);
+  alert->used = alert->credits_used;
+  alert->limit = plan ? plan->credits : -1;
+  alert->cost_micros = account->cycle.cost_micros;
+  free(alert->detail);
+  char detail[128];
+  snprintf(detail, sizeof(detail), "events=%lld base_price_micros=%lld",
+           (long long)account->cycle.events,
+           (long long)(plan ? plan->base_price_micros : 0));
+  alert->detail = strdup(detail);
+  if (!alert->detail)
+    return -1;
+
+  memmove(&account->history[1], &account->history[0],
+          sizeof(account->history[0]) * (TLY_BILLING_HISTORY - 1));
+  account->history[0] = account->cycle;
+  if (account->history_count < TLY_BILLING_HISTORY)
+    account->history_count++;
+  account->cycle = (tly_cycle_t){next_start, next_end, 0, 0};
+  account->credit_thresholds_fired = 0;
+  return 0;
+}
+
+/* The cycle that follows an ended one and contains t: monthly from the
+ * config's anchor, or, once Stripe set the bounds, monthly from the end of
+ * Stripe's last period. */
+static void next_cycle(const tly_billing_t *billing,
+                       const tly_account_t *account, int64_t t_ms,
+                       int64_t *start, int64_t *end) {
+  int64_t anchor = account->stripe_period ? account->cycle.end_ms
+                                          : billing->config->cycle_anchor_ms;
+  tly_billing_month_cycle(anchor, t_ms, start, end);
+}
+
+static int roll_over(const tly_billing_t *billing, tly_account_t *account,
+                     tly_subject_kind_t kind, const char *id, int64_t t_ms,
+                     tly_alert_list_t *out) {
+  int64_t start, end;
+  if (t_ms < account->cycle.end_ms)
+    return 0;
+  next_cycle(billing, account, t_ms, &start, &end);
+  return close_cycle(billing, account, kind, id, t_ms, start, end, out);
+}
+
+/* Stripe (or an invoice) says the cycle is [start, end): adopt the end when
+ * it is the current cycle, otherwise close the current one and start it. */
+static int set_period(const tly_billing_t *billing, tly_account_t *account,
+                      tly_subject_kind_t kind, const char *id, int64_t at_ms,
+                      int64_t start, int64_t end, tly_alert_list_t *out) {
+  account->stripe_period = 1;
+  if (start <= account->cycle.start_ms) {
+    account->cycle.end_ms = end;
+    return 0;
+  }
+  return close_cycle(billing, account, kind, id, at_ms, start, end, out);
+}
+
+/* ---- usage ------------------------------------------------------------ */
+
+static tly_fold_result_t fold_usage(const tly_billing_t *billing,
+                                    tly_billing_view_t *view,
+                                    tly_account_t *account,
+                                    const tly_event_t *event,
+                                    tly_alert_list_t *out, char *errstr,
+                                    size_t errstr_size) {
+  const tly_usage_recorded_t *usage = &event->body.usage;
+  const tly_config_t *config = billing->config;
+  const tly_plan_t *plan = tly_config_plan(config, account->plan);
+  tly_cycle_t *cycle = &account->cycle;
+  int64_t t = event->occurred_at_ms;
+
+  if (!plan) {
+    snprintf(errstr, errstr_size, "plan '%s' is not in the configuration",
+             account->plan);
+    return TLY_FOLD_REJECTED;
+  }
+  if (t < cycle->start_ms) { /* late: a closed cycle still kept? */
+    cycle = NULL;
+    for (size_t i = 0; i < account->history_count; i++)
+      if (account->history[i].start_ms <= t && t < account->history[i].end_ms)
+        cycle = &account->history[i];
+    if (!cycle) {
+      snprintf(errstr, errstr_size,
+               "occurred_at %lld is before every billing cycle still kept "
+               "(the oldest starts at %lld)",
+               (long long)t,
+               (long long)(account->history_count
+                               ? account->history[account->history_count - 1]
+                                     .start_ms
+                               : account->cycle.start_ms));
+      return TLY_FOLD_REJECTED;
+    }
+  }
+  tly_billing_row_t *row = view->row(view, event->subject_kind,
+                                     event->subject_id, cycle->start_ms,
+                                     usage->feature);
+  if (!row)
+    return TLY_FOLD_FAILED;
+  tly_billing_row_t next = *row;
+  int64_t in = usage->has_ai ? usage->ai.input_tokens : 0;
+  int64_t out_tokens = usage->has_ai ? usage->ai.output_tokens : 0;
+  int overflow = __builtin_add_overflow(next.quantity, usage->quantity,
+                                        &next.quantity) ||
+                 __builtin_add_overflow(next.input_tokens, in,
+                                        &next.input_tokens) ||
+                 __builtin_add_overflow(next.output_tokens, out_tokens,
+                                        &next.output_tokens) ||
+                 __builtin_add_overflow(next.event_count, 1, &next.event_count);
+
+  /* Price the event. */
+  const tly_feature_price_t *tiers = tly_plan_price(plan, usage->feature);
+  if (!overflow && usage->has_ai) {
+    const tly_model_price_t *model = tly_config_model(config, usage->ai.model);
+    if (!model && config->unknown_model == TLY_UNKNOWN_MODEL_FALLBACK)
+      model = &config->fallback;
+    if (!model) {
+      snprintf(errstr, errstr_size,
+               "model '%s' has no price in the configuration", usage->ai.model);
+      return TLY_FOLD_REJECTED;
+    }
+    int64_t a = 0, b = 0, base = 0, numerator = 0;
+    overflow = __builtin_mul_overflow(in, model->input_per_mtok, &a) ||
+               __builtin_mul_overflow(out_tokens, model->output_per_mtok, &b) ||
+               __builtin_add_overflow(a, b, &base) ||
+               __builtin_mul_overflow(base, 10000 + config->margin_bps,
+                                      &numerator) ||
+               __builtin_add_overflow(numerator, next.cost_remainder,
+                                      &numerator) ||
+               __builtin_add_overflow(next.cost_micros,
+                                      numerator / TLY_TOKEN_COST_DENOMINATOR,
+                                      &next.cost_micros);
+    next.cost_remainder = numerator % TLY_TOKEN_COST_DENOMINATOR;
+  } else if (!overflow && tiers) {
+    next.cost_micros = tly_billing_tier_cost(tiers, next.quantity);
+    overflow = next.cost_micros < 0;
+  }
+  int64_t cost_delta = 0;
+  if (overflow ||
+      __builtin_sub_overflow(next.cost_micros, row->cost_micros, &cost_delta) ||
+      __builtin_add_overflow(cycle->cost_micros, cost_delta,
+                             &cycle->cost_micros)) {
+    snprintf(errstr, errstr_size,
+             "totals of feature '%s' would overflow a 64-bit integer",
+             usage->feature);
+    return TLY_FOLD_REJECTED;
+  }
+  cycle->events++;
+  *row = next;
+  if (cycle != &account->cycle)
+    return TLY_FOLD_APPLIED; /* a closed cycle: no more alerts for it */
+
+  const tly_feature_limit_t *limit = tly_plan_limit(plan, usage->feature);
+  if (limit && limit->limit != TLY_UNLIMITED &&
+      check_thresholds(billing, account, plan, event->subject_kind,
+                       event->subject_id, usage->feature, row->quantity,
+                       limit->limit, limit->mode == TLY_LIMIT_HARD,
+                       &row->thresholds_fired, t, out))
+    return TLY_FOLD_FAILED;
+  if (plan->credits != TLY_UNLIMITED &&
+      check_thresholds(billing, account, plan, event->subject_kind,
+                       event->subject_id, TLY_CREDITS_FEATURE,
+                       tly_billing_credits_used(config, account),
+                       plan->credits, 1, &account->credit_thresholds_fired, t,
+                       out))
+    return TLY_FOLD_FAILED;
+  return TLY_FOLD_APPLIED;
+}
+
+/* ---- the fold --------------------------------------------------------- */
+
+static tly_fold_result_t event_alert(tly_account_t *account,
+                                     const tly_event_t *event,
+                                     tly_alert_type_t type, const char *detail,
+                                     tly_alert_list_t *out) {
+  char alert_id[512], subject_key[300];
+  tly_subject_key(event->subject_kind, event->subject_id, subject_key,
+                  sizeof(subject_key));
+  snprintf(alert_id, sizeof(alert_id), "%s:%s:%s", tly_alert_type_name(type),
+           subject_key, event->event_id);
+  tly_alert_t *alert =
+      add_alert(out, type, event->subject_kind, event->subject_id, account,
+                event->occurred_at_ms, "", alert_id);
+  if (!alert)
+    return TLY_FOLD_FAILED;
+  free(alert->detail);
+  alert->detail = dup_string(detail);
+  return alert->detail ? TLY_FOLD_APPLIED : TLY_FOLD_FAILED;
+}
+
+static int set_plan(const tly_config_t *config, tly_account_t *account,
+                    const char *plan, char *errstr, size_t errstr_size) {
+  if (!tly_config_plan(config, plan)) {
+    snprintf(errstr, errstr_size, "plan '%s' is not in the configuration",
+             plan);
+    return -1;
+  }
+  snprintf(account->plan, sizeof(account->plan), "%s", plan);
+  return 0;
+}
+
+/* An applied event: its id is now seen and it moves the watermark. Only
+ * applied events do, so a rejected one can be fixed and sent again. */
+static tly_fold_result_t remember(tly_billing_view_t *view,
+                                  const tly_event_t *event) {
+  if (view->seen(view, event->event_id, event->occurred_at_ms, 1) < 0)
+    return TLY_FOLD_FAILED;
+  if (event->occurred_at_ms > *view->watermark_ms)
+    *view->watermark_ms = event->occurred_at_ms;
+  return TLY_FOLD_APPLIED;
+}
+
+tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
+                                   tly_billing_view_t *view,
+                                   const tly_event_t *event,
+                                   tly_alert_list_t *out, char *errstr,
+                                   size_t errstr_size) {
+  const tly_config_t *config = billing->config;
+  int64_t t = event->occurred_at_ms;
+
+  /* (No watermark yet is INT64_MIN: nothing is too old.) */
+  if (*view->watermark_ms > INT64_MIN + billing->dedupe_window_ms &&
+      t < *view->watermark_ms - billing->dedupe_window_ms) {
+    snprintf(errstr, errstr_size,
+             "occurred_at %lld is older than the dedupe window (%lld ms "
+             "before the partition's latest event time %lld)",
+             (long long)t, (long long)billing->dedupe_window_ms,
+             (long long)*view->watermark_ms);
+    return TLY_FOLD_REJECTED;
+  }
+  int seen = view->seen(view, event->event_id, t, 0);
+  if (seen < 0)
+    return TLY_FOLD_FAILED;
+  if (seen)
+    return TLY_FOLD_DUPLICATE;
+  if (event->body_kind == TLY_BODY_TICK)
+    return remember(view, event); /* the caller walks the accounts due */
+
+  tly_account_t *account =
+      view->account(view, event->subject_kind, event->subject_id);
+  if (!account)
+    return TLY_FOLD_FAILED;
+  /* Work on a copy: a rejected event leaves the account as it was. */
+  tly_account_t next = *account;
+  size_t alerts_before = out->count;
+  if (!next.exists) {
+    next.exists = 1;
+    snprintf(next.plan, sizeof(next.plan), "%s",
+             config->default_plan[event->subject_kind]);
+    tly_billing_month_cycle(config->cycle_anchor_ms, t, &next.cycle.start_ms,
+                            &next.cycle.end_ms);
+  }
+
+  tly_fold_result_t result = TLY_FOLD_APPLIED;
+  int failed = 0;
+  switch (event->body_kind) {
+  case TLY_BODY_INVOICE_PAID: {
+    const tly_invoice_paid_t *paid = &event->body.invoice_paid;
+    int64_t start = paid->period_start_ms, end = paid->period_end_ms;
+    if (!start || !end)
+      tly_billing_month_cycle(t, t, &start, &end);
+    next.payment_failed = 0;
+    if (start <= next.cycle.start_ms) {
+      next.stripe_period = 1;
+      next.cycle.end_ms = end;
+    } else {
+      next.stripe_period = 1;
+      failed = close_cycle(billing, &next, event->subject_kind,
+                           event->subject_id, t, start, end, out);
+    }
+    break;
+  }
+  case TLY_BODY_SUBSCRIPTION_CHANGED: {
+    const tly_subscription_changed_t *change = &event->body.subscription_changed;
+    failed = roll_over(billing, &next, event->subject_kind, event->subject_id,
+                       t, out);
+    if (!failed && set_plan(config, &next, change->plan, errstr, errstr_size))
+      result = TLY_FOLD_REJECTED;
+    else if (!failed && change->period_start_ms && change->period_end_ms)
+      failed = set_period(billing, &next, event->subject_kind,
+                          event->subject_id, t, change->period_start_ms,
+                          change->period_end_ms, out);
+    next.canceled = 0;
+    break;
+  }
+  default:
+    failed = roll_over(billing, &next, event->subject_kind, event->subject_id,
+                       t, out);
+    if (failed)
+      break;
+    switch (event->body_kind) {
+    case TLY_BODY_USAGE_RECORDED:
+      result = fold_usage(billing, view, &next, event, out, errstr, errstr_size);
+      break;
+    case TLY_BODY_PLAN_ASSIGNED:
+      if (set_plan(config, &next, event->body.plan_assigned.plan, errstr,
+                   errstr_size))
+        result = TLY_FOLD_REJECTED;
+      break;
+    case TLY_BODY_SUBSCRIPTION_CANCELED:
+      next.canceled = 1;
+      snprintf(next.plan, sizeof(next.plan), "%s",
+               config->default_plan[event->subject_kind]);
+      result = event_alert(&next, event, TLY_ALERT_SUBSCRIPTION_CANCELED,
+                           event->body.subscription_canceled.reason, out);
+      break;
+    case TLY_BODY_PAYMENT_FAILED:
+      next.payment_failed = 1;
+      result = event_alert(&next, event, TLY_ALERT_PAYMENT_FAILED,
+                           event->body.payment_failed.invoice_id, out);
+      break;
+    case TLY_BODY_CUSTOMER_LINKED:
+      snprintf(next.stripe_customer_id, sizeof(next.stripe_customer_id), "%s",
+               event->body.customer_linked.stripe_customer_id);
+      break;
+    default:
+      snprintf(errstr, errstr_size, "event body %d is not folded",
+               (int)event->body_kind);
+      result = TLY_FOLD_REJECTED;
+    }
+  }
+  if (failed)
+    result = TLY_FOLD_FAILED;
+  if (result != TLY_FOLD_APPLIED) {
+    /* Drop the alerts of a rejected event; the account stays as it was. */
+    while (out->count > alerts_before)
+      tly_alert_clear(&out->items[--out->count]);
+    return result;
+  }
+  *account = next;
+  return remember(view, event);
+}
+
+tly_fold_result_t tly_billing_tick(const tly_billing_t *billing,
+                                   tly_billing_view_t *view,
+                                   tly_subject_kind_t kind, const char *id,
+                                   int64_t tick_ms, tly_alert_list_t *out) {
+  tly_account_t *account = view->account(view, kind, id);
+  if (!account)
+    return TLY_FOLD_FAILED;
+  if (!account->exists)
+    return TLY_FOLD_APPLIED;
+  return roll_over(billing, account, kind, id, tick_ms, out)
+             ? TLY_FOLD_FAILED
+             : TLY_FOLD_APPLIED;
+}
+
+/* ---- encodings -------------------------------------------------------- */
+
+static size_t put_string(unsigned char *out, const char *text, size_t max) {
+  size_t len = strnlen(text, max);
+  out[0] = (unsigned char)len;
+  memcpy(out + 1, text, len);
+  return 1 + len;
+}
+
+static size_t put_cycle(unsigned char *out, const tly_cycle_t *cycle) {
+  tly_put_be64(out, (uint64_t)cycle->start_ms);
+  tly_put_be64(out + 8, (uint64_t)cycle->end_ms);
+  tly_put_be64(out + 16, (uint64_t)cycle->cost_micros);
+  tly_put_be64(out + 24, (uint64_t)cycle->events);
+  return 32;
+}
+
+#define ACCOUNT_VERSION 1
+
+size_t tly_account_encode(const tly_account_t *account, unsigned char *out) {
+  size_t n = 0;
+  out[n++] = ACCOUNT_VERSION;
+  n += put_string(out + n, account->plan, sizeof(account->plan) - 1);
+  n += put_string(out + n, account->stripe_customer_id,
+                  sizeof(account->stripe_customer_id) - 1);
+  out[n++] = (unsigned char)((account->stripe_period ? 1 : 0) |
+                             (account->payment_failed ? 2 : 0) |
+                             (account->canceled ? 4 : 0));
+  n += put_cycle(out + n, &account->cycle);
+  tly_put_be32(out + n, account->credit_thresholds_fired);
+  n += 4;
+  out[n++] = (unsigned char)account->history_count;
+  for (size_t i = 0; i < account->history_count; i++)
+    n += put_cycle(out + n, &account->history[i]);
+  return n;
+}
+
+typedef struct {
+  const unsigned char *data;
+  size_t len, pos;
+  int bad;
+} reader_t;
+
+static const unsigned char *take(reader_t *r, size_t n) {
+  if (r->bad || r->len - r->pos < n) {
+    r->bad = 1;
+    return NULL;
+  }
+  r->pos += n;
+  return r->data + r->pos - n;
+}
+
+static void take_string(reader_t *r, char *out, size_t size) {
+  const unsigned char *len = take(r, 1);
+  const unsigned char *text = len ? take(r, *len) : NULL;
+  if (!text || *len >= size) {
+    r->bad = 1;
+    return;
+  }
+  memcpy(out, text, *len);
+  out[*len] = '\0';
+}
+
+static void take_cycle(reader_t *r, tly_cycle_t *cycle) {
+  const unsigned char *p = take(r, 32);
+  if (!p)
+    return;
+  cycle->start_ms = (int64_t)tly_get_be64(p);
+  cycle->end_ms = (int64_t)tly_get_be64(p + 8);
+  cycle->cost_micros = (int64_t)tly_get_be64(p + 16);
+  cycle->events = (int64_t)tly_get_be64(p + 24);
+}
+
+int tly_account_decode(const void *data, size_t len, tly_account_t *account) {
+  reader_t r = {data, len, 0, 0};
+  const unsigned char *p;
+  memset(account, 0, sizeof(*account));
+  p = take(&r, 1);
+  if (!p || *p != ACCOUNT_VERSION)
+    return -1;
+  account->exists = 1;
+  take_string(&r, account->plan, sizeof(account->plan));
+  take_string(&r, account->stripe_customer_id,
+              sizeof(account->stripe_customer_id));
+  p = take(&r, 1);
+  if (p) {
+    account->stripe_period = *p & 1;
+    account->payment_failed = (*p >> 1) & 1;
+    account->canceled = (*p >> 2) & 1;
+  }
+  take_cycle(&r, &account->cycle);
+  p = take(&r, 4);
+  if (p)
+    account->credit_thresholds_fired = tly_get_be32(p);
+  p = take(&r, 1);
+  if (p && *p > TLY_BILLING_HISTORY)
+    r.bad = 1;
+  if (p && !r.bad) {
+    account->history_count = *p;
+    for (size_t i = 0; i < account->history_count; i++)
+      take_cycle(&r, &account->history[i]);
+  }
+  return r.bad || r.pos != len ? -1 : 0;
+}
+
+#define ROW_VERSION 2
+
+void tly_billing_row_encode(const tly_billing_row_t *row, unsigned char *out) {
+  out[0] = ROW_VERSION;
+  tly_put_be64(out + 1, (uint64_t)row->quantity);
+  tly_put_be64(out + 9, (uint64_t)row->input_tokens);
+  tly_put_be64(out + 17, (uint64_t)row->output_tokens);
+  tly_put_be64(out + 25, (uint64_t)row->event_count);
+  tly_put_be64(out + 33, (uint64_t)row->cost_micros);
+  tly_put_be64(out + 41, (uint64_t)row->cost_remainder);
+  tly_put_be32(out + 49, row->thresholds_fired);
+}
+
+int tly_billing_row_decode(const void *data, size_t len,
+                           tly_billing_row_t *row) {
+  const unsigned char *in = data;
+  if (len != TLY_BILLING_ROW_SIZE || in[0] != ROW_VERSION)
+    return -1;
+  row->quantity = (int64_t)tly_get_be64(in + 1);
+  row->input_tokens = (int64_t)tly_get_be64(in + 9);
+  row->output_tokens = (int64_t)tly_get_be64(in + 17);
+  row->event_count = (int64_t)tly_get_be64(in + 25);
+  row->cost_micros = (int64_t)tly_get_be64(in + 33);
+  row->cost_remainder = (int64_t)tly_get_be64(in + 41);
+  row->thresholds_fired = tly_get_be32(in + 49);
+  return 0;
+}

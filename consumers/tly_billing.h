@@ -1,0 +1,145 @@
+/*
+ * tly_billing.h - the billing fold: plans, prices, quotas, cycles, alerts.
+ *
+ * fold(state, event, config) -> (state', alerts). Pure: no I/O, no clock, no
+ * randomness, integers only. The state is reached through a small view
+ * (tly_billing_view_t) that the caller backs with whatever it likes: the
+ * processor with its per-batch overlay over RocksDB, the unit tests with
+ * plain memory. The view only hands out state records; it never decides
+ * anything, so the same log and config give the same state and the same
+ * alerts, with the same ids, on every replay.
+ *
+ * State per subject (an account) and per (subject, cycle, feature) (a usage
+ * row). Money: micro-units. Credits used in a cycle = cycle cost /
+ * micros_per_credit (floor). Token cost is exact: each row carries the
+ * sub-micro remainder of its token prices, so splitting usage into many
+ * small events never rounds a credit away.
+ */
+#ifndef TLY_BILLING_H
+#define TLY_BILLING_H
+
+#include "tly_alert.h"
+#include "tly_config.h"
+#include "tly_event.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TLY_BILLING_HISTORY 3      /* closed cycles kept for late events */
+#define TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS (7LL * 24 * 3600 * 1000)
+#define TLY_CREDITS_FEATURE "credits" /* the plan's credit quota in alerts */
+
+typedef struct {
+  int64_t start_ms, end_ms;
+  int64_t cost_micros;
+  int64_t events;
+} tly_cycle_t;
+
+typedef struct {
+  int exists;
+  char plan[TLY_CONFIG_NAME_MAX];
+  char stripe_customer_id[128];
+  int stripe_period; /* cycle bounds were set by Stripe */
+  int payment_failed;
+  int canceled;
+  tly_cycle_t cycle; /* the current one */
+  uint32_t credit_thresholds_fired; /* bit i: plan threshold i, this cycle */
+  size_t history_count;             /* newest first */
+  tly_cycle_t history[TLY_BILLING_HISTORY];
+} tly_account_t;
+
+typedef struct {
+  int64_t quantity;
+  int64_t input_tokens;
+  int64_t output_tokens;
+  int64_t event_count;
+  int64_t cost_micros;
+  int64_t cost_remainder; /* numerator left over, < TLY_TOKEN_COST_DENOMINATOR */
+  uint32_t thresholds_fired; /* bit i: plan threshold i, this cycle */
+} tly_billing_row_t;
+
+/* Token prices are per 1,000,000 tokens and the margin is in basis points:
+ * cost_micros = tokens * price * (10000 + margin) / (1e6 * 1e4). */
+#define TLY_TOKEN_COST_DENOMINATOR 10000000000LL
+
+/* How the fold reaches state. Every getter returns a record the fold may
+ * modify in place (a fresh zeroed one when absent) and that the caller
+ * persists afterwards; NULL means the caller failed (out of memory, store
+ * error) and the fold stops with -1. */
+typedef struct tly_billing_view tly_billing_view_t;
+struct tly_billing_view {
+  void *opaque;
+  tly_account_t *(*account)(tly_billing_view_t *view,
+                            tly_subject_kind_t kind, const char *id);
+  tly_billing_row_t *(*row)(tly_billing_view_t *view, tly_subject_kind_t kind,
+                            const char *id, int64_t cycle_start_ms,
+                            const char *feature);
+  /* With record == 0: 1 if event_id was already folded (within the
+   * window), 0 if not. With record != 0: remembers it as folded (returns
+   * 0). -1: the caller failed. */
+  int (*seen)(tly_billing_view_t *view, const char *event_id,
+              int64_t occurred_at_ms, int record);
+  /* The partition's event-time watermark (largest occurred_at folded). */
+  int64_t *watermark_ms;
+};
+
+typedef struct {
+  tly_alert_t *items;
+  size_t count, cap;
+} tly_alert_list_t;
+
+void tly_alert_list_clear(tly_alert_list_t *list); /* frees every alert */
+
+typedef enum {
+  TLY_FOLD_APPLIED = 0,
+  TLY_FOLD_DUPLICATE = 1, /* event_id seen before: ignored */
+  TLY_FOLD_REJECTED = 2,  /* cannot be folded: errstr says why (dead letter) */
+  TLY_FOLD_FAILED = -1    /* the view failed: stop */
+} tly_fold_result_t;
+
+typedef struct {
+  const tly_config_t *config;
+  int64_t dedupe_window_ms;
+} tly_billing_t;
+
+/* Folds one event (not a Tick) into the state; appends alerts to out. */
+tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
+                                   tly_billing_view_t *view,
+                                   const tly_event_t *event,
+                                   tly_alert_list_t *out, char *errstr,
+                                   size_t errstr_size);
+
+/* A tick at tick_ms reached this subject's account: closes its cycle if it
+ * has ended (emitting billing_cycle_end) and starts the one containing
+ * tick_ms. Returns TLY_FOLD_APPLIED or TLY_FOLD_FAILED. */
+tly_fold_result_t tly_billing_tick(const tly_billing_t *billing,
+                                   tly_billing_view_t *view,
+                                   tly_subject_kind_t kind, const char *id,
+                                   int64_t tick_ms, tly_alert_list_t *out);
+
+/* The monthly cycle (from the config's anchor) containing t_ms. Pure
+ * calendar arithmetic in UTC, no libc time zone code. */
+void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms,
+                             int64_t *start_ms, int64_t *end_ms);
+
+/* Cost in micros of `quantity` units under tiered pricing (graduated: each
+ * unit at its tier's price; volume: every unit at the price of the tier the
+ * total falls in). -1 on overflow. */
+int64_t tly_billing_tier_cost(const tly_feature_price_t *price,
+                              int64_t quantity);
+
+/* Credits used in the account's current cycle. */
+int64_t tly_billing_credits_used(const tly_config_t *config,
+                                 const tly_account_t *account);
+
+/* Encodings of the state records (version byte first). encode returns the
+ * length written (out must hold TLY_*_MAX bytes); decode 0 or -1. */
+#define TLY_ACCOUNT_MAX 512
+#define TLY_BILLING_ROW_SIZE (1 + 6 * 8 + 4)
+size_t tly_account_encode(const tly_account_t *account, unsigned char *out);
+int tly_account_decode(const void *data, size_t len, tly_account_t *account);
+void tly_billing_row_encode(const tly_billing_row_t *row, unsigned char *out);
+int tly_billing_row_decode(const void *data, size_t len,
+                           tly_billing_row_t *row);
+
+#endif

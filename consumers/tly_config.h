@@ -1,0 +1,133 @@
+/*
+ * tly_config.h - tally's configuration: plans, prices, thresholds, cycles.
+ *
+ * Loaded once at startup from a JSON file (jansson) and validated whole: a
+ * bad field stops startup with a message naming the field by its JSON path
+ * and saying why, e.g. "plans.pro.limits.api_calls.limit: must be an
+ * integer >= 0". With no file, tly_config_default() gives the built-in
+ * configuration so `tally dev` works out of the box. The fold reads the
+ * config and never changes it; all money is integer micro-units (1 USD =
+ * 1,000,000) and all percentages integers.
+ *
+ * JSON shape (every key optional unless marked):
+ * {
+ *   "credits": {"micros_per_credit": 1000},
+ *   "pricing": {
+ *     "margin_bps": 2000,                    // 20 % on top of model prices
+ *     "unknown_model": "dead_letter" | "fallback",
+ *     "fallback": {"input_per_mtok": 1000000, "output_per_mtok": 4000000},
+ *     "models": {"gpt-4o": {"input_per_mtok": 2500000,
+ *                           "output_per_mtok": 10000000}, ...}
+ *   },
+ *   "thresholds": [25, 50, 75, 90, 100],     // default for every plan
+ *   "cycles": {"anchor": "2026-01-01T00:00:00Z"},   // monthly from here
+ *   "default_plans": {"anonymous": "anonymous", "user": "free",
+ *                     "api_key": "free"},
+ *   "plans": {
+ *     "pro": {
+ *       "credits": 50000,                    // required; -1 = unlimited
+ *       "base_price_micros": 29000000,
+ *       "thresholds": [50, 100],             // overrides the default
+ *       "limits": {"api_calls": {"limit": 100000, "mode": "hard"},
+ *                  "ai_tokens": {"limit": 5000000, "mode": "soft"},
+ *                  "storage_bytes": {"unlimited": true}},
+ *       "prices": {"api_calls": {"model": "graduated",
+ *                                "tiers": [{"up_to": 1000, "unit_micros": 0},
+ *                                          {"up_to": null, "unit_micros": 100}]},
+ *                  "storage_bytes": {"model": "volume", "tiers": [...]}}
+ *     }, ...
+ *   }
+ * }
+ * The plans "anonymous" (1,000 credits), "free" (2,500) and "paid" (50,000)
+ * always exist; the file may redefine them.
+ */
+#ifndef TLY_CONFIG_H
+#define TLY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TLY_CONFIG_MAX_THRESHOLDS 16
+#define TLY_CONFIG_MAX_TIERS 16
+#define TLY_CONFIG_NAME_MAX 64
+#define TLY_UNLIMITED (-1)
+
+typedef enum { TLY_LIMIT_HARD = 0, TLY_LIMIT_SOFT = 1 } tly_limit_mode_t;
+typedef enum { TLY_PRICE_GRADUATED = 0, TLY_PRICE_VOLUME = 1 } tly_price_model_t;
+typedef enum {
+  TLY_UNKNOWN_MODEL_DEAD_LETTER = 0,
+  TLY_UNKNOWN_MODEL_FALLBACK = 1
+} tly_unknown_model_t;
+
+typedef struct {
+  int64_t up_to;       /* inclusive upper bound of the tier; -1: no bound */
+  int64_t unit_micros; /* price per unit inside this tier */
+} tly_tier_t;
+
+typedef struct {
+  char feature[TLY_CONFIG_NAME_MAX];
+  int64_t limit;       /* units per cycle; TLY_UNLIMITED for none */
+  tly_limit_mode_t mode;
+} tly_feature_limit_t;
+
+typedef struct {
+  char feature[TLY_CONFIG_NAME_MAX];
+  tly_price_model_t model;
+  size_t tier_count;
+  tly_tier_t tiers[TLY_CONFIG_MAX_TIERS]; /* ascending up_to; last is -1 */
+} tly_feature_price_t;
+
+typedef struct {
+  char name[TLY_CONFIG_NAME_MAX];
+  int64_t credits;           /* per cycle; TLY_UNLIMITED for none */
+  int64_t base_price_micros; /* per cycle */
+  size_t threshold_count;
+  int thresholds[TLY_CONFIG_MAX_THRESHOLDS]; /* ascending percents, 1..1000 */
+  size_t limit_count;
+  tly_feature_limit_t *limits;
+  size_t price_count;
+  tly_feature_price_t *prices;
+} tly_plan_t;
+
+typedef struct {
+  char model[TLY_CONFIG_NAME_MAX];
+  int64_t input_per_mtok;  /* micro-units per 1,000,000 input tokens */
+  int64_t output_per_mtok; /* micro-units per 1,000,000 output tokens */
+} tly_model_price_t;
+
+typedef struct {
+  int64_t micros_per_credit; /* default 1000 */
+  int64_t margin_bps;        /* basis points on model prices; default 2000 */
+  tly_unknown_model_t unknown_model;
+  tly_model_price_t fallback; /* used when unknown_model is FALLBACK */
+  size_t model_count;
+  tly_model_price_t *models;
+  int64_t cycle_anchor_ms;   /* monthly cycles start on this day/time */
+  size_t threshold_count;    /* default thresholds for plans without */
+  int thresholds[TLY_CONFIG_MAX_THRESHOLDS];
+  char default_plan[3][TLY_CONFIG_NAME_MAX]; /* by tly_subject_kind_t */
+  size_t plan_count;
+  tly_plan_t *plans;
+} tly_config_t;
+
+/* The built-in configuration. NULL only on OOM. Free with tly_config_free. */
+tly_config_t *tly_config_default(void);
+/* Parses and validates a config file (missing keys take the defaults).
+ * NULL with errstr naming the field (JSON path) and the reason. */
+tly_config_t *tly_config_load_file(const char *path, char *errstr,
+                                   size_t errstr_size);
+/* Same, from text. */
+tly_config_t *tly_config_load_text(const char *text, size_t len, char *errstr,
+                                   size_t errstr_size);
+void tly_config_free(tly_config_t *config);
+
+/* Lookups (NULL when absent). */
+const tly_plan_t *tly_config_plan(const tly_config_t *config, const char *name);
+const tly_feature_limit_t *tly_plan_limit(const tly_plan_t *plan,
+                                          const char *feature);
+const tly_feature_price_t *tly_plan_price(const tly_plan_t *plan,
+                                          const char *feature);
+const tly_model_price_t *tly_config_model(const tly_config_t *config,
+                                          const char *model);
+
+#endif

@@ -1,0 +1,63 @@
+/*
+ * tly_keys.c - builds the state keys documented in tly_keys.h.
+ */
+#include "tly_keys.h"
+
+#include "tly_store.h"
+
+#include <string.h>
+
+/* [p][kind:id]; returns the length or 0. */
+static size_t subject_part(int32_t partition, tly_subject_kind_t kind,
+                           const char *id, char *out, size_t out_size) {
+  if (out_size < 5)
+    return 0;
+  size_t len = tly_subject_key(kind, id, out + 4, out_size - 4);
+  if (!len || len >= out_size - 4)
+    return 0;
+  tly_put_be32((unsigned char *)out, (uint32_t)partition);
+  return 4 + len;
+}
+
+size_t tly_key_account(int32_t partition, tly_subject_kind_t kind,
+                       const char *id, char *out, size_t out_size) {
+  return subject_part(partition, kind, id, out, out_size);
+}
+
+size_t tly_key_usage(int32_t partition, tly_subject_kind_t kind,
+                     const char *id, int64_t cycle_start_ms,
+                     const char *feature, char *out, size_t out_size) {
+  size_t len = subject_part(partition, kind, id, out, out_size);
+  size_t feature_len = feature ? strlen(feature) : 0;
+  if (!len || len + 1 + 8 + feature_len > out_size)
+    return 0;
+  out[len++] = '\0';
+  tly_put_be64((unsigned char *)out + len, (uint64_t)cycle_start_ms);
+  len += 8;
+  if (feature_len)
+    memcpy(out + len, feature, feature_len);
+  return len + feature_len;
+}
+
+size_t tly_key_dedupe(int32_t partition, const char *event_id, char *out,
+                      size_t out_size) {
+  size_t id_len = strlen(event_id);
+  if (4 + id_len > out_size)
+    return 0;
+  tly_put_be32((unsigned char *)out, (uint32_t)partition);
+  memcpy(out + 4, event_id, id_len);
+  return 4 + id_len;
+}
+
+size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
+                         tly_subject_kind_t kind, const char *id, char *out,
+                         size_t out_size) {
+  if (out_size < 13)
+    return 0;
+  size_t len = tly_subject_key(kind, id, out + 12, out_size - 12);
+  if (!len || len >= out_size - 12)
+    return 0;
+  tly_put_be32((unsigned char *)out, (uint32_t)partition);
+  tly_put_be64((unsigned char *)out + 4, (uint64_t)cycle_end_ms);
+  return 12 + len;
+}

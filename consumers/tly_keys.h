@@ -1,0 +1,37 @@
+/*
+ * tly_keys.h - the RocksDB key layouts of tally's state, in one place.
+ *
+ * Every key starts with its partition (4 bytes, big-endian) so a
+ * partition's state is one contiguous range per column family. Subjects
+ * appear as their Kafka key "kind:id"; a 0 byte ends them where more
+ * follows, so "alice" never prefixes "alicex".
+ *   accounts:   [p][kind:id]
+ *   usage:      [p][kind:id][0][cycle start, 8 bytes BE][feature]
+ *   dedupe:     [p][event_id]
+ *   cycle_ends: [p][cycle end, 8 bytes BE][kind:id]
+ * Each function writes into out (out_size bytes) and returns the key's
+ * length, or 0 when it does not fit.
+ */
+#ifndef TLY_KEYS_H
+#define TLY_KEYS_H
+
+#include "tly_event.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TLY_KEY_MAX 1200
+
+size_t tly_key_account(int32_t partition, tly_subject_kind_t kind,
+                       const char *id, char *out, size_t out_size);
+/* With feature NULL: the prefix of every row of that subject and cycle. */
+size_t tly_key_usage(int32_t partition, tly_subject_kind_t kind,
+                     const char *id, int64_t cycle_start_ms,
+                     const char *feature, char *out, size_t out_size);
+size_t tly_key_dedupe(int32_t partition, const char *event_id, char *out,
+                      size_t out_size);
+size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
+                         tly_subject_kind_t kind, const char *id, char *out,
+                         size_t out_size);
+
+#endif

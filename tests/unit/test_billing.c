@@ -1,0 +1,559 @@
+/*
+ * test_billing.c - the billing fold, rule by rule, over an in-memory state
+ * view: tiers (graduated and volume), token prices with margin (exact, no
+ * rounding loss), hard versus soft versus unlimited, thresholds once per
+ * cycle, rollover with a late event, InvoicePaid reset, duplicates, unknown
+ * models, ticks, the dedupe window, and the state encodings.
+ */
+#include "tly_billing.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+/* 2026-01-01T00:00:00Z and friends, in ms. */
+#define JAN1 1767225600000LL
+#define DAY 86400000LL
+#define FEB1 (JAN1 + 31 * DAY)
+#define MAR1 (FEB1 + 28 * DAY)
+
+static const char *config_json =
+    "{\"credits\": {\"micros_per_credit\": 1000},"
+    " \"pricing\": {\"margin_bps\": 2000, \"unknown_model\": \"dead_letter\","
+    "   \"models\": {\"m1\": {\"input_per_mtok\": 1000000, "
+    "                        \"output_per_mtok\": 3000000}}},"
+    " \"thresholds\": [50, 100],"
+    " \"cycles\": {\"anchor\": \"2026-01-01T00:00:00Z\"},"
+    " \"default_plans\": {\"user\": \"t\", \"api_key\": \"t\", "
+    "                     \"anonymous\": \"anonymous\"},"
+    " \"plans\": {"
+    "   \"t\": {\"credits\": 100,"
+    "     \"limits\": {\"api_calls\": {\"limit\": 10, \"mode\": \"hard\"},"
+    "                \"ai_tokens\": {\"limit\": 1000, \"mode\": \"soft\"},"
+    "                \"storage_bytes\": {\"unlimited\": true}},"
+    "     \"prices\": {"
+    "       \"api_calls\": {\"model\": \"graduated\", \"tiers\": ["
+    "          {\"up_to\": 5, \"unit_micros\": 1000},"
+    "          {\"up_to\": null, \"unit_micros\": 500}]},"
+    "       \"storage_bytes\": {\"model\": \"volume\", \"tiers\": ["
+    "          {\"up_to\": 100, \"unit_micros\": 10},"
+    "          {\"up_to\": null, \"unit_micros\": 5}]}}},"
+    "   \"u\": {\"credits\": -1}}}";
+
+/* ---- an in-memory state view ------------------------------------------ */
+
+#define MAX_RECORDS 64
+
+typedef struct {
+  char id[64];
+  tly_account_t account;
+} account_slot_t;
+
+typedef struct {
+  char id[64];
+  int64_t cycle;
+  char feature[64];
+  tly_billing_row_t row;
+} row_slot_t;
+
+typedef struct {
+  tly_billing_view_t view;
+  account_slot_t accounts[MAX_RECORDS];
+  size_t account_count;
+  row_slot_t rows[MAX_RECORDS];
+  size_t row_count;
+  char seen[2048][64];
+  int64_t seen_at[2048];
+  size_t seen_count;
+  int64_t watermark;
+} memory_state_t;
+
+static tly_account_t *mem_account(tly_billing_view_t *view,
+                                  tly_subject_kind_t kind, const char *id) {
+  memory_state_t *state = view->opaque;
+  (void)kind;
+  for (size_t i = 0; i < state->account_count; i++)
+    if (!strcmp(state->accounts[i].id, id))
+      return &state->accounts[i].account;
+  account_slot_t *slot = &state->accounts[state->account_count++];
+  snprintf(slot->id, sizeof(slot->id), "%s", id);
+  return &slot->account;
+}
+
+static tly_billing_row_t *mem_row(tly_billing_view_t *view,
+                                  tly_subject_kind_t kind, const char *id,
+                                  int64_t cycle, const char *feature) {
+  memory_state_t *state = view->opaque;
+  (void)kind;
+  for (size_t i = 0; i < state->row_count; i++)
+    if (!strcmp(state->rows[i].id, id) && state->rows[i].cycle == cycle &&
+        !strcmp(state->rows[i].feature, feature))
+      return &state->rows[i].row;
+  row_slot_t *slot = &state->rows[state->row_count++];
+  snprintf(slot->id, sizeof(slot->id), "%s", id);
+  snprintf(slot->feature, sizeof(slot->feature), "%s", feature);
+  slot->cycle = cycle;
+  return &slot->row;
+}
+
+static int mem_seen(tly_billing_view_t *view, const char *event_id,
+                    int64_t occurred_at, int record) {
+  memory_state_t *state = view->opaque;
+  for (size_t i = 0; i < state->seen_count; i++)
+    if (!strcmp(state->seen[i], event_id))
+      return record ? 0 : 1;
+  if (record) {
+    snprintf(state->seen[state->seen_count], 64, "%s", event_id);
+    state->seen_at[state->seen_count++] = occurred_at;
+  }
+  return 0;
+}
+
+static memory_state_t *new_state(void) {
+  memory_state_t *state = calloc(1, sizeof(*state));
+  state->view = (tly_billing_view_t){state, mem_account, mem_row, mem_seen,
+                                     &state->watermark};
+  state->watermark = INT64_MIN;
+  return state;
+}
+
+typedef struct {
+  tly_config_t *config;
+  tly_billing_t billing;
+  memory_state_t *state;
+  tly_alert_list_t alerts;
+  char errstr[512];
+  int counter;
+} fixture_t;
+
+static int setup(void **ctx) {
+  fixture_t *f = calloc(1, sizeof(*f));
+  f->config =
+      tly_config_load_text(config_json, strlen(config_json), f->errstr,
+                           sizeof(f->errstr));
+  if (!f->config) {
+    fprintf(stderr, "config: %s\n", f->errstr);
+    return -1;
+  }
+  /* A window long enough for the late-event cases; the dedupe test sets
+   * its own. */
+  f->billing = (tly_billing_t){f->config, 60 * DAY};
+  f->state = new_state();
+  *ctx = f;
+  return 0;
+}
+
+static int teardown(void **ctx) {
+  fixture_t *f = *ctx;
+  tly_alert_list_clear(&f->alerts);
+  tly_config_free(f->config);
+  free(f->state);
+  free(f);
+  return 0;
+}
+
+static tly_fold_result_t fold(fixture_t *f, tly_event_t *event) {
+  char event_id[32];
+  if (!event->event_id) {
+    snprintf(event_id, sizeof(event_id), "e-%d", ++f->counter);
+    event->event_id = event_id;
+  }
+  if (!event->subject_id)
+    event->subject_id = "alice";
+  tly_fold_result_t rc = tly_billing_fold(&f->billing, &f->state->view, event,
+                                          &f->alerts, f->errstr,
+                                          sizeof(f->errstr));
+  if (event->event_id == event_id)
+    event->event_id = NULL;
+  return rc;
+}
+
+static tly_fold_result_t usage(fixture_t *f, int64_t at, const char *feature,
+                               int64_t quantity) {
+  tly_event_t event = {.occurred_at_ms = at,
+                       .body_kind = TLY_BODY_USAGE_RECORDED,
+                       .body.usage = {.feature = (char *)feature,
+                                      .quantity = quantity}};
+  return fold(f, &event);
+}
+
+static tly_fold_result_t tokens(fixture_t *f, int64_t at, const char *model,
+                                int64_t in, int64_t out) {
+  tly_event_t event = {
+      .occurred_at_ms = at,
+      .body_kind = TLY_BODY_USAGE_RECORDED,
+      .body.usage = {.feature = "ai_tokens",
+                     .quantity = in + out,
+                     .has_ai = 1,
+                     .ai = {"p", (char *)model, in, out}}};
+  return fold(f, &event);
+}
+
+static const tly_billing_row_t *row_of(fixture_t *f, int64_t cycle,
+                                       const char *feature) {
+  return mem_row(&f->state->view, TLY_SUBJECT_USER, "alice", cycle, feature);
+}
+
+static tly_account_t *alice(fixture_t *f) {
+  return mem_account(&f->state->view, TLY_SUBJECT_USER, "alice");
+}
+
+/* ---- tests ------------------------------------------------------------- */
+
+static void test_tier_boundaries(void **ctx) {
+  (void)ctx;
+  tly_feature_price_t graduated = {"api_calls", TLY_PRICE_GRADUATED, 3,
+                                   {{5, 1000}, {10, 500}, {-1, 100}}};
+  tly_feature_price_t volume = {"storage", TLY_PRICE_VOLUME, 2,
+                                {{100, 10}, {-1, 5}}};
+  const struct {
+    const tly_feature_price_t *price;
+    int64_t quantity, cost;
+  } cases[] = {
+      {&graduated, 0, 0},        {&graduated, 1, 1000},
+      {&graduated, 5, 5000},     {&graduated, 6, 5500},
+      {&graduated, 10, 7500},    {&graduated, 11, 7600},
+      {&graduated, 1000, 106500}, {&volume, 0, 0},
+      {&volume, 1, 10},          {&volume, 100, 1000},
+      {&volume, 101, 505},       {&volume, 200, 1000},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    int64_t cost = tly_billing_tier_cost(cases[i].price, cases[i].quantity);
+    if (cost != cases[i].cost)
+      fail_msg("case %zu: %lld units cost %lld, expected %lld", i,
+               (long long)cases[i].quantity, (long long)cost,
+               (long long)cases[i].cost);
+  }
+  tly_feature_price_t huge = {"x", TLY_PRICE_VOLUME, 1, {{-1, INT64_MAX}}};
+  assert_int_equal(tly_billing_tier_cost(&huge, 2), -1);
+}
+
+static void test_month_cycles(void **ctx) {
+  (void)ctx;
+  int64_t start, end;
+  tly_billing_month_cycle(0, JAN1 + 14 * DAY + 5, &start, &end);
+  assert_int_equal(start, JAN1);
+  assert_int_equal(end, FEB1);
+  tly_billing_month_cycle(0, FEB1, &start, &end); /* the end is exclusive */
+  assert_int_equal(start, FEB1);
+  assert_int_equal(end, MAR1);
+  /* An anchor on the 31st bills on the last day of shorter months. */
+  int64_t jan31 = JAN1 + 30 * DAY;
+  tly_billing_month_cycle(jan31, FEB1 + 14 * DAY, &start, &end);
+  assert_int_equal(start, jan31);
+  assert_int_equal(end, FEB1 + 27 * DAY); /* 2026-02-28 */
+  tly_billing_month_cycle(jan31, MAR1, &start, &end);
+  assert_int_equal(start, FEB1 + 27 * DAY);
+  assert_int_equal(end, MAR1 + 30 * DAY); /* 2026-03-31 */
+  /* Before the anchor too. */
+  tly_billing_month_cycle(FEB1, JAN1 + DAY, &start, &end);
+  assert_int_equal(start, JAN1);
+  assert_int_equal(end, FEB1);
+}
+
+static void test_graduated_price_and_hard_limit_alerts(void **ctx) {
+  fixture_t *f = *ctx;
+  for (int i = 0; i < 11; i++)
+    assert_int_equal(usage(f, JAN1 + i, "api_calls", 1), TLY_FOLD_APPLIED);
+  const tly_billing_row_t *row = row_of(f, JAN1, "api_calls");
+  assert_int_equal(row->quantity, 11);
+  assert_int_equal(row->cost_micros, 5 * 1000 + 6 * 500);
+  assert_int_equal(alice(f)->cycle.cost_micros, 8000);
+  assert_int_equal(tly_billing_credits_used(f->config, alice(f)), 8);
+  /* 50 % at the 5th call, 100 % at the 10th, nothing more at the 11th. */
+  assert_int_equal(f->alerts.count, 2);
+  assert_int_equal(f->alerts.items[0].type, TLY_ALERT_LIMIT_WARNING);
+  assert_int_equal(f->alerts.items[0].threshold_percent, 50);
+  assert_int_equal(f->alerts.items[0].used, 5);
+  assert_int_equal(f->alerts.items[0].hard, 1);
+  assert_string_equal(f->alerts.items[0].alert_id,
+                      "limit_warning:user:alice:1767225600000:api_calls:50");
+  assert_int_equal(f->alerts.items[1].type, TLY_ALERT_LIMIT_EXCEEDED);
+  assert_int_equal(f->alerts.items[1].used, 10);
+  assert_int_equal(f->alerts.items[1].limit, 10);
+}
+
+static void test_soft_limit_and_exact_token_cost(void **ctx) {
+  fixture_t *f = *ctx;
+  /* 1,000 events of 1 input token at 1 micro/token + 20 % margin: 1.2
+   * micros each. Rounding per event would lose 200 micros; the fold must
+   * not. */
+  for (int i = 0; i < 1000; i++)
+    assert_int_equal(tokens(f, JAN1 + i, "m1", 1, 0), TLY_FOLD_APPLIED);
+  const tly_billing_row_t *row = row_of(f, JAN1, "ai_tokens");
+  assert_int_equal(row->input_tokens, 1000);
+  assert_int_equal(row->cost_micros, 1200);
+  assert_int_equal(row->cost_remainder, 0);
+  /* Soft: warning at 500, exceeded at 1000, not hard; credits 1 < 50. */
+  assert_int_equal(f->alerts.count, 2);
+  assert_int_equal(f->alerts.items[1].type, TLY_ALERT_LIMIT_EXCEEDED);
+  assert_int_equal(f->alerts.items[1].hard, 0);
+  assert_string_equal(f->alerts.items[1].feature, "ai_tokens");
+  /* Output tokens at 3 micros + margin: 100 tokens -> 360 micros. */
+  assert_int_equal(tokens(f, JAN1 + 2000, "m1", 0, 100), TLY_FOLD_APPLIED);
+  assert_int_equal(row->cost_micros, 1560);
+}
+
+static void test_unlimited_volume_and_credit_thresholds(void **ctx) {
+  fixture_t *f = *ctx;
+  /* Volume: 100 units at 10 = 1000 micros; 200 units at 5 = 1000. */
+  assert_int_equal(usage(f, JAN1, "storage_bytes", 100), TLY_FOLD_APPLIED);
+  assert_int_equal(row_of(f, JAN1, "storage_bytes")->cost_micros, 1000);
+  assert_int_equal(usage(f, JAN1 + 1, "storage_bytes", 100), TLY_FOLD_APPLIED);
+  assert_int_equal(row_of(f, JAN1, "storage_bytes")->cost_micros, 1000);
+  assert_int_equal(f->alerts.count, 0); /* unlimited, credits 1 of 100 */
+  /* 60,000 units: 300,000 micros = 300 credits: both credit thresholds. */
+  assert_int_equal(usage(f, JAN1 + 2, "storage_bytes", 59800),
+                   TLY_FOLD_APPLIED);
+  assert_int_equal(tly_billing_credits_used(f->config, alice(f)), 300);
+  assert_int_equal(f->alerts.count, 2);
+  assert_string_equal(f->alerts.items[0].feature, TLY_CREDITS_FEATURE);
+  assert_int_equal(f->alerts.items[0].threshold_percent, 50);
+  assert_int_equal(f->alerts.items[1].threshold_percent, 100);
+  assert_int_equal(f->alerts.items[1].hard, 1);
+}
+
+static void test_rollover_and_late_event(void **ctx) {
+  fixture_t *f = *ctx;
+  assert_int_equal(usage(f, JAN1 + DAY, "api_calls", 2), TLY_FOLD_APPLIED);
+  /* The first event at or after the end closes January. */
+  assert_int_equal(usage(f, FEB1 + DAY, "api_calls", 3), TLY_FOLD_APPLIED);
+  assert_int_equal(f->alerts.count, 1);
+  tly_alert_t *end = &f->alerts.items[0];
+  assert_int_equal(end->type, TLY_ALERT_BILLING_CYCLE_END);
+  assert_int_equal(end->cycle_start_ms, JAN1);
+  assert_int_equal(end->cycle_end_ms, FEB1);
+  assert_int_equal(end->cost_micros, 2000);
+  assert_int_equal(end->credits_used, 2);
+  assert_string_equal(end->alert_id, "billing_cycle_end:user:alice:1767225600000");
+  assert_int_equal(alice(f)->cycle.start_ms, FEB1);
+  assert_int_equal(alice(f)->history_count, 1);
+  /* A late January event lands in January's row and history, not in the
+   * current cycle, and raises no alert for a closed cycle. */
+  assert_int_equal(usage(f, JAN1 + 2 * DAY, "api_calls", 4), TLY_FOLD_APPLIED);
+  assert_int_equal(row_of(f, JAN1, "api_calls")->quantity, 6);
+  assert_int_equal(row_of(f, FEB1, "api_calls")->quantity, 3);
+  assert_int_equal(alice(f)->history[0].cost_micros, 5500);
+  assert_int_equal(alice(f)->cycle.cost_micros, 3000);
+  assert_int_equal(f->alerts.count, 1);
+  /* Older than every kept cycle: rejected, not silently dropped. */
+  assert_int_equal(usage(f, JAN1 - 20 * DAY, "api_calls", 1),
+                   TLY_FOLD_REJECTED);
+  assert_non_null(strstr(f->errstr, "before every billing cycle"));
+}
+
+static void test_invoice_paid_resets_quota(void **ctx) {
+  fixture_t *f = *ctx;
+  for (int i = 0; i < 10; i++)
+    usage(f, JAN1 + i, "api_calls", 1);
+  assert_int_equal(f->alerts.count, 2);
+  tly_event_t paid = {.occurred_at_ms = JAN1 + 10 * DAY,
+                      .body_kind = TLY_BODY_INVOICE_PAID,
+                      .body.invoice_paid = {"in_1", 29000000,
+                                            JAN1 + 10 * DAY, FEB1 + 10 * DAY}};
+  assert_int_equal(fold(f, &paid), TLY_FOLD_APPLIED);
+  assert_int_equal(f->alerts.count, 3);
+  assert_int_equal(f->alerts.items[2].type, TLY_ALERT_BILLING_CYCLE_END);
+  assert_int_equal(alice(f)->cycle.start_ms, JAN1 + 10 * DAY);
+  assert_int_equal(alice(f)->cycle.end_ms, FEB1 + 10 * DAY);
+  assert_int_equal(alice(f)->cycle.cost_micros, 0);
+  /* Quota is fresh: the thresholds fire again in the new cycle. */
+  for (int i = 0; i < 5; i++)
+    usage(f, JAN1 + 11 * DAY, "api_calls", 1);
+  assert_int_equal(f->alerts.count, 4);
+  assert_int_equal(f->alerts.items[3].threshold_percent, 50);
+  assert_int_equal(f->alerts.items[3].cycle_start_ms, JAN1 + 10 * DAY);
+}
+
+static void test_duplicate_event_ids(void **ctx) {
+  fixture_t *f = *ctx;
+  tly_event_t event = {.event_id = "same",
+                       .occurred_at_ms = JAN1,
+                       .body_kind = TLY_BODY_USAGE_RECORDED,
+                       .body.usage = {.feature = "api_calls", .quantity = 7}};
+  assert_int_equal(fold(f, &event), TLY_FOLD_APPLIED);
+  assert_int_equal(fold(f, &event), TLY_FOLD_DUPLICATE);
+  event.body.usage.quantity = 1; /* same id, other content: still a dupe */
+  assert_int_equal(fold(f, &event), TLY_FOLD_DUPLICATE);
+  assert_int_equal(row_of(f, JAN1, "api_calls")->quantity, 7);
+  assert_int_equal(row_of(f, JAN1, "api_calls")->event_count, 1);
+}
+
+static void test_unknown_model(void **ctx) {
+  fixture_t *f = *ctx;
+  assert_int_equal(tokens(f, JAN1, "mystery", 10, 10), TLY_FOLD_REJECTED);
+  assert_non_null(strstr(f->errstr, "mystery"));
+  /* Rejected means untouched: no row, no id remembered. */
+  assert_int_equal(row_of(f, JAN1, "ai_tokens")->event_count, 0);
+  assert_int_equal(f->state->seen_count, 0);
+  /* With a fallback price configured it is priced, never free. */
+  f->config->unknown_model = TLY_UNKNOWN_MODEL_FALLBACK;
+  f->config->fallback.input_per_mtok = 5000000;
+  f->config->fallback.output_per_mtok = 5000000;
+  assert_int_equal(tokens(f, JAN1, "mystery", 10, 10), TLY_FOLD_APPLIED);
+  assert_int_equal(row_of(f, JAN1, "ai_tokens")->cost_micros, 120);
+}
+
+static void test_tick_closes_idle_cycle(void **ctx) {
+  fixture_t *f = *ctx;
+  assert_int_equal(usage(f, JAN1, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(tly_billing_tick(&f->billing, &f->state->view,
+                                    TLY_SUBJECT_USER, "alice", FEB1 - 1,
+                                    &f->alerts),
+                   TLY_FOLD_APPLIED);
+  assert_int_equal(f->alerts.count, 0);
+  assert_int_equal(tly_billing_tick(&f->billing, &f->state->view,
+                                    TLY_SUBJECT_USER, "alice", FEB1 + 5,
+                                    &f->alerts),
+                   TLY_FOLD_APPLIED);
+  assert_int_equal(f->alerts.count, 1);
+  assert_int_equal(f->alerts.items[0].type, TLY_ALERT_BILLING_CYCLE_END);
+  assert_int_equal(alice(f)->cycle.start_ms, FEB1);
+  /* A tick for a subject with no account creates nothing. */
+  assert_int_equal(tly_billing_tick(&f->billing, &f->state->view,
+                                    TLY_SUBJECT_USER, "nobody", FEB1 + 5,
+                                    &f->alerts),
+                   TLY_FOLD_APPLIED);
+  assert_int_equal(f->alerts.count, 1);
+}
+
+static void test_dedupe_window(void **ctx) {
+  fixture_t *f = *ctx;
+  f->billing.dedupe_window_ms = TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
+  assert_int_equal(usage(f, FEB1 + 10 * DAY, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(f->state->watermark, FEB1 + 10 * DAY);
+  assert_int_equal(usage(f, FEB1 + 4 * DAY, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(f->state->watermark, FEB1 + 10 * DAY);
+  assert_int_equal(usage(f, FEB1 + 2 * DAY, "api_calls", 1), TLY_FOLD_REJECTED);
+  assert_non_null(strstr(f->errstr, "dedupe window"));
+}
+
+static void test_plans_payments_and_cancellation(void **ctx) {
+  fixture_t *f = *ctx;
+  tly_event_t assign = {.occurred_at_ms = JAN1,
+                        .body_kind = TLY_BODY_PLAN_ASSIGNED,
+                        .body.plan_assigned = {"u"}};
+  assert_int_equal(fold(f, &assign), TLY_FOLD_APPLIED);
+  assert_string_equal(alice(f)->plan, "u");
+  for (int i = 0; i < 20; i++) /* plan u: no limits, unlimited credits */
+    usage(f, JAN1 + i, "api_calls", 1);
+  assert_int_equal(f->alerts.count, 0);
+  assign.body.plan_assigned.plan = "gold";
+  assert_int_equal(fold(f, &assign), TLY_FOLD_REJECTED);
+  assert_non_null(strstr(f->errstr, "gold"));
+
+  tly_event_t failed = {.occurred_at_ms = JAN1 + DAY,
+                        .body_kind = TLY_BODY_PAYMENT_FAILED,
+                        .body.payment_failed = {"in_9", 1000, 1}};
+  assert_int_equal(fold(f, &failed), TLY_FOLD_APPLIED);
+  assert_int_equal(alice(f)->payment_failed, 1);
+  tly_event_t canceled = {.occurred_at_ms = JAN1 + 2 * DAY,
+                          .body_kind = TLY_BODY_SUBSCRIPTION_CANCELED,
+                          .body.subscription_canceled = {"sub_1", "too pricey"}};
+  assert_int_equal(fold(f, &canceled), TLY_FOLD_APPLIED);
+  assert_int_equal(alice(f)->canceled, 1);
+  assert_string_equal(alice(f)->plan, "t"); /* back to the kind's default */
+  assert_int_equal(f->alerts.count, 2);
+  assert_int_equal(f->alerts.items[0].type, TLY_ALERT_PAYMENT_FAILED);
+  assert_int_equal(f->alerts.items[1].type, TLY_ALERT_SUBSCRIPTION_CANCELED);
+  assert_string_equal(f->alerts.items[1].detail, "too pricey");
+}
+
+static void test_same_log_same_alerts(void **ctx) {
+  fixture_t *f = *ctx;
+  memory_state_t *other = new_state();
+  tly_alert_list_t first = {0}, second = {0};
+  for (int run = 0; run < 2; run++) {
+    tly_billing_view_t *view = run ? &other->view : &f->state->view;
+    tly_alert_list_t *out = run ? &second : &first;
+    for (int i = 0; i < 300; i++) {
+      char event_id[32];
+      snprintf(event_id, sizeof(event_id), "d-%d", i);
+      tly_event_t event = {.event_id = event_id,
+                           .occurred_at_ms = JAN1 + (int64_t)i * DAY / 5,
+                           .subject_id = "alice",
+                           .body_kind = TLY_BODY_USAGE_RECORDED,
+                           .body.usage = {.feature = "api_calls", .quantity = 1}};
+      tly_billing_fold(&f->billing, view, &event, out, f->errstr,
+                       sizeof(f->errstr));
+    }
+  }
+  assert_true(first.count > 4);
+  assert_int_equal(first.count, second.count);
+  for (size_t i = 0; i < first.count; i++)
+    assert_string_equal(first.items[i].alert_id, second.items[i].alert_id);
+  tly_alert_list_clear(&first);
+  tly_alert_list_clear(&second);
+  free(other);
+}
+
+static void test_state_encodings(void **ctx) {
+  (void)ctx;
+  tly_account_t account = {0}, back;
+  unsigned char bytes[TLY_ACCOUNT_MAX];
+  account.exists = 1;
+  snprintf(account.plan, sizeof(account.plan), "professional");
+  snprintf(account.stripe_customer_id, sizeof(account.stripe_customer_id),
+           "cus_123");
+  account.stripe_period = 1;
+  account.canceled = 1;
+  account.cycle = (tly_cycle_t){JAN1, FEB1, 123456, 7};
+  account.credit_thresholds_fired = 0x5;
+  account.history_count = 2;
+  account.history[0] = (tly_cycle_t){JAN1 - 31 * DAY, JAN1, 9, 1};
+  account.history[1] = (tly_cycle_t){JAN1 - 61 * DAY, JAN1 - 31 * DAY, 8, 2};
+  size_t len = tly_account_encode(&account, bytes);
+  assert_true(len <= sizeof(bytes));
+  assert_int_equal(tly_account_decode(bytes, len, &back), 0);
+  assert_int_equal(back.exists, 1);
+  assert_string_equal(back.plan, "professional");
+  assert_string_equal(back.stripe_customer_id, "cus_123");
+  assert_int_equal(back.stripe_period, 1);
+  assert_int_equal(back.payment_failed, 0);
+  assert_int_equal(back.canceled, 1);
+  assert_memory_equal(&back.cycle, &account.cycle, sizeof(account.cycle));
+  assert_int_equal(back.credit_thresholds_fired, 0x5);
+  assert_int_equal(back.history_count, 2);
+  assert_memory_equal(back.history, account.history,
+                      2 * sizeof(account.history[0]));
+  for (size_t cut = 0; cut < len; cut++)
+    assert_int_equal(tly_account_decode(bytes, cut, &back), -1);
+
+  tly_billing_row_t row = {1, 2, 3, 4, 5, 6, 0x3}, row_back;
+  unsigned char row_bytes[TLY_BILLING_ROW_SIZE];
+  tly_billing_row_encode(&row, row_bytes);
+  assert_int_equal(tly_billing_row_decode(row_bytes, sizeof(row_bytes), &row_back), 0);
+  assert_int_equal(row_back.quantity, 1);
+  assert_int_equal(row_back.input_tokens, 2);
+  assert_int_equal(row_back.output_tokens, 3);
+  assert_int_equal(row_back.event_count, 4);
+  assert_int_equal(row_back.cost_micros, 5);
+  assert_int_equal(row_back.cost_remainder, 6);
+  assert_int_equal(row_back.thresholds_fired, 0x3);
+  assert_int_equal(tly_billing_row_decode(row_bytes, sizeof(row_bytes) - 1, &row_back), -1);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_tier_boundaries),
+      cmocka_unit_test(test_month_cycles),
+      cmocka_unit_test_setup_teardown(test_graduated_price_and_hard_limit_alerts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_soft_limit_and_exact_token_cost, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_unlimited_volume_and_credit_thresholds, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rollover_and_late_event, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_invoice_paid_resets_quota, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_duplicate_event_ids, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_unknown_model, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tick_closes_idle_cycle, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dedupe_window, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_plans_payments_and_cancellation, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_same_log_same_alerts, setup, teardown),
+      cmocka_unit_test(test_state_encodings),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
