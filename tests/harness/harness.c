@@ -175,6 +175,8 @@ void th_broker_stop(th_broker_t *broker) {
   th_rmrf(broker->dir);
 }
 
+const char *th_run_env;
+
 int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
                  const char *const *extra) {
   static int starts;
@@ -207,7 +209,16 @@ int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
   for (size_t i = 0; extra && extra[i] && argc < 62; i++)
     argv[argc++] = (char *)extra[i];
   argv[argc] = NULL;
+  if (th_run_env)
+    putenv((char *)th_run_env);
   run->pid = th_spawn(argv, NULL, run->log_path, run->log_path);
+  if (th_run_env) {
+    char name[128];
+    snprintf(name, sizeof(name), "%.*s", (int)strcspn(th_run_env, "="),
+             th_run_env);
+    unsetenv(name);
+    th_run_env = NULL;
+  }
   char *port = th_wait_file(port_file, 30000);
   if (!port) {
     th_kill9(run->pid);

@@ -56,6 +56,10 @@ typedef struct {
 int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
                  const char *const *extra);
 
+/* Set in the environment of the next th_run_start() only ("NAME=value"),
+ * e.g. the processor's fault injection; NULL for none. */
+extern const char *th_run_env;
+
 /* GET http://127.0.0.1:port/path. 0 (with status and malloc'd body) or -1. */
 int th_http_get(int port, const char *path, long *status, char **body);
 

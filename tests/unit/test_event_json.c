@@ -472,6 +472,354 @@ static void test_subject_parse_to_key(void **state) {
   free(id);
 }
 
+/* ------------------------------------------------------------------ */
+/* The other event types                                               */
+/* ------------------------------------------------------------------ */
+
+#define TYPED(type, rest)                                                      \
+  "{\"event_id\":\"e\",\"subject\":\"user:alice\",\"type\":\"" type "\"" rest  \
+  "}"
+
+static void test_typed_valid(void **state) {
+  char errstr[512] = "";
+  tly_event_t event = {0};
+  const char *line;
+  (void)state;
+
+#define PARSE(text)                                                            \
+  do {                                                                         \
+    line = text;                                                               \
+    if (tly_event_from_json_text(line, strlen(line), NOW_MS, &event, errstr,   \
+                                 sizeof(errstr)))                              \
+      fail_msg("refused %s: %s", line, errstr);                                \
+  } while (0)
+
+  /* explicit usage_recorded is the default made visible */
+  PARSE("{\"type\":\"usage_recorded\",\"event_id\":\"e\",\"subject\":\"u\","
+        "\"feature\":\"f\",\"quantity\":3}");
+  assert_int_equal(event.body_kind, TLY_BODY_USAGE_RECORDED);
+  assert_true(event.body.usage.quantity == 3);
+  PARSE("{\"type\":null,\"event_id\":\"e\",\"subject\":\"u\","
+        "\"feature\":\"f\",\"quantity\":3}");
+  assert_int_equal(event.body_kind, TLY_BODY_USAGE_RECORDED);
+
+  PARSE(TYPED("plan_assigned", ",\"plan\":\"pro\""));
+  assert_int_equal(event.body_kind, TLY_BODY_PLAN_ASSIGNED);
+  assert_string_equal(event.body.plan_assigned.plan, "pro");
+  assert_true(event.occurred_at_ms == NOW_MS);
+
+  PARSE(TYPED("subscription_changed",
+              ",\"plan\":\"team\",\"stripe_subscription_id\":\"sub_1\","
+              "\"stripe_price_id\":\"price_1\",\"period_start\":"
+              "\"2026-11-23T10:00:00Z\",\"period_end\":1797000000000,"
+              "\"occurred_at\":5"));
+  assert_int_equal(event.body_kind, TLY_BODY_SUBSCRIPTION_CHANGED);
+  assert_string_equal(event.body.subscription_changed.plan, "team");
+  assert_string_equal(event.body.subscription_changed.stripe_subscription_id,
+                      "sub_1");
+  assert_string_equal(event.body.subscription_changed.stripe_price_id,
+                      "price_1");
+  assert_true(event.body.subscription_changed.period_start_ms ==
+              T_2026_11_23_10);
+  assert_true(event.body.subscription_changed.period_end_ms ==
+              INT64_C(1797000000000));
+  assert_true(event.occurred_at_ms == 5);
+
+  /* optional strings become "", absent periods 0 */
+  PARSE(TYPED("subscription_changed",
+              ",\"plan\":\"team\",\"stripe_price_id\":null"));
+  assert_string_equal(event.body.subscription_changed.stripe_subscription_id,
+                      "");
+  assert_string_equal(event.body.subscription_changed.stripe_price_id, "");
+  assert_true(event.body.subscription_changed.period_start_ms == 0);
+  assert_true(event.body.subscription_changed.period_end_ms == 0);
+
+  PARSE(TYPED("subscription_canceled", ""));
+  assert_int_equal(event.body_kind, TLY_BODY_SUBSCRIPTION_CANCELED);
+  assert_string_equal(event.body.subscription_canceled.stripe_subscription_id,
+                      "");
+  assert_string_equal(event.body.subscription_canceled.reason, "");
+  PARSE(TYPED("subscription_canceled",
+              ",\"stripe_subscription_id\":\"sub_1\",\"reason\":\"r\""));
+  assert_string_equal(event.body.subscription_canceled.reason, "r");
+
+  PARSE(TYPED("invoice_paid", ",\"invoice_id\":\"in_1\","
+                              "\"amount_paid_micros\":49000000,"
+                              "\"period_start\":\"2026-11-23T10:00:00Z\","
+                              "\"period_end\":\"2026-12-23T10:00:00.5Z\""));
+  assert_int_equal(event.body_kind, TLY_BODY_INVOICE_PAID);
+  assert_string_equal(event.body.invoice_paid.invoice_id, "in_1");
+  assert_true(event.body.invoice_paid.amount_paid_micros == 49000000);
+  assert_true(event.body.invoice_paid.period_start_ms == T_2026_11_23_10);
+  assert_true(event.body.invoice_paid.period_end_ms ==
+              T_2026_11_23_10 + INT64_C(30) * 86400000 + 500);
+  PARSE(TYPED("invoice_paid", ",\"invoice_id\":\"in_1\","
+                              "\"amount_paid_micros\":0,\"period_end\":7"));
+  assert_true(event.body.invoice_paid.period_start_ms == 0);
+  assert_true(event.body.invoice_paid.period_end_ms == 7);
+
+  PARSE(TYPED("payment_failed", ",\"invoice_id\":\"in_2\","
+                                "\"amount_due_micros\":100,\"attempt\":3"));
+  assert_int_equal(event.body_kind, TLY_BODY_PAYMENT_FAILED);
+  assert_string_equal(event.body.payment_failed.invoice_id, "in_2");
+  assert_true(event.body.payment_failed.amount_due_micros == 100);
+  assert_int_equal(event.body.payment_failed.attempt, 3);
+  PARSE(TYPED("payment_failed", ",\"invoice_id\":\"in_2\","
+                                "\"amount_due_micros\":100"));
+  assert_int_equal(event.body.payment_failed.attempt, 0);
+  PARSE(TYPED("payment_failed", ",\"invoice_id\":\"in_2\","
+                                "\"amount_due_micros\":1,"
+                                "\"attempt\":2147483647"));
+  assert_int_equal(event.body.payment_failed.attempt, INT32_MAX);
+
+  PARSE("{\"event_id\":\"e\",\"subject\":{\"kind\":\"api_key\",\"id\":\"" HASH
+        "\"},\"type\":\"customer_linked\",\"stripe_customer_id\":\"cus_1\"}");
+  assert_int_equal(event.body_kind, TLY_BODY_CUSTOMER_LINKED);
+  assert_int_equal(event.subject_kind, TLY_SUBJECT_API_KEY);
+  assert_string_equal(event.body.customer_linked.stripe_customer_id, "cus_1");
+  tly_event_clear(&event);
+#undef PARSE
+}
+
+static const invalid_case_t typed_invalid_cases[] = {
+    /* the type itself */
+    {TYPED("plan_asigned", ",\"plan\":\"p\""),
+     "field 'type': unknown type 'plan_asigned'"},
+    {TYPED("", ""), "field 'type': unknown type ''"},
+    {"{\"event_id\":\"e\",\"subject\":\"u\",\"type\":7}",
+     "field 'type': must be a string"},
+    {TYPED("tick", ",\"partition\":1"), "written by the processor only"},
+    {"{\"event_id\":\"e\",\"subject\":\"system:tick\",\"type\":\"tick\","
+     "\"partition\":1}",
+     "field 'type': 'tick' events"},
+    /* the system subject is the processor's */
+    {"{\"event_id\":\"e\",\"subject\":\"system:tick\",\"type\":"
+     "\"plan_assigned\",\"plan\":\"p\"}",
+     "kind 'system' is only for tick events"},
+    {"{\"event_id\":\"e\",\"subject\":\"system:x\",\"feature\":\"f\","
+     "\"quantity\":1}",
+     "system subject id must be 'tick'"},
+    /* unknown keys for the type, named */
+    {TYPED("plan_assigned", ",\"plan\":\"p\",\"feature\":\"f\""),
+     "unknown field 'feature' (not a field of plan_assigned events)"},
+    {TYPED("customer_linked", ",\"stripe_customer_id\":\"c\",\"plan\":\"p\""),
+     "unknown field 'plan'"},
+    {TYPED("invoice_paid", ",\"invoice_id\":\"i\",\"amount_paid_micros\":1,"
+                           "\"amount_due_micros\":1"),
+     "unknown field 'amount_due_micros'"},
+    {TYPED("subscription_canceled", ",\"partition\":1"),
+     "unknown field 'partition'"},
+    {"{\"event_id\":\"e\",\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1,"
+     "\"plan\":\"p\"}",
+     "unknown field 'plan' (not a field of usage_recorded events)"},
+    /* plan_assigned */
+    {TYPED("plan_assigned", ""), "field 'plan': required"},
+    {TYPED("plan_assigned", ",\"plan\":null"), "field 'plan': required"},
+    {TYPED("plan_assigned", ",\"plan\":\"\""),
+     "field 'plan': must be a non-empty string"},
+    {TYPED("plan_assigned", ",\"plan\":3"), "field 'plan': must be a"},
+    /* subscription_changed */
+    {TYPED("subscription_changed", ",\"stripe_price_id\":\"x\""),
+     "field 'plan': required"},
+    {TYPED("subscription_changed", ",\"plan\":\"\""),
+     "field 'plan': must be a non-empty"},
+    {TYPED("subscription_changed", ",\"plan\":\"p\",\"stripe_price_id\":1"),
+     "field 'stripe_price_id': must be a string"},
+    {TYPED("subscription_changed", ",\"plan\":\"p\",\"period_start\":-1"),
+     "field 'period_start': milliseconds must be >= 0"},
+    {TYPED("subscription_changed", ",\"plan\":\"p\",\"period_end\":\"soon\""),
+     "field 'period_end': not an RFC 3339 UTC time"},
+    {TYPED("subscription_changed", ",\"plan\":\"p\",\"period_end\":1.5"),
+     "field 'period_end': must be integer milliseconds"},
+    {TYPED("subscription_changed",
+           ",\"plan\":\"p\",\"period_start\":10,\"period_end\":10"),
+     "field 'period_end': must be after period_start"},
+    /* subscription_canceled */
+    {TYPED("subscription_canceled", ",\"reason\":false"),
+     "field 'reason': must be a string"},
+    /* invoice_paid */
+    {TYPED("invoice_paid", ",\"amount_paid_micros\":1"),
+     "field 'invoice_id': required"},
+    {TYPED("invoice_paid", ",\"invoice_id\":\"\",\"amount_paid_micros\":1"),
+     "field 'invoice_id': must be a non-empty"},
+    {TYPED("invoice_paid", ",\"invoice_id\":\"i\""),
+     "field 'amount_paid_micros': required"},
+    {TYPED("invoice_paid", ",\"invoice_id\":\"i\",\"amount_paid_micros\":-1"),
+     "field 'amount_paid_micros': must be an integer >= 0"},
+    {TYPED("invoice_paid", ",\"invoice_id\":\"i\",\"amount_paid_micros\":1.5"),
+     "field 'amount_paid_micros': must be an integer >= 0"},
+    {TYPED("invoice_paid", ",\"invoice_id\":\"i\",\"amount_paid_micros\":1,"
+                           "\"period_start\":\"2026-11-23T10:00:00Z\","
+                           "\"period_end\":\"2026-11-22T10:00:00Z\""),
+     "field 'period_end': must be after period_start"},
+    /* payment_failed */
+    {TYPED("payment_failed", ",\"amount_due_micros\":1"),
+     "field 'invoice_id': required"},
+    {TYPED("payment_failed", ",\"invoice_id\":\"i\""),
+     "field 'amount_due_micros': required"},
+    {TYPED("payment_failed", ",\"invoice_id\":\"i\",\"amount_due_micros\":1,"
+                             "\"attempt\":-1"),
+     "field 'attempt': must be an integer >= 0"},
+    {TYPED("payment_failed", ",\"invoice_id\":\"i\",\"amount_due_micros\":1,"
+                             "\"attempt\":2147483648"),
+     "field 'attempt': must be at most 2147483647"},
+    {TYPED("payment_failed", ",\"invoice_id\":\"i\",\"amount_due_micros\":1,"
+                             "\"attempt\":\"2\""),
+     "field 'attempt'"},
+    /* customer_linked */
+    {TYPED("customer_linked", ""), "field 'stripe_customer_id': required"},
+    {TYPED("customer_linked", ",\"stripe_customer_id\":\"\""),
+     "field 'stripe_customer_id': must be a non-empty"},
+    /* the envelope still applies to every type */
+    {"{\"subject\":\"u\",\"type\":\"plan_assigned\",\"plan\":\"p\"}",
+     "field 'event_id': required"},
+    {"{\"event_id\":\"e\",\"type\":\"plan_assigned\",\"plan\":\"p\"}",
+     "field 'subject': required"},
+    {TYPED("plan_assigned", ",\"plan\":\"p\",\"occurred_at\":-3"),
+     "field 'occurred_at'"},
+};
+
+static void test_typed_invalid(void **state) {
+  (void)state;
+  for (size_t i = 0;
+       i < sizeof(typed_invalid_cases) / sizeof(*typed_invalid_cases); i++) {
+    const invalid_case_t *c = &typed_invalid_cases[i];
+    tly_event_t event = {0};
+    char errstr[512] = "";
+
+    if (tly_event_from_json_text(c->line, strlen(c->line), NOW_MS, &event,
+                                 errstr, sizeof(errstr)) == 0)
+      fail_msg("case %zu accepted: %s", i, c->line);
+    if (!strstr(errstr, c->want))
+      fail_msg("case %zu (%s): error '%s' lacks '%s'", i, c->line, errstr,
+               c->want);
+    assert_null(event.event_id);
+    assert_null(event.subject_id);
+    assert_int_equal(event.body_kind, 0);
+    tly_event_clear(&event);
+  }
+}
+
+/* to_json then from_json gives the same event, for every readable type;
+ * and the JSON text is stable (the same event always prints the same). */
+static void test_to_json_round_trip(void **state) {
+  static const char *const lines[] = {
+      "{\"event_id\":\"e-1\",\"occurred_at\":1732300000000,\"subject\":"
+      "\"user:alice\",\"feature\":\"api_calls\",\"quantity\":1,\"unit\":"
+      "\"call\",\"ai\":{\"provider\":\"openai\",\"model\":\"gpt-4o\","
+      "\"input_tokens\":10,\"output_tokens\":5},\"properties\":{\"region\":"
+      "\"eu\",\"t\\u00e9\":\"\"}}",
+      "{\"event_id\":\"e-2\",\"subject\":\"anonymous:fp:1\",\"feature\":\"f\","
+      "\"quantity\":9223372036854775807}",
+      TYPED("plan_assigned", ",\"plan\":\"pr\\u00f6\""),
+      TYPED("subscription_changed",
+            ",\"plan\":\"team\",\"stripe_subscription_id\":\"sub_1\","
+            "\"stripe_price_id\":\"price_1\",\"period_start\":1,"
+            "\"period_end\":2"),
+      TYPED("subscription_changed", ",\"plan\":\"team\""),
+      TYPED("subscription_canceled", ",\"reason\":\"r\""),
+      TYPED("invoice_paid", ",\"invoice_id\":\"in_1\","
+                            "\"amount_paid_micros\":49000000,"
+                            "\"period_start\":\"2026-11-23T10:00:00Z\","
+                            "\"period_end\":1797000000000"),
+      TYPED("payment_failed", ",\"invoice_id\":\"in_2\","
+                              "\"amount_due_micros\":100,\"attempt\":3"),
+      "{\"event_id\":\"e\",\"subject\":\"api_key:" HASH "\",\"type\":"
+      "\"customer_linked\",\"stripe_customer_id\":\"cus_1\"}",
+  };
+  (void)state;
+  for (size_t i = 0; i < sizeof(lines) / sizeof(*lines); i++) {
+    tly_event_t first = {0}, second = {0};
+    json_t *json = NULL, *again = NULL;
+    char errstr[512] = "", *text_a, *text_b;
+
+    if (tly_event_from_json_text(lines[i], strlen(lines[i]), NOW_MS, &first,
+                                 errstr, sizeof(errstr)))
+      fail_msg("line %zu refused: %s", i, errstr);
+    assert_int_equal(tly_event_to_json(&first, &json), 0);
+    assert_non_null(json);
+    /* "type" is always written, the default included */
+    assert_non_null(json_string_value(json_object_get(json, "type")));
+    if (i < 2)
+      assert_string_equal(json_string_value(json_object_get(json, "type")),
+                          "usage_recorded");
+    /* read back with a different now: occurred_at must come from the JSON */
+    if (tly_event_from_json(json, NOW_MS + 1, &second, errstr, sizeof(errstr)))
+      fail_msg("line %zu: to_json output refused: %s", i, errstr);
+    assert_int_equal(tly_event_to_json(&second, &again), 0);
+    text_a = json_dumps(json, JSON_SORT_KEYS | JSON_COMPACT);
+    text_b = json_dumps(again, JSON_SORT_KEYS | JSON_COMPACT);
+    assert_non_null(text_a);
+    assert_non_null(text_b);
+    assert_string_equal(text_a, text_b);
+    assert_true(first.occurred_at_ms == second.occurred_at_ms);
+    assert_int_equal(first.body_kind, second.body_kind);
+    assert_string_equal(first.subject_id, second.subject_id);
+    assert_int_equal(first.subject_kind, second.subject_kind);
+    free(text_a);
+    free(text_b);
+    json_decref(json);
+    json_decref(again);
+    tly_event_clear(&first);
+    tly_event_clear(&second);
+  }
+}
+
+/* The exact shape, on one flat type and a tick (which the reader refuses). */
+static void test_to_json_shape(void **state) {
+  tly_event_t event = {0};
+  json_t *json = NULL;
+  char *text;
+  char errstr[256];
+  (void)state;
+
+  event.event_id = strdup("t-1");
+  event.occurred_at_ms = 60000;
+  event.subject_kind = TLY_SUBJECT_SYSTEM;
+  event.subject_id = strdup("tick");
+  event.body_kind = TLY_BODY_TICK;
+  event.body.tick.partition = 4;
+  assert_int_equal(tly_event_to_json(&event, &json), 0);
+  text = json_dumps(json, JSON_SORT_KEYS | JSON_COMPACT);
+  assert_string_equal(text, "{\"event_id\":\"t-1\",\"occurred_at\":60000,"
+                            "\"partition\":4,\"subject\":\"system:tick\","
+                            "\"type\":\"tick\"}");
+  free(text);
+  assert_int_not_equal(
+      tly_event_from_json(json, NOW_MS, &event, errstr, sizeof(errstr)), 0);
+  assert_non_null(strstr(errstr, "written by the processor only"));
+  json_decref(json);
+
+  event.event_id = strdup("c");
+  event.occurred_at_ms = 1;
+  event.subject_kind = TLY_SUBJECT_USER;
+  event.subject_id = strdup("bob");
+  event.body_kind = TLY_BODY_SUBSCRIPTION_CANCELED;
+  event.body.subscription_canceled.reason = strdup("r");
+  /* NULL optional string printed as "" */
+  assert_int_equal(tly_event_to_json(&event, &json), 0);
+  text = json_dumps(json, JSON_SORT_KEYS | JSON_COMPACT);
+  assert_string_equal(text, "{\"event_id\":\"c\",\"occurred_at\":1,"
+                            "\"reason\":\"r\",\"stripe_subscription_id\":\"\","
+                            "\"subject\":\"user:bob\","
+                            "\"type\":\"subscription_canceled\"}");
+  free(text);
+  json_decref(json);
+
+  /* what cannot be written */
+  free(event.body.subscription_canceled.reason);
+  event.body.subscription_canceled.reason = strdup("\xff");
+  json = (json_t *)1;
+  assert_int_equal(tly_event_to_json(&event, &json), -1);
+  assert_null(json);
+  event.body_kind = TLY_BODY__COUNT;
+  assert_int_equal(tly_event_to_json(&event, &json), -1);
+  event.body_kind = TLY_BODY_SUBSCRIPTION_CANCELED;
+  assert_int_equal(tly_event_to_json(NULL, &json), -1);
+  assert_int_equal(tly_event_to_json(&event, NULL), -1);
+  tly_event_clear(&event);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid_lines),
@@ -481,6 +829,10 @@ int main(void) {
       cmocka_unit_test(test_many_properties),
       cmocka_unit_test(test_subject_parse),
       cmocka_unit_test(test_subject_parse_to_key),
+      cmocka_unit_test(test_typed_valid),
+      cmocka_unit_test(test_typed_invalid),
+      cmocka_unit_test(test_to_json_round_trip),
+      cmocka_unit_test(test_to_json_shape),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
