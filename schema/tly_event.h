@@ -120,7 +120,7 @@ typedef struct {
 /* Frees every string the event owns and zeroes it. Safe on a zeroed event. */
 void tly_event_clear(tly_event_t *event);
 
-/* "user", "api_key", "anonymous"; NULL for an out-of-range kind. */
+/* "user", "api_key", "anonymous", "system"; NULL for an out-of-range kind. */
 const char *tly_subject_kind_name(tly_subject_kind_t kind);
 /* Returns 0 and sets *kind, or -1 for an unknown name. */
 int tly_subject_kind_parse(const char *name, tly_subject_kind_t *kind);
@@ -151,7 +151,12 @@ int tly_subject_validate(tly_subject_kind_t kind, const char *id, char *errstr,
  * The rules every event must satisfy, shared by the codec (encode and
  * decode) and the JSON reader: non-empty event_id, subject (as
  * tly_subject_validate), feature, ai.provider and ai.model; quantity and
- * token counts >= 0; property keys and values non-NULL and keys unique.
+ * token counts >= 0; property keys and values non-NULL and keys unique;
+ * a system subject ("system:tick") with a Tick body and only with it; the
+ * plan of PlanAssigned/SubscriptionChanged, the invoice id of
+ * InvoicePaid/PaymentFailed and the customer id of CustomerLinked
+ * non-empty; money, periods and attempts >= 0, and a period's end after
+ * its start when both are given.
  * 0, or -1 with errstr naming the field ("field 'quantity': ...").
  */
 int tly_event_validate(const tly_event_t *event, char *errstr,

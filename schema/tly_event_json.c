@@ -1,6 +1,11 @@
 /*
- * tly_event_json.c - usage events from JSON (the `emit` CLI's lines, the
- * HTTP ingest body), validated into tly_event_t with jansson.
+ * tly_event_json.c - events from JSON (the `emit` CLI's lines, the HTTP
+ * ingest body), validated into tly_event_t with jansson, and back
+ * (tly_event_to_json, for the HTTP port and tools).
+ *
+ * Usage events have their own reader; every other type is a flat record
+ * read and written from tly_body_specs (tly_event_body.h), so a field
+ * added there is accepted, checked and printed here without new code.
  *
  * The reader is strict on purpose: JSON is where humans and scripts type
  * events, and a typo that passes silently becomes a wrong bill. Unknown

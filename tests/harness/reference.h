@@ -1,0 +1,42 @@
+/*
+ * reference.h - the billing reference the end-to-end tests check against:
+ * a plan whose limits and credits a stream of usage crosses at every
+ * threshold, the stream itself (produced through the client library), and
+ * the checks that the processor's committed usage, credits and alerts
+ * equal what this plain arithmetic expects, each alert exactly once.
+ */
+#ifndef TALLY_REFERENCE_H
+#define TALLY_REFERENCE_H
+
+#include <stdatomic.h>
+
+/* Write this as the processor's --config. */
+extern const char *th_reference_config_json;
+
+typedef struct {
+  long long api_calls, tokens, input, output, cost_micros;
+} th_expected_t;
+
+typedef struct {
+  const char *bootstrap;
+  int events, subjects, events_per_second;
+  unsigned seed;
+  th_expected_t *expected; /* subjects entries, zeroed */
+  atomic_int done;
+  char error[1024]; /* set by the stream thread on failure */
+} th_stream_t;
+
+/* pthread entry: produces the stream, filling expected. */
+void *th_stream_main(void *stream);
+
+/* Writes the reference config to dir/config.json; returns the path
+ * (malloc'd). */
+char *th_reference_config_file(const char *dir);
+
+/* Asserts (cmocka) that every subject's usage, cost and credits on the
+ * HTTP port equal the reference, and that the alerts topic holds exactly
+ * the expected alerts, each once. */
+void th_verify_reference(int port, const char *bootstrap,
+                         const th_stream_t *stream);
+
+#endif
