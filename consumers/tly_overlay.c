@@ -7,6 +7,7 @@
  */
 #include "tly_overlay.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,40 @@ tly_overlay_entry_t *tly_overlay_find(tly_overlay_t *overlay, tly_cf_t cf,
   return *probe(overlay->slots, overlay->capacity, cf, key, key_len);
 }
 
+void tly_overlay_keep(tly_overlay_t *overlay,
+                      int (*keep)(tly_overlay_entry_t *entry)) {
+  size_t count = overlay->count, dropping = 0;
+  for (size_t i = 0; i < overlay->capacity; i++)
+    if (overlay->slots[i] && !keep(overlay->slots[i]))
+      dropping++;
+  if (!dropping)
+    return; /* everything stays where it is */
+  tly_overlay_entry_t **kept = malloc(sizeof(*kept) * (count ? count : 1));
+  size_t kept_count = 0;
+  if (!kept) { /* no room to rebuild: dropping everything is always safe */
+    tly_overlay_reset(overlay);
+    return;
+  }
+  for (size_t i = 0; i < overlay->capacity; i++) {
+    tly_overlay_entry_t *entry = overlay->slots[i];
+    if (!entry)
+      continue;
+    overlay->slots[i] = NULL;
+    if (keep(entry)) { /* keep() must answer the same the second time */
+      kept[kept_count++] = entry;
+    } else {
+      free(entry->key);
+      free(entry);
+    }
+  }
+  /* Reinsert: removing from a linear-probing table would need tombstones. */
+  for (size_t i = 0; i < kept_count; i++)
+    *probe(overlay->slots, overlay->capacity, kept[i]->cf, kept[i]->key,
+           kept[i]->key_len) = kept[i];
+  overlay->count = kept_count;
+  free(kept);
+}
+
 static int grow(tly_overlay_t *overlay) {
   size_t capacity = overlay->capacity ? overlay->capacity * 2 : 1024;
   tly_overlay_entry_t **slots = calloc(capacity, sizeof(*slots));
@@ -84,7 +119,13 @@ tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
                                         const char *key, size_t key_len) {
   if ((overlay->count + 1) * 2 > overlay->capacity && grow(overlay))
     return NULL;
-  tly_overlay_entry_t *entry = calloc(1, sizeof(*entry));
+  /* Only accounts need the whole union; a row or a dedupe id is a tenth of
+   * that, and one is allocated per event. */
+  size_t size = cf == TLY_CF_ACCOUNTS
+                    ? sizeof(tly_overlay_entry_t)
+                    : offsetof(tly_overlay_entry_t, value) +
+                          sizeof(tly_billing_row_t);
+  tly_overlay_entry_t *entry = calloc(1, size);
   if (!entry)
     return NULL;
   entry->key = malloc(key_len ? key_len : 1);

@@ -22,6 +22,8 @@ typedef struct {
   int stored; /* the key existed in RocksDB when loaded */
   int dirty;  /* write it at commit */
   int64_t stored_cycle_end; /* accounts: the indexed cycle end, if stored */
+  /* Last member: entries other than accounts are allocated without the
+   * account's room (see tly_overlay_insert). */
   union {
     tly_billing_row_t row;
     tly_account_t account;
@@ -40,6 +42,11 @@ void tly_overlay_init(tly_overlay_t *overlay);
 void tly_overlay_free(tly_overlay_t *overlay);
 /* Drops every entry, keeping the table's memory for the next batch. */
 void tly_overlay_reset(tly_overlay_t *overlay);
+
+/* Keeps the entries for which keep() returns non-zero (it may update them)
+ * and frees the others; kept entries keep their addresses. */
+void tly_overlay_keep(tly_overlay_t *overlay,
+                      int (*keep)(tly_overlay_entry_t *entry));
 
 /* The entry for (cf, key), or NULL. */
 tly_overlay_entry_t *tly_overlay_find(tly_overlay_t *overlay, tly_cf_t cf,

@@ -195,6 +195,10 @@ static rocksdb_options_t *tly_store_options_new(rocksdb_cache_t *cache,
     rocksdb_block_based_options_set_filter_policy(
         table,
         rocksdb_filterpolicy_create_bloom_full(TLY_STORE_BLOOM_BITS_PER_KEY));
+    /* The same for the memtable: most dedupe lookups are for ids never
+     * seen, and a bloom filter answers those without walking the skiplist. */
+    rocksdb_options_set_memtable_prefix_bloom_size_ratio(options, 0.1);
+    rocksdb_options_set_memtable_whole_key_filtering(options, 1);
   }
   rocksdb_options_set_block_based_table_factory(options, table);
   rocksdb_block_based_options_destroy(table);

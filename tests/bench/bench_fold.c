@@ -145,7 +145,8 @@ int main(int argc, char **argv) {
   tly_processor_conf_t pconf = {.brokers = bootstrap,
                                 .group_id = "bench-fold",
                                 .config = config,
-                                .tick_interval_ms = -1};
+                                .tick_interval_ms = -1,
+                                .batch_max_events = getenv("BENCH_BATCH") ? atoi(getenv("BENCH_BATCH")) : 0};
   run_t run = {0};
   run.processor = tly_processor_new(&pconf, store, errstr, sizeof(errstr));
   if (!store || !run.processor) {
