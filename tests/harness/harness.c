@@ -354,3 +354,14 @@ out:
   free(high);
   return rc;
 }
+
+int th_wait_outbox_empty(int port, int timeout_ms) {
+  int64_t deadline = th_now_ms() + timeout_ms;
+  for (;;) {
+    if (th_metric_sum(port, "tally_outbox_entries") == 0)
+      return 0;
+    if (th_now_ms() > deadline)
+      return -1;
+    th_sleep_ms(100);
+  }
+}

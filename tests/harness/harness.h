@@ -79,6 +79,10 @@ int th_high_watermarks(const char *bootstrap, const char *topic,
 int th_wait_caught_up(int port, const char *bootstrap, const char *topic,
                       int partitions, int timeout_ms);
 
+/* Waits until every output the processor committed was acknowledged by
+ * Kafka (its outbox is empty). 0, or -1 on timeout. */
+int th_wait_outbox_empty(int port, int timeout_ms);
+
 int64_t th_now_ms(void);
 void th_sleep_ms(int ms);
 

@@ -91,11 +91,7 @@ static void test_faults_keep_totals_and_alerts_exact(void **state) {
   assert_int_equal(th_wait_exit(run.pid, 0), -1);
   assert_int_equal(
       th_wait_caught_up(run.port, bootstrap, "tally.usage", PARTITIONS, 120000), 0);
-  deadline = th_now_ms() + 30000;
-  while (th_metric_sum(run.port, "tally_outbox_entries") != 0 &&
-         th_now_ms() < deadline)
-    th_sleep_ms(100);
-  assert_int_equal(th_metric_sum(run.port, "tally_outbox_entries"), 0);
+  assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
   th_verify_reference(run.port, bootstrap, &stream);
 
   assert_int_equal(th_stop(run.pid), 0);

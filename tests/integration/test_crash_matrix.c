@@ -92,11 +92,7 @@ static void test_crash_matrix(void **state) {
   assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
                                      PARTITIONS, 240000),
                    0);
-  int64_t deadline = th_now_ms() + 30000;
-  while (th_metric_sum(run.port, "tally_outbox_entries") != 0 &&
-         th_now_ms() < deadline)
-    th_sleep_ms(100);
-  assert_int_equal(th_metric_sum(run.port, "tally_outbox_entries"), 0);
+  assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
 
   th_verify_reference(run.port, broker.bootstrap, &stream);
 

@@ -219,11 +219,7 @@ static void test_poison_goes_to_dead_letters(void **state) {
   for (size_t i = 0; i < POISONS; i++)
     assert_int_equal(poisons[i].seen, 1);
   /* Every dead letter acknowledged by Kafka leaves the outbox. */
-  int64_t deadline = th_now_ms() + 10000;
-  while (th_metric_sum(run.port, "tally_outbox_entries") != 0 &&
-         th_now_ms() < deadline)
-    th_sleep_ms(100);
-  assert_int_equal(th_metric_sum(run.port, "tally_outbox_entries"), 0);
+  assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
 
   assert_int_equal(th_stop(run.pid), 0);
   th_broker_stop(&broker);
