@@ -337,6 +337,48 @@ static void test_get_absent(void **state) {
   tly_store_close(store);
 }
 
+/* Dedupe ids expire by compaction: entries of a partition whose
+ * occurred_at is below its horizon go, the rest (and other partitions, and
+ * other families) stay. */
+static void test_dedupe_expiry_by_compaction(void **state) {
+  fixture_t *fx = *state;
+  tly_store_t *store = open_or_fail(fx->db, 0);
+  tly_store_batch_t *batch = tly_store_batch_new();
+  for (uint32_t partition = 0; partition < 2; partition++) {
+    for (int i = 0; i < 100; i++) {
+      unsigned char key[16], value[8];
+      tly_put_be32(key, partition);
+      snprintf((char *)key + 4, sizeof(key) - 4, "id-%03d", i);
+      tly_put_be64(value, (uint64_t)(1000 + i)); /* occurred_at */
+      tly_store_batch_put(batch, TLY_CF_DEDUPE, key, 4 + 6, value, 8);
+    }
+  }
+  put_str(batch, TLY_CF_META, "keep", "me");
+  commit_or_fail(store, batch, 1);
+  /* Partition 0 expires everything before 1050; partition 1 nothing. */
+  tly_store_set_dedupe_horizon(store, 0, 1050);
+  assert_int_equal(tly_store_compact_dedupe(store), 0);
+  for (uint32_t partition = 0; partition < 2; partition++) {
+    for (int i = 0; i < 100; i++) {
+      unsigned char key[16];
+      char *value = NULL, errstr[256];
+      size_t len;
+      tly_put_be32(key, partition);
+      snprintf((char *)key + 4, sizeof(key) - 4, "id-%03d", i);
+      int found = tly_store_get(store, TLY_CF_DEDUPE, key, 4 + 6, &value,
+                                &len, errstr, sizeof(errstr));
+      tly_store_free(value);
+      int expected = partition == 1 || i >= 50;
+      if (found != expected)
+        fail_msg("partition %u id %d: found %d, expected %d", partition, i,
+                 found, expected);
+    }
+  }
+  assert_value(store, TLY_CF_META, "keep", "me");
+  tly_store_batch_destroy(batch);
+  tly_store_close(store);
+}
+
 static void test_offsets_round_trip(void **state) {
   fixture_t *fx = *state;
   static const struct {
@@ -980,6 +1022,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_open_regular_file_fails, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_crash_safety, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dedupe_expiry_by_compaction, setup,
+                                      teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
