@@ -1,0 +1,157 @@
+/*
+ * test_ticks.c - an idle subject's cycle still closes: the processor writes
+ * Tick events into its partitions on a schedule, and a tick past a cycle's
+ * end closes it (billing_cycle_end on the alerts topic, once), although no
+ * event of that subject arrives after the end. Ticks re-sent for the same
+ * slot (another restart) are deduplicated.
+ */
+#include "harness.h"
+
+#include "tally_producer.h"
+#include "tly_alert.h"
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#define DAY 86400000LL
+
+/* Counts the alerts of each type for subject on the alerts topic. */
+static void count_alerts(const char *bootstrap, const char *subject_id,
+                         int *cycle_ends, int *others) {
+  char errstr[512];
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof(errstr));
+  rd_kafka_conf_set(conf, "group.id", "ticks-reader", errstr, sizeof(errstr));
+  rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof(errstr));
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(4);
+  for (int p = 0; p < 4; p++)
+    rd_kafka_topic_partition_list_add(parts, "tally.alerts", p)->offset =
+        RD_KAFKA_OFFSET_BEGINNING;
+  rd_kafka_assign(rk, parts);
+  rd_kafka_topic_partition_list_destroy(parts);
+  tly_alert_codec_t *codec = tly_alert_codec_new(errstr, sizeof(errstr));
+  int eofs = 0;
+  *cycle_ends = *others = 0;
+  int64_t deadline = th_now_ms() + 20000;
+  while (eofs < 4 && th_now_ms() < deadline) {
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
+    if (!msg)
+      continue;
+    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      eofs++;
+    } else if (!msg->err) {
+      tly_alert_t alert = {0};
+      if (!tly_alert_decode(codec, msg->payload, msg->len, &alert, errstr,
+                            sizeof(errstr)) &&
+          !strcmp(alert.subject_id, subject_id)) {
+        if (alert.type == TLY_ALERT_BILLING_CYCLE_END)
+          (*cycle_ends)++;
+        else
+          (*others)++;
+      }
+      tly_alert_clear(&alert);
+    }
+    rd_kafka_message_destroy(msg);
+  }
+  tly_alert_codec_destroy(codec);
+  rd_kafka_consumer_close(rk);
+  rd_kafka_destroy(rk);
+}
+
+static void test_tick_closes_an_idle_cycle(void **state) {
+  (void)state;
+  th_broker_t broker;
+  th_run_t run;
+  char *dir = th_mkdtemp("ticks");
+  char state_dir[600], errstr[512];
+  /* Passed after the harness's "--tick-interval-ms 0", so it wins. */
+  const char *extra[] = {"--tick-interval-ms", "300", NULL};
+  snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
+  assert_int_equal(th_broker_start(&broker, 4), 0);
+
+  /* One event 45 days ago: its monthly cycle has ended, and the subject
+   * never sends another. */
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  int64_t now_ms = (int64_t)now.tv_sec * 1000;
+  tally_producer_conf_t conf = {.brokers = broker.bootstrap};
+  tally_producer_t *producer = tally_producer_new(&conf, errstr, sizeof(errstr));
+  assert_non_null(producer);
+  tly_event_t event = {.event_id = "idle-1",
+                       .occurred_at_ms = now_ms - 45 * DAY,
+                       .subject_kind = TLY_SUBJECT_USER,
+                       .subject_id = "idle",
+                       .body_kind = TLY_BODY_USAGE_RECORDED,
+                       .body.usage = {.feature = "api_calls", .quantity = 3}};
+  assert_int_equal(tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr)), 0);
+  assert_int_equal(tally_producer_flush(producer, 10000), 0);
+  tally_producer_destroy(producer);
+
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+  /* Ticks arrive every 300 ms; wait until one closed the cycle. */
+  long status;
+  char *body = NULL;
+  int64_t deadline = th_now_ms() + 30000;
+  json_t *usage = NULL;
+  while (th_now_ms() < deadline) {
+    if (th_http_get(run.port, "/v1/subjects/user:idle/usage", &status, &body) == 0 &&
+        status == 200) {
+      json_decref(usage);
+      usage = json_loads(body, 0, NULL);
+      if (json_integer_value(json_object_get(json_object_get(usage, "cycle"),
+                                             "end_ms")) > now_ms) {
+        free(body);
+        break;
+      }
+    }
+    free(body);
+    body = NULL;
+    th_sleep_ms(200);
+  }
+  assert_non_null(usage);
+  json_t *cycle = json_object_get(usage, "cycle");
+  assert_true(json_integer_value(json_object_get(cycle, "start_ms")) <= now_ms);
+  assert_true(json_integer_value(json_object_get(cycle, "end_ms")) > now_ms);
+  /* The new cycle starts empty: the old usage belongs to the closed one. */
+  assert_int_equal(json_object_size(json_object_get(usage, "features")), 0);
+  json_decref(usage);
+
+  /* Several more ticks, then a restart that re-sends the current slot's
+   * ticks: still exactly one billing_cycle_end. */
+  assert_int_equal(th_wait_outbox_empty(run.port, 10000), 0);
+  th_kill9(run.pid);
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+  deadline = th_now_ms() + 30000;
+  while (th_metric_sum(run.port, "tally_events_folded_total") < 3 &&
+         th_now_ms() < deadline)
+    th_sleep_ms(100);
+  assert_int_equal(th_wait_outbox_empty(run.port, 10000), 0);
+  int cycle_ends, others;
+  count_alerts(broker.bootstrap, "idle", &cycle_ends, &others);
+  assert_int_equal(cycle_ends, 1);
+  assert_int_equal(others, 0);
+  /* The restarted processor did fold ticks of its own. */
+  assert_true(th_metric_sum(run.port, "tally_events_folded_total") >= 3);
+
+  assert_int_equal(th_stop(run.pid), 0);
+  th_broker_stop(&broker);
+  th_rmrf(dir);
+  free(dir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_tick_closes_an_idle_cycle),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
