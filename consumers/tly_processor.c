@@ -473,7 +473,8 @@ static int batch_commit(tly_processor_t *p) {
       p->sorted[dirty++] = entry;
     }
   }
-  qsort(p->sorted, dirty, sizeof(*p->sorted), compare_entries);
+  if (dirty > 1)
+    qsort(p->sorted, dirty, sizeof(*p->sorted), compare_entries);
   for (size_t i = 0; i < dirty; i++)
     batch_put_entry(p, p->sorted[i]);
   for (size_t i = 0; i < p->output_count; i++) {
