@@ -1308,8 +1308,9 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     snprintf(errstr, errstr_size, "out of memory");
     return NULL;
   }
-  if (!conf->brokers || !*conf->brokers) {
-    snprintf(errstr, errstr_size, "brokers: required");
+  if (!conf->brokers || !*conf->brokers || !conf->config) {
+    snprintf(errstr, errstr_size, "%s: required",
+             conf->config ? "brokers" : "config");
     free(p);
     return NULL;
   }
@@ -1324,10 +1325,6 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
       strdup(conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC);
   p->alerts_topic = strdup(conf->alerts_topic ? conf->alerts_topic
                                               : TLY_DEFAULT_ALERTS_TOPIC);
-  if (!conf->config) {
-    snprintf(errstr, errstr_size, "config: required");
-    goto fail;
-  }
   p->billing.config = conf->config;
   p->billing.dedupe_window_ms = conf->dedupe_window_ms > 0
                                     ? conf->dedupe_window_ms
