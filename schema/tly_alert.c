@@ -43,13 +43,7 @@ typedef struct {
 } alert_layout_t;
 
 struct tly_alert_codec {
-  avro_schema_t schema;
-  avro_value_iface_t *iface;
-  avro_value_t value; /* reused: reset by every read and every encode */
-  int value_ready;
-  avro_reader_t reader;
-  tly_avro_out_t out;
-  tly_avro_shape_t root;
+  tly_avro_base_t base; /* schema, shape, reused value, reader, output */
   alert_layout_t layout;
 };
 
@@ -132,7 +126,7 @@ static int alert_check_text(const tly_alert_t *alert, char *errstr,
 static int layout_resolve(tly_alert_codec_t *codec, char *errstr,
                           size_t errstr_size) {
   alert_layout_t *l = &codec->layout;
-  avro_schema_t root = codec->schema, type = NULL, subject = NULL;
+  avro_schema_t root = codec->base.schema, type = NULL, subject = NULL;
   avro_schema_t kind = NULL;
   const char *kind_names[TLY_SUBJECT__COUNT];
 
@@ -185,43 +179,16 @@ static int layout_resolve(tly_alert_codec_t *codec, char *errstr,
 }
 
 tly_alert_codec_t *tly_alert_codec_new(char *errstr, size_t errstr_size) {
-  static const char empty[1] = {0};
   tly_alert_codec_t *codec = calloc(1, sizeof(*codec));
 
   if (!codec) {
     tly_avro_fail(errstr, errstr_size, "out of memory");
     return NULL;
   }
-  if (avro_schema_from_json_length(tly_alert_schema_json,
-                                   strlen(tly_alert_schema_json),
-                                   &codec->schema)) {
-    tly_avro_fail(errstr, errstr_size, "parsing the alert schema: %s",
-                  avro_strerror());
-    goto fail;
-  }
-  if (tly_avro_shape_compile(codec->schema, &codec->root, errstr,
-                             errstr_size) ||
+  if (tly_avro_base_init(&codec->base, tly_alert_schema_json,
+                         "the alert schema", errstr, errstr_size) ||
       layout_resolve(codec, errstr, errstr_size))
     goto fail;
-  codec->iface = avro_generic_class_from_schema(codec->schema);
-  if (!codec->iface) {
-    tly_avro_fail(errstr, errstr_size, "creating the Avro value class: %s",
-                  avro_strerror());
-    goto fail;
-  }
-  if (avro_generic_value_new(codec->iface, &codec->value)) {
-    tly_avro_fail(errstr, errstr_size, "creating the Avro value: %s",
-                  avro_strerror());
-    goto fail;
-  }
-  codec->value_ready = 1;
-  if (tly_avro_out_init(&codec->out, errstr, errstr_size))
-    goto fail;
-  codec->reader = avro_reader_memory(empty, 0);
-  if (!codec->reader) {
-    tly_avro_fail(errstr, errstr_size, "out of memory creating the reader");
-    goto fail;
-  }
   return codec;
 
 fail:
@@ -232,16 +199,7 @@ fail:
 void tly_alert_codec_destroy(tly_alert_codec_t *codec) {
   if (!codec)
     return;
-  if (codec->value_ready)
-    avro_value_decref(&codec->value);
-  if (codec->iface)
-    avro_value_iface_decref(codec->iface);
-  if (codec->schema)
-    avro_schema_decref(codec->schema);
-  if (codec->reader)
-    avro_reader_free(codec->reader);
-  tly_avro_out_free(&codec->out);
-  tly_avro_shape_free(&codec->root);
+  tly_avro_base_free(&codec->base);
   free(codec);
 }
 
@@ -257,7 +215,7 @@ static int set_enum(avro_value_t *record, size_t index, int symbol) {
 
 static int fill_value(tly_alert_codec_t *codec, const tly_alert_t *alert) {
   const alert_layout_t *l = &codec->layout;
-  avro_value_t *root = &codec->value;
+  avro_value_t *root = &codec->base.value;
   avro_value_t subject, hard;
 
   return avro_value_reset(root) ||
@@ -293,7 +251,7 @@ int tly_alert_encode(tly_alert_codec_t *codec, const tly_alert_t *alert,
   if (fill_value(codec, alert))
     return tly_avro_fail(errstr, errstr_size, "Avro encode failed: %s",
                          avro_strerror());
-  return tly_avro_out_write(&codec->out, TLY_ALERT_SCHEMA_ID, &codec->value,
+  return tly_avro_out_write(&codec->base.out, TLY_ALERT_SCHEMA_ID, &codec->base.value,
                             out, out_len, errstr, errstr_size);
 }
 
@@ -309,7 +267,7 @@ static int get_enum(avro_value_t *record, size_t index, int *out) {
 
 static int extract_alert(tly_alert_codec_t *codec, tly_alert_t *alert) {
   const alert_layout_t *l = &codec->layout;
-  avro_value_t *root = &codec->value;
+  avro_value_t *root = &codec->base.value;
   avro_value_t subject, hard;
   int type = 0, kind = 0, hard_value = 0;
 
@@ -352,12 +310,12 @@ int tly_alert_decode(tly_alert_codec_t *codec, const void *data, size_t len,
     return -1;
   bytes += TLY_AVRO_HEADER_SIZE;
   len -= TLY_AVRO_HEADER_SIZE;
-  if (tly_avro_validate(&codec->root, bytes, len, NULL, NULL, errstr,
+  if (tly_avro_validate(&codec->base.root, bytes, len, NULL, NULL, errstr,
                         errstr_size))
     return -1;
-  avro_reader_memory_set_source(codec->reader, (const char *)bytes,
+  avro_reader_memory_set_source(codec->base.reader, (const char *)bytes,
                                 (int64_t)len);
-  if (avro_value_read(codec->reader, &codec->value)) {
+  if (avro_value_read(codec->base.reader, &codec->base.value)) {
     tly_avro_fail(errstr, errstr_size, "Avro decode failed: %s",
                   avro_strerror());
     goto fail;

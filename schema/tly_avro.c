@@ -759,3 +759,49 @@ int tly_avro_get_int(avro_value_t *record, size_t index, int32_t *out) {
   return avro_value_get_by_index(record, index, &field, NULL) ||
          avro_value_get_int(&field, out);
 }
+
+int tly_avro_base_init(tly_avro_base_t *base, const char *schema_json,
+                       const char *what, char *errstr, size_t errstr_size) {
+  static const char empty[1] = {0};
+  if (avro_schema_from_json_length(schema_json, strlen(schema_json),
+                                   &base->schema)) {
+    tly_avro_fail(errstr, errstr_size, "parsing %s: %s", what,
+                  avro_strerror());
+    return -1;
+  }
+  if (tly_avro_shape_compile(base->schema, &base->root, errstr, errstr_size))
+    return -1;
+  base->iface = avro_generic_class_from_schema(base->schema);
+  if (!base->iface) {
+    tly_avro_fail(errstr, errstr_size, "creating the Avro value class: %s",
+                  avro_strerror());
+    return -1;
+  }
+  if (avro_generic_value_new(base->iface, &base->value)) {
+    tly_avro_fail(errstr, errstr_size, "creating the Avro value: %s",
+                  avro_strerror());
+    return -1;
+  }
+  base->value_ready = 1;
+  if (tly_avro_out_init(&base->out, errstr, errstr_size))
+    return -1;
+  base->reader = avro_reader_memory(empty, 0);
+  if (!base->reader) {
+    tly_avro_fail(errstr, errstr_size, "out of memory creating the reader");
+    return -1;
+  }
+  return 0;
+}
+
+void tly_avro_base_free(tly_avro_base_t *base) {
+  if (base->value_ready)
+    avro_value_decref(&base->value);
+  if (base->iface)
+    avro_value_iface_decref(base->iface);
+  if (base->schema)
+    avro_schema_decref(base->schema);
+  if (base->reader)
+    avro_reader_free(base->reader);
+  tly_avro_out_free(&base->out);
+  tly_avro_shape_free(&base->root);
+}

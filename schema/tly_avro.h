@@ -111,4 +111,25 @@ char *tly_avro_copy_text(const char *text, size_t size_with_nul);
 __attribute__((format(printf, 3, 4))) int
 tly_avro_fail(char *errstr, size_t errstr_size, const char *fmt, ...);
 
+
+/* What every tally codec holds: the schema, its validation shape, one
+ * generic value reused by every read and encode, a memory reader and the
+ * output buffer. */
+typedef struct {
+  avro_schema_t schema;
+  avro_value_iface_t *iface;
+  avro_value_t value;
+  int value_ready;
+  avro_reader_t reader;
+  tly_avro_out_t out;
+  tly_avro_shape_t root;
+} tly_avro_base_t;
+
+/* Sets base up from schema_json; `what` names the schema in errors ("the
+ * envelope schema"). base must be zeroed; on failure it may be partly set
+ * up and is freed with tly_avro_base_free(). 0 or -1 with errstr. */
+int tly_avro_base_init(tly_avro_base_t *base, const char *schema_json,
+                       const char *what, char *errstr, size_t errstr_size);
+void tly_avro_base_free(tly_avro_base_t *base);
+
 #endif

@@ -53,13 +53,7 @@ typedef struct {
 
 struct tly_codec {
   int32_t schema_id;
-  avro_schema_t schema;
-  avro_value_iface_t *iface;
-  avro_value_t value; /* reused: reset by every read and every encode */
-  int value_ready;
-  avro_reader_t reader;
-  tly_avro_out_t out;
-  tly_avro_shape_t root;
+  tly_avro_base_t base; /* schema, shape, reused value, reader, output */
   const tly_avro_shape_t *properties_shape;
   layout_t layout;
 };
@@ -123,16 +117,16 @@ static int layout_resolve(tly_codec_t *codec, char *errstr,
   avro_schema_t subject = NULL, kind = NULL, body = NULL, usage = NULL;
   avro_schema_t ai = NULL, ai_record = NULL, properties = NULL;
 
-  if (!is_avro_record(codec->schema))
+  if (!is_avro_record(codec->base.schema))
     return tly_avro_fail(errstr, errstr_size,
                          "schema: envelope is not a record");
-  if (tly_avro_layout_field(codec->schema, "event_id", AVRO_STRING,
+  if (tly_avro_layout_field(codec->base.schema, "event_id", AVRO_STRING,
                             &l->event_id, NULL, errstr, errstr_size) ||
-      tly_avro_layout_field(codec->schema, "occurred_at", AVRO_INT64,
+      tly_avro_layout_field(codec->base.schema, "occurred_at", AVRO_INT64,
                             &l->occurred_at, NULL, errstr, errstr_size) ||
-      tly_avro_layout_field(codec->schema, "subject", AVRO_RECORD, &l->subject,
+      tly_avro_layout_field(codec->base.schema, "subject", AVRO_RECORD, &l->subject,
                             &subject, errstr, errstr_size) ||
-      tly_avro_layout_field(codec->schema, "body", AVRO_UNION, &l->body, &body,
+      tly_avro_layout_field(codec->base.schema, "body", AVRO_UNION, &l->body, &body,
                             errstr, errstr_size) ||
       tly_avro_layout_field(subject, "kind", AVRO_ENUM, &l->subject_kind, &kind,
                             errstr, errstr_size) ||
@@ -176,7 +170,7 @@ static int layout_resolve(tly_codec_t *codec, char *errstr,
     return -1;
 
   /* The validator's shape for body.properties, for duplicate-key counting. */
-  codec->properties_shape = &codec->root.children[l->body]
+  codec->properties_shape = &codec->base.root.children[l->body]
                                  .children[l->branch[TLY_BODY_USAGE_RECORDED]]
                                  .children[l->properties];
   return 0;
@@ -189,7 +183,6 @@ static int layout_resolve(tly_codec_t *codec, char *errstr,
 tly_codec_t *tly_codec_new(int32_t schema_id, char *errstr,
                            size_t errstr_size) {
   tly_codec_t *codec;
-  static const char empty[1] = {0};
 
   if (schema_id < 0) {
     tly_avro_fail(errstr, errstr_size, "schema id %" PRId32 " is negative",
@@ -203,39 +196,10 @@ tly_codec_t *tly_codec_new(int32_t schema_id, char *errstr,
   }
   codec->schema_id = schema_id;
 
-  if (avro_schema_from_json_length(tly_event_schema_json,
-                                   strlen(tly_event_schema_json),
-                                   &codec->schema)) {
-    tly_avro_fail(errstr, errstr_size, "parsing the envelope schema: %s",
-                  avro_strerror());
-    goto fail;
-  }
-  if (tly_avro_shape_compile(codec->schema, &codec->root, errstr,
-                             errstr_size) ||
+  if (tly_avro_base_init(&codec->base, tly_event_schema_json,
+                         "the envelope schema", errstr, errstr_size) ||
       layout_resolve(codec, errstr, errstr_size))
     goto fail;
-
-  codec->iface = avro_generic_class_from_schema(codec->schema);
-  if (!codec->iface) {
-    tly_avro_fail(errstr, errstr_size, "creating the Avro value class: %s",
-                  avro_strerror());
-    goto fail;
-  }
-  if (avro_generic_value_new(codec->iface, &codec->value)) {
-    tly_avro_fail(errstr, errstr_size, "creating the Avro value: %s",
-                  avro_strerror());
-    goto fail;
-  }
-  codec->value_ready = 1;
-
-  if (tly_avro_out_init(&codec->out, errstr, errstr_size))
-    goto fail;
-  codec->reader = avro_reader_memory(empty, 0);
-  if (!codec->reader) {
-    tly_avro_fail(errstr, errstr_size,
-                  "out of memory creating the codec reader");
-    goto fail;
-  }
   return codec;
 
 fail:
@@ -246,16 +210,7 @@ fail:
 void tly_codec_destroy(tly_codec_t *codec) {
   if (!codec)
     return;
-  if (codec->value_ready)
-    avro_value_decref(&codec->value);
-  if (codec->iface)
-    avro_value_iface_decref(codec->iface);
-  if (codec->schema)
-    avro_schema_decref(codec->schema);
-  if (codec->reader)
-    avro_reader_free(codec->reader);
-  tly_avro_out_free(&codec->out);
-  tly_avro_shape_free(&codec->root);
+  tly_avro_base_free(&codec->base);
   free(codec);
 }
 
@@ -331,7 +286,7 @@ static int fill_flat(const layout_t *l, const tly_event_t *event,
 /* Fills the reused avro value from a validated event. 0 or avro-c's error. */
 static int fill_value(tly_codec_t *codec, const tly_event_t *event) {
   const layout_t *l = &codec->layout;
-  avro_value_t *root = &codec->value;
+  avro_value_t *root = &codec->base.value;
   avro_value_t subject, kind, body, record;
 
   if (avro_value_reset(root) ||
@@ -395,7 +350,7 @@ int tly_codec_encode(tly_codec_t *codec, const tly_event_t *event,
   if (fill_value(codec, event))
     return tly_avro_fail(errstr, errstr_size, "Avro encode failed: %s",
                          avro_strerror());
-  return tly_avro_out_write(&codec->out, codec->schema_id, &codec->value, out,
+  return tly_avro_out_write(&codec->base.out, codec->schema_id, &codec->base.value, out,
                             out_len, errstr, errstr_size);
 }
 
@@ -508,7 +463,7 @@ static int extract_flat(const layout_t *l, avro_value_t *record,
 static int extract_event(tly_codec_t *codec, size_t property_entries,
                          tly_event_t *event, char *errstr, size_t errstr_size) {
   const layout_t *l = &codec->layout;
-  avro_value_t *root = &codec->value;
+  avro_value_t *root = &codec->base.value;
   avro_value_t subject, kind, body, record;
   int kind_index = 0, branch = -1;
 
@@ -559,13 +514,13 @@ int tly_codec_decode(tly_codec_t *codec, const void *data, size_t len,
     return -1;
   bytes += TLY_CODEC_HEADER_SIZE;
   len -= TLY_CODEC_HEADER_SIZE;
-  if (tly_avro_validate(&codec->root, bytes, len, codec->properties_shape,
+  if (tly_avro_validate(&codec->base.root, bytes, len, codec->properties_shape,
                         &property_entries, errstr, errstr_size))
     return -1;
 
-  avro_reader_memory_set_source(codec->reader, (const char *)bytes,
+  avro_reader_memory_set_source(codec->base.reader, (const char *)bytes,
                                 (int64_t)len);
-  if (avro_value_read(codec->reader, &codec->value))
+  if (avro_value_read(codec->base.reader, &codec->base.value))
     return tly_avro_fail(errstr, errstr_size, "Avro decode failed: %s",
                          avro_strerror());
   if (extract_event(codec, property_entries, event, errstr, errstr_size))
