@@ -658,58 +658,72 @@ static void queue_alerts(tly_processor_t *p) {
 
 /* ---- the state view the fold works through --------------------------- */
 
-/* The overlay entry for (cf, key), loaded from RocksDB on first touch.
- * *loaded receives the stored value (malloc'd) or NULL. */
+/* Decodes a stored value into a fresh overlay entry of its family. */
+static int decode_entry(tly_overlay_entry_t *entry, const char *value,
+                        size_t len) {
+  switch (entry->cf) {
+  case TLY_CF_ACCOUNTS:
+    if (tly_account_decode(value, len, &entry->value.account))
+      return -1;
+    entry->stored_cycle_end = entry->value.account.cycle.end_ms;
+    return 0;
+  case TLY_CF_USAGE:
+    return tly_billing_row_decode(value, len, &entry->value.row);
+  case TLY_CF_DEDUPE:
+    if (len != 8)
+      return -1;
+    entry->value.seen_at_ms = (int64_t)tly_get_be64((const unsigned char *)value);
+    return 0;
+  default:
+    return -1;
+  }
+}
+
+/* The overlay entry for (cf, key), loaded from RocksDB and decoded on
+ * first touch. key_len 0 means the key did not fit (what names it).
+ * NULL after setting the fatal reason. */
 static tly_overlay_entry_t *view_entry(tly_processor_t *p, tly_cf_t cf,
                                        const char *key, size_t key_len,
-                                       char **loaded, size_t *loaded_len) {
-  char errstr[512];
+                                       const char *what) {
+  char errstr[512], *loaded = NULL;
+  size_t loaded_len = 0;
   tly_overlay_t *overlay = cf == TLY_CF_DEDUPE ? &p->dedupe : &p->overlay;
-  *loaded = NULL;
+  if (!key_len) {
+    set_fatal(p, "%s too long for a state key", what);
+    return NULL;
+  }
   tly_overlay_entry_t *entry = tly_overlay_find(overlay, cf, key, key_len);
   if (entry)
     return entry;
-  int found = tly_store_get(p->store, cf, key, key_len, loaded, loaded_len,
+  int found = tly_store_get(p->store, cf, key, key_len, &loaded, &loaded_len,
                             errstr, sizeof(errstr));
   if (found < 0) {
     set_fatal(p, "reading state: %s", errstr);
     return NULL;
   }
   entry = tly_overlay_insert(overlay, cf, key, key_len);
-  if (!entry) {
-    tly_store_free(*loaded);
-    *loaded = NULL;
+  if (!entry)
     set_fatal(p, "out of memory growing the overlay");
-    return NULL;
+  else if (found && decode_entry(entry, loaded, loaded_len)) {
+    set_fatal(p, "stored %s record of partition %d is corrupt",
+              tly_store_cf_name(cf), (int)p->view_partition);
+    entry = NULL;
+  } else {
+    entry->stored = found;
   }
-  entry->stored = found;
+  tly_store_free(loaded);
   return entry;
 }
 
 static tly_account_t *view_account(tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id) {
   tly_processor_t *p = view->opaque;
-  char key[TLY_KEY_MAX], *loaded;
-  size_t loaded_len;
+  char key[TLY_KEY_MAX];
   size_t key_len = tly_key_account(p->view_partition, kind, id, key, sizeof(key));
-  if (!key_len) {
-    set_fatal(p, "subject id too long for a state key");
-    return NULL;
-  }
   tly_overlay_entry_t *entry =
-      view_entry(p, TLY_CF_ACCOUNTS, key, key_len, &loaded, &loaded_len);
+      view_entry(p, TLY_CF_ACCOUNTS, key, key_len, "subject id");
   if (!entry)
     return NULL;
-  if (loaded) {
-    int bad = tly_account_decode(loaded, loaded_len, &entry->value.account);
-    tly_store_free(loaded);
-    if (bad) {
-      set_fatal(p, "stored account of partition %d is corrupt",
-                (int)p->view_partition);
-      return NULL;
-    }
-    entry->stored_cycle_end = entry->value.account.cycle.end_ms;
-  }
   entry->dirty = 1;
   return &entry->value.account;
 }
@@ -718,27 +732,13 @@ static tly_billing_row_t *view_row(tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id,
                                    int64_t cycle_start_ms, const char *feature) {
   tly_processor_t *p = view->opaque;
-  char key[TLY_KEY_MAX], *loaded;
-  size_t loaded_len;
+  char key[TLY_KEY_MAX];
   size_t key_len = tly_key_usage(p->view_partition, kind, id, cycle_start_ms,
                                  feature, key, sizeof(key));
-  if (!key_len) {
-    set_fatal(p, "subject id and feature too long for a state key");
-    return NULL;
-  }
   tly_overlay_entry_t *entry =
-      view_entry(p, TLY_CF_USAGE, key, key_len, &loaded, &loaded_len);
+      view_entry(p, TLY_CF_USAGE, key, key_len, "subject id and feature");
   if (!entry)
     return NULL;
-  if (loaded) {
-    int bad = tly_billing_row_decode(loaded, loaded_len, &entry->value.row);
-    tly_store_free(loaded);
-    if (bad) {
-      set_fatal(p, "stored usage row of partition %d is corrupt",
-                (int)p->view_partition);
-      return NULL;
-    }
-  }
   entry->dirty = 1;
   return &entry->value.row;
 }
@@ -746,22 +746,12 @@ static tly_billing_row_t *view_row(tly_billing_view_t *view,
 static int view_seen(tly_billing_view_t *view, const char *event_id,
                      int64_t occurred_at_ms, int record) {
   tly_processor_t *p = view->opaque;
-  char key[TLY_KEY_MAX], *loaded;
-  size_t loaded_len;
+  char key[TLY_KEY_MAX];
   size_t key_len = tly_key_dedupe(p->view_partition, event_id, key, sizeof(key));
-  if (!key_len) {
-    set_fatal(p, "event id too long for a state key");
-    return -1;
-  }
   tly_overlay_entry_t *entry =
-      view_entry(p, TLY_CF_DEDUPE, key, key_len, &loaded, &loaded_len);
+      view_entry(p, TLY_CF_DEDUPE, key, key_len, "event id");
   if (!entry)
     return -1;
-  if (loaded) {
-    entry->value.seen_at_ms =
-        loaded_len == 8 ? (int64_t)tly_get_be64((unsigned char *)loaded) : 0;
-    tly_store_free(loaded);
-  }
   if (record) {
     entry->value.seen_at_ms = occurred_at_ms;
     entry->dirty = 1;
