@@ -120,13 +120,14 @@ static void expect_threshold_alerts(json_t *ids, int s, const char *feature,
   }
 }
 
-/* Reads the whole alerts topic; counts each id in ids (unknown ids fail). */
-static int read_alerts(const char *servers, json_t *ids) {
+int th_read_alerts(const char *bootstrap,
+                   void (*visit)(void *opaque, const tly_alert_t *alert),
+                   void *opaque) {
   char errstr[512];
   int total = 0;
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", servers, errstr, sizeof(errstr));
-  rd_kafka_conf_set(conf, "group.id", "matrix-reader", errstr, sizeof(errstr));
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof(errstr));
+  rd_kafka_conf_set(conf, "group.id", "alerts-reader", errstr, sizeof(errstr));
   rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof(errstr));
   rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
   assert_non_null(rk);
@@ -151,10 +152,7 @@ static int read_alerts(const char *servers, json_t *ids) {
       if (tly_alert_decode(codec, msg->payload, msg->len, &alert, errstr,
                            sizeof(errstr)))
         fail_msg("undecodable alert: %s", errstr);
-      json_t *count = json_object_get(ids, alert.alert_id);
-      if (!count)
-        fail_msg("unexpected alert %s", alert.alert_id);
-      json_integer_set(count, json_integer_value(count) + 1);
+      visit(opaque, &alert);
       total++;
       tly_alert_clear(&alert);
     }
@@ -165,6 +163,14 @@ static int read_alerts(const char *servers, json_t *ids) {
   rd_kafka_consumer_close(rk);
   rd_kafka_destroy(rk);
   return total;
+}
+
+/* Counts each alert id in ids; an id the reference does not expect fails. */
+static void count_expected(void *opaque, const tly_alert_t *alert) {
+  json_t *count = json_object_get(opaque, alert->alert_id);
+  if (!count)
+    fail_msg("unexpected alert %s", alert->alert_id);
+  json_integer_set(count, json_integer_value(count) + 1);
 }
 
 char *th_reference_config_file(const char *dir) {
@@ -215,7 +221,7 @@ void th_verify_reference(int port, const char *bootstrap,
   printf("# %d alerts expected\n", expected_alerts);
   assert_true(expected_alerts > stream->subjects * 5); /* crosses a lot */
 
-  assert_int_equal(read_alerts(bootstrap, ids), expected_alerts);
+  assert_int_equal(th_read_alerts(bootstrap, count_expected, ids), expected_alerts);
   const char *id;
   json_t *count;
   json_object_foreach(ids, id, count) {

@@ -8,6 +8,8 @@
 #ifndef TALLY_REFERENCE_H
 #define TALLY_REFERENCE_H
 
+#include "tly_alert.h"
+
 #include <stdatomic.h>
 
 /* Write this as the processor's --config. */
@@ -38,5 +40,12 @@ char *th_reference_config_file(const char *dir);
  * the expected alerts, each once. */
 void th_verify_reference(int port, const char *bootstrap,
                          const th_stream_t *stream);
+
+/* Reads the whole alerts topic (to the end of every partition, which it
+ * asserts), decoding every alert (an undecodable one fails the test) and
+ * passing it to visit. Returns the number of alerts. */
+int th_read_alerts(const char *bootstrap,
+                   void (*visit)(void *opaque, const tly_alert_t *alert),
+                   void *opaque);
 
 #endif

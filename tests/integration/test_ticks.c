@@ -7,8 +7,8 @@
  */
 #include "harness.h"
 
+#include "reference.h"
 #include "tally_producer.h"
-#include "tly_alert.h"
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -24,48 +24,19 @@
 
 #define DAY 86400000LL
 
-/* Counts the alerts of each type for subject on the alerts topic. */
-static void count_alerts(const char *bootstrap, const char *subject_id,
-                         int *cycle_ends, int *others) {
-  char errstr[512];
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof(errstr));
-  rd_kafka_conf_set(conf, "group.id", "ticks-reader", errstr, sizeof(errstr));
-  rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof(errstr));
-  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
-  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(4);
-  for (int p = 0; p < 4; p++)
-    rd_kafka_topic_partition_list_add(parts, "tally.alerts", p)->offset =
-        RD_KAFKA_OFFSET_BEGINNING;
-  rd_kafka_assign(rk, parts);
-  rd_kafka_topic_partition_list_destroy(parts);
-  tly_alert_codec_t *codec = tly_alert_codec_new(errstr, sizeof(errstr));
-  int eofs = 0;
-  *cycle_ends = *others = 0;
-  int64_t deadline = th_now_ms() + 20000;
-  while (eofs < 4 && th_now_ms() < deadline) {
-    rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
-    if (!msg)
-      continue;
-    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-      eofs++;
-    } else if (!msg->err) {
-      tly_alert_t alert = {0};
-      if (!tly_alert_decode(codec, msg->payload, msg->len, &alert, errstr,
-                            sizeof(errstr)) &&
-          !strcmp(alert.subject_id, subject_id)) {
-        if (alert.type == TLY_ALERT_BILLING_CYCLE_END)
-          (*cycle_ends)++;
-        else
-          (*others)++;
-      }
-      tly_alert_clear(&alert);
-    }
-    rd_kafka_message_destroy(msg);
-  }
-  tly_alert_codec_destroy(codec);
-  rd_kafka_consumer_close(rk);
-  rd_kafka_destroy(rk);
+typedef struct {
+  int cycle_ends, others;
+} idle_alerts_t;
+
+/* Counts the alerts of subject user:idle, billing_cycle_end apart. */
+static void count_idle(void *opaque, const tly_alert_t *alert) {
+  idle_alerts_t *counts = opaque;
+  if (strcmp(alert->subject_id, "idle") != 0)
+    return;
+  if (alert->type == TLY_ALERT_BILLING_CYCLE_END)
+    counts->cycle_ends++;
+  else
+    counts->others++;
 }
 
 static void test_tick_closes_an_idle_cycle(void **state) {
@@ -136,10 +107,10 @@ static void test_tick_closes_an_idle_cycle(void **state) {
          th_now_ms() < deadline)
     th_sleep_ms(100);
   assert_int_equal(th_wait_outbox_empty(run.port, 10000), 0);
-  int cycle_ends, others;
-  count_alerts(broker.bootstrap, "idle", &cycle_ends, &others);
-  assert_int_equal(cycle_ends, 1);
-  assert_int_equal(others, 0);
+  idle_alerts_t counts = {0, 0};
+  th_read_alerts(broker.bootstrap, count_idle, &counts);
+  assert_int_equal(counts.cycle_ends, 1);
+  assert_int_equal(counts.others, 0);
   /* The restarted processor did fold ticks of its own. */
   assert_true(th_metric_sum(run.port, "tally_events_folded_total") >= 3);
 
