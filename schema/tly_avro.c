@@ -339,7 +339,7 @@ const char *tly_avro_utf8_problem(const unsigned char *text, size_t length) {
 
 static int walk_string(walk_t *walk, const tly_avro_shape_t *shape,
                        const char *what) {
-  size_t length;
+  size_t length = 0;
   const char *problem;
   if (walk_length(walk, shape, what, &length))
     return -1;
@@ -460,7 +460,7 @@ static int walk_value(walk_t *walk, const tly_avro_shape_t *shape) {
   case AVRO_STRING:
     return walk_string(walk, shape, "string");
   case AVRO_BYTES: {
-    size_t length;
+    size_t length = 0;
     if (walk_length(walk, shape, "bytes", &length))
       return -1;
     walk->pos += length;
