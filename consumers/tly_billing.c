@@ -308,6 +308,11 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
              account->plan);
     return TLY_FOLD_REJECTED;
   }
+  if (strlen(usage->feature) >= TLY_CONFIG_NAME_MAX) {
+    snprintf(errstr, errstr_size,
+             "feature name is longer than %d bytes", TLY_CONFIG_NAME_MAX - 1);
+    return TLY_FOLD_REJECTED;
+  }
   if (t < cycle->start_ms) { /* late: a closed cycle still kept? */
     cycle = NULL;
     for (size_t i = 0; i < account->history_count; i++)
@@ -708,5 +713,94 @@ int tly_billing_row_decode(const void *data, size_t len,
   row->cost_micros = (int64_t)tly_get_be64(in + 33);
   row->cost_remainder = (int64_t)tly_get_be64(in + 41);
   row->thresholds_fired = tly_get_be32(in + 49);
+  return 0;
+}
+
+int tly_subject_row_kept(const tly_account_t *account,
+                         const tly_subject_row_t *row) {
+  if (!row->row.event_count)
+    return 0; /* touched by a rejected event only */
+  if (row->cycle_start_ms == account->cycle.start_ms)
+    return 1;
+  for (size_t i = 0; i < account->history_count; i++)
+    if (row->cycle_start_ms == account->history[i].start_ms)
+      return 1;
+  return 0;
+}
+
+#define SUBJECT_RECORD_VERSION 1
+
+size_t tly_subject_record_encode(const tly_account_t *account,
+                                 const tly_subject_row_t *const *rows,
+                                 size_t row_count, unsigned char *out,
+                                 size_t out_size) {
+  unsigned char account_bytes[TLY_ACCOUNT_MAX];
+  size_t account_len = tly_account_encode(account, account_bytes);
+  size_t kept = 0, need = 1 + 2 + account_len + 2;
+  for (size_t i = 0; i < row_count; i++) {
+    if (!tly_subject_row_kept(account, rows[i]))
+      continue;
+    kept++;
+    need += 8 + 1 + strlen(rows[i]->feature) + TLY_BILLING_ROW_SIZE;
+  }
+  if (need > out_size || kept > 0xffff)
+    return need;
+  size_t n = 0;
+  out[n++] = SUBJECT_RECORD_VERSION;
+  out[n++] = (unsigned char)(account_len >> 8);
+  out[n++] = (unsigned char)account_len;
+  memcpy(out + n, account_bytes, account_len);
+  n += account_len;
+  out[n++] = (unsigned char)(kept >> 8);
+  out[n++] = (unsigned char)kept;
+  for (size_t i = 0; i < row_count; i++) {
+    if (!tly_subject_row_kept(account, rows[i]))
+      continue;
+    tly_put_be64(out + n, (uint64_t)rows[i]->cycle_start_ms);
+    n += 8;
+    n += put_string(out + n, rows[i]->feature, TLY_CONFIG_NAME_MAX - 1);
+    tly_billing_row_encode(&rows[i]->row, out + n);
+    n += TLY_BILLING_ROW_SIZE;
+  }
+  return n;
+}
+
+int tly_subject_record_decode(const void *data, size_t len,
+                              tly_account_t *account, tly_subject_row_t **rows,
+                              size_t *row_count) {
+  reader_t r = {data, len, 0, 0};
+  const unsigned char *p = take(&r, 3);
+  *rows = NULL;
+  *row_count = 0;
+  if (!p || p[0] != SUBJECT_RECORD_VERSION)
+    return -1;
+  size_t account_len = ((size_t)p[1] << 8) | p[2];
+  p = take(&r, account_len);
+  if (!p || tly_account_decode(p, account_len, account))
+    return -1;
+  p = take(&r, 2);
+  if (!p)
+    return -1;
+  size_t count = ((size_t)p[0] << 8) | p[1];
+  if (!count)
+    return r.pos == len ? 0 : -1;
+  tly_subject_row_t *out = calloc(count, sizeof(*out));
+  if (!out)
+    return -1;
+  for (size_t i = 0; i < count && !r.bad; i++) {
+    p = take(&r, 8);
+    if (p)
+      out[i].cycle_start_ms = (int64_t)tly_get_be64(p);
+    take_string(&r, out[i].feature, sizeof(out[i].feature));
+    p = take(&r, TLY_BILLING_ROW_SIZE);
+    if (p && tly_billing_row_decode(p, TLY_BILLING_ROW_SIZE, &out[i].row))
+      r.bad = 1;
+  }
+  if (r.bad || r.pos != len) {
+    free(out);
+    return -1;
+  }
+  *rows = out;
+  *row_count = count;
   return 0;
 }

@@ -142,4 +142,33 @@ void tly_billing_row_encode(const tly_billing_row_t *row, unsigned char *out);
 int tly_billing_row_decode(const void *data, size_t len,
                            tly_billing_row_t *row);
 
+/* A usage row with what names it within its subject. */
+typedef struct {
+  int64_t cycle_start_ms;
+  char feature[TLY_CONFIG_NAME_MAX];
+  tly_billing_row_t row;
+} tly_subject_row_t;
+
+/* Whether a row still belongs in the subject record: it was used and its
+ * cycle is the account's current one or one of the kept closed ones (the
+ * only cycles the fold ever asks rows for). */
+int tly_subject_row_kept(const tly_account_t *account,
+                         const tly_subject_row_t *row);
+
+/*
+ * The subject record: one RocksDB value per subject holding the account
+ * and its kept rows, so that a batch writes one key per subject it touched
+ * however many features and cycles the events hit. Rows that are not kept
+ * are left out. encode returns the length it needs; it writes only when
+ * that fits out_size. decode fills the account and a malloc'd array of the
+ * rows (*rows NULL when none); 0 or -1 (malformed).
+ */
+size_t tly_subject_record_encode(const tly_account_t *account,
+                                 const tly_subject_row_t *const *rows,
+                                 size_t row_count, unsigned char *out,
+                                 size_t out_size);
+int tly_subject_record_decode(const void *data, size_t len,
+                              tly_account_t *account, tly_subject_row_t **rows,
+                              size_t *row_count);
+
 #endif

@@ -72,34 +72,16 @@ static void handle_healthz(tly_http_t *http, const char *subject,
   respond_json(out, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-typedef struct {
-  json_t *features;
-  size_t prefix_len;
-  const tly_plan_t *plan;
-  int bad_rows;
-} usage_scan_t;
-
-static int collect_usage_row(void *opaque, const char *key, size_t key_len,
-                             const char *value, size_t value_len) {
-  usage_scan_t *scan = opaque;
-  tly_billing_row_t row;
-  char feature[512];
-  size_t feature_len = key_len - scan->prefix_len;
-
-  if (feature_len >= sizeof(feature) ||
-      tly_billing_row_decode(value, value_len, &row)) {
-    scan->bad_rows++;
-    return 0;
-  }
-  memcpy(feature, key + scan->prefix_len, feature_len);
-  feature[feature_len] = '\0';
+/* Adds one feature's row of the current cycle to features. */
+static void usage_feature(json_t *features, const tly_plan_t *plan,
+                          const char *feature, const tly_billing_row_t *r) {
+  tly_billing_row_t row = *r;
   json_t *entry = json_pack(
       "{s:I,s:I,s:I,s:I,s:I}", "quantity", (json_int_t)row.quantity,
       "input_tokens", (json_int_t)row.input_tokens, "output_tokens",
       (json_int_t)row.output_tokens, "events", (json_int_t)row.event_count,
       "cost_micros", (json_int_t)row.cost_micros);
-  const tly_feature_limit_t *limit =
-      scan->plan ? tly_plan_limit(scan->plan, feature) : NULL;
+  const tly_feature_limit_t *limit = plan ? tly_plan_limit(plan, feature) : NULL;
   if (!limit || limit->limit == TLY_UNLIMITED) {
     json_object_set_new(entry, "limit", json_null());
     json_object_set_new(entry, "mode", json_string("unlimited"));
@@ -117,8 +99,7 @@ static int collect_usage_row(void *opaque, const char *key, size_t key_len,
                                                   : 100));
     json_object_set_new(entry, "exceeded", json_boolean(remaining < 0));
   }
-  json_object_set_new(scan->features, feature, entry);
-  return 0;
+  json_object_set_new(features, feature, entry);
 }
 
 /* Finds the subject's account: first in the partition Kafka's murmur2
@@ -126,6 +107,7 @@ static int collect_usage_row(void *opaque, const char *key, size_t key_len,
 static int find_account(tly_http_t *http, tly_subject_kind_t kind,
                         const char *id, const char *subject_key,
                         size_t subject_key_len, tly_account_t *account,
+                        tly_subject_row_t **rows, size_t *row_count,
                         int32_t *partition_out, char *errstr, size_t errlen) {
   int32_t partitions = tly_processor_partition_count(http->conf.processor);
   int32_t home = partitions > 0 ? rd_kafka_msg_partitioner_murmur2(
@@ -149,10 +131,11 @@ static int find_account(tly_http_t *http, tly_subject_kind_t kind,
       return -1;
     if (!found)
       continue;
-    int bad = tly_account_decode(value, value_len, account);
+    int bad = tly_subject_record_decode(value, value_len, account, rows,
+                                        row_count);
     tly_store_free(value);
     if (bad) {
-      snprintf(errstr, errlen, "stored account is corrupt");
+      snprintf(errstr, errlen, "stored subject record is corrupt");
       return -1;
     }
     *partition_out = partition;
@@ -164,8 +147,10 @@ static int find_account(tly_http_t *http, tly_subject_kind_t kind,
 static void handle_usage(tly_http_t *http, const char *subject,
                          struct MHD_Connection *connection, response_t *out) {
   tly_subject_kind_t kind;
-  char *id = NULL, key[1100], errstr[512], prefix[TLY_KEY_MAX];
-  usage_scan_t scan = {json_object(), 0, NULL, 0};
+  char *id = NULL, key[1100], errstr[512];
+  json_t *features = json_object();
+  tly_subject_row_t *rows = NULL;
+  size_t row_count = 0;
   tly_account_t account;
   int32_t partition = -1;
   (void)connection;
@@ -179,8 +164,8 @@ static void handle_usage(tly_http_t *http, const char *subject,
     respond_error(out, 400, "bad_subject", "subject id too long");
     goto done;
   }
-  int found = find_account(http, kind, id, key, key_len, &account, &partition,
-                           errstr, sizeof(errstr));
+  int found = find_account(http, kind, id, key, key_len, &account, &rows,
+                           &row_count, &partition, errstr, sizeof(errstr));
   if (found < 0) {
     respond_error(out, 500, "store_error", errstr);
     goto done;
@@ -191,20 +176,15 @@ static void handle_usage(tly_http_t *http, const char *subject,
     respond_error(out, 404, "not_found", message);
     goto done;
   }
-  scan.plan = tly_config_plan(http->conf.config, account.plan);
-  scan.prefix_len = tly_key_usage(partition, kind, id, account.cycle.start_ms,
-                                  NULL, prefix, sizeof(prefix));
-  if (tly_store_scan_prefix(http->conf.store, TLY_CF_USAGE, prefix,
-                            scan.prefix_len, collect_usage_row, &scan, errstr,
-                            sizeof(errstr))) {
-    respond_error(out, 500, "store_error", errstr);
-    goto done;
-  }
+  const tly_plan_t *plan = tly_config_plan(http->conf.config, account.plan);
+  for (size_t i = 0; i < row_count; i++)
+    if (rows[i].cycle_start_ms == account.cycle.start_ms)
+      usage_feature(features, plan, rows[i].feature, &rows[i].row);
   int64_t credits_used = tly_billing_credits_used(http->conf.config, &account);
   json_t *credits = json_pack("{s:I}", "used", (json_int_t)credits_used);
-  if (scan.plan && scan.plan->credits != TLY_UNLIMITED) {
-    int64_t remaining = scan.plan->credits - credits_used;
-    json_object_set_new(credits, "limit", json_integer(scan.plan->credits));
+  if (plan && plan->credits != TLY_UNLIMITED) {
+    int64_t remaining = plan->credits - credits_used;
+    json_object_set_new(credits, "limit", json_integer(plan->credits));
     json_object_set_new(credits, "remaining",
                         json_integer(remaining > 0 ? remaining : 0));
     json_object_set_new(credits, "exceeded", json_boolean(remaining < 0));
@@ -219,9 +199,10 @@ static void handle_usage(tly_http_t *http, const char *subject,
                 (json_int_t)account.cycle.end_ms, "cost_micros",
                 (json_int_t)account.cycle.cost_micros, "credits", credits,
                 "payment_failed", account.payment_failed, "canceled",
-                account.canceled, "features", scan.features));
+                account.canceled, "features", features));
 done:
-  json_decref(scan.features);
+  json_decref(features);
+  free(rows);
   free(id);
 }
 

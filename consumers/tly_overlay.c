@@ -25,13 +25,20 @@ void tly_overlay_init(tly_overlay_t *overlay) {
   memset(overlay, 0, sizeof(*overlay));
 }
 
+static void free_entry(tly_overlay_entry_t *entry) {
+  for (size_t i = 0; i < entry->row_count; i++)
+    free(entry->rows[i]);
+  free(entry->rows);
+  free(entry->key);
+  free(entry);
+}
+
 void tly_overlay_reset(tly_overlay_t *overlay) {
   if (!overlay->count)
     return;
   for (size_t i = 0; i < overlay->capacity; i++) {
     if (overlay->slots[i]) {
-      free(overlay->slots[i]->key);
-      free(overlay->slots[i]);
+      free_entry(overlay->slots[i]);
       overlay->slots[i] = NULL;
     }
   }
@@ -87,8 +94,7 @@ void tly_overlay_keep(tly_overlay_t *overlay,
     if (keep(entry)) { /* keep() must answer the same the second time */
       kept[kept_count++] = entry;
     } else {
-      free(entry->key);
-      free(entry);
+      free_entry(entry);
     }
   }
   /* Reinsert: removing from a linear-probing table would need tombstones. */
@@ -119,13 +125,7 @@ tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
                                         const char *key, size_t key_len) {
   if ((overlay->count + 1) * 2 > overlay->capacity && grow(overlay))
     return NULL;
-  /* Only accounts need the whole union; a row or a dedupe id is a tenth of
-   * that, and one is allocated per event. */
-  size_t size = cf == TLY_CF_ACCOUNTS
-                    ? sizeof(tly_overlay_entry_t)
-                    : offsetof(tly_overlay_entry_t, value) +
-                          sizeof(tly_billing_row_t);
-  tly_overlay_entry_t *entry = calloc(1, size);
+  tly_overlay_entry_t *entry = calloc(1, sizeof(*entry));
   if (!entry)
     return NULL;
   entry->key = malloc(key_len ? key_len : 1);
@@ -140,4 +140,45 @@ tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
   *probe(overlay->slots, overlay->capacity, cf, key, key_len) = entry;
   overlay->count++;
   return entry;
+}
+
+tly_subject_row_t *tly_overlay_row(tly_overlay_entry_t *entry,
+                                   int64_t cycle_start_ms,
+                                   const char *feature) {
+  for (size_t i = 0; i < entry->row_count; i++) {
+    tly_subject_row_t *row = entry->rows[i];
+    if (row->cycle_start_ms == cycle_start_ms &&
+        strcmp(row->feature, feature) == 0)
+      return row;
+  }
+  if (strlen(feature) >= sizeof(entry->rows[0]->feature))
+    return NULL;
+  if (entry->row_count == entry->row_cap) {
+    size_t cap = entry->row_cap ? entry->row_cap * 2 : 4;
+    tly_subject_row_t **grown = realloc(entry->rows, cap * sizeof(*grown));
+    if (!grown)
+      return NULL;
+    entry->rows = grown;
+    entry->row_cap = cap;
+  }
+  tly_subject_row_t *row = calloc(1, sizeof(*row));
+  if (!row)
+    return NULL;
+  row->cycle_start_ms = cycle_start_ms;
+  strcpy(row->feature, feature);
+  entry->rows[entry->row_count++] = row;
+  return row;
+}
+
+void tly_overlay_prune_rows(tly_overlay_entry_t *entry,
+                            int (*keep)(const tly_account_t *account,
+                                        const tly_subject_row_t *row)) {
+  size_t kept = 0;
+  for (size_t i = 0; i < entry->row_count; i++) {
+    if (keep(&entry->account, entry->rows[i]))
+      entry->rows[kept++] = entry->rows[i];
+    else
+      free(entry->rows[i]);
+  }
+  entry->row_count = kept;
 }

@@ -15,20 +15,19 @@
 
 #include <stddef.h>
 
-typedef struct {
+typedef struct tly_overlay_entry {
   tly_cf_t cf;
   char *key;
   size_t key_len;
   int stored; /* the key existed in RocksDB when loaded */
   int dirty;  /* write it at commit */
-  int64_t stored_cycle_end; /* accounts: the indexed cycle end, if stored */
-  /* Last member: entries other than accounts are allocated without the
-   * account's room (see tly_overlay_insert). */
-  union {
-    tly_billing_row_t row;
-    tly_account_t account;
-    int64_t seen_at_ms; /* dedupe: occurred_at of the folded event */
-  } value;
+  int64_t stored_cycle_end; /* the indexed cycle end, if stored */
+  struct tly_overlay_entry *next_dirty; /* the owner's list to write */
+  tly_account_t account;
+  /* The subject's usage rows, each allocated on its own so that a row
+   * handed to the fold keeps its address while others are added. */
+  tly_subject_row_t **rows;
+  size_t row_count, row_cap;
 } tly_overlay_entry_t;
 
 typedef struct {
@@ -51,6 +50,15 @@ void tly_overlay_keep(tly_overlay_t *overlay,
 /* The entry for (cf, key), or NULL. */
 tly_overlay_entry_t *tly_overlay_find(tly_overlay_t *overlay, tly_cf_t cf,
                                       const char *key, size_t key_len);
+/* The entry's row for (cycle, feature), added zeroed when absent; NULL on
+ * out of memory. */
+tly_subject_row_t *tly_overlay_row(tly_overlay_entry_t *entry,
+                                   int64_t cycle_start_ms, const char *feature);
+/* Frees the rows for which keep() returns 0. */
+void tly_overlay_prune_rows(tly_overlay_entry_t *entry,
+                            int (*keep)(const tly_account_t *account,
+                                        const tly_subject_row_t *row));
+
 /* Inserts a zeroed, clean entry for a key not yet present; NULL on OOM. */
 tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
                                         const char *key, size_t key_len);

@@ -20,6 +20,7 @@
 #include "tly_alert.h"
 #include "tly_billing.h"
 #include "tly_codec.h"
+#include "tly_dedupe.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
@@ -69,6 +70,10 @@ typedef struct {
   int64_t position;   /* next offset to fold; -1: from the log's start */
   int64_t watermark;  /* largest occurred_at folded (event time) */
   int watermark_dirty;
+  /* The event ids folded within the window (NULL while unassigned) and the
+   * key of the open batch's blob: its first offset here, -1 if none yet. */
+  tly_dedupe_t *dedupe;
+  int64_t dedupe_key;
 } partition_state_t;
 
 /* Where the output topics were last seen acknowledged: recovery reads them
@@ -94,9 +99,12 @@ struct tly_processor {
   tly_billing_t billing;
   tly_billing_view_t view;
   int32_t view_partition; /* the partition the fold is working on */
+  int64_t view_offset;    /* and the offset of the record it folds */
   tly_alert_list_t alerts;
   tly_overlay_entry_t **sorted; /* the batch's dirty entries, in key order */
   size_t sorted_cap;
+  unsigned char *record; /* a subject record being encoded */
+  size_t record_cap;
 
   ack_mark_t *acks;
   size_t ack_count, ack_cap;
@@ -104,10 +112,10 @@ struct tly_processor {
   long acks_seen;
   int64_t last_tick_slot;
 
-  /* The open batch: accounts and rows (kept across batches as a cache),
-   * and the event ids seen in this batch (dropped after each commit). */
+  /* The open batch: accounts and rows (kept across batches as a cache);
+   * the entries this batch changed are on the dirty list. */
   tly_overlay_t overlay;
-  tly_overlay_t dedupe;
+  tly_overlay_entry_t *dirty_head;
   tly_store_batch_t *batch;
   pending_output_t *outputs;
   size_t output_count, output_cap;
@@ -157,7 +165,7 @@ static int ensure_partitions(tly_processor_t *p, int32_t count) {
   if (!grown)
     return -1;
   for (int32_t i = p->partition_cap; i < count; i++)
-    grown[i] = (partition_state_t){0, -1, -1, -1, INT64_MIN, 0};
+    grown[i] = (partition_state_t){0, -1, -1, -1, INT64_MIN, 0, NULL, -1};
   p->partitions = grown;
   p->partition_cap = count;
   return 0;
@@ -361,29 +369,33 @@ static void batch_discard_outputs(tly_processor_t *p) {
 }
 
 /* Queues one overlay entry's write. */
-static void batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
-  unsigned char value[TLY_ACCOUNT_MAX];
+static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
   char index_key[TLY_KEY_MAX];
   switch (entry->cf) {
-  case TLY_CF_USAGE:
-    if (!entry->stored && !entry->value.row.event_count)
-      return; /* touched by a rejected event only */
-    tly_billing_row_encode(&entry->value.row, value);
-    tly_store_batch_put(p->batch, TLY_CF_USAGE, entry->key, entry->key_len,
-                        value, TLY_BILLING_ROW_SIZE);
-    return;
   case TLY_CF_ACCOUNTS: {
-    const tly_account_t *account = &entry->value.account;
+    const tly_account_t *account = &entry->account;
     if (!account->exists)
-      return;
-    size_t len = tly_account_encode(account, value);
+      return 0;
+    const tly_subject_row_t *const *rows =
+        (const tly_subject_row_t *const *)entry->rows;
+    size_t len = tly_subject_record_encode(account, rows, entry->row_count,
+                                           p->record, p->record_cap);
+    if (len > p->record_cap) {
+      unsigned char *grown = realloc(p->record, len);
+      if (!grown)
+        return -1;
+      p->record = grown;
+      p->record_cap = len;
+      len = tly_subject_record_encode(account, rows, entry->row_count,
+                                      p->record, p->record_cap);
+    }
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
-                        value, len);
+                        p->record, len);
     /* The cycle-end index: [p][end][kind:id], from the account key
      * [p][kind:id]. Ticks find the accounts due through it. */
     if (entry->stored_cycle_end == account->cycle.end_ms ||
         entry->key_len - 4 + 12 > sizeof(index_key))
-      return;
+      return 0;
     memcpy(index_key, entry->key, 4);
     memcpy(index_key + 12, entry->key + 4, entry->key_len - 4);
     if (entry->stored_cycle_end >= 0) {
@@ -396,15 +408,10 @@ static void batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
                  (uint64_t)account->cycle.end_ms);
     tly_store_batch_put(p->batch, TLY_CF_CYCLE_ENDS, index_key,
                         entry->key_len + 8, "", 0);
-    return;
+    return 0;
   }
-  case TLY_CF_DEDUPE:
-    tly_put_be64(value, (uint64_t)entry->value.seen_at_ms);
-    tly_store_batch_put(p->batch, TLY_CF_DEDUPE, entry->key, entry->key_len,
-                        value, 8);
-    return;
   default:
-    return;
+    return 0;
   }
 }
 
@@ -420,19 +427,26 @@ static int compare_entries(const void *a, const void *b) {
   return x->key_len < y->key_len ? -1 : x->key_len > y->key_len;
 }
 
-/* After a commit: accounts and rows now equal what RocksDB holds, so they
- * stay as a cache. */
-static int keep_committed(tly_overlay_entry_t *entry) {
-  if (entry->dirty && entry->cf == TLY_CF_ACCOUNTS &&
-      entry->value.account.exists) {
+/* After a commit: a dirty subject record now equals what RocksDB holds
+ * (rows the record leaves out go from memory too), so it stays as a
+ * cache. */
+static void mark_committed(tly_overlay_entry_t *entry) {
+  if (entry->dirty && entry->account.exists) {
     entry->stored = 1;
-    entry->stored_cycle_end = entry->value.account.cycle.end_ms;
+    entry->stored_cycle_end = entry->account.cycle.end_ms;
   }
-  if (entry->dirty && entry->cf == TLY_CF_USAGE &&
-      entry->value.row.event_count)
-    entry->stored = 1;
+  tly_overlay_prune_rows(entry, tly_subject_row_kept);
   entry->dirty = 0;
-  return 1;
+  entry->next_dirty = NULL;
+}
+
+/* Queues the entry for the next commit (once). */
+static void mark_dirty(tly_processor_t *p, tly_overlay_entry_t *entry) {
+  if (entry->dirty)
+    return;
+  entry->dirty = 1;
+  entry->next_dirty = p->dirty_head;
+  p->dirty_head = entry;
 }
 
 /*
@@ -454,11 +468,9 @@ static int batch_commit(tly_processor_t *p) {
    * faster (it reuses the previous insert's position), and the memtable
    * insert is the bulk of a commit's cost. */
   size_t dirty = 0;
-  for (size_t i = 0; i < p->overlay.capacity + p->dedupe.capacity; i++) {
-    tly_overlay_entry_t *entry =
-        i < p->overlay.capacity ? p->overlay.slots[i]
-                                : p->dedupe.slots[i - p->overlay.capacity];
-    if (entry && entry->dirty) {
+  for (tly_overlay_entry_t *entry = p->dirty_head; entry;
+       entry = entry->next_dirty) {
+    {
       if (dirty == p->sorted_cap) {
         size_t cap = p->sorted_cap ? p->sorted_cap * 2 : 4096;
         tly_overlay_entry_t **grown =
@@ -475,8 +487,23 @@ static int batch_commit(tly_processor_t *p) {
   }
   if (dirty > 1)
     qsort(p->sorted, dirty, sizeof(*p->sorted), compare_entries);
-  for (size_t i = 0; i < dirty; i++)
-    batch_put_entry(p, p->sorted[i]);
+  for (size_t i = 0; i < dirty; i++) {
+    if (batch_put_entry(p, p->sorted[i])) {
+      set_fatal(p, "out of memory encoding a subject record");
+      return -1;
+    }
+  }
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    partition_state_t *part = &p->partitions[i];
+    size_t blob_len = 0;
+    const void *blob =
+        part->dedupe ? tly_dedupe_open_blob(part->dedupe, &blob_len) : NULL;
+    if (!blob)
+      continue;
+    tly_put_be32((unsigned char *)meta_key, (uint32_t)i);
+    tly_put_be64((unsigned char *)meta_key + 4, (uint64_t)part->dedupe_key);
+    tly_store_batch_put(p->batch, TLY_CF_DEDUPE, meta_key, 12, blob, blob_len);
+  }
   for (size_t i = 0; i < p->output_count; i++) {
     tly_put_be64(seq_key, first_seq + i);
     tly_store_batch_put(p->batch, TLY_CF_OUTBOX, seq_key, sizeof(seq_key),
@@ -555,10 +582,17 @@ static int batch_commit(tly_processor_t *p) {
     if (part->batch_next >= 0)
       part->committed = part->batch_next;
     part->batch_next = -1;
+    if (part->dedupe) {
+      tly_dedupe_seal(part->dedupe);
+      part->dedupe_key = -1;
+    }
     if (part->watermark_dirty &&
-        part->watermark > INT64_MIN + p->billing.dedupe_window_ms)
-      tly_store_set_dedupe_horizon(p->store, i,
-                                   part->watermark - p->billing.dedupe_window_ms);
+        part->watermark > INT64_MIN + p->billing.dedupe_window_ms) {
+      int64_t horizon = part->watermark - p->billing.dedupe_window_ms;
+      tly_store_set_dedupe_horizon(p->store, i, horizon);
+      if (part->dedupe)
+        tly_dedupe_expire(part->dedupe, horizon);
+    }
     part->watermark_dirty = 0;
   }
   pthread_mutex_unlock(&p->lock);
@@ -566,11 +600,14 @@ static int batch_commit(tly_processor_t *p) {
   atomic_fetch_add(&p->batches_committed, 1);
   p->batch_events = 0;
   p->batch_messages = 0;
-  tly_overlay_reset(&p->dedupe);
+  for (tly_overlay_entry_t *entry = p->dirty_head, *next; entry;
+       entry = next) {
+    next = entry->next_dirty;
+    mark_committed(entry);
+  }
+  p->dirty_head = NULL;
   if (p->overlay.count > CACHE_MAX_ENTRIES)
     tly_overlay_reset(&p->overlay);
-  else
-    tly_overlay_keep(&p->overlay, keep_committed);
   return 0;
 }
 
@@ -658,25 +695,25 @@ static void queue_alerts(tly_processor_t *p) {
 
 /* ---- the state view the fold works through --------------------------- */
 
-/* Decodes a stored value into a fresh overlay entry of its family. */
+/* Decodes a stored subject record into a fresh overlay entry. */
 static int decode_entry(tly_overlay_entry_t *entry, const char *value,
                         size_t len) {
-  switch (entry->cf) {
-  case TLY_CF_ACCOUNTS:
-    if (tly_account_decode(value, len, &entry->value.account))
-      return -1;
-    entry->stored_cycle_end = entry->value.account.cycle.end_ms;
-    return 0;
-  case TLY_CF_USAGE:
-    return tly_billing_row_decode(value, len, &entry->value.row);
-  case TLY_CF_DEDUPE:
-    if (len != 8)
-      return -1;
-    entry->value.seen_at_ms = (int64_t)tly_get_be64((const unsigned char *)value);
-    return 0;
-  default:
+  tly_subject_row_t *rows = NULL;
+  size_t count = 0;
+  int failed = 0;
+  if (entry->cf != TLY_CF_ACCOUNTS ||
+      tly_subject_record_decode(value, len, &entry->account, &rows, &count))
     return -1;
+  entry->stored_cycle_end = entry->account.cycle.end_ms;
+  for (size_t i = 0; i < count && !failed; i++) {
+    tly_subject_row_t *row =
+        tly_overlay_row(entry, rows[i].cycle_start_ms, rows[i].feature);
+    if (row)
+      row->row = rows[i].row;
+    failed = !row;
   }
+  free(rows);
+  return failed ? -1 : 0;
 }
 
 /* The overlay entry for (cf, key), loaded from RocksDB and decoded on
@@ -687,7 +724,7 @@ static tly_overlay_entry_t *view_entry(tly_processor_t *p, tly_cf_t cf,
                                        const char *what) {
   char errstr[512], *loaded = NULL;
   size_t loaded_len = 0;
-  tly_overlay_t *overlay = cf == TLY_CF_DEDUPE ? &p->dedupe : &p->overlay;
+  tly_overlay_t *overlay = &p->overlay;
   if (!key_len) {
     set_fatal(p, "%s too long for a state key", what);
     return NULL;
@@ -724,8 +761,8 @@ static tly_account_t *view_account(tly_billing_view_t *view,
       view_entry(p, TLY_CF_ACCOUNTS, key, key_len, "subject id");
   if (!entry)
     return NULL;
-  entry->dirty = 1;
-  return &entry->value.account;
+  mark_dirty(p, entry);
+  return &entry->account;
 }
 
 static tly_billing_row_t *view_row(tly_billing_view_t *view,
@@ -733,37 +770,49 @@ static tly_billing_row_t *view_row(tly_billing_view_t *view,
                                    int64_t cycle_start_ms, const char *feature) {
   tly_processor_t *p = view->opaque;
   char key[TLY_KEY_MAX];
-  size_t key_len = tly_key_usage(p->view_partition, kind, id, cycle_start_ms,
-                                 feature, key, sizeof(key));
+  size_t key_len = tly_key_account(p->view_partition, kind, id, key, sizeof(key));
   tly_overlay_entry_t *entry =
-      view_entry(p, TLY_CF_USAGE, key, key_len, "subject id and feature");
+      view_entry(p, TLY_CF_ACCOUNTS, key, key_len, "subject id");
   if (!entry)
     return NULL;
-  entry->dirty = 1;
-  return &entry->value.row;
+  tly_subject_row_t *row = tly_overlay_row(entry, cycle_start_ms, feature);
+  if (!row) {
+    set_fatal(p, "out of memory adding a usage row");
+    return NULL;
+  }
+  mark_dirty(p, entry);
+  return &row->row;
 }
 
 static int view_seen(tly_billing_view_t *view, const char *event_id,
                      int64_t occurred_at_ms, int record) {
   tly_processor_t *p = view->opaque;
-  char key[TLY_KEY_MAX];
-  size_t key_len = tly_key_dedupe(p->view_partition, event_id, key, sizeof(key));
-  tly_overlay_entry_t *entry =
-      view_entry(p, TLY_CF_DEDUPE, key, key_len, "event id");
-  if (!entry)
+  partition_state_t *part = &p->partitions[p->view_partition];
+  size_t len = strlen(event_id);
+  int64_t seen_at_ms;
+  if (!part->dedupe) {
+    set_fatal(p, "partition %d has no dedupe index", (int)p->view_partition);
     return -1;
+  }
   if (record) {
-    entry->value.seen_at_ms = occurred_at_ms;
-    entry->dirty = 1;
+    if (tly_dedupe_record(part->dedupe, event_id, len, occurred_at_ms)) {
+      set_fatal(p, "recording event id of %zu bytes: %s", len,
+                len > TLY_DEDUPE_ID_MAX ? "too long" : "out of memory");
+      return -1;
+    }
+    if (part->dedupe_key < 0)
+      part->dedupe_key = p->view_offset;
     return 0;
   }
-  /* An id older than the window is expired whether or not compaction has
-   * dropped it yet: the answer must not depend on compaction timing. */
+  /* An id older than the window is expired whether or not it has been
+   * forgotten yet: the answer must not depend on when memory or compaction
+   * dropped it. */
   int64_t horizon =
       *view->watermark_ms > INT64_MIN + p->billing.dedupe_window_ms
           ? *view->watermark_ms - p->billing.dedupe_window_ms
           : INT64_MIN;
-  return (entry->stored || entry->dirty) && entry->value.seen_at_ms >= horizon;
+  return tly_dedupe_lookup(part->dedupe, event_id, len, &seen_at_ms) &&
+         seen_at_ms >= horizon;
 }
 
 /* ---- ticks ----------------------------------------------------------- */
@@ -882,6 +931,7 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   if (event.body_kind == TLY_BODY_TICK && batch_commit(p))
     goto done; /* the tick reads the cycle-end index: make it current */
   p->view_partition = msg->partition;
+  p->view_offset = msg->offset;
   p->view.watermark_ms = &p->partitions[msg->partition].watermark;
   switch (tly_billing_fold(&p->billing, &p->view, &event, &p->alerts, errstr,
                            sizeof(errstr))) {
@@ -946,6 +996,47 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
 }
 
 /* ---- assignment ------------------------------------------------------ */
+
+typedef struct {
+  tly_dedupe_t *dedupe;
+  int failed;
+} dedupe_load_t;
+
+static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
+                            const char *value, size_t value_len) {
+  dedupe_load_t *load = opaque;
+  (void)key, (void)key_len;
+  load->failed = tly_dedupe_load(load->dedupe, value, value_len) != 0;
+  return load->failed;
+}
+
+/* The partition's event id index, rebuilt from its stored blobs (those the
+ * compaction filter has not dropped yet); NULL after setting the fatal
+ * reason. */
+static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
+                                 int64_t watermark) {
+  char errstr[512] = "", prefix[4];
+  tly_dedupe_t *dedupe = tly_dedupe_new();
+  if (!dedupe) {
+    set_fatal(p, "out of memory loading event ids");
+    return NULL;
+  }
+  dedupe_load_t load = {dedupe, 0};
+  tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
+  if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE, prefix, 4,
+                            load_dedupe_blob, &load, errstr,
+                            sizeof(errstr)) ||
+      load.failed) {
+    set_fatal(p, "partition %d: loading event ids: %s", (int)partition,
+              load.failed ? "a stored dedupe record is corrupt or memory ran out"
+                          : errstr);
+    tly_dedupe_free(dedupe);
+    return NULL;
+  }
+  if (watermark > INT64_MIN + p->billing.dedupe_window_ms)
+    tly_dedupe_expire(dedupe, watermark - p->billing.dedupe_window_ms);
+  return dedupe;
+}
 
 /*
  * Sets each partition's start offset from RocksDB, after checking that the
@@ -1019,8 +1110,15 @@ static int resume_offsets(tly_processor_t *p,
     if (watermark > INT64_MIN + p->billing.dedupe_window_ms)
       tly_store_set_dedupe_horizon(p->store, part->partition,
                                    watermark - p->billing.dedupe_window_ms);
+    tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark);
+    if (!dedupe)
+      return -1;
     pthread_mutex_lock(&p->lock);
     if (ensure_partitions(p, part->partition + 1) == 0) {
+      tly_dedupe_free(p->partitions[part->partition].dedupe);
+      p->partitions[part->partition].dedupe = dedupe;
+      p->partitions[part->partition].dedupe_key = -1;
+      dedupe = NULL;
       p->partitions[part->partition].assigned = 1;
       p->partitions[part->partition].committed = found ? stored : -1;
       p->partitions[part->partition].batch_next = -1;
@@ -1029,6 +1127,7 @@ static int resume_offsets(tly_processor_t *p,
       p->partitions[part->partition].watermark_dirty = 0;
     }
     pthread_mutex_unlock(&p->lock);
+    tly_dedupe_free(dedupe);
     if (part->partition + 1 > atomic_load(&p->partition_count))
       atomic_store(&p->partition_count, part->partition + 1);
     tly_log(TLY_LOG_INFO, "processor",
@@ -1049,7 +1148,14 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
    * cache goes, since partitions that come back may have moved meanwhile. */
   batch_commit(p);
   tly_overlay_reset(&p->overlay);
-  tly_overlay_reset(&p->dedupe);
+  p->dirty_head = NULL;
+  pthread_mutex_lock(&p->lock);
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    tly_dedupe_free(p->partitions[i].dedupe);
+    p->partitions[i].dedupe = NULL;
+    p->partitions[i].dedupe_key = -1;
+  }
+  pthread_mutex_unlock(&p->lock);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
     if (p->fatal || resume_offsets(p, parts)) {
       rd_kafka_assign(rk, NULL);
@@ -1331,7 +1437,6 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->store = store;
   pthread_mutex_init(&p->lock, NULL);
   tly_overlay_init(&p->overlay);
-  tly_overlay_init(&p->dedupe);
   p->batch = tly_store_batch_new();
   p->codec = tly_codec_new(TLY_CODEC_DEFAULT_SCHEMA_ID, errstr, errstr_size);
   if (!p->codec)
@@ -1502,10 +1607,12 @@ void tly_processor_destroy(tly_processor_t *p) {
   tly_alert_list_clear(&p->alerts);
   free(p->acks);
   free(p->sorted);
+  free(p->record);
   free(p->alerts_topic);
   tly_store_batch_destroy(p->batch);
   tly_overlay_free(&p->overlay);
-  tly_overlay_free(&p->dedupe);
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    tly_dedupe_free(p->partitions[i].dedupe);
   batch_discard_outputs(p);
   free(p->outputs);
   for (size_t i = 0; i < p->outbox_count; i++)

@@ -101,7 +101,7 @@ static unsigned char dedupe_filter(void *state, int level, const char *key,
   tly_store_t *store = state;
   (void)level, (void)new_value, (void)new_value_length;
   *value_changed = 0;
-  if (key_length < 4 || value_length != 8)
+  if (key_length < 4 || value_length < 8) /* blobs: newest occurred_at first */
     return 0;
   uint32_t partition = tly_get_be32((const unsigned char *)key);
   if (partition >= TLY_STORE_MAX_PARTITIONS)

@@ -76,8 +76,8 @@ static void test_overlay_insert_find_grow_reset(void **state) {
     int len = snprintf(key, sizeof(key), "k%d", i);
     tly_overlay_entry_t *entry = tly_overlay_insert(&overlay, TLY_CF_USAGE, key, (size_t)len);
     assert_non_null(entry);
-    assert_int_equal(entry->value.row.quantity, 0);
-    entry->value.row.quantity = i;
+    assert_int_equal(entry->account.cycle.events, 0);
+    entry->account.cycle.events = i;
     if (i == 0) /* keeps its address while the table grows */
       first = entry;
     entry->dirty = i % 2;
@@ -88,7 +88,7 @@ static void test_overlay_insert_find_grow_reset(void **state) {
     tly_overlay_entry_t *entry =
         tly_overlay_find(&overlay, TLY_CF_USAGE, key, (size_t)len);
     assert_non_null(entry);
-    assert_int_equal(entry->value.row.quantity, i);
+    assert_int_equal(entry->account.cycle.events, i);
     assert_int_equal(entry->dirty, i % 2);
   }
   /* Keys are bytes, not strings: an embedded NUL makes a different key. */
@@ -102,11 +102,53 @@ static void test_overlay_insert_find_grow_reset(void **state) {
   tly_overlay_free(&overlay);
 }
 
+static int keep_used(const tly_account_t *account,
+                     const tly_subject_row_t *row) {
+  (void)account;
+  return row->row.event_count > 0;
+}
+
+static void test_overlay_rows_stable_found_pruned(void **state) {
+  (void)state;
+  tly_overlay_t overlay;
+  tly_overlay_init(&overlay);
+  tly_overlay_entry_t *entry = tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "s", 1);
+  assert_non_null(entry);
+  tly_subject_row_t *first = tly_overlay_row(entry, 100, "api_calls");
+  assert_non_null(first);
+  first->row.event_count = 1;
+  char feature[32];
+  for (int i = 0; i < 50; i++) { /* the row array grows; rows stay put */
+    snprintf(feature, sizeof(feature), "f%d", i);
+    tly_subject_row_t *row = tly_overlay_row(entry, 200, feature);
+    assert_non_null(row);
+    row->row.event_count = i % 2;
+  }
+  assert_int_equal(entry->row_count, 51);
+  assert_ptr_equal(tly_overlay_row(entry, 100, "api_calls"), first);
+  assert_int_equal(first->row.event_count, 1);
+  /* Same feature, another cycle: another row. */
+  assert_ptr_not_equal(tly_overlay_row(entry, 200, "api_calls"), first);
+  assert_int_equal(entry->row_count, 52);
+  /* A feature name that cannot be stored is refused, not truncated. */
+  char long_name[TLY_CONFIG_NAME_MAX + 1];
+  memset(long_name, 'x', TLY_CONFIG_NAME_MAX);
+  long_name[TLY_CONFIG_NAME_MAX] = '\0';
+  assert_null(tly_overlay_row(entry, 100, long_name));
+  tly_overlay_prune_rows(entry, keep_used);
+  assert_int_equal(entry->row_count, 26); /* api_calls@100 + 25 odd f%d */
+  assert_ptr_equal(tly_overlay_row(entry, 100, "api_calls"), first);
+  for (size_t i = 0; i < entry->row_count; i++)
+    assert_int_equal(entry->rows[i]->row.event_count, 1);
+  tly_overlay_free(&overlay);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_outbox_round_trip),
       cmocka_unit_test(test_outbox_rejects_too_many_headers),
       cmocka_unit_test(test_overlay_insert_find_grow_reset),
+      cmocka_unit_test(test_overlay_rows_stable_found_pruned),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
