@@ -433,6 +433,17 @@ static void test_dedupe_window(void **ctx) {
   assert_non_null(strstr(f->errstr, "dedupe window"));
 }
 
+static void test_feature_name_bound(void **ctx) {
+  fixture_t *f = *ctx;
+  char name[TLY_CONFIG_NAME_MAX + 1];
+  memset(name, 'f', sizeof(name) - 1);
+  name[TLY_CONFIG_NAME_MAX] = '\0'; /* one byte too long to store */
+  assert_int_equal(usage(f, FEB1, name, 1), TLY_FOLD_REJECTED);
+  assert_non_null(strstr(f->errstr, "feature name is longer than"));
+  name[TLY_CONFIG_NAME_MAX - 1] = '\0'; /* the longest that is stored */
+  assert_int_equal(usage(f, FEB1, name, 1), TLY_FOLD_APPLIED);
+}
+
 static void test_plans_payments_and_cancellation(void **ctx) {
   fixture_t *f = *ctx;
   tly_event_t assign = {.occurred_at_ms = JAN1,
@@ -538,8 +549,52 @@ static void test_state_encodings(void **ctx) {
   assert_int_equal(tly_billing_row_decode(row_bytes, sizeof(row_bytes) - 1, &row_back), -1);
 }
 
+static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
+  (void)ctx;
+  tly_account_t account = {0}, back;
+  account.exists = 1;
+  snprintf(account.plan, sizeof(account.plan), "free");
+  account.cycle = (tly_cycle_t){FEB1, FEB1 + 28 * DAY, 50, 5};
+  account.history_count = 1;
+  account.history[0] = (tly_cycle_t){JAN1, FEB1, 40, 4};
+  tly_subject_row_t current = {FEB1, "api_calls", {10, 0, 0, 3, 30, 0, 1}};
+  tly_subject_row_t tokens = {FEB1, "ai_tokens", {0, 7, 9, 2, 20, 12345, 0}};
+  tly_subject_row_t kept = {JAN1, "api_calls", {4, 0, 0, 4, 40, 0, 0}};
+  tly_subject_row_t gone = {JAN1 - 31 * DAY, "api_calls", {1, 0, 0, 1, 1, 0, 0}};
+  tly_subject_row_t unused = {FEB1, "storage_bytes", {0}};
+  const tly_subject_row_t *rows[] = {&current, &gone, &tokens, &unused, &kept};
+  unsigned char small[8], bytes[1024];
+  size_t need = tly_subject_record_encode(&account, rows, 5, small, sizeof(small));
+  assert_true(need > sizeof(small)); /* tells the size, writes nothing */
+  size_t len = tly_subject_record_encode(&account, rows, 5, bytes, sizeof(bytes));
+  assert_int_equal(len, need);
+
+  tly_subject_row_t *decoded = NULL;
+  size_t count = 0;
+  assert_int_equal(tly_subject_record_decode(bytes, len, &back, &decoded, &count), 0);
+  assert_string_equal(back.plan, "free");
+  assert_memory_equal(&back.cycle, &account.cycle, sizeof(account.cycle));
+  /* The row of a cycle no longer kept and the unused row are left out. */
+  assert_int_equal(count, 3);
+  assert_int_equal(decoded[0].cycle_start_ms, FEB1);
+  assert_string_equal(decoded[0].feature, "api_calls");
+  assert_memory_equal(&decoded[0].row, &current.row, sizeof(current.row));
+  assert_string_equal(decoded[1].feature, "ai_tokens");
+  assert_int_equal(decoded[1].row.cost_remainder, 12345);
+  assert_int_equal(decoded[2].cycle_start_ms, JAN1);
+  assert_int_equal(decoded[2].row.quantity, 4);
+  free(decoded);
+  for (size_t cut = 0; cut < len; cut++) {
+    assert_int_equal(tly_subject_record_decode(bytes, cut, &back, &decoded, &count), -1);
+    assert_null(decoded);
+  }
+  bytes[0] ^= 0xff; /* unknown version */
+  assert_int_equal(tly_subject_record_decode(bytes, len, &back, &decoded, &count), -1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_subject_record_keeps_rows_of_kept_cycles),
       cmocka_unit_test(test_tier_boundaries),
       cmocka_unit_test(test_month_cycles),
       cmocka_unit_test_setup_teardown(test_graduated_price_and_hard_limit_alerts, setup, teardown),
@@ -551,6 +606,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_unknown_model, setup, teardown),
       cmocka_unit_test_setup_teardown(test_tick_closes_idle_cycle, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dedupe_window, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_feature_name_bound, setup, teardown),
       cmocka_unit_test_setup_teardown(test_plans_payments_and_cancellation, setup, teardown),
       cmocka_unit_test_setup_teardown(test_same_log_same_alerts, setup, teardown),
       cmocka_unit_test(test_state_encodings),

@@ -1,0 +1,174 @@
+/*
+ * test_dedupe.c - the event id index over per-batch blobs: lookups compare
+ * whole ids, a blob round-trips through its stored bytes, expiry forgets
+ * only whole blobs whose newest id is older than the horizon, and a newer
+ * record of an id survives the expiry of an older one.
+ */
+#include "tly_dedupe.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+static int has(const tly_dedupe_t *dedupe, const char *id, int64_t *at) {
+  int64_t ignored;
+  return tly_dedupe_lookup(dedupe, id, strlen(id), at ? at : &ignored);
+}
+
+static void test_record_lookup_and_blob_round_trip(void **state) {
+  (void)state;
+  tly_dedupe_t *dedupe = tly_dedupe_new();
+  char id[32];
+  size_t len = 0;
+  int64_t at = 0;
+  assert_null(tly_dedupe_open_blob(dedupe, &len));
+  for (int i = 0; i < 10000; i++) { /* grows the table several times */
+    snprintf(id, sizeof(id), "evt-%d", i);
+    assert_int_equal(tly_dedupe_record(dedupe, id, strlen(id), 1000 + i), 0);
+  }
+  assert_int_equal(tly_dedupe_count(dedupe), 10000);
+  for (int i = 0; i < 10000; i++) {
+    snprintf(id, sizeof(id), "evt-%d", i);
+    assert_true(has(dedupe, id, &at));
+    assert_int_equal(at, 1000 + i);
+  }
+  /* Whole ids: a prefix, an extension and an embedded NUL are other ids. */
+  assert_false(has(dedupe, "evt-1000x", NULL));
+  assert_false(has(dedupe, "evt-", NULL));
+  assert_int_equal(tly_dedupe_lookup(dedupe, "evt-1\0", 6, &at), 0);
+
+  const void *blob = tly_dedupe_open_blob(dedupe, &len);
+  assert_non_null(blob);
+  size_t blob_len = len;
+  unsigned char *copy = malloc(blob_len);
+  memcpy(copy, blob, blob_len);
+  tly_dedupe_seal(dedupe);
+  assert_null(tly_dedupe_open_blob(dedupe, &len)); /* nothing new since */
+
+  /* A new index loaded from the stored bytes answers the same. */
+  tly_dedupe_t *loaded = tly_dedupe_new();
+  assert_int_equal(tly_dedupe_load(loaded, copy, blob_len), 0);
+  assert_int_equal(tly_dedupe_count(loaded), 10000);
+  assert_true(has(loaded, "evt-9999", &at));
+  assert_int_equal(at, 1000 + 9999);
+  assert_false(has(loaded, "evt-10000", NULL));
+
+  /* Malformed blobs are refused: every truncation, and a wrong count. */
+  for (size_t cut = 0; cut < 40; cut++) {
+    tly_dedupe_t *bad = tly_dedupe_new();
+    assert_int_equal(tly_dedupe_load(bad, copy, cut), -1);
+    tly_dedupe_free(bad);
+  }
+  copy[11] ^= 1;
+  tly_dedupe_t *bad = tly_dedupe_new();
+  assert_int_equal(tly_dedupe_load(bad, copy, blob_len), -1);
+  tly_dedupe_free(bad);
+
+  free(copy);
+  tly_dedupe_free(loaded);
+  tly_dedupe_free(dedupe);
+}
+
+static void test_expiry_is_by_whole_blob_and_keeps_newer_records(void **state) {
+  (void)state;
+  tly_dedupe_t *dedupe = tly_dedupe_new();
+  /* Blob 1: ids at 100..199, one of them re-recorded later. */
+  char id[32];
+  for (int i = 0; i < 100; i++) {
+    snprintf(id, sizeof(id), "a%d", i);
+    assert_int_equal(tly_dedupe_record(dedupe, id, strlen(id), 100 + i), 0);
+  }
+  tly_dedupe_seal(dedupe);
+  /* Blob 2: ids at 300..399 and a newer record of "a5". */
+  for (int i = 0; i < 100; i++) {
+    snprintf(id, sizeof(id), "b%d", i);
+    assert_int_equal(tly_dedupe_record(dedupe, id, strlen(id), 300 + i), 0);
+  }
+  assert_int_equal(tly_dedupe_record(dedupe, "a5", 2, 350), 0);
+  tly_dedupe_seal(dedupe);
+  assert_int_equal(tly_dedupe_blobs(dedupe), 2);
+  assert_int_equal(tly_dedupe_count(dedupe), 200);
+
+  int64_t at = 0;
+  tly_dedupe_expire(dedupe, 199); /* blob 1's newest is 199: not older */
+  assert_int_equal(tly_dedupe_blobs(dedupe), 2);
+  assert_true(has(dedupe, "a0", NULL));
+
+  tly_dedupe_expire(dedupe, 200); /* now it is */
+  assert_int_equal(tly_dedupe_blobs(dedupe), 1);
+  assert_false(has(dedupe, "a0", NULL));
+  assert_false(has(dedupe, "a99", NULL));
+  assert_true(has(dedupe, "a5", &at)); /* its newer record lives on */
+  assert_int_equal(at, 350);
+  for (int i = 0; i < 100; i++) {
+    snprintf(id, sizeof(id), "b%d", i);
+    assert_true(has(dedupe, id, NULL));
+  }
+  assert_int_equal(tly_dedupe_count(dedupe), 101);
+
+  /* The open blob is never expired, whatever its times. */
+  assert_int_equal(tly_dedupe_record(dedupe, "c", 1, 1), 0);
+  tly_dedupe_expire(dedupe, INT64_MAX);
+  assert_int_equal(tly_dedupe_blobs(dedupe), 1);
+  assert_true(has(dedupe, "c", NULL));
+  assert_false(has(dedupe, "b0", NULL));
+  assert_int_equal(tly_dedupe_count(dedupe), 1);
+  tly_dedupe_free(dedupe);
+}
+
+static void test_deletes_keep_every_other_id_reachable(void **state) {
+  (void)state;
+  /* Many small blobs expiring one by one exercise the backward-shift
+   * deletion across probe runs: every id not yet expired must stay
+   * findable after every expiry. */
+  tly_dedupe_t *dedupe = tly_dedupe_new();
+  char id[32];
+  for (int blob = 0; blob < 200; blob++) {
+    for (int i = 0; i < 37; i++) {
+      snprintf(id, sizeof(id), "%d/%d", blob, i);
+      assert_int_equal(tly_dedupe_record(dedupe, id, strlen(id), blob), 0);
+    }
+    tly_dedupe_seal(dedupe);
+  }
+  for (int horizon = 1; horizon <= 200; horizon += 7) {
+    tly_dedupe_expire(dedupe, horizon);
+    for (int blob = 0; blob < 200; blob++) {
+      for (int i = 0; i < 37; i += 3) {
+        snprintf(id, sizeof(id), "%d/%d", blob, i);
+        assert_int_equal(has(dedupe, id, NULL), blob >= horizon);
+      }
+    }
+    assert_int_equal(tly_dedupe_count(dedupe), (size_t)(200 - horizon) * 37);
+  }
+  tly_dedupe_free(dedupe);
+}
+
+static void test_refuses_ids_too_long_to_store(void **state) {
+  (void)state;
+  tly_dedupe_t *dedupe = tly_dedupe_new();
+  size_t len = TLY_DEDUPE_ID_MAX + 1;
+  char *id = malloc(len);
+  memset(id, 'x', len);
+  assert_int_equal(tly_dedupe_record(dedupe, id, len, 0), -1);
+  assert_int_equal(tly_dedupe_record(dedupe, id, len - 1, 0), 0);
+  int64_t at;
+  assert_int_equal(tly_dedupe_lookup(dedupe, id, len - 1, &at), 1);
+  free(id);
+  tly_dedupe_free(dedupe);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_record_lookup_and_blob_round_trip),
+      cmocka_unit_test(test_expiry_is_by_whole_blob_and_keeps_newer_records),
+      cmocka_unit_test(test_deletes_keep_every_other_id_reachable),
+      cmocka_unit_test(test_refuses_ids_too_long_to_store),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
