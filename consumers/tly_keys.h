@@ -5,9 +5,10 @@
  * partition's state is one contiguous range per column family. Subjects
  * appear as their Kafka key "kind:id"; a 0 byte ends them where more
  * follows, so "alice" never prefixes "alicex".
- *   accounts:   [p][kind:id]
- *   usage:      [p][kind:id][0][cycle start, 8 bytes BE][feature]
- *   dedupe:     [p][event_id]
+ *   accounts:   [p][kind:id] -> subject record (account + kept usage rows,
+ *               tly_subject_record_encode)
+ *   dedupe:     [p][first input offset of the batch, 8 bytes BE] -> the
+ *               batch's event ids (a blob, see tly_dedupe.h)
  *   cycle_ends: [p][cycle end, 8 bytes BE][kind:id]
  * Each function writes into out (out_size bytes) and returns the key's
  * length, or 0 when it does not fit.

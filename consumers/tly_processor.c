@@ -1,18 +1,24 @@
 /*
  * tly_processor.c - the processor loop (see tly_processor.h).
  *
- * One thread runs everything here: the consumer, the fold, the commit and
- * the outbox publisher. Rebalance callbacks run inside consumer_poll on that
- * same thread, which is what lets a revoke commit the batch in progress
- * before the partitions go: nothing folded is ever lost to a rebalance.
+ * One thread runs the consumer, the fold and the outbox publisher; a
+ * writer thread makes each batch durable (one synced RocksDB write) while
+ * the next one is folded. Rebalance callbacks run inside the consume call
+ * on the main thread, which is what lets a revoke commit the batch in
+ * progress, and wait for it, before the partitions go: nothing folded is
+ * ever lost to a rebalance.
  *
  * Order of a batch (the exactly-once protocol of DESIGN.md):
  *   1. consume up to batch_max_events or batch_max_ms; decode; undecodable
  *      records become dead-letter outputs;
- *   2. fold into the overlay (rows loaded from RocksDB on first touch);
- *   3. one synced WriteBatch: dirty rows + outbox entries + next offsets
- *      (+ deletes of outbox entries Kafka has acknowledged) -- the commit;
- *   4. publish new outbox entries; their deletes ride on the next commit.
+ *   2. fold into the overlay (subject records loaded from RocksDB on first
+ *      touch; event ids checked against the partition's in-memory index);
+ *   3. one WriteBatch: the dirty subject records, one blob of the batch's
+ *      event ids per partition, outbox entries, next offsets (+ deletes of
+ *      outbox entries Kafka has acknowledged), handed to the writer;
+ *   4. once the writer reports it durable (and not before): the batch's
+ *      outputs join the outbox and are published, its offsets count as
+ *      committed; their deletes ride on a later commit.
  */
 #include "tly_processor.h"
 
@@ -160,6 +166,8 @@ struct tly_processor {
   atomic_uint_least64_t events_folded, dead_letters, batches_committed;
   atomic_uint_least64_t duplicates, alerts_total;
   atomic_uint_least64_t outbox_size; /* mirror of outbox_count for metrics */
+  atomic_uint_least64_t commit_buckets[TLY_COMMIT_BUCKETS];
+  atomic_uint_least64_t commit_count, commit_micros;
 
   int fatal;
   char fatal_reason[1024];
@@ -630,6 +638,16 @@ static int batch_submit(tly_processor_t *p) {
   return 0;
 }
 
+static void record_commit_latency(tly_processor_t *p, int64_t micros) {
+  static const int64_t bounds_ms[TLY_COMMIT_BUCKETS] =
+      TLY_COMMIT_BUCKET_BOUNDS_MS;
+  for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
+    if (micros <= bounds_ms[i] * 1000)
+      atomic_fetch_add(&p->commit_buckets[i], 1);
+  atomic_fetch_add(&p->commit_count, 1);
+  atomic_fetch_add(&p->commit_micros, (uint64_t)(micros > 0 ? micros : 0));
+}
+
 /* The writer thread: one synced RocksDB write per batch handed to it. A
  * failed write leaves RocksDB untouched, so the same batch can simply be
  * written again; a store that keeps failing stops the processor. */
@@ -644,6 +662,8 @@ static void *writer_main(void *arg) {
     pthread_mutex_unlock(&p->writer_lock);
     char errstr[512] = "";
     int attempt;
+    struct timespec begun, ended;
+    clock_gettime(CLOCK_MONOTONIC, &begun);
     for (attempt = 0; attempt < COMMIT_ATTEMPTS; attempt++) {
       if (tly_store_commit(p->store, p->writer_batch, 1, errstr,
                            sizeof(errstr)) == 0)
@@ -653,6 +673,9 @@ static void *writer_main(void *arg) {
       struct timespec pause = {0, (long)(50L << attempt) * 1000000L};
       nanosleep(&pause, NULL);
     }
+    clock_gettime(CLOCK_MONOTONIC, &ended);
+    record_commit_latency(p, (ended.tv_sec - begun.tv_sec) * 1000000LL +
+                                 (ended.tv_nsec - begun.tv_nsec) / 1000);
     pthread_mutex_lock(&p->writer_lock);
     if (attempt == COMMIT_ATTEMPTS)
       snprintf(p->writer_error, sizeof(p->writer_error),
@@ -1798,4 +1821,8 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->alerts = atomic_load(&p->alerts_total);
   stats->batches_committed = atomic_load(&p->batches_committed);
   stats->outbox_pending = atomic_load(&p->outbox_size);
+  for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
+    stats->commit_buckets[i] = atomic_load(&p->commit_buckets[i]);
+  stats->commit_count = atomic_load(&p->commit_count);
+  stats->commit_micros_total = atomic_load(&p->commit_micros);
 }

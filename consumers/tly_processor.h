@@ -50,6 +50,11 @@ typedef struct {
   int64_t high_watermark;   /* log end as last seen; -1 if unknown */
 } tly_partition_status_t;
 
+/* Upper bounds (ms) of the commit latency histogram's buckets; the last
+ * bucket (+Inf) is implied. */
+#define TLY_COMMIT_BUCKETS 10
+#define TLY_COMMIT_BUCKET_BOUNDS_MS {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000}
+
 typedef struct {
   uint64_t events_folded;
   uint64_t duplicates;
@@ -57,6 +62,12 @@ typedef struct {
   uint64_t dead_letters;
   uint64_t batches_committed;
   uint64_t outbox_pending;
+  /* Synced RocksDB commits: cumulative counts per bucket (Prometheus
+   * style: bucket i counts commits that took <= bound i), the +Inf count
+   * and the total time. */
+  uint64_t commit_buckets[TLY_COMMIT_BUCKETS];
+  uint64_t commit_count;
+  uint64_t commit_micros_total;
 } tly_processor_stats_t;
 
 /* The store stays the caller's; it must outlive the processor. */

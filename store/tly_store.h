@@ -21,12 +21,13 @@
 #include <stdint.h>
 
 typedef enum {
-  TLY_CF_USAGE = 0, /* [partition][subject key]\0[feature] -> usage row */
+  TLY_CF_USAGE = 0, /* reserved for usage history (daily, closed cycles) */
   TLY_CF_OFFSETS,   /* [partition] -> next input offset (8 bytes BE) */
   TLY_CF_OUTBOX,    /* [sequence, 8 bytes BE] -> encoded output record */
   TLY_CF_META,      /* free-form process metadata */
-  TLY_CF_ACCOUNTS,  /* [partition][subject key] -> account */
-  TLY_CF_DEDUPE,    /* [partition][event_id] -> occurred_at (8 bytes BE) */
+  TLY_CF_ACCOUNTS,  /* [partition][subject key] -> subject record */
+  TLY_CF_DEDUPE,    /* [partition][batch key] -> newest occurred_at (8 bytes
+                       BE) first, then the batch's event ids */
   TLY_CF_CYCLE_ENDS, /* [partition][cycle end, 8 bytes BE][subject key] */
   TLY_CF__COUNT
 } tly_cf_t;
@@ -97,8 +98,9 @@ void tly_store_free(void *ptr);
 
 /*
  * Dedupe ids expire by compaction, not by a scan: the compaction filter of
- * the dedupe family drops an entry of partition p once its occurred_at is
- * below p's horizon (the partition's event-time watermark minus the dedupe
+ * the dedupe family drops an entry of partition p once its occurred_at (a
+ * value's first 8 bytes: for a blob of ids, the newest) is below p's
+ * horizon (the partition's event-time watermark minus the dedupe
  * window). Set it from committed state only, so it never runs ahead of
  * what a restart would recover. Partitions >= TLY_STORE_MAX_PARTITIONS
  * never expire.
