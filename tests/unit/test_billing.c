@@ -578,7 +578,10 @@ static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
   assert_int_equal(count, 3);
   assert_int_equal(decoded[0].cycle_start_ms, FEB1);
   assert_string_equal(decoded[0].feature, "api_calls");
-  assert_memory_equal(&decoded[0].row, &current.row, sizeof(current.row));
+  assert_int_equal(decoded[0].row.quantity, 10);
+  assert_int_equal(decoded[0].row.event_count, 3);
+  assert_int_equal(decoded[0].row.cost_micros, 30);
+  assert_int_equal(decoded[0].row.thresholds_fired, 1);
   assert_string_equal(decoded[1].feature, "ai_tokens");
   assert_int_equal(decoded[1].row.cost_remainder, 12345);
   assert_int_equal(decoded[2].cycle_start_ms, JAN1);
