@@ -69,6 +69,7 @@ typedef struct {
   int64_t position;   /* next offset to fold; -1: from the log's start */
   int64_t watermark;  /* largest occurred_at folded (event time) */
   int watermark_dirty;
+  int64_t replay_target; /* log end when assigned: caught up at this offset */
 } partition_state_t;
 
 /* Where the output topics were last seen acknowledged: recovery reads them
@@ -157,7 +158,7 @@ static int ensure_partitions(tly_processor_t *p, int32_t count) {
   if (!grown)
     return -1;
   for (int32_t i = p->partition_cap; i < count; i++)
-    grown[i] = (partition_state_t){0, -1, -1, -1, INT64_MIN, 0};
+    grown[i] = (partition_state_t){0, -1, -1, -1, INT64_MIN, 0, 0};
   p->partitions = grown;
   p->partition_cap = count;
   return 0;
@@ -1027,6 +1028,7 @@ static int resume_offsets(tly_processor_t *p,
       p->partitions[part->partition].position = found ? stored : -1;
       p->partitions[part->partition].watermark = watermark;
       p->partitions[part->partition].watermark_dirty = 0;
+      p->partitions[part->partition].replay_target = high;
     }
     pthread_mutex_unlock(&p->lock);
     if (part->partition + 1 > atomic_load(&p->partition_count))
@@ -1533,6 +1535,7 @@ size_t tly_processor_partitions(tly_processor_t *p,
     out[i].assigned = p->partitions[i].assigned;
     out[i].committed_offset = p->partitions[i].committed;
     out[i].high_watermark = -1;
+    out[i].replay_target = p->partitions[i].replay_target;
     if (out[i].assigned &&
         rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic,
                                        (int32_t)i, &low, &high) == 0)
