@@ -13,13 +13,21 @@
 #define CACHE_KEY_MAX 160
 
 typedef struct {
-  pthread_mutex_t lock;
-  int valid;
   uint64_t commit_count;
   tly_subject_kind_t kind;
   char id[CACHE_KEY_MAX];
   int found;
-  tly_subject_state_t state; /* rows owned by the slot */
+  tly_subject_state_t state; /* rows owned by the entry */
+} entry_t;
+
+/* A set of WAYS entries under one lock (4-way set-associative: subjects
+ * whose hashes collide do not evict each other). Entries are allocated on
+ * first use, so a large table costs little until subjects fill it. */
+#define WAYS 4
+typedef struct {
+  pthread_mutex_t lock;
+  unsigned next_victim;
+  entry_t *entries[WAYS];
 } slot_t;
 
 struct tly_state_cache {
@@ -30,7 +38,8 @@ struct tly_state_cache {
 
 tly_state_cache_t *tly_state_cache_new(size_t slots) {
   size_t count = 1;
-  while (count < (slots ? slots : 4096) && count < ((size_t)1 << 24))
+  size_t sets = (slots ? slots : 65536) / WAYS;
+  while (count < sets && count < ((size_t)1 << 22))
     count <<= 1;
   tly_state_cache_t *cache = calloc(1, sizeof(*cache));
   if (!cache)
@@ -50,20 +59,52 @@ void tly_state_cache_free(tly_state_cache_t *cache) {
   if (!cache)
     return;
   for (size_t i = 0; i <= cache->mask; i++) {
-    tly_state_subject_clear(&cache->slots[i].state);
+    for (size_t w = 0; w < WAYS; w++) {
+      entry_t *entry = cache->slots[i].entries[w];
+      if (entry)
+        tly_state_subject_clear(&entry->state);
+      free(entry);
+    }
     pthread_mutex_destroy(&cache->slots[i].lock);
   }
   free(cache->slots);
   free(cache);
 }
 
-/* FNV-1a over kind and id. */
+/* FNV-1a over kind and id, folded so the high bits count too. */
 static size_t slot_index(const tly_state_cache_t *cache,
                          tly_subject_kind_t kind, const char *id) {
   uint64_t hash = 14695981039346656037ULL ^ (uint64_t)kind;
   for (const unsigned char *p = (const unsigned char *)id; *p; p++)
     hash = (hash ^ *p) * 1099511628211ULL;
   return (size_t)(hash ^ (hash >> 29)) & cache->mask;
+}
+
+/* The entry of (kind, id) in the set, or NULL. Caller holds the lock. */
+static entry_t *find_entry(slot_t *slot, tly_subject_kind_t kind,
+                           const char *id) {
+  for (size_t w = 0; w < WAYS; w++) {
+    entry_t *entry = slot->entries[w];
+    if (entry && entry->kind == kind && strcmp(entry->id, id) == 0)
+      return entry;
+  }
+  return NULL;
+}
+
+/* Where to store (kind, id): its own entry, else an empty or stale one
+ * (older than commit_count), else the next in turn. NULL on OOM. */
+static entry_t *claim_entry(slot_t *slot, tly_subject_kind_t kind,
+                            const char *id, uint64_t commit_count) {
+  entry_t *entry = find_entry(slot, kind, id);
+  if (entry)
+    return entry;
+  for (size_t w = 0; w < WAYS; w++) {
+    if (!slot->entries[w])
+      return slot->entries[w] = calloc(1, sizeof(entry_t));
+    if (slot->entries[w]->commit_count != commit_count)
+      return slot->entries[w];
+  }
+  return slot->entries[slot->next_victim++ % WAYS];
 }
 
 /* A deep copy of src into dst (rows malloc'd). 0 or -1 (OOM). */
@@ -95,11 +136,11 @@ int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
   if (slot) {
     int hit = 0, found = 0, copied = 0;
     pthread_mutex_lock(&slot->lock);
-    if (slot->valid && slot->commit_count == before && slot->kind == kind &&
-        strcmp(slot->id, id) == 0) {
+    entry_t *entry = find_entry(slot, kind, id);
+    if (entry && entry->commit_count == before) {
       hit = 1;
-      found = slot->found;
-      copied = found ? state_copy(out, &slot->state) : 0;
+      found = entry->found;
+      copied = found ? state_copy(out, &entry->state) : 0;
     }
     pthread_mutex_unlock(&slot->lock);
     if (hit && copied == 0) {
@@ -133,13 +174,17 @@ int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
   if (found && state_copy(&copy, out))
     return found; /* no memory for the cache: still answer */
   pthread_mutex_lock(&slot->lock);
-  tly_state_subject_clear(&slot->state);
-  slot->state = copy;
-  slot->valid = 1;
-  slot->commit_count = before;
-  slot->kind = kind;
-  snprintf(slot->id, sizeof(slot->id), "%s", id);
-  slot->found = found;
+  entry_t *entry = claim_entry(slot, kind, id, before);
+  if (entry) {
+    tly_state_subject_clear(&entry->state);
+    entry->state = copy;
+    entry->commit_count = before;
+    entry->kind = kind;
+    snprintf(entry->id, sizeof(entry->id), "%s", id);
+    entry->found = found;
+  } else {
+    tly_state_subject_clear(&copy);
+  }
   pthread_mutex_unlock(&slot->lock);
   return found;
 }

@@ -10,8 +10,11 @@
  * right (a batch may touch any subject). Unknown subjects are cached too,
  * since finding that a subject is unknown searches every partition.
  *
- * A fixed number of slots, each with its own lock; a subject maps to one
- * slot by hash and replaces whatever was there. Thread-safe.
+ * A fixed number of entries in sets of 4, each set with its own lock; a
+ * subject maps to one set by hash and replaces an empty, stale or the
+ * oldest-claimed entry there. Entries are allocated on first use (about
+ * 700 bytes plus the rows), so the default 65,536 entries cost under 1 MiB
+ * empty. Thread-safe.
  */
 #ifndef TLY_STATE_CACHE_H
 #define TLY_STATE_CACHE_H
@@ -23,7 +26,7 @@
 
 typedef struct tly_state_cache tly_state_cache_t;
 
-/* slots: rounded up to a power of two; 0 gives a default (4096). NULL on
+/* slots: rounded up to a power of two; 0 gives a default (65536). NULL on
  * OOM. */
 tly_state_cache_t *tly_state_cache_new(size_t slots);
 void tly_state_cache_free(tly_state_cache_t *cache);

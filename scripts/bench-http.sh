@@ -4,7 +4,7 @@
 # the same run as its ceiling.
 #
 #   scripts/bench-http.sh [subjects] [seconds] [connections] [wrk threads]
-#                          (default 10000 20 32 2)
+#                          (default 10000 15 4 1)
 #
 # Starts the embedded broker (`tally broker`), puts one usage event per
 # subject into it with `tally emit`, starts `tally run` with a fresh API
@@ -16,9 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 subjects="${1:-10000}"
-seconds="${2:-20}"
-connections="${3:-32}"
-threads="${4:-2}"
+seconds="${2:-15}"
+connections="${3:-4}"
+threads="${4:-1}"
 
 command -v wrk >/dev/null || scripts/install-deps.sh
 scripts/build.sh build >/dev/null
