@@ -107,6 +107,7 @@ struct request {
   char *body;
   size_t body_len, body_cap, body_seen;
   int body_too_large;
+  int answered; /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
 };
 
@@ -940,6 +941,12 @@ static tly_mhd_result handle_request(void *cls,
 
   if (!req) /* the URI callback had no memory */
     return MHD_NO;
+  if (req->answered) {
+    /* Whatever the client still sends after an early answer (a 401 or 413
+     * before its body) is dropped: it never reaches a handler. */
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
   switch (req->phase) {
   case PHASE_HEADERS:
     req->phase = PHASE_BODY;
@@ -975,6 +982,7 @@ static tly_mhd_result handle_request(void *cls,
   }
   if (out.suspended)
     return MHD_YES;
+  req->answered = 1;
   return queue_answer(http, req, connection, &out);
 }
 

@@ -216,10 +216,14 @@ static void test_auth_failures_are_401_json(void **state) {
                  status);
       json_decref(json);
     }
-  /* A POST is refused before its body is even read. */
+  /* A POST is refused before its body is even read, and the event in it
+   * never reaches Kafka (checked once the log is replayed, at the end). */
   long status;
   json_t *json = request("POST", "/v1/events", "Bearer wrong",
-                         "{\"event_id\":\"x\"}", &status);
+                         "{\"event_id\": \"unauth-1\", \"subject\": "
+                         "\"user:unauthorized\", \"feature\": \"api_calls\", "
+                         "\"quantity\": 1}",
+                         &status);
   assert_int_equal(status, 401);
   json_decref(json);
   /* The right key, with the scheme in another case, works. */
@@ -729,6 +733,11 @@ static void test_readyz_false_during_replay_true_after(void **state) {
     json_decref(json);
   }
   assert_int_equal(total, events);
+  /* The event posted with a wrong token was never produced. */
+  long status;
+  json_t *json = get("/v1/subjects/user:unauthorized/usage", &status);
+  assert_int_equal(status, 404);
+  json_decref(json);
 }
 
 int main(void) {
