@@ -759,6 +759,124 @@ static void test_readyz_false_during_replay_true_after(void **state) {
   json_decref(json);
 }
 
+/* ---- startup: no key, --no-auth, keys from the config -------------------- */
+
+/* Starts `tally run` on the shared broker in its own consumer group (so the
+ * fixture's processor keeps its partitions) with args; its HTTP port, or -1
+ * when it exited (*exit_code, stderr in err_path). */
+static int start_other(const char *tag, const char *const *args, pid_t *pid,
+                       int *exit_code, char *err_path, size_t err_size) {
+  char state[700], port_file[700], group[64];
+  snprintf(state, sizeof(state), "%s/%s", dir, tag);
+  snprintf(port_file, sizeof(port_file), "%s/%s.port", dir, tag);
+  snprintf(err_path, err_size, "%s/%s.log", dir, tag);
+  snprintf(group, sizeof(group), "test-http-%s", tag);
+  char *argv[32] = {(char *)th_tally_bin(), "run", "--brokers",
+                    broker.bootstrap, "--state-dir", state, "--http",
+                    "127.0.0.1:0", "--http-port-file", port_file, "--group",
+                    group, "--tick-interval-ms", "0"};
+  int argc = 14;
+  for (size_t i = 0; args[i] && argc < 31; i++)
+    argv[argc++] = (char *)args[i];
+  argv[argc] = NULL;
+  *pid = th_spawn(argv, NULL, err_path, err_path);
+  int64_t deadline = th_now_ms() + 30000;
+  while (th_now_ms() < deadline) {
+    char *port = th_read_file(port_file);
+    if (port) {
+      int value = atoi(port);
+      free(port);
+      return value;
+    }
+    *exit_code = th_wait_exit(*pid, 50);
+    if (*exit_code >= 0)
+      return -1;
+  }
+  th_kill9(*pid);
+  *exit_code = -1;
+  return -1;
+}
+
+static void test_startup_auth_modes(void **state) {
+  (void)state;
+  char err_path[700];
+  pid_t pid;
+  int exit_code = 0;
+
+  /* No key anywhere: refused, with the ways out named. */
+  static const char *const none[] = {NULL};
+  assert_int_equal(start_other("nokey", none, &pid, &exit_code, err_path,
+                               sizeof(err_path)),
+                   -1);
+  assert_int_equal(exit_code, 2);
+  char *text = th_read_file(err_path);
+  assert_non_null(strstr(text, "no API key configured"));
+  assert_non_null(strstr(text, "--api-key-sha256"));
+  assert_non_null(strstr(text, "--no-auth"));
+  free(text);
+  /* A raw key where the digest belongs: refused. */
+  static const char *const raw[] = {"--api-key-sha256", "sk_live_raw", NULL};
+  assert_int_equal(start_other("rawkey", raw, &pid, &exit_code, err_path,
+                               sizeof(err_path)),
+                   -1);
+  assert_int_equal(exit_code, 2);
+  text = th_read_file(err_path);
+  assert_non_null(strstr(text, "64 hex"));
+  free(text);
+
+  /* --no-auth: open. */
+  static const char *const open_args[] = {"--no-auth", NULL};
+  int port = start_other("noauth", open_args, &pid, &exit_code, err_path,
+                         sizeof(err_path));
+  assert_true(port > 0);
+  long status;
+  char *body = NULL;
+  assert_int_equal(th_http_request(port, "GET", "/v1/plans", NULL, NULL, 0,
+                                   NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 200);
+  free(body);
+  assert_int_equal(th_stop(pid), 0);
+
+  /* Keys from the config file; metrics behind the token when asked. */
+  char config_path[700], config[512], hex[65];
+  snprintf(config_path, sizeof(config_path), "%s/auth-config.json", dir);
+  snprintf(hex, sizeof(hex), "%s", th_api_key_sha256());
+  snprintf(config, sizeof(config),
+           "{\"http\": {\"api_keys\": [{\"name\": \"svc\", \"sha256\": "
+           "\"%s\"}], \"metrics_public\": false}}",
+           hex);
+  FILE *file = fopen(config_path, "w");
+  assert_non_null(file);
+  fputs(config, file);
+  fclose(file);
+  const char *const with_config[] = {"--config", config_path, NULL};
+  port = start_other("config", with_config, &pid, &exit_code, err_path,
+                     sizeof(err_path));
+  assert_true(port > 0);
+  assert_int_equal(th_http_request(port, "GET", "/v1/plans", TH_AUTH_DEFAULT,
+                                   NULL, 0, NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 200);
+  free(body);
+  assert_int_equal(th_http_request(port, "GET", "/metrics", NULL, NULL, 0,
+                                   NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 401);
+  free(body);
+  assert_int_equal(th_http_request(port, "GET", "/metrics", TH_AUTH_DEFAULT,
+                                   NULL, 0, NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 200);
+  free(body);
+  assert_int_equal(th_http_request(port, "GET", "/healthz", NULL, NULL, 0,
+                                   NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 200);
+  free(body);
+  assert_int_equal(th_stop(pid), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_health_and_metrics_are_open),
@@ -773,6 +891,7 @@ int main(void) {
       cmocka_unit_test(test_estimate),
       cmocka_unit_test(test_prorate),
       cmocka_unit_test(test_plan_assignment_is_produced_and_folded),
+      cmocka_unit_test(test_startup_auth_modes),
       cmocka_unit_test(test_readyz_false_during_replay_true_after),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
