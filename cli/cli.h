@@ -46,6 +46,8 @@ int cli_write_file_atomic(const char *path, const char *text);
 
 #endif
 
+#define CLI_MAX_API_KEYS 32
+
 /* What `run` and `dev` share: open the store, start the processor and the
  * HTTP port, print where they are, run until Ctrl-C or a fatal error. */
 typedef struct {
@@ -59,7 +61,15 @@ typedef struct {
   int64_t tick_interval_ms; /* 0: no ticks */
   int batch_max_events, batch_max_ms;
   const char *const *kafka_properties;
+  /* HTTP auth: digests (64 hex) added to the config's http.api_keys. With
+   * none in either place, cli_serve refuses to start unless no_auth. */
+  const char *api_key_sha256[CLI_MAX_API_KEYS];
+  size_t api_key_count;
+  int no_auth;
 } cli_serve_conf_t;
+/* Adds one --api-key-sha256 value (checked: 64 hex). 0, or -1 with a
+ * message on stderr. */
+int cli_serve_add_api_key(cli_serve_conf_t *conf, const char *hex);
 /* Returns the process exit code. */
 int cli_serve(const cli_serve_conf_t *conf);
 

@@ -5,6 +5,7 @@
  */
 #include "cli.h"
 
+#include "tly_auth.h"
 #include "tly_config.h"
 #include "tly_http.h"
 #include "tly_log.h"
@@ -36,6 +37,54 @@ int cli_parse_listen(const char *text, char *address, size_t address_size,
   return 0;
 }
 
+int cli_serve_add_api_key(cli_serve_conf_t *conf, const char *hex) {
+  unsigned char digest[TLY_SHA256_LEN];
+  if (tly_sha256_hex_parse(hex, digest)) {
+    fprintf(stderr, "tally: --api-key-sha256: expected the SHA-256 of the "
+                    "key as 64 hex characters (printf %%s \"$KEY\" | "
+                    "sha256sum), never the key itself\n");
+    return -1;
+  }
+  if (conf->api_key_count == CLI_MAX_API_KEYS) {
+    fprintf(stderr, "tally: --api-key-sha256: at most %d keys; put more in "
+                    "the config's http.api_keys\n", CLI_MAX_API_KEYS);
+    return -1;
+  }
+  conf->api_key_sha256[conf->api_key_count++] = hex;
+  return 0;
+}
+
+/* Adds the command line's digests to the config; then either some key is
+ * configured or no_auth was asked for explicitly. 0, or the exit code. */
+static int setup_auth(const cli_serve_conf_t *conf, tly_config_t *config) {
+  for (size_t i = 0; i < conf->api_key_count; i++) {
+    unsigned char digest[TLY_SHA256_LEN];
+    char name[32];
+    snprintf(name, sizeof(name), "cli-%zu", i + 1);
+    if (tly_sha256_hex_parse(conf->api_key_sha256[i], digest) ||
+        tly_config_add_api_key(config, name, digest)) {
+      fprintf(stderr, "tally: --api-key-sha256: invalid or out of memory\n");
+      return 2;
+    }
+  }
+  if (conf->no_auth) {
+    if (config->http.api_key_count)
+      fprintf(stderr, "tally: --no-auth: the configured API keys are "
+                      "ignored; the HTTP port is open to anyone who can "
+                      "reach it\n");
+    return 0;
+  }
+  if (!config->http.api_key_count) {
+    fprintf(stderr,
+            "tally: no API key configured for the HTTP port: add "
+            "\"http\": {\"api_keys\": [{\"name\": ..., \"sha256\": ...}]} to "
+            "--config, or pass --api-key-sha256 HEX (the SHA-256 of the key), "
+            "or --no-auth to serve without authentication\n");
+    return 2;
+  }
+  return 0;
+}
+
 int cli_serve(const cli_serve_conf_t *conf) {
   char errstr[1024];
   int exit_code = 1;
@@ -50,6 +99,11 @@ int cli_serve(const cli_serve_conf_t *conf) {
     fprintf(stderr, "tally: config %s: %s\n",
             conf->config_path ? conf->config_path : "(built-in)", errstr);
     return 2;
+  }
+  int auth_rc = setup_auth(conf, config);
+  if (auth_rc) {
+    tly_config_free(config);
+    return auth_rc;
   }
 
   store = tly_store_open(conf->state_dir, 0, errstr, sizeof(errstr));
@@ -78,7 +132,11 @@ int cli_serve(const cli_serve_conf_t *conf) {
                            .port = conf->http_port,
                            .store = store,
                            .processor = processor,
-                           .config = config};
+                           .config = config,
+                           .no_auth = conf->no_auth,
+                           .brokers = conf->brokers,
+                           .usage_topic = conf->usage_topic,
+                           .kafka_properties = conf->kafka_properties};
   http = tly_http_start(&hconf, errstr, sizeof(errstr));
   if (!http) {
     fprintf(stderr, "tally: %s\n", errstr);

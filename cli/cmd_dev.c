@@ -8,9 +8,11 @@
 #include "cli.h"
 
 #include "tally_producer.h"
+#include "tly_auth.h"
 #include "tly_log.h"
 
 #include <getopt.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -118,6 +120,20 @@ static void *demo_main(void *arg) {
   return NULL;
 }
 
+/* A fresh random API key for this run: printed once so the demo can be
+ * queried with curl; only its digest is handed to the HTTP port. 0 or -1. */
+static int dev_api_key(char *key, size_t key_size,
+                       char digest_hex[TLY_SHA256_HEX_LEN + 1]) {
+  unsigned char random[24];
+  if (key_size < 8 + 2 * sizeof(random) + 1 || RAND_bytes(random, sizeof(random)) != 1)
+    return -1;
+  memcpy(key, "tly_dev_", 8);
+  for (size_t i = 0; i < sizeof(random); i++)
+    snprintf(key + 8 + 2 * i, 3, "%02x", random[i]);
+  tly_sha256_hex(key, strlen(key), digest_hex);
+  return 0;
+}
+
 int cmd_dev(int argc, char **argv) {
   static const struct option options[] = {
       {"demo", no_argument, NULL, 'D'},
@@ -136,7 +152,7 @@ int cmd_dev(int argc, char **argv) {
   cli_broker_conf_t bconf = {.partitions = 16};
   demo_conf_t demo = {.subjects = 300, .rate = 200};
   int opt, with_demo = 0;
-  char errstr[512];
+  char errstr[512], api_key[64], api_key_sha256[TLY_SHA256_HEX_LEN + 1];
   pthread_t demo_thread;
 
   while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
@@ -173,6 +189,11 @@ int cmd_dev(int argc, char **argv) {
       return 1;
     }
   }
+  if (dev_api_key(api_key, sizeof(api_key), api_key_sha256) ||
+      cli_serve_add_api_key(&conf, api_key_sha256)) {
+    fprintf(stderr, "tally dev: cannot generate an API key\n");
+    return 1;
+  }
   cli_install_signals();
   cli_broker_t *broker = cli_broker_start(&bconf, errstr, sizeof(errstr));
   if (!broker) {
@@ -185,6 +206,9 @@ int cmd_dev(int argc, char **argv) {
   conf.brokers = cli_broker_bootstrap(broker);
   conf.state_dir = state_dir;
   demo.brokers = conf.brokers;
+  printf("tally: api key %s   (this run only; send it as "
+         "'Authorization: Bearer <key>')\n",
+         api_key);
   if (with_demo) {
     if (pthread_create(&demo_thread, NULL, demo_main, &demo)) {
       fprintf(stderr, "tally dev: cannot start the demo producer\n");
@@ -192,8 +216,10 @@ int cmd_dev(int argc, char **argv) {
       return 1;
     }
     printf("tally: demo   %d events/s over %d subjects, e.g.\n"
-           "              curl http://%s:%u/v1/subjects/user:user-0001/usage\n",
-           demo.rate, demo.subjects, address, (unsigned)conf.http_port);
+           "              curl -H 'Authorization: Bearer %s' "
+           "http://%s:%u/v1/subjects/user:user-0001/usage\n",
+           demo.rate, demo.subjects, api_key, address,
+           (unsigned)conf.http_port);
   }
   printf("tally: Ctrl-C to stop\n");
   fflush(stdout);

@@ -22,6 +22,11 @@ static void usage(FILE *out) {
           "  --config FILE           plans, prices, thresholds (default: built in)\n"
           "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"
           "  --tick-interval-ms N    write Tick events this often (default 60000, 0 = never)\n"
+          "  --api-key-sha256 HEX    accept the API key with this SHA-256 (hex) as\n"
+          "                          a bearer token; repeatable, adds to the config's\n"
+          "                          http.api_keys\n"
+          "  --no-auth               serve HTTP without authentication (refused\n"
+          "                          otherwise when no API key is configured)\n"
           "  -X name=value           librdkafka property (TLS, SASL, ...)\n");
 }
 
@@ -39,6 +44,8 @@ int cmd_run(int argc, char **argv) {
       {"config", required_argument, NULL, 'c'},
       {"alerts-topic", required_argument, NULL, 'a'},
       {"tick-interval-ms", required_argument, NULL, 'T'},
+      {"api-key-sha256", required_argument, NULL, 'K'},
+      {"no-auth", no_argument, NULL, 'N'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
@@ -67,6 +74,11 @@ int cmd_run(int argc, char **argv) {
     case 'c': conf.config_path = optarg; break;
     case 'a': conf.alerts_topic = optarg; break;
     case 'T': conf.tick_interval_ms = atoll(optarg); break;
+    case 'K':
+      if (cli_serve_add_api_key(&conf, optarg))
+        return 2;
+      break;
+    case 'N': conf.no_auth = 1; break;
     case 'X':
       if (cli_properties_add(&properties, optarg))
         return 2;

@@ -123,6 +123,25 @@ int64_t tly_billing_credits_used(const tly_config_t *config,
   return account->cycle.cost_micros / config->micros_per_credit;
 }
 
+/* The same arithmetic as fold_usage's token pricing, for estimates. */
+int tly_billing_token_cost(const tly_config_t *config,
+                           const tly_model_price_t *model,
+                           int64_t input_tokens, int64_t output_tokens,
+                           int64_t *cost_micros, int64_t *remainder) {
+  int64_t a = 0, b = 0, base = 0, numerator = 0, cost = 0;
+  if (__builtin_mul_overflow(input_tokens, model->input_per_mtok, &a) ||
+      __builtin_mul_overflow(output_tokens, model->output_per_mtok, &b) ||
+      __builtin_add_overflow(a, b, &base) ||
+      __builtin_mul_overflow(base, 10000 + config->margin_bps, &numerator) ||
+      __builtin_add_overflow(numerator, *remainder, &numerator) ||
+      __builtin_add_overflow(*cost_micros,
+                             numerator / TLY_TOKEN_COST_DENOMINATOR, &cost))
+    return -1;
+  *cost_micros = cost;
+  *remainder = numerator % TLY_TOKEN_COST_DENOMINATOR;
+  return 0;
+}
+
 /* ---- alerts ----------------------------------------------------------- */
 
 void tly_alert_list_clear(tly_alert_list_t *list) {

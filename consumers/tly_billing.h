@@ -128,6 +128,15 @@ void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms,
 int64_t tly_billing_tier_cost(const tly_feature_price_t *price,
                               int64_t quantity);
 
+/* What input/output tokens of a model cost, exactly as the fold prices
+ * them: model prices per Mtok plus the config's margin, the sub-micro part
+ * carried in *remainder (< TLY_TOKEN_COST_DENOMINATOR) to the next call.
+ * Adds to *cost_micros. 0, or -1 on overflow (nothing changed). Pure. */
+int tly_billing_token_cost(const tly_config_t *config,
+                           const tly_model_price_t *model,
+                           int64_t input_tokens, int64_t output_tokens,
+                           int64_t *cost_micros, int64_t *remainder);
+
 /* Credits used in the account's current cycle. */
 int64_t tly_billing_credits_used(const tly_config_t *config,
                                  const tly_account_t *account);

@@ -166,6 +166,7 @@ void tly_config_free(tly_config_t *config) {
     plan_clear(&config->plans[i]);
   free(config->plans);
   free(config->models);
+  free(config->http.api_keys);
   free(config);
 }
 
@@ -228,6 +229,9 @@ tly_config_t *tly_config_default(void) {
            "free");
   snprintf(config->default_plan[TLY_SUBJECT_ANONYMOUS], TLY_CONFIG_NAME_MAX,
            "%s", "anonymous");
+  config->http.metrics_public = 1;
+  config->http.max_body_bytes = TLY_HTTP_DEFAULT_MAX_BODY_BYTES;
+  config->http.max_url_bytes = TLY_HTTP_DEFAULT_MAX_URL_BYTES;
 
   config->models = calloc(TLY_COUNT(model_seeds), sizeof(*config->models));
   if (!config->models)
@@ -914,6 +918,108 @@ fail:
   return -1;
 }
 
+int tly_config_add_api_key(tly_config_t *config, const char *name,
+                           const unsigned char sha256[TLY_SHA256_LEN]) {
+  tly_http_config_t *http = &config->http;
+  if (!valid_name(name))
+    return -1;
+  for (size_t i = 0; i < http->api_key_count; i++)
+    if (memcmp(http->api_keys[i].sha256, sha256, TLY_SHA256_LEN) == 0)
+      return 0;
+  tly_api_key_t *grown = realloc(
+      http->api_keys, (http->api_key_count + 1) * sizeof(*http->api_keys));
+  if (!grown)
+    return -1;
+  http->api_keys = grown;
+  tly_api_key_t *key = &http->api_keys[http->api_key_count++];
+  memset(key, 0, sizeof(*key));
+  snprintf(key->name, sizeof(key->name), "%s", name);
+  memcpy(key->sha256, sha256, TLY_SHA256_LEN);
+  return 0;
+}
+
+/* One entry of http.api_keys: {"name": ..., "sha256": ...}, both required.
+ * A raw key where the digest belongs is the likeliest mistake, so the
+ * message says what is expected rather than quoting the value. */
+static int parse_api_key(tly_config_t *config, json_t *object,
+                         const char *path, tly_err_t *err) {
+  char key_path[TLY_PATH_SIZE];
+  const char *key, *name = NULL;
+  json_t *value;
+  unsigned char digest[TLY_SHA256_LEN];
+  int have_digest = 0;
+  if (check_object(err, path, object) != 0)
+    return -1;
+  json_object_foreach(object, key, value) {
+    path_key(key_path, path, key);
+    if (strcmp(key, "name") == 0) {
+      name = json_string_value(value);
+      if (!name)
+        return fail(err, key_path, "must be a string");
+      if (check_name(err, key_path, name) != 0)
+        return -1;
+      for (size_t i = 0; i < config->http.api_key_count; i++)
+        if (strcmp(config->http.api_keys[i].name, name) == 0)
+          return fail(err, key_path, "duplicate key name '%s'", name);
+    } else if (strcmp(key, "sha256") == 0) {
+      if (tly_sha256_hex_parse(json_string_value(value), digest) != 0)
+        return fail(err, key_path,
+                    "must be the SHA-256 of the key as 64 hex characters "
+                    "(e.g. printf %%s \"$KEY\" | sha256sum); raw keys are "
+                    "never configured");
+      have_digest = 1;
+    } else {
+      return fail(err, key_path, "unknown key");
+    }
+  }
+  if (!name) {
+    path_key(key_path, path, "name");
+    return fail(err, key_path, "required");
+  }
+  if (!have_digest) {
+    path_key(key_path, path, "sha256");
+    return fail(err, key_path, "required");
+  }
+  if (tly_config_add_api_key(config, name, digest) != 0)
+    return fail(err, path, "out of memory");
+  return 0;
+}
+
+static int apply_http(tly_config_t *config, json_t *section, tly_err_t *err) {
+  char path[TLY_PATH_SIZE], item_path[TLY_PATH_SIZE];
+  const char *key;
+  json_t *value;
+  if (check_object(err, "http", section) != 0)
+    return -1;
+  json_object_foreach(section, key, value) {
+    path_key(path, "http", key);
+    if (strcmp(key, "api_keys") == 0) {
+      if (!json_is_array(value))
+        return fail(err, path, "must be an array of {\"name\", \"sha256\"}");
+      for (size_t i = 0; i < json_array_size(value); i++) {
+        path_index(item_path, path, i);
+        if (parse_api_key(config, json_array_get(value, i), item_path, err))
+          return -1;
+      }
+    } else if (strcmp(key, "metrics_public") == 0) {
+      if (!json_is_boolean(value))
+        return fail(err, path, "must be true or false");
+      config->http.metrics_public = json_is_true(value);
+    } else if (strcmp(key, "max_body_bytes") == 0) {
+      if (parse_int(err, path, value, 1024, 64 * TLY_MIB,
+                    &config->http.max_body_bytes) != 0)
+        return -1;
+    } else if (strcmp(key, "max_url_bytes") == 0) {
+      if (parse_int(err, path, value, 256, 16384,
+                    &config->http.max_url_bytes) != 0)
+        return -1;
+    } else {
+      return fail(err, path, "unknown key");
+    }
+  }
+  return 0;
+}
+
 static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
   const char *key;
   json_t *value, *default_plans = NULL;
@@ -937,6 +1043,8 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
       default_plans = value;
     } else if (strcmp(key, "plans") == 0) {
       rc = apply_plans(config, value, err);
+    } else if (strcmp(key, "http") == 0) {
+      rc = apply_http(config, value, err);
     } else {
       rc = fail(err, key, "unknown key");
     }

@@ -23,6 +23,12 @@
  *   "cycles": {"anchor": "2026-01-01T00:00:00Z"},   // monthly from here
  *   "default_plans": {"anonymous": "anonymous", "user": "free",
  *                     "api_key": "free"},
+ *   "http": {                                // the HTTP port
+ *     "api_keys": [{"name": "svc", "sha256": "<64 hex: SHA-256 of the key>"}],
+ *     "metrics_public": true,                // /metrics without a token
+ *     "max_body_bytes": 1048576,             // larger bodies: 413
+ *     "max_url_bytes": 4096                  // longer request targets: 414
+ *   },
  *   "plans": {
  *     "pro": {
  *       "credits": 50000,                    // required; -1 = unlimited
@@ -43,6 +49,8 @@
  */
 #ifndef TLY_CONFIG_H
 #define TLY_CONFIG_H
+
+#include "tly_auth.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -95,6 +103,18 @@ typedef struct {
   int64_t output_per_mtok; /* micro-units per 1,000,000 output tokens */
 } tly_model_price_t;
 
+/* The HTTP port's settings ("http" in the file). Only digests of API keys
+ * are ever held (see tly_auth.h). */
+#define TLY_HTTP_DEFAULT_MAX_BODY_BYTES 1048576
+#define TLY_HTTP_DEFAULT_MAX_URL_BYTES 4096
+typedef struct {
+  size_t api_key_count;
+  tly_api_key_t *api_keys;
+  int metrics_public;     /* default 1 */
+  int64_t max_body_bytes; /* default TLY_HTTP_DEFAULT_MAX_BODY_BYTES */
+  int64_t max_url_bytes;  /* default TLY_HTTP_DEFAULT_MAX_URL_BYTES */
+} tly_http_config_t;
+
 typedef struct {
   int64_t micros_per_credit; /* default 1000 */
   int64_t margin_bps;        /* basis points on model prices; default 2000 */
@@ -108,6 +128,7 @@ typedef struct {
   char default_plan[3][TLY_CONFIG_NAME_MAX]; /* by tly_subject_kind_t */
   size_t plan_count;
   tly_plan_t *plans;
+  tly_http_config_t http;
 } tly_config_t;
 
 /* The built-in configuration. NULL only on OOM. Free with tly_config_free. */
@@ -120,6 +141,11 @@ tly_config_t *tly_config_load_file(const char *path, char *errstr,
 tly_config_t *tly_config_load_text(const char *text, size_t len, char *errstr,
                                    size_t errstr_size);
 void tly_config_free(tly_config_t *config);
+
+/* Adds an API key digest (e.g. from `--api-key-sha256`); a digest already
+ * present is not added twice. 0, or -1 on OOM or an invalid name. */
+int tly_config_add_api_key(tly_config_t *config, const char *name,
+                           const unsigned char sha256[TLY_SHA256_LEN]);
 
 /* Lookups (NULL when absent). */
 const tly_plan_t *tly_config_plan(const tly_config_t *config, const char *name);

@@ -1,26 +1,38 @@
 /*
- * tly_http.c - routes of the HTTP port as a table, each a small handler that
- * turns committed state into JSON.
+ * tly_http.c - the HTTP port: libmicrohttpd, a route table, auth, bounds,
+ * and handlers that turn committed state (tly_state, through a read cache)
+ * or a request body (tly_request, pure) into JSON.
  *
- * Finding a subject's rows: state keys start with the partition, and the
- * partition is the one Kafka's murmur2 partitioner (tally's producers, Java
- * clients) picks for the subject key. Events produced with another
- * partitioner may live elsewhere, so when the expected partition has no row
- * the other partitions are searched too.
+ * A request goes through three phases. On the first call (headers only)
+ * the URL is bounded (414), the route found (404, 405), the bearer token
+ * checked when the route wants one (401) and a declared body bounded (413);
+ * a route without a body answers right there, which is the quota
+ * pre-check's whole path. A route with a body gets it in pieces, kept up to
+ * http.max_body_bytes (a chunked body that grows past it is drained and
+ * answered 413; one that keeps going is cut off). Ingest routes then
+ * produce to Kafka and suspend the connection instead of blocking an HTTP
+ * thread; the last delivery report resumes it and the answer (202 only when
+ * Kafka acknowledged every good event) is queued on the third phase.
+ *
+ * Errors are {"error": {"code": ..., "message": ..., "field": ...}}.
  */
 #include "tly_http.h"
 
-#include "tly_event_json.h"
-#include "tly_billing.h"
-#include "tly_keys.h"
+#include "tally_producer.h"
+#include "tly_auth.h"
 #include "tly_log.h"
+#include "tly_request.h"
+#include "tly_state.h"
+#include "tly_state_cache.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
-#include <librdkafka/rdkafka.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <openssl/rand.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,179 +43,209 @@ typedef int tly_mhd_result;
 typedef enum MHD_Result tly_mhd_result;
 #endif
 
+/* A chunked body this far past the limit is cut off (no answer): reading
+ * on would only feed a client that ignores the limit. */
+#define BODY_DRAIN_FACTOR 4
+/* Ingest waits this long for Kafka before reporting a failure (503). */
+#define INGEST_TIMEOUT_MS 10000
+
+typedef enum {
+  AUTH_REQUIRED = 0, /* bearer token */
+  AUTH_PUBLIC,       /* health and readiness */
+  AUTH_METRICS,      /* public when http.metrics_public */
+  AUTH_SIGNED        /* its own signature (the Stripe webhook, to come) */
+} route_auth_t;
+
+typedef struct request request_t;
+typedef struct response response_t;
+typedef void (*route_handler_t)(tly_http_t *http, request_t *req,
+                                struct MHD_Connection *connection,
+                                response_t *out);
+
+typedef struct {
+  const char *method;
+  const char *path;   /* as documented: "/v1/subjects/{subject}/usage" */
+  const char *prefix; /* path before {subject}, or the whole path */
+  const char *suffix; /* path after {subject}; NULL: no subject segment */
+  route_handler_t handler;
+  route_auth_t auth;
+  int takes_body;
+} route_t;
+
+#define STATUS_MIN 100
+#define STATUS_MAX 599
+
 struct tly_http {
   tly_http_conf_t conf;
   struct MHD_Daemon *daemon;
   uint16_t port;
+  tly_state_cache_t *cache;
+  tally_producer_t *producer;
+  pthread_t poller;
+  int poller_started;
+  atomic_int stopping;
+  /* Requests by route (the last row: no route) and status. */
+  atomic_uint_least64_t (*requests)[STATUS_MAX - STATUS_MIN + 1];
 };
 
-typedef struct {
+struct response {
   int status;
   char *body; /* malloc'd */
   const char *content_type;
-} response_t;
+  int suspended; /* the handler suspended the connection: no answer yet */
+};
 
-typedef void (*route_handler_t)(tly_http_t *http, const char *subject,
-                                struct MHD_Connection *connection,
-                                response_t *out);
+typedef struct ingest ingest_t;
+
+enum { PHASE_HEADERS = 0, PHASE_BODY, PHASE_WAIT };
+
+struct request {
+  size_t uri_len; /* the whole request target, query included */
+  int phase;
+  int route; /* index into routes, -1: none */
+  char subject[TLY_REQ_SUBJECT_MAX + 2];
+  char *body;
+  size_t body_len, body_cap, body_seen;
+  int body_too_large;
+  int answered; /* an answer is queued: the handler never runs again */
+  ingest_t *ingest; /* while waiting for Kafka */
+};
 
 /* ---- responses ------------------------------------------------------- */
 
 static void respond_json(response_t *out, int status, json_t *body) {
   out->status = status;
-  out->body = json_dumps(body, JSON_COMPACT);
+  out->body = body ? json_dumps(body, JSON_COMPACT) : NULL;
   out->content_type = "application/json";
   json_decref(body);
+}
+
+static json_t *error_json(const char *code, const char *message,
+                          const char *field) {
+  json_t *error = json_pack("{s:s,s:s}", "code", code, "message", message);
+  if (error && field && *field)
+    json_object_set_new(error, "field", json_string(field));
+  return error;
 }
 
 static void respond_error(response_t *out, int status, const char *code,
                           const char *message) {
   respond_json(out, status,
-               json_pack("{s:{s:s,s:s}}", "error", "code", code, "message",
-                         message));
+               json_pack("{s:o}", "error", error_json(code, message, NULL)));
 }
 
-/* ---- handlers -------------------------------------------------------- */
+static void respond_req_error(response_t *out, const tly_req_error_t *err) {
+  respond_json(out, err->status,
+               json_pack("{s:o}", "error",
+                         error_json(err->code, err->message, err->field)));
+}
 
-static void handle_healthz(tly_http_t *http, const char *subject,
+/* ---- state ----------------------------------------------------------- */
+
+static uint64_t commit_count(void *opaque) {
+  tly_processor_stats_t stats;
+  tly_processor_stats(opaque, &stats);
+  return stats.batches_committed;
+}
+
+/* The subject's committed state through the cache. 1, 0 or -1 (500). */
+static int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
+                        tly_subject_state_t *state, response_t *out) {
+  char errstr[512];
+  int found = tly_state_cache_find(
+      http->cache, http->conf.store,
+      tly_processor_partition_count(http->conf.processor), commit_count,
+      http->conf.processor, subject->kind, subject->id, state, errstr,
+      sizeof(errstr));
+  if (found < 0)
+    respond_error(out, 500, "store_error", errstr);
+  return found;
+}
+
+/* ---- handlers: health, readiness, metrics ----------------------------- */
+
+static void handle_healthz(tly_http_t *http, request_t *req,
                            struct MHD_Connection *connection,
                            response_t *out) {
-  (void)http, (void)subject, (void)connection;
+  (void)http, (void)req, (void)connection;
   respond_json(out, 200, json_pack("{s:s}", "status", "ok"));
 }
 
-/* Adds one feature's row of the current cycle to features. */
-static void usage_feature(json_t *features, const tly_plan_t *plan,
-                          const char *feature, const tly_billing_row_t *r) {
-  tly_billing_row_t row = *r;
-  json_t *entry = json_pack(
-      "{s:I,s:I,s:I,s:I,s:I}", "quantity", (json_int_t)row.quantity,
-      "input_tokens", (json_int_t)row.input_tokens, "output_tokens",
-      (json_int_t)row.output_tokens, "events", (json_int_t)row.event_count,
-      "cost_micros", (json_int_t)row.cost_micros);
-  const tly_feature_limit_t *limit = plan ? tly_plan_limit(plan, feature) : NULL;
-  if (!limit || limit->limit == TLY_UNLIMITED) {
-    json_object_set_new(entry, "limit", json_null());
-    json_object_set_new(entry, "mode", json_string("unlimited"));
-    json_object_set_new(entry, "exceeded", json_false());
-  } else {
-    int64_t remaining = limit->limit - row.quantity;
-    json_object_set_new(entry, "limit", json_integer(limit->limit));
-    json_object_set_new(entry, "mode", json_string(limit->mode == TLY_LIMIT_HARD
-                                                       ? "hard"
-                                                       : "soft"));
-    json_object_set_new(entry, "remaining",
-                        json_integer(remaining > 0 ? remaining : 0));
-    json_object_set_new(entry, "percent",
-                        json_integer(limit->limit ? row.quantity * 100 / limit->limit
-                                                  : 100));
-    json_object_set_new(entry, "exceeded", json_boolean(remaining < 0));
+/* A malloc'd snapshot of the processor's partitions; *count entries. */
+static tly_partition_status_t *partition_snapshot(tly_http_t *http,
+                                                  size_t *count) {
+  size_t cap = 64;
+  for (;;) {
+    tly_partition_status_t *status = calloc(cap, sizeof(*status));
+    if (!status)
+      return NULL;
+    size_t total = tly_processor_partitions(http->conf.processor, status, cap);
+    if (total <= cap) {
+      *count = total;
+      return status;
+    }
+    free(status);
+    cap = total;
   }
-  json_object_set_new(features, feature, entry);
 }
 
-/* Finds the subject's account: first in the partition Kafka's murmur2
- * partitioner picks for it, then in the others. 1 found, 0 not, -1 error. */
-static int find_account(tly_http_t *http, tly_subject_kind_t kind,
-                        const char *id, const char *subject_key,
-                        size_t subject_key_len, tly_account_t *account,
-                        tly_subject_row_t **rows, size_t *row_count,
-                        int32_t *partition_out, char *errstr, size_t errlen) {
-  int32_t partitions = tly_processor_partition_count(http->conf.processor);
-  int32_t home = partitions > 0 ? rd_kafka_msg_partitioner_murmur2(
-                                      NULL, subject_key, subject_key_len,
-                                      partitions, NULL, NULL)
-                                : -1;
-  for (int32_t i = -1; i < partitions; i++) {
-    int32_t partition = i < 0 ? home : i;
-    char key[TLY_KEY_MAX], *value = NULL;
-    size_t value_len;
-    if (partition < 0 || (i >= 0 && partition == home))
-      continue;
-    size_t key_len = tly_key_account(partition, kind, id, key, sizeof(key));
-    if (!key_len) {
-      snprintf(errstr, errlen, "subject id too long");
-      return -1;
-    }
-    int found = tly_store_get(http->conf.store, TLY_CF_ACCOUNTS, key, key_len,
-                              &value, &value_len, errstr, errlen);
-    if (found < 0)
-      return -1;
-    if (!found)
-      continue;
-    int bad = tly_subject_record_decode(value, value_len, account, rows,
-                                        row_count);
-    tly_store_free(value);
-    if (bad) {
-      snprintf(errstr, errlen, "stored subject record is corrupt");
-      return -1;
-    }
-    *partition_out = partition;
-    return 1;
+/* Ready once every assigned partition has committed up to the log end seen
+ * when it was assigned (its replay target). 1 ready, 0 not, -1 OOM; *detail
+ * (optional) says which partitions are behind. */
+static int readiness(tly_http_t *http, json_t **detail) {
+  size_t count = 0, assigned = 0;
+  tly_partition_status_t *status = partition_snapshot(http, &count);
+  json_t *behind = json_array();
+  if (!status || !behind) {
+    free(status);
+    json_decref(behind);
+    return -1;
   }
-  return 0;
+  for (size_t i = 0; i < count; i++) {
+    if (!status[i].assigned)
+      continue;
+    assigned++;
+    int64_t committed =
+        status[i].committed_offset < 0 ? 0 : status[i].committed_offset;
+    if (committed < status[i].replay_target)
+      json_array_append_new(
+          behind, json_pack("{s:i,s:I,s:I,s:I}", "partition",
+                            (int)status[i].partition, "committed_offset",
+                            (json_int_t)committed, "replay_target",
+                            (json_int_t)status[i].replay_target, "remaining",
+                            (json_int_t)(status[i].replay_target - committed)));
+  }
+  free(status);
+  int ready = assigned > 0 && json_array_size(behind) == 0;
+  if (detail) {
+    if (ready)
+      *detail = json_pack("{s:s,s:I}", "status", "ready", "partitions",
+                          (json_int_t)assigned);
+    else if (!assigned)
+      *detail = json_pack("{s:s,s:s,s:o}", "status", "not_ready", "reason",
+                          "no partitions assigned yet", "behind", behind);
+    else
+      *detail = json_pack("{s:s,s:s,s:O}", "status", "not_ready", "reason",
+                          "replaying: partitions have not caught up with the "
+                          "log end seen when they were assigned",
+                          "behind", behind);
+    if (!assigned)
+      behind = NULL; /* stolen by "o" */
+  }
+  json_decref(behind);
+  return ready;
 }
 
-static void handle_usage(tly_http_t *http, const char *subject,
-                         struct MHD_Connection *connection, response_t *out) {
-  tly_subject_kind_t kind;
-  char *id = NULL, key[1100], errstr[512];
-  json_t *features = json_object();
-  tly_subject_row_t *rows = NULL;
-  size_t row_count = 0;
-  tly_account_t account;
-  int32_t partition = -1;
-  (void)connection;
-
-  if (tly_subject_parse(subject, &kind, &id, errstr, sizeof(errstr))) {
-    respond_error(out, 400, "bad_subject", errstr);
-    goto done;
+static void handle_readyz(tly_http_t *http, request_t *req,
+                          struct MHD_Connection *connection, response_t *out) {
+  json_t *detail = NULL;
+  (void)req, (void)connection;
+  int ready = readiness(http, &detail);
+  if (ready < 0) {
+    respond_error(out, 500, "internal", "out of memory");
+    return;
   }
-  size_t key_len = tly_subject_key(kind, id, key, sizeof(key));
-  if (key_len >= sizeof(key)) {
-    respond_error(out, 400, "bad_subject", "subject id too long");
-    goto done;
-  }
-  int found = find_account(http, kind, id, key, key_len, &account, &rows,
-                           &row_count, &partition, errstr, sizeof(errstr));
-  if (found < 0) {
-    respond_error(out, 500, "store_error", errstr);
-    goto done;
-  }
-  if (!found) {
-    char message[1200];
-    snprintf(message, sizeof(message), "no usage recorded for subject %s", key);
-    respond_error(out, 404, "not_found", message);
-    goto done;
-  }
-  const tly_plan_t *plan = tly_config_plan(http->conf.config, account.plan);
-  for (size_t i = 0; i < row_count; i++)
-    if (rows[i].cycle_start_ms == account.cycle.start_ms)
-      usage_feature(features, plan, rows[i].feature, &rows[i].row);
-  int64_t credits_used = tly_billing_credits_used(http->conf.config, &account);
-  json_t *credits = json_pack("{s:I}", "used", (json_int_t)credits_used);
-  if (plan && plan->credits != TLY_UNLIMITED) {
-    int64_t remaining = plan->credits - credits_used;
-    json_object_set_new(credits, "limit", json_integer(plan->credits));
-    json_object_set_new(credits, "remaining",
-                        json_integer(remaining > 0 ? remaining : 0));
-    json_object_set_new(credits, "exceeded", json_boolean(remaining < 0));
-  } else {
-    json_object_set_new(credits, "limit", json_null());
-  }
-  respond_json(
-      out, 200,
-      json_pack("{s:s,s:i,s:s,s:{s:I,s:I},s:I,s:o,s:b,s:b,s:O}", "subject", key,
-                "partition", (int)partition, "plan", account.plan, "cycle",
-                "start_ms", (json_int_t)account.cycle.start_ms, "end_ms",
-                (json_int_t)account.cycle.end_ms, "cost_micros",
-                (json_int_t)account.cycle.cost_micros, "credits", credits,
-                "payment_failed", account.payment_failed, "canceled",
-                account.canceled, "features", features));
-done:
-  json_decref(features);
-  free(rows);
-  free(id);
+  respond_json(out, ready ? 200 : 503, detail);
 }
 
 /* Appends formatted text to a growing buffer; ignores OOM (truncates). */
@@ -237,13 +279,43 @@ static void text_append(text_t *text, const char *fmt, ...) {
   }
 }
 
-static void handle_metrics(tly_http_t *http, const char *subject,
+static const route_t routes[];
+static const size_t route_count;
+
+static void metrics_http(tly_http_t *http, text_t *text) {
+  text_append(text, "# HELP tally_http_requests_total HTTP requests answered, "
+                    "by route and status.\n# TYPE tally_http_requests_total "
+                    "counter\n");
+  for (size_t r = 0; r <= route_count; r++) {
+    for (int s = STATUS_MIN; s <= STATUS_MAX; s++) {
+      uint64_t n = atomic_load(&http->requests[r][s - STATUS_MIN]);
+      if (n)
+        text_append(text,
+                    "tally_http_requests_total{method=\"%s\",route=\"%s\","
+                    "status=\"%d\"} %llu\n",
+                    r < route_count ? routes[r].method : "",
+                    r < route_count ? routes[r].path : "unmatched", s,
+                    (unsigned long long)n);
+    }
+  }
+  tly_state_cache_stats_t cache;
+  tly_state_cache_stats(http->cache, &cache);
+  text_append(text,
+              "# HELP tally_http_state_cache_total State reads of the HTTP "
+              "port, answered from the read cache or RocksDB.\n# TYPE "
+              "tally_http_state_cache_total counter\n"
+              "tally_http_state_cache_total{result=\"hit\"} %llu\n"
+              "tally_http_state_cache_total{result=\"miss\"} %llu\n",
+              (unsigned long long)cache.hits, (unsigned long long)cache.misses);
+}
+
+static void handle_metrics(tly_http_t *http, request_t *req,
                            struct MHD_Connection *connection,
                            response_t *out) {
   tly_processor_stats_t stats;
   text_t text = {0};
-  tly_partition_status_t status[1024];
-  (void)subject, (void)connection;
+  size_t count = 0;
+  (void)req, (void)connection;
 
   tly_processor_stats(http->conf.processor, &stats);
   text_append(&text,
@@ -270,27 +342,52 @@ static void handle_metrics(tly_http_t *http, const char *subject,
               "# TYPE tally_batches_committed_total counter\n"
               "tally_batches_committed_total %llu\n",
               (unsigned long long)stats.batches_committed);
+  {
+    static const int64_t bounds_ms[TLY_COMMIT_BUCKETS] =
+        TLY_COMMIT_BUCKET_BOUNDS_MS;
+    text_append(&text, "# HELP tally_commit_seconds Synced RocksDB commit "
+                       "latency (state, outbox and offsets of one batch).\n"
+                       "# TYPE tally_commit_seconds histogram\n");
+    for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
+      text_append(&text, "tally_commit_seconds_bucket{le=\"%g\"} %llu\n",
+                  (double)bounds_ms[i] / 1000.0,
+                  (unsigned long long)stats.commit_buckets[i]);
+    text_append(&text,
+                "tally_commit_seconds_bucket{le=\"+Inf\"} %llu\n"
+                "tally_commit_seconds_sum %.6f\ntally_commit_seconds_count "
+                "%llu\n",
+                (unsigned long long)stats.commit_count,
+                (double)stats.commit_micros_total / 1e6,
+                (unsigned long long)stats.commit_count);
+  }
   text_append(&text,
               "# HELP tally_outbox_entries Outputs committed but not yet "
               "acknowledged by Kafka.\n# TYPE tally_outbox_entries gauge\n"
               "tally_outbox_entries %llu\n",
               (unsigned long long)stats.outbox_pending);
-  size_t count = tly_processor_partitions(
-      http->conf.processor, status, sizeof(status) / sizeof(status[0]));
-  if (count > sizeof(status) / sizeof(status[0]))
-    count = sizeof(status) / sizeof(status[0]);
+  tly_partition_status_t *status = partition_snapshot(http, &count);
   text_append(&text, "# HELP tally_partition_committed_offset Next input "
                      "offset committed to RocksDB.\n# TYPE "
                      "tally_partition_committed_offset gauge\n");
-  for (size_t i = 0; i < count; i++)
+  for (size_t i = 0; status && i < count; i++)
     if (status[i].assigned)
       text_append(&text,
                   "tally_partition_committed_offset{partition=\"%d\"} %lld\n",
                   (int)status[i].partition,
                   (long long)status[i].committed_offset);
+  text_append(&text, "# HELP tally_partition_replay_target Log end when the "
+                     "partition was assigned (ready once committed).\n# TYPE "
+                     "tally_partition_replay_target gauge\n");
+  for (size_t i = 0; status && i < count; i++)
+    if (status[i].assigned)
+      text_append(&text,
+                  "tally_partition_replay_target{partition=\"%d\"} %lld\n",
+                  (int)status[i].partition,
+                  (long long)status[i].replay_target);
   text_append(&text, "# HELP tally_consumer_lag Records in the log not yet "
-                     "committed.\n# TYPE tally_consumer_lag gauge\n");
-  for (size_t i = 0; i < count; i++) {
+                     "committed, per partition.\n# TYPE tally_consumer_lag "
+                     "gauge\n");
+  for (size_t i = 0; status && i < count; i++) {
     if (!status[i].assigned || status[i].high_watermark < 0)
       continue;
     int64_t committed =
@@ -299,27 +396,394 @@ static void handle_metrics(tly_http_t *http, const char *subject,
     text_append(&text, "tally_consumer_lag{partition=\"%d\"} %lld\n",
                 (int)status[i].partition, (long long)(lag < 0 ? 0 : lag));
   }
+  free(status);
+  text_append(&text, "# HELP tally_ready 1 once every assigned partition has "
+                     "caught up with its replay (see /readyz).\n# TYPE "
+                     "tally_ready gauge\ntally_ready %d\n",
+              readiness(http, NULL) == 1);
+  metrics_http(http, &text);
   out->status = text.data ? 200 : 500;
   out->body = text.data ? text.data : strdup("out of memory\n");
   out->content_type = "text/plain; version=0.0.4";
 }
 
-/* ---- routing --------------------------------------------------------- */
+/* ---- handlers: subjects ---------------------------------------------- */
+
+static void handle_usage(tly_http_t *http, request_t *req,
+                         struct MHD_Connection *connection, response_t *out) {
+  tly_req_subject_t subject;
+  tly_req_error_t err;
+  tly_subject_state_t state = {0};
+
+  int64_t now_ms;
+  if (tly_req_parse_subject(req->subject, &subject, &err) ||
+      tly_req_parse_at(MHD_lookup_connection_value(
+                           connection, MHD_GET_ARGUMENT_KIND, "at"),
+                       tly_wall_ms(), &now_ms, &err)) {
+    respond_req_error(out, &err);
+    return;
+  }
+  int found = find_subject(http, &subject, &state, out);
+  if (found == 0) {
+    char message[TLY_REQ_SUBJECT_MAX + 64];
+    snprintf(message, sizeof(message), "no usage recorded for subject %s",
+             subject.key);
+    respond_error(out, 404, "not_found", message);
+  } else if (found > 0) {
+    respond_json(out, 200,
+                 tly_req_usage_json(http->conf.config, &subject, &state,
+                                    now_ms));
+  }
+  tly_state_subject_clear(&state);
+}
+
+static void handle_quota(tly_http_t *http, request_t *req,
+                         struct MHD_Connection *connection, response_t *out) {
+  tly_req_subject_t subject;
+  tly_req_quota_query_t query;
+  tly_req_error_t err;
+  tly_subject_state_t state = {0};
+  int64_t now_ms;
+
+  if (tly_req_parse_subject(req->subject, &subject, &err) ||
+      tly_req_parse_quota(
+          http->conf.config,
+          MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND,
+                                      "feature"),
+          MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND,
+                                      "quantity"),
+          &query, &err) ||
+      tly_req_parse_at(MHD_lookup_connection_value(
+                           connection, MHD_GET_ARGUMENT_KIND, "at"),
+                       tly_wall_ms(), &now_ms, &err)) {
+    respond_req_error(out, &err);
+    return;
+  }
+  int found = find_subject(http, &subject, &state, out);
+  if (found >= 0) {
+    json_t *answer =
+        tly_req_quota_json(http->conf.config, &subject, found ? &state : NULL,
+                           &query, now_ms, &err);
+    if (answer)
+      respond_json(out, 200, answer);
+    else
+      respond_req_error(out, &err);
+  }
+  tly_state_subject_clear(&state);
+}
+
+/* ---- handlers: plans, estimate, prorate ------------------------------ */
+
+static void handle_plans(tly_http_t *http, request_t *req,
+                         struct MHD_Connection *connection, response_t *out) {
+  (void)req, (void)connection;
+  respond_json(out, 200, tly_req_plans_json(http->conf.config));
+}
+
+static void handle_estimate(tly_http_t *http, request_t *req,
+                            struct MHD_Connection *connection,
+                            response_t *out) {
+  tly_req_error_t err;
+  (void)connection;
+  json_t *answer =
+      tly_req_estimate(http->conf.config, req->body, req->body_len, &err);
+  if (answer)
+    respond_json(out, 200, answer);
+  else
+    respond_req_error(out, &err);
+}
+
+static void handle_prorate(tly_http_t *http, request_t *req,
+                           struct MHD_Connection *connection,
+                           response_t *out) {
+  tly_req_error_t err;
+  (void)connection;
+  json_t *answer =
+      tly_req_prorate(http->conf.config, req->body, req->body_len, &err);
+  if (answer)
+    respond_json(out, 200, answer);
+  else
+    respond_req_error(out, &err);
+}
+
+/* ---- ingest: produce, suspend, resume on the last delivery report ---- */
+
+enum { SLOT_INVALID = 0, SLOT_SENT, SLOT_DELIVERED, SLOT_FAILED };
 
 typedef struct {
-  const char *method;
-  const char *prefix; /* path before {subject}, or the whole path */
-  const char *suffix; /* path after {subject}; NULL: no subject segment */
-  route_handler_t handler;
-} route_t;
+  ingest_t *ingest;
+  int state;
+  char error[256];
+} ingest_slot_t;
 
-static const route_t routes[] = {
-    {"GET", "/healthz", NULL, handle_healthz},
-    {"GET", "/metrics", NULL, handle_metrics},
-    {"GET", "/v1/subjects/", "/usage", handle_usage},
+struct ingest {
+  pthread_mutex_t lock;
+  size_t pending; /* delivery reports still due, +1 while producing */
+  int suspended;
+  struct MHD_Connection *connection;
+  tly_req_events_t events;
+  ingest_slot_t *slots;
+  int is_plan; /* POST /v1/subjects/{subject}/plan: one event */
 };
 
-/* Matches url against route; on a subject route copies the segment. */
+static void ingest_free(ingest_t *ingest) {
+  if (!ingest)
+    return;
+  tly_req_events_clear(&ingest->events);
+  free(ingest->slots);
+  pthread_mutex_destroy(&ingest->lock);
+  free(ingest);
+}
+
+/* librdkafka's delivery report, on the poller thread (or a thread serving
+ * reports inside a send). Resumes the connection after the last one; the
+ * ingest is not touched after its lock is released with nothing pending,
+ * since the resumed request frees it. */
+static void on_delivery(void *opaque, void *msg_opaque, int error,
+                        const char *errstr) {
+  ingest_slot_t *slot = msg_opaque;
+  ingest_t *ingest = slot->ingest;
+  struct MHD_Connection *resume = NULL;
+  (void)opaque;
+  pthread_mutex_lock(&ingest->lock);
+  slot->state = error ? SLOT_FAILED : SLOT_DELIVERED;
+  if (error)
+    snprintf(slot->error, sizeof(slot->error), "%s", errstr);
+  if (--ingest->pending == 0 && ingest->suspended)
+    resume = ingest->connection;
+  pthread_mutex_unlock(&ingest->lock);
+  if (resume)
+    MHD_resume_connection(resume);
+}
+
+static void *poller_main(void *arg) {
+  tly_http_t *http = arg;
+  while (!atomic_load(&http->stopping))
+    tally_producer_poll(http->producer, 100);
+  return NULL;
+}
+
+/* Sends every valid event of ingest; returns 1 when the connection was
+ * suspended to wait for Kafka, 0 when every report is already in. */
+static int ingest_send(tly_http_t *http, ingest_t *ingest,
+                       struct MHD_Connection *connection) {
+  size_t valid = 0;
+  for (size_t i = 0; i < ingest->events.count; i++)
+    valid += ingest->events.items[i].ok;
+  ingest->pending = valid + 1; /* + this function */
+  ingest->connection = connection;
+  for (size_t i = 0; i < ingest->events.count; i++) {
+    ingest_slot_t *slot = &ingest->slots[i];
+    slot->ingest = ingest;
+    if (!ingest->events.items[i].ok)
+      continue;
+    slot->state = SLOT_SENT;
+    char errstr[256];
+    if (tally_producer_send(http->producer, &ingest->events.items[i].event,
+                            slot, errstr, sizeof(errstr))) {
+      pthread_mutex_lock(&ingest->lock);
+      slot->state = SLOT_FAILED;
+      snprintf(slot->error, sizeof(slot->error), "%s", errstr);
+      ingest->pending--;
+      pthread_mutex_unlock(&ingest->lock);
+    }
+  }
+  pthread_mutex_lock(&ingest->lock);
+  int wait = --ingest->pending > 0;
+  if (wait) {
+    ingest->suspended = 1;
+    MHD_suspend_connection(connection);
+  }
+  pthread_mutex_unlock(&ingest->lock);
+  return wait;
+}
+
+/* The answer once every report is in: 202 when every valid event was
+ * acknowledged (with per-event results), 503 when Kafka failed any, 400
+ * when no event was valid. */
+static void ingest_answer(ingest_t *ingest, response_t *out) {
+  size_t accepted = 0, rejected = 0, failed = 0;
+  json_t *results = json_array(), *first_error = NULL;
+  for (size_t i = 0; i < ingest->events.count; i++) {
+    tly_req_event_t *item = &ingest->events.items[i];
+    ingest_slot_t *slot = &ingest->slots[i];
+    json_t *result = NULL;
+    if (!item->ok) {
+      rejected++;
+      result = json_pack("{s:I,s:s,s:o}", "index", (json_int_t)i, "status",
+                         "rejected", "error",
+                         error_json(item->error.code, item->error.message,
+                                    item->error.field));
+      if (!first_error)
+        first_error = error_json(item->error.code, item->error.message,
+                                 item->error.field);
+    } else if (slot->state == SLOT_DELIVERED) {
+      accepted++;
+      result = json_pack("{s:I,s:s,s:s}", "index", (json_int_t)i, "status",
+                         "accepted", "event_id", item->event.event_id);
+    } else {
+      failed++;
+      result = json_pack("{s:I,s:s,s:s,s:o}", "index", (json_int_t)i,
+                         "status", "failed", "event_id", item->event.event_id,
+                         "error",
+                         error_json("produce_failed", slot->error, NULL));
+    }
+    json_array_append_new(results, result);
+  }
+  json_t *body;
+  int status;
+  if (ingest->is_plan && accepted) {
+    tly_event_t *event = &ingest->events.items[0].event;
+    char key[TLY_REQ_SUBJECT_MAX + 16];
+    tly_subject_key(event->subject_kind, event->subject_id, key, sizeof(key));
+    status = 202;
+    body = json_pack("{s:s,s:s,s:s,s:s}", "status", "accepted", "subject", key,
+                     "plan", event->body.plan_assigned.plan, "event_id",
+                     event->event_id);
+    json_decref(results);
+  } else {
+    body = json_pack("{s:I,s:I,s:I,s:o}", "accepted", (json_int_t)accepted,
+                     "rejected", (json_int_t)rejected, "failed",
+                     (json_int_t)failed, "results", results);
+    status = failed ? 503 : accepted ? 202 : 400;
+    if (failed) {
+      char message[128];
+      snprintf(message, sizeof(message),
+               "%zu event(s) were not acknowledged by Kafka; retry them",
+               failed);
+      json_object_set_new(body, "error",
+                          error_json("kafka_unavailable", message, NULL));
+    } else if (!accepted && first_error) {
+      json_object_set(body, "error", first_error);
+    }
+  }
+  json_decref(first_error);
+  respond_json(out, status, body);
+}
+
+/* Takes ownership of events; answers now or suspends (out->suspended). */
+static void ingest_start(tly_http_t *http, request_t *req,
+                         struct MHD_Connection *connection,
+                         tly_req_events_t *events, int is_plan,
+                         response_t *out) {
+  ingest_t *ingest = calloc(1, sizeof(*ingest));
+  if (ingest)
+    ingest->slots = calloc(events->count, sizeof(*ingest->slots));
+  if (!ingest || !ingest->slots) {
+    free(ingest);
+    tly_req_events_clear(events);
+    respond_error(out, 500, "internal", "out of memory");
+    return;
+  }
+  pthread_mutex_init(&ingest->lock, NULL);
+  ingest->events = *events;
+  ingest->is_plan = is_plan;
+  memset(events, 0, sizeof(*events));
+  if (ingest_send(http, ingest, connection)) {
+    req->ingest = ingest;
+    req->phase = PHASE_WAIT;
+    out->suspended = 1;
+    return;
+  }
+  ingest_answer(ingest, out);
+  ingest_free(ingest);
+}
+
+static int ingest_available(tly_http_t *http, response_t *out) {
+  if (http->producer && !atomic_load(&http->stopping))
+    return 1;
+  respond_error(out, 503, "ingest_unavailable",
+                "this HTTP port has no Kafka producer (no brokers configured)");
+  return 0;
+}
+
+static void handle_events(tly_http_t *http, request_t *req,
+                          struct MHD_Connection *connection, response_t *out) {
+  tly_req_events_t events;
+  tly_req_error_t err;
+  if (!ingest_available(http, out))
+    return;
+  if (tly_req_parse_events(http->conf.config, req->body, req->body_len,
+                           tly_wall_ms(), &events, &err)) {
+    respond_req_error(out, &err);
+    return;
+  }
+  ingest_start(http, req, connection, &events, 0, out);
+}
+
+static void handle_plan(tly_http_t *http, request_t *req,
+                        struct MHD_Connection *connection, response_t *out) {
+  tly_req_subject_t subject;
+  tly_req_error_t err;
+  tly_req_events_t events = {0};
+  unsigned char random[16];
+  char event_id[48] = "plan-";
+
+  if (!ingest_available(http, out))
+    return;
+  if (tly_req_parse_subject(req->subject, &subject, &err)) {
+    respond_req_error(out, &err);
+    return;
+  }
+  /* Without an event_id in the body, each call is a new assignment; with
+   * one, a retried call is folded once. */
+  if (RAND_bytes(random, sizeof(random)) != 1) {
+    respond_error(out, 500, "internal", "no randomness for an event id");
+    return;
+  }
+  for (size_t i = 0; i < sizeof(random); i++)
+    snprintf(event_id + 5 + 2 * i, 3, "%02x", random[i]);
+  events.items = calloc(1, sizeof(*events.items));
+  if (!events.items) {
+    respond_error(out, 500, "internal", "out of memory");
+    return;
+  }
+  events.count = 1;
+  if (tly_req_parse_plan(http->conf.config, &subject, req->body, req->body_len,
+                         tly_wall_ms(), event_id, &events.items[0].event,
+                         &err)) {
+    tly_req_events_clear(&events);
+    respond_req_error(out, &err);
+    return;
+  }
+  events.items[0].ok = 1;
+  ingest_start(http, req, connection, &events, 1, out);
+}
+
+/* ---- routing --------------------------------------------------------- */
+
+static const route_t routes[] = {
+    {"GET", "/healthz", "/healthz", NULL, handle_healthz, AUTH_PUBLIC, 0},
+    {"GET", "/readyz", "/readyz", NULL, handle_readyz, AUTH_PUBLIC, 0},
+    {"GET", "/metrics", "/metrics", NULL, handle_metrics, AUTH_METRICS, 0},
+    {"GET", "/v1/plans", "/v1/plans", NULL, handle_plans, AUTH_REQUIRED, 0},
+    {"POST", "/v1/estimate", "/v1/estimate", NULL, handle_estimate,
+     AUTH_REQUIRED, 1},
+    {"POST", "/v1/prorate", "/v1/prorate", NULL, handle_prorate, AUTH_REQUIRED,
+     1},
+    {"POST", "/v1/events", "/v1/events", NULL, handle_events, AUTH_REQUIRED, 1},
+    {"GET", "/v1/subjects/{subject}/usage", "/v1/subjects/", "/usage",
+     handle_usage, AUTH_REQUIRED, 0},
+    {"GET", "/v1/subjects/{subject}/quota", "/v1/subjects/", "/quota",
+     handle_quota, AUTH_REQUIRED, 0},
+    {"POST", "/v1/subjects/{subject}/plan", "/v1/subjects/", "/plan",
+     handle_plan, AUTH_REQUIRED, 1},
+    /* When the Stripe webhook comes: AUTH_SIGNED, verified by its own
+     * signature header, never by a bearer token. */
+};
+static const size_t route_count = sizeof(routes) / sizeof(routes[0]);
+
+size_t tly_http_routes(tly_http_route_info_t *out, size_t max) {
+  for (size_t i = 0; i < route_count && i < max; i++) {
+    out[i].method = routes[i].method;
+    out[i].path = routes[i].path;
+    out[i].auth_required = routes[i].auth == AUTH_REQUIRED;
+  }
+  return route_count;
+}
+
+/* 1: url is this route's path (a subject route copies the segment), 2: it
+ * is, but the segment is too long to be a subject, 0: not this route. */
 static int route_matches(const route_t *route, const char *url, char *subject,
                          size_t subject_size) {
   size_t prefix_len = strlen(route->prefix);
@@ -333,31 +797,153 @@ static int route_matches(const route_t *route, const char *url, char *subject,
     return 0;
   size_t len = (size_t)(slash - segment);
   if (len >= subject_size)
-    return 0;
+    return 2;
   memcpy(subject, segment, len);
   subject[len] = '\0';
   return 1;
 }
 
-static void dispatch(tly_http_t *http, struct MHD_Connection *connection,
-                     const char *url, const char *method, response_t *out) {
-  char subject[1024];
+/* Finds the route of (url, method): its index, or -1 with out filled. */
+static int find_route(const char *url, const char *method, request_t *req,
+                      response_t *out) {
   int path_known = 0;
-  for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-    if (!route_matches(&routes[i], url, subject, sizeof(subject)))
+  for (size_t i = 0; i < route_count; i++) {
+    int match =
+        route_matches(&routes[i], url, req->subject, sizeof(req->subject));
+    if (!match)
       continue;
     path_known = 1;
-    if (strcmp(method, routes[i].method) == 0) {
-      routes[i].handler(http, routes[i].suffix ? subject : NULL, connection,
-                        out);
-      return;
+    if (strcmp(method, routes[i].method) != 0)
+      continue;
+    if (match == 2) {
+      respond_error(out, 400, "bad_subject", "subject: too long");
+      return -1;
     }
+    return (int)i;
   }
   if (path_known)
     respond_error(out, 405, "method_not_allowed",
                   "method not allowed on this route");
   else
     respond_error(out, 404, "not_found", "no such route");
+  return -1;
+}
+
+static int route_is_open(const tly_http_t *http, const route_t *route) {
+  if (http->conf.no_auth)
+    return 1;
+  switch (route->auth) {
+  case AUTH_PUBLIC:
+  case AUTH_SIGNED:
+    return 1;
+  case AUTH_METRICS:
+    return http->conf.config->http.metrics_public;
+  case AUTH_REQUIRED:
+    break;
+  }
+  return 0;
+}
+
+/* The first call, headers only. 1 when out holds the answer (an error, or
+ * the whole answer of a route without a body), 0 to go on reading the
+ * body. */
+static int begin_request(tly_http_t *http, request_t *req,
+                         struct MHD_Connection *connection, const char *url,
+                         const char *method, response_t *out) {
+  const tly_http_config_t *limits = &http->conf.config->http;
+  if (req->uri_len > (size_t)limits->max_url_bytes) {
+    char message[96];
+    snprintf(message, sizeof(message),
+             "request target longer than %lld bytes",
+             (long long)limits->max_url_bytes);
+    respond_error(out, 414, "uri_too_long", message);
+    return 1;
+  }
+  req->route = find_route(url, method, req, out);
+  if (req->route < 0)
+    return 1;
+  const route_t *route = &routes[req->route];
+  if (!route_is_open(http, route)) {
+    const tly_http_config_t *auth = &http->conf.config->http;
+    tly_auth_result_t result = tly_auth_check(
+        auth->api_keys, auth->api_key_count,
+        MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                    MHD_HTTP_HEADER_AUTHORIZATION),
+        NULL);
+    if (result != TLY_AUTH_OK) {
+      respond_error(out, 401, "unauthorized", tly_auth_reason(result));
+      return 1;
+    }
+  }
+  if (route->takes_body) {
+    const char *length = MHD_lookup_connection_value(
+        connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (length && strtoull(length, NULL, 10) > (uint64_t)limits->max_body_bytes)
+      req->body_too_large = 1;
+    if (!req->body_too_large)
+      return 0;
+    char message[96];
+    snprintf(message, sizeof(message), "request body larger than %lld bytes",
+             (long long)limits->max_body_bytes);
+    respond_error(out, 413, "body_too_large", message);
+    return 1;
+  }
+  route->handler(http, req, connection, out);
+  return 1;
+}
+
+/* Keeps a body piece; 0, or -1 to cut the connection off. */
+static int take_body(tly_http_t *http, request_t *req, const char *data,
+                     size_t size) {
+  size_t max = (size_t)http->conf.config->http.max_body_bytes;
+  req->body_seen += size;
+  if (req->body_seen > max) {
+    req->body_too_large = 1;
+    return req->body_seen > max * BODY_DRAIN_FACTOR ? -1 : 0;
+  }
+  if (req->body_len + size + 1 > req->body_cap) {
+    size_t cap = req->body_cap ? req->body_cap : 4096;
+    while (cap < req->body_len + size + 1)
+      cap *= 2;
+    char *grown = realloc(req->body, cap);
+    if (!grown)
+      return -1;
+    req->body = grown;
+    req->body_cap = cap;
+  }
+  memcpy(req->body + req->body_len, data, size);
+  req->body_len += size;
+  req->body[req->body_len] = '\0';
+  return 0;
+}
+
+static void count_request(tly_http_t *http, const request_t *req, int status) {
+  size_t route = req && req->route >= 0 ? (size_t)req->route : route_count;
+  if (status >= STATUS_MIN && status <= STATUS_MAX)
+    atomic_fetch_add(&http->requests[route][status - STATUS_MIN], 1);
+}
+
+static tly_mhd_result queue_answer(tly_http_t *http, request_t *req,
+                                   struct MHD_Connection *connection,
+                                   response_t *out) {
+  if (!out->body) {
+    out->status = 500;
+    out->body = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out "
+                       "of memory\"}}");
+    out->content_type = "application/json";
+  }
+  count_request(http, req, out->status);
+  struct MHD_Response *response = MHD_create_response_from_buffer(
+      out->body ? strlen(out->body) : 0, out->body, MHD_RESPMEM_MUST_FREE);
+  if (!response) {
+    free(out->body);
+    return MHD_NO;
+  }
+  MHD_add_response_header(response, "Content-Type", out->content_type);
+  tly_mhd_result rc =
+      MHD_queue_response(connection, (unsigned)out->status, response);
+  MHD_destroy_response(response);
+  return rc;
 }
 
 static tly_mhd_result handle_request(void *cls,
@@ -366,37 +952,127 @@ static tly_mhd_result handle_request(void *cls,
                                      const char *version,
                                      const char *upload_data,
                                      size_t *upload_data_size, void **state) {
-  static int request_seen;
   tly_http_t *http = cls;
+  request_t *req = *state;
   response_t out = {0};
-  (void)version, (void)upload_data;
+  (void)version;
 
-  if (!*state) { /* headers only so far; wait for the body */
-    *state = &request_seen;
-    return MHD_YES;
-  }
-  if (*upload_data_size) { /* no route takes a body yet: drop it */
+  if (!req) /* the URI callback had no memory */
+    return MHD_NO;
+  if (req->answered) {
+    /* Whatever the client still sends after an early answer (a 401 or 413
+     * before its body) is dropped: it never reaches a handler. */
     *upload_data_size = 0;
     return MHD_YES;
   }
-  dispatch(http, connection, url, method, &out);
-  if (!out.body) {
-    out.status = 500;
-    out.body = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out "
-                      "of memory\"}}");
-    out.content_type = "application/json";
+  switch (req->phase) {
+  case PHASE_HEADERS:
+    req->phase = PHASE_BODY;
+    if (!begin_request(http, req, connection, url, method, &out))
+      return MHD_YES;
+    break;
+  case PHASE_BODY:
+    if (*upload_data_size) {
+      int rc = req->route >= 0 && routes[req->route].takes_body
+                   ? take_body(http, req, upload_data, *upload_data_size)
+                   : 0;
+      *upload_data_size = 0;
+      return rc ? MHD_NO : MHD_YES;
+    }
+    if (req->body_too_large) {
+      char message[96];
+      snprintf(message, sizeof(message), "request body larger than %lld bytes",
+               (long long)http->conf.config->http.max_body_bytes);
+      respond_error(&out, 413, "body_too_large", message);
+      break;
+    }
+    routes[req->route].handler(http, req, connection, &out);
+    break;
+  case PHASE_WAIT: /* resumed: every delivery report is in */
+    if (*upload_data_size) {
+      *upload_data_size = 0;
+      return MHD_YES;
+    }
+    ingest_answer(req->ingest, &out);
+    ingest_free(req->ingest);
+    req->ingest = NULL;
+    break;
   }
-  struct MHD_Response *response = MHD_create_response_from_buffer(
-      out.body ? strlen(out.body) : 0, out.body, MHD_RESPMEM_MUST_FREE);
-  if (!response) {
-    free(out.body);
-    return MHD_NO;
+  if (out.suspended)
+    return MHD_YES;
+  req->answered = 1;
+  return queue_answer(http, req, connection, &out);
+}
+
+/* Called once per request before its headers are parsed: the request's own
+ * state, with the length of the whole request target (query included). */
+static void *on_uri(void *cls, const char *uri,
+                    struct MHD_Connection *connection) {
+  (void)cls, (void)connection;
+  request_t *req = calloc(1, sizeof(*req));
+  if (req) {
+    req->uri_len = uri ? strlen(uri) : 0;
+    req->route = -1;
   }
-  MHD_add_response_header(response, "Content-Type", out.content_type);
-  tly_mhd_result rc = MHD_queue_response(connection, (unsigned)out.status,
-                                         response);
-  MHD_destroy_response(response);
-  return rc;
+  return req;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *connection,
+                         void **state, enum MHD_RequestTerminationCode code) {
+  request_t *req = *state;
+  (void)cls, (void)connection, (void)code;
+  if (!req)
+    return;
+  ingest_free(req->ingest); /* only when the client went away meanwhile */
+  free(req->body);
+  free(req);
+  *state = NULL;
+}
+
+static int start_producer(tly_http_t *http, char *errstr, size_t errstr_size) {
+  const char *properties[80];
+  size_t count = 0;
+  char timeout[64];
+  if (!http->conf.brokers)
+    return 0;
+  /* A delivery report within the ingest timeout, success or failure, so a
+   * request never waits longer than that for Kafka. */
+  snprintf(timeout, sizeof(timeout), "message.timeout.ms=%d",
+           INGEST_TIMEOUT_MS);
+  properties[count++] = timeout;
+  for (size_t i = 0; http->conf.kafka_properties &&
+                     http->conf.kafka_properties[i] && count < 79;
+       i++)
+    properties[count++] = http->conf.kafka_properties[i];
+  properties[count] = NULL;
+  tally_producer_conf_t pconf = {.brokers = http->conf.brokers,
+                                 .topic = http->conf.usage_topic,
+                                 .on_delivery = on_delivery,
+                                 .opaque = http,
+                                 .kafka_properties = properties};
+  http->producer = tally_producer_new(&pconf, errstr, errstr_size);
+  if (!http->producer)
+    return -1;
+  if (pthread_create(&http->poller, NULL, poller_main, http)) {
+    snprintf(errstr, errstr_size, "http: cannot start the producer thread");
+    return -1;
+  }
+  http->poller_started = 1;
+  return 0;
+}
+
+static void http_free(tly_http_t *http) {
+  atomic_store(&http->stopping, 1);
+  if (http->producer)
+    tally_producer_flush(http->producer, INGEST_TIMEOUT_MS + 5000);
+  if (http->daemon)
+    MHD_stop_daemon(http->daemon);
+  if (http->poller_started)
+    pthread_join(http->poller, NULL);
+  tally_producer_destroy(http->producer);
+  tly_state_cache_free(http->cache);
+  free(http->requests);
+  free(http);
 }
 
 tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
@@ -410,38 +1086,48 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
     return NULL;
   }
   http->conf = *conf;
+  http->cache = tly_state_cache_new(0);
+  http->requests = calloc(route_count + 1, sizeof(*http->requests));
+  if (!http->cache || !http->requests) {
+    snprintf(errstr, errstr_size, "out of memory");
+    goto fail;
+  }
   memset(&addr, 0, sizeof(addr));
   addr.sin_family = AF_INET;
   addr.sin_port = htons(conf->port);
   if (inet_pton(AF_INET, address, &addr.sin_addr) != 1) {
     snprintf(errstr, errstr_size, "http address '%s': not an IPv4 address",
              address);
-    free(http);
-    return NULL;
+    goto fail;
   }
+  if (start_producer(http, errstr, errstr_size))
+    goto fail;
   http->daemon = MHD_start_daemon(
-      MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, conf->port, NULL,
-      NULL, handle_request, http, MHD_OPTION_SOCK_ADDR, &addr,
-      MHD_OPTION_THREAD_POOL_SIZE, conf->threads ? conf->threads : 2u,
+      MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+          MHD_USE_ERROR_LOG,
+      conf->port, NULL, NULL, handle_request, http, MHD_OPTION_SOCK_ADDR,
+      &addr, MHD_OPTION_THREAD_POOL_SIZE, conf->threads ? conf->threads : 2u,
       MHD_OPTION_CONNECTION_LIMIT, 1000u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_END);
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
+      MHD_OPTION_URI_LOG_CALLBACK, on_uri, http, MHD_OPTION_NOTIFY_COMPLETED,
+      on_completed, http, MHD_OPTION_END);
   if (!http->daemon) {
     snprintf(errstr, errstr_size, "http: cannot listen on %s:%u", address,
              (unsigned)conf->port);
-    free(http);
-    return NULL;
+    goto fail;
   }
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(http->daemon, MHD_DAEMON_INFO_BIND_PORT);
   http->port = info ? info->port : conf->port;
   return http;
+fail:
+  http_free(http);
+  return NULL;
 }
 
 uint16_t tly_http_port(const tly_http_t *http) { return http->port; }
 
 void tly_http_stop(tly_http_t *http) {
-  if (!http)
-    return;
-  MHD_stop_daemon(http->daemon);
-  free(http);
+  if (http)
+    http_free(http);
 }

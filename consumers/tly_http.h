@@ -1,10 +1,16 @@
 /*
- * tly_http.h - the HTTP query port (libmicrohttpd, JSON).
+ * tly_http.h - the HTTP port (libmicrohttpd, JSON).
  *
- * Reads committed state straight from RocksDB; never writes state (the log
- * is the source of truth). Binds to 127.0.0.1 unless told otherwise.
- * Routes: GET /healthz, GET /metrics (Prometheus text),
- * GET /v1/subjects/{subject}/usage.
+ * Reads committed state through tly_state (plus a read cache invalidated by
+ * every commit); never writes state: ingest and plan changes are produced
+ * to the usage topic (the log is the source of truth). Binds to 127.0.0.1
+ * unless told otherwise. Routes (docs/openapi.json describes them):
+ *   GET  /healthz, /readyz, /metrics
+ *   GET  /v1/plans;  POST /v1/estimate, /v1/prorate, /v1/events
+ *   GET  /v1/subjects/{subject}/usage, /v1/subjects/{subject}/quota
+ *   POST /v1/subjects/{subject}/plan
+ * Bearer-token auth (tly_auth.h) on everything but /healthz, /readyz and
+ * /metrics (when the config's http.metrics_public, the default).
  */
 #ifndef TLY_HTTP_H
 #define TLY_HTTP_H
@@ -20,8 +26,14 @@ typedef struct {
   uint16_t port;       /* 0: any free port; see tly_http_port() */
   tly_store_t *store;
   tly_processor_t *processor;
-  const tly_config_t *config;
+  const tly_config_t *config; /* http.api_keys, limits, plans */
   unsigned threads;    /* default 2 */
+  int no_auth;         /* 1: every route is open (`tally run --no-auth`) */
+  /* Ingest (POST /v1/events, /plan): produced here with the idempotent
+   * producer. brokers NULL: those routes answer 503. */
+  const char *brokers;
+  const char *usage_topic; /* default tally.usage */
+  const char *const *kafka_properties;
 } tly_http_conf_t;
 
 typedef struct tly_http tly_http_t;
@@ -30,5 +42,15 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
                            size_t errstr_size);
 uint16_t tly_http_port(const tly_http_t *http);
 void tly_http_stop(tly_http_t *http);
+
+/* The routes that exist, for the OpenAPI check and docs: method, path
+ * template ("/v1/subjects/{subject}/usage") and whether a bearer token is
+ * required. Fills up to max and returns the number of routes. */
+typedef struct {
+  const char *method;
+  const char *path;
+  int auth_required; /* 0 for public routes (metrics: see metrics_public) */
+} tly_http_route_info_t;
+size_t tly_http_routes(tly_http_route_info_t *out, size_t max);
 
 #endif

@@ -24,31 +24,6 @@ size_t tly_key_account(int32_t partition, tly_subject_kind_t kind,
   return subject_part(partition, kind, id, out, out_size);
 }
 
-size_t tly_key_usage(int32_t partition, tly_subject_kind_t kind,
-                     const char *id, int64_t cycle_start_ms,
-                     const char *feature, char *out, size_t out_size) {
-  size_t len = subject_part(partition, kind, id, out, out_size);
-  size_t feature_len = feature ? strlen(feature) : 0;
-  if (!len || len + 1 + 8 + feature_len > out_size)
-    return 0;
-  out[len++] = '\0';
-  tly_put_be64((unsigned char *)out + len, (uint64_t)cycle_start_ms);
-  len += 8;
-  if (feature_len)
-    memcpy(out + len, feature, feature_len);
-  return len + feature_len;
-}
-
-size_t tly_key_dedupe(int32_t partition, const char *event_id, char *out,
-                      size_t out_size) {
-  size_t id_len = strlen(event_id);
-  if (4 + id_len > out_size)
-    return 0;
-  tly_put_be32((unsigned char *)out, (uint32_t)partition);
-  memcpy(out + 4, event_id, id_len);
-  return 4 + id_len;
-}
-
 size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
                          tly_subject_kind_t kind, const char *id, char *out,
                          size_t out_size) {

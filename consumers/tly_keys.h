@@ -25,12 +25,6 @@
 
 size_t tly_key_account(int32_t partition, tly_subject_kind_t kind,
                        const char *id, char *out, size_t out_size);
-/* With feature NULL: the prefix of every row of that subject and cycle. */
-size_t tly_key_usage(int32_t partition, tly_subject_kind_t kind,
-                     const char *id, int64_t cycle_start_ms,
-                     const char *feature, char *out, size_t out_size);
-size_t tly_key_dedupe(int32_t partition, const char *event_id, char *out,
-                      size_t out_size);
 size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
                          tly_subject_kind_t kind, const char *id, char *out,
                          size_t out_size);

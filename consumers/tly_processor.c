@@ -84,6 +84,7 @@ typedef struct {
    * none) and the dedupe horizon it moves to (INT64_MIN: unchanged). */
   int64_t inflight_next;
   int64_t inflight_horizon;
+  int64_t replay_target; /* log end when assigned: caught up at this offset */
 } partition_state_t;
 
 /* The batch being written: what its commit releases. */
@@ -198,7 +199,7 @@ static int ensure_partitions(tly_processor_t *p, int32_t count) {
     return -1;
   for (int32_t i = p->partition_cap; i < count; i++)
     grown[i] = (partition_state_t){0,  -1,   -1, -1, INT64_MIN,
-                                     0,  NULL, -1, -1, INT64_MIN};
+                                     0,  NULL, -1, -1, INT64_MIN, 0};
   p->partitions = grown;
   p->partition_cap = count;
   return 0;
@@ -1260,6 +1261,7 @@ static int resume_offsets(tly_processor_t *p,
       p->partitions[part->partition].position = found ? stored : -1;
       p->partitions[part->partition].watermark = watermark;
       p->partitions[part->partition].watermark_dirty = 0;
+      p->partitions[part->partition].replay_target = high;
     }
     pthread_mutex_unlock(&p->lock);
     tly_dedupe_free(dedupe);
@@ -1805,6 +1807,7 @@ size_t tly_processor_partitions(tly_processor_t *p,
     out[i].assigned = p->partitions[i].assigned;
     out[i].committed_offset = p->partitions[i].committed;
     out[i].high_watermark = -1;
+    out[i].replay_target = p->partitions[i].replay_target;
     if (out[i].assigned &&
         rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic,
                                        (int32_t)i, &low, &high) == 0)

@@ -48,6 +48,9 @@ typedef struct {
   int assigned;
   int64_t committed_offset; /* next offset to fold; -1 if none yet */
   int64_t high_watermark;   /* log end as last seen; -1 if unknown */
+  int64_t replay_target;    /* log end when last assigned: the partition has
+                               caught up with its replay once
+                               committed_offset reaches it */
 } tly_partition_status_t;
 
 /* Upper bounds (ms) of the commit latency histogram's buckets; the last

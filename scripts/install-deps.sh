@@ -8,6 +8,7 @@ packages=(
   librdkafka-dev librocksdb-dev libavro-dev libcurl4-openssl-dev
   libmicrohttpd-dev libjansson-dev libssl-dev libcmocka-dev
   clang libclang-rt-14-dev
+  wrk
 )
 missing=()
 for package in "${packages[@]}"; do

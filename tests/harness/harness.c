@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <librdkafka/rdkafka.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -175,6 +177,32 @@ void th_broker_stop(th_broker_t *broker) {
   th_rmrf(broker->dir);
 }
 
+static char api_key[64], api_key_sha256[65];
+
+static void make_api_key(void) {
+  unsigned char random[16], digest[SHA256_DIGEST_LENGTH];
+  if (api_key[0])
+    return;
+  if (RAND_bytes(random, sizeof(random)) != 1)
+    abort();
+  snprintf(api_key, sizeof(api_key), "th_");
+  for (size_t i = 0; i < sizeof(random); i++)
+    snprintf(api_key + 3 + 2 * i, 3, "%02x", random[i]);
+  SHA256((const unsigned char *)api_key, strlen(api_key), digest);
+  for (size_t i = 0; i < sizeof(digest); i++)
+    snprintf(api_key_sha256 + 2 * i, 3, "%02x", digest[i]);
+}
+
+const char *th_api_key(void) {
+  make_api_key();
+  return api_key;
+}
+
+const char *th_api_key_sha256(void) {
+  make_api_key();
+  return api_key_sha256;
+}
+
 const char *th_run_env;
 
 int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
@@ -206,6 +234,8 @@ int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
    * that want ticks pass their own interval after this. */
   argv[argc++] = "--tick-interval-ms";
   argv[argc++] = "0";
+  argv[argc++] = "--api-key-sha256";
+  argv[argc++] = (char *)th_api_key_sha256();
   for (size_t i = 0; extra && extra[i] && argc < 62; i++)
     argv[argc++] = (char *)extra[i];
   argv[argc] = NULL;
@@ -247,25 +277,53 @@ static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata) {
   return n;
 }
 
-int th_http_get(int port, const char *path, long *status, char **body) {
+int th_http_request(int port, const char *method, const char *path,
+                    const char *authorization, const char *body,
+                    size_t body_len, const char *const *headers, long *status,
+                    char **response) {
   static __thread CURL *curl; /* kept alive: reuses the connection */
-  char url[2048];
+  char url[8192], auth[256];
+  struct curl_slist *list = NULL;
   buffer_t buffer = {calloc(1, 1), 0};
   if (!curl)
     curl = curl_easy_init();
+  curl_easy_reset(curl);
   snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
   curl_easy_setopt(curl, CURLOPT_URL, url);
+  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &buffer);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 20000L);
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  if (curl_easy_perform(curl) != CURLE_OK) {
+  if (body) {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    list = curl_slist_append(list, "Content-Type: application/json");
+  }
+  if (authorization == TH_AUTH_DEFAULT) {
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", th_api_key());
+    list = curl_slist_append(list, auth);
+  } else if (authorization) {
+    snprintf(auth, sizeof(auth), "Authorization: %s", authorization);
+    list = curl_slist_append(list, auth);
+  }
+  for (size_t i = 0; headers && headers[i]; i++)
+    list = curl_slist_append(list, headers[i]);
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
+  CURLcode rc = curl_easy_perform(curl);
+  curl_slist_free_all(list);
+  if (rc != CURLE_OK) {
     free(buffer.data);
     return -1;
   }
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, status);
-  *body = buffer.data;
+  *response = buffer.data;
   return 0;
+}
+
+int th_http_get(int port, const char *path, long *status, char **body) {
+  return th_http_request(port, "GET", path, TH_AUTH_DEFAULT, NULL, 0, NULL,
+                         status, body);
 }
 
 static long long metric_scan(int port, const char *name, const char *labels) {

@@ -60,8 +60,25 @@ int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
  * e.g. the processor's fault injection; NULL for none. */
 extern const char *th_run_env;
 
-/* GET http://127.0.0.1:port/path. 0 (with status and malloc'd body) or -1. */
+/* The API key the harness's `tally run` accepts: generated once per test
+ * process; th_run_start passes its SHA-256 as --api-key-sha256. */
+const char *th_api_key(void);
+const char *th_api_key_sha256(void);
+
+/* GET http://127.0.0.1:port/path with the harness's bearer token. 0 (with
+ * status and malloc'd body) or -1. */
 int th_http_get(int port, const char *path, long *status, char **body);
+
+/* Any request: method, path, an Authorization header value (NULL: none;
+ * TH_AUTH_DEFAULT: the harness's token), a body (NULL: none) of body_len
+ * bytes, and extra "Name: value" headers (NULL-terminated, may be NULL).
+ * 0 (with status and malloc'd body) or -1 (no answer: connection failed or
+ * was cut off). */
+#define TH_AUTH_DEFAULT ((const char *)1)
+int th_http_request(int port, const char *method, const char *path,
+                    const char *authorization, const char *body,
+                    size_t body_len, const char *const *headers, long *status,
+                    char **response);
 
 /* Sum of every sample of a Prometheus metric (all label sets); -1 if the
  * port does not answer. */

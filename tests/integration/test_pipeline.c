@@ -128,7 +128,7 @@ static void test_emit_fold_query_100k(void **state) {
     long status;
     int any = 0;
     subject_name(s, subject, sizeof(subject));
-    snprintf(path, sizeof(path), "/v1/subjects/%s/usage", subject);
+    snprintf(path, sizeof(path), "/v1/subjects/%s/usage?at=1763800000000", subject);
     for (int f = 0; f < FEATURES; f++)
       any |= expected[s][f].events > 0;
     json_t *body = get_json(run.port, path, &status);

@@ -79,8 +79,11 @@ static void test_tick_closes_an_idle_cycle(void **state) {
         status == 200) {
       json_decref(usage);
       usage = json_loads(body, 0, NULL);
+      /* The port shows an ended cycle as reset at once (cycle_ended); wait
+       * for the fold itself to have closed it. */
       if (json_integer_value(json_object_get(json_object_get(usage, "cycle"),
-                                             "end_ms")) > now_ms) {
+                                             "end_ms")) > now_ms &&
+          json_is_false(json_object_get(usage, "cycle_ended"))) {
         free(body);
         break;
       }

@@ -1,0 +1,101 @@
+/*
+ * tly_auth.c - bearer tokens checked against SHA-256 digests (tly_auth.h).
+ *
+ * Why hash first: the configured secret is a digest, so comparing digests
+ * is the only option, and it has a useful side effect: both operands of the
+ * comparison always have the same length whatever was presented, so the
+ * constant-time compare never branches on a length.
+ */
+#include "tly_auth.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <string.h>
+#include <strings.h>
+
+static int hex_value(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+int tly_sha256_hex_parse(const char *hex, unsigned char out[TLY_SHA256_LEN]) {
+  if (!hex || strlen(hex) != TLY_SHA256_HEX_LEN)
+    return -1;
+  for (size_t i = 0; i < TLY_SHA256_LEN; i++) {
+    int high = hex_value(hex[2 * i]), low = hex_value(hex[2 * i + 1]);
+    if (high < 0 || low < 0)
+      return -1;
+    out[i] = (unsigned char)(high << 4 | low);
+  }
+  return 0;
+}
+
+void tly_sha256_hex(const void *data, size_t len,
+                    char out[TLY_SHA256_HEX_LEN + 1]) {
+  static const char digits[] = "0123456789abcdef";
+  unsigned char digest[TLY_SHA256_LEN];
+  SHA256(data, len, digest);
+  for (size_t i = 0; i < TLY_SHA256_LEN; i++) {
+    out[2 * i] = digits[digest[i] >> 4];
+    out[2 * i + 1] = digits[digest[i] & 15];
+  }
+  out[TLY_SHA256_HEX_LEN] = '\0';
+}
+
+tly_auth_result_t tly_auth_check(const tly_api_key_t *keys, size_t key_count,
+                                 const char *authorization,
+                                 const tly_api_key_t **key_out) {
+  unsigned char digest[TLY_SHA256_LEN];
+  const tly_api_key_t *match = NULL;
+
+  if (!authorization)
+    return TLY_AUTH_MISSING;
+  size_t header_len = strlen(authorization);
+  if (header_len > TLY_AUTH_TOKEN_MAX || header_len < 7 ||
+      strncasecmp(authorization, "Bearer", 6) != 0 ||
+      (authorization[6] != ' ' && authorization[6] != '\t'))
+    return TLY_AUTH_MALFORMED;
+  const char *token = authorization + 6;
+  while (*token == ' ' || *token == '\t')
+    token++;
+  size_t token_len = strlen(token);
+  while (token_len && (token[token_len - 1] == ' ' ||
+                       token[token_len - 1] == '\t'))
+    token_len--;
+  if (!token_len)
+    return TLY_AUTH_MALFORMED;
+  for (size_t i = 0; i < token_len; i++)
+    if ((unsigned char)token[i] < 0x21 || (unsigned char)token[i] > 0x7e)
+      return TLY_AUTH_MALFORMED;
+
+  SHA256((const unsigned char *)token, token_len, digest);
+  /* Every key is compared, match or not: the time spent does not depend on
+   * which key (if any) matched. */
+  for (size_t i = 0; i < key_count; i++)
+    if (CRYPTO_memcmp(digest, keys[i].sha256, TLY_SHA256_LEN) == 0 && !match)
+      match = &keys[i];
+  if (!match)
+    return TLY_AUTH_INVALID;
+  if (key_out)
+    *key_out = match;
+  return TLY_AUTH_OK;
+}
+
+const char *tly_auth_reason(tly_auth_result_t result) {
+  switch (result) {
+  case TLY_AUTH_OK:
+    return "authenticated";
+  case TLY_AUTH_MISSING:
+    return "missing Authorization header (expected \"Bearer <api key>\")";
+  case TLY_AUTH_MALFORMED:
+    return "malformed Authorization header (expected \"Bearer <api key>\")";
+  case TLY_AUTH_INVALID:
+    break;
+  }
+  return "invalid API key";
+}

@@ -1,0 +1,195 @@
+/*
+ * tly_request.h - the HTTP port's request parsing and answers, as pure
+ * functions: no socket, no store, no clock (the caller passes now_ms).
+ *
+ * tly_http.c does the I/O (libmicrohttpd, RocksDB through tly_state, Kafka)
+ * and calls these to turn a path segment, query parameters or a JSON body
+ * into validated values, and committed state into JSON answers. Being pure,
+ * they are what the unit tests and the libFuzzer target
+ * (tests/fuzz/fuzz_http_request.c) exercise directly.
+ *
+ * Errors fill a tly_req_error_t: the HTTP status, a stable code, the field
+ * at fault (JSON path or query parameter, "" when the whole body is) and a
+ * message that names it. tly_http.c renders it as
+ *   {"error": {"code": ..., "message": ..., "field": ...}}.
+ * Money and credits are integers (micro-units) throughout.
+ */
+#ifndef TLY_REQUEST_H
+#define TLY_REQUEST_H
+
+#include "tly_config.h"
+#include "tly_event.h"
+#include "tly_state.h"
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Longest subject (the "kind:id" path segment) the port accepts. */
+#define TLY_REQ_SUBJECT_MAX 512
+/* Most events in one POST /v1/events body. */
+#define TLY_REQ_EVENTS_MAX 10000
+
+typedef struct {
+  int status;       /* HTTP status: 400, 404, 413, ... */
+  char code[32];    /* "bad_request", "unknown_feature", "unknown_plan", ... */
+  char field[128];  /* the field at fault; "" for the whole request */
+  char message[512];
+} tly_req_error_t;
+
+/* Fills err; returns -1 so callers can `return tly_req_fail(...)`. */
+int tly_req_fail(tly_req_error_t *err, int status, const char *code,
+                 const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* ---- subjects and features --------------------------------------------- */
+
+typedef struct {
+  tly_subject_kind_t kind;
+  char id[TLY_REQ_SUBJECT_MAX + 1];
+  char key[TLY_REQ_SUBJECT_MAX + 16]; /* "kind:id" */
+} tly_req_subject_t;
+
+/* A subject path segment: "user:alice", "api_key:<sha256 hex>",
+ * "anonymous:fp", or a bare id (a user). 0, or -1 (400, field "subject"). */
+int tly_req_parse_subject(const char *segment, tly_req_subject_t *out,
+                          tly_req_error_t *err);
+
+/* 1 when some plan of the config has a limit or a price for feature. */
+int tly_req_feature_known(const tly_config_t *config, const char *feature);
+
+/* ---- cycles ------------------------------------------------------------ */
+
+/* The cycle to show at now_ms: the account's while it runs; once its end has
+ * passed (the fold closes it only on the next event or tick), the cycle
+ * that follows and contains now_ms, monthly from Stripe's last period end
+ * when Stripe set the bounds, else from the config's anchor, exactly as the
+ * fold will start it. account NULL: a subject with no state yet. Returns 1
+ * when the account's cycle has ended (usage shows as reset), else 0. */
+int tly_req_effective_cycle(const tly_config_t *config,
+                            const tly_account_t *account, int64_t now_ms,
+                            int64_t *start_ms, int64_t *end_ms);
+
+/* The optional query parameter "at" of the subject routes: the time (epoch
+ * ms) at which a cycle counts as ended, instead of now_ms (for audits,
+ * backfills and tests of past cycles). 0, or -1 (400, field "at"). */
+int tly_req_parse_at(const char *text, int64_t now_ms, int64_t *out,
+                     tly_req_error_t *err);
+
+/* ---- GET /v1/subjects/{subject}/quota ---------------------------------- */
+
+typedef struct {
+  char feature[TLY_CONFIG_NAME_MAX];
+  int64_t quantity; /* default 1 */
+} tly_req_quota_query_t;
+
+/* The query parameters: feature (required, known to the config) and
+ * quantity (optional integer >= 0, default 1). NULL means absent. */
+int tly_req_parse_quota(const tly_config_t *config, const char *feature,
+                        const char *quantity, tly_req_quota_query_t *out,
+                        tly_req_error_t *err);
+
+typedef struct {
+  int allowed;
+  const char *reason;  /* "within_limit", "unlimited", "limit_exceeded",
+                          "soft_limit_exceeded", "credits_exhausted" */
+  const char *mode;    /* "hard", "soft" or "unlimited" */
+  int64_t limit;       /* TLY_UNLIMITED when none */
+  int64_t used;        /* this cycle, before the request */
+  int64_t remaining;   /* after the request, >= 0; TLY_UNLIMITED when none */
+  int64_t credits_used;      /* this cycle, before the request */
+  int64_t credits_limit;     /* TLY_UNLIMITED when none */
+  int64_t credits_remaining; /* after the request (>= 0); -1 if unlimited */
+} tly_req_quota_t;
+
+/*
+ * The pre-check, pure. used: the feature's quantity in the effective cycle;
+ * cycle_cost_micros: that cycle's cost so far. Rules:
+ *   - a feature without a limit, or an unlimited one, is always allowed;
+ *   - otherwise used + quantity above the limit blocks under a hard limit
+ *     and is allowed with a warning under a soft one;
+ *   - a plan with a credit quota also blocks a request (quantity > 0) once
+ *     the credits are used up, or when the request's own cost (the plan's
+ *     tier price for used -> used + quantity; token features cost nothing
+ *     here, their price depends on the model) would take them past it.
+ */
+void tly_req_quota_decide(const tly_config_t *config, const tly_plan_t *plan,
+                          const char *feature, int64_t used,
+                          int64_t cycle_cost_micros, int64_t quantity,
+                          tly_req_quota_t *out);
+
+/* The whole answer of the quota route. state NULL: unknown subject, shown on
+ * its kind's default plan with nothing used. NULL with err (500) when the
+ * subject's plan is missing from the config. */
+json_t *tly_req_quota_json(const tly_config_t *config,
+                           const tly_req_subject_t *subject,
+                           const tly_subject_state_t *state,
+                           const tly_req_quota_query_t *query, int64_t now_ms,
+                           tly_req_error_t *err);
+
+/* ---- GET /v1/subjects/{subject}/usage ---------------------------------- */
+
+/* The usage answer from committed state (state must be found). */
+json_t *tly_req_usage_json(const tly_config_t *config,
+                           const tly_req_subject_t *subject,
+                           const tly_subject_state_t *state, int64_t now_ms);
+
+/* ---- GET /v1/plans, POST /v1/estimate, POST /v1/prorate ----------------- */
+
+json_t *tly_req_plans_json(const tly_config_t *config);
+
+/* Body: {"plan": P, "usage": {feature: quantity, ...},
+ *        "ai": [{"model": M, "input_tokens": I, "output_tokens": O,
+ *                "feature": "ai_tokens"}]}. The answer or NULL with err. */
+json_t *tly_req_estimate(const tly_config_t *config, const char *body,
+                         size_t len, tly_req_error_t *err);
+
+/* Body: {"from_plan": A, "to_plan": B, "change_date": "YYYY-MM-DD",
+ *        "cycle_start": "YYYY-MM-DD", "cycle_end": "YYYY-MM-DD"} (the cycle
+ * is optional: by default the monthly cycle containing change_date). The
+ * answer or NULL with err. Rounding: see tly_req_prorate_amount. */
+json_t *tly_req_prorate(const tly_config_t *config, const char *body,
+                        size_t len, tly_req_error_t *err);
+
+/* base_micros * remaining_ms / total_ms rounded half up to a whole
+ * micro-unit (exact, 128-bit intermediate). -1 when the result does not
+ * fit (it cannot when remaining_ms <= total_ms). */
+int64_t tly_req_prorate_amount(int64_t base_micros, int64_t remaining_ms,
+                               int64_t total_ms);
+
+/* "YYYY-MM-DD" -> 00:00:00 UTC of that day in ms. 0 or -1. */
+int tly_req_parse_date(const char *text, int64_t *out_ms);
+
+/* ---- POST /v1/events and POST /v1/subjects/{subject}/plan --------------- */
+
+typedef struct {
+  int ok;            /* 1: event is valid and may be produced */
+  tly_event_t event; /* owned; valid when ok */
+  tly_req_error_t error;
+} tly_req_event_t;
+
+typedef struct {
+  size_t count;
+  tly_req_event_t *items;
+} tly_req_events_t;
+
+/* Body: one event object or an array of them (the format of
+ * tly_event_json.h, as `tally emit` reads it); each item is validated on
+ * its own, and a plan an event names must exist in the config. -1 (and
+ * nothing to free) only when the body as a whole is unusable: not JSON,
+ * not an object or array, empty, or too many events. */
+int tly_req_parse_events(const tly_config_t *config, const char *body,
+                         size_t len, int64_t now_ms, tly_req_events_t *out,
+                         tly_req_error_t *err);
+void tly_req_events_clear(tly_req_events_t *events);
+
+/* Body: {"plan": P, "event_id": optional, "occurred_at": optional}. Fills a
+ * PlanAssigned event for subject (owned by the caller: tly_event_clear);
+ * default_event_id is used when the body has none. 0 or -1. */
+int tly_req_parse_plan(const tly_config_t *config,
+                       const tly_req_subject_t *subject, const char *body,
+                       size_t len, int64_t now_ms,
+                       const char *default_event_id, tly_event_t *out,
+                       tly_req_error_t *err);
+
+#endif

@@ -1,0 +1,89 @@
+/*
+ * tly_state.c - a subject's committed state, read from RocksDB (see
+ * tly_state.h).
+ *
+ * Finding the subject: state keys start with the partition, and the
+ * partition is the one Kafka's murmur2 partitioner (tally's producers, Java
+ * clients) picks for the subject key. Events produced with another
+ * partitioner may live elsewhere, so when the home partition has no account
+ * the others are searched too.
+ *
+ * The account and its kept rows are one value (the subject record), so
+ * one read sees them as of the same commit.
+ */
+#include "tly_state.h"
+
+#include "tly_keys.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void tly_state_subject_clear(tly_subject_state_t *state) {
+  if (!state)
+    return;
+  free(state->rows);
+  memset(state, 0, sizeof(*state));
+}
+
+/* 1 and the subject record when partition holds it, 0 when not, -1 on
+ * error. */
+static int read_subject(tly_store_t *store, int32_t partition,
+                        tly_subject_kind_t kind, const char *id,
+                        tly_subject_state_t *out, char *errstr,
+                        size_t errstr_size) {
+  char key[TLY_KEY_MAX], *value = NULL;
+  size_t value_len;
+  size_t key_len = tly_key_account(partition, kind, id, key, sizeof(key));
+  if (!key_len) {
+    snprintf(errstr, errstr_size, "subject id too long");
+    return -1;
+  }
+  int found = tly_store_get(store, TLY_CF_ACCOUNTS, key, key_len, &value,
+                            &value_len, errstr, errstr_size);
+  if (found <= 0)
+    return found;
+  int bad = tly_subject_record_decode(value, value_len, &out->account,
+                                      &out->rows, &out->row_count);
+  tly_store_free(value);
+  if (bad) {
+    snprintf(errstr, errstr_size, "stored subject record is corrupt");
+    return -1;
+  }
+  return 1;
+}
+
+int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
+                           tly_subject_kind_t kind, const char *id,
+                           tly_subject_state_t *out, char *errstr,
+                           size_t errstr_size) {
+  char subject_key[TLY_KEY_MAX];
+  memset(out, 0, sizeof(*out));
+  out->partition = -1;
+
+  size_t subject_key_len =
+      tly_subject_key(kind, id, subject_key, sizeof(subject_key));
+  if (subject_key_len >= sizeof(subject_key)) {
+    snprintf(errstr, errstr_size, "subject id too long");
+    return -1;
+  }
+  int32_t home = partition_count > 0
+                     ? rd_kafka_msg_partitioner_murmur2(
+                           NULL, subject_key, subject_key_len, partition_count,
+                           NULL, NULL)
+                     : -1;
+  int found = 0;
+  for (int32_t i = -1; i < partition_count && !found; i++) {
+    int32_t partition = i < 0 ? home : i;
+    if (partition < 0 || (i >= 0 && partition == home))
+      continue;
+    found = read_subject(store, partition, kind, id, out, errstr,
+                         errstr_size);
+    if (found < 0)
+      return -1;
+    if (found)
+      out->partition = partition;
+  }
+  return found ? 1 : 0;
+}

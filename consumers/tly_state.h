@@ -1,0 +1,37 @@
+/*
+ * tly_state.h - reading a subject's committed state, for the HTTP port.
+ *
+ * The one place that knows where a subject's account and usage rows live in
+ * the store (keys, column families, encodings); the HTTP handlers call only
+ * this. The layout may change underneath without the handlers noticing.
+ */
+#ifndef TLY_STATE_H
+#define TLY_STATE_H
+
+#include "tly_billing.h"
+#include "tly_config.h"
+#include "tly_event.h"
+#include "tly_store.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef tly_subject_row_t tly_state_row_t;
+
+typedef struct {
+  int32_t partition;
+  tly_account_t account;
+  size_t row_count;
+  tly_state_row_t *rows; /* malloc'd; tly_state_subject_clear frees */
+} tly_subject_state_t;
+
+/* 1 found, 0 not found, -1 error (errstr). Looks on the murmur2 home
+ * partition first, then the others. rows: every stored row of the subject:
+ * its current cycle and the closed cycles still kept. *out is overwritten (clear it before reusing it). */
+int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
+                           tly_subject_kind_t kind, const char *id,
+                           tly_subject_state_t *out, char *errstr,
+                           size_t errstr_size);
+void tly_state_subject_clear(tly_subject_state_t *state);
+
+#endif

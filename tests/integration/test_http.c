@@ -1,0 +1,906 @@
+/*
+ * test_http.c - the HTTP port over a real socket, against a real `tally
+ * run` on the embedded broker: every route, happy and unhappy paths, auth
+ * failures, bounds, ingest followed by the folded result, and /readyz
+ * false while a restarted processor replays and true once it caught up.
+ *
+ * One broker and one processor serve the whole file (a group setup), so
+ * the tests are seconds, not minutes; each test uses its own subjects.
+ */
+#include "harness.h"
+
+#include "tally_producer.h"
+
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#define PARTITIONS 4
+#define DAY 86400000LL
+
+static th_broker_t broker;
+static th_run_t run;
+static char *dir;
+static char state_dir[600];
+
+/* The answer of one request as JSON (NULL when not JSON); status out. */
+static json_t *request(const char *method, const char *path,
+                       const char *authorization, const char *body,
+                       long *status) {
+  char *text = NULL;
+  if (th_http_request(run.port, method, path, authorization, body,
+                      body ? strlen(body) : 0, NULL, status, &text))
+    fail_msg("%s %s: no answer", method, path);
+  json_t *json = json_loads(text, 0, NULL);
+  free(text);
+  return json;
+}
+
+static json_t *get(const char *path, long *status) {
+  return request("GET", path, TH_AUTH_DEFAULT, NULL, status);
+}
+
+static json_t *post(const char *path, const char *body, long *status) {
+  return request("POST", path, TH_AUTH_DEFAULT, body, status);
+}
+
+static const char *error_code(const json_t *json) {
+  return json_string_value(
+      json_object_get(json_object_get(json, "error"), "code"));
+}
+
+static const char *error_field(const json_t *json) {
+  return json_string_value(
+      json_object_get(json_object_get(json, "error"), "field"));
+}
+
+static long long integer_at(const json_t *json, const char *a, const char *b,
+                            const char *c) {
+  const json_t *value = json_object_get(json, a);
+  if (b)
+    value = json_object_get(value, b);
+  if (c)
+    value = json_object_get(value, c);
+  if (!json_is_integer(value))
+    fail_msg("%s.%s.%s: not an integer", a, b ? b : "", c ? c : "");
+  return json_integer_value(value);
+}
+
+/* Polls the usage of subject until feature reaches quantity (10 s). */
+static json_t *wait_usage(const char *subject, const char *feature,
+                          long long quantity) {
+  char path[256];
+  snprintf(path, sizeof(path), "/v1/subjects/%s/usage", subject);
+  int64_t deadline = th_now_ms() + 15000;
+  while (th_now_ms() < deadline) {
+    long status;
+    json_t *json = get(path, &status);
+    if (status == 200 &&
+        json_integer_value(json_object_get(
+            json_object_get(json_object_get(json, "features"), feature),
+            "quantity")) == quantity)
+      return json;
+    json_decref(json);
+    th_sleep_ms(50);
+  }
+  fail_msg("%s: %s never reached %lld", subject, feature, quantity);
+  return NULL;
+}
+
+/* Polls /readyz (no token: it is public) until 200; 1, or 0 on timeout.
+ * Readiness may drop while a rebalance moves partitions (a slow member,
+ * under sanitizers, can miss its session timeout), so tests wait for it
+ * rather than assume it stays. */
+static int wait_ready(int timeout_ms) {
+  int64_t deadline = th_now_ms() + timeout_ms;
+  char *last = NULL;
+  while (th_now_ms() < deadline) {
+    long status;
+    char *body = NULL;
+    if (th_http_request(run.port, "GET", "/readyz", NULL, NULL, 0, NULL,
+                        &status, &body) == 0 &&
+        status == 200) {
+      free(body);
+      free(last);
+      return 1;
+    }
+    free(last);
+    last = body;
+    th_sleep_ms(50);
+  }
+  printf("# not ready after %d ms: %s\n", timeout_ms, last ? last : "");
+  free(last);
+  return 0;
+}
+
+static int setup(void **state) {
+  (void)state;
+  dir = th_mkdtemp("http");
+  snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
+  if (th_broker_start(&broker, PARTITIONS))
+    return -1;
+  /* Before anything else reaches its partition: one event two months ago,
+   * so its cycle has ended by the wall clock (a later event in the same
+   * partition would make it too old for the dedupe window). */
+  char errstr[512];
+  tally_producer_conf_t conf = {.brokers = broker.bootstrap};
+  tally_producer_t *producer = tally_producer_new(&conf, errstr, sizeof(errstr));
+  if (!producer)
+    return -1;
+  tly_event_t event = {.event_id = "old-1",
+                       .occurred_at_ms = 1788000000000LL, /* 2026-08-29 */
+                       .subject_kind = TLY_SUBJECT_USER,
+                       .subject_id = "ended",
+                       .body_kind = TLY_BODY_USAGE_RECORDED,
+                       .body.usage = {.feature = "api_calls", .quantity = 9}};
+  if (tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr)) ||
+      tally_producer_flush(producer, 10000))
+    return -1;
+  tally_producer_destroy(producer);
+  if (th_run_start(&run, broker.bootstrap, state_dir, NULL))
+    return -1;
+  return wait_ready(30000) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  th_stop(run.pid);
+  th_broker_stop(&broker);
+  th_rmrf(dir);
+  free(dir);
+  return 0;
+}
+
+/* ---- health, metrics, routing ------------------------------------------ */
+
+static void test_health_and_metrics_are_open(void **state) {
+  (void)state;
+  long status;
+  json_t *json = request("GET", "/healthz", NULL, NULL, &status);
+  assert_int_equal(status, 200);
+  assert_string_equal(json_string_value(json_object_get(json, "status")), "ok");
+  json_decref(json);
+  assert_true(wait_ready(30000));
+  json = request("GET", "/readyz", NULL, NULL, &status);
+  assert_int_equal(status, 200);
+  assert_string_equal(json_string_value(json_object_get(json, "status")),
+                      "ready");
+  json_decref(json);
+
+  char *text = NULL;
+  assert_int_equal(th_http_request(run.port, "GET", "/metrics", NULL, NULL, 0,
+                                   NULL, &status, &text),
+                   0);
+  assert_int_equal(status, 200);
+  /* Lag needs the partition's log end, which the consumer learns with its
+   * first fetch; the family and the committed offsets are there at once. */
+  assert_non_null(strstr(text, "# TYPE tally_consumer_lag gauge"));
+  assert_non_null(
+      strstr(text, "tally_partition_committed_offset{partition=\"0\"}"));
+  assert_non_null(
+      strstr(text, "tally_partition_replay_target{partition=\"0\"}"));
+  assert_non_null(strstr(text, "tally_ready 1"));
+  assert_non_null(strstr(text, "tally_http_requests_total{method=\"GET\","
+                               "route=\"/readyz\",status=\"200\"}"));
+  /* The commit latency histogram: cumulative buckets, +Inf equals count. */
+  assert_non_null(strstr(text, "# TYPE tally_commit_seconds histogram"));
+  const char *inf = strstr(text, "tally_commit_seconds_bucket{le=\"+Inf\"} ");
+  const char *count = strstr(text, "tally_commit_seconds_count ");
+  assert_non_null(inf);
+  assert_non_null(count);
+  assert_int_equal(atoll(inf + strlen("tally_commit_seconds_bucket{le=\"+Inf\"} ")),
+                   atoll(count + strlen("tally_commit_seconds_count ")));
+  free(text);
+}
+
+static void test_unknown_route_404_wrong_method_405(void **state) {
+  (void)state;
+  long status;
+  json_t *json = get("/v1/nothing", &status);
+  assert_int_equal(status, 404);
+  assert_string_equal(error_code(json), "not_found");
+  json_decref(json);
+  json = get("/v1/subjects/user:a/usage/daily", &status);
+  assert_int_equal(status, 404);
+  json_decref(json);
+  json = request("DELETE", "/v1/plans", TH_AUTH_DEFAULT, NULL, &status);
+  assert_int_equal(status, 405);
+  assert_string_equal(error_code(json), "method_not_allowed");
+  json_decref(json);
+  json = post("/v1/subjects/user:a/usage", "{}", &status);
+  assert_int_equal(status, 405);
+  json_decref(json);
+}
+
+/* ---- auth --------------------------------------------------------------- */
+
+static void test_auth_failures_are_401_json(void **state) {
+  (void)state;
+  static const char *const bad[] = {
+      NULL,                       /* missing */
+      "Bearer not-the-key",       /* wrong */
+      "Basic dXNlcjpwYXNz",       /* malformed: another scheme */
+      "Bearer",                   /* malformed: no token */
+      "Bearer  ",                 /* malformed: blank token */
+  };
+  static const char *const paths[] = {"/v1/plans",
+                                      "/v1/subjects/user:a/usage",
+                                      "/v1/subjects/user:a/quota?feature=api_calls"};
+  for (size_t p = 0; p < sizeof(paths) / sizeof(paths[0]); p++)
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+      long status;
+      json_t *json = request("GET", paths[p], bad[i], NULL, &status);
+      if (status != 401 || !error_code(json) ||
+          strcmp(error_code(json), "unauthorized") != 0)
+        fail_msg("%s with '%s': %ld", paths[p], bad[i] ? bad[i] : "(none)",
+                 status);
+      json_decref(json);
+    }
+  /* A POST is refused before its body is even read, and the event in it
+   * never reaches Kafka (checked once the log is replayed, at the end). */
+  long status;
+  json_t *json = request("POST", "/v1/events", "Bearer wrong",
+                         "{\"event_id\": \"unauth-1\", \"subject\": "
+                         "\"user:unauthorized\", \"feature\": \"api_calls\", "
+                         "\"quantity\": 1}",
+                         &status);
+  assert_int_equal(status, 401);
+  json_decref(json);
+  /* The right key, with the scheme in another case, works. */
+  char header[128];
+  snprintf(header, sizeof(header), "bearer %s", th_api_key());
+  json = request("GET", "/v1/plans", header, NULL, &status);
+  assert_int_equal(status, 200);
+  json_decref(json);
+}
+
+/* ---- bounds --------------------------------------------------------------- */
+
+static void test_oversized_body_413_and_long_url_414(void **state) {
+  (void)state;
+  size_t size = 1048576 + 10;
+  char *body = malloc(size + 1);
+  memset(body, ' ', size);
+  body[size] = '\0';
+  long status;
+  char *text = NULL;
+  assert_int_equal(th_http_request(run.port, "POST", "/v1/events",
+                                   TH_AUTH_DEFAULT, body, size, NULL, &status,
+                                   &text),
+                   0);
+  assert_int_equal(status, 413);
+  assert_non_null(strstr(text, "body_too_large"));
+  free(text);
+  /* Chunked (no Content-Length): drained, then 413 too. */
+  static const char *const chunked[] = {"Transfer-Encoding: chunked", NULL};
+  assert_int_equal(th_http_request(run.port, "POST", "/v1/estimate",
+                                   TH_AUTH_DEFAULT, body, size, chunked,
+                                   &status, &text),
+                   0);
+  assert_int_equal(status, 413);
+  assert_non_null(strstr(text, "body_too_large"));
+  free(text);
+  free(body);
+
+  char path[6000];
+  memcpy(path, "/v1/subjects/user:", 18);
+  memset(path + 18, 'a', 5000);
+  snprintf(path + 5018, sizeof(path) - 5018, "/usage");
+  json_t *json = get(path, &status);
+  assert_int_equal(status, 414);
+  assert_string_equal(error_code(json), "uri_too_long");
+  json_decref(json);
+  /* Within the URL bound but too long for a subject: 400. */
+  path[18 + 600] = '\0';
+  strcat(path, "/usage");
+  json = get(path, &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_code(json), "bad_subject");
+  json_decref(json);
+}
+
+/* ---- ingest and usage ---------------------------------------------------- */
+
+static void test_events_then_usage_shows_the_fold(void **state) {
+  (void)state;
+  long status;
+  json_t *json = post(
+      "/v1/events",
+      "[{\"event_id\": \"h-1\", \"subject\": \"user:ingest\", \"feature\": "
+      "\"api_calls\", \"quantity\": 30},"
+      " {\"event_id\": \"h-2\", \"subject\": \"user:ingest\", \"feature\": "
+      "\"api_calls\", \"quantity\": \"many\"},"
+      " {\"event_id\": \"h-3\", \"subject\": \"user:ingest\", \"feature\": "
+      "\"ai_tokens\", \"quantity\": 1500, \"ai\": {\"provider\": \"openai\", "
+      "\"model\": \"gpt-4o\", \"input_tokens\": 1000, \"output_tokens\": 500}},"
+      " {\"event_id\": \"h-4\", \"subject\": \"user:ingest\", \"type\": "
+      "\"plan_assigned\", \"plan\": \"gold\"},"
+      " {\"event_id\": \"h-5\", \"subject\": \"user:ingest\", \"feature\": "
+      "\"api_calls\", \"quantity\": 12}]",
+      &status);
+  assert_int_equal(status, 202);
+  assert_int_equal(integer_at(json, "accepted", NULL, NULL), 3);
+  assert_int_equal(integer_at(json, "rejected", NULL, NULL), 2);
+  json_t *results = json_object_get(json, "results");
+  assert_string_equal(
+      json_string_value(json_object_get(json_array_get(results, 0), "status")),
+      "accepted");
+  json_t *bad = json_array_get(results, 1);
+  assert_string_equal(json_string_value(json_object_get(bad, "status")),
+                      "rejected");
+  assert_string_equal(
+      json_string_value(json_object_get(json_object_get(bad, "error"), "field")),
+      "quantity");
+  json_t *unknown_plan = json_object_get(json_array_get(results, 3), "error");
+  assert_string_equal(json_string_value(json_object_get(unknown_plan, "code")),
+                      "unknown_plan");
+  json_decref(json);
+
+  json = wait_usage("user:ingest", "api_calls", 42);
+  assert_string_equal(json_string_value(json_object_get(json, "plan")), "free");
+  assert_int_equal(integer_at(json, "features", "api_calls", "limit"), 1000);
+  assert_int_equal(integer_at(json, "features", "api_calls", "remaining"), 958);
+  assert_int_equal(integer_at(json, "features", "api_calls", "percent"), 4);
+  assert_int_equal(integer_at(json, "features", "api_calls", "events"), 2);
+  /* 1000 x 2.50 + 500 x 10.00 per Mtok, +20 %: 9,000 micros. */
+  assert_int_equal(integer_at(json, "features", "ai_tokens", "cost_micros"),
+                   9000);
+  assert_int_equal(integer_at(json, "cost_micros", NULL, NULL), 9000);
+  assert_int_equal(integer_at(json, "credits", "used", NULL), 9);
+  assert_true(json_is_false(json_object_get(json, "cycle_ended")));
+  json_decref(json);
+
+  /* One object (not an array) works too; all-bad is 400. */
+  json = post("/v1/events",
+              "{\"event_id\": \"h-6\", \"subject\": \"user:ingest\", "
+              "\"feature\": \"api_calls\", \"quantity\": 8}",
+              &status);
+  assert_int_equal(status, 202);
+  json_decref(json);
+  json_decref(wait_usage("user:ingest", "api_calls", 50));
+  json = post("/v1/events", "[{\"subject\": \"user:ingest\"}]", &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_field(json), "event_id");
+  json_decref(json);
+  json = post("/v1/events", "[{\"event_id\": ", &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_code(json), "malformed_json");
+  json_decref(json);
+  json = post("/v1/events", "[]", &status);
+  assert_int_equal(status, 400);
+  json_decref(json);
+}
+
+static void test_usage_unknown_subject_and_bad_subject(void **state) {
+  (void)state;
+  long status;
+  json_t *json = get("/v1/subjects/user:nobody-here/usage", &status);
+  assert_int_equal(status, 404);
+  assert_string_equal(error_code(json), "not_found");
+  json_decref(json);
+  json = get("/v1/subjects/usr:typo/usage", &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_code(json), "bad_subject");
+  assert_string_equal(error_field(json), "subject");
+  json_decref(json);
+  json = get("/v1/subjects/api_key:rawkey/usage", &status);
+  assert_int_equal(status, 400);
+  json_decref(json);
+  json = get("/v1/subjects/user:x/usage?at=yesterday", &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_field(json), "at");
+  json_decref(json);
+}
+
+static void test_ended_cycle_shows_reset(void **state) {
+  (void)state;
+  long status;
+  json_t *json = get("/v1/subjects/user:ended/usage", &status);
+  assert_int_equal(status, 200);
+  assert_true(json_is_true(json_object_get(json, "cycle_ended")));
+  assert_int_equal(json_object_size(json_object_get(json, "features")), 0);
+  assert_int_equal(integer_at(json, "cost_micros", NULL, NULL), 0);
+  /* The next cycle, from the config's monthly anchor, contains now. */
+  long long start = integer_at(json, "cycle", "start_ms", NULL);
+  long long end = integer_at(json, "cycle", "end_ms", NULL);
+  long long now = (long long)time(NULL) * 1000;
+  assert_true(start <= now && now < end);
+  json_decref(json);
+  /* As of the event's time, the folded cycle shows. */
+  json = get("/v1/subjects/user:ended/usage?at=1788000000000", &status);
+  assert_int_equal(status, 200);
+  assert_true(json_is_false(json_object_get(json, "cycle_ended")));
+  assert_int_equal(integer_at(json, "features", "api_calls", "quantity"), 9);
+  json_decref(json);
+  /* The pre-check sees the reset too: nothing used. */
+  json = get("/v1/subjects/user:ended/quota?feature=api_calls&quantity=1000",
+             &status);
+  assert_int_equal(status, 200);
+  assert_int_equal(integer_at(json, "used", NULL, NULL), 0);
+  assert_true(json_is_true(json_object_get(json, "allowed")));
+  json_decref(json);
+}
+
+/* ---- quota ---------------------------------------------------------------- */
+
+static void test_quota_hard_soft_unlimited_and_errors(void **state) {
+  (void)state;
+  long status;
+  json_t *json = post("/v1/events",
+                      "[{\"event_id\": \"q-1\", \"subject\": \"user:quota\", "
+                      "\"feature\": \"api_calls\", \"quantity\": 990},"
+                      " {\"event_id\": \"q-2\", \"subject\": \"user:soft\", "
+                      "\"type\": \"plan_assigned\", \"plan\": \"paid\"},"
+                      " {\"event_id\": \"q-3\", \"subject\": \"user:soft\", "
+                      "\"feature\": \"api_calls\", \"quantity\": 99999}]",
+                      &status);
+  assert_int_equal(status, 202);
+  json_decref(json);
+  json_decref(wait_usage("user:quota", "api_calls", 990));
+  json_decref(wait_usage("user:soft", "api_calls", 99999));
+
+  /* Hard limit (free: 1,000 api_calls). */
+  json = get("/v1/subjects/user:quota/quota?feature=api_calls&quantity=10",
+             &status);
+  assert_int_equal(status, 200);
+  assert_true(json_is_true(json_object_get(json, "allowed")));
+  assert_string_equal(json_string_value(json_object_get(json, "reason")),
+                      "within_limit");
+  assert_int_equal(integer_at(json, "remaining", NULL, NULL), 0);
+  json_decref(json);
+  json = get("/v1/subjects/user:quota/quota?feature=api_calls&quantity=11",
+             &status);
+  assert_int_equal(status, 200);
+  assert_true(json_is_false(json_object_get(json, "allowed")));
+  assert_string_equal(json_string_value(json_object_get(json, "reason")),
+                      "limit_exceeded");
+  assert_string_equal(json_string_value(json_object_get(json, "mode")), "hard");
+  json_decref(json);
+
+  /* Soft limit (paid: 100,000 api_calls): allowed with a warning. */
+  json = get("/v1/subjects/user:soft/quota?feature=api_calls&quantity=5",
+             &status);
+  assert_int_equal(status, 200);
+  assert_true(json_is_true(json_object_get(json, "allowed")));
+  assert_string_equal(json_string_value(json_object_get(json, "reason")),
+                      "soft_limit_exceeded");
+  assert_true(json_is_string(json_object_get(json, "warning")));
+  assert_string_equal(json_string_value(json_object_get(json, "plan")), "paid");
+  json_decref(json);
+  /* Unlimited (paid: storage_bytes). */
+  json = get("/v1/subjects/user:soft/quota?feature=storage_bytes&quantity="
+             "999999999999",
+             &status);
+  assert_int_equal(status, 200);
+  assert_true(json_is_true(json_object_get(json, "allowed")));
+  assert_string_equal(json_string_value(json_object_get(json, "reason")),
+                      "unlimited");
+  assert_true(json_is_null(json_object_get(json, "remaining")));
+  json_decref(json);
+
+  /* Unknown subjects get their kind's default plan. */
+  json = get("/v1/subjects/anonymous:fp-new/quota?feature=api_calls&quantity="
+             "101",
+             &status);
+  assert_int_equal(status, 200);
+  assert_string_equal(json_string_value(json_object_get(json, "plan")),
+                      "anonymous");
+  assert_true(json_is_false(json_object_get(json, "allowed")));
+  assert_true(json_is_false(json_object_get(json, "known_subject")));
+  json_decref(json);
+  json = get("/v1/subjects/user:new-one/quota?feature=api_calls", &status);
+  assert_int_equal(status, 200);
+  assert_string_equal(json_string_value(json_object_get(json, "plan")), "free");
+  assert_int_equal(integer_at(json, "quantity", NULL, NULL), 1);
+  assert_int_equal(integer_at(json, "remaining", NULL, NULL), 999);
+  json_decref(json);
+
+  /* Errors name the parameter. */
+  static const struct {
+    const char *path, *code, *field;
+  } errors[] = {
+      {"/v1/subjects/user:quota/quota", "bad_request", "feature"},
+      {"/v1/subjects/user:quota/quota?feature=teleport", "unknown_feature",
+       "feature"},
+      {"/v1/subjects/user:quota/quota?feature=api_calls&quantity=-1",
+       "bad_request", "quantity"},
+      {"/v1/subjects/user:quota/quota?feature=api_calls&quantity=1.5",
+       "bad_request", "quantity"},
+      {"/v1/subjects/user:quota/quota?feature=api_calls&quantity="
+       "99999999999999999999",
+       "bad_request", "quantity"},
+  };
+  for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++) {
+    json = get(errors[i].path, &status);
+    if (status != 400 || strcmp(error_code(json), errors[i].code) != 0 ||
+        strcmp(error_field(json), errors[i].field) != 0)
+      fail_msg("%s: %ld", errors[i].path, status);
+    json_decref(json);
+  }
+}
+
+/* ---- plans, estimate, prorate, plan assignment --------------------------- */
+
+static void test_plans(void **state) {
+  (void)state;
+  long status;
+  json_t *json = get("/v1/plans", &status);
+  assert_int_equal(status, 200);
+  json_t *plans = json_object_get(json, "plans");
+  assert_true(json_array_size(plans) >= 7);
+  int found_free = 0;
+  for (size_t i = 0; i < json_array_size(plans); i++) {
+    json_t *plan = json_array_get(plans, i);
+    if (strcmp(json_string_value(json_object_get(plan, "name")), "free") == 0) {
+      found_free = 1;
+      assert_int_equal(integer_at(plan, "credits", NULL, NULL), 2500);
+      assert_int_equal(integer_at(plan, "limits", "api_calls", "limit"), 1000);
+    }
+  }
+  assert_true(found_free);
+  assert_string_equal(
+      json_string_value(json_object_get(json_object_get(json, "default_plans"),
+                                        "anonymous")),
+      "anonymous");
+  json_decref(json);
+}
+
+static void test_estimate(void **state) {
+  (void)state;
+  long status;
+  /* professional: api_calls graduated 500k free, then 50 micros up to 5M;
+   * 600,000 calls = 100,000 x 50 = 5,000,000 micros. */
+  json_t *json = post("/v1/estimate",
+                      "{\"plan\": \"professional\", \"usage\": {\"api_calls\": "
+                      "600000}, \"ai\": [{\"model\": \"gpt-4o\", "
+                      "\"input_tokens\": 1000000, \"output_tokens\": 100000}]}",
+                      &status);
+  assert_int_equal(status, 200);
+  assert_int_equal(integer_at(json, "features", "api_calls", "cost_micros"),
+                   5000000);
+  /* 2.5 + 1.0 USD, +20 % margin. */
+  assert_int_equal(integer_at(json, "features", "ai_tokens", "cost_micros"),
+                   4200000);
+  assert_int_equal(integer_at(json, "usage_cost_micros", NULL, NULL), 9200000);
+  assert_int_equal(integer_at(json, "total_micros", NULL, NULL), 58200000);
+  assert_int_equal(integer_at(json, "credits", "used", NULL), 9200);
+  assert_true(json_is_true(json_object_get(json, "within_limits")));
+  json_decref(json);
+
+  static const struct {
+    const char *body, *code, *field;
+  } errors[] = {
+      {"{\"plan\": \"gold\"}", "unknown_plan", "plan"},
+      {"{\"usage\": {}}", "bad_request", "plan"},
+      {"{\"plan\": \"free\", \"usage\": {\"teleport\": 1}}", "unknown_feature",
+       "usage.teleport"},
+      {"{\"plan\": \"free\", \"usage\": {\"api_calls\": \"lots\"}}",
+       "bad_request", "usage.api_calls"},
+      {"{\"plan\": \"free\", \"ai\": [{\"model\": \"nope\"}]}", "unknown_model",
+       "ai[0]"},
+      {"{\"plan\": \"free\", \"extra\": 1}", "bad_request", "extra"},
+      {"{\"plan\": ", "malformed_json", NULL},
+      {"[1, 2]", "bad_request", NULL},
+  };
+  for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++) {
+    json = post("/v1/estimate", errors[i].body, &status);
+    if (status != 400 || strcmp(error_code(json), errors[i].code) != 0 ||
+        (errors[i].field && strcmp(error_field(json), errors[i].field) != 0))
+      fail_msg("estimate %s: %ld %s", errors[i].body, status,
+               error_code(json) ? error_code(json) : "");
+    json_decref(json);
+  }
+}
+
+static void test_prorate(void **state) {
+  (void)state;
+  long status;
+  /* November: 30 days; from the 16th, 15 remain. */
+  json_t *json = post("/v1/prorate",
+                      "{\"from_plan\": \"starter\", \"to_plan\": "
+                      "\"professional\", \"change_date\": \"2026-11-16\", "
+                      "\"cycle_start\": \"2026-11-01\"}",
+                      &status);
+  assert_int_equal(status, 200);
+  assert_int_equal(integer_at(json, "days_total", NULL, NULL), 30);
+  assert_int_equal(integer_at(json, "days_remaining", NULL, NULL), 15);
+  assert_int_equal(integer_at(json, "unused_credit_micros", NULL, NULL),
+                   4500000);
+  assert_int_equal(integer_at(json, "new_charge_micros", NULL, NULL), 24500000);
+  assert_int_equal(integer_at(json, "net_micros", NULL, NULL), 20000000);
+  json_decref(json);
+  /* A third of a cycle rounds half up: 20,000,000 x 10/30 -> 6,666,667. */
+  json = post("/v1/prorate",
+              "{\"from_plan\": \"free\", \"to_plan\": \"paid\", "
+              "\"change_date\": \"2026-01-21\", \"cycle_start\": "
+              "\"2026-01-01\", \"cycle_end\": \"2026-01-31\"}",
+              &status);
+  assert_int_equal(status, 200);
+  assert_int_equal(integer_at(json, "new_charge_micros", NULL, NULL), 6666667);
+  json_decref(json);
+
+  static const struct {
+    const char *body, *code, *field;
+  } errors[] = {
+      {"{\"from_plan\": \"free\", \"to_plan\": \"paid\", \"change_date\": "
+       "\"2026-02-30\"}",
+       "bad_date", "change_date"},
+      {"{\"from_plan\": \"free\", \"to_plan\": \"paid\", \"change_date\": "
+       "\"16/11/2026\"}",
+       "bad_date", "change_date"},
+      {"{\"from_plan\": \"free\", \"to_plan\": \"paid\"}", "bad_request",
+       "change_date"},
+      {"{\"from_plan\": \"free\", \"to_plan\": \"paid\", \"change_date\": "
+       "\"2026-12-05\", \"cycle_start\": \"2026-11-01\", \"cycle_end\": "
+       "\"2026-12-01\"}",
+       "bad_date", "change_date"},
+      {"{\"from_plan\": \"nope\", \"to_plan\": \"paid\", \"change_date\": "
+       "\"2026-11-05\"}",
+       "unknown_plan", "from_plan"},
+      {"{\"from_plan\": \"free\", \"to_plan\": 3, \"change_date\": "
+       "\"2026-11-05\"}",
+       "bad_request", "to_plan"},
+  };
+  for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++) {
+    json = post("/v1/prorate", errors[i].body, &status);
+    if (status != 400 || strcmp(error_code(json), errors[i].code) != 0 ||
+        strcmp(error_field(json), errors[i].field) != 0)
+      fail_msg("prorate %s: %ld %s", errors[i].body, status,
+               error_code(json) ? error_code(json) : "");
+    json_decref(json);
+  }
+}
+
+static void test_plan_assignment_is_produced_and_folded(void **state) {
+  (void)state;
+  long status;
+  json_t *json = post("/v1/events",
+                      "{\"event_id\": \"p-1\", \"subject\": \"user:upgrade\", "
+                      "\"feature\": \"api_calls\", \"quantity\": 1}",
+                      &status);
+  assert_int_equal(status, 202);
+  json_decref(json);
+  json_decref(wait_usage("user:upgrade", "api_calls", 1));
+
+  json = post("/v1/subjects/user:upgrade/plan",
+              "{\"plan\": \"starter\", \"event_id\": \"upgrade-1\"}", &status);
+  assert_int_equal(status, 202);
+  assert_string_equal(json_string_value(json_object_get(json, "event_id")),
+                      "upgrade-1");
+  json_decref(json);
+  int64_t deadline = th_now_ms() + 15000;
+  const char *plan = NULL;
+  while (th_now_ms() < deadline) {
+    json = get("/v1/subjects/user:upgrade/usage", &status);
+    plan = json_string_value(json_object_get(json, "plan"));
+    int done = plan && strcmp(plan, "starter") == 0;
+    json_decref(json);
+    if (done)
+      break;
+    th_sleep_ms(50);
+  }
+  json = get("/v1/subjects/user:upgrade/usage", &status);
+  assert_string_equal(json_string_value(json_object_get(json, "plan")),
+                      "starter");
+  assert_int_equal(integer_at(json, "features", "api_calls", "limit"), 10000);
+  json_decref(json);
+
+  json = post("/v1/subjects/user:upgrade/plan", "{\"plan\": \"gold\"}",
+              &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_code(json), "unknown_plan");
+  json_decref(json);
+  json = post("/v1/subjects/user:upgrade/plan", "{}", &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_field(json), "plan");
+  json_decref(json);
+  json = request("POST", "/v1/subjects/user:upgrade/plan", NULL,
+                 "{\"plan\": \"paid\"}", &status);
+  assert_int_equal(status, 401);
+  json_decref(json);
+}
+
+/* ---- readiness through a replay ------------------------------------------ */
+
+static void test_readyz_false_during_replay_true_after(void **state) {
+  (void)state;
+  /* Stop the processor, put a backlog in the log, restart it with small
+   * batches so the replay takes a while, and watch /readyz. */
+  assert_int_equal(th_stop(run.pid), 0);
+  char input[700], out[700];
+  snprintf(input, sizeof(input), "%s/backlog.jsonl", dir);
+  snprintf(out, sizeof(out), "%s/emit.out", dir);
+  FILE *file = fopen(input, "w");
+  assert_non_null(file);
+  const int events = 20000;
+  for (int i = 0; i < events; i++)
+    fprintf(file,
+            "{\"event_id\":\"r-%d\",\"subject\":\"user:replay-%d\","
+            "\"feature\":\"api_calls\",\"quantity\":1}\n",
+            i, i % 50);
+  fclose(file);
+  char *argv[] = {(char *)th_tally_bin(), "emit", "--brokers",
+                  broker.bootstrap, "--quiet", NULL};
+  assert_int_equal(th_wait_exit(th_spawn(argv, input, out, out), 60000), 0);
+
+  static const char *const extra[] = {"--batch-events", "200", NULL};
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+  int saw_replaying = 0, saw_ready = 0;
+  int64_t deadline = th_now_ms() + 60000;
+  while (th_now_ms() < deadline && !saw_ready) {
+    long status;
+    json_t *json = request("GET", "/readyz", NULL, NULL, &status);
+    if (status == 503 && json_array_size(json_object_get(json, "behind")) > 0)
+      saw_replaying = 1;
+    if (status == 200)
+      saw_ready = 1;
+    else
+      assert_int_equal(status, 503);
+    json_decref(json);
+    th_sleep_ms(5);
+  }
+  assert_true(saw_replaying);
+  assert_true(saw_ready);
+  /* Ready means caught up: every backlog event is folded. */
+  long long total = 0;
+  for (int s = 0; s < 50; s++) {
+    char path[128];
+    long status;
+    snprintf(path, sizeof(path), "/v1/subjects/user:replay-%d/usage", s);
+    json_t *json = get(path, &status);
+    assert_int_equal(status, 200);
+    total += integer_at(json, "features", "api_calls", "quantity");
+    json_decref(json);
+  }
+  assert_int_equal(total, events);
+  /* The event posted with a wrong token was never produced. */
+  long status;
+  json_t *json = get("/v1/subjects/user:unauthorized/usage", &status);
+  assert_int_equal(status, 404);
+  json_decref(json);
+}
+
+/* ---- startup: no key, --no-auth, keys from the config -------------------- */
+
+/* Starts `tally run` on the shared broker in its own consumer group (so the
+ * fixture's processor keeps its partitions) with args; its HTTP port, or -1
+ * when it exited (*exit_code, stderr in err_path). */
+static int start_other(const char *tag, const char *const *args, pid_t *pid,
+                       int *exit_code, char *err_path, size_t err_size) {
+  char state[700], port_file[700], group[64];
+  snprintf(state, sizeof(state), "%s/%s", dir, tag);
+  snprintf(port_file, sizeof(port_file), "%s/%s.port", dir, tag);
+  snprintf(err_path, err_size, "%s/%s.log", dir, tag);
+  snprintf(group, sizeof(group), "test-http-%s", tag);
+  char *argv[32] = {(char *)th_tally_bin(), "run", "--brokers",
+                    broker.bootstrap, "--state-dir", state, "--http",
+                    "127.0.0.1:0", "--http-port-file", port_file, "--group",
+                    group, "--tick-interval-ms", "0"};
+  int argc = 14;
+  for (size_t i = 0; args[i] && argc < 31; i++)
+    argv[argc++] = (char *)args[i];
+  argv[argc] = NULL;
+  *pid = th_spawn(argv, NULL, err_path, err_path);
+  int64_t deadline = th_now_ms() + 30000;
+  while (th_now_ms() < deadline) {
+    char *port = th_read_file(port_file);
+    if (port) {
+      int value = atoi(port);
+      free(port);
+      return value;
+    }
+    *exit_code = th_wait_exit(*pid, 50);
+    if (*exit_code >= 0)
+      return -1;
+  }
+  th_kill9(*pid);
+  *exit_code = -1;
+  return -1;
+}
+
+static void test_startup_auth_modes(void **state) {
+  (void)state;
+  char err_path[700];
+  pid_t pid;
+  int exit_code = 0;
+
+  /* No key anywhere: refused, with the ways out named. */
+  static const char *const none[] = {NULL};
+  assert_int_equal(start_other("nokey", none, &pid, &exit_code, err_path,
+                               sizeof(err_path)),
+                   -1);
+  assert_int_equal(exit_code, 2);
+  char *text = th_read_file(err_path);
+  assert_non_null(strstr(text, "no API key configured"));
+  assert_non_null(strstr(text, "--api-key-sha256"));
+  assert_non_null(strstr(text, "--no-auth"));
+  free(text);
+  /* A raw key where the digest belongs: refused. */
+  static const char *const raw[] = {"--api-key-sha256", "sk_live_raw", NULL};
+  assert_int_equal(start_other("rawkey", raw, &pid, &exit_code, err_path,
+                               sizeof(err_path)),
+                   -1);
+  assert_int_equal(exit_code, 2);
+  text = th_read_file(err_path);
+  assert_non_null(strstr(text, "64 hex"));
+  free(text);
+
+  /* --no-auth: open. */
+  static const char *const open_args[] = {"--no-auth", NULL};
+  int port = start_other("noauth", open_args, &pid, &exit_code, err_path,
+                         sizeof(err_path));
+  assert_true(port > 0);
+  long status;
+  char *body = NULL;
+  assert_int_equal(th_http_request(port, "GET", "/v1/plans", NULL, NULL, 0,
+                                   NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 200);
+  free(body);
+  assert_int_equal(th_stop(pid), 0);
+
+  /* Keys from the config file; metrics behind the token when asked. */
+  char config_path[700], config[512], hex[65];
+  snprintf(config_path, sizeof(config_path), "%s/auth-config.json", dir);
+  snprintf(hex, sizeof(hex), "%s", th_api_key_sha256());
+  snprintf(config, sizeof(config),
+           "{\"http\": {\"api_keys\": [{\"name\": \"svc\", \"sha256\": "
+           "\"%s\"}], \"metrics_public\": false}}",
+           hex);
+  FILE *file = fopen(config_path, "w");
+  assert_non_null(file);
+  fputs(config, file);
+  fclose(file);
+  const char *const with_config[] = {"--config", config_path, NULL};
+  port = start_other("config", with_config, &pid, &exit_code, err_path,
+                     sizeof(err_path));
+  assert_true(port > 0);
+  assert_int_equal(th_http_request(port, "GET", "/v1/plans", TH_AUTH_DEFAULT,
+                                   NULL, 0, NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 200);
+  free(body);
+  assert_int_equal(th_http_request(port, "GET", "/metrics", NULL, NULL, 0,
+                                   NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 401);
+  free(body);
+  assert_int_equal(th_http_request(port, "GET", "/metrics", TH_AUTH_DEFAULT,
+                                   NULL, 0, NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 200);
+  free(body);
+  assert_int_equal(th_http_request(port, "GET", "/healthz", NULL, NULL, 0,
+                                   NULL, &status, &body),
+                   0);
+  assert_int_equal(status, 200);
+  free(body);
+  assert_int_equal(th_stop(pid), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_health_and_metrics_are_open),
+      cmocka_unit_test(test_unknown_route_404_wrong_method_405),
+      cmocka_unit_test(test_auth_failures_are_401_json),
+      cmocka_unit_test(test_oversized_body_413_and_long_url_414),
+      cmocka_unit_test(test_ended_cycle_shows_reset),
+      cmocka_unit_test(test_events_then_usage_shows_the_fold),
+      cmocka_unit_test(test_usage_unknown_subject_and_bad_subject),
+      cmocka_unit_test(test_quota_hard_soft_unlimited_and_errors),
+      cmocka_unit_test(test_plans),
+      cmocka_unit_test(test_estimate),
+      cmocka_unit_test(test_prorate),
+      cmocka_unit_test(test_plan_assignment_is_produced_and_folded),
+      cmocka_unit_test(test_startup_auth_modes),
+      cmocka_unit_test(test_readyz_false_during_replay_true_after),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
