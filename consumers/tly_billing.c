@@ -28,14 +28,6 @@
 
 /* ---- calendar (UTC, proleptic Gregorian; H. Hinnant's algorithms) ---- */
 
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  int64_t era = (y >= 0 ? y : y - 399) / 400;
-  int64_t yoe = y - era * 400;
-  int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
 
 static void civil_from_days(int64_t z, int64_t *y, int64_t *m, int64_t *d) {
   z += 719468;
@@ -72,7 +64,7 @@ static int64_t shift_months(int64_t anchor_ms, int64_t k) {
   m = month_index - y * 12 + 1;
   if (d > days_in_month(y, m))
     d = days_in_month(y, m);
-  return days_from_civil(y, m, d) * 86400000 + time_of_day;
+  return tly_days_from_civil(y, m, d) * 86400000 + time_of_day;
 }
 
 void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms, int64_t *start_ms,

@@ -419,7 +419,7 @@ static int parse_digits(const char *text, int count, int *out) {
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
  * days_from_civil): exact for every year, no tables, no floating point. */
-static int64_t days_from_civil(int64_t year, int64_t month, int64_t day) {
+int64_t tly_days_from_civil(int64_t year, int64_t month, int64_t day) {
   year -= month <= 2;
   int64_t era = (year >= 0 ? year : year - 399) / 400;
   int64_t year_of_era = year - era * 400;
@@ -466,7 +466,7 @@ static int parse_rfc3339_utc(const char *text, int64_t *out_ms) {
   if (month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) ||
       hour > 23 || minute > 59 || second > 59)
     return -1;
-  int64_t seconds = days_from_civil(year, month, day) * 86400 +
+  int64_t seconds = tly_days_from_civil(year, month, day) * 86400 +
                     (int64_t)hour * 3600 + minute * 60 + second;
   *out_ms = seconds * 1000 + millis;
   return 0;

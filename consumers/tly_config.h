@@ -156,4 +156,9 @@ const tly_feature_price_t *tly_plan_price(const tly_plan_t *plan,
 const tly_model_price_t *tly_config_model(const tly_config_t *config,
                                           const char *model);
 
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+ * days_from_civil): exact for every year, no tables, no floating point.
+ * Shared by the config, the fold's cycles and the HTTP port's dates. */
+int64_t tly_days_from_civil(int64_t year, int64_t month, int64_t day);
+
 #endif

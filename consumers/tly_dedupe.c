@@ -151,6 +151,15 @@ static void delete_slot(tly_dedupe_t *dedupe, size_t i) {
   dedupe->count--;
 }
 
+static void append_blob(tly_dedupe_t *dedupe, blob_t *blob) {
+  if (dedupe->tail)
+    dedupe->tail->next = blob;
+  else
+    dedupe->head = blob;
+  dedupe->tail = blob;
+  dedupe->blob_count++;
+}
+
 static blob_t *open_blob(tly_dedupe_t *dedupe) {
   if (dedupe->tail && !dedupe->tail->sealed)
     return dedupe->tail;
@@ -165,12 +174,7 @@ static blob_t *open_blob(tly_dedupe_t *dedupe) {
   }
   blob->len = TLY_DEDUPE_BLOB_HEADER;
   blob->max_ms = INT64_MIN;
-  if (dedupe->tail)
-    dedupe->tail->next = blob;
-  else
-    dedupe->head = blob;
-  dedupe->tail = blob;
-  dedupe->blob_count++;
+  append_blob(dedupe, blob);
   return blob;
 }
 
@@ -257,12 +261,7 @@ int tly_dedupe_load(tly_dedupe_t *dedupe, const void *data, size_t len) {
   blob->max_ms = max_ms;
   blob->count = count;
   blob->sealed = 1;
-  if (dedupe->tail)
-    dedupe->tail->next = blob;
-  else
-    dedupe->head = blob;
-  dedupe->tail = blob;
-  dedupe->blob_count++;
+  append_blob(dedupe, blob);
   for (pos = TLY_DEDUPE_BLOB_HEADER; pos < len;) {
     size_t id_len = ((size_t)bytes[pos + 8] << 8) | bytes[pos + 9];
     if (index_record(dedupe, blob, pos))

@@ -695,14 +695,6 @@ done:
 
 /* ---- prorate ----------------------------------------------------------- */
 
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  int64_t era = (y >= 0 ? y : y - 399) / 400;
-  int64_t yoe = y - era * 400;
-  int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
 
 int tly_req_parse_date(const char *text, int64_t *out_ms) {
   static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
@@ -726,7 +718,7 @@ int tly_req_parse_date(const char *text, int64_t *out_ms) {
   if (year < 1970 || month < 1 || month > 12 || day < 1 ||
       day > days[month - 1] + (month == 2 && leap))
     return -1;
-  *out_ms = days_from_civil(year, month, day) * DAY_MS;
+  *out_ms = tly_days_from_civil(year, month, day) * DAY_MS;
   return 0;
 }
 
