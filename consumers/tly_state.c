@@ -66,8 +66,8 @@ static int collect_row(void *opaque, const char *key, size_t key_len,
   }
   tly_state_row_t *out = &state->rows[state->row_count++];
   memset(out, 0, sizeof(*out));
-  out->cycle_start_ms = (int64_t)tly_get_be64(
-      (const unsigned char *)key + scan->prefix_len);
+  out->cycle_start_ms =
+      (int64_t)tly_get_be64((const unsigned char *)key + scan->prefix_len);
   memcpy(out->feature, key + scan->prefix_len + 8, feature_len);
   out->feature[feature_len] = '\0';
   out->row = row;
@@ -113,11 +113,11 @@ int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
     snprintf(errstr, errstr_size, "subject id too long");
     return -1;
   }
-  int32_t home = partition_count > 0
-                     ? rd_kafka_msg_partitioner_murmur2(
-                           NULL, subject_key, subject_key_len, partition_count,
-                           NULL, NULL)
-                     : -1;
+  int32_t home =
+      partition_count > 0
+          ? rd_kafka_msg_partitioner_murmur2(NULL, subject_key, subject_key_len,
+                                             partition_count, NULL, NULL)
+          : -1;
   int found = 0;
   for (int32_t i = -1; i < partition_count && !found; i++) {
     int32_t partition = i < 0 ? home : i;
@@ -150,7 +150,8 @@ int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
   }
   if (scan.failed) {
     snprintf(errstr, errstr_size, "%s",
-             scan.failed == 2 ? "out of memory" : "stored usage row is corrupt");
+             scan.failed == 2 ? "out of memory"
+                              : "stored usage row is corrupt");
     tly_state_subject_clear(out);
     return -1;
   }
