@@ -880,6 +880,47 @@ static void test_startup_auth_modes(void **state) {
   assert_int_equal(th_stop(pid), 0);
 }
 
+/* ---- ingest when Kafka is gone ------------------------------------------- */
+
+static void test_produce_failure_is_503(void **state) {
+  (void)state;
+  /* Its own broker and processor, so killing the broker spares the rest. */
+  th_broker_t lost;
+  th_run_t other;
+  char other_state[700];
+  assert_int_equal(th_broker_start(&lost, 1), 0);
+  snprintf(other_state, sizeof(other_state), "%s/lost-broker", dir);
+  static const char *const extra[] = {"-X", "message.timeout.ms=1500", NULL};
+  assert_int_equal(th_run_start(&other, lost.bootstrap, other_state, extra), 0);
+  th_kill9(lost.pid);
+
+  long status;
+  char *text = NULL;
+  const char *body =
+      "[{\"event_id\": \"lost-1\", \"subject\": \"user:lost\", \"feature\": "
+      "\"api_calls\", \"quantity\": 1}, {\"event_id\": \"\"}]";
+  int64_t started = th_now_ms();
+  assert_int_equal(th_http_request(other.port, "POST", "/v1/events",
+                                   TH_AUTH_DEFAULT, body, strlen(body), NULL,
+                                   &status, &text),
+                   0);
+  /* Answered within the delivery timeout, not hung. */
+  assert_true(th_now_ms() - started < 10000);
+  assert_int_equal(status, 503);
+  json_t *json = json_loads(text, 0, NULL);
+  free(text);
+  assert_string_equal(error_code(json), "kafka_unavailable");
+  assert_int_equal(integer_at(json, "failed", NULL, NULL), 1);
+  assert_int_equal(integer_at(json, "rejected", NULL, NULL), 1);
+  json_t *results = json_object_get(json, "results");
+  assert_string_equal(
+      json_string_value(json_object_get(json_array_get(results, 0), "status")),
+      "failed");
+  json_decref(json);
+  th_stop(other.pid); /* may need its SIGKILL: its broker is gone */
+  th_rmrf(lost.dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_health_and_metrics_are_open),
@@ -895,6 +936,7 @@ int main(void) {
       cmocka_unit_test(test_prorate),
       cmocka_unit_test(test_plan_assignment_is_produced_and_folded),
       cmocka_unit_test(test_startup_auth_modes),
+      cmocka_unit_test(test_produce_failure_is_503),
       cmocka_unit_test(test_readyz_false_during_replay_true_after),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
