@@ -64,8 +64,8 @@ tly_auth_result_t tly_auth_check(const tly_api_key_t *keys, size_t key_count,
   while (*token == ' ' || *token == '\t')
     token++;
   size_t token_len = strlen(token);
-  while (token_len && (token[token_len - 1] == ' ' ||
-                       token[token_len - 1] == '\t'))
+  while (token_len &&
+         (token[token_len - 1] == ' ' || token[token_len - 1] == '\t'))
     token_len--;
   if (!token_len)
     return TLY_AUTH_MALFORMED;

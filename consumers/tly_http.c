@@ -107,7 +107,7 @@ struct request {
   char *body;
   size_t body_len, body_cap, body_seen;
   int body_too_large;
-  int answered; /* an answer is queued: the handler never runs again */
+  int answered;     /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
 };
 
@@ -152,11 +152,11 @@ static uint64_t commit_count(void *opaque) {
 static int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
                         tly_subject_state_t *state, response_t *out) {
   char errstr[512];
-  int found = tly_state_cache_find(
-      http->cache, http->conf.store,
-      tly_processor_partition_count(http->conf.processor), commit_count,
-      http->conf.processor, subject->kind, subject->id, state, errstr,
-      sizeof(errstr));
+  int found =
+      tly_state_cache_find(http->cache, http->conf.store,
+                           tly_processor_partition_count(http->conf.processor),
+                           commit_count, http->conf.processor, subject->kind,
+                           subject->id, state, errstr, sizeof(errstr));
   if (found < 0)
     respond_error(out, 500, "store_error", errstr);
   return found;
@@ -165,8 +165,7 @@ static int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
 /* ---- handlers: health, readiness, metrics ----------------------------- */
 
 static void handle_healthz(tly_http_t *http, request_t *req,
-                           struct MHD_Connection *connection,
-                           response_t *out) {
+                           struct MHD_Connection *connection, response_t *out) {
   (void)http, (void)req, (void)connection;
   respond_json(out, 200, json_pack("{s:s}", "status", "ok"));
 }
@@ -209,11 +208,11 @@ static int readiness(tly_http_t *http, json_t **detail) {
         status[i].committed_offset < 0 ? 0 : status[i].committed_offset;
     if (committed < status[i].replay_target)
       json_array_append_new(
-          behind, json_pack("{s:i,s:I,s:I,s:I}", "partition",
-                            (int)status[i].partition, "committed_offset",
-                            (json_int_t)committed, "replay_target",
-                            (json_int_t)status[i].replay_target, "remaining",
-                            (json_int_t)(status[i].replay_target - committed)));
+          behind,
+          json_pack("{s:i,s:I,s:I,s:I}", "partition", (int)status[i].partition,
+                    "committed_offset", (json_int_t)committed, "replay_target",
+                    (json_int_t)status[i].replay_target, "remaining",
+                    (json_int_t)(status[i].replay_target - committed)));
   }
   free(status);
   int ready = assigned > 0 && json_array_size(behind) == 0;
@@ -261,8 +260,8 @@ static void text_append(text_t *text, const char *fmt, ...) {
   for (;;) {
     size_t room = text->cap - text->len;
     va_start(ap, fmt);
-    int needed = vsnprintf(text->data ? text->data + text->len : NULL, room,
-                           fmt, ap);
+    int needed =
+        vsnprintf(text->data ? text->data + text->len : NULL, room, fmt, ap);
     va_end(ap);
     if (needed < 0)
       return;
@@ -310,8 +309,7 @@ static void metrics_http(tly_http_t *http, text_t *text) {
 }
 
 static void handle_metrics(tly_http_t *http, request_t *req,
-                           struct MHD_Connection *connection,
-                           response_t *out) {
+                           struct MHD_Connection *connection, response_t *out) {
   tly_processor_stats_t stats;
   text_t text = {0};
   size_t count = 0;
@@ -371,10 +369,9 @@ static void handle_metrics(tly_http_t *http, request_t *req,
                      "tally_partition_committed_offset gauge\n");
   for (size_t i = 0; status && i < count; i++)
     if (status[i].assigned)
-      text_append(&text,
-                  "tally_partition_committed_offset{partition=\"%d\"} %lld\n",
-                  (int)status[i].partition,
-                  (long long)status[i].committed_offset);
+      text_append(
+          &text, "tally_partition_committed_offset{partition=\"%d\"} %lld\n",
+          (int)status[i].partition, (long long)status[i].committed_offset);
   text_append(&text, "# HELP tally_partition_replay_target Log end when the "
                      "partition was assigned (ready once committed).\n# TYPE "
                      "tally_partition_replay_target gauge\n");
@@ -382,8 +379,7 @@ static void handle_metrics(tly_http_t *http, request_t *req,
     if (status[i].assigned)
       text_append(&text,
                   "tally_partition_replay_target{partition=\"%d\"} %lld\n",
-                  (int)status[i].partition,
-                  (long long)status[i].replay_target);
+                  (int)status[i].partition, (long long)status[i].replay_target);
   text_append(&text, "# HELP tally_consumer_lag Records in the log not yet "
                      "committed, per partition.\n# TYPE tally_consumer_lag "
                      "gauge\n");
@@ -397,9 +393,10 @@ static void handle_metrics(tly_http_t *http, request_t *req,
                 (int)status[i].partition, (long long)(lag < 0 ? 0 : lag));
   }
   free(status);
-  text_append(&text, "# HELP tally_ready 1 once every assigned partition has "
-                     "caught up with its replay (see /readyz).\n# TYPE "
-                     "tally_ready gauge\ntally_ready %d\n",
+  text_append(&text,
+              "# HELP tally_ready 1 once every assigned partition has "
+              "caught up with its replay (see /readyz).\n# TYPE "
+              "tally_ready gauge\ntally_ready %d\n",
               readiness(http, NULL) == 1);
   metrics_http(http, &text);
   out->status = text.data ? 200 : 500;
@@ -417,9 +414,9 @@ static void handle_usage(tly_http_t *http, request_t *req,
 
   int64_t now_ms;
   if (tly_req_parse_subject(req->subject, &subject, &err) ||
-      tly_req_parse_at(MHD_lookup_connection_value(
-                           connection, MHD_GET_ARGUMENT_KIND, "at"),
-                       tly_wall_ms(), &now_ms, &err)) {
+      tly_req_parse_at(
+          MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "at"),
+          tly_wall_ms(), &now_ms, &err)) {
     respond_req_error(out, &err);
     return;
   }
@@ -430,9 +427,9 @@ static void handle_usage(tly_http_t *http, request_t *req,
              subject.key);
     respond_error(out, 404, "not_found", message);
   } else if (found > 0) {
-    respond_json(out, 200,
-                 tly_req_usage_json(http->conf.config, &subject, &state,
-                                    now_ms));
+    respond_json(
+        out, 200,
+        tly_req_usage_json(http->conf.config, &subject, &state, now_ms));
   }
   tly_state_subject_clear(&state);
 }
@@ -446,16 +443,15 @@ static void handle_quota(tly_http_t *http, request_t *req,
   int64_t now_ms;
 
   if (tly_req_parse_subject(req->subject, &subject, &err) ||
-      tly_req_parse_quota(
-          http->conf.config,
-          MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND,
-                                      "feature"),
-          MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND,
-                                      "quantity"),
-          &query, &err) ||
-      tly_req_parse_at(MHD_lookup_connection_value(
-                           connection, MHD_GET_ARGUMENT_KIND, "at"),
-                       tly_wall_ms(), &now_ms, &err)) {
+      tly_req_parse_quota(http->conf.config,
+                          MHD_lookup_connection_value(
+                              connection, MHD_GET_ARGUMENT_KIND, "feature"),
+                          MHD_lookup_connection_value(
+                              connection, MHD_GET_ARGUMENT_KIND, "quantity"),
+                          &query, &err) ||
+      tly_req_parse_at(
+          MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "at"),
+          tly_wall_ms(), &now_ms, &err)) {
     respond_req_error(out, &err);
     return;
   }
@@ -494,8 +490,7 @@ static void handle_estimate(tly_http_t *http, request_t *req,
 }
 
 static void handle_prorate(tly_http_t *http, request_t *req,
-                           struct MHD_Connection *connection,
-                           response_t *out) {
+                           struct MHD_Connection *connection, response_t *out) {
   tly_req_error_t err;
   (void)connection;
   json_t *answer =
@@ -610,10 +605,10 @@ static void ingest_answer(ingest_t *ingest, response_t *out) {
     json_t *result = NULL;
     if (!item->ok) {
       rejected++;
-      result = json_pack("{s:I,s:s,s:o}", "index", (json_int_t)i, "status",
-                         "rejected", "error",
-                         error_json(item->error.code, item->error.message,
-                                    item->error.field));
+      result = json_pack(
+          "{s:I,s:s,s:o}", "index", (json_int_t)i, "status", "rejected",
+          "error",
+          error_json(item->error.code, item->error.message, item->error.field));
       if (!first_error)
         first_error = error_json(item->error.code, item->error.message,
                                  item->error.field);
@@ -623,9 +618,8 @@ static void ingest_answer(ingest_t *ingest, response_t *out) {
                          "accepted", "event_id", item->event.event_id);
     } else {
       failed++;
-      result = json_pack("{s:I,s:s,s:s,s:o}", "index", (json_int_t)i,
-                         "status", "failed", "event_id", item->event.event_id,
-                         "error",
+      result = json_pack("{s:I,s:s,s:s,s:o}", "index", (json_int_t)i, "status",
+                         "failed", "event_id", item->event.event_id, "error",
                          error_json("produce_failed", slot->error, NULL));
     }
     json_array_append_new(results, result);
@@ -853,8 +847,7 @@ static int begin_request(tly_http_t *http, request_t *req,
   const tly_http_config_t *limits = &http->conf.config->http;
   if (req->uri_len > (size_t)limits->max_url_bytes) {
     char message[96];
-    snprintf(message, sizeof(message),
-             "request target longer than %lld bytes",
+    snprintf(message, sizeof(message), "request target longer than %lld bytes",
              (long long)limits->max_url_bytes);
     respond_error(out, 414, "uri_too_long", message);
     return 1;
@@ -946,12 +939,10 @@ static tly_mhd_result queue_answer(tly_http_t *http, request_t *req,
   return rc;
 }
 
-static tly_mhd_result handle_request(void *cls,
-                                     struct MHD_Connection *connection,
-                                     const char *url, const char *method,
-                                     const char *version,
-                                     const char *upload_data,
-                                     size_t *upload_data_size, void **state) {
+static tly_mhd_result
+handle_request(void *cls, struct MHD_Connection *connection, const char *url,
+               const char *method, const char *version, const char *upload_data,
+               size_t *upload_data_size, void **state) {
   tly_http_t *http = cls;
   request_t *req = *state;
   response_t out = {0};
@@ -1105,8 +1096,8 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   http->daemon = MHD_start_daemon(
       MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
           MHD_USE_ERROR_LOG,
-      conf->port, NULL, NULL, handle_request, http, MHD_OPTION_SOCK_ADDR,
-      &addr, MHD_OPTION_THREAD_POOL_SIZE, conf->threads ? conf->threads : 2u,
+      conf->port, NULL, NULL, handle_request, http, MHD_OPTION_SOCK_ADDR, &addr,
+      MHD_OPTION_THREAD_POOL_SIZE, conf->threads ? conf->threads : 2u,
       MHD_OPTION_CONNECTION_LIMIT, 1000u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
       MHD_OPTION_URI_LOG_CALLBACK, on_uri, http, MHD_OPTION_NOTIFY_COMPLETED,

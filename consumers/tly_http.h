@@ -27,8 +27,8 @@ typedef struct {
   tly_store_t *store;
   tly_processor_t *processor;
   const tly_config_t *config; /* http.api_keys, limits, plans */
-  unsigned threads;    /* default 2 */
-  int no_auth;         /* 1: every route is open (`tally run --no-auth`) */
+  unsigned threads;           /* default 2 */
+  int no_auth; /* 1: every route is open (`tally run --no-auth`) */
   /* Ingest (POST /v1/events, /plan): produced here with the idempotent
    * producer. brokers NULL: those routes answer 503. */
   const char *brokers;

@@ -174,8 +174,8 @@ int tly_req_effective_cycle(const tly_config_t *config,
   }
   /* As the fold's next_cycle(): Stripe's period continues monthly from its
    * last end; otherwise the config's monthly cycles. */
-  int64_t anchor = account->stripe_period ? account->cycle.end_ms
-                                          : config->cycle_anchor_ms;
+  int64_t anchor =
+      account->stripe_period ? account->cycle.end_ms : config->cycle_anchor_ms;
   tly_billing_month_cycle(anchor, now_ms, start_ms, end_ms);
   return 1;
 }
@@ -328,18 +328,16 @@ json_t *tly_req_quota_json(const tly_config_t *config,
       integer_or_null(quota.credits_limit), "remaining",
       quota.credits_remaining < 0 ? json_null()
                                   : json_integer(quota.credits_remaining));
-  return json_pack("{s:s,s:s,s:I,s:b,s:s,s:o,s:s,s:s,s:o,s:I,s:o,s:o,"
-                   "s:{s:I,s:I},s:b,s:b}",
-                   "subject", subject->key, "feature", query->feature,
-                   "quantity", (json_int_t)query->quantity, "allowed",
-                   quota.allowed, "reason", quota.reason, "warning", warning,
-                   "plan", plan->name, "mode", quota.mode, "limit",
-                   integer_or_null(quota.limit), "used",
-                   (json_int_t)quota.used, "remaining",
-                   integer_or_null(quota.remaining), "credits", credits,
-                   "cycle", "start_ms", (json_int_t)start, "end_ms",
-                   (json_int_t)end, "cycle_ended", ended, "known_subject",
-                   account != NULL);
+  return json_pack(
+      "{s:s,s:s,s:I,s:b,s:s,s:o,s:s,s:s,s:o,s:I,s:o,s:o,"
+      "s:{s:I,s:I},s:b,s:b}",
+      "subject", subject->key, "feature", query->feature, "quantity",
+      (json_int_t)query->quantity, "allowed", quota.allowed, "reason",
+      quota.reason, "warning", warning, "plan", plan->name, "mode", quota.mode,
+      "limit", integer_or_null(quota.limit), "used", (json_int_t)quota.used,
+      "remaining", integer_or_null(quota.remaining), "credits", credits,
+      "cycle", "start_ms", (json_int_t)start, "end_ms", (json_int_t)end,
+      "cycle_ended", ended, "known_subject", account != NULL);
 }
 
 /* ---- usage ------------------------------------------------------------- */
@@ -353,8 +351,8 @@ static int64_t percent_of(int64_t used, int64_t limit) {
 /* Limit, mode, remaining, percent and exceeded of one feature. */
 static void add_limit_fields(json_t *entry, const tly_plan_t *plan,
                              const char *feature, int64_t quantity) {
-  const tly_feature_limit_t *limit = plan ? tly_plan_limit(plan, feature)
-                                          : NULL;
+  const tly_feature_limit_t *limit =
+      plan ? tly_plan_limit(plan, feature) : NULL;
   if (!limit || limit->limit == TLY_UNLIMITED) {
     json_object_set_new(entry, "limit", json_null());
     json_object_set_new(entry, "mode", json_string("unlimited"));
@@ -376,12 +374,11 @@ static void add_limit_fields(json_t *entry, const tly_plan_t *plan,
 }
 
 static json_t *usage_entry(const tly_billing_row_t *row) {
-  return json_pack("{s:I,s:I,s:I,s:I,s:I}", "quantity",
-                   (json_int_t)row->quantity, "input_tokens",
-                   (json_int_t)row->input_tokens, "output_tokens",
-                   (json_int_t)row->output_tokens, "events",
-                   (json_int_t)row->event_count, "cost_micros",
-                   (json_int_t)row->cost_micros);
+  return json_pack(
+      "{s:I,s:I,s:I,s:I,s:I}", "quantity", (json_int_t)row->quantity,
+      "input_tokens", (json_int_t)row->input_tokens, "output_tokens",
+      (json_int_t)row->output_tokens, "events", (json_int_t)row->event_count,
+      "cost_micros", (json_int_t)row->cost_micros);
 }
 
 json_t *tly_req_usage_json(const tly_config_t *config,
@@ -423,14 +420,14 @@ json_t *tly_req_usage_json(const tly_config_t *config,
     json_object_set_new(credits, "percent", json_null());
     json_object_set_new(credits, "exceeded", json_false());
   }
-  return json_pack(
-      "{s:s,s:i,s:s,s:{s:I,s:I},s:b,s:I,s:I,s:o,s:b,s:b,s:o}", "subject",
-      subject->key, "partition", (int)state->partition, "plan", account->plan,
-      "cycle", "start_ms", (json_int_t)start, "end_ms", (json_int_t)end,
-      "cycle_ended", ended, "cost_micros", (json_int_t)cost,
-      "base_price_micros", (json_int_t)(plan ? plan->base_price_micros : 0),
-      "credits", credits, "payment_failed", account->payment_failed,
-      "canceled", account->canceled, "features", features);
+  return json_pack("{s:s,s:i,s:s,s:{s:I,s:I},s:b,s:I,s:I,s:o,s:b,s:b,s:o}",
+                   "subject", subject->key, "partition", (int)state->partition,
+                   "plan", account->plan, "cycle", "start_ms",
+                   (json_int_t)start, "end_ms", (json_int_t)end, "cycle_ended",
+                   ended, "cost_micros", (json_int_t)cost, "base_price_micros",
+                   (json_int_t)(plan ? plan->base_price_micros : 0), "credits",
+                   credits, "payment_failed", account->payment_failed,
+                   "canceled", account->canceled, "features", features);
 }
 
 /* ---- plans ------------------------------------------------------------- */
@@ -438,30 +435,30 @@ json_t *tly_req_usage_json(const tly_config_t *config,
 static json_t *plan_json(const tly_config_t *config, const tly_plan_t *plan) {
   json_t *thresholds = json_array(), *limits = json_object(),
          *prices = json_object();
-  size_t count = plan->threshold_count ? plan->threshold_count
-                                       : config->threshold_count;
+  size_t count =
+      plan->threshold_count ? plan->threshold_count : config->threshold_count;
   const int *percents =
       plan->threshold_count ? plan->thresholds : config->thresholds;
   for (size_t i = 0; i < count; i++)
     json_array_append_new(thresholds, json_integer(percents[i]));
   for (size_t i = 0; i < plan->limit_count; i++) {
     const tly_feature_limit_t *limit = &plan->limits[i];
-    json_object_set_new(
-        limits, limit->feature,
-        json_pack("{s:o,s:s}", "limit", integer_or_null(limit->limit), "mode",
-                  limit->limit == TLY_UNLIMITED ? "unlimited"
-                  : limit->mode == TLY_LIMIT_HARD ? "hard"
-                                                  : "soft"));
+    json_object_set_new(limits, limit->feature,
+                        json_pack("{s:o,s:s}", "limit",
+                                  integer_or_null(limit->limit), "mode",
+                                  limit->limit == TLY_UNLIMITED   ? "unlimited"
+                                  : limit->mode == TLY_LIMIT_HARD ? "hard"
+                                                                  : "soft"));
   }
   for (size_t i = 0; i < plan->price_count; i++) {
     const tly_feature_price_t *price = &plan->prices[i];
     json_t *tiers = json_array();
     for (size_t t = 0; t < price->tier_count; t++)
-      json_array_append_new(
-          tiers, json_pack("{s:o,s:I}", "up_to",
-                           integer_or_null(price->tiers[t].up_to),
-                           "unit_micros",
-                           (json_int_t)price->tiers[t].unit_micros));
+      json_array_append_new(tiers,
+                            json_pack("{s:o,s:I}", "up_to",
+                                      integer_or_null(price->tiers[t].up_to),
+                                      "unit_micros",
+                                      (json_int_t)price->tiers[t].unit_micros));
     json_object_set_new(
         prices, price->feature,
         json_pack("{s:s,s:o}", "model",
@@ -605,11 +602,10 @@ static int estimate_ai(const json_t *ai, json_t *features, json_t *items_out,
       return tly_req_fail(err, 400, "bad_request", path,
                           "field '%s': token counts too large", path);
     json_array_append_new(
-        items_out, json_pack("{s:s,s:s,s:I,s:I,s:I}", "model", model_name,
-                             "feature", feature, "input_tokens",
-                             (json_int_t)input, "output_tokens",
-                             (json_int_t)output, "cost_micros",
-                             (json_int_t)cost));
+        items_out,
+        json_pack("{s:s,s:s,s:I,s:I,s:I}", "model", model_name, "feature",
+                  feature, "input_tokens", (json_int_t)input, "output_tokens",
+                  (json_int_t)output, "cost_micros", (json_int_t)cost));
   }
   return 0;
 }
@@ -626,7 +622,8 @@ json_t *tly_req_estimate(const tly_config_t *config, const char *body,
   if (!root)
     goto done;
   if (!json_is_object(root)) {
-    tly_req_fail(err, 400, "bad_request", "", "request body: must be an object");
+    tly_req_fail(err, 400, "bad_request", "",
+                 "request body: must be an object");
     goto done;
   }
   if (check_keys(root, allowed, err) ||
@@ -647,8 +644,8 @@ json_t *tly_req_estimate(const tly_config_t *config, const char *body,
     const tly_feature_price_t *price = tly_plan_price(plan, feature);
     int64_t tier_cost = 0, feature_cost;
     /* Token features are priced by model above; the rest by the tiers. */
-    json_t *from_usage = json_object_get(json_object_get(root, "usage"),
-                                         feature);
+    json_t *from_usage =
+        json_object_get(json_object_get(root, "usage"), feature);
     if (price && from_usage)
       tier_cost = tly_billing_tier_cost(price, json_integer_value(from_usage));
     if (tier_cost < 0 || entry_add(entry, "cost_micros", tier_cost)) {
@@ -682,8 +679,8 @@ json_t *tly_req_estimate(const tly_config_t *config, const char *body,
       "base_price_micros", (json_int_t)plan->base_price_micros,
       "usage_cost_micros", (json_int_t)usage_cost, "total_micros",
       (json_int_t)total, "credits", "used", (json_int_t)credits_used, "limit",
-      integer_or_null(plan->credits), "exceeded", credits_exceeded,
-      "features", features, "ai", ai_items, "within_limits", within_limits);
+      integer_or_null(plan->credits), "exceeded", credits_exceeded, "features",
+      features, "ai", ai_items, "within_limits", within_limits);
   if (!answer)
     tly_req_fail(err, 500, "internal", "", "out of memory");
 done:
@@ -748,9 +745,8 @@ static int get_date(const json_t *object, const char *key, int64_t *out,
 
 json_t *tly_req_prorate(const tly_config_t *config, const char *body,
                         size_t len, tly_req_error_t *err) {
-  static const char *const allowed[] = {"from_plan",   "to_plan",
-                                        "change_date", "cycle_start",
-                                        "cycle_end",   NULL};
+  static const char *const allowed[] = {
+      "from_plan", "to_plan", "change_date", "cycle_start", "cycle_end", NULL};
   json_t *root = load_body(body, len, err), *answer = NULL;
   const tly_plan_t *from, *to;
   int64_t change = 0, start = 0, end = 0;
@@ -759,7 +755,8 @@ json_t *tly_req_prorate(const tly_config_t *config, const char *body,
   if (!root)
     return NULL;
   if (!json_is_object(root)) {
-    tly_req_fail(err, 400, "bad_request", "", "request body: must be an object");
+    tly_req_fail(err, 400, "bad_request", "",
+                 "request body: must be an object");
     goto done;
   }
   if (check_keys(root, allowed, err) ||
@@ -796,18 +793,18 @@ json_t *tly_req_prorate(const tly_config_t *config, const char *body,
     goto done;
   }
   int64_t total = end - start, remaining = end - change;
-  int64_t credit = tly_req_prorate_amount(from->base_price_micros, remaining,
-                                          total);
-  int64_t charge = tly_req_prorate_amount(to->base_price_micros, remaining,
-                                          total);
+  int64_t credit =
+      tly_req_prorate_amount(from->base_price_micros, remaining, total);
+  int64_t charge =
+      tly_req_prorate_amount(to->base_price_micros, remaining, total);
   answer = json_pack(
       "{s:s,s:s,s:{s:I,s:I},s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "from_plan",
       from->name, "to_plan", to->name, "cycle", "start_ms", (json_int_t)start,
       "end_ms", (json_int_t)end, "change_ms", (json_int_t)change, "days_total",
       (json_int_t)(total / DAY_MS), "days_remaining",
       (json_int_t)(remaining / DAY_MS), "unused_credit_micros",
-      (json_int_t)credit, "new_charge_micros", (json_int_t)charge,
-      "net_micros", (json_int_t)(charge - credit), "rounding",
+      (json_int_t)credit, "new_charge_micros", (json_int_t)charge, "net_micros",
+      (json_int_t)(charge - credit), "rounding",
       "each amount = base_price_micros x (cycle_end - change) / (cycle_end - "
       "cycle_start), in milliseconds, rounded half up to a whole micro-unit; "
       "net = new_charge - unused_credit");
@@ -884,7 +881,8 @@ int tly_req_parse_events(const tly_config_t *config, const char *body,
   }
   out->count = count;
   for (size_t i = 0; i < count; i++)
-    parse_one_event(config, json_is_array(root) ? json_array_get(root, i) : root,
+    parse_one_event(config,
+                    json_is_array(root) ? json_array_get(root, i) : root,
                     now_ms, &out->items[i]);
   rc = 0;
 done:
@@ -894,9 +892,8 @@ done:
 
 int tly_req_parse_plan(const tly_config_t *config,
                        const tly_req_subject_t *subject, const char *body,
-                       size_t len, int64_t now_ms,
-                       const char *default_event_id, tly_event_t *out,
-                       tly_req_error_t *err) {
+                       size_t len, int64_t now_ms, const char *default_event_id,
+                       tly_event_t *out, tly_req_error_t *err) {
   static const char *const allowed[] = {"plan", "event_id", "occurred_at",
                                         NULL};
   char errstr[512];
@@ -905,7 +902,8 @@ int tly_req_parse_plan(const tly_config_t *config,
   if (!root)
     return -1;
   if (!json_is_object(root)) {
-    tly_req_fail(err, 400, "bad_request", "", "request body: must be an object");
+    tly_req_fail(err, 400, "bad_request", "",
+                 "request body: must be an object");
     goto done;
   }
   if (check_keys(root, allowed, err) || !get_plan(config, root, "plan", err))
@@ -914,10 +912,9 @@ int tly_req_parse_plan(const tly_config_t *config,
   event = json_pack("{s:s,s:s,s:O}", "type", "plan_assigned", "subject",
                     subject->key, "plan", json_object_get(root, "plan"));
   json_t *event_id = json_object_get(root, "event_id");
-  if (!event ||
-      json_object_set_new(event, "event_id",
-                          event_id ? json_incref(event_id)
-                                   : json_string(default_event_id))) {
+  if (!event || json_object_set_new(event, "event_id",
+                                    event_id ? json_incref(event_id)
+                                             : json_string(default_event_id))) {
     tly_req_fail(err, 500, "internal", "", "out of memory");
     goto done;
   }

@@ -31,9 +31,9 @@
 #define TLY_REQ_EVENTS_MAX 10000
 
 typedef struct {
-  int status;       /* HTTP status: 400, 404, 413, ... */
-  char code[32];    /* "bad_request", "unknown_feature", "unknown_plan", ... */
-  char field[128];  /* the field at fault; "" for the whole request */
+  int status;      /* HTTP status: 400, 404, 413, ... */
+  char code[32];   /* "bad_request", "unknown_feature", "unknown_plan", ... */
+  char field[128]; /* the field at fault; "" for the whole request */
   char message[512];
 } tly_req_error_t;
 
@@ -91,14 +91,14 @@ int tly_req_parse_quota(const tly_config_t *config, const char *feature,
 
 typedef struct {
   int allowed;
-  const char *reason;  /* "within_limit", "unlimited", "limit_exceeded",
-                          "soft_limit_exceeded", "credits_exhausted" */
-  const char *mode;    /* "hard", "soft" or "unlimited" */
-  int64_t limit;       /* TLY_UNLIMITED when none */
-  int64_t used;        /* this cycle, before the request */
-  int64_t remaining;   /* after the request, >= 0; TLY_UNLIMITED when none */
-  int64_t credits_used;      /* this cycle, before the request */
-  int64_t credits_limit;     /* TLY_UNLIMITED when none */
+  const char *reason;    /* "within_limit", "unlimited", "limit_exceeded",
+                            "soft_limit_exceeded", "credits_exhausted" */
+  const char *mode;      /* "hard", "soft" or "unlimited" */
+  int64_t limit;         /* TLY_UNLIMITED when none */
+  int64_t used;          /* this cycle, before the request */
+  int64_t remaining;     /* after the request, >= 0; TLY_UNLIMITED when none */
+  int64_t credits_used;  /* this cycle, before the request */
+  int64_t credits_limit; /* TLY_UNLIMITED when none */
   int64_t credits_remaining; /* after the request (>= 0); -1 if unlimited */
 } tly_req_quota_t;
 
@@ -188,8 +188,7 @@ void tly_req_events_clear(tly_req_events_t *events);
  * default_event_id is used when the body has none. 0 or -1. */
 int tly_req_parse_plan(const tly_config_t *config,
                        const tly_req_subject_t *subject, const char *body,
-                       size_t len, int64_t now_ms,
-                       const char *default_event_id, tly_event_t *out,
-                       tly_req_error_t *err);
+                       size_t len, int64_t now_ms, const char *default_event_id,
+                       tly_event_t *out, tly_req_error_t *err);
 
 #endif

@@ -43,8 +43,8 @@ typedef uint64_t (*tly_commit_count_fn)(void *opaque);
 int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
                          int32_t partition_count, tly_commit_count_fn count,
                          void *count_opaque, tly_subject_kind_t kind,
-                         const char *id, tly_subject_state_t *out,
-                         char *errstr, size_t errstr_size);
+                         const char *id, tly_subject_state_t *out, char *errstr,
+                         size_t errstr_size);
 
 typedef struct {
   uint64_t hits, misses;

@@ -66,6 +66,16 @@ for _ in $(seq 1 600); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ] && break
   sleep 0.1
 done
+# Steady state: the alerts of the initial fold published and their acks
+# committed (each commit invalidates the read cache), nothing left to do.
+metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+last=""
+for _ in $(seq 1 300); do
+  now="$(metric tally_outbox_entries) $(metric tally_batches_committed_total)"
+  [ "${now%% *}" = 0 ] && [ "$now" = "$last" ] && break
+  last="$now"
+  sleep 1
+done
 curl -sf -H "Authorization: Bearer $token" \
   "http://127.0.0.1:$port/v1/subjects/user:bench-1/quota?feature=api_calls&quantity=1" >/dev/null
 

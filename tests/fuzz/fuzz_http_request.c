@@ -91,9 +91,8 @@ static void fuzz_query(const char *text, size_t len) {
   }
   fake_state(&state, rows, query.quantity);
   for (int known = 0; known < 2; known++) {
-    json_t *answer = tly_req_quota_json(config, &subject,
-                                        known ? &state : NULL, &query, at,
-                                        &err);
+    json_t *answer = tly_req_quota_json(config, &subject, known ? &state : NULL,
+                                        &query, at, &err);
     if (!answer)
       check_error(&err);
     json_decref(answer);
@@ -120,8 +119,7 @@ static void fuzz_events(const char *text, size_t len) {
   tly_req_events_t events;
   tly_req_error_t err;
   char reason[512];
-  if (tly_req_parse_events(config, text, len, 1795400000000LL, &events,
-                           &err)) {
+  if (tly_req_parse_events(config, text, len, 1795400000000LL, &events, &err)) {
     check_error(&err);
     return;
   }

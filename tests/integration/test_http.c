@@ -131,7 +131,8 @@ static int setup(void **state) {
    * partition would make it too old for the dedupe window). */
   char errstr[512];
   tally_producer_conf_t conf = {.brokers = broker.bootstrap};
-  tally_producer_t *producer = tally_producer_new(&conf, errstr, sizeof(errstr));
+  tally_producer_t *producer =
+      tally_producer_new(&conf, errstr, sizeof(errstr));
   if (!producer)
     return -1;
   tly_event_t event = {.event_id = "old-1",
@@ -224,15 +225,15 @@ static void test_unknown_route_404_wrong_method_405(void **state) {
 static void test_auth_failures_are_401_json(void **state) {
   (void)state;
   static const char *const bad[] = {
-      NULL,                       /* missing */
-      "Bearer not-the-key",       /* wrong */
-      "Basic dXNlcjpwYXNz",       /* malformed: another scheme */
-      "Bearer",                   /* malformed: no token */
-      "Bearer  ",                 /* malformed: blank token */
+      NULL,                 /* missing */
+      "Bearer not-the-key", /* wrong */
+      "Basic dXNlcjpwYXNz", /* malformed: another scheme */
+      "Bearer",             /* malformed: no token */
+      "Bearer  ",           /* malformed: blank token */
   };
-  static const char *const paths[] = {"/v1/plans",
-                                      "/v1/subjects/user:a/usage",
-                                      "/v1/subjects/user:a/quota?feature=api_calls"};
+  static const char *const paths[] = {
+      "/v1/plans", "/v1/subjects/user:a/usage",
+      "/v1/subjects/user:a/quota?feature=api_calls"};
   for (size_t p = 0; p < sizeof(paths) / sizeof(paths[0]); p++)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
       long status;
@@ -261,7 +262,8 @@ static void test_auth_failures_are_401_json(void **state) {
   json_decref(json);
 }
 
-/* ---- bounds --------------------------------------------------------------- */
+/* ---- bounds ---------------------------------------------------------------
+ */
 
 static void test_oversized_body_413_and_long_url_414(void **state) {
   (void)state;
@@ -335,9 +337,9 @@ static void test_events_then_usage_shows_the_fold(void **state) {
   json_t *bad = json_array_get(results, 1);
   assert_string_equal(json_string_value(json_object_get(bad, "status")),
                       "rejected");
-  assert_string_equal(
-      json_string_value(json_object_get(json_object_get(bad, "error"), "field")),
-      "quantity");
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(bad, "error"), "field")),
+                      "quantity");
   json_t *unknown_plan = json_object_get(json_array_get(results, 3), "error");
   assert_string_equal(json_string_value(json_object_get(unknown_plan, "code")),
                       "unknown_plan");
@@ -428,7 +430,8 @@ static void test_ended_cycle_shows_reset(void **state) {
   json_decref(json);
 }
 
-/* ---- quota ---------------------------------------------------------------- */
+/* ---- quota ----------------------------------------------------------------
+ */
 
 static void test_quota_hard_soft_unlimited_and_errors(void **state) {
   (void)state;
@@ -465,8 +468,8 @@ static void test_quota_hard_soft_unlimited_and_errors(void **state) {
   json_decref(json);
 
   /* Soft limit (paid: 100,000 api_calls): allowed with a warning. */
-  json = get("/v1/subjects/user:soft/quota?feature=api_calls&quantity=5",
-             &status);
+  json =
+      get("/v1/subjects/user:soft/quota?feature=api_calls&quantity=5", &status);
   assert_int_equal(status, 200);
   assert_true(json_is_true(json_object_get(json, "allowed")));
   assert_string_equal(json_string_value(json_object_get(json, "reason")),
@@ -545,10 +548,9 @@ static void test_plans(void **state) {
     }
   }
   assert_true(found_free);
-  assert_string_equal(
-      json_string_value(json_object_get(json_object_get(json, "default_plans"),
-                                        "anonymous")),
-      "anonymous");
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(json, "default_plans"), "anonymous")),
+                      "anonymous");
   json_decref(json);
 }
 
@@ -692,8 +694,8 @@ static void test_plan_assignment_is_produced_and_folded(void **state) {
   assert_int_equal(integer_at(json, "features", "api_calls", "limit"), 10000);
   json_decref(json);
 
-  json = post("/v1/subjects/user:upgrade/plan", "{\"plan\": \"gold\"}",
-              &status);
+  json =
+      post("/v1/subjects/user:upgrade/plan", "{\"plan\": \"gold\"}", &status);
   assert_int_equal(status, 400);
   assert_string_equal(error_code(json), "unknown_plan");
   json_decref(json);
@@ -726,8 +728,8 @@ static void test_readyz_false_during_replay_true_after(void **state) {
             "\"feature\":\"api_calls\",\"quantity\":1}\n",
             i, i % 50);
   fclose(file);
-  char *argv[] = {(char *)th_tally_bin(), "emit", "--brokers",
-                  broker.bootstrap, "--quiet", NULL};
+  char *argv[] = {(char *)th_tally_bin(), "emit",    "--brokers",
+                  broker.bootstrap,       "--quiet", NULL};
   assert_int_equal(th_wait_exit(th_spawn(argv, input, out, out), 60000), 0);
 
   static const char *const extra[] = {"--batch-events", "200", NULL};
@@ -779,10 +781,11 @@ static int start_other(const char *tag, const char *const *args, pid_t *pid,
   snprintf(port_file, sizeof(port_file), "%s/%s.port", dir, tag);
   snprintf(err_path, err_size, "%s/%s.log", dir, tag);
   snprintf(group, sizeof(group), "test-http-%s", tag);
-  char *argv[32] = {(char *)th_tally_bin(), "run", "--brokers",
-                    broker.bootstrap, "--state-dir", state, "--http",
-                    "127.0.0.1:0", "--http-port-file", port_file, "--group",
-                    group, "--tick-interval-ms", "0"};
+  char *argv[32] = {
+      (char *)th_tally_bin(), "run",     "--brokers", broker.bootstrap,
+      "--state-dir",          state,     "--http",    "127.0.0.1:0",
+      "--http-port-file",     port_file, "--group",   group,
+      "--tick-interval-ms",   "0"};
   int argc = 14;
   for (size_t i = 0; args[i] && argc < 31; i++)
     argv[argc++] = (char *)args[i];
@@ -813,9 +816,9 @@ static void test_startup_auth_modes(void **state) {
 
   /* No key anywhere: refused, with the ways out named. */
   static const char *const none[] = {NULL};
-  assert_int_equal(start_other("nokey", none, &pid, &exit_code, err_path,
-                               sizeof(err_path)),
-                   -1);
+  assert_int_equal(
+      start_other("nokey", none, &pid, &exit_code, err_path, sizeof(err_path)),
+      -1);
   assert_int_equal(exit_code, 2);
   char *text = th_read_file(err_path);
   assert_non_null(strstr(text, "no API key configured"));
@@ -824,9 +827,9 @@ static void test_startup_auth_modes(void **state) {
   free(text);
   /* A raw key where the digest belongs: refused. */
   static const char *const raw[] = {"--api-key-sha256", "sk_live_raw", NULL};
-  assert_int_equal(start_other("rawkey", raw, &pid, &exit_code, err_path,
-                               sizeof(err_path)),
-                   -1);
+  assert_int_equal(
+      start_other("rawkey", raw, &pid, &exit_code, err_path, sizeof(err_path)),
+      -1);
   assert_int_equal(exit_code, 2);
   text = th_read_file(err_path);
   assert_non_null(strstr(text, "64 hex"));
@@ -867,8 +870,8 @@ static void test_startup_auth_modes(void **state) {
                    0);
   assert_int_equal(status, 200);
   free(body);
-  assert_int_equal(th_http_request(port, "GET", "/metrics", NULL, NULL, 0,
-                                   NULL, &status, &body),
+  assert_int_equal(th_http_request(port, "GET", "/metrics", NULL, NULL, 0, NULL,
+                                   &status, &body),
                    0);
   assert_int_equal(status, 401);
   free(body);
@@ -877,12 +880,53 @@ static void test_startup_auth_modes(void **state) {
                    0);
   assert_int_equal(status, 200);
   free(body);
-  assert_int_equal(th_http_request(port, "GET", "/healthz", NULL, NULL, 0,
-                                   NULL, &status, &body),
+  assert_int_equal(th_http_request(port, "GET", "/healthz", NULL, NULL, 0, NULL,
+                                   &status, &body),
                    0);
   assert_int_equal(status, 200);
   free(body);
   assert_int_equal(th_stop(pid), 0);
+}
+
+/* ---- ingest when Kafka is gone ------------------------------------------- */
+
+static void test_produce_failure_is_503(void **state) {
+  (void)state;
+  /* Its own broker and processor, so killing the broker spares the rest. */
+  th_broker_t lost;
+  th_run_t other;
+  char other_state[700];
+  assert_int_equal(th_broker_start(&lost, 1), 0);
+  snprintf(other_state, sizeof(other_state), "%s/lost-broker", dir);
+  static const char *const extra[] = {"-X", "message.timeout.ms=1500", NULL};
+  assert_int_equal(th_run_start(&other, lost.bootstrap, other_state, extra), 0);
+  th_kill9(lost.pid);
+
+  long status;
+  char *text = NULL;
+  const char *body =
+      "[{\"event_id\": \"lost-1\", \"subject\": \"user:lost\", \"feature\": "
+      "\"api_calls\", \"quantity\": 1}, {\"event_id\": \"\"}]";
+  int64_t started = th_now_ms();
+  assert_int_equal(th_http_request(other.port, "POST", "/v1/events",
+                                   TH_AUTH_DEFAULT, body, strlen(body), NULL,
+                                   &status, &text),
+                   0);
+  /* Answered within the delivery timeout, not hung. */
+  assert_true(th_now_ms() - started < 10000);
+  assert_int_equal(status, 503);
+  json_t *json = json_loads(text, 0, NULL);
+  free(text);
+  assert_string_equal(error_code(json), "kafka_unavailable");
+  assert_int_equal(integer_at(json, "failed", NULL, NULL), 1);
+  assert_int_equal(integer_at(json, "rejected", NULL, NULL), 1);
+  json_t *results = json_object_get(json, "results");
+  assert_string_equal(
+      json_string_value(json_object_get(json_array_get(results, 0), "status")),
+      "failed");
+  json_decref(json);
+  th_stop(other.pid); /* may need its SIGKILL: its broker is gone */
+  th_rmrf(lost.dir);
 }
 
 int main(void) {
@@ -900,6 +944,7 @@ int main(void) {
       cmocka_unit_test(test_prorate),
       cmocka_unit_test(test_plan_assignment_is_produced_and_folded),
       cmocka_unit_test(test_startup_auth_modes),
+      cmocka_unit_test(test_produce_failure_is_503),
       cmocka_unit_test(test_readyz_false_during_replay_true_after),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

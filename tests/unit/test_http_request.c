@@ -34,8 +34,8 @@ static void test_openapi_matches_routes(void **state) {
       json_load_file(TALLY_SOURCE_DIR "/docs/openapi.json", 0, &error);
   if (!doc)
     fail_msg("docs/openapi.json: line %d: %s", error.line, error.text);
-  assert_string_equal(
-      json_string_value(json_object_get(doc, "openapi")), "3.0.3");
+  assert_string_equal(json_string_value(json_object_get(doc, "openapi")),
+                      "3.0.3");
   json_t *paths = json_object_get(doc, "paths");
   tly_http_route_info_t routes[64];
   size_t count = tly_http_routes(routes, 64);
@@ -63,9 +63,8 @@ static void test_openapi_matches_routes(void **state) {
                routes[i].path);
   }
   /* Every documented operation exists. */
-  static const char *const methods[] = {"get",  "put",     "post",
-                                        "delete", "options", "head",
-                                        "patch", "trace"};
+  static const char *const methods[] = {"get",     "put",  "post",  "delete",
+                                        "options", "head", "patch", "trace"};
   const char *path;
   json_t *item;
   json_object_foreach(paths, path, item) {
@@ -155,7 +154,8 @@ static void test_config_http_section(void **state) {
   static const struct {
     const char *json, *path;
   } bad[] = {
-      {"{\"http\": {\"api_keys\": [{\"name\": \"a\", \"sha256\": \"rawkey\"}]}}",
+      {"{\"http\": {\"api_keys\": [{\"name\": \"a\", \"sha256\": "
+       "\"rawkey\"}]}}",
        "http.api_keys[0].sha256: "},
       {"{\"http\": {\"api_keys\": [{\"sha256\": "
        "\"0000000000000000000000000000000000000000000000000000000000000000\"}]"
@@ -223,17 +223,17 @@ static void test_quota_decide(void **state) {
    * has 100,000 credits and charges 50 micros per call past 500,000 calls
    * (a soft limit); with 99,999,950 micros spent, 20 more calls end at
    * 100,000.95 credits (100,000: fine), 21 at 100,001 (too many). */
-  tly_req_quota_decide(config, professional, "api_calls", 500000, 99999950,
-                       20, &quota);
+  tly_req_quota_decide(config, professional, "api_calls", 500000, 99999950, 20,
+                       &quota);
   assert_true(quota.allowed);
   assert_string_equal(quota.reason, "soft_limit_exceeded");
-  tly_req_quota_decide(config, professional, "api_calls", 500000, 99999950,
-                       21, &quota);
+  tly_req_quota_decide(config, professional, "api_calls", 500000, 99999950, 21,
+                       &quota);
   assert_false(quota.allowed);
   assert_string_equal(quota.reason, "credits_exhausted");
   /* Overflowing requests never wrap into "allowed". */
-  tly_req_quota_decide(config, free_plan, "api_calls", INT64_MAX, 0,
-                       INT64_MAX, &quota);
+  tly_req_quota_decide(config, free_plan, "api_calls", INT64_MAX, 0, INT64_MAX,
+                       &quota);
   assert_false(quota.allowed);
   tly_config_free(config);
 }
@@ -246,22 +246,22 @@ static void test_effective_cycle(void **state) {
   /* 2026-10-01 .. 2026-11-01, asked on 2026-11-23: ended, November shown. */
   account.cycle.start_ms = 1790812800000LL;
   account.cycle.end_ms = 1793491200000LL;
-  assert_int_equal(tly_req_effective_cycle(config, &account, 1795400000000LL,
-                                           &start, &end),
-                   1);
+  assert_int_equal(
+      tly_req_effective_cycle(config, &account, 1795400000000LL, &start, &end),
+      1);
   assert_int_equal(start, 1793491200000LL);
   assert_int_equal(end, 1796083200000LL);
-  assert_int_equal(tly_req_effective_cycle(config, &account, 1792000000000LL,
-                                           &start, &end),
-                   0);
+  assert_int_equal(
+      tly_req_effective_cycle(config, &account, 1792000000000LL, &start, &end),
+      0);
   assert_int_equal(start, account.cycle.start_ms);
   /* Stripe's period (the 15th): continues monthly from its end. */
   account.stripe_period = 1;
   account.cycle.start_ms = 1792022400000LL; /* 2026-10-15 */
   account.cycle.end_ms = 1794700800000LL;   /* 2026-11-15 */
-  assert_int_equal(tly_req_effective_cycle(config, &account, 1795400000000LL,
-                                           &start, &end),
-                   1);
+  assert_int_equal(
+      tly_req_effective_cycle(config, &account, 1795400000000LL, &start, &end),
+      1);
   assert_int_equal(start, 1794700800000LL);
   assert_int_equal(end, 1797292800000LL); /* 2026-12-15 */
   tly_config_free(config);
@@ -272,15 +272,14 @@ static void test_effective_cycle(void **state) {
 static void test_prorate_rounding(void **state) {
   (void)state;
   assert_int_equal(tly_req_prorate_amount(30, 1, 3), 10);
-  assert_int_equal(tly_req_prorate_amount(10, 1, 3), 3);   /* 3.33 */
-  assert_int_equal(tly_req_prorate_amount(20, 1, 3), 7);   /* 6.67 */
-  assert_int_equal(tly_req_prorate_amount(1, 1, 2), 1);    /* 0.5 up */
-  assert_int_equal(tly_req_prorate_amount(3, 1, 2), 2);    /* 1.5 up */
+  assert_int_equal(tly_req_prorate_amount(10, 1, 3), 3); /* 3.33 */
+  assert_int_equal(tly_req_prorate_amount(20, 1, 3), 7); /* 6.67 */
+  assert_int_equal(tly_req_prorate_amount(1, 1, 2), 1);  /* 0.5 up */
+  assert_int_equal(tly_req_prorate_amount(3, 1, 2), 2);  /* 1.5 up */
   assert_int_equal(tly_req_prorate_amount(0, 5, 10), 0);
   /* No overflow with the largest price over a long cycle. */
-  assert_int_equal(tly_req_prorate_amount(INT64_MAX, 2678400000LL,
-                                          2678400000LL),
-                   INT64_MAX);
+  assert_int_equal(
+      tly_req_prorate_amount(INT64_MAX, 2678400000LL, 2678400000LL), INT64_MAX);
   assert_int_equal(tly_req_prorate_amount(1, 1, 0), -1);
 }
 
@@ -313,9 +312,9 @@ static void test_token_cost_carries_the_remainder(void **state) {
   assert_int_equal(
       tly_billing_token_cost(config, gpt4o, 1000, 500, &cost, &remainder), 0);
   assert_int_equal(cost, 9000);
-  assert_int_equal(tly_billing_token_cost(config, gpt4o, INT64_MAX, 0, &cost,
-                                          &remainder),
-                   -1);
+  assert_int_equal(
+      tly_billing_token_cost(config, gpt4o, INT64_MAX, 0, &cost, &remainder),
+      -1);
   assert_int_equal(cost, 9000); /* untouched on overflow */
   tly_config_free(config);
 }
@@ -335,9 +334,8 @@ static void test_event_bodies(void **state) {
       " {\"event_id\": \"c\", \"subject\": \"user:u\", \"type\": "
       "\"plan_assigned\", \"plan\": \"nope\"},"
       " {\"event_id\": \"d\", \"subject\": \"user:u\", \"type\": \"tick\"}, 7]";
-  assert_int_equal(tly_req_parse_events(config, body, strlen(body), 1000,
-                                        &events, &err),
-                   0);
+  assert_int_equal(
+      tly_req_parse_events(config, body, strlen(body), 1000, &events, &err), 0);
   assert_int_equal(events.count, 5);
   assert_true(events.items[0].ok);
   assert_string_equal(events.items[0].event.subject_id, "u");
