@@ -193,7 +193,11 @@ static tly_partition_status_t *partition_snapshot(tly_http_t *http,
  * (optional) says which partitions are behind. */
 static int readiness(tly_http_t *http, json_t **detail) {
   size_t count = 0, assigned = 0;
+  /* A rebalance sets partitions up one at a time: read the flag on both
+   * sides of the snapshot so a half-made assignment never counts. */
+  int rebalancing = tly_processor_rebalancing(http->conf.processor);
   tly_partition_status_t *status = partition_snapshot(http, &count);
+  rebalancing |= tly_processor_rebalancing(http->conf.processor);
   json_t *behind = json_array();
   if (!status || !behind) {
     free(status);
@@ -215,21 +219,17 @@ static int readiness(tly_http_t *http, json_t **detail) {
                     (json_int_t)(status[i].replay_target - committed)));
   }
   free(status);
-  int ready = assigned > 0 && json_array_size(behind) == 0;
+  int ready = !rebalancing && assigned > 0 && json_array_size(behind) == 0;
   if (detail) {
-    if (ready)
-      *detail = json_pack("{s:s,s:I}", "status", "ready", "partitions",
-                          (json_int_t)assigned);
-    else if (!assigned)
-      *detail = json_pack("{s:s,s:s,s:o}", "status", "not_ready", "reason",
-                          "no partitions assigned yet", "behind", behind);
-    else
-      *detail = json_pack("{s:s,s:s,s:O}", "status", "not_ready", "reason",
-                          "replaying: partitions have not caught up with the "
-                          "log end seen when they were assigned",
-                          "behind", behind);
-    if (!assigned)
-      behind = NULL; /* stolen by "o" */
+    const char *reason =
+        rebalancing ? "rebalancing: partitions are being assigned"
+        : !assigned ? "no partitions assigned yet"
+                    : "replaying: partitions have not caught up with the "
+                      "log end seen when they were assigned";
+    *detail = ready ? json_pack("{s:s,s:I}", "status", "ready", "partitions",
+                                (json_int_t)assigned)
+                    : json_pack("{s:s,s:s,s:O}", "status", "not_ready",
+                                "reason", reason, "behind", behind);
   }
   json_decref(behind);
   return ready;

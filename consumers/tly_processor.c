@@ -163,6 +163,8 @@ struct tly_processor {
   partition_state_t *partitions;
   int32_t partition_cap;
   _Atomic int32_t partition_count;
+  _Atomic int rebalancing; /* inside the rebalance callback: partitions are
+                             being resumed one by one, so not ready */
 
   atomic_uint_least64_t events_folded, dead_letters, batches_committed;
   atomic_uint_least64_t duplicates, alerts_total;
@@ -1276,11 +1278,9 @@ static int resume_offsets(tly_processor_t *p,
   return 0;
 }
 
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts,
-                         void *opaque) {
-  tly_processor_t *p = opaque;
-
+static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
+                      rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *parts) {
   /* Whatever happens next, what was folded so far is committed first; the
    * cache goes, since partitions that come back may have moved meanwhile. */
   batch_commit(p);
@@ -1313,6 +1313,19 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     tly_log(TLY_LOG_WARN, "processor", "rebalance error: %s",
             rd_kafka_err2str(err));
   rd_kafka_assign(rk, NULL);
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts,
+                         void *opaque) {
+  tly_processor_t *p = opaque;
+
+  /* Until the callback returns, readiness is withheld: resume_offsets sets
+   * partitions up one by one, and a partition already caught up must not
+   * make the instance look ready while the others are not yet assigned. */
+  atomic_store(&p->rebalancing, 1);
+  rebalance(p, rk, err, parts);
+  atomic_store(&p->rebalancing, 0);
 }
 
 /* ---- lifecycle ------------------------------------------------------- */
@@ -1790,6 +1803,10 @@ void tly_processor_destroy(tly_processor_t *p) {
   free(p->dlq_topic);
   pthread_mutex_destroy(&p->lock);
   free(p);
+}
+
+int tly_processor_rebalancing(tly_processor_t *p) {
+  return atomic_load(&p->rebalancing);
 }
 
 int32_t tly_processor_partition_count(tly_processor_t *p) {

@@ -92,6 +92,10 @@ void tly_processor_destroy(tly_processor_t *processor);
  * partition); thread-safe. */
 int32_t tly_processor_partition_count(tly_processor_t *processor);
 
+/* 1 while a rebalance is being handled (partitions are being set up), when
+ * no answer about readiness can be trusted. */
+int tly_processor_rebalancing(tly_processor_t *processor);
+
 /* Thread-safe snapshots for HTTP and metrics. Fills up to max entries and
  * returns the number of partitions. */
 size_t tly_processor_partitions(tly_processor_t *processor,
