@@ -46,6 +46,10 @@ static int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
+int32_t tly_billing_day(int64_t t_ms) {
+  return (int32_t)floor_div(t_ms, TLY_DAY_MS);
+}
+
 static int64_t days_in_month(int64_t y, int64_t m) {
   static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -384,18 +388,38 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
     next.cost_micros = tly_billing_tier_cost(tiers, next.quantity);
     overflow = next.cost_micros < 0;
   }
-  int64_t cost_delta = 0;
-  if (overflow ||
-      __builtin_sub_overflow(next.cost_micros, row->cost_micros, &cost_delta) ||
-      __builtin_add_overflow(cycle->cost_micros, cost_delta,
-                             &cycle->cost_micros)) {
+  int64_t cost_delta = 0, cycle_cost = 0;
+  overflow = overflow ||
+             __builtin_sub_overflow(next.cost_micros, row->cost_micros,
+                                    &cost_delta) ||
+             __builtin_add_overflow(cycle->cost_micros, cost_delta,
+                                    &cycle_cost);
+  /* The day's bucket: what this event added. */
+  tly_daily_t *daily = NULL, day = {0};
+  if (!overflow) {
+    daily = view->daily(view, event->subject_kind, event->subject_id,
+                        tly_billing_day(t), usage->feature);
+    if (!daily)
+      return TLY_FOLD_FAILED;
+    day = *daily;
+    overflow =
+        __builtin_add_overflow(day.quantity, usage->quantity, &day.quantity) ||
+        __builtin_add_overflow(day.input_tokens, in, &day.input_tokens) ||
+        __builtin_add_overflow(day.output_tokens, out_tokens,
+                               &day.output_tokens) ||
+        __builtin_add_overflow(day.event_count, 1, &day.event_count) ||
+        __builtin_add_overflow(day.cost_micros, cost_delta, &day.cost_micros);
+  }
+  if (overflow) {
     snprintf(errstr, errstr_size,
              "totals of feature '%s' would overflow a 64-bit integer",
              usage->feature);
     return TLY_FOLD_REJECTED;
   }
+  cycle->cost_micros = cycle_cost;
   cycle->events++;
   *row = next;
+  *daily = day;
   if (cycle != &account->cycle)
     return TLY_FOLD_APPLIED; /* a closed cycle: no more alerts for it */
 
@@ -445,6 +469,25 @@ static int set_plan(const tly_config_t *config, tly_account_t *account,
     return -1;
   }
   snprintf(account->plan, sizeof(account->plan), "%s", plan);
+  return 0;
+}
+
+/* Hands the view every cycle the account kept before and no longer keeps
+ * (closing a cycle pushes the oldest kept one out), once the change is
+ * applied: a rejected event archives nothing. */
+static int archive_dropped(tly_billing_view_t *view, tly_subject_kind_t kind,
+                           const char *id, const tly_account_t *before,
+                           const tly_account_t *after) {
+  if (!view->archive || !before->exists)
+    return 0;
+  for (size_t i = 0; i <= before->history_count; i++) {
+    const tly_cycle_t *cycle = i ? &before->history[i - 1] : &before->cycle;
+    int kept = cycle->start_ms == after->cycle.start_ms;
+    for (size_t j = 0; j < after->history_count && !kept; j++)
+      kept = cycle->start_ms == after->history[j].start_ms;
+    if (!kept && view->archive(view, kind, id, cycle))
+      return -1;
+  }
   return 0;
 }
 
@@ -576,6 +619,9 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
       tly_alert_clear(&out->items[--out->count]);
     return result;
   }
+  if (archive_dropped(view, event->subject_kind, event->subject_id, account,
+                      &next))
+    return TLY_FOLD_FAILED;
   *account = next;
   return remember(view, event);
 }
@@ -589,7 +635,9 @@ tly_fold_result_t tly_billing_tick(const tly_billing_t *billing,
     return TLY_FOLD_FAILED;
   if (!account->exists)
     return TLY_FOLD_APPLIED;
-  return roll_over(billing, account, kind, id, tick_ms, out)
+  tly_account_t before = *account;
+  return roll_over(billing, account, kind, id, tick_ms, out) ||
+                 archive_dropped(view, kind, id, &before, account)
              ? TLY_FOLD_FAILED
              : TLY_FOLD_APPLIED;
 }
@@ -739,79 +787,238 @@ int tly_subject_row_kept(const tly_account_t *account,
   return 0;
 }
 
-#define SUBJECT_RECORD_VERSION 1
+static size_t row_entry_size(const char *feature) {
+  return 8 + 1 + strlen(feature) + TLY_BILLING_ROW_SIZE;
+}
+
+static size_t put_row_entry(unsigned char *out, const tly_subject_row_t *row) {
+  size_t n = 0;
+  tly_put_be64(out, (uint64_t)row->cycle_start_ms);
+  n += 8;
+  n += put_string(out + n, row->feature, TLY_CONFIG_NAME_MAX - 1);
+  tly_billing_row_encode(&row->row, out + n);
+  return n + TLY_BILLING_ROW_SIZE;
+}
+
+static void take_row_entry(reader_t *r, tly_subject_row_t *row) {
+  const unsigned char *p = take(r, 8);
+  if (p)
+    row->cycle_start_ms = (int64_t)tly_get_be64(p);
+  take_string(r, row->feature, sizeof(row->feature));
+  p = take(r, TLY_BILLING_ROW_SIZE);
+  if (p && tly_billing_row_decode(p, TLY_BILLING_ROW_SIZE, &row->row))
+    r->bad = 1;
+}
+
+static size_t put_daily(unsigned char *out, const tly_subject_day_t *day) {
+  size_t n = put_string(out, day->feature, TLY_CONFIG_NAME_MAX - 1);
+  tly_put_be64(out + n, (uint64_t)day->daily.quantity);
+  tly_put_be64(out + n + 8, (uint64_t)day->daily.input_tokens);
+  tly_put_be64(out + n + 16, (uint64_t)day->daily.output_tokens);
+  tly_put_be64(out + n + 24, (uint64_t)day->daily.event_count);
+  tly_put_be64(out + n + 32, (uint64_t)day->daily.cost_micros);
+  return n + TLY_DAILY_SIZE;
+}
+
+static void take_daily(reader_t *r, tly_subject_day_t *day) {
+  take_string(r, day->feature, sizeof(day->feature));
+  const unsigned char *p = take(r, TLY_DAILY_SIZE);
+  if (!p)
+    return;
+  day->daily.quantity = (int64_t)tly_get_be64(p);
+  day->daily.input_tokens = (int64_t)tly_get_be64(p + 8);
+  day->daily.output_tokens = (int64_t)tly_get_be64(p + 16);
+  day->daily.event_count = (int64_t)tly_get_be64(p + 24);
+  day->daily.cost_micros = (int64_t)tly_get_be64(p + 32);
+}
+
+/* Reads a 2-byte count into *count and allocates that many zeroed items
+ * of `size` bytes (NULL for none; out of memory marks the reader bad). */
+static void *take_array(reader_t *r, size_t size, size_t *count) {
+  const unsigned char *p = take(r, 2);
+  *count = p ? ((size_t)p[0] << 8) | p[1] : 0;
+  if (!p || !*count)
+    return NULL;
+  void *items = calloc(*count, size);
+  if (!items)
+    r->bad = 1;
+  return items;
+}
+
+static void put_count(unsigned char *out, size_t count) {
+  out[0] = (unsigned char)(count >> 8);
+  out[1] = (unsigned char)count;
+}
+
+/* Version 1 had no daily buckets; it still decodes. */
+#define SUBJECT_RECORD_VERSION 2
 
 size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_row_t *const *rows,
-                                 size_t row_count, unsigned char *out,
+                                 size_t row_count,
+                                 const tly_subject_day_t *const *days,
+                                 size_t day_count, unsigned char *out,
                                  size_t out_size) {
   unsigned char account_bytes[TLY_ACCOUNT_MAX];
   size_t account_len = tly_account_encode(account, account_bytes);
-  size_t kept = 0, need = 1 + 2 + account_len + 2;
+  size_t kept = 0, used_days = 0, need = 1 + 2 + account_len + 2 + 2;
   for (size_t i = 0; i < row_count; i++) {
     if (!tly_subject_row_kept(account, rows[i]))
       continue;
     kept++;
-    need += 8 + 1 + strlen(rows[i]->feature) + TLY_BILLING_ROW_SIZE;
+    need += row_entry_size(rows[i]->feature);
   }
-  if (need > out_size || kept > 0xffff)
+  for (size_t i = 0; i < day_count; i++) {
+    if (!days[i]->daily.event_count)
+      continue; /* touched by a rejected event only */
+    used_days++;
+    need += 4 + 1 + strlen(days[i]->feature) + TLY_DAILY_SIZE;
+  }
+  if (need > out_size || kept > 0xffff || used_days > 0xffff)
     return need;
   size_t n = 0;
   out[n++] = SUBJECT_RECORD_VERSION;
-  out[n++] = (unsigned char)(account_len >> 8);
-  out[n++] = (unsigned char)account_len;
+  put_count(out + n, account_len);
+  n += 2;
   memcpy(out + n, account_bytes, account_len);
   n += account_len;
-  out[n++] = (unsigned char)(kept >> 8);
-  out[n++] = (unsigned char)kept;
-  for (size_t i = 0; i < row_count; i++) {
-    if (!tly_subject_row_kept(account, rows[i]))
+  put_count(out + n, kept);
+  n += 2;
+  for (size_t i = 0; i < row_count; i++)
+    if (tly_subject_row_kept(account, rows[i]))
+      n += put_row_entry(out + n, rows[i]);
+  put_count(out + n, used_days);
+  n += 2;
+  for (size_t i = 0; i < day_count; i++) {
+    if (!days[i]->daily.event_count)
       continue;
-    tly_put_be64(out + n, (uint64_t)rows[i]->cycle_start_ms);
-    n += 8;
-    n += put_string(out + n, rows[i]->feature, TLY_CONFIG_NAME_MAX - 1);
-    tly_billing_row_encode(&rows[i]->row, out + n);
-    n += TLY_BILLING_ROW_SIZE;
+    tly_put_be32(out + n, (uint32_t)days[i]->day);
+    n += 4;
+    n += put_daily(out + n, days[i]);
   }
   return n;
 }
 
+void tly_subject_record_clear(tly_subject_record_t *record) {
+  free(record->rows);
+  free(record->days);
+  memset(record, 0, sizeof(*record));
+}
+
 int tly_subject_record_decode(const void *data, size_t len,
-                              tly_account_t *account, tly_subject_row_t **rows,
-                              size_t *row_count) {
+                              tly_subject_record_t *record) {
   reader_t r = {data, len, 0, 0};
+  memset(record, 0, sizeof(*record));
   const unsigned char *p = take(&r, 3);
-  *rows = NULL;
-  *row_count = 0;
-  if (!p || p[0] != SUBJECT_RECORD_VERSION)
+  if (!p || (p[0] != 1 && p[0] != SUBJECT_RECORD_VERSION))
     return -1;
+  int version = p[0];
   size_t account_len = ((size_t)p[1] << 8) | p[2];
   p = take(&r, account_len);
-  if (!p || tly_account_decode(p, account_len, account))
+  if (!p || tly_account_decode(p, account_len, &record->account))
     return -1;
-  p = take(&r, 2);
-  if (!p)
-    return -1;
-  size_t count = ((size_t)p[0] << 8) | p[1];
-  if (!count)
-    return r.pos == len ? 0 : -1;
-  tly_subject_row_t *out = calloc(count, sizeof(*out));
-  if (!out)
-    return -1;
-  for (size_t i = 0; i < count && !r.bad; i++) {
-    p = take(&r, 8);
-    if (p)
-      out[i].cycle_start_ms = (int64_t)tly_get_be64(p);
-    take_string(&r, out[i].feature, sizeof(out[i].feature));
-    p = take(&r, TLY_BILLING_ROW_SIZE);
-    if (p && tly_billing_row_decode(p, TLY_BILLING_ROW_SIZE, &out[i].row))
-      r.bad = 1;
+  record->rows = take_array(&r, sizeof(*record->rows), &record->row_count);
+  for (size_t i = 0; i < record->row_count && !r.bad; i++)
+    take_row_entry(&r, &record->rows[i]);
+  if (version >= 2 && !r.bad) {
+    record->days = take_array(&r, sizeof(*record->days), &record->day_count);
+    for (size_t i = 0; i < record->day_count && !r.bad; i++) {
+      p = take(&r, 4);
+      if (p)
+        record->days[i].day = (int32_t)tly_get_be32(p);
+      take_daily(&r, &record->days[i]);
+    }
   }
   if (r.bad || r.pos != len) {
-    free(out);
+    tly_subject_record_clear(record);
     return -1;
   }
-  *rows = out;
-  *row_count = count;
+  return 0;
+}
+
+#define DAILY_VERSION 1
+
+size_t tly_daily_encode(const tly_subject_day_t *const *days, size_t count,
+                        unsigned char *out, size_t out_size) {
+  size_t used = 0, need = 1 + 2;
+  for (size_t i = 0; i < count; i++) {
+    if (!days[i]->daily.event_count)
+      continue;
+    used++;
+    need += 1 + strlen(days[i]->feature) + TLY_DAILY_SIZE;
+  }
+  if (need > out_size || used > 0xffff)
+    return need;
+  size_t n = 0;
+  out[n++] = DAILY_VERSION;
+  put_count(out + n, used);
+  n += 2;
+  for (size_t i = 0; i < count; i++)
+    if (days[i]->daily.event_count)
+      n += put_daily(out + n, days[i]);
+  return n;
+}
+
+int tly_daily_decode(const void *data, size_t len, int32_t day,
+                     tly_subject_day_t **days, size_t *count) {
+  reader_t r = {data, len, 0, 0};
+  const unsigned char *p = take(&r, 1);
+  *days = NULL;
+  *count = 0;
+  if (!p || *p != DAILY_VERSION)
+    return -1;
+  tly_subject_day_t *items = take_array(&r, sizeof(*items), count);
+  for (size_t i = 0; i < *count && !r.bad; i++) {
+    items[i].day = day;
+    take_daily(&r, &items[i]);
+  }
+  if (r.bad || r.pos != len) {
+    free(items);
+    *count = 0;
+    return -1;
+  }
+  *days = items;
+  return 0;
+}
+
+#define ARCHIVE_VERSION 1
+
+size_t tly_cycle_archive_encode(const tly_cycle_t *cycle,
+                                const tly_subject_row_t *const *rows,
+                                size_t row_count, unsigned char *out,
+                                size_t out_size) {
+  size_t need = 1 + 32 + 2;
+  for (size_t i = 0; i < row_count; i++)
+    need += row_entry_size(rows[i]->feature);
+  if (need > out_size || row_count > 0xffff)
+    return need;
+  size_t n = 0;
+  out[n++] = ARCHIVE_VERSION;
+  n += put_cycle(out + n, cycle);
+  put_count(out + n, row_count);
+  n += 2;
+  for (size_t i = 0; i < row_count; i++)
+    n += put_row_entry(out + n, rows[i]);
+  return n;
+}
+
+int tly_cycle_archive_decode(const void *data, size_t len, tly_cycle_t *cycle,
+                             tly_subject_row_t **rows, size_t *row_count) {
+  reader_t r = {data, len, 0, 0};
+  const unsigned char *p = take(&r, 1);
+  *rows = NULL;
+  *row_count = 0;
+  if (!p || *p != ARCHIVE_VERSION)
+    return -1;
+  take_cycle(&r, cycle);
+  tly_subject_row_t *items = take_array(&r, sizeof(*items), row_count);
+  for (size_t i = 0; i < *row_count && !r.bad; i++)
+    take_row_entry(&r, &items[i]);
+  if (r.bad || r.pos != len) {
+    free(items);
+    *row_count = 0;
+    return -1;
+  }
+  *rows = items;
   return 0;
 }

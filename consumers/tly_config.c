@@ -232,6 +232,8 @@ tly_config_t *tly_config_default(void) {
   config->http.metrics_public = 1;
   config->http.max_body_bytes = TLY_HTTP_DEFAULT_MAX_BODY_BYTES;
   config->http.max_url_bytes = TLY_HTTP_DEFAULT_MAX_URL_BYTES;
+  config->retention.daily_days = TLY_DEFAULT_RETENTION_DAYS;
+  config->retention.alerts_days = TLY_DEFAULT_RETENTION_DAYS;
 
   config->models = calloc(TLY_COUNT(model_seeds), sizeof(*config->models));
   if (!config->models)
@@ -1020,6 +1022,27 @@ static int apply_http(tly_config_t *config, json_t *section, tly_err_t *err) {
   return 0;
 }
 
+static int apply_retention(tly_config_t *config, json_t *section,
+                           tly_err_t *err) {
+  char path[TLY_PATH_SIZE];
+  const char *key;
+  json_t *value;
+  if (check_object(err, "retention", section) != 0)
+    return -1;
+  json_object_foreach(section, key, value) {
+    path_key(path, "retention", key);
+    int64_t *days = strcmp(key, "daily_days") == 0    ? &config->retention.daily_days
+                    : strcmp(key, "alerts_days") == 0 ? &config->retention.alerts_days
+                                                      : NULL;
+    if (!days)
+      return fail(err, path, "unknown key");
+    /* At least a day; at most ten years, so day arithmetic stays small. */
+    if (parse_int(err, path, value, 1, 3660, days) != 0)
+      return -1;
+  }
+  return 0;
+}
+
 static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
   const char *key;
   json_t *value, *default_plans = NULL;
@@ -1045,6 +1068,8 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
       rc = apply_plans(config, value, err);
     } else if (strcmp(key, "http") == 0) {
       rc = apply_http(config, value, err);
+    } else if (strcmp(key, "retention") == 0) {
+      rc = apply_retention(config, value, err);
     } else {
       rc = fail(err, key, "unknown key");
     }

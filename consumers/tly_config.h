@@ -23,6 +23,8 @@
  *   "cycles": {"anchor": "2026-01-01T00:00:00Z"},   // monthly from here
  *   "default_plans": {"anonymous": "anonymous", "user": "free",
  *                     "api_key": "free"},
+ *   "retention": {"daily_days": 90,          // daily usage buckets
+ *                 "alerts_days": 90},        // alert history (/alerts)
  *   "http": {                                // the HTTP port
  *     "api_keys": [{"name": "svc", "sha256": "<64 hex: SHA-256 of the key>"}],
  *     "metrics_public": true,                // /metrics without a token
@@ -115,6 +117,15 @@ typedef struct {
   int64_t max_url_bytes;  /* default TLY_HTTP_DEFAULT_MAX_URL_BYTES */
 } tly_http_config_t;
 
+/* How long the usage history keeps what it holds ("retention"), in days of
+ * event time after the day (or alert) itself. Closed cycles are kept for
+ * good: they are the invoice basis. */
+#define TLY_DEFAULT_RETENTION_DAYS 90
+typedef struct {
+  int64_t daily_days;  /* daily buckets; default 90 */
+  int64_t alerts_days; /* the alert history of /alerts; default 90 */
+} tly_retention_config_t;
+
 typedef struct {
   int64_t micros_per_credit; /* default 1000 */
   int64_t margin_bps;        /* basis points on model prices; default 2000 */
@@ -129,6 +140,7 @@ typedef struct {
   size_t plan_count;
   tly_plan_t *plans;
   tly_http_config_t http;
+  tly_retention_config_t retention;
 } tly_config_t;
 
 /* The built-in configuration. NULL only on OOM. Free with tly_config_free. */

@@ -36,3 +36,13 @@ size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
   tly_put_be64((unsigned char *)out + 4, (uint64_t)cycle_end_ms);
   return 12 + len;
 }
+
+size_t tly_key_history(int32_t partition, tly_subject_kind_t kind,
+                       const char *id, char tag, char *out, size_t out_size) {
+  size_t len = subject_part(partition, kind, id, out, out_size);
+  if (!len || len + 2 > out_size)
+    return 0;
+  out[len] = '\0';
+  out[len + 1] = tag;
+  return len + 2;
+}

@@ -10,6 +10,12 @@
  *   dedupe:     [p][first input offset of the batch, 8 bytes BE] -> the
  *               batch's event ids (a blob, see tly_dedupe.h)
  *   cycle_ends: [p][cycle end, 8 bytes BE][kind:id]
+ *   usage (the history, values start with their expiry time):
+ *     [p][kind:id][0]['D'][day, 4 bytes BE] -> a day's buckets (a day that
+ *                 is no longer the subject's newest; tly_daily_encode)
+ *     [p][kind:id][0]['C'][cycle start, 8 bytes BE] -> a closed cycle that
+ *                 left the kept history (tly_cycle_archive_encode)
+ *     [p][kind:id][0]['A'][at, 8 bytes BE][alert id] -> an alert as sent
  * Each function writes into out (out_size bytes) and returns the key's
  * length, or 0 when it does not fit.
  */
@@ -28,5 +34,15 @@ size_t tly_key_account(int32_t partition, tly_subject_kind_t kind,
 size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
                          tly_subject_kind_t kind, const char *id, char *out,
                          size_t out_size);
+
+/* The history kinds (the tag after the subject). */
+#define TLY_HISTORY_DAY 'D'
+#define TLY_HISTORY_CYCLE 'C'
+#define TLY_HISTORY_ALERT 'A'
+
+/* [p][kind:id][0][tag]: the prefix of one kind of a subject's history;
+ * append the suffix the layout above gives. */
+size_t tly_key_history(int32_t partition, tly_subject_kind_t kind,
+                       const char *id, char tag, char *out, size_t out_size);
 
 #endif

@@ -29,6 +29,9 @@ static void free_entry(tly_overlay_entry_t *entry) {
   for (size_t i = 0; i < entry->row_count; i++)
     free(entry->rows[i]);
   free(entry->rows);
+  for (size_t i = 0; i < entry->day_count; i++)
+    free(entry->days[i]);
+  free(entry->days);
   free(entry->key);
   free(entry);
 }
@@ -181,4 +184,60 @@ void tly_overlay_prune_rows(tly_overlay_entry_t *entry,
       free(entry->rows[i]);
   }
   entry->row_count = kept;
+}
+
+tly_overlay_day_t *tly_overlay_day(tly_overlay_entry_t *entry, int32_t day,
+                                   const char *feature) {
+  for (size_t i = 0; i < entry->day_count; i++) {
+    tly_overlay_day_t *bucket = entry->days[i];
+    if (bucket->bucket.day == day &&
+        strcmp(bucket->bucket.feature, feature) == 0)
+      return bucket;
+  }
+  if (strlen(feature) >= sizeof(entry->days[0]->bucket.feature))
+    return NULL;
+  if (entry->day_count == entry->day_cap) {
+    size_t cap = entry->day_cap ? entry->day_cap * 2 : 4;
+    tly_overlay_day_t **grown = realloc(entry->days, cap * sizeof(*grown));
+    if (!grown)
+      return NULL;
+    entry->days = grown;
+    entry->day_cap = cap;
+  }
+  tly_overlay_day_t *bucket = calloc(1, sizeof(*bucket));
+  if (!bucket)
+    return NULL;
+  bucket->bucket.day = day;
+  strcpy(bucket->bucket.feature, feature);
+  entry->days[entry->day_count++] = bucket;
+  return bucket;
+}
+
+int tly_overlay_has_day(const tly_overlay_entry_t *entry, int32_t day) {
+  for (size_t i = 0; i < entry->day_count; i++)
+    if (entry->days[i]->bucket.day == day)
+      return 1;
+  return 0;
+}
+
+int32_t tly_overlay_newest_day(const tly_overlay_entry_t *entry) {
+  int32_t newest = INT32_MIN;
+  for (size_t i = 0; i < entry->day_count; i++)
+    if (entry->days[i]->bucket.day > newest)
+      newest = entry->days[i]->bucket.day;
+  return newest;
+}
+
+void tly_overlay_prune_days(tly_overlay_entry_t *entry,
+                            int (*keep)(const tly_overlay_day_t *day,
+                                        void *opaque),
+                            void *opaque) {
+  size_t kept = 0;
+  for (size_t i = 0; i < entry->day_count; i++) {
+    if (keep(entry->days[i], opaque))
+      entry->days[kept++] = entry->days[i];
+    else
+      free(entry->days[i]);
+  }
+  entry->day_count = kept;
 }

@@ -84,6 +84,7 @@ typedef struct {
    * none) and the dedupe horizon it moves to (INT64_MIN: unchanged). */
   int64_t inflight_next;
   int64_t inflight_horizon;
+  int64_t inflight_watermark; /* INT64_MIN: unchanged */
   int64_t replay_target; /* log end when assigned: caught up at this offset */
 } partition_state_t;
 
@@ -123,8 +124,14 @@ struct tly_processor {
   tly_alert_list_t alerts;
   tly_overlay_entry_t **sorted; /* the batch's dirty entries, in key order */
   size_t sorted_cap;
-  unsigned char *record; /* a subject record being encoded */
+  unsigned char *record; /* a subject record (or history value) being
+                            encoded */
   size_t record_cap;
+  const tly_subject_day_t **day_ptrs; /* one day's buckets, for encoding */
+  size_t day_ptr_cap;
+  const tly_subject_row_t **row_ptrs; /* one cycle's rows, for archiving */
+  size_t row_ptr_cap;
+  uint64_t submits; /* batches handed to the writer so far */
 
   ack_mark_t *acks;
   size_t ack_count, ack_cap;
@@ -200,8 +207,14 @@ static int ensure_partitions(tly_processor_t *p, int32_t count) {
   if (!grown)
     return -1;
   for (int32_t i = p->partition_cap; i < count; i++)
-    grown[i] = (partition_state_t){0,  -1,   -1, -1, INT64_MIN,
-                                     0,  NULL, -1, -1, INT64_MIN, 0};
+    grown[i] = (partition_state_t){.committed = -1,
+                                   .batch_next = -1,
+                                   .position = -1,
+                                   .watermark = INT64_MIN,
+                                   .dedupe_key = -1,
+                                   .inflight_next = -1,
+                                   .inflight_horizon = INT64_MIN,
+                                   .inflight_watermark = INT64_MIN};
   p->partitions = grown;
   p->partition_cap = count;
   return 0;
@@ -405,6 +418,115 @@ static void batch_discard_outputs(tly_processor_t *p) {
 }
 
 /* Queues one overlay entry's write. */
+/* p->record with room for need bytes; NULL when out of memory. */
+static unsigned char *record_room(tly_processor_t *p, size_t need) {
+  if (need > p->record_cap) {
+    unsigned char *grown = realloc(p->record, need);
+    if (!grown)
+      return NULL;
+    p->record = grown;
+    p->record_cap = need;
+  }
+  return p->record;
+}
+
+/* Grows an array of pointers (the scratch lists below) to hold count. */
+static int ptrs_room(void *array, size_t *cap, size_t count) {
+  void **items = *(void ***)array;
+  if (count <= *cap)
+    return 0;
+  size_t grown_cap = *cap ? *cap * 2 : 16;
+  while (grown_cap < count)
+    grown_cap *= 2;
+  void **grown = realloc(items, grown_cap * sizeof(*grown));
+  if (!grown)
+    return -1;
+  *(void ***)array = grown;
+  *cap = grown_cap;
+  return 0;
+}
+
+/* The day's buckets the entry holds, into p->day_ptrs; the count, or
+ * (size_t)-1 when out of memory. */
+static size_t collect_day(tly_processor_t *p, const tly_overlay_entry_t *entry,
+                          int32_t day) {
+  if (ptrs_room(&p->day_ptrs, &p->day_ptr_cap, entry->day_count))
+    return (size_t)-1;
+  size_t count = 0;
+  for (size_t i = 0; i < entry->day_count; i++)
+    if (entry->days[i]->bucket.day == day)
+      p->day_ptrs[count++] = &entry->days[i]->bucket;
+  return count;
+}
+
+/* The newest day with usage: the one the subject record holds (a bucket
+ * touched only by a rejected event does not count). */
+static int32_t newest_used_day(const tly_overlay_entry_t *entry) {
+  int32_t newest = INT32_MIN;
+  for (size_t i = 0; i < entry->day_count; i++)
+    if (entry->days[i]->bucket.daily.event_count &&
+        entry->days[i]->bucket.day > newest)
+      newest = entry->days[i]->bucket.day;
+  return newest;
+}
+
+/* Whether the day's key must be written from memory at this commit: it is
+ * not the newest, and a bucket of it changed or was in the record. */
+static int day_needs_write(const tly_overlay_entry_t *entry, int32_t day,
+                           int32_t newest) {
+  if (day == newest)
+    return 0;
+  for (size_t i = 0; i < entry->day_count; i++) {
+    const tly_overlay_day_t *bucket = entry->days[i];
+    if (bucket->bucket.day == day && bucket->bucket.daily.event_count &&
+        (bucket->dirty || bucket->in_record))
+      return 1;
+  }
+  return 0;
+}
+
+/* [subject key][0][tag][suffix]: a history key of the entry's subject. */
+static size_t history_key(const tly_overlay_entry_t *entry, char tag,
+                          const void *suffix, size_t suffix_len, char *out,
+                          size_t out_size) {
+  if (entry->key_len + 2 + suffix_len > out_size)
+    return 0;
+  memcpy(out, entry->key, entry->key_len);
+  out[entry->key_len] = '\0';
+  out[entry->key_len + 1] = tag;
+  memcpy(out + entry->key_len + 2, suffix, suffix_len);
+  return entry->key_len + 2 + suffix_len;
+}
+
+/* Puts a history value: [expires_at, 8 bytes BE] then what p->record holds
+ * from offset 8 (len bytes in all). */
+static void put_history(tly_processor_t *p, const char *key, size_t key_len,
+                        int64_t expires_at_ms, size_t len) {
+  tly_put_be64(p->record, (uint64_t)expires_at_ms);
+  tly_store_batch_put(p->batch, TLY_CF_USAGE, key, key_len, p->record, len);
+}
+
+/* Writes every bucket the entry holds of day to the day's own key. */
+static int put_day_key(tly_processor_t *p, const tly_overlay_entry_t *entry,
+                       int32_t day) {
+  char key[TLY_KEY_MAX];
+  unsigned char suffix[4];
+  tly_put_be32(suffix, (uint32_t)day);
+  size_t key_len = history_key(entry, TLY_HISTORY_DAY, suffix, 4, key,
+                               sizeof(key));
+  size_t count = collect_day(p, entry, day);
+  if (!key_len || count == (size_t)-1)
+    return -1;
+  size_t need = 8 + tly_daily_encode(p->day_ptrs, count, NULL, 0);
+  if (!record_room(p, need))
+    return -1;
+  tly_daily_encode(p->day_ptrs, count, p->record + 8, need - 8);
+  int64_t expires =
+      ((int64_t)day + 1 + p->conf.config->retention.daily_days) * TLY_DAY_MS;
+  put_history(p, key, key_len, expires, need);
+  return 0;
+}
+
 static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
   char index_key[TLY_KEY_MAX];
   switch (entry->cf) {
@@ -414,19 +536,29 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
       return 0;
     const tly_subject_row_t *const *rows =
         (const tly_subject_row_t *const *)entry->rows;
+    int32_t newest = newest_used_day(entry);
+    size_t day_count = collect_day(p, entry, newest);
+    if (day_count == (size_t)-1)
+      return -1;
     size_t len = tly_subject_record_encode(account, rows, entry->row_count,
-                                           p->record, p->record_cap);
-    if (len > p->record_cap) {
-      unsigned char *grown = realloc(p->record, len);
-      if (!grown)
-        return -1;
-      p->record = grown;
-      p->record_cap = len;
-      len = tly_subject_record_encode(account, rows, entry->row_count,
-                                      p->record, p->record_cap);
-    }
+                                           p->day_ptrs, day_count, NULL, 0);
+    if (!record_room(p, len))
+      return -1;
+    tly_subject_record_encode(account, rows, entry->row_count, p->day_ptrs,
+                              day_count, p->record, len);
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
                         p->record, len);
+    /* Days that are no longer the newest go to keys of their own (each
+     * once, however many of its buckets need it). */
+    for (size_t i = 0; i < entry->day_count; i++) {
+      int32_t day = entry->days[i]->bucket.day;
+      int first = 1;
+      for (size_t j = 0; j < i && first; j++)
+        first = entry->days[j]->bucket.day != day;
+      if (first && day_needs_write(entry, day, newest) &&
+          put_day_key(p, entry, day))
+        return -1;
+    }
     /* The cycle-end index: [p][end][kind:id], from the account key
      * [p][kind:id]. Ticks find the accounts due through it. */
     if (entry->stored_cycle_end == account->cycle.end_ms ||
@@ -463,15 +595,40 @@ static int compare_entries(const void *a, const void *b) {
   return x->key_len < y->key_len ? -1 : x->key_len > y->key_len;
 }
 
-/* After a commit: a dirty subject record now equals what RocksDB holds
- * (rows the record leaves out go from memory too), so it stays as a
- * cache. */
-static void mark_committed(tly_overlay_entry_t *entry) {
+/* Keeps a day's buckets while the subject record holds them or while the
+ * batch that wrote their key from memory is not yet durable (a read of the
+ * key would miss that write); the others are in RocksDB. */
+typedef struct {
+  int32_t newest;
+  uint64_t submit;
+} day_keep_t;
+
+static int keep_day(const tly_overlay_day_t *day, void *opaque) {
+  const day_keep_t *keep = opaque;
+  return day->bucket.day == keep->newest || day->flushed == keep->submit;
+}
+
+/* After the batch is handed to the writer: a dirty subject record now
+ * equals what the batch stores (rows the record leaves out go from memory
+ * too), so it stays as a cache. */
+static void mark_committed(tly_processor_t *p, tly_overlay_entry_t *entry) {
   if (entry->dirty && entry->account.exists) {
     entry->stored = 1;
     entry->stored_cycle_end = entry->account.cycle.end_ms;
   }
   tly_overlay_prune_rows(entry, tly_subject_row_kept);
+  day_keep_t keep = {newest_used_day(entry), p->submits};
+  for (size_t i = 0; i < entry->day_count; i++) {
+    tly_overlay_day_t *day = entry->days[i];
+    if (day_needs_write(entry, day->bucket.day, keep.newest))
+      day->flushed = keep.submit; /* before the flags below change */
+  }
+  for (size_t i = 0; i < entry->day_count; i++) {
+    tly_overlay_day_t *day = entry->days[i];
+    day->in_record = day->bucket.day == keep.newest;
+    day->dirty = 0;
+  }
+  tly_overlay_prune_days(entry, keep_day, &keep);
   entry->dirty = 0;
   entry->next_dirty = NULL;
 }
@@ -501,7 +658,9 @@ static int batch_submit(tly_processor_t *p) {
   if (!batch_has_work(p))
     return 0;
   uint64_t first_seq = p->next_seq;
-  tly_store_batch_clear(p->batch);
+  p->submits++;
+  /* p->batch already holds the history records the fold wrote (alerts,
+   * archived cycles); the rest of the batch joins them. */
 
   /* In key order: RocksDB's memtable skiplist inserts sorted keys much
    * faster (it reuses the previous insert's position), and the memtable
@@ -604,6 +763,8 @@ static int batch_submit(tly_processor_t *p) {
     partition_state_t *part = &p->partitions[i];
     part->inflight_next = part->batch_next;
     part->batch_next = -1;
+    part->inflight_watermark =
+        part->watermark_dirty ? part->watermark : INT64_MIN;
     part->inflight_horizon =
         part->watermark_dirty &&
                 part->watermark > INT64_MIN + p->billing.dedupe_window_ms
@@ -622,17 +783,14 @@ static int batch_submit(tly_processor_t *p) {
   for (tly_overlay_entry_t *entry = p->dirty_head, *next; entry;
        entry = next) {
     next = entry->next_dirty;
-    mark_committed(entry);
+    mark_committed(p, entry);
   }
   p->dirty_head = NULL;
-  if (p->overlay.count > CACHE_MAX_ENTRIES) {
-    tly_overlay_reset(&p->overlay);
-    p->last_entry = NULL;
-  }
 
   pthread_mutex_lock(&p->writer_lock);
   tly_store_batch_t *writing = p->batch;
-  p->batch = p->writer_batch;
+  p->batch = p->writer_batch; /* written and waited for: reuse it */
+  tly_store_batch_clear(p->batch);
   p->writer_batch = writing;
   p->writer_job = 1;
   flight->busy = 1;
@@ -698,6 +856,8 @@ static void *writer_main(void *arg) {
  * reason (the process must stop: what is in memory is no longer known to
  * be durable, and a restart resumes safely from the stored offsets).
  */
+static int entry_is_dirty(tly_overlay_entry_t *entry) { return entry->dirty; }
+
 static int batch_wait(tly_processor_t *p) {
   commit_inflight_t *flight = &p->inflight;
   if (!flight->busy)
@@ -731,12 +891,22 @@ static int batch_wait(tly_processor_t *p) {
     /* The compaction filter follows committed state only, so it never runs
      * ahead of what a restart would recover. */
     if (part->inflight_horizon != INT64_MIN)
-      tly_store_set_dedupe_horizon(p->store, i, part->inflight_horizon);
+      tly_store_set_horizon(p->store, TLY_CF_DEDUPE, i, part->inflight_horizon);
+    if (part->inflight_watermark != INT64_MIN)
+      tly_store_set_horizon(p->store, TLY_CF_USAGE, i, part->inflight_watermark);
     part->inflight_horizon = INT64_MIN;
+    part->inflight_watermark = INT64_MIN;
   }
   pthread_mutex_unlock(&p->lock);
   atomic_fetch_add(&p->events_folded, flight->events);
   atomic_fetch_add(&p->batches_committed, 1);
+  /* The cache is bounded, and shrunk only here, once the batch is durable:
+   * an entry dropped while its write is in flight would be read back
+   * stale from RocksDB. Entries of the open batch stay. */
+  if (p->overlay.count > CACHE_MAX_ENTRIES) {
+    tly_overlay_keep(&p->overlay, entry_is_dirty);
+    p->last_entry = NULL;
+  }
   return 0;
 }
 
@@ -794,6 +964,28 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
           (int)msg->partition, (long long)msg->offset, reason);
 }
 
+/* The subject's alert history (for /alerts): the alert as sent, under
+ * [p][kind:id][0]['A'][at][alert id], in the batch that sends it. An alert
+ * folded again (replay) lands on the same key. */
+static int record_alert(tly_processor_t *p, const tly_alert_t *alert,
+                        const void *value, size_t value_len) {
+  char key[TLY_KEY_MAX];
+  size_t len = tly_key_history(p->view_partition, alert->subject_kind,
+                               alert->subject_id, TLY_HISTORY_ALERT, key,
+                               sizeof(key));
+  size_t id_len = strlen(alert->alert_id);
+  if (!len || len + 8 + id_len > sizeof(key) || !record_room(p, 8 + value_len))
+    return -1;
+  tly_put_be64((unsigned char *)key + len, (uint64_t)alert->occurred_at_ms);
+  memcpy(key + len + 8, alert->alert_id, id_len);
+  memcpy(p->record + 8, value, value_len);
+  put_history(p, key, len + 8 + id_len,
+              alert->occurred_at_ms +
+                  p->conf.config->retention.alerts_days * TLY_DAY_MS,
+              8 + value_len);
+  return 0;
+}
+
 /* Moves the fold's alerts into the batch's outputs (alerts topic). */
 static void queue_alerts(tly_processor_t *p) {
   char errstr[256], key[300];
@@ -822,6 +1014,8 @@ static void queue_alerts(tly_processor_t *p) {
     record.header_count = 2;
     if (add_output(p, &record))
       set_fatal(p, "out of memory queueing an alert");
+    else if (record_alert(p, alert, value, value_len))
+      set_fatal(p, "out of memory recording an alert");
     atomic_fetch_add(&p->alerts_total, 1);
   }
   tly_alert_list_clear(&p->alerts);
@@ -832,21 +1026,30 @@ static void queue_alerts(tly_processor_t *p) {
 /* Decodes a stored subject record into a fresh overlay entry. */
 static int decode_entry(tly_overlay_entry_t *entry, const char *value,
                         size_t len) {
-  tly_subject_row_t *rows = NULL;
-  size_t count = 0;
+  tly_subject_record_t record;
   int failed = 0;
   if (entry->cf != TLY_CF_ACCOUNTS ||
-      tly_subject_record_decode(value, len, &entry->account, &rows, &count))
+      tly_subject_record_decode(value, len, &record))
     return -1;
+  entry->account = record.account;
   entry->stored_cycle_end = entry->account.cycle.end_ms;
-  for (size_t i = 0; i < count && !failed; i++) {
-    tly_subject_row_t *row =
-        tly_overlay_row(entry, rows[i].cycle_start_ms, rows[i].feature);
+  for (size_t i = 0; i < record.row_count && !failed; i++) {
+    tly_subject_row_t *row = tly_overlay_row(
+        entry, record.rows[i].cycle_start_ms, record.rows[i].feature);
     if (row)
-      row->row = rows[i].row;
+      row->row = record.rows[i].row;
     failed = !row;
   }
-  free(rows);
+  for (size_t i = 0; i < record.day_count && !failed; i++) {
+    tly_overlay_day_t *day = tly_overlay_day(entry, record.days[i].day,
+                                             record.days[i].feature);
+    if (day) {
+      day->bucket.daily = record.days[i].daily;
+      day->in_record = 1;
+    }
+    failed = !day;
+  }
+  tly_subject_record_clear(&record);
   return failed ? -1 : 0;
 }
 
@@ -900,17 +1103,25 @@ static tly_account_t *view_account(tly_billing_view_t *view,
   return &entry->account;
 }
 
-static tly_billing_row_t *view_row(tly_billing_view_t *view,
-                                   tly_subject_kind_t kind, const char *id,
-                                   int64_t cycle_start_ms, const char *feature) {
-  tly_processor_t *p = view->opaque;
+/* The subject's entry, for a request that follows view_account's: usually
+ * the entry at hand. NULL after setting the fatal reason. */
+static tly_overlay_entry_t *subject_entry(tly_processor_t *p,
+                                          tly_subject_kind_t kind,
+                                          const char *id) {
   char key[TLY_KEY_MAX];
   size_t key_len = tly_key_account(p->view_partition, kind, id, key, sizeof(key));
-  /* The fold asks for the account first: usually the entry at hand. */
   tly_overlay_entry_t *entry = p->last_entry;
   if (!entry || entry->key_len != key_len ||
       memcmp(entry->key, key, key_len) != 0)
     entry = view_entry(p, TLY_CF_ACCOUNTS, key, key_len, "subject id");
+  return entry;
+}
+
+static tly_billing_row_t *view_row(tly_billing_view_t *view,
+                                   tly_subject_kind_t kind, const char *id,
+                                   int64_t cycle_start_ms, const char *feature) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
   if (!entry)
     return NULL;
   tly_subject_row_t *row = tly_overlay_row(entry, cycle_start_ms, feature);
@@ -920,6 +1131,103 @@ static tly_billing_row_t *view_row(tly_billing_view_t *view,
   }
   mark_dirty(p, entry);
   return &row->row;
+}
+
+/* Loads a day the subject record no longer holds from its own key (absent:
+ * nothing was used that day, or it expired). 0, or -1 after setting the
+ * fatal reason. */
+static int load_day(tly_processor_t *p, tly_overlay_entry_t *entry,
+                    int32_t day) {
+  char key[TLY_KEY_MAX], errstr[512], *value = NULL;
+  unsigned char suffix[4];
+  size_t value_len = 0, count = 0;
+  tly_subject_day_t *buckets = NULL;
+  tly_put_be32(suffix, (uint32_t)day);
+  size_t key_len = history_key(entry, TLY_HISTORY_DAY, suffix, 4, key,
+                               sizeof(key));
+  int found = key_len ? tly_store_get(p->store, TLY_CF_USAGE, key, key_len,
+                                      &value, &value_len, errstr,
+                                      sizeof(errstr))
+                      : -1;
+  if (found < 0) {
+    set_fatal(p, "reading a daily bucket: %s",
+              key_len ? errstr : "subject id too long");
+    return -1;
+  }
+  if (found && (value_len < 8 || tly_daily_decode(value + 8, value_len - 8,
+                                                  day, &buckets, &count))) {
+    tly_store_free(value);
+    set_fatal(p, "stored daily buckets of partition %d are corrupt",
+              (int)p->view_partition);
+    return -1;
+  }
+  tly_store_free(value);
+  int failed = 0;
+  for (size_t i = 0; i < count && !failed; i++) {
+    tly_overlay_day_t *bucket = tly_overlay_day(entry, day, buckets[i].feature);
+    if (bucket)
+      bucket->bucket.daily = buckets[i].daily;
+    failed = !bucket;
+  }
+  free(buckets);
+  if (failed)
+    set_fatal(p, "out of memory loading daily buckets");
+  return failed ? -1 : 0;
+}
+
+static tly_daily_t *view_daily(tly_billing_view_t *view,
+                               tly_subject_kind_t kind, const char *id,
+                               int32_t day, const char *feature) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return NULL;
+  /* An older day than the newest may have a key: load it whole first, so
+   * the day is rewritten complete. A day in memory is always whole. */
+  if (!tly_overlay_has_day(entry, day) && day < newest_used_day(entry) &&
+      load_day(p, entry, day))
+    return NULL;
+  tly_overlay_day_t *bucket = tly_overlay_day(entry, day, feature);
+  if (!bucket) {
+    set_fatal(p, "out of memory adding a daily bucket");
+    return NULL;
+  }
+  bucket->dirty = 1;
+  mark_dirty(p, entry);
+  return &bucket->bucket.daily;
+}
+
+/* A closed cycle leaves the kept history: its totals and rows go to the
+ * archive, in the same batch as the record that forgets them. */
+static int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
+                        const char *id, const tly_cycle_t *cycle) {
+  tly_processor_t *p = view->opaque;
+  char key[TLY_KEY_MAX];
+  unsigned char suffix[8];
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return -1;
+  if (ptrs_room(&p->row_ptrs, &p->row_ptr_cap, entry->row_count)) {
+    set_fatal(p, "out of memory archiving a cycle");
+    return -1;
+  }
+  size_t count = 0;
+  for (size_t i = 0; i < entry->row_count; i++)
+    if (entry->rows[i]->cycle_start_ms == cycle->start_ms &&
+        entry->rows[i]->row.event_count)
+      p->row_ptrs[count++] = entry->rows[i];
+  tly_put_be64(suffix, (uint64_t)cycle->start_ms);
+  size_t key_len = history_key(entry, TLY_HISTORY_CYCLE, suffix, 8, key,
+                               sizeof(key));
+  size_t need = 8 + tly_cycle_archive_encode(cycle, p->row_ptrs, count, NULL, 0);
+  if (!key_len || !record_room(p, need)) {
+    set_fatal(p, "archiving a cycle: %s",
+              key_len ? "out of memory" : "subject id too long");
+    return -1;
+  }
+  tly_cycle_archive_encode(cycle, p->row_ptrs, count, p->record + 8, need - 8);
+  put_history(p, key, key_len, INT64_MAX, need); /* the invoice basis: kept */
+  return 0;
 }
 
 static int view_seen(tly_billing_view_t *view, const char *event_id,
@@ -1246,8 +1554,9 @@ static int resume_offsets(tly_processor_t *p,
       watermark = (int64_t)tly_get_be64((unsigned char *)wm_value);
     tly_store_free(wm_value);
     if (watermark > INT64_MIN + p->billing.dedupe_window_ms)
-      tly_store_set_dedupe_horizon(p->store, part->partition,
-                                   watermark - p->billing.dedupe_window_ms);
+      tly_store_set_horizon(p->store, TLY_CF_DEDUPE, part->partition,
+                            watermark - p->billing.dedupe_window_ms);
+    tly_store_set_horizon(p->store, TLY_CF_USAGE, part->partition, watermark);
     tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark);
     if (!dedupe)
       return -1;
@@ -1578,7 +1887,12 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                     : TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
   if (!p->conf.tick_interval_ms)
     p->conf.tick_interval_ms = TLY_DEFAULT_TICK_INTERVAL_MS;
-  p->view = (tly_billing_view_t){p, view_account, view_row, view_seen, NULL};
+  p->view = (tly_billing_view_t){.opaque = p,
+                                 .account = view_account,
+                                 .row = view_row,
+                                 .daily = view_daily,
+                                 .archive = view_archive,
+                                 .seen = view_seen};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
   if (kill_after && *kill_after) {
     p->kill_after_acks = atol(kill_after);
@@ -1774,6 +2088,8 @@ void tly_processor_destroy(tly_processor_t *p) {
   free(p->acks);
   free(p->sorted);
   free(p->record);
+  free(p->day_ptrs);
+  free(p->row_ptrs);
   free(p->alerts_topic);
   if (p->writer_started) { /* it finishes the batch in its hands first */
     pthread_mutex_lock(&p->writer_lock);

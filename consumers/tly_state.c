@@ -24,6 +24,7 @@ void tly_state_subject_clear(tly_subject_state_t *state) {
   if (!state)
     return;
   free(state->rows);
+  free(state->days);
   memset(state, 0, sizeof(*state));
 }
 
@@ -44,13 +45,18 @@ static int read_subject(tly_store_t *store, int32_t partition,
                             &value_len, errstr, errstr_size);
   if (found <= 0)
     return found;
-  int bad = tly_subject_record_decode(value, value_len, &out->account,
-                                      &out->rows, &out->row_count);
+  tly_subject_record_t record;
+  int bad = tly_subject_record_decode(value, value_len, &record);
   tly_store_free(value);
   if (bad) {
     snprintf(errstr, errstr_size, "stored subject record is corrupt");
     return -1;
   }
+  out->account = record.account;
+  out->rows = record.rows;
+  out->row_count = record.row_count;
+  out->days = record.days;
+  out->day_count = record.day_count;
   return 1;
 }
 
@@ -86,4 +92,47 @@ int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
       out->partition = partition;
   }
   return found ? 1 : 0;
+}
+
+typedef struct {
+  size_t prefix_len;
+  int64_t horizon_ms;
+  tly_state_history_cb cb;
+  void *opaque;
+  int corrupt;
+} history_scan_t;
+
+static int visit_history(void *opaque, const char *key, size_t key_len,
+                         const char *value, size_t value_len) {
+  history_scan_t *scan = opaque;
+  if (value_len < 8) {
+    scan->corrupt = 1;
+    return 1;
+  }
+  if ((int64_t)tly_get_be64((const unsigned char *)value) < scan->horizon_ms)
+    return 0; /* expired: compaction drops it sooner or later */
+  return scan->cb(scan->opaque,
+                  (const unsigned char *)key + scan->prefix_len,
+                  key_len - scan->prefix_len, value + 8, value_len - 8);
+}
+
+int tly_state_history(tly_store_t *store, int32_t partition,
+                      tly_subject_kind_t kind, const char *id, char tag,
+                      int64_t horizon_ms, tly_state_history_cb cb,
+                      void *opaque, char *errstr, size_t errstr_size) {
+  char prefix[TLY_KEY_MAX];
+  size_t len = tly_key_history(partition, kind, id, tag, prefix, sizeof(prefix));
+  if (!len) {
+    snprintf(errstr, errstr_size, "subject id too long");
+    return -1;
+  }
+  history_scan_t scan = {len, horizon_ms, cb, opaque, 0};
+  if (tly_store_scan_prefix(store, TLY_CF_USAGE, prefix, len, visit_history,
+                            &scan, errstr, errstr_size))
+    return -1;
+  if (scan.corrupt) {
+    snprintf(errstr, errstr_size, "stored usage history is corrupt");
+    return -1;
+  }
+  return 0;
 }

@@ -108,18 +108,27 @@ static entry_t *claim_entry(slot_t *slot, tly_subject_kind_t kind,
 }
 
 /* A deep copy of src into dst (rows malloc'd). 0 or -1 (OOM). */
+/* A copy of n items (NULL for none); 0, or -1 when out of memory. */
+static int copy_items(void *dst, const void *src, size_t n, size_t size) {
+  void *copy = NULL;
+  if (n && !(copy = malloc(n * size)))
+    return -1;
+  if (n)
+    memcpy(copy, src, n * size);
+  *(void **)dst = copy;
+  return 0;
+}
+
 static int state_copy(tly_subject_state_t *dst,
                       const tly_subject_state_t *src) {
   *dst = *src;
   dst->rows = NULL;
-  if (!src->row_count)
-    return 0;
-  dst->rows = malloc(src->row_count * sizeof(*dst->rows));
-  if (!dst->rows) {
-    dst->row_count = 0;
+  dst->days = NULL;
+  if (copy_items(&dst->rows, src->rows, src->row_count, sizeof(*src->rows)) ||
+      copy_items(&dst->days, src->days, src->day_count, sizeof(*src->days))) {
+    tly_state_subject_clear(dst);
     return -1;
   }
-  memcpy(dst->rows, src->rows, src->row_count * sizeof(*dst->rows));
   return 0;
 }
 

@@ -75,6 +75,13 @@ static const tly_cf_desc_t tly_cf_table[] = {
 _Static_assert(sizeof(tly_cf_table) / sizeof(tly_cf_table[0]) == TLY_CF__COUNT,
                "one tly_cf_table row per tly_cf_t");
 
+typedef struct {
+  tly_cf_t cf;
+  rocksdb_options_t *options; /* the family's, holding the filter */
+  rocksdb_compactionfilter_t *filter;
+  _Atomic int64_t *horizons; /* per partition */
+} expiry_t;
+
 struct tly_store {
   rocksdb_t *db;
   int read_only;
@@ -86,47 +93,56 @@ struct tly_store {
   rocksdb_writeoptions_t *write_sync;
   rocksdb_writeoptions_t *write_nosync;
   atomic_int injected_failures;
-  /* Dedupe expiry (see tly_store_set_dedupe_horizon); read by compaction
-   * threads, hence atomics. */
-  rocksdb_compactionfilter_t *dedupe_filter;
-  _Atomic int64_t *dedupe_horizons;
+  /* Expiry by event time (see tly_store_set_horizon): one filter per
+   * expiring family, its horizons read by compaction threads, hence
+   * atomics. */
+  expiry_t expiry[2];
 };
 
-static unsigned char dedupe_filter(void *state, int level, const char *key,
+static unsigned char expiry_filter(void *state, int level, const char *key,
                                    size_t key_length,
                                    const char *existing_value,
                                    size_t value_length, char **new_value,
                                    size_t *new_value_length,
                                    unsigned char *value_changed) {
-  tly_store_t *store = state;
+  expiry_t *expiry = state;
   (void)level, (void)new_value, (void)new_value_length;
   *value_changed = 0;
-  if (key_length < 4 || value_length < 8) /* blobs: newest occurred_at first */
+  if (key_length < 4 || value_length < 8) /* the time is the value's head */
     return 0;
   uint32_t partition = tly_get_be32((const unsigned char *)key);
   if (partition >= TLY_STORE_MAX_PARTITIONS)
     return 0;
-  int64_t occurred_at =
-      (int64_t)tly_get_be64((const unsigned char *)existing_value);
-  return occurred_at < atomic_load(&store->dedupe_horizons[partition]);
+  int64_t t = (int64_t)tly_get_be64((const unsigned char *)existing_value);
+  return t < atomic_load(&expiry->horizons[partition]);
 }
 
-static void dedupe_filter_destroy(void *state) { (void)state; }
+static void expiry_filter_destroy(void *state) { (void)state; }
 
-static const char *dedupe_filter_name(void *state) {
-  (void)state;
-  return "tally.dedupe_expiry";
+static const char *expiry_filter_name(void *state) {
+  expiry_t *expiry = state;
+  return expiry->cf == TLY_CF_DEDUPE ? "tally.dedupe_expiry"
+                                     : "tally.history_expiry";
 }
 
-void tly_store_set_dedupe_horizon(tly_store_t *store, int32_t partition,
-                                  int64_t horizon_ms) {
-  if (partition >= 0 && partition < TLY_STORE_MAX_PARTITIONS)
-    atomic_store(&store->dedupe_horizons[partition], horizon_ms);
+static expiry_t *expiry_of(tly_store_t *store, tly_cf_t cf) {
+  for (size_t i = 0; i < sizeof(store->expiry) / sizeof(store->expiry[0]); i++)
+    if (store->expiry[i].cf == cf)
+      return &store->expiry[i];
+  return NULL;
 }
 
-int tly_store_compact_dedupe(tly_store_t *store) {
-  rocksdb_compact_range_cf(store->db, store->cf[TLY_CF_DEDUPE], NULL, 0, NULL,
-                           0);
+void tly_store_set_horizon(tly_store_t *store, tly_cf_t cf, int32_t partition,
+                           int64_t horizon_ms) {
+  expiry_t *expiry = expiry_of(store, cf);
+  if (expiry && partition >= 0 && partition < TLY_STORE_MAX_PARTITIONS)
+    atomic_store(&expiry->horizons[partition], horizon_ms);
+}
+
+int tly_store_compact(tly_store_t *store, tly_cf_t cf) {
+  if (!store->cf[cf])
+    return -1;
+  rocksdb_compact_range_cf(store->db, store->cf[cf], NULL, 0, NULL, 0);
   return 0;
 }
 
@@ -228,7 +244,6 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
   rocksdb_cache_t *cache = NULL;
   rocksdb_options_t *plain_options = NULL;
   rocksdb_options_t *bloom_options = NULL;
-  rocksdb_options_t *dedupe_options = NULL;
   char **existing = NULL;
   size_t existing_count = 0;
   char *err = NULL;
@@ -256,25 +271,31 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
   cache = rocksdb_cache_create_lru(TLY_STORE_BLOCK_CACHE_BYTES);
   plain_options = tly_store_options_new(cache, 0);
   bloom_options = tly_store_options_new(cache, 1);
-  dedupe_options = tly_store_options_new(cache, 1);
-  if (store != NULL) {
-    store->dedupe_horizons =
-        malloc(sizeof(*store->dedupe_horizons) * TLY_STORE_MAX_PARTITIONS);
-    store->dedupe_filter = rocksdb_compactionfilter_create(
-        store, dedupe_filter_destroy, dedupe_filter, dedupe_filter_name);
+  int expiry_failed = store == NULL;
+  static const tly_cf_t expiring[] = {TLY_CF_DEDUPE, TLY_CF_USAGE};
+  for (size_t e = 0; e < 2 && !expiry_failed; e++) {
+    expiry_t *expiry = &store->expiry[e];
+    expiry->cf = expiring[e];
+    expiry->options = tly_store_options_new(cache, 1);
+    expiry->horizons =
+        malloc(sizeof(*expiry->horizons) * TLY_STORE_MAX_PARTITIONS);
+    expiry->filter = rocksdb_compactionfilter_create(
+        expiry, expiry_filter_destroy, expiry_filter, expiry_filter_name);
+    expiry_failed = !expiry->options || !expiry->horizons || !expiry->filter;
+    for (int i = 0; i < TLY_STORE_MAX_PARTITIONS && !expiry_failed; i++)
+      atomic_init(&expiry->horizons[i], INT64_MIN);
+    /* The options do not own the filter: the store destroys it after
+     * close. */
+    if (!expiry_failed)
+      rocksdb_options_set_compaction_filter(expiry->options, expiry->filter);
   }
   if (store == NULL || cache == NULL || plain_options == NULL ||
-      bloom_options == NULL || dedupe_options == NULL ||
-      store->dedupe_horizons == NULL || store->dedupe_filter == NULL) {
+      bloom_options == NULL || expiry_failed) {
     tly_store_error(errstr, errstr_size, "open %s: out of memory", dir);
     goto fail;
   }
   store->read_only = read_only != 0;
   atomic_init(&store->injected_failures, 0);
-  for (int i = 0; i < TLY_STORE_MAX_PARTITIONS; i++)
-    atomic_init(&store->dedupe_horizons[i], INT64_MIN);
-  /* The options do not own the filter: the store destroys it after close. */
-  rocksdb_options_set_compaction_filter(dedupe_options, store->dedupe_filter);
 
   if (store->read_only) {
     existing =
@@ -296,7 +317,7 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
     slot_of[i] = open_count;
     names[open_count] = tly_cf_table[i].name;
     cf_options[open_count] =
-        i == TLY_CF_DEDUPE            ? dedupe_options
+        expiry_of(store, (tly_cf_t)i) ? expiry_of(store, (tly_cf_t)i)->options
         : tly_cf_table[i].point_reads ? bloom_options
                                       : plain_options;
     open_count++;
@@ -337,7 +358,6 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
    * through the table factories' references. */
   rocksdb_options_destroy(plain_options);
   rocksdb_options_destroy(bloom_options);
-  rocksdb_options_destroy(dedupe_options);
   rocksdb_cache_destroy(cache);
   if (existing != NULL)
     rocksdb_list_column_families_destroy(existing, existing_count);
@@ -352,8 +372,6 @@ fail:
     rocksdb_options_destroy(plain_options);
   if (bloom_options != NULL)
     rocksdb_options_destroy(bloom_options);
-  if (dedupe_options != NULL)
-    rocksdb_options_destroy(dedupe_options);
   if (cache != NULL)
     rocksdb_cache_destroy(cache);
   return NULL;
@@ -376,9 +394,14 @@ void tly_store_close(tly_store_t *store) {
     rocksdb_writeoptions_destroy(store->write_sync);
   if (store->write_nosync != NULL)
     rocksdb_writeoptions_destroy(store->write_nosync);
-  if (store->dedupe_filter != NULL)
-    rocksdb_compactionfilter_destroy(store->dedupe_filter);
-  free(store->dedupe_horizons);
+  for (size_t e = 0; e < sizeof(store->expiry) / sizeof(store->expiry[0]);
+       e++) {
+    if (store->expiry[e].options != NULL)
+      rocksdb_options_destroy(store->expiry[e].options);
+    if (store->expiry[e].filter != NULL)
+      rocksdb_compactionfilter_destroy(store->expiry[e].filter);
+    free(store->expiry[e].horizons);
+  }
   free(store);
 }
 

@@ -21,7 +21,9 @@
 #include <stdint.h>
 
 typedef enum {
-  TLY_CF_USAGE = 0, /* reserved for usage history (daily, closed cycles) */
+  TLY_CF_USAGE = 0, /* usage history: [p][kind:id][0][tag]... -> expiry
+                       time (8 bytes BE) first, then the record; see
+                       tly_keys.h */
   TLY_CF_OFFSETS,   /* [partition] -> next input offset (8 bytes BE) */
   TLY_CF_OUTBOX,    /* [sequence, 8 bytes BE] -> encoded output record */
   TLY_CF_META,      /* free-form process metadata */
@@ -97,19 +99,22 @@ int tly_store_scan_prefix(tly_store_t *store, tly_cf_t cf, const void *prefix,
 void tly_store_free(void *ptr);
 
 /*
- * Dedupe ids expire by compaction, not by a scan: the compaction filter of
- * the dedupe family drops an entry of partition p once its occurred_at (a
- * value's first 8 bytes: for a blob of ids, the newest) is below p's
- * horizon (the partition's event-time watermark minus the dedupe
- * window). Set it from committed state only, so it never runs ahead of
- * what a restart would recover. Partitions >= TLY_STORE_MAX_PARTITIONS
- * never expire.
+ * Expiry by compaction, not by a scan, for two families whose values start
+ * with an event time (8 bytes BE): the filter drops an entry of partition p
+ * once that time is below p's horizon.
+ *   dedupe: the time is a blob's newest occurred_at and the horizon the
+ *           partition's event-time watermark minus the dedupe window;
+ *   usage:  the time is when the history record expires (event time) and
+ *           the horizon the partition's watermark.
+ * Set horizons from committed state only, so they never run ahead of what
+ * a restart would recover. Partitions >= TLY_STORE_MAX_PARTITIONS never
+ * expire; other families ignore the call.
  */
 #define TLY_STORE_MAX_PARTITIONS 65536
-void tly_store_set_dedupe_horizon(tly_store_t *store, int32_t partition,
-                                  int64_t horizon_ms);
-/* Compacts the whole dedupe family now (tests, maintenance). 0 or -1. */
-int tly_store_compact_dedupe(tly_store_t *store);
+void tly_store_set_horizon(tly_store_t *store, tly_cf_t cf, int32_t partition,
+                           int64_t horizon_ms);
+/* Compacts the whole family now (tests, maintenance). 0 or -1. */
+int tly_store_compact(tly_store_t *store, tly_cf_t cf);
 
 /* Big-endian helpers for keys and values. */
 void tly_put_be32(unsigned char *out, uint32_t value);

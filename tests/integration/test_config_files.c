@@ -29,6 +29,7 @@ static const bad_config_t bad_configs[] = {
      "\"output_per_mtok\": 10}}}}",
      "pricing.models.gpt-4o.input_per_mtok"},
     {"{\"thresholds\": [50, 25]}", "thresholds[1]"},
+    {"{\"retention\": {\"daily_days\": -5}}", "retention.daily_days"},
     {"{\"cycles\": {\"anchor\": \"yesterday\"}}", "cycles.anchor"},
     {"{\"plans\": {\"pro\": {\"credits\": 1, \"limts\": {}}}}", "plans.pro.limts"},
     {"{\"default_plans\": {\"user\": \"gold\"}}", "default_plans.user"},

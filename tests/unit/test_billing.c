@@ -62,11 +62,27 @@ typedef struct {
 } row_slot_t;
 
 typedef struct {
+  char id[64];
+  int32_t day;
+  char feature[64];
+  tly_daily_t daily;
+} day_slot_t;
+
+typedef struct {
+  char id[64];
+  tly_cycle_t cycle;
+} archive_slot_t;
+
+typedef struct {
   tly_billing_view_t view;
   account_slot_t accounts[MAX_RECORDS];
   size_t account_count;
   row_slot_t rows[MAX_RECORDS];
   size_t row_count;
+  day_slot_t days[MAX_RECORDS];
+  size_t day_count;
+  archive_slot_t archived[MAX_RECORDS];
+  size_t archived_count;
   char seen[2048][64];
   int64_t seen_at[2048];
   size_t seen_count;
@@ -101,6 +117,32 @@ static tly_billing_row_t *mem_row(tly_billing_view_t *view,
   return &slot->row;
 }
 
+static tly_daily_t *mem_daily(tly_billing_view_t *view,
+                              tly_subject_kind_t kind, const char *id,
+                              int32_t day, const char *feature) {
+  memory_state_t *state = view->opaque;
+  (void)kind;
+  for (size_t i = 0; i < state->day_count; i++)
+    if (!strcmp(state->days[i].id, id) && state->days[i].day == day &&
+        !strcmp(state->days[i].feature, feature))
+      return &state->days[i].daily;
+  day_slot_t *slot = &state->days[state->day_count++];
+  snprintf(slot->id, sizeof(slot->id), "%s", id);
+  snprintf(slot->feature, sizeof(slot->feature), "%s", feature);
+  slot->day = day;
+  return &slot->daily;
+}
+
+static int mem_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
+                       const char *id, const tly_cycle_t *cycle) {
+  memory_state_t *state = view->opaque;
+  (void)kind;
+  archive_slot_t *slot = &state->archived[state->archived_count++];
+  snprintf(slot->id, sizeof(slot->id), "%s", id);
+  slot->cycle = *cycle;
+  return 0;
+}
+
 static int mem_seen(tly_billing_view_t *view, const char *event_id,
                     int64_t occurred_at, int record) {
   memory_state_t *state = view->opaque;
@@ -116,8 +158,13 @@ static int mem_seen(tly_billing_view_t *view, const char *event_id,
 
 static memory_state_t *new_state(void) {
   memory_state_t *state = calloc(1, sizeof(*state));
-  state->view = (tly_billing_view_t){state, mem_account, mem_row, mem_seen,
-                                     &state->watermark};
+  state->view = (tly_billing_view_t){.opaque = state,
+                                     .account = mem_account,
+                                     .row = mem_row,
+                                     .daily = mem_daily,
+                                     .archive = mem_archive,
+                                     .seen = mem_seen,
+                                     .watermark_ms = &state->watermark};
   state->watermark = INT64_MIN;
   return state;
 }
@@ -347,6 +394,82 @@ static void test_rollover_and_late_event(void **ctx) {
   assert_non_null(strstr(f->errstr, "before every billing cycle"));
 }
 
+static const tly_daily_t *daily_of(fixture_t *f, int64_t t,
+                                   const char *feature) {
+  return mem_daily(&f->state->view, TLY_SUBJECT_USER, "alice",
+                   tly_billing_day(t), feature);
+}
+
+static void test_daily_buckets(void **ctx) {
+  fixture_t *f = *ctx;
+  /* Graduated: 5 units at 1000, then 500 each. Day one crosses the tier. */
+  assert_int_equal(usage(f, JAN1 + 10, "api_calls", 4), TLY_FOLD_APPLIED);
+  assert_int_equal(usage(f, JAN1 + DAY - 1, "api_calls", 2), TLY_FOLD_APPLIED);
+  assert_int_equal(usage(f, JAN1 + DAY, "api_calls", 3), TLY_FOLD_APPLIED);
+  assert_int_equal(tokens(f, JAN1 + DAY + 5, "m1", 1000, 2000),
+                   TLY_FOLD_APPLIED);
+  const tly_daily_t *one = daily_of(f, JAN1, "api_calls");
+  const tly_daily_t *two = daily_of(f, JAN1 + DAY, "api_calls");
+  assert_int_equal(one->quantity, 6);
+  assert_int_equal(one->event_count, 2);
+  assert_int_equal(one->cost_micros, 5 * 1000 + 500);
+  assert_int_equal(two->quantity, 3);
+  assert_int_equal(two->cost_micros, 3 * 500);
+  /* A late event for day one lands in day one. */
+  assert_int_equal(usage(f, JAN1 + 20, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(daily_of(f, JAN1, "api_calls")->quantity, 7);
+  assert_int_equal(daily_of(f, JAN1, "api_calls")->cost_micros, 6000);
+  /* Tokens: 1000 in at 1 micro, 2000 out at 3, plus the 20 % margin. */
+  const tly_daily_t *ai = daily_of(f, JAN1 + DAY, "ai_tokens");
+  assert_int_equal(ai->cost_micros, 8400);
+  assert_int_equal(ai->input_tokens, 1000);
+  assert_int_equal(ai->output_tokens, 2000);
+  assert_int_equal(ai->event_count, 1);
+  assert_int_equal(daily_of(f, JAN1, "api_calls")->cost_micros +
+                       daily_of(f, JAN1 + DAY, "api_calls")->cost_micros +
+                       ai->cost_micros,
+                   alice(f)->cycle.cost_micros);
+  /* A rejected event adds nothing to any bucket. */
+  assert_int_equal(tokens(f, JAN1 + DAY, "nope", 1, 1), TLY_FOLD_REJECTED);
+  assert_int_equal(daily_of(f, JAN1 + DAY, "ai_tokens")->event_count, 1);
+  assert_int_equal(tly_billing_day(-1), -1); /* floor, not truncation */
+  assert_int_equal(tly_billing_day(JAN1), (int32_t)(JAN1 / DAY));
+}
+
+static void test_closed_cycles_are_archived_once_they_leave_history(
+    void **ctx) {
+  fixture_t *f = *ctx;
+  int64_t starts[6] = {JAN1, FEB1, MAR1};
+  for (int i = 3; i < 6; i++) {
+    int64_t end;
+    tly_billing_month_cycle(JAN1, starts[i - 1] + 40 * DAY, &starts[i], &end);
+  }
+  for (int i = 0; i < 5; i++)
+    assert_int_equal(usage(f, starts[i] + DAY, "api_calls", i + 1),
+                     TLY_FOLD_APPLIED);
+  /* Four closed cycles: three kept, January archived. */
+  assert_int_equal(alice(f)->history_count, TLY_BILLING_HISTORY);
+  assert_int_equal(f->state->archived_count, 1);
+  assert_int_equal(f->state->archived[0].cycle.start_ms, JAN1);
+  assert_int_equal(f->state->archived[0].cycle.end_ms, FEB1);
+  assert_int_equal(f->state->archived[0].cycle.events, 1);
+  assert_int_equal(f->state->archived[0].cycle.cost_micros, 1000);
+  /* A rejected event that would close a cycle archives nothing. */
+  tly_event_t bad = {.occurred_at_ms = starts[5] + DAY,
+                     .body_kind = TLY_BODY_PLAN_ASSIGNED,
+                     .body.plan_assigned = {.plan = "no-such-plan"}};
+  assert_int_equal(fold(f, &bad), TLY_FOLD_REJECTED);
+  assert_int_equal(f->state->archived_count, 1);
+  /* A tick that closes the cycle archives February. */
+  assert_int_equal(tly_billing_tick(&f->billing, &f->state->view,
+                                    TLY_SUBJECT_USER, "alice", starts[5] + 1,
+                                    &f->alerts),
+                   TLY_FOLD_APPLIED);
+  assert_int_equal(f->state->archived_count, 2);
+  assert_int_equal(f->state->archived[1].cycle.start_ms, FEB1);
+  assert_int_equal(f->state->archived[1].cycle.events, 1);
+}
+
 static void test_invoice_paid_resets_quota(void **ctx) {
   fixture_t *f = *ctx;
   for (int i = 0; i < 10; i++)
@@ -549,6 +672,27 @@ static void test_state_encodings(void **ctx) {
   assert_int_equal(tly_billing_row_decode(row_bytes, sizeof(row_bytes) - 1, &row_back), -1);
 }
 
+/* Field by field: the structs have padding that memcmp would read. */
+static void assert_day_equal(const tly_subject_day_t *x,
+                             const tly_subject_day_t *y) {
+  assert_int_equal(x->day, y->day);
+  assert_string_equal(x->feature, y->feature);
+  assert_memory_equal(&x->daily, &y->daily, sizeof(x->daily));
+}
+
+static void assert_row_equal(const tly_subject_row_t *x,
+                             const tly_subject_row_t *y) {
+  assert_int_equal(x->cycle_start_ms, y->cycle_start_ms);
+  assert_string_equal(x->feature, y->feature);
+  assert_int_equal(x->row.quantity, y->row.quantity);
+  assert_int_equal(x->row.input_tokens, y->row.input_tokens);
+  assert_int_equal(x->row.output_tokens, y->row.output_tokens);
+  assert_int_equal(x->row.event_count, y->row.event_count);
+  assert_int_equal(x->row.cost_micros, y->row.cost_micros);
+  assert_int_equal(x->row.cost_remainder, y->row.cost_remainder);
+  assert_int_equal(x->row.thresholds_fired, y->row.thresholds_fired);
+}
+
 static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
   (void)ctx;
   tly_account_t account = {0}, back;
@@ -563,19 +707,25 @@ static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
   tly_subject_row_t gone = {JAN1 - 31 * DAY, "api_calls", {1, 0, 0, 1, 1, 0, 0}};
   tly_subject_row_t unused = {FEB1, "storage_bytes", {0}};
   const tly_subject_row_t *rows[] = {&current, &gone, &tokens, &unused, &kept};
+  tly_subject_day_t today = {20000, "api_calls", {6, 0, 0, 2, 18}};
+  tly_subject_day_t untouched = {20000, "ai_tokens", {0}};
+  const tly_subject_day_t *days[] = {&today, &untouched};
   unsigned char small[8], bytes[1024];
-  size_t need = tly_subject_record_encode(&account, rows, 5, small, sizeof(small));
+  size_t need =
+      tly_subject_record_encode(&account, rows, 5, days, 2, small, sizeof(small));
   assert_true(need > sizeof(small)); /* tells the size, writes nothing */
-  size_t len = tly_subject_record_encode(&account, rows, 5, bytes, sizeof(bytes));
+  size_t len =
+      tly_subject_record_encode(&account, rows, 5, days, 2, bytes, sizeof(bytes));
   assert_int_equal(len, need);
 
-  tly_subject_row_t *decoded = NULL;
-  size_t count = 0;
-  assert_int_equal(tly_subject_record_decode(bytes, len, &back, &decoded, &count), 0);
+  tly_subject_record_t record;
+  assert_int_equal(tly_subject_record_decode(bytes, len, &record), 0);
+  back = record.account;
   assert_string_equal(back.plan, "free");
   assert_memory_equal(&back.cycle, &account.cycle, sizeof(account.cycle));
   /* The row of a cycle no longer kept and the unused row are left out. */
-  assert_int_equal(count, 3);
+  tly_subject_row_t *decoded = record.rows;
+  assert_int_equal(record.row_count, 3);
   assert_int_equal(decoded[0].cycle_start_ms, FEB1);
   assert_string_equal(decoded[0].feature, "api_calls");
   assert_int_equal(decoded[0].row.quantity, 10);
@@ -586,24 +736,77 @@ static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
   assert_int_equal(decoded[1].row.cost_remainder, 12345);
   assert_int_equal(decoded[2].cycle_start_ms, JAN1);
   assert_int_equal(decoded[2].row.quantity, 4);
-  free(decoded);
+  /* The day's used bucket, not the untouched one. */
+  assert_int_equal(record.day_count, 1);
+  assert_day_equal(&record.days[0], &today);
+  tly_subject_record_clear(&record);
   for (size_t cut = 0; cut < len; cut++) {
-    assert_int_equal(tly_subject_record_decode(bytes, cut, &back, &decoded, &count), -1);
-    assert_null(decoded);
+    assert_int_equal(tly_subject_record_decode(bytes, cut, &record), -1);
+    assert_null(record.rows);
+    assert_null(record.days);
   }
   bytes[0] ^= 0xff; /* unknown version */
-  assert_int_equal(tly_subject_record_decode(bytes, len, &back, &decoded, &count), -1);
+  assert_int_equal(tly_subject_record_decode(bytes, len, &record), -1);
+}
+
+static void test_daily_and_archive_encodings(void **ctx) {
+  (void)ctx;
+  tly_subject_day_t a = {20001, "api_calls", {1, 2, 3, 4, 5}};
+  tly_subject_day_t b = {20001, "storage_bytes", {7, 0, 0, 1, -9}};
+  tly_subject_day_t none = {20001, "ai_tokens", {0}};
+  const tly_subject_day_t *days[] = {&a, &none, &b};
+  unsigned char bytes[512];
+  size_t len = tly_daily_encode(days, 3, bytes, sizeof(bytes));
+  assert_true(len < sizeof(bytes));
+  assert_true(tly_daily_encode(days, 3, bytes, 4) > 4);
+  tly_subject_day_t *back = NULL;
+  size_t count = 0;
+  assert_int_equal(tly_daily_decode(bytes, len, 20001, &back, &count), 0);
+  assert_int_equal(count, 2);
+  assert_day_equal(&back[0], &a);
+  assert_day_equal(&back[1], &b);
+  free(back);
+  for (size_t cut = 0; cut < len; cut++) {
+    assert_int_equal(tly_daily_decode(bytes, cut, 20001, &back, &count), -1);
+    assert_null(back);
+  }
+
+  tly_cycle_t cycle = {JAN1, FEB1, 123, 4}, cycle_back;
+  tly_subject_row_t r1 = {JAN1, "api_calls", {10, 0, 0, 3, 30, 0, 1}};
+  tly_subject_row_t r2 = {JAN1, "ai_tokens", {0, 7, 9, 1, 93, 5, 0}};
+  const tly_subject_row_t *rows[] = {&r1, &r2};
+  len = tly_cycle_archive_encode(&cycle, rows, 2, bytes, sizeof(bytes));
+  assert_true(len < sizeof(bytes));
+  tly_subject_row_t *rows_back = NULL;
+  assert_int_equal(
+      tly_cycle_archive_decode(bytes, len, &cycle_back, &rows_back, &count), 0);
+  assert_memory_equal(&cycle_back, &cycle, sizeof(cycle));
+  assert_int_equal(count, 2);
+  assert_row_equal(&rows_back[0], &r1);
+  assert_row_equal(&rows_back[1], &r2);
+  free(rows_back);
+  for (size_t cut = 0; cut < len; cut++) {
+    assert_int_equal(
+        tly_cycle_archive_decode(bytes, cut, &cycle_back, &rows_back, &count),
+        -1);
+    assert_null(rows_back);
+  }
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_subject_record_keeps_rows_of_kept_cycles),
+      cmocka_unit_test(test_daily_and_archive_encodings),
       cmocka_unit_test(test_tier_boundaries),
       cmocka_unit_test(test_month_cycles),
       cmocka_unit_test_setup_teardown(test_graduated_price_and_hard_limit_alerts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_soft_limit_and_exact_token_cost, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unlimited_volume_and_credit_thresholds, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rollover_and_late_event, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_daily_buckets, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_closed_cycles_are_archived_once_they_leave_history, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(test_invoice_paid_resets_quota, setup, teardown),
       cmocka_unit_test_setup_teardown(test_duplicate_event_ids, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unknown_model, setup, teardown),

@@ -51,6 +51,8 @@ static void test_defaults(void **state) {
   assert_non_null(ppu_calls);
   assert_int_equal(ppu_calls->model, TLY_PRICE_GRADUATED);
   assert_null(tly_config_plan(config, "gold"));
+  assert_int_equal(config->retention.daily_days, 90);
+  assert_int_equal(config->retention.alerts_days, 90);
 
   /* Every built-in price ends with an open tier and rises strictly. */
   int saw_hard = 0, saw_soft = 0, saw_unlimited = 0;
@@ -237,6 +239,13 @@ static void test_empty_object_is_defaults(void **state) {
   assert_int_equal(tly_config_plan(config, "paid")->credits, 50000);
   assert_int_equal(config->threshold_count, 5);
   tly_config_free(config);
+  const char *retention = "{\"retention\": {\"daily_days\": 30}}";
+  config = tly_config_load_text(retention, strlen(retention), errstr,
+                                sizeof(errstr));
+  assert_non_null(config);
+  assert_int_equal(config->retention.daily_days, 30);
+  assert_int_equal(config->retention.alerts_days, 90);
+  tly_config_free(config);
 }
 
 static void test_anchor_forms(void **state) {
@@ -300,6 +309,10 @@ static const bad_case_t bad_cases[] = {
      "pricing.models.x.cached: unknown key"},
     {"{\"pricing\": {\"currency\": \"usd\"}}", "pricing.currency: unknown key"},
     {"{\"thresholds\": [25, 50, 50]}", "thresholds[2]: must be ascending"},
+    {"{\"retention\": {\"daily_days\": 0}}", "retention.daily_days: "},
+    {"{\"retention\": {\"alerts_days\": \"90\"}}", "retention.alerts_days: "},
+    {"{\"retention\": {\"hourly_days\": 3}}", "retention.hourly_days: unknown key"},
+    {"{\"retention\": 90}", "retention: must be an object"},
     {"{\"thresholds\": [0]}", "thresholds[0]: must be an integer from 1 to"},
     {"{\"thresholds\": [1001]}", "thresholds[0]: must be an integer from 1 to"},
     {"{\"thresholds\": [50.5]}", "thresholds[0]: "},

@@ -356,8 +356,8 @@ static void test_dedupe_expiry_by_compaction(void **state) {
   put_str(batch, TLY_CF_META, "keep", "me");
   commit_or_fail(store, batch, 1);
   /* Partition 0 expires everything before 1050; partition 1 nothing. */
-  tly_store_set_dedupe_horizon(store, 0, 1050);
-  assert_int_equal(tly_store_compact_dedupe(store), 0);
+  tly_store_set_horizon(store, TLY_CF_DEDUPE, 0, 1050);
+  assert_int_equal(tly_store_compact(store, TLY_CF_DEDUPE), 0);
   for (uint32_t partition = 0; partition < 2; partition++) {
     for (int i = 0; i < 100; i++) {
       unsigned char key[16];
