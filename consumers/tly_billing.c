@@ -26,20 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- calendar (UTC, proleptic Gregorian; H. Hinnant's algorithms) ---- */
-
-
-static void civil_from_days(int64_t z, int64_t *y, int64_t *m, int64_t *d) {
-  z += 719468;
-  int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  int64_t doe = z - era * 146097;
-  int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  int64_t mp = (5 * doy + 2) / 153;
-  *d = doy - (153 * mp + 2) / 5 + 1;
-  *m = mp + (mp < 10 ? 3 : -9);
-  *y = yoe + era * 400 + (*m <= 2);
-}
+/* ---- calendar (UTC, proleptic Gregorian; tly_config's day numbers) ---- */
 
 static int64_t floor_div(int64_t a, int64_t b) {
   int64_t q = a / b;
@@ -62,7 +49,7 @@ static int64_t shift_months(int64_t anchor_ms, int64_t k) {
   int64_t day = floor_div(anchor_ms, 86400000);
   int64_t time_of_day = anchor_ms - day * 86400000;
   int64_t y, m, d;
-  civil_from_days(day, &y, &m, &d);
+  tly_civil_from_days(day, &y, &m, &d);
   int64_t month_index = y * 12 + (m - 1) + k;
   y = floor_div(month_index, 12);
   m = month_index - y * 12 + 1;
@@ -74,8 +61,8 @@ static int64_t shift_months(int64_t anchor_ms, int64_t k) {
 void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms, int64_t *start_ms,
                              int64_t *end_ms) {
   int64_t ay, am, ad, ty, tm, td;
-  civil_from_days(floor_div(anchor_ms, 86400000), &ay, &am, &ad);
-  civil_from_days(floor_div(t_ms, 86400000), &ty, &tm, &td);
+  tly_civil_from_days(floor_div(anchor_ms, 86400000), &ay, &am, &ad);
+  tly_civil_from_days(floor_div(t_ms, 86400000), &ty, &tm, &td);
   int64_t k = (ty - ay) * 12 + (tm - am);
   /* k is right or one too far either way; step until the cycle holds t. */
   while (shift_months(anchor_ms, k) > t_ms)

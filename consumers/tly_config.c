@@ -432,6 +432,22 @@ int64_t tly_days_from_civil(int64_t year, int64_t month, int64_t day) {
   return era * 146097 + day_of_era - 719468;
 }
 
+void tly_civil_from_days(int64_t days, int64_t *year, int64_t *month,
+                         int64_t *day) {
+  days += 719468;
+  int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+  int64_t day_of_era = days - era * 146097;
+  int64_t year_of_era = (day_of_era - day_of_era / 1460 +
+                         day_of_era / 36524 - day_of_era / 146096) /
+                        365;
+  int64_t day_of_year =
+      day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+  int64_t mp = (5 * day_of_year + 2) / 153;
+  *day = day_of_year - (153 * mp + 2) / 5 + 1;
+  *month = mp + (mp < 10 ? 3 : -9);
+  *year = year_of_era + era * 400 + (*month <= 2);
+}
+
 static int days_in_month(int year, int month) {
   static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;

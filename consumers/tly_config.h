@@ -172,5 +172,8 @@ const tly_model_price_t *tly_config_model(const tly_config_t *config,
  * days_from_civil): exact for every year, no tables, no floating point.
  * Shared by the config, the fold's cycles and the HTTP port's dates. */
 int64_t tly_days_from_civil(int64_t year, int64_t month, int64_t day);
+/* The inverse: the date of a day number. */
+void tly_civil_from_days(int64_t days, int64_t *year, int64_t *month,
+                         int64_t *day);
 
 #endif

@@ -80,6 +80,9 @@ struct tly_http {
   struct MHD_Daemon *daemon;
   uint16_t port;
   tly_state_cache_t *cache;
+  /* Decodes the stored alerts for /alerts (a codec is not thread-safe). */
+  tly_alert_codec_t *alert_codec;
+  pthread_mutex_t alert_lock;
   tally_producer_t *producer;
   pthread_t poller;
   int poller_started;
@@ -744,6 +747,292 @@ static void handle_plan(tly_http_t *http, request_t *req,
   ingest_start(http, req, connection, &events, 1, out);
 }
 
+/* ---- handlers: the usage history ------------------------------------- */
+
+/* The partition's event-time watermark: history that expired before it is
+ * left out, whether or not compaction dropped it yet. */
+static int64_t history_horizon(tly_http_t *http, int32_t partition) {
+  size_t count = 0;
+  int64_t horizon = INT64_MIN;
+  tly_partition_status_t *status = partition_snapshot(http, &count);
+  if (status && partition >= 0 && (size_t)partition < count)
+    horizon = status[partition].watermark_ms;
+  free(status);
+  return horizon;
+}
+
+/* Common start of the history routes: the subject parsed and its state
+ * found. 1 found, 0 answered (error or 404). */
+static int history_subject(tly_http_t *http, request_t *req,
+                           tly_req_subject_t *subject,
+                           tly_subject_state_t *state, response_t *out) {
+  tly_req_error_t err;
+  if (tly_req_parse_subject(req->subject, subject, &err)) {
+    respond_req_error(out, &err);
+    return 0;
+  }
+  int found = find_subject(http, subject, state, out);
+  if (found == 0) {
+    char message[TLY_REQ_SUBJECT_MAX + 64];
+    snprintf(message, sizeof(message), "no usage recorded for subject %s",
+             subject->key);
+    respond_error(out, 404, "not_found", message);
+  }
+  return found > 0;
+}
+
+typedef struct {
+  int32_t from_day, to_day;
+  tly_subject_day_t *days;
+  size_t count, cap;
+  int failed;
+} daily_scan_t;
+
+static int add_day_buckets(daily_scan_t *scan, const tly_subject_day_t *days,
+                           size_t count) {
+  for (size_t i = 0; i < count; i++) {
+    if (days[i].day < scan->from_day || days[i].day > scan->to_day)
+      continue;
+    if (scan->count == scan->cap) {
+      size_t cap = scan->cap ? scan->cap * 2 : 16;
+      tly_subject_day_t *grown = realloc(scan->days, cap * sizeof(*grown));
+      if (!grown)
+        return -1;
+      scan->days = grown;
+      scan->cap = cap;
+    }
+    scan->days[scan->count++] = days[i];
+  }
+  return 0;
+}
+
+static int visit_day(void *opaque, const unsigned char *suffix,
+                     size_t suffix_len, const char *value, size_t value_len) {
+  daily_scan_t *scan = opaque;
+  tly_subject_day_t *days = NULL;
+  size_t count = 0;
+  if (suffix_len != 4 ||
+      tly_daily_decode(value, value_len, (int32_t)tly_get_be32(suffix), &days,
+                       &count) ||
+      add_day_buckets(scan, days, count))
+    scan->failed = 1;
+  free(days);
+  return scan->failed;
+}
+
+static void handle_daily(tly_http_t *http, request_t *req,
+                         struct MHD_Connection *connection, response_t *out) {
+  tly_req_subject_t subject;
+  tly_subject_state_t state = {0};
+  tly_req_error_t err;
+  char errstr[512];
+  daily_scan_t scan = {0};
+  if (tly_req_parse_daily(
+          MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND,
+                                      "from"),
+          MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "to"),
+          &scan.from_day, &scan.to_day, &err)) {
+    respond_req_error(out, &err);
+    return;
+  }
+  /* The newest day lives in the subject record, older ones in keys: read
+   * both as of one commit (retry when a commit landed in between, since a
+   * commit may move the newest day into its key). */
+  for (int attempt = 0; attempt < 3; attempt++) {
+    uint64_t before = commit_count(http->conf.processor);
+    tly_state_subject_clear(&state);
+    scan.count = 0;
+    if (!history_subject(http, req, &subject, &state, out))
+      goto done;
+    int64_t horizon = history_horizon(http, state.partition);
+    if (add_day_buckets(&scan, state.days, state.day_count) ||
+        tly_state_history(http->conf.store, state.partition, subject.kind,
+                          subject.id, TLY_HISTORY_DAY, horizon, visit_day,
+                          &scan, errstr, sizeof(errstr)) ||
+        scan.failed) {
+      respond_error(out, 500, "store_error",
+                    scan.failed ? "out of memory or corrupt daily buckets"
+                                : errstr);
+      goto done;
+    }
+    if (commit_count(http->conf.processor) == before)
+      break;
+  }
+  respond_json(out, 200,
+               tly_req_daily_json(http->conf.config, &subject, scan.days,
+                                  scan.count, scan.from_day, scan.to_day));
+done:
+  free(scan.days);
+  tly_state_subject_clear(&state);
+}
+
+typedef struct {
+  tly_req_cycle_t *cycles;
+  size_t count, cap;
+  tly_subject_row_t **owned; /* archived rows to free */
+  size_t owned_count;
+  int failed;
+} cycles_scan_t;
+
+static tly_req_cycle_t *add_cycle(cycles_scan_t *scan) {
+  if (scan->count == scan->cap) {
+    size_t cap = scan->cap ? scan->cap * 2 : 8;
+    tly_req_cycle_t *grown = realloc(scan->cycles, cap * sizeof(*grown));
+    tly_subject_row_t **owned = realloc(scan->owned, cap * sizeof(*owned));
+    if (grown)
+      scan->cycles = grown;
+    if (owned)
+      scan->owned = owned;
+    if (!grown || !owned)
+      return NULL;
+    scan->cap = cap;
+  }
+  return &scan->cycles[scan->count++];
+}
+
+static int visit_cycle(void *opaque, const unsigned char *suffix,
+                       size_t suffix_len, const char *value,
+                       size_t value_len) {
+  cycles_scan_t *scan = opaque;
+  tly_cycle_t cycle;
+  tly_subject_row_t *rows = NULL;
+  size_t count = 0;
+  (void)suffix;
+  if (suffix_len != 8 ||
+      tly_cycle_archive_decode(value, value_len, &cycle, &rows, &count)) {
+    scan->failed = 1;
+    return 1;
+  }
+  /* A cycle the record still keeps is shown from there (live). */
+  for (size_t i = 0; i < scan->count; i++)
+    if (!scan->cycles[i].final &&
+        scan->cycles[i].cycle.start_ms == cycle.start_ms) {
+      free(rows);
+      return 0;
+    }
+  tly_req_cycle_t *entry = add_cycle(scan);
+  if (!entry) {
+    free(rows);
+    scan->failed = 1;
+    return 1;
+  }
+  *entry = (tly_req_cycle_t){cycle, 1, rows, count};
+  scan->owned[scan->owned_count++] = rows;
+  return 0;
+}
+
+static void handle_cycles(tly_http_t *http, request_t *req,
+                          struct MHD_Connection *connection,
+                          response_t *out) {
+  tly_req_subject_t subject;
+  tly_subject_state_t state = {0};
+  cycles_scan_t scan = {0};
+  char errstr[512];
+  (void)connection;
+  if (!history_subject(http, req, &subject, &state, out))
+    goto done;
+  for (size_t i = 0; i < state.account.history_count && !scan.failed; i++) {
+    tly_req_cycle_t *entry = add_cycle(&scan);
+    if (entry) {
+      *entry = (tly_req_cycle_t){state.account.history[i], 0, state.rows,
+                                 state.row_count};
+      scan.owned[scan.owned_count++] = NULL;
+    }
+    scan.failed = !entry;
+  }
+  if (scan.failed ||
+      tly_state_history(http->conf.store, state.partition, subject.kind,
+                        subject.id, TLY_HISTORY_CYCLE, INT64_MIN, visit_cycle,
+                        &scan, errstr, sizeof(errstr)) ||
+      scan.failed) {
+    respond_error(out, 500, "store_error",
+                  scan.failed ? "out of memory or a corrupt archived cycle"
+                              : errstr);
+    goto done;
+  }
+  respond_json(out, 200,
+               tly_req_cycles_json(http->conf.config, &subject, scan.cycles,
+                                   scan.count));
+done:
+  for (size_t i = 0; i < scan.owned_count; i++)
+    free(scan.owned[i]);
+  free(scan.owned);
+  free(scan.cycles);
+  tly_state_subject_clear(&state);
+}
+
+typedef struct {
+  tly_http_t *http;
+  json_t *list; /* oldest first, as the keys come */
+  int failed;
+} alerts_scan_t;
+
+static int visit_alert(void *opaque, const unsigned char *suffix,
+                       size_t suffix_len, const char *value,
+                       size_t value_len) {
+  alerts_scan_t *scan = opaque;
+  tly_alert_t alert = {0}; /* decode clears what it is given */
+  char errstr[256];
+  (void)suffix, (void)suffix_len;
+  pthread_mutex_lock(&scan->http->alert_lock);
+  int bad = tly_alert_decode(scan->http->alert_codec, value, value_len, &alert,
+                             errstr, sizeof(errstr));
+  pthread_mutex_unlock(&scan->http->alert_lock);
+  if (bad) {
+    scan->failed = 1;
+    return 1;
+  }
+  json_t *json = tly_req_alert_json(&alert);
+  tly_alert_clear(&alert);
+  if (!json || json_array_append_new(scan->list, json)) {
+    scan->failed = 1;
+    return 1;
+  }
+  return 0;
+}
+
+static void handle_alerts(tly_http_t *http, request_t *req,
+                          struct MHD_Connection *connection,
+                          response_t *out) {
+  tly_req_subject_t subject;
+  tly_subject_state_t state = {0};
+  tly_req_error_t err;
+  char errstr[512];
+  int64_t limit;
+  alerts_scan_t scan = {http, json_array(), 0};
+  if (tly_req_parse_limit(MHD_lookup_connection_value(
+                              connection, MHD_GET_ARGUMENT_KIND, "limit"),
+                          &limit, &err)) {
+    respond_req_error(out, &err);
+    goto done;
+  }
+  if (!scan.list || !history_subject(http, req, &subject, &state, out))
+    goto done;
+  if (tly_state_history(http->conf.store, state.partition, subject.kind,
+                        subject.id, TLY_HISTORY_ALERT,
+                        history_horizon(http, state.partition), visit_alert,
+                        &scan, errstr, sizeof(errstr)) ||
+      scan.failed) {
+    respond_error(out, 500, "store_error",
+                  scan.failed ? "out of memory or a corrupt stored alert"
+                              : errstr);
+    goto done;
+  }
+  /* Keys run oldest first: answer newest first, up to limit. */
+  json_t *alerts = json_array();
+  size_t total = json_array_size(scan.list);
+  for (size_t i = total; i > 0 && json_array_size(alerts) < (size_t)limit; i--)
+    json_array_append(alerts, json_array_get(scan.list, i - 1));
+  respond_json(out, 200,
+               json_pack("{s:s,s:I,s:I,s:o}", "subject", subject.key,
+                         "retention_days",
+                         (json_int_t)http->conf.config->retention.alerts_days,
+                         "total", (json_int_t)total, "alerts", alerts));
+done:
+  json_decref(scan.list);
+  tly_state_subject_clear(&state);
+}
+
 /* ---- routing --------------------------------------------------------- */
 
 static const route_t routes[] = {
@@ -760,6 +1049,12 @@ static const route_t routes[] = {
      handle_usage, AUTH_REQUIRED, 0},
     {"GET", "/v1/subjects/{subject}/quota", "/v1/subjects/", "/quota",
      handle_quota, AUTH_REQUIRED, 0},
+    {"GET", "/v1/subjects/{subject}/usage/daily", "/v1/subjects/",
+     "/usage/daily", handle_daily, AUTH_REQUIRED, 0},
+    {"GET", "/v1/subjects/{subject}/cycles", "/v1/subjects/", "/cycles",
+     handle_cycles, AUTH_REQUIRED, 0},
+    {"GET", "/v1/subjects/{subject}/alerts", "/v1/subjects/", "/alerts",
+     handle_alerts, AUTH_REQUIRED, 0},
     {"POST", "/v1/subjects/{subject}/plan", "/v1/subjects/", "/plan",
      handle_plan, AUTH_REQUIRED, 1},
     /* When the Stripe webhook comes: AUTH_SIGNED, verified by its own
@@ -1062,6 +1357,8 @@ static void http_free(tly_http_t *http) {
     pthread_join(http->poller, NULL);
   tally_producer_destroy(http->producer);
   tly_state_cache_free(http->cache);
+  tly_alert_codec_destroy(http->alert_codec);
+  pthread_mutex_destroy(&http->alert_lock);
   free(http->requests);
   free(http);
 }
@@ -1077,12 +1374,16 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
     return NULL;
   }
   http->conf = *conf;
+  pthread_mutex_init(&http->alert_lock, NULL);
   http->cache = tly_state_cache_new(0);
   http->requests = calloc(route_count + 1, sizeof(*http->requests));
   if (!http->cache || !http->requests) {
     snprintf(errstr, errstr_size, "out of memory");
     goto fail;
   }
+  http->alert_codec = tly_alert_codec_new(errstr, errstr_size);
+  if (!http->alert_codec)
+    goto fail;
   memset(&addr, 0, sizeof(addr));
   addr.sin_family = AF_INET;
   addr.sin_port = htons(conf->port);

@@ -2141,6 +2141,7 @@ size_t tly_processor_partitions(tly_processor_t *p,
     out[i].committed_offset = p->partitions[i].committed;
     out[i].high_watermark = -1;
     out[i].replay_target = p->partitions[i].replay_target;
+    out[i].watermark_ms = p->partitions[i].watermark;
     if (out[i].assigned &&
         rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic,
                                        (int32_t)i, &low, &high) == 0)

@@ -51,6 +51,8 @@ typedef struct {
   int64_t replay_target;    /* log end when last assigned: the partition has
                                caught up with its replay once
                                committed_offset reaches it */
+  int64_t watermark_ms;     /* largest event time folded (INT64_MIN: none);
+                               history expiring before it is gone */
 } tly_partition_status_t;
 
 /* Upper bounds (ms) of the commit latency histogram's buckets; the last

@@ -430,6 +430,165 @@ json_t *tly_req_usage_json(const tly_config_t *config,
                    "canceled", account->canceled, "features", features);
 }
 
+/* ---- the usage history ------------------------------------------------ */
+
+int tly_req_parse_daily(const char *from, const char *to, int32_t *from_day,
+                        int32_t *to_day, tly_req_error_t *err) {
+  int64_t from_ms, to_ms;
+  if (!from || !*from)
+    return tly_req_fail(err, 400, "bad_request", "from",
+                        "query parameter 'from': required (YYYY-MM-DD)");
+  if (tly_req_parse_date(from, &from_ms))
+    return tly_req_fail(err, 400, "bad_date", "from",
+                        "query parameter 'from': must be a date YYYY-MM-DD");
+  if (!to || !*to)
+    return tly_req_fail(err, 400, "bad_request", "to",
+                        "query parameter 'to': required (YYYY-MM-DD)");
+  if (tly_req_parse_date(to, &to_ms))
+    return tly_req_fail(err, 400, "bad_date", "to",
+                        "query parameter 'to': must be a date YYYY-MM-DD");
+  if (to_ms < from_ms)
+    return tly_req_fail(err, 400, "bad_date", "to",
+                        "query parameter 'to': must not be before 'from'");
+  if ((to_ms - from_ms) / DAY_MS >= TLY_REQ_DAILY_MAX_DAYS)
+    return tly_req_fail(err, 400, "bad_date", "to",
+                        "query parameter 'to': at most %d days from 'from'",
+                        TLY_REQ_DAILY_MAX_DAYS);
+  *from_day = (int32_t)(from_ms / DAY_MS);
+  *to_day = (int32_t)(to_ms / DAY_MS);
+  return 0;
+}
+
+void tly_req_format_day(int32_t day, char out[16]) {
+  int64_t year, month, date;
+  tly_civil_from_days(day, &year, &month, &date);
+  snprintf(out, 16, "%04d-%02d-%02d", (int)year, (int)month, (int)date);
+}
+
+static int compare_days(const void *a, const void *b) {
+  const tly_subject_day_t *x = *(const tly_subject_day_t *const *)a;
+  const tly_subject_day_t *y = *(const tly_subject_day_t *const *)b;
+  if (x->day != y->day)
+    return x->day < y->day ? -1 : 1;
+  return strcmp(x->feature, y->feature);
+}
+
+static json_t *daily_entry(const tly_daily_t *daily) {
+  return json_pack("{s:I,s:I,s:I,s:I,s:I}", "quantity",
+                   (json_int_t)daily->quantity, "input_tokens",
+                   (json_int_t)daily->input_tokens, "output_tokens",
+                   (json_int_t)daily->output_tokens, "events",
+                   (json_int_t)daily->event_count, "cost_micros",
+                   (json_int_t)daily->cost_micros);
+}
+
+json_t *tly_req_daily_json(const tly_config_t *config,
+                           const tly_req_subject_t *subject,
+                           const tly_subject_day_t *days, size_t count,
+                           int32_t from_day, int32_t to_day) {
+  char from[16], to[16], date[16];
+  const tly_subject_day_t **sorted =
+      malloc((count ? count : 1) * sizeof(*sorted));
+  json_t *list = json_array();
+  if (!sorted || !list) {
+    free(sorted);
+    json_decref(list);
+    return NULL;
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < count; i++)
+    if (days[i].day >= from_day && days[i].day <= to_day &&
+        days[i].daily.event_count)
+      sorted[n++] = &days[i];
+  qsort(sorted, n, sizeof(*sorted), compare_days);
+  json_t *day = NULL, *features = NULL; /* borrowed from list */
+  int64_t cost = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!day || sorted[i]->day != sorted[i - 1]->day) {
+      tly_req_format_day(sorted[i]->day, date);
+      features = json_object();
+      day = json_pack("{s:s,s:o}", "date", date, "features", features);
+      json_array_append_new(list, day);
+      cost = 0;
+    }
+    json_object_set_new(features, sorted[i]->feature,
+                        daily_entry(&sorted[i]->daily));
+    cost += sorted[i]->daily.cost_micros;
+    json_object_set_new(day, "cost_micros", json_integer(cost));
+  }
+  free(sorted);
+  tly_req_format_day(from_day, from);
+  tly_req_format_day(to_day, to);
+  return json_pack("{s:s,s:s,s:s,s:I,s:o}", "subject", subject->key, "from",
+                   from, "to", to, "retention_days",
+                   (json_int_t)config->retention.daily_days, "days", list);
+}
+
+static int compare_cycles(const void *a, const void *b) {
+  const tly_req_cycle_t *x = a, *y = b;
+  if (x->cycle.start_ms != y->cycle.start_ms)
+    return x->cycle.start_ms > y->cycle.start_ms ? -1 : 1;
+  return 0;
+}
+
+json_t *tly_req_cycles_json(const tly_config_t *config,
+                            const tly_req_subject_t *subject,
+                            tly_req_cycle_t *cycles, size_t count) {
+  json_t *list = json_array();
+  if (!list)
+    return NULL;
+  if (count)
+    qsort(cycles, count, sizeof(*cycles), compare_cycles);
+  for (size_t i = 0; i < count; i++) {
+    const tly_cycle_t *cycle = &cycles[i].cycle;
+    json_t *features = json_object();
+    for (size_t r = 0; r < cycles[i].row_count; r++)
+      if (cycles[i].rows[r].cycle_start_ms == cycle->start_ms &&
+          cycles[i].rows[r].row.event_count)
+        json_object_set_new(features, cycles[i].rows[r].feature,
+                            usage_entry(&cycles[i].rows[r].row));
+    json_array_append_new(
+        list,
+        json_pack("{s:I,s:I,s:b,s:I,s:I,s:I,s:o}", "start_ms",
+                  (json_int_t)cycle->start_ms, "end_ms",
+                  (json_int_t)cycle->end_ms, "final", cycles[i].final,
+                  "events", (json_int_t)cycle->events, "cost_micros",
+                  (json_int_t)cycle->cost_micros, "credits_used",
+                  (json_int_t)(cycle->cost_micros / config->micros_per_credit),
+                  "features", features));
+  }
+  return json_pack("{s:s,s:o}", "subject", subject->key, "cycles", list);
+}
+
+int tly_req_parse_limit(const char *text, int64_t *out, tly_req_error_t *err) {
+  *out = TLY_REQ_ALERTS_DEFAULT;
+  if (text && (parse_count_text(text, out) || *out < 1 ||
+               *out > TLY_REQ_ALERTS_MAX))
+    return tly_req_fail(err, 400, "bad_request", "limit",
+                        "query parameter 'limit': must be an integer from 1 "
+                        "to %d",
+                        TLY_REQ_ALERTS_MAX);
+  return 0;
+}
+
+json_t *tly_req_alert_json(const tly_alert_t *alert) {
+  char subject[TLY_REQ_SUBJECT_MAX + 16];
+  tly_subject_key(alert->subject_kind, alert->subject_id, subject,
+                  sizeof(subject));
+  return json_pack(
+      "{s:s,s:s,s:s,s:I,s:{s:I,s:I},s:s,s:s,s:i,s:I,s:o,s:b,s:I,s:I,s:s}",
+      "alert_id", alert->alert_id, "type", tly_alert_type_name(alert->type),
+      "subject", subject, "occurred_at_ms", (json_int_t)alert->occurred_at_ms,
+      "cycle", "start_ms", (json_int_t)alert->cycle_start_ms, "end_ms",
+      (json_int_t)alert->cycle_end_ms, "plan", alert->plan ? alert->plan : "",
+      "feature", alert->feature ? alert->feature : "", "threshold_percent",
+      (int)alert->threshold_percent, "used", (json_int_t)alert->used, "limit",
+      alert->limit < 0 ? json_null() : json_integer(alert->limit), "hard",
+      alert->hard, "credits_used", (json_int_t)alert->credits_used,
+      "cost_micros", (json_int_t)alert->cost_micros, "detail",
+      alert->detail ? alert->detail : "");
+}
+
 /* ---- plans ------------------------------------------------------------- */
 
 static json_t *plan_json(const tly_config_t *config, const tly_plan_t *plan) {

@@ -160,6 +160,49 @@ int64_t tly_req_prorate_amount(int64_t base_micros, int64_t remaining_ms,
 /* "YYYY-MM-DD" -> 00:00:00 UTC of that day in ms. 0 or -1. */
 int tly_req_parse_date(const char *text, int64_t *out_ms);
 
+/* ---- the usage history: daily buckets, closed cycles, alerts ------------- */
+
+#define TLY_REQ_DAILY_MAX_DAYS 366 /* widest from..to range, both included */
+#define TLY_REQ_ALERTS_DEFAULT 50
+#define TLY_REQ_ALERTS_MAX 1000
+
+/* ?from=YYYY-MM-DD&to=YYYY-MM-DD (both required, from <= to, at most
+ * TLY_REQ_DAILY_MAX_DAYS days) as day numbers. 0, or -1 (400 naming the
+ * field). */
+int tly_req_parse_daily(const char *from, const char *to, int32_t *from_day,
+                        int32_t *to_day, tly_req_error_t *err);
+
+/* "YYYY-MM-DD" of a day number; out holds 11 bytes. */
+void tly_req_format_day(int32_t day, char out[16]);
+
+/* The daily answer: the buckets within [from_day, to_day] (in any order;
+ * others are left out) grouped by day, oldest first. */
+json_t *tly_req_daily_json(const tly_config_t *config,
+                           const tly_req_subject_t *subject,
+                           const tly_subject_day_t *days, size_t count,
+                           int32_t from_day, int32_t to_day);
+
+/* A closed cycle and its usage rows (borrowed), for the cycles answer. */
+typedef struct {
+  tly_cycle_t cycle;
+  int final; /* archived: no late event can change it any more */
+  const tly_subject_row_t *rows;
+  size_t row_count;
+} tly_req_cycle_t;
+
+/* The closed cycles, newest first (sorts cycles in place), with totals,
+ * credits and per-feature usage. */
+json_t *tly_req_cycles_json(const tly_config_t *config,
+                            const tly_req_subject_t *subject,
+                            tly_req_cycle_t *cycles, size_t count);
+
+/* ?limit=N for /alerts: 1..TLY_REQ_ALERTS_MAX, default
+ * TLY_REQ_ALERTS_DEFAULT. 0, or -1 (400, field "limit"). */
+int tly_req_parse_limit(const char *text, int64_t *out, tly_req_error_t *err);
+
+/* One alert as JSON (the alerts topic's fields). */
+json_t *tly_req_alert_json(const tly_alert_t *alert);
+
 /* ---- POST /v1/events and POST /v1/subjects/{subject}/plan --------------- */
 
 typedef struct {

@@ -11,6 +11,7 @@
 #include "tly_billing.h"
 #include "tly_config.h"
 #include "tly_event.h"
+#include "tly_keys.h" /* the history tags */
 #include "tly_store.h"
 
 #include <stddef.h>

@@ -10,6 +10,7 @@
 #include "harness.h"
 
 #include "tally_producer.h"
+#include "tly_config.h"
 
 #include <jansson.h>
 #include <setjmp.h>
@@ -208,7 +209,7 @@ static void test_unknown_route_404_wrong_method_405(void **state) {
   assert_int_equal(status, 404);
   assert_string_equal(error_code(json), "not_found");
   json_decref(json);
-  json = get("/v1/subjects/user:a/usage/daily", &status);
+  json = get("/v1/subjects/user:a/usage/hourly", &status);
   assert_int_equal(status, 404);
   json_decref(json);
   json = request("DELETE", "/v1/plans", TH_AUTH_DEFAULT, NULL, &status);
@@ -427,6 +428,196 @@ static void test_ended_cycle_shows_reset(void **state) {
   assert_int_equal(status, 200);
   assert_int_equal(integer_at(json, "used", NULL, NULL), 0);
   assert_true(json_is_true(json_object_get(json, "allowed")));
+  json_decref(json);
+}
+
+/* ---- the usage history: daily buckets, closed cycles, alerts ------------ */
+
+#define HOUR_MS 3600000LL
+#define DAY_MS (24 * HOUR_MS)
+
+/* POSTs events (a JSON array) and expects 202. */
+static void post_events(const char *body) {
+  long status;
+  json_t *json = post("/v1/events", body, &status);
+  if (status != 202)
+    fail_msg("POST /v1/events: %ld %s", status, json_dumps(json, JSON_COMPACT));
+  json_decref(json);
+}
+
+static void test_daily_cycles_and_alerts(void **state) {
+  (void)state;
+  long status;
+  int64_t now = (int64_t)time(NULL) * 1000; /* th_now_ms is monotonic */
+  int64_t base = now - 6 * DAY_MS;
+  /* Six cycles: the monthly one of `base`, then five set by invoices a day
+   * apart (each invoice closes the cycle before it). Usage of i+1 api_calls
+   * one hour into cycle i. The first two closed cycles leave the kept
+   * history (3) and are archived. */
+  char body[8192];
+  size_t n = 0;
+  n += (size_t)snprintf(body + n, sizeof(body) - n, "[");
+  for (int i = 0; i < 6; i++) {
+    int64_t start = base + i * DAY_MS;
+    if (i > 0)
+      n += (size_t)snprintf(
+          body + n, sizeof(body) - n,
+          "{\"event_id\": \"hist-inv-%d\", \"subject\": \"user:hist\", "
+          "\"type\": \"invoice_paid\", \"invoice_id\": \"in_%d\", "
+          "\"amount_paid_micros\": 0, \"occurred_at\": %lld, "
+          "\"period_start\": %lld, \"period_end\": %lld},",
+          i, i, (long long)start, (long long)start,
+          (long long)(start + (i == 5 ? 30 * DAY_MS : DAY_MS)));
+    n += (size_t)snprintf(
+        body + n, sizeof(body) - n,
+        "{\"event_id\": \"hist-use-%d\", \"subject\": \"user:hist\", "
+        "\"feature\": \"api_calls\", \"quantity\": %d, \"occurred_at\": "
+        "%lld}%s",
+        i, i + 1, (long long)(start + HOUR_MS), i < 5 ? "," : "]");
+  }
+  post_events(body);
+  json_decref(wait_usage("user:hist", "api_calls", 6));
+
+  /* One more event in a later batch on the newest day (older days' keys
+   * are then durable and dropped from memory), then a late event for a
+   * kept closed cycle: its day is read back from its key. */
+  snprintf(body, sizeof(body),
+           "[{\"event_id\": \"hist-use-6\", \"subject\": \"user:hist\", "
+           "\"feature\": \"api_calls\", \"quantity\": 10, \"occurred_at\": "
+           "%lld}]",
+           (long long)(base + 5 * DAY_MS + 2 * HOUR_MS));
+  post_events(body);
+  json_decref(wait_usage("user:hist", "api_calls", 16));
+  int64_t late_at = base + 3 * DAY_MS + 2 * HOUR_MS;
+  snprintf(body, sizeof(body),
+           "[{\"event_id\": \"hist-late\", \"subject\": \"user:hist\", "
+           "\"feature\": \"api_calls\", \"quantity\": 300, \"occurred_at\": "
+           "%lld}]",
+           (long long)late_at);
+  post_events(body);
+
+  /* Cycles: five closed, newest first; the late event counted in its own
+   * (kept, not final) cycle; the two oldest archived and final. */
+  json_t *json = NULL;
+  int64_t deadline = th_now_ms() + 15000;
+  for (;;) {
+    json_decref(json);
+    json = get("/v1/subjects/user:hist/cycles", &status);
+    assert_int_equal(status, 200);
+    json_t *second = json_array_get(json_object_get(json, "cycles"), 1);
+    if (json_integer_value(json_object_get(second, "events")) == 2)
+      break;
+    if (th_now_ms() > deadline)
+      fail_msg("the late event never showed: %s",
+               json_dumps(json, JSON_COMPACT));
+    th_sleep_ms(50);
+  }
+  json_t *cycles = json_object_get(json, "cycles");
+  assert_int_equal(json_array_size(cycles), 5);
+  for (int k = 0; k < 5; k++) {
+    json_t *cycle = json_array_get(cycles, (size_t)k);
+    int i = 4 - k; /* cycle i; 4 is the newest closed one */
+    int64_t quantity = i + 1 + (i == 3 ? 300 : 0);
+    assert_int_equal(integer_at(cycle, "features", "api_calls", "quantity"),
+                     quantity);
+    if (i > 0) { /* cycle 0 is the monthly one, closed early by in_1 */
+      assert_int_equal(integer_at(cycle, "start_ms", NULL, NULL),
+                       base + i * DAY_MS);
+      assert_int_equal(integer_at(cycle, "end_ms", NULL, NULL),
+                       base + (i + 1) * DAY_MS);
+    }
+    assert_true(json_is_boolean(json_object_get(cycle, "final")));
+    assert_int_equal(json_is_true(json_object_get(cycle, "final")), i < 2);
+  }
+  json_decref(json);
+
+  /* Daily: one bucket per UTC day, the late event in its day. */
+  int64_t expected[8] = {0};
+  int64_t first_day = base / DAY_MS;
+  for (int i = 0; i < 6; i++)
+    expected[(base + i * DAY_MS + HOUR_MS) / DAY_MS - first_day] += i + 1;
+  expected[(base + 5 * DAY_MS + 2 * HOUR_MS) / DAY_MS - first_day] += 10;
+  expected[late_at / DAY_MS - first_day] += 300;
+  char path[256], from[16], to[16];
+  time_t from_s = (time_t)(first_day * 86400), to_s = from_s + 7 * 86400;
+  struct tm tm;
+  strftime(from, sizeof(from), "%Y-%m-%d", gmtime_r(&from_s, &tm));
+  strftime(to, sizeof(to), "%Y-%m-%d", gmtime_r(&to_s, &tm));
+  snprintf(path, sizeof(path),
+           "/v1/subjects/user:hist/usage/daily?from=%s&to=%s", from, to);
+  json = get(path, &status);
+  assert_int_equal(status, 200);
+  assert_int_equal(integer_at(json, "retention_days", NULL, NULL), 90);
+  json_t *days = json_object_get(json, "days");
+  size_t used_days = 0;
+  for (int d = 0; d < 8; d++)
+    used_days += expected[d] != 0;
+  assert_int_equal(json_array_size(days), used_days);
+  for (size_t k = 0; k < json_array_size(days); k++) {
+    json_t *day = json_array_get(days, k);
+    int year, month, date;
+    const char *text = json_string_value(json_object_get(day, "date"));
+    assert_int_equal(sscanf(text, "%4d-%2d-%2d", &year, &month, &date), 3);
+    int64_t day_number = tly_days_from_civil(year, month, date);
+    assert_int_equal(integer_at(day, "features", "api_calls", "quantity"),
+                     expected[day_number - first_day]);
+  }
+  json_decref(json);
+  /* A range after the last day has nothing; bad ranges are 400. */
+  json = get("/v1/subjects/user:hist/usage/daily?from=2099-01-01&to=2099-01-31",
+             &status);
+  assert_int_equal(status, 200);
+  assert_int_equal(json_array_size(json_object_get(json, "days")), 0);
+  json_decref(json);
+  json = get("/v1/subjects/user:hist/usage/daily?from=2026-02-01&to=2026-01-01",
+             &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_field(json), "to");
+  json_decref(json);
+  json = get("/v1/subjects/user:hist/usage/daily?to=2026-01-01", &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_field(json), "from");
+  json_decref(json);
+  json = get("/v1/subjects/user:nobody-here/usage/daily?from=2026-01-01&to="
+             "2026-01-02",
+             &status);
+  assert_int_equal(status, 404);
+  json_decref(json);
+  json = get("/v1/subjects/user:nobody-here/cycles", &status);
+  assert_int_equal(status, 404);
+  json_decref(json);
+
+  /* Alerts: newest first; limit honoured. */
+  json = get("/v1/subjects/user:hist/alerts", &status);
+  assert_int_equal(status, 200);
+  json_t *alerts = json_object_get(json, "alerts");
+  size_t total = (size_t)integer_at(json, "total", NULL, NULL);
+  assert_int_equal(json_array_size(alerts), total);
+  int cycle_ends = 0;
+  int64_t previous = INT64_MAX;
+  for (size_t k = 0; k < json_array_size(alerts); k++) {
+    json_t *alert = json_array_get(alerts, k);
+    int64_t at = integer_at(alert, "occurred_at_ms", NULL, NULL);
+    assert_true(at <= previous);
+    previous = at;
+    assert_string_equal(json_string_value(json_object_get(alert, "subject")),
+                        "user:hist");
+    const char *type = json_string_value(json_object_get(alert, "type"));
+    cycle_ends += !strcmp(type, "billing_cycle_end");
+  }
+  /* Only the cycle ends: the late 300 landed in a closed cycle, which
+   * raises no threshold alert. */
+  assert_int_equal(cycle_ends, 5);
+  assert_int_equal(total, 5);
+  json_decref(json);
+  json = get("/v1/subjects/user:hist/alerts?limit=2", &status);
+  assert_int_equal(status, 200);
+  assert_int_equal(json_array_size(json_object_get(json, "alerts")), 2);
+  assert_int_equal(integer_at(json, "total", NULL, NULL), 5);
+  json_decref(json);
+  json = get("/v1/subjects/user:hist/alerts?limit=0", &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_field(json), "limit");
   json_decref(json);
 }
 
@@ -936,6 +1127,7 @@ int main(void) {
       cmocka_unit_test(test_auth_failures_are_401_json),
       cmocka_unit_test(test_oversized_body_413_and_long_url_414),
       cmocka_unit_test(test_ended_cycle_shows_reset),
+      cmocka_unit_test(test_daily_cycles_and_alerts),
       cmocka_unit_test(test_events_then_usage_shows_the_fold),
       cmocka_unit_test(test_usage_unknown_subject_and_bad_subject),
       cmocka_unit_test(test_quota_hard_soft_unlimited_and_errors),

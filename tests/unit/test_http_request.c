@@ -296,6 +296,106 @@ static void test_dates(void **state) {
   assert_int_equal(tly_req_parse_date("2026-11-16T00:00:00Z", &ms), -1);
 }
 
+static void test_history_queries(void **state) {
+  (void)state;
+  tly_req_error_t err;
+  int32_t from, to;
+  char date[16];
+  assert_int_equal(tly_req_parse_daily("2026-11-01", "2026-11-16", &from, &to,
+                                       &err),
+                   0);
+  assert_int_equal(from, (int32_t)(1793491200000LL / 86400000));
+  assert_int_equal(to - from, 15);
+  tly_req_format_day(to, date);
+  assert_string_equal(date, "2026-11-16");
+  tly_req_format_day(0, date);
+  assert_string_equal(date, "1970-01-01");
+  tly_req_format_day(from + 60, date);
+  assert_string_equal(date, "2026-12-31");
+  /* Each bad input names its field. */
+  static const struct {
+    const char *from, *to, *field;
+  } bad[] = {{NULL, "2026-11-01", "from"},       {"2026-11", "2026-11-01", "from"},
+             {"2026-11-01", NULL, "to"},         {"2026-11-01", "11/02", "to"},
+             {"2026-11-02", "2026-11-01", "to"}, {"2025-01-01", "2026-01-02", "to"}};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    assert_int_equal(tly_req_parse_daily(bad[i].from, bad[i].to, &from, &to, &err),
+                     -1);
+    assert_int_equal(err.status, 400);
+    assert_string_equal(err.field, bad[i].field);
+  }
+  /* 366 days, both ends included, is the widest range. */
+  assert_int_equal(tly_req_parse_daily("2025-01-01", "2026-01-01", &from, &to,
+                                       &err),
+                   0);
+
+  int64_t limit;
+  assert_int_equal(tly_req_parse_limit(NULL, &limit, &err), 0);
+  assert_int_equal(limit, TLY_REQ_ALERTS_DEFAULT);
+  assert_int_equal(tly_req_parse_limit("7", &limit, &err), 0);
+  assert_int_equal(limit, 7);
+  assert_int_equal(tly_req_parse_limit("0", &limit, &err), -1);
+  assert_string_equal(err.field, "limit");
+  assert_int_equal(tly_req_parse_limit("1001", &limit, &err), -1);
+  assert_int_equal(tly_req_parse_limit("-3", &limit, &err), -1);
+}
+
+static void test_history_answers(void **state) {
+  (void)state;
+  tly_config_t *config = tly_config_default();
+  tly_req_subject_t subject;
+  tly_req_error_t err;
+  assert_int_equal(tly_req_parse_subject("user:h", &subject, &err), 0);
+  /* Buckets in any order, one outside the range, one unused. */
+  tly_subject_day_t days[] = {
+      {20002, "api_calls", {5, 0, 0, 2, 50}},
+      {20000, "ai_tokens", {30, 10, 20, 1, 7}},
+      {20000, "api_calls", {1, 0, 0, 1, 10}},
+      {19990, "api_calls", {9, 0, 0, 9, 90}},
+      {20001, "storage_bytes", {0}},
+  };
+  json_t *json = tly_req_daily_json(config, &subject, days, 5, 19995, 20002);
+  json_t *list = json_object_get(json, "days");
+  assert_int_equal(json_array_size(list), 2);
+  json_t *first = json_array_get(list, 0);
+  assert_string_equal(json_string_value(json_object_get(first, "date")),
+                      "2024-10-04");
+  assert_int_equal(json_integer_value(json_object_get(first, "cost_micros")), 17);
+  assert_int_equal(json_object_size(json_object_get(first, "features")), 2);
+  assert_int_equal(
+      json_integer_value(json_object_get(
+          json_object_get(json_object_get(first, "features"), "ai_tokens"),
+          "output_tokens")),
+      20);
+  assert_int_equal(json_integer_value(json_object_get(json_array_get(list, 1),
+                                                      "cost_micros")),
+                   50);
+  assert_int_equal(json_integer_value(json_object_get(json, "retention_days")),
+                   90);
+  json_decref(json);
+
+  /* Cycles come out newest first, each with only its own rows. */
+  tly_subject_row_t rows[] = {{100, "api_calls", {3, 0, 0, 3, 3000, 0, 0}},
+                              {200, "api_calls", {4, 0, 0, 4, 4000, 0, 0}}};
+  tly_req_cycle_t cycles[] = {{{100, 200, 3000, 3}, 1, rows, 2},
+                              {{200, 300, 4000, 4}, 0, rows, 2}};
+  json = tly_req_cycles_json(config, &subject, cycles, 2);
+  list = json_object_get(json, "cycles");
+  assert_int_equal(json_array_size(list), 2);
+  first = json_array_get(list, 0);
+  assert_int_equal(json_integer_value(json_object_get(first, "start_ms")), 200);
+  assert_true(json_is_false(json_object_get(first, "final")));
+  assert_int_equal(json_integer_value(json_object_get(first, "credits_used")), 4);
+  assert_int_equal(json_integer_value(json_object_get(
+                       json_object_get(json_object_get(first, "features"),
+                                       "api_calls"),
+                       "quantity")),
+                   4);
+  assert_true(json_is_true(json_object_get(json_array_get(list, 1), "final")));
+  json_decref(json);
+  tly_config_free(config);
+}
+
 static void test_token_cost_carries_the_remainder(void **state) {
   (void)state;
   tly_config_t *config = tly_config_default();
@@ -390,6 +490,8 @@ int main(void) {
       cmocka_unit_test(test_effective_cycle),
       cmocka_unit_test(test_prorate_rounding),
       cmocka_unit_test(test_dates),
+      cmocka_unit_test(test_history_queries),
+      cmocka_unit_test(test_history_answers),
       cmocka_unit_test(test_token_cost_carries_the_remainder),
       cmocka_unit_test(test_event_bodies),
   };
