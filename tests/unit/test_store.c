@@ -337,41 +337,55 @@ static void test_get_absent(void **state) {
   tly_store_close(store);
 }
 
-/* Dedupe ids expire by compaction: entries of a partition whose
- * occurred_at is below its horizon go, the rest (and other partitions, and
- * other families) stay. */
-static void test_dedupe_expiry_by_compaction(void **state) {
+/* Dedupe ids and the usage history expire by compaction: entries of a
+ * partition whose time (the value's head) is below that family's horizon
+ * for the partition go; the rest (other partitions, the other family,
+ * families without expiry) stay. */
+static void test_expiry_by_compaction(void **state) {
   fixture_t *fx = *state;
+  static const tly_cf_t families[] = {TLY_CF_DEDUPE, TLY_CF_USAGE};
   tly_store_t *store = open_or_fail(fx->db, 0);
   tly_store_batch_t *batch = tly_store_batch_new();
-  for (uint32_t partition = 0; partition < 2; partition++) {
-    for (int i = 0; i < 100; i++) {
-      unsigned char key[16], value[8];
-      tly_put_be32(key, partition);
-      snprintf((char *)key + 4, sizeof(key) - 4, "id-%03d", i);
-      tly_put_be64(value, (uint64_t)(1000 + i)); /* occurred_at */
-      tly_store_batch_put(batch, TLY_CF_DEDUPE, key, 4 + 6, value, 8);
+  for (int f = 0; f < 2; f++) {
+    for (uint32_t partition = 0; partition < 2; partition++) {
+      for (int i = 0; i < 100; i++) {
+        unsigned char key[16], value[8];
+        tly_put_be32(key, partition);
+        snprintf((char *)key + 4, sizeof(key) - 4, "id-%03d", i);
+        tly_put_be64(value, (uint64_t)(1000 + i)); /* the time */
+        tly_store_batch_put(batch, families[f], key, 4 + 6, value, 8);
+      }
     }
   }
   put_str(batch, TLY_CF_META, "keep", "me");
   commit_or_fail(store, batch, 1);
-  /* Partition 0 expires everything before 1050; partition 1 nothing. */
+  /* Dedupe: partition 0 expires everything before 1050. Usage history:
+   * partition 1 everything before 1020. The accounts family has no
+   * expiry: the call does nothing there. */
   tly_store_set_horizon(store, TLY_CF_DEDUPE, 0, 1050);
-  assert_int_equal(tly_store_compact(store, TLY_CF_DEDUPE), 0);
-  for (uint32_t partition = 0; partition < 2; partition++) {
-    for (int i = 0; i < 100; i++) {
-      unsigned char key[16];
-      char *value = NULL, errstr[256];
-      size_t len;
-      tly_put_be32(key, partition);
-      snprintf((char *)key + 4, sizeof(key) - 4, "id-%03d", i);
-      int found = tly_store_get(store, TLY_CF_DEDUPE, key, 4 + 6, &value,
-                                &len, errstr, sizeof(errstr));
-      tly_store_free(value);
-      int expected = partition == 1 || i >= 50;
-      if (found != expected)
-        fail_msg("partition %u id %d: found %d, expected %d", partition, i,
-                 found, expected);
+  tly_store_set_horizon(store, TLY_CF_USAGE, 1, 1020);
+  tly_store_set_horizon(store, TLY_CF_ACCOUNTS, 0, INT64_MAX);
+  for (int f = 0; f < 2; f++)
+    assert_int_equal(tly_store_compact(store, families[f]), 0);
+  for (int f = 0; f < 2; f++) {
+    for (uint32_t partition = 0; partition < 2; partition++) {
+      for (int i = 0; i < 100; i++) {
+        unsigned char key[16];
+        char *value = NULL, errstr[256];
+        size_t len;
+        tly_put_be32(key, partition);
+        snprintf((char *)key + 4, sizeof(key) - 4, "id-%03d", i);
+        int found = tly_store_get(store, families[f], key, 4 + 6, &value,
+                                  &len, errstr, sizeof(errstr));
+        tly_store_free(value);
+        int expected = families[f] == TLY_CF_DEDUPE
+                           ? partition == 1 || i >= 50
+                           : partition == 0 || i >= 20;
+        if (found != expected)
+          fail_msg("%s partition %u id %d: found %d, expected %d",
+                   tly_store_cf_name(families[f]), partition, i, found,
+                   expected);
+      }
     }
   }
   assert_value(store, TLY_CF_META, "keep", "me");
@@ -1022,7 +1036,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_open_regular_file_fails, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_crash_safety, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_dedupe_expiry_by_compaction, setup,
+      cmocka_unit_test_setup_teardown(test_expiry_by_compaction, setup,
                                       teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
