@@ -33,8 +33,8 @@ static int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-int32_t tly_billing_day(int64_t t_ms) {
-  return (int32_t)floor_div(t_ms, TLY_DAY_MS);
+int32_t tly_billing_hour(int64_t t_ms) {
+  return (int32_t)floor_div(t_ms, TLY_HOUR_MS);
 }
 
 static int64_t days_in_month(int64_t y, int64_t m) {
@@ -381,21 +381,21 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
                                     &cost_delta) ||
              __builtin_add_overflow(cycle->cost_micros, cost_delta,
                                     &cycle_cost);
-  /* The day's bucket: what this event added. */
-  tly_daily_t *daily = NULL, day = {0};
+  /* The hour's bucket: what this event added. */
+  tly_bucket_t *bucket = NULL, hour = {0};
   if (!overflow) {
-    daily = view->daily(view, event->subject_kind, event->subject_id,
-                        tly_billing_day(t), usage->feature);
-    if (!daily)
+    bucket = view->bucket(view, event->subject_kind, event->subject_id,
+                        tly_billing_hour(t), usage->feature);
+    if (!bucket)
       return TLY_FOLD_FAILED;
-    day = *daily;
+    hour = *bucket;
     overflow =
-        __builtin_add_overflow(day.quantity, usage->quantity, &day.quantity) ||
-        __builtin_add_overflow(day.input_tokens, in, &day.input_tokens) ||
-        __builtin_add_overflow(day.output_tokens, out_tokens,
-                               &day.output_tokens) ||
-        __builtin_add_overflow(day.event_count, 1, &day.event_count) ||
-        __builtin_add_overflow(day.cost_micros, cost_delta, &day.cost_micros);
+        __builtin_add_overflow(hour.quantity, usage->quantity, &hour.quantity) ||
+        __builtin_add_overflow(hour.input_tokens, in, &hour.input_tokens) ||
+        __builtin_add_overflow(hour.output_tokens, out_tokens,
+                               &hour.output_tokens) ||
+        __builtin_add_overflow(hour.event_count, 1, &hour.event_count) ||
+        __builtin_add_overflow(hour.cost_micros, cost_delta, &hour.cost_micros);
   }
   if (overflow) {
     snprintf(errstr, errstr_size,
@@ -406,7 +406,7 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
   cycle->cost_micros = cycle_cost;
   cycle->events++;
   *row = next;
-  *daily = day;
+  *bucket = hour;
   if (cycle != &account->cycle)
     return TLY_FOLD_APPLIED; /* a closed cycle: no more alerts for it */
 
@@ -797,26 +797,26 @@ static void take_row_entry(reader_t *r, tly_subject_row_t *row) {
     r->bad = 1;
 }
 
-static size_t put_daily(unsigned char *out, const tly_subject_day_t *day) {
-  size_t n = put_string(out, day->feature, TLY_CONFIG_NAME_MAX - 1);
-  tly_put_be64(out + n, (uint64_t)day->daily.quantity);
-  tly_put_be64(out + n + 8, (uint64_t)day->daily.input_tokens);
-  tly_put_be64(out + n + 16, (uint64_t)day->daily.output_tokens);
-  tly_put_be64(out + n + 24, (uint64_t)day->daily.event_count);
-  tly_put_be64(out + n + 32, (uint64_t)day->daily.cost_micros);
-  return n + TLY_DAILY_SIZE;
+static size_t put_bucket(unsigned char *out, const tly_subject_bucket_t *bucket) {
+  size_t n = put_string(out, bucket->feature, TLY_CONFIG_NAME_MAX - 1);
+  tly_put_be64(out + n, (uint64_t)bucket->totals.quantity);
+  tly_put_be64(out + n + 8, (uint64_t)bucket->totals.input_tokens);
+  tly_put_be64(out + n + 16, (uint64_t)bucket->totals.output_tokens);
+  tly_put_be64(out + n + 24, (uint64_t)bucket->totals.event_count);
+  tly_put_be64(out + n + 32, (uint64_t)bucket->totals.cost_micros);
+  return n + TLY_BUCKET_SIZE;
 }
 
-static void take_daily(reader_t *r, tly_subject_day_t *day) {
-  take_string(r, day->feature, sizeof(day->feature));
-  const unsigned char *p = take(r, TLY_DAILY_SIZE);
+static void take_bucket(reader_t *r, tly_subject_bucket_t *bucket) {
+  take_string(r, bucket->feature, sizeof(bucket->feature));
+  const unsigned char *p = take(r, TLY_BUCKET_SIZE);
   if (!p)
     return;
-  day->daily.quantity = (int64_t)tly_get_be64(p);
-  day->daily.input_tokens = (int64_t)tly_get_be64(p + 8);
-  day->daily.output_tokens = (int64_t)tly_get_be64(p + 16);
-  day->daily.event_count = (int64_t)tly_get_be64(p + 24);
-  day->daily.cost_micros = (int64_t)tly_get_be64(p + 32);
+  bucket->totals.quantity = (int64_t)tly_get_be64(p);
+  bucket->totals.input_tokens = (int64_t)tly_get_be64(p + 8);
+  bucket->totals.output_tokens = (int64_t)tly_get_be64(p + 16);
+  bucket->totals.event_count = (int64_t)tly_get_be64(p + 24);
+  bucket->totals.cost_micros = (int64_t)tly_get_be64(p + 32);
 }
 
 /* Reads a 2-byte count into *count and allocates that many zeroed items
@@ -837,31 +837,31 @@ static void put_count(unsigned char *out, size_t count) {
   out[1] = (unsigned char)count;
 }
 
-/* Version 1 had no daily buckets; it still decodes. */
+/* Version 1 had no buckets; it still decodes. */
 #define SUBJECT_RECORD_VERSION 2
 
 size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_row_t *const *rows,
                                  size_t row_count,
-                                 const tly_subject_day_t *const *days,
-                                 size_t day_count, unsigned char *out,
+                                 const tly_subject_bucket_t *const *buckets,
+                                 size_t bucket_count, unsigned char *out,
                                  size_t out_size) {
   unsigned char account_bytes[TLY_ACCOUNT_MAX];
   size_t account_len = tly_account_encode(account, account_bytes);
-  size_t kept = 0, used_days = 0, need = 1 + 2 + account_len + 2 + 2;
+  size_t kept = 0, used_buckets = 0, need = 1 + 2 + account_len + 2 + 2;
   for (size_t i = 0; i < row_count; i++) {
     if (!tly_subject_row_kept(account, rows[i]))
       continue;
     kept++;
     need += row_entry_size(rows[i]->feature);
   }
-  for (size_t i = 0; i < day_count; i++) {
-    if (!days[i]->daily.event_count)
+  for (size_t i = 0; i < bucket_count; i++) {
+    if (!buckets[i]->totals.event_count)
       continue; /* touched by a rejected event only */
-    used_days++;
-    need += 4 + 1 + strlen(days[i]->feature) + TLY_DAILY_SIZE;
+    used_buckets++;
+    need += 4 + 1 + strlen(buckets[i]->feature) + TLY_BUCKET_SIZE;
   }
-  if (need > out_size || kept > 0xffff || used_days > 0xffff)
+  if (need > out_size || kept > 0xffff || used_buckets > 0xffff)
     return need;
   size_t n = 0;
   out[n++] = SUBJECT_RECORD_VERSION;
@@ -874,21 +874,21 @@ size_t tly_subject_record_encode(const tly_account_t *account,
   for (size_t i = 0; i < row_count; i++)
     if (tly_subject_row_kept(account, rows[i]))
       n += put_row_entry(out + n, rows[i]);
-  put_count(out + n, used_days);
+  put_count(out + n, used_buckets);
   n += 2;
-  for (size_t i = 0; i < day_count; i++) {
-    if (!days[i]->daily.event_count)
+  for (size_t i = 0; i < bucket_count; i++) {
+    if (!buckets[i]->totals.event_count)
       continue;
-    tly_put_be32(out + n, (uint32_t)days[i]->day);
+    tly_put_be32(out + n, (uint32_t)buckets[i]->hour);
     n += 4;
-    n += put_daily(out + n, days[i]);
+    n += put_bucket(out + n, buckets[i]);
   }
   return n;
 }
 
 void tly_subject_record_clear(tly_subject_record_t *record) {
   free(record->rows);
-  free(record->days);
+  free(record->buckets);
   memset(record, 0, sizeof(*record));
 }
 
@@ -908,12 +908,12 @@ int tly_subject_record_decode(const void *data, size_t len,
   for (size_t i = 0; i < record->row_count && !r.bad; i++)
     take_row_entry(&r, &record->rows[i]);
   if (version >= 2 && !r.bad) {
-    record->days = take_array(&r, sizeof(*record->days), &record->day_count);
-    for (size_t i = 0; i < record->day_count && !r.bad; i++) {
+    record->buckets = take_array(&r, sizeof(*record->buckets), &record->bucket_count);
+    for (size_t i = 0; i < record->bucket_count && !r.bad; i++) {
       p = take(&r, 4);
       if (p)
-        record->days[i].day = (int32_t)tly_get_be32(p);
-      take_daily(&r, &record->days[i]);
+        record->buckets[i].hour = (int32_t)tly_get_be32(p);
+      take_bucket(&r, &record->buckets[i]);
     }
   }
   if (r.bad || r.pos != len) {
@@ -923,48 +923,48 @@ int tly_subject_record_decode(const void *data, size_t len,
   return 0;
 }
 
-#define DAILY_VERSION 1
+#define BUCKET_VERSION 1
 
-size_t tly_daily_encode(const tly_subject_day_t *const *days, size_t count,
-                        unsigned char *out, size_t out_size) {
+size_t tly_bucket_encode(const tly_subject_bucket_t *const *buckets,
+                         size_t count, unsigned char *out, size_t out_size) {
   size_t used = 0, need = 1 + 2;
   for (size_t i = 0; i < count; i++) {
-    if (!days[i]->daily.event_count)
+    if (!buckets[i]->totals.event_count)
       continue;
     used++;
-    need += 1 + strlen(days[i]->feature) + TLY_DAILY_SIZE;
+    need += 1 + strlen(buckets[i]->feature) + TLY_BUCKET_SIZE;
   }
   if (need > out_size || used > 0xffff)
     return need;
   size_t n = 0;
-  out[n++] = DAILY_VERSION;
+  out[n++] = BUCKET_VERSION;
   put_count(out + n, used);
   n += 2;
   for (size_t i = 0; i < count; i++)
-    if (days[i]->daily.event_count)
-      n += put_daily(out + n, days[i]);
+    if (buckets[i]->totals.event_count)
+      n += put_bucket(out + n, buckets[i]);
   return n;
 }
 
-int tly_daily_decode(const void *data, size_t len, int32_t day,
-                     tly_subject_day_t **days, size_t *count) {
+int tly_bucket_decode(const void *data, size_t len, int32_t hour,
+                      tly_subject_bucket_t **buckets, size_t *count) {
   reader_t r = {data, len, 0, 0};
   const unsigned char *p = take(&r, 1);
-  *days = NULL;
+  *buckets = NULL;
   *count = 0;
-  if (!p || *p != DAILY_VERSION)
+  if (!p || *p != BUCKET_VERSION)
     return -1;
-  tly_subject_day_t *items = take_array(&r, sizeof(*items), count);
+  tly_subject_bucket_t *items = take_array(&r, sizeof(*items), count);
   for (size_t i = 0; i < *count && !r.bad; i++) {
-    items[i].day = day;
-    take_daily(&r, &items[i]);
+    items[i].hour = hour;
+    take_bucket(&r, &items[i]);
   }
   if (r.bad || r.pos != len) {
     free(items);
     *count = 0;
     return -1;
   }
-  *days = items;
+  *buckets = items;
   return 0;
 }
 

@@ -58,29 +58,31 @@ typedef struct {
   uint32_t thresholds_fired; /* bit i: plan threshold i, this cycle */
 } tly_billing_row_t;
 
-/* What one UTC day added to one feature of a subject (a daily bucket of
- * the usage history). cost_micros is what the day's events added to the
- * cycle's cost, so a day's buckets sum to the cycle's cost. */
+/* What one UTC hour added to one feature of a subject (a bucket of the
+ * usage history: the daily answers and Stripe's report windows are sums of
+ * them). cost_micros is what the hour's events added to the cycle's cost,
+ * so the buckets of a cycle sum to its cost. */
 typedef struct {
   int64_t quantity;
   int64_t input_tokens;
   int64_t output_tokens;
   int64_t event_count;
   int64_t cost_micros;
-} tly_daily_t;
+} tly_bucket_t;
 
+#define TLY_HOUR_MS 3600000LL
 #define TLY_DAY_MS 86400000LL
-#define TLY_DAILY_SIZE (5 * 8)
+#define TLY_BUCKET_SIZE (5 * 8)
 
-/* A daily bucket with what names it within its subject. */
+/* A bucket with what names it within its subject. */
 typedef struct {
-  int32_t day; /* days since 1970-01-01, UTC */
+  int32_t hour; /* hours since 1970-01-01T00:00Z */
   char feature[TLY_CONFIG_NAME_MAX];
-  tly_daily_t daily;
-} tly_subject_day_t;
+  tly_bucket_t totals;
+} tly_subject_bucket_t;
 
-/* The UTC day of an event time (floor, so times before 1970 work too). */
-int32_t tly_billing_day(int64_t t_ms);
+/* The hour of an event time (floor, so times before 1970 work too). */
+int32_t tly_billing_hour(int64_t t_ms);
 
 /* Token prices are per 1,000,000 tokens and the margin is in basis points:
  * cost_micros = tokens * price * (10000 + margin) / (1e6 * 1e4). */
@@ -98,9 +100,9 @@ struct tly_billing_view {
   tly_billing_row_t *(*row)(tly_billing_view_t *view, tly_subject_kind_t kind,
                             const char *id, int64_t cycle_start_ms,
                             const char *feature);
-  /* The daily bucket of (day, feature), zeroed when absent. */
-  tly_daily_t *(*daily)(tly_billing_view_t *view, tly_subject_kind_t kind,
-                        const char *id, int32_t day, const char *feature);
+  /* The bucket of (hour, feature), zeroed when absent. */
+  tly_bucket_t *(*bucket)(tly_billing_view_t *view, tly_subject_kind_t kind,
+                          const char *id, int32_t hour, const char *feature);
   /* Optional (may be NULL): the closed cycle leaves the kept history (the
    * fold will never touch its rows again), so its final totals may be
    * archived. Called before the account forgets it; 0, or -1: the caller
@@ -199,44 +201,45 @@ int tly_subject_row_kept(const tly_account_t *account,
 
 /*
  * The subject record: one RocksDB value per subject holding the account,
- * its kept rows and the daily buckets of its newest day (older days live in
- * keys of their own, written once when the day is no longer the newest), so
- * that a batch writes one key per subject it touched however many
+ * its kept rows and the buckets of its newest hour (older hours live in
+ * keys of their own, written once when the hour is no longer the newest),
+ * so that a batch writes one key per subject it touched however many
  * features, cycles and events it saw. Rows that are not kept are left out;
- * days are written as given. encode returns the length it needs; it writes
- * only when that fits out_size. decode fills *record (arrays malloc'd, NULL
- * when empty; tly_subject_record_clear frees them); 0 or -1 (malformed).
+ * buckets are written as given. encode returns the length it needs; it
+ * writes only when that fits out_size. decode fills *record (arrays
+ * malloc'd, NULL when empty; tly_subject_record_clear frees them); 0 or -1
+ * (malformed).
  */
 typedef struct {
   tly_account_t account;
   tly_subject_row_t *rows;
   size_t row_count;
-  tly_subject_day_t *days;
-  size_t day_count;
+  tly_subject_bucket_t *buckets;
+  size_t bucket_count;
 } tly_subject_record_t;
 
 size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_row_t *const *rows,
                                  size_t row_count,
-                                 const tly_subject_day_t *const *days,
-                                 size_t day_count, unsigned char *out,
+                                 const tly_subject_bucket_t *const *buckets,
+                                 size_t bucket_count, unsigned char *out,
                                  size_t out_size);
 int tly_subject_record_decode(const void *data, size_t len,
                               tly_subject_record_t *record);
 void tly_subject_record_clear(tly_subject_record_t *record);
 
-/* A day's buckets of one subject as stored apart (a day that is no longer
- * the subject's newest): [version][count BE2] then per bucket the feature
- * and the five totals. encode returns the length it needs and writes only
- * when it fits; decode returns a malloc'd array in *days (NULL when empty),
- * 0 or -1. The day itself is in the key. */
-size_t tly_daily_encode(const tly_subject_day_t *const *days, size_t count,
-                        unsigned char *out, size_t out_size);
-int tly_daily_decode(const void *data, size_t len, int32_t day,
-                     tly_subject_day_t **days, size_t *count);
+/* An hour's buckets of one subject as stored apart (an hour that is no
+ * longer the subject's newest): [version][count BE2] then per bucket the
+ * feature and the five totals. encode returns the length it needs and
+ * writes only when it fits; decode returns a malloc'd array in *buckets
+ * (NULL when empty), 0 or -1. The hour itself is in the key. */
+size_t tly_bucket_encode(const tly_subject_bucket_t *const *buckets,
+                         size_t count, unsigned char *out, size_t out_size);
+int tly_bucket_decode(const void *data, size_t len, int32_t hour,
+                      tly_subject_bucket_t **buckets, size_t *count);
 
 /* A closed cycle as archived when it leaves the kept history: the cycle
- * and its rows. Same conventions as the daily encoding. */
+ * and its rows. Same conventions as the bucket encoding. */
 size_t tly_cycle_archive_encode(const tly_cycle_t *cycle,
                                 const tly_subject_row_t *const *rows,
                                 size_t row_count, unsigned char *out,

@@ -122,7 +122,8 @@ typedef struct {
  * good: they are the invoice basis. */
 #define TLY_DEFAULT_RETENTION_DAYS 90
 typedef struct {
-  int64_t daily_days;  /* daily buckets; default 90 */
+  int64_t daily_days;  /* the usage buckets behind /usage/daily (hourly,
+                          summed per day); default 90 */
   int64_t alerts_days; /* the alert history of /alerts; default 90 */
 } tly_retention_config_t;
 

@@ -783,40 +783,42 @@ static int history_subject(tly_http_t *http, request_t *req,
 
 typedef struct {
   int32_t from_day, to_day;
-  tly_subject_day_t *days;
+  tly_subject_bucket_t *buckets;
   size_t count, cap;
   int failed;
 } daily_scan_t;
 
-static int add_day_buckets(daily_scan_t *scan, const tly_subject_day_t *days,
-                           size_t count) {
+/* Keeps the hourly buckets that fall on the days asked for. */
+static int add_buckets(daily_scan_t *scan, const tly_subject_bucket_t *buckets,
+                       size_t count) {
   for (size_t i = 0; i < count; i++) {
-    if (days[i].day < scan->from_day || days[i].day > scan->to_day)
+    int32_t day = tly_req_day_of_hour(buckets[i].hour);
+    if (day < scan->from_day || day > scan->to_day)
       continue;
     if (scan->count == scan->cap) {
-      size_t cap = scan->cap ? scan->cap * 2 : 16;
-      tly_subject_day_t *grown = realloc(scan->days, cap * sizeof(*grown));
+      size_t cap = scan->cap ? scan->cap * 2 : 32;
+      tly_subject_bucket_t *grown = realloc(scan->buckets, cap * sizeof(*grown));
       if (!grown)
         return -1;
-      scan->days = grown;
+      scan->buckets = grown;
       scan->cap = cap;
     }
-    scan->days[scan->count++] = days[i];
+    scan->buckets[scan->count++] = buckets[i];
   }
   return 0;
 }
 
-static int visit_day(void *opaque, const unsigned char *suffix,
-                     size_t suffix_len, const char *value, size_t value_len) {
+static int visit_hour(void *opaque, const unsigned char *suffix,
+                      size_t suffix_len, const char *value, size_t value_len) {
   daily_scan_t *scan = opaque;
-  tly_subject_day_t *days = NULL;
+  tly_subject_bucket_t *buckets = NULL;
   size_t count = 0;
   if (suffix_len != 4 ||
-      tly_daily_decode(value, value_len, (int32_t)tly_get_be32(suffix), &days,
-                       &count) ||
-      add_day_buckets(scan, days, count))
+      tly_bucket_decode(value, value_len, (int32_t)tly_get_be32(suffix),
+                        &buckets, &count) ||
+      add_buckets(scan, buckets, count))
     scan->failed = 1;
-  free(days);
+  free(buckets);
   return scan->failed;
 }
 
@@ -835,9 +837,9 @@ static void handle_daily(tly_http_t *http, request_t *req,
     respond_req_error(out, &err);
     return;
   }
-  /* The newest day lives in the subject record, older ones in keys: read
+  /* The newest hour lives in the subject record, older ones in keys: read
    * both as of one commit (retry when a commit landed in between, since a
-   * commit may move the newest day into its key). */
+   * commit may move the newest hour into its key). */
   for (int attempt = 0; attempt < 3; attempt++) {
     uint64_t before = commit_count(http->conf.processor);
     tly_state_subject_clear(&state);
@@ -845,13 +847,13 @@ static void handle_daily(tly_http_t *http, request_t *req,
     if (!history_subject(http, req, &subject, &state, out))
       goto done;
     int64_t horizon = history_horizon(http, state.partition);
-    if (add_day_buckets(&scan, state.days, state.day_count) ||
+    if (add_buckets(&scan, state.buckets, state.bucket_count) ||
         tly_state_history(http->conf.store, state.partition, subject.kind,
-                          subject.id, TLY_HISTORY_DAY, horizon, visit_day,
+                          subject.id, TLY_HISTORY_HOUR, horizon, visit_hour,
                           &scan, errstr, sizeof(errstr)) ||
         scan.failed) {
       respond_error(out, 500, "store_error",
-                    scan.failed ? "out of memory or corrupt daily buckets"
+                    scan.failed ? "out of memory or corrupt usage buckets"
                                 : errstr);
       goto done;
     }
@@ -859,10 +861,10 @@ static void handle_daily(tly_http_t *http, request_t *req,
       break;
   }
   respond_json(out, 200,
-               tly_req_daily_json(http->conf.config, &subject, scan.days,
+               tly_req_daily_json(http->conf.config, &subject, scan.buckets,
                                   scan.count, scan.from_day, scan.to_day));
 done:
-  free(scan.days);
+  free(scan.buckets);
   tly_state_subject_clear(&state);
 }
 

@@ -11,8 +11,9 @@
  *               batch's event ids (a blob, see tly_dedupe.h)
  *   cycle_ends: [p][cycle end, 8 bytes BE][kind:id]
  *   usage (the history, values start with their expiry time):
- *     [p][kind:id][0]['D'][day, 4 bytes BE] -> a day's buckets (a day that
- *                 is no longer the subject's newest; tly_daily_encode)
+ *     [p][kind:id][0]['H'][hour, 4 bytes BE] -> an hour's usage buckets (an
+ *                 hour that is no longer the subject's newest;
+ *                 tly_bucket_encode)
  *     [p][kind:id][0]['C'][cycle start, 8 bytes BE] -> a closed cycle that
  *                 left the kept history (tly_cycle_archive_encode)
  *     [p][kind:id][0]['A'][at, 8 bytes BE][alert id] -> an alert as sent
@@ -36,7 +37,7 @@ size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
                          size_t out_size);
 
 /* The history kinds (the tag after the subject). */
-#define TLY_HISTORY_DAY 'D'
+#define TLY_HISTORY_HOUR 'H'
 #define TLY_HISTORY_CYCLE 'C'
 #define TLY_HISTORY_ALERT 'A'
 

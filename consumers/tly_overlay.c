@@ -29,9 +29,9 @@ static void free_entry(tly_overlay_entry_t *entry) {
   for (size_t i = 0; i < entry->row_count; i++)
     free(entry->rows[i]);
   free(entry->rows);
-  for (size_t i = 0; i < entry->day_count; i++)
-    free(entry->days[i]);
-  free(entry->days);
+  for (size_t i = 0; i < entry->bucket_count; i++)
+    free(entry->buckets[i]);
+  free(entry->buckets);
   free(entry->key);
   free(entry);
 }
@@ -186,58 +186,50 @@ void tly_overlay_prune_rows(tly_overlay_entry_t *entry,
   entry->row_count = kept;
 }
 
-tly_overlay_day_t *tly_overlay_day(tly_overlay_entry_t *entry, int32_t day,
-                                   const char *feature) {
-  for (size_t i = 0; i < entry->day_count; i++) {
-    tly_overlay_day_t *bucket = entry->days[i];
-    if (bucket->bucket.day == day &&
+tly_overlay_bucket_t *tly_overlay_bucket(tly_overlay_entry_t *entry,
+                                         int32_t hour, const char *feature) {
+  for (size_t i = 0; i < entry->bucket_count; i++) {
+    tly_overlay_bucket_t *bucket = entry->buckets[i];
+    if (bucket->bucket.hour == hour &&
         strcmp(bucket->bucket.feature, feature) == 0)
       return bucket;
   }
-  if (strlen(feature) >= sizeof(entry->days[0]->bucket.feature))
+  if (strlen(feature) >= sizeof(entry->buckets[0]->bucket.feature))
     return NULL;
-  if (entry->day_count == entry->day_cap) {
-    size_t cap = entry->day_cap ? entry->day_cap * 2 : 4;
-    tly_overlay_day_t **grown = realloc(entry->days, cap * sizeof(*grown));
+  if (entry->bucket_count == entry->bucket_cap) {
+    size_t cap = entry->bucket_cap ? entry->bucket_cap * 2 : 4;
+    tly_overlay_bucket_t **grown = realloc(entry->buckets, cap * sizeof(*grown));
     if (!grown)
       return NULL;
-    entry->days = grown;
-    entry->day_cap = cap;
+    entry->buckets = grown;
+    entry->bucket_cap = cap;
   }
-  tly_overlay_day_t *bucket = calloc(1, sizeof(*bucket));
+  tly_overlay_bucket_t *bucket = calloc(1, sizeof(*bucket));
   if (!bucket)
     return NULL;
-  bucket->bucket.day = day;
+  bucket->bucket.hour = hour;
   strcpy(bucket->bucket.feature, feature);
-  entry->days[entry->day_count++] = bucket;
+  entry->buckets[entry->bucket_count++] = bucket;
   return bucket;
 }
 
-int tly_overlay_has_day(const tly_overlay_entry_t *entry, int32_t day) {
-  for (size_t i = 0; i < entry->day_count; i++)
-    if (entry->days[i]->bucket.day == day)
+int tly_overlay_has_hour(const tly_overlay_entry_t *entry, int32_t hour) {
+  for (size_t i = 0; i < entry->bucket_count; i++)
+    if (entry->buckets[i]->bucket.hour == hour)
       return 1;
   return 0;
 }
 
-int32_t tly_overlay_newest_day(const tly_overlay_entry_t *entry) {
-  int32_t newest = INT32_MIN;
-  for (size_t i = 0; i < entry->day_count; i++)
-    if (entry->days[i]->bucket.day > newest)
-      newest = entry->days[i]->bucket.day;
-  return newest;
-}
-
-void tly_overlay_prune_days(tly_overlay_entry_t *entry,
-                            int (*keep)(const tly_overlay_day_t *day,
-                                        void *opaque),
-                            void *opaque) {
+void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
+                               int (*keep)(const tly_overlay_bucket_t *bucket,
+                                           void *opaque),
+                               void *opaque) {
   size_t kept = 0;
-  for (size_t i = 0; i < entry->day_count; i++) {
-    if (keep(entry->days[i], opaque))
-      entry->days[kept++] = entry->days[i];
+  for (size_t i = 0; i < entry->bucket_count; i++) {
+    if (keep(entry->buckets[i], opaque))
+      entry->buckets[kept++] = entry->buckets[i];
     else
-      free(entry->days[i]);
+      free(entry->buckets[i]);
   }
-  entry->day_count = kept;
+  entry->bucket_count = kept;
 }

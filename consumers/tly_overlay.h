@@ -16,17 +16,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A daily bucket held by an entry, and where its stored copy lives: inside
- * the subject record (the subject's newest day) or in the day's own key. A
- * day present in an entry is always present with all its buckets, so the
- * day's key can be rewritten from memory. */
+/* An hourly bucket held by an entry, and where its stored copy lives:
+ * inside the subject record (the subject's newest hour) or in the hour's
+ * own key. An hour present in an entry is always present with all its
+ * buckets, so the hour's key can be rewritten from memory. */
 typedef struct {
-  tly_subject_day_t bucket;
+  tly_subject_bucket_t bucket;
   unsigned char dirty;     /* changed in the open batch */
   unsigned char in_record; /* stored inside the subject record */
   uint64_t flushed;        /* the batch (submit number) that last wrote the
-                              day's key from memory; 0: none */
-} tly_overlay_day_t;
+                              hour's key from memory; 0: none */
+} tly_overlay_bucket_t;
 
 typedef struct tly_overlay_entry {
   tly_cf_t cf;
@@ -41,10 +41,10 @@ typedef struct tly_overlay_entry {
    * handed to the fold keeps its address while others are added. */
   tly_subject_row_t **rows;
   size_t row_count, row_cap;
-  /* Its daily buckets in memory: the newest day's, and older days' while
-   * the fold works on them. Allocated one by one, like rows. */
-  tly_overlay_day_t **days;
-  size_t day_count, day_cap;
+  /* Its buckets in memory: the newest hour's, and older hours' while the
+   * fold works on them. Allocated one by one, like rows. */
+  tly_overlay_bucket_t **buckets;
+  size_t bucket_count, bucket_cap;
 } tly_overlay_entry_t;
 
 typedef struct {
@@ -76,20 +76,18 @@ void tly_overlay_prune_rows(tly_overlay_entry_t *entry,
                             int (*keep)(const tly_account_t *account,
                                         const tly_subject_row_t *row));
 
-/* The entry's bucket for (day, feature), added zeroed and clean when
+/* The entry's bucket for (hour, feature), added zeroed and clean when
  * absent; NULL on out of memory. */
-tly_overlay_day_t *tly_overlay_day(tly_overlay_entry_t *entry, int32_t day,
-                                   const char *feature);
-/* Whether the entry holds buckets of day; the newest day it holds (or
- * INT32_MIN). */
-int tly_overlay_has_day(const tly_overlay_entry_t *entry, int32_t day);
-int32_t tly_overlay_newest_day(const tly_overlay_entry_t *entry);
-/* Frees every bucket of the days for which keep() returns 0 (asked once
- * per bucket; it must answer alike for all buckets of one day). */
-void tly_overlay_prune_days(tly_overlay_entry_t *entry,
-                            int (*keep)(const tly_overlay_day_t *day,
-                                        void *opaque),
-                            void *opaque);
+tly_overlay_bucket_t *tly_overlay_bucket(tly_overlay_entry_t *entry,
+                                         int32_t hour, const char *feature);
+/* Whether the entry holds buckets of hour. */
+int tly_overlay_has_hour(const tly_overlay_entry_t *entry, int32_t hour);
+/* Frees the buckets for which keep() returns 0 (it must answer alike for
+ * all buckets of one hour). */
+void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
+                               int (*keep)(const tly_overlay_bucket_t *bucket,
+                                           void *opaque),
+                               void *opaque);
 
 /* Inserts a zeroed, clean entry for a key not yet present; NULL on OOM. */
 tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,

@@ -127,8 +127,8 @@ struct tly_processor {
   unsigned char *record; /* a subject record (or history value) being
                             encoded */
   size_t record_cap;
-  const tly_subject_day_t **day_ptrs; /* one day's buckets, for encoding */
-  size_t day_ptr_cap;
+  const tly_subject_bucket_t **bucket_ptrs; /* one hour's buckets, to encode */
+  size_t bucket_ptr_cap;
   const tly_subject_row_t **row_ptrs; /* one cycle's rows, for archiving */
   size_t row_ptr_cap;
   uint64_t submits; /* batches handed to the writer so far */
@@ -446,39 +446,39 @@ static int ptrs_room(void *array, size_t *cap, size_t count) {
   return 0;
 }
 
-/* The day's buckets the entry holds, into p->day_ptrs; the count, or
+/* The hour's buckets the entry holds, into p->bucket_ptrs; the count, or
  * (size_t)-1 when out of memory. */
-static size_t collect_day(tly_processor_t *p, const tly_overlay_entry_t *entry,
-                          int32_t day) {
-  if (ptrs_room(&p->day_ptrs, &p->day_ptr_cap, entry->day_count))
+static size_t collect_hour(tly_processor_t *p, const tly_overlay_entry_t *entry,
+                          int32_t hour) {
+  if (ptrs_room(&p->bucket_ptrs, &p->bucket_ptr_cap, entry->bucket_count))
     return (size_t)-1;
   size_t count = 0;
-  for (size_t i = 0; i < entry->day_count; i++)
-    if (entry->days[i]->bucket.day == day)
-      p->day_ptrs[count++] = &entry->days[i]->bucket;
+  for (size_t i = 0; i < entry->bucket_count; i++)
+    if (entry->buckets[i]->bucket.hour == hour)
+      p->bucket_ptrs[count++] = &entry->buckets[i]->bucket;
   return count;
 }
 
-/* The newest day with usage: the one the subject record holds (a bucket
+/* The newest hour with usage: the one the subject record holds (a bucket
  * touched only by a rejected event does not count). */
-static int32_t newest_used_day(const tly_overlay_entry_t *entry) {
+static int32_t newest_used_hour(const tly_overlay_entry_t *entry) {
   int32_t newest = INT32_MIN;
-  for (size_t i = 0; i < entry->day_count; i++)
-    if (entry->days[i]->bucket.daily.event_count &&
-        entry->days[i]->bucket.day > newest)
-      newest = entry->days[i]->bucket.day;
+  for (size_t i = 0; i < entry->bucket_count; i++)
+    if (entry->buckets[i]->bucket.totals.event_count &&
+        entry->buckets[i]->bucket.hour > newest)
+      newest = entry->buckets[i]->bucket.hour;
   return newest;
 }
 
-/* Whether the day's key must be written from memory at this commit: it is
+/* Whether the hour's key must be written from memory at this commit: it is
  * not the newest, and a bucket of it changed or was in the record. */
-static int day_needs_write(const tly_overlay_entry_t *entry, int32_t day,
+static int hour_needs_write(const tly_overlay_entry_t *entry, int32_t hour,
                            int32_t newest) {
-  if (day == newest)
+  if (hour == newest)
     return 0;
-  for (size_t i = 0; i < entry->day_count; i++) {
-    const tly_overlay_day_t *bucket = entry->days[i];
-    if (bucket->bucket.day == day && bucket->bucket.daily.event_count &&
+  for (size_t i = 0; i < entry->bucket_count; i++) {
+    const tly_overlay_bucket_t *bucket = entry->buckets[i];
+    if (bucket->bucket.hour == hour && bucket->bucket.totals.event_count &&
         (bucket->dirty || bucket->in_record))
       return 1;
   }
@@ -506,23 +506,23 @@ static void put_history(tly_processor_t *p, const char *key, size_t key_len,
   tly_store_batch_put(p->batch, TLY_CF_USAGE, key, key_len, p->record, len);
 }
 
-/* Writes every bucket the entry holds of day to the day's own key. */
-static int put_day_key(tly_processor_t *p, const tly_overlay_entry_t *entry,
-                       int32_t day) {
+/* Writes every bucket the entry holds of hour to the hour's own key. */
+static int put_hour_key(tly_processor_t *p, const tly_overlay_entry_t *entry,
+                       int32_t hour) {
   char key[TLY_KEY_MAX];
   unsigned char suffix[4];
-  tly_put_be32(suffix, (uint32_t)day);
-  size_t key_len = history_key(entry, TLY_HISTORY_DAY, suffix, 4, key,
+  tly_put_be32(suffix, (uint32_t)hour);
+  size_t key_len = history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key,
                                sizeof(key));
-  size_t count = collect_day(p, entry, day);
+  size_t count = collect_hour(p, entry, hour);
   if (!key_len || count == (size_t)-1)
     return -1;
-  size_t need = 8 + tly_daily_encode(p->day_ptrs, count, NULL, 0);
+  size_t need = 8 + tly_bucket_encode(p->bucket_ptrs, count, NULL, 0);
   if (!record_room(p, need))
     return -1;
-  tly_daily_encode(p->day_ptrs, count, p->record + 8, need - 8);
-  int64_t expires =
-      ((int64_t)day + 1 + p->conf.config->retention.daily_days) * TLY_DAY_MS;
+  tly_bucket_encode(p->bucket_ptrs, count, p->record + 8, need - 8);
+  int64_t expires = ((int64_t)hour + 1) * TLY_HOUR_MS +
+                    p->conf.config->retention.daily_days * TLY_DAY_MS;
   put_history(p, key, key_len, expires, need);
   return 0;
 }
@@ -536,27 +536,27 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
       return 0;
     const tly_subject_row_t *const *rows =
         (const tly_subject_row_t *const *)entry->rows;
-    int32_t newest = newest_used_day(entry);
-    size_t day_count = collect_day(p, entry, newest);
-    if (day_count == (size_t)-1)
+    int32_t newest = newest_used_hour(entry);
+    size_t bucket_count = collect_hour(p, entry, newest);
+    if (bucket_count == (size_t)-1)
       return -1;
     size_t len = tly_subject_record_encode(account, rows, entry->row_count,
-                                           p->day_ptrs, day_count, NULL, 0);
+                                           p->bucket_ptrs, bucket_count, NULL, 0);
     if (!record_room(p, len))
       return -1;
-    tly_subject_record_encode(account, rows, entry->row_count, p->day_ptrs,
-                              day_count, p->record, len);
+    tly_subject_record_encode(account, rows, entry->row_count, p->bucket_ptrs,
+                              bucket_count, p->record, len);
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
                         p->record, len);
-    /* Days that are no longer the newest go to keys of their own (each
+    /* Hours that are no longer the newest go to keys of their own (each
      * once, however many of its buckets need it). */
-    for (size_t i = 0; i < entry->day_count; i++) {
-      int32_t day = entry->days[i]->bucket.day;
+    for (size_t i = 0; i < entry->bucket_count; i++) {
+      int32_t hour = entry->buckets[i]->bucket.hour;
       int first = 1;
       for (size_t j = 0; j < i && first; j++)
-        first = entry->days[j]->bucket.day != day;
-      if (first && day_needs_write(entry, day, newest) &&
-          put_day_key(p, entry, day))
+        first = entry->buckets[j]->bucket.hour != hour;
+      if (first && hour_needs_write(entry, hour, newest) &&
+          put_hour_key(p, entry, hour))
         return -1;
     }
     /* The cycle-end index: [p][end][kind:id], from the account key
@@ -595,17 +595,17 @@ static int compare_entries(const void *a, const void *b) {
   return x->key_len < y->key_len ? -1 : x->key_len > y->key_len;
 }
 
-/* Keeps a day's buckets while the subject record holds them or while the
+/* Keeps an hour's buckets while the subject record holds them or while the
  * batch that wrote their key from memory is not yet durable (a read of the
  * key would miss that write); the others are in RocksDB. */
 typedef struct {
   int32_t newest;
   uint64_t submit;
-} day_keep_t;
+} hour_keep_t;
 
-static int keep_day(const tly_overlay_day_t *day, void *opaque) {
-  const day_keep_t *keep = opaque;
-  return day->bucket.day == keep->newest || day->flushed == keep->submit;
+static int keep_hour(const tly_overlay_bucket_t *bucket, void *opaque) {
+  const hour_keep_t *keep = opaque;
+  return bucket->bucket.hour == keep->newest || bucket->flushed == keep->submit;
 }
 
 /* After the batch is handed to the writer: a dirty subject record now
@@ -617,18 +617,18 @@ static void mark_committed(tly_processor_t *p, tly_overlay_entry_t *entry) {
     entry->stored_cycle_end = entry->account.cycle.end_ms;
   }
   tly_overlay_prune_rows(entry, tly_subject_row_kept);
-  day_keep_t keep = {newest_used_day(entry), p->submits};
-  for (size_t i = 0; i < entry->day_count; i++) {
-    tly_overlay_day_t *day = entry->days[i];
-    if (day_needs_write(entry, day->bucket.day, keep.newest))
-      day->flushed = keep.submit; /* before the flags below change */
+  hour_keep_t keep = {newest_used_hour(entry), p->submits};
+  for (size_t i = 0; i < entry->bucket_count; i++) {
+    tly_overlay_bucket_t *hour = entry->buckets[i];
+    if (hour_needs_write(entry, hour->bucket.hour, keep.newest))
+      hour->flushed = keep.submit; /* before the flags below change */
   }
-  for (size_t i = 0; i < entry->day_count; i++) {
-    tly_overlay_day_t *day = entry->days[i];
-    day->in_record = day->bucket.day == keep.newest;
-    day->dirty = 0;
+  for (size_t i = 0; i < entry->bucket_count; i++) {
+    tly_overlay_bucket_t *hour = entry->buckets[i];
+    hour->in_record = hour->bucket.hour == keep.newest;
+    hour->dirty = 0;
   }
-  tly_overlay_prune_days(entry, keep_day, &keep);
+  tly_overlay_prune_buckets(entry, keep_hour, &keep);
   entry->dirty = 0;
   entry->next_dirty = NULL;
 }
@@ -1040,14 +1040,14 @@ static int decode_entry(tly_overlay_entry_t *entry, const char *value,
       row->row = record.rows[i].row;
     failed = !row;
   }
-  for (size_t i = 0; i < record.day_count && !failed; i++) {
-    tly_overlay_day_t *day = tly_overlay_day(entry, record.days[i].day,
-                                             record.days[i].feature);
-    if (day) {
-      day->bucket.daily = record.days[i].daily;
-      day->in_record = 1;
+  for (size_t i = 0; i < record.bucket_count && !failed; i++) {
+    tly_overlay_bucket_t *hour = tly_overlay_bucket(entry, record.buckets[i].hour,
+                                             record.buckets[i].feature);
+    if (hour) {
+      hour->bucket.totals = record.buckets[i].totals;
+      hour->in_record = 1;
     }
-    failed = !day;
+    failed = !hour;
   }
   tly_subject_record_clear(&record);
   return failed ? -1 : 0;
@@ -1133,68 +1133,68 @@ static tly_billing_row_t *view_row(tly_billing_view_t *view,
   return &row->row;
 }
 
-/* Loads a day the subject record no longer holds from its own key (absent:
- * nothing was used that day, or it expired). 0, or -1 after setting the
+/* Loads an hour the subject record no longer holds from its own key (absent:
+ * nothing was used that hour, or it expired). 0, or -1 after setting the
  * fatal reason. */
-static int load_day(tly_processor_t *p, tly_overlay_entry_t *entry,
-                    int32_t day) {
+static int load_hour(tly_processor_t *p, tly_overlay_entry_t *entry,
+                    int32_t hour) {
   char key[TLY_KEY_MAX], errstr[512], *value = NULL;
   unsigned char suffix[4];
   size_t value_len = 0, count = 0;
-  tly_subject_day_t *buckets = NULL;
-  tly_put_be32(suffix, (uint32_t)day);
-  size_t key_len = history_key(entry, TLY_HISTORY_DAY, suffix, 4, key,
+  tly_subject_bucket_t *buckets = NULL;
+  tly_put_be32(suffix, (uint32_t)hour);
+  size_t key_len = history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key,
                                sizeof(key));
   int found = key_len ? tly_store_get(p->store, TLY_CF_USAGE, key, key_len,
                                       &value, &value_len, errstr,
                                       sizeof(errstr))
                       : -1;
   if (found < 0) {
-    set_fatal(p, "reading a daily bucket: %s",
+    set_fatal(p, "reading a usage bucket: %s",
               key_len ? errstr : "subject id too long");
     return -1;
   }
-  if (found && (value_len < 8 || tly_daily_decode(value + 8, value_len - 8,
-                                                  day, &buckets, &count))) {
+  if (found && (value_len < 8 || tly_bucket_decode(value + 8, value_len - 8,
+                                                  hour, &buckets, &count))) {
     tly_store_free(value);
-    set_fatal(p, "stored daily buckets of partition %d are corrupt",
+    set_fatal(p, "stored usage buckets of partition %d are corrupt",
               (int)p->view_partition);
     return -1;
   }
   tly_store_free(value);
   int failed = 0;
   for (size_t i = 0; i < count && !failed; i++) {
-    tly_overlay_day_t *bucket = tly_overlay_day(entry, day, buckets[i].feature);
+    tly_overlay_bucket_t *bucket = tly_overlay_bucket(entry, hour, buckets[i].feature);
     if (bucket)
-      bucket->bucket.daily = buckets[i].daily;
+      bucket->bucket.totals = buckets[i].totals;
     failed = !bucket;
   }
   free(buckets);
   if (failed)
-    set_fatal(p, "out of memory loading daily buckets");
+    set_fatal(p, "out of memory loading usage buckets");
   return failed ? -1 : 0;
 }
 
-static tly_daily_t *view_daily(tly_billing_view_t *view,
+static tly_bucket_t *view_bucket(tly_billing_view_t *view,
                                tly_subject_kind_t kind, const char *id,
-                               int32_t day, const char *feature) {
+                               int32_t hour, const char *feature) {
   tly_processor_t *p = view->opaque;
   tly_overlay_entry_t *entry = subject_entry(p, kind, id);
   if (!entry)
     return NULL;
-  /* An older day than the newest may have a key: load it whole first, so
-   * the day is rewritten complete. A day in memory is always whole. */
-  if (!tly_overlay_has_day(entry, day) && day < newest_used_day(entry) &&
-      load_day(p, entry, day))
+  /* An hour older than the newest may have a key: load it whole first, so
+   * the hour is rewritten complete. A hour in memory is always whole. */
+  if (!tly_overlay_has_hour(entry, hour) && hour < newest_used_hour(entry) &&
+      load_hour(p, entry, hour))
     return NULL;
-  tly_overlay_day_t *bucket = tly_overlay_day(entry, day, feature);
+  tly_overlay_bucket_t *bucket = tly_overlay_bucket(entry, hour, feature);
   if (!bucket) {
-    set_fatal(p, "out of memory adding a daily bucket");
+    set_fatal(p, "out of memory adding a usage bucket");
     return NULL;
   }
   bucket->dirty = 1;
   mark_dirty(p, entry);
-  return &bucket->bucket.daily;
+  return &bucket->bucket.totals;
 }
 
 /* A closed cycle leaves the kept history: its totals and rows go to the
@@ -1890,7 +1890,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->view = (tly_billing_view_t){.opaque = p,
                                  .account = view_account,
                                  .row = view_row,
-                                 .daily = view_daily,
+                                 .bucket = view_bucket,
                                  .archive = view_archive,
                                  .seen = view_seen};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
@@ -2088,7 +2088,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   free(p->acks);
   free(p->sorted);
   free(p->record);
-  free(p->day_ptrs);
+  free(p->bucket_ptrs);
   free(p->row_ptrs);
   free(p->alerts_topic);
   if (p->writer_started) { /* it finishes the batch in its hands first */

@@ -465,29 +465,36 @@ void tly_req_format_day(int32_t day, char out[16]) {
   snprintf(out, 16, "%04d-%02d-%02d", (int)year, (int)month, (int)date);
 }
 
-static int compare_days(const void *a, const void *b) {
-  const tly_subject_day_t *x = *(const tly_subject_day_t *const *)a;
-  const tly_subject_day_t *y = *(const tly_subject_day_t *const *)b;
-  if (x->day != y->day)
-    return x->day < y->day ? -1 : 1;
+int32_t tly_req_day_of_hour(int32_t hour) {
+  return hour >= 0 ? hour / 24 : -((-hour + 23) / 24);
+}
+
+/* By day, then feature (the hours of one day and feature end up next to
+ * each other, to be summed). */
+static int compare_buckets(const void *a, const void *b) {
+  const tly_subject_bucket_t *x = *(const tly_subject_bucket_t *const *)a;
+  const tly_subject_bucket_t *y = *(const tly_subject_bucket_t *const *)b;
+  int32_t dx = tly_req_day_of_hour(x->hour), dy = tly_req_day_of_hour(y->hour);
+  if (dx != dy)
+    return dx < dy ? -1 : 1;
   return strcmp(x->feature, y->feature);
 }
 
-static json_t *daily_entry(const tly_daily_t *daily) {
+static json_t *bucket_entry(const tly_bucket_t *totals) {
   return json_pack("{s:I,s:I,s:I,s:I,s:I}", "quantity",
-                   (json_int_t)daily->quantity, "input_tokens",
-                   (json_int_t)daily->input_tokens, "output_tokens",
-                   (json_int_t)daily->output_tokens, "events",
-                   (json_int_t)daily->event_count, "cost_micros",
-                   (json_int_t)daily->cost_micros);
+                   (json_int_t)totals->quantity, "input_tokens",
+                   (json_int_t)totals->input_tokens, "output_tokens",
+                   (json_int_t)totals->output_tokens, "events",
+                   (json_int_t)totals->event_count, "cost_micros",
+                   (json_int_t)totals->cost_micros);
 }
 
 json_t *tly_req_daily_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,
-                           const tly_subject_day_t *days, size_t count,
+                           const tly_subject_bucket_t *buckets, size_t count,
                            int32_t from_day, int32_t to_day) {
   char from[16], to[16], date[16];
-  const tly_subject_day_t **sorted =
+  const tly_subject_bucket_t **sorted =
       malloc((count ? count : 1) * sizeof(*sorted));
   json_t *list = json_array();
   if (!sorted || !list) {
@@ -496,25 +503,39 @@ json_t *tly_req_daily_json(const tly_config_t *config,
     return NULL;
   }
   size_t n = 0;
-  for (size_t i = 0; i < count; i++)
-    if (days[i].day >= from_day && days[i].day <= to_day &&
-        days[i].daily.event_count)
-      sorted[n++] = &days[i];
-  qsort(sorted, n, sizeof(*sorted), compare_days);
+  for (size_t i = 0; i < count; i++) {
+    int32_t day = tly_req_day_of_hour(buckets[i].hour);
+    if (day >= from_day && day <= to_day && buckets[i].totals.event_count)
+      sorted[n++] = &buckets[i];
+  }
+  qsort(sorted, n, sizeof(*sorted), compare_buckets);
   json_t *day = NULL, *features = NULL; /* borrowed from list */
-  int64_t cost = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (!day || sorted[i]->day != sorted[i - 1]->day) {
-      tly_req_format_day(sorted[i]->day, date);
+  int64_t day_cost = 0;
+  for (size_t i = 0; i < n;) {
+    int32_t number = tly_req_day_of_hour(sorted[i]->hour);
+    if (!day || number != tly_req_day_of_hour(sorted[i - 1]->hour)) {
+      tly_req_format_day(number, date);
       features = json_object();
       day = json_pack("{s:s,s:o}", "date", date, "features", features);
       json_array_append_new(list, day);
-      cost = 0;
+      day_cost = 0;
     }
-    json_object_set_new(features, sorted[i]->feature,
-                        daily_entry(&sorted[i]->daily));
-    cost += sorted[i]->daily.cost_micros;
-    json_object_set_new(day, "cost_micros", json_integer(cost));
+    /* Sum this feature's hours of the day. */
+    tly_bucket_t sum = {0};
+    size_t j = i;
+    for (; j < n && tly_req_day_of_hour(sorted[j]->hour) == number &&
+           strcmp(sorted[j]->feature, sorted[i]->feature) == 0;
+         j++) {
+      sum.quantity += sorted[j]->totals.quantity;
+      sum.input_tokens += sorted[j]->totals.input_tokens;
+      sum.output_tokens += sorted[j]->totals.output_tokens;
+      sum.event_count += sorted[j]->totals.event_count;
+      sum.cost_micros += sorted[j]->totals.cost_micros;
+    }
+    json_object_set_new(features, sorted[i]->feature, bucket_entry(&sum));
+    day_cost += sum.cost_micros;
+    json_object_set_new(day, "cost_micros", json_integer(day_cost));
+    i = j;
   }
   free(sorted);
   tly_req_format_day(from_day, from);

@@ -175,11 +175,15 @@ int tly_req_parse_daily(const char *from, const char *to, int32_t *from_day,
 /* "YYYY-MM-DD" of a day number; out holds 11 bytes. */
 void tly_req_format_day(int32_t day, char out[16]);
 
-/* The daily answer: the buckets within [from_day, to_day] (in any order;
- * others are left out) grouped by day, oldest first. */
+/* The UTC day (days since the epoch) of an hour bucket. */
+int32_t tly_req_day_of_hour(int32_t hour);
+
+/* The daily answer: the hourly buckets on days [from_day, to_day] (in any
+ * order; others are left out) summed per day and feature, oldest day
+ * first. */
 json_t *tly_req_daily_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,
-                           const tly_subject_day_t *days, size_t count,
+                           const tly_subject_bucket_t *buckets, size_t count,
                            int32_t from_day, int32_t to_day);
 
 /* A closed cycle and its usage rows (borrowed), for the cycles answer. */

@@ -24,7 +24,7 @@ void tly_state_subject_clear(tly_subject_state_t *state) {
   if (!state)
     return;
   free(state->rows);
-  free(state->days);
+  free(state->buckets);
   memset(state, 0, sizeof(*state));
 }
 
@@ -55,8 +55,8 @@ static int read_subject(tly_store_t *store, int32_t partition,
   out->account = record.account;
   out->rows = record.rows;
   out->row_count = record.row_count;
-  out->days = record.days;
-  out->day_count = record.day_count;
+  out->buckets = record.buckets;
+  out->bucket_count = record.bucket_count;
   return 1;
 }
 

@@ -24,8 +24,8 @@ typedef struct {
   tly_account_t account;
   size_t row_count;
   tly_state_row_t *rows; /* malloc'd; tly_state_subject_clear frees */
-  size_t day_count;
-  tly_subject_day_t *days; /* the newest day's buckets; malloc'd */
+  size_t bucket_count;
+  tly_subject_bucket_t *buckets; /* the newest hour's buckets; malloc'd */
 } tly_subject_state_t;
 
 /* 1 found, 0 not found, -1 error (errstr). Looks on the murmur2 home
@@ -38,7 +38,7 @@ int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
 void tly_state_subject_clear(tly_subject_state_t *state);
 
 /* Visits, in key order, the subject's history records of one kind (tag:
- * TLY_HISTORY_DAY, _CYCLE or _ALERT of tly_keys.h) on partition, leaving
+ * TLY_HISTORY_HOUR, _CYCLE or _ALERT of tly_keys.h) on partition, leaving
  * out those that expired before horizon_ms (the partition's event-time
  * watermark), whether or not compaction dropped them yet. cb gets the key
  * after the tag and the value after its expiry time; non-zero stops. 0,

@@ -123,9 +123,9 @@ static int state_copy(tly_subject_state_t *dst,
                       const tly_subject_state_t *src) {
   *dst = *src;
   dst->rows = NULL;
-  dst->days = NULL;
+  dst->buckets = NULL;
   if (copy_items(&dst->rows, src->rows, src->row_count, sizeof(*src->rows)) ||
-      copy_items(&dst->days, src->days, src->day_count, sizeof(*src->days))) {
+      copy_items(&dst->buckets, src->buckets, src->bucket_count, sizeof(*src->buckets))) {
     tly_state_subject_clear(dst);
     return -1;
   }

@@ -48,6 +48,7 @@ static const char *config_json =
 /* ---- an in-memory state view ------------------------------------------ */
 
 #define MAX_RECORDS 64
+#define MAX_BUCKETS 4096 /* hours x features */
 
 typedef struct {
   char id[64];
@@ -63,10 +64,10 @@ typedef struct {
 
 typedef struct {
   char id[64];
-  int32_t day;
+  int32_t hour;
   char feature[64];
-  tly_daily_t daily;
-} day_slot_t;
+  tly_bucket_t totals;
+} bucket_slot_t;
 
 typedef struct {
   char id[64];
@@ -79,8 +80,8 @@ typedef struct {
   size_t account_count;
   row_slot_t rows[MAX_RECORDS];
   size_t row_count;
-  day_slot_t days[MAX_RECORDS];
-  size_t day_count;
+  bucket_slot_t buckets[MAX_BUCKETS];
+  size_t bucket_count;
   archive_slot_t archived[MAX_RECORDS];
   size_t archived_count;
   char seen[2048][64];
@@ -117,20 +118,21 @@ static tly_billing_row_t *mem_row(tly_billing_view_t *view,
   return &slot->row;
 }
 
-static tly_daily_t *mem_daily(tly_billing_view_t *view,
+static tly_bucket_t *mem_bucket(tly_billing_view_t *view,
                               tly_subject_kind_t kind, const char *id,
-                              int32_t day, const char *feature) {
+                              int32_t hour, const char *feature) {
   memory_state_t *state = view->opaque;
   (void)kind;
-  for (size_t i = 0; i < state->day_count; i++)
-    if (!strcmp(state->days[i].id, id) && state->days[i].day == day &&
-        !strcmp(state->days[i].feature, feature))
-      return &state->days[i].daily;
-  day_slot_t *slot = &state->days[state->day_count++];
+  for (size_t i = 0; i < state->bucket_count; i++)
+    if (!strcmp(state->buckets[i].id, id) && state->buckets[i].hour == hour &&
+        !strcmp(state->buckets[i].feature, feature))
+      return &state->buckets[i].totals;
+  assert_true(state->bucket_count < MAX_BUCKETS);
+  bucket_slot_t *slot = &state->buckets[state->bucket_count++];
   snprintf(slot->id, sizeof(slot->id), "%s", id);
   snprintf(slot->feature, sizeof(slot->feature), "%s", feature);
-  slot->day = day;
-  return &slot->daily;
+  slot->hour = hour;
+  return &slot->totals;
 }
 
 static int mem_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
@@ -161,7 +163,7 @@ static memory_state_t *new_state(void) {
   state->view = (tly_billing_view_t){.opaque = state,
                                      .account = mem_account,
                                      .row = mem_row,
-                                     .daily = mem_daily,
+                                     .bucket = mem_bucket,
                                      .archive = mem_archive,
                                      .seen = mem_seen,
                                      .watermark_ms = &state->watermark};
@@ -394,46 +396,49 @@ static void test_rollover_and_late_event(void **ctx) {
   assert_non_null(strstr(f->errstr, "before every billing cycle"));
 }
 
-static const tly_daily_t *daily_of(fixture_t *f, int64_t t,
-                                   const char *feature) {
-  return mem_daily(&f->state->view, TLY_SUBJECT_USER, "alice",
-                   tly_billing_day(t), feature);
+static const tly_bucket_t *bucket_of(fixture_t *f, int64_t t,
+                                    const char *feature) {
+  return mem_bucket(&f->state->view, TLY_SUBJECT_USER, "alice",
+                    tly_billing_hour(t), feature);
 }
 
-static void test_daily_buckets(void **ctx) {
+#define HOUR (3600 * 1000LL)
+
+static void test_hourly_buckets(void **ctx) {
   fixture_t *f = *ctx;
-  /* Graduated: 5 units at 1000, then 500 each. Day one crosses the tier. */
+  /* Graduated: 5 units at 1000, then 500 each. Hour one crosses the tier. */
   assert_int_equal(usage(f, JAN1 + 10, "api_calls", 4), TLY_FOLD_APPLIED);
-  assert_int_equal(usage(f, JAN1 + DAY - 1, "api_calls", 2), TLY_FOLD_APPLIED);
-  assert_int_equal(usage(f, JAN1 + DAY, "api_calls", 3), TLY_FOLD_APPLIED);
-  assert_int_equal(tokens(f, JAN1 + DAY + 5, "m1", 1000, 2000),
+  assert_int_equal(usage(f, JAN1 + HOUR - 1, "api_calls", 2), TLY_FOLD_APPLIED);
+  assert_int_equal(usage(f, JAN1 + HOUR, "api_calls", 3), TLY_FOLD_APPLIED);
+  assert_int_equal(tokens(f, JAN1 + HOUR + 5, "m1", 1000, 2000),
                    TLY_FOLD_APPLIED);
-  const tly_daily_t *one = daily_of(f, JAN1, "api_calls");
-  const tly_daily_t *two = daily_of(f, JAN1 + DAY, "api_calls");
+  const tly_bucket_t *one = bucket_of(f, JAN1, "api_calls");
+  const tly_bucket_t *two = bucket_of(f, JAN1 + HOUR, "api_calls");
   assert_int_equal(one->quantity, 6);
   assert_int_equal(one->event_count, 2);
   assert_int_equal(one->cost_micros, 5 * 1000 + 500);
   assert_int_equal(two->quantity, 3);
   assert_int_equal(two->cost_micros, 3 * 500);
-  /* A late event for day one lands in day one. */
+  /* A late event for hour one lands in hour one. */
   assert_int_equal(usage(f, JAN1 + 20, "api_calls", 1), TLY_FOLD_APPLIED);
-  assert_int_equal(daily_of(f, JAN1, "api_calls")->quantity, 7);
-  assert_int_equal(daily_of(f, JAN1, "api_calls")->cost_micros, 6000);
+  assert_int_equal(bucket_of(f, JAN1, "api_calls")->quantity, 7);
+  assert_int_equal(bucket_of(f, JAN1, "api_calls")->cost_micros, 6000);
   /* Tokens: 1000 in at 1 micro, 2000 out at 3, plus the 20 % margin. */
-  const tly_daily_t *ai = daily_of(f, JAN1 + DAY, "ai_tokens");
+  const tly_bucket_t *ai = bucket_of(f, JAN1 + HOUR, "ai_tokens");
   assert_int_equal(ai->cost_micros, 8400);
   assert_int_equal(ai->input_tokens, 1000);
   assert_int_equal(ai->output_tokens, 2000);
   assert_int_equal(ai->event_count, 1);
-  assert_int_equal(daily_of(f, JAN1, "api_calls")->cost_micros +
-                       daily_of(f, JAN1 + DAY, "api_calls")->cost_micros +
+  /* The buckets' costs sum to the cycle's cost. */
+  assert_int_equal(bucket_of(f, JAN1, "api_calls")->cost_micros +
+                       bucket_of(f, JAN1 + HOUR, "api_calls")->cost_micros +
                        ai->cost_micros,
                    alice(f)->cycle.cost_micros);
   /* A rejected event adds nothing to any bucket. */
-  assert_int_equal(tokens(f, JAN1 + DAY, "nope", 1, 1), TLY_FOLD_REJECTED);
-  assert_int_equal(daily_of(f, JAN1 + DAY, "ai_tokens")->event_count, 1);
-  assert_int_equal(tly_billing_day(-1), -1); /* floor, not truncation */
-  assert_int_equal(tly_billing_day(JAN1), (int32_t)(JAN1 / DAY));
+  assert_int_equal(tokens(f, JAN1 + HOUR, "nope", 1, 1), TLY_FOLD_REJECTED);
+  assert_int_equal(bucket_of(f, JAN1 + HOUR, "ai_tokens")->event_count, 1);
+  assert_int_equal(tly_billing_hour(-1), -1); /* floor, not truncation */
+  assert_int_equal(tly_billing_hour(JAN1 + HOUR), (int32_t)(JAN1 / HOUR) + 1);
 }
 
 static void test_closed_cycles_are_archived_once_they_leave_history(
@@ -673,11 +678,11 @@ static void test_state_encodings(void **ctx) {
 }
 
 /* Field by field: the structs have padding that memcmp would read. */
-static void assert_day_equal(const tly_subject_day_t *x,
-                             const tly_subject_day_t *y) {
-  assert_int_equal(x->day, y->day);
+static void assert_bucket_equal(const tly_subject_bucket_t *x,
+                             const tly_subject_bucket_t *y) {
+  assert_int_equal(x->hour, y->hour);
   assert_string_equal(x->feature, y->feature);
-  assert_memory_equal(&x->daily, &y->daily, sizeof(x->daily));
+  assert_memory_equal(&x->totals, &y->totals, sizeof(x->totals));
 }
 
 static void assert_row_equal(const tly_subject_row_t *x,
@@ -707,9 +712,9 @@ static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
   tly_subject_row_t gone = {JAN1 - 31 * DAY, "api_calls", {1, 0, 0, 1, 1, 0, 0}};
   tly_subject_row_t unused = {FEB1, "storage_bytes", {0}};
   const tly_subject_row_t *rows[] = {&current, &gone, &tokens, &unused, &kept};
-  tly_subject_day_t today = {20000, "api_calls", {6, 0, 0, 2, 18}};
-  tly_subject_day_t untouched = {20000, "ai_tokens", {0}};
-  const tly_subject_day_t *days[] = {&today, &untouched};
+  tly_subject_bucket_t today = {20000, "api_calls", {6, 0, 0, 2, 18}};
+  tly_subject_bucket_t untouched = {20000, "ai_tokens", {0}};
+  const tly_subject_bucket_t *days[] = {&today, &untouched};
   unsigned char small[8], bytes[1024];
   size_t need =
       tly_subject_record_encode(&account, rows, 5, days, 2, small, sizeof(small));
@@ -737,37 +742,37 @@ static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
   assert_int_equal(decoded[2].cycle_start_ms, JAN1);
   assert_int_equal(decoded[2].row.quantity, 4);
   /* The day's used bucket, not the untouched one. */
-  assert_int_equal(record.day_count, 1);
-  assert_day_equal(&record.days[0], &today);
+  assert_int_equal(record.bucket_count, 1);
+  assert_bucket_equal(&record.buckets[0], &today);
   tly_subject_record_clear(&record);
   for (size_t cut = 0; cut < len; cut++) {
     assert_int_equal(tly_subject_record_decode(bytes, cut, &record), -1);
     assert_null(record.rows);
-    assert_null(record.days);
+    assert_null(record.buckets);
   }
   bytes[0] ^= 0xff; /* unknown version */
   assert_int_equal(tly_subject_record_decode(bytes, len, &record), -1);
 }
 
-static void test_daily_and_archive_encodings(void **ctx) {
+static void test_bucket_and_archive_encodings(void **ctx) {
   (void)ctx;
-  tly_subject_day_t a = {20001, "api_calls", {1, 2, 3, 4, 5}};
-  tly_subject_day_t b = {20001, "storage_bytes", {7, 0, 0, 1, -9}};
-  tly_subject_day_t none = {20001, "ai_tokens", {0}};
-  const tly_subject_day_t *days[] = {&a, &none, &b};
+  tly_subject_bucket_t a = {20001, "api_calls", {1, 2, 3, 4, 5}};
+  tly_subject_bucket_t b = {20001, "storage_bytes", {7, 0, 0, 1, -9}};
+  tly_subject_bucket_t none = {20001, "ai_tokens", {0}};
+  const tly_subject_bucket_t *hours[] = {&a, &none, &b};
   unsigned char bytes[512];
-  size_t len = tly_daily_encode(days, 3, bytes, sizeof(bytes));
+  size_t len = tly_bucket_encode(hours, 3, bytes, sizeof(bytes));
   assert_true(len < sizeof(bytes));
-  assert_true(tly_daily_encode(days, 3, bytes, 4) > 4);
-  tly_subject_day_t *back = NULL;
+  assert_true(tly_bucket_encode(hours, 3, bytes, 4) > 4);
+  tly_subject_bucket_t *back = NULL;
   size_t count = 0;
-  assert_int_equal(tly_daily_decode(bytes, len, 20001, &back, &count), 0);
+  assert_int_equal(tly_bucket_decode(bytes, len, 20001, &back, &count), 0);
   assert_int_equal(count, 2);
-  assert_day_equal(&back[0], &a);
-  assert_day_equal(&back[1], &b);
+  assert_bucket_equal(&back[0], &a);
+  assert_bucket_equal(&back[1], &b);
   free(back);
   for (size_t cut = 0; cut < len; cut++) {
-    assert_int_equal(tly_daily_decode(bytes, cut, 20001, &back, &count), -1);
+    assert_int_equal(tly_bucket_decode(bytes, cut, 20001, &back, &count), -1);
     assert_null(back);
   }
 
@@ -796,14 +801,14 @@ static void test_daily_and_archive_encodings(void **ctx) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_subject_record_keeps_rows_of_kept_cycles),
-      cmocka_unit_test(test_daily_and_archive_encodings),
+      cmocka_unit_test(test_bucket_and_archive_encodings),
       cmocka_unit_test(test_tier_boundaries),
       cmocka_unit_test(test_month_cycles),
       cmocka_unit_test_setup_teardown(test_graduated_price_and_hard_limit_alerts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_soft_limit_and_exact_token_cost, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unlimited_volume_and_credit_thresholds, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rollover_and_late_event, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_daily_buckets, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_hourly_buckets, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_closed_cycles_are_archived_once_they_leave_history, setup,
           teardown),

@@ -346,33 +346,42 @@ static void test_history_answers(void **state) {
   tly_req_subject_t subject;
   tly_req_error_t err;
   assert_int_equal(tly_req_parse_subject("user:h", &subject, &err), 0);
-  /* Buckets in any order, one outside the range, one unused. */
-  tly_subject_day_t days[] = {
-      {20002, "api_calls", {5, 0, 0, 2, 50}},
-      {20000, "ai_tokens", {30, 10, 20, 1, 7}},
-      {20000, "api_calls", {1, 0, 0, 1, 10}},
-      {19990, "api_calls", {9, 0, 0, 9, 90}},
-      {20001, "storage_bytes", {0}},
+  /* Hourly buckets in any order: two hours of one day and feature (summed),
+   * one outside the range, one unused. */
+  tly_subject_bucket_t hours[] = {
+      {20002 * 24 + 3, "api_calls", {5, 0, 0, 2, 50}},
+      {20000 * 24 + 23, "ai_tokens", {30, 10, 20, 1, 7}},
+      {20000 * 24 + 1, "api_calls", {1, 0, 0, 1, 10}},
+      {20000 * 24 + 2, "api_calls", {2, 0, 0, 1, 20}},
+      {19990 * 24, "api_calls", {9, 0, 0, 9, 90}},
+      {20001 * 24, "storage_bytes", {0}},
   };
-  json_t *json = tly_req_daily_json(config, &subject, days, 5, 19995, 20002);
+  json_t *json = tly_req_daily_json(config, &subject, hours, 6, 19995, 20002);
   json_t *list = json_object_get(json, "days");
   assert_int_equal(json_array_size(list), 2);
   json_t *first = json_array_get(list, 0);
   assert_string_equal(json_string_value(json_object_get(first, "date")),
                       "2024-10-04");
-  assert_int_equal(json_integer_value(json_object_get(first, "cost_micros")), 17);
-  assert_int_equal(json_object_size(json_object_get(first, "features")), 2);
-  assert_int_equal(
-      json_integer_value(json_object_get(
-          json_object_get(json_object_get(first, "features"), "ai_tokens"),
-          "output_tokens")),
-      20);
+  assert_int_equal(json_integer_value(json_object_get(first, "cost_micros")), 37);
+  json_t *features = json_object_get(first, "features");
+  assert_int_equal(json_object_size(features), 2);
+  assert_int_equal(json_integer_value(json_object_get(
+                       json_object_get(features, "ai_tokens"), "output_tokens")),
+                   20);
+  json_t *calls = json_object_get(features, "api_calls");
+  assert_int_equal(json_integer_value(json_object_get(calls, "quantity")), 3);
+  assert_int_equal(json_integer_value(json_object_get(calls, "events")), 2);
   assert_int_equal(json_integer_value(json_object_get(json_array_get(list, 1),
                                                       "cost_micros")),
                    50);
   assert_int_equal(json_integer_value(json_object_get(json, "retention_days")),
                    90);
   json_decref(json);
+  assert_int_equal(tly_req_day_of_hour(23), 0);
+  assert_int_equal(tly_req_day_of_hour(24), 1);
+  assert_int_equal(tly_req_day_of_hour(-1), -1);
+  assert_int_equal(tly_req_day_of_hour(-24), -1);
+  assert_int_equal(tly_req_day_of_hour(-25), -2);
 
   /* Cycles come out newest first, each with only its own rows. */
   tly_subject_row_t rows[] = {{100, "api_calls", {3, 0, 0, 3, 3000, 0, 0}},
