@@ -64,7 +64,10 @@ void *th_stream_main(void *arg) {
     snprintf(id, sizeof(id), "m%04d", s);
     snprintf(event_id, sizeof(event_id), "x-%u-%d", stream->seed, i);
     event.event_id = event_id;
-    event.occurred_at_ms = FIRST_EVENT + i;
+    /* ~97 ms apart: 200,000 events span about five hours, so the hourly
+     * usage buckets move from the subject record to their own keys while
+     * the processor is being killed. */
+    event.occurred_at_ms = FIRST_EVENT + (int64_t)i * 97;
     event.subject_kind = TLY_SUBJECT_USER;
     event.subject_id = id;
     event.body_kind = TLY_BODY_USAGE_RECORDED;
@@ -211,6 +214,32 @@ void th_verify_reference(int port, const char *bootstrap,
     assert_int_equal(json_integer_value(json_object_get(
                          json_object_get(json, "credits"), "used")),
                      e->cost_micros / 1000);
+    json_decref(json);
+    /* The hourly buckets, summed per day, add up to the same totals. */
+    snprintf(path, sizeof(path),
+             "/v1/subjects/user:m%04d/usage/daily?from=2026-11-10&to=2026-11-11",
+             s);
+    assert_int_equal(th_http_get(port, path, &status, &body), 0);
+    assert_int_equal(status, 200);
+    json = json_loads(body, 0, NULL);
+    free(body);
+    json_t *days = json_object_get(json, "days");
+    int64_t day_calls = 0, day_tokens = 0, day_input = 0, day_cost = 0;
+    for (size_t d = 0; d < json_array_size(days); d++) {
+      json_t *day = json_array_get(days, d);
+      features = json_object_get(day, "features");
+      day_calls += json_integer_value(
+          json_object_get(json_object_get(features, "api_calls"), "quantity"));
+      day_tokens += json_integer_value(
+          json_object_get(json_object_get(features, "ai_tokens"), "quantity"));
+      day_input += json_integer_value(json_object_get(
+          json_object_get(features, "ai_tokens"), "input_tokens"));
+      day_cost += json_integer_value(json_object_get(day, "cost_micros"));
+    }
+    assert_int_equal(day_calls, e->api_calls);
+    assert_int_equal(day_tokens, e->tokens);
+    assert_int_equal(day_input, e->input);
+    assert_int_equal(day_cost, e->cost_micros);
     json_decref(json);
     size_t before = json_object_size(ids);
     expect_threshold_alerts(ids, s, "api_calls", e->api_calls, API_LIMIT);
