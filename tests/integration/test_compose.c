@@ -677,13 +677,20 @@ static size_t tally_topics(topic_t *topics) {
   return count;
 }
 
+/* What both tests start from: the topics `tally topics` prints (into
+ * topics, their number into *count) and compose.yaml's text (malloc'd). */
+static char *load_inputs(topic_t *topics, size_t *count) {
+  char *text = th_read_file(COMPOSE_FILE);
+  *count = tally_topics(topics);
+  assert_non_null(text);
+  return text;
+}
+
 static void test_compose_matches_the_code(void **state) {
   (void)state;
   topic_t topics[MAX_TOPICS];
-  size_t count = tally_topics(topics);
-  char *text = th_read_file(COMPOSE_FILE);
-  char why[1024];
-  assert_non_null(text);
+  size_t count;
+  char why[1024], *text = load_inputs(topics, &count);
   if (check_compose(text, COMPOSE_DIR, TALLY_SOURCE_DIR, topics, count, why,
                     sizeof(why)))
     fail_msg("%s: %s", COMPOSE_FILE, why);
@@ -759,10 +766,8 @@ static const breakage_t breakages[] = {
 static void test_broken_compose_files_fail(void **state) {
   (void)state;
   topic_t topics[MAX_TOPICS];
-  size_t count = tally_topics(topics);
-  char *text = th_read_file(COMPOSE_FILE);
-  char why[1024];
-  assert_non_null(text);
+  size_t count;
+  char why[1024], *text = load_inputs(topics, &count);
   for (size_t i = 0; i < sizeof(breakages) / sizeof(breakages[0]); i++) {
     const breakage_t *breakage = &breakages[i];
     /* A breakage that no longer applies would pass for the wrong reason. */
