@@ -14,6 +14,7 @@ int cmd_broker(int argc, char **argv);
 int cmd_emit(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_dev(int argc, char **argv);
+int cmd_topics(int argc, char **argv);
 
 /* Set by SIGINT/SIGTERM once cli_install_signals() ran. */
 extern volatile sig_atomic_t cli_stop;

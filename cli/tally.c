@@ -1,6 +1,6 @@
 /*
  * tally.c - the `tally` binary: dispatches to one subcommand per file
- * (cmd_dev.c, cmd_run.c, cmd_broker.c, cmd_emit.c).
+ * (cmd_dev.c, cmd_run.c, cmd_broker.c, cmd_emit.c, cmd_topics.c).
  */
 #include "cli.h"
 
@@ -20,6 +20,8 @@ static const command_t commands[] = {
     {"run", cmd_run, "processor + HTTP port against a Kafka cluster"},
     {"broker", cmd_broker, "the embedded broker alone"},
     {"emit", cmd_emit, "JSON lines on stdin -> usage events in Kafka"},
+    {"topics", cmd_topics,
+     "the Kafka topics tally expects (name, partitions, policy)"},
 };
 
 static void usage(FILE *out) {

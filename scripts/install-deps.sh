@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   librdkafka-dev librocksdb-dev libavro-dev libcurl4-openssl-dev
-  libmicrohttpd-dev libjansson-dev libssl-dev libcmocka-dev
+  libmicrohttpd-dev libjansson-dev libssl-dev libcmocka-dev libyaml-dev
   clang libclang-rt-14-dev
   wrk
 )

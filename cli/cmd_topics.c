@@ -1,0 +1,55 @@
+/*
+ * cmd_topics.c - `tally topics`: the Kafka topics tally expects, one a line:
+ * name, partitions ("input": as many as the usage topic), cleanup policy and
+ * role, whitespace-separated so a shell `read name partitions policy role`
+ * loop can create them. compose/compose.yaml's topic-init service creates
+ * exactly these, and test_compose holds the two together.
+ */
+#include "cli.h"
+
+#include "tly_topics.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int cmd_topics(int argc, char **argv) {
+  static const struct option options[] = {
+      {"partitions", required_argument, NULL, 'p'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  int opt, input_partitions = 0;
+
+  while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+    switch (opt) {
+    case 'p':
+      input_partitions = atoi(optarg);
+      if (input_partitions < 1) {
+        fprintf(stderr,
+                "tally topics: --partitions %s: expected a count >= 1\n",
+                optarg);
+        return 2;
+      }
+      break;
+    case 'h':
+      printf("usage: tally topics [--partitions N]\n"
+             "  prints name, partitions, cleanup policy and role of every "
+             "topic tally expects;\n"
+             "  --partitions N prints N instead of \"input\" (as many as the "
+             "usage topic)\n");
+      return 0;
+    default: return 2;
+    }
+  }
+  for (size_t i = 0; i < tly_topic_count; i++) {
+    const tly_topic_spec_t *topic = &tly_topics[i];
+    char partitions[16] = "input";
+    if (topic->partitions != TLY_TOPIC_PARTITIONS_INPUT)
+      snprintf(partitions, sizeof(partitions), "%d", topic->partitions);
+    else if (input_partitions)
+      snprintf(partitions, sizeof(partitions), "%d", input_partitions);
+    printf("%-16s %-5s %-7s %s\n", topic->name, partitions,
+           topic->cleanup_policy, topic->role);
+  }
+  return 0;
+}

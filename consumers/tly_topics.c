@@ -1,0 +1,27 @@
+/*
+ * tly_topics.c - the table of tly_topics.h, built from the topic defaults
+ * the producer, the processor and the coming changelog and membership code
+ * use, so a renamed default renames the expected topic too.
+ */
+#include "tly_topics.h"
+
+#include "tally_producer.h"
+#include "tly_processor.h"
+
+const tly_topic_spec_t tly_topics[] = {
+    {TALLY_DEFAULT_USAGE_TOPIC, TLY_TOPIC_PARTITIONS_INPUT, "delete",
+     "input: usage, plan, billing and tick events, keyed by subject"},
+    /* Dead letters and alerts are only appended and read by id after a
+     * crash, so any partition count works; these match the embedded
+     * broker's. */
+    {TLY_DEFAULT_DLQ_TOPIC, 1, "delete",
+     "dead letters: records that could not be decoded or folded, unchanged"},
+    {TLY_DEFAULT_ALERTS_TOPIC, 4, "delete",
+     "alerts: limit warnings, limits exceeded, cycle ends, payment events"},
+    {TLY_DEFAULT_CHANGELOG_TOPIC, TLY_TOPIC_PARTITIONS_INPUT, "compact",
+     "state changelog: partition p restores input partition p's state"},
+    {TLY_DEFAULT_MEMBERS_TOPIC, 1, "compact",
+     "members: each instance's HTTP address and assigned partitions"},
+};
+
+const size_t tly_topic_count = sizeof(tly_topics) / sizeof(tly_topics[0]);
