@@ -816,6 +816,15 @@ int th_stripe_fake_control(const th_stripe_fake_t *fake, const char *method,
   return 0;
 }
 
+int th_stripe_fake_fault(const th_stripe_fake_t *fake, const char *json) {
+  long status;
+  return th_stripe_fake_control(fake, "POST", "/_fake/faults", json, &status,
+                                NULL) == 0 &&
+                 status == 200
+             ? 0
+             : -1;
+}
+
 int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id) {
   char body[256];
   long status;

@@ -79,6 +79,8 @@ void th_stripe_fake_stop(th_stripe_fake_t *fake);
 int th_stripe_fake_control(const th_stripe_fake_t *fake, const char *method,
                            const char *path, const char *json_body,
                            long *status, char **response);
+/* POST /_fake/faults with json (see above); 0 or -1. */
+int th_stripe_fake_fault(const th_stripe_fake_t *fake, const char *json);
 /* POST /_fake/customers; 0 or -1. */
 int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id);
 /* The ledger's sum of accepted values for (customer, event_name); -1 when

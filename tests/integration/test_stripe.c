@@ -73,12 +73,16 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  th_stop(run.pid);
+  /* 0 only after a clean stop: under the sanitizers, a leak (say, of a
+   * portal call) makes tally's exit code non-zero. */
+  int rc = th_stop(run.pid);
   th_broker_stop(&broker);
   th_stripe_fake_stop(&fake);
   th_rmrf(dir);
   free(dir);
-  return 0;
+  if (rc != 0)
+    printf("# tally run exited with %d\n", rc);
+  return rc == 0 ? 0 : -1;
 }
 
 /* POSTs body to the webhook of port, signed with the given secrets at t
@@ -180,16 +184,12 @@ static void test_webhooks_fold_into_plan_cycle_and_link(void **state) {
   /* A period that began a minute ago: after the calendar month's start
    * (the cycle the fold would have made), so Stripe's bounds replace it. */
   long long start = now_s - 60, end = now_s + 30 * DAY_S;
-  subscription_body(body, sizeof(body), "evt_sub_created",
-                    "customer.subscription.created", "user:wh-1", "price_start",
-                    start, end);
-  deliver_ok(body, "evt_sub_created");
-  json_decref(wait_usage_field("user:wh-1", "plan", "\"starter\""));
-  subscription_body(body, sizeof(body), "evt_sub_updated",
-                    "customer.subscription.updated", "user:wh-1", "price_pro",
-                    start, end);
-  deliver_ok(body, "evt_sub_updated");
-  json_t *usage = wait_usage_field("user:wh-1", "plan", "\"professional\"");
+  json_decref(subscribe("evt_sub_created", "customer.subscription.created",
+                        "user:wh-1", "price_start", start, end, "plan",
+                        "\"starter\""));
+  json_t *usage =
+      subscribe("evt_sub_updated", "customer.subscription.updated", "user:wh-1",
+                "price_pro", start, end, "plan", "\"professional\"");
   json_t *cycle = json_object_get(usage, "cycle");
   assert_int_equal(json_integer_value(json_object_get(cycle, "start_ms")),
                    start * 1000);
@@ -232,16 +232,11 @@ static void test_webhooks_fold_into_plan_cycle_and_link(void **state) {
 
   /* Canceled: back on the default plan. Another subject, so the portal
    * test keeps user:wh-1 as it is. */
-  subscription_body(body, sizeof(body), "evt_sub2",
-                    "customer.subscription.created", "user:wh-2", "price_pro",
-                    start, end);
-  deliver_ok(body, "evt_sub2");
-  json_decref(wait_usage_field("user:wh-2", "plan", "\"professional\""));
-  subscription_body(body, sizeof(body), "evt_sub2_del",
-                    "customer.subscription.deleted", "user:wh-2", "price_pro",
-                    start, end);
-  deliver_ok(body, "evt_sub2_del");
-  usage = wait_usage_field("user:wh-2", "canceled", "true");
+  json_decref(subscribe("evt_sub2", "customer.subscription.created",
+                        "user:wh-2", "price_pro", start, end, "plan",
+                        "\"professional\""));
+  usage = subscribe("evt_sub2_del", "customer.subscription.deleted",
+                    "user:wh-2", "price_pro", start, end, "canceled", "true");
   assert_string_equal(json_string_value(json_object_get(usage, "plan")),
                       "free");
   json_decref(usage);
@@ -375,14 +370,6 @@ static json_t *portal(const char *subject, const char *authorization,
   return json;
 }
 
-static void fake_fault(const char *json) {
-  long status;
-  assert_int_equal(th_stripe_fake_control(&fake, "POST", "/_fake/faults", json,
-                                          &status, NULL),
-                   0);
-  assert_int_equal(status, 200);
-}
-
 static void test_billing_portal(void **state) {
   (void)state;
   long status;
@@ -430,12 +417,14 @@ static void test_billing_portal(void **state) {
 
   /* Stripe fails: 502 with its message; Stripe hangs: 502 after the
    * configured timeout (1 s), not later. */
-  fake_fault("{\"count\": 1, \"status\": 500}");
+  assert_int_equal(
+      th_stripe_fake_fault(&fake, "{\"count\": 1, \"status\": 500}"), 0);
   json = portal("user:wh-1", TH_AUTH_DEFAULT, &status);
   assert_int_equal(status, 502);
   assert_string_equal(error_code(json), "stripe_error");
   json_decref(json);
-  fake_fault("{\"count\": 1, \"hang_ms\": 3000}");
+  assert_int_equal(
+      th_stripe_fake_fault(&fake, "{\"count\": 1, \"hang_ms\": 3000}"), 0);
   int64_t started = th_now_ms();
   json = portal("user:wh-1", TH_AUTH_DEFAULT, &status);
   assert_int_equal(status, 502);

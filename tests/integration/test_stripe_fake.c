@@ -101,11 +101,7 @@ static void expect_error(const tly_stripe_response_t *response, long status,
 }
 
 static void fault(const char *json) {
-  long status;
-  assert_int_equal(th_stripe_fake_control(&fake, "POST", "/_fake/faults", json,
-                                          &status, NULL),
-                   0);
-  assert_int_equal(status, 200);
+  assert_int_equal(th_stripe_fake_fault(&fake, json), 0);
 }
 
 static void test_form_encoding(void **state) {
