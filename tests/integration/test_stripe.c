@@ -175,6 +175,19 @@ static void subscription_body(char *out, size_t size, const char *event_id,
            event_id, type, now_s, subject, start, end, price);
 }
 
+/* Delivers a subscription event for subject and waits until the usage's key
+ * shows expected (JSON text); returns the usage. */
+static json_t *subscribe(const char *event_id, const char *type,
+                         const char *subject, const char *price,
+                         long long start, long long end, const char *key,
+                         const char *expected) {
+  char body[2048];
+  subscription_body(body, sizeof(body), event_id, type, subject, price, start,
+                    end);
+  deliver_ok(body, event_id);
+  return wait_usage_field(subject, key, expected);
+}
+
 /* ---- webhooks: every mapped type, folded ----------------------------------
  */
 
