@@ -836,6 +836,24 @@ int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id) {
              : -1;
 }
 
+json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake) {
+  long status;
+  char *text = NULL;
+  if (th_stripe_fake_control(fake, "GET", "/_fake/requests", NULL, &status,
+                             &text) ||
+      status != 200) {
+    free(text);
+    return NULL;
+  }
+  json_t *log = json_loads(text, 0, NULL);
+  free(text);
+  json_t *requests = json_object_get(log, "requests");
+  json_t *last = json_array_get(requests, json_array_size(requests) - 1);
+  json_incref(last);
+  json_decref(log);
+  return last;
+}
+
 long long th_stripe_fake_sum(const th_stripe_fake_t *fake, const char *customer,
                              const char *event_name) {
   long status;

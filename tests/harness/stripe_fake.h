@@ -83,6 +83,10 @@ int th_stripe_fake_control(const th_stripe_fake_t *fake, const char *method,
 int th_stripe_fake_fault(const th_stripe_fake_t *fake, const char *json);
 /* POST /_fake/customers; 0 or -1. */
 int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id);
+/* The last API request the fake saw, as /_fake/requests lists it (a jansson
+ * object, the caller's to json_decref); NULL when there is none. */
+struct json_t;
+struct json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake);
 /* The ledger's sum of accepted values for (customer, event_name); -1 when
  * the fake does not answer. */
 long long th_stripe_fake_sum(const th_stripe_fake_t *fake, const char *customer,
