@@ -6,6 +6,7 @@
  */
 #include "tly_config.h"
 #include "tly_event.h"
+#include "tly_stripe_portal.h"
 #include "tly_stripe_webhook.h"
 
 #include <jansson.h>
@@ -380,6 +381,46 @@ static void test_amounts(void **state) {
   assert_int_equal(tly_stripe_amount_micros(INT64_MAX / 10000 + 1, "usd"), -1);
 }
 
+static void test_portal_answers(void **state) {
+  (void)state;
+  int status;
+  json_t *answer = tly_stripe_portal_result(
+      200, "{\"id\": \"bps_1\", \"url\": \"https://billing.test/p/1\"}", NULL,
+      &status);
+  assert_int_equal(status, 200);
+  assert_string_equal(json_string_value(json_object_get(answer, "url")),
+                      "https://billing.test/p/1");
+  assert_string_equal(json_string_value(json_object_get(answer, "id")),
+                      "bps_1");
+  json_decref(answer);
+
+  answer = tly_stripe_portal_result(
+      400,
+      "{\"error\": {\"type\": \"invalid_request_error\", \"message\": "
+      "\"No such customer: 'cus_x'\"}}",
+      NULL, &status);
+  assert_int_equal(status, 502);
+  json_t *error = json_object_get(answer, "error");
+  assert_string_equal(json_string_value(json_object_get(error, "code")),
+                      "stripe_error");
+  assert_non_null(strstr(json_string_value(json_object_get(error, "message")),
+                         "No such customer"));
+  assert_int_equal(json_integer_value(json_object_get(error, "stripe_status")),
+                   400);
+  json_decref(answer);
+
+  /* A 200 without a URL is no session; no answer at all is a 502 too. */
+  answer = tly_stripe_portal_result(200, "{}", NULL, &status);
+  assert_int_equal(status, 502);
+  json_decref(answer);
+  answer = tly_stripe_portal_result(0, NULL, "Timeout was reached", &status);
+  assert_int_equal(status, 502);
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(answer, "error"), "code")),
+                      "stripe_unavailable");
+  json_decref(answer);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_signature_matches_openssl),
@@ -388,6 +429,7 @@ int main(void) {
       cmocka_unit_test(test_canceled_invoices_and_customers),
       cmocka_unit_test(test_ignored_and_bad_payloads),
       cmocka_unit_test(test_amounts),
+      cmocka_unit_test(test_portal_answers),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
