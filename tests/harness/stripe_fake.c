@@ -816,24 +816,24 @@ int th_stripe_fake_control(const th_stripe_fake_t *fake, const char *method,
   return 0;
 }
 
-int th_stripe_fake_fault(const th_stripe_fake_t *fake, const char *json) {
+/* A control POST that must answer 200; 0 or -1. */
+static int control_post(const th_stripe_fake_t *fake, const char *path,
+                        const char *json) {
   long status;
-  return th_stripe_fake_control(fake, "POST", "/_fake/faults", json, &status,
-                                NULL) == 0 &&
+  return th_stripe_fake_control(fake, "POST", path, json, &status, NULL) == 0 &&
                  status == 200
              ? 0
              : -1;
 }
 
+int th_stripe_fake_fault(const th_stripe_fake_t *fake, const char *json) {
+  return control_post(fake, "/_fake/faults", json);
+}
+
 int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id) {
   char body[256];
-  long status;
   snprintf(body, sizeof(body), "{\"id\": \"%s\"}", id);
-  return th_stripe_fake_control(fake, "POST", "/_fake/customers", body, &status,
-                                NULL) == 0 &&
-                 status == 200
-             ? 0
-             : -1;
+  return control_post(fake, "/_fake/customers", body);
 }
 
 json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake) {
