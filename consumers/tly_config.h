@@ -31,6 +31,24 @@
  *     "max_body_bytes": 1048576,             // larger bodies: 413
  *     "max_url_bytes": 4096                  // longer request targets: 414
  *   },
+ *   "stripe": {                              // webhooks, portal, reporting
+ *     "api_base": "https://api.stripe.com",
+ *     "secret_key_env": "STRIPE_SECRET_KEY", // the variable's name, never
+ *                                            // the key; must be set
+ *     "api_version": "2024-06-20",           // sent as Stripe-Version
+ *     "webhook_secrets": ["whsec_..."],      // endpoint secrets (several
+ *     "webhook_secrets_env": "STRIPE_WHSEC", // while rotating); the env
+ *                                            // variable may hold a comma-
+ *                                            // separated list too
+ *     "webhook_tolerance_s": 300,            // signed timestamp vs clock
+ *     "prices": {"price_123": "pro"},        // Stripe price id -> plan
+ *     "meters": {"api_calls": "api_calls"},  // feature -> meter event_name
+ *     "report_window_s": 3600,               // reporting (to come): window,
+ *     "max_requests_per_s": 25,              //   request rate,
+ *     "retry_max_s": 300,                    //   longest retry backoff,
+ *     "timeout_ms": 10000,                   //   one request's time limit
+ *     "portal_return_url": "https://app.example.com/billing"
+ *   },
  *   "plans": {
  *     "pro": {
  *       "credits": 50000,                    // required; -1 = unlimited
@@ -127,6 +145,45 @@ typedef struct {
   int64_t alerts_days; /* the alert history of /alerts; default 90 */
 } tly_retention_config_t;
 
+/* The Stripe section ("stripe" in the file). Secrets are read from the
+ * environment (or the file, for webhook secrets) at load and never logged:
+ * only tly_config_free clears them. configured is 0 without the section. */
+#define TLY_STRIPE_DEFAULT_API_BASE "https://api.stripe.com"
+#define TLY_STRIPE_DEFAULT_API_VERSION "2024-06-20"
+#define TLY_STRIPE_ID_MAX 128         /* price ids, customer ids */
+#define TLY_STRIPE_EVENT_NAME_MAX 100 /* Stripe's limit for a meter's name */
+#define TLY_STRIPE_URL_MAX 1024
+typedef struct {
+  char price_id[TLY_STRIPE_ID_MAX];
+  char plan[TLY_CONFIG_NAME_MAX];
+} tly_stripe_price_t;
+
+typedef struct {
+  char feature[TLY_CONFIG_NAME_MAX];
+  char event_name[TLY_STRIPE_EVENT_NAME_MAX + 1];
+} tly_stripe_meter_t;
+
+typedef struct {
+  int configured;
+  char api_base[TLY_STRIPE_URL_MAX]; /* no trailing slash */
+  char secret_key_env[128];          /* "" when not given */
+  char *secret_key; /* its value at load; NULL when secret_key_env is "" */
+  char api_version[32];
+  size_t webhook_secret_count;
+  char **webhook_secrets; /* the file's, then the env variable's */
+  char webhook_secrets_env[128];
+  int64_t webhook_tolerance_s; /* default 300 */
+  size_t price_count;
+  tly_stripe_price_t *prices;
+  size_t meter_count;
+  tly_stripe_meter_t *meters;
+  int64_t report_window_s;    /* default 3600 */
+  int64_t max_requests_per_s; /* default 25 */
+  int64_t retry_max_s;        /* default 300 */
+  int64_t timeout_ms;         /* default 10000 */
+  char portal_return_url[TLY_STRIPE_URL_MAX]; /* "" = Stripe's default */
+} tly_stripe_config_t;
+
 typedef struct {
   int64_t micros_per_credit; /* default 1000 */
   int64_t margin_bps;        /* basis points on model prices; default 2000 */
@@ -142,6 +199,7 @@ typedef struct {
   tly_plan_t *plans;
   tly_http_config_t http;
   tly_retention_config_t retention;
+  tly_stripe_config_t stripe;
 } tly_config_t;
 
 /* The built-in configuration. NULL only on OOM. Free with tly_config_free. */
@@ -168,6 +226,9 @@ const tly_feature_price_t *tly_plan_price(const tly_plan_t *plan,
                                           const char *feature);
 const tly_model_price_t *tly_config_model(const tly_config_t *config,
                                           const char *model);
+/* The plan of a Stripe price id (stripe.prices), or NULL. */
+const char *tly_config_stripe_plan(const tly_config_t *config,
+                                   const char *price_id);
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
  * days_from_civil): exact for every year, no tables, no floating point.

@@ -24,6 +24,8 @@
 #include "tly_request.h"
 #include "tly_state.h"
 #include "tly_state_cache.h"
+#include "tly_stripe_portal.h"
+#include "tly_stripe_webhook.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -53,7 +55,7 @@ typedef enum {
   AUTH_REQUIRED = 0, /* bearer token */
   AUTH_PUBLIC,       /* health and readiness */
   AUTH_METRICS,      /* public when http.metrics_public */
-  AUTH_SIGNED        /* its own signature (the Stripe webhook, to come) */
+  AUTH_SIGNED        /* its own signature (the Stripe webhook) */
 } route_auth_t;
 
 typedef struct request request_t;
@@ -84,6 +86,7 @@ struct tly_http {
   tly_alert_codec_t *alert_codec;
   pthread_mutex_t alert_lock;
   tally_producer_t *producer;
+  tly_stripe_portal_t *portal; /* NULL: Stripe not configured */
   pthread_t poller;
   int poller_started;
   atomic_int stopping;
@@ -99,6 +102,9 @@ struct response {
 };
 
 typedef struct ingest ingest_t;
+/* What an ingest answers once Kafka reported: per-event results (POST
+ * /v1/events), the plan assignment, or the Stripe webhook's 200. */
+enum { INGEST_EVENTS = 0, INGEST_PLAN, INGEST_STRIPE };
 
 enum { PHASE_HEADERS = 0, PHASE_BODY, PHASE_WAIT };
 
@@ -112,6 +118,7 @@ struct request {
   int body_too_large;
   int answered;     /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
+  tly_stripe_portal_call_t *portal; /* while waiting for Stripe */
 };
 
 /* ---- responses ------------------------------------------------------- */
@@ -521,7 +528,7 @@ struct ingest {
   struct MHD_Connection *connection;
   tly_req_events_t events;
   ingest_slot_t *slots;
-  int is_plan; /* POST /v1/subjects/{subject}/plan: one event */
+  int kind; /* INGEST_*: which answer */
 };
 
 static void ingest_free(ingest_t *ingest) {
@@ -629,7 +636,19 @@ static void ingest_answer(ingest_t *ingest, response_t *out) {
   }
   json_t *body;
   int status;
-  if (ingest->is_plan && accepted) {
+  if (ingest->kind == INGEST_STRIPE) {
+    /* One event; Stripe retries anything but a 2xx, so 503 on failure. */
+    if (accepted)
+      respond_json(
+          out, 200,
+          tly_stripe_webhook_answer(&ingest->events.items[0].event, NULL));
+    else
+      respond_error(out, 503, "kafka_unavailable", ingest->slots[0].error);
+    json_decref(results);
+    json_decref(first_error);
+    return;
+  }
+  if (ingest->kind == INGEST_PLAN && accepted) {
     tly_event_t *event = &ingest->events.items[0].event;
     char key[TLY_REQ_SUBJECT_MAX + 16];
     tly_subject_key(event->subject_kind, event->subject_id, key, sizeof(key));
@@ -661,8 +680,7 @@ static void ingest_answer(ingest_t *ingest, response_t *out) {
 /* Takes ownership of events; answers now or suspends (out->suspended). */
 static void ingest_start(tly_http_t *http, request_t *req,
                          struct MHD_Connection *connection,
-                         tly_req_events_t *events, int is_plan,
-                         response_t *out) {
+                         tly_req_events_t *events, int kind, response_t *out) {
   ingest_t *ingest = calloc(1, sizeof(*ingest));
   if (ingest)
     ingest->slots = calloc(events->count, sizeof(*ingest->slots));
@@ -674,7 +692,7 @@ static void ingest_start(tly_http_t *http, request_t *req,
   }
   pthread_mutex_init(&ingest->lock, NULL);
   ingest->events = *events;
-  ingest->is_plan = is_plan;
+  ingest->kind = kind;
   memset(events, 0, sizeof(*events));
   if (ingest_send(http, ingest, connection)) {
     req->ingest = ingest;
@@ -705,7 +723,7 @@ static void handle_events(tly_http_t *http, request_t *req,
     respond_req_error(out, &err);
     return;
   }
-  ingest_start(http, req, connection, &events, 0, out);
+  ingest_start(http, req, connection, &events, INGEST_EVENTS, out);
 }
 
 static void handle_plan(tly_http_t *http, request_t *req,
@@ -744,7 +762,87 @@ static void handle_plan(tly_http_t *http, request_t *req,
     return;
   }
   events.items[0].ok = 1;
-  ingest_start(http, req, connection, &events, 1, out);
+  ingest_start(http, req, connection, &events, INGEST_PLAN, out);
+}
+
+/* ---- Stripe: webhook intake and billing portal ----------------------- */
+
+/* The signature, the mapping and the answers are tly_stripe_webhook.c's;
+ * the event takes the ingest path (200 only once Kafka acknowledged). */
+static void handle_stripe_webhook(tly_http_t *http, request_t *req,
+                                  struct MHD_Connection *connection,
+                                  response_t *out) {
+  tly_req_events_t events = {0};
+  tly_stripe_webhook_info_t info;
+  tly_req_error_t err;
+  tly_event_t event;
+  tly_stripe_webhook_result_t result = tly_stripe_webhook_parse(
+      http->conf.config,
+      MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                  "Stripe-Signature"),
+      req->body ? req->body : "", req->body_len, tly_wall_ms(), &event, &info,
+      &err);
+  if (result == TLY_STRIPE_WEBHOOK_ERROR) {
+    respond_req_error(out, &err);
+    return;
+  }
+  if (result == TLY_STRIPE_WEBHOOK_IGNORED) {
+    respond_json(out, 200, tly_stripe_webhook_answer(NULL, &info));
+    return;
+  }
+  events.items = calloc(1, sizeof(*events.items));
+  if (!events.items || !ingest_available(http, out)) {
+    if (!events.items)
+      respond_error(out, 500, "internal", "out of memory");
+    free(events.items);
+    tly_event_clear(&event);
+    return;
+  }
+  events.count = 1;
+  events.items[0].ok = 1;
+  events.items[0].event = event;
+  ingest_start(http, req, connection, &events, INGEST_STRIPE, out);
+}
+
+static void portal_done(void *connection) { MHD_resume_connection(connection); }
+
+/* The Stripe call runs on its own thread (tly_stripe_portal.c) while the
+ * connection is suspended, like ingest. */
+static void handle_billing_portal(tly_http_t *http, request_t *req,
+                                  struct MHD_Connection *connection,
+                                  response_t *out) {
+  tly_req_subject_t subject;
+  tly_req_error_t err;
+  tly_subject_state_t state = {0};
+  if (!http->portal) {
+    respond_error(out, 503, "stripe_not_configured",
+                  "Stripe is not configured (stripe.secret_key_env)");
+    return;
+  }
+  if (tly_req_parse_subject(req->subject, &subject, &err)) {
+    respond_req_error(out, &err);
+    return;
+  }
+  int found = find_subject(http, &subject, &state, out);
+  if (found == 0 || (found > 0 && !state.account.stripe_customer_id[0])) {
+    char message[TLY_REQ_SUBJECT_MAX + 64];
+    snprintf(message, sizeof(message),
+             "subject %s is not linked to a Stripe customer", subject.key);
+    respond_error(out, 404, "not_linked", message);
+  } else if (found > 0) {
+    MHD_suspend_connection(connection);
+    if (tly_stripe_portal_request(http->portal,
+                                  state.account.stripe_customer_id, portal_done,
+                                  connection, &req->portal)) {
+      MHD_resume_connection(connection);
+      respond_error(out, 503, "stripe_unavailable",
+                    "no Stripe call can be started now; retry");
+    } else {
+      req->phase = PHASE_WAIT;
+      out->suspended = 1;
+    }
+  }
+  tly_state_subject_clear(&state);
 }
 
 /* ---- handlers: the usage history ------------------------------------- */
@@ -1059,8 +1157,10 @@ static const route_t routes[] = {
      handle_alerts, AUTH_REQUIRED, 0},
     {"POST", "/v1/subjects/{subject}/plan", "/v1/subjects/", "/plan",
      handle_plan, AUTH_REQUIRED, 1},
-    /* When the Stripe webhook comes: AUTH_SIGNED, verified by its own
-     * signature header, never by a bearer token. */
+    {"POST", "/v1/stripe/webhook", "/v1/stripe/webhook", NULL,
+     handle_stripe_webhook, AUTH_SIGNED, 1},
+    {"POST", "/v1/subjects/{subject}/billing-portal", "/v1/subjects/",
+     "/billing-portal", handle_billing_portal, AUTH_REQUIRED, 1},
 };
 static const size_t route_count = sizeof(routes) / sizeof(routes[0]);
 
@@ -1276,10 +1376,18 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
     }
     routes[req->route].handler(http, req, connection, &out);
     break;
-  case PHASE_WAIT: /* resumed: every delivery report is in */
+  case PHASE_WAIT: /* resumed: every delivery report (or Stripe) is in */
     if (*upload_data_size) {
       *upload_data_size = 0;
       return MHD_YES;
+    }
+    if (req->portal) {
+      int status;
+      json_t *answer = tly_stripe_portal_answer(req->portal, &status);
+      respond_json(&out, status, answer);
+      tly_stripe_portal_call_free(req->portal);
+      req->portal = NULL;
+      break;
     }
     ingest_answer(req->ingest, &out);
     ingest_free(req->ingest);
@@ -1312,6 +1420,7 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
   if (!req)
     return;
   ingest_free(req->ingest); /* only when the client went away meanwhile */
+  tly_stripe_portal_call_free(req->portal);
   free(req->body);
   free(req);
   *state = NULL;
@@ -1353,8 +1462,10 @@ static void http_free(tly_http_t *http) {
   atomic_store(&http->stopping, 1);
   if (http->producer)
     tally_producer_flush(http->producer, INGEST_TIMEOUT_MS + 5000);
+  tly_stripe_portal_close(http->portal); /* its calls resume connections */
   if (http->daemon)
     MHD_stop_daemon(http->daemon);
+  tly_stripe_portal_destroy(http->portal);
   if (http->poller_started)
     pthread_join(http->poller, NULL);
   tally_producer_destroy(http->producer);
@@ -1395,6 +1506,10 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
     goto fail;
   }
   if (start_producer(http, errstr, errstr_size))
+    goto fail;
+  if (conf->config->stripe.secret_key &&
+      !(http->portal =
+            tly_stripe_portal_new(&conf->config->stripe, errstr, errstr_size)))
     goto fail;
   http->daemon = MHD_start_daemon(
       MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |

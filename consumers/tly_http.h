@@ -8,9 +8,11 @@
  *   GET  /healthz, /readyz, /metrics
  *   GET  /v1/plans;  POST /v1/estimate, /v1/prorate, /v1/events
  *   GET  /v1/subjects/{subject}/usage, /v1/subjects/{subject}/quota
- *   POST /v1/subjects/{subject}/plan
- * Bearer-token auth (tly_auth.h) on everything but /healthz, /readyz and
- * /metrics (when the config's http.metrics_public, the default).
+ *   POST /v1/subjects/{subject}/plan, /v1/subjects/{subject}/billing-portal
+ *   POST /v1/stripe/webhook
+ * Bearer-token auth (tly_auth.h) on everything but /healthz, /readyz,
+ * /metrics (when the config's http.metrics_public, the default) and the
+ * Stripe webhook (its Stripe-Signature authenticates it).
  */
 #ifndef TLY_HTTP_H
 #define TLY_HTTP_H

@@ -34,6 +34,12 @@ static const bad_config_t bad_configs[] = {
     {"{\"plans\": {\"pro\": {\"credits\": 1, \"limts\": {}}}}", "plans.pro.limts"},
     {"{\"default_plans\": {\"user\": \"gold\"}}", "default_plans.user"},
     {"{\"credits\": {\"micros_per_credit\": 0}}", "credits.micros_per_credit"},
+    {"{\"stripe\": {\"prices\": {\"price_1\": \"gold\"}}}",
+     "stripe.prices.price_1: no plan named 'gold'"},
+    {"{\"stripe\": {\"secret_key_env\": \"TALLY_TEST_UNSET_VARIABLE\"}}",
+     "stripe.secret_key_env: environment variable TALLY_TEST_UNSET_VARIABLE"},
+    {"{\"stripe\": {\"webhook_secrets\": [\"sk_live_oops\"]}}",
+     "stripe.webhook_secrets[0]"},
     {"{\"plans\": ", "line 1"},
 };
 

@@ -405,6 +405,48 @@ static const bad_case_t bad_cases[] = {
      "plans.pro.prices.api_calls.tiers[0].flat: unknown key"},
     {PRO_TIERS("[5]"),
      "plans.pro.prices.api_calls.tiers[0]: must be an object"},
+    {"{\"stripe\": 5}", "stripe: must be an object"},
+    {"{\"stripe\": {\"secret_key\": \"sk_test_123\"}}",
+     "stripe.secret_key: the API key never goes in the file"},
+    {"{\"stripe\": {\"secret_key_env\": \"sk_live_abc\"}}",
+     "stripe.secret_key_env: must name an environment variable"},
+    {"{\"stripe\": {\"secret_key_env\": \"NO SUCH\"}}",
+     "stripe.secret_key_env: must be the name of an environment variable"},
+    {"{\"stripe\": {\"secret_key_env\": \"TALLY_TEST_UNSET_VARIABLE\"}}",
+     "stripe.secret_key_env: environment variable TALLY_TEST_UNSET_VARIABLE "
+     "is not set"},
+    {"{\"stripe\": {\"webhook_secrets\": [\"sk_test_1\"]}}",
+     "stripe.webhook_secrets[0]: a webhook endpoint secret starts with"},
+    {"{\"stripe\": {\"webhook_secrets\": [\"whsec_a\", 3]}}",
+     "stripe.webhook_secrets[1]: must be a string"},
+    {"{\"stripe\": {\"webhook_secrets\": []}}",
+     "stripe.webhook_secrets: must be an array"},
+    {"{\"stripe\": {\"webhook_secrets_env\": \"TALLY_TEST_UNSET_VARIABLE\"}}",
+     "stripe.webhook_secrets_env: environment variable"},
+    {"{\"stripe\": {\"webhook_tolerance_s\": 0}}",
+     "stripe.webhook_tolerance_s: must be an integer from 1 to 86400"},
+    {"{\"stripe\": {\"prices\": {\"price_1\": \"gold\"}}}",
+     "stripe.prices.price_1: no plan named 'gold'"},
+    {"{\"stripe\": {\"prices\": {\"price 1\": \"free\"}}}",
+     "stripe.prices.price 1: must be printable ASCII without spaces"},
+    {"{\"stripe\": {\"prices\": {\"price_1\": 7}}}",
+     "stripe.prices.price_1: must be a plan name"},
+    {"{\"stripe\": {\"meters\": {\"api_calls\": \"\"}}}",
+     "stripe.meters.api_calls: must be 1 to 100 characters"},
+    {"{\"stripe\": {\"meters\": {\"api/calls\": \"x\"}}}",
+     "stripe.meters.api/calls: not a valid name"},
+    {"{\"stripe\": {\"api_base\": \"ftp://x\"}}",
+     "stripe.api_base: must be an http:// or https:// URL"},
+    {"{\"stripe\": {\"api_version\": \"\"}}", "stripe.api_version: must be"},
+    {"{\"stripe\": {\"report_window_s\": 10}}", "stripe.report_window_s: "},
+    {"{\"stripe\": {\"max_requests_per_s\": 0}}",
+     "stripe.max_requests_per_s: "},
+    {"{\"stripe\": {\"retry_max_s\": 1.5}}", "stripe.retry_max_s: "},
+    {"{\"stripe\": {\"timeout_ms\": 5}}", "stripe.timeout_ms: "},
+    {"{\"stripe\": {\"portal_return_url\": \"example.com\"}}",
+     "stripe.portal_return_url: must be an http:// or https:// URL"},
+    {"{\"stripe\": {\"webhook_secret\": \"whsec_1\"}}",
+     "stripe.webhook_secret: unknown key"},
     /* The first error in document order wins. */
     {"{\"thresholds\": [5, 1], \"credits\": {\"micros_per_credit\": 0}}",
      "thresholds[1]: must be ascending"},
@@ -476,8 +518,90 @@ static void test_file_round_trip(void **state) {
   tly_config_free(config);
 }
 
+/* The "stripe" section: defaults without it, every key read with it, secrets
+ * from the environment (several webhook secrets in one variable), prices
+ * checked against plans defined after the section. */
+static void test_stripe_section(void **state) {
+  (void)state;
+  char errstr[512] = "";
+  tly_config_t *config = tly_config_default();
+  assert_non_null(config);
+  assert_int_equal(config->stripe.configured, 0);
+  assert_string_equal(config->stripe.api_base, "https://api.stripe.com");
+  assert_string_equal(config->stripe.api_version, "2024-06-20");
+  assert_int_equal(config->stripe.webhook_tolerance_s, 300);
+  assert_int_equal(config->stripe.report_window_s, 3600);
+  assert_int_equal(config->stripe.max_requests_per_s, 25);
+  assert_int_equal(config->stripe.retry_max_s, 300);
+  assert_int_equal(config->stripe.timeout_ms, 10000);
+  assert_null(config->stripe.secret_key);
+  assert_int_equal(config->stripe.webhook_secret_count, 0);
+  tly_config_free(config);
+
+  setenv("TALLY_TEST_STRIPE_KEY", "sk_test_abc", 1);
+  setenv("TALLY_TEST_WHSEC", " whsec_two, whsec_three\n", 1);
+  static const char text[] =
+      "{\"stripe\": {\"api_base\": \"http://127.0.0.1:9/\", "
+      "\"secret_key_env\": \"TALLY_TEST_STRIPE_KEY\", "
+      "\"api_version\": \"2025-03-31.basil\", "
+      "\"webhook_secrets\": [\"whsec_one\"], "
+      "\"webhook_secrets_env\": \"TALLY_TEST_WHSEC\", "
+      "\"webhook_tolerance_s\": 60, "
+      "\"prices\": {\"price_pro\": \"pro\", \"price_free\": \"free\"}, "
+      "\"meters\": {\"api_calls\": \"api_requests\"}, "
+      "\"report_window_s\": 600, \"max_requests_per_s\": 5, "
+      "\"retry_max_s\": 30, \"timeout_ms\": 2000, "
+      "\"portal_return_url\": \"https://app.example.com/billing\"}, "
+      "\"plans\": {\"pro\": {\"credits\": 10}}}";
+  config = tly_config_load_text(text, strlen(text), errstr, sizeof(errstr));
+  if (!config)
+    fail_msg("%s", errstr);
+  const tly_stripe_config_t *stripe = &config->stripe;
+  assert_int_equal(stripe->configured, 1);
+  assert_string_equal(stripe->api_base, "http://127.0.0.1:9");
+  assert_string_equal(stripe->secret_key_env, "TALLY_TEST_STRIPE_KEY");
+  assert_string_equal(stripe->secret_key, "sk_test_abc");
+  assert_string_equal(stripe->api_version, "2025-03-31.basil");
+  assert_int_equal(stripe->webhook_secret_count, 3);
+  assert_string_equal(stripe->webhook_secrets[0], "whsec_one");
+  assert_string_equal(stripe->webhook_secrets[1], "whsec_two");
+  assert_string_equal(stripe->webhook_secrets[2], "whsec_three");
+  assert_int_equal(stripe->webhook_tolerance_s, 60);
+  assert_string_equal(tly_config_stripe_plan(config, "price_pro"), "pro");
+  assert_string_equal(tly_config_stripe_plan(config, "price_free"), "free");
+  assert_null(tly_config_stripe_plan(config, "price_gold"));
+  assert_int_equal(stripe->meter_count, 1);
+  assert_string_equal(stripe->meters[0].feature, "api_calls");
+  assert_string_equal(stripe->meters[0].event_name, "api_requests");
+  assert_int_equal(stripe->report_window_s, 600);
+  assert_int_equal(stripe->max_requests_per_s, 5);
+  assert_int_equal(stripe->retry_max_s, 30);
+  assert_int_equal(stripe->timeout_ms, 2000);
+  assert_string_equal(stripe->portal_return_url,
+                      "https://app.example.com/billing");
+  tly_config_free(config);
+
+  /* A message about the key names the variable, never its value. */
+  setenv("TALLY_TEST_WHSEC", "sk_live_secret", 1);
+  static const char bad[] =
+      "{\"stripe\": {\"webhook_secrets_env\": \"TALLY_TEST_WHSEC\"}}";
+  assert_null(tly_config_load_text(bad, strlen(bad), errstr, sizeof(errstr)));
+  assert_non_null(strstr(errstr, "stripe.webhook_secrets_env"));
+  assert_null(strstr(errstr, "sk_live_secret"));
+  setenv("TALLY_TEST_STRIPE_KEY", "", 1);
+  static const char empty[] =
+      "{\"stripe\": {\"secret_key_env\": \"TALLY_TEST_STRIPE_KEY\"}}";
+  assert_null(
+      tly_config_load_text(empty, strlen(empty), errstr, sizeof(errstr)));
+  assert_string_equal(errstr, "stripe.secret_key_env: environment variable "
+                              "TALLY_TEST_STRIPE_KEY is not set");
+  unsetenv("TALLY_TEST_STRIPE_KEY");
+  unsetenv("TALLY_TEST_WHSEC");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_stripe_section),
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_full_config),
       cmocka_unit_test(test_empty_object_is_defaults),

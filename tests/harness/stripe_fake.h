@@ -1,0 +1,95 @@
+/*
+ * stripe_fake.h - a Stripe-shaped HTTP server for the tests (libmicrohttpd,
+ * 127.0.0.1 only), and the harness helpers that run it as its own process
+ * (tests/stripe_fake), so that a test can SIGKILL tally while the fake keeps
+ * its ledger.
+ *
+ * What it does as Stripe documents it:
+ *   - bearer auth with the one secret key it was started with: 401
+ *     {"error": {"type": "invalid_request_error", ...}} otherwise;
+ *   - application/x-www-form-urlencoded bodies with bracket keys
+ *     ("payload[stripe_customer_id]"); a missing required parameter is 400
+ *     code "parameter_missing" naming it in "param";
+ *   - POST /v1/billing/meter_events: event_name, payload[stripe_customer_id]
+ *     and payload[value] (an integer string) required; identifier (default:
+ *     generated) unique for the server's life: a repeat is 400
+ *     invalid_request_error "An event already exists with identifier X."
+ *     with Stripe-Should-Retry: false (what Stripe answers); timestamp
+ *     (default now) at most 35 days old and 5 minutes ahead;
+ *   - POST /v1/billing_portal/sessions: customer required, return_url
+ *     optional; answers {"id": "bps_...", "url": ...};
+ *   - Idempotency-Key: the first answer of an executed request is kept;
+ *     the same key with the same parameters replays it with
+ *     Idempotent-Replayed: true, with other parameters it is 400
+ *     idempotency_error. Requests refused by parameter validation are not
+ *     kept (Stripe keeps results only once the endpoint ran).
+ * Where it is stricter than Stripe, on purpose: an unknown customer is a
+ * synchronous 400 resource_missing (Stripe reports it for meter events
+ * later, asynchronously), so a client's 4xx path can be tested.
+ *
+ * Control routes (no auth), for tests:
+ *   POST /_fake/customers {"id": "cus_1"}          register a customer
+ *   POST /_fake/faults {"count": N, ...}           the next N API requests:
+ *        "status": 429|500|..., "retry_after_s": S, "should_retry": true|false
+ *            answer that status without running the endpoint;
+ *        "hang_ms": M  wait M ms, then drop the connection unanswered;
+ *        "drop_after_apply": true  run the endpoint (ledger and idempotency
+ *            record updated), then drop the connection unanswered;
+ *        "path": "/v1/..." only requests to that path count.
+ *   GET /_fake/ledger    {"meter_events": [{"customer", "event_name",
+ *                         "value", "count"}] (sum per customer and
+ *                         event_name), "identifiers": N, "portal_sessions": N,
+ *                         "requests": N}
+ *   GET /_fake/requests  the last API requests: method, path, params,
+ *                        stripe_version, idempotency_key, authorized, status
+ */
+#ifndef STRIPE_FAKE_H
+#define STRIPE_FAKE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* ---- the server (in this process) ---------------------------------------- */
+
+typedef struct sf_server sf_server_t;
+
+/* Listens on 127.0.0.1:port (0: any free port). NULL with errstr. */
+sf_server_t *sf_start(const char *secret_key, uint16_t port, char *errstr,
+                      size_t errstr_size);
+uint16_t sf_port(const sf_server_t *server);
+void sf_stop(sf_server_t *server);
+
+/* ---- the separate process (tests/stripe_fake), for integration tests ----- */
+
+typedef struct {
+  pid_t pid;
+  int port;
+  char dir[512];
+  char secret_key[64];
+} th_stripe_fake_t;
+
+/* Spawns $STRIPE_FAKE_BIN with a fresh secret key ("sk_test_fake_...");
+ * 0 or -1. */
+int th_stripe_fake_start(th_stripe_fake_t *fake);
+void th_stripe_fake_stop(th_stripe_fake_t *fake);
+
+/* A control request (method, "/_fake/..." path, JSON body or NULL): the
+ * status, and the answer (malloc'd) when response is not NULL. 0 or -1. */
+int th_stripe_fake_control(const th_stripe_fake_t *fake, const char *method,
+                           const char *path, const char *json_body,
+                           long *status, char **response);
+/* POST /_fake/faults with json (see above); 0 or -1. */
+int th_stripe_fake_fault(const th_stripe_fake_t *fake, const char *json);
+/* POST /_fake/customers; 0 or -1. */
+int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id);
+/* The last API request the fake saw, as /_fake/requests lists it (a jansson
+ * object, the caller's to json_decref); NULL when there is none. */
+struct json_t;
+struct json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake);
+/* The ledger's sum of accepted values for (customer, event_name); -1 when
+ * the fake does not answer. */
+long long th_stripe_fake_sum(const th_stripe_fake_t *fake, const char *customer,
+                             const char *event_name);
+
+#endif
