@@ -1093,6 +1093,11 @@ static int apply_retention(tly_config_t *config, json_t *section,
       return fail(err, path, "unknown key");
     /* At least a day; at most ten years, so day arithmetic stays small. */
     if (parse_int(err, path, value, 1, 3660, days) != 0)
+      return -1;
+  }
+  return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* The Stripe section. Keys, not secrets, live in the file: the API key is  */
 /* named by an environment variable and read from it here, once.            */
