@@ -879,6 +879,24 @@ static int history_subject(tly_http_t *http, request_t *req,
   return found > 0;
 }
 
+/* Visits one kind of the subject's history (see tly_state_history); on a
+ * store error, or when the visitor set *failed, answers 500 (what names
+ * what the visitor could not take) and returns -1. */
+static int scan_history(tly_http_t *http, const tly_subject_state_t *state,
+                        const tly_req_subject_t *subject, char tag,
+                        int64_t horizon_ms, tly_state_history_cb cb,
+                        void *opaque, const int *failed, const char *what,
+                        response_t *out) {
+  char errstr[512];
+  if (tly_state_history(http->conf.store, state->partition, subject->kind,
+                        subject->id, tag, horizon_ms, cb, opaque, errstr,
+                        sizeof(errstr)) == 0 &&
+      !*failed)
+    return 0;
+  respond_error(out, 500, "store_error", *failed ? what : errstr);
+  return -1;
+}
+
 typedef struct {
   int32_t from_day, to_day;
   tly_subject_bucket_t *buckets;
@@ -925,7 +943,6 @@ static void handle_daily(tly_http_t *http, request_t *req,
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   tly_req_error_t err;
-  char errstr[512];
   daily_scan_t scan = {0};
   if (tly_req_parse_daily(
           MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND,
@@ -944,17 +961,12 @@ static void handle_daily(tly_http_t *http, request_t *req,
     scan.count = 0;
     if (!history_subject(http, req, &subject, &state, out))
       goto done;
-    int64_t horizon = history_horizon(http, state.partition);
-    if (add_buckets(&scan, state.buckets, state.bucket_count) ||
-        tly_state_history(http->conf.store, state.partition, subject.kind,
-                          subject.id, TLY_HISTORY_HOUR, horizon, visit_hour,
-                          &scan, errstr, sizeof(errstr)) ||
-        scan.failed) {
-      respond_error(out, 500, "store_error",
-                    scan.failed ? "out of memory or corrupt usage buckets"
-                                : errstr);
+    scan.failed = add_buckets(&scan, state.buckets, state.bucket_count);
+    if (scan_history(http, &state, &subject, TLY_HISTORY_HOUR,
+                     history_horizon(http, state.partition), visit_hour, &scan,
+                     &scan.failed, "out of memory or corrupt usage buckets",
+                     out))
       goto done;
-    }
     if (commit_count(http->conf.processor) == before)
       break;
   }
@@ -1027,7 +1039,6 @@ static void handle_cycles(tly_http_t *http, request_t *req,
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   cycles_scan_t scan = {0};
-  char errstr[512];
   (void)connection;
   if (!history_subject(http, req, &subject, &state, out))
     goto done;
@@ -1040,16 +1051,14 @@ static void handle_cycles(tly_http_t *http, request_t *req,
     }
     scan.failed = !entry;
   }
-  if (scan.failed ||
-      tly_state_history(http->conf.store, state.partition, subject.kind,
-                        subject.id, TLY_HISTORY_CYCLE, INT64_MIN, visit_cycle,
-                        &scan, errstr, sizeof(errstr)) ||
-      scan.failed) {
-    respond_error(out, 500, "store_error",
-                  scan.failed ? "out of memory or a corrupt archived cycle"
-                              : errstr);
+  if (scan.failed) {
+    respond_error(out, 500, "internal", "out of memory");
     goto done;
   }
+  if (scan_history(http, &state, &subject, TLY_HISTORY_CYCLE, INT64_MIN,
+                   visit_cycle, &scan, &scan.failed,
+                   "out of memory or a corrupt archived cycle", out))
+    goto done;
   respond_json(out, 200,
                tly_req_cycles_json(http->conf.config, &subject, scan.cycles,
                                    scan.count));
@@ -1097,7 +1106,6 @@ static void handle_alerts(tly_http_t *http, request_t *req,
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   tly_req_error_t err;
-  char errstr[512];
   int64_t limit;
   alerts_scan_t scan = {http, json_array(), 0};
   if (tly_req_parse_limit(MHD_lookup_connection_value(
@@ -1108,16 +1116,11 @@ static void handle_alerts(tly_http_t *http, request_t *req,
   }
   if (!scan.list || !history_subject(http, req, &subject, &state, out))
     goto done;
-  if (tly_state_history(http->conf.store, state.partition, subject.kind,
-                        subject.id, TLY_HISTORY_ALERT,
-                        history_horizon(http, state.partition), visit_alert,
-                        &scan, errstr, sizeof(errstr)) ||
-      scan.failed) {
-    respond_error(out, 500, "store_error",
-                  scan.failed ? "out of memory or a corrupt stored alert"
-                              : errstr);
+  if (scan_history(http, &state, &subject, TLY_HISTORY_ALERT,
+                   history_horizon(http, state.partition), visit_alert, &scan,
+                   &scan.failed, "out of memory or a corrupt stored alert",
+                   out))
     goto done;
-  }
   /* Keys run oldest first: answer newest first, up to limit. */
   json_t *alerts = json_array();
   size_t total = json_array_size(scan.list);

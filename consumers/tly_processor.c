@@ -1183,7 +1183,7 @@ static tly_bucket_t *view_bucket(tly_billing_view_t *view,
   if (!entry)
     return NULL;
   /* An hour older than the newest may have a key: load it whole first, so
-   * the hour is rewritten complete. A hour in memory is always whole. */
+   * the hour is rewritten complete. An hour in memory is always whole. */
   if (!tly_overlay_has_hour(entry, hour) && hour < newest_used_hour(entry) &&
       load_hour(p, entry, hour))
     return NULL;
