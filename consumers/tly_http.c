@@ -318,6 +318,22 @@ static void metrics_http(tly_http_t *http, text_t *text) {
               (unsigned long long)cache.hits, (unsigned long long)cache.misses);
 }
 
+/* A Prometheus histogram: cumulative buckets with bounds in ms, +Inf (the
+ * count), the sum in seconds and the count. */
+static void metrics_histogram(text_t *text, const char *name, const char *help,
+                              const int64_t *bounds_ms, const uint64_t *buckets,
+                              int bucket_count, uint64_t count,
+                              double sum_seconds) {
+  text_append(text, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+  for (int i = 0; i < bucket_count; i++)
+    text_append(text, "%s_bucket{le=\"%g\"} %llu\n", name,
+                (double)bounds_ms[i] / 1000.0, (unsigned long long)buckets[i]);
+  text_append(text,
+              "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
+              name, (unsigned long long)count, name, sum_seconds, name,
+              (unsigned long long)count);
+}
+
 static void handle_metrics(tly_http_t *http, request_t *req,
                            struct MHD_Connection *connection, response_t *out) {
   tly_processor_stats_t stats;
@@ -351,22 +367,22 @@ static void handle_metrics(tly_http_t *http, request_t *req,
               "tally_batches_committed_total %llu\n",
               (unsigned long long)stats.batches_committed);
   {
-    static const int64_t bounds_ms[TLY_COMMIT_BUCKETS] =
+    static const int64_t commit_bounds[TLY_COMMIT_BUCKETS] =
         TLY_COMMIT_BUCKET_BOUNDS_MS;
-    text_append(&text, "# HELP tally_commit_seconds Synced RocksDB commit "
-                       "latency (state, outbox and offsets of one batch).\n"
-                       "# TYPE tally_commit_seconds histogram\n");
-    for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
-      text_append(&text, "tally_commit_seconds_bucket{le=\"%g\"} %llu\n",
-                  (double)bounds_ms[i] / 1000.0,
-                  (unsigned long long)stats.commit_buckets[i]);
-    text_append(&text,
-                "tally_commit_seconds_bucket{le=\"+Inf\"} %llu\n"
-                "tally_commit_seconds_sum %.6f\ntally_commit_seconds_count "
-                "%llu\n",
-                (unsigned long long)stats.commit_count,
-                (double)stats.commit_micros_total / 1e6,
-                (unsigned long long)stats.commit_count);
+    static const int64_t visible_bounds[TLY_VISIBLE_BUCKETS] =
+        TLY_VISIBLE_BUCKET_BOUNDS_MS;
+    metrics_histogram(&text, "tally_commit_seconds",
+                      "Synced RocksDB commit latency (state, outbox and "
+                      "offsets of one batch).",
+                      commit_bounds, stats.commit_buckets, TLY_COMMIT_BUCKETS,
+                      stats.commit_count,
+                      (double)stats.commit_micros_total / 1e6);
+    metrics_histogram(&text, "tally_event_visible_seconds",
+                      "From a record's Kafka timestamp (produced) to the "
+                      "durable commit that makes it visible over HTTP.",
+                      visible_bounds, stats.visible_buckets,
+                      TLY_VISIBLE_BUCKETS, stats.visible_count,
+                      (double)stats.visible_ms_total / 1e3);
   }
   text_append(&text,
               "# HELP tally_outbox_entries Outputs committed but not yet "

@@ -95,6 +95,8 @@ typedef struct {
   size_t output_count, output_cap;
   uint64_t first_seq;
   size_t events;
+  int64_t *produced_ms; /* the batch's records' Kafka timestamps */
+  size_t produced_count, produced_cap;
 } commit_inflight_t;
 
 /* Where the output topics were last seen acknowledged: recovery reads them
@@ -178,6 +180,11 @@ struct tly_processor {
   atomic_uint_least64_t outbox_size; /* mirror of outbox_count for metrics */
   atomic_uint_least64_t commit_buckets[TLY_COMMIT_BUCKETS];
   atomic_uint_least64_t commit_count, commit_micros;
+  atomic_uint_least64_t visible_buckets[TLY_VISIBLE_BUCKETS];
+  atomic_uint_least64_t visible_count, visible_ms;
+  /* The open batch's records' Kafka timestamps, for that histogram. */
+  int64_t *produced_ms;
+  size_t produced_count, produced_cap;
 
   int fatal;
   char fatal_reason[1024];
@@ -753,6 +760,14 @@ static int batch_submit(tly_processor_t *p) {
   flight->output_cap = p->output_cap;
   flight->first_seq = first_seq;
   flight->events = p->batch_events;
+  int64_t *produced = flight->produced_ms;
+  size_t produced_cap = flight->produced_cap;
+  flight->produced_ms = p->produced_ms;
+  flight->produced_count = p->produced_count;
+  flight->produced_cap = p->produced_cap;
+  p->produced_ms = produced;
+  p->produced_cap = produced_cap;
+  p->produced_count = 0;
   p->outputs = outputs;
   p->output_cap = output_cap;
   p->output_count = 0;
@@ -807,6 +822,34 @@ static void record_commit_latency(tly_processor_t *p, int64_t micros) {
       atomic_fetch_add(&p->commit_buckets[i], 1);
   atomic_fetch_add(&p->commit_count, 1);
   atomic_fetch_add(&p->commit_micros, (uint64_t)(micros > 0 ? micros : 0));
+}
+
+/* The batch is durable: its records are visible now. Counted per batch
+ * into the shared histogram (one atomic add per bucket, not per record). */
+static void record_visible(tly_processor_t *p, const commit_inflight_t *flight) {
+  static const int64_t bounds_ms[TLY_VISIBLE_BUCKETS] =
+      TLY_VISIBLE_BUCKET_BOUNDS_MS;
+  uint64_t counts[TLY_VISIBLE_BUCKETS] = {0}, total_ms = 0;
+  int64_t now = tly_wall_ms();
+  for (size_t i = 0; i < flight->produced_count; i++) {
+    int64_t latency = now - flight->produced_ms[i];
+    if (latency < 0)
+      latency = 0; /* clocks of other machines */
+    total_ms += (uint64_t)latency;
+    for (int b = 0; b < TLY_VISIBLE_BUCKETS; b++)
+      if (latency <= bounds_ms[b]) {
+        counts[b]++;
+        break;
+      }
+  }
+  uint64_t cumulative = 0;
+  for (int b = 0; b < TLY_VISIBLE_BUCKETS; b++) {
+    cumulative += counts[b];
+    if (cumulative)
+      atomic_fetch_add(&p->visible_buckets[b], cumulative);
+  }
+  atomic_fetch_add(&p->visible_count, flight->produced_count);
+  atomic_fetch_add(&p->visible_ms, total_ms);
 }
 
 /* The writer thread: one synced RocksDB write per batch handed to it. A
@@ -900,6 +943,8 @@ static int batch_wait(tly_processor_t *p) {
   pthread_mutex_unlock(&p->lock);
   atomic_fetch_add(&p->events_folded, flight->events);
   atomic_fetch_add(&p->batches_committed, 1);
+  record_visible(p, flight);
+  flight->produced_count = 0;
   /* The cache is bounded, and shrunk only here, once the batch is durable:
    * an entry dropped while its write is in flight would be read back
    * stale from RocksDB. Entries of the open batch stay. */
@@ -1403,6 +1448,24 @@ done:
   tly_event_clear(&event);
 }
 
+/* Keeps the record's Kafka timestamp (set when it was produced) until its
+ * batch is durable. A metric: out of memory just leaves it out. */
+static void note_produced(tly_processor_t *p, const rd_kafka_message_t *msg) {
+  rd_kafka_timestamp_type_t type;
+  int64_t produced = rd_kafka_message_timestamp(msg, &type);
+  if (produced <= 0 || type == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+    return;
+  if (p->produced_count == p->produced_cap) {
+    size_t cap = p->produced_cap ? p->produced_cap * 2 : 4096;
+    int64_t *grown = realloc(p->produced_ms, cap * sizeof(*grown));
+    if (!grown)
+      return;
+    p->produced_ms = grown;
+    p->produced_cap = cap;
+  }
+  p->produced_ms[p->produced_count++] = produced;
+}
+
 static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
   if (msg->err) {
     switch (msg->err) {
@@ -1439,6 +1502,7 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
   part->position = msg->offset + 1;
   part->batch_next = msg->offset + 1;
   p->batch_messages++;
+  note_produced(p, msg);
 }
 
 /* ---- assignment ------------------------------------------------------ */
@@ -2089,6 +2153,8 @@ void tly_processor_destroy(tly_processor_t *p) {
   free(p->sorted);
   free(p->record);
   free(p->bucket_ptrs);
+  free(p->produced_ms);
+  free(p->inflight.produced_ms);
   free(p->row_ptrs);
   free(p->alerts_topic);
   if (p->writer_started) { /* it finishes the batch in its hands first */
@@ -2162,4 +2228,8 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
     stats->commit_buckets[i] = atomic_load(&p->commit_buckets[i]);
   stats->commit_count = atomic_load(&p->commit_count);
   stats->commit_micros_total = atomic_load(&p->commit_micros);
+  for (int i = 0; i < TLY_VISIBLE_BUCKETS; i++)
+    stats->visible_buckets[i] = atomic_load(&p->visible_buckets[i]);
+  stats->visible_count = atomic_load(&p->visible_count);
+  stats->visible_ms_total = atomic_load(&p->visible_ms);
 }

@@ -60,6 +60,13 @@ typedef struct {
 #define TLY_COMMIT_BUCKETS 10
 #define TLY_COMMIT_BUCKET_BOUNDS_MS {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000}
 
+/* Upper bounds (ms) of the event-to-visible histogram: from a record's
+ * Kafka timestamp (when it was produced) to the durable commit that makes
+ * its effect readable over HTTP. */
+#define TLY_VISIBLE_BUCKETS 16
+#define TLY_VISIBLE_BUCKET_BOUNDS_MS                                           \
+  {5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000}
+
 typedef struct {
   uint64_t events_folded;
   uint64_t duplicates;
@@ -73,6 +80,10 @@ typedef struct {
   uint64_t commit_buckets[TLY_COMMIT_BUCKETS];
   uint64_t commit_count;
   uint64_t commit_micros_total;
+  /* Records from produced to visible (durably committed), same style. */
+  uint64_t visible_buckets[TLY_VISIBLE_BUCKETS];
+  uint64_t visible_count;
+  uint64_t visible_ms_total;
 } tly_processor_stats_t;
 
 /* The store stays the caller's; it must outlive the processor. */

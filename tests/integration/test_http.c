@@ -199,6 +199,17 @@ static void test_health_and_metrics_are_open(void **state) {
   assert_non_null(count);
   assert_int_equal(atoll(inf + strlen("tally_commit_seconds_bucket{le=\"+Inf\"} ")),
                    atoll(count + strlen("tally_commit_seconds_count ")));
+  /* Event to visible: the setup's event was folded and committed. */
+  assert_non_null(strstr(text, "# TYPE tally_event_visible_seconds histogram"));
+  inf = strstr(text, "tally_event_visible_seconds_bucket{le=\"+Inf\"} ");
+  count = strstr(text, "tally_event_visible_seconds_count ");
+  assert_non_null(inf);
+  assert_non_null(count);
+  long long visible = atoll(count + strlen("tally_event_visible_seconds_count "));
+  assert_true(visible >= 1);
+  assert_int_equal(
+      atoll(inf + strlen("tally_event_visible_seconds_bucket{le=\"+Inf\"} ")),
+      visible);
   free(text);
 }
 
