@@ -1,18 +1,29 @@
 /*
- * bench_fold.c - how fast the processor folds with the exactly-once
- * protocol on, next to the ceiling measured in the same run: the raw
- * consume rate of the same topic with no processing.
+ * bench_fold.c - the end-to-end benchmark: how fast the processor folds
+ * with the exactly-once protocol on, next to the ceiling measured in the
+ * same run (the raw consume rate of the same topic with no processing),
+ * then, on the same state:
+ *   (c) event-to-visible latency (produced -> durably committed, i.e.
+ *       readable over HTTP) with events produced at half of (b)'s rate;
+ *   (d) the quota pre-check over HTTP (wrk on loopback, rotating over every
+ *       subject) next to the same server's /healthz rate;
+ *   (e) peak memory of the process (broker, processor and HTTP port) and
+ *       the RocksDB size.
  *
  *   build/bench_fold [events] [subjects] [partitions]
  *
- * Defaults: 1,000,000 events over 100,000 subjects on 100 partitions of
- * the embedded broker (which keeps ~5 MiB per partition: 100 partitions
- * hold 1 M events of ~90 bytes with room to spare). The state goes to a
+ * Defaults: 2,000,000 events over 100,000 subjects on 200 partitions of
+ * the embedded broker (which keeps ~5 MiB per partition: 200 partitions
+ * hold 2 M events of ~90 bytes with room to spare). The state goes to a
  * fresh RocksDB under /tmp, WAL synced on every commit, as in production.
- * Prints figures; asserts nothing about speed.
+ * Shows progress on stderr and prints a table; asserts nothing about
+ * speed. BENCH_LATENCY_S (default 10) sets (c)'s length, BENCH_HTTP_S
+ * (default 10) each wrk run; BENCH_HTTP_S=0 skips (d).
  */
+#define _GNU_SOURCE /* nftw, usleep */
 #include "tally_producer.h"
 #include "tly_config.h"
+#include "tly_http.h"
 #include "tly_log.h"
 #include "tly_processor.h"
 #include "tly_store.h"
@@ -20,9 +31,11 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <pthread.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t stop;
@@ -43,10 +56,16 @@ static void *run_processor(void *arg) {
 static const char *models[] = {"gpt-4o", "gpt-4o-mini", "claude-sonnet",
                                "gemini-flash"};
 
-static int64_t produce(const char *bootstrap, long events, long subjects) {
-  char errstr[512], id[32], event_id[32];
-  const char *props[] = {"linger.ms=20", "batch.size=1000000", NULL};
-  tally_producer_conf_t conf = {.brokers = bootstrap, .kafka_properties = props};
+/* Produces events over subjects user:b0.. (ids prefix-N). rate 0: as fast
+ * as possible; otherwise paced to about rate events/s. Returns the ms it
+ * took. */
+static int64_t produce(const char *bootstrap, long events, long subjects,
+                       const char *prefix, double rate) {
+  char errstr[512], id[32], event_id[48];
+  const char *fast[] = {"linger.ms=20", "batch.size=1000000", NULL};
+  const char *paced[] = {"linger.ms=1", NULL};
+  tally_producer_conf_t conf = {.brokers = bootstrap,
+                                .kafka_properties = rate > 0 ? paced : fast};
   tally_producer_t *producer = tally_producer_new(&conf, errstr, sizeof(errstr));
   unsigned seed = 42;
   if (!producer) {
@@ -56,12 +75,14 @@ static int64_t produce(const char *bootstrap, long events, long subjects) {
   int64_t started = tly_monotonic_ms();
   for (long i = 0; i < events; i++) {
     tly_event_t event = {0};
-    snprintf(id, sizeof(id), "b%06ld", (long)(rand_r(&seed) % subjects));
-    snprintf(event_id, sizeof(event_id), "b-%ld", i);
+    snprintf(id, sizeof(id), "b%ld", (long)(rand_r(&seed) % subjects));
+    snprintf(event_id, sizeof(event_id), "%s-%ld", prefix, i);
     event.event_id = event_id;
     event.occurred_at_ms = 1794268800000LL + i / 100;
     event.subject_kind = TLY_SUBJECT_USER;
     event.subject_id = id;
+    /* A mix: two in three are API calls, the rest AI tokens of four
+     * models. */
     if (i % 3) {
       event.body.usage.feature = "api_calls";
       event.body.usage.quantity = 1;
@@ -77,6 +98,12 @@ static int64_t produce(const char *bootstrap, long events, long subjects) {
       fprintf(stderr, "bench: %s\n", errstr);
       exit(1);
     }
+    if (rate > 0) { /* wait until this event is due */
+      int64_t due = started + (int64_t)((double)(i + 1) * 1000.0 / rate);
+      int64_t now = tly_monotonic_ms();
+      if (due > now)
+        usleep((useconds_t)(due - now) * 1000);
+    }
     if (i % 100000 == 0)
       fprintf(stderr, "\rproducing %ld/%ld", i, events);
   }
@@ -84,6 +111,62 @@ static int64_t produce(const char *bootstrap, long events, long subjects) {
   tally_producer_destroy(producer);
   fprintf(stderr, "\rproduced %ld events            \n", events);
   return tly_monotonic_ms() - started;
+}
+
+typedef struct {
+  const char *bootstrap;
+  long events, subjects;
+  double rate;
+} paced_t;
+
+static void *produce_paced(void *arg) {
+  paced_t *paced = arg;
+  produce(paced->bootstrap, paced->events, paced->subjects, "c", paced->rate);
+  return NULL;
+}
+
+/* The upper bound (ms) of the histogram bucket holding quantile q of the
+ * records counted between two snapshots; -1 beyond the last bound. */
+static long visible_quantile(const tly_processor_stats_t *before,
+                             const tly_processor_stats_t *after, double q) {
+  static const int64_t bounds[TLY_VISIBLE_BUCKETS] =
+      TLY_VISIBLE_BUCKET_BOUNDS_MS;
+  double total = (double)(after->visible_count - before->visible_count);
+  for (int b = 0; b < TLY_VISIBLE_BUCKETS; b++)
+    if ((double)(after->visible_buckets[b] - before->visible_buckets[b]) >=
+        q * total)
+      return (long)bounds[b];
+  return -1;
+}
+
+/* (d) wrk against path (a template for scripts/bench-http.lua); fills
+ * requests/s and p50/p99 in ms. 0, or -1 when wrk did not run. */
+static int run_wrk(uint16_t port, const char *path, long subjects,
+                   int seconds, double *rps, double *p50, double *p99) {
+  char command[1024], line[256];
+  snprintf(command, sizeof(command),
+           "BENCH_SUBJECTS=%ld BENCH_PATH='%s' wrk -t1 -c4 -d%ds -s "
+           "%s/scripts/bench-http.lua http://127.0.0.1:%u 2>&1",
+           subjects, path, seconds, TALLY_SOURCE_DIR, (unsigned)port);
+  FILE *out = popen(command, "r");
+  int found = 0;
+  while (out && fgets(line, sizeof(line), out))
+    if (sscanf(line, "RESULT %lf %lf %lf", rps, p50, p99) == 3)
+      found = 1;
+  if (out)
+    pclose(out);
+  *p50 /= 1000.0; /* wrk reports microseconds */
+  *p99 /= 1000.0;
+  return found ? 0 : -1;
+}
+
+static long long dir_bytes;
+static int add_size(const char *path, const struct stat *st, int flag,
+                    struct FTW *ftw) {
+  (void)path, (void)ftw;
+  if (flag == FTW_F)
+    dir_bytes += st->st_size;
+  return 0;
 }
 
 /* (a) the ceiling: read every record, do nothing with it. */
@@ -119,9 +202,11 @@ static double raw_consume(const char *bootstrap, long events, int partitions) {
 }
 
 int main(int argc, char **argv) {
-  long events = argc > 1 ? atol(argv[1]) : 1000000;
+  long events = argc > 1 ? atol(argv[1]) : 2000000;
   long subjects = argc > 2 ? atol(argv[2]) : 100000;
-  int partitions = argc > 3 ? atoi(argv[3]) : 100;
+  int partitions = argc > 3 ? atoi(argv[3]) : 200;
+  int latency_s = getenv("BENCH_LATENCY_S") ? atoi(getenv("BENCH_LATENCY_S")) : 10;
+  int http_s = getenv("BENCH_HTTP_S") ? atoi(getenv("BENCH_HTTP_S")) : 10;
   char errstr[512], dir[] = "/tmp/tally-bench-XXXXXX";
 
   tly_log_set_level(TLY_LOG_WARN);
@@ -133,11 +218,11 @@ int main(int argc, char **argv) {
   rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
   const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
 
-  int64_t produce_ms = produce(bootstrap, events, subjects);
-  fprintf(stderr, "measuring the raw consume rate...\n");
+  int64_t produce_ms = produce(bootstrap, events, subjects, "b", 0);
+  fprintf(stderr, "(a) measuring the raw consume rate...\n");
   double raw = raw_consume(bootstrap, events, partitions);
 
-  fprintf(stderr, "measuring the fold...\n");
+  fprintf(stderr, "(b) measuring the fold...\n");
   if (!mkdtemp(dir))
     return 1;
   tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
@@ -158,6 +243,7 @@ int main(int argc, char **argv) {
   tly_processor_stats_t stats = {0};
   int64_t first = 0, last = 0;
   uint64_t first_count = 0;
+  int64_t shown = 0;
   while (stats.events_folded + stats.dead_letters + stats.duplicates <
          (uint64_t)events) {
     usleep(20000);
@@ -167,20 +253,72 @@ int main(int argc, char **argv) {
       first_count = stats.events_folded;
     }
     last = tly_monotonic_ms();
+    if (last - shown >= 1000) {
+      fprintf(stderr, "\rfolded %llu/%ld", (unsigned long long)stats.events_folded,
+              events);
+      shown = last;
+    }
     if (run.rc) {
       fprintf(stderr, "bench: processor stopped: %s\n", run.errstr);
       return 1;
     }
   }
-  stop = 1;
-  pthread_join(thread, NULL);
+  fprintf(stderr, "\n");
   double fold = (double)(stats.events_folded - first_count) * 1000.0 /
                 (double)(last - first ? last - first : 1);
   tly_processor_stats(run.processor, &stats);
+  tly_processor_stats_t after_fold = stats;
+
+  /* (c) at half of (b)'s rate, on the running processor. */
+  paced_t paced = {bootstrap, (long)(fold / 2 * latency_s), subjects, fold / 2};
+  fprintf(stderr, "(c) event-to-visible latency at %.0f events/s for %d s...\n",
+          paced.rate, latency_s);
+  pthread_t producer;
+  pthread_create(&producer, NULL, produce_paced, &paced);
+  pthread_join(producer, NULL);
+  uint64_t target = after_fold.events_folded + (uint64_t)paced.events;
+  while (stats.events_folded + stats.dead_letters + stats.duplicates <
+             target &&
+         !run.rc) {
+    usleep(20000);
+    tly_processor_stats(run.processor, &stats);
+  }
+  tly_processor_stats_t after_latency = stats;
+
+  /* (d) the quota pre-check over HTTP, on the same state. */
+  double health[3] = {0}, quota[3] = {0};
+  int http_ok = 0;
+  if (http_s > 0) {
+    fprintf(stderr, "(d) quota pre-check with wrk, %d s each...\n", http_s);
+    tly_http_conf_t hconf = {.store = store,
+                             .processor = run.processor,
+                             .config = config,
+                             .no_auth = 1};
+    tly_http_t *http = tly_http_start(&hconf, errstr, sizeof(errstr));
+    if (!http) {
+      fprintf(stderr, "bench: %s\n", errstr);
+      return 1;
+    }
+    http_ok =
+        run_wrk(tly_http_port(http), "/healthz", subjects, http_s, &health[0],
+                &health[1], &health[2]) == 0 &&
+        run_wrk(tly_http_port(http),
+                "/v1/subjects/user:b{n}/quota?feature=api_calls&quantity=1",
+                subjects, http_s, &quota[0], &quota[1], &quota[2]) == 0;
+    tly_http_stop(http);
+  }
+  stop = 1;
+  pthread_join(thread, NULL);
+
+  /* (e) */
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  nftw(dir, add_size, 16, FTW_PHYS);
 
   printf("\n| figure | value |\n|---|---|\n");
-  printf("| events | %ld over %ld subjects, %d partitions |\n", events,
-         subjects, partitions);
+  printf("| events | %ld over %ld subjects, %d partitions (2 in 3 API calls, "
+         "the rest AI tokens of 4 models) |\n",
+         events, subjects, partitions);
   printf("| produce (idempotent) | %.0f events/s |\n",
          events * 1000.0 / (double)(produce_ms ? produce_ms : 1));
   printf("| (a) raw consume, no processing | %.0f events/s |\n", raw);
@@ -188,10 +326,34 @@ int main(int argc, char **argv) {
          "events/s |\n",
          fold);
   printf("| (b)/(a) | %.2f |\n", fold / raw);
-  printf("| batches committed | %llu (%.0f events each) |\n",
-         (unsigned long long)stats.batches_committed,
-         (double)stats.events_folded /
-             (double)(stats.batches_committed ? stats.batches_committed : 1));
+  printf("| batches committed in (b) | %llu (%.0f events each) |\n",
+         (unsigned long long)after_fold.batches_committed,
+         (double)after_fold.events_folded /
+             (double)(after_fold.batches_committed ? after_fold.batches_committed
+                                                   : 1));
+  double visible_n =
+      (double)(after_latency.visible_count - after_fold.visible_count);
+  printf("| (c) event to visible at %.0f events/s: p50 / p99 / mean | <= %ld ms "
+         "/ <= %ld ms / %.1f ms (%.0f events) |\n",
+         paced.rate, visible_quantile(&after_fold, &after_latency, 0.5),
+         visible_quantile(&after_fold, &after_latency, 0.99),
+         visible_n ? (double)(after_latency.visible_ms_total -
+                              after_fold.visible_ms_total) /
+                         visible_n
+                   : 0.0,
+         visible_n);
+  if (http_ok)
+    printf("| (d) quota pre-check, %ld subjects: req/s, p50 / p99 | %.0f, "
+           "%.2f / %.2f ms (ceiling /healthz: %.0f, %.2f / %.2f ms; ratio "
+           "%.2f) |\n",
+           subjects, quota[0], quota[1], quota[2], health[0], health[1],
+           health[2], health[0] > 0 ? quota[0] / health[0] : 0.0);
+  else
+    printf("| (d) quota pre-check | not run (BENCH_HTTP_S=0 or no wrk) |\n");
+  printf("| (e) peak memory (broker + processor + HTTP, one process) | %ld "
+         "MiB |\n",
+         usage.ru_maxrss / 1024);
+  printf("| (e) RocksDB size | %.1f MiB |\n", (double)dir_bytes / 1048576.0);
   printf("| alerts | %llu |\n", (unsigned long long)stats.alerts);
 
   tly_processor_destroy(run.processor);
