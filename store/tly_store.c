@@ -45,12 +45,14 @@
  *   could eat the process's 1024 descriptors that Kafka and HTTP sockets
  *   also need;
  * - few old info logs: every open starts a new LOG file, and dev mode opens
- *   often. */
+ *   often;
+ * - a bound on the write-ahead log (see tly_store_options_new). */
 #define TLY_STORE_BLOCK_CACHE_BYTES (64u << 20)
 #define TLY_STORE_BLOOM_BITS_PER_KEY 10.0
 #define TLY_STORE_BACKGROUND_JOBS 2
 #define TLY_STORE_MAX_OPEN_FILES 256
 #define TLY_STORE_KEEP_LOG_FILES 5
+#define TLY_STORE_MAX_WAL_BYTES (128u << 20)
 
 /* One row per column family: adding state kinds means adding an enum value
  * in tly_store.h and one row here. point_reads turns the bloom filter on. */
@@ -203,6 +205,12 @@ static rocksdb_options_t *tly_store_options_new(rocksdb_cache_t *cache,
   rocksdb_options_set_compaction_style(options, rocksdb_level_compaction);
   rocksdb_options_set_max_open_files(options, TLY_STORE_MAX_OPEN_FILES);
   rocksdb_options_set_keep_log_file_num(options, TLY_STORE_KEEP_LOG_FILES);
+  /* Every batch writes the small families (offsets, meta, outbox) too, and
+   * a write-ahead log file can go only once every family with data in it
+   * was flushed: without a bound, those rarely full memtables keep every
+   * WAL file alive (measured: 0.9 GB of WAL after 2 M events). Past this
+   * size RocksDB flushes the families that hold the oldest file. */
+  rocksdb_options_set_max_total_wal_size(options, TLY_STORE_MAX_WAL_BYTES);
 
   rocksdb_block_based_options_set_block_cache(table, cache);
   if (bloom) {
