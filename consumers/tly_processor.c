@@ -2173,6 +2173,14 @@ int tly_processor_rebalancing(tly_processor_t *p) {
   return atomic_load(&p->rebalancing);
 }
 
+int tly_processor_assigned(tly_processor_t *p, int32_t partition) {
+  pthread_mutex_lock(&p->lock);
+  int assigned = partition >= 0 && partition < p->partition_cap &&
+                 p->partitions[partition].assigned;
+  pthread_mutex_unlock(&p->lock);
+  return assigned;
+}
+
 int32_t tly_processor_partition_count(tly_processor_t *p) {
   return atomic_load(&p->partition_count);
 }
