@@ -837,17 +837,26 @@ int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id) {
   return control_post(fake, "/_fake/customers", body);
 }
 
-json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake) {
+/* A control GET's JSON answer (the caller's); NULL unless 200. */
+static json_t *control_get(const th_stripe_fake_t *fake, const char *path) {
   long status;
   char *text = NULL;
-  if (th_stripe_fake_control(fake, "GET", "/_fake/requests", NULL, &status,
-                             &text) ||
-      status != 200) {
-    free(text);
-    return NULL;
-  }
-  json_t *log = json_loads(text, 0, NULL);
+  json_t *json = NULL;
+  if (th_stripe_fake_control(fake, "GET", path, NULL, &status, &text) == 0 &&
+      status == 200)
+    json = json_loads(text, 0, NULL);
   free(text);
+  return json;
+}
+
+json_t *th_stripe_fake_ledger(const th_stripe_fake_t *fake) {
+  return control_get(fake, "/_fake/ledger");
+}
+
+json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake) {
+  json_t *log = control_get(fake, "/_fake/requests");
+  if (!log)
+    return NULL;
   json_t *requests = json_object_get(log, "requests");
   json_t *last = json_array_get(requests, json_array_size(requests) - 1);
   json_incref(last);
@@ -860,16 +869,9 @@ json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake) {
 static long long ledger_field(const th_stripe_fake_t *fake,
                               const char *customer, const char *event_name,
                               const char *field) {
-  long status;
-  char *text = NULL;
-  if (th_stripe_fake_control(fake, "GET", "/_fake/ledger", NULL, &status,
-                             &text) ||
-      status != 200) {
-    free(text);
+  json_t *ledger = th_stripe_fake_ledger(fake), *row;
+  if (!ledger)
     return -1;
-  }
-  json_t *ledger = json_loads(text, 0, NULL), *row;
-  free(text);
   long long sum = 0;
   size_t i;
   json_array_foreach(json_object_get(ledger, "meter_events"), i, row) {

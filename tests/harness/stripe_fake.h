@@ -87,6 +87,8 @@ int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id);
  * object, the caller's to json_decref); NULL when there is none. */
 struct json_t;
 struct json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake);
+/* GET /_fake/ledger (see above; the caller's to json_decref), or NULL. */
+struct json_t *th_stripe_fake_ledger(const th_stripe_fake_t *fake);
 /* The ledger's sum of accepted values for (customer, event_name); -1 when
  * the fake does not answer. */
 long long th_stripe_fake_sum(const th_stripe_fake_t *fake, const char *customer,

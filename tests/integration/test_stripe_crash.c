@@ -68,13 +68,8 @@ static void produce_round(tally_producer_t *producer, int round,
 
 /* The API requests the fake has answered (or dropped) so far. */
 static long long fake_requests(const th_stripe_fake_t *fake) {
-  long status;
-  char *text = NULL;
-  assert_int_equal(th_stripe_fake_control(fake, "GET", "/_fake/ledger", NULL,
-                                          &status, &text),
-                   0);
-  json_t *ledger = json_loads(text, 0, NULL);
-  free(text);
+  json_t *ledger = th_stripe_fake_ledger(fake);
+  assert_non_null(ledger);
   long long requests = json_integer_value(json_object_get(ledger, "requests"));
   json_decref(ledger);
   return requests;

@@ -128,75 +128,39 @@ static long long folded(const char *id, const char *feature) {
                             hour_ms + DAY_MS);
 }
 
-/* The records of topic (one partition) whose key is key: their headers
- * tally.error and tally.output.id, or the alerts' decoded detail. */
+/* The emitter's dead letters of one subject (key "kind:id"): how many,
+ * and the headers of the last. */
 typedef struct {
+  const char *key;
   int count;
   char error[600];
   char output_id[128];
   char status[16];
 } found_t;
 
-static const char *header(rd_kafka_headers_t *headers, const char *name,
-                          char *out, size_t size) {
-  const void *value;
-  size_t len;
-  out[0] = '\0';
-  if (!headers || rd_kafka_header_get_last(headers, name, &value, &len) != 0)
-    return NULL;
-  snprintf(out, size, "%.*s", (int)len, (const char *)value);
-  return out;
+static void visit_dead_letter(void *opaque, const rd_kafka_message_t *msg) {
+  found_t *found = opaque;
+  char source[64];
+  if (msg->key_len != strlen(found->key) ||
+      memcmp(msg->key, found->key, msg->key_len) != 0 ||
+      !th_header(msg, "tally.source", source, sizeof(source)) ||
+      strcmp(source, "stripe.meter_events") != 0)
+    return;
+  found->count++;
+  th_header(msg, "tally.error", found->error, sizeof(found->error));
+  th_header(msg, "tally.output.id", found->output_id, sizeof(found->output_id));
+  th_header(msg, "tally.stripe.status", found->status, sizeof(found->status));
+  json_t *value = json_loadb(msg->payload, msg->len, 0, NULL);
+  assert_non_null(value);
+  assert_string_equal(json_string_value(json_object_get(value, "subject")),
+                      found->key);
+  json_decref(value);
 }
 
 static found_t read_dead_letters(const char *key) {
-  char errstr[512];
-  found_t found = {0};
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", broker.bootstrap, errstr,
-                    sizeof(errstr));
-  rd_kafka_conf_set(conf, "group.id", "stripe-dlq-reader", errstr,
-                    sizeof(errstr));
-  rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr,
-                    sizeof(errstr));
-  rd_kafka_t *rk =
-      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
-  assert_non_null(rk);
-  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
-  rd_kafka_topic_partition_list_add(parts, "tally.usage.dlq", 0)->offset =
-      RD_KAFKA_OFFSET_BEGINNING;
-  assert_int_equal(rd_kafka_assign(rk, parts), 0);
-  rd_kafka_topic_partition_list_destroy(parts);
-  int64_t deadline = th_now_ms() + 20000;
-  int eof = 0;
-  while (!eof && th_now_ms() < deadline) {
-    rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
-    if (!msg)
-      continue;
-    eof = msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
-    rd_kafka_headers_t *headers = NULL;
-    char source[64];
-    if (!msg->err && msg->key_len == strlen(key) &&
-        memcmp(msg->key, key, msg->key_len) == 0 &&
-        rd_kafka_message_headers(msg, &headers) == 0 &&
-        header(headers, "tally.source", source, sizeof(source)) &&
-        strcmp(source, "stripe.meter_events") == 0) {
-      found.count++;
-      header(headers, "tally.error", found.error, sizeof(found.error));
-      header(headers, "tally.output.id", found.output_id,
-             sizeof(found.output_id));
-      header(headers, "tally.stripe.status", found.status,
-             sizeof(found.status));
-      json_t *value = json_loadb(msg->payload, msg->len, 0, NULL);
-      assert_non_null(value);
-      assert_string_equal(json_string_value(json_object_get(value, "subject")),
-                          key);
-      json_decref(value);
-    }
-    rd_kafka_message_destroy(msg);
-  }
-  assert_true(eof);
-  rd_kafka_consumer_close(rk);
-  rd_kafka_destroy(rk);
+  found_t found = {.key = key};
+  assert_true(th_read_topic(broker.bootstrap, "tally.usage.dlq", 1,
+                            visit_dead_letter, &found) >= 0);
   return found;
 }
 
