@@ -803,6 +803,18 @@ void th_stripe_fake_stop(th_stripe_fake_t *fake) {
   th_rmrf(fake->dir);
 }
 
+int th_stripe_teardown(pid_t run_pid, th_broker_t *broker,
+                       th_stripe_fake_t *fake, char *dir) {
+  int rc = th_stop(run_pid);
+  th_broker_stop(broker);
+  th_stripe_fake_stop(fake);
+  th_rmrf(dir);
+  free(dir);
+  if (rc != 0)
+    printf("# tally run exited with %d\n", rc);
+  return rc == 0 ? 0 : -1;
+}
+
 int th_stripe_fake_control(const th_stripe_fake_t *fake, const char *method,
                            const char *path, const char *json_body,
                            long *status, char **response) {
@@ -969,14 +981,21 @@ static int send_event(struct tally_producer *producer, tly_event_t *event) {
   return 0;
 }
 
-int th_send_usage(struct tally_producer *producer, const char *event_id,
-                  int64_t at_ms, const char *user_id, const char *feature,
-                  int64_t quantity) {
-  tly_event_t event = {.event_id = (char *)event_id,
+/* An event of user:user_id (the strings stay the caller's). */
+static tly_event_t user_event(const char *event_id, int64_t at_ms,
+                              const char *user_id, tly_body_kind_t kind) {
+  return (tly_event_t){.event_id = (char *)event_id,
                        .occurred_at_ms = at_ms,
                        .subject_kind = TLY_SUBJECT_USER,
                        .subject_id = (char *)user_id,
-                       .body_kind = TLY_BODY_USAGE_RECORDED};
+                       .body_kind = kind};
+}
+
+int th_send_usage(struct tally_producer *producer, const char *event_id,
+                  int64_t at_ms, const char *user_id, const char *feature,
+                  int64_t quantity) {
+  tly_event_t event =
+      user_event(event_id, at_ms, user_id, TLY_BODY_USAGE_RECORDED);
   event.body.usage.feature = (char *)feature;
   event.body.usage.quantity = quantity;
   event.body.usage.unit = "unit";
@@ -985,11 +1004,8 @@ int th_send_usage(struct tally_producer *producer, const char *event_id,
 
 int th_send_link(struct tally_producer *producer, const char *event_id,
                  int64_t at_ms, const char *user_id, const char *customer) {
-  tly_event_t event = {.event_id = (char *)event_id,
-                       .occurred_at_ms = at_ms,
-                       .subject_kind = TLY_SUBJECT_USER,
-                       .subject_id = (char *)user_id,
-                       .body_kind = TLY_BODY_CUSTOMER_LINKED};
+  tly_event_t event =
+      user_event(event_id, at_ms, user_id, TLY_BODY_CUSTOMER_LINKED);
   event.body.customer_linked.stripe_customer_id = (char *)customer;
   return send_event(producer, &event);
 }

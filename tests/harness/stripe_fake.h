@@ -46,6 +46,8 @@
 #ifndef STRIPE_FAKE_H
 #define STRIPE_FAKE_H
 
+#include "harness.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -73,6 +75,11 @@ typedef struct {
  * 0 or -1. */
 int th_stripe_fake_start(th_stripe_fake_t *fake);
 void th_stripe_fake_stop(th_stripe_fake_t *fake);
+/* A Stripe test's teardown: stops `tally run` (0 only after a clean exit:
+ * under the sanitizers a leak makes its exit code non-zero), the broker
+ * and the fake, removes dir and frees it. 0 or -1. */
+int th_stripe_teardown(pid_t run_pid, th_broker_t *broker,
+                       th_stripe_fake_t *fake, char *dir);
 
 /* A control request (method, "/_fake/..." path, JSON body or NULL): the
  * status, and the answer (malloc'd) when response is not NULL. 0 or -1. */

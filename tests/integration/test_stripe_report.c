@@ -72,14 +72,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   (void)state;
   tally_producer_destroy(producer);
-  int rc = th_stop(run.pid); /* non-zero under ASan after a leak */
-  th_broker_stop(&broker);
-  th_stripe_fake_stop(&fake);
-  th_rmrf(dir);
-  free(dir);
-  if (rc != 0)
-    printf("# tally run exited with %d\n", rc);
-  return rc == 0 ? 0 : -1;
+  return th_stripe_teardown(run.pid, &broker, &fake, dir);
 }
 
 static void flush(void) {
