@@ -79,8 +79,8 @@ int tly_stripe_cursor_decode(const void *data, size_t len,
   return 0;
 }
 
-void tly_stripe_report_identifier(tly_subject_kind_t kind, const char *id,
-                                  const char *event_name,
+void tly_stripe_report_identifier(int32_t partition, tly_subject_kind_t kind,
+                                  const char *id, const char *event_name,
                                   int64_t window_start_ms,
                                   const tly_stripe_cursor_t *cursor,
                                   char out[TLY_STRIPE_IDENTIFIER_SIZE]) {
@@ -96,8 +96,8 @@ void tly_stripe_report_identifier(tly_subject_kind_t kind, const char *id,
    * not repeat the refused one's identifier (Stripe would take the
    * Idempotency-Key with other parameters for an error). */
   int tail = snprintf(text + len, sizeof(text) - len,
-                      "%.*s%c%" PRId64 "|%" PRId64 "|%" PRId64,
-                      TLY_STRIPE_EVENT_NAME_MAX, event_name, '\0',
+                      "%.*s%c%" PRId32 "|%" PRId64 "|%" PRId64 "|%" PRId64,
+                      TLY_STRIPE_EVENT_NAME_MAX, event_name, '\0', partition,
                       window_start_ms, cursor->reported, cursor->failed);
   tly_sha256_hex(text, len + (size_t)tail, hex);
   snprintf(out, TLY_STRIPE_IDENTIFIER_SIZE, "tly_%.40s", hex);
@@ -500,13 +500,12 @@ static int report_failure(tly_stripe_emitter_t *e, failure_t *failure) {
 /* Sends the cursor's pending intent until Stripe accepts or refuses it.
  * DEFERRED when it had to stop first (the intent stays for later). */
 static settle_t send_pending(tly_stripe_emitter_t *e, const subject_t *subject,
-                             const meter_t *meter, int64_t window_start_ms,
+                             const meter_t *meter,
                              const tly_stripe_cursor_t *cursor,
+                             const char *identifier,
                              tly_stripe_outcome_t *outcome, long *status,
                              char *error, size_t error_size) {
-  char identifier[TLY_STRIPE_IDENTIFIER_SIZE], value[24], timestamp[24];
-  tly_stripe_report_identifier(subject->kind, subject->id, meter->event_name,
-                               window_start_ms, cursor, identifier);
+  char value[24], timestamp[24];
   snprintf(value, sizeof(value), "%" PRId64, cursor->pending);
   snprintf(timestamp, sizeof(timestamp), "%" PRId64, cursor->timestamp_s);
   const tly_stripe_param_t params[] = {
@@ -587,6 +586,11 @@ static settle_t settle_window(tly_stripe_emitter_t *e, const subject_t *subject,
     memset(&cursor, 0, sizeof(cursor));
 
   for (;;) {
+    /* Named by what was accounted before it: the same for every resend. */
+    char identifier[TLY_STRIPE_IDENTIFIER_SIZE];
+    tly_stripe_report_identifier(subject->partition, subject->kind, subject->id,
+                                 meter->event_name, window_start_ms, &cursor,
+                                 identifier);
     if (!cursor.pending) {
       int64_t delta = total - cursor.reported - cursor.failed;
       const char *customer = subject->record.account.stripe_customer_id;
@@ -599,10 +603,6 @@ static settle_t settle_window(tly_stripe_emitter_t *e, const subject_t *subject,
       snprintf(cursor.customer, sizeof(cursor.customer), "%s", customer);
       if (cursor.timestamp_s <
           now_s - TLY_STRIPE_MAX_AGE_S + TLY_STRIPE_AGE_MARGIN_S) {
-        char identifier[TLY_STRIPE_IDENTIFIER_SIZE];
-        tly_stripe_report_identifier(subject->kind, subject->id,
-                                     meter->event_name, window_start_ms,
-                                     &cursor, identifier);
         failure_t failure = {
             .subject = subject,
             .meter = meter,
@@ -628,14 +628,10 @@ static settle_t settle_window(tly_stripe_emitter_t *e, const subject_t *subject,
     }
     tly_stripe_outcome_t outcome;
     long status;
-    if (send_pending(e, subject, meter, window_start_ms, &cursor, &outcome,
-                     &status, error, sizeof(error)) == DEFERRED)
+    if (send_pending(e, subject, meter, &cursor, identifier, &outcome, &status,
+                     error, sizeof(error)) == DEFERRED)
       return DEFERRED;
     if (outcome == TLY_STRIPE_REFUSED) {
-      char identifier[TLY_STRIPE_IDENTIFIER_SIZE];
-      tly_stripe_report_identifier(subject->kind, subject->id,
-                                   meter->event_name, window_start_ms, &cursor,
-                                   identifier);
       failure_t failure = {.subject = subject,
                            .meter = meter,
                            .window_start_ms = window_start_ms,

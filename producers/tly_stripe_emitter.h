@@ -118,10 +118,13 @@ int tly_stripe_cursor_decode(const void *data, size_t len,
 
 /* "tly_" and 40 hex digits of the SHA-256 of subject, meter, window start
  * and the totals accounted before the delta (reported and failed): the
- * meter event's identifier and Idempotency-Key. */
+ * meter event's identifier and Idempotency-Key. The partition is part of
+ * it too: a subject whose events were spread over partitions by another
+ * partitioner has state, and cursors, on each, and their deltas must not
+ * share identifiers. */
 #define TLY_STRIPE_IDENTIFIER_SIZE 45
-void tly_stripe_report_identifier(tly_subject_kind_t kind, const char *id,
-                                  const char *event_name,
+void tly_stripe_report_identifier(int32_t partition, tly_subject_kind_t kind,
+                                  const char *id, const char *event_name,
                                   int64_t window_start_ms,
                                   const tly_stripe_cursor_t *cursor,
                                   char out[TLY_STRIPE_IDENTIFIER_SIZE]);

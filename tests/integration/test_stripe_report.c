@@ -342,8 +342,10 @@ static void test_faults_keep_totals_exact(void **state) {
   char identifier[TLY_STRIPE_IDENTIFIER_SIZE], body[512];
   int64_t window = hour_ms - TLY_HOUR_MS;
   tly_stripe_cursor_t fresh = {0};
-  tly_stripe_report_identifier(TLY_SUBJECT_USER, "dup", "api_requests", window,
-                               &fresh, identifier);
+  int32_t partition = rd_kafka_msg_partitioner_murmur2(NULL, "user:dup", 8,
+                                                       PARTITIONS, NULL, NULL);
+  tly_stripe_report_identifier(partition, TLY_SUBJECT_USER, "dup",
+                               "api_requests", window, &fresh, identifier);
   assert_int_equal(th_stripe_fake_add_customer(&fake, "cus_dup"), 0);
   snprintf(body, sizeof(body),
            "event_name=api_requests&payload[stripe_customer_id]=cus_dup&"

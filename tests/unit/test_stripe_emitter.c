@@ -51,31 +51,34 @@ static void test_identifier_is_deterministic(void **state) {
   (void)state;
   char a[TLY_STRIPE_IDENTIFIER_SIZE], b[TLY_STRIPE_IDENTIFIER_SIZE];
   tly_stripe_cursor_t cursor = {.reported = 10, .pending = 5};
-  tly_stripe_report_identifier(TLY_SUBJECT_USER, "alice", "api_calls", 3600000,
-                               &cursor, a);
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
+                               3600000, &cursor, a);
   assert_int_equal(strlen(a), 44);
   assert_memory_equal(a, "tly_", 4);
   /* The pending value is not part of it: a resend repeats the id. */
   cursor.pending = 99;
-  tly_stripe_report_identifier(TLY_SUBJECT_USER, "alice", "api_calls", 3600000,
-                               &cursor, b);
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
+                               3600000, &cursor, b);
   assert_string_equal(a, b);
   /* Every input that names another delta changes it. */
   tly_stripe_cursor_t moved = {.reported = 15};
-  tly_stripe_report_identifier(TLY_SUBJECT_USER, "alice", "api_calls", 3600000,
-                               &moved, b);
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
+                               3600000, &moved, b);
   assert_string_not_equal(a, b);
   moved = (tly_stripe_cursor_t){.reported = 10, .failed = 1};
-  tly_stripe_report_identifier(TLY_SUBJECT_USER, "alice", "api_calls", 3600000,
-                               &moved, b);
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
+                               3600000, &moved, b);
   assert_string_not_equal(a, b);
-  tly_stripe_report_identifier(TLY_SUBJECT_USER, "alice", "api_calls", 7200000,
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
+                               7200000, &cursor, b);
+  assert_string_not_equal(a, b);
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "tokens", 3600000,
                                &cursor, b);
   assert_string_not_equal(a, b);
-  tly_stripe_report_identifier(TLY_SUBJECT_USER, "alice", "tokens", 3600000,
-                               &cursor, b);
+  tly_stripe_report_identifier(0, TLY_SUBJECT_ANONYMOUS, "alice", "api_calls",
+                               3600000, &cursor, b);
   assert_string_not_equal(a, b);
-  tly_stripe_report_identifier(TLY_SUBJECT_ANONYMOUS, "alice", "api_calls",
+  tly_stripe_report_identifier(1, TLY_SUBJECT_USER, "alice", "api_calls",
                                3600000, &cursor, b);
   assert_string_not_equal(a, b);
 }
