@@ -333,8 +333,7 @@ typedef struct {
   const subject_t *subject;
   const meter_t *meter;
   int64_t window_start_ms;
-  const tly_stripe_cursor_t *cursor; /* accounted totals before the delta */
-  const char *identifier;
+  const char *identifier; /* names the delta */
   int64_t value;
   int64_t timestamp_s;
   const char *customer;
@@ -382,11 +381,10 @@ static int failure_alert(tly_stripe_emitter_t *e, const failure_t *failure,
                          const char *subject_key, size_t subject_key_len) {
   const subject_t *subject = failure->subject;
   char alert_id[TLY_KEY_MAX + 256], detail[1024], errstr[256];
-  snprintf(alert_id, sizeof(alert_id),
-           "stripe_report_failed:%.*s:%s:%" PRId64 ":%" PRId64 ":%" PRId64,
-           (int)subject_key_len, subject_key, failure->meter->event_name,
-           failure->window_start_ms, failure->cursor->reported,
-           failure->cursor->failed);
+  /* The delta's identifier names it (partition, meter, window, what was
+   * accounted before it): the alert of the same delta has the same id. */
+  snprintf(alert_id, sizeof(alert_id), "stripe_report_failed:%.*s:%s",
+           (int)subject_key_len, subject_key, failure->identifier);
   snprintf(detail, sizeof(detail),
            "meter %s: %" PRId64 " not reported (%s); identifier %s",
            failure->meter->event_name, failure->value, failure->reason,
@@ -607,7 +605,6 @@ static settle_t settle_window(tly_stripe_emitter_t *e, const subject_t *subject,
             .subject = subject,
             .meter = meter,
             .window_start_ms = window_start_ms,
-            .cursor = &cursor,
             .identifier = identifier,
             .value = delta,
             .timestamp_s = cursor.timestamp_s,
@@ -635,7 +632,6 @@ static settle_t settle_window(tly_stripe_emitter_t *e, const subject_t *subject,
       failure_t failure = {.subject = subject,
                            .meter = meter,
                            .window_start_ms = window_start_ms,
-                           .cursor = &cursor,
                            .identifier = identifier,
                            .value = cursor.pending,
                            .timestamp_s = cursor.timestamp_s,
