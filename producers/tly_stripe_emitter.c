@@ -213,7 +213,7 @@ static int stopping(tly_stripe_emitter_t *e) {
 /* Sleeps ms, or less when stopping. Returns 1 when stopping. */
 static int pause_ms(tly_stripe_emitter_t *e, int64_t ms) {
   struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
+  clock_gettime(CLOCK_MONOTONIC, &until); /* the condition's clock */
   until.tv_sec += (time_t)(ms / 1000);
   until.tv_nsec += (long)(ms % 1000) * 1000000L;
   if (until.tv_nsec >= 1000000000L) {
@@ -1018,7 +1018,12 @@ tly_stripe_emitter_start(const tly_stripe_emitter_conf_t *conf, char *errstr,
     return NULL;
   }
   pthread_mutex_init(&e->lock, NULL);
-  pthread_cond_init(&e->wake, NULL);
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  /* Waits ignore the wall clock's jumps. */
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&e->wake, &attr);
+  pthread_condattr_destroy(&attr);
   e->conf = *conf;
   e->stripe = &conf->config->stripe;
   e->window_ms = e->stripe->report_window_s * 1000;
