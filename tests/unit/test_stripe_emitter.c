@@ -61,26 +61,27 @@ static void test_identifier_is_deterministic(void **state) {
                                3600000, &cursor, b);
   assert_string_equal(a, b);
   /* Every input that names another delta changes it. */
-  tly_stripe_cursor_t moved = {.reported = 15};
-  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
-                               3600000, &moved, b);
-  assert_string_not_equal(a, b);
-  moved = (tly_stripe_cursor_t){.reported = 10, .failed = 1};
-  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
-                               3600000, &moved, b);
-  assert_string_not_equal(a, b);
-  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
-                               7200000, &cursor, b);
-  assert_string_not_equal(a, b);
-  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "tokens", 3600000,
-                               &cursor, b);
-  assert_string_not_equal(a, b);
-  tly_stripe_report_identifier(0, TLY_SUBJECT_ANONYMOUS, "alice", "api_calls",
-                               3600000, &cursor, b);
-  assert_string_not_equal(a, b);
-  tly_stripe_report_identifier(1, TLY_SUBJECT_USER, "alice", "api_calls",
-                               3600000, &cursor, b);
-  assert_string_not_equal(a, b);
+  static const struct {
+    int32_t partition;
+    tly_subject_kind_t kind;
+    const char *meter;
+    int64_t window_ms, reported, failed;
+  } others[] = {
+      {1, TLY_SUBJECT_USER, "api_calls", 3600000, 10, 0},
+      {0, TLY_SUBJECT_ANONYMOUS, "api_calls", 3600000, 10, 0},
+      {0, TLY_SUBJECT_USER, "tokens", 3600000, 10, 0},
+      {0, TLY_SUBJECT_USER, "api_calls", 7200000, 10, 0},
+      {0, TLY_SUBJECT_USER, "api_calls", 3600000, 15, 0},
+      {0, TLY_SUBJECT_USER, "api_calls", 3600000, 10, 1},
+  };
+  for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+    tly_stripe_cursor_t other = {.reported = others[i].reported,
+                                 .failed = others[i].failed};
+    tly_stripe_report_identifier(others[i].partition, others[i].kind, "alice",
+                                 others[i].meter, others[i].window_ms, &other,
+                                 b);
+    assert_string_not_equal(a, b);
+  }
 }
 
 static tly_stripe_outcome_t outcome(long status, const char *body,
