@@ -1,7 +1,8 @@
 /*
  * cli_serve.c - the processor and the HTTP port together, as `tally run`
  * and `tally dev` start them. The processor runs on the calling thread; the
- * HTTP port has its own threads and reads committed state.
+ * HTTP port has its own threads and reads committed state, and so does the
+ * Stripe usage emitter when the config reports usage.
  */
 #include "cli.h"
 
@@ -11,6 +12,7 @@
 #include "tly_log.h"
 #include "tly_processor.h"
 #include "tly_store.h"
+#include "tly_stripe_emitter.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,6 +92,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
   int exit_code = 1;
   tly_store_t *store = NULL;
   tly_processor_t *processor = NULL;
+  tly_stripe_emitter_t *emitter = NULL;
   tly_http_t *http = NULL;
   tly_config_t *config = conf->config_path
                              ? tly_config_load_file(conf->config_path, errstr,
@@ -128,10 +131,26 @@ int cli_serve(const cli_serve_conf_t *conf) {
     fprintf(stderr, "tally: processor: %s\n", errstr);
     goto out;
   }
+  if (tly_config_stripe_reports(config)) {
+    tly_stripe_emitter_conf_t econf = {.config = config,
+                                       .store = store,
+                                       .processor = processor,
+                                       .brokers = conf->brokers,
+                                       .dlq_topic = conf->dlq_topic,
+                                       .alerts_topic = conf->alerts_topic,
+                                       .kafka_properties =
+                                           conf->kafka_properties};
+    emitter = tly_stripe_emitter_start(&econf, errstr, sizeof(errstr));
+    if (!emitter) {
+      fprintf(stderr, "tally: %s\n", errstr);
+      goto out;
+    }
+  }
   tly_http_conf_t hconf = {.address = conf->http_address,
                            .port = conf->http_port,
                            .store = store,
                            .processor = processor,
+                           .stripe_emitter = emitter,
                            .config = config,
                            .no_auth = conf->no_auth,
                            .brokers = conf->brokers,
@@ -162,6 +181,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
   exit_code = 0;
 out:
   tly_http_stop(http);
+  tly_stripe_emitter_stop(emitter);
   tly_processor_destroy(processor);
   if (store)
     tly_store_close(store);

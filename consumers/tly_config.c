@@ -327,6 +327,19 @@ const tly_model_price_t *tly_config_model(const tly_config_t *config,
   return NULL;
 }
 
+int tly_config_stripe_reports(const tly_config_t *config) {
+  return config->stripe.configured && config->stripe.meter_count > 0 &&
+         config->stripe.secret_key != NULL;
+}
+
+const char *tly_config_stripe_meter(const tly_config_t *config,
+                                    const char *feature) {
+  for (size_t i = 0; i < config->stripe.meter_count; i++)
+    if (strcmp(config->stripe.meters[i].feature, feature) == 0)
+      return config->stripe.meters[i].event_name;
+  return NULL;
+}
+
 const char *tly_config_stripe_plan(const tly_config_t *config,
                                    const char *price_id) {
   if (!config || !price_id)
@@ -1341,7 +1354,13 @@ static int apply_stripe(tly_config_t *config, json_t *section, tly_err_t *err) {
     } else if (strcmp(key, "meters") == 0) {
       rc = parse_stripe_meters(err, path, value, stripe);
     } else if (strcmp(key, "report_window_s") == 0) {
-      rc = parse_int(err, path, value, 60, 86400, &stripe->report_window_s);
+      /* Windows are sums of the usage history's UTC hours, so only whole
+       * hours can be summed exactly. */
+      rc = parse_int(err, path, value, 3600, 86400, &stripe->report_window_s);
+      if (!rc && stripe->report_window_s % 3600 != 0)
+        rc = fail(err, path,
+                  "must be a whole number of hours: a positive "
+                  "multiple of 3600");
     } else if (strcmp(key, "max_requests_per_s") == 0) {
       rc = parse_int(err, path, value, 1, 10000, &stripe->max_requests_per_s);
     } else if (strcmp(key, "retry_max_s") == 0) {

@@ -43,7 +43,8 @@
  *     "webhook_tolerance_s": 300,            // signed timestamp vs clock
  *     "prices": {"price_123": "pro"},        // Stripe price id -> plan
  *     "meters": {"api_calls": "api_calls"},  // feature -> meter event_name
- *     "report_window_s": 3600,               // reporting (to come): window,
+ *     "report_window_s": 3600,               // usage reporting: window
+ *                                            //   (whole hours, <= 1 day),
  *     "max_requests_per_s": 25,              //   request rate,
  *     "retry_max_s": 300,                    //   longest retry backoff,
  *     "timeout_ms": 10000,                   //   one request's time limit
@@ -177,7 +178,7 @@ typedef struct {
   tly_stripe_price_t *prices;
   size_t meter_count;
   tly_stripe_meter_t *meters;
-  int64_t report_window_s;    /* default 3600 */
+  int64_t report_window_s;    /* default 3600; a multiple of 3600 */
   int64_t max_requests_per_s; /* default 25 */
   int64_t retry_max_s;        /* default 300 */
   int64_t timeout_ms;         /* default 10000 */
@@ -226,6 +227,11 @@ const tly_feature_price_t *tly_plan_price(const tly_plan_t *plan,
                                           const char *feature);
 const tly_model_price_t *tly_config_model(const tly_config_t *config,
                                           const char *model);
+/* Whether usage is reported to Stripe: meters and a secret key given. */
+int tly_config_stripe_reports(const tly_config_t *config);
+/* The Stripe meter event_name of a feature (stripe.meters), or NULL. */
+const char *tly_config_stripe_meter(const tly_config_t *config,
+                                    const char *feature);
 /* The plan of a Stripe price id (stripe.prices), or NULL. */
 const char *tly_config_stripe_plan(const tly_config_t *config,
                                    const char *price_id);

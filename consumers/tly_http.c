@@ -424,6 +424,27 @@ static void handle_metrics(tly_http_t *http, request_t *req,
               "caught up with its replay (see /readyz).\n# TYPE "
               "tally_ready gauge\ntally_ready %d\n",
               readiness(http, NULL) == 1);
+  if (http->conf.stripe_emitter) {
+    tly_stripe_emitter_stats_t stripe;
+    tly_stripe_emitter_stats(http->conf.stripe_emitter, &stripe);
+    text_append(
+        &text,
+        "# HELP tally_stripe_reports_total Usage deltas reported to Stripe, "
+        "by result (sent: accepted; failed: refused or too old, see the "
+        "dead-letter topic).\n# TYPE tally_stripe_reports_total counter\n"
+        "tally_stripe_reports_total{result=\"sent\"} %llu\n"
+        "tally_stripe_reports_total{result=\"failed\"} %llu\n"
+        "# HELP tally_stripe_retries_total Stripe requests retried (no "
+        "answer, 429, 5xx).\n# TYPE tally_stripe_retries_total counter\n"
+        "tally_stripe_retries_total %llu\n"
+        "# HELP tally_stripe_oldest_unreported_seconds Age of the oldest "
+        "usage change not yet settled with Stripe (0: none).\n# TYPE "
+        "tally_stripe_oldest_unreported_seconds gauge\n"
+        "tally_stripe_oldest_unreported_seconds %lld\n",
+        (unsigned long long)stripe.sent, (unsigned long long)stripe.failed,
+        (unsigned long long)stripe.retried,
+        (long long)stripe.oldest_unreported_s);
+  }
   metrics_http(http, &text);
   out->status = text.data ? 200 : 500;
   out->body = text.data ? text.data : strdup("out of memory\n");

@@ -19,6 +19,7 @@
 
 #include "tly_processor.h"
 #include "tly_store.h"
+#include "tly_stripe_emitter.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +29,7 @@ typedef struct {
   uint16_t port;       /* 0: any free port; see tly_http_port() */
   tly_store_t *store;
   tly_processor_t *processor;
+  tly_stripe_emitter_t *stripe_emitter; /* NULL: not reporting (metrics) */
   const tly_config_t *config; /* http.api_keys, limits, plans */
   unsigned threads;           /* default 2 */
   int no_auth; /* 1: every route is open (`tally run --no-auth`) */

@@ -24,17 +24,47 @@ size_t tly_key_account(int32_t partition, tly_subject_kind_t kind,
   return subject_part(partition, kind, id, out, out_size);
 }
 
-size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
-                         tly_subject_kind_t kind, const char *id, char *out,
-                         size_t out_size) {
+/* [p][8 bytes BE][kind:id]: the layout of cycle ends and report marks. */
+static size_t partition_number_subject(int32_t partition, int64_t number,
+                                       tly_subject_kind_t kind, const char *id,
+                                       char *out, size_t out_size) {
   if (out_size < 13)
     return 0;
   size_t len = tly_subject_key(kind, id, out + 12, out_size - 12);
   if (!len || len >= out_size - 12)
     return 0;
   tly_put_be32((unsigned char *)out, (uint32_t)partition);
-  tly_put_be64((unsigned char *)out + 4, (uint64_t)cycle_end_ms);
+  tly_put_be64((unsigned char *)out + 4, (uint64_t)number);
   return 12 + len;
+}
+
+size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
+                         tly_subject_kind_t kind, const char *id, char *out,
+                         size_t out_size) {
+  return partition_number_subject(partition, cycle_end_ms, kind, id, out,
+                                  out_size);
+}
+
+size_t tly_key_report_mark(int32_t partition, int64_t seq,
+                           tly_subject_kind_t kind, const char *id, char *out,
+                           size_t out_size) {
+  return partition_number_subject(partition, seq, kind, id, out, out_size);
+}
+
+size_t tly_key_report_cursor(int32_t partition, tly_subject_kind_t kind,
+                             const char *id, const char *event_name,
+                             int64_t window_start_ms, char *out,
+                             size_t out_size) {
+  size_t len = subject_part(partition, kind, id, out, out_size);
+  size_t name_len = strlen(event_name);
+  if (!len || len + 1 + name_len + 1 + 8 > out_size)
+    return 0;
+  out[len++] = '\0';
+  memcpy(out + len, event_name, name_len);
+  len += name_len;
+  out[len++] = '\0';
+  tly_put_be64((unsigned char *)out + len, (uint64_t)window_start_ms);
+  return len + 8;
 }
 
 size_t tly_key_history(int32_t partition, tly_subject_kind_t kind,

@@ -17,6 +17,13 @@
  *     [p][kind:id][0]['C'][cycle start, 8 bytes BE] -> a closed cycle that
  *                 left the kept history (tly_cycle_archive_encode)
  *     [p][kind:id][0]['A'][at, 8 bytes BE][alert id] -> an alert as sent
+ *   reports (usage to report to Stripe, written by the processor in the
+ *   commit that changed it, deleted by the reporting emitter once done):
+ *     [p][seq, 8 bytes BE][kind:id] -> [written at ms, 8 bytes BE] then the
+ *                 changed hours (4 bytes BE each); seq is the partition's
+ *                 next input offset as committed, so keys only grow
+ *   stripe_cursors (what was reported, tly_stripe_emitter.h):
+ *     [p][kind:id][0][meter event_name][0][window start ms, 8 bytes BE]
  * Each function writes into out (out_size bytes) and returns the key's
  * length, or 0 when it does not fit.
  */
@@ -35,6 +42,16 @@ size_t tly_key_account(int32_t partition, tly_subject_kind_t kind,
 size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
                          tly_subject_kind_t kind, const char *id, char *out,
                          size_t out_size);
+
+/* [p][seq][kind:id]: a reports mark. */
+size_t tly_key_report_mark(int32_t partition, int64_t seq,
+                           tly_subject_kind_t kind, const char *id, char *out,
+                           size_t out_size);
+/* [p][kind:id][0][event_name][0][window start]: a Stripe report cursor. */
+size_t tly_key_report_cursor(int32_t partition, tly_subject_kind_t kind,
+                             const char *id, const char *event_name,
+                             int64_t window_start_ms, char *out,
+                             size_t out_size);
 
 /* The history kinds (the tag after the subject). */
 #define TLY_HISTORY_HOUR 'H'

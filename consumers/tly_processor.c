@@ -134,6 +134,7 @@ struct tly_processor {
   const tly_subject_row_t **row_ptrs; /* one cycle's rows, for archiving */
   size_t row_ptr_cap;
   uint64_t submits; /* batches handed to the writer so far */
+  int reports;      /* usage is reported to Stripe: write report marks */
 
   ack_mark_t *acks;
   size_t ack_count, ack_cap;
@@ -534,6 +535,50 @@ static int put_hour_key(tly_processor_t *p, const tly_overlay_entry_t *entry,
   return 0;
 }
 
+/* Usage to report to Stripe (producers/tly_stripe_emitter.h): a subject
+ * linked to a Stripe customer whose metered usage changed gets a mark in
+ * the same commit as the usage, so the emitter finds its work without
+ * scanning every subject. The key carries the partition's next offset:
+ * later commits write greater keys, never one the emitter may be deleting.
+ * The value: when it was written (the "oldest unreported" metric) and the
+ * hours that changed. */
+static int put_report_mark(tly_processor_t *p,
+                           const tly_overlay_entry_t *entry) {
+  char key[TLY_KEY_MAX];
+  if (!p->reports || !entry->account.stripe_customer_id[0])
+    return 0;
+  if (entry->key_len + 8 > sizeof(key) ||
+      !record_room(p, 8 + 4 * entry->bucket_count))
+    return -1;
+  size_t len = 8;
+  for (size_t i = 0; i < entry->bucket_count; i++) {
+    const tly_subject_bucket_t *bucket = &entry->buckets[i]->bucket;
+    if (!entry->buckets[i]->dirty ||
+        !tly_config_stripe_meter(p->conf.config, bucket->feature))
+      continue;
+    size_t seen = 8;
+    while (seen < len &&
+           tly_get_be32(p->record + seen) != (uint32_t)bucket->hour)
+      seen += 4;
+    if (seen == len) {
+      tly_put_be32(p->record + len, (uint32_t)bucket->hour);
+      len += 4;
+    }
+  }
+  if (len == 8)
+    return 0;
+  uint32_t partition = tly_get_be32((const unsigned char *)entry->key);
+  const partition_state_t *part = &p->partitions[partition];
+  int64_t seq = part->batch_next >= 0 ? part->batch_next : part->committed;
+  memcpy(key, entry->key, 4);
+  tly_put_be64((unsigned char *)key + 4, (uint64_t)seq);
+  memcpy(key + 12, entry->key + 4, entry->key_len - 4);
+  tly_put_be64(p->record, (uint64_t)tly_wall_ms());
+  tly_store_batch_put(p->batch, TLY_CF_REPORTS, key, entry->key_len + 8,
+                      p->record, len);
+  return 0;
+}
+
 static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
   char index_key[TLY_KEY_MAX];
   switch (entry->cf) {
@@ -566,6 +611,8 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
           put_hour_key(p, entry, hour))
         return -1;
     }
+    if (put_report_mark(p, entry))
+      return -1;
     /* The cycle-end index: [p][end][kind:id], from the account key
      * [p][kind:id]. Ticks find the accounts due through it. */
     if (entry->stored_cycle_end == account->cycle.end_ms ||
@@ -1946,6 +1993,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->alerts_topic = strdup(conf->alerts_topic ? conf->alerts_topic
                                               : TLY_DEFAULT_ALERTS_TOPIC);
   p->billing.config = conf->config;
+  p->reports = tly_config_stripe_reports(conf->config);
   p->billing.dedupe_window_ms = conf->dedupe_window_ms > 0
                                     ? conf->dedupe_window_ms
                                     : TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
@@ -2189,6 +2237,14 @@ void tly_processor_destroy(tly_processor_t *p) {
 
 int tly_processor_rebalancing(tly_processor_t *p) {
   return atomic_load(&p->rebalancing);
+}
+
+int tly_processor_assigned(tly_processor_t *p, int32_t partition) {
+  pthread_mutex_lock(&p->lock);
+  int assigned = partition >= 0 && partition < p->partition_cap &&
+                 p->partitions[partition].assigned;
+  pthread_mutex_unlock(&p->lock);
+  return assigned;
 }
 
 int32_t tly_processor_partition_count(tly_processor_t *p) {

@@ -105,6 +105,9 @@ void tly_processor_destroy(tly_processor_t *processor);
  * partition); thread-safe. */
 int32_t tly_processor_partition_count(tly_processor_t *processor);
 
+/* 1 while partition is assigned to this instance; thread-safe. */
+int tly_processor_assigned(tly_processor_t *processor, int32_t partition);
+
 /* 1 while a rebalance is being handled (partitions are being set up), when
  * no answer about readiness can be trusted. */
 int tly_processor_rebalancing(tly_processor_t *processor);

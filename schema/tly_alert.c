@@ -33,6 +33,7 @@ static const char *const alert_type_names[TLY_ALERT__COUNT] = {
     [TLY_ALERT_BILLING_CYCLE_END] = "billing_cycle_end",
     [TLY_ALERT_PAYMENT_FAILED] = "payment_failed",
     [TLY_ALERT_SUBSCRIPTION_CANCELED] = "subscription_canceled",
+    [TLY_ALERT_STRIPE_REPORT_FAILED] = "stripe_report_failed",
 };
 
 typedef struct {

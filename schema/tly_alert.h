@@ -22,6 +22,9 @@ typedef enum {
   TLY_ALERT_BILLING_CYCLE_END,
   TLY_ALERT_PAYMENT_FAILED,
   TLY_ALERT_SUBSCRIPTION_CANCELED,
+  /* Not from the fold: the Stripe usage emitter could not report a delta
+   * (Stripe refused it, or its window is beyond Stripe's 35 days). */
+  TLY_ALERT_STRIPE_REPORT_FAILED,
   TLY_ALERT__COUNT
 } tly_alert_type_t;
 

@@ -387,6 +387,61 @@ int th_high_watermarks(const char *bootstrap, const char *topic,
   return rc;
 }
 
+int th_read_topic(const char *bootstrap, const char *topic, int partitions,
+                  void (*visit)(void *opaque, const rd_kafka_message_t *msg),
+                  void *opaque) {
+  char errstr[512], group[64];
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  snprintf(group, sizeof(group), "reader-%s", topic);
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr,
+                    sizeof(errstr));
+  rd_kafka_conf_set(conf, "group.id", group, errstr, sizeof(errstr));
+  rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr,
+                    sizeof(errstr));
+  rd_kafka_t *rk =
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  if (!rk)
+    return -1;
+  rd_kafka_topic_partition_list_t *parts =
+      rd_kafka_topic_partition_list_new(partitions);
+  for (int p = 0; p < partitions; p++)
+    rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
+        RD_KAFKA_OFFSET_BEGINNING;
+  int total = 0, eofs = 0;
+  if (rd_kafka_assign(rk, parts))
+    eofs = -1;
+  rd_kafka_topic_partition_list_destroy(parts);
+  int64_t deadline = th_now_ms() + 60000;
+  while (eofs >= 0 && eofs < partitions && th_now_ms() < deadline) {
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
+    if (!msg)
+      continue;
+    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      eofs++;
+    } else if (!msg->err) {
+      visit(opaque, msg);
+      total++;
+    }
+    rd_kafka_message_destroy(msg);
+  }
+  rd_kafka_consumer_close(rk);
+  rd_kafka_destroy(rk);
+  return eofs == partitions ? total : -1;
+}
+
+const char *th_header(const rd_kafka_message_t *msg, const char *name,
+                      char *out, size_t size) {
+  rd_kafka_headers_t *headers = NULL;
+  const void *value;
+  size_t len;
+  out[0] = '\0';
+  if (rd_kafka_message_headers(msg, &headers) ||
+      rd_kafka_header_get_last(headers, name, &value, &len))
+    return NULL;
+  snprintf(out, size, "%.*s", (int)len, (const char *)value);
+  return out;
+}
+
 int th_wait_caught_up(int port, const char *bootstrap, const char *topic,
                       int partitions, int timeout_ms) {
   int64_t deadline = th_now_ms() + timeout_ms;

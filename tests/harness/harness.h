@@ -91,6 +91,18 @@ long long th_metric_partition(int port, const char *name, int partition);
 int th_high_watermarks(const char *bootstrap, const char *topic,
                        int partitions, int64_t *out);
 
+/* Reads partitions 0..partitions-1 of topic from their start to their end
+ * (enable.partition.eof), calling visit for each record. The number of
+ * records, or -1 when an end was not reached within 60 s. */
+struct rd_kafka_message_s;
+int th_read_topic(const char *bootstrap, const char *topic, int partitions,
+                  void (*visit)(void *opaque,
+                                const struct rd_kafka_message_s *msg),
+                  void *opaque);
+/* A record's last header of that name, as text in out; NULL if none. */
+const char *th_header(const struct rd_kafka_message_s *msg, const char *name,
+                      char *out, size_t size);
+
 /* Waits until the processor on port has committed every partition of topic
  * up to its current high watermark. 0, or -1 on timeout. */
 int th_wait_caught_up(int port, const char *bootstrap, const char *topic,

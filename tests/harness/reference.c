@@ -123,48 +123,34 @@ static void expect_threshold_alerts(json_t *ids, int s, const char *feature,
   }
 }
 
+typedef struct {
+  tly_alert_codec_t *codec;
+  void (*visit)(void *opaque, const tly_alert_t *alert);
+  void *opaque;
+} alert_reader_t;
+
+static void decode_alert(void *opaque, const rd_kafka_message_t *msg) {
+  alert_reader_t *reader = opaque;
+  char errstr[512];
+  tly_alert_t alert = {0};
+  if (tly_alert_decode(reader->codec, msg->payload, msg->len, &alert, errstr,
+                       sizeof(errstr)))
+    fail_msg("undecodable alert: %s", errstr);
+  reader->visit(reader->opaque, &alert);
+  tly_alert_clear(&alert);
+}
+
 int th_read_alerts(const char *bootstrap,
                    void (*visit)(void *opaque, const tly_alert_t *alert),
                    void *opaque) {
   char errstr[512];
-  int total = 0;
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof(errstr));
-  rd_kafka_conf_set(conf, "group.id", "alerts-reader", errstr, sizeof(errstr));
-  rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof(errstr));
-  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
-  assert_non_null(rk);
-  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(4);
-  for (int p = 0; p < 4; p++)
-    rd_kafka_topic_partition_list_add(parts, "tally.alerts", p)->offset =
-        RD_KAFKA_OFFSET_BEGINNING;
-  assert_int_equal(rd_kafka_assign(rk, parts), 0);
-  rd_kafka_topic_partition_list_destroy(parts);
-  tly_alert_codec_t *codec = tly_alert_codec_new(errstr, sizeof(errstr));
-  assert_non_null(codec);
-  int eofs = 0;
-  int64_t deadline = th_now_ms() + 60000;
-  while (eofs < 4 && th_now_ms() < deadline) {
-    rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
-    if (!msg)
-      continue;
-    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-      eofs++;
-    } else if (!msg->err) {
-      tly_alert_t alert = {0};
-      if (tly_alert_decode(codec, msg->payload, msg->len, &alert, errstr,
-                           sizeof(errstr)))
-        fail_msg("undecodable alert: %s", errstr);
-      visit(opaque, &alert);
-      total++;
-      tly_alert_clear(&alert);
-    }
-    rd_kafka_message_destroy(msg);
-  }
-  assert_int_equal(eofs, 4);
-  tly_alert_codec_destroy(codec);
-  rd_kafka_consumer_close(rk);
-  rd_kafka_destroy(rk);
+  alert_reader_t reader = {tly_alert_codec_new(errstr, sizeof(errstr)), visit,
+                           opaque};
+  assert_non_null(reader.codec);
+  int total =
+      th_read_topic(bootstrap, "tally.alerts", 4, decode_alert, &reader);
+  assert_true(total >= 0); /* every partition read to its end */
+  tly_alert_codec_destroy(reader.codec);
   return total;
 }
 

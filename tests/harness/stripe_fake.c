@@ -11,6 +11,7 @@
 #include "stripe_fake.h"
 
 #include "harness.h"
+#include "tally_producer.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -802,6 +803,18 @@ void th_stripe_fake_stop(th_stripe_fake_t *fake) {
   th_rmrf(fake->dir);
 }
 
+int th_stripe_teardown(pid_t run_pid, th_broker_t *broker,
+                       th_stripe_fake_t *fake, char *dir) {
+  int rc = th_stop(run_pid);
+  th_broker_stop(broker);
+  th_stripe_fake_stop(fake);
+  th_rmrf(dir);
+  free(dir);
+  if (rc != 0)
+    printf("# tally run exited with %d\n", rc);
+  return rc == 0 ? 0 : -1;
+}
+
 int th_stripe_fake_control(const th_stripe_fake_t *fake, const char *method,
                            const char *path, const char *json_body,
                            long *status, char **response) {
@@ -836,17 +849,26 @@ int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id) {
   return control_post(fake, "/_fake/customers", body);
 }
 
-json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake) {
+/* A control GET's JSON answer (the caller's); NULL unless 200. */
+static json_t *control_get(const th_stripe_fake_t *fake, const char *path) {
   long status;
   char *text = NULL;
-  if (th_stripe_fake_control(fake, "GET", "/_fake/requests", NULL, &status,
-                             &text) ||
-      status != 200) {
-    free(text);
-    return NULL;
-  }
-  json_t *log = json_loads(text, 0, NULL);
+  json_t *json = NULL;
+  if (th_stripe_fake_control(fake, "GET", path, NULL, &status, &text) == 0 &&
+      status == 200)
+    json = json_loads(text, 0, NULL);
   free(text);
+  return json;
+}
+
+json_t *th_stripe_fake_ledger(const th_stripe_fake_t *fake) {
+  return control_get(fake, "/_fake/ledger");
+}
+
+json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake) {
+  json_t *log = control_get(fake, "/_fake/requests");
+  if (!log)
+    return NULL;
   json_t *requests = json_object_get(log, "requests");
   json_t *last = json_array_get(requests, json_array_size(requests) - 1);
   json_incref(last);
@@ -854,18 +876,14 @@ json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake) {
   return last;
 }
 
-long long th_stripe_fake_sum(const th_stripe_fake_t *fake, const char *customer,
-                             const char *event_name) {
-  long status;
-  char *text = NULL;
-  if (th_stripe_fake_control(fake, "GET", "/_fake/ledger", NULL, &status,
-                             &text) ||
-      status != 200) {
-    free(text);
+/* A ledger field ("value": the sum, "count") of (customer, event_name):
+ * 0 when there is no such row, -1 when the fake does not answer. */
+static long long ledger_field(const th_stripe_fake_t *fake,
+                              const char *customer, const char *event_name,
+                              const char *field) {
+  json_t *ledger = th_stripe_fake_ledger(fake), *row;
+  if (!ledger)
     return -1;
-  }
-  json_t *ledger = json_loads(text, 0, NULL), *row;
-  free(text);
   long long sum = 0;
   size_t i;
   json_array_foreach(json_object_get(ledger, "meter_events"), i, row) {
@@ -873,8 +891,121 @@ long long th_stripe_fake_sum(const th_stripe_fake_t *fake, const char *customer,
             0 &&
         strcmp(json_string_value(json_object_get(row, "event_name")),
                event_name) == 0)
-      sum += json_integer_value(json_object_get(row, "value"));
+      sum += json_integer_value(json_object_get(row, field));
   }
   json_decref(ledger);
   return sum;
+}
+
+long long th_stripe_fake_sum(const th_stripe_fake_t *fake, const char *customer,
+                             const char *event_name) {
+  return ledger_field(fake, customer, event_name, "value");
+}
+
+long long th_stripe_fake_count(const th_stripe_fake_t *fake,
+                               const char *customer, const char *event_name) {
+  return ledger_field(fake, customer, event_name, "count");
+}
+
+/* ---- the usage reporting tests ------------------------------------------ */
+
+const char *th_stripe_fake_key_env(const th_stripe_fake_t *fake) {
+  static char env[128];
+  snprintf(env, sizeof(env), "TALLY_TEST_STRIPE_KEY=%s", fake->secret_key);
+  return env;
+}
+
+char *th_stripe_report_config(const char *dir, const th_stripe_fake_t *fake,
+                              int max_requests_per_s, int timeout_ms,
+                              int retry_max_s) {
+  char *path = malloc(600);
+  if (!path)
+    return NULL;
+  snprintf(path, 600, "%s/config.json", dir);
+  FILE *file = fopen(path, "w");
+  if (!file) {
+    free(path);
+    return NULL;
+  }
+  fprintf(file,
+          "{\"default_plans\": {\"user\": \"pay_per_use\"},\n"
+          " \"stripe\": {\"api_base\": \"http://127.0.0.1:%d\",\n"
+          "  \"secret_key_env\": \"TALLY_TEST_STRIPE_KEY\",\n"
+          "  \"meters\": {\"api_calls\": \"api_requests\", "
+          "\"storage_bytes\": \"storage\"},\n"
+          "  \"report_window_s\": 3600, \"max_requests_per_s\": %d,\n"
+          "  \"timeout_ms\": %d, \"retry_max_s\": %d}}\n",
+          fake->port, max_requests_per_s, timeout_ms, retry_max_s);
+  fclose(file);
+  return path;
+}
+
+static void utc_date(int64_t t_ms, char *out, size_t size) {
+  time_t t = (time_t)(t_ms / 1000);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(out, size, "%Y-%m-%d", &tm);
+}
+
+long long th_folded_quantity(int port, const char *user_id, const char *feature,
+                             int64_t from_ms, int64_t to_ms) {
+  char path[512], from[16], to[16], *body = NULL;
+  long status;
+  utc_date(from_ms, from, sizeof(from));
+  utc_date(to_ms, to, sizeof(to));
+  snprintf(path, sizeof(path), "/v1/subjects/user:%s/usage/daily?from=%s&to=%s",
+           user_id, from, to);
+  if (th_http_get(port, path, &status, &body) || status != 200) {
+    free(body);
+    return -1;
+  }
+  json_t *json = json_loads(body, 0, NULL), *day;
+  free(body);
+  long long sum = 0;
+  size_t i;
+  json_array_foreach(json_object_get(json, "days"), i, day) {
+    sum += json_integer_value(json_object_get(
+        json_object_get(json_object_get(day, "features"), feature),
+        "quantity"));
+  }
+  json_decref(json);
+  return sum;
+}
+
+static int send_event(struct tally_producer *producer, tly_event_t *event) {
+  char errstr[512];
+  if (tally_producer_send(producer, event, NULL, errstr, sizeof(errstr))) {
+    fprintf(stderr, "# producing %s: %s\n", event->event_id, errstr);
+    return -1;
+  }
+  return 0;
+}
+
+/* An event of user:user_id (the strings stay the caller's). */
+static tly_event_t user_event(const char *event_id, int64_t at_ms,
+                              const char *user_id, tly_body_kind_t kind) {
+  return (tly_event_t){.event_id = (char *)event_id,
+                       .occurred_at_ms = at_ms,
+                       .subject_kind = TLY_SUBJECT_USER,
+                       .subject_id = (char *)user_id,
+                       .body_kind = kind};
+}
+
+int th_send_usage(struct tally_producer *producer, const char *event_id,
+                  int64_t at_ms, const char *user_id, const char *feature,
+                  int64_t quantity) {
+  tly_event_t event =
+      user_event(event_id, at_ms, user_id, TLY_BODY_USAGE_RECORDED);
+  event.body.usage.feature = (char *)feature;
+  event.body.usage.quantity = quantity;
+  event.body.usage.unit = "unit";
+  return send_event(producer, &event);
+}
+
+int th_send_link(struct tally_producer *producer, const char *event_id,
+                 int64_t at_ms, const char *user_id, const char *customer) {
+  tly_event_t event =
+      user_event(event_id, at_ms, user_id, TLY_BODY_CUSTOMER_LINKED);
+  event.body.customer_linked.stripe_customer_id = (char *)customer;
+  return send_event(producer, &event);
 }

@@ -46,6 +46,8 @@
 #ifndef STRIPE_FAKE_H
 #define STRIPE_FAKE_H
 
+#include "harness.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -73,6 +75,11 @@ typedef struct {
  * 0 or -1. */
 int th_stripe_fake_start(th_stripe_fake_t *fake);
 void th_stripe_fake_stop(th_stripe_fake_t *fake);
+/* A Stripe test's teardown: stops `tally run` (0 only after a clean exit:
+ * under the sanitizers a leak makes its exit code non-zero), the broker
+ * and the fake, removes dir and frees it. 0 or -1. */
+int th_stripe_teardown(pid_t run_pid, th_broker_t *broker,
+                       th_stripe_fake_t *fake, char *dir);
 
 /* A control request (method, "/_fake/..." path, JSON body or NULL): the
  * status, and the answer (malloc'd) when response is not NULL. 0 or -1. */
@@ -87,9 +94,45 @@ int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id);
  * object, the caller's to json_decref); NULL when there is none. */
 struct json_t;
 struct json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake);
+/* GET /_fake/ledger (see above; the caller's to json_decref), or NULL. */
+struct json_t *th_stripe_fake_ledger(const th_stripe_fake_t *fake);
 /* The ledger's sum of accepted values for (customer, event_name); -1 when
  * the fake does not answer. */
 long long th_stripe_fake_sum(const th_stripe_fake_t *fake, const char *customer,
                              const char *event_name);
+/* The number of meter events accepted for (customer, event_name); -1 when
+ * the fake does not answer. */
+long long th_stripe_fake_count(const th_stripe_fake_t *fake,
+                               const char *customer, const char *event_name);
+
+/* ---- the usage reporting tests ------------------------------------------ */
+
+/* "TALLY_TEST_STRIPE_KEY=<the fake's key>", for th_run_env (static; the
+ * environment keeps pointing at it). */
+const char *th_stripe_fake_key_env(const th_stripe_fake_t *fake);
+
+/* Writes dir/config.json for `tally run` reporting to the fake: users on
+ * pay_per_use (no limits), meters api_calls -> "api_requests" and
+ * storage_bytes -> "storage", hourly windows, and the given request rate,
+ * request time limit and retry cap. Returns the path (malloc'd) or NULL. */
+char *th_stripe_report_config(const char *dir, const th_stripe_fake_t *fake,
+                              int max_requests_per_s, int timeout_ms,
+                              int retry_max_s);
+
+/* The folded quantity of feature for user:user_id over the UTC days from
+ * from_ms to to_ms, from the usage history (GET .../usage/daily, the hourly
+ * buckets reporting sums too); -1 when tally does not answer 200. */
+long long th_folded_quantity(int port, const char *user_id, const char *feature,
+                             int64_t from_ms, int64_t to_ms);
+
+/* Events through the client library (keyed by subject, like every
+ * producer): usage of feature by user:user_id at at_ms, or the link of
+ * user:user_id to a Stripe customer. 0 or -1. */
+struct tally_producer;
+int th_send_usage(struct tally_producer *producer, const char *event_id,
+                  int64_t at_ms, const char *user_id, const char *feature,
+                  int64_t quantity);
+int th_send_link(struct tally_producer *producer, const char *event_id,
+                 int64_t at_ms, const char *user_id, const char *customer);
 
 #endif

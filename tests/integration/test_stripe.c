@@ -75,14 +75,7 @@ static int teardown(void **state) {
   (void)state;
   /* 0 only after a clean stop: under the sanitizers, a leak (say, of a
    * portal call) makes tally's exit code non-zero. */
-  int rc = th_stop(run.pid);
-  th_broker_stop(&broker);
-  th_stripe_fake_stop(&fake);
-  th_rmrf(dir);
-  free(dir);
-  if (rc != 0)
-    printf("# tally run exited with %d\n", rc);
-  return rc == 0 ? 0 : -1;
+  return th_stripe_teardown(run.pid, &broker, &fake, dir);
 }
 
 /* POSTs body to the webhook of port, signed with the given secrets at t

@@ -109,7 +109,7 @@ static unsigned char *encode_copy(tly_alert_codec_t *codec,
 static void test_type_names(void **state) {
   static const char *const names[TLY_ALERT__COUNT] = {
       "limit_warning", "limit_exceeded", "billing_cycle_end", "payment_failed",
-      "subscription_canceled"};
+      "subscription_canceled", "stripe_report_failed"};
   (void)state;
   for (int i = 0; i < TLY_ALERT__COUNT; i++)
     assert_string_equal(tly_alert_type_name((tly_alert_type_t)i), names[i]);
@@ -297,7 +297,7 @@ static void test_reject_corrupt_fields(void **state) {
     expect_decode_error(codec, work, sizeof(work), want);                      \
   } while (0)
 
-  MUTATE(7, 0x0A, "field 'type': enum index 5 out of range");
+  MUTATE(7, 0x0C, "field 'type': enum index 6 out of range");
   MUTATE(7, 0x01, "field 'type': enum index -1");
   MUTATE(8, 0x08, "field 'subject.kind': enum index 4 out of range");
   MUTATE(8, 0x06, "system subject id must be 'tick'");
@@ -371,7 +371,7 @@ static void test_encode_rejects(void **state) {
 
   WITH(alert.alert_id[0] = '\0', "field 'alert_id'");
   WITH((free(alert.alert_id), alert.alert_id = NULL), "field 'alert_id'");
-  WITH(alert.type = TLY_ALERT__COUNT, "alert type 5 is out of range");
+  WITH(alert.type = TLY_ALERT__COUNT, "alert type 6 is out of range");
   WITH(alert.subject_kind = (tly_subject_kind_t)9, "subject kind 9");
   WITH(alert.subject_id[0] = '\0', "subject id must not be empty");
   WITH(alert.subject_kind = TLY_SUBJECT_API_KEY, "raw keys are never");

@@ -311,7 +311,8 @@ static const bad_case_t bad_cases[] = {
     {"{\"thresholds\": [25, 50, 50]}", "thresholds[2]: must be ascending"},
     {"{\"retention\": {\"daily_days\": 0}}", "retention.daily_days: "},
     {"{\"retention\": {\"alerts_days\": \"90\"}}", "retention.alerts_days: "},
-    {"{\"retention\": {\"hourly_days\": 3}}", "retention.hourly_days: unknown key"},
+    {"{\"retention\": {\"hourly_days\": 3}}",
+     "retention.hourly_days: unknown key"},
     {"{\"retention\": 90}", "retention: must be an object"},
     {"{\"thresholds\": [0]}", "thresholds[0]: must be an integer from 1 to"},
     {"{\"thresholds\": [1001]}", "thresholds[0]: must be an integer from 1 to"},
@@ -439,6 +440,10 @@ static const bad_case_t bad_cases[] = {
      "stripe.api_base: must be an http:// or https:// URL"},
     {"{\"stripe\": {\"api_version\": \"\"}}", "stripe.api_version: must be"},
     {"{\"stripe\": {\"report_window_s\": 10}}", "stripe.report_window_s: "},
+    {"{\"stripe\": {\"report_window_s\": 5400}}",
+     "stripe.report_window_s: must be a whole number of hours"},
+    {"{\"stripe\": {\"report_window_s\": 172800}}",
+     "stripe.report_window_s: must be an integer from 3600 to 86400"},
     {"{\"stripe\": {\"max_requests_per_s\": 0}}",
      "stripe.max_requests_per_s: "},
     {"{\"stripe\": {\"retry_max_s\": 1.5}}", "stripe.retry_max_s: "},
@@ -536,6 +541,7 @@ static void test_stripe_section(void **state) {
   assert_int_equal(config->stripe.timeout_ms, 10000);
   assert_null(config->stripe.secret_key);
   assert_int_equal(config->stripe.webhook_secret_count, 0);
+  assert_false(tly_config_stripe_reports(config));
   tly_config_free(config);
 
   setenv("TALLY_TEST_STRIPE_KEY", "sk_test_abc", 1);
@@ -549,7 +555,7 @@ static void test_stripe_section(void **state) {
       "\"webhook_tolerance_s\": 60, "
       "\"prices\": {\"price_pro\": \"pro\", \"price_free\": \"free\"}, "
       "\"meters\": {\"api_calls\": \"api_requests\"}, "
-      "\"report_window_s\": 600, \"max_requests_per_s\": 5, "
+      "\"report_window_s\": 7200, \"max_requests_per_s\": 5, "
       "\"retry_max_s\": 30, \"timeout_ms\": 2000, "
       "\"portal_return_url\": \"https://app.example.com/billing\"}, "
       "\"plans\": {\"pro\": {\"credits\": 10}}}";
@@ -573,7 +579,11 @@ static void test_stripe_section(void **state) {
   assert_int_equal(stripe->meter_count, 1);
   assert_string_equal(stripe->meters[0].feature, "api_calls");
   assert_string_equal(stripe->meters[0].event_name, "api_requests");
-  assert_int_equal(stripe->report_window_s, 600);
+  assert_int_equal(stripe->report_window_s, 7200);
+  assert_true(tly_config_stripe_reports(config));
+  assert_string_equal(tly_config_stripe_meter(config, "api_calls"),
+                      "api_requests");
+  assert_null(tly_config_stripe_meter(config, "ai_tokens"));
   assert_int_equal(stripe->max_requests_per_s, 5);
   assert_int_equal(stripe->retry_max_s, 30);
   assert_int_equal(stripe->timeout_ms, 2000);

@@ -179,6 +179,8 @@ static void test_cf_names(void **state) {
   assert_string_equal(tly_store_cf_name(TLY_CF_OFFSETS), "offsets");
   assert_string_equal(tly_store_cf_name(TLY_CF_OUTBOX), "outbox");
   assert_string_equal(tly_store_cf_name(TLY_CF_META), "meta");
+  assert_string_equal(tly_store_cf_name(TLY_CF_REPORTS), "reports");
+  assert_string_equal(tly_store_cf_name(TLY_CF_CURSORS), "stripe_cursors");
   assert_null(tly_store_cf_name(TLY_CF__COUNT));
 }
 

@@ -1,0 +1,1075 @@
+/*
+ * tly_stripe_emitter.c - the usage reporting emitter (see
+ * tly_stripe_emitter.h for the protocol and what it guarantees).
+ *
+ * One pass: for each partition assigned here, read up to MARKS_PER_PASS
+ * marks in key order, group them by subject, and settle each subject's
+ * windows (meters x windows of the marked hours): resend a pending intent,
+ * then send the delta between the folded total and what the cursor
+ * accounts for. A subject whose windows are all settled loses the marks
+ * that were read; one that could not be settled (stop, the partition
+ * moved away, Kafka refusing a dead letter) keeps them for a later pass.
+ * Retries of one request happen in place: Stripe's limits and outages
+ * concern every subject alike, so nothing is gained by moving on.
+ */
+#include "tly_stripe_emitter.h"
+
+#include "tally_producer.h"
+#include "tly_alert.h"
+#include "tly_auth.h"
+#include "tly_billing.h"
+#include "tly_keys.h"
+#include "tly_log.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MARKS_PER_PASS 256
+#define IDLE_WAIT_MS 200
+#define BACKOFF_BASE_MS 500
+#define FLUSH_TIMEOUT_MS 30000
+#define METER_EVENTS_PATH "/v1/billing/meter_events"
+/* Stripe's answer to an identifier it already has. */
+#define DUPLICATE_IDENTIFIER "An event already exists with identifier"
+
+/* ---- the pure parts ------------------------------------------------------ */
+
+size_t tly_stripe_cursor_encode(const tly_stripe_cursor_t *cursor,
+                                unsigned char *out) {
+  tly_put_be64(out, (uint64_t)cursor->reported);
+  tly_put_be64(out + 8, (uint64_t)cursor->pending);
+  tly_put_be64(out + 16, (uint64_t)cursor->failed);
+  if (!cursor->pending)
+    return 24;
+  size_t customer_len = strnlen(cursor->customer, sizeof(cursor->customer) - 1);
+  tly_put_be64(out + 24, (uint64_t)cursor->timestamp_s);
+  out[32] = (unsigned char)customer_len;
+  memcpy(out + 33, cursor->customer, customer_len);
+  return 33 + customer_len;
+}
+
+int tly_stripe_cursor_decode(const void *data, size_t len,
+                             tly_stripe_cursor_t *cursor) {
+  const unsigned char *bytes = data;
+  memset(cursor, 0, sizeof(*cursor));
+  if (len < 24)
+    return -1;
+  cursor->reported = (int64_t)tly_get_be64(bytes);
+  cursor->pending = (int64_t)tly_get_be64(bytes + 8);
+  cursor->failed = (int64_t)tly_get_be64(bytes + 16);
+  if (cursor->reported < 0 || cursor->pending < 0 || cursor->failed < 0)
+    return -1;
+  if (!cursor->pending)
+    return len == 24 ? 0 : -1;
+  size_t customer_len = len > 33 ? bytes[32] : 0;
+  if (!customer_len || len != 33 + customer_len ||
+      customer_len >= sizeof(cursor->customer) ||
+      memchr(bytes + 33, '\0', customer_len))
+    return -1;
+  cursor->timestamp_s = (int64_t)tly_get_be64(bytes + 24);
+  memcpy(cursor->customer, bytes + 33, customer_len);
+  return 0;
+}
+
+void tly_stripe_report_identifier(int32_t partition, tly_subject_kind_t kind,
+                                  const char *id, const char *event_name,
+                                  int64_t window_start_ms,
+                                  const tly_stripe_cursor_t *cursor,
+                                  char out[TLY_STRIPE_IDENTIFIER_SIZE]) {
+  /* subject, 0, event_name, 0, then the numbers: no two inputs spell the
+   * same bytes (subject keys and meter names hold no 0 byte). */
+  char text[TLY_KEY_MAX + TLY_STRIPE_EVENT_NAME_MAX + 96];
+  char hex[TLY_SHA256_HEX_LEN + 1];
+  size_t len = tly_subject_key(kind, id, text, TLY_KEY_MAX);
+  if (len >= TLY_KEY_MAX)
+    len = TLY_KEY_MAX - 1;
+  text[len++] = '\0';
+  /* Failed deltas count as accounted too: a delta after a refused one must
+   * not repeat the refused one's identifier (Stripe would take the
+   * Idempotency-Key with other parameters for an error). */
+  int tail = snprintf(text + len, sizeof(text) - len,
+                      "%.*s%c%" PRId32 "|%" PRId64 "|%" PRId64 "|%" PRId64,
+                      TLY_STRIPE_EVENT_NAME_MAX, event_name, '\0', partition,
+                      window_start_ms, cursor->reported, cursor->failed);
+  tly_sha256_hex(text, len + (size_t)tail, hex);
+  snprintf(out, TLY_STRIPE_IDENTIFIER_SIZE, "tly_%.40s", hex);
+}
+
+tly_stripe_outcome_t
+tly_stripe_report_outcome(int answered, const tly_stripe_response_t *response) {
+  if (!answered)
+    return TLY_STRIPE_RETRY; /* may or may not have arrived: resend */
+  long status = response->status;
+  if (status >= 200 && status < 300)
+    return TLY_STRIPE_ACCEPTED;
+  if (status == 400) {
+    char message[256];
+    tly_stripe_error_message(response->body, message, sizeof(message));
+    if (strncmp(message, DUPLICATE_IDENTIFIER, strlen(DUPLICATE_IDENTIFIER)) ==
+        0)
+      return TLY_STRIPE_ACCEPTED;
+  }
+  if (response->should_retry == 1)
+    return TLY_STRIPE_RETRY;
+  if (response->should_retry == 0)
+    return TLY_STRIPE_REFUSED;
+  if (status == 429 || status >= 500 || status == 401 || status == 403)
+    return TLY_STRIPE_RETRY;
+  return TLY_STRIPE_REFUSED;
+}
+
+int64_t tly_stripe_backoff_ms(int attempt, int64_t retry_max_s,
+                              int64_t retry_after_s, uint32_t random) {
+  int64_t cap = retry_max_s * 1000;
+  int64_t step = BACKOFF_BASE_MS;
+  for (int i = 0; i < attempt && step < cap; i++)
+    step *= 2;
+  if (step > cap)
+    step = cap;
+  int64_t wait = step / 2 + (int64_t)(random % (uint32_t)(step / 2 + 1));
+  if (retry_after_s >= 0 && wait < retry_after_s * 1000)
+    wait = retry_after_s * 1000;
+  return wait;
+}
+
+int64_t tly_stripe_rate_wait_us(int64_t *tat_us, int64_t now_us,
+                                int64_t requests_per_s) {
+  /* Evenly spaced, no burst: at most requests_per_s in any second. */
+  int64_t interval = 1000000 / (requests_per_s > 0 ? requests_per_s : 1);
+  if (*tat_us > now_us)
+    return *tat_us - now_us;
+  *tat_us = now_us + interval;
+  return 0;
+}
+
+/* ---- the emitter -------------------------------------------------------- */
+
+/* A meter and the features it sums (features may share one). */
+typedef struct {
+  const char *event_name;
+  const char *features[16];
+  size_t feature_count;
+} meter_t;
+
+/* One mark as read: its key, and what it names. */
+typedef struct {
+  char *key;
+  size_t key_len;
+  int64_t at_ms;
+  int32_t *hours;
+  size_t hour_count;
+} mark_t;
+
+typedef struct {
+  mark_t *items;
+  size_t count, cap;
+  int failed; /* out of memory or a malformed mark */
+} mark_list_t;
+
+struct tly_stripe_emitter {
+  tly_stripe_emitter_conf_t conf;
+  const tly_stripe_config_t *stripe;
+  int64_t window_ms;
+  meter_t *meters;
+  size_t meter_count;
+  tly_stripe_client_t *client;
+  rd_kafka_t *producer;
+  tly_alert_codec_t *alert_codec;
+  char *dlq_topic, *alerts_topic;
+  tly_store_batch_t *batch;
+  int64_t rate_tat_us;
+
+  pthread_t thread;
+  int started;
+  pthread_mutex_t lock;
+  pthread_cond_t wake;
+  int stopping; /* under lock */
+
+  atomic_uint_least64_t sent, retried, failed;
+  _Atomic int64_t oldest_at_ms; /* INT64_MAX: no mark */
+  atomic_int delivery_errors;
+};
+
+typedef enum {
+  SETTLED = 0, /* nothing left to do for it now */
+  DEFERRED     /* try again on a later pass */
+} settle_t;
+
+static int stopping(tly_stripe_emitter_t *e) {
+  pthread_mutex_lock(&e->lock);
+  int stop = e->stopping;
+  pthread_mutex_unlock(&e->lock);
+  return stop;
+}
+
+/* Sleeps ms, or less when stopping. Returns 1 when stopping. */
+static int pause_ms(tly_stripe_emitter_t *e, int64_t ms) {
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until); /* the condition's clock */
+  until.tv_sec += (time_t)(ms / 1000);
+  until.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&e->lock);
+  while (!e->stopping &&
+         pthread_cond_timedwait(&e->wake, &e->lock, &until) == 0)
+    ;
+  int stop = e->stopping;
+  pthread_mutex_unlock(&e->lock);
+  return stop;
+}
+
+/* The work may go on: not stopping and the partition still ours. */
+static int may_continue(tly_stripe_emitter_t *e, int32_t partition) {
+  return !stopping(e) && tly_processor_assigned(e->conf.processor, partition);
+}
+
+/* ---- reading state ------------------------------------------------------ */
+
+typedef struct {
+  tly_subject_kind_t kind;
+  const char *id;
+  int32_t partition;
+  tly_subject_record_t record; /* read once per subject */
+} subject_t;
+
+/* Adds the quantities of the meter's features in buckets (of hour). */
+static int64_t meter_quantity(const meter_t *meter,
+                              const tly_subject_bucket_t *buckets, size_t count,
+                              int32_t hour) {
+  int64_t sum = 0;
+  for (size_t i = 0; i < count; i++)
+    for (size_t f = 0; f < meter->feature_count; f++)
+      if (buckets[i].hour == hour &&
+          strcmp(buckets[i].feature, meter->features[f]) == 0)
+        sum += buckets[i].totals.quantity;
+  return sum;
+}
+
+/* The folded total of the meter in the window: the subject record holds
+ * its newest hour, older hours have keys of their own. Read one after the
+ * other, not from one snapshot: an hour read later can only have grown,
+ * and any growth after the mark comes with a mark of its own. 0, or -1
+ * with errstr. */
+static int window_total(tly_stripe_emitter_t *e, const subject_t *subject,
+                        const meter_t *meter, int64_t window_start_ms,
+                        int64_t *total, char *errstr, size_t errstr_size) {
+  const tly_subject_record_t *record = &subject->record;
+  int32_t newest = record->bucket_count ? record->buckets[0].hour : INT32_MIN;
+  int32_t first = (int32_t)(window_start_ms / TLY_HOUR_MS);
+  int32_t hours = (int32_t)(e->window_ms / TLY_HOUR_MS);
+  char key[TLY_KEY_MAX];
+  size_t prefix =
+      tly_key_history(subject->partition, subject->kind, subject->id,
+                      TLY_HISTORY_HOUR, key, sizeof(key) - 4);
+  if (!prefix) {
+    snprintf(errstr, errstr_size, "subject id too long");
+    return -1;
+  }
+  *total = 0;
+  for (int32_t hour = first; hour < first + hours; hour++) {
+    if (hour == newest) {
+      *total +=
+          meter_quantity(meter, record->buckets, record->bucket_count, hour);
+      continue;
+    }
+    char *value = NULL;
+    size_t value_len = 0;
+    tly_put_be32((unsigned char *)key + prefix, (uint32_t)hour);
+    int found = tly_store_get(e->conf.store, TLY_CF_USAGE, key, prefix + 4,
+                              &value, &value_len, errstr, errstr_size);
+    if (found < 0)
+      return -1;
+    if (!found)
+      continue;
+    tly_subject_bucket_t *buckets = NULL;
+    size_t count = 0;
+    int bad = value_len < 8 || tly_bucket_decode(value + 8, value_len - 8, hour,
+                                                 &buckets, &count);
+    tly_store_free(value);
+    if (bad) {
+      snprintf(errstr, errstr_size, "stored usage history is corrupt");
+      return -1;
+    }
+    *total += meter_quantity(meter, buckets, count, hour);
+    free(buckets);
+  }
+  return 0;
+}
+
+static size_t cursor_key(const subject_t *subject, const meter_t *meter,
+                         int64_t window_start_ms, char *out, size_t size) {
+  return tly_key_report_cursor(subject->partition, subject->kind, subject->id,
+                               meter->event_name, window_start_ms, out, size);
+}
+
+/* Writes the cursor (synced) with whatever else the batch holds. */
+static int write_cursor(tly_stripe_emitter_t *e, const char *key,
+                        size_t key_len, const tly_stripe_cursor_t *cursor) {
+  char errstr[512];
+  unsigned char value[TLY_STRIPE_CURSOR_MAX];
+  size_t len = tly_stripe_cursor_encode(cursor, value);
+  tly_store_batch_put(e->batch, TLY_CF_CURSORS, key, key_len, value, len);
+  int rc = tly_store_commit(e->conf.store, e->batch, 1, errstr, sizeof(errstr));
+  tly_store_batch_clear(e->batch);
+  if (rc)
+    tly_log(TLY_LOG_ERROR, "stripe", "writing a report cursor: %s", errstr);
+  return rc;
+}
+
+/* ---- dead letters and alerts ------------------------------------------- */
+
+typedef struct {
+  const subject_t *subject;
+  const meter_t *meter;
+  int64_t window_start_ms;
+  const char *identifier; /* names the delta */
+  int64_t value;
+  int64_t timestamp_s;
+  const char *customer;
+  long status;       /* Stripe's; 0 when never sent */
+  const char *error; /* Stripe's message, or why it was not sent */
+  char reason[600];  /* both, for the dead letter's and alert's text */
+} failure_t;
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg,
+                        void *opaque) {
+  tly_stripe_emitter_t *e = opaque;
+  (void)rk;
+  if (msg->err) {
+    atomic_fetch_add(&e->delivery_errors, 1);
+    tly_log(TLY_LOG_WARN, "stripe", "producing to %s: %s",
+            rd_kafka_topic_name(msg->rkt), rd_kafka_err2str(msg->err));
+  }
+}
+
+static int produce(tly_stripe_emitter_t *e, const char *topic, const char *key,
+                   size_t key_len, const void *value, size_t value_len,
+                   rd_kafka_headers_t *headers) {
+  rd_kafka_resp_err_t err = rd_kafka_producev(
+      e->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
+      RD_KAFKA_V_VALUE((void *)value, value_len),
+      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+      RD_KAFKA_V_END);
+  if (err) {
+    rd_kafka_headers_destroy(headers);
+    tly_log(TLY_LOG_WARN, "stripe", "producing to %s: %s", topic,
+            rd_kafka_err2str(err));
+    return -1;
+  }
+  return 0;
+}
+
+static void add_header(rd_kafka_headers_t *headers, const char *name,
+                       const char *value) {
+  rd_kafka_header_add(headers, name, -1, value, -1);
+}
+
+/* The alert of a failed delta, and its history record (for /alerts) in
+ * the cursor's batch. */
+static int failure_alert(tly_stripe_emitter_t *e, const failure_t *failure,
+                         const char *subject_key, size_t subject_key_len) {
+  const subject_t *subject = failure->subject;
+  char alert_id[TLY_KEY_MAX + 256], detail[1024], errstr[256];
+  /* The delta's identifier names it (partition, meter, window, what was
+   * accounted before it): the alert of the same delta has the same id. */
+  snprintf(alert_id, sizeof(alert_id), "stripe_report_failed:%.*s:%s",
+           (int)subject_key_len, subject_key, failure->identifier);
+  snprintf(detail, sizeof(detail),
+           "meter %s: %" PRId64 " not reported (%s); identifier %s",
+           failure->meter->event_name, failure->value, failure->reason,
+           failure->identifier);
+  tly_alert_t alert = {
+      .alert_id = alert_id,
+      .type = TLY_ALERT_STRIPE_REPORT_FAILED,
+      .subject_kind = subject->kind,
+      .subject_id = (char *)subject->id,
+      .occurred_at_ms = failure->window_start_ms,
+      .cycle_start_ms = failure->window_start_ms,
+      .cycle_end_ms = failure->window_start_ms + e->window_ms,
+      .plan = (char *)subject->record.account.plan,
+      .feature = (char *)failure->meter->features[0],
+      .used = failure->value,
+      .limit = -1,
+      .detail = detail,
+  };
+  const void *value;
+  size_t value_len;
+  if (tly_alert_encode(e->alert_codec, &alert, &value, &value_len, errstr,
+                       sizeof(errstr))) {
+    tly_log(TLY_LOG_ERROR, "stripe", "encoding alert %s: %s", alert_id, errstr);
+    return -1;
+  }
+  char history[TLY_KEY_MAX + 300];
+  size_t len = tly_key_history(subject->partition, subject->kind, subject->id,
+                               TLY_HISTORY_ALERT, history, TLY_KEY_MAX);
+  size_t id_len = strlen(alert_id);
+  unsigned char *stored = malloc(8 + value_len);
+  if (!len || len + 8 + id_len > sizeof(history) || !stored) {
+    free(stored);
+    return -1;
+  }
+  tly_put_be64((unsigned char *)history + len, (uint64_t)alert.occurred_at_ms);
+  memcpy(history + len + 8, alert_id, id_len);
+  tly_put_be64(stored,
+               (uint64_t)(alert.occurred_at_ms +
+                          e->conf.config->retention.alerts_days * TLY_DAY_MS));
+  memcpy(stored + 8, value, value_len);
+  tly_store_batch_put(e->batch, TLY_CF_USAGE, history, len + 8 + id_len, stored,
+                      8 + value_len);
+  free(stored);
+
+  rd_kafka_headers_t *headers = rd_kafka_headers_new(2);
+  add_header(headers, "tally.output.id", alert_id);
+  add_header(headers, "tally.alert.type",
+             tly_alert_type_name(TLY_ALERT_STRIPE_REPORT_FAILED));
+  return produce(e, e->alerts_topic, subject_key, subject_key_len, value,
+                 value_len, headers);
+}
+
+/* A delta that will not reach Stripe: a dead letter with Stripe's error and
+ * an alert, both acknowledged by Kafka before the cursor counts it failed
+ * (the caller writes the cursor with the batch this fills). 0 or -1. */
+static int report_failure(tly_stripe_emitter_t *e, failure_t *failure) {
+  const subject_t *subject = failure->subject;
+  char subject_key[TLY_KEY_MAX], output_id[64], partition[16], status[16];
+  size_t key_len = tly_subject_key(subject->kind, subject->id, subject_key,
+                                   sizeof(subject_key));
+  if (key_len >= sizeof(subject_key))
+    return -1;
+  snprintf(output_id, sizeof(output_id), "stripe:%s", failure->identifier);
+  snprintf(partition, sizeof(partition), "%d", (int)subject->partition);
+  snprintf(status, sizeof(status), "%ld", failure->status);
+  if (failure->status)
+    snprintf(failure->reason, sizeof(failure->reason),
+             "stripe answered %ld: %s", failure->status, failure->error);
+  else
+    snprintf(failure->reason, sizeof(failure->reason), "%s", failure->error);
+  const char *reason = failure->reason;
+  json_t *report = json_pack(
+      "{s:s,s:s,s:s,s:I,s:s,s:I,s:I,s:I,s:I,s:s}", "subject", subject_key,
+      "stripe_customer_id", failure->customer, "event_name",
+      failure->meter->event_name, "value", (json_int_t)failure->value,
+      "identifier", failure->identifier, "timestamp",
+      (json_int_t)failure->timestamp_s, "window_start_ms",
+      (json_int_t)failure->window_start_ms, "window_end_ms",
+      (json_int_t)(failure->window_start_ms + e->window_ms), "stripe_status",
+      (json_int_t)failure->status, "error", failure->error);
+  char *value = report ? json_dumps(report, JSON_COMPACT) : NULL;
+  json_decref(report);
+  if (!value)
+    return -1;
+  rd_kafka_headers_t *headers = rd_kafka_headers_new(5);
+  add_header(headers, "tally.error", reason);
+  add_header(headers, "tally.source", "stripe.meter_events");
+  add_header(headers, "tally.source.partition", partition);
+  add_header(headers, "tally.stripe.status", status);
+  add_header(headers, "tally.output.id", output_id);
+  atomic_store(&e->delivery_errors, 0);
+  int rc = produce(e, e->dlq_topic, subject_key, key_len, value, strlen(value),
+                   headers);
+  free(value);
+  if (rc || failure_alert(e, failure, subject_key, key_len) ||
+      rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS) !=
+          RD_KAFKA_RESP_ERR_NO_ERROR ||
+      atomic_load(&e->delivery_errors)) {
+    tly_store_batch_clear(e->batch); /* the alert's history goes too */
+    return -1;
+  }
+  tly_log(TLY_LOG_WARN, "stripe",
+          "%s: %s %" PRId64 " of window %" PRId64 " counted failed: %s",
+          subject_key, failure->meter->event_name, failure->value,
+          failure->window_start_ms, reason);
+  return 0;
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+/* Sends the cursor's pending intent until Stripe accepts or refuses it.
+ * DEFERRED when it had to stop first (the intent stays for later). */
+static settle_t send_pending(tly_stripe_emitter_t *e, const subject_t *subject,
+                             const meter_t *meter,
+                             const tly_stripe_cursor_t *cursor,
+                             const char *identifier,
+                             tly_stripe_outcome_t *outcome, long *status,
+                             char *error, size_t error_size) {
+  char value[24], timestamp[24];
+  snprintf(value, sizeof(value), "%" PRId64, cursor->pending);
+  snprintf(timestamp, sizeof(timestamp), "%" PRId64, cursor->timestamp_s);
+  const tly_stripe_param_t params[] = {
+      {"event_name", meter->event_name},
+      {"payload[stripe_customer_id]", cursor->customer},
+      {"payload[value]", value},
+      {"identifier", identifier},
+      {"timestamp", timestamp},
+  };
+  for (int attempt = 0;; attempt++) {
+    for (;;) {
+      if (!may_continue(e, subject->partition))
+        return DEFERRED;
+      struct timespec now;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      int64_t wait_us = tly_stripe_rate_wait_us(
+          &e->rate_tat_us, now.tv_sec * 1000000LL + now.tv_nsec / 1000,
+          e->stripe->max_requests_per_s);
+      if (!wait_us)
+        break;
+      pause_ms(e, (wait_us + 999) / 1000);
+    }
+    tly_stripe_response_t response;
+    int answered = tly_stripe_post(e->client, METER_EVENTS_PATH, params,
+                                   sizeof(params) / sizeof(params[0]),
+                                   identifier, &response) == 0;
+    *outcome = tly_stripe_report_outcome(answered, &response);
+    *status = answered ? response.status : 0;
+    if (answered)
+      tly_stripe_error_message(response.body, error, error_size);
+    else
+      snprintf(error, error_size, "%s", response.error);
+    int64_t retry_after_s = response.retry_after_s;
+    tly_stripe_response_clear(&response);
+    if (*outcome != TLY_STRIPE_RETRY)
+      return SETTLED;
+    atomic_fetch_add(&e->retried, 1);
+    uint32_t random = 0;
+    RAND_bytes((unsigned char *)&random, sizeof(random));
+    int64_t wait = tly_stripe_backoff_ms(attempt, e->stripe->retry_max_s,
+                                         retry_after_s, random);
+    tly_log(TLY_LOG_WARN, "stripe",
+            "meter event %s (%s): %s%ld %s; retrying in %" PRId64 " ms",
+            identifier, meter->event_name, answered ? "status " : "", *status,
+            error, wait);
+    if (pause_ms(e, wait))
+      return DEFERRED;
+  }
+}
+
+/* Settles one (subject, meter, window): resends a pending intent, then
+ * sends the delta to the folded total, until nothing is left. */
+static settle_t settle_window(tly_stripe_emitter_t *e, const subject_t *subject,
+                              const meter_t *meter, int64_t window_start_ms) {
+  char key[TLY_KEY_MAX + 128], errstr[512], error[512];
+  size_t key_len =
+      cursor_key(subject, meter, window_start_ms, key, sizeof(key));
+  int64_t total;
+  if (!key_len || window_total(e, subject, meter, window_start_ms, &total,
+                               errstr, sizeof(errstr))) {
+    tly_log(TLY_LOG_ERROR, "stripe", "reading the usage of %s: %s", subject->id,
+            key_len ? errstr : "key too long");
+    return DEFERRED;
+  }
+  tly_stripe_cursor_t cursor;
+  char *stored = NULL;
+  size_t stored_len = 0;
+  int found = tly_store_get(e->conf.store, TLY_CF_CURSORS, key, key_len,
+                            &stored, &stored_len, errstr, sizeof(errstr));
+  int bad = found > 0 && tly_stripe_cursor_decode(stored, stored_len, &cursor);
+  tly_store_free(stored);
+  if (found < 0 || bad) {
+    tly_log(TLY_LOG_ERROR, "stripe", "reading a report cursor of %s: %s",
+            subject->id, bad ? "corrupt" : errstr);
+    return DEFERRED;
+  }
+  if (!found)
+    memset(&cursor, 0, sizeof(cursor));
+
+  for (;;) {
+    /* Named by what was accounted before it: the same for every resend. */
+    char identifier[TLY_STRIPE_IDENTIFIER_SIZE];
+    tly_stripe_report_identifier(subject->partition, subject->kind, subject->id,
+                                 meter->event_name, window_start_ms, &cursor,
+                                 identifier);
+    if (!cursor.pending) {
+      int64_t delta = total - cursor.reported - cursor.failed;
+      const char *customer = subject->record.account.stripe_customer_id;
+      if (delta <= 0 || !customer[0])
+        return SETTLED; /* an unlinked subject has no one to bill */
+      int64_t now_s = tly_wall_ms() / 1000;
+      int64_t window_end_s = (window_start_ms + e->window_ms) / 1000;
+      cursor.pending = delta;
+      cursor.timestamp_s = window_end_s - 1 < now_s ? window_end_s - 1 : now_s;
+      snprintf(cursor.customer, sizeof(cursor.customer), "%s", customer);
+      if (cursor.timestamp_s <
+          now_s - TLY_STRIPE_MAX_AGE_S + TLY_STRIPE_AGE_MARGIN_S) {
+        failure_t failure = {
+            .subject = subject,
+            .meter = meter,
+            .window_start_ms = window_start_ms,
+            .identifier = identifier,
+            .value = delta,
+            .timestamp_s = cursor.timestamp_s,
+            .customer = customer,
+            .error = "window older than Stripe's 35 days: not sent"};
+        if (report_failure(e, &failure))
+          return DEFERRED;
+        cursor.failed += delta;
+        cursor.pending = 0;
+        if (write_cursor(e, key, key_len, &cursor))
+          return DEFERRED;
+        atomic_fetch_add(&e->failed, 1);
+        continue;
+      }
+      /* The intent, durable before the request leaves. */
+      if (write_cursor(e, key, key_len, &cursor))
+        return DEFERRED;
+    }
+    tly_stripe_outcome_t outcome;
+    long status;
+    if (send_pending(e, subject, meter, &cursor, identifier, &outcome, &status,
+                     error, sizeof(error)) == DEFERRED)
+      return DEFERRED;
+    if (outcome == TLY_STRIPE_REFUSED) {
+      failure_t failure = {.subject = subject,
+                           .meter = meter,
+                           .window_start_ms = window_start_ms,
+                           .identifier = identifier,
+                           .value = cursor.pending,
+                           .timestamp_s = cursor.timestamp_s,
+                           .customer = cursor.customer,
+                           .status = status,
+                           .error = error};
+      if (report_failure(e, &failure))
+        return DEFERRED;
+      cursor.failed += cursor.pending;
+      atomic_fetch_add(&e->failed, 1);
+    } else {
+      cursor.reported += cursor.pending;
+      atomic_fetch_add(&e->sent, 1);
+    }
+    cursor.pending = 0;
+    if (write_cursor(e, key, key_len, &cursor))
+      return DEFERRED;
+  }
+}
+
+/* ---- marks -------------------------------------------------------------- */
+
+static void mark_list_clear(mark_list_t *list) {
+  for (size_t i = 0; i < list->count; i++) {
+    free(list->items[i].key);
+    free(list->items[i].hours);
+  }
+  free(list->items);
+  memset(list, 0, sizeof(*list));
+}
+
+static int collect_mark(void *opaque, const char *key, size_t key_len,
+                        const char *value, size_t value_len) {
+  mark_list_t *list = opaque;
+  if (key_len <= 12 || value_len < 8 || (value_len - 8) % 4) {
+    list->failed = 1;
+    return 1;
+  }
+  if (list->count == list->cap) {
+    size_t cap = list->cap ? list->cap * 2 : 64;
+    mark_t *grown = realloc(list->items, cap * sizeof(*grown));
+    if (!grown) {
+      list->failed = 1;
+      return 1;
+    }
+    list->items = grown;
+    list->cap = cap;
+  }
+  mark_t *mark = &list->items[list->count];
+  mark->key_len = key_len;
+  mark->key = malloc(key_len + 1);
+  mark->hour_count = (value_len - 8) / 4;
+  mark->hours = malloc((mark->hour_count + 1) * sizeof(*mark->hours));
+  if (!mark->key || !mark->hours) {
+    free(mark->key);
+    free(mark->hours);
+    list->failed = 1;
+    return 1;
+  }
+  memcpy(mark->key, key, key_len);
+  mark->key[key_len] = '\0';
+  mark->at_ms = (int64_t)tly_get_be64((const unsigned char *)value);
+  for (size_t i = 0; i < mark->hour_count; i++)
+    mark->hours[i] =
+        (int32_t)tly_get_be32((const unsigned char *)value + 8 + 4 * i);
+  list->count++;
+  return list->count >= MARKS_PER_PASS;
+}
+
+/* The subject key ("kind:id") of a mark. */
+static const char *mark_subject(const mark_t *mark) { return mark->key + 12; }
+
+static int compare_windows(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The window containing an hour (windows are whole hours from the epoch). */
+static int64_t window_of(const tly_stripe_emitter_t *e, int32_t hour) {
+  int64_t t = (int64_t)hour * TLY_HOUR_MS;
+  int64_t start = t / e->window_ms * e->window_ms;
+  return start > t ? start - e->window_ms : start;
+}
+
+/* Settles every window the subject's marks (those of list naming it, from
+ * index first on) name, then deletes those marks. */
+static settle_t settle_subject(tly_stripe_emitter_t *e, int32_t partition,
+                               const mark_list_t *list, size_t first) {
+  char errstr[512], subject_key[TLY_KEY_MAX];
+  const char *name = mark_subject(&list->items[first]);
+  snprintf(subject_key, sizeof(subject_key), "%s", name);
+  char *colon = strchr(subject_key, ':');
+  subject_t subject = {.partition = partition};
+  if (!colon)
+    return SETTLED; /* not a subject key: nothing to report */
+  *colon = '\0';
+  subject.id = colon + 1;
+  if (tly_subject_kind_parse(subject_key, &subject.kind))
+    return SETTLED;
+
+  size_t window_count = 0, window_cap = 0;
+  int64_t *windows = NULL;
+  for (size_t i = first; i < list->count; i++) {
+    if (strcmp(mark_subject(&list->items[i]), name) != 0)
+      continue;
+    if (window_cap < window_count + list->items[i].hour_count) {
+      window_cap = (window_count + list->items[i].hour_count) * 2;
+      int64_t *grown = realloc(windows, window_cap * sizeof(*grown));
+      if (!grown) {
+        free(windows);
+        return DEFERRED;
+      }
+      windows = grown;
+    }
+    for (size_t h = 0; h < list->items[i].hour_count; h++)
+      windows[window_count++] = window_of(e, list->items[i].hours[h]);
+  }
+  if (window_count > 1)
+    qsort(windows, window_count, sizeof(*windows), compare_windows);
+
+  char key[TLY_KEY_MAX], *value = NULL;
+  size_t value_len = 0;
+  size_t key_len =
+      tly_key_account(partition, subject.kind, subject.id, key, sizeof(key));
+  int found = key_len
+                  ? tly_store_get(e->conf.store, TLY_CF_ACCOUNTS, key, key_len,
+                                  &value, &value_len, errstr, sizeof(errstr))
+                  : 0;
+  if (found < 0 || (found > 0 && tly_subject_record_decode(value, value_len,
+                                                           &subject.record))) {
+    tly_log(TLY_LOG_ERROR, "stripe", "reading subject %s: %s", name,
+            found < 0 ? errstr : "corrupt record");
+    tly_store_free(value);
+    free(windows);
+    return DEFERRED;
+  }
+  tly_store_free(value);
+  settle_t result = SETTLED;
+  for (size_t w = 0; w < window_count && result == SETTLED; w++) {
+    if (w > 0 && windows[w] == windows[w - 1])
+      continue;
+    for (size_t m = 0; m < e->meter_count && result == SETTLED; m++)
+      result = settle_window(e, &subject, &e->meters[m], windows[w]);
+  }
+  tly_subject_record_clear(&subject.record);
+  free(windows);
+  if (result != SETTLED)
+    return result;
+  for (size_t i = first; i < list->count; i++)
+    if (strcmp(mark_subject(&list->items[i]), name) == 0)
+      tly_store_batch_delete(e->batch, TLY_CF_REPORTS, list->items[i].key,
+                             list->items[i].key_len);
+  /* Unsynced: a delete lost to a crash only makes the subject be looked
+   * at again, and found settled. */
+  int rc = tly_store_commit(e->conf.store, e->batch, 0, errstr, sizeof(errstr));
+  tly_store_batch_clear(e->batch);
+  if (rc)
+    tly_log(TLY_LOG_ERROR, "stripe", "deleting report marks: %s", errstr);
+  return rc ? DEFERRED : SETTLED;
+}
+
+static int first_mark(void *opaque, const char *key, size_t key_len,
+                      const char *value, size_t value_len) {
+  (void)key, (void)key_len;
+  if (value_len >= 8)
+    *(int64_t *)opaque = (int64_t)tly_get_be64((const unsigned char *)value);
+  return 1;
+}
+
+/* One pass over the partition's marks; returns how many were settled, or
+ * -1 when nothing could be done (an error, logged). */
+static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
+  char errstr[512], prefix[4];
+  mark_list_t list = {0};
+  tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
+  if (tly_store_scan_prefix(e->conf.store, TLY_CF_REPORTS, prefix, 4,
+                            collect_mark, &list, errstr, sizeof(errstr)) ||
+      list.failed) {
+    tly_log(TLY_LOG_ERROR, "stripe", "reading report marks of partition %d: %s",
+            (int)partition, list.failed ? "out of memory or corrupt" : errstr);
+    mark_list_clear(&list);
+    return -1;
+  }
+  int settled = 0;
+  for (size_t i = 0; i < list.count; i++) {
+    int seen = 0;
+    for (size_t j = 0; j < i && !seen; j++)
+      seen = strcmp(mark_subject(&list.items[j]),
+                    mark_subject(&list.items[i])) == 0;
+    if (seen)
+      continue;
+    if (!may_continue(e, partition))
+      break;
+    if (settle_subject(e, partition, &list, i) == SETTLED)
+      settled++;
+  }
+  mark_list_clear(&list);
+  return settled;
+}
+
+/* The oldest mark still waiting on the assigned partitions. */
+static void update_oldest(tly_stripe_emitter_t *e,
+                          const tly_partition_status_t *status, size_t count) {
+  int64_t oldest = INT64_MAX;
+  for (size_t i = 0; i < count; i++) {
+    char prefix[4], errstr[256];
+    int64_t at = INT64_MAX;
+    if (!status[i].assigned)
+      continue;
+    tly_put_be32((unsigned char *)prefix, (uint32_t)status[i].partition);
+    if (tly_store_scan_prefix(e->conf.store, TLY_CF_REPORTS, prefix, 4,
+                              first_mark, &at, errstr, sizeof(errstr)) == 0 &&
+        at < oldest)
+      oldest = at;
+  }
+  atomic_store(&e->oldest_at_ms, oldest);
+}
+
+static void *emitter_main(void *arg) {
+  tly_stripe_emitter_t *e = arg;
+  tly_partition_status_t *status = NULL;
+  size_t cap = 0;
+  while (!stopping(e)) {
+    size_t count = tly_processor_partitions(e->conf.processor, status, cap);
+    if (count > cap) {
+      tly_partition_status_t *grown = realloc(status, count * sizeof(*grown));
+      if (grown) {
+        status = grown;
+        cap = count;
+      } else {
+        pause_ms(e, IDLE_WAIT_MS);
+      }
+      continue;
+    }
+    int settled = 0;
+    for (size_t i = 0; i < count && !stopping(e); i++)
+      if (status[i].assigned) {
+        int n = pass_partition(e, status[i].partition);
+        settled += n > 0 ? n : 0;
+      }
+    update_oldest(e, status, count);
+    if (!settled)
+      pause_ms(e, IDLE_WAIT_MS);
+  }
+  free(status);
+  return NULL;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+void tly_stripe_emitter_stop(tly_stripe_emitter_t *e) {
+  if (!e)
+    return;
+  if (e->started) {
+    pthread_mutex_lock(&e->lock);
+    e->stopping = 1;
+    pthread_cond_broadcast(&e->wake);
+    pthread_mutex_unlock(&e->lock);
+    pthread_join(e->thread, NULL);
+  }
+  if (e->producer) {
+    rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS);
+    rd_kafka_destroy(e->producer);
+  }
+  tly_stripe_client_destroy(e->client);
+  tly_alert_codec_destroy(e->alert_codec);
+  tly_store_batch_destroy(e->batch);
+  free(e->meters);
+  free(e->dlq_topic);
+  free(e->alerts_topic);
+  pthread_cond_destroy(&e->wake);
+  pthread_mutex_destroy(&e->lock);
+  free(e);
+}
+
+/* The configured meters, features of one event_name together. */
+static int collect_meters(tly_stripe_emitter_t *e, char *errstr,
+                          size_t errstr_size) {
+  const tly_stripe_config_t *stripe = e->stripe;
+  e->meters = calloc(stripe->meter_count + 1, sizeof(*e->meters));
+  if (!e->meters) {
+    snprintf(errstr, errstr_size, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < stripe->meter_count; i++) {
+    meter_t *meter = NULL;
+    for (size_t m = 0; m < e->meter_count && !meter; m++)
+      if (strcmp(e->meters[m].event_name, stripe->meters[i].event_name) == 0)
+        meter = &e->meters[m];
+    if (!meter) {
+      meter = &e->meters[e->meter_count++];
+      meter->event_name = stripe->meters[i].event_name;
+    }
+    if (meter->feature_count == sizeof(meter->features) / sizeof(char *)) {
+      snprintf(errstr, errstr_size,
+               "stripe.meters: at most 16 features per meter");
+      return -1;
+    }
+    meter->features[meter->feature_count++] = stripe->meters[i].feature;
+  }
+  return 0;
+}
+
+static rd_kafka_t *new_producer(tly_stripe_emitter_t *e, char *errstr,
+                                size_t errstr_size) {
+  static const char *const defaults[] = {"enable.idempotence=true",
+                                         "linger.ms=5", NULL};
+  char kafka_err[512];
+  rd_kafka_conf_t *kconf = rd_kafka_conf_new();
+  if (rd_kafka_conf_set(kconf, "bootstrap.servers", e->conf.brokers, kafka_err,
+                        sizeof(kafka_err)) != RD_KAFKA_CONF_OK) {
+    snprintf(errstr, errstr_size, "brokers: %s", kafka_err);
+    rd_kafka_conf_destroy(kconf);
+    return NULL;
+  }
+  if (tly_kafka_conf_apply(kconf, defaults, errstr, errstr_size) ||
+      tly_kafka_conf_apply(kconf, e->conf.kafka_properties, errstr,
+                           errstr_size)) {
+    rd_kafka_conf_destroy(kconf);
+    return NULL;
+  }
+  rd_kafka_conf_set_opaque(kconf, e);
+  rd_kafka_conf_set_dr_msg_cb(kconf, on_delivery);
+  rd_kafka_t *producer =
+      rd_kafka_new(RD_KAFKA_PRODUCER, kconf, kafka_err, sizeof(kafka_err));
+  if (!producer) {
+    snprintf(errstr, errstr_size, "creating Kafka producer: %s", kafka_err);
+    rd_kafka_conf_destroy(kconf);
+  }
+  return producer;
+}
+
+/* Cursors are per window: windows of another size would start again from
+ * nothing and report everything twice. The size in force is kept in the
+ * store, and a change refused. 0 or -1 with errstr. */
+static int check_window(tly_stripe_emitter_t *e, char *errstr,
+                        size_t errstr_size) {
+  static const char key[] = "stripe.report_window_s";
+  char *value = NULL, store_err[512];
+  size_t len = 0;
+  int found = tly_store_get(e->conf.store, TLY_CF_META, key, sizeof(key) - 1,
+                            &value, &len, store_err, sizeof(store_err));
+  int64_t stored =
+      found > 0 && len == 8 ? (int64_t)tly_get_be64((unsigned char *)value) : 0;
+  tly_store_free(value);
+  if (found < 0) {
+    snprintf(errstr, errstr_size, "stripe reporting: %s", store_err);
+    return -1;
+  }
+  if (found && stored != e->stripe->report_window_s) {
+    snprintf(errstr, errstr_size,
+             "stripe.report_window_s: was %" PRId64 " when usage was "
+             "reported from this state; another window would report it all "
+             "again",
+             stored);
+    return -1;
+  }
+  if (found)
+    return 0;
+  unsigned char window[8];
+  tly_put_be64(window, (uint64_t)e->stripe->report_window_s);
+  tly_store_batch_put(e->batch, TLY_CF_META, key, sizeof(key) - 1, window, 8);
+  int rc = tly_store_commit(e->conf.store, e->batch, 1, store_err,
+                            sizeof(store_err));
+  tly_store_batch_clear(e->batch);
+  if (rc)
+    snprintf(errstr, errstr_size, "stripe reporting: %s", store_err);
+  return rc;
+}
+
+tly_stripe_emitter_t *
+tly_stripe_emitter_start(const tly_stripe_emitter_conf_t *conf, char *errstr,
+                         size_t errstr_size) {
+  if (!conf->config || !tly_config_stripe_reports(conf->config) ||
+      !conf->store || !conf->processor || !conf->brokers) {
+    snprintf(errstr, errstr_size,
+             "stripe reporting: needs stripe.meters, stripe.secret_key_env, "
+             "a store, a processor and brokers");
+    return NULL;
+  }
+  tly_stripe_emitter_t *e = calloc(1, sizeof(*e));
+  if (!e) {
+    snprintf(errstr, errstr_size, "out of memory");
+    return NULL;
+  }
+  pthread_mutex_init(&e->lock, NULL);
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  /* Waits ignore the wall clock's jumps. */
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&e->wake, &attr);
+  pthread_condattr_destroy(&attr);
+  e->conf = *conf;
+  e->stripe = &conf->config->stripe;
+  e->window_ms = e->stripe->report_window_s * 1000;
+  atomic_init(&e->oldest_at_ms, INT64_MAX);
+  e->dlq_topic =
+      strdup(conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC);
+  e->alerts_topic = strdup(conf->alerts_topic ? conf->alerts_topic
+                                              : TLY_DEFAULT_ALERTS_TOPIC);
+  e->batch = tly_store_batch_new();
+  if (!e->dlq_topic || !e->alerts_topic || !e->batch) {
+    snprintf(errstr, errstr_size, "out of memory");
+    goto fail;
+  }
+  if (collect_meters(e, errstr, errstr_size) ||
+      check_window(e, errstr, errstr_size))
+    goto fail;
+  tly_stripe_client_conf_t client = {.api_base = e->stripe->api_base,
+                                     .secret_key = e->stripe->secret_key,
+                                     .api_version = e->stripe->api_version,
+                                     .timeout_ms = (long)e->stripe->timeout_ms};
+  if (!(e->client = tly_stripe_client_new(&client, errstr, errstr_size)) ||
+      !(e->alert_codec = tly_alert_codec_new(errstr, errstr_size)) ||
+      !(e->producer = new_producer(e, errstr, errstr_size)))
+    goto fail;
+  if (pthread_create(&e->thread, NULL, emitter_main, e) != 0) {
+    snprintf(errstr, errstr_size, "cannot start the Stripe emitter thread");
+    goto fail;
+  }
+  e->started = 1;
+  tly_log(TLY_LOG_INFO, "stripe",
+          "reporting %zu meter(s) to %s every %" PRId64 " s window, at most "
+          "%" PRId64 " requests/s",
+          e->meter_count, e->stripe->api_base, e->stripe->report_window_s,
+          e->stripe->max_requests_per_s);
+  return e;
+fail:
+  tly_stripe_emitter_stop(e);
+  return NULL;
+}
+
+void tly_stripe_emitter_stats(tly_stripe_emitter_t *e,
+                              tly_stripe_emitter_stats_t *stats) {
+  stats->sent = atomic_load(&e->sent);
+  stats->retried = atomic_load(&e->retried);
+  stats->failed = atomic_load(&e->failed);
+  int64_t oldest = atomic_load(&e->oldest_at_ms);
+  int64_t age = oldest == INT64_MAX ? 0 : (tly_wall_ms() - oldest) / 1000;
+  stats->oldest_unreported_s = age > 0 ? age : 0;
+}
