@@ -18,5 +18,5 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure --timeout 900
 
-echo "== fuzz the parsers (90 s in all)"
-scripts/fuzz.sh 90
+echo "== fuzz the parsers (60 s in all)"
+scripts/fuzz.sh 60
