@@ -150,6 +150,15 @@ static void respond_req_error(response_t *out, const tly_req_error_t *err) {
                          error_json(err->code, err->message, err->field)));
 }
 
+/* A request module's answer: 200 with it, or its error when NULL. */
+static void respond_answer(response_t *out, json_t *answer,
+                           const tly_req_error_t *err) {
+  if (answer)
+    respond_json(out, 200, answer);
+  else
+    respond_req_error(out, err);
+}
+
 /* ---- state ----------------------------------------------------------- */
 
 static uint64_t commit_count(void *opaque) {
@@ -507,10 +516,7 @@ static void handle_quota(tly_http_t *http, request_t *req,
     json_t *answer =
         tly_req_quota_json(http->conf.config, &subject, found ? &state : NULL,
                            &query, now_ms, &err);
-    if (answer)
-      respond_json(out, 200, answer);
-    else
-      respond_req_error(out, &err);
+    respond_answer(out, answer, &err);
   }
   tly_state_subject_clear(&state);
 }
@@ -530,10 +536,7 @@ static void handle_estimate(tly_http_t *http, request_t *req,
   (void)connection;
   json_t *answer =
       tly_req_estimate(http->conf.config, req->body, req->body_len, &err);
-  if (answer)
-    respond_json(out, 200, answer);
-  else
-    respond_req_error(out, &err);
+  respond_answer(out, answer, &err);
 }
 
 static void handle_prorate(tly_http_t *http, request_t *req,
@@ -542,10 +545,7 @@ static void handle_prorate(tly_http_t *http, request_t *req,
   (void)connection;
   json_t *answer =
       tly_req_prorate(http->conf.config, req->body, req->body_len, &err);
-  if (answer)
-    respond_json(out, 200, answer);
-  else
-    respond_req_error(out, &err);
+  respond_answer(out, answer, &err);
 }
 
 /* ---- ingest: produce, suspend, resume on the last delivery report ---- */
