@@ -30,12 +30,11 @@ typedef struct {
 
 typedef struct tly_overlay_entry {
   tly_cf_t cf;
-  char *key;
+  char *key; /* in the entry's own allocation, after it */
   size_t key_len;
-  int stored; /* the key existed in RocksDB when loaded */
-  int dirty;  /* write it at commit */
+  int stored;               /* the key existed in RocksDB when loaded */
+  int dirty;                /* write it at commit */
   int64_t stored_cycle_end; /* the indexed cycle end, if stored */
-  struct tly_overlay_entry *next_dirty; /* the owner's list to write */
   tly_account_t account;
   /* The subject's usage rows, each allocated on its own so that a row
    * handed to the fold keeps its address while others are added. */
@@ -47,8 +46,15 @@ typedef struct tly_overlay_entry {
   size_t bucket_count, bucket_cap;
 } tly_overlay_entry_t;
 
+/* A slot keeps its entry's hash beside the pointer: a probe passes over
+ * other keys without touching their entries (each a cache miss). */
 typedef struct {
-  tly_overlay_entry_t **slots;
+  uint64_t hash; /* 0: empty (hashes are never 0) */
+  tly_overlay_entry_t *entry;
+} tly_overlay_slot_t;
+
+typedef struct {
+  tly_overlay_slot_t *slots;
   size_t capacity; /* power of two */
   size_t count;
 } tly_overlay_t;

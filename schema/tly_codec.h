@@ -53,4 +53,14 @@ int tly_codec_encode(tly_codec_t *codec, const tly_event_t *event,
 int tly_codec_decode(tly_codec_t *codec, const void *data, size_t len,
                      tly_event_t *event, char *errstr, size_t errstr_size);
 
+/*
+ * The same decode (same messages accepted, same errors) without copies:
+ * the event's strings and properties point into memory the codec owns,
+ * valid until the next decode on this codec. Do not tly_event_clear() such
+ * an event; just drop it. About four times cheaper: what the processor
+ * uses for each record it folds.
+ */
+int tly_codec_decode_view(tly_codec_t *codec, const void *data, size_t len,
+                          tly_event_t *event, char *errstr, size_t errstr_size);
+
 #endif

@@ -124,6 +124,12 @@ int tly_store_compact(tly_store_t *store, tly_cf_t cf);
 /* Big-endian helpers for keys and values. */
 void tly_put_be32(unsigned char *out, uint32_t value);
 void tly_put_be64(unsigned char *out, uint64_t value);
+/* Zeroes len bytes by writing them. The compiler turns malloc + memset(0)
+ * into calloc, whose fresh pages map the shared zero page on a first read
+ * and fault again (copy, TLB flush on every CPU) on the first write; big
+ * hash tables that are probed before written want their pages written
+ * once, up front. */
+void tly_zero_fill(void *out, size_t len);
 uint32_t tly_get_be32(const unsigned char *in);
 uint64_t tly_get_be64(const unsigned char *in);
 

@@ -10,7 +10,9 @@
  * schema id. Whatever decodes must satisfy tly_event_validate() and must
  * re-encode and decode to the same event (every body kind, compared field
  * by field through tly_event_to_json()): a decode that accepts something
- * the encoder would refuse, or that loses data, is a bug too.
+ * the encoder would refuse, or that loses data, is a bug too. The direct
+ * decoder the processor uses (tly_codec_decode_view) must give the same
+ * verdict, message and event as tly_codec_decode on every input.
  *
  * One codec serves every input, as in the processor, so state carried from
  * one decode into the next is fuzzed too. That needs one LeakSanitizer
@@ -88,6 +90,24 @@ static void check_same(const tly_event_t *a, const tly_event_t *b) {
   }
 }
 
+/* The processor's decoder (tly_codec_decode_view) must agree with
+ * tly_codec_decode on every input: same verdict, same message, same
+ * event. */
+static void check_view(const uint8_t *data, size_t size, int rc,
+                       const char *errstr, const tly_event_t *event) {
+  tly_event_t view;
+  char view_error[512] = "";
+  int view_rc = tly_codec_decode_view(codec, data, size, &view, view_error,
+                                      sizeof(view_error));
+  if (view_rc != rc || (rc && strcmp(errstr, view_error) != 0)) {
+    fprintf(stderr, "decoders disagree: avro-c %d '%s', direct %d '%s'\n", rc,
+            rc ? errstr : "", view_rc, view_error);
+    abort();
+  }
+  if (!rc)
+    check_same(event, &view);
+}
+
 static void decode_one(const uint8_t *data, size_t size) {
   tly_event_t event = {0}, again = {0};
   char errstr[512], reason[512];
@@ -99,8 +119,10 @@ static void decode_one(const uint8_t *data, size_t size) {
       fprintf(stderr, "decode failed without a message\n");
       abort();
     }
+    check_view(data, size, -1, errstr, NULL);
     return;
   }
+  check_view(data, size, 0, NULL, &event);
   if (tly_event_validate(&event, reason, sizeof(reason))) {
     fprintf(stderr, "decoded an invalid event: %s\n", reason);
     abort();

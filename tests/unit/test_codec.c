@@ -12,6 +12,11 @@
  * sanitizer build, TALLY_SANITIZE=ON, to have ASan check the latter). Raw
  * Avro inputs are written by hand with a tiny builder so that each test
  * shows exactly which bytes are wrong.
+ *
+ * Every decode here runs both decoders, tly_codec_decode() (avro-c, owned
+ * strings) and tly_codec_decode_view() (direct, the processor's), and
+ * requires the same answer: the same event field by field, or the same
+ * error message.
  */
 /* cmocka.h needs these first; the blank line keeps clang-format from
  * sorting it above them. */
@@ -28,9 +33,41 @@
 
 #include "tly_codec.h"
 #include "tly_event.h"
+#include "tly_event_json.h"
+
+#include <jansson.h>
 
 #define API_KEY_HASH                                                           \
   "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+/* tly_codec_decode(), checked against tly_codec_decode_view() on the same
+ * bytes: same result, same message, same event. */
+static int decode_checked(tly_codec_t *codec, const void *bytes, size_t len,
+                          tly_event_t *event, char *errstr,
+                          size_t errstr_size) {
+  char view_error[512] = "";
+  tly_event_t view;
+  int view_rc = tly_codec_decode_view(codec, bytes, len, &view, view_error,
+                                      sizeof(view_error));
+  int rc = tly_codec_decode(codec, bytes, len, event, errstr, errstr_size);
+  assert_int_equal(rc, view_rc);
+  if (rc) {
+    assert_true(errstr_size > 0);
+    assert_int_equal(strncmp(errstr, view_error, errstr_size - 1), 0);
+    return rc;
+  }
+  json_t *owned = NULL, *viewed = NULL;
+  assert_int_equal(tly_event_to_json(event, &owned), 0);
+  assert_int_equal(tly_event_to_json(&view, &viewed), 0);
+  if (!json_equal(owned, viewed)) {
+    char *a = json_dumps(owned, JSON_SORT_KEYS),
+         *b = json_dumps(viewed, JSON_SORT_KEYS);
+    fail_msg("decoders differ:\n  avro-c %s\n  direct %s", a, b);
+  }
+  json_decref(owned);
+  json_decref(viewed);
+  return rc;
+}
 
 /* ------------------------------------------------------------------ */
 /* Event building                                                      */
@@ -264,7 +301,7 @@ static void test_round_trips(void **state) {
       size_t len;
       unsigned char *bytes = encode_spec(codec, spec, &len);
 
-      if (tly_codec_decode(codec, bytes, len, &decoded, errstr, sizeof(errstr)))
+      if (decode_checked(codec, bytes, len, &decoded, errstr, sizeof(errstr)))
         fail_msg("decode '%s': %s", spec->name, errstr);
       assert_event_matches(&decoded, spec);
       tly_event_clear(&decoded);
@@ -297,7 +334,7 @@ static void test_round_trip_many_properties(void **state) {
   spec.properties = pairs;
   bytes = encode_spec(codec, &spec, &len);
   assert_int_equal(
-      tly_codec_decode(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
+      decode_checked(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
   assert_event_matches(&decoded, &spec);
   tly_event_clear(&decoded);
   free(bytes);
@@ -323,7 +360,7 @@ static void test_round_trip_large_string(void **state) {
   bytes = encode_spec(codec, &spec, &len);
   assert_true(len > big_len);
   assert_int_equal(
-      tly_codec_decode(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
+      decode_checked(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
   assert_event_matches(&decoded, &spec);
   tly_event_clear(&decoded);
   free(bytes);
@@ -342,13 +379,13 @@ static void test_decode_reuses_event(void **state) {
   (void)state;
 
   assert_int_equal(
-      tly_codec_decode(codec, a, len_a, &event, errstr, sizeof(errstr)), 0);
+      decode_checked(codec, a, len_a, &event, errstr, sizeof(errstr)), 0);
   assert_int_equal(
-      tly_codec_decode(codec, b, len_b, &event, errstr, sizeof(errstr)), 0);
+      decode_checked(codec, b, len_b, &event, errstr, sizeof(errstr)), 0);
   assert_event_matches(&event, &round_trip_specs[0]);
   /* A failed decode leaves the event cleared. */
   assert_int_not_equal(
-      tly_codec_decode(codec, b, len_b - 1, &event, errstr, sizeof(errstr)), 0);
+      decode_checked(codec, b, len_b - 1, &event, errstr, sizeof(errstr)), 0);
   assert_null(event.event_id);
   assert_null(event.subject_id);
   assert_null(event.body.usage.feature);
@@ -536,7 +573,7 @@ static void expect_decode_error(tly_codec_t *codec, const void *bytes,
                                 size_t len, const char *want) {
   tly_event_t event = {0};
   char errstr[512] = "";
-  int rc = tly_codec_decode(codec, bytes, len, &event, errstr, sizeof(errstr));
+  int rc = decode_checked(codec, bytes, len, &event, errstr, sizeof(errstr));
   if (rc == 0)
     fail_msg("decode unexpectedly succeeded (wanted '%s')", want);
   if (!strstr(errstr, want))
@@ -567,8 +604,7 @@ static void test_raw_valid_decodes(void **state) {
 
   build_raw(&m, &raw);
   assert_int_equal(
-      tly_codec_decode(codec, m.bytes, m.len, &event, errstr, sizeof(errstr)),
-      0);
+      decode_checked(codec, m.bytes, m.len, &event, errstr, sizeof(errstr)), 0);
   assert_string_equal(event.event_id, "e-1");
   assert_string_equal(event.body.usage.ai.model, "gpt-4o");
   tly_event_clear(&event);
@@ -619,8 +655,7 @@ static void test_reject_every_truncation(void **state) {
     char errstr[256] = "";
     assert_non_null(prefix);
     memcpy(prefix, bytes, cut);
-    if (tly_codec_decode(codec, prefix, cut, &event, errstr, sizeof(errstr)) ==
-        0)
+    if (decode_checked(codec, prefix, cut, &event, errstr, sizeof(errstr)) == 0)
       fail_msg("decode of %zu of %zu bytes succeeded", cut, len);
     assert_true(strlen(errstr) > 0);
     /* Mostly "truncated Avro record"; a cut can also leave a map count
@@ -812,7 +847,7 @@ static void test_accept_blocked_maps(void **state) {
   raw.props = props.bytes;
   raw.props_len = props.len;
   build_raw(&m, &raw);
-  if (tly_codec_decode(codec, m.bytes, m.len, &event, errstr, sizeof(errstr)))
+  if (decode_checked(codec, m.bytes, m.len, &event, errstr, sizeof(errstr)))
     fail_msg("decode: %s", errstr);
   assert_int_equal(event.body.usage.property_count, 3);
   assert_string_equal(find_property(&event.body.usage, "a"), "1");
@@ -891,7 +926,7 @@ static void test_reject_invalid_fields(void **state) {
     char errstr[256];
     build_raw(&m, &raw);
     assert_int_equal(
-        tly_codec_decode(codec, m.bytes, m.len, &event, errstr, sizeof(errstr)),
+        decode_checked(codec, m.bytes, m.len, &event, errstr, sizeof(errstr)),
         0);
     tly_event_clear(&event);
   }
@@ -1057,7 +1092,7 @@ static void decode_must_not_crash(tly_codec_t *codec, const unsigned char *src,
   char errstr[256] = "";
   assert_non_null(copy);
   memcpy(copy, src, len);
-  if (tly_codec_decode(codec, copy, len, &event, errstr, sizeof(errstr)) == 0) {
+  if (decode_checked(codec, copy, len, &event, errstr, sizeof(errstr)) == 0) {
     /* Whatever decodes must satisfy the rules. */
     char reason[256];
     assert_int_equal(tly_event_validate(&event, reason, sizeof(reason)), 0);
@@ -1112,7 +1147,7 @@ static void test_random_corruption(void **state) {
     tly_event_t event = {0};
     char errstr[256];
     assert_int_equal(
-        tly_codec_decode(codec, valid, len, &event, errstr, sizeof(errstr)), 0);
+        decode_checked(codec, valid, len, &event, errstr, sizeof(errstr)), 0);
     assert_event_matches(&event, &spec);
     tly_event_clear(&event);
   }
@@ -1275,8 +1310,7 @@ static void test_round_trip_every_kind(void **state) {
 
         build_flat((tly_body_kind_t)kind, variant, &event);
         bytes = encode_event(codec, &event, &len);
-        if (tly_codec_decode(codec, bytes, len, &decoded, errstr,
-                             sizeof(errstr)))
+        if (decode_checked(codec, bytes, len, &decoded, errstr, sizeof(errstr)))
           fail_msg("decode kind %d variant %d: %s", kind, variant, errstr);
         assert_flat_equal(&decoded, &event);
         tly_event_clear(&decoded);
@@ -1284,9 +1318,9 @@ static void test_round_trip_every_kind(void **state) {
         free(bytes);
 
         bytes = encode_spec(codec, &round_trip_specs[4], &len);
-        assert_int_equal(tly_codec_decode(codec, bytes, len, &decoded, errstr,
-                                          sizeof(errstr)),
-                         0);
+        assert_int_equal(
+            decode_checked(codec, bytes, len, &decoded, errstr, sizeof(errstr)),
+            0);
         assert_event_matches(&decoded, &round_trip_specs[4]);
         tly_event_clear(&decoded);
         free(bytes);
@@ -1370,8 +1404,8 @@ static void test_truncation_every_kind(void **state) {
       char errstr[256] = "";
       assert_non_null(prefix);
       memcpy(prefix, bytes, cut);
-      if (tly_codec_decode(codec, prefix, cut, &decoded, errstr,
-                           sizeof(errstr)) == 0)
+      if (decode_checked(codec, prefix, cut, &decoded, errstr,
+                         sizeof(errstr)) == 0)
         fail_msg("kind %d: decode of %zu of %zu bytes succeeded", kind, cut,
                  len);
       assert_true(strlen(errstr) > 0);
@@ -1601,7 +1635,7 @@ static void test_period_bounds_optional(void **state) {
   event.body.invoice_paid.period_start_ms = 0;
   bytes = encode_event(codec, &event, &len);
   assert_int_equal(
-      tly_codec_decode(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
+      decode_checked(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
   assert_flat_equal(&decoded, &event);
   tly_event_clear(&decoded);
   free(bytes);
