@@ -49,7 +49,8 @@ static const unsigned char *record_at(const slot_t *slot) {
   return slot->blob->data + slot->offset;
 }
 
-static int record_is(const unsigned char *record, const char *id, size_t len) {
+static int record_is(const unsigned char *record, const char *id,
+                     size_t len) {
   size_t stored = ((size_t)record[8] << 8) | record[9];
   return stored == len && memcmp(record + 10, id, len) == 0;
 }
@@ -84,8 +85,8 @@ int tly_dedupe_lookup(const tly_dedupe_t *dedupe, const char *id, size_t len,
                       int64_t *occurred_at_ms) {
   if (!dedupe->capacity)
     return 0;
-  slot_t *slot =
-      probe(dedupe->slots, dedupe->capacity, hash_id(id, len), id, len);
+  slot_t *slot = probe(dedupe->slots, dedupe->capacity, hash_id(id, len), id,
+                       len);
   if (!slot->hash)
     return 0;
   *occurred_at_ms = (int64_t)tly_get_be64(record_at(slot));
@@ -144,8 +145,8 @@ static void delete_slot(tly_dedupe_t *dedupe, size_t i) {
     size_t home = dedupe->slots[j].hash & mask;
     /* j may move into the hole unless its home lies cyclically in
      * (hole, j]. */
-    int home_after_hole =
-        hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+    int home_after_hole = hole <= j ? (home > hole && home <= j)
+                                    : (home > hole || home <= j);
     if (!home_after_hole) {
       dedupe->slots[hole] = dedupe->slots[j];
       hole = j;
@@ -191,7 +192,7 @@ int tly_dedupe_record(tly_dedupe_t *dedupe, const char *id, size_t len,
     return -1;
   if (blob->len + 10 + len > blob->cap) {
     size_t cap = blob->cap * 2 > blob->len + 10 + len ? blob->cap * 2
-                                                      : blob->len + 10 + len;
+                                                       : blob->len + 10 + len;
     unsigned char *grown = realloc(blob->data, cap);
     if (!grown)
       return -1;

@@ -116,7 +116,7 @@ struct tly_processor {
   tly_store_t *store;
   rd_kafka_t *consumer;
   rd_kafka_queue_t *queue; /* the consumer's queue, for batch reads */
-  rd_kafka_t *producer;    /* idempotent; publishes the outbox */
+  rd_kafka_t *producer; /* idempotent; publishes the outbox */
   tly_codec_t *codec;
   tly_alert_codec_t *alert_codec;
   tly_billing_t billing;
@@ -317,11 +317,11 @@ static void outbox_delivery_report(rd_kafka_t *rk,
   if (!item || item->state != OUTBOX_INFLIGHT)
     return;
   if (!msg->err)
-    ack_mark(p, rd_kafka_topic_name(msg->rkt), msg->partition, msg->offset + 1);
+    ack_mark(p, rd_kafka_topic_name(msg->rkt), msg->partition,
+             msg->offset + 1);
   /* Fault injection for the crash tests: die between Kafka's ack and the
    * outbox delete, the window the recovery reconciliation exists for. */
-  if (!msg->err && p->kill_after_acks > 0 &&
-      ++p->acks_seen >= p->kill_after_acks)
+  if (!msg->err && p->kill_after_acks > 0 && ++p->acks_seen >= p->kill_after_acks)
     raise(SIGKILL);
   if (msg->err) {
     /* The idempotent producer already retried; try again later rather
@@ -373,14 +373,16 @@ static void outbox_publish(tly_processor_t *p) {
     topic[record.topic_len] = '\0';
     headers = rd_kafka_headers_new(record.header_count);
     for (size_t h = 0; h < record.header_count; h++)
-      rd_kafka_header_add(
-          headers, record.headers[h].name, (ssize_t)record.header_name_len[h],
-          record.headers[h].value, (ssize_t)record.headers[h].value_len);
+      rd_kafka_header_add(headers, record.headers[h].name,
+                          (ssize_t)record.header_name_len[h],
+                          record.headers[h].value,
+                          (ssize_t)record.headers[h].value_len);
     err = rd_kafka_producev(
         p->producer, RD_KAFKA_V_TOPIC(topic),
         RD_KAFKA_V_KEY(record.key, record.key_len),
         RD_KAFKA_V_VALUE((void *)record.value, record.value_len),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_HEADERS(headers),
         RD_KAFKA_V_OPAQUE((void *)(uintptr_t)item->seq), RD_KAFKA_V_END);
     if (err) {
       rd_kafka_headers_destroy(headers);
@@ -458,7 +460,7 @@ static int ptrs_room(void *array, size_t *cap, size_t count) {
 /* The hour's buckets the entry holds, into p->bucket_ptrs; the count, or
  * (size_t)-1 when out of memory. */
 static size_t collect_hour(tly_processor_t *p, const tly_overlay_entry_t *entry,
-                           int32_t hour) {
+                          int32_t hour) {
   if (ptrs_room(&p->bucket_ptrs, &p->bucket_ptr_cap, entry->bucket_count))
     return (size_t)-1;
   size_t count = 0;
@@ -482,7 +484,7 @@ static int32_t newest_used_hour(const tly_overlay_entry_t *entry) {
 /* Whether the hour's key must be written from memory at this commit: it is
  * not the newest, and a bucket of it changed or was in the record. */
 static int hour_needs_write(const tly_overlay_entry_t *entry, int32_t hour,
-                            int32_t newest) {
+                           int32_t newest) {
   if (hour == newest)
     return 0;
   for (size_t i = 0; i < entry->bucket_count; i++) {
@@ -517,12 +519,12 @@ static void put_history(tly_processor_t *p, const char *key, size_t key_len,
 
 /* Writes every bucket the entry holds of hour to the hour's own key. */
 static int put_hour_key(tly_processor_t *p, const tly_overlay_entry_t *entry,
-                        int32_t hour) {
+                       int32_t hour) {
   char key[TLY_KEY_MAX];
   unsigned char suffix[4];
   tly_put_be32(suffix, (uint32_t)hour);
-  size_t key_len =
-      history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key, sizeof(key));
+  size_t key_len = history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key,
+                               sizeof(key));
   size_t count = collect_hour(p, entry, hour);
   if (!key_len || count == (size_t)-1)
     return -1;
@@ -593,8 +595,8 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
     size_t bucket_count = collect_hour(p, entry, newest);
     if (bucket_count == (size_t)-1)
       return -1;
-    size_t len = tly_subject_record_encode(
-        account, rows, entry->row_count, p->bucket_ptrs, bucket_count, NULL, 0);
+    size_t len = tly_subject_record_encode(account, rows, entry->row_count,
+                                           p->bucket_ptrs, bucket_count, NULL, 0);
     if (!record_room(p, len))
       return -1;
     tly_subject_record_encode(account, rows, entry->row_count, p->bucket_ptrs,
@@ -885,8 +887,7 @@ static void record_commit_latency(tly_processor_t *p, int64_t micros) {
 
 /* The batch is durable: its records are visible now. Counted per batch
  * into the shared histogram (one atomic add per bucket, not per record). */
-static void record_visible(tly_processor_t *p,
-                           const commit_inflight_t *flight) {
+static void record_visible(tly_processor_t *p, const commit_inflight_t *flight) {
   static const int64_t bounds_ms[TLY_VISIBLE_BUCKETS] =
       TLY_VISIBLE_BUCKET_BOUNDS_MS;
   uint64_t counts[TLY_VISIBLE_BUCKETS] = {0}, total_ms = 0;
@@ -996,8 +997,7 @@ static int batch_wait(tly_processor_t *p) {
     if (part->inflight_horizon != INT64_MIN)
       tly_store_set_horizon(p->store, TLY_CF_DEDUPE, i, part->inflight_horizon);
     if (part->inflight_watermark != INT64_MIN)
-      tly_store_set_horizon(p->store, TLY_CF_USAGE, i,
-                            part->inflight_watermark);
+      tly_store_set_horizon(p->store, TLY_CF_USAGE, i, part->inflight_watermark);
     part->inflight_horizon = INT64_MIN;
     part->inflight_watermark = INT64_MIN;
   }
@@ -1055,16 +1055,11 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
   record.key_len = msg->key ? msg->key_len : 0;
   record.value = msg->payload;
   record.value_len = msg->payload ? msg->len : 0;
-  record.headers[0] =
-      (tly_outbox_header_t){"tally.error", reason, strlen(reason)};
-  record.headers[1] =
-      (tly_outbox_header_t){"tally.source.topic", topic, strlen(topic)};
-  record.headers[2] = (tly_outbox_header_t){"tally.source.partition", partition,
-                                            strlen(partition)};
-  record.headers[3] =
-      (tly_outbox_header_t){"tally.source.offset", offset, strlen(offset)};
-  record.headers[4] =
-      (tly_outbox_header_t){"tally.output.id", output_id, strlen(output_id)};
+  record.headers[0] = (tly_outbox_header_t){"tally.error", reason, strlen(reason)};
+  record.headers[1] = (tly_outbox_header_t){"tally.source.topic", topic, strlen(topic)};
+  record.headers[2] = (tly_outbox_header_t){"tally.source.partition", partition, strlen(partition)};
+  record.headers[3] = (tly_outbox_header_t){"tally.source.offset", offset, strlen(offset)};
+  record.headers[4] = (tly_outbox_header_t){"tally.output.id", output_id, strlen(output_id)};
   record.header_count = 5;
   if (add_output(p, &record)) {
     set_fatal(p, "out of memory writing a dead letter");
@@ -1081,9 +1076,9 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
 static int record_alert(tly_processor_t *p, const tly_alert_t *alert,
                         const void *value, size_t value_len) {
   char key[TLY_KEY_MAX];
-  size_t len =
-      tly_key_history(p->view_partition, alert->subject_kind, alert->subject_id,
-                      TLY_HISTORY_ALERT, key, sizeof(key));
+  size_t len = tly_key_history(p->view_partition, alert->subject_kind,
+                               alert->subject_id, TLY_HISTORY_ALERT, key,
+                               sizeof(key));
   size_t id_len = strlen(alert->alert_id);
   if (!len || len + 8 + id_len > sizeof(key) || !record_room(p, 8 + value_len))
     return -1;
@@ -1109,8 +1104,8 @@ static void queue_alerts(tly_processor_t *p) {
       set_fatal(p, "encoding alert %s: %s", alert->alert_id, errstr);
       break;
     }
-    size_t key_len = tly_subject_key(alert->subject_kind, alert->subject_id,
-                                     key, sizeof(key));
+    size_t key_len =
+        tly_subject_key(alert->subject_kind, alert->subject_id, key, sizeof(key));
     const char *type = tly_alert_type_name(alert->type);
     tly_outbox_record_t record = {0};
     record.topic = p->alerts_topic;
@@ -1119,10 +1114,9 @@ static void queue_alerts(tly_processor_t *p) {
     record.key_len = key_len < sizeof(key) ? key_len : sizeof(key) - 1;
     record.value = value;
     record.value_len = value_len;
-    record.headers[0] = (tly_outbox_header_t){
-        "tally.output.id", alert->alert_id, strlen(alert->alert_id)};
-    record.headers[1] =
-        (tly_outbox_header_t){"tally.alert.type", type, strlen(type)};
+    record.headers[0] = (tly_outbox_header_t){"tally.output.id", alert->alert_id,
+                                              strlen(alert->alert_id)};
+    record.headers[1] = (tly_outbox_header_t){"tally.alert.type", type, strlen(type)};
     record.header_count = 2;
     if (add_output(p, &record))
       set_fatal(p, "out of memory queueing an alert");
@@ -1153,8 +1147,8 @@ static int decode_entry(tly_overlay_entry_t *entry, const char *value,
     failed = !row;
   }
   for (size_t i = 0; i < record.bucket_count && !failed; i++) {
-    tly_overlay_bucket_t *hour = tly_overlay_bucket(
-        entry, record.buckets[i].hour, record.buckets[i].feature);
+    tly_overlay_bucket_t *hour = tly_overlay_bucket(entry, record.buckets[i].hour,
+                                             record.buckets[i].feature);
     if (hour) {
       hour->bucket.totals = record.buckets[i].totals;
       hour->in_record = 1;
@@ -1205,8 +1199,7 @@ static tly_account_t *view_account(tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id) {
   tly_processor_t *p = view->opaque;
   char key[TLY_KEY_MAX];
-  size_t key_len =
-      tly_key_account(p->view_partition, kind, id, key, sizeof(key));
+  size_t key_len = tly_key_account(p->view_partition, kind, id, key, sizeof(key));
   tly_overlay_entry_t *entry =
       view_entry(p, TLY_CF_ACCOUNTS, key, key_len, "subject id");
   if (!entry)
@@ -1218,11 +1211,11 @@ static tly_account_t *view_account(tly_billing_view_t *view,
 
 /* The subject's entry, for a request that follows view_account's: usually
  * the entry at hand. NULL after setting the fatal reason. */
-static tly_overlay_entry_t *
-subject_entry(tly_processor_t *p, tly_subject_kind_t kind, const char *id) {
+static tly_overlay_entry_t *subject_entry(tly_processor_t *p,
+                                          tly_subject_kind_t kind,
+                                          const char *id) {
   char key[TLY_KEY_MAX];
-  size_t key_len =
-      tly_key_account(p->view_partition, kind, id, key, sizeof(key));
+  size_t key_len = tly_key_account(p->view_partition, kind, id, key, sizeof(key));
   tly_overlay_entry_t *entry = p->last_entry;
   if (!entry || entry->key_len != key_len ||
       memcmp(entry->key, key, key_len) != 0)
@@ -1232,8 +1225,7 @@ subject_entry(tly_processor_t *p, tly_subject_kind_t kind, const char *id) {
 
 static tly_billing_row_t *view_row(tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id,
-                                   int64_t cycle_start_ms,
-                                   const char *feature) {
+                                   int64_t cycle_start_ms, const char *feature) {
   tly_processor_t *p = view->opaque;
   tly_overlay_entry_t *entry = subject_entry(p, kind, id);
   if (!entry)
@@ -1251,25 +1243,25 @@ static tly_billing_row_t *view_row(tly_billing_view_t *view,
  * nothing was used that hour, or it expired). 0, or -1 after setting the
  * fatal reason. */
 static int load_hour(tly_processor_t *p, tly_overlay_entry_t *entry,
-                     int32_t hour) {
+                    int32_t hour) {
   char key[TLY_KEY_MAX], errstr[512], *value = NULL;
   unsigned char suffix[4];
   size_t value_len = 0, count = 0;
   tly_subject_bucket_t *buckets = NULL;
   tly_put_be32(suffix, (uint32_t)hour);
-  size_t key_len =
-      history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key, sizeof(key));
-  int found = key_len
-                  ? tly_store_get(p->store, TLY_CF_USAGE, key, key_len, &value,
-                                  &value_len, errstr, sizeof(errstr))
-                  : -1;
+  size_t key_len = history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key,
+                               sizeof(key));
+  int found = key_len ? tly_store_get(p->store, TLY_CF_USAGE, key, key_len,
+                                      &value, &value_len, errstr,
+                                      sizeof(errstr))
+                      : -1;
   if (found < 0) {
     set_fatal(p, "reading a usage bucket: %s",
               key_len ? errstr : "subject id too long");
     return -1;
   }
   if (found && (value_len < 8 || tly_bucket_decode(value + 8, value_len - 8,
-                                                   hour, &buckets, &count))) {
+                                                  hour, &buckets, &count))) {
     tly_store_free(value);
     set_fatal(p, "stored usage buckets of partition %d are corrupt",
               (int)p->view_partition);
@@ -1278,8 +1270,7 @@ static int load_hour(tly_processor_t *p, tly_overlay_entry_t *entry,
   tly_store_free(value);
   int failed = 0;
   for (size_t i = 0; i < count && !failed; i++) {
-    tly_overlay_bucket_t *bucket =
-        tly_overlay_bucket(entry, hour, buckets[i].feature);
+    tly_overlay_bucket_t *bucket = tly_overlay_bucket(entry, hour, buckets[i].feature);
     if (bucket)
       bucket->bucket.totals = buckets[i].totals;
     failed = !bucket;
@@ -1291,8 +1282,8 @@ static int load_hour(tly_processor_t *p, tly_overlay_entry_t *entry,
 }
 
 static tly_bucket_t *view_bucket(tly_billing_view_t *view,
-                                 tly_subject_kind_t kind, const char *id,
-                                 int32_t hour, const char *feature) {
+                               tly_subject_kind_t kind, const char *id,
+                               int32_t hour, const char *feature) {
   tly_processor_t *p = view->opaque;
   tly_overlay_entry_t *entry = subject_entry(p, kind, id);
   if (!entry)
@@ -1332,10 +1323,9 @@ static int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
         entry->rows[i]->row.event_count)
       p->row_ptrs[count++] = entry->rows[i];
   tly_put_be64(suffix, (uint64_t)cycle->start_ms);
-  size_t key_len =
-      history_key(entry, TLY_HISTORY_CYCLE, suffix, 8, key, sizeof(key));
-  size_t need =
-      8 + tly_cycle_archive_encode(cycle, p->row_ptrs, count, NULL, 0);
+  size_t key_len = history_key(entry, TLY_HISTORY_CYCLE, suffix, 8, key,
+                               sizeof(key));
+  size_t need = 8 + tly_cycle_archive_encode(cycle, p->row_ptrs, count, NULL, 0);
   if (!key_len || !record_room(p, need)) {
     set_fatal(p, "archiving a cycle: %s",
               key_len ? "out of memory" : "subject id too long");
@@ -1414,8 +1404,8 @@ static void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms) {
   char errstr[256], prefix[4];
   due_scan_t scan = {tick_ms, NULL, 0, 0};
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
-  if (tly_store_scan_prefix(p->store, TLY_CF_CYCLE_ENDS, prefix, 4, collect_due,
-                            &scan, errstr, sizeof(errstr)))
+  if (tly_store_scan_prefix(p->store, TLY_CF_CYCLE_ENDS, prefix, 4,
+                            collect_due, &scan, errstr, sizeof(errstr)))
     set_fatal(p, "scanning cycle ends: %s", errstr);
   for (size_t i = 0; i < scan.count && !p->fatal; i++) {
     char *colon = strchr(scan.subjects[i], ':');
@@ -1426,8 +1416,7 @@ static void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms) {
     if (tly_subject_kind_parse(scan.subjects[i], &kind))
       continue;
     if (tly_billing_tick(&p->billing, &p->view, kind, colon + 1, tick_ms,
-                         &p->alerts) == TLY_FOLD_FAILED &&
-        !p->fatal)
+                         &p->alerts) == TLY_FOLD_FAILED && !p->fatal)
       set_fatal(p, "out of memory closing cycles");
   }
   for (size_t i = 0; i < scan.count; i++)
@@ -1454,8 +1443,7 @@ static void write_ticks(tly_processor_t *p) {
     if (!p->partitions[i].assigned)
       continue;
     tly_event_t tick = {0};
-    snprintf(event_id, sizeof(event_id), "tick:%d:%lld", (int)i,
-             (long long)slot);
+    snprintf(event_id, sizeof(event_id), "tick:%d:%lld", (int)i, (long long)slot);
     tick.event_id = event_id;
     tick.occurred_at_ms = slot;
     tick.subject_kind = TLY_SUBJECT_SYSTEM;
@@ -1474,8 +1462,7 @@ static void write_ticks(tly_processor_t *p) {
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_OPAQUE(TICK_OPAQUE), RD_KAFKA_V_END);
     if (err)
-      tly_log(TLY_LOG_WARN, "ticks", "producing tick: %s",
-              rd_kafka_err2str(err));
+      tly_log(TLY_LOG_WARN, "ticks", "producing tick: %s", rd_kafka_err2str(err));
   }
 }
 
@@ -1607,12 +1594,12 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
   dedupe_load_t load = {dedupe, 0};
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE, prefix, 4,
-                            load_dedupe_blob, &load, errstr, sizeof(errstr)) ||
+                            load_dedupe_blob, &load, errstr,
+                            sizeof(errstr)) ||
       load.failed) {
     set_fatal(p, "partition %d: loading event ids: %s", (int)partition,
-              load.failed
-                  ? "a stored dedupe record is corrupt or memory ran out"
-                  : errstr);
+              load.failed ? "a stored dedupe record is corrupt or memory ran out"
+                          : errstr);
     tly_dedupe_free(dedupe);
     return NULL;
   }
@@ -1632,16 +1619,17 @@ static int resume_offsets(tly_processor_t *p,
   for (int i = 0; i < parts->cnt; i++) {
     rd_kafka_topic_partition_t *part = &parts->elems[i];
     int64_t stored = -1, low = -1, high = -1;
-    int found = tly_store_get_offset(p->store, part->partition, &stored, errstr,
-                                     sizeof(errstr));
+    int found = tly_store_get_offset(p->store, part->partition, &stored,
+                                     errstr, sizeof(errstr));
     if (found < 0) {
       set_fatal(p, "reading stored offset: %s", errstr);
       return -1;
     }
     rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
     for (int attempt = 0; attempt < 10 && err; attempt++)
-      err = rd_kafka_query_watermark_offsets(
-          p->consumer, part->topic, part->partition, &low, &high, 5000);
+      err = rd_kafka_query_watermark_offsets(p->consumer, part->topic,
+                                             part->partition, &low, &high,
+                                             5000);
     if (err) {
       set_fatal(p, "partition %d: cannot read the log's bounds: %s",
                 (int)part->partition, rd_kafka_err2str(err));
@@ -1717,7 +1705,8 @@ static int resume_offsets(tly_processor_t *p,
     tly_log(TLY_LOG_INFO, "processor",
             "partition %d: resuming at %s%lld (log %lld..%lld)",
             (int)part->partition, found ? "" : "beginning ",
-            (long long)(found ? stored : low), (long long)low, (long long)high);
+            (long long)(found ? stored : low), (long long)low,
+            (long long)high);
   }
   return 0;
 }
@@ -1760,7 +1749,8 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+                         rd_kafka_topic_partition_list_t *parts,
+                         void *opaque) {
   tly_processor_t *p = opaque;
 
   /* Until the callback returns, readiness is withheld: resume_offsets sets
@@ -1784,7 +1774,8 @@ static rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
     goto fail;
   }
   if (tly_kafka_conf_apply(kconf, defaults, errstr, errstr_size) ||
-      tly_kafka_conf_apply(kconf, conf->kafka_properties, errstr, errstr_size))
+      tly_kafka_conf_apply(kconf, conf->kafka_properties, errstr,
+                           errstr_size))
     goto fail;
   return kconf;
 fail:
@@ -1806,8 +1797,7 @@ static int load_ack_mark(void *opaque, const char *key, size_t key_len,
   memcpy(topic, key + prefix, key_len - prefix - 5);
   topic[key_len - prefix - 5] = '\0';
   ack_mark_t *mark = ack_find(
-      p, topic, (int32_t)tly_get_be32((const unsigned char *)key + key_len - 4),
-      1);
+      p, topic, (int32_t)tly_get_be32((const unsigned char *)key + key_len - 4), 1);
   if (mark)
     mark->next_offset = (int64_t)tly_get_be64((const unsigned char *)value);
   return 0;
@@ -1837,9 +1827,9 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
   int partitions = md->topics[0].partition_cnt;
   rd_kafka_metadata_destroy(md);
 
-  const char *defaults[] = {
-      "group.id=tally-recovery", "enable.auto.commit=false",
-      "enable.partition.eof=true", "max.partition.fetch.bytes=10485760", NULL};
+  const char *defaults[] = {"group.id=tally-recovery", "enable.auto.commit=false",
+                            "enable.partition.eof=true",
+                            "max.partition.fetch.bytes=10485760", NULL};
   rd_kafka_conf_t *kconf = kafka_conf(&p->conf, defaults, errstr, errstr_size);
   if (!kconf)
     return -1;
@@ -1854,8 +1844,7 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
   int pending = 0, rc = 0;
   for (int i = 0; i < partitions; i++) {
     int64_t low, high;
-    err =
-        rd_kafka_query_watermark_offsets(reader, topic, i, &low, &high, 10000);
+    err = rd_kafka_query_watermark_offsets(reader, topic, i, &low, &high, 10000);
     if (err) {
       snprintf(errstr, errstr_size, "recovery: bounds of %s[%d]: %s", topic, i,
                rd_kafka_err2str(err));
@@ -1964,8 +1953,7 @@ static int32_t topic_partition_count(tly_processor_t *p, char *errstr,
                                      size_t errstr_size) {
   for (int attempt = 0; attempt < 30; attempt++) {
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_t *rkt =
-        rd_kafka_topic_new(p->consumer, p->usage_topic, NULL);
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->consumer, p->usage_topic, NULL);
     rd_kafka_resp_err_t err = rd_kafka_metadata(p->consumer, 0, rkt, &md, 5000);
     int32_t count = -1;
     if (!err && md->topic_cnt == 1 && !md->topics[0].err)
@@ -2011,8 +1999,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     p->conf.batch_max_events = 20000;
   if (p->conf.batch_max_ms <= 0)
     p->conf.batch_max_ms = 100;
-  p->usage_topic =
-      strdup(conf->usage_topic ? conf->usage_topic : TALLY_DEFAULT_USAGE_TOPIC);
+  p->usage_topic = strdup(conf->usage_topic ? conf->usage_topic
+                                            : TALLY_DEFAULT_USAGE_TOPIC);
   p->dlq_topic =
       strdup(conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC);
   p->alerts_topic = strdup(conf->alerts_topic ? conf->alerts_topic
@@ -2034,8 +2022,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   if (kill_after && *kill_after) {
     p->kill_after_acks = atol(kill_after);
     tly_log(TLY_LOG_WARN, "processor",
-            "fault injection: SIGKILL after %ld outbox acks",
-            p->kill_after_acks);
+            "fault injection: SIGKILL after %ld outbox acks", p->kill_after_acks);
   }
   p->store = store;
   pthread_mutex_init(&p->lock, NULL);
@@ -2043,7 +2030,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   pthread_cond_init(&p->writer_cond, NULL);
   pthread_cond_init(&p->writer_done, NULL);
   p->writer_batch = tly_store_batch_new();
-  if (p->writer_batch && pthread_create(&p->writer, NULL, writer_main, p) == 0)
+  if (p->writer_batch &&
+      pthread_create(&p->writer, NULL, writer_main, p) == 0)
     p->writer_started = 1;
   tly_overlay_init(&p->overlay);
   p->batch = tly_store_batch_new();
@@ -2062,14 +2050,15 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   /* Offsets live in RocksDB only: no auto-commit, no offset store, and an
    * out-of-range offset is an error to stop on, never a silent reset. */
   const char *consumer_defaults[] = {
-      "enable.auto.commit=false", "enable.auto.offset.store=false",
-      "auto.offset.reset=error", "enable.partition.eof=false",
-      "session.timeout.ms=10000", "heartbeat.interval.ms=1000",
-      "fetch.wait.max.ms=50", "max.partition.fetch.bytes=10485760",
+      "enable.auto.commit=false",    "enable.auto.offset.store=false",
+      "auto.offset.reset=error",     "enable.partition.eof=false",
+      "session.timeout.ms=10000",    "heartbeat.interval.ms=1000",
+      "fetch.wait.max.ms=50",        "max.partition.fetch.bytes=10485760",
       /* Prefetch deep enough that the fetcher never pauses while a batch
        * commits: at the default, the fold waited on fetches for a third
        * of its time. */
-      "queued.min.messages=1000000", "statistics.interval.ms=0", NULL};
+      "queued.min.messages=1000000",
+      "statistics.interval.ms=0",    NULL};
   kconf = kafka_conf(conf, consumer_defaults, errstr, errstr_size);
   if (!kconf)
     goto fail;
@@ -2174,8 +2163,8 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
        * visible share of the fold at hundreds of thousands of events/s.
        * Rebalance callbacks are still served inside this call. */
       size_t want = (size_t)(p->conf.batch_max_events - consumed);
-      ssize_t got = rd_kafka_consume_batch_queue(p->queue, (int)remaining, msgs,
-                                                 want < 512 ? want : 512);
+      ssize_t got = rd_kafka_consume_batch_queue(
+          p->queue, (int)remaining, msgs, want < 512 ? want : 512);
       for (ssize_t i = 0; i < got; i++) {
         if (!p->fatal)
           handle_message(p, msgs[i]);
@@ -2276,8 +2265,8 @@ int32_t tly_processor_partition_count(tly_processor_t *p) {
   return atomic_load(&p->partition_count);
 }
 
-size_t tly_processor_partitions(tly_processor_t *p, tly_partition_status_t *out,
-                                size_t max) {
+size_t tly_processor_partitions(tly_processor_t *p,
+                                tly_partition_status_t *out, size_t max) {
   size_t count;
   pthread_mutex_lock(&p->lock);
   count = (size_t)p->partition_cap;
@@ -2290,8 +2279,8 @@ size_t tly_processor_partitions(tly_processor_t *p, tly_partition_status_t *out,
     out[i].replay_target = p->partitions[i].replay_target;
     out[i].watermark_ms = p->partitions[i].watermark;
     if (out[i].assigned &&
-        rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic, (int32_t)i,
-                                       &low, &high) == 0)
+        rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic,
+                                       (int32_t)i, &low, &high) == 0)
       out[i].high_watermark = high;
   }
   pthread_mutex_unlock(&p->lock);

@@ -103,10 +103,12 @@ struct tly_store {
   expiry_t expiry[2];
 };
 
-static unsigned char
-expiry_filter(void *state, int level, const char *key, size_t key_length,
-              const char *existing_value, size_t value_length, char **new_value,
-              size_t *new_value_length, unsigned char *value_changed) {
+static unsigned char expiry_filter(void *state, int level, const char *key,
+                                   size_t key_length,
+                                   const char *existing_value,
+                                   size_t value_length, char **new_value,
+                                   size_t *new_value_length,
+                                   unsigned char *value_changed) {
   expiry_t *expiry = state;
   (void)level, (void)new_value, (void)new_value_length;
   *value_changed = 0;
@@ -324,10 +326,10 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
       continue;
     slot_of[i] = open_count;
     names[open_count] = tly_cf_table[i].name;
-    cf_options[open_count] = expiry_of(store, (tly_cf_t)i)
-                                 ? expiry_of(store, (tly_cf_t)i)->options
-                             : tly_cf_table[i].point_reads ? bloom_options
-                                                           : plain_options;
+    cf_options[open_count] =
+        expiry_of(store, (tly_cf_t)i) ? expiry_of(store, (tly_cf_t)i)->options
+        : tly_cf_table[i].point_reads ? bloom_options
+                                      : plain_options;
     open_count++;
   }
 
