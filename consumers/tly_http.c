@@ -1271,6 +1271,7 @@ size_t tly_http_routes(tly_http_route_info_t *out, size_t max) {
     out[i].method = routes[i].method;
     out[i].path = routes[i].path;
     out[i].auth_required = routes[i].auth == AUTH_REQUIRED;
+    out[i].owner_only = routes[i].owner_only;
   }
   return route_count;
 }

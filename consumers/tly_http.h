@@ -64,6 +64,8 @@ typedef struct {
   const char *method;
   const char *path;
   int auth_required; /* 0 for public routes (metrics: see metrics_public) */
+  int owner_only; /* answered by the owner of the subject's partition:
+                     forwarded there, or 503 partition_moving */
 } tly_http_route_info_t;
 size_t tly_http_routes(tly_http_route_info_t *out, size_t max);
 
