@@ -127,6 +127,7 @@ struct request {
   tly_forward_call_t *forward;      /* while waiting for the owner */
   const char *served_by; /* X-Tally-Served-By: this instance or owner */
   char owner[TLY_MEMBERS_URL_MAX];  /* the owner forwarded to */
+  char content_type[128];           /* of the owner's answer */
   int32_t partition;                /* the subject's, -1 until known */
 };
 
@@ -1406,8 +1407,10 @@ static void forward_answer(request_t *req, response_t *out) {
       memcpy(out->body, result.body, result.body_len);
     out->body[result.body_len] = '\0';
   }
-  out->content_type =
-      result.content_type[0] ? result.content_type : "application/json";
+  /* The call is freed before the answer is queued: keep a copy. */
+  snprintf(req->content_type, sizeof(req->content_type), "%s",
+           result.content_type[0] ? result.content_type : "application/json");
+  out->content_type = req->content_type;
   req->served_by = req->owner;
   if (result.status == 503)
     out->retry_after_s = 1;
