@@ -104,8 +104,8 @@ cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
         broker->cluster,
         conf->alerts_topic ? conf->alerts_topic : TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
   if (!err)
-    err = rd_kafka_mock_topic_create(broker->cluster,
-                                     TLY_DEFAULT_MEMBERS_TOPIC, 1, 1);
+    err = rd_kafka_mock_topic_create(broker->cluster, TLY_DEFAULT_MEMBERS_TOPIC,
+                                     1, 1);
   if (err) {
     snprintf(errstr, errstr_size, "embedded broker: creating topics: %s",
              rd_kafka_err2str(err));

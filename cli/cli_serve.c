@@ -100,7 +100,7 @@ static void member_identity(const cli_serve_conf_t *conf, uint16_t port,
   else
     snprintf(advertise, advertise_size, "http://%s:%u",
              strcmp(conf->http_address, "0.0.0.0") == 0 ? "127.0.0.1"
-                                                         : conf->http_address,
+                                                        : conf->http_address,
              (unsigned)port);
   if (conf->instance_id) {
     snprintf(instance, instance_size, "%s", conf->instance_id);
@@ -206,8 +206,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
   }
   member_identity(conf, tly_http_port(http), advertise, sizeof(advertise),
                   instance, sizeof(instance));
-  if (tly_members_start(members, instance, advertise, errstr,
-                        sizeof(errstr))) {
+  if (tly_members_start(members, instance, advertise, errstr, sizeof(errstr))) {
     fprintf(stderr, "tally: %s\n", errstr);
     goto out;
   }

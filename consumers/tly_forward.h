@@ -24,9 +24,9 @@ typedef struct tly_forward tly_forward_t;
 typedef struct tly_forward_call tly_forward_call_t;
 
 typedef struct {
-  unsigned max_in_flight;   /* default 64 */
-  long connect_timeout_ms;  /* default 1000 */
-  long timeout_ms;          /* default 5000 */
+  unsigned max_in_flight;    /* default 64 */
+  long connect_timeout_ms;   /* default 1000 */
+  long timeout_ms;           /* default 5000 */
   size_t max_response_bytes; /* default 8 MiB */
 } tly_forward_conf_t;
 

@@ -123,12 +123,12 @@ struct request {
   int answered;     /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
   tly_stripe_portal_call_t *portal; /* while waiting for Stripe */
-  char *target;                     /* the request target, query included */
-  tly_forward_call_t *forward;      /* while waiting for the owner */
+  char *target;                /* the request target, query included */
+  tly_forward_call_t *forward; /* while waiting for the owner */
   const char *served_by; /* X-Tally-Served-By: this instance or owner */
-  char owner[TLY_MEMBERS_URL_MAX];  /* the owner forwarded to */
-  char content_type[128];           /* of the owner's answer */
-  int32_t partition;                /* the subject's, -1 until known */
+  char owner[TLY_MEMBERS_URL_MAX]; /* the owner forwarded to */
+  char content_type[128];          /* of the owner's answer */
+  int32_t partition;               /* the subject's, -1 until known */
 };
 
 /* ---- responses ------------------------------------------------------- */
@@ -235,9 +235,9 @@ static int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
     return -1;
   }
   int found = tly_state_cache_find(
-      http->cache, http->conf.store, partition_count, partition_served,
-      &served, commit_count, http->conf.processor, subject->kind, subject->id,
-      state, errstr, sizeof(errstr));
+      http->cache, http->conf.store, partition_count, partition_served, &served,
+      commit_count, http->conf.processor, subject->kind, subject->id, state,
+      errstr, sizeof(errstr));
   free(served.status);
   if (found < 0)
     respond_error(out, 500, "store_error", errstr);
@@ -1247,7 +1247,8 @@ static const route_t routes[] = {
      AUTH_REQUIRED, 1, 0},
     {"POST", "/v1/prorate", "/v1/prorate", NULL, handle_prorate, AUTH_REQUIRED,
      1, 0},
-    {"POST", "/v1/events", "/v1/events", NULL, handle_events, AUTH_REQUIRED, 1, 0},
+    {"POST", "/v1/events", "/v1/events", NULL, handle_events, AUTH_REQUIRED, 1,
+     0},
     {"GET", "/v1/subjects/{subject}/usage", "/v1/subjects/", "/usage",
      handle_usage, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/quota", "/v1/subjects/", "/quota",

@@ -39,8 +39,8 @@ void tly_members_announcement_clear(tly_members_announcement_t *announcement) {
 }
 
 /* Copies a JSON string field into out (size bytes); 0 or -1. */
-static int copy_string(json_t *object, const char *name, char *out,
-                       size_t size, char *errstr, size_t errstr_size) {
+static int copy_string(json_t *object, const char *name, char *out, size_t size,
+                       char *errstr, size_t errstr_size) {
   const char *text = json_string_value(json_object_get(object, name));
   if (!text || !*text || strlen(text) >= size) {
     snprintf(errstr, errstr_size, "%s: expected a string of 1 to %zu bytes",
@@ -60,8 +60,10 @@ static int decode_partitions(json_t *object, const char *name, int32_t **out,
   }
   size_t n = json_array_size(array);
   if (!json_is_array(array) || n > TLY_MEMBERS_PARTITIONS_MAX) {
-    snprintf(errstr, errstr_size, "%s: expected an array of at most %d "
-             "partitions", name, TLY_MEMBERS_PARTITIONS_MAX);
+    snprintf(errstr, errstr_size,
+             "%s: expected an array of at most %d "
+             "partitions",
+             name, TLY_MEMBERS_PARTITIONS_MAX);
     return -1;
   }
   *out = n ? calloc(n, sizeof(**out)) : NULL;
@@ -167,7 +169,8 @@ struct tly_members_map {
 tly_members_map_t *tly_members_map_new(int64_t stale_ms) {
   tly_members_map_t *map = calloc(1, sizeof(*map));
   if (map)
-    map->stale_ms = stale_ms > 0 ? stale_ms : 3 * TLY_MEMBERS_DEFAULT_HEARTBEAT_MS;
+    map->stale_ms =
+        stale_ms > 0 ? stale_ms : 3 * TLY_MEMBERS_DEFAULT_HEARTBEAT_MS;
   return map;
 }
 
@@ -193,8 +196,10 @@ int tly_members_map_apply(tly_members_map_t *map, const char *key,
                           size_t errstr_size) {
   char instance[TLY_MEMBERS_INSTANCE_MAX];
   if (!key || key_len == 0 || key_len >= sizeof(instance)) {
-    snprintf(errstr, errstr_size, "key: expected an instance id of 1 to %zu "
-             "bytes", sizeof(instance) - 1);
+    snprintf(errstr, errstr_size,
+             "key: expected an instance id of 1 to %zu "
+             "bytes",
+             sizeof(instance) - 1);
     return -1;
   }
   memcpy(instance, key, key_len);
@@ -313,7 +318,8 @@ static tly_partition_status_t *snapshot(tly_processor_t *processor,
 }
 
 int tly_members_caught_up(const tly_partition_status_t *status) {
-  int64_t committed = status->committed_offset < 0 ? 0 : status->committed_offset;
+  int64_t committed =
+      status->committed_offset < 0 ? 0 : status->committed_offset;
   return status->assigned && committed >= status->replay_target;
 }
 
@@ -386,7 +392,8 @@ tly_members_t *tly_members_new(const tly_members_conf_t *conf, char *errstr,
                                size_t errstr_size) {
   char kafka_err[512];
   if (!conf->brokers || !conf->processor) {
-    snprintf(errstr, errstr_size, "members: brokers and processor are "
+    snprintf(errstr, errstr_size,
+             "members: brokers and processor are "
              "required");
     return NULL;
   }
@@ -397,9 +404,9 @@ tly_members_t *tly_members_new(const tly_members_conf_t *conf, char *errstr,
   }
   members->conf = *conf;
   pthread_mutex_init(&members->lock, NULL);
-  members->heartbeat_ms =
-      conf->heartbeat_ms > 0 ? conf->heartbeat_ms
-                             : TLY_MEMBERS_DEFAULT_HEARTBEAT_MS;
+  members->heartbeat_ms = conf->heartbeat_ms > 0
+                              ? conf->heartbeat_ms
+                              : TLY_MEMBERS_DEFAULT_HEARTBEAT_MS;
   members->topic =
       strdup(conf->topic ? conf->topic : TLY_DEFAULT_MEMBERS_TOPIC);
   members->map = tly_members_map_new(
@@ -474,9 +481,9 @@ static void read_announcements(tly_members_t *members) {
     } else {
       char errstr[256];
       pthread_mutex_lock(&members->lock);
-      int bad = tly_members_map_apply(
-          members->map, msg->key, msg->key_len, msg->payload, msg->len,
-          tly_wall_ms(), errstr, sizeof(errstr));
+      int bad = tly_members_map_apply(members->map, msg->key, msg->key_len,
+                                      msg->payload, msg->len, tly_wall_ms(),
+                                      errstr, sizeof(errstr));
       pthread_mutex_unlock(&members->lock);
       if (bad)
         tly_log(TLY_LOG_WARN, "members",
@@ -588,8 +595,8 @@ static void *members_main(void *arg) {
         char errstr[256];
         pthread_mutex_lock(&members->lock);
         if (tly_members_map_apply(members->map, msg->key, msg->key_len,
-                                  msg->payload, msg->len, tly_wall_ms(),
-                                  errstr, sizeof(errstr)))
+                                  msg->payload, msg->len, tly_wall_ms(), errstr,
+                                  sizeof(errstr)))
           tly_log(TLY_LOG_WARN, "members", "ignoring a record: %s", errstr);
         pthread_mutex_unlock(&members->lock);
       }
@@ -600,8 +607,7 @@ static void *members_main(void *arg) {
 }
 
 int tly_members_start(tly_members_t *members, const char *instance_id,
-                      const char *advertise, char *errstr,
-                      size_t errstr_size) {
+                      const char *advertise, char *errstr, size_t errstr_size) {
   if (!instance_id || !*instance_id ||
       strlen(instance_id) >= sizeof(members->instance)) {
     snprintf(errstr, errstr_size,

@@ -102,8 +102,8 @@ size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms);
 /* ---- the membership thread -------------------------------------------- */
 
 typedef struct {
-  const char *brokers;     /* required */
-  const char *topic;       /* default TLY_DEFAULT_MEMBERS_TOPIC */
+  const char *brokers;        /* required */
+  const char *topic;          /* default TLY_DEFAULT_MEMBERS_TOPIC */
   tly_processor_t *processor; /* required: this instance's own view */
   int64_t heartbeat_ms;       /* default TLY_MEMBERS_DEFAULT_HEARTBEAT_MS */
   int64_t stale_ms;           /* default 3 heartbeats */

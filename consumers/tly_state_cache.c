@@ -135,9 +135,9 @@ static int state_copy(tly_subject_state_t *dst,
 int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
                          int32_t partition_count,
                          tly_state_readable_fn readable, void *readable_opaque,
-                         tly_commit_count_fn count,
-                         void *count_opaque, tly_subject_kind_t kind,
-                         const char *id, tly_subject_state_t *out, char *errstr,
+                         tly_commit_count_fn count, void *count_opaque,
+                         tly_subject_kind_t kind, const char *id,
+                         tly_subject_state_t *out, char *errstr,
                          size_t errstr_size) {
   int cacheable = strlen(id) < CACHE_KEY_MAX;
   slot_t *slot = cacheable ? &cache->slots[slot_index(cache, kind, id)] : NULL;

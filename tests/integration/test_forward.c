@@ -61,9 +61,9 @@ static void keep_header(const char *line, size_t len, const char *name,
   size_t value_len = len - name_len - 1;
   while (value_len && (*value == ' ' || *value == '\t'))
     value++, value_len--;
-  while (value_len && (value[value_len - 1] == '\r' ||
-                       value[value_len - 1] == '\n' ||
-                       value[value_len - 1] == ' '))
+  while (value_len &&
+         (value[value_len - 1] == '\r' || value[value_len - 1] == '\n' ||
+          value[value_len - 1] == ' '))
     value_len--;
   snprintf(out, size, "%.*s", (int)value_len, value);
 }
@@ -172,8 +172,8 @@ static int is_moving(const answer_t *answer) {
 
 static int ready(int port) {
   answer_t answer;
-  int ok = get(port, "/readyz", NULL, NULL, &answer) == 0 &&
-           answer.status == 200;
+  int ok =
+      get(port, "/readyz", NULL, NULL, &answer) == 0 && answer.status == 200;
   free(answer.body);
   return ok;
 }
@@ -236,10 +236,10 @@ static void test_any_instance_answers_for_any_subject(void **state) {
     free(from_a.body);
     free(from_b.body);
   }
-  printf("# %d subjects asked of both: %d answers were forwarded\n",
-         SUBJECTS, forwarded);
+  printf("# %d subjects asked of both: %d answers were forwarded\n", SUBJECTS,
+         forwarded);
   assert_int_equal(forwarded, SUBJECTS); /* one of each pair */
-  assert_true(owner_b >= 0); /* b serves some partitions */
+  assert_true(owner_b >= 0);             /* b serves some partitions */
 
   /* Auth is checked where the request arrives, and again at the owner:
    * without the token, 401 whoever owns the subject. */
@@ -249,13 +249,11 @@ static void test_any_instance_answers_for_any_subject(void **state) {
   assert_int_equal(answer.status, 401);
   free(answer.body);
   /* A forwarded request reaching a non-owner is not forwarded again. */
-  assert_int_equal(get(a.port, path, NULL, "X-Tally-Forwarded: 1", &answer),
-                   0);
+  assert_int_equal(get(a.port, path, NULL, "X-Tally-Forwarded: 1", &answer), 0);
   assert_int_equal(answer.status, 503);
   assert_true(is_moving(&answer));
   json_t *json = json_loads(answer.body, 0, NULL);
-  assert_string_equal(json_string_value(json_object_get(json, "owner")),
-                      url_b);
+  assert_string_equal(json_string_value(json_object_get(json, "owner")), url_b);
   json_decref(json);
   free(answer.body);
 

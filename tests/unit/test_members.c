@@ -71,8 +71,8 @@ static void test_decode_refuses_malformed(void **state) {
   static const char *bad[] = {
       "not json",
       "[]",
-      "{\"http\":\"http://127.0.0.1:1\",\"at\":1}",  /* no instance */
-      "{\"instance\":\"a\",\"at\":1}",                /* no http */
+      "{\"http\":\"http://127.0.0.1:1\",\"at\":1}", /* no instance */
+      "{\"instance\":\"a\",\"at\":1}",              /* no http */
       "{\"instance\":\"a\",\"http\":\"ftp://x\",\"at\":1}",
       "{\"instance\":\"a\",\"http\":\"http://x\"}", /* no at */
       "{\"instance\":\"a\",\"http\":\"http://x\",\"at\":1,"
@@ -111,8 +111,7 @@ static void test_owner_serving_and_replaying(void **state) {
   assert_string_equal(owner.http, "");
   /* A later announcement of the same member replaces its claims. */
   assert_int_equal(
-      apply(map, "a", announcement("a", 8081, "2", "", T0 + 100), T0 + 100),
-      0);
+      apply(map, "a", announcement("a", 8081, "2", "", T0 + 100), T0 + 100), 0);
   assert_int_equal(tly_members_map_owner(map, 0, T0 + 100, &owner),
                    TLY_OWNER_UNKNOWN);
   assert_int_equal(tly_members_map_owner(map, 2, T0 + 100, &owner),
@@ -141,9 +140,8 @@ static void test_stale_members_expire(void **state) {
                    TLY_OWNER_UNKNOWN);
   /* A clock ahead of ours counts from when we read it. */
   apply(map, "d", announcement("d", 8084, "6", "", T0 + 60000), T0 + 10000);
-  assert_int_equal(
-      tly_members_map_owner(map, 6, T0 + 10000 + STALE_MS, &owner),
-      TLY_OWNER_SERVING);
+  assert_int_equal(tly_members_map_owner(map, 6, T0 + 10000 + STALE_MS, &owner),
+                   TLY_OWNER_SERVING);
   assert_int_equal(
       tly_members_map_owner(map, 6, T0 + 10000 + STALE_MS + 1, &owner),
       TLY_OWNER_UNKNOWN);
