@@ -1477,7 +1477,11 @@ static int route_to_owner(tly_http_t *http, request_t *req,
 static void dispatch(tly_http_t *http, request_t *req,
                      struct MHD_Connection *connection, response_t *out) {
   const route_t *route = &routes[req->route];
-  if (route->owner_only && !route_to_owner(http, req, connection, out))
+  /* Without Stripe, the billing portal's 503 is this instance's to give:
+   * it needs no state. */
+  int local_answer = route->handler == handle_billing_portal && !http->portal;
+  if (route->owner_only && !local_answer &&
+      !route_to_owner(http, req, connection, out))
     return;
   route->handler(http, req, connection, out);
 }
