@@ -202,6 +202,7 @@ int tly_forward_request(tly_forward_t *forward,
   pthread_attr_t attr;
   pthread_t thread;
   int rc = -1;
+  *out = call; /* before the thread may finish with it */
   pthread_mutex_lock(&forward->lock);
   if (!forward->closing && forward->in_flight < forward->conf.max_in_flight &&
       pthread_attr_init(&attr) == 0) {
@@ -214,10 +215,10 @@ int tly_forward_request(tly_forward_t *forward,
   }
   pthread_mutex_unlock(&forward->lock);
   if (rc) {
+    *out = NULL;
     tly_forward_call_free(call);
     return -1;
   }
-  *out = call;
   return 0;
 }
 
