@@ -90,6 +90,9 @@ struct tly_http {
   tally_producer_t *producer;
   tly_stripe_portal_t *portal; /* NULL: Stripe not configured */
   tly_forward_t *forward;
+  /* Forwards to a partition's owner: relayed, owner unreachable, refused
+   * (at the in-flight bound). */
+  atomic_uint_least64_t forwards_relayed, forwards_failed, forwards_refused;
   pthread_t poller;
   int poller_started;
   atomic_int stopping;
@@ -101,7 +104,7 @@ struct response {
   int status;
   char *body; /* malloc'd */
   const char *content_type;
-  int suspended; /* the handler suspended the connection: no answer yet */
+  int suspended;     /* the handler suspended the connection: no answer yet */
   int retry_after_s; /* >0: a Retry-After header */
 };
 
@@ -123,8 +126,8 @@ struct request {
   int answered;     /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
   tly_stripe_portal_call_t *portal; /* while waiting for Stripe */
-  char *target;                /* the request target, query included */
-  tly_forward_call_t *forward; /* while waiting for the owner */
+  char *target;                     /* the request target, query included */
+  tly_forward_call_t *forward;      /* while waiting for the owner */
   const char *served_by; /* X-Tally-Served-By: this instance or owner */
   char owner[TLY_MEMBERS_URL_MAX]; /* the owner forwarded to */
   char content_type[128];          /* of the owner's answer */
@@ -388,6 +391,18 @@ static void metrics_http(tly_http_t *http, text_t *text) {
               "tally_http_state_cache_total{result=\"hit\"} %llu\n"
               "tally_http_state_cache_total{result=\"miss\"} %llu\n",
               (unsigned long long)cache.hits, (unsigned long long)cache.misses);
+  text_append(text,
+              "# HELP tally_http_forwards_total Per-subject requests sent to "
+              "the owner of the subject's partition, by result (relayed: "
+              "its answer was relayed; failed: it did not answer, 503; "
+              "refused: too many in flight, 503).\n# TYPE "
+              "tally_http_forwards_total counter\n"
+              "tally_http_forwards_total{result=\"relayed\"} %llu\n"
+              "tally_http_forwards_total{result=\"failed\"} %llu\n"
+              "tally_http_forwards_total{result=\"refused\"} %llu\n",
+              (unsigned long long)atomic_load(&http->forwards_relayed),
+              (unsigned long long)atomic_load(&http->forwards_failed),
+              (unsigned long long)atomic_load(&http->forwards_refused));
 }
 
 /* A Prometheus histogram: cumulative buckets with bounds in ms, +Inf (the
@@ -1379,6 +1394,7 @@ static int forward_to(tly_http_t *http, request_t *req,
   if (tly_forward_request(http->forward, &request, forward_done, connection,
                           &req->forward)) {
     MHD_resume_connection(connection);
+    atomic_fetch_add(&http->forwards_refused, 1);
     respond_moving(out, req->partition, owner,
                    "too many requests are being forwarded; retry");
     return 0;
@@ -1391,10 +1407,14 @@ static int forward_to(tly_http_t *http, request_t *req,
 /* The owner's answer, relayed: its status, content type and body, or 503
  * when it could not be reached (it may have just died or lost the
  * partition: the caller retries). */
-static void forward_answer(request_t *req, response_t *out) {
+static void forward_answer(tly_http_t *http, request_t *req,
+                           response_t *out) {
   tly_forward_result_t result;
   tly_forward_result(req->forward, &result);
-  if (result.status < 100 || result.status > 599) {
+  int relayed = result.status >= 100 && result.status <= 599;
+  atomic_fetch_add(relayed ? &http->forwards_relayed : &http->forwards_failed,
+                   1);
+  if (!relayed) {
     char message[512];
     snprintf(message, sizeof(message), "the owner did not answer: %s",
              result.error);
@@ -1640,7 +1660,7 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
       return MHD_YES;
     }
     if (req->forward) {
-      forward_answer(req, &out);
+      forward_answer(http, req, &out);
       tly_forward_call_free(req->forward);
       req->forward = NULL;
       break;
