@@ -36,6 +36,7 @@ typedef struct {
   const char *dlq_topic;   /* default tally.usage.dlq */
   const char *alerts_topic; /* default tally.alerts */
 } cli_broker_conf_t;
+/* Also creates tally.members (1 partition), where instances announce. */
 cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
                                size_t errstr_size);
 const char *cli_broker_bootstrap(const cli_broker_t *broker);
@@ -67,6 +68,13 @@ typedef struct {
   const char *api_key_sha256[CLI_MAX_API_KEYS];
   size_t api_key_count;
   int no_auth;
+  /* Membership (tly_members.h): the URL other instances reach this HTTP
+   * port at (NULL: http://127.0.0.1:<bound port>), this instance's id
+   * (NULL: <hostname>-<host:port of the URL>) and the heartbeat (0: the
+   * default; members silent for 3 heartbeats are dropped). */
+  const char *advertise;
+  const char *instance_id;
+  int64_t members_heartbeat_ms;
 } cli_serve_conf_t;
 /* Adds one --api-key-sha256 value (checked: 64 hex). 0, or -1 with a
  * message on stderr. */

@@ -10,6 +10,7 @@
 #include "tly_config.h"
 #include "tly_http.h"
 #include "tly_log.h"
+#include "tly_members.h"
 #include "tly_processor.h"
 #include "tly_store.h"
 #include "tly_stripe_emitter.h"
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int cli_parse_listen(const char *text, char *address, size_t address_size,
                      uint16_t *port) {
@@ -87,6 +89,33 @@ static int setup_auth(const cli_serve_conf_t *conf, tly_config_t *config) {
   return 0;
 }
 
+/* The advertised URL and the instance id, from the flags or the defaults
+ * (see cli_serve_conf_t). */
+static void member_identity(const cli_serve_conf_t *conf, uint16_t port,
+                            char *advertise, size_t advertise_size,
+                            char *instance, size_t instance_size) {
+  char host[256] = "localhost";
+  if (conf->advertise)
+    snprintf(advertise, advertise_size, "%s", conf->advertise);
+  else
+    snprintf(advertise, advertise_size, "http://%s:%u",
+             strcmp(conf->http_address, "0.0.0.0") == 0 ? "127.0.0.1"
+                                                        : conf->http_address,
+             (unsigned)port);
+  if (conf->instance_id) {
+    snprintf(instance, instance_size, "%s", conf->instance_id);
+    return;
+  }
+  gethostname(host, sizeof(host) - 1);
+  const char *rest = strstr(advertise, "://");
+  /* Truncated to fit (host first, at most half): unique in practice. */
+  const char *where = rest ? rest + 3 : advertise;
+  int host_len = (int)strnlen(host, instance_size / 2);
+  int where_len = (int)strnlen(where, instance_size - (size_t)host_len - 2);
+  snprintf(instance, instance_size, "%.*s-%.*s", host_len, host, where_len,
+           where);
+}
+
 int cli_serve(const cli_serve_conf_t *conf) {
   char errstr[1024];
   int exit_code = 1;
@@ -94,6 +123,8 @@ int cli_serve(const cli_serve_conf_t *conf) {
   tly_processor_t *processor = NULL;
   tly_stripe_emitter_t *emitter = NULL;
   tly_http_t *http = NULL;
+  tly_members_t *members = NULL;
+  char advertise[TLY_MEMBERS_URL_MAX], instance[TLY_MEMBERS_INSTANCE_MAX];
   tly_config_t *config = conf->config_path
                              ? tly_config_load_file(conf->config_path, errstr,
                                                     sizeof(errstr))
@@ -146,7 +177,19 @@ int cli_serve(const cli_serve_conf_t *conf) {
       goto out;
     }
   }
-  tly_http_conf_t hconf = {.address = conf->http_address,
+  /* The map and its Kafka clients now, for the HTTP port; announcing once
+   * the port is bound (the defaults name it). */
+  tly_members_conf_t mconf = {.brokers = conf->brokers,
+                              .processor = processor,
+                              .heartbeat_ms = conf->members_heartbeat_ms,
+                              .kafka_properties = conf->kafka_properties};
+  members = tly_members_new(&mconf, errstr, sizeof(errstr));
+  if (!members) {
+    fprintf(stderr, "tally: %s\n", errstr);
+    goto out;
+  }
+  tly_http_conf_t hconf = {.members = members,
+                           .address = conf->http_address,
                            .port = conf->http_port,
                            .store = store,
                            .processor = processor,
@@ -161,8 +204,15 @@ int cli_serve(const cli_serve_conf_t *conf) {
     fprintf(stderr, "tally: %s\n", errstr);
     goto out;
   }
+  member_identity(conf, tly_http_port(http), advertise, sizeof(advertise),
+                  instance, sizeof(instance));
+  if (tly_members_start(members, instance, advertise, errstr, sizeof(errstr))) {
+    fprintf(stderr, "tally: %s\n", errstr);
+    goto out;
+  }
   printf("tally: http   http://%s:%u\n", conf->http_address,
          (unsigned)tly_http_port(http));
+  printf("tally: member %s at %s\n", instance, advertise);
   printf("tally: state  %s\n", conf->state_dir);
   fflush(stdout);
   if (conf->http_port_file) {
@@ -181,6 +231,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
   exit_code = 0;
 out:
   tly_http_stop(http);
+  tly_members_destroy(members); /* the tombstone: this instance left */
   tly_stripe_emitter_stop(emitter);
   tly_processor_destroy(processor);
   if (store)

@@ -143,6 +143,7 @@ int cmd_dev(int argc, char **argv) {
       {"demo-rate", required_argument, NULL, 'r'},
       {"demo-subjects", required_argument, NULL, 'n'},
       {"config", required_argument, NULL, 'c'},
+      {"advertise", required_argument, NULL, 'A'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   char address[64] = "127.0.0.1", state_dir[4096] = "";
@@ -169,10 +170,11 @@ int cmd_dev(int argc, char **argv) {
     case 'r': demo.rate = atoi(optarg); break;
     case 'n': demo.subjects = atoi(optarg); break;
     case 'c': conf.config_path = optarg; break;
+    case 'A': conf.advertise = optarg; break;
     case 'h':
       printf("usage: tally dev [--demo] [--state-dir DIR] [--http ADDR:PORT] "
              "[--partitions N] [--demo-rate EVENTS_PER_S] [--demo-subjects N] "
-             "[--config FILE]\n");
+             "[--config FILE] [--advertise URL]\n");
       return 0;
     default: return 2;
     }
@@ -201,7 +203,7 @@ int cmd_dev(int argc, char **argv) {
     return 1;
   }
   printf("tally: kafka  %s   (embedded broker; topics tally.usage x%d, "
-         "tally.usage.dlq, tally.alerts)\n",
+         "tally.usage.dlq, tally.alerts, tally.members)\n",
          cli_broker_bootstrap(broker), bconf.partitions);
   conf.brokers = cli_broker_bootstrap(broker);
   conf.state_dir = state_dir;

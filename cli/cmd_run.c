@@ -14,6 +14,12 @@ static void usage(FILE *out) {
           "usage: tally run --brokers HOST:PORT --state-dir DIR [options]\n"
           "  --http ADDR:PORT        HTTP port (default 127.0.0.1:8080; port 0 = any)\n"
           "  --http-port-file FILE   write the bound HTTP port to FILE\n"
+          "  --advertise URL         this HTTP port's URL for the other instances\n"
+          "                          (default http://127.0.0.1:<port>)\n"
+          "  --instance-id ID        announced on tally.members (default\n"
+          "                          <hostname>-<host:port of --advertise>)\n"
+          "  --members-heartbeat-ms N  announce this often (default 2000; silent\n"
+          "                          for 3 heartbeats = gone)\n"
           "  --group ID              consumer group (default tally)\n"
           "  --topic NAME            usage topic (default tally.usage)\n"
           "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
@@ -46,6 +52,9 @@ int cmd_run(int argc, char **argv) {
       {"tick-interval-ms", required_argument, NULL, 'T'},
       {"api-key-sha256", required_argument, NULL, 'K'},
       {"no-auth", no_argument, NULL, 'N'},
+      {"advertise", required_argument, NULL, 'A'},
+      {"instance-id", required_argument, NULL, 'I'},
+      {"members-heartbeat-ms", required_argument, NULL, 'M'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
@@ -79,6 +88,9 @@ int cmd_run(int argc, char **argv) {
         return 2;
       break;
     case 'N': conf.no_auth = 1; break;
+    case 'A': conf.advertise = optarg; break;
+    case 'I': conf.instance_id = optarg; break;
+    case 'M': conf.members_heartbeat_ms = atoll(optarg); break;
     case 'X':
       if (cli_properties_add(&properties, optarg))
         return 2;

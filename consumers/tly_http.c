@@ -20,6 +20,7 @@
 
 #include "tally_producer.h"
 #include "tly_auth.h"
+#include "tly_forward.h"
 #include "tly_log.h"
 #include "tly_request.h"
 #include "tly_state.h"
@@ -72,6 +73,7 @@ typedef struct {
   route_handler_t handler;
   route_auth_t auth;
   int takes_body;
+  int owner_only; /* reads the subject's state: its partition's owner answers */
 } route_t;
 
 #define STATUS_MIN 100
@@ -87,6 +89,10 @@ struct tly_http {
   pthread_mutex_t alert_lock;
   tally_producer_t *producer;
   tly_stripe_portal_t *portal; /* NULL: Stripe not configured */
+  tly_forward_t *forward;
+  /* Forwards to a partition's owner: relayed, owner unreachable, refused
+   * (at the in-flight bound). */
+  atomic_uint_least64_t forwards_relayed, forwards_failed, forwards_refused;
   pthread_t poller;
   int poller_started;
   atomic_int stopping;
@@ -98,7 +104,8 @@ struct response {
   int status;
   char *body; /* malloc'd */
   const char *content_type;
-  int suspended; /* the handler suspended the connection: no answer yet */
+  int suspended;     /* the handler suspended the connection: no answer yet */
+  int retry_after_s; /* >0: a Retry-After header */
 };
 
 typedef struct ingest ingest_t;
@@ -119,6 +126,12 @@ struct request {
   int answered;     /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
   tly_stripe_portal_call_t *portal; /* while waiting for Stripe */
+  char *target;                     /* the request target, query included */
+  tly_forward_call_t *forward;      /* while waiting for the owner */
+  const char *served_by; /* X-Tally-Served-By: this instance or owner */
+  char owner[TLY_MEMBERS_URL_MAX]; /* the owner forwarded to */
+  char content_type[128];          /* of the owner's answer */
+  int32_t partition;               /* the subject's, -1 until known */
 };
 
 /* ---- responses ------------------------------------------------------- */
@@ -159,6 +172,25 @@ static void respond_answer(response_t *out, json_t *answer,
     respond_req_error(out, err);
 }
 
+/* 503 while the subject's partition has no single caught-up owner that
+ * this request can reach: {"error": {"code": "partition_moving", ...},
+ * "partition": N, "owner": URL (when one is known), "retry_after_s": 1},
+ * with Retry-After. partition -1: not known yet (no metadata). */
+static void respond_moving(response_t *out, int32_t partition,
+                           const char *owner, const char *message) {
+  json_t *body = json_pack("{s:o,s:i}", "error",
+                           error_json("partition_moving", message, NULL),
+                           "retry_after_s", 1);
+  if (body) {
+    json_object_set_new(body, "partition",
+                        partition >= 0 ? json_integer(partition) : json_null());
+    if (owner && *owner)
+      json_object_set_new(body, "owner", json_string(owner));
+  }
+  respond_json(out, 503, body);
+  out->retry_after_s = 1;
+}
+
 /* ---- state ----------------------------------------------------------- */
 
 static uint64_t commit_count(void *opaque) {
@@ -167,15 +199,49 @@ static uint64_t commit_count(void *opaque) {
   return stats.batches_committed;
 }
 
-/* The subject's committed state through the cache. 1, 0 or -1 (500). */
+static tly_partition_status_t *partition_snapshot(tly_http_t *http,
+                                                  size_t *count);
+
+/* The partitions this instance serves, as of one snapshot. */
+typedef struct {
+  tly_partition_status_t *status;
+  size_t count;
+  int rebalancing;
+} served_t;
+
+static int partition_served(void *opaque, int32_t partition) {
+  const served_t *served = opaque;
+  return !served->rebalancing && served->status && partition >= 0 &&
+         (size_t)partition < served->count &&
+         tly_members_caught_up(&served->status[partition]);
+}
+
+/* The subject's committed state through the cache, read from the
+ * partitions this instance serves only. 1, 0, or -1 when out holds the
+ * answer: 500, or 503 when the subject's partition is not served here (any
+ * more: a rebalance started since the request was routed). */
 static int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
                         tly_subject_state_t *state, response_t *out) {
   char errstr[512];
-  int found =
-      tly_state_cache_find(http->cache, http->conf.store,
-                           tly_processor_partition_count(http->conf.processor),
-                           commit_count, http->conf.processor, subject->kind,
-                           subject->id, state, errstr, sizeof(errstr));
+  int32_t partition_count = tly_processor_partition_count(http->conf.processor);
+  served_t served = {0};
+  served.rebalancing = tly_processor_rebalancing(http->conf.processor);
+  served.status = partition_snapshot(http, &served.count);
+  served.rebalancing |= tly_processor_rebalancing(http->conf.processor);
+  int32_t home =
+      tly_state_home_partition(partition_count, subject->kind, subject->id);
+  if (!partition_served(&served, home)) {
+    free(served.status);
+    memset(state, 0, sizeof(*state));
+    respond_moving(out, home, NULL,
+                   "this instance does not serve the subject's partition now");
+    return -1;
+  }
+  int found = tly_state_cache_find(
+      http->cache, http->conf.store, partition_count, partition_served, &served,
+      commit_count, http->conf.processor, subject->kind, subject->id, state,
+      errstr, sizeof(errstr));
+  free(served.status);
   if (found < 0)
     respond_error(out, 500, "store_error", errstr);
   return found;
@@ -325,6 +391,18 @@ static void metrics_http(tly_http_t *http, text_t *text) {
               "tally_http_state_cache_total{result=\"hit\"} %llu\n"
               "tally_http_state_cache_total{result=\"miss\"} %llu\n",
               (unsigned long long)cache.hits, (unsigned long long)cache.misses);
+  text_append(text,
+              "# HELP tally_http_forwards_total Per-subject requests sent to "
+              "the owner of the subject's partition, by result (relayed: "
+              "its answer was relayed; failed: it did not answer, 503; "
+              "refused: too many in flight, 503).\n# TYPE "
+              "tally_http_forwards_total counter\n"
+              "tally_http_forwards_total{result=\"relayed\"} %llu\n"
+              "tally_http_forwards_total{result=\"failed\"} %llu\n"
+              "tally_http_forwards_total{result=\"refused\"} %llu\n",
+              (unsigned long long)atomic_load(&http->forwards_relayed),
+              (unsigned long long)atomic_load(&http->forwards_failed),
+              (unsigned long long)atomic_load(&http->forwards_refused));
 }
 
 /* A Prometheus histogram: cumulative buckets with bounds in ms, +Inf (the
@@ -1176,31 +1254,32 @@ done:
 /* ---- routing --------------------------------------------------------- */
 
 static const route_t routes[] = {
-    {"GET", "/healthz", "/healthz", NULL, handle_healthz, AUTH_PUBLIC, 0},
-    {"GET", "/readyz", "/readyz", NULL, handle_readyz, AUTH_PUBLIC, 0},
-    {"GET", "/metrics", "/metrics", NULL, handle_metrics, AUTH_METRICS, 0},
-    {"GET", "/v1/plans", "/v1/plans", NULL, handle_plans, AUTH_REQUIRED, 0},
+    {"GET", "/healthz", "/healthz", NULL, handle_healthz, AUTH_PUBLIC, 0, 0},
+    {"GET", "/readyz", "/readyz", NULL, handle_readyz, AUTH_PUBLIC, 0, 0},
+    {"GET", "/metrics", "/metrics", NULL, handle_metrics, AUTH_METRICS, 0, 0},
+    {"GET", "/v1/plans", "/v1/plans", NULL, handle_plans, AUTH_REQUIRED, 0, 0},
     {"POST", "/v1/estimate", "/v1/estimate", NULL, handle_estimate,
-     AUTH_REQUIRED, 1},
+     AUTH_REQUIRED, 1, 0},
     {"POST", "/v1/prorate", "/v1/prorate", NULL, handle_prorate, AUTH_REQUIRED,
-     1},
-    {"POST", "/v1/events", "/v1/events", NULL, handle_events, AUTH_REQUIRED, 1},
+     1, 0},
+    {"POST", "/v1/events", "/v1/events", NULL, handle_events, AUTH_REQUIRED, 1,
+     0},
     {"GET", "/v1/subjects/{subject}/usage", "/v1/subjects/", "/usage",
-     handle_usage, AUTH_REQUIRED, 0},
+     handle_usage, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/quota", "/v1/subjects/", "/quota",
-     handle_quota, AUTH_REQUIRED, 0},
+     handle_quota, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/usage/daily", "/v1/subjects/",
-     "/usage/daily", handle_daily, AUTH_REQUIRED, 0},
+     "/usage/daily", handle_daily, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/cycles", "/v1/subjects/", "/cycles",
-     handle_cycles, AUTH_REQUIRED, 0},
+     handle_cycles, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/alerts", "/v1/subjects/", "/alerts",
-     handle_alerts, AUTH_REQUIRED, 0},
+     handle_alerts, AUTH_REQUIRED, 0, 1},
     {"POST", "/v1/subjects/{subject}/plan", "/v1/subjects/", "/plan",
-     handle_plan, AUTH_REQUIRED, 1},
+     handle_plan, AUTH_REQUIRED, 1, 0},
     {"POST", "/v1/stripe/webhook", "/v1/stripe/webhook", NULL,
-     handle_stripe_webhook, AUTH_SIGNED, 1},
+     handle_stripe_webhook, AUTH_SIGNED, 1, 0},
     {"POST", "/v1/subjects/{subject}/billing-portal", "/v1/subjects/",
-     "/billing-portal", handle_billing_portal, AUTH_REQUIRED, 1},
+     "/billing-portal", handle_billing_portal, AUTH_REQUIRED, 1, 1},
 };
 static const size_t route_count = sizeof(routes) / sizeof(routes[0]);
 
@@ -1209,6 +1288,7 @@ size_t tly_http_routes(tly_http_route_info_t *out, size_t max) {
     out[i].method = routes[i].method;
     out[i].path = routes[i].path;
     out[i].auth_required = routes[i].auth == AUTH_REQUIRED;
+    out[i].owner_only = routes[i].owner_only;
   }
   return route_count;
 }
@@ -1275,6 +1355,157 @@ static int route_is_open(const tly_http_t *http, const route_t *route) {
   return 0;
 }
 
+/* ---- forwarding to the partition's owner ------------------------------ */
+
+static void forward_done(void *connection) {
+  MHD_resume_connection(connection);
+}
+
+/* Suspends the connection and forwards the request to owner. 1 when it
+ * went (the answer comes on resume), 0 when out holds a 503. */
+static int forward_to(tly_http_t *http, request_t *req,
+                      struct MHD_Connection *connection, const char *owner,
+                      response_t *out) {
+  const route_t *route = &routes[req->route];
+  long timeout_ms = 0;
+  if (route->handler == handle_billing_portal)
+    timeout_ms = (long)http->conf.config->stripe.timeout_ms + 2000;
+  tly_forward_request_t request = {
+      .base_url = owner,
+      .target = req->target,
+      .method = route->method,
+      .authorization = MHD_lookup_connection_value(
+          connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+      .content_type = route->takes_body
+                          ? MHD_lookup_connection_value(
+                                connection, MHD_HEADER_KIND,
+                                MHD_HTTP_HEADER_CONTENT_TYPE)
+                          : NULL,
+      .body = route->takes_body ? (req->body ? req->body : "") : NULL,
+      .body_len = req->body_len,
+      .timeout_ms = timeout_ms};
+  snprintf(req->owner, sizeof(req->owner), "%s", owner);
+  if (!http->forward || !req->target) {
+    respond_moving(out, req->partition, owner,
+                   "the subject's partition is served by another instance");
+    return 0;
+  }
+  MHD_suspend_connection(connection);
+  if (tly_forward_request(http->forward, &request, forward_done, connection,
+                          &req->forward)) {
+    MHD_resume_connection(connection);
+    atomic_fetch_add(&http->forwards_refused, 1);
+    respond_moving(out, req->partition, owner,
+                   "too many requests are being forwarded; retry");
+    return 0;
+  }
+  req->phase = PHASE_WAIT;
+  out->suspended = 1;
+  return 1;
+}
+
+/* The owner's answer, relayed: its status, content type and body, or 503
+ * when it could not be reached (it may have just died or lost the
+ * partition: the caller retries). */
+static void forward_answer(tly_http_t *http, request_t *req,
+                           response_t *out) {
+  tly_forward_result_t result;
+  tly_forward_result(req->forward, &result);
+  int relayed = result.status >= 100 && result.status <= 599;
+  atomic_fetch_add(relayed ? &http->forwards_relayed : &http->forwards_failed,
+                   1);
+  if (!relayed) {
+    char message[512];
+    snprintf(message, sizeof(message), "the owner did not answer: %s",
+             result.error);
+    respond_moving(out, req->partition, req->owner, message);
+    return;
+  }
+  out->status = (int)result.status;
+  out->body = malloc(result.body_len + 1);
+  if (out->body) {
+    if (result.body_len)
+      memcpy(out->body, result.body, result.body_len);
+    out->body[result.body_len] = '\0';
+  }
+  /* The call is freed before the answer is queued: keep a copy. */
+  snprintf(req->content_type, sizeof(req->content_type), "%s",
+           result.content_type[0] ? result.content_type : "application/json");
+  out->content_type = req->content_type;
+  req->served_by = req->owner;
+  if (result.status == 503)
+    out->retry_after_s = 1;
+}
+
+/* For a route that reads the subject's state: 1 when this instance serves
+ * the subject's partition (or the subject is malformed: the handler says
+ * so), 0 when out holds the answer (503) or the request was forwarded. A
+ * request that was forwarded already is never forwarded again. */
+static int route_to_owner(tly_http_t *http, request_t *req,
+                          struct MHD_Connection *connection, response_t *out) {
+  tly_req_subject_t subject;
+  tly_req_error_t err;
+  tly_members_t *members = http->conf.members;
+  if (tly_req_parse_subject(req->subject, &subject, &err))
+    return 1;
+  req->partition = tly_state_home_partition(
+      tly_processor_partition_count(http->conf.processor), subject.kind,
+      subject.id);
+  if (req->partition >= 0 &&
+      tly_members_serving_locally(http->conf.processor, req->partition)) {
+    req->served_by = members ? tly_members_advertise(members) : NULL;
+    return 1;
+  }
+  tly_members_owner_t owner = {0};
+  if (members && req->partition >= 0)
+    tly_members_owner(members, req->partition, &owner);
+  const char *self = members ? tly_members_advertise(members) : "";
+  int forwarded = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                              TLY_FORWARDED_HEADER) != NULL;
+  switch (owner.state) {
+  case TLY_OWNER_SERVING:
+    if (strcmp(owner.http, self) == 0)
+      respond_moving(out, req->partition, NULL,
+                     "this instance announced the partition but does not "
+                     "serve it now");
+    else if (forwarded)
+      respond_moving(out, req->partition, owner.http,
+                     "a forwarded request reached an instance that does not "
+                     "serve the subject's partition");
+    else
+      forward_to(http, req, connection, owner.http, out);
+    break;
+  case TLY_OWNER_REPLAYING:
+    respond_moving(out, req->partition, owner.http,
+                   "the subject's partition is replaying on its new owner");
+    break;
+  case TLY_OWNER_CONFLICT:
+    respond_moving(out, req->partition, NULL,
+                   "the subject's partition is moving between instances");
+    break;
+  case TLY_OWNER_UNKNOWN:
+    respond_moving(out, req->partition, NULL,
+                   req->partition < 0
+                       ? "partitions are not known yet"
+                       : "no instance serves the subject's partition now");
+    break;
+  }
+  return 0;
+}
+
+/* Runs the route's handler here, or sends the request to its owner. */
+static void dispatch(tly_http_t *http, request_t *req,
+                     struct MHD_Connection *connection, response_t *out) {
+  const route_t *route = &routes[req->route];
+  /* Without Stripe, the billing portal's 503 is this instance's to give:
+   * it needs no state. */
+  int local_answer = route->handler == handle_billing_portal && !http->portal;
+  if (route->owner_only && !local_answer &&
+      !route_to_owner(http, req, connection, out))
+    return;
+  route->handler(http, req, connection, out);
+}
+
 /* The first call, headers only. 1 when out holds the answer (an error, or
  * the whole answer of a route without a body), 0 to go on reading the
  * body. */
@@ -1318,7 +1549,7 @@ static int begin_request(tly_http_t *http, request_t *req,
     respond_error(out, 413, "body_too_large", message);
     return 1;
   }
-  route->handler(http, req, connection, out);
+  dispatch(http, req, connection, out);
   return 1;
 }
 
@@ -1370,6 +1601,13 @@ static tly_mhd_result queue_answer(tly_http_t *http, request_t *req,
     return MHD_NO;
   }
   MHD_add_response_header(response, "Content-Type", out->content_type);
+  if (req && req->served_by && *req->served_by)
+    MHD_add_response_header(response, TLY_SERVED_BY_HEADER, req->served_by);
+  if (out->retry_after_s > 0) {
+    char seconds[16];
+    snprintf(seconds, sizeof(seconds), "%d", out->retry_after_s);
+    MHD_add_response_header(response, MHD_HTTP_HEADER_RETRY_AFTER, seconds);
+  }
   tly_mhd_result rc =
       MHD_queue_response(connection, (unsigned)out->status, response);
   MHD_destroy_response(response);
@@ -1414,12 +1652,18 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
       respond_error(&out, 413, "body_too_large", message);
       break;
     }
-    routes[req->route].handler(http, req, connection, &out);
+    dispatch(http, req, connection, &out);
     break;
   case PHASE_WAIT: /* resumed: every delivery report (or Stripe) is in */
     if (*upload_data_size) {
       *upload_data_size = 0;
       return MHD_YES;
+    }
+    if (req->forward) {
+      forward_answer(http, req, &out);
+      tly_forward_call_free(req->forward);
+      req->forward = NULL;
+      break;
     }
     if (req->portal) {
       int status;
@@ -1449,6 +1693,10 @@ static void *on_uri(void *cls, const char *uri,
   if (req) {
     req->uri_len = uri ? strlen(uri) : 0;
     req->route = -1;
+    req->partition = -1;
+    /* Kept for forwarding (a target over http.max_url_bytes is refused
+     * with 414 before that; MHD's connection memory bounds it here). */
+    req->target = uri ? strdup(uri) : NULL;
   }
   return req;
 }
@@ -1461,6 +1709,8 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
     return;
   ingest_free(req->ingest); /* only when the client went away meanwhile */
   tly_stripe_portal_call_free(req->portal);
+  tly_forward_call_free(req->forward);
+  free(req->target);
   free(req->body);
   free(req);
   *state = NULL;
@@ -1503,9 +1753,11 @@ static void http_free(tly_http_t *http) {
   if (http->producer)
     tally_producer_flush(http->producer, INGEST_TIMEOUT_MS + 5000);
   tly_stripe_portal_close(http->portal); /* its calls resume connections */
+  tly_forward_close(http->forward);      /* so do forwards */
   if (http->daemon)
     MHD_stop_daemon(http->daemon);
   tly_stripe_portal_destroy(http->portal);
+  tly_forward_destroy(http->forward);
   if (http->poller_started)
     pthread_join(http->poller, NULL);
   tally_producer_destroy(http->producer);
@@ -1532,6 +1784,11 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   http->requests = calloc(route_count + 1, sizeof(*http->requests));
   if (!http->cache || !http->requests) {
     snprintf(errstr, errstr_size, "out of memory");
+    goto fail;
+  }
+  http->forward = tly_forward_new(NULL);
+  if (!http->forward) {
+    snprintf(errstr, errstr_size, "http: cannot set up forwarding (libcurl)");
     goto fail;
   }
   http->alert_codec = tly_alert_codec_new(errstr, errstr_size);

@@ -10,6 +10,11 @@
  *   GET  /v1/subjects/{subject}/usage, /v1/subjects/{subject}/quota
  *   POST /v1/subjects/{subject}/plan, /v1/subjects/{subject}/billing-portal
  *   POST /v1/stripe/webhook
+ * The per-subject routes that read state (usage, quota, daily, cycles,
+ * alerts, billing-portal) are answered by the instance serving the
+ * subject's partition: another instance forwards them there (tly_forward.h)
+ * or answers 503 partition_moving while the partition has no single,
+ * caught-up owner. Everything else is answered where it arrives.
  * Bearer-token auth (tly_auth.h) on everything but /healthz, /readyz,
  * /metrics (when the config's http.metrics_public, the default) and the
  * Stripe webhook (its Stripe-Signature authenticates it).
@@ -17,6 +22,7 @@
 #ifndef TLY_HTTP_H
 #define TLY_HTTP_H
 
+#include "tly_members.h"
 #include "tly_processor.h"
 #include "tly_store.h"
 #include "tly_stripe_emitter.h"
@@ -38,6 +44,10 @@ typedef struct {
   const char *brokers;
   const char *usage_topic; /* default tally.usage */
   const char *const *kafka_properties;
+  /* Who serves which partition (tly_members.h): a subject whose partition
+   * this instance does not serve is forwarded to its owner, or answered
+   * 503 partition_moving. NULL: no forwarding (503 for those). */
+  tly_members_t *members;
 } tly_http_conf_t;
 
 typedef struct tly_http tly_http_t;
@@ -54,6 +64,8 @@ typedef struct {
   const char *method;
   const char *path;
   int auth_required; /* 0 for public routes (metrics: see metrics_public) */
+  int owner_only; /* answered by the owner of the subject's partition:
+                     forwarded there, or 503 partition_moving */
 } tly_http_route_info_t;
 size_t tly_http_routes(tly_http_route_info_t *out, size_t max);
 

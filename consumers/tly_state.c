@@ -6,7 +6,8 @@
  * partition is the one Kafka's murmur2 partitioner (tally's producers, Java
  * clients) picks for the subject key. Events produced with another
  * partitioner may live elsewhere, so when the home partition has no account
- * the others are searched too.
+ * the others are searched too, those the caller serves only (the state of
+ * a partition another instance owns may be stale here).
  *
  * The account and its kept rows are one value (the subject record), so
  * one read sees them as of the same commit.
@@ -60,29 +61,38 @@ static int read_subject(tly_store_t *store, int32_t partition,
   return 1;
 }
 
+int32_t tly_state_home_partition(int32_t partition_count,
+                                 tly_subject_kind_t kind, const char *id) {
+  char subject_key[TLY_KEY_MAX];
+  size_t subject_key_len =
+      tly_subject_key(kind, id, subject_key, sizeof(subject_key));
+  if (partition_count < 1 || subject_key_len >= sizeof(subject_key))
+    return -1;
+  return rd_kafka_msg_partitioner_murmur2(NULL, subject_key, subject_key_len,
+                                          partition_count, NULL, NULL);
+}
+
 int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
-                           tly_subject_kind_t kind, const char *id,
-                           tly_subject_state_t *out, char *errstr,
-                           size_t errstr_size) {
+                           tly_state_readable_fn readable,
+                           void *readable_opaque, tly_subject_kind_t kind,
+                           const char *id, tly_subject_state_t *out,
+                           char *errstr, size_t errstr_size) {
   char subject_key[TLY_KEY_MAX];
   memset(out, 0, sizeof(*out));
   out->partition = -1;
 
-  size_t subject_key_len =
-      tly_subject_key(kind, id, subject_key, sizeof(subject_key));
-  if (subject_key_len >= sizeof(subject_key)) {
+  if (tly_subject_key(kind, id, subject_key, sizeof(subject_key)) >=
+      sizeof(subject_key)) {
     snprintf(errstr, errstr_size, "subject id too long");
     return -1;
   }
-  int32_t home = partition_count > 0
-                     ? rd_kafka_msg_partitioner_murmur2(
-                           NULL, subject_key, subject_key_len, partition_count,
-                           NULL, NULL)
-                     : -1;
+  int32_t home = tly_state_home_partition(partition_count, kind, id);
   int found = 0;
   for (int32_t i = -1; i < partition_count && !found; i++) {
     int32_t partition = i < 0 ? home : i;
     if (partition < 0 || (i >= 0 && partition == home))
+      continue;
+    if (readable && !readable(readable_opaque, partition))
       continue;
     found = read_subject(store, partition, kind, id, out, errstr,
                          errstr_size);

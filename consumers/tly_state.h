@@ -28,13 +28,27 @@ typedef struct {
   tly_subject_bucket_t *buckets; /* the newest hour's buckets; malloc'd */
 } tly_subject_state_t;
 
+/* Which partitions may be read: 1 when this instance serves partition
+ * (its state there is current). NULL: every partition. */
+typedef int (*tly_state_readable_fn)(void *opaque, int32_t partition);
+
+/* The murmur2 home partition of a subject (Kafka's Java partitioner, as
+ * tally's producers use it), or -1 when partition_count < 1 or the id is
+ * too long. */
+int32_t tly_state_home_partition(int32_t partition_count,
+                                 tly_subject_kind_t kind, const char *id);
+
 /* 1 found, 0 not found, -1 error (errstr). Looks on the murmur2 home
- * partition first, then the others. rows: every stored row of the subject:
- * its current cycle and the closed cycles still kept. *out is overwritten (clear it before reusing it). */
+ * partition first, then the others; only partitions readable says are
+ * served (all when readable is NULL), so a partition this instance does not
+ * serve is never read: its state may be stale. rows: every stored row of
+ * the subject: its current cycle and the closed cycles still kept. *out is
+ * overwritten (clear it before reusing it). */
 int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
-                           tly_subject_kind_t kind, const char *id,
-                           tly_subject_state_t *out, char *errstr,
-                           size_t errstr_size);
+                           tly_state_readable_fn readable,
+                           void *readable_opaque, tly_subject_kind_t kind,
+                           const char *id, tly_subject_state_t *out,
+                           char *errstr, size_t errstr_size);
 void tly_state_subject_clear(tly_subject_state_t *state);
 
 /* Visits, in key order, the subject's history records of one kind (tag:

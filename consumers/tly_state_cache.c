@@ -133,9 +133,11 @@ static int state_copy(tly_subject_state_t *dst,
 }
 
 int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
-                         int32_t partition_count, tly_commit_count_fn count,
-                         void *count_opaque, tly_subject_kind_t kind,
-                         const char *id, tly_subject_state_t *out, char *errstr,
+                         int32_t partition_count,
+                         tly_state_readable_fn readable, void *readable_opaque,
+                         tly_commit_count_fn count, void *count_opaque,
+                         tly_subject_kind_t kind, const char *id,
+                         tly_subject_state_t *out, char *errstr,
                          size_t errstr_size) {
   int cacheable = strlen(id) < CACHE_KEY_MAX;
   slot_t *slot = cacheable ? &cache->slots[slot_index(cache, kind, id)] : NULL;
@@ -146,7 +148,9 @@ int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
     int hit = 0, found = 0, copied = 0;
     pthread_mutex_lock(&slot->lock);
     entry_t *entry = find_entry(slot, kind, id);
-    if (entry && entry->commit_count == before) {
+    if (entry && entry->commit_count == before &&
+        (!entry->found || !readable ||
+         readable(readable_opaque, entry->state.partition))) {
       hit = 1;
       found = entry->found;
       copied = found ? state_copy(out, &entry->state) : 0;
@@ -164,8 +168,9 @@ int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
    * commit is visible, so an unchanged count means one commit's state). */
   int found = -1;
   for (int attempt = 0; attempt < 3; attempt++) {
-    found = tly_state_find_subject(store, partition_count, kind, id, out,
-                                   errstr, errstr_size);
+    found = tly_state_find_subject(store, partition_count, readable,
+                                   readable_opaque, kind, id, out, errstr,
+                                   errstr_size);
     if (found < 0)
       return -1;
     uint64_t after = count(count_opaque);

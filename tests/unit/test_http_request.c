@@ -58,9 +58,20 @@ static void test_openapi_matches_routes(void **state) {
     if (documented_public == routes[i].auth_required)
       fail_msg("%s %s: auth differs between the code and the document",
                routes[i].method, routes[i].path);
-    if (!json_object_get(operation, "responses"))
+    json_t *responses = json_object_get(operation, "responses");
+    if (!responses)
       fail_msg("%s %s: no responses documented", routes[i].method,
                routes[i].path);
+    /* A route its partition's owner answers documents the 503 while the
+     * partition moves and the header naming who answered. */
+    json_t *ok = json_object_get(responses, "200");
+    if (routes[i].owner_only &&
+        (!json_object_get(responses, "503") ||
+         !json_object_get(json_object_get(ok, "headers"),
+                          "X-Tally-Served-By")))
+      fail_msg("%s %s: forwarded to the partition's owner, but the 503 "
+               "partition_moving or X-Tally-Served-By is not documented",
+               routes[i].method, routes[i].path);
   }
   /* Every documented operation exists. */
   static const char *const methods[] = {"get",     "put",  "post",  "delete",

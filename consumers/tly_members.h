@@ -1,0 +1,142 @@
+/*
+ * tly_members.h - who serves which input partition, so that the HTTP port of
+ * any instance can answer for any subject (it forwards to the owner).
+ *
+ * Kafka is the only cluster machinery: each instance announces itself on a
+ * small compacted topic (tally.members, one partition), keyed by instance
+ * id, with a JSON value
+ *   {"instance": ID, "http": "http://127.0.0.1:8080",
+ *    "partitions": [serving...], "replaying": [assigned, still replaying],
+ *    "at": MS, "seq": N}
+ * whenever its assignment or its caught-up set changes and on every
+ * heartbeat, and a tombstone (null value) on a clean shutdown. Every
+ * instance reads the topic from its beginning (no consumer group) into a
+ * map, partition -> owner. A member whose last announcement is older than
+ * the staleness timeout is dropped, so a SIGKILLed instance's claims
+ * expire; two fresh members claiming one partition (a rebalance in flight)
+ * make it "moving", never a guess.
+ *
+ * The map (tly_members_map_*) is pure: records and a clock in, answers out,
+ * for the unit tests. tly_members_* runs it on a thread of its own with a
+ * Kafka producer and reader, and takes this instance's own view from the
+ * processor (assigned and committed up to its replay target = serving).
+ */
+#ifndef TLY_MEMBERS_H
+#define TLY_MEMBERS_H
+
+#include "tly_processor.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TLY_MEMBERS_INSTANCE_MAX 128
+#define TLY_MEMBERS_URL_MAX 256
+/* An announcement lists at most this many partitions (both lists). */
+#define TLY_MEMBERS_PARTITIONS_MAX 65536
+#define TLY_MEMBERS_DEFAULT_HEARTBEAT_MS 2000
+
+/* ---- the pure map ----------------------------------------------------- */
+
+typedef struct {
+  char instance[TLY_MEMBERS_INSTANCE_MAX];
+  char http[TLY_MEMBERS_URL_MAX];
+  int32_t *partitions; /* serving; malloc'd */
+  size_t partition_count;
+  int32_t *replaying; /* assigned, not caught up yet; malloc'd */
+  size_t replaying_count;
+  int64_t at_ms; /* when the instance announced it (its clock) */
+  int64_t seq;
+} tly_members_announcement_t;
+
+/* Decodes one value of the members topic. 0, or -1 with errstr (malformed
+ * JSON, missing or oversized fields, a partition out of range, an http
+ * address that is not http:// or https://). *out is overwritten; clear it
+ * with tly_members_announcement_clear (also after a failure). */
+int tly_members_decode(const char *value, size_t value_len,
+                       tly_members_announcement_t *out, char *errstr,
+                       size_t errstr_size);
+/* The JSON value of an announcement, malloc'd (NULL on OOM). */
+char *tly_members_encode(const tly_members_announcement_t *announcement);
+void tly_members_announcement_clear(tly_members_announcement_t *announcement);
+
+typedef enum {
+  TLY_OWNER_UNKNOWN = 0, /* no fresh member claims the partition */
+  TLY_OWNER_SERVING,     /* one member serves it (caught up) */
+  TLY_OWNER_REPLAYING,   /* one member has it, still replaying */
+  TLY_OWNER_CONFLICT     /* several claim it: moving */
+} tly_owner_state_t;
+
+typedef struct {
+  tly_owner_state_t state;
+  char instance[TLY_MEMBERS_INSTANCE_MAX]; /* "" unless one member */
+  char http[TLY_MEMBERS_URL_MAX];          /* "" unless one member */
+} tly_members_owner_t;
+
+typedef struct tly_members_map tly_members_map_t;
+
+/* stale_ms: a member is dropped once its last announcement is older. */
+tly_members_map_t *tly_members_map_new(int64_t stale_ms);
+void tly_members_map_free(tly_members_map_t *map);
+
+/*
+ * Applies one record of the members topic, in log order: key = instance id,
+ * value NULL = tombstone (the member left). received_ms is the local clock
+ * when it was read: a member's freshness is the older of its own "at" and
+ * received_ms, so neither an old record read at startup nor a clock ahead
+ * of ours keeps a member alive. 0, or -1 with errstr (the record is
+ * ignored; a value whose instance differs from the key is refused).
+ */
+int tly_members_map_apply(tly_members_map_t *map, const char *key,
+                          size_t key_len, const char *value, size_t value_len,
+                          int64_t received_ms, char *errstr,
+                          size_t errstr_size);
+
+/* Who has partition as of now_ms (see tly_owner_state_t). */
+tly_owner_state_t tly_members_map_owner(const tly_members_map_t *map,
+                                        int32_t partition, int64_t now_ms,
+                                        tly_members_owner_t *out);
+
+/* Fresh members as of now_ms (for tests and logs). */
+size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms);
+
+/* ---- the membership thread -------------------------------------------- */
+
+typedef struct {
+  const char *brokers;        /* required */
+  const char *topic;          /* default TLY_DEFAULT_MEMBERS_TOPIC */
+  tly_processor_t *processor; /* required: this instance's own view */
+  int64_t heartbeat_ms;       /* default TLY_MEMBERS_DEFAULT_HEARTBEAT_MS */
+  int64_t stale_ms;           /* default 3 heartbeats */
+  /* librdkafka properties "name=value" (TLS, SASL), NULL-terminated. */
+  const char *const *kafka_properties;
+} tly_members_conf_t;
+
+typedef struct tly_members tly_members_t;
+
+/* Creates the map and the Kafka clients; nothing is announced or read
+ * until tly_members_start. NULL with errstr on failure. */
+tly_members_t *tly_members_new(const tly_members_conf_t *conf, char *errstr,
+                               size_t errstr_size);
+/* Starts the thread, announcing this instance as instance_id (at most
+ * TLY_MEMBERS_INSTANCE_MAX-1 bytes, unique in the group) at advertise (the
+ * HTTP port's URL as other instances reach it, e.g.
+ * "http://127.0.0.1:8080"). 0 or -1 with errstr. */
+int tly_members_start(tly_members_t *members, const char *instance_id,
+                      const char *advertise, char *errstr, size_t errstr_size);
+/* The advertised URL ("" before start). */
+const char *tly_members_advertise(const tly_members_t *members);
+/* The owner of partition as this instance knows it; thread-safe. */
+tly_owner_state_t tly_members_owner(tly_members_t *members, int32_t partition,
+                                    tly_members_owner_t *out);
+/* Stops the thread, announces the tombstone (flushed, bounded) and frees.
+ * NULL is fine. */
+void tly_members_destroy(tly_members_t *members);
+
+/* 1 when status is assigned and committed up to its replay target. */
+int tly_members_caught_up(const tly_partition_status_t *status);
+
+/* 1 when this instance serves partition now: assigned, committed up to its
+ * replay target, and no rebalance in flight. Thread-safe. */
+int tly_members_serving_locally(tly_processor_t *processor, int32_t partition);
+
+#endif
