@@ -81,6 +81,13 @@ static slot_t *probe(slot_t *slots, size_t capacity, uint64_t hash,
   }
 }
 
+void tly_dedupe_prefetch(const tly_dedupe_t *dedupe, const char *id,
+                         size_t len) {
+  if (dedupe->capacity)
+    __builtin_prefetch(
+        &dedupe->slots[hash_id(id, len) & (dedupe->capacity - 1)]);
+}
+
 int tly_dedupe_lookup(const tly_dedupe_t *dedupe, const char *id, size_t len,
                       int64_t *occurred_at_ms) {
   if (!dedupe->capacity)

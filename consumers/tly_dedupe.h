@@ -29,6 +29,11 @@ typedef struct tly_dedupe tly_dedupe_t;
 tly_dedupe_t *tly_dedupe_new(void);
 void tly_dedupe_free(tly_dedupe_t *dedupe);
 
+/* A hint: fetches the cache line where a lookup of id will start (the
+ * processor calls it a few records ahead). */
+void tly_dedupe_prefetch(const tly_dedupe_t *dedupe, const char *id,
+                         size_t len);
+
 /* 1 and *occurred_at_ms (of the latest record of the id) if the id is in
  * the index, 0 if not. */
 int tly_dedupe_lookup(const tly_dedupe_t *dedupe, const char *id, size_t len,

@@ -86,6 +86,56 @@ static void place(tly_overlay_slot_t *slots, size_t capacity,
   *empty_slot(slots, capacity, hash) = (tly_overlay_slot_t){hash, entry};
 }
 
+uint64_t tly_overlay_hash(tly_cf_t cf, const char *key, size_t key_len) {
+  return hash_key(cf, key, key_len);
+}
+
+void tly_overlay_prefetch_slot(const tly_overlay_t *overlay, uint64_t hash) {
+  if (overlay->capacity)
+    __builtin_prefetch(&overlay->slots[(size_t)hash & (overlay->capacity - 1)]);
+}
+
+void tly_overlay_prefetch_entry(const tly_overlay_t *overlay, uint64_t hash) {
+  if (!overlay->capacity)
+    return;
+  size_t mask = overlay->capacity - 1, i = (size_t)hash & mask;
+  for (int probes = 0; probes < 4 && overlay->slots[i].hash;
+       probes++, i = (i + 1) & mask) {
+    if (overlay->slots[i].hash == hash) {
+      /* Not read here (that would wait for it): its first lines, where
+       * the fold starts, and its key, stored right after it. */
+      const tly_overlay_entry_t *entry = overlay->slots[i].entry;
+      for (int line = 0; line < 4; line++)
+        __builtin_prefetch((const char *)entry + 64 * line);
+      __builtin_prefetch(entry + 1);
+      return;
+    }
+  }
+}
+
+void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry) {
+  if (entry->rows)
+    __builtin_prefetch(entry->rows);
+  for (size_t i = 0; i < entry->row_count && i < 8; i++)
+    __builtin_prefetch(entry->rows[i]);
+  if (entry->buckets)
+    __builtin_prefetch(entry->buckets);
+  for (size_t i = 0; i < entry->bucket_count && i < 8; i++)
+    __builtin_prefetch(entry->buckets[i]);
+}
+
+void tly_overlay_prefetch_rows(const tly_overlay_t *overlay, uint64_t hash) {
+  if (!overlay->capacity)
+    return;
+  size_t mask = overlay->capacity - 1, i = (size_t)hash & mask;
+  for (int probes = 0; probes < 4 && overlay->slots[i].hash;
+       probes++, i = (i + 1) & mask)
+    if (overlay->slots[i].hash == hash) {
+      tly_overlay_prefetch_rows_of(overlay->slots[i].entry);
+      return;
+    }
+}
+
 tly_overlay_entry_t *tly_overlay_find(tly_overlay_t *overlay, tly_cf_t cf,
                                       const char *key, size_t key_len) {
   if (!overlay->capacity)
