@@ -161,21 +161,49 @@ static void respond_answer(response_t *out, json_t *answer,
 
 /* ---- state ----------------------------------------------------------- */
 
+/* Moves after every commit and every rebalance (what is current changes
+ * with the assignment), so cached answers never outlive either. */
 static uint64_t commit_count(void *opaque) {
   tly_processor_stats_t stats;
   tly_processor_stats(opaque, &stats);
-  return stats.batches_committed;
+  return stats.batches_committed + stats.rebalances;
 }
 
-/* The subject's committed state through the cache. 1, 0 or -1 (500). */
+static int partition_current(void *opaque, int32_t partition) {
+  return tly_processor_partition_role(opaque, partition) ==
+         TLY_PARTITION_SERVING;
+}
+
+/* The subject's committed state through the cache. 1, 0 or -1 (answered:
+ * 500, or 503 when the subject's partition is another instance's or is
+ * still being rebuilt here, whose local state may be stale). */
 static int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
                         tly_subject_state_t *state, response_t *out) {
   char errstr[512];
-  int found =
-      tly_state_cache_find(http->cache, http->conf.store,
-                           tly_processor_partition_count(http->conf.processor),
-                           commit_count, http->conf.processor, subject->kind,
-                           subject->id, state, errstr, sizeof(errstr));
+  int32_t partitions = tly_processor_partition_count(http->conf.processor);
+  int32_t home = tly_state_home_partition(partitions, subject->kind,
+                                          subject->id);
+  tly_partition_role_t role =
+      home >= 0 ? tly_processor_partition_role(http->conf.processor, home)
+                : TLY_PARTITION_SERVING;
+  if (role != TLY_PARTITION_SERVING) {
+    int owned = role == TLY_PARTITION_REPLAYING;
+    snprintf(errstr, sizeof(errstr),
+             owned ? "partition %d of the subject is being rebuilt here; "
+                     "retry once /readyz is ready"
+                   : "partition %d of the subject is assigned to another "
+                     "instance",
+             (int)home);
+    respond_error(out, 503,
+                  owned ? "partition_replaying" : "partition_not_owned",
+                  errstr);
+    memset(state, 0, sizeof(*state));
+    return -1;
+  }
+  int found = tly_state_cache_find(
+      http->cache, http->conf.store, partitions, commit_count,
+      http->conf.processor, partition_current, http->conf.processor,
+      subject->kind, subject->id, state, errstr, sizeof(errstr));
   if (found < 0)
     respond_error(out, 500, "store_error", errstr);
   return found;

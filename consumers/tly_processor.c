@@ -187,6 +187,13 @@ struct tly_processor {
   int64_t *produced_ms;
   size_t produced_count, produced_cap;
 
+  /* Output ids already in the output topics, read when partitions were
+   * assigned that must replay what another instance may have folded (and
+   * published) before: an output of such a replay goes out only when its
+   * id is not here. NULL while no partition is replaying. */
+  json_t *replay_ids;
+  atomic_uint_least64_t rebalances;
+
   int fatal;
   char fatal_reason[1024];
 };
@@ -702,6 +709,7 @@ static void mark_dirty(tly_processor_t *p, tly_overlay_entry_t *entry) {
  * is folded. Returns 0, or -1 after setting the fatal reason.
  */
 static int batch_wait(tly_processor_t *p);
+static void end_replay(tly_processor_t *p);
 
 static int batch_submit(tly_processor_t *p) {
   char meta_key[256];
@@ -988,6 +996,7 @@ static int batch_wait(tly_processor_t *p) {
     part->inflight_watermark = INT64_MIN;
   }
   pthread_mutex_unlock(&p->lock);
+  end_replay(p);
   atomic_fetch_add(&p->events_folded, flight->events);
   atomic_fetch_add(&p->batches_committed, 1);
   record_visible(p, flight);
@@ -1023,6 +1032,25 @@ static int add_output(tly_processor_t *p, const tly_outbox_record_t *record) {
   return 0;
 }
 
+/*
+ * The replay rule of DESIGN.md: a record below its partition's replay
+ * target may have been folded by another instance already (the partition
+ * moved here and back, or this instance rebuilds it from an older state),
+ * and that instance published its outputs. Such an output is checked
+ * against the output topics by id instead of re-sent: 1 when it is there
+ * already (drop it), 0 to send it (its id is remembered, so it goes once).
+ */
+static int replay_already_sent(tly_processor_t *p, int32_t partition,
+                               int64_t offset, const char *id) {
+  if (!p->replay_ids || partition < 0 || partition >= p->partition_cap ||
+      offset >= p->partitions[partition].replay_target)
+    return 0;
+  if (json_object_get(p->replay_ids, id))
+    return 1;
+  json_object_set_new(p->replay_ids, id, json_true());
+  return 0;
+}
+
 /* An input record that cannot be folded goes to the dead-letter topic with
  * the reason and where it came from; the loop goes on. */
 static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
@@ -1035,6 +1063,8 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
   snprintf(offset, sizeof(offset), "%lld", (long long)msg->offset);
   snprintf(output_id, sizeof(output_id), "dlq:%s:%d:%lld", topic,
            (int)msg->partition, (long long)msg->offset);
+  if (replay_already_sent(p, msg->partition, msg->offset, output_id))
+    return;
   record.topic = p->dlq_topic;
   record.topic_len = strlen(p->dlq_topic);
   record.key = msg->key;
@@ -1104,7 +1134,10 @@ static void queue_alerts(tly_processor_t *p) {
                                               strlen(alert->alert_id)};
     record.headers[1] = (tly_outbox_header_t){"tally.alert.type", type, strlen(type)};
     record.header_count = 2;
-    if (add_output(p, &record))
+    /* The alert history is state and is written either way. */
+    int sent = replay_already_sent(p, p->view_partition, p->view_offset,
+                                   alert->alert_id);
+    if (!sent && add_output(p, &record))
       set_fatal(p, "out of memory queueing an alert");
     else if (record_alert(p, alert, value, value_len))
       set_fatal(p, "out of memory recording an alert");
@@ -1698,12 +1731,104 @@ static int resume_offsets(tly_processor_t *p,
   return 0;
 }
 
+static int collect_output_ids(tly_processor_t *p, const char *topic,
+                              int from_start, json_t *ids, char *errstr,
+                              size_t errstr_size);
+
+/*
+ * Partitions assigned behind their log end replay records that another
+ * instance may have folded and published the outputs of: read the output
+ * topics (whole: the embedded broker cannot look offsets up by time, and
+ * the outputs of old input records may have been published at any time
+ * after them) into p->replay_ids before folding any of it. 0, or -1 after
+ * setting the fatal reason: replaying blind could publish outputs twice.
+ */
+static int prepare_replay(tly_processor_t *p) {
+  char errstr[512];
+  int replaying = 0;
+  pthread_mutex_lock(&p->lock);
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    const partition_state_t *part = &p->partitions[i];
+    if (part->assigned && (part->committed < 0 ? 0 : part->committed) <
+                              part->replay_target)
+      replaying++;
+  }
+  pthread_mutex_unlock(&p->lock);
+  json_decref(p->replay_ids);
+  p->replay_ids = NULL;
+  if (!replaying)
+    return 0;
+  json_t *ids = json_object();
+  if (!ids) {
+    set_fatal(p, "out of memory preparing a replay");
+    return -1;
+  }
+  int64_t started = tly_monotonic_ms();
+  if (collect_output_ids(p, p->alerts_topic, 1, ids, errstr, sizeof(errstr)) ||
+      collect_output_ids(p, p->dlq_topic, 1, ids, errstr, sizeof(errstr))) {
+    json_decref(ids);
+    set_fatal(p, "replaying %d partitions: %s", replaying, errstr);
+    return -1;
+  }
+  tly_log(TLY_LOG_INFO, "processor",
+          "replay of %d partitions: %zu outputs already in Kafka (read in "
+          "%lld ms) are checked by id instead of re-sent",
+          replaying, json_object_size(ids),
+          (long long)(tly_monotonic_ms() - started));
+  p->replay_ids = ids;
+  return 0;
+}
+
+/* Drops the replay ids once every assigned partition has caught up. */
+static void end_replay(tly_processor_t *p) {
+  if (!p->replay_ids)
+    return;
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    const partition_state_t *part = &p->partitions[i];
+    if (part->assigned && (part->committed < 0 ? 0 : part->committed) <
+                              part->replay_target)
+      return;
+  }
+  json_decref(p->replay_ids);
+  p->replay_ids = NULL;
+  tly_log(TLY_LOG_INFO, "processor", "replay done: every partition caught up");
+}
+
+/*
+ * Before partitions go: publish what the outbox holds and wait (bounded)
+ * for Kafka's acknowledgements, so the next owner's replay finds this
+ * instance's outputs in the topics instead of sending them a second time.
+ */
+static void drain_outbox(tly_processor_t *p) {
+  int64_t deadline = tly_monotonic_ms() + 10000;
+  for (;;) {
+    int waiting = 0;
+    outbox_publish(p);
+    for (size_t i = 0; i < p->outbox_count; i++)
+      waiting |= p->outbox[i].state == OUTBOX_PENDING ||
+                 p->outbox[i].state == OUTBOX_INFLIGHT;
+    if (!waiting || p->fatal)
+      break;
+    if (tly_monotonic_ms() > deadline) {
+      tly_log(TLY_LOG_WARN, "processor",
+              "rebalance: outbox not acknowledged within 10 s; the next owner "
+              "may send some outputs again");
+      break;
+    }
+    rd_kafka_flush(p->producer, 100);
+  }
+  batch_commit(p); /* the deletes of what was acknowledged */
+}
+
 static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
                       rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *parts) {
   /* Whatever happens next, what was folded so far is committed first; the
    * cache goes, since partitions that come back may have moved meanwhile. */
   batch_commit(p);
+  if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && !p->fatal)
+    drain_outbox(p);
+  atomic_fetch_add(&p->rebalances, 1);
   tly_overlay_reset(&p->overlay);
   p->last_entry = NULL;
   p->dirty_head = NULL;
@@ -1715,7 +1840,7 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
   }
   pthread_mutex_unlock(&p->lock);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    if (p->fatal || resume_offsets(p, parts)) {
+    if (p->fatal || resume_offsets(p, parts) || prepare_replay(p)) {
       rd_kafka_assign(rk, NULL);
       return;
     }
@@ -1790,10 +1915,11 @@ static int load_ack_mark(void *opaque, const char *key, size_t key_len,
   return 0;
 }
 
-/* Adds the output ids found in topic, from the last acknowledged offsets to
- * the end, to ids. 0 or -1 (errstr). */
+/* Adds the output ids found in topic, from the last acknowledged offsets
+ * (from_start: from the log start) to the end, to ids. 0 or -1 (errstr). */
 static int collect_output_ids(tly_processor_t *p, const char *topic,
-                              json_t *ids, char *errstr, size_t errstr_size) {
+                              int from_start, json_t *ids, char *errstr,
+                              size_t errstr_size) {
   char kafka_err[512];
   const struct rd_kafka_metadata *md = NULL;
   rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, topic, NULL);
@@ -1838,7 +1964,7 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
       rc = -1;
       goto out;
     }
-    ack_mark_t *mark = ack_find(p, topic, i, 0);
+    ack_mark_t *mark = from_start ? NULL : ack_find(p, topic, i, 0);
     int64_t from = mark ? mark->next_offset : 0;
     if (from < low)
       from = low;
@@ -1901,8 +2027,8 @@ static int reconcile_outbox(tly_processor_t *p, char *errstr,
       tly_store_scan_prefix(p->store, TLY_CF_META, META_ACK,
                             sizeof(META_ACK) - 1, load_ack_mark, p, errstr,
                             errstr_size) ||
-      collect_output_ids(p, p->alerts_topic, ids, errstr, errstr_size) ||
-      collect_output_ids(p, p->dlq_topic, ids, errstr, errstr_size))
+      collect_output_ids(p, p->alerts_topic, 0, ids, errstr, errstr_size) ||
+      collect_output_ids(p, p->dlq_topic, 0, ids, errstr, errstr_size))
     goto out;
   for (size_t i = 0; i < p->outbox_count; i++) {
     tly_outbox_record_t record;
@@ -2197,6 +2323,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   tly_codec_destroy(p->codec);
   tly_alert_codec_destroy(p->alert_codec);
   tly_alert_list_clear(&p->alerts);
+  json_decref(p->replay_ids);
   free(p->acks);
   free(p->sorted);
   free(p->record);
@@ -2237,6 +2364,25 @@ void tly_processor_destroy(tly_processor_t *p) {
 
 int tly_processor_rebalancing(tly_processor_t *p) {
   return atomic_load(&p->rebalancing);
+}
+
+tly_partition_role_t tly_processor_partition_role(tly_processor_t *p,
+                                                  int32_t partition) {
+  tly_partition_role_t role = TLY_PARTITION_NOT_OWNED;
+  int rebalancing = atomic_load(&p->rebalancing);
+  pthread_mutex_lock(&p->lock);
+  if (partition >= 0 && partition < p->partition_cap &&
+      p->partitions[partition].assigned) {
+    const partition_state_t *part = &p->partitions[partition];
+    int64_t committed = part->committed < 0 ? 0 : part->committed;
+    role = committed < part->replay_target ? TLY_PARTITION_REPLAYING
+                                           : TLY_PARTITION_SERVING;
+  }
+  pthread_mutex_unlock(&p->lock);
+  if (role == TLY_PARTITION_SERVING &&
+      (rebalancing || atomic_load(&p->rebalancing)))
+    role = TLY_PARTITION_REPLAYING; /* being set up: not yet trusted */
+  return role;
 }
 
 int tly_processor_assigned(tly_processor_t *p, int32_t partition) {
@@ -2280,6 +2426,7 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->alerts = atomic_load(&p->alerts_total);
   stats->batches_committed = atomic_load(&p->batches_committed);
   stats->outbox_pending = atomic_load(&p->outbox_size);
+  stats->rebalances = atomic_load(&p->rebalances);
   for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
     stats->commit_buckets[i] = atomic_load(&p->commit_buckets[i]);
   stats->commit_count = atomic_load(&p->commit_count);

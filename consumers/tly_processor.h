@@ -74,6 +74,7 @@ typedef struct {
   uint64_t dead_letters;
   uint64_t batches_committed;
   uint64_t outbox_pending;
+  uint64_t rebalances; /* assignments and revocations handled */
   /* Synced RocksDB commits: cumulative counts per bucket (Prometheus
    * style: bucket i counts commits that took <= bound i), the +Inf count
    * and the total time. */
@@ -107,6 +108,22 @@ int32_t tly_processor_partition_count(tly_processor_t *processor);
 
 /* 1 while partition is assigned to this instance; thread-safe. */
 int tly_processor_assigned(tly_processor_t *processor, int32_t partition);
+
+/* What this instance may answer for a partition's subjects. */
+typedef enum {
+  TLY_PARTITION_NOT_OWNED = 0, /* assigned to another instance (or none) */
+  TLY_PARTITION_REPLAYING,     /* assigned here, but still rebuilding its
+                                  state (or a rebalance is under way): the
+                                  local state may be stale */
+  TLY_PARTITION_SERVING        /* assigned here and caught up with the log
+                                  end seen at assignment */
+} tly_partition_role_t;
+
+/* The partition's role on this instance; thread-safe. Reads of a subject
+ * must be answered from local state only when its partition is SERVING
+ * (the HTTP port answers 503, or forwards to the owner, otherwise). */
+tly_partition_role_t tly_processor_partition_role(tly_processor_t *processor,
+                                                  int32_t partition);
 
 /* 1 while a rebalance is being handled (partitions are being set up), when
  * no answer about readiness can be trusted. */

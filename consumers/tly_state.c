@@ -6,7 +6,9 @@
  * partition is the one Kafka's murmur2 partitioner (tally's producers, Java
  * clients) picks for the subject key. Events produced with another
  * partitioner may live elsewhere, so when the home partition has no account
- * the others are searched too.
+ * the others are searched too: only those the caller says are current, since
+ * with several instances in a group this store also holds stale copies of
+ * partitions that moved to other instances.
  *
  * The account and its kept rows are one value (the subject record), so
  * one read sees them as of the same commit.
@@ -60,10 +62,22 @@ static int read_subject(tly_store_t *store, int32_t partition,
   return 1;
 }
 
+int32_t tly_state_home_partition(int32_t partition_count,
+                                 tly_subject_kind_t kind, const char *id) {
+  char subject_key[TLY_KEY_MAX];
+  size_t subject_key_len =
+      tly_subject_key(kind, id, subject_key, sizeof(subject_key));
+  if (subject_key_len >= sizeof(subject_key) || partition_count <= 0)
+    return -1;
+  return rd_kafka_msg_partitioner_murmur2(NULL, subject_key, subject_key_len,
+                                          partition_count, NULL, NULL);
+}
+
 int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
-                           tly_subject_kind_t kind, const char *id,
-                           tly_subject_state_t *out, char *errstr,
-                           size_t errstr_size) {
+                           tly_state_partition_fn current,
+                           void *current_opaque, tly_subject_kind_t kind,
+                           const char *id, tly_subject_state_t *out,
+                           char *errstr, size_t errstr_size) {
   char subject_key[TLY_KEY_MAX];
   memset(out, 0, sizeof(*out));
   out->partition = -1;
@@ -74,15 +88,15 @@ int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
     snprintf(errstr, errstr_size, "subject id too long");
     return -1;
   }
-  int32_t home = partition_count > 0
-                     ? rd_kafka_msg_partitioner_murmur2(
-                           NULL, subject_key, subject_key_len, partition_count,
-                           NULL, NULL)
-                     : -1;
+  int32_t home = tly_state_home_partition(partition_count, kind, id);
   int found = 0;
   for (int32_t i = -1; i < partition_count && !found; i++) {
     int32_t partition = i < 0 ? home : i;
     if (partition < 0 || (i >= 0 && partition == home))
+      continue;
+    /* Another instance's partition (or one being rebuilt): what this
+     * store holds of it may be stale. */
+    if (current && !current(current_opaque, partition))
       continue;
     found = read_subject(store, partition, kind, id, out, errstr,
                          errstr_size);

@@ -28,11 +28,25 @@ typedef struct {
   tly_subject_bucket_t *buckets; /* the newest hour's buckets; malloc'd */
 } tly_subject_state_t;
 
+/* Whether this instance's state of a partition is current (assigned here
+ * and caught up, see tly_processor_partition_role): non-zero when it is. */
+typedef int (*tly_state_partition_fn)(void *opaque, int32_t partition);
+
+/* The subject's home partition: the one Kafka's murmur2 partitioner picks
+ * for its key; -1 when partition_count is 0 or the id is too long. */
+int32_t tly_state_home_partition(int32_t partition_count,
+                                 tly_subject_kind_t kind, const char *id);
+
 /* 1 found, 0 not found, -1 error (errstr). Looks on the murmur2 home
- * partition first, then the others. rows: every stored row of the subject:
- * its current cycle and the closed cycles still kept. *out is overwritten (clear it before reusing it). */
+ * partition first, then the others, only on partitions current says are
+ * current (NULL: all; with several instances the others' partitions hold
+ * stale state). rows: every stored row of the subject: its current cycle
+ * and the closed cycles still kept. *out is overwritten (clear it before
+ * reusing it). */
 int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
-                           tly_subject_kind_t kind, const char *id,
+                           tly_state_partition_fn current,
+                           void *current_opaque, tly_subject_kind_t kind,
+                           const char *id,
                            tly_subject_state_t *out, char *errstr,
                            size_t errstr_size);
 void tly_state_subject_clear(tly_subject_state_t *state);

@@ -134,7 +134,8 @@ static int state_copy(tly_subject_state_t *dst,
 
 int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
                          int32_t partition_count, tly_commit_count_fn count,
-                         void *count_opaque, tly_subject_kind_t kind,
+                         void *count_opaque, tly_state_partition_fn current,
+                         void *current_opaque, tly_subject_kind_t kind,
                          const char *id, tly_subject_state_t *out, char *errstr,
                          size_t errstr_size) {
   int cacheable = strlen(id) < CACHE_KEY_MAX;
@@ -164,8 +165,9 @@ int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
    * commit is visible, so an unchanged count means one commit's state). */
   int found = -1;
   for (int attempt = 0; attempt < 3; attempt++) {
-    found = tly_state_find_subject(store, partition_count, kind, id, out,
-                                   errstr, errstr_size);
+    found = tly_state_find_subject(store, partition_count, current,
+                                   current_opaque, kind, id, out, errstr,
+                                   errstr_size);
     if (found < 0)
       return -1;
     uint64_t after = count(count_opaque);
