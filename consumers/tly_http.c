@@ -426,6 +426,12 @@ static void handle_metrics(tly_http_t *http, request_t *req,
               "acknowledged by Kafka.\n# TYPE tally_outbox_entries gauge\n"
               "tally_outbox_entries %llu\n",
               (unsigned long long)stats.outbox_pending);
+  text_append(&text,
+              "# HELP tally_replay_outputs_skipped_total Outputs of replayed "
+              "records found in the output topics by id and not sent "
+              "again.\n# TYPE tally_replay_outputs_skipped_total counter\n"
+              "tally_replay_outputs_skipped_total %llu\n",
+              (unsigned long long)stats.replay_skipped);
   tly_partition_status_t *status = partition_snapshot(http, &count);
   text_append(&text, "# HELP tally_partition_committed_offset Next input "
                      "offset committed to RocksDB.\n# TYPE "

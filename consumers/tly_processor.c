@@ -192,7 +192,7 @@ struct tly_processor {
    * published) before: an output of such a replay goes out only when its
    * id is not here. NULL while no partition is replaying. */
   json_t *replay_ids;
-  atomic_uint_least64_t rebalances;
+  atomic_uint_least64_t rebalances, replay_skipped;
 
   int fatal;
   char fatal_reason[1024];
@@ -1045,8 +1045,10 @@ static int replay_already_sent(tly_processor_t *p, int32_t partition,
   if (!p->replay_ids || partition < 0 || partition >= p->partition_cap ||
       offset >= p->partitions[partition].replay_target)
     return 0;
-  if (json_object_get(p->replay_ids, id))
+  if (json_object_get(p->replay_ids, id)) {
+    atomic_fetch_add(&p->replay_skipped, 1);
     return 1;
+  }
   json_object_set_new(p->replay_ids, id, json_true());
   return 0;
 }
@@ -2427,6 +2429,7 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->batches_committed = atomic_load(&p->batches_committed);
   stats->outbox_pending = atomic_load(&p->outbox_size);
   stats->rebalances = atomic_load(&p->rebalances);
+  stats->replay_skipped = atomic_load(&p->replay_skipped);
   for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
     stats->commit_buckets[i] = atomic_load(&p->commit_buckets[i]);
   stats->commit_count = atomic_load(&p->commit_count);
