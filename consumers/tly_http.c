@@ -181,8 +181,8 @@ static int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
                         tly_subject_state_t *state, response_t *out) {
   char errstr[512];
   int32_t partitions = tly_processor_partition_count(http->conf.processor);
-  int32_t home = tly_state_home_partition(partitions, subject->kind,
-                                          subject->id);
+  int32_t home =
+      tly_state_home_partition(partitions, subject->kind, subject->id);
   tly_partition_role_t role =
       home >= 0 ? tly_processor_partition_role(http->conf.processor, home)
                 : TLY_PARTITION_SERVING;

@@ -1751,8 +1751,8 @@ static int prepare_replay(tly_processor_t *p) {
   pthread_mutex_lock(&p->lock);
   for (int32_t i = 0; i < p->partition_cap; i++) {
     const partition_state_t *part = &p->partitions[i];
-    if (part->assigned && (part->committed < 0 ? 0 : part->committed) <
-                              part->replay_target)
+    if (part->assigned &&
+        (part->committed < 0 ? 0 : part->committed) < part->replay_target)
       replaying++;
   }
   pthread_mutex_unlock(&p->lock);
@@ -1787,8 +1787,8 @@ static void end_replay(tly_processor_t *p) {
     return;
   for (int32_t i = 0; i < p->partition_cap; i++) {
     const partition_state_t *part = &p->partitions[i];
-    if (part->assigned && (part->committed < 0 ? 0 : part->committed) <
-                              part->replay_target)
+    if (part->assigned &&
+        (part->committed < 0 ? 0 : part->committed) < part->replay_target)
       return;
   }
   json_decref(p->replay_ids);

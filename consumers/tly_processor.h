@@ -74,7 +74,7 @@ typedef struct {
   uint64_t dead_letters;
   uint64_t batches_committed;
   uint64_t outbox_pending;
-  uint64_t rebalances; /* assignments and revocations handled */
+  uint64_t rebalances;     /* assignments and revocations handled */
   uint64_t replay_skipped; /* replayed outputs found in Kafka, not re-sent */
   /* Synced RocksDB commits: cumulative counts per bucket (Prometheus
    * style: bucket i counts commits that took <= bound i), the +Inf count

@@ -74,10 +74,10 @@ int32_t tly_state_home_partition(int32_t partition_count,
 }
 
 int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
-                           tly_state_partition_fn current,
-                           void *current_opaque, tly_subject_kind_t kind,
-                           const char *id, tly_subject_state_t *out,
-                           char *errstr, size_t errstr_size) {
+                           tly_state_partition_fn current, void *current_opaque,
+                           tly_subject_kind_t kind, const char *id,
+                           tly_subject_state_t *out, char *errstr,
+                           size_t errstr_size) {
   char subject_key[TLY_KEY_MAX];
   memset(out, 0, sizeof(*out));
   out->partition = -1;

@@ -44,9 +44,8 @@ int32_t tly_state_home_partition(int32_t partition_count,
  * and the closed cycles still kept. *out is overwritten (clear it before
  * reusing it). */
 int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
-                           tly_state_partition_fn current,
-                           void *current_opaque, tly_subject_kind_t kind,
-                           const char *id,
+                           tly_state_partition_fn current, void *current_opaque,
+                           tly_subject_kind_t kind, const char *id,
                            tly_subject_state_t *out, char *errstr,
                            size_t errstr_size);
 void tly_state_subject_clear(tly_subject_state_t *state);

@@ -165,9 +165,9 @@ int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
    * commit is visible, so an unchanged count means one commit's state). */
   int found = -1;
   for (int attempt = 0; attempt < 3; attempt++) {
-    found = tly_state_find_subject(store, partition_count, current,
-                                   current_opaque, kind, id, out, errstr,
-                                   errstr_size);
+    found =
+        tly_state_find_subject(store, partition_count, current, current_opaque,
+                               kind, id, out, errstr, errstr_size);
     if (found < 0)
       return -1;
     uint64_t after = count(count_opaque);

@@ -36,10 +36,10 @@ typedef uint64_t (*tly_commit_count_fn)(void *opaque);
 
 /*
  * tly_state_find_subject (current, current_opaque: see there; the count
- * must also move when what is current changes) through the cache. *out is the caller's (clear it
- * with tly_state_subject_clear). 1 found, 0 not found, -1 error (errstr).
- * The read is retried (up to 3 times) when a commit lands during it, so
- * the account and the rows come from the same commit.
+ * must also move when what is current changes) through the cache. *out is the
+ * caller's (clear it with tly_state_subject_clear). 1 found, 0 not found, -1
+ * error (errstr). The read is retried (up to 3 times) when a commit lands
+ * during it, so the account and the rows come from the same commit.
  */
 int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
                          int32_t partition_count, tly_commit_count_fn count,

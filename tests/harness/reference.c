@@ -256,5 +256,4 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
       fail_msg("alert %s seen %lld times", id, (long long)json_integer_value(count));
   }
   json_decref(ids);
-
 }

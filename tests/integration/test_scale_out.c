@@ -47,7 +47,8 @@ typedef struct {
 static long long folded_sum(const group_t *group) {
   long long sum = 0;
   for (int i = 0; i < group->count; i++) {
-    long long n = th_metric_sum(group->live[i]->port, "tally_events_folded_total");
+    long long n =
+        th_metric_sum(group->live[i]->port, "tally_events_folded_total");
     sum += n > 0 ? n : 0;
   }
   return sum;
@@ -68,8 +69,8 @@ static int partition_table(int port, int assigned[PARTITIONS],
   for (char *line = strtok(body, "\n"); line; line = strtok(NULL, "\n")) {
     int p;
     long long value;
-    if (sscanf(line, "tally_partition_replay_target{partition=\"%d\"} %lld",
-               &p, &value) == 2 &&
+    if (sscanf(line, "tally_partition_replay_target{partition=\"%d\"} %lld", &p,
+               &value) == 2 &&
         p >= 0 && p < PARTITIONS)
       assigned[p] = 1;
     else if (sscanf(line,
@@ -141,17 +142,17 @@ static int owner_port(void *opaque, int s) {
   for (int i = 0; i < group->count; i++) {
     long status = 0;
     char *body = NULL;
-    assert_int_equal(th_http_get(group->live[i]->port, path, &status, &body), 0);
+    assert_int_equal(th_http_get(group->live[i]->port, path, &status, &body),
+                     0);
     if (status == 200) {
       assert_int_equal(owner, -1); /* one owner */
       owner = group->live[i]->port;
     } else {
       assert_int_equal(status, 503);
       json_t *json = json_loads(body, 0, NULL);
-      assert_string_equal(
-          json_string_value(json_object_get(json_object_get(json, "error"),
-                                            "code")),
-          "partition_not_owned");
+      assert_string_equal(json_string_value(json_object_get(
+                              json_object_get(json, "error"), "code")),
+                          "partition_not_owned");
       json_decref(json);
     }
     free(body);
@@ -223,8 +224,8 @@ static void test_scale_out(void **state) {
   for (int i = 0; i < group.count; i++) {
     int owned = 0, assigned[PARTITIONS];
     long long committed[PARTITIONS];
-    assert_int_equal(
-        partition_table(group.live[i]->port, assigned, committed), 0);
+    assert_int_equal(partition_table(group.live[i]->port, assigned, committed),
+                     0);
     for (int p = 0; p < PARTITIONS; p++)
       owned += assigned[p];
     assert_true(owned >= 1); /* all four share the work */
