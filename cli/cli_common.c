@@ -6,6 +6,7 @@
 
 #include "tally_producer.h"
 #include "tly_processor.h"
+#include "tly_topics.h"
 
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -102,6 +103,11 @@ cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
     err = rd_kafka_mock_topic_create(
         broker->cluster,
         conf->alerts_topic ? conf->alerts_topic : TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
+  /* The state changelog: partition p restores input partition p. (The mock
+   * does not compact; it keeps ~5 MiB per partition like any topic.) */
+  if (!err)
+    err = rd_kafka_mock_topic_create(broker->cluster,
+                                     TLY_DEFAULT_CHANGELOG_TOPIC, partitions, 1);
   if (err) {
     snprintf(errstr, errstr_size, "embedded broker: creating topics: %s",
              rd_kafka_err2str(err));

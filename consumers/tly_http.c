@@ -432,6 +432,20 @@ static void handle_metrics(tly_http_t *http, request_t *req,
               "again.\n# TYPE tally_replay_outputs_skipped_total counter\n"
               "tally_replay_outputs_skipped_total %llu\n",
               (unsigned long long)stats.replay_skipped);
+  text_append(&text,
+              "# HELP tally_changelog_restores_total Partitions restored from "
+              "the state changelog.\n# TYPE tally_changelog_restores_total "
+              "counter\ntally_changelog_restores_total %llu\n"
+              "# HELP tally_changelog_restored_records_total Changelog "
+              "records read by those restores.\n# TYPE "
+              "tally_changelog_restored_records_total counter\n"
+              "tally_changelog_restored_records_total %llu\n"
+              "# HELP tally_changelog_restore_seconds_total Time those "
+              "restores took.\n# TYPE tally_changelog_restore_seconds_total "
+              "counter\ntally_changelog_restore_seconds_total %.3f\n",
+              (unsigned long long)stats.changelog_restores,
+              (unsigned long long)stats.changelog_restored_records,
+              (double)stats.changelog_restore_ms / 1000.0);
   tly_partition_status_t *status = partition_snapshot(http, &count);
   text_append(&text, "# HELP tally_partition_committed_offset Next input "
                      "offset committed to RocksDB.\n# TYPE "

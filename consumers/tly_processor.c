@@ -25,12 +25,14 @@
 #include "tally_producer.h"
 #include "tly_alert.h"
 #include "tly_billing.h"
+#include "tly_changelog.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
 #include "tly_overlay.h"
+#include "tly_topics.h"
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -62,6 +64,10 @@ typedef struct {
   char *record;
   size_t record_len;
   outbox_state_t state;
+  /* A changelog bundle (tly_changelog.h) is many Kafka records: produced
+   * from cursor on, acknowledged when none is pending. */
+  int bundle;
+  size_t cursor, parts_pending;
 } outbox_item_t;
 
 typedef struct {
@@ -194,6 +200,14 @@ struct tly_processor {
   json_t *replay_ids;
   atomic_uint_least64_t rebalances, replay_skipped;
 
+  /* The state changelog: NULL when disabled or the topic is not there;
+   * the open batch's records; scratch for expanding bundles. */
+  char *changelog_topic;
+  tly_changelog_bundle_t bundle;
+  unsigned char *changelog_scratch;
+  size_t changelog_scratch_cap;
+  atomic_uint_least64_t restores, restored_records, restore_ms;
+
   int fatal;
   char fatal_reason[1024];
 };
@@ -248,7 +262,13 @@ static int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
     p->outbox_cap = cap;
   }
   p->outbox[p->outbox_count++] =
-      (outbox_item_t){seq, record, record_len, OUTBOX_PENDING};
+      (outbox_item_t){seq,
+                      record,
+                      record_len,
+                      OUTBOX_PENDING,
+                      tly_changelog_is_bundle(record, record_len),
+                      0,
+                      0};
   atomic_store(&p->outbox_size, p->outbox_count);
   return 0;
 }
@@ -318,6 +338,21 @@ static void outbox_delivery_report(rd_kafka_t *rk,
     return; /* a lost tick is replaced by the next one */
   }
   outbox_item_t *item = outbox_find(p, (uint64_t)(uintptr_t)msg->_private);
+  if (item && item->bundle) {
+    /* A changelog record. A later commit's marker must never precede an
+     * earlier commit's records, so a lost one stops the processor: the
+     * restart publishes the bundle again, in order. */
+    if (msg->err) {
+      set_fatal(p, "changelog record of outbox entry %llu not written: %s",
+                (unsigned long long)item->seq, rd_kafka_err2str(msg->err));
+      return;
+    }
+    if (item->parts_pending)
+      item->parts_pending--;
+    if (item->state == OUTBOX_INFLIGHT && !item->parts_pending)
+      item->state = OUTBOX_ACKED;
+    return;
+  }
   if (!item || item->state != OUTBOX_INFLIGHT)
     return;
   if (!msg->err)
@@ -356,6 +391,43 @@ static int outbox_load_cb(void *opaque, const char *key, size_t key_len,
   return outbox_load(opaque, key, key_len, value, value_len);
 }
 
+/* Produces a changelog bundle's records from where it stopped. 0 when
+ * all are produced, 1 when the producer's queue is full (retried on the
+ * next pass), -1 after setting the fatal reason. */
+static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
+  for (;;) {
+    tly_changelog_record_t record;
+    size_t cursor = item->cursor;
+    int more = tly_changelog_bundle_next(
+        item->record, item->record_len, &cursor, &p->changelog_scratch,
+        &p->changelog_scratch_cap, &record);
+    if (more < 0) {
+      set_fatal(p, "changelog bundle %llu is corrupt",
+                (unsigned long long)item->seq);
+      return -1;
+    }
+    if (!more)
+      break;
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        p->producer, RD_KAFKA_V_TOPIC(p->changelog_topic),
+        RD_KAFKA_V_PARTITION(record.partition),
+        RD_KAFKA_V_KEY(record.key, record.key_len),
+        RD_KAFKA_V_VALUE((void *)record.value, record.value_len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_OPAQUE((void *)(uintptr_t)item->seq), RD_KAFKA_V_END);
+    if (err) {
+      if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        tly_log(TLY_LOG_WARN, "outbox", "produce to %s: %s",
+                p->changelog_topic, rd_kafka_err2str(err));
+      return 1;
+    }
+    item->cursor = cursor;
+    item->parts_pending++;
+  }
+  item->state = item->parts_pending ? OUTBOX_INFLIGHT : OUTBOX_ACKED;
+  return 0;
+}
+
 /* Hands pending entries to the producer, in sequence order. */
 static void outbox_publish(tly_processor_t *p) {
   for (size_t i = 0; i < p->outbox_count; i++) {
@@ -367,6 +439,15 @@ static void outbox_publish(tly_processor_t *p) {
 
     if (item->state != OUTBOX_PENDING)
       continue;
+    if (item->bundle) {
+      if (!p->changelog_topic) {
+        item->state = OUTBOX_ACKED; /* changelog off since: drop it */
+        continue;
+      }
+      if (publish_bundle(p, item))
+        return; /* queue full (retried next pass) or fatal */
+      continue;
+    }
     if (tly_outbox_decode(item->record, item->record_len, &record) ||
         record.topic_len >= sizeof(topic)) {
       set_fatal(p, "outbox entry %llu is corrupt",
@@ -423,6 +504,21 @@ static int batch_has_work(tly_processor_t *p) {
   for (size_t i = 0; i < p->ack_count; i++)
     if (p->acks[i].dirty)
       return 1;
+  return 0;
+}
+
+/* Takes record (malloc'd, already in outbox form) as an output of the
+ * open batch. 0, or -1 when out of memory (record stays the caller's). */
+static int add_raw_output(tly_processor_t *p, char *record, size_t len) {
+  if (p->output_count == p->output_cap) {
+    size_t cap = p->output_cap ? p->output_cap * 2 : 16;
+    pending_output_t *grown = realloc(p->outputs, cap * sizeof(*grown));
+    if (!grown)
+      return -1;
+    p->outputs = grown;
+    p->output_cap = cap;
+  }
+  p->outputs[p->output_count++] = (pending_output_t){record, len};
   return 0;
 }
 
@@ -513,12 +609,24 @@ static size_t history_key(const tly_overlay_entry_t *entry, char tag,
   return entry->key_len + 2 + suffix_len;
 }
 
+/* A state put of the open batch, for the changelog too (keys start with
+ * their partition). */
+static void changelog_put(tly_processor_t *p, char kind, const void *key,
+                          size_t key_len, const void *value,
+                          size_t value_len) {
+  if (p->changelog_topic && key_len >= 4)
+    tly_changelog_bundle_add(&p->bundle,
+                             (int32_t)tly_get_be32((const unsigned char *)key),
+                             kind, key, key_len, value, value_len);
+}
+
 /* Puts a history value: [expires_at, 8 bytes BE] then what p->record holds
  * from offset 8 (len bytes in all). */
 static void put_history(tly_processor_t *p, const char *key, size_t key_len,
                         int64_t expires_at_ms, size_t len) {
   tly_put_be64(p->record, (uint64_t)expires_at_ms);
   tly_store_batch_put(p->batch, TLY_CF_USAGE, key, key_len, p->record, len);
+  changelog_put(p, TLY_CHANGELOG_USAGE, key, key_len, p->record, len);
 }
 
 /* Writes every bucket the entry holds of hour to the hour's own key. */
@@ -607,6 +715,8 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
                               bucket_count, p->record, len);
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
                         p->record, len);
+    changelog_put(p, TLY_CHANGELOG_ACCOUNT, entry->key, entry->key_len,
+                  p->record, len);
     /* Hours that are no longer the newest go to keys of their own (each
      * once, however many of its buckets need it). */
     for (size_t i = 0; i < entry->bucket_count; i++) {
@@ -711,6 +821,41 @@ static void mark_dirty(tly_processor_t *p, tly_overlay_entry_t *entry) {
 static int batch_wait(tly_processor_t *p);
 static void end_replay(tly_processor_t *p);
 
+/* The batch's changelog records and a marker per partition it folded, as
+ * one outbox entry (one RocksDB put for the lot; the publisher expands it
+ * into Kafka records). 0, or -1 after setting the fatal reason. */
+static int changelog_finish(tly_processor_t *p) {
+  tly_changelog_marker_t *markers = NULL;
+  size_t count = 0;
+  if (!p->changelog_topic)
+    return 0;
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    count += p->partitions[i].batch_next >= 0;
+  if (!count && !p->bundle.count)
+    return 0;
+  markers = malloc((count ? count : 1) * sizeof(*markers));
+  if (!markers) {
+    set_fatal(p, "out of memory writing the changelog");
+    return -1;
+  }
+  count = 0;
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    if (p->partitions[i].batch_next >= 0)
+      markers[count++] = (tly_changelog_marker_t){
+          i, p->partitions[i].batch_next, p->partitions[i].watermark};
+  char *bundle = NULL;
+  size_t bundle_len = 0;
+  int failed = tly_changelog_bundle_finish(&p->bundle, markers, count,
+                                           &bundle, &bundle_len);
+  free(markers);
+  if (failed || add_raw_output(p, bundle, bundle_len)) {
+    free(bundle);
+    set_fatal(p, "out of memory writing the changelog");
+    return -1;
+  }
+  return 0;
+}
+
 static int batch_submit(tly_processor_t *p) {
   char meta_key[256];
   unsigned char seq_key[8], seq_value[8];
@@ -763,7 +908,10 @@ static int batch_submit(tly_processor_t *p) {
     tly_put_be32((unsigned char *)meta_key, (uint32_t)i);
     tly_put_be64((unsigned char *)meta_key + 4, (uint64_t)part->dedupe_key);
     tly_store_batch_put(p->batch, TLY_CF_DEDUPE, meta_key, 12, blob, blob_len);
+    changelog_put(p, TLY_CHANGELOG_DEDUPE, meta_key, 12, blob, blob_len);
   }
+  if (changelog_finish(p))
+    return -1;
   for (size_t i = 0; i < p->output_count; i++) {
     tly_put_be64(seq_key, first_seq + i);
     tly_store_batch_put(p->batch, TLY_CF_OUTBOX, seq_key, sizeof(seq_key),
@@ -1630,6 +1778,127 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
   return dedupe;
 }
 
+static rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
+                                   const char *const *defaults, char *errstr,
+                                   size_t errstr_size);
+
+static size_t watermark_key(int32_t partition, char *out) {
+  memcpy(out, META_WATERMARK, sizeof(META_WATERMARK) - 1);
+  tly_put_be32((unsigned char *)out + sizeof(META_WATERMARK) - 1,
+               (uint32_t)partition);
+  return sizeof(META_WATERMARK) - 1 + 4;
+}
+
+/*
+ * Whether to restore partition from the changelog rather than replay the
+ * input from what this store holds (found, stored): when the store holds
+ * nothing of it, or when the changelog partition is shorter than the
+ * input's tail to replay. A changelog that no longer starts at 0 (records
+ * expired: the embedded broker keeps ~5 MiB per partition) would miss
+ * state, so it is not used. 1 restore, 0 not, -1 fatal set.
+ */
+static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
+                            int64_t stored, int64_t high, int64_t *end) {
+  int64_t low = -1;
+  *end = -1;
+  if (!p->changelog_topic || (found && stored >= high))
+    return 0;
+  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+  for (int attempt = 0; attempt < 10 && err; attempt++)
+    err = rd_kafka_query_watermark_offsets(p->consumer, p->changelog_topic,
+                                           partition, &low, end, 5000);
+  if (err) {
+    set_fatal(p, "changelog partition %d: cannot read its bounds: %s",
+              (int)partition, rd_kafka_err2str(err));
+    return -1;
+  }
+  if (*end <= low)
+    return 0;
+  if (low > 0) {
+    tly_log(TLY_LOG_WARN, "processor",
+            "changelog partition %d starts at %lld, not 0 (records expired): "
+            "replaying the input instead",
+            (int)partition, (long long)low);
+    return 0;
+  }
+  return !found || high - stored > *end - low;
+}
+
+/*
+ * Restores partition from changelog records 0..end-1 (tly_changelog.h),
+ * then stores the offset and watermark the restored state reflects in one
+ * synced commit. *found and *stored become what the store now holds.
+ * 0, or -1 after setting the fatal reason.
+ */
+static int restore_partition(tly_processor_t *p, int32_t partition,
+                             int64_t end, int *found, int64_t *stored) {
+  char errstr[512], kafka_err[512], wm_key[16];
+  unsigned char wm_value[8];
+  const char *defaults[] = {"group.id=tally-restore",
+                            "enable.auto.commit=false",
+                            "enable.partition.eof=true",
+                            "max.partition.fetch.bytes=10485760",
+                            "queued.min.messages=1000000", NULL};
+  tly_changelog_restore_t result;
+  rd_kafka_conf_t *kconf = kafka_conf(&p->conf, defaults, errstr,
+                                      sizeof(errstr));
+  rd_kafka_t *reader =
+      kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
+                           sizeof(kafka_err))
+            : NULL;
+  if (!reader) {
+    if (kconf)
+      rd_kafka_conf_destroy(kconf);
+    set_fatal(p, "restoring partition %d: %s", (int)partition,
+              kconf ? kafka_err : errstr);
+    return -1;
+  }
+  int rc = tly_changelog_restore(p->store, reader, p->changelog_topic,
+                                 partition, 0, end, &result, errstr,
+                                 sizeof(errstr));
+  rd_kafka_consumer_close(reader);
+  rd_kafka_destroy(reader);
+  if (rc < 0) {
+    set_fatal(p, "restoring partition %d from %s: %s", (int)partition,
+              p->changelog_topic, errstr);
+    return -1;
+  }
+  tly_store_batch_t *batch = tly_store_batch_new();
+  if (!batch) {
+    set_fatal(p, "out of memory restoring partition %d", (int)partition);
+    return -1;
+  }
+  size_t wm_len = watermark_key(partition, wm_key);
+  if (rc == 1) {
+    tly_store_batch_set_offset(batch, partition, result.next_offset);
+    tly_put_be64(wm_value, (uint64_t)result.watermark_ms);
+    tly_store_batch_put(batch, TLY_CF_META, wm_key, wm_len, wm_value, 8);
+  } else {
+    tly_store_batch_delete(batch, TLY_CF_META, wm_key, wm_len);
+  }
+  int failed = tly_store_commit(p->store, batch, 1, errstr, sizeof(errstr));
+  tly_store_batch_destroy(batch);
+  if (failed) {
+    set_fatal(p, "storing restored partition %d: %s", (int)partition,
+              errstr);
+    return -1;
+  }
+  *found = rc == 1;
+  *stored = rc == 1 ? result.next_offset : -1;
+  atomic_fetch_add(&p->restores, 1);
+  atomic_fetch_add(&p->restored_records, result.records);
+  atomic_fetch_add(&p->restore_ms, (uint64_t)result.elapsed_ms);
+  tly_log(TLY_LOG_INFO, "processor",
+          "partition %d: restored from %s in %lld ms: %llu records read, "
+          "%llu written, %llu subjects, state as of offset %lld",
+          (int)partition, p->changelog_topic, (long long)result.elapsed_ms,
+          (unsigned long long)result.records,
+          (unsigned long long)result.applied,
+          (unsigned long long)result.accounts,
+          (long long)result.next_offset);
+  return 0;
+}
+
 /*
  * Sets each partition's start offset from RocksDB, after checking that the
  * log still holds everything from there on. Returns -1 (fatal set) when it
@@ -1655,6 +1924,24 @@ static int resume_offsets(tly_processor_t *p,
     if (err) {
       set_fatal(p, "partition %d: cannot read the log's bounds: %s",
                 (int)part->partition, rd_kafka_err2str(err));
+      return -1;
+    }
+    /* No state here, or stale state: restore from the changelog when that
+     * is shorter than replaying the input (then only the tail is
+     * replayed). A store with no offset for the partition may still hold
+     * the remains of an interrupted restore: wipe them. */
+    int64_t changelog_end;
+    int restore = changelog_wanted(p, part->partition, found, stored, high,
+                                   &changelog_end);
+    if (restore < 0 ||
+        (restore && restore_partition(p, part->partition, changelog_end,
+                                      &found, &stored)))
+      return -1;
+    if (!found &&
+        tly_changelog_wipe_partition(p->store, part->partition, errstr,
+                                     sizeof(errstr))) {
+      set_fatal(p, "partition %d: wiping state: %s", (int)part->partition,
+                errstr);
       return -1;
     }
     if (found && stored < low) {
@@ -1686,12 +1973,9 @@ static int resume_offsets(tly_processor_t *p,
     char wm_key[16], *wm_value = NULL;
     size_t wm_len = 0;
     int64_t watermark = INT64_MIN;
-    memcpy(wm_key, META_WATERMARK, sizeof(META_WATERMARK) - 1);
-    tly_put_be32((unsigned char *)wm_key + sizeof(META_WATERMARK) - 1,
-                 (uint32_t)part->partition);
-    int wm_found = tly_store_get(p->store, TLY_CF_META, wm_key,
-                                 sizeof(META_WATERMARK) - 1 + 4, &wm_value,
-                                 &wm_len, errstr, sizeof(errstr));
+    size_t wm_key_len = watermark_key(part->partition, wm_key);
+    int wm_found = tly_store_get(p->store, TLY_CF_META, wm_key, wm_key_len,
+                                 &wm_value, &wm_len, errstr, sizeof(errstr));
     if (wm_found < 0) {
       set_fatal(p, "reading the watermark: %s", errstr);
       return -1;
@@ -2034,6 +2318,8 @@ static int reconcile_outbox(tly_processor_t *p, char *errstr,
     goto out;
   for (size_t i = 0; i < p->outbox_count; i++) {
     tly_outbox_record_t record;
+    if (p->outbox[i].bundle)
+      continue; /* changelog records: sending them again is harmless */
     if (tly_outbox_decode(p->outbox[i].record, p->outbox[i].record_len,
                           &record)) {
       snprintf(errstr, errstr_size, "outbox entry %llu is corrupt",
@@ -2061,6 +2347,21 @@ static int reconcile_outbox(tly_processor_t *p, char *errstr,
 out:
   json_decref(ids);
   return rc;
+}
+
+/* The partition count of topic as the cluster sees it now; -1 if it does
+ * not exist (or cannot be asked). */
+static int32_t topic_partitions_now(tly_processor_t *p, const char *topic) {
+  const struct rd_kafka_metadata *md = NULL;
+  rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, topic, NULL);
+  rd_kafka_resp_err_t err = rd_kafka_metadata(p->producer, 0, rkt, &md, 10000);
+  int32_t count = -1;
+  if (!err && md->topic_cnt == 1 && !md->topics[0].err)
+    count = md->topics[0].partition_cnt;
+  if (md)
+    rd_kafka_metadata_destroy(md);
+  rd_kafka_topic_destroy(rkt);
+  return count;
 }
 
 /* Waits for the usage topic to exist and returns its partition count. */
@@ -2242,6 +2543,25 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     goto fail;
   }
   atomic_store(&p->partition_count, count);
+  const char *changelog = conf->changelog_topic ? conf->changelog_topic
+                                                : TLY_DEFAULT_CHANGELOG_TOPIC;
+  if (*changelog) {
+    int32_t changelog_count = topic_partitions_now(p, changelog);
+    if (changelog_count >= count) {
+      p->changelog_topic = strdup(changelog);
+      if (!p->changelog_topic) {
+        snprintf(errstr, errstr_size, "out of memory");
+        goto fail;
+      }
+    } else {
+      tly_log(TLY_LOG_WARN, "processor",
+              "no state changelog: topic %s %s; partitions that move here "
+              "are rebuilt by replaying the input",
+              changelog,
+              changelog_count < 0 ? "does not exist"
+                                  : "has fewer partitions than the input");
+    }
+  }
   return p;
 
 fail:
@@ -2326,6 +2646,9 @@ void tly_processor_destroy(tly_processor_t *p) {
   tly_alert_codec_destroy(p->alert_codec);
   tly_alert_list_clear(&p->alerts);
   json_decref(p->replay_ids);
+  tly_changelog_bundle_free(&p->bundle);
+  free(p->changelog_scratch);
+  free(p->changelog_topic);
   free(p->acks);
   free(p->sorted);
   free(p->record);
@@ -2430,6 +2753,9 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->outbox_pending = atomic_load(&p->outbox_size);
   stats->rebalances = atomic_load(&p->rebalances);
   stats->replay_skipped = atomic_load(&p->replay_skipped);
+  stats->changelog_restores = atomic_load(&p->restores);
+  stats->changelog_restored_records = atomic_load(&p->restored_records);
+  stats->changelog_restore_ms = atomic_load(&p->restore_ms);
   for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
     stats->commit_buckets[i] = atomic_load(&p->commit_buckets[i]);
   stats->commit_count = atomic_load(&p->commit_count);

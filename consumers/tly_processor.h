@@ -31,6 +31,10 @@ typedef struct {
   const char *usage_topic; /* default TALLY_DEFAULT_USAGE_TOPIC */
   const char *dlq_topic;   /* default TLY_DEFAULT_DLQ_TOPIC */
   const char *alerts_topic; /* default TLY_DEFAULT_ALERTS_TOPIC */
+  /* default TLY_DEFAULT_CHANGELOG_TOPIC (tly_topics.h); "" disables the
+   * changelog. It is used only when the topic exists with at least as many
+   * partitions as the input. */
+  const char *changelog_topic;
   const tly_config_t *config; /* required; must outlive the processor */
   int64_t dedupe_window_ms;   /* default 7 days of event time */
   int64_t tick_interval_ms;   /* default 60 s; <0 writes no ticks */
@@ -76,6 +80,9 @@ typedef struct {
   uint64_t outbox_pending;
   uint64_t rebalances;     /* assignments and revocations handled */
   uint64_t replay_skipped; /* replayed outputs found in Kafka, not re-sent */
+  uint64_t changelog_restores; /* partitions restored from the changelog */
+  uint64_t changelog_restored_records; /* changelog records read by them */
+  uint64_t changelog_restore_ms;       /* and the time they took */
   /* Synced RocksDB commits: cumulative counts per bucket (Prometheus
    * style: bucket i counts commits that took <= bound i), the +Inf count
    * and the total time. */
