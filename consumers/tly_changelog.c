@@ -52,10 +52,9 @@ static int bundle_room(tly_changelog_bundle_t *bundle, size_t need) {
   return 0;
 }
 
-void tly_changelog_bundle_add(tly_changelog_bundle_t *bundle,
-                              int32_t partition, char kind, const void *key,
-                              size_t key_len, const void *value,
-                              size_t value_len) {
+void tly_changelog_bundle_add(tly_changelog_bundle_t *bundle, int32_t partition,
+                              char kind, const void *key, size_t key_len,
+                              const void *value, size_t value_len) {
   if (bundle->out_of_memory || key_len > UINT32_MAX || value_len > UINT32_MAX ||
       bundle_room(bundle, 13 + key_len + value_len))
     return;
@@ -176,8 +175,8 @@ int tly_changelog_bundle_next(const char *bytes, size_t len, size_t *cursor,
     return -1;
   (*scratch)[0] = TLY_CHANGELOG_MARKER;
   memcpy(*scratch + 1, marker + 4, 16);
-  *record = (tly_changelog_record_t){(int32_t)tly_get_be32(marker), *scratch,
-                                     1, *scratch + 1, 16};
+  *record = (tly_changelog_record_t){(int32_t)tly_get_be32(marker), *scratch, 1,
+                                     *scratch + 1, 16};
   (*cursor)++;
   return 1;
 }
@@ -460,8 +459,8 @@ int tly_changelog_restore(tly_store_t *store, rd_kafka_t *reader,
                  .errstr = errstr,
                  .errstr_size = errstr_size};
   int rc = -1;
-  *out = (tly_changelog_restore_t){.next_offset = -1,
-                                   .watermark_ms = INT64_MIN};
+  *out =
+      (tly_changelog_restore_t){.next_offset = -1, .watermark_ms = INT64_MIN};
   if (tly_changelog_wipe_partition(store, partition, errstr, errstr_size))
     return -1;
   if (high <= low)

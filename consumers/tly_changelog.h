@@ -10,8 +10,8 @@
  * publisher expands into Kafka records. Changelog partition p holds input
  * partition p's state:
  *   state record   key [kind][store key]   value [offset, 8 BE][store value]
- *   commit marker  key "M"                 value [offset, 8 BE][watermark, 8 BE]
- * where offset is the input offset the record reflects: the next offset of
+ *   commit marker  key "M"                 value [offset, 8 BE][watermark, 8
+ * BE] where offset is the input offset the record reflects: the next offset of
  * the commit that wrote it. A commit's marker follows all its records.
  *
  * Read side (tly_changelog_restore): a record is applied only once a marker
@@ -47,10 +47,9 @@ typedef struct {
 
 /* Appends a state record of partition (kind: one of the above). Errors
  * (out of memory) are kept in the bundle and reported by _finish. */
-void tly_changelog_bundle_add(tly_changelog_bundle_t *bundle,
-                              int32_t partition, char kind, const void *key,
-                              size_t key_len, const void *value,
-                              size_t value_len);
+void tly_changelog_bundle_add(tly_changelog_bundle_t *bundle, int32_t partition,
+                              char kind, const void *key, size_t key_len,
+                              const void *value, size_t value_len);
 
 /* The commit's markers (partition, next offset, watermark; count entries)
  * and the records added so far, as an outbox entry: *out malloc'd, owned

@@ -398,9 +398,9 @@ static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
   for (;;) {
     tly_changelog_record_t record;
     size_t cursor = item->cursor;
-    int more = tly_changelog_bundle_next(
-        item->record, item->record_len, &cursor, &p->changelog_scratch,
-        &p->changelog_scratch_cap, &record);
+    int more = tly_changelog_bundle_next(item->record, item->record_len,
+                                         &cursor, &p->changelog_scratch,
+                                         &p->changelog_scratch_cap, &record);
     if (more < 0) {
       set_fatal(p, "changelog bundle %llu is corrupt",
                 (unsigned long long)item->seq);
@@ -417,8 +417,8 @@ static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
         RD_KAFKA_V_OPAQUE((void *)(uintptr_t)item->seq), RD_KAFKA_V_END);
     if (err) {
       if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-        tly_log(TLY_LOG_WARN, "outbox", "produce to %s: %s",
-                p->changelog_topic, rd_kafka_err2str(err));
+        tly_log(TLY_LOG_WARN, "outbox", "produce to %s: %s", p->changelog_topic,
+                rd_kafka_err2str(err));
       return 1;
     }
     item->cursor = cursor;
@@ -612,8 +612,7 @@ static size_t history_key(const tly_overlay_entry_t *entry, char tag,
 /* A state put of the open batch, for the changelog too (keys start with
  * their partition). */
 static void changelog_put(tly_processor_t *p, char kind, const void *key,
-                          size_t key_len, const void *value,
-                          size_t value_len) {
+                          size_t key_len, const void *value, size_t value_len) {
   if (p->changelog_topic && key_len >= 4)
     tly_changelog_bundle_add(&p->bundle,
                              (int32_t)tly_get_be32((const unsigned char *)key),
@@ -845,8 +844,8 @@ static int changelog_finish(tly_processor_t *p) {
           i, p->partitions[i].batch_next, p->partitions[i].watermark};
   char *bundle = NULL;
   size_t bundle_len = 0;
-  int failed = tly_changelog_bundle_finish(&p->bundle, markers, count,
-                                           &bundle, &bundle_len);
+  int failed = tly_changelog_bundle_finish(&p->bundle, markers, count, &bundle,
+                                           &bundle_len);
   free(markers);
   if (failed || add_raw_output(p, bundle, bundle_len)) {
     free(bundle);
@@ -878,8 +877,7 @@ static int batch_submit(tly_processor_t *p) {
     {
       if (dirty == p->sorted_cap) {
         size_t cap = p->sorted_cap ? p->sorted_cap * 2 : 4096;
-        tly_overlay_entry_t **grown =
-            realloc(p->sorted, cap * sizeof(*grown));
+        tly_overlay_entry_t **grown = realloc(p->sorted, cap * sizeof(*grown));
         if (!grown) {
           set_fatal(p, "out of memory sorting the batch");
           return -1;
@@ -998,8 +996,7 @@ static int batch_submit(tly_processor_t *p) {
   }
   p->batch_events = 0;
   p->batch_messages = 0;
-  for (tly_overlay_entry_t *entry = p->dirty_head, *next; entry;
-       entry = next) {
+  for (tly_overlay_entry_t *entry = p->dirty_head, *next; entry; entry = next) {
     next = entry->next_dirty;
     mark_committed(p, entry);
   }
@@ -1830,22 +1827,20 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
  * synced commit. *found and *stored become what the store now holds.
  * 0, or -1 after setting the fatal reason.
  */
-static int restore_partition(tly_processor_t *p, int32_t partition,
-                             int64_t end, int *found, int64_t *stored) {
+static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
+                             int *found, int64_t *stored) {
   char errstr[512], kafka_err[512], wm_key[16];
   unsigned char wm_value[8];
-  const char *defaults[] = {"group.id=tally-restore",
-                            "enable.auto.commit=false",
-                            "enable.partition.eof=true",
-                            "max.partition.fetch.bytes=10485760",
-                            "queued.min.messages=1000000", NULL};
+  const char *defaults[] = {
+      "group.id=tally-restore",      "enable.auto.commit=false",
+      "enable.partition.eof=true",   "max.partition.fetch.bytes=10485760",
+      "queued.min.messages=1000000", NULL};
   tly_changelog_restore_t result;
-  rd_kafka_conf_t *kconf = kafka_conf(&p->conf, defaults, errstr,
-                                      sizeof(errstr));
-  rd_kafka_t *reader =
-      kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
-                           sizeof(kafka_err))
-            : NULL;
+  rd_kafka_conf_t *kconf =
+      kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
+  rd_kafka_t *reader = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
+                                            sizeof(kafka_err))
+                             : NULL;
   if (!reader) {
     if (kconf)
       rd_kafka_conf_destroy(kconf);
@@ -1853,9 +1848,9 @@ static int restore_partition(tly_processor_t *p, int32_t partition,
               kconf ? kafka_err : errstr);
     return -1;
   }
-  int rc = tly_changelog_restore(p->store, reader, p->changelog_topic,
-                                 partition, 0, end, &result, errstr,
-                                 sizeof(errstr));
+  int rc =
+      tly_changelog_restore(p->store, reader, p->changelog_topic, partition, 0,
+                            end, &result, errstr, sizeof(errstr));
   rd_kafka_consumer_close(reader);
   rd_kafka_destroy(reader);
   if (rc < 0) {
@@ -1879,8 +1874,7 @@ static int restore_partition(tly_processor_t *p, int32_t partition,
   int failed = tly_store_commit(p->store, batch, 1, errstr, sizeof(errstr));
   tly_store_batch_destroy(batch);
   if (failed) {
-    set_fatal(p, "storing restored partition %d: %s", (int)partition,
-              errstr);
+    set_fatal(p, "storing restored partition %d: %s", (int)partition, errstr);
     return -1;
   }
   *found = rc == 1;
@@ -1894,8 +1888,7 @@ static int restore_partition(tly_processor_t *p, int32_t partition,
           (int)partition, p->changelog_topic, (long long)result.elapsed_ms,
           (unsigned long long)result.records,
           (unsigned long long)result.applied,
-          (unsigned long long)result.accounts,
-          (long long)result.next_offset);
+          (unsigned long long)result.accounts, (long long)result.next_offset);
   return 0;
 }
 
@@ -1934,12 +1927,11 @@ static int resume_offsets(tly_processor_t *p,
     int restore = changelog_wanted(p, part->partition, found, stored, high,
                                    &changelog_end);
     if (restore < 0 ||
-        (restore && restore_partition(p, part->partition, changelog_end,
-                                      &found, &stored)))
+        (restore &&
+         restore_partition(p, part->partition, changelog_end, &found, &stored)))
       return -1;
-    if (!found &&
-        tly_changelog_wipe_partition(p->store, part->partition, errstr,
-                                     sizeof(errstr))) {
+    if (!found && tly_changelog_wipe_partition(p->store, part->partition,
+                                               errstr, sizeof(errstr))) {
       set_fatal(p, "partition %d: wiping state: %s", (int)part->partition,
                 errstr);
       return -1;
