@@ -10,33 +10,26 @@
 #include <string.h>
 
 static void usage(FILE *out) {
-  fprintf(
-      out,
-      "usage: tally run --brokers HOST:PORT --state-dir DIR [options]\n"
-      "  --http ADDR:PORT        HTTP port (default 127.0.0.1:8080; port 0 = "
-      "any)\n"
-      "  --http-port-file FILE   write the bound HTTP port to FILE\n"
-      "  --group ID              consumer group (default tally)\n"
-      "  --topic NAME            usage topic (default tally.usage)\n"
-      "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
-      "  --batch-events N        max events per commit (default 20000)\n"
-      "  --batch-ms N            max ms per commit (default 100)\n"
-      "  --config FILE           plans, prices, thresholds (default: built "
-      "in)\n"
-      "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"
-      "  --changelog-topic NAME  state changelog (default tally.changelog;\n"
-      "                          \"\" = none: moved partitions replay the "
-      "input)\n"
-      "  --tick-interval-ms N    write Tick events this often (default 60000, "
-      "0 = never)\n"
-      "  --api-key-sha256 HEX    accept the API key with this SHA-256 (hex) "
-      "as\n"
-      "                          a bearer token; repeatable, adds to the "
-      "config's\n"
-      "                          http.api_keys\n"
-      "  --no-auth               serve HTTP without authentication (refused\n"
-      "                          otherwise when no API key is configured)\n"
-      "  -X name=value           librdkafka property (TLS, SASL, ...)\n");
+  fprintf(out,
+          "usage: tally run --brokers HOST:PORT --state-dir DIR [options]\n"
+          "  --http ADDR:PORT        HTTP port (default 127.0.0.1:8080; port 0 = any)\n"
+          "  --http-port-file FILE   write the bound HTTP port to FILE\n"
+          "  --group ID              consumer group (default tally)\n"
+          "  --topic NAME            usage topic (default tally.usage)\n"
+          "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
+          "  --batch-events N        max events per commit (default 20000)\n"
+          "  --batch-ms N            max ms per commit (default 100)\n"
+          "  --config FILE           plans, prices, thresholds (default: built in)\n"
+          "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"
+          "  --changelog-topic NAME  state changelog (default tally.changelog;\n"
+          "                          \"\" = none: moved partitions replay the input)\n"
+          "  --tick-interval-ms N    write Tick events this often (default 60000, 0 = never)\n"
+          "  --api-key-sha256 HEX    accept the API key with this SHA-256 (hex) as\n"
+          "                          a bearer token; repeatable, adds to the config's\n"
+          "                          http.api_keys\n"
+          "  --no-auth               serve HTTP without authentication (refused\n"
+          "                          otherwise when no API key is configured)\n"
+          "  -X name=value           librdkafka property (TLS, SASL, ...)\n");
 }
 
 int cmd_run(int argc, char **argv) {
@@ -83,9 +76,7 @@ int cmd_run(int argc, char **argv) {
     case 'm': conf.batch_max_ms = atoi(optarg); break;
     case 'c': conf.config_path = optarg; break;
     case 'a': conf.alerts_topic = optarg; break;
-    case 'C':
-      conf.changelog_topic = optarg;
-      break;
+    case 'C': conf.changelog_topic = optarg; break;
     case 'T': conf.tick_interval_ms = atoll(optarg); break;
     case 'K':
       if (cli_serve_add_api_key(&conf, optarg))

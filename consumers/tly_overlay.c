@@ -54,9 +54,9 @@ void tly_overlay_free(tly_overlay_t *overlay) {
   memset(overlay, 0, sizeof(*overlay));
 }
 
-static tly_overlay_entry_t **probe(tly_overlay_entry_t **slots, size_t capacity,
-                                   tly_cf_t cf, const char *key,
-                                   size_t key_len) {
+static tly_overlay_entry_t **probe(tly_overlay_entry_t **slots,
+                                   size_t capacity, tly_cf_t cf,
+                                   const char *key, size_t key_len) {
   size_t mask = capacity - 1;
   size_t i = (size_t)hash_key(cf, key, key_len) & mask;
   for (;;) {
@@ -198,8 +198,7 @@ tly_overlay_bucket_t *tly_overlay_bucket(tly_overlay_entry_t *entry,
     return NULL;
   if (entry->bucket_count == entry->bucket_cap) {
     size_t cap = entry->bucket_cap ? entry->bucket_cap * 2 : 4;
-    tly_overlay_bucket_t **grown =
-        realloc(entry->buckets, cap * sizeof(*grown));
+    tly_overlay_bucket_t **grown = realloc(entry->buckets, cap * sizeof(*grown));
     if (!grown)
       return NULL;
     entry->buckets = grown;

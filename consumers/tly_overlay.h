@@ -32,8 +32,8 @@ typedef struct tly_overlay_entry {
   tly_cf_t cf;
   char *key;
   size_t key_len;
-  int stored;               /* the key existed in RocksDB when loaded */
-  int dirty;                /* write it at commit */
+  int stored; /* the key existed in RocksDB when loaded */
+  int dirty;  /* write it at commit */
   int64_t stored_cycle_end; /* the indexed cycle end, if stored */
   struct tly_overlay_entry *next_dirty; /* the owner's list to write */
   tly_account_t account;

@@ -877,7 +877,8 @@ static int batch_submit(tly_processor_t *p) {
     {
       if (dirty == p->sorted_cap) {
         size_t cap = p->sorted_cap ? p->sorted_cap * 2 : 4096;
-        tly_overlay_entry_t **grown = realloc(p->sorted, cap * sizeof(*grown));
+        tly_overlay_entry_t **grown =
+            realloc(p->sorted, cap * sizeof(*grown));
         if (!grown) {
           set_fatal(p, "out of memory sorting the batch");
           return -1;
@@ -996,7 +997,8 @@ static int batch_submit(tly_processor_t *p) {
   }
   p->batch_events = 0;
   p->batch_messages = 0;
-  for (tly_overlay_entry_t *entry = p->dirty_head, *next; entry; entry = next) {
+  for (tly_overlay_entry_t *entry = p->dirty_head, *next; entry;
+       entry = next) {
     next = entry->next_dirty;
     mark_committed(p, entry);
   }
