@@ -1836,7 +1836,9 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
   const char *defaults[] = {
       "group.id=tally-restore",      "enable.auto.commit=false",
       "enable.partition.eof=true",   "max.partition.fetch.bytes=10485760",
-      "queued.min.messages=1000000", NULL};
+      "queued.min.messages=1000000",
+      /* at the end, an empty fetch must not hold the next one back */
+      "fetch.wait.max.ms=10", NULL};
   tly_changelog_restore_t result;
   rd_kafka_conf_t *kconf =
       kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));

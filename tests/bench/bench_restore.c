@@ -174,6 +174,7 @@ int main(int argc, char **argv) {
   rd_kafka_conf_set(conf, "enable.partition.eof", "true", NULL, 0);
   rd_kafka_conf_set(conf, "max.partition.fetch.bytes", "10485760", NULL, 0);
   rd_kafka_conf_set(conf, "queued.min.messages", "1000000", NULL, 0);
+  rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", NULL, 0);
   rd_kafka_t *reader =
       rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
   if (!reader)
