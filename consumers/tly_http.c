@@ -268,11 +268,14 @@ static int readiness(tly_http_t *http, json_t **detail) {
   free(status);
   int ready = !rebalancing && assigned > 0 && json_array_size(behind) == 0;
   if (detail) {
+    int32_t restoring = tly_processor_restoring(http->conf.processor);
     const char *reason =
-        rebalancing ? "rebalancing: partitions are being assigned"
-        : !assigned ? "no partitions assigned yet"
-                    : "replaying: partitions have not caught up with the "
-                      "log end seen when they were assigned";
+        restoring >= 0 ? "restoring: a partition's state is being read "
+                         "from the changelog"
+        : rebalancing  ? "rebalancing: partitions are being assigned"
+        : !assigned    ? "no partitions assigned yet"
+                       : "replaying: partitions have not caught up with the "
+                         "log end seen when they were assigned";
     *detail = ready ? json_pack("{s:s,s:I}", "status", "ready", "partitions",
                                 (json_int_t)assigned)
                     : json_pack("{s:s,s:s,s:O}", "status", "not_ready",

@@ -207,6 +207,7 @@ struct tly_processor {
   unsigned char *changelog_scratch;
   size_t changelog_scratch_cap;
   atomic_uint_least64_t restores, restored_records, restore_ms;
+  _Atomic int32_t restoring; /* the partition being restored, or -1 */
 
   int fatal;
   char fatal_reason[1024];
@@ -1852,9 +1853,11 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
               kconf ? kafka_err : errstr);
     return -1;
   }
+  atomic_store(&p->restoring, partition);
   int rc =
       tly_changelog_restore(p->store, reader, p->changelog_topic, partition, 0,
                             end, &result, errstr, sizeof(errstr));
+  atomic_store(&p->restoring, -1);
   rd_kafka_consumer_close(reader);
   rd_kafka_destroy(reader);
   if (rc < 0) {
@@ -2437,6 +2440,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
             "fault injection: SIGKILL after %ld outbox acks", p->kill_after_acks);
   }
   p->store = store;
+  atomic_store(&p->restoring, -1);
   pthread_mutex_init(&p->lock, NULL);
   pthread_mutex_init(&p->writer_lock, NULL);
   pthread_cond_init(&p->writer_cond, NULL);
@@ -2686,6 +2690,10 @@ void tly_processor_destroy(tly_processor_t *p) {
   free(p->dlq_topic);
   pthread_mutex_destroy(&p->lock);
   free(p);
+}
+
+int32_t tly_processor_restoring(tly_processor_t *p) {
+  return atomic_load(&p->restoring);
 }
 
 int tly_processor_rebalancing(tly_processor_t *p) {

@@ -133,6 +133,10 @@ typedef enum {
 tly_partition_role_t tly_processor_partition_role(tly_processor_t *processor,
                                                   int32_t partition);
 
+/* The partition being restored from the changelog (during a rebalance),
+ * or -1; thread-safe. */
+int32_t tly_processor_restoring(tly_processor_t *processor);
+
 /* 1 while a rebalance is being handled (partitions are being set up), when
  * no answer about readiness can be trusted. */
 int tly_processor_rebalancing(tly_processor_t *processor);
