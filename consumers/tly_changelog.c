@@ -9,6 +9,7 @@
  *                             [watermark 8]
  *   per state record [partition 4][kind 1][key length 4][key]
  *                    [value length 4][value]
+ *                    (value length 0xffffffff and no value: a deletion)
  * The reflected offset of a state record is its partition's marker offset,
  * added when the bundle is expanded into Kafka records.
  */
@@ -67,6 +68,24 @@ void tly_changelog_bundle_add(tly_changelog_bundle_t *bundle, int32_t partition,
   if (value_len)
     memcpy(at + 13 + key_len, value, value_len);
   bundle->len += 13 + key_len + value_len;
+  bundle->count++;
+}
+
+#define TOMBSTONE_LEN UINT32_MAX /* value length of a deletion */
+
+void tly_changelog_bundle_delete(tly_changelog_bundle_t *bundle,
+                                 int32_t partition, char kind, const void *key,
+                                 size_t key_len) {
+  if (bundle->out_of_memory || key_len > UINT32_MAX ||
+      bundle_room(bundle, 13 + key_len))
+    return;
+  unsigned char *at = bundle->data + bundle->len;
+  tly_put_be32(at, (uint32_t)partition);
+  at[4] = (unsigned char)kind;
+  tly_put_be32(at + 5, (uint32_t)key_len);
+  memcpy(at + 9, key, key_len);
+  tly_put_be32(at + 9 + key_len, TOMBSTONE_LEN);
+  bundle->len += 13 + key_len;
   bundle->count++;
 }
 
@@ -150,6 +169,9 @@ int tly_changelog_bundle_next(const char *bytes, size_t len, size_t *cursor,
     if (len - *cursor - 13 < key_len)
       return -1;
     uint32_t value_len = tly_get_be32(at + 9 + key_len);
+    int tombstone = value_len == TOMBSTONE_LEN;
+    if (tombstone)
+      value_len = 0;
     if (len - *cursor - 13 - key_len < value_len)
       return -1;
     int32_t partition = (int32_t)tly_get_be32(at);
@@ -162,8 +184,12 @@ int tly_changelog_bundle_next(const char *bytes, size_t len, size_t *cursor,
     memcpy(key + 1, at + 9, key_len);
     memcpy(value, marker + 4, 8);
     memcpy(value + 8, at + 13 + key_len, value_len);
-    *record = (tly_changelog_record_t){partition, key, 1 + key_len, value,
-                                       8 + value_len};
+    *record = (tly_changelog_record_t){partition,
+                                       key,
+                                       1 + key_len,
+                                       tombstone ? NULL : value,
+                                       tombstone ? 0 : 8 + value_len,
+                                       (int64_t)tly_get_be64(marker + 4)};
     *cursor += 13 + key_len + value_len;
     return 1;
   }
@@ -175,8 +201,12 @@ int tly_changelog_bundle_next(const char *bytes, size_t len, size_t *cursor,
     return -1;
   (*scratch)[0] = TLY_CHANGELOG_MARKER;
   memcpy(*scratch + 1, marker + 4, 16);
-  *record = (tly_changelog_record_t){(int32_t)tly_get_be32(marker), *scratch, 1,
-                                     *scratch + 1, 16};
+  *record = (tly_changelog_record_t){(int32_t)tly_get_be32(marker),
+                                     *scratch,
+                                     1,
+                                     *scratch + 1,
+                                     16,
+                                     (int64_t)tly_get_be64(marker + 4)};
   (*cursor)++;
   return 1;
 }
@@ -285,7 +315,8 @@ typedef struct {
   uint64_t hash;
   int64_t offset;
   size_t key_len, value_len; /* key: [kind][store key] */
-  unsigned char bytes[];     /* key then store value */
+  int tombstone;
+  unsigned char bytes[]; /* key then store value */
 } held_t;
 
 typedef struct {
@@ -307,7 +338,8 @@ static int flush_chunk(restore_t *r) {
   return 0;
 }
 
-/* Writes a state record unless a newer one of its key was written. */
+/* Writes a state record (value NULL: deletes it) unless a newer record of
+ * its key was applied. */
 static int apply(restore_t *r, uint64_t hash, int64_t offset,
                  const unsigned char *key, size_t key_len,
                  const unsigned char *value, size_t value_len) {
@@ -335,7 +367,10 @@ static int apply(restore_t *r, uint64_t hash, int64_t offset,
   }
   if (!admitted)
     return 0;
-  tly_store_batch_put(r->batch, cf, key + 1, key_len - 1, value, value_len);
+  if (value)
+    tly_store_batch_put(r->batch, cf, key + 1, key_len - 1, value, value_len);
+  else
+    tly_store_batch_delete(r->batch, cf, key + 1, key_len - 1);
   r->out->applied++;
   return tly_store_batch_count(r->batch) >= RESTORE_CHUNK ? flush_chunk(r) : 0;
 }
@@ -350,7 +385,8 @@ static int apply_held(restore_t *r) {
       continue;
     }
     int rc = apply(r, item->hash, item->offset, item->bytes, item->key_len,
-                   item->bytes + item->key_len, item->value_len);
+                   item->tombstone ? NULL : item->bytes + item->key_len,
+                   item->value_len);
     free(item);
     if (rc) {
       for (size_t j = i + 1; j < r->held_count; j++)
@@ -381,8 +417,9 @@ static int hold(restore_t *r, uint64_t hash, int64_t offset,
   item->offset = offset;
   item->key_len = key_len;
   item->value_len = value_len;
+  item->tombstone = value == NULL;
   memcpy(item->bytes, key, key_len);
-  if (value_len)
+  if (value && value_len)
     memcpy(item->bytes + key_len, value, value_len);
   r->held[r->held_count++] = item;
   return 0;
@@ -393,6 +430,21 @@ oom:
 
 static int restore_record(restore_t *r, const rd_kafka_message_t *msg) {
   const unsigned char *key = msg->key, *value = msg->payload;
+  if (key && msg->key_len >= 1 && !value) { /* a deletion */
+    rd_kafka_headers_t *headers = NULL;
+    const void *offset_bytes;
+    size_t size;
+    if (rd_kafka_message_headers(msg, &headers) ||
+        rd_kafka_header_get_last(headers, TLY_CHANGELOG_OFFSET_HEADER,
+                                 &offset_bytes, &size) ||
+        size != 8)
+      return 0;
+    int64_t offset = (int64_t)tly_get_be64(offset_bytes);
+    uint64_t hash = hash_key(key, msg->key_len);
+    if (offset <= r->out->next_offset)
+      return apply(r, hash, offset, key, msg->key_len, NULL, 0);
+    return hold(r, hash, offset, key, msg->key_len, NULL, 0);
+  }
   if (!key || msg->key_len < 1 || !value || msg->len < 8)
     return 0; /* not a changelog record of ours */
   int64_t offset = (int64_t)tly_get_be64(value);

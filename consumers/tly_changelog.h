@@ -5,7 +5,9 @@
  * (the way Kafka Streams restores its RocksDB stores).
  *
  * Write side: the processor gathers a commit's state puts (subject records,
- * history keys, dedupe blobs) into one bundle, stored as ONE outbox entry in
+ * history keys, dedupe blobs; and tombstones of dedupe blobs the window has
+ * passed, so compaction can drop them) into one bundle, stored as ONE
+ * outbox entry in
  * the commit's WriteBatch (no RocksDB write per record), which the outbox
  * publisher expands into Kafka records. Changelog partition p holds input
  * partition p's state:
@@ -51,6 +53,14 @@ void tly_changelog_bundle_add(tly_changelog_bundle_t *bundle, int32_t partition,
                               char kind, const void *key, size_t key_len,
                               const void *value, size_t value_len);
 
+/* Appends a deletion of a state record (a Kafka tombstone: null value, the
+ * reflected offset in header TLY_CHANGELOG_OFFSET_HEADER), e.g. a dedupe
+ * blob that expired, so compaction can drop the key. */
+void tly_changelog_bundle_delete(tly_changelog_bundle_t *bundle,
+                                 int32_t partition, char kind, const void *key,
+                                 size_t key_len);
+#define TLY_CHANGELOG_OFFSET_HEADER "tally.offset"
+
 /* The commit's markers (partition, next offset, watermark; count entries)
  * and the records added so far, as an outbox entry: *out malloc'd, owned
  * by the caller. The bundle is emptied for the next commit. 0, or -1 (out
@@ -75,8 +85,9 @@ typedef struct {
   int32_t partition;
   const void *key;
   size_t key_len;
-  const void *value;
+  const void *value; /* NULL for a tombstone */
   size_t value_len;
+  int64_t offset; /* reflected: for a tombstone's header */
 } tly_changelog_record_t;
 
 /* Walks a bundle: *cursor starts at 0. 1 with the next record, 0 at the

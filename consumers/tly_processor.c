@@ -76,6 +76,26 @@ typedef struct {
 } pending_output_t;
 
 typedef struct {
+  int64_t key;       /* the blob's first offset (its key after [p]) */
+  int64_t newest_ms; /* its newest event time */
+} blob_ref_t;
+
+/* Appends a blob reference; -1 when out of memory. */
+static int blob_track(blob_ref_t **blobs, size_t *count, size_t *cap,
+                      int64_t key, int64_t newest_ms) {
+  if (*count == *cap) {
+    size_t grown_cap = *cap ? *cap * 2 : 64;
+    blob_ref_t *grown = realloc(*blobs, grown_cap * sizeof(*grown));
+    if (!grown)
+      return -1;
+    *blobs = grown;
+    *cap = grown_cap;
+  }
+  (*blobs)[(*count)++] = (blob_ref_t){key, newest_ms};
+  return 0;
+}
+
+typedef struct {
   int assigned;
   int64_t committed;  /* next offset stored in RocksDB, -1 if none */
   int64_t batch_next; /* next offset folded into the open batch, -1 */
@@ -92,6 +112,10 @@ typedef struct {
   int64_t inflight_horizon;
   int64_t inflight_watermark; /* INT64_MIN: unchanged */
   int64_t replay_target; /* log end when assigned: caught up at this offset */
+  /* With the changelog: the stored dedupe blobs (key offset, newest event
+   * time), so each gets a changelog tombstone once the window passed it. */
+  blob_ref_t *blobs;
+  size_t blob_count, blob_cap;
 } partition_state_t;
 
 /* The batch being written: what its commit releases. */
@@ -409,13 +433,26 @@ static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
     }
     if (!more)
       break;
+    /* A tombstone carries its reflected offset in a header (its value must
+     * be null for compaction to drop the key). */
+    rd_kafka_headers_t *headers = NULL;
+    if (!record.value) {
+      unsigned char offset[8];
+      tly_put_be64(offset, (uint64_t)record.offset);
+      headers = rd_kafka_headers_new(1);
+      rd_kafka_header_add(headers, TLY_CHANGELOG_OFFSET_HEADER, -1, offset,
+                          sizeof(offset));
+    }
     rd_kafka_resp_err_t err = rd_kafka_producev(
         p->producer, RD_KAFKA_V_TOPIC(p->changelog_topic),
         RD_KAFKA_V_PARTITION(record.partition),
         RD_KAFKA_V_KEY(record.key, record.key_len),
         RD_KAFKA_V_VALUE((void *)record.value, record.value_len),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_HEADERS(headers),
         RD_KAFKA_V_OPAQUE((void *)(uintptr_t)item->seq), RD_KAFKA_V_END);
+    if (err && headers)
+      rd_kafka_headers_destroy(headers);
     if (err) {
       if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
         tly_log(TLY_LOG_WARN, "outbox", "produce to %s: %s", p->changelog_topic,
@@ -821,6 +858,32 @@ static void mark_dirty(tly_processor_t *p, tly_overlay_entry_t *entry) {
 static int batch_wait(tly_processor_t *p);
 static void end_replay(tly_processor_t *p);
 
+/* Blobs the dedupe window has passed (the store's compaction filter drops
+ * them by the same horizon) get a changelog tombstone in this commit, so a
+ * compacted changelog does not keep every event id forever. */
+static void changelog_expire_blobs(tly_processor_t *p) {
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    partition_state_t *part = &p->partitions[i];
+    if (!part->watermark_dirty ||
+        part->watermark <= INT64_MIN + p->billing.dedupe_window_ms)
+      continue;
+    int64_t horizon = part->watermark - p->billing.dedupe_window_ms;
+    size_t kept = 0;
+    for (size_t b = 0; b < part->blob_count; b++) {
+      unsigned char key[12];
+      if (part->blobs[b].newest_ms >= horizon) {
+        part->blobs[kept++] = part->blobs[b];
+        continue;
+      }
+      tly_put_be32(key, (uint32_t)i);
+      tly_put_be64(key + 4, (uint64_t)part->blobs[b].key);
+      tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_DEDUPE, key,
+                                  sizeof(key));
+    }
+    part->blob_count = kept;
+  }
+}
+
 /* The batch's changelog records and a marker per partition it folded, as
  * one outbox entry (one RocksDB put for the lot; the publisher expands it
  * into Kafka records). 0, or -1 after setting the fatal reason. */
@@ -909,7 +972,15 @@ static int batch_submit(tly_processor_t *p) {
     tly_put_be64((unsigned char *)meta_key + 4, (uint64_t)part->dedupe_key);
     tly_store_batch_put(p->batch, TLY_CF_DEDUPE, meta_key, 12, blob, blob_len);
     changelog_put(p, TLY_CHANGELOG_DEDUPE, meta_key, 12, blob, blob_len);
+    if (p->changelog_topic && blob_len >= 8 &&
+        blob_track(&part->blobs, &part->blob_count, &part->blob_cap,
+                   part->dedupe_key, (int64_t)tly_get_be64(blob))) {
+      set_fatal(p, "out of memory tracking dedupe blobs");
+      return -1;
+    }
   }
+  if (p->changelog_topic)
+    changelog_expire_blobs(p);
   if (changelog_finish(p))
     return -1;
   for (size_t i = 0; i < p->output_count; i++) {
@@ -1740,13 +1811,22 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
 typedef struct {
   tly_dedupe_t *dedupe;
   int failed;
+  int track; /* with the changelog: list the blobs */
+  blob_ref_t *blobs;
+  size_t blob_count, blob_cap;
 } dedupe_load_t;
 
 static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
                             const char *value, size_t value_len) {
   dedupe_load_t *load = opaque;
-  (void)key, (void)key_len;
   load->failed = tly_dedupe_load(load->dedupe, value, value_len) != 0;
+  if (!load->failed && load->track && key_len == 12 && value_len >= 8)
+    load->failed = blob_track(&load->blobs, &load->blob_count,
+                              &load->blob_cap,
+                              (int64_t)tly_get_be64((const unsigned char *)key +
+                                                    4),
+                              (int64_t)tly_get_be64(
+                                  (const unsigned char *)value)) != 0;
   return load->failed;
 }
 
@@ -1754,14 +1834,14 @@ static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
  * compaction filter has not dropped yet); NULL after setting the fatal
  * reason. */
 static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
-                                 int64_t watermark) {
+                                 int64_t watermark, dedupe_load_t *load_out) {
   char errstr[512] = "", prefix[4];
   tly_dedupe_t *dedupe = tly_dedupe_new();
   if (!dedupe) {
     set_fatal(p, "out of memory loading event ids");
     return NULL;
   }
-  dedupe_load_t load = {dedupe, 0};
+  dedupe_load_t load = {dedupe, 0, p->changelog_topic != NULL, NULL, 0, 0};
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE, prefix, 4,
                             load_dedupe_blob, &load, errstr,
@@ -1771,10 +1851,12 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
               load.failed ? "a stored dedupe record is corrupt or memory ran out"
                           : errstr);
     tly_dedupe_free(dedupe);
+    free(load.blobs);
     return NULL;
   }
   if (watermark > INT64_MIN + p->billing.dedupe_window_ms)
     tly_dedupe_expire(dedupe, watermark - p->billing.dedupe_window_ms);
+  *load_out = load;
   return dedupe;
 }
 
@@ -1986,15 +2068,23 @@ static int resume_offsets(tly_processor_t *p,
       tly_store_set_horizon(p->store, TLY_CF_DEDUPE, part->partition,
                             watermark - p->billing.dedupe_window_ms);
     tly_store_set_horizon(p->store, TLY_CF_USAGE, part->partition, watermark);
-    tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark);
+    dedupe_load_t loaded;
+    tly_dedupe_t *dedupe =
+        load_dedupe(p, part->partition, watermark, &loaded);
     if (!dedupe)
       return -1;
     pthread_mutex_lock(&p->lock);
     if (ensure_partitions(p, part->partition + 1) == 0) {
-      tly_dedupe_free(p->partitions[part->partition].dedupe);
-      p->partitions[part->partition].dedupe = dedupe;
-      p->partitions[part->partition].dedupe_key = -1;
+      partition_state_t *state = &p->partitions[part->partition];
+      tly_dedupe_free(state->dedupe);
+      state->dedupe = dedupe;
+      state->dedupe_key = -1;
       dedupe = NULL;
+      free(state->blobs);
+      state->blobs = loaded.blobs;
+      state->blob_count = loaded.blob_count;
+      state->blob_cap = loaded.blob_cap;
+      loaded.blobs = NULL;
       p->partitions[part->partition].assigned = 1;
       p->partitions[part->partition].committed = found ? stored : -1;
       p->partitions[part->partition].batch_next = -1;
@@ -2005,6 +2095,7 @@ static int resume_offsets(tly_processor_t *p,
     }
     pthread_mutex_unlock(&p->lock);
     tly_dedupe_free(dedupe);
+    free(loaded.blobs);
     if (part->partition + 1 > atomic_load(&p->partition_count))
       atomic_store(&p->partition_count, part->partition + 1);
     tly_log(TLY_LOG_INFO, "processor",
@@ -2122,6 +2213,9 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
     tly_dedupe_free(p->partitions[i].dedupe);
     p->partitions[i].dedupe = NULL;
     p->partitions[i].dedupe_key = -1;
+    free(p->partitions[i].blobs);
+    p->partitions[i].blobs = NULL;
+    p->partitions[i].blob_count = p->partitions[i].blob_cap = 0;
   }
   pthread_mutex_unlock(&p->lock);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
@@ -2678,8 +2772,10 @@ void tly_processor_destroy(tly_processor_t *p) {
   pthread_cond_destroy(&p->writer_done);
   tly_store_batch_destroy(p->batch);
   tly_overlay_free(&p->overlay);
-  for (int32_t i = 0; i < p->partition_cap; i++)
+  for (int32_t i = 0; i < p->partition_cap; i++) {
     tly_dedupe_free(p->partitions[i].dedupe);
+    free(p->partitions[i].blobs);
+  }
   batch_discard_outputs(p);
   free(p->outputs);
   for (size_t i = 0; i < p->outbox_count; i++)

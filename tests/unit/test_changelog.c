@@ -76,6 +76,19 @@ static void test_bundle_expands_records_then_markers(void **state) {
   assert_int_equal(tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap,
                                              &record),
                    0);
+  /* A deletion: a tombstone (null value) carrying its reflected offset. */
+  free(data);
+  cursor = 0;
+  tly_changelog_bundle_delete(&bundle, 3, TLY_CHANGELOG_DEDUPE, "\0\0\0\3d", 5);
+  assert_int_equal(tly_changelog_bundle_finish(&bundle, markers, 1, &data, &len),
+                   0);
+  assert_int_equal(tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap,
+                                             &record),
+                   1);
+  assert_null(record.value);
+  assert_int_equal(record.value_len, 0);
+  assert_int_equal(record.offset, 700);
+  assert_memory_equal(record.key, "D\0\0\0\3d", 6);
   /* A record of a partition with no marker cannot be published. */
   cursor = 0;
   free(data);
@@ -103,6 +116,24 @@ static void produce(rd_kafka_t *producer, char kind, const char *key,
                                      RD_KAFKA_V_PARTITION(1),
                                      RD_KAFKA_V_KEY(k, 1 + key_len),
                                      RD_KAFKA_V_VALUE(v, 8 + value_len),
+                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                     RD_KAFKA_V_END),
+                   0);
+}
+
+static void produce_tombstone(rd_kafka_t *producer, const char *key,
+                              size_t key_len, int64_t offset) {
+  unsigned char k[256], o[8];
+  k[0] = TLY_CHANGELOG_DEDUPE;
+  memcpy(k + 1, key, key_len);
+  tly_put_be64(o, (uint64_t)offset);
+  rd_kafka_headers_t *headers = rd_kafka_headers_new(1);
+  rd_kafka_header_add(headers, TLY_CHANGELOG_OFFSET_HEADER, -1, o, 8);
+  assert_int_equal(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(TOPIC),
+                                     RD_KAFKA_V_PARTITION(1),
+                                     RD_KAFKA_V_KEY(k, 1 + key_len),
+                                     RD_KAFKA_V_VALUE(NULL, 0),
+                                     RD_KAFKA_V_HEADERS(headers),
                                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                      RD_KAFKA_V_END),
                    0);
@@ -186,10 +217,15 @@ static void test_restore_rules(void **state) {
   produce(producer, TLY_CHANGELOG_ACCOUNT, k1, k1_len, 10, value, len);
   len = subject_record(5000, 2, value, sizeof(value));
   produce(producer, TLY_CHANGELOG_ACCOUNT, k2, k2_len, 10, value, len);
+  const char blob1[12] = {0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1};
+  const char blob2[12] = {0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2};
+  produce(producer, TLY_CHANGELOG_DEDUPE, blob1, 12, 10, "ids1", 4);
+  produce(producer, TLY_CHANGELOG_DEDUPE, blob2, 12, 10, "ids2", 4);
   produce_marker(producer, 10, 777);
-  /* Commit @20: k1 = 11 (its cycle moved on), marker. */
+  /* Commit @20: k1 = 11 (its cycle moved on), blob1 expired, marker. */
   len = subject_record(9000, 11, value, sizeof(value));
   produce(producer, TLY_CHANGELOG_ACCOUNT, k1, k1_len, 20, value, len);
+  produce_tombstone(producer, blob1, 12, 20);
   produce_marker(producer, 20, 888);
   /* Late, from an instance that lost the partition: k1 as of @10 (must not
    * overwrite @20) and its old marker (ignored). */
@@ -200,6 +236,7 @@ static void test_restore_rules(void **state) {
   len = subject_record(9000, 99, value, sizeof(value));
   produce(producer, TLY_CHANGELOG_ACCOUNT, k2, k2_len, 30, value, len);
   produce(producer, TLY_CHANGELOG_ACCOUNT, k3, k3_len, 30, value, len);
+  produce_tombstone(producer, blob2, 12, 30);
   /* A key of another partition in this one's changelog: never written. */
   char foreign[64];
   size_t foreign_len =
@@ -226,12 +263,12 @@ static void test_restore_rules(void **state) {
   int64_t low, high;
   assert_int_equal(
       rd_kafka_query_watermark_offsets(reader, TOPIC, 1, &low, &high, 10000), 0);
-  assert_int_equal(high, 10);
+  assert_int_equal(high, 14);
   tly_changelog_restore_t result;
   assert_int_equal(tly_changelog_restore(store, reader, TOPIC, 1, low, high,
                                          &result, errstr, sizeof(errstr)),
                    1);
-  assert_int_equal(result.records, 10);
+  assert_int_equal(result.records, 14);
   assert_int_equal(result.next_offset, 20);
   assert_int_equal(result.watermark_ms, 888);
   assert_int_equal(result.accounts, 2);
@@ -240,6 +277,18 @@ static void test_restore_rules(void **state) {
   assert_int_equal(stored_quantity(store, k3, k3_len), -1);
   assert_int_equal(stored_quantity(store, other, other_len), -1);
   assert_int_equal(stored_quantity(store, foreign, foreign_len), -1);
+  /* blob1's deletion is complete (@20), blob2's was cut short (@30). */
+  char *blob_value = NULL;
+  size_t blob_len = 0;
+  assert_int_equal(tly_store_get(store, TLY_CF_DEDUPE, blob1, 12, &blob_value,
+                                 &blob_len, errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(tly_store_get(store, TLY_CF_DEDUPE, blob2, 12, &blob_value,
+                                 &blob_len, errstr, sizeof(errstr)),
+                   1);
+  assert_int_equal(blob_len, 4);
+  assert_memory_equal(blob_value, "ids2", 4);
+  tly_store_free(blob_value);
   int64_t offset;
   assert_int_equal(tly_store_get_offset(store, 1, &offset, errstr, sizeof(errstr)),
                    0); /* the caller stores it */
