@@ -2108,15 +2108,111 @@ static int resume_offsets(tly_processor_t *p,
 }
 
 static int collect_output_ids(tly_processor_t *p, const char *topic,
-                              int from_start, json_t *ids, char *errstr,
+                              int64_t from_time_ms, json_t *ids, char *errstr,
                               size_t errstr_size);
+
+/* Outputs are published after the input record they come from was
+ * produced; input timestamps are the producers' clocks, hence a margin. */
+#define REPLAY_CLOCK_MARGIN_MS (60LL * 60 * 1000)
+
+/* Whether the broker answers offset lookups by time: asked of a replaying
+ * (so non-empty) input partition for time 0, which a broker that can
+ * answers with its first offset. librdkafka 2.0.2's mock answers -1. */
+static int time_lookups(tly_processor_t *p) {
+  int32_t partition = -1;
+  pthread_mutex_lock(&p->lock);
+  for (int32_t i = 0; i < p->partition_cap && partition < 0; i++)
+    if (p->partitions[i].assigned &&
+        (p->partitions[i].committed < 0 ? 0 : p->partitions[i].committed) <
+            p->partitions[i].replay_target)
+      partition = i;
+  pthread_mutex_unlock(&p->lock);
+  if (partition < 0)
+    return 0;
+  rd_kafka_topic_partition_list_t *at = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(at, p->usage_topic, partition)->offset = 0;
+  int answered = !rd_kafka_offsets_for_times(p->consumer, at, 5000) &&
+                 !at->elems[0].err && at->elems[0].offset >= 0;
+  rd_kafka_topic_partition_list_destroy(at);
+  return answered;
+}
+
+/*
+ * Where the output topics need reading from for the replay: the earliest
+ * Kafka timestamp of the first record each replaying partition will fold,
+ * less a margin for clocks. 0 (read from the log start) when a partition
+ * cannot tell within a few seconds.
+ */
+static int64_t replay_start_time(tly_processor_t *p) {
+  char errstr[512], kafka_err[512];
+  const char *defaults[] = {"group.id=tally-replay-start",
+                            "enable.auto.commit=false",
+                            "enable.partition.eof=true",
+                            "fetch.wait.max.ms=10",
+                            "max.partition.fetch.bytes=1048576", NULL};
+  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(8);
+  pthread_mutex_lock(&p->lock);
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    const partition_state_t *part = &p->partitions[i];
+    if (part->assigned &&
+        (part->committed < 0 ? 0 : part->committed) < part->replay_target)
+      rd_kafka_topic_partition_list_add(parts, p->usage_topic, i)->offset =
+          part->committed < 0 ? 0 : part->committed;
+  }
+  pthread_mutex_unlock(&p->lock);
+  rd_kafka_conf_t *kconf = kafka_conf(&p->conf, defaults, errstr,
+                                      sizeof(errstr));
+  rd_kafka_t *reader =
+      kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
+                           sizeof(kafka_err))
+            : NULL;
+  if (!reader) {
+    if (kconf)
+      rd_kafka_conf_destroy(kconf);
+    rd_kafka_topic_partition_list_destroy(parts);
+    return 0;
+  }
+  int pending = parts->cnt;
+  int64_t earliest = INT64_MAX;
+  int64_t deadline = tly_monotonic_ms() + 5000;
+  if (rd_kafka_assign(reader, parts))
+    pending = -1;
+  while (pending > 0 && tly_monotonic_ms() < deadline) {
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(reader, 100);
+    if (!msg)
+      continue;
+    rd_kafka_topic_partition_t *part =
+        rd_kafka_topic_partition_list_find(parts, p->usage_topic,
+                                           msg->partition);
+    if (part && part->offset != RD_KAFKA_OFFSET_INVALID) {
+      rd_kafka_timestamp_type_t type;
+      int64_t produced = msg->err ? -1 : rd_kafka_message_timestamp(msg, &type);
+      if (!msg->err && produced > 0 && produced < earliest)
+        earliest = produced;
+      if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF || produced > 0) {
+        part->offset = RD_KAFKA_OFFSET_INVALID; /* answered */
+        pending--;
+      } else {
+        pending = -1; /* no timestamp, or an error: read it all */
+      }
+    }
+    rd_kafka_message_destroy(msg);
+  }
+  rd_kafka_consumer_close(reader);
+  rd_kafka_destroy(reader);
+  rd_kafka_topic_partition_list_destroy(parts);
+  if (pending != 0 || earliest == INT64_MAX ||
+      earliest <= REPLAY_CLOCK_MARGIN_MS)
+    return 0;
+  return earliest - REPLAY_CLOCK_MARGIN_MS;
+}
 
 /*
  * Partitions assigned behind their log end replay records that another
  * instance may have folded and published the outputs of: read the output
- * topics (whole: the embedded broker cannot look offsets up by time, and
- * the outputs of old input records may have been published at any time
- * after them) into p->replay_ids before folding any of it. 0, or -1 after
+ * topics from the time the first replayed record was produced (less a
+ * margin; whole on the embedded broker, which cannot look offsets up by
+ * time) into p->replay_ids before folding any of it. 0, or -1 after
  * setting the fatal reason: replaying blind could publish outputs twice.
  */
 static int prepare_replay(tly_processor_t *p) {
@@ -2140,8 +2236,11 @@ static int prepare_replay(tly_processor_t *p) {
     return -1;
   }
   int64_t started = tly_monotonic_ms();
-  if (collect_output_ids(p, p->alerts_topic, 1, ids, errstr, sizeof(errstr)) ||
-      collect_output_ids(p, p->dlq_topic, 1, ids, errstr, sizeof(errstr))) {
+  int64_t from_ms = time_lookups(p) ? replay_start_time(p) : 0;
+  if (collect_output_ids(p, p->alerts_topic, from_ms, ids, errstr,
+                         sizeof(errstr)) ||
+      collect_output_ids(p, p->dlq_topic, from_ms, ids, errstr,
+                         sizeof(errstr))) {
     json_decref(ids);
     set_fatal(p, "replaying %d partitions: %s", replaying, errstr);
     return -1;
@@ -2294,10 +2393,12 @@ static int load_ack_mark(void *opaque, const char *key, size_t key_len,
   return 0;
 }
 
-/* Adds the output ids found in topic, from the last acknowledged offsets
- * (from_start: from the log start) to the end, to ids. 0 or -1 (errstr). */
+/* Adds the output ids found in topic to ids, read to the end from: the
+ * last acknowledged offsets (from_time_ms < 0), the log start (0), or the
+ * first record at or after from_time_ms (> 0; the log start where the
+ * broker cannot look it up). 0 or -1 (errstr). */
 static int collect_output_ids(tly_processor_t *p, const char *topic,
-                              int from_start, json_t *ids, char *errstr,
+                              int64_t from_time_ms, json_t *ids, char *errstr,
                               size_t errstr_size) {
   char kafka_err[512];
   const struct rd_kafka_metadata *md = NULL;
@@ -2343,8 +2444,19 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
       rc = -1;
       goto out;
     }
-    ack_mark_t *mark = from_start ? NULL : ack_find(p, topic, i, 0);
+    ack_mark_t *mark = from_time_ms < 0 ? ack_find(p, topic, i, 0) : NULL;
     int64_t from = mark ? mark->next_offset : 0;
+    if (from_time_ms > 0) {
+      /* The first output at or after that time; the log start when the
+       * broker cannot say (librdkafka 2.0.2's mock answers -1 to every
+       * lookup by time). */
+      rd_kafka_topic_partition_list_t *at = rd_kafka_topic_partition_list_new(1);
+      rd_kafka_topic_partition_list_add(at, topic, i)->offset = from_time_ms;
+      if (!rd_kafka_offsets_for_times(reader, at, 10000) &&
+          !at->elems[0].err && at->elems[0].offset >= 0)
+        from = at->elems[0].offset;
+      rd_kafka_topic_partition_list_destroy(at);
+    }
     if (from < low)
       from = low;
     if (from >= high)
@@ -2406,8 +2518,8 @@ static int reconcile_outbox(tly_processor_t *p, char *errstr,
       tly_store_scan_prefix(p->store, TLY_CF_META, META_ACK,
                             sizeof(META_ACK) - 1, load_ack_mark, p, errstr,
                             errstr_size) ||
-      collect_output_ids(p, p->alerts_topic, 0, ids, errstr, errstr_size) ||
-      collect_output_ids(p, p->dlq_topic, 0, ids, errstr, errstr_size))
+      collect_output_ids(p, p->alerts_topic, -1, ids, errstr, errstr_size) ||
+      collect_output_ids(p, p->dlq_topic, -1, ids, errstr, errstr_size))
     goto out;
   for (size_t i = 0; i < p->outbox_count; i++) {
     tly_outbox_record_t record;
