@@ -115,6 +115,56 @@ int tly_changelog_bundle_finish(tly_changelog_bundle_t *bundle,
   return data ? 0 : -1;
 }
 
+int tly_changelog_bundle_filter(const char *bytes, size_t len,
+                                int (*keep)(void *opaque, int32_t partition),
+                                void *opaque, char **out, size_t *out_len) {
+  const unsigned char *data = (const unsigned char *)bytes;
+  *out = NULL;
+  *out_len = 0;
+  if (!tly_changelog_is_bundle(bytes, len))
+    return -1;
+  uint32_t count = tly_get_be32(data + MAGIC_LEN);
+  size_t head = MAGIC_LEN + 4 + (size_t)MARKER_LEN * count;
+  unsigned char *copy = head <= len ? malloc(len) : NULL;
+  if (!copy)
+    return -1;
+  size_t at = MAGIC_LEN + 4;
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    const unsigned char *marker = data + MAGIC_LEN + 4 + MARKER_LEN * i;
+    if (keep(opaque, (int32_t)tly_get_be32(marker))) {
+      memcpy(copy + at, marker, MARKER_LEN);
+      at += MARKER_LEN;
+      kept++;
+    }
+  }
+  memcpy(copy, MAGIC, MAGIC_LEN);
+  tly_put_be32(copy + MAGIC_LEN, kept);
+  for (size_t pos = head; pos < len;) {
+    if (len - pos < 13)
+      goto corrupt;
+    uint32_t key_len = tly_get_be32(data + pos + 5);
+    if (len - pos - 13 < key_len)
+      goto corrupt;
+    uint32_t value_len = tly_get_be32(data + pos + 9 + key_len);
+    size_t size = 13 + (size_t)key_len +
+                  (value_len == TOMBSTONE_LEN ? 0 : (size_t)value_len);
+    if (len - pos < size)
+      goto corrupt;
+    if (keep(opaque, (int32_t)tly_get_be32(data + pos))) {
+      memcpy(copy + at, data + pos, size);
+      at += size;
+    }
+    pos += size;
+  }
+  *out = (char *)copy;
+  *out_len = at;
+  return 0;
+corrupt:
+  free(copy);
+  return -1;
+}
+
 void tly_changelog_bundle_free(tly_changelog_bundle_t *bundle) {
   free(bundle->data);
   memset(bundle, 0, sizeof(*bundle));

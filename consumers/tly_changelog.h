@@ -75,6 +75,13 @@ int tly_changelog_bundle_finish(tly_changelog_bundle_t *bundle,
                                 size_t count, char **out, size_t *out_len);
 void tly_changelog_bundle_free(tly_changelog_bundle_t *bundle);
 
+/* A copy of a bundle with only the records and markers of the partitions
+ * keep() accepts: *out malloc'd (the caller's). 0, or -1 (corrupt bundle
+ * or out of memory). */
+int tly_changelog_bundle_filter(const char *data, size_t len,
+                                int (*keep)(void *opaque, int32_t partition),
+                                void *opaque, char **out, size_t *out_len);
+
 /* 1 when an outbox entry is a bundle (not an encoded output record). */
 int tly_changelog_is_bundle(const char *data, size_t len);
 

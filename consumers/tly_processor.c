@@ -68,6 +68,9 @@ typedef struct {
    * from cursor on, acknowledged when none is pending. */
   int bundle;
   size_t cursor, parts_pending;
+  /* Left by the previous run: held until the first assignment says which
+   * partitions are this instance's (see resolve_inherited). */
+  int inherited;
 } outbox_item_t;
 
 typedef struct {
@@ -223,6 +226,7 @@ struct tly_processor {
    * id is not here. NULL while no partition is replaying. */
   json_t *replay_ids;
   atomic_uint_least64_t rebalances, replay_skipped;
+  int inherited_held; /* outbox entries of the previous run wait */
 
   /* The state changelog: NULL when disabled or the topic is not there;
    * the open batch's records; scratch for expanding bundles. */
@@ -292,6 +296,7 @@ static int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
                       record_len,
                       OUTBOX_PENDING,
                       tly_changelog_is_bundle(record, record_len),
+                      0,
                       0,
                       0};
   atomic_store(&p->outbox_size, p->outbox_count);
@@ -466,18 +471,31 @@ static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
   return 0;
 }
 
-/* Hands pending entries to the producer, in sequence order. */
+/* Hands pending entries to the producer, in sequence order. A changelog
+ * bundle waits until every entry before it was acknowledged, so the
+ * changelog never runs ahead of the outputs: when a commit is in the
+ * changelog, its outputs and all earlier ones are in Kafka, and whoever
+ * restores past it needs none of them again. */
 static void outbox_publish(tly_processor_t *p) {
-  for (size_t i = 0; i < p->outbox_count; i++) {
+  /* Before i: outputs not yet acknowledged, or bundles not yet produced
+   * (produced bundles are ahead in the producer's per-partition order). */
+  size_t unacked = 0;
+  for (size_t i = 0; i < p->outbox_count;
+       unacked += p->outbox[i].state == OUTBOX_PENDING ||
+                  (p->outbox[i].state == OUTBOX_INFLIGHT &&
+                   !p->outbox[i].bundle),
+              i++) {
     outbox_item_t *item = &p->outbox[i];
     tly_outbox_record_t record;
     char topic[256];
     rd_kafka_headers_t *headers;
     rd_kafka_resp_err_t err;
 
-    if (item->state != OUTBOX_PENDING)
+    if (item->state != OUTBOX_PENDING || (item->inherited && p->inherited_held))
       continue;
     if (item->bundle) {
+      if (unacked)
+        continue;
       if (!p->changelog_topic) {
         item->state = OUTBOX_ACKED; /* changelog off since: drop it */
         continue;
@@ -1354,7 +1372,11 @@ static void queue_alerts(tly_processor_t *p) {
     record.headers[0] = (tly_outbox_header_t){"tally.output.id", alert->alert_id,
                                               strlen(alert->alert_id)};
     record.headers[1] = (tly_outbox_header_t){"tally.alert.type", type, strlen(type)};
-    record.header_count = 2;
+    char source[16];
+    snprintf(source, sizeof(source), "%d", (int)p->view_partition);
+    record.headers[2] = (tly_outbox_header_t){"tally.source.partition", source,
+                                              strlen(source)};
+    record.header_count = 3;
     /* The alert history is state and is written either way. */
     int sent = replay_already_sent(p, p->view_partition, p->view_offset,
                                    alert->alert_id);
@@ -2295,6 +2317,88 @@ static void drain_outbox(tly_processor_t *p) {
   batch_commit(p); /* the deletes of what was acknowledged */
 }
 
+static int reconcile_outbox(tly_processor_t *p, char *errstr,
+                            size_t errstr_size);
+
+/* The input partition an output came from (header tally.source.partition;
+ * -1 when it has none: older entries). */
+static int32_t output_source_partition(const outbox_item_t *item) {
+  tly_outbox_record_t record;
+  if (tly_outbox_decode(item->record, item->record_len, &record))
+    return -1;
+  for (size_t h = 0; h < record.header_count; h++) {
+    char text[16];
+    if (record.header_name_len[h] != strlen("tally.source.partition") ||
+        memcmp(record.headers[h].name, "tally.source.partition",
+               record.header_name_len[h]) ||
+        record.headers[h].value_len >= sizeof(text))
+      continue;
+    memcpy(text, record.headers[h].value, record.headers[h].value_len);
+    text[record.headers[h].value_len] = '\0';
+    return (int32_t)atoi(text);
+  }
+  return -1;
+}
+
+static int partition_assigned_here(void *opaque, int32_t partition) {
+  tly_processor_t *p = opaque;
+  return partition >= 0 && partition < p->partition_cap &&
+         p->partitions[partition].assigned;
+}
+
+/*
+ * The outbox a previous run left, at the first assignment. Outputs Kafka
+ * already holds are dropped (the recovery reconciliation of DESIGN.md). Of
+ * the others, those of partitions now assigned elsewhere are dropped too,
+ * with their changelog records: that run's changelog bundles were held
+ * behind its unacknowledged outputs, so the new owner restores from before
+ * those records and replays them, sending each output that is missing;
+ * sending it from here as well could duplicate it. 0, or -1 after setting
+ * the fatal reason.
+ */
+static int resolve_inherited(tly_processor_t *p) {
+  char errstr[1024];
+  size_t dropped = 0;
+  if (reconcile_outbox(p, errstr, sizeof(errstr))) {
+    set_fatal(p, "recovery: %s", errstr);
+    return -1;
+  }
+  for (size_t i = 0; i < p->outbox_count; i++) {
+    outbox_item_t *item = &p->outbox[i];
+    if (!item->inherited || item->state != OUTBOX_PENDING)
+      continue;
+    if (!item->bundle) {
+      int32_t source = output_source_partition(item);
+      if (source >= 0 && !partition_assigned_here(p, source)) {
+        item->state = OUTBOX_ACKED; /* deleted with the next commit */
+        dropped++;
+      }
+      continue;
+    }
+    char *kept = NULL;
+    size_t kept_len = 0;
+    if (tly_changelog_bundle_filter(item->record, item->record_len,
+                                    partition_assigned_here, p, &kept,
+                                    &kept_len)) {
+      set_fatal(p, "outbox entry %llu: corrupt changelog bundle",
+                (unsigned long long)item->seq);
+      return -1;
+    }
+    free(item->record); /* the stored entry stays whole until deleted */
+    item->record = kept;
+    item->record_len = kept_len;
+  }
+  for (size_t i = 0; i < p->outbox_count; i++)
+    p->outbox[i].inherited = 0;
+  p->inherited_held = 0;
+  tly_log(TLY_LOG_INFO, "processor",
+          "recovery: %zu outputs left by the previous run belong to "
+          "partitions now assigned elsewhere: dropped (their owner replays "
+          "them)",
+          dropped);
+  return 0;
+}
+
 static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
                       rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *parts) {
@@ -2318,7 +2422,8 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
   }
   pthread_mutex_unlock(&p->lock);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    if (p->fatal || resume_offsets(p, parts) || prepare_replay(p)) {
+    if (p->fatal || resume_offsets(p, parts) || prepare_replay(p) ||
+        (p->inherited_held && resolve_inherited(p))) {
       rd_kafka_assign(rk, NULL);
       return;
     }
@@ -2732,10 +2837,12 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   if (p->outbox_count && p->outbox[p->outbox_count - 1].seq >= p->next_seq)
     p->next_seq = p->outbox[p->outbox_count - 1].seq + 1;
   if (p->outbox_count) {
-    tly_log(TLY_LOG_INFO, "processor", "%zu outbox entries to publish",
-            p->outbox_count);
-    if (reconcile_outbox(p, errstr, errstr_size))
-      goto fail;
+    /* Held until the first assignment (resolve_inherited). */
+    tly_log(TLY_LOG_INFO, "processor",
+            "%zu outbox entries left by the previous run", p->outbox_count);
+    for (size_t i = 0; i < p->outbox_count; i++)
+      p->outbox[i].inherited = 1;
+    p->inherited_held = 1;
   }
 
   int32_t count = topic_partition_count(p, errstr, errstr_size);
@@ -2792,8 +2899,15 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
   }
   outbox_publish(p);
 
+  int idle = 0; /* the last round consumed nothing */
   while (!*stop && !p->fatal) {
-    int64_t deadline = tly_monotonic_ms() + p->conf.batch_max_ms;
+    /* Idle with outputs on their way: come round soon, so their
+     * acknowledgements are taken (and the changelog bundles that wait on
+     * them go out) within milliseconds; a busy loop keeps full batches. */
+    int64_t wait_ms = p->conf.batch_max_ms;
+    if (idle && p->outbox_count && wait_ms > 10)
+      wait_ms = 10;
+    int64_t deadline = tly_monotonic_ms() + wait_ms;
     int consumed = 0;
     while (consumed < p->conf.batch_max_events && !p->fatal) {
       rd_kafka_message_t *msgs[512];
@@ -2816,6 +2930,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
     }
     if (p->fatal)
       break;
+    idle = consumed == 0;
     rd_kafka_poll(p->producer, 0); /* delivery reports -> ACKED */
     write_ticks(p);
     if (batch_submit(p)) /* written while the next batch is folded */

@@ -29,6 +29,11 @@
 
 #define TOPIC "tally.changelog"
 
+static int only_five(void *opaque, int32_t partition) {
+  (void)opaque;
+  return partition == 5;
+}
+
 static void test_bundle_expands_records_then_markers(void **state) {
   (void)state;
   tly_changelog_bundle_t bundle = {0};
@@ -89,6 +94,33 @@ static void test_bundle_expands_records_then_markers(void **state) {
   assert_int_equal(record.value_len, 0);
   assert_int_equal(record.offset, 700);
   assert_memory_equal(record.key, "D\0\0\0\3d", 6);
+  /* Filtering keeps only the partitions asked for (markers too). */
+  {
+    char *both, *only5;
+    size_t both_len, only5_len, at = 0;
+    tly_changelog_bundle_add(&bundle, 3, TLY_CHANGELOG_ACCOUNT, "\0\0\0\3a",
+                             5, "x", 1);
+    tly_changelog_bundle_add(&bundle, 5, TLY_CHANGELOG_ACCOUNT, "\0\0\0\5b",
+                             5, "y", 1);
+    assert_int_equal(
+        tly_changelog_bundle_finish(&bundle, markers, 2, &both, &both_len), 0);
+    assert_int_equal(tly_changelog_bundle_filter(both, both_len, only_five,
+                                                 NULL, &only5, &only5_len),
+                     0);
+    int records = 0, markers_seen = 0;
+    while (tly_changelog_bundle_next(only5, only5_len, &at, &scratch, &cap,
+                                     &record) == 1) {
+      assert_int_equal(record.partition, 5);
+      if (((const char *)record.key)[0] == 'M')
+        markers_seen++;
+      else
+        records++;
+    }
+    assert_int_equal(records, 1);
+    assert_int_equal(markers_seen, 1);
+    free(both);
+    free(only5);
+  }
   /* A record of a partition with no marker cannot be published. */
   cursor = 0;
   free(data);
