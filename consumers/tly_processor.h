@@ -9,6 +9,14 @@
  * commits, no auto-commit): on start and on every assignment the processor
  * resumes each partition from its stored offset, and refuses to run when the
  * log no longer holds what it needs.
+ *
+ * Several instances in one group (issue 6): a partition assigned behind
+ * its log end is replaying until it reaches the log end seen at assignment
+ * (tly_processor_partition_role); outputs of replayed records are checked
+ * against the output topics by id and not sent twice. A partition this
+ * instance has no (or older) state for is first restored from the state
+ * changelog (tly_changelog.h), which each commit feeds through one outbox
+ * entry, so only the input's tail is replayed.
  */
 #ifndef TLY_PROCESSOR_H
 #define TLY_PROCESSOR_H
