@@ -2133,6 +2133,26 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
                               int64_t from_time_ms, json_t *ids, char *errstr,
                               size_t errstr_size);
 
+/* The tally.output.id of an output entry, as text in id; 0 when it has
+ * none (a changelog bundle, or corrupt). */
+static int outbox_output_id(const outbox_item_t *item, char *id,
+                            size_t size) {
+  tly_outbox_record_t record;
+  if (item->bundle ||
+      tly_outbox_decode(item->record, item->record_len, &record))
+    return 0;
+  for (size_t h = 0; h < record.header_count; h++) {
+    if (record.header_name_len[h] != strlen("tally.output.id") ||
+        memcmp(record.headers[h].name, "tally.output.id",
+               record.header_name_len[h]))
+      continue;
+    snprintf(id, size, "%.*s", (int)record.headers[h].value_len,
+             record.headers[h].value);
+    return 1;
+  }
+  return 0;
+}
+
 /* Outputs are published after the input record they come from was
  * produced; input timestamps are the producers' clocks, hence a margin. */
 #define REPLAY_CLOCK_MARGIN_MS (60LL * 60 * 1000)
@@ -2267,11 +2287,23 @@ static int prepare_replay(tly_processor_t *p) {
     set_fatal(p, "replaying %d partitions: %s", replaying, errstr);
     return -1;
   }
+  size_t in_kafka = json_object_size(ids);
+  /* So are the outputs still in this instance's outbox: a restore from the
+   * changelog may start the replay below what this instance had committed
+   * (and has yet to publish). */
+  for (size_t i = 0; i < p->outbox_count; i++) {
+    char id[512];
+    if ((p->outbox[i].state == OUTBOX_PENDING ||
+         p->outbox[i].state == OUTBOX_INFLIGHT) &&
+        outbox_output_id(&p->outbox[i], id, sizeof(id)))
+      json_object_set_new(ids, id, json_true());
+  }
   tly_log(TLY_LOG_INFO, "processor",
           "replay of %d partitions: %zu outputs already in Kafka (read in "
-          "%lld ms) are checked by id instead of re-sent",
-          replaying, json_object_size(ids),
-          (long long)(tly_monotonic_ms() - started));
+          "%lld ms) and %zu in the outbox are checked by id instead of "
+          "re-sent",
+          replaying, in_kafka, (long long)(tly_monotonic_ms() - started),
+          json_object_size(ids) - in_kafka);
   p->replay_ids = ids;
   return 0;
 }
