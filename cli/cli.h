@@ -59,6 +59,7 @@ typedef struct {
   uint16_t http_port;       /* 0: any free port */
   const char *http_port_file; /* optional: the bound port is written here */
   const char *group_id, *usage_topic, *dlq_topic, *alerts_topic;
+  const char *changelog_topic; /* NULL: tally.changelog; "": none */
   const char *config_path; /* NULL: the built-in configuration */
   int64_t tick_interval_ms; /* 0: no ticks */
   int batch_max_events, batch_max_ms;

@@ -106,6 +106,11 @@ cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
   if (!err)
     err = rd_kafka_mock_topic_create(broker->cluster, TLY_DEFAULT_MEMBERS_TOPIC,
                                      1, 1);
+  /* The state changelog: partition p restores input partition p. (The mock
+   * does not compact; it keeps ~5 MiB per partition like any topic.) */
+  if (!err)
+    err = rd_kafka_mock_topic_create(
+        broker->cluster, TLY_DEFAULT_CHANGELOG_TOPIC, partitions, 1);
   if (err) {
     snprintf(errstr, errstr_size, "embedded broker: creating topics: %s",
              rd_kafka_err2str(err));

@@ -151,6 +151,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
       .usage_topic = conf->usage_topic,
       .dlq_topic = conf->dlq_topic,
       .alerts_topic = conf->alerts_topic,
+      .changelog_topic = conf->changelog_topic,
       .config = config,
       .tick_interval_ms = conf->tick_interval_ms ? conf->tick_interval_ms : -1,
       .batch_max_events = conf->batch_max_events,

@@ -27,6 +27,8 @@ static void usage(FILE *out) {
           "  --batch-ms N            max ms per commit (default 100)\n"
           "  --config FILE           plans, prices, thresholds (default: built in)\n"
           "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"
+          "  --changelog-topic NAME  state changelog (default tally.changelog;\n"
+          "                          \"\" = none: moved partitions replay the input)\n"
           "  --tick-interval-ms N    write Tick events this often (default 60000, 0 = never)\n"
           "  --api-key-sha256 HEX    accept the API key with this SHA-256 (hex) as\n"
           "                          a bearer token; repeatable, adds to the config's\n"
@@ -49,6 +51,7 @@ int cmd_run(int argc, char **argv) {
       {"batch-ms", required_argument, NULL, 'm'},
       {"config", required_argument, NULL, 'c'},
       {"alerts-topic", required_argument, NULL, 'a'},
+      {"changelog-topic", required_argument, NULL, 'C'},
       {"tick-interval-ms", required_argument, NULL, 'T'},
       {"api-key-sha256", required_argument, NULL, 'K'},
       {"no-auth", no_argument, NULL, 'N'},
@@ -82,6 +85,7 @@ int cmd_run(int argc, char **argv) {
     case 'm': conf.batch_max_ms = atoi(optarg); break;
     case 'c': conf.config_path = optarg; break;
     case 'a': conf.alerts_topic = optarg; break;
+    case 'C': conf.changelog_topic = optarg; break;
     case 'T': conf.tick_interval_ms = atoll(optarg); break;
     case 'K':
       if (cli_serve_add_api_key(&conf, optarg))

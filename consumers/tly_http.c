@@ -193,27 +193,20 @@ static void respond_moving(response_t *out, int32_t partition,
 
 /* ---- state ----------------------------------------------------------- */
 
+/* Moves after every commit and every rebalance (what is current changes
+ * with the assignment), so cached answers never outlive either. */
 static uint64_t commit_count(void *opaque) {
   tly_processor_stats_t stats;
   tly_processor_stats(opaque, &stats);
-  return stats.batches_committed;
+  return stats.batches_committed + stats.rebalances;
 }
 
-static tly_partition_status_t *partition_snapshot(tly_http_t *http,
-                                                  size_t *count);
-
-/* The partitions this instance serves, as of one snapshot. */
-typedef struct {
-  tly_partition_status_t *status;
-  size_t count;
-  int rebalancing;
-} served_t;
-
-static int partition_served(void *opaque, int32_t partition) {
-  const served_t *served = opaque;
-  return !served->rebalancing && served->status && partition >= 0 &&
-         (size_t)partition < served->count &&
-         tly_members_caught_up(&served->status[partition]);
+/* Whether this instance serves the partition: assigned here, caught up,
+ * and no rebalance under way (tly_processor_partition_role). One lock, no
+ * copy: it runs on every subject read, the quota pre-check included. */
+static int partition_served(void *processor, int32_t partition) {
+  return tly_processor_partition_role(processor, partition) ==
+         TLY_PARTITION_SERVING;
 }
 
 /* The subject's committed state through the cache, read from the
@@ -224,24 +217,18 @@ static int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
                         tly_subject_state_t *state, response_t *out) {
   char errstr[512];
   int32_t partition_count = tly_processor_partition_count(http->conf.processor);
-  served_t served = {0};
-  served.rebalancing = tly_processor_rebalancing(http->conf.processor);
-  served.status = partition_snapshot(http, &served.count);
-  served.rebalancing |= tly_processor_rebalancing(http->conf.processor);
   int32_t home =
       tly_state_home_partition(partition_count, subject->kind, subject->id);
-  if (!partition_served(&served, home)) {
-    free(served.status);
+  if (!partition_served(http->conf.processor, home)) {
     memset(state, 0, sizeof(*state));
     respond_moving(out, home, NULL,
                    "this instance does not serve the subject's partition now");
     return -1;
   }
   int found = tly_state_cache_find(
-      http->cache, http->conf.store, partition_count, partition_served, &served,
-      commit_count, http->conf.processor, subject->kind, subject->id, state,
-      errstr, sizeof(errstr));
-  free(served.status);
+      http->cache, http->conf.store, partition_count, partition_served,
+      http->conf.processor, commit_count, http->conf.processor, subject->kind,
+      subject->id, state, errstr, sizeof(errstr));
   if (found < 0)
     respond_error(out, 500, "store_error", errstr);
   return found;
@@ -306,11 +293,14 @@ static int readiness(tly_http_t *http, json_t **detail) {
   free(status);
   int ready = !rebalancing && assigned > 0 && json_array_size(behind) == 0;
   if (detail) {
+    int32_t restoring = tly_processor_restoring(http->conf.processor);
     const char *reason =
-        rebalancing ? "rebalancing: partitions are being assigned"
-        : !assigned ? "no partitions assigned yet"
-                    : "replaying: partitions have not caught up with the "
-                      "log end seen when they were assigned";
+        restoring >= 0 ? "restoring: a partition's state is being read "
+                         "from the changelog"
+        : rebalancing  ? "rebalancing: partitions are being assigned"
+        : !assigned    ? "no partitions assigned yet"
+                       : "replaying: partitions have not caught up with the "
+                         "log end seen when they were assigned";
     *detail = ready ? json_pack("{s:s,s:I}", "status", "ready", "partitions",
                                 (json_int_t)assigned)
                     : json_pack("{s:s,s:s,s:O}", "status", "not_ready",
@@ -476,6 +466,26 @@ static void handle_metrics(tly_http_t *http, request_t *req,
               "acknowledged by Kafka.\n# TYPE tally_outbox_entries gauge\n"
               "tally_outbox_entries %llu\n",
               (unsigned long long)stats.outbox_pending);
+  text_append(&text,
+              "# HELP tally_replay_outputs_skipped_total Outputs of replayed "
+              "records found in the output topics by id and not sent "
+              "again.\n# TYPE tally_replay_outputs_skipped_total counter\n"
+              "tally_replay_outputs_skipped_total %llu\n",
+              (unsigned long long)stats.replay_skipped);
+  text_append(&text,
+              "# HELP tally_changelog_restores_total Partitions restored from "
+              "the state changelog.\n# TYPE tally_changelog_restores_total "
+              "counter\ntally_changelog_restores_total %llu\n"
+              "# HELP tally_changelog_restored_records_total Changelog "
+              "records read by those restores.\n# TYPE "
+              "tally_changelog_restored_records_total counter\n"
+              "tally_changelog_restored_records_total %llu\n"
+              "# HELP tally_changelog_restore_seconds_total Time those "
+              "restores took.\n# TYPE tally_changelog_restore_seconds_total "
+              "counter\ntally_changelog_restore_seconds_total %.3f\n",
+              (unsigned long long)stats.changelog_restores,
+              (unsigned long long)stats.changelog_restored_records,
+              (double)stats.changelog_restore_ms / 1000.0);
   tly_partition_status_t *status = partition_snapshot(http, &count);
   text_append(&text, "# HELP tally_partition_committed_offset Next input "
                      "offset committed to RocksDB.\n# TYPE "

@@ -324,15 +324,10 @@ int tly_members_caught_up(const tly_partition_status_t *status) {
 }
 
 int tly_members_serving_locally(tly_processor_t *processor, int32_t partition) {
-  size_t count = 0;
-  /* Read the flag on both sides of the snapshot, as /readyz does. */
-  if (tly_processor_rebalancing(processor))
-    return 0;
-  tly_partition_status_t *status = snapshot(processor, &count);
-  int serving = status && partition >= 0 && (size_t)partition < count &&
-                tly_members_caught_up(&status[partition]);
-  free(status);
-  return serving && !tly_processor_rebalancing(processor);
+  /* Assigned, caught up, and no rebalance under way: one lock, no copy of
+   * the partition table (this runs on every subject request). */
+  return tly_processor_partition_role(processor, partition) ==
+         TLY_PARTITION_SERVING;
 }
 
 /* ---- the thread ------------------------------------------------------- */

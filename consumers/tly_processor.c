@@ -25,12 +25,14 @@
 #include "tally_producer.h"
 #include "tly_alert.h"
 #include "tly_billing.h"
+#include "tly_changelog.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
 #include "tly_overlay.h"
+#include "tly_topics.h"
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -62,12 +64,39 @@ typedef struct {
   char *record;
   size_t record_len;
   outbox_state_t state;
+  /* A changelog bundle (tly_changelog.h) is many Kafka records: produced
+   * from cursor on, acknowledged when none is pending. */
+  int bundle;
+  size_t cursor, parts_pending;
+  /* Left by the previous run: held until the first assignment says which
+   * partitions are this instance's (see resolve_inherited). */
+  int inherited;
 } outbox_item_t;
 
 typedef struct {
   char *record;
   size_t record_len;
 } pending_output_t;
+
+typedef struct {
+  int64_t key;       /* the blob's first offset (its key after [p]) */
+  int64_t newest_ms; /* its newest event time */
+} blob_ref_t;
+
+/* Appends a blob reference; -1 when out of memory. */
+static int blob_track(blob_ref_t **blobs, size_t *count, size_t *cap,
+                      int64_t key, int64_t newest_ms) {
+  if (*count == *cap) {
+    size_t grown_cap = *cap ? *cap * 2 : 64;
+    blob_ref_t *grown = realloc(*blobs, grown_cap * sizeof(*grown));
+    if (!grown)
+      return -1;
+    *blobs = grown;
+    *cap = grown_cap;
+  }
+  (*blobs)[(*count)++] = (blob_ref_t){key, newest_ms};
+  return 0;
+}
 
 typedef struct {
   int assigned;
@@ -86,6 +115,10 @@ typedef struct {
   int64_t inflight_horizon;
   int64_t inflight_watermark; /* INT64_MIN: unchanged */
   int64_t replay_target; /* log end when assigned: caught up at this offset */
+  /* With the changelog: the stored dedupe blobs (key offset, newest event
+   * time), so each gets a changelog tombstone once the window passed it. */
+  blob_ref_t *blobs;
+  size_t blob_count, blob_cap;
 } partition_state_t;
 
 /* The batch being written: what its commit releases. */
@@ -190,6 +223,23 @@ struct tly_processor {
   int64_t *produced_ms;
   size_t produced_count, produced_cap;
 
+  /* Output ids already in the output topics, read when partitions were
+   * assigned that must replay what another instance may have folded (and
+   * published) before: an output of such a replay goes out only when its
+   * id is not here. NULL while no partition is replaying. */
+  json_t *replay_ids;
+  atomic_uint_least64_t rebalances, replay_skipped;
+  int inherited_held; /* outbox entries of the previous run wait */
+
+  /* The state changelog: NULL when disabled or the topic is not there;
+   * the open batch's records; scratch for expanding bundles. */
+  char *changelog_topic;
+  tly_changelog_bundle_t bundle;
+  unsigned char *changelog_scratch;
+  size_t changelog_scratch_cap;
+  atomic_uint_least64_t restores, restored_records, restore_ms;
+  _Atomic int32_t restoring; /* the partition being restored, or -1 */
+
   int fatal;
   char fatal_reason[1024];
 };
@@ -244,7 +294,14 @@ static int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
     p->outbox_cap = cap;
   }
   p->outbox[p->outbox_count++] =
-      (outbox_item_t){seq, record, record_len, OUTBOX_PENDING};
+      (outbox_item_t){seq,
+                      record,
+                      record_len,
+                      OUTBOX_PENDING,
+                      tly_changelog_is_bundle(record, record_len),
+                      0,
+                      0,
+                      0};
   atomic_store(&p->outbox_size, p->outbox_count);
   return 0;
 }
@@ -314,6 +371,21 @@ static void outbox_delivery_report(rd_kafka_t *rk,
     return; /* a lost tick is replaced by the next one */
   }
   outbox_item_t *item = outbox_find(p, (uint64_t)(uintptr_t)msg->_private);
+  if (item && item->bundle) {
+    /* A changelog record. A later commit's marker must never precede an
+     * earlier commit's records, so a lost one stops the processor: the
+     * restart publishes the bundle again, in order. */
+    if (msg->err) {
+      set_fatal(p, "changelog record of outbox entry %llu not written: %s",
+                (unsigned long long)item->seq, rd_kafka_err2str(msg->err));
+      return;
+    }
+    if (item->parts_pending)
+      item->parts_pending--;
+    if (item->state == OUTBOX_INFLIGHT && !item->parts_pending)
+      item->state = OUTBOX_ACKED;
+    return;
+  }
   if (!item || item->state != OUTBOX_INFLIGHT)
     return;
   if (!msg->err)
@@ -352,17 +424,89 @@ static int outbox_load_cb(void *opaque, const char *key, size_t key_len,
   return outbox_load(opaque, key, key_len, value, value_len);
 }
 
-/* Hands pending entries to the producer, in sequence order. */
+/* Produces a changelog bundle's records from where it stopped. 0 when
+ * all are produced, 1 when the producer's queue is full (retried on the
+ * next pass), -1 after setting the fatal reason. */
+static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
+  for (;;) {
+    tly_changelog_record_t record;
+    size_t cursor = item->cursor;
+    int more = tly_changelog_bundle_next(item->record, item->record_len,
+                                         &cursor, &p->changelog_scratch,
+                                         &p->changelog_scratch_cap, &record);
+    if (more < 0) {
+      set_fatal(p, "changelog bundle %llu is corrupt",
+                (unsigned long long)item->seq);
+      return -1;
+    }
+    if (!more)
+      break;
+    /* A tombstone carries its reflected offset in a header (its value must
+     * be null for compaction to drop the key). */
+    rd_kafka_headers_t *headers = NULL;
+    if (!record.value) {
+      unsigned char offset[8];
+      tly_put_be64(offset, (uint64_t)record.offset);
+      headers = rd_kafka_headers_new(1);
+      rd_kafka_header_add(headers, TLY_CHANGELOG_OFFSET_HEADER, -1, offset,
+                          sizeof(offset));
+    }
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        p->producer, RD_KAFKA_V_TOPIC(p->changelog_topic),
+        RD_KAFKA_V_PARTITION(record.partition),
+        RD_KAFKA_V_KEY(record.key, record.key_len),
+        RD_KAFKA_V_VALUE((void *)record.value, record.value_len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_HEADERS(headers),
+        RD_KAFKA_V_OPAQUE((void *)(uintptr_t)item->seq), RD_KAFKA_V_END);
+    if (err && headers)
+      rd_kafka_headers_destroy(headers);
+    if (err) {
+      if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        tly_log(TLY_LOG_WARN, "outbox", "produce to %s: %s", p->changelog_topic,
+                rd_kafka_err2str(err));
+      return 1;
+    }
+    item->cursor = cursor;
+    item->parts_pending++;
+  }
+  item->state = item->parts_pending ? OUTBOX_INFLIGHT : OUTBOX_ACKED;
+  return 0;
+}
+
+/* Hands pending entries to the producer, in sequence order. A changelog
+ * bundle waits until every entry before it was acknowledged, so the
+ * changelog never runs ahead of the outputs: when a commit is in the
+ * changelog, its outputs and all earlier ones are in Kafka, and whoever
+ * restores past it needs none of them again. */
 static void outbox_publish(tly_processor_t *p) {
-  for (size_t i = 0; i < p->outbox_count; i++) {
+  /* Before i: outputs not yet acknowledged, or bundles not yet produced
+   * (produced bundles are ahead in the producer's per-partition order). */
+  size_t unacked = 0;
+  for (size_t i = 0; i < p->outbox_count;
+       unacked += p->outbox[i].state == OUTBOX_PENDING ||
+                  (p->outbox[i].state == OUTBOX_INFLIGHT &&
+                   !p->outbox[i].bundle),
+              i++) {
     outbox_item_t *item = &p->outbox[i];
     tly_outbox_record_t record;
     char topic[256];
     rd_kafka_headers_t *headers;
     rd_kafka_resp_err_t err;
 
-    if (item->state != OUTBOX_PENDING)
+    if (item->state != OUTBOX_PENDING || (item->inherited && p->inherited_held))
       continue;
+    if (item->bundle) {
+      if (unacked)
+        continue;
+      if (!p->changelog_topic) {
+        item->state = OUTBOX_ACKED; /* changelog off since: drop it */
+        continue;
+      }
+      if (publish_bundle(p, item))
+        return; /* queue full (retried next pass) or fatal */
+      continue;
+    }
     if (tly_outbox_decode(item->record, item->record_len, &record) ||
         record.topic_len >= sizeof(topic)) {
       set_fatal(p, "outbox entry %llu is corrupt",
@@ -419,6 +563,21 @@ static int batch_has_work(tly_processor_t *p) {
   for (size_t i = 0; i < p->ack_count; i++)
     if (p->acks[i].dirty)
       return 1;
+  return 0;
+}
+
+/* Takes record (malloc'd, already in outbox form) as an output of the
+ * open batch. 0, or -1 when out of memory (record stays the caller's). */
+static int add_raw_output(tly_processor_t *p, char *record, size_t len) {
+  if (p->output_count == p->output_cap) {
+    size_t cap = p->output_cap ? p->output_cap * 2 : 16;
+    pending_output_t *grown = realloc(p->outputs, cap * sizeof(*grown));
+    if (!grown)
+      return -1;
+    p->outputs = grown;
+    p->output_cap = cap;
+  }
+  p->outputs[p->output_count++] = (pending_output_t){record, len};
   return 0;
 }
 
@@ -509,12 +668,23 @@ static size_t history_key(const tly_overlay_entry_t *entry, char tag,
   return entry->key_len + 2 + suffix_len;
 }
 
+/* A state put of the open batch, for the changelog too (keys start with
+ * their partition). */
+static void changelog_put(tly_processor_t *p, char kind, const void *key,
+                          size_t key_len, const void *value, size_t value_len) {
+  if (p->changelog_topic && key_len >= 4)
+    tly_changelog_bundle_add(&p->bundle,
+                             (int32_t)tly_get_be32((const unsigned char *)key),
+                             kind, key, key_len, value, value_len);
+}
+
 /* Puts a history value: [expires_at, 8 bytes BE] then what p->record holds
  * from offset 8 (len bytes in all). */
 static void put_history(tly_processor_t *p, const char *key, size_t key_len,
                         int64_t expires_at_ms, size_t len) {
   tly_put_be64(p->record, (uint64_t)expires_at_ms);
   tly_store_batch_put(p->batch, TLY_CF_USAGE, key, key_len, p->record, len);
+  changelog_put(p, TLY_CHANGELOG_USAGE, key, key_len, p->record, len);
 }
 
 /* Writes every bucket the entry holds of hour to the hour's own key. */
@@ -603,6 +773,8 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
                               bucket_count, p->record, len);
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
                         p->record, len);
+    changelog_put(p, TLY_CHANGELOG_ACCOUNT, entry->key, entry->key_len,
+                  p->record, len);
     /* Hours that are no longer the newest go to keys of their own (each
      * once, however many of its buckets need it). */
     for (size_t i = 0; i < entry->bucket_count; i++) {
@@ -732,6 +904,68 @@ static void mark_dirty(tly_processor_t *p, tly_overlay_entry_t *entry) {
  * is folded. Returns 0, or -1 after setting the fatal reason.
  */
 static int batch_wait(tly_processor_t *p);
+static void end_replay(tly_processor_t *p);
+
+/* Blobs the dedupe window has passed (the store's compaction filter drops
+ * them by the same horizon) get a changelog tombstone in this commit, so a
+ * compacted changelog does not keep every event id forever. */
+static void changelog_expire_blobs(tly_processor_t *p) {
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    partition_state_t *part = &p->partitions[i];
+    if (!part->watermark_dirty ||
+        part->watermark <= INT64_MIN + p->billing.dedupe_window_ms)
+      continue;
+    int64_t horizon = part->watermark - p->billing.dedupe_window_ms;
+    size_t kept = 0;
+    for (size_t b = 0; b < part->blob_count; b++) {
+      unsigned char key[12];
+      if (part->blobs[b].newest_ms >= horizon) {
+        part->blobs[kept++] = part->blobs[b];
+        continue;
+      }
+      tly_put_be32(key, (uint32_t)i);
+      tly_put_be64(key + 4, (uint64_t)part->blobs[b].key);
+      tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_DEDUPE, key,
+                                  sizeof(key));
+    }
+    part->blob_count = kept;
+  }
+}
+
+/* The batch's changelog records and a marker per partition it folded, as
+ * one outbox entry (one RocksDB put for the lot; the publisher expands it
+ * into Kafka records). 0, or -1 after setting the fatal reason. */
+static int changelog_finish(tly_processor_t *p) {
+  tly_changelog_marker_t *markers = NULL;
+  size_t count = 0;
+  if (!p->changelog_topic)
+    return 0;
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    count += p->partitions[i].batch_next >= 0;
+  if (!count && !p->bundle.count)
+    return 0;
+  markers = malloc((count ? count : 1) * sizeof(*markers));
+  if (!markers) {
+    set_fatal(p, "out of memory writing the changelog");
+    return -1;
+  }
+  count = 0;
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    if (p->partitions[i].batch_next >= 0)
+      markers[count++] = (tly_changelog_marker_t){
+          i, p->partitions[i].batch_next, p->partitions[i].watermark};
+  char *bundle = NULL;
+  size_t bundle_len = 0;
+  int failed = tly_changelog_bundle_finish(&p->bundle, markers, count, &bundle,
+                                           &bundle_len);
+  free(markers);
+  if (failed || add_raw_output(p, bundle, bundle_len)) {
+    free(bundle);
+    set_fatal(p, "out of memory writing the changelog");
+    return -1;
+  }
+  return 0;
+}
 
 static int batch_submit(tly_processor_t *p) {
   char meta_key[256];
@@ -793,7 +1027,18 @@ static int batch_submit(tly_processor_t *p) {
     tly_put_be32((unsigned char *)meta_key, (uint32_t)i);
     tly_put_be64((unsigned char *)meta_key + 4, (uint64_t)part->dedupe_key);
     tly_store_batch_put(p->batch, TLY_CF_DEDUPE, meta_key, 12, blob, blob_len);
+    changelog_put(p, TLY_CHANGELOG_DEDUPE, meta_key, 12, blob, blob_len);
+    if (p->changelog_topic && blob_len >= 8 &&
+        blob_track(&part->blobs, &part->blob_count, &part->blob_cap,
+                   part->dedupe_key, (int64_t)tly_get_be64(blob))) {
+      set_fatal(p, "out of memory tracking dedupe blobs");
+      return -1;
+    }
   }
+  if (p->changelog_topic)
+    changelog_expire_blobs(p);
+  if (changelog_finish(p))
+    return -1;
   for (size_t i = 0; i < p->output_count; i++) {
     tly_put_be64(seq_key, first_seq + i);
     tly_store_batch_put(p->batch, TLY_CF_OUTBOX, seq_key, sizeof(seq_key),
@@ -1020,6 +1265,7 @@ static int batch_wait(tly_processor_t *p) {
     part->inflight_watermark = INT64_MIN;
   }
   pthread_mutex_unlock(&p->lock);
+  end_replay(p);
   atomic_fetch_add(&p->events_folded, flight->events);
   atomic_fetch_add(&p->batches_committed, 1);
   record_visible(p, flight);
@@ -1065,6 +1311,27 @@ static int add_output(tly_processor_t *p, const tly_outbox_record_t *record) {
   return 0;
 }
 
+/*
+ * The replay rule of DESIGN.md: a record below its partition's replay
+ * target may have been folded by another instance already (the partition
+ * moved here and back, or this instance rebuilds it from an older state),
+ * and that instance published its outputs. Such an output is checked
+ * against the output topics by id instead of re-sent: 1 when it is there
+ * already (drop it), 0 to send it (its id is remembered, so it goes once).
+ */
+static int replay_already_sent(tly_processor_t *p, int32_t partition,
+                               int64_t offset, const char *id) {
+  if (!p->replay_ids || partition < 0 || partition >= p->partition_cap ||
+      offset >= p->partitions[partition].replay_target)
+    return 0;
+  if (json_object_get(p->replay_ids, id)) {
+    atomic_fetch_add(&p->replay_skipped, 1);
+    return 1;
+  }
+  json_object_set_new(p->replay_ids, id, json_true());
+  return 0;
+}
+
 /* An input record that cannot be folded goes to the dead-letter topic with
  * the reason and where it came from; the loop goes on. */
 static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
@@ -1077,6 +1344,8 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
   snprintf(offset, sizeof(offset), "%lld", (long long)msg->offset);
   snprintf(output_id, sizeof(output_id), "dlq:%s:%d:%lld", topic,
            (int)msg->partition, (long long)msg->offset);
+  if (replay_already_sent(p, msg->partition, msg->offset, output_id))
+    return;
   record.topic = p->dlq_topic;
   record.topic_len = strlen(p->dlq_topic);
   record.key = msg->key;
@@ -1145,8 +1414,15 @@ static void queue_alerts(tly_processor_t *p) {
     record.headers[0] = (tly_outbox_header_t){"tally.output.id", alert->alert_id,
                                               strlen(alert->alert_id)};
     record.headers[1] = (tly_outbox_header_t){"tally.alert.type", type, strlen(type)};
-    record.header_count = 2;
-    if (add_output(p, &record))
+    char source[16];
+    snprintf(source, sizeof(source), "%d", (int)p->view_partition);
+    record.headers[2] = (tly_outbox_header_t){"tally.source.partition", source,
+                                              strlen(source)};
+    record.header_count = 3;
+    /* The alert history is state and is written either way. */
+    int sent = replay_already_sent(p, p->view_partition, p->view_offset,
+                                   alert->alert_id);
+    if (!sent && add_output(p, &record))
       set_fatal(p, "out of memory queueing an alert");
     else if (record_alert(p, alert, value, value_len))
       set_fatal(p, "out of memory recording an alert");
@@ -1643,13 +1919,22 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
 typedef struct {
   tly_dedupe_t *dedupe;
   int failed;
+  int track; /* with the changelog: list the blobs */
+  blob_ref_t *blobs;
+  size_t blob_count, blob_cap;
 } dedupe_load_t;
 
 static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
                             const char *value, size_t value_len) {
   dedupe_load_t *load = opaque;
-  (void)key, (void)key_len;
   load->failed = tly_dedupe_load(load->dedupe, value, value_len) != 0;
+  if (!load->failed && load->track && key_len == 12 && value_len >= 8)
+    load->failed = blob_track(&load->blobs, &load->blob_count,
+                              &load->blob_cap,
+                              (int64_t)tly_get_be64((const unsigned char *)key +
+                                                    4),
+                              (int64_t)tly_get_be64(
+                                  (const unsigned char *)value)) != 0;
   return load->failed;
 }
 
@@ -1657,14 +1942,14 @@ static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
  * compaction filter has not dropped yet); NULL after setting the fatal
  * reason. */
 static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
-                                 int64_t watermark) {
+                                 int64_t watermark, dedupe_load_t *load_out) {
   char errstr[512] = "", prefix[4];
   tly_dedupe_t *dedupe = tly_dedupe_new();
   if (!dedupe) {
     set_fatal(p, "out of memory loading event ids");
     return NULL;
   }
-  dedupe_load_t load = {dedupe, 0};
+  dedupe_load_t load = {dedupe, 0, p->changelog_topic != NULL, NULL, 0, 0};
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE, prefix, 4,
                             load_dedupe_blob, &load, errstr,
@@ -1674,11 +1959,134 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
               load.failed ? "a stored dedupe record is corrupt or memory ran out"
                           : errstr);
     tly_dedupe_free(dedupe);
+    free(load.blobs);
     return NULL;
   }
   if (watermark > INT64_MIN + p->billing.dedupe_window_ms)
     tly_dedupe_expire(dedupe, watermark - p->billing.dedupe_window_ms);
+  *load_out = load;
   return dedupe;
+}
+
+static rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
+                                   const char *const *defaults, char *errstr,
+                                   size_t errstr_size);
+
+static size_t watermark_key(int32_t partition, char *out) {
+  memcpy(out, META_WATERMARK, sizeof(META_WATERMARK) - 1);
+  tly_put_be32((unsigned char *)out + sizeof(META_WATERMARK) - 1,
+               (uint32_t)partition);
+  return sizeof(META_WATERMARK) - 1 + 4;
+}
+
+/*
+ * Whether to restore partition from the changelog rather than replay the
+ * input from what this store holds (found, stored): when the store holds
+ * nothing of it, or when the changelog partition is shorter than the
+ * input's tail to replay. A changelog that no longer starts at 0 (records
+ * expired: the embedded broker keeps ~5 MiB per partition) would miss
+ * state, so it is not used. 1 restore, 0 not, -1 fatal set.
+ */
+static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
+                            int64_t stored, int64_t high, int64_t *end) {
+  int64_t low = -1;
+  *end = -1;
+  if (!p->changelog_topic || (found && stored >= high))
+    return 0;
+  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+  for (int attempt = 0; attempt < 10 && err; attempt++)
+    err = rd_kafka_query_watermark_offsets(p->consumer, p->changelog_topic,
+                                           partition, &low, end, 5000);
+  if (err) {
+    set_fatal(p, "changelog partition %d: cannot read its bounds: %s",
+              (int)partition, rd_kafka_err2str(err));
+    return -1;
+  }
+  if (*end <= low)
+    return 0;
+  if (low > 0) {
+    tly_log(TLY_LOG_WARN, "processor",
+            "changelog partition %d starts at %lld, not 0 (records expired): "
+            "replaying the input instead",
+            (int)partition, (long long)low);
+    return 0;
+  }
+  return !found || high - stored > *end - low;
+}
+
+/*
+ * Restores partition from changelog records 0..end-1 (tly_changelog.h),
+ * then stores the offset and watermark the restored state reflects in one
+ * synced commit. *found and *stored become what the store now holds.
+ * 0, or -1 after setting the fatal reason.
+ */
+static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
+                             int *found, int64_t *stored) {
+  char errstr[512], kafka_err[512], wm_key[16];
+  unsigned char wm_value[8];
+  const char *defaults[] = {
+      "group.id=tally-restore",      "enable.auto.commit=false",
+      "enable.partition.eof=true",   "max.partition.fetch.bytes=10485760",
+      "queued.min.messages=1000000",
+      /* at the end, an empty fetch must not hold the next one back */
+      "fetch.wait.max.ms=10", NULL};
+  tly_changelog_restore_t result;
+  rd_kafka_conf_t *kconf =
+      kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
+  rd_kafka_t *reader = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
+                                            sizeof(kafka_err))
+                             : NULL;
+  if (!reader) {
+    if (kconf)
+      rd_kafka_conf_destroy(kconf);
+    set_fatal(p, "restoring partition %d: %s", (int)partition,
+              kconf ? kafka_err : errstr);
+    return -1;
+  }
+  atomic_store(&p->restoring, partition);
+  int rc =
+      tly_changelog_restore(p->store, reader, p->changelog_topic, partition, 0,
+                            end, &result, errstr, sizeof(errstr));
+  atomic_store(&p->restoring, -1);
+  rd_kafka_consumer_close(reader);
+  rd_kafka_destroy(reader);
+  if (rc < 0) {
+    set_fatal(p, "restoring partition %d from %s: %s", (int)partition,
+              p->changelog_topic, errstr);
+    return -1;
+  }
+  tly_store_batch_t *batch = tly_store_batch_new();
+  if (!batch) {
+    set_fatal(p, "out of memory restoring partition %d", (int)partition);
+    return -1;
+  }
+  size_t wm_len = watermark_key(partition, wm_key);
+  if (rc == 1) {
+    tly_store_batch_set_offset(batch, partition, result.next_offset);
+    tly_put_be64(wm_value, (uint64_t)result.watermark_ms);
+    tly_store_batch_put(batch, TLY_CF_META, wm_key, wm_len, wm_value, 8);
+  } else {
+    tly_store_batch_delete(batch, TLY_CF_META, wm_key, wm_len);
+  }
+  int failed = tly_store_commit(p->store, batch, 1, errstr, sizeof(errstr));
+  tly_store_batch_destroy(batch);
+  if (failed) {
+    set_fatal(p, "storing restored partition %d: %s", (int)partition, errstr);
+    return -1;
+  }
+  *found = rc == 1;
+  *stored = rc == 1 ? result.next_offset : -1;
+  atomic_fetch_add(&p->restores, 1);
+  atomic_fetch_add(&p->restored_records, result.records);
+  atomic_fetch_add(&p->restore_ms, (uint64_t)result.elapsed_ms);
+  tly_log(TLY_LOG_INFO, "processor",
+          "partition %d: restored from %s in %lld ms: %llu records read, "
+          "%llu written, %llu subjects, state as of offset %lld",
+          (int)partition, p->changelog_topic, (long long)result.elapsed_ms,
+          (unsigned long long)result.records,
+          (unsigned long long)result.applied,
+          (unsigned long long)result.accounts, (long long)result.next_offset);
+  return 0;
 }
 
 /*
@@ -1706,6 +2114,23 @@ static int resume_offsets(tly_processor_t *p,
     if (err) {
       set_fatal(p, "partition %d: cannot read the log's bounds: %s",
                 (int)part->partition, rd_kafka_err2str(err));
+      return -1;
+    }
+    /* No state here, or stale state: restore from the changelog when that
+     * is shorter than replaying the input (then only the tail is
+     * replayed). A store with no offset for the partition may still hold
+     * the remains of an interrupted restore: wipe them. */
+    int64_t changelog_end;
+    int restore = changelog_wanted(p, part->partition, found, stored, high,
+                                   &changelog_end);
+    if (restore < 0 ||
+        (restore &&
+         restore_partition(p, part->partition, changelog_end, &found, &stored)))
+      return -1;
+    if (!found && tly_changelog_wipe_partition(p->store, part->partition,
+                                               errstr, sizeof(errstr))) {
+      set_fatal(p, "partition %d: wiping state: %s", (int)part->partition,
+                errstr);
       return -1;
     }
     if (found && stored < low) {
@@ -1737,12 +2162,9 @@ static int resume_offsets(tly_processor_t *p,
     char wm_key[16], *wm_value = NULL;
     size_t wm_len = 0;
     int64_t watermark = INT64_MIN;
-    memcpy(wm_key, META_WATERMARK, sizeof(META_WATERMARK) - 1);
-    tly_put_be32((unsigned char *)wm_key + sizeof(META_WATERMARK) - 1,
-                 (uint32_t)part->partition);
-    int wm_found = tly_store_get(p->store, TLY_CF_META, wm_key,
-                                 sizeof(META_WATERMARK) - 1 + 4, &wm_value,
-                                 &wm_len, errstr, sizeof(errstr));
+    size_t wm_key_len = watermark_key(part->partition, wm_key);
+    int wm_found = tly_store_get(p->store, TLY_CF_META, wm_key, wm_key_len,
+                                 &wm_value, &wm_len, errstr, sizeof(errstr));
     if (wm_found < 0) {
       set_fatal(p, "reading the watermark: %s", errstr);
       return -1;
@@ -1754,15 +2176,23 @@ static int resume_offsets(tly_processor_t *p,
       tly_store_set_horizon(p->store, TLY_CF_DEDUPE, part->partition,
                             watermark - p->billing.dedupe_window_ms);
     tly_store_set_horizon(p->store, TLY_CF_USAGE, part->partition, watermark);
-    tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark);
+    dedupe_load_t loaded;
+    tly_dedupe_t *dedupe =
+        load_dedupe(p, part->partition, watermark, &loaded);
     if (!dedupe)
       return -1;
     pthread_mutex_lock(&p->lock);
     if (ensure_partitions(p, part->partition + 1) == 0) {
-      tly_dedupe_free(p->partitions[part->partition].dedupe);
-      p->partitions[part->partition].dedupe = dedupe;
-      p->partitions[part->partition].dedupe_key = -1;
+      partition_state_t *state = &p->partitions[part->partition];
+      tly_dedupe_free(state->dedupe);
+      state->dedupe = dedupe;
+      state->dedupe_key = -1;
       dedupe = NULL;
+      free(state->blobs);
+      state->blobs = loaded.blobs;
+      state->blob_count = loaded.blob_count;
+      state->blob_cap = loaded.blob_cap;
+      loaded.blobs = NULL;
       p->partitions[part->partition].assigned = 1;
       p->partitions[part->partition].committed = found ? stored : -1;
       p->partitions[part->partition].batch_next = -1;
@@ -1773,6 +2203,7 @@ static int resume_offsets(tly_processor_t *p,
     }
     pthread_mutex_unlock(&p->lock);
     tly_dedupe_free(dedupe);
+    free(loaded.blobs);
     if (part->partition + 1 > atomic_load(&p->partition_count))
       atomic_store(&p->partition_count, part->partition + 1);
     tly_log(TLY_LOG_INFO, "processor",
@@ -1784,12 +2215,317 @@ static int resume_offsets(tly_processor_t *p,
   return 0;
 }
 
+static int collect_output_ids(tly_processor_t *p, const char *topic,
+                              int64_t from_time_ms, json_t *ids, char *errstr,
+                              size_t errstr_size);
+
+/* The tally.output.id of an output entry, as text in id; 0 when it has
+ * none (a changelog bundle, or corrupt). */
+static int outbox_output_id(const outbox_item_t *item, char *id,
+                            size_t size) {
+  tly_outbox_record_t record;
+  if (item->bundle ||
+      tly_outbox_decode(item->record, item->record_len, &record))
+    return 0;
+  for (size_t h = 0; h < record.header_count; h++) {
+    if (record.header_name_len[h] != strlen("tally.output.id") ||
+        memcmp(record.headers[h].name, "tally.output.id",
+               record.header_name_len[h]))
+      continue;
+    snprintf(id, size, "%.*s", (int)record.headers[h].value_len,
+             record.headers[h].value);
+    return 1;
+  }
+  return 0;
+}
+
+/* Outputs are published after the input record they come from was
+ * produced; input timestamps are the producers' clocks, hence a margin. */
+#define REPLAY_CLOCK_MARGIN_MS (60LL * 60 * 1000)
+
+/* Whether the broker answers offset lookups by time: asked of a replaying
+ * (so non-empty) input partition for time 0, which a broker that can
+ * answers with its first offset. librdkafka 2.0.2's mock answers -1. */
+static int time_lookups(tly_processor_t *p) {
+  int32_t partition = -1;
+  pthread_mutex_lock(&p->lock);
+  for (int32_t i = 0; i < p->partition_cap && partition < 0; i++)
+    if (p->partitions[i].assigned &&
+        (p->partitions[i].committed < 0 ? 0 : p->partitions[i].committed) <
+            p->partitions[i].replay_target)
+      partition = i;
+  pthread_mutex_unlock(&p->lock);
+  if (partition < 0)
+    return 0;
+  rd_kafka_topic_partition_list_t *at = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(at, p->usage_topic, partition)->offset = 0;
+  int answered = !rd_kafka_offsets_for_times(p->consumer, at, 5000) &&
+                 !at->elems[0].err && at->elems[0].offset >= 0;
+  rd_kafka_topic_partition_list_destroy(at);
+  return answered;
+}
+
+/*
+ * Where the output topics need reading from for the replay: the earliest
+ * Kafka timestamp of the first record each replaying partition will fold,
+ * less a margin for clocks. 0 (read from the log start) when a partition
+ * cannot tell within a few seconds.
+ */
+static int64_t replay_start_time(tly_processor_t *p) {
+  char errstr[512], kafka_err[512];
+  const char *defaults[] = {"group.id=tally-replay-start",
+                            "enable.auto.commit=false",
+                            "enable.partition.eof=true",
+                            "fetch.wait.max.ms=10",
+                            "max.partition.fetch.bytes=1048576", NULL};
+  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(8);
+  pthread_mutex_lock(&p->lock);
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    const partition_state_t *part = &p->partitions[i];
+    if (part->assigned &&
+        (part->committed < 0 ? 0 : part->committed) < part->replay_target)
+      rd_kafka_topic_partition_list_add(parts, p->usage_topic, i)->offset =
+          part->committed < 0 ? 0 : part->committed;
+  }
+  pthread_mutex_unlock(&p->lock);
+  rd_kafka_conf_t *kconf = kafka_conf(&p->conf, defaults, errstr,
+                                      sizeof(errstr));
+  rd_kafka_t *reader =
+      kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
+                           sizeof(kafka_err))
+            : NULL;
+  if (!reader) {
+    if (kconf)
+      rd_kafka_conf_destroy(kconf);
+    rd_kafka_topic_partition_list_destroy(parts);
+    return 0;
+  }
+  int pending = parts->cnt;
+  int64_t earliest = INT64_MAX;
+  int64_t deadline = tly_monotonic_ms() + 5000;
+  if (rd_kafka_assign(reader, parts))
+    pending = -1;
+  while (pending > 0 && tly_monotonic_ms() < deadline) {
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(reader, 100);
+    if (!msg)
+      continue;
+    rd_kafka_topic_partition_t *part =
+        rd_kafka_topic_partition_list_find(parts, p->usage_topic,
+                                           msg->partition);
+    if (part && part->offset != RD_KAFKA_OFFSET_INVALID) {
+      rd_kafka_timestamp_type_t type;
+      int64_t produced = msg->err ? -1 : rd_kafka_message_timestamp(msg, &type);
+      if (!msg->err && produced > 0 && produced < earliest)
+        earliest = produced;
+      if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF || produced > 0) {
+        part->offset = RD_KAFKA_OFFSET_INVALID; /* answered */
+        pending--;
+      } else {
+        pending = -1; /* no timestamp, or an error: read it all */
+      }
+    }
+    rd_kafka_message_destroy(msg);
+  }
+  rd_kafka_consumer_close(reader);
+  rd_kafka_destroy(reader);
+  rd_kafka_topic_partition_list_destroy(parts);
+  if (pending != 0 || earliest == INT64_MAX ||
+      earliest <= REPLAY_CLOCK_MARGIN_MS)
+    return 0;
+  return earliest - REPLAY_CLOCK_MARGIN_MS;
+}
+
+/*
+ * Partitions assigned behind their log end replay records that another
+ * instance may have folded and published the outputs of: read the output
+ * topics from the time the first replayed record was produced (less a
+ * margin; whole on the embedded broker, which cannot look offsets up by
+ * time) into p->replay_ids before folding any of it. 0, or -1 after
+ * setting the fatal reason: replaying blind could publish outputs twice.
+ */
+static int prepare_replay(tly_processor_t *p) {
+  char errstr[512];
+  int replaying = 0;
+  pthread_mutex_lock(&p->lock);
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    const partition_state_t *part = &p->partitions[i];
+    if (part->assigned &&
+        (part->committed < 0 ? 0 : part->committed) < part->replay_target)
+      replaying++;
+  }
+  pthread_mutex_unlock(&p->lock);
+  json_decref(p->replay_ids);
+  p->replay_ids = NULL;
+  if (!replaying)
+    return 0;
+  json_t *ids = json_object();
+  if (!ids) {
+    set_fatal(p, "out of memory preparing a replay");
+    return -1;
+  }
+  int64_t started = tly_monotonic_ms();
+  int64_t from_ms = time_lookups(p) ? replay_start_time(p) : 0;
+  if (collect_output_ids(p, p->alerts_topic, from_ms, ids, errstr,
+                         sizeof(errstr)) ||
+      collect_output_ids(p, p->dlq_topic, from_ms, ids, errstr,
+                         sizeof(errstr))) {
+    json_decref(ids);
+    set_fatal(p, "replaying %d partitions: %s", replaying, errstr);
+    return -1;
+  }
+  size_t in_kafka = json_object_size(ids);
+  /* So are the outputs still in this instance's outbox: a restore from the
+   * changelog may start the replay below what this instance had committed
+   * (and has yet to publish). */
+  for (size_t i = 0; i < p->outbox_count; i++) {
+    char id[512];
+    if ((p->outbox[i].state == OUTBOX_PENDING ||
+         p->outbox[i].state == OUTBOX_INFLIGHT) &&
+        outbox_output_id(&p->outbox[i], id, sizeof(id)))
+      json_object_set_new(ids, id, json_true());
+  }
+  tly_log(TLY_LOG_INFO, "processor",
+          "replay of %d partitions: %zu outputs already in Kafka (read in "
+          "%lld ms) and %zu in the outbox are checked by id instead of "
+          "re-sent",
+          replaying, in_kafka, (long long)(tly_monotonic_ms() - started),
+          json_object_size(ids) - in_kafka);
+  p->replay_ids = ids;
+  return 0;
+}
+
+/* Drops the replay ids once every assigned partition has caught up. */
+static void end_replay(tly_processor_t *p) {
+  if (!p->replay_ids)
+    return;
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    const partition_state_t *part = &p->partitions[i];
+    if (part->assigned &&
+        (part->committed < 0 ? 0 : part->committed) < part->replay_target)
+      return;
+  }
+  json_decref(p->replay_ids);
+  p->replay_ids = NULL;
+  tly_log(TLY_LOG_INFO, "processor", "replay done: every partition caught up");
+}
+
+/*
+ * Before partitions go: publish what the outbox holds and wait (bounded)
+ * for Kafka's acknowledgements, so the next owner's replay finds this
+ * instance's outputs in the topics instead of sending them a second time.
+ */
+static void drain_outbox(tly_processor_t *p) {
+  int64_t deadline = tly_monotonic_ms() + 10000;
+  for (;;) {
+    int waiting = 0;
+    outbox_publish(p);
+    for (size_t i = 0; i < p->outbox_count; i++)
+      waiting |= p->outbox[i].state == OUTBOX_PENDING ||
+                 p->outbox[i].state == OUTBOX_INFLIGHT;
+    if (!waiting || p->fatal)
+      break;
+    if (tly_monotonic_ms() > deadline) {
+      tly_log(TLY_LOG_WARN, "processor",
+              "rebalance: outbox not acknowledged within 10 s; the next owner "
+              "may send some outputs again");
+      break;
+    }
+    rd_kafka_flush(p->producer, 100);
+  }
+  batch_commit(p); /* the deletes of what was acknowledged */
+}
+
+static int reconcile_outbox(tly_processor_t *p, char *errstr,
+                            size_t errstr_size);
+
+/* The input partition an output came from (header tally.source.partition;
+ * -1 when it has none: older entries). */
+static int32_t output_source_partition(const outbox_item_t *item) {
+  tly_outbox_record_t record;
+  if (tly_outbox_decode(item->record, item->record_len, &record))
+    return -1;
+  for (size_t h = 0; h < record.header_count; h++) {
+    char text[16];
+    if (record.header_name_len[h] != strlen("tally.source.partition") ||
+        memcmp(record.headers[h].name, "tally.source.partition",
+               record.header_name_len[h]) ||
+        record.headers[h].value_len >= sizeof(text))
+      continue;
+    memcpy(text, record.headers[h].value, record.headers[h].value_len);
+    text[record.headers[h].value_len] = '\0';
+    return (int32_t)atoi(text);
+  }
+  return -1;
+}
+
+static int partition_assigned_here(void *opaque, int32_t partition) {
+  tly_processor_t *p = opaque;
+  return partition >= 0 && partition < p->partition_cap &&
+         p->partitions[partition].assigned;
+}
+
+/*
+ * The outbox a previous run left, at the first assignment. Outputs Kafka
+ * already holds are dropped (the recovery reconciliation of DESIGN.md). Of
+ * the others, those of partitions now assigned elsewhere are dropped too,
+ * with their changelog records: that run's changelog bundles were held
+ * behind its unacknowledged outputs, so the new owner restores from before
+ * those records and replays them, sending each output that is missing;
+ * sending it from here as well could duplicate it. 0, or -1 after setting
+ * the fatal reason.
+ */
+static int resolve_inherited(tly_processor_t *p) {
+  char errstr[1024];
+  size_t dropped = 0;
+  if (reconcile_outbox(p, errstr, sizeof(errstr))) {
+    set_fatal(p, "recovery: %s", errstr);
+    return -1;
+  }
+  for (size_t i = 0; i < p->outbox_count; i++) {
+    outbox_item_t *item = &p->outbox[i];
+    if (!item->inherited || item->state != OUTBOX_PENDING)
+      continue;
+    if (!item->bundle) {
+      int32_t source = output_source_partition(item);
+      if (source >= 0 && !partition_assigned_here(p, source)) {
+        item->state = OUTBOX_ACKED; /* deleted with the next commit */
+        dropped++;
+      }
+      continue;
+    }
+    char *kept = NULL;
+    size_t kept_len = 0;
+    if (tly_changelog_bundle_filter(item->record, item->record_len,
+                                    partition_assigned_here, p, &kept,
+                                    &kept_len)) {
+      set_fatal(p, "outbox entry %llu: corrupt changelog bundle",
+                (unsigned long long)item->seq);
+      return -1;
+    }
+    free(item->record); /* the stored entry stays whole until deleted */
+    item->record = kept;
+    item->record_len = kept_len;
+  }
+  for (size_t i = 0; i < p->outbox_count; i++)
+    p->outbox[i].inherited = 0;
+  p->inherited_held = 0;
+  tly_log(TLY_LOG_INFO, "processor",
+          "recovery: %zu outputs left by the previous run belong to "
+          "partitions now assigned elsewhere: dropped (their owner replays "
+          "them)",
+          dropped);
+  return 0;
+}
+
 static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
                       rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *parts) {
   /* Whatever happens next, what was folded so far is committed first; the
    * cache goes, since partitions that come back may have moved meanwhile. */
   batch_commit(p);
+  if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && !p->fatal)
+    drain_outbox(p);
+  atomic_fetch_add(&p->rebalances, 1);
   tly_overlay_reset(&p->overlay);
   p->last_entry = NULL;
   p->dirty_count = 0;
@@ -1798,10 +2534,14 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
     tly_dedupe_free(p->partitions[i].dedupe);
     p->partitions[i].dedupe = NULL;
     p->partitions[i].dedupe_key = -1;
+    free(p->partitions[i].blobs);
+    p->partitions[i].blobs = NULL;
+    p->partitions[i].blob_count = p->partitions[i].blob_cap = 0;
   }
   pthread_mutex_unlock(&p->lock);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    if (p->fatal || resume_offsets(p, parts)) {
+    if (p->fatal || resume_offsets(p, parts) || prepare_replay(p) ||
+        (p->inherited_held && resolve_inherited(p))) {
       rd_kafka_assign(rk, NULL);
       return;
     }
@@ -1876,10 +2616,13 @@ static int load_ack_mark(void *opaque, const char *key, size_t key_len,
   return 0;
 }
 
-/* Adds the output ids found in topic, from the last acknowledged offsets to
- * the end, to ids. 0 or -1 (errstr). */
+/* Adds the output ids found in topic to ids, read to the end from: the
+ * last acknowledged offsets (from_time_ms < 0), the log start (0), or the
+ * first record at or after from_time_ms (> 0; the log start where the
+ * broker cannot look it up). 0 or -1 (errstr). */
 static int collect_output_ids(tly_processor_t *p, const char *topic,
-                              json_t *ids, char *errstr, size_t errstr_size) {
+                              int64_t from_time_ms, json_t *ids, char *errstr,
+                              size_t errstr_size) {
   char kafka_err[512];
   const struct rd_kafka_metadata *md = NULL;
   rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, topic, NULL);
@@ -1924,8 +2667,19 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
       rc = -1;
       goto out;
     }
-    ack_mark_t *mark = ack_find(p, topic, i, 0);
+    ack_mark_t *mark = from_time_ms < 0 ? ack_find(p, topic, i, 0) : NULL;
     int64_t from = mark ? mark->next_offset : 0;
+    if (from_time_ms > 0) {
+      /* The first output at or after that time; the log start when the
+       * broker cannot say (librdkafka 2.0.2's mock answers -1 to every
+       * lookup by time). */
+      rd_kafka_topic_partition_list_t *at = rd_kafka_topic_partition_list_new(1);
+      rd_kafka_topic_partition_list_add(at, topic, i)->offset = from_time_ms;
+      if (!rd_kafka_offsets_for_times(reader, at, 10000) &&
+          !at->elems[0].err && at->elems[0].offset >= 0)
+        from = at->elems[0].offset;
+      rd_kafka_topic_partition_list_destroy(at);
+    }
     if (from < low)
       from = low;
     if (from >= high)
@@ -1987,11 +2741,13 @@ static int reconcile_outbox(tly_processor_t *p, char *errstr,
       tly_store_scan_prefix(p->store, TLY_CF_META, META_ACK,
                             sizeof(META_ACK) - 1, load_ack_mark, p, errstr,
                             errstr_size) ||
-      collect_output_ids(p, p->alerts_topic, ids, errstr, errstr_size) ||
-      collect_output_ids(p, p->dlq_topic, ids, errstr, errstr_size))
+      collect_output_ids(p, p->alerts_topic, -1, ids, errstr, errstr_size) ||
+      collect_output_ids(p, p->dlq_topic, -1, ids, errstr, errstr_size))
     goto out;
   for (size_t i = 0; i < p->outbox_count; i++) {
     tly_outbox_record_t record;
+    if (p->outbox[i].bundle)
+      continue; /* changelog records: sending them again is harmless */
     if (tly_outbox_decode(p->outbox[i].record, p->outbox[i].record_len,
                           &record)) {
       snprintf(errstr, errstr_size, "outbox entry %llu is corrupt",
@@ -2019,6 +2775,21 @@ static int reconcile_outbox(tly_processor_t *p, char *errstr,
 out:
   json_decref(ids);
   return rc;
+}
+
+/* The partition count of topic as the cluster sees it now; -1 if it does
+ * not exist (or cannot be asked). */
+static int32_t topic_partitions_now(tly_processor_t *p, const char *topic) {
+  const struct rd_kafka_metadata *md = NULL;
+  rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, topic, NULL);
+  rd_kafka_resp_err_t err = rd_kafka_metadata(p->producer, 0, rkt, &md, 10000);
+  int32_t count = -1;
+  if (!err && md->topic_cnt == 1 && !md->topics[0].err)
+    count = md->topics[0].partition_cnt;
+  if (md)
+    rd_kafka_metadata_destroy(md);
+  rd_kafka_topic_destroy(rkt);
+  return count;
 }
 
 /* Waits for the usage topic to exist and returns its partition count. */
@@ -2098,6 +2869,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
             "fault injection: SIGKILL after %ld outbox acks", p->kill_after_acks);
   }
   p->store = store;
+  atomic_store(&p->restoring, -1);
   pthread_mutex_init(&p->lock, NULL);
   pthread_mutex_init(&p->writer_lock, NULL);
   pthread_cond_init(&p->writer_cond, NULL);
@@ -2183,10 +2955,12 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   if (p->outbox_count && p->outbox[p->outbox_count - 1].seq >= p->next_seq)
     p->next_seq = p->outbox[p->outbox_count - 1].seq + 1;
   if (p->outbox_count) {
-    tly_log(TLY_LOG_INFO, "processor", "%zu outbox entries to publish",
-            p->outbox_count);
-    if (reconcile_outbox(p, errstr, errstr_size))
-      goto fail;
+    /* Held until the first assignment (resolve_inherited). */
+    tly_log(TLY_LOG_INFO, "processor",
+            "%zu outbox entries left by the previous run", p->outbox_count);
+    for (size_t i = 0; i < p->outbox_count; i++)
+      p->outbox[i].inherited = 1;
+    p->inherited_held = 1;
   }
 
   int32_t count = topic_partition_count(p, errstr, errstr_size);
@@ -2200,6 +2974,25 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     goto fail;
   }
   atomic_store(&p->partition_count, count);
+  const char *changelog = conf->changelog_topic ? conf->changelog_topic
+                                                : TLY_DEFAULT_CHANGELOG_TOPIC;
+  if (*changelog) {
+    int32_t changelog_count = topic_partitions_now(p, changelog);
+    if (changelog_count >= count) {
+      p->changelog_topic = strdup(changelog);
+      if (!p->changelog_topic) {
+        snprintf(errstr, errstr_size, "out of memory");
+        goto fail;
+      }
+    } else {
+      tly_log(TLY_LOG_WARN, "processor",
+              "no state changelog: topic %s %s; partitions that move here "
+              "are rebuilt by replaying the input",
+              changelog,
+              changelog_count < 0 ? "does not exist"
+                                  : "has fewer partitions than the input");
+    }
+  }
   return p;
 
 fail:
@@ -2224,8 +3017,15 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
   }
   outbox_publish(p);
 
+  int idle = 0; /* the last round consumed nothing */
   while (!*stop && !p->fatal) {
-    int64_t deadline = tly_monotonic_ms() + p->conf.batch_max_ms;
+    /* Idle with outputs on their way: come round soon, so their
+     * acknowledgements are taken (and the changelog bundles that wait on
+     * them go out) within milliseconds; a busy loop keeps full batches. */
+    int64_t wait_ms = p->conf.batch_max_ms;
+    if (idle && p->outbox_count && wait_ms > 10)
+      wait_ms = 10;
+    int64_t deadline = tly_monotonic_ms() + wait_ms;
     int consumed = 0;
     while (consumed < p->conf.batch_max_events && !p->fatal) {
       rd_kafka_message_t *msgs[512];
@@ -2272,9 +3072,15 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
     }
     if (p->fatal)
       break;
+    idle = consumed == 0;
     rd_kafka_poll(p->producer, 0); /* delivery reports -> ACKED */
     write_ticks(p);
     if (batch_submit(p)) /* written while the next batch is folded */
+      break;
+    /* Idle: finish the commit in flight now, so the outbox entries whose
+     * deletes it carries leave memory (and the outbox gauge) at once
+     * rather than with the next batch. */
+    if (!consumed && p->inflight.busy && !batch_has_work(p) && batch_wait(p))
       break;
     outbox_publish(p);
   }
@@ -2307,6 +3113,10 @@ void tly_processor_destroy(tly_processor_t *p) {
   tly_codec_destroy(p->codec);
   tly_alert_codec_destroy(p->alert_codec);
   tly_alert_list_clear(&p->alerts);
+  json_decref(p->replay_ids);
+  tly_changelog_bundle_free(&p->bundle);
+  free(p->changelog_scratch);
+  free(p->changelog_topic);
   free(p->acks);
   free(p->dirty);
   free(p->sort_keys);
@@ -2332,8 +3142,10 @@ void tly_processor_destroy(tly_processor_t *p) {
   pthread_cond_destroy(&p->writer_done);
   tly_store_batch_destroy(p->batch);
   tly_overlay_free(&p->overlay);
-  for (int32_t i = 0; i < p->partition_cap; i++)
+  for (int32_t i = 0; i < p->partition_cap; i++) {
     tly_dedupe_free(p->partitions[i].dedupe);
+    free(p->partitions[i].blobs);
+  }
   batch_discard_outputs(p);
   free(p->outputs);
   for (size_t i = 0; i < p->outbox_count; i++)
@@ -2346,8 +3158,31 @@ void tly_processor_destroy(tly_processor_t *p) {
   free(p);
 }
 
+int32_t tly_processor_restoring(tly_processor_t *p) {
+  return atomic_load(&p->restoring);
+}
+
 int tly_processor_rebalancing(tly_processor_t *p) {
   return atomic_load(&p->rebalancing);
+}
+
+tly_partition_role_t tly_processor_partition_role(tly_processor_t *p,
+                                                  int32_t partition) {
+  tly_partition_role_t role = TLY_PARTITION_NOT_OWNED;
+  int rebalancing = atomic_load(&p->rebalancing);
+  pthread_mutex_lock(&p->lock);
+  if (partition >= 0 && partition < p->partition_cap &&
+      p->partitions[partition].assigned) {
+    const partition_state_t *part = &p->partitions[partition];
+    int64_t committed = part->committed < 0 ? 0 : part->committed;
+    role = committed < part->replay_target ? TLY_PARTITION_REPLAYING
+                                           : TLY_PARTITION_SERVING;
+  }
+  pthread_mutex_unlock(&p->lock);
+  if (role == TLY_PARTITION_SERVING &&
+      (rebalancing || atomic_load(&p->rebalancing)))
+    role = TLY_PARTITION_REPLAYING; /* being set up: not yet trusted */
+  return role;
 }
 
 int tly_processor_assigned(tly_processor_t *p, int32_t partition) {
@@ -2391,6 +3226,11 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->alerts = atomic_load(&p->alerts_total);
   stats->batches_committed = atomic_load(&p->batches_committed);
   stats->outbox_pending = atomic_load(&p->outbox_size);
+  stats->rebalances = atomic_load(&p->rebalances);
+  stats->replay_skipped = atomic_load(&p->replay_skipped);
+  stats->changelog_restores = atomic_load(&p->restores);
+  stats->changelog_restored_records = atomic_load(&p->restored_records);
+  stats->changelog_restore_ms = atomic_load(&p->restore_ms);
   for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
     stats->commit_buckets[i] = atomic_load(&p->commit_buckets[i]);
   stats->commit_count = atomic_load(&p->commit_count);

@@ -9,6 +9,14 @@
  * commits, no auto-commit): on start and on every assignment the processor
  * resumes each partition from its stored offset, and refuses to run when the
  * log no longer holds what it needs.
+ *
+ * Several instances in one group (issue 6): a partition assigned behind
+ * its log end is replaying until it reaches the log end seen at assignment
+ * (tly_processor_partition_role); outputs of replayed records are checked
+ * against the output topics by id and not sent twice. A partition this
+ * instance has no (or older) state for is first restored from the state
+ * changelog (tly_changelog.h), which each commit feeds through one outbox
+ * entry, so only the input's tail is replayed.
  */
 #ifndef TLY_PROCESSOR_H
 #define TLY_PROCESSOR_H
@@ -31,6 +39,10 @@ typedef struct {
   const char *usage_topic; /* default TALLY_DEFAULT_USAGE_TOPIC */
   const char *dlq_topic;   /* default TLY_DEFAULT_DLQ_TOPIC */
   const char *alerts_topic; /* default TLY_DEFAULT_ALERTS_TOPIC */
+  /* default TLY_DEFAULT_CHANGELOG_TOPIC (tly_topics.h); "" disables the
+   * changelog. It is used only when the topic exists with at least as many
+   * partitions as the input. */
+  const char *changelog_topic;
   const tly_config_t *config; /* required; must outlive the processor */
   int64_t dedupe_window_ms;   /* default 7 days of event time */
   int64_t tick_interval_ms;   /* default 60 s; <0 writes no ticks */
@@ -76,6 +88,11 @@ typedef struct {
   uint64_t dead_letters;
   uint64_t batches_committed;
   uint64_t outbox_pending;
+  uint64_t rebalances;     /* assignments and revocations handled */
+  uint64_t replay_skipped; /* replayed outputs found in Kafka, not re-sent */
+  uint64_t changelog_restores; /* partitions restored from the changelog */
+  uint64_t changelog_restored_records; /* changelog records read by them */
+  uint64_t changelog_restore_ms;       /* and the time they took */
   /* Synced RocksDB commits: cumulative counts per bucket (Prometheus
    * style: bucket i counts commits that took <= bound i), the +Inf count
    * and the total time. */
@@ -109,6 +126,26 @@ int32_t tly_processor_partition_count(tly_processor_t *processor);
 
 /* 1 while partition is assigned to this instance; thread-safe. */
 int tly_processor_assigned(tly_processor_t *processor, int32_t partition);
+
+/* What this instance may answer for a partition's subjects. */
+typedef enum {
+  TLY_PARTITION_NOT_OWNED = 0, /* assigned to another instance (or none) */
+  TLY_PARTITION_REPLAYING,     /* assigned here, but still rebuilding its
+                                  state (or a rebalance is under way): the
+                                  local state may be stale */
+  TLY_PARTITION_SERVING        /* assigned here and caught up with the log
+                                  end seen at assignment */
+} tly_partition_role_t;
+
+/* The partition's role on this instance; thread-safe. Reads of a subject
+ * must be answered from local state only when its partition is SERVING
+ * (the HTTP port answers 503, or forwards to the owner, otherwise). */
+tly_partition_role_t tly_processor_partition_role(tly_processor_t *processor,
+                                                  int32_t partition);
+
+/* The partition being restored from the changelog (during a rebalance),
+ * or -1; thread-safe. */
+int32_t tly_processor_restoring(tly_processor_t *processor);
 
 /* 1 while a rebalance is being handled (partitions are being set up), when
  * no answer about readiness can be trusted. */

@@ -152,7 +152,7 @@ int tly_store_compact(tly_store_t *store, tly_cf_t cf) {
 
 /* Operations are appended to the batch buffer as this header followed by the
  * key and value bytes; the header is memcpy'd so no alignment is needed. */
-enum { TLY_BATCH_PUT = 1, TLY_BATCH_DELETE = 2 };
+enum { TLY_BATCH_PUT = 1, TLY_BATCH_DELETE = 2, TLY_BATCH_DELETE_RANGE = 3 };
 
 typedef struct {
   unsigned char kind;
@@ -500,6 +500,13 @@ void tly_store_batch_delete(tly_store_batch_t *batch, tly_cf_t cf,
   tly_store_batch_append(batch, TLY_BATCH_DELETE, cf, key, key_len, NULL, 0);
 }
 
+void tly_store_batch_delete_range(tly_store_batch_t *batch, tly_cf_t cf,
+                                  const void *begin, size_t begin_len,
+                                  const void *end, size_t end_len) {
+  tly_store_batch_append(batch, TLY_BATCH_DELETE_RANGE, cf, begin, begin_len,
+                         end, end_len);
+}
+
 void tly_store_batch_set_offset(tly_store_batch_t *batch, int32_t partition,
                                 int64_t next_offset) {
   unsigned char key[4], value[8];
@@ -559,6 +566,9 @@ int tly_store_commit(tly_store_t *store, tly_store_batch_t *batch, int sync,
     if (op.kind == TLY_BATCH_PUT)
       rocksdb_writebatch_put_cf(batch->scratch, store->cf[op.cf], key,
                                 op.key_len, value, op.value_len);
+    else if (op.kind == TLY_BATCH_DELETE_RANGE)
+      rocksdb_writebatch_delete_range_cf(batch->scratch, store->cf[op.cf], key,
+                                         op.key_len, value, op.value_len);
     else
       rocksdb_writebatch_delete_cf(batch->scratch, store->cf[op.cf], key,
                                    op.key_len);

@@ -63,6 +63,10 @@ void tly_store_batch_put(tly_store_batch_t *batch, tly_cf_t cf, const void *key,
                          size_t key_len, const void *value, size_t value_len);
 void tly_store_batch_delete(tly_store_batch_t *batch, tly_cf_t cf,
                             const void *key, size_t key_len);
+/* Deletes every key of cf in [begin, end) (a partition's range: [p], [p+1]). */
+void tly_store_batch_delete_range(tly_store_batch_t *batch, tly_cf_t cf,
+                                  const void *begin, size_t begin_len,
+                                  const void *end, size_t end_len);
 /* Records that every input record of partition before next_offset is folded
  * into this batch's state. */
 void tly_store_batch_set_offset(tly_store_batch_t *batch, int32_t partition,

@@ -18,7 +18,8 @@
  * fresh RocksDB under /tmp, WAL synced on every commit, as in production.
  * Shows progress on stderr and prints a table; asserts nothing about
  * speed. BENCH_LATENCY_S (default 10) sets (c)'s length, BENCH_HTTP_S
- * (default 10) each wrk run; BENCH_HTTP_S=0 skips (d).
+ * (default 10) each wrk run; BENCH_HTTP_S=0 skips (d). BENCH_CHANGELOG=1
+ * adds the state changelog topic, so the fold publishes it (its cost).
  */
 #define _GNU_SOURCE /* nftw, usleep */
 #include "tally_producer.h"
@@ -27,6 +28,7 @@
 #include "tly_log.h"
 #include "tly_processor.h"
 #include "tly_store.h"
+#include "tly_topics.h"
 
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -216,6 +218,12 @@ int main(int argc, char **argv) {
   rd_kafka_mock_topic_create(cluster, TALLY_DEFAULT_USAGE_TOPIC, partitions, 1);
   rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_DLQ_TOPIC, 1, 1);
   rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
+  /* BENCH_CHANGELOG=1: with the state changelog, as `tally broker` sets it
+   * up (without the topic the processor runs without one). */
+  const char *with_changelog = getenv("BENCH_CHANGELOG");
+  if (with_changelog && atoi(with_changelog))
+    rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_CHANGELOG_TOPIC,
+                               partitions, 1);
   const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
 
   int64_t produce_ms = produce(bootstrap, events, subjects, "b", 0);

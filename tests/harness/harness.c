@@ -365,6 +365,10 @@ long long th_metric_partition(int port, const char *name, int partition) {
   return metric_scan(port, name, labels);
 }
 
+long long th_metric_labeled(int port, const char *name, const char *labels) {
+  return metric_scan(port, name, labels);
+}
+
 int th_high_watermarks(const char *bootstrap, const char *topic,
                        int partitions, int64_t *out) {
   char errstr[512];

@@ -85,6 +85,8 @@ int th_http_request(int port, const char *method, const char *path,
 long long th_metric_sum(int port, const char *name);
 /* The value of name{partition="p"}, or -1. */
 long long th_metric_partition(int port, const char *name, int partition);
+/* The sample of name with exactly these labels ("{result=\"relayed\"}"). */
+long long th_metric_labeled(int port, const char *name, const char *labels);
 
 /* The high watermark of every partition of topic (array of partitions
  * entries). 0 or -1. */

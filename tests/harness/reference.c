@@ -172,14 +172,26 @@ char *th_reference_config_file(const char *dir) {
   return path;
 }
 
+static int same_port(void *opaque, int subject) {
+  (void)subject;
+  return *(const int *)opaque;
+}
+
 void th_verify_reference(int port, const char *bootstrap,
                          const th_stream_t *stream) {
+  th_verify_reference_routed(same_port, &port, bootstrap, stream);
+}
+
+void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
+                                void *opaque, const char *bootstrap,
+                                const th_stream_t *stream) {
   json_t *ids = json_object();
   int expected_alerts = 0;
   for (int s = 0; s < stream->subjects; s++) {
     char path[128], *body;
     long status;
     const th_expected_t *e = &stream->expected[s];
+    int port = port_of(opaque, s);
     snprintf(path, sizeof(path), "/v1/subjects/user:m%04d/usage?at=1794268800000", s);
     assert_int_equal(th_http_get(port, path, &status, &body), 0);
     assert_int_equal(status, 200);
@@ -244,5 +256,4 @@ void th_verify_reference(int port, const char *bootstrap,
       fail_msg("alert %s seen %lld times", id, (long long)json_integer_value(count));
   }
   json_decref(ids);
-
 }

@@ -40,6 +40,11 @@ char *th_reference_config_file(const char *dir);
  * the expected alerts, each once. */
 void th_verify_reference(int port, const char *bootstrap,
                          const th_stream_t *stream);
+/* The same with several instances: port_of(opaque, s) names the HTTP port
+ * to ask about subject s (the instance that owns its partition). */
+void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
+                                void *opaque, const char *bootstrap,
+                                const th_stream_t *stream);
 
 /* Reads the whole alerts topic (to the end of every partition, which it
  * asserts), decoding every alert (an undecodable one fails the test) and

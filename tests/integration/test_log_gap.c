@@ -87,10 +87,22 @@ static void test_processor_refuses_to_skip_lost_records(void **state) {
   assert_non_null(strstr(log, "refuses to skip"));
   free(log);
 
-  assert_int_equal(th_run_start(&run, broker.bootstrap, fresh_dir, NULL), 0);
+  /* A new instance with no state: without the changelog it would have to
+   * replay from 0; with it, it restores the state as of offset 1000 and
+   * would replay from there. Both are gone: both refuse. */
+  const char *no_changelog[] = {"--changelog-topic", "", NULL};
+  assert_int_equal(
+      th_run_start(&run, broker.bootstrap, fresh_dir, no_changelog), 0);
   assert_int_equal(th_wait_exit(run.pid, 60000), 1);
   log = th_read_file(run.log_path);
   assert_non_null(strstr(log, "no stored state and the log starts at"));
+  free(log);
+  snprintf(fresh_dir, sizeof(fresh_dir), "%s/fresh-restored", dir);
+  assert_int_equal(th_run_start(&run, broker.bootstrap, fresh_dir, NULL), 0);
+  assert_int_equal(th_wait_exit(run.pid, 60000), 1);
+  log = th_read_file(run.log_path);
+  assert_non_null(strstr(log, "restored from tally.changelog"));
+  assert_non_null(strstr(log, "stored offset 1000 is below the log start"));
   free(log);
 
   th_broker_stop(&broker);

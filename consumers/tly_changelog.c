@@ -1,0 +1,645 @@
+/*
+ * tly_changelog.c - the state changelog's bundles and restore (see
+ * tly_changelog.h).
+ *
+ * A bundle, as stored in the outbox:
+ *   magic "\xff\xfe" "CL1"   (an encoded output record starts with its
+ *                             topic's length, which is never 0xfffe)
+ *   [marker count, 4 BE] then per marker [partition 4][next offset 8]
+ *                             [watermark 8]
+ *   per state record [partition 4][kind 1][key length 4][key]
+ *                    [value length 4][value]
+ *                    (value length 0xffffffff and no value: a deletion)
+ * The reflected offset of a state record is its partition's marker offset,
+ * added when the bundle is expanded into Kafka records.
+ */
+#include "tly_changelog.h"
+
+#include "tly_billing.h"
+#include "tly_keys.h"
+#include "tly_log.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char MAGIC[] = "\xff\xfe"
+                            "CL1";
+#define MAGIC_LEN 5
+#define MARKER_LEN 20
+/* Restored records are written in chunks of this many (not synced: the
+ * caller's synced commit of the offset makes them durable). */
+#define RESTORE_CHUNK 20000
+/* A restore with no record arriving for this long fails. */
+#define RESTORE_STALL_MS 30000
+
+/* ---- bundles --------------------------------------------------------- */
+
+static int bundle_room(tly_changelog_bundle_t *bundle, size_t need) {
+  if (bundle->len + need <= bundle->cap)
+    return 0;
+  size_t cap = bundle->cap ? bundle->cap : 65536;
+  while (cap < bundle->len + need)
+    cap *= 2;
+  unsigned char *grown = realloc(bundle->data, cap);
+  if (!grown) {
+    bundle->out_of_memory = 1;
+    return -1;
+  }
+  bundle->data = grown;
+  bundle->cap = cap;
+  return 0;
+}
+
+void tly_changelog_bundle_add(tly_changelog_bundle_t *bundle, int32_t partition,
+                              char kind, const void *key, size_t key_len,
+                              const void *value, size_t value_len) {
+  if (bundle->out_of_memory || key_len > UINT32_MAX || value_len > UINT32_MAX ||
+      bundle_room(bundle, 13 + key_len + value_len))
+    return;
+  unsigned char *at = bundle->data + bundle->len;
+  tly_put_be32(at, (uint32_t)partition);
+  at[4] = (unsigned char)kind;
+  tly_put_be32(at + 5, (uint32_t)key_len);
+  memcpy(at + 9, key, key_len);
+  tly_put_be32(at + 9 + key_len, (uint32_t)value_len);
+  if (value_len)
+    memcpy(at + 13 + key_len, value, value_len);
+  bundle->len += 13 + key_len + value_len;
+  bundle->count++;
+}
+
+#define TOMBSTONE_LEN UINT32_MAX /* value length of a deletion */
+
+void tly_changelog_bundle_delete(tly_changelog_bundle_t *bundle,
+                                 int32_t partition, char kind, const void *key,
+                                 size_t key_len) {
+  if (bundle->out_of_memory || key_len > UINT32_MAX ||
+      bundle_room(bundle, 13 + key_len))
+    return;
+  unsigned char *at = bundle->data + bundle->len;
+  tly_put_be32(at, (uint32_t)partition);
+  at[4] = (unsigned char)kind;
+  tly_put_be32(at + 5, (uint32_t)key_len);
+  memcpy(at + 9, key, key_len);
+  tly_put_be32(at + 9 + key_len, TOMBSTONE_LEN);
+  bundle->len += 13 + key_len;
+  bundle->count++;
+}
+
+int tly_changelog_bundle_finish(tly_changelog_bundle_t *bundle,
+                                const tly_changelog_marker_t *markers,
+                                size_t count, char **out, size_t *out_len) {
+  int failed = bundle->out_of_memory;
+  size_t head = MAGIC_LEN + 4 + MARKER_LEN * count;
+  unsigned char *data = failed ? NULL : malloc(head + bundle->len);
+  if (data) {
+    memcpy(data, MAGIC, MAGIC_LEN);
+    tly_put_be32(data + MAGIC_LEN, (uint32_t)count);
+    for (size_t i = 0; i < count; i++) {
+      unsigned char *marker = data + MAGIC_LEN + 4 + MARKER_LEN * i;
+      tly_put_be32(marker, (uint32_t)markers[i].partition);
+      tly_put_be64(marker + 4, (uint64_t)markers[i].next_offset);
+      tly_put_be64(marker + 12, (uint64_t)markers[i].watermark_ms);
+    }
+    if (bundle->len)
+      memcpy(data + head, bundle->data, bundle->len);
+  }
+  *out = (char *)data;
+  *out_len = head + bundle->len;
+  bundle->len = 0;
+  bundle->count = 0;
+  bundle->out_of_memory = 0;
+  return data ? 0 : -1;
+}
+
+int tly_changelog_bundle_filter(const char *bytes, size_t len,
+                                int (*keep)(void *opaque, int32_t partition),
+                                void *opaque, char **out, size_t *out_len) {
+  const unsigned char *data = (const unsigned char *)bytes;
+  *out = NULL;
+  *out_len = 0;
+  if (!tly_changelog_is_bundle(bytes, len))
+    return -1;
+  uint32_t count = tly_get_be32(data + MAGIC_LEN);
+  size_t head = MAGIC_LEN + 4 + (size_t)MARKER_LEN * count;
+  unsigned char *copy = head <= len ? malloc(len) : NULL;
+  if (!copy)
+    return -1;
+  size_t at = MAGIC_LEN + 4;
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    const unsigned char *marker = data + MAGIC_LEN + 4 + MARKER_LEN * i;
+    if (keep(opaque, (int32_t)tly_get_be32(marker))) {
+      memcpy(copy + at, marker, MARKER_LEN);
+      at += MARKER_LEN;
+      kept++;
+    }
+  }
+  memcpy(copy, MAGIC, MAGIC_LEN);
+  tly_put_be32(copy + MAGIC_LEN, kept);
+  for (size_t pos = head; pos < len;) {
+    if (len - pos < 13)
+      goto corrupt;
+    uint32_t key_len = tly_get_be32(data + pos + 5);
+    if (len - pos - 13 < key_len)
+      goto corrupt;
+    uint32_t value_len = tly_get_be32(data + pos + 9 + key_len);
+    size_t size = 13 + (size_t)key_len +
+                  (value_len == TOMBSTONE_LEN ? 0 : (size_t)value_len);
+    if (len - pos < size)
+      goto corrupt;
+    if (keep(opaque, (int32_t)tly_get_be32(data + pos))) {
+      memcpy(copy + at, data + pos, size);
+      at += size;
+    }
+    pos += size;
+  }
+  *out = (char *)copy;
+  *out_len = at;
+  return 0;
+corrupt:
+  free(copy);
+  return -1;
+}
+
+void tly_changelog_bundle_free(tly_changelog_bundle_t *bundle) {
+  free(bundle->data);
+  memset(bundle, 0, sizeof(*bundle));
+}
+
+int tly_changelog_is_bundle(const char *data, size_t len) {
+  return len >= MAGIC_LEN + 4 && memcmp(data, MAGIC, MAGIC_LEN) == 0;
+}
+
+static int scratch_room(unsigned char **scratch, size_t *cap, size_t need) {
+  if (need <= *cap)
+    return 0;
+  size_t grown_cap = *cap ? *cap : 4096;
+  while (grown_cap < need)
+    grown_cap *= 2;
+  unsigned char *grown = realloc(*scratch, grown_cap);
+  if (!grown)
+    return -1;
+  *scratch = grown;
+  *cap = grown_cap;
+  return 0;
+}
+
+/* The marker of partition in the bundle's table; NULL if none. */
+static const unsigned char *find_marker(const unsigned char *data,
+                                        uint32_t count, int32_t partition) {
+  for (uint32_t i = 0; i < count; i++) {
+    const unsigned char *marker = data + MAGIC_LEN + 4 + MARKER_LEN * i;
+    if ((int32_t)tly_get_be32(marker) == partition)
+      return marker;
+  }
+  return NULL;
+}
+
+int tly_changelog_bundle_next(const char *bytes, size_t len, size_t *cursor,
+                              unsigned char **scratch, size_t *scratch_cap,
+                              tly_changelog_record_t *record) {
+  const unsigned char *data = (const unsigned char *)bytes;
+  if (!tly_changelog_is_bundle(bytes, len))
+    return -1;
+  uint32_t count = tly_get_be32(data + MAGIC_LEN);
+  size_t head = MAGIC_LEN + 4 + (size_t)MARKER_LEN * count;
+  if (head > len)
+    return -1;
+  if (*cursor < head)
+    *cursor = head;
+  if (*cursor < len) { /* a state record */
+    const unsigned char *at = data + *cursor;
+    if (len - *cursor < 13)
+      return -1;
+    uint32_t key_len = tly_get_be32(at + 5);
+    if (len - *cursor - 13 < key_len)
+      return -1;
+    uint32_t value_len = tly_get_be32(at + 9 + key_len);
+    int tombstone = value_len == TOMBSTONE_LEN;
+    if (tombstone)
+      value_len = 0;
+    if (len - *cursor - 13 - key_len < value_len)
+      return -1;
+    int32_t partition = (int32_t)tly_get_be32(at);
+    const unsigned char *marker = find_marker(data, count, partition);
+    if (!marker ||
+        scratch_room(scratch, scratch_cap, 1 + key_len + 8 + value_len))
+      return -1;
+    unsigned char *key = *scratch, *value = *scratch + 1 + key_len;
+    key[0] = at[4];
+    memcpy(key + 1, at + 9, key_len);
+    memcpy(value, marker + 4, 8);
+    memcpy(value + 8, at + 13 + key_len, value_len);
+    *record = (tly_changelog_record_t){partition,
+                                       key,
+                                       1 + key_len,
+                                       tombstone ? NULL : value,
+                                       tombstone ? 0 : 8 + value_len,
+                                       (int64_t)tly_get_be64(marker + 4)};
+    *cursor += 13 + key_len + value_len;
+    return 1;
+  }
+  size_t index = *cursor - len; /* then the markers, in table order */
+  if (index >= count)
+    return 0;
+  const unsigned char *marker = data + MAGIC_LEN + 4 + MARKER_LEN * index;
+  if (scratch_room(scratch, scratch_cap, 1 + 16))
+    return -1;
+  (*scratch)[0] = TLY_CHANGELOG_MARKER;
+  memcpy(*scratch + 1, marker + 4, 16);
+  *record = (tly_changelog_record_t){(int32_t)tly_get_be32(marker),
+                                     *scratch,
+                                     1,
+                                     *scratch + 1,
+                                     16,
+                                     (int64_t)tly_get_be64(marker + 4)};
+  (*cursor)++;
+  return 1;
+}
+
+/* ---- restore --------------------------------------------------------- */
+
+static int64_t monotonic_ms(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
+                                 char *errstr, size_t errstr_size) {
+  static const tly_cf_t cfs[] = {TLY_CF_ACCOUNTS, TLY_CF_USAGE, TLY_CF_DEDUPE,
+                                 TLY_CF_CYCLE_ENDS, TLY_CF_OFFSETS};
+  unsigned char begin[4], end[5];
+  size_t end_len = 4;
+  tly_put_be32(begin, (uint32_t)partition);
+  if ((uint32_t)partition == UINT32_MAX) {
+    memcpy(end, begin, 4);
+    end[4] = 0xff; /* not reached: partition ids are far below */
+    end_len = 5;
+  } else {
+    tly_put_be32(end, (uint32_t)partition + 1);
+  }
+  tly_store_batch_t *batch = tly_store_batch_new();
+  if (!batch) {
+    snprintf(errstr, errstr_size, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < sizeof(cfs) / sizeof(cfs[0]); i++)
+    tly_store_batch_delete_range(batch, cfs[i], begin, 4, end, end_len);
+  int rc = tly_store_commit(store, batch, 0, errstr, errstr_size);
+  tly_store_batch_destroy(batch);
+  return rc;
+}
+
+/* Key -> highest reflected offset applied: open addressing over 64-bit
+ * hashes of [kind][key] (a collision would need 2^32 keys to be likely). */
+typedef struct {
+  uint64_t *hashes; /* 0: empty slot */
+  int64_t *offsets;
+  size_t cap, count;
+} offset_map_t;
+
+static uint64_t hash_key(const unsigned char *key, size_t len) {
+  uint64_t h = 1469598103934665603ULL; /* FNV-1a, then a final mix */
+  for (size_t i = 0; i < len; i++)
+    h = (h ^ key[i]) * 1099511628211ULL;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  return h ? h : 1;
+}
+
+static int map_grow(offset_map_t *map) {
+  size_t cap = map->cap ? map->cap * 2 : 1 << 16;
+  uint64_t *hashes = calloc(cap, sizeof(*hashes));
+  int64_t *offsets = calloc(cap, sizeof(*offsets));
+  if (!hashes || !offsets) {
+    free(hashes);
+    free(offsets);
+    return -1;
+  }
+  for (size_t i = 0; i < map->cap; i++) {
+    if (!map->hashes[i])
+      continue;
+    size_t slot = map->hashes[i] & (cap - 1);
+    while (hashes[slot])
+      slot = (slot + 1) & (cap - 1);
+    hashes[slot] = map->hashes[i];
+    offsets[slot] = map->offsets[i];
+  }
+  free(map->hashes);
+  free(map->offsets);
+  map->hashes = hashes;
+  map->offsets = offsets;
+  map->cap = cap;
+  return 0;
+}
+
+/* 1 when offset may be applied for the key (and records it), 0 when a
+ * newer record of the key was applied already, -1 out of memory. */
+static int map_admit(offset_map_t *map, uint64_t hash, int64_t offset) {
+  if ((map->count + 1) * 2 > map->cap && map_grow(map))
+    return -1;
+  size_t slot = hash & (map->cap - 1);
+  while (map->hashes[slot] && map->hashes[slot] != hash)
+    slot = (slot + 1) & (map->cap - 1);
+  if (map->hashes[slot]) {
+    if (map->offsets[slot] > offset)
+      return 0;
+    map->offsets[slot] = offset;
+    return 1;
+  }
+  map->hashes[slot] = hash;
+  map->offsets[slot] = offset;
+  map->count++;
+  return 1;
+}
+
+/* A state record read after the last marker: applied once a marker at or
+ * above its offset comes. */
+typedef struct {
+  uint64_t hash;
+  int64_t offset;
+  size_t key_len, value_len; /* key: [kind][store key] */
+  int tombstone;
+  unsigned char bytes[]; /* key then store value */
+} held_t;
+
+typedef struct {
+  tly_store_t *store;
+  int32_t partition;
+  tly_store_batch_t *batch;
+  offset_map_t map;
+  held_t **held;
+  size_t held_count, held_cap;
+  tly_changelog_restore_t *out;
+  char *errstr;
+  size_t errstr_size;
+} restore_t;
+
+static int flush_chunk(restore_t *r) {
+  if (tly_store_commit(r->store, r->batch, 0, r->errstr, r->errstr_size))
+    return -1;
+  tly_store_batch_clear(r->batch);
+  return 0;
+}
+
+/* Writes a state record (value NULL: deletes it) unless a newer record of
+ * its key was applied. */
+static int apply(restore_t *r, uint64_t hash, int64_t offset,
+                 const unsigned char *key, size_t key_len,
+                 const unsigned char *value, size_t value_len) {
+  tly_cf_t cf;
+  switch (key[0]) {
+  case TLY_CHANGELOG_ACCOUNT:
+    cf = TLY_CF_ACCOUNTS;
+    break;
+  case TLY_CHANGELOG_USAGE:
+    cf = TLY_CF_USAGE;
+    break;
+  case TLY_CHANGELOG_DEDUPE:
+    cf = TLY_CF_DEDUPE;
+    break;
+  default:
+    return 0; /* a kind of a later version: not ours to restore */
+  }
+  /* Only this partition's keys: a record can never write elsewhere. */
+  if (key_len < 5 || tly_get_be32(key + 1) != (uint32_t)r->partition)
+    return 0;
+  int admitted = map_admit(&r->map, hash, offset);
+  if (admitted < 0) {
+    snprintf(r->errstr, r->errstr_size, "out of memory restoring");
+    return -1;
+  }
+  if (!admitted)
+    return 0;
+  if (value)
+    tly_store_batch_put(r->batch, cf, key + 1, key_len - 1, value, value_len);
+  else
+    tly_store_batch_delete(r->batch, cf, key + 1, key_len - 1);
+  r->out->applied++;
+  return tly_store_batch_count(r->batch) >= RESTORE_CHUNK ? flush_chunk(r) : 0;
+}
+
+/* A marker at next_offset: every held record at or below it is complete. */
+static int apply_held(restore_t *r) {
+  size_t kept = 0;
+  for (size_t i = 0; i < r->held_count; i++) {
+    held_t *item = r->held[i];
+    if (item->offset > r->out->next_offset) {
+      r->held[kept++] = item;
+      continue;
+    }
+    int rc = apply(r, item->hash, item->offset, item->bytes, item->key_len,
+                   item->tombstone ? NULL : item->bytes + item->key_len,
+                   item->value_len);
+    free(item);
+    if (rc) {
+      for (size_t j = i + 1; j < r->held_count; j++)
+        r->held[kept++] = r->held[j];
+      r->held_count = kept;
+      return -1;
+    }
+  }
+  r->held_count = kept;
+  return 0;
+}
+
+static int hold(restore_t *r, uint64_t hash, int64_t offset,
+                const unsigned char *key, size_t key_len,
+                const unsigned char *value, size_t value_len) {
+  if (r->held_count == r->held_cap) {
+    size_t cap = r->held_cap ? r->held_cap * 2 : 256;
+    held_t **grown = realloc(r->held, cap * sizeof(*grown));
+    if (!grown)
+      goto oom;
+    r->held = grown;
+    r->held_cap = cap;
+  }
+  held_t *item = malloc(sizeof(*item) + key_len + value_len);
+  if (!item)
+    goto oom;
+  item->hash = hash;
+  item->offset = offset;
+  item->key_len = key_len;
+  item->value_len = value_len;
+  item->tombstone = value == NULL;
+  memcpy(item->bytes, key, key_len);
+  if (value && value_len)
+    memcpy(item->bytes + key_len, value, value_len);
+  r->held[r->held_count++] = item;
+  return 0;
+oom:
+  snprintf(r->errstr, r->errstr_size, "out of memory restoring");
+  return -1;
+}
+
+static int restore_record(restore_t *r, const rd_kafka_message_t *msg) {
+  const unsigned char *key = msg->key, *value = msg->payload;
+  if (key && msg->key_len >= 1 && !value) { /* a deletion */
+    rd_kafka_headers_t *headers = NULL;
+    const void *offset_bytes;
+    size_t size;
+    if (rd_kafka_message_headers(msg, &headers) ||
+        rd_kafka_header_get_last(headers, TLY_CHANGELOG_OFFSET_HEADER,
+                                 &offset_bytes, &size) ||
+        size != 8)
+      return 0;
+    int64_t offset = (int64_t)tly_get_be64(offset_bytes);
+    uint64_t hash = hash_key(key, msg->key_len);
+    if (offset <= r->out->next_offset)
+      return apply(r, hash, offset, key, msg->key_len, NULL, 0);
+    return hold(r, hash, offset, key, msg->key_len, NULL, 0);
+  }
+  if (!key || msg->key_len < 1 || !value || msg->len < 8)
+    return 0; /* not a changelog record of ours */
+  int64_t offset = (int64_t)tly_get_be64(value);
+  if (key[0] == TLY_CHANGELOG_MARKER) {
+    if (msg->len < 16 || offset <= r->out->next_offset)
+      return 0; /* an older commit's marker, re-sent */
+    r->out->next_offset = offset;
+    r->out->watermark_ms = (int64_t)tly_get_be64(value + 8);
+    return apply_held(r);
+  }
+  uint64_t hash = hash_key(key, msg->key_len);
+  if (offset <= r->out->next_offset)
+    return apply(r, hash, offset, key, msg->key_len, value + 8, msg->len - 8);
+  return hold(r, hash, offset, key, msg->key_len, value + 8, msg->len - 8);
+}
+
+typedef struct {
+  restore_t *restore;
+  int failed;
+} index_scan_t;
+
+/* The cycle-end index entry of a restored subject record: [p][end][kind:id]
+ * from the account key [p][kind:id], as the processor writes it. */
+static int index_account(void *opaque, const char *key, size_t key_len,
+                         const char *value, size_t value_len) {
+  index_scan_t *scan = opaque;
+  restore_t *r = scan->restore;
+  char index_key[TLY_KEY_MAX + 8];
+  tly_subject_record_t record;
+  if (key_len < 4 || key_len + 8 > sizeof(index_key) ||
+      tly_subject_record_decode(value, value_len, &record)) {
+    snprintf(r->errstr, r->errstr_size,
+             "restored subject record of partition %d is corrupt",
+             (int)r->partition);
+    scan->failed = 1;
+    return 1;
+  }
+  int64_t end_ms = record.account.cycle.end_ms;
+  int exists = record.account.exists;
+  tly_subject_record_clear(&record);
+  r->out->accounts++;
+  if (!exists)
+    return 0;
+  memcpy(index_key, key, 4);
+  tly_put_be64((unsigned char *)index_key + 4, (uint64_t)end_ms);
+  memcpy(index_key + 12, key + 4, key_len - 4);
+  tly_store_batch_put(r->batch, TLY_CF_CYCLE_ENDS, index_key, key_len + 8, "",
+                      0);
+  if (tly_store_batch_count(r->batch) >= RESTORE_CHUNK && flush_chunk(r)) {
+    scan->failed = 1;
+    return 1;
+  }
+  return 0;
+}
+
+int tly_changelog_restore(tly_store_t *store, rd_kafka_t *reader,
+                          const char *topic, int32_t partition, int64_t low,
+                          int64_t high, tly_changelog_restore_t *out,
+                          char *errstr, size_t errstr_size) {
+  int64_t started = monotonic_ms();
+  restore_t r = {.store = store,
+                 .partition = partition,
+                 .out = out,
+                 .errstr = errstr,
+                 .errstr_size = errstr_size};
+  int rc = -1;
+  *out =
+      (tly_changelog_restore_t){.next_offset = -1, .watermark_ms = INT64_MIN};
+  if (tly_changelog_wipe_partition(store, partition, errstr, errstr_size))
+    return -1;
+  if (high <= low)
+    return 0;
+  r.batch = tly_store_batch_new();
+  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+  if (!r.batch || !parts) {
+    snprintf(errstr, errstr_size, "out of memory");
+    goto out;
+  }
+  rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = low;
+  rd_kafka_resp_err_t err = rd_kafka_assign(reader, parts);
+  if (err) {
+    snprintf(errstr, errstr_size, "restore: assigning %s[%d]: %s", topic,
+             (int)partition, rd_kafka_err2str(err));
+    goto out;
+  }
+  int64_t last_progress = monotonic_ms(), next = low;
+  while (next < high) {
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(reader, 200);
+    if (!msg) {
+      if (monotonic_ms() - last_progress > RESTORE_STALL_MS) {
+        snprintf(errstr, errstr_size,
+                 "restore: %s[%d] stalled at offset %lld of %lld..%lld", topic,
+                 (int)partition, (long long)next, (long long)low,
+                 (long long)high);
+        goto unassign;
+      }
+      continue;
+    }
+    int failed = 0;
+    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      next = high; /* the end as the broker sees it */
+    } else if (msg->err) {
+      snprintf(errstr, errstr_size, "restore: reading %s[%d]: %s", topic,
+               (int)partition, rd_kafka_message_errstr(msg));
+      failed = 1;
+    } else if (msg->partition == partition) {
+      out->records++;
+      next = msg->offset + 1;
+      last_progress = monotonic_ms();
+      failed = restore_record(&r, msg) != 0;
+    }
+    rd_kafka_message_destroy(msg);
+    if (failed)
+      goto unassign;
+  }
+  if (out->next_offset < 0) {
+    rc = 0; /* no complete commit: nothing to restore */
+    goto unassign;
+  }
+  if (flush_chunk(&r))
+    goto unassign;
+  {
+    unsigned char prefix[4];
+    index_scan_t scan = {&r, 0};
+    tly_put_be32(prefix, (uint32_t)partition);
+    if (tly_store_scan_prefix(store, TLY_CF_ACCOUNTS, prefix, 4, index_account,
+                              &scan, errstr, errstr_size) ||
+        scan.failed || flush_chunk(&r))
+      goto unassign;
+  }
+  rc = 1;
+unassign:
+  rd_kafka_assign(reader, NULL);
+out:
+  for (size_t i = 0; i < r.held_count; i++)
+    free(r.held[i]); /* a commit whose publication was cut short */
+  free(r.held);
+  free(r.map.hashes);
+  free(r.map.offsets);
+  if (parts)
+    rd_kafka_topic_partition_list_destroy(parts);
+  tly_store_batch_destroy(r.batch);
+  out->elapsed_ms = monotonic_ms() - started;
+  if (rc == 0 && out->next_offset < 0 &&
+      tly_changelog_wipe_partition(store, partition, errstr, errstr_size))
+    return -1; /* leave nothing half-restored behind */
+  return rc;
+}
