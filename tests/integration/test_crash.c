@@ -117,15 +117,19 @@ static void test_sigkill_during_stream_keeps_totals_exact(void **state) {
   assert_int_equal(pthread_create(&producer, NULL, produce_stream, NULL), 0);
 
   while (kills < MIN_KILLS || !atomic_load(&producer_done)) {
-    /* Kill only a processor that is folding: wait for its first commit,
-     * then a random moment (often mid-batch or mid-commit). */
+    /* While the stream runs, kill only a processor that is folding: wait
+     * for its first commit, then a random moment (often mid-batch or
+     * mid-commit). Once the stream is over there may be nothing left to
+     * fold: the remaining kills land at a random moment of the restart and
+     * its recovery instead. */
     int64_t deadline = th_now_ms() + 60000;
     while (th_metric_sum(run.port, "tally_events_folded_total") <= 0 &&
-           th_now_ms() < deadline)
+           !atomic_load(&producer_done) && th_now_ms() < deadline)
       th_sleep_ms(20);
+    int streaming = !atomic_load(&producer_done);
     th_sleep_ms(rand_r(&seed) % 1500);
     long long folded = th_metric_sum(run.port, "tally_events_folded_total");
-    assert_true(folded > 0);
+    assert_true(folded > 0 || !streaming);
     th_kill9(run.pid);
     kills++;
     printf("# kill %d after this run folded %lld events\n", kills, folded);
