@@ -2645,7 +2645,11 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
 
   const char *defaults[] = {"group.id=tally-recovery", "enable.auto.commit=false",
                             "enable.partition.eof=true",
-                            "max.partition.fetch.bytes=10485760", NULL};
+                            "max.partition.fetch.bytes=10485760",
+                            /* at each partition's end an empty fetch would
+                             * otherwise wait 500 ms: half a second per
+                             * restart and per replay check */
+                            "fetch.wait.max.ms=10", NULL};
   rd_kafka_conf_t *kconf = kafka_conf(&p->conf, defaults, errstr, errstr_size);
   if (!kconf)
     return -1;
