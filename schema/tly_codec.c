@@ -527,21 +527,34 @@ avro_error:
                        avro_strerror());
 }
 
+/* What both decoders check first: the frame header, then the validation
+ * walk over the Avro payload (*payload, *payload_len), counting the
+ * properties map's entries. 0, or -1 with errstr. */
+static int check_payload(const tly_codec_t *codec, const void *data,
+                         size_t len, const unsigned char **payload,
+                         size_t *payload_len, size_t *property_entries,
+                         char *errstr, size_t errstr_size) {
+  const unsigned char *bytes = data;
+  if (tly_avro_check_header(bytes, len, codec->schema_id, errstr, errstr_size))
+    return -1;
+  *payload = bytes + TLY_CODEC_HEADER_SIZE;
+  *payload_len = len - TLY_CODEC_HEADER_SIZE;
+  return tly_avro_validate(&codec->base.root, *payload, *payload_len,
+                           codec->properties_shape, property_entries, errstr,
+                           errstr_size);
+}
+
 int tly_codec_decode(tly_codec_t *codec, const void *data, size_t len,
                      tly_event_t *event, char *errstr, size_t errstr_size) {
-  const unsigned char *bytes = data;
+  const unsigned char *bytes = NULL;
   size_t property_entries = 0;
   char reason[256];
 
   if (!codec || !event)
     return tly_avro_fail(errstr, errstr_size, "decode: missing argument");
   tly_event_clear(event);
-  if (tly_avro_check_header(bytes, len, codec->schema_id, errstr, errstr_size))
-    return -1;
-  bytes += TLY_CODEC_HEADER_SIZE;
-  len -= TLY_CODEC_HEADER_SIZE;
-  if (tly_avro_validate(&codec->base.root, bytes, len, codec->properties_shape,
-                        &property_entries, errstr, errstr_size))
+  if (check_payload(codec, data, len, &bytes, &len, &property_entries, errstr,
+                    errstr_size))
     return -1;
 
   avro_reader_memory_set_source(codec->base.reader, (const char *)bytes,
@@ -830,19 +843,15 @@ static int view_reserve(tly_codec_t *codec, size_t len, size_t properties) {
 int tly_codec_decode_view(tly_codec_t *codec, const void *data, size_t len,
                           tly_event_t *event, char *errstr,
                           size_t errstr_size) {
-  const unsigned char *bytes = data;
+  const unsigned char *bytes = NULL;
   size_t property_entries = 0;
   char reason[256];
 
   if (!codec || !event)
     return tly_avro_fail(errstr, errstr_size, "decode: missing argument");
   memset(event, 0, sizeof(*event));
-  if (tly_avro_check_header(bytes, len, codec->schema_id, errstr, errstr_size))
-    return -1;
-  bytes += TLY_CODEC_HEADER_SIZE;
-  len -= TLY_CODEC_HEADER_SIZE;
-  if (tly_avro_validate(&codec->base.root, bytes, len, codec->properties_shape,
-                        &property_entries, errstr, errstr_size))
+  if (check_payload(codec, data, len, &bytes, &len, &property_entries, errstr,
+                    errstr_size))
     return -1;
   if (view_reserve(codec, len, property_entries))
     return tly_avro_fail(errstr, errstr_size,
