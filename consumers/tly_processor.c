@@ -1875,6 +1875,27 @@ static void lookahead_slots(tly_processor_t *p, const rd_kafka_message_t *msg,
   }
 }
 
+/* The hints for the records after msgs[i]: the slots of the one
+ * LOOKAHEAD_SLOT ahead (its key's hash kept in the ring hashes), the entry
+ * of the one LOOKAHEAD_ENTRY ahead, the rows of the one LOOKAHEAD_ROWS
+ * ahead. */
+#define LOOKAHEAD_RING (LOOKAHEAD_SLOT + 1)
+
+static void look_ahead(tly_processor_t *p, rd_kafka_message_t **msgs,
+                       ssize_t got, ssize_t i, uint64_t *hashes) {
+  ssize_t ahead = i + LOOKAHEAD_SLOT;
+  if (ahead < got) {
+    hashes[ahead % LOOKAHEAD_RING] = lookahead_hash(msgs[ahead]);
+    lookahead_slots(p, msgs[ahead], hashes[ahead % LOOKAHEAD_RING]);
+  }
+  ahead = i + LOOKAHEAD_ENTRY;
+  if (ahead < got && hashes[ahead % LOOKAHEAD_RING])
+    tly_overlay_prefetch_entry(&p->overlay, hashes[ahead % LOOKAHEAD_RING]);
+  ahead = i + LOOKAHEAD_ROWS;
+  if (ahead < got && hashes[ahead % LOOKAHEAD_RING])
+    tly_overlay_prefetch_rows(&p->overlay, hashes[ahead % LOOKAHEAD_RING]);
+}
+
 static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
   if (msg->err) {
     switch (msg->err) {
@@ -3050,23 +3071,11 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
       size_t want = (size_t)(p->conf.batch_max_events - consumed);
       ssize_t got = rd_kafka_consume_batch_queue(
           p->queue, (int)remaining, msgs, want < 512 ? want : 512);
-      uint64_t hashes[LOOKAHEAD_SLOT + 1];
+      uint64_t hashes[LOOKAHEAD_RING];
       for (ssize_t i = 0; i < got && i < LOOKAHEAD_SLOT; i++)
         lookahead_slots(p, msgs[i], hashes[i] = lookahead_hash(msgs[i]));
       for (ssize_t i = 0; i < got; i++) {
-        ssize_t ahead = i + LOOKAHEAD_SLOT;
-        if (ahead < got)
-          lookahead_slots(p, msgs[ahead],
-                          hashes[ahead % (LOOKAHEAD_SLOT + 1)] =
-                              lookahead_hash(msgs[ahead]));
-        if (i + LOOKAHEAD_ENTRY < got &&
-            hashes[(i + LOOKAHEAD_ENTRY) % (LOOKAHEAD_SLOT + 1)])
-          tly_overlay_prefetch_entry(
-              &p->overlay, hashes[(i + LOOKAHEAD_ENTRY) % (LOOKAHEAD_SLOT + 1)]);
-        if (i + LOOKAHEAD_ROWS < got &&
-            hashes[(i + LOOKAHEAD_ROWS) % (LOOKAHEAD_SLOT + 1)])
-          tly_overlay_prefetch_rows(
-              &p->overlay, hashes[(i + LOOKAHEAD_ROWS) % (LOOKAHEAD_SLOT + 1)]);
+        look_ahead(p, msgs, got, i, hashes);
         if (!p->fatal)
           handle_message(p, msgs[i]);
         rd_kafka_message_destroy(msgs[i]);
