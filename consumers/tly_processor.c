@@ -83,17 +83,32 @@ typedef struct {
   int64_t newest_ms; /* its newest event time */
 } blob_ref_t;
 
+/* Grows the array *array points at (any item type, item_size bytes each,
+ * *cap items now) to hold at least count items, doubling. 0, or -1 when
+ * out of memory (the array is left as it was). Every growing array of the
+ * processor goes through here. */
+static int array_room(void *array, size_t *cap, size_t count,
+                      size_t item_size) {
+  if (count <= *cap)
+    return 0;
+  size_t grown_cap = *cap ? *cap * 2 : 16;
+  while (grown_cap < count)
+    grown_cap *= 2;
+  void *items;
+  memcpy(&items, array, sizeof(items));
+  void *grown = realloc(items, grown_cap * item_size);
+  if (!grown)
+    return -1;
+  memcpy(array, &grown, sizeof(grown));
+  *cap = grown_cap;
+  return 0;
+}
+
 /* Appends a blob reference; -1 when out of memory. */
 static int blob_track(blob_ref_t **blobs, size_t *count, size_t *cap,
                       int64_t key, int64_t newest_ms) {
-  if (*count == *cap) {
-    size_t grown_cap = *cap ? *cap * 2 : 64;
-    blob_ref_t *grown = realloc(*blobs, grown_cap * sizeof(*grown));
-    if (!grown)
-      return -1;
-    *blobs = grown;
-    *cap = grown_cap;
-  }
+  if (array_room(blobs, cap, *count + 1, sizeof(**blobs)))
+    return -1;
   (*blobs)[(*count)++] = (blob_ref_t){key, newest_ms};
   return 0;
 }
@@ -285,14 +300,9 @@ static int ensure_partitions(tly_processor_t *p, int32_t count) {
 
 static int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
                          size_t record_len) {
-  if (p->outbox_count == p->outbox_cap) {
-    size_t cap = p->outbox_cap ? p->outbox_cap * 2 : 64;
-    outbox_item_t *grown = realloc(p->outbox, cap * sizeof(*grown));
-    if (!grown)
-      return -1;
-    p->outbox = grown;
-    p->outbox_cap = cap;
-  }
+  if (array_room(&p->outbox, &p->outbox_cap, p->outbox_count + 1,
+                 sizeof(*p->outbox)))
+    return -1;
   p->outbox[p->outbox_count++] =
       (outbox_item_t){seq,
                       record,
@@ -326,14 +336,8 @@ static ack_mark_t *ack_find(tly_processor_t *p, const char *topic,
       return &p->acks[i];
   if (!create)
     return NULL;
-  if (p->ack_count == p->ack_cap) {
-    size_t cap = p->ack_cap ? p->ack_cap * 2 : 16;
-    ack_mark_t *grown = realloc(p->acks, cap * sizeof(*grown));
-    if (!grown)
-      return NULL;
-    p->acks = grown;
-    p->ack_cap = cap;
-  }
+  if (array_room(&p->acks, &p->ack_cap, p->ack_count + 1, sizeof(*p->acks)))
+    return NULL;
   ack_mark_t *mark = &p->acks[p->ack_count++];
   memset(mark, 0, sizeof(*mark));
   snprintf(mark->topic, sizeof(mark->topic), "%s", topic);
@@ -569,14 +573,9 @@ static int batch_has_work(tly_processor_t *p) {
 /* Takes record (malloc'd, already in outbox form) as an output of the
  * open batch. 0, or -1 when out of memory (record stays the caller's). */
 static int add_raw_output(tly_processor_t *p, char *record, size_t len) {
-  if (p->output_count == p->output_cap) {
-    size_t cap = p->output_cap ? p->output_cap * 2 : 16;
-    pending_output_t *grown = realloc(p->outputs, cap * sizeof(*grown));
-    if (!grown)
-      return -1;
-    p->outputs = grown;
-    p->output_cap = cap;
-  }
+  if (array_room(&p->outputs, &p->output_cap, p->output_count + 1,
+                 sizeof(*p->outputs)))
+    return -1;
   p->outputs[p->output_count++] = (pending_output_t){record, len};
   return 0;
 }
@@ -600,27 +599,13 @@ static unsigned char *record_room(tly_processor_t *p, size_t need) {
   return p->record;
 }
 
-/* Grows an array of pointers (the scratch lists below) to hold count. */
-static int ptrs_room(void *array, size_t *cap, size_t count) {
-  void **items = *(void ***)array;
-  if (count <= *cap)
-    return 0;
-  size_t grown_cap = *cap ? *cap * 2 : 16;
-  while (grown_cap < count)
-    grown_cap *= 2;
-  void **grown = realloc(items, grown_cap * sizeof(*grown));
-  if (!grown)
-    return -1;
-  *(void ***)array = grown;
-  *cap = grown_cap;
-  return 0;
-}
 
 /* The hour's buckets the entry holds, into p->bucket_ptrs; the count, or
  * (size_t)-1 when out of memory. */
 static size_t collect_hour(tly_processor_t *p, const tly_overlay_entry_t *entry,
                           int32_t hour) {
-  if (ptrs_room(&p->bucket_ptrs, &p->bucket_ptr_cap, entry->bucket_count))
+  if (array_room(&p->bucket_ptrs, &p->bucket_ptr_cap, entry->bucket_count,
+                 sizeof(*p->bucket_ptrs)))
     return (size_t)-1;
   size_t count = 0;
   for (size_t i = 0; i < entry->bucket_count; i++)
@@ -890,7 +875,8 @@ static void mark_committed(tly_processor_t *p, tly_overlay_entry_t *entry) {
 static void mark_dirty(tly_processor_t *p, tly_overlay_entry_t *entry) {
   if (entry->dirty)
     return;
-  if (ptrs_room(&p->dirty, &p->dirty_cap, p->dirty_count + 1)) {
+  if (array_room(&p->dirty, &p->dirty_cap, p->dirty_count + 1,
+                 sizeof(*p->dirty))) {
     set_fatal(p, "out of memory queueing a record to write");
     return;
   }
@@ -984,17 +970,10 @@ static int batch_submit(tly_processor_t *p) {
    * faster (it reuses the previous insert's position), and the memtable
    * insert is the bulk of a commit's cost. */
   size_t dirty = p->dirty_count;
-  if (dirty > p->sort_key_cap) {
-    size_t cap = p->sort_key_cap ? p->sort_key_cap : 4096;
-    while (cap < dirty)
-      cap *= 2;
-    struct sort_key *grown = realloc(p->sort_keys, cap * sizeof(*grown));
-    if (!grown) {
-      set_fatal(p, "out of memory sorting the batch");
-      return -1;
-    }
-    p->sort_keys = grown;
-    p->sort_key_cap = cap;
+  if (array_room(&p->sort_keys, &p->sort_key_cap, dirty,
+                 sizeof(*p->sort_keys))) {
+    set_fatal(p, "out of memory sorting the batch");
+    return -1;
   }
   for (size_t i = 0; i < dirty; i++) {
     p->sort_keys[i] = sort_key_of(p->dirty[i]);
@@ -1296,14 +1275,9 @@ static int batch_commit(tly_processor_t *p) {
 }
 
 static int add_output(tly_processor_t *p, const tly_outbox_record_t *record) {
-  if (p->output_count == p->output_cap) {
-    size_t cap = p->output_cap ? p->output_cap * 2 : 16;
-    pending_output_t *grown = realloc(p->outputs, cap * sizeof(*grown));
-    if (!grown)
-      return -1;
-    p->outputs = grown;
-    p->output_cap = cap;
-  }
+  if (array_room(&p->outputs, &p->output_cap, p->output_count + 1,
+                 sizeof(*p->outputs)))
+    return -1;
   pending_output_t *out = &p->outputs[p->output_count];
   if (tly_outbox_encode(record, &out->record, &out->record_len))
     return -1;
@@ -1617,7 +1591,8 @@ static int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
   tly_overlay_entry_t *entry = subject_entry(p, kind, id);
   if (!entry)
     return -1;
-  if (ptrs_room(&p->row_ptrs, &p->row_ptr_cap, entry->row_count)) {
+  if (array_room(&p->row_ptrs, &p->row_ptr_cap, entry->row_count,
+                 sizeof(*p->row_ptrs))) {
     set_fatal(p, "out of memory archiving a cycle");
     return -1;
   }
@@ -1687,14 +1662,9 @@ static int collect_due(void *opaque, const char *key, size_t key_len,
     return 0;
   if ((int64_t)tly_get_be64((const unsigned char *)key + 4) > scan->tick_ms)
     return 1; /* keys are in cycle-end order: the rest are not due */
-  if (scan->count == scan->cap) {
-    size_t cap = scan->cap ? scan->cap * 2 : 64;
-    char **grown = realloc(scan->subjects, cap * sizeof(*grown));
-    if (!grown)
-      return 1;
-    scan->subjects = grown;
-    scan->cap = cap;
-  }
+  if (array_room(&scan->subjects, &scan->cap, scan->count + 1,
+                 sizeof(*scan->subjects)))
+    return 1;
   scan->subjects[scan->count] = strndup(key + 12, key_len - 12);
   if (scan->subjects[scan->count])
     scan->count++;
@@ -1819,14 +1789,9 @@ static void note_produced(tly_processor_t *p, const rd_kafka_message_t *msg) {
   int64_t produced = rd_kafka_message_timestamp(msg, &type);
   if (produced <= 0 || type == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
     return;
-  if (p->produced_count == p->produced_cap) {
-    size_t cap = p->produced_cap ? p->produced_cap * 2 : 4096;
-    int64_t *grown = realloc(p->produced_ms, cap * sizeof(*grown));
-    if (!grown)
-      return;
-    p->produced_ms = grown;
-    p->produced_cap = cap;
-  }
+  if (array_room(&p->produced_ms, &p->produced_cap, p->produced_count + 1,
+                 sizeof(*p->produced_ms)))
+    return;
   p->produced_ms[p->produced_count++] = produced;
 }
 
@@ -3230,6 +3195,23 @@ size_t tly_processor_partitions(tly_processor_t *p,
   }
   pthread_mutex_unlock(&p->lock);
   return count;
+}
+
+tly_partition_status_t *tly_processor_partitions_copy(tly_processor_t *p,
+                                                      size_t *count) {
+  size_t cap = 64;
+  for (;;) { /* partitions may be added between the two calls: retry */
+    tly_partition_status_t *status = calloc(cap, sizeof(*status));
+    if (!status)
+      return NULL;
+    size_t total = tly_processor_partitions(p, status, cap);
+    if (total <= cap) {
+      *count = total;
+      return status;
+    }
+    free(status);
+    cap = total;
+  }
 }
 
 void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
