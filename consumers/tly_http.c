@@ -245,19 +245,7 @@ static void handle_healthz(tly_http_t *http, request_t *req,
 /* A malloc'd snapshot of the processor's partitions; *count entries. */
 static tly_partition_status_t *partition_snapshot(tly_http_t *http,
                                                   size_t *count) {
-  size_t cap = 64;
-  for (;;) {
-    tly_partition_status_t *status = calloc(cap, sizeof(*status));
-    if (!status)
-      return NULL;
-    size_t total = tly_processor_partitions(http->conf.processor, status, cap);
-    if (total <= cap) {
-      *count = total;
-      return status;
-    }
-    free(status);
-    cap = total;
-  }
+  return tly_processor_partitions_copy(http->conf.processor, count);
 }
 
 /* Ready once every assigned partition has committed up to the log end seen

@@ -299,24 +299,6 @@ size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms) {
 
 /* ---- this instance's view --------------------------------------------- */
 
-/* A malloc'd snapshot of the processor's partitions; *count entries. */
-static tly_partition_status_t *snapshot(tly_processor_t *processor,
-                                        size_t *count) {
-  size_t cap = 64;
-  for (;;) {
-    tly_partition_status_t *status = calloc(cap, sizeof(*status));
-    if (!status)
-      return NULL;
-    size_t total = tly_processor_partitions(processor, status, cap);
-    if (total <= cap) {
-      *count = total;
-      return status;
-    }
-    free(status);
-    cap = total;
-  }
-}
-
 int tly_members_caught_up(const tly_partition_status_t *status) {
   int64_t committed =
       status->committed_offset < 0 ? 0 : status->committed_offset;
@@ -503,7 +485,7 @@ static int own_view(tly_members_t *members, tly_members_announcement_t *out) {
   size_t count = 0;
   memset(out, 0, sizeof(*out));
   int rebalancing = tly_processor_rebalancing(members->conf.processor);
-  tly_partition_status_t *status = snapshot(members->conf.processor, &count);
+  tly_partition_status_t *status = tly_processor_partitions_copy(members->conf.processor, &count);
   rebalancing |= tly_processor_rebalancing(members->conf.processor);
   if (!status)
     return -1;

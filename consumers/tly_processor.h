@@ -155,6 +155,10 @@ int tly_processor_rebalancing(tly_processor_t *processor);
  * returns the number of partitions. */
 size_t tly_processor_partitions(tly_processor_t *processor,
                                 tly_partition_status_t *out, size_t max);
+/* The same as a malloc'd array (free() it) of *count entries; NULL when
+ * out of memory. */
+tly_partition_status_t *tly_processor_partitions_copy(tly_processor_t *processor,
+                                                      size_t *count);
 void tly_processor_stats(tly_processor_t *processor,
                          tly_processor_stats_t *stats);
 
