@@ -2569,7 +2569,7 @@ static rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
   char kafka_err[512];
   if (rd_kafka_conf_set(kconf, "bootstrap.servers", conf->brokers, kafka_err,
                         sizeof(kafka_err)) != RD_KAFKA_CONF_OK) {
-    snprintf(errstr, errstr_size, "brokers: %s", kafka_err);
+    snprintf(errstr, errstr_size, "brokers: %.400s", kafka_err);
     goto fail;
   }
   if (tly_kafka_conf_apply(kconf, defaults, errstr, errstr_size) ||
