@@ -461,6 +461,19 @@ static void handle_metrics(tly_http_t *http, request_t *req,
               "tally_replay_outputs_skipped_total %llu\n",
               (unsigned long long)stats.replay_skipped);
   text_append(&text,
+              "# HELP tally_stalls_total Times the processor found it had "
+              "been away longer than the group session timeout and held "
+              "its outputs until the group confirmed or revoked its "
+              "partitions.\n# TYPE tally_stalls_total counter\n"
+              "tally_stalls_total %llu\n"
+              "# HELP tally_outputs_abandoned_total Outbox entries (outputs, "
+              "changelog bundles) of revoked partitions not yet sent, left "
+              "to the next owner's replay.\n"
+              "# TYPE tally_outputs_abandoned_total counter\n"
+              "tally_outputs_abandoned_total %llu\n",
+              (unsigned long long)stats.stalls,
+              (unsigned long long)stats.abandoned);
+  text_append(&text,
               "# HELP tally_changelog_restores_total Partitions restored from "
               "the state changelog.\n# TYPE tally_changelog_restores_total "
               "counter\ntally_changelog_restores_total %llu\n"

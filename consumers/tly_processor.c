@@ -226,6 +226,16 @@ struct tly_processor {
   _Atomic int32_t partition_count;
   _Atomic int rebalancing; /* inside the rebalance callback: partitions are
                              being resumed one by one, so not ready */
+  /* Zombie fencing (stall_check): a thread stalled past the group session
+   * (SIGSTOP, a frozen VM) may have lost its partitions to another
+   * instance without knowing yet. Outputs are then held, and nothing is
+   * served as current, until the group confirms the assignment or takes
+   * it (a revoke with the assignment lost). */
+  int64_t alive_ms;       /* the loop last came round (monotonic) */
+  int64_t fence_until_ms; /* holding outputs until then; 0: not fenced */
+  int session_timeout_ms, heartbeat_ms;
+  _Atomic int fenced;
+  atomic_uint_least64_t fences, abandoned;
 
   atomic_uint_least64_t events_folded, dead_letters, batches_committed;
   atomic_uint_least64_t duplicates, alerts_total;
@@ -478,12 +488,52 @@ static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
   return 0;
 }
 
+/*
+ * Zombie fencing. The loop comes round every batch (a few hundred ms at
+ * most); when it finds it was away longer than the group's session
+ * timeout, the group may have given its partitions to another instance,
+ * which restores and replays them and sends their outputs itself. Sending
+ * this instance's outputs of that time as well could duplicate them, and
+ * its state is no longer current. So outputs are held and the partitions
+ * are reported as moving (not served) for a few heartbeats: enough for
+ * librdkafka to find out the session expired and revoke the assignment as
+ * lost, which abandons those outputs (abandon_revoked). If no revoke
+ * comes, the session survived: the fence lifts. 1 while fenced.
+ */
+static int stall_check(tly_processor_t *p) {
+  int64_t now = tly_monotonic_ms();
+  if (p->alive_ms && now - p->alive_ms > p->session_timeout_ms &&
+      !p->fence_until_ms) {
+    int64_t hold = 3 * (int64_t)p->heartbeat_ms;
+    p->fence_until_ms = now + (hold < 3000 ? 3000 : hold);
+    atomic_store(&p->fenced, 1);
+    atomic_fetch_add(&p->fences, 1);
+    tly_log(TLY_LOG_WARN, "processor",
+            "stalled for %lld ms, longer than session.timeout.ms (%d): "
+            "outputs held and partitions not served until the group "
+            "confirms the assignment",
+            (long long)(now - p->alive_ms), p->session_timeout_ms);
+  }
+  p->alive_ms = now;
+  if (!p->fence_until_ms)
+    return 0;
+  if (now < p->fence_until_ms || rd_kafka_assignment_lost(p->consumer))
+    return 1;
+  p->fence_until_ms = 0;
+  atomic_store(&p->fenced, 0);
+  tly_log(TLY_LOG_INFO, "processor",
+          "the group kept the assignment after the stall: outputs resume");
+  return 0;
+}
+
 /* Hands pending entries to the producer, in sequence order. A changelog
  * bundle waits until every entry before it was acknowledged, so the
  * changelog never runs ahead of the outputs: when a commit is in the
  * changelog, its outputs and all earlier ones are in Kafka, and whoever
  * restores past it needs none of them again. */
 static void outbox_publish(tly_processor_t *p) {
+  if (stall_check(p))
+    return;
   /* Before i: outputs not yet acknowledged, or bundles not yet produced
    * (produced bundles are ahead in the producer's per-partition order). */
   size_t unacked = 0;
@@ -1954,6 +2004,18 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
   return dedupe;
 }
 
+/* An integer property of conf as librdkafka holds it (fallback when it
+ * cannot be read). */
+static int conf_int(const rd_kafka_conf_t *conf, const char *name,
+                    int fallback) {
+  char value[32];
+  size_t size = sizeof(value);
+  if (rd_kafka_conf_get(conf, name, value, &size) != RD_KAFKA_CONF_OK)
+    return fallback;
+  int parsed = atoi(value);
+  return parsed > 0 ? parsed : fallback;
+}
+
 static rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
                                    const char *const *defaults, char *errstr,
                                    size_t errstr_size);
@@ -2412,8 +2474,9 @@ static void drain_outbox(tly_processor_t *p) {
       break;
     if (tly_monotonic_ms() > deadline) {
       tly_log(TLY_LOG_WARN, "processor",
-              "rebalance: outbox not acknowledged within 10 s; the next owner "
-              "may send some outputs again");
+              "rebalance: outbox not acknowledged within 10 s; what was not "
+              "sent is left to the next owner, what is in flight may reach "
+              "Kafka after its check and be duplicated");
       break;
     }
     rd_kafka_flush(p->producer, 100);
@@ -2503,14 +2566,122 @@ static int resolve_inherited(tly_processor_t *p) {
   return 0;
 }
 
+/* The partitions being revoked, for abandon_revoked's bundle filter. */
+typedef struct {
+  const rd_kafka_topic_partition_list_t *parts;
+  unsigned char *dropped; /* per partition: something of it was dropped */
+  int32_t cap;
+} revoked_t;
+
+static int revoked_index(const revoked_t *revoked, int32_t partition) {
+  for (int i = 0; i < revoked->parts->cnt; i++)
+    if (revoked->parts->elems[i].partition == partition)
+      return partition >= 0 && partition < revoked->cap ? partition : -1;
+  return -2; /* not revoked */
+}
+
+static int keep_unrevoked(void *opaque, int32_t partition) {
+  revoked_t *revoked = opaque;
+  int index = revoked_index(revoked, partition);
+  if (index == -2)
+    return 1;
+  if (index >= 0)
+    revoked->dropped[index] = 1;
+  return 0;
+}
+
+/*
+ * Outputs of revoked partitions that were never handed to Kafka (the
+ * revoke came with the assignment lost, or the drain ran out of time) are
+ * dropped rather than sent late: the next owner restores from the
+ * changelog, which never runs ahead of unacknowledged outputs, replays the
+ * tail and sends each output Kafka lacks. Sent from here too, one could
+ * arrive after its check and be duplicated. The changelog records of those
+ * partitions still waiting go too, so the stored offset of every partition
+ * that lost something is deleted in the same commit: should it come back
+ * here, it is rebuilt (restored and replayed) rather than resumed from a
+ * state the changelog and the topics no longer fully reflect.
+ */
+static void abandon_revoked(tly_processor_t *p,
+                            const rd_kafka_topic_partition_list_t *parts) {
+  revoked_t revoked = {parts, calloc((size_t)p->partition_cap + 1, 1),
+                       p->partition_cap};
+  size_t outputs = 0, bundles = 0;
+  if (!revoked.dropped) {
+    set_fatal(p, "out of memory abandoning revoked outputs");
+    return;
+  }
+  for (size_t i = 0; i < p->outbox_count && !p->fatal; i++) {
+    outbox_item_t *item = &p->outbox[i];
+    if (item->state != OUTBOX_PENDING)
+      continue;
+    if (!item->bundle) {
+      int index = revoked_index(&revoked, output_source_partition(item));
+      if (index == -2 || index == -1)
+        continue;
+      revoked.dropped[index] = 1;
+      item->state = OUTBOX_ACKED; /* deleted with the next commit */
+      outputs++;
+      continue;
+    }
+    char *kept = NULL;
+    size_t kept_len = 0;
+    if (tly_changelog_bundle_filter(item->record, item->record_len,
+                                    keep_unrevoked, &revoked, &kept,
+                                    &kept_len)) {
+      set_fatal(p, "outbox entry %llu: corrupt changelog bundle",
+                (unsigned long long)item->seq);
+      break;
+    }
+    if (kept_len != item->record_len)
+      bundles++;
+    free(item->record); /* the stored entry stays whole until deleted */
+    item->record = kept;
+    item->record_len = kept_len;
+  }
+  size_t rebuilt = 0;
+  for (int32_t i = 0; i < p->partition_cap && !p->fatal; i++) {
+    unsigned char key[4];
+    if (!revoked.dropped[i])
+      continue;
+    tly_put_be32(key, (uint32_t)i);
+    tly_store_batch_delete(p->batch, TLY_CF_OFFSETS, key, sizeof(key));
+    rebuilt++;
+  }
+  free(revoked.dropped);
+  if (!outputs && !bundles)
+    return;
+  atomic_fetch_add(&p->abandoned, outputs + bundles);
+  tly_log(TLY_LOG_WARN, "processor",
+          "revoke: %zu outputs and %zu changelog bundles not yet sent were "
+          "dropped for the next owner to send; %zu partitions will be "
+          "rebuilt if they come back",
+          outputs, bundles, rebuilt);
+  batch_commit(p);
+}
+
 static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
                       rd_kafka_resp_err_t err,
                       rd_kafka_topic_partition_list_t *parts) {
   /* Whatever happens next, what was folded so far is committed first; the
    * cache goes, since partitions that come back may have moved meanwhile. */
   batch_commit(p);
-  if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && !p->fatal)
-    drain_outbox(p);
+  if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && !p->fatal) {
+    /* A lost assignment (the session expired: another instance may own
+     * these partitions already) or a fenced one sends nothing more. */
+    int lost = err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS ||
+               rd_kafka_assignment_lost(rk) || p->fence_until_ms;
+    if (lost)
+      tly_log(TLY_LOG_WARN, "processor",
+              "revoke: the assignment was lost; outputs not yet sent are "
+              "left to the next owner");
+    else
+      drain_outbox(p);
+    if (!p->fatal)
+      abandon_revoked(p, parts);
+    p->fence_until_ms = 0; /* the group has spoken */
+    atomic_store(&p->fenced, 0);
+  }
   atomic_fetch_add(&p->rebalances, 1);
   tly_overlay_reset(&p->overlay);
   p->last_entry = NULL;
@@ -2558,6 +2729,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   atomic_store(&p->rebalancing, 1);
   rebalance(p, rk, err, parts);
   atomic_store(&p->rebalancing, 0);
+  /* A long restore or drain is no stall: the loop was here, serving the
+   * group. */
+  p->alive_ms = tly_monotonic_ms();
 }
 
 /* ---- lifecycle ------------------------------------------------------- */
@@ -2905,6 +3079,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   }
   rd_kafka_conf_set_opaque(kconf, p);
   rd_kafka_conf_set_rebalance_cb(kconf, rebalance_cb);
+  p->session_timeout_ms = conf_int(kconf, "session.timeout.ms", 45000);
+  p->heartbeat_ms = conf_int(kconf, "heartbeat.interval.ms", 3000);
   p->consumer =
       rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err, sizeof(kafka_err));
   if (!p->consumer) {
@@ -3141,13 +3317,13 @@ int32_t tly_processor_restoring(tly_processor_t *p) {
 }
 
 int tly_processor_rebalancing(tly_processor_t *p) {
-  return atomic_load(&p->rebalancing);
+  return atomic_load(&p->rebalancing) || atomic_load(&p->fenced);
 }
 
 tly_partition_role_t tly_processor_partition_role(tly_processor_t *p,
                                                   int32_t partition) {
   tly_partition_role_t role = TLY_PARTITION_NOT_OWNED;
-  int rebalancing = atomic_load(&p->rebalancing);
+  int rebalancing = tly_processor_rebalancing(p);
   pthread_mutex_lock(&p->lock);
   if (partition >= 0 && partition < p->partition_cap &&
       p->partitions[partition].assigned) {
@@ -3158,7 +3334,7 @@ tly_partition_role_t tly_processor_partition_role(tly_processor_t *p,
   }
   pthread_mutex_unlock(&p->lock);
   if (role == TLY_PARTITION_SERVING &&
-      (rebalancing || atomic_load(&p->rebalancing)))
+      (rebalancing || tly_processor_rebalancing(p)))
     role = TLY_PARTITION_REPLAYING; /* being set up: not yet trusted */
   return role;
 }
@@ -3223,6 +3399,8 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->outbox_pending = atomic_load(&p->outbox_size);
   stats->rebalances = atomic_load(&p->rebalances);
   stats->replay_skipped = atomic_load(&p->replay_skipped);
+  stats->stalls = atomic_load(&p->fences);
+  stats->abandoned = atomic_load(&p->abandoned);
   stats->changelog_restores = atomic_load(&p->restores);
   stats->changelog_restored_records = atomic_load(&p->restored_records);
   stats->changelog_restore_ms = atomic_load(&p->restore_ms);

@@ -90,6 +90,9 @@ typedef struct {
   uint64_t outbox_pending;
   uint64_t rebalances;     /* assignments and revocations handled */
   uint64_t replay_skipped; /* replayed outputs found in Kafka, not re-sent */
+  uint64_t stalls;    /* fences: the loop was away past the session timeout */
+  uint64_t abandoned; /* unsent outputs of revoked partitions, left to the
+                         next owner */
   uint64_t changelog_restores; /* partitions restored from the changelog */
   uint64_t changelog_restored_records; /* changelog records read by them */
   uint64_t changelog_restore_ms;       /* and the time they took */

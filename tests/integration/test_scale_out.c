@@ -6,7 +6,11 @@
  * threshold of the reference plan. Mid-stream one instance is SIGKILLed and
  * a fresh one (new machine, empty state dir) takes its place; later a
  * fourth joins on the killed instance's old state dir (a machine coming
- * back with stale state). Partitions move at every step: an instance that
+ * back with stale state). Before that, another instance is frozen
+ * (SIGSTOP, a stalled VM) until the group gives its partitions away, then
+ * woken: it wakes with records fetched and outputs waiting for partitions
+ * that are no longer its own, and must send none of them (the new owners
+ * do). Partitions move at every step: an instance that
  * gets a partition it has no or stale state for replays it, checking its
  * outputs against the alerts topic by id instead of re-sending them.
  *
@@ -24,6 +28,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -35,7 +40,7 @@
 
 #define PARTITIONS 12
 #define SUBJECTS 300
-#define EVENTS 30000
+#define EVENTS 44000
 #define EVENTS_PER_SECOND 2000
 #define MAX_LIVE 4
 
@@ -208,7 +213,7 @@ static void test_scale_out(void **state) {
   assert_int_equal(th_run_start(&b, broker.bootstrap, dir_b, extra), 0);
   assert_int_equal(th_run_start(&c, broker.bootstrap, dir_c, extra), 0);
   group_t group = {{&a, &b, &c}, 3};
-  assert_int_equal(wait_settled(&group, NULL, 30000), 0);
+  assert_int_equal(wait_settled(&group, NULL, 60000), 0);
   printf("# 3 instances share %d partitions after %lld ms\n", PARTITIONS,
          (long long)(th_now_ms() - started));
   assert_int_equal(pthread_create(&producer, NULL, th_stream_main, &stream), 0);
@@ -227,6 +232,19 @@ static void test_scale_out(void **state) {
   printf("# a, c, d settled after %lld ms\n",
          (long long)(th_now_ms() - started));
 
+  /* C freezes mid-stream past the session timeout: A and D take its
+   * partitions, restore and replay them, and send their outputs. Woken,
+   * C holds what it had and finds its assignment lost. */
+  assert_int_equal(kill(c.pid, SIGSTOP), 0);
+  printf("# SIGSTOP c after %lld ms\n", (long long)(th_now_ms() - started));
+  group = (group_t){{&a, &d}, 2};
+  assert_int_equal(wait_settled(&group, NULL, 60000), 0);
+  th_sleep_ms(1000); /* A and D fold C's old partitions for a while */
+  assert_int_equal(kill(c.pid, SIGCONT), 0);
+  printf("# SIGCONT c after %lld ms (a and d owned everything)\n",
+         (long long)(th_now_ms() - started));
+  group = (group_t){{&a, &c, &d}, 3};
+
   /* A fourth joins on B's old state dir: stale state and an outbox. It
    * runs without the changelog, so whatever it gets it rebuilds by
    * replaying the input from what it has (or from the start), checking
@@ -237,6 +255,7 @@ static void test_scale_out(void **state) {
   group = (group_t){{&a, &c, &d, &e}, 4};
 
   pthread_join(producer, NULL);
+  printf("# stream done after %lld ms\n", (long long)(th_now_ms() - started));
   if (stream.error[0])
     fail_msg("%s", stream.error);
   int64_t high[PARTITIONS];
@@ -267,6 +286,12 @@ static void test_scale_out(void **state) {
   long long restores = th_metric_sum(d.port, "tally_changelog_restores_total");
   printf("# d restored %lld partitions from the changelog\n", restores);
   assert_true(restores > 0);
+  /* C noticed its stall and held its outputs until the group spoke. */
+  long long stalls = th_metric_sum(c.port, "tally_stalls_total");
+  long long abandoned = th_metric_sum(c.port, "tally_outputs_abandoned_total");
+  printf("# c: %lld stall(s), %lld unsent outputs left to the new owners\n",
+         stalls, abandoned);
+  assert_true(stalls + abandoned >= 1); /* by its clock or the group's */
 
   th_verify_reference_routed(owner_port, &group, broker.bootstrap, &stream);
   /* Most subjects live on another instance than the one asked: those
