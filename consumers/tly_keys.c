@@ -76,3 +76,13 @@ size_t tly_key_history(int32_t partition, tly_subject_kind_t kind,
   out[len + 1] = tag;
   return len + 2;
 }
+
+size_t tly_key_expiry(const char *usage_key, size_t usage_len,
+                      int64_t expires_at_ms, char *out, size_t out_size) {
+  if (usage_len < 4 || usage_len + 12 > out_size)
+    return 0;
+  memcpy(out, usage_key, 4);
+  tly_put_be64((unsigned char *)out + 4, (uint64_t)expires_at_ms);
+  memcpy(out + 12, usage_key, usage_len);
+  return usage_len + 12;
+}

@@ -53,6 +53,12 @@ size_t tly_key_report_cursor(int32_t partition, tly_subject_kind_t kind,
                              int64_t window_start_ms, char *out,
                              size_t out_size);
 
+/* [p][expires at, 8 bytes BE][usage key]: the expiry index entry of a
+ * history key (usage_key starts with its partition); 0 when out_size is
+ * short, else usage_len + 12. */
+size_t tly_key_expiry(const char *usage_key, size_t usage_len,
+                      int64_t expires_at_ms, char *out, size_t out_size);
+
 /* The history kinds (the tag after the subject). */
 #define TLY_HISTORY_HOUR 'H'
 #define TLY_HISTORY_CYCLE 'C'

@@ -120,6 +120,8 @@ typedef struct {
   int64_t position;   /* next offset to fold; -1: from the log's start */
   int64_t watermark;  /* largest occurred_at folded (event time) */
   int watermark_dirty;
+  int64_t expiry_scan_ms; /* the next changelog_expire_history scan is due
+                             once the watermark reaches this */
   /* The event ids folded within the window (NULL while unassigned) and the
    * key of the open batch's blob: its first offset here, -1 if none yet. */
   tly_dedupe_t *dedupe;
@@ -714,12 +716,20 @@ static void changelog_put(tly_processor_t *p, char kind, const void *key,
 }
 
 /* Puts a history value: [expires_at, 8 bytes BE] then what p->record holds
- * from offset 8 (len bytes in all). */
+ * from offset 8 (len bytes in all). With the changelog on, a value that
+ * expires is indexed by its expiry too (changelog_expire_history). */
 static void put_history(tly_processor_t *p, const char *key, size_t key_len,
                         int64_t expires_at_ms, size_t len) {
   tly_put_be64(p->record, (uint64_t)expires_at_ms);
   tly_store_batch_put(p->batch, TLY_CF_USAGE, key, key_len, p->record, len);
   changelog_put(p, TLY_CHANGELOG_USAGE, key, key_len, p->record, len);
+  char index[TLY_KEY_MAX + 12];
+  size_t index_len =
+      p->changelog_topic && expires_at_ms != INT64_MAX
+          ? tly_key_expiry(key, key_len, expires_at_ms, index, sizeof(index))
+          : 0;
+  if (index_len)
+    tly_store_batch_put(p->batch, TLY_CF_EXPIRIES, index, index_len, "", 0);
 }
 
 /* Writes every bucket the entry holds of hour to the hour's own key. */
@@ -968,6 +978,77 @@ static void changelog_expire_blobs(tly_processor_t *p) {
   }
 }
 
+/* Expired history keys of a scanned partition: the index keys, up to the
+ * watermark (the index is sorted by expiry, so the scan stops at the first
+ * one still due later). */
+typedef struct {
+  int64_t watermark;
+  struct expired_key {
+    char *key;
+    size_t len;
+  } * keys;
+  size_t count, cap;
+  int failed;
+} expired_scan_t;
+
+static int collect_expired(void *opaque, const char *key, size_t key_len,
+                           const char *value, size_t value_len) {
+  expired_scan_t *scan = opaque;
+  (void)value;
+  (void)value_len;
+  if (key_len < 12 + 4 ||
+      (int64_t)tly_get_be64((const unsigned char *)key + 4) > scan->watermark)
+    return 1;
+  char *copy = malloc(key_len);
+  if (!copy || array_room(&scan->keys, &scan->cap, scan->count + 1,
+                          sizeof(*scan->keys))) {
+    free(copy);
+    scan->failed = 1;
+    return 1;
+  }
+  memcpy(copy, key, key_len);
+  scan->keys[scan->count++] = (struct expired_key){copy, key_len};
+  return 0;
+}
+
+/* History keys whose expiry the watermark passed (hours past
+ * retention.daily_days, alerts past retention.alerts_days; the store's
+ * compaction filter drops them by the same horizon) get a changelog
+ * tombstone in this commit, and leave the index, so a compacted changelog
+ * does not keep every hour of every subject forever. Scanned at most once
+ * per hour of event time per partition; a key's tombstone may come up to
+ * an hour after it expired. */
+static void changelog_expire_history(tly_processor_t *p) {
+  char errstr[256];
+  for (int32_t i = 0; i < p->partition_cap && !p->fatal; i++) {
+    partition_state_t *part = &p->partitions[i];
+    if (!part->watermark_dirty || part->watermark == INT64_MIN ||
+        part->watermark < part->expiry_scan_ms)
+      continue;
+    part->expiry_scan_ms = part->watermark + TLY_HOUR_MS;
+    unsigned char prefix[4];
+    expired_scan_t scan = {.watermark = part->watermark};
+    tly_put_be32(prefix, (uint32_t)i);
+    if (tly_store_scan_prefix(p->store, TLY_CF_EXPIRIES, prefix, 4,
+                              collect_expired, &scan, errstr,
+                              sizeof(errstr)) ||
+        scan.failed)
+      set_fatal(p, "scanning expired history: %s",
+                scan.failed ? "out of memory" : errstr);
+    for (size_t k = 0; k < scan.count; k++) {
+      const struct expired_key *expired = &scan.keys[k];
+      if (!p->fatal) {
+        tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_USAGE,
+                                    expired->key + 12, expired->len - 12);
+        tly_store_batch_delete(p->batch, TLY_CF_EXPIRIES, expired->key,
+                               expired->len);
+      }
+      free(expired->key);
+    }
+    free(scan.keys);
+  }
+}
+
 /* The batch's changelog records and a marker per partition it folded, as
  * one outbox entry (one RocksDB put for the lot; the publisher expands it
  * into Kafka records). 0, or -1 after setting the fatal reason. */
@@ -1064,8 +1145,10 @@ static int batch_submit(tly_processor_t *p) {
       return -1;
     }
   }
-  if (p->changelog_topic)
+  if (p->changelog_topic) {
     changelog_expire_blobs(p);
+    changelog_expire_history(p);
+  }
   if (changelog_finish(p))
     return -1;
   for (size_t i = 0; i < p->output_count; i++) {

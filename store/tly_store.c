@@ -71,6 +71,7 @@ static const tly_cf_desc_t tly_cf_table[] = {
     [TLY_CF_CYCLE_ENDS] = {"cycle_ends", 0},
     [TLY_CF_REPORTS] = {"reports", 0},
     [TLY_CF_CURSORS] = {"stripe_cursors", 1},
+    [TLY_CF_EXPIRIES] = {"expiries", 0},
 };
 
 /* A new enum value without a row: if it is the last one the table comes out

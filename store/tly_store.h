@@ -36,6 +36,9 @@ typedef enum {
                         tly_keys.h */
   TLY_CF_CURSORS,    /* what was reported to Stripe, per subject, meter and
                         window; see tly_keys.h */
+  TLY_CF_EXPIRIES,   /* [partition][expires at, 8 bytes BE][usage key] ->
+                        empty: when each expiring history key goes, so the
+                        state changelog gets its tombstone */
   TLY_CF__COUNT
 } tly_cf_t;
 
