@@ -43,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #define KEY_MAX 1200
@@ -1160,6 +1161,7 @@ static void record_visible(tly_processor_t *p, const commit_inflight_t *flight) 
  * written again; a store that keeps failing stops the processor. */
 static void *writer_main(void *arg) {
   tly_processor_t *p = arg;
+  prctl(PR_SET_NAME, "tly-writer"); /* for top -H and perf */
   pthread_mutex_lock(&p->writer_lock);
   for (;;) {
     while (!p->writer_job && !p->writer_quit)
