@@ -753,15 +753,14 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
       return -1;
     /* One pass when the record fits the buffer (it has grown to the
      * largest record so far), a second one after growing it. */
-    size_t len =
-        tly_subject_record_encode(account, rows, entry->row_count,
-                                  p->bucket_ptrs, bucket_count, p->record,
-                                  p->record_cap);
+    size_t len = tly_subject_record_encode(account, rows, entry->row_count,
+                                           p->bucket_ptrs, bucket_count,
+                                           p->record, p->record_cap);
     if (len > p->record_cap) {
       if (!record_room(p, len))
         return -1;
-      tly_subject_record_encode(account, rows, entry->row_count,
-                                p->bucket_ptrs, bucket_count, p->record, len);
+      tly_subject_record_encode(account, rows, entry->row_count, p->bucket_ptrs,
+                                bucket_count, p->record, len);
     }
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
                         p->record, len);

@@ -765,32 +765,36 @@ static void test_subject_record_rejects_garbage(void **ctx) {
   unsigned char overlong[16] = {3, 0, 0, 0};
   memset(overlong + 4, 0xff, 11);
   overlong[15] = 0x01;
-  assert_int_equal(tly_subject_record_decode(overlong, sizeof(overlong), &record),
-                   -1);
+  assert_int_equal(
+      tly_subject_record_decode(overlong, sizeof(overlong), &record), -1);
   /* A tenth byte above 1 carries bits past 64. */
-  unsigned char too_wide[] = {3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff,
-                              0xff, 0xff, 0xff, 0xff, 0x02};
-  assert_int_equal(tly_subject_record_decode(too_wide, sizeof(too_wide), &record),
-                   -1);
+  unsigned char too_wide[] = {3,    0,    0,    0,    0xff, 0xff, 0xff,
+                              0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02};
+  assert_int_equal(
+      tly_subject_record_decode(too_wide, sizeof(too_wide), &record), -1);
   /* A flag this version does not know. */
   unsigned char flags[] = {3, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0};
-  assert_int_equal(tly_subject_record_decode(flags, sizeof(flags), &record), -1);
+  assert_int_equal(tly_subject_record_decode(flags, sizeof(flags), &record),
+                   -1);
   flags[3] = 0; /* the same record with known flags decodes */
   assert_int_equal(tly_subject_record_decode(flags, sizeof(flags), &record), 0);
   tly_subject_record_clear(&record);
   /* A row count far beyond the bytes left: rejected, nothing allocated. */
-  unsigned char count[] = {3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                           0xff, 0xff, 0xff, 0xff, 0x0f, 0};
-  assert_int_equal(tly_subject_record_decode(count, sizeof(count), &record), -1);
+  unsigned char count[] = {3, 0, 0,    0,    0,    0,    0,    0,
+                           0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0};
+  assert_int_equal(tly_subject_record_decode(count, sizeof(count), &record),
+                   -1);
   assert_null(record.rows);
   /* A history longer than kept. */
-  unsigned char history[] = {2, 0, 0, 0, 0, 0, 0, 0, 0, TLY_BILLING_HISTORY + 1};
+  unsigned char history[] = {2, 0, 0, 0, 0,
+                             0, 0, 0, 0, TLY_BILLING_HISTORY + 1};
   assert_int_equal(tly_account_decode(history, sizeof(history), &account), -1);
   history[9] = 0;
   assert_int_equal(tly_account_decode(history, sizeof(history), &account), 0);
   /* Trailing bytes. */
   unsigned char trailing[] = {2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  assert_int_equal(tly_account_decode(trailing, sizeof(trailing), &account), -1);
+  assert_int_equal(tly_account_decode(trailing, sizeof(trailing), &account),
+                   -1);
 
   /* Every byte of a real record replaced by a few values: whatever the
    * verdict, the decoder stays in bounds and a success round-trips. */
@@ -805,8 +809,8 @@ static void test_subject_record_rejects_garbage(void **ctx) {
   const tly_subject_row_t *rows[] = {&row};
   const tly_subject_bucket_t *buckets[] = {&bucket};
   unsigned char bytes[512], work[512];
-  size_t len =
-      tly_subject_record_encode(&full, rows, 1, buckets, 1, bytes, sizeof(bytes));
+  size_t len = tly_subject_record_encode(&full, rows, 1, buckets, 1, bytes,
+                                         sizeof(bytes));
   assert_true(len < sizeof(bytes));
   static const unsigned char values[] = {0x00, 0x01, 0x7f, 0x80, 0xff};
   for (size_t at = 0; at < len; at++)
@@ -885,22 +889,31 @@ int main(void) {
       cmocka_unit_test(test_bucket_and_archive_encodings),
       cmocka_unit_test(test_tier_boundaries),
       cmocka_unit_test(test_month_cycles),
-      cmocka_unit_test_setup_teardown(test_graduated_price_and_hard_limit_alerts, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_soft_limit_and_exact_token_cost, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_unlimited_volume_and_credit_thresholds, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_rollover_and_late_event, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_graduated_price_and_hard_limit_alerts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_soft_limit_and_exact_token_cost,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_unlimited_volume_and_credit_thresholds, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rollover_and_late_event, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_hourly_buckets, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_closed_cycles_are_archived_once_they_leave_history, setup,
           teardown),
-      cmocka_unit_test_setup_teardown(test_invoice_paid_resets_quota, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_duplicate_event_ids, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_invoice_paid_resets_quota, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_duplicate_event_ids, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_unknown_model, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_tick_closes_idle_cycle, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tick_closes_idle_cycle, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_dedupe_window, setup, teardown),
       cmocka_unit_test_setup_teardown(test_feature_name_bound, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_plans_payments_and_cancellation, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_same_log_same_alerts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_plans_payments_and_cancellation,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_same_log_same_alerts, setup,
+                                      teardown),
       cmocka_unit_test(test_state_encodings),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
