@@ -2836,8 +2836,13 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     return NULL;
   }
   p->conf = *conf;
+  /* A cap on growth only (batches close after batch_max_ms unless the
+   * writer is still busy): under a backlog a bigger batch writes each
+   * subject it touched once for more of its events. bench_fold, 1 M
+   * events over 100k subjects: 200,000 cut the process's CPU per event by
+   * about a sixth against 100,000. */
   if (p->conf.batch_max_events <= 0)
-    p->conf.batch_max_events = 100000;
+    p->conf.batch_max_events = 200000;
   if (p->conf.batch_max_ms <= 0)
     p->conf.batch_max_ms = 100;
   p->usage_topic = strdup(conf->usage_topic ? conf->usage_topic
