@@ -631,39 +631,104 @@ tly_fold_result_t tly_billing_tick(const tly_billing_t *billing,
 
 /* ---- encodings -------------------------------------------------------- */
 
-static size_t put_string(unsigned char *out, const char *text, size_t max) {
+/*
+ * The stored records (the subject record above all: every batch that
+ * touches a subject rewrites it, and its bytes are what a commit costs in
+ * the WAL append and checksum, the memtable copy, flushes and compactions)
+ * are compact: integers are LEB128 varints, signed ones zigzagged, cycle
+ * ends stored as the cycle's length and the cycles of history and rows as
+ * offsets from the account's current cycle, so common values take a byte or
+ * two. Strings are a length byte and the bytes; counts are varints. Each
+ * record starts with a version byte; a decoder rejects other versions,
+ * truncation, trailing bytes and out-of-range values.
+ *
+ * Encoders write through a writer that stops writing (but goes on
+ * counting) once out is full, so one pass both writes a record that fits
+ * and measures one that does not.
+ */
+
+typedef struct {
+  unsigned char *out;
+  size_t size; /* of out */
+  size_t len;  /* written so far, or needed once past size */
+} writer_t;
+
+static void put_bytes(writer_t *w, const void *bytes, size_t n) {
+  if (n && w->len <= w->size && n <= w->size - w->len)
+    memcpy(w->out + w->len, bytes, n);
+  w->len += n;
+}
+
+static void put_byte(writer_t *w, unsigned char byte) {
+  put_bytes(w, &byte, 1);
+}
+
+static void put_varint(writer_t *w, uint64_t value) {
+  unsigned char bytes[10], *out = bytes;
+  int direct = w->len <= w->size && w->size - w->len >= sizeof(bytes);
+  if (direct)
+    out = w->out + w->len;
+  size_t n = 0;
+  while (value >= 0x80) {
+    out[n++] = (unsigned char)(value | 0x80);
+    value >>= 7;
+  }
+  out[n++] = (unsigned char)value;
+  if (direct)
+    w->len += n;
+  else
+    put_bytes(w, bytes, n);
+}
+
+/* Zigzag: small magnitudes of either sign take few bytes. */
+static void put_signed(writer_t *w, int64_t value) {
+  uint64_t bits = (uint64_t)value;
+  put_varint(w, (bits << 1) ^ (0 - (bits >> 63)));
+}
+
+/* a - b and a + b, wrapping, so that any values round-trip. */
+static int64_t wrapping_sub(int64_t a, int64_t b) {
+  return (int64_t)((uint64_t)a - (uint64_t)b);
+}
+
+static int64_t wrapping_add(int64_t a, int64_t b) {
+  return (int64_t)((uint64_t)a + (uint64_t)b);
+}
+
+static void put_string(writer_t *w, const char *text, size_t max) {
   size_t len = strnlen(text, max);
-  out[0] = (unsigned char)len;
-  memcpy(out + 1, text, len);
-  return 1 + len;
+  put_byte(w, (unsigned char)len);
+  put_bytes(w, text, len);
 }
 
-static size_t put_cycle(unsigned char *out, const tly_cycle_t *cycle) {
-  tly_put_be64(out, (uint64_t)cycle->start_ms);
-  tly_put_be64(out + 8, (uint64_t)cycle->end_ms);
-  tly_put_be64(out + 16, (uint64_t)cycle->cost_micros);
-  tly_put_be64(out + 24, (uint64_t)cycle->events);
-  return 32;
+static void put_cycle(writer_t *w, const tly_cycle_t *cycle, int64_t base_ms) {
+  put_signed(w, wrapping_sub(cycle->start_ms, base_ms));
+  put_signed(w, wrapping_sub(cycle->end_ms, cycle->start_ms));
+  put_signed(w, cycle->cost_micros);
+  put_signed(w, cycle->events);
 }
 
-#define ACCOUNT_VERSION 1
+static void put_account(writer_t *w, const tly_account_t *account) {
+  put_string(w, account->plan, sizeof(account->plan) - 1);
+  put_string(w, account->stripe_customer_id,
+             sizeof(account->stripe_customer_id) - 1);
+  put_byte(w, (unsigned char)((account->stripe_period ? 1 : 0) |
+                              (account->payment_failed ? 2 : 0) |
+                              (account->canceled ? 4 : 0)));
+  put_cycle(w, &account->cycle, 0);
+  put_varint(w, account->credit_thresholds_fired);
+  put_byte(w, (unsigned char)account->history_count);
+  for (size_t i = 0; i < account->history_count; i++)
+    put_cycle(w, &account->history[i], account->cycle.start_ms);
+}
+
+#define ACCOUNT_VERSION 2
 
 size_t tly_account_encode(const tly_account_t *account, unsigned char *out) {
-  size_t n = 0;
-  out[n++] = ACCOUNT_VERSION;
-  n += put_string(out + n, account->plan, sizeof(account->plan) - 1);
-  n += put_string(out + n, account->stripe_customer_id,
-                  sizeof(account->stripe_customer_id) - 1);
-  out[n++] = (unsigned char)((account->stripe_period ? 1 : 0) |
-                             (account->payment_failed ? 2 : 0) |
-                             (account->canceled ? 4 : 0));
-  n += put_cycle(out + n, &account->cycle);
-  tly_put_be32(out + n, account->credit_thresholds_fired);
-  n += 4;
-  out[n++] = (unsigned char)account->history_count;
-  for (size_t i = 0; i < account->history_count; i++)
-    n += put_cycle(out + n, &account->history[i]);
-  return n;
+  writer_t w = {out, TLY_ACCOUNT_MAX, 0};
+  put_byte(&w, ACCOUNT_VERSION);
+  put_account(&w, account);
+  return w.len;
 }
 
 typedef struct {
@@ -681,6 +746,32 @@ static const unsigned char *take(reader_t *r, size_t n) {
   return r->data + r->pos - n;
 }
 
+static uint64_t take_varint(reader_t *r) {
+  uint64_t value = 0;
+  for (unsigned shift = 0; !r->bad && r->pos < r->len; shift += 7) {
+    unsigned char byte = r->data[r->pos++];
+    if (shift == 63 && byte > 1)
+      break; /* more than 64 bits */
+    value |= (uint64_t)(byte & 0x7f) << shift;
+    if (!(byte & 0x80))
+      return value;
+  }
+  r->bad = 1;
+  return 0;
+}
+
+static int64_t take_signed(reader_t *r) {
+  uint64_t bits = take_varint(r);
+  return (int64_t)((bits >> 1) ^ (0 - (bits & 1)));
+}
+
+static uint32_t take_u32(reader_t *r) {
+  uint64_t value = take_varint(r);
+  if (value > UINT32_MAX)
+    r->bad = 1;
+  return (uint32_t)value;
+}
+
 static void take_string(reader_t *r, char *out, size_t size) {
   const unsigned char *len = take(r, 1);
   const unsigned char *text = len ? take(r, *len) : NULL;
@@ -692,45 +783,46 @@ static void take_string(reader_t *r, char *out, size_t size) {
   out[*len] = '\0';
 }
 
-static void take_cycle(reader_t *r, tly_cycle_t *cycle) {
-  const unsigned char *p = take(r, 32);
-  if (!p)
-    return;
-  cycle->start_ms = (int64_t)tly_get_be64(p);
-  cycle->end_ms = (int64_t)tly_get_be64(p + 8);
-  cycle->cost_micros = (int64_t)tly_get_be64(p + 16);
-  cycle->events = (int64_t)tly_get_be64(p + 24);
+static void take_cycle(reader_t *r, tly_cycle_t *cycle, int64_t base_ms) {
+  cycle->start_ms = wrapping_add(base_ms, take_signed(r));
+  cycle->end_ms = wrapping_add(cycle->start_ms, take_signed(r));
+  cycle->cost_micros = take_signed(r);
+  cycle->events = take_signed(r);
 }
 
-int tly_account_decode(const void *data, size_t len, tly_account_t *account) {
-  reader_t r = {data, len, 0, 0};
-  const unsigned char *p;
+static void take_account(reader_t *r, tly_account_t *account) {
   memset(account, 0, sizeof(*account));
-  p = take(&r, 1);
-  if (!p || *p != ACCOUNT_VERSION)
-    return -1;
   account->exists = 1;
-  take_string(&r, account->plan, sizeof(account->plan));
-  take_string(&r, account->stripe_customer_id,
+  take_string(r, account->plan, sizeof(account->plan));
+  take_string(r, account->stripe_customer_id,
               sizeof(account->stripe_customer_id));
-  p = take(&r, 1);
+  const unsigned char *p = take(r, 1);
+  if (p && *p > 7)
+    r->bad = 1; /* a flag this version does not know */
   if (p) {
     account->stripe_period = *p & 1;
     account->payment_failed = (*p >> 1) & 1;
     account->canceled = (*p >> 2) & 1;
   }
-  take_cycle(&r, &account->cycle);
-  p = take(&r, 4);
-  if (p)
-    account->credit_thresholds_fired = tly_get_be32(p);
-  p = take(&r, 1);
+  take_cycle(r, &account->cycle, 0);
+  account->credit_thresholds_fired = take_u32(r);
+  p = take(r, 1);
   if (p && *p > TLY_BILLING_HISTORY)
-    r.bad = 1;
-  if (p && !r.bad) {
+    r->bad = 1;
+  if (p && !r->bad) {
     account->history_count = *p;
     for (size_t i = 0; i < account->history_count; i++)
-      take_cycle(&r, &account->history[i]);
+      take_cycle(r, &account->history[i], account->cycle.start_ms);
   }
+}
+
+int tly_account_decode(const void *data, size_t len, tly_account_t *account) {
+  reader_t r = {data, len, 0, 0};
+  memset(account, 0, sizeof(*account));
+  const unsigned char *p = take(&r, 1);
+  if (!p || *p != ACCOUNT_VERSION)
+    return -1;
+  take_account(&r, account);
   return r.bad || r.pos != len ? -1 : 0;
 }
 
@@ -774,71 +866,75 @@ int tly_subject_row_kept(const tly_account_t *account,
   return 0;
 }
 
-static size_t row_entry_size(const char *feature) {
-  return 8 + 1 + strlen(feature) + TLY_BILLING_ROW_SIZE;
+/* A row in a record: its cycle as an offset from base_ms (the account's
+ * current cycle, or the archived one), its feature, its totals. */
+static void put_row_entry(writer_t *w, const tly_subject_row_t *row,
+                          int64_t base_ms) {
+  put_signed(w, wrapping_sub(row->cycle_start_ms, base_ms));
+  put_string(w, row->feature, TLY_CONFIG_NAME_MAX - 1);
+  put_signed(w, row->row.quantity);
+  put_signed(w, row->row.input_tokens);
+  put_signed(w, row->row.output_tokens);
+  put_signed(w, row->row.event_count);
+  put_signed(w, row->row.cost_micros);
+  put_signed(w, row->row.cost_remainder);
+  put_varint(w, row->row.thresholds_fired);
 }
 
-static size_t put_row_entry(unsigned char *out, const tly_subject_row_t *row) {
-  size_t n = 0;
-  tly_put_be64(out, (uint64_t)row->cycle_start_ms);
-  n += 8;
-  n += put_string(out + n, row->feature, TLY_CONFIG_NAME_MAX - 1);
-  tly_billing_row_encode(&row->row, out + n);
-  return n + TLY_BILLING_ROW_SIZE;
-}
-
-static void take_row_entry(reader_t *r, tly_subject_row_t *row) {
-  const unsigned char *p = take(r, 8);
-  if (p)
-    row->cycle_start_ms = (int64_t)tly_get_be64(p);
+static void take_row_entry(reader_t *r, tly_subject_row_t *row,
+                           int64_t base_ms) {
+  row->cycle_start_ms = wrapping_add(base_ms, take_signed(r));
   take_string(r, row->feature, sizeof(row->feature));
-  p = take(r, TLY_BILLING_ROW_SIZE);
-  if (p && tly_billing_row_decode(p, TLY_BILLING_ROW_SIZE, &row->row))
-    r->bad = 1;
+  row->row.quantity = take_signed(r);
+  row->row.input_tokens = take_signed(r);
+  row->row.output_tokens = take_signed(r);
+  row->row.event_count = take_signed(r);
+  row->row.cost_micros = take_signed(r);
+  row->row.cost_remainder = take_signed(r);
+  row->row.thresholds_fired = take_u32(r);
 }
 
-static size_t put_bucket(unsigned char *out, const tly_subject_bucket_t *bucket) {
-  size_t n = put_string(out, bucket->feature, TLY_CONFIG_NAME_MAX - 1);
-  tly_put_be64(out + n, (uint64_t)bucket->totals.quantity);
-  tly_put_be64(out + n + 8, (uint64_t)bucket->totals.input_tokens);
-  tly_put_be64(out + n + 16, (uint64_t)bucket->totals.output_tokens);
-  tly_put_be64(out + n + 24, (uint64_t)bucket->totals.event_count);
-  tly_put_be64(out + n + 32, (uint64_t)bucket->totals.cost_micros);
-  return n + TLY_BUCKET_SIZE;
+static void put_bucket(writer_t *w, const tly_subject_bucket_t *bucket) {
+  put_string(w, bucket->feature, TLY_CONFIG_NAME_MAX - 1);
+  put_signed(w, bucket->totals.quantity);
+  put_signed(w, bucket->totals.input_tokens);
+  put_signed(w, bucket->totals.output_tokens);
+  put_signed(w, bucket->totals.event_count);
+  put_signed(w, bucket->totals.cost_micros);
 }
 
 static void take_bucket(reader_t *r, tly_subject_bucket_t *bucket) {
   take_string(r, bucket->feature, sizeof(bucket->feature));
-  const unsigned char *p = take(r, TLY_BUCKET_SIZE);
-  if (!p)
-    return;
-  bucket->totals.quantity = (int64_t)tly_get_be64(p);
-  bucket->totals.input_tokens = (int64_t)tly_get_be64(p + 8);
-  bucket->totals.output_tokens = (int64_t)tly_get_be64(p + 16);
-  bucket->totals.event_count = (int64_t)tly_get_be64(p + 24);
-  bucket->totals.cost_micros = (int64_t)tly_get_be64(p + 32);
+  bucket->totals.quantity = take_signed(r);
+  bucket->totals.input_tokens = take_signed(r);
+  bucket->totals.output_tokens = take_signed(r);
+  bucket->totals.event_count = take_signed(r);
+  bucket->totals.cost_micros = take_signed(r);
 }
 
-/* Reads a 2-byte count into *count and allocates that many zeroed items
- * of `size` bytes (NULL for none; out of memory marks the reader bad). */
+/* Reads a count into *count and allocates that many zeroed items of `size`
+ * bytes (NULL for none). Each item takes at least a byte, so a count
+ * beyond the bytes left is malformed, not a reason to allocate; that and
+ * out of memory mark the reader bad. */
 static void *take_array(reader_t *r, size_t size, size_t *count) {
-  const unsigned char *p = take(r, 2);
-  *count = p ? ((size_t)p[0] << 8) | p[1] : 0;
-  if (!p || !*count)
+  uint64_t n = take_varint(r);
+  *count = 0;
+  if (r->bad || n > r->len - r->pos) {
+    r->bad = 1;
     return NULL;
-  void *items = calloc(*count, size);
+  }
+  if (!n)
+    return NULL;
+  void *items = calloc((size_t)n, size);
   if (!items)
     r->bad = 1;
+  else
+    *count = (size_t)n;
   return items;
 }
 
-static void put_count(unsigned char *out, size_t count) {
-  out[0] = (unsigned char)(count >> 8);
-  out[1] = (unsigned char)count;
-}
-
-/* Version 1 had no buckets; it still decodes. */
-#define SUBJECT_RECORD_VERSION 2
+/* 1 and 2 (fixed-width integers) no longer decode. */
+#define SUBJECT_RECORD_VERSION 3
 
 size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_row_t *const *rows,
@@ -846,44 +942,26 @@ size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_bucket_t *const *buckets,
                                  size_t bucket_count, unsigned char *out,
                                  size_t out_size) {
-  unsigned char account_bytes[TLY_ACCOUNT_MAX];
-  size_t account_len = tly_account_encode(account, account_bytes);
-  size_t kept = 0, used_buckets = 0, need = 1 + 2 + account_len + 2 + 2;
-  for (size_t i = 0; i < row_count; i++) {
-    if (!tly_subject_row_kept(account, rows[i]))
-      continue;
-    kept++;
-    need += row_entry_size(rows[i]->feature);
-  }
+  writer_t w = {out, out_size, 0};
+  size_t kept = 0, used_buckets = 0;
+  for (size_t i = 0; i < row_count; i++)
+    kept += tly_subject_row_kept(account, rows[i]) != 0;
+  for (size_t i = 0; i < bucket_count; i++)
+    used_buckets += buckets[i]->totals.event_count != 0;
+  put_byte(&w, SUBJECT_RECORD_VERSION);
+  put_account(&w, account);
+  put_varint(&w, kept);
+  for (size_t i = 0; i < row_count; i++)
+    if (tly_subject_row_kept(account, rows[i]))
+      put_row_entry(&w, rows[i], account->cycle.start_ms);
+  put_varint(&w, used_buckets);
   for (size_t i = 0; i < bucket_count; i++) {
     if (!buckets[i]->totals.event_count)
       continue; /* touched by a rejected event only */
-    used_buckets++;
-    need += 4 + 1 + strlen(buckets[i]->feature) + TLY_BUCKET_SIZE;
+    put_signed(&w, buckets[i]->hour);
+    put_bucket(&w, buckets[i]);
   }
-  if (need > out_size || kept > 0xffff || used_buckets > 0xffff)
-    return need;
-  size_t n = 0;
-  out[n++] = SUBJECT_RECORD_VERSION;
-  put_count(out + n, account_len);
-  n += 2;
-  memcpy(out + n, account_bytes, account_len);
-  n += account_len;
-  put_count(out + n, kept);
-  n += 2;
-  for (size_t i = 0; i < row_count; i++)
-    if (tly_subject_row_kept(account, rows[i]))
-      n += put_row_entry(out + n, rows[i]);
-  put_count(out + n, used_buckets);
-  n += 2;
-  for (size_t i = 0; i < bucket_count; i++) {
-    if (!buckets[i]->totals.event_count)
-      continue;
-    tly_put_be32(out + n, (uint32_t)buckets[i]->hour);
-    n += 4;
-    n += put_bucket(out + n, buckets[i]);
-  }
-  return n;
+  return w.len;
 }
 
 void tly_subject_record_clear(tly_subject_record_t *record) {
@@ -896,25 +974,21 @@ int tly_subject_record_decode(const void *data, size_t len,
                               tly_subject_record_t *record) {
   reader_t r = {data, len, 0, 0};
   memset(record, 0, sizeof(*record));
-  const unsigned char *p = take(&r, 3);
-  if (!p || (p[0] != 1 && p[0] != SUBJECT_RECORD_VERSION))
+  const unsigned char *p = take(&r, 1);
+  if (!p || p[0] != SUBJECT_RECORD_VERSION)
     return -1;
-  int version = p[0];
-  size_t account_len = ((size_t)p[1] << 8) | p[2];
-  p = take(&r, account_len);
-  if (!p || tly_account_decode(p, account_len, &record->account))
-    return -1;
+  take_account(&r, &record->account);
   record->rows = take_array(&r, sizeof(*record->rows), &record->row_count);
   for (size_t i = 0; i < record->row_count && !r.bad; i++)
-    take_row_entry(&r, &record->rows[i]);
-  if (version >= 2 && !r.bad) {
-    record->buckets = take_array(&r, sizeof(*record->buckets), &record->bucket_count);
-    for (size_t i = 0; i < record->bucket_count && !r.bad; i++) {
-      p = take(&r, 4);
-      if (p)
-        record->buckets[i].hour = (int32_t)tly_get_be32(p);
-      take_bucket(&r, &record->buckets[i]);
-    }
+    take_row_entry(&r, &record->rows[i], record->account.cycle.start_ms);
+  record->buckets =
+      take_array(&r, sizeof(*record->buckets), &record->bucket_count);
+  for (size_t i = 0; i < record->bucket_count && !r.bad; i++) {
+    int64_t hour = take_signed(&r);
+    if (hour < INT32_MIN || hour > INT32_MAX)
+      r.bad = 1;
+    record->buckets[i].hour = (int32_t)hour;
+    take_bucket(&r, &record->buckets[i]);
   }
   if (r.bad || r.pos != len) {
     tly_subject_record_clear(record);
@@ -923,27 +997,21 @@ int tly_subject_record_decode(const void *data, size_t len,
   return 0;
 }
 
-#define BUCKET_VERSION 1
+/* 1 had fixed-width integers. */
+#define BUCKET_VERSION 2
 
 size_t tly_bucket_encode(const tly_subject_bucket_t *const *buckets,
                          size_t count, unsigned char *out, size_t out_size) {
-  size_t used = 0, need = 1 + 2;
-  for (size_t i = 0; i < count; i++) {
-    if (!buckets[i]->totals.event_count)
-      continue;
-    used++;
-    need += 1 + strlen(buckets[i]->feature) + TLY_BUCKET_SIZE;
-  }
-  if (need > out_size || used > 0xffff)
-    return need;
-  size_t n = 0;
-  out[n++] = BUCKET_VERSION;
-  put_count(out + n, used);
-  n += 2;
+  writer_t w = {out, out_size, 0};
+  size_t used = 0;
+  for (size_t i = 0; i < count; i++)
+    used += buckets[i]->totals.event_count != 0;
+  put_byte(&w, BUCKET_VERSION);
+  put_varint(&w, used);
   for (size_t i = 0; i < count; i++)
     if (buckets[i]->totals.event_count)
-      n += put_bucket(out + n, buckets[i]);
-  return n;
+      put_bucket(&w, buckets[i]);
+  return w.len;
 }
 
 int tly_bucket_decode(const void *data, size_t len, int32_t hour,
@@ -968,25 +1036,20 @@ int tly_bucket_decode(const void *data, size_t len, int32_t hour,
   return 0;
 }
 
-#define ARCHIVE_VERSION 1
+/* 1 had fixed-width integers. */
+#define ARCHIVE_VERSION 2
 
 size_t tly_cycle_archive_encode(const tly_cycle_t *cycle,
                                 const tly_subject_row_t *const *rows,
                                 size_t row_count, unsigned char *out,
                                 size_t out_size) {
-  size_t need = 1 + 32 + 2;
+  writer_t w = {out, out_size, 0};
+  put_byte(&w, ARCHIVE_VERSION);
+  put_cycle(&w, cycle, 0);
+  put_varint(&w, row_count);
   for (size_t i = 0; i < row_count; i++)
-    need += row_entry_size(rows[i]->feature);
-  if (need > out_size || row_count > 0xffff)
-    return need;
-  size_t n = 0;
-  out[n++] = ARCHIVE_VERSION;
-  n += put_cycle(out + n, cycle);
-  put_count(out + n, row_count);
-  n += 2;
-  for (size_t i = 0; i < row_count; i++)
-    n += put_row_entry(out + n, rows[i]);
-  return n;
+    put_row_entry(&w, rows[i], cycle->start_ms);
+  return w.len;
 }
 
 int tly_cycle_archive_decode(const void *data, size_t len, tly_cycle_t *cycle,
@@ -997,10 +1060,10 @@ int tly_cycle_archive_decode(const void *data, size_t len, tly_cycle_t *cycle,
   *row_count = 0;
   if (!p || *p != ARCHIVE_VERSION)
     return -1;
-  take_cycle(&r, cycle);
+  take_cycle(&r, cycle, 0);
   tly_subject_row_t *items = take_array(&r, sizeof(*items), row_count);
   for (size_t i = 0; i < *row_count && !r.bad; i++)
-    take_row_entry(&r, &items[i]);
+    take_row_entry(&r, &items[i], cycle->start_ms);
   if (r.bad || r.pos != len) {
     free(items);
     *row_count = 0;

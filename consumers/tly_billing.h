@@ -72,7 +72,6 @@ typedef struct {
 
 #define TLY_HOUR_MS 3600000LL
 #define TLY_DAY_MS 86400000LL
-#define TLY_BUCKET_SIZE (5 * 8)
 
 /* A bucket with what names it within its subject. */
 typedef struct {
@@ -176,8 +175,11 @@ int tly_billing_token_cost(const tly_config_t *config,
 int64_t tly_billing_credits_used(const tly_config_t *config,
                                  const tly_account_t *account);
 
-/* Encodings of the state records (version byte first). encode returns the
- * length written (out must hold TLY_*_MAX bytes); decode 0 or -1. */
+/* Encodings of the state records (version byte first; integers as
+ * varints, see tly_billing.c). encode returns the length written (out must
+ * hold TLY_ACCOUNT_MAX bytes); decode 0 or -1. The row encoding is the
+ * fixed-width one of a single row; records store rows in their compact
+ * form. */
 #define TLY_ACCOUNT_MAX 512
 #define TLY_BILLING_ROW_SIZE (1 + 6 * 8 + 4)
 size_t tly_account_encode(const tly_account_t *account, unsigned char *out);
@@ -205,8 +207,10 @@ int tly_subject_row_kept(const tly_account_t *account,
  * keys of their own, written once when the hour is no longer the newest),
  * so that a batch writes one key per subject it touched however many
  * features, cycles and events it saw. Rows that are not kept are left out;
- * buckets are written as given. encode returns the length it needs; it
- * writes only when that fits out_size. decode fills *record (arrays
+ * buckets are written as given. encode returns the length it needs; the
+ * record is in out when that is at most out_size (otherwise out may hold a
+ * part of it: one call both writes a record that fits and measures one that
+ * does not). decode fills *record (arrays
  * malloc'd, NULL when empty; tly_subject_record_clear frees them); 0 or -1
  * (malformed).
  */
@@ -229,9 +233,10 @@ int tly_subject_record_decode(const void *data, size_t len,
 void tly_subject_record_clear(tly_subject_record_t *record);
 
 /* An hour's buckets of one subject as stored apart (an hour that is no
- * longer the subject's newest): [version][count BE2] then per bucket the
- * feature and the five totals. encode returns the length it needs and
- * writes only when it fits; decode returns a malloc'd array in *buckets
+ * longer the subject's newest): [version][count] then per bucket the
+ * feature and the five totals. encode returns the length it needs, and the
+ * encoding is in out when that fits (as for the subject record); decode
+ * returns a malloc'd array in *buckets
  * (NULL when empty), 0 or -1. The hour itself is in the key. */
 size_t tly_bucket_encode(const tly_subject_bucket_t *const *buckets,
                          size_t count, unsigned char *out, size_t out_size);

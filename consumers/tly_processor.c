@@ -43,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #define KEY_MAX 1200
@@ -810,12 +811,17 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
     size_t bucket_count = collect_hour(p, entry, newest);
     if (bucket_count == (size_t)-1)
       return -1;
+    /* One pass when the record fits the buffer (it has grown to the
+     * largest record so far), a second one after growing it. */
     size_t len = tly_subject_record_encode(account, rows, entry->row_count,
-                                           p->bucket_ptrs, bucket_count, NULL, 0);
-    if (!record_room(p, len))
-      return -1;
-    tly_subject_record_encode(account, rows, entry->row_count, p->bucket_ptrs,
-                              bucket_count, p->record, len);
+                                           p->bucket_ptrs, bucket_count,
+                                           p->record, p->record_cap);
+    if (len > p->record_cap) {
+      if (!record_room(p, len))
+        return -1;
+      tly_subject_record_encode(account, rows, entry->row_count, p->bucket_ptrs,
+                                bucket_count, p->record, len);
+    }
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
                         p->record, len);
     changelog_put(p, TLY_CHANGELOG_ACCOUNT, entry->key, entry->key_len,
@@ -1293,6 +1299,7 @@ static void record_visible(tly_processor_t *p, const commit_inflight_t *flight) 
  * written again; a store that keeps failing stops the processor. */
 static void *writer_main(void *arg) {
   tly_processor_t *p = arg;
+  prctl(PR_SET_NAME, "tly-writer"); /* for top -H and perf */
   pthread_mutex_lock(&p->writer_lock);
   for (;;) {
     while (!p->writer_job && !p->writer_quit)
@@ -3086,8 +3093,13 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     return NULL;
   }
   p->conf = *conf;
+  /* A cap on growth only (batches close after batch_max_ms unless the
+   * writer is still busy): under a backlog a bigger batch writes each
+   * subject it touched once for more of its events. bench_fold, 1 M
+   * events over 100k subjects: 200,000 cut the process's CPU per event by
+   * about a sixth against 100,000. */
   if (p->conf.batch_max_events <= 0)
-    p->conf.batch_max_events = 100000;
+    p->conf.batch_max_events = 200000;
   if (p->conf.batch_max_ms <= 0)
     p->conf.batch_max_ms = 100;
   p->usage_topic = strdup(conf->usage_topic ? conf->usage_topic

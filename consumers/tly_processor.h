@@ -46,7 +46,7 @@ typedef struct {
   const tly_config_t *config; /* required; must outlive the processor */
   int64_t dedupe_window_ms;   /* default 7 days of event time */
   int64_t tick_interval_ms;   /* default 60 s; <0 writes no ticks */
-  int batch_max_events;    /* default 100000 */
+  int batch_max_events;    /* default 200000 */
   int batch_max_ms;        /* default 100; a batch grows past it (up to
                               batch_max_events) while the writer is still
                               busy with the previous one */

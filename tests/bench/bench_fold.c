@@ -33,10 +33,12 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <pthread.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -50,6 +52,7 @@ typedef struct {
 
 static void *run_processor(void *arg) {
   run_t *run = arg;
+  prctl(PR_SET_NAME, "tly-fold"); /* for perf */
   run->rc = tly_processor_run(run->processor, &stop, run->errstr,
                               sizeof(run->errstr));
   return NULL;
@@ -171,6 +174,47 @@ static int add_size(const char *path, const struct stat *st, int flag,
   return 0;
 }
 
+/* CPU seconds (user + system) of the whole process so far. */
+static double cpu_seconds(void) {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return (double)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         (double)(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+}
+
+/* CPU seconds of the threads named name (tly-fold, tly-writer), from
+ * /proc: they tell the fold's cost apart from the broker's. */
+static double thread_cpu_seconds(const char *name) {
+  double total = 0;
+  DIR *tasks = opendir("/proc/self/task");
+  struct dirent *task;
+  while (tasks && (task = readdir(tasks))) {
+    char path[300], comm[64] = "", line[1024];
+    snprintf(path, sizeof(path), "/proc/self/task/%s/comm", task->d_name);
+    FILE *file = fopen(path, "r");
+    if (!file)
+      continue;
+    int named = fgets(comm, sizeof(comm), file) &&
+                strncmp(comm, name, strlen(name)) == 0 &&
+                comm[strlen(name)] == '\n';
+    fclose(file);
+    snprintf(path, sizeof(path), "/proc/self/task/%s/stat", task->d_name);
+    if (!named || !(file = fopen(path, "r")))
+      continue;
+    /* utime and stime: fields 14 and 15, after the ")" closing comm. */
+    unsigned long long utime = 0, stime = 0;
+    const char *after = fgets(line, sizeof(line), file) ? strrchr(line, ')') : NULL;
+    if (after && sscanf(after + 2,
+                        "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                        &utime, &stime) == 2)
+      total += (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    fclose(file);
+  }
+  if (tasks)
+    closedir(tasks);
+  return total;
+}
+
 /* (a) the ceiling: read every record, do nothing with it. */
 static double raw_consume(const char *bootstrap, long events, int partitions) {
   char errstr[512];
@@ -251,6 +295,8 @@ int main(int argc, char **argv) {
   tly_processor_stats_t stats = {0};
   int64_t first = 0, last = 0;
   uint64_t first_count = 0;
+  double cpu_first = 0, cpu_last = 0, fold_first = 0, fold_last = 0;
+  double writer_first = 0, writer_last = 0;
   int64_t shown = 0;
   while (stats.events_folded + stats.dead_letters + stats.duplicates <
          (uint64_t)events) {
@@ -259,8 +305,18 @@ int main(int argc, char **argv) {
     if (!first && stats.events_folded) {
       first = tly_monotonic_ms(); /* after the group join */
       first_count = stats.events_folded;
+      cpu_first = cpu_seconds();
+      fold_first = thread_cpu_seconds("tly-fold");
+      writer_first = thread_cpu_seconds("tly-writer");
     }
     last = tly_monotonic_ms();
+    cpu_last = cpu_seconds();
+    if (last - shown >= 1000 || stats.events_folded + stats.dead_letters +
+                                        stats.duplicates >=
+                                    (uint64_t)events) {
+      fold_last = thread_cpu_seconds("tly-fold");
+      writer_last = thread_cpu_seconds("tly-writer");
+    }
     if (last - shown >= 1000) {
       fprintf(stderr, "\rfolded %llu/%ld", (unsigned long long)stats.events_folded,
               events);
@@ -274,6 +330,12 @@ int main(int argc, char **argv) {
   fprintf(stderr, "\n");
   double fold = (double)(stats.events_folded - first_count) * 1000.0 /
                 (double)(last - first ? last - first : 1);
+  double folded = (double)(stats.events_folded - first_count
+                               ? stats.events_folded - first_count
+                               : 1);
+  double cpu_us = (cpu_last - cpu_first) * 1e6 / folded;
+  double fold_us = (fold_last - fold_first) * 1e6 / folded;
+  double writer_us = (writer_last - writer_first) * 1e6 / folded;
   tly_processor_stats(run.processor, &stats);
   tly_processor_stats_t after_fold = stats;
 
@@ -334,6 +396,9 @@ int main(int argc, char **argv) {
          "events/s |\n",
          fold);
   printf("| (b)/(a) | %.2f |\n", fold / raw);
+  printf("| (b) CPU per event: process (broker included) / fold thread / "
+         "writer thread | %.2f / %.2f / %.2f us |\n",
+         cpu_us, fold_us, writer_us);
   printf("| batches committed in (b) | %llu (%.0f events each) |\n",
          (unsigned long long)after_fold.batches_committed,
          (double)after_fold.events_folded /

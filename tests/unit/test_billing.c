@@ -754,6 +754,90 @@ static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
   assert_int_equal(tly_subject_record_decode(bytes, len, &record), -1);
 }
 
+/* The varint decoders on bytes no encoder wrote: fail cleanly (and, under
+ * the sanitizers, without reading out of bounds or allocating what a
+ * garbage count claims). */
+static void test_subject_record_rejects_garbage(void **ctx) {
+  (void)ctx;
+  tly_subject_record_t record;
+  tly_account_t account;
+  /* version, plan "", no customer, flags, then a varint of 11 bytes. */
+  unsigned char overlong[16] = {3, 0, 0, 0};
+  memset(overlong + 4, 0xff, 11);
+  overlong[15] = 0x01;
+  assert_int_equal(
+      tly_subject_record_decode(overlong, sizeof(overlong), &record), -1);
+  /* A tenth byte above 1 carries bits past 64. */
+  unsigned char too_wide[] = {3,    0,    0,    0,    0xff, 0xff, 0xff,
+                              0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02};
+  assert_int_equal(
+      tly_subject_record_decode(too_wide, sizeof(too_wide), &record), -1);
+  /* A flag this version does not know. */
+  unsigned char flags[] = {3, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0};
+  assert_int_equal(tly_subject_record_decode(flags, sizeof(flags), &record),
+                   -1);
+  flags[3] = 0; /* the same record with known flags decodes */
+  assert_int_equal(tly_subject_record_decode(flags, sizeof(flags), &record), 0);
+  tly_subject_record_clear(&record);
+  /* A row count far beyond the bytes left: rejected, nothing allocated. */
+  unsigned char count[] = {3, 0, 0,    0,    0,    0,    0,    0,
+                           0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0};
+  assert_int_equal(tly_subject_record_decode(count, sizeof(count), &record),
+                   -1);
+  assert_null(record.rows);
+  /* A history longer than kept. */
+  unsigned char history[] = {2, 0, 0, 0, 0,
+                             0, 0, 0, 0, TLY_BILLING_HISTORY + 1};
+  assert_int_equal(tly_account_decode(history, sizeof(history), &account), -1);
+  history[9] = 0;
+  assert_int_equal(tly_account_decode(history, sizeof(history), &account), 0);
+  /* Trailing bytes. */
+  unsigned char trailing[] = {2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  assert_int_equal(tly_account_decode(trailing, sizeof(trailing), &account),
+                   -1);
+
+  /* Every byte of a real record replaced by a few values: whatever the
+   * verdict, the decoder stays in bounds and a success round-trips. */
+  tly_account_t full = {0};
+  full.exists = 1;
+  snprintf(full.plan, sizeof(full.plan), "pro");
+  full.cycle = (tly_cycle_t){JAN1, FEB1, 1234567, 89};
+  full.history_count = 1;
+  full.history[0] = (tly_cycle_t){JAN1 - 31 * DAY, JAN1, 5, 6};
+  tly_subject_row_t row = {JAN1, "ai_tokens", {-7, 300, 400, 2, 99, 12345, 3}};
+  tly_subject_bucket_t bucket = {20000, "ai_tokens", {-7, 300, 400, 2, 99}};
+  const tly_subject_row_t *rows[] = {&row};
+  const tly_subject_bucket_t *buckets[] = {&bucket};
+  unsigned char bytes[512], work[512];
+  size_t len = tly_subject_record_encode(&full, rows, 1, buckets, 1, bytes,
+                                         sizeof(bytes));
+  assert_true(len < sizeof(bytes));
+  static const unsigned char values[] = {0x00, 0x01, 0x7f, 0x80, 0xff};
+  for (size_t at = 0; at < len; at++)
+    for (size_t v = 0; v < sizeof(values); v++) {
+      memcpy(work, bytes, len);
+      work[at] = values[v];
+      if (tly_subject_record_decode(work, len, &record) == 0) {
+        unsigned char again[512];
+        const tly_subject_row_t *back_rows[4];
+        const tly_subject_bucket_t *back_buckets[4];
+        assert_true(record.row_count <= 4 && record.bucket_count <= 4);
+        for (size_t i = 0; i < record.row_count; i++)
+          back_rows[i] = &record.rows[i];
+        for (size_t i = 0; i < record.bucket_count; i++)
+          back_buckets[i] = &record.buckets[i];
+        size_t again_len = tly_subject_record_encode(
+            &record.account, back_rows, record.row_count, back_buckets,
+            record.bucket_count, again, sizeof(again));
+        (void)again_len; /* rows no longer kept drop out: no equality */
+        tly_subject_record_clear(&record);
+      } else {
+        assert_null(record.rows);
+        assert_null(record.buckets);
+      }
+    }
+}
+
 static void test_bucket_and_archive_encodings(void **ctx) {
   (void)ctx;
   tly_subject_bucket_t a = {20001, "api_calls", {1, 2, 3, 4, 5}};
@@ -801,6 +885,7 @@ static void test_bucket_and_archive_encodings(void **ctx) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_subject_record_keeps_rows_of_kept_cycles),
+      cmocka_unit_test(test_subject_record_rejects_garbage),
       cmocka_unit_test(test_bucket_and_archive_encodings),
       cmocka_unit_test(test_tier_boundaries),
       cmocka_unit_test(test_month_cycles),
