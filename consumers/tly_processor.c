@@ -38,6 +38,7 @@
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -194,6 +195,7 @@ struct tly_processor {
   ack_mark_t *acks;
   size_t ack_count, ack_cap;
   long kill_after_acks; /* fault injection: SIGKILL after the Nth ack */
+  char *stop_file; /* fault injection: SIGSTOP once this file exists */
   long acks_seen;
   int64_t last_tick_slot;
 
@@ -234,7 +236,7 @@ struct tly_processor {
    * instance without knowing yet. Outputs are then held, and nothing is
    * served as current, until the group confirms the assignment or takes
    * it (a revoke with the assignment lost). */
-  int64_t alive_ms;       /* the loop last came round (monotonic) */
+  atomic_int_least64_t alive_ms; /* the loop last came round (monotonic) */
   int64_t fence_until_ms; /* holding outputs until then; 0: not fenced */
   int session_timeout_ms, heartbeat_ms;
   _Atomic int fenced;
@@ -505,8 +507,8 @@ static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
  */
 static int stall_check(tly_processor_t *p) {
   int64_t now = tly_monotonic_ms();
-  if (p->alive_ms && now - p->alive_ms > p->session_timeout_ms &&
-      !p->fence_until_ms) {
+  int64_t alive = atomic_load(&p->alive_ms);
+  if (alive && now - alive > p->session_timeout_ms && !p->fence_until_ms) {
     int64_t hold = 3 * (int64_t)p->heartbeat_ms;
     p->fence_until_ms = now + (hold < 3000 ? 3000 : hold);
     atomic_store(&p->fenced, 1);
@@ -515,9 +517,9 @@ static int stall_check(tly_processor_t *p) {
             "stalled for %lld ms, longer than session.timeout.ms (%d): "
             "outputs held and partitions not served until the group "
             "confirms the assignment",
-            (long long)(now - p->alive_ms), p->session_timeout_ms);
+            (long long)(now - alive), p->session_timeout_ms);
   }
-  p->alive_ms = now;
+  atomic_store(&p->alive_ms, now);
   if (!p->fence_until_ms)
     return 0;
   if (now < p->fence_until_ms || rd_kafka_assignment_lost(p->consumer))
@@ -1365,6 +1367,14 @@ static int batch_wait(tly_processor_t *p) {
       return -1;
     }
     flight->outputs[i].record = NULL;
+  }
+  /* Fault injection for the stall test: freeze (once) with this commit's
+   * outputs waiting in the outbox and nothing left in the Kafka client. */
+  if (p->stop_file && flight->output_count &&
+      access(p->stop_file, F_OK) == 0) {
+    rd_kafka_flush(p->producer, 5000);
+    unlink(p->stop_file);
+    raise(SIGSTOP);
   }
   flight->output_count = 0;
   outbox_compact(p);
@@ -2604,6 +2614,46 @@ static int partition_assigned_here(void *opaque, int32_t partition) {
 }
 
 /*
+ * Drops what the outbox has not yet handed to Kafka (of the previous run's
+ * entries only, with inherited_only) for partitions keep() refuses: an
+ * output (by its source partition; one without is kept) is marked
+ * acknowledged, so the next commit deletes it; a changelog bundle loses
+ * those partitions' records and markers (in memory: the stored entry stays
+ * whole until deleted). *outputs and *bundles count what changed. 0, or -1
+ * after setting the fatal reason.
+ */
+static int drop_pending(tly_processor_t *p, int inherited_only,
+                        int (*keep)(void *opaque, int32_t partition),
+                        void *opaque, size_t *outputs, size_t *bundles) {
+  for (size_t i = 0; i < p->outbox_count; i++) {
+    outbox_item_t *item = &p->outbox[i];
+    if ((inherited_only && !item->inherited) || item->state != OUTBOX_PENDING)
+      continue;
+    if (!item->bundle) {
+      int32_t source = output_source_partition(item);
+      if (source >= 0 && !keep(opaque, source)) {
+        item->state = OUTBOX_ACKED;
+        (*outputs)++;
+      }
+      continue;
+    }
+    char *kept = NULL;
+    size_t kept_len = 0;
+    if (tly_changelog_bundle_filter(item->record, item->record_len, keep,
+                                    opaque, &kept, &kept_len)) {
+      set_fatal(p, "outbox entry %llu: corrupt changelog bundle",
+                (unsigned long long)item->seq);
+      return -1;
+    }
+    *bundles += kept_len != item->record_len;
+    free(item->record);
+    item->record = kept;
+    item->record_len = kept_len;
+  }
+  return 0;
+}
+
+/*
  * The outbox a previous run left, at the first assignment. Outputs Kafka
  * already holds are dropped (the recovery reconciliation of DESIGN.md). Of
  * the others, those of partitions now assigned elsewhere are dropped too,
@@ -2615,36 +2665,13 @@ static int partition_assigned_here(void *opaque, int32_t partition) {
  */
 static int resolve_inherited(tly_processor_t *p) {
   char errstr[1024];
-  size_t dropped = 0;
+  size_t dropped = 0, bundles = 0;
   if (reconcile_outbox(p, errstr, sizeof(errstr))) {
     set_fatal(p, "recovery: %s", errstr);
     return -1;
   }
-  for (size_t i = 0; i < p->outbox_count; i++) {
-    outbox_item_t *item = &p->outbox[i];
-    if (!item->inherited || item->state != OUTBOX_PENDING)
-      continue;
-    if (!item->bundle) {
-      int32_t source = output_source_partition(item);
-      if (source >= 0 && !partition_assigned_here(p, source)) {
-        item->state = OUTBOX_ACKED; /* deleted with the next commit */
-        dropped++;
-      }
-      continue;
-    }
-    char *kept = NULL;
-    size_t kept_len = 0;
-    if (tly_changelog_bundle_filter(item->record, item->record_len,
-                                    partition_assigned_here, p, &kept,
-                                    &kept_len)) {
-      set_fatal(p, "outbox entry %llu: corrupt changelog bundle",
-                (unsigned long long)item->seq);
-      return -1;
-    }
-    free(item->record); /* the stored entry stays whole until deleted */
-    item->record = kept;
-    item->record_len = kept_len;
-  }
+  if (drop_pending(p, 1, partition_assigned_here, p, &dropped, &bundles))
+    return -1;
   for (size_t i = 0; i < p->outbox_count; i++)
     p->outbox[i].inherited = 0;
   p->inherited_held = 0;
@@ -2701,34 +2728,7 @@ static void abandon_revoked(tly_processor_t *p,
     set_fatal(p, "out of memory abandoning revoked outputs");
     return;
   }
-  for (size_t i = 0; i < p->outbox_count && !p->fatal; i++) {
-    outbox_item_t *item = &p->outbox[i];
-    if (item->state != OUTBOX_PENDING)
-      continue;
-    if (!item->bundle) {
-      int index = revoked_index(&revoked, output_source_partition(item));
-      if (index == -2 || index == -1)
-        continue;
-      revoked.dropped[index] = 1;
-      item->state = OUTBOX_ACKED; /* deleted with the next commit */
-      outputs++;
-      continue;
-    }
-    char *kept = NULL;
-    size_t kept_len = 0;
-    if (tly_changelog_bundle_filter(item->record, item->record_len,
-                                    keep_unrevoked, &revoked, &kept,
-                                    &kept_len)) {
-      set_fatal(p, "outbox entry %llu: corrupt changelog bundle",
-                (unsigned long long)item->seq);
-      break;
-    }
-    if (kept_len != item->record_len)
-      bundles++;
-    free(item->record); /* the stored entry stays whole until deleted */
-    item->record = kept;
-    item->record_len = kept_len;
-  }
+  drop_pending(p, 0, keep_unrevoked, &revoked, &outputs, &bundles);
   size_t rebuilt = 0;
   for (int32_t i = 0; i < p->partition_cap && !p->fatal; i++) {
     unsigned char key[4];
@@ -2821,7 +2821,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   atomic_store(&p->rebalancing, 0);
   /* A long restore or drain is no stall: the loop was here, serving the
    * group. */
-  p->alive_ms = tly_monotonic_ms();
+  atomic_store(&p->alive_ms, tly_monotonic_ms());
 }
 
 /* ---- lifecycle ------------------------------------------------------- */
@@ -3127,6 +3127,9 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     tly_log(TLY_LOG_WARN, "processor",
             "fault injection: SIGKILL after %ld outbox acks", p->kill_after_acks);
   }
+  const char *stop_file = getenv("TALLY_FAULT_STOP_FILE");
+  if (stop_file && *stop_file)
+    p->stop_file = strdup(stop_file); /* NULL (out of memory): no fault */
   p->store = store;
   atomic_store(&p->restoring, -1);
   pthread_mutex_init(&p->lock, NULL);
@@ -3402,6 +3405,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   free(p->outbox);
   free(p->partitions);
   free(p->usage_topic);
+  free(p->stop_file);
   free(p->dlq_topic);
   pthread_mutex_destroy(&p->lock);
   free(p);
@@ -3411,8 +3415,17 @@ int32_t tly_processor_restoring(tly_processor_t *p) {
   return atomic_load(&p->restoring);
 }
 
+/* The loop has not come round for longer than the session timeout: it
+ * may be stalled (or just woken, before stall_check ran), and the group
+ * may have moved its partitions. Other threads treat that as fenced. */
+static int loop_stale(tly_processor_t *p) {
+  int64_t alive = atomic_load(&p->alive_ms);
+  return alive && tly_monotonic_ms() - alive > p->session_timeout_ms;
+}
+
 int tly_processor_rebalancing(tly_processor_t *p) {
-  return atomic_load(&p->rebalancing) || atomic_load(&p->fenced);
+  return atomic_load(&p->rebalancing) || atomic_load(&p->fenced) ||
+         loop_stale(p);
 }
 
 tly_partition_role_t tly_processor_partition_role(tly_processor_t *p,

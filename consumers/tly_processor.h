@@ -150,8 +150,11 @@ tly_partition_role_t tly_processor_partition_role(tly_processor_t *processor,
  * or -1; thread-safe. */
 int32_t tly_processor_restoring(tly_processor_t *processor);
 
-/* 1 while a rebalance is being handled (partitions are being set up), when
- * no answer about readiness can be trusted. */
+/* 1 while a rebalance is being handled (partitions are being set up), or
+ * while the processor may have lost its partitions without knowing yet
+ * (its loop stalled past the session timeout: fenced until the group
+ * confirms or revokes the assignment), when no answer about readiness or
+ * ownership can be trusted. */
 int tly_processor_rebalancing(tly_processor_t *processor);
 
 /* Thread-safe snapshots for HTTP and metrics. Fills up to max entries and

@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -211,6 +212,9 @@ static void test_scale_out(void **state) {
   stream.bootstrap = broker.bootstrap;
   assert_int_equal(th_run_start(&a, broker.bootstrap, dir_a, extra), 0);
   assert_int_equal(th_run_start(&b, broker.bootstrap, dir_b, extra), 0);
+  char stop_env[800];
+  snprintf(stop_env, sizeof(stop_env), "TALLY_FAULT_STOP_FILE=%s/stop-c", dir);
+  th_run_env = stop_env;
   assert_int_equal(th_run_start(&c, broker.bootstrap, dir_c, extra), 0);
   group_t group = {{&a, &b, &c}, 3};
   assert_int_equal(wait_settled(&group, NULL, 60000), 0);
@@ -234,8 +238,21 @@ static void test_scale_out(void **state) {
 
   /* C freezes mid-stream past the session timeout: A and D take its
    * partitions, restore and replay them, and send their outputs. Woken,
-   * C holds what it had and finds its assignment lost. */
-  assert_int_equal(kill(c.pid, SIGSTOP), 0);
+   * C holds what it had and finds its assignment lost. It freezes itself
+   * (TALLY_FAULT_STOP_FILE) right after a commit with outputs became
+   * durable, so those wait in its outbox, with nothing left in its Kafka
+   * client: an output already handed to the client would be sent by the
+   * client's own thread on waking, before any of tally's code runs, and
+   * no fencing short of Kafka transactions stops that (README). */
+  char stop_file[700];
+  snprintf(stop_file, sizeof(stop_file), "%s/stop-c", dir);
+  FILE *stop = fopen(stop_file, "w");
+  assert_non_null(stop);
+  fclose(stop);
+  deadline = th_now_ms() + 20000;
+  while (access(stop_file, F_OK) == 0 && th_now_ms() < deadline)
+    th_sleep_ms(5);
+  assert_int_not_equal(access(stop_file, F_OK), 0);
   printf("# SIGSTOP c after %lld ms\n", (long long)(th_now_ms() - started));
   group = (group_t){{&a, &d}, 2};
   assert_int_equal(wait_settled(&group, NULL, 60000), 0);
@@ -291,7 +308,7 @@ static void test_scale_out(void **state) {
   long long abandoned = th_metric_sum(c.port, "tally_outputs_abandoned_total");
   printf("# c: %lld stall(s), %lld unsent outputs left to the new owners\n",
          stalls, abandoned);
-  assert_true(stalls + abandoned >= 1); /* by its clock or the group's */
+  assert_true(abandoned >= 1); /* the commit's outputs, at least */
 
   th_verify_reference_routed(owner_port, &group, broker.bootstrap, &stream);
   /* Most subjects live on another instance than the one asked: those
