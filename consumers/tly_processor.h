@@ -127,6 +127,25 @@ int32_t tly_processor_partition_count(tly_processor_t *processor);
 /* 1 while partition is assigned to this instance; thread-safe. */
 int tly_processor_assigned(tly_processor_t *processor, int32_t partition);
 
+/*
+ * The Stripe emitter's hold on a partition while it makes report intents
+ * durable on the changelog (producers/tly_stripe_emitter.h): 1 when the
+ * partition is assigned here, in assignment *generation (0: any; set to
+ * the current one), and now held; 0 when not. A revocation waits until
+ * every hold on the partition was released, so the partition's next owner
+ * restores from a changelog that holds them. Release each hold promptly
+ * (a rebalance waits on it). Thread-safe.
+ */
+int tly_processor_hold(tly_processor_t *processor, int32_t partition,
+                       uint64_t *generation);
+void tly_processor_release(tly_processor_t *processor, int32_t partition);
+
+/* The changelog topic in use (NULL: none) and the writer id naming this
+ * store's changelog records (tly_changelog.h); both live as long as the
+ * processor. */
+const char *tly_processor_changelog_topic(tly_processor_t *processor);
+const char *tly_processor_changelog_writer(tly_processor_t *processor);
+
 /* What this instance may answer for a partition's subjects. */
 typedef enum {
   TLY_PARTITION_NOT_OWNED = 0, /* assigned to another instance (or none) */
