@@ -187,10 +187,11 @@ static void test_stripe_scale(void **state) {
       while (fake_requests(&fake) == before && th_now_ms() < until)
         th_sleep_ms(2);
       th_sleep_ms((int)(rand_r(&seed) % 20));
+      long long b_sent = sent(&b);
       th_kill9(b.pid);
       killed = 1;
-      printf("# SIGKILL b (%lld sent) in round %d after %lld ms\n", sent(&b),
-             round, (long long)(th_now_ms() - started));
+      printf("# SIGKILL b (%lld meter events sent) in round %d after %lld ms\n",
+             b_sent, round, (long long)(th_now_ms() - started));
       th_run_env = th_stripe_fake_key_env(&fake);
       assert_int_equal(th_run_start(&d, broker.bootstrap, dir_d, extra), 0);
     }
@@ -211,6 +212,14 @@ static void test_stripe_scale(void **state) {
              (long long)(th_now_ms() - started));
   printf("# ledger equals the folded usage after %lld ms\n",
          (long long)(th_now_ms() - started));
+  /* B's partitions went to instances with no (or older) state of them,
+   * which restored them, cursors and marks included, from the changelog. */
+  long long restores = 0;
+  for (int i = 0; i < 3; i++)
+    restores += th_metric_sum(live[i]->port, "tally_changelog_restores_total");
+  printf("# %lld partitions restored from the changelog (d: %lld)\n", restores,
+         th_metric_sum(d.port, "tally_changelog_restores_total"));
+  assert_true(th_metric_sum(d.port, "tally_changelog_restores_total") > 0);
   /* What tally folded is what the test sent, and what Stripe has (asked
    * of each instance in turn: the non-owners forward to the owner). */
   for (int s = 0; s < SUBJECTS; s++) {
