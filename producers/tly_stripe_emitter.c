@@ -238,6 +238,7 @@ static int pause_ms(tly_stripe_emitter_t *e, int64_t ms) {
 typedef struct {
   int32_t partition;
   uint64_t generation;
+  int pinned; /* holds kept until records produced under them are acked */
 } pass_t;
 
 /* Holds the partition (tly_processor_hold) while the pass may go on: not
@@ -251,6 +252,21 @@ static int hold(tly_stripe_emitter_t *e, const pass_t *pass) {
 
 static void release(tly_stripe_emitter_t *e, const pass_t *pass) {
   tly_processor_release(e->conf.processor, pass->partition);
+}
+
+/* Releases the holds kept for records produced under them, once Kafka
+ * acknowledged those (wait: flush first; else only when nothing waits). A
+ * revocation waits for them: a cursor of this instance landing on the
+ * changelog after the next owner's would be the one compaction keeps. */
+static void unpin(tly_stripe_emitter_t *e, pass_t *pass, int wait) {
+  if (!pass->pinned)
+    return;
+  if (wait)
+    rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS);
+  else if (rd_kafka_outq_len(e->producer) > 0)
+    return;
+  for (; pass->pinned > 0; pass->pinned--)
+    release(e, pass);
 }
 
 /* The work may go on (a check, nothing held). */
@@ -421,9 +437,10 @@ static int flush_acked(tly_stripe_emitter_t *e) {
 /* A cursor after its request's outcome: stored (unsynced: lost to a
  * crash, the intent is resent exactly and Stripe answers as before) and
  * published without waiting (a successor that sees only the intent
- * resends it likewise), while the pass still holds the partition. 0 or
- * -1 (the batch is cleared either way). */
-static int settle_cursor(tly_stripe_emitter_t *e, const pass_t *pass,
+ * resends it likewise), while the pass still holds the partition; the
+ * hold is kept until Kafka has the record (unpin). 0 or -1 (the batch is
+ * cleared either way). */
+static int settle_cursor(tly_stripe_emitter_t *e, pass_t *pass,
                          const char *key, size_t key_len,
                          const tly_stripe_cursor_t *cursor) {
   if (!hold(e, pass)) {
@@ -432,9 +449,12 @@ static int settle_cursor(tly_stripe_emitter_t *e, const pass_t *pass,
   }
   stage_cursor(e, key, key_len, cursor);
   int rc = commit_batch(e, 0, "writing a report cursor");
-  if (!rc)
-    produce_changelog(e, pass->partition, TLY_CHANGELOG_CURSOR, key, key_len,
-                      cursor, NULL);
+  if (!rc && !produce_changelog(e, pass->partition, TLY_CHANGELOG_CURSOR, key,
+                                key_len, cursor, NULL) &&
+      e->changelog_topic) {
+    pass->pinned++;
+    return 0;
+  }
   release(e, pass);
   return rc;
 }
@@ -608,7 +628,7 @@ static int report_failure(tly_stripe_emitter_t *e, failure_t *failure) {
 
 /* Sends the cursor's pending intent until Stripe accepts or refuses it.
  * DEFERRED when it had to stop first (the intent stays for later). */
-static settle_t send_pending(tly_stripe_emitter_t *e, const pass_t *pass,
+static settle_t send_pending(tly_stripe_emitter_t *e, pass_t *pass,
                              const meter_t *meter,
                              const tly_stripe_cursor_t *cursor,
                              const char *identifier,
@@ -626,6 +646,7 @@ static settle_t send_pending(tly_stripe_emitter_t *e, const pass_t *pass,
   };
   for (int attempt = 0;; attempt++) {
     for (;;) {
+      unpin(e, pass, 0);
       if (!may_continue(e, pass))
         return DEFERRED;
       struct timespec now;
@@ -660,6 +681,7 @@ static settle_t send_pending(tly_stripe_emitter_t *e, const pass_t *pass,
             "meter event %s (%s): %s%ld %s; retrying in %" PRId64 " ms",
             identifier, meter->event_name, answered ? "status " : "", *status,
             error, wait);
+    unpin(e, pass, 1);
     if (pause_ms(e, wait))
       return DEFERRED;
   }
@@ -932,7 +954,7 @@ static int fail_too_old(tly_stripe_emitter_t *e, work_t *work, slot_t *slot,
  * send, 0 when not, -1 when the pass must stop. */
 static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
   char errstr[512];
-  size_t sends = 0;
+  size_t sends = 0, too_old = 0;
   if (!hold(e, &work->pass))
     return -1;
   for (size_t i = 0; i < work->slot_count; i++) {
@@ -984,6 +1006,7 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
           subject->deferred = 1;
         else
           slot->settled = 1;
+        too_old++;
         continue;
       }
       slot->fresh = 1;
@@ -1012,6 +1035,8 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
               (int)work->pass.partition, e->changelog_topic);
       failed = 1;
     }
+  } else if (too_old) {
+    rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS); /* as unpin does */
   }
   release(e, &work->pass);
   if (failed) {
@@ -1158,6 +1183,7 @@ static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
     }
     stopped = send_round(e, &work) != 0;
   }
+  unpin(e, &work.pass, 1);
   if (!stopped)
     settled = delete_settled_marks(e, &work);
   work_clear(&work);
