@@ -16,7 +16,10 @@
  * against the output topics by id and not sent twice. A partition this
  * instance has no (or older) state for is first restored from the state
  * changelog (tly_changelog.h), which each commit feeds through one outbox
- * entry, so only the input's tail is replayed.
+ * entry, so only the input's tail is replayed. With Stripe usage
+ * reporting the bundles carry the report marks too, and a partition whose
+ * changelog another instance wrote since this one did is always restored
+ * (its report cursors are the changelog's, not this store's).
  */
 #ifndef TLY_PROCESSOR_H
 #define TLY_PROCESSOR_H

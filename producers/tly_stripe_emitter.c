@@ -4,9 +4,11 @@
  *
  * One pass: for each partition assigned here, read up to MARKS_PER_PASS
  * marks in key order, group them by subject, and settle each subject's
- * windows (meters x windows of the marked hours): resend a pending intent,
- * then send the delta between the folded total and what the cursor
- * accounts for. A subject whose windows are all settled loses the marks
+ * windows (meters x windows of the marked hours) in rounds: plan (a
+ * pending intent to resend, or a new intent for the delta between the
+ * folded total and what the cursor accounts for), store the new intents
+ * and put them all on the changelog in one acknowledged flush, then send
+ * them one by one. A subject whose windows are all settled loses the marks
  * that were read; one that could not be settled (stop, the partition
  * moved away, Kafka refusing a dead letter) keeps them for a later pass.
  * Retries of one request happen in place: Stripe's limits and outages
