@@ -53,17 +53,20 @@ static const char *const meters[] = {"api_requests", "storage"};
 static long long expected[SUBJECTS][2];
 
 /* One round: every subject uses one or two features in this hour or the
- * previous one. */
+ * previous one; until the kill (last_hours), also in the hour before,
+ * whose windows then get no more usage: what B had folded of them but not
+ * reported, only its marks restored elsewhere bring to Stripe. */
 static void produce_round(tally_producer_t *producer, int round,
-                          int64_t hour_ms, unsigned *seed) {
+                          int64_t hour_ms, int last_hours, unsigned *seed) {
   int64_t now = (int64_t)time(NULL) * 1000;
   for (int s = 0; s < SUBJECTS; s++) {
     char user[32], event_id[64];
     snprintf(user, sizeof(user), "scale-%02d", s);
     int events = 1 + (int)(rand_r(seed) % 2);
-    for (int k = 0; k < events; k++) {
+    for (int k = 0; k < events + last_hours; k++) {
       int f = (int)(rand_r(seed) % 2);
-      int64_t at = hour_ms - (int64_t)(rand_r(seed) % 2) * TLY_HOUR_MS +
+      int64_t hours_back = k < events ? rand_r(seed) % 2 : 2;
+      int64_t at = hour_ms - hours_back * TLY_HOUR_MS +
                    (int64_t)(rand_r(seed) % 3000000);
       if (at > now)
         at = now;
@@ -160,7 +163,7 @@ static void test_stripe_scale(void **state) {
     snprintf(customer, sizeof(customer), "cus_scale_%02d", s);
     snprintf(event_id, sizeof(event_id), "scale-link-%d", s);
     assert_int_equal(th_stripe_fake_add_customer(&fake, customer), 0);
-    assert_int_equal(th_send_link(producer, event_id, hour_ms - 2 * TLY_HOUR_MS,
+    assert_int_equal(th_send_link(producer, event_id, hour_ms - 3 * TLY_HOUR_MS,
                                   user, customer),
                      0);
   }
@@ -183,7 +186,7 @@ static void test_stripe_scale(void **state) {
   int killed = 0;
   for (int round = 0; round < ROUNDS; round++) {
     int64_t round_start = th_now_ms();
-    produce_round(producer, round, hour_ms, &seed);
+    produce_round(producer, round, hour_ms, !killed, &seed);
     if (round >= KILL_ROUND && !killed && sent(&b) > 0) {
       /* While B's requests reach the fake: kill it mid-report. */
       long long before = fake_requests(&fake);
