@@ -188,12 +188,17 @@ static void test_stripe_scale(void **state) {
     int64_t round_start = th_now_ms();
     produce_round(producer, round, hour_ms, !killed, &seed);
     if (round >= KILL_ROUND && !killed && sent(&b) > 0) {
-      /* While B's requests reach the fake: kill it mid-report. */
+      /* Kill B mid-report: the next requests hang (beyond the client's
+       * time limit), so B dies with an intent in flight and with the
+       * round it has folded since (its marks on the changelog) not yet
+       * reported. */
       long long before = fake_requests(&fake);
+      assert_int_equal(
+          th_stripe_fake_fault(&fake, "{\"count\": 3, \"hang_ms\": 1500}"), 0);
       int64_t until = th_now_ms() + 5000;
       while (fake_requests(&fake) == before && th_now_ms() < until)
-        th_sleep_ms(2);
-      th_sleep_ms((int)(rand_r(&seed) % 20));
+        th_sleep_ms(5);
+      th_sleep_ms(300 + (int)(rand_r(&seed) % 200));
       long long b_sent = sent(&b);
       th_kill9(b.pid);
       killed = 1;
