@@ -364,23 +364,23 @@ int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
   rd_kafka_resp_err_t err = rd_kafka_assign(reader, parts);
   rd_kafka_topic_partition_list_destroy(parts);
   if (err) {
-    snprintf(errstr, errstr_size, "assigning %s[%d]: %s", topic,
-             (int)partition, rd_kafka_err2str(err));
+    snprintf(errstr, errstr_size, "assigning %s[%d]: %s", topic, (int)partition,
+             rd_kafka_err2str(err));
     return -1;
   }
   int64_t deadline = monotonic_ms() + RESTORE_STALL_MS;
   while (rc < 0) {
     if (monotonic_ms() > deadline) {
-      snprintf(errstr, errstr_size, "reading %s[%d] at %lld: timed out",
-               topic, (int)partition, (long long)(high - 1));
+      snprintf(errstr, errstr_size, "reading %s[%d] at %lld: timed out", topic,
+               (int)partition, (long long)(high - 1));
       break;
     }
     rd_kafka_message_t *msg = rd_kafka_consumer_poll(reader, 200);
     if (!msg)
       continue;
     if (msg->err && msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-      snprintf(errstr, errstr_size, "reading %s[%d]: %s", topic,
-               (int)partition, rd_kafka_message_errstr(msg));
+      snprintf(errstr, errstr_size, "reading %s[%d]: %s", topic, (int)partition,
+               rd_kafka_message_errstr(msg));
       rd_kafka_message_destroy(msg);
       break;
     }

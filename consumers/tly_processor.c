@@ -254,7 +254,7 @@ struct tly_processor {
    * the open batch's records; scratch for expanding bundles. */
   char *changelog_topic;
   char writer_id[TLY_CHANGELOG_WRITER_SIZE]; /* names our records */
-  pthread_cond_t hold_released; /* with lock: a hold ended */
+  pthread_cond_t hold_released;              /* with lock: a hold ended */
   tly_changelog_bundle_t bundle;
   unsigned char *changelog_scratch;
   size_t changelog_scratch_cap;
@@ -1986,8 +1986,8 @@ static size_t watermark_key(int32_t partition, char *out) {
 static rd_kafka_t *changelog_reader(tly_processor_t *p, int32_t partition) {
   char errstr[512], kafka_err[512];
   const char *defaults[] = {
-      "group.id=tally-restore",      "enable.auto.commit=false",
-      "enable.partition.eof=true",   "max.partition.fetch.bytes=10485760",
+      "group.id=tally-restore", "enable.auto.commit=false",
+      "enable.partition.eof=true", "max.partition.fetch.bytes=10485760",
       "queued.min.messages=1000000",
       /* at the end, an empty fetch must not hold the next one back */
       "fetch.wait.max.ms=10", NULL};
@@ -2016,15 +2016,14 @@ static void changelog_reader_close(rd_kafka_t *reader) {
  * since; what we wrote, we stored first), 0 when another instance wrote
  * since (its report marks and cursors are newer than ours), -1 fatal set.
  */
-static int changelog_ours(tly_processor_t *p, int32_t partition,
-                          int64_t end) {
+static int changelog_ours(tly_processor_t *p, int32_t partition, int64_t end) {
   char errstr[512], writer[128];
   rd_kafka_t *reader = changelog_reader(p, partition);
   if (!reader)
     return -1;
-  int rc = tly_changelog_last_writer(reader, p->changelog_topic, partition,
-                                     end, writer, sizeof(writer), errstr,
-                                     sizeof(errstr));
+  int rc =
+      tly_changelog_last_writer(reader, p->changelog_topic, partition, end,
+                                writer, sizeof(writer), errstr, sizeof(errstr));
   changelog_reader_close(reader);
   if (rc < 0) {
     set_fatal(p, "changelog partition %d: %s", (int)partition, errstr);
@@ -3271,9 +3270,9 @@ int tly_processor_assigned(tly_processor_t *p, int32_t partition) {
 int tly_processor_hold(tly_processor_t *p, int32_t partition,
                        uint64_t *generation) {
   pthread_mutex_lock(&p->lock);
-  const partition_state_t *part =
-      partition >= 0 && partition < p->partition_cap ? &p->partitions[partition]
-                                                     : NULL;
+  const partition_state_t *part = partition >= 0 && partition < p->partition_cap
+                                      ? &p->partitions[partition]
+                                      : NULL;
   int held = part && part->assigned &&
              (!*generation || *generation == part->generation);
   if (held) {

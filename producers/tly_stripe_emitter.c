@@ -369,8 +369,8 @@ static int64_t cursor_version(const tly_stripe_cursor_t *cursor) {
 /* Commits what the batch holds (synced or not). 0 or -1 (logged). */
 static int commit_batch(tly_stripe_emitter_t *e, int sync, const char *what) {
   char errstr[512];
-  int rc = tly_store_commit(e->conf.store, e->batch, sync, errstr,
-                            sizeof(errstr));
+  int rc =
+      tly_store_commit(e->conf.store, e->batch, sync, errstr, sizeof(errstr));
   tly_store_batch_clear(e->batch);
   if (rc)
     tly_log(TLY_LOG_ERROR, "stripe", "%s: %s", what, errstr);
@@ -393,10 +393,8 @@ static void stage_cursor(tly_stripe_emitter_t *e, const char *key,
  * deletion ([kind R][key], null). Nothing without a changelog. 0 or -1. */
 static int produce_changelog(tly_stripe_emitter_t *e, int32_t partition,
                              char kind, const char *key, size_t key_len,
-                             const tly_stripe_cursor_t *cursor,
-                             void *opaque) {
-  unsigned char record_key[TLY_KEY_MAX + 256],
-      value[8 + TLY_STRIPE_CURSOR_MAX];
+                             const tly_stripe_cursor_t *cursor, void *opaque) {
+  unsigned char record_key[TLY_KEY_MAX + 256], value[8 + TLY_STRIPE_CURSOR_MAX];
   size_t value_len = 0;
   if (!e->changelog_topic)
     return 0;
@@ -442,17 +440,17 @@ static int flush_acked(tly_stripe_emitter_t *e) {
  * resends it likewise), while the pass still holds the partition; the
  * hold is kept until Kafka has the record (unpin). 0 or -1 (the batch is
  * cleared either way). */
-static int settle_cursor(tly_stripe_emitter_t *e, pass_t *pass,
-                         const char *key, size_t key_len,
-                         const tly_stripe_cursor_t *cursor) {
+static int settle_cursor(tly_stripe_emitter_t *e, pass_t *pass, const char *key,
+                         size_t key_len, const tly_stripe_cursor_t *cursor) {
   if (!hold(e, pass)) {
     tly_store_batch_clear(e->batch);
     return -1;
   }
   stage_cursor(e, key, key_len, cursor);
   int rc = commit_batch(e, 0, "writing a report cursor");
-  if (!rc && !produce_changelog(e, pass->partition, TLY_CHANGELOG_CURSOR, key,
-                                key_len, cursor, NULL) &&
+  if (!rc &&
+      !produce_changelog(e, pass->partition, TLY_CHANGELOG_CURSOR, key, key_len,
+                         cursor, NULL) &&
       e->changelog_topic) {
     pass->pinned++;
     return 0;
@@ -614,8 +612,7 @@ static int report_failure(tly_stripe_emitter_t *e, failure_t *failure) {
   int rc = produce(e, e->dlq_topic, subject_key, key_len, value, strlen(value),
                    headers);
   free(value);
-  if (rc || failure_alert(e, failure, subject_key, key_len) ||
-      flush_acked(e)) {
+  if (rc || failure_alert(e, failure, subject_key, key_len) || flush_acked(e)) {
     tly_store_batch_clear(e->batch); /* the alert's history goes too */
     return -1;
   }
@@ -987,10 +984,8 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
                                  slot->window_start_ms, &slot->cursor,
                                  slot->identifier);
     if (!slot->cursor.pending) {
-      int64_t delta =
-          slot->total - slot->cursor.reported - slot->cursor.failed;
-      const char *customer =
-          subject->subject.record.account.stripe_customer_id;
+      int64_t delta = slot->total - slot->cursor.reported - slot->cursor.failed;
+      const char *customer = subject->subject.record.account.stripe_customer_id;
       if (delta <= 0 || !customer[0]) {
         slot->settled = 1; /* an unlinked subject has no one to bill */
         continue;
@@ -1026,10 +1021,9 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
     atomic_store(&e->delivery_errors, 0);
     for (size_t i = 0; i < work->slot_count && !failed; i++)
       if (work->slots[i].send)
-        failed = produce_changelog(e, work->pass.partition,
-                                   TLY_CHANGELOG_CURSOR, work->slots[i].key,
-                                   work->slots[i].key_len,
-                                   &work->slots[i].cursor, MUST_ACK);
+        failed = produce_changelog(
+            e, work->pass.partition, TLY_CHANGELOG_CURSOR, work->slots[i].key,
+            work->slots[i].key_len, &work->slots[i].cursor, MUST_ACK);
     if (!failed && flush_acked(e)) {
       tly_log(TLY_LOG_WARN, "stripe",
               "report intents of partition %d not acknowledged by %s: sent "
@@ -1086,8 +1080,7 @@ static int send_round(tly_stripe_emitter_t *e, work_t *work) {
       atomic_fetch_add(&e->sent, 1);
     }
     slot->cursor.pending = 0;
-    if (settle_cursor(e, &work->pass, slot->key, slot->key_len,
-                      &slot->cursor))
+    if (settle_cursor(e, &work->pass, slot->key, slot->key_len, &slot->cursor))
       return -1;
   }
   return 0;
@@ -1148,8 +1141,7 @@ static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
   char errstr[512], prefix[4];
   work_t work = {.pass = {.partition = partition}};
   /* The assignment the pass works in, from before anything is read. */
-  if (!tly_processor_hold(e->conf.processor, partition,
-                          &work.pass.generation))
+  if (!tly_processor_hold(e->conf.processor, partition, &work.pass.generation))
     return 0;
   tly_processor_release(e->conf.processor, partition);
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);

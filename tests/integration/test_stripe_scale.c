@@ -103,8 +103,7 @@ static int ledger_matches(const th_stripe_fake_t *fake, int verbose) {
                  customer, meters[f], sum, expected[s][f]);
       if (verbose && sum != expected[s][f])
         printf("# %s %s: Stripe has %lld, folded %lld (%lld missing)\n",
-               customer, meters[f], sum, expected[s][f],
-               expected[s][f] - sum);
+               customer, meters[f], sum, expected[s][f], expected[s][f] - sum);
       all &= sum == expected[s][f];
     }
   }
@@ -180,8 +179,7 @@ static void test_stripe_scale(void **state) {
   while (!all_ready(runs, 3) && th_now_ms() < deadline)
     th_sleep_ms(100);
   assert_true(all_ready(runs, 3));
-  printf("# a, b, c ready after %lld ms\n",
-         (long long)(th_now_ms() - started));
+  printf("# a, b, c ready after %lld ms\n", (long long)(th_now_ms() - started));
 
   int killed = 0;
   for (int round = 0; round < ROUNDS; round++) {
@@ -243,8 +241,7 @@ static void test_stripe_scale(void **state) {
     char *log = th_read_file(live[i]->log_path);
     assert_non_null(log);
     for (const char *at = log;
-         (at = strstr(at, "another instance wrote its changelog since"));
-         at++)
+         (at = strstr(at, "another instance wrote its changelog since")); at++)
       came_back++;
     free(log);
   }
@@ -260,8 +257,8 @@ static void test_stripe_scale(void **state) {
       long long folded = -1;
       int64_t until = th_now_ms() + 10000;
       while ((folded = th_folded_quantity(live[s % 2]->port, user, features[f],
-                                          hour_ms - DAY_MS,
-                                          hour_ms + DAY_MS)) < 0 &&
+                                          hour_ms - DAY_MS, hour_ms + DAY_MS)) <
+                 0 &&
              th_now_ms() < until)
         th_sleep_ms(100);
       assert_int_equal(folded, expected[s][f]);

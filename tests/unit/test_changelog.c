@@ -442,10 +442,10 @@ static void test_report_restore_rules(void **state) {
       tly_key_report_mark(1, 10, TLY_SUBJECT_USER, "two", mark_gone, 64);
   size_t local_mark_len =
       tly_key_report_mark(1, 5, TLY_SUBJECT_USER, "old", local_mark, 64);
-  size_t cursor_a_len = tly_key_report_cursor(1, TLY_SUBJECT_USER, "one",
-                                              "api", 3600000, cursor_a, 128);
-  size_t cursor_b_len = tly_key_report_cursor(1, TLY_SUBJECT_USER, "two",
-                                              "api", 3600000, cursor_b, 128);
+  size_t cursor_a_len = tly_key_report_cursor(1, TLY_SUBJECT_USER, "one", "api",
+                                              3600000, cursor_a, 128);
+  size_t cursor_b_len = tly_key_report_cursor(1, TLY_SUBJECT_USER, "two", "api",
+                                              3600000, cursor_b, 128);
   size_t cursor_c_len = tly_key_report_cursor(1, TLY_SUBJECT_USER, "three",
                                               "api", 3600000, cursor_c, 128);
   size_t cursor_other_len = tly_key_report_cursor(
@@ -455,7 +455,8 @@ static void test_report_restore_rules(void **state) {
 
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "log_level", "3", NULL, 0);
-  rd_kafka_t *host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  rd_kafka_t *host =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
   assert_non_null(host);
   rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
   assert_non_null(cluster);
@@ -471,25 +472,24 @@ static void test_report_restore_rules(void **state) {
   /* Partition 1. Commit @10 by instance "w1": marks of one and two. */
   produce_state(producer, 1, TLY_CHANGELOG_REPORT, mark10, mark10_len, 10,
                 "m10", 3, NULL);
-  produce_state(producer, 1, TLY_CHANGELOG_REPORT, mark_gone, mark_gone_len,
-                10, "m2", 2, NULL);
+  produce_state(producer, 1, TLY_CHANGELOG_REPORT, mark_gone, mark_gone_len, 10,
+                "m2", 2, NULL);
   unsigned char marker[8];
   tly_put_be64(marker, 0);
-  produce_state(producer, 1, TLY_CHANGELOG_MARKER, "", 0, 10, marker, 8,
-                "w1");
+  produce_state(producer, 1, TLY_CHANGELOG_MARKER, "", 0, 10, marker, 8, "w1");
   /* w1's emitter: one's cursor reported 2 (version 4), then an intent
    * (version 5); two's mark settled: deleted. */
   produce_cursor(producer, 1, cursor_a, cursor_a_len, 4, "reported-2", "w1");
   produce_cursor(producer, 1, cursor_a, cursor_a_len, 5, "intent-2+3", "w1");
-  produce_raw(producer, 1, TLY_CHANGELOG_REPORT, mark_gone, mark_gone_len,
-              NULL, 0, "w1");
+  produce_raw(producer, 1, TLY_CHANGELOG_REPORT, mark_gone, mark_gone_len, NULL,
+              0, "w1");
   /* Late, from an instance that lost the partition: one's older cursor
    * (version 4) and one of the same version as the intent with another
    * value; two's mark again (its commit's record re-sent). None counts. */
   produce_cursor(producer, 1, cursor_a, cursor_a_len, 4, "stale-2", "w0");
   produce_cursor(producer, 1, cursor_a, cursor_a_len, 5, "other-2+4", "w0");
-  produce_state(producer, 1, TLY_CHANGELOG_REPORT, mark_gone, mark_gone_len,
-                10, "m2", 2, NULL);
+  produce_state(producer, 1, TLY_CHANGELOG_REPORT, mark_gone, mark_gone_len, 10,
+                "m2", 2, NULL);
   /* Cursors need no marker: three's, after the last marker. b's newest
    * comes first, an older one after it. */
   produce_cursor(producer, 1, cursor_c, cursor_c_len, 2, "reported-1", "w1");
@@ -505,8 +505,8 @@ static void test_report_restore_rules(void **state) {
   /* Partition 2: cursors only (the emitter ahead of the first bundle),
    * the last record w2's. */
   char cursor2[128];
-  size_t cursor2_len = tly_key_report_cursor(2, TLY_SUBJECT_USER, "z", "api",
-                                             0, cursor2, 128);
+  size_t cursor2_len =
+      tly_key_report_cursor(2, TLY_SUBJECT_USER, "z", "api", 0, cursor2, 128);
   produce_cursor(producer, 2, cursor2, cursor2_len, 3, "z-3", "w2");
   assert_int_equal(rd_kafka_flush(producer, 10000), 0);
   rd_kafka_destroy(producer);
@@ -520,18 +520,21 @@ static void test_report_restore_rules(void **state) {
   tly_store_batch_put(batch, TLY_CF_CURSORS, local_cursor, local_cursor_len,
                       "x", 1);
   tly_store_batch_put(batch, TLY_CF_CURSORS, cursor_a, cursor_a_len, "x", 1);
-  assert_int_equal(tly_store_commit(store, batch, 1, errstr, sizeof(errstr)), 0);
+  assert_int_equal(tly_store_commit(store, batch, 1, errstr, sizeof(errstr)),
+                   0);
   tly_store_batch_destroy(batch);
 
   conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, NULL, 0);
   rd_kafka_conf_set(conf, "group.id", "test-restore", NULL, 0);
   rd_kafka_conf_set(conf, "enable.partition.eof", "true", NULL, 0);
-  rd_kafka_t *reader = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  rd_kafka_t *reader =
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
   assert_non_null(reader);
   int64_t low, high;
   assert_int_equal(
-      rd_kafka_query_watermark_offsets(reader, TOPIC, 1, &low, &high, 10000), 0);
+      rd_kafka_query_watermark_offsets(reader, TOPIC, 1, &low, &high, 10000),
+      0);
   assert_int_equal(high, 14);
   /* Who wrote last: partition 1 ends with a state record (a commit cut
    * short: nobody named), partition 2 with w2's cursor. */
@@ -557,13 +560,12 @@ static void test_report_restore_rules(void **state) {
   assert_int_equal(result.next_offset, 10);
   /* Marks: @10's restored, the settled one gone for good (its record
    * re-sent after the deletion too), @30's cut short. */
-  assert_string_equal(stored(store, TLY_CF_REPORTS, mark10, mark10_len),
-                      "m10");
+  assert_string_equal(stored(store, TLY_CF_REPORTS, mark10, mark10_len), "m10");
   assert_string_equal(stored(store, TLY_CF_REPORTS, mark_gone, mark_gone_len),
                       "");
   assert_string_equal(stored(store, TLY_CF_REPORTS, mark30, mark30_len), "");
-  assert_string_equal(
-      stored(store, TLY_CF_REPORTS, local_mark, local_mark_len), "");
+  assert_string_equal(stored(store, TLY_CF_REPORTS, local_mark, local_mark_len),
+                      "");
   /* Cursors: the newest version, whatever came later. */
   assert_string_equal(stored(store, TLY_CF_CURSORS, cursor_a, cursor_a_len),
                       "intent-2+3");
