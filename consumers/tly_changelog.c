@@ -384,9 +384,11 @@ int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
       rd_kafka_message_destroy(msg);
       break;
     }
-    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+    if (msg->partition != partition) {
+      /* another partition's, from an earlier assignment of the reader */
+    } else if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
       rc = 0; /* nothing at high - 1 after all (compacted away) */
-    } else if (msg->partition == partition && msg->offset >= high - 1) {
+    } else if (msg->offset >= high - 1) {
       rd_kafka_headers_t *headers = NULL;
       const void *writer;
       size_t size;

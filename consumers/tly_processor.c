@@ -254,6 +254,7 @@ struct tly_processor {
    * the open batch's records; scratch for expanding bundles. */
   char *changelog_topic;
   char writer_id[TLY_CHANGELOG_WRITER_SIZE]; /* names our records */
+  rd_kafka_t *writer_reader; /* during resume_offsets: changelog_ours's */
   pthread_cond_t hold_released;              /* with lock: a hold ended */
   tly_changelog_bundle_t bundle;
   unsigned char *changelog_scratch;
@@ -2018,13 +2019,13 @@ static void changelog_reader_close(rd_kafka_t *reader) {
  */
 static int changelog_ours(tly_processor_t *p, int32_t partition, int64_t end) {
   char errstr[512], writer[128];
-  rd_kafka_t *reader = changelog_reader(p, partition);
-  if (!reader)
+  /* One reader for the partitions of an assignment (resume_offsets). */
+  if (!p->writer_reader && !(p->writer_reader = changelog_reader(p, partition)))
     return -1;
   int rc =
-      tly_changelog_last_writer(reader, p->changelog_topic, partition, end,
-                                writer, sizeof(writer), errstr, sizeof(errstr));
-  changelog_reader_close(reader);
+      tly_changelog_last_writer(p->writer_reader, p->changelog_topic, partition,
+                                end, writer, sizeof(writer), errstr,
+                                sizeof(errstr));
   if (rc < 0) {
     set_fatal(p, "changelog partition %d: %s", (int)partition, errstr);
     return -1;
@@ -2158,8 +2159,22 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
  * log still holds everything from there on. Returns -1 (fatal set) when it
  * does not: skipping would silently lose or miscount usage.
  */
+static int resume_partitions(tly_processor_t *p,
+                             rd_kafka_topic_partition_list_t *parts);
+
 static int resume_offsets(tly_processor_t *p,
                           rd_kafka_topic_partition_list_t *parts) {
+  /* resume_partitions does it; then the reader changelog_ours opened
+   * (Stripe reporting) goes. */
+  int rc = resume_partitions(p, parts);
+  if (p->writer_reader)
+    changelog_reader_close(p->writer_reader);
+  p->writer_reader = NULL;
+  return rc;
+}
+
+static int resume_partitions(tly_processor_t *p,
+                             rd_kafka_topic_partition_list_t *parts) {
   char errstr[512];
   for (int i = 0; i < parts->cnt; i++) {
     rd_kafka_topic_partition_t *part = &parts->elems[i];
