@@ -20,6 +20,7 @@
 #include "tly_log.h"
 
 #include <librdkafka/rdkafka.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -269,10 +270,10 @@ static int64_t monotonic_ms(void) {
   return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
-int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
-                                 char *errstr, size_t errstr_size) {
-  static const tly_cf_t cfs[] = {TLY_CF_ACCOUNTS, TLY_CF_USAGE, TLY_CF_DEDUPE,
-                                 TLY_CF_CYCLE_ENDS, TLY_CF_OFFSETS};
+/* Deletes partition's keys from each of the families. */
+static int wipe_families(tly_store_t *store, int32_t partition,
+                         const tly_cf_t *cfs, size_t count, char *errstr,
+                         size_t errstr_size) {
   unsigned char begin[4], end[5];
   size_t end_len = 4;
   tly_put_be32(begin, (uint32_t)partition);
@@ -288,10 +289,122 @@ int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
     snprintf(errstr, errstr_size, "out of memory");
     return -1;
   }
-  for (size_t i = 0; i < sizeof(cfs) / sizeof(cfs[0]); i++)
+  for (size_t i = 0; i < count; i++)
     tly_store_batch_delete_range(batch, cfs[i], begin, 4, end, end_len);
   int rc = tly_store_commit(store, batch, 0, errstr, errstr_size);
   tly_store_batch_destroy(batch);
+  return rc;
+}
+
+int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
+                                 char *errstr, size_t errstr_size) {
+  static const tly_cf_t cfs[] = {TLY_CF_ACCOUNTS, TLY_CF_USAGE, TLY_CF_DEDUPE,
+                                 TLY_CF_CYCLE_ENDS, TLY_CF_OFFSETS};
+  return wipe_families(store, partition, cfs, sizeof(cfs) / sizeof(cfs[0]),
+                       errstr, errstr_size);
+}
+
+int tly_changelog_wipe_reports(tly_store_t *store, int32_t partition,
+                               char *errstr, size_t errstr_size) {
+  static const tly_cf_t cfs[] = {TLY_CF_REPORTS, TLY_CF_CURSORS};
+  return wipe_families(store, partition, cfs, sizeof(cfs) / sizeof(cfs[0]),
+                       errstr, errstr_size);
+}
+
+int tly_changelog_writer_id(tly_store_t *store,
+                            char out[TLY_CHANGELOG_WRITER_SIZE], char *errstr,
+                            size_t errstr_size) {
+  static const char key[] = "changelog.writer";
+  char *value = NULL;
+  size_t len = 0;
+  int found = tly_store_get(store, TLY_CF_META, key, sizeof(key) - 1, &value,
+                            &len, errstr, errstr_size);
+  if (found < 0)
+    return -1;
+  if (found && len == TLY_CHANGELOG_WRITER_SIZE - 1) {
+    memcpy(out, value, len);
+    out[len] = '\0';
+    tly_store_free(value);
+    return 0;
+  }
+  tly_store_free(value);
+  unsigned char random[16];
+  if (RAND_bytes(random, sizeof(random)) != 1) {
+    snprintf(errstr, errstr_size, "no random bytes for a writer id");
+    return -1;
+  }
+  for (size_t i = 0; i < sizeof(random); i++)
+    snprintf(out + 2 * i, 3, "%02x", random[i]);
+  tly_store_batch_t *batch = tly_store_batch_new();
+  if (!batch) {
+    snprintf(errstr, errstr_size, "out of memory");
+    return -1;
+  }
+  tly_store_batch_put(batch, TLY_CF_META, key, sizeof(key) - 1, out,
+                      TLY_CHANGELOG_WRITER_SIZE - 1);
+  int rc = tly_store_commit(store, batch, 1, errstr, errstr_size);
+  tly_store_batch_destroy(batch);
+  return rc;
+}
+
+int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
+                              int32_t partition, int64_t high, char *out,
+                              size_t out_size, char *errstr,
+                              size_t errstr_size) {
+  int rc = -1;
+  out[0] = '\0';
+  if (high <= 0)
+    return 0;
+  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+  if (!parts) {
+    snprintf(errstr, errstr_size, "out of memory");
+    return -1;
+  }
+  rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = high - 1;
+  rd_kafka_resp_err_t err = rd_kafka_assign(reader, parts);
+  rd_kafka_topic_partition_list_destroy(parts);
+  if (err) {
+    snprintf(errstr, errstr_size, "assigning %s[%d]: %s", topic, (int)partition,
+             rd_kafka_err2str(err));
+    return -1;
+  }
+  int64_t deadline = monotonic_ms() + RESTORE_STALL_MS;
+  while (rc < 0) {
+    if (monotonic_ms() > deadline) {
+      snprintf(errstr, errstr_size, "reading %s[%d] at %lld: timed out", topic,
+               (int)partition, (long long)(high - 1));
+      break;
+    }
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(reader, 200);
+    if (!msg)
+      continue;
+    if (msg->err && msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      snprintf(errstr, errstr_size, "reading %s[%d]: %s", topic, (int)partition,
+               rd_kafka_message_errstr(msg));
+      rd_kafka_message_destroy(msg);
+      break;
+    }
+    if (msg->partition != partition) {
+      /* another partition's, from an earlier assignment of the reader */
+    } else if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      rc = 0; /* nothing at high - 1 after all (compacted away) */
+    } else if (msg->offset >= high - 1) {
+      rd_kafka_headers_t *headers = NULL;
+      const void *writer;
+      size_t size;
+      rc = 0;
+      if (!rd_kafka_message_headers(msg, &headers) &&
+          !rd_kafka_header_get_last(headers, TLY_CHANGELOG_WRITER_HEADER,
+                                    &writer, &size) &&
+          size < out_size) {
+        memcpy(out, writer, size);
+        out[size] = '\0';
+        rc = 1;
+      }
+    }
+    rd_kafka_message_destroy(msg);
+  }
+  rd_kafka_assign(reader, NULL);
   return rc;
 }
 
@@ -340,15 +453,17 @@ static int map_grow(offset_map_t *map) {
 }
 
 /* 1 when offset may be applied for the key (and records it), 0 when a
- * newer record of the key was applied already, -1 out of memory. */
-static int map_admit(offset_map_t *map, uint64_t hash, int64_t offset) {
+ * newer record of the key was applied already (strict: or one of the same
+ * offset), -1 out of memory. */
+static int map_admit(offset_map_t *map, uint64_t hash, int64_t offset,
+                     int strict) {
   if ((map->count + 1) * 2 > map->cap && map_grow(map))
     return -1;
   size_t slot = hash & (map->cap - 1);
   while (map->hashes[slot] && map->hashes[slot] != hash)
     slot = (slot + 1) & (map->cap - 1);
   if (map->hashes[slot]) {
-    if (map->offsets[slot] > offset)
+    if (map->offsets[slot] > offset || (strict && map->offsets[slot] == offset))
       return 0;
     map->offsets[slot] = offset;
     return 1;
@@ -388,29 +503,37 @@ static int flush_chunk(restore_t *r) {
   return 0;
 }
 
+/* The column family a kind of record restores into; 0 for a kind of a
+ * later version (not ours to restore). */
+static int kind_family(unsigned char kind, tly_cf_t *cf) {
+  static const struct {
+    char kind;
+    tly_cf_t cf;
+  } kinds[] = {{TLY_CHANGELOG_ACCOUNT, TLY_CF_ACCOUNTS},
+               {TLY_CHANGELOG_USAGE, TLY_CF_USAGE},
+               {TLY_CHANGELOG_DEDUPE, TLY_CF_DEDUPE},
+               {TLY_CHANGELOG_REPORT, TLY_CF_REPORTS},
+               {TLY_CHANGELOG_CURSOR, TLY_CF_CURSORS}};
+  for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+    if ((unsigned char)kinds[i].kind == kind) {
+      *cf = kinds[i].cf;
+      return 1;
+    }
+  return 0;
+}
+
 /* Writes a state record (value NULL: deletes it) unless a newer record of
- * its key was applied. */
-static int apply(restore_t *r, uint64_t hash, int64_t offset,
-                 const unsigned char *key, size_t key_len,
-                 const unsigned char *value, size_t value_len) {
+ * its key was applied (strict: or one of the same offset, or version). */
+static int apply_as(restore_t *r, uint64_t hash, int64_t offset, int strict,
+                    const unsigned char *key, size_t key_len,
+                    const unsigned char *value, size_t value_len) {
   tly_cf_t cf;
-  switch (key[0]) {
-  case TLY_CHANGELOG_ACCOUNT:
-    cf = TLY_CF_ACCOUNTS;
-    break;
-  case TLY_CHANGELOG_USAGE:
-    cf = TLY_CF_USAGE;
-    break;
-  case TLY_CHANGELOG_DEDUPE:
-    cf = TLY_CF_DEDUPE;
-    break;
-  default:
-    return 0; /* a kind of a later version: not ours to restore */
-  }
+  if (!kind_family(key[0], &cf))
+    return 0;
   /* Only this partition's keys: a record can never write elsewhere. */
   if (key_len < 5 || tly_get_be32(key + 1) != (uint32_t)r->partition)
     return 0;
-  int admitted = map_admit(&r->map, hash, offset);
+  int admitted = map_admit(&r->map, hash, offset, strict);
   if (admitted < 0) {
     snprintf(r->errstr, r->errstr_size, "out of memory restoring");
     return -1;
@@ -423,6 +546,12 @@ static int apply(restore_t *r, uint64_t hash, int64_t offset,
     tly_store_batch_delete(r->batch, cf, key + 1, key_len - 1);
   r->out->applied++;
   return tly_store_batch_count(r->batch) >= RESTORE_CHUNK ? flush_chunk(r) : 0;
+}
+
+static int apply(restore_t *r, uint64_t hash, int64_t offset,
+                 const unsigned char *key, size_t key_len,
+                 const unsigned char *value, size_t value_len) {
+  return apply_as(r, hash, offset, 0, key, key_len, value, value_len);
 }
 
 /* A marker at next_offset: every held record at or below it is complete. */
@@ -480,6 +609,18 @@ oom:
 
 static int restore_record(restore_t *r, const rd_kafka_message_t *msg) {
   const unsigned char *key = msg->key, *value = msg->payload;
+  if (key && msg->key_len >= 1 && key[0] == TLY_CHANGELOG_REPORT && !value)
+    /* A settled mark: gone for good, whatever comes before or after. */
+    return apply_as(r, hash_key(key, msg->key_len), INT64_MAX, 0, key,
+                    msg->key_len, NULL, 0);
+  if (key && msg->key_len >= 1 && key[0] == TLY_CHANGELOG_CURSOR) {
+    /* A cursor: its own version, newest wins, no marker to wait for. */
+    if (!value || msg->len < 8)
+      return 0;
+    return apply_as(r, hash_key(key, msg->key_len),
+                    (int64_t)tly_get_be64(value), 1, key, msg->key_len,
+                    value + 8, msg->len - 8);
+  }
   if (key && msg->key_len >= 1 && !value) { /* a deletion */
     rd_kafka_headers_t *headers = NULL;
     const void *offset_bytes;
@@ -563,7 +704,8 @@ int tly_changelog_restore(tly_store_t *store, rd_kafka_t *reader,
   int rc = -1;
   *out =
       (tly_changelog_restore_t){.next_offset = -1, .watermark_ms = INT64_MIN};
-  if (tly_changelog_wipe_partition(store, partition, errstr, errstr_size))
+  if (tly_changelog_wipe_partition(store, partition, errstr, errstr_size) ||
+      tly_changelog_wipe_reports(store, partition, errstr, errstr_size))
     return -1;
   if (high <= low)
     return 0;
@@ -611,7 +753,9 @@ int tly_changelog_restore(tly_store_t *store, rd_kafka_t *reader,
       goto unassign;
   }
   if (out->next_offset < 0) {
-    rc = 0; /* no complete commit: nothing to restore */
+    /* No complete commit: no state to restore (cursors are restored all
+     * the same: they say what was reported of the replay to come). */
+    rc = flush_chunk(&r) ? -1 : 0;
     goto unassign;
   }
   if (flush_chunk(&r))

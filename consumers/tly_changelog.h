@@ -23,6 +23,27 @@
  * late by an instance that lost the partition meanwhile, never overwrites a
  * newer one). The state restored is the state as of the highest marker: the
  * input is replayed from there.
+ *
+ * Stripe usage reporting (producers/tly_stripe_emitter.h) rides on it too,
+ * so that a partition's new owner goes on reporting where the old one
+ * stopped (neither losing nor double counting a credit):
+ *   report mark    key ['R'][mark key]    value [offset, 8 BE][mark]
+ *                  in the commit's bundle, restored like any state record;
+ *   mark deletion  key ['R'][mark key]    null value, written by the
+ *                  emitter once the mark is settled: the mark is gone for
+ *                  good (a record of the key before or after it is not
+ *                  restored: a mark's key names the commit that wrote it);
+ *   report cursor  key ['C'][cursor key]  value [version, 8 BE][cursor]
+ *                  written by the emitter (an intent acknowledged before
+ *                  its request leaves), not tied to an input offset:
+ *                  applied whatever the markers, and only when its version
+ *                  is above the one applied for the key, so a late record
+ *                  of an instance that lost the partition (older, or the
+ *                  same version) never overwrites a newer cursor.
+ * Markers and the emitter's records name their writer (header
+ * TLY_CHANGELOG_WRITER_HEADER, the store's tly_changelog_writer_id): a
+ * store whose writer wrote a partition's last changelog record holds
+ * everything the changelog holds of it (see tly_changelog_last_writer).
  */
 #ifndef TLY_CHANGELOG_H
 #define TLY_CHANGELOG_H
@@ -36,7 +57,11 @@
 #define TLY_CHANGELOG_ACCOUNT 'A' /* TLY_CF_ACCOUNTS */
 #define TLY_CHANGELOG_USAGE 'U'   /* TLY_CF_USAGE (hours, cycles, alerts) */
 #define TLY_CHANGELOG_DEDUPE 'D'  /* TLY_CF_DEDUPE */
+#define TLY_CHANGELOG_REPORT 'R'  /* TLY_CF_REPORTS (Stripe report marks) */
+#define TLY_CHANGELOG_CURSOR 'C'  /* TLY_CF_CURSORS (Stripe report cursors) */
 #define TLY_CHANGELOG_MARKER 'M'
+
+#define TLY_CHANGELOG_WRITER_HEADER "tally.writer"
 
 /* ---- bundles: one commit's records, as one outbox entry -------------- */
 
@@ -132,10 +157,34 @@ int tly_changelog_restore(tly_store_t *store, struct rd_kafka_s *reader,
                           int64_t high, tly_changelog_restore_t *out,
                           char *errstr, size_t errstr_size);
 
-/* Wipes what the store holds of partition's state (not Stripe reports or
- * cursors, which are this instance's): accounts, usage history, dedupe
- * blobs, cycle-end index and the stored offset. 0 or -1 (errstr). */
+/* Wipes what the store holds of partition's state: accounts, usage
+ * history, dedupe blobs, cycle-end index and the stored offset (not its
+ * Stripe report marks and cursors: a replay of the input from the start
+ * rebuilds the usage, and the cursors say what of it was reported).
+ * 0 or -1 (errstr). */
 int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
                                  char *errstr, size_t errstr_size);
+/* Wipes partition's Stripe report marks and cursors (a restore does, and
+ * restores them from the changelog). 0 or -1 (errstr). */
+int tly_changelog_wipe_reports(tly_store_t *store, int32_t partition,
+                               char *errstr, size_t errstr_size);
+
+/* The store's changelog writer id (32 hex digits, made and stored in the
+ * meta family the first time): out holds TLY_CHANGELOG_WRITER_SIZE bytes.
+ * 0 or -1 (errstr). */
+#define TLY_CHANGELOG_WRITER_SIZE 33
+int tly_changelog_writer_id(tly_store_t *store,
+                            char out[TLY_CHANGELOG_WRITER_SIZE], char *errstr,
+                            size_t errstr_size);
+
+/* Who wrote the last record (offset high - 1) of changelog partition
+ * `partition`, read through reader (assigned here, unassigned on return):
+ * 1 with its writer id in out, 0 when that record names none (a state
+ * record: a commit's publication cut short, or a writer of an older
+ * version), -1 error (errstr). */
+int tly_changelog_last_writer(struct rd_kafka_s *reader, const char *topic,
+                              int32_t partition, int64_t high, char *out,
+                              size_t out_size, char *errstr,
+                              size_t errstr_size);
 
 #endif

@@ -138,6 +138,10 @@ typedef struct {
    * time), so each gets a changelog tombstone once the window passed it. */
   blob_ref_t *blobs;
   size_t blob_count, blob_cap;
+  /* The Stripe emitter's holds on the partition (tly_processor_hold): a
+   * revocation waits for them. generation counts the assignments. */
+  int holds;
+  uint64_t generation;
 } partition_state_t;
 
 /* The batch being written: what its commit releases. */
@@ -264,6 +268,9 @@ struct tly_processor {
   /* The state changelog: NULL when disabled or the topic is not there;
    * the open batch's records; scratch for expanding bundles. */
   char *changelog_topic;
+  char writer_id[TLY_CHANGELOG_WRITER_SIZE]; /* names our records */
+  rd_kafka_t *writer_reader; /* during resume_offsets: changelog_ours's */
+  pthread_cond_t hold_released;              /* with lock: a hold ended */
   tly_changelog_bundle_t bundle;
   unsigned char *changelog_scratch;
   size_t changelog_scratch_cap;
@@ -469,6 +476,12 @@ static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
       headers = rd_kafka_headers_new(1);
       rd_kafka_header_add(headers, TLY_CHANGELOG_OFFSET_HEADER, -1, offset,
                           sizeof(offset));
+    } else if (record.key_len == 1 &&
+               *(const char *)record.key == TLY_CHANGELOG_MARKER) {
+      /* Who wrote it (tly_changelog_last_writer). */
+      headers = rd_kafka_headers_new(1);
+      rd_kafka_header_add(headers, TLY_CHANGELOG_WRITER_HEADER, -1,
+                          p->writer_id, -1);
     }
     rd_kafka_resp_err_t err = rd_kafka_producev(
         p->producer, RD_KAFKA_V_TOPIC(p->changelog_topic),
@@ -797,6 +810,10 @@ static int put_report_mark(tly_processor_t *p,
   tly_put_be64(p->record, (uint64_t)tly_wall_ms());
   tly_store_batch_put(p->batch, TLY_CF_REPORTS, key, entry->key_len + 8,
                       p->record, len);
+  /* On the changelog too: a new owner of the partition reports what this
+   * one had not settled. */
+  changelog_put(p, TLY_CHANGELOG_REPORT, key, entry->key_len + 8, p->record,
+                len);
   return 0;
 }
 
@@ -2127,19 +2144,74 @@ static size_t watermark_key(int32_t partition, char *out) {
   return sizeof(META_WATERMARK) - 1 + 4;
 }
 
+/* A consumer that reads the changelog by assignment (no group
+ * membership); NULL after setting the fatal reason. */
+static rd_kafka_t *changelog_reader(tly_processor_t *p, int32_t partition) {
+  char errstr[512], kafka_err[512];
+  const char *defaults[] = {
+      "group.id=tally-restore", "enable.auto.commit=false",
+      "enable.partition.eof=true", "max.partition.fetch.bytes=10485760",
+      "queued.min.messages=1000000",
+      /* at the end, an empty fetch must not hold the next one back */
+      "fetch.wait.max.ms=10", NULL};
+  rd_kafka_conf_t *kconf =
+      kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
+  rd_kafka_t *reader = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
+                                            sizeof(kafka_err))
+                             : NULL;
+  if (!reader) {
+    if (kconf)
+      rd_kafka_conf_destroy(kconf);
+    set_fatal(p, "reading changelog partition %d: %s", (int)partition,
+              kconf ? kafka_err : errstr);
+  }
+  return reader;
+}
+
+static void changelog_reader_close(rd_kafka_t *reader) {
+  rd_kafka_consumer_close(reader);
+  rd_kafka_destroy(reader);
+}
+
+/*
+ * With Stripe usage reporting: 1 when this store holds all the changelog
+ * holds of partition (its records end with one of ours: nobody wrote
+ * since; what we wrote, we stored first), 0 when another instance wrote
+ * since (its report marks and cursors are newer than ours), -1 fatal set.
+ */
+static int changelog_ours(tly_processor_t *p, int32_t partition, int64_t end) {
+  char errstr[512], writer[128];
+  /* One reader for the partitions of an assignment (resume_offsets). */
+  if (!p->writer_reader && !(p->writer_reader = changelog_reader(p, partition)))
+    return -1;
+  int rc =
+      tly_changelog_last_writer(p->writer_reader, p->changelog_topic, partition,
+                                end, writer, sizeof(writer), errstr,
+                                sizeof(errstr));
+  if (rc < 0) {
+    set_fatal(p, "changelog partition %d: %s", (int)partition, errstr);
+    return -1;
+  }
+  return rc == 1 && strcmp(writer, p->writer_id) == 0;
+}
+
 /*
  * Whether to restore partition from the changelog rather than replay the
  * input from what this store holds (found, stored): when the store holds
  * nothing of it, or when the changelog partition is shorter than the
  * input's tail to replay. A changelog that no longer starts at 0 (records
  * expired: the embedded broker keeps ~5 MiB per partition) would miss
- * state, so it is not used. 1 restore, 0 not, -1 fatal set.
+ * state, so it is not used. With Stripe usage reporting, also whenever
+ * another instance wrote the partition's changelog since this one did:
+ * the report marks and cursors are the changelog's, and reporting from
+ * stale cursors would reuse identifiers Stripe already has. 1 restore, 0
+ * not, -1 fatal set.
  */
 static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
                             int64_t stored, int64_t high, int64_t *end) {
   int64_t low = -1;
   *end = -1;
-  if (!p->changelog_topic || (found && stored >= high))
+  if (!p->changelog_topic || (found && stored >= high && !p->reports))
     return 0;
   rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
   for (int attempt = 0; attempt < 10 && err; attempt++)
@@ -2151,6 +2223,29 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
     return -1;
   }
   if (*end <= low)
+    return 0;
+  if (p->reports) {
+    int ours = changelog_ours(p, partition, *end);
+    if (ours < 0)
+      return -1;
+    if (!ours && low > 0) {
+      set_fatal(p,
+                "changelog partition %d starts at %lld, not 0 (records "
+                "expired), and another instance wrote it since: its Stripe "
+                "report cursors cannot be restored, and reporting from "
+                "older ones could lose usage",
+                (int)partition, (long long)low);
+      return -1;
+    }
+    if (!ours) {
+      tly_log(TLY_LOG_INFO, "processor",
+              "partition %d: another instance wrote its changelog since "
+              "this one did: restoring it (Stripe report cursors)",
+              (int)partition);
+      return 1;
+    }
+  }
+  if (found && stored >= high)
     return 0;
   if (low > 0) {
     tly_log(TLY_LOG_WARN, "processor",
@@ -2170,34 +2265,18 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
  */
 static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
                              int *found, int64_t *stored) {
-  char errstr[512], kafka_err[512], wm_key[16];
+  char errstr[512], wm_key[16];
   unsigned char wm_value[8];
-  const char *defaults[] = {
-      "group.id=tally-restore",      "enable.auto.commit=false",
-      "enable.partition.eof=true",   "max.partition.fetch.bytes=10485760",
-      "queued.min.messages=1000000",
-      /* at the end, an empty fetch must not hold the next one back */
-      "fetch.wait.max.ms=10", NULL};
   tly_changelog_restore_t result;
-  rd_kafka_conf_t *kconf =
-      kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
-  rd_kafka_t *reader = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
-                                            sizeof(kafka_err))
-                             : NULL;
-  if (!reader) {
-    if (kconf)
-      rd_kafka_conf_destroy(kconf);
-    set_fatal(p, "restoring partition %d: %s", (int)partition,
-              kconf ? kafka_err : errstr);
+  rd_kafka_t *reader = changelog_reader(p, partition);
+  if (!reader)
     return -1;
-  }
   atomic_store(&p->restoring, partition);
   int rc =
       tly_changelog_restore(p->store, reader, p->changelog_topic, partition, 0,
                             end, &result, errstr, sizeof(errstr));
   atomic_store(&p->restoring, -1);
-  rd_kafka_consumer_close(reader);
-  rd_kafka_destroy(reader);
+  changelog_reader_close(reader);
   if (rc < 0) {
     set_fatal(p, "restoring partition %d from %s: %s", (int)partition,
               p->changelog_topic, errstr);
@@ -2242,8 +2321,22 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
  * log still holds everything from there on. Returns -1 (fatal set) when it
  * does not: skipping would silently lose or miscount usage.
  */
+static int resume_partitions(tly_processor_t *p,
+                             rd_kafka_topic_partition_list_t *parts);
+
 static int resume_offsets(tly_processor_t *p,
                           rd_kafka_topic_partition_list_t *parts) {
+  /* resume_partitions does it; then the reader changelog_ours opened
+   * (Stripe reporting) goes. */
+  int rc = resume_partitions(p, parts);
+  if (p->writer_reader)
+    changelog_reader_close(p->writer_reader);
+  p->writer_reader = NULL;
+  return rc;
+}
+
+static int resume_partitions(tly_processor_t *p,
+                             rd_kafka_topic_partition_list_t *parts) {
   char errstr[512];
   for (int i = 0; i < parts->cnt; i++) {
     rd_kafka_topic_partition_t *part = &parts->elems[i];
@@ -2342,6 +2435,7 @@ static int resume_offsets(tly_processor_t *p,
       state->blob_cap = loaded.blob_cap;
       loaded.blobs = NULL;
       p->partitions[part->partition].assigned = 1;
+      p->partitions[part->partition].generation++;
       p->partitions[part->partition].committed = found ? stored : -1;
       p->partitions[part->partition].batch_next = -1;
       p->partitions[part->partition].position = found ? stored : -1;
@@ -2801,6 +2895,19 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
     if (partition >= 0 && partition < p->partition_cap)
       p->partitions[partition].assigned = 0;
   }
+  /* The Stripe emitter may be making intents durable on the changelog:
+   * the next owner restores only after this returns, so it must find
+   * them there. */
+  for (int held = 1; held;) {
+    held = 0;
+    for (int i = 0; i < parts->cnt && !held; i++) {
+      int32_t partition = parts->elems[i].partition;
+      held = partition >= 0 && partition < p->partition_cap &&
+             p->partitions[partition].holds > 0;
+    }
+    if (held)
+      pthread_cond_wait(&p->hold_released, &p->lock);
+  }
   pthread_mutex_unlock(&p->lock);
   if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
     tly_log(TLY_LOG_WARN, "processor", "rebalance error: %s",
@@ -3133,6 +3240,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->store = store;
   atomic_store(&p->restoring, -1);
   pthread_mutex_init(&p->lock, NULL);
+  pthread_cond_init(&p->hold_released, NULL);
   pthread_mutex_init(&p->writer_lock, NULL);
   pthread_cond_init(&p->writer_cond, NULL);
   pthread_cond_init(&p->writer_done, NULL);
@@ -3248,6 +3356,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
         snprintf(errstr, errstr_size, "out of memory");
         goto fail;
       }
+      if (tly_changelog_writer_id(store, p->writer_id, errstr, errstr_size))
+        goto fail;
     } else {
       tly_log(TLY_LOG_WARN, "processor",
               "no state changelog: topic %s %s; partitions that move here "
@@ -3407,6 +3517,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   free(p->usage_topic);
   free(p->stop_file);
   free(p->dlq_topic);
+  pthread_cond_destroy(&p->hold_released);
   pthread_mutex_destroy(&p->lock);
   free(p);
 }
@@ -3453,6 +3564,41 @@ int tly_processor_assigned(tly_processor_t *p, int32_t partition) {
                  p->partitions[partition].assigned;
   pthread_mutex_unlock(&p->lock);
   return assigned;
+}
+
+int tly_processor_hold(tly_processor_t *p, int32_t partition,
+                       uint64_t *generation) {
+  pthread_mutex_lock(&p->lock);
+  const partition_state_t *part = partition >= 0 && partition < p->partition_cap
+                                      ? &p->partitions[partition]
+                                      : NULL;
+  /* Not while fenced: a stalled loop may have lost the partition. */
+  int held = part && part->assigned &&
+             (!*generation || *generation == part->generation) &&
+             !atomic_load(&p->fenced) && !loop_stale(p);
+  if (held) {
+    p->partitions[partition].holds++;
+    *generation = part->generation;
+  }
+  pthread_mutex_unlock(&p->lock);
+  return held;
+}
+
+void tly_processor_release(tly_processor_t *p, int32_t partition) {
+  pthread_mutex_lock(&p->lock);
+  if (partition >= 0 && partition < p->partition_cap &&
+      p->partitions[partition].holds > 0)
+    p->partitions[partition].holds--;
+  pthread_cond_broadcast(&p->hold_released);
+  pthread_mutex_unlock(&p->lock);
+}
+
+const char *tly_processor_changelog_topic(tly_processor_t *p) {
+  return p->changelog_topic;
+}
+
+const char *tly_processor_changelog_writer(tly_processor_t *p) {
+  return p->writer_id;
 }
 
 int32_t tly_processor_partition_count(tly_processor_t *p) {

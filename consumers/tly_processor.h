@@ -16,7 +16,10 @@
  * against the output topics by id and not sent twice. A partition this
  * instance has no (or older) state for is first restored from the state
  * changelog (tly_changelog.h), which each commit feeds through one outbox
- * entry, so only the input's tail is replayed.
+ * entry, so only the input's tail is replayed. With Stripe usage
+ * reporting the bundles carry the report marks too, and a partition whose
+ * changelog another instance wrote since this one did is always restored
+ * (its report cursors are the changelog's, not this store's).
  */
 #ifndef TLY_PROCESSOR_H
 #define TLY_PROCESSOR_H
@@ -129,6 +132,26 @@ int32_t tly_processor_partition_count(tly_processor_t *processor);
 
 /* 1 while partition is assigned to this instance; thread-safe. */
 int tly_processor_assigned(tly_processor_t *processor, int32_t partition);
+
+/*
+ * The Stripe emitter's hold on a partition while it makes report intents
+ * durable on the changelog (producers/tly_stripe_emitter.h): 1 when the
+ * partition is assigned here, in assignment *generation (0: any; set to
+ * the current one), and now held; 0 when not, or while the processor is
+ * fenced (see tly_processor_rebalancing). A revocation waits until
+ * every hold on the partition was released, so the partition's next owner
+ * restores from a changelog that holds them. Release each hold promptly
+ * (a rebalance waits on it). Thread-safe.
+ */
+int tly_processor_hold(tly_processor_t *processor, int32_t partition,
+                       uint64_t *generation);
+void tly_processor_release(tly_processor_t *processor, int32_t partition);
+
+/* The changelog topic in use (NULL: none) and the writer id naming this
+ * store's changelog records (tly_changelog.h); both live as long as the
+ * processor. */
+const char *tly_processor_changelog_topic(tly_processor_t *processor);
+const char *tly_processor_changelog_writer(tly_processor_t *processor);
 
 /* What this instance may answer for a partition's subjects. */
 typedef enum {

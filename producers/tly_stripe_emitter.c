@@ -4,9 +4,11 @@
  *
  * One pass: for each partition assigned here, read up to MARKS_PER_PASS
  * marks in key order, group them by subject, and settle each subject's
- * windows (meters x windows of the marked hours): resend a pending intent,
- * then send the delta between the folded total and what the cursor
- * accounts for. A subject whose windows are all settled loses the marks
+ * windows (meters x windows of the marked hours) in rounds: plan (a
+ * pending intent to resend, or a new intent for the delta between the
+ * folded total and what the cursor accounts for), store the new intents
+ * and put them all on the changelog in one acknowledged flush, then send
+ * them one by one. A subject whose windows are all settled loses the marks
  * that were read; one that could not be settled (stop, the partition
  * moved away, Kafka refusing a dead letter) keeps them for a later pass.
  * Retries of one request happen in place: Stripe's limits and outages
@@ -18,6 +20,7 @@
 #include "tly_alert.h"
 #include "tly_auth.h"
 #include "tly_billing.h"
+#include "tly_changelog.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 
@@ -184,6 +187,8 @@ struct tly_stripe_emitter {
   rd_kafka_t *producer;
   tly_alert_codec_t *alert_codec;
   char *dlq_topic, *alerts_topic;
+  const char *changelog_topic; /* the processor's; NULL: none */
+  const char *writer_id;       /* names our changelog records */
   tly_store_batch_t *batch;
   int64_t rate_tat_us;
 
@@ -229,9 +234,49 @@ static int pause_ms(tly_stripe_emitter_t *e, int64_t ms) {
   return stop;
 }
 
-/* The work may go on: not stopping and the partition still ours. */
-static int may_continue(tly_stripe_emitter_t *e, int32_t partition) {
-  return !stopping(e) && tly_processor_assigned(e->conf.processor, partition);
+/* A pass over one partition's marks, in one assignment of it here (a
+ * partition lost and assigned again meanwhile was restored: what the pass
+ * read of it is stale). */
+typedef struct {
+  int32_t partition;
+  uint64_t generation;
+  int pinned; /* holds kept until records produced under them are acked */
+} pass_t;
+
+/* Holds the partition (tly_processor_hold) while the pass may go on: not
+ * stopping, the partition still assigned here in the pass's generation.
+ * 1 held (release it), 0 not. */
+static int hold(tly_stripe_emitter_t *e, const pass_t *pass) {
+  uint64_t generation = pass->generation;
+  return !stopping(e) &&
+         tly_processor_hold(e->conf.processor, pass->partition, &generation);
+}
+
+static void release(tly_stripe_emitter_t *e, const pass_t *pass) {
+  tly_processor_release(e->conf.processor, pass->partition);
+}
+
+/* Releases the holds kept for records produced under them, once Kafka
+ * acknowledged those (wait: flush first; else only when nothing waits). A
+ * revocation waits for them: a cursor of this instance landing on the
+ * changelog after the next owner's would be the one compaction keeps. */
+static void unpin(tly_stripe_emitter_t *e, pass_t *pass, int wait) {
+  if (!pass->pinned)
+    return;
+  if (wait)
+    rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS);
+  else if (rd_kafka_outq_len(e->producer) > 0)
+    return;
+  for (; pass->pinned > 0; pass->pinned--)
+    release(e, pass);
+}
+
+/* The work may go on (a check, nothing held). */
+static int may_continue(tly_stripe_emitter_t *e, const pass_t *pass) {
+  if (!hold(e, pass))
+    return 0;
+  release(e, pass);
+  return 1;
 }
 
 /* ---- reading state ------------------------------------------------------ */
@@ -313,17 +358,104 @@ static size_t cursor_key(const subject_t *subject, const meter_t *meter,
                                meter->event_name, window_start_ms, out, size);
 }
 
-/* Writes the cursor (synced) with whatever else the batch holds. */
-static int write_cursor(tly_stripe_emitter_t *e, const char *key,
-                        size_t key_len, const tly_stripe_cursor_t *cursor) {
+/* What the changelog compares cursors by (tly_changelog.h: newest wins):
+ * every step of a cursor raises it. An intent (pending) is one above the
+ * totals it was made at; its outcome adds the pending amount to reported
+ * or failed, above the intent. */
+static int64_t cursor_version(const tly_stripe_cursor_t *cursor) {
+  return 2 * (cursor->reported + cursor->failed) + (cursor->pending != 0);
+}
+
+/* Commits what the batch holds (synced or not). 0 or -1 (logged). */
+static int commit_batch(tly_stripe_emitter_t *e, int sync, const char *what) {
   char errstr[512];
+  int rc =
+      tly_store_commit(e->conf.store, e->batch, sync, errstr, sizeof(errstr));
+  tly_store_batch_clear(e->batch);
+  if (rc)
+    tly_log(TLY_LOG_ERROR, "stripe", "%s: %s", what, errstr);
+  return rc;
+}
+
+static void stage_cursor(tly_stripe_emitter_t *e, const char *key,
+                         size_t key_len, const tly_stripe_cursor_t *cursor) {
   unsigned char value[TLY_STRIPE_CURSOR_MAX];
   size_t len = tly_stripe_cursor_encode(cursor, value);
   tly_store_batch_put(e->batch, TLY_CF_CURSORS, key, key_len, value, len);
-  int rc = tly_store_commit(e->conf.store, e->batch, 1, errstr, sizeof(errstr));
-  tly_store_batch_clear(e->batch);
-  if (rc)
-    tly_log(TLY_LOG_ERROR, "stripe", "writing a report cursor: %s", errstr);
+}
+
+/* Delivery reports of records produced with this opaque count as errors
+ * (the producer flushes and checks them); the others are only logged. */
+#define MUST_ACK ((void *)1)
+
+/* Produces a record of the partition's changelog (tly_changelog.h): a
+ * cursor ([kind C][key], [version][cursor]), or with cursor NULL a mark's
+ * deletion ([kind R][key], null). Nothing without a changelog. 0 or -1. */
+static int produce_changelog(tly_stripe_emitter_t *e, int32_t partition,
+                             char kind, const char *key, size_t key_len,
+                             const tly_stripe_cursor_t *cursor, void *opaque) {
+  unsigned char record_key[TLY_KEY_MAX + 256], value[8 + TLY_STRIPE_CURSOR_MAX];
+  size_t value_len = 0;
+  if (!e->changelog_topic)
+    return 0;
+  if (1 + key_len > sizeof(record_key))
+    return -1;
+  record_key[0] = (unsigned char)kind;
+  memcpy(record_key + 1, key, key_len);
+  if (cursor) {
+    tly_put_be64(value, (uint64_t)cursor_version(cursor));
+    value_len = 8 + tly_stripe_cursor_encode(cursor, value + 8);
+  }
+  rd_kafka_headers_t *headers = rd_kafka_headers_new(1);
+  rd_kafka_header_add(headers, TLY_CHANGELOG_WRITER_HEADER, -1, e->writer_id,
+                      -1);
+  rd_kafka_resp_err_t err = rd_kafka_producev(
+      e->producer, RD_KAFKA_V_TOPIC(e->changelog_topic),
+      RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_KEY(record_key, 1 + key_len),
+      RD_KAFKA_V_VALUE(cursor ? value : NULL, value_len),
+      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+      RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+  if (err) {
+    rd_kafka_headers_destroy(headers);
+    tly_log(TLY_LOG_WARN, "stripe", "producing to %s: %s", e->changelog_topic,
+            rd_kafka_err2str(err));
+    return -1;
+  }
+  return 0;
+}
+
+/* Waits until Kafka acknowledged everything produced so far; 0, or -1
+ * when a record produced with MUST_ACK since errors were reset failed. */
+static int flush_acked(tly_stripe_emitter_t *e) {
+  return rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS) ==
+                     RD_KAFKA_RESP_ERR_NO_ERROR &&
+                 !atomic_load(&e->delivery_errors)
+             ? 0
+             : -1;
+}
+
+/* A cursor after its request's outcome: stored (unsynced: lost to a
+ * crash, the intent is resent exactly and Stripe answers as before) and
+ * published without waiting (a successor that sees only the intent
+ * resends it likewise), while the pass still holds the partition; the
+ * hold is kept until Kafka has the record (unpin). 0 or -1 (the batch is
+ * cleared either way). */
+static int settle_cursor(tly_stripe_emitter_t *e, pass_t *pass, const char *key,
+                         size_t key_len, const tly_stripe_cursor_t *cursor) {
+  if (!hold(e, pass)) {
+    tly_store_batch_clear(e->batch);
+    return -1;
+  }
+  stage_cursor(e, key, key_len, cursor);
+  int rc = commit_batch(e, 0, "writing a report cursor");
+  if (!rc &&
+      !produce_changelog(e, pass->partition, TLY_CHANGELOG_CURSOR, key, key_len,
+                         cursor, NULL) &&
+      e->changelog_topic) {
+    pass->pinned++;
+    return 0;
+  }
+  release(e, pass);
   return rc;
 }
 
@@ -347,7 +479,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg,
   tly_stripe_emitter_t *e = opaque;
   (void)rk;
   if (msg->err) {
-    atomic_fetch_add(&e->delivery_errors, 1);
+    if (msg->_private == MUST_ACK)
+      atomic_fetch_add(&e->delivery_errors, 1);
     tly_log(TLY_LOG_WARN, "stripe", "producing to %s: %s",
             rd_kafka_topic_name(msg->rkt), rd_kafka_err2str(msg->err));
   }
@@ -360,7 +493,7 @@ static int produce(tly_stripe_emitter_t *e, const char *topic, const char *key,
       e->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
       RD_KAFKA_V_VALUE((void *)value, value_len),
       RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
-      RD_KAFKA_V_END);
+      RD_KAFKA_V_OPAQUE(MUST_ACK), RD_KAFKA_V_END);
   if (err) {
     rd_kafka_headers_destroy(headers);
     tly_log(TLY_LOG_WARN, "stripe", "producing to %s: %s", topic,
@@ -479,10 +612,7 @@ static int report_failure(tly_stripe_emitter_t *e, failure_t *failure) {
   int rc = produce(e, e->dlq_topic, subject_key, key_len, value, strlen(value),
                    headers);
   free(value);
-  if (rc || failure_alert(e, failure, subject_key, key_len) ||
-      rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS) !=
-          RD_KAFKA_RESP_ERR_NO_ERROR ||
-      atomic_load(&e->delivery_errors)) {
+  if (rc || failure_alert(e, failure, subject_key, key_len) || flush_acked(e)) {
     tly_store_batch_clear(e->batch); /* the alert's history goes too */
     return -1;
   }
@@ -497,7 +627,7 @@ static int report_failure(tly_stripe_emitter_t *e, failure_t *failure) {
 
 /* Sends the cursor's pending intent until Stripe accepts or refuses it.
  * DEFERRED when it had to stop first (the intent stays for later). */
-static settle_t send_pending(tly_stripe_emitter_t *e, const subject_t *subject,
+static settle_t send_pending(tly_stripe_emitter_t *e, pass_t *pass,
                              const meter_t *meter,
                              const tly_stripe_cursor_t *cursor,
                              const char *identifier,
@@ -515,7 +645,8 @@ static settle_t send_pending(tly_stripe_emitter_t *e, const subject_t *subject,
   };
   for (int attempt = 0;; attempt++) {
     for (;;) {
-      if (!may_continue(e, subject->partition))
+      unpin(e, pass, 0);
+      if (!may_continue(e, pass))
         return DEFERRED;
       struct timespec now;
       clock_gettime(CLOCK_MONOTONIC, &now);
@@ -549,105 +680,8 @@ static settle_t send_pending(tly_stripe_emitter_t *e, const subject_t *subject,
             "meter event %s (%s): %s%ld %s; retrying in %" PRId64 " ms",
             identifier, meter->event_name, answered ? "status " : "", *status,
             error, wait);
+    unpin(e, pass, 1);
     if (pause_ms(e, wait))
-      return DEFERRED;
-  }
-}
-
-/* Settles one (subject, meter, window): resends a pending intent, then
- * sends the delta to the folded total, until nothing is left. */
-static settle_t settle_window(tly_stripe_emitter_t *e, const subject_t *subject,
-                              const meter_t *meter, int64_t window_start_ms) {
-  char key[TLY_KEY_MAX + 128], errstr[512], error[512];
-  size_t key_len =
-      cursor_key(subject, meter, window_start_ms, key, sizeof(key));
-  int64_t total;
-  if (!key_len || window_total(e, subject, meter, window_start_ms, &total,
-                               errstr, sizeof(errstr))) {
-    tly_log(TLY_LOG_ERROR, "stripe", "reading the usage of %s: %s", subject->id,
-            key_len ? errstr : "key too long");
-    return DEFERRED;
-  }
-  tly_stripe_cursor_t cursor;
-  char *stored = NULL;
-  size_t stored_len = 0;
-  int found = tly_store_get(e->conf.store, TLY_CF_CURSORS, key, key_len,
-                            &stored, &stored_len, errstr, sizeof(errstr));
-  int bad = found > 0 && tly_stripe_cursor_decode(stored, stored_len, &cursor);
-  tly_store_free(stored);
-  if (found < 0 || bad) {
-    tly_log(TLY_LOG_ERROR, "stripe", "reading a report cursor of %s: %s",
-            subject->id, bad ? "corrupt" : errstr);
-    return DEFERRED;
-  }
-  if (!found)
-    memset(&cursor, 0, sizeof(cursor));
-
-  for (;;) {
-    /* Named by what was accounted before it: the same for every resend. */
-    char identifier[TLY_STRIPE_IDENTIFIER_SIZE];
-    tly_stripe_report_identifier(subject->partition, subject->kind, subject->id,
-                                 meter->event_name, window_start_ms, &cursor,
-                                 identifier);
-    if (!cursor.pending) {
-      int64_t delta = total - cursor.reported - cursor.failed;
-      const char *customer = subject->record.account.stripe_customer_id;
-      if (delta <= 0 || !customer[0])
-        return SETTLED; /* an unlinked subject has no one to bill */
-      int64_t now_s = tly_wall_ms() / 1000;
-      int64_t window_end_s = (window_start_ms + e->window_ms) / 1000;
-      cursor.pending = delta;
-      cursor.timestamp_s = window_end_s - 1 < now_s ? window_end_s - 1 : now_s;
-      snprintf(cursor.customer, sizeof(cursor.customer), "%s", customer);
-      if (cursor.timestamp_s <
-          now_s - TLY_STRIPE_MAX_AGE_S + TLY_STRIPE_AGE_MARGIN_S) {
-        failure_t failure = {
-            .subject = subject,
-            .meter = meter,
-            .window_start_ms = window_start_ms,
-            .identifier = identifier,
-            .value = delta,
-            .timestamp_s = cursor.timestamp_s,
-            .customer = customer,
-            .error = "window older than Stripe's 35 days: not sent"};
-        if (report_failure(e, &failure))
-          return DEFERRED;
-        cursor.failed += delta;
-        cursor.pending = 0;
-        if (write_cursor(e, key, key_len, &cursor))
-          return DEFERRED;
-        atomic_fetch_add(&e->failed, 1);
-        continue;
-      }
-      /* The intent, durable before the request leaves. */
-      if (write_cursor(e, key, key_len, &cursor))
-        return DEFERRED;
-    }
-    tly_stripe_outcome_t outcome;
-    long status;
-    if (send_pending(e, subject, meter, &cursor, identifier, &outcome, &status,
-                     error, sizeof(error)) == DEFERRED)
-      return DEFERRED;
-    if (outcome == TLY_STRIPE_REFUSED) {
-      failure_t failure = {.subject = subject,
-                           .meter = meter,
-                           .window_start_ms = window_start_ms,
-                           .identifier = identifier,
-                           .value = cursor.pending,
-                           .timestamp_s = cursor.timestamp_s,
-                           .customer = cursor.customer,
-                           .status = status,
-                           .error = error};
-      if (report_failure(e, &failure))
-        return DEFERRED;
-      cursor.failed += cursor.pending;
-      atomic_fetch_add(&e->failed, 1);
-    } else {
-      cursor.reported += cursor.pending;
-      atomic_fetch_add(&e->sent, 1);
-    }
-    cursor.pending = 0;
-    if (write_cursor(e, key, key_len, &cursor))
       return DEFERRED;
   }
 }
@@ -716,81 +750,378 @@ static int64_t window_of(const tly_stripe_emitter_t *e, int32_t hour) {
   return start > t ? start - e->window_ms : start;
 }
 
-/* Settles every window the subject's marks (those of list naming it, from
- * index first on) name, then deletes those marks. */
-static settle_t settle_subject(tly_stripe_emitter_t *e, int32_t partition,
-                               const mark_list_t *list, size_t first) {
-  char errstr[512], subject_key[TLY_KEY_MAX];
-  const char *name = mark_subject(&list->items[first]);
-  snprintf(subject_key, sizeof(subject_key), "%s", name);
-  char *colon = strchr(subject_key, ':');
-  subject_t subject = {.partition = partition};
-  if (!colon)
-    return SETTLED; /* not a subject key: nothing to report */
-  *colon = '\0';
-  subject.id = colon + 1;
-  if (tly_subject_kind_parse(subject_key, &subject.kind))
-    return SETTLED;
+/* ---- one pass ----------------------------------------------------------- */
 
-  size_t window_count = 0, window_cap = 0;
-  int64_t *windows = NULL;
-  for (size_t i = first; i < list->count; i++) {
-    if (strcmp(mark_subject(&list->items[i]), name) != 0)
-      continue;
-    if (window_cap < window_count + list->items[i].hour_count) {
-      window_cap = (window_count + list->items[i].hour_count) * 2;
-      int64_t *grown = realloc(windows, window_cap * sizeof(*grown));
-      if (!grown) {
-        free(windows);
-        return DEFERRED;
-      }
-      windows = grown;
-    }
-    for (size_t h = 0; h < list->items[i].hour_count; h++)
-      windows[window_count++] = window_of(e, list->items[i].hours[h]);
+/* A subject of the pass's marks and the windows they name. */
+typedef struct {
+  subject_t subject;
+  const char *name; /* "kind:id", as its marks spell it */
+  char *split;      /* name with its ':' a 0 (subject.id points into it) */
+  int64_t *windows; /* sorted, each once */
+  size_t window_count, window_cap;
+  int deferred; /* something of it waits for a later pass */
+} work_subject_t;
+
+/* One (subject, meter, window) of the pass. */
+typedef struct {
+  size_t subject; /* index in the pass's subjects */
+  const meter_t *meter;
+  int64_t window_start_ms;
+  char *key; /* of its cursor */
+  size_t key_len;
+  int64_t total; /* folded, read once per pass: later usage comes with a
+                    mark of its own */
+  int settled;
+  int send;  /* an intent to send in this round */
+  int fresh; /* made in this round: to be stored */
+  tly_stripe_cursor_t cursor;
+  char identifier[TLY_STRIPE_IDENTIFIER_SIZE];
+} slot_t;
+
+typedef struct {
+  pass_t pass;
+  mark_list_t marks;
+  work_subject_t *subjects;
+  size_t subject_count;
+  slot_t *slots;
+  size_t slot_count, slot_cap;
+} work_t;
+
+/* Rounds of intents and requests per pass: a pending intent resent, then
+ * the delta to the total read; more only when something was refused. */
+#define ROUNDS_PER_PASS 4
+
+static void work_clear(work_t *work) {
+  for (size_t i = 0; i < work->subject_count; i++) {
+    tly_subject_record_clear(&work->subjects[i].subject.record);
+    free(work->subjects[i].split);
+    free(work->subjects[i].windows);
   }
-  if (window_count > 1)
-    qsort(windows, window_count, sizeof(*windows), compare_windows);
+  for (size_t i = 0; i < work->slot_count; i++)
+    free(work->slots[i].key);
+  free(work->subjects);
+  free(work->slots);
+  mark_list_clear(&work->marks);
+}
 
-  char key[TLY_KEY_MAX], *value = NULL;
+/* The subjects of the marks read, each with the windows its marks name.
+ * 0, or -1 when out of memory. */
+static int collect_subjects(tly_stripe_emitter_t *e, work_t *work) {
+  work->subjects = calloc(work->marks.count + 1, sizeof(*work->subjects));
+  if (!work->subjects)
+    return -1;
+  for (size_t i = 0; i < work->marks.count; i++) {
+    const mark_t *mark = &work->marks.items[i];
+    work_subject_t *subject = NULL;
+    for (size_t j = 0; j < work->subject_count && !subject; j++)
+      if (strcmp(work->subjects[j].name, mark_subject(mark)) == 0)
+        subject = &work->subjects[j];
+    if (!subject) {
+      subject = &work->subjects[work->subject_count++];
+      subject->name = mark_subject(mark);
+      subject->subject.partition = work->pass.partition;
+    }
+    if (subject->window_count + mark->hour_count > subject->window_cap) {
+      size_t cap = (subject->window_count + mark->hour_count) * 2;
+      int64_t *grown = realloc(subject->windows, cap * sizeof(*grown));
+      if (!grown)
+        return -1;
+      subject->windows = grown;
+      subject->window_cap = cap;
+    }
+    for (size_t h = 0; h < mark->hour_count; h++)
+      subject->windows[subject->window_count++] = window_of(e, mark->hours[h]);
+  }
+  for (size_t i = 0; i < work->subject_count; i++) {
+    work_subject_t *subject = &work->subjects[i];
+    if (subject->window_count > 1)
+      qsort(subject->windows, subject->window_count, sizeof(int64_t),
+            compare_windows);
+    size_t unique = 0;
+    for (size_t w = 0; w < subject->window_count; w++)
+      if (!unique || subject->windows[w] != subject->windows[unique - 1])
+        subject->windows[unique++] = subject->windows[w];
+    subject->window_count = unique;
+  }
+  return 0;
+}
+
+/* Reads a subject's record and makes a slot per window and meter; a
+ * subject that cannot be read is deferred, one that is not a subject key
+ * has nothing to report. 0, or -1 when out of memory. */
+static int open_subject(tly_stripe_emitter_t *e, work_t *work, size_t index) {
+  char errstr[512], key[TLY_KEY_MAX], *value = NULL;
+  work_subject_t *work_subject = &work->subjects[index];
+  subject_t *subject = &work_subject->subject;
+  work_subject->split = strdup(work_subject->name);
+  if (!work_subject->split)
+    return -1;
+  char *colon = strchr(work_subject->split, ':');
+  if (!colon) {
+    work_subject->window_count = 0; /* not a subject key */
+    return 0;
+  }
+  *colon = '\0';
+  subject->id = colon + 1;
+  if (tly_subject_kind_parse(work_subject->split, &subject->kind)) {
+    work_subject->window_count = 0;
+    return 0;
+  }
   size_t value_len = 0;
-  size_t key_len =
-      tly_key_account(partition, subject.kind, subject.id, key, sizeof(key));
+  size_t key_len = tly_key_account(work->pass.partition, subject->kind,
+                                   subject->id, key, sizeof(key));
   int found = key_len
                   ? tly_store_get(e->conf.store, TLY_CF_ACCOUNTS, key, key_len,
                                   &value, &value_len, errstr, sizeof(errstr))
                   : 0;
   if (found < 0 || (found > 0 && tly_subject_record_decode(value, value_len,
-                                                           &subject.record))) {
-    tly_log(TLY_LOG_ERROR, "stripe", "reading subject %s: %s", name,
-            found < 0 ? errstr : "corrupt record");
+                                                           &subject->record))) {
+    tly_log(TLY_LOG_ERROR, "stripe", "reading subject %s: %s",
+            work_subject->name, found < 0 ? errstr : "corrupt record");
     tly_store_free(value);
-    free(windows);
-    return DEFERRED;
+    work_subject->deferred = 1;
+    return 0;
   }
   tly_store_free(value);
-  settle_t result = SETTLED;
-  for (size_t w = 0; w < window_count && result == SETTLED; w++) {
-    if (w > 0 && windows[w] == windows[w - 1])
+  for (size_t w = 0; w < work_subject->window_count; w++)
+    for (size_t m = 0; m < e->meter_count; m++) {
+      char cursor[TLY_KEY_MAX + 128];
+      if (work->slot_count == work->slot_cap) {
+        size_t cap = work->slot_cap ? work->slot_cap * 2 : 64;
+        slot_t *grown = realloc(work->slots, cap * sizeof(*grown));
+        if (!grown)
+          return -1;
+        work->slots = grown;
+        work->slot_cap = cap;
+      }
+      slot_t *slot = &work->slots[work->slot_count];
+      memset(slot, 0, sizeof(*slot));
+      slot->subject = index;
+      slot->meter = &e->meters[m];
+      slot->window_start_ms = work_subject->windows[w];
+      slot->key_len = cursor_key(subject, slot->meter, slot->window_start_ms,
+                                 cursor, sizeof(cursor));
+      if (!slot->key_len ||
+          window_total(e, subject, slot->meter, slot->window_start_ms,
+                       &slot->total, errstr, sizeof(errstr))) {
+        tly_log(TLY_LOG_ERROR, "stripe", "reading the usage of %s: %s",
+                subject->id, slot->key_len ? errstr : "key too long");
+        work_subject->deferred = 1;
+        return 0;
+      }
+      if (!(slot->key = malloc(slot->key_len)))
+        return -1;
+      memcpy(slot->key, cursor, slot->key_len);
+      work->slot_count++;
+    }
+  return 0;
+}
+
+/* A delta whose window is older than Stripe takes: counted failed, with
+ * its dead letter and alert. 0 or -1 (the slot's subject waits). */
+static int fail_too_old(tly_stripe_emitter_t *e, work_t *work, slot_t *slot,
+                        int64_t delta) {
+  work_subject_t *subject = &work->subjects[slot->subject];
+  failure_t failure = {.subject = &subject->subject,
+                       .meter = slot->meter,
+                       .window_start_ms = slot->window_start_ms,
+                       .identifier = slot->identifier,
+                       .value = delta,
+                       .timestamp_s = slot->cursor.timestamp_s,
+                       .customer = slot->cursor.customer,
+                       .error = "window older than Stripe's 35 days: not sent"};
+  if (report_failure(e, &failure))
+    return -1;
+  slot->cursor.failed += delta;
+  slot->cursor.pending = 0;
+  stage_cursor(e, slot->key, slot->key_len, &slot->cursor);
+  if (commit_batch(e, 1, "writing a report cursor"))
+    return -1;
+  produce_changelog(e, work->pass.partition, TLY_CHANGELOG_CURSOR, slot->key,
+                    slot->key_len, &slot->cursor, NULL);
+  atomic_fetch_add(&e->failed, 1);
+  return 0;
+}
+
+/* Decides each open slot's next step: settled (nothing left to send), an
+ * intent to send (the one pending, or a new one for the delta to the
+ * total), or a delta too old for Stripe (counted failed here). Holding the
+ * partition, the new intents are stored (synced) and then every intent is
+ * put on the changelog, acknowledged by Kafka, before any request
+ * leaves: whoever reports the partition next resends them exactly, never
+ * another value under their identifiers. 1 when there is something to
+ * send, 0 when not, -1 when the pass must stop. */
+static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
+  char errstr[512];
+  size_t sends = 0, too_old = 0;
+  if (!hold(e, &work->pass))
+    return -1;
+  for (size_t i = 0; i < work->slot_count; i++) {
+    slot_t *slot = &work->slots[i];
+    work_subject_t *subject = &work->subjects[slot->subject];
+    slot->send = slot->fresh = 0;
+    if (slot->settled || subject->deferred)
       continue;
-    for (size_t m = 0; m < e->meter_count && result == SETTLED; m++)
-      result = settle_window(e, &subject, &e->meters[m], windows[w]);
+    char *stored = NULL;
+    size_t stored_len = 0;
+    int found =
+        tly_store_get(e->conf.store, TLY_CF_CURSORS, slot->key, slot->key_len,
+                      &stored, &stored_len, errstr, sizeof(errstr));
+    int bad = found > 0 &&
+              tly_stripe_cursor_decode(stored, stored_len, &slot->cursor);
+    tly_store_free(stored);
+    if (found < 0 || bad) {
+      tly_log(TLY_LOG_ERROR, "stripe", "reading a report cursor of %s: %s",
+              subject->subject.id, bad ? "corrupt" : errstr);
+      subject->deferred = 1;
+      continue;
+    }
+    if (!found)
+      memset(&slot->cursor, 0, sizeof(slot->cursor));
+    /* Named by what was accounted before it: the same for every resend. */
+    tly_stripe_report_identifier(work->pass.partition, subject->subject.kind,
+                                 subject->subject.id, slot->meter->event_name,
+                                 slot->window_start_ms, &slot->cursor,
+                                 slot->identifier);
+    if (!slot->cursor.pending) {
+      int64_t delta = slot->total - slot->cursor.reported - slot->cursor.failed;
+      const char *customer = subject->subject.record.account.stripe_customer_id;
+      if (delta <= 0 || !customer[0]) {
+        slot->settled = 1; /* an unlinked subject has no one to bill */
+        continue;
+      }
+      int64_t now_s = tly_wall_ms() / 1000;
+      int64_t window_end_s = (slot->window_start_ms + e->window_ms) / 1000;
+      slot->cursor.pending = delta;
+      slot->cursor.timestamp_s =
+          window_end_s - 1 < now_s ? window_end_s - 1 : now_s;
+      snprintf(slot->cursor.customer, sizeof(slot->cursor.customer), "%s",
+               customer);
+      if (slot->cursor.timestamp_s <
+          now_s - TLY_STRIPE_MAX_AGE_S + TLY_STRIPE_AGE_MARGIN_S) {
+        if (fail_too_old(e, work, slot, delta))
+          subject->deferred = 1;
+        else
+          slot->settled = 1;
+        too_old++;
+        continue;
+      }
+      slot->fresh = 1;
+    }
+    slot->send = 1;
+    sends++;
   }
-  tly_subject_record_clear(&subject.record);
-  free(windows);
-  if (result != SETTLED)
-    return result;
-  for (size_t i = first; i < list->count; i++)
-    if (strcmp(mark_subject(&list->items[i]), name) == 0)
-      tly_store_batch_delete(e->batch, TLY_CF_REPORTS, list->items[i].key,
-                             list->items[i].key_len);
+  int failed = 0;
+  if (sends) {
+    for (size_t i = 0; i < work->slot_count; i++)
+      if (work->slots[i].send && work->slots[i].fresh)
+        stage_cursor(e, work->slots[i].key, work->slots[i].key_len,
+                     &work->slots[i].cursor);
+    failed = commit_batch(e, 1, "writing report intents");
+    atomic_store(&e->delivery_errors, 0);
+    for (size_t i = 0; i < work->slot_count && !failed; i++)
+      if (work->slots[i].send)
+        failed = produce_changelog(
+            e, work->pass.partition, TLY_CHANGELOG_CURSOR, work->slots[i].key,
+            work->slots[i].key_len, &work->slots[i].cursor, MUST_ACK);
+    if (!failed && flush_acked(e)) {
+      tly_log(TLY_LOG_WARN, "stripe",
+              "report intents of partition %d not acknowledged by %s: sent "
+              "later",
+              (int)work->pass.partition, e->changelog_topic);
+      failed = 1;
+    }
+  } else if (too_old) {
+    rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS); /* as unpin does */
+  }
+  release(e, &work->pass);
+  if (failed) {
+    for (size_t i = 0; i < work->slot_count; i++)
+      work->slots[i].send = 0;
+    return -1;
+  }
+  return sends > 0;
+}
+
+/* Sends the round's intents, each until Stripe accepts or refuses it,
+ * and settles its cursor. 0, or -1 when the pass must stop. */
+static int send_round(tly_stripe_emitter_t *e, work_t *work) {
+  char error[512];
+  for (size_t i = 0; i < work->slot_count; i++) {
+    slot_t *slot = &work->slots[i];
+    work_subject_t *subject = &work->subjects[slot->subject];
+    if (!slot->send || subject->deferred)
+      continue;
+    slot->send = 0;
+    tly_stripe_outcome_t outcome;
+    long status;
+    if (send_pending(e, &work->pass, slot->meter, &slot->cursor,
+                     slot->identifier, &outcome, &status, error,
+                     sizeof(error)) == DEFERRED)
+      return -1;
+    if (outcome == TLY_STRIPE_REFUSED) {
+      failure_t failure = {.subject = &subject->subject,
+                           .meter = slot->meter,
+                           .window_start_ms = slot->window_start_ms,
+                           .identifier = slot->identifier,
+                           .value = slot->cursor.pending,
+                           .timestamp_s = slot->cursor.timestamp_s,
+                           .customer = slot->cursor.customer,
+                           .status = status,
+                           .error = error};
+      if (report_failure(e, &failure)) {
+        subject->deferred = 1; /* the intent stays: resent later */
+        continue;
+      }
+      slot->cursor.failed += slot->cursor.pending;
+      atomic_fetch_add(&e->failed, 1);
+    } else {
+      slot->cursor.reported += slot->cursor.pending;
+      atomic_fetch_add(&e->sent, 1);
+    }
+    slot->cursor.pending = 0;
+    if (settle_cursor(e, &work->pass, slot->key, slot->key_len, &slot->cursor))
+      return -1;
+  }
+  return 0;
+}
+
+/* Deletes the marks of every subject whose windows are all settled (and
+ * puts their deletions on the changelog). Returns how many subjects. */
+static int delete_settled_marks(tly_stripe_emitter_t *e, work_t *work) {
+  int settled = 0;
+  if (!hold(e, &work->pass))
+    return 0;
+  for (size_t i = 0; i < work->subject_count; i++) {
+    work_subject_t *subject = &work->subjects[i];
+    int done = !subject->deferred;
+    for (size_t s = 0; s < work->slot_count && done; s++)
+      done = work->slots[s].subject != i || work->slots[s].settled;
+    if (!done)
+      continue;
+    settled++;
+    for (size_t m = 0; m < work->marks.count; m++)
+      if (strcmp(mark_subject(&work->marks.items[m]), subject->name) == 0)
+        tly_store_batch_delete(e->batch, TLY_CF_REPORTS,
+                               work->marks.items[m].key,
+                               work->marks.items[m].key_len);
+  }
   /* Unsynced: a delete lost to a crash only makes the subject be looked
    * at again, and found settled. */
-  int rc = tly_store_commit(e->conf.store, e->batch, 0, errstr, sizeof(errstr));
-  tly_store_batch_clear(e->batch);
-  if (rc)
-    tly_log(TLY_LOG_ERROR, "stripe", "deleting report marks: %s", errstr);
-  return rc ? DEFERRED : SETTLED;
+  int rc = settled ? commit_batch(e, 0, "deleting report marks") : 0;
+  for (size_t i = 0; i < work->subject_count && !rc; i++) {
+    work_subject_t *subject = &work->subjects[i];
+    int done = !subject->deferred;
+    for (size_t s = 0; s < work->slot_count && done; s++)
+      done = work->slots[s].subject != i || work->slots[s].settled;
+    for (size_t m = 0; m < work->marks.count && done; m++)
+      if (strcmp(mark_subject(&work->marks.items[m]), subject->name) == 0)
+        produce_changelog(e, work->pass.partition, TLY_CHANGELOG_REPORT,
+                          work->marks.items[m].key,
+                          work->marks.items[m].key_len, NULL, NULL);
+  }
+  release(e, &work->pass);
+  return rc ? 0 : settled;
 }
 
 static int first_mark(void *opaque, const char *key, size_t key_len,
@@ -801,34 +1132,55 @@ static int first_mark(void *opaque, const char *key, size_t key_len,
   return 1;
 }
 
-/* One pass over the partition's marks; returns how many were settled, or
- * -1 when nothing could be done (an error, logged). */
+/* One pass over the partition's marks: reads up to MARKS_PER_PASS, then
+ * rounds of intents (made durable on the changelog together) and their
+ * requests until every window they name is settled. Returns how many
+ * subjects were settled, or -1 when nothing could be done (an error,
+ * logged). */
 static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
   char errstr[512], prefix[4];
-  mark_list_t list = {0};
+  work_t work = {.pass = {.partition = partition}};
+  /* The assignment the pass works in, from before anything is read. */
+  if (!tly_processor_hold(e->conf.processor, partition, &work.pass.generation))
+    return 0;
+  tly_processor_release(e->conf.processor, partition);
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(e->conf.store, TLY_CF_REPORTS, prefix, 4,
-                            collect_mark, &list, errstr, sizeof(errstr)) ||
-      list.failed) {
+                            collect_mark, &work.marks, errstr,
+                            sizeof(errstr)) ||
+      work.marks.failed) {
     tly_log(TLY_LOG_ERROR, "stripe", "reading report marks of partition %d: %s",
-            (int)partition, list.failed ? "out of memory or corrupt" : errstr);
-    mark_list_clear(&list);
+            (int)partition,
+            work.marks.failed ? "out of memory or corrupt" : errstr);
+    work_clear(&work);
     return -1;
   }
-  int settled = 0;
-  for (size_t i = 0; i < list.count; i++) {
-    int seen = 0;
-    for (size_t j = 0; j < i && !seen; j++)
-      seen = strcmp(mark_subject(&list.items[j]),
-                    mark_subject(&list.items[i])) == 0;
-    if (seen)
-      continue;
-    if (!may_continue(e, partition))
-      break;
-    if (settle_subject(e, partition, &list, i) == SETTLED)
-      settled++;
+  if (!work.marks.count) {
+    work_clear(&work);
+    return 0;
   }
-  mark_list_clear(&list);
+  int failed = collect_subjects(e, &work) != 0;
+  for (size_t i = 0; i < work.subject_count && !failed; i++)
+    failed = open_subject(e, &work, i) != 0;
+  if (failed) {
+    tly_log(TLY_LOG_ERROR, "stripe", "partition %d: out of memory",
+            (int)partition);
+    work_clear(&work);
+    return -1;
+  }
+  int settled = 0, stopped = 0;
+  for (int round = 0; round < ROUNDS_PER_PASS && !stopped; round++) {
+    int planned = plan_round(e, &work);
+    if (planned <= 0) {
+      stopped = planned < 0;
+      break;
+    }
+    stopped = send_round(e, &work) != 0;
+  }
+  unpin(e, &work.pass, 1);
+  if (!stopped)
+    settled = delete_settled_marks(e, &work);
+  work_clear(&work);
   return settled;
 }
 
@@ -1027,6 +1379,8 @@ tly_stripe_emitter_start(const tly_stripe_emitter_conf_t *conf, char *errstr,
   e->conf = *conf;
   e->stripe = &conf->config->stripe;
   e->window_ms = e->stripe->report_window_s * 1000;
+  e->changelog_topic = tly_processor_changelog_topic(conf->processor);
+  e->writer_id = tly_processor_changelog_writer(conf->processor);
   atomic_init(&e->oldest_at_ms, INT64_MAX);
   e->dlq_topic =
       strdup(conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC);

@@ -18,16 +18,37 @@
  * The protocol per (subject, meter, window), with its cursor in the
  * stripe_cursors family (reported, pending, failed):
  *   1. a delta to send is first recorded as an intent, pending = delta
- *      (with the timestamp and customer it is sent with), WAL synced;
+ *      (with the timestamp and customer it is sent with), WAL synced, then
+ *      put on the state changelog and acknowledged by Kafka (the intents
+ *      of a pass together, one flush);
  *   2. it is sent with an identifier (and the same Idempotency-Key)
  *      derived from subject, meter, window and the totals accounted before
  *      it (reported, failed), so a resend is the same meter event;
  *   3. Stripe's 200, or its 400 "An event already exists with identifier":
- *      reported += pending, pending = 0, synced.
+ *      reported += pending, pending = 0, stored and put on the changelog
+ *      without waiting (unsynced: whoever finds only the intent resends it,
+ *      and Stripe answers as before).
  * A cursor found with pending != 0 (a crash between 1 and 3) is resent
  * exactly, same identifier, value, timestamp and customer, before anything
  * else of that cursor; Stripe drops the copy if the first one arrived.
  * Late usage of a reported window is a further delta with a new identifier.
+ *
+ * Several instances (partitions moving between them): marks and cursors
+ * ride on the state changelog (consumers/tly_changelog.h). The processor
+ * puts each mark in its commit's bundle; the emitter puts every cursor
+ * change there (the version 2 * (reported + failed) + (pending != 0) makes
+ * the newest win on restore) and a deletion for each settled mark. A new
+ * owner restores them with the partition's state (the processor restores a
+ * partition whenever another instance wrote its changelog since this one
+ * did) and goes on: pending intents resent exactly, then new deltas under
+ * the identifiers that follow. An intent is on the changelog before its
+ * request leaves, and the emitter holds the partition meanwhile
+ * (tly_processor_hold): a revocation waits, so the next owner always finds
+ * it and never makes another intent under the same identifier. The emitter
+ * reports only partitions assigned here, and a pass stops once the
+ * partition was revoked (even if it came back: it was restored).
+ * Without a changelog (--changelog-topic ""), cursors and marks are this
+ * instance's alone: run one instance.
  *
  * Failures: no answer, 429, 5xx, 401/403 (a key problem is the operator's,
  * never the report's) and anything Stripe-Should-Retry: true are retried
@@ -44,7 +65,8 @@
  *
  * Threading: one thread of its own, reporting only partitions assigned to
  * this instance. It reads committed state, writes only cursors (and the
- * alert history of its alerts) and deletes only marks.
+ * alert history of its alerts) and deletes only marks; on the changelog,
+ * cursor records and mark deletions.
  */
 #ifndef TLY_STRIPE_EMITTER_H
 #define TLY_STRIPE_EMITTER_H

@@ -9,7 +9,14 @@
  *   - a stale record re-sent late (lower offset than one applied for the
  *     same key) never overwrites the newer one;
  *   - the state reflects the highest marker; the cycle-end index is
- *     rebuilt; another partition's keys and older local state are gone.
+ *     rebuilt; another partition's keys and older local state are gone;
+ *   - Stripe report marks restore like state records, and a mark's
+ *     deletion is for good; report cursors restore whatever the markers,
+ *     newest version first: an older or equal-version record (a late one
+ *     from an instance that lost the partition) never overwrites a newer
+ *     one; local marks and cursors of the partition are wiped first;
+ *   - the last record's writer tells whether another instance wrote the
+ *     partition's changelog since; a store's writer id is stable.
  */
 #include "tly_billing.h"
 #include "tly_changelog.h"
@@ -359,10 +366,249 @@ static void test_restore_rules(void **state) {
   assert_int_equal(system(command), 0);
 }
 
+/* A raw changelog record of partition: key [kind][key], value as given
+ * (NULL: a tombstone), an optional writer header. */
+static void produce_raw(rd_kafka_t *producer, int32_t partition, char kind,
+                        const void *key, size_t key_len, const void *value,
+                        size_t value_len, const char *writer) {
+  unsigned char k[256];
+  k[0] = (unsigned char)kind;
+  memcpy(k + 1, key, key_len);
+  rd_kafka_headers_t *headers = NULL;
+  if (writer) {
+    headers = rd_kafka_headers_new(1);
+    rd_kafka_header_add(headers, TLY_CHANGELOG_WRITER_HEADER, -1, writer, -1);
+  }
+  assert_int_equal(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(TOPIC),
+                                     RD_KAFKA_V_PARTITION(partition),
+                                     RD_KAFKA_V_KEY(k, 1 + key_len),
+                                     RD_KAFKA_V_VALUE((void *)value, value_len),
+                                     RD_KAFKA_V_HEADERS(headers),
+                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                     RD_KAFKA_V_END),
+                   0);
+}
+
+/* A state record of partition as the processor publishes it: value
+ * [offset][bytes]. */
+static void produce_state(rd_kafka_t *producer, int32_t partition, char kind,
+                          const void *key, size_t key_len, int64_t offset,
+                          const void *bytes, size_t len, const char *writer) {
+  unsigned char v[512];
+  tly_put_be64(v, (uint64_t)offset);
+  memcpy(v + 8, bytes, len);
+  produce_raw(producer, partition, kind, key, key_len, v, 8 + len, writer);
+}
+
+/* A cursor record as the emitter publishes it: [version][cursor bytes]. */
+static void produce_cursor(rd_kafka_t *producer, int32_t partition,
+                           const void *key, size_t key_len, int64_t version,
+                           const char *cursor, const char *writer) {
+  unsigned char v[512];
+  size_t len = strlen(cursor);
+  tly_put_be64(v, (uint64_t)version);
+  memcpy(v + 8, cursor, len);
+  produce_raw(producer, partition, TLY_CHANGELOG_CURSOR, key, key_len, v,
+              8 + len, writer);
+}
+
+/* The stored value of key in cf as a string ("" when absent). */
+static const char *stored(tly_store_t *store, tly_cf_t cf, const void *key,
+                          size_t key_len) {
+  static char text[256];
+  char errstr[256], *value = NULL;
+  size_t len = 0;
+  text[0] = '\0';
+  int found = tly_store_get(store, cf, key, key_len, &value, &len, errstr,
+                            sizeof(errstr));
+  assert_true(found >= 0);
+  if (found)
+    snprintf(text, sizeof(text), "%.*s", (int)len, value);
+  tly_store_free(value);
+  return text;
+}
+
+static void test_report_restore_rules(void **state) {
+  (void)state;
+  char errstr[512], dir[] = "/tmp/tally-test-changelog-XXXXXX";
+  char mark10[64], mark30[64], mark_gone[64], cursor_a[128], cursor_b[128];
+  char cursor_c[128], cursor_other[128], local_cursor[128], local_mark[64];
+  assert_non_null(mkdtemp(dir));
+  size_t mark10_len =
+      tly_key_report_mark(1, 10, TLY_SUBJECT_USER, "one", mark10, 64);
+  size_t mark30_len =
+      tly_key_report_mark(1, 30, TLY_SUBJECT_USER, "one", mark30, 64);
+  size_t mark_gone_len =
+      tly_key_report_mark(1, 10, TLY_SUBJECT_USER, "two", mark_gone, 64);
+  size_t local_mark_len =
+      tly_key_report_mark(1, 5, TLY_SUBJECT_USER, "old", local_mark, 64);
+  size_t cursor_a_len = tly_key_report_cursor(1, TLY_SUBJECT_USER, "one", "api",
+                                              3600000, cursor_a, 128);
+  size_t cursor_b_len = tly_key_report_cursor(1, TLY_SUBJECT_USER, "two", "api",
+                                              3600000, cursor_b, 128);
+  size_t cursor_c_len = tly_key_report_cursor(1, TLY_SUBJECT_USER, "three",
+                                              "api", 3600000, cursor_c, 128);
+  size_t cursor_other_len = tly_key_report_cursor(
+      0, TLY_SUBJECT_USER, "one", "api", 3600000, cursor_other, 128);
+  size_t local_cursor_len = tly_key_report_cursor(
+      1, TLY_SUBJECT_USER, "old", "api", 3600000, local_cursor, 128);
+
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "log_level", "3", NULL, 0);
+  rd_kafka_t *host =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  assert_non_null(host);
+  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
+  assert_non_null(cluster);
+  assert_int_equal(rd_kafka_mock_topic_create(cluster, TOPIC, 3, 1), 0);
+  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+  conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, NULL, 0);
+  rd_kafka_conf_set(conf, "enable.idempotence", "true", NULL, 0);
+  rd_kafka_t *producer =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  assert_non_null(producer);
+
+  /* Partition 1. Commit @10 by instance "w1": marks of one and two. */
+  produce_state(producer, 1, TLY_CHANGELOG_REPORT, mark10, mark10_len, 10,
+                "m10", 3, NULL);
+  produce_state(producer, 1, TLY_CHANGELOG_REPORT, mark_gone, mark_gone_len, 10,
+                "m2", 2, NULL);
+  unsigned char marker[8];
+  tly_put_be64(marker, 0);
+  produce_state(producer, 1, TLY_CHANGELOG_MARKER, "", 0, 10, marker, 8, "w1");
+  /* w1's emitter: one's cursor reported 2 (version 4), then an intent
+   * (version 5); two's mark settled: deleted. */
+  produce_cursor(producer, 1, cursor_a, cursor_a_len, 4, "reported-2", "w1");
+  produce_cursor(producer, 1, cursor_a, cursor_a_len, 5, "intent-2+3", "w1");
+  produce_raw(producer, 1, TLY_CHANGELOG_REPORT, mark_gone, mark_gone_len, NULL,
+              0, "w1");
+  /* Late, from an instance that lost the partition: one's older cursor
+   * (version 4) and one of the same version as the intent with another
+   * value; two's mark again (its commit's record re-sent). None counts. */
+  produce_cursor(producer, 1, cursor_a, cursor_a_len, 4, "stale-2", "w0");
+  produce_cursor(producer, 1, cursor_a, cursor_a_len, 5, "other-2+4", "w0");
+  produce_state(producer, 1, TLY_CHANGELOG_REPORT, mark_gone, mark_gone_len, 10,
+                "m2", 2, NULL);
+  /* Cursors need no marker: three's, after the last marker. b's newest
+   * comes first, an older one after it. */
+  produce_cursor(producer, 1, cursor_c, cursor_c_len, 2, "reported-1", "w1");
+  produce_cursor(producer, 1, cursor_b, cursor_b_len, 9, "b-9", "w1");
+  produce_cursor(producer, 1, cursor_b, cursor_b_len, 7, "b-7", "w1");
+  /* A cursor of another partition: never written here. */
+  produce_cursor(producer, 1, cursor_other, cursor_other_len, 99, "foreign",
+                 "w1");
+  /* Commit @30 cut short: one's next mark, no marker. */
+  produce_state(producer, 1, TLY_CHANGELOG_REPORT, mark30, mark30_len, 30,
+                "m30", 3, NULL);
+
+  /* Partition 2: cursors only (the emitter ahead of the first bundle),
+   * the last record w2's. */
+  char cursor2[128];
+  size_t cursor2_len =
+      tly_key_report_cursor(2, TLY_SUBJECT_USER, "z", "api", 0, cursor2, 128);
+  produce_cursor(producer, 2, cursor2, cursor2_len, 3, "z-3", "w2");
+  assert_int_equal(rd_kafka_flush(producer, 10000), 0);
+  rd_kafka_destroy(producer);
+
+  tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
+  assert_non_null(store);
+  /* Stale local marks and cursors of partition 1: wiped by the restore. */
+  tly_store_batch_t *batch = tly_store_batch_new();
+  tly_store_batch_put(batch, TLY_CF_REPORTS, local_mark, local_mark_len, "x",
+                      1);
+  tly_store_batch_put(batch, TLY_CF_CURSORS, local_cursor, local_cursor_len,
+                      "x", 1);
+  tly_store_batch_put(batch, TLY_CF_CURSORS, cursor_a, cursor_a_len, "x", 1);
+  assert_int_equal(tly_store_commit(store, batch, 1, errstr, sizeof(errstr)),
+                   0);
+  tly_store_batch_destroy(batch);
+
+  conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, NULL, 0);
+  rd_kafka_conf_set(conf, "group.id", "test-restore", NULL, 0);
+  rd_kafka_conf_set(conf, "enable.partition.eof", "true", NULL, 0);
+  rd_kafka_t *reader =
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  assert_non_null(reader);
+  int64_t low, high;
+  assert_int_equal(
+      rd_kafka_query_watermark_offsets(reader, TOPIC, 1, &low, &high, 10000),
+      0);
+  assert_int_equal(high, 14);
+  /* Who wrote last: partition 1 ends with a state record (a commit cut
+   * short: nobody named), partition 2 with w2's cursor. */
+  char writer[64];
+  assert_int_equal(tly_changelog_last_writer(reader, TOPIC, 1, high, writer,
+                                             sizeof(writer), errstr,
+                                             sizeof(errstr)),
+                   0);
+  assert_int_equal(tly_changelog_last_writer(reader, TOPIC, 2, 1, writer,
+                                             sizeof(writer), errstr,
+                                             sizeof(errstr)),
+                   1);
+  assert_string_equal(writer, "w2");
+  assert_int_equal(tly_changelog_last_writer(reader, TOPIC, 0, 0, writer,
+                                             sizeof(writer), errstr,
+                                             sizeof(errstr)),
+                   0);
+
+  tly_changelog_restore_t result;
+  assert_int_equal(tly_changelog_restore(store, reader, TOPIC, 1, low, high,
+                                         &result, errstr, sizeof(errstr)),
+                   1);
+  assert_int_equal(result.next_offset, 10);
+  /* Marks: @10's restored, the settled one gone for good (its record
+   * re-sent after the deletion too), @30's cut short. */
+  assert_string_equal(stored(store, TLY_CF_REPORTS, mark10, mark10_len), "m10");
+  assert_string_equal(stored(store, TLY_CF_REPORTS, mark_gone, mark_gone_len),
+                      "");
+  assert_string_equal(stored(store, TLY_CF_REPORTS, mark30, mark30_len), "");
+  assert_string_equal(stored(store, TLY_CF_REPORTS, local_mark, local_mark_len),
+                      "");
+  /* Cursors: the newest version, whatever came later. */
+  assert_string_equal(stored(store, TLY_CF_CURSORS, cursor_a, cursor_a_len),
+                      "intent-2+3");
+  assert_string_equal(stored(store, TLY_CF_CURSORS, cursor_b, cursor_b_len),
+                      "b-9");
+  assert_string_equal(stored(store, TLY_CF_CURSORS, cursor_c, cursor_c_len),
+                      "reported-1");
+  assert_string_equal(
+      stored(store, TLY_CF_CURSORS, cursor_other, cursor_other_len), "");
+  assert_string_equal(
+      stored(store, TLY_CF_CURSORS, local_cursor, local_cursor_len), "");
+
+  /* Partition 2: no complete commit, no state; its cursors all the same. */
+  assert_int_equal(tly_changelog_restore(store, reader, TOPIC, 2, 0, 1, &result,
+                                         errstr, sizeof(errstr)),
+                   0);
+  assert_string_equal(stored(store, TLY_CF_CURSORS, cursor2, cursor2_len),
+                      "z-3");
+
+  /* A store's writer id: made once, then the same. */
+  char id[TLY_CHANGELOG_WRITER_SIZE], again[TLY_CHANGELOG_WRITER_SIZE];
+  assert_int_equal(tly_changelog_writer_id(store, id, errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(strlen(id), TLY_CHANGELOG_WRITER_SIZE - 1);
+  assert_int_equal(
+      tly_changelog_writer_id(store, again, errstr, sizeof(errstr)), 0);
+  assert_string_equal(id, again);
+
+  rd_kafka_consumer_close(reader);
+  rd_kafka_destroy(reader);
+  tly_store_close(store);
+  rd_kafka_mock_cluster_destroy(cluster);
+  rd_kafka_destroy(host);
+  char command[128];
+  snprintf(command, sizeof(command), "rm -rf %s", dir);
+  assert_int_equal(system(command), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_bundle_expands_records_then_markers),
       cmocka_unit_test(test_restore_rules),
+      cmocka_unit_test(test_report_restore_rules),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
