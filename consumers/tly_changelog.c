@@ -298,8 +298,9 @@ static int wipe_families(tly_store_t *store, int32_t partition,
 
 int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
                                  char *errstr, size_t errstr_size) {
-  static const tly_cf_t cfs[] = {TLY_CF_ACCOUNTS, TLY_CF_USAGE, TLY_CF_DEDUPE,
-                                 TLY_CF_CYCLE_ENDS, TLY_CF_OFFSETS};
+  static const tly_cf_t cfs[] = {TLY_CF_ACCOUNTS,   TLY_CF_USAGE,
+                                 TLY_CF_DEDUPE,     TLY_CF_CYCLE_ENDS,
+                                 TLY_CF_EXPIRIES,   TLY_CF_OFFSETS};
   return wipe_families(store, partition, cfs, sizeof(cfs) / sizeof(cfs[0]),
                        errstr, errstr_size);
 }
@@ -691,6 +692,30 @@ static int index_account(void *opaque, const char *key, size_t key_len,
   return 0;
 }
 
+/* The expiry index entry of a restored history value that expires (the
+ * value starts with its expiry time), as the processor writes it, so the
+ * new owner gives it its changelog tombstone in time. */
+static int index_history(void *opaque, const char *key, size_t key_len,
+                         const char *value, size_t value_len) {
+  index_scan_t *scan = opaque;
+  restore_t *r = scan->restore;
+  char index_key[TLY_KEY_MAX + 12];
+  if (value_len < 8)
+    return 0;
+  int64_t expires = (int64_t)tly_get_be64((const unsigned char *)value);
+  size_t len = expires == INT64_MAX ? 0
+                                    : tly_key_expiry(key, key_len, expires,
+                                                     index_key,
+                                                     sizeof(index_key));
+  if (len)
+    tly_store_batch_put(r->batch, TLY_CF_EXPIRIES, index_key, len, "", 0);
+  if (tly_store_batch_count(r->batch) >= RESTORE_CHUNK && flush_chunk(r)) {
+    scan->failed = 1;
+    return 1;
+  }
+  return 0;
+}
+
 int tly_changelog_restore(tly_store_t *store, rd_kafka_t *reader,
                           const char *topic, int32_t partition, int64_t low,
                           int64_t high, tly_changelog_restore_t *out,
@@ -765,6 +790,10 @@ int tly_changelog_restore(tly_store_t *store, rd_kafka_t *reader,
     index_scan_t scan = {&r, 0};
     tly_put_be32(prefix, (uint32_t)partition);
     if (tly_store_scan_prefix(store, TLY_CF_ACCOUNTS, prefix, 4, index_account,
+                              &scan, errstr, errstr_size) ||
+        scan.failed || flush_chunk(&r))
+      goto unassign;
+    if (tly_store_scan_prefix(store, TLY_CF_USAGE, prefix, 4, index_history,
                               &scan, errstr, errstr_size) ||
         scan.failed || flush_chunk(&r))
       goto unassign;

@@ -145,7 +145,8 @@ typedef struct {
  * changelog partition `partition` of topic from low to high through reader
  * (a consumer handle the caller owns; it is assigned here and unassigned
  * on return), writes the records that pass the rules above, and rebuilds
- * the cycle-end index from the restored subject records. The stored offset
+ * the cycle-end index from the restored subject records and the expiry
+ * index from the restored history values. The stored offset
  * is NOT written: the caller stores out->next_offset (with the watermark)
  * in a synced commit of its own, which also makes the restored writes
  * durable. 1 restored, 0 the changelog holds no complete commit (the
@@ -158,7 +159,8 @@ int tly_changelog_restore(tly_store_t *store, struct rd_kafka_s *reader,
                           char *errstr, size_t errstr_size);
 
 /* Wipes what the store holds of partition's state: accounts, usage
- * history, dedupe blobs, cycle-end index and the stored offset (not its
+ * history, dedupe blobs, cycle-end and expiry indexes and the stored
+ * offset (not its
  * Stripe report marks and cursors: a replay of the input from the start
  * rebuilds the usage, and the cursors say what of it was reported).
  * 0 or -1 (errstr). */

@@ -260,6 +260,17 @@ static void test_restore_rules(void **state) {
   const char blob2[12] = {0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2};
   produce(producer, TLY_CHANGELOG_DEDUPE, blob1, 12, 10, "ids1", 4);
   produce(producer, TLY_CHANGELOG_DEDUPE, blob2, 12, 10, "ids2", 4);
+  /* History of k1: an hour that expires at 4000 (indexed by its expiry on
+   * restore) and an archived cycle kept for good (not indexed). */
+  const char hour_key[] = "\0\0\0\1user:one\0H\0\0\0\5";
+  const char cycle_key[] = "\0\0\0\1user:one\0C\0\0\0\0\0\0\0\7";
+  const unsigned char hour_value[9] = {0, 0, 0, 0, 0, 0, 0x0f, 0xa0, 'b'};
+  const unsigned char cycle_value[9] = {0x7f, 0xff, 0xff, 0xff, 0xff,
+                                        0xff, 0xff, 0xff, 'c'};
+  produce(producer, TLY_CHANGELOG_USAGE, hour_key, sizeof(hour_key) - 1, 10,
+          hour_value, sizeof(hour_value));
+  produce(producer, TLY_CHANGELOG_USAGE, cycle_key, sizeof(cycle_key) - 1, 10,
+          cycle_value, sizeof(cycle_value));
   produce_marker(producer, 10, 777);
   /* Commit @20: k1 = 11 (its cycle moved on), blob1 expired, marker. */
   len = subject_record(9000, 11, value, sizeof(value));
@@ -302,12 +313,12 @@ static void test_restore_rules(void **state) {
   int64_t low, high;
   assert_int_equal(
       rd_kafka_query_watermark_offsets(reader, TOPIC, 1, &low, &high, 10000), 0);
-  assert_int_equal(high, 14);
+  assert_int_equal(high, 16);
   tly_changelog_restore_t result;
   assert_int_equal(tly_changelog_restore(store, reader, TOPIC, 1, low, high,
                                          &result, errstr, sizeof(errstr)),
                    1);
-  assert_int_equal(result.records, 14);
+  assert_int_equal(result.records, 16);
   assert_int_equal(result.next_offset, 20);
   assert_int_equal(result.watermark_ms, 888);
   assert_int_equal(result.accounts, 2);
@@ -347,6 +358,20 @@ static void test_restore_rules(void **state) {
   char *found_value = NULL;
   size_t found_len = 0;
   assert_int_equal(tly_store_get(store, TLY_CF_CYCLE_ENDS, index_key, index_len,
+                                 &found_value, &found_len, errstr,
+                                 sizeof(errstr)),
+                   1);
+  tly_store_free(found_value);
+  /* The expiry index: the hour, at 4000; not the cycle kept for good. */
+  index_keys = 0;
+  assert_int_equal(tly_store_scan_prefix(store, TLY_CF_EXPIRIES, prefix, 4,
+                                         count_keys, &index_keys, errstr,
+                                         sizeof(errstr)),
+                   0);
+  assert_int_equal(index_keys, 1);
+  index_len = tly_key_expiry(hour_key, sizeof(hour_key) - 1, 4000, index_key,
+                             sizeof(index_key));
+  assert_int_equal(tly_store_get(store, TLY_CF_EXPIRIES, index_key, index_len,
                                  &found_value, &found_len, errstr,
                                  sizeof(errstr)),
                    1);
