@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -72,9 +73,16 @@ pid_t th_spawn(char *const argv[], const char *stdin_path,
                const char *stdout_path, const char *stderr_path) {
   fflush(stdout);
   fflush(stderr);
+  pid_t parent = getpid();
   pid_t pid = fork();
   if (pid != 0)
     return pid;
+  /* A test that fails (cmocka returns from the test, the process exits)
+   * takes its brokers and processors with it instead of leaving them
+   * running. Every spawn happens on the test's main thread, which lives
+   * as long as the process. */
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+    _exit(127);
   redirect(stdin_path ? stdin_path : "/dev/null", STDIN_FILENO, O_RDONLY);
   if (stdout_path)
     redirect(stdout_path, STDOUT_FILENO, O_WRONLY | O_CREAT | O_APPEND);
