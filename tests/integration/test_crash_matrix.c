@@ -27,9 +27,14 @@
 
 #define PARTITIONS 24
 #define SUBJECTS 2000
-#define EVENTS 200000
 #define EVENTS_PER_SECOND 2000
-#define MIN_KILLS 20
+/* TALLY_CRASH_MATRIX_EVENTS and _KILLS shrink the matrix: scripts/test.sh
+ * does for the sanitizer run, whose point is memory errors on these paths
+ * (the plain run is the full matrix). */
+static int setting(const char *name, int fallback) {
+  const char *value = getenv(name);
+  return value && atoi(value) > 0 ? atoi(value) : fallback;
+}
 
 static void test_crash_matrix(void **state) {
   (void)state;
@@ -39,7 +44,9 @@ static void test_crash_matrix(void **state) {
   char *dir = th_mkdtemp("matrix");
   char state_dir[600], env[64];
   static th_expected_t expected[SUBJECTS];
-  th_stream_t stream = {.events = EVENTS,
+  const int events = setting("TALLY_CRASH_MATRIX_EVENTS", 200000);
+  const int min_kills = setting("TALLY_CRASH_MATRIX_KILLS", 20);
+  th_stream_t stream = {.events = events,
                         .subjects = SUBJECTS,
                         .events_per_second = EVENTS_PER_SECOND,
                         .seed = 11,
@@ -57,7 +64,7 @@ static void test_crash_matrix(void **state) {
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
   assert_int_equal(pthread_create(&producer, NULL, th_stream_main, &stream), 0);
 
-  while (kills < MIN_KILLS || !atomic_load(&stream.done)) {
+  while (kills < min_kills || !atomic_load(&stream.done)) {
     int64_t deadline = th_now_ms() + 60000;
     int rc = -1;
     while (rc < 0 && th_metric_sum(run.port, "tally_events_folded_total") <= 0 &&
