@@ -23,7 +23,7 @@ static void usage(FILE *out) {
           "  --group ID              consumer group (default tally)\n"
           "  --topic NAME            usage topic (default tally.usage)\n"
           "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
-          "  --batch-events N        max events per commit (default 200000)\n"
+          "  --batch-events N        max events per commit (default 400000)\n"
           "  --batch-ms N            max ms per commit (default 100)\n"
           "  --config FILE           plans, prices, thresholds (default: built in)\n"
           "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"

@@ -49,10 +49,12 @@ typedef struct {
   const tly_config_t *config; /* required; must outlive the processor */
   int64_t dedupe_window_ms;   /* default 7 days of event time */
   int64_t tick_interval_ms;   /* default 60 s; <0 writes no ticks */
-  int batch_max_events;    /* default 200000 */
+  int batch_max_events;    /* default 400000 */
   int batch_max_ms;        /* default 100; a batch grows past it (up to
                               batch_max_events) while the writer is still
-                              busy with the previous one */
+                              busy with the previous one, or while the
+                              records are older than 20 x batch_max_ms
+                              (at least 2 s): catching up */
   /* Extra librdkafka properties "name=value", NULL-terminated; applied to
    * the consumer and the outbox producer after tally's defaults. */
   const char *const *kafka_properties;
