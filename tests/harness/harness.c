@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <signal.h>
@@ -497,4 +498,35 @@ int th_wait_outbox_empty(int port, int timeout_ms) {
       return -1;
     th_sleep_ms(100);
   }
+}
+
+rd_kafka_mock_cluster_t *th_mock_cluster_new(int partitions,
+                                             const char **bootstrap) {
+  char errstr[512];
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof(errstr));
+  rd_kafka_t *host =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (!host)
+    return NULL;
+  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
+  if (!cluster || rd_kafka_mock_topic_create(cluster, "tally.usage",
+                                             partitions, 1) ||
+      rd_kafka_mock_topic_create(cluster, "tally.usage.dlq", 1, 1) ||
+      rd_kafka_mock_topic_create(cluster, "tally.alerts", 4, 1)) {
+    if (cluster)
+      rd_kafka_mock_cluster_destroy(cluster);
+    rd_kafka_destroy(host);
+    return NULL;
+  }
+  *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+  return cluster;
+}
+
+void th_mock_cluster_destroy(rd_kafka_mock_cluster_t *cluster) {
+  if (!cluster)
+    return;
+  rd_kafka_t *host = rd_kafka_mock_cluster_handle(cluster);
+  rd_kafka_mock_cluster_destroy(cluster);
+  rd_kafka_destroy(host);
 }

@@ -114,6 +114,13 @@ int th_wait_caught_up(int port, const char *bootstrap, const char *topic,
  * Kafka (its outbox is empty). 0, or -1 on timeout. */
 int th_wait_outbox_empty(int port, int timeout_ms);
 
+/* An embedded broker inside the test process (so a test can inject
+ * faults into it), with tally.usage (partitions), tally.usage.dlq (1) and
+ * tally.alerts (4); its bootstrap address in bootstrap. NULL on failure. */
+struct rd_kafka_mock_cluster_s;
+struct rd_kafka_mock_cluster_s *th_mock_cluster_new(int partitions,
+                                                    const char **bootstrap);
+void th_mock_cluster_destroy(struct rd_kafka_mock_cluster_s *cluster);
 int64_t th_now_ms(void);
 void th_sleep_ms(int ms);
 

@@ -33,7 +33,7 @@
 
 static void test_faults_keep_totals_and_alerts_exact(void **state) {
   (void)state;
-  char errstr[512], state_dir[600];
+  char state_dir[600];
   static th_expected_t expected[SUBJECTS];
   th_stream_t stream = {.events = EVENTS,
                         .subjects = SUBJECTS,
@@ -45,16 +45,9 @@ static void test_faults_keep_totals_and_alerts_exact(void **state) {
   const char *extra[] = {"--config", config_path, NULL};
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
 
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof(errstr));
-  rd_kafka_t *host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  assert_non_null(host);
-  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
+  const char *bootstrap;
+  rd_kafka_mock_cluster_t *cluster = th_mock_cluster_new(PARTITIONS, &bootstrap);
   assert_non_null(cluster);
-  assert_int_equal(rd_kafka_mock_topic_create(cluster, "tally.usage", PARTITIONS, 1), 0);
-  assert_int_equal(rd_kafka_mock_topic_create(cluster, "tally.usage.dlq", 1, 1), 0);
-  assert_int_equal(rd_kafka_mock_topic_create(cluster, "tally.alerts", 4, 1), 0);
-  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
   stream.bootstrap = bootstrap;
 
   th_run_t run;
@@ -95,8 +88,7 @@ static void test_faults_keep_totals_and_alerts_exact(void **state) {
   th_verify_reference(run.port, bootstrap, &stream);
 
   assert_int_equal(th_stop(run.pid), 0);
-  rd_kafka_mock_cluster_destroy(cluster);
-  rd_kafka_destroy(host);
+  th_mock_cluster_destroy(cluster);
   th_rmrf(dir);
   free(config_path);
   free(dir);

@@ -34,22 +34,6 @@
 #define EVENTS 40000
 #define BATCH_EVENTS 20000
 
-static rd_kafka_mock_cluster_t *new_cluster(rd_kafka_t **host) {
-  char errstr[512];
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof(errstr));
-  *host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  assert_non_null(*host);
-  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(*host, 1);
-  assert_non_null(cluster);
-  assert_int_equal(
-      rd_kafka_mock_topic_create(cluster, "tally.usage", PARTITIONS, 1), 0);
-  assert_int_equal(rd_kafka_mock_topic_create(cluster, "tally.usage.dlq", 1, 1),
-                   0);
-  assert_int_equal(rd_kafka_mock_topic_create(cluster, "tally.alerts", 4, 1), 0);
-  return cluster;
-}
-
 static void test_backlog_folds_in_full_batches(void **state) {
   (void)state;
   char state_dir[600], batch_events[16];
@@ -67,9 +51,9 @@ static void test_backlog_folds_in_full_batches(void **state) {
   const char *extra[] = {"--config", config_path, "--batch-ms", "1",
                          "--batch-events", batch_events, NULL};
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
-  rd_kafka_t *host;
-  rd_kafka_mock_cluster_t *cluster = new_cluster(&host);
-  stream.bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+  rd_kafka_mock_cluster_t *cluster =
+      th_mock_cluster_new(PARTITIONS, &stream.bootstrap);
+  assert_non_null(cluster);
 
   /* The whole stream first, then 2.5 s more: every record is older than
    * the 2 s that make a processor count as catching up. */
@@ -95,8 +79,7 @@ static void test_backlog_folds_in_full_batches(void **state) {
   th_verify_reference(run.port, stream.bootstrap, &stream);
 
   assert_int_equal(th_stop(run.pid), 0);
-  rd_kafka_mock_cluster_destroy(cluster);
-  rd_kafka_destroy(host);
+  th_mock_cluster_destroy(cluster);
   th_rmrf(dir);
   free(config_path);
   free(dir);
@@ -145,9 +128,9 @@ static void test_old_records_trickling_in_are_committed(void **state) {
    * batch open, these ten would never be committed. */
   const char *extra[] = {"--batch-ms", "1", NULL};
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
-  rd_kafka_t *host;
-  rd_kafka_mock_cluster_t *cluster = new_cluster(&host);
-  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+  const char *bootstrap;
+  rd_kafka_mock_cluster_t *cluster = th_mock_cluster_new(PARTITIONS, &bootstrap);
+  assert_non_null(cluster);
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof(errstr));
   rd_kafka_conf_set(conf, "linger.ms", "0", errstr, sizeof(errstr));
@@ -185,8 +168,7 @@ static void test_old_records_trickling_in_are_committed(void **state) {
   assert_int_equal(th_stop(run.pid), 0);
   tly_codec_destroy(codec);
   rd_kafka_destroy(producer);
-  rd_kafka_mock_cluster_destroy(cluster);
-  rd_kafka_destroy(host);
+  th_mock_cluster_destroy(cluster);
   th_rmrf(dir);
   free(dir);
 }
