@@ -48,7 +48,7 @@ static void test_backlog_folds_in_full_batches(void **state) {
   snprintf(batch_events, sizeof(batch_events), "%d", BATCH_EVENTS);
   /* --batch-ms 1: a processor keeping up would commit every millisecond
    * or so (and every time the writer is free), hundreds of batches. */
-  const char *extra[] = {"--config", config_path, "--batch-ms", "1",
+  const char *extra[] = {"--config",       config_path,  "--batch-ms", "1",
                          "--batch-events", batch_events, NULL};
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
   rd_kafka_mock_cluster_t *cluster =
@@ -104,11 +104,11 @@ static void produce_old(rd_kafka_t *producer, tly_codec_t *codec, int i) {
   event.body.usage.quantity = 1;
   const void *value;
   size_t value_len;
-  assert_int_equal(
-      tly_codec_encode(codec, &event, &value, &value_len, errstr, sizeof(errstr)),
-      0);
-  size_t key_len = tly_subject_key(event.subject_kind, event.subject_id, key,
-                                   sizeof(key));
+  assert_int_equal(tly_codec_encode(codec, &event, &value, &value_len, errstr,
+                                    sizeof(errstr)),
+                   0);
+  size_t key_len =
+      tly_subject_key(event.subject_kind, event.subject_id, key, sizeof(key));
   assert_int_equal(
       rd_kafka_producev(producer, RD_KAFKA_V_TOPIC("tally.usage"),
                         RD_KAFKA_V_KEY(key, key_len),
@@ -129,10 +129,12 @@ static void test_old_records_trickling_in_are_committed(void **state) {
   const char *extra[] = {"--batch-ms", "1", NULL};
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
   const char *bootstrap;
-  rd_kafka_mock_cluster_t *cluster = th_mock_cluster_new(PARTITIONS, &bootstrap);
+  rd_kafka_mock_cluster_t *cluster =
+      th_mock_cluster_new(PARTITIONS, &bootstrap);
   assert_non_null(cluster);
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof(errstr));
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr,
+                    sizeof(errstr));
   rd_kafka_conf_set(conf, "linger.ms", "0", errstr, sizeof(errstr));
   rd_kafka_t *producer =
       rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
@@ -157,9 +159,10 @@ static void test_old_records_trickling_in_are_committed(void **state) {
   long status;
   char *body = NULL;
   assert_int_equal(
-      th_http_get(run.port,
-                  "/v1/subjects/user:late-clock/quota?feature=api_calls&quantity=1",
-                  &status, &body),
+      th_http_get(
+          run.port,
+          "/v1/subjects/user:late-clock/quota?feature=api_calls&quantity=1",
+          &status, &body),
       0);
   assert_int_equal(status, 200);
   assert_non_null(strstr(body, "\"used\":10,"));
