@@ -3425,9 +3425,9 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
       int64_t remaining = deadline - tly_monotonic_ms();
       /* Past batch_max_ms the batch closes, unless the writer is still
        * busy with the previous one (submitting would only wait for it) or
-       * the processor is catching up (the records in hand are older than
-       * catchup_ms: closing the batch now would not make them any less
-       * late). Then the batch keeps growing instead, up to
+       * the processor is catching up (more records are waiting and they
+       * are older than catchup_ms: closing the batch now would not make
+       * them any less late). Then the batch keeps growing instead, up to
        * batch_max_events, and a subject touched several times in it is
        * written once: the writer's work per event falls as the batch
        * grows, which is what lets a backlog drain faster. */

@@ -52,9 +52,9 @@ typedef struct {
   int batch_max_events;    /* default 400000 */
   int batch_max_ms;        /* default 100; a batch grows past it (up to
                               batch_max_events) while the writer is still
-                              busy with the previous one, or while the
-                              records are older than 20 x batch_max_ms
-                              (at least 2 s): catching up */
+                              busy with the previous one, or while it is
+                              catching up (more records ready, the last
+                              older than 20 x batch_max_ms, at least 2 s) */
   /* Extra librdkafka properties "name=value", NULL-terminated; applied to
    * the consumer and the outbox producer after tally's defaults. */
   const char *const *kafka_properties;
