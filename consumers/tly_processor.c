@@ -1950,24 +1950,28 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   queue_alerts(p);
 }
 
-/* How long ago the record was produced (or appended, on a topic with
- * LogAppendTime), by its Kafka timestamp; 0 without one. Another machine's
- * clock may run ahead: never negative. */
-static int64_t record_age_ms(const rd_kafka_message_t *msg) {
+/* The record's Kafka timestamp (when it was produced, or appended on a
+ * topic with LogAppendTime); 0 without one. */
+static int64_t record_timestamp_ms(const rd_kafka_message_t *msg) {
   rd_kafka_timestamp_type_t type;
   int64_t produced = rd_kafka_message_timestamp(msg, &type);
-  if (produced <= 0 || type == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
-    return 0;
-  int64_t age = tly_wall_ms() - produced;
+  return produced > 0 && type != RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? produced
+                                                                  : 0;
+}
+
+/* How long ago the record was produced, by its Kafka timestamp; 0 without
+ * one. Another machine's clock may run ahead: never negative. */
+static int64_t record_age_ms(const rd_kafka_message_t *msg) {
+  int64_t produced = record_timestamp_ms(msg);
+  int64_t age = produced ? tly_wall_ms() - produced : 0;
   return age > 0 ? age : 0;
 }
 
 /* Keeps the record's Kafka timestamp (set when it was produced) until its
  * batch is durable. A metric: out of memory just leaves it out. */
 static void note_produced(tly_processor_t *p, const rd_kafka_message_t *msg) {
-  rd_kafka_timestamp_type_t type;
-  int64_t produced = rd_kafka_message_timestamp(msg, &type);
-  if (produced <= 0 || type == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+  int64_t produced = record_timestamp_ms(msg);
+  if (!produced)
     return;
   if (array_room(&p->produced_ms, &p->produced_cap, p->produced_count + 1,
                  sizeof(*p->produced_ms)))

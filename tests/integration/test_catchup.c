@@ -15,6 +15,7 @@
 #include "reference.h"
 #include "tly_codec.h"
 #include "tly_event.h"
+#include "tly_log.h"
 
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -25,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 
@@ -85,19 +85,13 @@ static void test_backlog_folds_in_full_batches(void **state) {
   free(dir);
 }
 
-static int64_t wall_ms(void) {
-  struct timespec now;
-  clock_gettime(CLOCK_REALTIME, &now);
-  return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
 /* One usage event, produced with a Kafka timestamp an hour back. */
 static void produce_old(rd_kafka_t *producer, tly_codec_t *codec, int i) {
   char errstr[512], event_id[32], key[128];
   snprintf(event_id, sizeof(event_id), "old-%d", i);
   tly_event_t event = {0};
   event.event_id = event_id;
-  event.occurred_at_ms = wall_ms(); /* only the Kafka timestamp is old */
+  event.occurred_at_ms = tly_wall_ms(); /* only the Kafka timestamp is old */
   event.subject_kind = TLY_SUBJECT_USER;
   event.subject_id = "late-clock";
   event.body.usage.feature = "api_calls";
@@ -114,7 +108,7 @@ static void produce_old(rd_kafka_t *producer, tly_codec_t *codec, int i) {
                         RD_KAFKA_V_KEY(key, key_len),
                         RD_KAFKA_V_VALUE((void *)value, value_len),
                         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                        RD_KAFKA_V_TIMESTAMP(wall_ms() - 3600 * 1000),
+                        RD_KAFKA_V_TIMESTAMP(tly_wall_ms() - 3600 * 1000),
                         RD_KAFKA_V_END),
       RD_KAFKA_RESP_ERR_NO_ERROR);
   assert_int_equal(rd_kafka_flush(producer, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
