@@ -10,6 +10,7 @@
 #include "harness.h"
 #include "tally_producer.h"
 #include "tly_alert.h"
+#include "tly_codec.h"
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -47,11 +48,13 @@ const char *th_reference_config_json =
 
 void *th_stream_main(void *arg) {
   th_stream_t *stream = arg;
-  tally_producer_conf_t conf = {.brokers = stream->bootstrap};
+  tally_producer_conf_t conf = {.brokers = stream->bootstrap,
+                                .kafka_properties = stream->kafka_properties};
   char errstr[512], id[32], event_id[32];
   unsigned seed = stream->seed;
   th_expected_t *expected = stream->expected;
-  tally_producer_t *producer = tally_producer_new(&conf, errstr, sizeof(errstr));
+  tally_producer_t *producer =
+      tally_producer_new(&conf, errstr, sizeof(errstr));
   if (!producer) {
     snprintf(stream->error, sizeof(stream->error), "producer: %s", errstr);
     atomic_store(&stream->done, 1);
@@ -107,6 +110,15 @@ void *th_stream_main(void *arg) {
   tally_producer_destroy(producer);
   atomic_store(&stream->done, 1);
   return NULL;
+}
+
+/* A subject's total on the HTTP port against the reference; a mismatch
+ * names the subject and the figure. */
+static void expect_total(int subject, const char *what, long long got,
+                         long long want) {
+  if (got != want)
+    fail_msg("subject m%04d: %s is %lld, the reference says %lld", subject,
+             what, got, want);
 }
 
 /* The alert ids the reference expects, as keys of a JSON object. */
@@ -192,7 +204,8 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     long status;
     const th_expected_t *e = &stream->expected[s];
     int port = port_of(opaque, s);
-    snprintf(path, sizeof(path), "/v1/subjects/user:m%04d/usage?at=1794268800000", s);
+    snprintf(path, sizeof(path),
+             "/v1/subjects/user:m%04d/usage?at=1794268800000", s);
     assert_int_equal(th_http_get(port, path, &status, &body), 0);
     assert_int_equal(status, 200);
     json_t *json = json_loads(body, 0, NULL);
@@ -200,23 +213,30 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     json_t *features = json_object_get(json, "features");
     json_t *api = json_object_get(features, "api_calls");
     json_t *ai = json_object_get(features, "ai_tokens");
-    assert_int_equal(json_integer_value(json_object_get(api, "quantity")),
-                     e->api_calls);
-    assert_int_equal(json_integer_value(json_object_get(ai, "quantity")), e->tokens);
-    assert_int_equal(json_integer_value(json_object_get(ai, "input_tokens")),
-                     e->input);
-    assert_int_equal(json_integer_value(json_object_get(ai, "output_tokens")),
-                     e->output);
-    assert_int_equal(json_integer_value(json_object_get(json, "cost_micros")),
-                     e->cost_micros);
-    assert_int_equal(json_integer_value(json_object_get(
-                         json_object_get(json, "credits"), "used")),
-                     e->cost_micros / 1000);
+    expect_total(s, "api_calls",
+                 json_integer_value(json_object_get(api, "quantity")),
+                 e->api_calls);
+    expect_total(s, "ai_tokens",
+                 json_integer_value(json_object_get(ai, "quantity")),
+                 e->tokens);
+    expect_total(s, "input_tokens",
+                 json_integer_value(json_object_get(ai, "input_tokens")),
+                 e->input);
+    expect_total(s, "output_tokens",
+                 json_integer_value(json_object_get(ai, "output_tokens")),
+                 e->output);
+    expect_total(s, "cost_micros",
+                 json_integer_value(json_object_get(json, "cost_micros")),
+                 e->cost_micros);
+    expect_total(s, "credits used",
+                 json_integer_value(
+                     json_object_get(json_object_get(json, "credits"), "used")),
+                 e->cost_micros / 1000);
     json_decref(json);
     /* The hourly buckets, summed per day, add up to the same totals. */
-    snprintf(path, sizeof(path),
-             "/v1/subjects/user:m%04d/usage/daily?from=2026-11-10&to=2026-11-11",
-             s);
+    snprintf(
+        path, sizeof(path),
+        "/v1/subjects/user:m%04d/usage/daily?from=2026-11-10&to=2026-11-11", s);
     assert_int_equal(th_http_get(port, path, &status, &body), 0);
     assert_int_equal(status, 200);
     json = json_loads(body, 0, NULL);
@@ -234,10 +254,10 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
           json_object_get(features, "ai_tokens"), "input_tokens"));
       day_cost += json_integer_value(json_object_get(day, "cost_micros"));
     }
-    assert_int_equal(day_calls, e->api_calls);
-    assert_int_equal(day_tokens, e->tokens);
-    assert_int_equal(day_input, e->input);
-    assert_int_equal(day_cost, e->cost_micros);
+    expect_total(s, "api_calls summed over days", day_calls, e->api_calls);
+    expect_total(s, "ai_tokens summed over days", day_tokens, e->tokens);
+    expect_total(s, "input_tokens summed over days", day_input, e->input);
+    expect_total(s, "cost_micros summed over days", day_cost, e->cost_micros);
     json_decref(json);
     size_t before = json_object_size(ids);
     expect_threshold_alerts(ids, s, "api_calls", e->api_calls, API_LIMIT);
@@ -248,12 +268,59 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
   printf("# %d alerts expected\n", expected_alerts);
   assert_true(expected_alerts > stream->subjects * 5); /* crosses a lot */
 
-  assert_int_equal(th_read_alerts(bootstrap, count_expected, ids), expected_alerts);
+  assert_int_equal(th_read_alerts(bootstrap, count_expected, ids),
+                   expected_alerts);
   const char *id;
   json_t *count;
   json_object_foreach(ids, id, count) {
     if (json_integer_value(count) != 1)
-      fail_msg("alert %s seen %lld times", id, (long long)json_integer_value(count));
+      fail_msg("alert %s seen %lld times", id,
+               (long long)json_integer_value(count));
   }
   json_decref(ids);
+}
+
+typedef struct {
+  const th_stream_t *stream;
+  tly_codec_t *codec;
+  unsigned char *seen; /* per event of the stream */
+  char prefix[32];     /* its event ids: "x-<seed>-" */
+} stream_reader_t;
+
+static void mark_event(void *opaque, const rd_kafka_message_t *msg) {
+  stream_reader_t *reader = opaque;
+  char errstr[512];
+  tly_event_t event;
+  if (tly_codec_decode_view(reader->codec, msg->payload, msg->len, &event,
+                            errstr, sizeof(errstr)))
+    fail_msg("undecodable usage record at %d@%lld: %s", (int)msg->partition,
+             (long long)msg->offset, errstr);
+  size_t prefix_len = strlen(reader->prefix);
+  if (strncmp(event.event_id, reader->prefix, prefix_len))
+    return; /* not this stream's */
+  int i = atoi(event.event_id + prefix_len);
+  if (i >= 0 && i < reader->stream->events)
+    reader->seen[i] = 1;
+}
+
+void th_verify_stream_in_topic(const char *bootstrap, int partitions,
+                               const th_stream_t *stream) {
+  char errstr[512];
+  stream_reader_t reader = {
+      stream,
+      tly_codec_new(TLY_CODEC_DEFAULT_SCHEMA_ID, errstr, sizeof(errstr)),
+      calloc((size_t)stream->events, 1), ""};
+  assert_non_null(reader.codec);
+  assert_non_null(reader.seen);
+  snprintf(reader.prefix, sizeof(reader.prefix), "x-%u-", stream->seed);
+  int records = th_read_topic(bootstrap, TALLY_DEFAULT_USAGE_TOPIC, partitions,
+                              mark_event, &reader);
+  assert_true(records >= stream->events); /* every partition read to its end */
+  for (int i = 0; i < stream->events; i++)
+    if (!reader.seen[i])
+      fail_msg("event %s%d was acknowledged to the producer but is not in "
+               "%s: lost before the processor could see it",
+               reader.prefix, i, TALLY_DEFAULT_USAGE_TOPIC);
+  tly_codec_destroy(reader.codec);
+  free(reader.seen);
 }

@@ -24,6 +24,9 @@ typedef struct {
   int events, subjects, events_per_second;
   unsigned seed;
   th_expected_t *expected; /* subjects entries, zeroed */
+  /* Optional: extra librdkafka properties for the stream's producer,
+   * "name=value", NULL-terminated. */
+  const char *const *kafka_properties;
   atomic_int done;
   char error[1024]; /* set by the stream thread on failure */
 } th_stream_t;
@@ -45,6 +48,13 @@ void th_verify_reference(int port, const char *bootstrap,
 void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
                                 void *opaque, const char *bootstrap,
                                 const th_stream_t *stream);
+
+/* Asserts that the usage topic holds every event the stream sent, by
+ * event id (duplicates from producer retries are fine), naming the first
+ * one missing: an event lost on the way to Kafka is told apart from one
+ * the processor failed to count. */
+void th_verify_stream_in_topic(const char *bootstrap, int partitions,
+                               const th_stream_t *stream);
 
 /* Reads the whole alerts topic (to the end of every partition, which it
  * asserts), decoding every alert (an undecodable one fails the test) and
