@@ -26,6 +26,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The event bounds (tly_event.h) keep every name within the state's
+ * fixed-size fields and every alert id within TLY_ALERT_ID_SIZE. */
+_Static_assert(TLY_EVENT_NAME_MAX < TLY_CONFIG_NAME_MAX,
+               "features, plans and models fit the state's name fields");
+_Static_assert(TLY_EVENT_STRIPE_ID_MAX <
+                   sizeof(((tly_account_t *)0)->stripe_customer_id),
+               "a Stripe customer id fits the account");
+_Static_assert(sizeof("subscription_canceled:") + TLY_SUBJECT_KEY_SIZE +
+                       TLY_EVENT_ID_MAX <=
+                   TLY_ALERT_ID_SIZE,
+               "the longest alert id fits");
+
 /* ---- calendar (UTC, proleptic Gregorian; tly_config's day numbers) ---- */
 
 static int64_t floor_div(int64_t a, int64_t b) {
@@ -196,8 +208,8 @@ static int check_thresholds(const tly_billing_t *billing,
                    lhs >= rhs);
     if (!reached)
       continue;
-    char alert_id[512];
-    char subject_key[300];
+    char alert_id[TLY_ALERT_ID_SIZE];
+    char subject_key[TLY_SUBJECT_KEY_SIZE];
     tly_subject_key(kind, id, subject_key, sizeof(subject_key));
     tly_alert_type_t type =
         percents[i] >= 100 ? TLY_ALERT_LIMIT_EXCEEDED : TLY_ALERT_LIMIT_WARNING;
@@ -225,7 +237,7 @@ static int close_cycle(const tly_billing_t *billing, tly_account_t *account,
                        tly_subject_kind_t kind, const char *id, int64_t at_ms,
                        int64_t next_start, int64_t next_end,
                        tly_alert_list_t *out) {
-  char alert_id[512], subject_key[300];
+  char alert_id[TLY_ALERT_ID_SIZE], subject_key[TLY_SUBJECT_KEY_SIZE];
   const tly_plan_t *plan = tly_config_plan(billing->config, account->plan);
   tly_subject_key(kind, id, subject_key, sizeof(subject_key));
   snprintf(alert_id, sizeof(alert_id), "billing_cycle_end:%s:%lld",
@@ -433,7 +445,7 @@ static tly_fold_result_t event_alert(tly_account_t *account,
                                      const tly_event_t *event,
                                      tly_alert_type_t type, const char *detail,
                                      tly_alert_list_t *out) {
-  char alert_id[512], subject_key[300];
+  char alert_id[TLY_ALERT_ID_SIZE], subject_key[TLY_SUBJECT_KEY_SIZE];
   tly_subject_key(event->subject_kind, event->subject_id, subject_key,
                   sizeof(subject_key));
   snprintf(alert_id, sizeof(alert_id), "%s:%s:%s", tly_alert_type_name(type),

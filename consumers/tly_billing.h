@@ -28,6 +28,13 @@
 #define TLY_BILLING_HISTORY 3      /* closed cycles kept for late events */
 #define TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS (7LL * 24 * 3600 * 1000)
 #define TLY_CREDITS_FEATURE "credits" /* the plan's credit quota in alerts */
+/* Every alert id the fold builds fits in this many bytes with its NUL
+ * (the longest: "subscription_canceled:" + subject key + ":" + event_id,
+ * within the bounds of tly_event.h), so none is ever cut short and two
+ * alerts never share an id. */
+#define TLY_ALERT_ID_SIZE 640
+/* A subject key "kind:id" with its NUL. */
+#define TLY_SUBJECT_KEY_SIZE (sizeof("anonymous:") + TLY_SUBJECT_ID_MAX)
 
 typedef struct {
   int64_t start_ms, end_ms;

@@ -32,6 +32,7 @@
 #include "tly_log.h"
 #include "tly_outbox.h"
 #include "tly_overlay.h"
+#include "tly_record.h"
 #include "tly_topics.h"
 
 #include <jansson.h>
@@ -1116,6 +1117,15 @@ static int batch_submit(tly_processor_t *p) {
 
   if (batch_wait(p))
     return -1; /* one batch in the writer's hands at a time */
+  /* A fatal error inside a batch never commits that batch: what it folded
+   * may be half applied (an event counted whose id was not recorded, an
+   * offset past a record that was not folded), and the offsets must only
+   * move with the state they describe. Nothing more is written at all: the
+   * process stops, and a restart folds the batch again from the stored
+   * offsets. Every commit path (the loop, a rebalance or the revoke of
+   * rd_kafka_consumer_close, the graceful stop) comes through here. */
+  if (p->fatal)
+    return -1;
   if (!batch_has_work(p))
     return 0;
   uint64_t first_seq = p->next_seq;
@@ -1908,18 +1918,19 @@ static void write_ticks(tly_processor_t *p) {
   }
 }
 
+static int64_t record_timestamp_ms(const rd_kafka_message_t *msg);
+
 /* Steps 1-2 for one record. */
 static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   tly_event_t event = {0};
   char errstr[512];
 
-  if (!msg->payload) {
-    dead_letter(p, msg, "empty message (no value)");
-    return;
-  }
-  /* The event's strings live in the codec until the next decode. */
-  if (tly_codec_decode_view(p->codec, msg->payload, msg->len, &event, errstr,
-                            sizeof(errstr))) {
+  /* Bounds, decode and validation: the gate the fuzz target goes through
+   * too (tly_record.h). The event's strings live in the codec until the
+   * next decode. */
+  tly_record_t record = {msg->key, msg->key ? msg->key_len : 0, msg->payload,
+                         msg->payload ? msg->len : 0, record_timestamp_ms(msg)};
+  if (tly_record_prepare(p->codec, &record, &event, errstr, sizeof(errstr))) {
     dead_letter(p, msg, errstr);
     return;
   }
@@ -3494,7 +3505,10 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
   }
   rd_kafka_consumer_close(p->consumer);
   if (p->fatal) {
-    snprintf(errstr, errstr_size, "%s", p->fatal_reason);
+    snprintf(errstr, errstr_size,
+             "%s (nothing of the batch in progress was committed: a restart "
+             "folds it again from the stored offsets)",
+             p->fatal_reason);
     return -1;
   }
   return 0;

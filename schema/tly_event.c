@@ -28,10 +28,10 @@ static const char *const subject_kind_names[TLY_SUBJECT__COUNT] = {
     [TLY_SUBJECT_SYSTEM] = "system",
 };
 
-#define FIELD(type, member, field_name, field_kind, required)                  \
+#define FIELD(type, member, field_name, field_kind, required, max)             \
   {                                                                            \
     .name = field_name, .kind = field_kind, .offset = offsetof(type, member),  \
-    .json_required = required                                                  \
+    .json_required = required, .max_len = max                                  \
   }
 
 /*
@@ -47,7 +47,7 @@ const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
                                 1,
                                 1,
                                 {FIELD(tly_plan_assigned_t, plan, "plan",
-                                       TLY_FIELD_TEXT, 1)},
+                                       TLY_FIELD_TEXT, 1, TLY_EVENT_NAME_MAX)},
                                 -1,
                                 -1},
     [TLY_BODY_SUBSCRIPTION_CHANGED] =
@@ -55,15 +55,17 @@ const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
          "SubscriptionChanged",
          1,
          5,
-         {FIELD(tly_subscription_changed_t, plan, "plan", TLY_FIELD_TEXT, 1),
+         {FIELD(tly_subscription_changed_t, plan, "plan", TLY_FIELD_TEXT, 1,
+                TLY_EVENT_NAME_MAX),
           FIELD(tly_subscription_changed_t, stripe_subscription_id,
-                "stripe_subscription_id", TLY_FIELD_TEXT_OPTIONAL, 0),
+                "stripe_subscription_id", TLY_FIELD_TEXT_OPTIONAL, 0,
+                TLY_EVENT_STRIPE_ID_MAX),
           FIELD(tly_subscription_changed_t, stripe_price_id, "stripe_price_id",
-                TLY_FIELD_TEXT_OPTIONAL, 0),
+                TLY_FIELD_TEXT_OPTIONAL, 0, TLY_EVENT_STRIPE_ID_MAX),
           FIELD(tly_subscription_changed_t, period_start_ms, "period_start",
-                TLY_FIELD_TIME, 0),
+                TLY_FIELD_TIME, 0, 0),
           FIELD(tly_subscription_changed_t, period_end_ms, "period_end",
-                TLY_FIELD_TIME, 0)},
+                TLY_FIELD_TIME, 0, 0)},
          3,
          4},
     [TLY_BODY_SUBSCRIPTION_CANCELED] =
@@ -72,9 +74,10 @@ const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
          1,
          2,
          {FIELD(tly_subscription_canceled_t, stripe_subscription_id,
-                "stripe_subscription_id", TLY_FIELD_TEXT_OPTIONAL, 0),
+                "stripe_subscription_id", TLY_FIELD_TEXT_OPTIONAL, 0,
+                TLY_EVENT_STRIPE_ID_MAX),
           FIELD(tly_subscription_canceled_t, reason, "reason",
-                TLY_FIELD_TEXT_OPTIONAL, 0)},
+                TLY_FIELD_TEXT_OPTIONAL, 0, TLY_EVENT_TEXT_MAX)},
          -1,
          -1},
     [TLY_BODY_INVOICE_PAID] = {"invoice_paid",
@@ -82,14 +85,15 @@ const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
                                1,
                                4,
                                {FIELD(tly_invoice_paid_t, invoice_id,
-                                      "invoice_id", TLY_FIELD_TEXT, 1),
+                                      "invoice_id", TLY_FIELD_TEXT, 1,
+                                      TLY_EVENT_STRIPE_ID_MAX),
                                 FIELD(tly_invoice_paid_t, amount_paid_micros,
-                                      "amount_paid_micros", TLY_FIELD_MICROS,
-                                      1),
+                                      "amount_paid_micros", TLY_FIELD_MICROS, 1,
+                                      0),
                                 FIELD(tly_invoice_paid_t, period_start_ms,
-                                      "period_start", TLY_FIELD_TIME, 0),
+                                      "period_start", TLY_FIELD_TIME, 0, 0),
                                 FIELD(tly_invoice_paid_t, period_end_ms,
-                                      "period_end", TLY_FIELD_TIME, 0)},
+                                      "period_end", TLY_FIELD_TIME, 0, 0)},
                                2,
                                3},
     [TLY_BODY_PAYMENT_FAILED] = {"payment_failed",
@@ -97,21 +101,23 @@ const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
                                  1,
                                  3,
                                  {FIELD(tly_payment_failed_t, invoice_id,
-                                        "invoice_id", TLY_FIELD_TEXT, 1),
+                                        "invoice_id", TLY_FIELD_TEXT, 1,
+                                        TLY_EVENT_STRIPE_ID_MAX),
                                   FIELD(tly_payment_failed_t, amount_due_micros,
                                         "amount_due_micros", TLY_FIELD_MICROS,
-                                        1),
+                                        1, 0),
                                   FIELD(tly_payment_failed_t, attempt,
-                                        "attempt", TLY_FIELD_COUNT32, 0)},
+                                        "attempt", TLY_FIELD_COUNT32, 0, 0)},
                                  -1,
                                  -1},
     [TLY_BODY_CUSTOMER_LINKED] = {"customer_linked",
                                   "CustomerLinked",
                                   1,
                                   1,
-                                  {FIELD(
-                                      tly_customer_linked_t, stripe_customer_id,
-                                      "stripe_customer_id", TLY_FIELD_TEXT, 1)},
+                                  {FIELD(tly_customer_linked_t,
+                                         stripe_customer_id,
+                                         "stripe_customer_id", TLY_FIELD_TEXT,
+                                         1, TLY_EVENT_STRIPE_ID_MAX)},
                                   -1,
                                   -1},
     /* Only the processor writes ticks: never from JSON. */
@@ -120,7 +126,7 @@ const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
                        0,
                        1,
                        {FIELD(tly_tick_t, partition, "partition",
-                              TLY_FIELD_COUNT32, 1)},
+                              TLY_FIELD_COUNT32, 1, 0)},
                        -1,
                        -1},
 };
@@ -229,6 +235,12 @@ int tly_subject_validate(tly_subject_kind_t kind, const char *id, char *errstr,
     snprintf(errstr, errstr_size, "subject id must not be empty");
     return -1;
   }
+  size_t id_len = strlen(id);
+  if (id_len > TLY_SUBJECT_ID_MAX) {
+    snprintf(errstr, errstr_size, "subject id: %zu bytes, at most %d", id_len,
+             TLY_SUBJECT_ID_MAX);
+    return -1;
+  }
   if (kind == TLY_SUBJECT_SYSTEM && strcmp(id, TLY_SYSTEM_SUBJECT_ID) != 0) {
     snprintf(errstr, errstr_size, "system subject id must be '%s'",
              TLY_SYSTEM_SUBJECT_ID);
@@ -252,6 +264,19 @@ static int require_text(const char *value, const char *field, char *errstr,
     return 0;
   snprintf(errstr, errstr_size, "field '%s': must be a non-empty string",
            field);
+  return -1;
+}
+
+/* A string (NULL passes: the required checks say so) of at most max
+ * bytes. The message gives the size, never the text: a field that large is
+ * no use in a log line or a dead letter's header. */
+static int require_size(const char *value, size_t max, const char *field,
+                        char *errstr, size_t errstr_size) {
+  size_t len = value ? strlen(value) : 0;
+  if (len <= max)
+    return 0;
+  snprintf(errstr, errstr_size, "field '%s': %zu bytes, at most %zu", field,
+           len, max);
   return -1;
 }
 
@@ -313,11 +338,19 @@ static int properties_check_unique(const tly_usage_recorded_t *usage,
 static int usage_validate(const tly_usage_recorded_t *usage, char *errstr,
                           size_t errstr_size) {
   if (require_text(usage->feature, "feature", errstr, errstr_size) ||
-      require_count(usage->quantity, "quantity", errstr, errstr_size))
+      require_size(usage->feature, TLY_EVENT_NAME_MAX, "feature", errstr,
+                   errstr_size) ||
+      require_count(usage->quantity, "quantity", errstr, errstr_size) ||
+      require_size(usage->unit, TLY_EVENT_NAME_MAX, "unit", errstr,
+                   errstr_size))
     return -1;
   if (usage->has_ai &&
       (require_text(usage->ai.provider, "ai.provider", errstr, errstr_size) ||
+       require_size(usage->ai.provider, TLY_EVENT_NAME_MAX, "ai.provider",
+                    errstr, errstr_size) ||
        require_text(usage->ai.model, "ai.model", errstr, errstr_size) ||
+       require_size(usage->ai.model, TLY_EVENT_NAME_MAX, "ai.model", errstr,
+                    errstr_size) ||
        require_count(usage->ai.input_tokens, "ai.input_tokens", errstr,
                      errstr_size) ||
        require_count(usage->ai.output_tokens, "ai.output_tokens", errstr,
@@ -329,11 +362,30 @@ static int usage_validate(const tly_usage_recorded_t *usage, char *errstr,
              usage->property_count);
     return -1;
   }
+  if (usage->property_count > TLY_EVENT_PROPERTIES_MAX) {
+    snprintf(errstr, errstr_size, "field 'properties': %zu entries, at most %d",
+             usage->property_count, TLY_EVENT_PROPERTIES_MAX);
+    return -1;
+  }
   for (size_t i = 0; i < usage->property_count; i++) {
     const tly_property_t *property = &usage->properties[i];
     if (!property->key || !property->value) {
       snprintf(errstr, errstr_size,
                "field 'properties': entry %zu has a NULL key or value", i);
+      return -1;
+    }
+    size_t key_len = strlen(property->key);
+    if (key_len > TLY_EVENT_PROPERTY_KEY_MAX) {
+      snprintf(errstr, errstr_size,
+               "field 'properties': a key of %zu bytes, at most %d", key_len,
+               TLY_EVENT_PROPERTY_KEY_MAX);
+      return -1;
+    }
+    size_t value_len = strlen(property->value);
+    if (value_len > TLY_EVENT_PROPERTY_VALUE_MAX) {
+      snprintf(errstr, errstr_size,
+               "field 'properties.%s': %zu bytes, at most %d", property->key,
+               value_len, TLY_EVENT_PROPERTY_VALUE_MAX);
       return -1;
     }
   }
@@ -349,12 +401,14 @@ static int flat_body_validate(const tly_event_t *event, char *errstr,
     const tly_body_field_t *field = &spec->fields[i];
     switch (field->kind) {
     case TLY_FIELD_TEXT:
-      if (require_text(tly_body_text_get(event, field), field->name, errstr,
-                       errstr_size))
+    case TLY_FIELD_TEXT_OPTIONAL: /* NULL is written as "" */
+      if ((field->kind == TLY_FIELD_TEXT &&
+           require_text(tly_body_text_get(event, field), field->name, errstr,
+                        errstr_size)) ||
+          require_size(tly_body_text_get(event, field), field->max_len,
+                       field->name, errstr, errstr_size))
         return -1;
       break;
-    case TLY_FIELD_TEXT_OPTIONAL:
-      break; /* NULL is written as "" */
     case TLY_FIELD_MICROS:
     case TLY_FIELD_TIME:
       if (require_count(tly_body_int64_get(event, field), field->name, errstr,
@@ -393,7 +447,9 @@ int tly_event_validate(const tly_event_t *event, char *errstr,
     snprintf(errstr, errstr_size, "no event");
     return -1;
   }
-  if (require_text(event->event_id, "event_id", errstr, errstr_size))
+  if (require_text(event->event_id, "event_id", errstr, errstr_size) ||
+      require_size(event->event_id, TLY_EVENT_ID_MAX, "event_id", errstr,
+                   errstr_size))
     return -1;
   if (tly_subject_validate(event->subject_kind, event->subject_id, reason,
                            sizeof(reason))) {

@@ -12,6 +12,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * Size bounds of every field, in bytes (UTF-8, without the NUL). Checked by
+ * tly_event_validate(), which every way into the log shares (the Avro
+ * decoder the processor uses, the JSON reader behind `tally emit` and
+ * POST /v1/events, the encoder of the producer library), so nothing larger
+ * ever reaches the fold, the dedupe index or a state key. A record over a
+ * bound goes to the dead-letter topic; JSON input gets an error naming the
+ * field ("field 'event_id': 70000 bytes, at most 256").
+ *
+ * They are chosen so that every key and id built from an event fits with
+ * room to spare: the subject key "kind:id" (at most 266 bytes) in the state
+ * keys (TLY_KEY_MAX, 1200) and in alert ids, names in the configuration's
+ * (TLY_CONFIG_NAME_MAX, 64 with the NUL), Stripe ids in the account record.
+ */
+#define TLY_EVENT_ID_MAX 256   /* event_id */
+#define TLY_SUBJECT_ID_MAX 256 /* subject id (api_key: exactly 64) */
+#define TLY_EVENT_NAME_MAX                                                     \
+  63 /* feature, unit, ai.provider,                                            \
+        ai.model, plan */
+#define TLY_EVENT_STRIPE_ID_MAX                                                \
+  127                               /* Stripe ids: customer, subscription,     \
+                                       price, invoice */
+#define TLY_EVENT_TEXT_MAX 1024     /* free text: a cancellation reason */
+#define TLY_EVENT_PROPERTIES_MAX 64 /* entries of the properties map */
+#define TLY_EVENT_PROPERTY_KEY_MAX 128
+#define TLY_EVENT_PROPERTY_VALUE_MAX 1024
+
 typedef enum {
   TLY_SUBJECT_USER = 0,
   TLY_SUBJECT_API_KEY = 1,
@@ -140,7 +167,8 @@ size_t tly_subject_key(tly_subject_kind_t kind, const char *id, char *out,
 int tly_api_key_hash_is_valid(const char *id);
 
 /*
- * Checks a subject: kind in range, id non-empty, and for api_key the id is
+ * Checks a subject: kind in range, id non-empty and at most
+ * TLY_SUBJECT_ID_MAX bytes, and for api_key the id is
  * the SHA-256 hex of the key (raw keys are refused). 0, or -1 with errstr.
  * The message never quotes the id (it might be a raw key).
  */
@@ -150,8 +178,10 @@ int tly_subject_validate(tly_subject_kind_t kind, const char *id, char *errstr,
 /*
  * The rules every event must satisfy, shared by the codec (encode and
  * decode) and the JSON reader: non-empty event_id, subject (as
- * tly_subject_validate), feature, ai.provider and ai.model; quantity and
- * token counts >= 0; property keys and values non-NULL and keys unique;
+ * tly_subject_validate), feature, ai.provider and ai.model; every string
+ * within its size bound above (and at most TLY_EVENT_PROPERTIES_MAX
+ * properties); quantity and token counts >= 0; property keys and values
+ * non-NULL and keys unique;
  * a system subject ("system:tick") with a Tick body and only with it; the
  * plan of PlanAssigned/SubscriptionChanged, the invoice id of
  * InvoicePaid/PaymentFailed and the customer id of CustomerLinked

@@ -28,6 +28,7 @@ typedef struct {
   tly_field_kind_t kind;
   size_t offset; /* from &event->body */
   int json_required;
+  size_t max_len; /* text fields: at most this many bytes (tly_event.h) */
 } tly_body_field_t;
 
 #define TLY_BODY_MAX_FIELDS 5

@@ -98,6 +98,11 @@ struct tly_store {
   rocksdb_writeoptions_t *write_sync;
   rocksdb_writeoptions_t *write_nosync;
   atomic_int injected_failures;
+  /* The environment's faults (tests only, tly_store.h): commits numbered
+   * fault_write_from .. fault_write_from + fault_write_count - 1 fail, and
+   * so does subject record read number fault_read_at; 0 = none. */
+  long fault_write_from, fault_write_count, fault_read_at;
+  atomic_long commits_seen, account_reads_seen;
   /* Expiry by event time (see tly_store_set_horizon): one filter per
    * expiring family, its horizons read by compaction threads, hence
    * atomics. */
@@ -249,6 +254,34 @@ static int tly_store_has_cf(char **names, size_t count, const char *name) {
   return 0;
 }
 
+/* The fault injection of TALLY_FAULT_STORE_WRITE / TALLY_FAULT_STORE_READ
+ * (tly_store.h). Announced on stderr: a store that fails on purpose must
+ * never be mistaken for a broken disk. */
+static void tly_store_faults_from_env(tly_store_t *store) {
+  const char *write = getenv("TALLY_FAULT_STORE_WRITE");
+  const char *read = getenv("TALLY_FAULT_STORE_READ");
+  if (write && *write) {
+    char *end = NULL;
+    store->fault_write_from = strtol(write, &end, 10);
+    store->fault_write_count =
+        end && *end == ':' ? strtol(end + 1, NULL, 10) : 1;
+    if (store->fault_write_from > 0 && store->fault_write_count > 0)
+      fprintf(stderr,
+              "store: fault injection (TALLY_FAULT_STORE_WRITE): commits "
+              "%ld to %ld fail\n",
+              store->fault_write_from,
+              store->fault_write_from + store->fault_write_count - 1);
+  }
+  if (read && *read) {
+    store->fault_read_at = strtol(read, NULL, 10);
+    if (store->fault_read_at > 0)
+      fprintf(stderr,
+              "store: fault injection (TALLY_FAULT_STORE_READ): subject "
+              "record read %ld fails\n",
+              store->fault_read_at);
+  }
+}
+
 tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
                             size_t errstr_size) {
   tly_store_t *store = NULL;
@@ -307,6 +340,10 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
   }
   store->read_only = read_only != 0;
   atomic_init(&store->injected_failures, 0);
+  atomic_init(&store->commits_seen, 0);
+  atomic_init(&store->account_reads_seen, 0);
+  if (!store->read_only)
+    tly_store_faults_from_env(store);
 
   if (store->read_only) {
     existing =
@@ -565,6 +602,17 @@ int tly_store_commit(tly_store_t *store, tly_store_batch_t *batch, int sync,
     tly_store_error(errstr, errstr_size, "injected I/O error");
     return -1;
   }
+  if (store->fault_write_from > 0) {
+    long commit = atomic_fetch_add(&store->commits_seen, 1) + 1;
+    if (commit >= store->fault_write_from &&
+        commit - store->fault_write_from < store->fault_write_count) {
+      tly_store_error(errstr, errstr_size,
+                      "injected I/O error (TALLY_FAULT_STORE_WRITE, commit "
+                      "%ld)",
+                      commit);
+      return -1;
+    }
+  }
   if (batch->out_of_memory) {
     tly_store_error(errstr, errstr_size,
                     "commit: out of memory while building the batch");
@@ -617,6 +665,14 @@ int tly_store_get(tly_store_t *store, tly_cf_t cf, const void *key,
   }
   if (store->cf[cf] == NULL)
     return 0;
+  if (store->fault_read_at > 0 && cf == TLY_CF_ACCOUNTS &&
+      atomic_fetch_add(&store->account_reads_seen, 1) + 1 ==
+          store->fault_read_at) {
+    tly_store_error(errstr, errstr_size,
+                    "get from accounts: injected read error "
+                    "(TALLY_FAULT_STORE_READ)");
+    return -1;
+  }
 
   tly_store_thread_init();
   /* The pinned variant rather than rocksdb_get_cf(): the latter returns

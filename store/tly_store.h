@@ -85,6 +85,18 @@ int tly_store_commit(tly_store_t *store, tly_store_batch_t *batch, int sync,
  * concurrent committers exactly `count` commits fail. */
 void tly_store_fail_next_commits(tly_store_t *store, int count);
 
+/* Fault injection for the integration tests only (never set these in
+ * production), read from the environment when a writable store opens and
+ * announced on stderr:
+ *   TALLY_FAULT_STORE_WRITE=N[:COUNT]  calls N .. N+COUNT-1 of
+ *       tly_store_commit() on this store (counted from 1; COUNT defaults
+ *       to 1) fail with "injected I/O error" and write nothing; the
+ *       processor tries a commit 6 times, so COUNT 6 fails one batch for
+ *       good, like a disk that stops for a few seconds;
+ *   TALLY_FAULT_STORE_READ=N  the Nth point read of a subject record
+ *       (tly_store_get on TLY_CF_ACCOUNTS) fails: the fold of the event
+ *       that needed it stops the processor mid-batch. */
+
 /* Point read. Returns 1 and a malloc'd *value (free with tly_store_free) when
  * found, 0 when absent (*value NULL), -1 on error. The value is followed by
  * a NUL byte not counted in *value_len, so text values can be used as

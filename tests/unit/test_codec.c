@@ -341,10 +341,14 @@ static void test_round_trip_many_properties(void **state) {
   tly_codec_destroy(codec);
 }
 
-/* A 100 KB string crosses the encoder's initial buffer several times. */
-static void test_round_trip_large_string(void **state) {
-  size_t big_len = 100 * 1000;
-  char *big = malloc(big_len + 1);
+/* The largest valid event (64 properties, keys and values at their size
+ * bounds: about 75 KB) crosses the encoder's initial buffer several
+ * times. */
+static void test_round_trip_largest_event(void **state) {
+  enum { COUNT = TLY_EVENT_PROPERTIES_MAX };
+  static char keys[COUNT][TLY_EVENT_PROPERTY_KEY_MAX + 1];
+  static char values[COUNT][TLY_EVENT_PROPERTY_VALUE_MAX + 1];
+  const char *pairs[2 * COUNT];
   spec_t spec = round_trip_specs[0];
   tly_codec_t *codec = new_codec(1);
   tly_event_t decoded = {0};
@@ -353,18 +357,24 @@ static void test_round_trip_large_string(void **state) {
   unsigned char *bytes;
   (void)state;
 
-  assert_non_null(big);
-  memset(big, 'x', big_len);
-  big[big_len] = '\0';
-  spec.feature = big;
+  for (int i = 0; i < COUNT; i++) {
+    memset(keys[i], 'k', TLY_EVENT_PROPERTY_KEY_MAX);
+    snprintf(keys[i], sizeof(keys[i]), "%03d", i);
+    keys[i][3] = 'k'; /* unique, TLY_EVENT_PROPERTY_KEY_MAX bytes */
+    memset(values[i], 'a' + i % 26, TLY_EVENT_PROPERTY_VALUE_MAX);
+    values[i][TLY_EVENT_PROPERTY_VALUE_MAX] = '\0';
+    pairs[2 * i] = keys[i];
+    pairs[2 * i + 1] = values[i];
+  }
+  spec.property_count = COUNT;
+  spec.properties = pairs;
   bytes = encode_spec(codec, &spec, &len);
-  assert_true(len > big_len);
+  assert_true(len > COUNT * TLY_EVENT_PROPERTY_VALUE_MAX);
   assert_int_equal(
       decode_checked(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
   assert_event_matches(&decoded, &spec);
   tly_event_clear(&decoded);
   free(bytes);
-  free(big);
   tly_codec_destroy(codec);
 }
 
@@ -1731,7 +1741,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trips),
       cmocka_unit_test(test_round_trip_many_properties),
-      cmocka_unit_test(test_round_trip_large_string),
+      cmocka_unit_test(test_round_trip_largest_event),
       cmocka_unit_test(test_decode_reuses_event),
       cmocka_unit_test(test_framing_bytes),
       cmocka_unit_test(test_exact_encoding),

@@ -392,15 +392,23 @@ static void test_many_properties(void **state) {
 
   used = (size_t)snprintf(line, sizeof(line),
                           "{" BASE ",\"quantity\":1,\"properties\":{");
-  for (int i = 0; i < 100; i++)
+  for (int i = 0; i < TLY_EVENT_PROPERTIES_MAX; i++)
     used += (size_t)snprintf(line + used, sizeof(line) - used,
                              "%s\"k%d\":\"v%d\"", i ? "," : "", i, i);
   snprintf(line + used, sizeof(line) - used, "}}");
   assert_int_equal(tly_event_from_json_text(line, strlen(line), NOW_MS, &event,
                                             errstr, sizeof(errstr)),
                    0);
-  assert_int_equal(event.body.usage.property_count, 100);
+  assert_int_equal(event.body.usage.property_count, TLY_EVENT_PROPERTIES_MAX);
   tly_event_clear(&event);
+
+  /* one more is over the bound */
+  snprintf(line + used, sizeof(line) - used, ",\"one-more\":\"v\"}}");
+  assert_int_not_equal(tly_event_from_json_text(line, strlen(line), NOW_MS,
+                                                &event, errstr, sizeof(errstr)),
+                       0);
+  assert_non_null(strstr(errstr, "field 'properties': 65 entries, at most 64"));
+  assert_null(event.body.usage.properties);
 
   /* the same with the last value not a string */
   snprintf(line + used, sizeof(line) - used, ",\"bad\":1}}");
