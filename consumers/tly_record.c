@@ -1,9 +1,11 @@
 /*
  * tly_record.c - an input record made ready for the fold (tly_record.h).
  *
- * The cheap bounds come first, so a huge record costs a length compare
+ * The value's bound comes first, so a huge record costs a length compare
  * rather than a decode; the decoder then checks everything else, including
- * the size of every field, in the rule book the JSON reader shares.
+ * the size of every field, in the rule book the JSON reader shares; the
+ * key's bound last, so that a record keyed by its own oversized subject
+ * names the subject.
  */
 #include "tly_record.h"
 
@@ -22,11 +24,16 @@ int tly_record_prepare(tly_codec_t *codec, const tly_record_t *record,
              record->value_len, TLY_RECORD_VALUE_MAX);
     return -1;
   }
+  if (tly_codec_decode_view(codec, record->value, record->value_len, event,
+                            errstr, errstr_size))
+    return -1;
+  /* After the decode, so that a record keyed by its oversized subject is
+   * refused for the subject, the field to fix. */
   if (record->key && record->key_len > TLY_RECORD_KEY_MAX) {
+    memset(event, 0, sizeof(*event));
     snprintf(errstr, errstr_size, "record key: %zu bytes, at most %d",
              record->key_len, TLY_RECORD_KEY_MAX);
     return -1;
   }
-  return tly_codec_decode_view(codec, record->value, record->value_len, event,
-                               errstr, errstr_size);
+  return 0;
 }
