@@ -28,6 +28,7 @@
 #include "tly_changelog.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
+#include "tly_event_time.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
@@ -1908,6 +1909,8 @@ static void write_ticks(tly_processor_t *p) {
   }
 }
 
+static int64_t record_timestamp_ms(const rd_kafka_message_t *msg);
+
 /* Steps 1-2 for one record. */
 static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   tly_event_t event = {0};
@@ -1920,6 +1923,15 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   /* The event's strings live in the codec until the next decode. */
   if (tly_codec_decode_view(p->codec, msg->payload, msg->len, &event, errstr,
                             sizeof(errstr))) {
+    dead_letter(p, msg, errstr);
+    return;
+  }
+  /* Event time against the record's Kafka timestamp (in the log: a replay
+   * decides the same), before anything moves (tly_event_time.h). */
+  if (tly_event_time_check(&event, record_timestamp_ms(msg),
+                           p->conf.config->events.max_future_skew_ms,
+                           "the record's Kafka timestamp", errstr,
+                           sizeof(errstr))) {
     dead_letter(p, msg, errstr);
     return;
   }
