@@ -106,14 +106,13 @@ static void produce_old(rd_kafka_t *producer, tly_codec_t *codec, int i,
                    0);
   size_t key_len =
       tly_subject_key(event.subject_kind, event.subject_id, key, sizeof(key));
-  assert_int_equal(
-      rd_kafka_producev(producer, RD_KAFKA_V_TOPIC("tally.usage"),
-                        RD_KAFKA_V_KEY(key, key_len),
-                        RD_KAFKA_V_VALUE((void *)value, value_len),
-                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                        RD_KAFKA_V_TIMESTAMP(produced_ms),
-                        RD_KAFKA_V_END),
-      RD_KAFKA_RESP_ERR_NO_ERROR);
+  assert_int_equal(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC("tally.usage"),
+                                     RD_KAFKA_V_KEY(key, key_len),
+                                     RD_KAFKA_V_VALUE((void *)value, value_len),
+                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                     RD_KAFKA_V_TIMESTAMP(produced_ms),
+                                     RD_KAFKA_V_END),
+                   RD_KAFKA_RESP_ERR_NO_ERROR);
   assert_int_equal(rd_kafka_flush(producer, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
 }
 
