@@ -1,5 +1,5 @@
 /*
- * test_event_time.c - the bounds on event time (tly_event_time.h) and where
+ * test_time_bounds.c - the bounds on event time (tly_event_time.h) and where
  * they are applied without a broker: the absolute range and the future
  * skew, the config's "events" section, the JSON reader, and the HTTP
  * port's event bodies and ?at= (the processor's side, against the record's
