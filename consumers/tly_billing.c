@@ -58,8 +58,11 @@ static int64_t days_in_month(int64_t y, int64_t m) {
  * milliseconds can overflow. */
 static int64_t shift_months(int64_t anchor_ms, int64_t k) {
   int64_t day = floor_div(anchor_ms, TLY_DAY_MS);
-  int64_t time_of_day = anchor_ms - day * TLY_DAY_MS;
+  /* Not anchor_ms - day * TLY_DAY_MS: the product may not fit. */
+  int64_t time_of_day = anchor_ms % TLY_DAY_MS;
   int64_t y, m, d, ms;
+  if (time_of_day < 0)
+    time_of_day += TLY_DAY_MS;
   tly_civil_from_days(day, &y, &m, &d);
   int64_t month_index = y * 12 + (m - 1) + k;
   y = floor_div(month_index, 12);
