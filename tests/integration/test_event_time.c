@@ -16,6 +16,8 @@
  * 400 naming occurred_at; ?at=9223372036854775807 on /quota and /usage is a
  * quick 400 naming at (it used to pin an HTTP thread at 100 % for good) and
  * /healthz keeps answering.
+ *
+ * Every record is on one partition: they share its watermark.
  */
 #include "harness.h"
 
@@ -228,7 +230,8 @@ static void check_http_bounds(int port, int64_t now) {
     for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
       int64_t started = th_now_ms();
       json_t *json = get_json(port, paths[i], 400);
-      assert_true(th_now_ms() - started < 2000);
+      /* It used to be no answer at all (the harness gives up after 20 s). */
+      assert_true(th_now_ms() - started < 5000);
       json_t *error = json_object_get(json, "error");
       assert_string_equal(json_string_value(json_object_get(error, "field")),
                           "at");
@@ -323,9 +326,11 @@ static void test_future_events_are_dead_lettered(void **state) {
   assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
   assert_dead_lettered(broker.bootstrap, future, 2);
 
-  /* More real-time events: the partition's watermark did not move ahead. */
+  /* More real-time events (dated as the first ones, so that a month ending
+   * while the test runs cannot split them): the partition's watermark did
+   * not move ahead. */
   producer_open(&producer, broker.bootstrap);
-  produce_real_time(&producer, "b", tly_wall_ms(), per_subject);
+  produce_real_time(&producer, "b", now, per_subject);
   producer_close(&producer);
   assert_int_equal(
       th_wait_caught_up(run.port, broker.bootstrap, "tally.usage", 1, 30000),
@@ -333,7 +338,7 @@ static void test_future_events_are_dead_lettered(void **state) {
   assert_int_equal(th_metric_sum(run.port, "tally_events_folded_total"),
                    LIMIT + 2 * SUBJECTS * EVENTS_EACH);
   assert_int_equal(th_metric_sum(run.port, "tally_dead_letters_total"), 2);
-  assert_counted(run.port, per_subject, tly_wall_ms());
+  assert_counted(run.port, per_subject, now);
 
   check_http_bounds(run.port, tly_wall_ms());
 
