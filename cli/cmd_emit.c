@@ -1,7 +1,10 @@
 /*
  * cmd_emit.c - `tally emit`: JSON lines on stdin, one usage event each
  * (format: schema/tly_event_json.h), produced to the usage topic through the
- * client library. Bad lines are reported with their number and reason and
+ * client library. A line whose occurred_at lies more than
+ * --max-future-skew-ms (default 5 min, the processor's default
+ * events.max_future_skew_ms) after now is refused: the processor would
+ * dead-letter it. Bad lines are reported with their number and reason and
  * the rest still go out; the exit code is non-zero if any line was rejected
  * or any event failed delivery.
  */
@@ -9,6 +12,7 @@
 
 #include "tally_producer.h"
 #include "tly_event_json.h"
+#include "tly_event_time.h"
 #include "tly_log.h"
 
 #include <getopt.h>
@@ -31,11 +35,13 @@ int cmd_emit(int argc, char **argv) {
       {"brokers", required_argument, NULL, 'b'},
       {"topic", required_argument, NULL, 't'},
       {"quiet", no_argument, NULL, 'q'},
+      {"max-future-skew-ms", required_argument, NULL, 'S'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
   tally_producer_conf_t conf = {0};
   int opt, quiet = 0;
+  int64_t max_future_skew_ms = TLY_DEFAULT_MAX_FUTURE_SKEW_MS;
   char errstr[1024];
   char *line = NULL;
   size_t line_cap = 0;
@@ -47,13 +53,31 @@ int cmd_emit(int argc, char **argv) {
     case 'b': conf.brokers = optarg; break;
     case 't': conf.topic = optarg; break;
     case 'q': quiet = 1; break;
+    case 'S': {
+      char *end;
+      long long value = strtoll(optarg, &end, 10);
+      if (!*optarg || *end || value < 0 ||
+          value > TLY_MAX_FUTURE_SKEW_LIMIT_MS) {
+        fprintf(stderr,
+                "tally emit: --max-future-skew-ms %s: expected an integer "
+                "from 0 to %lld\n",
+                optarg, TLY_MAX_FUTURE_SKEW_LIMIT_MS);
+        return 2;
+      }
+      max_future_skew_ms = value;
+      break;
+    }
     case 'X':
       if (cli_properties_add(&properties, optarg))
         return 2;
       break;
     case 'h':
       printf("usage: tally emit --brokers HOST:PORT [--topic NAME] [-X "
-             "name=value] [--quiet] < events.jsonl\n");
+             "name=value] [--quiet] [--max-future-skew-ms N] < "
+             "events.jsonl\n"
+             "  --max-future-skew-ms N  refuse events more than N ms ahead of "
+             "now (default %lld)\n",
+             TLY_DEFAULT_MAX_FUTURE_SKEW_MS);
       return 0;
     default: return 2;
     }
@@ -77,8 +101,11 @@ int cmd_emit(int argc, char **argv) {
     size_t start = strspn(line, " \t\r\n");
     if ((size_t)line_len == start)
       continue; /* blank line */
-    if (tly_event_from_json_text(line, (size_t)line_len, tly_wall_ms(), &event,
-                                 errstr, sizeof(errstr)) ||
+    int64_t now_ms = tly_wall_ms();
+    if (tly_event_from_json_text(line, (size_t)line_len, now_ms, &event, errstr,
+                                 sizeof(errstr)) ||
+        tly_event_time_check(&event, now_ms, max_future_skew_ms, "now", errstr,
+                             sizeof(errstr)) ||
         tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr))) {
       if (progress)
         fputc('\n', stderr);

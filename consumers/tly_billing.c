@@ -2,6 +2,8 @@
  * tly_billing.c - the billing fold (see tly_billing.h for the contract).
  *
  * Rules, in the order the fold applies them to one event:
+ *   0. time: occurred_at and any period bound lie in 1970..9999
+ *      (tly_event_time.h), or the event is rejected untouched;
  *   1. dedupe: an event older than the partition's watermark minus the
  *      window is rejected (it could no longer be told apart from a
  *      duplicate, and a guess would be nondeterministic); an event_id seen
@@ -20,6 +22,7 @@
  */
 #include "tly_billing.h"
 
+#include "tly_event_time.h"
 #include "tly_store.h"
 
 #include <stdio.h>
@@ -46,7 +49,10 @@ static int64_t floor_div(int64_t a, int64_t b) {
 }
 
 int32_t tly_billing_hour(int64_t t_ms) {
-  return (int32_t)floor_div(t_ms, TLY_HOUR_MS);
+  int64_t hour = floor_div(t_ms, TLY_HOUR_MS);
+  return hour < INT32_MIN   ? INT32_MIN
+         : hour > INT32_MAX ? INT32_MAX
+                            : (int32_t)hour;
 }
 
 static int64_t days_in_month(int64_t y, int64_t m) {
@@ -56,31 +62,44 @@ static int64_t days_in_month(int64_t y, int64_t m) {
 }
 
 /* The anchor moved by k months; the day is clamped to the month's length
- * (an anchor on the 31st bills on the 30th in April). */
+ * (an anchor on the 31st bills on the 30th in April). A result beyond the
+ * int64 range saturates to INT64_MIN or INT64_MAX. Every int64 anchor is at
+ * most ~292 million years from 1970, so the calendar values (years,
+ * month indexes, day numbers) stay far inside int64 for any |k| the
+ * callers pass (a difference of two such dates in months); only the
+ * milliseconds can overflow. */
 static int64_t shift_months(int64_t anchor_ms, int64_t k) {
-  int64_t day = floor_div(anchor_ms, 86400000);
-  int64_t time_of_day = anchor_ms - day * 86400000;
-  int64_t y, m, d;
+  int64_t day = floor_div(anchor_ms, TLY_DAY_MS);
+  /* Not anchor_ms - day * TLY_DAY_MS: the product may not fit. */
+  int64_t time_of_day = anchor_ms % TLY_DAY_MS;
+  int64_t y, m, d, ms;
+  if (time_of_day < 0)
+    time_of_day += TLY_DAY_MS;
   tly_civil_from_days(day, &y, &m, &d);
   int64_t month_index = y * 12 + (m - 1) + k;
   y = floor_div(month_index, 12);
   m = month_index - y * 12 + 1;
   if (d > days_in_month(y, m))
     d = days_in_month(y, m);
-  return tly_days_from_civil(y, m, d) * 86400000 + time_of_day;
+  day = tly_days_from_civil(y, m, d);
+  if (__builtin_mul_overflow(day, TLY_DAY_MS, &ms) ||
+      __builtin_add_overflow(ms, time_of_day, &ms))
+    return day < 0 ? INT64_MIN : INT64_MAX;
+  return ms;
 }
 
 void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms, int64_t *start_ms,
                              int64_t *end_ms) {
   int64_t ay, am, ad, ty, tm, td;
-  tly_civil_from_days(floor_div(anchor_ms, 86400000), &ay, &am, &ad);
-  tly_civil_from_days(floor_div(t_ms, 86400000), &ty, &tm, &td);
+  tly_civil_from_days(floor_div(anchor_ms, TLY_DAY_MS), &ay, &am, &ad);
+  tly_civil_from_days(floor_div(t_ms, TLY_DAY_MS), &ty, &tm, &td);
+  /* The anchor moved by k months lands in t's month: the cycle starts
+   * there, or a month earlier when the anchor's day and time of the month
+   * come after t's. One comparison, never a search: O(1) however far t is
+   * from the anchor. */
   int64_t k = (ty - ay) * 12 + (tm - am);
-  /* k is right or one too far either way; step until the cycle holds t. */
-  while (shift_months(anchor_ms, k) > t_ms)
+  if (shift_months(anchor_ms, k) > t_ms)
     k--;
-  while (shift_months(anchor_ms, k + 1) <= t_ms)
-    k++;
   *start_ms = shift_months(anchor_ms, k);
   *end_ms = shift_months(anchor_ms, k + 1);
 }
@@ -509,6 +528,9 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
   const tly_config_t *config = billing->config;
   int64_t t = event->occurred_at_ms;
 
+  /* Times outside 1970..9999 never reach the calendar arithmetic below. */
+  if (tly_event_time_check(event, 0, 0, NULL, errstr, errstr_size))
+    return TLY_FOLD_REJECTED;
   /* (No watermark yet is INT64_MIN: nothing is too old.) */
   if (*view->watermark_ms > INT64_MIN + billing->dedupe_window_ms &&
       t < *view->watermark_ms - billing->dedupe_window_ms) {
@@ -629,6 +651,8 @@ tly_fold_result_t tly_billing_tick(const tly_billing_t *billing,
                                    tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id,
                                    int64_t tick_ms, tly_alert_list_t *out) {
+  if (!tly_event_time_in_range(tick_ms))
+    return TLY_FOLD_APPLIED; /* tly_billing_fold refused such a tick */
   tly_account_t *account = view->account(view, kind, id);
   if (!account)
     return TLY_FOLD_FAILED;

@@ -87,7 +87,8 @@ typedef struct {
   tly_bucket_t totals;
 } tly_subject_bucket_t;
 
-/* The hour of an event time (floor, so times before 1970 work too). */
+/* The hour of an event time (floor, so times before 1970 work too),
+ * clamped to the int32 range (event times in range are far inside it). */
 int32_t tly_billing_hour(int64_t t_ms);
 
 /* Token prices are per 1,000,000 tokens and the margin is in basis points:
@@ -143,7 +144,11 @@ typedef struct {
   int64_t dedupe_window_ms;
 } tly_billing_t;
 
-/* Folds one event (not a Tick) into the state; appends alerts to out. */
+/* Folds one event into the state; appends alerts to out. An event with a
+ * time outside tly_event_time.h's absolute range (occurred_at, a period
+ * bound) is TLY_FOLD_REJECTED before it touches anything: no watermark,
+ * cycle or quota moves. (The future skew against the record's timestamp
+ * is the caller's check: the fold does not know the record.) */
 tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
                                    tly_billing_view_t *view,
                                    const tly_event_t *event,
@@ -152,14 +157,20 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
 
 /* A tick at tick_ms reached this subject's account: closes its cycle if it
  * has ended (emitting billing_cycle_end) and starts the one containing
- * tick_ms. Returns TLY_FOLD_APPLIED or TLY_FOLD_FAILED. */
+ * tick_ms. Returns TLY_FOLD_APPLIED or TLY_FOLD_FAILED. A tick_ms outside
+ * the range of event times (which tly_billing_fold refuses as a Tick's
+ * occurred_at) changes nothing. */
 tly_fold_result_t tly_billing_tick(const tly_billing_t *billing,
                                    tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id,
                                    int64_t tick_ms, tly_alert_list_t *out);
 
-/* The monthly cycle (from the config's anchor) containing t_ms. Pure
- * calendar arithmetic in UTC, no libc time zone code. */
+/* The monthly cycle (from the config's anchor) containing t_ms:
+ * start <= t < end. Pure calendar arithmetic in UTC, no libc time zone
+ * code, O(1) (no search), defined for every int64 anchor and time: a bound
+ * beyond the int64 range saturates to INT64_MIN or INT64_MAX (so for t
+ * near INT64_MAX the end may equal t). The fold only passes times of
+ * tly_event_time.h's range, where no bound saturates. */
 void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms,
                              int64_t *start_ms, int64_t *end_ms);
 

@@ -254,6 +254,7 @@ tly_config_t *tly_config_default(void) {
   config->http.max_url_bytes = TLY_HTTP_DEFAULT_MAX_URL_BYTES;
   config->retention.daily_days = TLY_DEFAULT_RETENTION_DAYS;
   config->retention.alerts_days = TLY_DEFAULT_RETENTION_DAYS;
+  config->events.max_future_skew_ms = TLY_DEFAULT_MAX_FUTURE_SKEW_MS;
   snprintf(config->stripe.api_base, sizeof(config->stripe.api_base), "%s",
            TLY_STRIPE_DEFAULT_API_BASE);
   snprintf(config->stripe.api_version, sizeof(config->stripe.api_version),
@@ -1111,6 +1112,25 @@ static int apply_retention(tly_config_t *config, json_t *section,
   return 0;
 }
 
+/* How far an event's occurred_at may lie ahead of the clock that judges it
+ * (tly_event_time.h): 0 (none) to a year. */
+static int apply_events(tly_config_t *config, json_t *section, tly_err_t *err) {
+  char path[TLY_PATH_SIZE];
+  const char *key;
+  json_t *value;
+  if (check_object(err, "events", section) != 0)
+    return -1;
+  json_object_foreach(section, key, value) {
+    path_key(path, "events", key);
+    if (strcmp(key, "max_future_skew_ms") != 0)
+      return fail(err, path, "unknown key");
+    if (parse_int(err, path, value, 0, TLY_MAX_FUTURE_SKEW_LIMIT_MS,
+                  &config->events.max_future_skew_ms) != 0)
+      return -1;
+  }
+  return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* The Stripe section. Keys, not secrets, live in the file: the API key is  */
 /* named by an environment variable and read from it here, once.            */
@@ -1420,6 +1440,8 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
       rc = apply_http(config, value, err);
     } else if (strcmp(key, "retention") == 0) {
       rc = apply_retention(config, value, err);
+    } else if (strcmp(key, "events") == 0) {
+      rc = apply_events(config, value, err);
     } else if (strcmp(key, "stripe") == 0) {
       rc = apply_stripe(config, value, err);
     } else {

@@ -25,6 +25,10 @@
  *                     "api_key": "free"},
  *   "retention": {"daily_days": 90,          // daily usage buckets
  *                 "alerts_days": 90},        // alert history (/alerts)
+ *   "events": {"max_future_skew_ms": 300000}, // occurred_at at most this far
+ *                                            // ahead of the record's Kafka
+ *                                            // timestamp (processor) or now
+ *                                            // (HTTP, emit); 0 .. 1 year
  *   "http": {                                // the HTTP port
  *     "api_keys": [{"name": "svc", "sha256": "<64 hex: SHA-256 of the key>"}],
  *     "metrics_public": true,                // /metrics without a token
@@ -72,6 +76,7 @@
 #define TLY_CONFIG_H
 
 #include "tly_auth.h"
+#include "tly_event_time.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -185,6 +190,11 @@ typedef struct {
   char portal_return_url[TLY_STRIPE_URL_MAX]; /* "" = Stripe's default */
 } tly_stripe_config_t;
 
+/* Event time ("events" in the file; the rules are tly_event_time.h's). */
+typedef struct {
+  int64_t max_future_skew_ms; /* default TLY_DEFAULT_MAX_FUTURE_SKEW_MS */
+} tly_events_config_t;
+
 typedef struct {
   int64_t micros_per_credit; /* default 1000 */
   int64_t margin_bps;        /* basis points on model prices; default 2000 */
@@ -200,6 +210,7 @@ typedef struct {
   tly_plan_t *plans;
   tly_http_config_t http;
   tly_retention_config_t retention;
+  tly_events_config_t events;
   tly_stripe_config_t stripe;
 } tly_config_t;
 

@@ -13,6 +13,7 @@
 
 #include "tly_billing.h"
 #include "tly_event_json.h"
+#include "tly_event_time.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -200,10 +201,12 @@ static int parse_count_text(const char *text, int64_t *out) {
 int tly_req_parse_at(const char *text, int64_t now_ms, int64_t *out,
                      tly_req_error_t *err) {
   *out = now_ms;
-  if (text && parse_count_text(text, out))
+  if (text && (parse_count_text(text, out) || !tly_event_time_in_range(*out)))
     return tly_req_fail(err, 400, "bad_date", "at",
                         "query parameter 'at': must be milliseconds since the "
-                        "epoch (an integer >= 0)");
+                        "epoch from 0 to %lld (1970-01-01T00:00:00Z to "
+                        "9999-12-31T23:59:59.999Z)",
+                        TLY_TIME_MAX_MS);
   return 0;
 }
 
@@ -1005,16 +1008,29 @@ void tly_req_events_clear(tly_req_events_t *events) {
   events->count = 0;
 }
 
-/* One event: the JSON reader's rules, then that a plan it names exists (the
- * fold would send it to the dead-letter topic otherwise). */
+/* occurred_at at most events.max_future_skew_ms ahead of now: the
+ * processor would send a later one to the dead-letter topic (its clock is
+ * the record's Kafka timestamp, about now). 0, or -1 with errstr. */
+static int event_time_check(const tly_config_t *config,
+                            const tly_event_t *event, int64_t now_ms,
+                            char *errstr, size_t errstr_size) {
+  return tly_event_time_check(event, now_ms, config->events.max_future_skew_ms,
+                              "now", errstr, errstr_size);
+}
+
+/* One event: the JSON reader's rules, its time against now, then that a
+ * plan it names exists (the fold would send it to the dead-letter topic
+ * otherwise). */
 static void parse_one_event(const tly_config_t *config, const json_t *object,
                             int64_t now_ms, tly_req_event_t *item) {
   char errstr[512];
   const char *plan = NULL;
   if (tly_event_from_json(object, now_ms, &item->event, errstr,
-                          sizeof(errstr))) {
+                          sizeof(errstr)) ||
+      event_time_check(config, &item->event, now_ms, errstr, sizeof(errstr))) {
     tly_req_fail(&item->error, 400, "invalid_event", "", "%s", errstr);
     field_from_message(errstr, item->error.field, sizeof(item->error.field));
+    tly_event_clear(&item->event);
     return;
   }
   if (item->event.body_kind == TLY_BODY_PLAN_ASSIGNED)
@@ -1100,9 +1116,11 @@ int tly_req_parse_plan(const tly_config_t *config,
   }
   if (json_object_get(root, "occurred_at"))
     json_object_set(event, "occurred_at", json_object_get(root, "occurred_at"));
-  if (tly_event_from_json(event, now_ms, out, errstr, sizeof(errstr))) {
+  if (tly_event_from_json(event, now_ms, out, errstr, sizeof(errstr)) ||
+      event_time_check(config, out, now_ms, errstr, sizeof(errstr))) {
     tly_req_fail(err, 400, "bad_request", "", "%s", errstr);
     field_from_message(errstr, err->field, sizeof(err->field));
+    tly_event_clear(out);
     goto done;
   }
   rc = 0;

@@ -72,7 +72,8 @@ int tly_req_effective_cycle(const tly_config_t *config,
 
 /* The optional query parameter "at" of the subject routes: the time (epoch
  * ms) at which a cycle counts as ended, instead of now_ms (for audits,
- * backfills and tests of past cycles). 0, or -1 (400, field "at"). */
+ * backfills and tests of past cycles). Within the range of event times,
+ * 0 .. 253402300799999 (tly_event_time.h). 0, or -1 (400, field "at"). */
 int tly_req_parse_at(const char *text, int64_t now_ms, int64_t *out,
                      tly_req_error_t *err);
 
@@ -222,9 +223,10 @@ typedef struct {
 
 /* Body: one event object or an array of them (the format of
  * tly_event_json.h, as `tally emit` reads it); each item is validated on
- * its own, and a plan an event names must exist in the config. -1 (and
- * nothing to free) only when the body as a whole is unusable: not JSON,
- * not an object or array, empty, or too many events. */
+ * its own, its occurred_at at most events.max_future_skew_ms after now_ms
+ * (tly_event_time.h), and a plan an event names must exist in the config.
+ * -1 (and nothing to free) only when the body as a whole is unusable: not
+ * JSON, not an object or array, empty, or too many events. */
 int tly_req_parse_events(const tly_config_t *config, const char *body,
                          size_t len, int64_t now_ms, tly_req_events_t *out,
                          tly_req_error_t *err);

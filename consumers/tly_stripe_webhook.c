@@ -8,6 +8,8 @@
  */
 #include "tly_stripe_webhook.h"
 
+#include "tly_event_time.h"
+
 #include <ctype.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -480,7 +482,8 @@ tly_stripe_webhook_parse(const tly_config_t *config, const char *signature,
     goto out;
   event->occurred_at_ms = created_ms;
   char errstr[256];
-  if (tly_event_validate(event, errstr, sizeof(errstr))) {
+  if (tly_event_validate(event, errstr, sizeof(errstr)) ||
+      tly_event_time_check(event, 0, 0, NULL, errstr, sizeof(errstr))) {
     tly_req_fail(err, 400, "bad_payload", "", "%s", errstr);
     goto out;
   }

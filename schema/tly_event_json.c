@@ -22,6 +22,7 @@
 
 #include "tly_event_json.h"
 #include "tly_event_body.h"
+#include "tly_event_time.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -215,6 +216,11 @@ static int get_time(const json_t *value, const char *field, int64_t *out,
     if (json_integer_value(value) < 0)
       return fail(errstr, errstr_size, "field '%s': milliseconds must be >= 0",
                   field);
+    if (json_integer_value(value) > TLY_TIME_MAX_MS)
+      return fail(errstr, errstr_size,
+                  "field '%s': milliseconds must be at most %lld "
+                  "(9999-12-31T23:59:59.999Z)",
+                  field, TLY_TIME_MAX_MS);
     *out = (int64_t)json_integer_value(value);
     return 0;
   }
@@ -230,6 +236,9 @@ static int get_time(const json_t *value, const char *field, int64_t *out,
   if (parse_rfc3339(text, out, reason, sizeof(reason)))
     return fail(errstr, errstr_size, "field '%s': not an RFC 3339 UTC time: %s",
                 field, reason);
+  if (!tly_event_time_in_range(*out)) /* 9999-12-31T23:59Z-01:00 */
+    return fail(errstr, errstr_size,
+                "field '%s': after 9999-12-31T23:59:59.999Z", field);
   return 0;
 }
 

@@ -28,8 +28,11 @@
  *   "customer_linked":       stripe_customer_id (required)
  * Times (period_*) take epoch milliseconds or RFC 3339, like occurred_at;
  * 0 or absent means unknown, and when both bounds are given the end must
- * be after the start. Amounts are integer micro-units >= 0. "tick" is
- * refused: only the processor writes ticks.
+ * be after the start. Every time lies in 1970-01-01 .. 9999-12-31
+ * (tly_event_time.h); how far occurred_at may lie ahead of now is the
+ * caller's check (tly_event_time_check), the reader reads no clock.
+ * Amounts are integer micro-units >= 0. "tick" is refused: only the
+ * processor writes ticks.
  * Unknown fields (for the given type) are rejected so typos do not pass
  * silently; the message names the field.
  */

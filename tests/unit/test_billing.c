@@ -6,6 +6,7 @@
  * models, ticks, the dedupe window, and the state encodings.
  */
 #include "tly_billing.h"
+#include "tly_event_time.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -303,6 +304,166 @@ static void test_month_cycles(void **ctx) {
   tly_billing_month_cycle(FEB1, JAN1 + DAY, &start, &end);
   assert_int_equal(start, JAN1);
   assert_int_equal(end, FEB1);
+}
+
+/* Any int64 anchor and time: an answer at once (the old search stepped a
+ * month at a time and, its arithmetic overflowing, never ended for
+ * INT64_MAX), start <= t < end wherever the end fits in an int64. */
+static void test_month_cycle_extremes(void **ctx) {
+  (void)ctx;
+  static const int64_t anchors[] = {0,
+                                    JAN1,
+                                    JAN1 + 30 * DAY + 3600000,
+                                    -1,
+                                    INT64_MIN,
+                                    INT64_MIN + 1,
+                                    INT64_MAX - 1,
+                                    INT64_MAX,
+                                    TLY_TIME_MAX_MS};
+  static const int64_t times[] = {INT64_MIN,
+                                  INT64_MIN + 1,
+                                  INT64_MIN + DAY,
+                                  -DAY,
+                                  -1,
+                                  0,
+                                  JAN1,
+                                  TLY_TIME_MAX_MS,
+                                  TLY_TIME_MAX_MS + 1,
+                                  INT64_MAX - DAY,
+                                  INT64_MAX - 1,
+                                  INT64_MAX};
+  for (size_t a = 0; a < sizeof(anchors) / sizeof(anchors[0]); a++) {
+    for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++) {
+      int64_t start = 0, end = 0, t = times[i];
+      tly_billing_month_cycle(anchors[a], t, &start, &end);
+      if (start > t || (t >= end && end != INT64_MAX) || start > end)
+        fail_msg("anchor %lld, t %lld: cycle [%lld, %lld)",
+                 (long long)anchors[a], (long long)t, (long long)start,
+                 (long long)end);
+    }
+  }
+  /* The last month of the range, exactly. */
+  int64_t start, end;
+  tly_billing_month_cycle(0, TLY_TIME_MAX_MS, &start, &end);
+  assert_int_equal(start, tly_days_from_civil(9999, 12, 1) * DAY);
+  assert_int_equal(end, TLY_TIME_MAX_MS + 1); /* 10000-01-01 */
+  tly_billing_month_cycle(JAN1 + 30 * DAY, TLY_TIME_MAX_MS, &start, &end);
+  assert_int_equal(start, tly_days_from_civil(9999, 12, 31) * DAY);
+  assert_int_equal(end, tly_days_from_civil(10000, 1, 31) * DAY);
+  /* Far from the anchor in both directions: 9999 from an anchor in the
+   * year 0 and the reverse. */
+  int64_t year0 = tly_days_from_civil(0, 3, 15) * DAY + 7;
+  tly_billing_month_cycle(year0, TLY_TIME_MAX_MS, &start, &end);
+  assert_int_equal(start, tly_days_from_civil(9999, 12, 15) * DAY + 7);
+  assert_int_equal(end, tly_days_from_civil(10000, 1, 15) * DAY + 7);
+  tly_billing_month_cycle(TLY_TIME_MAX_MS, year0, &start, &end);
+  assert_int_equal(start, tly_days_from_civil(0, 2, 29) * DAY + DAY - 1);
+  assert_int_equal(end, tly_days_from_civil(0, 3, 31) * DAY + DAY - 1);
+  /* Saturated ends: beyond the int64 range. */
+  tly_billing_month_cycle(JAN1 + 30 * DAY, INT64_MAX, &start, &end);
+  assert_true(start <= INT64_MAX && start > INT64_MAX - 31 * DAY);
+  assert_int_equal(end, INT64_MAX);
+  tly_billing_month_cycle(JAN1, INT64_MIN, &start, &end);
+  assert_int_equal(start, INT64_MIN);
+  assert_true(end > INT64_MIN && end < INT64_MIN + 32 * DAY);
+}
+
+/* Over the whole range of event times, each answer is a calendar month of
+ * the anchor: the anchor's day of month (clamped) and time of day, 28 to 31
+ * days long, and the cycle after it starts where it ends. */
+static void test_month_cycle_properties(void **ctx) {
+  (void)ctx;
+  uint64_t seed = 0x9e3779b97f4a7c15u;
+  for (int i = 0; i < 20000; i++) {
+    seed = seed * 6364136223846793005u + 1442695040888963407u;
+    int64_t anchor = (int64_t)((seed >> 11) % (uint64_t)(TLY_TIME_MAX_MS + 1));
+    seed = seed * 6364136223846793005u + 1442695040888963407u;
+    int64_t t = (int64_t)((seed >> 11) % (uint64_t)(TLY_TIME_MAX_MS + 1));
+    int64_t start, end, next_start, next_end;
+    tly_billing_month_cycle(anchor, t, &start, &end);
+    tly_billing_month_cycle(anchor, end, &next_start, &next_end);
+    int64_t ay, am, ad, sy, sm, sd;
+    tly_civil_from_days(anchor / DAY, &ay, &am, &ad);
+    tly_civil_from_days(start / DAY, &sy, &sm, &sd);
+    int64_t month_days =
+        tly_days_from_civil(sm == 12 ? sy + 1 : sy, sm == 12 ? 1 : sm + 1, 1) -
+        tly_days_from_civil(sy, sm, 1);
+    if (!(start <= t && t < end) || end - start < 28 * DAY ||
+        end - start > 31 * DAY || next_start != end ||
+        start % DAY != anchor % DAY ||
+        sd != (ad < month_days ? ad : month_days))
+      fail_msg("anchor %lld, t %lld: cycle [%lld, %lld), next from %lld",
+               (long long)anchor, (long long)t, (long long)start,
+               (long long)end, (long long)next_start);
+  }
+}
+
+static void test_billing_hour_extremes(void **ctx) {
+  (void)ctx;
+  assert_int_equal(tly_billing_hour(0), 0);
+  assert_int_equal(tly_billing_hour(-1), -1);
+  assert_int_equal(tly_billing_hour(TLY_TIME_MAX_MS), 70389527);
+  assert_int_equal(tly_billing_hour(INT64_MAX), INT32_MAX);
+  assert_int_equal(tly_billing_hour(INT64_MIN), INT32_MIN);
+  assert_int_equal(tly_billing_hour((int64_t)INT32_MAX * TLY_HOUR_MS),
+                   INT32_MAX);
+  assert_int_equal(tly_billing_hour(((int64_t)INT32_MAX + 1) * TLY_HOUR_MS),
+                   INT32_MAX);
+}
+
+/* A time outside 1970..9999 is rejected before it touches anything: no
+ * account, no cycle, no watermark, no alert. INT64_MAX spun the fold
+ * forever before. */
+static void test_fold_refuses_times_out_of_range(void **ctx) {
+  fixture_t *f = *ctx;
+  static const int64_t bad[] = {INT64_MIN,           INT64_MIN + 1, -1,
+                                TLY_TIME_MAX_MS + 1, INT64_MAX - 1, INT64_MAX};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    assert_int_equal(usage(f, bad[i], "api_calls", 0), TLY_FOLD_REJECTED);
+    assert_non_null(strstr(f->errstr, "field 'occurred_at'"));
+    tly_event_t tick = {.occurred_at_ms = bad[i],
+                        .subject_kind = TLY_SUBJECT_SYSTEM,
+                        .subject_id = "tick",
+                        .body_kind = TLY_BODY_TICK};
+    assert_int_equal(fold(f, &tick), TLY_FOLD_REJECTED);
+    tly_event_t paid = {.occurred_at_ms = JAN1,
+                        .body_kind = TLY_BODY_INVOICE_PAID,
+                        .body.invoice_paid = {"in_1", 1, JAN1, bad[i]}};
+    assert_int_equal(fold(f, &paid), TLY_FOLD_REJECTED);
+    assert_non_null(strstr(f->errstr, "field 'period_end'"));
+    tly_event_t change = {
+        .occurred_at_ms = JAN1,
+        .body_kind = TLY_BODY_SUBSCRIPTION_CHANGED,
+        .body.subscription_changed = {
+            .plan = "u", .period_start_ms = bad[i], .period_end_ms = FEB1}};
+    assert_int_equal(fold(f, &change), TLY_FOLD_REJECTED);
+    assert_non_null(strstr(f->errstr, "field 'period_start'"));
+  }
+  assert_int_equal(f->state->watermark, INT64_MIN);
+  assert_int_equal(alice(f)->exists, 0);
+  assert_int_equal(f->alerts.count, 0);
+  assert_int_equal(f->state->seen_count, 0);
+
+  /* The edges of the range fold. */
+  assert_int_equal(usage(f, TLY_TIME_MIN_MS, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(usage(f, TLY_TIME_MAX_MS, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(f->state->watermark, TLY_TIME_MAX_MS);
+  assert_int_equal(alice(f)->cycle.start_ms,
+                   tly_days_from_civil(9999, 12, 1) * DAY);
+  assert_int_equal(alice(f)->cycle.end_ms, TLY_TIME_MAX_MS + 1);
+  /* A tick past the range (no such tick folds) changes nothing. */
+  tly_account_t before = *alice(f);
+  assert_int_equal(tly_billing_tick(&f->billing, &f->state->view,
+                                    TLY_SUBJECT_USER, "alice", INT64_MAX,
+                                    &f->alerts),
+                   TLY_FOLD_APPLIED);
+  assert_memory_equal(alice(f), &before, sizeof(before));
+  /* The cycle ends just past the range: the last tick in it keeps it. */
+  assert_int_equal(tly_billing_tick(&f->billing, &f->state->view,
+                                    TLY_SUBJECT_USER, "alice", TLY_TIME_MAX_MS,
+                                    &f->alerts),
+                   TLY_FOLD_APPLIED);
+  assert_memory_equal(alice(f), &before, sizeof(before));
 }
 
 static void test_graduated_price_and_hard_limit_alerts(void **ctx) {
@@ -889,6 +1050,11 @@ int main(void) {
       cmocka_unit_test(test_bucket_and_archive_encodings),
       cmocka_unit_test(test_tier_boundaries),
       cmocka_unit_test(test_month_cycles),
+      cmocka_unit_test(test_month_cycle_extremes),
+      cmocka_unit_test(test_month_cycle_properties),
+      cmocka_unit_test(test_billing_hour_extremes),
+      cmocka_unit_test_setup_teardown(test_fold_refuses_times_out_of_range,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_graduated_price_and_hard_limit_alerts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_soft_limit_and_exact_token_cost, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unlimited_volume_and_credit_thresholds, setup, teardown),
