@@ -21,6 +21,7 @@
 #include "tally_producer.h"
 #include "tly_auth.h"
 #include "tly_forward.h"
+#include "tly_http_conn.h"
 #include "tly_log.h"
 #include "tly_request.h"
 #include "tly_state.h"
@@ -82,6 +83,7 @@ typedef struct {
 struct tly_http {
   tly_http_conf_t conf;
   struct MHD_Daemon *daemon;
+  tly_http_guard_t *guard; /* connection caps and read deadlines */
   uint16_t port;
   tly_state_cache_t *cache;
   /* Decodes the stored alerts for /alerts (a codec is not thread-safe). */
@@ -381,6 +383,24 @@ static void metrics_http(tly_http_t *http, text_t *text) {
               (unsigned long long)atomic_load(&http->forwards_relayed),
               (unsigned long long)atomic_load(&http->forwards_failed),
               (unsigned long long)atomic_load(&http->forwards_refused));
+  tly_conn_stats_t conns;
+  tly_http_guard_stats(http->guard, &conns);
+  text_append(text,
+              "# HELP tally_http_connections_open HTTP connections open "
+              "(http.max_connections at most).\n# TYPE "
+              "tally_http_connections_open gauge\n"
+              "tally_http_connections_open %llu\n"
+              "# HELP tally_http_connections_closed_total HTTP connections "
+              "the port closed itself, by reason: a read deadline "
+              "(http.header_timeout_ms, http.request_timeout_ms) or a cap "
+              "(http.max_connections_per_ip, http.max_connections).\n"
+              "# TYPE tally_http_connections_closed_total counter\n",
+              (unsigned long long)conns.open);
+  for (int r = 0; r < TLY_CONN_CLOSED_REASONS; r++)
+    text_append(text,
+                "tally_http_connections_closed_total{reason=\"%s\"} %llu\n",
+                tly_conn_closed_reason_name((tly_conn_closed_reason_t)r),
+                (unsigned long long)conns.closed[r]);
 }
 
 /* A Prometheus histogram: cumulative buckets with bounds in ms, +Inf (the
@@ -1645,8 +1665,10 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
   switch (req->phase) {
   case PHASE_HEADERS:
     req->phase = PHASE_BODY;
-    if (!begin_request(http, req, connection, url, method, &out))
+    if (!begin_request(http, req, connection, url, method, &out)) {
+      tly_http_guard_phase(connection, TLY_CONN_BODY);
       return MHD_YES;
+    }
     break;
   case PHASE_BODY:
     if (*upload_data_size) {
@@ -1689,9 +1711,12 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
     req->ingest = NULL;
     break;
   }
-  if (out.suspended)
+  if (out.suspended) {
+    tly_http_guard_phase(connection, TLY_CONN_WAITING);
     return MHD_YES;
+  }
   req->answered = 1;
+  tly_http_guard_phase(connection, TLY_CONN_ANSWERING);
   return queue_answer(http, req, connection, &out);
 }
 
@@ -1715,7 +1740,10 @@ static void *on_uri(void *cls, const char *uri,
 static void on_completed(void *cls, struct MHD_Connection *connection,
                          void **state, enum MHD_RequestTerminationCode code) {
   request_t *req = *state;
-  (void)cls, (void)connection, (void)code;
+  (void)cls, (void)code;
+  /* The connection may carry another request now (keep-alive): its
+   * header deadline runs from here. */
+  tly_http_guard_phase(connection, TLY_CONN_AWAITING);
   if (!req)
     return;
   ingest_free(req->ingest); /* only when the client went away meanwhile */
@@ -1765,8 +1793,10 @@ static void http_free(tly_http_t *http) {
     tally_producer_flush(http->producer, INGEST_TIMEOUT_MS + 5000);
   tly_stripe_portal_close(http->portal); /* its calls resume connections */
   tly_forward_close(http->forward);      /* so do forwards */
+  tly_http_guard_stop(http->guard);
   if (http->daemon)
     MHD_stop_daemon(http->daemon);
+  tly_http_guard_free(http->guard); /* every connection is closed now */
   tly_stripe_portal_destroy(http->portal);
   tly_forward_destroy(http->forward);
   if (http->poller_started)
@@ -1819,12 +1849,20 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
       !(http->portal =
             tly_stripe_portal_new(&conf->config->stripe, errstr, errstr_size)))
     goto fail;
+  http->guard = tly_http_guard_new(&conf->config->http, errstr, errstr_size);
+  if (!http->guard)
+    goto fail;
+  unsigned threads = conf->threads ? conf->threads : 2u;
+  /* libmicrohttpd's own limit and timeout are backstops: the guard closes
+   * connections before either is reached (tly_http_conn.h). */
   http->daemon = MHD_start_daemon(
       MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
           MHD_USE_ERROR_LOG,
       conf->port, NULL, NULL, handle_request, http, MHD_OPTION_SOCK_ADDR, &addr,
-      MHD_OPTION_THREAD_POOL_SIZE, conf->threads ? conf->threads : 2u,
-      MHD_OPTION_CONNECTION_LIMIT, 1000u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
+      MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
+      tly_http_guard_mhd_connection_limit(http->guard, threads),
+      MHD_OPTION_CONNECTION_TIMEOUT, tly_http_guard_mhd_timeout_s(http->guard),
+      MHD_OPTION_NOTIFY_CONNECTION, tly_http_guard_notify, http->guard,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
       MHD_OPTION_URI_LOG_CALLBACK, on_uri, http, MHD_OPTION_NOTIFY_COMPLETED,
       on_completed, http, MHD_OPTION_END);
@@ -1833,6 +1871,8 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
              (unsigned)conf->port);
     goto fail;
   }
+  if (tly_http_guard_start(http->guard, errstr, errstr_size))
+    goto fail;
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(http->daemon, MHD_DAEMON_INFO_BIND_PORT);
   http->port = info ? info->port : conf->port;
