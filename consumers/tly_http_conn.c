@@ -34,18 +34,18 @@ struct tly_conn {
   int fd;
   tly_conn_phase_t phase;
   int closed_by_guard;
-  int64_t ready_ms; /* awaiting since: accept or the previous answer */
-  int64_t phase_ms; /* in this phase since */
-  tly_conn_t *prev, *next;                 /* every connection */
-  tly_conn_t *await_prev, *await_next;     /* the client's awaiting ones */
+  int64_t ready_ms;        /* awaiting since: accept or the previous answer */
+  int64_t phase_ms;        /* in this phase since */
+  tly_conn_t *prev, *next; /* every connection */
+  tly_conn_t *await_prev, *await_next; /* the client's awaiting ones */
   int in_await_list;
 };
 
 struct client {
   unsigned char key[CLIENT_KEY_MAX];
   size_t key_len;
-  size_t live;  /* connections not closed by the guard */
-  size_t refs;  /* connections in the table, closed ones included */
+  size_t live; /* connections not closed by the guard */
+  size_t refs; /* connections in the table, closed ones included */
   tly_conn_t *await_head, *await_tail; /* oldest first */
   client_t *next_in_bucket;
 };
@@ -71,8 +71,7 @@ const char *tly_conn_closed_reason_name(tly_conn_closed_reason_t reason) {
 /* ---- the table ---------------------------------------------------------- */
 
 tly_conn_table_t *tly_conn_table_new(const tly_conn_limits_t *limits,
-                                     tly_conn_close_fn close_fn,
-                                     void *opaque) {
+                                     tly_conn_close_fn close_fn, void *opaque) {
   tly_conn_table_t *table = calloc(1, sizeof(*table));
   if (!table)
     return NULL;
@@ -130,8 +129,8 @@ static client_t *client_get(tly_conn_table_t *table, const void *key,
 static void client_release(tly_conn_table_t *table, client_t *client) {
   if (--client->refs)
     return;
-  client_t **link = &table->buckets[client_bucket(client->key,
-                                                  client->key_len)];
+  client_t **link =
+      &table->buckets[client_bucket(client->key, client->key_len)];
   while (*link != client)
     link = &(*link)->next_in_bucket;
   *link = client->next_in_bucket;
@@ -246,8 +245,7 @@ tly_conn_t *tly_conn_open(tly_conn_table_t *table, int fd, const void *client,
   }
   if (table->live > (size_t)limits->max_connections) {
     tly_conn_t *victim = cap_victim(table, conn);
-    close_conn(table, victim ? victim : conn,
-               TLY_CONN_CLOSED_CONNECTION_LIMIT);
+    close_conn(table, victim ? victim : conn, TLY_CONN_CLOSED_CONNECTION_LIMIT);
   }
   pthread_mutex_unlock(&table->lock);
   return conn;
@@ -389,11 +387,11 @@ tly_http_guard_t *tly_http_guard_new(const tly_http_config_t *config,
     snprintf(errstr, errstr_size, "out of memory");
     return NULL;
   }
-  guard->limits = (tly_conn_limits_t){
-      .max_connections = config->max_connections,
-      .max_per_client = config->max_connections_per_ip,
-      .header_timeout_ms = config->header_timeout_ms,
-      .request_timeout_ms = config->request_timeout_ms};
+  guard->limits =
+      (tly_conn_limits_t){.max_connections = config->max_connections,
+                          .max_per_client = config->max_connections_per_ip,
+                          .header_timeout_ms = config->header_timeout_ms,
+                          .request_timeout_ms = config->request_timeout_ms};
   uint64_t open_files = raise_open_files();
   if (open_files && open_files != UINT64_MAX) {
     int64_t budget = open_files > FD_RESERVE + MIN_CONNECTIONS
@@ -503,10 +501,10 @@ unsigned tly_http_guard_mhd_connection_limit(const tly_http_guard_t *guard,
 }
 
 unsigned tly_http_guard_mhd_timeout_s(const tly_http_guard_t *guard) {
-  int64_t longest = guard->limits.header_timeout_ms >
-                            guard->limits.request_timeout_ms
-                        ? guard->limits.header_timeout_ms
-                        : guard->limits.request_timeout_ms;
+  int64_t longest =
+      guard->limits.header_timeout_ms > guard->limits.request_timeout_ms
+          ? guard->limits.header_timeout_ms
+          : guard->limits.request_timeout_ms;
   return (unsigned)((longest + 999) / 1000) + 1;
 }
 
@@ -527,8 +525,8 @@ void tly_http_guard_notify(void *cls, struct MHD_Connection *connection,
     return;
   const union MHD_ConnectionInfo *fd_info =
       MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
-  const union MHD_ConnectionInfo *addr_info = MHD_get_connection_info(
-      connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  const union MHD_ConnectionInfo *addr_info =
+      MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
   if (!fd_info)
     return;
   const void *key = NULL;
@@ -547,8 +545,8 @@ void tly_http_guard_notify(void *cls, struct MHD_Connection *connection,
 
 void tly_http_guard_phase(struct MHD_Connection *connection,
                           tly_conn_phase_t phase) {
-  const union MHD_ConnectionInfo *info = MHD_get_connection_info(
-      connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
   tly_conn_t *conn = info ? info->socket_context : NULL;
   if (conn)
     tly_conn_phase(conn->table, conn, phase, tly_monotonic_ms());

@@ -74,9 +74,9 @@ typedef enum {
 const char *tly_conn_closed_reason_name(tly_conn_closed_reason_t reason);
 
 typedef struct {
-  int64_t max_connections;   /* >= 1 */
-  int64_t max_per_client;    /* 0: no per-client cap */
-  int64_t header_timeout_ms; /* >= 1 */
+  int64_t max_connections;    /* >= 1 */
+  int64_t max_per_client;     /* 0: no per-client cap */
+  int64_t header_timeout_ms;  /* >= 1 */
   int64_t request_timeout_ms; /* >= 1 */
 } tly_conn_limits_t;
 
@@ -97,8 +97,7 @@ typedef void (*tly_conn_close_fn)(void *opaque, int fd,
 
 /* NULL when out of memory. */
 tly_conn_table_t *tly_conn_table_new(const tly_conn_limits_t *limits,
-                                     tly_conn_close_fn close_fn,
-                                     void *opaque);
+                                     tly_conn_close_fn close_fn, void *opaque);
 /* Frees the table and any connection still in it. */
 void tly_conn_table_free(tly_conn_table_t *table);
 
