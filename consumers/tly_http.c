@@ -147,6 +147,14 @@ static void respond_json(response_t *out, int status, json_t *body) {
 
 static json_t *error_json(const char *code, const char *message,
                           const char *field) {
+  /* A message quoting client bytes cut at a length bound may end inside a
+   * UTF-8 sequence, which JSON cannot carry: such bytes become '?'. */
+  char safe[1024];
+  if (!tly_req_utf8_valid(message, strlen(message))) {
+    snprintf(safe, sizeof(safe), "%s", message);
+    tly_req_utf8_sanitize(safe);
+    message = safe;
+  }
   json_t *error = json_pack("{s:s,s:s}", "code", code, "message", message);
   if (error && field && *field)
     json_object_set_new(error, "field", json_string(field));
@@ -1324,41 +1332,49 @@ size_t tly_http_routes(tly_http_route_info_t *out, size_t max) {
   return route_count;
 }
 
-/* 1: url is this route's path (a subject route copies the segment), 2: it
- * is, but the segment is too long to be a subject, 0: not this route. */
-static int route_matches(const route_t *route, const char *url, char *subject,
-                         size_t subject_size) {
+/* 1: path (raw: still percent-encoded) is this route's (a subject route
+ * percent-decodes the segment into subject), 2: it is, but the segment is
+ * no subject (err says why), 0: not this route. */
+static int route_matches(const route_t *route, const char *path,
+                         size_t path_len, char *subject, size_t subject_size,
+                         tly_req_error_t *err) {
   size_t prefix_len = strlen(route->prefix);
   if (!route->suffix)
-    return strcmp(url, route->prefix) == 0;
-  if (strncmp(url, route->prefix, prefix_len) != 0)
+    return path_len == prefix_len && memcmp(path, route->prefix, path_len) == 0;
+  if (path_len <= prefix_len || memcmp(path, route->prefix, prefix_len) != 0)
     return 0;
-  const char *segment = url + prefix_len;
-  const char *slash = strchr(segment, '/');
-  if (!slash || slash == segment || strcmp(slash, route->suffix) != 0)
+  const char *segment = path + prefix_len;
+  const char *slash = memchr(segment, '/', path_len - prefix_len);
+  size_t suffix_len = strlen(route->suffix);
+  if (!slash || slash == segment ||
+      (size_t)(path + path_len - slash) != suffix_len ||
+      memcmp(slash, route->suffix, suffix_len) != 0)
     return 0;
-  size_t len = (size_t)(slash - segment);
-  if (len >= subject_size)
+  if (tly_req_decode_segment(segment, (size_t)(slash - segment), subject,
+                             subject_size, err))
     return 2;
-  memcpy(subject, segment, len);
-  subject[len] = '\0';
   return 1;
 }
 
-/* Finds the route of (url, method): its index, or -1 with out filled. */
+/* Finds the route of (method, the raw path of the request target): its
+ * index, or -1 with out filled. Routing on the raw path is what lets a
+ * subject hold a '/' (sent as %2F). */
 static int find_route(const char *url, const char *method, request_t *req,
                       response_t *out) {
   int path_known = 0;
+  const char *path = req->target ? req->target : url;
+  size_t path_len = strcspn(path, "?#");
   for (size_t i = 0; i < route_count; i++) {
-    int match =
-        route_matches(&routes[i], url, req->subject, sizeof(req->subject));
+    tly_req_error_t err;
+    int match = route_matches(&routes[i], path, path_len, req->subject,
+                              sizeof(req->subject), &err);
     if (!match)
       continue;
     path_known = 1;
     if (strcmp(method, routes[i].method) != 0)
       continue;
     if (match == 2) {
-      respond_error(out, 400, "bad_subject", "subject: too long");
+      respond_req_error(out, &err);
       return -1;
     }
     return (int)i;
