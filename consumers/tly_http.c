@@ -14,6 +14,11 @@
  * thread; the last delivery report resumes it and the answer (202 only when
  * Kafka acknowledged every good event) is queued on the third phase.
  *
+ * Routes match the raw request path (still percent-encoded); only the
+ * {subject} segment is decoded (tly_req_decode_segment), so a subject may
+ * hold a '/' sent as %2F. Connections are guarded by tly_http_conn.h: caps
+ * per client and in all, and read deadlines no slow drip can extend.
+ *
  * Errors are {"error": {"code": ..., "message": ..., "field": ...}}.
  */
 #include "tly_http.h"
