@@ -37,16 +37,24 @@ struct tly_conn {
   int64_t ready_ms;        /* awaiting since: accept or the previous answer */
   int64_t phase_ms;        /* in this phase since */
   tly_conn_t *prev, *next; /* every connection */
-  tly_conn_t *await_prev, *await_next; /* the client's awaiting ones */
-  int in_await_list;
+  /* In its client's list of evictable connections of its phase (awaiting
+   * or body), oldest first; in_list: that list's index, -1: none. */
+  tly_conn_t *list_prev, *list_next;
+  int in_list;
 };
+
+/* The phases whose connections may be closed to make room, in the order
+ * they are chosen: first a connection that has sent nothing of a request
+ * (or an incomplete header), then one whose body is still arriving. A
+ * suspended request or an answer being read is never cut for a newcomer. */
+enum { LIST_AWAITING = 0, LIST_BODY, LISTS };
 
 struct client {
   unsigned char key[CLIENT_KEY_MAX];
   size_t key_len;
   size_t live; /* connections not closed by the guard */
   size_t refs; /* connections in the table, closed ones included */
-  tly_conn_t *await_head, *await_tail; /* oldest first */
+  tly_conn_t *list_head[LISTS], *list_tail[LISTS]; /* oldest first */
   client_t *next_in_bucket;
 };
 
@@ -137,34 +145,44 @@ static void client_release(tly_conn_table_t *table, client_t *client) {
   free(client);
 }
 
-static void await_remove(tly_conn_t *conn) {
-  client_t *client = conn->client;
-  if (!conn->in_await_list)
-    return;
-  if (conn->await_prev)
-    conn->await_prev->await_next = conn->await_next;
-  else
-    client->await_head = conn->await_next;
-  if (conn->await_next)
-    conn->await_next->await_prev = conn->await_prev;
-  else
-    client->await_tail = conn->await_prev;
-  conn->await_prev = conn->await_next = NULL;
-  conn->in_await_list = 0;
+static int list_of(tly_conn_phase_t phase) {
+  return phase == TLY_CONN_AWAITING ? LIST_AWAITING
+         : phase == TLY_CONN_BODY   ? LIST_BODY
+                                    : -1;
 }
 
-static void await_append(tly_conn_t *conn) {
+static void list_remove(tly_conn_t *conn) {
   client_t *client = conn->client;
-  if (conn->in_await_list || conn->closed_by_guard)
+  int list = conn->in_list;
+  if (list < 0)
     return;
-  conn->await_prev = client->await_tail;
-  conn->await_next = NULL;
-  if (client->await_tail)
-    client->await_tail->await_next = conn;
+  if (conn->list_prev)
+    conn->list_prev->list_next = conn->list_next;
   else
-    client->await_head = conn;
-  client->await_tail = conn;
-  conn->in_await_list = 1;
+    client->list_head[list] = conn->list_next;
+  if (conn->list_next)
+    conn->list_next->list_prev = conn->list_prev;
+  else
+    client->list_tail[list] = conn->list_prev;
+  conn->list_prev = conn->list_next = NULL;
+  conn->in_list = -1;
+}
+
+/* Puts conn at the tail of its phase's list (if any): the newest. */
+static void list_append(tly_conn_t *conn) {
+  client_t *client = conn->client;
+  int list = list_of(conn->phase);
+  list_remove(conn);
+  if (list < 0 || conn->closed_by_guard)
+    return;
+  conn->list_prev = client->list_tail[list];
+  conn->list_next = NULL;
+  if (client->list_tail[list])
+    client->list_tail[list]->list_next = conn;
+  else
+    client->list_head[list] = conn;
+  client->list_tail[list] = conn;
+  conn->in_list = list;
 }
 
 /* Closes conn: it no longer counts, and its socket is shut down. */
@@ -172,7 +190,7 @@ static void close_conn(tly_conn_table_t *table, tly_conn_t *conn,
                        tly_conn_closed_reason_t reason) {
   if (conn->closed_by_guard)
     return;
-  await_remove(conn);
+  list_remove(conn);
   conn->closed_by_guard = 1;
   conn->client->live--;
   table->live--;
@@ -180,36 +198,53 @@ static void close_conn(tly_conn_table_t *table, tly_conn_t *conn,
   table->close_fn(table->opaque, conn->fd, reason);
 }
 
-/* The client's oldest awaiting connection other than except, or NULL. */
-static tly_conn_t *oldest_awaiting(const client_t *client,
-                                   const tly_conn_t *except) {
-  for (tly_conn_t *conn = client->await_head; conn; conn = conn->await_next)
+/* The client's oldest connection in list other than except, or NULL. */
+static tly_conn_t *oldest_in(const client_t *client, int list,
+                             const tly_conn_t *except) {
+  for (tly_conn_t *conn = client->list_head[list]; conn; conn = conn->list_next)
     if (conn != except)
       return conn;
   return NULL;
 }
 
+/* For the per-client cap: the client's oldest awaiting connection other
+ * than except, else its oldest one still sending a body, else NULL. */
+static tly_conn_t *client_victim(const client_t *client,
+                                 const tly_conn_t *except) {
+  for (int list = 0; list < LISTS; list++) {
+    tly_conn_t *victim = oldest_in(client, list, except);
+    if (victim)
+      return victim;
+  }
+  return NULL;
+}
+
 /* For the connection cap: the oldest awaiting connection (other than
- * except) of the client with the most connections; ties go to the client
- * whose awaiting connection is older. */
+ * except) of the client with the most connections, ties going to the
+ * client whose candidate is older; when no client has one, the same for
+ * connections still sending a body; else NULL. */
 static tly_conn_t *cap_victim(const tly_conn_table_t *table,
                               const tly_conn_t *except) {
-  const client_t *best = NULL;
-  tly_conn_t *victim = NULL;
-  for (size_t b = 0; b < CLIENT_BUCKETS; b++)
-    for (const client_t *client = table->buckets[b]; client;
-         client = client->next_in_bucket) {
-      tly_conn_t *candidate = oldest_awaiting(client, except);
-      if (!candidate)
-        continue;
-      if (!best || client->live > best->live ||
-          (client->live == best->live &&
-           candidate->ready_ms < victim->ready_ms)) {
-        best = client;
-        victim = candidate;
+  for (int list = 0; list < LISTS; list++) {
+    const client_t *best = NULL;
+    tly_conn_t *victim = NULL;
+    for (size_t b = 0; b < CLIENT_BUCKETS; b++)
+      for (const client_t *client = table->buckets[b]; client;
+           client = client->next_in_bucket) {
+        tly_conn_t *candidate = oldest_in(client, list, except);
+        if (!candidate)
+          continue;
+        if (!best || client->live > best->live ||
+            (client->live == best->live &&
+             candidate->phase_ms < victim->phase_ms)) {
+          best = client;
+          victim = candidate;
+        }
       }
-    }
-  return victim;
+    if (victim)
+      return victim;
+  }
+  return NULL;
 }
 
 tly_conn_t *tly_conn_open(tly_conn_table_t *table, int fd, const void *client,
@@ -225,6 +260,7 @@ tly_conn_t *tly_conn_open(tly_conn_table_t *table, int fd, const void *client,
     return NULL;
   }
   conn->table = table;
+  conn->in_list = -1;
   conn->fd = fd;
   conn->phase = TLY_CONN_AWAITING;
   conn->ready_ms = conn->phase_ms = now_ms;
@@ -235,12 +271,12 @@ tly_conn_t *tly_conn_open(tly_conn_table_t *table, int fd, const void *client,
   conn->client->refs++;
   conn->client->live++;
   table->live++;
-  await_append(conn);
+  list_append(conn);
 
   const tly_conn_limits_t *limits = &table->limits;
   if (limits->max_per_client > 0 &&
       conn->client->live > (size_t)limits->max_per_client) {
-    tly_conn_t *victim = oldest_awaiting(conn->client, conn);
+    tly_conn_t *victim = client_victim(conn->client, conn);
     close_conn(table, victim ? victim : conn, TLY_CONN_CLOSED_CLIENT_LIMIT);
   }
   if (table->live > (size_t)limits->max_connections) {
@@ -256,7 +292,7 @@ void tly_conn_closed(tly_conn_table_t *table, tly_conn_t *conn) {
     return;
   pthread_mutex_lock(&table->lock);
   if (!conn->closed_by_guard) {
-    await_remove(conn);
+    list_remove(conn);
     conn->client->live--;
     table->live--;
   }
@@ -276,19 +312,13 @@ void tly_conn_phase(tly_conn_table_t *table, tly_conn_t *conn,
   if (!conn)
     return;
   pthread_mutex_lock(&table->lock);
-  if (phase != conn->phase) {
-    conn->phase = phase;
-    conn->phase_ms = now_ms;
-  }
-  if (phase == TLY_CONN_AWAITING) {
-    /* A new request may come: its deadline runs from now, and it queues
-     * behind the client's older awaiting connections. */
+  conn->phase = phase;
+  conn->phase_ms = now_ms;
+  /* Awaiting again (keep-alive): a new request may come, its deadline runs
+   * from now. */
+  if (phase == TLY_CONN_AWAITING)
     conn->ready_ms = now_ms;
-    await_remove(conn);
-    await_append(conn);
-  } else {
-    await_remove(conn);
-  }
+  list_append(conn); /* the newest of its phase */
   pthread_mutex_unlock(&table->lock);
 }
 

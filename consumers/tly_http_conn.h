@@ -21,15 +21,16 @@
  *     past its deadline is closed without an answer.
  *   - a per-client cap (max_per_client connections from one address, 0:
  *     none). A client's connection past it closes that client's own oldest
- *     awaiting connection, or itself when all of them have a request in
- *     progress.
+ *     connection that is awaiting, else its oldest one still sending a
+ *     body, else (all of them suspended or being answered) itself.
  *   - a connection cap (max_connections). A connection past it closes the
  *     oldest awaiting connection of the client holding the most
- *     connections, or itself when no connection is awaiting.
- * Only awaiting connections (nothing of a request received yet, or headers
- * still arriving) are ever evicted: a request in progress is never cut for
- * a newcomer. A legitimate client sends its headers in milliseconds, so
- * it is never the oldest awaiting connection for long.
+ *     connections; when no client has one awaiting, the oldest one still
+ *     sending a body of the client holding the most; else itself.
+ * Awaiting connections go first: a legitimate client sends its headers in
+ * milliseconds, so it is never the oldest awaiting one for long. A request
+ * suspended for Kafka, an owner or Stripe, or whose answer is being read,
+ * is never cut for a newcomer (each is bounded by its own timeout).
  *
  * "Closing" is shutdown(2) of the socket (libmicrohttpd then sees the end
  * of the stream and closes the connection on its own thread). It is done

@@ -60,23 +60,28 @@ static void test_client_cap_closes_the_clients_oldest_idle(void **state) {
   conn[5] = tly_conn_open(table, 5, client_a, 4, 4);
   assert_int_equal(closes.count, 1);
   assert_true(closed_for(&closes, 1, TLY_CONN_CLOSED_CLIENT_LIMIT));
-  /* A request in progress is never cut: 3 is busy, 4 is the oldest idle. */
+  /* An idle one goes before one sending its body: 3 sends, 4 is idle. */
   tly_conn_phase(table, conn[3], TLY_CONN_BODY, 5);
   conn[6] = tly_conn_open(table, 6, client_a, 4, 6);
   assert_true(closed_for(&closes, 4, TLY_CONN_CLOSED_CLIENT_LIMIT));
-  /* All of A's busy: the newcomer itself is closed. */
+  /* None of A's idle: its body still arriving goes (A is over its own
+   * cap; B is never touched). */
   tly_conn_phase(table, conn[5], TLY_CONN_WAITING, 7);
   tly_conn_phase(table, conn[6], TLY_CONN_ANSWERING, 7);
   conn[7] = tly_conn_open(table, 7, client_a, 4, 8);
-  assert_true(closed_for(&closes, 7, TLY_CONN_CLOSED_CLIENT_LIMIT));
-  assert_int_equal(closes.count, 3);
+  assert_true(closed_for(&closes, 3, TLY_CONN_CLOSED_CLIENT_LIMIT));
+  /* All of A's suspended or answered: the newcomer itself is closed. */
+  tly_conn_phase(table, conn[7], TLY_CONN_WAITING, 9);
+  conn[8] = tly_conn_open(table, 8, client_a, 4, 10);
+  assert_true(closed_for(&closes, 8, TLY_CONN_CLOSED_CLIENT_LIMIT));
+  assert_int_equal(closes.count, 4);
   assert_int_equal(closes.closed[2], 0);
   tly_conn_stats_t stats;
   tly_conn_stats(table, &stats);
-  assert_int_equal(stats.open, 4); /* 2, 3, 5, 6 */
-  assert_int_equal(stats.closed[TLY_CONN_CLOSED_CLIENT_LIMIT], 3);
+  assert_int_equal(stats.open, 4); /* 2, 5, 6, 7 */
+  assert_int_equal(stats.closed[TLY_CONN_CLOSED_CLIENT_LIMIT], 4);
   /* libmicrohttpd reports them closed; nothing counts twice. */
-  for (int fd = 1; fd <= 7; fd++)
+  for (int fd = 1; fd <= 8; fd++)
     tly_conn_closed(table, conn[fd]);
   tly_conn_stats(table, &stats);
   assert_int_equal(stats.open, 0);
@@ -104,8 +109,8 @@ static void test_connection_cap_closes_the_heaviest_clients_idle(void **state) {
   conn[7] = tly_conn_open(table, 7, client_c, 4, 6);
   assert_int_equal(closes.count, 1);
   assert_true(closed_for(&closes, 2, TLY_CONN_CLOSED_CONNECTION_LIMIT));
-  /* A's remaining ones busy: B (2 connections) is now the heaviest with an
-   * idle one. */
+  /* A's remaining ones send bodies: an idle one goes first, so B's (the
+   * heaviest client with an idle one). */
   for (int fd = 3; fd <= 5; fd++)
     tly_conn_phase(table, conn[fd], TLY_CONN_BODY, 7);
   conn[8] = tly_conn_open(table, 8, client_c, 4, 8);
@@ -115,12 +120,19 @@ static void test_connection_cap_closes_the_heaviest_clients_idle(void **state) {
   tly_conn_phase(table, conn[7], TLY_CONN_ANSWERING, 9);
   conn[9] = tly_conn_open(table, 9, client_c, 4, 10);
   assert_true(closed_for(&closes, 8, TLY_CONN_CLOSED_CONNECTION_LIMIT));
-  /* Nobody idle but the newcomer: it is closed. */
-  tly_conn_phase(table, conn[9], TLY_CONN_BODY, 11);
+  /* Nobody idle but the newcomer: the oldest body of the heaviest client
+   * (A: 3, 4, 5) goes. */
+  tly_conn_phase(table, conn[9], TLY_CONN_WAITING, 11);
   conn[10] = tly_conn_open(table, 10, client_b, 4, 12);
-  assert_true(closed_for(&closes, 10, TLY_CONN_CLOSED_CONNECTION_LIMIT));
-  assert_int_equal(closes.count, 4);
-  for (int fd = 1; fd <= 10; fd++)
+  assert_true(closed_for(&closes, 3, TLY_CONN_CLOSED_CONNECTION_LIMIT));
+  /* Nothing idle, no body: the newcomer itself is closed. */
+  tly_conn_phase(table, conn[4], TLY_CONN_WAITING, 13);
+  tly_conn_phase(table, conn[5], TLY_CONN_ANSWERING, 13);
+  tly_conn_phase(table, conn[10], TLY_CONN_WAITING, 13);
+  conn[11] = tly_conn_open(table, 11, client_b, 4, 14);
+  assert_true(closed_for(&closes, 11, TLY_CONN_CLOSED_CONNECTION_LIMIT));
+  assert_int_equal(closes.count, 5);
+  for (int fd = 1; fd <= 11; fd++)
     tly_conn_closed(table, conn[fd]);
   tly_conn_table_free(table);
 }
