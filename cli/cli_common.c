@@ -62,9 +62,10 @@ int cli_parse_int(const char *command, const char *flag, const char *text,
     *out = value;
     return 0;
   }
-  fprintf(stderr, "tally %s: --%s %s: must be an integer from %lld to %lld%s%s\n",
-          command, flag, text ? text : "(none)", (long long)min,
-          (long long)max, hint ? " " : "", hint ? hint : "");
+  fprintf(stderr,
+          "tally %s: --%s %s: must be an integer from %lld to %lld%s%s\n",
+          command, flag, text ? text : "(none)", (long long)min, (long long)max,
+          hint ? " " : "", hint ? hint : "");
   return -1;
 }
 

@@ -173,8 +173,7 @@ int cmd_dev(int argc, char **argv) {
       bconf.partitions = (int)number;
       break;
     case 'r':
-      if (cli_parse_int("dev", "demo-rate", optarg, 1, 1000000, NULL,
-                        &number))
+      if (cli_parse_int("dev", "demo-rate", optarg, 1, 1000000, NULL, &number))
         return 2;
       demo.rate = (int)number;
       break;

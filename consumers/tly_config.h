@@ -148,9 +148,9 @@ typedef struct {
   int64_t max_url_bytes;  /* default TLY_HTTP_DEFAULT_MAX_URL_BYTES */
   int64_t max_connections;        /* 16 .. 1,000,000 */
   int64_t max_connections_per_ip; /* 0 .. max_connections; 0: no cap */
-  int64_t header_timeout_ms;  /* awaiting -> headers in; 100 .. 600,000 */
-  int64_t request_timeout_ms; /* awaiting -> body in, and an answer's
-                                 reading; header_timeout_ms .. 3,600,000 */
+  int64_t header_timeout_ms;      /* awaiting -> headers in; 100 .. 600,000 */
+  int64_t request_timeout_ms;     /* awaiting -> body in, and an answer's
+                                     reading; header_timeout_ms .. 3,600,000 */
 } tly_http_config_t;
 
 /* How long the usage history keeps what it holds ("retention"), in days of

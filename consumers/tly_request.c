@@ -162,8 +162,7 @@ int tly_req_decode_segment(const char *segment, size_t len, char *out,
                           "subject: must not contain NUL");
     if (n + 1 >= out_size)
       return tly_req_fail(err, 400, "bad_subject", "subject",
-                          "subject: longer than %d bytes",
-                          TLY_REQ_SUBJECT_MAX);
+                          "subject: longer than %d bytes", TLY_REQ_SUBJECT_MAX);
     out[n++] = (char)byte;
   }
   out[n] = '\0';
@@ -652,7 +651,8 @@ json_t *tly_req_daily_json(const tly_config_t *config,
          j++) {
       const tly_bucket_t *hour = &sorted[j]->totals;
       sum.quantity = tly_add_saturating(sum.quantity, hour->quantity);
-      sum.input_tokens = tly_add_saturating(sum.input_tokens, hour->input_tokens);
+      sum.input_tokens =
+          tly_add_saturating(sum.input_tokens, hour->input_tokens);
       sum.output_tokens =
           tly_add_saturating(sum.output_tokens, hour->output_tokens);
       sum.event_count = tly_add_saturating(sum.event_count, hour->event_count);
@@ -1166,8 +1166,8 @@ static void parse_one_event(const tly_config_t *config, const json_t *object,
     tly_event_clear(&item->event);
     return;
   }
-  if (check_subject(item->event.subject_kind, item->event.subject_id,
-                    "subject", &item->error)) {
+  if (check_subject(item->event.subject_kind, item->event.subject_id, "subject",
+                    &item->error)) {
     snprintf(item->error.code, sizeof(item->error.code), "invalid_event");
     tly_event_clear(&item->event);
     return;

@@ -348,8 +348,8 @@ static int window_total(tly_stripe_emitter_t *e, const subject_t *subject,
       snprintf(errstr, errstr_size, "stored usage history is corrupt");
       return -1;
     }
-    *total = tly_add_saturating(*total,
-                                meter_quantity(meter, buckets, count, hour));
+    *total =
+        tly_add_saturating(*total, meter_quantity(meter, buckets, count, hour));
     free(buckets);
   }
   return 0;
