@@ -29,6 +29,7 @@
 #include "tly_http_conn.h"
 #include "tly_log.h"
 #include "tly_request.h"
+#include "tly_request_subject.h"
 #include "tly_state.h"
 #include "tly_state_cache.h"
 #include "tly_stripe_portal.h"

@@ -13,6 +13,7 @@
 
 #include "tly_billing.h"
 #include "tly_event_json.h"
+#include "tly_request_subject.h"
 #include "tly_sat.h"
 
 #include <ctype.h>
@@ -132,120 +133,6 @@ static const tly_plan_t *get_plan(const tly_config_t *config,
 
 /* ---- subjects and features --------------------------------------------- */
 
-static int hex_digit(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
-int tly_req_decode_segment(const char *segment, size_t len, char *out,
-                           size_t out_size, tly_req_error_t *err) {
-  size_t n = 0;
-  for (size_t i = 0; i < len; i++) {
-    unsigned char byte = (unsigned char)segment[i];
-    if (byte == '%') {
-      if (len - i < 3 || hex_digit(segment[i + 1]) < 0 ||
-          hex_digit(segment[i + 2]) < 0)
-        return tly_req_fail(err, 400, "bad_subject", "subject",
-                            "subject: '%%' must be followed by two hex "
-                            "digits (percent-encoding)");
-      byte = (unsigned char)(hex_digit(segment[i + 1]) * 16 +
-                             hex_digit(segment[i + 2]));
-      i += 2;
-    }
-    if (byte == 0)
-      return tly_req_fail(err, 400, "bad_subject", "subject",
-                          "subject: must not contain NUL");
-    if (n + 1 >= out_size)
-      return tly_req_fail(err, 400, "bad_subject", "subject",
-                          "subject: longer than %d bytes", TLY_REQ_SUBJECT_MAX);
-    out[n++] = (char)byte;
-  }
-  out[n] = '\0';
-  return 0;
-}
-
-/* The length of the well-formed UTF-8 sequence at text[0..len), 0 when
- * there is none. */
-static size_t utf8_sequence(const unsigned char *p, size_t len) {
-  unsigned char c = p[0];
-  uint32_t code;
-  size_t extra;
-  if (c < 0x80)
-    return 1;
-  if (c >= 0xc2 && c <= 0xdf) {
-    extra = 1;
-    code = c & 0x1f;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    extra = 2;
-    code = c & 0x0f;
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    extra = 3;
-    code = c & 0x07;
-  } else {
-    return 0; /* a continuation byte first, an overlong lead, > U+10FFFF */
-  }
-  if (len <= extra)
-    return 0;
-  for (size_t k = 1; k <= extra; k++) {
-    if ((p[k] & 0xc0) != 0x80)
-      return 0;
-    code = (code << 6) | (p[k] & 0x3f);
-  }
-  if ((extra == 2 && code < 0x800) || (extra == 3 && code < 0x10000) ||
-      code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff))
-    return 0; /* overlong, out of range, or a surrogate */
-  return extra + 1;
-}
-
-int tly_req_utf8_valid(const char *text, size_t len) {
-  const unsigned char *p = (const unsigned char *)text;
-  for (size_t i = 0; i < len;) {
-    size_t n = utf8_sequence(p + i, len - i);
-    if (!n)
-      return 0;
-    i += n;
-  }
-  return 1;
-}
-
-void tly_req_utf8_sanitize(char *text) {
-  unsigned char *p = (unsigned char *)text;
-  size_t len = strlen(text);
-  for (size_t i = 0; i < len;) {
-    size_t n = utf8_sequence(p + i, len - i);
-    if (n) {
-      i += n;
-    } else {
-      p[i++] = '?';
-    }
-  }
-}
-
-/* The rules every subject the port takes follows, from a path or a body:
- * UTF-8 (the answers are JSON), and at most TLY_REQ_SUBJECT_MAX bytes as
- * "kind:id" (what the path can address). 0, or -1 (400 naming field). */
-static int check_subject(tly_subject_kind_t kind, const char *id,
-                         const char *field, tly_req_error_t *err) {
-  char key[TLY_REQ_SUBJECT_MAX + 16];
-  size_t id_len = strlen(id);
-  if (!tly_req_utf8_valid(id, id_len))
-    return tly_req_fail(err, 400, "bad_subject", field,
-                        "%s: not valid UTF-8 (percent-encode the UTF-8 "
-                        "bytes of the id)",
-                        field);
-  if (id_len > TLY_REQ_SUBJECT_MAX ||
-      tly_subject_key(kind, id, key, sizeof(key)) > TLY_REQ_SUBJECT_MAX)
-    return tly_req_fail(err, 400, "bad_subject", field,
-                        "%s: longer than %d bytes (as kind:id)", field,
-                        TLY_REQ_SUBJECT_MAX);
-  return 0;
-}
-
 int tly_req_parse_subject(const char *segment, tly_req_subject_t *out,
                           tly_req_error_t *err) {
   char errstr[256], *id = NULL;
@@ -263,7 +150,7 @@ int tly_req_parse_subject(const char *segment, tly_req_subject_t *out,
     return tly_req_fail(err, 400, "bad_subject", "subject",
                         "subject: the system subject has no usage");
   }
-  if (check_subject(out->kind, id, "subject", err)) {
+  if (tly_req_check_subject(out->kind, id, "subject", err)) {
     free(id);
     return -1;
   }
@@ -1166,7 +1053,7 @@ static void parse_one_event(const tly_config_t *config, const json_t *object,
     tly_event_clear(&item->event);
     return;
   }
-  if (check_subject(item->event.subject_kind, item->event.subject_id, "subject",
+  if (tly_req_check_subject(item->event.subject_kind, item->event.subject_id, "subject",
                     &item->error)) {
     snprintf(item->error.code, sizeof(item->error.code), "invalid_event");
     tly_event_clear(&item->event);

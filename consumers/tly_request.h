@@ -57,23 +57,6 @@ typedef struct {
 int tly_req_parse_subject(const char *segment, tly_req_subject_t *out,
                           tly_req_error_t *err);
 
-/* Percent-decodes the raw path segment segment[0..len) (RFC 3986: "%2F"
- * is "/", "%3A" ":"; '+' and everything else stay as they are) into out,
- * NUL-terminated. The port routes on the raw path, so a subject holding
- * '/', '?', '%' or '#' is reachable as
- * /v1/subjects/user%3Aa%2Fb/usage. 0, or -1 (400, field "subject") for a
- * '%' not followed by two hex digits, a NUL byte ("%00"), or a result of
- * out_size bytes or more. */
-int tly_req_decode_segment(const char *segment, size_t len, char *out,
-                           size_t out_size, tly_req_error_t *err);
-
-/* 1 when text[0..len) is well-formed UTF-8 (no overlong forms, surrogates
- * or code points past U+10FFFF), else 0. */
-int tly_req_utf8_valid(const char *text, size_t len);
-/* Replaces every byte of text that is not part of a well-formed UTF-8
- * sequence with '?', in place. */
-void tly_req_utf8_sanitize(char *text);
-
 /* 1 when some plan of the config has a limit or a price for feature. */
 int tly_req_feature_known(const tly_config_t *config, const char *feature);
 

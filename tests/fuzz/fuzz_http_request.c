@@ -18,6 +18,7 @@
  */
 #include "tly_config.h"
 #include "tly_request.h"
+#include "tly_request_subject.h"
 
 #include <stdint.h>
 #include <stdio.h>

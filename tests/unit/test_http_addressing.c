@@ -7,6 +7,7 @@
  */
 #include "tly_config.h"
 #include "tly_request.h"
+#include "tly_request_subject.h"
 #include "tly_sat.h"
 
 #include <jansson.h>
