@@ -42,6 +42,14 @@ cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
 const char *cli_broker_bootstrap(const cli_broker_t *broker);
 void cli_broker_stop(cli_broker_t *broker);
 
+/* A numeric flag's value: decimal digits with an optional leading '-',
+ * nothing else (no spaces, no "5x", no "1e3"), within [min, max]. 0, or -1
+ * after printing "tally <command>: --<flag> <text>: must be an integer
+ * from <min> to <max>" (plus hint, when not NULL) on stderr, so startup
+ * stops naming the flag. */
+int cli_parse_int(const char *command, const char *flag, const char *text,
+                  int64_t min, int64_t max, const char *hint, int64_t *out);
+
 /* Writes text to path atomically (write to path.tmp, rename), so a process
  * polling for the file never reads it half-written. 0 or -1. */
 int cli_write_file_atomic(const char *path, const char *text);

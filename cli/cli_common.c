@@ -45,6 +45,30 @@ int cli_properties_add(cli_properties_t *list, const char *property) {
   return 0;
 }
 
+int cli_parse_int(const char *command, const char *flag, const char *text,
+                  int64_t min, int64_t max, const char *hint, int64_t *out) {
+  const char *digits = text && *text == '-' ? text + 1 : text;
+  int64_t value = 0;
+  int ok = digits && *digits && strlen(digits) <= 19;
+  for (const char *p = digits; ok && *p; p++) {
+    int digit = *p - '0';
+    ok = digit >= 0 && digit <= 9 &&
+         !__builtin_mul_overflow(value, (int64_t)10, &value) &&
+         !__builtin_add_overflow(value, (int64_t)digit, &value);
+  }
+  if (ok && digits != text)
+    value = -value;
+  if (ok && value >= min && value <= max) {
+    *out = value;
+    return 0;
+  }
+  fprintf(stderr,
+          "tally %s: --%s %s: must be an integer from %lld to %lld%s%s\n",
+          command, flag, text ? text : "(none)", (long long)min, (long long)max,
+          hint ? " " : "", hint ? hint : "");
+  return -1;
+}
+
 int cli_write_file_atomic(const char *path, const char *text) {
   char tmp[4096];
   FILE *file;

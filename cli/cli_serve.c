@@ -24,9 +24,15 @@ int cli_parse_listen(const char *text, char *address, size_t address_size,
                      uint16_t *port) {
   const char *colon = strrchr(text, ':');
   const char *port_text = colon ? colon + 1 : text;
-  char *end;
-  long value = strtol(port_text, &end, 10);
-  if (!*port_text || *end || value < 0 || value > 65535)
+  long value = 0;
+  if (!*port_text || strlen(port_text) > 5)
+    return -1;
+  for (const char *p = port_text; *p; p++) {
+    if (*p < '0' || *p > '9')
+      return -1; /* digits only: no sign, no spaces */
+    value = value * 10 + (*p - '0');
+  }
+  if (value > 65535)
     return -1;
   *port = (uint16_t)value;
   if (colon && colon != text) {

@@ -23,16 +23,15 @@ int cmd_broker(int argc, char **argv) {
   const char *bootstrap_file = NULL;
   char errstr[512];
   int opt;
+  int64_t number;
 
   while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
     switch (opt) {
     case 'p':
-      conf.partitions = atoi(optarg);
-      if (conf.partitions < 1 || conf.partitions > 10000) {
-        fprintf(stderr, "tally broker: --partitions %s: expected 1..10000\n",
-                optarg);
+      if (cli_parse_int("broker", "partitions", optarg, 1, 10000, NULL,
+                        &number))
         return 2;
-      }
+      conf.partitions = (int)number;
       break;
     case 'f': bootstrap_file = optarg; break;
     case 't': conf.usage_topic = optarg; break;

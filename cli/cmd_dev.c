@@ -153,6 +153,7 @@ int cmd_dev(int argc, char **argv) {
   cli_broker_conf_t bconf = {.partitions = 16};
   demo_conf_t demo = {.subjects = 300, .rate = 200};
   int opt, with_demo = 0;
+  int64_t number;
   char errstr[512], api_key[64], api_key_sha256[TLY_SHA256_HEX_LEN + 1];
   pthread_t demo_thread;
 
@@ -166,9 +167,22 @@ int cmd_dev(int argc, char **argv) {
         return 2;
       }
       break;
-    case 'p': bconf.partitions = atoi(optarg); break;
-    case 'r': demo.rate = atoi(optarg); break;
-    case 'n': demo.subjects = atoi(optarg); break;
+    case 'p':
+      if (cli_parse_int("dev", "partitions", optarg, 1, 10000, NULL, &number))
+        return 2;
+      bconf.partitions = (int)number;
+      break;
+    case 'r':
+      if (cli_parse_int("dev", "demo-rate", optarg, 1, 1000000, NULL, &number))
+        return 2;
+      demo.rate = (int)number;
+      break;
+    case 'n':
+      if (cli_parse_int("dev", "demo-subjects", optarg, 1, 1000000, NULL,
+                        &number))
+        return 2;
+      demo.subjects = (int)number;
+      break;
     case 'c': conf.config_path = optarg; break;
     case 'A': conf.advertise = optarg; break;
     case 'h':

@@ -18,18 +18,20 @@ static void usage(FILE *out) {
           "                          (default http://127.0.0.1:<port>)\n"
           "  --instance-id ID        announced on tally.members (default\n"
           "                          <hostname>-<host:port of --advertise>)\n"
-          "  --members-heartbeat-ms N  announce this often (default 2000; silent\n"
-          "                          for 3 heartbeats = gone)\n"
+          "  --members-heartbeat-ms N  announce this often (default 2000,\n"
+          "                          100..600000; silent for 3 heartbeats = gone)\n"
           "  --group ID              consumer group (default tally)\n"
           "  --topic NAME            usage topic (default tally.usage)\n"
           "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
-          "  --batch-events N        max events per commit (default 400000)\n"
-          "  --batch-ms N            max ms per commit (default 100)\n"
+          "  --batch-events N        max events per commit (default 400000;\n"
+          "                          1..10000000)\n"
+          "  --batch-ms N            max ms per commit (default 100; 1..60000)\n"
           "  --config FILE           plans, prices, thresholds (default: built in)\n"
           "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"
           "  --changelog-topic NAME  state changelog (default tally.changelog;\n"
           "                          \"\" = none: moved partitions replay the input)\n"
-          "  --tick-interval-ms N    write Tick events this often (default 60000, 0 = never)\n"
+          "  --tick-interval-ms N    write Tick events this often (default 60000,\n"
+          "                          0 = never; at most 86400000)\n"
           "  --api-key-sha256 HEX    accept the API key with this SHA-256 (hex) as\n"
           "                          a bearer token; repeatable, adds to the config's\n"
           "                          http.api_keys\n"
@@ -66,6 +68,7 @@ int cmd_run(int argc, char **argv) {
                            .http_port = 8080,
                            .tick_interval_ms = 60000};
   int opt;
+  int64_t number;
 
   while ((opt = getopt_long(argc, argv, "b:s:X:h", options, NULL)) != -1) {
     switch (opt) {
@@ -81,12 +84,25 @@ int cmd_run(int argc, char **argv) {
     case 'g': conf.group_id = optarg; break;
     case 't': conf.usage_topic = optarg; break;
     case 'd': conf.dlq_topic = optarg; break;
-    case 'e': conf.batch_max_events = atoi(optarg); break;
-    case 'm': conf.batch_max_ms = atoi(optarg); break;
+    case 'e':
+      if (cli_parse_int("run", "batch-events", optarg, 1, 10000000, NULL,
+                        &number))
+        return 2;
+      conf.batch_max_events = (int)number;
+      break;
+    case 'm':
+      if (cli_parse_int("run", "batch-ms", optarg, 1, 60000, NULL, &number))
+        return 2;
+      conf.batch_max_ms = (int)number;
+      break;
     case 'c': conf.config_path = optarg; break;
     case 'a': conf.alerts_topic = optarg; break;
     case 'C': conf.changelog_topic = optarg; break;
-    case 'T': conf.tick_interval_ms = atoll(optarg); break;
+    case 'T':
+      if (cli_parse_int("run", "tick-interval-ms", optarg, 0, 86400000,
+                        "(0 = no ticks)", &conf.tick_interval_ms))
+        return 2;
+      break;
     case 'K':
       if (cli_serve_add_api_key(&conf, optarg))
         return 2;
@@ -94,7 +110,11 @@ int cmd_run(int argc, char **argv) {
     case 'N': conf.no_auth = 1; break;
     case 'A': conf.advertise = optarg; break;
     case 'I': conf.instance_id = optarg; break;
-    case 'M': conf.members_heartbeat_ms = atoll(optarg); break;
+    case 'M':
+      if (cli_parse_int("run", "members-heartbeat-ms", optarg, 100, 600000,
+                        NULL, &conf.members_heartbeat_ms))
+        return 2;
+      break;
     case 'X':
       if (cli_properties_add(&properties, optarg))
         return 2;

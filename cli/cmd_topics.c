@@ -19,17 +19,15 @@ int cmd_topics(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   int opt, input_partitions = 0;
+  int64_t number;
 
   while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
     switch (opt) {
     case 'p':
-      input_partitions = atoi(optarg);
-      if (input_partitions < 1) {
-        fprintf(stderr,
-                "tally topics: --partitions %s: expected a count >= 1\n",
-                optarg);
+      if (cli_parse_int("topics", "partitions", optarg, 1, 100000, NULL,
+                        &number))
         return 2;
-      }
+      input_partitions = (int)number;
       break;
     case 'h':
       printf("usage: tally topics [--partitions N]\n"

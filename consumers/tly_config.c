@@ -252,6 +252,10 @@ tly_config_t *tly_config_default(void) {
   config->http.metrics_public = 1;
   config->http.max_body_bytes = TLY_HTTP_DEFAULT_MAX_BODY_BYTES;
   config->http.max_url_bytes = TLY_HTTP_DEFAULT_MAX_URL_BYTES;
+  config->http.max_connections = TLY_HTTP_DEFAULT_MAX_CONNECTIONS;
+  config->http.max_connections_per_ip = TLY_HTTP_DEFAULT_MAX_CONNECTIONS_PER_IP;
+  config->http.header_timeout_ms = TLY_HTTP_DEFAULT_HEADER_TIMEOUT_MS;
+  config->http.request_timeout_ms = TLY_HTTP_DEFAULT_REQUEST_TIMEOUT_MS;
   config->retention.daily_days = TLY_DEFAULT_RETENTION_DAYS;
   config->retention.alerts_days = TLY_DEFAULT_RETENTION_DAYS;
   config->events.max_future_skew_ms = TLY_DEFAULT_MAX_FUTURE_SKEW_MS;
@@ -1084,10 +1088,35 @@ static int apply_http(tly_config_t *config, json_t *section, tly_err_t *err) {
       if (parse_int(err, path, value, 256, 16384,
                     &config->http.max_url_bytes) != 0)
         return -1;
+    } else if (strcmp(key, "max_connections") == 0) {
+      if (parse_int(err, path, value, 16, 1000000,
+                    &config->http.max_connections) != 0)
+        return -1;
+    } else if (strcmp(key, "max_connections_per_ip") == 0) {
+      if (parse_int(err, path, value, 0, 1000000,
+                    &config->http.max_connections_per_ip) != 0)
+        return -1;
+    } else if (strcmp(key, "header_timeout_ms") == 0) {
+      if (parse_int(err, path, value, 100, 600000,
+                    &config->http.header_timeout_ms) != 0)
+        return -1;
+    } else if (strcmp(key, "request_timeout_ms") == 0) {
+      if (parse_int(err, path, value, 100, 3600000,
+                    &config->http.request_timeout_ms) != 0)
+        return -1;
     } else {
       return fail(err, path, "unknown key");
     }
   }
+  /* Checked once the section is read, whatever the keys' order. */
+  if (config->http.max_connections_per_ip > config->http.max_connections)
+    return fail(err, "http.max_connections_per_ip",
+                "must be at most http.max_connections (%lld)",
+                (long long)config->http.max_connections);
+  if (config->http.request_timeout_ms < config->http.header_timeout_ms)
+    return fail(err, "http.request_timeout_ms",
+                "must be at least http.header_timeout_ms (%lld)",
+                (long long)config->http.header_timeout_ms);
   return 0;
 }
 

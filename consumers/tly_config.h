@@ -33,7 +33,13 @@
  *     "api_keys": [{"name": "svc", "sha256": "<64 hex: SHA-256 of the key>"}],
  *     "metrics_public": true,                // /metrics without a token
  *     "max_body_bytes": 1048576,             // larger bodies: 413
- *     "max_url_bytes": 4096                  // longer request targets: 414
+ *     "max_url_bytes": 4096,                 // longer request targets: 414
+ *     "max_connections": 1024,               // open connections, at most;
+ *     "max_connections_per_ip": 256,         //   from one address (0: any);
+ *                                            //   past either, the oldest
+ *                                            //   idle one is closed
+ *     "header_timeout_ms": 10000,            // idle/accept -> headers in
+ *     "request_timeout_ms": 30000            // idle/accept -> body in
  *   },
  *   "stripe": {                              // webhooks, portal, reporting
  *     "api_base": "https://api.stripe.com",
@@ -133,12 +139,23 @@ typedef struct {
  * are ever held (see tly_auth.h). */
 #define TLY_HTTP_DEFAULT_MAX_BODY_BYTES 1048576
 #define TLY_HTTP_DEFAULT_MAX_URL_BYTES 4096
+/* Connections (tly_http_conn.h): the cap on open connections, the cap per
+ * client address (0: none), and the read deadlines of a request. */
+#define TLY_HTTP_DEFAULT_MAX_CONNECTIONS 1024
+#define TLY_HTTP_DEFAULT_MAX_CONNECTIONS_PER_IP 256
+#define TLY_HTTP_DEFAULT_HEADER_TIMEOUT_MS 10000
+#define TLY_HTTP_DEFAULT_REQUEST_TIMEOUT_MS 30000
 typedef struct {
   size_t api_key_count;
   tly_api_key_t *api_keys;
   int metrics_public;     /* default 1 */
   int64_t max_body_bytes; /* default TLY_HTTP_DEFAULT_MAX_BODY_BYTES */
   int64_t max_url_bytes;  /* default TLY_HTTP_DEFAULT_MAX_URL_BYTES */
+  int64_t max_connections;        /* 16 .. 1,000,000 */
+  int64_t max_connections_per_ip; /* 0 .. max_connections; 0: no cap */
+  int64_t header_timeout_ms;      /* awaiting -> headers in; 100 .. 600,000 */
+  int64_t request_timeout_ms;     /* awaiting -> body in, and an answer's
+                                     reading; header_timeout_ms .. 3,600,000 */
 } tly_http_config_t;
 
 /* How long the usage history keeps what it holds ("retention"), in days of

@@ -14,6 +14,11 @@
  * thread; the last delivery report resumes it and the answer (202 only when
  * Kafka acknowledged every good event) is queued on the third phase.
  *
+ * Routes match the raw request path (still percent-encoded); only the
+ * {subject} segment is decoded (tly_req_decode_segment), so a subject may
+ * hold a '/' sent as %2F. Connections are guarded by tly_http_conn.h: caps
+ * per client and in all, and read deadlines no slow drip can extend.
+ *
  * Errors are {"error": {"code": ..., "message": ..., "field": ...}}.
  */
 #include "tly_http.h"
@@ -21,8 +26,10 @@
 #include "tally_producer.h"
 #include "tly_auth.h"
 #include "tly_forward.h"
+#include "tly_http_conn.h"
 #include "tly_log.h"
 #include "tly_request.h"
+#include "tly_request_subject.h"
 #include "tly_state.h"
 #include "tly_state_cache.h"
 #include "tly_stripe_portal.h"
@@ -82,6 +89,7 @@ typedef struct {
 struct tly_http {
   tly_http_conf_t conf;
   struct MHD_Daemon *daemon;
+  tly_http_guard_t *guard; /* connection caps and read deadlines */
   uint16_t port;
   tly_state_cache_t *cache;
   /* Decodes the stored alerts for /alerts (a codec is not thread-safe). */
@@ -145,6 +153,14 @@ static void respond_json(response_t *out, int status, json_t *body) {
 
 static json_t *error_json(const char *code, const char *message,
                           const char *field) {
+  /* A message quoting client bytes cut at a length bound may end inside a
+   * UTF-8 sequence, which JSON cannot carry: such bytes become '?'. */
+  char safe[1024];
+  if (!tly_req_utf8_valid(message, strlen(message))) {
+    snprintf(safe, sizeof(safe), "%s", message);
+    tly_req_utf8_sanitize(safe);
+    message = safe;
+  }
   json_t *error = json_pack("{s:s,s:s}", "code", code, "message", message);
   if (error && field && *field)
     json_object_set_new(error, "field", json_string(field));
@@ -381,6 +397,24 @@ static void metrics_http(tly_http_t *http, text_t *text) {
               (unsigned long long)atomic_load(&http->forwards_relayed),
               (unsigned long long)atomic_load(&http->forwards_failed),
               (unsigned long long)atomic_load(&http->forwards_refused));
+  tly_conn_stats_t conns;
+  tly_http_guard_stats(http->guard, &conns);
+  text_append(text,
+              "# HELP tally_http_connections_open HTTP connections open "
+              "(http.max_connections at most).\n# TYPE "
+              "tally_http_connections_open gauge\n"
+              "tally_http_connections_open %llu\n"
+              "# HELP tally_http_connections_closed_total HTTP connections "
+              "the port closed itself, by reason: a read deadline "
+              "(http.header_timeout_ms, http.request_timeout_ms) or a cap "
+              "(http.max_connections_per_ip, http.max_connections).\n"
+              "# TYPE tally_http_connections_closed_total counter\n",
+              (unsigned long long)conns.open);
+  for (int r = 0; r < TLY_CONN_CLOSED_REASONS; r++)
+    text_append(text,
+                "tally_http_connections_closed_total{reason=\"%s\"} %llu\n",
+                tly_conn_closed_reason_name((tly_conn_closed_reason_t)r),
+                (unsigned long long)conns.closed[r]);
 }
 
 /* A Prometheus histogram: cumulative buckets with bounds in ms, +Inf (the
@@ -1304,41 +1338,49 @@ size_t tly_http_routes(tly_http_route_info_t *out, size_t max) {
   return route_count;
 }
 
-/* 1: url is this route's path (a subject route copies the segment), 2: it
- * is, but the segment is too long to be a subject, 0: not this route. */
-static int route_matches(const route_t *route, const char *url, char *subject,
-                         size_t subject_size) {
+/* 1: path (raw: still percent-encoded) is this route's (a subject route
+ * percent-decodes the segment into subject), 2: it is, but the segment is
+ * no subject (err says why), 0: not this route. */
+static int route_matches(const route_t *route, const char *path,
+                         size_t path_len, char *subject, size_t subject_size,
+                         tly_req_error_t *err) {
   size_t prefix_len = strlen(route->prefix);
   if (!route->suffix)
-    return strcmp(url, route->prefix) == 0;
-  if (strncmp(url, route->prefix, prefix_len) != 0)
+    return path_len == prefix_len && memcmp(path, route->prefix, path_len) == 0;
+  if (path_len <= prefix_len || memcmp(path, route->prefix, prefix_len) != 0)
     return 0;
-  const char *segment = url + prefix_len;
-  const char *slash = strchr(segment, '/');
-  if (!slash || slash == segment || strcmp(slash, route->suffix) != 0)
+  const char *segment = path + prefix_len;
+  const char *slash = memchr(segment, '/', path_len - prefix_len);
+  size_t suffix_len = strlen(route->suffix);
+  if (!slash || slash == segment ||
+      (size_t)(path + path_len - slash) != suffix_len ||
+      memcmp(slash, route->suffix, suffix_len) != 0)
     return 0;
-  size_t len = (size_t)(slash - segment);
-  if (len >= subject_size)
+  if (tly_req_decode_segment(segment, (size_t)(slash - segment), subject,
+                             subject_size, err))
     return 2;
-  memcpy(subject, segment, len);
-  subject[len] = '\0';
   return 1;
 }
 
-/* Finds the route of (url, method): its index, or -1 with out filled. */
+/* Finds the route of (method, the raw path of the request target): its
+ * index, or -1 with out filled. Routing on the raw path is what lets a
+ * subject hold a '/' (sent as %2F). */
 static int find_route(const char *url, const char *method, request_t *req,
                       response_t *out) {
   int path_known = 0;
+  const char *path = req->target ? req->target : url;
+  size_t path_len = strcspn(path, "?#");
   for (size_t i = 0; i < route_count; i++) {
-    int match =
-        route_matches(&routes[i], url, req->subject, sizeof(req->subject));
+    tly_req_error_t err;
+    int match = route_matches(&routes[i], path, path_len, req->subject,
+                              sizeof(req->subject), &err);
     if (!match)
       continue;
     path_known = 1;
     if (strcmp(method, routes[i].method) != 0)
       continue;
     if (match == 2) {
-      respond_error(out, 400, "bad_subject", "subject: too long");
+      respond_req_error(out, &err);
       return -1;
     }
     return (int)i;
@@ -1645,8 +1687,10 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
   switch (req->phase) {
   case PHASE_HEADERS:
     req->phase = PHASE_BODY;
-    if (!begin_request(http, req, connection, url, method, &out))
+    if (!begin_request(http, req, connection, url, method, &out)) {
+      tly_http_guard_phase(connection, TLY_CONN_BODY);
       return MHD_YES;
+    }
     break;
   case PHASE_BODY:
     if (*upload_data_size) {
@@ -1689,9 +1733,12 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
     req->ingest = NULL;
     break;
   }
-  if (out.suspended)
+  if (out.suspended) {
+    tly_http_guard_phase(connection, TLY_CONN_WAITING);
     return MHD_YES;
+  }
   req->answered = 1;
+  tly_http_guard_phase(connection, TLY_CONN_ANSWERING);
   return queue_answer(http, req, connection, &out);
 }
 
@@ -1715,7 +1762,10 @@ static void *on_uri(void *cls, const char *uri,
 static void on_completed(void *cls, struct MHD_Connection *connection,
                          void **state, enum MHD_RequestTerminationCode code) {
   request_t *req = *state;
-  (void)cls, (void)connection, (void)code;
+  (void)cls, (void)code;
+  /* The connection may carry another request now (keep-alive): its
+   * header deadline runs from here. */
+  tly_http_guard_phase(connection, TLY_CONN_AWAITING);
   if (!req)
     return;
   ingest_free(req->ingest); /* only when the client went away meanwhile */
@@ -1765,8 +1815,10 @@ static void http_free(tly_http_t *http) {
     tally_producer_flush(http->producer, INGEST_TIMEOUT_MS + 5000);
   tly_stripe_portal_close(http->portal); /* its calls resume connections */
   tly_forward_close(http->forward);      /* so do forwards */
+  tly_http_guard_stop(http->guard);
   if (http->daemon)
     MHD_stop_daemon(http->daemon);
+  tly_http_guard_free(http->guard); /* every connection is closed now */
   tly_stripe_portal_destroy(http->portal);
   tly_forward_destroy(http->forward);
   if (http->poller_started)
@@ -1819,12 +1871,20 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
       !(http->portal =
             tly_stripe_portal_new(&conf->config->stripe, errstr, errstr_size)))
     goto fail;
+  http->guard = tly_http_guard_new(&conf->config->http, errstr, errstr_size);
+  if (!http->guard)
+    goto fail;
+  unsigned threads = conf->threads ? conf->threads : 2u;
+  /* libmicrohttpd's own limit and timeout are backstops: the guard closes
+   * connections before either is reached (tly_http_conn.h). */
   http->daemon = MHD_start_daemon(
       MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
           MHD_USE_ERROR_LOG,
       conf->port, NULL, NULL, handle_request, http, MHD_OPTION_SOCK_ADDR, &addr,
-      MHD_OPTION_THREAD_POOL_SIZE, conf->threads ? conf->threads : 2u,
-      MHD_OPTION_CONNECTION_LIMIT, 1000u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
+      MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
+      tly_http_guard_mhd_connection_limit(http->guard, threads),
+      MHD_OPTION_CONNECTION_TIMEOUT, tly_http_guard_mhd_timeout_s(http->guard),
+      MHD_OPTION_NOTIFY_CONNECTION, tly_http_guard_notify, http->guard,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
       MHD_OPTION_URI_LOG_CALLBACK, on_uri, http, MHD_OPTION_NOTIFY_COMPLETED,
       on_completed, http, MHD_OPTION_END);
@@ -1833,6 +1893,8 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
              (unsigned)conf->port);
     goto fail;
   }
+  if (tly_http_guard_start(http->guard, errstr, errstr_size))
+    goto fail;
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(http->daemon, MHD_DAEMON_INFO_BIND_PORT);
   http->port = info ? info->port : conf->port;

@@ -14,6 +14,8 @@
 #include "tly_billing.h"
 #include "tly_event_json.h"
 #include "tly_event_time.h"
+#include "tly_request_subject.h"
+#include "tly_sat.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -138,12 +140,20 @@ int tly_req_parse_subject(const char *segment, tly_req_subject_t *out,
   if (!segment || strlen(segment) > TLY_REQ_SUBJECT_MAX)
     return tly_req_fail(err, 400, "bad_subject", "subject",
                         "subject: longer than %d bytes", TLY_REQ_SUBJECT_MAX);
+  if (!tly_req_utf8_valid(segment, strlen(segment)))
+    return tly_req_fail(err, 400, "bad_subject", "subject",
+                        "subject: not valid UTF-8 (percent-encode the UTF-8 "
+                        "bytes of the id)");
   if (tly_subject_parse(segment, &out->kind, &id, errstr, sizeof(errstr)))
     return tly_req_fail(err, 400, "bad_subject", "subject", "%s", errstr);
   if (out->kind == TLY_SUBJECT_SYSTEM) {
     free(id);
     return tly_req_fail(err, 400, "bad_subject", "subject",
                         "subject: the system subject has no usage");
+  }
+  if (tly_req_check_subject(out->kind, id, "subject", err)) {
+    free(id);
+    return -1;
   }
   snprintf(out->id, sizeof(out->id), "%s", id);
   tly_subject_key(out->kind, id, out->key, sizeof(out->key));
@@ -529,14 +539,17 @@ json_t *tly_req_daily_json(const tly_config_t *config,
     for (; j < n && tly_req_day_of_hour(sorted[j]->hour) == number &&
            strcmp(sorted[j]->feature, sorted[i]->feature) == 0;
          j++) {
-      sum.quantity += sorted[j]->totals.quantity;
-      sum.input_tokens += sorted[j]->totals.input_tokens;
-      sum.output_tokens += sorted[j]->totals.output_tokens;
-      sum.event_count += sorted[j]->totals.event_count;
-      sum.cost_micros += sorted[j]->totals.cost_micros;
+      const tly_bucket_t *hour = &sorted[j]->totals;
+      sum.quantity = tly_add_saturating(sum.quantity, hour->quantity);
+      sum.input_tokens =
+          tly_add_saturating(sum.input_tokens, hour->input_tokens);
+      sum.output_tokens =
+          tly_add_saturating(sum.output_tokens, hour->output_tokens);
+      sum.event_count = tly_add_saturating(sum.event_count, hour->event_count);
+      sum.cost_micros = tly_add_saturating(sum.cost_micros, hour->cost_micros);
     }
     json_object_set_new(features, sorted[i]->feature, bucket_entry(&sum));
-    day_cost += sum.cost_micros;
+    day_cost = tly_add_saturating(day_cost, sum.cost_micros);
     json_object_set_new(day, "cost_micros", json_integer(day_cost));
     i = j;
   }
@@ -575,8 +588,8 @@ json_t *tly_req_cycles_json(const tly_config_t *config,
         list,
         json_pack("{s:I,s:I,s:b,s:I,s:I,s:I,s:o}", "start_ms",
                   (json_int_t)cycle->start_ms, "end_ms",
-                  (json_int_t)cycle->end_ms, "final", cycles[i].final,
-                  "events", (json_int_t)cycle->events, "cost_micros",
+                  (json_int_t)cycle->end_ms, "final", cycles[i].final, "events",
+                  (json_int_t)cycle->events, "cost_micros",
                   (json_int_t)cycle->cost_micros, "credits_used",
                   (json_int_t)(cycle->cost_micros / config->micros_per_credit),
                   "features", features));
@@ -586,8 +599,8 @@ json_t *tly_req_cycles_json(const tly_config_t *config,
 
 int tly_req_parse_limit(const char *text, int64_t *out, tly_req_error_t *err) {
   *out = TLY_REQ_ALERTS_DEFAULT;
-  if (text && (parse_count_text(text, out) || *out < 1 ||
-               *out > TLY_REQ_ALERTS_MAX))
+  if (text &&
+      (parse_count_text(text, out) || *out < 1 || *out > TLY_REQ_ALERTS_MAX))
     return tly_req_fail(err, 400, "bad_request", "limit",
                         "query parameter 'limit': must be an integer from 1 "
                         "to %d",
@@ -875,7 +888,6 @@ done:
 
 /* ---- prorate ----------------------------------------------------------- */
 
-
 int tly_req_parse_date(const char *text, int64_t *out_ms) {
   static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   int year = 0, month = 0, day = 0;
@@ -1040,6 +1052,25 @@ static void parse_one_event(const tly_config_t *config, const json_t *object,
   if (plan && !tly_config_plan(config, plan)) {
     tly_req_fail(&item->error, 400, "unknown_plan", "plan",
                  "field 'plan': no plan named '%.64s'", plan);
+    tly_event_clear(&item->event);
+    return;
+  }
+  /* As the fold prices it (tly_billing.c): a model without a price is
+   * dead-lettered there unless the config prices it at the fallback. */
+  if (item->event.body_kind == TLY_BODY_USAGE_RECORDED &&
+      item->event.body.usage.has_ai &&
+      !tly_config_model(config, item->event.body.usage.ai.model) &&
+      config->unknown_model != TLY_UNKNOWN_MODEL_FALLBACK) {
+    tly_req_fail(&item->error, 400, "unknown_model", "ai.model",
+                 "field 'ai.model': no price for model '%.64s' in the "
+                 "configuration (pricing.models)",
+                 item->event.body.usage.ai.model);
+    tly_event_clear(&item->event);
+    return;
+  }
+  if (tly_req_check_subject(item->event.subject_kind, item->event.subject_id,
+                            "subject", &item->error)) {
+    snprintf(item->error.code, sizeof(item->error.code), "invalid_event");
     tly_event_clear(&item->event);
     return;
   }

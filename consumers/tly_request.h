@@ -50,8 +50,10 @@ typedef struct {
   char key[TLY_REQ_SUBJECT_MAX + 16]; /* "kind:id" */
 } tly_req_subject_t;
 
-/* A subject path segment: "user:alice", "api_key:<sha256 hex>",
- * "anonymous:fp", or a bare id (a user). 0, or -1 (400, field "subject"). */
+/* A subject path segment, percent-decoded: "user:alice", "api_key:<sha256
+ * hex>", "anonymous:fp", or a bare id (a user). A subject is UTF-8 and at
+ * most TLY_REQ_SUBJECT_MAX bytes written as "kind:id". 0, or -1 (400,
+ * field "subject"). */
 int tly_req_parse_subject(const char *segment, tly_req_subject_t *out,
                           tly_req_error_t *err);
 
@@ -181,7 +183,8 @@ int32_t tly_req_day_of_hour(int32_t hour);
 
 /* The daily answer: the hourly buckets on days [from_day, to_day] (in any
  * order; others are left out) summed per day and feature, oldest day
- * first. */
+ * first. Sums saturate at INT64_MAX (and INT64_MIN) instead of wrapping:
+ * one day may hold the hours of two cycles, each near the limit. */
 json_t *tly_req_daily_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,
                            const tly_subject_bucket_t *buckets, size_t count,
@@ -224,9 +227,12 @@ typedef struct {
 /* Body: one event object or an array of them (the format of
  * tly_event_json.h, as `tally emit` reads it); each item is validated on
  * its own, its occurred_at at most events.max_future_skew_ms after now_ms
- * (tly_event_time.h), and a plan an event names must exist in the config.
- * -1 (and nothing to free) only when the body as a whole is unusable: not
- * JSON, not an object or array, empty, or too many events. */
+ * (tly_event_time.h), and what the fold would dead-letter is refused here
+ * (400): a plan an event names must exist in the config, an AI model must
+ * have a price unless pricing.unknown_model is "fallback", and the subject
+ * must be one the port can address (tly_req_parse_subject's rules). -1 (and
+ * nothing to free) only when the body as a whole is unusable: not JSON, not
+ * an object or array, empty, or too many events. */
 int tly_req_parse_events(const tly_config_t *config, const char *body,
                          size_t len, int64_t now_ms, tly_req_events_t *out,
                          tly_req_error_t *err);

@@ -23,6 +23,7 @@
 #include "tly_changelog.h"
 #include "tly_keys.h"
 #include "tly_log.h"
+#include "tly_sat.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -297,7 +298,7 @@ static int64_t meter_quantity(const meter_t *meter,
     for (size_t f = 0; f < meter->feature_count; f++)
       if (buckets[i].hour == hour &&
           strcmp(buckets[i].feature, meter->features[f]) == 0)
-        sum += buckets[i].totals.quantity;
+        sum = tly_add_saturating(sum, buckets[i].totals.quantity);
   return sum;
 }
 
@@ -324,8 +325,9 @@ static int window_total(tly_stripe_emitter_t *e, const subject_t *subject,
   *total = 0;
   for (int32_t hour = first; hour < first + hours; hour++) {
     if (hour == newest) {
-      *total +=
-          meter_quantity(meter, record->buckets, record->bucket_count, hour);
+      *total = tly_add_saturating(
+          *total,
+          meter_quantity(meter, record->buckets, record->bucket_count, hour));
       continue;
     }
     char *value = NULL;
@@ -346,7 +348,8 @@ static int window_total(tly_stripe_emitter_t *e, const subject_t *subject,
       snprintf(errstr, errstr_size, "stored usage history is corrupt");
       return -1;
     }
-    *total += meter_quantity(meter, buckets, count, hour);
+    *total =
+        tly_add_saturating(*total, meter_quantity(meter, buckets, count, hour));
     free(buckets);
   }
   return 0;

@@ -18,6 +18,7 @@
  */
 #include "tly_config.h"
 #include "tly_request.h"
+#include "tly_request_subject.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -100,19 +101,30 @@ static void fuzz_query(const char *text, size_t len) {
   json_decref(tly_req_usage_json(config, &subject, &state, at));
 }
 
-static void fuzz_subject(const char *text) {
+/* A raw path segment, as the port sees it: percent-decoded, then parsed.
+ * A subject that parses always makes a JSON answer (bytes that are no
+ * UTF-8 once made it NULL: a 500). */
+static void fuzz_subject(const char *text, size_t len) {
   tly_req_subject_t subject;
   tly_req_error_t err;
-  if (tly_req_parse_subject(text, &subject, &err)) {
+  char decoded[TLY_REQ_SUBJECT_MAX + 2];
+  if (tly_req_decode_segment(text, len, decoded, sizeof(decoded), &err) ||
+      tly_req_parse_subject(decoded, &subject, &err)) {
     check_error(&err);
     return;
   }
-  if (strlen(subject.key) <= strlen(subject.id))
+  if (strlen(subject.key) <= strlen(subject.id) ||
+      strlen(subject.key) > TLY_REQ_SUBJECT_MAX ||
+      !tly_req_utf8_valid(subject.key, strlen(subject.key)))
     abort();
   tly_subject_state_t state;
   tly_state_row_t rows[2];
   fake_state(&state, rows, (int64_t)strlen(text));
-  json_decref(tly_req_usage_json(config, &subject, &state, 1795400000000LL));
+  json_t *answer =
+      tly_req_usage_json(config, &subject, &state, 1795400000000LL);
+  if (!answer)
+    abort();
+  json_decref(answer);
 }
 
 static void fuzz_events(const char *text, size_t len) {
@@ -164,7 +176,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   switch (data[0] % 6) {
   case 0:
-    fuzz_subject(text);
+    fuzz_subject(text, len);
     break;
   case 1:
     fuzz_query(text, len);

@@ -41,6 +41,11 @@ static const bad_config_t bad_configs[] = {
     {"{\"stripe\": {\"webhook_secrets\": [\"sk_live_oops\"]}}",
      "stripe.webhook_secrets[0]"},
     {"{\"plans\": ", "line 1"},
+    {"{\"http\": {\"max_connections_per_ip\": -1}}",
+     "http.max_connections_per_ip"},
+    {"{\"http\": {\"header_timeout_ms\": 20000, \"request_timeout_ms\": "
+     "10000}}",
+     "http.request_timeout_ms: must be at least http.header_timeout_ms"},
 };
 
 static int run_with_config(const char *dir, const char *json, char **stderr_text) {

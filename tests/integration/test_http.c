@@ -1131,6 +1131,149 @@ static void test_produce_failure_is_503(void **state) {
   th_rmrf(lost.dir);
 }
 
+/* ---- addressing and arithmetic (issue 13, finding 7) --------------------
+ */
+
+/* A subject holding '/', '?', '%', ' ' and UTF-8 is stored and read back
+ * through a percent-encoded path segment; malformed subjects are 400
+ * naming "subject", never 500 or a retryable 503. */
+static void test_subject_percent_encoding_end_to_end(void **state) {
+  (void)state;
+  long status;
+  post_events("[{\"event_id\": \"pct-1\", \"subject\": \"user:a/b?c%d "
+              "\\u00e9\", \"feature\": \"api_calls\", \"quantity\": 3}]");
+  json_t *json = wait_usage("user%3Aa%2Fb%3Fc%25d%20%C3%A9", "api_calls", 3);
+  assert_string_equal(json_string_value(json_object_get(json, "subject")),
+                      "user:a/b?c%d \xc3\xa9");
+  json_decref(json);
+  json = get("/v1/subjects/user:a%2Fb%3fc%25d%20%c3%a9/quota?feature=api_calls",
+             &status);
+  assert_int_equal(status, 200);
+  assert_int_equal(integer_at(json, "used", NULL, NULL), 3);
+  json_decref(json);
+  /* Unencoded, the '/' separates path segments: no such route. */
+  json = get("/v1/subjects/user:a/b/usage", &status);
+  assert_int_equal(status, 404);
+  json_decref(json);
+
+  /* Percent-decoded bytes that are no UTF-8: 400 (was 500 "out of
+   * memory"); a broken escape and a NUL: 400. */
+  static const char *const bad_paths[] = {
+      "/v1/subjects/user:%ff/usage", "/v1/subjects/user:%ff/quota?feature=x",
+      "/v1/subjects/user:%zz/usage", "/v1/subjects/user:a%00b/usage",
+      "/v1/subjects/user:%C3/cycles"};
+  for (size_t i = 0; i < sizeof(bad_paths) / sizeof(bad_paths[0]); i++) {
+    json = get(bad_paths[i], &status);
+    if (status != 400 || !json || strcmp(error_field(json), "subject") != 0)
+      fail_msg("%s: %ld %s", bad_paths[i], status,
+               json ? json_dumps(json, JSON_COMPACT) : "(not JSON)");
+    assert_string_equal(error_code(json), "bad_subject");
+    json_decref(json);
+  }
+
+  /* Over the subject bound: 400 naming subject, from a path and from a
+   * body (the body's was accepted, then failed to produce: 503). */
+  char id[1101], path[1300], body[1500];
+  memset(id, 'a', sizeof(id) - 1);
+  id[sizeof(id) - 1] = '\0';
+  snprintf(body, sizeof(body),
+           "[{\"event_id\": \"long-1\", \"subject\": \"user:%s\", "
+           "\"feature\": \"api_calls\", \"quantity\": 1}]",
+           id);
+  json = post("/v1/events", body, &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_field(json), "subject");
+  json_decref(json);
+  id[600] = '\0';
+  snprintf(path, sizeof(path), "/v1/subjects/user:%s/usage", id);
+  json = get(path, &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_field(json), "subject");
+  json_decref(json);
+}
+
+/* An AI event of a model with no price is refused at ingest (400 naming
+ * ai.model) instead of 202 and then the dead-letter topic. */
+static void test_unknown_model_is_400(void **state) {
+  (void)state;
+  long status;
+  json_t *json = post(
+      "/v1/events",
+      "{\"event_id\": \"model-1\", \"subject\": \"user:models\", \"feature\": "
+      "\"ai_tokens\", \"quantity\": 5, \"ai\": {\"provider\": \"x\", "
+      "\"model\": \"no-such-model\", \"input_tokens\": 3, "
+      "\"output_tokens\": 2}}",
+      &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(error_code(json), "unknown_model");
+  assert_string_equal(error_field(json), "ai.model");
+  assert_int_equal(integer_at(json, "rejected", NULL, NULL), 1);
+  json_decref(json);
+  /* A priced model goes through. */
+  json = post("/v1/events",
+              "{\"event_id\": \"model-2\", \"subject\": \"user:models\", "
+              "\"feature\": \"ai_tokens\", \"quantity\": 5, \"ai\": "
+              "{\"provider\": \"openai\", \"model\": \"gpt-4o\", "
+              "\"input_tokens\": 3, \"output_tokens\": 2}}",
+              &status);
+  assert_int_equal(status, 202);
+  json_decref(json);
+}
+
+/* Two hours of one UTC day in two cycles (an invoice between them), each
+ * near INT64_MAX: the day's sum saturates at INT64_MAX instead of wrapping
+ * to a negative quantity. */
+static void test_daily_sum_saturates_across_two_cycles(void **state) {
+  (void)state;
+  long status;
+  int64_t now = (int64_t)time(NULL) * 1000;
+  int64_t day = (now / DAY_MS - 3) * DAY_MS;
+  long long near = INT64_MAX - 1000;
+  char body[2048];
+  snprintf(
+      body, sizeof(body),
+      "[{\"event_id\": \"ovf-1\", \"subject\": \"user:ovf\", \"feature\": "
+      "\"storage_bytes\", \"quantity\": %lld, \"occurred_at\": %lld},"
+      " {\"event_id\": \"ovf-inv\", \"subject\": \"user:ovf\", \"type\": "
+      "\"invoice_paid\", \"invoice_id\": \"in_ovf\", \"amount_paid_micros\": "
+      "0, \"occurred_at\": %lld, \"period_start\": %lld, \"period_end\": "
+      "%lld},"
+      " {\"event_id\": \"ovf-2\", \"subject\": \"user:ovf\", \"feature\": "
+      "\"storage_bytes\", \"quantity\": %lld, \"occurred_at\": %lld}]",
+      near, (long long)(day + HOUR_MS), (long long)(day + 2 * HOUR_MS),
+      (long long)(day + 2 * HOUR_MS), (long long)(day + 32 * DAY_MS), near,
+      (long long)(day + 3 * HOUR_MS));
+  post_events(body);
+  char date[16], path[256];
+  time_t seconds = (time_t)(day / 1000);
+  struct tm tm;
+  strftime(date, sizeof(date), "%Y-%m-%d", gmtime_r(&seconds, &tm));
+  snprintf(path, sizeof(path),
+           "/v1/subjects/user:ovf/usage/daily?from=%s&to=%s", date, date);
+  json_t *json = NULL, *storage = NULL;
+  int64_t deadline = th_now_ms() + 15000;
+  for (;;) {
+    json_decref(json);
+    json = get(path, &status);
+    assert_true(status == 200 || status == 404); /* 404: not folded yet */
+    storage = json_object_get(
+        json_object_get(json_array_get(json_object_get(json, "days"), 0),
+                        "features"),
+        "storage_bytes");
+    if (json_integer_value(json_object_get(storage, "events")) == 2)
+      break;
+    if (th_now_ms() > deadline)
+      fail_msg("both hours never showed: %s", json_dumps(json, JSON_COMPACT));
+    th_sleep_ms(50);
+  }
+  assert_int_equal(json_integer_value(json_object_get(storage, "quantity")),
+                   INT64_MAX);
+  json_decref(json);
+  /* Each cycle on its own holds its exact total. */
+  json = wait_usage("user:ovf", "storage_bytes", near);
+  json_decref(json);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_health_and_metrics_are_open),
@@ -1145,6 +1288,9 @@ int main(void) {
       cmocka_unit_test(test_plans),
       cmocka_unit_test(test_estimate),
       cmocka_unit_test(test_prorate),
+      cmocka_unit_test(test_subject_percent_encoding_end_to_end),
+      cmocka_unit_test(test_unknown_model_is_400),
+      cmocka_unit_test(test_daily_sum_saturates_across_two_cycles),
       cmocka_unit_test(test_plan_assignment_is_produced_and_folded),
       cmocka_unit_test(test_startup_auth_modes),
       cmocka_unit_test(test_produce_failure_is_503),
