@@ -20,6 +20,10 @@ static void usage(FILE *out) {
           "                          <hostname>-<host:port of --advertise>)\n"
           "  --members-heartbeat-ms N  announce this often (default 2000; silent\n"
           "                          for 3 heartbeats = gone)\n"
+          "  --cluster-secret-file F the secret every instance shares (16 to 1024\n"
+          "                          bytes; or $TALLY_CLUSTER_SECRET): signs\n"
+          "                          announcements and forwarded requests;\n"
+          "                          without one, no forwarding\n"
           "  --group ID              consumer group (default tally)\n"
           "  --topic NAME            usage topic (default tally.usage)\n"
           "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
@@ -58,6 +62,7 @@ int cmd_run(int argc, char **argv) {
       {"advertise", required_argument, NULL, 'A'},
       {"instance-id", required_argument, NULL, 'I'},
       {"members-heartbeat-ms", required_argument, NULL, 'M'},
+      {"cluster-secret-file", required_argument, NULL, 'S'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
@@ -95,6 +100,7 @@ int cmd_run(int argc, char **argv) {
     case 'A': conf.advertise = optarg; break;
     case 'I': conf.instance_id = optarg; break;
     case 'M': conf.members_heartbeat_ms = atoll(optarg); break;
+    case 'S': conf.cluster_secret_file = optarg; break;
     case 'X':
       if (cli_properties_add(&properties, optarg))
         return 2;
