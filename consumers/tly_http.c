@@ -1529,7 +1529,7 @@ static int route_to_owner(tly_http_t *http, request_t *req,
     tly_members_owner(members, req->partition, &owner);
   const char *self = members ? tly_members_advertise(members) : "";
   int forwarded = req->forwarded;
-  if (!tly_members_secret(members)) {
+  if (!tly_members_secret(members) && req->partition >= 0) {
     respond_moving(out, req->partition, NULL,
                    "this instance does not serve the subject's partition now "
                    "and cannot forward: no cluster secret is configured "
