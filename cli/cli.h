@@ -84,6 +84,11 @@ typedef struct {
   const char *advertise;
   const char *instance_id;
   int64_t members_heartbeat_ms;
+  /* The cluster secret (tly_cluster_auth.h): from this file, else from
+   * $TALLY_CLUSTER_SECRET; with neither, a random one when
+   * cluster_secret_random (`tally dev`), else none (no forwarding). */
+  const char *cluster_secret_file;
+  int cluster_secret_random;
 } cli_serve_conf_t;
 /* Adds one --api-key-sha256 value (checked: 64 hex). 0, or -1 with a
  * message on stderr. */

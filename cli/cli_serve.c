@@ -7,6 +7,7 @@
 #include "cli.h"
 
 #include "tly_auth.h"
+#include "tly_cluster_auth.h"
 #include "tly_config.h"
 #include "tly_http.h"
 #include "tly_log.h"
@@ -122,6 +123,27 @@ static void member_identity(const cli_serve_conf_t *conf, uint16_t port,
            where);
 }
 
+/* The cluster secret into *secret: 1 (loaded or generated), 0 (none), or
+ * -2 (exit code 2) after a message naming the source. */
+static int setup_cluster_secret(const cli_serve_conf_t *conf,
+                                tly_cluster_secret_t *secret) {
+  char errstr[512];
+  int rc = tly_cluster_secret_load(conf->cluster_secret_file, secret, errstr,
+                                   sizeof(errstr));
+  if (rc < 0) {
+    fprintf(stderr, "tally: %s\n", errstr);
+    return -2;
+  }
+  if (rc == 0 && conf->cluster_secret_random) {
+    if (tly_cluster_secret_random(secret)) {
+      fprintf(stderr, "tally: cannot generate a cluster secret\n");
+      return -2;
+    }
+    rc = 1;
+  }
+  return rc;
+}
+
 int cli_serve(const cli_serve_conf_t *conf) {
   char errstr[1024];
   int exit_code = 1;
@@ -144,6 +166,12 @@ int cli_serve(const cli_serve_conf_t *conf) {
   if (auth_rc) {
     tly_config_free(config);
     return auth_rc;
+  }
+  tly_cluster_secret_t secret;
+  int has_secret = setup_cluster_secret(conf, &secret);
+  if (has_secret < 0) {
+    tly_config_free(config);
+    return -has_secret;
   }
 
   store = tly_store_open(conf->state_dir, 0, errstr, sizeof(errstr));
@@ -189,8 +217,10 @@ int cli_serve(const cli_serve_conf_t *conf) {
   tly_members_conf_t mconf = {.brokers = conf->brokers,
                               .processor = processor,
                               .heartbeat_ms = conf->members_heartbeat_ms,
-                              .kafka_properties = conf->kafka_properties};
+                              .kafka_properties = conf->kafka_properties,
+                              .secret = has_secret ? &secret : NULL};
   members = tly_members_new(&mconf, errstr, sizeof(errstr));
+  tly_cluster_secret_clear(&secret); /* members keeps its copy */
   if (!members) {
     fprintf(stderr, "tally: %s\n", errstr);
     goto out;
@@ -237,6 +267,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
   }
   exit_code = 0;
 out:
+  tly_cluster_secret_clear(&secret);
   tly_http_stop(http);
   tly_members_destroy(members); /* the tombstone: this instance left */
   tly_stripe_emitter_stop(emitter);

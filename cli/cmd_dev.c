@@ -144,12 +144,14 @@ int cmd_dev(int argc, char **argv) {
       {"demo-subjects", required_argument, NULL, 'n'},
       {"config", required_argument, NULL, 'c'},
       {"advertise", required_argument, NULL, 'A'},
+      {"cluster-secret-file", required_argument, NULL, 'S'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   char address[64] = "127.0.0.1", state_dir[4096] = "";
   cli_serve_conf_t conf = {.http_address = address,
                            .http_port = 8080,
-                           .tick_interval_ms = 60000};
+                           .tick_interval_ms = 60000,
+                           .cluster_secret_random = 1};
   cli_broker_conf_t bconf = {.partitions = 16};
   demo_conf_t demo = {.subjects = 300, .rate = 200};
   int opt, with_demo = 0;
@@ -185,10 +187,16 @@ int cmd_dev(int argc, char **argv) {
       break;
     case 'c': conf.config_path = optarg; break;
     case 'A': conf.advertise = optarg; break;
+    case 'S': conf.cluster_secret_file = optarg; break;
     case 'h':
       printf("usage: tally dev [--demo] [--state-dir DIR] [--http ADDR:PORT] "
              "[--partitions N] [--demo-rate EVENTS_PER_S] [--demo-subjects N] "
-             "[--config FILE] [--advertise URL]\n");
+             "[--config FILE] [--advertise URL] [--cluster-secret-file F]\n"
+             "  the cluster secret (--cluster-secret-file or "
+             "$TALLY_CLUSTER_SECRET) is\n"
+             "  only needed for `tally run` instances joining this one; "
+             "without it a\n"
+             "  random one is used for this run\n");
       return 0;
     default: return 2;
     }

@@ -10,34 +10,44 @@
 #include <string.h>
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "usage: tally run --brokers HOST:PORT --state-dir DIR [options]\n"
-          "  --http ADDR:PORT        HTTP port (default 127.0.0.1:8080; port 0 = any)\n"
-          "  --http-port-file FILE   write the bound HTTP port to FILE\n"
-          "  --advertise URL         this HTTP port's URL for the other instances\n"
-          "                          (default http://127.0.0.1:<port>)\n"
-          "  --instance-id ID        announced on tally.members (default\n"
-          "                          <hostname>-<host:port of --advertise>)\n"
-          "  --members-heartbeat-ms N  announce this often (default 2000,\n"
-          "                          100..600000; silent for 3 heartbeats = gone)\n"
-          "  --group ID              consumer group (default tally)\n"
-          "  --topic NAME            usage topic (default tally.usage)\n"
-          "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
-          "  --batch-events N        max events per commit (default 400000;\n"
-          "                          1..10000000)\n"
-          "  --batch-ms N            max ms per commit (default 100; 1..60000)\n"
-          "  --config FILE           plans, prices, thresholds (default: built in)\n"
-          "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"
-          "  --changelog-topic NAME  state changelog (default tally.changelog;\n"
-          "                          \"\" = none: moved partitions replay the input)\n"
-          "  --tick-interval-ms N    write Tick events this often (default 60000,\n"
-          "                          0 = never; at most 86400000)\n"
-          "  --api-key-sha256 HEX    accept the API key with this SHA-256 (hex) as\n"
-          "                          a bearer token; repeatable, adds to the config's\n"
-          "                          http.api_keys\n"
-          "  --no-auth               serve HTTP without authentication (refused\n"
-          "                          otherwise when no API key is configured)\n"
-          "  -X name=value           librdkafka property (TLS, SASL, ...)\n");
+  fprintf(
+      out,
+      "usage: tally run --brokers HOST:PORT --state-dir DIR [options]\n"
+      "  --http ADDR:PORT        HTTP port (default 127.0.0.1:8080; port 0 = "
+      "any)\n"
+      "  --http-port-file FILE   write the bound HTTP port to FILE\n"
+      "  --advertise URL         this HTTP port's URL for the other instances\n"
+      "                          (default http://127.0.0.1:<port>)\n"
+      "  --instance-id ID        announced on tally.members (default\n"
+      "                          <hostname>-<host:port of --advertise>)\n"
+      "  --members-heartbeat-ms N  announce this often (default 2000,\n"
+      "                          100..600000; silent for 3 heartbeats = gone)\n"
+      "  --cluster-secret-file F the secret every instance shares (16 to 1024\n"
+      "                          bytes; or $TALLY_CLUSTER_SECRET): signs\n"
+      "                          announcements and forwarded requests;\n"
+      "                          without one, no forwarding\n"
+      "  --group ID              consumer group (default tally)\n"
+      "  --topic NAME            usage topic (default tally.usage)\n"
+      "  --dlq-topic NAME        dead-letter topic (default tally.usage.dlq)\n"
+      "  --batch-events N        max events per commit (default 400000;\n"
+      "                          1..10000000)\n"
+      "  --batch-ms N            max ms per commit (default 100; 1..60000)\n"
+      "  --config FILE           plans, prices, thresholds (default: built "
+      "in)\n"
+      "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"
+      "  --changelog-topic NAME  state changelog (default tally.changelog;\n"
+      "                          \"\" = none: moved partitions replay the "
+      "input)\n"
+      "  --tick-interval-ms N    write Tick events this often (default 60000,\n"
+      "                          0 = never; at most 86400000)\n"
+      "  --api-key-sha256 HEX    accept the API key with this SHA-256 (hex) "
+      "as\n"
+      "                          a bearer token; repeatable, adds to the "
+      "config's\n"
+      "                          http.api_keys\n"
+      "  --no-auth               serve HTTP without authentication (refused\n"
+      "                          otherwise when no API key is configured)\n"
+      "  -X name=value           librdkafka property (TLS, SASL, ...)\n");
 }
 
 int cmd_run(int argc, char **argv) {
@@ -60,30 +70,42 @@ int cmd_run(int argc, char **argv) {
       {"advertise", required_argument, NULL, 'A'},
       {"instance-id", required_argument, NULL, 'I'},
       {"members-heartbeat-ms", required_argument, NULL, 'M'},
+      {"cluster-secret-file", required_argument, NULL, 'S'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
   char address[64] = "127.0.0.1";
-  cli_serve_conf_t conf = {.http_address = address,
-                           .http_port = 8080,
-                           .tick_interval_ms = 60000};
+  cli_serve_conf_t conf = {
+      .http_address = address, .http_port = 8080, .tick_interval_ms = 60000};
   int opt;
   int64_t number;
 
   while ((opt = getopt_long(argc, argv, "b:s:X:h", options, NULL)) != -1) {
     switch (opt) {
-    case 'b': conf.brokers = optarg; break;
-    case 's': conf.state_dir = optarg; break;
+    case 'b':
+      conf.brokers = optarg;
+      break;
+    case 's':
+      conf.state_dir = optarg;
+      break;
     case 'H':
       if (cli_parse_listen(optarg, address, sizeof(address), &conf.http_port)) {
         fprintf(stderr, "tally run: --http %s: expected ADDR:PORT\n", optarg);
         return 2;
       }
       break;
-    case 'P': conf.http_port_file = optarg; break;
-    case 'g': conf.group_id = optarg; break;
-    case 't': conf.usage_topic = optarg; break;
-    case 'd': conf.dlq_topic = optarg; break;
+    case 'P':
+      conf.http_port_file = optarg;
+      break;
+    case 'g':
+      conf.group_id = optarg;
+      break;
+    case 't':
+      conf.usage_topic = optarg;
+      break;
+    case 'd':
+      conf.dlq_topic = optarg;
+      break;
     case 'e':
       if (cli_parse_int("run", "batch-events", optarg, 1, 10000000, NULL,
                         &number))
@@ -95,9 +117,15 @@ int cmd_run(int argc, char **argv) {
         return 2;
       conf.batch_max_ms = (int)number;
       break;
-    case 'c': conf.config_path = optarg; break;
-    case 'a': conf.alerts_topic = optarg; break;
-    case 'C': conf.changelog_topic = optarg; break;
+    case 'c':
+      conf.config_path = optarg;
+      break;
+    case 'a':
+      conf.alerts_topic = optarg;
+      break;
+    case 'C':
+      conf.changelog_topic = optarg;
+      break;
     case 'T':
       if (cli_parse_int("run", "tick-interval-ms", optarg, 0, 86400000,
                         "(0 = no ticks)", &conf.tick_interval_ms))
@@ -107,20 +135,33 @@ int cmd_run(int argc, char **argv) {
       if (cli_serve_add_api_key(&conf, optarg))
         return 2;
       break;
-    case 'N': conf.no_auth = 1; break;
-    case 'A': conf.advertise = optarg; break;
-    case 'I': conf.instance_id = optarg; break;
+    case 'N':
+      conf.no_auth = 1;
+      break;
+    case 'A':
+      conf.advertise = optarg;
+      break;
+    case 'I':
+      conf.instance_id = optarg;
+      break;
     case 'M':
       if (cli_parse_int("run", "members-heartbeat-ms", optarg, 100, 600000,
                         NULL, &conf.members_heartbeat_ms))
         return 2;
       break;
+    case 'S':
+      conf.cluster_secret_file = optarg;
+      break;
     case 'X':
       if (cli_properties_add(&properties, optarg))
         return 2;
       break;
-    case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
     }
   }
   if (!conf.brokers || !conf.state_dir) {

@@ -6,6 +6,8 @@
  */
 #include "tly_forward.h"
 
+#include "tly_cluster_auth.h"
+
 #include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -27,7 +29,7 @@ struct tly_forward {
 
 struct tly_forward_call {
   tly_forward_t *forward;
-  char *url, *method, *authorization, *content_type_in, *body_in;
+  char *url, *method, *credential, *content_type_in, *body_in;
   size_t body_in_len;
   long timeout_ms;
   void (*done)(void *opaque);
@@ -114,9 +116,9 @@ static void perform(tly_forward_call_t *call) {
   headers = curl_slist_append(headers, TLY_FORWARDED_HEADER ": 1");
   /* No "Expect: 100-continue" round trip for bodies. */
   headers = curl_slist_append(headers, "Expect:");
-  if (call->authorization &&
-      (size_t)snprintf(header, sizeof(header), "Authorization: %s",
-                       call->authorization) < sizeof(header))
+  if (call->credential &&
+      (size_t)snprintf(header, sizeof(header), TLY_FORWARD_AUTH_HEADER ": %s",
+                       call->credential) < sizeof(header))
     headers = curl_slist_append(headers, header);
   if (call->content_type_in &&
       (size_t)snprintf(header, sizeof(header), "Content-Type: %s",
@@ -179,7 +181,7 @@ int tly_forward_request(tly_forward_t *forward,
   if (call->url)
     snprintf(call->url, url_len, "%s%s", request->base_url, request->target);
   call->method = copy_or_null(request->method, &failed);
-  call->authorization = copy_or_null(request->authorization, &failed);
+  call->credential = copy_or_null(request->credential, &failed);
   call->content_type_in = copy_or_null(request->content_type, &failed);
   if (request->body) {
     call->body_in = malloc(request->body_len + 1);
@@ -236,7 +238,7 @@ void tly_forward_call_free(tly_forward_call_t *call) {
     return;
   free(call->url);
   free(call->method);
-  free(call->authorization);
+  free(call->credential);
   free(call->content_type_in);
   free(call->body_in);
   free(call->body);

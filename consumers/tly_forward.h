@@ -7,9 +7,11 @@
  * serves many connections); done(opaque) is called from that thread once
  * the answer (or the failure) is in. The number of forwards in flight is
  * bounded: past it, tly_forward_request refuses and the port answers 503.
- * The caller's Authorization header goes along unchanged (the owner checks
- * it as usual), with X-Tally-Forwarded: 1 so the owner never forwards it
- * again. Answers are bounded in size.
+ * The client's Authorization header never goes along: this instance
+ * authenticated the client, and the owner is sent a short-lived credential
+ * instead (X-Tally-Forward-Auth, tly_cluster_auth.h), with
+ * X-Tally-Forwarded: 1 so the owner never forwards it again. Answers are
+ * bounded in size.
  */
 #ifndef TLY_FORWARD_H
 #define TLY_FORWARD_H
@@ -34,13 +36,15 @@ typedef struct {
 tly_forward_t *tly_forward_new(const tly_forward_conf_t *conf);
 
 /* What to send: base URL of the owner ("http://127.0.0.1:8081"), the
- * request target (path and query, as received), method, Authorization
- * value (NULL: none), body (NULL: none). Everything is copied. */
+ * request target (path and query, as received), method, the forwarding
+ * credential (TLY_FORWARD_AUTH_HEADER's value; NULL: none), body (NULL:
+ * none). Everything is copied. No other header is sent: never the
+ * client's Authorization. */
 typedef struct {
   const char *base_url;
   const char *target;
   const char *method;
-  const char *authorization;
+  const char *credential;
   const char *content_type;
   const char *body;
   size_t body_len;

@@ -25,6 +25,7 @@
 
 #include "tally_producer.h"
 #include "tly_auth.h"
+#include "tly_cluster_auth.h"
 #include "tly_forward.h"
 #include "tly_http_conn.h"
 #include "tly_log.h"
@@ -101,6 +102,8 @@ struct tly_http {
   /* Forwards to a partition's owner: relayed, owner unreachable, refused
    * (at the in-flight bound). */
   atomic_uint_least64_t forwards_relayed, forwards_failed, forwards_refused;
+  /* Forwarded requests refused here (401): bad or missing credential. */
+  atomic_uint_least64_t forwards_rejected;
   pthread_t poller;
   int poller_started;
   atomic_int stopping;
@@ -140,6 +143,9 @@ struct request {
   char owner[TLY_MEMBERS_URL_MAX]; /* the owner forwarded to */
   char content_type[128];          /* of the owner's answer */
   int32_t partition;               /* the subject's, -1 until known */
+  /* Marked as forwarded by another instance (an owner-only route): its
+   * credential, not a bearer token, is checked, once the body is in. */
+  int forwarded;
 };
 
 /* ---- responses ------------------------------------------------------- */
@@ -415,6 +421,25 @@ static void metrics_http(tly_http_t *http, text_t *text) {
                 "tally_http_connections_closed_total{reason=\"%s\"} %llu\n",
                 tly_conn_closed_reason_name((tly_conn_closed_reason_t)r),
                 (unsigned long long)conns.closed[r]);
+  text_append(text,
+              "# HELP tally_http_forwards_rejected_total Requests marked as "
+              "forwarded by another instance refused here with 401 (no, "
+              "expired or invalid forwarding credential).\n# TYPE "
+              "tally_http_forwards_rejected_total counter\n"
+              "tally_http_forwards_rejected_total %llu\n",
+              (unsigned long long)atomic_load(&http->forwards_rejected));
+  tly_members_t *members = http->conf.members;
+  if (!members)
+    return;
+  text_append(text, "# HELP tally_members_records_total Records of the "
+                    "members topic read, by verdict (applied, or why they "
+                    "were ignored: bad_mac, malformed, stale, replayed).\n"
+                    "# TYPE tally_members_records_total counter\n");
+  for (int v = 0; v < TLY_MEMBERS_VERDICTS; v++)
+    text_append(text, "tally_members_records_total{verdict=\"%s\"} %llu\n",
+                tly_members_verdict_name((tly_members_verdict_t)v),
+                (unsigned long long)tly_members_count(
+                    members, (tly_members_verdict_t)v));
 }
 
 /* A Prometheus histogram: cumulative buckets with bounds in ms, +Inf (the
@@ -427,8 +452,7 @@ static void metrics_histogram(text_t *text, const char *name, const char *help,
   for (int i = 0; i < bucket_count; i++)
     text_append(text, "%s_bucket{le=\"%g\"} %llu\n", name,
                 (double)bounds_ms[i] / 1000.0, (unsigned long long)buckets[i]);
-  text_append(text,
-              "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
+  text_append(text, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
               name, (unsigned long long)count, name, sum_seconds, name,
               (unsigned long long)count);
 }
@@ -1073,7 +1097,8 @@ static int add_buckets(daily_scan_t *scan, const tly_subject_bucket_t *buckets,
       continue;
     if (scan->count == scan->cap) {
       size_t cap = scan->cap ? scan->cap * 2 : 32;
-      tly_subject_bucket_t *grown = realloc(scan->buckets, cap * sizeof(*grown));
+      tly_subject_bucket_t *grown =
+          realloc(scan->buckets, cap * sizeof(*grown));
       if (!grown)
         return -1;
       scan->buckets = grown;
@@ -1163,8 +1188,7 @@ static tly_req_cycle_t *add_cycle(cycles_scan_t *scan) {
 }
 
 static int visit_cycle(void *opaque, const unsigned char *suffix,
-                       size_t suffix_len, const char *value,
-                       size_t value_len) {
+                       size_t suffix_len, const char *value, size_t value_len) {
   cycles_scan_t *scan = opaque;
   tly_cycle_t cycle;
   tly_subject_row_t *rows = NULL;
@@ -1194,8 +1218,7 @@ static int visit_cycle(void *opaque, const unsigned char *suffix,
 }
 
 static void handle_cycles(tly_http_t *http, request_t *req,
-                          struct MHD_Connection *connection,
-                          response_t *out) {
+                          struct MHD_Connection *connection, response_t *out) {
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   cycles_scan_t scan = {0};
@@ -1237,8 +1260,7 @@ typedef struct {
 } alerts_scan_t;
 
 static int visit_alert(void *opaque, const unsigned char *suffix,
-                       size_t suffix_len, const char *value,
-                       size_t value_len) {
+                       size_t suffix_len, const char *value, size_t value_len) {
   alerts_scan_t *scan = opaque;
   tly_alert_t alert = {0}; /* decode clears what it is given */
   char errstr[256];
@@ -1261,8 +1283,7 @@ static int visit_alert(void *opaque, const unsigned char *suffix,
 }
 
 static void handle_alerts(tly_http_t *http, request_t *req,
-                          struct MHD_Connection *connection,
-                          response_t *out) {
+                          struct MHD_Connection *connection, response_t *out) {
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   tly_req_error_t err;
@@ -1414,31 +1435,52 @@ static void forward_done(void *connection) {
   MHD_resume_connection(connection);
 }
 
-/* Suspends the connection and forwards the request to owner. 1 when it
- * went (the answer comes on resume), 0 when out holds a 503. */
+/* What a forwarding credential covers: this request, sent to (or received
+ * by) instance. */
+static tly_forward_scope_t forward_scope(const request_t *req,
+                                         const char *instance) {
+  const route_t *route = &routes[req->route];
+  tly_forward_scope_t scope = {
+      .method = route->method,
+      .target = req->target,
+      .body = route->takes_body ? (req->body ? req->body : "") : NULL,
+      .body_len = route->takes_body ? req->body_len : 0,
+      .owner_instance = instance};
+  return scope;
+}
+
+/* Suspends the connection and forwards the request to the owner (its URL
+ * and instance id). 1 when it went (the answer comes on resume), 0 when
+ * out holds a 503. The client's Authorization stays here: the owner gets
+ * a credential for this request only. */
 static int forward_to(tly_http_t *http, request_t *req,
                       struct MHD_Connection *connection, const char *owner,
-                      response_t *out) {
+                      const char *owner_instance, response_t *out) {
   const route_t *route = &routes[req->route];
   long timeout_ms = 0;
+  char credential[TLY_FORWARD_CREDENTIAL_MAX];
   if (route->handler == handle_billing_portal)
     timeout_ms = (long)http->conf.config->stripe.timeout_ms + 2000;
+  tly_forward_scope_t scope = forward_scope(req, owner_instance);
+  int signed_ok =
+      req->target && tly_cluster_forward_credential(
+                         tly_members_secret(http->conf.members), &scope,
+                         tly_wall_ms() + TLY_FORWARD_CREDENTIAL_TTL_MS,
+                         credential, sizeof(credential)) == 0;
   tly_forward_request_t request = {
       .base_url = owner,
       .target = req->target,
       .method = route->method,
-      .authorization = MHD_lookup_connection_value(
-          connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
-      .content_type = route->takes_body
-                          ? MHD_lookup_connection_value(
-                                connection, MHD_HEADER_KIND,
-                                MHD_HTTP_HEADER_CONTENT_TYPE)
-                          : NULL,
-      .body = route->takes_body ? (req->body ? req->body : "") : NULL,
-      .body_len = req->body_len,
+      .credential = credential,
+      .content_type = route->takes_body ? MHD_lookup_connection_value(
+                                              connection, MHD_HEADER_KIND,
+                                              MHD_HTTP_HEADER_CONTENT_TYPE)
+                                        : NULL,
+      .body = scope.body,
+      .body_len = scope.body_len,
       .timeout_ms = timeout_ms};
   snprintf(req->owner, sizeof(req->owner), "%s", owner);
-  if (!http->forward || !req->target) {
+  if (!http->forward || !req->target || !signed_ok) {
     respond_moving(out, req->partition, owner,
                    "the subject's partition is served by another instance");
     return 0;
@@ -1460,17 +1502,25 @@ static int forward_to(tly_http_t *http, request_t *req,
 /* The owner's answer, relayed: its status, content type and body, or 503
  * when it could not be reached (it may have just died or lost the
  * partition: the caller retries). */
-static void forward_answer(tly_http_t *http, request_t *req,
-                           response_t *out) {
+static void forward_answer(tly_http_t *http, request_t *req, response_t *out) {
   tly_forward_result_t result;
   tly_forward_result(req->forward, &result);
-  int relayed = result.status >= 100 && result.status <= 599;
+  /* The client was authenticated here: a 401 of the owner is about the
+   * forwarding credential (another secret, a restarted owner), never the
+   * client's key, so the client retries as for an unreachable owner. */
+  int relayed =
+      result.status >= 100 && result.status <= 599 && result.status != 401;
   atomic_fetch_add(relayed ? &http->forwards_relayed : &http->forwards_failed,
                    1);
   if (!relayed) {
     char message[512];
-    snprintf(message, sizeof(message), "the owner did not answer: %s",
-             result.error);
+    if (result.status == 401)
+      snprintf(message, sizeof(message),
+               "the owner refused the forwarding credential (do all "
+               "instances share one cluster secret?)");
+    else
+      snprintf(message, sizeof(message), "the owner did not answer: %s",
+               result.error);
     respond_moving(out, req->partition, req->owner, message);
     return;
   }
@@ -1513,8 +1563,14 @@ static int route_to_owner(tly_http_t *http, request_t *req,
   if (members && req->partition >= 0)
     tly_members_owner(members, req->partition, &owner);
   const char *self = members ? tly_members_advertise(members) : "";
-  int forwarded = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
-                                              TLY_FORWARDED_HEADER) != NULL;
+  int forwarded = req->forwarded;
+  if (!tly_members_secret(members) && req->partition >= 0) {
+    respond_moving(out, req->partition, NULL,
+                   "this instance does not serve the subject's partition now "
+                   "and cannot forward: no cluster secret is configured "
+                   "(" TLY_CLUSTER_SECRET_ENV " or --cluster-secret-file)");
+    return 0;
+  }
   switch (owner.state) {
   case TLY_OWNER_SERVING:
     if (strcmp(owner.http, self) == 0)
@@ -1526,7 +1582,7 @@ static int route_to_owner(tly_http_t *http, request_t *req,
                      "a forwarded request reached an instance that does not "
                      "serve the subject's partition");
     else
-      forward_to(http, req, connection, owner.http, out);
+      forward_to(http, req, connection, owner.http, owner.instance, out);
     break;
   case TLY_OWNER_REPLAYING:
     respond_moving(out, req->partition, owner.http,
@@ -1546,10 +1602,32 @@ static int route_to_owner(tly_http_t *http, request_t *req,
   return 0;
 }
 
+/* A request forwarded by another instance: 1 when its credential is good
+ * for this request at this instance, else 0 with the 401 in out. */
+static int forward_credential_ok(tly_http_t *http, request_t *req,
+                                 struct MHD_Connection *connection,
+                                 response_t *out) {
+  tly_members_t *members = http->conf.members;
+  tly_forward_scope_t scope =
+      forward_scope(req, members ? tly_members_instance(members) : "");
+  tly_forward_auth_t result = tly_cluster_forward_check(
+      tly_members_secret(members),
+      MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                  TLY_FORWARD_AUTH_HEADER),
+      &scope, tly_wall_ms());
+  if (result == TLY_FORWARD_AUTH_OK && req->target)
+    return 1;
+  atomic_fetch_add(&http->forwards_rejected, 1);
+  respond_error(out, 401, "unauthorized", tly_cluster_forward_reason(result));
+  return 0;
+}
+
 /* Runs the route's handler here, or sends the request to its owner. */
 static void dispatch(tly_http_t *http, request_t *req,
                      struct MHD_Connection *connection, response_t *out) {
   const route_t *route = &routes[req->route];
+  if (req->forwarded && !forward_credential_ok(http, req, connection, out))
+    return;
   /* Without Stripe, the billing portal's 503 is this instance's to give:
    * it needs no state. */
   int local_answer = route->handler == handle_billing_portal && !http->portal;
@@ -1577,7 +1655,16 @@ static int begin_request(tly_http_t *http, request_t *req,
   if (req->route < 0)
     return 1;
   const route_t *route = &routes[req->route];
-  if (!route_is_open(http, route)) {
+  /* Forwarded by another instance, which authenticated the client: no
+   * client key comes along, the forwarding credential is checked instead
+   * (dispatch, once the body it covers is in). Only the routes that are
+   * ever forwarded; either marker, so no request passes as a client's. */
+  req->forwarded = route->owner_only &&
+                   (MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                                TLY_FORWARDED_HEADER) ||
+                    MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                                TLY_FORWARD_AUTH_HEADER));
+  if (!req->forwarded && !route_is_open(http, route)) {
     const tly_http_config_t *auth = &http->conf.config->http;
     tly_auth_result_t result = tly_auth_check(
         auth->api_keys, auth->api_key_count,

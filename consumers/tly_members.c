@@ -158,19 +158,34 @@ char *tly_members_encode(const tly_members_announcement_t *announcement) {
 typedef struct {
   tly_members_announcement_t announcement;
   int64_t fresh_ms; /* min(at, received): when it was last known alive */
+  int left;         /* its tombstone: kept (no claims) against replays */
 } member_t;
 
 struct tly_members_map {
   int64_t stale_ms;
+  tly_cluster_secret_t secret;
+  int has_secret;
   member_t *members;
   size_t count, cap;
 };
 
-tly_members_map_t *tly_members_map_new(int64_t stale_ms) {
+const char *tly_members_verdict_name(tly_members_verdict_t verdict) {
+  static const char *const names[TLY_MEMBERS_VERDICTS] = {
+      "applied", "bad_mac", "malformed", "stale", "replayed"};
+  return verdict < TLY_MEMBERS_VERDICTS ? names[verdict] : "unknown";
+}
+
+tly_members_map_t *tly_members_map_new(int64_t stale_ms,
+                                       const tly_cluster_secret_t *secret) {
   tly_members_map_t *map = calloc(1, sizeof(*map));
-  if (map)
-    map->stale_ms =
-        stale_ms > 0 ? stale_ms : 3 * TLY_MEMBERS_DEFAULT_HEARTBEAT_MS;
+  if (!map)
+    return NULL;
+  map->stale_ms =
+      stale_ms > 0 ? stale_ms : 3 * TLY_MEMBERS_DEFAULT_HEARTBEAT_MS;
+  if (secret) {
+    map->secret = *secret;
+    map->has_secret = 1;
+  }
   return map;
 }
 
@@ -180,6 +195,7 @@ void tly_members_map_free(tly_members_map_t *map) {
   for (size_t i = 0; i < map->count; i++)
     tly_members_announcement_clear(&map->members[i].announcement);
   free(map->members);
+  tly_cluster_secret_clear(&map->secret);
   free(map);
 }
 
@@ -190,65 +206,137 @@ static member_t *map_find(const tly_members_map_t *map, const char *instance) {
   return NULL;
 }
 
-int tly_members_map_apply(tly_members_map_t *map, const char *key,
-                          size_t key_len, const char *value, size_t value_len,
-                          int64_t received_ms, char *errstr,
-                          size_t errstr_size) {
+static int is_fresh(const tly_members_map_t *map, const member_t *member,
+                    int64_t now_ms) {
+  return now_ms - member->fresh_ms <= map->stale_ms;
+}
+
+/* Drops members that left and are stale: no replay of theirs can be fresh
+ * any more. */
+static void prune_departed(tly_members_map_t *map, int64_t now_ms) {
+  for (size_t i = 0; i < map->count;) {
+    member_t *member = &map->members[i];
+    if (member->left && !is_fresh(map, member, now_ms)) {
+      tly_members_announcement_clear(&member->announcement);
+      *member = map->members[--map->count];
+    } else {
+      i++;
+    }
+  }
+}
+
+static member_t *map_add(tly_members_map_t *map, const char *instance) {
+  if (map->count == map->cap) {
+    size_t cap = map->cap ? map->cap * 2 : 8;
+    member_t *grown = realloc(map->members, cap * sizeof(*grown));
+    if (!grown)
+      return NULL;
+    map->members = grown;
+    map->cap = cap;
+  }
+  member_t *member = &map->members[map->count++];
+  memset(member, 0, sizeof(*member));
+  snprintf(member->announcement.instance, sizeof(member->announcement.instance),
+           "%s", instance);
+  return member;
+}
+
+/* The record's time from its tally.at header. 0, or -1. */
+static int signature_at(const tly_members_signature_t *signature,
+                        int64_t *at_ms) {
+  char text[24];
+  if (!signature || !signature->at || signature->at_len == 0 ||
+      signature->at_len >= sizeof(text))
+    return -1;
+  memcpy(text, signature->at, signature->at_len);
+  text[signature->at_len] = '\0';
+  size_t start = text[0] == '-' ? 1 : 0;
+  if (!text[start] ||
+      strspn(text + start, "0123456789") != strlen(text) - start)
+    return -1;
+  *at_ms = strtoll(text, NULL, 10);
+  return 0;
+}
+
+tly_members_verdict_t
+tly_members_map_apply(tly_members_map_t *map, const char *key, size_t key_len,
+                      const char *value, size_t value_len,
+                      const tly_members_signature_t *signature,
+                      int64_t received_ms, char *errstr, size_t errstr_size) {
   char instance[TLY_MEMBERS_INSTANCE_MAX];
-  if (!key || key_len == 0 || key_len >= sizeof(instance)) {
+  int64_t at_ms = 0;
+  if (!key || key_len == 0 || key_len >= sizeof(instance) ||
+      memchr(key, '\0', key_len)) {
     snprintf(errstr, errstr_size,
              "key: expected an instance id of 1 to %zu "
              "bytes",
              sizeof(instance) - 1);
-    return -1;
+    return TLY_MEMBERS_MALFORMED;
   }
   memcpy(instance, key, key_len);
   instance[key_len] = '\0';
+  /* The MAC before anything else is believed (or even parsed). */
+  if (!map->has_secret) {
+    snprintf(errstr, errstr_size, "no cluster secret to check it with");
+    return TLY_MEMBERS_BAD_MAC;
+  }
+  if (signature_at(signature, &at_ms) ||
+      !tly_cluster_members_verify(&map->secret, key, key_len, at_ms, value,
+                                  value_len, signature->mac,
+                                  signature->mac_len)) {
+    snprintf(errstr, errstr_size,
+             "record of '%s' without a valid %s (forged, or signed with "
+             "another cluster secret)",
+             instance, TLY_MEMBERS_MAC_HEADER);
+    return TLY_MEMBERS_BAD_MAC;
+  }
+  if (received_ms - at_ms > map->stale_ms ||
+      at_ms - received_ms > TLY_MEMBERS_MAX_AHEAD_MS) {
+    snprintf(errstr, errstr_size,
+             "record of '%s' dated %lld ms from now (the window is -%lld to "
+             "+%d ms)",
+             instance, (long long)(at_ms - received_ms),
+             (long long)map->stale_ms, TLY_MEMBERS_MAX_AHEAD_MS);
+    return TLY_MEMBERS_STALE;
+  }
+  prune_departed(map, received_ms);
   member_t *member = map_find(map, instance);
-  if (!value) { /* tombstone: the member left */
-    if (member) {
-      tly_members_announcement_clear(&member->announcement);
-      *member = map->members[--map->count];
-    }
-    return 0;
+  if (member && is_fresh(map, member, received_ms) &&
+      at_ms < member->announcement.at_ms) {
+    snprintf(errstr, errstr_size,
+             "record of '%s' older than its last one (%lld ms)", instance,
+             (long long)(member->announcement.at_ms - at_ms));
+    return TLY_MEMBERS_REPLAYED;
   }
   tly_members_announcement_t announcement;
-  if (tly_members_decode(value, value_len, &announcement, errstr,
-                         errstr_size)) {
+  if (!value) { /* tombstone: the member left */
+    memset(&announcement, 0, sizeof(announcement));
+    snprintf(announcement.instance, sizeof(announcement.instance), "%s",
+             instance);
+  } else if (tly_members_decode(value, value_len, &announcement, errstr,
+                                errstr_size)) {
     tly_members_announcement_clear(&announcement);
-    return -1;
-  }
-  if (strcmp(announcement.instance, instance) != 0) {
-    snprintf(errstr, errstr_size, "instance '%s' announced under key '%s'",
-             announcement.instance, instance);
+    return TLY_MEMBERS_MALFORMED;
+  } else if (strcmp(announcement.instance, instance) != 0 ||
+             announcement.at_ms != at_ms) {
+    snprintf(errstr, errstr_size,
+             "instance '%s' at %lld announced under key '%s' at %lld",
+             announcement.instance, (long long)announcement.at_ms, instance,
+             (long long)at_ms);
     tly_members_announcement_clear(&announcement);
-    return -1;
+    return TLY_MEMBERS_MALFORMED;
   }
-  if (!member) {
-    if (map->count == map->cap) {
-      size_t cap = map->cap ? map->cap * 2 : 8;
-      member_t *grown = realloc(map->members, cap * sizeof(*grown));
-      if (!grown) {
-        snprintf(errstr, errstr_size, "out of memory");
-        tly_members_announcement_clear(&announcement);
-        return -1;
-      }
-      map->members = grown;
-      map->cap = cap;
-    }
-    member = &map->members[map->count++];
-    memset(member, 0, sizeof(*member));
+  announcement.at_ms = at_ms;
+  if (!member && !(member = map_add(map, instance))) {
+    snprintf(errstr, errstr_size, "out of memory");
+    tly_members_announcement_clear(&announcement);
+    return TLY_MEMBERS_MALFORMED;
   }
   tly_members_announcement_clear(&member->announcement);
   member->announcement = announcement;
-  member->fresh_ms =
-      announcement.at_ms < received_ms ? announcement.at_ms : received_ms;
-  return 0;
-}
-
-static int is_fresh(const tly_members_map_t *map, const member_t *member,
-                    int64_t now_ms) {
-  return now_ms - member->fresh_ms <= map->stale_ms;
+  member->left = value == NULL;
+  member->fresh_ms = at_ms < received_ms ? at_ms : received_ms;
+  return TLY_MEMBERS_APPLIED;
 }
 
 static int contains(const int32_t *partitions, size_t count,
@@ -269,7 +357,7 @@ tly_owner_state_t tly_members_map_owner(const tly_members_map_t *map,
   for (size_t i = 0; i < map->count; i++) {
     const member_t *member = &map->members[i];
     const tly_members_announcement_t *a = &member->announcement;
-    if (!is_fresh(map, member, now_ms))
+    if (member->left || !is_fresh(map, member, now_ms))
       continue;
     int serves = contains(a->partitions, a->partition_count, partition);
     int replays = contains(a->replaying, a->replaying_count, partition);
@@ -293,7 +381,7 @@ tly_owner_state_t tly_members_map_owner(const tly_members_map_t *map,
 size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms) {
   size_t fresh = 0;
   for (size_t i = 0; i < map->count; i++)
-    fresh += is_fresh(map, &map->members[i], now_ms);
+    fresh += !map->members[i].left && is_fresh(map, &map->members[i], now_ms);
   return fresh;
 }
 
@@ -330,6 +418,12 @@ struct tly_members {
   tly_members_announcement_t last;
   int64_t last_at_mono;
   int64_t seq;
+  tly_cluster_secret_t secret;
+  int has_secret;
+  /* Records read, by verdict; the last log line about ignored ones. */
+  atomic_uint_least64_t verdicts[TLY_MEMBERS_VERDICTS];
+  int64_t ignored_logged_mono;
+  uint64_t ignored_unlogged;
 };
 
 static rd_kafka_conf_t *kafka_conf(const tly_members_conf_t *conf,
@@ -380,6 +474,11 @@ tly_members_t *tly_members_new(const tly_members_conf_t *conf, char *errstr,
     return NULL;
   }
   members->conf = *conf;
+  members->conf.secret = NULL; /* copied below, never kept by reference */
+  if (conf->secret) {
+    members->secret = *conf->secret;
+    members->has_secret = 1;
+  }
   pthread_mutex_init(&members->lock, NULL);
   members->heartbeat_ms = conf->heartbeat_ms > 0
                               ? conf->heartbeat_ms
@@ -387,11 +486,14 @@ tly_members_t *tly_members_new(const tly_members_conf_t *conf, char *errstr,
   members->topic =
       strdup(conf->topic ? conf->topic : TLY_DEFAULT_MEMBERS_TOPIC);
   members->map = tly_members_map_new(
-      conf->stale_ms > 0 ? conf->stale_ms : 3 * members->heartbeat_ms);
+      conf->stale_ms > 0 ? conf->stale_ms : 3 * members->heartbeat_ms,
+      members->has_secret ? &members->secret : NULL);
   if (!members->topic || !members->map) {
     snprintf(errstr, errstr_size, "members: out of memory");
     goto fail;
   }
+  if (!members->has_secret)
+    return members; /* membership off: no Kafka clients */
   static const char *const producer_defaults[] = {
       "enable.idempotence=true", "linger.ms=0", "log_level=3", NULL};
   static const char *const reader_defaults[] = {
@@ -436,6 +538,21 @@ const char *tly_members_advertise(const tly_members_t *members) {
   return members->advertise;
 }
 
+const char *tly_members_instance(const tly_members_t *members) {
+  return members->instance;
+}
+
+const tly_cluster_secret_t *tly_members_secret(const tly_members_t *members) {
+  return members && members->has_secret ? &members->secret : NULL;
+}
+
+uint64_t tly_members_count(tly_members_t *members,
+                           tly_members_verdict_t verdict) {
+  return verdict < TLY_MEMBERS_VERDICTS
+             ? (uint64_t)atomic_load(&members->verdicts[verdict])
+             : 0;
+}
+
 tly_owner_state_t tly_members_owner(tly_members_t *members, int32_t partition,
                                     tly_members_owner_t *out) {
   pthread_mutex_lock(&members->lock);
@@ -443,6 +560,60 @@ tly_owner_state_t tly_members_owner(tly_members_t *members, int32_t partition,
       tly_members_map_owner(members->map, partition, tly_wall_ms(), out);
   pthread_mutex_unlock(&members->lock);
   return state;
+}
+
+/* Ignored records are logged at most once per this long (a forger can
+ * write many). */
+#define IGNORED_LOG_INTERVAL_MS 10000
+
+/* Applies one record of the members topic to the map; counts and logs
+ * (rate-limited) one that is ignored. */
+static void apply_record(tly_members_t *members,
+                         const rd_kafka_message_t *msg) {
+  char errstr[512];
+  tly_members_signature_t signature = {0};
+  rd_kafka_headers_t *headers = NULL;
+  if (rd_kafka_message_headers(msg, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    const void *at = NULL, *mac = NULL;
+    size_t at_len = 0, mac_len = 0;
+    if (rd_kafka_header_get_last(headers, TLY_MEMBERS_AT_HEADER, &at,
+                                 &at_len) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      signature.at = at;
+      signature.at_len = at_len;
+    }
+    if (rd_kafka_header_get_last(headers, TLY_MEMBERS_MAC_HEADER, &mac,
+                                 &mac_len) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      signature.mac = mac;
+      signature.mac_len = mac_len;
+    }
+  }
+  pthread_mutex_lock(&members->lock);
+  tly_members_verdict_t verdict =
+      tly_members_map_apply(members->map, msg->key, msg->key_len, msg->payload,
+                            msg->payload ? msg->len : 0, &signature,
+                            tly_wall_ms(), errstr, sizeof(errstr));
+  pthread_mutex_unlock(&members->lock);
+  atomic_fetch_add(&members->verdicts[verdict < TLY_MEMBERS_VERDICTS
+                                          ? verdict
+                                          : TLY_MEMBERS_MALFORMED],
+                   1);
+  if (verdict == TLY_MEMBERS_APPLIED)
+    return;
+  int64_t now = tly_monotonic_ms();
+  if (members->ignored_logged_mono &&
+      now - members->ignored_logged_mono < IGNORED_LOG_INTERVAL_MS) {
+    members->ignored_unlogged++;
+    return;
+  }
+  /* Stale records are routine at startup (the topic's history). */
+  tly_log(verdict == TLY_MEMBERS_STALE ? TLY_LOG_INFO : TLY_LOG_WARN, "members",
+          "ignoring the record at offset %lld of %s (%s): %s; %llu more "
+          "ignored since the last such line",
+          (long long)msg->offset, members->topic,
+          tly_members_verdict_name(verdict), errstr,
+          (unsigned long long)members->ignored_unlogged);
+  members->ignored_logged_mono = now;
+  members->ignored_unlogged = 0;
 }
 
 /* Reads what arrived on the members topic into the map. */
@@ -456,16 +627,7 @@ static void read_announcements(tly_members_t *members) {
         tly_log(TLY_LOG_WARN, "members", "reading %s: %s", members->topic,
                 rd_kafka_message_errstr(msg));
     } else {
-      char errstr[256];
-      pthread_mutex_lock(&members->lock);
-      int bad = tly_members_map_apply(members->map, msg->key, msg->key_len,
-                                      msg->payload, msg->len, tly_wall_ms(),
-                                      errstr, sizeof(errstr));
-      pthread_mutex_unlock(&members->lock);
-      if (bad)
-        tly_log(TLY_LOG_WARN, "members",
-                "ignoring the record at offset %lld: %s",
-                (long long)msg->offset, errstr);
+      apply_record(members, msg);
     }
     rd_kafka_message_destroy(msg);
   }
@@ -485,7 +647,8 @@ static int own_view(tly_members_t *members, tly_members_announcement_t *out) {
   size_t count = 0;
   memset(out, 0, sizeof(*out));
   int rebalancing = tly_processor_rebalancing(members->conf.processor);
-  tly_partition_status_t *status = tly_processor_partitions_copy(members->conf.processor, &count);
+  tly_partition_status_t *status =
+      tly_processor_partitions_copy(members->conf.processor, &count);
   rebalancing |= tly_processor_rebalancing(members->conf.processor);
   if (!status)
     return -1;
@@ -516,13 +679,20 @@ static int same_view(const tly_members_announcement_t *a,
                  a->replaying_count * sizeof(int32_t)) == 0);
 }
 
-/* value NULL: the tombstone. */
-static void produce(tly_members_t *members, const char *value) {
+/* value NULL: the tombstone. Signed (tally.at, tally.mac) at at_ms. */
+static void produce(tly_members_t *members, const char *value, int64_t at_ms) {
+  char at[24], mac[TLY_CLUSTER_MAC_HEX_LEN + 1];
+  size_t key_len = strlen(members->instance);
+  size_t value_len = value ? strlen(value) : 0;
+  snprintf(at, sizeof(at), "%lld", (long long)at_ms);
+  tly_cluster_members_mac(&members->secret, members->instance, key_len, at_ms,
+                          value, value_len, mac);
   rd_kafka_resp_err_t err = rd_kafka_producev(
       members->producer, RD_KAFKA_V_TOPIC(members->topic),
-      RD_KAFKA_V_PARTITION(0),
-      RD_KAFKA_V_KEY(members->instance, strlen(members->instance)),
-      RD_KAFKA_V_VALUE((void *)value, value ? strlen(value) : 0),
+      RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_KEY(members->instance, key_len),
+      RD_KAFKA_V_VALUE((void *)value, value_len),
+      RD_KAFKA_V_HEADER(TLY_MEMBERS_AT_HEADER, at, (ssize_t)strlen(at)),
+      RD_KAFKA_V_HEADER(TLY_MEMBERS_MAC_HEADER, mac, (ssize_t)strlen(mac)),
       RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
   if (err)
     tly_log(TLY_LOG_WARN, "members", "announcing on %s: %s", members->topic,
@@ -549,7 +719,7 @@ static void announce_if_due(tly_members_t *members) {
       tly_log(TLY_LOG_INFO, "members",
               "announcing %s: %zu partition(s) served, %zu replaying",
               members->advertise, view.partition_count, view.replaying_count);
-    produce(members, value);
+    produce(members, value, view.at_ms);
     free(value);
     tly_members_announcement_clear(&members->last);
     members->last = view;
@@ -568,15 +738,8 @@ static void *members_main(void *arg) {
     /* Waits for records (or the next round) on the reader's queue. */
     rd_kafka_message_t *msg = rd_kafka_consumer_poll(members->reader, POLL_MS);
     if (msg) {
-      if (!msg->err) {
-        char errstr[256];
-        pthread_mutex_lock(&members->lock);
-        if (tly_members_map_apply(members->map, msg->key, msg->key_len,
-                                  msg->payload, msg->len, tly_wall_ms(), errstr,
-                                  sizeof(errstr)))
-          tly_log(TLY_LOG_WARN, "members", "ignoring a record: %s", errstr);
-        pthread_mutex_unlock(&members->lock);
-      }
+      if (!msg->err)
+        apply_record(members, msg);
       rd_kafka_message_destroy(msg);
     }
   }
@@ -607,6 +770,14 @@ int tly_members_start(tly_members_t *members, const char *instance_id,
   size_t len = strlen(members->advertise);
   while (len > 0 && members->advertise[len - 1] == '/')
     members->advertise[--len] = '\0';
+  if (!members->has_secret) {
+    tly_log(TLY_LOG_WARN, "members",
+            "no cluster secret (%s or --cluster-secret-file): this instance "
+            "neither announces itself nor forwards; it answers only for the "
+            "partitions it serves",
+            TLY_CLUSTER_SECRET_ENV);
+    return 0;
+  }
   if (pthread_create(&members->thread, NULL, members_main, members)) {
     snprintf(errstr, errstr_size, "members: cannot start the thread");
     return -1;
@@ -621,7 +792,7 @@ void tly_members_destroy(tly_members_t *members) {
   atomic_store(&members->stopping, 1);
   if (members->started) {
     pthread_join(members->thread, NULL);
-    produce(members, NULL);
+    produce(members, NULL, tly_wall_ms());
     if (rd_kafka_flush(members->producer, TOMBSTONE_FLUSH_MS))
       tly_log(TLY_LOG_WARN, "members",
               "the tombstone of %s was not acknowledged in time",
@@ -635,6 +806,7 @@ void tly_members_destroy(tly_members_t *members) {
     rd_kafka_destroy(members->producer);
   tly_members_announcement_clear(&members->last);
   tly_members_map_free(members->map);
+  tly_cluster_secret_clear(&members->secret);
   pthread_mutex_destroy(&members->lock);
   free(members->topic);
   free(members);

@@ -16,6 +16,16 @@
  * expire; two fresh members claiming one partition (a rebalance in flight)
  * make it "moving", never a guess.
  *
+ * Any Kafka writer can write the topic, so every record (tombstones too)
+ * is signed (tly_cluster_auth.h): Kafka headers tally.at (its time, ms) and
+ * tally.mac (HMAC-SHA256 under the cluster secret over key, time and
+ * value). A record without a valid MAC is ignored; so is a signed one whose
+ * time is more than the staleness timeout old or TLY_MEMBERS_MAX_AHEAD_MS
+ * ahead when read (a replay, or history read at startup), or older than
+ * what that member announced last while it is fresh (a replay within the
+ * window). Without a cluster secret nothing is announced or read: the
+ * instance answers only for the partitions it serves.
+ *
  * The map (tly_members_map_*) is pure: records and a clock in, answers out,
  * for the unit tests. tly_members_* runs it on a thread of its own with a
  * Kafka producer and reader, and takes this instance's own view from the
@@ -24,6 +34,7 @@
 #ifndef TLY_MEMBERS_H
 #define TLY_MEMBERS_H
 
+#include "tly_cluster_auth.h"
 #include "tly_processor.h"
 
 #include <stddef.h>
@@ -34,6 +45,8 @@
 /* An announcement lists at most this many partitions (both lists). */
 #define TLY_MEMBERS_PARTITIONS_MAX 65536
 #define TLY_MEMBERS_DEFAULT_HEARTBEAT_MS 2000
+/* A signed record dated further ahead of the reader's clock is ignored. */
+#define TLY_MEMBERS_MAX_AHEAD_MS 10000
 
 /* ---- the pure map ----------------------------------------------------- */
 
@@ -74,22 +87,45 @@ typedef struct {
 
 typedef struct tly_members_map tly_members_map_t;
 
-/* stale_ms: a member is dropped once its last announcement is older. */
-tly_members_map_t *tly_members_map_new(int64_t stale_ms);
+/* stale_ms: a member is dropped once its last announcement is older.
+ * secret: what records must be signed with (copied; NULL: every record is
+ * ignored as TLY_MEMBERS_BAD_MAC). */
+tly_members_map_t *tly_members_map_new(int64_t stale_ms,
+                                       const tly_cluster_secret_t *secret);
 void tly_members_map_free(tly_members_map_t *map);
 
 /*
  * Applies one record of the members topic, in log order: key = instance id,
- * value NULL = tombstone (the member left). received_ms is the local clock
- * when it was read: a member's freshness is the older of its own "at" and
- * received_ms, so neither an old record read at startup nor a clock ahead
- * of ours keeps a member alive. 0, or -1 with errstr (the record is
- * ignored; a value whose instance differs from the key is refused).
+ * value NULL = tombstone (the member left), signature = its headers.
+ * received_ms is the local clock when it was read: a member's freshness is
+ * the older of its own "at" and received_ms, so a clock ahead of ours does
+ * not keep a member alive. TLY_MEMBERS_APPLIED, or why the record was
+ * ignored (with errstr; never the secret).
  */
-int tly_members_map_apply(tly_members_map_t *map, const char *key,
-                          size_t key_len, const char *value, size_t value_len,
-                          int64_t received_ms, char *errstr,
-                          size_t errstr_size);
+typedef enum {
+  TLY_MEMBERS_APPLIED = 0,
+  TLY_MEMBERS_BAD_MAC,   /* unsigned, or not under our secret: forged */
+  TLY_MEMBERS_MALFORMED, /* signed, but not a valid announcement */
+  TLY_MEMBERS_STALE,     /* signed, dated outside the window */
+  TLY_MEMBERS_REPLAYED,  /* signed, older than the member's last one */
+  TLY_MEMBERS_VERDICTS
+} tly_members_verdict_t;
+
+/* The metric label of a verdict ("applied", "bad_mac", ...). */
+const char *tly_members_verdict_name(tly_members_verdict_t verdict);
+
+typedef struct {
+  const char *at; /* TLY_MEMBERS_AT_HEADER's value; NULL: none */
+  size_t at_len;
+  const char *mac; /* TLY_MEMBERS_MAC_HEADER's value; NULL: none */
+  size_t mac_len;
+} tly_members_signature_t;
+
+tly_members_verdict_t
+tly_members_map_apply(tly_members_map_t *map, const char *key, size_t key_len,
+                      const char *value, size_t value_len,
+                      const tly_members_signature_t *signature,
+                      int64_t received_ms, char *errstr, size_t errstr_size);
 
 /* Who has partition as of now_ms (see tly_owner_state_t). */
 tly_owner_state_t tly_members_map_owner(const tly_members_map_t *map,
@@ -109,6 +145,9 @@ typedef struct {
   int64_t stale_ms;           /* default 3 heartbeats */
   /* librdkafka properties "name=value" (TLS, SASL), NULL-terminated. */
   const char *const *kafka_properties;
+  /* The cluster secret (copied). NULL: membership is off (no Kafka
+   * clients, nothing announced or read, every partition's owner unknown). */
+  const tly_cluster_secret_t *secret;
 } tly_members_conf_t;
 
 typedef struct tly_members tly_members_t;
@@ -123,8 +162,16 @@ tly_members_t *tly_members_new(const tly_members_conf_t *conf, char *errstr,
  * "http://127.0.0.1:8080"). 0 or -1 with errstr. */
 int tly_members_start(tly_members_t *members, const char *instance_id,
                       const char *advertise, char *errstr, size_t errstr_size);
-/* The advertised URL ("" before start). */
+/* The advertised URL and the instance id ("" before start). */
 const char *tly_members_advertise(const tly_members_t *members);
+const char *tly_members_instance(const tly_members_t *members);
+/* The cluster secret, or NULL when there is none (nothing is forwarded,
+ * forwarded requests are refused). NULL members: NULL. */
+const tly_cluster_secret_t *tly_members_secret(const tly_members_t *members);
+/* Records of the members topic read so far with this verdict (for
+ * /metrics: the ignored ones by reason, and the applied ones). */
+uint64_t tly_members_count(tly_members_t *members,
+                           tly_members_verdict_t verdict);
 /* The owner of partition as this instance knows it; thread-safe. */
 tly_owner_state_t tly_members_owner(tly_members_t *members, int32_t partition,
                                     tly_members_owner_t *out);

@@ -213,6 +213,19 @@ const char *th_api_key_sha256(void) {
 }
 
 const char *th_run_env;
+int th_run_without_cluster_secret;
+
+const char *th_cluster_secret(void) {
+  static char secret[65];
+  unsigned char random[32];
+  if (secret[0])
+    return secret;
+  if (RAND_bytes(random, sizeof(random)) != 1)
+    abort();
+  for (size_t i = 0; i < sizeof(random); i++)
+    snprintf(secret + 2 * i, 3, "%02x", random[i]);
+  return secret;
+}
 
 int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
                  const char *const *extra) {
@@ -258,7 +271,13 @@ int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
   argv[argc] = NULL;
   if (th_run_env)
     putenv((char *)th_run_env);
+  if (th_run_without_cluster_secret)
+    unsetenv("TALLY_CLUSTER_SECRET");
+  else
+    setenv("TALLY_CLUSTER_SECRET", th_cluster_secret(), 1);
   run->pid = th_spawn(argv, NULL, run->log_path, run->log_path);
+  unsetenv("TALLY_CLUSTER_SECRET"); /* the child's only */
+  th_run_without_cluster_secret = 0;
   if (th_run_env) {
     char name[128];
     snprintf(name, sizeof(name), "%.*s", (int)strcspn(th_run_env, "="),

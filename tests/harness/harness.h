@@ -60,6 +60,14 @@ int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
  * e.g. the processor's fault injection; NULL for none. */
 extern const char *th_run_env;
 
+/* The cluster secret every `tally run` of th_run_start shares (in its
+ * environment as TALLY_CLUSTER_SECRET): generated once per test process,
+ * so instances of one test forward to each other. */
+const char *th_cluster_secret(void);
+/* 1: the next th_run_start() runs without a cluster secret (no
+ * forwarding). Reset by th_run_start. */
+extern int th_run_without_cluster_secret;
+
 /* The API key the harness's `tally run` accepts: generated once per test
  * process; th_run_start passes its SHA-256 as --api-key-sha256. */
 const char *th_api_key(void);

@@ -3,7 +3,9 @@
  * engine: the file parses (libyaml, merge keys followed as Compose does);
  * it has the Kafka service (KRaft), a topic-init service and at least two
  * `tally run` services in one consumer group, each with its own state
- * volume and its HTTP port published on 127.0.0.1 only; the init service
+ * volume and its HTTP port published on 127.0.0.1 only, a cluster secret
+ * (TALLY_CLUSTER_SECRET or --cluster-secret-file) and an --advertise URL
+ * of its own the others can reach (so they forward); the init service
  * creates every topic `tally topics` prints, with its cleanup policy, and
  * "input"-sized topics with the usage topic's partition count; every
  * --config and Dockerfile it references exists, the Dockerfile installs the
@@ -321,6 +323,7 @@ static int check_processors(compose_t *compose, const char *compose_dir,
                             const char *init_name, char *brokers,
                             size_t brokers_size) {
   char group[128] = "", states[MAX_TALLY_SERVICES][512];
+  char advertised[MAX_TALLY_SERVICES][256], owners[MAX_TALLY_SERVICES][128];
   size_t count = 0;
   brokers[0] = '\0';
   for (yaml_node_pair_t *pair = compose->services->data.mapping.pairs.start;
@@ -338,6 +341,10 @@ static int check_processors(compose_t *compose, const char *compose_dir,
     const char *this_brokers = option(&argv, "--brokers");
     const char *state_dir = option(&argv, "--state-dir");
     const char *config = option(&argv, "--config");
+    const char *advertise = option(&argv, "--advertise");
+    const char *secret = env_get(compose, svc, "TALLY_CLUSTER_SECRET");
+    int has_secret =
+        (secret && *secret) || option(&argv, "--cluster-secret-file");
     if (!this_group)
       this_group = TLY_DEFAULT_GROUP_ID;
     if (count == MAX_TALLY_SERVICES)
@@ -368,6 +375,26 @@ static int check_processors(compose_t *compose, const char *compose_dir,
     else if (!ports_on_loopback(compose, svc))
       rc = problem(compose, "%s: ports must be published on 127.0.0.1 only",
                    name);
+    else if (!has_secret)
+      rc = problem(compose,
+                   "%s: no cluster secret (environment TALLY_CLUSTER_SECRET "
+                   "or --cluster-secret-file): the instances cannot forward "
+                   "to each other",
+                   name);
+    else if (!advertise)
+      rc = problem(compose,
+                   "%s: no --advertise: the default is 127.0.0.1, which the "
+                   "other instances cannot reach",
+                   name);
+    else if (strstr(advertise, "://127.") || strstr(advertise, "://localhost"))
+      rc = problem(compose,
+                   "%s: --advertise %s is this container's own loopback, "
+                   "which the other instances cannot reach",
+                   name, advertise);
+    for (size_t i = 0; !rc && i < count; i++)
+      if (!strcmp(advertised[i], advertise))
+        rc = problem(compose, "%s: --advertise %s is %s's too", name, advertise,
+                     owners[i]);
     for (size_t i = 0; !rc && i < count; i++)
       if (!strcmp(states[i], states[count]))
         rc = problem(compose,
@@ -379,6 +406,8 @@ static int check_processors(compose_t *compose, const char *compose_dir,
     if (!rc) {
       snprintf(group, sizeof(group), "%s", this_group);
       snprintf(brokers, brokers_size, "%s", this_brokers);
+      snprintf(advertised[count], sizeof(advertised[count]), "%s", advertise);
+      snprintf(owners[count], sizeof(owners[count]), "%s", name);
       count++;
     }
     words_free(&argv);
@@ -737,12 +766,19 @@ static const breakage_t breakages[] = {
     {"/opt/kafka/bin/kafka-topics.sh", "/opt/kafka/bin/kafka-configs.sh",
      "no topic-init service"},
     {"  tally-2:\n    <<: *tally\n",
-     "  tally-2:\n    <<: *tally\n    command: [tally, run, --brokers, "
+     "  tally-2:\n    <<: *tally\n    entrypoint: [tally, run, --brokers, "
      "kafka:9092, --group, other, --state-dir, /var/lib/tally]\n",
      "--group other"},
     {"  tally-2:\n    <<: *tally\n",
-     "  tally-2:\n    <<: *tally\n    command: [tally, --help]\n",
+     "  tally-2:\n    <<: *tally\n    entrypoint: [tally, --help]\n",
      "1 service(s) run `tally run`"},
+    {"    TALLY_CLUSTER_SECRET: ", "    TALLY_CLUSTER_SECRETS: ",
+     "tally-1: no cluster secret"},
+    {"\"http://tally-2:8080\"", "\"http://tally-1:8080\"",
+     "tally-2: --advertise http://tally-1:8080 is tally-1's too"},
+    {"\"http://tally-2:8080\"", "\"http://127.0.0.1:8080\"",
+     "tally-2: --advertise http://127.0.0.1:8080 is this container's own"},
+    {"--advertise, \"http://tally-2:8080\", ", "", "tally-2: no --advertise"},
     {"tally-2-state:/var/lib/tally", "tally-1-state:/var/lib/tally",
      "each instance needs its own"},
     {"\"127.0.0.1:8082:8080\"", "\"8082:8080\"", "127.0.0.1 only"},

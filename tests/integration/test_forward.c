@@ -3,14 +3,18 @@
  * `tally run` in one group on the embedded broker (12 partitions), each
  * announcing on tally.members. Every subject asked of both instances gets
  * the same body, equal to what was sent, and some answers were forwarded
- * (X-Tally-Served-By names the other instance); a request already
- * forwarded is never forwarded again (503); after one instance is
+ * (X-Tally-Served-By names the other instance); a request marked as
+ * forwarded needs the forwarding credential, not a bearer token (401), and
+ * one that was forwarded already is never forwarded again (503); after
+ * one instance is
  * SIGKILLed its partitions answer 503 partition_moving until the survivor
  * took them over, and then the right totals.
  */
 #include "harness.h"
 
 #include "tally_producer.h"
+#include "tly_cluster_auth.h"
+#include "tly_log.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -184,14 +188,17 @@ static void test_any_instance_answers_for_any_subject(void **state) {
   th_run_t a, b;
   char *dir = th_mkdtemp("forward");
   char state_a[600], state_b[600], url_a[64], url_b[64], path[128];
-  const char *extra[] = {"--members-heartbeat-ms", HEARTBEAT_MS, NULL};
+  const char *extra_a[] = {"--members-heartbeat-ms", HEARTBEAT_MS,
+                           "--instance-id", "fwd-a", NULL};
+  const char *extra_b[] = {"--members-heartbeat-ms", HEARTBEAT_MS,
+                           "--instance-id", "fwd-b", NULL};
 
   snprintf(state_a, sizeof(state_a), "%s/a", dir);
   snprintf(state_b, sizeof(state_b), "%s/b", dir);
   assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
-  assert_int_equal(th_run_start(&a, broker.bootstrap, state_a, extra), 0);
+  assert_int_equal(th_run_start(&a, broker.bootstrap, state_a, extra_a), 0);
   produce_events(broker.bootstrap);
-  assert_int_equal(th_run_start(&b, broker.bootstrap, state_b, extra), 0);
+  assert_int_equal(th_run_start(&b, broker.bootstrap, state_b, extra_b), 0);
   snprintf(url_a, sizeof(url_a), "http://127.0.0.1:%d", a.port);
   snprintf(url_b, sizeof(url_b), "http://127.0.0.1:%d", b.port);
 
@@ -244,7 +251,7 @@ static void test_any_instance_answers_for_any_subject(void **state) {
   assert_true(th_metric_sum(a.port, "tally_http_forwards_total") +
                   th_metric_sum(b.port, "tally_http_forwards_total") >=
               SUBJECTS);
-  assert_true(owner_b >= 0);             /* b serves some partitions */
+  assert_true(owner_b >= 0); /* b serves some partitions */
 
   /* Auth is checked where the request arrives, and again at the owner:
    * without the token, 401 whoever owns the subject. */
@@ -253,8 +260,27 @@ static void test_any_instance_answers_for_any_subject(void **state) {
   assert_int_equal(get(a.port, path, "Bearer wrong", NULL, &answer), 0);
   assert_int_equal(answer.status, 401);
   free(answer.body);
-  /* A forwarded request reaching a non-owner is not forwarded again. */
+  /* Marked as forwarded with only a client's bearer token: refused, a
+   * forwarded request needs the forwarding credential. */
   assert_int_equal(get(a.port, path, NULL, "X-Tally-Forwarded: 1", &answer), 0);
+  assert_int_equal(answer.status, 401);
+  free(answer.body);
+  assert_int_equal(th_metric_sum(a.port, "tally_http_forwards_rejected_total"),
+                   1);
+  /* A forwarded request (a good credential for a) reaching a non-owner is
+   * not forwarded again. */
+  tly_cluster_secret_t secret = {.len = strlen(th_cluster_secret())};
+  memcpy(secret.bytes, th_cluster_secret(), secret.len);
+  tly_forward_scope_t scope = {
+      .method = "GET", .target = path, .owner_instance = "fwd-a"};
+  char credential[TLY_FORWARD_CREDENTIAL_MAX], header[256];
+  assert_int_equal(tly_cluster_forward_credential(
+                       &secret, &scope,
+                       tly_wall_ms() + TLY_FORWARD_CREDENTIAL_TTL_MS,
+                       credential, sizeof(credential)),
+                   0);
+  snprintf(header, sizeof(header), TLY_FORWARD_AUTH_HEADER ": %s", credential);
+  assert_int_equal(get(a.port, path, "", header, &answer), 0);
   assert_int_equal(answer.status, 503);
   assert_true(is_moving(&answer));
   json_t *json = json_loads(answer.body, 0, NULL);

@@ -1,8 +1,13 @@
 /*
  * test_members.c - the members map of tly_members.c, pure: announcements
  * decoded (and refused when malformed), members expiring after the
- * staleness timeout, conflicting claims answered as moving, tombstones.
+ * staleness timeout, conflicting claims answered as moving, tombstones;
+ * and what the cluster secret authenticates (tly_cluster_auth.c): records
+ * of the members topic ignored unless signed (tampered, unsigned, another
+ * secret, stale, replayed), and the forwarding credential of a forwarded
+ * request (bound to its request and owner, short-lived).
  */
+#include "tly_cluster_auth.h"
 #include "tly_members.h"
 
 #include <setjmp.h>
@@ -12,18 +17,61 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #define STALE_MS 1500
 #define T0 1763800000000LL
 
-static int apply(tly_members_map_t *map, const char *key, const char *value,
-                 int64_t received_ms) {
-  char errstr[256];
-  return tly_members_map_apply(map, key, strlen(key), value,
-                               value ? strlen(value) : 0, received_ms, errstr,
-                               sizeof(errstr));
+static const tly_cluster_secret_t *secret(void) {
+  static tly_cluster_secret_t value = {.len = 0};
+  if (!value.len) {
+    value.len = 32;
+    memcpy(value.bytes, "0123456789abcdef0123456789abcdef", 32);
+  }
+  return &value;
+}
+
+static const tly_cluster_secret_t *other_secret(void) {
+  static tly_cluster_secret_t value = {.len = 0};
+  if (!value.len) {
+    value.len = 32;
+    memcpy(value.bytes, "0123456789abcdef0123456789abcdeF", 32);
+  }
+  return &value;
+}
+
+/* Applies a record signed with signing_secret (NULL: unsigned) at at_ms. */
+static tly_members_verdict_t
+apply_signed(tly_members_map_t *map, const tly_cluster_secret_t *signing_secret,
+             const char *key, const char *value, int64_t at_ms,
+             int64_t received_ms) {
+  char errstr[256], at[24], mac[TLY_CLUSTER_MAC_HEX_LEN + 1];
+  tly_members_signature_t signature = {0};
+  size_t value_len = value ? strlen(value) : 0;
+  if (signing_secret) {
+    snprintf(at, sizeof(at), "%lld", (long long)at_ms);
+    tly_cluster_members_mac(signing_secret, key, strlen(key), at_ms, value,
+                            value_len, mac);
+    signature = (tly_members_signature_t){
+        .at = at, .at_len = strlen(at), .mac = mac, .mac_len = strlen(mac)};
+  }
+  return tly_members_map_apply(map, key, strlen(key), value, value_len,
+                               &signature, received_ms, errstr, sizeof(errstr));
+}
+
+/* A record signed with the map's secret; a tombstone (value NULL) is made
+ * at received_ms, an announcement at its own "at". */
+static int64_t at_of(const char *value, int64_t fallback) {
+  const char *at = value ? strstr(value, "\"at\":") : NULL;
+  return at ? strtoll(at + 5, NULL, 10) : fallback;
+}
+
+static tly_members_verdict_t apply(tly_members_map_t *map, const char *key,
+                                   const char *value, int64_t received_ms) {
+  return apply_signed(map, secret(), key, value, at_of(value, received_ms),
+                      received_ms);
 }
 
 /* An announcement of instance at http://127.0.0.1:port, made at at_ms. */
@@ -96,7 +144,7 @@ static void test_decode_refuses_malformed(void **state) {
 static void test_owner_serving_and_replaying(void **state) {
   (void)state;
   tly_members_owner_t owner;
-  tly_members_map_t *map = tly_members_map_new(STALE_MS);
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
   assert_int_equal(apply(map, "a", announcement("a", 8081, "0,1", "2", T0), T0),
                    0);
   assert_int_equal(tly_members_map_owner(map, 0, T0, &owner),
@@ -122,7 +170,7 @@ static void test_owner_serving_and_replaying(void **state) {
 static void test_stale_members_expire(void **state) {
   (void)state;
   tly_members_owner_t owner;
-  tly_members_map_t *map = tly_members_map_new(STALE_MS);
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
   apply(map, "a", announcement("a", 8081, "0", "", T0), T0);
   apply(map, "b", announcement("b", 8082, "1", "", T0 + 1000), T0 + 1000);
   assert_int_equal(tly_members_map_count(map, T0 + 1000), 2);
@@ -134,12 +182,16 @@ static void test_stale_members_expire(void **state) {
   assert_int_equal(tly_members_map_owner(map, 1, T0 + STALE_MS + 1, &owner),
                    TLY_OWNER_SERVING);
   assert_int_equal(tly_members_map_count(map, T0 + STALE_MS + 1), 1);
-  /* An old announcement read later (at startup) is as old as its "at". */
-  apply(map, "c", announcement("c", 8083, "5", "", T0), T0 + 10000);
+  /* An old announcement read later (at startup) is ignored as stale. */
+  assert_int_equal(
+      apply(map, "c", announcement("c", 8083, "5", "", T0), T0 + 10000),
+      TLY_MEMBERS_STALE);
   assert_int_equal(tly_members_map_owner(map, 5, T0 + 10000, &owner),
                    TLY_OWNER_UNKNOWN);
   /* A clock ahead of ours counts from when we read it. */
-  apply(map, "d", announcement("d", 8084, "6", "", T0 + 60000), T0 + 10000);
+  assert_int_equal(
+      apply(map, "d", announcement("d", 8084, "6", "", T0 + 15000), T0 + 10000),
+      TLY_MEMBERS_APPLIED);
   assert_int_equal(tly_members_map_owner(map, 6, T0 + 10000 + STALE_MS, &owner),
                    TLY_OWNER_SERVING);
   assert_int_equal(
@@ -151,7 +203,7 @@ static void test_stale_members_expire(void **state) {
 static void test_conflicting_claims_are_moving(void **state) {
   (void)state;
   tly_members_owner_t owner;
-  tly_members_map_t *map = tly_members_map_new(STALE_MS);
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
   /* During a rebalance: a still claims 4 while b took it over. */
   apply(map, "a", announcement("a", 8081, "3,4", "", T0), T0);
   apply(map, "b", announcement("b", 8082, "4", "", T0 + 10), T0 + 10);
@@ -184,7 +236,7 @@ static void test_conflicting_claims_are_moving(void **state) {
 static void test_tombstone_and_bad_records(void **state) {
   (void)state;
   tly_members_owner_t owner;
-  tly_members_map_t *map = tly_members_map_new(STALE_MS);
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
   apply(map, "a", announcement("a", 8081, "0", "", T0), T0);
   apply(map, "b", announcement("b", 8082, "1", "", T0), T0);
   assert_int_equal(apply(map, "a", NULL, T0 + 1), 0);
@@ -195,10 +247,12 @@ static void test_tombstone_and_bad_records(void **state) {
   assert_int_equal(tly_members_map_count(map, T0 + 1), 1);
   /* A tombstone of an unknown member is fine. */
   assert_int_equal(apply(map, "zz", NULL, T0 + 1), 0);
-  /* Refused and ignored: another instance's value under this key, garbage. */
+  /* Refused and ignored, though signed: another instance's value under
+   * this key, garbage. */
   assert_int_equal(apply(map, "c", announcement("b", 8082, "7", "", T0), T0),
-                   -1);
-  assert_int_equal(apply(map, "c", "{", T0), -1);
+                   TLY_MEMBERS_MALFORMED);
+  assert_int_equal(apply_signed(map, secret(), "c", "{", T0, T0),
+                   TLY_MEMBERS_MALFORMED);
   assert_int_equal(tly_members_map_owner(map, 7, T0 + 1, &owner),
                    TLY_OWNER_UNKNOWN);
   assert_int_equal(tly_members_map_owner(map, 1, T0 + 1, &owner),
@@ -206,8 +260,304 @@ static void test_tombstone_and_bad_records(void **state) {
   tly_members_map_free(map);
 }
 
+/* The MAC itself: valid, tampered (key, time, value, MAC), wrong secret. */
+static void test_announcement_mac(void **state) {
+  (void)state;
+  const char *value = announcement("a", 8081, "0,1", "", T0);
+  size_t len = strlen(value);
+  char mac[TLY_CLUSTER_MAC_HEX_LEN + 1], other[TLY_CLUSTER_MAC_HEX_LEN + 1];
+  tly_cluster_members_mac(secret(), "a", 1, T0, value, len, mac);
+  assert_int_equal(strlen(mac), TLY_CLUSTER_MAC_HEX_LEN);
+  assert_true(tly_cluster_members_verify(secret(), "a", 1, T0, value, len, mac,
+                                         strlen(mac)));
+  /* Tampered: the value (one byte), the key, the time. */
+  char tampered[1024];
+  snprintf(tampered, sizeof(tampered), "%s", value);
+  tampered[strlen(tampered) - 2] ^= 1;
+  assert_false(tly_cluster_members_verify(secret(), "a", 1, T0, tampered, len,
+                                          mac, strlen(mac)));
+  assert_false(tly_cluster_members_verify(secret(), "b", 1, T0, value, len, mac,
+                                          strlen(mac)));
+  assert_false(tly_cluster_members_verify(secret(), "a", 1, T0 + 1, value, len,
+                                          mac, strlen(mac)));
+  /* Another secret: another MAC, and ours does not verify under it. */
+  tly_cluster_members_mac(other_secret(), "a", 1, T0, value, len, other);
+  assert_string_not_equal(mac, other);
+  assert_false(tly_cluster_members_verify(other_secret(), "a", 1, T0, value,
+                                          len, mac, strlen(mac)));
+  /* The MAC tampered, cut short, not hex, absent; either case is fine. */
+  char bad[TLY_CLUSTER_MAC_HEX_LEN + 1];
+  snprintf(bad, sizeof(bad), "%s", mac);
+  bad[10] = bad[10] == '0' ? '1' : '0';
+  assert_false(tly_cluster_members_verify(secret(), "a", 1, T0, value, len, bad,
+                                          strlen(bad)));
+  assert_false(tly_cluster_members_verify(secret(), "a", 1, T0, value, len, mac,
+                                          strlen(mac) - 2));
+  snprintf(bad, sizeof(bad), "%s", mac);
+  bad[0] = 'g';
+  assert_false(tly_cluster_members_verify(secret(), "a", 1, T0, value, len, bad,
+                                          strlen(bad)));
+  assert_false(
+      tly_cluster_members_verify(secret(), "a", 1, T0, value, len, NULL, 0));
+  assert_false(tly_cluster_members_verify(NULL, "a", 1, T0, value, len, mac,
+                                          strlen(mac)));
+  for (char *c = mac; *c; c++)
+    *c = (char)(*c >= 'a' && *c <= 'f' ? *c - 'a' + 'A' : *c);
+  assert_true(tly_cluster_members_verify(secret(), "a", 1, T0, value, len, mac,
+                                         strlen(mac)));
+  /* A tombstone is not an empty value. */
+  tly_cluster_members_mac(secret(), "a", 1, T0, NULL, 0, mac);
+  assert_false(tly_cluster_members_verify(secret(), "a", 1, T0, "", 0, mac,
+                                          strlen(mac)));
+  assert_true(tly_cluster_members_verify(secret(), "a", 1, T0, NULL, 0, mac,
+                                         strlen(mac)));
+}
+
+/* Forged records change nothing: unsigned, another secret, tampered, a
+ * forged tombstone, a missing or mismatched time, a map without secret. */
+static void test_forged_records_are_ignored(void **state) {
+  (void)state;
+  tly_members_owner_t owner;
+  char errstr[256];
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
+  assert_int_equal(apply(map, "a", announcement("a", 8081, "0,1", "", T0), T0),
+                   TLY_MEMBERS_APPLIED);
+  /* The forger claims a's partitions under its own key and under a's. */
+  const char *forged = announcement("evil", 6666, "0,1,2", "", T0 + 10);
+  assert_int_equal(apply_signed(map, NULL, "evil", forged, T0 + 10, T0 + 10),
+                   TLY_MEMBERS_BAD_MAC);
+  assert_int_equal(
+      apply_signed(map, other_secret(), "evil", forged, T0 + 10, T0 + 10),
+      TLY_MEMBERS_BAD_MAC);
+  const char *as_a = announcement("a", 6666, "0,1,2", "", T0 + 10);
+  assert_int_equal(apply_signed(map, NULL, "a", as_a, T0 + 10, T0 + 10),
+                   TLY_MEMBERS_BAD_MAC);
+  /* A's genuine MAC on the forger's value (tampered). */
+  char at[24], mac[TLY_CLUSTER_MAC_HEX_LEN + 1];
+  const char *genuine = announcement("a", 8081, "0,1", "", T0 + 10);
+  tly_cluster_members_mac(secret(), "a", 1, T0 + 10, genuine, strlen(genuine),
+                          mac);
+  snprintf(at, sizeof(at), "%lld", (long long)(T0 + 10));
+  tly_members_signature_t signature = {
+      .at = at, .at_len = strlen(at), .mac = mac, .mac_len = strlen(mac)};
+  as_a = announcement("a", 6666, "0,1,2", "", T0 + 10);
+  assert_int_equal(tly_members_map_apply(map, "a", 1, as_a, strlen(as_a),
+                                         &signature, T0 + 10, errstr,
+                                         sizeof(errstr)),
+                   TLY_MEMBERS_BAD_MAC);
+  /* No time header: nothing to check the MAC against. */
+  signature.at = NULL;
+  assert_int_equal(tly_members_map_apply(map, "a", 1, genuine, strlen(genuine),
+                                         &signature, T0 + 10, errstr,
+                                         sizeof(errstr)),
+                   TLY_MEMBERS_BAD_MAC);
+  /* Signed, but the header's time is not the value's. */
+  assert_int_equal(apply_signed(map, secret(), "a", genuine, T0 + 11, T0 + 11),
+                   TLY_MEMBERS_MALFORMED);
+  /* A forged tombstone does not remove a. */
+  assert_int_equal(apply_signed(map, NULL, "a", NULL, T0 + 20, T0 + 20),
+                   TLY_MEMBERS_BAD_MAC);
+  assert_int_equal(
+      apply_signed(map, other_secret(), "a", NULL, T0 + 20, T0 + 20),
+      TLY_MEMBERS_BAD_MAC);
+  for (int32_t p = 0; p <= 2; p++) {
+    tly_owner_state_t expected = p < 2 ? TLY_OWNER_SERVING : TLY_OWNER_UNKNOWN;
+    assert_int_equal(tly_members_map_owner(map, p, T0 + 20, &owner), expected);
+    if (p < 2)
+      assert_string_equal(owner.http, "http://127.0.0.1:8081");
+  }
+  assert_int_equal(tly_members_map_count(map, T0 + 20), 1);
+  tly_members_map_free(map);
+  /* Without a secret nothing is believed. */
+  map = tly_members_map_new(STALE_MS, NULL);
+  assert_int_equal(apply(map, "a", announcement("a", 8081, "0", "", T0), T0),
+                   TLY_MEMBERS_BAD_MAC);
+  assert_int_equal(tly_members_map_owner(map, 0, T0, &owner),
+                   TLY_OWNER_UNKNOWN);
+  tly_members_map_free(map);
+}
+
+/* Signed records replayed: too old, too far ahead, older than the
+ * member's last, or after its tombstone. */
+static void test_replays_are_ignored(void **state) {
+  (void)state;
+  tly_members_owner_t owner;
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
+  const char *first = strdup(announcement("a", 8081, "0", "", T0));
+  const char *second = strdup(announcement("a", 8081, "1", "", T0 + 100));
+  assert_int_equal(apply(map, "a", first, T0), TLY_MEMBERS_APPLIED);
+  assert_int_equal(apply(map, "a", second, T0 + 100), TLY_MEMBERS_APPLIED);
+  /* The first again, within the window: older than a's last. */
+  assert_int_equal(apply(map, "a", first, T0 + 200), TLY_MEMBERS_REPLAYED);
+  assert_int_equal(tly_members_map_owner(map, 0, T0 + 200, &owner),
+                   TLY_OWNER_UNKNOWN);
+  assert_int_equal(tly_members_map_owner(map, 1, T0 + 200, &owner),
+                   TLY_OWNER_SERVING);
+  /* Stale: older than the staleness timeout when read; and dated too far
+   * ahead (a replay kept for later). */
+  assert_int_equal(
+      apply(map, "b", announcement("b", 8082, "2", "", T0), T0 + STALE_MS + 1),
+      TLY_MEMBERS_STALE);
+  assert_int_equal(
+      apply(map, "b",
+            announcement("b", 8082, "2", "", T0 + TLY_MEMBERS_MAX_AHEAD_MS + 1),
+            T0),
+      TLY_MEMBERS_STALE);
+  assert_int_equal(tly_members_map_owner(map, 2, T0 + 200, &owner),
+                   TLY_OWNER_UNKNOWN);
+  /* a leaves; its last announcement replayed after the tombstone. */
+  assert_int_equal(apply(map, "a", NULL, T0 + 300), TLY_MEMBERS_APPLIED);
+  assert_int_equal(tly_members_map_owner(map, 1, T0 + 300, &owner),
+                   TLY_OWNER_UNKNOWN);
+  assert_int_equal(apply(map, "a", second, T0 + 400), TLY_MEMBERS_REPLAYED);
+  assert_int_equal(tly_members_map_owner(map, 1, T0 + 400, &owner),
+                   TLY_OWNER_UNKNOWN);
+  assert_int_equal(tly_members_map_count(map, T0 + 400), 0);
+  /* a restarts: newer than its tombstone, applied. */
+  assert_int_equal(
+      apply(map, "a", announcement("a", 8081, "3", "", T0 + 500), T0 + 500),
+      TLY_MEMBERS_APPLIED);
+  assert_int_equal(tly_members_map_owner(map, 3, T0 + 500, &owner),
+                   TLY_OWNER_SERVING);
+  assert_string_equal(tly_members_verdict_name(TLY_MEMBERS_BAD_MAC), "bad_mac");
+  free((void *)first);
+  free((void *)second);
+  tly_members_map_free(map);
+}
+
+/* The credential of a forwarded request: good for its request at its
+ * owner until it expires, nothing else. */
+static void test_forward_credential(void **state) {
+  (void)state;
+  char credential[TLY_FORWARD_CREDENTIAL_MAX];
+  tly_forward_scope_t scope = {.method = "GET",
+                               .target = "/v1/subjects/user:a/usage?at=1",
+                               .owner_instance = "b"};
+  int64_t expiry = T0 + TLY_FORWARD_CREDENTIAL_TTL_MS;
+  assert_int_equal(tly_cluster_forward_credential(secret(), &scope, expiry,
+                                                  credential,
+                                                  sizeof(credential)),
+                   0);
+  assert_int_equal(tly_cluster_forward_check(secret(), credential, &scope, T0),
+                   TLY_FORWARD_AUTH_OK);
+  assert_int_equal(
+      tly_cluster_forward_check(secret(), credential, &scope, expiry),
+      TLY_FORWARD_AUTH_OK);
+  /* Expired, or expiring too far ahead of the owner's clock. */
+  assert_int_equal(
+      tly_cluster_forward_check(secret(), credential, &scope, expiry + 1),
+      TLY_FORWARD_AUTH_EXPIRED);
+  assert_int_equal(
+      tly_cluster_forward_check(secret(), credential, &scope,
+                                T0 - TLY_FORWARD_CREDENTIAL_TTL_MS - 1),
+      TLY_FORWARD_AUTH_EXPIRED);
+  /* Another request, owner, method, body, secret: invalid. */
+  tly_forward_scope_t other = scope;
+  other.target = "/v1/subjects/user:b/usage?at=1";
+  assert_int_equal(tly_cluster_forward_check(secret(), credential, &other, T0),
+                   TLY_FORWARD_AUTH_INVALID);
+  other = scope;
+  other.owner_instance = "c";
+  assert_int_equal(tly_cluster_forward_check(secret(), credential, &other, T0),
+                   TLY_FORWARD_AUTH_INVALID);
+  other = scope;
+  other.method = "POST";
+  assert_int_equal(tly_cluster_forward_check(secret(), credential, &other, T0),
+                   TLY_FORWARD_AUTH_INVALID);
+  other = scope;
+  other.body = "{}";
+  other.body_len = 2;
+  assert_int_equal(tly_cluster_forward_check(secret(), credential, &other, T0),
+                   TLY_FORWARD_AUTH_INVALID);
+  assert_int_equal(
+      tly_cluster_forward_check(other_secret(), credential, &scope, T0),
+      TLY_FORWARD_AUTH_INVALID);
+  /* A later expiry on the same MAC. */
+  char moved[TLY_FORWARD_CREDENTIAL_MAX];
+  snprintf(moved, sizeof(moved), "%lld%s", (long long)expiry + 1,
+           strchr(credential, '.'));
+  assert_int_equal(tly_cluster_forward_check(secret(), moved, &scope, T0),
+                   TLY_FORWARD_AUTH_INVALID);
+  /* Malformed, missing, no secret here. */
+  static const char *const malformed[] = {
+      "",
+      "abc",
+      "123",
+      "123.",
+      "123.zz",
+      ".abc",
+      "-1.00",
+      "12345678901234567890.0000000000000000000000000000000000000000000000000"
+      "000000000000000"};
+  for (size_t i = 0; i < sizeof(malformed) / sizeof(malformed[0]); i++)
+    assert_int_equal(
+        tly_cluster_forward_check(secret(), malformed[i], &scope, T0),
+        TLY_FORWARD_AUTH_MALFORMED);
+  char longer[TLY_FORWARD_CREDENTIAL_MAX + 1];
+  snprintf(longer, sizeof(longer), "%s0", credential);
+  assert_int_equal(tly_cluster_forward_check(secret(), longer, &scope, T0),
+                   TLY_FORWARD_AUTH_MALFORMED);
+  assert_int_equal(tly_cluster_forward_check(secret(), NULL, &scope, T0),
+                   TLY_FORWARD_AUTH_MISSING);
+  assert_int_equal(tly_cluster_forward_check(NULL, credential, &scope, T0),
+                   TLY_FORWARD_AUTH_NO_SECRET);
+  /* No body and an empty one are the same request. */
+  other = scope;
+  other.body = "";
+  assert_int_equal(tly_cluster_forward_check(secret(), credential, &other, T0),
+                   TLY_FORWARD_AUTH_OK);
+}
+
+/* The secret from the environment or a file, bounded. */
+static void test_secret_sources(void **state) {
+  (void)state;
+  tly_cluster_secret_t loaded;
+  char errstr[512], path[] = "/tmp/test_members_secret_XXXXXX";
+  unsetenv(TLY_CLUSTER_SECRET_ENV);
+  assert_int_equal(
+      tly_cluster_secret_load(NULL, &loaded, errstr, sizeof(errstr)), 0);
+  setenv(TLY_CLUSTER_SECRET_ENV, "short", 1);
+  assert_int_equal(
+      tly_cluster_secret_load(NULL, &loaded, errstr, sizeof(errstr)), -1);
+  assert_non_null(strstr(errstr, TLY_CLUSTER_SECRET_ENV));
+  setenv(TLY_CLUSTER_SECRET_ENV, "0123456789abcdef0123456789abcdef", 1);
+  assert_int_equal(
+      tly_cluster_secret_load(NULL, &loaded, errstr, sizeof(errstr)), 1);
+  assert_int_equal(loaded.len, 32);
+  assert_memory_equal(loaded.bytes, secret()->bytes, 32);
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  FILE *file = fdopen(fd, "w");
+  fputs("0123456789abcdef0123456789abcdef\n", file);
+  fclose(file);
+  /* Both: refused. */
+  assert_int_equal(
+      tly_cluster_secret_load(path, &loaded, errstr, sizeof(errstr)), -1);
+  assert_non_null(strstr(errstr, "both"));
+  unsetenv(TLY_CLUSTER_SECRET_ENV);
+  /* The file's final newline is not part of it. */
+  assert_int_equal(
+      tly_cluster_secret_load(path, &loaded, errstr, sizeof(errstr)), 1);
+  assert_int_equal(loaded.len, 32);
+  assert_memory_equal(loaded.bytes, secret()->bytes, 32);
+  unlink(path);
+  assert_int_equal(
+      tly_cluster_secret_load(path, &loaded, errstr, sizeof(errstr)), -1);
+  assert_non_null(strstr(errstr, "--cluster-secret-file"));
+  tly_cluster_secret_t a, b;
+  assert_int_equal(tly_cluster_secret_random(&a), 0);
+  assert_int_equal(tly_cluster_secret_random(&b), 0);
+  assert_true(a.len >= TLY_CLUSTER_SECRET_MIN);
+  assert_memory_not_equal(a.bytes, b.bytes, a.len);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_announcement_mac),
+      cmocka_unit_test(test_forged_records_are_ignored),
+      cmocka_unit_test(test_replays_are_ignored),
+      cmocka_unit_test(test_forward_credential),
+      cmocka_unit_test(test_secret_sources),
       cmocka_unit_test(test_decode_round_trip),
       cmocka_unit_test(test_decode_refuses_malformed),
       cmocka_unit_test(test_owner_serving_and_replaying),
