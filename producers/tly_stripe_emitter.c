@@ -23,6 +23,7 @@
 #include "tly_changelog.h"
 #include "tly_keys.h"
 #include "tly_log.h"
+#include "tly_stripe_reconcile.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -56,7 +57,9 @@ size_t tly_stripe_cursor_encode(const tly_stripe_cursor_t *cursor,
   tly_put_be64(out + 24, (uint64_t)cursor->timestamp_s);
   out[32] = (unsigned char)customer_len;
   memcpy(out + 33, cursor->customer, customer_len);
-  return 33 + customer_len;
+  tly_put_be64(out + 33 + customer_len, (uint64_t)cursor->made_at_s);
+  tly_put_be32(out + 41 + customer_len, cursor->generation);
+  return 45 + customer_len;
 }
 
 int tly_stripe_cursor_decode(const void *data, size_t len,
@@ -73,12 +76,18 @@ int tly_stripe_cursor_decode(const void *data, size_t len,
   if (!cursor->pending)
     return len == 24 ? 0 : -1;
   size_t customer_len = len > 33 ? bytes[32] : 0;
-  if (!customer_len || len != 33 + customer_len ||
+  /* Without made-at and generation: written before they existed. */
+  int legacy = len == 33 + customer_len;
+  if (!customer_len || (!legacy && len != 45 + customer_len) ||
       customer_len >= sizeof(cursor->customer) ||
       memchr(bytes + 33, '\0', customer_len))
     return -1;
   cursor->timestamp_s = (int64_t)tly_get_be64(bytes + 24);
   memcpy(cursor->customer, bytes + 33, customer_len);
+  if (!legacy) {
+    cursor->made_at_s = (int64_t)tly_get_be64(bytes + 33 + customer_len);
+    cursor->generation = tly_get_be32(bytes + 41 + customer_len);
+  }
   return 0;
 }
 
@@ -102,6 +111,12 @@ void tly_stripe_report_identifier(int32_t partition, tly_subject_kind_t kind,
                       "%.*s%c%" PRId32 "|%" PRId64 "|%" PRId64 "|%" PRId64,
                       TLY_STRIPE_EVENT_NAME_MAX, event_name, '\0', partition,
                       window_start_ms, cursor->reported, cursor->failed);
+  /* An intent made again after it was found not to be in Stripe: a new
+   * meter event (generation 0 keeps the identifiers of before). */
+  if (cursor->generation)
+    tail +=
+        snprintf(text + len + (size_t)tail, sizeof(text) - len - (size_t)tail,
+                 "|g%" PRIu32, cursor->generation);
   tly_sha256_hex(text, len + (size_t)tail, hex);
   snprintf(out, TLY_STRIPE_IDENTIFIER_SIZE, "tly_%.40s", hex);
 }
@@ -120,6 +135,14 @@ tly_stripe_report_outcome(int answered, const tly_stripe_response_t *response) {
         0)
       return TLY_STRIPE_ACCEPTED;
   }
+  /* The key is busy (409 idempotency_key_in_use: its first request still
+   * runs; or another conflict), or its stored answer is a 5xx that Stripe
+   * replays whatever happened since (Stripe-Should-Retry: false): the
+   * event may be in Stripe, so it is no failure. The same identifier under
+   * a fresh key either lands or is "already exists". */
+  if (status == 409 || (status >= 500 && (response->should_retry == 0 ||
+                                          response->idempotent_replayed)))
+    return TLY_STRIPE_RETRY_NEW_KEY;
   if (response->should_retry == 1)
     return TLY_STRIPE_RETRY;
   if (response->should_retry == 0)
@@ -184,6 +207,8 @@ struct tly_stripe_emitter {
   meter_t *meters;
   size_t meter_count;
   tly_stripe_client_t *client;
+  tly_stripe_reconciler_t *reconciler;
+  int64_t clock_offset_ms; /* test-only (tly_stripe_reconcile.h) */
   rd_kafka_t *producer;
   tly_alert_codec_t *alert_codec;
   char *dlq_topic, *alerts_topic;
@@ -199,14 +224,27 @@ struct tly_stripe_emitter {
   int stopping; /* under lock */
 
   atomic_uint_least64_t sent, retried, failed;
+  atomic_uint_least64_t reconciled_in, reconciled_resent;
   _Atomic int64_t oldest_at_ms; /* INT64_MAX: no mark */
   atomic_int delivery_errors;
 };
 
 typedef enum {
   SETTLED = 0, /* nothing left to do for it now */
-  DEFERRED     /* try again on a later pass */
+  DEFERRED,    /* try again on a later pass */
+  EXPIRED      /* its identifier may no longer be sent: reconcile later */
 } settle_t;
+
+/* The emitter's clock (the wall clock, plus the test-only offset). */
+static int64_t clock_s(const tly_stripe_emitter_t *e) {
+  return (tly_wall_ms() + e->clock_offset_ms) / 1000;
+}
+
+/* When an intent was made: recorded, or (an intent of before that was
+ * recorded) its timestamp, which is never later. */
+static int64_t made_at_s(const tly_stripe_cursor_t *cursor) {
+  return cursor->made_at_s ? cursor->made_at_s : cursor->timestamp_s;
+}
 
 static int stopping(tly_stripe_emitter_t *e) {
   pthread_mutex_lock(&e->lock);
@@ -625,17 +663,64 @@ static int report_failure(tly_stripe_emitter_t *e, failure_t *failure) {
 
 /* ---- sending ------------------------------------------------------------ */
 
+/* Waits for the request rate's next token, unpinning what Kafka has
+ * acknowledged meanwhile. 0 when a request may go, 1 when the pass must
+ * stop (stopping, or the partition moved). */
+static int await_turn(tly_stripe_emitter_t *e, pass_t *pass) {
+  for (;;) {
+    unpin(e, pass, 0);
+    if (!may_continue(e, pass))
+      return 1;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t wait_us = tly_stripe_rate_wait_us(
+        &e->rate_tat_us, now.tv_sec * 1000000LL + now.tv_nsec / 1000,
+        e->stripe->max_requests_per_s);
+    if (!wait_us)
+      return 0;
+    pause_ms(e, (wait_us + 999) / 1000);
+  }
+}
+
+/* Backs off before retry number attempt (logged with what). 0, or 1 when
+ * stopping. */
+static int back_off(tly_stripe_emitter_t *e, pass_t *pass, int attempt,
+                    int64_t retry_after_s, const char *what) {
+  atomic_fetch_add(&e->retried, 1);
+  uint32_t random = 0;
+  RAND_bytes((unsigned char *)&random, sizeof(random));
+  int64_t wait = tly_stripe_backoff_ms(attempt, e->stripe->retry_max_s,
+                                       retry_after_s, random);
+  tly_log(TLY_LOG_WARN, "stripe", "%s; retrying in %" PRId64 " ms", what, wait);
+  unpin(e, pass, 1);
+  return pause_ms(e, wait);
+}
+
+/* A fresh Idempotency-Key for the identifier: identifier-<16 hex>. */
+#define KEY_SIZE (TLY_STRIPE_IDENTIFIER_SIZE + 17)
+static void fresh_key(const char *identifier, char out[KEY_SIZE]) {
+  unsigned char random[8] = {0};
+  RAND_bytes(random, sizeof(random));
+  int len = snprintf(out, KEY_SIZE, "%s-", identifier);
+  for (size_t i = 0; i < sizeof(random) && len + 2 < KEY_SIZE; i++, len += 2)
+    snprintf(out + len, 3, "%02x", random[i]);
+}
+
 /* Sends the cursor's pending intent until Stripe accepts or refuses it.
- * DEFERRED when it had to stop first (the intent stays for later). */
+ * DEFERRED when it had to stop first (the intent stays for later), EXPIRED
+ * once the intent is too old to be sent under its identifier (it is
+ * reconciled later). */
 static settle_t send_pending(tly_stripe_emitter_t *e, pass_t *pass,
                              const meter_t *meter,
                              const tly_stripe_cursor_t *cursor,
                              const char *identifier,
                              tly_stripe_outcome_t *outcome, long *status,
                              char *error, size_t error_size) {
-  char value[24], timestamp[24];
+  char value[24], timestamp[24], key[KEY_SIZE];
   snprintf(value, sizeof(value), "%" PRId64, cursor->pending);
   snprintf(timestamp, sizeof(timestamp), "%" PRId64, cursor->timestamp_s);
+  /* The first Idempotency-Key is the identifier itself. */
+  snprintf(key, sizeof(key), "%s", identifier);
   const tly_stripe_param_t params[] = {
       {"event_name", meter->event_name},
       {"payload[stripe_customer_id]", cursor->customer},
@@ -644,23 +729,22 @@ static settle_t send_pending(tly_stripe_emitter_t *e, pass_t *pass,
       {"timestamp", timestamp},
   };
   for (int attempt = 0;; attempt++) {
-    for (;;) {
-      unpin(e, pass, 0);
-      if (!may_continue(e, pass))
-        return DEFERRED;
-      struct timespec now;
-      clock_gettime(CLOCK_MONOTONIC, &now);
-      int64_t wait_us = tly_stripe_rate_wait_us(
-          &e->rate_tat_us, now.tv_sec * 1000000LL + now.tv_nsec / 1000,
-          e->stripe->max_requests_per_s);
-      if (!wait_us)
-        break;
-      pause_ms(e, (wait_us + 999) / 1000);
+    if (await_turn(e, pass))
+      return DEFERRED;
+    if (tly_stripe_intent_phase(made_at_s(cursor), clock_s(e)) !=
+        TLY_STRIPE_INTENT_SEND) {
+      tly_log(TLY_LOG_WARN, "stripe",
+              "meter event %s (%s): unsettled for %lld h, Stripe may no "
+              "longer know its identifier; not sent again, reconciled "
+              "later",
+              identifier, meter->event_name,
+              (long long)(TLY_STRIPE_RESEND_FOR_S / 3600));
+      return EXPIRED;
     }
     tly_stripe_response_t response;
     int answered = tly_stripe_post(e->client, METER_EVENTS_PATH, params,
-                                   sizeof(params) / sizeof(params[0]),
-                                   identifier, &response) == 0;
+                                   sizeof(params) / sizeof(params[0]), key,
+                                   &response) == 0;
     *outcome = tly_stripe_report_outcome(answered, &response);
     *status = answered ? response.status : 0;
     if (answered)
@@ -669,19 +753,19 @@ static settle_t send_pending(tly_stripe_emitter_t *e, pass_t *pass,
       snprintf(error, error_size, "%s", response.error);
     int64_t retry_after_s = response.retry_after_s;
     tly_stripe_response_clear(&response);
-    if (*outcome != TLY_STRIPE_RETRY)
+    if (*outcome != TLY_STRIPE_RETRY && *outcome != TLY_STRIPE_RETRY_NEW_KEY)
       return SETTLED;
-    atomic_fetch_add(&e->retried, 1);
-    uint32_t random = 0;
-    RAND_bytes((unsigned char *)&random, sizeof(random));
-    int64_t wait = tly_stripe_backoff_ms(attempt, e->stripe->retry_max_s,
-                                         retry_after_s, random);
-    tly_log(TLY_LOG_WARN, "stripe",
-            "meter event %s (%s): %s%ld %s; retrying in %" PRId64 " ms",
-            identifier, meter->event_name, answered ? "status " : "", *status,
-            error, wait);
-    unpin(e, pass, 1);
-    if (pause_ms(e, wait))
+    char what[KEY_SIZE + 800];
+    snprintf(what, sizeof(what), "meter event %s (%s, key %s): %s%ld %s%s",
+             identifier, meter->event_name, key, answered ? "status " : "",
+             *status, error,
+             *outcome == TLY_STRIPE_RETRY_NEW_KEY
+                 ? " (the key's answer will not change: a fresh key, the "
+                   "same identifier)"
+                 : "");
+    if (*outcome == TLY_STRIPE_RETRY_NEW_KEY)
+      fresh_key(identifier, key);
+    if (back_off(e, pass, attempt, retry_after_s, what))
       return DEFERRED;
   }
 }
@@ -772,8 +856,9 @@ typedef struct {
   int64_t total; /* folded, read once per pass: later usage comes with a
                     mark of its own */
   int settled;
-  int send;  /* an intent to send in this round */
-  int fresh; /* made in this round: to be stored */
+  int send;      /* an intent to send in this round */
+  int fresh;     /* made in this round: to be stored */
+  int reconcile; /* a pending intent to reconcile in this round */
   tly_stripe_cursor_t cursor;
   char identifier[TLY_STRIPE_IDENTIFIER_SIZE];
 } slot_t;
@@ -953,13 +1038,13 @@ static int fail_too_old(tly_stripe_emitter_t *e, work_t *work, slot_t *slot,
  * send, 0 when not, -1 when the pass must stop. */
 static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
   char errstr[512];
-  size_t sends = 0, too_old = 0;
+  size_t sends = 0, too_old = 0, reconciles = 0;
   if (!hold(e, &work->pass))
     return -1;
   for (size_t i = 0; i < work->slot_count; i++) {
     slot_t *slot = &work->slots[i];
     work_subject_t *subject = &work->subjects[slot->subject];
-    slot->send = slot->fresh = 0;
+    slot->send = slot->fresh = slot->reconcile = 0;
     if (slot->settled || subject->deferred)
       continue;
     char *stored = NULL;
@@ -990,9 +1075,11 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
         slot->settled = 1; /* an unlinked subject has no one to bill */
         continue;
       }
-      int64_t now_s = tly_wall_ms() / 1000;
+      int64_t now_s = clock_s(e);
       int64_t window_end_s = (slot->window_start_ms + e->window_ms) / 1000;
       slot->cursor.pending = delta;
+      slot->cursor.made_at_s = now_s;
+      slot->cursor.generation = 0;
       slot->cursor.timestamp_s =
           window_end_s - 1 < now_s ? window_end_s - 1 : now_s;
       snprintf(slot->cursor.customer, sizeof(slot->cursor.customer), "%s",
@@ -1007,6 +1094,19 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
         continue;
       }
       slot->fresh = 1;
+    } else {
+      /* Sent under its identifier only while Stripe surely still knows
+       * it; then left alone, then reconciled (tly_stripe_reconcile.h). The
+       * slot stays unsettled meanwhile: its marks wait. */
+      tly_stripe_intent_phase_t phase =
+          tly_stripe_intent_phase(made_at_s(&slot->cursor), clock_s(e));
+      if (phase == TLY_STRIPE_INTENT_WAIT)
+        continue;
+      if (phase == TLY_STRIPE_INTENT_RECONCILE) {
+        slot->reconcile = 1;
+        reconciles++;
+        continue;
+      }
     }
     slot->send = 1;
     sends++;
@@ -1037,10 +1137,152 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
   release(e, &work->pass);
   if (failed) {
     for (size_t i = 0; i < work->slot_count; i++)
-      work->slots[i].send = 0;
+      work->slots[i].send = work->slots[i].reconcile = 0;
     return -1;
   }
-  return sends > 0;
+  return sends + reconciles > 0;
+}
+
+/* ---- reconciling intents older than Stripe's identifier window --------- */
+
+typedef struct {
+  tly_stripe_emitter_t *e;
+  pass_t *pass;
+} turn_t;
+
+static int before_request(void *opaque) {
+  turn_t *turn = opaque;
+  return await_turn(turn->e, turn->pass);
+}
+
+/* Stripe's total of the slot's customer and meter over its window's range,
+ * asked until Stripe answers. DEFERRED when the pass must stop; SETTLED
+ * with *found 1 and the total, or 0 and why not in error. */
+static settle_t stripe_total(tly_stripe_emitter_t *e, pass_t *pass,
+                             const slot_t *slot, int *found, int64_t *total,
+                             char *error, size_t error_size) {
+  int64_t start_s, end_s;
+  tly_stripe_reconcile_range(slot->window_start_ms, e->window_ms,
+                             slot->cursor.timestamp_s, &start_s, &end_s);
+  turn_t turn = {e, pass};
+  for (int attempt = 0;; attempt++) {
+    int64_t retry_after_s = -1;
+    tly_stripe_query_t result = tly_stripe_meter_total(
+        e->reconciler, slot->meter->event_name, slot->cursor.customer, start_s,
+        end_s, before_request, &turn, total, &retry_after_s, error, error_size);
+    if (result == TLY_STRIPE_QUERY_STOPPED)
+      return DEFERRED;
+    if (result != TLY_STRIPE_QUERY_RETRY) {
+      *found = result == TLY_STRIPE_QUERY_OK;
+      return SETTLED;
+    }
+    char what[800];
+    snprintf(what, sizeof(what), "reconciling meter event %s: %s",
+             slot->identifier, error);
+    if (back_off(e, pass, attempt, retry_after_s, what))
+      return DEFERRED;
+  }
+}
+
+/* Stores the slot's intent (synced) and puts it on the changelog,
+ * acknowledged, before it is sent, as plan_round does. 0 or -1. */
+static int store_intent(tly_stripe_emitter_t *e, work_t *work, slot_t *slot) {
+  if (!hold(e, &work->pass))
+    return -1;
+  stage_cursor(e, slot->key, slot->key_len, &slot->cursor);
+  int failed = commit_batch(e, 1, "writing a report intent");
+  atomic_store(&e->delivery_errors, 0);
+  if (!failed)
+    failed =
+        produce_changelog(e, work->pass.partition, TLY_CHANGELOG_CURSOR,
+                          slot->key, slot->key_len, &slot->cursor, MUST_ACK) ||
+        flush_acked(e);
+  release(e, &work->pass);
+  return failed ? -1 : 0;
+}
+
+/* Reconciles the round's intents that are too old to be sent under their
+ * identifier: in Stripe's total, reported; not in it, made again under a
+ * new identifier and sent in this round; undetermined, failed (never
+ * resent blind). 0, or -1 when the pass must stop. */
+static int reconcile_round(tly_stripe_emitter_t *e, work_t *work) {
+  for (size_t i = 0; i < work->slot_count; i++) {
+    slot_t *slot = &work->slots[i];
+    work_subject_t *subject = &work->subjects[slot->subject];
+    if (!slot->reconcile || subject->deferred)
+      continue;
+    slot->reconcile = 0;
+    tly_stripe_cursor_t *cursor = &slot->cursor;
+    char error[600], reason[900];
+    int found = 0;
+    int64_t total = 0;
+    if (stripe_total(e, &work->pass, slot, &found, &total, error,
+                     sizeof(error)) == DEFERRED)
+      return -1;
+    tly_stripe_verdict_t verdict =
+        found ? tly_stripe_reconcile_verdict(total, cursor->reported,
+                                             cursor->pending)
+              : TLY_STRIPE_UNDETERMINED;
+    if (verdict == TLY_STRIPE_NOT_IN_STRIPE) {
+      cursor->generation++;
+      cursor->made_at_s = clock_s(e);
+      tly_stripe_report_identifier(work->pass.partition, subject->subject.kind,
+                                   subject->subject.id, slot->meter->event_name,
+                                   slot->window_start_ms, cursor,
+                                   slot->identifier);
+      if (store_intent(e, work, slot))
+        return -1;
+      tly_log(TLY_LOG_WARN, "stripe",
+              "%s: %s %" PRId64 " of window %" PRId64 " is not in Stripe's "
+              "total (%" PRId64 ") after 24 h: sent again as %s",
+              subject->name, slot->meter->event_name, cursor->pending,
+              slot->window_start_ms, total, slot->identifier);
+      atomic_fetch_add(&e->reconciled_resent, 1);
+      slot->send = 1; /* send_round sends it */
+      continue;
+    }
+    if (verdict == TLY_STRIPE_UNDETERMINED) {
+      if (found)
+        snprintf(reason, sizeof(reason),
+                 "not confirmed after 24 h: Stripe's total of the window is "
+                 "%" PRId64 ", tally reported %" PRId64 " before this delta "
+                 "of %" PRId64 ": neither without it nor with it (the "
+                 "customer has other usage); check Stripe before resending",
+                 total, cursor->reported, cursor->pending);
+      else
+        snprintf(reason, sizeof(reason),
+                 "not confirmed after 24 h (%s); check Stripe before "
+                 "resending",
+                 error);
+      failure_t failure = {.subject = &subject->subject,
+                           .meter = slot->meter,
+                           .window_start_ms = slot->window_start_ms,
+                           .identifier = slot->identifier,
+                           .value = cursor->pending,
+                           .timestamp_s = cursor->timestamp_s,
+                           .customer = cursor->customer,
+                           .error = reason};
+      if (report_failure(e, &failure)) {
+        subject->deferred = 1; /* the intent stays: reconciled later */
+        continue;
+      }
+      cursor->failed += cursor->pending;
+      atomic_fetch_add(&e->failed, 1);
+    } else {
+      tly_log(TLY_LOG_INFO, "stripe",
+              "%s: %s %" PRId64 " of window %" PRId64 " found in Stripe's "
+              "total after 24 h: reported",
+              subject->name, slot->meter->event_name, cursor->pending,
+              slot->window_start_ms);
+      cursor->reported += cursor->pending;
+      atomic_fetch_add(&e->sent, 1);
+      atomic_fetch_add(&e->reconciled_in, 1);
+    }
+    cursor->pending = 0;
+    if (settle_cursor(e, &work->pass, slot->key, slot->key_len, cursor))
+      return -1;
+  }
+  return 0;
 }
 
 /* Sends the round's intents, each until Stripe accepts or refuses it,
@@ -1055,10 +1297,13 @@ static int send_round(tly_stripe_emitter_t *e, work_t *work) {
     slot->send = 0;
     tly_stripe_outcome_t outcome;
     long status;
-    if (send_pending(e, &work->pass, slot->meter, &slot->cursor,
-                     slot->identifier, &outcome, &status, error,
-                     sizeof(error)) == DEFERRED)
+    settle_t sent =
+        send_pending(e, &work->pass, slot->meter, &slot->cursor,
+                     slot->identifier, &outcome, &status, error, sizeof(error));
+    if (sent == DEFERRED)
       return -1;
+    if (sent == EXPIRED)
+      continue; /* the intent stays, unsettled: reconciled later */
     if (outcome == TLY_STRIPE_REFUSED) {
       failure_t failure = {.subject = &subject->subject,
                            .meter = slot->meter,
@@ -1175,7 +1420,7 @@ static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
       stopped = planned < 0;
       break;
     }
-    stopped = send_round(e, &work) != 0;
+    stopped = reconcile_round(e, &work) != 0 || send_round(e, &work) != 0;
   }
   unpin(e, &work.pass, 1);
   if (!stopped)
@@ -1248,6 +1493,7 @@ void tly_stripe_emitter_stop(tly_stripe_emitter_t *e) {
     rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS);
     rd_kafka_destroy(e->producer);
   }
+  tly_stripe_reconciler_destroy(e->reconciler);
   tly_stripe_client_destroy(e->client);
   tly_alert_codec_destroy(e->alert_codec);
   tly_store_batch_destroy(e->batch);
@@ -1392,14 +1638,25 @@ tly_stripe_emitter_start(const tly_stripe_emitter_conf_t *conf, char *errstr,
     goto fail;
   }
   if (collect_meters(e, errstr, errstr_size) ||
-      check_window(e, errstr, errstr_size))
+      check_window(e, errstr, errstr_size) ||
+      tly_stripe_clock_offset_ms(&e->clock_offset_ms, errstr, errstr_size))
     goto fail;
+  if (e->clock_offset_ms)
+    tly_log(TLY_LOG_WARN, "stripe",
+            "%s: the reporting clock runs %" PRId64 " ms off the wall clock "
+            "(for tests only)",
+            TLY_STRIPE_CLOCK_OFFSET_ENV, e->clock_offset_ms);
   tly_stripe_client_conf_t client = {.api_base = e->stripe->api_base,
                                      .secret_key = e->stripe->secret_key,
                                      .api_version = e->stripe->api_version,
                                      .timeout_ms = (long)e->stripe->timeout_ms};
-  if (!(e->client = tly_stripe_client_new(&client, errstr, errstr_size)) ||
-      !(e->alert_codec = tly_alert_codec_new(errstr, errstr_size)) ||
+  if (!(e->client = tly_stripe_client_new(&client, errstr, errstr_size)))
+    goto fail;
+  if (!(e->reconciler = tly_stripe_reconciler_new(e->client))) {
+    snprintf(errstr, errstr_size, "out of memory");
+    goto fail;
+  }
+  if (!(e->alert_codec = tly_alert_codec_new(errstr, errstr_size)) ||
       !(e->producer = new_producer(e, errstr, errstr_size)))
     goto fail;
   if (pthread_create(&e->thread, NULL, emitter_main, e) != 0) {
@@ -1423,6 +1680,8 @@ void tly_stripe_emitter_stats(tly_stripe_emitter_t *e,
   stats->sent = atomic_load(&e->sent);
   stats->retried = atomic_load(&e->retried);
   stats->failed = atomic_load(&e->failed);
+  stats->reconciled_in_stripe = atomic_load(&e->reconciled_in);
+  stats->reconciled_resent = atomic_load(&e->reconciled_resent);
   int64_t oldest = atomic_load(&e->oldest_at_ms);
   int64_t age = oldest == INT64_MAX ? 0 : (tly_wall_ms() - oldest) / 1000;
   stats->oldest_unreported_s = age > 0 ? age : 0;
