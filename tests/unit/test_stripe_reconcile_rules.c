@@ -1,5 +1,5 @@
 /*
- * test_stripe_reconcile.c - the pure parts of reconciling a report intent
+ * test_stripe_reconcile_rules.c - the pure parts of reconciling a report intent
  * older than Stripe's 24 hours of identifier uniqueness
  * (producers/tly_stripe_reconcile.h): the age rules (sent under its
  * identifier for 23 h, then left alone, reconciled from 24 h on), the
