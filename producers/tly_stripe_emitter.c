@@ -8,7 +8,10 @@
  * pending intent to resend, or a new intent for the delta between the
  * folded total and what the cursor accounts for), store the new intents
  * and put them all on the changelog in one acknowledged flush, then send
- * them one by one. A subject whose windows are all settled loses the marks
+ * them one by one; a pending intent too old to be sent under its
+ * identifier is first reconciled against Stripe's summaries
+ * (reconcile_round, tly_stripe_reconcile.h), one waiting for that is left
+ * unsettled. A subject whose windows are all settled loses the marks
  * that were read; one that could not be settled (stop, the partition
  * moved away, Kafka refusing a dead letter) keeps them for a later pass.
  * Retries of one request happen in place: Stripe's limits and outages

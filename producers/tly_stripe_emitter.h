@@ -30,7 +30,8 @@
  *      and Stripe answers as before).
  * A cursor found with pending != 0 (a crash between 1 and 3) is resent
  * exactly, same identifier, value, timestamp and customer, before anything
- * else of that cursor; Stripe drops the copy if the first one arrived.
+ * else of that cursor; Stripe drops the copy if the first one arrived
+ * (within 23 hours of the intent: older ones are reconciled, see below).
  * Late usage of a reported window is a further delta with a new identifier.
  *
  * Several instances (partitions moving between them): marks and cursors
