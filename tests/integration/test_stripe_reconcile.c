@@ -17,9 +17,15 @@
  *      second time). Then user "never"'s delta gets only 503s until tally
  *      stops: pending, and never in Stripe;
  *   3. 50 h later: "never"'s intent is not in Stripe's total: sent again
- *      under a new identifier, once.
- * Each time Stripe's ledger equals the folded usage to the unit, nothing is
- * counted failed (accepted + failed = folded), no dead letter, no alert.
+ *      under a new identifier, once. Then user "shared"'s delta gets only
+ *      503s until tally stops, and another sender reports usage of its
+ *      customer in the same window;
+ *   4. 75 h later: Stripe's total is neither what tally reported nor that
+ *      plus the delta: not resent (it could count twice), counted failed
+ *      with a dead letter and an alert giving both totals.
+ * Each time Stripe's ledger equals the folded usage to the unit, less what
+ * was counted failed (accepted + failed = folded), and only the
+ * undetermined delta is a dead letter and an alert.
  */
 #include "harness.h"
 #include "reference.h"
@@ -188,11 +194,23 @@ static void wait_answered(const char *customer, long status) {
   assert_true(sent_for(customer, status).with_status >= 1);
 }
 
-static void count_dead_letter(void *opaque, const rd_kafka_message_t *msg) {
+/* The emitter's dead letters: how many, and the last one's error and
+ * subject. */
+typedef struct {
+  int count;
+  char error[600], subject[64];
+} dead_t;
+
+static void visit_dead_letter(void *opaque, const rd_kafka_message_t *msg) {
+  dead_t *dead = opaque;
   char source[64];
-  if (th_header(msg, "tally.source", source, sizeof(source)) &&
-      strcmp(source, "stripe.meter_events") == 0)
-    ++*(int *)opaque;
+  if (!th_header(msg, "tally.source", source, sizeof(source)) ||
+      strcmp(source, "stripe.meter_events") != 0)
+    return;
+  dead->count++;
+  th_header(msg, "tally.error", dead->error, sizeof(dead->error));
+  snprintf(dead->subject, sizeof(dead->subject), "%.*s", (int)msg->key_len,
+           (const char *)msg->key);
 }
 
 static void count_alert(void *opaque, const tly_alert_t *alert) {
@@ -200,15 +218,17 @@ static void count_alert(void *opaque, const tly_alert_t *alert) {
     ++*(int *)opaque;
 }
 
-/* Nothing counted failed: no dead letter of the emitter, no alert. */
-static void expect_no_failure(void) {
-  int dead = 0, alerts = 0;
-  assert_int_equal(failed_total(), 0);
+/* failed deltas counted failed: as many dead letters and alerts. */
+static dead_t expect_failures(int failed) {
+  dead_t dead = {0};
+  int alerts = 0;
+  assert_int_equal(failed_total(), failed);
   assert_true(th_read_topic(broker.bootstrap, "tally.usage.dlq", 1,
-                            count_dead_letter, &dead) >= 0);
-  assert_int_equal(dead, 0);
+                            visit_dead_letter, &dead) >= 0);
+  assert_int_equal(dead.count, failed);
   assert_true(th_read_alerts(broker.bootstrap, count_alert, &alerts) >= 0);
-  assert_int_equal(alerts, 0);
+  assert_int_equal(alerts, failed);
+  return dead;
 }
 
 static void test_pending_intents_past_24_hours(void **state) {
@@ -254,7 +274,7 @@ static void test_pending_intents_past_24_hours(void **state) {
   assert_int_equal(sent_for("cus_lost", 503).count, lost.count);
   assert_int_equal(
       metric("tally_stripe_reconciled_total", "{result=\"resent\"}"), 0);
-  expect_no_failure();
+  expect_failures(0);
 
   /* Then a delta that never reaches Stripe before tally stops. */
   assert_int_equal(th_stripe_fake_fault(&fake, "{\"customer\": \"cus_never\", "
@@ -295,8 +315,60 @@ static void test_pending_intents_past_24_hours(void **state) {
   /* And "lost" stays as it was. */
   assert_int_equal(folded("lost"), 23);
   assert_int_equal(th_stripe_fake_sum(&fake, "cus_lost", "api_requests"), 23);
-  expect_no_failure();
+  expect_failures(0);
   assert_int_equal(metric("tally_stripe_oldest_unreported_seconds", ""), 0);
+
+  /* Then one more pending intent, never in Stripe, whose customer has other
+   * usage in the window (another sender's event): Stripe's total is
+   * neither what tally reported nor that plus the delta. */
+  assert_int_equal(th_stripe_fake_fault(&fake, "{\"customer\": "
+                                               "\"cus_shared\", \"status\": "
+                                               "503, \"count\": 1000000}"),
+                   0);
+  assert_int_equal(th_stripe_fake_add_customer(&fake, "cus_shared"), 0);
+  assert_int_equal(th_send_link(producer, "shared-link", hour_ms - TLY_HOUR_MS,
+                                "shared", "cus_shared"),
+                   0);
+  assert_int_equal(th_send_usage(producer, "shared-1",
+                                 hour_ms - TLY_HOUR_MS + 3000, "shared",
+                                 "api_calls", 13),
+                   0);
+  assert_int_equal(tally_producer_flush(producer, 10000), 0);
+  wait_answered("cus_shared", 503);
+  stop_run();
+  assert_int_equal(th_stripe_fake_clear_faults(&fake), 0);
+  char body[512], authorization[128], *answer = NULL;
+  long status;
+  snprintf(body, sizeof(body),
+           "event_name=api_requests&payload[stripe_customer_id]=cus_shared&"
+           "payload[value]=5&identifier=another-sender-1&timestamp=%lld",
+           (long long)(hour_ms - TLY_HOUR_MS) / 1000 + 600);
+  snprintf(authorization, sizeof(authorization), "Bearer %s", fake.secret_key);
+  assert_int_equal(th_http_request(fake.port, "POST",
+                                   "/v1/billing/meter_events", authorization,
+                                   body, strlen(body), NULL, &status, &answer),
+                   0);
+  free(answer);
+  assert_int_equal(status, 200);
+
+  /* 4. 25 hours after that: undetermined, so never resent blind: counted
+   * failed, with a dead letter and an alert saying both totals, for the
+   * operator to decide. Accepted + failed = folded still. */
+  start_run(75);
+  wait_metric_at_least("tally_stripe_reports_total", "{result=\"failed\"}", 1);
+  th_sleep_ms(500);
+  assert_int_equal(folded("shared"), 13);
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_shared", "api_requests"), 5);
+  assert_int_equal(th_stripe_fake_count(&fake, "cus_shared", "api_requests"),
+                   1);
+  assert_true(summaries_asked("cus_shared") >= 1);
+  dead_t dead = expect_failures(1);
+  assert_string_equal(dead.subject, "user:shared");
+  assert_non_null(strstr(dead.error, "not confirmed after 24 h"));
+  assert_non_null(strstr(dead.error, "Stripe's total of the window is 5"));
+  assert_non_null(strstr(dead.error, "delta of 13"));
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_lost", "api_requests"), 23);
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_never", "api_requests"), 31);
 }
 
 int main(void) {
