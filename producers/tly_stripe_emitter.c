@@ -41,143 +41,8 @@
 
 #define MARKS_PER_PASS 256
 #define IDLE_WAIT_MS 200
-#define BACKOFF_BASE_MS 500
 #define FLUSH_TIMEOUT_MS 30000
 #define METER_EVENTS_PATH "/v1/billing/meter_events"
-/* Stripe's answer to an identifier it already has. */
-#define DUPLICATE_IDENTIFIER "An event already exists with identifier"
-
-/* ---- the pure parts ------------------------------------------------------ */
-
-size_t tly_stripe_cursor_encode(const tly_stripe_cursor_t *cursor,
-                                unsigned char *out) {
-  tly_put_be64(out, (uint64_t)cursor->reported);
-  tly_put_be64(out + 8, (uint64_t)cursor->pending);
-  tly_put_be64(out + 16, (uint64_t)cursor->failed);
-  if (!cursor->pending)
-    return 24;
-  size_t customer_len = strnlen(cursor->customer, sizeof(cursor->customer) - 1);
-  tly_put_be64(out + 24, (uint64_t)cursor->timestamp_s);
-  out[32] = (unsigned char)customer_len;
-  memcpy(out + 33, cursor->customer, customer_len);
-  tly_put_be64(out + 33 + customer_len, (uint64_t)cursor->made_at_s);
-  tly_put_be32(out + 41 + customer_len, cursor->generation);
-  return 45 + customer_len;
-}
-
-int tly_stripe_cursor_decode(const void *data, size_t len,
-                             tly_stripe_cursor_t *cursor) {
-  const unsigned char *bytes = data;
-  memset(cursor, 0, sizeof(*cursor));
-  if (len < 24)
-    return -1;
-  cursor->reported = (int64_t)tly_get_be64(bytes);
-  cursor->pending = (int64_t)tly_get_be64(bytes + 8);
-  cursor->failed = (int64_t)tly_get_be64(bytes + 16);
-  if (cursor->reported < 0 || cursor->pending < 0 || cursor->failed < 0)
-    return -1;
-  if (!cursor->pending)
-    return len == 24 ? 0 : -1;
-  size_t customer_len = len > 33 ? bytes[32] : 0;
-  /* Without made-at and generation: written before they existed. */
-  int legacy = len == 33 + customer_len;
-  if (!customer_len || (!legacy && len != 45 + customer_len) ||
-      customer_len >= sizeof(cursor->customer) ||
-      memchr(bytes + 33, '\0', customer_len))
-    return -1;
-  cursor->timestamp_s = (int64_t)tly_get_be64(bytes + 24);
-  memcpy(cursor->customer, bytes + 33, customer_len);
-  if (!legacy) {
-    cursor->made_at_s = (int64_t)tly_get_be64(bytes + 33 + customer_len);
-    cursor->generation = tly_get_be32(bytes + 41 + customer_len);
-  }
-  return 0;
-}
-
-void tly_stripe_report_identifier(int32_t partition, tly_subject_kind_t kind,
-                                  const char *id, const char *event_name,
-                                  int64_t window_start_ms,
-                                  const tly_stripe_cursor_t *cursor,
-                                  char out[TLY_STRIPE_IDENTIFIER_SIZE]) {
-  /* subject, 0, event_name, 0, then the numbers: no two inputs spell the
-   * same bytes (subject keys and meter names hold no 0 byte). */
-  char text[TLY_KEY_MAX + TLY_STRIPE_EVENT_NAME_MAX + 96];
-  char hex[TLY_SHA256_HEX_LEN + 1];
-  size_t len = tly_subject_key(kind, id, text, TLY_KEY_MAX);
-  if (len >= TLY_KEY_MAX)
-    len = TLY_KEY_MAX - 1;
-  text[len++] = '\0';
-  /* Failed deltas count as accounted too: a delta after a refused one must
-   * not repeat the refused one's identifier (Stripe would take the
-   * Idempotency-Key with other parameters for an error). */
-  int tail = snprintf(text + len, sizeof(text) - len,
-                      "%.*s%c%" PRId32 "|%" PRId64 "|%" PRId64 "|%" PRId64,
-                      TLY_STRIPE_EVENT_NAME_MAX, event_name, '\0', partition,
-                      window_start_ms, cursor->reported, cursor->failed);
-  /* An intent made again after it was found not to be in Stripe: a new
-   * meter event (generation 0 keeps the identifiers of before). */
-  if (cursor->generation)
-    tail +=
-        snprintf(text + len + (size_t)tail, sizeof(text) - len - (size_t)tail,
-                 "|g%" PRIu32, cursor->generation);
-  tly_sha256_hex(text, len + (size_t)tail, hex);
-  snprintf(out, TLY_STRIPE_IDENTIFIER_SIZE, "tly_%.40s", hex);
-}
-
-tly_stripe_outcome_t
-tly_stripe_report_outcome(int answered, const tly_stripe_response_t *response) {
-  if (!answered)
-    return TLY_STRIPE_RETRY; /* may or may not have arrived: resend */
-  long status = response->status;
-  if (status >= 200 && status < 300)
-    return TLY_STRIPE_ACCEPTED;
-  if (status == 400) {
-    char message[256];
-    tly_stripe_error_message(response->body, message, sizeof(message));
-    if (strncmp(message, DUPLICATE_IDENTIFIER, strlen(DUPLICATE_IDENTIFIER)) ==
-        0)
-      return TLY_STRIPE_ACCEPTED;
-  }
-  /* The key is busy (409 idempotency_key_in_use: its first request still
-   * runs; or another conflict), or its stored answer is a 5xx that Stripe
-   * replays whatever happened since (Stripe-Should-Retry: false): the
-   * event may be in Stripe, so it is no failure. The same identifier under
-   * a fresh key either lands or is "already exists". */
-  if (status == 409 || (status >= 500 && (response->should_retry == 0 ||
-                                          response->idempotent_replayed)))
-    return TLY_STRIPE_RETRY_NEW_KEY;
-  if (response->should_retry == 1)
-    return TLY_STRIPE_RETRY;
-  if (response->should_retry == 0)
-    return TLY_STRIPE_REFUSED;
-  if (status == 429 || status >= 500 || status == 401 || status == 403)
-    return TLY_STRIPE_RETRY;
-  return TLY_STRIPE_REFUSED;
-}
-
-int64_t tly_stripe_backoff_ms(int attempt, int64_t retry_max_s,
-                              int64_t retry_after_s, uint32_t random) {
-  int64_t cap = retry_max_s * 1000;
-  int64_t step = BACKOFF_BASE_MS;
-  for (int i = 0; i < attempt && step < cap; i++)
-    step *= 2;
-  if (step > cap)
-    step = cap;
-  int64_t wait = step / 2 + (int64_t)(random % (uint32_t)(step / 2 + 1));
-  if (retry_after_s >= 0 && wait < retry_after_s * 1000)
-    wait = retry_after_s * 1000;
-  return wait;
-}
-
-int64_t tly_stripe_rate_wait_us(int64_t *tat_us, int64_t now_us,
-                                int64_t requests_per_s) {
-  /* Evenly spaced, no burst: at most requests_per_s in any second. */
-  int64_t interval = 1000000 / (requests_per_s > 0 ? requests_per_s : 1);
-  if (*tat_us > now_us)
-    return *tat_us - now_us;
-  *tat_us = now_us + interval;
-  return 0;
-}
 
 /* ---- the emitter -------------------------------------------------------- */
 
@@ -1153,38 +1018,15 @@ typedef struct {
   pass_t *pass;
 } turn_t;
 
-static int before_request(void *opaque) {
+static int turn_before_request(void *opaque) {
   turn_t *turn = opaque;
   return await_turn(turn->e, turn->pass);
 }
 
-/* Stripe's total of the slot's customer and meter over its window's range,
- * asked until Stripe answers. DEFERRED when the pass must stop; SETTLED
- * with *found 1 and the total, or 0 and why not in error. */
-static settle_t stripe_total(tly_stripe_emitter_t *e, pass_t *pass,
-                             const slot_t *slot, int *found, int64_t *total,
-                             char *error, size_t error_size) {
-  int64_t start_s, end_s;
-  tly_stripe_reconcile_range(slot->window_start_ms, e->window_ms,
-                             slot->cursor.timestamp_s, &start_s, &end_s);
-  turn_t turn = {e, pass};
-  for (int attempt = 0;; attempt++) {
-    int64_t retry_after_s = -1;
-    tly_stripe_query_t result = tly_stripe_meter_total(
-        e->reconciler, slot->meter->event_name, slot->cursor.customer, start_s,
-        end_s, before_request, &turn, total, &retry_after_s, error, error_size);
-    if (result == TLY_STRIPE_QUERY_STOPPED)
-      return DEFERRED;
-    if (result != TLY_STRIPE_QUERY_RETRY) {
-      *found = result == TLY_STRIPE_QUERY_OK;
-      return SETTLED;
-    }
-    char what[800];
-    snprintf(what, sizeof(what), "reconciling meter event %s: %s",
-             slot->identifier, error);
-    if (back_off(e, pass, attempt, retry_after_s, what))
-      return DEFERRED;
-  }
+static int turn_back_off(void *opaque, int attempt, int64_t retry_after_s,
+                         const char *what) {
+  turn_t *turn = opaque;
+  return back_off(turn->e, turn->pass, attempt, retry_after_s, what);
 }
 
 /* Stores the slot's intent (synced) and puts it on the changelog,
@@ -1216,16 +1058,22 @@ static int reconcile_round(tly_stripe_emitter_t *e, work_t *work) {
       continue;
     slot->reconcile = 0;
     tly_stripe_cursor_t *cursor = &slot->cursor;
-    char error[600], reason[900];
-    int found = 0;
-    int64_t total = 0;
-    if (stripe_total(e, &work->pass, slot, &found, &total, error,
-                     sizeof(error)) == DEFERRED)
+    char reason[600];
+    int64_t total;
+    tly_stripe_verdict_t verdict;
+    turn_t turn = {e, &work->pass};
+    tly_stripe_hooks_t hooks = {turn_before_request, turn_back_off, &turn};
+    tly_stripe_intent_t intent = {.event_name = slot->meter->event_name,
+                                  .customer = cursor->customer,
+                                  .identifier = slot->identifier,
+                                  .window_start_ms = slot->window_start_ms,
+                                  .window_ms = e->window_ms,
+                                  .timestamp_s = cursor->timestamp_s,
+                                  .reported = cursor->reported,
+                                  .pending = cursor->pending};
+    if (tly_stripe_reconcile_intent(e->reconciler, &intent, &hooks, &verdict,
+                                    &total, reason, sizeof(reason)))
       return -1;
-    tly_stripe_verdict_t verdict =
-        found ? tly_stripe_reconcile_verdict(total, cursor->reported,
-                                             cursor->pending)
-              : TLY_STRIPE_UNDETERMINED;
     if (verdict == TLY_STRIPE_NOT_IN_STRIPE) {
       cursor->generation++;
       cursor->made_at_s = clock_s(e);
@@ -1245,18 +1093,6 @@ static int reconcile_round(tly_stripe_emitter_t *e, work_t *work) {
       continue;
     }
     if (verdict == TLY_STRIPE_UNDETERMINED) {
-      if (found)
-        snprintf(reason, sizeof(reason),
-                 "not confirmed after 24 h: Stripe's total of the window is "
-                 "%" PRId64 ", tally reported %" PRId64 " before this delta "
-                 "of %" PRId64 ": neither without it nor with it (the "
-                 "customer has other usage); check Stripe before resending",
-                 total, cursor->reported, cursor->pending);
-      else
-        snprintf(reason, sizeof(reason),
-                 "not confirmed after 24 h (%s); check Stripe before "
-                 "resending",
-                 error);
       failure_t failure = {.subject = &subject->subject,
                            .meter = slot->meter,
                            .window_start_ms = slot->window_start_ms,

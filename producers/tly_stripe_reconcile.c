@@ -296,3 +296,50 @@ tly_stripe_meter_total(tly_stripe_reconciler_t *r, const char *event_name,
            event_name);
   return TLY_STRIPE_QUERY_FAILED;
 }
+
+int tly_stripe_reconcile_intent(tly_stripe_reconciler_t *r,
+                                const tly_stripe_intent_t *intent,
+                                const tly_stripe_hooks_t *hooks,
+                                tly_stripe_verdict_t *verdict, int64_t *total,
+                                char *reason, size_t reason_size) {
+  char error[600];
+  int64_t start_s, end_s;
+  tly_stripe_reconcile_range(intent->window_start_ms, intent->window_ms,
+                             intent->timestamp_s, &start_s, &end_s);
+  *total = -1;
+  reason[0] = '\0';
+  for (int attempt = 0;; attempt++) {
+    int64_t retry_after_s = -1, sum = 0;
+    tly_stripe_query_t result =
+        tly_stripe_meter_total(r, intent->event_name, intent->customer, start_s,
+                               end_s, hooks->before_request, hooks->opaque,
+                               &sum, &retry_after_s, error, sizeof(error));
+    if (result == TLY_STRIPE_QUERY_STOPPED)
+      return -1;
+    if (result == TLY_STRIPE_QUERY_FAILED) {
+      *verdict = TLY_STRIPE_UNDETERMINED;
+      snprintf(reason, reason_size,
+               "not confirmed after 24 h (%s); check Stripe before resending",
+               error);
+      return 0;
+    }
+    if (result == TLY_STRIPE_QUERY_OK) {
+      *total = sum;
+      *verdict =
+          tly_stripe_reconcile_verdict(sum, intent->reported, intent->pending);
+      if (*verdict == TLY_STRIPE_UNDETERMINED)
+        snprintf(reason, reason_size,
+                 "not confirmed after 24 h: Stripe's total of the window is "
+                 "%" PRId64 ", tally reported %" PRId64 " before this delta "
+                 "of %" PRId64 ": neither without it nor with it (the "
+                 "customer has other usage); check Stripe before resending",
+                 sum, intent->reported, intent->pending);
+      return 0;
+    }
+    char what[800];
+    snprintf(what, sizeof(what), "reconciling meter event %s: %s",
+             intent->identifier, error);
+    if (hooks->back_off(hooks->opaque, attempt, retry_after_s, what))
+      return -1;
+  }
+}

@@ -112,4 +112,37 @@ tly_stripe_query_t tly_stripe_meter_total(
     tly_stripe_before_request_fn before_request, void *opaque, int64_t *total,
     int64_t *retry_after_s, char *error, size_t error_size);
 
+/* What an intent to reconcile is. */
+typedef struct {
+  const char *event_name, *customer, *identifier;
+  int64_t window_start_ms, window_ms;
+  int64_t timestamp_s;
+  int64_t reported, pending; /* the cursor's */
+} tly_stripe_intent_t;
+
+/* The caller's side of the requests: before_request as above; back_off
+ * waits before retry number attempt (what: why, for the log): 0 to go on,
+ * anything else to stop. */
+typedef struct {
+  tly_stripe_before_request_fn before_request;
+  int (*back_off)(void *opaque, int attempt, int64_t retry_after_s,
+                  const char *what);
+  void *opaque;
+} tly_stripe_hooks_t;
+
+/*
+ * Asks Stripe's total for the intent's customer and meter over its
+ * window's range (tly_stripe_reconcile_range), retrying until Stripe
+ * answers, and judges it (tly_stripe_reconcile_verdict; a meter Stripe
+ * cannot sum for it is undetermined too). 0 with *verdict and *total
+ * (-1 when Stripe gave none) and, when undetermined, reason: the dead
+ * letter's text (both totals, or why there was none); -1 when a hook said
+ * stop.
+ */
+int tly_stripe_reconcile_intent(tly_stripe_reconciler_t *reconciler,
+                                const tly_stripe_intent_t *intent,
+                                const tly_stripe_hooks_t *hooks,
+                                tly_stripe_verdict_t *verdict, int64_t *total,
+                                char *reason, size_t reason_size);
+
 #endif
