@@ -596,10 +596,18 @@ static void handle_metrics(tly_http_t *http, request_t *req,
         "# HELP tally_stripe_oldest_unreported_seconds Age of the oldest "
         "usage change not yet settled with Stripe (0: none).\n# TYPE "
         "tally_stripe_oldest_unreported_seconds gauge\n"
-        "tally_stripe_oldest_unreported_seconds %lld\n",
+        "tally_stripe_oldest_unreported_seconds %lld\n"
+        "# HELP tally_stripe_reconciled_total Report intents unsettled "
+        "for 24 h, checked against Stripe's meter event summaries, by "
+        "result (in_stripe: counted reported; resent: sent again under a "
+        "new identifier).\n# TYPE tally_stripe_reconciled_total counter\n"
+        "tally_stripe_reconciled_total{result=\"in_stripe\"} %llu\n"
+        "tally_stripe_reconciled_total{result=\"resent\"} %llu\n",
         (unsigned long long)stripe.sent, (unsigned long long)stripe.failed,
         (unsigned long long)stripe.retried,
-        (long long)stripe.oldest_unreported_s);
+        (long long)stripe.oldest_unreported_s,
+        (unsigned long long)stripe.reconciled_in_stripe,
+        (unsigned long long)stripe.reconciled_resent);
   }
   metrics_http(http, &text);
   out->status = text.data ? 200 : 500;

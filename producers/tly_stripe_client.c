@@ -218,10 +218,12 @@ static void free_headers(struct curl_slist *list) {
   curl_slist_free_all(list);
 }
 
-int tly_stripe_post(tly_stripe_client_t *client, const char *path,
-                    const tly_stripe_param_t *params, size_t param_count,
-                    const char *idempotency_key, tly_stripe_response_t *out) {
-  char url[2048], bearer[512];
+/* One request: POST with the form as its body, or GET with it as the
+ * query string. */
+static int request(tly_stripe_client_t *client, int post, const char *path,
+                   const tly_stripe_param_t *params, size_t param_count,
+                   const char *idempotency_key, tly_stripe_response_t *out) {
+  char bearer[512], *url = NULL;
   collect_t collect = {out, 0, 0};
   struct curl_slist *headers = NULL;
   int rc = -1;
@@ -231,12 +233,16 @@ int tly_stripe_post(tly_stripe_client_t *client, const char *path,
   out->should_retry = -1;
   char *form = tly_stripe_form_encode(params, param_count);
   CURL *curl = curl_easy_init();
-  snprintf(url, sizeof(url), "%s%s", client->api_base, path);
+  size_t url_size =
+      strlen(client->api_base) + strlen(path) + (form ? strlen(form) : 0) + 2;
+  if ((url = malloc(url_size)))
+    snprintf(url, url_size, "%s%s%s%s", client->api_base, path,
+             !post && form && *form ? "?" : "", !post && form ? form : "");
   snprintf(bearer, sizeof(bearer), "Bearer %s", client->secret_key);
-  if (!form || !curl ||
+  if (!form || !curl || !url ||
       !(headers = add_header(NULL, "Authorization", bearer)) ||
-      !(headers = add_header(headers, "Content-Type",
-                             "application/x-www-form-urlencoded")) ||
+      (post && !(headers = add_header(headers, "Content-Type",
+                                      "application/x-www-form-urlencoded"))) ||
       (client->api_version[0] &&
        !(headers =
              add_header(headers, "Stripe-Version", client->api_version))) ||
@@ -251,9 +257,14 @@ int tly_stripe_post(tly_stripe_client_t *client, const char *path,
     goto done;
   }
   curl_easy_setopt(curl, CURLOPT_URL, url);
-  curl_easy_setopt(curl, CURLOPT_POST, 1L);
-  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, form);
-  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(form));
+  if (post) {
+    curl_easy_setopt(curl, CURLOPT_POST, 1L);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, form);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t)strlen(form));
+  } else {
+    curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+  }
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, client->timeout_ms);
   curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, client->timeout_ms);
@@ -292,7 +303,20 @@ done:
   if (curl)
     curl_easy_cleanup(curl);
   free(form);
+  free(url);
   return rc;
+}
+
+int tly_stripe_post(tly_stripe_client_t *client, const char *path,
+                    const tly_stripe_param_t *params, size_t param_count,
+                    const char *idempotency_key, tly_stripe_response_t *out) {
+  return request(client, 1, path, params, param_count, idempotency_key, out);
+}
+
+int tly_stripe_get(tly_stripe_client_t *client, const char *path,
+                   const tly_stripe_param_t *params, size_t param_count,
+                   tly_stripe_response_t *out) {
+  return request(client, 0, path, params, param_count, NULL, out);
 }
 
 void tly_stripe_response_clear(tly_stripe_response_t *response) {
@@ -302,10 +326,20 @@ void tly_stripe_response_clear(tly_stripe_response_t *response) {
   memset(response, 0, sizeof(*response));
 }
 
-void tly_stripe_error_message(const char *body, char *out, size_t out_size) {
+/* A string field of a Stripe error body ("error.<name>"), or "". */
+static void error_field(const char *body, const char *name, char *out,
+                        size_t out_size) {
   json_t *root = body ? json_loads(body, 0, NULL) : NULL;
-  const char *message = json_string_value(
-      json_object_get(json_object_get(root, "error"), "message"));
-  snprintf(out, out_size, "%s", message ? message : "");
+  const char *value =
+      json_string_value(json_object_get(json_object_get(root, "error"), name));
+  snprintf(out, out_size, "%s", value ? value : "");
   json_decref(root);
+}
+
+void tly_stripe_error_message(const char *body, char *out, size_t out_size) {
+  error_field(body, "message", out, out_size);
+}
+
+void tly_stripe_error_code(const char *body, char *out, size_t out_size) {
+  error_field(body, "code", out, out_size);
 }

@@ -2,7 +2,8 @@
  * tly_stripe_client.h - a small Stripe API client over libcurl, shared by
  * the billing portal route and the usage-reporting emitter.
  *
- * One call is one HTTP request: form-encoded parameters (keys may carry
+ * One call is one HTTP request (POST, or GET with the parameters as the
+ * query string): form-encoded parameters (keys may carry
  * Stripe's brackets, "payload[stripe_customer_id]"), the secret key as a
  * bearer token, the pinned Stripe-Version, an optional Idempotency-Key and
  * a total time limit. It never retries: the caller decides, from what the
@@ -61,6 +62,12 @@ typedef struct {
 int tly_stripe_post(tly_stripe_client_t *client, const char *path,
                     const tly_stripe_param_t *params, size_t param_count,
                     const char *idempotency_key, tly_stripe_response_t *out);
+/* GET api_base + path with the params as the query string (encoded as
+ * tly_stripe_form_encode does; none: no '?'). Same answers as
+ * tly_stripe_post; a GET needs no Idempotency-Key. */
+int tly_stripe_get(tly_stripe_client_t *client, const char *path,
+                   const tly_stripe_param_t *params, size_t param_count,
+                   tly_stripe_response_t *out);
 void tly_stripe_response_clear(tly_stripe_response_t *response);
 
 /* application/x-www-form-urlencoded of params: each key and value
@@ -71,5 +78,8 @@ char *tly_stripe_form_encode(const tly_stripe_param_t *params, size_t count);
 /* Stripe's error message ("error.message") in a response body, copied to
  * out ("" when the body is not a Stripe error). */
 void tly_stripe_error_message(const char *body, char *out, size_t out_size);
+/* Stripe's error code ("error.code", e.g. "idempotency_key_in_use"), copied
+ * to out ("" when there is none). */
+void tly_stripe_error_code(const char *body, char *out, size_t out_size);
 
 #endif

@@ -8,7 +8,10 @@
  * pending intent to resend, or a new intent for the delta between the
  * folded total and what the cursor accounts for), store the new intents
  * and put them all on the changelog in one acknowledged flush, then send
- * them one by one. A subject whose windows are all settled loses the marks
+ * them one by one; a pending intent too old to be sent under its
+ * identifier is first reconciled against Stripe's summaries
+ * (reconcile_round, tly_stripe_reconcile.h), one waiting for that is left
+ * unsettled. A subject whose windows are all settled loses the marks
  * that were read; one that could not be settled (stop, the partition
  * moved away, Kafka refusing a dead letter) keeps them for a later pass.
  * Retries of one request happen in place: Stripe's limits and outages
@@ -24,6 +27,7 @@
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_sat.h"
+#include "tly_stripe_reconcile.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -38,121 +42,8 @@
 
 #define MARKS_PER_PASS 256
 #define IDLE_WAIT_MS 200
-#define BACKOFF_BASE_MS 500
 #define FLUSH_TIMEOUT_MS 30000
 #define METER_EVENTS_PATH "/v1/billing/meter_events"
-/* Stripe's answer to an identifier it already has. */
-#define DUPLICATE_IDENTIFIER "An event already exists with identifier"
-
-/* ---- the pure parts ------------------------------------------------------ */
-
-size_t tly_stripe_cursor_encode(const tly_stripe_cursor_t *cursor,
-                                unsigned char *out) {
-  tly_put_be64(out, (uint64_t)cursor->reported);
-  tly_put_be64(out + 8, (uint64_t)cursor->pending);
-  tly_put_be64(out + 16, (uint64_t)cursor->failed);
-  if (!cursor->pending)
-    return 24;
-  size_t customer_len = strnlen(cursor->customer, sizeof(cursor->customer) - 1);
-  tly_put_be64(out + 24, (uint64_t)cursor->timestamp_s);
-  out[32] = (unsigned char)customer_len;
-  memcpy(out + 33, cursor->customer, customer_len);
-  return 33 + customer_len;
-}
-
-int tly_stripe_cursor_decode(const void *data, size_t len,
-                             tly_stripe_cursor_t *cursor) {
-  const unsigned char *bytes = data;
-  memset(cursor, 0, sizeof(*cursor));
-  if (len < 24)
-    return -1;
-  cursor->reported = (int64_t)tly_get_be64(bytes);
-  cursor->pending = (int64_t)tly_get_be64(bytes + 8);
-  cursor->failed = (int64_t)tly_get_be64(bytes + 16);
-  if (cursor->reported < 0 || cursor->pending < 0 || cursor->failed < 0)
-    return -1;
-  if (!cursor->pending)
-    return len == 24 ? 0 : -1;
-  size_t customer_len = len > 33 ? bytes[32] : 0;
-  if (!customer_len || len != 33 + customer_len ||
-      customer_len >= sizeof(cursor->customer) ||
-      memchr(bytes + 33, '\0', customer_len))
-    return -1;
-  cursor->timestamp_s = (int64_t)tly_get_be64(bytes + 24);
-  memcpy(cursor->customer, bytes + 33, customer_len);
-  return 0;
-}
-
-void tly_stripe_report_identifier(int32_t partition, tly_subject_kind_t kind,
-                                  const char *id, const char *event_name,
-                                  int64_t window_start_ms,
-                                  const tly_stripe_cursor_t *cursor,
-                                  char out[TLY_STRIPE_IDENTIFIER_SIZE]) {
-  /* subject, 0, event_name, 0, then the numbers: no two inputs spell the
-   * same bytes (subject keys and meter names hold no 0 byte). */
-  char text[TLY_KEY_MAX + TLY_STRIPE_EVENT_NAME_MAX + 96];
-  char hex[TLY_SHA256_HEX_LEN + 1];
-  size_t len = tly_subject_key(kind, id, text, TLY_KEY_MAX);
-  if (len >= TLY_KEY_MAX)
-    len = TLY_KEY_MAX - 1;
-  text[len++] = '\0';
-  /* Failed deltas count as accounted too: a delta after a refused one must
-   * not repeat the refused one's identifier (Stripe would take the
-   * Idempotency-Key with other parameters for an error). */
-  int tail = snprintf(text + len, sizeof(text) - len,
-                      "%.*s%c%" PRId32 "|%" PRId64 "|%" PRId64 "|%" PRId64,
-                      TLY_STRIPE_EVENT_NAME_MAX, event_name, '\0', partition,
-                      window_start_ms, cursor->reported, cursor->failed);
-  tly_sha256_hex(text, len + (size_t)tail, hex);
-  snprintf(out, TLY_STRIPE_IDENTIFIER_SIZE, "tly_%.40s", hex);
-}
-
-tly_stripe_outcome_t
-tly_stripe_report_outcome(int answered, const tly_stripe_response_t *response) {
-  if (!answered)
-    return TLY_STRIPE_RETRY; /* may or may not have arrived: resend */
-  long status = response->status;
-  if (status >= 200 && status < 300)
-    return TLY_STRIPE_ACCEPTED;
-  if (status == 400) {
-    char message[256];
-    tly_stripe_error_message(response->body, message, sizeof(message));
-    if (strncmp(message, DUPLICATE_IDENTIFIER, strlen(DUPLICATE_IDENTIFIER)) ==
-        0)
-      return TLY_STRIPE_ACCEPTED;
-  }
-  if (response->should_retry == 1)
-    return TLY_STRIPE_RETRY;
-  if (response->should_retry == 0)
-    return TLY_STRIPE_REFUSED;
-  if (status == 429 || status >= 500 || status == 401 || status == 403)
-    return TLY_STRIPE_RETRY;
-  return TLY_STRIPE_REFUSED;
-}
-
-int64_t tly_stripe_backoff_ms(int attempt, int64_t retry_max_s,
-                              int64_t retry_after_s, uint32_t random) {
-  int64_t cap = retry_max_s * 1000;
-  int64_t step = BACKOFF_BASE_MS;
-  for (int i = 0; i < attempt && step < cap; i++)
-    step *= 2;
-  if (step > cap)
-    step = cap;
-  int64_t wait = step / 2 + (int64_t)(random % (uint32_t)(step / 2 + 1));
-  if (retry_after_s >= 0 && wait < retry_after_s * 1000)
-    wait = retry_after_s * 1000;
-  return wait;
-}
-
-int64_t tly_stripe_rate_wait_us(int64_t *tat_us, int64_t now_us,
-                                int64_t requests_per_s) {
-  /* Evenly spaced, no burst: at most requests_per_s in any second. */
-  int64_t interval = 1000000 / (requests_per_s > 0 ? requests_per_s : 1);
-  if (*tat_us > now_us)
-    return *tat_us - now_us;
-  *tat_us = now_us + interval;
-  return 0;
-}
 
 /* ---- the emitter -------------------------------------------------------- */
 
@@ -185,6 +76,8 @@ struct tly_stripe_emitter {
   meter_t *meters;
   size_t meter_count;
   tly_stripe_client_t *client;
+  tly_stripe_reconciler_t *reconciler;
+  int64_t clock_offset_ms; /* test-only (tly_stripe_reconcile.h) */
   rd_kafka_t *producer;
   tly_alert_codec_t *alert_codec;
   char *dlq_topic, *alerts_topic;
@@ -200,14 +93,27 @@ struct tly_stripe_emitter {
   int stopping; /* under lock */
 
   atomic_uint_least64_t sent, retried, failed;
+  atomic_uint_least64_t reconciled_in, reconciled_resent;
   _Atomic int64_t oldest_at_ms; /* INT64_MAX: no mark */
   atomic_int delivery_errors;
 };
 
 typedef enum {
   SETTLED = 0, /* nothing left to do for it now */
-  DEFERRED     /* try again on a later pass */
+  DEFERRED,    /* try again on a later pass */
+  EXPIRED      /* its identifier may no longer be sent: reconcile later */
 } settle_t;
+
+/* The emitter's clock (the wall clock, plus the test-only offset). */
+static int64_t clock_s(const tly_stripe_emitter_t *e) {
+  return (tly_wall_ms() + e->clock_offset_ms) / 1000;
+}
+
+/* When an intent was made: recorded, or (an intent of before that was
+ * recorded) its timestamp, which is never later. */
+static int64_t made_at_s(const tly_stripe_cursor_t *cursor) {
+  return cursor->made_at_s ? cursor->made_at_s : cursor->timestamp_s;
+}
 
 static int stopping(tly_stripe_emitter_t *e) {
   pthread_mutex_lock(&e->lock);
@@ -628,17 +534,64 @@ static int report_failure(tly_stripe_emitter_t *e, failure_t *failure) {
 
 /* ---- sending ------------------------------------------------------------ */
 
+/* Waits for the request rate's next token, unpinning what Kafka has
+ * acknowledged meanwhile. 0 when a request may go, 1 when the pass must
+ * stop (stopping, or the partition moved). */
+static int await_turn(tly_stripe_emitter_t *e, pass_t *pass) {
+  for (;;) {
+    unpin(e, pass, 0);
+    if (!may_continue(e, pass))
+      return 1;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t wait_us = tly_stripe_rate_wait_us(
+        &e->rate_tat_us, now.tv_sec * 1000000LL + now.tv_nsec / 1000,
+        e->stripe->max_requests_per_s);
+    if (!wait_us)
+      return 0;
+    pause_ms(e, (wait_us + 999) / 1000);
+  }
+}
+
+/* Backs off before retry number attempt (logged with what). 0, or 1 when
+ * stopping. */
+static int back_off(tly_stripe_emitter_t *e, pass_t *pass, int attempt,
+                    int64_t retry_after_s, const char *what) {
+  atomic_fetch_add(&e->retried, 1);
+  uint32_t random = 0;
+  RAND_bytes((unsigned char *)&random, sizeof(random));
+  int64_t wait = tly_stripe_backoff_ms(attempt, e->stripe->retry_max_s,
+                                       retry_after_s, random);
+  tly_log(TLY_LOG_WARN, "stripe", "%s; retrying in %" PRId64 " ms", what, wait);
+  unpin(e, pass, 1);
+  return pause_ms(e, wait);
+}
+
+/* A fresh Idempotency-Key for the identifier: identifier-<16 hex>. */
+#define KEY_SIZE (TLY_STRIPE_IDENTIFIER_SIZE + 17)
+static void fresh_key(const char *identifier, char out[KEY_SIZE]) {
+  unsigned char random[8] = {0};
+  RAND_bytes(random, sizeof(random));
+  int len = snprintf(out, KEY_SIZE, "%s-", identifier);
+  for (size_t i = 0; i < sizeof(random) && len + 2 < KEY_SIZE; i++, len += 2)
+    snprintf(out + len, 3, "%02x", random[i]);
+}
+
 /* Sends the cursor's pending intent until Stripe accepts or refuses it.
- * DEFERRED when it had to stop first (the intent stays for later). */
+ * DEFERRED when it had to stop first (the intent stays for later), EXPIRED
+ * once the intent is too old to be sent under its identifier (it is
+ * reconciled later). */
 static settle_t send_pending(tly_stripe_emitter_t *e, pass_t *pass,
                              const meter_t *meter,
                              const tly_stripe_cursor_t *cursor,
                              const char *identifier,
                              tly_stripe_outcome_t *outcome, long *status,
                              char *error, size_t error_size) {
-  char value[24], timestamp[24];
+  char value[24], timestamp[24], key[KEY_SIZE];
   snprintf(value, sizeof(value), "%" PRId64, cursor->pending);
   snprintf(timestamp, sizeof(timestamp), "%" PRId64, cursor->timestamp_s);
+  /* The first Idempotency-Key is the identifier itself. */
+  snprintf(key, sizeof(key), "%s", identifier);
   const tly_stripe_param_t params[] = {
       {"event_name", meter->event_name},
       {"payload[stripe_customer_id]", cursor->customer},
@@ -647,23 +600,22 @@ static settle_t send_pending(tly_stripe_emitter_t *e, pass_t *pass,
       {"timestamp", timestamp},
   };
   for (int attempt = 0;; attempt++) {
-    for (;;) {
-      unpin(e, pass, 0);
-      if (!may_continue(e, pass))
-        return DEFERRED;
-      struct timespec now;
-      clock_gettime(CLOCK_MONOTONIC, &now);
-      int64_t wait_us = tly_stripe_rate_wait_us(
-          &e->rate_tat_us, now.tv_sec * 1000000LL + now.tv_nsec / 1000,
-          e->stripe->max_requests_per_s);
-      if (!wait_us)
-        break;
-      pause_ms(e, (wait_us + 999) / 1000);
+    if (await_turn(e, pass))
+      return DEFERRED;
+    if (tly_stripe_intent_phase(made_at_s(cursor), clock_s(e)) !=
+        TLY_STRIPE_INTENT_SEND) {
+      tly_log(TLY_LOG_WARN, "stripe",
+              "meter event %s (%s): unsettled for %lld h, Stripe may no "
+              "longer know its identifier; not sent again, reconciled "
+              "later",
+              identifier, meter->event_name,
+              (long long)(TLY_STRIPE_RESEND_FOR_S / 3600));
+      return EXPIRED;
     }
     tly_stripe_response_t response;
     int answered = tly_stripe_post(e->client, METER_EVENTS_PATH, params,
-                                   sizeof(params) / sizeof(params[0]),
-                                   identifier, &response) == 0;
+                                   sizeof(params) / sizeof(params[0]), key,
+                                   &response) == 0;
     *outcome = tly_stripe_report_outcome(answered, &response);
     *status = answered ? response.status : 0;
     if (answered)
@@ -672,19 +624,19 @@ static settle_t send_pending(tly_stripe_emitter_t *e, pass_t *pass,
       snprintf(error, error_size, "%s", response.error);
     int64_t retry_after_s = response.retry_after_s;
     tly_stripe_response_clear(&response);
-    if (*outcome != TLY_STRIPE_RETRY)
+    if (*outcome != TLY_STRIPE_RETRY && *outcome != TLY_STRIPE_RETRY_NEW_KEY)
       return SETTLED;
-    atomic_fetch_add(&e->retried, 1);
-    uint32_t random = 0;
-    RAND_bytes((unsigned char *)&random, sizeof(random));
-    int64_t wait = tly_stripe_backoff_ms(attempt, e->stripe->retry_max_s,
-                                         retry_after_s, random);
-    tly_log(TLY_LOG_WARN, "stripe",
-            "meter event %s (%s): %s%ld %s; retrying in %" PRId64 " ms",
-            identifier, meter->event_name, answered ? "status " : "", *status,
-            error, wait);
-    unpin(e, pass, 1);
-    if (pause_ms(e, wait))
+    char what[KEY_SIZE + 800];
+    snprintf(what, sizeof(what), "meter event %s (%s, key %s): %s%ld %s%s",
+             identifier, meter->event_name, key, answered ? "status " : "",
+             *status, error,
+             *outcome == TLY_STRIPE_RETRY_NEW_KEY
+                 ? " (the key's answer will not change: a fresh key, the "
+                   "same identifier)"
+                 : "");
+    if (*outcome == TLY_STRIPE_RETRY_NEW_KEY)
+      fresh_key(identifier, key);
+    if (back_off(e, pass, attempt, retry_after_s, what))
       return DEFERRED;
   }
 }
@@ -775,8 +727,9 @@ typedef struct {
   int64_t total; /* folded, read once per pass: later usage comes with a
                     mark of its own */
   int settled;
-  int send;  /* an intent to send in this round */
-  int fresh; /* made in this round: to be stored */
+  int send;      /* an intent to send in this round */
+  int fresh;     /* made in this round: to be stored */
+  int reconcile; /* a pending intent to reconcile in this round */
   tly_stripe_cursor_t cursor;
   char identifier[TLY_STRIPE_IDENTIFIER_SIZE];
 } slot_t;
@@ -956,13 +909,13 @@ static int fail_too_old(tly_stripe_emitter_t *e, work_t *work, slot_t *slot,
  * send, 0 when not, -1 when the pass must stop. */
 static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
   char errstr[512];
-  size_t sends = 0, too_old = 0;
+  size_t sends = 0, too_old = 0, reconciles = 0;
   if (!hold(e, &work->pass))
     return -1;
   for (size_t i = 0; i < work->slot_count; i++) {
     slot_t *slot = &work->slots[i];
     work_subject_t *subject = &work->subjects[slot->subject];
-    slot->send = slot->fresh = 0;
+    slot->send = slot->fresh = slot->reconcile = 0;
     if (slot->settled || subject->deferred)
       continue;
     char *stored = NULL;
@@ -993,9 +946,11 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
         slot->settled = 1; /* an unlinked subject has no one to bill */
         continue;
       }
-      int64_t now_s = tly_wall_ms() / 1000;
+      int64_t now_s = clock_s(e);
       int64_t window_end_s = (slot->window_start_ms + e->window_ms) / 1000;
       slot->cursor.pending = delta;
+      slot->cursor.made_at_s = now_s;
+      slot->cursor.generation = 0;
       slot->cursor.timestamp_s =
           window_end_s - 1 < now_s ? window_end_s - 1 : now_s;
       snprintf(slot->cursor.customer, sizeof(slot->cursor.customer), "%s",
@@ -1010,6 +965,19 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
         continue;
       }
       slot->fresh = 1;
+    } else {
+      /* Sent under its identifier only while Stripe surely still knows
+       * it; then left alone, then reconciled (tly_stripe_reconcile.h). The
+       * slot stays unsettled meanwhile: its marks wait. */
+      tly_stripe_intent_phase_t phase =
+          tly_stripe_intent_phase(made_at_s(&slot->cursor), clock_s(e));
+      if (phase == TLY_STRIPE_INTENT_WAIT)
+        continue;
+      if (phase == TLY_STRIPE_INTENT_RECONCILE) {
+        slot->reconcile = 1;
+        reconciles++;
+        continue;
+      }
     }
     slot->send = 1;
     sends++;
@@ -1040,10 +1008,123 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
   release(e, &work->pass);
   if (failed) {
     for (size_t i = 0; i < work->slot_count; i++)
-      work->slots[i].send = 0;
+      work->slots[i].send = work->slots[i].reconcile = 0;
     return -1;
   }
-  return sends > 0;
+  return sends + reconciles > 0;
+}
+
+/* ---- reconciling intents older than Stripe's identifier window --------- */
+
+typedef struct {
+  tly_stripe_emitter_t *e;
+  pass_t *pass;
+} turn_t;
+
+static int turn_before_request(void *opaque) {
+  turn_t *turn = opaque;
+  return await_turn(turn->e, turn->pass);
+}
+
+static int turn_back_off(void *opaque, int attempt, int64_t retry_after_s,
+                         const char *what) {
+  turn_t *turn = opaque;
+  return back_off(turn->e, turn->pass, attempt, retry_after_s, what);
+}
+
+/* Stores the slot's intent (synced) and puts it on the changelog,
+ * acknowledged, before it is sent, as plan_round does. 0 or -1. */
+static int store_intent(tly_stripe_emitter_t *e, work_t *work, slot_t *slot) {
+  if (!hold(e, &work->pass))
+    return -1;
+  stage_cursor(e, slot->key, slot->key_len, &slot->cursor);
+  int failed = commit_batch(e, 1, "writing a report intent");
+  atomic_store(&e->delivery_errors, 0);
+  if (!failed)
+    failed =
+        produce_changelog(e, work->pass.partition, TLY_CHANGELOG_CURSOR,
+                          slot->key, slot->key_len, &slot->cursor, MUST_ACK) ||
+        flush_acked(e);
+  release(e, &work->pass);
+  return failed ? -1 : 0;
+}
+
+/* Reconciles the round's intents that are too old to be sent under their
+ * identifier: in Stripe's total, reported; not in it, made again under a
+ * new identifier and sent in this round; undetermined, failed (never
+ * resent blind). 0, or -1 when the pass must stop. */
+static int reconcile_round(tly_stripe_emitter_t *e, work_t *work) {
+  for (size_t i = 0; i < work->slot_count; i++) {
+    slot_t *slot = &work->slots[i];
+    work_subject_t *subject = &work->subjects[slot->subject];
+    if (!slot->reconcile || subject->deferred)
+      continue;
+    slot->reconcile = 0;
+    tly_stripe_cursor_t *cursor = &slot->cursor;
+    char reason[600];
+    int64_t total;
+    tly_stripe_verdict_t verdict;
+    turn_t turn = {e, &work->pass};
+    tly_stripe_hooks_t hooks = {turn_before_request, turn_back_off, &turn};
+    tly_stripe_intent_t intent = {.event_name = slot->meter->event_name,
+                                  .customer = cursor->customer,
+                                  .identifier = slot->identifier,
+                                  .window_start_ms = slot->window_start_ms,
+                                  .window_ms = e->window_ms,
+                                  .timestamp_s = cursor->timestamp_s,
+                                  .reported = cursor->reported,
+                                  .pending = cursor->pending};
+    if (tly_stripe_reconcile_intent(e->reconciler, &intent, &hooks, &verdict,
+                                    &total, reason, sizeof(reason)))
+      return -1;
+    if (verdict == TLY_STRIPE_NOT_IN_STRIPE) {
+      cursor->generation++;
+      cursor->made_at_s = clock_s(e);
+      tly_stripe_report_identifier(work->pass.partition, subject->subject.kind,
+                                   subject->subject.id, slot->meter->event_name,
+                                   slot->window_start_ms, cursor,
+                                   slot->identifier);
+      if (store_intent(e, work, slot))
+        return -1;
+      tly_log(TLY_LOG_WARN, "stripe",
+              "%s: %s %" PRId64 " of window %" PRId64 " is not in Stripe's "
+              "total (%" PRId64 ") after 24 h: sent again as %s",
+              subject->name, slot->meter->event_name, cursor->pending,
+              slot->window_start_ms, total, slot->identifier);
+      atomic_fetch_add(&e->reconciled_resent, 1);
+      slot->send = 1; /* send_round sends it */
+      continue;
+    }
+    if (verdict == TLY_STRIPE_UNDETERMINED) {
+      failure_t failure = {.subject = &subject->subject,
+                           .meter = slot->meter,
+                           .window_start_ms = slot->window_start_ms,
+                           .identifier = slot->identifier,
+                           .value = cursor->pending,
+                           .timestamp_s = cursor->timestamp_s,
+                           .customer = cursor->customer,
+                           .error = reason};
+      if (report_failure(e, &failure)) {
+        subject->deferred = 1; /* the intent stays: reconciled later */
+        continue;
+      }
+      cursor->failed += cursor->pending;
+      atomic_fetch_add(&e->failed, 1);
+    } else {
+      tly_log(TLY_LOG_INFO, "stripe",
+              "%s: %s %" PRId64 " of window %" PRId64 " found in Stripe's "
+              "total after 24 h: reported",
+              subject->name, slot->meter->event_name, cursor->pending,
+              slot->window_start_ms);
+      cursor->reported += cursor->pending;
+      atomic_fetch_add(&e->sent, 1);
+      atomic_fetch_add(&e->reconciled_in, 1);
+    }
+    cursor->pending = 0;
+    if (settle_cursor(e, &work->pass, slot->key, slot->key_len, cursor))
+      return -1;
+  }
+  return 0;
 }
 
 /* Sends the round's intents, each until Stripe accepts or refuses it,
@@ -1058,10 +1139,13 @@ static int send_round(tly_stripe_emitter_t *e, work_t *work) {
     slot->send = 0;
     tly_stripe_outcome_t outcome;
     long status;
-    if (send_pending(e, &work->pass, slot->meter, &slot->cursor,
-                     slot->identifier, &outcome, &status, error,
-                     sizeof(error)) == DEFERRED)
+    settle_t sent =
+        send_pending(e, &work->pass, slot->meter, &slot->cursor,
+                     slot->identifier, &outcome, &status, error, sizeof(error));
+    if (sent == DEFERRED)
       return -1;
+    if (sent == EXPIRED)
+      continue; /* the intent stays, unsettled: reconciled later */
     if (outcome == TLY_STRIPE_REFUSED) {
       failure_t failure = {.subject = &subject->subject,
                            .meter = slot->meter,
@@ -1178,7 +1262,7 @@ static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
       stopped = planned < 0;
       break;
     }
-    stopped = send_round(e, &work) != 0;
+    stopped = reconcile_round(e, &work) != 0 || send_round(e, &work) != 0;
   }
   unpin(e, &work.pass, 1);
   if (!stopped)
@@ -1251,6 +1335,7 @@ void tly_stripe_emitter_stop(tly_stripe_emitter_t *e) {
     rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS);
     rd_kafka_destroy(e->producer);
   }
+  tly_stripe_reconciler_destroy(e->reconciler);
   tly_stripe_client_destroy(e->client);
   tly_alert_codec_destroy(e->alert_codec);
   tly_store_batch_destroy(e->batch);
@@ -1395,14 +1480,25 @@ tly_stripe_emitter_start(const tly_stripe_emitter_conf_t *conf, char *errstr,
     goto fail;
   }
   if (collect_meters(e, errstr, errstr_size) ||
-      check_window(e, errstr, errstr_size))
+      check_window(e, errstr, errstr_size) ||
+      tly_stripe_clock_offset_ms(&e->clock_offset_ms, errstr, errstr_size))
     goto fail;
+  if (e->clock_offset_ms)
+    tly_log(TLY_LOG_WARN, "stripe",
+            "%s: the reporting clock runs %" PRId64 " ms off the wall clock "
+            "(for tests only)",
+            TLY_STRIPE_CLOCK_OFFSET_ENV, e->clock_offset_ms);
   tly_stripe_client_conf_t client = {.api_base = e->stripe->api_base,
                                      .secret_key = e->stripe->secret_key,
                                      .api_version = e->stripe->api_version,
                                      .timeout_ms = (long)e->stripe->timeout_ms};
-  if (!(e->client = tly_stripe_client_new(&client, errstr, errstr_size)) ||
-      !(e->alert_codec = tly_alert_codec_new(errstr, errstr_size)) ||
+  if (!(e->client = tly_stripe_client_new(&client, errstr, errstr_size)))
+    goto fail;
+  if (!(e->reconciler = tly_stripe_reconciler_new(e->client))) {
+    snprintf(errstr, errstr_size, "out of memory");
+    goto fail;
+  }
+  if (!(e->alert_codec = tly_alert_codec_new(errstr, errstr_size)) ||
       !(e->producer = new_producer(e, errstr, errstr_size)))
     goto fail;
   if (pthread_create(&e->thread, NULL, emitter_main, e) != 0) {
@@ -1426,6 +1522,8 @@ void tly_stripe_emitter_stats(tly_stripe_emitter_t *e,
   stats->sent = atomic_load(&e->sent);
   stats->retried = atomic_load(&e->retried);
   stats->failed = atomic_load(&e->failed);
+  stats->reconciled_in_stripe = atomic_load(&e->reconciled_in);
+  stats->reconciled_resent = atomic_load(&e->reconciled_resent);
   int64_t oldest = atomic_load(&e->oldest_at_ms);
   int64_t age = oldest == INT64_MAX ? 0 : (tly_wall_ms() - oldest) / 1000;
   stats->oldest_unreported_s = age > 0 ? age : 0;

@@ -30,7 +30,8 @@
  *      and Stripe answers as before).
  * A cursor found with pending != 0 (a crash between 1 and 3) is resent
  * exactly, same identifier, value, timestamp and customer, before anything
- * else of that cursor; Stripe drops the copy if the first one arrived.
+ * else of that cursor; Stripe drops the copy if the first one arrived
+ * (within 23 hours of the intent: older ones are reconciled, see below).
  * Late usage of a reported window is a further delta with a new identifier.
  *
  * Several instances (partitions moving between them): marks and cursors
@@ -53,8 +54,15 @@
  * Failures: no answer, 429, 5xx, 401/403 (a key problem is the operator's,
  * never the report's) and anything Stripe-Should-Retry: true are retried
  * with exponential backoff and jitter (capped at stripe.retry_max_s, never
- * sooner than Retry-After). Other 4xx (unknown customer, unknown meter):
- * the delta is counted failed (failed += pending) and goes to the
+ * sooner than Retry-After). Stripe keeps the first answer of an
+ * Idempotency-Key, a 500 too (replayed with Stripe-Should-Retry: false),
+ * and answers 409 idempotency_key_in_use while a request under the key is
+ * still running; although the event may be in Stripe, neither is a
+ * failure: such a 5xx (Stripe-Should-Retry: false, or a replay) and any
+ * 409 are retried under a fresh Idempotency-Key with the same identifier,
+ * and Stripe's identifier dedupe settles it (the event is applied once;
+ * "already exists" is accepted). Other 4xx (unknown customer, unknown
+ * meter): the delta is counted failed (failed += pending) and goes to the
  * dead-letter topic with Stripe's error, with a stripe_report_failed alert
  * on the alerts topic; other subjects go on. A delta whose window is older
  * than Stripe's 35 days is never sent: failed, dead letter and alert too.
@@ -62,6 +70,16 @@
  * acknowledged before the cursor records the failure: at least once, with
  * deterministic ids (header tally.output.id, alert_id) to deduplicate on.
  * Requests never exceed stripe.max_requests_per_s (a token bucket).
+ *
+ * Identifiers are unique at Stripe for 24 hours only. An intent is sent
+ * under its identifier (retries included) only for 23 hours after it was
+ * made; one still pending then waits an hour and is reconciled against
+ * Stripe's meter event summaries (tly_stripe_reconcile.h): in Stripe's
+ * total, it counts reported; not in it, it is made again under a new
+ * identifier (generation + 1, made now) and sent; when Stripe's total
+ * says neither (the customer shared with other subjects or senders), it
+ * is never resent blind: failed, with a dead letter and an alert saying
+ * Stripe's total and tally's, for the operator to decide.
  *
  * Threading: one thread of its own, reporting only partitions assigned to
  * this instance. It reads committed state, writes only cursors (and the
@@ -76,6 +94,7 @@
 #include "tly_processor.h"
 #include "tly_store.h"
 #include "tly_stripe_client.h"
+#include "tly_stripe_protocol.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -95,7 +114,11 @@ typedef struct tly_stripe_emitter tly_stripe_emitter_t;
 typedef struct {
   uint64_t sent;    /* meter events Stripe accepted (or already had) */
   uint64_t retried; /* requests retried: no answer, 429, 5xx, ... */
-  uint64_t failed;  /* deltas given up: refused by Stripe, or too old */
+  uint64_t failed;  /* deltas given up: refused by Stripe, or too old, or
+                       not confirmed after 24 h */
+  /* Intents unsettled for 24 h, reconciled against Stripe's summaries:
+   * found in Stripe's total (counted in sent too), or not (sent again). */
+  uint64_t reconciled_in_stripe, reconciled_resent;
   int64_t oldest_unreported_s; /* age of the oldest mark not yet settled;
                                   0 when there is none */
 } tly_stripe_emitter_stats_t;
@@ -111,68 +134,5 @@ void tly_stripe_emitter_stop(tly_stripe_emitter_t *emitter);
 /* Thread-safe. */
 void tly_stripe_emitter_stats(tly_stripe_emitter_t *emitter,
                               tly_stripe_emitter_stats_t *stats);
-
-/* ---- the pure parts, exposed for the unit tests ------------------------ */
-
-/* Stripe takes meter events up to 35 days old; a delta older than that,
- * less a margin for the request's own time, is never sent. */
-#define TLY_STRIPE_MAX_AGE_S (35LL * 86400)
-#define TLY_STRIPE_AGE_MARGIN_S 300
-
-/* A cursor: [reported BE8][pending BE8][failed BE8], and while pending is
- * not 0 the intent's [timestamp s BE8][customer id length, 1 byte][customer
- * id]: what a resend must
- * repeat exactly (Stripe refuses an Idempotency-Key with other
- * parameters, and the customer may be relinked meanwhile). */
-typedef struct {
-  int64_t reported, pending, failed;
-  int64_t timestamp_s;
-  char customer[128];
-} tly_stripe_cursor_t;
-
-#define TLY_STRIPE_CURSOR_MAX (4 * 8 + 1 + 128)
-/* Returns the length written (out holds TLY_STRIPE_CURSOR_MAX bytes). */
-size_t tly_stripe_cursor_encode(const tly_stripe_cursor_t *cursor,
-                                unsigned char *out);
-/* 0, or -1 when the bytes are not a cursor. */
-int tly_stripe_cursor_decode(const void *data, size_t len,
-                             tly_stripe_cursor_t *cursor);
-
-/* "tly_" and 40 hex digits of the SHA-256 of subject, meter, window start
- * and the totals accounted before the delta (reported and failed): the
- * meter event's identifier and Idempotency-Key. The partition is part of
- * it too: a subject whose events were spread over partitions by another
- * partitioner has state, and cursors, on each, and their deltas must not
- * share identifiers. */
-#define TLY_STRIPE_IDENTIFIER_SIZE 45
-void tly_stripe_report_identifier(int32_t partition, tly_subject_kind_t kind,
-                                  const char *id, const char *event_name,
-                                  int64_t window_start_ms,
-                                  const tly_stripe_cursor_t *cursor,
-                                  char out[TLY_STRIPE_IDENTIFIER_SIZE]);
-
-typedef enum {
-  TLY_STRIPE_ACCEPTED = 0, /* 200, or the identifier already exists */
-  TLY_STRIPE_RETRY,        /* send again later, the same request */
-  TLY_STRIPE_REFUSED       /* Stripe will not take it: count it failed */
-} tly_stripe_outcome_t;
-
-/* What a meter event request's answer means. answered: tly_stripe_post
- * returned 0 (there is an HTTP answer in response). */
-tly_stripe_outcome_t
-tly_stripe_report_outcome(int answered, const tly_stripe_response_t *response);
-
-/* Milliseconds to wait before retry number attempt (0-based): exponential
- * from 500 ms, capped at retry_max_s, with jitter from random (any value:
- * the wait is between half and all of the step), never below
- * retry_after_s (-1: none). */
-int64_t tly_stripe_backoff_ms(int attempt, int64_t retry_max_s,
-                              int64_t retry_after_s, uint32_t random);
-
-/* The token bucket of the request rate: a request may go at now_us when
- * this returns 0; otherwise the microseconds to wait. Taking a token
- * advances *tat_us (the theoretical arrival time; start it at 0). */
-int64_t tly_stripe_rate_wait_us(int64_t *tat_us, int64_t now_us,
-                                int64_t requests_per_s);
 
 #endif

@@ -1,24 +1,25 @@
 /*
  * stripe_fake.c - the Stripe-shaped test server (see stripe_fake.h for what
- * it answers) and the helpers that run it as a separate process.
+ * it answers); tests/harness/stripe_fake_harness.c runs it as a separate
+ * process.
  *
  * One thread per connection (libmicrohttpd), so an injected hang holds only
- * its own connection; all state (customers, identifiers, the ledger, the
- * idempotency records, faults, the request log) sits behind one mutex, and
- * an endpoint runs start to finish under it, so concurrent retries of one
- * Idempotency-Key see either nothing or the whole first result.
+ * its own connection; all state (customers, identifiers, the ledger and
+ * its events, meters, the idempotency records, faults, the clock offset,
+ * the request log) sits behind one mutex, and an endpoint runs start to
+ * finish under it, so concurrent retries of one Idempotency-Key see either
+ * nothing, the whole first result, or (while a "processing_ms" request
+ * still runs) 409 idempotency_key_in_use.
  */
 #include "stripe_fake.h"
 
 #include "harness.h"
-#include "tally_producer.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
-#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -37,6 +38,10 @@ typedef enum MHD_Result sf_mhd_result;
 #define LOG_MAX 200
 #define METER_WINDOW_PAST_S (35LL * 86400) /* Stripe: 35 calendar days */
 #define METER_WINDOW_FUTURE_S 300          /* Stripe: 5 minutes ahead */
+/* Stripe: identifiers unique within a rolling 24 hours; idempotency keys
+ * kept at least 24 hours (the fake forgets both then). */
+#define IDENTIFIER_TTL_S 86400LL
+#define IDEMPOTENCY_TTL_S 86400LL
 
 typedef struct {
   char *key, *value;
@@ -55,7 +60,26 @@ typedef struct {
 typedef struct {
   char *key, *fingerprint, *body;
   int status, should_retry;
+  int64_t created_s;            /* by the fake's clock */
+  int64_t in_progress_until_ms; /* real time: its request still runs */
 } idempotent_t;
+
+typedef struct {
+  char *id;
+  int64_t seen_s; /* by the fake's clock */
+} identifier_t;
+
+/* An accepted meter event, for the summaries. */
+typedef struct {
+  char *customer, *event_name;
+  long long value;
+  int64_t timestamp;
+} event_t;
+
+typedef struct {
+  char *id, *event_name;
+  int64_t created_s;
+} meter_t;
 
 typedef struct {
   int remaining;
@@ -64,7 +88,11 @@ typedef struct {
   int should_retry;   /* -1: no header */
   long hang_ms;       /* > 0: hang, then drop */
   int drop_after_apply;
-  char path[128]; /* "" any */
+  int apply;          /* with status: run the endpoint first, keep the
+                         status as the key's answer */
+  long processing_ms; /* > 0: run, then hold the key in progress */
+  char path[128];     /* "" any */
+  char customer[128]; /* "" any */
 } fault_t;
 
 /* Growable arrays of the state, each under the server's lock. */
@@ -83,8 +111,13 @@ struct sf_server {
   pthread_mutex_t lock;
   char **customers;
   size_t customer_count, customer_cap;
-  char **identifiers;
+  identifier_t *identifiers;
   size_t identifier_count, identifier_cap;
+  event_t *events;
+  size_t event_count, event_cap;
+  meter_t *meters;
+  size_t meter_count, meter_cap;
+  int64_t clock_offset_s; /* the fake's clock: the wall clock plus this */
   ledger_row_t *ledger;
   size_t ledger_count, ledger_cap;
   idempotent_t *idempotent;
@@ -112,7 +145,10 @@ typedef struct {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static int64_t now_s(void) { return (int64_t)time(NULL); }
+/* The fake's clock (under the lock, or where a stale read is harmless). */
+static int64_t now_s(const sf_server_t *server) {
+  return (int64_t)time(NULL) + server->clock_offset_s;
+}
 
 static void answer_json(answer_t *answer, int status, json_t *json) {
   answer->status = status;
@@ -267,7 +303,8 @@ static int require(const params_t *params, const char *const *names,
 
 /* Parameter validation of a meter event: 1 with answer filled when it
  * fails (such answers are not kept for an Idempotency-Key). */
-static int meter_event_invalid(const params_t *params, long long *value,
+static int meter_event_invalid(const sf_server_t *server,
+                               const params_t *params, long long *value,
                                long long *timestamp, answer_t *answer) {
   static const char *const required[] = {
       "event_name", "payload[stripe_customer_id]", "payload[value]", NULL};
@@ -280,20 +317,20 @@ static int meter_event_invalid(const params_t *params, long long *value,
     return 1;
   }
   const char *ts = param(params, "timestamp");
-  *timestamp = now_s();
+  *timestamp = now_s(server);
   if (ts && parse_integer(ts, timestamp)) {
     answer_error(answer, 400, "invalid_request_error",
                  "parameter_invalid_integer", "timestamp",
                  "Invalid integer: timestamp.");
     return 1;
   }
-  if (*timestamp < now_s() - METER_WINDOW_PAST_S) {
+  if (*timestamp < now_s(server) - METER_WINDOW_PAST_S) {
     answer_error(answer, 400, "invalid_request_error",
                  "timestamp_too_far_in_past", "timestamp",
                  "Timestamp must be within the past 35 calendar days.");
     return 1;
   }
-  if (*timestamp > now_s() + METER_WINDOW_FUTURE_S) {
+  if (*timestamp > now_s(server) + METER_WINDOW_FUTURE_S) {
     answer_error(answer, 400, "invalid_request_error", "timestamp_in_future",
                  "timestamp",
                  "Timestamp must be no more than 5 minutes in the future.");
@@ -330,7 +367,7 @@ static void add_to_ledger(sf_server_t *server, const char *customer,
 static int meter_event(sf_server_t *server, const params_t *params,
                        answer_t *answer) {
   long long value, timestamp;
-  if (meter_event_invalid(params, &value, &timestamp, answer))
+  if (meter_event_invalid(server, params, &value, &timestamp, answer))
     return 0;
   const char *customer = param(params, "payload[stripe_customer_id]");
   const char *event_name = param(params, "event_name");
@@ -345,7 +382,11 @@ static int meter_event(sf_server_t *server, const params_t *params,
     unknown_customer(answer, "payload[stripe_customer_id]", customer);
     return 1;
   }
-  if (known(server->identifiers, server->identifier_count, identifier)) {
+  identifier_t *seen = NULL;
+  for (size_t i = 0; i < server->identifier_count && !seen; i++)
+    if (strcmp(server->identifiers[i].id, identifier) == 0)
+      seen = &server->identifiers[i];
+  if (seen && now_s(server) - seen->seen_s < IDENTIFIER_TTL_S) {
     char message[256];
     snprintf(message, sizeof(message),
              "An event already exists with identifier %s.", identifier);
@@ -353,16 +394,25 @@ static int meter_event(sf_server_t *server, const params_t *params,
     answer->should_retry = 0;
     return 1;
   }
-  GROW(server->identifiers, server->identifier_count, server->identifier_cap);
-  server->identifiers[server->identifier_count++] = strdup(identifier);
+  if (seen) { /* unique for 24 hours only: this one counts again */
+    seen->seen_s = now_s(server);
+  } else {
+    GROW(server->identifiers, server->identifier_count, server->identifier_cap);
+    server->identifiers[server->identifier_count++] =
+        (identifier_t){strdup(identifier), now_s(server)};
+  }
   add_to_ledger(server, customer, event_name, value);
+  GROW(server->events, server->event_count, server->event_cap);
+  server->events[server->event_count++] =
+      (event_t){strdup(customer), strdup(event_name), value, timestamp};
   answer_json(answer, 200,
               json_pack("{s:s,s:I,s:s,s:s,s:b,s:{s:s,s:s},s:I}", "object",
-                        "billing.meter_event", "created", (json_int_t)now_s(),
-                        "event_name", event_name, "identifier", identifier,
-                        "livemode", 0, "payload", "stripe_customer_id",
-                        customer, "value", param(params, "payload[value]"),
-                        "timestamp", (json_int_t)timestamp));
+                        "billing.meter_event", "created",
+                        (json_int_t)now_s(server), "event_name", event_name,
+                        "identifier", identifier, "livemode", 0, "payload",
+                        "stripe_customer_id", customer, "value",
+                        param(params, "payload[value]"), "timestamp",
+                        (json_int_t)timestamp));
   return 1;
 }
 
@@ -385,11 +435,175 @@ static int portal_session(sf_server_t *server, const params_t *params,
   answer_json(answer, 200,
               json_pack("{s:s,s:s,s:I,s:s,s:b,s:o,s:s}", "id", id, "object",
                         "billing_portal.session", "created",
-                        (json_int_t)now_s(), "customer", customer, "livemode",
-                        0, "return_url",
+                        (json_int_t)now_s(server), "customer", customer,
+                        "livemode", 0, "return_url",
                         return_url ? json_string(return_url) : json_null(),
                         "url", url));
   return 1;
+}
+
+/* ---- meters and their summaries (GET, run under the lock) --------------- */
+
+static json_t *meter_json(const meter_t *meter) {
+  return json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:{s:s},s:{s:s,s:s},s:{s:s},s:b}",
+                   "id", meter->id, "object", "billing.meter", "created",
+                   (json_int_t)meter->created_s, "display_name",
+                   meter->event_name, "event_name", meter->event_name, "status",
+                   "active", "default_aggregation", "formula", "sum",
+                   "customer_mapping", "event_payload_key",
+                   "stripe_customer_id", "type", "by_id", "value_settings",
+                   "event_payload_key", "value", "livemode", 0);
+}
+
+/* limit (1..100, default 10); 0 with answer filled when bad. */
+static long list_limit(const params_t *params, answer_t *answer) {
+  const char *text = param(params, "limit");
+  long long limit = 10;
+  if (text && (parse_integer(text, &limit) || limit < 1 || limit > 100)) {
+    answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
+                 "limit", "limit must be an integer between 1 and 100.");
+    return 0;
+  }
+  return (long)limit;
+}
+
+/* A Stripe list of items (taken) from the one after starting_after. */
+static void answer_list(answer_t *answer, const char *url, json_t *items,
+                        const params_t *params, long limit) {
+  const char *after = param(params, "starting_after");
+  size_t from = 0, i;
+  json_t *item;
+  json_array_foreach(items, i, item) {
+    const char *id = json_string_value(json_object_get(item, "id"));
+    if (after && id && strcmp(id, after) == 0)
+      from = i + 1;
+  }
+  json_t *data = json_array();
+  for (i = from; i < json_array_size(items) && (long)(i - from) < limit; i++)
+    json_array_append(data, json_array_get(items, i));
+  int more = i < json_array_size(items);
+  json_decref(items);
+  answer_json(answer, 200,
+              json_pack("{s:s,s:s,s:o,s:b}", "object", "list", "url", url,
+                        "data", data, "has_more", more));
+}
+
+static void list_meters(sf_server_t *server, const params_t *params,
+                        answer_t *answer) {
+  long limit = list_limit(params, answer);
+  const char *status = param(params, "status");
+  if (!limit)
+    return;
+  json_t *items = json_array();
+  for (size_t i = 0; i < server->meter_count; i++)
+    if (!status || strcmp(status, "active") == 0)
+      json_array_append_new(items, meter_json(&server->meters[i]));
+  answer_list(answer, "/v1/billing/meters", items, params, limit);
+}
+
+/* GET /v1/billing/meters/{id}/event_summaries: customer, start_time and
+ * end_time (inclusive, exclusive; minute-aligned) required;
+ * value_grouping_window "hour" or "day" gives one summary per hour or
+ * day (the range aligned to it), newest first; none, one for the range. */
+static void event_summaries(sf_server_t *server, const char *meter_id,
+                            const params_t *params, answer_t *answer) {
+  static const char *const required[] = {"customer", "start_time", "end_time",
+                                         NULL};
+  const meter_t *meter = NULL;
+  for (size_t i = 0; i < server->meter_count && !meter; i++)
+    if (strcmp(server->meters[i].id, meter_id) == 0)
+      meter = &server->meters[i];
+  if (!meter) {
+    char message[300];
+    snprintf(message, sizeof(message), "No such billing meter: '%.200s'",
+             meter_id);
+    answer_error(answer, 404, "invalid_request_error", "resource_missing", "id",
+                 message);
+    return;
+  }
+  long limit = list_limit(params, answer);
+  if (!limit || require(params, required, answer))
+    return;
+  long long start, end, step = 0;
+  const char *window = param(params, "value_grouping_window");
+  if (parse_integer(param(params, "start_time"), &start) ||
+      parse_integer(param(params, "end_time"), &end) || start % 60 ||
+      end % 60 || end <= start) {
+    answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
+                 "start_time",
+                 "start_time and end_time must be aligned with minute "
+                 "boundaries, start_time before end_time.");
+    return;
+  }
+  if (window && strcmp(window, "hour") == 0)
+    step = 3600;
+  else if (window && strcmp(window, "day") == 0)
+    step = 86400;
+  else if (window) {
+    answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
+                 "value_grouping_window",
+                 "value_grouping_window must be one of hour, day.");
+    return;
+  }
+  if (step && (start % step || end % step)) {
+    answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
+                 "start_time",
+                 "start_time and end_time must be aligned with "
+                 "value_grouping_window.");
+    return;
+  }
+  if (!step)
+    step = end - start;
+  const char *customer = param(params, "customer");
+  json_t *items = json_array();
+  for (long long to = end; to > start; to -= step) {
+    long long from = to - step, sum = 0;
+    for (size_t i = 0; i < server->event_count; i++) {
+      const event_t *ev = &server->events[i];
+      if (ev->timestamp >= from && ev->timestamp < to &&
+          strcmp(ev->customer, customer) == 0 &&
+          strcmp(ev->event_name, meter->event_name) == 0)
+        sum += ev->value;
+    }
+    char id[400];
+    snprintf(id, sizeof(id), "mtrusg_fake_%s_%lld_%lld", meter->id, from, to);
+    /* Stripe's aggregated_value is a float. */
+    json_array_append_new(
+        items,
+        json_pack("{s:s,s:s,s:f,s:I,s:I,s:b,s:s}", "id", id, "object",
+                  "billing.meter_event_summary", "aggregated_value",
+                  (double)sum, "start_time", (json_int_t)from, "end_time",
+                  (json_int_t)to, "livemode", 0, "meter", meter->id));
+  }
+  char url[300];
+  snprintf(url, sizeof(url), "/v1/billing/meters/%s/event_summaries",
+           meter->id);
+  answer_list(answer, url, items, params, limit);
+}
+
+/* The GET API; 1 when path is one of it (answer filled). */
+static int get_endpoint(sf_server_t *server, const char *path,
+                        const params_t *params, answer_t *answer) {
+  static const char meters[] = "/v1/billing/meters";
+  static const char summaries[] = "/event_summaries";
+  size_t len = strlen(path), prefix = sizeof(meters) - 1;
+  if (strcmp(path, meters) == 0) {
+    list_meters(server, params, answer);
+    return 1;
+  }
+  if (len > prefix + 1 + sizeof(summaries) - 1 &&
+      strncmp(path, meters, prefix) == 0 && path[prefix] == '/' &&
+      strcmp(path + len - (sizeof(summaries) - 1), summaries) == 0) {
+    char id[200];
+    size_t id_len = len - prefix - 1 - (sizeof(summaries) - 1);
+    if (id_len >= sizeof(id) || memchr(path + prefix + 1, '/', id_len))
+      return 0;
+    memcpy(id, path + prefix + 1, id_len);
+    id[id_len] = '\0';
+    event_summaries(server, id, params, answer);
+    return 1;
+  }
+  return 0;
 }
 
 static const struct {
@@ -421,16 +635,61 @@ static int authorized(const sf_server_t *server, const char *header,
 
 /* The fault that applies to this request (consumed), or NULL. Under lock. */
 static fault_t *take_fault(sf_server_t *server, const char *path,
-                           fault_t *copy) {
+                           const char *customer, fault_t *copy) {
   for (size_t i = 0; i < server->fault_count; i++) {
     fault_t *fault = &server->faults[i];
-    if (fault->remaining <= 0 || (fault->path[0] && strcmp(fault->path, path)))
+    if (fault->remaining <= 0 ||
+        (fault->path[0] && strcmp(fault->path, path)) ||
+        (fault->customer[0] &&
+         (!customer || strcmp(fault->customer, customer))))
       continue;
     fault->remaining--;
     *copy = *fault;
     return copy;
   }
   return NULL;
+}
+
+static void fault_answer(answer_t *answer, const fault_t *fault) {
+  free(answer->body); /* an endpoint's answer it replaces */
+  answer->body = NULL;
+  answer_error(answer, fault->status,
+               fault->status == 429 ? "invalid_request_error" : "api_error",
+               fault->status == 429 ? "rate_limit" : NULL, NULL,
+               fault->status == 429 ? "Too many requests hit the API too "
+                                      "quickly."
+                                    : "An unknown error occurred (injected).");
+  answer->retry_after_s = fault->retry_after_s;
+  answer->should_retry = fault->should_retry;
+}
+
+/* The idempotency record of key (NULL: none, or older than Stripe keeps
+ * them, then forgotten). Under lock. */
+static idempotent_t *idempotency_record(sf_server_t *server, const char *key) {
+  for (size_t i = 0; key && i < server->idempotent_count; i++) {
+    idempotent_t *saved = &server->idempotent[i];
+    if (strcmp(saved->key, key) != 0)
+      continue;
+    if (now_s(server) - saved->created_s < IDEMPOTENCY_TTL_S ||
+        th_now_ms() < saved->in_progress_until_ms)
+      return saved;
+    free(saved->key);
+    free(saved->fingerprint);
+    free(saved->body);
+    *saved = server->idempotent[--server->idempotent_count];
+    return NULL;
+  }
+  return NULL;
+}
+
+static sf_mhd_result collect_query(void *cls, enum MHD_ValueKind kind,
+                                   const char *key, const char *value) {
+  params_t *params = cls;
+  (void)kind;
+  params->items = realloc(params->items, (params->count + 1) * sizeof(param_t));
+  params->items[params->count++] =
+      (param_t){strdup(key), strdup(value ? value : "")};
+  return MHD_YES;
 }
 
 static void api_request(sf_server_t *server, struct MHD_Connection *connection,
@@ -440,8 +699,14 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
       connection, MHD_HEADER_KIND, "Idempotency-Key");
   const char *version = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
                                                     "Stripe-Version");
+  int get = strcmp(method, "GET") == 0;
   params_t params = {0};
-  int form_ok = form_parse(req->body ? req->body : "", req->len, &params) == 0;
+  int form_ok = 1;
+  if (get)
+    MHD_get_connection_values(connection, MHD_GET_ARGUMENT_KIND, collect_query,
+                              &params);
+  else
+    form_ok = form_parse(req->body ? req->body : "", req->len, &params) == 0;
   int auth_ok = authorized(
       server,
       MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Authorization"),
@@ -461,6 +726,9 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
   for (size_t i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++)
     if (strcmp(path, endpoints[i].path) == 0 && strcmp(method, "POST") == 0)
       endpoint = i;
+  const char *customer = param(&params, "payload[stripe_customer_id]");
+  if (!customer)
+    customer = param(&params, "customer");
 
   fault_t fault_copy, *fault = NULL;
   pthread_mutex_lock(&server->lock);
@@ -473,36 +741,45 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
         "Invalid request body: not application/x-www-form-urlencoded.");
     goto done;
   }
-  if (endpoint == sizeof(endpoints) / sizeof(endpoints[0])) {
+  if (endpoint == sizeof(endpoints) / sizeof(endpoints[0]) && !get) {
     char message[300];
     snprintf(message, sizeof(message), "Unrecognized request URL (%s: %.200s).",
              method, path);
     answer_error(answer, 404, "invalid_request_error", NULL, NULL, message);
     goto done;
   }
-  fault = take_fault(server, path, &fault_copy);
-  if (fault && fault->status) {
-    answer_error(answer, fault->status,
-                 fault->status == 429 ? "invalid_request_error" : "api_error",
-                 fault->status == 429 ? "rate_limit" : NULL, NULL,
-                 fault->status == 429
-                     ? "Too many requests hit the API too "
-                       "quickly."
-                     : "An unknown error occurred (injected).");
-    answer->retry_after_s = fault->retry_after_s;
-    answer->should_retry = fault->should_retry;
+  fault = take_fault(server, path, customer, &fault_copy);
+  if (fault && fault->status && !fault->apply) {
+    fault_answer(answer, fault);
     goto done;
   }
   if (fault && fault->hang_ms > 0) {
     answer->drop = 1;
     goto done;
   }
+  if (get) { /* reads: no idempotency */
+    if (!get_endpoint(server, path, &params, answer)) {
+      char message[300];
+      snprintf(message, sizeof(message),
+               "Unrecognized request URL (%s: %.200s).", method, path);
+      answer_error(answer, 404, "invalid_request_error", NULL, NULL, message);
+    }
+    goto done;
+  }
   char *print = fingerprint(method, path, &params);
-  idempotent_t *saved = NULL;
-  for (size_t i = 0; idempotency_key && i < server->idempotent_count; i++)
-    if (strcmp(server->idempotent[i].key, idempotency_key) == 0)
-      saved = &server->idempotent[i];
-  if (saved && strcmp(saved->fingerprint, print) != 0) {
+  idempotent_t *saved = idempotency_record(server, idempotency_key);
+  if (saved && th_now_ms() < saved->in_progress_until_ms) {
+    /* Stripe keeps nothing for this request: it may be sent again. */
+    char message[400];
+    snprintf(message, sizeof(message),
+             "There is currently another in-progress request using this "
+             "Idempotency Key (that probably means you submitted twice, and "
+             "the other request is still going through): %.200s. Please try "
+             "again later.",
+             idempotency_key);
+    answer_error(answer, 409, "idempotency_error", "idempotency_key_in_use",
+                 NULL, message);
+  } else if (saved && strcmp(saved->fingerprint, print) != 0) {
     char message[400];
     snprintf(message, sizeof(message),
              "Keys for idempotent requests can only be used with the same "
@@ -513,14 +790,28 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
   } else if (saved) {
     answer->status = saved->status;
     answer->body = strdup(saved->body);
-    answer->should_retry = saved->should_retry;
+    /* A stored 5xx is all a retry under this key will ever get. */
+    answer->should_retry = saved->status >= 500 ? 0 : saved->should_retry;
     answer->replayed = 1;
-  } else if (endpoints[endpoint].run(server, &params, answer) &&
-             idempotency_key) {
-    GROW(server->idempotent, server->idempotent_count, server->idempotent_cap);
-    server->idempotent[server->idempotent_count++] = (idempotent_t){
-        strdup(idempotency_key), strdup(print), strdup(answer->body),
-        answer->status, answer->should_retry};
+  } else {
+    int keep = endpoints[endpoint].run(server, &params, answer);
+    if (fault && fault->status && fault->apply) {
+      fault_answer(answer, fault); /* it ran; it answers an error */
+      keep = 1;
+    }
+    if (keep && idempotency_key) {
+      GROW(server->idempotent, server->idempotent_count,
+           server->idempotent_cap);
+      server->idempotent[server->idempotent_count++] = (idempotent_t){
+          strdup(idempotency_key),
+          strdup(print),
+          strdup(answer->body),
+          answer->status,
+          answer->should_retry,
+          now_s(server),
+          fault && fault->processing_ms > 0 ? th_now_ms() + fault->processing_ms
+                                            : 0};
+    }
   }
   free(print);
   if (fault && fault->drop_after_apply)
@@ -534,10 +825,12 @@ done:
     json_array_remove(server->log, 0);
   pthread_mutex_unlock(&server->lock);
   params_clear(&params);
-  /* A hang holds only this connection's thread; stopping ends it. */
-  for (long waited = 0;
-       fault && fault->hang_ms > 0 && waited < fault->hang_ms &&
-       !atomic_load(&server->stopping);
+  /* A hang, or a request still processing, holds only this connection's
+   * thread; stopping ends it. */
+  long hold_ms = !fault               ? 0
+                 : fault->hang_ms > 0 ? fault->hang_ms
+                                      : fault->processing_ms;
+  for (long waited = 0; waited < hold_ms && !atomic_load(&server->stopping);
        waited += 10)
     th_sleep_ms(10);
 }
@@ -559,11 +852,19 @@ static void control_faults(sf_server_t *server, json_t *body,
   fault.hang_ms = (long)json_integer_value(json_object_get(body, "hang_ms"));
   fault.drop_after_apply =
       json_is_true(json_object_get(body, "drop_after_apply"));
+  fault.apply = json_is_true(json_object_get(body, "apply"));
+  fault.processing_ms =
+      (long)json_integer_value(json_object_get(body, "processing_ms"));
   const char *path = json_string_value(json_object_get(body, "path"));
   snprintf(fault.path, sizeof(fault.path), "%s", path ? path : "");
-  if (!fault.status && fault.hang_ms <= 0 && !fault.drop_after_apply) {
+  const char *customer = json_string_value(json_object_get(body, "customer"));
+  snprintf(fault.customer, sizeof(fault.customer), "%s",
+           customer ? customer : "");
+  if (!fault.status && fault.hang_ms <= 0 && !fault.drop_after_apply &&
+      fault.processing_ms <= 0) {
     answer_error(answer, 400, "invalid_request_error", NULL, NULL,
-                 "a fault needs status, hang_ms or drop_after_apply");
+                 "a fault needs status, hang_ms, drop_after_apply or "
+                 "processing_ms");
     return;
   }
   GROW(server->faults, server->fault_count, server->fault_cap);
@@ -591,6 +892,41 @@ static void control_request(sf_server_t *server, const char *method,
   } else if (strcmp(method, "POST") == 0 &&
              strcmp(path, "/_fake/faults") == 0) {
     control_faults(server, body, answer);
+  } else if (strcmp(method, "DELETE") == 0 &&
+             strcmp(path, "/_fake/faults") == 0) {
+    server->fault_count = 0;
+    answer_json(answer, 200, json_pack("{s:b}", "ok", 1));
+  } else if (strcmp(method, "POST") == 0 && strcmp(path, "/_fake/clock") == 0) {
+    json_t *offset = json_object_get(body, "offset_s");
+    if (!json_is_integer(offset)) {
+      answer_error(answer, 400, "invalid_request_error", NULL, "offset_s",
+                   "{\"offset_s\": N} expected");
+    } else {
+      server->clock_offset_s = (int64_t)json_integer_value(offset);
+      answer_json(answer, 200,
+                  json_pack("{s:I}", "now", (json_int_t)now_s(server)));
+    }
+  } else if (strcmp(method, "POST") == 0 &&
+             strcmp(path, "/_fake/meters") == 0) {
+    const char *name = json_string_value(json_object_get(body, "event_name"));
+    const meter_t *meter = NULL;
+    for (size_t i = 0; name && i < server->meter_count && !meter; i++)
+      if (strcmp(server->meters[i].event_name, name) == 0)
+        meter = &server->meters[i];
+    if (!name || !*name) {
+      answer_error(answer, 400, "invalid_request_error", NULL, "event_name",
+                   "{\"event_name\": \"...\"} expected");
+    } else {
+      if (!meter) {
+        char id[64];
+        snprintf(id, sizeof(id), "mtr_fake_%lld", ++server->next_id);
+        GROW(server->meters, server->meter_count, server->meter_cap);
+        server->meters[server->meter_count] =
+            (meter_t){strdup(id), strdup(name), now_s(server)};
+        meter = &server->meters[server->meter_count++];
+      }
+      answer_json(answer, 200, meter_json(meter));
+    }
   } else if (strcmp(method, "GET") == 0 && strcmp(path, "/_fake/ledger") == 0) {
     json_t *rows = json_array();
     for (size_t i = 0; i < server->ledger_count; i++)
@@ -601,11 +937,12 @@ static void control_request(sf_server_t *server, const char *method,
                     (json_int_t)server->ledger[i].sum, "count",
                     (json_int_t)server->ledger[i].count));
     answer_json(answer, 200,
-                json_pack("{s:o,s:I,s:I,s:I}", "meter_events", rows,
+                json_pack("{s:o,s:I,s:I,s:I,s:I}", "meter_events", rows,
                           "identifiers", (json_int_t)server->identifier_count,
                           "portal_sessions",
                           (json_int_t)server->portal_sessions, "requests",
-                          (json_int_t)server->requests));
+                          (json_int_t)server->requests, "clock_offset_s",
+                          (json_int_t)server->clock_offset_s));
   } else if (strcmp(method, "GET") == 0 &&
              strcmp(path, "/_fake/requests") == 0) {
     answer_json(answer, 200, json_pack("{s:O}", "requests", server->log));
@@ -708,7 +1045,19 @@ void sf_stop(sf_server_t *server) {
   if (server->daemon)
     MHD_stop_daemon(server->daemon);
   free_list(server->customers, server->customer_count);
-  free_list(server->identifiers, server->identifier_count);
+  for (size_t i = 0; i < server->identifier_count; i++)
+    free(server->identifiers[i].id);
+  free(server->identifiers);
+  for (size_t i = 0; i < server->event_count; i++) {
+    free(server->events[i].customer);
+    free(server->events[i].event_name);
+  }
+  free(server->events);
+  for (size_t i = 0; i < server->meter_count; i++) {
+    free(server->meters[i].id);
+    free(server->meters[i].event_name);
+  }
+  free(server->meters);
   for (size_t i = 0; i < server->ledger_count; i++) {
     free(server->ledger[i].customer);
     free(server->ledger[i].event_name);
@@ -761,251 +1110,3 @@ sf_server_t *sf_start(const char *secret_key, uint16_t port, char *errstr,
 }
 
 uint16_t sf_port(const sf_server_t *server) { return server->port; }
-
-/* ---- the separate process ----------------------------------------------- */
-
-int th_stripe_fake_start(th_stripe_fake_t *fake) {
-  unsigned char random[8];
-  char port_file[600], log_path[600];
-  const char *bin = getenv("STRIPE_FAKE_BIN");
-  char *dir = th_mkdtemp("stripe-fake");
-  memset(fake, 0, sizeof(*fake));
-  if (!dir || RAND_bytes(random, sizeof(random)) != 1) {
-    free(dir);
-    return -1;
-  }
-  snprintf(fake->dir, sizeof(fake->dir), "%s", dir);
-  free(dir);
-  snprintf(fake->secret_key, sizeof(fake->secret_key), "sk_test_fake_");
-  for (size_t i = 0; i < sizeof(random); i++)
-    snprintf(fake->secret_key + 13 + 2 * i, 3, "%02x", random[i]);
-  snprintf(port_file, sizeof(port_file), "%s/port", fake->dir);
-  snprintf(log_path, sizeof(log_path), "%s/fake.log", fake->dir);
-  char *argv[] = {(char *)(bin && *bin ? bin : "./tests/stripe_fake"),
-                  "--secret-key",
-                  fake->secret_key,
-                  "--port-file",
-                  port_file,
-                  NULL};
-  fake->pid = th_spawn(argv, NULL, log_path, log_path);
-  char *port = th_wait_file(port_file, 10000);
-  if (!port) {
-    th_kill9(fake->pid);
-    return -1;
-  }
-  fake->port = atoi(port);
-  free(port);
-  return 0;
-}
-
-void th_stripe_fake_stop(th_stripe_fake_t *fake) {
-  th_stop(fake->pid);
-  th_rmrf(fake->dir);
-}
-
-int th_stripe_teardown(pid_t run_pid, th_broker_t *broker,
-                       th_stripe_fake_t *fake, char *dir) {
-  int rc = th_stop(run_pid);
-  th_broker_stop(broker);
-  th_stripe_fake_stop(fake);
-  th_rmrf(dir);
-  free(dir);
-  if (rc != 0)
-    printf("# tally run exited with %d\n", rc);
-  return rc == 0 ? 0 : -1;
-}
-
-int th_stripe_fake_control(const th_stripe_fake_t *fake, const char *method,
-                           const char *path, const char *json_body,
-                           long *status, char **response) {
-  char *text = NULL;
-  if (th_http_request(fake->port, method, path, NULL, json_body,
-                      json_body ? strlen(json_body) : 0, NULL, status, &text))
-    return -1;
-  if (response)
-    *response = text;
-  else
-    free(text);
-  return 0;
-}
-
-/* A control POST that must answer 200; 0 or -1. */
-static int control_post(const th_stripe_fake_t *fake, const char *path,
-                        const char *json) {
-  long status;
-  return th_stripe_fake_control(fake, "POST", path, json, &status, NULL) == 0 &&
-                 status == 200
-             ? 0
-             : -1;
-}
-
-int th_stripe_fake_fault(const th_stripe_fake_t *fake, const char *json) {
-  return control_post(fake, "/_fake/faults", json);
-}
-
-int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id) {
-  char body[256];
-  snprintf(body, sizeof(body), "{\"id\": \"%s\"}", id);
-  return control_post(fake, "/_fake/customers", body);
-}
-
-/* A control GET's JSON answer (the caller's); NULL unless 200. */
-static json_t *control_get(const th_stripe_fake_t *fake, const char *path) {
-  long status;
-  char *text = NULL;
-  json_t *json = NULL;
-  if (th_stripe_fake_control(fake, "GET", path, NULL, &status, &text) == 0 &&
-      status == 200)
-    json = json_loads(text, 0, NULL);
-  free(text);
-  return json;
-}
-
-json_t *th_stripe_fake_ledger(const th_stripe_fake_t *fake) {
-  return control_get(fake, "/_fake/ledger");
-}
-
-json_t *th_stripe_fake_last_request(const th_stripe_fake_t *fake) {
-  json_t *log = control_get(fake, "/_fake/requests");
-  if (!log)
-    return NULL;
-  json_t *requests = json_object_get(log, "requests");
-  json_t *last = json_array_get(requests, json_array_size(requests) - 1);
-  json_incref(last);
-  json_decref(log);
-  return last;
-}
-
-/* A ledger field ("value": the sum, "count") of (customer, event_name):
- * 0 when there is no such row, -1 when the fake does not answer. */
-static long long ledger_field(const th_stripe_fake_t *fake,
-                              const char *customer, const char *event_name,
-                              const char *field) {
-  json_t *ledger = th_stripe_fake_ledger(fake), *row;
-  if (!ledger)
-    return -1;
-  long long sum = 0;
-  size_t i;
-  json_array_foreach(json_object_get(ledger, "meter_events"), i, row) {
-    if (strcmp(json_string_value(json_object_get(row, "customer")), customer) ==
-            0 &&
-        strcmp(json_string_value(json_object_get(row, "event_name")),
-               event_name) == 0)
-      sum += json_integer_value(json_object_get(row, field));
-  }
-  json_decref(ledger);
-  return sum;
-}
-
-long long th_stripe_fake_sum(const th_stripe_fake_t *fake, const char *customer,
-                             const char *event_name) {
-  return ledger_field(fake, customer, event_name, "value");
-}
-
-long long th_stripe_fake_count(const th_stripe_fake_t *fake,
-                               const char *customer, const char *event_name) {
-  return ledger_field(fake, customer, event_name, "count");
-}
-
-/* ---- the usage reporting tests ------------------------------------------ */
-
-const char *th_stripe_fake_key_env(const th_stripe_fake_t *fake) {
-  static char env[128];
-  snprintf(env, sizeof(env), "TALLY_TEST_STRIPE_KEY=%s", fake->secret_key);
-  return env;
-}
-
-char *th_stripe_report_config(const char *dir, const th_stripe_fake_t *fake,
-                              int max_requests_per_s, int timeout_ms,
-                              int retry_max_s) {
-  char *path = malloc(600);
-  if (!path)
-    return NULL;
-  snprintf(path, 600, "%s/config.json", dir);
-  FILE *file = fopen(path, "w");
-  if (!file) {
-    free(path);
-    return NULL;
-  }
-  fprintf(file,
-          "{\"default_plans\": {\"user\": \"pay_per_use\"},\n"
-          " \"stripe\": {\"api_base\": \"http://127.0.0.1:%d\",\n"
-          "  \"secret_key_env\": \"TALLY_TEST_STRIPE_KEY\",\n"
-          "  \"meters\": {\"api_calls\": \"api_requests\", "
-          "\"storage_bytes\": \"storage\"},\n"
-          "  \"report_window_s\": 3600, \"max_requests_per_s\": %d,\n"
-          "  \"timeout_ms\": %d, \"retry_max_s\": %d}}\n",
-          fake->port, max_requests_per_s, timeout_ms, retry_max_s);
-  fclose(file);
-  return path;
-}
-
-static void utc_date(int64_t t_ms, char *out, size_t size) {
-  time_t t = (time_t)(t_ms / 1000);
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  strftime(out, size, "%Y-%m-%d", &tm);
-}
-
-long long th_folded_quantity(int port, const char *user_id, const char *feature,
-                             int64_t from_ms, int64_t to_ms) {
-  char path[512], from[16], to[16], *body = NULL;
-  long status;
-  utc_date(from_ms, from, sizeof(from));
-  utc_date(to_ms, to, sizeof(to));
-  snprintf(path, sizeof(path), "/v1/subjects/user:%s/usage/daily?from=%s&to=%s",
-           user_id, from, to);
-  if (th_http_get(port, path, &status, &body) || status != 200) {
-    free(body);
-    return -1;
-  }
-  json_t *json = json_loads(body, 0, NULL), *day;
-  free(body);
-  long long sum = 0;
-  size_t i;
-  json_array_foreach(json_object_get(json, "days"), i, day) {
-    sum += json_integer_value(json_object_get(
-        json_object_get(json_object_get(day, "features"), feature),
-        "quantity"));
-  }
-  json_decref(json);
-  return sum;
-}
-
-static int send_event(struct tally_producer *producer, tly_event_t *event) {
-  char errstr[512];
-  if (tally_producer_send(producer, event, NULL, errstr, sizeof(errstr))) {
-    fprintf(stderr, "# producing %s: %s\n", event->event_id, errstr);
-    return -1;
-  }
-  return 0;
-}
-
-/* An event of user:user_id (the strings stay the caller's). */
-static tly_event_t user_event(const char *event_id, int64_t at_ms,
-                              const char *user_id, tly_body_kind_t kind) {
-  return (tly_event_t){.event_id = (char *)event_id,
-                       .occurred_at_ms = at_ms,
-                       .subject_kind = TLY_SUBJECT_USER,
-                       .subject_id = (char *)user_id,
-                       .body_kind = kind};
-}
-
-int th_send_usage(struct tally_producer *producer, const char *event_id,
-                  int64_t at_ms, const char *user_id, const char *feature,
-                  int64_t quantity) {
-  tly_event_t event =
-      user_event(event_id, at_ms, user_id, TLY_BODY_USAGE_RECORDED);
-  event.body.usage.feature = (char *)feature;
-  event.body.usage.quantity = quantity;
-  event.body.usage.unit = "unit";
-  return send_event(producer, &event);
-}
-
-int th_send_link(struct tally_producer *producer, const char *event_id,
-                 int64_t at_ms, const char *user_id, const char *customer) {
-  tly_event_t event =
-      user_event(event_id, at_ms, user_id, TLY_BODY_CUSTOMER_LINKED);
-  event.body.customer_linked.stripe_customer_id = (char *)customer;
-  return send_event(producer, &event);
-}

@@ -8,38 +8,67 @@
  *   - bearer auth with the one secret key it was started with: 401
  *     {"error": {"type": "invalid_request_error", ...}} otherwise;
  *   - application/x-www-form-urlencoded bodies with bracket keys
- *     ("payload[stripe_customer_id]"); a missing required parameter is 400
- *     code "parameter_missing" naming it in "param";
+ *     ("payload[stripe_customer_id]"), query strings for GET; a missing
+ *     required parameter is 400 code "parameter_missing" naming it in
+ *     "param";
  *   - POST /v1/billing/meter_events: event_name, payload[stripe_customer_id]
  *     and payload[value] (an integer string) required; identifier (default:
- *     generated) unique for the server's life: a repeat is 400
- *     invalid_request_error "An event already exists with identifier X."
- *     with Stripe-Should-Retry: false (what Stripe answers); timestamp
- *     (default now) at most 35 days old and 5 minutes ahead;
+ *     generated) unique within a rolling 24 hours (by the fake's clock): a
+ *     repeat within them is 400 invalid_request_error "An event already
+ *     exists with identifier X." with Stripe-Should-Retry: false (what
+ *     Stripe answers), one after them counts again; timestamp (default now)
+ *     at most 35 days old and 5 minutes ahead. An event_name without a
+ *     meter is accepted (Stripe reports that asynchronously);
+ *   - GET /v1/billing/meters (limit, starting_after, status): the meters
+ *     registered through /_fake/meters, each active and summing;
+ *   - GET /v1/billing/meters/{id}/event_summaries: customer, start_time and
+ *     end_time (minute-aligned, end exclusive) required, value_grouping_window
+ *     "hour" or "day" optional (one summary per hour or day, newest first;
+ *     without: one over the range), limit and starting_after; each summary's
+ *     aggregated_value (a float, as Stripe sends it) sums the customer's
+ *     events of the meter's event_name with timestamps in its range. Stripe
+ *     aggregates asynchronously; the fake at once. 404 resource_missing for
+ *     an unknown meter;
  *   - POST /v1/billing_portal/sessions: customer required, return_url
  *     optional; answers {"id": "bps_...", "url": ...};
- *   - Idempotency-Key: the first answer of an executed request is kept;
- *     the same key with the same parameters replays it with
- *     Idempotent-Replayed: true, with other parameters it is 400
- *     idempotency_error. Requests refused by parameter validation are not
- *     kept (Stripe keeps results only once the endpoint ran).
+ *   - Idempotency-Key (POST): the first answer of an executed request is
+ *     kept for 24 hours (by the fake's clock, then forgotten); the same key
+ *     with the same parameters replays it with Idempotent-Replayed: true (a
+ *     kept 5xx with Stripe-Should-Retry: false: a retry under that key
+ *     will never get anything else), with other parameters it is 400
+ *     idempotency_error; while the key's first request is still running
+ *     (fault "processing_ms") it is 409 idempotency_error code
+ *     idempotency_key_in_use, not kept. Requests refused by parameter
+ *     validation are not kept (Stripe keeps results only once the endpoint
+ *     ran).
  * Where it is stricter than Stripe, on purpose: an unknown customer is a
  * synchronous 400 resource_missing (Stripe reports it for meter events
  * later, asynchronously), so a client's 4xx path can be tested.
  *
  * Control routes (no auth), for tests:
  *   POST /_fake/customers {"id": "cus_1"}          register a customer
+ *   POST /_fake/meters {"event_name": "api"}       register a meter (the
+ *        meter object; the same one for an event_name registered before)
+ *   POST /_fake/clock {"offset_s": S}              the fake's clock is the
+ *        wall clock plus S seconds (identifier and idempotency windows,
+ *        timestamps, created)
  *   POST /_fake/faults {"count": N, ...}           the next N API requests:
  *        "status": 429|500|..., "retry_after_s": S, "should_retry": true|false
- *            answer that status without running the endpoint;
+ *            answer that status without running the endpoint; with
+ *            "apply": true run it first (ledger updated) and keep the status
+ *            as the Idempotency-Key's answer;
  *        "hang_ms": M  wait M ms, then drop the connection unanswered;
  *        "drop_after_apply": true  run the endpoint (ledger and idempotency
  *            record updated), then drop the connection unanswered;
- *        "path": "/v1/..." only requests to that path count.
+ *        "processing_ms": M  run the endpoint, then answer only after M ms,
+ *            the Idempotency-Key in progress meanwhile;
+ *        "path": "/v1/..." only requests to that path count;
+ *        "customer": "cus_1" only requests for that customer count.
+ *   DELETE /_fake/faults                           drop every fault left
  *   GET /_fake/ledger    {"meter_events": [{"customer", "event_name",
  *                         "value", "count"}] (sum per customer and
  *                         event_name), "identifiers": N, "portal_sessions": N,
- *                         "requests": N}
+ *                         "requests": N, "clock_offset_s": S}
  *   GET /_fake/requests  the last API requests: method, path, params,
  *                        stripe_version, idempotency_key, authorized, status
  */
@@ -90,6 +119,16 @@ int th_stripe_fake_control(const th_stripe_fake_t *fake, const char *method,
 int th_stripe_fake_fault(const th_stripe_fake_t *fake, const char *json);
 /* POST /_fake/customers; 0 or -1. */
 int th_stripe_fake_add_customer(const th_stripe_fake_t *fake, const char *id);
+/* POST /_fake/meters: the meter's id (into id, id_size) or -1. */
+int th_stripe_fake_add_meter(const th_stripe_fake_t *fake,
+                             const char *event_name, char *id, size_t id_size);
+/* POST /_fake/clock; 0 or -1. */
+int th_stripe_fake_set_clock(const th_stripe_fake_t *fake, int64_t offset_s);
+/* DELETE /_fake/faults; 0 or -1. */
+int th_stripe_fake_clear_faults(const th_stripe_fake_t *fake);
+/* The API requests the fake logged (the last 200; a jansson array, the
+ * caller's to json_decref), or NULL. */
+struct json_t *th_stripe_fake_requests(const th_stripe_fake_t *fake);
 /* The last API request the fake saw, as /_fake/requests lists it (a jansson
  * object, the caller's to json_decref); NULL when there is none. */
 struct json_t;

@@ -3,8 +3,11 @@
  * does what its header promises, since the webhook, portal and reporting
  * tests rely on it: bearer auth, form decoding with bracket keys, required
  * parameters, the meter event timestamp window, unknown customers,
- * duplicate identifiers, Idempotency-Key replay and mismatch, and each
- * injectable fault. It is driven through tally's own Stripe client
+ * duplicate identifiers, Idempotency-Key replay and mismatch, a stored 500
+ * replayed with Stripe-Should-Retry: false, 409 idempotency_key_in_use
+ * while the key's first request runs, meters and their event summaries,
+ * the 24 hours of identifier and key uniqueness under a moved clock, and
+ * each injectable fault. It is driven through tally's own Stripe client
  * (producers/tly_stripe_client.c), so the client's encoding, headers and
  * reading of Retry-After / Stripe-Should-Retry / Idempotent-Replayed are
  * checked on the same wire.
@@ -347,6 +350,268 @@ static void test_faults(void **state) {
   tly_stripe_response_clear(&response);
 }
 
+/* A 500 kept for its key, replayed with Stripe-Should-Retry: false; a key
+ * busy while its first request runs; what a fresh key with the same
+ * identifier gets in both cases (Stripe's identifier dedupe). */
+static void test_stored_500_and_key_in_use(void **state) {
+  (void)state;
+  tly_stripe_response_t response;
+  long long now = (long long)time(NULL);
+
+  fault("{\"status\": 500, \"apply\": true, \"customer\": \"cus_a\"}");
+  assert_int_equal(meter_event(client, "cus_a", "stored", "6", "s-1", now,
+                               "sk-1", &response),
+                   0);
+  expect_error(&response, 500, "api_error", NULL, NULL);
+  assert_int_equal(response.idempotent_replayed, 0);
+  tly_stripe_response_clear(&response);
+  /* It ran: the event is in the ledger although the answer was a 500. */
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_a", "stored"), 6);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(meter_event(client, "cus_a", "stored", "6", "s-1", now,
+                                 "sk-1", &response),
+                     0);
+    expect_error(&response, 500, "api_error", NULL, NULL);
+    assert_int_equal(response.should_retry, 0);
+    assert_int_equal(response.idempotent_replayed, 1);
+    tly_stripe_response_clear(&response);
+  }
+  assert_int_equal(meter_event(client, "cus_a", "stored", "6", "s-1", now,
+                               "sk-1-fresh", &response),
+                   0);
+  assert_int_equal(response.status, 400);
+  assert_non_null(
+      strstr(response.body, "An event already exists with identifier s-1"));
+  tly_stripe_response_clear(&response);
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_a", "stored"), 6);
+
+  /* Still processing: the client gave up, the event is applied, and the
+   * same key is 409 idempotency_key_in_use (not kept) until it is done. */
+  tly_stripe_client_t *quick = new_client(fake.secret_key, 300);
+  fault("{\"processing_ms\": 1500}");
+  int64_t started = th_now_ms();
+  assert_int_equal(
+      meter_event(quick, "cus_a", "busy", "9", "b-1", now, "bk-1", &response),
+      -1);
+  tly_stripe_response_clear(&response);
+  tly_stripe_client_destroy(quick);
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_a", "busy"), 9);
+  assert_int_equal(
+      meter_event(client, "cus_a", "busy", "9", "b-1", now, "bk-1", &response),
+      0);
+  assert_true(th_now_ms() - started < 1500);
+  expect_error(&response, 409, "idempotency_error", "idempotency_key_in_use",
+               NULL);
+  assert_int_equal(response.idempotent_replayed, 0);
+  tly_stripe_response_clear(&response);
+  assert_int_equal(meter_event(client, "cus_a", "busy", "9", "b-1", now,
+                               "bk-1-fresh", &response),
+                   0);
+  assert_int_equal(response.status, 400);
+  assert_non_null(
+      strstr(response.body, "An event already exists with identifier b-1"));
+  tly_stripe_response_clear(&response);
+  th_sleep_ms(1600 - (int)(th_now_ms() - started));
+  assert_int_equal(
+      meter_event(client, "cus_a", "busy", "9", "b-1", now, "bk-1", &response),
+      0);
+  assert_int_equal(response.status, 200);
+  assert_int_equal(response.idempotent_replayed, 1);
+  tly_stripe_response_clear(&response);
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_a", "busy"), 9);
+
+  /* A fault for one customer leaves the others alone; faults left can be
+   * dropped. */
+  fault("{\"status\": 500, \"customer\": \"cus_b\"}");
+  assert_int_equal(
+      meter_event(client, "cus_a", "only", "1", "o-1", now, NULL, &response),
+      0);
+  assert_int_equal(response.status, 200);
+  tly_stripe_response_clear(&response);
+  assert_int_equal(
+      meter_event(client, "cus_b", "only", "1", "o-2", now, NULL, &response),
+      0);
+  assert_int_equal(response.status, 500);
+  tly_stripe_response_clear(&response);
+  fault("{\"count\": 5, \"status\": 503}");
+  assert_int_equal(th_stripe_fake_clear_faults(&fake), 0);
+  assert_int_equal(
+      meter_event(client, "cus_b", "only", "1", "o-3", now, NULL, &response),
+      0);
+  assert_int_equal(response.status, 200);
+  tly_stripe_response_clear(&response);
+}
+
+static json_t *get_list(const char *path, const tly_stripe_param_t *params,
+                        size_t count, long want_status) {
+  tly_stripe_response_t response;
+  assert_int_equal(tly_stripe_get(client, path, params, count, &response), 0);
+  if (response.status != want_status)
+    fail_msg("GET %s: %ld %s", path, response.status, response.body);
+  json_t *json = json_loads(response.body, 0, NULL);
+  tly_stripe_response_clear(&response);
+  assert_non_null(json);
+  return json;
+}
+
+static double summary_value(json_t *list, size_t i) {
+  json_t *value = json_object_get(
+      json_array_get(json_object_get(list, "data"), i), "aggregated_value");
+  assert_true(json_is_real(value)); /* a float, as Stripe sends it */
+  return json_real_value(value);
+}
+
+static void test_meters_and_summaries(void **state) {
+  (void)state;
+  char meter[64], path[160], start[24], end[24], mid[24];
+  tly_stripe_response_t response;
+  assert_int_equal(
+      th_stripe_fake_add_meter(&fake, "summed", meter, sizeof(meter)), 0);
+  char again[64];
+  assert_int_equal(
+      th_stripe_fake_add_meter(&fake, "summed", again, sizeof(again)), 0);
+  assert_string_equal(meter, again);
+  json_t *meters = get_list("/v1/billing/meters", NULL, 0, 200);
+  json_t *found = NULL, *item;
+  size_t i;
+  json_array_foreach(json_object_get(meters, "data"), i, item) {
+    if (strcmp(json_string_value(json_object_get(item, "id")), meter) == 0)
+      found = item;
+  }
+  assert_non_null(found);
+  assert_string_equal(json_string_value(json_object_get(found, "event_name")),
+                      "summed");
+  assert_string_equal(
+      json_string_value(json_object_get(
+          json_object_get(found, "default_aggregation"), "formula")),
+      "sum");
+  json_decref(meters);
+
+  long long now = (long long)time(NULL);
+  long long base = now - now % 3600 - 2 * 3600;
+  struct {
+    const char *customer, *event_name, *value, *identifier;
+    long long at;
+  } events[] = {
+      {"cus_a", "summed", "5", "sum-1", base + 10},
+      {"cus_a", "summed", "7", "sum-2", base + 3600 + 20},
+      {"cus_b", "summed", "100", "sum-3", base + 30},
+      {"cus_a", "other", "1000", "sum-4", base + 40},
+      {"cus_a", "summed", "50", "sum-5", base + 7200},
+  };
+  for (i = 0; i < sizeof(events) / sizeof(events[0]); i++) {
+    assert_int_equal(meter_event(client, events[i].customer,
+                                 events[i].event_name, events[i].value,
+                                 events[i].identifier, events[i].at, NULL,
+                                 &response),
+                     0);
+    assert_int_equal(response.status, 200);
+    tly_stripe_response_clear(&response);
+  }
+  snprintf(path, sizeof(path), "/v1/billing/meters/%s/event_summaries", meter);
+  snprintf(start, sizeof(start), "%lld", base);
+  snprintf(end, sizeof(end), "%lld", base + 7200);
+  snprintf(mid, sizeof(mid), "%lld", base + 3600);
+  /* One summary over the range: cus_a's events of the meter, end
+   * exclusive. */
+  tly_stripe_param_t range[] = {
+      {"customer", "cus_a"}, {"start_time", start}, {"end_time", end}};
+  json_t *list = get_list(path, range, 3, 200);
+  assert_string_equal(json_string_value(json_object_get(list, "object")),
+                      "list");
+  assert_int_equal(json_array_size(json_object_get(list, "data")), 1);
+  assert_true(summary_value(list, 0) == 12.0);
+  json_t *summary = json_array_get(json_object_get(list, "data"), 0);
+  assert_string_equal(json_string_value(json_object_get(summary, "meter")),
+                      meter);
+  assert_int_equal(json_integer_value(json_object_get(summary, "start_time")),
+                   base);
+  json_decref(list);
+  /* Hourly, newest first, a page at a time. */
+  tly_stripe_param_t hourly[] = {
+      {"customer", "cus_a"}, {"start_time", start},
+      {"end_time", end},     {"value_grouping_window", "hour"},
+      {"limit", "1"},        {"starting_after", ""}};
+  list = get_list(path, hourly, 5, 200);
+  assert_int_equal(json_array_size(json_object_get(list, "data")), 1);
+  assert_true(summary_value(list, 0) == 7.0);
+  assert_true(json_is_true(json_object_get(list, "has_more")));
+  char after[400];
+  snprintf(after, sizeof(after), "%s",
+           json_string_value(json_object_get(
+               json_array_get(json_object_get(list, "data"), 0), "id")));
+  json_decref(list);
+  hourly[5].value = after;
+  list = get_list(path, hourly, 6, 200);
+  assert_true(summary_value(list, 0) == 5.0);
+  assert_false(json_is_true(json_object_get(list, "has_more")));
+  json_decref(list);
+  tly_stripe_param_t other[] = {
+      {"customer", "cus_b"}, {"start_time", start}, {"end_time", mid}};
+  list = get_list(path, other, 3, 200);
+  assert_true(summary_value(list, 0) == 100.0);
+  json_decref(list);
+
+  /* Stripe's checks: minute boundaries, required parameters, the meter. */
+  char odd[24];
+  snprintf(odd, sizeof(odd), "%lld", base + 30);
+  tly_stripe_param_t misaligned[] = {
+      {"customer", "cus_a"}, {"start_time", odd}, {"end_time", end}};
+  json_decref(get_list(path, misaligned, 3, 400));
+  json_decref(get_list(path, range + 1, 2, 400));
+  json_decref(
+      get_list("/v1/billing/meters/mtr_nope/event_summaries", range, 3, 404));
+  /* The summaries of an event_name without a meter cannot be asked for, but
+   * such an event is accepted (Stripe reports it asynchronously). */
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_a", "other"), 1000);
+}
+
+/* Identifiers and Idempotency-Keys are unique for 24 hours: with the
+ * fake's clock moved past them, the same request counts again. */
+static void test_clock_moves_past_the_windows(void **state) {
+  (void)state;
+  tly_stripe_response_t response;
+  long long now = (long long)time(NULL);
+  assert_int_equal(
+      meter_event(client, "cus_b", "clock", "4", "c-1", now, "ck-1", &response),
+      0);
+  assert_int_equal(response.status, 200);
+  tly_stripe_response_clear(&response);
+  assert_int_equal(th_stripe_fake_set_clock(&fake, 23 * 3600), 0);
+  assert_int_equal(
+      meter_event(client, "cus_b", "clock", "4", "c-1", now, "ck-1", &response),
+      0);
+  assert_int_equal(response.idempotent_replayed, 1);
+  tly_stripe_response_clear(&response);
+  assert_int_equal(
+      meter_event(client, "cus_b", "clock", "4", "c-1", now, NULL, &response),
+      0);
+  assert_int_equal(response.status, 400);
+  tly_stripe_response_clear(&response);
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_b", "clock"), 4);
+
+  assert_int_equal(th_stripe_fake_set_clock(&fake, 24 * 3600 + 60), 0);
+  assert_int_equal(
+      meter_event(client, "cus_b", "clock", "4", "c-1", now, "ck-1", &response),
+      0);
+  assert_int_equal(response.status, 200);
+  assert_int_equal(response.idempotent_replayed, 0);
+  tly_stripe_response_clear(&response);
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_b", "clock"), 8);
+  /* Unique again for 24 hours from then. */
+  assert_int_equal(
+      meter_event(client, "cus_b", "clock", "4", "c-1", now, NULL, &response),
+      0);
+  assert_int_equal(response.status, 400);
+  tly_stripe_response_clear(&response);
+  json_t *ledger = th_stripe_fake_ledger(&fake);
+  assert_int_equal(
+      json_integer_value(json_object_get(ledger, "clock_offset_s")),
+      24 * 3600 + 60);
+  json_decref(ledger);
+  assert_int_equal(th_stripe_fake_set_clock(&fake, 0), 0);
+}
+
 static void test_portal_sessions_and_request_log(void **state) {
   (void)state;
   tly_stripe_response_t response;
@@ -401,6 +666,9 @@ int main(void) {
       cmocka_unit_test(test_meter_events_window_customers_duplicates),
       cmocka_unit_test(test_idempotency_key),
       cmocka_unit_test(test_faults),
+      cmocka_unit_test(test_stored_500_and_key_in_use),
+      cmocka_unit_test(test_meters_and_summaries),
+      cmocka_unit_test(test_clock_moves_past_the_windows),
       cmocka_unit_test(test_portal_sessions_and_request_log),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

@@ -15,7 +15,13 @@
  *   - faults: 429 with Retry-After, 500, a hang beyond the client's time
  *     limit, a dropped connection after Stripe applied the event (the
  *     resend is replayed), and an identifier Stripe already has (taken as
- *     reported): the totals stay exact.
+ *     reported): the totals stay exact;
+ *   - no false failures: a 500 Stripe kept for the Idempotency-Key
+ *     (replayed with Stripe-Should-Retry: false) and a 409
+ *     idempotency_key_in_use while the first request still runs, each
+ *     after Stripe applied the event: resent under a fresh key with the
+ *     same identifier, the ledger equals the folded usage, no dead letter,
+ *     no stripe_report_failed alert.
  * With the state changelog off (--changelog-topic ""), as one instance may
  * run.
  */
@@ -399,12 +405,137 @@ static void test_faults_keep_totals_exact(void **state) {
   assert_int_equal(metric("tally_stripe_oldest_unreported_seconds"), 0);
 }
 
+/* ---- no false failures ------------------------------------------------- */
+
+static void visit_any_alert(void *opaque, const tly_alert_t *alert) {
+  alert_seen_t *seen = opaque;
+  if (alert->type == TLY_ALERT_STRIPE_REPORT_FAILED &&
+      strcmp(alert->subject_id, seen->subject_id) == 0)
+    seen->count++;
+}
+
+/* The subject's stripe_report_failed alerts: none on the topic, none in its
+ * history. */
+static void expect_no_failure(const char *subject_id) {
+  char key[64], path[256], *body = NULL;
+  long status;
+  snprintf(key, sizeof(key), "user:%s", subject_id);
+  found_t dead = read_dead_letters(key);
+  if (dead.count)
+    fail_msg("%s: dead letter %s", key, dead.error);
+  alert_seen_t seen = {.subject_id = subject_id};
+  assert_true(th_read_alerts(broker.bootstrap, visit_any_alert, &seen) >= 0);
+  assert_int_equal(seen.count, 0);
+  snprintf(path, sizeof(path), "/v1/subjects/user:%s/alerts", subject_id);
+  assert_int_equal(th_http_get(run.port, path, &status, &body), 0);
+  assert_int_equal(status, 200);
+  assert_null(strstr(body, "stripe_report_failed"));
+  free(body);
+}
+
+/* The emitter's requests for customer (the fake's log): how many, how many
+ * answered want_status, and whether one went under an Idempotency-Key
+ * other than its identifier (a fresh key). The identifier must be one. */
+typedef struct {
+  int requests, with_status, fresh_keys;
+  char identifier[64];
+} requests_t;
+
+static requests_t requests_of(const char *customer, long want_status) {
+  requests_t seen = {0};
+  json_t *log = th_stripe_fake_requests(&fake), *request;
+  size_t i;
+  assert_non_null(log);
+  json_array_foreach(log, i, request) {
+    json_t *params = json_object_get(request, "params");
+    const char *sent = json_string_value(
+        json_object_get(params, "payload[stripe_customer_id]"));
+    const char *identifier =
+        json_string_value(json_object_get(params, "identifier"));
+    const char *key =
+        json_string_value(json_object_get(request, "idempotency_key"));
+    if (!sent || strcmp(sent, customer) != 0 || !identifier || !key)
+      continue;
+    if (!seen.requests++)
+      snprintf(seen.identifier, sizeof(seen.identifier), "%s", identifier);
+    assert_string_equal(identifier, seen.identifier);
+    seen.with_status +=
+        json_integer_value(json_object_get(request, "status")) == want_status;
+    seen.fresh_keys += strcmp(key, identifier) != 0;
+  }
+  json_decref(log);
+  return seen;
+}
+
+static void test_no_false_failures(void **state) {
+  (void)state;
+  long long failed_before =
+      metric("tally_stripe_reports_total{result=\"failed\"}");
+  assert_int_equal(th_stripe_fake_add_customer(&fake, "cus_replay"), 0);
+  assert_int_equal(th_stripe_fake_add_customer(&fake, "cus_busy"), 0);
+  /* Stripe applies the event, answers 500 and keeps it for the key: the
+   * retry under that key gets the 500 again, Stripe-Should-Retry: false. */
+  assert_int_equal(th_stripe_fake_fault(&fake, "{\"status\": 500, \"apply\": "
+                                               "true, \"customer\": "
+                                               "\"cus_replay\"}"),
+                   0);
+  /* Stripe applies the event but answers only after 2.5 s, beyond the
+   * client's 1 s: the retry under that key is 409 idempotency_key_in_use. */
+  assert_int_equal(th_stripe_fake_fault(&fake, "{\"processing_ms\": 2500, "
+                                               "\"customer\": \"cus_busy\"}"),
+                   0);
+  assert_int_equal(th_send_link(producer, "replay-link", hour_ms - TLY_HOUR_MS,
+                                "replay", "cus_replay"),
+                   0);
+  assert_int_equal(th_send_link(producer, "busy-link", hour_ms - TLY_HOUR_MS,
+                                "busy", "cus_busy"),
+                   0);
+  assert_int_equal(th_send_usage(producer, "replay-1", hour_ms - 60000,
+                                 "replay", "api_calls", 17),
+                   0);
+  assert_int_equal(th_send_usage(producer, "busy-1", hour_ms - 60000, "busy",
+                                 "api_calls", 19),
+                   0);
+  flush();
+  wait_ledger("cus_replay", "api_requests", 17);
+  wait_ledger("cus_busy", "api_requests", 19);
+  /* Settled: the emitter gave up on neither, and nothing waits. */
+  int64_t deadline = th_now_ms() + 20000;
+  while (metric("tally_stripe_oldest_unreported_seconds") != 0 &&
+         th_now_ms() < deadline)
+    th_sleep_ms(50);
+  assert_int_equal(metric("tally_stripe_oldest_unreported_seconds"), 0);
+  th_sleep_ms(500);
+  assert_int_equal(folded("replay", "api_calls"), 17);
+  assert_int_equal(folded("busy", "api_calls"), 19);
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_replay", "api_requests"), 17);
+  assert_int_equal(th_stripe_fake_sum(&fake, "cus_busy", "api_requests"), 19);
+  assert_int_equal(th_stripe_fake_count(&fake, "cus_replay", "api_requests"),
+                   1);
+  assert_int_equal(th_stripe_fake_count(&fake, "cus_busy", "api_requests"), 1);
+  assert_int_equal(metric("tally_stripe_reports_total{result=\"failed\"}"),
+                   failed_before);
+  expect_no_failure("replay");
+  expect_no_failure("busy");
+
+  /* The faults were met as meant: the stored 500 replayed under the key,
+   * the busy key answered 409, and each delta went out again under a
+   * fresh key with its one identifier. */
+  requests_t replay = requests_of("cus_replay", 500);
+  assert_true(replay.with_status >= 2);
+  assert_true(replay.fresh_keys >= 1);
+  requests_t busy = requests_of("cus_busy", 409);
+  assert_true(busy.with_status >= 1);
+  assert_true(busy.fresh_keys >= 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_window_too_old_is_an_alert),
       cmocka_unit_test(test_usage_over_three_hours_then_late),
       cmocka_unit_test(test_unknown_customer_is_a_dead_letter),
       cmocka_unit_test(test_faults_keep_totals_exact),
+      cmocka_unit_test(test_no_false_failures),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,10 +1,13 @@
 /*
  * test_stripe_emitter.c - the pure parts of the Stripe usage emitter: the
- * cursor encoding (an intent keeps what a resend must repeat), the
- * deterministic identifier, what an answer means (retry, accepted,
- * refused), the backoff's bounds and the request rate's spacing.
+ * cursor encoding (an intent keeps what a resend must repeat, when it was
+ * made and its generation), the deterministic identifier, what an answer
+ * means (retry, retry under a fresh key, accepted, refused), the backoff's
+ * bounds and the request rate's spacing.
  */
 #include "tly_stripe_emitter.h"
+
+#include "tly_auth.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,17 +31,28 @@ static void test_cursor_round_trip(void **state) {
                                 .pending = 30,
                                 .failed = 7,
                                 .timestamp_s = 1790000000,
-                                .customer = "cus_abc"};
+                                .customer = "cus_abc",
+                                .made_at_s = 1790003600,
+                                .generation = 2};
   len = tly_stripe_cursor_encode(&intent, bytes);
-  assert_int_equal(len, 33 + 7);
+  assert_int_equal(len, 33 + 7 + 12);
   assert_int_equal(tly_stripe_cursor_decode(bytes, len, &decoded), 0);
   assert_true(decoded.pending == 30 && decoded.timestamp_s == 1790000000);
   assert_string_equal(decoded.customer, "cus_abc");
+  /* When it was made and its generation: what the 24 h rule needs. */
+  assert_true(decoded.made_at_s == 1790003600 && decoded.generation == 2);
 
-  /* Every truncation, and a settled cursor with trailing bytes, is
+  /* An intent written before made-at and generation existed (it ends
+   * after the customer id) still reads: made_at 0, generation 0. */
+  assert_int_equal(tly_stripe_cursor_decode(bytes, 33 + 7, &decoded), 0);
+  assert_true(decoded.pending == 30 && decoded.made_at_s == 0 &&
+              decoded.generation == 0);
+  assert_string_equal(decoded.customer, "cus_abc");
+
+  /* Every other truncation, and a settled cursor with trailing bytes, is
    * refused; so is a negative total. */
   for (size_t cut = 0; cut < len; cut++)
-    if (cut != 24)
+    if (cut != 24 && cut != 33 + 7)
       assert_int_equal(tly_stripe_cursor_decode(bytes, cut, &decoded), -1);
   assert_int_equal(tly_stripe_cursor_decode(bytes, 24, &decoded), -1);
   len = tly_stripe_cursor_encode(&settled, bytes);
@@ -84,6 +98,34 @@ static void test_identifier_is_deterministic(void **state) {
   }
 }
 
+static void test_identifier_generation(void **state) {
+  (void)state;
+  char zero[TLY_STRIPE_IDENTIFIER_SIZE], next[TLY_STRIPE_IDENTIFIER_SIZE],
+      other[TLY_STRIPE_IDENTIFIER_SIZE], hex[TLY_SHA256_HEX_LEN + 1];
+  tly_stripe_cursor_t cursor = {.reported = 10, .pending = 5};
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
+                               3600000, &cursor, zero);
+  /* Generation 0 is the identifier of before generations existed: intents
+   * already sent are resent under the same one. */
+  static const char text[] = "user:alice\0api_calls\0"
+                             "0|3600000|10|0";
+  tly_sha256_hex(text, sizeof(text) - 1, hex);
+  assert_memory_equal(zero, "tly_", 4);
+  assert_memory_equal(zero + 4, hex, 40);
+  /* An intent made again after it was found not to be in Stripe is a new
+   * meter event: every generation has its own identifier. */
+  cursor.generation = 1;
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
+                               3600000, &cursor, next);
+  assert_string_not_equal(zero, next);
+  assert_int_equal(strlen(next), 44);
+  cursor.generation = 2;
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "alice", "api_calls",
+                               3600000, &cursor, other);
+  assert_string_not_equal(next, other);
+  assert_string_not_equal(zero, other);
+}
+
 static tly_stripe_outcome_t outcome(long status, const char *body,
                                     int should_retry) {
   tly_stripe_response_t response = {.status = status,
@@ -108,8 +150,36 @@ static void test_outcomes(void **state) {
   assert_int_equal(outcome(500, "{}", -1), TLY_STRIPE_RETRY);
   assert_int_equal(outcome(503, "{}", -1), TLY_STRIPE_RETRY);
   assert_int_equal(outcome(401, "{}", -1), TLY_STRIPE_RETRY);
-  assert_int_equal(outcome(409, "{}", 1), TLY_STRIPE_RETRY);
-  assert_int_equal(outcome(500, "{}", 0), TLY_STRIPE_REFUSED);
+  /* A stored 500 replayed under its Idempotency-Key (Stripe-Should-Retry:
+   * false, or Idempotent-Replayed), and a key whose first request still
+   * runs (409 idempotency_key_in_use): the event may be in Stripe, so no
+   * failure; the same identifier goes again under a fresh key. */
+  assert_int_equal(outcome(500, "{}", 0), TLY_STRIPE_RETRY_NEW_KEY);
+  assert_int_equal(outcome(503, "{}", 0), TLY_STRIPE_RETRY_NEW_KEY);
+  tly_stripe_response_t replayed = {.status = 500,
+                                    .body = "{}",
+                                    .retry_after_s = -1,
+                                    .should_retry = -1,
+                                    .idempotent_replayed = 1};
+  assert_int_equal(tly_stripe_report_outcome(1, &replayed),
+                   TLY_STRIPE_RETRY_NEW_KEY);
+  assert_int_equal(
+      outcome(409,
+              "{\"error\": {\"type\": \"idempotency_error\", \"code\": "
+              "\"idempotency_key_in_use\", \"message\": \"There is currently "
+              "another in-progress request using this Idempotency Key\"}}",
+              -1),
+      TLY_STRIPE_RETRY_NEW_KEY);
+  assert_int_equal(outcome(409, "{}", 1), TLY_STRIPE_RETRY_NEW_KEY);
+  /* A key reused with other parameters is a real error. */
+  assert_int_equal(
+      outcome(400,
+              "{\"error\": {\"type\": \"idempotency_error\", \"message\": "
+              "\"Keys for idempotent requests can only be used with the same "
+              "parameters\"}}",
+              -1),
+      TLY_STRIPE_REFUSED);
+  assert_int_equal(outcome(400, "{}", 0), TLY_STRIPE_REFUSED);
   assert_int_equal(
       outcome(400,
               "{\"error\": {\"code\": \"resource_missing\", \"message\": "
@@ -156,6 +226,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cursor_round_trip),
       cmocka_unit_test(test_identifier_is_deterministic),
+      cmocka_unit_test(test_identifier_generation),
       cmocka_unit_test(test_outcomes),
       cmocka_unit_test(test_backoff),
       cmocka_unit_test(test_rate),
