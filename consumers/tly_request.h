@@ -25,8 +25,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Longest subject (the "kind:id" path segment) the port accepts. */
-#define TLY_REQ_SUBJECT_MAX 512
+/* Longest subject (the "kind:id" path segment) the port accepts: the
+ * longest kind ("anonymous:") and the longest id the event model allows
+ * (TLY_SUBJECT_ID_MAX), so every subject that can be stored can be read. */
+#define TLY_REQ_SUBJECT_MAX (10 + TLY_SUBJECT_ID_MAX)
 /* Most events in one POST /v1/events body. */
 #define TLY_REQ_EVENTS_MAX 10000
 

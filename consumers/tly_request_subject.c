@@ -111,10 +111,10 @@ int tly_req_check_subject(tly_subject_kind_t kind, const char *id,
                         "%s: not valid UTF-8 (percent-encode the UTF-8 "
                         "bytes of the id)",
                         field);
-  if (id_len > TLY_REQ_SUBJECT_MAX ||
+  if (id_len > TLY_SUBJECT_ID_MAX ||
       tly_subject_key(kind, id, key, sizeof(key)) > TLY_REQ_SUBJECT_MAX)
     return tly_req_fail(err, 400, "bad_subject", field,
-                        "%s: longer than %d bytes (as kind:id)", field,
-                        TLY_REQ_SUBJECT_MAX);
+                        "%s: its id is longer than %d bytes", field,
+                        TLY_SUBJECT_ID_MAX);
   return 0;
 }

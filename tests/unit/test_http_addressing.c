@@ -101,17 +101,17 @@ static void test_path_subjects(void **state) {
   assert_int_equal(err.status, 400);
   assert_string_equal(err.field, "subject");
   assert_string_equal(err.code, "bad_subject");
-  /* The bound is on "kind:id": a bare id of 512 bytes is "user:" + 512. */
-  char id[TLY_REQ_SUBJECT_MAX + 1];
-  memset(id, 'a', TLY_REQ_SUBJECT_MAX);
-  id[TLY_REQ_SUBJECT_MAX] = '\0';
+  /* The bound is the event model's on the id (TLY_SUBJECT_ID_MAX). */
+  char id[TLY_SUBJECT_ID_MAX + 2];
+  memset(id, 'a', TLY_SUBJECT_ID_MAX + 1);
+  id[TLY_SUBJECT_ID_MAX + 1] = '\0';
   memset(&err, 0, sizeof(err));
   assert_int_equal(tly_req_parse_subject(id, &subject, &err), -1);
   assert_int_equal(err.status, 400);
   assert_string_equal(err.field, "subject");
-  id[TLY_REQ_SUBJECT_MAX - 5] = '\0';
+  id[TLY_SUBJECT_ID_MAX] = '\0';
   assert_int_equal(tly_req_parse_subject(id, &subject, &err), 0);
-  assert_int_equal(strlen(subject.key), TLY_REQ_SUBJECT_MAX);
+  assert_int_equal(strlen(subject.key), 5 + TLY_SUBJECT_ID_MAX);
 }
 
 /* One event through the ingest parser: 1 ok, 0 refused (err filled). */
@@ -173,13 +173,13 @@ static void test_ingest_refuses_what_the_fold_would(void **state) {
   assert_false(parse_one(config, body, &err));
   assert_int_equal(err.status, 400);
   assert_string_equal(err.field, "subject");
-  id[TLY_REQ_SUBJECT_MAX - 4] = '\0'; /* "user:" + 508 = 513 */
+  id[TLY_SUBJECT_ID_MAX + 1] = '\0'; /* one byte over the id's bound */
   snprintf(body, sizeof(body),
            "{\"event_id\": \"l\", \"subject\": \"user:%s\", \"feature\": "
            "\"api_calls\", \"quantity\": 1}",
            id);
   assert_false(parse_one(config, body, &err));
-  id[TLY_REQ_SUBJECT_MAX - 5] = '\0'; /* 512: the longest */
+  id[TLY_SUBJECT_ID_MAX] = '\0'; /* the longest */
   snprintf(body, sizeof(body),
            "{\"event_id\": \"l\", \"subject\": \"user:%s\", \"feature\": "
            "\"api_calls\", \"quantity\": 1}",
