@@ -559,6 +559,99 @@ static void test_sigkill_keeps_forwards_exactly_once(void **state) {
   free(dir);
 }
 
+/* Partitions assigned to the instance on port (they have a replay target
+ * in its /metrics); -1 when it does not answer. */
+static int assigned_count(int port) {
+  long status = 0;
+  char *body = NULL;
+  int count = 0;
+  if (th_http_get(port, "/metrics", &status, &body) || status != 200) {
+    free(body);
+    return -1;
+  }
+  for (const char *at = body;
+       (at = strstr(at, "tally_partition_replay_target{")) != NULL; at++)
+    count++;
+  free(body);
+  return count;
+}
+
+/*
+ * Two instances; A dies right after Kafka acknowledged one of its outputs
+ * (its last commit's changelog records still unsent, behind them). B takes
+ * A's partitions, restores them from the changelog as of an older commit
+ * and replays the rest, forwards included: those A had sent already must
+ * not go again (the replay reads the destination partitions for them).
+ */
+static void test_partition_moves_forwards_not_resent(void **state) {
+  (void)state;
+  th_broker_t broker;
+  th_run_t a, b;
+  char *dir = th_mkdtemp("split-move");
+  char dir_a[600], dir_b[600], id[64], subject[80], event_id[64];
+  long long expected_events[STREAM_SUBJECTS] = {0};
+  long long expected_quantity[STREAM_SUBJECTS] = {0};
+  static landed_t landed[3000];
+  unsigned seed = (unsigned)th_now_ms();
+  printf("# seed %u\n", seed);
+  snprintf(dir_a, sizeof(dir_a), "%s/state-a", dir);
+  snprintf(dir_b, sizeof(dir_b), "%s/state-b", dir);
+  assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
+  char env[64];
+  snprintf(env, sizeof(env), "TALLY_FAULT_KILL_AFTER_ACKS=%d",
+           150 + rand_r(&seed) % 300);
+  th_run_env = env;
+  assert_int_equal(th_run_start(&a, broker.bootstrap, dir_a, NULL), 0);
+  assert_int_equal(th_run_start(&b, broker.bootstrap, dir_b, NULL), 0);
+  int64_t deadline = th_now_ms() + 60000;
+  while ((assigned_count(a.port) + assigned_count(b.port) != PARTITIONS ||
+          assigned_count(a.port) <= 0 || assigned_count(b.port) <= 0) &&
+         th_now_ms() < deadline)
+    th_sleep_ms(100);
+  assert_true(assigned_count(a.port) > 0 && assigned_count(b.port) > 0);
+
+  rd_kafka_t *rk = raw_producer(broker.bootstrap, "consistent_random");
+  int64_t started = th_now_ms();
+  for (int i = 0; i < 3000; i++) {
+    int s = rand_r(&seed) % STREAM_SUBJECTS;
+    long long quantity = 1 + rand_r(&seed) % 5;
+    snprintf(id, sizeof(id), "move-%02d", s);
+    snprintf(subject, sizeof(subject), "user:%s", id);
+    snprintf(event_id, sizeof(event_id), "move-%d", i);
+    produce_usage(rk, rand_r(&seed) % PARTITIONS, subject, id, event_id,
+                  quantity, EVENT_TIME + i, &landed[i]);
+    expected_events[s]++;
+    expected_quantity[s] += quantity;
+    int64_t wait = started + i / 2 - th_now_ms(); /* 2,000 a second */
+    if (wait > 0)
+      rd_kafka_poll(rk, (int)wait);
+  }
+  assert_int_equal(rd_kafka_flush(rk, 30000), 0);
+  rd_kafka_destroy(rk);
+  int code = th_wait_exit(a.pid, 30000);
+  printf("# a ended with %d\n", code);
+  assert_int_equal(code, 128 + 9); /* the fault: it did forward */
+
+  settle(&b, broker.bootstrap);
+  for (int s = 0; s < STREAM_SUBJECTS; s++) {
+    long long events, quantity;
+    if (!expected_events[s])
+      continue;
+    snprintf(subject, sizeof(subject), "user:move-%02d", s);
+    usage_of(b.port, subject, &events, &quantity);
+    assert_int_equal(events, expected_events[s]);
+    assert_int_equal(quantity, expected_quantity[s]);
+  }
+  long long forwards = check_forwards(broker.bootstrap, "user:move-");
+  printf("# %lld forwarded; b skipped %lld replayed outputs sent already\n",
+         forwards, th_metric_sum(b.port, "tally_replay_outputs_skipped_total"));
+
+  assert_int_equal(th_stop(b.pid), 0);
+  th_broker_stop(&broker);
+  th_rmrf(dir);
+  free(dir);
+}
+
 /* reason[0] becomes 1 when the dead letter says why; the rest holds it. */
 static void dlq_record(void *opaque, const rd_kafka_message_t *msg) {
   char *reason = opaque;
@@ -656,12 +749,15 @@ static int teardown(void **state) {
   return 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc > 1) /* e.g. "test_partition_*": only those */
+    cmocka_set_test_filter(argv[1]);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_consistent_random_partitioner_counts_all),
       cmocka_unit_test(test_explicit_partitions_and_duplicates_count_once),
       cmocka_unit_test(test_stray_forward_dead_lettered_ticks_stay),
       cmocka_unit_test(test_sigkill_keeps_forwards_exactly_once),
+      cmocka_unit_test(test_partition_moves_forwards_not_resent),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
