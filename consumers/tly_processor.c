@@ -149,6 +149,9 @@ typedef struct {
   /* During a replay: the forward ids this partition (as the destination)
    * holds were read into replay_ids. */
   int forward_ids_read;
+  /* As a forward's destination not fetched here: its log end when last
+   * asked (forward_floor_ms, monotonic; 0: never), see forward_scan_from. */
+  int64_t forward_floor, forward_floor_ms;
 } partition_state_t;
 
 /* The batch being written: what its commit releases. */
@@ -1593,17 +1596,37 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
                               int32_t floor_count, json_t *ids, char *errstr,
                               size_t errstr_size);
 
+/* How often the log end of a forward's destination that is not fetched
+ * here is asked for (a blocking request on the fold's thread). */
+#define FORWARD_FLOOR_REFRESH_MS (60LL * 1000)
+
 /* An offset of the input's partition at or below where a record produced
- * to it now lands: the high watermark the consumer last saw (-1 when it
- * has none: the partition is not fetched here). Recovery reads from there
- * to find the record (reconcile_outbox). */
+ * to it now lands, so that recovery reads from there, not from the log
+ * start, to find the record (reconcile_outbox): the high watermark the
+ * consumer last saw when the partition is fetched here; else its log end
+ * as asked at most once a minute (any earlier log end is still a lower
+ * bound, only a looser one); -1 when unknown. */
 static int64_t forward_scan_from(tly_processor_t *p, int32_t partition) {
   int64_t low = -1, high = -1;
-  if (rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic, partition,
-                                     &low, &high) ||
-      high < 0)
+  if (!rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic, partition,
+                                      &low, &high) &&
+      high >= 0)
+    return high;
+  if (partition < 0 || partition >= p->partition_cap)
     return -1;
-  return high;
+  partition_state_t *part = &p->partitions[partition];
+  int64_t now = tly_monotonic_ms();
+  if (!part->forward_floor_ms ||
+      now - part->forward_floor_ms > FORWARD_FLOOR_REFRESH_MS) {
+    if (!rd_kafka_query_watermark_offsets(p->consumer, p->usage_topic,
+                                          partition, &low, &high, 2000) &&
+        high >= 0 && (!part->forward_floor_ms || high > part->forward_floor))
+      part->forward_floor = high;
+    else if (!part->forward_floor_ms)
+      part->forward_floor = -1; /* asked again in a minute */
+    part->forward_floor_ms = now;
+  }
+  return part->forward_floor;
 }
 
 /* The replay rule for a forward: its destination partition is read for the
