@@ -615,7 +615,8 @@ static void outbox_publish(tly_processor_t *p) {
         RD_KAFKA_V_TIMESTAMP(record.partitioned ? record.timestamp_ms : 0),
         RD_KAFKA_V_KEY(record.key, record.key_len),
         RD_KAFKA_V_VALUE((void *)record.value, record.value_len),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_HEADERS(headers),
         RD_KAFKA_V_OPAQUE((void *)(uintptr_t)item->seq), RD_KAFKA_V_END);
     if (err) {
       rd_kafka_headers_destroy(headers);
