@@ -3236,45 +3236,23 @@ out:
   return rc;
 }
 
-/*
- * Where the outbox's forwards (tly_reroute.h) must be looked for in the
- * input topic: by partition, the lowest scan start of the forwards to it
- * (0 when one has none; the acknowledged mark raises it), -1 for the
- * partitions none goes to, so recovery reads only the input partitions
- * they go to, and little of each. *floors (malloc'd, *count entries) is
- * NULL when the outbox holds no forward. 0, or -1 out of memory.
- */
+/* Where the outbox's forwards must be looked for in the input topic
+ * (tly_reroute_floors_add); *floors stays NULL when it holds none. 0, or
+ * -1 out of memory. */
 static int forward_floors(tly_processor_t *p, int64_t **floors,
                           int32_t *count) {
-  size_t topic_len = strlen(p->usage_topic);
   *floors = NULL;
   *count = 0;
   for (size_t i = 0; i < p->outbox_count; i++) {
     tly_outbox_record_t record;
-    if (p->outbox[i].bundle ||
-        tly_outbox_decode(p->outbox[i].record, p->outbox[i].record_len,
-                          &record) ||
-        !record.partitioned || record.partition < 0 ||
-        record.topic_len != topic_len ||
-        memcmp(record.topic, p->usage_topic, topic_len))
-      continue;
-    if (record.partition >= *count) {
-      int64_t *grown =
-          realloc(*floors, ((size_t)record.partition + 1) * sizeof(**floors));
-      if (!grown) {
-        free(*floors);
-        *floors = NULL;
-        return -1;
-      }
-      for (int32_t j = *count; j <= record.partition; j++)
-        grown[j] = -1;
-      *floors = grown;
-      *count = record.partition + 1;
+    if (!p->outbox[i].bundle &&
+        !tly_outbox_decode(p->outbox[i].record, p->outbox[i].record_len,
+                           &record) &&
+        tly_reroute_floors_add(floors, count, &record, p->usage_topic)) {
+      free(*floors);
+      *floors = NULL;
+      return -1;
     }
-    int64_t from = record.scan_from >= 0 ? record.scan_from : 0;
-    int64_t *floor = &(*floors)[record.partition];
-    if (*floor < 0 || from < *floor)
-      *floor = from;
   }
   return 0;
 }

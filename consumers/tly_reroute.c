@@ -9,6 +9,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LOG_INTERVAL_MS (60LL * 1000)
@@ -108,6 +109,31 @@ void tly_reroute_forward(const rd_kafka_message_t *msg, int32_t home,
   /* Last: recovery reads the last tally.output.id of a record. */
   record->headers[record->header_count++] = (tly_outbox_header_t){
       "tally.output.id", out->output_id, strlen(out->output_id)};
+}
+
+int tly_reroute_floors_add(int64_t **floors, int32_t *count,
+                           const tly_outbox_record_t *record,
+                           const char *usage_topic) {
+  size_t topic_len = strlen(usage_topic);
+  if (!record->partitioned || record->partition < 0 ||
+      record->topic_len != topic_len ||
+      memcmp(record->topic, usage_topic, topic_len))
+    return 0;
+  if (record->partition >= *count) {
+    int64_t *grown =
+        realloc(*floors, ((size_t)record->partition + 1) * sizeof(**floors));
+    if (!grown)
+      return -1;
+    for (int32_t i = *count; i <= record->partition; i++)
+      grown[i] = -1;
+    *floors = grown;
+    *count = record->partition + 1;
+  }
+  int64_t from = record->scan_from >= 0 ? record->scan_from : 0;
+  int64_t *floor = &(*floors)[record->partition];
+  if (*floor < 0 || from < *floor)
+    *floor = from;
+  return 0;
 }
 
 void tly_reroute_log(tly_reroute_log_t *log, const rd_kafka_message_t *msg,

@@ -76,6 +76,18 @@ typedef struct {
 void tly_reroute_forward(const rd_kafka_message_t *msg, int32_t home,
                          int64_t scan_from, tly_reroute_forward_t *out);
 
+/*
+ * Recovery looks for the forwards an outbox holds in the input topic
+ * (named usage_topic) by partition: floors (*count entries, grown with
+ * realloc) gets, per destination partition, the lowest scan start of the
+ * forwards to it (0 for one with none), -1 for partitions none goes to.
+ * Adds record when it is a forward to usage_topic (ignores it otherwise).
+ * 0, or -1 out of memory (*floors is left as it was: free it).
+ */
+int tly_reroute_floors_add(int64_t **floors, int32_t *count,
+                           const tly_outbox_record_t *record,
+                           const char *usage_topic);
+
 /* The log line about forwarded records: the first at once, then at most
  * one a minute with the count since the last. Zero-initialise. */
 typedef struct {

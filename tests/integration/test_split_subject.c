@@ -469,7 +469,7 @@ static void test_explicit_partitions_and_duplicates_count_once(void **state) {
  * input topic once.
  */
 #define STREAM_SUBJECTS 40
-#define STREAM_EVENTS 6000
+#define STREAM_EVENTS 4500
 
 static void test_sigkill_keeps_forwards_exactly_once(void **state) {
   (void)state;
