@@ -574,6 +574,16 @@ static void handle_metrics(tly_http_t *http, request_t *req,
     text_append(&text, "tally_consumer_lag{partition=\"%d\"} %lld\n",
                 (int)status[i].partition, (long long)(lag < 0 ? 0 : lag));
   }
+  text_append(&text,
+              "# HELP tally_events_forwarded_total Input records that "
+              "arrived on a partition other than their subject's home "
+              "partition and were forwarded there, by the partition they "
+              "arrived on.\n# TYPE tally_events_forwarded_total counter\n");
+  for (size_t i = 0; status && i < count; i++)
+    if (status[i].assigned || status[i].forwarded)
+      text_append(
+          &text, "tally_events_forwarded_total{partition=\"%d\"} %llu\n",
+          (int)status[i].partition, (unsigned long long)status[i].forwarded);
   free(status);
   text_append(&text,
               "# HELP tally_ready 1 once every assigned partition has "

@@ -10,6 +10,11 @@
  *
  * Each record carries a deterministic output id (header "tally.output.id")
  * so recovery can recognise records Kafka already holds.
+ *
+ * A record may name its partition (the producer's partitioner picks one
+ * otherwise), keep a Kafka timestamp (a record forwarded to its subject's
+ * home partition keeps the original's, tly_reroute.h) and say from which
+ * offset of that partition recovery must read to find it.
  */
 #ifndef TLY_OUTBOX_H
 #define TLY_OUTBOX_H
@@ -17,7 +22,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TLY_OUTBOX_MAX_HEADERS 8
+/* A forwarded record keeps the original's headers (up to this many in
+ * all, tly_reroute.h). */
+#define TLY_OUTBOX_MAX_HEADERS 64
 
 typedef struct {
   const char *name;
@@ -37,6 +44,15 @@ typedef struct {
   size_t header_count;
   tly_outbox_header_t headers[TLY_OUTBOX_MAX_HEADERS];
   size_t header_name_len[TLY_OUTBOX_MAX_HEADERS];
+  /* With partitioned set: the destination partition, the record's Kafka
+   * timestamp (0: when it is produced) and an offset of that partition at
+   * or below where the record lands (-1: unknown), which recovery reads
+   * from to find it. Not set (a zeroed record): the producer's partitioner
+   * picks the partition, the timestamp is the produce time. */
+  int partitioned;
+  int32_t partition;
+  int64_t timestamp_ms;
+  int64_t scan_from;
 } tly_outbox_record_t;
 
 /* Encodes record into a malloc'd buffer (*out, *out_len). 0, or -1 on OOM

@@ -34,6 +34,7 @@
 #include "tly_outbox.h"
 #include "tly_overlay.h"
 #include "tly_record.h"
+#include "tly_reroute.h"
 #include "tly_topics.h"
 
 #include <jansson.h>
@@ -144,6 +145,15 @@ typedef struct {
    * revocation waits for them. generation counts the assignments. */
   int holds;
   uint64_t generation;
+  /* Records that arrived here off their subject's home partition and were
+   * forwarded there (tly_reroute.h); a metric, under lock. */
+  uint64_t forwarded;
+  /* During a replay: the forward ids this partition (as the destination)
+   * holds were read into replay_ids. */
+  int forward_ids_read;
+  /* As a forward's destination not fetched here: its log end when last
+   * asked (forward_floor_ms, monotonic; 0: never), see forward_scan_from. */
+  int64_t forward_floor, forward_floor_ms;
 } partition_state_t;
 
 /* The batch being written: what its commit releases. */
@@ -265,6 +275,8 @@ struct tly_processor {
    * published) before: an output of such a replay goes out only when its
    * id is not here. NULL while no partition is replaying. */
   json_t *replay_ids;
+  int64_t replay_from_ms; /* where the replay's output checks read from */
+  tly_reroute_log_t reroute_log;
   atomic_uint_least64_t rebalances, replay_skipped;
   int inherited_held; /* outbox entries of the previous run wait */
 
@@ -596,8 +608,13 @@ static void outbox_publish(tly_processor_t *p) {
                           (ssize_t)record.header_name_len[h],
                           record.headers[h].value,
                           (ssize_t)record.headers[h].value_len);
+    /* A forwarded record (tly_reroute.h) names its partition and keeps its
+     * Kafka timestamp; the others go where the partitioner puts them. */
     err = rd_kafka_producev(
         p->producer, RD_KAFKA_V_TOPIC(topic),
+        RD_KAFKA_V_PARTITION(record.partitioned ? record.partition
+                                                : RD_KAFKA_PARTITION_UA),
+        RD_KAFKA_V_TIMESTAMP(record.partitioned ? record.timestamp_ms : 0),
         RD_KAFKA_V_KEY(record.key, record.key_len),
         RD_KAFKA_V_VALUE((void *)record.value, record.value_len),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -1584,6 +1601,111 @@ static void queue_alerts(tly_processor_t *p) {
   tly_alert_list_clear(&p->alerts);
 }
 
+/* ---- records off their subject's home partition (tly_reroute.h) ------- */
+
+static int collect_output_ids(tly_processor_t *p, const char *topic,
+                              int64_t from_time_ms, const int64_t *floors,
+                              int32_t floor_count, json_t *ids, char *errstr,
+                              size_t errstr_size);
+
+/* How often the log end of a forward's destination that is not fetched
+ * here is asked for (a blocking request on the fold's thread). */
+#define FORWARD_FLOOR_REFRESH_MS (60LL * 1000)
+
+/* An offset of the input's partition at or below where a record produced
+ * to it now lands, so that recovery reads from there, not from the log
+ * start, to find the record (reconcile_outbox): the high watermark the
+ * consumer last saw when the partition is fetched here; else its log end
+ * as asked at most once a minute (any earlier log end is still a lower
+ * bound, only a looser one); -1 when unknown. */
+static int64_t forward_scan_from(tly_processor_t *p, int32_t partition) {
+  int64_t low = -1, high = -1;
+  if (!rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic, partition,
+                                      &low, &high) &&
+      high >= 0)
+    return high;
+  if (partition < 0 || partition >= p->partition_cap)
+    return -1;
+  partition_state_t *part = &p->partitions[partition];
+  int64_t now = tly_monotonic_ms();
+  if (!part->forward_floor_ms ||
+      now - part->forward_floor_ms > FORWARD_FLOOR_REFRESH_MS) {
+    if (!rd_kafka_query_watermark_offsets(p->consumer, p->usage_topic,
+                                          partition, &low, &high, 2000) &&
+        high >= 0 && (!part->forward_floor_ms || high > part->forward_floor))
+      part->forward_floor = high;
+    else if (!part->forward_floor_ms)
+      part->forward_floor = -1; /* asked again in a minute */
+    part->forward_floor_ms = now;
+  }
+  return part->forward_floor;
+}
+
+/* The replay rule for a forward: its destination partition is read for the
+ * forward ids it holds (once per replay, and only when a replayed record
+ * is forwarded there) before replay_already_sent decides. 1 when it was
+ * sent already, 0 to send it, -1 after setting the fatal reason. */
+static int forward_already_sent(tly_processor_t *p,
+                                const rd_kafka_message_t *msg, int32_t home,
+                                const char *id) {
+  char errstr[512];
+  partition_state_t *source = &p->partitions[msg->partition];
+  if (!p->replay_ids || msg->offset >= source->replay_target)
+    return 0;
+  if (home < p->partition_cap && !p->partitions[home].forward_ids_read) {
+    int64_t *floors = calloc((size_t)home + 1, sizeof(*floors));
+    if (!floors) {
+      set_fatal(p, "out of memory preparing a replay");
+      return -1;
+    }
+    for (int32_t i = 0; i < home; i++)
+      floors[i] = -1; /* read only home */
+    int failed =
+        collect_output_ids(p, p->usage_topic, p->replay_from_ms, floors,
+                           home + 1, p->replay_ids, errstr, sizeof(errstr));
+    free(floors);
+    if (failed) {
+      set_fatal(p, "replay: reading forwarded records: %s", errstr);
+      return -1;
+    }
+    p->partitions[home].forward_ids_read = 1;
+  }
+  return replay_already_sent(p, msg->partition, msg->offset, id);
+}
+
+/* A record that is not on its subject's home partition is forwarded there
+ * through the outbox, or dead-lettered when it was forwarded once already
+ * (tly_reroute.h). 1 when so (it is not folded here), 0 to fold it here. */
+static int reroute(tly_processor_t *p, const rd_kafka_message_t *msg,
+                   const tly_event_t *event) {
+  char errstr[512];
+  int32_t home = -1;
+  tly_reroute_forward_t forward;
+  switch (tly_reroute_decide(msg, event, atomic_load(&p->partition_count),
+                             &home, errstr, sizeof(errstr))) {
+  case TLY_REROUTE_HOME:
+    return 0;
+  case TLY_REROUTE_STRAY:
+    dead_letter(p, msg, errstr);
+    return 1;
+  case TLY_REROUTE_FORWARD:
+    break;
+  }
+  tly_reroute_forward(msg, home, forward_scan_from(p, home), &forward);
+  int sent = forward_already_sent(p, msg, home, forward.output_id);
+  if (sent)
+    return 1; /* sent by whoever folded it before, or fatal */
+  if (add_output(p, &forward.record)) {
+    set_fatal(p, "out of memory forwarding a record");
+    return 1;
+  }
+  pthread_mutex_lock(&p->lock);
+  p->partitions[msg->partition].forwarded++;
+  pthread_mutex_unlock(&p->lock);
+  tly_reroute_log(&p->reroute_log, msg, home, forward.headers_dropped);
+  return 1;
+}
+
 /* ---- the state view the fold works through --------------------------- */
 
 /* Decodes a stored subject record into a fresh overlay entry. */
@@ -1944,6 +2066,8 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
     dead_letter(p, msg, errstr);
     return;
   }
+  if (reroute(p, msg, &event))
+    return; /* forwarded to its subject's home partition, or dead-lettered */
   if (event.body_kind == TLY_BODY_TICK && batch_commit(p))
     return; /* the tick reads the cycle-end index: make it current */
   p->view_partition = msg->partition;
@@ -2495,10 +2619,6 @@ static int resume_partitions(tly_processor_t *p,
   return 0;
 }
 
-static int collect_output_ids(tly_processor_t *p, const char *topic,
-                              int64_t from_time_ms, json_t *ids, char *errstr,
-                              size_t errstr_size);
-
 /* The tally.output.id of an output entry, as text in id; 0 when it has
  * none (a changelog bundle, or corrupt). */
 static int outbox_output_id(const outbox_item_t *item, char *id,
@@ -2645,9 +2765,15 @@ static int prepare_replay(tly_processor_t *p) {
   }
   int64_t started = tly_monotonic_ms();
   int64_t from_ms = time_lookups(p) ? replay_start_time(p) : 0;
-  if (collect_output_ids(p, p->alerts_topic, from_ms, ids, errstr,
+  /* Forwards (to the input topic itself) are read later, per destination
+   * partition, when a replayed record is forwarded there
+   * (forward_already_sent): most replays forward nothing. */
+  p->replay_from_ms = from_ms;
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    p->partitions[i].forward_ids_read = 0;
+  if (collect_output_ids(p, p->alerts_topic, from_ms, NULL, 0, ids, errstr,
                          sizeof(errstr)) ||
-      collect_output_ids(p, p->dlq_topic, from_ms, ids, errstr,
+      collect_output_ids(p, p->dlq_topic, from_ms, NULL, 0, ids, errstr,
                          sizeof(errstr))) {
     json_decref(ids);
     set_fatal(p, "replaying %d partitions: %s", replaying, errstr);
@@ -3014,9 +3140,12 @@ static int load_ack_mark(void *opaque, const char *key, size_t key_len,
 /* Adds the output ids found in topic to ids, read to the end from: the
  * last acknowledged offsets (from_time_ms < 0), the log start (0), or the
  * first record at or after from_time_ms (> 0; the log start where the
- * broker cannot look it up). 0 or -1 (errstr). */
+ * broker cannot look it up). With floors (floor_count entries, by
+ * partition), only the partitions with a floor >= 0 are read, from no
+ * lower than it. 0 or -1 (errstr). */
 static int collect_output_ids(tly_processor_t *p, const char *topic,
-                              int64_t from_time_ms, json_t *ids, char *errstr,
+                              int64_t from_time_ms, const int64_t *floors,
+                              int32_t floor_count, json_t *ids, char *errstr,
                               size_t errstr_size) {
   char kafka_err[512];
   const struct rd_kafka_metadata *md = NULL;
@@ -3059,6 +3188,8 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
   int pending = 0, rc = 0;
   for (int i = 0; i < partitions; i++) {
     int64_t low, high;
+    if (floors && (i >= floor_count || floors[i] < 0))
+      continue;
     err = rd_kafka_query_watermark_offsets(reader, topic, i, &low, &high, 10000);
     if (err) {
       snprintf(errstr, errstr_size, "recovery: bounds of %s[%d]: %s", topic, i,
@@ -3079,6 +3210,8 @@ static int collect_output_ids(tly_processor_t *p, const char *topic,
         from = at->elems[0].offset;
       rd_kafka_topic_partition_list_destroy(at);
     }
+    if (floors && from < floors[i])
+      from = floors[i];
     if (from < low)
       from = low;
     if (from >= high)
@@ -3124,24 +3257,56 @@ out:
   return rc;
 }
 
+/* Where the outbox's forwards must be looked for in the input topic
+ * (tly_reroute_floors_add); *floors stays NULL when it holds none. 0, or
+ * -1 out of memory. */
+static int forward_floors(tly_processor_t *p, int64_t **floors,
+                          int32_t *count) {
+  *floors = NULL;
+  *count = 0;
+  for (size_t i = 0; i < p->outbox_count; i++) {
+    tly_outbox_record_t record;
+    if (!p->outbox[i].bundle &&
+        !tly_outbox_decode(p->outbox[i].record, p->outbox[i].record_len,
+                           &record) &&
+        tly_reroute_floors_add(floors, count, &record, p->usage_topic)) {
+      free(*floors);
+      *floors = NULL;
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /*
  * Before re-publishing what a previous run left in the outbox: read the
  * output topics from the last acknowledged offsets to their end and treat
  * every entry whose id is already there as acknowledged (deleted at the
  * next commit). A crash between Kafka's ack and the outbox delete then
  * never duplicates an output. Works on any broker; needs no transactions.
+ * Forwards go to the input topic itself: only the partitions they go to
+ * are read, from where each was known to land at or after.
  */
 static int reconcile_outbox(tly_processor_t *p, char *errstr,
                             size_t errstr_size) {
   json_t *ids = json_object();
   size_t dropped = 0;
+  int64_t *floors = NULL;
+  int32_t floor_count = 0;
   int rc = -1;
-  if (!ids ||
-      tly_store_scan_prefix(p->store, TLY_CF_META, META_ACK,
+  if (!ids || forward_floors(p, &floors, &floor_count)) {
+    snprintf(errstr, errstr_size, "out of memory reconciling the outbox");
+    goto out;
+  }
+  if (tly_store_scan_prefix(p->store, TLY_CF_META, META_ACK,
                             sizeof(META_ACK) - 1, load_ack_mark, p, errstr,
                             errstr_size) ||
-      collect_output_ids(p, p->alerts_topic, -1, ids, errstr, errstr_size) ||
-      collect_output_ids(p, p->dlq_topic, -1, ids, errstr, errstr_size))
+      collect_output_ids(p, p->alerts_topic, -1, NULL, 0, ids, errstr,
+                         errstr_size) ||
+      collect_output_ids(p, p->dlq_topic, -1, NULL, 0, ids, errstr,
+                         errstr_size) ||
+      (floors && collect_output_ids(p, p->usage_topic, -1, floors, floor_count,
+                                    ids, errstr, errstr_size)))
     goto out;
   for (size_t i = 0; i < p->outbox_count; i++) {
     tly_outbox_record_t record;
@@ -3172,6 +3337,7 @@ static int reconcile_outbox(tly_processor_t *p, char *errstr,
           p->outbox_count);
   rc = 0;
 out:
+  free(floors);
   json_decref(ids);
   return rc;
 }
@@ -3681,6 +3847,7 @@ size_t tly_processor_partitions(tly_processor_t *p,
     out[i].high_watermark = -1;
     out[i].replay_target = p->partitions[i].replay_target;
     out[i].watermark_ms = p->partitions[i].watermark;
+    out[i].forwarded = p->partitions[i].forwarded;
     if (out[i].assigned &&
         rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic,
                                        (int32_t)i, &low, &high) == 0)

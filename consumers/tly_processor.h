@@ -72,6 +72,9 @@ typedef struct {
                                committed_offset reaches it */
   int64_t watermark_ms;     /* largest event time folded (INT64_MIN: none);
                                history expiring before it is gone */
+  uint64_t forwarded;       /* records that arrived here off their subject's
+                               home partition and were forwarded there
+                               (tly_reroute.h), since the process started */
 } tly_partition_status_t;
 
 /* Upper bounds (ms) of the commit latency histogram's buckets; the last

@@ -53,6 +53,49 @@ static void test_outbox_round_trip(void **state) {
   free(encoded);
 }
 
+/* A placed record (tly_reroute.h) keeps its partition, Kafka timestamp and
+ * scan start; an unplaced one decodes as before (no partition). */
+static void test_outbox_placement_round_trip(void **state) {
+  (void)state;
+  tly_outbox_record_t record = {0}, back;
+  char *encoded, *plain;
+  size_t len, plain_len;
+  record.topic = "tally.usage";
+  record.topic_len = strlen(record.topic);
+  record.key = "user:alice";
+  record.key_len = 10;
+  record.value = "v";
+  record.value_len = 1;
+  record.headers[0] =
+      (tly_outbox_header_t){"tally.output.id", "fwd:tally.usage:3:17", 20};
+  record.header_count = 1;
+  assert_int_equal(tly_outbox_encode(&record, &plain, &plain_len), 0);
+  assert_int_equal(tly_outbox_decode(plain, plain_len, &back), 0);
+  assert_false(back.partitioned);
+  assert_int_equal(back.scan_from, -1);
+  assert_int_equal(back.timestamp_ms, 0);
+
+  record.partitioned = 1;
+  record.partition = 5;
+  record.timestamp_ms = 1763800000123LL;
+  record.scan_from = 4242;
+  assert_int_equal(tly_outbox_encode(&record, &encoded, &len), 0);
+  assert_int_equal(len, plain_len + 20);
+  assert_int_equal(tly_outbox_decode(encoded, len, &back), 0);
+  assert_true(back.partitioned);
+  assert_int_equal(back.partition, 5);
+  assert_int_equal(back.timestamp_ms, 1763800000123LL);
+  assert_int_equal(back.scan_from, 4242);
+  assert_int_equal(back.header_count, 1);
+  assert_memory_equal(back.headers[0].value, "fwd:tally.usage:3:17", 20);
+  /* Every truncation is refused, the one at the end of the headers too
+   * (the placement flag says more follows). */
+  for (size_t cut = 0; cut < len; cut++)
+    assert_int_equal(tly_outbox_decode(encoded, cut, &back), -1);
+  free(encoded);
+  free(plain);
+}
+
 static void test_outbox_rejects_too_many_headers(void **state) {
   (void)state;
   tly_outbox_record_t record = {0};
@@ -146,6 +189,7 @@ static void test_overlay_rows_stable_found_pruned(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_outbox_round_trip),
+      cmocka_unit_test(test_outbox_placement_round_trip),
       cmocka_unit_test(test_outbox_rejects_too_many_headers),
       cmocka_unit_test(test_overlay_insert_find_grow_reset),
       cmocka_unit_test(test_overlay_rows_stable_found_pruned),
