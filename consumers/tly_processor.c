@@ -28,7 +28,6 @@
 #include "tly_changelog.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
-#include "tly_event_time.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
@@ -2048,21 +2047,13 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   tly_event_t event = {0};
   char errstr[512];
 
-  /* Bounds, decode and validation: the gate the fuzz target goes through
-   * too (tly_record.h). The event's strings live in the codec until the
+  /* Bounds, decode, validation and event time: the gate the fuzz target
+   * goes through too (tly_record.h). The event's strings live in the codec until the
    * next decode. */
   tly_record_t record = {msg->key, msg->key ? msg->key_len : 0, msg->payload,
-                         msg->payload ? msg->len : 0, record_timestamp_ms(msg)};
+                         msg->payload ? msg->len : 0, record_timestamp_ms(msg),
+                         p->conf.config->events.max_future_skew_ms};
   if (tly_record_prepare(p->codec, &record, &event, errstr, sizeof(errstr))) {
-    dead_letter(p, msg, errstr);
-    return;
-  }
-  /* Event time against the record's Kafka timestamp (in the log: a replay
-   * decides the same), before anything moves (tly_event_time.h). */
-  if (tly_event_time_check(&event, record_timestamp_ms(msg),
-                           p->conf.config->events.max_future_skew_ms,
-                           "the record's Kafka timestamp", errstr,
-                           sizeof(errstr))) {
     dead_letter(p, msg, errstr);
     return;
   }

@@ -9,6 +9,8 @@
  */
 #include "tly_record.h"
 
+#include "tly_event_time.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -33,6 +35,14 @@ int tly_record_prepare(tly_codec_t *codec, const tly_record_t *record,
     memset(event, 0, sizeof(*event));
     snprintf(errstr, errstr_size, "record key: %zu bytes, at most %d",
              record->key_len, TLY_RECORD_KEY_MAX);
+    return -1;
+  }
+  /* Event time against the record's Kafka timestamp, before anything
+   * moves: a watermark, a cycle, a quota. */
+  if (tly_event_time_check(
+          event, record->timestamp_ms, record->max_future_skew_ms,
+          "the record's Kafka timestamp", errstr, errstr_size)) {
+    memset(event, 0, sizeof(*event));
     return -1;
   }
   return 0;

@@ -5,7 +5,9 @@
  * It owns the record's own bounds (a value is required; key and value
  * sizes) and hands the value to the decoder the processor uses
  * (tly_codec_decode_view), whose validation (tly_event_validate) bounds
- * every field of the event (tly_event.h). A record refused here goes to
+ * every field of the event (tly_event.h), then bounds the event's times
+ * against the record's Kafka timestamp (tly_event_time.h: in the log, so a
+ * replay decides the same). A record refused here goes to
  * the dead-letter topic with the message as its reason: nothing oversized
  * ever reaches the fold, the dedupe index or a state key.
  *
@@ -36,7 +38,8 @@ typedef struct {
   size_t key_len;
   const void *value; /* NULL: no value (a tombstone) */
   size_t value_len;
-  int64_t timestamp_ms; /* the record's Kafka timestamp; 0: none */
+  int64_t timestamp_ms;       /* the record's Kafka timestamp; 0: none */
+  int64_t max_future_skew_ms; /* events.max_future_skew_ms */
 } tly_record_t;
 
 /*

@@ -32,11 +32,9 @@
  *   - no crash, leak or undefined behaviour (ASan, UBSan) and no hang
  *     (scripts/fuzz.sh passes -timeout).
  *
- * Event time: extreme times (INT64_MAX) still make the fold spin until the
- * event-time bounds of issue 13 (finding 1) are in; until
- * tly_record_prepare checks event time itself, events with a time field
- * beyond +-2^46 ms (about 2,200 years) are not folded here. Remove
- * time_in_range() once it does.
+ * Event time is bounded by tly_record_prepare (against the record's
+ * timestamp, with the default skew), so every time that reaches the fold
+ * is one the processor would fold.
  */
 #include "tly_alert.h"
 #include "tly_billing.h"
@@ -44,6 +42,7 @@
 #include "tly_config.h"
 #include "tly_dedupe.h"
 #include "tly_event.h"
+#include "tly_event_time.h"
 #include "tly_keys.h"
 #include "tly_record.h"
 
@@ -282,22 +281,6 @@ static void check_bounds(const tly_event_t *event) {
           "a property over bound");
 }
 
-/* See the top comment: the fold's time arithmetic is not yet bounded. */
-#define TIME_LIMIT (INT64_C(1) << 46)
-static int in_range(int64_t t) { return t > -TIME_LIMIT && t < TIME_LIMIT; }
-
-static int time_in_range(const tly_event_t *event, int64_t timestamp_ms) {
-  if (!in_range(event->occurred_at_ms) || !in_range(timestamp_ms))
-    return 0;
-  if (event->body_kind == TLY_BODY_SUBSCRIPTION_CHANGED)
-    return in_range(event->body.subscription_changed.period_start_ms) &&
-           in_range(event->body.subscription_changed.period_end_ms);
-  if (event->body_kind == TLY_BODY_INVOICE_PAID)
-    return in_range(event->body.invoice_paid.period_start_ms) &&
-           in_range(event->body.invoice_paid.period_end_ms);
-  return 1;
-}
-
 /* What queue_alerts and record_alert do with each alert: encode it, build
  * its history key. */
 static void check_alerts(tly_alert_list_t *alerts) {
@@ -390,8 +373,6 @@ static void fold_record(const tly_billing_t *billing, state_t *state,
     return; /* the processor's dead letter */
   }
   check_bounds(&event);
-  if (!time_in_range(&event, record->timestamp_ms))
-    return;
   tly_fold_result_t result = tly_billing_fold(billing, &state->view, &event,
                                               alerts, errstr, sizeof(errstr));
   if (verbose)
@@ -453,9 +434,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(value + header, data, value_len);
     data += value_len;
     size -= value_len;
-    tly_record_t record = {key_len ? key : NULL, key_len,
-                           flags & 4 ? NULL : value, header + value_len,
-                           timestamp_ms};
+    tly_record_t record = {
+        key_len ? key : NULL, key_len,      flags & 4 ? NULL : value,
+        header + value_len,   timestamp_ms, TLY_DEFAULT_MAX_FUTURE_SKEW_MS};
     fold_record(&billing, &state, &record, &alerts);
     free(key);
     free(value);

@@ -31,9 +31,10 @@
 #include "tly_codec.h"
 #include "tly_event.h"
 #include "tly_event_json.h"
+#include "tly_event_time.h"
 #include "tly_record.h"
 
-#define NOW_MS INT64_C(1700000000000)
+#define NOW_MS INT64_C(1732300000000)
 
 /* One bounded field: a JSON line with "%s" where the field's text goes,
  * the name errors give it, and its bound. The filler 'Q' appears nowhere
@@ -175,7 +176,8 @@ static void expect_refused(tly_codec_t *codec, const unsigned char *bytes,
     fail_msg("tly_codec_decode_view accepted it (wanted '%s')", want);
   if (!strstr(errstr, want))
     fail_msg("tly_codec_decode_view: '%s' lacks '%s'", errstr, want);
-  tly_record_t record = {"user:alice", 10, bytes, len, NOW_MS};
+  tly_record_t record = {"user:alice", 10,     bytes,
+                         len,          NOW_MS, TLY_DEFAULT_MAX_FUTURE_SKEW_MS};
   if (tly_record_prepare(codec, &record, &view, errstr, sizeof(errstr)) == 0)
     fail_msg("tly_record_prepare accepted it (wanted '%s')", want);
   if (!strstr(errstr, want))
@@ -272,7 +274,9 @@ static void test_every_field_bound(void **state) {
                                       errstr, sizeof(errstr)),
                      0);
     tly_event_clear(&decoded);
-    tly_record_t record = {"user:alice", 10, bytes, encoded_len, NOW_MS};
+    tly_record_t record = {"user:alice", 10,
+                           bytes,        encoded_len,
+                           NOW_MS,       TLY_DEFAULT_MAX_FUTURE_SKEW_MS};
     if (tly_record_prepare(codec, &record, &decoded, errstr, sizeof(errstr)))
       fail_msg("case %zu (%s): tly_record_prepare refused: %s", i, c->field,
                errstr);
@@ -377,7 +381,8 @@ static void test_largest_event_and_property_count(void **state) {
   assert_non_null(bytes);
   memcpy(bytes, encoded, encoded_len);
   tly_event_t view;
-  tly_record_t record = {"user:x", 6, bytes, encoded_len, NOW_MS};
+  tly_record_t record = {"user:x",    6,      bytes,
+                         encoded_len, NOW_MS, TLY_DEFAULT_MAX_FUTURE_SKEW_MS};
   assert_int_equal(
       tly_record_prepare(codec, &record, &view, errstr, sizeof(errstr)), 0);
   assert_int_equal(view.body.usage.property_count, TLY_EVENT_PROPERTIES_MAX);
@@ -464,7 +469,8 @@ static void test_record_bounds(void **state) {
   (void)state;
   assert_non_null(codec);
 
-  tly_record_t record = {"user:alice", 10, NULL, 0, 0};
+  tly_record_t record = {
+      "user:alice", 10, NULL, 0, 0, TLY_DEFAULT_MAX_FUTURE_SKEW_MS};
   assert_int_not_equal(
       tly_record_prepare(codec, &record, &event, errstr, sizeof(errstr)), 0);
   assert_string_equal(errstr, "empty message (no value)");
@@ -493,7 +499,9 @@ static void test_record_bounds(void **state) {
   memcpy(value, encoded, encoded_len);
   tly_event_clear(&valid);
   char *key = filler(TLY_RECORD_KEY_MAX + 1);
-  record = (tly_record_t){key, TLY_RECORD_KEY_MAX + 1, value, encoded_len, 0};
+  record =
+      (tly_record_t){key, TLY_RECORD_KEY_MAX + 1,        value, encoded_len,
+                     0,   TLY_DEFAULT_MAX_FUTURE_SKEW_MS};
   assert_int_not_equal(
       tly_record_prepare(codec, &record, &event, errstr, sizeof(errstr)), 0);
   assert_string_equal(errstr, "record key: 1025 bytes, at most 1024");
