@@ -487,8 +487,8 @@ static void test_forward_credential(void **state) {
       "123.zz",
       ".abc",
       "-1.00",
-      "12345678901234567890.0000000000000000000000000000000000000000000000000"
-      "000000000000000"};
+      ("12345678901234567890.0000000000000000000000000000000000000000000000000"
+       "000000000000000")};
   for (size_t i = 0; i < sizeof(malformed) / sizeof(malformed[0]); i++)
     assert_int_equal(
         tly_cluster_forward_check(secret(), malformed[i], &scope, T0),
