@@ -35,7 +35,7 @@
  * Late usage of a reported window is a further delta with a new identifier.
  *
  * Several instances (partitions moving between them): marks and cursors
- * ride on the state changelog (consumers/tly_changelog.h). The processor
+ * ride on the state changelog (store/tly_changelog.h). The processor
  * puts each mark in its commit's bundle; the emitter puts every cursor
  * change there (the version 2 * (reported + failed) + (pending != 0) makes
  * the newest win on restore) and a deletion for each settled mark. A new

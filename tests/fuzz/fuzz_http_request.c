@@ -1,6 +1,6 @@
 /*
  * fuzz_http_request.c - libFuzzer target for the HTTP port's request
- * parsing (consumers/tly_request.c): subject path segments, the quota
+ * parsing (http/tly_request.c): subject path segments, the quota
  * query, the "at" parameter, and the JSON bodies of /v1/events,
  * /v1/estimate, /v1/prorate and /v1/subjects/{subject}/plan. These take
  * bytes from any client that can reach the port (authenticated or not, for

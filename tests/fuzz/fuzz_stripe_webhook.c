@@ -1,6 +1,6 @@
 /*
  * fuzz_stripe_webhook.c - libFuzzer target for the Stripe webhook intake
- * (consumers/tly_stripe_webhook.c): the Stripe-Signature header parser and
+ * (http/tly_stripe_webhook.c): the Stripe-Signature header parser and
  * the mapping of Stripe event bodies to tally events. Anyone who can reach
  * the port can send these bytes (the route has no bearer token), so they
  * must never crash, leak or hang.

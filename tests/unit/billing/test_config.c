@@ -1,5 +1,5 @@
 /*
- * test_config.c - unit tests of consumers/tly_config.c.
+ * test_config.c - unit tests of billing/tly_config.c.
  *
  * The config is the fold's only source of prices and limits, and a bad file
  * must stop startup with a message that names the field. So besides reading

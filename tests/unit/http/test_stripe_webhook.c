@@ -1,5 +1,5 @@
 /*
- * test_stripe_webhook.c - unit tests of consumers/tly_stripe_webhook.c: the
+ * test_stripe_webhook.c - unit tests of http/tly_stripe_webhook.c: the
  * signature against a value computed by `openssl dgst -hmac`, every way a
  * Stripe-Signature header is refused, and each Stripe event type mapped to
  * its tally event (or ignored, or refused with the reason).
