@@ -22,8 +22,8 @@
  */
 #include "tly_billing.h"
 
+#include "tly_bytes.h"
 #include "tly_event_time.h"
-#include "tly_store.h"
 
 #include <stdio.h>
 #include <stdlib.h>

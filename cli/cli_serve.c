@@ -144,6 +144,30 @@ static int setup_cluster_secret(const cli_serve_conf_t *conf,
   return rc;
 }
 
+/* Membership's view of this instance (tly_members_local_t): each
+ * partition's role as the processor has it. */
+static unsigned char *processor_roles(void *opaque, size_t *count) {
+  tly_processor_t *processor = opaque;
+  int32_t partitions = tly_processor_partition_count(processor);
+  *count = partitions > 0 ? (size_t)partitions : 0;
+  unsigned char *roles = calloc(*count ? *count : 1, 1);
+  if (!roles)
+    return NULL;
+  for (size_t i = 0; i < *count; i++)
+    switch (tly_processor_partition_role(processor, (int32_t)i)) {
+    case TLY_PARTITION_SERVING:
+      roles[i] = TLY_MEMBERS_SERVING;
+      break;
+    case TLY_PARTITION_REPLAYING:
+      roles[i] = TLY_MEMBERS_REPLAYING;
+      break;
+    case TLY_PARTITION_NOT_OWNED:
+      roles[i] = TLY_MEMBERS_NOT_HERE;
+      break;
+    }
+  return roles;
+}
+
 int cli_serve(const cli_serve_conf_t *conf) {
   char errstr[1024];
   int exit_code = 1;
@@ -215,7 +239,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
   /* The map and its Kafka clients now, for the HTTP port; announcing once
    * the port is bound (the defaults name it). */
   tly_members_conf_t mconf = {.brokers = conf->brokers,
-                              .processor = processor,
+                              .local = {processor, processor_roles},
                               .heartbeat_ms = conf->members_heartbeat_ms,
                               .kafka_properties = conf->kafka_properties,
                               .secret = has_secret ? &secret : NULL};

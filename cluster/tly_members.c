@@ -385,21 +385,6 @@ size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms) {
   return fresh;
 }
 
-/* ---- this instance's view --------------------------------------------- */
-
-int tly_members_caught_up(const tly_partition_status_t *status) {
-  int64_t committed =
-      status->committed_offset < 0 ? 0 : status->committed_offset;
-  return status->assigned && committed >= status->replay_target;
-}
-
-int tly_members_serving_locally(tly_processor_t *processor, int32_t partition) {
-  /* Assigned, caught up, and no rebalance under way: one lock, no copy of
-   * the partition table (this runs on every subject request). */
-  return tly_processor_partition_role(processor, partition) ==
-         TLY_PARTITION_SERVING;
-}
-
 /* ---- the thread ------------------------------------------------------- */
 
 struct tly_members {
@@ -462,10 +447,9 @@ fail:
 tly_members_t *tly_members_new(const tly_members_conf_t *conf, char *errstr,
                                size_t errstr_size) {
   char kafka_err[512];
-  if (!conf->brokers || !conf->processor) {
+  if (!conf->brokers || !conf->local.roles) {
     snprintf(errstr, errstr_size,
-             "members: brokers and processor are "
-             "required");
+             "members: brokers and this instance's view are required");
     return NULL;
   }
   tly_members_t *members = calloc(1, sizeof(*members));
@@ -646,22 +630,18 @@ static int append(int32_t **list, size_t *count, int32_t partition) {
 static int own_view(tly_members_t *members, tly_members_announcement_t *out) {
   size_t count = 0;
   memset(out, 0, sizeof(*out));
-  int rebalancing = tly_processor_rebalancing(members->conf.processor);
-  tly_partition_status_t *status =
-      tly_processor_partitions_copy(members->conf.processor, &count);
-  rebalancing |= tly_processor_rebalancing(members->conf.processor);
-  if (!status)
+  unsigned char *roles =
+      members->conf.local.roles(members->conf.local.opaque, &count);
+  if (!roles)
     return -1;
   int rc = 0;
   for (size_t i = 0; i < count && !rc; i++) {
-    if (!status[i].assigned)
-      continue;
-    if (!rebalancing && tly_members_caught_up(&status[i]))
+    if (roles[i] == TLY_MEMBERS_SERVING)
       rc = append(&out->partitions, &out->partition_count, (int32_t)i);
-    else
+    else if (roles[i] == TLY_MEMBERS_REPLAYING)
       rc = append(&out->replaying, &out->replaying_count, (int32_t)i);
   }
-  free(status);
+  free(roles);
   snprintf(out->instance, sizeof(out->instance), "%s", members->instance);
   snprintf(out->http, sizeof(out->http), "%s", members->advertise);
   return rc;

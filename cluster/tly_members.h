@@ -35,7 +35,6 @@
 #define TLY_MEMBERS_H
 
 #include "tly_cluster_auth.h"
-#include "tly_processor.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -137,12 +136,31 @@ size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms);
 
 /* ---- the membership thread -------------------------------------------- */
 
+/* Where this instance stands on one partition, as it announces it. */
+typedef enum {
+  TLY_MEMBERS_NOT_HERE = 0,  /* not assigned to this instance */
+  TLY_MEMBERS_REPLAYING = 1, /* assigned, but not caught up with the log
+                                end seen at assignment, or a rebalance is
+                                under way: announced as replaying */
+  TLY_MEMBERS_SERVING = 2    /* assigned and caught up: announced served */
+} tly_members_role_t;
+
+/* This instance's own view, read at every announcement. The processor
+ * (consumers/) has it and cli/ wires it in: cluster/ never includes
+ * consumers/. roles returns a malloc'd array (free() it) of *count
+ * tly_members_role_t values, one per partition of the input topic, or NULL
+ * when out of memory. */
 typedef struct {
-  const char *brokers;        /* required */
-  const char *topic;          /* default TLY_DEFAULT_MEMBERS_TOPIC */
-  tly_processor_t *processor; /* required: this instance's own view */
-  int64_t heartbeat_ms;       /* default TLY_MEMBERS_DEFAULT_HEARTBEAT_MS */
-  int64_t stale_ms;           /* default 3 heartbeats */
+  void *opaque;
+  unsigned char *(*roles)(void *opaque, size_t *count);
+} tly_members_local_t;
+
+typedef struct {
+  const char *brokers;       /* required */
+  const char *topic;         /* default TLY_DEFAULT_MEMBERS_TOPIC */
+  tly_members_local_t local; /* required: this instance's own view */
+  int64_t heartbeat_ms;      /* default TLY_MEMBERS_DEFAULT_HEARTBEAT_MS */
+  int64_t stale_ms;          /* default 3 heartbeats */
   /* librdkafka properties "name=value" (TLS, SASL), NULL-terminated. */
   const char *const *kafka_properties;
   /* The cluster secret (copied). NULL: membership is off (no Kafka
@@ -178,12 +196,5 @@ tly_owner_state_t tly_members_owner(tly_members_t *members, int32_t partition,
 /* Stops the thread, announces the tombstone (flushed, bounded) and frees.
  * NULL is fine. */
 void tly_members_destroy(tly_members_t *members);
-
-/* 1 when status is assigned and committed up to its replay target. */
-int tly_members_caught_up(const tly_partition_status_t *status);
-
-/* 1 when this instance serves partition now: assigned, committed up to its
- * replay target, and no rebalance in flight. Thread-safe. */
-int tly_members_serving_locally(tly_processor_t *processor, int32_t partition);
 
 #endif

@@ -1,15 +1,14 @@
 /*
  * tly_topics.c - the table of tly_topics.h, built from the topic defaults
- * the producer, the processor and the coming changelog and membership code
- * use, so a renamed default renames the expected topic too.
+ * every writer and reader uses (schema/tly_topic_names.h), so a renamed
+ * default renames the expected topic too.
  */
 #include "tly_topics.h"
 
-#include "tally_producer.h"
-#include "tly_processor.h"
+#include "tly_topic_names.h"
 
 const tly_topic_spec_t tly_topics[] = {
-    {TALLY_DEFAULT_USAGE_TOPIC, TLY_TOPIC_PARTITIONS_INPUT, "delete",
+    {TLY_DEFAULT_USAGE_TOPIC, TLY_TOPIC_PARTITIONS_INPUT, "delete",
      "input: usage, plan, billing and tick events, keyed by subject"},
     /* Dead letters and alerts are only appended and read by id after a
      * crash, so any partition count works; these match the embedded

@@ -10,16 +10,16 @@
 
 #include <stddef.h>
 
-/* The compacted state changelog: one record per changed state row, carrying
- * the input offset it reflects, so a new instance restores a partition from
- * it and replays only the tail of the input. Partition p of the changelog
- * holds the state of input partition p, hence as many partitions as the
- * input. */
-#define TLY_DEFAULT_CHANGELOG_TOPIC "tally.changelog"
-/* Compacted, one partition: each instance announces its HTTP address and
- * assignment (keyed by instance), so any instance can forward a query to
- * the owner of the subject's partition. */
-#define TLY_DEFAULT_MEMBERS_TOPIC "tally.members"
+#include "tly_topic_names.h"
+
+/* TLY_DEFAULT_CHANGELOG_TOPIC, compacted: one record per changed state row,
+ * carrying the input offset it reflects, so a new instance restores a
+ * partition from it and replays only the tail of the input. Partition p of
+ * the changelog holds the state of input partition p, hence as many
+ * partitions as the input. TLY_DEFAULT_MEMBERS_TOPIC, compacted, one
+ * partition: each instance announces its HTTP address and assignment (keyed
+ * by instance), so any instance can forward a query to the owner of the
+ * subject's partition. */
 
 /* A partitions value meaning "as many as the usage (input) topic". */
 #define TLY_TOPIC_PARTITIONS_INPUT 0

@@ -26,14 +26,13 @@
 
 #include "tly_config.h"
 #include "tly_store.h"
+#include "tly_topic_names.h"
 
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define TLY_DEFAULT_GROUP_ID "tally"
-#define TLY_DEFAULT_DLQ_TOPIC "tally.usage.dlq"
-#define TLY_DEFAULT_ALERTS_TOPIC "tally.alerts"
 #define TLY_DEFAULT_TICK_INTERVAL_MS 60000
 
 typedef struct {

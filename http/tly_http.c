@@ -1573,7 +1573,8 @@ static int route_to_owner(tly_http_t *http, request_t *req,
       tly_processor_partition_count(http->conf.processor), subject.kind,
       subject.id);
   if (req->partition >= 0 &&
-      tly_members_serving_locally(http->conf.processor, req->partition)) {
+      tly_processor_partition_role(http->conf.processor, req->partition) ==
+          TLY_PARTITION_SERVING) {
     req->served_by = members ? tly_members_advertise(members) : NULL;
     return 1;
   }

@@ -20,11 +20,12 @@
 #define TALLY_PRODUCER_H
 
 #include "tly_event.h"
+#include "tly_topic_names.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define TALLY_DEFAULT_USAGE_TOPIC "tally.usage"
+#define TALLY_DEFAULT_USAGE_TOPIC TLY_DEFAULT_USAGE_TOPIC
 
 typedef struct tally_producer tally_producer_t;
 

@@ -17,6 +17,8 @@
 #ifndef TLY_STORE_H
 #define TLY_STORE_H
 
+#include "tly_bytes.h" /* big-endian helpers, once declared here */
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -139,17 +141,5 @@ void tly_store_set_horizon(tly_store_t *store, tly_cf_t cf, int32_t partition,
                            int64_t horizon_ms);
 /* Compacts the whole family now (tests, maintenance). 0 or -1. */
 int tly_store_compact(tly_store_t *store, tly_cf_t cf);
-
-/* Big-endian helpers for keys and values. */
-void tly_put_be32(unsigned char *out, uint32_t value);
-void tly_put_be64(unsigned char *out, uint64_t value);
-/* Zeroes len bytes by writing them. The compiler turns malloc + memset(0)
- * into calloc, whose fresh pages map the shared zero page on a first read
- * and fault again (copy, TLB flush on every CPU) on the first write; big
- * hash tables that are probed before written want their pages written
- * once, up front. */
-void tly_zero_fill(void *out, size_t len);
-uint32_t tly_get_be32(const unsigned char *in);
-uint64_t tly_get_be64(const unsigned char *in);
 
 #endif

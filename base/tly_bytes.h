@@ -1,0 +1,24 @@
+/*
+ * tly_bytes.h - big-endian integers in byte strings (state keys, values,
+ * the changelog and outbox formats) and writing zeroes into fresh memory.
+ * Pure helpers: no allocation, no I/O; every layer may use them.
+ */
+#ifndef TLY_BYTES_H
+#define TLY_BYTES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Big-endian helpers for keys and values. */
+void tly_put_be32(unsigned char *out, uint32_t value);
+void tly_put_be64(unsigned char *out, uint64_t value);
+/* Zeroes len bytes by writing them. The compiler turns malloc + memset(0)
+ * into calloc, whose fresh pages map the shared zero page on a first read
+ * and fault again (copy, TLB flush on every CPU) on the first write; big
+ * hash tables that are probed before written want their pages written
+ * once, up front. */
+void tly_zero_fill(void *out, size_t len);
+uint32_t tly_get_be32(const unsigned char *in);
+uint64_t tly_get_be64(const unsigned char *in);
+
+#endif
