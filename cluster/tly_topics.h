@@ -4,6 +4,8 @@
  * `tally topics`, the compose file's topic-init service (test_compose checks
  * it against `tally topics`) and an operator's own setup cannot drift apart.
  * The names are the defaults; `tally run` can be pointed at others.
+ * Owns the table; never creates a topic itself (`tally topics` prints it,
+ * compose creates them).
  */
 #ifndef TLY_TOPICS_H
 #define TLY_TOPICS_H

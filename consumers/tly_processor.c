@@ -25,7 +25,7 @@
 #include "tally_producer.h"
 #include "tly_alert.h"
 #include "tly_billing.h"
-#include "tly_changelog.h"
+#include "tly_changelog_restore.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
 #include "tly_keys.h"

@@ -1,5 +1,6 @@
 /*
  * tally_producer.h - the client library services link to send usage events.
+ * Owns producing events; never folds, never reads state.
  *
  * Events are validated and encoded (Avro, Confluent framing) and produced to
  * the usage topic keyed by subject ("kind:id") with librdkafka's idempotent

@@ -1,5 +1,7 @@
 /*
  * tly_alert.h - alerts the fold emits, and their Avro codec.
+ * Owns the alert model and its bytes; never does I/O, never decides when
+ * an alert fires (the fold does).
  *
  * Alerts go to the alerts topic (schema/tally_alert.avsc, Confluent framing
  * with schema id TLY_ALERT_SCHEMA_ID, keyed by subject "kind:id") through

@@ -1,6 +1,7 @@
 /*
  * tly_avro.h - Avro plumbing shared by the event codec (tly_codec.c) and
  * the alert codec (tly_alert.c). Internal to schema/: not a public API.
+ * Owns avro-c plumbing; never does I/O.
  *
  * What is here: the pre-validation walk that makes avro-c safe on hostile
  * input (see tly_avro.c's header comment for why it exists), the Confluent

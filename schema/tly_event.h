@@ -1,5 +1,7 @@
 /*
  * tly_event.h - the tally event model in C.
+ * Owns the event model, its size bounds and its validation; never does
+ * I/O, never reads a clock.
  *
  * One envelope (event_id, occurred_at, subject, body) mirrors
  * schema/tally_event.avsc. Every string is owned by the event and freed by

@@ -2,6 +2,7 @@
  * tly_event_body.h - one table describing the flat event bodies (every
  * body kind except UsageRecorded, whose ai record and properties map are
  * handled by hand). Internal to schema/.
+ * Owns the body table; never does I/O.
  *
  * The validator, the Avro codec and the JSON reader and writer all walk
  * this table, so a field added to a body is added in one place: its name

@@ -1,6 +1,8 @@
 /*
  * tly_event_json.h - usage events as JSON (the `emit` CLI's input lines and,
  * later, the HTTP ingest body), validated into tly_event_t.
+ * Owns the JSON shape of events; never does I/O, never reads a clock (the
+ * caller passes now).
  *
  * Accepted object:
  *   {"event_id": "e-1",                      required, non-empty string

@@ -1,5 +1,7 @@
 /*
  * tly_outbox.h - output records waiting in RocksDB to be published to Kafka.
+ * Owns the outbox entry format and its keys; never publishes (the
+ * processor does) and never decides what an output is.
  *
  * The processor writes every output of a batch (dead letters now, alerts
  * later) into the outbox column family in the same synced WriteBatch as the

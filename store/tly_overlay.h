@@ -1,5 +1,7 @@
 /*
  * tly_overlay.h - the in-memory overlay of the state one batch touches.
+ * Owns the batch's in-memory state; never reads or writes RocksDB itself
+ * (the processor loads and commits it).
  *
  * The processor folds a batch into this overlay and then writes each dirty
  * record once (RocksDB writes are the first wall: one put per dirty key per

@@ -1,5 +1,7 @@
 /*
  * tly_state.h - reading a subject's committed state, for the HTTP port.
+ * Owns where committed state lives and how it is read; never writes and
+ * never decides billing (it hands back what the fold stored).
  *
  * The one place that knows where a subject's account and usage rows live in
  * the store (keys, column families, encodings); the HTTP handlers call only

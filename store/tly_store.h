@@ -1,5 +1,7 @@
 /*
  * tly_store.h - tally's state in RocksDB.
+ * Owns RocksDB: column families, atomic batches, offsets; never
+ * interprets a value (the key and record formats are its callers').
  *
  * One RocksDB database with a column family per kind of state. Every key
  * that belongs to a partition starts with that partition's number (4 bytes,

@@ -17,7 +17,7 @@
  */
 #define _GNU_SOURCE /* nftw */
 #include "tly_billing.h"
-#include "tly_changelog.h"
+#include "tly_changelog_restore.h"
 #include "tly_keys.h"
 #include "tly_store.h"
 #include "tly_topics.h"

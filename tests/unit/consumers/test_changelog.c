@@ -19,7 +19,7 @@
  *     partition's changelog since; a store's writer id is stable.
  */
 #include "tly_billing.h"
-#include "tly_changelog.h"
+#include "tly_changelog_restore.h"
 #include "tly_keys.h"
 #include "tly_store.h"
 

@@ -1,0 +1,78 @@
+/*
+ * tly_changelog_restore.h - restoring a partition's state from the state
+ * changelog (its format and rules: store/tly_changelog.h): reading the
+ * compacted topic with a Kafka consumer the caller owns and writing what
+ * passes the rules to RocksDB, and the writer ids that tell an instance
+ * whether its local copy is current. Owns the Kafka side of the
+ * changelog's read path; never decides when a partition is restored (the
+ * processor does) and never publishes (the outbox does).
+ */
+#ifndef TLY_CHANGELOG_RESTORE_H
+#define TLY_CHANGELOG_RESTORE_H
+
+#include "tly_changelog.h"
+#include "tly_store.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+  int64_t next_offset;  /* input offset the restored state reflects */
+  int64_t watermark_ms; /* event-time watermark as of it (INT64_MIN: none) */
+  uint64_t records;     /* changelog records read */
+  uint64_t applied;     /* state records written to RocksDB */
+  uint64_t accounts;    /* subject records restored */
+  int64_t elapsed_ms;
+} tly_changelog_restore_t;
+
+/*
+ * Restores partition of the store from the changelog: wipes what the store
+ * holds of the partition (state, cycle-end index, stored offset), reads
+ * changelog partition `partition` of topic from low to high through reader
+ * (a consumer handle the caller owns; it is assigned here and unassigned
+ * on return), writes the records that pass the rules above, and rebuilds
+ * the cycle-end index from the restored subject records and the expiry
+ * index from the restored history values. The stored offset
+ * is NOT written: the caller stores out->next_offset (with the watermark)
+ * in a synced commit of its own, which also makes the restored writes
+ * durable. 1 restored, 0 the changelog holds no complete commit (the
+ * partition is left wiped), -1 error (errstr).
+ */
+struct rd_kafka_s;
+int tly_changelog_restore(tly_store_t *store, struct rd_kafka_s *reader,
+                          const char *topic, int32_t partition, int64_t low,
+                          int64_t high, tly_changelog_restore_t *out,
+                          char *errstr, size_t errstr_size);
+
+/* Wipes what the store holds of partition's state: accounts, usage
+ * history, dedupe blobs, cycle-end and expiry indexes and the stored
+ * offset (not its
+ * Stripe report marks and cursors: a replay of the input from the start
+ * rebuilds the usage, and the cursors say what of it was reported).
+ * 0 or -1 (errstr). */
+int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
+                                 char *errstr, size_t errstr_size);
+/* Wipes partition's Stripe report marks and cursors (a restore does, and
+ * restores them from the changelog). 0 or -1 (errstr). */
+int tly_changelog_wipe_reports(tly_store_t *store, int32_t partition,
+                               char *errstr, size_t errstr_size);
+
+/* The store's changelog writer id (32 hex digits, made and stored in the
+ * meta family the first time): out holds TLY_CHANGELOG_WRITER_SIZE bytes.
+ * 0 or -1 (errstr). */
+#define TLY_CHANGELOG_WRITER_SIZE 33
+int tly_changelog_writer_id(tly_store_t *store,
+                            char out[TLY_CHANGELOG_WRITER_SIZE], char *errstr,
+                            size_t errstr_size);
+
+/* Who wrote the last record (offset high - 1) of changelog partition
+ * `partition`, read through reader (assigned here, unassigned on return):
+ * 1 with its writer id in out, 0 when that record names none (a state
+ * record: a commit's publication cut short, or a writer of an older
+ * version), -1 error (errstr). */
+int tly_changelog_last_writer(struct rd_kafka_s *reader, const char *topic,
+                              int32_t partition, int64_t high, char *out,
+                              size_t out_size, char *errstr,
+                              size_t errstr_size);
+
+#endif
