@@ -81,8 +81,8 @@
 #ifndef TLY_CONFIG_H
 #define TLY_CONFIG_H
 
-#include "tly_auth.h"
 #include "tly_event_time.h"
+#include "tly_sha256.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -6,13 +6,13 @@
  */
 #include "cli.h"
 
-#include "tly_auth.h"
 #include "tly_cluster_auth.h"
 #include "tly_config.h"
 #include "tly_http.h"
 #include "tly_log.h"
 #include "tly_members.h"
 #include "tly_processor.h"
+#include "tly_sha256.h"
 #include "tly_store.h"
 #include "tly_stripe_emitter.h"
 

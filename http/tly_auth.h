@@ -11,23 +11,12 @@
 #ifndef TLY_AUTH_H
 #define TLY_AUTH_H
 
+#include "tly_sha256.h"
+
 #include <stddef.h>
 
-#define TLY_SHA256_LEN 32
-#define TLY_SHA256_HEX_LEN 64
 /* Longer Authorization headers are refused as malformed before hashing. */
 #define TLY_AUTH_TOKEN_MAX 1024
-
-typedef struct {
-  char name[64]; /* for logs and metrics; never the key */
-  unsigned char sha256[TLY_SHA256_LEN];
-} tly_api_key_t;
-
-/* Parses 64 hex characters (either case) into a digest. 0, or -1. */
-int tly_sha256_hex_parse(const char *hex, unsigned char out[TLY_SHA256_LEN]);
-/* Lowercase hex of SHA-256(data); out holds TLY_SHA256_HEX_LEN + 1 bytes. */
-void tly_sha256_hex(const void *data, size_t len,
-                    char out[TLY_SHA256_HEX_LEN + 1]);
 
 typedef enum {
   TLY_AUTH_OK = 0,

@@ -21,7 +21,6 @@
 
 #include "tally_producer.h"
 #include "tly_alert.h"
-#include "tly_auth.h"
 #include "tly_billing.h"
 #include "tly_changelog.h"
 #include "tly_keys.h"

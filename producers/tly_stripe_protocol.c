@@ -5,9 +5,9 @@
  */
 #include "tly_stripe_protocol.h"
 
-#include "tly_auth.h"
 #include "tly_config.h"
 #include "tly_keys.h"
+#include "tly_sha256.h"
 #include "tly_store.h"
 
 #include <inttypes.h>

@@ -7,7 +7,7 @@
  */
 #include "tly_stripe_emitter.h"
 
-#include "tly_auth.h"
+#include "tly_sha256.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
