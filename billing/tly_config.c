@@ -13,31 +13,26 @@
  * owns its limits and prices arrays; tly_config_free releases all of them.
  * Money is integer micro-units throughout; a JSON real where an integer is
  * expected is an error rather than a rounding.
+ *
+ * This file holds the defaults, the lookups, the dates and the sections the
+ * fold reads (credits, pricing, thresholds, cycles, default_plans, plans,
+ * retention, events); the ports' sections ("http", "stripe", with the
+ * secrets read from the environment) are tly_config_ports.c's, and the
+ * checks both use are tly_config_internal.h's.
  */
 #include "tly_config.h"
 
+#include "tly_config_internal.h"
 #include "tly_event.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <inttypes.h>
 #include <jansson.h>
-#include <openssl/crypto.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define TLY_COUNT(array) (sizeof(array) / sizeof((array)[0]))
-/* Long enough for any path built from valid names; paths through unknown,
- * over-long keys are truncated, which only shortens the message. */
-#define TLY_PATH_SIZE 512
 #define TLY_MARGIN_BPS_MAX 100000 /* 1,000 %: anything above is a typo */
-
-typedef struct {
-  char *text;
-  size_t size;
-} tly_err_t;
 
 /* ------------------------------------------------------------------------ */
 /* Built-in configuration, as tables so the defaults read like the docs.    */
@@ -64,9 +59,6 @@ typedef struct {
   const tly_price_seed_t *prices;
   size_t price_count;
 } tly_plan_seed_t;
-
-#define TLY_MIB INT64_C(1048576)
-#define TLY_GIB INT64_C(1073741824)
 
 static const tly_limit_seed_t anonymous_limits[] = {
     {"api_calls", 100, TLY_LIMIT_HARD},
@@ -160,24 +152,6 @@ static void plan_clear(tly_plan_t *plan) {
   plan->price_count = 0;
 }
 
-/* Secrets are wiped, not just freed: freed memory is read again by the
- * next malloc, and a core dump shows whatever is left in it. */
-static void secret_free(char *secret) {
-  if (!secret)
-    return;
-  OPENSSL_cleanse(secret, strlen(secret));
-  free(secret);
-}
-
-static void stripe_clear(tly_stripe_config_t *stripe) {
-  secret_free(stripe->secret_key);
-  for (size_t i = 0; i < stripe->webhook_secret_count; i++)
-    secret_free(stripe->webhook_secrets[i]);
-  free(stripe->webhook_secrets);
-  free(stripe->prices);
-  free(stripe->meters);
-}
-
 void tly_config_free(tly_config_t *config) {
   if (!config)
     return;
@@ -186,7 +160,7 @@ void tly_config_free(tly_config_t *config) {
   free(config->plans);
   free(config->models);
   free(config->http.api_keys);
-  stripe_clear(&config->stripe);
+  tly_config_stripe_clear(&config->stripe);
   free(config);
 }
 
@@ -332,114 +306,8 @@ const tly_model_price_t *tly_config_model(const tly_config_t *config,
   return NULL;
 }
 
-int tly_config_stripe_reports(const tly_config_t *config) {
-  return config->stripe.configured && config->stripe.meter_count > 0 &&
-         config->stripe.secret_key != NULL;
-}
-
-const char *tly_config_stripe_meter(const tly_config_t *config,
-                                    const char *feature) {
-  for (size_t i = 0; i < config->stripe.meter_count; i++)
-    if (strcmp(config->stripe.meters[i].feature, feature) == 0)
-      return config->stripe.meters[i].event_name;
-  return NULL;
-}
-
-const char *tly_config_stripe_plan(const tly_config_t *config,
-                                   const char *price_id) {
-  if (!config || !price_id)
-    return NULL;
-  for (size_t i = 0; i < config->stripe.price_count; i++)
-    if (strcmp(config->stripe.prices[i].price_id, price_id) == 0)
-      return config->stripe.prices[i].plan;
-  return NULL;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Validation helpers. Each returns 0, or -1 with err filled.               */
-
-__attribute__((format(printf, 3, 4))) static int
-fail(tly_err_t *err, const char *path, const char *fmt, ...) {
-  if (!err->text || err->size == 0)
-    return -1;
-  int used = snprintf(err->text, err->size, "%s: ", path);
-  if (used >= 0 && (size_t)used < err->size) {
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(err->text + used, err->size - (size_t)used, fmt, args);
-    va_end(args);
-  }
-  return -1;
-}
-
-/* Appends text to a path, truncating at TLY_PATH_SIZE (by hand rather than
- * with snprintf, whose truncation GCC warns about and -Werror refuses). */
-static void path_append(char *out, size_t *used, const char *text) {
-  while (*text && *used + 1 < TLY_PATH_SIZE)
-    out[(*used)++] = *text++;
-  out[*used] = '\0';
-}
-
-static void path_key(char *out, const char *parent, const char *key) {
-  size_t used = 0;
-  out[0] = '\0';
-  path_append(out, &used, parent);
-  if (parent[0])
-    path_append(out, &used, ".");
-  path_append(out, &used, key);
-}
-
-static void path_index(char *out, const char *parent, size_t index) {
-  char suffix[32];
-  size_t used = 0;
-  snprintf(suffix, sizeof(suffix), "[%zu]", index);
-  out[0] = '\0';
-  path_append(out, &used, parent);
-  path_append(out, &used, suffix);
-}
-
-/* Names end up in RocksDB keys, alert ids and log lines, so keep them to a
- * charset that needs no escaping anywhere. */
-static int valid_name(const char *name) {
-  size_t len = strlen(name);
-  if (len == 0 || len >= TLY_CONFIG_NAME_MAX)
-    return 0;
-  for (size_t i = 0; i < len; i++) {
-    unsigned char c = (unsigned char)name[i];
-    if (!isalnum(c) && c != '_' && c != '.' && c != '-')
-      return 0;
-  }
-  return 1;
-}
-
-static int check_name(tly_err_t *err, const char *path, const char *name) {
-  if (valid_name(name))
-    return 0;
-  return fail(err, path,
-              "not a valid name (1..63 characters of A-Z a-z 0-9 _ . -)");
-}
-
-static int check_object(tly_err_t *err, const char *path, const json_t *value) {
-  return json_is_object(value) ? 0 : fail(err, path, "must be an object");
-}
-
-/* json_is_integer is false for reals, so 1.5 and 1.0 are both rejected. */
-static int parse_int(tly_err_t *err, const char *path, const json_t *value,
-                     int64_t min, int64_t max, int64_t *out) {
-  if (json_is_integer(value)) {
-    json_int_t number = json_integer_value(value);
-    if (number >= min && number <= max) {
-      *out = (int64_t)number;
-      return 0;
-    }
-  }
-  if (max != INT64_MAX)
-    return fail(err, path, "must be an integer from %" PRId64 " to %" PRId64,
-                min, max);
-  if (min == TLY_UNLIMITED)
-    return fail(err, path, "must be an integer >= -1 (-1 = unlimited)");
-  return fail(err, path, "must be an integer >= %" PRId64, min);
-}
 
 static int parse_thresholds(tly_err_t *err, const char *path,
                             const json_t *value, int *out, size_t *count) {
@@ -993,133 +861,6 @@ fail:
   return -1;
 }
 
-int tly_config_add_api_key(tly_config_t *config, const char *name,
-                           const unsigned char sha256[TLY_SHA256_LEN]) {
-  tly_http_config_t *http = &config->http;
-  if (!valid_name(name))
-    return -1;
-  for (size_t i = 0; i < http->api_key_count; i++)
-    if (memcmp(http->api_keys[i].sha256, sha256, TLY_SHA256_LEN) == 0)
-      return 0;
-  tly_api_key_t *grown = realloc(
-      http->api_keys, (http->api_key_count + 1) * sizeof(*http->api_keys));
-  if (!grown)
-    return -1;
-  http->api_keys = grown;
-  tly_api_key_t *key = &http->api_keys[http->api_key_count++];
-  memset(key, 0, sizeof(*key));
-  snprintf(key->name, sizeof(key->name), "%s", name);
-  memcpy(key->sha256, sha256, TLY_SHA256_LEN);
-  return 0;
-}
-
-/* One entry of http.api_keys: {"name": ..., "sha256": ...}, both required.
- * A raw key where the digest belongs is the likeliest mistake, so the
- * message says what is expected rather than quoting the value. */
-static int parse_api_key(tly_config_t *config, json_t *object,
-                         const char *path, tly_err_t *err) {
-  char key_path[TLY_PATH_SIZE];
-  const char *key, *name = NULL;
-  json_t *value;
-  unsigned char digest[TLY_SHA256_LEN];
-  int have_digest = 0;
-  if (check_object(err, path, object) != 0)
-    return -1;
-  json_object_foreach(object, key, value) {
-    path_key(key_path, path, key);
-    if (strcmp(key, "name") == 0) {
-      name = json_string_value(value);
-      if (!name)
-        return fail(err, key_path, "must be a string");
-      if (check_name(err, key_path, name) != 0)
-        return -1;
-      for (size_t i = 0; i < config->http.api_key_count; i++)
-        if (strcmp(config->http.api_keys[i].name, name) == 0)
-          return fail(err, key_path, "duplicate key name '%s'", name);
-    } else if (strcmp(key, "sha256") == 0) {
-      if (tly_sha256_hex_parse(json_string_value(value), digest) != 0)
-        return fail(err, key_path,
-                    "must be the SHA-256 of the key as 64 hex characters "
-                    "(e.g. printf %%s \"$KEY\" | sha256sum); raw keys are "
-                    "never configured");
-      have_digest = 1;
-    } else {
-      return fail(err, key_path, "unknown key");
-    }
-  }
-  if (!name) {
-    path_key(key_path, path, "name");
-    return fail(err, key_path, "required");
-  }
-  if (!have_digest) {
-    path_key(key_path, path, "sha256");
-    return fail(err, key_path, "required");
-  }
-  if (tly_config_add_api_key(config, name, digest) != 0)
-    return fail(err, path, "out of memory");
-  return 0;
-}
-
-static int apply_http(tly_config_t *config, json_t *section, tly_err_t *err) {
-  char path[TLY_PATH_SIZE], item_path[TLY_PATH_SIZE];
-  const char *key;
-  json_t *value;
-  if (check_object(err, "http", section) != 0)
-    return -1;
-  json_object_foreach(section, key, value) {
-    path_key(path, "http", key);
-    if (strcmp(key, "api_keys") == 0) {
-      if (!json_is_array(value))
-        return fail(err, path, "must be an array of {\"name\", \"sha256\"}");
-      for (size_t i = 0; i < json_array_size(value); i++) {
-        path_index(item_path, path, i);
-        if (parse_api_key(config, json_array_get(value, i), item_path, err))
-          return -1;
-      }
-    } else if (strcmp(key, "metrics_public") == 0) {
-      if (!json_is_boolean(value))
-        return fail(err, path, "must be true or false");
-      config->http.metrics_public = json_is_true(value);
-    } else if (strcmp(key, "max_body_bytes") == 0) {
-      if (parse_int(err, path, value, 1024, 64 * TLY_MIB,
-                    &config->http.max_body_bytes) != 0)
-        return -1;
-    } else if (strcmp(key, "max_url_bytes") == 0) {
-      if (parse_int(err, path, value, 256, 16384,
-                    &config->http.max_url_bytes) != 0)
-        return -1;
-    } else if (strcmp(key, "max_connections") == 0) {
-      if (parse_int(err, path, value, 16, 1000000,
-                    &config->http.max_connections) != 0)
-        return -1;
-    } else if (strcmp(key, "max_connections_per_ip") == 0) {
-      if (parse_int(err, path, value, 0, 1000000,
-                    &config->http.max_connections_per_ip) != 0)
-        return -1;
-    } else if (strcmp(key, "header_timeout_ms") == 0) {
-      if (parse_int(err, path, value, 100, 600000,
-                    &config->http.header_timeout_ms) != 0)
-        return -1;
-    } else if (strcmp(key, "request_timeout_ms") == 0) {
-      if (parse_int(err, path, value, 100, 3600000,
-                    &config->http.request_timeout_ms) != 0)
-        return -1;
-    } else {
-      return fail(err, path, "unknown key");
-    }
-  }
-  /* Checked once the section is read, whatever the keys' order. */
-  if (config->http.max_connections_per_ip > config->http.max_connections)
-    return fail(err, "http.max_connections_per_ip",
-                "must be at most http.max_connections (%lld)",
-                (long long)config->http.max_connections);
-  if (config->http.request_timeout_ms < config->http.header_timeout_ms)
-    return fail(err, "http.request_timeout_ms",
-                "must be at least http.header_timeout_ms (%lld)",
-                (long long)config->http.header_timeout_ms);
-  return 0;
-}
-
 static int apply_retention(tly_config_t *config, json_t *section,
                            tly_err_t *err) {
   char path[TLY_PATH_SIZE];
@@ -1160,288 +901,6 @@ static int apply_events(tly_config_t *config, json_t *section, tly_err_t *err) {
   return 0;
 }
 
-/* ------------------------------------------------------------------------ */
-/* The Stripe section. Keys, not secrets, live in the file: the API key is  */
-/* named by an environment variable and read from it here, once.            */
-
-/* A non-empty string shorter than size, copied to out. */
-static int parse_text(tly_err_t *err, const char *path, const json_t *value,
-                      char *out, size_t size) {
-  const char *text = json_string_value(value);
-  if (!text || !*text || strlen(text) >= size)
-    return fail(err, path, "must be a string of 1 to %zu characters",
-                size - 1);
-  snprintf(out, size, "%s", text);
-  return 0;
-}
-
-/* Stripe ids and meter names go into form bodies and logs: printable
- * ASCII without spaces is what Stripe itself issues. */
-static int check_stripe_id(tly_err_t *err, const char *path, const char *id,
-                           size_t size) {
-  size_t len = strlen(id);
-  if (len == 0 || len >= size)
-    return fail(err, path, "must be 1 to %zu characters", size - 1);
-  for (size_t i = 0; i < len; i++)
-    if (id[i] <= ' ' || id[i] > '~')
-      return fail(err, path, "must be printable ASCII without spaces");
-  return 0;
-}
-
-static int check_url(tly_err_t *err, const char *path, const char *url) {
-  if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)
-    return fail(err, path, "must be an http:// or https:// URL");
-  for (const char *p = url; *p; p++)
-    if (*p <= ' ' || *p > '~')
-      return fail(err, path, "must be printable ASCII without spaces");
-  return 0;
-}
-
-/* The name of an environment variable: [A-Za-z_][A-Za-z0-9_]*. A value
- * that looks like a Stripe key or secret is refused by name, since pasting
- * the key where its variable's name belongs is the likeliest mistake and
- * the message must not quote it. */
-static int parse_env_name(tly_err_t *err, const char *path,
-                          const json_t *value, char *out, size_t size) {
-  static const char *const key_prefixes[] = {"sk_", "rk_", "pk_", "whsec_"};
-  const char *name = json_string_value(value);
-  int valid = name && *name && strlen(name) < size &&
-              (isalpha((unsigned char)name[0]) || name[0] == '_');
-  for (const char *p = name; valid && *p; p++)
-    valid = isalnum((unsigned char)*p) || *p == '_';
-  for (size_t i = 0; name && i < TLY_COUNT(key_prefixes); i++)
-    if (strncmp(name, key_prefixes[i], strlen(key_prefixes[i])) == 0)
-      return fail(err, path,
-                  "must name an environment variable (e.g. "
-                  "STRIPE_SECRET_KEY) that holds the secret, never the "
-                  "secret itself");
-  if (!valid)
-    return fail(err, path,
-                "must be the name of an environment variable "
-                "([A-Za-z_][A-Za-z0-9_]*, below %zu characters)",
-                size);
-  snprintf(out, size, "%s", name);
-  return 0;
-}
-
-/* Takes ownership of secret (wiped on failure). */
-static int add_webhook_secret(tly_err_t *err, const char *path,
-                              tly_stripe_config_t *stripe, char *secret) {
-  if (strncmp(secret, "whsec_", 6) != 0 || strlen(secret) <= 6) {
-    secret_free(secret);
-    return fail(err, path,
-                "a webhook endpoint secret starts with \"whsec_\" (the "
-                "endpoint's signing secret, not an API key)");
-  }
-  for (const char *p = secret; *p; p++)
-    if (*p <= ' ' || *p > '~') {
-      secret_free(secret);
-      return fail(err, path, "must be printable ASCII without spaces");
-    }
-  char **grown =
-      realloc(stripe->webhook_secrets,
-              (stripe->webhook_secret_count + 1) * sizeof(*grown));
-  if (!grown) {
-    secret_free(secret);
-    return fail(err, path, "out of memory");
-  }
-  stripe->webhook_secrets = grown;
-  stripe->webhook_secrets[stripe->webhook_secret_count++] = secret;
-  return 0;
-}
-
-static int parse_webhook_secrets(tly_err_t *err, const char *path,
-                                 const json_t *value,
-                                 tly_stripe_config_t *stripe) {
-  char item_path[TLY_PATH_SIZE];
-  if (!json_is_array(value) || json_array_size(value) == 0)
-    return fail(err, path, "must be an array of endpoint secrets (\"whsec_...\")");
-  for (size_t i = 0; i < json_array_size(value); i++) {
-    const char *text = json_string_value(json_array_get(value, i));
-    path_index(item_path, path, i);
-    if (!text)
-      return fail(err, item_path, "must be a string");
-    char *secret = strdup(text);
-    if (!secret)
-      return fail(err, item_path, "out of memory");
-    if (add_webhook_secret(err, item_path, stripe, secret))
-      return -1;
-  }
-  return 0;
-}
-
-/* The variable may hold several secrets (rotation), separated by commas or
- * white space. */
-static int load_webhook_secrets_env(tly_err_t *err, const char *path,
-                                    tly_stripe_config_t *stripe) {
-  const char *value = getenv(stripe->webhook_secrets_env);
-  size_t before = stripe->webhook_secret_count;
-  if (!value || !*value)
-    return fail(err, path, "environment variable %s is not set",
-                stripe->webhook_secrets_env);
-  while (*value) {
-    size_t skip = strspn(value, ", \t\r\n");
-    value += skip;
-    size_t len = strcspn(value, ", \t\r\n");
-    if (!len)
-      break;
-    char *secret = strndup(value, len);
-    if (!secret)
-      return fail(err, path, "out of memory");
-    if (add_webhook_secret(err, path, stripe, secret))
-      return -1;
-    value += len;
-  }
-  if (stripe->webhook_secret_count == before)
-    return fail(err, path, "environment variable %s holds no secret",
-                stripe->webhook_secrets_env);
-  return 0;
-}
-
-static int parse_stripe_prices(tly_err_t *err, const char *path,
-                               json_t *object, tly_stripe_config_t *stripe) {
-  char price_path[TLY_PATH_SIZE];
-  const char *price_id;
-  json_t *value;
-  if (check_object(err, path, object) != 0)
-    return -1;
-  stripe->prices = calloc(json_object_size(object) + 1, sizeof(*stripe->prices));
-  if (!stripe->prices)
-    return fail(err, path, "out of memory");
-  json_object_foreach(object, price_id, value) {
-    tly_stripe_price_t *price = &stripe->prices[stripe->price_count];
-    path_key(price_path, path, price_id);
-    if (check_stripe_id(err, price_path, price_id, sizeof(price->price_id)))
-      return -1;
-    const char *plan = json_string_value(value);
-    if (!plan || !valid_name(plan))
-      return fail(err, price_path, "must be a plan name");
-    snprintf(price->price_id, sizeof(price->price_id), "%s", price_id);
-    snprintf(price->plan, sizeof(price->plan), "%s", plan);
-    stripe->price_count++;
-  }
-  return 0;
-}
-
-static int parse_stripe_meters(tly_err_t *err, const char *path,
-                               json_t *object, tly_stripe_config_t *stripe) {
-  char feature_path[TLY_PATH_SIZE];
-  const char *feature;
-  json_t *value;
-  if (check_object(err, path, object) != 0)
-    return -1;
-  stripe->meters = calloc(json_object_size(object) + 1, sizeof(*stripe->meters));
-  if (!stripe->meters)
-    return fail(err, path, "out of memory");
-  json_object_foreach(object, feature, value) {
-    tly_stripe_meter_t *meter = &stripe->meters[stripe->meter_count];
-    path_key(feature_path, path, feature);
-    if (check_name(err, feature_path, feature) != 0)
-      return -1;
-    const char *event_name = json_string_value(value);
-    if (!event_name)
-      return fail(err, feature_path, "must be a Stripe meter event_name");
-    if (check_stripe_id(err, feature_path, event_name,
-                        sizeof(meter->event_name)))
-      return -1;
-    snprintf(meter->feature, sizeof(meter->feature), "%s", feature);
-    snprintf(meter->event_name, sizeof(meter->event_name), "%s", event_name);
-    stripe->meter_count++;
-  }
-  return 0;
-}
-
-static int apply_stripe(tly_config_t *config, json_t *section, tly_err_t *err) {
-  tly_stripe_config_t *stripe = &config->stripe;
-  char path[TLY_PATH_SIZE];
-  const char *key;
-  json_t *value;
-  if (check_object(err, "stripe", section) != 0)
-    return -1;
-  stripe->configured = 1;
-  json_object_foreach(section, key, value) {
-    int rc = 0;
-    path_key(path, "stripe", key);
-    if (strcmp(key, "api_base") == 0) {
-      rc = parse_text(err, path, value, stripe->api_base,
-                      sizeof(stripe->api_base)) ||
-           check_url(err, path, stripe->api_base);
-      size_t len = strlen(stripe->api_base);
-      while (!rc && len > 8 && stripe->api_base[len - 1] == '/')
-        stripe->api_base[--len] = '\0';
-    } else if (strcmp(key, "secret_key_env") == 0) {
-      rc = parse_env_name(err, path, value, stripe->secret_key_env,
-                          sizeof(stripe->secret_key_env));
-      if (!rc) {
-        const char *secret = getenv(stripe->secret_key_env);
-        if (!secret || !*secret)
-          rc = fail(err, path, "environment variable %s is not set",
-                    stripe->secret_key_env);
-        else if (!(stripe->secret_key = strdup(secret)))
-          rc = fail(err, path, "out of memory");
-      }
-    } else if (strcmp(key, "secret_key") == 0) {
-      rc = fail(err, path,
-                "the API key never goes in the file: put it in an "
-                "environment variable and name that in "
-                "stripe.secret_key_env");
-    } else if (strcmp(key, "api_version") == 0) {
-      rc = parse_text(err, path, value, stripe->api_version,
-                      sizeof(stripe->api_version)) ||
-           check_stripe_id(err, path, stripe->api_version,
-                           sizeof(stripe->api_version));
-    } else if (strcmp(key, "webhook_secrets") == 0) {
-      rc = parse_webhook_secrets(err, path, value, stripe);
-    } else if (strcmp(key, "webhook_secrets_env") == 0) {
-      rc = parse_env_name(err, path, value, stripe->webhook_secrets_env,
-                          sizeof(stripe->webhook_secrets_env)) ||
-           load_webhook_secrets_env(err, path, stripe);
-    } else if (strcmp(key, "webhook_tolerance_s") == 0) {
-      rc = parse_int(err, path, value, 1, 86400, &stripe->webhook_tolerance_s);
-    } else if (strcmp(key, "prices") == 0) {
-      rc = parse_stripe_prices(err, path, value, stripe);
-    } else if (strcmp(key, "meters") == 0) {
-      rc = parse_stripe_meters(err, path, value, stripe);
-    } else if (strcmp(key, "report_window_s") == 0) {
-      /* Windows are sums of the usage history's UTC hours, so only whole
-       * hours can be summed exactly. */
-      rc = parse_int(err, path, value, 3600, 86400, &stripe->report_window_s);
-      if (!rc && stripe->report_window_s % 3600 != 0)
-        rc = fail(err, path,
-                  "must be a whole number of hours: a positive "
-                  "multiple of 3600");
-    } else if (strcmp(key, "max_requests_per_s") == 0) {
-      rc = parse_int(err, path, value, 1, 10000, &stripe->max_requests_per_s);
-    } else if (strcmp(key, "retry_max_s") == 0) {
-      rc = parse_int(err, path, value, 1, 86400, &stripe->retry_max_s);
-    } else if (strcmp(key, "timeout_ms") == 0) {
-      rc = parse_int(err, path, value, 100, 120000, &stripe->timeout_ms);
-    } else if (strcmp(key, "portal_return_url") == 0) {
-      rc = parse_text(err, path, value, stripe->portal_return_url,
-                      sizeof(stripe->portal_return_url)) ||
-           check_url(err, path, stripe->portal_return_url);
-    } else {
-      rc = fail(err, path, "unknown key");
-    }
-    if (rc != 0)
-      return -1;
-  }
-  return 0;
-}
-
-/* stripe.prices name plans, which may be defined after the section. */
-static int check_stripe_prices(const tly_config_t *config, tly_err_t *err) {
-  char path[TLY_PATH_SIZE];
-  for (size_t i = 0; i < config->stripe.price_count; i++) {
-    const tly_stripe_price_t *price = &config->stripe.prices[i];
-    if (tly_config_plan(config, price->plan))
-      continue;
-    path_key(path, "stripe.prices", price->price_id);
-    return fail(err, path, "no plan named '%s'", price->plan);
-  }
-  return 0;
-}
-
 static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
   const char *key;
   json_t *value, *default_plans = NULL;
@@ -1466,13 +925,13 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
     } else if (strcmp(key, "plans") == 0) {
       rc = apply_plans(config, value, err);
     } else if (strcmp(key, "http") == 0) {
-      rc = apply_http(config, value, err);
+      rc = tly_config_apply_http(config, value, err);
     } else if (strcmp(key, "retention") == 0) {
       rc = apply_retention(config, value, err);
     } else if (strcmp(key, "events") == 0) {
       rc = apply_events(config, value, err);
     } else if (strcmp(key, "stripe") == 0) {
-      rc = apply_stripe(config, value, err);
+      rc = tly_config_apply_stripe(config, value, err);
     } else {
       rc = fail(err, key, "unknown key");
     }
@@ -1481,7 +940,7 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
   }
   if (default_plans && check_default_plans(config, default_plans, err) != 0)
     return -1;
-  return check_stripe_prices(config, err);
+  return tly_config_check_stripe_prices(config, err);
 }
 
 /* ------------------------------------------------------------------------ */

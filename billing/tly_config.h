@@ -9,6 +9,12 @@
  * config and never changes it; all money is integer micro-units (1 USD =
  * 1,000,000) and all percentages integers.
  *
+ * The module owns the config's types, its defaults and its loader
+ * (tly_config.c; the "http" and "stripe" sections in tly_config_ports.c).
+ * It does no I/O past the load (the file, and the environment for the
+ * Stripe secrets) and includes nothing above billing/: only base/
+ * (tly_sha256.h) and schema/ (tly_event_time.h).
+ *
  * JSON shape (every key optional unless marked):
  * {
  *   "credits": {"micros_per_credit": 1000},
