@@ -168,6 +168,33 @@ static unsigned char *processor_roles(void *opaque, size_t *count) {
   return roles;
 }
 
+/* The Stripe emitter's gate (tly_partition_gate.h): the partitions the
+ * processor has assigned here, from one snapshot, and its holds. */
+static size_t processor_assigned(void *opaque, int32_t *assigned, size_t max) {
+  size_t total = 0, count = 0;
+  tly_partition_status_t *status =
+      tly_processor_partitions_copy(opaque, &total);
+  if (!status)
+    return SIZE_MAX;
+  for (size_t i = 0; i < total; i++)
+    if (status[i].assigned) {
+      if (count < max)
+        assigned[count] = status[i].partition;
+      count++;
+    }
+  free(status);
+  return count;
+}
+
+static int processor_hold(void *opaque, int32_t partition,
+                          uint64_t *generation) {
+  return tly_processor_hold(opaque, partition, generation);
+}
+
+static void processor_release(void *opaque, int32_t partition) {
+  tly_processor_release(opaque, partition);
+}
+
 int cli_serve(const cli_serve_conf_t *conf) {
   char errstr[1024];
   int exit_code = 1;
@@ -222,14 +249,17 @@ int cli_serve(const cli_serve_conf_t *conf) {
     goto out;
   }
   if (tly_config_stripe_reports(config)) {
-    tly_stripe_emitter_conf_t econf = {.config = config,
-                                       .store = store,
-                                       .processor = processor,
-                                       .brokers = conf->brokers,
-                                       .dlq_topic = conf->dlq_topic,
-                                       .alerts_topic = conf->alerts_topic,
-                                       .kafka_properties =
-                                           conf->kafka_properties};
+    tly_stripe_emitter_conf_t econf = {
+        .config = config,
+        .store = store,
+        .gate = {processor, processor_assigned, processor_hold,
+                 processor_release},
+        .changelog_topic = tly_processor_changelog_topic(processor),
+        .changelog_writer = tly_processor_changelog_writer(processor),
+        .brokers = conf->brokers,
+        .dlq_topic = conf->dlq_topic,
+        .alerts_topic = conf->alerts_topic,
+        .kafka_properties = conf->kafka_properties};
     emitter = tly_stripe_emitter_start(&econf, errstr, sizeof(errstr));
     if (!emitter) {
       fprintf(stderr, "tally: %s\n", errstr);

@@ -27,6 +27,7 @@
 #include "tly_log.h"
 #include "tly_sat.h"
 #include "tly_stripe_reconcile.h"
+#include "tly_topic_names.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -149,17 +150,17 @@ typedef struct {
   int pinned; /* holds kept until records produced under them are acked */
 } pass_t;
 
-/* Holds the partition (tly_processor_hold) while the pass may go on: not
+/* Holds the partition (the gate's hold) while the pass may go on: not
  * stopping, the partition still assigned here in the pass's generation.
  * 1 held (release it), 0 not. */
 static int hold(tly_stripe_emitter_t *e, const pass_t *pass) {
   uint64_t generation = pass->generation;
   return !stopping(e) &&
-         tly_processor_hold(e->conf.processor, pass->partition, &generation);
+         e->conf.gate.hold(e->conf.gate.opaque, pass->partition, &generation);
 }
 
 static void release(tly_stripe_emitter_t *e, const pass_t *pass) {
-  tly_processor_release(e->conf.processor, pass->partition);
+  e->conf.gate.release(e->conf.gate.opaque, pass->partition);
 }
 
 /* Releases the holds kept for records produced under them, once Kafka
@@ -1227,9 +1228,9 @@ static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
   char errstr[512], prefix[4];
   work_t work = {.pass = {.partition = partition}};
   /* The assignment the pass works in, from before anything is read. */
-  if (!tly_processor_hold(e->conf.processor, partition, &work.pass.generation))
+  if (!e->conf.gate.hold(e->conf.gate.opaque, partition, &work.pass.generation))
     return 0;
-  tly_processor_release(e->conf.processor, partition);
+  e->conf.gate.release(e->conf.gate.opaque, partition);
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(e->conf.store, TLY_CF_REPORTS, prefix, 4,
                             collect_mark, &work.marks, errstr,
@@ -1271,15 +1272,13 @@ static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
 }
 
 /* The oldest mark still waiting on the assigned partitions. */
-static void update_oldest(tly_stripe_emitter_t *e,
-                          const tly_partition_status_t *status, size_t count) {
+static void update_oldest(tly_stripe_emitter_t *e, const int32_t *assigned,
+                          size_t count) {
   int64_t oldest = INT64_MAX;
   for (size_t i = 0; i < count; i++) {
     char prefix[4], errstr[256];
     int64_t at = INT64_MAX;
-    if (!status[i].assigned)
-      continue;
-    tly_put_be32((unsigned char *)prefix, (uint32_t)status[i].partition);
+    tly_put_be32((unsigned char *)prefix, (uint32_t)assigned[i]);
     if (tly_store_scan_prefix(e->conf.store, TLY_CF_REPORTS, prefix, 4,
                               first_mark, &at, errstr, sizeof(errstr)) == 0 &&
         at < oldest)
@@ -1290,14 +1289,15 @@ static void update_oldest(tly_stripe_emitter_t *e,
 
 static void *emitter_main(void *arg) {
   tly_stripe_emitter_t *e = arg;
-  tly_partition_status_t *status = NULL;
+  int32_t *assigned = NULL;
   size_t cap = 0;
   while (!stopping(e)) {
-    size_t count = tly_processor_partitions(e->conf.processor, status, cap);
+    size_t count = e->conf.gate.assigned(e->conf.gate.opaque, assigned, cap);
     if (count > cap) {
-      tly_partition_status_t *grown = realloc(status, count * sizeof(*grown));
+      int32_t *grown =
+          count == SIZE_MAX ? NULL : realloc(assigned, count * sizeof(*grown));
       if (grown) {
-        status = grown;
+        assigned = grown;
         cap = count;
       } else {
         pause_ms(e, IDLE_WAIT_MS);
@@ -1305,16 +1305,15 @@ static void *emitter_main(void *arg) {
       continue;
     }
     int settled = 0;
-    for (size_t i = 0; i < count && !stopping(e); i++)
-      if (status[i].assigned) {
-        int n = pass_partition(e, status[i].partition);
-        settled += n > 0 ? n : 0;
-      }
-    update_oldest(e, status, count);
+    for (size_t i = 0; i < count && !stopping(e); i++) {
+      int n = pass_partition(e, assigned[i]);
+      settled += n > 0 ? n : 0;
+    }
+    update_oldest(e, assigned, count);
     if (!settled)
       pause_ms(e, IDLE_WAIT_MS);
   }
-  free(status);
+  free(assigned);
   return NULL;
 }
 
@@ -1445,10 +1444,11 @@ tly_stripe_emitter_t *
 tly_stripe_emitter_start(const tly_stripe_emitter_conf_t *conf, char *errstr,
                          size_t errstr_size) {
   if (!conf->config || !tly_config_stripe_reports(conf->config) ||
-      !conf->store || !conf->processor || !conf->brokers) {
+      !conf->store || !conf->gate.assigned || !conf->gate.hold ||
+      !conf->gate.release || !conf->brokers) {
     snprintf(errstr, errstr_size,
              "stripe reporting: needs stripe.meters, stripe.secret_key_env, "
-             "a store, a processor and brokers");
+             "a store, a partition gate and brokers");
     return NULL;
   }
   tly_stripe_emitter_t *e = calloc(1, sizeof(*e));
@@ -1466,8 +1466,8 @@ tly_stripe_emitter_start(const tly_stripe_emitter_conf_t *conf, char *errstr,
   e->conf = *conf;
   e->stripe = &conf->config->stripe;
   e->window_ms = e->stripe->report_window_s * 1000;
-  e->changelog_topic = tly_processor_changelog_topic(conf->processor);
-  e->writer_id = tly_processor_changelog_writer(conf->processor);
+  e->changelog_topic = conf->changelog_topic;
+  e->writer_id = conf->changelog_writer;
   atomic_init(&e->oldest_at_ms, INT64_MAX);
   e->dlq_topic =
       strdup(conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC);

@@ -43,8 +43,9 @@
  * partition whenever another instance wrote its changelog since this one
  * did) and goes on: pending intents resent exactly, then new deltas under
  * the identifiers that follow. An intent is on the changelog before its
- * request leaves, and the emitter holds the partition meanwhile
- * (tly_processor_hold): a revocation waits, so the next owner always finds
+ * request leaves, and the emitter holds the partition meanwhile (the
+ * gate's hold, tly_partition_gate.h; in `tally run` the processor's
+ * tly_processor_hold): a revocation waits, so the next owner always finds
  * it and never makes another intent under the same identifier. The emitter
  * reports only partitions assigned here, and a pass stops once the
  * partition was revoked (even if it came back: it was restored).
@@ -91,7 +92,7 @@
 
 #include "tly_config.h"
 #include "tly_event.h"
-#include "tly_processor.h"
+#include "tly_partition_gate.h"
 #include "tly_store.h"
 #include "tly_stripe_client.h"
 #include "tly_stripe_protocol.h"
@@ -102,10 +103,15 @@
 typedef struct {
   const tly_config_t *config; /* the stripe section; outlives the emitter */
   tly_store_t *store;
-  tly_processor_t *processor; /* which partitions are assigned here */
-  const char *brokers;        /* for dead letters and alerts */
-  const char *dlq_topic;      /* default TLY_DEFAULT_DLQ_TOPIC */
-  const char *alerts_topic;   /* default TLY_DEFAULT_ALERTS_TOPIC */
+  tly_partition_gate_t gate; /* which partitions are assigned here */
+  /* The state changelog (NULL: none) and the writer id naming this store's
+   * changelog records (tly_changelog.h): the processor's; both outlive the
+   * emitter. */
+  const char *changelog_topic;
+  const char *changelog_writer;
+  const char *brokers;      /* for dead letters and alerts */
+  const char *dlq_topic;    /* default TLY_DEFAULT_DLQ_TOPIC */
+  const char *alerts_topic; /* default TLY_DEFAULT_ALERTS_TOPIC */
   const char *const *kafka_properties;
 } tly_stripe_emitter_conf_t;
 
