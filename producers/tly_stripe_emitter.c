@@ -16,6 +16,12 @@
  * moved away, Kafka refusing a dead letter) keeps them for a later pass.
  * Retries of one request happen in place: Stripe's limits and outages
  * concern every subject alike, so nothing is gained by moving on.
+ *
+ * This file is the loop: the thread, the pass and its rounds (intents, the
+ * changelog, requests, reconciling, settling cursors and deleting marks),
+ * start and stop. What a pass works on is read by
+ * tly_stripe_emitter_work.c; a delta that will not reach Stripe goes to
+ * tly_stripe_emitter_failure.c (dead letter and alert).
  */
 #include "tly_stripe_emitter.h"
 
@@ -25,12 +31,11 @@
 #include "tly_changelog.h"
 #include "tly_keys.h"
 #include "tly_log.h"
-#include "tly_sat.h"
+#include "tly_stripe_emitter_internal.h"
 #include "tly_stripe_reconcile.h"
 #include "tly_topic_names.h"
 
 #include <inttypes.h>
-#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -40,63 +45,11 @@
 #include <string.h>
 #include <time.h>
 
-#define MARKS_PER_PASS 256
 #define IDLE_WAIT_MS 200
 #define FLUSH_TIMEOUT_MS 30000
 #define METER_EVENTS_PATH "/v1/billing/meter_events"
 
 /* ---- the emitter -------------------------------------------------------- */
-
-/* A meter and the features it sums (features may share one). */
-typedef struct {
-  const char *event_name;
-  const char *features[16];
-  size_t feature_count;
-} meter_t;
-
-/* One mark as read: its key, and what it names. */
-typedef struct {
-  char *key;
-  size_t key_len;
-  int64_t at_ms;
-  int32_t *hours;
-  size_t hour_count;
-} mark_t;
-
-typedef struct {
-  mark_t *items;
-  size_t count, cap;
-  int failed; /* out of memory or a malformed mark */
-} mark_list_t;
-
-struct tly_stripe_emitter {
-  tly_stripe_emitter_conf_t conf;
-  const tly_stripe_config_t *stripe;
-  int64_t window_ms;
-  meter_t *meters;
-  size_t meter_count;
-  tly_stripe_client_t *client;
-  tly_stripe_reconciler_t *reconciler;
-  int64_t clock_offset_ms; /* test-only (tly_stripe_reconcile.h) */
-  rd_kafka_t *producer;
-  tly_alert_codec_t *alert_codec;
-  char *dlq_topic, *alerts_topic;
-  const char *changelog_topic; /* the processor's; NULL: none */
-  const char *writer_id;       /* names our changelog records */
-  tly_store_batch_t *batch;
-  int64_t rate_tat_us;
-
-  pthread_t thread;
-  int started;
-  pthread_mutex_t lock;
-  pthread_cond_t wake;
-  int stopping; /* under lock */
-
-  atomic_uint_least64_t sent, retried, failed;
-  atomic_uint_least64_t reconciled_in, reconciled_resent;
-  _Atomic int64_t oldest_at_ms; /* INT64_MAX: no mark */
-  atomic_int delivery_errors;
-};
 
 typedef enum {
   SETTLED = 0, /* nothing left to do for it now */
@@ -141,15 +94,6 @@ static int pause_ms(tly_stripe_emitter_t *e, int64_t ms) {
   return stop;
 }
 
-/* A pass over one partition's marks, in one assignment of it here (a
- * partition lost and assigned again meanwhile was restored: what the pass
- * read of it is stale). */
-typedef struct {
-  int32_t partition;
-  uint64_t generation;
-  int pinned; /* holds kept until records produced under them are acked */
-} pass_t;
-
 /* Holds the partition (the gate's hold) while the pass may go on: not
  * stopping, the partition still assigned here in the pass's generation.
  * 1 held (release it), 0 not. */
@@ -186,86 +130,7 @@ static int may_continue(tly_stripe_emitter_t *e, const pass_t *pass) {
   return 1;
 }
 
-/* ---- reading state ------------------------------------------------------ */
-
-typedef struct {
-  tly_subject_kind_t kind;
-  const char *id;
-  int32_t partition;
-  tly_subject_record_t record; /* read once per subject */
-} subject_t;
-
-/* Adds the quantities of the meter's features in buckets (of hour). */
-static int64_t meter_quantity(const meter_t *meter,
-                              const tly_subject_bucket_t *buckets, size_t count,
-                              int32_t hour) {
-  int64_t sum = 0;
-  for (size_t i = 0; i < count; i++)
-    for (size_t f = 0; f < meter->feature_count; f++)
-      if (buckets[i].hour == hour &&
-          strcmp(buckets[i].feature, meter->features[f]) == 0)
-        sum = tly_add_saturating(sum, buckets[i].totals.quantity);
-  return sum;
-}
-
-/* The folded total of the meter in the window: the subject record holds
- * its newest hour, older hours have keys of their own. Read one after the
- * other, not from one snapshot: an hour read later can only have grown,
- * and any growth after the mark comes with a mark of its own. 0, or -1
- * with errstr. */
-static int window_total(tly_stripe_emitter_t *e, const subject_t *subject,
-                        const meter_t *meter, int64_t window_start_ms,
-                        int64_t *total, char *errstr, size_t errstr_size) {
-  const tly_subject_record_t *record = &subject->record;
-  int32_t newest = record->bucket_count ? record->buckets[0].hour : INT32_MIN;
-  int32_t first = (int32_t)(window_start_ms / TLY_HOUR_MS);
-  int32_t hours = (int32_t)(e->window_ms / TLY_HOUR_MS);
-  char key[TLY_KEY_MAX];
-  size_t prefix =
-      tly_key_history(subject->partition, subject->kind, subject->id,
-                      TLY_HISTORY_HOUR, key, sizeof(key) - 4);
-  if (!prefix) {
-    snprintf(errstr, errstr_size, "subject id too long");
-    return -1;
-  }
-  *total = 0;
-  for (int32_t hour = first; hour < first + hours; hour++) {
-    if (hour == newest) {
-      *total = tly_add_saturating(
-          *total,
-          meter_quantity(meter, record->buckets, record->bucket_count, hour));
-      continue;
-    }
-    char *value = NULL;
-    size_t value_len = 0;
-    tly_put_be32((unsigned char *)key + prefix, (uint32_t)hour);
-    int found = tly_store_get(e->conf.store, TLY_CF_USAGE, key, prefix + 4,
-                              &value, &value_len, errstr, errstr_size);
-    if (found < 0)
-      return -1;
-    if (!found)
-      continue;
-    tly_subject_bucket_t *buckets = NULL;
-    size_t count = 0;
-    int bad = value_len < 8 || tly_bucket_decode(value + 8, value_len - 8, hour,
-                                                 &buckets, &count);
-    tly_store_free(value);
-    if (bad) {
-      snprintf(errstr, errstr_size, "stored usage history is corrupt");
-      return -1;
-    }
-    *total =
-        tly_add_saturating(*total, meter_quantity(meter, buckets, count, hour));
-    free(buckets);
-  }
-  return 0;
-}
-
-static size_t cursor_key(const subject_t *subject, const meter_t *meter,
-                         int64_t window_start_ms, char *out, size_t size) {
-  return tly_key_report_cursor(subject->partition, subject->kind, subject->id,
-                               meter->event_name, window_start_ms, out, size);
-}
+/* ---- cursors: the store, the changelog, Kafka's acknowledgements -------- */
 
 /* What the changelog compares cursors by (tly_changelog.h: newest wins):
  * every step of a cursor raises it. An intent (pending) is one above the
@@ -292,10 +157,6 @@ static void stage_cursor(tly_stripe_emitter_t *e, const char *key,
   size_t len = tly_stripe_cursor_encode(cursor, value);
   tly_store_batch_put(e->batch, TLY_CF_CURSORS, key, key_len, value, len);
 }
-
-/* Delivery reports of records produced with this opaque count as errors
- * (the producer flushes and checks them); the others are only logged. */
-#define MUST_ACK ((void *)1)
 
 /* Produces a record of the partition's changelog (tly_changelog.h): a
  * cursor ([kind C][key], [version][cursor]), or with cursor NULL a mark's
@@ -335,7 +196,7 @@ static int produce_changelog(tly_stripe_emitter_t *e, int32_t partition,
 
 /* Waits until Kafka acknowledged everything produced so far; 0, or -1
  * when a record produced with MUST_ACK since errors were reset failed. */
-static int flush_acked(tly_stripe_emitter_t *e) {
+int tly_emitter_flush_acked(tly_stripe_emitter_t *e) {
   return rd_kafka_flush(e->producer, FLUSH_TIMEOUT_MS) ==
                      RD_KAFKA_RESP_ERR_NO_ERROR &&
                  !atomic_load(&e->delivery_errors)
@@ -368,21 +229,6 @@ static int settle_cursor(tly_stripe_emitter_t *e, pass_t *pass, const char *key,
   return rc;
 }
 
-/* ---- dead letters and alerts ------------------------------------------- */
-
-typedef struct {
-  const subject_t *subject;
-  const meter_t *meter;
-  int64_t window_start_ms;
-  const char *identifier; /* names the delta */
-  int64_t value;
-  int64_t timestamp_s;
-  const char *customer;
-  long status;       /* Stripe's; 0 when never sent */
-  const char *error; /* Stripe's message, or why it was not sent */
-  char reason[600];  /* both, for the dead letter's and alert's text */
-} failure_t;
-
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg,
                         void *opaque) {
   tly_stripe_emitter_t *e = opaque;
@@ -393,143 +239,6 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg,
     tly_log(TLY_LOG_WARN, "stripe", "producing to %s: %s",
             rd_kafka_topic_name(msg->rkt), rd_kafka_err2str(msg->err));
   }
-}
-
-static int produce(tly_stripe_emitter_t *e, const char *topic, const char *key,
-                   size_t key_len, const void *value, size_t value_len,
-                   rd_kafka_headers_t *headers) {
-  rd_kafka_resp_err_t err = rd_kafka_producev(
-      e->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
-      RD_KAFKA_V_VALUE((void *)value, value_len),
-      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
-      RD_KAFKA_V_OPAQUE(MUST_ACK), RD_KAFKA_V_END);
-  if (err) {
-    rd_kafka_headers_destroy(headers);
-    tly_log(TLY_LOG_WARN, "stripe", "producing to %s: %s", topic,
-            rd_kafka_err2str(err));
-    return -1;
-  }
-  return 0;
-}
-
-static void add_header(rd_kafka_headers_t *headers, const char *name,
-                       const char *value) {
-  rd_kafka_header_add(headers, name, -1, value, -1);
-}
-
-/* The alert of a failed delta, and its history record (for /alerts) in
- * the cursor's batch. */
-static int failure_alert(tly_stripe_emitter_t *e, const failure_t *failure,
-                         const char *subject_key, size_t subject_key_len) {
-  const subject_t *subject = failure->subject;
-  char alert_id[TLY_KEY_MAX + 256], detail[1024], errstr[256];
-  /* The delta's identifier names it (partition, meter, window, what was
-   * accounted before it): the alert of the same delta has the same id. */
-  snprintf(alert_id, sizeof(alert_id), "stripe_report_failed:%.*s:%s",
-           (int)subject_key_len, subject_key, failure->identifier);
-  snprintf(detail, sizeof(detail),
-           "meter %s: %" PRId64 " not reported (%s); identifier %s",
-           failure->meter->event_name, failure->value, failure->reason,
-           failure->identifier);
-  tly_alert_t alert = {
-      .alert_id = alert_id,
-      .type = TLY_ALERT_STRIPE_REPORT_FAILED,
-      .subject_kind = subject->kind,
-      .subject_id = (char *)subject->id,
-      .occurred_at_ms = failure->window_start_ms,
-      .cycle_start_ms = failure->window_start_ms,
-      .cycle_end_ms = failure->window_start_ms + e->window_ms,
-      .plan = (char *)subject->record.account.plan,
-      .feature = (char *)failure->meter->features[0],
-      .used = failure->value,
-      .limit = -1,
-      .detail = detail,
-  };
-  const void *value;
-  size_t value_len;
-  if (tly_alert_encode(e->alert_codec, &alert, &value, &value_len, errstr,
-                       sizeof(errstr))) {
-    tly_log(TLY_LOG_ERROR, "stripe", "encoding alert %s: %s", alert_id, errstr);
-    return -1;
-  }
-  char history[TLY_KEY_MAX + 300];
-  size_t len = tly_key_history(subject->partition, subject->kind, subject->id,
-                               TLY_HISTORY_ALERT, history, TLY_KEY_MAX);
-  size_t id_len = strlen(alert_id);
-  unsigned char *stored = malloc(8 + value_len);
-  if (!len || len + 8 + id_len > sizeof(history) || !stored) {
-    free(stored);
-    return -1;
-  }
-  tly_put_be64((unsigned char *)history + len, (uint64_t)alert.occurred_at_ms);
-  memcpy(history + len + 8, alert_id, id_len);
-  tly_put_be64(stored,
-               (uint64_t)(alert.occurred_at_ms +
-                          e->conf.config->retention.alerts_days * TLY_DAY_MS));
-  memcpy(stored + 8, value, value_len);
-  tly_store_batch_put(e->batch, TLY_CF_USAGE, history, len + 8 + id_len, stored,
-                      8 + value_len);
-  free(stored);
-
-  rd_kafka_headers_t *headers = rd_kafka_headers_new(2);
-  add_header(headers, "tally.output.id", alert_id);
-  add_header(headers, "tally.alert.type",
-             tly_alert_type_name(TLY_ALERT_STRIPE_REPORT_FAILED));
-  return produce(e, e->alerts_topic, subject_key, subject_key_len, value,
-                 value_len, headers);
-}
-
-/* A delta that will not reach Stripe: a dead letter with Stripe's error and
- * an alert, both acknowledged by Kafka before the cursor counts it failed
- * (the caller writes the cursor with the batch this fills). 0 or -1. */
-static int report_failure(tly_stripe_emitter_t *e, failure_t *failure) {
-  const subject_t *subject = failure->subject;
-  char subject_key[TLY_KEY_MAX], output_id[64], partition[16], status[16];
-  size_t key_len = tly_subject_key(subject->kind, subject->id, subject_key,
-                                   sizeof(subject_key));
-  if (key_len >= sizeof(subject_key))
-    return -1;
-  snprintf(output_id, sizeof(output_id), "stripe:%s", failure->identifier);
-  snprintf(partition, sizeof(partition), "%d", (int)subject->partition);
-  snprintf(status, sizeof(status), "%ld", failure->status);
-  if (failure->status)
-    snprintf(failure->reason, sizeof(failure->reason),
-             "stripe answered %ld: %s", failure->status, failure->error);
-  else
-    snprintf(failure->reason, sizeof(failure->reason), "%s", failure->error);
-  const char *reason = failure->reason;
-  json_t *report = json_pack(
-      "{s:s,s:s,s:s,s:I,s:s,s:I,s:I,s:I,s:I,s:s}", "subject", subject_key,
-      "stripe_customer_id", failure->customer, "event_name",
-      failure->meter->event_name, "value", (json_int_t)failure->value,
-      "identifier", failure->identifier, "timestamp",
-      (json_int_t)failure->timestamp_s, "window_start_ms",
-      (json_int_t)failure->window_start_ms, "window_end_ms",
-      (json_int_t)(failure->window_start_ms + e->window_ms), "stripe_status",
-      (json_int_t)failure->status, "error", failure->error);
-  char *value = report ? json_dumps(report, JSON_COMPACT) : NULL;
-  json_decref(report);
-  if (!value)
-    return -1;
-  rd_kafka_headers_t *headers = rd_kafka_headers_new(5);
-  add_header(headers, "tally.error", reason);
-  add_header(headers, "tally.source", "stripe.meter_events");
-  add_header(headers, "tally.source.partition", partition);
-  add_header(headers, "tally.stripe.status", status);
-  add_header(headers, "tally.output.id", output_id);
-  atomic_store(&e->delivery_errors, 0);
-  int rc = produce(e, e->dlq_topic, subject_key, key_len, value, strlen(value),
-                   headers);
-  free(value);
-  if (rc || failure_alert(e, failure, subject_key, key_len) || flush_acked(e)) {
-    tly_store_batch_clear(e->batch); /* the alert's history goes too */
-    return -1;
-  }
-  tly_log(TLY_LOG_WARN, "stripe",
-          "%s: %s %" PRId64 " of window %" PRId64 " counted failed: %s",
-          subject_key, failure->meter->event_name, failure->value,
-          failure->window_start_ms, reason);
-  return 0;
 }
 
 /* ---- sending ------------------------------------------------------------ */
@@ -641,237 +350,11 @@ static settle_t send_pending(tly_stripe_emitter_t *e, pass_t *pass,
   }
 }
 
-/* ---- marks -------------------------------------------------------------- */
-
-static void mark_list_clear(mark_list_t *list) {
-  for (size_t i = 0; i < list->count; i++) {
-    free(list->items[i].key);
-    free(list->items[i].hours);
-  }
-  free(list->items);
-  memset(list, 0, sizeof(*list));
-}
-
-static int collect_mark(void *opaque, const char *key, size_t key_len,
-                        const char *value, size_t value_len) {
-  mark_list_t *list = opaque;
-  if (key_len <= 12 || value_len < 8 || (value_len - 8) % 4) {
-    list->failed = 1;
-    return 1;
-  }
-  if (list->count == list->cap) {
-    size_t cap = list->cap ? list->cap * 2 : 64;
-    mark_t *grown = realloc(list->items, cap * sizeof(*grown));
-    if (!grown) {
-      list->failed = 1;
-      return 1;
-    }
-    list->items = grown;
-    list->cap = cap;
-  }
-  mark_t *mark = &list->items[list->count];
-  mark->key_len = key_len;
-  mark->key = malloc(key_len + 1);
-  mark->hour_count = (value_len - 8) / 4;
-  mark->hours = malloc((mark->hour_count + 1) * sizeof(*mark->hours));
-  if (!mark->key || !mark->hours) {
-    free(mark->key);
-    free(mark->hours);
-    list->failed = 1;
-    return 1;
-  }
-  memcpy(mark->key, key, key_len);
-  mark->key[key_len] = '\0';
-  mark->at_ms = (int64_t)tly_get_be64((const unsigned char *)value);
-  for (size_t i = 0; i < mark->hour_count; i++)
-    mark->hours[i] =
-        (int32_t)tly_get_be32((const unsigned char *)value + 8 + 4 * i);
-  list->count++;
-  return list->count >= MARKS_PER_PASS;
-}
-
-/* The subject key ("kind:id") of a mark. */
-static const char *mark_subject(const mark_t *mark) { return mark->key + 12; }
-
-static int compare_windows(const void *a, const void *b) {
-  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-/* The window containing an hour (windows are whole hours from the epoch). */
-static int64_t window_of(const tly_stripe_emitter_t *e, int32_t hour) {
-  int64_t t = (int64_t)hour * TLY_HOUR_MS;
-  int64_t start = t / e->window_ms * e->window_ms;
-  return start > t ? start - e->window_ms : start;
-}
-
 /* ---- one pass ----------------------------------------------------------- */
-
-/* A subject of the pass's marks and the windows they name. */
-typedef struct {
-  subject_t subject;
-  const char *name; /* "kind:id", as its marks spell it */
-  char *split;      /* name with its ':' a 0 (subject.id points into it) */
-  int64_t *windows; /* sorted, each once */
-  size_t window_count, window_cap;
-  int deferred; /* something of it waits for a later pass */
-} work_subject_t;
-
-/* One (subject, meter, window) of the pass. */
-typedef struct {
-  size_t subject; /* index in the pass's subjects */
-  const meter_t *meter;
-  int64_t window_start_ms;
-  char *key; /* of its cursor */
-  size_t key_len;
-  int64_t total; /* folded, read once per pass: later usage comes with a
-                    mark of its own */
-  int settled;
-  int send;      /* an intent to send in this round */
-  int fresh;     /* made in this round: to be stored */
-  int reconcile; /* a pending intent to reconcile in this round */
-  tly_stripe_cursor_t cursor;
-  char identifier[TLY_STRIPE_IDENTIFIER_SIZE];
-} slot_t;
-
-typedef struct {
-  pass_t pass;
-  mark_list_t marks;
-  work_subject_t *subjects;
-  size_t subject_count;
-  slot_t *slots;
-  size_t slot_count, slot_cap;
-} work_t;
 
 /* Rounds of intents and requests per pass: a pending intent resent, then
  * the delta to the total read; more only when something was refused. */
 #define ROUNDS_PER_PASS 4
-
-static void work_clear(work_t *work) {
-  for (size_t i = 0; i < work->subject_count; i++) {
-    tly_subject_record_clear(&work->subjects[i].subject.record);
-    free(work->subjects[i].split);
-    free(work->subjects[i].windows);
-  }
-  for (size_t i = 0; i < work->slot_count; i++)
-    free(work->slots[i].key);
-  free(work->subjects);
-  free(work->slots);
-  mark_list_clear(&work->marks);
-}
-
-/* The subjects of the marks read, each with the windows its marks name.
- * 0, or -1 when out of memory. */
-static int collect_subjects(tly_stripe_emitter_t *e, work_t *work) {
-  work->subjects = calloc(work->marks.count + 1, sizeof(*work->subjects));
-  if (!work->subjects)
-    return -1;
-  for (size_t i = 0; i < work->marks.count; i++) {
-    const mark_t *mark = &work->marks.items[i];
-    work_subject_t *subject = NULL;
-    for (size_t j = 0; j < work->subject_count && !subject; j++)
-      if (strcmp(work->subjects[j].name, mark_subject(mark)) == 0)
-        subject = &work->subjects[j];
-    if (!subject) {
-      subject = &work->subjects[work->subject_count++];
-      subject->name = mark_subject(mark);
-      subject->subject.partition = work->pass.partition;
-    }
-    if (subject->window_count + mark->hour_count > subject->window_cap) {
-      size_t cap = (subject->window_count + mark->hour_count) * 2;
-      int64_t *grown = realloc(subject->windows, cap * sizeof(*grown));
-      if (!grown)
-        return -1;
-      subject->windows = grown;
-      subject->window_cap = cap;
-    }
-    for (size_t h = 0; h < mark->hour_count; h++)
-      subject->windows[subject->window_count++] = window_of(e, mark->hours[h]);
-  }
-  for (size_t i = 0; i < work->subject_count; i++) {
-    work_subject_t *subject = &work->subjects[i];
-    if (subject->window_count > 1)
-      qsort(subject->windows, subject->window_count, sizeof(int64_t),
-            compare_windows);
-    size_t unique = 0;
-    for (size_t w = 0; w < subject->window_count; w++)
-      if (!unique || subject->windows[w] != subject->windows[unique - 1])
-        subject->windows[unique++] = subject->windows[w];
-    subject->window_count = unique;
-  }
-  return 0;
-}
-
-/* Reads a subject's record and makes a slot per window and meter; a
- * subject that cannot be read is deferred, one that is not a subject key
- * has nothing to report. 0, or -1 when out of memory. */
-static int open_subject(tly_stripe_emitter_t *e, work_t *work, size_t index) {
-  char errstr[512], key[TLY_KEY_MAX], *value = NULL;
-  work_subject_t *work_subject = &work->subjects[index];
-  subject_t *subject = &work_subject->subject;
-  work_subject->split = strdup(work_subject->name);
-  if (!work_subject->split)
-    return -1;
-  char *colon = strchr(work_subject->split, ':');
-  if (!colon) {
-    work_subject->window_count = 0; /* not a subject key */
-    return 0;
-  }
-  *colon = '\0';
-  subject->id = colon + 1;
-  if (tly_subject_kind_parse(work_subject->split, &subject->kind)) {
-    work_subject->window_count = 0;
-    return 0;
-  }
-  size_t value_len = 0;
-  size_t key_len = tly_key_account(work->pass.partition, subject->kind,
-                                   subject->id, key, sizeof(key));
-  int found = key_len
-                  ? tly_store_get(e->conf.store, TLY_CF_ACCOUNTS, key, key_len,
-                                  &value, &value_len, errstr, sizeof(errstr))
-                  : 0;
-  if (found < 0 || (found > 0 && tly_subject_record_decode(value, value_len,
-                                                           &subject->record))) {
-    tly_log(TLY_LOG_ERROR, "stripe", "reading subject %s: %s",
-            work_subject->name, found < 0 ? errstr : "corrupt record");
-    tly_store_free(value);
-    work_subject->deferred = 1;
-    return 0;
-  }
-  tly_store_free(value);
-  for (size_t w = 0; w < work_subject->window_count; w++)
-    for (size_t m = 0; m < e->meter_count; m++) {
-      char cursor[TLY_KEY_MAX + 128];
-      if (work->slot_count == work->slot_cap) {
-        size_t cap = work->slot_cap ? work->slot_cap * 2 : 64;
-        slot_t *grown = realloc(work->slots, cap * sizeof(*grown));
-        if (!grown)
-          return -1;
-        work->slots = grown;
-        work->slot_cap = cap;
-      }
-      slot_t *slot = &work->slots[work->slot_count];
-      memset(slot, 0, sizeof(*slot));
-      slot->subject = index;
-      slot->meter = &e->meters[m];
-      slot->window_start_ms = work_subject->windows[w];
-      slot->key_len = cursor_key(subject, slot->meter, slot->window_start_ms,
-                                 cursor, sizeof(cursor));
-      if (!slot->key_len ||
-          window_total(e, subject, slot->meter, slot->window_start_ms,
-                       &slot->total, errstr, sizeof(errstr))) {
-        tly_log(TLY_LOG_ERROR, "stripe", "reading the usage of %s: %s",
-                subject->id, slot->key_len ? errstr : "key too long");
-        work_subject->deferred = 1;
-        return 0;
-      }
-      if (!(slot->key = malloc(slot->key_len)))
-        return -1;
-      memcpy(slot->key, cursor, slot->key_len);
-      work->slot_count++;
-    }
-  return 0;
-}
 
 /* A delta whose window is older than Stripe takes: counted failed, with
  * its dead letter and alert. 0 or -1 (the slot's subject waits). */
@@ -886,7 +369,7 @@ static int fail_too_old(tly_stripe_emitter_t *e, work_t *work, slot_t *slot,
                        .timestamp_s = slot->cursor.timestamp_s,
                        .customer = slot->cursor.customer,
                        .error = "window older than Stripe's 35 days: not sent"};
-  if (report_failure(e, &failure))
+  if (tly_emitter_report_failure(e, &failure))
     return -1;
   slot->cursor.failed += delta;
   slot->cursor.pending = 0;
@@ -995,7 +478,7 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
         failed = produce_changelog(
             e, work->pass.partition, TLY_CHANGELOG_CURSOR, work->slots[i].key,
             work->slots[i].key_len, &work->slots[i].cursor, MUST_ACK);
-    if (!failed && flush_acked(e)) {
+    if (!failed && tly_emitter_flush_acked(e)) {
       tly_log(TLY_LOG_WARN, "stripe",
               "report intents of partition %d not acknowledged by %s: sent "
               "later",
@@ -1044,7 +527,7 @@ static int store_intent(tly_stripe_emitter_t *e, work_t *work, slot_t *slot) {
     failed =
         produce_changelog(e, work->pass.partition, TLY_CHANGELOG_CURSOR,
                           slot->key, slot->key_len, &slot->cursor, MUST_ACK) ||
-        flush_acked(e);
+        tly_emitter_flush_acked(e);
   release(e, &work->pass);
   return failed ? -1 : 0;
 }
@@ -1104,7 +587,7 @@ static int reconcile_round(tly_stripe_emitter_t *e, work_t *work) {
                            .timestamp_s = cursor->timestamp_s,
                            .customer = cursor->customer,
                            .error = reason};
-      if (report_failure(e, &failure)) {
+      if (tly_emitter_report_failure(e, &failure)) {
         subject->deferred = 1; /* the intent stays: reconciled later */
         continue;
       }
@@ -1156,7 +639,7 @@ static int send_round(tly_stripe_emitter_t *e, work_t *work) {
                            .customer = slot->cursor.customer,
                            .status = status,
                            .error = error};
-      if (report_failure(e, &failure)) {
+      if (tly_emitter_report_failure(e, &failure)) {
         subject->deferred = 1; /* the intent stays: resent later */
         continue;
       }
@@ -1211,14 +694,6 @@ static int delete_settled_marks(tly_stripe_emitter_t *e, work_t *work) {
   return rc ? 0 : settled;
 }
 
-static int first_mark(void *opaque, const char *key, size_t key_len,
-                      const char *value, size_t value_len) {
-  (void)key, (void)key_len;
-  if (value_len >= 8)
-    *(int64_t *)opaque = (int64_t)tly_get_be64((const unsigned char *)value);
-  return 1;
-}
-
 /* One pass over the partition's marks: reads up to MARKS_PER_PASS, then
  * rounds of intents (made durable on the changelog together) and their
  * requests until every window they name is settled. Returns how many
@@ -1233,26 +708,26 @@ static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
   e->conf.gate.release(e->conf.gate.opaque, partition);
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(e->conf.store, TLY_CF_REPORTS, prefix, 4,
-                            collect_mark, &work.marks, errstr,
+                            tly_emitter_collect_mark, &work.marks, errstr,
                             sizeof(errstr)) ||
       work.marks.failed) {
     tly_log(TLY_LOG_ERROR, "stripe", "reading report marks of partition %d: %s",
             (int)partition,
             work.marks.failed ? "out of memory or corrupt" : errstr);
-    work_clear(&work);
+    tly_emitter_work_clear(&work);
     return -1;
   }
   if (!work.marks.count) {
-    work_clear(&work);
+    tly_emitter_work_clear(&work);
     return 0;
   }
-  int failed = collect_subjects(e, &work) != 0;
+  int failed = tly_emitter_collect_subjects(e, &work) != 0;
   for (size_t i = 0; i < work.subject_count && !failed; i++)
-    failed = open_subject(e, &work, i) != 0;
+    failed = tly_emitter_open_subject(e, &work, i) != 0;
   if (failed) {
     tly_log(TLY_LOG_ERROR, "stripe", "partition %d: out of memory",
             (int)partition);
-    work_clear(&work);
+    tly_emitter_work_clear(&work);
     return -1;
   }
   int settled = 0, stopped = 0;
@@ -1267,24 +742,8 @@ static int pass_partition(tly_stripe_emitter_t *e, int32_t partition) {
   unpin(e, &work.pass, 1);
   if (!stopped)
     settled = delete_settled_marks(e, &work);
-  work_clear(&work);
+  tly_emitter_work_clear(&work);
   return settled;
-}
-
-/* The oldest mark still waiting on the assigned partitions. */
-static void update_oldest(tly_stripe_emitter_t *e, const int32_t *assigned,
-                          size_t count) {
-  int64_t oldest = INT64_MAX;
-  for (size_t i = 0; i < count; i++) {
-    char prefix[4], errstr[256];
-    int64_t at = INT64_MAX;
-    tly_put_be32((unsigned char *)prefix, (uint32_t)assigned[i]);
-    if (tly_store_scan_prefix(e->conf.store, TLY_CF_REPORTS, prefix, 4,
-                              first_mark, &at, errstr, sizeof(errstr)) == 0 &&
-        at < oldest)
-      oldest = at;
-  }
-  atomic_store(&e->oldest_at_ms, oldest);
 }
 
 static void *emitter_main(void *arg) {
@@ -1309,7 +768,7 @@ static void *emitter_main(void *arg) {
       int n = pass_partition(e, assigned[i]);
       settled += n > 0 ? n : 0;
     }
-    update_oldest(e, assigned, count);
+    tly_emitter_update_oldest(e, assigned, count);
     if (!settled)
       pause_ms(e, IDLE_WAIT_MS);
   }
