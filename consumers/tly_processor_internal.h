@@ -94,6 +94,17 @@ static inline int blob_track(blob_ref_t **blobs, size_t *count, size_t *cap,
   return 0;
 }
 
+/* The newest hour with usage: the one the subject record holds (a bucket
+ * touched only by a rejected event does not count). */
+static inline int32_t newest_used_hour(const tly_overlay_entry_t *entry) {
+  int32_t newest = INT32_MIN;
+  for (size_t i = 0; i < entry->bucket_count; i++)
+    if (entry->buckets[i]->bucket.totals.event_count &&
+        entry->buckets[i]->bucket.hour > newest)
+      newest = entry->buckets[i]->bucket.hour;
+  return newest;
+}
+
 typedef struct {
   int assigned;
   int64_t committed;  /* next offset stored in RocksDB, -1 if none */
@@ -275,5 +286,32 @@ struct tly_processor {
 static const char META_NEXT_SEQ[] = "outbox.next_seq";
 static const char META_WATERMARK[] = "wm:";
 static const char META_ACK[] = "ack:";
+
+/* What the processor's files call each other by; each function's comment
+ * is at its definition. */
+
+/* tly_processor.c: the loop, rebalance and lifecycle. */
+void set_fatal(tly_processor_t *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
+                  size_t record_len);
+size_t ack_key(const char *topic, int32_t partition, char *out, size_t size);
+void outbox_compact(tly_processor_t *p);
+void end_replay(tly_processor_t *p);
+
+/* tly_commit.c: the batch and its writer thread. */
+int batch_has_work(tly_processor_t *p);
+void batch_discard_outputs(tly_processor_t *p);
+unsigned char *record_room(tly_processor_t *p, size_t need);
+size_t history_key(const tly_overlay_entry_t *entry, char tag,
+                   const void *suffix, size_t suffix_len, char *out,
+                   size_t out_size);
+void put_history(tly_processor_t *p, const char *key, size_t key_len,
+                 int64_t expires_at_ms, size_t len);
+int batch_submit(tly_processor_t *p);
+void *writer_main(void *arg);
+int batch_wait(tly_processor_t *p);
+int writer_busy(tly_processor_t *p);
+int batch_commit(tly_processor_t *p);
 
 #endif
