@@ -293,10 +293,9 @@ static const char META_ACK[] = "ack:";
 /* tly_processor.c: the loop, rebalance and lifecycle. */
 void set_fatal(tly_processor_t *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
-                  size_t record_len);
-size_t ack_key(const char *topic, int32_t partition, char *out, size_t size);
-void outbox_compact(tly_processor_t *p);
+rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
+                            const char *const *defaults, char *errstr,
+                            size_t errstr_size);
 void end_replay(tly_processor_t *p);
 
 /* tly_commit.c: the batch and its writer thread. */
@@ -313,5 +312,25 @@ void *writer_main(void *arg);
 int batch_wait(tly_processor_t *p);
 int writer_busy(tly_processor_t *p);
 int batch_commit(tly_processor_t *p);
+
+/* tly_outbox_publish.c: the outbox, its acknowledgements and recovery. */
+int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
+                  size_t record_len);
+size_t ack_key(const char *topic, int32_t partition, char *out, size_t size);
+void outbox_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg,
+                            void *opaque);
+int outbox_load_cb(void *opaque, const char *key, size_t key_len,
+                   const char *value, size_t value_len);
+void outbox_publish(tly_processor_t *p);
+void outbox_compact(tly_processor_t *p);
+void drain_outbox(tly_processor_t *p);
+int resolve_inherited(tly_processor_t *p);
+void abandon_revoked(tly_processor_t *p,
+                     const rd_kafka_topic_partition_list_t *parts);
+int collect_output_ids(tly_processor_t *p, const char *topic,
+                       int64_t from_time_ms, const int64_t *floors,
+                       int32_t floor_count, json_t *ids, char *errstr,
+                       size_t errstr_size);
+int64_t forward_scan_from(tly_processor_t *p, int32_t partition);
 
 #endif
