@@ -293,6 +293,7 @@ static const char META_ACK[] = "ack:";
 /* tly_processor.c: the loop, rebalance and lifecycle. */
 void set_fatal(tly_processor_t *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+int ensure_partitions(tly_processor_t *p, int32_t count);
 rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
                             const char *const *defaults, char *errstr,
                             size_t errstr_size);
@@ -312,6 +313,9 @@ void *writer_main(void *arg);
 int batch_wait(tly_processor_t *p);
 int writer_busy(tly_processor_t *p);
 int batch_commit(tly_processor_t *p);
+
+/* tly_restore.c: a partition's state when it is assigned here. */
+int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts);
 
 /* tly_outbox_publish.c: the outbox, its acknowledgements and recovery. */
 int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
