@@ -297,7 +297,6 @@ int ensure_partitions(tly_processor_t *p, int32_t count);
 rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
                             const char *const *defaults, char *errstr,
                             size_t errstr_size);
-void end_replay(tly_processor_t *p);
 
 /* tly_commit.c: the batch and its writer thread. */
 int batch_has_work(tly_processor_t *p);
@@ -316,6 +315,14 @@ int batch_commit(tly_processor_t *p);
 
 /* tly_restore.c: a partition's state when it is assigned here. */
 int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts);
+
+/* tly_replay.c: the replay rule for the outputs of replayed records. */
+int replay_already_sent(tly_processor_t *p, int32_t partition, int64_t offset,
+                        const char *id);
+int forward_already_sent(tly_processor_t *p, const rd_kafka_message_t *msg,
+                         int32_t home, const char *id);
+int prepare_replay(tly_processor_t *p);
+void end_replay(tly_processor_t *p);
 
 /* tly_outbox_publish.c: the outbox, its acknowledgements and recovery. */
 int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
