@@ -313,6 +313,20 @@ int batch_wait(tly_processor_t *p);
 int writer_busy(tly_processor_t *p);
 int batch_commit(tly_processor_t *p);
 
+/* tly_fold_view.c: the tly_billing_view_t the fold works through (its
+ * callbacks, for tly_processor_new to install). */
+tly_account_t *view_account(tly_billing_view_t *view, tly_subject_kind_t kind,
+                            const char *id);
+tly_billing_row_t *view_row(tly_billing_view_t *view, tly_subject_kind_t kind,
+                            const char *id, int64_t cycle_start_ms,
+                            const char *feature);
+tly_bucket_t *view_bucket(tly_billing_view_t *view, tly_subject_kind_t kind,
+                          const char *id, int32_t hour, const char *feature);
+int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
+                 const char *id, const tly_cycle_t *cycle);
+int view_seen(tly_billing_view_t *view, const char *event_id,
+              int64_t occurred_at_ms, int record);
+
 /* tly_restore.c: a partition's state when it is assigned here. */
 int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts);
 
