@@ -327,6 +327,10 @@ int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
 int view_seen(tly_billing_view_t *view, const char *event_id,
               int64_t occurred_at_ms, int record);
 
+/* tly_ticks.c: time-driven work. */
+void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms);
+void write_ticks(tly_processor_t *p);
+
 /* tly_restore.c: a partition's state when it is assigned here. */
 int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts);
 
