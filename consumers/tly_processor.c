@@ -19,6 +19,13 @@
  *   4. once the writer reports it durable (and not before): the batch's
  *      outputs join the outbox and are published, its offsets count as
  *      committed; their deletes ride on a later commit.
+ *
+ * This file is the loop (steps 1 and 2: consume, and fold each record,
+ * with what the fold sends out), the rebalance callback and the public
+ * API. The rest of the processor (tly_processor_internal.h): step 3 in
+ * tly_commit.c, step 4 in tly_outbox_publish.c, the state the fold works
+ * through in tly_fold_view.c, assigned partitions' state in
+ * tly_restore.c, the replay rule in tly_replay.c, ticks in tly_ticks.c.
  */
 #include "tly_processor.h"
 #include "tly_processor_internal.h"
@@ -41,13 +48,11 @@
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <signal.h>
-#include <unistd.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <time.h>
 
 #define KEY_MAX 1200
@@ -82,6 +87,8 @@ int ensure_partitions(tly_processor_t *p, int32_t count) {
   p->partition_cap = count;
   return 0;
 }
+
+/* ---- the fold's outputs: dead letters and alerts --------------------- */
 
 static int add_output(tly_processor_t *p, const tly_outbox_record_t *record) {
   if (array_room(&p->outputs, &p->output_cap, p->output_count + 1,
@@ -227,6 +234,8 @@ static int reroute(tly_processor_t *p, const rd_kafka_message_t *msg,
   tly_reroute_log(&p->reroute_log, msg, home, forward.headers_dropped);
   return 1;
 }
+
+/* ---- one record ------------------------------------------------------ */
 
 static int64_t record_timestamp_ms(const rd_kafka_message_t *msg);
 
@@ -408,17 +417,7 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
   note_produced(p, msg);
 }
 
-/* An integer property of conf as librdkafka holds it (fallback when it
- * cannot be read). */
-static int conf_int(const rd_kafka_conf_t *conf, const char *name,
-                    int fallback) {
-  char value[32];
-  size_t size = sizeof(value);
-  if (rd_kafka_conf_get(conf, name, value, &size) != RD_KAFKA_CONF_OK)
-    return fallback;
-  int parsed = atoi(value);
-  return parsed > 0 ? parsed : fallback;
-}
+/* ---- rebalance ------------------------------------------------------- */
 
 static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
                       rd_kafka_resp_err_t err,
@@ -527,6 +526,18 @@ rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
 fail:
   rd_kafka_conf_destroy(kconf);
   return NULL;
+}
+
+/* An integer property of conf as librdkafka holds it (fallback when it
+ * cannot be read). */
+static int conf_int(const rd_kafka_conf_t *conf, const char *name,
+                    int fallback) {
+  char value[32];
+  size_t size = sizeof(value);
+  if (rd_kafka_conf_get(conf, name, value, &size) != RD_KAFKA_CONF_OK)
+    return fallback;
+  int parsed = atoi(value);
+  return parsed > 0 ? parsed : fallback;
 }
 
 /* The partition count of topic as the cluster sees it now; -1 if it does

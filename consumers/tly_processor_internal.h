@@ -1,14 +1,24 @@
 /*
  * tly_processor_internal.h - the processor's state, shared by the files
- * that make up the processor. Private to consumers/: the rest of tally
- * sees only tly_processor.h.
+ * that make up the processor, one role each (its top comment says more):
+ *   tly_processor.c       the loop: consume, fold each record (with its
+ *                         dead letters, alerts and forwards), rebalance;
+ *                         lifecycle and the thread-safe status queries
+ *   tly_fold_view.c       the tly_billing_view_t the fold works through
+ *   tly_commit.c          the batch: one WriteBatch, the writer thread
+ *   tly_outbox_publish.c  the outbox: publish, acknowledge, reconcile
+ *   tly_restore.c         assigned partitions: resume, or restore from
+ *                         the changelog
+ *   tly_replay.c          the replay rule for outputs of replayed records
+ *   tly_ticks.c           ticks: written per interval, folded to close
+ *                         cycles
  *
  * Owns the tly_processor_t definition, the per-partition and outbox state
- * and the prototypes by which the processor's files call each other:
- *   tly_processor.c   the loop: consume, fold each record, rebalance;
- *                     lifecycle and the thread-safe status queries
- * Must never be included outside consumers/, nor hold more code than the
- * small helpers every file grows its arrays with.
+ * and the prototypes by which those files call each other. Private to
+ * consumers/: nothing else includes it (the rest of tally sees only
+ * tly_processor.h). It holds no code but a few small inline helpers: the
+ * array growth every file uses, and newest_used_hour, which both the
+ * fold's view and the commit call for every subject they touch.
  */
 #ifndef TLY_PROCESSOR_INTERNAL_H
 #define TLY_PROCESSOR_INTERNAL_H
@@ -298,21 +308,6 @@ rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
                             const char *const *defaults, char *errstr,
                             size_t errstr_size);
 
-/* tly_commit.c: the batch and its writer thread. */
-int batch_has_work(tly_processor_t *p);
-void batch_discard_outputs(tly_processor_t *p);
-unsigned char *record_room(tly_processor_t *p, size_t need);
-size_t history_key(const tly_overlay_entry_t *entry, char tag,
-                   const void *suffix, size_t suffix_len, char *out,
-                   size_t out_size);
-void put_history(tly_processor_t *p, const char *key, size_t key_len,
-                 int64_t expires_at_ms, size_t len);
-int batch_submit(tly_processor_t *p);
-void *writer_main(void *arg);
-int batch_wait(tly_processor_t *p);
-int writer_busy(tly_processor_t *p);
-int batch_commit(tly_processor_t *p);
-
 /* tly_fold_view.c: the tly_billing_view_t the fold works through (its
  * callbacks, for tly_processor_new to install). */
 tly_account_t *view_account(tly_billing_view_t *view, tly_subject_kind_t kind,
@@ -327,20 +322,20 @@ int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
 int view_seen(tly_billing_view_t *view, const char *event_id,
               int64_t occurred_at_ms, int record);
 
-/* tly_ticks.c: time-driven work. */
-void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms);
-void write_ticks(tly_processor_t *p);
-
-/* tly_restore.c: a partition's state when it is assigned here. */
-int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts);
-
-/* tly_replay.c: the replay rule for the outputs of replayed records. */
-int replay_already_sent(tly_processor_t *p, int32_t partition, int64_t offset,
-                        const char *id);
-int forward_already_sent(tly_processor_t *p, const rd_kafka_message_t *msg,
-                         int32_t home, const char *id);
-int prepare_replay(tly_processor_t *p);
-void end_replay(tly_processor_t *p);
+/* tly_commit.c: the batch and its writer thread. */
+int batch_has_work(tly_processor_t *p);
+void batch_discard_outputs(tly_processor_t *p);
+unsigned char *record_room(tly_processor_t *p, size_t need);
+size_t history_key(const tly_overlay_entry_t *entry, char tag,
+                   const void *suffix, size_t suffix_len, char *out,
+                   size_t out_size);
+void put_history(tly_processor_t *p, const char *key, size_t key_len,
+                 int64_t expires_at_ms, size_t len);
+int batch_submit(tly_processor_t *p);
+void *writer_main(void *arg);
+int batch_wait(tly_processor_t *p);
+int writer_busy(tly_processor_t *p);
+int batch_commit(tly_processor_t *p);
 
 /* tly_outbox_publish.c: the outbox, its acknowledgements and recovery. */
 int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
@@ -361,5 +356,20 @@ int collect_output_ids(tly_processor_t *p, const char *topic,
                        int32_t floor_count, json_t *ids, char *errstr,
                        size_t errstr_size);
 int64_t forward_scan_from(tly_processor_t *p, int32_t partition);
+
+/* tly_restore.c: a partition's state when it is assigned here. */
+int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts);
+
+/* tly_replay.c: the replay rule for the outputs of replayed records. */
+int replay_already_sent(tly_processor_t *p, int32_t partition, int64_t offset,
+                        const char *id);
+int forward_already_sent(tly_processor_t *p, const rd_kafka_message_t *msg,
+                         int32_t home, const char *id);
+int prepare_replay(tly_processor_t *p);
+void end_replay(tly_processor_t *p);
+
+/* tly_ticks.c: time-driven work. */
+void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms);
+void write_ticks(tly_processor_t *p);
 
 #endif
