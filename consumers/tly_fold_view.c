@@ -1,0 +1,279 @@
+/*
+ * tly_fold_view.c - the state the fold works through: the
+ * tly_billing_view_t (tly_billing.h) the processor hands the pure fold,
+ * over the overlay (the open batch's subject records, kept across batches
+ * as a cache) with RocksDB behind it.
+ *
+ * A subject record is loaded and decoded on first touch; an hour the
+ * record no longer holds is loaded from its own key before it changes;
+ * every entry the fold changes is queued for the next commit; a closed
+ * cycle goes to the archive; event ids are checked against the
+ * partition's dedupe index.
+ *
+ * The callbacks run for every record folded: what they call stays in this
+ * file (or inline in tly_processor_internal.h), so the fold's path makes
+ * no call across files of its own. It never writes RocksDB: what changes
+ * goes into the open batch that tly_commit.c writes.
+ */
+#include "tly_processor_internal.h"
+
+#include "tly_keys.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the state view the fold works through --------------------------- */
+
+/* Decodes a stored subject record into a fresh overlay entry. */
+static int decode_entry(tly_overlay_entry_t *entry, const char *value,
+                        size_t len) {
+  tly_subject_record_t record;
+  int failed = 0;
+  if (entry->cf != TLY_CF_ACCOUNTS ||
+      tly_subject_record_decode(value, len, &record))
+    return -1;
+  entry->account = record.account;
+  entry->stored_cycle_end = entry->account.cycle.end_ms;
+  for (size_t i = 0; i < record.row_count && !failed; i++) {
+    tly_subject_row_t *row = tly_overlay_row(
+        entry, record.rows[i].cycle_start_ms, record.rows[i].feature);
+    if (row)
+      row->row = record.rows[i].row;
+    failed = !row;
+  }
+  for (size_t i = 0; i < record.bucket_count && !failed; i++) {
+    tly_overlay_bucket_t *hour = tly_overlay_bucket(
+        entry, record.buckets[i].hour, record.buckets[i].feature);
+    if (hour) {
+      hour->bucket.totals = record.buckets[i].totals;
+      hour->in_record = 1;
+    }
+    failed = !hour;
+  }
+  tly_subject_record_clear(&record);
+  return failed ? -1 : 0;
+}
+
+/* The overlay entry for (cf, key), loaded from RocksDB and decoded on
+ * first touch. key_len 0 means the key did not fit (what names it).
+ * NULL after setting the fatal reason. */
+static tly_overlay_entry_t *view_entry(tly_processor_t *p, tly_cf_t cf,
+                                       const char *key, size_t key_len,
+                                       const char *what) {
+  char errstr[512], *loaded = NULL;
+  size_t loaded_len = 0;
+  tly_overlay_t *overlay = &p->overlay;
+  if (!key_len) {
+    set_fatal(p, "%s too long for a state key", what);
+    return NULL;
+  }
+  tly_overlay_entry_t *entry = tly_overlay_find(overlay, cf, key, key_len);
+  if (entry)
+    return entry;
+  int found = tly_store_get(p->store, cf, key, key_len, &loaded, &loaded_len,
+                            errstr, sizeof(errstr));
+  if (found < 0) {
+    set_fatal(p, "reading state: %s", errstr);
+    return NULL;
+  }
+  entry = tly_overlay_insert(overlay, cf, key, key_len);
+  if (!entry)
+    set_fatal(p, "out of memory growing the overlay");
+  else if (found && decode_entry(entry, loaded, loaded_len)) {
+    set_fatal(p, "stored %s record of partition %d is corrupt",
+              tly_store_cf_name(cf), (int)p->view_partition);
+    entry = NULL;
+  } else {
+    entry->stored = found;
+  }
+  tly_store_free(loaded);
+  return entry;
+}
+
+/* Queues the entry for the next commit (once). */
+static void mark_dirty(tly_processor_t *p, tly_overlay_entry_t *entry) {
+  if (entry->dirty)
+    return;
+  if (array_room(&p->dirty, &p->dirty_cap, p->dirty_count + 1,
+                 sizeof(*p->dirty))) {
+    set_fatal(p, "out of memory queueing a record to write");
+    return;
+  }
+  entry->dirty = 1;
+  p->dirty[p->dirty_count++] = entry;
+}
+
+tly_account_t *view_account(tly_billing_view_t *view, tly_subject_kind_t kind,
+                            const char *id) {
+  tly_processor_t *p = view->opaque;
+  char key[TLY_KEY_MAX];
+  size_t key_len =
+      tly_key_account(p->view_partition, kind, id, key, sizeof(key));
+  tly_overlay_entry_t *entry =
+      view_entry(p, TLY_CF_ACCOUNTS, key, key_len, "subject id");
+  if (!entry)
+    return NULL;
+  mark_dirty(p, entry);
+  p->last_entry = entry;
+  return &entry->account;
+}
+
+/* The subject's entry, for a request that follows view_account's: usually
+ * the entry at hand. NULL after setting the fatal reason. */
+static tly_overlay_entry_t *
+subject_entry(tly_processor_t *p, tly_subject_kind_t kind, const char *id) {
+  char key[TLY_KEY_MAX];
+  size_t key_len =
+      tly_key_account(p->view_partition, kind, id, key, sizeof(key));
+  tly_overlay_entry_t *entry = p->last_entry;
+  if (!entry || entry->key_len != key_len ||
+      memcmp(entry->key, key, key_len) != 0)
+    entry = view_entry(p, TLY_CF_ACCOUNTS, key, key_len, "subject id");
+  return entry;
+}
+
+tly_billing_row_t *view_row(tly_billing_view_t *view, tly_subject_kind_t kind,
+                            const char *id, int64_t cycle_start_ms,
+                            const char *feature) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return NULL;
+  tly_subject_row_t *row = tly_overlay_row(entry, cycle_start_ms, feature);
+  if (!row) {
+    set_fatal(p, "out of memory adding a usage row");
+    return NULL;
+  }
+  mark_dirty(p, entry);
+  return &row->row;
+}
+
+/* Loads an hour the subject record no longer holds from its own key (absent:
+ * nothing was used that hour, or it expired). 0, or -1 after setting the
+ * fatal reason. */
+static int load_hour(tly_processor_t *p, tly_overlay_entry_t *entry,
+                     int32_t hour) {
+  char key[TLY_KEY_MAX], errstr[512], *value = NULL;
+  unsigned char suffix[4];
+  size_t value_len = 0, count = 0;
+  tly_subject_bucket_t *buckets = NULL;
+  tly_put_be32(suffix, (uint32_t)hour);
+  size_t key_len =
+      history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key, sizeof(key));
+  int found = key_len
+                  ? tly_store_get(p->store, TLY_CF_USAGE, key, key_len, &value,
+                                  &value_len, errstr, sizeof(errstr))
+                  : -1;
+  if (found < 0) {
+    set_fatal(p, "reading a usage bucket: %s",
+              key_len ? errstr : "subject id too long");
+    return -1;
+  }
+  if (found && (value_len < 8 || tly_bucket_decode(value + 8, value_len - 8,
+                                                   hour, &buckets, &count))) {
+    tly_store_free(value);
+    set_fatal(p, "stored usage buckets of partition %d are corrupt",
+              (int)p->view_partition);
+    return -1;
+  }
+  tly_store_free(value);
+  int failed = 0;
+  for (size_t i = 0; i < count && !failed; i++) {
+    tly_overlay_bucket_t *bucket =
+        tly_overlay_bucket(entry, hour, buckets[i].feature);
+    if (bucket)
+      bucket->bucket.totals = buckets[i].totals;
+    failed = !bucket;
+  }
+  free(buckets);
+  if (failed)
+    set_fatal(p, "out of memory loading usage buckets");
+  return failed ? -1 : 0;
+}
+
+tly_bucket_t *view_bucket(tly_billing_view_t *view, tly_subject_kind_t kind,
+                          const char *id, int32_t hour, const char *feature) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return NULL;
+  /* An hour older than the newest may have a key: load it whole first, so
+   * the hour is rewritten complete. An hour in memory is always whole. */
+  if (!tly_overlay_has_hour(entry, hour) && hour < newest_used_hour(entry) &&
+      load_hour(p, entry, hour))
+    return NULL;
+  tly_overlay_bucket_t *bucket = tly_overlay_bucket(entry, hour, feature);
+  if (!bucket) {
+    set_fatal(p, "out of memory adding a usage bucket");
+    return NULL;
+  }
+  bucket->dirty = 1;
+  mark_dirty(p, entry);
+  return &bucket->bucket.totals;
+}
+
+/* A closed cycle leaves the kept history: its totals and rows go to the
+ * archive, in the same batch as the record that forgets them. */
+int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
+                 const char *id, const tly_cycle_t *cycle) {
+  tly_processor_t *p = view->opaque;
+  char key[TLY_KEY_MAX];
+  unsigned char suffix[8];
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return -1;
+  if (array_room(&p->row_ptrs, &p->row_ptr_cap, entry->row_count,
+                 sizeof(*p->row_ptrs))) {
+    set_fatal(p, "out of memory archiving a cycle");
+    return -1;
+  }
+  size_t count = 0;
+  for (size_t i = 0; i < entry->row_count; i++)
+    if (entry->rows[i]->cycle_start_ms == cycle->start_ms &&
+        entry->rows[i]->row.event_count)
+      p->row_ptrs[count++] = entry->rows[i];
+  tly_put_be64(suffix, (uint64_t)cycle->start_ms);
+  size_t key_len =
+      history_key(entry, TLY_HISTORY_CYCLE, suffix, 8, key, sizeof(key));
+  size_t need =
+      8 + tly_cycle_archive_encode(cycle, p->row_ptrs, count, NULL, 0);
+  if (!key_len || !record_room(p, need)) {
+    set_fatal(p, "archiving a cycle: %s",
+              key_len ? "out of memory" : "subject id too long");
+    return -1;
+  }
+  tly_cycle_archive_encode(cycle, p->row_ptrs, count, p->record + 8, need - 8);
+  put_history(p, key, key_len, INT64_MAX, need); /* the invoice basis: kept */
+  return 0;
+}
+
+int view_seen(tly_billing_view_t *view, const char *event_id,
+              int64_t occurred_at_ms, int record) {
+  tly_processor_t *p = view->opaque;
+  partition_state_t *part = &p->partitions[p->view_partition];
+  size_t len = strlen(event_id);
+  int64_t seen_at_ms;
+  if (!part->dedupe) {
+    set_fatal(p, "partition %d has no dedupe index", (int)p->view_partition);
+    return -1;
+  }
+  if (record) {
+    if (tly_dedupe_record(part->dedupe, event_id, len, occurred_at_ms)) {
+      set_fatal(p, "recording event id of %zu bytes: %s", len,
+                len > TLY_DEDUPE_ID_MAX ? "too long" : "out of memory");
+      return -1;
+    }
+    if (part->dedupe_key < 0)
+      part->dedupe_key = p->view_offset;
+    return 0;
+  }
+  /* An id older than the window is expired whether or not it has been
+   * forgotten yet: the answer must not depend on when memory or compaction
+   * dropped it. */
+  int64_t horizon =
+      *view->watermark_ms > INT64_MIN + p->billing.dedupe_window_ms
+          ? *view->watermark_ms - p->billing.dedupe_window_ms
+          : INT64_MIN;
+  return tly_dedupe_lookup(part->dedupe, event_id, len, &seen_at_ms) &&
+         seen_at_ms >= horizon;
+}

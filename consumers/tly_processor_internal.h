@@ -1,0 +1,375 @@
+/*
+ * tly_processor_internal.h - the processor's state, shared by the files
+ * that make up the processor, one role each (its top comment says more):
+ *   tly_processor.c       the loop: consume, fold each record (with its
+ *                         dead letters, alerts and forwards), rebalance;
+ *                         lifecycle and the thread-safe status queries
+ *   tly_fold_view.c       the tly_billing_view_t the fold works through
+ *   tly_commit.c          the batch: one WriteBatch, the writer thread
+ *   tly_outbox_publish.c  the outbox: publish, acknowledge, reconcile
+ *   tly_restore.c         assigned partitions: resume, or restore from
+ *                         the changelog
+ *   tly_replay.c          the replay rule for outputs of replayed records
+ *   tly_ticks.c           ticks: written per interval, folded to close
+ *                         cycles
+ *
+ * Owns the tly_processor_t definition, the per-partition and outbox state
+ * and the prototypes by which those files call each other. Private to
+ * consumers/: nothing else includes it (the rest of tally sees only
+ * tly_processor.h). It holds no code but a few small inline helpers: the
+ * array growth every file uses, and newest_used_hour, which both the
+ * fold's view and the commit call for every subject they touch.
+ */
+#ifndef TLY_PROCESSOR_INTERNAL_H
+#define TLY_PROCESSOR_INTERNAL_H
+
+#include "tly_processor.h"
+
+#include "tly_alert.h"
+#include "tly_billing.h"
+#include "tly_changelog.h"
+#include "tly_codec.h"
+#include "tly_dedupe.h"
+#include "tly_overlay.h"
+#include "tly_reroute.h"
+#include "tly_store.h"
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum {
+  OUTBOX_PENDING,  /* committed, not yet handed to the producer */
+  OUTBOX_INFLIGHT, /* produced, waiting for the delivery report */
+  OUTBOX_ACKED,    /* acknowledged; delete on the next commit */
+  OUTBOX_DELETING  /* delete is in the batch being committed */
+} outbox_state_t;
+
+typedef struct {
+  uint64_t seq;
+  char *record;
+  size_t record_len;
+  outbox_state_t state;
+  /* A changelog bundle (tly_changelog.h) is many Kafka records: produced
+   * from cursor on, acknowledged when none is pending. */
+  int bundle;
+  size_t cursor, parts_pending;
+  /* Left by the previous run: held until the first assignment says which
+   * partitions are this instance's (see resolve_inherited). */
+  int inherited;
+} outbox_item_t;
+
+typedef struct {
+  char *record;
+  size_t record_len;
+} pending_output_t;
+
+typedef struct {
+  int64_t key;       /* the blob's first offset (its key after [p]) */
+  int64_t newest_ms; /* its newest event time */
+} blob_ref_t;
+
+/* Grows the array *array points at (any item type, item_size bytes each,
+ * *cap items now) to hold at least count items, doubling. 0, or -1 when
+ * out of memory (the array is left as it was). Every growing array of the
+ * processor goes through here. */
+static inline int array_room(void *array, size_t *cap, size_t count,
+                             size_t item_size) {
+  if (count <= *cap)
+    return 0;
+  size_t grown_cap = *cap ? *cap * 2 : 16;
+  while (grown_cap < count)
+    grown_cap *= 2;
+  void *items;
+  memcpy(&items, array, sizeof(items));
+  void *grown = realloc(items, grown_cap * item_size);
+  if (!grown)
+    return -1;
+  memcpy(array, &grown, sizeof(grown));
+  *cap = grown_cap;
+  return 0;
+}
+
+/* Appends a blob reference; -1 when out of memory. */
+static inline int blob_track(blob_ref_t **blobs, size_t *count, size_t *cap,
+                             int64_t key, int64_t newest_ms) {
+  if (array_room(blobs, cap, *count + 1, sizeof(**blobs)))
+    return -1;
+  (*blobs)[(*count)++] = (blob_ref_t){key, newest_ms};
+  return 0;
+}
+
+/* The newest hour with usage: the one the subject record holds (a bucket
+ * touched only by a rejected event does not count). */
+static inline int32_t newest_used_hour(const tly_overlay_entry_t *entry) {
+  int32_t newest = INT32_MIN;
+  for (size_t i = 0; i < entry->bucket_count; i++)
+    if (entry->buckets[i]->bucket.totals.event_count &&
+        entry->buckets[i]->bucket.hour > newest)
+      newest = entry->buckets[i]->bucket.hour;
+  return newest;
+}
+
+typedef struct {
+  int assigned;
+  int64_t committed;  /* next offset stored in RocksDB, -1 if none */
+  int64_t batch_next; /* next offset folded into the open batch, -1 */
+  int64_t position;   /* next offset to fold; -1: from the log's start */
+  int64_t watermark;  /* largest occurred_at folded (event time) */
+  int watermark_dirty;
+  int64_t expiry_scan_ms; /* the next changelog_expire_history scan is due
+                             once the watermark reaches this */
+  /* The event ids folded within the window (NULL while unassigned) and the
+   * key of the open batch's blob: its first offset here, -1 if none yet. */
+  tly_dedupe_t *dedupe;
+  int64_t dedupe_key;
+  /* What the batch in the writer's hands stores: the next offset (-1:
+   * none) and the dedupe horizon it moves to (INT64_MIN: unchanged). */
+  int64_t inflight_next;
+  int64_t inflight_horizon;
+  int64_t inflight_watermark; /* INT64_MIN: unchanged */
+  int64_t replay_target; /* log end when assigned: caught up at this offset */
+  /* With the changelog: the stored dedupe blobs (key offset, newest event
+   * time), so each gets a changelog tombstone once the window passed it. */
+  blob_ref_t *blobs;
+  size_t blob_count, blob_cap;
+  /* The Stripe emitter's holds on the partition (tly_processor_hold): a
+   * revocation waits for them. generation counts the assignments. */
+  int holds;
+  uint64_t generation;
+  /* Records that arrived here off their subject's home partition and were
+   * forwarded there (tly_reroute.h); a metric, under lock. */
+  uint64_t forwarded;
+  /* During a replay: the forward ids this partition (as the destination)
+   * holds were read into replay_ids. */
+  int forward_ids_read;
+  /* As a forward's destination not fetched here: its log end when last
+   * asked (forward_floor_ms, monotonic; 0: never), see forward_scan_from. */
+  int64_t forward_floor, forward_floor_ms;
+} partition_state_t;
+
+/* The batch being written: what its commit releases. */
+typedef struct {
+  int busy;
+  pending_output_t *outputs;
+  size_t output_count, output_cap;
+  uint64_t first_seq;
+  size_t events;
+  int64_t *produced_ms; /* the batch's records' Kafka timestamps */
+  size_t produced_count, produced_cap;
+} commit_inflight_t;
+
+/* Where the output topics were last seen acknowledged: recovery reads them
+ * from here to their end to find outbox entries Kafka already holds. */
+typedef struct {
+  char topic[128];
+  int32_t partition;
+  int64_t next_offset;
+  int dirty;
+} ack_mark_t;
+
+#define TICK_OPAQUE ((void *)UINTPTR_MAX)
+
+struct tly_processor {
+  tly_processor_conf_t conf;
+  char *usage_topic, *dlq_topic, *alerts_topic;
+  tly_store_t *store;
+  rd_kafka_t *consumer;
+  rd_kafka_queue_t *queue; /* the consumer's queue, for batch reads */
+  rd_kafka_t *producer;    /* idempotent; publishes the outbox */
+  tly_codec_t *codec;
+  tly_alert_codec_t *alert_codec;
+  tly_billing_t billing;
+  tly_billing_view_t view;
+  int32_t view_partition; /* the partition the fold is working on */
+  int64_t view_offset;    /* and the offset of the record it folds */
+  tly_alert_list_t alerts;
+  /* The open batch's dirty entries, in the order first touched; sorted by
+   * key at submit (sort_keys holds what the sort compares). */
+  tly_overlay_entry_t **dirty;
+  size_t dirty_count, dirty_cap;
+  struct sort_key *sort_keys;
+  size_t sort_key_cap;
+  unsigned char *record; /* a subject record (or history value) being
+                            encoded */
+  size_t record_cap;
+  const tly_subject_bucket_t **bucket_ptrs; /* one hour's buckets, to encode */
+  size_t bucket_ptr_cap;
+  const tly_subject_row_t **row_ptrs; /* one cycle's rows, for archiving */
+  size_t row_ptr_cap;
+  uint64_t submits; /* batches handed to the writer so far */
+  int reports;      /* usage is reported to Stripe: write report marks */
+
+  ack_mark_t *acks;
+  size_t ack_count, ack_cap;
+  long kill_after_acks; /* fault injection: SIGKILL after the Nth ack */
+  char *stop_file;      /* fault injection: SIGSTOP once this file exists */
+  long acks_seen;
+  int64_t last_tick_slot;
+
+  /* The open batch: accounts and rows (kept across batches as a cache);
+   * the entries this batch changed are on the dirty list. */
+  tly_overlay_t overlay;
+  tly_overlay_entry_t *last_entry; /* the account the fold asked for last */
+  tly_store_batch_t *batch;
+  pending_output_t *outputs;
+  commit_inflight_t inflight;
+
+  /* The writer thread and the batch it writes. */
+  pthread_t writer;
+  int writer_started;
+  pthread_mutex_t writer_lock;
+  pthread_cond_t writer_cond, writer_done;
+  tly_store_batch_t *writer_batch;
+  int writer_job, writer_quit;
+  char writer_error[600];
+  size_t output_count, output_cap;
+  size_t batch_events;
+  int64_t catchup_ms; /* records older than this: the batch keeps growing */
+  size_t batch_messages;
+
+  /* The outbox, in sequence order. */
+  outbox_item_t *outbox;
+  size_t outbox_count, outbox_cap;
+  uint64_t next_seq;
+
+  /* Partition table; guarded by lock for the HTTP threads' snapshots. */
+  pthread_mutex_t lock;
+  partition_state_t *partitions;
+  int32_t partition_cap;
+  _Atomic int32_t partition_count;
+  _Atomic int rebalancing; /* inside the rebalance callback: partitions are
+                             being resumed one by one, so not ready */
+  /* Zombie fencing (stall_check): a thread stalled past the group session
+   * (SIGSTOP, a frozen VM) may have lost its partitions to another
+   * instance without knowing yet. Outputs are then held, and nothing is
+   * served as current, until the group confirms the assignment or takes
+   * it (a revoke with the assignment lost). */
+  atomic_int_least64_t alive_ms; /* the loop last came round (monotonic) */
+  int64_t fence_until_ms;        /* holding outputs until then; 0: not fenced */
+  int session_timeout_ms, heartbeat_ms;
+  _Atomic int fenced;
+  atomic_uint_least64_t fences, abandoned;
+
+  atomic_uint_least64_t events_folded, dead_letters, batches_committed;
+  atomic_uint_least64_t duplicates, alerts_total;
+  atomic_uint_least64_t outbox_size; /* mirror of outbox_count for metrics */
+  atomic_uint_least64_t commit_buckets[TLY_COMMIT_BUCKETS];
+  atomic_uint_least64_t commit_count, commit_micros;
+  atomic_uint_least64_t visible_buckets[TLY_VISIBLE_BUCKETS];
+  atomic_uint_least64_t visible_count, visible_ms;
+  /* The open batch's records' Kafka timestamps, for that histogram. */
+  int64_t *produced_ms;
+  size_t produced_count, produced_cap;
+
+  /* Output ids already in the output topics, read when partitions were
+   * assigned that must replay what another instance may have folded (and
+   * published) before: an output of such a replay goes out only when its
+   * id is not here. NULL while no partition is replaying. */
+  json_t *replay_ids;
+  int64_t replay_from_ms; /* where the replay's output checks read from */
+  tly_reroute_log_t reroute_log;
+  atomic_uint_least64_t rebalances, replay_skipped;
+  int inherited_held; /* outbox entries of the previous run wait */
+
+  /* The state changelog: NULL when disabled or the topic is not there;
+   * the open batch's records; scratch for expanding bundles. */
+  char *changelog_topic;
+  char writer_id[TLY_CHANGELOG_WRITER_SIZE]; /* names our records */
+  rd_kafka_t *writer_reader;    /* during resume_offsets: changelog_ours's */
+  pthread_cond_t hold_released; /* with lock: a hold ended */
+  tly_changelog_bundle_t bundle;
+  unsigned char *changelog_scratch;
+  size_t changelog_scratch_cap;
+  atomic_uint_least64_t restores, restored_records, restore_ms;
+  _Atomic int32_t restoring; /* the partition being restored, or -1 */
+
+  int fatal;
+  char fatal_reason[1024];
+};
+
+static const char META_NEXT_SEQ[] = "outbox.next_seq";
+static const char META_WATERMARK[] = "wm:";
+static const char META_ACK[] = "ack:";
+
+/* What the processor's files call each other by; each function's comment
+ * is at its definition. */
+
+/* tly_processor.c: the loop, rebalance and lifecycle. */
+void set_fatal(tly_processor_t *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int ensure_partitions(tly_processor_t *p, int32_t count);
+rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
+                            const char *const *defaults, char *errstr,
+                            size_t errstr_size);
+
+/* tly_fold_view.c: the tly_billing_view_t the fold works through (its
+ * callbacks, for tly_processor_new to install). */
+tly_account_t *view_account(tly_billing_view_t *view, tly_subject_kind_t kind,
+                            const char *id);
+tly_billing_row_t *view_row(tly_billing_view_t *view, tly_subject_kind_t kind,
+                            const char *id, int64_t cycle_start_ms,
+                            const char *feature);
+tly_bucket_t *view_bucket(tly_billing_view_t *view, tly_subject_kind_t kind,
+                          const char *id, int32_t hour, const char *feature);
+int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
+                 const char *id, const tly_cycle_t *cycle);
+int view_seen(tly_billing_view_t *view, const char *event_id,
+              int64_t occurred_at_ms, int record);
+
+/* tly_commit.c: the batch and its writer thread. */
+int batch_has_work(tly_processor_t *p);
+void batch_discard_outputs(tly_processor_t *p);
+unsigned char *record_room(tly_processor_t *p, size_t need);
+size_t history_key(const tly_overlay_entry_t *entry, char tag,
+                   const void *suffix, size_t suffix_len, char *out,
+                   size_t out_size);
+void put_history(tly_processor_t *p, const char *key, size_t key_len,
+                 int64_t expires_at_ms, size_t len);
+int batch_submit(tly_processor_t *p);
+void *writer_main(void *arg);
+int batch_wait(tly_processor_t *p);
+int writer_busy(tly_processor_t *p);
+int batch_commit(tly_processor_t *p);
+
+/* tly_outbox_publish.c: the outbox, its acknowledgements and recovery. */
+int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
+                  size_t record_len);
+size_t ack_key(const char *topic, int32_t partition, char *out, size_t size);
+void outbox_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg,
+                            void *opaque);
+int outbox_load_cb(void *opaque, const char *key, size_t key_len,
+                   const char *value, size_t value_len);
+void outbox_publish(tly_processor_t *p);
+void outbox_compact(tly_processor_t *p);
+void drain_outbox(tly_processor_t *p);
+int resolve_inherited(tly_processor_t *p);
+void abandon_revoked(tly_processor_t *p,
+                     const rd_kafka_topic_partition_list_t *parts);
+int collect_output_ids(tly_processor_t *p, const char *topic,
+                       int64_t from_time_ms, const int64_t *floors,
+                       int32_t floor_count, json_t *ids, char *errstr,
+                       size_t errstr_size);
+int64_t forward_scan_from(tly_processor_t *p, int32_t partition);
+
+/* tly_restore.c: a partition's state when it is assigned here. */
+int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts);
+
+/* tly_replay.c: the replay rule for the outputs of replayed records. */
+int replay_already_sent(tly_processor_t *p, int32_t partition, int64_t offset,
+                        const char *id);
+int forward_already_sent(tly_processor_t *p, const rd_kafka_message_t *msg,
+                         int32_t home, const char *id);
+int prepare_replay(tly_processor_t *p);
+void end_replay(tly_processor_t *p);
+
+/* tly_ticks.c: time-driven work. */
+void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms);
+void write_ticks(tly_processor_t *p);
+
+#endif

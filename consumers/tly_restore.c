@@ -1,0 +1,395 @@
+/*
+ * tly_restore.c - a partition's state when it is assigned here (called
+ * from the rebalance callback, before the partition is fetched).
+ *
+ * Each assigned partition resumes from the offset RocksDB holds, after
+ * checking that the log still holds everything from there on. It is first
+ * restored from the state changelog (tly_changelog.h) when this store
+ * holds nothing of it, when the changelog is shorter than the input's tail
+ * to replay, or, with Stripe usage reporting, when another instance wrote
+ * the changelog since this one did (its report cursors are the
+ * changelog's). The partition's event-time watermark, its store horizons
+ * and its dedupe index are then loaded from what is stored.
+ *
+ * It refuses rather than skips: a log that lost events the state needs, a
+ * stored offset beyond the log end or a changelog that cannot be trusted
+ * stops the processor (fatal). It never folds: replaying the input's tail
+ * is the loop's work (tly_processor.c), checking its outputs is
+ * tly_replay.c's.
+ */
+#include "tly_processor_internal.h"
+
+#include "tly_changelog.h"
+#include "tly_keys.h"
+#include "tly_log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- assignment ------------------------------------------------------ */
+
+typedef struct {
+  tly_dedupe_t *dedupe;
+  int failed;
+  int track; /* with the changelog: list the blobs */
+  blob_ref_t *blobs;
+  size_t blob_count, blob_cap;
+} dedupe_load_t;
+
+static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
+                            const char *value, size_t value_len) {
+  dedupe_load_t *load = opaque;
+  load->failed = tly_dedupe_load(load->dedupe, value, value_len) != 0;
+  if (!load->failed && load->track && key_len == 12 && value_len >= 8)
+    load->failed =
+        blob_track(&load->blobs, &load->blob_count, &load->blob_cap,
+                   (int64_t)tly_get_be64((const unsigned char *)key + 4),
+                   (int64_t)tly_get_be64((const unsigned char *)value)) != 0;
+  return load->failed;
+}
+
+/* The partition's event id index, rebuilt from its stored blobs (those the
+ * compaction filter has not dropped yet); NULL after setting the fatal
+ * reason. */
+static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
+                                 int64_t watermark, dedupe_load_t *load_out) {
+  char errstr[512] = "", prefix[4];
+  tly_dedupe_t *dedupe = tly_dedupe_new();
+  if (!dedupe) {
+    set_fatal(p, "out of memory loading event ids");
+    return NULL;
+  }
+  dedupe_load_t load = {dedupe, 0, p->changelog_topic != NULL, NULL, 0, 0};
+  tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
+  if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE, prefix, 4,
+                            load_dedupe_blob, &load, errstr, sizeof(errstr)) ||
+      load.failed) {
+    set_fatal(p, "partition %d: loading event ids: %s", (int)partition,
+              load.failed
+                  ? "a stored dedupe record is corrupt or memory ran out"
+                  : errstr);
+    tly_dedupe_free(dedupe);
+    free(load.blobs);
+    return NULL;
+  }
+  if (watermark > INT64_MIN + p->billing.dedupe_window_ms)
+    tly_dedupe_expire(dedupe, watermark - p->billing.dedupe_window_ms);
+  *load_out = load;
+  return dedupe;
+}
+
+static size_t watermark_key(int32_t partition, char *out) {
+  memcpy(out, META_WATERMARK, sizeof(META_WATERMARK) - 1);
+  tly_put_be32((unsigned char *)out + sizeof(META_WATERMARK) - 1,
+               (uint32_t)partition);
+  return sizeof(META_WATERMARK) - 1 + 4;
+}
+
+/* A consumer that reads the changelog by assignment (no group
+ * membership); NULL after setting the fatal reason. */
+static rd_kafka_t *changelog_reader(tly_processor_t *p, int32_t partition) {
+  char errstr[512], kafka_err[512];
+  const char *defaults[] = {
+      "group.id=tally-restore", "enable.auto.commit=false",
+      "enable.partition.eof=true", "max.partition.fetch.bytes=10485760",
+      "queued.min.messages=1000000",
+      /* at the end, an empty fetch must not hold the next one back */
+      "fetch.wait.max.ms=10", NULL};
+  rd_kafka_conf_t *kconf =
+      kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
+  rd_kafka_t *reader = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
+                                            sizeof(kafka_err))
+                             : NULL;
+  if (!reader) {
+    if (kconf)
+      rd_kafka_conf_destroy(kconf);
+    set_fatal(p, "reading changelog partition %d: %s", (int)partition,
+              kconf ? kafka_err : errstr);
+  }
+  return reader;
+}
+
+static void changelog_reader_close(rd_kafka_t *reader) {
+  rd_kafka_consumer_close(reader);
+  rd_kafka_destroy(reader);
+}
+
+/*
+ * With Stripe usage reporting: 1 when this store holds all the changelog
+ * holds of partition (its records end with one of ours: nobody wrote
+ * since; what we wrote, we stored first), 0 when another instance wrote
+ * since (its report marks and cursors are newer than ours), -1 fatal set.
+ */
+static int changelog_ours(tly_processor_t *p, int32_t partition, int64_t end) {
+  char errstr[512], writer[128];
+  /* One reader for the partitions of an assignment (resume_offsets). */
+  if (!p->writer_reader && !(p->writer_reader = changelog_reader(p, partition)))
+    return -1;
+  int rc = tly_changelog_last_writer(p->writer_reader, p->changelog_topic,
+                                     partition, end, writer, sizeof(writer),
+                                     errstr, sizeof(errstr));
+  if (rc < 0) {
+    set_fatal(p, "changelog partition %d: %s", (int)partition, errstr);
+    return -1;
+  }
+  return rc == 1 && strcmp(writer, p->writer_id) == 0;
+}
+
+/*
+ * Whether to restore partition from the changelog rather than replay the
+ * input from what this store holds (found, stored): when the store holds
+ * nothing of it, or when the changelog partition is shorter than the
+ * input's tail to replay. A changelog that no longer starts at 0 (records
+ * expired: the embedded broker keeps ~5 MiB per partition) would miss
+ * state, so it is not used. With Stripe usage reporting, also whenever
+ * another instance wrote the partition's changelog since this one did:
+ * the report marks and cursors are the changelog's, and reporting from
+ * stale cursors would reuse identifiers Stripe already has. 1 restore, 0
+ * not, -1 fatal set.
+ */
+static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
+                            int64_t stored, int64_t high, int64_t *end) {
+  int64_t low = -1;
+  *end = -1;
+  if (!p->changelog_topic || (found && stored >= high && !p->reports))
+    return 0;
+  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+  for (int attempt = 0; attempt < 10 && err; attempt++)
+    err = rd_kafka_query_watermark_offsets(p->consumer, p->changelog_topic,
+                                           partition, &low, end, 5000);
+  if (err) {
+    set_fatal(p, "changelog partition %d: cannot read its bounds: %s",
+              (int)partition, rd_kafka_err2str(err));
+    return -1;
+  }
+  if (*end <= low)
+    return 0;
+  if (p->reports) {
+    int ours = changelog_ours(p, partition, *end);
+    if (ours < 0)
+      return -1;
+    if (!ours && low > 0) {
+      set_fatal(p,
+                "changelog partition %d starts at %lld, not 0 (records "
+                "expired), and another instance wrote it since: its Stripe "
+                "report cursors cannot be restored, and reporting from "
+                "older ones could lose usage",
+                (int)partition, (long long)low);
+      return -1;
+    }
+    if (!ours) {
+      tly_log(TLY_LOG_INFO, "processor",
+              "partition %d: another instance wrote its changelog since "
+              "this one did: restoring it (Stripe report cursors)",
+              (int)partition);
+      return 1;
+    }
+  }
+  if (found && stored >= high)
+    return 0;
+  if (low > 0) {
+    tly_log(TLY_LOG_WARN, "processor",
+            "changelog partition %d starts at %lld, not 0 (records expired): "
+            "replaying the input instead",
+            (int)partition, (long long)low);
+    return 0;
+  }
+  return !found || high - stored > *end - low;
+}
+
+/*
+ * Restores partition from changelog records 0..end-1 (tly_changelog.h),
+ * then stores the offset and watermark the restored state reflects in one
+ * synced commit. *found and *stored become what the store now holds.
+ * 0, or -1 after setting the fatal reason.
+ */
+static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
+                             int *found, int64_t *stored) {
+  char errstr[512], wm_key[16];
+  unsigned char wm_value[8];
+  tly_changelog_restore_t result;
+  rd_kafka_t *reader = changelog_reader(p, partition);
+  if (!reader)
+    return -1;
+  atomic_store(&p->restoring, partition);
+  int rc =
+      tly_changelog_restore(p->store, reader, p->changelog_topic, partition, 0,
+                            end, &result, errstr, sizeof(errstr));
+  atomic_store(&p->restoring, -1);
+  changelog_reader_close(reader);
+  if (rc < 0) {
+    set_fatal(p, "restoring partition %d from %s: %s", (int)partition,
+              p->changelog_topic, errstr);
+    return -1;
+  }
+  tly_store_batch_t *batch = tly_store_batch_new();
+  if (!batch) {
+    set_fatal(p, "out of memory restoring partition %d", (int)partition);
+    return -1;
+  }
+  size_t wm_len = watermark_key(partition, wm_key);
+  if (rc == 1) {
+    tly_store_batch_set_offset(batch, partition, result.next_offset);
+    tly_put_be64(wm_value, (uint64_t)result.watermark_ms);
+    tly_store_batch_put(batch, TLY_CF_META, wm_key, wm_len, wm_value, 8);
+  } else {
+    tly_store_batch_delete(batch, TLY_CF_META, wm_key, wm_len);
+  }
+  int failed = tly_store_commit(p->store, batch, 1, errstr, sizeof(errstr));
+  tly_store_batch_destroy(batch);
+  if (failed) {
+    set_fatal(p, "storing restored partition %d: %s", (int)partition, errstr);
+    return -1;
+  }
+  *found = rc == 1;
+  *stored = rc == 1 ? result.next_offset : -1;
+  atomic_fetch_add(&p->restores, 1);
+  atomic_fetch_add(&p->restored_records, result.records);
+  atomic_fetch_add(&p->restore_ms, (uint64_t)result.elapsed_ms);
+  tly_log(TLY_LOG_INFO, "processor",
+          "partition %d: restored from %s in %lld ms: %llu records read, "
+          "%llu written, %llu subjects, state as of offset %lld",
+          (int)partition, p->changelog_topic, (long long)result.elapsed_ms,
+          (unsigned long long)result.records,
+          (unsigned long long)result.applied,
+          (unsigned long long)result.accounts, (long long)result.next_offset);
+  return 0;
+}
+
+/*
+ * Sets each partition's start offset from RocksDB, after checking that the
+ * log still holds everything from there on. Returns -1 (fatal set) when it
+ * does not: skipping would silently lose or miscount usage.
+ */
+static int resume_partitions(tly_processor_t *p,
+                             rd_kafka_topic_partition_list_t *parts);
+
+int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts) {
+  /* resume_partitions does it; then the reader changelog_ours opened
+   * (Stripe reporting) goes. */
+  int rc = resume_partitions(p, parts);
+  if (p->writer_reader)
+    changelog_reader_close(p->writer_reader);
+  p->writer_reader = NULL;
+  return rc;
+}
+
+static int resume_partitions(tly_processor_t *p,
+                             rd_kafka_topic_partition_list_t *parts) {
+  char errstr[512];
+  for (int i = 0; i < parts->cnt; i++) {
+    rd_kafka_topic_partition_t *part = &parts->elems[i];
+    int64_t stored = -1, low = -1, high = -1;
+    int found = tly_store_get_offset(p->store, part->partition, &stored, errstr,
+                                     sizeof(errstr));
+    if (found < 0) {
+      set_fatal(p, "reading stored offset: %s", errstr);
+      return -1;
+    }
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    for (int attempt = 0; attempt < 10 && err; attempt++)
+      err = rd_kafka_query_watermark_offsets(
+          p->consumer, part->topic, part->partition, &low, &high, 5000);
+    if (err) {
+      set_fatal(p, "partition %d: cannot read the log's bounds: %s",
+                (int)part->partition, rd_kafka_err2str(err));
+      return -1;
+    }
+    /* No state here, or stale state: restore from the changelog when that
+     * is shorter than replaying the input (then only the tail is
+     * replayed). A store with no offset for the partition may still hold
+     * the remains of an interrupted restore: wipe them. */
+    int64_t changelog_end;
+    int restore = changelog_wanted(p, part->partition, found, stored, high,
+                                   &changelog_end);
+    if (restore < 0 ||
+        (restore &&
+         restore_partition(p, part->partition, changelog_end, &found, &stored)))
+      return -1;
+    if (!found && tly_changelog_wipe_partition(p->store, part->partition,
+                                               errstr, sizeof(errstr))) {
+      set_fatal(p, "partition %d: wiping state: %s", (int)part->partition,
+                errstr);
+      return -1;
+    }
+    if (found && stored < low) {
+      set_fatal(p,
+                "partition %d: stored offset %lld is below the log start "
+                "%lld; events %lld..%lld are gone and tally refuses to skip "
+                "them",
+                (int)part->partition, (long long)stored, (long long)low,
+                (long long)stored, (long long)low - 1);
+      return -1;
+    }
+    if (found && stored > high) {
+      set_fatal(p,
+                "partition %d: stored offset %lld is beyond the log end "
+                "%lld: the topic was recreated or this is another cluster",
+                (int)part->partition, (long long)stored, (long long)high);
+      return -1;
+    }
+    if (!found && low > 0) {
+      set_fatal(p,
+                "partition %d: no stored state and the log starts at %lld, "
+                "not 0; events before it are gone, refusing to fold a "
+                "partial history",
+                (int)part->partition, (long long)low);
+      return -1;
+    }
+    part->offset = found ? stored : RD_KAFKA_OFFSET_BEGINNING;
+    /* The partition's event-time watermark, for dedupe. */
+    char wm_key[16], *wm_value = NULL;
+    size_t wm_len = 0;
+    int64_t watermark = INT64_MIN;
+    size_t wm_key_len = watermark_key(part->partition, wm_key);
+    int wm_found = tly_store_get(p->store, TLY_CF_META, wm_key, wm_key_len,
+                                 &wm_value, &wm_len, errstr, sizeof(errstr));
+    if (wm_found < 0) {
+      set_fatal(p, "reading the watermark: %s", errstr);
+      return -1;
+    }
+    if (wm_found && wm_len == 8)
+      watermark = (int64_t)tly_get_be64((unsigned char *)wm_value);
+    tly_store_free(wm_value);
+    if (watermark > INT64_MIN + p->billing.dedupe_window_ms)
+      tly_store_set_horizon(p->store, TLY_CF_DEDUPE, part->partition,
+                            watermark - p->billing.dedupe_window_ms);
+    tly_store_set_horizon(p->store, TLY_CF_USAGE, part->partition, watermark);
+    dedupe_load_t loaded;
+    tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark, &loaded);
+    if (!dedupe)
+      return -1;
+    pthread_mutex_lock(&p->lock);
+    if (ensure_partitions(p, part->partition + 1) == 0) {
+      partition_state_t *state = &p->partitions[part->partition];
+      tly_dedupe_free(state->dedupe);
+      state->dedupe = dedupe;
+      state->dedupe_key = -1;
+      dedupe = NULL;
+      free(state->blobs);
+      state->blobs = loaded.blobs;
+      state->blob_count = loaded.blob_count;
+      state->blob_cap = loaded.blob_cap;
+      loaded.blobs = NULL;
+      p->partitions[part->partition].assigned = 1;
+      p->partitions[part->partition].generation++;
+      p->partitions[part->partition].committed = found ? stored : -1;
+      p->partitions[part->partition].batch_next = -1;
+      p->partitions[part->partition].position = found ? stored : -1;
+      p->partitions[part->partition].watermark = watermark;
+      p->partitions[part->partition].watermark_dirty = 0;
+      p->partitions[part->partition].replay_target = high;
+    }
+    pthread_mutex_unlock(&p->lock);
+    tly_dedupe_free(dedupe);
+    free(loaded.blobs);
+    if (part->partition + 1 > atomic_load(&p->partition_count))
+      atomic_store(&p->partition_count, part->partition + 1);
+    tly_log(TLY_LOG_INFO, "processor",
+            "partition %d: resuming at %s%lld (log %lld..%lld)",
+            (int)part->partition, found ? "" : "beginning ",
+            (long long)(found ? stored : low), (long long)low, (long long)high);
+  }
+  return 0;
+}
