@@ -62,14 +62,15 @@ typedef enum MHD_Result tly_mhd_result;
 
 /* ---- responses ------------------------------------------------------- */
 
-void respond_json(response_t *out, int status, json_t *body) {
+void tly_http_respond_json(response_t *out, int status, json_t *body) {
   out->status = status;
   out->body = body ? json_dumps(body, JSON_COMPACT) : NULL;
   out->content_type = "application/json";
   json_decref(body);
 }
 
-json_t *error_json(const char *code, const char *message, const char *field) {
+json_t *tly_http_error_json(const char *code, const char *message,
+                            const char *field) {
   /* A message quoting client bytes cut at a length bound may end inside a
    * UTF-8 sequence, which JSON cannot carry: such bytes become '?'. */
   char safe[1024];
@@ -84,86 +85,94 @@ json_t *error_json(const char *code, const char *message, const char *field) {
   return error;
 }
 
-void respond_error(response_t *out, int status, const char *code,
-                   const char *message) {
-  respond_json(out, status,
-               json_pack("{s:o}", "error", error_json(code, message, NULL)));
+void tly_http_respond_error(response_t *out, int status, const char *code,
+                            const char *message) {
+  tly_http_respond_json(
+      out, status,
+      json_pack("{s:o}", "error", tly_http_error_json(code, message, NULL)));
 }
 
-void respond_req_error(response_t *out, const tly_req_error_t *err) {
-  respond_json(out, err->status,
-               json_pack("{s:o}", "error",
-                         error_json(err->code, err->message, err->field)));
+void tly_http_respond_req_error(response_t *out, const tly_req_error_t *err) {
+  tly_http_respond_json(
+      out, err->status,
+      json_pack("{s:o}", "error",
+                tly_http_error_json(err->code, err->message, err->field)));
 }
 
 /* A request module's answer: 200 with it, or its error when NULL. */
-void respond_answer(response_t *out, json_t *answer,
-                    const tly_req_error_t *err) {
+void tly_http_respond_answer(response_t *out, json_t *answer,
+                             const tly_req_error_t *err) {
   if (answer)
-    respond_json(out, 200, answer);
+    tly_http_respond_json(out, 200, answer);
   else
-    respond_req_error(out, err);
+    tly_http_respond_req_error(out, err);
 }
 
 /* 503 while the subject's partition has no single caught-up owner that
  * this request can reach: {"error": {"code": "partition_moving", ...},
  * "partition": N, "owner": URL (when one is known), "retry_after_s": 1},
  * with Retry-After. partition -1: not known yet (no metadata). */
-void respond_moving(response_t *out, int32_t partition, const char *owner,
-                    const char *message) {
-  json_t *body = json_pack("{s:o,s:i}", "error",
-                           error_json("partition_moving", message, NULL),
-                           "retry_after_s", 1);
+void tly_http_respond_moving(response_t *out, int32_t partition,
+                             const char *owner, const char *message) {
+  json_t *body =
+      json_pack("{s:o,s:i}", "error",
+                tly_http_error_json("partition_moving", message, NULL),
+                "retry_after_s", 1);
   if (body) {
     json_object_set_new(body, "partition",
                         partition >= 0 ? json_integer(partition) : json_null());
     if (owner && *owner)
       json_object_set_new(body, "owner", json_string(owner));
   }
-  respond_json(out, 503, body);
+  tly_http_respond_json(out, 503, body);
   out->retry_after_s = 1;
 }
 
 /* ---- routing --------------------------------------------------------- */
 
-const route_t routes[] = {
-    {"GET", "/healthz", "/healthz", NULL, handle_healthz, AUTH_PUBLIC, 0, 0},
-    {"GET", "/readyz", "/readyz", NULL, handle_readyz, AUTH_PUBLIC, 0, 0},
-    {"GET", "/metrics", "/metrics", NULL, handle_metrics, AUTH_METRICS, 0, 0},
-    {"GET", "/v1/plans", "/v1/plans", NULL, handle_plans, AUTH_REQUIRED, 0, 0},
-    {"POST", "/v1/estimate", "/v1/estimate", NULL, handle_estimate,
-     AUTH_REQUIRED, 1, 0},
-    {"POST", "/v1/prorate", "/v1/prorate", NULL, handle_prorate, AUTH_REQUIRED,
-     1, 0},
-    {"POST", "/v1/events", "/v1/events", NULL, handle_events, AUTH_REQUIRED, 1,
+const route_t tly_http_route_table[] = {
+    {"GET", "/healthz", "/healthz", NULL, tly_http_handle_healthz, AUTH_PUBLIC,
+     0, 0},
+    {"GET", "/readyz", "/readyz", NULL, tly_http_handle_readyz, AUTH_PUBLIC, 0,
      0},
+    {"GET", "/metrics", "/metrics", NULL, tly_http_handle_metrics, AUTH_METRICS,
+     0, 0},
+    {"GET", "/v1/plans", "/v1/plans", NULL, tly_http_handle_plans,
+     AUTH_REQUIRED, 0, 0},
+    {"POST", "/v1/estimate", "/v1/estimate", NULL, tly_http_handle_estimate,
+     AUTH_REQUIRED, 1, 0},
+    {"POST", "/v1/prorate", "/v1/prorate", NULL, tly_http_handle_prorate,
+     AUTH_REQUIRED, 1, 0},
+    {"POST", "/v1/events", "/v1/events", NULL, tly_http_handle_events,
+     AUTH_REQUIRED, 1, 0},
     {"GET", "/v1/subjects/{subject}/usage", "/v1/subjects/", "/usage",
-     handle_usage, AUTH_REQUIRED, 0, 1},
+     tly_http_handle_usage, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/quota", "/v1/subjects/", "/quota",
-     handle_quota, AUTH_REQUIRED, 0, 1},
+     tly_http_handle_quota, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/usage/daily", "/v1/subjects/",
-     "/usage/daily", handle_daily, AUTH_REQUIRED, 0, 1},
+     "/usage/daily", tly_http_handle_daily, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/cycles", "/v1/subjects/", "/cycles",
-     handle_cycles, AUTH_REQUIRED, 0, 1},
+     tly_http_handle_cycles, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/alerts", "/v1/subjects/", "/alerts",
-     handle_alerts, AUTH_REQUIRED, 0, 1},
+     tly_http_handle_alerts, AUTH_REQUIRED, 0, 1},
     {"POST", "/v1/subjects/{subject}/plan", "/v1/subjects/", "/plan",
-     handle_plan, AUTH_REQUIRED, 1, 0},
+     tly_http_handle_plan, AUTH_REQUIRED, 1, 0},
     {"POST", "/v1/stripe/webhook", "/v1/stripe/webhook", NULL,
-     handle_stripe_webhook, AUTH_SIGNED, 1, 0},
+     tly_http_handle_stripe_webhook, AUTH_SIGNED, 1, 0},
     {"POST", "/v1/subjects/{subject}/billing-portal", "/v1/subjects/",
-     "/billing-portal", handle_billing_portal, AUTH_REQUIRED, 1, 1},
+     "/billing-portal", tly_http_handle_billing_portal, AUTH_REQUIRED, 1, 1},
 };
-const size_t route_count = sizeof(routes) / sizeof(routes[0]);
+const size_t tly_http_route_count =
+    sizeof(tly_http_route_table) / sizeof(tly_http_route_table[0]);
 
 size_t tly_http_routes(tly_http_route_info_t *out, size_t max) {
-  for (size_t i = 0; i < route_count && i < max; i++) {
-    out[i].method = routes[i].method;
-    out[i].path = routes[i].path;
-    out[i].auth_required = routes[i].auth == AUTH_REQUIRED;
-    out[i].owner_only = routes[i].owner_only;
+  for (size_t i = 0; i < tly_http_route_count && i < max; i++) {
+    out[i].method = tly_http_route_table[i].method;
+    out[i].path = tly_http_route_table[i].path;
+    out[i].auth_required = tly_http_route_table[i].auth == AUTH_REQUIRED;
+    out[i].owner_only = tly_http_route_table[i].owner_only;
   }
-  return route_count;
+  return tly_http_route_count;
 }
 
 /* 1: path (raw: still percent-encoded) is this route's (a subject route
@@ -198,26 +207,26 @@ static int find_route(const char *url, const char *method, request_t *req,
   int path_known = 0;
   const char *path = req->target ? req->target : url;
   size_t path_len = strcspn(path, "?#");
-  for (size_t i = 0; i < route_count; i++) {
+  for (size_t i = 0; i < tly_http_route_count; i++) {
     tly_req_error_t err;
-    int match = route_matches(&routes[i], path, path_len, req->subject,
-                              sizeof(req->subject), &err);
+    int match = route_matches(&tly_http_route_table[i], path, path_len,
+                              req->subject, sizeof(req->subject), &err);
     if (!match)
       continue;
     path_known = 1;
-    if (strcmp(method, routes[i].method) != 0)
+    if (strcmp(method, tly_http_route_table[i].method) != 0)
       continue;
     if (match == 2) {
-      respond_req_error(out, &err);
+      tly_http_respond_req_error(out, &err);
       return -1;
     }
     return (int)i;
   }
   if (path_known)
-    respond_error(out, 405, "method_not_allowed",
-                  "method not allowed on this route");
+    tly_http_respond_error(out, 405, "method_not_allowed",
+                           "method not allowed on this route");
   else
-    respond_error(out, 404, "not_found", "no such route");
+    tly_http_respond_error(out, 404, "not_found", "no such route");
   return -1;
 }
 
@@ -246,7 +255,7 @@ static void forward_done(void *connection) {
  * by) instance. */
 static tly_forward_scope_t forward_scope(const request_t *req,
                                          const char *instance) {
-  const route_t *route = &routes[req->route];
+  const route_t *route = &tly_http_route_table[req->route];
   tly_forward_scope_t scope = {
       .method = route->method,
       .target = req->target,
@@ -263,10 +272,10 @@ static tly_forward_scope_t forward_scope(const request_t *req,
 static int forward_to(tly_http_t *http, request_t *req,
                       struct MHD_Connection *connection, const char *owner,
                       const char *owner_instance, response_t *out) {
-  const route_t *route = &routes[req->route];
+  const route_t *route = &tly_http_route_table[req->route];
   long timeout_ms = 0;
   char credential[TLY_FORWARD_CREDENTIAL_MAX];
-  if (route->handler == handle_billing_portal)
+  if (route->handler == tly_http_handle_billing_portal)
     timeout_ms = (long)http->conf.config->stripe.timeout_ms + 2000;
   tly_forward_scope_t scope = forward_scope(req, owner_instance);
   int signed_ok =
@@ -288,8 +297,9 @@ static int forward_to(tly_http_t *http, request_t *req,
       .timeout_ms = timeout_ms};
   snprintf(req->owner, sizeof(req->owner), "%s", owner);
   if (!http->forward || !req->target || !signed_ok) {
-    respond_moving(out, req->partition, owner,
-                   "the subject's partition is served by another instance");
+    tly_http_respond_moving(
+        out, req->partition, owner,
+        "the subject's partition is served by another instance");
     return 0;
   }
   MHD_suspend_connection(connection);
@@ -297,8 +307,8 @@ static int forward_to(tly_http_t *http, request_t *req,
                           &req->forward)) {
     MHD_resume_connection(connection);
     atomic_fetch_add(&http->forwards_refused, 1);
-    respond_moving(out, req->partition, owner,
-                   "too many requests are being forwarded; retry");
+    tly_http_respond_moving(out, req->partition, owner,
+                            "too many requests are being forwarded; retry");
     return 0;
   }
   req->phase = PHASE_WAIT;
@@ -328,7 +338,7 @@ static void forward_answer(tly_http_t *http, request_t *req, response_t *out) {
     else
       snprintf(message, sizeof(message), "the owner did not answer: %s",
                result.error);
-    respond_moving(out, req->partition, req->owner, message);
+    tly_http_respond_moving(out, req->partition, req->owner, message);
     return;
   }
   out->status = (int)result.status;
@@ -372,38 +382,43 @@ static int route_to_owner(tly_http_t *http, request_t *req,
   const char *self = members ? tly_members_advertise(members) : "";
   int forwarded = req->forwarded;
   if (!tly_members_secret(members) && req->partition >= 0) {
-    respond_moving(out, req->partition, NULL,
-                   "this instance does not serve the subject's partition now "
-                   "and cannot forward: no cluster secret is configured "
-                   "(" TLY_CLUSTER_SECRET_ENV " or --cluster-secret-file)");
+    tly_http_respond_moving(
+        out, req->partition, NULL,
+        "this instance does not serve the subject's partition now "
+        "and cannot forward: no cluster secret is configured "
+        "(" TLY_CLUSTER_SECRET_ENV " or --cluster-secret-file)");
     return 0;
   }
   switch (owner.state) {
   case TLY_OWNER_SERVING:
     if (strcmp(owner.http, self) == 0)
-      respond_moving(out, req->partition, NULL,
-                     "this instance announced the partition but does not "
-                     "serve it now");
+      tly_http_respond_moving(
+          out, req->partition, NULL,
+          "this instance announced the partition but does not "
+          "serve it now");
     else if (forwarded)
-      respond_moving(out, req->partition, owner.http,
-                     "a forwarded request reached an instance that does not "
-                     "serve the subject's partition");
+      tly_http_respond_moving(
+          out, req->partition, owner.http,
+          "a forwarded request reached an instance that does not "
+          "serve the subject's partition");
     else
       forward_to(http, req, connection, owner.http, owner.instance, out);
     break;
   case TLY_OWNER_REPLAYING:
-    respond_moving(out, req->partition, owner.http,
-                   "the subject's partition is replaying on its new owner");
+    tly_http_respond_moving(
+        out, req->partition, owner.http,
+        "the subject's partition is replaying on its new owner");
     break;
   case TLY_OWNER_CONFLICT:
-    respond_moving(out, req->partition, NULL,
-                   "the subject's partition is moving between instances");
+    tly_http_respond_moving(
+        out, req->partition, NULL,
+        "the subject's partition is moving between instances");
     break;
   case TLY_OWNER_UNKNOWN:
-    respond_moving(out, req->partition, NULL,
-                   req->partition < 0
-                       ? "partitions are not known yet"
-                       : "no instance serves the subject's partition now");
+    tly_http_respond_moving(
+        out, req->partition, NULL,
+        req->partition < 0 ? "partitions are not known yet"
+                           : "no instance serves the subject's partition now");
     break;
   }
   return 0;
@@ -425,19 +440,21 @@ static int forward_credential_ok(tly_http_t *http, request_t *req,
   if (result == TLY_FORWARD_AUTH_OK && req->target)
     return 1;
   atomic_fetch_add(&http->forwards_rejected, 1);
-  respond_error(out, 401, "unauthorized", tly_cluster_forward_reason(result));
+  tly_http_respond_error(out, 401, "unauthorized",
+                         tly_cluster_forward_reason(result));
   return 0;
 }
 
 /* Runs the route's handler here, or sends the request to its owner. */
 static void dispatch(tly_http_t *http, request_t *req,
                      struct MHD_Connection *connection, response_t *out) {
-  const route_t *route = &routes[req->route];
+  const route_t *route = &tly_http_route_table[req->route];
   if (req->forwarded && !forward_credential_ok(http, req, connection, out))
     return;
   /* Without Stripe, the billing portal's 503 is this instance's to give:
    * it needs no state. */
-  int local_answer = route->handler == handle_billing_portal && !http->portal;
+  int local_answer =
+      route->handler == tly_http_handle_billing_portal && !http->portal;
   if (route->owner_only && !local_answer &&
       !route_to_owner(http, req, connection, out))
     return;
@@ -455,13 +472,13 @@ static int begin_request(tly_http_t *http, request_t *req,
     char message[96];
     snprintf(message, sizeof(message), "request target longer than %lld bytes",
              (long long)limits->max_url_bytes);
-    respond_error(out, 414, "uri_too_long", message);
+    tly_http_respond_error(out, 414, "uri_too_long", message);
     return 1;
   }
   req->route = find_route(url, method, req, out);
   if (req->route < 0)
     return 1;
-  const route_t *route = &routes[req->route];
+  const route_t *route = &tly_http_route_table[req->route];
   /* Forwarded by another instance, which authenticated the client: no
    * client key comes along, the forwarding credential is checked instead
    * (dispatch, once the body it covers is in). Only the routes that are
@@ -479,7 +496,7 @@ static int begin_request(tly_http_t *http, request_t *req,
                                     MHD_HTTP_HEADER_AUTHORIZATION),
         NULL);
     if (result != TLY_AUTH_OK) {
-      respond_error(out, 401, "unauthorized", tly_auth_reason(result));
+      tly_http_respond_error(out, 401, "unauthorized", tly_auth_reason(result));
       return 1;
     }
   }
@@ -493,7 +510,7 @@ static int begin_request(tly_http_t *http, request_t *req,
     char message[96];
     snprintf(message, sizeof(message), "request body larger than %lld bytes",
              (long long)limits->max_body_bytes);
-    respond_error(out, 413, "body_too_large", message);
+    tly_http_respond_error(out, 413, "body_too_large", message);
     return 1;
   }
   dispatch(http, req, connection, out);
@@ -526,7 +543,8 @@ static int take_body(tly_http_t *http, request_t *req, const char *data,
 }
 
 static void count_request(tly_http_t *http, const request_t *req, int status) {
-  size_t route = req && req->route >= 0 ? (size_t)req->route : route_count;
+  size_t route =
+      req && req->route >= 0 ? (size_t)req->route : tly_http_route_count;
   if (status >= STATUS_MIN && status <= STATUS_MAX)
     atomic_fetch_add(&http->requests[route][status - STATUS_MIN], 1);
 }
@@ -588,7 +606,7 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
     break;
   case PHASE_BODY:
     if (*upload_data_size) {
-      int rc = req->route >= 0 && routes[req->route].takes_body
+      int rc = req->route >= 0 && tly_http_route_table[req->route].takes_body
                    ? take_body(http, req, upload_data, *upload_data_size)
                    : 0;
       *upload_data_size = 0;
@@ -598,7 +616,7 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
       char message[96];
       snprintf(message, sizeof(message), "request body larger than %lld bytes",
                (long long)http->conf.config->http.max_body_bytes);
-      respond_error(&out, 413, "body_too_large", message);
+      tly_http_respond_error(&out, 413, "body_too_large", message);
       break;
     }
     dispatch(http, req, connection, &out);
@@ -617,13 +635,13 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
     if (req->portal) {
       int status;
       json_t *answer = tly_stripe_portal_answer(req->portal, &status);
-      respond_json(&out, status, answer);
+      tly_http_respond_json(&out, status, answer);
       tly_stripe_portal_call_free(req->portal);
       req->portal = NULL;
       break;
     }
-    ingest_answer(req->ingest, &out);
-    ingest_free(req->ingest);
+    tly_http_ingest_answer(req->ingest, &out);
+    tly_http_ingest_free(req->ingest);
     req->ingest = NULL;
     break;
   }
@@ -662,7 +680,8 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
   tly_http_guard_phase(connection, TLY_CONN_AWAITING);
   if (!req)
     return;
-  ingest_free(req->ingest); /* only when the client went away meanwhile */
+  tly_http_ingest_free(
+      req->ingest); /* only when the client went away meanwhile */
   tly_stripe_portal_call_free(req->portal);
   tly_forward_call_free(req->forward);
   free(req->target);
@@ -706,7 +725,7 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   http->conf = *conf;
   pthread_mutex_init(&http->alert_lock, NULL);
   http->cache = tly_state_cache_new(0);
-  http->requests = calloc(route_count + 1, sizeof(*http->requests));
+  http->requests = calloc(tly_http_route_count + 1, sizeof(*http->requests));
   if (!http->cache || !http->requests) {
     snprintf(errstr, errstr_size, "out of memory");
     goto fail;
@@ -727,7 +746,7 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
              address);
     goto fail;
   }
-  if (start_producer(http, errstr, errstr_size))
+  if (tly_http_start_producer(http, errstr, errstr_size))
     goto fail;
   if (conf->config->stripe.secret_key &&
       !(http->portal =

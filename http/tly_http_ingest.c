@@ -52,7 +52,7 @@ struct ingest {
   int kind; /* INGEST_*: which answer */
 };
 
-void ingest_free(ingest_t *ingest) {
+void tly_http_ingest_free(ingest_t *ingest) {
   if (!ingest)
     return;
   tly_req_events_clear(&ingest->events);
@@ -89,7 +89,8 @@ static void *poller_main(void *arg) {
   return NULL;
 }
 
-int start_producer(tly_http_t *http, char *errstr, size_t errstr_size) {
+int tly_http_start_producer(tly_http_t *http, char *errstr,
+                            size_t errstr_size) {
   const char *properties[80];
   size_t count = 0;
   char timeout[64];
@@ -159,7 +160,7 @@ static int ingest_send(tly_http_t *http, ingest_t *ingest,
 /* The answer once every report is in: 202 when every valid event was
  * acknowledged (with per-event results), 503 when Kafka failed any, 400
  * when no event was valid. */
-void ingest_answer(ingest_t *ingest, response_t *out) {
+void tly_http_ingest_answer(ingest_t *ingest, response_t *out) {
   size_t accepted = 0, rejected = 0, failed = 0;
   json_t *results = json_array(), *first_error = NULL;
   for (size_t i = 0; i < ingest->events.count; i++) {
@@ -168,22 +169,24 @@ void ingest_answer(ingest_t *ingest, response_t *out) {
     json_t *result = NULL;
     if (!item->ok) {
       rejected++;
-      result = json_pack(
-          "{s:I,s:s,s:o}", "index", (json_int_t)i, "status", "rejected",
-          "error",
-          error_json(item->error.code, item->error.message, item->error.field));
+      result =
+          json_pack("{s:I,s:s,s:o}", "index", (json_int_t)i, "status",
+                    "rejected", "error",
+                    tly_http_error_json(item->error.code, item->error.message,
+                                        item->error.field));
       if (!first_error)
-        first_error = error_json(item->error.code, item->error.message,
-                                 item->error.field);
+        first_error = tly_http_error_json(item->error.code, item->error.message,
+                                          item->error.field);
     } else if (slot->state == SLOT_DELIVERED) {
       accepted++;
       result = json_pack("{s:I,s:s,s:s}", "index", (json_int_t)i, "status",
                          "accepted", "event_id", item->event.event_id);
     } else {
       failed++;
-      result = json_pack("{s:I,s:s,s:s,s:o}", "index", (json_int_t)i, "status",
-                         "failed", "event_id", item->event.event_id, "error",
-                         error_json("produce_failed", slot->error, NULL));
+      result =
+          json_pack("{s:I,s:s,s:s,s:o}", "index", (json_int_t)i, "status",
+                    "failed", "event_id", item->event.event_id, "error",
+                    tly_http_error_json("produce_failed", slot->error, NULL));
     }
     json_array_append_new(results, result);
   }
@@ -192,11 +195,12 @@ void ingest_answer(ingest_t *ingest, response_t *out) {
   if (ingest->kind == INGEST_STRIPE) {
     /* One event; Stripe retries anything but a 2xx, so 503 on failure. */
     if (accepted)
-      respond_json(
+      tly_http_respond_json(
           out, 200,
           tly_stripe_webhook_answer(&ingest->events.items[0].event, NULL));
     else
-      respond_error(out, 503, "kafka_unavailable", ingest->slots[0].error);
+      tly_http_respond_error(out, 503, "kafka_unavailable",
+                             ingest->slots[0].error);
     json_decref(results);
     json_decref(first_error);
     return;
@@ -220,14 +224,15 @@ void ingest_answer(ingest_t *ingest, response_t *out) {
       snprintf(message, sizeof(message),
                "%zu event(s) were not acknowledged by Kafka; retry them",
                failed);
-      json_object_set_new(body, "error",
-                          error_json("kafka_unavailable", message, NULL));
+      json_object_set_new(
+          body, "error",
+          tly_http_error_json("kafka_unavailable", message, NULL));
     } else if (!accepted && first_error) {
       json_object_set(body, "error", first_error);
     }
   }
   json_decref(first_error);
-  respond_json(out, status, body);
+  tly_http_respond_json(out, status, body);
 }
 
 /* Takes ownership of events; answers now or suspends (out->suspended). */
@@ -240,7 +245,7 @@ static void ingest_start(tly_http_t *http, request_t *req,
   if (!ingest || !ingest->slots) {
     free(ingest);
     tly_req_events_clear(events);
-    respond_error(out, 500, "internal", "out of memory");
+    tly_http_respond_error(out, 500, "internal", "out of memory");
     return;
   }
   pthread_mutex_init(&ingest->lock, NULL);
@@ -253,34 +258,36 @@ static void ingest_start(tly_http_t *http, request_t *req,
     out->suspended = 1;
     return;
   }
-  ingest_answer(ingest, out);
-  ingest_free(ingest);
+  tly_http_ingest_answer(ingest, out);
+  tly_http_ingest_free(ingest);
 }
 
 static int ingest_available(tly_http_t *http, response_t *out) {
   if (http->producer && !atomic_load(&http->stopping))
     return 1;
-  respond_error(out, 503, "ingest_unavailable",
-                "this HTTP port has no Kafka producer (no brokers configured)");
+  tly_http_respond_error(
+      out, 503, "ingest_unavailable",
+      "this HTTP port has no Kafka producer (no brokers configured)");
   return 0;
 }
 
-void handle_events(tly_http_t *http, request_t *req,
-                   struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_events(tly_http_t *http, request_t *req,
+                            struct MHD_Connection *connection,
+                            response_t *out) {
   tly_req_events_t events;
   tly_req_error_t err;
   if (!ingest_available(http, out))
     return;
   if (tly_req_parse_events(http->conf.config, req->body, req->body_len,
                            tly_wall_ms(), &events, &err)) {
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     return;
   }
   ingest_start(http, req, connection, &events, INGEST_EVENTS, out);
 }
 
-void handle_plan(tly_http_t *http, request_t *req,
-                 struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_plan(tly_http_t *http, request_t *req,
+                          struct MHD_Connection *connection, response_t *out) {
   tly_req_subject_t subject;
   tly_req_error_t err;
   tly_req_events_t events = {0};
@@ -290,20 +297,21 @@ void handle_plan(tly_http_t *http, request_t *req,
   if (!ingest_available(http, out))
     return;
   if (tly_req_parse_subject(req->subject, &subject, &err)) {
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     return;
   }
   /* Without an event_id in the body, each call is a new assignment; with
    * one, a retried call is folded once. */
   if (RAND_bytes(random, sizeof(random)) != 1) {
-    respond_error(out, 500, "internal", "no randomness for an event id");
+    tly_http_respond_error(out, 500, "internal",
+                           "no randomness for an event id");
     return;
   }
   for (size_t i = 0; i < sizeof(random); i++)
     snprintf(event_id + 5 + 2 * i, 3, "%02x", random[i]);
   events.items = calloc(1, sizeof(*events.items));
   if (!events.items) {
-    respond_error(out, 500, "internal", "out of memory");
+    tly_http_respond_error(out, 500, "internal", "out of memory");
     return;
   }
   events.count = 1;
@@ -311,7 +319,7 @@ void handle_plan(tly_http_t *http, request_t *req,
                          tly_wall_ms(), event_id, &events.items[0].event,
                          &err)) {
     tly_req_events_clear(&events);
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     return;
   }
   events.items[0].ok = 1;
@@ -322,8 +330,9 @@ void handle_plan(tly_http_t *http, request_t *req,
 
 /* The signature, the mapping and the answers are tly_stripe_webhook.c's;
  * the event takes the ingest path (200 only once Kafka acknowledged). */
-void handle_stripe_webhook(tly_http_t *http, request_t *req,
-                           struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_stripe_webhook(tly_http_t *http, request_t *req,
+                                    struct MHD_Connection *connection,
+                                    response_t *out) {
   tly_req_events_t events = {0};
   tly_stripe_webhook_info_t info;
   tly_req_error_t err;
@@ -335,17 +344,17 @@ void handle_stripe_webhook(tly_http_t *http, request_t *req,
       req->body ? req->body : "", req->body_len, tly_wall_ms(), &event, &info,
       &err);
   if (result == TLY_STRIPE_WEBHOOK_ERROR) {
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     return;
   }
   if (result == TLY_STRIPE_WEBHOOK_IGNORED) {
-    respond_json(out, 200, tly_stripe_webhook_answer(NULL, &info));
+    tly_http_respond_json(out, 200, tly_stripe_webhook_answer(NULL, &info));
     return;
   }
   events.items = calloc(1, sizeof(*events.items));
   if (!events.items || !ingest_available(http, out)) {
     if (!events.items)
-      respond_error(out, 500, "internal", "out of memory");
+      tly_http_respond_error(out, 500, "internal", "out of memory");
     free(events.items);
     tly_event_clear(&event);
     return;
@@ -360,34 +369,35 @@ static void portal_done(void *connection) { MHD_resume_connection(connection); }
 
 /* The Stripe call runs on its own thread (tly_stripe_portal.c) while the
  * connection is suspended, like ingest. */
-void handle_billing_portal(tly_http_t *http, request_t *req,
-                           struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_billing_portal(tly_http_t *http, request_t *req,
+                                    struct MHD_Connection *connection,
+                                    response_t *out) {
   tly_req_subject_t subject;
   tly_req_error_t err;
   tly_subject_state_t state = {0};
   if (!http->portal) {
-    respond_error(out, 503, "stripe_not_configured",
-                  "Stripe is not configured (stripe.secret_key_env)");
+    tly_http_respond_error(out, 503, "stripe_not_configured",
+                           "Stripe is not configured (stripe.secret_key_env)");
     return;
   }
   if (tly_req_parse_subject(req->subject, &subject, &err)) {
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     return;
   }
-  int found = find_subject(http, &subject, &state, out);
+  int found = tly_http_find_subject(http, &subject, &state, out);
   if (found == 0 || (found > 0 && !state.account.stripe_customer_id[0])) {
     char message[TLY_REQ_SUBJECT_MAX + 64];
     snprintf(message, sizeof(message),
              "subject %s is not linked to a Stripe customer", subject.key);
-    respond_error(out, 404, "not_linked", message);
+    tly_http_respond_error(out, 404, "not_linked", message);
   } else if (found > 0) {
     MHD_suspend_connection(connection);
     if (tly_stripe_portal_request(http->portal,
                                   state.account.stripe_customer_id, portal_done,
                                   connection, &req->portal)) {
       MHD_resume_connection(connection);
-      respond_error(out, 503, "stripe_unavailable",
-                    "no Stripe call can be started now; retry");
+      tly_http_respond_error(out, 503, "stripe_unavailable",
+                             "no Stripe call can be started now; retry");
     } else {
       req->phase = PHASE_WAIT;
       out->suspended = 1;

@@ -103,7 +103,7 @@ enum { PHASE_HEADERS = 0, PHASE_BODY, PHASE_WAIT };
 struct request {
   size_t uri_len; /* the whole request target, query included */
   int phase;
-  int route; /* index into routes, -1: none */
+  int route; /* index into tly_http_route_table, -1: none */
   char subject[TLY_REQ_SUBJECT_MAX + 2];
   char *body;
   size_t body_len, body_cap, body_seen;
@@ -124,41 +124,45 @@ struct request {
 
 /* ---- tly_http.c: the route table, answers ---------------------------- */
 
-/* Indexed by request_t.route; route_count entries. */
-extern const route_t routes[];
-extern const size_t route_count;
+/* Indexed by request_t.route; tly_http_route_count entries. */
+extern const route_t tly_http_route_table[];
+extern const size_t tly_http_route_count;
 
-json_t *error_json(const char *code, const char *message, const char *field);
-void respond_json(response_t *out, int status, json_t *body);
-void respond_error(response_t *out, int status, const char *code,
-                   const char *message);
-void respond_req_error(response_t *out, const tly_req_error_t *err);
-void respond_answer(response_t *out, json_t *answer,
-                    const tly_req_error_t *err);
-void respond_moving(response_t *out, int32_t partition, const char *owner,
-                    const char *message);
+json_t *tly_http_error_json(const char *code, const char *message,
+                            const char *field);
+void tly_http_respond_json(response_t *out, int status, json_t *body);
+void tly_http_respond_error(response_t *out, int status, const char *code,
+                            const char *message);
+void tly_http_respond_req_error(response_t *out, const tly_req_error_t *err);
+void tly_http_respond_answer(response_t *out, json_t *answer,
+                             const tly_req_error_t *err);
+void tly_http_respond_moving(response_t *out, int32_t partition,
+                             const char *owner, const char *message);
 
 /* ---- tly_http_queries.c: answers from state or a request body -------- */
 
-route_handler_fn handle_usage, handle_quota, handle_daily, handle_cycles,
-    handle_alerts, handle_plans, handle_estimate, handle_prorate;
+route_handler_fn tly_http_handle_usage, tly_http_handle_quota,
+    tly_http_handle_daily, tly_http_handle_cycles, tly_http_handle_alerts,
+    tly_http_handle_plans, tly_http_handle_estimate, tly_http_handle_prorate;
 /* The subject's committed state, from a partition served here. */
-int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
-                 tly_subject_state_t *state, response_t *out);
+int tly_http_find_subject(tly_http_t *http, const tly_req_subject_t *subject,
+                          tly_subject_state_t *state, response_t *out);
 
 /* ---- tly_http_ingest.c: Kafka, the Stripe webhook and portal --------- */
 
-route_handler_fn handle_events, handle_plan, handle_stripe_webhook,
-    handle_billing_portal;
+route_handler_fn tly_http_handle_events, tly_http_handle_plan,
+    tly_http_handle_stripe_webhook, tly_http_handle_billing_portal;
 /* The ingest producer and its poller thread (none without brokers). */
-int start_producer(tly_http_t *http, char *errstr, size_t errstr_size);
+int tly_http_start_producer(tly_http_t *http, char *errstr, size_t errstr_size);
 /* A suspended ingest, resumed: its answer; freeing it. */
-void ingest_answer(ingest_t *ingest, response_t *out);
-void ingest_free(ingest_t *ingest);
+void tly_http_ingest_answer(ingest_t *ingest, response_t *out);
+void tly_http_ingest_free(ingest_t *ingest);
 
 /* ---- tly_http_metrics.c: health, readiness, metrics ------------------ */
 
-route_handler_fn handle_healthz, handle_readyz, handle_metrics;
-tly_partition_status_t *partition_snapshot(tly_http_t *http, size_t *count);
+route_handler_fn tly_http_handle_healthz, tly_http_handle_readyz,
+    tly_http_handle_metrics;
+tly_partition_status_t *tly_http_partition_snapshot(tly_http_t *http,
+                                                    size_t *count);
 
 #endif

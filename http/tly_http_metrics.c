@@ -27,14 +27,16 @@
 
 /* ---- handlers: health, readiness, metrics ----------------------------- */
 
-void handle_healthz(tly_http_t *http, request_t *req,
-                    struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_healthz(tly_http_t *http, request_t *req,
+                             struct MHD_Connection *connection,
+                             response_t *out) {
   (void)http, (void)req, (void)connection;
-  respond_json(out, 200, json_pack("{s:s}", "status", "ok"));
+  tly_http_respond_json(out, 200, json_pack("{s:s}", "status", "ok"));
 }
 
 /* A malloc'd snapshot of the processor's partitions; *count entries. */
-tly_partition_status_t *partition_snapshot(tly_http_t *http, size_t *count) {
+tly_partition_status_t *tly_http_partition_snapshot(tly_http_t *http,
+                                                    size_t *count) {
   return tly_processor_partitions_copy(http->conf.processor, count);
 }
 
@@ -46,7 +48,7 @@ static int readiness(tly_http_t *http, json_t **detail) {
   /* A rebalance sets partitions up one at a time: read the flag on both
    * sides of the snapshot so a half-made assignment never counts. */
   int rebalancing = tly_processor_rebalancing(http->conf.processor);
-  tly_partition_status_t *status = partition_snapshot(http, &count);
+  tly_partition_status_t *status = tly_http_partition_snapshot(http, &count);
   rebalancing |= tly_processor_rebalancing(http->conf.processor);
   json_t *behind = json_array();
   if (!status || !behind) {
@@ -88,16 +90,17 @@ static int readiness(tly_http_t *http, json_t **detail) {
   return ready;
 }
 
-void handle_readyz(tly_http_t *http, request_t *req,
-                   struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_readyz(tly_http_t *http, request_t *req,
+                            struct MHD_Connection *connection,
+                            response_t *out) {
   json_t *detail = NULL;
   (void)req, (void)connection;
   int ready = readiness(http, &detail);
   if (ready < 0) {
-    respond_error(out, 500, "internal", "out of memory");
+    tly_http_respond_error(out, 500, "internal", "out of memory");
     return;
   }
-  respond_json(out, ready ? 200 : 503, detail);
+  tly_http_respond_json(out, ready ? 200 : 503, detail);
 }
 
 /* Appends formatted text to a growing buffer; ignores OOM (truncates). */
@@ -135,16 +138,18 @@ static void metrics_http(tly_http_t *http, text_t *text) {
   text_append(text, "# HELP tally_http_requests_total HTTP requests answered, "
                     "by route and status.\n# TYPE tally_http_requests_total "
                     "counter\n");
-  for (size_t r = 0; r <= route_count; r++) {
+  for (size_t r = 0; r <= tly_http_route_count; r++) {
     for (int s = STATUS_MIN; s <= STATUS_MAX; s++) {
       uint64_t n = atomic_load(&http->requests[r][s - STATUS_MIN]);
       if (n)
         text_append(text,
                     "tally_http_requests_total{method=\"%s\",route=\"%s\","
                     "status=\"%d\"} %llu\n",
-                    r < route_count ? routes[r].method : "",
-                    r < route_count ? routes[r].path : "unmatched", s,
-                    (unsigned long long)n);
+                    r < tly_http_route_count ? tly_http_route_table[r].method
+                                             : "",
+                    r < tly_http_route_count ? tly_http_route_table[r].path
+                                             : "unmatched",
+                    s, (unsigned long long)n);
     }
   }
   tly_state_cache_stats_t cache;
@@ -222,8 +227,9 @@ static void metrics_histogram(text_t *text, const char *name, const char *help,
               (unsigned long long)count);
 }
 
-void handle_metrics(tly_http_t *http, request_t *req,
-                    struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_metrics(tly_http_t *http, request_t *req,
+                             struct MHD_Connection *connection,
+                             response_t *out) {
   tly_processor_stats_t stats;
   text_t text = {0};
   size_t count = 0;
@@ -310,7 +316,7 @@ void handle_metrics(tly_http_t *http, request_t *req,
               (unsigned long long)stats.changelog_restores,
               (unsigned long long)stats.changelog_restored_records,
               (double)stats.changelog_restore_ms / 1000.0);
-  tly_partition_status_t *status = partition_snapshot(http, &count);
+  tly_partition_status_t *status = tly_http_partition_snapshot(http, &count);
   text_append(&text, "# HELP tally_partition_committed_offset Next input "
                      "offset committed to RocksDB.\n# TYPE "
                      "tally_partition_committed_offset gauge\n");

@@ -49,16 +49,17 @@ static int partition_served(void *processor, int32_t partition) {
  * partitions this instance serves only. 1, 0, or -1 when out holds the
  * answer: 500, or 503 when the subject's partition is not served here (any
  * more: a rebalance started since the request was routed). */
-int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
-                 tly_subject_state_t *state, response_t *out) {
+int tly_http_find_subject(tly_http_t *http, const tly_req_subject_t *subject,
+                          tly_subject_state_t *state, response_t *out) {
   char errstr[512];
   int32_t partition_count = tly_processor_partition_count(http->conf.processor);
   int32_t home =
       tly_state_home_partition(partition_count, subject->kind, subject->id);
   if (!partition_served(http->conf.processor, home)) {
     memset(state, 0, sizeof(*state));
-    respond_moving(out, home, NULL,
-                   "this instance does not serve the subject's partition now");
+    tly_http_respond_moving(
+        out, home, NULL,
+        "this instance does not serve the subject's partition now");
     return -1;
   }
   int found = tly_state_cache_find(
@@ -66,14 +67,14 @@ int find_subject(tly_http_t *http, const tly_req_subject_t *subject,
       http->conf.processor, commit_count, http->conf.processor, subject->kind,
       subject->id, state, errstr, sizeof(errstr));
   if (found < 0)
-    respond_error(out, 500, "store_error", errstr);
+    tly_http_respond_error(out, 500, "store_error", errstr);
   return found;
 }
 
 /* ---- handlers: subjects ---------------------------------------------- */
 
-void handle_usage(tly_http_t *http, request_t *req,
-                  struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_usage(tly_http_t *http, request_t *req,
+                           struct MHD_Connection *connection, response_t *out) {
   tly_req_subject_t subject;
   tly_req_error_t err;
   tly_subject_state_t state = {0};
@@ -83,25 +84,25 @@ void handle_usage(tly_http_t *http, request_t *req,
       tly_req_parse_at(
           MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "at"),
           tly_wall_ms(), &now_ms, &err)) {
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     return;
   }
-  int found = find_subject(http, &subject, &state, out);
+  int found = tly_http_find_subject(http, &subject, &state, out);
   if (found == 0) {
     char message[TLY_REQ_SUBJECT_MAX + 64];
     snprintf(message, sizeof(message), "no usage recorded for subject %s",
              subject.key);
-    respond_error(out, 404, "not_found", message);
+    tly_http_respond_error(out, 404, "not_found", message);
   } else if (found > 0) {
-    respond_json(
+    tly_http_respond_json(
         out, 200,
         tly_req_usage_json(http->conf.config, &subject, &state, now_ms));
   }
   tly_state_subject_clear(&state);
 }
 
-void handle_quota(tly_http_t *http, request_t *req,
-                  struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_quota(tly_http_t *http, request_t *req,
+                           struct MHD_Connection *connection, response_t *out) {
   tly_req_subject_t subject;
   tly_req_quota_query_t query;
   tly_req_error_t err;
@@ -118,43 +119,45 @@ void handle_quota(tly_http_t *http, request_t *req,
       tly_req_parse_at(
           MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "at"),
           tly_wall_ms(), &now_ms, &err)) {
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     return;
   }
-  int found = find_subject(http, &subject, &state, out);
+  int found = tly_http_find_subject(http, &subject, &state, out);
   if (found >= 0) {
     json_t *answer =
         tly_req_quota_json(http->conf.config, &subject, found ? &state : NULL,
                            &query, now_ms, &err);
-    respond_answer(out, answer, &err);
+    tly_http_respond_answer(out, answer, &err);
   }
   tly_state_subject_clear(&state);
 }
 
 /* ---- handlers: plans, estimate, prorate ------------------------------ */
 
-void handle_plans(tly_http_t *http, request_t *req,
-                  struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_plans(tly_http_t *http, request_t *req,
+                           struct MHD_Connection *connection, response_t *out) {
   (void)req, (void)connection;
-  respond_json(out, 200, tly_req_plans_json(http->conf.config));
+  tly_http_respond_json(out, 200, tly_req_plans_json(http->conf.config));
 }
 
-void handle_estimate(tly_http_t *http, request_t *req,
-                     struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_estimate(tly_http_t *http, request_t *req,
+                              struct MHD_Connection *connection,
+                              response_t *out) {
   tly_req_error_t err;
   (void)connection;
   json_t *answer =
       tly_req_estimate(http->conf.config, req->body, req->body_len, &err);
-  respond_answer(out, answer, &err);
+  tly_http_respond_answer(out, answer, &err);
 }
 
-void handle_prorate(tly_http_t *http, request_t *req,
-                    struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_prorate(tly_http_t *http, request_t *req,
+                             struct MHD_Connection *connection,
+                             response_t *out) {
   tly_req_error_t err;
   (void)connection;
   json_t *answer =
       tly_req_prorate(http->conf.config, req->body, req->body_len, &err);
-  respond_answer(out, answer, &err);
+  tly_http_respond_answer(out, answer, &err);
 }
 
 /* ---- handlers: the usage history ------------------------------------- */
@@ -164,7 +167,7 @@ void handle_prorate(tly_http_t *http, request_t *req,
 static int64_t history_horizon(tly_http_t *http, int32_t partition) {
   size_t count = 0;
   int64_t horizon = INT64_MIN;
-  tly_partition_status_t *status = partition_snapshot(http, &count);
+  tly_partition_status_t *status = tly_http_partition_snapshot(http, &count);
   if (status && partition >= 0 && (size_t)partition < count)
     horizon = status[partition].watermark_ms;
   free(status);
@@ -178,15 +181,15 @@ static int history_subject(tly_http_t *http, request_t *req,
                            tly_subject_state_t *state, response_t *out) {
   tly_req_error_t err;
   if (tly_req_parse_subject(req->subject, subject, &err)) {
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     return 0;
   }
-  int found = find_subject(http, subject, state, out);
+  int found = tly_http_find_subject(http, subject, state, out);
   if (found == 0) {
     char message[TLY_REQ_SUBJECT_MAX + 64];
     snprintf(message, sizeof(message), "no usage recorded for subject %s",
              subject->key);
-    respond_error(out, 404, "not_found", message);
+    tly_http_respond_error(out, 404, "not_found", message);
   }
   return found > 0;
 }
@@ -205,7 +208,7 @@ static int scan_history(tly_http_t *http, const tly_subject_state_t *state,
                         sizeof(errstr)) == 0 &&
       !*failed)
     return 0;
-  respond_error(out, 500, "store_error", *failed ? what : errstr);
+  tly_http_respond_error(out, 500, "store_error", *failed ? what : errstr);
   return -1;
 }
 
@@ -251,8 +254,8 @@ static int visit_hour(void *opaque, const unsigned char *suffix,
   return scan->failed;
 }
 
-void handle_daily(tly_http_t *http, request_t *req,
-                  struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_daily(tly_http_t *http, request_t *req,
+                           struct MHD_Connection *connection, response_t *out) {
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   tly_req_error_t err;
@@ -262,7 +265,7 @@ void handle_daily(tly_http_t *http, request_t *req,
                                       "from"),
           MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "to"),
           &scan.from_day, &scan.to_day, &err)) {
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     return;
   }
   /* The newest hour lives in the subject record, older ones in keys: read
@@ -283,9 +286,10 @@ void handle_daily(tly_http_t *http, request_t *req,
     if (commit_count(http->conf.processor) == before)
       break;
   }
-  respond_json(out, 200,
-               tly_req_daily_json(http->conf.config, &subject, scan.buckets,
-                                  scan.count, scan.from_day, scan.to_day));
+  tly_http_respond_json(out, 200,
+                        tly_req_daily_json(http->conf.config, &subject,
+                                           scan.buckets, scan.count,
+                                           scan.from_day, scan.to_day));
 done:
   free(scan.buckets);
   tly_state_subject_clear(&state);
@@ -345,8 +349,9 @@ static int visit_cycle(void *opaque, const unsigned char *suffix,
   return 0;
 }
 
-void handle_cycles(tly_http_t *http, request_t *req,
-                   struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_cycles(tly_http_t *http, request_t *req,
+                            struct MHD_Connection *connection,
+                            response_t *out) {
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   cycles_scan_t scan = {0};
@@ -363,16 +368,16 @@ void handle_cycles(tly_http_t *http, request_t *req,
     scan.failed = !entry;
   }
   if (scan.failed) {
-    respond_error(out, 500, "internal", "out of memory");
+    tly_http_respond_error(out, 500, "internal", "out of memory");
     goto done;
   }
   if (scan_history(http, &state, &subject, TLY_HISTORY_CYCLE, INT64_MIN,
                    visit_cycle, &scan, &scan.failed,
                    "out of memory or a corrupt archived cycle", out))
     goto done;
-  respond_json(out, 200,
-               tly_req_cycles_json(http->conf.config, &subject, scan.cycles,
-                                   scan.count));
+  tly_http_respond_json(out, 200,
+                        tly_req_cycles_json(http->conf.config, &subject,
+                                            scan.cycles, scan.count));
 done:
   for (size_t i = 0; i < scan.owned_count; i++)
     free(scan.owned[i]);
@@ -410,8 +415,9 @@ static int visit_alert(void *opaque, const unsigned char *suffix,
   return 0;
 }
 
-void handle_alerts(tly_http_t *http, request_t *req,
-                   struct MHD_Connection *connection, response_t *out) {
+void tly_http_handle_alerts(tly_http_t *http, request_t *req,
+                            struct MHD_Connection *connection,
+                            response_t *out) {
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   tly_req_error_t err;
@@ -420,7 +426,7 @@ void handle_alerts(tly_http_t *http, request_t *req,
   if (tly_req_parse_limit(MHD_lookup_connection_value(
                               connection, MHD_GET_ARGUMENT_KIND, "limit"),
                           &limit, &err)) {
-    respond_req_error(out, &err);
+    tly_http_respond_req_error(out, &err);
     goto done;
   }
   if (!scan.list || !history_subject(http, req, &subject, &state, out))
@@ -435,11 +441,11 @@ void handle_alerts(tly_http_t *http, request_t *req,
   size_t total = json_array_size(scan.list);
   for (size_t i = total; i > 0 && json_array_size(alerts) < (size_t)limit; i--)
     json_array_append(alerts, json_array_get(scan.list, i - 1));
-  respond_json(out, 200,
-               json_pack("{s:s,s:I,s:I,s:o}", "subject", subject.key,
-                         "retention_days",
-                         (json_int_t)http->conf.config->retention.alerts_days,
-                         "total", (json_int_t)total, "alerts", alerts));
+  tly_http_respond_json(
+      out, 200,
+      json_pack("{s:s,s:I,s:I,s:o}", "subject", subject.key, "retention_days",
+                (json_int_t)http->conf.config->retention.alerts_days, "total",
+                (json_int_t)total, "alerts", alerts));
 done:
   json_decref(scan.list);
   tly_state_subject_clear(&state);
