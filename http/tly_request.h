@@ -2,11 +2,12 @@
  * tly_request.h - the HTTP port's request parsing and answers, as pure
  * functions: no socket, no store, no clock (the caller passes now_ms).
  *
- * tly_http.c does the I/O (libmicrohttpd, RocksDB through tly_state, Kafka)
- * and calls these to turn a path segment, query parameters or a JSON body
- * into validated values, and committed state into JSON answers. Being pure,
- * they are what the unit tests and the libFuzzer target
- * (tests/fuzz/fuzz_http_request.c) exercise directly.
+ * The port (tly_http.c and its handler files, tly_http_*.c) does the I/O
+ * (libmicrohttpd, RocksDB through tly_state, Kafka) and calls these to turn
+ * a path segment, query parameters or a JSON body into validated values,
+ * and committed state into JSON answers. Being pure, they are what the unit
+ * tests and the libFuzzer target (tests/fuzz/fuzz_http_request.c) exercise
+ * directly.
  *
  * Errors fill a tly_req_error_t: the HTTP status, a stable code, the field
  * at fault (JSON path or query parameter, "" when the whole body is) and a

@@ -2,7 +2,7 @@
  * tly_stripe_webhook.h - Stripe webhook intake, as pure functions: from the
  * Stripe-Signature header, the raw body, the config and the time to at most
  * one tally event (or a reason to ignore the delivery, or an error). No
- * socket, no clock, no Kafka: tly_http.c does the I/O (POST
+ * socket, no clock, no Kafka: tly_http_ingest.c does the I/O (POST
  * /v1/stripe/webhook produces the event and answers 200 only once Kafka
  * acknowledged it), the unit tests and tests/fuzz/fuzz_stripe_webhook.c
  * call these directly.

@@ -1,0 +1,168 @@
+/*
+ * tly_http_internal.h - private to http/: what the files of the HTTP port
+ * share. tly_http.c (the server: daemon, route table, auth, forwarding, the
+ * life of a request), tly_http_queries.c (answers from committed state or a
+ * request body), tly_http_ingest.c (ingest, the Stripe webhook and billing
+ * portal: the routes that produce to Kafka or call Stripe) and
+ * tly_http_metrics.c (health, readiness, metrics) include it; nothing
+ * outside http/ may: the port's contract is tly_http.h.
+ *
+ * It holds the tly_http_t definition, a request's and a response's state,
+ * the route table's entries and the helpers that fill an answer. It never
+ * holds code: parsing and JSON answers are tly_request.h's (pure), I/O is
+ * the .c files'.
+ */
+#ifndef TLY_HTTP_INTERNAL_H
+#define TLY_HTTP_INTERNAL_H
+
+#include "tally_producer.h"
+#include "tly_alert.h"
+#include "tly_forward.h"
+#include "tly_http.h"
+#include "tly_http_conn.h"
+#include "tly_request.h"
+#include "tly_state_cache.h"
+#include "tly_stripe_portal.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Ingest waits this long for Kafka before reporting a failure (503). */
+#define INGEST_TIMEOUT_MS 10000
+
+typedef enum {
+  AUTH_REQUIRED = 0, /* bearer token */
+  AUTH_PUBLIC,       /* health and readiness */
+  AUTH_METRICS,      /* public when http.metrics_public */
+  AUTH_SIGNED        /* its own signature (the Stripe webhook) */
+} route_auth_t;
+
+typedef struct request request_t;
+typedef struct response response_t;
+/* A route's handler: fills out, or suspends the connection (a call to
+ * Kafka, Stripe or the partition's owner) and sets out->suspended. */
+typedef void route_handler_fn(tly_http_t *http, request_t *req,
+                              struct MHD_Connection *connection,
+                              response_t *out);
+typedef route_handler_fn *route_handler_t;
+
+typedef struct {
+  const char *method;
+  const char *path;   /* as documented: "/v1/subjects/{subject}/usage" */
+  const char *prefix; /* path before {subject}, or the whole path */
+  const char *suffix; /* path after {subject}; NULL: no subject segment */
+  route_handler_t handler;
+  route_auth_t auth;
+  int takes_body;
+  int owner_only; /* reads the subject's state: its partition's owner answers */
+} route_t;
+
+#define STATUS_MIN 100
+#define STATUS_MAX 599
+
+struct tly_http {
+  tly_http_conf_t conf;
+  struct MHD_Daemon *daemon;
+  tly_http_guard_t *guard; /* connection caps and read deadlines */
+  uint16_t port;
+  tly_state_cache_t *cache;
+  /* Decodes the stored alerts for /alerts (a codec is not thread-safe). */
+  tly_alert_codec_t *alert_codec;
+  pthread_mutex_t alert_lock;
+  tally_producer_t *producer;
+  tly_stripe_portal_t *portal; /* NULL: Stripe not configured */
+  tly_forward_t *forward;
+  /* Forwards to a partition's owner: relayed, owner unreachable, refused
+   * (at the in-flight bound). */
+  atomic_uint_least64_t forwards_relayed, forwards_failed, forwards_refused;
+  /* Forwarded requests refused here (401): bad or missing credential. */
+  atomic_uint_least64_t forwards_rejected;
+  pthread_t poller;
+  int poller_started;
+  atomic_int stopping;
+  /* Requests by route (the last row: no route) and status. */
+  atomic_uint_least64_t (*requests)[STATUS_MAX - STATUS_MIN + 1];
+};
+
+struct response {
+  int status;
+  char *body; /* malloc'd */
+  const char *content_type;
+  int suspended;     /* the handler suspended the connection: no answer yet */
+  int retry_after_s; /* >0: a Retry-After header */
+};
+
+typedef struct ingest ingest_t;
+
+enum { PHASE_HEADERS = 0, PHASE_BODY, PHASE_WAIT };
+
+struct request {
+  size_t uri_len; /* the whole request target, query included */
+  int phase;
+  int route; /* index into tly_http_route_table, -1: none */
+  char subject[TLY_REQ_SUBJECT_MAX + 2];
+  char *body;
+  size_t body_len, body_cap, body_seen;
+  int body_too_large;
+  int answered;     /* an answer is queued: the handler never runs again */
+  ingest_t *ingest; /* while waiting for Kafka */
+  tly_stripe_portal_call_t *portal; /* while waiting for Stripe */
+  char *target;                     /* the request target, query included */
+  tly_forward_call_t *forward;      /* while waiting for the owner */
+  const char *served_by; /* X-Tally-Served-By: this instance or owner */
+  char owner[TLY_MEMBERS_URL_MAX]; /* the owner forwarded to */
+  char content_type[128];          /* of the owner's answer */
+  int32_t partition;               /* the subject's, -1 until known */
+  /* Marked as forwarded by another instance (an owner-only route): its
+   * credential, not a bearer token, is checked, once the body is in. */
+  int forwarded;
+};
+
+/* ---- tly_http.c: the route table, answers ---------------------------- */
+
+/* Indexed by request_t.route; tly_http_route_count entries. */
+extern const route_t tly_http_route_table[];
+extern const size_t tly_http_route_count;
+
+json_t *tly_http_error_json(const char *code, const char *message,
+                            const char *field);
+void tly_http_respond_json(response_t *out, int status, json_t *body);
+void tly_http_respond_error(response_t *out, int status, const char *code,
+                            const char *message);
+void tly_http_respond_req_error(response_t *out, const tly_req_error_t *err);
+void tly_http_respond_answer(response_t *out, json_t *answer,
+                             const tly_req_error_t *err);
+void tly_http_respond_moving(response_t *out, int32_t partition,
+                             const char *owner, const char *message);
+
+/* ---- tly_http_queries.c: answers from state or a request body -------- */
+
+route_handler_fn tly_http_handle_usage, tly_http_handle_quota,
+    tly_http_handle_daily, tly_http_handle_cycles, tly_http_handle_alerts,
+    tly_http_handle_plans, tly_http_handle_estimate, tly_http_handle_prorate;
+/* The subject's committed state, from a partition served here. */
+int tly_http_find_subject(tly_http_t *http, const tly_req_subject_t *subject,
+                          tly_subject_state_t *state, response_t *out);
+
+/* ---- tly_http_ingest.c: Kafka, the Stripe webhook and portal --------- */
+
+route_handler_fn tly_http_handle_events, tly_http_handle_plan,
+    tly_http_handle_stripe_webhook, tly_http_handle_billing_portal;
+/* The ingest producer and its poller thread (none without brokers). */
+int tly_http_start_producer(tly_http_t *http, char *errstr, size_t errstr_size);
+/* A suspended ingest, resumed: its answer; freeing it. */
+void tly_http_ingest_answer(ingest_t *ingest, response_t *out);
+void tly_http_ingest_free(ingest_t *ingest);
+
+/* ---- tly_http_metrics.c: health, readiness, metrics ------------------ */
+
+route_handler_fn tly_http_handle_healthz, tly_http_handle_readyz,
+    tly_http_handle_metrics;
+tly_partition_status_t *tly_http_partition_snapshot(tly_http_t *http,
+                                                    size_t *count);
+
+#endif

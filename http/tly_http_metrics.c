@@ -1,0 +1,397 @@
+/*
+ * tly_http_metrics.c - what an operator polls: GET /healthz (the process
+ * answers), GET /readyz (every assigned partition caught up with its
+ * replay) and GET /metrics (Prometheus text: the processor's counters and
+ * histograms, partitions, Stripe reporting, this port's requests,
+ * connections and forwards, membership records).
+ *
+ * Reads counters and snapshots only; never reads a subject's state, never
+ * produces.
+ */
+#include "tly_http_internal.h"
+
+#include "tly_http_conn.h"
+#include "tly_members.h"
+#include "tly_processor.h"
+#include "tly_state_cache.h"
+#include "tly_stripe_emitter.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- handlers: health, readiness, metrics ----------------------------- */
+
+void tly_http_handle_healthz(tly_http_t *http, request_t *req,
+                             struct MHD_Connection *connection,
+                             response_t *out) {
+  (void)http, (void)req, (void)connection;
+  tly_http_respond_json(out, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+/* A malloc'd snapshot of the processor's partitions; *count entries. */
+tly_partition_status_t *tly_http_partition_snapshot(tly_http_t *http,
+                                                    size_t *count) {
+  return tly_processor_partitions_copy(http->conf.processor, count);
+}
+
+/* Ready once every assigned partition has committed up to the log end seen
+ * when it was assigned (its replay target). 1 ready, 0 not, -1 OOM; *detail
+ * (optional) says which partitions are behind. */
+static int readiness(tly_http_t *http, json_t **detail) {
+  size_t count = 0, assigned = 0;
+  /* A rebalance sets partitions up one at a time: read the flag on both
+   * sides of the snapshot so a half-made assignment never counts. */
+  int rebalancing = tly_processor_rebalancing(http->conf.processor);
+  tly_partition_status_t *status = tly_http_partition_snapshot(http, &count);
+  rebalancing |= tly_processor_rebalancing(http->conf.processor);
+  json_t *behind = json_array();
+  if (!status || !behind) {
+    free(status);
+    json_decref(behind);
+    return -1;
+  }
+  for (size_t i = 0; i < count; i++) {
+    if (!status[i].assigned)
+      continue;
+    assigned++;
+    int64_t committed =
+        status[i].committed_offset < 0 ? 0 : status[i].committed_offset;
+    if (committed < status[i].replay_target)
+      json_array_append_new(
+          behind,
+          json_pack("{s:i,s:I,s:I,s:I}", "partition", (int)status[i].partition,
+                    "committed_offset", (json_int_t)committed, "replay_target",
+                    (json_int_t)status[i].replay_target, "remaining",
+                    (json_int_t)(status[i].replay_target - committed)));
+  }
+  free(status);
+  int ready = !rebalancing && assigned > 0 && json_array_size(behind) == 0;
+  if (detail) {
+    int32_t restoring = tly_processor_restoring(http->conf.processor);
+    const char *reason =
+        restoring >= 0 ? "restoring: a partition's state is being read "
+                         "from the changelog"
+        : rebalancing  ? "rebalancing: partitions are being assigned"
+        : !assigned    ? "no partitions assigned yet"
+                       : "replaying: partitions have not caught up with the "
+                         "log end seen when they were assigned";
+    *detail = ready ? json_pack("{s:s,s:I}", "status", "ready", "partitions",
+                                (json_int_t)assigned)
+                    : json_pack("{s:s,s:s,s:O}", "status", "not_ready",
+                                "reason", reason, "behind", behind);
+  }
+  json_decref(behind);
+  return ready;
+}
+
+void tly_http_handle_readyz(tly_http_t *http, request_t *req,
+                            struct MHD_Connection *connection,
+                            response_t *out) {
+  json_t *detail = NULL;
+  (void)req, (void)connection;
+  int ready = readiness(http, &detail);
+  if (ready < 0) {
+    tly_http_respond_error(out, 500, "internal", "out of memory");
+    return;
+  }
+  tly_http_respond_json(out, ready ? 200 : 503, detail);
+}
+
+/* Appends formatted text to a growing buffer; ignores OOM (truncates). */
+typedef struct {
+  char *data;
+  size_t len, cap;
+} text_t;
+
+static void text_append(text_t *text, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void text_append(text_t *text, const char *fmt, ...) {
+  va_list ap;
+  for (;;) {
+    size_t room = text->cap - text->len;
+    va_start(ap, fmt);
+    int needed =
+        vsnprintf(text->data ? text->data + text->len : NULL, room, fmt, ap);
+    va_end(ap);
+    if (needed < 0)
+      return;
+    if ((size_t)needed < room) {
+      text->len += (size_t)needed;
+      return;
+    }
+    size_t cap = (text->cap ? text->cap * 2 : 4096) + (size_t)needed;
+    char *grown = realloc(text->data, cap);
+    if (!grown)
+      return;
+    text->data = grown;
+    text->cap = cap;
+  }
+}
+
+static void metrics_http(tly_http_t *http, text_t *text) {
+  text_append(text, "# HELP tally_http_requests_total HTTP requests answered, "
+                    "by route and status.\n# TYPE tally_http_requests_total "
+                    "counter\n");
+  for (size_t r = 0; r <= tly_http_route_count; r++) {
+    for (int s = STATUS_MIN; s <= STATUS_MAX; s++) {
+      uint64_t n = atomic_load(&http->requests[r][s - STATUS_MIN]);
+      if (n)
+        text_append(text,
+                    "tally_http_requests_total{method=\"%s\",route=\"%s\","
+                    "status=\"%d\"} %llu\n",
+                    r < tly_http_route_count ? tly_http_route_table[r].method
+                                             : "",
+                    r < tly_http_route_count ? tly_http_route_table[r].path
+                                             : "unmatched",
+                    s, (unsigned long long)n);
+    }
+  }
+  tly_state_cache_stats_t cache;
+  tly_state_cache_stats(http->cache, &cache);
+  text_append(text,
+              "# HELP tally_http_state_cache_total State reads of the HTTP "
+              "port, answered from the read cache or RocksDB.\n# TYPE "
+              "tally_http_state_cache_total counter\n"
+              "tally_http_state_cache_total{result=\"hit\"} %llu\n"
+              "tally_http_state_cache_total{result=\"miss\"} %llu\n",
+              (unsigned long long)cache.hits, (unsigned long long)cache.misses);
+  text_append(text,
+              "# HELP tally_http_forwards_total Per-subject requests sent to "
+              "the owner of the subject's partition, by result (relayed: "
+              "its answer was relayed; failed: it did not answer, 503; "
+              "refused: too many in flight, 503).\n# TYPE "
+              "tally_http_forwards_total counter\n"
+              "tally_http_forwards_total{result=\"relayed\"} %llu\n"
+              "tally_http_forwards_total{result=\"failed\"} %llu\n"
+              "tally_http_forwards_total{result=\"refused\"} %llu\n",
+              (unsigned long long)atomic_load(&http->forwards_relayed),
+              (unsigned long long)atomic_load(&http->forwards_failed),
+              (unsigned long long)atomic_load(&http->forwards_refused));
+  tly_conn_stats_t conns;
+  tly_http_guard_stats(http->guard, &conns);
+  text_append(text,
+              "# HELP tally_http_connections_open HTTP connections open "
+              "(http.max_connections at most).\n# TYPE "
+              "tally_http_connections_open gauge\n"
+              "tally_http_connections_open %llu\n"
+              "# HELP tally_http_connections_closed_total HTTP connections "
+              "the port closed itself, by reason: a read deadline "
+              "(http.header_timeout_ms, http.request_timeout_ms) or a cap "
+              "(http.max_connections_per_ip, http.max_connections).\n"
+              "# TYPE tally_http_connections_closed_total counter\n",
+              (unsigned long long)conns.open);
+  for (int r = 0; r < TLY_CONN_CLOSED_REASONS; r++)
+    text_append(text,
+                "tally_http_connections_closed_total{reason=\"%s\"} %llu\n",
+                tly_conn_closed_reason_name((tly_conn_closed_reason_t)r),
+                (unsigned long long)conns.closed[r]);
+  text_append(text,
+              "# HELP tally_http_forwards_rejected_total Requests marked as "
+              "forwarded by another instance refused here with 401 (no, "
+              "expired or invalid forwarding credential).\n# TYPE "
+              "tally_http_forwards_rejected_total counter\n"
+              "tally_http_forwards_rejected_total %llu\n",
+              (unsigned long long)atomic_load(&http->forwards_rejected));
+  tly_members_t *members = http->conf.members;
+  if (!members)
+    return;
+  text_append(text, "# HELP tally_members_records_total Records of the "
+                    "members topic read, by verdict (applied, or why they "
+                    "were ignored: bad_mac, malformed, stale, replayed).\n"
+                    "# TYPE tally_members_records_total counter\n");
+  for (int v = 0; v < TLY_MEMBERS_VERDICTS; v++)
+    text_append(text, "tally_members_records_total{verdict=\"%s\"} %llu\n",
+                tly_members_verdict_name((tly_members_verdict_t)v),
+                (unsigned long long)tly_members_count(
+                    members, (tly_members_verdict_t)v));
+}
+
+/* A Prometheus histogram: cumulative buckets with bounds in ms, +Inf (the
+ * count), the sum in seconds and the count. */
+static void metrics_histogram(text_t *text, const char *name, const char *help,
+                              const int64_t *bounds_ms, const uint64_t *buckets,
+                              int bucket_count, uint64_t count,
+                              double sum_seconds) {
+  text_append(text, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+  for (int i = 0; i < bucket_count; i++)
+    text_append(text, "%s_bucket{le=\"%g\"} %llu\n", name,
+                (double)bounds_ms[i] / 1000.0, (unsigned long long)buckets[i]);
+  text_append(text, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
+              name, (unsigned long long)count, name, sum_seconds, name,
+              (unsigned long long)count);
+}
+
+void tly_http_handle_metrics(tly_http_t *http, request_t *req,
+                             struct MHD_Connection *connection,
+                             response_t *out) {
+  tly_processor_stats_t stats;
+  text_t text = {0};
+  size_t count = 0;
+  (void)req, (void)connection;
+
+  tly_processor_stats(http->conf.processor, &stats);
+  text_append(&text,
+              "# HELP tally_events_folded_total Usage events folded into "
+              "committed state.\n# TYPE tally_events_folded_total counter\n"
+              "tally_events_folded_total %llu\n",
+              (unsigned long long)stats.events_folded);
+  text_append(&text,
+              "# HELP tally_dead_letters_total Input records sent to the "
+              "dead-letter topic.\n# TYPE tally_dead_letters_total counter\n"
+              "tally_dead_letters_total %llu\n",
+              (unsigned long long)stats.dead_letters);
+  text_append(&text,
+              "# HELP tally_duplicates_total Events ignored as already folded "
+              "(same event_id).\n# TYPE tally_duplicates_total counter\n"
+              "tally_duplicates_total %llu\n",
+              (unsigned long long)stats.duplicates);
+  text_append(&text,
+              "# HELP tally_alerts_total Alerts emitted by the fold.\n"
+              "# TYPE tally_alerts_total counter\ntally_alerts_total %llu\n",
+              (unsigned long long)stats.alerts);
+  text_append(&text,
+              "# HELP tally_batches_committed_total RocksDB commits.\n"
+              "# TYPE tally_batches_committed_total counter\n"
+              "tally_batches_committed_total %llu\n",
+              (unsigned long long)stats.batches_committed);
+  {
+    static const int64_t commit_bounds[TLY_COMMIT_BUCKETS] =
+        TLY_COMMIT_BUCKET_BOUNDS_MS;
+    static const int64_t visible_bounds[TLY_VISIBLE_BUCKETS] =
+        TLY_VISIBLE_BUCKET_BOUNDS_MS;
+    metrics_histogram(&text, "tally_commit_seconds",
+                      "Synced RocksDB commit latency (state, outbox and "
+                      "offsets of one batch).",
+                      commit_bounds, stats.commit_buckets, TLY_COMMIT_BUCKETS,
+                      stats.commit_count,
+                      (double)stats.commit_micros_total / 1e6);
+    metrics_histogram(&text, "tally_event_visible_seconds",
+                      "From a record's Kafka timestamp (produced) to the "
+                      "durable commit that makes it visible over HTTP.",
+                      visible_bounds, stats.visible_buckets,
+                      TLY_VISIBLE_BUCKETS, stats.visible_count,
+                      (double)stats.visible_ms_total / 1e3);
+  }
+  text_append(&text,
+              "# HELP tally_outbox_entries Outputs committed but not yet "
+              "acknowledged by Kafka.\n# TYPE tally_outbox_entries gauge\n"
+              "tally_outbox_entries %llu\n",
+              (unsigned long long)stats.outbox_pending);
+  text_append(&text,
+              "# HELP tally_replay_outputs_skipped_total Outputs of replayed "
+              "records found in the output topics by id and not sent "
+              "again.\n# TYPE tally_replay_outputs_skipped_total counter\n"
+              "tally_replay_outputs_skipped_total %llu\n",
+              (unsigned long long)stats.replay_skipped);
+  text_append(&text,
+              "# HELP tally_stalls_total Times the processor found it had "
+              "been away longer than the group session timeout and held "
+              "its outputs until the group confirmed or revoked its "
+              "partitions.\n# TYPE tally_stalls_total counter\n"
+              "tally_stalls_total %llu\n"
+              "# HELP tally_outputs_abandoned_total Outbox entries (outputs, "
+              "changelog bundles) of revoked partitions not yet sent, left "
+              "to the next owner's replay.\n"
+              "# TYPE tally_outputs_abandoned_total counter\n"
+              "tally_outputs_abandoned_total %llu\n",
+              (unsigned long long)stats.stalls,
+              (unsigned long long)stats.abandoned);
+  text_append(&text,
+              "# HELP tally_changelog_restores_total Partitions restored from "
+              "the state changelog.\n# TYPE tally_changelog_restores_total "
+              "counter\ntally_changelog_restores_total %llu\n"
+              "# HELP tally_changelog_restored_records_total Changelog "
+              "records read by those restores.\n# TYPE "
+              "tally_changelog_restored_records_total counter\n"
+              "tally_changelog_restored_records_total %llu\n"
+              "# HELP tally_changelog_restore_seconds_total Time those "
+              "restores took.\n# TYPE tally_changelog_restore_seconds_total "
+              "counter\ntally_changelog_restore_seconds_total %.3f\n",
+              (unsigned long long)stats.changelog_restores,
+              (unsigned long long)stats.changelog_restored_records,
+              (double)stats.changelog_restore_ms / 1000.0);
+  tly_partition_status_t *status = tly_http_partition_snapshot(http, &count);
+  text_append(&text, "# HELP tally_partition_committed_offset Next input "
+                     "offset committed to RocksDB.\n# TYPE "
+                     "tally_partition_committed_offset gauge\n");
+  for (size_t i = 0; status && i < count; i++)
+    if (status[i].assigned)
+      text_append(
+          &text, "tally_partition_committed_offset{partition=\"%d\"} %lld\n",
+          (int)status[i].partition, (long long)status[i].committed_offset);
+  text_append(&text, "# HELP tally_partition_replay_target Log end when the "
+                     "partition was assigned (ready once committed).\n# TYPE "
+                     "tally_partition_replay_target gauge\n");
+  for (size_t i = 0; status && i < count; i++)
+    if (status[i].assigned)
+      text_append(&text,
+                  "tally_partition_replay_target{partition=\"%d\"} %lld\n",
+                  (int)status[i].partition, (long long)status[i].replay_target);
+  text_append(&text, "# HELP tally_consumer_lag Records in the log not yet "
+                     "committed, per partition.\n# TYPE tally_consumer_lag "
+                     "gauge\n");
+  for (size_t i = 0; status && i < count; i++) {
+    if (!status[i].assigned || status[i].high_watermark < 0)
+      continue;
+    int64_t committed =
+        status[i].committed_offset < 0 ? 0 : status[i].committed_offset;
+    int64_t lag = status[i].high_watermark - committed;
+    text_append(&text, "tally_consumer_lag{partition=\"%d\"} %lld\n",
+                (int)status[i].partition, (long long)(lag < 0 ? 0 : lag));
+  }
+  text_append(&text,
+              "# HELP tally_events_forwarded_total Input records that "
+              "arrived on a partition other than their subject's home "
+              "partition and were forwarded there, by the partition they "
+              "arrived on.\n# TYPE tally_events_forwarded_total counter\n");
+  for (size_t i = 0; status && i < count; i++)
+    if (status[i].assigned || status[i].forwarded)
+      text_append(
+          &text, "tally_events_forwarded_total{partition=\"%d\"} %llu\n",
+          (int)status[i].partition, (unsigned long long)status[i].forwarded);
+  free(status);
+  text_append(&text,
+              "# HELP tally_ready 1 once every assigned partition has "
+              "caught up with its replay (see /readyz).\n# TYPE "
+              "tally_ready gauge\ntally_ready %d\n",
+              readiness(http, NULL) == 1);
+  if (http->conf.stripe_emitter) {
+    tly_stripe_emitter_stats_t stripe;
+    tly_stripe_emitter_stats(http->conf.stripe_emitter, &stripe);
+    text_append(
+        &text,
+        "# HELP tally_stripe_reports_total Usage deltas reported to Stripe, "
+        "by result (sent: accepted; failed: refused or too old, see the "
+        "dead-letter topic).\n# TYPE tally_stripe_reports_total counter\n"
+        "tally_stripe_reports_total{result=\"sent\"} %llu\n"
+        "tally_stripe_reports_total{result=\"failed\"} %llu\n"
+        "# HELP tally_stripe_retries_total Stripe requests retried (no "
+        "answer, 429, 5xx).\n# TYPE tally_stripe_retries_total counter\n"
+        "tally_stripe_retries_total %llu\n"
+        "# HELP tally_stripe_oldest_unreported_seconds Age of the oldest "
+        "usage change not yet settled with Stripe (0: none).\n# TYPE "
+        "tally_stripe_oldest_unreported_seconds gauge\n"
+        "tally_stripe_oldest_unreported_seconds %lld\n"
+        "# HELP tally_stripe_reconciled_total Report intents unsettled "
+        "for 24 h, checked against Stripe's meter event summaries, by "
+        "result (in_stripe: counted reported; resent: sent again under a "
+        "new identifier).\n# TYPE tally_stripe_reconciled_total counter\n"
+        "tally_stripe_reconciled_total{result=\"in_stripe\"} %llu\n"
+        "tally_stripe_reconciled_total{result=\"resent\"} %llu\n",
+        (unsigned long long)stripe.sent, (unsigned long long)stripe.failed,
+        (unsigned long long)stripe.retried,
+        (long long)stripe.oldest_unreported_s,
+        (unsigned long long)stripe.reconciled_in_stripe,
+        (unsigned long long)stripe.reconciled_resent);
+  }
+  metrics_http(http, &text);
+  out->status = text.data ? 200 : 500;
+  out->body = text.data ? text.data : strdup("out of memory\n");
+  out->content_type = "text/plain; version=0.0.4";
+}
