@@ -27,7 +27,7 @@
 
 #include "tly_alert.h"
 #include "tly_billing.h"
-#include "tly_changelog.h"
+#include "tly_changelog_restore.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
 #include "tly_overlay.h"

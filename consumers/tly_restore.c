@@ -19,7 +19,7 @@
  */
 #include "tly_processor_internal.h"
 
-#include "tly_changelog.h"
+#include "tly_changelog_restore.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 
