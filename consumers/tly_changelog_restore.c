@@ -55,9 +55,9 @@ static int wipe_families(tly_store_t *store, int32_t partition,
 
 int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
                                  char *errstr, size_t errstr_size) {
-  static const tly_cf_t cfs[] = {TLY_CF_ACCOUNTS,   TLY_CF_USAGE,
-                                 TLY_CF_DEDUPE,     TLY_CF_CYCLE_ENDS,
-                                 TLY_CF_EXPIRIES,   TLY_CF_OFFSETS};
+  static const tly_cf_t cfs[] = {TLY_CF_ACCOUNTS, TLY_CF_USAGE,
+                                 TLY_CF_DEDUPE,   TLY_CF_CYCLE_ENDS,
+                                 TLY_CF_EXPIRIES, TLY_CF_OFFSETS};
   return wipe_families(store, partition, cfs, sizeof(cfs) / sizeof(cfs[0]),
                        errstr, errstr_size);
 }
@@ -460,10 +460,10 @@ static int index_history(void *opaque, const char *key, size_t key_len,
   if (value_len < 8)
     return 0;
   int64_t expires = (int64_t)tly_get_be64((const unsigned char *)value);
-  size_t len = expires == INT64_MAX ? 0
-                                    : tly_key_expiry(key, key_len, expires,
-                                                     index_key,
-                                                     sizeof(index_key));
+  size_t len =
+      expires == INT64_MAX
+          ? 0
+          : tly_key_expiry(key, key_len, expires, index_key, sizeof(index_key));
   if (len)
     tly_store_batch_put(r->batch, TLY_CF_EXPIRIES, index_key, len, "", 0);
   if (tly_store_batch_count(r->batch) >= RESTORE_CHUNK && flush_chunk(r)) {

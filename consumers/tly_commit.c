@@ -8,9 +8,9 @@
  * batch's dedupe blobs, its changelog records (one outbox entry) and their
  * expiry, the outbox entries and deletes, the next offsets. The writer
  * thread makes it durable (one synced write) while the next batch is
- * folded; batch_wait then releases what the commit made durable: outputs
- * join the outbox, offsets and horizons count as committed. Commit latency
- * and event-to-visible histograms are kept here.
+ * folded; tly_proc_batch_wait then releases what the commit made durable:
+ * outputs join the outbox, offsets and horizons count as committed. Commit
+ * latency and event-to-visible histograms are kept here.
  *
  * It never folds and never decides what is published: outputs join the
  * outbox only once their batch is durable (tly_outbox_publish.c sends
@@ -38,7 +38,7 @@
 
 /* ---- the batch ------------------------------------------------------- */
 
-int batch_has_work(tly_processor_t *p) {
+int tly_proc_batch_has_work(tly_processor_t *p) {
   if (p->batch_messages || p->output_count)
     return 1;
   for (size_t i = 0; i < p->outbox_count; i++)
@@ -60,7 +60,7 @@ static int add_raw_output(tly_processor_t *p, char *record, size_t len) {
   return 0;
 }
 
-void batch_discard_outputs(tly_processor_t *p) {
+void tly_proc_batch_discard_outputs(tly_processor_t *p) {
   for (size_t i = 0; i < p->output_count; i++)
     free(p->outputs[i].record);
   p->output_count = 0;
@@ -68,7 +68,7 @@ void batch_discard_outputs(tly_processor_t *p) {
 
 /* Queues one overlay entry's write. */
 /* p->record with room for need bytes; NULL when out of memory. */
-unsigned char *record_room(tly_processor_t *p, size_t need) {
+unsigned char *tly_proc_record_room(tly_processor_t *p, size_t need) {
   if (need > p->record_cap) {
     unsigned char *grown = realloc(p->record, need);
     if (!grown)
@@ -109,9 +109,9 @@ static int hour_needs_write(const tly_overlay_entry_t *entry, int32_t hour,
 }
 
 /* [subject key][0][tag][suffix]: a history key of the entry's subject. */
-size_t history_key(const tly_overlay_entry_t *entry, char tag,
-                   const void *suffix, size_t suffix_len, char *out,
-                   size_t out_size) {
+size_t tly_proc_history_key(const tly_overlay_entry_t *entry, char tag,
+                            const void *suffix, size_t suffix_len, char *out,
+                            size_t out_size) {
   if (entry->key_len + 2 + suffix_len > out_size)
     return 0;
   memcpy(out, entry->key, entry->key_len);
@@ -134,8 +134,8 @@ static void changelog_put(tly_processor_t *p, char kind, const void *key,
 /* Puts a history value: [expires_at, 8 bytes BE] then what p->record holds
  * from offset 8 (len bytes in all). With the changelog on, a value that
  * expires is indexed by its expiry too (changelog_expire_history). */
-void put_history(tly_processor_t *p, const char *key, size_t key_len,
-                 int64_t expires_at_ms, size_t len) {
+void tly_proc_put_history(tly_processor_t *p, const char *key, size_t key_len,
+                          int64_t expires_at_ms, size_t len) {
   tly_put_be64(p->record, (uint64_t)expires_at_ms);
   tly_store_batch_put(p->batch, TLY_CF_USAGE, key, key_len, p->record, len);
   changelog_put(p, TLY_CHANGELOG_USAGE, key, key_len, p->record, len);
@@ -154,18 +154,18 @@ static int put_hour_key(tly_processor_t *p, const tly_overlay_entry_t *entry,
   char key[TLY_KEY_MAX];
   unsigned char suffix[4];
   tly_put_be32(suffix, (uint32_t)hour);
-  size_t key_len =
-      history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key, sizeof(key));
+  size_t key_len = tly_proc_history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key,
+                                        sizeof(key));
   size_t count = collect_hour(p, entry, hour);
   if (!key_len || count == (size_t)-1)
     return -1;
   size_t need = 8 + tly_bucket_encode(p->bucket_ptrs, count, NULL, 0);
-  if (!record_room(p, need))
+  if (!tly_proc_record_room(p, need))
     return -1;
   tly_bucket_encode(p->bucket_ptrs, count, p->record + 8, need - 8);
   int64_t expires = ((int64_t)hour + 1) * TLY_HOUR_MS +
                     p->conf.config->retention.daily_days * TLY_DAY_MS;
-  put_history(p, key, key_len, expires, need);
+  tly_proc_put_history(p, key, key_len, expires, need);
   return 0;
 }
 
@@ -182,7 +182,7 @@ static int put_report_mark(tly_processor_t *p,
   if (!p->reports || !entry->account.stripe_customer_id[0])
     return 0;
   if (entry->key_len + 8 > sizeof(key) ||
-      !record_room(p, 8 + 4 * entry->bucket_count))
+      !tly_proc_record_room(p, 8 + 4 * entry->bucket_count))
     return -1;
   size_t len = 8;
   for (size_t i = 0; i < entry->bucket_count; i++) {
@@ -236,7 +236,7 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
                                            p->bucket_ptrs, bucket_count,
                                            p->record, p->record_cap);
     if (len > p->record_cap) {
-      if (!record_room(p, len))
+      if (!tly_proc_record_room(p, len))
         return -1;
       tly_subject_record_encode(account, rows, entry->row_count, p->bucket_ptrs,
                                 bucket_count, p->record, len);
@@ -436,8 +436,8 @@ static void changelog_expire_history(tly_processor_t *p) {
     if (tly_store_scan_prefix(p->store, TLY_CF_EXPIRIES, prefix, 4,
                               collect_expired, &scan, errstr, sizeof(errstr)) ||
         scan.failed)
-      set_fatal(p, "scanning expired history: %s",
-                scan.failed ? "out of memory" : errstr);
+      tly_proc_set_fatal(p, "scanning expired history: %s",
+                         scan.failed ? "out of memory" : errstr);
     for (size_t k = 0; k < scan.count; k++) {
       const struct expired_key *expired = &scan.keys[k];
       if (!p->fatal) {
@@ -466,7 +466,7 @@ static int changelog_finish(tly_processor_t *p) {
     return 0;
   markers = malloc((count ? count : 1) * sizeof(*markers));
   if (!markers) {
-    set_fatal(p, "out of memory writing the changelog");
+    tly_proc_set_fatal(p, "out of memory writing the changelog");
     return -1;
   }
   count = 0;
@@ -481,7 +481,7 @@ static int changelog_finish(tly_processor_t *p) {
   free(markers);
   if (failed || add_raw_output(p, bundle, bundle_len)) {
     free(bundle);
-    set_fatal(p, "out of memory writing the changelog");
+    tly_proc_set_fatal(p, "out of memory writing the changelog");
     return -1;
   }
   return 0;
@@ -492,11 +492,11 @@ static int changelog_finish(tly_processor_t *p) {
  * the writer thread, which makes it durable (synced) while the next batch
  * is folded. Returns 0, or -1 after setting the fatal reason.
  */
-int batch_submit(tly_processor_t *p) {
+int tly_proc_batch_submit(tly_processor_t *p) {
   char meta_key[256];
   unsigned char seq_key[8], seq_value[8];
 
-  if (batch_wait(p))
+  if (tly_proc_batch_wait(p))
     return -1; /* one batch in the writer's hands at a time */
   /* A fatal error inside a batch never commits that batch: what it folded
    * may be half applied (an event counted whose id was not recorded, an
@@ -507,7 +507,7 @@ int batch_submit(tly_processor_t *p) {
    * rd_kafka_consumer_close, the graceful stop) comes through here. */
   if (p->fatal)
     return -1;
-  if (!batch_has_work(p))
+  if (!tly_proc_batch_has_work(p))
     return 0;
   uint64_t first_seq = p->next_seq;
   p->submits++;
@@ -520,7 +520,7 @@ int batch_submit(tly_processor_t *p) {
   size_t dirty = p->dirty_count;
   if (array_room(&p->sort_keys, &p->sort_key_cap, dirty,
                  sizeof(*p->sort_keys))) {
-    set_fatal(p, "out of memory sorting the batch");
+    tly_proc_set_fatal(p, "out of memory sorting the batch");
     return -1;
   }
   for (size_t i = 0; i < dirty; i++) {
@@ -538,7 +538,7 @@ int batch_submit(tly_processor_t *p) {
       tly_overlay_prefetch_rows_of(p->sort_keys[i + 3].entry);
     tly_overlay_entry_t *entry = p->sort_keys[i].entry;
     if (batch_put_entry(p, entry)) {
-      set_fatal(p, "out of memory encoding a subject record");
+      tly_proc_set_fatal(p, "out of memory encoding a subject record");
       return -1;
     }
     mark_committed(p, entry);
@@ -558,7 +558,7 @@ int batch_submit(tly_processor_t *p) {
     if (p->changelog_topic && blob_len >= 8 &&
         blob_track(&part->blobs, &part->blob_count, &part->blob_cap,
                    part->dedupe_key, (int64_t)tly_get_be64(blob))) {
-      set_fatal(p, "out of memory tracking dedupe blobs");
+      tly_proc_set_fatal(p, "out of memory tracking dedupe blobs");
       return -1;
     }
   }
@@ -587,8 +587,8 @@ int batch_submit(tly_processor_t *p) {
     p->outbox[i].state = OUTBOX_DELETING;
   }
   for (size_t i = 0; i < p->ack_count; i++) {
-    size_t len = ack_key(p->acks[i].topic, p->acks[i].partition, meta_key,
-                         sizeof(meta_key));
+    size_t len = tly_proc_ack_key(p->acks[i].topic, p->acks[i].partition,
+                                  meta_key, sizeof(meta_key));
     if (!p->acks[i].dirty || !len)
       continue;
     tly_put_be64(seq_value, (uint64_t)p->acks[i].next_offset);
@@ -610,7 +610,7 @@ int batch_submit(tly_processor_t *p) {
 
   /* Everything the write will make durable is in the batch: the open
    * batch starts over while the writer works, and what the write releases
-   * waits in the in-flight record until batch_wait. */
+   * waits in the in-flight record until tly_proc_batch_wait. */
   commit_inflight_t *flight = &p->inflight;
   pending_output_t *outputs = flight->outputs;
   size_t output_cap = flight->output_cap;
@@ -709,7 +709,7 @@ static void record_visible(tly_processor_t *p,
 /* The writer thread: one synced RocksDB write per batch handed to it. A
  * failed write leaves RocksDB untouched, so the same batch can simply be
  * written again; a store that keeps failing stops the processor. */
-void *writer_main(void *arg) {
+void *tly_proc_writer_main(void *arg) {
   tly_processor_t *p = arg;
   prctl(PR_SET_NAME, "tly-writer"); /* for top -H and perf */
   pthread_mutex_lock(&p->writer_lock);
@@ -756,7 +756,7 @@ void *writer_main(void *arg) {
  */
 static int entry_is_dirty(tly_overlay_entry_t *entry) { return entry->dirty; }
 
-int batch_wait(tly_processor_t *p) {
+int tly_proc_batch_wait(tly_processor_t *p) {
   commit_inflight_t *flight = &p->inflight;
   if (!flight->busy)
     return 0;
@@ -765,15 +765,16 @@ int batch_wait(tly_processor_t *p) {
     pthread_cond_wait(&p->writer_done, &p->writer_lock);
   int failed = p->writer_error[0] != '\0';
   if (failed)
-    set_fatal(p, "%s", p->writer_error);
+    tly_proc_set_fatal(p, "%s", p->writer_error);
   pthread_mutex_unlock(&p->writer_lock);
   flight->busy = 0;
   if (failed)
     return -1;
   for (size_t i = 0; i < flight->output_count; i++) {
-    if (outbox_append(p, flight->first_seq + i, flight->outputs[i].record,
-                      flight->outputs[i].record_len)) {
-      set_fatal(p, "out of memory queueing outbox entries");
+    if (tly_proc_outbox_append(p, flight->first_seq + i,
+                               flight->outputs[i].record,
+                               flight->outputs[i].record_len)) {
+      tly_proc_set_fatal(p, "out of memory queueing outbox entries");
       return -1;
     }
     flight->outputs[i].record = NULL;
@@ -786,7 +787,7 @@ int batch_wait(tly_processor_t *p) {
     raise(SIGSTOP);
   }
   flight->output_count = 0;
-  outbox_compact(p);
+  tly_proc_outbox_compact(p);
   pthread_mutex_lock(&p->lock);
   for (int32_t i = 0; i < p->partition_cap; i++) {
     partition_state_t *part = &p->partitions[i];
@@ -804,7 +805,7 @@ int batch_wait(tly_processor_t *p) {
     part->inflight_watermark = INT64_MIN;
   }
   pthread_mutex_unlock(&p->lock);
-  end_replay(p);
+  tly_proc_end_replay(p);
   atomic_fetch_add(&p->events_folded, flight->events);
   atomic_fetch_add(&p->batches_committed, 1);
   record_visible(p, flight);
@@ -820,7 +821,7 @@ int batch_wait(tly_processor_t *p) {
 }
 
 /* Whether the writer still has the previous batch in hand. */
-int writer_busy(tly_processor_t *p) {
+int tly_proc_writer_busy(tly_processor_t *p) {
   if (!p->inflight.busy)
     return 0;
   pthread_mutex_lock(&p->writer_lock);
@@ -830,6 +831,6 @@ int writer_busy(tly_processor_t *p) {
 }
 
 /* Commits the open batch and waits until it is durable. */
-int batch_commit(tly_processor_t *p) {
-  return batch_submit(p) || batch_wait(p) ? -1 : 0;
+int tly_proc_batch_commit(tly_processor_t *p) {
+  return tly_proc_batch_submit(p) || tly_proc_batch_wait(p) ? -1 : 0;
 }

@@ -64,7 +64,7 @@ static tly_overlay_entry_t *view_entry(tly_processor_t *p, tly_cf_t cf,
   size_t loaded_len = 0;
   tly_overlay_t *overlay = &p->overlay;
   if (!key_len) {
-    set_fatal(p, "%s too long for a state key", what);
+    tly_proc_set_fatal(p, "%s too long for a state key", what);
     return NULL;
   }
   tly_overlay_entry_t *entry = tly_overlay_find(overlay, cf, key, key_len);
@@ -73,15 +73,15 @@ static tly_overlay_entry_t *view_entry(tly_processor_t *p, tly_cf_t cf,
   int found = tly_store_get(p->store, cf, key, key_len, &loaded, &loaded_len,
                             errstr, sizeof(errstr));
   if (found < 0) {
-    set_fatal(p, "reading state: %s", errstr);
+    tly_proc_set_fatal(p, "reading state: %s", errstr);
     return NULL;
   }
   entry = tly_overlay_insert(overlay, cf, key, key_len);
   if (!entry)
-    set_fatal(p, "out of memory growing the overlay");
+    tly_proc_set_fatal(p, "out of memory growing the overlay");
   else if (found && decode_entry(entry, loaded, loaded_len)) {
-    set_fatal(p, "stored %s record of partition %d is corrupt",
-              tly_store_cf_name(cf), (int)p->view_partition);
+    tly_proc_set_fatal(p, "stored %s record of partition %d is corrupt",
+                       tly_store_cf_name(cf), (int)p->view_partition);
     entry = NULL;
   } else {
     entry->stored = found;
@@ -96,15 +96,15 @@ static void mark_dirty(tly_processor_t *p, tly_overlay_entry_t *entry) {
     return;
   if (array_room(&p->dirty, &p->dirty_cap, p->dirty_count + 1,
                  sizeof(*p->dirty))) {
-    set_fatal(p, "out of memory queueing a record to write");
+    tly_proc_set_fatal(p, "out of memory queueing a record to write");
     return;
   }
   entry->dirty = 1;
   p->dirty[p->dirty_count++] = entry;
 }
 
-tly_account_t *view_account(tly_billing_view_t *view, tly_subject_kind_t kind,
-                            const char *id) {
+tly_account_t *tly_proc_view_account(tly_billing_view_t *view,
+                                     tly_subject_kind_t kind, const char *id) {
   tly_processor_t *p = view->opaque;
   char key[TLY_KEY_MAX];
   size_t key_len =
@@ -118,8 +118,8 @@ tly_account_t *view_account(tly_billing_view_t *view, tly_subject_kind_t kind,
   return &entry->account;
 }
 
-/* The subject's entry, for a request that follows view_account's: usually
- * the entry at hand. NULL after setting the fatal reason. */
+/* The subject's entry, for a request that follows tly_proc_view_account's:
+ * usually the entry at hand. NULL after setting the fatal reason. */
 static tly_overlay_entry_t *
 subject_entry(tly_processor_t *p, tly_subject_kind_t kind, const char *id) {
   char key[TLY_KEY_MAX];
@@ -132,16 +132,17 @@ subject_entry(tly_processor_t *p, tly_subject_kind_t kind, const char *id) {
   return entry;
 }
 
-tly_billing_row_t *view_row(tly_billing_view_t *view, tly_subject_kind_t kind,
-                            const char *id, int64_t cycle_start_ms,
-                            const char *feature) {
+tly_billing_row_t *tly_proc_view_row(tly_billing_view_t *view,
+                                     tly_subject_kind_t kind, const char *id,
+                                     int64_t cycle_start_ms,
+                                     const char *feature) {
   tly_processor_t *p = view->opaque;
   tly_overlay_entry_t *entry = subject_entry(p, kind, id);
   if (!entry)
     return NULL;
   tly_subject_row_t *row = tly_overlay_row(entry, cycle_start_ms, feature);
   if (!row) {
-    set_fatal(p, "out of memory adding a usage row");
+    tly_proc_set_fatal(p, "out of memory adding a usage row");
     return NULL;
   }
   mark_dirty(p, entry);
@@ -158,22 +159,22 @@ static int load_hour(tly_processor_t *p, tly_overlay_entry_t *entry,
   size_t value_len = 0, count = 0;
   tly_subject_bucket_t *buckets = NULL;
   tly_put_be32(suffix, (uint32_t)hour);
-  size_t key_len =
-      history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key, sizeof(key));
+  size_t key_len = tly_proc_history_key(entry, TLY_HISTORY_HOUR, suffix, 4, key,
+                                        sizeof(key));
   int found = key_len
                   ? tly_store_get(p->store, TLY_CF_USAGE, key, key_len, &value,
                                   &value_len, errstr, sizeof(errstr))
                   : -1;
   if (found < 0) {
-    set_fatal(p, "reading a usage bucket: %s",
-              key_len ? errstr : "subject id too long");
+    tly_proc_set_fatal(p, "reading a usage bucket: %s",
+                       key_len ? errstr : "subject id too long");
     return -1;
   }
   if (found && (value_len < 8 || tly_bucket_decode(value + 8, value_len - 8,
                                                    hour, &buckets, &count))) {
     tly_store_free(value);
-    set_fatal(p, "stored usage buckets of partition %d are corrupt",
-              (int)p->view_partition);
+    tly_proc_set_fatal(p, "stored usage buckets of partition %d are corrupt",
+                       (int)p->view_partition);
     return -1;
   }
   tly_store_free(value);
@@ -187,12 +188,13 @@ static int load_hour(tly_processor_t *p, tly_overlay_entry_t *entry,
   }
   free(buckets);
   if (failed)
-    set_fatal(p, "out of memory loading usage buckets");
+    tly_proc_set_fatal(p, "out of memory loading usage buckets");
   return failed ? -1 : 0;
 }
 
-tly_bucket_t *view_bucket(tly_billing_view_t *view, tly_subject_kind_t kind,
-                          const char *id, int32_t hour, const char *feature) {
+tly_bucket_t *tly_proc_view_bucket(tly_billing_view_t *view,
+                                   tly_subject_kind_t kind, const char *id,
+                                   int32_t hour, const char *feature) {
   tly_processor_t *p = view->opaque;
   tly_overlay_entry_t *entry = subject_entry(p, kind, id);
   if (!entry)
@@ -204,7 +206,7 @@ tly_bucket_t *view_bucket(tly_billing_view_t *view, tly_subject_kind_t kind,
     return NULL;
   tly_overlay_bucket_t *bucket = tly_overlay_bucket(entry, hour, feature);
   if (!bucket) {
-    set_fatal(p, "out of memory adding a usage bucket");
+    tly_proc_set_fatal(p, "out of memory adding a usage bucket");
     return NULL;
   }
   bucket->dirty = 1;
@@ -214,8 +216,8 @@ tly_bucket_t *view_bucket(tly_billing_view_t *view, tly_subject_kind_t kind,
 
 /* A closed cycle leaves the kept history: its totals and rows go to the
  * archive, in the same batch as the record that forgets them. */
-int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
-                 const char *id, const tly_cycle_t *cycle) {
+int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
+                          const char *id, const tly_cycle_t *cycle) {
   tly_processor_t *p = view->opaque;
   char key[TLY_KEY_MAX];
   unsigned char suffix[8];
@@ -224,7 +226,7 @@ int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
     return -1;
   if (array_room(&p->row_ptrs, &p->row_ptr_cap, entry->row_count,
                  sizeof(*p->row_ptrs))) {
-    set_fatal(p, "out of memory archiving a cycle");
+    tly_proc_set_fatal(p, "out of memory archiving a cycle");
     return -1;
   }
   size_t count = 0;
@@ -233,34 +235,37 @@ int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
         entry->rows[i]->row.event_count)
       p->row_ptrs[count++] = entry->rows[i];
   tly_put_be64(suffix, (uint64_t)cycle->start_ms);
-  size_t key_len =
-      history_key(entry, TLY_HISTORY_CYCLE, suffix, 8, key, sizeof(key));
+  size_t key_len = tly_proc_history_key(entry, TLY_HISTORY_CYCLE, suffix, 8,
+                                        key, sizeof(key));
   size_t need =
       8 + tly_cycle_archive_encode(cycle, p->row_ptrs, count, NULL, 0);
-  if (!key_len || !record_room(p, need)) {
-    set_fatal(p, "archiving a cycle: %s",
-              key_len ? "out of memory" : "subject id too long");
+  if (!key_len || !tly_proc_record_room(p, need)) {
+    tly_proc_set_fatal(p, "archiving a cycle: %s",
+                       key_len ? "out of memory" : "subject id too long");
     return -1;
   }
   tly_cycle_archive_encode(cycle, p->row_ptrs, count, p->record + 8, need - 8);
-  put_history(p, key, key_len, INT64_MAX, need); /* the invoice basis: kept */
+  tly_proc_put_history(p, key, key_len, INT64_MAX,
+                       need); /* the invoice basis: kept */
   return 0;
 }
 
-int view_seen(tly_billing_view_t *view, const char *event_id,
-              int64_t occurred_at_ms, int record) {
+int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
+                       int64_t occurred_at_ms, int record) {
   tly_processor_t *p = view->opaque;
   partition_state_t *part = &p->partitions[p->view_partition];
   size_t len = strlen(event_id);
   int64_t seen_at_ms;
   if (!part->dedupe) {
-    set_fatal(p, "partition %d has no dedupe index", (int)p->view_partition);
+    tly_proc_set_fatal(p, "partition %d has no dedupe index",
+                       (int)p->view_partition);
     return -1;
   }
   if (record) {
     if (tly_dedupe_record(part->dedupe, event_id, len, occurred_at_ms)) {
-      set_fatal(p, "recording event id of %zu bytes: %s", len,
-                len > TLY_DEDUPE_ID_MAX ? "too long" : "out of memory");
+      tly_proc_set_fatal(p, "recording event id of %zu bytes: %s", len,
+                         len > TLY_DEDUPE_ID_MAX ? "too long"
+                                                 : "out of memory");
       return -1;
     }
     if (part->dedupe_key < 0)

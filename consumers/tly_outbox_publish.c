@@ -30,8 +30,8 @@
 
 /* ---- outbox ---------------------------------------------------------- */
 
-int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
-                  size_t record_len) {
+int tly_proc_outbox_append(tly_processor_t *p, uint64_t seq, char *record,
+                           size_t record_len) {
   if (array_room(&p->outbox, &p->outbox_cap, p->outbox_count + 1,
                  sizeof(*p->outbox)))
     return -1;
@@ -86,7 +86,8 @@ static void ack_mark(tly_processor_t *p, const char *topic, int32_t partition,
   }
 }
 
-size_t ack_key(const char *topic, int32_t partition, char *out, size_t size) {
+size_t tly_proc_ack_key(const char *topic, int32_t partition, char *out,
+                        size_t size) {
   size_t len = (size_t)snprintf(out, size, "%s%s:", META_ACK, topic);
   if (len + 4 > size)
     return 0;
@@ -94,8 +95,9 @@ size_t ack_key(const char *topic, int32_t partition, char *out, size_t size) {
   return len + 4;
 }
 
-void outbox_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg,
-                            void *opaque) {
+void tly_proc_outbox_delivery_report(rd_kafka_t *rk,
+                                     const rd_kafka_message_t *msg,
+                                     void *opaque) {
   tly_processor_t *p = opaque;
   (void)rk;
   if (msg->_private == TICK_OPAQUE) {
@@ -110,8 +112,9 @@ void outbox_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg,
      * earlier commit's records, so a lost one stops the processor: the
      * restart publishes the bundle again, in order. */
     if (msg->err) {
-      set_fatal(p, "changelog record of outbox entry %llu not written: %s",
-                (unsigned long long)item->seq, rd_kafka_err2str(msg->err));
+      tly_proc_set_fatal(
+          p, "changelog record of outbox entry %llu not written: %s",
+          (unsigned long long)item->seq, rd_kafka_err2str(msg->err));
       return;
     }
     if (item->parts_pending)
@@ -149,12 +152,12 @@ static int outbox_load(tly_processor_t *p, const char *key, size_t key_len,
   if (!copy)
     return 1;
   memcpy(copy, value, value_len);
-  return outbox_append(p, tly_get_be64((const unsigned char *)key), copy,
-                       value_len) != 0;
+  return tly_proc_outbox_append(p, tly_get_be64((const unsigned char *)key),
+                                copy, value_len) != 0;
 }
 
-int outbox_load_cb(void *opaque, const char *key, size_t key_len,
-                   const char *value, size_t value_len) {
+int tly_proc_outbox_load_cb(void *opaque, const char *key, size_t key_len,
+                            const char *value, size_t value_len) {
   return outbox_load(opaque, key, key_len, value, value_len);
 }
 
@@ -169,8 +172,8 @@ static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
                                          &cursor, &p->changelog_scratch,
                                          &p->changelog_scratch_cap, &record);
     if (more < 0) {
-      set_fatal(p, "changelog bundle %llu is corrupt",
-                (unsigned long long)item->seq);
+      tly_proc_set_fatal(p, "changelog bundle %llu is corrupt",
+                         (unsigned long long)item->seq);
       return -1;
     }
     if (!more)
@@ -222,7 +225,7 @@ static int publish_bundle(tly_processor_t *p, outbox_item_t *item) {
  * its state is no longer current. So outputs are held and the partitions
  * are reported as moving (not served) for a few heartbeats: enough for
  * librdkafka to find out the session expired and revoke the assignment as
- * lost, which abandons those outputs (abandon_revoked). If no revoke
+ * lost, which abandons those outputs (tly_proc_abandon_revoked). If no revoke
  * comes, the session survived: the fence lifts. 1 while fenced.
  */
 static int stall_check(tly_processor_t *p) {
@@ -256,7 +259,7 @@ static int stall_check(tly_processor_t *p) {
  * changelog never runs ahead of the outputs: when a commit is in the
  * changelog, its outputs and all earlier ones are in Kafka, and whoever
  * restores past it needs none of them again. */
-void outbox_publish(tly_processor_t *p) {
+void tly_proc_outbox_publish(tly_processor_t *p) {
   if (stall_check(p))
     return;
   /* Before i: outputs not yet acknowledged, or bundles not yet produced
@@ -288,8 +291,8 @@ void outbox_publish(tly_processor_t *p) {
     }
     if (tly_outbox_decode(item->record, item->record_len, &record) ||
         record.topic_len >= sizeof(topic)) {
-      set_fatal(p, "outbox entry %llu is corrupt",
-                (unsigned long long)item->seq);
+      tly_proc_set_fatal(p, "outbox entry %llu is corrupt",
+                         (unsigned long long)item->seq);
       return;
     }
     memcpy(topic, record.topic, record.topic_len);
@@ -322,7 +325,7 @@ void outbox_publish(tly_processor_t *p) {
 }
 
 /* Drops the entries whose delete was just committed. */
-void outbox_compact(tly_processor_t *p) {
+void tly_proc_outbox_compact(tly_processor_t *p) {
   size_t kept = 0;
   for (size_t i = 0; i < p->outbox_count; i++) {
     if (p->outbox[i].state == OUTBOX_DELETING)
@@ -339,11 +342,11 @@ void outbox_compact(tly_processor_t *p) {
  * for Kafka's acknowledgements, so the next owner's replay finds this
  * instance's outputs in the topics instead of sending them a second time.
  */
-void drain_outbox(tly_processor_t *p) {
+void tly_proc_drain_outbox(tly_processor_t *p) {
   int64_t deadline = tly_monotonic_ms() + 10000;
   for (;;) {
     int waiting = 0;
-    outbox_publish(p);
+    tly_proc_outbox_publish(p);
     for (size_t i = 0; i < p->outbox_count; i++)
       waiting |= p->outbox[i].state == OUTBOX_PENDING ||
                  p->outbox[i].state == OUTBOX_INFLIGHT;
@@ -358,7 +361,7 @@ void drain_outbox(tly_processor_t *p) {
     }
     rd_kafka_flush(p->producer, 100);
   }
-  batch_commit(p); /* the deletes of what was acknowledged */
+  tly_proc_batch_commit(p); /* the deletes of what was acknowledged */
 }
 
 static int reconcile_outbox(tly_processor_t *p, char *errstr,
@@ -418,8 +421,8 @@ static int drop_pending(tly_processor_t *p, int inherited_only,
     size_t kept_len = 0;
     if (tly_changelog_bundle_filter(item->record, item->record_len, keep,
                                     opaque, &kept, &kept_len)) {
-      set_fatal(p, "outbox entry %llu: corrupt changelog bundle",
-                (unsigned long long)item->seq);
+      tly_proc_set_fatal(p, "outbox entry %llu: corrupt changelog bundle",
+                         (unsigned long long)item->seq);
       return -1;
     }
     *bundles += kept_len != item->record_len;
@@ -440,11 +443,11 @@ static int drop_pending(tly_processor_t *p, int inherited_only,
  * sending it from here as well could duplicate it. 0, or -1 after setting
  * the fatal reason.
  */
-int resolve_inherited(tly_processor_t *p) {
+int tly_proc_resolve_inherited(tly_processor_t *p) {
   char errstr[1024];
   size_t dropped = 0, bundles = 0;
   if (reconcile_outbox(p, errstr, sizeof(errstr))) {
-    set_fatal(p, "recovery: %s", errstr);
+    tly_proc_set_fatal(p, "recovery: %s", errstr);
     return -1;
   }
   if (drop_pending(p, 1, partition_assigned_here, p, &dropped, &bundles))
@@ -460,7 +463,8 @@ int resolve_inherited(tly_processor_t *p) {
   return 0;
 }
 
-/* The partitions being revoked, for abandon_revoked's bundle filter. */
+/* The partitions being revoked, for tly_proc_abandon_revoked's bundle filter.
+ */
 typedef struct {
   const rd_kafka_topic_partition_list_t *parts;
   unsigned char *dropped; /* per partition: something of it was dropped */
@@ -496,13 +500,13 @@ static int keep_unrevoked(void *opaque, int32_t partition) {
  * here, it is rebuilt (restored and replayed) rather than resumed from a
  * state the changelog and the topics no longer fully reflect.
  */
-void abandon_revoked(tly_processor_t *p,
-                     const rd_kafka_topic_partition_list_t *parts) {
+void tly_proc_abandon_revoked(tly_processor_t *p,
+                              const rd_kafka_topic_partition_list_t *parts) {
   revoked_t revoked = {parts, calloc((size_t)p->partition_cap + 1, 1),
                        p->partition_cap};
   size_t outputs = 0, bundles = 0;
   if (!revoked.dropped) {
-    set_fatal(p, "out of memory abandoning revoked outputs");
+    tly_proc_set_fatal(p, "out of memory abandoning revoked outputs");
     return;
   }
   drop_pending(p, 0, keep_unrevoked, &revoked, &outputs, &bundles);
@@ -524,7 +528,7 @@ void abandon_revoked(tly_processor_t *p,
           "dropped for the next owner to send; %zu partitions will be "
           "rebuilt if they come back",
           outputs, bundles, rebuilt);
-  batch_commit(p);
+  tly_proc_batch_commit(p);
 }
 
 /* ---- recovery: reconcile the outbox with the output topics ------------ */
@@ -554,10 +558,10 @@ static int load_ack_mark(void *opaque, const char *key, size_t key_len,
  * broker cannot look it up). With floors (floor_count entries, by
  * partition), only the partitions with a floor >= 0 are read, from no
  * lower than it. 0 or -1 (errstr). */
-int collect_output_ids(tly_processor_t *p, const char *topic,
-                       int64_t from_time_ms, const int64_t *floors,
-                       int32_t floor_count, json_t *ids, char *errstr,
-                       size_t errstr_size) {
+int tly_proc_collect_output_ids(tly_processor_t *p, const char *topic,
+                                int64_t from_time_ms, const int64_t *floors,
+                                int32_t floor_count, json_t *ids, char *errstr,
+                                size_t errstr_size) {
   char kafka_err[512];
   const struct rd_kafka_metadata *md = NULL;
   rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, topic, NULL);
@@ -585,7 +589,8 @@ int collect_output_ids(tly_processor_t *p, const char *topic,
        * otherwise wait 500 ms: half a second per
        * restart and per replay check */
       "fetch.wait.max.ms=10", NULL};
-  rd_kafka_conf_t *kconf = kafka_conf(&p->conf, defaults, errstr, errstr_size);
+  rd_kafka_conf_t *kconf =
+      tly_proc_kafka_conf(&p->conf, defaults, errstr, errstr_size);
   if (!kconf)
     return -1;
   rd_kafka_t *reader =
@@ -680,7 +685,7 @@ out:
  * consumer last saw when the partition is fetched here; else its log end
  * as asked at most once a minute (any earlier log end is still a lower
  * bound, only a looser one); -1 when unknown. */
-int64_t forward_scan_from(tly_processor_t *p, int32_t partition) {
+int64_t tly_proc_forward_scan_from(tly_processor_t *p, int32_t partition) {
   int64_t low = -1, high = -1;
   if (!rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic, partition,
                                       &low, &high) &&
@@ -747,12 +752,13 @@ static int reconcile_outbox(tly_processor_t *p, char *errstr,
   if (tly_store_scan_prefix(p->store, TLY_CF_META, META_ACK,
                             sizeof(META_ACK) - 1, load_ack_mark, p, errstr,
                             errstr_size) ||
-      collect_output_ids(p, p->alerts_topic, -1, NULL, 0, ids, errstr,
-                         errstr_size) ||
-      collect_output_ids(p, p->dlq_topic, -1, NULL, 0, ids, errstr,
-                         errstr_size) ||
-      (floors && collect_output_ids(p, p->usage_topic, -1, floors, floor_count,
-                                    ids, errstr, errstr_size)))
+      tly_proc_collect_output_ids(p, p->alerts_topic, -1, NULL, 0, ids, errstr,
+                                  errstr_size) ||
+      tly_proc_collect_output_ids(p, p->dlq_topic, -1, NULL, 0, ids, errstr,
+                                  errstr_size) ||
+      (floors &&
+       tly_proc_collect_output_ids(p, p->usage_topic, -1, floors, floor_count,
+                                   ids, errstr, errstr_size)))
     goto out;
   for (size_t i = 0; i < p->outbox_count; i++) {
     tly_outbox_record_t record;

@@ -57,7 +57,7 @@
 
 #define KEY_MAX 1200
 
-void set_fatal(tly_processor_t *p, const char *fmt, ...) {
+void tly_proc_set_fatal(tly_processor_t *p, const char *fmt, ...) {
   va_list ap;
   if (p->fatal)
     return; /* keep the first cause */
@@ -68,7 +68,7 @@ void set_fatal(tly_processor_t *p, const char *fmt, ...) {
 }
 
 /* Makes room for partition ids below count; caller holds p->lock. */
-int ensure_partitions(tly_processor_t *p, int32_t count) {
+int tly_proc_ensure_partitions(tly_processor_t *p, int32_t count) {
   if (count <= p->partition_cap)
     return 0;
   partition_state_t *grown = realloc(p->partitions, sizeof(*grown) * count);
@@ -113,7 +113,7 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
   snprintf(offset, sizeof(offset), "%lld", (long long)msg->offset);
   snprintf(output_id, sizeof(output_id), "dlq:%s:%d:%lld", topic,
            (int)msg->partition, (long long)msg->offset);
-  if (replay_already_sent(p, msg->partition, msg->offset, output_id))
+  if (tly_proc_replay_already_sent(p, msg->partition, msg->offset, output_id))
     return;
   record.topic = p->dlq_topic;
   record.topic_len = strlen(p->dlq_topic);
@@ -121,14 +121,19 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
   record.key_len = msg->key ? msg->key_len : 0;
   record.value = msg->payload;
   record.value_len = msg->payload ? msg->len : 0;
-  record.headers[0] = (tly_outbox_header_t){"tally.error", reason, strlen(reason)};
-  record.headers[1] = (tly_outbox_header_t){"tally.source.topic", topic, strlen(topic)};
-  record.headers[2] = (tly_outbox_header_t){"tally.source.partition", partition, strlen(partition)};
-  record.headers[3] = (tly_outbox_header_t){"tally.source.offset", offset, strlen(offset)};
-  record.headers[4] = (tly_outbox_header_t){"tally.output.id", output_id, strlen(output_id)};
+  record.headers[0] =
+      (tly_outbox_header_t){"tally.error", reason, strlen(reason)};
+  record.headers[1] =
+      (tly_outbox_header_t){"tally.source.topic", topic, strlen(topic)};
+  record.headers[2] = (tly_outbox_header_t){"tally.source.partition", partition,
+                                            strlen(partition)};
+  record.headers[3] =
+      (tly_outbox_header_t){"tally.source.offset", offset, strlen(offset)};
+  record.headers[4] =
+      (tly_outbox_header_t){"tally.output.id", output_id, strlen(output_id)};
   record.header_count = 5;
   if (add_output(p, &record)) {
-    set_fatal(p, "out of memory writing a dead letter");
+    tly_proc_set_fatal(p, "out of memory writing a dead letter");
     return;
   }
   atomic_fetch_add(&p->dead_letters, 1);
@@ -142,19 +147,20 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
 static int record_alert(tly_processor_t *p, const tly_alert_t *alert,
                         const void *value, size_t value_len) {
   char key[TLY_KEY_MAX];
-  size_t len = tly_key_history(p->view_partition, alert->subject_kind,
-                               alert->subject_id, TLY_HISTORY_ALERT, key,
-                               sizeof(key));
+  size_t len =
+      tly_key_history(p->view_partition, alert->subject_kind, alert->subject_id,
+                      TLY_HISTORY_ALERT, key, sizeof(key));
   size_t id_len = strlen(alert->alert_id);
-  if (!len || len + 8 + id_len > sizeof(key) || !record_room(p, 8 + value_len))
+  if (!len || len + 8 + id_len > sizeof(key) ||
+      !tly_proc_record_room(p, 8 + value_len))
     return -1;
   tly_put_be64((unsigned char *)key + len, (uint64_t)alert->occurred_at_ms);
   memcpy(key + len + 8, alert->alert_id, id_len);
   memcpy(p->record + 8, value, value_len);
-  put_history(p, key, len + 8 + id_len,
-              alert->occurred_at_ms +
-                  p->conf.config->retention.alerts_days * TLY_DAY_MS,
-              8 + value_len);
+  tly_proc_put_history(p, key, len + 8 + id_len,
+                       alert->occurred_at_ms +
+                           p->conf.config->retention.alerts_days * TLY_DAY_MS,
+                       8 + value_len);
   return 0;
 }
 
@@ -167,11 +173,11 @@ static void queue_alerts(tly_processor_t *p) {
     size_t value_len;
     if (tly_alert_encode(p->alert_codec, alert, &value, &value_len, errstr,
                          sizeof(errstr))) {
-      set_fatal(p, "encoding alert %s: %s", alert->alert_id, errstr);
+      tly_proc_set_fatal(p, "encoding alert %s: %s", alert->alert_id, errstr);
       break;
     }
-    size_t key_len =
-        tly_subject_key(alert->subject_kind, alert->subject_id, key, sizeof(key));
+    size_t key_len = tly_subject_key(alert->subject_kind, alert->subject_id,
+                                     key, sizeof(key));
     const char *type = tly_alert_type_name(alert->type);
     tly_outbox_record_t record = {0};
     record.topic = p->alerts_topic;
@@ -180,21 +186,22 @@ static void queue_alerts(tly_processor_t *p) {
     record.key_len = key_len < sizeof(key) ? key_len : sizeof(key) - 1;
     record.value = value;
     record.value_len = value_len;
-    record.headers[0] = (tly_outbox_header_t){"tally.output.id", alert->alert_id,
-                                              strlen(alert->alert_id)};
-    record.headers[1] = (tly_outbox_header_t){"tally.alert.type", type, strlen(type)};
+    record.headers[0] = (tly_outbox_header_t){
+        "tally.output.id", alert->alert_id, strlen(alert->alert_id)};
+    record.headers[1] =
+        (tly_outbox_header_t){"tally.alert.type", type, strlen(type)};
     char source[16];
     snprintf(source, sizeof(source), "%d", (int)p->view_partition);
-    record.headers[2] = (tly_outbox_header_t){"tally.source.partition", source,
-                                              strlen(source)};
+    record.headers[2] =
+        (tly_outbox_header_t){"tally.source.partition", source, strlen(source)};
     record.header_count = 3;
     /* The alert history is state and is written either way. */
-    int sent = replay_already_sent(p, p->view_partition, p->view_offset,
-                                   alert->alert_id);
+    int sent = tly_proc_replay_already_sent(p, p->view_partition,
+                                            p->view_offset, alert->alert_id);
     if (!sent && add_output(p, &record))
-      set_fatal(p, "out of memory queueing an alert");
+      tly_proc_set_fatal(p, "out of memory queueing an alert");
     else if (record_alert(p, alert, value, value_len))
-      set_fatal(p, "out of memory recording an alert");
+      tly_proc_set_fatal(p, "out of memory recording an alert");
     atomic_fetch_add(&p->alerts_total, 1);
   }
   tly_alert_list_clear(&p->alerts);
@@ -220,12 +227,12 @@ static int reroute(tly_processor_t *p, const rd_kafka_message_t *msg,
   case TLY_REROUTE_FORWARD:
     break;
   }
-  tly_reroute_forward(msg, home, forward_scan_from(p, home), &forward);
-  int sent = forward_already_sent(p, msg, home, forward.output_id);
+  tly_reroute_forward(msg, home, tly_proc_forward_scan_from(p, home), &forward);
+  int sent = tly_proc_forward_already_sent(p, msg, home, forward.output_id);
   if (sent)
     return 1; /* sent by whoever folded it before, or fatal */
   if (add_output(p, &forward.record)) {
-    set_fatal(p, "out of memory forwarding a record");
+    tly_proc_set_fatal(p, "out of memory forwarding a record");
     return 1;
   }
   pthread_mutex_lock(&p->lock);
@@ -245,10 +252,13 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   char errstr[512];
 
   /* Bounds, decode, validation and event time: the gate the fuzz target
-   * goes through too (tly_record.h). The event's strings live in the codec until the
-   * next decode. */
-  tly_record_t record = {msg->key, msg->key ? msg->key_len : 0, msg->payload,
-                         msg->payload ? msg->len : 0, record_timestamp_ms(msg),
+   * goes through too (tly_record.h). The event's strings live in the codec
+   * until the next decode. */
+  tly_record_t record = {msg->key,
+                         msg->key ? msg->key_len : 0,
+                         msg->payload,
+                         msg->payload ? msg->len : 0,
+                         record_timestamp_ms(msg),
                          p->conf.config->events.max_future_skew_ms};
   if (tly_record_prepare(p->codec, &record, &event, errstr, sizeof(errstr))) {
     dead_letter(p, msg, errstr);
@@ -256,7 +266,7 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   }
   if (reroute(p, msg, &event))
     return; /* forwarded to its subject's home partition, or dead-lettered */
-  if (event.body_kind == TLY_BODY_TICK && batch_commit(p))
+  if (event.body_kind == TLY_BODY_TICK && tly_proc_batch_commit(p))
     return; /* the tick reads the cycle-end index: make it current */
   p->view_partition = msg->partition;
   p->view_offset = msg->offset;
@@ -266,7 +276,7 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   case TLY_FOLD_APPLIED:
     p->partitions[msg->partition].watermark_dirty = 1;
     if (event.body_kind == TLY_BODY_TICK)
-      fold_tick(p, msg->partition, event.occurred_at_ms);
+      tly_proc_fold_tick(p, msg->partition, event.occurred_at_ms);
     p->batch_events++;
     break;
   case TLY_FOLD_DUPLICATE:
@@ -277,7 +287,8 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
     break;
   case TLY_FOLD_FAILED:
     if (!p->fatal)
-      set_fatal(p, "the fold failed on partition %d", (int)msg->partition);
+      tly_proc_set_fatal(p, "the fold failed on partition %d",
+                         (int)msg->partition);
     break;
   }
   queue_alerts(p);
@@ -385,15 +396,16 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
       return;
     case RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET:
     case RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
-      set_fatal(p,
-                "partition %d: offset %lld is no longer in the log (%s); "
-                "the events in between are gone and tally refuses to skip "
-                "them",
-                (int)msg->partition, (long long)msg->offset,
-                rd_kafka_message_errstr(msg));
+      tly_proc_set_fatal(
+          p,
+          "partition %d: offset %lld is no longer in the log (%s); "
+          "the events in between are gone and tally refuses to skip "
+          "them",
+          (int)msg->partition, (long long)msg->offset,
+          rd_kafka_message_errstr(msg));
       return;
     case RD_KAFKA_RESP_ERR__FATAL:
-      set_fatal(p, "Kafka consumer: %s", rd_kafka_message_errstr(msg));
+      tly_proc_set_fatal(p, "Kafka consumer: %s", rd_kafka_message_errstr(msg));
       return;
     default:
       tly_log(TLY_LOG_WARN, "processor", "consumer: %s",
@@ -424,7 +436,7 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
                       rd_kafka_topic_partition_list_t *parts) {
   /* Whatever happens next, what was folded so far is committed first; the
    * cache goes, since partitions that come back may have moved meanwhile. */
-  batch_commit(p);
+  tly_proc_batch_commit(p);
   if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && !p->fatal) {
     /* A lost assignment (the session expired: another instance may own
      * these partitions already) or a fenced one sends nothing more. */
@@ -435,9 +447,9 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
               "revoke: the assignment was lost; outputs not yet sent are "
               "left to the next owner");
     else
-      drain_outbox(p);
+      tly_proc_drain_outbox(p);
     if (!p->fatal)
-      abandon_revoked(p, parts);
+      tly_proc_abandon_revoked(p, parts);
     p->fence_until_ms = 0; /* the group has spoken */
     atomic_store(&p->fenced, 0);
   }
@@ -456,8 +468,9 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
   }
   pthread_mutex_unlock(&p->lock);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    if (p->fatal || resume_offsets(p, parts) || prepare_replay(p) ||
-        (p->inherited_held && resolve_inherited(p))) {
+    if (p->fatal || tly_proc_resume_offsets(p, parts) ||
+        tly_proc_prepare_replay(p) ||
+        (p->inherited_held && tly_proc_resolve_inherited(p))) {
       rd_kafka_assign(rk, NULL);
       return;
     }
@@ -491,12 +504,11 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts,
-                         void *opaque) {
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
   tly_processor_t *p = opaque;
 
-  /* Until the callback returns, readiness is withheld: resume_offsets sets
-   * partitions up one by one, and a partition already caught up must not
+  /* Until the callback returns, readiness is withheld: tly_proc_resume_offsets
+   * sets partitions up one by one, and a partition already caught up must not
    * make the instance look ready while the others are not yet assigned. */
   atomic_store(&p->rebalancing, 1);
   rebalance(p, rk, err, parts);
@@ -508,9 +520,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ---- lifecycle ------------------------------------------------------- */
 
-rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
-                                   const char *const *defaults, char *errstr,
-                                   size_t errstr_size) {
+rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
+                                     const char *const *defaults, char *errstr,
+                                     size_t errstr_size) {
   rd_kafka_conf_t *kconf = rd_kafka_conf_new();
   char kafka_err[512];
   if (rd_kafka_conf_set(kconf, "bootstrap.servers", conf->brokers, kafka_err,
@@ -519,8 +531,7 @@ rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
     goto fail;
   }
   if (tly_kafka_conf_apply(kconf, defaults, errstr, errstr_size) ||
-      tly_kafka_conf_apply(kconf, conf->kafka_properties, errstr,
-                           errstr_size))
+      tly_kafka_conf_apply(kconf, conf->kafka_properties, errstr, errstr_size))
     goto fail;
   return kconf;
 fail:
@@ -560,7 +571,8 @@ static int32_t topic_partition_count(tly_processor_t *p, char *errstr,
                                      size_t errstr_size) {
   for (int attempt = 0; attempt < 30; attempt++) {
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->consumer, p->usage_topic, NULL);
+    rd_kafka_topic_t *rkt =
+        rd_kafka_topic_new(p->consumer, p->usage_topic, NULL);
     rd_kafka_resp_err_t err = rd_kafka_metadata(p->consumer, 0, rkt, &md, 5000);
     int32_t count = -1;
     if (!err && md->topic_cnt == 1 && !md->topics[0].err)
@@ -617,8 +629,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->catchup_ms = 20LL * p->conf.batch_max_ms;
   if (p->catchup_ms < 2000)
     p->catchup_ms = 2000;
-  p->usage_topic = strdup(conf->usage_topic ? conf->usage_topic
-                                            : TALLY_DEFAULT_USAGE_TOPIC);
+  p->usage_topic =
+      strdup(conf->usage_topic ? conf->usage_topic : TALLY_DEFAULT_USAGE_TOPIC);
   p->dlq_topic =
       strdup(conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC);
   p->alerts_topic = strdup(conf->alerts_topic ? conf->alerts_topic
@@ -631,16 +643,17 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   if (!p->conf.tick_interval_ms)
     p->conf.tick_interval_ms = TLY_DEFAULT_TICK_INTERVAL_MS;
   p->view = (tly_billing_view_t){.opaque = p,
-                                 .account = view_account,
-                                 .row = view_row,
-                                 .bucket = view_bucket,
-                                 .archive = view_archive,
-                                 .seen = view_seen};
+                                 .account = tly_proc_view_account,
+                                 .row = tly_proc_view_row,
+                                 .bucket = tly_proc_view_bucket,
+                                 .archive = tly_proc_view_archive,
+                                 .seen = tly_proc_view_seen};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
   if (kill_after && *kill_after) {
     p->kill_after_acks = atol(kill_after);
     tly_log(TLY_LOG_WARN, "processor",
-            "fault injection: SIGKILL after %ld outbox acks", p->kill_after_acks);
+            "fault injection: SIGKILL after %ld outbox acks",
+            p->kill_after_acks);
   }
   const char *stop_file = getenv("TALLY_FAULT_STOP_FILE");
   if (stop_file && *stop_file)
@@ -654,7 +667,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   pthread_cond_init(&p->writer_done, NULL);
   p->writer_batch = tly_store_batch_new();
   if (p->writer_batch &&
-      pthread_create(&p->writer, NULL, writer_main, p) == 0)
+      pthread_create(&p->writer, NULL, tly_proc_writer_main, p) == 0)
     p->writer_started = 1;
   tly_overlay_init(&p->overlay);
   p->batch = tly_store_batch_new();
@@ -673,16 +686,15 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   /* Offsets live in RocksDB only: no auto-commit, no offset store, and an
    * out-of-range offset is an error to stop on, never a silent reset. */
   const char *consumer_defaults[] = {
-      "enable.auto.commit=false",    "enable.auto.offset.store=false",
-      "auto.offset.reset=error",     "enable.partition.eof=false",
-      "session.timeout.ms=10000",    "heartbeat.interval.ms=1000",
-      "fetch.wait.max.ms=50",        "max.partition.fetch.bytes=10485760",
+      "enable.auto.commit=false", "enable.auto.offset.store=false",
+      "auto.offset.reset=error", "enable.partition.eof=false",
+      "session.timeout.ms=10000", "heartbeat.interval.ms=1000",
+      "fetch.wait.max.ms=50", "max.partition.fetch.bytes=10485760",
       /* Prefetch deep enough that the fetcher never pauses while a batch
        * commits: at the default, the fold waited on fetches for a third
        * of its time. */
-      "queued.min.messages=1000000",
-      "statistics.interval.ms=0",    NULL};
-  kconf = kafka_conf(conf, consumer_defaults, errstr, errstr_size);
+      "queued.min.messages=1000000", "statistics.interval.ms=0", NULL};
+  kconf = tly_proc_kafka_conf(conf, consumer_defaults, errstr, errstr_size);
   if (!kconf)
     goto fail;
   if (rd_kafka_conf_set(kconf, "group.id",
@@ -707,11 +719,11 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
 
   const char *producer_defaults[] = {"enable.idempotence=true", "linger.ms=5",
                                      NULL};
-  kconf = kafka_conf(conf, producer_defaults, errstr, errstr_size);
+  kconf = tly_proc_kafka_conf(conf, producer_defaults, errstr, errstr_size);
   if (!kconf)
     goto fail;
   rd_kafka_conf_set_opaque(kconf, p);
-  rd_kafka_conf_set_dr_msg_cb(kconf, outbox_delivery_report);
+  rd_kafka_conf_set_dr_msg_cb(kconf, tly_proc_outbox_delivery_report);
   p->producer =
       rd_kafka_new(RD_KAFKA_PRODUCER, kconf, kafka_err, sizeof(kafka_err));
   if (!p->producer) {
@@ -721,8 +733,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   kconf = NULL;
 
   /* Outputs committed by an earlier run but not yet acknowledged. */
-  if (tly_store_scan_prefix(store, TLY_CF_OUTBOX, NULL, 0, outbox_load_cb, p,
-                            errstr, errstr_size))
+  if (tly_store_scan_prefix(store, TLY_CF_OUTBOX, NULL, 0,
+                            tly_proc_outbox_load_cb, p, errstr, errstr_size))
     goto fail;
   int found = tly_store_get(store, TLY_CF_META, META_NEXT_SEQ,
                             sizeof(META_NEXT_SEQ) - 1, &seq_value, &seq_len,
@@ -735,7 +747,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   if (p->outbox_count && p->outbox[p->outbox_count - 1].seq >= p->next_seq)
     p->next_seq = p->outbox[p->outbox_count - 1].seq + 1;
   if (p->outbox_count) {
-    /* Held until the first assignment (resolve_inherited). */
+    /* Held until the first assignment (tly_proc_resolve_inherited). */
     tly_log(TLY_LOG_INFO, "processor",
             "%zu outbox entries left by the previous run", p->outbox_count);
     for (size_t i = 0; i < p->outbox_count; i++)
@@ -747,7 +759,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   if (count < 0)
     goto fail;
   pthread_mutex_lock(&p->lock);
-  int grown = ensure_partitions(p, count);
+  int grown = tly_proc_ensure_partitions(p, count);
   pthread_mutex_unlock(&p->lock);
   if (grown) {
     snprintf(errstr, errstr_size, "out of memory");
@@ -797,7 +809,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
              rd_kafka_err2str(err));
     return -1;
   }
-  outbox_publish(p);
+  tly_proc_outbox_publish(p);
 
   int idle = 0; /* the last round consumed nothing */
   while (!*stop && !p->fatal) {
@@ -820,7 +832,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
        * batch_max_events, and a subject touched several times in it is
        * written once: the writer's work per event falls as the batch
        * grows, which is what lets a backlog drain faster. */
-      if (remaining <= 0 && consumed > 0 && (behind || writer_busy(p)))
+      if (remaining <= 0 && consumed > 0 && (behind || tly_proc_writer_busy(p)))
         remaining = 1;
       if (remaining <= 0 || *stop)
         break;
@@ -860,22 +872,23 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
       break;
     idle = consumed == 0;
     rd_kafka_poll(p->producer, 0); /* delivery reports -> ACKED */
-    write_ticks(p);
-    if (batch_submit(p)) /* written while the next batch is folded */
+    tly_proc_write_ticks(p);
+    if (tly_proc_batch_submit(p)) /* written while the next batch is folded */
       break;
     /* Idle: finish the commit in flight now, so the outbox entries whose
      * deletes it carries leave memory (and the outbox gauge) at once
      * rather than with the next batch. */
-    if (!consumed && p->inflight.busy && !batch_has_work(p) && batch_wait(p))
+    if (!consumed && p->inflight.busy && !tly_proc_batch_has_work(p) &&
+        tly_proc_batch_wait(p))
       break;
-    outbox_publish(p);
+    tly_proc_outbox_publish(p);
   }
 
   if (!p->fatal) {
     /* Graceful stop: commit, give the outbox a moment, record the acks. */
-    batch_commit(p);
+    tly_proc_batch_commit(p);
     rd_kafka_flush(p->producer, 5000);
-    batch_commit(p);
+    tly_proc_batch_commit(p);
   }
   rd_kafka_consumer_close(p->consumer);
   if (p->fatal) {
@@ -935,7 +948,7 @@ void tly_processor_destroy(tly_processor_t *p) {
     tly_dedupe_free(p->partitions[i].dedupe);
     free(p->partitions[i].blobs);
   }
-  batch_discard_outputs(p);
+  tly_proc_batch_discard_outputs(p);
   free(p->outputs);
   for (size_t i = 0; i < p->outbox_count; i++)
     free(p->outbox[i].record);
@@ -1032,8 +1045,8 @@ int32_t tly_processor_partition_count(tly_processor_t *p) {
   return atomic_load(&p->partition_count);
 }
 
-size_t tly_processor_partitions(tly_processor_t *p,
-                                tly_partition_status_t *out, size_t max) {
+size_t tly_processor_partitions(tly_processor_t *p, tly_partition_status_t *out,
+                                size_t max) {
   size_t count;
   pthread_mutex_lock(&p->lock);
   count = (size_t)p->partition_cap;
@@ -1047,8 +1060,8 @@ size_t tly_processor_partitions(tly_processor_t *p,
     out[i].watermark_ms = p->partitions[i].watermark;
     out[i].forwarded = p->partitions[i].forwarded;
     if (out[i].assigned &&
-        rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic,
-                                       (int32_t)i, &low, &high) == 0)
+        rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic, (int32_t)i,
+                                       &low, &high) == 0)
       out[i].high_watermark = high;
   }
   pthread_mutex_unlock(&p->lock);

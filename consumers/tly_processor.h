@@ -36,10 +36,10 @@
 #define TLY_DEFAULT_TICK_INTERVAL_MS 60000
 
 typedef struct {
-  const char *brokers;     /* required */
-  const char *group_id;    /* default TLY_DEFAULT_GROUP_ID */
-  const char *usage_topic; /* default TALLY_DEFAULT_USAGE_TOPIC */
-  const char *dlq_topic;   /* default TLY_DEFAULT_DLQ_TOPIC */
+  const char *brokers;      /* required */
+  const char *group_id;     /* default TLY_DEFAULT_GROUP_ID */
+  const char *usage_topic;  /* default TALLY_DEFAULT_USAGE_TOPIC */
+  const char *dlq_topic;    /* default TLY_DEFAULT_DLQ_TOPIC */
   const char *alerts_topic; /* default TLY_DEFAULT_ALERTS_TOPIC */
   /* default TLY_DEFAULT_CHANGELOG_TOPIC (tly_topics.h); "" disables the
    * changelog. It is used only when the topic exists with at least as many
@@ -48,12 +48,12 @@ typedef struct {
   const tly_config_t *config; /* required; must outlive the processor */
   int64_t dedupe_window_ms;   /* default 7 days of event time */
   int64_t tick_interval_ms;   /* default 60 s; <0 writes no ticks */
-  int batch_max_events;    /* default 400000 */
-  int batch_max_ms;        /* default 100; a batch grows past it (up to
-                              batch_max_events) while the writer is still
-                              busy with the previous one, or while it is
-                              catching up (more records ready, the last
-                              older than 20 x batch_max_ms, at least 2 s) */
+  int batch_max_events;       /* default 400000 */
+  int batch_max_ms;           /* default 100; a batch grows past it (up to
+                                 batch_max_events) while the writer is still
+                                 busy with the previous one, or while it is
+                                 catching up (more records ready, the last
+                                 older than 20 x batch_max_ms, at least 2 s) */
   /* Extra librdkafka properties "name=value", NULL-terminated; applied to
    * the consumer and the outbox producer after tally's defaults. */
   const char *const *kafka_properties;
@@ -79,14 +79,18 @@ typedef struct {
 /* Upper bounds (ms) of the commit latency histogram's buckets; the last
  * bucket (+Inf) is implied. */
 #define TLY_COMMIT_BUCKETS 10
-#define TLY_COMMIT_BUCKET_BOUNDS_MS {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000}
+#define TLY_COMMIT_BUCKET_BOUNDS_MS                                            \
+  { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000 }
 
 /* Upper bounds (ms) of the event-to-visible histogram: from a record's
  * Kafka timestamp (when it was produced) to the durable commit that makes
  * its effect readable over HTTP. */
 #define TLY_VISIBLE_BUCKETS 16
 #define TLY_VISIBLE_BUCKET_BOUNDS_MS                                           \
-  {5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000, 10000}
+  {                                                                            \
+    5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000,     \
+        10000                                                                  \
+  }
 
 typedef struct {
   uint64_t events_folded;
@@ -190,8 +194,8 @@ size_t tly_processor_partitions(tly_processor_t *processor,
                                 tly_partition_status_t *out, size_t max);
 /* The same as a malloc'd array (free() it) of *count entries; NULL when
  * out of memory. */
-tly_partition_status_t *tly_processor_partitions_copy(tly_processor_t *processor,
-                                                      size_t *count);
+tly_partition_status_t *
+tly_processor_partitions_copy(tly_processor_t *processor, size_t *count);
 void tly_processor_stats(tly_processor_t *processor,
                          tly_processor_stats_t *stats);
 

@@ -60,7 +60,7 @@ typedef struct {
   int bundle;
   size_t cursor, parts_pending;
   /* Left by the previous run: held until the first assignment says which
-   * partitions are this instance's (see resolve_inherited). */
+   * partitions are this instance's (see tly_proc_resolve_inherited). */
   int inherited;
 } outbox_item_t;
 
@@ -149,7 +149,8 @@ typedef struct {
    * holds were read into replay_ids. */
   int forward_ids_read;
   /* As a forward's destination not fetched here: its log end when last
-   * asked (forward_floor_ms, monotonic; 0: never), see forward_scan_from. */
+   * asked (forward_floor_ms, monotonic; 0: never), see
+   * tly_proc_forward_scan_from. */
   int64_t forward_floor, forward_floor_ms;
 } partition_state_t;
 
@@ -281,7 +282,8 @@ struct tly_processor {
    * the open batch's records; scratch for expanding bundles. */
   char *changelog_topic;
   char writer_id[TLY_CHANGELOG_WRITER_SIZE]; /* names our records */
-  rd_kafka_t *writer_reader;    /* during resume_offsets: changelog_ours's */
+  rd_kafka_t
+      *writer_reader; /* during tly_proc_resume_offsets: changelog_ours's */
   pthread_cond_t hold_released; /* with lock: a hold ended */
   tly_changelog_bundle_t bundle;
   unsigned char *changelog_scratch;
@@ -301,75 +303,81 @@ static const char META_ACK[] = "ack:";
  * is at its definition. */
 
 /* tly_processor.c: the loop, rebalance and lifecycle. */
-void set_fatal(tly_processor_t *p, const char *fmt, ...)
+void tly_proc_set_fatal(tly_processor_t *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-int ensure_partitions(tly_processor_t *p, int32_t count);
-rd_kafka_conf_t *kafka_conf(const tly_processor_conf_t *conf,
-                            const char *const *defaults, char *errstr,
-                            size_t errstr_size);
+int tly_proc_ensure_partitions(tly_processor_t *p, int32_t count);
+rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
+                                     const char *const *defaults, char *errstr,
+                                     size_t errstr_size);
 
 /* tly_fold_view.c: the tly_billing_view_t the fold works through (its
  * callbacks, for tly_processor_new to install). */
-tly_account_t *view_account(tly_billing_view_t *view, tly_subject_kind_t kind,
-                            const char *id);
-tly_billing_row_t *view_row(tly_billing_view_t *view, tly_subject_kind_t kind,
-                            const char *id, int64_t cycle_start_ms,
-                            const char *feature);
-tly_bucket_t *view_bucket(tly_billing_view_t *view, tly_subject_kind_t kind,
-                          const char *id, int32_t hour, const char *feature);
-int view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
-                 const char *id, const tly_cycle_t *cycle);
-int view_seen(tly_billing_view_t *view, const char *event_id,
-              int64_t occurred_at_ms, int record);
+tly_account_t *tly_proc_view_account(tly_billing_view_t *view,
+                                     tly_subject_kind_t kind, const char *id);
+tly_billing_row_t *tly_proc_view_row(tly_billing_view_t *view,
+                                     tly_subject_kind_t kind, const char *id,
+                                     int64_t cycle_start_ms,
+                                     const char *feature);
+tly_bucket_t *tly_proc_view_bucket(tly_billing_view_t *view,
+                                   tly_subject_kind_t kind, const char *id,
+                                   int32_t hour, const char *feature);
+int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
+                          const char *id, const tly_cycle_t *cycle);
+int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
+                       int64_t occurred_at_ms, int record);
 
 /* tly_commit.c: the batch and its writer thread. */
-int batch_has_work(tly_processor_t *p);
-void batch_discard_outputs(tly_processor_t *p);
-unsigned char *record_room(tly_processor_t *p, size_t need);
-size_t history_key(const tly_overlay_entry_t *entry, char tag,
-                   const void *suffix, size_t suffix_len, char *out,
-                   size_t out_size);
-void put_history(tly_processor_t *p, const char *key, size_t key_len,
-                 int64_t expires_at_ms, size_t len);
-int batch_submit(tly_processor_t *p);
-void *writer_main(void *arg);
-int batch_wait(tly_processor_t *p);
-int writer_busy(tly_processor_t *p);
-int batch_commit(tly_processor_t *p);
+int tly_proc_batch_has_work(tly_processor_t *p);
+void tly_proc_batch_discard_outputs(tly_processor_t *p);
+unsigned char *tly_proc_record_room(tly_processor_t *p, size_t need);
+size_t tly_proc_history_key(const tly_overlay_entry_t *entry, char tag,
+                            const void *suffix, size_t suffix_len, char *out,
+                            size_t out_size);
+void tly_proc_put_history(tly_processor_t *p, const char *key, size_t key_len,
+                          int64_t expires_at_ms, size_t len);
+int tly_proc_batch_submit(tly_processor_t *p);
+void *tly_proc_writer_main(void *arg);
+int tly_proc_batch_wait(tly_processor_t *p);
+int tly_proc_writer_busy(tly_processor_t *p);
+int tly_proc_batch_commit(tly_processor_t *p);
 
 /* tly_outbox_publish.c: the outbox, its acknowledgements and recovery. */
-int outbox_append(tly_processor_t *p, uint64_t seq, char *record,
-                  size_t record_len);
-size_t ack_key(const char *topic, int32_t partition, char *out, size_t size);
-void outbox_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg,
-                            void *opaque);
-int outbox_load_cb(void *opaque, const char *key, size_t key_len,
-                   const char *value, size_t value_len);
-void outbox_publish(tly_processor_t *p);
-void outbox_compact(tly_processor_t *p);
-void drain_outbox(tly_processor_t *p);
-int resolve_inherited(tly_processor_t *p);
-void abandon_revoked(tly_processor_t *p,
-                     const rd_kafka_topic_partition_list_t *parts);
-int collect_output_ids(tly_processor_t *p, const char *topic,
-                       int64_t from_time_ms, const int64_t *floors,
-                       int32_t floor_count, json_t *ids, char *errstr,
-                       size_t errstr_size);
-int64_t forward_scan_from(tly_processor_t *p, int32_t partition);
+int tly_proc_outbox_append(tly_processor_t *p, uint64_t seq, char *record,
+                           size_t record_len);
+size_t tly_proc_ack_key(const char *topic, int32_t partition, char *out,
+                        size_t size);
+void tly_proc_outbox_delivery_report(rd_kafka_t *rk,
+                                     const rd_kafka_message_t *msg,
+                                     void *opaque);
+int tly_proc_outbox_load_cb(void *opaque, const char *key, size_t key_len,
+                            const char *value, size_t value_len);
+void tly_proc_outbox_publish(tly_processor_t *p);
+void tly_proc_outbox_compact(tly_processor_t *p);
+void tly_proc_drain_outbox(tly_processor_t *p);
+int tly_proc_resolve_inherited(tly_processor_t *p);
+void tly_proc_abandon_revoked(tly_processor_t *p,
+                              const rd_kafka_topic_partition_list_t *parts);
+int tly_proc_collect_output_ids(tly_processor_t *p, const char *topic,
+                                int64_t from_time_ms, const int64_t *floors,
+                                int32_t floor_count, json_t *ids, char *errstr,
+                                size_t errstr_size);
+int64_t tly_proc_forward_scan_from(tly_processor_t *p, int32_t partition);
 
 /* tly_restore.c: a partition's state when it is assigned here. */
-int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts);
+int tly_proc_resume_offsets(tly_processor_t *p,
+                            rd_kafka_topic_partition_list_t *parts);
 
 /* tly_replay.c: the replay rule for the outputs of replayed records. */
-int replay_already_sent(tly_processor_t *p, int32_t partition, int64_t offset,
-                        const char *id);
-int forward_already_sent(tly_processor_t *p, const rd_kafka_message_t *msg,
-                         int32_t home, const char *id);
-int prepare_replay(tly_processor_t *p);
-void end_replay(tly_processor_t *p);
+int tly_proc_replay_already_sent(tly_processor_t *p, int32_t partition,
+                                 int64_t offset, const char *id);
+int tly_proc_forward_already_sent(tly_processor_t *p,
+                                  const rd_kafka_message_t *msg, int32_t home,
+                                  const char *id);
+int tly_proc_prepare_replay(tly_processor_t *p);
+void tly_proc_end_replay(tly_processor_t *p);
 
 /* tly_ticks.c: time-driven work. */
-void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms);
-void write_ticks(tly_processor_t *p);
+void tly_proc_fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms);
+void tly_proc_write_ticks(tly_processor_t *p);
 
 #endif

@@ -4,12 +4,12 @@
  *
  * A partition assigned here behind its log end replays records another
  * instance may have folded already, and published the outputs of. Before
- * any of it is folded (prepare_replay, at assignment), the output topics
- * are read for the ids they hold, from about when the first replayed
+ * any of it is folded (tly_proc_prepare_replay, at assignment), the output
+ * topics are read for the ids they hold, from about when the first replayed
  * record was produced; while replaying, an output whose id is there is
  * dropped instead of sent. A forward's destination partition is read the
  * first time a replayed record is forwarded there. The ids go once every
- * assigned partition has caught up (end_replay, after each commit).
+ * assigned partition has caught up (tly_proc_end_replay, after each commit).
  *
  * It never sends or folds anything: it answers "sent already?" for the
  * fold's outputs. An output topic it cannot read stops the processor
@@ -32,8 +32,8 @@
  * against the output topics by id instead of re-sent: 1 when it is there
  * already (drop it), 0 to send it (its id is remembered, so it goes once).
  */
-int replay_already_sent(tly_processor_t *p, int32_t partition, int64_t offset,
-                        const char *id) {
+int tly_proc_replay_already_sent(tly_processor_t *p, int32_t partition,
+                                 int64_t offset, const char *id) {
   if (!p->replay_ids || partition < 0 || partition >= p->partition_cap ||
       offset >= p->partitions[partition].replay_target)
     return 0;
@@ -47,10 +47,11 @@ int replay_already_sent(tly_processor_t *p, int32_t partition, int64_t offset,
 
 /* The replay rule for a forward: its destination partition is read for the
  * forward ids it holds (once per replay, and only when a replayed record
- * is forwarded there) before replay_already_sent decides. 1 when it was
- * sent already, 0 to send it, -1 after setting the fatal reason. */
-int forward_already_sent(tly_processor_t *p, const rd_kafka_message_t *msg,
-                         int32_t home, const char *id) {
+ * is forwarded there) before tly_proc_replay_already_sent decides. 1 when it
+ * was sent already, 0 to send it, -1 after setting the fatal reason. */
+int tly_proc_forward_already_sent(tly_processor_t *p,
+                                  const rd_kafka_message_t *msg, int32_t home,
+                                  const char *id) {
   char errstr[512];
   partition_state_t *source = &p->partitions[msg->partition];
   if (!p->replay_ids || msg->offset >= source->replay_target)
@@ -58,22 +59,22 @@ int forward_already_sent(tly_processor_t *p, const rd_kafka_message_t *msg,
   if (home < p->partition_cap && !p->partitions[home].forward_ids_read) {
     int64_t *floors = calloc((size_t)home + 1, sizeof(*floors));
     if (!floors) {
-      set_fatal(p, "out of memory preparing a replay");
+      tly_proc_set_fatal(p, "out of memory preparing a replay");
       return -1;
     }
     for (int32_t i = 0; i < home; i++)
       floors[i] = -1; /* read only home */
-    int failed =
-        collect_output_ids(p, p->usage_topic, p->replay_from_ms, floors,
-                           home + 1, p->replay_ids, errstr, sizeof(errstr));
+    int failed = tly_proc_collect_output_ids(
+        p, p->usage_topic, p->replay_from_ms, floors, home + 1, p->replay_ids,
+        errstr, sizeof(errstr));
     free(floors);
     if (failed) {
-      set_fatal(p, "replay: reading forwarded records: %s", errstr);
+      tly_proc_set_fatal(p, "replay: reading forwarded records: %s", errstr);
       return -1;
     }
     p->partitions[home].forward_ids_read = 1;
   }
-  return replay_already_sent(p, msg->partition, msg->offset, id);
+  return tly_proc_replay_already_sent(p, msg->partition, msg->offset, id);
 }
 
 /* The tally.output.id of an output entry, as text in id; 0 when it has
@@ -143,12 +144,11 @@ static int64_t replay_start_time(tly_processor_t *p) {
           part->committed < 0 ? 0 : part->committed;
   }
   pthread_mutex_unlock(&p->lock);
-  rd_kafka_conf_t *kconf = kafka_conf(&p->conf, defaults, errstr,
-                                      sizeof(errstr));
-  rd_kafka_t *reader =
-      kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
-                           sizeof(kafka_err))
-            : NULL;
+  rd_kafka_conf_t *kconf =
+      tly_proc_kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
+  rd_kafka_t *reader = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
+                                            sizeof(kafka_err))
+                             : NULL;
   if (!reader) {
     if (kconf)
       rd_kafka_conf_destroy(kconf);
@@ -197,7 +197,7 @@ static int64_t replay_start_time(tly_processor_t *p) {
  * time) into p->replay_ids before folding any of it. 0, or -1 after
  * setting the fatal reason: replaying blind could publish outputs twice.
  */
-int prepare_replay(tly_processor_t *p) {
+int tly_proc_prepare_replay(tly_processor_t *p) {
   char errstr[512];
   int replaying = 0;
   pthread_mutex_lock(&p->lock);
@@ -214,23 +214,23 @@ int prepare_replay(tly_processor_t *p) {
     return 0;
   json_t *ids = json_object();
   if (!ids) {
-    set_fatal(p, "out of memory preparing a replay");
+    tly_proc_set_fatal(p, "out of memory preparing a replay");
     return -1;
   }
   int64_t started = tly_monotonic_ms();
   int64_t from_ms = time_lookups(p) ? replay_start_time(p) : 0;
   /* Forwards (to the input topic itself) are read later, per destination
    * partition, when a replayed record is forwarded there
-   * (forward_already_sent): most replays forward nothing. */
+   * (tly_proc_forward_already_sent): most replays forward nothing. */
   p->replay_from_ms = from_ms;
   for (int32_t i = 0; i < p->partition_cap; i++)
     p->partitions[i].forward_ids_read = 0;
-  if (collect_output_ids(p, p->alerts_topic, from_ms, NULL, 0, ids, errstr,
-                         sizeof(errstr)) ||
-      collect_output_ids(p, p->dlq_topic, from_ms, NULL, 0, ids, errstr,
-                         sizeof(errstr))) {
+  if (tly_proc_collect_output_ids(p, p->alerts_topic, from_ms, NULL, 0, ids,
+                                  errstr, sizeof(errstr)) ||
+      tly_proc_collect_output_ids(p, p->dlq_topic, from_ms, NULL, 0, ids,
+                                  errstr, sizeof(errstr))) {
     json_decref(ids);
-    set_fatal(p, "replaying %d partitions: %s", replaying, errstr);
+    tly_proc_set_fatal(p, "replaying %d partitions: %s", replaying, errstr);
     return -1;
   }
   size_t in_kafka = json_object_size(ids);
@@ -255,7 +255,7 @@ int prepare_replay(tly_processor_t *p) {
 }
 
 /* Drops the replay ids once every assigned partition has caught up. */
-void end_replay(tly_processor_t *p) {
+void tly_proc_end_replay(tly_processor_t *p) {
   if (!p->replay_ids)
     return;
   for (int32_t i = 0; i < p->partition_cap; i++) {

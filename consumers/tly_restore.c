@@ -57,7 +57,7 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
   char errstr[512] = "", prefix[4];
   tly_dedupe_t *dedupe = tly_dedupe_new();
   if (!dedupe) {
-    set_fatal(p, "out of memory loading event ids");
+    tly_proc_set_fatal(p, "out of memory loading event ids");
     return NULL;
   }
   dedupe_load_t load = {dedupe, 0, p->changelog_topic != NULL, NULL, 0, 0};
@@ -65,10 +65,10 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
   if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE, prefix, 4,
                             load_dedupe_blob, &load, errstr, sizeof(errstr)) ||
       load.failed) {
-    set_fatal(p, "partition %d: loading event ids: %s", (int)partition,
-              load.failed
-                  ? "a stored dedupe record is corrupt or memory ran out"
-                  : errstr);
+    tly_proc_set_fatal(
+        p, "partition %d: loading event ids: %s", (int)partition,
+        load.failed ? "a stored dedupe record is corrupt or memory ran out"
+                    : errstr);
     tly_dedupe_free(dedupe);
     free(load.blobs);
     return NULL;
@@ -97,15 +97,15 @@ static rd_kafka_t *changelog_reader(tly_processor_t *p, int32_t partition) {
       /* at the end, an empty fetch must not hold the next one back */
       "fetch.wait.max.ms=10", NULL};
   rd_kafka_conf_t *kconf =
-      kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
+      tly_proc_kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
   rd_kafka_t *reader = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
                                             sizeof(kafka_err))
                              : NULL;
   if (!reader) {
     if (kconf)
       rd_kafka_conf_destroy(kconf);
-    set_fatal(p, "reading changelog partition %d: %s", (int)partition,
-              kconf ? kafka_err : errstr);
+    tly_proc_set_fatal(p, "reading changelog partition %d: %s", (int)partition,
+                       kconf ? kafka_err : errstr);
   }
   return reader;
 }
@@ -123,14 +123,15 @@ static void changelog_reader_close(rd_kafka_t *reader) {
  */
 static int changelog_ours(tly_processor_t *p, int32_t partition, int64_t end) {
   char errstr[512], writer[128];
-  /* One reader for the partitions of an assignment (resume_offsets). */
+  /* One reader for the partitions of an assignment (tly_proc_resume_offsets).
+   */
   if (!p->writer_reader && !(p->writer_reader = changelog_reader(p, partition)))
     return -1;
   int rc = tly_changelog_last_writer(p->writer_reader, p->changelog_topic,
                                      partition, end, writer, sizeof(writer),
                                      errstr, sizeof(errstr));
   if (rc < 0) {
-    set_fatal(p, "changelog partition %d: %s", (int)partition, errstr);
+    tly_proc_set_fatal(p, "changelog partition %d: %s", (int)partition, errstr);
     return -1;
   }
   return rc == 1 && strcmp(writer, p->writer_id) == 0;
@@ -159,8 +160,8 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
     err = rd_kafka_query_watermark_offsets(p->consumer, p->changelog_topic,
                                            partition, &low, end, 5000);
   if (err) {
-    set_fatal(p, "changelog partition %d: cannot read its bounds: %s",
-              (int)partition, rd_kafka_err2str(err));
+    tly_proc_set_fatal(p, "changelog partition %d: cannot read its bounds: %s",
+                       (int)partition, rd_kafka_err2str(err));
     return -1;
   }
   if (*end <= low)
@@ -170,12 +171,13 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
     if (ours < 0)
       return -1;
     if (!ours && low > 0) {
-      set_fatal(p,
-                "changelog partition %d starts at %lld, not 0 (records "
-                "expired), and another instance wrote it since: its Stripe "
-                "report cursors cannot be restored, and reporting from "
-                "older ones could lose usage",
-                (int)partition, (long long)low);
+      tly_proc_set_fatal(
+          p,
+          "changelog partition %d starts at %lld, not 0 (records "
+          "expired), and another instance wrote it since: its Stripe "
+          "report cursors cannot be restored, and reporting from "
+          "older ones could lose usage",
+          (int)partition, (long long)low);
       return -1;
     }
     if (!ours) {
@@ -219,13 +221,14 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
   atomic_store(&p->restoring, -1);
   changelog_reader_close(reader);
   if (rc < 0) {
-    set_fatal(p, "restoring partition %d from %s: %s", (int)partition,
-              p->changelog_topic, errstr);
+    tly_proc_set_fatal(p, "restoring partition %d from %s: %s", (int)partition,
+                       p->changelog_topic, errstr);
     return -1;
   }
   tly_store_batch_t *batch = tly_store_batch_new();
   if (!batch) {
-    set_fatal(p, "out of memory restoring partition %d", (int)partition);
+    tly_proc_set_fatal(p, "out of memory restoring partition %d",
+                       (int)partition);
     return -1;
   }
   size_t wm_len = watermark_key(partition, wm_key);
@@ -239,7 +242,8 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
   int failed = tly_store_commit(p->store, batch, 1, errstr, sizeof(errstr));
   tly_store_batch_destroy(batch);
   if (failed) {
-    set_fatal(p, "storing restored partition %d: %s", (int)partition, errstr);
+    tly_proc_set_fatal(p, "storing restored partition %d: %s", (int)partition,
+                       errstr);
     return -1;
   }
   *found = rc == 1;
@@ -265,7 +269,8 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
 static int resume_partitions(tly_processor_t *p,
                              rd_kafka_topic_partition_list_t *parts);
 
-int resume_offsets(tly_processor_t *p, rd_kafka_topic_partition_list_t *parts) {
+int tly_proc_resume_offsets(tly_processor_t *p,
+                            rd_kafka_topic_partition_list_t *parts) {
   /* resume_partitions does it; then the reader changelog_ours opened
    * (Stripe reporting) goes. */
   int rc = resume_partitions(p, parts);
@@ -284,7 +289,7 @@ static int resume_partitions(tly_processor_t *p,
     int found = tly_store_get_offset(p->store, part->partition, &stored, errstr,
                                      sizeof(errstr));
     if (found < 0) {
-      set_fatal(p, "reading stored offset: %s", errstr);
+      tly_proc_set_fatal(p, "reading stored offset: %s", errstr);
       return -1;
     }
     rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
@@ -292,8 +297,8 @@ static int resume_partitions(tly_processor_t *p,
       err = rd_kafka_query_watermark_offsets(
           p->consumer, part->topic, part->partition, &low, &high, 5000);
     if (err) {
-      set_fatal(p, "partition %d: cannot read the log's bounds: %s",
-                (int)part->partition, rd_kafka_err2str(err));
+      tly_proc_set_fatal(p, "partition %d: cannot read the log's bounds: %s",
+                         (int)part->partition, rd_kafka_err2str(err));
       return -1;
     }
     /* No state here, or stale state: restore from the changelog when that
@@ -309,32 +314,35 @@ static int resume_partitions(tly_processor_t *p,
       return -1;
     if (!found && tly_changelog_wipe_partition(p->store, part->partition,
                                                errstr, sizeof(errstr))) {
-      set_fatal(p, "partition %d: wiping state: %s", (int)part->partition,
-                errstr);
+      tly_proc_set_fatal(p, "partition %d: wiping state: %s",
+                         (int)part->partition, errstr);
       return -1;
     }
     if (found && stored < low) {
-      set_fatal(p,
-                "partition %d: stored offset %lld is below the log start "
-                "%lld; events %lld..%lld are gone and tally refuses to skip "
-                "them",
-                (int)part->partition, (long long)stored, (long long)low,
-                (long long)stored, (long long)low - 1);
+      tly_proc_set_fatal(
+          p,
+          "partition %d: stored offset %lld is below the log start "
+          "%lld; events %lld..%lld are gone and tally refuses to skip "
+          "them",
+          (int)part->partition, (long long)stored, (long long)low,
+          (long long)stored, (long long)low - 1);
       return -1;
     }
     if (found && stored > high) {
-      set_fatal(p,
-                "partition %d: stored offset %lld is beyond the log end "
-                "%lld: the topic was recreated or this is another cluster",
-                (int)part->partition, (long long)stored, (long long)high);
+      tly_proc_set_fatal(
+          p,
+          "partition %d: stored offset %lld is beyond the log end "
+          "%lld: the topic was recreated or this is another cluster",
+          (int)part->partition, (long long)stored, (long long)high);
       return -1;
     }
     if (!found && low > 0) {
-      set_fatal(p,
-                "partition %d: no stored state and the log starts at %lld, "
-                "not 0; events before it are gone, refusing to fold a "
-                "partial history",
-                (int)part->partition, (long long)low);
+      tly_proc_set_fatal(
+          p,
+          "partition %d: no stored state and the log starts at %lld, "
+          "not 0; events before it are gone, refusing to fold a "
+          "partial history",
+          (int)part->partition, (long long)low);
       return -1;
     }
     part->offset = found ? stored : RD_KAFKA_OFFSET_BEGINNING;
@@ -346,7 +354,7 @@ static int resume_partitions(tly_processor_t *p,
     int wm_found = tly_store_get(p->store, TLY_CF_META, wm_key, wm_key_len,
                                  &wm_value, &wm_len, errstr, sizeof(errstr));
     if (wm_found < 0) {
-      set_fatal(p, "reading the watermark: %s", errstr);
+      tly_proc_set_fatal(p, "reading the watermark: %s", errstr);
       return -1;
     }
     if (wm_found && wm_len == 8)
@@ -361,7 +369,7 @@ static int resume_partitions(tly_processor_t *p,
     if (!dedupe)
       return -1;
     pthread_mutex_lock(&p->lock);
-    if (ensure_partitions(p, part->partition + 1) == 0) {
+    if (tly_proc_ensure_partitions(p, part->partition + 1) == 0) {
       partition_state_t *state = &p->partitions[part->partition];
       tly_dedupe_free(state->dedupe);
       state->dedupe = dedupe;

@@ -46,13 +46,14 @@ static int collect_due(void *opaque, const char *key, size_t key_len,
 /* A tick at tick_ms closes every cycle of the partition that has ended. The
  * batch was committed just before the tick was folded, so the index in
  * RocksDB is current. */
-void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms) {
+void tly_proc_fold_tick(tly_processor_t *p, int32_t partition,
+                        int64_t tick_ms) {
   char errstr[256], prefix[4];
   due_scan_t scan = {tick_ms, NULL, 0, 0};
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(p->store, TLY_CF_CYCLE_ENDS, prefix, 4, collect_due,
                             &scan, errstr, sizeof(errstr)))
-    set_fatal(p, "scanning cycle ends: %s", errstr);
+    tly_proc_set_fatal(p, "scanning cycle ends: %s", errstr);
   for (size_t i = 0; i < scan.count && !p->fatal; i++) {
     char *colon = strchr(scan.subjects[i], ':');
     tly_subject_kind_t kind;
@@ -64,7 +65,7 @@ void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms) {
     if (tly_billing_tick(&p->billing, &p->view, kind, colon + 1, tick_ms,
                          &p->alerts) == TLY_FOLD_FAILED &&
         !p->fatal)
-      set_fatal(p, "out of memory closing cycles");
+      tly_proc_set_fatal(p, "out of memory closing cycles");
   }
   for (size_t i = 0; i < scan.count; i++)
     free(scan.subjects[i]);
@@ -74,7 +75,7 @@ void fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms) {
 /* Writes this slot's tick into every partition this processor owns. Ids
  * come from (partition, slot), so ticks written twice (a restart, two
  * instances) are deduplicated by the fold. */
-void write_ticks(tly_processor_t *p) {
+void tly_proc_write_ticks(tly_processor_t *p) {
   int64_t interval = p->conf.tick_interval_ms;
   if (interval <= 0)
     return;

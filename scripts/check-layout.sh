@@ -4,6 +4,9 @@
 #   schema -> base,
 # so no #include in a module folder names a header of a folder above it (or
 # of a sibling at its own level), and no source file is over 1,250 lines.
+# Given the built library (CTest passes libtally_core.a), it also checks
+# that every symbol the library exports carries the tly_ or tally_ prefix:
+# a file's private helpers are static, a module's shared ones are prefixed.
 # Run by CTest (layout.check); prints every violation and exits 1 on any.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,5 +38,12 @@ for folder in "${!rank[@]}"; do
     done < <(sed -n 's/^#include "\([^"]*\)".*/\1/p' "$file")
   done
 done
-[ "$status" -eq 0 ] && echo "layout: every include runs down, every file within 1,250 lines"
+if [ -n "${1:-}" ]; then
+  while read -r symbol; do
+    echo "$1 exports $symbol: shared names carry the tly_ (or tally_) prefix"
+    status=1
+  done < <(nm -g --defined-only "$1" | awk '$2 ~ /^[TDBRC]$/ {print $3}' |
+           grep -v '^tly_\|^tally_\|^__' | sort -u)
+fi
+[ "$status" -eq 0 ] && echo "layout: every include runs down, every file within 1,250 lines, every export prefixed"
 exit "$status"
