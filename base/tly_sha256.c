@@ -1,12 +1,16 @@
 /*
- * tly_sha256.c - SHA-256 digests to and from hex (tly_sha256.h).
+ * tly_sha256.c - SHA-256 digests, HMAC-SHA256, hex (tly_sha256.h).
  */
 #include "tly_sha256.h"
 
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
 #include <openssl/sha.h>
+#include <stdlib.h>
 #include <string.h>
 
-static int hex_value(char c) {
+int tly_hex_value(char c) {
   if (c >= '0' && c <= '9')
     return c - '0';
   if (c >= 'a' && c <= 'f')
@@ -16,11 +20,21 @@ static int hex_value(char c) {
   return -1;
 }
 
-int tly_sha256_hex_parse(const char *hex, unsigned char out[TLY_SHA256_LEN]) {
-  if (!hex || strlen(hex) != TLY_SHA256_HEX_LEN)
+void tly_hex_encode(const unsigned char *bytes, size_t len, char *out) {
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < len; i++) {
+    out[2 * i] = digits[bytes[i] >> 4];
+    out[2 * i + 1] = digits[bytes[i] & 15];
+  }
+  out[2 * len] = '\0';
+}
+
+int tly_hex_decode(const char *text, size_t text_len, unsigned char *out,
+                   size_t out_len) {
+  if (!text || text_len != 2 * out_len)
     return -1;
-  for (size_t i = 0; i < TLY_SHA256_LEN; i++) {
-    int high = hex_value(hex[2 * i]), low = hex_value(hex[2 * i + 1]);
+  for (size_t i = 0; i < out_len; i++) {
+    int high = tly_hex_value(text[2 * i]), low = tly_hex_value(text[2 * i + 1]);
     if (high < 0 || low < 0)
       return -1;
     out[i] = (unsigned char)(high << 4 | low);
@@ -28,14 +42,56 @@ int tly_sha256_hex_parse(const char *hex, unsigned char out[TLY_SHA256_LEN]) {
   return 0;
 }
 
+int tly_sha256_hex_parse(const char *hex, unsigned char out[TLY_SHA256_LEN]) {
+  return hex ? tly_hex_decode(hex, strlen(hex), out, TLY_SHA256_LEN) : -1;
+}
+
 void tly_sha256_hex(const void *data, size_t len,
                     char out[TLY_SHA256_HEX_LEN + 1]) {
-  static const char digits[] = "0123456789abcdef";
   unsigned char digest[TLY_SHA256_LEN];
   SHA256(data, len, digest);
-  for (size_t i = 0; i < TLY_SHA256_LEN; i++) {
-    out[2 * i] = digits[digest[i] >> 4];
-    out[2 * i + 1] = digits[digest[i] & 15];
-  }
-  out[TLY_SHA256_HEX_LEN] = '\0';
+  tly_hex_encode(digest, TLY_SHA256_LEN, out);
+}
+
+struct tly_hmac {
+  EVP_MAC *mac;
+  EVP_MAC_CTX *ctx;
+  int failed;
+};
+
+tly_hmac_t *tly_hmac_sha256_begin(const void *key, size_t key_len) {
+  char digest_name[] = "SHA256";
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
+      OSSL_PARAM_construct_end()};
+  tly_hmac_t *hmac = calloc(1, sizeof(*hmac));
+  if (!hmac)
+    return NULL;
+  hmac->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  hmac->ctx = hmac->mac ? EVP_MAC_CTX_new(hmac->mac) : NULL;
+  hmac->failed =
+      !hmac->ctx ||
+      !EVP_MAC_init(hmac->ctx, (const unsigned char *)key, key_len, params);
+  return hmac;
+}
+
+int tly_hmac_update(tly_hmac_t *hmac, const void *data, size_t len) {
+  if (!hmac || hmac->failed)
+    return -1;
+  if (len && !EVP_MAC_update(hmac->ctx, (const unsigned char *)data, len))
+    hmac->failed = 1;
+  return hmac->failed ? -1 : 0;
+}
+
+int tly_hmac_end(tly_hmac_t *hmac, unsigned char out[TLY_SHA256_LEN]) {
+  if (!hmac)
+    return -1;
+  size_t out_len = 0;
+  int ok = !hmac->failed &&
+           EVP_MAC_final(hmac->ctx, out, &out_len, TLY_SHA256_LEN) &&
+           out_len == TLY_SHA256_LEN;
+  EVP_MAC_CTX_free(hmac->ctx);
+  EVP_MAC_free(hmac->mac);
+  free(hmac);
+  return ok ? 0 : -1;
 }

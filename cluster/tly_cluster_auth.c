@@ -9,19 +9,18 @@
  */
 #include "tly_cluster_auth.h"
 
+#include "tly_sha256.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/params.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAC_LEN 32
+#define MAC_LEN TLY_SHA256_LEN
 
 /* ---- the secret --------------------------------------------------------- */
 
@@ -110,59 +109,22 @@ typedef struct {
 static int mac_fields(const tly_cluster_secret_t *secret, const char *tag,
                       const field_t *fields, size_t count,
                       unsigned char out[MAC_LEN]) {
-  char digest_name[] = "SHA256";
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
-      OSSL_PARAM_construct_end()};
-  EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-  EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
-  size_t out_len = 0;
-  int ok = ctx && EVP_MAC_init(ctx, secret->bytes, secret->len, params) &&
-           EVP_MAC_update(ctx, (const unsigned char *)tag, strlen(tag) + 1);
+  tly_hmac_t *hmac = tly_hmac_sha256_begin(secret->bytes, secret->len);
+  int ok = hmac && !tly_hmac_update(hmac, tag, strlen(tag) + 1);
   for (size_t i = 0; ok && i < count; i++) {
     unsigned char len_be[8];
     uint64_t len = fields[i].len;
     for (int b = 7; b >= 0; b--, len >>= 8)
       len_be[b] = (unsigned char)(len & 0xff);
-    ok = EVP_MAC_update(ctx, len_be, sizeof(len_be)) &&
-         (!fields[i].len || EVP_MAC_update(ctx, fields[i].data, fields[i].len));
+    ok = !tly_hmac_update(hmac, len_be, sizeof(len_be)) &&
+         !tly_hmac_update(hmac, fields[i].data, fields[i].len);
   }
-  ok = ok && EVP_MAC_final(ctx, out, &out_len, MAC_LEN) && out_len == MAC_LEN;
-  EVP_MAC_CTX_free(ctx);
-  EVP_MAC_free(mac);
-  return ok ? 0 : -1;
-}
-
-static void to_hex(const unsigned char *bytes, size_t len, char *out) {
-  static const char hex[] = "0123456789abcdef";
-  for (size_t i = 0; i < len; i++) {
-    out[2 * i] = hex[bytes[i] >> 4];
-    out[2 * i + 1] = hex[bytes[i] & 15];
-  }
-  out[2 * len] = '\0';
-}
-
-static int hex_value(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
+  return tly_hmac_end(hmac, out) || !ok ? -1 : 0;
 }
 
 /* Parses exactly 2 * MAC_LEN hex characters. 0 or -1. */
 static int from_hex(const char *text, size_t len, unsigned char out[MAC_LEN]) {
-  if (len != 2 * MAC_LEN)
-    return -1;
-  for (size_t i = 0; i < MAC_LEN; i++) {
-    int high = hex_value(text[2 * i]), low = hex_value(text[2 * i + 1]);
-    if (high < 0 || low < 0)
-      return -1;
-    out[i] = (unsigned char)(high << 4 | low);
-  }
-  return 0;
+  return tly_hex_decode(text, len, out, MAC_LEN);
 }
 
 /* ---- announcements ------------------------------------------------------ */
@@ -190,7 +152,7 @@ void tly_cluster_members_mac(const tly_cluster_secret_t *secret,
     out[TLY_CLUSTER_MAC_HEX_LEN] = '\0';
     return;
   }
-  to_hex(mac, MAC_LEN, out);
+  tly_hex_encode(mac, MAC_LEN, out);
 }
 
 int tly_cluster_members_verify(const tly_cluster_secret_t *secret,
@@ -231,7 +193,7 @@ int tly_cluster_forward_credential(const tly_cluster_secret_t *secret,
   char hex[TLY_CLUSTER_MAC_HEX_LEN + 1];
   if (!secret || forward_mac(secret, scope, expiry_ms, mac))
     return -1;
-  to_hex(mac, MAC_LEN, hex);
+  tly_hex_encode(mac, MAC_LEN, hex);
   int n = snprintf(out, out_size, "%" PRId64 ".%s", expiry_ms, hex);
   return n > 0 && (size_t)n < out_size ? 0 : -1;
 }

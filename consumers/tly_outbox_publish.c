@@ -589,12 +589,8 @@ int tly_proc_collect_output_ids(tly_processor_t *p, const char *topic,
        * otherwise wait 500 ms: half a second per
        * restart and per replay check */
       "fetch.wait.max.ms=10", NULL};
-  rd_kafka_conf_t *kconf =
-      tly_proc_kafka_conf(&p->conf, defaults, errstr, errstr_size);
-  if (!kconf)
-    return -1;
   rd_kafka_t *reader =
-      rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err, sizeof(kafka_err));
+      tly_proc_reader_new(p, defaults, kafka_err, sizeof(kafka_err));
   if (!reader) {
     snprintf(errstr, errstr_size, "recovery: %s", kafka_err);
     return -1;

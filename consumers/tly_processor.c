@@ -539,6 +539,20 @@ fail:
   return NULL;
 }
 
+rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
+                                const char *const *defaults, char *errstr,
+                                size_t errstr_size) {
+  rd_kafka_conf_t *kconf =
+      tly_proc_kafka_conf(&p->conf, defaults, errstr, errstr_size);
+  if (!kconf)
+    return NULL;
+  rd_kafka_t *reader =
+      rd_kafka_new(RD_KAFKA_CONSUMER, kconf, errstr, errstr_size);
+  if (!reader)
+    rd_kafka_conf_destroy(kconf);
+  return reader;
+}
+
 /* An integer property of conf as librdkafka holds it (fallback when it
  * cannot be read). */
 static int conf_int(const rd_kafka_conf_t *conf, const char *name,

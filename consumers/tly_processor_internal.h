@@ -309,6 +309,11 @@ int tly_proc_ensure_partitions(tly_processor_t *p, int32_t count);
 rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
                                      const char *const *defaults, char *errstr,
                                      size_t errstr_size);
+/* A consumer built from tly_proc_kafka_conf for reading by assignment (no
+ * group membership: restore, replay). NULL with the reason in errstr. */
+rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
+                                const char *const *defaults, char *errstr,
+                                size_t errstr_size);
 
 /* tly_fold_view.c: the tly_billing_view_t the fold works through (its
  * callbacks, for tly_processor_new to install). */

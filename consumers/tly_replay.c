@@ -129,7 +129,7 @@ static int time_lookups(tly_processor_t *p) {
  * cannot tell within a few seconds.
  */
 static int64_t replay_start_time(tly_processor_t *p) {
-  char errstr[512], kafka_err[512];
+  char errstr[512];
   const char *defaults[] = {
       "group.id=tally-replay-start",       "enable.auto.commit=false",
       "enable.partition.eof=true",         "fetch.wait.max.ms=10",
@@ -144,14 +144,8 @@ static int64_t replay_start_time(tly_processor_t *p) {
           part->committed < 0 ? 0 : part->committed;
   }
   pthread_mutex_unlock(&p->lock);
-  rd_kafka_conf_t *kconf =
-      tly_proc_kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
-  rd_kafka_t *reader = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
-                                            sizeof(kafka_err))
-                             : NULL;
+  rd_kafka_t *reader = tly_proc_reader_new(p, defaults, errstr, sizeof(errstr));
   if (!reader) {
-    if (kconf)
-      rd_kafka_conf_destroy(kconf);
     rd_kafka_topic_partition_list_destroy(parts);
     return 0;
   }

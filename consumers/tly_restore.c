@@ -89,24 +89,17 @@ static size_t watermark_key(int32_t partition, char *out) {
 /* A consumer that reads the changelog by assignment (no group
  * membership); NULL after setting the fatal reason. */
 static rd_kafka_t *changelog_reader(tly_processor_t *p, int32_t partition) {
-  char errstr[512], kafka_err[512];
+  char errstr[512];
   const char *defaults[] = {
       "group.id=tally-restore", "enable.auto.commit=false",
       "enable.partition.eof=true", "max.partition.fetch.bytes=10485760",
       "queued.min.messages=1000000",
       /* at the end, an empty fetch must not hold the next one back */
       "fetch.wait.max.ms=10", NULL};
-  rd_kafka_conf_t *kconf =
-      tly_proc_kafka_conf(&p->conf, defaults, errstr, sizeof(errstr));
-  rd_kafka_t *reader = kconf ? rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err,
-                                            sizeof(kafka_err))
-                             : NULL;
-  if (!reader) {
-    if (kconf)
-      rd_kafka_conf_destroy(kconf);
+  rd_kafka_t *reader = tly_proc_reader_new(p, defaults, errstr, sizeof(errstr));
+  if (!reader)
     tly_proc_set_fatal(p, "reading changelog partition %d: %s", (int)partition,
-                       kconf ? kafka_err : errstr);
-  }
+                       errstr);
   return reader;
 }
 

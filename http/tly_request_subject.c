@@ -5,18 +5,10 @@
  */
 #include "tly_request_subject.h"
 
+#include "tly_sha256.h"
+
 #include <stdint.h>
 #include <string.h>
-
-static int hex_digit(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
 
 int tly_req_decode_segment(const char *segment, size_t len, char *out,
                            size_t out_size, tly_req_error_t *err) {
@@ -24,13 +16,13 @@ int tly_req_decode_segment(const char *segment, size_t len, char *out,
   for (size_t i = 0; i < len; i++) {
     unsigned char byte = (unsigned char)segment[i];
     if (byte == '%') {
-      if (len - i < 3 || hex_digit(segment[i + 1]) < 0 ||
-          hex_digit(segment[i + 2]) < 0)
+      if (len - i < 3 || tly_hex_value(segment[i + 1]) < 0 ||
+          tly_hex_value(segment[i + 2]) < 0)
         return tly_req_fail(err, 400, "bad_subject", "subject",
                             "subject: '%%' must be followed by two hex "
                             "digits (percent-encoding)");
-      byte = (unsigned char)(hex_digit(segment[i + 1]) * 16 +
-                             hex_digit(segment[i + 2]));
+      byte = (unsigned char)(tly_hex_value(segment[i + 1]) * 16 +
+                             tly_hex_value(segment[i + 2]));
       i += 2;
     }
     if (byte == 0)

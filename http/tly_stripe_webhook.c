@@ -9,12 +9,10 @@
 #include "tly_stripe_webhook.h"
 
 #include "tly_event_time.h"
+#include "tly_sha256.h"
 
 #include <ctype.h>
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/params.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,33 +26,20 @@
 void tly_stripe_signature_compute(const char *secret, int64_t timestamp_s,
                                   const char *body, size_t len,
                                   char out[TLY_STRIPE_SIGNATURE_HEX_LEN + 1]) {
-  static const char hex[] = "0123456789abcdef";
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  size_t digest_len = 0;
-  char prefix[32], digest_name[] = "SHA256";
+  unsigned char digest[TLY_SHA256_LEN];
+  char prefix[32];
   int prefix_len =
       snprintf(prefix, sizeof(prefix), "%lld.", (long long)timestamp_s);
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
-      OSSL_PARAM_construct_end()};
-  EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-  EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
-  int ok =
-      ctx &&
-      EVP_MAC_init(ctx, (const unsigned char *)secret, strlen(secret),
-                   params) &&
-      EVP_MAC_update(ctx, (const unsigned char *)prefix, (size_t)prefix_len) &&
-      EVP_MAC_update(ctx, (const unsigned char *)body, len) &&
-      EVP_MAC_final(ctx, digest, &digest_len, sizeof(digest)) &&
-      digest_len == TLY_STRIPE_SIGNATURE_HEX_LEN / 2;
-  EVP_MAC_CTX_free(ctx);
-  EVP_MAC_free(mac);
+  tly_hmac_t *hmac = tly_hmac_sha256_begin(secret, strlen(secret));
+  int ok = hmac && !tly_hmac_update(hmac, prefix, (size_t)prefix_len) &&
+           !tly_hmac_update(hmac, body, len);
+  ok = !tly_hmac_end(hmac, digest) && ok;
+  if (ok) {
+    tly_hex_encode(digest, TLY_SHA256_LEN, out);
+    return;
+  }
   /* Only on OOM: a value no hex signature can equal. */
   memset(out, 'x', TLY_STRIPE_SIGNATURE_HEX_LEN);
-  for (size_t i = 0; ok && i < digest_len; i++) {
-    out[2 * i] = hex[digest[i] >> 4];
-    out[2 * i + 1] = hex[digest[i] & 15];
-  }
   out[TLY_STRIPE_SIGNATURE_HEX_LEN] = '\0';
 }
 
