@@ -490,6 +490,29 @@ static void test_holds_survive_kill(void **state) {
   json_decref(wait_quota("user:racer", "api_calls", 0, LIMIT, 0));
 }
 
+/* A partition move: a new instance with no state of its own (another
+ * machine) restores the partitions from the changelog and replays the
+ * log's tail; the holds are in the subject records it restores. */
+static void test_holds_move_to_a_fresh_instance(void **state) {
+  (void)state;
+  char moved_dir[700];
+  th_kill9(run.pid);
+  snprintf(moved_dir, sizeof(moved_dir), "%s/moved", dir);
+  assert_int_equal(th_run_start(&run, broker.bootstrap, moved_dir, extra), 0);
+  json_decref(wait_quota("user:durable", "ai_tokens", 40, 960, 0));
+  json_decref(wait_quota("user:racer", "api_calls", 0, LIMIT, 0));
+  json_decref(wait_quota("user:settler", "api_calls", 19, LIMIT - 19, 0));
+  assert_true(th_metric_sum(run.port, "tally_changelog_restores_total") > 0);
+  /* The new owner decides with them. */
+  long status;
+  json_t *json = reserve(
+      "user:racer", "{\"feature\": \"api_calls\", \"quantity\": 1}", &status);
+  assert_int_equal(status, 200);
+  assert_false(json_is_true(json_object_get(json, "allowed")));
+  assert_int_equal(integer(json, "held"), LIMIT);
+  json_decref(json);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_concurrent_reservations_never_exceed),
@@ -499,6 +522,7 @@ int main(void) {
       cmocka_unit_test(test_bad_input),
       cmocka_unit_test(test_open_reservations_are_bounded),
       cmocka_unit_test(test_holds_survive_kill),
+      cmocka_unit_test(test_holds_move_to_a_fresh_instance),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
