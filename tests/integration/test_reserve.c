@@ -11,6 +11,7 @@
  */
 #include "harness.h"
 
+#include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -181,9 +182,29 @@ static int setup(void **state) {
   return 0;
 }
 
+/* The instance stops cleanly (under the sanitizers: without a report),
+ * after a grant, a release and a settlement on it. */
+static void test_clean_stop(void **state) {
+  (void)state;
+  char path[256];
+  long status;
+  char *gone = reserve_ok("user:last", "api_calls", 3, 60);
+  char *used = reserve_ok("user:last", "api_calls", 4, 60);
+  snprintf(path, sizeof(path), "/v1/subjects/user:last/reservations/%s", gone);
+  json_decref(request("DELETE", path, NULL, &status));
+  assert_int_equal(status, 200);
+  post_usage("user:last", "api_calls", 5, used, "last-1");
+  json_decref(wait_quota("user:last", "api_calls", 5, 0, 0));
+  free(gone);
+  free(used);
+  assert_int_equal(th_stop(run.pid), 0);
+  run.pid = 0;
+}
+
 static int teardown(void **state) {
   (void)state;
-  th_stop(run.pid);
+  if (run.pid)
+    th_stop(run.pid);
   th_broker_stop(&broker);
   th_rmrf(dir);
   free(dir);
@@ -201,15 +222,41 @@ typedef struct {
   char reason[64];
 } racer_t;
 
+static size_t collect(char *data, size_t size, size_t count, void *opaque) {
+  char **text = opaque;
+  size_t have = *text ? strlen(*text) : 0, n = size * count;
+  char *grown = realloc(*text, have + n + 1);
+  if (!grown)
+    return 0;
+  memcpy(grown + have, data, n);
+  grown[have + n] = '\0';
+  *text = grown;
+  return n;
+}
+
+/* One racer's reservation, on a connection of its own (curl's handle is
+ * made and freed here: th_http_request keeps one per thread). */
 static void *race(void *arg) {
   racer_t *racer = arg;
-  char *text = NULL;
+  char *text = NULL, auth[256], url[128];
   const char *body =
       "{\"feature\": \"api_calls\", \"quantity\": 1, \"ttl_s\": 3600}";
+  snprintf(auth, sizeof(auth), "Authorization: Bearer %s", th_api_key());
+  snprintf(url, sizeof(url),
+           "http://127.0.0.1:%d/v1/subjects/user:racer/reservations", run.port);
+  CURL *curl = curl_easy_init();
+  struct curl_slist *headers = curl_slist_append(NULL, auth);
+  headers = curl_slist_append(headers, "Content-Type: application/json");
+  curl_easy_setopt(curl, CURLOPT_URL, url);
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &text);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 60000L);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   pthread_barrier_wait(racer->start);
-  if (th_http_request(run.port, "POST", "/v1/subjects/user:racer/reservations",
-                      TH_AUTH_DEFAULT, body, strlen(body), NULL, &racer->status,
-                      &text) == 0) {
+  if (curl_easy_perform(curl) == CURLE_OK) {
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &racer->status);
     json_t *json = json_loads(text ? text : "", 0, NULL);
     racer->allowed = json_is_true(json_object_get(json, "allowed"));
     const char *id = json_string_value(json_object_get(json, "reservation_id"));
@@ -218,6 +265,8 @@ static void *race(void *arg) {
     snprintf(racer->reason, sizeof(racer->reason), "%s", reason ? reason : "");
     json_decref(json);
   }
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
   free(text);
   return NULL;
 }
@@ -231,6 +280,7 @@ static void test_concurrent_reservations_never_exceed(void **state) {
   json_t *ready = wait_quota("user:racer", "api_calls", 0, 0, 0);
   json_decref(ready);
   pthread_barrier_init(&start, NULL, CONCURRENT);
+  int64_t began = th_now_ms();
   for (int i = 0; i < CONCURRENT; i++) {
     racers[i] = (racer_t){.start = &start};
     assert_int_equal(pthread_create(&threads[i], NULL, race, &racers[i]), 0);
@@ -254,7 +304,10 @@ static void test_concurrent_reservations_never_exceed(void **state) {
       assert_string_equal(racers[i].id, "");
     }
   }
-  printf("# %d granted, %d denied\n", granted, denied);
+  /* A figure, not a bound: the 200 answers (each grant after Kafka's
+   * acknowledgement) on this machine, as busy as it is. */
+  printf("# %d granted, %d denied; all %d answered in %lld ms\n", granted,
+         denied, CONCURRENT, (long long)(th_now_ms() - began));
   assert_int_equal(granted, LIMIT);
   assert_int_equal(denied, CONCURRENT - LIMIT);
   /* Folded: the pre-check counts the 50 held and allows nothing more. */
@@ -523,6 +576,7 @@ int main(void) {
       cmocka_unit_test(test_open_reservations_are_bounded),
       cmocka_unit_test(test_holds_survive_kill),
       cmocka_unit_test(test_holds_move_to_a_fresh_instance),
+      cmocka_unit_test(test_clean_stop),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
