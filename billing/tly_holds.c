@@ -156,6 +156,12 @@ tly_fold_result_t tly_billing_fold_holds(tly_billing_view_t *view,
                                          size_t errstr_size) {
   int reservation = event->body_kind == TLY_BODY_RESERVATION_HELD ||
                     event->body_kind == TLY_BODY_RESERVATION_RELEASED;
+  /* Usage without a reservation (nearly every event) leaves the holds to
+   * ticks and to the subject's next reservation event: the fold's hot path
+   * asks the view nothing more. */
+  if (!reservation && (event->body_kind != TLY_BODY_USAGE_RECORDED ||
+                       !tly_usage_reservation_id(&event->body.usage)))
+    return TLY_FOLD_APPLIED;
   if (!view->holds) {
     if (!reservation)
       return TLY_FOLD_APPLIED;

@@ -6,18 +6,21 @@
  *
  * A hold is made by a ReservationHeld event, which the owner of the
  * subject's partition writes only once it decided that the quantity fits
- * the quota (http/tly_reserve.c); the fold records it unconditionally (the
+ * the quota (http/tly_http_reserve.c); the fold records it unconditionally (the
  * decision was made, and a replay must decide the same). It ends when:
  *   - a usage event names it (properties[TLY_RESERVATION_PROPERTY]): the
  *     hold goes and the usage counts, in one fold step, whatever the usage's
  *     feature or quantity (more or less than held);
  *   - a ReservationReleased names it (DELETE .../reservations/{id});
  *   - its time passes: expires_at_ms (the hold event's occurred_at + its
- *     ttl_ms) at or before the fold's clock (each folded record's Kafka
- *     timestamp, or a tick's time: the cycle-end index also lists a
- *     subject's next hold expiry, see tly_subject_due_ms, so ticks reach
- *     idle subjects). Readers also leave out holds past expires_at by their
- *     own clock, so an expiry shows at once.
+ *     ttl_ms) at or before the fold's clock: the Kafka timestamp of the
+ *     subject's next reservation event or settling usage event, or a
+ *     tick's time (the cycle-end index also lists a subject's next hold
+ *     expiry, see tly_subject_due_ms in tly_billing.h, so ticks reach it
+ *     whether or not it sends anything). Usage without a reservation id
+ *     leaves holds alone (it is the fold's hot path). Readers also leave
+ *     out holds past expires_at by their own clock, so an expiry shows at
+ *     once.
  * An id that names no open hold (unknown, settled, released, expired)
  * changes nothing: the usage still counts.
  *
@@ -81,7 +84,8 @@ typedef enum {
  * fold's clock now_ms: expired holds go; a ReservationHeld adds its hold
  * (an id already open is left as it is), a ReservationReleased and a
  * settling usage event remove theirs. A hold beyond TLY_HOLDS_MAX is
- * rejected before anything changes. Other events only expire holds. */
+ * rejected before anything changes. A usage event naming no open hold only
+ * expires holds. */
 tly_holds_result_t tly_holds_fold(tly_holds_t *holds, const tly_event_t *event,
                                   int64_t now_ms, char *errstr,
                                   size_t errstr_size);

@@ -331,8 +331,9 @@ static void test_release(void **ctx) {
 }
 
 /* The fold's clock is the record's Kafka timestamp (occurred_at without
- * one): holds expire at expires_at <= clock, on any event of the subject,
- * and on a tick that reaches it. */
+ * one): holds expire at expires_at <= clock, on the subject's reservation
+ * and settling events, and on a tick that reaches it; plain usage (the hot
+ * path) leaves them alone. */
 static void test_expiry_on_the_fold_clock(void **ctx) {
   fixture_t *f = *ctx;
   int64_t t = JAN1 + MIN_MS;
@@ -342,16 +343,21 @@ static void test_expiry_on_the_fold_clock(void **ctx) {
   assert_int_equal(fold_at(f, f->m, &b, t), TLY_FOLD_APPLIED);
   /* An event dated later but recorded before the expiry: nothing expires
    * (a client's occurred_at does not move the clock). */
-  tly_event_t early = usage("alice", 1, NULL, t + 10 * MIN_MS);
+  tly_event_t early = usage("alice", 1, "rsv_none", t + 10 * MIN_MS);
   assert_int_equal(fold_at(f, f->m, &early, t + 999), TLY_FOLD_APPLIED);
   assert_int_equal(holds_of(f, "alice")->count, 2);
-  /* Recorded exactly at rsv_a's expiry: it goes, rsv_b stays. */
-  tly_event_t at = usage("alice", 1, NULL, t);
+  /* Plain usage recorded past rsv_a's expiry leaves the holds alone. */
+  tly_event_t plain = usage("alice", 1, NULL, t);
+  assert_int_equal(fold_at(f, f->m, &plain, t + 1500), TLY_FOLD_APPLIED);
+  assert_int_equal(holds_of(f, "alice")->count, 2);
+  /* A settling event recorded exactly at rsv_a's expiry: it goes (settling
+   * nothing: its id names no hold), rsv_b stays. */
+  tly_event_t at = usage("alice", 1, "rsv_none", t);
   assert_int_equal(fold_at(f, f->m, &at, t + 1000), TLY_FOLD_APPLIED);
   assert_int_equal(holds_of(f, "alice")->count, 1);
   assert_string_equal(holds_of(f, "alice")->items[0].id, "rsv_b");
   /* Without a record time the event's own time is the clock. */
-  tly_event_t untimed = usage("alice", 1, NULL, t + 4999);
+  tly_event_t untimed = released("alice", "rsv_none", t + 4999);
   assert_int_equal(fold_at(f, f->m, &untimed, 0), TLY_FOLD_APPLIED);
   assert_int_equal(holds_of(f, "alice")->count, 1);
   /* A tick at rsv_b's expiry drops it, with no event of the subject. */
