@@ -18,7 +18,10 @@
  *      cycle's row for a late event), and the plan's thresholds are checked
  *      for the feature and for the plan's credits; each threshold fires once
  *      per cycle and feature, with an id made of (subject, cycle, feature,
- *      threshold).
+ *      threshold);
+ *   5. holds (tly_holds.h), once the rest applied: expired ones go at the
+ *      record's time, a reservation adds or releases its hold, and a usage
+ *      event naming a hold settles it, in the same step that counted it.
  */
 #include "tly_billing.h"
 
@@ -626,6 +629,9 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
       snprintf(next.stripe_customer_id, sizeof(next.stripe_customer_id), "%s",
                event->body.customer_linked.stripe_customer_id);
       break;
+    case TLY_BODY_RESERVATION_HELD:
+    case TLY_BODY_RESERVATION_RELEASED:
+      break; /* the holds change below, with everything else applied */
     default:
       snprintf(errstr, errstr_size, "event body %d is not folded",
                (int)event->body_kind);
@@ -634,6 +640,8 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
   }
   if (failed)
     result = TLY_FOLD_FAILED;
+  if (result == TLY_FOLD_APPLIED)
+    result = tly_billing_fold_holds(view, event, errstr, errstr_size);
   if (result != TLY_FOLD_APPLIED) {
     /* Drop the alerts of a rejected event; the account stays as it was. */
     while (out->count > alerts_before)
@@ -659,10 +667,16 @@ tly_fold_result_t tly_billing_tick(const tly_billing_t *billing,
   if (!account->exists)
     return TLY_FOLD_APPLIED;
   tly_account_t before = *account;
-  return roll_over(billing, account, kind, id, tick_ms, out) ||
-                 archive_dropped(view, kind, id, &before, account)
-             ? TLY_FOLD_FAILED
-             : TLY_FOLD_APPLIED;
+  if (roll_over(billing, account, kind, id, tick_ms, out) ||
+      archive_dropped(view, kind, id, &before, account))
+    return TLY_FOLD_FAILED;
+  if (view->holds) { /* holds expire on the tick's time too */
+    tly_holds_t *holds = view->holds(view, kind, id);
+    if (!holds)
+      return TLY_FOLD_FAILED;
+    tly_holds_expire(holds, tick_ms);
+  }
+  return TLY_FOLD_APPLIED;
 }
 
 /* ---- encodings -------------------------------------------------------- */
@@ -969,8 +983,10 @@ static void *take_array(reader_t *r, size_t size, size_t *count) {
   return items;
 }
 
-/* 1 and 2 (fixed-width integers) no longer decode. */
+/* 1 and 2 (fixed-width integers) no longer decode; 4 is 3 followed by the
+ * subject's holds, written only when it has some. */
 #define SUBJECT_RECORD_VERSION 3
+#define SUBJECT_RECORD_VERSION_HOLDS 4
 
 size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_row_t *const *rows,
@@ -978,13 +994,40 @@ size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_bucket_t *const *buckets,
                                  size_t bucket_count, unsigned char *out,
                                  size_t out_size) {
+  return tly_subject_record_encode_holds(account, rows, row_count, buckets,
+                                         bucket_count, NULL, 0, out, out_size);
+}
+
+/* A hold: its id and feature, its quantity and its expiry. */
+static void put_hold(writer_t *w, const tly_hold_t *hold) {
+  put_string(w, hold->id, TLY_RESERVATION_ID_MAX);
+  put_string(w, hold->feature, TLY_CONFIG_NAME_MAX - 1);
+  put_signed(w, hold->quantity);
+  put_signed(w, hold->expires_at_ms);
+}
+
+static void take_hold(reader_t *r, tly_hold_t *hold) {
+  take_string(r, hold->id, sizeof(hold->id));
+  take_string(r, hold->feature, sizeof(hold->feature));
+  hold->quantity = take_signed(r);
+  hold->expires_at_ms = take_signed(r);
+  if (!hold->id[0] || hold->quantity <= 0)
+    r->bad = 1;
+}
+
+size_t tly_subject_record_encode_holds(
+    const tly_account_t *account, const tly_subject_row_t *const *rows,
+    size_t row_count, const tly_subject_bucket_t *const *buckets,
+    size_t bucket_count, const tly_hold_t *holds, size_t hold_count,
+    unsigned char *out, size_t out_size) {
   writer_t w = {out, out_size, 0};
   size_t kept = 0, used_buckets = 0;
   for (size_t i = 0; i < row_count; i++)
     kept += tly_subject_row_kept(account, rows[i]) != 0;
   for (size_t i = 0; i < bucket_count; i++)
     used_buckets += buckets[i]->totals.event_count != 0;
-  put_byte(&w, SUBJECT_RECORD_VERSION);
+  put_byte(&w, hold_count ? SUBJECT_RECORD_VERSION_HOLDS
+                          : SUBJECT_RECORD_VERSION);
   put_account(&w, account);
   put_varint(&w, kept);
   for (size_t i = 0; i < row_count; i++)
@@ -997,12 +1040,18 @@ size_t tly_subject_record_encode(const tly_account_t *account,
     put_signed(&w, buckets[i]->hour);
     put_bucket(&w, buckets[i]);
   }
+  if (hold_count) {
+    put_varint(&w, hold_count);
+    for (size_t i = 0; i < hold_count; i++)
+      put_hold(&w, &holds[i]);
+  }
   return w.len;
 }
 
 void tly_subject_record_clear(tly_subject_record_t *record) {
   free(record->rows);
   free(record->buckets);
+  free(record->holds);
   memset(record, 0, sizeof(*record));
 }
 
@@ -1011,8 +1060,10 @@ int tly_subject_record_decode(const void *data, size_t len,
   reader_t r = {data, len, 0, 0};
   memset(record, 0, sizeof(*record));
   const unsigned char *p = take(&r, 1);
-  if (!p || p[0] != SUBJECT_RECORD_VERSION)
+  if (!p || (p[0] != SUBJECT_RECORD_VERSION &&
+             p[0] != SUBJECT_RECORD_VERSION_HOLDS))
     return -1;
+  int with_holds = p[0] == SUBJECT_RECORD_VERSION_HOLDS;
   take_account(&r, &record->account);
   record->rows = take_array(&r, sizeof(*record->rows), &record->row_count);
   for (size_t i = 0; i < record->row_count && !r.bad; i++)
@@ -1025,6 +1076,14 @@ int tly_subject_record_decode(const void *data, size_t len,
       r.bad = 1;
     record->buckets[i].hour = (int32_t)hour;
     take_bucket(&r, &record->buckets[i]);
+  }
+  if (with_holds && !r.bad) {
+    record->holds =
+        take_array(&r, sizeof(*record->holds), &record->hold_count);
+    if (!record->hold_count || record->hold_count > TLY_HOLDS_MAX)
+      r.bad = 1; /* version 4 is written for holds only, never too many */
+    for (size_t i = 0; i < record->hold_count && !r.bad; i++)
+      take_hold(&r, &record->holds[i]);
   }
   if (r.bad || r.pos != len) {
     tly_subject_record_clear(record);

@@ -21,6 +21,7 @@
 #include "tly_alert.h"
 #include "tly_config.h"
 #include "tly_event.h"
+#include "tly_holds.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -123,6 +124,15 @@ struct tly_billing_view {
               int64_t occurred_at_ms, int record);
   /* The partition's event-time watermark (largest occurred_at folded). */
   int64_t *watermark_ms;
+  /* Optional (NULL: reservation events are rejected, nothing settles):
+   * the subject's open reservations (tly_holds.h), which the fold may
+   * change in place; NULL return: the caller failed. */
+  tly_holds_t *(*holds)(tly_billing_view_t *view, tly_subject_kind_t kind,
+                        const char *id);
+  /* The fold's clock for expiring holds: the Kafka timestamp of the record
+   * being folded (in the log, so a replay decides the same); 0 or less:
+   * none, the event's occurred_at is used. */
+  int64_t record_ms;
 };
 
 typedef struct {
@@ -143,6 +153,12 @@ typedef struct {
   const tly_config_t *config;
   int64_t dedupe_window_ms;
 } tly_billing_t;
+
+/* Step 5 of tly_billing_fold (tly_holds.c): the holds' part of an event
+ * applied otherwise, through view->holds at the fold's clock. */
+tly_fold_result_t tly_billing_fold_holds(tly_billing_view_t *view,
+                                         const tly_event_t *event,
+                                         char *errstr, size_t errstr_size);
 
 /* Folds one event into the state; appends alerts to out. An event with a
  * time outside tly_event_time.h's absolute range (occurred_at, a period
@@ -189,6 +205,12 @@ int tly_billing_token_cost(const tly_config_t *config,
                            int64_t input_tokens, int64_t output_tokens,
                            int64_t *cost_micros, int64_t *remainder);
 
+/* When ticks must next reach the subject (the time the processor indexes
+ * it under, see tly_ticks.c): its cycle's end or its next hold expiry,
+ * whichever is first. */
+int64_t tly_subject_due_ms(const tly_account_t *account,
+                           const tly_hold_t *holds, size_t hold_count);
+
 /* Credits used in the account's current cycle. */
 int64_t tly_billing_credits_used(const tly_config_t *config,
                                  const tly_account_t *account);
@@ -225,7 +247,9 @@ int tly_subject_row_kept(const tly_account_t *account,
  * keys of their own, written once when the hour is no longer the newest),
  * so that a batch writes one key per subject it touched however many
  * features, cycles and events it saw. Rows that are not kept are left out;
- * buckets are written as given. encode returns the length it needs; the
+ * buckets are written as given; open holds (tly_holds.h) follow, in a
+ * record of version 4 (a subject without holds keeps version 3's bytes).
+ * encode returns the length it needs; the
  * record is in out when that is at most out_size (otherwise out may hold a
  * part of it: one call both writes a record that fits and measures one that
  * does not). decode fills *record (arrays
@@ -238,6 +262,8 @@ typedef struct {
   size_t row_count;
   tly_subject_bucket_t *buckets;
   size_t bucket_count;
+  tly_hold_t *holds; /* open reservations, oldest first */
+  size_t hold_count;
 } tly_subject_record_t;
 
 size_t tly_subject_record_encode(const tly_account_t *account,
@@ -246,6 +272,12 @@ size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_bucket_t *const *buckets,
                                  size_t bucket_count, unsigned char *out,
                                  size_t out_size);
+/* The same with the subject's holds (at most TLY_HOLDS_MAX). */
+size_t tly_subject_record_encode_holds(
+    const tly_account_t *account, const tly_subject_row_t *const *rows,
+    size_t row_count, const tly_subject_bucket_t *const *buckets,
+    size_t bucket_count, const tly_hold_t *holds, size_t hold_count,
+    unsigned char *out, size_t out_size);
 int tly_subject_record_decode(const void *data, size_t len,
                               tly_subject_record_t *record);
 void tly_subject_record_clear(tly_subject_record_t *record);

@@ -416,7 +416,8 @@ typedef struct {
 } index_scan_t;
 
 /* The cycle-end index entry of a restored subject record: [p][end][kind:id]
- * from the account key [p][kind:id], as the processor writes it. */
+ * from the account key [p][kind:id], as the processor writes it (end: the
+ * cycle's end or the next hold expiry, tly_subject_due_ms). */
 static int index_account(void *opaque, const char *key, size_t key_len,
                          const char *value, size_t value_len) {
   index_scan_t *scan = opaque;
@@ -431,7 +432,8 @@ static int index_account(void *opaque, const char *key, size_t key_len,
     scan->failed = 1;
     return 1;
   }
-  int64_t end_ms = record.account.cycle.end_ms;
+  int64_t end_ms =
+      tly_subject_due_ms(&record.account, record.holds, record.hold_count);
   int exists = record.account.exists;
   tly_subject_record_clear(&record);
   r->out->accounts++;

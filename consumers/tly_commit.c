@@ -232,14 +232,16 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
       return -1;
     /* One pass when the record fits the buffer (it has grown to the
      * largest record so far), a second one after growing it. */
-    size_t len = tly_subject_record_encode(account, rows, entry->row_count,
-                                           p->bucket_ptrs, bucket_count,
-                                           p->record, p->record_cap);
+    const tly_holds_t *holds = &entry->holds;
+    size_t len = tly_subject_record_encode_holds(
+        account, rows, entry->row_count, p->bucket_ptrs, bucket_count,
+        holds->items, holds->count, p->record, p->record_cap);
     if (len > p->record_cap) {
       if (!tly_proc_record_room(p, len))
         return -1;
-      tly_subject_record_encode(account, rows, entry->row_count, p->bucket_ptrs,
-                                bucket_count, p->record, len);
+      tly_subject_record_encode_holds(
+          account, rows, entry->row_count, p->bucket_ptrs, bucket_count,
+          holds->items, holds->count, p->record, len);
     }
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
                         p->record, len);
@@ -259,8 +261,10 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
     if (put_report_mark(p, entry))
       return -1;
     /* The cycle-end index: [p][end][kind:id], from the account key
-     * [p][kind:id]. Ticks find the accounts due through it. */
-    if (entry->stored_cycle_end == account->cycle.end_ms ||
+     * [p][kind:id]. Ticks find the accounts due through it; end is the
+     * cycle's end or the subject's next hold expiry, the first. */
+    int64_t due_ms = tly_subject_due_ms(account, holds->items, holds->count);
+    if (entry->stored_cycle_end == due_ms ||
         entry->key_len - 4 + 12 > sizeof(index_key))
       return 0;
     memcpy(index_key, entry->key, 4);
@@ -271,8 +275,7 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
       tly_store_batch_delete(p->batch, TLY_CF_CYCLE_ENDS, index_key,
                              entry->key_len + 8);
     }
-    tly_put_be64((unsigned char *)index_key + 4,
-                 (uint64_t)account->cycle.end_ms);
+    tly_put_be64((unsigned char *)index_key + 4, (uint64_t)due_ms);
     tly_store_batch_put(p->batch, TLY_CF_CYCLE_ENDS, index_key,
                         entry->key_len + 8, "", 0);
     return 0;
@@ -338,7 +341,8 @@ static int keep_hour(const tly_overlay_bucket_t *bucket, void *opaque) {
 static void mark_committed(tly_processor_t *p, tly_overlay_entry_t *entry) {
   if (entry->dirty && entry->account.exists) {
     entry->stored = 1;
-    entry->stored_cycle_end = entry->account.cycle.end_ms;
+    entry->stored_cycle_end = tly_subject_due_ms(
+        &entry->account, entry->holds.items, entry->holds.count);
   }
   tly_overlay_prune_rows(entry, tly_subject_row_kept);
   hour_keep_t keep = {newest_used_hour(entry), p->submits};

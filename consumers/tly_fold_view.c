@@ -33,7 +33,13 @@ static int decode_entry(tly_overlay_entry_t *entry, const char *value,
       tly_subject_record_decode(value, len, &record))
     return -1;
   entry->account = record.account;
-  entry->stored_cycle_end = entry->account.cycle.end_ms;
+  /* The entry takes the record's holds. */
+  entry->holds =
+      (tly_holds_t){record.holds, record.hold_count, record.hold_count};
+  record.holds = NULL;
+  record.hold_count = 0;
+  entry->stored_cycle_end = tly_subject_due_ms(
+      &entry->account, entry->holds.items, entry->holds.count);
   for (size_t i = 0; i < record.row_count && !failed; i++) {
     tly_subject_row_t *row = tly_overlay_row(
         entry, record.rows[i].cycle_start_ms, record.rows[i].feature);
@@ -248,6 +254,17 @@ int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
   tly_proc_put_history(p, key, key_len, INT64_MAX,
                        need); /* the invoice basis: kept */
   return 0;
+}
+
+/* The subject's open reservations, in its record (written with it). */
+tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
+                                 tly_subject_kind_t kind, const char *id) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return NULL;
+  mark_dirty(p, entry);
+  return &entry->holds;
 }
 
 int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,

@@ -271,6 +271,7 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   p->view_partition = msg->partition;
   p->view_offset = msg->offset;
   p->view.watermark_ms = &p->partitions[msg->partition].watermark;
+  p->view.record_ms = record.timestamp_ms; /* the clock holds expire on */
   switch (tly_billing_fold(&p->billing, &p->view, &event, &p->alerts, errstr,
                            sizeof(errstr))) {
   case TLY_FOLD_APPLIED:
@@ -661,7 +662,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                  .row = tly_proc_view_row,
                                  .bucket = tly_proc_view_bucket,
                                  .archive = tly_proc_view_archive,
-                                 .seen = tly_proc_view_seen};
+                                 .seen = tly_proc_view_seen,
+                                 .holds = tly_proc_view_holds};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
   if (kill_after && *kill_after) {
     p->kill_after_acks = atol(kill_after);
@@ -1018,6 +1020,15 @@ int tly_processor_assigned(tly_processor_t *p, int32_t partition) {
                  p->partitions[partition].assigned;
   pthread_mutex_unlock(&p->lock);
   return assigned;
+}
+
+int64_t tly_processor_committed(tly_processor_t *p, int32_t partition) {
+  pthread_mutex_lock(&p->lock);
+  int64_t committed = partition >= 0 && partition < p->partition_cap
+                          ? p->partitions[partition].committed
+                          : -1;
+  pthread_mutex_unlock(&p->lock);
+  return committed;
 }
 
 int tly_processor_hold(tly_processor_t *p, int32_t partition,

@@ -141,6 +141,11 @@ int32_t tly_processor_partition_count(tly_processor_t *processor);
 /* 1 while partition is assigned to this instance; thread-safe. */
 int tly_processor_assigned(tly_processor_t *processor, int32_t partition);
 
+/* The partition's next offset to fold as durably committed here (-1:
+ * none): every record below it is in the state RocksDB holds now (the
+ * offset moves only after its commit is readable). Thread-safe. */
+int64_t tly_processor_committed(tly_processor_t *processor, int32_t partition);
+
 /*
  * The Stripe emitter's hold on a partition while it makes report intents
  * durable on the changelog (producers/tly_stripe_emitter.h): 1 when the

@@ -330,6 +330,8 @@ int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
                           const char *id, const tly_cycle_t *cycle);
 int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
                        int64_t occurred_at_ms, int record);
+tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
+                                 tly_subject_kind_t kind, const char *id);
 
 /* tly_commit.c: the batch and its writer thread. */
 int tly_proc_batch_has_work(tly_processor_t *p);

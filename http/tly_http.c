@@ -161,6 +161,13 @@ const route_t tly_http_route_table[] = {
      tly_http_handle_stripe_webhook, AUTH_SIGNED, 1, 0},
     {"POST", "/v1/subjects/{subject}/billing-portal", "/v1/subjects/",
      "/billing-portal", tly_http_handle_billing_portal, AUTH_REQUIRED, 1, 1},
+    {"POST", "/v1/subjects/{subject}/reservations", "/v1/subjects/",
+     "/reservations", tly_http_handle_reserve, AUTH_REQUIRED, 1, 1},
+    /* A suffix ending in '/' takes one more segment (the handler reads it
+     * from the target). */
+    {"DELETE", "/v1/subjects/{subject}/reservations/{reservation_id}",
+     "/v1/subjects/", "/reservations/", tly_http_handle_release, AUTH_REQUIRED,
+     0, 1},
 };
 const size_t tly_http_route_count =
     sizeof(tly_http_route_table) / sizeof(tly_http_route_table[0]);
@@ -189,8 +196,13 @@ static int route_matches(const route_t *route, const char *path,
   const char *segment = path + prefix_len;
   const char *slash = memchr(segment, '/', path_len - prefix_len);
   size_t suffix_len = strlen(route->suffix);
+  size_t rest = slash ? (size_t)(path + path_len - slash) : 0;
+  /* A suffix ending in '/' is followed by one non-empty segment. */
+  int tail = suffix_len && route->suffix[suffix_len - 1] == '/';
   if (!slash || slash == segment ||
-      (size_t)(path + path_len - slash) != suffix_len ||
+      (tail ? rest <= suffix_len ||
+                  memchr(slash + suffix_len, '/', rest - suffix_len)
+            : rest != suffix_len) ||
       memcmp(slash, route->suffix, suffix_len) != 0)
     return 0;
   if (tly_req_decode_segment(segment, (size_t)(slash - segment), subject,
@@ -707,6 +719,7 @@ static void http_free(tly_http_t *http) {
     pthread_join(http->poller, NULL);
   tally_producer_destroy(http->producer);
   tly_state_cache_free(http->cache);
+  tly_http_reserve_free(http->reserve);
   tly_alert_codec_destroy(http->alert_codec);
   pthread_mutex_destroy(&http->alert_lock);
   free(http->requests);
@@ -728,6 +741,11 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   http->cache = tly_state_cache_new(0);
   http->requests = calloc(tly_http_route_count + 1, sizeof(*http->requests));
   if (!http->cache || !http->requests) {
+    snprintf(errstr, errstr_size, "out of memory");
+    goto fail;
+  }
+  http->reserve = tly_http_reserve_new();
+  if (!http->reserve) {
     snprintf(errstr, errstr_size, "out of memory");
     goto fail;
   }

@@ -30,13 +30,14 @@
 
 /* What an ingest answers once Kafka reported: per-event results (POST
  * /v1/events), the plan assignment, or the Stripe webhook's 200. */
-enum { INGEST_EVENTS = 0, INGEST_PLAN, INGEST_STRIPE };
+enum { INGEST_EVENTS = 0, INGEST_PLAN, INGEST_STRIPE, INGEST_HOOKED };
 
 /* ---- ingest: produce, suspend, resume on the last delivery report ---- */
 
 enum { SLOT_INVALID = 0, SLOT_SENT, SLOT_DELIVERED, SLOT_FAILED };
 
 typedef struct {
+  tly_http_delivery_t delivery; /* first: the producer's msg_opaque */
   ingest_t *ingest;
   int state;
   char error[256];
@@ -49,12 +50,15 @@ struct ingest {
   struct MHD_Connection *connection;
   tly_req_events_t events;
   ingest_slot_t *slots;
-  int kind; /* INGEST_*: which answer */
+  int kind;                       /* INGEST_*: which answer */
+  tly_http_produce_hooks_t hooks; /* INGEST_HOOKED: another file's */
 };
 
 void tly_http_ingest_free(ingest_t *ingest) {
   if (!ingest)
     return;
+  if (ingest->hooks.free)
+    ingest->hooks.free(ingest->hooks.opaque);
   tly_req_events_clear(&ingest->events);
   free(ingest->slots);
   pthread_mutex_destroy(&ingest->lock);
@@ -62,15 +66,28 @@ void tly_http_ingest_free(ingest_t *ingest) {
 }
 
 /* librdkafka's delivery report, on the poller thread (or a thread serving
- * reports inside a send). Resumes the connection after the last one; the
- * ingest is not touched after its lock is released with nothing pending,
- * since the resumed request frees it. */
+ * reports inside a send): to whoever produced the record (an ingest slot,
+ * a reservation), whose msg_opaque starts with a tly_http_delivery_t. */
 static void on_delivery(void *opaque, void *msg_opaque, int error,
-                        const char *errstr) {
-  ingest_slot_t *slot = msg_opaque;
+                        const char *errstr, int32_t partition, int64_t offset) {
+  tly_http_delivery_t *delivery = msg_opaque;
+  (void)opaque;
+  delivery->done(delivery, error, errstr, partition, offset);
+}
+
+/* An ingested event's report. Resumes the connection after the last one;
+ * the ingest is not touched after its lock is released with nothing
+ * pending, since the resumed request frees it. */
+static void ingest_slot_done(tly_http_delivery_t *delivery, int error,
+                             const char *errstr, int32_t partition,
+                             int64_t offset) {
+  ingest_slot_t *slot = (ingest_slot_t *)(void *)delivery;
   ingest_t *ingest = slot->ingest;
   struct MHD_Connection *resume = NULL;
-  (void)opaque;
+
+  if (ingest->hooks.reported) /* before the connection may resume */
+    ingest->hooks.reported(ingest->hooks.opaque, error, errstr, partition,
+                           offset);
   pthread_mutex_lock(&ingest->lock);
   slot->state = error ? SLOT_FAILED : SLOT_DELIVERED;
   if (error)
@@ -108,7 +125,7 @@ int tly_http_start_producer(tly_http_t *http, char *errstr,
   properties[count] = NULL;
   tally_producer_conf_t pconf = {.brokers = http->conf.brokers,
                                  .topic = http->conf.usage_topic,
-                                 .on_delivery = on_delivery,
+                                 .on_delivery_at = on_delivery,
                                  .opaque = http,
                                  .kafka_properties = properties};
   http->producer = tally_producer_new(&pconf, errstr, errstr_size);
@@ -133,6 +150,7 @@ static int ingest_send(tly_http_t *http, ingest_t *ingest,
   ingest->connection = connection;
   for (size_t i = 0; i < ingest->events.count; i++) {
     ingest_slot_t *slot = &ingest->slots[i];
+    slot->delivery.done = ingest_slot_done;
     slot->ingest = ingest;
     if (!ingest->events.items[i].ok)
       continue;
@@ -140,6 +158,8 @@ static int ingest_send(tly_http_t *http, ingest_t *ingest,
     char errstr[256];
     if (tally_producer_send(http->producer, &ingest->events.items[i].event,
                             slot, errstr, sizeof(errstr))) {
+      if (ingest->hooks.reported)
+        ingest->hooks.reported(ingest->hooks.opaque, -1, errstr, -1, -1);
       pthread_mutex_lock(&ingest->lock);
       slot->state = SLOT_FAILED;
       snprintf(slot->error, sizeof(slot->error), "%s", errstr);
@@ -161,6 +181,10 @@ static int ingest_send(tly_http_t *http, ingest_t *ingest,
  * acknowledged (with per-event results), 503 when Kafka failed any, 400
  * when no event was valid. */
 void tly_http_ingest_answer(ingest_t *ingest, response_t *out) {
+  if (ingest->kind == INGEST_HOOKED) {
+    ingest->hooks.answer(ingest->hooks.opaque, out);
+    return;
+  }
   size_t accepted = 0, rejected = 0, failed = 0;
   json_t *results = json_array(), *first_error = NULL;
   for (size_t i = 0; i < ingest->events.count; i++) {
@@ -235,22 +259,31 @@ void tly_http_ingest_answer(ingest_t *ingest, response_t *out) {
   tly_http_respond_json(out, status, body);
 }
 
-/* Takes ownership of events; answers now or suspends (out->suspended). */
+/* Takes ownership of events (and of hooks->opaque, when hooks is given);
+ * answers now or suspends (out->suspended). */
 static void ingest_start(tly_http_t *http, request_t *req,
                          struct MHD_Connection *connection,
-                         tly_req_events_t *events, int kind, response_t *out) {
+                         tly_req_events_t *events, int kind,
+                         const tly_http_produce_hooks_t *hooks,
+                         response_t *out) {
   ingest_t *ingest = calloc(1, sizeof(*ingest));
   if (ingest)
     ingest->slots = calloc(events->count, sizeof(*ingest->slots));
   if (!ingest || !ingest->slots) {
     free(ingest);
     tly_req_events_clear(events);
+    if (hooks && hooks->reported)
+      hooks->reported(hooks->opaque, -1, "out of memory", -1, -1);
+    if (hooks && hooks->free)
+      hooks->free(hooks->opaque);
     tly_http_respond_error(out, 500, "internal", "out of memory");
     return;
   }
   pthread_mutex_init(&ingest->lock, NULL);
   ingest->events = *events;
   ingest->kind = kind;
+  if (hooks)
+    ingest->hooks = *hooks;
   memset(events, 0, sizeof(*events));
   if (ingest_send(http, ingest, connection)) {
     req->ingest = ingest;
@@ -262,7 +295,29 @@ static void ingest_start(tly_http_t *http, request_t *req,
   tly_http_ingest_free(ingest);
 }
 
-static int ingest_available(tly_http_t *http, response_t *out) {
+void tly_http_produce_one(tly_http_t *http, request_t *req,
+                          struct MHD_Connection *connection, tly_event_t *event,
+                          const tly_http_produce_hooks_t *hooks,
+                          response_t *out) {
+  tly_req_events_t events = {0};
+  events.items = calloc(1, sizeof(*events.items));
+  if (!events.items) {
+    tly_event_clear(event);
+    if (hooks->reported)
+      hooks->reported(hooks->opaque, -1, "out of memory", -1, -1);
+    if (hooks->free)
+      hooks->free(hooks->opaque);
+    tly_http_respond_error(out, 500, "internal", "out of memory");
+    return;
+  }
+  events.count = 1;
+  events.items[0].ok = 1;
+  events.items[0].event = *event;
+  memset(event, 0, sizeof(*event));
+  ingest_start(http, req, connection, &events, INGEST_HOOKED, hooks, out);
+}
+
+int tly_http_ingest_available(tly_http_t *http, response_t *out) {
   if (http->producer && !atomic_load(&http->stopping))
     return 1;
   tly_http_respond_error(
@@ -276,14 +331,14 @@ void tly_http_handle_events(tly_http_t *http, request_t *req,
                             response_t *out) {
   tly_req_events_t events;
   tly_req_error_t err;
-  if (!ingest_available(http, out))
+  if (!tly_http_ingest_available(http, out))
     return;
   if (tly_req_parse_events(http->conf.config, req->body, req->body_len,
                            tly_wall_ms(), &events, &err)) {
     tly_http_respond_req_error(out, &err);
     return;
   }
-  ingest_start(http, req, connection, &events, INGEST_EVENTS, out);
+  ingest_start(http, req, connection, &events, INGEST_EVENTS, NULL, out);
 }
 
 void tly_http_handle_plan(tly_http_t *http, request_t *req,
@@ -294,7 +349,7 @@ void tly_http_handle_plan(tly_http_t *http, request_t *req,
   unsigned char random[16];
   char event_id[48] = "plan-";
 
-  if (!ingest_available(http, out))
+  if (!tly_http_ingest_available(http, out))
     return;
   if (tly_req_parse_subject(req->subject, &subject, &err)) {
     tly_http_respond_req_error(out, &err);
@@ -323,7 +378,7 @@ void tly_http_handle_plan(tly_http_t *http, request_t *req,
     return;
   }
   events.items[0].ok = 1;
-  ingest_start(http, req, connection, &events, INGEST_PLAN, out);
+  ingest_start(http, req, connection, &events, INGEST_PLAN, NULL, out);
 }
 
 /* ---- Stripe: webhook intake and billing portal ----------------------- */
@@ -352,7 +407,7 @@ void tly_http_handle_stripe_webhook(tly_http_t *http, request_t *req,
     return;
   }
   events.items = calloc(1, sizeof(*events.items));
-  if (!events.items || !ingest_available(http, out)) {
+  if (!events.items || !tly_http_ingest_available(http, out)) {
     if (!events.items)
       tly_http_respond_error(out, 500, "internal", "out of memory");
     free(events.items);
@@ -362,7 +417,7 @@ void tly_http_handle_stripe_webhook(tly_http_t *http, request_t *req,
   events.count = 1;
   events.items[0].ok = 1;
   events.items[0].event = event;
-  ingest_start(http, req, connection, &events, INGEST_STRIPE, out);
+  ingest_start(http, req, connection, &events, INGEST_STRIPE, NULL, out);
 }
 
 static void portal_done(void *connection) { MHD_resume_connection(connection); }

@@ -61,6 +61,9 @@ typedef struct {
   int owner_only; /* reads the subject's state: its partition's owner answers */
 } route_t;
 
+/* Reservations' state (tly_http_reserve.c). */
+typedef struct tly_http_reserve tly_http_reserve_t;
+
 #define STATUS_MIN 100
 #define STATUS_MAX 599
 
@@ -84,6 +87,8 @@ struct tly_http {
   pthread_t poller;
   int poller_started;
   atomic_int stopping;
+  /* Reservations: the grants not yet folded (tly_http_reserve.c). */
+  tly_http_reserve_t *reserve;
   /* Requests by route (the last row: no route) and status. */
   atomic_uint_least64_t (*requests)[STATUS_MAX - STATUS_MIN + 1];
 };
@@ -97,6 +102,15 @@ struct response {
 };
 
 typedef struct ingest ingest_t;
+
+/* What every record the port produces points at (its msg_opaque starts
+ * with one): the delivery report goes to done, on the producer's poller
+ * thread or inside a send, with where the record landed (-1: failed). */
+typedef struct tly_http_delivery tly_http_delivery_t;
+struct tly_http_delivery {
+  void (*done)(tly_http_delivery_t *delivery, int error, const char *errstr,
+               int32_t partition, int64_t offset);
+};
 
 enum { PHASE_HEADERS = 0, PHASE_BODY, PHASE_WAIT };
 
@@ -152,11 +166,41 @@ int tly_http_find_subject(tly_http_t *http, const tly_req_subject_t *subject,
 
 route_handler_fn tly_http_handle_events, tly_http_handle_plan,
     tly_http_handle_stripe_webhook, tly_http_handle_billing_portal;
+/* One event produced with another file's answer: reported runs once with
+ * the delivery report (or the failure to send: error -1, partition and
+ * offset -1), on the reporting thread, before the connection resumes;
+ * answer builds the answer once it has; free frees opaque (always, once). */
+typedef struct {
+  void (*reported)(void *opaque, int error, const char *errstr,
+                   int32_t partition, int64_t offset);
+  void (*answer)(void *opaque, response_t *out);
+  void (*free)(void *opaque);
+  void *opaque;
+} tly_http_produce_hooks_t;
+/* Produces event (its strings are taken: cleared after) and suspends the
+ * connection until Kafka reported, or answers now (out). The producer must
+ * exist (tly_http_ingest_available). */
+void tly_http_produce_one(tly_http_t *http, request_t *req,
+                          struct MHD_Connection *connection, tly_event_t *event,
+                          const tly_http_produce_hooks_t *hooks,
+                          response_t *out);
+/* 1 when the port can produce (it has brokers and is not stopping), else
+ * 0 with the 503 in out. */
+int tly_http_ingest_available(tly_http_t *http, response_t *out);
 /* The ingest producer and its poller thread (none without brokers). */
 int tly_http_start_producer(tly_http_t *http, char *errstr, size_t errstr_size);
 /* A suspended ingest, resumed: its answer; freeing it. */
 void tly_http_ingest_answer(ingest_t *ingest, response_t *out);
 void tly_http_ingest_free(ingest_t *ingest);
+
+/* ---- tly_http_reserve.c: reservations --------------------------------- */
+
+route_handler_fn tly_http_handle_reserve, tly_http_handle_release;
+tly_http_reserve_t *tly_http_reserve_new(void); /* NULL on OOM */
+void tly_http_reserve_free(tly_http_reserve_t *reserve);
+/* The reservations' metrics (Prometheus text) into out; the length it
+ * needed, as snprintf. */
+size_t tly_http_reserve_metrics(tly_http_t *http, char *out, size_t size);
 
 /* ---- tly_http_metrics.c: health, readiness, metrics ------------------ */
 

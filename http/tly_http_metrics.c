@@ -278,6 +278,12 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
                       TLY_VISIBLE_BUCKETS, stats.visible_count,
                       (double)stats.visible_ms_total / 1e3);
   }
+  {
+    char reservations[2048];
+    if (tly_http_reserve_metrics(http, reservations, sizeof(reservations)) <
+        sizeof(reservations))
+      text_append(&text, "%s", reservations);
+  }
   text_append(&text,
               "# HELP tally_outbox_entries Outputs committed but not yet "
               "acknowledged by Kafka.\n# TYPE tally_outbox_entries gauge\n"

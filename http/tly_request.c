@@ -14,6 +14,7 @@
 #include "tly_billing.h"
 #include "tly_event_json.h"
 #include "tly_event_time.h"
+#include "tly_request_reserve.h"
 #include "tly_request_subject.h"
 #include "tly_sat.h"
 
@@ -310,47 +311,19 @@ json_t *tly_req_quota_json(const tly_config_t *config,
                            const tly_subject_state_t *state,
                            const tly_req_quota_query_t *query, int64_t now_ms,
                            tly_req_error_t *err) {
-  const tly_account_t *account = state ? &state->account : NULL;
-  const char *plan_name =
-      account ? account->plan : config->default_plan[subject->kind];
-  const tly_plan_t *plan = tly_config_plan(config, plan_name);
-  int64_t start, end, used = 0, cost = 0;
-  tly_req_quota_t quota;
-
-  if (!plan) {
-    tly_req_fail(err, 500, "plan_missing", "",
-                 "the subject's plan '%s' is not in the configuration",
-                 plan_name);
+  /* Open reservations count as used (tly_request_reserve.h). */
+  tly_req_held_quota_t held;
+  if (tly_req_quota_held(config, subject->kind, state, NULL, 0, query->feature,
+                         query->quantity, now_ms, &held, err))
     return NULL;
+  json_t *answer = json_pack(
+      "{s:s,s:s,s:I,s:b}", "subject", subject->key, "feature", query->feature,
+      "quantity", (json_int_t)query->quantity, "known_subject", state != NULL);
+  if (answer && tly_req_held_quota_put(answer, &held)) {
+    json_decref(answer);
+    answer = NULL;
   }
-  int ended = tly_req_effective_cycle(config, account, now_ms, &start, &end);
-  if (account && !ended) {
-    cost = account->cycle.cost_micros;
-    for (size_t i = 0; i < state->row_count; i++)
-      if (state->rows[i].cycle_start_ms == start &&
-          strcmp(state->rows[i].feature, query->feature) == 0)
-        used = state->rows[i].row.quantity;
-  }
-  tly_req_quota_decide(config, plan, query->feature, used, cost,
-                       query->quantity, &quota);
-  json_t *warning = json_null();
-  if (strcmp(quota.reason, "soft_limit_exceeded") == 0)
-    warning = json_string("over the soft limit: allowed, and billed");
-  json_t *credits = json_pack(
-      "{s:I,s:o,s:o}", "used", (json_int_t)quota.credits_used, "limit",
-      integer_or_null(quota.credits_limit), "remaining",
-      quota.credits_remaining < 0 ? json_null()
-                                  : json_integer(quota.credits_remaining));
-  return json_pack(
-      "{s:s,s:s,s:I,s:b,s:s,s:o,s:s,s:s,s:o,s:I,s:o,s:o,"
-      "s:{s:I,s:I},s:b,s:b}",
-      "subject", subject->key, "feature", query->feature, "quantity",
-      (json_int_t)query->quantity, "allowed", quota.allowed, "reason",
-      quota.reason, "warning", warning, "plan", plan->name, "mode", quota.mode,
-      "limit", integer_or_null(quota.limit), "used", (json_int_t)quota.used,
-      "remaining", integer_or_null(quota.remaining), "credits", credits,
-      "cycle", "start_ms", (json_int_t)start, "end_ms", (json_int_t)end,
-      "cycle_ended", ended, "known_subject", account != NULL);
+  return answer;
 }
 
 /* ---- usage ------------------------------------------------------------- */

@@ -24,6 +24,7 @@ struct tally_producer {
   tly_codec_t *codec;
   pthread_mutex_t lock; /* guards codec (its output buffer is shared) */
   tally_delivery_cb *on_delivery;
+  tally_delivery_at_cb *on_delivery_at;
   void *opaque;
   atomic_uint_least64_t sent, delivered, failed;
 };
@@ -59,7 +60,11 @@ static void delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg,
     atomic_fetch_add(&producer->failed, 1);
   else
     atomic_fetch_add(&producer->delivered, 1);
-  if (producer->on_delivery)
+  if (producer->on_delivery_at)
+    producer->on_delivery_at(producer->opaque, msg->_private, (int)msg->err,
+                             msg->err ? rd_kafka_err2str(msg->err) : "",
+                             msg->partition, msg->err ? -1 : msg->offset);
+  else if (producer->on_delivery)
     producer->on_delivery(producer->opaque, msg->_private, (int)msg->err,
                           msg->err ? rd_kafka_err2str(msg->err) : "");
 }
@@ -81,6 +86,7 @@ tally_producer_t *tally_producer_new(const tally_producer_conf_t *conf,
   }
   pthread_mutex_init(&producer->lock, NULL);
   producer->on_delivery = conf->on_delivery;
+  producer->on_delivery_at = conf->on_delivery_at;
   producer->opaque = conf->opaque;
   producer->codec = tly_codec_new(
       conf->schema_id ? conf->schema_id : TLY_CODEC_DEFAULT_SCHEMA_ID, errstr,

@@ -33,6 +33,11 @@ typedef struct tally_producer tally_producer_t;
 /* error is 0 on success, otherwise a librdkafka error code and its text. */
 typedef void(tally_delivery_cb)(void *opaque, void *msg_opaque, int error,
                                 const char *errstr);
+/* The same with where the event landed: its partition and offset (-1 when
+ * unknown, e.g. on failure). */
+typedef void(tally_delivery_at_cb)(void *opaque, void *msg_opaque, int error,
+                                   const char *errstr, int32_t partition,
+                                   int64_t offset);
 
 typedef struct {
   const char *brokers;      /* required: bootstrap servers */
@@ -40,6 +45,9 @@ typedef struct {
   int32_t schema_id;        /* default TLY_CODEC_DEFAULT_SCHEMA_ID */
   tally_delivery_cb *on_delivery; /* optional */
   void *opaque;                   /* passed to on_delivery */
+  /* Optional: called instead of on_delivery, with the partition and
+   * offset the event was written at. */
+  tally_delivery_at_cb *on_delivery_at;
   /* Optional extra librdkafka properties, "name=value", NULL-terminated
    * (e.g. TLS/SASL settings). They override tally's defaults. */
   const char *const *kafka_properties;

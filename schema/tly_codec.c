@@ -78,6 +78,7 @@ static avro_type_t field_avro_type(tly_field_kind_t kind) {
     return AVRO_INT32;
   case TLY_FIELD_MICROS:
   case TLY_FIELD_TIME:
+  case TLY_FIELD_COUNT64:
   default:
     return AVRO_INT64;
   }

@@ -129,6 +129,33 @@ const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
                               TLY_FIELD_COUNT32, 1, 0)},
                        -1,
                        -1},
+    /* Only the owner of the subject's partition writes these (the
+     * reservation route decides them): never from JSON. */
+    [TLY_BODY_RESERVATION_HELD] =
+        {"reservation_held",
+         "ReservationHeld",
+         0,
+         4,
+         {FIELD(tly_reservation_held_t, reservation_id, "reservation_id",
+                TLY_FIELD_TEXT, 1, TLY_RESERVATION_ID_MAX),
+          FIELD(tly_reservation_held_t, feature, "feature", TLY_FIELD_TEXT, 1,
+                TLY_EVENT_NAME_MAX),
+          FIELD(tly_reservation_held_t, quantity, "quantity", TLY_FIELD_COUNT64,
+                1, 0),
+          FIELD(tly_reservation_held_t, ttl_ms, "ttl_ms", TLY_FIELD_COUNT64, 1,
+                0)},
+         -1,
+         -1},
+    [TLY_BODY_RESERVATION_RELEASED] = {"reservation_released",
+                                       "ReservationReleased",
+                                       0,
+                                       1,
+                                       {FIELD(tly_reservation_released_t,
+                                              reservation_id, "reservation_id",
+                                              TLY_FIELD_TEXT, 1,
+                                              TLY_RESERVATION_ID_MAX)},
+                                       -1,
+                                       -1},
 };
 
 const tly_body_spec_t *tly_body_spec(tly_body_kind_t kind) {
@@ -223,6 +250,28 @@ int tly_api_key_hash_is_valid(const char *id) {
       return 0;
   }
   return id[TLY_API_KEY_HASH_LEN] == '\0';
+}
+
+int tly_reservation_id_is_valid(const char *id) {
+  if (!id || !*id)
+    return 0;
+  size_t len = 0;
+  for (; id[len]; len++) {
+    char c = id[len];
+    if (len >= TLY_RESERVATION_ID_MAX ||
+        !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+          (c >= 'A' && c <= 'Z') || c == '_' || c == '-'))
+      return 0;
+  }
+  return 1;
+}
+
+const char *tly_usage_reservation_id(const tly_usage_recorded_t *usage) {
+  for (size_t i = 0; usage && i < usage->property_count; i++)
+    if (usage->properties[i].key &&
+        strcmp(usage->properties[i].key, TLY_RESERVATION_PROPERTY) == 0)
+      return usage->properties[i].value;
+  return NULL;
 }
 
 int tly_subject_validate(tly_subject_kind_t kind, const char *id, char *errstr,
@@ -411,6 +460,7 @@ static int flat_body_validate(const tly_event_t *event, char *errstr,
       break;
     case TLY_FIELD_MICROS:
     case TLY_FIELD_TIME:
+    case TLY_FIELD_COUNT64:
       if (require_count(tly_body_int64_get(event, field), field->name, errstr,
                         errstr_size))
         return -1;
@@ -435,6 +485,39 @@ static int flat_body_validate(const tly_event_t *event, char *errstr,
                start_field->name, (long long)end, (long long)start);
       return -1;
     }
+  }
+  return 0;
+}
+
+/* What the table cannot say about a reservation's fields. */
+static int reservation_validate(const tly_event_t *event, char *errstr,
+                                size_t errstr_size) {
+  const char *id = event->body_kind == TLY_BODY_RESERVATION_HELD
+                       ? event->body.reservation_held.reservation_id
+                       : event->body.reservation_released.reservation_id;
+  if (!tly_reservation_id_is_valid(id)) {
+    snprintf(errstr, errstr_size,
+             "field 'reservation_id': must be 1 to %d characters of "
+             "A-Z, a-z, 0-9, '_' and '-'",
+             TLY_RESERVATION_ID_MAX);
+    return -1;
+  }
+  if (event->body_kind != TLY_BODY_RESERVATION_HELD)
+    return 0;
+  const tly_reservation_held_t *held = &event->body.reservation_held;
+  if (held->quantity < 1 || held->quantity > TLY_RESERVATION_QUANTITY_MAX) {
+    snprintf(
+        errstr, errstr_size, "field 'quantity': must be 1 to %lld (got %lld)",
+        (long long)TLY_RESERVATION_QUANTITY_MAX, (long long)held->quantity);
+    return -1;
+  }
+  if (held->ttl_ms < TLY_RESERVATION_TTL_MIN_MS ||
+      held->ttl_ms > TLY_RESERVATION_TTL_MAX_MS) {
+    snprintf(errstr, errstr_size,
+             "field 'ttl_ms': must be %lld to %lld (got %lld)",
+             (long long)TLY_RESERVATION_TTL_MIN_MS,
+             (long long)TLY_RESERVATION_TTL_MAX_MS, (long long)held->ttl_ms);
+    return -1;
   }
   return 0;
 }
@@ -473,5 +556,10 @@ int tly_event_validate(const tly_event_t *event, char *errstr,
   }
   if (event->body_kind == TLY_BODY_USAGE_RECORDED)
     return usage_validate(&event->body.usage, errstr, errstr_size);
-  return flat_body_validate(event, errstr, errstr_size);
+  if (flat_body_validate(event, errstr, errstr_size))
+    return -1;
+  if (event->body_kind == TLY_BODY_RESERVATION_HELD ||
+      event->body_kind == TLY_BODY_RESERVATION_RELEASED)
+    return reservation_validate(event, errstr, errstr_size);
+  return 0;
 }

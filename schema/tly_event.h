@@ -41,6 +41,21 @@
 #define TLY_EVENT_PROPERTY_KEY_MAX 128
 #define TLY_EVENT_PROPERTY_VALUE_MAX 1024
 
+/*
+ * Reservations (ReservationHeld, ReservationReleased; the HTTP route
+ * POST /v1/subjects/{subject}/reservations writes them). A reservation id
+ * is 1..64 characters of [A-Za-z0-9_-] (tally makes "rsv_" and 26
+ * characters of base32: 128 random bits); a held quantity is 1..10^12; a
+ * hold lives 1 s .. 24 h (ttl_ms) after its event time. A usage event
+ * settles an open hold when its properties map carries the id under
+ * TLY_RESERVATION_PROPERTY (UsageRecorded's layout stays as it was).
+ */
+#define TLY_RESERVATION_ID_MAX 64
+#define TLY_RESERVATION_QUANTITY_MAX 1000000000000LL
+#define TLY_RESERVATION_TTL_MIN_MS 1000LL
+#define TLY_RESERVATION_TTL_MAX_MS 86400000LL
+#define TLY_RESERVATION_PROPERTY "tally.reservation_id"
+
 typedef enum {
   TLY_SUBJECT_USER = 0,
   TLY_SUBJECT_API_KEY = 1,
@@ -59,6 +74,8 @@ typedef enum {
   TLY_BODY_PAYMENT_FAILED,
   TLY_BODY_CUSTOMER_LINKED,
   TLY_BODY_TICK,
+  TLY_BODY_RESERVATION_HELD,     /* appended: earlier branches keep their */
+  TLY_BODY_RESERVATION_RELEASED, /* indexes, so old records read the same */
   TLY_BODY__COUNT
 } tly_body_kind_t;
 
@@ -128,6 +145,20 @@ typedef struct {
   int32_t partition;
 } tly_tick_t;
 
+/* The owner of the subject's partition granted a reservation: quantity of
+ * feature is held until occurred_at + ttl_ms, a settling usage event or a
+ * ReservationReleased. */
+typedef struct {
+  char *reservation_id;
+  char *feature;
+  int64_t quantity; /* 1 .. TLY_RESERVATION_QUANTITY_MAX */
+  int64_t ttl_ms;   /* TLY_RESERVATION_TTL_MIN_MS .. _MAX_MS */
+} tly_reservation_held_t;
+
+typedef struct {
+  char *reservation_id;
+} tly_reservation_released_t;
+
 typedef struct {
   char *event_id;
   int64_t occurred_at_ms;
@@ -143,6 +174,8 @@ typedef struct {
     tly_payment_failed_t payment_failed;
     tly_customer_linked_t customer_linked;
     tly_tick_t tick;
+    tly_reservation_held_t reservation_held;
+    tly_reservation_released_t reservation_released;
   } body;
 } tly_event_t;
 
@@ -168,6 +201,15 @@ size_t tly_subject_key(tly_subject_kind_t kind, const char *id, char *out,
 /* 1 when id is exactly TLY_API_KEY_HASH_LEN lowercase hex characters. */
 int tly_api_key_hash_is_valid(const char *id);
 
+/* 1 when id is a well-formed reservation id: 1..TLY_RESERVATION_ID_MAX
+ * characters of [A-Za-z0-9_-]. */
+int tly_reservation_id_is_valid(const char *id);
+
+/* The reservation id a usage event settles (its properties'
+ * TLY_RESERVATION_PROPERTY), or NULL. Not checked: an id that names no
+ * open hold settles nothing. */
+const char *tly_usage_reservation_id(const tly_usage_recorded_t *usage);
+
 /*
  * Checks a subject: kind in range, id non-empty and at most
  * TLY_SUBJECT_ID_MAX bytes, and for api_key the id is
@@ -188,7 +230,8 @@ int tly_subject_validate(tly_subject_kind_t kind, const char *id, char *errstr,
  * plan of PlanAssigned/SubscriptionChanged, the invoice id of
  * InvoicePaid/PaymentFailed and the customer id of CustomerLinked
  * non-empty; money, periods and attempts >= 0, and a period's end after
- * its start when both are given.
+ * its start when both are given; a reservation's id well-formed, its
+ * quantity and ttl_ms within the bounds above.
  * 0, or -1 with errstr naming the field ("field 'quantity': ...").
  */
 int tly_event_validate(const tly_event_t *event, char *errstr,

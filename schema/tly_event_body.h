@@ -22,6 +22,7 @@ typedef enum {
   TLY_FIELD_MICROS,        /* int64_t money, >= 0, required */
   TLY_FIELD_TIME,          /* int64_t ms since the epoch, >= 0, 0 = unknown */
   TLY_FIELD_COUNT32,       /* int32_t >= 0 (Avro int) */
+  TLY_FIELD_COUNT64,       /* int64_t >= 0 (Avro long), required */
 } tly_field_kind_t;
 
 typedef struct {

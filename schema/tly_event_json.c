@@ -409,8 +409,43 @@ static int get_properties(const json_t *value, tly_usage_recorded_t *usage,
 /* ------------------------------------------------------------------ */
 
 /* UsageRecorded's own fields (the envelope's are checked apart). */
-static const char *const usage_keys[] = {"feature", "quantity",   "unit",
-                                         "ai",      "properties", NULL};
+static const char *const usage_keys[] = {
+    "feature", "quantity", "unit", "ai", "properties", "reservation_id", NULL};
+
+/* "reservation_id": the reservation this usage settles, carried in the
+ * properties map under TLY_RESERVATION_PROPERTY (UsageRecorded has no field
+ * for it, and its Avro layout stays as third parties know it). */
+static int get_reservation_id(const json_t *value, tly_usage_recorded_t *usage,
+                              char *errstr, size_t errstr_size) {
+  if (!json_is_string(value) ||
+      strlen(json_string_value(value)) != json_string_length(value) ||
+      !tly_reservation_id_is_valid(json_string_value(value)))
+    return fail(errstr, errstr_size,
+                "field 'reservation_id': must be 1 to %d characters of "
+                "A-Z, a-z, 0-9, '_' and '-'",
+                TLY_RESERVATION_ID_MAX);
+  if (tly_usage_reservation_id(usage))
+    return fail(errstr, errstr_size,
+                "field 'reservation_id': also given as "
+                "properties." TLY_RESERVATION_PROPERTY "; give it once");
+  if (usage->property_count >= TLY_EVENT_PROPERTIES_MAX)
+    return fail(errstr, errstr_size,
+                "field 'properties': %zu entries and reservation_id, at most "
+                "%d in all",
+                usage->property_count, TLY_EVENT_PROPERTIES_MAX);
+  tly_property_t *grown =
+      realloc(usage->properties,
+              (usage->property_count + 1) * sizeof(*usage->properties));
+  if (!grown)
+    return fail(errstr, errstr_size, "field 'reservation_id': out of memory");
+  usage->properties = grown;
+  tly_property_t *property = &usage->properties[usage->property_count++];
+  property->key = strdup(TLY_RESERVATION_PROPERTY);
+  property->value = strdup(json_string_value(value));
+  if (!property->key || !property->value)
+    return fail(errstr, errstr_size, "field 'reservation_id': out of memory");
+  return 0;
+}
 
 static int fill_usage(const json_t *object, tly_usage_recorded_t *usage,
                       char *errstr, size_t errstr_size) {
@@ -442,6 +477,9 @@ static int fill_usage(const json_t *object, tly_usage_recorded_t *usage,
   if ((value = member(object, "properties")) &&
       get_properties(value, usage, errstr, errstr_size))
     return -1;
+  if ((value = member(object, "reservation_id")) &&
+      get_reservation_id(value, usage, errstr, errstr_size))
+    return -1;
   return 0;
 }
 
@@ -466,6 +504,7 @@ static int fill_flat_field(const json_t *object, const tly_body_field_t *field,
                   field->name);
     return 0;
   case TLY_FIELD_MICROS:
+  case TLY_FIELD_COUNT64:
     return value ? get_count(value, field->name, tly_body_int64(event, field),
                              errstr, errstr_size)
                  : 0;
@@ -503,8 +542,12 @@ static int get_type(const json_t *object, tly_body_kind_t *kind, char *errstr,
       continue;
     if (!tly_body_specs[i].from_json)
       return fail(errstr, errstr_size,
-                  "field 'type': '%s' events are written by the processor "
-                  "only, never from JSON",
+                  i == TLY_BODY_TICK
+                      ? "field 'type': '%s' events are written by the "
+                        "processor only, never from JSON"
+                      : "field 'type': '%s' events are written by tally only "
+                        "(POST /v1/subjects/{subject}/reservations), never "
+                        "from JSON",
                   name);
     *kind = (tly_body_kind_t)i;
     return 0;

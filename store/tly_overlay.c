@@ -34,6 +34,7 @@ static void free_entry(tly_overlay_entry_t *entry) {
   for (size_t i = 0; i < entry->bucket_count; i++)
     free(entry->buckets[i]);
   free(entry->buckets);
+  tly_holds_free(&entry->holds);
   free(entry);
 }
 

@@ -36,7 +36,8 @@ typedef struct tly_overlay_entry {
   size_t key_len;
   int stored;               /* the key existed in RocksDB when loaded */
   int dirty;                /* write it at commit */
-  int64_t stored_cycle_end; /* the indexed cycle end, if stored */
+  int64_t stored_cycle_end; /* the time indexed in the cycle-end index
+                               (tly_subject_due_ms), if stored */
   tly_account_t account;
   /* The subject's usage rows, each allocated on its own so that a row
    * handed to the fold keeps its address while others are added. */
@@ -46,6 +47,8 @@ typedef struct tly_overlay_entry {
    * fold works on them. Allocated one by one, like rows. */
   tly_overlay_bucket_t **buckets;
   size_t bucket_count, bucket_cap;
+  /* The subject's open reservations (tly_holds.h), stored in its record. */
+  tly_holds_t holds;
 } tly_overlay_entry_t;
 
 /* A slot keeps its entry's hash beside the pointer: a probe passes over

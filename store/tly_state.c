@@ -26,6 +26,7 @@ void tly_state_subject_clear(tly_subject_state_t *state) {
     return;
   free(state->rows);
   free(state->buckets);
+  free(state->holds);
   memset(state, 0, sizeof(*state));
 }
 
@@ -58,6 +59,8 @@ static int read_subject(tly_store_t *store, int32_t partition,
   out->row_count = record.row_count;
   out->buckets = record.buckets;
   out->bucket_count = record.bucket_count;
+  out->holds = record.holds;
+  out->hold_count = record.hold_count;
   return 1;
 }
 

@@ -28,6 +28,10 @@ typedef struct {
   tly_state_row_t *rows; /* malloc'd; tly_state_subject_clear frees */
   size_t bucket_count;
   tly_subject_bucket_t *buckets; /* the newest hour's buckets; malloc'd */
+  size_t hold_count;
+  tly_hold_t *holds; /* open reservations as folded (tly_holds.h: readers
+                        leave out those past expires_at by their clock);
+                        malloc'd */
 } tly_subject_state_t;
 
 /* Which partitions may be read: 1 when this instance serves partition

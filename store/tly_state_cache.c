@@ -124,8 +124,10 @@ static int state_copy(tly_subject_state_t *dst,
   *dst = *src;
   dst->rows = NULL;
   dst->buckets = NULL;
+  dst->holds = NULL;
   if (copy_items(&dst->rows, src->rows, src->row_count, sizeof(*src->rows)) ||
-      copy_items(&dst->buckets, src->buckets, src->bucket_count, sizeof(*src->buckets))) {
+      copy_items(&dst->buckets, src->buckets, src->bucket_count, sizeof(*src->buckets)) ||
+      copy_items(&dst->holds, src->holds, src->hold_count, sizeof(*src->holds))) {
     tly_state_subject_clear(dst);
     return -1;
   }

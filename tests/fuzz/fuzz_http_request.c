@@ -2,8 +2,9 @@
  * fuzz_http_request.c - libFuzzer target for the HTTP port's request
  * parsing (http/tly_request.c): subject path segments, the quota
  * query, the "at" parameter, and the JSON bodies of /v1/events,
- * /v1/estimate, /v1/prorate and /v1/subjects/{subject}/plan. These take
- * bytes from any client that can reach the port (authenticated or not, for
+ * /v1/estimate, /v1/prorate, /v1/subjects/{subject}/plan and
+ * /v1/subjects/{subject}/reservations (with the reservation id segment). These
+ * take bytes from any client that can reach the port (authenticated or not, for
  * the parsers that run before a handler), so they must never crash, leak
  * or hang whatever they get.
  *
@@ -18,6 +19,7 @@
  */
 #include "tly_config.h"
 #include "tly_request.h"
+#include "tly_request_reserve.h"
 #include "tly_request_subject.h"
 
 #include <stdint.h>
@@ -161,6 +163,48 @@ static void fuzz_plan(const char *text, size_t len) {
   tly_event_clear(&event);
 }
 
+/* A reservation body, then the decision and its answer with the
+ * reservation held (and the same bytes as a reservation id). */
+static void fuzz_reservation(const char *text, size_t len) {
+  tly_req_reservation_t body;
+  tly_req_error_t err;
+  char id[TLY_RESERVATION_ID_MAX + 1];
+  if (tly_req_parse_reservation_id(text, len, id, sizeof(id), &err))
+    check_error(&err);
+  else if (!tly_reservation_id_is_valid(id))
+    abort();
+  if (tly_req_parse_reservation(config, text, len, &body, &err)) {
+    check_error(&err);
+    return;
+  }
+  if (body.quantity < 1 || body.quantity > TLY_RESERVATION_QUANTITY_MAX ||
+      body.ttl_ms < TLY_RESERVATION_TTL_MIN_MS ||
+      body.ttl_ms > TLY_RESERVATION_TTL_MAX_MS)
+    abort();
+  tly_subject_state_t state;
+  tly_state_row_t rows[2];
+  fake_state(&state, rows, (int64_t)len);
+  tly_hold_t holds[2] = {
+      {.id = "rsv_a", .quantity = body.quantity, .expires_at_ms = INT64_MAX},
+      {.id = "rsv_b", .quantity = INT64_MAX, .expires_at_ms = INT64_MAX}};
+  snprintf(holds[0].feature, sizeof(holds[0].feature), "%s", body.feature);
+  snprintf(holds[1].feature, sizeof(holds[1].feature), "%s", body.feature);
+  state.holds = holds;
+  state.hold_count = 1;
+  tly_req_held_quota_t quota;
+  if (tly_req_quota_held(config, TLY_SUBJECT_USER, &state, holds + 1, 1,
+                         body.feature, body.quantity, 1795400000000LL, &quota,
+                         &err)) {
+    check_error(&err);
+    return;
+  }
+  json_t *answer = json_object();
+  if (tly_req_held_quota_put(answer, &quota) == 0 && quota.quota.allowed &&
+      strcmp(quota.quota.mode, "hard") == 0)
+    abort(); /* INT64_MAX held never fits a hard limit */
+  json_decref(answer);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1)
@@ -174,7 +218,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   tly_req_error_t err;
   json_t *answer;
 
-  switch (data[0] % 6) {
+  switch (data[0] % 7) {
   case 0:
     fuzz_subject(text, len);
     break;
@@ -198,6 +242,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     break;
   case 5:
     fuzz_plan(text, len);
+    break;
+  case 6:
+    fuzz_reservation(text, len);
     break;
   }
   free(text);

@@ -882,8 +882,8 @@ static void test_reject_enum_and_union(void **state) {
   expect_raw_error(codec, &raw, "enum index");
 
   raw = raw_valid();
-  raw.body_branch = 8;
-  expect_raw_error(codec, &raw, "field 'body': union branch 8 out of range");
+  raw.body_branch = TLY_BODY__COUNT;
+  expect_raw_error(codec, &raw, "field 'body': union branch 10 out of range");
   raw.body_branch = -1;
   expect_raw_error(codec, &raw, "union branch -1 out of range");
 
@@ -1225,6 +1225,21 @@ static void build_flat(tly_body_kind_t kind, int variant, tly_event_t *event) {
   case TLY_BODY_TICK:
     event->body.tick.partition = extreme ? INT32_MAX : 7;
     break;
+  case TLY_BODY_RESERVATION_HELD: {
+    tly_reservation_held_t *b = &event->body.reservation_held;
+    b->reservation_id =
+        dup_or_null(extreme ? "rsv_0123456789abcdefghijklmnopqrstuvwxyz-_ABCDE"
+                              "FGHIJKLMNOPQR"
+                            : "rsv_1");
+    b->feature = dup_or_null(extreme ? "fëature 😀" : "api_calls");
+    b->quantity = extreme ? TLY_RESERVATION_QUANTITY_MAX : 5;
+    b->ttl_ms = extreme ? TLY_RESERVATION_TTL_MAX_MS : 300000;
+    break;
+  }
+  case TLY_BODY_RESERVATION_RELEASED:
+    event->body.reservation_released.reservation_id =
+        dup_or_null(extreme ? "Z" : "rsv_1");
+    break;
   default:
     fail_msg("build_flat: kind %d", (int)kind);
   }
@@ -1285,6 +1300,19 @@ static void assert_flat_equal(const tly_event_t *got, const tly_event_t *want) {
     break;
   case TLY_BODY_TICK:
     assert_int_equal(got->body.tick.partition, want->body.tick.partition);
+    break;
+  case TLY_BODY_RESERVATION_HELD: {
+    const tly_reservation_held_t *a = &got->body.reservation_held,
+                                 *b = &want->body.reservation_held;
+    assert_string_equal(a->reservation_id, b->reservation_id);
+    assert_string_equal(a->feature, b->feature);
+    assert_true(a->quantity == b->quantity);
+    assert_true(a->ttl_ms == b->ttl_ms);
+    break;
+  }
+  case TLY_BODY_RESERVATION_RELEASED:
+    assert_string_equal(got->body.reservation_released.reservation_id,
+                        want->body.reservation_released.reservation_id);
     break;
   default:
     fail_msg("assert_flat_equal: kind %d", (int)want->body_kind);
@@ -1737,6 +1765,181 @@ static void test_subject_key(void **state) {
   assert_string_equal(key, "");
 }
 
+/* ------------------------------------------------------------------ */
+/* Reservations: appended branches, old records unchanged              */
+/* ------------------------------------------------------------------ */
+
+/* Bytes the codec wrote before the reservation branches were appended to
+ * the body union (captured from that build): they decode to the same event
+ * and encode back to the same bytes, so records already in Kafka (schema
+ * id 1) and third parties' producers are unaffected. */
+static void test_records_before_reservations(void **state) {
+  static const unsigned char usage[] = {
+      0x00, 0x00, 0x00, 0x00, 0x01, 0x0a, 0x65, 0x76, 0x74, 0x2d, 0x31,
+      0x80, 0xa0, 0xab, 0xfe, 0xf9, 0x62, 0x00, 0x0a, 0x61, 0x6c, 0x69,
+      0x63, 0x65, 0x00, 0x12, 0x61, 0x70, 0x69, 0x5f, 0x63, 0x61, 0x6c,
+      0x6c, 0x73, 0x06, 0x00, 0x02, 0x0c, 0x6f, 0x70, 0x65, 0x6e, 0x61,
+      0x69, 0x0c, 0x67, 0x70, 0x74, 0x2d, 0x34, 0x6f, 0x14, 0x28, 0x02,
+      0x0c, 0x72, 0x65, 0x67, 0x69, 0x6f, 0x6e, 0x04, 0x65, 0x75, 0x00};
+  static const unsigned char tick[] = {
+      0x00, 0x00, 0x00, 0x00, 0x01, 0x10, 0x74, 0x69, 0x63, 0x6b,
+      0x3a, 0x30, 0x3a, 0x31, 0x80, 0xa0, 0xab, 0xfe, 0xf9, 0x62,
+      0x06, 0x08, 0x74, 0x69, 0x63, 0x6b, 0x0e, 0x04};
+  static const unsigned char plan[] = {0x00, 0x00, 0x00, 0x00, 0x01, 0x06, 0x70,
+                                       0x2d, 0x31, 0x80, 0xa0, 0xab, 0xfe, 0xf9,
+                                       0x62, 0x00, 0x06, 0x62, 0x6f, 0x62, 0x02,
+                                       0x06, 0x70, 0x72, 0x6f};
+  const struct {
+    const unsigned char *bytes;
+    size_t len;
+    tly_body_kind_t kind;
+  } records[] = {{usage, sizeof(usage), TLY_BODY_USAGE_RECORDED},
+                 {tick, sizeof(tick), TLY_BODY_TICK},
+                 {plan, sizeof(plan), TLY_BODY_PLAN_ASSIGNED}};
+  tly_codec_t *codec = new_codec(1);
+  (void)state;
+  for (size_t i = 0; i < sizeof(records) / sizeof(records[0]); i++) {
+    tly_event_t event = {0};
+    char errstr[256] = "";
+    const void *out;
+    size_t len;
+    if (decode_checked(codec, records[i].bytes, records[i].len, &event, errstr,
+                       sizeof(errstr)))
+      fail_msg("record %zu: %s", i, errstr);
+    assert_int_equal(event.body_kind, records[i].kind);
+    assert_true(event.occurred_at_ms == 1700000000000LL);
+    if (records[i].kind == TLY_BODY_USAGE_RECORDED) {
+      assert_string_equal(event.body.usage.feature, "api_calls");
+      assert_true(event.body.usage.quantity == 3);
+      assert_int_equal(event.body.usage.has_ai, 1);
+      assert_true(event.body.usage.ai.output_tokens == 20);
+      assert_int_equal(event.body.usage.property_count, 1);
+      assert_null(tly_usage_reservation_id(&event.body.usage));
+    }
+    assert_int_equal(
+        tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)), 0);
+    assert_int_equal(len, records[i].len);
+    assert_memory_equal(out, records[i].bytes, len);
+    tly_event_clear(&event);
+  }
+  tly_codec_destroy(codec);
+}
+
+/* The new branches' exact bytes: 8 ReservationHeld, 9 ReservationReleased. */
+static void test_exact_encoding_reservations(void **state) {
+  static const unsigned char held[] = {
+      0x00, 0x00, 0x00, 0x00, 0x01, /* magic, schema id 1 */
+      0x02, 'r',                    /* event_id "r" */
+      0x04,                         /* occurred_at 2 */
+      0x00,                         /* subject.kind user */
+      0x02, 'a',                    /* subject.id "a" */
+      0x10,                         /* body branch 8: ReservationHeld */
+      0x04, 'r',  '1',              /* reservation_id "r1" */
+      0x02, 'f',                    /* feature "f" */
+      0x0A,                         /* quantity 5 */
+      0xD0, 0x0F,                   /* ttl_ms 1000 */
+  };
+  static const unsigned char released[] = {
+      0x00, 0x00, 0x00, 0x00, 0x01, /* magic, schema id 1 */
+      0x02, 'd',                    /* event_id "d" */
+      0x04,                         /* occurred_at 2 */
+      0x00,                         /* subject.kind user */
+      0x02, 'a',                    /* subject.id "a" */
+      0x12,                         /* body branch 9: ReservationReleased */
+      0x04, 'r',  '1',              /* reservation_id "r1" */
+  };
+  tly_codec_t *codec = new_codec(1);
+  tly_event_t event = {0}, decoded = {0};
+  const void *out;
+  size_t len;
+  char errstr[256];
+  (void)state;
+
+  event.event_id = dup_or_null("r");
+  event.occurred_at_ms = 2;
+  event.subject_kind = TLY_SUBJECT_USER;
+  event.subject_id = dup_or_null("a");
+  event.body_kind = TLY_BODY_RESERVATION_HELD;
+  event.body.reservation_held.reservation_id = dup_or_null("r1");
+  event.body.reservation_held.feature = dup_or_null("f");
+  event.body.reservation_held.quantity = 5;
+  event.body.reservation_held.ttl_ms = 1000;
+  assert_int_equal(
+      tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)), 0);
+  assert_int_equal(len, sizeof(held));
+  assert_memory_equal(out, held, sizeof(held));
+  assert_int_equal(decode_checked(codec, held, sizeof(held), &decoded, errstr,
+                                  sizeof(errstr)),
+                   0);
+  assert_flat_equal(&decoded, &event);
+  tly_event_clear(&decoded);
+  tly_event_clear(&event);
+
+  event.event_id = dup_or_null("d");
+  event.occurred_at_ms = 2;
+  event.subject_kind = TLY_SUBJECT_USER;
+  event.subject_id = dup_or_null("a");
+  event.body_kind = TLY_BODY_RESERVATION_RELEASED;
+  event.body.reservation_released.reservation_id = dup_or_null("r1");
+  assert_int_equal(
+      tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr)), 0);
+  assert_int_equal(len, sizeof(released));
+  assert_memory_equal(out, released, sizeof(released));
+  tly_event_clear(&event);
+  tly_codec_destroy(codec);
+}
+
+/* Out-of-bounds reservations are refused by the encoder (and so never
+ * written by tally) with a message naming the field. */
+static void test_reservation_bounds(void **state) {
+  static const struct {
+    const char *id;
+    int64_t quantity, ttl_ms;
+    const char *want; /* NULL: valid */
+  } cases[] = {
+      {"rsv_ok", 1, TLY_RESERVATION_TTL_MIN_MS, NULL},
+      {"rsv_ok", TLY_RESERVATION_QUANTITY_MAX, TLY_RESERVATION_TTL_MAX_MS,
+       NULL},
+      {"rsv_ok", 0, 300000, "field 'quantity'"},
+      {"rsv_ok", -1, 300000, "field 'quantity'"},
+      {"rsv_ok", TLY_RESERVATION_QUANTITY_MAX + 1, 300000, "field 'quantity'"},
+      {"rsv_ok", 1, TLY_RESERVATION_TTL_MIN_MS - 1, "field 'ttl_ms'"},
+      {"rsv_ok", 1, TLY_RESERVATION_TTL_MAX_MS + 1, "field 'ttl_ms'"},
+      {"rsv/../x", 1, 300000, "field 'reservation_id'"},
+      {"rsv ok", 1, 300000, "field 'reservation_id'"},
+      {"", 1, 300000, "field 'reservation_id'"},
+      {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 1,
+       300000, "field 'reservation_id'"}, /* 65 characters */
+  };
+  tly_codec_t *codec = new_codec(1);
+  (void)state;
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    tly_event_t event = {.event_id = "e",
+                         .occurred_at_ms = 1,
+                         .subject_kind = TLY_SUBJECT_USER,
+                         .subject_id = "a",
+                         .body_kind = TLY_BODY_RESERVATION_HELD};
+    event.body.reservation_held.reservation_id = (char *)cases[i].id;
+    event.body.reservation_held.feature = "api_calls";
+    event.body.reservation_held.quantity = cases[i].quantity;
+    event.body.reservation_held.ttl_ms = cases[i].ttl_ms;
+    const void *out;
+    size_t len;
+    char errstr[256] = "";
+    int rc =
+        tly_codec_encode(codec, &event, &out, &len, errstr, sizeof(errstr));
+    if (!cases[i].want) {
+      if (rc)
+        fail_msg("case %zu: %s", i, errstr);
+      continue;
+    }
+    if (rc == 0 || !strstr(errstr, cases[i].want))
+      fail_msg("case %zu: rc %d, error '%s', wanted '%s'", i, rc, errstr,
+               cases[i].want);
+  }
+  tly_codec_destroy(codec);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trips),
@@ -1768,6 +1971,9 @@ int main(void) {
       cmocka_unit_test(test_event_clear_zeroed),
       cmocka_unit_test(test_subject_kind_names),
       cmocka_unit_test(test_subject_key),
+      cmocka_unit_test(test_records_before_reservations),
+      cmocka_unit_test(test_exact_encoding_reservations),
+      cmocka_unit_test(test_reservation_bounds),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -828,8 +828,69 @@ static void test_to_json_shape(void **state) {
   tly_event_clear(&event);
 }
 
+/* A usage event's top-level "reservation_id" settles that reservation: it
+ * travels in the properties map under tally.reservation_id (UsageRecorded
+ * has no field for it), once, well-formed; reservation events themselves
+ * are never read from JSON. */
+static void test_reservation_id(void **state) {
+  static const char *const bad[][2] = {
+      {"{\"event_id\":\"r\",\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1,"
+       "\"reservation_id\":\"a b\"}",
+       "field 'reservation_id'"},
+      {"{\"event_id\":\"r\",\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1,"
+       "\"reservation_id\":7}",
+       "field 'reservation_id'"},
+      {"{\"event_id\":\"r\",\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1,"
+       "\"reservation_id\":\"\"}",
+       "field 'reservation_id'"},
+      {"{\"event_id\":\"r\",\"subject\":\"u\",\"feature\":\"f\",\"quantity\":1,"
+       "\"reservation_id\":\"rsv_1\",\"properties\":"
+       "{\"tally.reservation_id\":\"rsv_2\"}}",
+       "give it once"},
+      {"{\"type\":\"reservation_held\",\"event_id\":\"r\",\"subject\":\"u\","
+       "\"reservation_id\":\"rsv_1\",\"feature\":\"f\",\"quantity\":1,"
+       "\"ttl_ms\":1000}",
+       "never from JSON"},
+      {"{\"type\":\"reservation_released\",\"event_id\":\"r\",\"subject\":"
+       "\"u\","
+       "\"reservation_id\":\"rsv_1\"}",
+       "never from JSON"},
+  };
+  const char *line = "{\"event_id\":\"r\",\"subject\":\"u\",\"feature\":\"f\","
+                     "\"quantity\":4,\"properties\":{\"region\":\"eu\"},"
+                     "\"reservation_id\":\"rsv_AZ09_-x\"}";
+  tly_event_t event = {0};
+  char errstr[512] = "";
+  (void)state;
+
+  assert_int_equal(tly_event_from_json_text(line, strlen(line), NOW_MS, &event,
+                                            errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(event.body.usage.property_count, 2);
+  assert_string_equal(tly_usage_reservation_id(&event.body.usage),
+                      "rsv_AZ09_-x");
+  json_t *json = NULL;
+  assert_int_equal(tly_event_to_json(&event, &json), 0);
+  assert_string_equal(
+      json_string_value(json_object_get(json_object_get(json, "properties"),
+                                        "tally.reservation_id")),
+      "rsv_AZ09_-x");
+  json_decref(json);
+  tly_event_clear(&event);
+
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    if (tly_event_from_json_text(bad[i][0], strlen(bad[i][0]), NOW_MS, &event,
+                                 errstr, sizeof(errstr)) == 0)
+      fail_msg("case %zu accepted", i);
+    if (!strstr(errstr, bad[i][1]))
+      fail_msg("case %zu: '%s' lacks '%s'", i, errstr, bad[i][1]);
+    assert_null(event.event_id);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_reservation_id),
       cmocka_unit_test(test_valid_lines),
       cmocka_unit_test(test_invalid_lines),
       cmocka_unit_test(test_raw_key_never_echoed),
