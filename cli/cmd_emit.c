@@ -256,6 +256,8 @@ int cmd_emit(int argc, char **argv) {
   int64_t timeout_s = EMIT_DEFAULT_TIMEOUT_S;
   char errstr[1024];
 
+  /* First: a signal during startup is a clean stop with a summary too. */
+  cli_install_signals();
   while ((opt = getopt_long(argc, argv, "b:t:X:F:qvh", options, NULL)) != -1) {
     switch (opt) {
     case 'b':
@@ -336,7 +338,6 @@ int cmd_emit(int argc, char **argv) {
     cli_properties_free(&properties);
     return 1;
   }
-  cli_install_signals();
   pthread_t poller;
   state.producer = run.producer;
   if (poller_start(&state, &poller)) {
