@@ -16,24 +16,52 @@ int cmd_run(int argc, char **argv);
 int cmd_dev(int argc, char **argv);
 int cmd_topics(int argc, char **argv);
 
-/* Set by SIGINT/SIGTERM once cli_install_signals() ran. */
+/* Non-zero once SIGINT/SIGTERM arrived (cli_install_signals() ran); it
+ * counts them (up to 100). */
 extern volatile sig_atomic_t cli_stop;
 void cli_install_signals(void);
 
-/* A NULL-terminated list of "name=value" strings (not owning them). */
+/* librdkafka properties of `run` and `emit` (cli_properties.c): -F FILE,
+ * then TALLY_KAFKA_* environment variables, then -X name=value, the later
+ * winning for one name. Bounds: 64 properties in all, a file of at most
+ * 64 KiB with lines of at most 4096 bytes. */
+#define CLI_MAX_PROPERTIES 64
+#define CLI_PROPERTIES_FILE_MAX 65536
+#define CLI_PROPERTIES_LINE_MAX 4096
+#define CLI_ORIGIN_MAX 400
 typedef struct {
-  const char *items[65];
+  const char *args[CLI_MAX_PROPERTIES]; /* -X, as given */
+  size_t arg_count;
+  const char *file; /* -F */
+  /* After cli_properties_finish: "name=value" each name once, NULL-
+   * terminated (for the clients' kafka_properties), and where each came
+   * from ("-F FILE line N", "environment NAME", "-X"). */
+  char *items[CLI_MAX_PROPERTIES + 1];
+  char *origins[CLI_MAX_PROPERTIES];
   size_t count;
 } cli_properties_t;
-/* Adds one; 0, or -1 (with a message on stderr) when full or malformed. */
+/* -X name=value; 0, or -1 (with a message on stderr) when full or
+ * malformed. */
 int cli_properties_add(cli_properties_t *list, const char *property);
+/* -F FILE (read by cli_properties_finish); 0, or -1 if given twice. */
+int cli_properties_file(cli_properties_t *list, const char *path);
+/* Reads the file and the environment, merges the three sources and checks
+ * every value with librdkafka. 0, or -1 after "tally <command>: <source>:
+ * <property>: <reason>" on stderr (never the value). */
+int cli_properties_finish(cli_properties_t *list, const char *command);
+/* The merged value of name, or NULL. */
+const char *cli_properties_get(const cli_properties_t *list, const char *name);
+/* As the clients take them. */
+#define CLI_PROPERTIES_LIST(list) ((const char *const *)(list)->items)
+/* Frees the merged list (wiping the values). */
+void cli_properties_free(cli_properties_t *list);
 
 /* The embedded broker: librdkafka's mock cluster on loopback. */
 typedef struct cli_broker cli_broker_t;
 typedef struct {
-  int partitions;          /* of the usage topic; default 16 */
-  const char *usage_topic; /* default tally.usage */
-  const char *dlq_topic;   /* default tally.usage.dlq */
+  int partitions;           /* of the usage topic; default 16 */
+  const char *usage_topic;  /* default tally.usage */
+  const char *dlq_topic;    /* default tally.usage.dlq */
   const char *alerts_topic; /* default tally.alerts */
 } cli_broker_conf_t;
 /* Also creates tally.members (1 partition), where instances announce. */
@@ -63,13 +91,13 @@ int cli_write_file_atomic(const char *path, const char *text);
 typedef struct {
   const char *brokers;
   const char *state_dir;
-  const char *http_address; /* "127.0.0.1" */
-  uint16_t http_port;       /* 0: any free port */
+  const char *http_address;   /* "127.0.0.1" */
+  uint16_t http_port;         /* 0: any free port */
   const char *http_port_file; /* optional: the bound port is written here */
   const char *group_id, *usage_topic, *dlq_topic, *alerts_topic;
   const char *changelog_topic; /* NULL: tally.changelog; "": none */
-  const char *config_path; /* NULL: the built-in configuration */
-  int64_t tick_interval_ms; /* 0: no ticks */
+  const char *config_path;     /* NULL: the built-in configuration */
+  int64_t tick_interval_ms;    /* 0: no ticks */
   int batch_max_events, batch_max_ms;
   const char *const *kafka_properties;
   /* HTTP auth: digests (64 hex) added to the config's http.api_keys. With

@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include "tally_producer.h"
+#include "tly_kafka_client.h"
 #include "tly_processor.h"
 #include "tly_topics.h"
 
@@ -18,7 +19,8 @@ volatile sig_atomic_t cli_stop;
 
 static void on_signal(int sig) {
   (void)sig;
-  cli_stop = 1;
+  if (cli_stop < 100) /* counts signals: a second one may mean "now" */
+    cli_stop = cli_stop + 1;
 }
 
 void cli_install_signals(void) {
@@ -29,20 +31,6 @@ void cli_install_signals(void) {
   sigaction(SIGINT, &action, NULL);
   sigaction(SIGTERM, &action, NULL);
   signal(SIGPIPE, SIG_IGN);
-}
-
-int cli_properties_add(cli_properties_t *list, const char *property) {
-  if (!strchr(property, '=')) {
-    fprintf(stderr, "-X %s: expected name=value\n", property);
-    return -1;
-  }
-  if (list->count + 1 >= sizeof(list->items) / sizeof(list->items[0])) {
-    fprintf(stderr, "-X %s: too many properties\n", property);
-    return -1;
-  }
-  list->items[list->count++] = property;
-  list->items[list->count] = NULL;
-  return 0;
 }
 
 int cli_parse_int(const char *command, const char *flag, const char *text,
@@ -103,6 +91,7 @@ cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
   /* The mock cluster lives inside a client instance; this one only hosts
    * it and never talks to it. */
   rd_kafka_conf_set(kconf, "log_level", "3", NULL, 0);
+  tly_kafka_conf_log(kconf);
   broker->rk =
       rd_kafka_new(RD_KAFKA_PRODUCER, kconf, kafka_err, sizeof(kafka_err));
   if (!broker->rk) {
@@ -116,17 +105,18 @@ cli_broker_t *cli_broker_start(const cli_broker_conf_t *conf, char *errstr,
     goto fail;
   }
   err = rd_kafka_mock_topic_create(
-      broker->cluster, conf->usage_topic ? conf->usage_topic
-                                         : TALLY_DEFAULT_USAGE_TOPIC,
+      broker->cluster,
+      conf->usage_topic ? conf->usage_topic : TALLY_DEFAULT_USAGE_TOPIC,
       partitions, 1);
   if (!err)
     err = rd_kafka_mock_topic_create(
-        broker->cluster, conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC,
-        1, 1);
+        broker->cluster,
+        conf->dlq_topic ? conf->dlq_topic : TLY_DEFAULT_DLQ_TOPIC, 1, 1);
   if (!err)
     err = rd_kafka_mock_topic_create(
         broker->cluster,
-        conf->alerts_topic ? conf->alerts_topic : TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
+        conf->alerts_topic ? conf->alerts_topic : TLY_DEFAULT_ALERTS_TOPIC, 4,
+        1);
   if (!err)
     err = rd_kafka_mock_topic_create(broker->cluster, TLY_DEFAULT_MEMBERS_TOPIC,
                                      1, 1);

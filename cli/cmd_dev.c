@@ -3,14 +3,18 @@
  * the embedded broker, the processor, the HTTP port and, with --demo, a
  * producer thread emitting a realistic mix of usage for a few hundred
  * subjects (API calls, AI tokens of several models, storage), so the HTTP
- * port has something to show at once.
+ * port has something to show at once. The fresh state dir it makes
+ * (/tmp/tally-dev-XXXXXX) is removed when it exits, unless --keep; a dir
+ * given with --state-dir is never removed.
  */
+#define _XOPEN_SOURCE 700 /* nftw */
 #include "cli.h"
 
 #include "tally_producer.h"
 #include "tly_auth.h"
 #include "tly_log.h"
 
+#include <ftw.h>
 #include <getopt.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -64,7 +68,8 @@ static void *demo_main(void *arg) {
   char errstr[512], id[80], event_id[64];
   unsigned seed = (unsigned)time(NULL);
   unsigned long long counter = 0;
-  tally_producer_t *producer = tally_producer_new(&pconf, errstr, sizeof(errstr));
+  tally_producer_t *producer =
+      tally_producer_new(&pconf, errstr, sizeof(errstr));
 
   if (!producer) {
     tly_log(TLY_LOG_ERROR, "demo", "%s", errstr);
@@ -90,7 +95,8 @@ static void *demo_main(void *arg) {
       usage->quantity = 1;
     } else if (kind < 9) {
       const demo_model_t *model =
-          &demo_models[rand_r(&seed) % (sizeof(demo_models) / sizeof(demo_models[0]))];
+          &demo_models[rand_r(&seed) %
+                       (sizeof(demo_models) / sizeof(demo_models[0]))];
       usage->feature = "ai_tokens";
       usage->unit = "token";
       usage->has_ai = 1;
@@ -125,13 +131,30 @@ static void *demo_main(void *arg) {
 static int dev_api_key(char *key, size_t key_size,
                        char digest_hex[TLY_SHA256_HEX_LEN + 1]) {
   unsigned char random[24];
-  if (key_size < 8 + 2 * sizeof(random) + 1 || RAND_bytes(random, sizeof(random)) != 1)
+  if (key_size < 8 + 2 * sizeof(random) + 1 ||
+      RAND_bytes(random, sizeof(random)) != 1)
     return -1;
   memcpy(key, "tly_dev_", 8);
   for (size_t i = 0; i < sizeof(random); i++)
     snprintf(key + 8 + 2 * i, 3, "%02x", random[i]);
   tly_sha256_hex(key, strlen(key), digest_hex);
   return 0;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag,
+                        struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+/* rm -rf of the state dir dev made itself (never a symlink's target). */
+static void remove_state_dir(const char *dir) {
+  if (nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS))
+    fprintf(stderr, "tally dev: could not remove %s entirely\n", dir);
+  else
+    printf("tally: removed %s (--keep keeps it)\n", dir);
 }
 
 int cmd_dev(int argc, char **argv) {
@@ -145,6 +168,7 @@ int cmd_dev(int argc, char **argv) {
       {"config", required_argument, NULL, 'c'},
       {"advertise", required_argument, NULL, 'A'},
       {"cluster-secret-file", required_argument, NULL, 'S'},
+      {"keep", no_argument, NULL, 'k'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   char address[64] = "127.0.0.1", state_dir[4096] = "";
@@ -154,15 +178,19 @@ int cmd_dev(int argc, char **argv) {
                            .cluster_secret_random = 1};
   cli_broker_conf_t bconf = {.partitions = 16};
   demo_conf_t demo = {.subjects = 300, .rate = 200};
-  int opt, with_demo = 0;
+  int opt, with_demo = 0, keep = 0, made_state_dir = 0;
   int64_t number;
   char errstr[512], api_key[64], api_key_sha256[TLY_SHA256_HEX_LEN + 1];
   pthread_t demo_thread;
 
   while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
     switch (opt) {
-    case 'D': with_demo = 1; break;
-    case 's': snprintf(state_dir, sizeof(state_dir), "%s", optarg); break;
+    case 'D':
+      with_demo = 1;
+      break;
+    case 's':
+      snprintf(state_dir, sizeof(state_dir), "%s", optarg);
+      break;
     case 'H':
       if (cli_parse_listen(optarg, address, sizeof(address), &conf.http_port)) {
         fprintf(stderr, "tally dev: --http %s: expected ADDR:PORT\n", optarg);
@@ -185,20 +213,34 @@ int cmd_dev(int argc, char **argv) {
         return 2;
       demo.subjects = (int)number;
       break;
-    case 'c': conf.config_path = optarg; break;
-    case 'A': conf.advertise = optarg; break;
-    case 'S': conf.cluster_secret_file = optarg; break;
+    case 'c':
+      conf.config_path = optarg;
+      break;
+    case 'A':
+      conf.advertise = optarg;
+      break;
+    case 'S':
+      conf.cluster_secret_file = optarg;
+      break;
+    case 'k':
+      keep = 1;
+      break;
     case 'h':
       printf("usage: tally dev [--demo] [--state-dir DIR] [--http ADDR:PORT] "
              "[--partitions N] [--demo-rate EVENTS_PER_S] [--demo-subjects N] "
-             "[--config FILE] [--advertise URL] [--cluster-secret-file F]\n"
+             "[--config FILE] [--advertise URL] [--cluster-secret-file F] "
+             "[--keep]\n"
+             "  without --state-dir, a fresh /tmp/tally-dev-XXXXXX is used and "
+             "removed on\n"
+             "  exit (--keep keeps it)\n"
              "  the cluster secret (--cluster-secret-file or "
              "$TALLY_CLUSTER_SECRET) is\n"
              "  only needed for `tally run` instances joining this one; "
              "without it a\n"
              "  random one is used for this run\n");
       return 0;
-    default: return 2;
+    default:
+      return 2;
     }
   }
   if (demo.rate < 1 || demo.subjects < 1 || bconf.partitions < 1) {
@@ -212,17 +254,20 @@ int cmd_dev(int argc, char **argv) {
       perror("tally dev: mkdtemp");
       return 1;
     }
+    made_state_dir = !keep;
   }
+  int rc = 1;
+  cli_broker_t *broker = NULL;
   if (dev_api_key(api_key, sizeof(api_key), api_key_sha256) ||
       cli_serve_add_api_key(&conf, api_key_sha256)) {
     fprintf(stderr, "tally dev: cannot generate an API key\n");
-    return 1;
+    goto out;
   }
   cli_install_signals();
-  cli_broker_t *broker = cli_broker_start(&bconf, errstr, sizeof(errstr));
+  broker = cli_broker_start(&bconf, errstr, sizeof(errstr));
   if (!broker) {
     fprintf(stderr, "tally dev: %s\n", errstr);
-    return 1;
+    goto out;
   }
   printf("tally: kafka  %s   (embedded broker; topics tally.usage x%d, "
          "tally.usage.dlq, tally.alerts, tally.members)\n",
@@ -236,8 +281,7 @@ int cmd_dev(int argc, char **argv) {
   if (with_demo) {
     if (pthread_create(&demo_thread, NULL, demo_main, &demo)) {
       fprintf(stderr, "tally dev: cannot start the demo producer\n");
-      cli_broker_stop(broker);
-      return 1;
+      goto out;
     }
     printf("tally: demo   %d events/s over %d subjects, e.g.\n"
            "              curl -H 'Authorization: Bearer %s' "
@@ -247,10 +291,13 @@ int cmd_dev(int argc, char **argv) {
   }
   printf("tally: Ctrl-C to stop\n");
   fflush(stdout);
-  int rc = cli_serve(&conf);
+  rc = cli_serve(&conf);
   cli_stop = 1;
   if (with_demo)
     pthread_join(demo_thread, NULL);
+out:
   cli_broker_stop(broker);
+  if (made_state_dir)
+    remove_state_dir(state_dir);
   return rc;
 }

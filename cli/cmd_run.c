@@ -47,7 +47,13 @@ static void usage(FILE *out) {
       "                          http.api_keys\n"
       "  --no-auth               serve HTTP without authentication (refused\n"
       "                          otherwise when no API key is configured)\n"
-      "  -X name=value           librdkafka property (TLS, SASL, ...)\n");
+      "  -X name=value           librdkafka property (TLS, SASL, ...);\n"
+      "                          repeatable\n"
+      "  -F FILE                 librdkafka properties file (name=value "
+      "lines,\n"
+      "                          # comments); TALLY_KAFKA_* environment\n"
+      "                          variables too (TALLY_KAFKA_SASL_PASSWORD ->\n"
+      "                          sasl.password); -F < environment < -X\n");
 }
 
 int cmd_run(int argc, char **argv) {
@@ -80,7 +86,7 @@ int cmd_run(int argc, char **argv) {
   int opt;
   int64_t number;
 
-  while ((opt = getopt_long(argc, argv, "b:s:X:h", options, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "b:s:X:F:h", options, NULL)) != -1) {
     switch (opt) {
     case 'b':
       conf.brokers = optarg;
@@ -156,6 +162,10 @@ int cmd_run(int argc, char **argv) {
       if (cli_properties_add(&properties, optarg))
         return 2;
       break;
+    case 'F':
+      if (cli_properties_file(&properties, optarg))
+        return 2;
+      break;
     case 'h':
       usage(stdout);
       return 0;
@@ -164,12 +174,21 @@ int cmd_run(int argc, char **argv) {
       return 2;
     }
   }
+  if (cli_properties_finish(&properties, "run")) {
+    cli_properties_free(&properties);
+    return 2;
+  }
+  if (!conf.brokers) /* kcat's way: bootstrap.servers in -F or the env */
+    conf.brokers = cli_properties_get(&properties, "bootstrap.servers");
   if (!conf.brokers || !conf.state_dir) {
     fprintf(stderr, "tally run: --brokers and --state-dir are required\n");
     usage(stderr);
+    cli_properties_free(&properties);
     return 2;
   }
-  conf.kafka_properties = properties.items;
+  conf.kafka_properties = CLI_PROPERTIES_LIST(&properties);
   cli_install_signals();
-  return cli_serve(&conf);
+  int rc = cli_serve(&conf);
+  cli_properties_free(&properties);
+  return rc;
 }

@@ -1,9 +1,10 @@
 /*
  * cmd_topics.c - `tally topics`: the Kafka topics tally expects, one a line:
- * name, partitions ("input": as many as the usage topic), cleanup policy and
- * role, whitespace-separated so a shell `read name partitions policy role`
- * loop can create them. compose/compose.yaml's topic-init service creates
- * exactly these, and test_compose holds the two together.
+ * name, partitions ("input": as many as the usage topic), cleanup policy,
+ * other configs (name=value,... or "-") and role, whitespace-separated so a
+ * shell `read name partitions policy configs role` loop can create them.
+ * compose/compose.yaml's topic-init service creates exactly these, and
+ * test_compose holds the two together.
  */
 #include "cli.h"
 
@@ -31,12 +32,14 @@ int cmd_topics(int argc, char **argv) {
       break;
     case 'h':
       printf("usage: tally topics [--partitions N]\n"
-             "  prints name, partitions, cleanup policy and role of every "
-             "topic tally expects;\n"
+             "  prints name, partitions, cleanup policy, other configs "
+             "(name=value,... or -)\n"
+             "  and role of every topic tally expects;\n"
              "  --partitions N prints N instead of \"input\" (as many as the "
              "usage topic)\n");
       return 0;
-    default: return 2;
+    default:
+      return 2;
     }
   }
   for (size_t i = 0; i < tly_topic_count; i++) {
@@ -46,8 +49,9 @@ int cmd_topics(int argc, char **argv) {
       snprintf(partitions, sizeof(partitions), "%d", topic->partitions);
     else if (input_partitions)
       snprintf(partitions, sizeof(partitions), "%d", input_partitions);
-    printf("%-16s %-5s %-7s %s\n", topic->name, partitions,
-           topic->cleanup_policy, topic->role);
+    printf("%-16s %-5s %-7s %-52s %s\n", topic->name, partitions,
+           topic->cleanup_policy, topic->configs ? topic->configs : "-",
+           topic->role);
   }
   return 0;
 }

@@ -1,11 +1,24 @@
 /*
  * tally.c - the `tally` binary: dispatches to one subcommand per file
- * (cmd_dev.c, cmd_run.c, cmd_broker.c, cmd_emit.c, cmd_topics.c).
+ * (cmd_dev.c, cmd_run.c, cmd_broker.c, cmd_emit.c, cmd_topics.c) and prints
+ * its version.
  */
 #include "cli.h"
 
+#include "tally_version.h"
+
+#include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <string.h>
+
+/* `tally --version`, `tally -V`, `tally version`: one line on stdout. */
+static int cmd_version(int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  printf("tally %s (commit %s, librdkafka %s)\n", TALLY_VERSION, TALLY_COMMIT,
+         rd_kafka_version_str());
+  return 0;
+}
 
 typedef struct {
   const char *name;
@@ -19,13 +32,15 @@ static const command_t commands[] = {
      "it)"},
     {"run", cmd_run, "processor + HTTP port against a Kafka cluster"},
     {"broker", cmd_broker, "the embedded broker alone"},
-    {"emit", cmd_emit, "JSON lines on stdin -> usage events in Kafka"},
+    {"emit", cmd_emit, "JSON lines (files or stdin) -> usage events in Kafka"},
     {"topics", cmd_topics,
-     "the Kafka topics tally expects (name, partitions, policy)"},
+     "the Kafka topics tally expects (name, partitions, policy, configs)"},
+    {"version", cmd_version, "version and commit (also --version, -V)"},
 };
 
 static void usage(FILE *out) {
-  fprintf(out, "usage: tally <command> [options]   (tally <command> --help)\n\n");
+  fprintf(out,
+          "usage: tally <command> [options]   (tally <command> --help)\n\n");
   for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
     fprintf(out, "  %-7s %s\n", commands[i].name, commands[i].summary);
 }
@@ -35,6 +50,8 @@ int main(int argc, char **argv) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
+  if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))
+    return cmd_version(argc - 1, argv + 1);
   for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
     if (!strcmp(argv[1], commands[i].name))
       return commands[i].run(argc - 1, argv + 1);

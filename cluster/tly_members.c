@@ -11,6 +11,7 @@
  */
 #include "tly_members.h"
 
+#include "tly_kafka_client.h"
 #include "tly_log.h"
 #include "tly_topics.h"
 
@@ -416,6 +417,7 @@ static rd_kafka_conf_t *kafka_conf(const tly_members_conf_t *conf,
                                    size_t errstr_size) {
   char kafka_err[512];
   rd_kafka_conf_t *kconf = rd_kafka_conf_new();
+  tly_kafka_conf_log(kconf);
   if (rd_kafka_conf_set(kconf, "bootstrap.servers", conf->brokers, kafka_err,
                         sizeof(kafka_err)) != RD_KAFKA_CONF_OK)
     goto fail;
@@ -479,7 +481,8 @@ tly_members_t *tly_members_new(const tly_members_conf_t *conf, char *errstr,
   if (!members->has_secret)
     return members; /* membership off: no Kafka clients */
   static const char *const producer_defaults[] = {
-      "enable.idempotence=true", "linger.ms=0", "log_level=3", NULL};
+      "enable.idempotence=true", "linger.ms=0", "log_level=3",
+      TLY_KAFKA_PARTITIONER_PROPERTY, NULL};
   static const char *const reader_defaults[] = {
       "group.id=tally-members-reader", "enable.auto.commit=false",
       "enable.partition.eof=false", "log_level=3", NULL};

@@ -30,7 +30,10 @@ typedef struct {
   const char *name;
   int partitions;             /* TLY_TOPIC_PARTITIONS_INPUT or a count */
   const char *cleanup_policy; /* "delete" or "compact" */
-  const char *role;           /* one line, for people */
+  /* Other topic configs the topic needs, "name=value" comma-separated
+   * (kafka-topics --config each), or NULL. */
+  const char *configs;
+  const char *role; /* one line, for people */
 } tly_topic_spec_t;
 
 /* Every topic, the usage (input) topic first. */

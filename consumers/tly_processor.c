@@ -36,6 +36,7 @@
 #include "tly_changelog_restore.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
+#include "tly_kafka_client.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
@@ -526,6 +527,7 @@ rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
                                      size_t errstr_size) {
   rd_kafka_conf_t *kconf = rd_kafka_conf_new();
   char kafka_err[512];
+  tly_kafka_conf_log(kconf);
   if (rd_kafka_conf_set(kconf, "bootstrap.servers", conf->brokers, kafka_err,
                         sizeof(kafka_err)) != RD_KAFKA_CONF_OK) {
     snprintf(errstr, errstr_size, "brokers: %.400s", kafka_err);
@@ -733,8 +735,10 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   rd_kafka_poll_set_consumer(p->consumer);
   p->queue = rd_kafka_queue_get_consumer(p->consumer);
 
+  /* Alerts and dead letters go where the partitioner puts them: murmur2
+   * of their key, as a Java client would (tly_kafka_client.h). */
   const char *producer_defaults[] = {"enable.idempotence=true", "linger.ms=5",
-                                     NULL};
+                                     TLY_KAFKA_PARTITIONER_PROPERTY, NULL};
   kconf = tly_proc_kafka_conf(conf, producer_defaults, errstr, errstr_size);
   if (!kconf)
     goto fail;

@@ -10,6 +10,7 @@
 #include "tally_producer.h"
 
 #include "tly_codec.h"
+#include "tly_kafka_client.h"
 
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
@@ -27,6 +28,8 @@ struct tally_producer {
   tally_delivery_at_cb *on_delivery_at;
   void *opaque;
   atomic_uint_least64_t sent, delivered, failed;
+  pthread_mutex_t error_lock; /* guards last_error */
+  char last_error[512];
 };
 
 int tly_kafka_conf_apply(rd_kafka_conf_t *conf, const char *const *properties,
@@ -36,16 +39,15 @@ int tly_kafka_conf_apply(rd_kafka_conf_t *conf, const char *const *properties,
     char name[256], kafka_err[256];
     if (!eq || eq == properties[i] ||
         (size_t)(eq - properties[i]) >= sizeof(name)) {
-      snprintf(errstr, errstr_size,
-               "Kafka property '%s': expected name=value", properties[i]);
+      snprintf(errstr, errstr_size, "Kafka property '%s': expected name=value",
+               properties[i]);
       return -1;
     }
     memcpy(name, properties[i], (size_t)(eq - properties[i]));
     name[eq - properties[i]] = '\0';
     if (rd_kafka_conf_set(conf, name, eq + 1, kafka_err, sizeof(kafka_err)) !=
         RD_KAFKA_CONF_OK) {
-      snprintf(errstr, errstr_size, "Kafka property '%s': %s", name,
-               kafka_err);
+      snprintf(errstr, errstr_size, "Kafka property '%s': %s", name, kafka_err);
       return -1;
     }
   }
@@ -69,6 +71,20 @@ static void delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg,
                           msg->err ? rd_kafka_err2str(msg->err) : "");
 }
 
+/* librdkafka's error reports (from its threads or poll): kept for
+ * tally_producer_last_error, and logged. "All brokers are down" says less
+ * than the connection error before it, so it never replaces one. */
+static void error_report(rd_kafka_t *rk, int err, const char *reason,
+                         void *opaque) {
+  tally_producer_t *producer = opaque;
+  tly_kafka_log_line(TLY_LOG_WARN, rk, "ERROR", reason);
+  pthread_mutex_lock(&producer->error_lock);
+  if (err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || !producer->last_error[0])
+    snprintf(producer->last_error, sizeof(producer->last_error), "%s",
+             reason ? reason : rd_kafka_err2str(err));
+  pthread_mutex_unlock(&producer->error_lock);
+}
+
 tally_producer_t *tally_producer_new(const tally_producer_conf_t *conf,
                                      char *errstr, size_t errstr_size) {
   tally_producer_t *producer = NULL;
@@ -85,25 +101,26 @@ tally_producer_t *tally_producer_new(const tally_producer_conf_t *conf,
     return NULL;
   }
   pthread_mutex_init(&producer->lock, NULL);
+  pthread_mutex_init(&producer->error_lock, NULL);
   producer->on_delivery = conf->on_delivery;
   producer->on_delivery_at = conf->on_delivery_at;
   producer->opaque = conf->opaque;
-  producer->codec = tly_codec_new(
-      conf->schema_id ? conf->schema_id : TLY_CODEC_DEFAULT_SCHEMA_ID, errstr,
-      errstr_size);
+  producer->codec = tly_codec_new(conf->schema_id ? conf->schema_id
+                                                  : TLY_CODEC_DEFAULT_SCHEMA_ID,
+                                  errstr, errstr_size);
   if (!producer->codec)
     goto fail;
 
   kconf = rd_kafka_conf_new();
+  tly_kafka_conf_log(kconf);
   const char *defaults[] = {"enable.idempotence=true",
-                            "partitioner=murmur2",
+                            TLY_KAFKA_PARTITIONER_PROPERTY,
                             "linger.ms=5",
                             "compression.codec=none",
                             "queue.buffering.max.messages=500000",
                             NULL};
   if (tly_kafka_conf_apply(kconf, defaults, errstr, errstr_size) ||
-      tly_kafka_conf_apply(kconf, conf->kafka_properties, errstr,
-                           errstr_size))
+      tly_kafka_conf_apply(kconf, conf->kafka_properties, errstr, errstr_size))
     goto fail;
   if (rd_kafka_conf_set(kconf, "bootstrap.servers", conf->brokers, kafka_err,
                         sizeof(kafka_err)) != RD_KAFKA_CONF_OK) {
@@ -112,6 +129,7 @@ tally_producer_t *tally_producer_new(const tally_producer_conf_t *conf,
   }
   rd_kafka_conf_set_opaque(kconf, producer);
   rd_kafka_conf_set_dr_msg_cb(kconf, delivery_report);
+  rd_kafka_conf_set_error_cb(kconf, error_report);
   producer->rk =
       rd_kafka_new(RD_KAFKA_PRODUCER, kconf, kafka_err, sizeof(kafka_err));
   if (!producer->rk) {
@@ -136,6 +154,7 @@ fail:
     rd_kafka_destroy(producer->rk);
   tly_codec_destroy(producer->codec);
   pthread_mutex_destroy(&producer->lock);
+  pthread_mutex_destroy(&producer->error_lock);
   free(producer);
   return NULL;
 }
@@ -189,6 +208,29 @@ int tally_producer_flush(tally_producer_t *producer, int timeout_ms) {
              : -1;
 }
 
+void tally_producer_purge(tally_producer_t *producer) {
+  rd_kafka_purge(producer->rk, RD_KAFKA_PURGE_F_QUEUE |
+                                   RD_KAFKA_PURGE_F_INFLIGHT |
+                                   RD_KAFKA_PURGE_F_NON_BLOCKING);
+  /* The purged messages' reports are served by poll (at most 5 s: a
+   * purge is final, the reports come at once). */
+  for (int i = 0; i < 50; i++) {
+    uint64_t done =
+        atomic_load(&producer->delivered) + atomic_load(&producer->failed);
+    if (done >= atomic_load(&producer->sent))
+      break;
+    rd_kafka_poll(producer->rk, 100);
+  }
+}
+
+int tally_producer_last_error(tally_producer_t *producer, char *buf,
+                              size_t size) {
+  pthread_mutex_lock(&producer->error_lock);
+  snprintf(buf, size, "%s", producer->last_error);
+  pthread_mutex_unlock(&producer->error_lock);
+  return buf[0] != '\0';
+}
+
 void tally_producer_stats(tally_producer_t *producer,
                           tally_producer_stats_t *stats) {
   stats->sent = atomic_load(&producer->sent);
@@ -204,5 +246,6 @@ void tally_producer_destroy(tally_producer_t *producer) {
   rd_kafka_destroy(producer->rk);
   tly_codec_destroy(producer->codec);
   pthread_mutex_destroy(&producer->lock);
+  pthread_mutex_destroy(&producer->error_lock);
   free(producer);
 }

@@ -40,9 +40,9 @@ typedef void(tally_delivery_at_cb)(void *opaque, void *msg_opaque, int error,
                                    int64_t offset);
 
 typedef struct {
-  const char *brokers;      /* required: bootstrap servers */
-  const char *topic;        /* default TALLY_DEFAULT_USAGE_TOPIC */
-  int32_t schema_id;        /* default TLY_CODEC_DEFAULT_SCHEMA_ID */
+  const char *brokers;            /* required: bootstrap servers */
+  const char *topic;              /* default TALLY_DEFAULT_USAGE_TOPIC */
+  int32_t schema_id;              /* default TLY_CODEC_DEFAULT_SCHEMA_ID */
   tally_delivery_cb *on_delivery; /* optional */
   void *opaque;                   /* passed to on_delivery */
   /* Optional: called instead of on_delivery, with the partition and
@@ -80,6 +80,18 @@ int tally_producer_flush(tally_producer_t *producer, int timeout_ms);
 
 void tally_producer_stats(tally_producer_t *producer,
                           tally_producer_stats_t *stats);
+
+/* Gives up on every event not yet acknowledged: queued ones and those in
+ * flight (which may still reach Kafka; event_id dedupe makes sending them
+ * again safe). Each is reported failed, to on_delivery and the counters,
+ * before this returns. */
+void tally_producer_purge(tally_producer_t *producer);
+
+/* The last error librdkafka reported for the connection (e.g. "...: Connect
+ * to ipv4#127.0.0.1:1 failed: Connection refused") into buf; 1, or 0 (buf
+ * "") when none was. Errors are also logged (tly_kafka_client.h). */
+int tally_producer_last_error(tally_producer_t *producer, char *buf,
+                              size_t size);
 
 /* Flushes for up to 10 s, then frees everything. */
 void tally_producer_destroy(tally_producer_t *producer);

@@ -29,6 +29,7 @@
 #include "tly_alert.h"
 #include "tly_billing.h"
 #include "tly_changelog.h"
+#include "tly_kafka_client.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_stripe_emitter_internal.h"
@@ -835,9 +836,11 @@ static int collect_meters(tly_stripe_emitter_t *e, char *errstr,
 static rd_kafka_t *new_producer(tly_stripe_emitter_t *e, char *errstr,
                                 size_t errstr_size) {
   static const char *const defaults[] = {"enable.idempotence=true",
-                                         "linger.ms=5", NULL};
+                                         "linger.ms=5",
+                                         TLY_KAFKA_PARTITIONER_PROPERTY, NULL};
   char kafka_err[512];
   rd_kafka_conf_t *kconf = rd_kafka_conf_new();
+  tly_kafka_conf_log(kconf);
   if (rd_kafka_conf_set(kconf, "bootstrap.servers", e->conf.brokers, kafka_err,
                         sizeof(kafka_err)) != RD_KAFKA_CONF_OK) {
     snprintf(errstr, errstr_size, "brokers: %s", kafka_err);

@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
-# Installs the Debian packages tally builds and tests with, if any is missing.
+# Installs the Debian packages tally needs, if any is missing:
+#   scripts/install-deps.sh dev   what building and running tally needs
+#                                 (scripts/dev.sh)
+#   scripts/install-deps.sh       that and what the tests, the fuzzers and
+#                                 the benchmarks need (scripts/test.sh)
 # Safe to run again: it does nothing when everything is present.
 set -euo pipefail
 
+# Build and run (compose/Dockerfile installs the same -dev packages;
+# test_compose checks that the lists agree).
 packages=(
   build-essential cmake pkg-config
   librdkafka-dev librocksdb-dev libavro-dev libcurl4-openssl-dev
-  libmicrohttpd-dev libjansson-dev libssl-dev libcmocka-dev libyaml-dev
+  libmicrohttpd-dev libjansson-dev libssl-dev
+)
+# Tests (cmocka, libyaml for test_compose), fuzzers (clang and its
+# sanitizer runtime) and the HTTP benchmark (wrk).
+test_packages=(
+  libcmocka-dev libyaml-dev
   clang libclang-rt-14-dev
   wrk
 )
+case "${1:-all}" in
+  dev) ;;
+  all) packages+=("${test_packages[@]}") ;;
+  *) echo "usage: $0 [dev]" >&2; exit 2 ;;
+esac
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

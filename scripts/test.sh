@@ -7,14 +7,14 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
 echo "== build (warnings are errors)"
-scripts/build.sh build
+scripts/build.sh build -DTALLY_TESTS=ON
 # Two tests at a time: most of the suite waits on sockets, timers and
 # fsync, so two cores keep busy and the suite takes about half as long.
 echo "== tests"
 ctest --test-dir build -j2 --output-on-failure --timeout 900
 
 echo "== build with AddressSanitizer + UndefinedBehaviorSanitizer"
-scripts/build.sh build-asan -DTALLY_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+scripts/build.sh build-asan -DTALLY_TESTS=ON -DTALLY_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 echo "== tests under sanitizers"
 # The same suite; the crash matrix at 60,000 events over 600 subjects and
 # 8+ kills (the

@@ -5,9 +5,13 @@
  * `tally run` services in one consumer group, each with its own state
  * volume and its HTTP port published on 127.0.0.1 only, a cluster secret
  * (TALLY_CLUSTER_SECRET or --cluster-secret-file) and an --advertise URL
- * of its own the others can reach (so they forward); the init service
- * creates every topic `tally topics` prints, with its cleanup policy, and
- * "input"-sized topics with the usage topic's partition count; every
+ * of its own the others can reach (so they forward): the service's own name
+ * and the port its --http listens on, on every interface of the container;
+ * no top-level `name:` (Debian's docker-compose 1.29 refuses it); the init
+ * service creates every topic `tally topics` prints, with its cleanup
+ * policy and other configs (retention.ms=-1 for the usage topic and the
+ * dead letters), and "input"-sized topics with the usage topic's partition
+ * count; every
  * --config and Dockerfile it references exists, the Dockerfile installs the
  * -dev packages of scripts/install-deps.sh, and the example config loads
  * with tly_config_load_file.
@@ -44,6 +48,9 @@ typedef struct {
   char name[128];
   int partitions; /* 0: "input", as many as the usage topic */
   char policy[16];
+  /* Other configs, ",name=value,name=value," (commas around each, so
+   * ",retention.ms=-1," finds one exactly); "," for none. */
+  char configs[512];
 } topic_t;
 
 /* What the checker holds while it walks the parsed file. */
@@ -319,6 +326,49 @@ static int check_config(compose_t *compose, const char *compose_dir,
 /* The `tally run` services: at least two, one --group, --brokers given,
  * each with its own state volume, its config present and loadable, its
  * ports on 127.0.0.1 only, started after the topics exist. */
+/* A processor's --advertise reaches it from the other containers: http://
+ * and the service's own name (what Compose's network resolves to this
+ * container), and the port its --http listens on, which must be every
+ * interface of the container (not its loopback). */
+static int check_advertise(compose_t *compose, const char *name,
+                           const char *advertise, const char *http) {
+  const char *host = advertise;
+  char listen_port[16] = "8080"; /* tally run's default --http */
+  if (strncmp(host, "http://", 7))
+    return problem(compose, "%s: --advertise %s is not an http:// URL", name,
+                   advertise);
+  host += 7;
+  size_t host_len = strcspn(host, ":/");
+  const char *port = host[host_len] == ':' ? host + host_len + 1 : "80";
+  size_t port_len = strcspn(port, "/");
+  if (http) {
+    const char *colon = strrchr(http, ':');
+    size_t address_len = colon ? (size_t)(colon - http) : 0;
+    snprintf(listen_port, sizeof(listen_port), "%s", colon ? colon + 1 : http);
+    if (address_len && strncmp(http, "0.0.0.0", address_len))
+      return problem(compose,
+                     "%s: --http %s listens on one address only; the other "
+                     "containers reach it on 0.0.0.0:PORT",
+                     name, http);
+  } else {
+    return problem(compose,
+                   "%s: no --http: the default 127.0.0.1:8080 is the "
+                   "container's own loopback, which the others cannot reach",
+                   name);
+  }
+  if (host_len != strlen(name) || strncmp(host, name, host_len))
+    return problem(compose,
+                   "%s: --advertise %s names host '%.*s', not the service "
+                   "name '%s' the other containers resolve",
+                   name, advertise, (int)host_len, host, name);
+  if (port_len != strlen(listen_port) || strncmp(port, listen_port, port_len))
+    return problem(compose,
+                   "%s: --advertise %s names port %.*s, but --http listens on "
+                   "%s",
+                   name, advertise, (int)port_len, port, listen_port);
+  return 0;
+}
+
 static int check_processors(compose_t *compose, const char *compose_dir,
                             const char *init_name, char *brokers,
                             size_t brokers_size) {
@@ -395,6 +445,8 @@ static int check_processors(compose_t *compose, const char *compose_dir,
       if (!strcmp(advertised[i], advertise))
         rc = problem(compose, "%s: --advertise %s is %s's too", name, advertise,
                      owners[i]);
+    if (!rc)
+      rc = check_advertise(compose, name, advertise, option(&argv, "--http"));
     for (size_t i = 0; !rc && i < count; i++)
       if (!strcmp(states[i], states[count]))
         rc = problem(compose,
@@ -453,10 +505,17 @@ static int init_topics(compose_t *compose, yaml_node_t *init, topic_t *topics,
     const char *name = option(&words, "--topic");
     const char *partitions = option(&words, "--partitions");
     const char *policy = NULL;
+    char configs[512] = ",";
     for (size_t i = 0; i + 1 < words.count; i++)
       if (!strcmp(words.items[i], "--config") &&
           !strncmp(words.items[i + 1], "cleanup.policy=", 15))
         policy = words.items[i + 1] + 15;
+      else if (!strcmp(words.items[i], "--config") &&
+               strlen(configs) + strlen(words.items[i + 1]) + 2 <
+                   sizeof(configs)) {
+        strcat(configs, words.items[i + 1]);
+        strcat(configs, ",");
+      }
     if (name && *count == MAX_TOPICS) {
       rc = problem(compose, "more than %d topics", MAX_TOPICS);
     } else if (name) {
@@ -464,6 +523,7 @@ static int init_topics(compose_t *compose, yaml_node_t *init, topic_t *topics,
       snprintf(topic->name, sizeof(topic->name), "%s", name);
       snprintf(topic->policy, sizeof(topic->policy), "%s",
                policy ? policy : "");
+      snprintf(topic->configs, sizeof(topic->configs), "%s", configs);
       topic->partitions = partitions ? atoi(partitions) : 0;
       if (topic->partitions < 1 || !policy)
         rc = problem(compose,
@@ -540,6 +600,17 @@ static int check_topics(compose_t *compose, yaml_node_t *init,
       return problem(compose, "%s: topic %s has %d partitions, expected %d%s",
                      init_name, want->name, got->partitions, partitions,
                      want->partitions ? "" : " (as many as the usage topic)");
+    /* Each of want's configs, exactly (",name=value,"), among got's. */
+    char config[256];
+    for (const char *at = want->configs + 1; *at; at += strcspn(at, ",") + 1) {
+      snprintf(config, sizeof(config), ",%.*s,", (int)strcspn(at, ","), at);
+      if (!strstr(got->configs, config))
+        return problem(compose,
+                       "%s: topic %s is created without --config %.*s "
+                       "(`tally topics` lists it)",
+                       init_name, want->name, (int)strlen(config) - 2,
+                       config + 1);
+    }
   }
   return 0;
 }
@@ -645,6 +716,12 @@ static int check_compose(const char *text, const char *compose_dir,
   yaml_parser_delete(&parser);
   yaml_node_t *root = yaml_document_get_root_node(&compose.doc);
   compose.services = map_get(&compose.doc, root, "services");
+  if (map_get(&compose.doc, root, "name")) {
+    problem(&compose, "compose.yaml: a top-level name: (Debian's "
+                      "docker-compose 1.29 refuses it; set "
+                      "COMPOSE_PROJECT_NAME in compose/.env instead)");
+    goto done;
+  }
   if (!compose.services || compose.services->type != YAML_MAPPING_NODE) {
     problem(&compose, "compose.yaml: no services mapping");
     goto done;
@@ -684,12 +761,16 @@ static size_t tally_topics(topic_t *topics) {
   char *save = NULL;
   for (char *line = strtok_r(text, "\n", &save); line;
        line = strtok_r(NULL, "\n", &save)) {
-    char partitions[16];
+    char partitions[16], configs[500];
     topic_t *topic = &topics[count];
     assert_true(count < MAX_TOPICS);
-    assert_int_equal(
-        sscanf(line, "%127s %15s %15s", topic->name, partitions, topic->policy),
-        3);
+    assert_int_equal(sscanf(line, "%127s %15s %15s %499s", topic->name,
+                            partitions, topic->policy, configs),
+                     4);
+    if (strcmp(configs, "-"))
+      snprintf(topic->configs, sizeof(topic->configs), ",%s,", configs);
+    else
+      snprintf(topic->configs, sizeof(topic->configs), ",");
     topic->partitions = strcmp(partitions, "input") ? atoi(partitions) : 0;
     assert_true(!strcmp(partitions, "input") || topic->partitions > 0);
     assert_true(!strcmp(topic->policy, "delete") ||
@@ -703,6 +784,15 @@ static size_t tally_topics(topic_t *topics) {
   assert_non_null(find_topic(topics, count, TALLY_DEFAULT_USAGE_TOPIC));
   assert_non_null(find_topic(topics, count, TLY_DEFAULT_DLQ_TOPIC));
   assert_non_null(find_topic(topics, count, TLY_DEFAULT_ALERTS_TOPIC));
+  /* Unprocessed billable events never expire (issue 16), nor the input. */
+  const char *keep_for_good[] = {TLY_DEFAULT_DLQ_TOPIC,
+                                 TALLY_DEFAULT_USAGE_TOPIC};
+  for (size_t i = 0; i < 2; i++) {
+    const topic_t *topic = find_topic(topics, count, keep_for_good[i]);
+    assert_non_null(topic);
+    if (!strstr(topic->configs, ",retention.ms=-1,"))
+      fail_msg("`tally topics`: %s without retention.ms=-1", topic->name);
+  }
   return count;
 }
 
@@ -797,6 +887,23 @@ static const breakage_t breakages[] = {
      "", "must depend on 'topics'"},
     {"condition: service_healthy", "condition: service_started",
      "topics: must depend on 'kafka' with condition service_healthy"},
+    {"--partitions 1 --config cleanup.policy=delete --config retention.ms=-1",
+     "--partitions 1 --config cleanup.policy=delete",
+     "topic tally.usage.dlq is created without --config retention.ms=-1"},
+    {"--config retention.ms=-1 --config message.timestamp.type=LogAppendTime",
+     "--config retention.ms=604800000 --config "
+     "message.timestamp.type=LogAppendTime",
+     "topic tally.usage is created without --config retention.ms=-1"},
+    {"x-tally: &tally\n", "name: tally\nx-tally: &tally\n",
+     "a top-level name:"},
+    {"\"http://tally-2:8080\"", "\"http://tally-two:8080\"",
+     "tally-2: --advertise http://tally-two:8080 names host 'tally-two', not "
+     "the service name 'tally-2'"},
+    {"\"http://tally-2:8080\"", "\"http://tally-2:9090\"",
+     "tally-2: --advertise http://tally-2:9090 names port 9090, but --http "
+     "listens on 8080"},
+    {"    - 0.0.0.0:8080\n", "    - 127.0.0.1:8080\n",
+     "tally-1: --http 127.0.0.1:8080 listens on one address only"},
 };
 
 static void test_broken_compose_files_fail(void **state) {
