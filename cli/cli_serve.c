@@ -57,8 +57,10 @@ int cli_serve_add_api_key(cli_serve_conf_t *conf, const char *hex) {
     return -1;
   }
   if (conf->api_key_count == CLI_MAX_API_KEYS) {
-    fprintf(stderr, "tally: --api-key-sha256: at most %d keys; put more in "
-                    "the config's http.api_keys\n", CLI_MAX_API_KEYS);
+    fprintf(stderr,
+            "tally: --api-key-sha256: at most %d keys; put more in "
+            "the config's http.api_keys\n",
+            CLI_MAX_API_KEYS);
     return -1;
   }
   conf->api_key_sha256[conf->api_key_count++] = hex;
@@ -204,10 +206,10 @@ int cli_serve(const cli_serve_conf_t *conf) {
   tly_http_t *http = NULL;
   tly_members_t *members = NULL;
   char advertise[TLY_MEMBERS_URL_MAX], instance[TLY_MEMBERS_INSTANCE_MAX];
-  tly_config_t *config = conf->config_path
-                             ? tly_config_load_file(conf->config_path, errstr,
-                                                    sizeof(errstr))
-                             : tly_config_default();
+  tly_config_t *config =
+      conf->config_path
+          ? tly_config_load_file(conf->config_path, errstr, sizeof(errstr))
+          : tly_config_default();
   if (!config) {
     fprintf(stderr, "tally: config %s: %s\n",
             conf->config_path ? conf->config_path : "(built-in)", errstr);
@@ -289,6 +291,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
                            .no_auth = conf->no_auth,
                            .brokers = conf->brokers,
                            .usage_topic = conf->usage_topic,
+                           .alerts_topic = conf->alerts_topic,
                            .kafka_properties = conf->kafka_properties};
   http = tly_http_start(&hconf, errstr, sizeof(errstr));
   if (!http) {
