@@ -6,6 +6,8 @@
 #ifndef TALLY_CLI_H
 #define TALLY_CLI_H
 
+#include "tly_registry_client.h"
+
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,9 +33,9 @@ int cli_properties_add(cli_properties_t *list, const char *property);
 /* The embedded broker: librdkafka's mock cluster on loopback. */
 typedef struct cli_broker cli_broker_t;
 typedef struct {
-  int partitions;          /* of the usage topic; default 16 */
-  const char *usage_topic; /* default tally.usage */
-  const char *dlq_topic;   /* default tally.usage.dlq */
+  int partitions;           /* of the usage topic; default 16 */
+  const char *usage_topic;  /* default tally.usage */
+  const char *dlq_topic;    /* default tally.usage.dlq */
   const char *alerts_topic; /* default tally.alerts */
 } cli_broker_conf_t;
 /* Also creates tally.members (1 partition), where instances announce. */
@@ -50,6 +52,39 @@ void cli_broker_stop(cli_broker_t *broker);
 int cli_parse_int(const char *command, const char *flag, const char *text,
                   int64_t min, int64_t max, const char *hint, int64_t *out);
 
+/* The --schema-registry flags (cli_registry.c), for getopt_long tables:
+ * CLI_REGISTRY_OPTIONS in the options, cli_registry_option() in the
+ * switch's default, cli_registry_usage in the help. */
+enum {
+  CLI_OPT_REGISTRY_URL = 0x5201,
+  CLI_OPT_REGISTRY_USER,
+  CLI_OPT_REGISTRY_PASSWORD_FILE,
+  CLI_OPT_REGISTRY_CA
+};
+#define CLI_REGISTRY_OPTIONS                                                   \
+  {"schema-registry", required_argument, NULL, CLI_OPT_REGISTRY_URL},          \
+      {"schema-registry-user", required_argument, NULL,                        \
+       CLI_OPT_REGISTRY_USER},                                                 \
+      {"schema-registry-password-file", required_argument, NULL,               \
+       CLI_OPT_REGISTRY_PASSWORD_FILE},                                        \
+  {                                                                            \
+    "schema-registry-ca", required_argument, NULL, CLI_OPT_REGISTRY_CA         \
+  }
+typedef struct {
+  const char *url, *user, *password_file, *ca_file;
+} cli_registry_opts_t;
+extern const char cli_registry_usage[];
+/* 1 when opt is one of the flags (arg kept in opts), 0 when not. */
+int cli_registry_option(cli_registry_opts_t *opts, int opt, const char *arg);
+/* Without --schema-registry: 0 (*registry NULL, ids untouched). With it: a
+ * client, tally's schemas registered under "<usage_topic>-value" and
+ * "<alerts_topic>-value" (a NULL topic is skipped), their ids in
+ * *event_id / *alert_id, and 1. -1 after a message naming the flag. */
+int cli_registry_start(const char *command, const cli_registry_opts_t *opts,
+                       const char *usage_topic, const char *alerts_topic,
+                       tly_registry_t **registry, int32_t *event_id,
+                       int32_t *alert_id);
+
 /* Writes text to path atomically (write to path.tmp, rename), so a process
  * polling for the file never reads it half-written. 0 or -1. */
 int cli_write_file_atomic(const char *path, const char *text);
@@ -63,13 +98,13 @@ int cli_write_file_atomic(const char *path, const char *text);
 typedef struct {
   const char *brokers;
   const char *state_dir;
-  const char *http_address; /* "127.0.0.1" */
-  uint16_t http_port;       /* 0: any free port */
+  const char *http_address;   /* "127.0.0.1" */
+  uint16_t http_port;         /* 0: any free port */
   const char *http_port_file; /* optional: the bound port is written here */
   const char *group_id, *usage_topic, *dlq_topic, *alerts_topic;
   const char *changelog_topic; /* NULL: tally.changelog; "": none */
-  const char *config_path; /* NULL: the built-in configuration */
-  int64_t tick_interval_ms; /* 0: no ticks */
+  const char *config_path;     /* NULL: the built-in configuration */
+  int64_t tick_interval_ms;    /* 0: no ticks */
   int batch_max_events, batch_max_ms;
   const char *const *kafka_properties;
   /* HTTP auth: digests (64 hex) added to the config's http.api_keys. With
@@ -89,6 +124,8 @@ typedef struct {
    * cluster_secret_random (`tally dev`), else none (no forwarding). */
   const char *cluster_secret_file;
   int cluster_secret_random;
+  /* --schema-registry and its auth (cli_registry.c); url NULL: none. */
+  cli_registry_opts_t registry;
 } cli_serve_conf_t;
 /* Adds one --api-key-sha256 value (checked: 64 hex). 0, or -1 with a
  * message on stderr. */

@@ -21,8 +21,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static void show_progress(tally_producer_t *producer, unsigned long long rejected,
-                          int final) {
+static void show_progress(tally_producer_t *producer,
+                          unsigned long long rejected, int final) {
   tally_producer_stats_t stats;
   tally_producer_stats(producer, &stats);
   fprintf(stderr, "\r%llu sent, %llu delivered, %llu rejected%s",
@@ -36,9 +36,13 @@ int cmd_emit(int argc, char **argv) {
       {"topic", required_argument, NULL, 't'},
       {"quiet", no_argument, NULL, 'q'},
       {"max-future-skew-ms", required_argument, NULL, 'S'},
+      CLI_REGISTRY_OPTIONS,
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
+  cli_registry_opts_t registry_opts = {0};
+  tly_registry_t *registry = NULL;
+  int32_t unused_alert_id = 0;
   tally_producer_conf_t conf = {0};
   int opt, quiet = 0;
   int64_t max_future_skew_ms = TLY_DEFAULT_MAX_FUTURE_SKEW_MS;
@@ -50,9 +54,15 @@ int cmd_emit(int argc, char **argv) {
 
   while ((opt = getopt_long(argc, argv, "b:t:X:qh", options, NULL)) != -1) {
     switch (opt) {
-    case 'b': conf.brokers = optarg; break;
-    case 't': conf.topic = optarg; break;
-    case 'q': quiet = 1; break;
+    case 'b':
+      conf.brokers = optarg;
+      break;
+    case 't':
+      conf.topic = optarg;
+      break;
+    case 'q':
+      quiet = 1;
+      break;
     case 'S': {
       char *end;
       long long value = strtoll(optarg, &end, 10);
@@ -76,10 +86,13 @@ int cmd_emit(int argc, char **argv) {
              "name=value] [--quiet] [--max-future-skew-ms N] < "
              "events.jsonl\n"
              "  --max-future-skew-ms N  refuse events more than N ms ahead of "
-             "now (default %lld)\n",
-             TLY_DEFAULT_MAX_FUTURE_SKEW_MS);
+             "now (default %lld)\n%s",
+             TLY_DEFAULT_MAX_FUTURE_SKEW_MS, cli_registry_usage);
       return 0;
-    default: return 2;
+    default:
+      if (cli_registry_option(&registry_opts, opt, optarg))
+        break;
+      return 2;
     }
   }
   if (!conf.brokers) {
@@ -87,7 +100,16 @@ int cmd_emit(int argc, char **argv) {
     return 2;
   }
   conf.kafka_properties = properties.items;
-  tally_producer_t *producer = tally_producer_new(&conf, errstr, sizeof(errstr));
+  /* With a registry, events are framed with the id it holds tally's
+   * schema under ("<topic>-value"). */
+  if (cli_registry_start("emit", &registry_opts,
+                         conf.topic ? conf.topic : TALLY_DEFAULT_USAGE_TOPIC,
+                         NULL, &registry, &conf.schema_id,
+                         &unused_alert_id) < 0)
+    return 2;
+  tly_registry_destroy(registry); /* only the id was needed */
+  tally_producer_t *producer =
+      tally_producer_new(&conf, errstr, sizeof(errstr));
   if (!producer) {
     fprintf(stderr, "tally emit: %s\n", errstr);
     return 1;

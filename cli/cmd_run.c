@@ -47,7 +47,9 @@ static void usage(FILE *out) {
       "                          http.api_keys\n"
       "  --no-auth               serve HTTP without authentication (refused\n"
       "                          otherwise when no API key is configured)\n"
-      "  -X name=value           librdkafka property (TLS, SASL, ...)\n");
+      "  -X name=value           librdkafka property (TLS, SASL, ...)\n"
+      "%s",
+      cli_registry_usage);
 }
 
 int cmd_run(int argc, char **argv) {
@@ -71,6 +73,7 @@ int cmd_run(int argc, char **argv) {
       {"instance-id", required_argument, NULL, 'I'},
       {"members-heartbeat-ms", required_argument, NULL, 'M'},
       {"cluster-secret-file", required_argument, NULL, 'S'},
+      CLI_REGISTRY_OPTIONS,
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
@@ -160,6 +163,8 @@ int cmd_run(int argc, char **argv) {
       usage(stdout);
       return 0;
     default:
+      if (cli_registry_option(&conf.registry, opt, optarg))
+        break;
       usage(stderr);
       return 2;
     }
