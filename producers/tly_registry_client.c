@@ -259,6 +259,11 @@ tly_registry_result_t tly_registry_fetch(tly_registry_t *registry, int32_t id,
     goto done;
   if (status != 200) {
     result = classify(registry, status, &answer, 40403, errstr, errstr_size);
+    /* Only "no such schema" is definitive for a lookup: a refusal (bad
+     * credentials, a proxy's 4xx) is fixed on the registry's side while
+     * the record waits. */
+    if (result == TLY_REGISTRY_REFUSED)
+      result = TLY_REGISTRY_UNAVAILABLE;
     goto done;
   }
   json_t *reply = json_loads(answer.body ? answer.body : "", 0, NULL);

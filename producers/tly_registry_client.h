@@ -65,8 +65,10 @@ tly_registry_result_t tly_registry_register(tly_registry_t *registry,
                                             size_t errstr_size);
 
 /* The schema registered under id: *schema_json (malloc'd, NUL-terminated,
- * *schema_len bytes) on OK. A schema that is not Avro is REFUSED with the
- * reason ("schema id 7 is a PROTOBUF schema"). */
+ * *schema_len bytes) on OK. Definitive answers only: NOT_FOUND (404 with
+ * 40403), and REFUSED for a schema that is not Avro ("schema id 7 is a
+ * PROTOBUF schema; tally reads Avro"); every other failure, a 401 or 403
+ * included, is UNAVAILABLE. */
 tly_registry_result_t tly_registry_fetch(tly_registry_t *registry, int32_t id,
                                          char **schema_json, size_t *schema_len,
                                          char *errstr, size_t errstr_size);
