@@ -9,6 +9,7 @@ packages=(
   libmicrohttpd-dev libjansson-dev libssl-dev libcmocka-dev libyaml-dev
   clang libclang-rt-14-dev
   wrk
+  python3 python3-kafka python3-avro
 )
 missing=()
 for package in "${packages[@]}"; do
