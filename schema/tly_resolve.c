@@ -29,8 +29,6 @@ typedef struct {
   tly_avro_shape_t shape;
   const tly_avro_shape_t *counted; /* in shape, or NULL */
   avro_value_iface_t *iface;       /* the resolved writer */
-  avro_value_t resolved;
-  int resolved_ready;
   char reason[REASON_MAX];
 } entry_t;
 
@@ -44,8 +42,6 @@ struct tly_resolver {
 };
 
 static void entry_free(entry_t *entry) {
-  if (entry->resolved_ready)
-    avro_value_decref(&entry->resolved);
   if (entry->iface)
     avro_value_iface_decref(entry->iface);
   if (entry->writer)
@@ -317,13 +313,6 @@ int tly_resolver_add(tly_resolver_t *resolver, int32_t id,
              resolver->what, avro_strerror());
     return refuse(resolver, entry, reason, errstr, errstr_size);
   }
-  if (avro_resolved_writer_new_value(entry->iface, &entry->resolved)) {
-    entry_free(entry);
-    tly_avro_fail(errstr, errstr_size, "out of memory resolving schema id %d",
-                  (int)id);
-    return -1;
-  }
-  entry->resolved_ready = 1;
   entry->counted =
       counted_shape(entry->writer, &entry->shape, resolver->counted_path);
   entry->kind = TLY_RESOLVE_TRANSLATE;
@@ -349,12 +338,20 @@ int tly_resolver_translate(tly_resolver_t *resolver, int32_t id,
     return -1;
   if (!entry->counted)
     *counted = SIZE_MAX; /* nothing to count: no check */
-  avro_resolved_writer_set_dest(&entry->resolved, reader_value);
+  /* A resolved value per record: avro-c's resolved maps and arrays keep
+   * every entry's wrapper until the value is freed (a reset does not
+   * shrink them), which made a reused value slower with every record. */
+  avro_value_t resolved;
+  if (avro_resolved_writer_new_value(entry->iface, &resolved))
+    return tly_avro_fail(errstr, errstr_size,
+                         "out of memory reading schema id %" PRId32, id);
+  avro_resolved_writer_set_dest(&resolved, reader_value);
   avro_reader_memory_set_source(resolver->input, (const char *)payload,
                                 (int64_t)len);
-  int rc = avro_value_reset(&entry->resolved) ||
-           avro_value_read(resolver->input, &entry->resolved);
-  avro_resolved_writer_clear_dest(&entry->resolved);
+  int rc = avro_value_reset(&resolved) ||
+           avro_value_read(resolver->input, &resolved);
+  avro_resolved_writer_clear_dest(&resolved);
+  avro_value_decref(&resolved);
   if (rc)
     return tly_avro_fail(errstr, errstr_size,
                          "schema id %" PRId32 ": cannot read the record as "

@@ -29,7 +29,7 @@
  *
  * Bounded: at most TLY_RESOLVE_MAX_IDS ids (the least recently used is
  * forgotten, and looked up again when seen), a schema text of at most
- * TLY_RESOLVE_SCHEMA_MAX bytes, a reason of at most 255 bytes.
+ * TLY_RESOLVE_SCHEMA_MAX bytes, a reason of at most 319 bytes.
  */
 #ifndef TLY_RESOLVE_H
 #define TLY_RESOLVE_H
