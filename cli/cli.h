@@ -6,6 +6,8 @@
 #ifndef TALLY_CLI_H
 #define TALLY_CLI_H
 
+#include "tly_registry_client.h"
+
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -78,6 +80,39 @@ void cli_broker_stop(cli_broker_t *broker);
 int cli_parse_int(const char *command, const char *flag, const char *text,
                   int64_t min, int64_t max, const char *hint, int64_t *out);
 
+/* The --schema-registry flags (cli_registry.c), for getopt_long tables:
+ * CLI_REGISTRY_OPTIONS in the options, cli_registry_option() in the
+ * switch's default, cli_registry_usage in the help. */
+enum {
+  CLI_OPT_REGISTRY_URL = 0x5201,
+  CLI_OPT_REGISTRY_USER,
+  CLI_OPT_REGISTRY_PASSWORD_FILE,
+  CLI_OPT_REGISTRY_CA
+};
+#define CLI_REGISTRY_OPTIONS                                                   \
+  {"schema-registry", required_argument, NULL, CLI_OPT_REGISTRY_URL},          \
+      {"schema-registry-user", required_argument, NULL,                        \
+       CLI_OPT_REGISTRY_USER},                                                 \
+      {"schema-registry-password-file", required_argument, NULL,               \
+       CLI_OPT_REGISTRY_PASSWORD_FILE},                                        \
+  {                                                                            \
+    "schema-registry-ca", required_argument, NULL, CLI_OPT_REGISTRY_CA         \
+  }
+typedef struct {
+  const char *url, *user, *password_file, *ca_file;
+} cli_registry_opts_t;
+extern const char cli_registry_usage[];
+/* 1 when opt is one of the flags (arg kept in opts), 0 when not. */
+int cli_registry_option(cli_registry_opts_t *opts, int opt, const char *arg);
+/* Without --schema-registry: 0 (*registry NULL, ids untouched). With it: a
+ * client, tally's schemas registered under "<usage_topic>-value" and
+ * "<alerts_topic>-value" (a NULL topic is skipped), their ids in
+ * *event_id / *alert_id, and 1. -1 after a message naming the flag. */
+int cli_registry_start(const char *command, const cli_registry_opts_t *opts,
+                       const char *usage_topic, const char *alerts_topic,
+                       tly_registry_t **registry, int32_t *event_id,
+                       int32_t *alert_id);
+
 /* Writes text to path atomically (write to path.tmp, rename), so a process
  * polling for the file never reads it half-written. 0 or -1. */
 int cli_write_file_atomic(const char *path, const char *text);
@@ -117,6 +152,8 @@ typedef struct {
    * cluster_secret_random (`tally dev`), else none (no forwarding). */
   const char *cluster_secret_file;
   int cluster_secret_random;
+  /* --schema-registry and its auth (cli_registry.c); url NULL: none. */
+  cli_registry_opts_t registry;
 } cli_serve_conf_t;
 /* Adds one --api-key-sha256 value (checked: 64 hex). 0, or -1 with a
  * message on stderr. */

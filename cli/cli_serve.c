@@ -12,6 +12,7 @@
 #include "tly_log.h"
 #include "tly_members.h"
 #include "tly_processor.h"
+#include "tly_registry_client.h"
 #include "tly_sha256.h"
 #include "tly_store.h"
 #include "tly_stripe_emitter.h"
@@ -57,8 +58,10 @@ int cli_serve_add_api_key(cli_serve_conf_t *conf, const char *hex) {
     return -1;
   }
   if (conf->api_key_count == CLI_MAX_API_KEYS) {
-    fprintf(stderr, "tally: --api-key-sha256: at most %d keys; put more in "
-                    "the config's http.api_keys\n", CLI_MAX_API_KEYS);
+    fprintf(stderr,
+            "tally: --api-key-sha256: at most %d keys; put more in "
+            "the config's http.api_keys\n",
+            CLI_MAX_API_KEYS);
     return -1;
   }
   conf->api_key_sha256[conf->api_key_count++] = hex;
@@ -203,11 +206,13 @@ int cli_serve(const cli_serve_conf_t *conf) {
   tly_stripe_emitter_t *emitter = NULL;
   tly_http_t *http = NULL;
   tly_members_t *members = NULL;
+  tly_registry_t *registry = NULL;
+  int32_t event_schema_id = 0, alert_schema_id = 0;
   char advertise[TLY_MEMBERS_URL_MAX], instance[TLY_MEMBERS_INSTANCE_MAX];
-  tly_config_t *config = conf->config_path
-                             ? tly_config_load_file(conf->config_path, errstr,
-                                                    sizeof(errstr))
-                             : tly_config_default();
+  tly_config_t *config =
+      conf->config_path
+          ? tly_config_load_file(conf->config_path, errstr, sizeof(errstr))
+          : tly_config_default();
   if (!config) {
     fprintf(stderr, "tally: config %s: %s\n",
             conf->config_path ? conf->config_path : "(built-in)", errstr);
@@ -225,6 +230,15 @@ int cli_serve(const cli_serve_conf_t *conf) {
     return -has_secret;
   }
 
+  /* Before anything reads or writes a record: the ids to frame with. */
+  if (cli_registry_start(
+          "run", &conf->registry,
+          conf->usage_topic ? conf->usage_topic : TLY_DEFAULT_USAGE_TOPIC,
+          conf->alerts_topic ? conf->alerts_topic : TLY_DEFAULT_ALERTS_TOPIC,
+          &registry, &event_schema_id, &alert_schema_id) < 0) {
+    exit_code = 2;
+    goto out;
+  }
   store = tly_store_open(conf->state_dir, 0, errstr, sizeof(errstr));
   if (!store) {
     fprintf(stderr, "tally: state dir %s: %s\n", conf->state_dir, errstr);
@@ -242,6 +256,9 @@ int cli_serve(const cli_serve_conf_t *conf) {
       .batch_max_events = conf->batch_max_events,
       .batch_max_ms = conf->batch_max_ms,
       .kafka_properties = conf->kafka_properties,
+      .registry = registry,
+      .event_schema_id = event_schema_id,
+      .alert_schema_id = alert_schema_id,
   };
   processor = tly_processor_new(&pconf, store, errstr, sizeof(errstr));
   if (!processor) {
@@ -259,6 +276,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
         .brokers = conf->brokers,
         .dlq_topic = conf->dlq_topic,
         .alerts_topic = conf->alerts_topic,
+        .alert_schema_id = alert_schema_id,
         .kafka_properties = conf->kafka_properties};
     emitter = tly_stripe_emitter_start(&econf, errstr, sizeof(errstr));
     if (!emitter) {
@@ -289,6 +307,9 @@ int cli_serve(const cli_serve_conf_t *conf) {
                            .no_auth = conf->no_auth,
                            .brokers = conf->brokers,
                            .usage_topic = conf->usage_topic,
+                           .alerts_topic = conf->alerts_topic,
+                           .event_schema_id = event_schema_id,
+                           .alert_schema_id = alert_schema_id,
                            .kafka_properties = conf->kafka_properties};
   http = tly_http_start(&hconf, errstr, sizeof(errstr));
   if (!http) {
@@ -328,6 +349,7 @@ out:
   tly_processor_destroy(processor);
   if (store)
     tly_store_close(store);
+  tly_registry_destroy(registry); /* after the processor, which uses it */
   tly_config_free(config);
   return exit_code;
 }

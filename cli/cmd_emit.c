@@ -129,6 +129,7 @@ static void usage(FILE *out) {
           "one: not at all)\n",
           EMIT_DEFAULT_TIMEOUT_S, EMIT_MAX_TIMEOUT_S,
           TLY_DEFAULT_MAX_FUTURE_SKEW_MS, EMIT_INTERRUPT_WAIT_MS / 1000);
+  fputs(cli_registry_usage, out);
 }
 
 /* Every input can be read, before anything is sent. 0, or -1 after a
@@ -245,9 +246,13 @@ int cmd_emit(int argc, char **argv) {
       {"verbose", no_argument, NULL, 'v'},
       {"timeout", required_argument, NULL, 'T'},
       {"max-future-skew-ms", required_argument, NULL, 'S'},
+      CLI_REGISTRY_OPTIONS,
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
+  cli_registry_opts_t registry_opts = {0};
+  tly_registry_t *registry = NULL;
+  int32_t unused_alert_id = 0;
   tally_producer_conf_t conf = {0};
   emit_state_t state = {0};
   emit_run_t run = {.state = &state,
@@ -295,6 +300,8 @@ int cmd_emit(int argc, char **argv) {
       usage(stdout);
       return 0;
     default:
+      if (cli_registry_option(&registry_opts, opt, optarg))
+        break;
       usage(stderr);
       return 2;
     }
@@ -332,6 +339,16 @@ int cmd_emit(int argc, char **argv) {
   if (!verbose)
     tly_kafka_log_set_level(TLY_LOG_ERROR);
 
+  /* With a registry, events are framed with the id it holds tally's
+   * schema under ("<topic>-value"). */
+  if (cli_registry_start("emit", &registry_opts,
+                         conf.topic ? conf.topic : TALLY_DEFAULT_USAGE_TOPIC,
+                         NULL, &registry, &conf.schema_id,
+                         &unused_alert_id) < 0) {
+    cli_properties_free(&properties);
+    return 2;
+  }
+  tly_registry_destroy(registry); /* only the id was needed */
   run.producer = tally_producer_new(&conf, errstr, sizeof(errstr));
   if (!run.producer) {
     fprintf(stderr, "tally emit: %s\n", errstr);

@@ -53,7 +53,9 @@ static void usage(FILE *out) {
       "lines,\n"
       "                          # comments); TALLY_KAFKA_* environment\n"
       "                          variables too (TALLY_KAFKA_SASL_PASSWORD ->\n"
-      "                          sasl.password); -F < environment < -X\n");
+      "                          sasl.password); -F < environment < -X\n"
+      "%s",
+      cli_registry_usage);
 }
 
 int cmd_run(int argc, char **argv) {
@@ -77,6 +79,7 @@ int cmd_run(int argc, char **argv) {
       {"instance-id", required_argument, NULL, 'I'},
       {"members-heartbeat-ms", required_argument, NULL, 'M'},
       {"cluster-secret-file", required_argument, NULL, 'S'},
+      CLI_REGISTRY_OPTIONS,
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
@@ -170,6 +173,8 @@ int cmd_run(int argc, char **argv) {
       usage(stdout);
       return 0;
     default:
+      if (cli_registry_option(&conf.registry, opt, optarg))
+        break;
       usage(stderr);
       return 2;
     }

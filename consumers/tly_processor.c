@@ -424,6 +424,8 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
   partition_state_t *part = &p->partitions[msg->partition];
   if (part->position >= 0 && msg->offset < part->position)
     return;
+  if (tly_proc_schema_gate(p, msg))
+    return; /* its partition waits for the schema registry */
   fold_message(p, msg);
   part->position = msg->offset + 1;
   part->batch_next = msg->offset + 1;
@@ -439,6 +441,7 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
   /* Whatever happens next, what was folded so far is committed first; the
    * cache goes, since partitions that come back may have moved meanwhile. */
   tly_proc_batch_commit(p);
+  tly_proc_schema_reset(p, rk, parts);
   if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && !p->fatal) {
     /* A lost assignment (the session expired: another instance may own
      * these partitions already) or a fenced one sends nothing more. */
@@ -689,12 +692,16 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     p->writer_started = 1;
   tly_overlay_init(&p->overlay);
   p->batch = tly_store_batch_new();
-  p->codec = tly_codec_new(TLY_CODEC_DEFAULT_SCHEMA_ID, errstr, errstr_size);
+  p->codec = tly_codec_new(conf->event_schema_id ? conf->event_schema_id
+                                                 : TLY_CODEC_DEFAULT_SCHEMA_ID,
+                           errstr, errstr_size);
   if (!p->codec)
     goto fail;
   p->alert_codec = tly_alert_codec_new(errstr, errstr_size);
   if (!p->alert_codec)
     goto fail;
+  if (conf->alert_schema_id)
+    tly_alert_codec_set_schema_id(p->alert_codec, conf->alert_schema_id);
   if (!p->usage_topic || !p->dlq_topic || !p->alerts_topic || !p->batch ||
       !p->writer_started) {
     snprintf(errstr, errstr_size, "out of memory starting the processor");
@@ -891,6 +898,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
     if (p->fatal)
       break;
     idle = consumed == 0;
+    tly_proc_schema_retry(p);
     rd_kafka_poll(p->producer, 0); /* delivery reports -> ACKED */
     tly_proc_write_ticks(p);
     if (tly_proc_batch_submit(p)) /* written while the next batch is folded */
@@ -1128,6 +1136,9 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->changelog_restores = atomic_load(&p->restores);
   stats->changelog_restored_records = atomic_load(&p->restored_records);
   stats->changelog_restore_ms = atomic_load(&p->restore_ms);
+  stats->schema_lookups = atomic_load(&p->schema_lookups);
+  stats->schema_lookup_failures = atomic_load(&p->schema_lookup_failures);
+  stats->schema_waiting = atomic_load(&p->schema_waiting);
   for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
     stats->commit_buckets[i] = atomic_load(&p->commit_buckets[i]);
   stats->commit_count = atomic_load(&p->commit_count);

@@ -25,6 +25,7 @@
 #define TLY_PROCESSOR_H
 
 #include "tly_config.h"
+#include "tly_registry_client.h"
 #include "tly_store.h"
 #include "tly_topic_names.h"
 
@@ -57,6 +58,18 @@ typedef struct {
   /* Extra librdkafka properties "name=value", NULL-terminated; applied to
    * the consumer and the outbox producer after tally's defaults. */
   const char *const *kafka_properties;
+  /* The schema registry (not owned; NULL: none). A record framed with a
+   * schema id the codec does not know is decoded once the registry says
+   * which writer schema the id names: a lookup that fails leaves its
+   * partition paused at the record and is tried again (100 ms doubling
+   * to 30 s); only the registry's own "not found" (404, 40403)
+   * dead-letters it. Without a registry such a record is dead-lettered
+   * ("unknown schema id N"). */
+  tly_registry_t *registry;
+  /* The ids tally frames with (a registry's): events (ticks; read
+   * directly) and alerts. 0: TLY_CODEC_DEFAULT_SCHEMA_ID and
+   * TLY_ALERT_SCHEMA_ID. */
+  int32_t event_schema_id, alert_schema_id;
 } tly_processor_conf_t;
 
 typedef struct tly_processor tly_processor_t;
@@ -107,6 +120,10 @@ typedef struct {
   uint64_t changelog_restores; /* partitions restored from the changelog */
   uint64_t changelog_restored_records; /* changelog records read by them */
   uint64_t changelog_restore_ms;       /* and the time they took */
+  /* Schema registry lookups answered, failed (tried again), and the
+   * partitions waiting on one now. */
+  uint64_t schema_lookups, schema_lookup_failures;
+  int32_t schema_waiting;
   /* Synced RocksDB commits: cumulative counts per bucket (Prometheus
    * style: bucket i counts commits that took <= bound i), the +Inf count
    * and the total time. */

@@ -152,6 +152,16 @@ typedef struct {
    * asked (forward_floor_ms, monotonic; 0: never), see
    * tly_proc_forward_scan_from. */
   int64_t forward_floor, forward_floor_ms;
+  /* Waiting for the schema registry (tly_schema_gate.c): the record at
+   * schema_wait_offset is framed with schema_wait_id, which the registry
+   * could not be asked about; the partition is paused, and the lookup
+   * tried again at schema_retry_ms (monotonic) after schema_attempts
+   * tries. Once answered, the partition is sought back to that record,
+   * and records that arrive before it (fetched before the seek) are
+   * skipped while schema_resuming. */
+  int schema_waiting, schema_resuming, schema_attempts;
+  int32_t schema_wait_id;
+  int64_t schema_wait_offset, schema_retry_ms;
 } partition_state_t;
 
 /* The batch being written: what its commit releases. */
@@ -290,6 +300,10 @@ struct tly_processor {
   size_t changelog_scratch_cap;
   atomic_uint_least64_t restores, restored_records, restore_ms;
   _Atomic int32_t restoring; /* the partition being restored, or -1 */
+  /* Schema registry lookups (tly_schema_gate.c): answered (found or not),
+   * failed (to retry), partitions waiting on one now. */
+  atomic_uint_least64_t schema_lookups, schema_lookup_failures;
+  _Atomic int32_t schema_waiting;
 
   int fatal;
   char fatal_reason[1024];
@@ -382,6 +396,13 @@ int tly_proc_forward_already_sent(tly_processor_t *p,
                                   const char *id);
 int tly_proc_prepare_replay(tly_processor_t *p);
 void tly_proc_end_replay(tly_processor_t *p);
+
+/* tly_schema_gate.c: records framed with a schema id the codec does not
+ * know yet. */
+int tly_proc_schema_gate(tly_processor_t *p, const rd_kafka_message_t *msg);
+void tly_proc_schema_retry(tly_processor_t *p);
+void tly_proc_schema_reset(tly_processor_t *p, rd_kafka_t *rk,
+                           const rd_kafka_topic_partition_list_t *parts);
 
 /* tly_ticks.c: time-driven work. */
 void tly_proc_fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms);

@@ -9,6 +9,7 @@
 #include "tly_auth.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <string.h>
 #include <strings.h>
@@ -50,6 +51,49 @@ tly_auth_result_t tly_auth_check(const tly_api_key_t *keys, size_t key_count,
   if (key_out)
     *key_out = match;
   return TLY_AUTH_OK;
+}
+
+tly_auth_result_t tly_auth_check_basic_or_bearer(const tly_api_key_t *keys,
+                                                 size_t key_count,
+                                                 const char *authorization) {
+  if (!authorization)
+    return TLY_AUTH_MISSING;
+  size_t header_len = strlen(authorization);
+  if (header_len > TLY_AUTH_TOKEN_MAX)
+    return TLY_AUTH_MALFORMED;
+  if (header_len < 6 || strncasecmp(authorization, "Basic", 5) != 0 ||
+      (authorization[5] != ' ' && authorization[5] != '\t'))
+    return tly_auth_check(keys, key_count, authorization, NULL);
+  const char *encoded = authorization + 5;
+  while (*encoded == ' ' || *encoded == '\t')
+    encoded++;
+  size_t encoded_len = strlen(encoded);
+  while (encoded_len &&
+         (encoded[encoded_len - 1] == ' ' || encoded[encoded_len - 1] == '\t'))
+    encoded_len--;
+  if (!encoded_len || encoded_len % 4)
+    return TLY_AUTH_MALFORMED;
+  unsigned char decoded[TLY_AUTH_TOKEN_MAX];
+  int decoded_len = EVP_DecodeBlock(decoded, (const unsigned char *)encoded,
+                                    (int)encoded_len);
+  if (decoded_len < 0)
+    return TLY_AUTH_MALFORMED;
+  /* EVP_DecodeBlock counts the padding's zero bytes: drop them. */
+  for (size_t i = encoded_len; i > 0 && encoded[i - 1] == '='; i--)
+    decoded_len--;
+  const unsigned char *colon = memchr(decoded, ':', (size_t)decoded_len);
+  if (!colon || memchr(decoded, '\0', (size_t)decoded_len))
+    return TLY_AUTH_MALFORMED;
+  /* The password as a bearer token, through the one constant-time check. */
+  char bearer[TLY_AUTH_TOKEN_MAX + 8];
+  size_t password_len = (size_t)(decoded + decoded_len - colon - 1);
+  memcpy(bearer, "Bearer ", 7);
+  memcpy(bearer + 7, colon + 1, password_len);
+  bearer[7 + password_len] = '\0';
+  tly_auth_result_t result = tly_auth_check(keys, key_count, bearer, NULL);
+  OPENSSL_cleanse(bearer, sizeof(bearer));
+  OPENSSL_cleanse(decoded, sizeof(decoded));
+  return result;
 }
 
 const char *tly_auth_reason(tly_auth_result_t result) {

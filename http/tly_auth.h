@@ -35,6 +35,16 @@ tly_auth_result_t tly_auth_check(const tly_api_key_t *keys, size_t key_count,
                                  const char *authorization,
                                  const tly_api_key_t **key_out);
 
+/*
+ * The same check for the schema registry's routes, which Confluent's
+ * clients call with basic auth (basic.auth.user.info = "user:password"):
+ * "Basic base64(user:key)" is checked with the password as the token (the
+ * user name is not checked); "Bearer <key>" as tly_auth_check does.
+ */
+tly_auth_result_t tly_auth_check_basic_or_bearer(const tly_api_key_t *keys,
+                                                 size_t key_count,
+                                                 const char *authorization);
+
 /* A short, fixed reason for a failed check (for the 401 body). */
 const char *tly_auth_reason(tly_auth_result_t result);
 

@@ -163,11 +163,20 @@ const route_t tly_http_route_table[] = {
      "/billing-portal", tly_http_handle_billing_portal, AUTH_REQUIRED, 1, 1},
     {"POST", "/v1/subjects/{subject}/reservations", "/v1/subjects/",
      "/reservations", tly_http_handle_reserve, AUTH_REQUIRED, 1, 1},
-    /* A suffix ending in '/' takes one more segment (the handler reads it
+    /* A suffix ending in '*' takes one more segment (the handler reads it
      * from the target). */
     {"DELETE", "/v1/subjects/{subject}/reservations/{reservation_id}",
-     "/v1/subjects/", "/reservations/", tly_http_handle_release, AUTH_REQUIRED,
+     "/v1/subjects/", "/reservations/*", tly_http_handle_release, AUTH_REQUIRED,
      0, 1},
+    /* The schema registry's read API, for tally's own schemas. */
+    {"GET", "/subjects", "/subjects", NULL, tly_http_handle_registry_subjects,
+     AUTH_REGISTRY, 0, 0},
+    {"GET", "/subjects/{subject}/versions", "/subjects/", "/versions",
+     tly_http_handle_registry_versions, AUTH_REGISTRY, 0, 0},
+    {"GET", "/subjects/{subject}/versions/{version}", "/subjects/",
+     "/versions/*", tly_http_handle_registry_version, AUTH_REGISTRY, 0, 0},
+    {"GET", "/schemas/ids/{id}", "/schemas/ids/", "",
+     tly_http_handle_registry_schema, AUTH_REGISTRY, 0, 0},
 };
 const size_t tly_http_route_count =
     sizeof(tly_http_route_table) / sizeof(tly_http_route_table[0]);
@@ -176,7 +185,8 @@ size_t tly_http_routes(tly_http_route_info_t *out, size_t max) {
   for (size_t i = 0; i < tly_http_route_count && i < max; i++) {
     out[i].method = tly_http_route_table[i].method;
     out[i].path = tly_http_route_table[i].path;
-    out[i].auth_required = tly_http_route_table[i].auth == AUTH_REQUIRED;
+    out[i].auth_required = tly_http_route_table[i].auth == AUTH_REQUIRED ||
+                           tly_http_route_table[i].auth == AUTH_REGISTRY;
     out[i].owner_only = tly_http_route_table[i].owner_only;
   }
   return tly_http_route_count;
@@ -196,15 +206,23 @@ static int route_matches(const route_t *route, const char *path,
   const char *segment = path + prefix_len;
   const char *slash = memchr(segment, '/', path_len - prefix_len);
   size_t suffix_len = strlen(route->suffix);
-  size_t rest = slash ? (size_t)(path + path_len - slash) : 0;
-  /* A suffix ending in '/' is followed by one non-empty segment. */
-  int tail = suffix_len && route->suffix[suffix_len - 1] == '/';
-  if (!slash || slash == segment ||
-      (tail ? rest <= suffix_len ||
-                  memchr(slash + suffix_len, '/', rest - suffix_len)
-            : rest != suffix_len) ||
-      memcmp(slash, route->suffix, suffix_len) != 0)
-    return 0;
+  int open_tail = suffix_len && route->suffix[suffix_len - 1] == '*';
+  suffix_len -= (size_t)open_tail;
+  if (!suffix_len) { /* the segment ends the path */
+    if (slash)
+      return 0;
+    slash = path + path_len;
+  } else {
+    if (!slash || slash == segment)
+      return 0;
+    size_t after = (size_t)(path + path_len - slash);
+    if (open_tail ? after <= suffix_len ||
+                        memchr(slash + suffix_len, '/', after - suffix_len)
+                  : after != suffix_len)
+      return 0;
+    if (memcmp(slash, route->suffix, suffix_len) != 0)
+      return 0;
+  }
   if (tly_req_decode_segment(segment, (size_t)(slash - segment), subject,
                              subject_size, err))
     return 2;
@@ -252,6 +270,7 @@ static int route_is_open(const tly_http_t *http, const route_t *route) {
   case AUTH_METRICS:
     return http->conf.config->http.metrics_public;
   case AUTH_REQUIRED:
+  case AUTH_REGISTRY:
     break;
   }
   return 0;
@@ -503,11 +522,13 @@ static int begin_request(tly_http_t *http, request_t *req,
                                                 TLY_FORWARD_AUTH_HEADER));
   if (!req->forwarded && !route_is_open(http, route)) {
     const tly_http_config_t *auth = &http->conf.config->http;
-    tly_auth_result_t result = tly_auth_check(
-        auth->api_keys, auth->api_key_count,
-        MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
-                                    MHD_HTTP_HEADER_AUTHORIZATION),
-        NULL);
+    const char *header = MHD_lookup_connection_value(
+        connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    tly_auth_result_t result =
+        route->auth == AUTH_REGISTRY
+            ? tly_auth_check_basic_or_bearer(auth->api_keys,
+                                             auth->api_key_count, header)
+            : tly_auth_check(auth->api_keys, auth->api_key_count, header, NULL);
     if (result != TLY_AUTH_OK) {
       tly_http_respond_error(out, 401, "unauthorized", tly_auth_reason(result));
       return 1;
@@ -721,6 +742,7 @@ static void http_free(tly_http_t *http) {
   tly_state_cache_free(http->cache);
   tly_http_reserve_free(http->reserve);
   tly_alert_codec_destroy(http->alert_codec);
+  tly_http_registry_free(http);
   pthread_mutex_destroy(&http->alert_lock);
   free(http->requests);
   free(http);
@@ -755,7 +777,7 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
     goto fail;
   }
   http->alert_codec = tly_alert_codec_new(errstr, errstr_size);
-  if (!http->alert_codec)
+  if (!http->alert_codec || tly_http_registry_init(http, errstr, errstr_size))
     goto fail;
   memset(&addr, 0, sizeof(addr));
   addr.sin_family = AF_INET;

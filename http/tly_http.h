@@ -36,13 +36,19 @@ typedef struct {
   tly_store_t *store;
   tly_processor_t *processor;
   tly_stripe_emitter_t *stripe_emitter; /* NULL: not reporting (metrics) */
-  const tly_config_t *config; /* http.api_keys, limits, plans */
-  unsigned threads;           /* default 2 */
+  const tly_config_t *config;           /* http.api_keys, limits, plans */
+  unsigned threads;                     /* default 2 */
   int no_auth; /* 1: every route is open (`tally run --no-auth`) */
   /* Ingest (POST /v1/events, /plan): produced here with the idempotent
    * producer. brokers NULL: those routes answer 503. */
   const char *brokers;
   const char *usage_topic; /* default tally.usage */
+  /* The schema registry's read API (tly_http_registry.c) serves tally's
+   * two schemas under "<usage_topic>-value" and "<alerts_topic>-value",
+   * with these ids (0: 1 and 2, the built-in framing ids); ingest frames
+   * events with event_schema_id. */
+  const char *alerts_topic; /* default tally.alerts */
+  int32_t event_schema_id, alert_schema_id;
   const char *const *kafka_properties;
   /* Who serves which partition (tly_members.h): a subject whose partition
    * this instance does not serve is forwarded to its owner, or answered
@@ -64,8 +70,8 @@ typedef struct {
   const char *method;
   const char *path;
   int auth_required; /* 0 for public routes (metrics: see metrics_public) */
-  int owner_only; /* answered by the owner of the subject's partition:
-                     forwarded there, or 503 partition_moving */
+  int owner_only;    /* answered by the owner of the subject's partition:
+                        forwarded there, or 503 partition_moving */
 } tly_http_route_info_t;
 size_t tly_http_routes(tly_http_route_info_t *out, size_t max);
 

@@ -125,6 +125,7 @@ int tly_http_start_producer(tly_http_t *http, char *errstr,
   properties[count] = NULL;
   tally_producer_conf_t pconf = {.brokers = http->conf.brokers,
                                  .topic = http->conf.usage_topic,
+                                 .schema_id = http->conf.event_schema_id,
                                  .on_delivery_at = on_delivery,
                                  .opaque = http,
                                  .kafka_properties = properties};

@@ -38,7 +38,9 @@ typedef enum {
   AUTH_REQUIRED = 0, /* bearer token */
   AUTH_PUBLIC,       /* health and readiness */
   AUTH_METRICS,      /* public when http.metrics_public */
-  AUTH_SIGNED        /* its own signature (the Stripe webhook) */
+  AUTH_SIGNED,       /* its own signature (the Stripe webhook) */
+  AUTH_REGISTRY      /* bearer token, or basic auth whose password is an
+                        API key (what Confluent's registry clients send) */
 } route_auth_t;
 
 typedef struct request request_t;
@@ -54,7 +56,9 @@ typedef struct {
   const char *method;
   const char *path;   /* as documented: "/v1/subjects/{subject}/usage" */
   const char *prefix; /* path before {subject}, or the whole path */
-  const char *suffix; /* path after {subject}; NULL: no subject segment */
+  const char *suffix; /* path after {subject}; NULL: no subject segment;
+                         "": the segment ends the path; ending in '*': one
+                         more segment of any name ends it */
   route_handler_t handler;
   route_auth_t auth;
   int takes_body;
@@ -91,6 +95,11 @@ struct tly_http {
   tly_http_reserve_t *reserve;
   /* Requests by route (the last row: no route) and status. */
   atomic_uint_least64_t (*requests)[STATUS_MAX - STATUS_MIN + 1];
+  /* The registry read API: tally's schemas as compact JSON text, their
+   * subjects ("<topic>-value") and ids (tly_http_registry.c). */
+  char *registry_schema[2];
+  char registry_subject[2][TLY_REQ_SUBJECT_MAX + 8];
+  int32_t registry_id[2];
 };
 
 struct response {
@@ -201,6 +210,15 @@ void tly_http_reserve_free(tly_http_reserve_t *reserve);
 /* The reservations' metrics (Prometheus text) into out; the length it
  * needed, as snprintf. */
 size_t tly_http_reserve_metrics(tly_http_t *http, char *out, size_t size);
+
+/* ---- tly_http_registry.c: the schema registry's read API ------------- */
+
+route_handler_fn tly_http_handle_registry_subjects,
+    tly_http_handle_registry_versions, tly_http_handle_registry_version,
+    tly_http_handle_registry_schema;
+/* Sets up the schemas, subjects and ids the routes serve. 0 or -1. */
+int tly_http_registry_init(tly_http_t *http, char *errstr, size_t errstr_size);
+void tly_http_registry_free(tly_http_t *http);
 
 /* ---- tly_http_metrics.c: health, readiness, metrics ------------------ */
 

@@ -322,6 +322,22 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               (unsigned long long)stats.changelog_restores,
               (unsigned long long)stats.changelog_restored_records,
               (double)stats.changelog_restore_ms / 1000.0);
+  text_append(&text,
+              "# HELP tally_schema_registry_lookups_total Schema ids looked "
+              "up in the schema registry and answered (found or not).\n"
+              "# TYPE tally_schema_registry_lookups_total counter\n"
+              "tally_schema_registry_lookups_total %llu\n"
+              "# HELP tally_schema_registry_lookup_failures_total Lookups "
+              "the registry did not answer (tried again; the partition "
+              "waits).\n# TYPE tally_schema_registry_lookup_failures_total "
+              "counter\ntally_schema_registry_lookup_failures_total %llu\n"
+              "# HELP tally_schema_registry_waiting_partitions Partitions "
+              "paused until the registry answers.\n# TYPE "
+              "tally_schema_registry_waiting_partitions gauge\n"
+              "tally_schema_registry_waiting_partitions %d\n",
+              (unsigned long long)stats.schema_lookups,
+              (unsigned long long)stats.schema_lookup_failures,
+              (int)stats.schema_waiting);
   tly_partition_status_t *status = tly_http_partition_snapshot(http, &count);
   text_append(&text, "# HELP tally_partition_committed_offset Next input "
                      "offset committed to RocksDB.\n# TYPE "

@@ -962,6 +962,8 @@ tly_stripe_emitter_start(const tly_stripe_emitter_conf_t *conf, char *errstr,
   if (!(e->alert_codec = tly_alert_codec_new(errstr, errstr_size)) ||
       !(e->producer = new_producer(e, errstr, errstr_size)))
     goto fail;
+  if (conf->alert_schema_id)
+    tly_alert_codec_set_schema_id(e->alert_codec, conf->alert_schema_id);
   if (pthread_create(&e->thread, NULL, emitter_main, e) != 0) {
     snprintf(errstr, errstr_size, "cannot start the Stripe emitter thread");
     goto fail;

@@ -112,6 +112,7 @@ typedef struct {
   const char *brokers;      /* for dead letters and alerts */
   const char *dlq_topic;    /* default TLY_DEFAULT_DLQ_TOPIC */
   const char *alerts_topic; /* default TLY_DEFAULT_ALERTS_TOPIC */
+  int32_t alert_schema_id;  /* frames alerts; 0: TLY_ALERT_SCHEMA_ID */
   const char *const *kafka_properties;
 } tly_stripe_emitter_conf_t;
 

@@ -46,6 +46,7 @@ typedef struct {
 struct tly_alert_codec {
   tly_avro_base_t base; /* schema, shape, reused value, reader, output */
   alert_layout_t layout;
+  int32_t schema_id; /* framed with; TLY_ALERT_SCHEMA_ID unless set */
 };
 
 const char *tly_alert_type_name(tly_alert_type_t type) {
@@ -186,6 +187,7 @@ tly_alert_codec_t *tly_alert_codec_new(char *errstr, size_t errstr_size) {
     tly_avro_fail(errstr, errstr_size, "out of memory");
     return NULL;
   }
+  codec->schema_id = TLY_ALERT_SCHEMA_ID;
   if (tly_avro_base_init(&codec->base, tly_alert_schema_json,
                          "the alert schema", errstr, errstr_size) ||
       layout_resolve(codec, errstr, errstr_size))
@@ -195,6 +197,10 @@ tly_alert_codec_t *tly_alert_codec_new(char *errstr, size_t errstr_size) {
 fail:
   tly_alert_codec_destroy(codec);
   return NULL;
+}
+
+void tly_alert_codec_set_schema_id(tly_alert_codec_t *codec, int32_t id) {
+  codec->schema_id = id;
 }
 
 void tly_alert_codec_destroy(tly_alert_codec_t *codec) {
@@ -252,8 +258,9 @@ int tly_alert_encode(tly_alert_codec_t *codec, const tly_alert_t *alert,
   if (fill_value(codec, alert))
     return tly_avro_fail(errstr, errstr_size, "Avro encode failed: %s",
                          avro_strerror());
-  return tly_avro_out_write(&codec->base.out, TLY_ALERT_SCHEMA_ID, &codec->base.value,
-                            out, out_len, errstr, errstr_size);
+  return tly_avro_out_write(&codec->base.out, codec->schema_id,
+                            &codec->base.value, out, out_len, errstr,
+                            errstr_size);
 }
 
 /* ------------------------------------------------------------------ */
@@ -306,8 +313,15 @@ int tly_alert_decode(tly_alert_codec_t *codec, const void *data, size_t len,
   if (!codec || !alert)
     return tly_avro_fail(errstr, errstr_size, "decode: missing argument");
   tly_alert_clear(alert);
-  if (tly_avro_check_header(bytes, len, TLY_ALERT_SCHEMA_ID, errstr,
-                            errstr_size))
+  /* Any id: only tally's own alerts are decoded (its history), and every
+   * id tally ever framed them with (2, or a registry's) names this one
+   * schema. */
+  int32_t id =
+      len >= TLY_AVRO_HEADER_SIZE && bytes
+          ? (int32_t)((uint32_t)bytes[1] << 24 | (uint32_t)bytes[2] << 16 |
+                      (uint32_t)bytes[3] << 8 | (uint32_t)bytes[4])
+          : codec->schema_id;
+  if (tly_avro_check_header(bytes, len, id, errstr, errstr_size))
     return -1;
   bytes += TLY_AVRO_HEADER_SIZE;
   len -= TLY_AVRO_HEADER_SIZE;

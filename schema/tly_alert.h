@@ -4,7 +4,8 @@
  * an alert fires (the fold does).
  *
  * Alerts go to the alerts topic (schema/tally_alert.avsc, Confluent framing
- * with schema id TLY_ALERT_SCHEMA_ID, keyed by subject "kind:id") through
+ * with schema id TLY_ALERT_SCHEMA_ID or the one a schema registry assigned,
+ * keyed by subject "kind:id") through
  * the outbox. alert_id is deterministic: the same log gives the same ids on
  * every replay, which is how recovery recognises alerts Kafka already has.
  */
@@ -39,15 +40,15 @@ typedef struct {
   int64_t cycle_start_ms;
   int64_t cycle_end_ms;
   char *plan;
-  char *feature;          /* "" when not about one feature; "credits" for
-                             the plan's credit quota */
+  char *feature;             /* "" when not about one feature; "credits" for
+                                the plan's credit quota */
   int32_t threshold_percent; /* 0 when not a threshold alert */
-  int64_t used;           /* units (or credits) used in the cycle */
-  int64_t limit;          /* -1 when unlimited / not applicable */
-  int hard;               /* the limit blocks */
-  int64_t credits_used;   /* in the cycle */
-  int64_t cost_micros;    /* in the cycle, base price excluded */
-  char *detail;           /* free text, may be "" */
+  int64_t used;              /* units (or credits) used in the cycle */
+  int64_t limit;             /* -1 when unlimited / not applicable */
+  int hard;                  /* the limit blocks */
+  int64_t credits_used;      /* in the cycle */
+  int64_t cost_micros;       /* in the cycle, base price excluded */
+  char *detail;              /* free text, may be "" */
 } tly_alert_t;
 
 /* "limit_warning", ...; NULL when out of range. */
@@ -60,6 +61,10 @@ extern const char tly_alert_schema_json[];
 
 tly_alert_codec_t *tly_alert_codec_new(char *errstr, size_t errstr_size);
 void tly_alert_codec_destroy(tly_alert_codec_t *codec);
+/* The schema id encode frames with (a registry's; default
+ * TLY_ALERT_SCHEMA_ID). Decode accepts any id: it reads only tally's own
+ * alerts, whose schema is this one whatever id framed them. */
+void tly_alert_codec_set_schema_id(tly_alert_codec_t *codec, int32_t id);
 /* Framed encoding into a buffer owned by the codec (valid until the next
  * call). 0 or -1 with errstr. */
 int tly_alert_encode(tly_alert_codec_t *codec, const tly_alert_t *alert,

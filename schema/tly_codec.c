@@ -27,6 +27,7 @@
 #include "tly_codec.h"
 #include "tly_avro.h"
 #include "tly_event_body.h"
+#include "tly_resolve.h"
 
 #include <avro.h>
 #include <inttypes.h>
@@ -63,7 +64,15 @@ struct tly_codec {
   size_t arena_cap;
   tly_property_t *properties;
   size_t properties_cap;
+  /* Other writers' schema ids (tly_resolve.h), and the record of such an
+   * id as it reads in our schema (its own buffer: base.out is encode's). */
+  tly_resolver_t *writers;
+  tly_avro_out_t translated;
 };
+
+/* Where the writer's properties map is, to count its entries. */
+static const char *const properties_path[] = {"body", "UsageRecorded",
+                                              "properties", NULL};
 
 /* ------------------------------------------------------------------ */
 /* Layout: where our fields sit in the schema                          */
@@ -222,8 +231,15 @@ tly_codec_t *tly_codec_new(int32_t schema_id, char *errstr,
 
   if (tly_avro_base_init(&codec->base, tly_event_schema_json,
                          "the envelope schema", errstr, errstr_size) ||
-      layout_resolve(codec, errstr, errstr_size))
+      layout_resolve(codec, errstr, errstr_size) ||
+      tly_avro_out_init(&codec->translated, errstr, errstr_size))
     goto fail;
+  codec->writers = tly_resolver_new(codec->base.schema, "tally's event schema",
+                                    properties_path);
+  if (!codec->writers) {
+    tly_avro_fail(errstr, errstr_size, "out of memory");
+    goto fail;
+  }
   return codec;
 
 fail:
@@ -234,6 +250,8 @@ fail:
 void tly_codec_destroy(tly_codec_t *codec) {
   if (!codec)
     return;
+  tly_resolver_destroy(codec->writers);
+  tly_avro_out_free(&codec->translated);
   tly_avro_base_free(&codec->base);
   free(codec->arena);
   free(codec->properties);
@@ -530,32 +548,66 @@ avro_error:
 
 /* What both decoders check first: the frame header, then the validation
  * walk over the Avro payload (*payload, *payload_len), counting the
- * properties map's entries. 0, or -1 with errstr. */
-static int check_payload(const tly_codec_t *codec, const void *data,
-                         size_t len, const unsigned char **payload,
-                         size_t *payload_len, size_t *property_entries,
+ * properties map's entries. A record framed with another writer's schema
+ * id (tly_codec_add_writer_schema) is first read in our schema
+ * (tly_resolve.h) and goes on as those bytes; *writer_entries then holds
+ * the properties entries in the writer's own bytes, else SIZE_MAX. 0, or
+ * -1 with errstr. */
+static int check_payload(tly_codec_t *codec, const void *data, size_t len,
+                         const unsigned char **payload, size_t *payload_len,
+                         size_t *property_entries, size_t *writer_entries,
                          char *errstr, size_t errstr_size) {
   const unsigned char *bytes = data;
-  if (tly_avro_check_header(bytes, len, codec->schema_id, errstr, errstr_size))
+  int64_t id = tly_codec_frame_id(data, len);
+  *writer_entries = SIZE_MAX;
+  int32_t expect = codec->schema_id;
+  if (id >= 0 && id != codec->schema_id) {
+    const char *reason = NULL;
+    switch (tly_resolver_lookup(codec->writers, (int32_t)id, &reason)) {
+    case TLY_RESOLVE_UNKNOWN:
+      break; /* refused by the header check below */
+    case TLY_RESOLVE_REFUSED:
+      return tly_avro_fail(errstr, errstr_size, "%s", reason);
+    case TLY_RESOLVE_SAME:
+      expect = (int32_t)id; /* our schema under another id */
+      break;
+    case TLY_RESOLVE_TRANSLATE: {
+      const void *ours = NULL;
+      if (tly_resolver_translate(
+              codec->writers, (int32_t)id, bytes + TLY_CODEC_HEADER_SIZE,
+              len - TLY_CODEC_HEADER_SIZE, &codec->base.value,
+              &codec->translated, codec->schema_id, &ours, &len, writer_entries,
+              errstr, errstr_size))
+        return -1;
+      bytes = ours;
+      break;
+    }
+    }
+  }
+  if (tly_avro_check_header(bytes, len, expect, errstr, errstr_size))
     return -1;
   *payload = bytes + TLY_CODEC_HEADER_SIZE;
   *payload_len = len - TLY_CODEC_HEADER_SIZE;
-  return tly_avro_validate(&codec->base.root, *payload, *payload_len,
-                           codec->properties_shape, property_entries, errstr,
-                           errstr_size);
+  if (tly_avro_validate(&codec->base.root, *payload, *payload_len,
+                        codec->properties_shape, property_entries, errstr,
+                        errstr_size))
+    return -1;
+  if (*writer_entries != SIZE_MAX)
+    *property_entries = *writer_entries;
+  return 0;
 }
 
 int tly_codec_decode(tly_codec_t *codec, const void *data, size_t len,
                      tly_event_t *event, char *errstr, size_t errstr_size) {
   const unsigned char *bytes = NULL;
-  size_t property_entries = 0;
+  size_t property_entries = 0, writer_entries = SIZE_MAX;
   char reason[256];
 
   if (!codec || !event)
     return tly_avro_fail(errstr, errstr_size, "decode: missing argument");
   tly_event_clear(event);
-  if (check_payload(codec, data, len, &bytes, &len, &property_entries, errstr,
-                    errstr_size))
+  if (check_payload(codec, data, len, &bytes, &len, &property_entries,
+                    &writer_entries, errstr, errstr_size))
     return -1;
 
   avro_reader_memory_set_source(codec->base.reader, (const char *)bytes,
@@ -845,14 +897,14 @@ int tly_codec_decode_view(tly_codec_t *codec, const void *data, size_t len,
                           tly_event_t *event, char *errstr,
                           size_t errstr_size) {
   const unsigned char *bytes = NULL;
-  size_t property_entries = 0;
+  size_t property_entries = 0, writer_entries = SIZE_MAX;
   char reason[256];
 
   if (!codec || !event)
     return tly_avro_fail(errstr, errstr_size, "decode: missing argument");
   memset(event, 0, sizeof(*event));
-  if (check_payload(codec, data, len, &bytes, &len, &property_entries, errstr,
-                    errstr_size))
+  if (check_payload(codec, data, len, &bytes, &len, &property_entries,
+                    &writer_entries, errstr, errstr_size))
     return -1;
   if (view_reserve(codec, len, property_entries))
     return tly_avro_fail(errstr, errstr_size,
@@ -901,6 +953,17 @@ int tly_codec_decode_view(tly_codec_t *codec, const void *data, size_t len,
                   "read back");
     goto fail;
   }
+  /* Another writer's record was read in our schema, which merged keys the
+   * writer's bytes held twice: refused as our own bytes would be. */
+  if (writer_entries != SIZE_MAX &&
+      event->body_kind == TLY_BODY_USAGE_RECORDED &&
+      event->body.usage.property_count != writer_entries) {
+    tly_avro_fail(errstr, errstr_size,
+                  "invalid Avro record: field 'body.properties': %zu entries "
+                  "but only %zu distinct keys (duplicate map key)",
+                  writer_entries, event->body.usage.property_count);
+    goto fail;
+  }
   if (tly_event_validate(event, reason, sizeof(reason))) {
     tly_avro_fail(errstr, errstr_size, "invalid event: %s", reason);
     goto fail;
@@ -910,4 +973,41 @@ int tly_codec_decode_view(tly_codec_t *codec, const void *data, size_t len,
 fail:
   memset(event, 0, sizeof(*event));
   return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Schema ids                                                          */
+/* ------------------------------------------------------------------ */
+
+int64_t tly_codec_frame_id(const void *data, size_t len) {
+  const unsigned char *bytes = data;
+  if (!bytes || len < TLY_CODEC_HEADER_SIZE || bytes[0] != 0)
+    return -1;
+  return (int64_t)((uint32_t)bytes[1] << 24 | (uint32_t)bytes[2] << 16 |
+                   (uint32_t)bytes[3] << 8 | (uint32_t)bytes[4]);
+}
+
+int32_t tly_codec_schema_id(const tly_codec_t *codec) {
+  return codec->schema_id;
+}
+
+int tly_codec_knows_id(tly_codec_t *codec, int32_t id) {
+  return id == codec->schema_id ||
+         tly_resolver_lookup(codec->writers, id, NULL) != TLY_RESOLVE_UNKNOWN;
+}
+
+int tly_codec_add_writer_schema(tly_codec_t *codec, int32_t id,
+                                const char *schema_json, size_t schema_len,
+                                char *errstr, size_t errstr_size) {
+  if (id == codec->schema_id)
+    return 0; /* ours: it cannot be another schema */
+  int kind = tly_resolver_add(codec->writers, id, schema_json, schema_len,
+                              errstr, errstr_size);
+  return kind == TLY_RESOLVE_SAME || kind == TLY_RESOLVE_TRANSLATE ? 0 : -1;
+}
+
+int tly_codec_refuse_id(tly_codec_t *codec, int32_t id, const char *reason) {
+  if (id == codec->schema_id)
+    return -1;
+  return tly_resolver_refuse(codec->writers, id, reason);
 }

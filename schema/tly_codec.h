@@ -63,4 +63,34 @@ int tly_codec_decode(tly_codec_t *codec, const void *data, size_t len,
 int tly_codec_decode_view(tly_codec_t *codec, const void *data, size_t len,
                           tly_event_t *event, char *errstr, size_t errstr_size);
 
+/* ---- schema ids: the registry's view ---------------------------------
+ *
+ * Records framed with the codec's own id decode directly. A record framed
+ * with another id decodes once the writer schema registered under that id
+ * was added (a schema registry has it; the codec never asks one itself):
+ * tally's schema under another id decodes directly too, a compatible one
+ * (an added field, an extra body type, other field order) is resolved
+ * against tally's schema by field name (tly_resolve.h says what avro-c
+ * resolves), and an incompatible one is refused with the reason, as is an
+ * id marked refused. At most TLY_RESOLVE_MAX_IDS (64) other ids are kept;
+ * the least recently used is forgotten and must be added again. */
+
+/* The schema id of a Confluent-framed message, or -1 when data is not
+ * framed (shorter than the header, or a magic byte other than 0). */
+int64_t tly_codec_frame_id(const void *data, size_t len);
+/* The id the codec frames with (and decodes directly). */
+int32_t tly_codec_schema_id(const tly_codec_t *codec);
+/* 1 when a record framed with id decodes or is refused for a recorded
+ * reason; 0 when id is unknown (ask the registry, then add or refuse). */
+int tly_codec_knows_id(tly_codec_t *codec, int32_t id);
+/* Adds the writer schema registered under id: 0 when its records decode,
+ * -1 with errstr when they are refused (the schema does not parse, or is
+ * not compatible with tally's: the reason is remembered for id). */
+int tly_codec_add_writer_schema(tly_codec_t *codec, int32_t id,
+                                const char *schema_json, size_t schema_len,
+                                char *errstr, size_t errstr_size);
+/* Refuses records framed with id, with reason (e.g. the registry answered
+ * that the id does not exist). 0 or -1. */
+int tly_codec_refuse_id(tly_codec_t *codec, int32_t id, const char *reason);
+
 #endif

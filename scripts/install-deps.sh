@@ -12,7 +12,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   librdkafka-dev librocksdb-dev libavro-dev libcurl4-openssl-dev
-  libmicrohttpd-dev libjansson-dev libssl-dev
+  libmicrohttpd-dev libjansson-dev libssl-dev curl
 )
 # Tests (cmocka, libyaml for test_compose), fuzzers (clang and its
 # sanitizer runtime) and the HTTP benchmark (wrk).
@@ -20,6 +20,7 @@ test_packages=(
   libcmocka-dev libyaml-dev
   clang libclang-rt-14-dev
   wrk
+  python3 python3-kafka python3-avro
 )
 case "${1:-all}" in
   dev) ;;

@@ -108,8 +108,8 @@ static unsigned char *encode_copy(tly_alert_codec_t *codec,
 
 static void test_type_names(void **state) {
   static const char *const names[TLY_ALERT__COUNT] = {
-      "limit_warning", "limit_exceeded", "billing_cycle_end", "payment_failed",
-      "subscription_canceled", "stripe_report_failed"};
+      "limit_warning",  "limit_exceeded",        "billing_cycle_end",
+      "payment_failed", "subscription_canceled", "stripe_report_failed"};
   (void)state;
   for (int i = 0; i < TLY_ALERT__COUNT; i++)
     assert_string_equal(tly_alert_type_name((tly_alert_type_t)i), names[i]);
@@ -224,9 +224,23 @@ static void test_reject_framing(void **state) {
   expect_decode_error(codec, NULL, 0, "empty message");
   expect_decode_error(codec, "{}", 2, "bad magic byte 0x7b");
   expect_decode_error(codec, bytes, 3, "truncated header");
-  bytes[4] = 1; /* an event's schema id */
-  expect_decode_error(codec, bytes, len,
-                      "unknown schema id 1 (this codec reads schema id 2)");
+  /* Any id decodes: the codec reads only tally's own alerts (its
+   * history), framed with 2 or a schema registry's id for this schema. */
+  bytes[4] = 7;
+  tly_alert_t decoded = {0};
+  char errstr[256];
+  assert_int_equal(
+      tly_alert_decode(codec, bytes, len, &decoded, errstr, sizeof(errstr)), 0);
+  assert_string_equal(decoded.alert_id, alert.alert_id);
+  tly_alert_clear(&decoded);
+  /* Encode frames with the id set (a registry's). */
+  tly_alert_codec_set_schema_id(codec, 0x01020304);
+  const void *framed = NULL;
+  size_t framed_len = 0;
+  assert_int_equal(tly_alert_encode(codec, &alert, &framed, &framed_len, errstr,
+                                    sizeof(errstr)),
+                   0);
+  assert_memory_equal(framed, "\0\x01\x02\x03\x04", 5);
   bytes[4] = 2;
   bytes[0] = 1;
   expect_decode_error(codec, bytes, len, "bad magic byte 0x01");

@@ -1,0 +1,182 @@
+/*
+ * tly_schema_gate.c - records framed with a schema id the codec does not
+ * know yet: the schema registry is asked which writer schema the id names
+ * before the record is decoded (tly_processor.h, conf.registry).
+ *
+ * The answer decides, never the wait: the registry's schema is added to
+ * the codec (which decodes the record, resolving it against tally's
+ * schema, or refuses it as incompatible: a dead letter with the reason),
+ * or the registry says the id does not exist (404 with error 40403, or a
+ * schema that is not Avro: a dead letter saying so). Any other failure
+ * (no answer, a timeout, 5xx, an auth error) must not cost the record: its
+ * partition is paused right there, nothing after it is folded, and the
+ * lookup is tried again with backoff (100 ms doubling to 30 s) while the
+ * loop goes on with the other partitions. Once an answer comes, the
+ * partition is sought back to the record and resumed. Offsets stay with
+ * what was folded (batch_next never passes the waiting record), so a
+ * restart meanwhile starts from it too.
+ *
+ * The lookup itself runs on the loop's thread and blocks it for at most the
+ * registry timeout (5 s by default): once per id, since the codec keeps the
+ * answer (tly_codec.h: up to 64 ids).
+ */
+#include "tly_processor_internal.h"
+
+#include "tly_codec.h"
+#include "tly_log.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define RETRY_FIRST_MS 100
+#define RETRY_MAX_MS 30000
+
+/* Asks the registry about id: 1 when the codec now knows it (decodes or
+ * refuses its records), 0 when the registry could not say (errstr). */
+static int lookup(tly_processor_t *p, int32_t id, char *errstr,
+                  size_t errstr_size) {
+  char *schema = NULL, reason[512];
+  size_t schema_len = 0;
+  switch (tly_registry_fetch(p->conf.registry, id, &schema, &schema_len, errstr,
+                             errstr_size)) {
+  case TLY_REGISTRY_OK:
+    atomic_fetch_add(&p->schema_lookups, 1);
+    if (tly_codec_add_writer_schema(p->codec, id, schema, schema_len, reason,
+                                    sizeof(reason)))
+      tly_log(TLY_LOG_WARN, "processor", "%s", reason);
+    else
+      tly_log(TLY_LOG_INFO, "processor",
+              "schema id %" PRId32 " from the schema registry: decoded "
+              "against tally's event schema",
+              id);
+    free(schema);
+    return 1;
+  case TLY_REGISTRY_NOT_FOUND:
+    atomic_fetch_add(&p->schema_lookups, 1);
+    snprintf(reason, sizeof(reason),
+             "schema id %" PRId32 " not found in the schema registry (%.400s)",
+             id, errstr);
+    return tly_codec_refuse_id(p->codec, id, reason) == 0;
+  case TLY_REGISTRY_REFUSED: /* fetch: a schema that is not Avro */
+    atomic_fetch_add(&p->schema_lookups, 1);
+    return tly_codec_refuse_id(p->codec, id, errstr) == 0;
+  case TLY_REGISTRY_UNAVAILABLE:
+    break;
+  }
+  atomic_fetch_add(&p->schema_lookup_failures, 1);
+  return 0;
+}
+
+static int64_t backoff_ms(int attempts) {
+  int64_t wait = RETRY_FIRST_MS;
+  for (int i = 1; i < attempts && wait < RETRY_MAX_MS; i++)
+    wait *= 2;
+  return wait < RETRY_MAX_MS ? wait : RETRY_MAX_MS;
+}
+
+static void pause_or_resume(tly_processor_t *p, int32_t partition,
+                            int64_t offset, int resume) {
+  rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_t *part =
+      rd_kafka_topic_partition_list_add(list, p->usage_topic, partition);
+  rd_kafka_resp_err_t err;
+  if (!resume) {
+    err = rd_kafka_pause_partitions(p->consumer, list);
+  } else {
+    /* Back to the waiting record: what was fetched after it was skipped. */
+    part->offset = offset;
+    rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 5000);
+    err = error ? rd_kafka_error_code(error) : list->elems[0].err;
+    if (error)
+      rd_kafka_error_destroy(error);
+    if (!err)
+      err = rd_kafka_resume_partitions(p->consumer, list);
+  }
+  if (err)
+    tly_proc_set_fatal(p,
+                       "partition %d: cannot %s it for the schema "
+                       "registry: %s",
+                       (int)partition,
+                       resume ? "seek back and resume" : "pause",
+                       rd_kafka_err2str(err));
+  rd_kafka_topic_partition_list_destroy(list);
+}
+
+int tly_proc_schema_gate(tly_processor_t *p, const rd_kafka_message_t *msg) {
+  partition_state_t *part = &p->partitions[msg->partition];
+  if (part->schema_waiting)
+    return 1; /* fetched again after the seek */
+  if (part->schema_resuming) {
+    if (msg->offset != part->schema_wait_offset)
+      return 1; /* fetched before the seek */
+    part->schema_resuming = 0;
+  }
+  if (!p->conf.registry)
+    return 0;
+  int64_t id = tly_codec_frame_id(msg->payload, msg->payload ? msg->len : 0);
+  if (id < 0 || tly_codec_knows_id(p->codec, (int32_t)id))
+    return 0;
+  char errstr[512];
+  if (lookup(p, (int32_t)id, errstr, sizeof(errstr)))
+    return 0;
+  part->schema_waiting = 1;
+  part->schema_attempts = 1;
+  part->schema_wait_id = (int32_t)id;
+  part->schema_wait_offset = msg->offset;
+  part->schema_retry_ms = tly_monotonic_ms() + backoff_ms(1);
+  atomic_fetch_add(&p->schema_waiting, 1);
+  tly_log(TLY_LOG_WARN, "processor",
+          "partition %d waits at offset %lld: schema id %" PRId32
+          " could not be looked up (%s); retrying",
+          (int)msg->partition, (long long)msg->offset, (int32_t)id, errstr);
+  pause_or_resume(p, msg->partition, msg->offset, 0);
+  return 1;
+}
+
+void tly_proc_schema_retry(tly_processor_t *p) {
+  if (!atomic_load(&p->schema_waiting))
+    return;
+  int64_t now = tly_monotonic_ms();
+  for (int32_t i = 0; i < p->partition_cap && !p->fatal; i++) {
+    partition_state_t *part = &p->partitions[i];
+    if (!part->schema_waiting || now < part->schema_retry_ms)
+      continue;
+    char errstr[512];
+    if (!tly_codec_knows_id(p->codec, part->schema_wait_id) &&
+        !lookup(p, part->schema_wait_id, errstr, sizeof(errstr))) {
+      part->schema_attempts++;
+      part->schema_retry_ms =
+          tly_monotonic_ms() + backoff_ms(part->schema_attempts);
+      tly_log(TLY_LOG_WARN, "processor",
+              "partition %d still waits at offset %lld (attempt %d): %s",
+              (int)i, (long long)part->schema_wait_offset,
+              part->schema_attempts, errstr);
+      continue;
+    }
+    part->schema_waiting = 0;
+    part->schema_resuming = 1;
+    atomic_fetch_sub(&p->schema_waiting, 1);
+    tly_log(TLY_LOG_INFO, "processor",
+            "partition %d resumes at offset %lld: schema id %" PRId32
+            " looked up",
+            (int)i, (long long)part->schema_wait_offset, part->schema_wait_id);
+    pause_or_resume(p, i, part->schema_wait_offset, 1);
+  }
+}
+
+/* A rebalance sets every assigned partition's position from the store:
+ * waits are over; partitions paused for one are resumed (a pause would
+ * otherwise outlive the assignment). */
+void tly_proc_schema_reset(tly_processor_t *p, rd_kafka_t *rk,
+                           const rd_kafka_topic_partition_list_t *parts) {
+  int any = 0;
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    any |= p->partitions[i].schema_waiting;
+    p->partitions[i].schema_waiting = 0;
+    p->partitions[i].schema_resuming = 0;
+  }
+  atomic_store(&p->schema_waiting, 0);
+  if (any && parts && parts->cnt)
+    rd_kafka_resume_partitions(rk, (rd_kafka_topic_partition_list_t *)parts);
+}
