@@ -7,6 +7,7 @@
 #include <openssl/evp.h>
 #include <openssl/params.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,10 +47,44 @@ int tly_sha256_hex_parse(const char *hex, unsigned char out[TLY_SHA256_LEN]) {
   return hex ? tly_hex_decode(hex, strlen(hex), out, TLY_SHA256_LEN) : -1;
 }
 
+/* SHA256() looks the algorithm up in OpenSSL's provider tables on every
+ * call (EVP_MD_fetch: a lock, a hash table, a string copy) and allocates a
+ * context, which cost more than the digest of a short token. The
+ * algorithm is fetched once, and each thread keeps one context (freed when
+ * the thread exits). */
+static EVP_MD *sha256_md;
+static pthread_key_t sha256_ctx_key;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static int sha256_key_ok;
+
+static void sha256_ctx_free(void *ctx) { EVP_MD_CTX_free(ctx); }
+
+static void sha256_init(void) {
+  sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+  sha256_key_ok = pthread_key_create(&sha256_ctx_key, sha256_ctx_free) == 0;
+}
+
+void tly_sha256(const void *data, size_t len,
+                unsigned char out[TLY_SHA256_LEN]) {
+  pthread_once(&sha256_once, sha256_init);
+  EVP_MD_CTX *ctx =
+      sha256_md && sha256_key_ok ? pthread_getspecific(sha256_ctx_key) : NULL;
+  if (!ctx && sha256_md && sha256_key_ok && (ctx = EVP_MD_CTX_new()) &&
+      pthread_setspecific(sha256_ctx_key, ctx) != 0) {
+    EVP_MD_CTX_free(ctx);
+    ctx = NULL;
+  }
+  unsigned int out_len = 0;
+  if (!ctx || !EVP_DigestInit_ex2(ctx, sha256_md, NULL) ||
+      !EVP_DigestUpdate(ctx, data, len) ||
+      !EVP_DigestFinal_ex(ctx, out, &out_len) || out_len != TLY_SHA256_LEN)
+    SHA256(data, len, out);
+}
+
 void tly_sha256_hex(const void *data, size_t len,
                     char out[TLY_SHA256_HEX_LEN + 1]) {
   unsigned char digest[TLY_SHA256_LEN];
-  SHA256(data, len, digest);
+  tly_sha256(data, len, digest);
   tly_hex_encode(digest, TLY_SHA256_LEN, out);
 }
 

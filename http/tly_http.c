@@ -9,10 +9,11 @@
  *
  * A request goes through three phases. On the first call (headers only)
  * the URL is bounded (414), the route found (404, 405), the bearer token
- * checked when the route wants one (401) and a declared body bounded (413);
- * a route without a body answers right there, which is the quota
- * pre-check's whole path. A route with a body gets it in pieces, kept up to
- * http.max_body_bytes (a chunked body that grows past it is drained and
+ * checked when the route wants one (401) and a declared body bounded (413).
+ * A route without a body answers on the second call (the end of the
+ * request): answered with the headers alone, libmicrohttpd would close the
+ * connection after the answer. A route with a body gets it in pieces, kept up
+ * to http.max_body_bytes (a chunked body that grows past it is drained and
  * answered 413; one that keeps going is cut off). Ingest routes then
  * produce to Kafka and suspend the connection instead of blocking an HTTP
  * thread; the last delivery report resumes it and the answer (202 only when
@@ -462,6 +463,16 @@ static void dispatch(tly_http_t *http, request_t *req,
   route->handler(http, req, connection, out);
 }
 
+/* Whether the request says a body follows (a Content-Length other than 0,
+ * or a Transfer-Encoding). */
+static int declares_body(struct MHD_Connection *connection) {
+  const char *length = MHD_lookup_connection_value(
+      connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  return (length && strspn(length, "0") != strlen(length)) ||
+         MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                     MHD_HTTP_HEADER_TRANSFER_ENCODING);
+}
+
 /* The first call, headers only. 1 when out holds the answer (an error, or
  * the whole answer of a route without a body), 0 to go on reading the
  * body. */
@@ -514,6 +525,14 @@ static int begin_request(tly_http_t *http, request_t *req,
     tly_http_respond_error(out, 413, "body_too_large", message);
     return 1;
   }
+  /* A route without a body answers on the next call, once libmicrohttpd
+   * has the whole request: an answer queued with the headers alone makes
+   * it close the connection after the answer (it cannot tell that no body
+   * follows), so every request would pay for a new connection. A request
+   * that declares a body anyway is answered now, its body unread (and its
+   * connection closed). */
+  if (!declares_body(connection))
+    return 0;
   dispatch(http, req, connection, out);
   return 1;
 }

@@ -155,7 +155,10 @@ int tly_req_parse_subject(const char *segment, tly_req_subject_t *out,
     free(id);
     return -1;
   }
-  snprintf(out->id, sizeof(out->id), "%s", id);
+  /* check_subject bounded the id. */
+  _Static_assert(sizeof(out->id) > TLY_SUBJECT_ID_MAX, "id bound");
+  size_t id_len = strlen(id);
+  memcpy(out->id, id, id_len + 1);
   tly_subject_key(out->kind, id, out->key, sizeof(out->key));
   free(id);
   return 0;
@@ -305,52 +308,75 @@ static json_t *integer_or_null(int64_t value) {
   return value == TLY_UNLIMITED ? json_null() : json_integer(value);
 }
 
+int tly_req_quota_answer(const tly_config_t *config,
+                         const tly_req_subject_t *subject,
+                         const tly_subject_state_t *state,
+                         const tly_req_quota_query_t *query, int64_t now_ms,
+                         tly_req_quota_answer_t *out, tly_req_error_t *err) {
+  const tly_account_t *account = state ? &state->account : NULL;
+  const char *plan_name =
+      account ? account->plan : config->default_plan[subject->kind];
+  const tly_plan_t *plan = tly_config_plan(config, plan_name);
+  int64_t used = 0, cost = 0;
+
+  if (!plan)
+    return tly_req_fail(err, 500, "plan_missing", "",
+                        "the subject's plan '%s' is not in the configuration",
+                        plan_name);
+  memset(out, 0, sizeof(*out));
+  out->subject = subject->key;
+  out->feature = query->feature;
+  out->quantity = query->quantity;
+  out->plan = plan->name;
+  out->known_subject = account != NULL;
+  out->cycle_ended = tly_req_effective_cycle(
+      config, account, now_ms, &out->cycle_start_ms, &out->cycle_end_ms);
+  if (account && !out->cycle_ended) {
+    cost = account->cycle.cost_micros;
+    for (size_t i = 0; i < state->row_count; i++)
+      if (state->rows[i].cycle_start_ms == out->cycle_start_ms &&
+          strcmp(state->rows[i].feature, query->feature) == 0)
+        used = state->rows[i].row.quantity;
+  }
+  tly_req_quota_decide(config, plan, query->feature, used, cost,
+                       query->quantity, &out->quota);
+  out->warning = strcmp(out->quota.reason, "soft_limit_exceeded") == 0
+                     ? "over the soft limit: allowed, and billed"
+                     : NULL;
+  return 0;
+}
+
+json_t *tly_req_quota_answer_json(const tly_req_quota_answer_t *answer) {
+  const tly_req_quota_t *quota = &answer->quota;
+  json_t *credits = json_pack(
+      "{s:I,s:o,s:o}", "used", (json_int_t)quota->credits_used, "limit",
+      integer_or_null(quota->credits_limit), "remaining",
+      quota->credits_remaining < 0 ? json_null()
+                                   : json_integer(quota->credits_remaining));
+  return json_pack("{s:s,s:s,s:I,s:b,s:s,s:o,s:s,s:s,s:o,s:I,s:o,s:o,"
+                   "s:{s:I,s:I},s:b,s:b}",
+                   "subject", answer->subject, "feature", answer->feature,
+                   "quantity", (json_int_t)answer->quantity, "allowed",
+                   quota->allowed, "reason", quota->reason, "warning",
+                   answer->warning ? json_string(answer->warning) : json_null(),
+                   "plan", answer->plan, "mode", quota->mode, "limit",
+                   integer_or_null(quota->limit), "used",
+                   (json_int_t)quota->used, "remaining",
+                   integer_or_null(quota->remaining), "credits", credits,
+                   "cycle", "start_ms", (json_int_t)answer->cycle_start_ms,
+                   "end_ms", (json_int_t)answer->cycle_end_ms, "cycle_ended",
+                   answer->cycle_ended, "known_subject", answer->known_subject);
+}
+
 json_t *tly_req_quota_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,
                            const tly_subject_state_t *state,
                            const tly_req_quota_query_t *query, int64_t now_ms,
                            tly_req_error_t *err) {
-  const tly_account_t *account = state ? &state->account : NULL;
-  const char *plan_name =
-      account ? account->plan : config->default_plan[subject->kind];
-  const tly_plan_t *plan = tly_config_plan(config, plan_name);
-  int64_t start, end, used = 0, cost = 0;
-  tly_req_quota_t quota;
-
-  if (!plan) {
-    tly_req_fail(err, 500, "plan_missing", "",
-                 "the subject's plan '%s' is not in the configuration",
-                 plan_name);
+  tly_req_quota_answer_t answer;
+  if (tly_req_quota_answer(config, subject, state, query, now_ms, &answer, err))
     return NULL;
-  }
-  int ended = tly_req_effective_cycle(config, account, now_ms, &start, &end);
-  if (account && !ended) {
-    cost = account->cycle.cost_micros;
-    for (size_t i = 0; i < state->row_count; i++)
-      if (state->rows[i].cycle_start_ms == start &&
-          strcmp(state->rows[i].feature, query->feature) == 0)
-        used = state->rows[i].row.quantity;
-  }
-  tly_req_quota_decide(config, plan, query->feature, used, cost,
-                       query->quantity, &quota);
-  json_t *warning = json_null();
-  if (strcmp(quota.reason, "soft_limit_exceeded") == 0)
-    warning = json_string("over the soft limit: allowed, and billed");
-  json_t *credits = json_pack(
-      "{s:I,s:o,s:o}", "used", (json_int_t)quota.credits_used, "limit",
-      integer_or_null(quota.credits_limit), "remaining",
-      quota.credits_remaining < 0 ? json_null()
-                                  : json_integer(quota.credits_remaining));
-  return json_pack(
-      "{s:s,s:s,s:I,s:b,s:s,s:o,s:s,s:s,s:o,s:I,s:o,s:o,"
-      "s:{s:I,s:I},s:b,s:b}",
-      "subject", subject->key, "feature", query->feature, "quantity",
-      (json_int_t)query->quantity, "allowed", quota.allowed, "reason",
-      quota.reason, "warning", warning, "plan", plan->name, "mode", quota.mode,
-      "limit", integer_or_null(quota.limit), "used", (json_int_t)quota.used,
-      "remaining", integer_or_null(quota.remaining), "credits", credits,
-      "cycle", "start_ms", (json_int_t)start, "end_ms", (json_int_t)end,
-      "cycle_ended", ended, "known_subject", account != NULL);
+  return tly_req_quota_answer_json(&answer);
 }
 
 /* ---- usage ------------------------------------------------------------- */

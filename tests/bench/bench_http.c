@@ -12,6 +12,7 @@
 #include "tly_topics.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <microhttpd.h>
@@ -82,6 +83,40 @@ static struct MHD_Daemon *ceiling_start(unsigned threads, uint16_t *port) {
 
 /* ---- wrk --------------------------------------------------------------- */
 
+/* CPU seconds of this process's libmicrohttpd threads (named "MHD-..."):
+ * per request, a figure the other load on the machine disturbs less than
+ * the rate. */
+static double mhd_cpu_seconds(void) {
+  double total = 0;
+  DIR *tasks = opendir("/proc/self/task");
+  struct dirent *task;
+  while (tasks && (task = readdir(tasks))) {
+    char path[300], comm[64] = "", line[1024];
+    snprintf(path, sizeof(path), "/proc/self/task/%s/comm", task->d_name);
+    FILE *file = fopen(path, "r");
+    if (!file)
+      continue;
+    int named =
+        fgets(comm, sizeof(comm), file) && strncmp(comm, "MHD-", 4) == 0;
+    fclose(file);
+    snprintf(path, sizeof(path), "/proc/self/task/%s/stat", task->d_name);
+    if (!named || !(file = fopen(path, "r")))
+      continue;
+    /* utime and stime: fields 14 and 15, after the ")" closing comm. */
+    unsigned long long utime = 0, stime = 0;
+    const char *after =
+        fgets(line, sizeof(line), file) ? strrchr(line, ')') : NULL;
+    if (after && sscanf(after + 2,
+                        "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                        &utime, &stime) == 2)
+      total += (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    fclose(file);
+  }
+  if (tasks)
+    closedir(tasks);
+  return total;
+}
+
 /* wrk against path (a template for scripts/bench-http.lua). */
 static void run_wrk(uint16_t port, const char *path, long subjects, int seconds,
                     int connections, bench_http_figure_t *figure) {
@@ -92,6 +127,7 @@ static void run_wrk(uint16_t port, const char *path, long subjects, int seconds,
            subjects, path, BENCH_HTTP_TOKEN, connections, seconds,
            TALLY_SOURCE_DIR, (unsigned)port);
   memset(figure, 0, sizeof(*figure));
+  double cpu_before = mhd_cpu_seconds();
   FILE *out = popen(command, "r");
   while (out && fgets(line, sizeof(line), out))
     if (sscanf(line, "RESULT %lf %lf %lf %ld %ld", &figure->rps,
@@ -100,6 +136,9 @@ static void run_wrk(uint16_t port, const char *path, long subjects, int seconds,
       figure->ok = 1;
   if (out)
     pclose(out);
+  figure->cpu_us = figure->requests ? (mhd_cpu_seconds() - cpu_before) * 1e6 /
+                                          (double)figure->requests
+                                    : 0;
   figure->p50_ms /= 1000.0; /* wrk reports microseconds */
   figure->p99_ms /= 1000.0;
 }
@@ -161,6 +200,7 @@ int bench_http_run(tly_store_t *store, tly_processor_t *processor,
     ceiling_fig->rps = (ceiling_fig->rps + after.rps) / 2;
     ceiling_fig->p50_ms = (ceiling_fig->p50_ms + after.p50_ms) / 2;
     ceiling_fig->p99_ms = (ceiling_fig->p99_ms + after.p99_ms) / 2;
+    ceiling_fig->cpu_us = (ceiling_fig->cpu_us + after.cpu_us) / 2;
     ceiling_fig->requests += after.requests;
     ceiling_fig->errors += after.errors;
   }
@@ -181,7 +221,8 @@ void bench_http_print(const bench_http_result_t *result) {
   }
   const bench_http_figure_t *ceiling = &result->figure[BENCH_CEILING];
   printf("| (d) HTTP: wrk -t1 -c%d, %d s per run, %ld subjects, %u server "
-         "threads | req/s, p50 / p99, ratio to the ceiling (errors) |\n",
+         "threads | req/s, p50 / p99, ratio to the ceiling; server CPU per "
+         "request (its ratio) (errors) |\n",
          result->connections, result->seconds, result->subjects,
          result->threads);
   for (int r = 0; r < BENCH_ROUTES; r++) {
@@ -196,7 +237,9 @@ void bench_http_print(const bench_http_result_t *result) {
     if (r == BENCH_CEILING)
       printf(" (mean of %.0f before and %.0f after the routes)",
              result->ceiling_runs[0], result->ceiling_runs[1]);
-    printf(" (%ld errors of %ld) |\n", f->errors, f->requests);
+    printf("; %.1f us (%.2f) (%ld errors of %ld) |\n", f->cpu_us,
+           ceiling->cpu_us > 0 ? f->cpu_us / ceiling->cpu_us : 0.0, f->errors,
+           f->requests);
   }
 }
 

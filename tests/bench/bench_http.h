@@ -32,6 +32,7 @@ enum {
 
 typedef struct {
   double rps, p50_ms, p99_ms;
+  double cpu_us;         /* CPU of the server's threads per request */
   long requests, errors; /* errors: socket errors and non-2xx/3xx */
   int ok;                /* wrk ran and printed its result */
 } bench_http_figure_t;
