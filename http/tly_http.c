@@ -732,6 +732,16 @@ static void http_free(tly_http_t *http) {
   free(http);
 }
 
+/* libmicrohttpd's memory per connection: the request's headers (the target
+ * up to http.max_url_bytes, a token, a forwarding credential) and the
+ * answer's. It is zeroed after every request, so it is kept no larger than
+ * that needs: 32 KiB (libmicrohttpd's default) unless the target bound
+ * needs more. */
+static size_t connection_memory(const tly_config_t *config) {
+  size_t needed = 16384 + 2 * (size_t)config->http.max_url_bytes;
+  return needed > 32768 ? needed : 32768;
+}
+
 tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
                            size_t errstr_size) {
   struct sockaddr_in addr;
@@ -786,7 +796,7 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
       tly_http_guard_mhd_connection_limit(http->guard, threads),
       MHD_OPTION_CONNECTION_TIMEOUT, tly_http_guard_mhd_timeout_s(http->guard),
       MHD_OPTION_NOTIFY_CONNECTION, tly_http_guard_notify, http->guard,
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, connection_memory(conf->config),
       MHD_OPTION_URI_LOG_CALLBACK, on_uri, http, MHD_OPTION_NOTIFY_COMPLETED,
       on_completed, http, MHD_OPTION_END);
   if (!http->daemon) {

@@ -150,15 +150,29 @@ void bench_http_add_key(tly_config_t *config) {
   tly_config_add_api_key(config, "bench", digest);
 }
 
+static int compare_doubles(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median(double *values, int n) {
+  qsort(values, (size_t)n, sizeof(*values), compare_doubles);
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
 int bench_http_run(tly_store_t *store, tly_processor_t *processor,
                    tly_config_t *config, long subjects, int seconds,
                    bench_http_result_t *result) {
   char errstr[512];
   const char *c = getenv("BENCH_HTTP_CONNECTIONS");
+  const char *r = getenv("BENCH_HTTP_ROUNDS");
   memset(result, 0, sizeof(*result));
   result->subjects = subjects;
-  result->seconds = seconds;
   result->connections = c && atoi(c) > 0 ? atoi(c) : 32;
+  result->rounds = r && atoi(r) > 0 ? atoi(r) : 4;
+  if (result->rounds > BENCH_ROUNDS_MAX)
+    result->rounds = BENCH_ROUNDS_MAX;
+  result->seconds = seconds / result->rounds > 0 ? seconds / result->rounds : 1;
   result->threads = 2; /* tly_http_conf_t's default, as `tally run` */
   tly_http_conf_t hconf = {.store = store,
                            .processor = processor,
@@ -179,33 +193,60 @@ int bench_http_run(tly_store_t *store, tly_processor_t *processor,
   static const char *const paths[BENCH_ROUTES] = {
       "/", "/v1/subjects/user:b{n}/quota?feature=api_calls&quantity=1",
       "/v1/subjects/user:b{n}/usage", "/healthz"};
-  static const char *const names[BENCH_ROUTES] = {
-      "the ceiling", "the quota pre-check", "/usage", "/healthz"};
   uint16_t port = tly_http_port(http);
-  bench_http_figure_t after;
   fprintf(stderr,
-          "(d) HTTP with wrk -t1 -c%d, %d s each: ", result->connections,
-          seconds);
-  for (int r = 0; r < BENCH_ROUTES; r++) {
-    fprintf(stderr, "%s... ", names[r]);
-    run_wrk(r == BENCH_CEILING ? ceiling_port : port, paths[r], subjects,
-            seconds, result->connections, &result->figure[r]);
+          "(d) HTTP with wrk -t1 -c%d: %d rounds of the ceiling, the quota "
+          "pre-check, /usage and /healthz, %d s each\n",
+          result->connections, result->rounds, result->seconds);
+  /* Rounds, each running every route in turn: a route and the ceiling are
+   * measured minutes apart at most, so a machine getting busier or quieter
+   * (other work on it) weighs on both alike. */
+  bench_http_figure_t runs[BENCH_ROUNDS_MAX][BENCH_ROUTES];
+  for (int round = 0; round < result->rounds; round++) {
+    fprintf(stderr, "\rround %d/%d", round + 1, result->rounds);
+    for (int route = 0; route < BENCH_ROUTES; route++)
+      run_wrk(route == BENCH_CEILING ? ceiling_port : port, paths[route],
+              subjects, result->seconds, result->connections,
+              &runs[round][route]);
   }
-  fprintf(stderr, "the ceiling again\n");
-  run_wrk(ceiling_port, "/", subjects, seconds, result->connections, &after);
-  bench_http_figure_t *ceiling_fig = &result->figure[BENCH_CEILING];
-  result->ceiling_runs[0] = ceiling_fig->rps;
-  result->ceiling_runs[1] = after.rps;
-  if (after.ok && ceiling_fig->ok) {
-    ceiling_fig->rps = (ceiling_fig->rps + after.rps) / 2;
-    ceiling_fig->p50_ms = (ceiling_fig->p50_ms + after.p50_ms) / 2;
-    ceiling_fig->p99_ms = (ceiling_fig->p99_ms + after.p99_ms) / 2;
-    ceiling_fig->cpu_us = (ceiling_fig->cpu_us + after.cpu_us) / 2;
-    ceiling_fig->requests += after.requests;
-    ceiling_fig->errors += after.errors;
-  }
+  fprintf(stderr, "\n");
   MHD_stop_daemon(ceiling);
   tly_http_stop(http);
+  /* Per route: the median of the rounds (rate, latency, CPU) and of each
+   * round's ratio to that round's ceiling; requests and errors summed. */
+  for (int route = 0; route < BENCH_ROUTES; route++) {
+    bench_http_figure_t *f = &result->figure[route];
+    double rps[BENCH_ROUNDS_MAX], p50[BENCH_ROUNDS_MAX], p99[BENCH_ROUNDS_MAX];
+    double cpu[BENCH_ROUNDS_MAX], ratio[BENCH_ROUNDS_MAX],
+        cpu_ratio[BENCH_ROUNDS_MAX];
+    int n = 0;
+    for (int round = 0; round < result->rounds; round++) {
+      const bench_http_figure_t *run = &runs[round][route];
+      const bench_http_figure_t *top = &runs[round][BENCH_CEILING];
+      if (!run->ok || !top->ok || top->rps <= 0 || top->cpu_us <= 0)
+        continue;
+      rps[n] = run->rps;
+      p50[n] = run->p50_ms;
+      p99[n] = run->p99_ms;
+      cpu[n] = run->cpu_us;
+      ratio[n] = run->rps / top->rps;
+      cpu_ratio[n] = run->cpu_us / top->cpu_us;
+      f->requests += run->requests;
+      f->errors += run->errors;
+      n++;
+    }
+    if (!n)
+      continue;
+    f->ok = 1;
+    f->rps = median(rps, n);
+    f->p50_ms = median(p50, n);
+    f->p99_ms = median(p99, n);
+    f->cpu_us = median(cpu, n);
+    f->ratio = median(ratio, n);
+    f->cpu_ratio = median(cpu_ratio, n);
+    f->ratio_min = ratio[0]; /* sorted by median() */
+    f->ratio_max = ratio[n - 1];
+  }
   result->ran = 1;
   return 0;
 }
@@ -219,11 +260,11 @@ void bench_http_print(const bench_http_result_t *result) {
     printf("| (d) HTTP | not run (BENCH_HTTP_S=0) |\n");
     return;
   }
-  const bench_http_figure_t *ceiling = &result->figure[BENCH_CEILING];
-  printf("| (d) HTTP: wrk -t1 -c%d, %d s per run, %ld subjects, %u server "
-         "threads | req/s, p50 / p99, ratio to the ceiling; server CPU per "
-         "request (its ratio) (errors) |\n",
-         result->connections, result->seconds, result->subjects,
+  printf("| (d) HTTP: wrk -t1 -c%d, %d rounds of %d s per route, %ld "
+         "subjects, %u server threads | req/s, p50 / p99 (medians of the "
+         "rounds); ratio to the ceiling (median of the rounds' ratios, "
+         "their range); server CPU per request (its ratio); errors |\n",
+         result->connections, result->rounds, result->seconds, result->subjects,
          result->threads);
   for (int r = 0; r < BENCH_ROUTES; r++) {
     const bench_http_figure_t *f = &result->figure[r];
@@ -231,15 +272,10 @@ void bench_http_print(const bench_http_result_t *result) {
       printf("| (d) %s | no result (is wrk installed?) |\n", rows[r]);
       continue;
     }
-    printf("| (d) %s | %.0f, %.2f / %.2f ms, %.2f", rows[r], f->rps, f->p50_ms,
-           f->p99_ms,
-           ceiling->ok && ceiling->rps > 0 ? f->rps / ceiling->rps : 0.0);
-    if (r == BENCH_CEILING)
-      printf(" (mean of %.0f before and %.0f after the routes)",
-             result->ceiling_runs[0], result->ceiling_runs[1]);
-    printf("; %.1f us (%.2f) (%ld errors of %ld) |\n", f->cpu_us,
-           ceiling->cpu_us > 0 ? f->cpu_us / ceiling->cpu_us : 0.0, f->errors,
-           f->requests);
+    printf("| (d) %s | %.0f, %.2f / %.2f ms; %.2f (%.2f-%.2f); %.1f us "
+           "(%.2f); %ld errors of %ld |\n",
+           rows[r], f->rps, f->p50_ms, f->p99_ms, f->ratio, f->ratio_min,
+           f->ratio_max, f->cpu_us, f->cpu_ratio, f->errors, f->requests);
   }
 }
 
@@ -297,7 +333,7 @@ int bench_http_only(int argc, char **argv) {
   long subjects = argc > 2 ? atol(argv[2]) : 1000;
   long events = argc > 1 ? atol(argv[1]) : subjects;
   int partitions = argc > 3 ? atoi(argv[3]) : 16;
-  int seconds = getenv("BENCH_HTTP_S") ? atoi(getenv("BENCH_HTTP_S")) : 5;
+  int seconds = getenv("BENCH_HTTP_S") ? atoi(getenv("BENCH_HTTP_S")) : 8;
   char errstr[512], dir[] = "/tmp/tally-bench-http-XXXXXX";
   if (subjects < 1 || events < subjects || partitions < 1 || seconds < 1) {
     fprintf(stderr, "bench: BENCH_ONLY_HTTP needs events >= subjects >= 1, "

@@ -2,15 +2,20 @@
  * bench_http.h - bench_fold's (d): the HTTP port's figures next to their
  * ceiling, a bare libmicrohttpd server started in the same process with
  * tally's threading model (epoll, a pool of as many threads as tally's
- * port), answering a fixed ~200-byte JSON with 200. wrk -t1 -c32
+ * port), answering a fixed ~200-byte JSON with 200 the usual way (on the
+ * second call, so connections are kept alive). wrk -t1 -c32
  * (BENCH_HTTP_CONNECTIONS) drives each in turn on loopback: the ceiling,
- * the quota pre-check rotating over every subject, /v1/subjects/{s}/usage,
- * /healthz, and the ceiling again (its figure is the mean of both runs, so
- * a machine getting busier or quieter during the run shows).
+ * the quota pre-check rotating over every subject (with a bearer token),
+ * /v1/subjects/{s}/usage and /healthz, in BENCH_HTTP_ROUNDS rounds
+ * (default 4) that split BENCH_HTTP_S seconds per route between them;
+ * each figure is the median of the rounds, each ratio the median of the
+ * ratios to the same round's ceiling. Also printed: CPU seconds of the
+ * server's threads per request, which the machine's other load disturbs
+ * less than the rate.
  *
  * BENCH_ONLY_HTTP=1 build/bench_fold [events] [subjects] [partitions]
  * runs (d) alone on a small data set: default 1,000 subjects with one
- * event each on 16 partitions, 5 s per wrk run (BENCH_HTTP_S).
+ * event each on 16 partitions, 8 s per route (BENCH_HTTP_S).
  */
 #ifndef BENCH_HTTP_H
 #define BENCH_HTTP_H
@@ -35,14 +40,18 @@ typedef struct {
   double cpu_us;         /* CPU of the server's threads per request */
   long requests, errors; /* errors: socket errors and non-2xx/3xx */
   int ok;                /* wrk ran and printed its result */
+  /* Of the rounds (bench_http_result_t): the median ratio of rps to the
+   * round's ceiling, their range, the median ratio of cpu_us. */
+  double ratio, ratio_min, ratio_max, cpu_ratio;
 } bench_http_figure_t;
+
+#define BENCH_ROUNDS_MAX 16
 
 typedef struct {
   int ran;
   long subjects;
-  int seconds, connections;
+  int rounds, seconds, connections; /* seconds: of each wrk run */
   unsigned threads;
-  double ceiling_runs[2]; /* req/s before and after the routes */
   bench_http_figure_t figure[BENCH_ROUTES];
 } bench_http_result_t;
 
