@@ -50,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if MHD_VERSION < 0x00097002
 typedef int tly_mhd_result;
@@ -562,11 +563,22 @@ static int take_body(tly_http_t *http, request_t *req, const char *data,
   return 0;
 }
 
+static int64_t monotonic_us(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+}
+
+/* The answer's status and latency, by route (no route: the last row). */
 static void count_request(tly_http_t *http, const request_t *req, int status) {
   size_t route =
       req && req->route >= 0 ? (size_t)req->route : tly_http_route_count;
   if (status >= STATUS_MIN && status <= STATUS_MAX)
-    atomic_fetch_add(&http->requests[route][status - STATUS_MIN], 1);
+    atomic_fetch_add_explicit(&http->requests[route][status - STATUS_MIN], 1,
+                              memory_order_relaxed);
+  if (req)
+    tly_http_latency_observe(http->latency, route,
+                             monotonic_us() - req->started_us);
 }
 
 static tly_mhd_result queue_answer(tly_http_t *http, request_t *req,
@@ -681,6 +693,7 @@ static void *on_uri(void *cls, const char *uri,
   (void)cls, (void)connection;
   request_t *req = calloc(1, sizeof(*req));
   if (req) {
+    req->started_us = monotonic_us();
     req->uri_len = uri ? strlen(uri) : 0;
     req->route = -1;
     req->partition = -1;
@@ -729,6 +742,7 @@ static void http_free(tly_http_t *http) {
   tly_alert_codec_destroy(http->alert_codec);
   pthread_mutex_destroy(&http->alert_lock);
   free(http->requests);
+  tly_http_latency_free(http->latency);
   free(http);
 }
 
@@ -756,7 +770,8 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   pthread_mutex_init(&http->alert_lock, NULL);
   http->cache = tly_state_cache_new(0);
   http->requests = calloc(tly_http_route_count + 1, sizeof(*http->requests));
-  if (!http->cache || !http->requests) {
+  http->latency = tly_http_latency_new(tly_http_route_count + 1);
+  if (!http->cache || !http->requests || !http->latency) {
     snprintf(errstr, errstr_size, "out of memory");
     goto fail;
   }
