@@ -6,6 +6,8 @@
 
 #include "tly_request_subject.h"
 
+#include <jansson.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,15 +76,17 @@ void tly_jt_object_end(tly_jt_t *jt) {
 
 /* jansson's escaping: '"', '\\' and control characters; the rest of the
  * (well-formed UTF-8) bytes as they are. */
-static void put_string(tly_jt_t *jt, const char *value) {
+static void put_string_n(tly_jt_t *jt, const char *value, size_t len) {
   static const char hex[] = "0123456789ABCDEF";
   /* Most strings (keys, codes, plan and feature names) are printable
    * ASCII with nothing to escape: copied in one go. */
   const unsigned char *scan = (const unsigned char *)value;
-  while (*scan >= 0x20 && *scan < 0x80 && *scan != '"' && *scan != '\\')
+  const unsigned char *end = scan + len;
+  while (scan < end && *scan >= 0x20 && *scan < 0x80 && *scan != '"' &&
+         *scan != '\\')
     scan++;
-  if (!*scan) {
-    size_t plain = (size_t)(scan - (const unsigned char *)value);
+  if (scan == end) {
+    size_t plain = len;
     if (reserve(jt, plain + 2))
       return;
     jt->data[jt->len] = '"';
@@ -92,7 +96,6 @@ static void put_string(tly_jt_t *jt, const char *value) {
     jt->data[jt->len] = '\0';
     return;
   }
-  size_t len = strlen(value);
   if (!tly_req_utf8_valid(value, len)) {
     jt->failed = 1;
     return;
@@ -102,7 +105,8 @@ static void put_string(tly_jt_t *jt, const char *value) {
     return;
   char *out = jt->data + jt->len;
   *out++ = '"';
-  for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+  for (const unsigned char *p = (const unsigned char *)value;
+       p < (const unsigned char *)value + len; p++) {
     unsigned char c = *p;
     if (c >= 0x20 && c != '"' && c != '\\') {
       *out++ = (char)c;
@@ -140,6 +144,10 @@ static void put_string(tly_jt_t *jt, const char *value) {
   *out++ = '"';
   *out = '\0';
   jt->len = (size_t)(out - jt->data);
+}
+
+static void put_string(tly_jt_t *jt, const char *value) {
+  put_string_n(jt, value, strlen(value));
 }
 
 void tly_jt_key(tly_jt_t *jt, const char *key) {
@@ -187,4 +195,74 @@ char *tly_jt_finish(tly_jt_t *jt) {
   char *text = jt->data;
   jt->data = NULL;
   return text;
+}
+
+/* One value of a jansson tree, as jansson's dump writes it. */
+static void put_value(tly_jt_t *jt, json_t *value, int depth) {
+  if (jt->failed)
+    return;
+  if (depth > TLY_JT_DEPTH_MAX) {
+    jt->failed = 1;
+    return;
+  }
+  switch (json_typeof(value)) {
+  case JSON_OBJECT: {
+    put(jt, "{", 1);
+    int first = 1;
+    for (void *iter = json_object_iter(value); iter;
+         iter = json_object_iter_next(value, iter)) {
+      const char *key = json_object_iter_key(iter);
+#if JANSSON_VERSION_HEX >= 0x020e00
+      size_t key_len = json_object_iter_key_len(iter);
+#else
+      size_t key_len = strlen(key);
+#endif
+      if (!first)
+        put(jt, ",", 1);
+      first = 0;
+      put_string_n(jt, key, key_len);
+      put(jt, ":", 1);
+      put_value(jt, json_object_iter_value(iter), depth + 1);
+    }
+    put(jt, "}", 1);
+    break;
+  }
+  case JSON_ARRAY:
+    put(jt, "[", 1);
+    for (size_t i = 0; i < json_array_size(value); i++) {
+      if (i)
+        put(jt, ",", 1);
+      put_value(jt, json_array_get(value, i), depth + 1);
+    }
+    put(jt, "]", 1);
+    break;
+  case JSON_STRING:
+    put_string_n(jt, json_string_value(value), json_string_length(value));
+    break;
+  case JSON_INTEGER:
+    tly_jt_int(jt, (int64_t)json_integer_value(value));
+    break;
+  case JSON_TRUE:
+    put(jt, "true", 4);
+    break;
+  case JSON_FALSE:
+    put(jt, "false", 5);
+    break;
+  case JSON_NULL:
+    put(jt, "null", 4);
+    break;
+  case JSON_REAL: /* jansson's number format is its own: left to it */
+  default:
+    jt->failed = 1;
+  }
+}
+
+char *tly_jt_dump(json_t *value) {
+  /* json_dumps without JSON_ENCODE_ANY takes an object or an array only. */
+  if (!value || (!json_is_object(value) && !json_is_array(value)))
+    return NULL;
+  tly_jt_t jt;
+  tly_jt_init(&jt, 1024);
+  put_value(&jt, value, 0);
+  return tly_jt_finish(&jt);
 }

@@ -6,9 +6,11 @@
  * without a short form; '/' and non-ASCII as they are), integers in
  * decimal.
  *
- * For the HTTP port's hot answers (the quota pre-check), where building a
- * jansson tree and dumping it cost more than the rest of the request. Pure:
- * no I/O. Never parses; jansson stays the one parser.
+ * For the HTTP port's answers: the quota pre-check writes its text
+ * directly (building a jansson tree and dumping it cost more than the rest
+ * of the request), every other answer's jansson tree is dumped by
+ * tly_jt_dump. Pure: no I/O. Never parses; jansson stays the one parser
+ * and builder.
  *
  * A string that is not well-formed UTF-8 fails the text (jansson refuses
  * such a string too): tly_jt_finish then returns NULL and the caller falls
@@ -17,6 +19,7 @@
 #ifndef TLY_JSON_TEXT_H
 #define TLY_JSON_TEXT_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,5 +49,13 @@ void tly_jt_null(tly_jt_t *jt);
 /* The text (the caller frees it), or NULL when it failed (the buffer is
  * freed). */
 char *tly_jt_finish(tly_jt_t *jt);
+
+/* The compact text of a jansson tree (an object or an array), as
+ * json_dumps(value, JSON_COMPACT) writes it, without its per-piece
+ * callbacks and printf. NULL when the tree holds a real number (jansson's
+ * format for those stays its own), a string that is not UTF-8, more than
+ * TLY_JT_DEPTH_MAX levels, or memory ran out: the caller then uses
+ * json_dumps. */
+char *tly_jt_dump(json_t *value);
 
 #endif

@@ -1,8 +1,9 @@
 /*
  * test_request_text.c - the JSON text the hot path writes without jansson
- * (tly_json_text.h, tly_req_quota_answer_text) against jansson's own
- * compact dump of the same values: byte for byte, for strings needing every
- * kind of escape, integers at their bounds, nested objects, and the quota
+ * (tly_json_text.h, tly_req_quota_answer_text, tly_jt_dump) against
+ * jansson's own compact dump of the same values: byte for byte, for strings
+ * needing every kind of escape, integers at their bounds, nested objects,
+ * random trees of objects, arrays and scalars, and the quota
  * answer over every plan, feature, limit state and kind of subject of the
  * default config.
  */
@@ -144,6 +145,88 @@ static void test_failures(void **state) {
   assert_null(tly_jt_finish(&deep)); /* too deep */
 }
 
+/* A random tree of depth at most depth: objects, arrays, strings (from
+ * strings[], or random bytes made valid), integers, booleans, nulls. */
+static json_t *random_tree(unsigned *seed, int depth) {
+  int kind = depth > 0 ? rand_r(seed) % 8 : 2 + rand_r(seed) % 6;
+  switch (kind) {
+  case 0: {
+    json_t *object = json_object();
+    int n = rand_r(seed) % 5;
+    for (int i = 0; i < n; i++) {
+      const char *key = strings[(size_t)rand_r(seed) %
+                                (sizeof(strings) / sizeof(strings[0]))];
+      json_object_set_new(object, key, random_tree(seed, depth - 1));
+    }
+    return object;
+  }
+  case 1: {
+    json_t *array = json_array();
+    int n = rand_r(seed) % 5;
+    for (int i = 0; i < n; i++)
+      json_array_append_new(array, random_tree(seed, depth - 1));
+    return array;
+  }
+  case 2:
+    return json_string(
+        strings[(size_t)rand_r(seed) % (sizeof(strings) / sizeof(strings[0]))]);
+  case 3: {
+    /* Any bytes below 0x80, NUL included (json_stringn). */
+    char bytes[8];
+    size_t n = (size_t)rand_r(seed) % sizeof(bytes);
+    for (size_t i = 0; i < n; i++)
+      bytes[i] = (char)(rand_r(seed) % 0x80);
+    return json_stringn(bytes, n);
+  }
+  case 4: {
+    /* Every bit pattern, the bounds included. */
+    uint64_t bits = ((uint64_t)rand_r(seed) << 33) ^
+                    ((uint64_t)rand_r(seed) << 2) ^ (uint64_t)rand_r(seed);
+    return json_integer((json_int_t)bits);
+  }
+  case 5:
+    return json_true();
+  case 6:
+    return json_false();
+  default:
+    return json_null();
+  }
+}
+
+/* Any jansson tree of those types dumps to jansson's own text. */
+static void test_dump_as_jansson(void **state) {
+  (void)state;
+  unsigned seed = 15;
+  for (int i = 0; i < 2000; i++) {
+    json_t *tree = rand_r(&seed) % 2 ? json_object() : json_array();
+    for (int n = rand_r(&seed) % 6; n > 0; n--) {
+      if (json_is_object(tree))
+        json_object_set_new(tree, strings[(size_t)n], random_tree(&seed, 4));
+      else
+        json_array_append_new(tree, random_tree(&seed, 4));
+    }
+    expect_same(tree, tly_jt_dump(tree));
+  }
+  /* What it leaves to jansson: reals, scalars at the top (json_dumps
+   * refuses those without JSON_ENCODE_ANY), too deep. */
+  json_t *real = json_pack("{s:f}", "x", 1.5);
+  assert_null(tly_jt_dump(real));
+  json_decref(real);
+  json_t *scalar = json_integer(1);
+  assert_null(tly_jt_dump(scalar));
+  assert_null(json_dumps(scalar, JSON_COMPACT));
+  json_decref(scalar);
+  json_t *deep = json_array();
+  json_t *inner = deep;
+  for (int i = 0; i <= TLY_JT_DEPTH_MAX + 1; i++) {
+    json_t *next = json_array();
+    json_array_append_new(inner, next);
+    inner = next;
+  }
+  assert_null(tly_jt_dump(deep));
+  json_decref(deep);
+}
+
 /* The quota answer: text and jansson agree for every plan of the default
  * config, each feature it limits or prices plus an unlisted one, used
  * amounts below, at and past the limit, spent credits, quantities 0, 1 and
@@ -225,6 +308,7 @@ int main(void) {
       cmocka_unit_test(test_strings_as_jansson),
       cmocka_unit_test(test_values_and_nesting_as_jansson),
       cmocka_unit_test(test_failures),
+      cmocka_unit_test(test_dump_as_jansson),
       cmocka_unit_test(test_quota_answer_as_jansson),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
