@@ -186,6 +186,10 @@ void tly_jt_bool(tly_jt_t *jt, int value) {
 
 void tly_jt_null(tly_jt_t *jt) { put(jt, "null", 4); }
 
+void tly_jt_raw(tly_jt_t *jt, const char *text, size_t len) {
+  put(jt, text, len);
+}
+
 char *tly_jt_finish(tly_jt_t *jt) {
   if (jt->failed || jt->depth != 0) {
     free(jt->data);

@@ -45,6 +45,13 @@ void tly_jt_string(tly_jt_t *jt, const char *value);
 void tly_jt_int(tly_jt_t *jt, int64_t value);
 void tly_jt_bool(tly_jt_t *jt, int value);
 void tly_jt_null(tly_jt_t *jt);
+/* Text written as it is: a piece of JSON the caller vouches for (keys,
+ * punctuation). TLY_JT_LITERAL takes a string literal. Bypasses the
+ * member bookkeeping: a text is written with these or with the calls
+ * above, not both. */
+void tly_jt_raw(tly_jt_t *jt, const char *text, size_t len);
+#define TLY_JT_LITERAL(jt, literal)                                            \
+  tly_jt_raw((jt), (literal), sizeof(literal) - 1)
 
 /* The text (the caller frees it), or NULL when it failed (the buffer is
  * freed). */

@@ -14,60 +14,54 @@ static void jt_int_or_null(tly_jt_t *jt, int64_t value) {
     tly_jt_int(jt, value);
 }
 
-/* The same members in the same order as tly_req_quota_answer_json. */
+/* The same members in the same order as tly_req_quota_answer_json, the
+ * keys and punctuation as literals. */
 char *tly_req_quota_answer_text(const tly_req_quota_answer_t *answer) {
   const tly_req_quota_t *quota = &answer->quota;
   tly_jt_t jt;
   tly_jt_init(&jt, 512);
-  tly_jt_object_begin(&jt);
-  tly_jt_key(&jt, "subject");
+  TLY_JT_LITERAL(&jt, "{\"subject\":");
   tly_jt_string(&jt, answer->subject);
-  tly_jt_key(&jt, "feature");
+  TLY_JT_LITERAL(&jt, ",\"feature\":");
   tly_jt_string(&jt, answer->feature);
-  tly_jt_key(&jt, "quantity");
+  TLY_JT_LITERAL(&jt, ",\"quantity\":");
   tly_jt_int(&jt, answer->quantity);
-  tly_jt_key(&jt, "allowed");
+  TLY_JT_LITERAL(&jt, ",\"allowed\":");
   tly_jt_bool(&jt, quota->allowed);
-  tly_jt_key(&jt, "reason");
+  TLY_JT_LITERAL(&jt, ",\"reason\":");
   tly_jt_string(&jt, quota->reason);
-  tly_jt_key(&jt, "warning");
+  TLY_JT_LITERAL(&jt, ",\"warning\":");
   if (answer->warning)
     tly_jt_string(&jt, answer->warning);
   else
     tly_jt_null(&jt);
-  tly_jt_key(&jt, "plan");
+  TLY_JT_LITERAL(&jt, ",\"plan\":");
   tly_jt_string(&jt, answer->plan);
-  tly_jt_key(&jt, "mode");
+  TLY_JT_LITERAL(&jt, ",\"mode\":");
   tly_jt_string(&jt, quota->mode);
-  tly_jt_key(&jt, "limit");
+  TLY_JT_LITERAL(&jt, ",\"limit\":");
   jt_int_or_null(&jt, quota->limit);
-  tly_jt_key(&jt, "used");
+  TLY_JT_LITERAL(&jt, ",\"used\":");
   tly_jt_int(&jt, quota->used);
-  tly_jt_key(&jt, "remaining");
+  TLY_JT_LITERAL(&jt, ",\"remaining\":");
   jt_int_or_null(&jt, quota->remaining);
-  tly_jt_key(&jt, "credits");
-  tly_jt_object_begin(&jt);
-  tly_jt_key(&jt, "used");
+  TLY_JT_LITERAL(&jt, ",\"credits\":{\"used\":");
   tly_jt_int(&jt, quota->credits_used);
-  tly_jt_key(&jt, "limit");
+  TLY_JT_LITERAL(&jt, ",\"limit\":");
   jt_int_or_null(&jt, quota->credits_limit);
-  tly_jt_key(&jt, "remaining");
+  TLY_JT_LITERAL(&jt, ",\"remaining\":");
   if (quota->credits_remaining < 0)
     tly_jt_null(&jt);
   else
     tly_jt_int(&jt, quota->credits_remaining);
-  tly_jt_object_end(&jt);
-  tly_jt_key(&jt, "cycle");
-  tly_jt_object_begin(&jt);
-  tly_jt_key(&jt, "start_ms");
+  TLY_JT_LITERAL(&jt, "},\"cycle\":{\"start_ms\":");
   tly_jt_int(&jt, answer->cycle_start_ms);
-  tly_jt_key(&jt, "end_ms");
+  TLY_JT_LITERAL(&jt, ",\"end_ms\":");
   tly_jt_int(&jt, answer->cycle_end_ms);
-  tly_jt_object_end(&jt);
-  tly_jt_key(&jt, "cycle_ended");
+  TLY_JT_LITERAL(&jt, "},\"cycle_ended\":");
   tly_jt_bool(&jt, answer->cycle_ended);
-  tly_jt_key(&jt, "known_subject");
+  TLY_JT_LITERAL(&jt, ",\"known_subject\":");
   tly_jt_bool(&jt, answer->known_subject);
-  tly_jt_object_end(&jt);
+  TLY_JT_LITERAL(&jt, "}");
   return tly_jt_finish(&jt);
 }
