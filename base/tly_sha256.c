@@ -1,12 +1,17 @@
 /*
  * tly_sha256.c - SHA-256 digests, HMAC-SHA256, hex (tly_sha256.h).
  */
+/* The SHA256_* functions without OpenSSL 3's deprecation warnings (see
+ * tly_sha256). */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "tly_sha256.h"
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,10 +51,57 @@ int tly_sha256_hex_parse(const char *hex, unsigned char out[TLY_SHA256_LEN]) {
   return hex ? tly_hex_decode(hex, strlen(hex), out, TLY_SHA256_LEN) : -1;
 }
 
+/* SHA256() looks the algorithm up in OpenSSL's provider tables on every
+ * call (EVP_MD_fetch: a lock, a hash table, a string copy) and allocates a
+ * context, which costs more than the digest of a short token (every
+ * authenticated request hashes its token). The SHA256_* functions are the
+ * digest itself, without the lookup; OpenSSL 3 marks them deprecated (for
+ * the providers' sake), so where a build lacks them the algorithm is
+ * fetched once and each thread keeps a context instead. */
+#ifndef OPENSSL_NO_DEPRECATED_3_0
+void tly_sha256(const void *data, size_t len,
+                unsigned char out[TLY_SHA256_LEN]) {
+  SHA256_CTX ctx;
+  if (!SHA256_Init(&ctx) || !SHA256_Update(&ctx, data, len) ||
+      !SHA256_Final(out, &ctx))
+    SHA256(data, len, out);
+  OPENSSL_cleanse(&ctx, sizeof(ctx));
+}
+#else
+static EVP_MD *sha256_md;
+static pthread_key_t sha256_ctx_key;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static int sha256_key_ok;
+
+static void sha256_ctx_free(void *ctx) { EVP_MD_CTX_free(ctx); }
+
+static void sha256_init(void) {
+  sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+  sha256_key_ok = pthread_key_create(&sha256_ctx_key, sha256_ctx_free) == 0;
+}
+
+void tly_sha256(const void *data, size_t len,
+                unsigned char out[TLY_SHA256_LEN]) {
+  pthread_once(&sha256_once, sha256_init);
+  EVP_MD_CTX *ctx =
+      sha256_md && sha256_key_ok ? pthread_getspecific(sha256_ctx_key) : NULL;
+  if (!ctx && sha256_md && sha256_key_ok && (ctx = EVP_MD_CTX_new()) &&
+      pthread_setspecific(sha256_ctx_key, ctx) != 0) {
+    EVP_MD_CTX_free(ctx);
+    ctx = NULL;
+  }
+  unsigned int out_len = 0;
+  if (!ctx || !EVP_DigestInit_ex2(ctx, sha256_md, NULL) ||
+      !EVP_DigestUpdate(ctx, data, len) ||
+      !EVP_DigestFinal_ex(ctx, out, &out_len) || out_len != TLY_SHA256_LEN)
+    SHA256(data, len, out);
+}
+#endif
+
 void tly_sha256_hex(const void *data, size_t len,
                     char out[TLY_SHA256_HEX_LEN + 1]) {
   unsigned char digest[TLY_SHA256_LEN];
-  SHA256(data, len, digest);
+  tly_sha256(data, len, digest);
   tly_hex_encode(digest, TLY_SHA256_LEN, out);
 }
 

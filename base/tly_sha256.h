@@ -25,6 +25,9 @@ typedef struct {
 
 /* Parses 64 hex characters (either case) into a digest. 0, or -1. */
 int tly_sha256_hex_parse(const char *hex, unsigned char out[TLY_SHA256_LEN]);
+/* SHA-256(data). Thread-safe. */
+void tly_sha256(const void *data, size_t len,
+                unsigned char out[TLY_SHA256_LEN]);
 /* Lowercase hex of SHA-256(data); out holds TLY_SHA256_HEX_LEN + 1 bytes. */
 void tly_sha256_hex(const void *data, size_t len,
                     char out[TLY_SHA256_HEX_LEN + 1]);

@@ -40,7 +40,7 @@ tly_auth_result_t tly_auth_check(const tly_api_key_t *keys, size_t key_count,
     if ((unsigned char)token[i] < 0x21 || (unsigned char)token[i] > 0x7e)
       return TLY_AUTH_MALFORMED;
 
-  SHA256((const unsigned char *)token, token_len, digest);
+  tly_sha256(token, token_len, digest);
   /* Every key is compared, match or not: the time spent does not depend on
    * which key (if any) matched. */
   for (size_t i = 0; i < key_count; i++)

@@ -9,10 +9,11 @@
  *
  * A request goes through three phases. On the first call (headers only)
  * the URL is bounded (414), the route found (404, 405), the bearer token
- * checked when the route wants one (401) and a declared body bounded (413);
- * a route without a body answers right there, which is the quota
- * pre-check's whole path. A route with a body gets it in pieces, kept up to
- * http.max_body_bytes (a chunked body that grows past it is drained and
+ * checked when the route wants one (401) and a declared body bounded (413).
+ * A route without a body answers on the second call (the end of the
+ * request): answered with the headers alone, libmicrohttpd would close the
+ * connection after the answer. A route with a body gets it in pieces, kept up
+ * to http.max_body_bytes (a chunked body that grows past it is drained and
  * answered 413; one that keeps going is cut off). Ingest routes then
  * produce to Kafka and suspend the connection instead of blocking an HTTP
  * thread; the last delivery report resumes it and the answer (202 only when
@@ -33,6 +34,7 @@
 #include "tly_forward.h"
 #include "tly_http_conn.h"
 #include "tly_http_internal.h"
+#include "tly_json_text.h"
 #include "tly_log.h"
 #include "tly_request.h"
 #include "tly_request_subject.h"
@@ -49,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if MHD_VERSION < 0x00097002
 typedef int tly_mhd_result;
@@ -64,7 +67,10 @@ typedef enum MHD_Result tly_mhd_result;
 
 void tly_http_respond_json(response_t *out, int status, json_t *body) {
   out->status = status;
-  out->body = body ? json_dumps(body, JSON_COMPACT) : NULL;
+  /* The same text as json_dumps, in a third of its time. */
+  out->body = tly_jt_dump(body);
+  if (!out->body && body)
+    out->body = json_dumps(body, JSON_COMPACT);
   out->content_type = "application/json";
   json_decref(body);
 }
@@ -493,6 +499,16 @@ static void dispatch(tly_http_t *http, request_t *req,
   route->handler(http, req, connection, out);
 }
 
+/* Whether the request says a body follows (a Content-Length other than 0,
+ * or a Transfer-Encoding). */
+static int declares_body(struct MHD_Connection *connection) {
+  const char *length = MHD_lookup_connection_value(
+      connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  return (length && strspn(length, "0") != strlen(length)) ||
+         MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                     MHD_HTTP_HEADER_TRANSFER_ENCODING);
+}
+
 /* The first call, headers only. 1 when out holds the answer (an error, or
  * the whole answer of a route without a body), 0 to go on reading the
  * body. */
@@ -547,6 +563,14 @@ static int begin_request(tly_http_t *http, request_t *req,
     tly_http_respond_error(out, 413, "body_too_large", message);
     return 1;
   }
+  /* A route without a body answers on the next call, once libmicrohttpd
+   * has the whole request: an answer queued with the headers alone makes
+   * it close the connection after the answer (it cannot tell that no body
+   * follows), so every request would pay for a new connection. A request
+   * that declares a body anyway is answered now, its body unread (and its
+   * connection closed). */
+  if (!declares_body(connection))
+    return 0;
   dispatch(http, req, connection, out);
   return 1;
 }
@@ -576,11 +600,22 @@ static int take_body(tly_http_t *http, request_t *req, const char *data,
   return 0;
 }
 
+static int64_t monotonic_us(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+}
+
+/* The answer's status and latency, by route (no route: the last row). */
 static void count_request(tly_http_t *http, const request_t *req, int status) {
   size_t route =
       req && req->route >= 0 ? (size_t)req->route : tly_http_route_count;
   if (status >= STATUS_MIN && status <= STATUS_MAX)
-    atomic_fetch_add(&http->requests[route][status - STATUS_MIN], 1);
+    atomic_fetch_add_explicit(&http->requests[route][status - STATUS_MIN], 1,
+                              memory_order_relaxed);
+  if (req)
+    tly_http_latency_observe(http->latency, route,
+                             monotonic_us() - req->started_us);
 }
 
 static tly_mhd_result queue_answer(tly_http_t *http, request_t *req,
@@ -695,6 +730,7 @@ static void *on_uri(void *cls, const char *uri,
   (void)cls, (void)connection;
   request_t *req = calloc(1, sizeof(*req));
   if (req) {
+    req->started_us = monotonic_us();
     req->uri_len = uri ? strlen(uri) : 0;
     req->route = -1;
     req->partition = -1;
@@ -745,7 +781,18 @@ static void http_free(tly_http_t *http) {
   tly_http_registry_free(http);
   pthread_mutex_destroy(&http->alert_lock);
   free(http->requests);
+  tly_http_latency_free(http->latency);
   free(http);
+}
+
+/* libmicrohttpd's memory per connection: the request's headers (the target
+ * up to http.max_url_bytes, a token, a forwarding credential) and the
+ * answer's. It is zeroed after every request, so it is kept no larger than
+ * that needs: 32 KiB (libmicrohttpd's default) unless the target bound
+ * needs more. */
+static size_t connection_memory(const tly_config_t *config) {
+  size_t needed = 16384 + 2 * (size_t)config->http.max_url_bytes;
+  return needed > 32768 ? needed : 32768;
 }
 
 tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
@@ -762,7 +809,8 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   pthread_mutex_init(&http->alert_lock, NULL);
   http->cache = tly_state_cache_new(0);
   http->requests = calloc(tly_http_route_count + 1, sizeof(*http->requests));
-  if (!http->cache || !http->requests) {
+  http->latency = tly_http_latency_new(tly_http_route_count + 1);
+  if (!http->cache || !http->requests || !http->latency) {
     snprintf(errstr, errstr_size, "out of memory");
     goto fail;
   }
@@ -807,7 +855,7 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
       tly_http_guard_mhd_connection_limit(http->guard, threads),
       MHD_OPTION_CONNECTION_TIMEOUT, tly_http_guard_mhd_timeout_s(http->guard),
       MHD_OPTION_NOTIFY_CONNECTION, tly_http_guard_notify, http->guard,
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, connection_memory(conf->config),
       MHD_OPTION_URI_LOG_CALLBACK, on_uri, http, MHD_OPTION_NOTIFY_COMPLETED,
       on_completed, http, MHD_OPTION_END);
   if (!http->daemon) {

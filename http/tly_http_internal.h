@@ -20,6 +20,7 @@
 #include "tly_forward.h"
 #include "tly_http.h"
 #include "tly_http_conn.h"
+#include "tly_http_latency.h"
 #include "tly_request.h"
 #include "tly_state_cache.h"
 #include "tly_stripe_portal.h"
@@ -100,6 +101,9 @@ struct tly_http {
   char *registry_schema[2];
   char registry_subject[2][TLY_REQ_SUBJECT_MAX + 8];
   int32_t registry_id[2];
+  /* Their latency by route (same rows), from the request line read to the
+   * answer queued. */
+  tly_http_latency_t *latency;
 };
 
 struct response {
@@ -124,7 +128,8 @@ struct tly_http_delivery {
 enum { PHASE_HEADERS = 0, PHASE_BODY, PHASE_WAIT };
 
 struct request {
-  size_t uri_len; /* the whole request target, query included */
+  size_t uri_len;     /* the whole request target, query included */
+  int64_t started_us; /* monotonic, when the request line was read */
   int phase;
   int route; /* index into tly_http_route_table, -1: none */
   char subject[TLY_REQ_SUBJECT_MAX + 2];

@@ -10,7 +10,10 @@
  */
 #include "tly_http_internal.h"
 
+#include "tly_build.h"
 #include "tly_http_conn.h"
+#include "tly_http_latency.h"
+#include "tly_http_process.h"
 #include "tly_members.h"
 #include "tly_processor.h"
 #include "tly_state_cache.h"
@@ -31,7 +34,10 @@ void tly_http_handle_healthz(tly_http_t *http, request_t *req,
                              struct MHD_Connection *connection,
                              response_t *out) {
   (void)http, (void)req, (void)connection;
-  tly_http_respond_json(out, 200, json_pack("{s:s}", "status", "ok"));
+  /* Polled often: the answer is a constant, not a jansson tree. */
+  out->status = 200;
+  out->body = strdup("{\"status\":\"ok\"}");
+  out->content_type = "application/json";
 }
 
 /* A malloc'd snapshot of the processor's partitions; *count entries. */
@@ -134,6 +140,78 @@ static void text_append(text_t *text, const char *fmt, ...) {
   }
 }
 
+/* tally_http_request_duration_seconds: one histogram per route template
+ * (and "unmatched"), every route always (its cardinality is the route
+ * table's). */
+static void metrics_latency(tly_http_t *http, text_t *text) {
+  static const int64_t bounds_us[TLY_HTTP_LATENCY_BUCKETS] =
+      TLY_HTTP_LATENCY_BOUNDS_US;
+  text_append(text,
+              "# HELP tally_http_request_duration_seconds HTTP request "
+              "latency by route, from the request line read to the answer "
+              "queued (waits for Kafka, an owner instance or Stripe "
+              "included).\n# TYPE tally_http_request_duration_seconds "
+              "histogram\n");
+  for (size_t r = 0; r <= tly_http_route_count; r++) {
+    char labels[160];
+    snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\"",
+             r < tly_http_route_count ? tly_http_route_table[r].method : "",
+             r < tly_http_route_count ? tly_http_route_table[r].path
+                                      : "unmatched");
+    tly_http_latency_snapshot_t snap;
+    tly_http_latency_read(http->latency, r, &snap);
+    for (int b = 0; b < TLY_HTTP_LATENCY_BUCKETS; b++)
+      text_append(text,
+                  "tally_http_request_duration_seconds_bucket{%s,le=\"%g\"} "
+                  "%llu\n",
+                  labels, (double)bounds_us[b] / 1e6,
+                  (unsigned long long)snap.buckets[b]);
+    text_append(text,
+                "tally_http_request_duration_seconds_bucket{%s,le=\"+Inf\"} "
+                "%llu\ntally_http_request_duration_seconds_sum{%s} %.6f\n"
+                "tally_http_request_duration_seconds_count{%s} %llu\n",
+                labels, (unsigned long long)snap.count, labels,
+                (double)snap.sum_us / 1e6, labels,
+                (unsigned long long)snap.count);
+  }
+}
+
+/* The standard process collector's names (as Prometheus client libraries
+ * export them), and what this binary was built from. */
+static void metrics_process(text_t *text) {
+  tly_process_stats_t process;
+  tly_process_stats(&process);
+  text_append(text,
+              "# HELP process_cpu_seconds_total Total user and system CPU "
+              "time spent in seconds.\n# TYPE process_cpu_seconds_total "
+              "counter\nprocess_cpu_seconds_total %.2f\n"
+              "# HELP process_resident_memory_bytes Resident memory size in "
+              "bytes.\n# TYPE process_resident_memory_bytes gauge\n"
+              "process_resident_memory_bytes %llu\n"
+              "# HELP process_virtual_memory_bytes Virtual memory size in "
+              "bytes.\n# TYPE process_virtual_memory_bytes gauge\n"
+              "process_virtual_memory_bytes %llu\n"
+              "# HELP process_open_fds Number of open file descriptors.\n"
+              "# TYPE process_open_fds gauge\nprocess_open_fds %llu\n"
+              "# HELP process_max_fds Maximum number of open file "
+              "descriptors.\n# TYPE process_max_fds gauge\n"
+              "process_max_fds %llu\n"
+              "# HELP process_start_time_seconds Start time of the process "
+              "since unix epoch in seconds.\n# TYPE "
+              "process_start_time_seconds gauge\n"
+              "process_start_time_seconds %.2f\n",
+              process.cpu_seconds, (unsigned long long)process.resident_bytes,
+              (unsigned long long)process.virtual_bytes,
+              (unsigned long long)process.open_fds,
+              (unsigned long long)process.max_fds, process.start_time_seconds);
+  text_append(text,
+              "# HELP tally_build_info The version of tally and the git "
+              "commit it was built from (\"unknown\" without git); always "
+              "1.\n# TYPE tally_build_info gauge\n"
+              "tally_build_info{version=\"%s\",commit=\"%s\"} 1\n",
+              tly_build_version, tly_build_commit);
+}
+
 static void metrics_http(tly_http_t *http, text_t *text) {
   text_append(text, "# HELP tally_http_requests_total HTTP requests answered, "
                     "by route and status.\n# TYPE tally_http_requests_total "
@@ -152,6 +230,7 @@ static void metrics_http(tly_http_t *http, text_t *text) {
                     s, (unsigned long long)n);
     }
   }
+  metrics_latency(http, text);
   tly_state_cache_stats_t cache;
   tly_state_cache_stats(http->cache, &cache);
   text_append(text,
@@ -413,6 +492,7 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
         (unsigned long long)stripe.reconciled_resent);
   }
   metrics_http(http, &text);
+  metrics_process(&text);
   out->status = text.data ? 200 : 500;
   out->body = text.data ? text.data : strdup("out of memory\n");
   out->content_type = "text/plain; version=0.0.4";

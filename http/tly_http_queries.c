@@ -123,11 +123,21 @@ void tly_http_handle_quota(tly_http_t *http, request_t *req,
     return;
   }
   int found = tly_http_find_subject(http, &subject, &state, out);
-  if (found >= 0) {
-    json_t *answer =
-        tly_req_quota_json(http->conf.config, &subject, found ? &state : NULL,
-                           &query, now_ms, &err);
-    tly_http_respond_answer(out, answer, &err);
+  tly_req_quota_answer_t answer;
+  if (found >= 0 &&
+      tly_req_quota_answer(http->conf.config, &subject, found ? &state : NULL,
+                           &query, now_ms, &answer, &err)) {
+    tly_http_respond_req_error(out, &err);
+  } else if (found >= 0) {
+    /* The text straight into a buffer: building and dumping a jansson tree
+     * cost more than the rest of the request. */
+    out->body = tly_req_quota_answer_text(&answer);
+    if (out->body) {
+      out->status = 200;
+      out->content_type = "application/json";
+    } else {
+      tly_http_respond_json(out, 200, tly_req_quota_answer_json(&answer));
+    }
   }
   tly_state_subject_clear(&state);
 }

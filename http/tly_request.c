@@ -156,7 +156,10 @@ int tly_req_parse_subject(const char *segment, tly_req_subject_t *out,
     free(id);
     return -1;
   }
-  snprintf(out->id, sizeof(out->id), "%s", id);
+  /* check_subject bounded the id. */
+  _Static_assert(sizeof(out->id) > TLY_SUBJECT_ID_MAX, "id bound");
+  size_t id_len = strlen(id);
+  memcpy(out->id, id, id_len + 1);
   tly_subject_key(out->kind, id, out->key, sizeof(out->key));
   free(id);
   return 0;
@@ -306,24 +309,66 @@ static json_t *integer_or_null(int64_t value) {
   return value == TLY_UNLIMITED ? json_null() : json_integer(value);
 }
 
+int tly_req_quota_answer(const tly_config_t *config,
+                         const tly_req_subject_t *subject,
+                         const tly_subject_state_t *state,
+                         const tly_req_quota_query_t *query, int64_t now_ms,
+                         tly_req_quota_answer_t *out, tly_req_error_t *err) {
+  /* Open reservations count as used (tly_request_reserve.h). */
+  tly_req_held_quota_t held;
+  if (tly_req_quota_held(config, subject->kind, state, NULL, 0, query->feature,
+                         query->quantity, now_ms, &held, err))
+    return -1;
+  memset(out, 0, sizeof(*out));
+  out->subject = subject->key;
+  out->feature = query->feature;
+  out->quantity = query->quantity;
+  out->plan = held.plan->name;
+  out->known_subject = state != NULL;
+  out->cycle_start_ms = held.start_ms;
+  out->cycle_end_ms = held.end_ms;
+  out->cycle_ended = held.ended;
+  out->quota = held.quota;
+  out->held = held.held;
+  out->credits_held = held.credits_held;
+  out->warning = strcmp(out->quota.reason, "soft_limit_exceeded") == 0
+                     ? "over the soft limit: allowed, and billed"
+                     : NULL;
+  return 0;
+}
+
+json_t *tly_req_quota_answer_json(const tly_req_quota_answer_t *answer) {
+  const tly_req_quota_t *quota = &answer->quota;
+  json_t *credits = json_pack(
+      "{s:I,s:I,s:o,s:o}", "used", (json_int_t)quota->credits_used, "held",
+      (json_int_t)answer->credits_held, "limit",
+      integer_or_null(quota->credits_limit), "remaining",
+      quota->credits_remaining < 0 ? json_null()
+                                   : json_integer(quota->credits_remaining));
+  return json_pack(
+      "{s:s,s:s,s:I,s:b,s:s,s:o,s:s,s:s,s:o,s:I,s:I,s:o,s:o,"
+      "s:{s:I,s:I},s:b,s:b}",
+      "subject", answer->subject, "feature", answer->feature, "quantity",
+      (json_int_t)answer->quantity, "allowed", quota->allowed, "reason",
+      quota->reason, "warning",
+      answer->warning ? json_string(answer->warning) : json_null(), "plan",
+      answer->plan, "mode", quota->mode, "limit", integer_or_null(quota->limit),
+      "used", (json_int_t)quota->used, "held", (json_int_t)answer->held,
+      "remaining", integer_or_null(quota->remaining), "credits", credits,
+      "cycle", "start_ms", (json_int_t)answer->cycle_start_ms, "end_ms",
+      (json_int_t)answer->cycle_end_ms, "cycle_ended", answer->cycle_ended,
+      "known_subject", answer->known_subject);
+}
+
 json_t *tly_req_quota_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,
                            const tly_subject_state_t *state,
                            const tly_req_quota_query_t *query, int64_t now_ms,
                            tly_req_error_t *err) {
-  /* Open reservations count as used (tly_request_reserve.h). */
-  tly_req_held_quota_t held;
-  if (tly_req_quota_held(config, subject->kind, state, NULL, 0, query->feature,
-                         query->quantity, now_ms, &held, err))
+  tly_req_quota_answer_t answer;
+  if (tly_req_quota_answer(config, subject, state, query, now_ms, &answer, err))
     return NULL;
-  json_t *answer = json_pack(
-      "{s:s,s:s,s:I,s:b}", "subject", subject->key, "feature", query->feature,
-      "quantity", (json_int_t)query->quantity, "known_subject", state != NULL);
-  if (answer && tly_req_held_quota_put(answer, &held)) {
-    json_decref(answer);
-    answer = NULL;
-  }
-  return answer;
+  return tly_req_quota_answer_json(&answer);
 }
 
 /* ---- usage ------------------------------------------------------------- */

@@ -124,9 +124,43 @@ void tly_req_quota_decide(const tly_config_t *config, const tly_plan_t *plan,
                           int64_t cycle_cost_micros, int64_t quantity,
                           tly_req_quota_t *out);
 
-/* The whole answer of the quota route. state NULL: unknown subject, shown on
- * its kind's default plan with nothing used. NULL with err (500) when the
- * subject's plan is missing from the config. */
+/* The quota route's answer, computed once: tly_req_quota_answer_json
+ * builds it with jansson, tly_req_quota_answer_text writes the same bytes
+ * json_dumps(JSON_COMPACT) would write for that tree, straight into a
+ * buffer (the pre-check's hot path; tly_json_text.h). A member added to
+ * one goes into the other: a unit test compares them. The strings point
+ * into the subject, query, config and quota it was computed from. */
+typedef struct {
+  const char *subject; /* "kind:id" */
+  const char *feature;
+  int64_t quantity;
+  const char *plan;
+  tly_req_quota_t quota; /* decided on used + held; quota.used and
+                            quota.credits_used are the folded ones */
+  int64_t held;          /* the feature's open reservations */
+  int64_t credits_held;  /* what all open reservations would cost */
+  const char *warning;   /* NULL: none (null) */
+  int64_t cycle_start_ms, cycle_end_ms;
+  int cycle_ended;
+  int known_subject;
+} tly_req_quota_answer_t;
+
+/* state NULL: unknown subject, shown on its kind's default plan with
+ * nothing used. 0, or -1 with err (500) when the subject's plan is missing
+ * from the config. */
+int tly_req_quota_answer(const tly_config_t *config,
+                         const tly_req_subject_t *subject,
+                         const tly_subject_state_t *state,
+                         const tly_req_quota_query_t *query, int64_t now_ms,
+                         tly_req_quota_answer_t *out, tly_req_error_t *err);
+json_t *tly_req_quota_answer_json(const tly_req_quota_answer_t *answer);
+/* malloc'd; NULL when out of memory or a string is not UTF-8 (the caller
+ * falls back to tly_req_quota_answer_json). */
+char *tly_req_quota_answer_text(const tly_req_quota_answer_t *answer);
+
+/* The whole answer of the quota route (tly_req_quota_answer, then
+ * tly_req_quota_answer_json). NULL with err (500) when the subject's plan
+ * is missing from the config. */
 json_t *tly_req_quota_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,
                            const tly_subject_state_t *state,

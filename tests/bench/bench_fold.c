@@ -5,8 +5,9 @@
  * then, on the same state:
  *   (c) event-to-visible latency (produced -> durably committed, i.e.
  *       readable over HTTP) with events produced at half of (b)'s rate;
- *   (d) the quota pre-check over HTTP (wrk on loopback, rotating over every
- *       subject) next to the same server's /healthz rate;
+ *   (d) the HTTP port (wrk on loopback): the quota pre-check rotating over
+ *       every subject, /usage and /healthz, next to a bare libmicrohttpd
+ *       server started in the same process (bench_http.c);
  *   (e) peak memory of the process (broker, processor and HTTP port) and
  *       the RocksDB size.
  *
@@ -20,8 +21,10 @@
  * speed. BENCH_LATENCY_S (default 10) sets (c)'s length, BENCH_HTTP_S
  * (default 10) each wrk run; BENCH_HTTP_S=0 skips (d). BENCH_CHANGELOG=1
  * adds the state changelog topic, so the fold publishes it (its cost).
+ * BENCH_ONLY_HTTP=1 runs (d) alone on a small data set (bench_http.h).
  */
 #define _GNU_SOURCE /* nftw, usleep */
+#include "bench_http.h"
 #include "tally_producer.h"
 #include "tly_config.h"
 #include "tly_http.h"
@@ -144,27 +147,6 @@ static long visible_quantile(const tly_processor_stats_t *before,
   return -1;
 }
 
-/* (d) wrk against path (a template for scripts/bench-http.lua); fills
- * requests/s and p50/p99 in ms. 0, or -1 when wrk did not run. */
-static int run_wrk(uint16_t port, const char *path, long subjects,
-                   int seconds, double *rps, double *p50, double *p99) {
-  char command[1024], line[256];
-  snprintf(command, sizeof(command),
-           "BENCH_SUBJECTS=%ld BENCH_PATH='%s' wrk -t1 -c4 -d%ds -s "
-           "%s/scripts/bench-http.lua http://127.0.0.1:%u 2>&1",
-           subjects, path, seconds, TALLY_SOURCE_DIR, (unsigned)port);
-  FILE *out = popen(command, "r");
-  int found = 0;
-  while (out && fgets(line, sizeof(line), out))
-    if (sscanf(line, "RESULT %lf %lf %lf", rps, p50, p99) == 3)
-      found = 1;
-  if (out)
-    pclose(out);
-  *p50 /= 1000.0; /* wrk reports microseconds */
-  *p99 /= 1000.0;
-  return found ? 0 : -1;
-}
-
 static long long dir_bytes;
 static int add_size(const char *path, const struct stat *st, int flag,
                     struct FTW *ftw) {
@@ -255,6 +237,8 @@ int main(int argc, char **argv) {
   int http_s = getenv("BENCH_HTTP_S") ? atoi(getenv("BENCH_HTTP_S")) : 10;
   char errstr[512], dir[] = "/tmp/tally-bench-XXXXXX";
 
+  if (getenv("BENCH_ONLY_HTTP") && atoi(getenv("BENCH_ONLY_HTTP")))
+    return bench_http_only(argc, argv);
   tly_log_set_level(TLY_LOG_WARN);
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_t *host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
@@ -279,6 +263,7 @@ int main(int argc, char **argv) {
     return 1;
   tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
   tly_config_t *config = tly_config_default();
+  bench_http_add_key(config);
   tly_processor_conf_t pconf = {.brokers = bootstrap,
                                 .group_id = "bench-fold",
                                 .config = config,
@@ -355,28 +340,11 @@ int main(int argc, char **argv) {
   }
   tly_processor_stats_t after_latency = stats;
 
-  /* (d) the quota pre-check over HTTP, on the same state. */
-  double health[3] = {0}, quota[3] = {0};
-  int http_ok = 0;
-  if (http_s > 0) {
-    fprintf(stderr, "(d) quota pre-check with wrk, %d s each...\n", http_s);
-    tly_http_conf_t hconf = {.store = store,
-                             .processor = run.processor,
-                             .config = config,
-                             .no_auth = 1};
-    tly_http_t *http = tly_http_start(&hconf, errstr, sizeof(errstr));
-    if (!http) {
-      fprintf(stderr, "bench: %s\n", errstr);
-      return 1;
-    }
-    http_ok =
-        run_wrk(tly_http_port(http), "/healthz", subjects, http_s, &health[0],
-                &health[1], &health[2]) == 0 &&
-        run_wrk(tly_http_port(http),
-                "/v1/subjects/user:b{n}/quota?feature=api_calls&quantity=1",
-                subjects, http_s, &quota[0], &quota[1], &quota[2]) == 0;
-    tly_http_stop(http);
-  }
+  /* (d) the HTTP port, on the same state, next to its ceiling. */
+  bench_http_result_t http_result = {0};
+  if (http_s > 0 && bench_http_run(store, run.processor, config, subjects,
+                                   http_s, &http_result))
+    return 1;
   stop = 1;
   pthread_join(thread, NULL);
 
@@ -415,14 +383,7 @@ int main(int argc, char **argv) {
                          visible_n
                    : 0.0,
          visible_n);
-  if (http_ok)
-    printf("| (d) quota pre-check, %ld subjects: req/s, p50 / p99 | %.0f, "
-           "%.2f / %.2f ms (ceiling /healthz: %.0f, %.2f / %.2f ms; ratio "
-           "%.2f) |\n",
-           subjects, quota[0], quota[1], quota[2], health[0], health[1],
-           health[2], health[0] > 0 ? quota[0] / health[0] : 0.0);
-  else
-    printf("| (d) quota pre-check | not run (BENCH_HTTP_S=0 or no wrk) |\n");
+  bench_http_print(&http_result);
   printf("| (e) peak memory (broker + processor + HTTP, one process) | %ld "
          "MiB |\n",
          usage.ru_maxrss / 1024);

@@ -98,6 +98,17 @@ static void fuzz_query(const char *text, size_t len) {
                                         &query, at, &err);
     if (!answer)
       check_error(&err);
+    /* The hot path's text is jansson's dump, byte for byte. */
+    tly_req_quota_answer_t fast;
+    if (answer && tly_req_quota_answer(config, &subject, known ? &state : NULL,
+                                       &query, at, &fast, &err) == 0) {
+      char *text = tly_req_quota_answer_text(&fast);
+      char *dump = json_dumps(answer, JSON_COMPACT);
+      if (!text || !dump || strcmp(text, dump) != 0)
+        abort();
+      free(text);
+      free(dump);
+    }
     json_decref(answer);
   }
   json_decref(tly_req_usage_json(config, &subject, &state, at));

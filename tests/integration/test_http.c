@@ -11,6 +11,7 @@
 
 #include "tally_producer.h"
 #include "tly_config.h"
+#include "tly_http.h"
 
 #include <jansson.h>
 #include <setjmp.h>
@@ -210,6 +211,158 @@ static void test_health_and_metrics_are_open(void **state) {
   assert_int_equal(
       atoll(inf + strlen("tally_event_visible_seconds_bucket{le=\"+Inf\"} ")),
       visible);
+  free(text);
+}
+
+/* The count of every tally_http_request_duration_seconds series in a
+ * /metrics text: labels[i] ("method=\"GET\",route=\"/healthz\"") and
+ * counts[i]; how many (at most max). */
+static size_t latency_counts(const char *text, char labels[][160],
+                             long long *counts, size_t max) {
+  static const char prefix[] = "tally_http_request_duration_seconds_count{";
+  size_t n = 0;
+  for (const char *at = strstr(text, prefix); at && n < max;
+       at = strstr(at + 1, prefix)) {
+    const char *open = at + strlen(prefix), *close = strchr(open, '}');
+    assert_non_null(close);
+    assert_true((size_t)(close - open) < 160);
+    memcpy(labels[n], open, (size_t)(close - open));
+    labels[n][close - open] = '\0';
+    counts[n++] = atoll(close + 2);
+  }
+  return n;
+}
+
+/* The value of the series named exactly series ("name" or
+ * "name{labels}"), or fails. */
+static double metric_value(const char *text, const char *series) {
+  size_t len = strlen(series);
+  for (const char *at = strstr(text, series); at; at = strstr(at + 1, series))
+    if ((at == text || at[-1] == '\n') && at[len] == ' ')
+      return atof(at + len + 1);
+  fail_msg("no series %s in /metrics", series);
+  return 0;
+}
+
+static char *metrics_text(void) {
+  long status;
+  char *text = NULL;
+  assert_int_equal(th_http_request(run.port, "GET", "/metrics", NULL, NULL, 0,
+                                   NULL, &status, &text),
+                   0);
+  assert_int_equal(status, 200);
+  return text;
+}
+
+/* /metrics: the per-route latency histograms move for exactly the routes
+ * called (by route template, however many subjects), the process
+ * collector's figures are the process's, and the build is named. */
+static void test_metrics_latency_process_and_build_info(void **state) {
+  (void)state;
+  enum { MAX = 64 };
+  char before_labels[MAX][160], after_labels[MAX][160];
+  long long before[MAX], after[MAX];
+  char *text = metrics_text();
+  size_t n_before = latency_counts(text, before_labels, before, MAX);
+  free(text);
+  /* One series per route and one for requests no route matched. */
+  tly_http_route_info_t routes[MAX];
+  size_t route_count = tly_http_routes(routes, MAX);
+  assert_int_equal(n_before, route_count + 1);
+
+  long status;
+  json_t *json;
+  const char *const quota[] = {
+      "/v1/subjects/user:lat-a/quota?feature=api_calls",
+      "/v1/subjects/user:lat-b/quota?feature=api_calls&quantity=2",
+      "/v1/subjects/anonymous:lat-c/quota?feature=api_calls"};
+  for (int i = 0; i < 3; i++) {
+    json = get(quota[i], &status);
+    assert_int_equal(status, 200);
+    json_decref(json);
+  }
+  for (int i = 0; i < 2; i++) {
+    json = request("GET", "/healthz", NULL, NULL, &status);
+    assert_int_equal(status, 200);
+    json_decref(json);
+  }
+  json = get("/v1/subjects/user:lat-none/usage", &status);
+  assert_int_equal(status, 404);
+  json_decref(json);
+  json = get("/no/such/route", &status);
+  assert_int_equal(status, 404);
+  json_decref(json);
+
+  text = metrics_text();
+  size_t n_after = latency_counts(text, after_labels, after, MAX);
+  assert_int_equal(n_after, n_before);
+  for (size_t i = 0; i < n_after; i++) {
+    assert_string_equal(after_labels[i], before_labels[i]);
+    const char *label = after_labels[i];
+    long long expected =
+        strcmp(label,
+               "method=\"GET\",route=\"/v1/subjects/{subject}/quota\"") == 0
+            ? 3
+        : strcmp(label, "method=\"GET\",route=\"/healthz\"") == 0 ? 2
+        : strcmp(label,
+                 "method=\"GET\",route=\"/v1/subjects/{subject}/usage\"") == 0
+            ? 1
+        : strcmp(label, "method=\"\",route=\"unmatched\"") == 0 ? 1
+        /* the first /metrics, counted once answered */
+        : strcmp(label, "method=\"GET\",route=\"/metrics\"") == 0 ? 1
+                                                                  : 0;
+    if (after[i] - before[i] != expected)
+      fail_msg("%s: %lld requests counted, expected %lld", label,
+               after[i] - before[i], expected);
+  }
+  /* The quota histogram is cumulative, +Inf is its count, time was spent. */
+  char series[256];
+  const char *labels = "method=\"GET\",route=\"/v1/subjects/{subject}/quota\"";
+  static const char *const bounds[] = {"0.0001", "0.001", "0.01", "0.1",
+                                       "1",      "10",    "+Inf"};
+  double previous = 0;
+  for (size_t b = 0; b < sizeof(bounds) / sizeof(bounds[0]); b++) {
+    snprintf(series, sizeof(series),
+             "tally_http_request_duration_seconds_bucket{%s,le=\"%s\"}", labels,
+             bounds[b]);
+    double value = metric_value(text, series);
+    assert_true(value >= previous);
+    previous = value;
+  }
+  snprintf(series, sizeof(series),
+           "tally_http_request_duration_seconds_count{%s}", labels);
+  assert_true(previous == metric_value(text, series));
+  snprintf(series, sizeof(series),
+           "tally_http_request_duration_seconds_sum{%s}", labels);
+  assert_true(metric_value(text, series) > 0);
+
+  /* The process collector: this tally run's own figures. */
+  double rss = metric_value(text, "process_resident_memory_bytes");
+  double vsize = metric_value(text, "process_virtual_memory_bytes");
+  double fds = metric_value(text, "process_open_fds");
+  double max_fds = metric_value(text, "process_max_fds");
+  double started = metric_value(text, "process_start_time_seconds");
+  double now = (double)time(NULL);
+  assert_true(rss > 1024 * 1024 && vsize >= rss);
+  assert_true(fds > 3 && fds <= max_fds); /* stdio, sockets, RocksDB */
+  /* Started by this file's setup: before now, within its run. */
+  if (!(started <= now + 2 && started > now - 600))
+    fail_msg("process_start_time_seconds %.2f, now %.0f", started, now);
+  assert_true(metric_value(text, "process_cpu_seconds_total") > 0);
+  assert_non_null(strstr(text, "# TYPE process_cpu_seconds_total counter"));
+
+  /* The build: a version x.y.z and a commit (hex, or "unknown"). */
+  const char *info = strstr(text, "\ntally_build_info{version=\"");
+  assert_non_null(info);
+  unsigned major, minor, patch;
+  char commit[64];
+  assert_int_equal(sscanf(info,
+                          "\ntally_build_info{version=\"%u.%u.%u\","
+                          "commit=\"%63[0-9a-fnuk]\"} 1",
+                          &major, &minor, &patch, commit),
+                   4);
+  assert_true(strcmp(commit, "unknown") == 0 ||
+              strspn(commit, "0123456789abcdef") == strlen(commit));
   free(text);
 }
 
@@ -1277,6 +1430,7 @@ static void test_daily_sum_saturates_across_two_cycles(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_health_and_metrics_are_open),
+      cmocka_unit_test(test_metrics_latency_process_and_build_info),
       cmocka_unit_test(test_unknown_route_404_wrong_method_405),
       cmocka_unit_test(test_auth_failures_are_401_json),
       cmocka_unit_test(test_oversized_body_413_and_long_url_414),
