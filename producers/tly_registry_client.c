@@ -255,8 +255,14 @@ tly_registry_result_t tly_registry_fetch(tly_registry_t *registry, int32_t id,
   *schema_json = NULL;
   *schema_len = 0;
   snprintf(path, sizeof(path), "/schemas/ids/%" PRId32, id);
-  if (call(registry, path, NULL, &status, &answer, errstr, errstr_size))
+  if (call(registry, path, NULL, &status, &answer, errstr, errstr_size)) {
+    /* The registry answered, with more than any schema tally could read:
+     * waiting would stall the partition for good, so it is definitive
+     * (the records with this id are dead-lettered with the reason). */
+    if (answer.overflow)
+      result = TLY_REGISTRY_REFUSED;
     goto done;
+  }
   if (status != 200) {
     result = classify(registry, status, &answer, 40403, errstr, errstr_size);
     /* Only "no such schema" is definitive for a lookup: a refusal (bad

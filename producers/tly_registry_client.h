@@ -67,7 +67,8 @@ tly_registry_result_t tly_registry_register(tly_registry_t *registry,
 /* The schema registered under id: *schema_json (malloc'd, NUL-terminated,
  * *schema_len bytes) on OK. Definitive answers only: NOT_FOUND (404 with
  * 40403), and REFUSED for a schema that is not Avro ("schema id 7 is a
- * PROTOBUF schema; tally reads Avro"); every other failure, a 401 or 403
+ * PROTOBUF schema; tally reads Avro") or an answer over
+ * TLY_REGISTRY_ANSWER_MAX; every other failure, a 401 or 403
  * included, is UNAVAILABLE. */
 tly_registry_result_t tly_registry_fetch(tly_registry_t *registry, int32_t id,
                                          char **schema_json, size_t *schema_len,
