@@ -242,6 +242,8 @@ int cli_serve(const cli_serve_conf_t *conf) {
       .batch_max_events = conf->batch_max_events,
       .batch_max_ms = conf->batch_max_ms,
       .kafka_properties = conf->kafka_properties,
+      .group_instance_id = conf->instance_id,
+      .fast_rejoin = conf->fast_rejoin,
   };
   processor = tly_processor_new(&pconf, store, errstr, sizeof(errstr));
   if (!processor) {

@@ -57,6 +57,14 @@ typedef struct {
   /* Extra librdkafka properties "name=value", NULL-terminated; applied to
    * the consumer and the outbox producer after tally's defaults. */
   const char *const *kafka_properties;
+  /* Static group membership (KIP-345): group.instance.id, checked with
+   * tly_group_instance_id_check; NULL: a dynamic member. Not used on the
+   * embedded broker, which does not implement it (tly_group.h). */
+  const char *group_instance_id;
+  /* On the embedded broker: short group timeouts and, after a run that did
+   * not leave the group, a join timed so that the dead member is gone
+   * first (tly_group.h); `tally run` asks for it. */
+  int fast_rejoin;
 } tly_processor_conf_t;
 
 typedef struct tly_processor tly_processor_t;
