@@ -105,12 +105,35 @@ int tly_changelog_writer_id(tly_store_t *store,
   return rc;
 }
 
-int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
-                              int32_t partition, int64_t high, char *out,
-                              size_t out_size, char *errstr,
+/* The input offset a changelog record reflects (tly_changelog.h): a
+ * state record's or marker's value starts with it, a deletion carries it
+ * in a header; a report cursor (its own version) and a settled report
+ * mark reflect none: -1. */
+static int64_t reflected_offset(const rd_kafka_message_t *msg) {
+  const unsigned char *key = msg->key, *value = msg->payload;
+  if (!key || msg->key_len < 1 || key[0] == TLY_CHANGELOG_CURSOR ||
+      (key[0] == TLY_CHANGELOG_REPORT && !value))
+    return -1;
+  if (value)
+    return msg->len >= 8 ? (int64_t)tly_get_be64(value) : -1;
+  rd_kafka_headers_t *headers = NULL;
+  const void *bytes;
+  size_t size;
+  if (rd_kafka_message_headers(msg, &headers) ||
+      rd_kafka_header_get_last(headers, TLY_CHANGELOG_OFFSET_HEADER, &bytes,
+                               &size) ||
+      size != 8)
+    return -1;
+  return (int64_t)tly_get_be64(bytes);
+}
+
+int tly_changelog_last_record(rd_kafka_t *reader, const char *topic,
+                              int32_t partition, int64_t high,
+                              tly_changelog_last_t *out, char *errstr,
                               size_t errstr_size) {
   int rc = -1;
-  out[0] = '\0';
+  out->writer[0] = '\0';
+  out->offset = -1;
   if (high <= 0)
     return 0;
   rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
@@ -151,12 +174,13 @@ int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
       const void *writer;
       size_t size;
       rc = 0;
+      out->offset = reflected_offset(msg);
       if (!rd_kafka_message_headers(msg, &headers) &&
           !rd_kafka_header_get_last(headers, TLY_CHANGELOG_WRITER_HEADER,
                                     &writer, &size) &&
-          size < out_size) {
-        memcpy(out, writer, size);
-        out[size] = '\0';
+          size < sizeof(out->writer)) {
+        memcpy(out->writer, writer, size);
+        out->writer[size] = '\0';
         rc = 1;
       }
     }
@@ -164,6 +188,18 @@ int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
   }
   rd_kafka_assign(reader, NULL);
   return rc;
+}
+
+int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
+                              int32_t partition, int64_t high, char *out,
+                              size_t out_size, char *errstr,
+                              size_t errstr_size) {
+  tly_changelog_last_t last;
+  int rc = tly_changelog_last_record(reader, topic, partition, high, &last,
+                                     errstr, errstr_size);
+  if (out_size)
+    snprintf(out, out_size, "%s", rc == 1 ? last.writer : "");
+  return rc == 1 && strlen(last.writer) >= out_size ? 0 : rc;
 }
 
 /* Key -> highest reflected offset applied: open addressing over 64-bit

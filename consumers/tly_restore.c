@@ -108,44 +108,51 @@ static void changelog_reader_close(rd_kafka_t *reader) {
   rd_kafka_destroy(reader);
 }
 
-/*
- * With Stripe usage reporting: 1 when this store holds all the changelog
- * holds of partition (its records end with one of ours: nobody wrote
- * since; what we wrote, we stored first), 0 when another instance wrote
- * since (its report marks and cursors are newer than ours), -1 fatal set.
- */
-static int changelog_ours(tly_processor_t *p, int32_t partition, int64_t end) {
-  char errstr[512], writer[128];
-  /* One reader for the partitions of an assignment (tly_proc_resume_offsets).
-   */
+/* The last record of changelog partition (see tly_changelog_last_record),
+ * through one reader for the partitions of an assignment
+ * (tly_proc_resume_offsets closes it). 0 (*last set), -1 fatal set. */
+static int changelog_last(tly_processor_t *p, int32_t partition, int64_t end,
+                          tly_changelog_last_t *last, int *named) {
+  char errstr[512];
   if (!p->writer_reader && !(p->writer_reader = changelog_reader(p, partition)))
     return -1;
-  int rc = tly_changelog_last_writer(p->writer_reader, p->changelog_topic,
-                                     partition, end, writer, sizeof(writer),
-                                     errstr, sizeof(errstr));
+  int rc =
+      tly_changelog_last_record(p->writer_reader, p->changelog_topic, partition,
+                                end, last, errstr, sizeof(errstr));
   if (rc < 0) {
     tly_proc_set_fatal(p, "changelog partition %d: %s", (int)partition, errstr);
     return -1;
   }
-  return rc == 1 && strcmp(writer, p->writer_id) == 0;
+  *named = rc == 1;
+  return 0;
 }
 
 /*
  * Whether to restore partition from the changelog rather than replay the
- * input from what this store holds (found, stored): when the store holds
- * nothing of it, or when the changelog partition is shorter than the
- * input's tail to replay. A changelog that no longer starts at 0 (records
- * expired: the embedded broker keeps ~5 MiB per partition) would miss
- * state, so it is not used. With Stripe usage reporting, also whenever
- * another instance wrote the partition's changelog since this one did:
- * the report marks and cursors are the changelog's, and reporting from
- * stale cursors would reuse identifiers Stripe already has. 1 restore, 0
- * not, -1 fatal set.
+ * input from what this store holds (found, stored); why says which rule
+ * decided, for the log. Restored: when the store holds nothing of it;
+ * when the changelog holds newer state than the store (its last record
+ * reflects a later offset: another instance owned the partition since)
+ * and reading the changelog is shorter than replaying the input from the
+ * store's offset to that record's; never when the store is current (it
+ * holds offset >= what the changelog's last record reflects, e.g. after a
+ * restart of this instance on its own state dir: restoring would only
+ * bring back older state and replay more). A changelog that no longer
+ * starts at 0 (records expired: the embedded broker keeps ~5 MiB per
+ * partition) would miss state, so it is not used. With Stripe usage
+ * reporting, also whenever another instance wrote the partition's
+ * changelog since this one did: the report marks and cursors are the
+ * changelog's, and reporting from stale cursors would reuse identifiers
+ * Stripe already has. 1 restore, 0 not, -1 fatal set.
  */
 static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
-                            int64_t stored, int64_t high, int64_t *end) {
+                            int64_t stored, int64_t high, int64_t *end,
+                            const char **why) {
   int64_t low = -1;
+  tly_changelog_last_t last = {.offset = -1};
+  int named = 0, read_last = 0;
   *end = -1;
+  *why = "";
   if (!p->changelog_topic || (found && stored >= high && !p->reports))
     return 0;
   rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
@@ -160,9 +167,12 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
   if (*end <= low)
     return 0;
   if (p->reports) {
-    int ours = changelog_ours(p, partition, *end);
-    if (ours < 0)
+    if (changelog_last(p, partition, *end, &last, &named))
       return -1;
+    read_last = 1;
+    int ours = named && strcmp(last.writer, p->writer_id) == 0;
+    if (ours && found)
+      return 0; /* what we wrote, we stored first: the store holds it all */
     if (!ours && low > 0) {
       tly_proc_set_fatal(
           p,
@@ -178,6 +188,8 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
               "partition %d: another instance wrote its changelog since "
               "this one did: restoring it (Stripe report cursors)",
               (int)partition);
+      *why = "another instance wrote its changelog since (Stripe report "
+             "cursors)";
       return 1;
     }
   }
@@ -190,7 +202,31 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
             (int)partition, (long long)low);
     return 0;
   }
-  return !found || high - stored > *end - low;
+  if (!found) {
+    *why = "no local state";
+    return 1;
+  }
+  if (high - stored <= *end - low)
+    return 0; /* the input's tail is the shorter read */
+  if (!read_last && changelog_last(p, partition, *end, &last, &named))
+    return -1;
+  if (last.offset >= 0 && last.offset <= stored) {
+    tly_log(TLY_LOG_INFO, "processor",
+            "partition %d: local state (offset %lld) holds all the changelog "
+            "does (its last record reflects offset %lld): replaying the "
+            "input's %lld records from there, no restore",
+            (int)partition, (long long)stored, (long long)last.offset,
+            (long long)(high - stored));
+    return 0;
+  }
+  if (last.offset > stored) {
+    *why = "the changelog holds newer state than this store (another "
+           "instance owned the partition since)";
+    return last.offset - stored > *end - low;
+  }
+  *why = "the changelog's last record names no offset and is shorter than "
+         "the input's tail";
+  return 1;
 }
 
 /*
@@ -200,7 +236,7 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
  * 0, or -1 after setting the fatal reason.
  */
 static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
-                             int *found, int64_t *stored) {
+                             const char *why, int *found, int64_t *stored) {
   char errstr[512], wm_key[16];
   unsigned char wm_value[8];
   tly_changelog_restore_t result;
@@ -245,9 +281,9 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
   atomic_fetch_add(&p->restored_records, result.records);
   atomic_fetch_add(&p->restore_ms, (uint64_t)result.elapsed_ms);
   tly_log(TLY_LOG_INFO, "processor",
-          "partition %d: restored from %s in %lld ms: %llu records read, "
-          "%llu written, %llu subjects, state as of offset %lld",
-          (int)partition, p->changelog_topic, (long long)result.elapsed_ms,
+          "partition %d: restored from %s (%s) in %lld ms: %llu records "
+          "read, %llu written, %llu subjects, state as of offset %lld",
+          (int)partition, p->changelog_topic, why, (long long)result.elapsed_ms,
           (unsigned long long)result.records,
           (unsigned long long)result.applied,
           (unsigned long long)result.accounts, (long long)result.next_offset);
@@ -264,8 +300,8 @@ static int resume_partitions(tly_processor_t *p,
 
 int tly_proc_resume_offsets(tly_processor_t *p,
                             rd_kafka_topic_partition_list_t *parts) {
-  /* resume_partitions does it; then the reader changelog_ours opened
-   * (Stripe reporting) goes. */
+  /* resume_partitions does it; then the reader changelog_last opened
+   * goes. */
   int rc = resume_partitions(p, parts);
   if (p->writer_reader)
     changelog_reader_close(p->writer_reader);
@@ -299,11 +335,12 @@ static int resume_partitions(tly_processor_t *p,
      * replayed). A store with no offset for the partition may still hold
      * the remains of an interrupted restore: wipe them. */
     int64_t changelog_end;
+    const char *why;
     int restore = changelog_wanted(p, part->partition, found, stored, high,
-                                   &changelog_end);
+                                   &changelog_end, &why);
     if (restore < 0 ||
-        (restore &&
-         restore_partition(p, part->partition, changelog_end, &found, &stored)))
+        (restore && restore_partition(p, part->partition, changelog_end, why,
+                                      &found, &stored)))
       return -1;
     if (!found && tly_changelog_wipe_partition(p->store, part->partition,
                                                errstr, sizeof(errstr))) {

@@ -16,7 +16,9 @@
  *     from an instance that lost the partition) never overwrites a newer
  *     one; local marks and cursors of the partition are wiped first;
  *   - the last record's writer tells whether another instance wrote the
- *     partition's changelog since; a store's writer id is stable.
+ *     partition's changelog since, and the offset it reflects whether a
+ *     store is as current as the changelog; a store's writer id is
+ *     stable.
  */
 #include "tly_billing.h"
 #include "tly_changelog_restore.h"
@@ -327,6 +329,26 @@ static void test_restore_rules(void **state) {
   assert_int_equal(stored_quantity(store, k3, k3_len), -1);
   assert_int_equal(stored_quantity(store, other, other_len), -1);
   assert_int_equal(stored_quantity(store, foreign, foreign_len), -1);
+  /* The offset the last record reflects (what a store must hold to be as
+   * current as the changelog): a state record's, a deletion's (from its
+   * header), a marker's; no writer named on any of them. */
+  tly_changelog_last_t last;
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, high, &last,
+                                             errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, 5);
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, high - 1, &last,
+                                             errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, 30);
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, 12, &last,
+                                             errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, 10);
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, 0, &last, errstr,
+                                             sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, -1);
   /* blob1's deletion is complete (@20), blob2's was cut short (@30). */
   char *blob_value = NULL;
   size_t blob_len = 0;
@@ -573,6 +595,18 @@ static void test_report_restore_rules(void **state) {
                                              sizeof(errstr)),
                    1);
   assert_string_equal(writer, "w2");
+  /* A state record names its commit's offset, a cursor (its own version)
+   * none. */
+  tly_changelog_last_t last;
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, high, &last,
+                                             errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, 30);
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 2, 1, &last, errstr,
+                                             sizeof(errstr)),
+                   1);
+  assert_string_equal(last.writer, "w2");
+  assert_int_equal(last.offset, -1);
   assert_int_equal(tly_changelog_last_writer(reader, TOPIC, 0, 0, writer,
                                              sizeof(writer), errstr,
                                              sizeof(errstr)),
