@@ -80,11 +80,19 @@ int tly_changelog_writer_id(tly_store_t *store,
 typedef struct {
   char writer[128];
   int64_t offset;
+  int named; /* writer holds one */
+  int done;  /* (tly_changelog_last_records' own bookkeeping) */
 } tly_changelog_last_t;
 int tly_changelog_last_record(struct rd_kafka_s *reader, const char *topic,
                               int32_t partition, int64_t high,
                               tly_changelog_last_t *out, char *errstr,
                               size_t errstr_size);
+/* The same for count partitions at once (partitions[i] up to highs[i]),
+ * in one assignment of reader: out[i] for each. 0, or -1 (errstr). */
+int tly_changelog_last_records(struct rd_kafka_s *reader, const char *topic,
+                               const int32_t *partitions, const int64_t *highs,
+                               size_t count, tly_changelog_last_t *out,
+                               char *errstr, size_t errstr_size);
 
 /* Who wrote the last record (offset high - 1) of changelog partition
  * `partition`, read through reader (assigned here, unassigned on return):

@@ -290,8 +290,6 @@ struct tly_processor {
    * the open batch's records; scratch for expanding bundles. */
   char *changelog_topic;
   char writer_id[TLY_CHANGELOG_WRITER_SIZE]; /* names our records */
-  rd_kafka_t
-      *writer_reader; /* during tly_proc_resume_offsets: changelog_last's */
   pthread_cond_t hold_released; /* with lock: a hold ended */
   tly_changelog_bundle_t bundle;
   unsigned char *changelog_scratch;

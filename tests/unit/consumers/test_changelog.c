@@ -349,6 +349,16 @@ static void test_restore_rules(void **state) {
                                              sizeof(errstr)),
                    0);
   assert_int_equal(last.offset, -1);
+  /* Several partitions at once; an empty one (high 0) has none. */
+  const int32_t several[] = {0, 1};
+  const int64_t several_highs[] = {0, high - 1};
+  tly_changelog_last_t lasts[2];
+  assert_int_equal(tly_changelog_last_records(reader, TOPIC, several,
+                                              several_highs, 2, lasts, errstr,
+                                              sizeof(errstr)),
+                   0);
+  assert_int_equal(lasts[0].offset, -1);
+  assert_int_equal(lasts[1].offset, 30);
   /* blob1's deletion is complete (@20), blob2's was cut short (@30). */
   char *blob_value = NULL;
   size_t blob_len = 0;
@@ -607,6 +617,18 @@ static void test_report_restore_rules(void **state) {
                    1);
   assert_string_equal(last.writer, "w2");
   assert_int_equal(last.offset, -1);
+  /* Both at once, in one assignment: the same answers. */
+  const int32_t both[] = {2, 1};
+  const int64_t both_highs[] = {1, high};
+  tly_changelog_last_t lasts[2];
+  assert_int_equal(tly_changelog_last_records(reader, TOPIC, both, both_highs,
+                                              2, lasts, errstr, sizeof(errstr)),
+                   0);
+  assert_true(lasts[0].named);
+  assert_string_equal(lasts[0].writer, "w2");
+  assert_int_equal(lasts[0].offset, -1);
+  assert_false(lasts[1].named);
+  assert_int_equal(lasts[1].offset, 30);
   assert_int_equal(tly_changelog_last_writer(reader, TOPIC, 0, 0, writer,
                                              sizeof(writer), errstr,
                                              sizeof(errstr)),
