@@ -145,7 +145,10 @@ typedef struct {
    * (NULL: <hostname>-<host:port of the URL>) and the heartbeat (0: the
    * default; members silent for 3 heartbeats are dropped). */
   const char *advertise;
-  const char *instance_id;
+  const char *instance_id; /* also the group.instance.id (tly_group.h) */
+  /* On the embedded broker: short group timeouts and a timed rejoin after
+   * a run that did not leave the group (tly_group.h); `tally run`. */
+  int fast_rejoin;
   int64_t members_heartbeat_ms;
   /* The cluster secret (tly_cluster_auth.h): from this file, else from
    * $TALLY_CLUSTER_SECRET; with neither, a random one when

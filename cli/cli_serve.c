@@ -259,6 +259,8 @@ int cli_serve(const cli_serve_conf_t *conf) {
       .registry = registry,
       .event_schema_id = event_schema_id,
       .alert_schema_id = alert_schema_id,
+      .group_instance_id = conf->instance_id,
+      .fast_rejoin = conf->fast_rejoin,
   };
   processor = tly_processor_new(&pconf, store, errstr, sizeof(errstr));
   if (!processor) {

@@ -4,6 +4,8 @@
  */
 #include "cli.h"
 
+#include "tly_group.h"
+
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +20,12 @@ static void usage(FILE *out) {
       "  --http-port-file FILE   write the bound HTTP port to FILE\n"
       "  --advertise URL         this HTTP port's URL for the other instances\n"
       "                          (default http://127.0.0.1:<port>)\n"
-      "  --instance-id ID        announced on tally.members (default\n"
-      "                          <hostname>-<host:port of --advertise>)\n"
+      "  --instance-id ID        this instance's stable id: announced on\n"
+      "                          tally.members (default <hostname>-<host:port\n"
+      "                          of --advertise>) and, when given, its\n"
+      "                          group.instance.id (static group membership:\n"
+      "                          a restart gets its partitions back without a\n"
+      "                          rebalance); 1-127 of A-Z a-z 0-9 . _ -\n"
       "  --members-heartbeat-ms N  announce this often (default 2000,\n"
       "                          100..600000; silent for 3 heartbeats = gone)\n"
       "  --cluster-secret-file F the secret every instance shares (16 to 1024\n"
@@ -150,9 +156,15 @@ int cmd_run(int argc, char **argv) {
     case 'A':
       conf.advertise = optarg;
       break;
-    case 'I':
+    case 'I': {
+      char why[200];
+      if (tly_group_instance_id_check(optarg, why, sizeof(why))) {
+        fprintf(stderr, "tally run: --instance-id %s: %s\n", optarg, why);
+        return 2;
+      }
       conf.instance_id = optarg;
       break;
+    }
     case 'M':
       if (cli_parse_int("run", "members-heartbeat-ms", optarg, 100, 600000,
                         NULL, &conf.members_heartbeat_ms))
@@ -192,6 +204,7 @@ int cmd_run(int argc, char **argv) {
     return 2;
   }
   conf.kafka_properties = CLI_PROPERTIES_LIST(&properties);
+  conf.fast_rejoin = 1;
   cli_install_signals();
   int rc = cli_serve(&conf);
   cli_properties_free(&properties);

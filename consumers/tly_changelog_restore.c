@@ -105,65 +105,129 @@ int tly_changelog_writer_id(tly_store_t *store,
   return rc;
 }
 
-int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
-                              int32_t partition, int64_t high, char *out,
-                              size_t out_size, char *errstr,
-                              size_t errstr_size) {
-  int rc = -1;
-  out[0] = '\0';
-  if (high <= 0)
-    return 0;
-  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+/* The input offset a changelog record reflects (tly_changelog.h): a
+ * state record's or marker's value starts with it, a deletion carries it
+ * in a header; a report cursor (its own version) and a settled report
+ * mark reflect none: -1. */
+static int64_t reflected_offset(const rd_kafka_message_t *msg) {
+  const unsigned char *key = msg->key, *value = msg->payload;
+  if (!key || msg->key_len < 1 || key[0] == TLY_CHANGELOG_CURSOR ||
+      (key[0] == TLY_CHANGELOG_REPORT && !value))
+    return -1;
+  if (value)
+    return msg->len >= 8 ? (int64_t)tly_get_be64(value) : -1;
+  rd_kafka_headers_t *headers = NULL;
+  const void *bytes;
+  size_t size;
+  if (rd_kafka_message_headers(msg, &headers) ||
+      rd_kafka_header_get_last(headers, TLY_CHANGELOG_OFFSET_HEADER, &bytes,
+                               &size) ||
+      size != 8)
+    return -1;
+  return (int64_t)tly_get_be64(bytes);
+}
+
+int tly_changelog_last_records(rd_kafka_t *reader, const char *topic,
+                               const int32_t *partitions, const int64_t *highs,
+                               size_t count, tly_changelog_last_t *out,
+                               char *errstr, size_t errstr_size) {
+  size_t left = 0;
+  rd_kafka_topic_partition_list_t *parts =
+      rd_kafka_topic_partition_list_new(count ? (int)count : 1);
   if (!parts) {
     snprintf(errstr, errstr_size, "out of memory");
     return -1;
   }
-  rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = high - 1;
+  for (size_t i = 0; i < count; i++) {
+    out[i].writer[0] = '\0';
+    out[i].offset = -1;
+    out[i].named = 0;
+    out[i].done = highs[i] <= 0;
+    if (!out[i].done) {
+      rd_kafka_topic_partition_list_add(parts, topic, partitions[i])->offset =
+          highs[i] - 1;
+      left++;
+    }
+  }
+  if (!left) {
+    rd_kafka_topic_partition_list_destroy(parts);
+    return 0;
+  }
+  /* All at once: one fetch session instead of one assignment each. */
   rd_kafka_resp_err_t err = rd_kafka_assign(reader, parts);
   rd_kafka_topic_partition_list_destroy(parts);
   if (err) {
-    snprintf(errstr, errstr_size, "assigning %s[%d]: %s", topic, (int)partition,
+    snprintf(errstr, errstr_size, "assigning %s: %s", topic,
              rd_kafka_err2str(err));
     return -1;
   }
+  int rc = 0;
   int64_t deadline = monotonic_ms() + RESTORE_STALL_MS;
-  while (rc < 0) {
+  while (left && !rc) {
     if (monotonic_ms() > deadline) {
-      snprintf(errstr, errstr_size, "reading %s[%d] at %lld: timed out", topic,
-               (int)partition, (long long)(high - 1));
+      snprintf(errstr, errstr_size, "reading the last records of %s: timed out",
+               topic);
+      rc = -1;
       break;
     }
     rd_kafka_message_t *msg = rd_kafka_consumer_poll(reader, 200);
     if (!msg)
       continue;
     if (msg->err && msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-      snprintf(errstr, errstr_size, "reading %s[%d]: %s", topic, (int)partition,
-               rd_kafka_message_errstr(msg));
+      snprintf(errstr, errstr_size, "reading %s[%d]: %s", topic,
+               (int)msg->partition, rd_kafka_message_errstr(msg));
       rd_kafka_message_destroy(msg);
+      rc = -1;
       break;
     }
-    if (msg->partition != partition) {
-      /* another partition's, from an earlier assignment of the reader */
-    } else if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-      rc = 0; /* nothing at high - 1 after all (compacted away) */
-    } else if (msg->offset >= high - 1) {
+    size_t i = 0;
+    while (i < count && (out[i].done || partitions[i] != msg->partition))
+      i++; /* none: another partition's, from an earlier assignment */
+    if (i < count && msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      out[i].done = 1; /* nothing at high - 1 after all (compacted away) */
+      left--;
+    } else if (i < count && msg->offset >= highs[i] - 1) {
       rd_kafka_headers_t *headers = NULL;
       const void *writer;
       size_t size;
-      rc = 0;
+      out[i].offset = reflected_offset(msg);
       if (!rd_kafka_message_headers(msg, &headers) &&
           !rd_kafka_header_get_last(headers, TLY_CHANGELOG_WRITER_HEADER,
                                     &writer, &size) &&
-          size < out_size) {
-        memcpy(out, writer, size);
-        out[size] = '\0';
-        rc = 1;
+          size < sizeof(out[i].writer)) {
+        memcpy(out[i].writer, writer, size);
+        out[i].writer[size] = '\0';
+        out[i].named = 1;
       }
+      out[i].done = 1;
+      left--;
     }
     rd_kafka_message_destroy(msg);
   }
   rd_kafka_assign(reader, NULL);
   return rc;
+}
+
+int tly_changelog_last_record(rd_kafka_t *reader, const char *topic,
+                              int32_t partition, int64_t high,
+                              tly_changelog_last_t *out, char *errstr,
+                              size_t errstr_size) {
+  if (tly_changelog_last_records(reader, topic, &partition, &high, 1, out,
+                                 errstr, errstr_size))
+    return -1;
+  return out->named;
+}
+
+int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
+                              int32_t partition, int64_t high, char *out,
+                              size_t out_size, char *errstr,
+                              size_t errstr_size) {
+  tly_changelog_last_t last;
+  int rc = tly_changelog_last_record(reader, topic, partition, high, &last,
+                                     errstr, errstr_size);
+  if (out_size)
+    snprintf(out, out_size, "%s", rc == 1 ? last.writer : "");
+  return rc == 1 && strlen(last.writer) >= out_size ? 0 : rc;
 }
 
 /* Key -> highest reflected offset applied: open addressing over 64-bit

@@ -65,6 +65,35 @@ int tly_changelog_writer_id(tly_store_t *store,
                             char out[TLY_CHANGELOG_WRITER_SIZE], char *errstr,
                             size_t errstr_size);
 
+/* The last record (offset high - 1) of changelog partition `partition`,
+ * read through reader (assigned here, unassigned on return): its writer
+ * id ("" when it names none: a state record, i.e. a commit's publication
+ * cut short, or a writer of an older version) and the input offset it
+ * reflects (-1 when none: a report cursor or a settled report mark). A
+ * changelog is written commit by commit after the commit is durable in
+ * the writer's store, so a store holding offset >= that offset holds all
+ * the changelog holds of the partition (a late record of an instance that
+ * lost the partition can only make the offset seem older: the processor
+ * then replays the input, which is always correct). 1 with a writer, 0
+ * without (out->offset may still be set; -1 when nothing was at high - 1),
+ * -1 error (errstr). */
+typedef struct {
+  char writer[128];
+  int64_t offset;
+  int named; /* writer holds one */
+  int done;  /* (tly_changelog_last_records' own bookkeeping) */
+} tly_changelog_last_t;
+int tly_changelog_last_record(struct rd_kafka_s *reader, const char *topic,
+                              int32_t partition, int64_t high,
+                              tly_changelog_last_t *out, char *errstr,
+                              size_t errstr_size);
+/* The same for count partitions at once (partitions[i] up to highs[i]),
+ * in one assignment of reader: out[i] for each. 0, or -1 (errstr). */
+int tly_changelog_last_records(struct rd_kafka_s *reader, const char *topic,
+                               const int32_t *partitions, const int64_t *highs,
+                               size_t count, tly_changelog_last_t *out,
+                               char *errstr, size_t errstr_size);
+
 /* Who wrote the last record (offset high - 1) of changelog partition
  * `partition`, read through reader (assigned here, unassigned on return):
  * 1 with its writer id in out, 0 when that record names none (a state

@@ -407,7 +407,12 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
           rd_kafka_message_errstr(msg));
       return;
     case RD_KAFKA_RESP_ERR__FATAL:
-      tly_proc_set_fatal(p, "Kafka consumer: %s", rd_kafka_message_errstr(msg));
+      tly_proc_set_fatal(
+          p, "Kafka consumer: %s%s", rd_kafka_message_errstr(msg),
+          rd_kafka_fatal_error(p->consumer, NULL, 0) ==
+                  RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID
+              ? " (another instance runs with the same --instance-id)"
+              : "");
       return;
     default:
       tly_log(TLY_LOG_WARN, "processor", "consumer: %s",
@@ -516,6 +521,10 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
    * sets partitions up one by one, and a partition already caught up must not
    * make the instance look ready while the others are not yet assigned. */
   atomic_store(&p->rebalancing, 1);
+  tly_log(TLY_LOG_INFO, "processor",
+          "%s %d partitions (%lld ms after the process started)",
+          err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? "assigned" : "revoking",
+          parts->cnt, (long long)tly_group_process_age_ms());
   rebalance(p, rk, err, parts);
   atomic_store(&p->rebalancing, 0);
   /* A long restore or drain is no stall: the loop was here, serving the
@@ -557,18 +566,6 @@ rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
   if (!reader)
     rd_kafka_conf_destroy(kconf);
   return reader;
-}
-
-/* An integer property of conf as librdkafka holds it (fallback when it
- * cannot be read). */
-static int conf_int(const rd_kafka_conf_t *conf, const char *name,
-                    int fallback) {
-  char value[32];
-  size_t size = sizeof(value);
-  if (rd_kafka_conf_get(conf, name, value, &size) != RD_KAFKA_CONF_OK)
-    return fallback;
-  int parsed = atoi(value);
-  return parsed > 0 ? parsed : fallback;
 }
 
 /* The partition count of topic as the cluster sees it now; -1 if it does
@@ -708,40 +705,6 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     goto fail;
   }
 
-  /* Offsets live in RocksDB only: no auto-commit, no offset store, and an
-   * out-of-range offset is an error to stop on, never a silent reset. */
-  const char *consumer_defaults[] = {
-      "enable.auto.commit=false", "enable.auto.offset.store=false",
-      "auto.offset.reset=error", "enable.partition.eof=false",
-      "session.timeout.ms=10000", "heartbeat.interval.ms=1000",
-      "fetch.wait.max.ms=50", "max.partition.fetch.bytes=10485760",
-      /* Prefetch deep enough that the fetcher never pauses while a batch
-       * commits: at the default, the fold waited on fetches for a third
-       * of its time. */
-      "queued.min.messages=1000000", "statistics.interval.ms=0", NULL};
-  kconf = tly_proc_kafka_conf(conf, consumer_defaults, errstr, errstr_size);
-  if (!kconf)
-    goto fail;
-  if (rd_kafka_conf_set(kconf, "group.id",
-                        conf->group_id ? conf->group_id : TLY_DEFAULT_GROUP_ID,
-                        kafka_err, sizeof(kafka_err)) != RD_KAFKA_CONF_OK) {
-    snprintf(errstr, errstr_size, "group id: %s", kafka_err);
-    goto fail;
-  }
-  rd_kafka_conf_set_opaque(kconf, p);
-  rd_kafka_conf_set_rebalance_cb(kconf, rebalance_cb);
-  p->session_timeout_ms = conf_int(kconf, "session.timeout.ms", 45000);
-  p->heartbeat_ms = conf_int(kconf, "heartbeat.interval.ms", 3000);
-  p->consumer =
-      rd_kafka_new(RD_KAFKA_CONSUMER, kconf, kafka_err, sizeof(kafka_err));
-  if (!p->consumer) {
-    snprintf(errstr, errstr_size, "creating Kafka consumer: %s", kafka_err);
-    goto fail;
-  }
-  kconf = NULL;
-  rd_kafka_poll_set_consumer(p->consumer);
-  p->queue = rd_kafka_queue_get_consumer(p->consumer);
-
   /* Alerts and dead letters go where the partitioner puts them: murmur2
    * of their key, as a Java client would (tly_kafka_client.h). */
   const char *producer_defaults[] = {"enable.idempotence=true", "linger.ms=5",
@@ -758,6 +721,14 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     goto fail;
   }
   kconf = NULL;
+  /* The consumer after the producer: its group settings depend on the
+   * cluster it finds (tly_group.c). */
+  p->consumer =
+      tly_proc_group_consumer_new(p, rebalance_cb, errstr, errstr_size);
+  if (!p->consumer)
+    goto fail;
+  rd_kafka_poll_set_consumer(p->consumer);
+  p->queue = rd_kafka_queue_get_consumer(p->consumer);
 
   /* Outputs committed by an earlier run but not yet acknowledged. */
   if (tly_store_scan_prefix(store, TLY_CF_OUTBOX, NULL, 0,
@@ -825,6 +796,8 @@ fail:
 
 int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
                       char *errstr, size_t errstr_size) {
+  if (tly_proc_group_join(p, stop, errstr, errstr_size))
+    return -1;
   rd_kafka_topic_partition_list_t *topics =
       rd_kafka_topic_partition_list_new(1);
   rd_kafka_topic_partition_list_add(topics, p->usage_topic,
@@ -918,7 +891,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
     rd_kafka_flush(p->producer, 5000);
     tly_proc_batch_commit(p);
   }
-  rd_kafka_consumer_close(p->consumer);
+  tly_proc_group_leave(p);
   if (p->fatal) {
     snprintf(errstr, errstr_size,
              "%s (nothing of the batch in progress was committed: a restart "

@@ -70,6 +70,14 @@ typedef struct {
    * directly) and alerts. 0: TLY_CODEC_DEFAULT_SCHEMA_ID and
    * TLY_ALERT_SCHEMA_ID. */
   int32_t event_schema_id, alert_schema_id;
+  /* Static group membership (KIP-345): group.instance.id, checked with
+   * tly_group_instance_id_check; NULL: a dynamic member. Not used on the
+   * embedded broker, which does not implement it (tly_group.h). */
+  const char *group_instance_id;
+  /* On the embedded broker: short group timeouts and, after a run that did
+   * not leave the group, a join timed so that the dead member is gone
+   * first (tly_group.h); `tally run` asks for it. */
+  int fast_rejoin;
 } tly_processor_conf_t;
 
 typedef struct tly_processor tly_processor_t;

@@ -12,6 +12,8 @@
  *   tly_replay.c          the replay rule for outputs of replayed records
  *   tly_ticks.c           ticks: written per interval, folded to close
  *                         cycles
+ *   tly_group.c           the consumer's group membership: static or
+ *                         dynamic, timeouts, when it joins
  *
  * Owns the tly_processor_t definition, the per-partition and outbox state
  * and the prototypes by which those files call each other. Private to
@@ -30,6 +32,7 @@
 #include "tly_changelog_restore.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
+#include "tly_group.h"
 #include "tly_overlay.h"
 #include "tly_reroute.h"
 #include "tly_store.h"
@@ -264,6 +267,11 @@ struct tly_processor {
   atomic_int_least64_t alive_ms; /* the loop last came round (monotonic) */
   int64_t fence_until_ms;        /* holding outputs until then; 0: not fenced */
   int session_timeout_ms, heartbeat_ms;
+  /* Group membership (tly_group.h): the cluster is the embedded broker,
+   * the consumer is a static member, and the loop joins no earlier than
+   * join_at_ms (monotonic; 0: at once). */
+  int embedded, static_member;
+  int64_t join_at_ms;
   _Atomic int fenced;
   atomic_uint_least64_t fences, abandoned;
 
@@ -292,8 +300,6 @@ struct tly_processor {
    * the open batch's records; scratch for expanding bundles. */
   char *changelog_topic;
   char writer_id[TLY_CHANGELOG_WRITER_SIZE]; /* names our records */
-  rd_kafka_t
-      *writer_reader; /* during tly_proc_resume_offsets: changelog_ours's */
   pthread_cond_t hold_released; /* with lock: a hold ended */
   tly_changelog_bundle_t bundle;
   unsigned char *changelog_scratch;
@@ -328,6 +334,20 @@ rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
 rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
                                 const char *const *defaults, char *errstr,
                                 size_t errstr_size);
+
+/* tly_group.c: the consumer and its group membership (tly_group.h). */
+rd_kafka_t *tly_proc_group_consumer_new(
+    tly_processor_t *p,
+    void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t,
+                         rd_kafka_topic_partition_list_t *, void *),
+    char *errstr, size_t errstr_size);
+/* Before subscribing: marks the store "joined" (synced), waits for
+ * join_at_ms (unless *stop), logs how it joins. 0 or -1 (errstr). */
+int tly_proc_group_join(tly_processor_t *p, volatile sig_atomic_t *stop,
+                        char *errstr, size_t errstr_size);
+/* Closes the consumer (a dynamic member leaves the group) and, when it
+ * left, marks the store "left". */
+void tly_proc_group_leave(tly_processor_t *p);
 
 /* tly_fold_view.c: the tly_billing_view_t the fold works through (its
  * callbacks, for tly_processor_new to install). */

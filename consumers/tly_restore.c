@@ -108,61 +108,143 @@ static void changelog_reader_close(rd_kafka_t *reader) {
   rd_kafka_destroy(reader);
 }
 
-/*
- * With Stripe usage reporting: 1 when this store holds all the changelog
- * holds of partition (its records end with one of ours: nobody wrote
- * since; what we wrote, we stored first), 0 when another instance wrote
- * since (its report marks and cursors are newer than ours), -1 fatal set.
- */
-static int changelog_ours(tly_processor_t *p, int32_t partition, int64_t end) {
-  char errstr[512], writer[128];
-  /* One reader for the partitions of an assignment (tly_proc_resume_offsets).
-   */
-  if (!p->writer_reader && !(p->writer_reader = changelog_reader(p, partition)))
-    return -1;
-  int rc = tly_changelog_last_writer(p->writer_reader, p->changelog_topic,
-                                     partition, end, writer, sizeof(writer),
-                                     errstr, sizeof(errstr));
-  if (rc < 0) {
-    tly_proc_set_fatal(p, "changelog partition %d: %s", (int)partition, errstr);
+/* What an assigned partition's resume decides from: the stored offset,
+ * the input's bounds, the changelog's bounds (end -1: not asked, or no
+ * changelog) and, when the decision needs it, the changelog's last record
+ * (has_last). */
+typedef struct {
+  int32_t partition;
+  int found;
+  int64_t stored, low, high;
+  int64_t changelog_low, changelog_end;
+  int want_last, has_last;
+  tly_changelog_last_t last;
+} resume_plan_t;
+
+/* The bounds of topic's partition (retried); 0, or -1 fatal set. */
+static int log_bounds(tly_processor_t *p, const char *topic, int32_t partition,
+                      int64_t *low, int64_t *high) {
+  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+  for (int attempt = 0; attempt < 10 && err; attempt++)
+    err = rd_kafka_query_watermark_offsets(p->consumer, topic, partition, low,
+                                           high, 5000);
+  if (err)
+    tly_proc_set_fatal(p, "partition %d of %s: cannot read its bounds: %s",
+                       (int)partition, topic, rd_kafka_err2str(err));
+  return err ? -1 : 0;
+}
+
+/* Fills plan for partition (of the usage topic): what is stored, the
+ * bounds, and whether changelog_wanted will need the changelog's last
+ * record: with Stripe reporting (who wrote it), or when the input's tail
+ * is longer than the changelog (is the store current?). 0, -1 fatal set. */
+static int plan_resume(tly_processor_t *p, const char *topic, int32_t partition,
+                       resume_plan_t *plan) {
+  char errstr[512];
+  *plan = (resume_plan_t){
+      .partition = partition, .changelog_low = -1, .changelog_end = -1};
+  plan->found = tly_store_get_offset(p->store, partition, &plan->stored, errstr,
+                                     sizeof(errstr));
+  if (plan->found < 0) {
+    tly_proc_set_fatal(p, "reading stored offset: %s", errstr);
     return -1;
   }
-  return rc == 1 && strcmp(writer, p->writer_id) == 0;
+  if (!plan->found)
+    plan->stored = -1;
+  if (log_bounds(p, topic, partition, &plan->low, &plan->high))
+    return -1;
+  int current = plan->found && plan->stored >= plan->high;
+  if (!p->changelog_topic || (current && !p->reports))
+    return 0;
+  if (log_bounds(p, p->changelog_topic, partition, &plan->changelog_low,
+                 &plan->changelog_end))
+    return -1;
+  int64_t length = plan->changelog_end - plan->changelog_low;
+  plan->want_last =
+      length > 0 &&
+      (p->reports || (plan->found && !current && plan->changelog_low == 0 &&
+                      plan->high - plan->stored > length));
+  return 0;
+}
+
+/* Reads the changelog's last record of every planned partition that
+ * wants it, all at once. 0, -1 fatal set. */
+static int read_last_records(tly_processor_t *p, resume_plan_t *plans,
+                             size_t count) {
+  char errstr[512];
+  size_t wanted = 0;
+  for (size_t i = 0; i < count; i++)
+    wanted += plans[i].want_last;
+  if (!wanted)
+    return 0;
+  int32_t *partitions = calloc(wanted, sizeof(*partitions));
+  int64_t *highs = calloc(wanted, sizeof(*highs));
+  tly_changelog_last_t *last = calloc(wanted, sizeof(*last));
+  int rc = -1;
+  if (!partitions || !highs || !last) {
+    tly_proc_set_fatal(p, "out of memory reading the changelog");
+    goto out;
+  }
+  for (size_t i = 0, n = 0; i < count; i++)
+    if (plans[i].want_last) {
+      partitions[n] = plans[i].partition;
+      highs[n++] = plans[i].changelog_end;
+    }
+  rd_kafka_t *reader = changelog_reader(p, partitions[0]);
+  if (!reader)
+    goto out;
+  rc = tly_changelog_last_records(reader, p->changelog_topic, partitions, highs,
+                                  wanted, last, errstr, sizeof(errstr));
+  changelog_reader_close(reader);
+  if (rc) {
+    tly_proc_set_fatal(p, "changelog: %s", errstr);
+    goto out;
+  }
+  for (size_t i = 0, n = 0; i < count; i++)
+    if (plans[i].want_last) {
+      plans[i].last = last[n++];
+      plans[i].has_last = 1;
+    }
+out:
+  free(partitions);
+  free(highs);
+  free(last);
+  return rc;
 }
 
 /*
- * Whether to restore partition from the changelog rather than replay the
- * input from what this store holds (found, stored): when the store holds
- * nothing of it, or when the changelog partition is shorter than the
- * input's tail to replay. A changelog that no longer starts at 0 (records
- * expired: the embedded broker keeps ~5 MiB per partition) would miss
- * state, so it is not used. With Stripe usage reporting, also whenever
- * another instance wrote the partition's changelog since this one did:
- * the report marks and cursors are the changelog's, and reporting from
- * stale cursors would reuse identifiers Stripe already has. 1 restore, 0
- * not, -1 fatal set.
+ * Whether to restore the planned partition from the changelog rather than
+ * replay the input from what this store holds; why says which rule
+ * decided, for the log. Restored: when the store holds nothing of it;
+ * when the changelog holds newer state than the store (its last record
+ * reflects a later offset: another instance owned the partition since)
+ * and reading the changelog is shorter than replaying the input from the
+ * store's offset to that record's; never when the store is current (it
+ * holds offset >= what the changelog's last record reflects, e.g. after a
+ * restart of this instance on its own state dir: restoring would only
+ * bring back older state and replay more). A changelog that no longer
+ * starts at 0 (records expired: the embedded broker keeps ~5 MiB per
+ * partition) would miss state, so it is not used. With Stripe usage
+ * reporting, also whenever another instance wrote the partition's
+ * changelog since this one did: the report marks and cursors are the
+ * changelog's, and reporting from stale cursors would reuse identifiers
+ * Stripe already has. 1 restore, 0 not, -1 fatal set.
  */
-static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
-                            int64_t stored, int64_t high, int64_t *end) {
-  int64_t low = -1;
-  *end = -1;
-  if (!p->changelog_topic || (found && stored >= high && !p->reports))
-    return 0;
-  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
-  for (int attempt = 0; attempt < 10 && err; attempt++)
-    err = rd_kafka_query_watermark_offsets(p->consumer, p->changelog_topic,
-                                           partition, &low, end, 5000);
-  if (err) {
-    tly_proc_set_fatal(p, "changelog partition %d: cannot read its bounds: %s",
-                       (int)partition, rd_kafka_err2str(err));
-    return -1;
-  }
-  if (*end <= low)
+static int changelog_wanted(tly_processor_t *p, const resume_plan_t *plan,
+                            const char **why) {
+  int32_t partition = plan->partition;
+  int found = plan->found;
+  int64_t stored = plan->stored, high = plan->high;
+  int64_t low = plan->changelog_low, end = plan->changelog_end;
+  const tly_changelog_last_t *last = &plan->last;
+  *why = "";
+  if (end <= low) /* no changelog, not asked, or empty */
     return 0;
   if (p->reports) {
-    int ours = changelog_ours(p, partition, *end);
-    if (ours < 0)
-      return -1;
+    int ours = plan->has_last && last->named &&
+               strcmp(last->writer, p->writer_id) == 0;
+    if (ours && found)
+      return 0; /* what we wrote, we stored first: the store holds it all */
     if (!ours && low > 0) {
       tly_proc_set_fatal(
           p,
@@ -178,6 +260,8 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
               "partition %d: another instance wrote its changelog since "
               "this one did: restoring it (Stripe report cursors)",
               (int)partition);
+      *why = "another instance wrote its changelog since (Stripe report "
+             "cursors)";
       return 1;
     }
   }
@@ -190,7 +274,29 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
             (int)partition, (long long)low);
     return 0;
   }
-  return !found || high - stored > *end - low;
+  if (!found) {
+    *why = "no local state";
+    return 1;
+  }
+  if (high - stored <= end - low)
+    return 0; /* the input's tail is the shorter read */
+  if (plan->has_last && last->offset >= 0 && last->offset <= stored) {
+    tly_log(TLY_LOG_INFO, "processor",
+            "partition %d: local state (offset %lld) holds all the changelog "
+            "does (its last record reflects offset %lld): replaying the "
+            "input's %lld records from there, no restore",
+            (int)partition, (long long)stored, (long long)last->offset,
+            (long long)(high - stored));
+    return 0;
+  }
+  if (plan->has_last && last->offset > stored) {
+    *why = "the changelog holds newer state than this store (another "
+           "instance owned the partition since)";
+    return last->offset - stored > end - low;
+  }
+  *why = "the changelog's last record names no offset and is shorter than "
+         "the input's tail";
+  return 1;
 }
 
 /*
@@ -200,7 +306,7 @@ static int changelog_wanted(tly_processor_t *p, int32_t partition, int found,
  * 0, or -1 after setting the fatal reason.
  */
 static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
-                             int *found, int64_t *stored) {
+                             const char *why, int *found, int64_t *stored) {
   char errstr[512], wm_key[16];
   unsigned char wm_value[8];
   tly_changelog_restore_t result;
@@ -245,9 +351,9 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
   atomic_fetch_add(&p->restored_records, result.records);
   atomic_fetch_add(&p->restore_ms, (uint64_t)result.elapsed_ms);
   tly_log(TLY_LOG_INFO, "processor",
-          "partition %d: restored from %s in %lld ms: %llu records read, "
-          "%llu written, %llu subjects, state as of offset %lld",
-          (int)partition, p->changelog_topic, (long long)result.elapsed_ms,
+          "partition %d: restored from %s (%s) in %lld ms: %llu records "
+          "read, %llu written, %llu subjects, state as of offset %lld",
+          (int)partition, p->changelog_topic, why, (long long)result.elapsed_ms,
           (unsigned long long)result.records,
           (unsigned long long)result.applied,
           (unsigned long long)result.accounts, (long long)result.next_offset);
@@ -260,50 +366,48 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
  * does not: skipping would silently lose or miscount usage.
  */
 static int resume_partitions(tly_processor_t *p,
-                             rd_kafka_topic_partition_list_t *parts);
+                             rd_kafka_topic_partition_list_t *parts,
+                             resume_plan_t *plans);
 
 int tly_proc_resume_offsets(tly_processor_t *p,
                             rd_kafka_topic_partition_list_t *parts) {
-  /* resume_partitions does it; then the reader changelog_ours opened
-   * (Stripe reporting) goes. */
-  int rc = resume_partitions(p, parts);
-  if (p->writer_reader)
-    changelog_reader_close(p->writer_reader);
-  p->writer_reader = NULL;
+  /* First what every partition's decision needs (the changelog's last
+   * records read in one go), then each partition. */
+  resume_plan_t *plans =
+      calloc(parts->cnt ? (size_t)parts->cnt : 1, sizeof(*plans));
+  if (!plans) {
+    tly_proc_set_fatal(p, "out of memory resuming partitions");
+    return -1;
+  }
+  int rc = 0;
+  for (int i = 0; i < parts->cnt && !rc; i++)
+    rc = plan_resume(p, parts->elems[i].topic, parts->elems[i].partition,
+                     &plans[i]);
+  if (!rc)
+    rc = read_last_records(p, plans, (size_t)parts->cnt);
+  if (!rc)
+    rc = resume_partitions(p, parts, plans);
+  free(plans);
   return rc;
 }
 
 static int resume_partitions(tly_processor_t *p,
-                             rd_kafka_topic_partition_list_t *parts) {
+                             rd_kafka_topic_partition_list_t *parts,
+                             resume_plan_t *plans) {
   char errstr[512];
   for (int i = 0; i < parts->cnt; i++) {
     rd_kafka_topic_partition_t *part = &parts->elems[i];
-    int64_t stored = -1, low = -1, high = -1;
-    int found = tly_store_get_offset(p->store, part->partition, &stored, errstr,
-                                     sizeof(errstr));
-    if (found < 0) {
-      tly_proc_set_fatal(p, "reading stored offset: %s", errstr);
-      return -1;
-    }
-    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
-    for (int attempt = 0; attempt < 10 && err; attempt++)
-      err = rd_kafka_query_watermark_offsets(
-          p->consumer, part->topic, part->partition, &low, &high, 5000);
-    if (err) {
-      tly_proc_set_fatal(p, "partition %d: cannot read the log's bounds: %s",
-                         (int)part->partition, rd_kafka_err2str(err));
-      return -1;
-    }
+    int found = plans[i].found;
+    int64_t stored = plans[i].stored, low = plans[i].low, high = plans[i].high;
     /* No state here, or stale state: restore from the changelog when that
      * is shorter than replaying the input (then only the tail is
      * replayed). A store with no offset for the partition may still hold
      * the remains of an interrupted restore: wipe them. */
-    int64_t changelog_end;
-    int restore = changelog_wanted(p, part->partition, found, stored, high,
-                                   &changelog_end);
-    if (restore < 0 ||
-        (restore &&
-         restore_partition(p, part->partition, changelog_end, &found, &stored)))
+    const char *why;
+    int restore = changelog_wanted(p, &plans[i], &why);
+    if (restore < 0 || (restore && restore_partition(p, part->partition,
+                                                     plans[i].changelog_end,
+                                                     why, &found, &stored)))
       return -1;
     if (!found && tly_changelog_wipe_partition(p->store, part->partition,
                                                errstr, sizeof(errstr))) {

@@ -249,7 +249,10 @@ int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
   argv[argc++] = "127.0.0.1:0";
   argv[argc++] = "--http-port-file";
   argv[argc++] = port_file;
-  /* A killed member is noticed quickly, so restarts rebalance fast. */
+  /* On the embedded broker `tally run`'s processor uses this session
+   * timeout anyway and times its rejoin after a kill itself
+   * (consumers/tly_group.h); set here for every consumer (the members
+   * reader's must not exceed max.poll.interval.ms below). */
   argv[argc++] = "-X";
   argv[argc++] = "session.timeout.ms=3000";
   /* librdkafka 2.0.2's mock coordinator sometimes never answers a

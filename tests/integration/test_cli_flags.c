@@ -36,6 +36,14 @@ static const bad_flag_t bad_flags[] = {
     {"run", "--members-heartbeat-ms", "-2000"},
     {"run", "--http", "127.0.0.1:+80"},
     {"run", "--http", "127.0.0.1:65536"},
+    /* Kafka's group.instance.id rule, and tally's bound of 127 bytes. */
+    {"run", "--instance-id", "host:8080"},
+    {"run", "--instance-id", ""},
+    {"run", "--instance-id", ".."},
+    {"run", "--instance-id", "tally a"},
+    {"run", "--instance-id",
+     "x123456789012345678901234567890123456789012345678901234567890123456789"
+     "0123456789012345678901234567890123456789012345678901234567890"},
     {"dev", "--partitions", "5x"},
     {"dev", "--partitions", "0"},
     {"dev", "--demo-rate", "-1"},

@@ -16,7 +16,9 @@
  *     from an instance that lost the partition) never overwrites a newer
  *     one; local marks and cursors of the partition are wiped first;
  *   - the last record's writer tells whether another instance wrote the
- *     partition's changelog since; a store's writer id is stable.
+ *     partition's changelog since, and the offset it reflects whether a
+ *     store is as current as the changelog; a store's writer id is
+ *     stable.
  */
 #include "tly_billing.h"
 #include "tly_changelog_restore.h"
@@ -327,6 +329,36 @@ static void test_restore_rules(void **state) {
   assert_int_equal(stored_quantity(store, k3, k3_len), -1);
   assert_int_equal(stored_quantity(store, other, other_len), -1);
   assert_int_equal(stored_quantity(store, foreign, foreign_len), -1);
+  /* The offset the last record reflects (what a store must hold to be as
+   * current as the changelog): a state record's, a deletion's (from its
+   * header), a marker's; no writer named on any of them. */
+  tly_changelog_last_t last;
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, high, &last,
+                                             errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, 5);
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, high - 1, &last,
+                                             errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, 30);
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, 12, &last,
+                                             errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, 10);
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, 0, &last, errstr,
+                                             sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, -1);
+  /* Several partitions at once; an empty one (high 0) has none. */
+  const int32_t several[] = {0, 1};
+  const int64_t several_highs[] = {0, high - 1};
+  tly_changelog_last_t lasts[2];
+  assert_int_equal(tly_changelog_last_records(reader, TOPIC, several,
+                                              several_highs, 2, lasts, errstr,
+                                              sizeof(errstr)),
+                   0);
+  assert_int_equal(lasts[0].offset, -1);
+  assert_int_equal(lasts[1].offset, 30);
   /* blob1's deletion is complete (@20), blob2's was cut short (@30). */
   char *blob_value = NULL;
   size_t blob_len = 0;
@@ -573,6 +605,30 @@ static void test_report_restore_rules(void **state) {
                                              sizeof(errstr)),
                    1);
   assert_string_equal(writer, "w2");
+  /* A state record names its commit's offset, a cursor (its own version)
+   * none. */
+  tly_changelog_last_t last;
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 1, high, &last,
+                                             errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(last.offset, 30);
+  assert_int_equal(tly_changelog_last_record(reader, TOPIC, 2, 1, &last, errstr,
+                                             sizeof(errstr)),
+                   1);
+  assert_string_equal(last.writer, "w2");
+  assert_int_equal(last.offset, -1);
+  /* Both at once, in one assignment: the same answers. */
+  const int32_t both[] = {2, 1};
+  const int64_t both_highs[] = {1, high};
+  tly_changelog_last_t lasts[2];
+  assert_int_equal(tly_changelog_last_records(reader, TOPIC, both, both_highs,
+                                              2, lasts, errstr, sizeof(errstr)),
+                   0);
+  assert_true(lasts[0].named);
+  assert_string_equal(lasts[0].writer, "w2");
+  assert_int_equal(lasts[0].offset, -1);
+  assert_false(lasts[1].named);
+  assert_int_equal(lasts[1].offset, 30);
   assert_int_equal(tly_changelog_last_writer(reader, TOPIC, 0, 0, writer,
                                              sizeof(writer), errstr,
                                              sizeof(errstr)),
