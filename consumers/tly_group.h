@@ -19,8 +19,8 @@
  * not leave the group, joins no earlier than TLY_GROUP_REJOIN_AFTER_MS
  * after the process started: the dead member has expired by the time the
  * mock elects a leader, so one rebalance round gives the partitions back
- * instead of two (measured: 4-5 s instead of 6-7 s; see
- * docs/h15-restart.md).
+ * instead of two (measured: 4-5 s instead of 6-7 s; see README.md,
+ * "Restarts" and "Restarts (build/bench_restart)").
  *
  * Owns the consumer's group properties, the instance id's rule and the
  * "did the last run leave the group" mark in the store's meta family.
