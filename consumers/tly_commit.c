@@ -742,6 +742,14 @@ void *tly_proc_writer_main(void *arg) {
                errstr);
     p->writer_job = 0;
     pthread_cond_broadcast(&p->writer_done);
+    /* The loop may be waiting for records with a batch to submit, or with
+     * this one to release: wake it now (group commit, tly_group_commit.h).
+     * A wake-up nobody waits for makes the next read return early, no
+     * more. The queue outlives this thread (tly_processor_destroy). */
+    pthread_mutex_unlock(&p->writer_lock);
+    if (p->queue)
+      rd_kafka_queue_yield(p->queue);
+    pthread_mutex_lock(&p->writer_lock);
   }
   pthread_mutex_unlock(&p->writer_lock);
   return NULL;
