@@ -9,16 +9,19 @@
  * ever lost to a rebalance.
  *
  * Order of a batch (the exactly-once protocol of DESIGN.md):
- *   1. consume up to batch_max_events or batch_max_ms; decode; undecodable
- *      records become dead-letter outputs;
+ *   1. consume until the group commit rule (tly_group_commit.h) closes
+ *      the batch: at once when the writer is free, else when it finishes
+ *      (it wakes the loop), at most batch_max_events (a backlog grows to
+ *      that); decode; undecodable records become dead-letter outputs;
  *   2. fold into the overlay (subject records loaded from RocksDB on first
  *      touch; event ids checked against the partition's in-memory index);
  *   3. one WriteBatch: the dirty subject records, one blob of the batch's
  *      event ids per partition, outbox entries, next offsets (+ deletes of
  *      outbox entries Kafka has acknowledged), handed to the writer;
- *   4. once the writer reports it durable (and not before): the batch's
- *      outputs join the outbox and are published, its offsets count as
- *      committed; their deletes ride on a later commit.
+ *   4. once the writer reports it durable (and not before; the loop
+ *      takes it as soon as the writer wakes it): the batch's outputs join
+ *      the outbox and are published, its offsets count as committed, its
+ *      records as visible; their deletes ride on a later commit.
  *
  * This file is the loop (steps 1 and 2: consume, and fold each record,
  * with what the fold sends out), the rebalance callback and the public

@@ -6,6 +6,8 @@
  *                         lifecycle and the thread-safe status queries
  *   tly_fold_view.c       the tly_billing_view_t the fold works through
  *   tly_commit.c          the batch: one WriteBatch, the writer thread
+ *                         (when a batch is closed: tly_group_commit.h,
+ *                         a pure rule of its own)
  *   tly_outbox_publish.c  the outbox: publish, acknowledge, reconcile
  *   tly_restore.c         assigned partitions: resume, or restore from
  *                         the changelog
