@@ -579,12 +579,14 @@ int tly_proc_batch_submit(tly_processor_t *p) {
                         sizeof(META_NEXT_SEQ) - 1, seq_value,
                         sizeof(seq_value));
   }
+  size_t deletes = 0;
   for (size_t i = 0; i < p->outbox_count; i++) {
     if (p->outbox[i].state != OUTBOX_ACKED)
       continue;
     tly_put_be64(seq_key, p->outbox[i].seq);
     tly_store_batch_delete(p->batch, TLY_CF_OUTBOX, seq_key, sizeof(seq_key));
     p->outbox[i].state = OUTBOX_DELETING;
+    deletes++;
   }
   for (size_t i = 0; i < p->ack_count; i++) {
     size_t len = tly_proc_ack_key(p->acks[i].topic, p->acks[i].partition,
@@ -618,6 +620,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   flight->output_count = p->output_count;
   flight->output_cap = p->output_cap;
   flight->first_seq = first_seq;
+  flight->deletes = deletes;
   flight->events = p->batch_events;
   int64_t *produced = flight->produced_ms;
   size_t produced_cap = flight->produced_cap;
@@ -795,7 +798,9 @@ int tly_proc_batch_wait(tly_processor_t *p) {
     raise(SIGSTOP);
   }
   flight->output_count = 0;
-  tly_proc_outbox_compact(p);
+  if (flight->deletes) /* a pass over the outbox: only when it shrinks */
+    tly_proc_outbox_compact(p);
+  flight->deletes = 0;
   pthread_mutex_lock(&p->lock);
   for (int32_t i = 0; i < p->partition_cap; i++) {
     partition_state_t *part = &p->partitions[i];

@@ -869,10 +869,15 @@ static int read_records(tly_processor_t *p, int64_t wait_ms, int first_only,
 static int release_written(tly_processor_t *p) {
   if (!p->inflight.busy || tly_proc_writer_busy(p))
     return 0;
+  size_t outputs = p->inflight.output_count;
   if (tly_proc_batch_wait(p))
     return -1;
-  rd_kafka_poll(p->producer, 0);
-  tly_proc_outbox_publish(p);
+  /* Publishing walks the outbox: only for new outputs (the round's end
+   * publishes the rest, as acknowledgements come in). */
+  if (outputs) {
+    rd_kafka_poll(p->producer, 0);
+    tly_proc_outbox_publish(p);
+  }
   return 0;
 }
 

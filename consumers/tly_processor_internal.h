@@ -162,6 +162,7 @@ typedef struct {
   pending_output_t *outputs;
   size_t output_count, output_cap;
   uint64_t first_seq;
+  size_t deletes; /* outbox entries it deletes (OUTBOX_DELETING) */
   size_t events;
   int64_t *produced_ms; /* the batch's records' Kafka timestamps */
   size_t produced_count, produced_cap;
