@@ -707,7 +707,11 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
       "enable.auto.commit=false", "enable.auto.offset.store=false",
       "auto.offset.reset=error", "enable.partition.eof=false",
       "session.timeout.ms=10000", "heartbeat.interval.ms=1000",
-      "fetch.wait.max.ms=3", "max.partition.fetch.bytes=10485760",
+      /* How long a broker may hold a fetch that finds nothing. Kafka
+       * answers as soon as a record comes; the embedded broker (`tally
+       * dev`, `tally broker`) holds it the whole time, so this is latency
+       * there (it was 50 ms), and idle fetches per second everywhere. */
+      "fetch.wait.max.ms=10", "max.partition.fetch.bytes=10485760",
       /* Prefetch deep enough that the fetcher never pauses while a batch
        * commits: at the default, the fold waited on fetches for a third
        * of its time. */
