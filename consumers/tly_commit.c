@@ -744,15 +744,17 @@ void *tly_proc_writer_main(void *arg) {
                "RocksDB commit failed %d times, last: %s", COMMIT_ATTEMPTS,
                errstr);
     p->writer_job = 0;
-    pthread_cond_broadcast(&p->writer_done);
     /* The loop may be waiting for records with a batch to submit, or with
      * this one to release: wake it now (group commit, tly_group_commit.h).
      * A wake-up nobody waits for makes the next read return early, no
-     * more. The queue outlives this thread (tly_processor_destroy). */
-    pthread_mutex_unlock(&p->writer_lock);
-    if (p->queue)
+     * more. Under the lock, before the loop can see the job done: a late
+     * one must never reach rd_kafka_consumer_close, which forwards this
+     * queue to its own and would return on it before the group is left
+     * (rd_kafka_destroy then waits forever). The loop turns it off before
+     * closing (tly_proc_writer_wakes). */
+    if (p->writer_wakes_loop)
       rd_kafka_queue_yield(p->queue);
-    pthread_mutex_lock(&p->writer_lock);
+    pthread_cond_broadcast(&p->writer_done);
   }
   pthread_mutex_unlock(&p->writer_lock);
   return NULL;
@@ -831,6 +833,14 @@ int tly_proc_batch_wait(tly_processor_t *p) {
     p->last_entry = NULL;
   }
   return 0;
+}
+
+/* Whether the writer wakes the loop's reads when it finishes a batch:
+ * on while the loop reads, off before the consumer is closed. */
+void tly_proc_writer_wakes(tly_processor_t *p, int on) {
+  pthread_mutex_lock(&p->writer_lock);
+  p->writer_wakes_loop = on && p->queue;
+  pthread_mutex_unlock(&p->writer_lock);
 }
 
 /* Whether the writer still has the previous batch in hand. */

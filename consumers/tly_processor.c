@@ -900,6 +900,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
   }
   tly_proc_outbox_publish(p);
 
+  tly_proc_writer_wakes(p, 1);
   int idle = 0; /* the last round consumed nothing */
   while (!*stop && !p->fatal) {
     /* A round: read and fold until the group commit rule
@@ -951,6 +952,9 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
     rd_kafka_flush(p->producer, 5000);
     tly_proc_batch_commit(p);
   }
+  /* From here on nothing reads the queue, and the close must not be woken
+   * (see tly_proc_writer_main); the writer may still be busy if fatal. */
+  tly_proc_writer_wakes(p, 0);
   rd_kafka_consumer_close(p->consumer);
   if (p->fatal) {
     snprintf(errstr, errstr_size,
@@ -965,8 +969,8 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
 void tly_processor_destroy(tly_processor_t *p) {
   if (!p)
     return;
-  /* The writer first: it finishes the batch in its hands, then wakes the
-   * consumer's queue (so the queue goes after it). */
+  /* The writer first: it finishes the batch in its hands (and may wake
+   * the consumer's queue: the queue goes after it). */
   if (p->writer_started) {
     pthread_mutex_lock(&p->writer_lock);
     p->writer_quit = 1;

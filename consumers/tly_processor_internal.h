@@ -231,6 +231,7 @@ struct tly_processor {
   pthread_cond_t writer_cond, writer_done;
   tly_store_batch_t *writer_batch;
   int writer_job, writer_quit;
+  int writer_wakes_loop; /* yield the consumer's queue after each batch */
   char writer_error[600];
   size_t output_count, output_cap;
   size_t batch_events;
@@ -347,6 +348,7 @@ int tly_proc_batch_submit(tly_processor_t *p);
 void *tly_proc_writer_main(void *arg);
 int tly_proc_batch_wait(tly_processor_t *p);
 int tly_proc_writer_busy(tly_processor_t *p);
+void tly_proc_writer_wakes(tly_processor_t *p, int on);
 int tly_proc_batch_commit(tly_processor_t *p);
 
 /* tly_outbox_publish.c: the outbox, its acknowledgements and recovery. */
