@@ -583,12 +583,14 @@ int tly_proc_batch_submit(tly_processor_t *p) {
                         sizeof(META_NEXT_SEQ) - 1, seq_value,
                         sizeof(seq_value));
   }
+  size_t deletes = 0;
   for (size_t i = 0; i < p->outbox_count; i++) {
     if (p->outbox[i].state != OUTBOX_ACKED)
       continue;
     tly_put_be64(seq_key, p->outbox[i].seq);
     tly_store_batch_delete(p->batch, TLY_CF_OUTBOX, seq_key, sizeof(seq_key));
     p->outbox[i].state = OUTBOX_DELETING;
+    deletes++;
   }
   for (size_t i = 0; i < p->ack_count; i++) {
     size_t len = tly_proc_ack_key(p->acks[i].topic, p->acks[i].partition,
@@ -622,6 +624,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   flight->output_count = p->output_count;
   flight->output_cap = p->output_cap;
   flight->first_seq = first_seq;
+  flight->deletes = deletes;
   flight->events = p->batch_events;
   int64_t *produced = flight->produced_ms;
   size_t produced_cap = flight->produced_cap;
@@ -745,6 +748,16 @@ void *tly_proc_writer_main(void *arg) {
                "RocksDB commit failed %d times, last: %s", COMMIT_ATTEMPTS,
                errstr);
     p->writer_job = 0;
+    /* The loop may be waiting for records with a batch to submit, or with
+     * this one to release: wake it now (group commit, tly_group_commit.h).
+     * A wake-up nobody waits for makes the next read return early, no
+     * more. Under the lock, before the loop can see the job done: a late
+     * one must never reach rd_kafka_consumer_close, which forwards this
+     * queue to its own and would return on it before the group is left
+     * (rd_kafka_destroy then waits forever). The loop turns it off before
+     * closing (tly_proc_writer_wakes). */
+    if (p->writer_wakes_loop)
+      rd_kafka_queue_yield(p->queue);
     pthread_cond_broadcast(&p->writer_done);
   }
   pthread_mutex_unlock(&p->writer_lock);
@@ -791,7 +804,9 @@ int tly_proc_batch_wait(tly_processor_t *p) {
     raise(SIGSTOP);
   }
   flight->output_count = 0;
-  tly_proc_outbox_compact(p);
+  if (flight->deletes) /* a pass over the outbox: only when it shrinks */
+    tly_proc_outbox_compact(p);
+  flight->deletes = 0;
   pthread_mutex_lock(&p->lock);
   for (int32_t i = 0; i < p->partition_cap; i++) {
     partition_state_t *part = &p->partitions[i];
@@ -822,6 +837,14 @@ int tly_proc_batch_wait(tly_processor_t *p) {
     p->last_entry = NULL;
   }
   return 0;
+}
+
+/* Whether the writer wakes the loop's reads when it finishes a batch:
+ * on while the loop reads, off before the consumer is closed. */
+void tly_proc_writer_wakes(tly_processor_t *p, int on) {
+  pthread_mutex_lock(&p->writer_lock);
+  p->writer_wakes_loop = on && p->queue;
+  pthread_mutex_unlock(&p->writer_lock);
 }
 
 /* Whether the writer still has the previous batch in hand. */

@@ -165,7 +165,12 @@ rd_kafka_t *tly_proc_group_consumer_new(
   const char *consumer_defaults[] = {
       "enable.auto.commit=false", "enable.auto.offset.store=false",
       "auto.offset.reset=error", "enable.partition.eof=false", session,
-      heartbeat, "fetch.wait.max.ms=50", "max.partition.fetch.bytes=10485760",
+      heartbeat,
+      /* How long a broker may hold a fetch that finds nothing. Kafka
+       * answers as soon as a record comes; the embedded broker (`tally
+       * dev`, `tally broker`) holds it the whole time, so this is latency
+       * there (it was 50 ms), and idle fetches per second everywhere. */
+      "fetch.wait.max.ms=10", "max.partition.fetch.bytes=10485760",
       /* Prefetch deep enough that the fetcher never pauses while a batch
        * commits: at the default, the fold waited on fetches for a third
        * of its time. */

@@ -9,16 +9,19 @@
  * ever lost to a rebalance.
  *
  * Order of a batch (the exactly-once protocol of DESIGN.md):
- *   1. consume up to batch_max_events or batch_max_ms; decode; undecodable
- *      records become dead-letter outputs;
+ *   1. consume until the group commit rule (tly_group_commit.h) closes
+ *      the batch: at once when the writer is free, else when it finishes
+ *      (it wakes the loop), at most batch_max_events (a backlog grows to
+ *      that); decode; undecodable records become dead-letter outputs;
  *   2. fold into the overlay (subject records loaded from RocksDB on first
  *      touch; event ids checked against the partition's in-memory index);
  *   3. one WriteBatch: the dirty subject records, one blob of the batch's
  *      event ids per partition, outbox entries, next offsets (+ deletes of
  *      outbox entries Kafka has acknowledged), handed to the writer;
- *   4. once the writer reports it durable (and not before): the batch's
- *      outputs join the outbox and are published, its offsets count as
- *      committed; their deletes ride on a later commit.
+ *   4. once the writer reports it durable (and not before; the loop
+ *      takes it as soon as the writer wakes it): the batch's outputs join
+ *      the outbox and are published, its offsets count as committed, its
+ *      records as visible; their deletes ride on a later commit.
  *
  * This file is the loop (steps 1 and 2: consume, and fold each record,
  * with what the fold sends out), the rebalance callback and the public
@@ -37,6 +40,7 @@
 #include "tly_codec.h"
 #include "tly_dedupe.h"
 #include "tly_kafka_client.h"
+#include "tly_group_commit.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
@@ -794,6 +798,73 @@ fail:
   return NULL;
 }
 
+/* One read of at most want records (and at most 512), waiting up to
+ * wait_ms for them (first_only: returning at the first, then taking what
+ * else is ready without waiting), each folded into the open batch.
+ * Returns the records read; *behind says whether the processor is
+ * catching up. Rebalance callbacks are served inside the read, and the
+ * writer cuts the wait short when it finishes a batch
+ * (rd_kafka_queue_yield). */
+static int read_records(tly_processor_t *p, int64_t wait_ms, int first_only,
+                        int want, int *behind) {
+  rd_kafka_message_t *msgs[512];
+  if (want > 512)
+    want = 512;
+  if (want <= 0)
+    return 0;
+  /* Many records per call: the per-call cost of consumer_poll is a
+   * visible share of the fold at hundreds of thousands of events/s. */
+  ssize_t got = rd_kafka_consume_batch_queue(p->queue, (int)wait_ms, msgs,
+                                             first_only ? 1 : (size_t)want);
+  if (first_only && got == 1 && want > 1) {
+    ssize_t more =
+        rd_kafka_consume_batch_queue(p->queue, 0, msgs + 1, (size_t)want - 1);
+    if (more > 0)
+      got += more;
+  }
+  int64_t last_age_ms = 0;
+  uint64_t hashes[LOOKAHEAD_RING];
+  for (ssize_t i = 0; i < got && i < LOOKAHEAD_SLOT; i++)
+    lookahead_slots(p, msgs[i], hashes[i] = lookahead_hash(msgs[i]));
+  for (ssize_t i = 0; i < got; i++) {
+    look_ahead(p, msgs, got, i, hashes);
+    if (!p->fatal)
+      handle_message(p, msgs[i]);
+    if (i == got - 1)
+      last_age_ms = record_age_ms(msgs[i]);
+    rd_kafka_message_destroy(msgs[i]);
+  }
+  /* Catching up starts when a read is handed all it asked for and the
+   * last record is old; it ends with a young record or a read that finds
+   * nothing waiting (one that finds a few old records leaves it as it
+   * was). Old records trickling in (a producer's clock running late,
+   * back-dated timestamps) never start it: a batch is not held open
+   * waiting for records that are not there. */
+  if (got <= 0 || last_age_ms <= p->catchup_ms)
+    *behind = 0;
+  else if (got == want)
+    *behind = 1;
+  return got > 0 ? (int)got : 0;
+}
+
+/* The writer has finished the batch in its hands: release it now (its
+ * records count as visible, its outputs join the outbox and go out)
+ * rather than when the next batch is submitted. 0, or -1 when fatal. */
+static int release_written(tly_processor_t *p) {
+  if (!p->inflight.busy || tly_proc_writer_busy(p))
+    return 0;
+  size_t outputs = p->inflight.output_count;
+  if (tly_proc_batch_wait(p))
+    return -1;
+  /* Publishing walks the outbox: only for new outputs (the round's end
+   * publishes the rest, as acknowledgements come in). */
+  if (outputs) {
+    rd_kafka_poll(p->producer, 0);
+    tly_proc_outbox_publish(p);
+  }
+  return 0;
+}
+
 int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
                       char *errstr, size_t errstr_size) {
   if (tly_proc_group_join(p, stop, errstr, errstr_size))
@@ -811,62 +882,39 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
   }
   tly_proc_outbox_publish(p);
 
+  tly_proc_writer_wakes(p, 1);
   int idle = 0; /* the last round consumed nothing */
   while (!*stop && !p->fatal) {
-    /* Idle with outputs on their way: come round soon, so their
-     * acknowledgements are taken (and the changelog bundles that wait on
-     * them go out) within milliseconds; a busy loop keeps full batches. */
-    int64_t wait_ms = p->conf.batch_max_ms;
-    if (idle && p->outbox_count && wait_ms > 10)
-      wait_ms = 10;
-    int64_t deadline = tly_monotonic_ms() + wait_ms;
-    int consumed = 0, behind = 0;
-    while (consumed < p->conf.batch_max_events && !p->fatal) {
-      rd_kafka_message_t *msgs[512];
-      int64_t remaining = deadline - tly_monotonic_ms();
-      /* Past batch_max_ms the batch closes, unless the writer is still
-       * busy with the previous one (submitting would only wait for it) or
-       * the processor is catching up (more records are waiting and they
-       * are older than catchup_ms: closing the batch now would not make
-       * them any less late). Then the batch keeps growing instead, up to
-       * batch_max_events, and a subject touched several times in it is
-       * written once: the writer's work per event falls as the batch
-       * grows, which is what lets a backlog drain faster. */
-      if (remaining <= 0 && consumed > 0 && (behind || tly_proc_writer_busy(p)))
-        remaining = 1;
-      if (remaining <= 0 || *stop)
+    /* A round: read and fold until the group commit rule
+     * (tly_group_commit.h) closes the batch. Idle with outputs on their
+     * way, a round is short, so their acknowledgements are taken (and the
+     * changelog bundles that wait on them go out) within milliseconds. */
+    int64_t round_ms = p->conf.batch_max_ms;
+    if (round_ms > p->heartbeat_ms) /* the loop comes round well within */
+      round_ms = p->heartbeat_ms;   /* the session (stall_check) */
+    if (idle && p->outbox_count && round_ms > 10)
+      round_ms = 10;
+    int64_t began = tly_monotonic_ms();
+    int consumed = 0, behind = 0, submit = 0;
+    while (!*stop && !p->fatal) {
+      if (release_written(p))
         break;
-      /* Many records per call: the per-call cost of consumer_poll is a
-       * visible share of the fold at hundreds of thousands of events/s.
-       * Rebalance callbacks are still served inside this call. */
-      size_t want = (size_t)(p->conf.batch_max_events - consumed);
-      if (want > 512)
-        want = 512;
-      ssize_t got =
-          rd_kafka_consume_batch_queue(p->queue, (int)remaining, msgs, want);
-      int64_t last_age_ms = 0;
-      uint64_t hashes[LOOKAHEAD_RING];
-      for (ssize_t i = 0; i < got && i < LOOKAHEAD_SLOT; i++)
-        lookahead_slots(p, msgs[i], hashes[i] = lookahead_hash(msgs[i]));
-      for (ssize_t i = 0; i < got; i++) {
-        look_ahead(p, msgs, got, i, hashes);
-        if (!p->fatal)
-          handle_message(p, msgs[i]);
-        if (i == got - 1)
-          last_age_ms = record_age_ms(msgs[i]);
-        rd_kafka_message_destroy(msgs[i]);
+      int records = p->batch_messages > 0;
+      tly_group_commit_in_t in = {.records = records,
+                                  .other_work =
+                                      !records && tly_proc_batch_has_work(p),
+                                  .writer_busy = tly_proc_writer_busy(p),
+                                  .behind = behind,
+                                  .full = consumed >= p->conf.batch_max_events,
+                                  .waited_ms = tly_monotonic_ms() - began,
+                                  .round_ms = round_ms};
+      tly_group_commit_t next = tly_group_commit_decide(&in);
+      if (next.done) {
+        submit = next.submit;
+        break;
       }
-      /* Catching up starts when a call is handed all it asked for and the
-       * last record is old; it ends with a young record or a call that
-       * finds nothing waiting. Old records trickling in (a producer's
-       * clock running late, back-dated timestamps) never hold a batch
-       * open: the first call that drains the queue closes it. */
-      if (got <= 0 || last_age_ms <= p->catchup_ms)
-        behind = 0;
-      else if ((size_t)got == want)
-        behind = 1;
-      if (got > 0)
-        consumed += (int)got;
+      consumed += read_records(p, next.wait_ms, next.first_only,
+                               p->conf.batch_max_events - consumed, &behind);
     }
     if (p->fatal)
       break;
@@ -874,13 +922,9 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
     tly_proc_schema_retry(p);
     rd_kafka_poll(p->producer, 0); /* delivery reports -> ACKED */
     tly_proc_write_ticks(p);
-    if (tly_proc_batch_submit(p)) /* written while the next batch is folded */
-      break;
-    /* Idle: finish the commit in flight now, so the outbox entries whose
-     * deletes it carries leave memory (and the outbox gauge) at once
-     * rather than with the next batch. */
-    if (!consumed && p->inflight.busy && !tly_proc_batch_has_work(p) &&
-        tly_proc_batch_wait(p))
+    /* Written while the next batch is folded; release_written hands its
+     * outputs out as soon as it is durable. */
+    if (submit && tly_proc_batch_submit(p))
       break;
     tly_proc_outbox_publish(p);
   }
@@ -891,6 +935,9 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
     rd_kafka_flush(p->producer, 5000);
     tly_proc_batch_commit(p);
   }
+  /* From here on nothing reads the queue, and the close must not be woken
+   * (see tly_proc_writer_main); the writer may still be busy if fatal. */
+  tly_proc_writer_wakes(p, 0);
   tly_proc_group_leave(p);
   if (p->fatal) {
     snprintf(errstr, errstr_size,
@@ -905,6 +952,15 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
 void tly_processor_destroy(tly_processor_t *p) {
   if (!p)
     return;
+  /* The writer first: it finishes the batch in its hands (and may wake
+   * the consumer's queue: the queue goes after it). */
+  if (p->writer_started) {
+    pthread_mutex_lock(&p->writer_lock);
+    p->writer_quit = 1;
+    pthread_cond_signal(&p->writer_cond);
+    pthread_mutex_unlock(&p->writer_lock);
+    pthread_join(p->writer, NULL);
+  }
   if (p->queue)
     rd_kafka_queue_destroy(p->queue);
   if (p->consumer)
@@ -929,13 +985,6 @@ void tly_processor_destroy(tly_processor_t *p) {
   free(p->inflight.produced_ms);
   free(p->row_ptrs);
   free(p->alerts_topic);
-  if (p->writer_started) { /* it finishes the batch in its hands first */
-    pthread_mutex_lock(&p->writer_lock);
-    p->writer_quit = 1;
-    pthread_cond_signal(&p->writer_cond);
-    pthread_mutex_unlock(&p->writer_lock);
-    pthread_join(p->writer, NULL);
-  }
   for (size_t i = 0; i < p->inflight.output_count; i++)
     free(p->inflight.outputs[i].record);
   free(p->inflight.outputs);

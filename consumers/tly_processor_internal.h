@@ -6,6 +6,8 @@
  *                         lifecycle and the thread-safe status queries
  *   tly_fold_view.c       the tly_billing_view_t the fold works through
  *   tly_commit.c          the batch: one WriteBatch, the writer thread
+ *                         (when a batch is closed: tly_group_commit.h,
+ *                         a pure rule of its own)
  *   tly_outbox_publish.c  the outbox: publish, acknowledge, reconcile
  *   tly_restore.c         assigned partitions: resume, or restore from
  *                         the changelog
@@ -173,6 +175,7 @@ typedef struct {
   pending_output_t *outputs;
   size_t output_count, output_cap;
   uint64_t first_seq;
+  size_t deletes; /* outbox entries it deletes (OUTBOX_DELETING) */
   size_t events;
   int64_t *produced_ms; /* the batch's records' Kafka timestamps */
   size_t produced_count, produced_cap;
@@ -241,6 +244,7 @@ struct tly_processor {
   pthread_cond_t writer_cond, writer_done;
   tly_store_batch_t *writer_batch;
   int writer_job, writer_quit;
+  int writer_wakes_loop; /* yield the consumer's queue after each batch */
   char writer_error[600];
   size_t output_count, output_cap;
   size_t batch_events;
@@ -380,6 +384,7 @@ int tly_proc_batch_submit(tly_processor_t *p);
 void *tly_proc_writer_main(void *arg);
 int tly_proc_batch_wait(tly_processor_t *p);
 int tly_proc_writer_busy(tly_processor_t *p);
+void tly_proc_writer_wakes(tly_processor_t *p, int on);
 int tly_proc_batch_commit(tly_processor_t *p);
 
 /* tly_outbox_publish.c: the outbox, its acknowledgements and recovery. */

@@ -49,8 +49,7 @@ static const unsigned char *record_at(const slot_t *slot) {
   return slot->blob->data + slot->offset;
 }
 
-static int record_is(const unsigned char *record, const char *id,
-                     size_t len) {
+static int record_is(const unsigned char *record, const char *id, size_t len) {
   size_t stored = ((size_t)record[8] << 8) | record[9];
   return stored == len && memcmp(record + 10, id, len) == 0;
 }
@@ -92,8 +91,8 @@ int tly_dedupe_lookup(const tly_dedupe_t *dedupe, const char *id, size_t len,
                       int64_t *occurred_at_ms) {
   if (!dedupe->capacity)
     return 0;
-  slot_t *slot = probe(dedupe->slots, dedupe->capacity, hash_id(id, len), id,
-                       len);
+  slot_t *slot =
+      probe(dedupe->slots, dedupe->capacity, hash_id(id, len), id, len);
   if (!slot->hash)
     return 0;
   *occurred_at_ms = (int64_t)tly_get_be64(record_at(slot));
@@ -152,8 +151,8 @@ static void delete_slot(tly_dedupe_t *dedupe, size_t i) {
     size_t home = dedupe->slots[j].hash & mask;
     /* j may move into the hole unless its home lies cyclically in
      * (hole, j]. */
-    int home_after_hole = hole <= j ? (home > hole && home <= j)
-                                    : (home > hole || home <= j);
+    int home_after_hole =
+        hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
     if (!home_after_hole) {
       dedupe->slots[hole] = dedupe->slots[j];
       hole = j;
@@ -199,7 +198,7 @@ int tly_dedupe_record(tly_dedupe_t *dedupe, const char *id, size_t len,
     return -1;
   if (blob->len + 10 + len > blob->cap) {
     size_t cap = blob->cap * 2 > blob->len + 10 + len ? blob->cap * 2
-                                                       : blob->len + 10 + len;
+                                                      : blob->len + 10 + len;
     unsigned char *grown = realloc(blob->data, cap);
     if (!grown)
       return -1;
@@ -234,8 +233,21 @@ const void *tly_dedupe_open_blob(tly_dedupe_t *dedupe, size_t *len) {
 }
 
 void tly_dedupe_seal(tly_dedupe_t *dedupe) {
-  if (dedupe->tail)
-    dedupe->tail->sealed = 1;
+  blob_t *blob = dedupe->tail;
+  if (!blob || blob->sealed)
+    return;
+  blob->sealed = 1;
+  /* A sealed blob never grows: give back the room the open one had (4 KiB
+   * at least). With a commit per few events (group commit) most blobs
+   * hold an id or two, and the slack would cost more than the ids. Slots
+   * point at (blob, offset), so the data may move. */
+  if (blob->cap > blob->len) {
+    unsigned char *fitted = realloc(blob->data, blob->len);
+    if (fitted) {
+      blob->data = fitted;
+      blob->cap = blob->len;
+    }
+  }
 }
 
 int tly_dedupe_load(tly_dedupe_t *dedupe, const void *data, size_t len) {
@@ -315,4 +327,11 @@ size_t tly_dedupe_count(const tly_dedupe_t *dedupe) { return dedupe->count; }
 
 size_t tly_dedupe_blobs(const tly_dedupe_t *dedupe) {
   return dedupe->blob_count;
+}
+
+size_t tly_dedupe_bytes(const tly_dedupe_t *dedupe) {
+  size_t bytes = sizeof(*dedupe) + dedupe->capacity * sizeof(slot_t);
+  for (const blob_t *blob = dedupe->head; blob; blob = blob->next)
+    bytes += sizeof(*blob) + blob->cap;
+  return bytes;
 }

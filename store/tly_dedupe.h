@@ -64,5 +64,8 @@ void tly_dedupe_expire(tly_dedupe_t *dedupe, int64_t horizon_ms);
 /* Ids in the index and blobs held in memory. */
 size_t tly_dedupe_count(const tly_dedupe_t *dedupe);
 size_t tly_dedupe_blobs(const tly_dedupe_t *dedupe);
+/* The memory the index holds (table and blobs), in bytes; walks the
+ * blobs. */
+size_t tly_dedupe_bytes(const tly_dedupe_t *dedupe);
 
 #endif
