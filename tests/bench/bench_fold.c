@@ -37,11 +37,10 @@
 #include "tly_store.h"
 #include "tly_topics.h"
 
+#include <ftw.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <pthread.h>
-#include <dirent.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,7 +82,8 @@ static int64_t produce(const char *bootstrap, long events, long subjects,
   const char *paced[] = {"linger.ms=5", NULL};
   tally_producer_conf_t conf = {.brokers = bootstrap,
                                 .kafka_properties = rate > 0 ? paced : fast};
-  tally_producer_t *producer = tally_producer_new(&conf, errstr, sizeof(errstr));
+  tally_producer_t *producer =
+      tally_producer_new(&conf, errstr, sizeof(errstr));
   unsigned seed = 42;
   if (!producer) {
     fprintf(stderr, "bench: %s\n", errstr);
@@ -280,48 +280,17 @@ static double cpu_seconds(void) {
          (double)(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
 }
 
-/* CPU seconds of the threads named name (tly-fold, tly-writer), from
- * /proc: they tell the fold's cost apart from the broker's. */
-static double thread_cpu_seconds(const char *name) {
-  double total = 0;
-  DIR *tasks = opendir("/proc/self/task");
-  struct dirent *task;
-  while (tasks && (task = readdir(tasks))) {
-    char path[300], comm[64] = "", line[1024];
-    snprintf(path, sizeof(path), "/proc/self/task/%s/comm", task->d_name);
-    FILE *file = fopen(path, "r");
-    if (!file)
-      continue;
-    int named = fgets(comm, sizeof(comm), file) &&
-                strncmp(comm, name, strlen(name)) == 0 &&
-                comm[strlen(name)] == '\n';
-    fclose(file);
-    snprintf(path, sizeof(path), "/proc/self/task/%s/stat", task->d_name);
-    if (!named || !(file = fopen(path, "r")))
-      continue;
-    /* utime and stime: fields 14 and 15, after the ")" closing comm. */
-    unsigned long long utime = 0, stime = 0;
-    const char *after = fgets(line, sizeof(line), file) ? strrchr(line, ')') : NULL;
-    if (after && sscanf(after + 2,
-                        "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-                        &utime, &stime) == 2)
-      total += (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
-    fclose(file);
-  }
-  if (tasks)
-    closedir(tasks);
-  return total;
-}
-
 /* (a) the ceiling: read every record, do nothing with it. */
 static double raw_consume(const char *bootstrap, long events, int partitions) {
   char errstr[512];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof(errstr));
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr,
+                    sizeof(errstr));
   rd_kafka_conf_set(conf, "group.id", "bench-raw", errstr, sizeof(errstr));
   rd_kafka_conf_set(conf, "max.partition.fetch.bytes", "10485760", errstr,
                     sizeof(errstr));
-  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  rd_kafka_t *rk =
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
   rd_kafka_topic_partition_list_t *parts =
       rd_kafka_topic_partition_list_new(partitions);
   for (int p = 0; p < partitions; p++)
@@ -349,7 +318,8 @@ int main(int argc, char **argv) {
   long events = argc > 1 ? atol(argv[1]) : 2000000;
   long subjects = argc > 2 ? atol(argv[2]) : 100000;
   int partitions = argc > 3 ? atoi(argv[3]) : 200;
-  int latency_s = getenv("BENCH_LATENCY_S") ? atoi(getenv("BENCH_LATENCY_S")) : 10;
+  int latency_s =
+      getenv("BENCH_LATENCY_S") ? atoi(getenv("BENCH_LATENCY_S")) : 10;
   int http_s = getenv("BENCH_HTTP_S") ? atoi(getenv("BENCH_HTTP_S")) : 10;
   char errstr[512], dir[] = "/tmp/tally-bench-XXXXXX";
 
@@ -357,7 +327,8 @@ int main(int argc, char **argv) {
     return bench_http_only(argc, argv);
   tly_log_set_level(TLY_LOG_WARN);
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_t *host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  rd_kafka_t *host =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
   rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
   rd_kafka_mock_topic_create(cluster, TALLY_DEFAULT_USAGE_TOPIC, partitions, 1);
   rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_DLQ_TOPIC, 1, 1);
@@ -366,8 +337,8 @@ int main(int argc, char **argv) {
    * up (without the topic the processor runs without one). */
   const char *with_changelog = getenv("BENCH_CHANGELOG");
   if (with_changelog && atoi(with_changelog))
-    rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_CHANGELOG_TOPIC,
-                               partitions, 1);
+    rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_CHANGELOG_TOPIC, partitions,
+                               1);
   const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
 
   int64_t produce_ms = produce(bootstrap, events, subjects, "b", 0);
@@ -380,11 +351,13 @@ int main(int argc, char **argv) {
   tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
   tly_config_t *config = tly_config_default();
   bench_http_add_key(config);
-  tly_processor_conf_t pconf = {.brokers = bootstrap,
-                                .group_id = "bench-fold",
-                                .config = config,
-                                .tick_interval_ms = -1,
-                                .batch_max_events = getenv("BENCH_BATCH") ? atoi(getenv("BENCH_BATCH")) : 0};
+  tly_processor_conf_t pconf = {
+      .brokers = bootstrap,
+      .group_id = "bench-fold",
+      .config = config,
+      .tick_interval_ms = -1,
+      .batch_max_events =
+          getenv("BENCH_BATCH") ? atoi(getenv("BENCH_BATCH")) : 0};
   run_t run = {0};
   run.processor = tly_processor_new(&pconf, store, errstr, sizeof(errstr));
   if (!store || !run.processor) {
@@ -407,20 +380,20 @@ int main(int argc, char **argv) {
       first = tly_monotonic_ms(); /* after the group join */
       first_count = stats.events_folded;
       cpu_first = cpu_seconds();
-      fold_first = thread_cpu_seconds("tly-fold");
-      writer_first = thread_cpu_seconds("tly-writer");
+      fold_first = bench_thread_cpu_seconds("tly-fold", 0);
+      writer_first = bench_thread_cpu_seconds("tly-writer", 0);
     }
     last = tly_monotonic_ms();
     cpu_last = cpu_seconds();
-    if (last - shown >= 1000 || stats.events_folded + stats.dead_letters +
-                                        stats.duplicates >=
-                                    (uint64_t)events) {
-      fold_last = thread_cpu_seconds("tly-fold");
-      writer_last = thread_cpu_seconds("tly-writer");
+    if (last - shown >= 1000 ||
+        stats.events_folded + stats.dead_letters + stats.duplicates >=
+            (uint64_t)events) {
+      fold_last = bench_thread_cpu_seconds("tly-fold", 0);
+      writer_last = bench_thread_cpu_seconds("tly-writer", 0);
     }
     if (last - shown >= 1000) {
-      fprintf(stderr, "\rfolded %llu/%ld", (unsigned long long)stats.events_folded,
-              events);
+      fprintf(stderr, "\rfolded %llu/%ld",
+              (unsigned long long)stats.events_folded, events);
       shown = last;
     }
     if (run.rc) {
@@ -480,8 +453,9 @@ int main(int argc, char **argv) {
   printf("| batches committed in (b) | %llu (%.0f events each) |\n",
          (unsigned long long)after_fold.batches_committed,
          (double)after_fold.events_folded /
-             (double)(after_fold.batches_committed ? after_fold.batches_committed
-                                                   : 1));
+             (double)(after_fold.batches_committed
+                          ? after_fold.batches_committed
+                          : 1));
   if (latency_s > 0) {
     print_latency_run(&steady, "steady", fsync_ms);
     print_latency_run(&half, "half of (b)", fsync_ms);

@@ -83,11 +83,13 @@ static struct MHD_Daemon *ceiling_start(unsigned threads, uint16_t *port) {
 
 /* ---- wrk --------------------------------------------------------------- */
 
-/* CPU seconds of this process's libmicrohttpd threads (named "MHD-..."):
- * per request, a figure the other load on the machine disturbs less than
- * the rate. */
-static double mhd_cpu_seconds(void) {
+/* CPU seconds of this process's threads whose name is name ("tly-fold",
+ * "tly-writer") or, with prefix set, starts with it ("MHD-": the
+ * libmicrohttpd threads), from /proc: per request or per event, a figure
+ * the other load on the machine disturbs less than a rate. */
+double bench_thread_cpu_seconds(const char *name, int prefix) {
   double total = 0;
+  size_t name_len = strlen(name);
   DIR *tasks = opendir("/proc/self/task");
   struct dirent *task;
   while (tasks && (task = readdir(tasks))) {
@@ -96,8 +98,9 @@ static double mhd_cpu_seconds(void) {
     FILE *file = fopen(path, "r");
     if (!file)
       continue;
-    int named =
-        fgets(comm, sizeof(comm), file) && strncmp(comm, "MHD-", 4) == 0;
+    int named = fgets(comm, sizeof(comm), file) &&
+                strncmp(comm, name, name_len) == 0 &&
+                (prefix || comm[name_len] == '\n');
     fclose(file);
     snprintf(path, sizeof(path), "/proc/self/task/%s/stat", task->d_name);
     if (!named || !(file = fopen(path, "r")))
@@ -115,6 +118,10 @@ static double mhd_cpu_seconds(void) {
   if (tasks)
     closedir(tasks);
   return total;
+}
+
+static double mhd_cpu_seconds(void) {
+  return bench_thread_cpu_seconds("MHD-", 1);
 }
 
 /* wrk against path (a template for scripts/bench-http.lua). */

@@ -71,4 +71,8 @@ void bench_http_print(const bench_http_result_t *result);
 /* BENCH_ONLY_HTTP=1: (d) alone on a small data set; the exit status. */
 int bench_http_only(int argc, char **argv);
 
+/* CPU seconds of this process's threads named name (prefix: whose name
+ * starts with it), from /proc. */
+double bench_thread_cpu_seconds(const char *name, int prefix);
+
 #endif
