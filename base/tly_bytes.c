@@ -1,8 +1,10 @@
 /*
- * tly_bytes.c - big-endian integers and zero filling (tly_bytes.h).
+ * tly_bytes.c - big-endian integers, zero filling and a growing text
+ * buffer (tly_bytes.h).
  */
 #include "tly_bytes.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void tly_put_be32(unsigned char *out, uint32_t value) {
@@ -29,4 +31,24 @@ uint32_t tly_get_be32(const unsigned char *in) {
 
 uint64_t tly_get_be64(const unsigned char *in) {
   return (uint64_t)tly_get_be32(in) << 32 | tly_get_be32(in + 4);
+}
+
+int tly_text_append(char **body, size_t *len, size_t *cap, const void *data,
+                    size_t n, size_t max) {
+  if (n > max || *len > max - n)
+    return 1;
+  if (*len + n + 1 > *cap) {
+    size_t grown_cap = *cap ? *cap : 4096;
+    while (grown_cap < *len + n + 1)
+      grown_cap *= 2;
+    char *grown = realloc(*body, grown_cap);
+    if (!grown)
+      return -1;
+    *body = grown;
+    *cap = grown_cap;
+  }
+  memcpy(*body + *len, data, n);
+  *len += n;
+  (*body)[*len] = '\0';
+  return 0;
 }

@@ -1,7 +1,8 @@
 /*
  * tly_bytes.h - big-endian integers in byte strings (state keys, values,
  * the changelog and outbox formats) and writing zeroes into fresh memory.
- * Pure helpers: no allocation, no I/O; every layer may use them.
+ * Pure helpers, no I/O; every layer may use them. Only tly_text_append
+ * allocates.
  */
 #ifndef TLY_BYTES_H
 #define TLY_BYTES_H
@@ -20,5 +21,13 @@ void tly_put_be64(unsigned char *out, uint64_t value);
 void tly_zero_fill(void *out, size_t len);
 uint32_t tly_get_be32(const unsigned char *in);
 uint64_t tly_get_be64(const unsigned char *in);
+
+/* Appends n bytes of data to the NUL-terminated text *body of *len bytes
+ * (*cap allocated; all three 0/NULL at first), growing it by doubling.
+ * 0; 1 when *len + n would pass max (nothing appended: an answer too large
+ * to keep); -1 out of memory. The one place that grows a buffer: the
+ * HTTP clients' body callbacks use it. */
+int tly_text_append(char **body, size_t *len, size_t *cap, const void *data,
+                    size_t n, size_t max);
 
 #endif

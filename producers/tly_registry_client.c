@@ -5,6 +5,8 @@
  */
 #include "tly_registry_client.h"
 
+#include "tly_bytes.h"
+
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -28,24 +30,16 @@ typedef struct {
 static size_t on_body(char *data, size_t size, size_t count, void *opaque) {
   answer_t *answer = opaque;
   size_t bytes = size * count;
-  if (answer->len + bytes > TLY_REGISTRY_ANSWER_MAX) {
+  switch (tly_text_append(&answer->body, &answer->len, &answer->cap, data,
+                          bytes, TLY_REGISTRY_ANSWER_MAX)) {
+  case 0:
+    return bytes;
+  case 1:
     answer->overflow = 1;
     return 0; /* stops the transfer */
+  default:
+    return 0;
   }
-  if (answer->len + bytes + 1 > answer->cap) {
-    size_t cap = answer->cap ? answer->cap : 4096;
-    while (cap < answer->len + bytes + 1)
-      cap *= 2;
-    char *grown = realloc(answer->body, cap);
-    if (!grown)
-      return 0;
-    answer->body = grown;
-    answer->cap = cap;
-  }
-  memcpy(answer->body + answer->len, data, bytes);
-  answer->len += bytes;
-  answer->body[answer->len] = '\0';
-  return bytes;
 }
 
 tly_registry_t *tly_registry_new(const tly_registry_conf_t *conf, char *errstr,

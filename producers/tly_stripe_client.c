@@ -7,6 +7,8 @@
  */
 #include "tly_stripe_client.h"
 
+#include "tly_bytes.h"
+
 #include <ctype.h>
 #include <curl/curl.h>
 #include <jansson.h>
@@ -129,24 +131,16 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *opaque) {
   collect_t *collect = opaque;
   tly_stripe_response_t *out = collect->out;
   size_t n = size * nmemb;
-  if (out->body_len + n > BODY_MAX) {
+  switch (tly_text_append(&out->body, &out->body_len, &collect->cap, data, n,
+                          BODY_MAX)) {
+  case 0:
+    return n;
+  case 1:
     collect->overflow = 1;
     return 0;
+  default:
+    return 0;
   }
-  if (out->body_len + n + 1 > collect->cap) {
-    size_t cap = collect->cap ? collect->cap : 4096;
-    while (cap < out->body_len + n + 1)
-      cap *= 2;
-    char *grown = realloc(out->body, cap);
-    if (!grown)
-      return 0;
-    out->body = grown;
-    collect->cap = cap;
-  }
-  memcpy(out->body + out->body_len, data, n);
-  out->body_len += n;
-  out->body[out->body_len] = '\0';
-  return n;
 }
 
 /* The value of header "Name: value\r\n" when line is that header, else
