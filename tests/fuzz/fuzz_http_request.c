@@ -102,11 +102,11 @@ static void fuzz_query(const char *text, size_t len) {
     tly_req_quota_answer_t fast;
     if (answer && tly_req_quota_answer(config, &subject, known ? &state : NULL,
                                        &query, at, &fast, &err) == 0) {
-      char *text = tly_req_quota_answer_text(&fast);
+      char *fast_text = tly_req_quota_answer_text(&fast);
       char *dump = json_dumps(answer, JSON_COMPACT);
-      if (!text || !dump || strcmp(text, dump) != 0)
+      if (!fast_text || !dump || strcmp(fast_text, dump) != 0)
         abort();
-      free(text);
+      free(fast_text);
       free(dump);
     }
     json_decref(answer);
