@@ -183,6 +183,11 @@ const route_t tly_http_route_table[] = {
      "/versions/*", tly_http_handle_registry_version, AUTH_REGISTRY, 0, 0},
     {"GET", "/schemas/ids/{id}", "/schemas/ids/", "",
      tly_http_handle_registry_schema, AUTH_REGISTRY, 0, 0},
+    /* The dashboard: public files (the page asks for a key). */
+    {"GET", "/ui", "/ui", NULL, tly_http_handle_ui_root, AUTH_PUBLIC, 0, 0},
+    {"GET", "/ui/", "/ui/", NULL, tly_http_handle_ui_index, AUTH_PUBLIC, 0, 0},
+    {"GET", "/ui/{file}", "/ui/", "", tly_http_handle_ui_file, AUTH_PUBLIC, 0,
+     0},
 };
 const size_t tly_http_route_count =
     sizeof(tly_http_route_table) / sizeof(tly_http_route_table[0]);
@@ -621,20 +626,29 @@ static void count_request(tly_http_t *http, const request_t *req, int status) {
 static tly_mhd_result queue_answer(tly_http_t *http, request_t *req,
                                    struct MHD_Connection *connection,
                                    response_t *out) {
-  if (!out->body) {
+  if (!out->body && !out->static_body) {
     out->status = 500;
     out->body = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out "
                        "of memory\"}}");
     out->content_type = "application/json";
   }
   count_request(http, req, out->status);
-  struct MHD_Response *response = MHD_create_response_from_buffer(
-      out->body ? strlen(out->body) : 0, out->body, MHD_RESPMEM_MUST_FREE);
+  struct MHD_Response *response =
+      out->static_body
+          ? MHD_create_response_from_buffer(out->static_len,
+                                            (void *)out->static_body,
+                                            MHD_RESPMEM_PERSISTENT)
+          : MHD_create_response_from_buffer(out->body ? strlen(out->body) : 0,
+                                            out->body, MHD_RESPMEM_MUST_FREE);
   if (!response) {
     free(out->body);
     return MHD_NO;
   }
   MHD_add_response_header(response, "Content-Type", out->content_type);
+  for (const char *const *h = out->extra_headers; h && h[0]; h += 2)
+    MHD_add_response_header(response, h[0], h[1]);
+  if (out->location)
+    MHD_add_response_header(response, MHD_HTTP_HEADER_LOCATION, out->location);
   if (req && req->served_by && *req->served_by)
     MHD_add_response_header(response, TLY_SERVED_BY_HEADER, req->served_by);
   if (out->retry_after_s > 0) {

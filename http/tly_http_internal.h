@@ -109,6 +109,12 @@ struct tly_http {
 struct response {
   int status;
   char *body; /* malloc'd */
+  /* Or constant data (the dashboard's files), never freed: */
+  const unsigned char *static_body;
+  size_t static_len;
+  /* NULL-terminated name/value pairs added to the answer (NULL: none). */
+  const char *const *extra_headers;
+  const char *location; /* a Location header (NULL: none) */
   const char *content_type;
   int suspended;     /* the handler suspended the connection: no answer yet */
   int retry_after_s; /* >0: a Retry-After header */
@@ -224,6 +230,11 @@ route_handler_fn tly_http_handle_registry_subjects,
 /* Sets up the schemas, subjects and ids the routes serve. 0 or -1. */
 int tly_http_registry_init(tly_http_t *http, char *errstr, size_t errstr_size);
 void tly_http_registry_free(tly_http_t *http);
+
+/* ---- tly_http_ui.c: the dashboard's files ----------------------------- */
+
+route_handler_fn tly_http_handle_ui_root, tly_http_handle_ui_index,
+    tly_http_handle_ui_file;
 
 /* ---- tly_http_metrics.c: health, readiness, metrics ------------------ */
 

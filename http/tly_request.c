@@ -451,14 +451,17 @@ json_t *tly_req_usage_json(const tly_config_t *config,
     json_object_set_new(credits, "percent", json_null());
     json_object_set_new(credits, "exceeded", json_false());
   }
-  return json_pack("{s:s,s:i,s:s,s:{s:I,s:I},s:b,s:I,s:I,s:o,s:b,s:b,s:o}",
-                   "subject", subject->key, "partition", (int)state->partition,
-                   "plan", account->plan, "cycle", "start_ms",
-                   (json_int_t)start, "end_ms", (json_int_t)end, "cycle_ended",
-                   ended, "cost_micros", (json_int_t)cost, "base_price_micros",
-                   (json_int_t)(plan ? plan->base_price_micros : 0), "credits",
-                   credits, "payment_failed", account->payment_failed,
-                   "canceled", account->canceled, "features", features);
+  /* billing_linked: a Stripe customer is linked (the billing portal
+   * answers for it). */
+  return json_pack(
+      "{s:s,s:i,s:s,s:{s:I,s:I},s:b,s:I,s:I,s:o,s:b,s:b,s:b,s:o}", "subject",
+      subject->key, "partition", (int)state->partition, "plan", account->plan,
+      "cycle", "start_ms", (json_int_t)start, "end_ms", (json_int_t)end,
+      "cycle_ended", ended, "cost_micros", (json_int_t)cost,
+      "base_price_micros", (json_int_t)(plan ? plan->base_price_micros : 0),
+      "credits", credits, "payment_failed", account->payment_failed, "canceled",
+      account->canceled, "billing_linked",
+      account->stripe_customer_id[0] != '\0', "features", features);
 }
 
 /* ---- the usage history ------------------------------------------------ */

@@ -14,13 +14,15 @@ packages=(
   librdkafka-dev librocksdb-dev libavro-dev libcurl4-openssl-dev
   libmicrohttpd-dev libjansson-dev libssl-dev curl
 )
-# Tests (cmocka, libyaml for test_compose), fuzzers (clang and its
-# sanitizer runtime) and the HTTP benchmark (wrk).
+# Tests (cmocka, libyaml for test_compose, chromium for test_dashboard's
+# headless browser), fuzzers (clang and its sanitizer runtime) and the HTTP
+# benchmark (wrk).
 test_packages=(
   libcmocka-dev libyaml-dev
   clang libclang-rt-14-dev
   wrk
   python3 python3-kafka python3-avro
+  chromium
 )
 case "${1:-all}" in
   dev) ;;
