@@ -632,6 +632,14 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
     case TLY_BODY_RESERVATION_HELD:
     case TLY_BODY_RESERVATION_RELEASED:
       break; /* the holds change below, with everything else applied */
+    case TLY_BODY_NOTIFICATION_READ: {
+      const tly_notification_read_t *read = &event->body.notification_read;
+      tly_read_marks_add(
+          &next.read_marks,
+          tly_read_mark_hash(read->alert_id, strlen(read->alert_id)),
+          read->alert_at_ms);
+      break;
+    }
     default:
       snprintf(errstr, errstr_size, "event body %d is not folded",
                (int)event->body_kind);
@@ -987,6 +995,8 @@ static void *take_array(reader_t *r, size_t size, size_t *count) {
  * subject's holds, written only when it has some. */
 #define SUBJECT_RECORD_VERSION 3
 #define SUBJECT_RECORD_VERSION_HOLDS 4
+/* 4's layout (its hold count may be 0), then the read marks. */
+#define SUBJECT_RECORD_VERSION_MARKS 5
 
 size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_row_t *const *rows,
@@ -1015,6 +1025,40 @@ static void take_hold(reader_t *r, tly_hold_t *hold) {
     r->bad = 1;
 }
 
+/* Read marks: the watermark, the count, then each mark's hash (8 bytes)
+ * and alert time as an offset from the watermark. */
+static void put_read_marks(writer_t *w, const tly_read_marks_t *marks) {
+  unsigned char hash[8];
+  put_signed(w, marks->read_before_ms);
+  put_varint(w, marks->count);
+  for (uint32_t i = 0; i < marks->count; i++) {
+    tly_put_be64(hash, marks->marks[i].hash);
+    for (size_t b = 0; b < sizeof(hash); b++)
+      put_byte(w, hash[b]);
+    put_signed(w,
+               wrapping_sub(marks->marks[i].alert_at_ms, marks->read_before_ms));
+  }
+}
+
+static void take_read_marks(reader_t *r, tly_read_marks_t *marks) {
+  marks->read_before_ms = take_signed(r);
+  uint64_t count = take_varint(r);
+  if (count > TLY_READ_MARKS_MAX) {
+    r->bad = 1;
+    return;
+  }
+  marks->count = (uint32_t)count;
+  for (uint32_t i = 0; i < marks->count && !r->bad; i++) {
+    const unsigned char *hash = take(r, 8);
+    if (hash)
+      marks->marks[i].hash = tly_get_be64(hash);
+    marks->marks[i].alert_at_ms =
+        wrapping_add(marks->read_before_ms, take_signed(r));
+  }
+  if (!tly_read_marks_any(marks))
+    r->bad = 1; /* version 5 is written for marks only */
+}
+
 size_t tly_subject_record_encode_holds(
     const tly_account_t *account, const tly_subject_row_t *const *rows,
     size_t row_count, const tly_subject_bucket_t *const *buckets,
@@ -1026,8 +1070,10 @@ size_t tly_subject_record_encode_holds(
     kept += tly_subject_row_kept(account, rows[i]) != 0;
   for (size_t i = 0; i < bucket_count; i++)
     used_buckets += buckets[i]->totals.event_count != 0;
-  put_byte(&w, hold_count ? SUBJECT_RECORD_VERSION_HOLDS
-                          : SUBJECT_RECORD_VERSION);
+  int marks = tly_read_marks_any(&account->read_marks);
+  put_byte(&w, marks        ? SUBJECT_RECORD_VERSION_MARKS
+               : hold_count ? SUBJECT_RECORD_VERSION_HOLDS
+                            : SUBJECT_RECORD_VERSION);
   put_account(&w, account);
   put_varint(&w, kept);
   for (size_t i = 0; i < row_count; i++)
@@ -1040,11 +1086,13 @@ size_t tly_subject_record_encode_holds(
     put_signed(&w, buckets[i]->hour);
     put_bucket(&w, buckets[i]);
   }
-  if (hold_count) {
+  if (hold_count || marks) {
     put_varint(&w, hold_count);
     for (size_t i = 0; i < hold_count; i++)
       put_hold(&w, &holds[i]);
   }
+  if (marks)
+    put_read_marks(&w, &account->read_marks);
   return w.len;
 }
 
@@ -1060,10 +1108,11 @@ int tly_subject_record_decode(const void *data, size_t len,
   reader_t r = {data, len, 0, 0};
   memset(record, 0, sizeof(*record));
   const unsigned char *p = take(&r, 1);
-  if (!p || (p[0] != SUBJECT_RECORD_VERSION &&
-             p[0] != SUBJECT_RECORD_VERSION_HOLDS))
+  if (!p || p[0] < SUBJECT_RECORD_VERSION ||
+      p[0] > SUBJECT_RECORD_VERSION_MARKS)
     return -1;
   int with_holds = p[0] == SUBJECT_RECORD_VERSION_HOLDS;
+  int with_marks = p[0] == SUBJECT_RECORD_VERSION_MARKS;
   take_account(&r, &record->account);
   record->rows = take_array(&r, sizeof(*record->rows), &record->row_count);
   for (size_t i = 0; i < record->row_count && !r.bad; i++)
@@ -1077,14 +1126,17 @@ int tly_subject_record_decode(const void *data, size_t len,
     record->buckets[i].hour = (int32_t)hour;
     take_bucket(&r, &record->buckets[i]);
   }
-  if (with_holds && !r.bad) {
+  if ((with_holds || with_marks) && !r.bad) {
     record->holds =
         take_array(&r, sizeof(*record->holds), &record->hold_count);
-    if (!record->hold_count || record->hold_count > TLY_HOLDS_MAX)
+    if ((with_holds && !record->hold_count) ||
+        record->hold_count > TLY_HOLDS_MAX)
       r.bad = 1; /* version 4 is written for holds only, never too many */
     for (size_t i = 0; i < record->hold_count && !r.bad; i++)
       take_hold(&r, &record->holds[i]);
   }
+  if (with_marks && !r.bad)
+    take_read_marks(&r, &record->account.read_marks);
   if (r.bad || r.pos != len) {
     tly_subject_record_clear(record);
     return -1;

@@ -22,6 +22,7 @@
 #include "tly_config.h"
 #include "tly_event.h"
 #include "tly_holds.h"
+#include "tly_read_marks.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -54,6 +55,9 @@ typedef struct {
   uint32_t credit_thresholds_fired; /* bit i: plan threshold i, this cycle */
   size_t history_count;             /* newest first */
   tly_cycle_t history[TLY_BILLING_HISTORY];
+  /* Which alerts the subject read (NotificationRead events): kept in the
+   * subject record (version 5), not in tly_account_encode's bytes. */
+  tly_read_marks_t read_marks;
 } tly_account_t;
 
 typedef struct {
@@ -248,7 +252,10 @@ int tly_subject_row_kept(const tly_account_t *account,
  * so that a batch writes one key per subject it touched however many
  * features, cycles and events it saw. Rows that are not kept are left out;
  * buckets are written as given; open holds (tly_holds.h) follow, in a
- * record of version 4 (a subject without holds keeps version 3's bytes).
+ * record of version 4 (a subject without holds keeps version 3's bytes);
+ * a subject with read marks (tly_read_marks.h) is written as version 5:
+ * version 4's layout with a hold count that may be 0, then the marks.
+ * Versions 3 and 4 still decode (no marks).
  * encode returns the length it needs; the
  * record is in out when that is at most out_size (otherwise out may hold a
  * part of it: one call both writes a record that fits and measures one that

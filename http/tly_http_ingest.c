@@ -318,6 +318,14 @@ void tly_http_produce_one(tly_http_t *http, request_t *req,
   ingest_start(http, req, connection, &events, INGEST_HOOKED, hooks, out);
 }
 
+void tly_http_produce_many(tly_http_t *http, request_t *req,
+                           struct MHD_Connection *connection,
+                           tly_req_events_t *events,
+                           const tly_http_produce_hooks_t *hooks,
+                           response_t *out) {
+  ingest_start(http, req, connection, events, INGEST_HOOKED, hooks, out);
+}
+
 int tly_http_ingest_available(tly_http_t *http, response_t *out) {
   if (http->producer && !atomic_load(&http->stopping))
     return 1;

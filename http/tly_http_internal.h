@@ -204,6 +204,14 @@ void tly_http_produce_one(tly_http_t *http, request_t *req,
                           struct MHD_Connection *connection, tly_event_t *event,
                           const tly_http_produce_hooks_t *hooks,
                           response_t *out);
+/* The same for events->count events (each ok; taken: cleared after),
+ * answered once Kafka reported every one (hooks->reported runs per
+ * report, possibly on another thread). */
+void tly_http_produce_many(tly_http_t *http, request_t *req,
+                           struct MHD_Connection *connection,
+                           tly_req_events_t *events,
+                           const tly_http_produce_hooks_t *hooks,
+                           response_t *out);
 /* 1 when the port can produce (it has brokers and is not stopping), else
  * 0 with the 503 in out. */
 int tly_http_ingest_available(tly_http_t *http, response_t *out);
@@ -230,6 +238,11 @@ route_handler_fn tly_http_handle_registry_subjects,
 /* Sets up the schemas, subjects and ids the routes serve. 0 or -1. */
 int tly_http_registry_init(tly_http_t *http, char *errstr, size_t errstr_size);
 void tly_http_registry_free(tly_http_t *http);
+
+/* ---- tly_http_notify.c: notifications with read state ----------------- */
+
+route_handler_fn tly_http_handle_notifications,
+    tly_http_handle_notifications_read;
 
 /* ---- tly_http_ui.c: the dashboard's files ----------------------------- */
 

@@ -156,6 +156,19 @@ const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
                                               TLY_RESERVATION_ID_MAX)},
                                        -1,
                                        -1},
+    /* Only the owner of the subject's partition writes these (the
+     * notifications route found the alert): never from JSON. */
+    [TLY_BODY_NOTIFICATION_READ] = {"notification_read",
+                                    "NotificationRead",
+                                    0,
+                                    2,
+                                    {FIELD(tly_notification_read_t, alert_id,
+                                           "alert_id", TLY_FIELD_TEXT, 1,
+                                           TLY_NOTIFICATION_ID_MAX),
+                                     FIELD(tly_notification_read_t, alert_at_ms,
+                                           "alert_at", TLY_FIELD_TIME, 1, 0)},
+                                    -1,
+                                    -1},
 };
 
 const tly_body_spec_t *tly_body_spec(tly_body_kind_t kind) {

@@ -76,6 +76,7 @@ typedef enum {
   TLY_BODY_TICK,
   TLY_BODY_RESERVATION_HELD,     /* appended: earlier branches keep their */
   TLY_BODY_RESERVATION_RELEASED, /* indexes, so old records read the same */
+  TLY_BODY_NOTIFICATION_READ,    /* appended after them (issue 18) */
   TLY_BODY__COUNT
 } tly_body_kind_t;
 
@@ -159,6 +160,15 @@ typedef struct {
   char *reservation_id;
 } tly_reservation_released_t;
 
+/* The subject read one of its alerts (the notifications route writes it,
+ * once it found the alert): alert_id (1..TLY_NOTIFICATION_ID_MAX bytes) and
+ * the alert's own time. */
+#define TLY_NOTIFICATION_ID_MAX 639
+typedef struct {
+  char *alert_id;
+  int64_t alert_at_ms;
+} tly_notification_read_t;
+
 typedef struct {
   char *event_id;
   int64_t occurred_at_ms;
@@ -176,6 +186,7 @@ typedef struct {
     tly_tick_t tick;
     tly_reservation_held_t reservation_held;
     tly_reservation_released_t reservation_released;
+    tly_notification_read_t notification_read;
   } body;
 } tly_event_t;
 

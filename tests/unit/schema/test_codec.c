@@ -883,7 +883,7 @@ static void test_reject_enum_and_union(void **state) {
 
   raw = raw_valid();
   raw.body_branch = TLY_BODY__COUNT;
-  expect_raw_error(codec, &raw, "field 'body': union branch 10 out of range");
+  expect_raw_error(codec, &raw, "field 'body': union branch 11 out of range");
   raw.body_branch = -1;
   expect_raw_error(codec, &raw, "union branch -1 out of range");
 
@@ -1240,6 +1240,14 @@ static void build_flat(tly_body_kind_t kind, int variant, tly_event_t *event) {
     event->body.reservation_released.reservation_id =
         dup_or_null(extreme ? "Z" : "rsv_1");
     break;
+  case TLY_BODY_NOTIFICATION_READ:
+    event->body.notification_read.alert_id =
+        dup_or_null(extreme ? "limit_exceeded:user:ë😀:253402300799999:"
+                              "api_calls:100"
+                            : "limit_warning:user:alice:1:api_calls:25");
+    event->body.notification_read.alert_at_ms =
+        extreme ? 253402300799999LL : 1793491200000LL;
+    break;
   default:
     fail_msg("build_flat: kind %d", (int)kind);
   }
@@ -1313,6 +1321,12 @@ static void assert_flat_equal(const tly_event_t *got, const tly_event_t *want) {
   case TLY_BODY_RESERVATION_RELEASED:
     assert_string_equal(got->body.reservation_released.reservation_id,
                         want->body.reservation_released.reservation_id);
+    break;
+  case TLY_BODY_NOTIFICATION_READ:
+    assert_string_equal(got->body.notification_read.alert_id,
+                        want->body.notification_read.alert_id);
+    assert_true(got->body.notification_read.alert_at_ms ==
+                want->body.notification_read.alert_at_ms);
     break;
   default:
     fail_msg("assert_flat_equal: kind %d", (int)want->body_kind);
