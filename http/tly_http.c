@@ -166,6 +166,9 @@ const route_t tly_http_route_table[] = {
     {"POST", "/v1/subjects/{subject}/notifications/read", "/v1/subjects/",
      "/notifications/read", tly_http_handle_notifications_read, AUTH_REQUIRED,
      1, 1},
+    /* Answered by the owner only, never relayed (tly_http_stream.c). */
+    {"GET", "/v1/subjects/{subject}/stream", "/v1/subjects/", "/stream",
+     tly_http_handle_stream, AUTH_REQUIRED, 0, 0},
     {"POST", "/v1/subjects/{subject}/plan", "/v1/subjects/", "/plan",
      tly_http_handle_plan, AUTH_REQUIRED, 1, 0},
     {"POST", "/v1/stripe/webhook", "/v1/stripe/webhook", NULL,
@@ -631,6 +634,16 @@ static void count_request(tly_http_t *http, const request_t *req, int status) {
 static tly_mhd_result queue_answer(tly_http_t *http, request_t *req,
                                    struct MHD_Connection *connection,
                                    response_t *out) {
+  if (out->stream) {
+    count_request(http, req, out->status);
+    MHD_add_response_header(out->stream, "Content-Type", out->content_type);
+    MHD_add_response_header(out->stream, "Cache-Control", "no-store");
+    MHD_add_response_header(out->stream, "X-Accel-Buffering", "no");
+    tly_mhd_result queued =
+        MHD_queue_response(connection, (unsigned)out->status, out->stream);
+    MHD_destroy_response(out->stream);
+    return queued;
+  }
   if (!out->body && !out->static_body) {
     out->status = 500;
     out->body = strdup("{\"error\":{\"code\":\"internal\",\"message\":\"out "
@@ -738,7 +751,8 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
     return MHD_YES;
   }
   req->answered = 1;
-  tly_http_guard_phase(connection, TLY_CONN_ANSWERING);
+  tly_http_guard_phase(connection,
+                       out.stream ? TLY_CONN_WAITING : TLY_CONN_ANSWERING);
   return queue_answer(http, req, connection, &out);
 }
 
@@ -783,12 +797,14 @@ static void http_free(tly_http_t *http) {
   atomic_store(&http->stopping, 1);
   if (http->producer)
     tally_producer_flush(http->producer, INGEST_TIMEOUT_MS + 5000);
+  tly_http_streams_close(http->streams); /* resumes the suspended ones */
   tly_stripe_portal_close(http->portal); /* its calls resume connections */
   tly_forward_close(http->forward);      /* so do forwards */
   tly_http_guard_stop(http->guard);
   if (http->daemon)
     MHD_stop_daemon(http->daemon);
   tly_http_guard_free(http->guard); /* every connection is closed now */
+  tly_http_streams_free(http->streams);
   tly_stripe_portal_destroy(http->portal);
   tly_forward_destroy(http->forward);
   if (http->poller_started)
@@ -834,7 +850,8 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
     goto fail;
   }
   http->reserve = tly_http_reserve_new();
-  if (!http->reserve) {
+  http->streams = tly_http_streams_new(http);
+  if (!http->reserve || !http->streams) {
     snprintf(errstr, errstr_size, "out of memory");
     goto fail;
   }

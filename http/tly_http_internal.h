@@ -66,6 +66,9 @@ typedef struct {
   int owner_only; /* reads the subject's state: its partition's owner answers */
 } route_t;
 
+/* Live usage streams (tly_http_stream.c). */
+typedef struct tly_http_streams tly_http_streams_t;
+
 /* Reservations' state (tly_http_reserve.c). */
 typedef struct tly_http_reserve tly_http_reserve_t;
 
@@ -104,6 +107,7 @@ struct tly_http {
   /* Their latency by route (same rows), from the request line read to the
    * answer queued. */
   tly_http_latency_t *latency;
+  tly_http_streams_t *streams; /* live usage (SSE) subscribers */
 };
 
 struct response {
@@ -115,6 +119,9 @@ struct response {
   /* NULL-terminated name/value pairs added to the answer (NULL: none). */
   const char *const *extra_headers;
   const char *location; /* a Location header (NULL: none) */
+  /* A streamed answer (SSE): queued as it is, the connection left in the
+   * guard's "waiting" phase (no answer deadline). */
+  struct MHD_Response *stream;
   const char *content_type;
   int suspended;     /* the handler suspended the connection: no answer yet */
   int retry_after_s; /* >0: a Retry-After header */
@@ -243,6 +250,17 @@ void tly_http_registry_free(tly_http_t *http);
 
 route_handler_fn tly_http_handle_notifications,
     tly_http_handle_notifications_read;
+
+/* ---- tly_http_stream.c: live usage (SSE) ------------------------------ */
+
+route_handler_fn tly_http_handle_stream;
+tly_http_streams_t *tly_http_streams_new(tly_http_t *http); /* NULL: OOM */
+/* Ends every stream (before the daemon stops: none may stay suspended). */
+void tly_http_streams_close(tly_http_streams_t *streams);
+void tly_http_streams_free(tly_http_streams_t *streams);
+/* The streams' metrics (Prometheus text) into out, as snprintf. */
+size_t tly_http_streams_metrics(tly_http_streams_t *streams, char *out,
+                                size_t size);
 
 /* ---- tly_http_ui.c: the dashboard's files ----------------------------- */
 
