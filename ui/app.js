@@ -20,6 +20,7 @@
   var apiKey = null;
   var plansCache = null;
   var refreshTimer = null;
+  var liveStream = null;
   var renderSeq = 0;
 
   /* ---- DOM helpers --------------------------------------------------- */
@@ -198,7 +199,61 @@
 
   /* ---- routing ------------------------------------------------------- */
 
-  function stopRefresh() { if (refreshTimer) { clearInterval(refreshTimer); refreshTimer = null; } }
+  function stopRefresh() {
+    if (refreshTimer) { clearInterval(refreshTimer); refreshTimer = null; }
+    if (liveStream) { liveStream.stop(); liveStream = null; }
+  }
+
+  /* Live usage: GET .../stream (Server-Sent Events) read with fetch, since
+   * EventSource cannot send the bearer token. Reconnects with
+   * Last-Event-ID; a server without the route keeps the polling. */
+  function openStream(base, seq, handlers) {
+    if (!window.AbortController || !window.TextDecoder || !window.ReadableStream) return null;
+    var ctrl = new AbortController();
+    var lastId = null, stopped = false, timer = null;
+    function parse(block) {
+      var type = 'message', data = '';
+      block.split('\n').forEach(function (line) {
+        if (line.indexOf('event: ') === 0) type = line.slice(7);
+        else if (line.indexOf('data: ') === 0) data += line.slice(6);
+        else if (line.indexOf('id: ') === 0) lastId = line.slice(4);
+      });
+      if (!data) return;
+      var json = null;
+      try { json = JSON.parse(data); } catch (e) { return; }
+      handlers.event(type, json);
+    }
+    function retry() {
+      handlers.live(false);
+      if (!stopped && seq === renderSeq) timer = setTimeout(connect, 2000);
+    }
+    function connect() {
+      if (stopped || seq !== renderSeq) return;
+      var headers = { 'Authorization': 'Bearer ' + apiKey, 'Accept': 'text/event-stream' };
+      if (lastId) headers['Last-Event-ID'] = lastId;
+      fetch(base + '/stream', { headers: headers, credentials: 'omit', cache: 'no-store', referrerPolicy: 'no-referrer', signal: ctrl.signal }).then(function (res) {
+        if (res.status === 401) { signOut('That API key was refused (401). Sign in again.'); return; }
+        if (res.status === 404 || res.status === 405) { stopped = true; handlers.live(false); return; }
+        if (!res.ok || !res.body) { retry(); return; }
+        handlers.live(true);
+        var reader = res.body.getReader();
+        var decoder = new TextDecoder();
+        var buf = '';
+        var pump = function () {
+          return reader.read().then(function (chunk) {
+            if (chunk.done) { retry(); return; }
+            buf += decoder.decode(chunk.value, { stream: true });
+            var at;
+            while ((at = buf.indexOf('\n\n')) >= 0) { parse(buf.slice(0, at)); buf = buf.slice(at + 2); }
+            return pump();
+          });
+        };
+        return pump();
+      }).catch(function () { if (!stopped) retry(); });
+    }
+    connect();
+    return { stop: function () { stopped = true; clearTimeout(timer); ctrl.abort(); } };
+  }
   function route() {
     var hash = location.hash || '#/';
     if (hash === '#/admin') return { view: 'admin' };
@@ -248,7 +303,8 @@
   function renderCustomer(view, subject, seq) {
     try { sessionStorage.setItem(SUBJECT_STORE, subject); } catch (e) { /* storage off */ }
     var head = h('div', { class: 'page-head' },
-      h('div', { class: 'title' }, h('span', { class: 'muted small', text: 'Customer' }), h('h1', { id: 'subject-title', text: subject }), h('div', { class: 'badges', id: 'badges' })),
+      h('div', { class: 'title' }, h('span', { class: 'muted small', text: 'Customer' }), h('h1', { id: 'subject-title', text: subject }),
+        h('div', { class: 'badges' }, h('span', { class: 'badges', id: 'badges' }), h('span', { class: 'pill grey', id: 'live', 'data-live': 'false', text: 'Refreshing every 15 s' }))),
       h('div', { class: 'lookup-wrap' }, lookupForm('Another subject', '')));
     var summary = panel('p-summary', 'Current cycle', null, 'span-12');
     var credits = panel('p-credits', 'Credits', 'Used this cycle against the plan\'s quota', 'span-5');
@@ -260,6 +316,12 @@
     append(view, head, h('div', { class: 'grid' }, summary.el, credits.el, features.el, daily.el, models.el, notes.el, invoices.el));
 
     var base = subjectPath(subject);
+    var shown = null; /* the plan and marks of the last usage shown */
+    var showUsage = function (u) {
+      showSummary(summary, u, shown.plan, base);
+      showCredits(credits, u, shown.marks);
+      showFeatures(features, u, shown.plan, shown.marks);
+    };
     var load = function () {
       if (seq !== renderSeq) return;
       Promise.all([api('GET', base + '/usage'), plans()]).then(function (res) {
@@ -272,9 +334,25 @@
         }
         var plan = cfg && (cfg.plans || []).filter(function (p) { return p.name === usage.json.plan; })[0];
         var marks = plan && plan.thresholds && plan.thresholds.length ? plan.thresholds : DEFAULT_MARKS;
-        showSummary(summary, usage.json, plan, base);
-        showCredits(credits, usage.json, marks);
-        showFeatures(features, usage.json, plan, marks);
+        shown = { plan: plan, marks: marks, planName: usage.json.plan };
+        showUsage(usage.json);
+        if (!liveStream) {
+          liveStream = openStream(base, seq, {
+            live: function (on) {
+              var pill = $('live');
+              if (!pill) return;
+              pill.setAttribute('data-live', on ? 'true' : 'false');
+              pill.className = 'pill ' + (on ? 'ok' : 'grey');
+              pill.textContent = on ? '● Live' : 'Refreshing every 15 s';
+            },
+            event: function (type, json) {
+              if (seq !== renderSeq) return;
+              if (type === 'usage' && shown && json.plan === shown.planName) showUsage(json);
+              else if (type === 'usage') load();
+              else if (type === 'alert') { loadNotes(notes, base, seq); loadDaily(daily, base, seq); }
+            }
+          });
+        }
       });
       loadDaily(daily, base, seq);
       loadModels(models, base, seq);

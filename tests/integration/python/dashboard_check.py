@@ -376,6 +376,24 @@ def main():
         browser.screenshot("customer-phone")
         browser.viewport(LAPTOP)
 
+        # Live usage: with the stream route the page says so, and an event
+        # acknowledged by Kafka shows without a reload.
+        if states.get("p-summary") == "ready":
+            browser.wait_for("document.getElementById('live').dataset.live === 'true'",
+                             "the live stream to connect")
+            before = int(values(browser)["feature.api_calls.used"]["v"])
+            status, body = api("/v1/events", "POST", {"event_id": "dashboard-live-1", "subject": SUBJECT,
+                                                      "feature": "api_calls", "quantity": 7})
+            if status != 202:
+                fail("POST /v1/events: %d %s" % (status, body))
+            browser.wait_for("document.querySelector('[data-k=\"feature.api_calls.used\"]').dataset.v === '%d'"
+                             % (before + 7), "the live update of api_calls")
+            status, usage = api(subject_path + "/usage")
+            browser.wait_for("document.querySelector('[data-k=\"cost_micros\"]').dataset.v === '%d'"
+                             % usage["cost_micros"], "the live update of the cost")
+            checked.append("live update from the stream")
+            check_events(browser, "live update")
+
         if read_state and notes.get("unread", 0) > 0:
             browser.eval("document.getElementById('mark-all-read').click(); true")
             deadline = time.time() + 20
