@@ -7,7 +7,8 @@
  *                  that changed it
  *   event: alert   each alert of the subject (the /alerts shape), as the
  *                  commit that wrote it becomes visible
- *   : keepalive    a comment every 15 s
+ *   : keepalive    a comment every 2 s (how a client that went away is
+ *                  noticed: its slot is freed then)
  *
  * Each event's id is "<newest alert time sent, ms>.<sequence>". A client
  * reconnecting with Last-Event-ID gets the current usage (a snapshot holds
@@ -46,7 +47,9 @@
 
 #define STREAM_MAX 64
 #define STREAM_POLL_MS 5
-#define STREAM_KEEPALIVE_MS 15000
+/* A comment this often: a suspended connection is not polled, so a client
+ * that went away is noticed (and its slot freed) only when written to. */
+#define STREAM_KEEPALIVE_MS 2000
 /* Queued bytes a subscriber that does not read may hold: past it the
  * stream ends (the client reconnects with Last-Event-ID). */
 #define STREAM_BUFFER_MAX (1024 * 1024)
