@@ -3,7 +3,8 @@
  * parsing (http/tly_request.c): subject path segments, the quota
  * query, the "at" parameter, and the JSON bodies of /v1/events,
  * /v1/estimate, /v1/prorate, /v1/subjects/{subject}/plan and
- * /v1/subjects/{subject}/reservations (with the reservation id segment). These
+ * /v1/subjects/{subject}/reservations (with the reservation id segment) and
+ * /v1/subjects/{subject}/notifications/read (with ?unread=). These
  * take bytes from any client that can reach the port (authenticated or not, for
  * the parsers that run before a handler), so they must never crash, leak
  * or hang whatever they get.
@@ -19,6 +20,7 @@
  */
 #include "tly_config.h"
 #include "tly_request.h"
+#include "tly_request_notify.h"
 #include "tly_request_reserve.h"
 #include "tly_request_subject.h"
 
@@ -216,6 +218,31 @@ static void fuzz_reservation(const char *text, size_t len) {
   json_decref(answer);
 }
 
+/* A notifications/read body (and the same bytes as ?unread=): every id
+ * kept is 1..TLY_NOTIFICATION_ID_MAX bytes, none twice. */
+static void fuzz_read_ids(const char *text, size_t len) {
+  tly_req_read_ids_t ids;
+  tly_req_error_t err;
+  int unread;
+  if (tly_req_parse_unread(text, &unread, &err))
+    check_error(&err);
+  if (tly_req_parse_read_ids(text, len, &ids, &err)) {
+    check_error(&err);
+    return;
+  }
+  if (ids.count < 1 || ids.count > TLY_REQ_READ_IDS_MAX)
+    abort();
+  for (size_t i = 0; i < ids.count; i++) {
+    size_t id_len = strlen(ids.ids[i]);
+    if (id_len < 1 || id_len > TLY_NOTIFICATION_ID_MAX)
+      abort();
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(ids.ids[i], ids.ids[j]) == 0)
+        abort();
+  }
+  tly_req_read_ids_clear(&ids);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1)
@@ -229,7 +256,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   tly_req_error_t err;
   json_t *answer;
 
-  switch (data[0] % 7) {
+  switch (data[0] % 8) {
   case 0:
     fuzz_subject(text, len);
     break;
@@ -256,6 +283,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     break;
   case 6:
     fuzz_reservation(text, len);
+    break;
+  case 7:
+    fuzz_read_ids(text, len);
     break;
   }
   free(text);
