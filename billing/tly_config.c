@@ -161,6 +161,7 @@ void tly_config_free(tly_config_t *config) {
   free(config->models);
   free(config->http.api_keys);
   tly_config_stripe_clear(&config->stripe);
+  tly_config_notifications_clear(&config->notifications);
   free(config);
 }
 
@@ -242,6 +243,7 @@ tly_config_t *tly_config_default(void) {
   config->stripe.max_requests_per_s = 25;
   config->stripe.retry_max_s = 300;
   config->stripe.timeout_ms = 10000;
+  tly_config_notifications_defaults(&config->notifications);
 
   config->models = calloc(TLY_COUNT(model_seeds), sizeof(*config->models));
   if (!config->models)
@@ -932,6 +934,8 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
       rc = apply_events(config, value, err);
     } else if (strcmp(key, "stripe") == 0) {
       rc = tly_config_apply_stripe(config, value, err);
+    } else if (strcmp(key, "notifications") == 0) {
+      rc = tly_config_apply_notifications(config, value, err);
     } else {
       rc = fail(err, key, "unknown key");
     }

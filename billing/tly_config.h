@@ -213,6 +213,26 @@ typedef struct {
   char portal_return_url[TLY_STRIPE_URL_MAX]; /* "" = Stripe's default */
 } tly_stripe_config_t;
 
+/* Alert webhooks ("notifications" in the file; http/tly_webhooks.h
+ * delivers): every alert of the listed types goes to each endpoint, signed
+ * the Standard Webhooks way with the secret read at load from secret_env. */
+#define TLY_WEBHOOKS_MAX 8
+#define TLY_WEBHOOK_URL_MAX 512
+typedef struct {
+  char url[TLY_WEBHOOK_URL_MAX]; /* http:// or https:// */
+  char secret_env[128];
+  char secret[512]; /* its value at load (wiped when the config is freed) */
+  uint32_t types;   /* bit per tly_alert_type_t; 0: every type */
+} tly_webhook_config_t;
+typedef struct {
+  size_t webhook_count;
+  tly_webhook_config_t webhooks[TLY_WEBHOOKS_MAX];
+  int64_t retry_initial_ms; /* first retry's wait, doubling; default 1000 */
+  int64_t retry_max_ms;     /* the longest wait; default 600000 (10 min) */
+  int64_t give_up_s;        /* then the dead-letter topic; default 86400 */
+  int64_t timeout_ms;       /* one delivery; default 10000 */
+} tly_notifications_config_t;
+
 /* Event time ("events" in the file; the rules are tly_event_time.h's). */
 typedef struct {
   int64_t max_future_skew_ms; /* default TLY_DEFAULT_MAX_FUTURE_SKEW_MS */
@@ -235,6 +255,7 @@ typedef struct {
   tly_retention_config_t retention;
   tly_events_config_t events;
   tly_stripe_config_t stripe;
+  tly_notifications_config_t notifications;
 } tly_config_t;
 
 /* The built-in configuration. NULL only on OOM. Free with tly_config_free. */

@@ -128,6 +128,11 @@ int tly_config_apply_stripe(tly_config_t *config, json_t *section,
                             tly_err_t *err);
 /* stripe.prices name plans, which may be defined after the section. */
 int tly_config_check_stripe_prices(const tly_config_t *config, tly_err_t *err);
+/* "notifications" (tly_config_notify.c): the alert webhooks. */
+int tly_config_apply_notifications(tly_config_t *config, json_t *section,
+                                   tly_err_t *err);
+void tly_config_notifications_defaults(tly_notifications_config_t *n);
+void tly_config_notifications_clear(tly_notifications_config_t *n);
 /* Frees what the stripe section holds, wiping its secrets. */
 void tly_config_stripe_clear(tly_stripe_config_t *stripe);
 

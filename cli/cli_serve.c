@@ -310,6 +310,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
                            .brokers = conf->brokers,
                            .usage_topic = conf->usage_topic,
                            .alerts_topic = conf->alerts_topic,
+                           .dlq_topic = conf->dlq_topic,
                            .event_schema_id = event_schema_id,
                            .alert_schema_id = alert_schema_id,
                            .kafka_properties = conf->kafka_properties};

@@ -798,6 +798,7 @@ static void http_free(tly_http_t *http) {
   if (http->producer)
     tally_producer_flush(http->producer, INGEST_TIMEOUT_MS + 5000);
   tly_http_streams_close(http->streams); /* resumes the suspended ones */
+  tly_webhooks_stop(http->webhooks);
   tly_stripe_portal_close(http->portal); /* its calls resume connections */
   tly_forward_close(http->forward);      /* so do forwards */
   tly_http_guard_stop(http->guard);
@@ -872,6 +873,15 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
     goto fail;
   }
   if (tly_http_start_producer(http, errstr, errstr_size))
+    goto fail;
+  tly_webhooks_conf_t wconf = {.config = conf->config,
+                               .brokers = conf->brokers,
+                               .alerts_topic = conf->alerts_topic,
+                               .dlq_topic = conf->dlq_topic,
+                               .kafka_properties = conf->kafka_properties};
+  errstr[0] = '\0';
+  http->webhooks = tly_webhooks_start(&wconf, errstr, errstr_size);
+  if (!http->webhooks && errstr[0])
     goto fail;
   if (conf->config->stripe.secret_key &&
       !(http->portal =

@@ -48,6 +48,7 @@ typedef struct {
    * with these ids (0: 1 and 2, the built-in framing ids); ingest frames
    * events with event_schema_id. */
   const char *alerts_topic; /* default tally.alerts */
+  const char *dlq_topic;    /* default tally.usage.dlq (webhooks give-ups) */
   int32_t event_schema_id, alert_schema_id;
   const char *const *kafka_properties;
   /* Who serves which partition (tly_members.h): a subject whose partition

@@ -24,6 +24,7 @@
 #include "tly_request.h"
 #include "tly_state_cache.h"
 #include "tly_stripe_portal.h"
+#include "tly_webhooks.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -108,6 +109,7 @@ struct tly_http {
    * answer queued. */
   tly_http_latency_t *latency;
   tly_http_streams_t *streams; /* live usage (SSE) subscribers */
+  tly_webhooks_t *webhooks;    /* alert webhooks (NULL: none configured) */
 };
 
 struct response {

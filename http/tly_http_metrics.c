@@ -365,6 +365,10 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
     if (tly_http_streams_metrics(http->streams, reservations,
                                  sizeof(reservations)) < sizeof(reservations))
       text_append(&text, "%s", reservations);
+    if (http->webhooks &&
+        tly_webhooks_metrics(http->webhooks, reservations,
+                             sizeof(reservations)) < sizeof(reservations))
+      text_append(&text, "%s", reservations);
   }
   text_append(&text,
               "# HELP tally_outbox_entries Outputs committed but not yet "

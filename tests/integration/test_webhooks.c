@@ -1,0 +1,371 @@
+/*
+ * test_webhooks.c - alert webhooks against a real `tally run` on the
+ * embedded broker and a receiver on loopback (libmicrohttpd, in this
+ * process) that checks every request's Standard Webhooks signature with
+ * OpenSSL's own HMAC (not tally's), answers 500 to the first two attempts
+ * of each alert and 200 after:
+ *
+ * - every alert the processor wrote (read back from the alerts topic)
+ *   arrives, and the distinct webhook-ids are exactly that set, though
+ *   tally is SIGKILLed after the first deliveries and restarted (at least
+ *   once: an id may come again, never one that is no alert);
+ * - every request is signed with the secret, its timestamp current, its
+ *   body the alert;
+ * - a second endpoint that asks only for limit_exceeded and always fails
+ *   gets that one alert, retried, then dead-lettered past give_up_s, with
+ *   the endpoint and the last answer as the reason;
+ * - a config naming a secret variable that is not set stops startup
+ *   naming the field.
+ */
+#include "harness.h"
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <microhttpd.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#define PARTITIONS 4
+#define SUBJECTS 4
+#define SECRET_B64 "c2VjcmV0LWtleS1mb3ItdGFsbHktd2ViaG9va3M=" /* 31 bytes */
+#define SECRET_RAW "secret-key-for-tally-webhooks"
+
+#if MHD_VERSION < 0x00097002
+typedef int mhd_result;
+#else
+typedef enum MHD_Result mhd_result;
+#endif
+
+/* ---- the receiver -------------------------------------------------------- */
+
+#define IDS_MAX 256
+
+typedef struct {
+  pthread_mutex_t lock;
+  char ids[IDS_MAX][700];
+  int attempts[IDS_MAX];
+  int accepted[IDS_MAX];
+  size_t count;
+  int bad_signatures, bad_bodies, dead_attempts, requests;
+} receiver_t;
+
+static receiver_t receiver = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+typedef struct {
+  char *body;
+  size_t len;
+} upload_t;
+
+static int signature_ok(const char *id, const char *timestamp, const char *body,
+                        const char *header) {
+  unsigned char mac[32], b64[64];
+  unsigned int mac_len = 0;
+  size_t len = strlen(id) + strlen(timestamp) + strlen(body) + 3;
+  char *content = malloc(len);
+  snprintf(content, len, "%s.%s.%s", id, timestamp, body);
+  HMAC(EVP_sha256(), SECRET_RAW, (int)strlen(SECRET_RAW),
+       (unsigned char *)content, strlen(content), mac, &mac_len);
+  free(content);
+  EVP_EncodeBlock(b64, mac, (int)mac_len);
+  char want[80];
+  snprintf(want, sizeof(want), "v1,%s", b64);
+  return header && strcmp(header, want) == 0;
+}
+
+static mhd_result on_request(void *cls, struct MHD_Connection *connection,
+                             const char *url, const char *method,
+                             const char *version, const char *data,
+                             size_t *data_size, void **state) {
+  (void)cls, (void)method, (void)version;
+  upload_t *upload = *state;
+  if (!upload) {
+    *state = calloc(1, sizeof(upload_t));
+    return MHD_YES;
+  }
+  if (*data_size) {
+    upload->body = realloc(upload->body, upload->len + *data_size + 1);
+    memcpy(upload->body + upload->len, data, *data_size);
+    upload->len += *data_size;
+    upload->body[upload->len] = '\0';
+    *data_size = 0;
+    return MHD_YES;
+  }
+  const char *id =
+      MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "webhook-id");
+  const char *ts = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                               "webhook-timestamp");
+  const char *sig = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                                "webhook-signature");
+  unsigned status = 500;
+  pthread_mutex_lock(&receiver.lock);
+  receiver.requests++;
+  long long skew = ts ? (long long)time(NULL) - atoll(ts) : 1000;
+  if (!id || !ts || !upload->body || !signature_ok(id, ts, upload->body, sig) ||
+      skew > 300 || skew < -300) {
+    receiver.bad_signatures++;
+  } else {
+    json_t *body = json_loads(upload->body, 0, NULL);
+    json_t *alert = json_object_get(body, "data");
+    if (!alert ||
+        strcmp(json_string_value(json_object_get(alert, "alert_id")), id) ||
+        strcmp(json_string_value(json_object_get(body, "type")),
+               json_string_value(json_object_get(alert, "type"))))
+      receiver.bad_bodies++;
+    json_decref(body);
+    if (strcmp(url, "/dead") == 0) {
+      receiver.dead_attempts++;
+      status = 503;
+    } else {
+      size_t i = 0;
+      while (i < receiver.count && strcmp(receiver.ids[i], id))
+        i++;
+      if (i == receiver.count && i < IDS_MAX)
+        snprintf(receiver.ids[receiver.count++], sizeof(receiver.ids[0]), "%s",
+                 id);
+      if (i < IDS_MAX && ++receiver.attempts[i] > 2) {
+        receiver.accepted[i]++;
+        status = 200;
+      }
+    }
+  }
+  pthread_mutex_unlock(&receiver.lock);
+  struct MHD_Response *response =
+      MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+  mhd_result rc = MHD_queue_response(connection, status, response);
+  MHD_destroy_response(response);
+  return rc;
+}
+
+static void on_done(void *cls, struct MHD_Connection *connection, void **state,
+                    enum MHD_RequestTerminationCode code) {
+  (void)cls, (void)connection, (void)code;
+  upload_t *upload = *state;
+  if (upload)
+    free(upload->body);
+  free(upload);
+  *state = NULL;
+}
+
+static size_t accepted_distinct(void) {
+  size_t n = 0;
+  pthread_mutex_lock(&receiver.lock);
+  for (size_t i = 0; i < receiver.count; i++)
+    n += receiver.accepted[i] > 0;
+  pthread_mutex_unlock(&receiver.lock);
+  return n;
+}
+
+/* ---- the alert set and the dead letters --------------------------------- */
+
+typedef struct {
+  char ids[IDS_MAX][700];
+  char types[IDS_MAX][32];
+  size_t count;
+} alert_set_t;
+
+static void visit_alert(void *opaque, const rd_kafka_message_t *msg) {
+  alert_set_t *set = opaque;
+  char id[700], type[32];
+  if (set->count < IDS_MAX &&
+      th_header(msg, "tally.output.id", id, sizeof(id))) {
+    snprintf(set->ids[set->count], sizeof(set->ids[0]), "%s", id);
+    snprintf(set->types[set->count], sizeof(set->types[0]), "%s",
+             th_header(msg, "tally.alert.type", type, sizeof(type)) ? type
+                                                                    : "");
+    set->count++;
+  }
+}
+
+typedef struct {
+  char id[700];
+  char error[1024];
+  int count;
+} dead_t;
+
+static void visit_dead(void *opaque, const rd_kafka_message_t *msg) {
+  dead_t *dead = opaque;
+  char source[64];
+  if (th_header(msg, "tally.source", source, sizeof(source)) &&
+      strcmp(source, "webhooks") == 0) {
+    dead->count++;
+    th_header(msg, "tally.output.id", dead->id, sizeof(dead->id));
+    th_header(msg, "tally.error", dead->error, sizeof(dead->error));
+  }
+}
+
+static void post(int port, const char *body) {
+  long status;
+  char *text = NULL;
+  assert_int_equal(th_http_request(port, "POST", "/v1/events", TH_AUTH_DEFAULT,
+                                   body, strlen(body), NULL, &status, &text),
+                   0);
+  if (status != 202)
+    fail_msg("POST /v1/events: %ld %s", status, text);
+  free(text);
+}
+
+static void test_webhooks(void **state) {
+  (void)state;
+  struct MHD_Daemon *daemon = MHD_start_daemon(
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+      on_request, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_done, NULL,
+      MHD_OPTION_END);
+  assert_non_null(daemon);
+  int receiver_port =
+      MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT)->port;
+
+  th_broker_t broker;
+  th_run_t run;
+  char *dir = th_mkdtemp("webhooks");
+  char state_dir[600], config[600], bad_config[600], text[2048];
+  snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
+  snprintf(config, sizeof(config), "%s/tally.json", dir);
+  snprintf(bad_config, sizeof(bad_config), "%s/bad.json", dir);
+  snprintf(text, sizeof(text),
+           "{\"thresholds\": [25, 50, 75, 100],"
+           " \"default_plans\": {\"anonymous\": \"t\", \"user\": \"t\", "
+           "\"api_key\": \"t\"},"
+           " \"plans\": {\"t\": {\"credits\": -1, \"limits\": {\"api_calls\": "
+           "{\"limit\": 100, \"mode\": \"hard\"}}}},"
+           " \"notifications\": {\"retry_initial_ms\": 50, \"retry_max_ms\": "
+           "200, \"give_up_s\": 2, \"timeout_ms\": 2000, \"webhooks\": ["
+           "  {\"url\": \"http://127.0.0.1:%d/ok\", \"secret_env\": "
+           "\"TALLY_TEST_WEBHOOK_SECRET\"},"
+           "  {\"url\": \"http://127.0.0.1:%d/dead\", \"secret_env\": "
+           "\"TALLY_TEST_WEBHOOK_SECRET\", \"types\": [\"limit_exceeded\"]}]}}",
+           receiver_port, receiver_port);
+  FILE *file = fopen(config, "w");
+  fputs(text, file);
+  fclose(file);
+  file = fopen(bad_config, "w");
+  fputs("{\"notifications\": {\"webhooks\": [{\"url\": \"http://127.0.0.1:1/"
+        "\", \"secret_env\": \"TALLY_TEST_WEBHOOK_UNSET\"}]}}",
+        file);
+  fclose(file);
+  assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
+
+  /* A secret variable that is not set stops startup, naming the field. */
+  char err_path[700];
+  snprintf(err_path, sizeof(err_path), "%s/bad.err", dir);
+  char *argv[] = {(char *)th_tally_bin(),
+                  "run",
+                  "--brokers",
+                  broker.bootstrap,
+                  "--state-dir",
+                  state_dir,
+                  "--config",
+                  bad_config,
+                  "--api-key-sha256",
+                  (char *)th_api_key_sha256(),
+                  NULL};
+  pid_t pid = th_spawn(argv, NULL, NULL, err_path);
+  assert_int_equal(th_wait_exit(pid, 20000), 2);
+  char *err = th_read_file(err_path);
+  assert_non_null(strstr(err, "notifications.webhooks[0].secret_env"));
+  free(err);
+
+  static char secret_env[] = "TALLY_TEST_WEBHOOK_SECRET=whsec_" SECRET_B64;
+  const char *const extra[] = {"--config", config, NULL};
+  th_run_env = secret_env;
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+
+  /* Four subjects past 25, 50 and 75 %; the first past 100 too. */
+  for (int s = 0; s < SUBJECTS; s++) {
+    char body[512];
+    snprintf(body, sizeof(body),
+             "[{\"event_id\": \"w%d-1\", \"subject\": \"user:w-%d\", "
+             "\"feature\": \"api_calls\", \"quantity\": 30},"
+             " {\"event_id\": \"w%d-2\", \"subject\": \"user:w-%d\", "
+             "\"feature\": \"api_calls\", \"quantity\": 30},"
+             " {\"event_id\": \"w%d-3\", \"subject\": \"user:w-%d\", "
+             "\"feature\": \"api_calls\", \"quantity\": %d}]",
+             s, s, s, s, s, s, s ? 20 : 45);
+    post(run.port, body);
+  }
+  /* SIGKILL once the first deliveries are in, then start again. */
+  int64_t deadline = th_now_ms() + 30000;
+  while (accepted_distinct() < 2 && th_now_ms() < deadline)
+    th_sleep_ms(5);
+  assert_true(accepted_distinct() >= 2);
+  th_kill9(run.pid);
+  size_t before_restart = accepted_distinct();
+  th_run_env = secret_env;
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+  assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
+                                     PARTITIONS, 60000),
+                   0);
+  assert_int_equal(th_wait_outbox_empty(run.port, 60000), 0);
+
+  alert_set_t *alerts = calloc(1, sizeof(*alerts));
+  assert_true(th_read_topic(broker.bootstrap, "tally.alerts", 4, visit_alert,
+                            alerts) >= 0);
+  /* 4 x (25, 50, 75) + 100 % and the exceeded alert of the first. */
+  assert_true(alerts->count >= 13);
+  size_t exceeded = 0;
+  for (size_t i = 0; i < alerts->count; i++)
+    exceeded += strcmp(alerts->types[i], "limit_exceeded") == 0;
+  assert_int_equal(exceeded, 1);
+
+  deadline = th_now_ms() + 60000;
+  while (accepted_distinct() < alerts->count && th_now_ms() < deadline)
+    th_sleep_ms(20);
+  pthread_mutex_lock(&receiver.lock);
+  printf("# %zu alerts, %d requests, %zu accepted before the SIGKILL\n",
+         alerts->count, receiver.requests, before_restart);
+  assert_int_equal(receiver.bad_signatures, 0);
+  assert_int_equal(receiver.bad_bodies, 0);
+  /* The distinct ids are exactly the alert set: every alert arrived, no
+   * id that is no alert. */
+  assert_int_equal(receiver.count, alerts->count);
+  for (size_t i = 0; i < alerts->count; i++) {
+    size_t j = 0;
+    while (j < receiver.count && strcmp(receiver.ids[j], alerts->ids[i]))
+      j++;
+    if (j == receiver.count || !receiver.accepted[j])
+      fail_msg("alert %s never accepted", alerts->ids[i]);
+    assert_true(receiver.attempts[j] >= 3); /* two 500s first */
+  }
+  pthread_mutex_unlock(&receiver.lock);
+
+  /* The always-failing endpoint: the exceeded alert, dead-lettered. */
+  dead_t dead = {0};
+  deadline = th_now_ms() + 30000;
+  while (dead.count == 0 && th_now_ms() < deadline) {
+    th_sleep_ms(200);
+    memset(&dead, 0, sizeof(dead));
+    th_read_topic(broker.bootstrap, "tally.usage.dlq", 1, visit_dead, &dead);
+  }
+  assert_true(dead.count >= 1);
+  for (size_t i = 0; i < alerts->count; i++)
+    if (!strcmp(alerts->types[i], "limit_exceeded"))
+      assert_string_equal(dead.id, alerts->ids[i]);
+  assert_non_null(strstr(dead.error, "/dead"));
+  assert_non_null(strstr(dead.error, "503"));
+  assert_true(receiver.dead_attempts >= 2);
+  assert_true(th_metric_labeled(run.port, "tally_webhook_deliveries_total",
+                                "{result=\"dead_lettered\"}") >= 1);
+  free(alerts);
+
+  assert_int_equal(th_stop(run.pid), 0);
+  th_broker_stop(&broker);
+  MHD_stop_daemon(daemon);
+  th_rmrf(dir);
+  free(dir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_webhooks),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
