@@ -66,8 +66,9 @@ static void test_read_ids(void **state) {
     size_t n = (size_t)snprintf(body, size, "{\"ids\": [");
     for (int i = 0; i < 100 + extra; i++) {
       memset(id, 'x', TLY_NOTIFICATION_ID_MAX);
-      snprintf(id, 8, "%07d", i);
-      id[7] = 'x';
+      char number[16];
+      snprintf(number, sizeof(number), "%07d", i);
+      memcpy(id, number, 7); /* distinct ids, each 639 bytes */
       id[TLY_NOTIFICATION_ID_MAX] = '\0';
       n += (size_t)snprintf(body + n, size - n, "%s\"%s\"", i ? "," : "", id);
     }
