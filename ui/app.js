@@ -21,6 +21,9 @@
   var plansCache = null;
   var refreshTimer = null;
   var liveStream = null;
+  /* Alert ids marked read here whose marks the server may not have folded
+   * yet (a mark is an event: read back after the next commit). */
+  var markedHere = {};
   var renderSeq = 0;
 
   /* ---- DOM helpers --------------------------------------------------- */
@@ -602,9 +605,15 @@
     var list = r.json.notifications || r.json.alerts || [];
     clear(p.actions);
     if (!list.length) { empty(p, 'No notifications yet.'); return; }
+    var readHere = 0;
+    list.forEach(function (n) {
+      if (n.read) delete markedHere[n.alert_id];
+      else if (markedHere[n.alert_id]) { n.read = true; readHere++; }
+    });
     var unread = list.filter(function (n) { return readState && !n.read; });
     if (readState) {
-      append(p.actions, h('span', { class: 'pill' + (unread.length ? '' : ' grey'), 'data-k': 'notifications.unread', 'data-v': r.json.unread !== undefined ? r.json.unread : unread.length, text: (r.json.unread !== undefined ? r.json.unread : unread.length) + ' unread' }));
+      var count = r.json.unread !== undefined ? Math.max(0, r.json.unread - readHere) : unread.length;
+      append(p.actions, h('span', { class: 'pill' + (count ? '' : ' grey'), 'data-k': 'notifications.unread', 'data-v': count, text: count + ' unread' }));
       if (unread.length) {
         append(p.actions, h('button', { type: 'button', class: 'secondary tiny', id: 'mark-all-read', text: 'Mark all read', on: { click: function () {
           markRead(p, base, unread.map(function (n) { return n.alert_id; }), seq);
@@ -626,12 +635,17 @@
   }
   function markRead(p, base, ids, seq) {
     ids.forEach(function (id) {
+      markedHere[id] = true;
       var li = p.body.querySelector('[data-alert-id="' + CSS.escape(id) + '"]');
       if (li) { li.classList.remove('unread'); li.setAttribute('data-read', 'pending'); }
     });
     api('POST', base + '/notifications/read', { ids: ids }).then(function (r) {
       if (seq !== renderSeq) return;
-      if (!r.ok) { fill(p, 'error', h('div', { class: 'state error', role: 'alert', text: 'Could not mark read: ' + errorText(r) })); return; }
+      if (!r.ok) {
+        ids.forEach(function (id) { delete markedHere[id]; });
+        fill(p, 'error', h('div', { class: 'state error', role: 'alert', text: 'Could not mark read: ' + errorText(r) }));
+        return;
+      }
       /* The marks are events: folded with the next commit. */
       setTimeout(function () { loadNotes(p, base, seq); }, 400);
     });
