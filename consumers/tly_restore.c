@@ -485,6 +485,7 @@ static int resume_partitions(tly_processor_t *p,
       p->partitions[part->partition].watermark = watermark;
       p->partitions[part->partition].watermark_dirty = 0;
       p->partitions[part->partition].replay_target = high;
+      p->partitions[part->partition].seeking = 0;
     }
     pthread_mutex_unlock(&p->lock);
     tly_dedupe_free(dedupe);
