@@ -96,6 +96,10 @@ int tly_processor_copy_staleness(tly_processor_t *p, int32_t partition,
   return 0;
 }
 
+uint64_t tly_processor_restore_epoch(tly_processor_t *p) {
+  return atomic_load(&p->restore_epoch);
+}
+
 void tly_proc_copy_destroy(tly_processor_t *p) {
   if (p->copy_reader) {
     rd_kafka_consumer_close(p->copy_reader);

@@ -239,6 +239,12 @@ int tly_processor_copy_staleness(tly_processor_t *processor, int32_t partition,
                                  int64_t offset, int64_t *lag_records,
                                  int64_t *age_ms);
 
+/* Moves by one when a restore from the changelog starts rewriting a
+ * partition's state and again when it has stored the offset: odd while
+ * one runs. A read of a copy that saw it odd, or moved, cannot trust what
+ * it read (a restore is not one atomic write). Thread-safe. */
+uint64_t tly_processor_restore_epoch(tly_processor_t *processor);
+
 /* The partition being restored from the changelog (during a rebalance),
  * or -1; thread-safe. */
 int32_t tly_processor_restoring(tly_processor_t *processor);

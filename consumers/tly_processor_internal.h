@@ -331,7 +331,8 @@ struct tly_processor {
   unsigned char *changelog_scratch;
   size_t changelog_scratch_cap;
   atomic_uint_least64_t restores, restored_records, restore_ms;
-  _Atomic int32_t restoring; /* the partition being restored, or -1 */
+  atomic_uint_least64_t restore_epoch; /* odd while a restore writes */
+  _Atomic int32_t restoring;           /* the partition being restored, or -1 */
   /* Schema registry lookups (tly_schema_gate.c): answered (found or not),
    * failed (to retry), partitions waiting on one now. */
   atomic_uint_least64_t schema_lookups, schema_lookup_failures;

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 int64_t tly_http_stale_default_ms(route_handler_t handler) {
   if (handler == tly_http_handle_quota || handler == tly_http_handle_usage ||
@@ -90,6 +91,11 @@ static int add_as_of(response_t *out, const tly_http_stale_t *stale) {
   return 0;
 }
 
+static void pause_ms(long ms) {
+  struct timespec pause = {0, ms * 1000000L};
+  nanosleep(&pause, NULL);
+}
+
 int tly_http_try_stale(tly_http_t *http, request_t *req,
                        struct MHD_Connection *connection, response_t *out) {
   const route_t *route = &tly_http_route_table[req->route];
@@ -109,6 +115,11 @@ int tly_http_try_stale(tly_http_t *http, request_t *req,
   /* A commit between the two offset reads: read again (a few times). */
   for (int attempt = 0; attempt < 3; attempt++) {
     int64_t before = -1, after = -1;
+    uint64_t epoch = tly_processor_restore_epoch(http->conf.processor);
+    if (epoch & 1) {
+      pause_ms(20);
+      continue; /* a restore is rewriting some partition */
+    }
     int found = tly_store_get_offset(http->conf.store, req->partition, &before,
                                      errstr, sizeof(errstr));
     if (found <= 0)
@@ -126,7 +137,8 @@ int tly_http_try_stale(tly_http_t *http, request_t *req,
     req->stale.active = 0;
     found = tly_store_get_offset(http->conf.store, req->partition, &after,
                                  errstr, sizeof(errstr));
-    if (found <= 0 || after != before || answer.suspended) {
+    if (found <= 0 || after != before || answer.suspended ||
+        tly_processor_restore_epoch(http->conf.processor) != epoch) {
       free(answer.body);
       continue;
     }
