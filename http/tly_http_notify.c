@@ -89,7 +89,7 @@ static int load_notes(tly_http_t *http, request_t *req,
     tly_http_respond_req_error(out, &err);
     return 0;
   }
-  int found = tly_http_find_subject(http, subject, state, out);
+  int found = tly_http_find_subject(http, req, subject, state, out);
   if (found == 0) {
     char message[TLY_REQ_SUBJECT_MAX + 64];
     snprintf(message, sizeof(message), "no usage recorded for subject %s",

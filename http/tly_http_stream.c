@@ -179,7 +179,9 @@ static int update(tly_http_streams_t *streams, stream_t *s,
   (void)s;
   *usage_out = NULL;
   *alerts_out = NULL;
-  int found = tly_http_find_subject(http, subject, &state, &out);
+  /* No request (a stale copy is never read here): the served state. */
+  static const request_t no_request = {.route = -1, .partition = -1};
+  int found = tly_http_find_subject(http, &no_request, subject, &state, &out);
   free(out.body);
   if (found < 0)
     return -1;
