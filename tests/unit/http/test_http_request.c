@@ -424,8 +424,8 @@ static void test_history_answers(void **state) {
   assert_int_equal(tly_req_day_of_hour(-25), -2);
 
   /* Cycles come out newest first, each with only its own rows. */
-  tly_subject_row_t rows[] = {{100, "api_calls", {3, 0, 0, 3, 3000, 0, 0}},
-                              {200, "api_calls", {4, 0, 0, 4, 4000, 0, 0}}};
+  tly_subject_row_t rows[] = {{100, "api_calls", {3, 0, 0, 3, 3000, 0, 0, 0}},
+                              {200, "api_calls", {4, 0, 0, 4, 4000, 0, 0, 0}}};
   tly_req_cycle_t cycles[] = {{{100, 200, 3000, 3}, 1, rows, 2},
                               {{200, 300, 4000, 4}, 0, rows, 2}};
   json = tly_req_cycles_json(config, &subject, cycles, 2);
