@@ -433,6 +433,9 @@ json_t *tly_req_usage_json(const tly_config_t *config,
   const char *feature;
   json_t *entry;
   json_object_foreach(features, feature, entry) {
+    json_object_set_new(entry, "aggregation",
+                        json_string(tly_aggregation_name(
+                            tly_meter_aggregation(config, feature))));
     add_limit_fields(
         entry, plan, feature,
         (int64_t)json_integer_value(json_object_get(entry, "quantity")));

@@ -471,6 +471,41 @@ static void test_token_cost_carries_the_remainder(void **state) {
 
 /* ---- bodies -------------------------------------------------------------- */
 
+/* /usage names each feature's aggregation (meters.<feature>), and its
+ * quantity is the row's aggregated value. */
+static void test_usage_aggregation(void **ctx) {
+  (void)ctx;
+  const char *text =
+      "{\"meters\": {\"storage\": {\"aggregation\": \"latest\"}}}";
+  char errstr[256];
+  tly_config_t *config =
+      tly_config_load_text(text, strlen(text), errstr, sizeof(errstr));
+  assert_non_null(config);
+  tly_req_subject_t subject;
+  tly_req_error_t err;
+  assert_int_equal(tly_req_parse_subject("user:g", &subject, &err), 0);
+  tly_state_row_t rows[] = {{0, "storage", {7, 0, 0, 3, 0, 0, 0, 5}},
+                            {0, "api_calls", {4, 0, 0, 2, 0, 0, 0, 0}}};
+  tly_subject_state_t subject_state = {0};
+  subject_state.account.exists = 1;
+  snprintf(subject_state.account.plan, sizeof(subject_state.account.plan), "free");
+  subject_state.account.cycle = (tly_cycle_t){0, INT64_MAX, 0, 5};
+  subject_state.rows = rows;
+  subject_state.row_count = 2;
+  json_t *json = tly_req_usage_json(config, &subject, &subject_state, 1000);
+  json_t *features = json_object_get(json, "features");
+  json_t *storage = json_object_get(features, "storage");
+  assert_string_equal(
+      json_string_value(json_object_get(storage, "aggregation")), "latest");
+  assert_int_equal(json_integer_value(json_object_get(storage, "quantity")),
+                   7);
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(features, "api_calls"), "aggregation")),
+                      "sum");
+  json_decref(json);
+  tly_config_free(config);
+}
+
 static void test_event_bodies(void **state) {
   (void)state;
   tly_config_t *config = tly_config_default();
@@ -544,6 +579,7 @@ int main(void) {
       cmocka_unit_test(test_history_answers),
       cmocka_unit_test(test_token_cost_carries_the_remainder),
       cmocka_unit_test(test_event_bodies),
+      cmocka_unit_test(test_usage_aggregation),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
