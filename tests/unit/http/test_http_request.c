@@ -506,6 +506,47 @@ static void test_usage_aggregation(void **ctx) {
   tly_config_free(config);
 }
 
+/* The daily and cycles answers as CSV: the same figures, one line per
+ * (day or cycle, feature); fields quoted when they hold , " CR LF or
+ * start like a formula. */
+static void test_csv(void **ctx) {
+  (void)ctx;
+  json_t *daily = json_loads(
+      "{\"days\": [{\"date\": \"2026-01-02\", \"features\": {"
+      "\"api_calls\": {\"quantity\": 3, \"input_tokens\": 0, "
+      "\"output_tokens\": 0, \"events\": 2, \"cost_micros\": 30},"
+      "\"a,\\\"b\": {\"quantity\": 1, \"input_tokens\": 2, "
+      "\"output_tokens\": 3, \"events\": 4, \"cost_micros\": 5},"
+      "\"=cmd\": {\"quantity\": -1, \"input_tokens\": 0, "
+      "\"output_tokens\": 0, \"events\": 1, \"cost_micros\": 0}}}]}",
+      0, NULL);
+  assert_non_null(daily);
+  char *csv = tly_req_daily_csv(daily);
+  assert_string_equal(
+      csv, "date,feature,quantity,input_tokens,output_tokens,events,"
+           "cost_micros\r\n"
+           "2026-01-02,api_calls,3,0,0,2,30\r\n"
+           "2026-01-02,\"a,\"\"b\",1,2,3,4,5\r\n"
+           "2026-01-02,\"=cmd\",-1,0,0,1,0\r\n");
+  free(csv);
+  json_decref(daily);
+  json_t *cycles = json_loads(
+      "{\"cycles\": [{\"start_ms\": 100, \"end_ms\": 200, \"final\": true,"
+      "\"features\": {\"api_calls\": {\"quantity\": 3, \"input_tokens\": 0,"
+      "\"output_tokens\": 0, \"events\": 3, \"cost_micros\": 3000}}}]}",
+      0, NULL);
+  csv = tly_req_cycles_csv(cycles);
+  assert_string_equal(csv, "start_ms,end_ms,final,feature,quantity,"
+                           "input_tokens,output_tokens,events,cost_micros\r\n"
+                           "100,200,true,api_calls,3,0,0,3,3000\r\n");
+  free(csv);
+  json_decref(cycles);
+  assert_true(tly_req_wants_csv("text/csv"));
+  assert_true(tly_req_wants_csv("application/json;q=0.5, Text/CSV"));
+  assert_false(tly_req_wants_csv("application/json"));
+  assert_false(tly_req_wants_csv(NULL));
+}
+
 static void test_event_bodies(void **state) {
   (void)state;
   tly_config_t *config = tly_config_default();
@@ -580,6 +621,7 @@ int main(void) {
       cmocka_unit_test(test_token_cost_carries_the_remainder),
       cmocka_unit_test(test_event_bodies),
       cmocka_unit_test(test_usage_aggregation),
+      cmocka_unit_test(test_csv),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
