@@ -162,6 +162,7 @@ void tly_config_free(tly_config_t *config) {
   free(config->http.api_keys);
   tly_config_stripe_clear(&config->stripe);
   tly_config_notifications_clear(&config->notifications);
+  free(config->meters);
   free(config);
 }
 
@@ -936,6 +937,8 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
       rc = tly_config_apply_stripe(config, value, err);
     } else if (strcmp(key, "notifications") == 0) {
       rc = tly_config_apply_notifications(config, value, err);
+    } else if (strcmp(key, "meters") == 0) {
+      rc = tly_config_apply_meters(config, value, err);
     } else {
       rc = fail(err, key, "unknown key");
     }
@@ -943,6 +946,8 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
       return -1;
   }
   if (default_plans && check_default_plans(config, default_plans, err) != 0)
+    return -1;
+  if (tly_config_check_meters(config, err) != 0)
     return -1;
   return tly_config_check_stripe_prices(config, err);
 }

@@ -133,6 +133,13 @@ int tly_config_apply_notifications(tly_config_t *config, json_t *section,
                                    tly_err_t *err);
 void tly_config_notifications_defaults(tly_notifications_config_t *n);
 void tly_config_notifications_clear(tly_notifications_config_t *n);
+/* The "meters" section (tly_config_meters.c), at most this many meters;
+ * and the check made once every section is in (stripe.meters against
+ * aggregations). */
+#define TLY_CONFIG_METERS_MAX 256
+int tly_config_apply_meters(tly_config_t *config, json_t *section,
+                            tly_err_t *err);
+int tly_config_check_meters(const tly_config_t *config, tly_err_t *err);
 /* Frees what the stripe section holds, wiping its secrets. */
 void tly_config_stripe_clear(tly_stripe_config_t *stripe);
 

@@ -35,6 +35,7 @@ static void free_entry(tly_overlay_entry_t *entry) {
     free(entry->buckets[i]);
   free(entry->buckets);
   tly_holds_free(&entry->holds);
+  tly_distinct_sets_clear(&entry->distinct);
   free(entry);
 }
 

@@ -4,9 +4,10 @@
  * nothing; past TLY_READ_MARKS_MAX marks the oldest collapse into the
  * watermark (alerts before it read, newer unmarked ones still unread);
  * the fold applies a NotificationRead (and a replay decides the same);
- * the subject record keeps the marks as version 5 (with or without
- * holds), reads versions 3 and 4 as before (no marks), keeps version 3's
- * bytes for a subject without marks, and refuses a cut or bad version 5.
+ * the subject record keeps the marks as version 6 (version 5's layout,
+ * with or without holds), reads versions 3 and 4 as before (no marks),
+ * keeps version 3's bytes for a subject without marks, and refuses a cut
+ * or bad version 6.
  */
 #include "tly_billing.h"
 #include "tly_read_marks.h"
@@ -213,7 +214,7 @@ static void test_record_versions(void **state) {
   assert_false(tly_read_marks_any(&record.account.read_marks));
   tly_subject_record_clear(&record);
 
-  /* Marks, without and with holds: version 5, read back exactly. */
+  /* Marks, without and with holds: version 6, read back exactly. */
   for (int with_hold = 0; with_hold < 2; with_hold++) {
     account_for(&account);
     char id[32];
@@ -225,7 +226,7 @@ static void test_record_versions(void **state) {
         &account, NULL, 0, NULL, 0, with_hold ? &hold : NULL, (size_t)with_hold,
         bytes, sizeof(bytes));
     assert_true(len < sizeof(bytes));
-    assert_int_equal(bytes[0], 5);
+    assert_int_equal(bytes[0], 6);
     assert_int_equal(tly_subject_record_decode(bytes, len, &record), 0);
     assert_int_equal(record.hold_count, (size_t)with_hold);
     assert_memory_equal(&record.account.read_marks, &account.read_marks,
@@ -238,9 +239,39 @@ static void test_record_versions(void **state) {
     bytes[len] = 0;
     assert_int_equal(tly_subject_record_decode(bytes, len + 1, &record), -1);
     /* A version this build does not know is refused. */
-    bytes[0] = 6;
+    bytes[0] = 7;
     assert_int_equal(tly_subject_record_decode(bytes, len, &record), -1);
   }
+}
+
+/* Meter state (a latest row's instant) and read marks together: both come
+ * back (version 6 carries version 5's meter parts, then the marks). */
+static void test_record_meters_and_marks(void **state) {
+  (void)state;
+  unsigned char bytes[4096];
+  tly_account_t account;
+  tly_subject_record_t record;
+  account_for(&account);
+  tly_subject_row_t row = {.cycle_start_ms = T0};
+  snprintf(row.feature, sizeof(row.feature), "storage_bytes");
+  row.row.quantity = 42;
+  row.row.event_count = 3;
+  row.row.latest_at_ms = T0 + 777;
+  const tly_subject_row_t *rows[] = {&row};
+  size_t len = tly_subject_record_encode(&account, rows, 1, NULL, 0, bytes,
+                                         sizeof(bytes));
+  assert_int_equal(bytes[0], 5); /* meters only: main's version 5 */
+  tly_read_marks_add(&account.read_marks, h("x"), T0 + 5);
+  len = tly_subject_record_encode(&account, rows, 1, NULL, 0, bytes,
+                                  sizeof(bytes));
+  assert_int_equal(bytes[0], 6);
+  assert_int_equal(tly_subject_record_decode(bytes, len, &record), 0);
+  assert_int_equal(record.row_count, 1);
+  assert_true(record.rows[0].row.latest_at_ms == T0 + 777);
+  assert_true(record.rows[0].row.quantity == 42);
+  assert_memory_equal(&record.account.read_marks, &account.read_marks,
+                      sizeof(account.read_marks));
+  tly_subject_record_clear(&record);
 }
 
 int main(void) {
@@ -249,6 +280,7 @@ int main(void) {
       cmocka_unit_test(test_overflow_moves_the_watermark),
       cmocka_unit_test(test_fold_applies_reads),
       cmocka_unit_test(test_record_versions),
+      cmocka_unit_test(test_record_meters_and_marks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
