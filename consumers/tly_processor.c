@@ -39,8 +39,8 @@
 #include "tly_changelog_restore.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
-#include "tly_kafka_client.h"
 #include "tly_group_commit.h"
+#include "tly_kafka_client.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
@@ -476,6 +476,7 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
     tly_dedupe_free(p->partitions[i].dedupe);
     p->partitions[i].dedupe = NULL;
     p->partitions[i].dedupe_key = -1;
+    p->partitions[i].spilled = 0;
     free(p->partitions[i].blobs);
     p->partitions[i].blobs = NULL;
     p->partitions[i].blob_count = p->partitions[i].blob_cap = 0;
@@ -488,6 +489,7 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
       rd_kafka_assign(rk, NULL);
       return;
     }
+    tly_proc_dedupe_count(p);
     rd_kafka_assign(rk, parts);
     return;
   }
@@ -661,6 +663,10 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->billing.dedupe_window_ms = conf->dedupe_window_ms > 0
                                     ? conf->dedupe_window_ms
                                     : TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
+  int64_t budget = conf->memory_budget_bytes > 0 ? conf->memory_budget_bytes
+                                                 : TLY_DEFAULT_MEMORY_BUDGET;
+  p->memory_budget = budget;
+  p->dedupe_share = (size_t)tly_memory_share(budget, TLY_MEMORY_DEDUPE);
   if (!p->conf.tick_interval_ms)
     p->conf.tick_interval_ms = TLY_DEFAULT_TICK_INTERVAL_MS;
   p->view = (tly_billing_view_t){.opaque = p,
@@ -1169,4 +1175,13 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
     stats->visible_buckets[i] = atomic_load(&p->visible_buckets[i]);
   stats->visible_count = atomic_load(&p->visible_count);
   stats->visible_ms_total = atomic_load(&p->visible_ms);
+  for (int i = 0; i < TLY_MEMORY_PARTS; i++)
+    stats->memory_budget[i] =
+        (uint64_t)tly_memory_share(p->memory_budget, (tly_memory_part_t)i);
+  stats->memory_bytes[TLY_MEMORY_DEDUPE] = atomic_load(&p->dedupe_bytes);
+  stats->memory_bytes[TLY_MEMORY_OVERLAY] = atomic_load(&p->overlay_bytes);
+  stats->memory_bytes[TLY_MEMORY_OUTBOX] = atomic_load(&p->outbox_bytes);
+  stats->memory_bytes[TLY_MEMORY_SUBJECT_CACHE] = 0;
+  stats->dedupe_ids_spilled = atomic_load(&p->ids_spilled);
+  stats->dedupe_store_reads = atomic_load(&p->id_reads);
 }

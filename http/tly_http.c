@@ -807,7 +807,16 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   }
   http->conf = *conf;
   pthread_mutex_init(&http->alert_lock, NULL);
-  http->cache = tly_state_cache_new(0);
+  /* As many entries as the subject cache's share of the memory budget
+   * holds (tly_processor.h, tly_memory_part_t). */
+  size_t cache_slots = 0;
+  if (conf->processor) {
+    tly_processor_stats_t stats;
+    tly_processor_stats(conf->processor, &stats);
+    cache_slots = tly_state_cache_slots_for(
+        (size_t)stats.memory_budget[TLY_MEMORY_SUBJECT_CACHE]);
+  }
+  http->cache = tly_state_cache_new(cache_slots);
   http->requests = calloc(tly_http_route_count + 1, sizeof(*http->requests));
   http->latency = tly_http_latency_new(tly_http_route_count + 1);
   if (!http->cache || !http->requests || !http->latency) {

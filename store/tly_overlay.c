@@ -305,3 +305,19 @@ void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
   }
   entry->bucket_count = kept;
 }
+
+size_t tly_overlay_bytes(const tly_overlay_t *overlay) {
+  size_t bytes = overlay->capacity * sizeof(tly_overlay_slot_t);
+  for (size_t i = 0; i < overlay->capacity; i++) {
+    const tly_overlay_entry_t *entry = overlay->slots[i].entry;
+    if (!entry)
+      continue;
+    bytes += sizeof(*entry) + entry->key_len +
+             entry->row_cap * sizeof(*entry->rows) +
+             entry->row_count * sizeof(**entry->rows) +
+             entry->bucket_cap * sizeof(*entry->buckets) +
+             entry->bucket_count * sizeof(**entry->buckets) +
+             entry->holds.cap * sizeof(*entry->holds.items);
+  }
+  return bytes;
+}
