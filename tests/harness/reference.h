@@ -27,6 +27,11 @@ typedef struct {
   /* Optional: extra librdkafka properties for the stream's producer,
    * "name=value", NULL-terminated. */
   const char *const *kafka_properties;
+  /* Optional: after every Nth event, the same event id (and subject) of
+   * a random earlier event again, which the processor must refuse as a
+   * duplicate (not in expected). 0: none. */
+  int duplicate_every;
+  int duplicates_sent; /* set when done */
   atomic_int done;
   char error[1024]; /* set by the stream thread on failure */
 } th_stream_t;
