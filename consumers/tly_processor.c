@@ -483,8 +483,11 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
   }
   pthread_mutex_unlock(&p->lock);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    if (p->fatal || tly_proc_resume_offsets(p, parts) ||
-        tly_proc_prepare_replay(p) ||
+    int64_t assign_started = tly_monotonic_ms();
+    int resumed = p->fatal ? -1 : tly_proc_resume_offsets(p, parts);
+    atomic_store(&p->assignment_ms,
+                 (uint64_t)(tly_monotonic_ms() - assign_started));
+    if (resumed || tly_proc_prepare_replay(p) ||
         (p->inherited_held && tly_proc_resolve_inherited(p))) {
       rd_kafka_assign(rk, NULL);
       return;
@@ -1184,4 +1187,5 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->memory_bytes[TLY_MEMORY_SUBJECT_CACHE] = 0;
   stats->dedupe_ids_spilled = atomic_load(&p->ids_spilled);
   stats->dedupe_store_reads = atomic_load(&p->id_reads);
+  stats->last_assignment_ms = atomic_load(&p->assignment_ms);
 }

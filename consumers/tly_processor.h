@@ -180,6 +180,9 @@ typedef struct {
    * and id lookups that read it. */
   uint64_t memory_bytes[TLY_MEMORY_PARTS], memory_budget[TLY_MEMORY_PARTS];
   uint64_t dedupe_ids_spilled, dedupe_store_reads;
+  /* How long the last assignment's setup took (resume, restore, dedupe
+   * load), in ms. */
+  uint64_t last_assignment_ms;
 } tly_processor_stats_t;
 
 /* The store stays the caller's; it must outlive the processor. */

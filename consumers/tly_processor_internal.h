@@ -294,6 +294,7 @@ struct tly_processor {
    * once a second (memory_checked_ms, monotonic). */
   int64_t memory_budget;
   atomic_uint_least64_t overlay_bytes, outbox_bytes;
+  atomic_uint_least64_t assignment_ms; /* the last assignment's setup */
   int64_t memory_checked_ms;
   atomic_uint_least64_t outbox_size; /* mirror of outbox_count for metrics */
   atomic_uint_least64_t commit_buckets[TLY_COMMIT_BUCKETS];

@@ -103,7 +103,7 @@ int tly_dedupe_lookup(const tly_dedupe_t *dedupe, const char *id, size_t len,
 }
 
 static int grow(tly_dedupe_t *dedupe) {
-  size_t capacity = dedupe->capacity ? dedupe->capacity * 2 : 1024;
+  size_t capacity = dedupe->capacity ? dedupe->capacity * 2 : 64;
   /* Zeroed by writing, not calloc: calloc's fresh pages map the shared
    * zero page on the first read (a probe) and fault again, copying and
    * flushing every CPU's TLB, on the first write. That was a tenth of the
@@ -337,10 +337,12 @@ static void forget_head(tly_dedupe_t *dedupe) {
 
 /* Gives back table room once the index has shrunk to an eighth of it
  * (spilling or expiry forgot most ids): without it the table would keep
- * the room of the largest count ever held. 1024 slots at least. */
+ * the room of the largest count ever held. 64 slots at least (as the
+ * first table: a partition with few ids costs 1.5 KiB, so many partitions
+ * fit a small dedupe share). */
 static void shrink(tly_dedupe_t *dedupe) {
   size_t capacity = dedupe->capacity;
-  while (capacity > 1024 && dedupe->count * 8 < capacity)
+  while (capacity > 64 && dedupe->count * 8 < capacity)
     capacity /= 2;
   if (capacity == dedupe->capacity)
     return;

@@ -26,6 +26,8 @@
  * (default 10) each wrk run; BENCH_HTTP_S=0 skips (d). BENCH_CHANGELOG=1
  * adds the state changelog topic, so the fold publishes it (its cost).
  * BENCH_ONLY_HTTP=1 runs (d) alone on a small data set (bench_http.h).
+ * BENCH_DEDUPE_IDS=N runs the dedupe-scale run alone (bench_dedupe.c):
+ * N ids in the window under the memory budget, then 1 % duplicates.
  */
 #define _GNU_SOURCE /* nftw, usleep */
 #include "bench_http.h"
@@ -325,6 +327,8 @@ int main(int argc, char **argv) {
 
   if (getenv("BENCH_ONLY_HTTP") && atoi(getenv("BENCH_ONLY_HTTP")))
     return bench_http_only(argc, argv);
+  if (getenv("BENCH_DEDUPE_IDS") && atol(getenv("BENCH_DEDUPE_IDS")) > 0)
+    return bench_dedupe_main();
   tly_log_set_level(TLY_LOG_WARN);
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_t *host =

@@ -64,8 +64,9 @@ void *th_stream_main(void *arg) {
   unsigned duplicate_seed = seed ^ 0x5bd1e995u;
   int duplicates = 0;
   unsigned short *subject_of =
-      stream->duplicate_every ? calloc((size_t)stream->events, sizeof(*subject_of))
-                              : NULL;
+      stream->duplicate_every
+          ? calloc((size_t)stream->events, sizeof(*subject_of))
+          : NULL;
   if (stream->duplicate_every && !subject_of) {
     snprintf(stream->error, sizeof(stream->error), "out of memory");
     tally_producer_destroy(producer);
@@ -90,8 +91,7 @@ void *th_stream_main(void *arg) {
       again.body_kind = TLY_BODY_USAGE_RECORDED;
       again.body.usage.feature = "api_calls";
       again.body.usage.quantity = 1;
-      if (tally_producer_send(producer, &again, NULL, errstr,
-                              sizeof(errstr))) {
+      if (tally_producer_send(producer, &again, NULL, errstr, sizeof(errstr))) {
         snprintf(stream->error, sizeof(stream->error), "send duplicate: %s",
                  errstr);
         break;

@@ -87,7 +87,8 @@ static void test_crash_matrix(void **state) {
   while (kills < min_kills || !atomic_load(&stream.done)) {
     int64_t deadline = th_now_ms() + 60000;
     int rc = -1;
-    while (rc < 0 && th_metric_sum(run.port, "tally_events_folded_total") <= 0 &&
+    while (rc < 0 &&
+           th_metric_sum(run.port, "tally_events_folded_total") <= 0 &&
            th_now_ms() < deadline)
       rc = th_wait_exit(run.pid, 20);
     /* Every third run dies by its own hand after a few alert acks, between
@@ -120,7 +121,8 @@ static void test_crash_matrix(void **state) {
   pthread_join(producer, NULL);
   if (stream.error[0])
     fail_msg("%s", stream.error);
-  printf("# %d kills, %d of them right after an outbox ack\n", kills, self_kills);
+  printf("# %d kills, %d of them right after an outbox ack\n", kills,
+         self_kills);
   assert_true(self_kills >= 1);
 
   assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
