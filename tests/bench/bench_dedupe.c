@@ -19,8 +19,10 @@
  * BENCH_DEDUPE_MORE: events after it (default a tenth of the ids);
  * BENCH_MEMORY_BUDGET: bytes (default 1 GiB scaled by ids / 20 M, so a
  * smaller run keeps the full run's proportion; 1099511627776 spills
- * nothing, as before issue 21); BENCH_DEDUPE_PARTITIONS (default 64).
- * 64 subjects, so the subject cache stays tiny; ids of 16 characters.
+ * nothing, as before issue 21); BENCH_DEDUPE_PARTITIONS (default one per
+ * 25,000 events, 64 at least: the embedded broker keeps ~5 MiB a
+ * partition). 4,096 subjects, so the subject cache stays small; ids of 16
+ * characters.
  */
 #define _GNU_SOURCE /* nftw */
 #include "bench_http.h"
@@ -38,10 +40,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
-#define SUBJECTS 64
+/* Enough subjects that every partition gets its share of the events: the
+ * embedded broker keeps about 5 MiB per partition and drops older
+ * records past it. Still a small subject cache (a few MiB). */
+#define SUBJECTS 4096
 #define FIRST_MS 1794268800000LL
 
 static volatile sig_atomic_t dedupe_stop;
@@ -54,6 +60,7 @@ typedef struct {
 
 static void *dedupe_run_main(void *arg) {
   dedupe_run_t *run = arg;
+  prctl(PR_SET_NAME, "tly-fold"); /* for bench_thread_cpu_seconds */
   run->rc = tly_processor_run(run->processor, &dedupe_stop, run->errstr,
                               sizeof(run->errstr));
   return NULL;
@@ -180,7 +187,8 @@ typedef struct {
   int64_t ms;        /* from the first folded to the last */
   int64_t assign_ms; /* the assignment's setup */
   tly_processor_stats_t stats;
-  long peak_rss_kib;
+  long peak_rss_kib, end_rss_kib;
+  double fold_us, writer_us; /* CPU per event of the two threads */
 } phase_t;
 
 /* A processor on store until it has folded or refused `events` records;
@@ -207,6 +215,7 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
   int64_t first = 0, last = 0, shown = 0;
   uint64_t first_count = 0;
   long peak = 0;
+  double fold_cpu = 0, writer_cpu = 0;
   for (;;) {
     usleep(20000);
     tly_processor_stats(run.processor, &stats);
@@ -218,6 +227,8 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
     if (!first && stats.rebalances) {
       first = tly_monotonic_ms();
       first_count = done;
+      fold_cpu = bench_thread_cpu_seconds("tly-fold", 0);
+      writer_cpu = bench_thread_cpu_seconds("tly-writer", 0);
     }
     last = tly_monotonic_ms();
     if (last - shown >= 2000) {
@@ -235,6 +246,12 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
     }
   }
   fprintf(stderr, "\n");
+  double folded = (double)(events > 0 ? events : 1);
+  out->fold_us =
+      (bench_thread_cpu_seconds("tly-fold", 0) - fold_cpu) * 1e6 / folded;
+  out->writer_us =
+      (bench_thread_cpu_seconds("tly-writer", 0) - writer_cpu) * 1e6 / folded;
+  out->end_rss_kib = rss_kib();
   tly_processor_stats(run.processor, &stats);
   out->stats = stats;
   out->ms = last - first;
@@ -251,7 +268,11 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
 int bench_dedupe_main(void) {
   long ids = env_long("BENCH_DEDUPE_IDS", 2000000);
   long more = env_long("BENCH_DEDUPE_MORE", ids / 10);
-  int partitions = (int)env_long("BENCH_DEDUPE_PARTITIONS", 64);
+  /* ~25,000 events of ~110 bytes a partition: within what the embedded
+   * broker keeps (5 MiB a partition), at least 64. */
+  long total = ids + env_long("BENCH_DEDUPE_MORE", ids / 10);
+  int partitions = (int)env_long("BENCH_DEDUPE_PARTITIONS",
+                                 total / 25000 > 64 ? total / 25000 : 64);
   double scaled = (double)TLY_DEFAULT_MEMORY_BUDGET * (double)ids / 2e7;
   int64_t budget = (int64_t)env_long(
       "BENCH_MEMORY_BUDGET",
@@ -316,6 +337,12 @@ int bench_dedupe_main(void) {
   printf("| peak RSS (broker + processor, one process) | %ld MiB; the "
          "broker alone holding the events: %ld MiB; budget %lld MiB |\n",
          usage.ru_maxrss / 1024, broker_rss / 1024, (long long)(budget >> 20));
+  printf("| RSS at the end of the fill / of the tail (processor running) | "
+         "%ld / %ld MiB |\n",
+         fill.end_rss_kib / 1024, tail.end_rss_kib / 1024);
+  printf("| CPU per event, fold thread / writer thread: fill; tail | %.2f / "
+         "%.2f us; %.2f / %.2f us |\n",
+         fill.fold_us, fill.writer_us, tail.fold_us, tail.writer_us);
   printf("| dedupe memory at the end of the fill / of the tail | %llu / "
          "%llu bytes (share %llu) |\n",
          (unsigned long long)fill.stats.memory_bytes[TLY_MEMORY_DEDUPE],
