@@ -44,69 +44,6 @@ _Static_assert(sizeof("subscription_canceled:") + TLY_SUBJECT_KEY_SIZE +
                    TLY_ALERT_ID_SIZE,
                "the longest alert id fits");
 
-/* ---- calendar (UTC, proleptic Gregorian; tly_config's day numbers) ---- */
-
-static int64_t floor_div(int64_t a, int64_t b) {
-  int64_t q = a / b;
-  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
-}
-
-int32_t tly_billing_hour(int64_t t_ms) {
-  int64_t hour = floor_div(t_ms, TLY_HOUR_MS);
-  return hour < INT32_MIN   ? INT32_MIN
-         : hour > INT32_MAX ? INT32_MAX
-                            : (int32_t)hour;
-}
-
-static int64_t days_in_month(int64_t y, int64_t m) {
-  static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-  return m == 2 && leap ? 29 : days[m - 1];
-}
-
-/* The anchor moved by k months; the day is clamped to the month's length
- * (an anchor on the 31st bills on the 30th in April). A result beyond the
- * int64 range saturates to INT64_MIN or INT64_MAX. Every int64 anchor is at
- * most ~292 million years from 1970, so the calendar values (years,
- * month indexes, day numbers) stay far inside int64 for any |k| the
- * callers pass (a difference of two such dates in months); only the
- * milliseconds can overflow. */
-static int64_t shift_months(int64_t anchor_ms, int64_t k) {
-  int64_t day = floor_div(anchor_ms, TLY_DAY_MS);
-  /* Not anchor_ms - day * TLY_DAY_MS: the product may not fit. */
-  int64_t time_of_day = anchor_ms % TLY_DAY_MS;
-  int64_t y, m, d, ms;
-  if (time_of_day < 0)
-    time_of_day += TLY_DAY_MS;
-  tly_civil_from_days(day, &y, &m, &d);
-  int64_t month_index = y * 12 + (m - 1) + k;
-  y = floor_div(month_index, 12);
-  m = month_index - y * 12 + 1;
-  if (d > days_in_month(y, m))
-    d = days_in_month(y, m);
-  day = tly_days_from_civil(y, m, d);
-  if (__builtin_mul_overflow(day, TLY_DAY_MS, &ms) ||
-      __builtin_add_overflow(ms, time_of_day, &ms))
-    return day < 0 ? INT64_MIN : INT64_MAX;
-  return ms;
-}
-
-void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms, int64_t *start_ms,
-                             int64_t *end_ms) {
-  int64_t ay, am, ad, ty, tm, td;
-  tly_civil_from_days(floor_div(anchor_ms, TLY_DAY_MS), &ay, &am, &ad);
-  tly_civil_from_days(floor_div(t_ms, TLY_DAY_MS), &ty, &tm, &td);
-  /* The anchor moved by k months lands in t's month: the cycle starts
-   * there, or a month earlier when the anchor's day and time of the month
-   * come after t's. One comparison, never a search: O(1) however far t is
-   * from the anchor. */
-  int64_t k = (ty - ay) * 12 + (tm - am);
-  if (shift_months(anchor_ms, k) > t_ms)
-    k--;
-  *start_ms = shift_months(anchor_ms, k);
-  *end_ms = shift_months(anchor_ms, k + 1);
-}
-
 /* ---- prices ----------------------------------------------------------- */
 
 int64_t tly_billing_tier_cost(const tly_feature_price_t *price,
@@ -366,6 +303,18 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
       return TLY_FOLD_REJECTED;
     }
   }
+  /* The meter (tly_meters.h): unique_count's value is checked first. */
+  tly_aggregation_t aggregation = tly_meter_aggregation(config, usage->feature);
+  tly_distinct_sets_t *distinct = NULL;
+  const char *value = NULL;
+  int is_new = 0;
+  if (aggregation == TLY_AGG_UNIQUE_COUNT) {
+    tly_fold_result_t checked = tly_meter_distinct_check(
+        config, view, event, cycle->start_ms, &distinct, &value, &is_new,
+        errstr, errstr_size);
+    if (checked != TLY_FOLD_APPLIED)
+      return checked;
+  }
   tly_billing_row_t *row = view->row(view, event->subject_kind,
                                      event->subject_id, cycle->start_ms,
                                      usage->feature);
@@ -374,13 +323,13 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
   tly_billing_row_t next = *row;
   int64_t in = usage->has_ai ? usage->ai.input_tokens : 0;
   int64_t out_tokens = usage->has_ai ? usage->ai.output_tokens : 0;
-  int overflow = __builtin_add_overflow(next.quantity, usage->quantity,
-                                        &next.quantity) ||
-                 __builtin_add_overflow(next.input_tokens, in,
-                                        &next.input_tokens) ||
-                 __builtin_add_overflow(next.output_tokens, out_tokens,
-                                        &next.output_tokens) ||
-                 __builtin_add_overflow(next.event_count, 1, &next.event_count);
+  int overflow =
+      tly_meter_step(aggregation, next.event_count, &next.quantity,
+                     &next.latest_at_ms, usage->quantity, t, is_new) ||
+      __builtin_add_overflow(next.input_tokens, in, &next.input_tokens) ||
+      __builtin_add_overflow(next.output_tokens, out_tokens,
+                             &next.output_tokens) ||
+      __builtin_add_overflow(next.event_count, 1, &next.event_count);
 
   /* Price the event. */
   const tly_feature_price_t *tiers = tly_plan_price(plan, usage->feature);
@@ -423,8 +372,11 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
     if (!bucket)
       return TLY_FOLD_FAILED;
     hour = *bucket;
+    /* What the event changed the value by (for sum, its quantity). */
     overflow =
-        __builtin_add_overflow(hour.quantity, usage->quantity, &hour.quantity) ||
+        __builtin_add_overflow(hour.quantity,
+                               next.quantity - row->quantity, /* both >= 0 */
+                               &hour.quantity) ||
         __builtin_add_overflow(hour.input_tokens, in, &hour.input_tokens) ||
         __builtin_add_overflow(hour.output_tokens, out_tokens,
                                &hour.output_tokens) ||
@@ -437,6 +389,9 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
              usage->feature);
     return TLY_FOLD_REJECTED;
   }
+  if (is_new &&
+      tly_distinct_add(distinct, cycle->start_ms, usage->feature, value))
+    return TLY_FOLD_FAILED;
   cycle->cost_micros = cycle_cost;
   cycle->events++;
   *row = next;
@@ -919,7 +874,7 @@ int tly_subject_row_kept(const tly_account_t *account,
 /* A row in a record: its cycle as an offset from base_ms (the account's
  * current cycle, or the archived one), its feature, its totals. */
 static void put_row_entry(writer_t *w, const tly_subject_row_t *row,
-                          int64_t base_ms) {
+                          int64_t base_ms, int with_latest) {
   put_signed(w, wrapping_sub(row->cycle_start_ms, base_ms));
   put_string(w, row->feature, TLY_CONFIG_NAME_MAX - 1);
   put_signed(w, row->row.quantity);
@@ -929,10 +884,12 @@ static void put_row_entry(writer_t *w, const tly_subject_row_t *row,
   put_signed(w, row->row.cost_micros);
   put_signed(w, row->row.cost_remainder);
   put_varint(w, row->row.thresholds_fired);
+  if (with_latest)
+    put_signed(w, row->row.latest_at_ms);
 }
 
-static void take_row_entry(reader_t *r, tly_subject_row_t *row,
-                           int64_t base_ms) {
+static void take_row_entry(reader_t *r, tly_subject_row_t *row, int64_t base_ms,
+                           int with_latest) {
   row->cycle_start_ms = wrapping_add(base_ms, take_signed(r));
   take_string(r, row->feature, sizeof(row->feature));
   row->row.quantity = take_signed(r);
@@ -942,6 +899,8 @@ static void take_row_entry(reader_t *r, tly_subject_row_t *row,
   row->row.cost_micros = take_signed(r);
   row->row.cost_remainder = take_signed(r);
   row->row.thresholds_fired = take_u32(r);
+  if (with_latest)
+    row->row.latest_at_ms = take_signed(r);
 }
 
 static void put_bucket(writer_t *w, const tly_subject_bucket_t *bucket) {
@@ -984,9 +943,25 @@ static void *take_array(reader_t *r, size_t size, size_t *count) {
 }
 
 /* 1 and 2 (fixed-width integers) no longer decode; 4 is 3 followed by the
- * subject's holds, written only when it has some. */
+ * subject's holds, written only when it has some; 5 (meter state: rows
+ * with latest_at, the hold count always, then the distinct values) is
+ * written only when the subject has some. */
 #define SUBJECT_RECORD_VERSION 3
 #define SUBJECT_RECORD_VERSION_HOLDS 4
+#define SUBJECT_RECORD_VERSION_METERS 5
+
+/* Whether a cycle is the account's current one or a kept closed one. */
+static int cycle_kept(const void *opaque, int64_t cycle_start_ms,
+                      const char *feature) {
+  const tly_account_t *account = opaque;
+  (void)feature;
+  if (cycle_start_ms == account->cycle.start_ms)
+    return 1;
+  for (size_t i = 0; i < account->history_count; i++)
+    if (cycle_start_ms == account->history[i].start_ms)
+      return 1;
+  return 0;
+}
 
 size_t tly_subject_record_encode(const tly_account_t *account,
                                  const tly_subject_row_t *const *rows,
@@ -1020,19 +995,37 @@ size_t tly_subject_record_encode_holds(
     size_t row_count, const tly_subject_bucket_t *const *buckets,
     size_t bucket_count, const tly_hold_t *holds, size_t hold_count,
     unsigned char *out, size_t out_size) {
+  return tly_subject_record_encode_meters(account, rows, row_count, buckets,
+                                          bucket_count, holds, hold_count, NULL,
+                                          out, out_size);
+}
+
+size_t tly_subject_record_encode_meters(
+    const tly_account_t *account, const tly_subject_row_t *const *rows,
+    size_t row_count, const tly_subject_bucket_t *const *buckets,
+    size_t bucket_count, const tly_hold_t *holds, size_t hold_count,
+    const tly_distinct_sets_t *distinct, unsigned char *out, size_t out_size) {
   writer_t w = {out, out_size, 0};
   size_t kept = 0, used_buckets = 0;
-  for (size_t i = 0; i < row_count; i++)
-    kept += tly_subject_row_kept(account, rows[i]) != 0;
+  int meters = 0;
+  for (size_t i = 0; i < row_count; i++) {
+    int row_kept = tly_subject_row_kept(account, rows[i]) != 0;
+    kept += row_kept;
+    meters |= row_kept && rows[i]->row.latest_at_ms != 0;
+  }
+  for (size_t i = 0; distinct && i < distinct->count && !meters; i++)
+    meters = distinct->items[i].count &&
+             cycle_kept(account, distinct->items[i].cycle_start_ms, NULL);
   for (size_t i = 0; i < bucket_count; i++)
     used_buckets += buckets[i]->totals.event_count != 0;
-  put_byte(&w, hold_count ? SUBJECT_RECORD_VERSION_HOLDS
-                          : SUBJECT_RECORD_VERSION);
+  put_byte(&w, meters       ? SUBJECT_RECORD_VERSION_METERS
+               : hold_count ? SUBJECT_RECORD_VERSION_HOLDS
+                            : SUBJECT_RECORD_VERSION);
   put_account(&w, account);
   put_varint(&w, kept);
   for (size_t i = 0; i < row_count; i++)
     if (tly_subject_row_kept(account, rows[i]))
-      put_row_entry(&w, rows[i], account->cycle.start_ms);
+      put_row_entry(&w, rows[i], account->cycle.start_ms, meters);
   put_varint(&w, used_buckets);
   for (size_t i = 0; i < bucket_count; i++) {
     if (!buckets[i]->totals.event_count)
@@ -1040,10 +1033,18 @@ size_t tly_subject_record_encode_holds(
     put_signed(&w, buckets[i]->hour);
     put_bucket(&w, buckets[i]);
   }
-  if (hold_count) {
+  if (hold_count || meters) {
     put_varint(&w, hold_count);
     for (size_t i = 0; i < hold_count; i++)
       put_hold(&w, &holds[i]);
+  }
+  if (meters) {
+    static const tly_distinct_sets_t none = {0};
+    int fits = w.len <= w.size;
+    size_t n = tly_distinct_encode(
+        distinct ? distinct : &none, account->cycle.start_ms, cycle_kept,
+        account, fits ? w.out + w.len : NULL, fits ? w.size - w.len : 0);
+    w.len += n;
   }
   return w.len;
 }
@@ -1052,6 +1053,7 @@ void tly_subject_record_clear(tly_subject_record_t *record) {
   free(record->rows);
   free(record->buckets);
   free(record->holds);
+  tly_distinct_sets_clear(&record->distinct);
   memset(record, 0, sizeof(*record));
 }
 
@@ -1060,14 +1062,16 @@ int tly_subject_record_decode(const void *data, size_t len,
   reader_t r = {data, len, 0, 0};
   memset(record, 0, sizeof(*record));
   const unsigned char *p = take(&r, 1);
-  if (!p || (p[0] != SUBJECT_RECORD_VERSION &&
-             p[0] != SUBJECT_RECORD_VERSION_HOLDS))
+  if (!p || p[0] < SUBJECT_RECORD_VERSION ||
+      p[0] > SUBJECT_RECORD_VERSION_METERS)
     return -1;
+  int with_meters = p[0] == SUBJECT_RECORD_VERSION_METERS;
   int with_holds = p[0] == SUBJECT_RECORD_VERSION_HOLDS;
   take_account(&r, &record->account);
   record->rows = take_array(&r, sizeof(*record->rows), &record->row_count);
   for (size_t i = 0; i < record->row_count && !r.bad; i++)
-    take_row_entry(&r, &record->rows[i], record->account.cycle.start_ms);
+    take_row_entry(&r, &record->rows[i], record->account.cycle.start_ms,
+                   with_meters);
   record->buckets =
       take_array(&r, sizeof(*record->buckets), &record->bucket_count);
   for (size_t i = 0; i < record->bucket_count && !r.bad; i++) {
@@ -1084,6 +1088,20 @@ int tly_subject_record_decode(const void *data, size_t len,
       r.bad = 1; /* version 4 is written for holds only, never too many */
     for (size_t i = 0; i < record->hold_count && !r.bad; i++)
       take_hold(&r, &record->holds[i]);
+  }
+  if (with_meters && !r.bad) { /* the hold count, 0 too, then the values */
+    record->holds = take_array(&r, sizeof(*record->holds), &record->hold_count);
+    if (record->hold_count > TLY_HOLDS_MAX)
+      r.bad = 1;
+    for (size_t i = 0; i < record->hold_count && !r.bad; i++)
+      take_hold(&r, &record->holds[i]);
+    size_t n = r.bad ? 0
+                     : tly_distinct_decode(r.data + r.pos, r.len - r.pos,
+                                           record->account.cycle.start_ms,
+                                           &record->distinct);
+    if (!n)
+      r.bad = 1;
+    r.pos += n;
   }
   if (r.bad || r.pos != len) {
     tly_subject_record_clear(record);
@@ -1143,7 +1161,7 @@ size_t tly_cycle_archive_encode(const tly_cycle_t *cycle,
   put_cycle(&w, cycle, 0);
   put_varint(&w, row_count);
   for (size_t i = 0; i < row_count; i++)
-    put_row_entry(&w, rows[i], cycle->start_ms);
+    put_row_entry(&w, rows[i], cycle->start_ms, 0);
   return w.len;
 }
 
@@ -1158,7 +1176,7 @@ int tly_cycle_archive_decode(const void *data, size_t len, tly_cycle_t *cycle,
   take_cycle(&r, cycle, 0);
   tly_subject_row_t *items = take_array(&r, sizeof(*items), row_count);
   for (size_t i = 0; i < *row_count && !r.bad; i++)
-    take_row_entry(&r, &items[i], cycle->start_ms);
+    take_row_entry(&r, &items[i], cycle->start_ms, 0);
   if (r.bad || r.pos != len) {
     free(items);
     *row_count = 0;

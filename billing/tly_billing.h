@@ -22,6 +22,7 @@
 #include "tly_config.h"
 #include "tly_event.h"
 #include "tly_holds.h"
+#include "tly_meters.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -57,13 +58,15 @@ typedef struct {
 } tly_account_t;
 
 typedef struct {
-  int64_t quantity;
+  int64_t quantity; /* the aggregated value (tly_meters.h): for sum, the
+                       quantities added */
   int64_t input_tokens;
   int64_t output_tokens;
   int64_t event_count;
   int64_t cost_micros;
   int64_t cost_remainder; /* numerator left over, < TLY_TOKEN_COST_DENOMINATOR */
   uint32_t thresholds_fired; /* bit i: plan threshold i, this cycle */
+  int64_t latest_at_ms;      /* latest: the occurred_at of the value; else 0 */
 } tly_billing_row_t;
 
 /* What one UTC hour added to one feature of a subject (a bucket of the
@@ -129,6 +132,11 @@ struct tly_billing_view {
    * change in place; NULL return: the caller failed. */
   tly_holds_t *(*holds)(tly_billing_view_t *view, tly_subject_kind_t kind,
                         const char *id);
+  /* Optional (NULL: unique_count events are rejected): the subject's
+   * distinct values (tly_meters.h), which the fold may change in place;
+   * NULL return: the caller failed. */
+  tly_distinct_sets_t *(*distinct)(tly_billing_view_t *view,
+                                   tly_subject_kind_t kind, const char *id);
   /* The fold's clock for expiring holds: the Kafka timestamp of the record
    * being folded (in the log, so a replay decides the same); 0 or less:
    * none, the event's occurred_at is used. */
@@ -159,6 +167,17 @@ typedef struct {
 tly_fold_result_t tly_billing_fold_holds(tly_billing_view_t *view,
                                          const tly_event_t *event,
                                          char *errstr, size_t errstr_size);
+
+/* unique_count's part of a usage event (tly_meters.c): the value of the
+ * meter's property, checked against the bounds, and whether the cycle's
+ * set of the feature lacks it. TLY_FOLD_REJECTED with the reason (no
+ * property, a value too long, a new value past TLY_DISTINCT_MAX, no
+ * distinct view), TLY_FOLD_FAILED when the view failed; nothing changes. */
+tly_fold_result_t
+tly_meter_distinct_check(const tly_config_t *config, tly_billing_view_t *view,
+                         const tly_event_t *event, int64_t cycle_start_ms,
+                         tly_distinct_sets_t **sets, const char **value,
+                         int *is_new, char *errstr, size_t errstr_size);
 
 /* Folds one event into the state; appends alerts to out. An event with a
  * time outside tly_event_time.h's absolute range (occurred_at, a period
@@ -248,7 +267,11 @@ int tly_subject_row_kept(const tly_account_t *account,
  * so that a batch writes one key per subject it touched however many
  * features, cycles and events it saw. Rows that are not kept are left out;
  * buckets are written as given; open holds (tly_holds.h) follow, in a
- * record of version 4 (a subject without holds keeps version 3's bytes).
+ * record of version 4 (a subject without holds keeps version 3's bytes);
+ * a subject with meter state (a latest row's instant, unique_count's
+ * values, tly_meters.h) has a record of version 5: rows carry latest_at,
+ * the hold count is always written, and the distinct values follow (sets
+ * of rows no longer kept are left out). Versions 3 and 4 still decode.
  * encode returns the length it needs; the
  * record is in out when that is at most out_size (otherwise out may hold a
  * part of it: one call both writes a record that fits and measures one that
@@ -264,6 +287,7 @@ typedef struct {
   size_t bucket_count;
   tly_hold_t *holds; /* open reservations, oldest first */
   size_t hold_count;
+  tly_distinct_sets_t distinct; /* unique_count's values (version 5) */
 } tly_subject_record_t;
 
 size_t tly_subject_record_encode(const tly_account_t *account,
@@ -278,6 +302,12 @@ size_t tly_subject_record_encode_holds(
     size_t row_count, const tly_subject_bucket_t *const *buckets,
     size_t bucket_count, const tly_hold_t *holds, size_t hold_count,
     unsigned char *out, size_t out_size);
+/* The same with the subject's distinct values (NULL: none). */
+size_t tly_subject_record_encode_meters(
+    const tly_account_t *account, const tly_subject_row_t *const *rows,
+    size_t row_count, const tly_subject_bucket_t *const *buckets,
+    size_t bucket_count, const tly_hold_t *holds, size_t hold_count,
+    const tly_distinct_sets_t *distinct, unsigned char *out, size_t out_size);
 int tly_subject_record_decode(const void *data, size_t len,
                               tly_subject_record_t *record);
 void tly_subject_record_clear(tly_subject_record_t *record);

@@ -161,6 +161,7 @@ void tly_config_free(tly_config_t *config) {
   free(config->models);
   free(config->http.api_keys);
   tly_config_stripe_clear(&config->stripe);
+  free(config->meters);
   free(config);
 }
 
@@ -932,6 +933,8 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
       rc = apply_events(config, value, err);
     } else if (strcmp(key, "stripe") == 0) {
       rc = tly_config_apply_stripe(config, value, err);
+    } else if (strcmp(key, "meters") == 0) {
+      rc = tly_config_apply_meters(config, value, err);
     } else {
       rc = fail(err, key, "unknown key");
     }
@@ -939,6 +942,8 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
       return -1;
   }
   if (default_plans && check_default_plans(config, default_plans, err) != 0)
+    return -1;
+  if (tly_config_check_meters(config, err) != 0)
     return -1;
   return tly_config_check_stripe_prices(config, err);
 }

@@ -66,6 +66,12 @@
  *     "timeout_ms": 10000,                   //   one request's time limit
  *     "portal_return_url": "https://app.example.com/billing"
  *   },
+ *   "meters": {                              // how a feature aggregates
+ *     "storage_bytes": {"aggregation": "latest"},   // sum (default) | count
+ *     "seats": {"aggregation": "unique_count",      //   | max | latest
+ *               "property": "user_id"},             //   | unique_count
+ *     "api_calls": {"group_by": ["properties.region"]} // dimensions
+ *   },                                       // (tly_config_meters.c)
  *   "plans": {
  *     "pro": {
  *       "credits": 50000,                    // required; -1 = unlimited
@@ -76,8 +82,8 @@
  *                  "storage_bytes": {"unlimited": true}},
  *       "prices": {"api_calls": {"model": "graduated",
  *                                "tiers": [{"up_to": 1000, "unit_micros": 0},
- *                                          {"up_to": null, "unit_micros": 100}]},
- *                  "storage_bytes": {"model": "volume", "tiers": [...]}}
+ *                                          {"up_to": null, "unit_micros":
+ * 100}]}, "storage_bytes": {"model": "volume", "tiers": [...]}}
  *     }, ...
  *   }
  * }
@@ -213,6 +219,42 @@ typedef struct {
   char portal_return_url[TLY_STRIPE_URL_MAX]; /* "" = Stripe's default */
 } tly_stripe_config_t;
 
+/* A meter ("meters.<feature>" in the file, tly_config_meters.c): how the
+ * fold aggregates a feature's events of a cycle into the value limits,
+ * thresholds, tiers, alerts, the pre-check and Stripe work on (see
+ * billing/tly_meters.h for each rule), and the dimensions its hourly
+ * buckets are kept by. A feature without a meter sums its quantities and
+ * has no dimensions (an AI event's feature groups by model and provider). */
+typedef enum {
+  TLY_AGG_SUM = 0,
+  TLY_AGG_COUNT = 1,
+  TLY_AGG_MAX = 2,
+  TLY_AGG_LATEST = 3,
+  TLY_AGG_UNIQUE_COUNT = 4
+} tly_aggregation_t;
+
+#define TLY_METER_PROPERTY_MAX 128 /* a property key with its NUL */
+#define TLY_METER_GROUP_MAX 4      /* group_by entries per meter */
+typedef enum {
+  TLY_DIM_MODEL = 0,
+  TLY_DIM_PROVIDER = 1,
+  TLY_DIM_PROPERTY = 2
+} tly_dimension_kind_t;
+
+typedef struct {
+  tly_dimension_kind_t kind;
+  char key[TLY_METER_PROPERTY_MAX]; /* the property's key (TLY_DIM_PROPERTY) */
+} tly_dimension_t;
+
+typedef struct {
+  char feature[TLY_CONFIG_NAME_MAX];
+  tly_aggregation_t aggregation;
+  char property[TLY_METER_PROPERTY_MAX]; /* unique_count's property */
+  int group_by_set; /* group_by given (even empty): no AI default */
+  size_t group_count;
+  tly_dimension_t group_by[TLY_METER_GROUP_MAX];
+} tly_meter_t;
+
 /* Event time ("events" in the file; the rules are tly_event_time.h's). */
 typedef struct {
   int64_t max_future_skew_ms; /* default TLY_DEFAULT_MAX_FUTURE_SKEW_MS */
@@ -235,6 +277,8 @@ typedef struct {
   tly_retention_config_t retention;
   tly_events_config_t events;
   tly_stripe_config_t stripe;
+  size_t meter_count;
+  tly_meter_t *meters;
 } tly_config_t;
 
 /* The built-in configuration. NULL only on OOM. Free with tly_config_free. */
@@ -261,6 +305,11 @@ const tly_feature_price_t *tly_plan_price(const tly_plan_t *plan,
                                           const char *feature);
 const tly_model_price_t *tly_config_model(const tly_config_t *config,
                                           const char *model);
+/* The meter of a feature ("meters.<feature>"), or NULL (a sum). */
+const tly_meter_t *tly_config_meter(const tly_config_t *config,
+                                    const char *feature);
+/* "sum", "count", "max", "latest", "unique_count". */
+const char *tly_aggregation_name(tly_aggregation_t aggregation);
 /* Whether usage is reported to Stripe: meters and a secret key given. */
 int tly_config_stripe_reports(const tly_config_t *config);
 /* The Stripe meter event_name of a feature (stripe.meters), or NULL. */

@@ -128,6 +128,13 @@ int tly_config_apply_stripe(tly_config_t *config, json_t *section,
                             tly_err_t *err);
 /* stripe.prices name plans, which may be defined after the section. */
 int tly_config_check_stripe_prices(const tly_config_t *config, tly_err_t *err);
+/* The "meters" section (tly_config_meters.c), at most this many meters;
+ * and the check made once every section is in (stripe.meters against
+ * aggregations). */
+#define TLY_CONFIG_METERS_MAX 256
+int tly_config_apply_meters(tly_config_t *config, json_t *section,
+                            tly_err_t *err);
+int tly_config_check_meters(const tly_config_t *config, tly_err_t *err);
 /* Frees what the stripe section holds, wiping its secrets. */
 void tly_config_stripe_clear(tly_stripe_config_t *stripe);
 

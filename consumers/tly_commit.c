@@ -233,15 +233,15 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
     /* One pass when the record fits the buffer (it has grown to the
      * largest record so far), a second one after growing it. */
     const tly_holds_t *holds = &entry->holds;
-    size_t len = tly_subject_record_encode_holds(
+    size_t len = tly_subject_record_encode_meters(
         account, rows, entry->row_count, p->bucket_ptrs, bucket_count,
-        holds->items, holds->count, p->record, p->record_cap);
+        holds->items, holds->count, &entry->distinct, p->record, p->record_cap);
     if (len > p->record_cap) {
       if (!tly_proc_record_room(p, len))
         return -1;
-      tly_subject_record_encode_holds(
+      tly_subject_record_encode_meters(
           account, rows, entry->row_count, p->bucket_ptrs, bucket_count,
-          holds->items, holds->count, p->record, len);
+          holds->items, holds->count, &entry->distinct, p->record, len);
     }
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
                         p->record, len);
@@ -335,6 +335,17 @@ static int keep_hour(const tly_overlay_bucket_t *bucket, void *opaque) {
   return bucket->bucket.hour == keep->newest || bucket->flushed == keep->submit;
 }
 
+/* A unique_count set stays while its cycle is kept (as the record keeps
+ * it). */
+static int distinct_kept(const void *opaque, int64_t cycle_start_ms,
+                         const char *feature) {
+  const tly_account_t *account = opaque;
+  tly_subject_row_t row = {.cycle_start_ms = cycle_start_ms};
+  (void)feature;
+  row.row.event_count = 1;
+  return tly_subject_row_kept(account, &row);
+}
+
 /* After the batch is handed to the writer: a dirty subject record now
  * equals what the batch stores (rows the record leaves out go from memory
  * too), so it stays as a cache. */
@@ -345,6 +356,8 @@ static void mark_committed(tly_processor_t *p, tly_overlay_entry_t *entry) {
         &entry->account, entry->holds.items, entry->holds.count);
   }
   tly_overlay_prune_rows(entry, tly_subject_row_kept);
+  if (entry->distinct.count)
+    tly_distinct_prune(&entry->distinct, distinct_kept, &entry->account);
   hour_keep_t keep = {newest_used_hour(entry), p->submits};
   for (size_t i = 0; i < entry->bucket_count; i++) {
     tly_overlay_bucket_t *hour = entry->buckets[i];

@@ -38,6 +38,8 @@ static int decode_entry(tly_overlay_entry_t *entry, const char *value,
       (tly_holds_t){record.holds, record.hold_count, record.hold_count};
   record.holds = NULL;
   record.hold_count = 0;
+  entry->distinct = record.distinct; /* and its distinct values */
+  memset(&record.distinct, 0, sizeof(record.distinct));
   entry->stored_cycle_end = tly_subject_due_ms(
       &entry->account, entry->holds.items, entry->holds.count);
   for (size_t i = 0; i < record.row_count && !failed; i++) {
@@ -265,6 +267,18 @@ tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
     return NULL;
   mark_dirty(p, entry);
   return &entry->holds;
+}
+
+/* The subject's unique_count values, in its record (written with it). */
+tly_distinct_sets_t *tly_proc_view_distinct(tly_billing_view_t *view,
+                                            tly_subject_kind_t kind,
+                                            const char *id) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return NULL;
+  mark_dirty(p, entry);
+  return &entry->distinct;
 }
 
 int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,

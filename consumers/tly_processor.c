@@ -651,7 +651,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                  .bucket = tly_proc_view_bucket,
                                  .archive = tly_proc_view_archive,
                                  .seen = tly_proc_view_seen,
-                                 .holds = tly_proc_view_holds};
+                                 .holds = tly_proc_view_holds,
+                                 .distinct = tly_proc_view_distinct};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
   if (kill_after && *kill_after) {
     p->kill_after_acks = atol(kill_after);

@@ -419,6 +419,9 @@ int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
                           const char *id, const tly_cycle_t *cycle);
 int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
                        int64_t occurred_at_ms, int record);
+tly_distinct_sets_t *tly_proc_view_distinct(tly_billing_view_t *view,
+                                            tly_subject_kind_t kind,
+                                            const char *id);
 tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
                                  tly_subject_kind_t kind, const char *id);
 

@@ -7,6 +7,7 @@
 #include "tly_forward.h"
 
 #include "tly_cluster_auth.h"
+#include "tly_request.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
@@ -30,6 +31,7 @@ struct tly_forward {
 struct tly_forward_call {
   tly_forward_t *forward;
   char *url, *method, *credential, *content_type_in, *body_in;
+  int accept_csv; /* send Accept: text/csv */
   size_t body_in_len;
   long timeout_ms;
   void (*done)(void *opaque);
@@ -124,6 +126,8 @@ static void perform(tly_forward_call_t *call) {
       (size_t)snprintf(header, sizeof(header), "Content-Type: %s",
                        call->content_type_in) < sizeof(header))
     headers = curl_slist_append(headers, header);
+  if (call->accept_csv)
+    headers = curl_slist_append(headers, "Accept: text/csv");
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
   CURLcode rc = curl_easy_perform(curl);
   if (rc == CURLE_OK) {
@@ -183,6 +187,7 @@ int tly_forward_request(tly_forward_t *forward,
   call->method = copy_or_null(request->method, &failed);
   call->credential = copy_or_null(request->credential, &failed);
   call->content_type_in = copy_or_null(request->content_type, &failed);
+  call->accept_csv = tly_req_wants_csv(request->accept);
   if (request->body) {
     call->body_in = malloc(request->body_len + 1);
     if (call->body_in) {

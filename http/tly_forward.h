@@ -38,14 +38,15 @@ tly_forward_t *tly_forward_new(const tly_forward_conf_t *conf);
 /* What to send: base URL of the owner ("http://127.0.0.1:8081"), the
  * request target (path and query, as received), method, the forwarding
  * credential (TLY_FORWARD_AUTH_HEADER's value; NULL: none), body (NULL:
- * none). Everything is copied. No other header is sent: never the
- * client's Authorization. */
+ * none), Accept (NULL: none; sent as "Accept: text/csv" only). Everything
+ * is copied. No other header is sent: never the client's Authorization. */
 typedef struct {
   const char *base_url;
   const char *target;
   const char *method;
   const char *credential;
   const char *content_type;
+  const char *accept; /* the client's Accept, when it names text/csv */
   const char *body;
   size_t body_len;
   long timeout_ms; /* 0: the forwarder's */

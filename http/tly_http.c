@@ -75,6 +75,28 @@ void tly_http_respond_json(response_t *out, int status, json_t *body) {
   json_decref(body);
 }
 
+void tly_http_respond_table(response_t *out, struct MHD_Connection *connection,
+                            json_t *answer, char *(*to_csv)(const json_t *)) {
+  if (!answer ||
+      !tly_req_wants_csv(MHD_lookup_connection_value(
+          connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT))) {
+    if (answer)
+      tly_http_respond_json(out, 200, answer);
+    else
+      tly_http_respond_error(out, 500, "internal", "out of memory");
+    return;
+  }
+  char *csv = to_csv(answer);
+  json_decref(answer);
+  if (!csv) {
+    tly_http_respond_error(out, 500, "internal", "out of memory");
+    return;
+  }
+  out->status = 200;
+  out->body = csv;
+  out->content_type = "text/csv; charset=utf-8";
+}
+
 json_t *tly_http_error_json(const char *code, const char *message,
                             const char *field) {
   /* A message quoting client bytes cut at a length bound may end inside a
@@ -330,6 +352,8 @@ static int forward_to(tly_http_t *http, request_t *req,
                                               connection, MHD_HEADER_KIND,
                                               MHD_HTTP_HEADER_CONTENT_TYPE)
                                         : NULL,
+      .accept = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                            MHD_HTTP_HEADER_ACCEPT),
       .body = scope.body,
       .body_len = scope.body_len,
       .timeout_ms = timeout_ms};

@@ -179,6 +179,10 @@ extern const size_t tly_http_route_count;
 json_t *tly_http_error_json(const char *code, const char *message,
                             const char *field);
 void tly_http_respond_json(response_t *out, int status, json_t *body);
+/* 200 with answer as JSON, or as CSV (to_csv, text/csv) when the request's
+ * Accept names text/csv (tly_req_wants_csv). Takes answer; NULL: 500. */
+void tly_http_respond_table(response_t *out, struct MHD_Connection *connection,
+                            json_t *answer, char *(*to_csv)(const json_t *));
 void tly_http_respond_error(response_t *out, int status, const char *code,
                             const char *message);
 void tly_http_respond_req_error(response_t *out, const tly_req_error_t *err);

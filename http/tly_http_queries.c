@@ -311,10 +311,11 @@ void tly_http_handle_daily(tly_http_t *http, request_t *req,
     if (commit_count(http->conf.processor) == before)
       break;
   }
-  tly_http_respond_json(out, 200,
-                        tly_req_daily_json(http->conf.config, &subject,
-                                           scan.buckets, scan.count,
-                                           scan.from_day, scan.to_day));
+  tly_http_respond_table(out, connection,
+                         tly_req_daily_json(http->conf.config, &subject,
+                                            scan.buckets, scan.count,
+                                            scan.from_day, scan.to_day),
+                         tly_req_daily_csv);
 done:
   free(scan.buckets);
   tly_state_subject_clear(&state);
@@ -380,7 +381,6 @@ void tly_http_handle_cycles(tly_http_t *http, request_t *req,
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   cycles_scan_t scan = {0};
-  (void)connection;
   if (!history_subject(http, req, &subject, &state, out))
     goto done;
   for (size_t i = 0; i < state.account.history_count && !scan.failed; i++) {
@@ -400,9 +400,10 @@ void tly_http_handle_cycles(tly_http_t *http, request_t *req,
                    visit_cycle, &scan, &scan.failed,
                    "out of memory or a corrupt archived cycle", out))
     goto done;
-  tly_http_respond_json(out, 200,
-                        tly_req_cycles_json(http->conf.config, &subject,
-                                            scan.cycles, scan.count));
+  tly_http_respond_table(out, connection,
+                         tly_req_cycles_json(http->conf.config, &subject,
+                                             scan.cycles, scan.count),
+                         tly_req_cycles_csv);
 done:
   for (size_t i = 0; i < scan.owned_count; i++)
     free(scan.owned[i]);

@@ -268,8 +268,11 @@ void tly_req_quota_decide(const tly_config_t *config, const tly_plan_t *plan,
   }
   out->limit = limit->limit;
   out->mode = limit->mode == TLY_LIMIT_HARD ? "hard" : "soft";
-  int64_t after;
-  int overflow = __builtin_add_overflow(used, quantity, &after);
+  /* The value after the request, by the feature's aggregation
+   * (tly_meters.h: used + quantity for a sum). */
+  int64_t after = tly_meter_value_after(tly_meter_aggregation(config, feature),
+                                        used, quantity);
+  int overflow = after == INT64_MAX;
   int over_limit = overflow || after > limit->limit;
   out->remaining = over_limit ? 0 : limit->limit - after;
 
@@ -430,6 +433,9 @@ json_t *tly_req_usage_json(const tly_config_t *config,
   const char *feature;
   json_t *entry;
   json_object_foreach(features, feature, entry) {
+    json_object_set_new(entry, "aggregation",
+                        json_string(tly_aggregation_name(
+                            tly_meter_aggregation(config, feature))));
     add_limit_fields(
         entry, plan, feature,
         (int64_t)json_integer_value(json_object_get(entry, "quantity")));

@@ -237,6 +237,14 @@ typedef struct {
 
 /* The closed cycles, newest first (sorts cycles in place), with totals,
  * credits and per-feature usage. */
+/* CSV (tly_request_csv.c): whether an Accept header asks for text/csv,
+ * and the daily and cycles answers (their JSON above) as CSV text, one
+ * line per (day or cycle, feature) under a header line; malloc'd, NULL
+ * when out of memory. */
+int tly_req_wants_csv(const char *accept);
+char *tly_req_daily_csv(const json_t *daily);
+char *tly_req_cycles_csv(const json_t *cycles);
+
 json_t *tly_req_cycles_json(const tly_config_t *config,
                             const tly_req_subject_t *subject,
                             tly_req_cycle_t *cycles, size_t count);

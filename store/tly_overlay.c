@@ -35,6 +35,7 @@ static void free_entry(tly_overlay_entry_t *entry) {
     free(entry->buckets[i]);
   free(entry->buckets);
   tly_holds_free(&entry->holds);
+  tly_distinct_sets_clear(&entry->distinct);
   free(entry);
 }
 
@@ -317,7 +318,14 @@ size_t tly_overlay_bytes(const tly_overlay_t *overlay) {
              entry->row_count * sizeof(**entry->rows) +
              entry->bucket_cap * sizeof(*entry->buckets) +
              entry->bucket_count * sizeof(**entry->buckets) +
-             entry->holds.cap * sizeof(*entry->holds.items);
+             entry->holds.cap * sizeof(*entry->holds.items) +
+             entry->distinct.cap * sizeof(*entry->distinct.items);
+    for (size_t d = 0; d < entry->distinct.count; d++) {
+      const tly_distinct_set_t *set = &entry->distinct.items[d];
+      bytes += set->cap * sizeof(*set->values);
+      for (size_t v = 0; v < set->count; v++)
+        bytes += strlen(set->values[v]) + 1;
+    }
   }
   return bytes;
 }

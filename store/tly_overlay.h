@@ -49,6 +49,8 @@ typedef struct tly_overlay_entry {
   size_t bucket_count, bucket_cap;
   /* The subject's open reservations (tly_holds.h), stored in its record. */
   tly_holds_t holds;
+  /* Its unique_count values (tly_meters.h), stored in its record. */
+  tly_distinct_sets_t distinct;
 } tly_overlay_entry_t;
 
 /* A slot keeps its entry's hash beside the pointer: a probe passes over

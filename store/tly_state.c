@@ -61,6 +61,7 @@ static int read_subject(tly_store_t *store, int32_t partition,
   out->bucket_count = record.bucket_count;
   out->holds = record.holds;
   out->hold_count = record.hold_count;
+  tly_distinct_sets_clear(&record.distinct); /* no reader needs the values */
   return 1;
 }
 

@@ -27,6 +27,8 @@
  * adds the state changelog topic, so the fold publishes it (its cost).
  * BENCH_MEMORY_BUDGET sets --memory-budget (bytes; default 1 GiB): a small
  * one makes (b) spill event ids to RocksDB (tly_dedupe.h).
+ * BENCH_METERS=1 gives every feature a meter (api_calls max, ai_tokens
+ * sum: tly_meters.h).
  * BENCH_ONLY_HTTP=1 runs (d) alone on a small data set (bench_http.h).
  * BENCH_DEDUPE_IDS=N runs the dedupe-scale run alone (bench_dedupe.c):
  * N ids in the window under the memory budget, then 1 % duplicates.
@@ -357,6 +359,20 @@ int main(int argc, char **argv) {
   tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
   tly_config_t *config = tly_config_default();
   bench_http_add_key(config);
+  /* BENCH_METERS=1: every feature has a meter (api_calls the max of its
+   * quantities, ai_tokens an explicit sum), so each event looks its meter
+   * up and takes a non-sum aggregation's path. */
+  const char *with_meters = getenv("BENCH_METERS");
+  if (with_meters && atoi(with_meters) && config) {
+    config->meters = calloc(2, sizeof(*config->meters));
+    if (config->meters) {
+      snprintf(config->meters[0].feature, TLY_CONFIG_NAME_MAX, "api_calls");
+      config->meters[0].aggregation = TLY_AGG_MAX;
+      snprintf(config->meters[1].feature, TLY_CONFIG_NAME_MAX, "ai_tokens");
+      config->meters[1].aggregation = TLY_AGG_SUM;
+      config->meter_count = 2;
+    }
+  }
   tly_processor_conf_t pconf = {
       .brokers = bootstrap,
       .group_id = "bench-fold",
@@ -455,7 +471,9 @@ int main(int argc, char **argv) {
   printf("| (b) fold, exactly-once (synced RocksDB commit per batch) | %.0f "
          "events/s |\n",
          fold);
-  printf("| (b)/(a) | %.2f |\n", fold / raw);
+  printf("| (b)/(a)%s | %.2f |\n",
+         config->meter_count ? " (meters: api_calls max, ai_tokens sum)" : "",
+         fold / raw);
   printf("| (b) CPU per event: process (broker included) / fold thread / "
          "writer thread | %.2f / %.2f / %.2f us |\n",
          cpu_us, fold_us, writer_us);

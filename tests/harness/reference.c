@@ -46,6 +46,61 @@ const char *th_reference_config_json =
     "   \"prices\": {\"api_calls\": {\"model\": \"graduated\", \"tiers\": "
     "     [{\"up_to\": null, \"unit_micros\": 1000}]}}}}}";
 
+const char *th_reference_meters_config_json =
+    "{\"credits\": {\"micros_per_credit\": 1000},"
+    " \"pricing\": {\"margin_bps\": 0, \"models\": {\"m\": "
+    "   {\"input_per_mtok\": 1000000, \"output_per_mtok\": 2000000}}},"
+    " \"thresholds\": [25, 50, 75, 90, 100],"
+    " \"default_plans\": {\"user\": \"matrix\"},"
+    " \"meters\": {\"seats\": {\"aggregation\": \"unique_count\", "
+    "                          \"property\": \"seat\"},"
+    "              \"peak\": {\"aggregation\": \"max\"},"
+    "              \"gauge\": {\"aggregation\": \"latest\"}},"
+    " \"plans\": {\"matrix\": {\"credits\": 150,"
+    "   \"limits\": {\"api_calls\": {\"limit\": 100, \"mode\": \"hard\"},"
+    "              \"ai_tokens\": {\"limit\": 40000, \"mode\": \"soft\"}},"
+    "   \"prices\": {\"api_calls\": {\"model\": \"graduated\", \"tiers\": "
+    "     [{\"up_to\": null, \"unit_micros\": 1000}]}}}}}";
+
+/* One metered event of subject s after the stream's event i (same time
+ * plus 1 ms, so the subject's events stay in time order), into expected. */
+static int send_metered(tally_producer_t *producer, th_stream_t *stream,
+                        unsigned *seed, int i, int s, const char *id,
+                        int64_t at_ms, char *errstr, size_t errstr_size) {
+  char event_id[48], seat[16];
+  th_expected_t *e = &stream->expected[s];
+  tly_property_t property = {"seat", seat};
+  tly_event_t event = {0};
+  snprintf(event_id, sizeof(event_id), "x-%u-%d-m", stream->seed, i);
+  event.event_id = event_id;
+  event.occurred_at_ms = at_ms + 1;
+  event.subject_kind = TLY_SUBJECT_USER;
+  event.subject_id = (char *)id;
+  event.body_kind = TLY_BODY_USAGE_RECORDED;
+  int64_t quantity = rand_r(seed) % 1000;
+  event.body.usage.quantity = quantity;
+  switch (rand_r(seed) % 3) {
+  case 0: {
+    int v = rand_r(seed) % 40;
+    snprintf(seat, sizeof(seat), "v%d", v);
+    event.body.usage.feature = "seats";
+    event.body.usage.property_count = 1;
+    event.body.usage.properties = &property;
+    e->seats |= 1ULL << v;
+    break;
+  }
+  case 1:
+    event.body.usage.feature = "peak";
+    if (quantity > e->peak)
+      e->peak = quantity;
+    break;
+  default:
+    event.body.usage.feature = "gauge";
+    e->gauge = quantity;
+  }
+  return tally_producer_send(producer, &event, NULL, errstr, errstr_size);
+}
+
 void *th_stream_main(void *arg) {
   th_stream_t *stream = arg;
   tally_producer_conf_t conf = {.brokers = stream->bootstrap,
@@ -61,6 +116,7 @@ void *th_stream_main(void *arg) {
     return NULL;
   }
   int64_t started = th_now_ms();
+  int sent = 0;
   unsigned duplicate_seed = seed ^ 0x5bd1e995u;
   int duplicates = 0;
   unsigned short *subject_of =
@@ -97,6 +153,7 @@ void *th_stream_main(void *arg) {
         break;
       }
       duplicates++;
+      sent++;
     }
     tly_event_t event = {0};
     snprintf(id, sizeof(id), "m%04d", s);
@@ -129,6 +186,16 @@ void *th_stream_main(void *arg) {
       snprintf(stream->error, sizeof(stream->error), "send %d: %s", i, errstr);
       break;
     }
+    sent++;
+    if (stream->meters && i % 2 == 0) {
+      if (send_metered(producer, stream, &seed, i, s, id, event.occurred_at_ms,
+                       errstr, sizeof(errstr))) {
+        snprintf(stream->error, sizeof(stream->error), "send %d-m: %s", i,
+                 errstr);
+        break;
+      }
+      sent++;
+    }
     int64_t due = started + (int64_t)i * 1000 / stream->events_per_second;
     int64_t wait = due - th_now_ms();
     tally_producer_poll(producer, wait > 0 ? (int)wait : 0);
@@ -137,12 +204,11 @@ void *th_stream_main(void *arg) {
   if (tally_producer_flush(producer, 60000))
     snprintf(stream->error, sizeof(stream->error), "flush timed out");
   tally_producer_stats(producer, &stats);
-  if (stats.failed ||
-      stats.delivered != (uint64_t)stream->events + (uint64_t)duplicates)
+  if (stats.failed || stats.delivered != (uint64_t)sent)
     snprintf(stream->error, sizeof(stream->error),
              "%llu delivered, %llu failed of %d (and %d duplicates)",
              (unsigned long long)stats.delivered,
-             (unsigned long long)stats.failed, stream->events, duplicates);
+             (unsigned long long)stats.failed, sent - duplicates, duplicates);
   stream->duplicates_sent = duplicates;
   free(subject_of);
   tally_producer_destroy(producer);
@@ -212,14 +278,45 @@ static void count_expected(void *opaque, const tly_alert_t *alert) {
   json_integer_set(count, json_integer_value(count) + 1);
 }
 
-char *th_reference_config_file(const char *dir) {
+static char *config_file(const char *dir, const char *json) {
   char *path = malloc(600);
   snprintf(path, 600, "%s/config.json", dir);
   FILE *file = fopen(path, "w");
   assert_non_null(file);
-  fputs(th_reference_config_json, file);
+  fputs(json, file);
   fclose(file);
   return path;
+}
+
+char *th_reference_config_file(const char *dir) {
+  return config_file(dir, th_reference_config_json);
+}
+
+char *th_reference_meters_config_file(const char *dir) {
+  return config_file(dir, th_reference_meters_config_json);
+}
+
+/* The metered features' values on /usage and summed over the daily
+ * answer's days (the hourly changes add up to the value). */
+static void expect_meters(int s, const th_expected_t *e, json_t *features,
+                          json_t *days) {
+  static const char *const names[] = {"seats", "peak", "gauge"};
+  long long want[3] = {__builtin_popcountll(e->seats), e->peak, e->gauge};
+  for (int f = 0; f < 3; f++) {
+    char what[64];
+    long long summed = 0;
+    expect_total(s, names[f],
+                 json_integer_value(json_object_get(
+                     json_object_get(features, names[f]), "quantity")),
+                 want[f]);
+    for (size_t d = 0; d < json_array_size(days); d++)
+      summed += json_integer_value(json_object_get(
+          json_object_get(json_object_get(json_array_get(days, d), "features"),
+                          names[f]),
+          "quantity"));
+    snprintf(what, sizeof(what), "%s summed over days", names[f]);
+    expect_total(s, what, summed, want[f]);
+  }
 }
 
 static int same_port(void *opaque, int subject) {
@@ -250,6 +347,7 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     json_t *json = json_loads(body, 0, NULL);
     free(body);
     json_t *features = json_object_get(json, "features");
+    json_t *usage_features = json_incref(features);
     json_t *api = json_object_get(features, "api_calls");
     json_t *ai = json_object_get(features, "ai_tokens");
     expect_total(s, "api_calls",
@@ -298,6 +396,9 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     expect_total(s, "ai_tokens summed over days", day_tokens, e->tokens);
     expect_total(s, "input_tokens summed over days", day_input, e->input);
     expect_total(s, "cost_micros summed over days", day_cost, e->cost_micros);
+    if (stream->meters)
+      expect_meters(s, e, usage_features, days);
+    json_decref(usage_features);
     json_decref(json);
     size_t before = json_object_size(ids);
     expect_threshold_alerts(ids, s, "api_calls", e->api_calls, API_LIMIT);

@@ -14,9 +14,16 @@
 
 /* Write this as the processor's --config. */
 extern const char *th_reference_config_json;
+/* The same with meters: seats (unique_count of property "seat"), peak
+ * (max) and gauge (latest), unpriced and unlimited. */
+extern const char *th_reference_meters_config_json;
 
 typedef struct {
   long long api_calls, tokens, input, output, cost_micros;
+  /* With meters (th_stream_t.meters): unique_count "seats" (bit v: value
+   * "v<v>" sent this cycle), max "peak", latest "gauge". */
+  unsigned long long seats;
+  long long peak, gauge;
 } th_expected_t;
 
 typedef struct {
@@ -32,6 +39,9 @@ typedef struct {
    * duplicate (not in expected). 0: none. */
   int duplicate_every;
   int duplicates_sent; /* set when done */
+  /* With meters: every other event is followed by one of the metered
+   * features of th_reference_meters_config_json (seats, peak, gauge). */
+  int meters;
   atomic_int done;
   char error[1024]; /* set by the stream thread on failure */
 } th_stream_t;
@@ -42,6 +52,7 @@ void *th_stream_main(void *stream);
 /* Writes the reference config to dir/config.json; returns the path
  * (malloc'd). */
 char *th_reference_config_file(const char *dir);
+char *th_reference_meters_config_file(const char *dir);
 
 /* Asserts (cmocka) that every subject's usage, cost and credits on the
  * HTTP port equal the reference, and that the alerts topic holds exactly

@@ -253,6 +253,22 @@ static void test_any_instance_answers_for_any_subject(void **state) {
               SUBJECTS);
   assert_true(owner_b >= 0); /* b serves some partitions */
 
+  /* CSV through a forward: the owner is asked with Accept: text/csv and
+   * its CSV relayed, content type included. */
+  {
+    answer_t csv;
+    char cycles[128];
+    snprintf(cycles, sizeof(cycles), "/v1/subjects/user:fwd-%03d/cycles",
+             owner_b);
+    assert_int_equal(get(a.port, cycles, NULL, "Accept: text/csv", &csv), 0);
+    assert_int_equal(csv.status, 200);
+    assert_string_equal(csv.served_by, url_b);
+    assert_non_null(csv.body);
+    assert_int_equal(strncmp(csv.body, "start_ms,end_ms,final,feature,", 30),
+                     0);
+    free(csv.body);
+  }
+
   /* Auth is checked where the request arrives, and again at the owner:
    * without the token, 401 whoever owns the subject. */
   answer_t answer;

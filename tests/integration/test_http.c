@@ -731,6 +731,46 @@ static void test_daily_cycles_and_alerts(void **state) {
                      expected[day_number - first_day]);
   }
   json_decref(json);
+  /* The same as CSV (Accept: text/csv): a header line, then one line per
+   * (day, feature) with the same figures. */
+  {
+    const char *csv_headers[] = {"Accept: text/csv", NULL};
+    char *text = NULL;
+    assert_int_equal(th_http_request(run.port, "GET", path, TH_AUTH_DEFAULT,
+                                     NULL, 0, csv_headers, &status, &text),
+                     0);
+    assert_int_equal(status, 200);
+    const char *header = "date,feature,quantity,input_tokens,output_tokens,"
+                         "events,cost_micros\r\n";
+    assert_int_equal(strncmp(text, header, strlen(header)), 0);
+    int64_t csv_total = 0, want_total = 0;
+    size_t lines = 0;
+    for (char *line = strstr(text, "\r\n") + 2; *line;
+         line = strstr(line, "\r\n") + 2) {
+      char date[16], feature[64];
+      long long quantity;
+      assert_int_equal(sscanf(line, "%10[^,],%63[^,],%lld", date, feature,
+                              &quantity),
+                       3);
+      if (strcmp(feature, "api_calls") == 0)
+        csv_total += quantity;
+      lines++;
+    }
+    for (int d = 0; d < 8; d++)
+      want_total += expected[d];
+    assert_int_equal(csv_total, want_total);
+    assert_true(lines >= used_days);
+    free(text);
+    text = NULL;
+    assert_int_equal(th_http_request(run.port, "GET",
+                                     "/v1/subjects/user:hist/cycles",
+                                     TH_AUTH_DEFAULT, NULL, 0, csv_headers,
+                                     &status, &text),
+                     0);
+    assert_int_equal(status, 200);
+    assert_int_equal(strncmp(text, "start_ms,end_ms,final,feature,", 30), 0);
+    free(text);
+  }
   /* A range after the last day has nothing; bad ranges are 400. */
   json = get("/v1/subjects/user:hist/usage/daily?from=2099-01-01&to=2099-01-31",
              &status);

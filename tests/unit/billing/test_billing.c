@@ -824,7 +824,7 @@ static void test_state_encodings(void **ctx) {
   for (size_t cut = 0; cut < len; cut++)
     assert_int_equal(tly_account_decode(bytes, cut, &back), -1);
 
-  tly_billing_row_t row = {1, 2, 3, 4, 5, 6, 0x3}, row_back;
+  tly_billing_row_t row = {1, 2, 3, 4, 5, 6, 0x3, 0}, row_back;
   unsigned char row_bytes[TLY_BILLING_ROW_SIZE];
   tly_billing_row_encode(&row, row_bytes);
   assert_int_equal(tly_billing_row_decode(row_bytes, sizeof(row_bytes), &row_back), 0);
@@ -867,10 +867,11 @@ static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
   account.cycle = (tly_cycle_t){FEB1, FEB1 + 28 * DAY, 50, 5};
   account.history_count = 1;
   account.history[0] = (tly_cycle_t){JAN1, FEB1, 40, 4};
-  tly_subject_row_t current = {FEB1, "api_calls", {10, 0, 0, 3, 30, 0, 1}};
-  tly_subject_row_t tokens = {FEB1, "ai_tokens", {0, 7, 9, 2, 20, 12345, 0}};
-  tly_subject_row_t kept = {JAN1, "api_calls", {4, 0, 0, 4, 40, 0, 0}};
-  tly_subject_row_t gone = {JAN1 - 31 * DAY, "api_calls", {1, 0, 0, 1, 1, 0, 0}};
+  tly_subject_row_t current = {FEB1, "api_calls", {10, 0, 0, 3, 30, 0, 1, 0}};
+  tly_subject_row_t tokens = {FEB1, "ai_tokens", {0, 7, 9, 2, 20, 12345, 0, 0}};
+  tly_subject_row_t kept = {JAN1, "api_calls", {4, 0, 0, 4, 40, 0, 0, 0}};
+  tly_subject_row_t gone = {
+      JAN1 - 31 * DAY, "api_calls", {1, 0, 0, 1, 1, 0, 0, 0}};
   tly_subject_row_t unused = {FEB1, "storage_bytes", {0}};
   const tly_subject_row_t *rows[] = {&current, &gone, &tokens, &unused, &kept};
   tly_subject_bucket_t today = {20000, "api_calls", {6, 0, 0, 2, 18}};
@@ -965,7 +966,8 @@ static void test_subject_record_rejects_garbage(void **ctx) {
   full.cycle = (tly_cycle_t){JAN1, FEB1, 1234567, 89};
   full.history_count = 1;
   full.history[0] = (tly_cycle_t){JAN1 - 31 * DAY, JAN1, 5, 6};
-  tly_subject_row_t row = {JAN1, "ai_tokens", {-7, 300, 400, 2, 99, 12345, 3}};
+  tly_subject_row_t row = {
+      JAN1, "ai_tokens", {-7, 300, 400, 2, 99, 12345, 3, 0}};
   tly_subject_bucket_t bucket = {20000, "ai_tokens", {-7, 300, 400, 2, 99}};
   const tly_subject_row_t *rows[] = {&row};
   const tly_subject_bucket_t *buckets[] = {&bucket};
@@ -1022,8 +1024,8 @@ static void test_bucket_and_archive_encodings(void **ctx) {
   }
 
   tly_cycle_t cycle = {JAN1, FEB1, 123, 4}, cycle_back;
-  tly_subject_row_t r1 = {JAN1, "api_calls", {10, 0, 0, 3, 30, 0, 1}};
-  tly_subject_row_t r2 = {JAN1, "ai_tokens", {0, 7, 9, 1, 93, 5, 0}};
+  tly_subject_row_t r1 = {JAN1, "api_calls", {10, 0, 0, 3, 30, 0, 1, 0}};
+  tly_subject_row_t r2 = {JAN1, "ai_tokens", {0, 7, 9, 1, 93, 5, 0, 0}};
   const tly_subject_row_t *rows[] = {&r1, &r2};
   len = tly_cycle_archive_encode(&cycle, rows, 2, bytes, sizeof(bytes));
   assert_true(len < sizeof(bytes));

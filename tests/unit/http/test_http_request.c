@@ -424,8 +424,8 @@ static void test_history_answers(void **state) {
   assert_int_equal(tly_req_day_of_hour(-25), -2);
 
   /* Cycles come out newest first, each with only its own rows. */
-  tly_subject_row_t rows[] = {{100, "api_calls", {3, 0, 0, 3, 3000, 0, 0}},
-                              {200, "api_calls", {4, 0, 0, 4, 4000, 0, 0}}};
+  tly_subject_row_t rows[] = {{100, "api_calls", {3, 0, 0, 3, 3000, 0, 0, 0}},
+                              {200, "api_calls", {4, 0, 0, 4, 4000, 0, 0, 0}}};
   tly_req_cycle_t cycles[] = {{{100, 200, 3000, 3}, 1, rows, 2},
                               {{200, 300, 4000, 4}, 0, rows, 2}};
   json = tly_req_cycles_json(config, &subject, cycles, 2);
@@ -470,6 +470,82 @@ static void test_token_cost_carries_the_remainder(void **state) {
 }
 
 /* ---- bodies -------------------------------------------------------------- */
+
+/* /usage names each feature's aggregation (meters.<feature>), and its
+ * quantity is the row's aggregated value. */
+static void test_usage_aggregation(void **ctx) {
+  (void)ctx;
+  const char *text =
+      "{\"meters\": {\"storage\": {\"aggregation\": \"latest\"}}}";
+  char errstr[256];
+  tly_config_t *config =
+      tly_config_load_text(text, strlen(text), errstr, sizeof(errstr));
+  assert_non_null(config);
+  tly_req_subject_t subject;
+  tly_req_error_t err;
+  assert_int_equal(tly_req_parse_subject("user:g", &subject, &err), 0);
+  tly_state_row_t rows[] = {{0, "storage", {7, 0, 0, 3, 0, 0, 0, 5}},
+                            {0, "api_calls", {4, 0, 0, 2, 0, 0, 0, 0}}};
+  tly_subject_state_t subject_state = {0};
+  subject_state.account.exists = 1;
+  snprintf(subject_state.account.plan, sizeof(subject_state.account.plan), "free");
+  subject_state.account.cycle = (tly_cycle_t){0, INT64_MAX, 0, 5};
+  subject_state.rows = rows;
+  subject_state.row_count = 2;
+  json_t *json = tly_req_usage_json(config, &subject, &subject_state, 1000);
+  json_t *features = json_object_get(json, "features");
+  json_t *storage = json_object_get(features, "storage");
+  assert_string_equal(
+      json_string_value(json_object_get(storage, "aggregation")), "latest");
+  assert_int_equal(json_integer_value(json_object_get(storage, "quantity")),
+                   7);
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(features, "api_calls"), "aggregation")),
+                      "sum");
+  json_decref(json);
+  tly_config_free(config);
+}
+
+/* The daily and cycles answers as CSV: the same figures, one line per
+ * (day or cycle, feature); fields quoted when they hold , " CR LF or
+ * start like a formula. */
+static void test_csv(void **ctx) {
+  (void)ctx;
+  json_t *daily = json_loads(
+      "{\"days\": [{\"date\": \"2026-01-02\", \"features\": {"
+      "\"api_calls\": {\"quantity\": 3, \"input_tokens\": 0, "
+      "\"output_tokens\": 0, \"events\": 2, \"cost_micros\": 30},"
+      "\"a,\\\"b\": {\"quantity\": 1, \"input_tokens\": 2, "
+      "\"output_tokens\": 3, \"events\": 4, \"cost_micros\": 5},"
+      "\"=cmd\": {\"quantity\": -1, \"input_tokens\": 0, "
+      "\"output_tokens\": 0, \"events\": 1, \"cost_micros\": 0}}}]}",
+      0, NULL);
+  assert_non_null(daily);
+  char *csv = tly_req_daily_csv(daily);
+  assert_string_equal(
+      csv, "date,feature,quantity,input_tokens,output_tokens,events,"
+           "cost_micros\r\n"
+           "2026-01-02,api_calls,3,0,0,2,30\r\n"
+           "2026-01-02,\"a,\"\"b\",1,2,3,4,5\r\n"
+           "2026-01-02,\"=cmd\",-1,0,0,1,0\r\n");
+  free(csv);
+  json_decref(daily);
+  json_t *cycles = json_loads(
+      "{\"cycles\": [{\"start_ms\": 100, \"end_ms\": 200, \"final\": true,"
+      "\"features\": {\"api_calls\": {\"quantity\": 3, \"input_tokens\": 0,"
+      "\"output_tokens\": 0, \"events\": 3, \"cost_micros\": 3000}}}]}",
+      0, NULL);
+  csv = tly_req_cycles_csv(cycles);
+  assert_string_equal(csv, "start_ms,end_ms,final,feature,quantity,"
+                           "input_tokens,output_tokens,events,cost_micros\r\n"
+                           "100,200,true,api_calls,3,0,0,3,3000\r\n");
+  free(csv);
+  json_decref(cycles);
+  assert_true(tly_req_wants_csv("text/csv"));
+  assert_true(tly_req_wants_csv("application/json;q=0.5, Text/CSV"));
+  assert_false(tly_req_wants_csv("application/json"));
+  assert_false(tly_req_wants_csv(NULL));
+}
 
 static void test_event_bodies(void **state) {
   (void)state;
@@ -544,6 +620,8 @@ int main(void) {
       cmocka_unit_test(test_history_answers),
       cmocka_unit_test(test_token_cost_carries_the_remainder),
       cmocka_unit_test(test_event_bodies),
+      cmocka_unit_test(test_usage_aggregation),
+      cmocka_unit_test(test_csv),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

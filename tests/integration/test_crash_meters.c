@@ -1,0 +1,148 @@
+/*
+ * test_crash_meters.c - the crash matrix (test_crash_matrix.c) with meters
+ * (tly_meters.h): besides the reference's API calls and tokens, every
+ * other event is followed by one of a unique_count feature ("seats",
+ * distinct values of property "seat"), a max ("peak") and a latest
+ * ("gauge"). The processor is SIGKILLed at random moments and right after
+ * an outbox ack; afterwards every subject's values equal the reference
+ * computed from the test's own input, to the unit (the distinct values
+ * counted exactly, the maximum, the latest value), the hourly buckets
+ * summed over days equal them too, and every alert is there once.
+ */
+#include "harness.h"
+
+#include "reference.h"
+
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#define PARTITIONS 24
+#define SUBJECTS 400
+#define EVENTS_PER_SECOND 1000
+/* TALLY_CRASH_MATRIX_EVENTS, _SUBJECTS and _KILLS shrink it, as for the
+ * crash matrix. */
+static int setting(const char *name, int fallback) {
+  const char *value = getenv(name);
+  return value && atoi(value) > 0 ? atoi(value) : fallback;
+}
+
+/* Waits until the instance serves every subject's partition (a fresh run
+ * reports its committed offsets before its partitions serve reads). */
+static void wait_served(int port, int subjects) {
+  int64_t deadline = th_now_ms() + 60000;
+  for (int s = 0; s < subjects; s++) {
+    char path[128], *body = NULL;
+    long status = 503;
+    snprintf(path, sizeof(path), "/v1/subjects/user:m%04d/usage", s);
+    while (status == 503 && th_now_ms() < deadline) {
+      assert_int_equal(th_http_get(port, path, &status, &body), 0);
+      free(body);
+      if (status == 503)
+        th_sleep_ms(100);
+    }
+    assert_int_not_equal(status, 503);
+  }
+}
+
+static void test_crash_meters(void **state) {
+  (void)state;
+  th_broker_t broker;
+  th_run_t run;
+  pthread_t producer;
+  char *dir = th_mkdtemp("meters");
+  char state_dir[600], env[64];
+  static th_expected_t expected[SUBJECTS];
+  const int events = setting("TALLY_CRASH_MATRIX_EVENTS", 40000);
+  const int min_kills = setting("TALLY_CRASH_MATRIX_KILLS", 10);
+  int subjects = setting("TALLY_CRASH_MATRIX_SUBJECTS", SUBJECTS);
+  if (subjects > SUBJECTS)
+    subjects = SUBJECTS;
+  th_stream_t stream = {.events = events,
+                        .subjects = subjects,
+                        .events_per_second = EVENTS_PER_SECOND,
+                        .seed = 13,
+                        .meters = 1,
+                        .expected = expected};
+  unsigned seed = (unsigned)th_now_ms();
+  int kills = 0, self_kills = 0;
+
+  printf("# crash meters seed %u\n", seed);
+  snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
+  char *config_path = th_reference_meters_config_file(dir);
+  const char *extra[] = {"--config", config_path, NULL};
+
+  assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
+  stream.bootstrap = broker.bootstrap;
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+  assert_int_equal(pthread_create(&producer, NULL, th_stream_main, &stream), 0);
+
+  while (kills < min_kills || !atomic_load(&stream.done)) {
+    int64_t deadline = th_now_ms() + 60000;
+    int rc = -1;
+    while (rc < 0 &&
+           th_metric_sum(run.port, "tally_events_folded_total") <= 0 &&
+           th_now_ms() < deadline)
+      rc = th_wait_exit(run.pid, 20);
+    /* Every third run dies by its own hand after a few alert acks, between
+     * Kafka's acknowledgement and the outbox delete; the others are killed
+     * from outside at a random moment. */
+    if (rc < 0)
+      rc = th_wait_exit(run.pid,
+                        kills % 3 == 2 ? 4000 : (int)(rand_r(&seed) % 1200));
+    if (rc == 128 + 9) {
+      self_kills++;
+    } else {
+      assert_int_equal(rc, -1); /* still running: it must not exit alone */
+      th_kill9(run.pid);
+    }
+    kills++;
+    if (kills % 3 == 2) {
+      snprintf(env, sizeof(env), "TALLY_FAULT_KILL_AFTER_ACKS=%u",
+               1 + rand_r(&seed) % 5);
+      th_run_env = env;
+    }
+    assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+  }
+  /* The last run must be able to finish: if it was started to die after
+   * an ack, let it (or kill it) and start a clean one. */
+  if (kills % 3 == 2) {
+    if (th_wait_exit(run.pid, 4000) < 0)
+      th_kill9(run.pid);
+    assert_int_equal(th_run_start(&run, stream.bootstrap, state_dir, extra), 0);
+  }
+  pthread_join(producer, NULL);
+  if (stream.error[0])
+    fail_msg("%s", stream.error);
+  printf("# %d kills, %d of them right after an outbox ack\n", kills,
+         self_kills);
+  assert_true(self_kills >= 1);
+
+  assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
+                                     PARTITIONS, 240000),
+                   0);
+  assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
+
+  wait_served(run.port, subjects);
+  th_verify_reference(run.port, broker.bootstrap, &stream);
+
+  assert_int_equal(th_stop(run.pid), 0);
+  th_broker_stop(&broker);
+  th_rmrf(dir);
+  free(config_path);
+  free(dir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_crash_meters),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
