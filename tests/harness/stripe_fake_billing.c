@@ -46,7 +46,9 @@
  *        "metered", "meter_event_name", "currency"}  register a price
  *   POST /_fake/invoices {"subscription", "period_start", "period_end",
  *        "lines": [{"price", "quantity"}], "status"}  the invoice Stripe
- *        would make at a period's end (with the pending items)
+ *        would make at a period's end (with the pending items): metered
+ *        lines over the period (arrears), licensed ones over the next
+ *        (advance)
  *   POST /_fake/search_delay {"seconds": S}
  *   GET  /_fake/events   {"events": [...]}, oldest first
  *   GET  /_fake/billing  {"customers", "subscriptions", "invoices",
@@ -854,12 +856,16 @@ static void control_invoice(sf_server_t *server, json_t *body,
       return;
     }
     json_int_t quantity = integer(given, "quantity");
+    int64_t start = integer(body, "period_start");
+    int64_t end = integer(body, "period_end");
+    /* As Stripe bills: usage in arrears (the invoice's period), the
+     * licensed price in advance (the next period). */
     json_array_append_new(lines,
                           line(server, sub, price, quantity,
                                quantity * integer(price, "unit_amount"), 0,
                                metered(price) ? "Usage" : "Subscription",
-                               integer(body, "period_start"),
-                               integer(body, "period_end")));
+                               metered(price) ? start : end,
+                               metered(price) ? end : end + PERIOD_S));
   }
   const char *status = text(body, "status");
   json_t *invoice = keep_invoice(
