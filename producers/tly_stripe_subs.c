@@ -111,10 +111,14 @@ int tly_stripe_subs_call(const tly_stripe_subs_t *subs, const char *method,
                       : this_wait;
     if (this_wait > TLY_STRIPE_SUBS_WAIT_MAX_MS)
       this_wait = TLY_STRIPE_SUBS_WAIT_MAX_MS;
-    tly_log(TLY_LOG_WARN, "stripe",
-            "%s %s: attempt %d of %d %s%s%ld; retrying in %ld ms", method, path,
-            attempt, attempts, rc ? "had no answer: " : "answered ",
-            rc ? out->error : "", rc ? 0L : out->status, this_wait);
+    if (rc)
+      tly_log(TLY_LOG_WARN, "stripe",
+              "%s %s: attempt %d of %d had no answer (%s); retrying in %ld ms",
+              method, path, attempt, attempts, out->error, this_wait);
+    else
+      tly_log(TLY_LOG_WARN, "stripe",
+              "%s %s: attempt %d of %d answered %ld; retrying in %ld ms",
+              method, path, attempt, attempts, out->status, this_wait);
     tly_stripe_response_clear(out);
     sleep_ms(this_wait);
     wait *= 2;
