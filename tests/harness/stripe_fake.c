@@ -538,12 +538,14 @@ static int authorized(const sf_server_t *server, const char *header,
 }
 
 /* The fault that applies to this request (consumed), or NULL. Under lock. */
-static fault_t *take_fault(sf_server_t *server, const char *path,
-                           const char *customer, fault_t *copy) {
+static fault_t *take_fault(sf_server_t *server, const char *method,
+                           const char *path, const char *customer,
+                           fault_t *copy) {
   for (size_t i = 0; i < server->fault_count; i++) {
     fault_t *fault = &server->faults[i];
     if (fault->remaining <= 0 ||
         (fault->path[0] && strcmp(fault->path, path)) ||
+        (fault->method[0] && strcmp(fault->method, method)) ||
         (fault->customer[0] &&
          (!customer || strcmp(fault->customer, customer))))
       continue;
@@ -656,7 +658,7 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
     sf_answer_error(answer, 404, "invalid_request_error", NULL, NULL, message);
     goto done;
   }
-  fault = take_fault(server, path, customer, &fault_copy);
+  fault = take_fault(server, method, path, customer, &fault_copy);
   if (fault && fault->status && !fault->apply) {
     fault_answer(answer, fault);
     goto done;
@@ -767,6 +769,8 @@ static void control_faults(sf_server_t *server, json_t *body,
       (long)json_integer_value(json_object_get(body, "processing_ms"));
   const char *path = json_string_value(json_object_get(body, "path"));
   snprintf(fault.path, sizeof(fault.path), "%s", path ? path : "");
+  const char *only = json_string_value(json_object_get(body, "method"));
+  snprintf(fault.method, sizeof(fault.method), "%s", only ? only : "");
   const char *customer = json_string_value(json_object_get(body, "customer"));
   snprintf(fault.customer, sizeof(fault.customer), "%s",
            customer ? customer : "");

@@ -65,6 +65,7 @@ typedef struct {
                          status as the key's answer */
   long processing_ms; /* > 0: run, then hold the key in progress */
   char path[128];     /* "" any */
+  char method[8];     /* "" any */
   char customer[128]; /* "" any */
 } fault_t;
 

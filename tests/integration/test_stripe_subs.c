@@ -528,17 +528,22 @@ static void test_retries_create_nothing_twice(void **state) {
   json_decref(json);
   assert_int_equal(fake_count("customers"), customers);
 
-  /* A subscription under a 500, a lost answer and a timeout: one. */
+  /* A subscription under a 503 and a lost answer: three attempts under
+   * one key, one subscription. */
   deliver("customer.created", customer);
   wait_linked("user:lost");
   long long subscriptions = fake_count("subscriptions");
-  assert_int_equal(
-      th_stripe_fake_fault(&fake, "{\"count\": 1, \"status\": 503, \"path\": "
-                                  "\"/v1/subscriptions\"}"),
-      0);
+  json_t *before = requests_to("POST", "/v1/subscriptions");
+  size_t posts_before = json_array_size(before);
+  json_decref(before);
+  assert_int_equal(th_stripe_fake_fault(
+                       &fake, "{\"count\": 1, \"status\": 503, \"path\": "
+                              "\"/v1/subscriptions\", \"method\": \"POST\"}"),
+                   0);
   assert_int_equal(
       th_stripe_fake_fault(&fake, "{\"count\": 1, \"drop_after_apply\": true, "
-                                  "\"path\": \"/v1/subscriptions\"}"),
+                                  "\"path\": \"/v1/subscriptions\", "
+                                  "\"method\": \"POST\"}"),
       0);
   json = call_expect("POST", "/v1/subjects/user:lost/subscription",
                      "{\"plan\": \"starter\"}", 200);
@@ -546,6 +551,13 @@ static void test_retries_create_nothing_twice(void **state) {
   snprintf(sub_id, sizeof(sub_id), "%s", str_at(json, "subscription", "id"));
   json_decref(json);
   assert_int_equal(fake_count("subscriptions"), subscriptions + 1);
+  json_t *creates = requests_to("POST", "/v1/subscriptions");
+  assert_int_equal(json_array_size(creates), posts_before + 3);
+  for (size_t k = posts_before + 1; k < posts_before + 3; k++)
+    assert_string_equal(
+        str_at(json_array_get(creates, k), "idempotency_key", NULL),
+        str_at(json_array_get(creates, posts_before), "idempotency_key", NULL));
+  json_decref(creates);
   /* A plan change whose answer is lost, then a timeout: prorated once. */
   long long pending = fake_count("pending_items");
   snprintf(path, sizeof(path), "/v1/subscriptions/%s", sub_id);
