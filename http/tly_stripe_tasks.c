@@ -66,7 +66,8 @@ int tly_stripe_tasks_start(tly_stripe_tasks_t *tasks, tly_stripe_task_fn run,
   *out = task;
   int rc = -1;
   pthread_mutex_lock(&tasks->lock);
-  if (!tasks->closing && pthread_attr_init(&attr) == 0) {
+  if (!tasks->closing && tasks->in_flight < TLY_STRIPE_TASKS_MAX &&
+      pthread_attr_init(&attr) == 0) {
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     tasks->in_flight++;
     rc = pthread_create(&thread, &attr, task_main, task) == 0 ? 0 : -1;

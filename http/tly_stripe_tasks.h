@@ -16,6 +16,11 @@
 #include <jansson.h>
 #include <stddef.h>
 
+/* Tasks in flight at once, at most: one more is refused (the route
+ * answers 503 stripe_unavailable), so a burst cannot start a thread per
+ * request without bound. */
+#define TLY_STRIPE_TASKS_MAX 64
+
 typedef struct tly_stripe_tasks tly_stripe_tasks_t;
 typedef struct tly_stripe_task tly_stripe_task_t;
 
@@ -28,7 +33,7 @@ tly_stripe_tasks_t *tly_stripe_tasks_new(void); /* NULL on OOM */
  * from that thread. arg is freed with free_arg (may be NULL) when the task
  * is freed. On 0, *task is the caller's (tly_stripe_task_free, once done
  * was called). -1 when closing or out of resources: done is never called
- * and arg is freed. */
+ * and arg is freed (also when TLY_STRIPE_TASKS_MAX are in flight). */
 int tly_stripe_tasks_start(tly_stripe_tasks_t *tasks, tly_stripe_task_fn run,
                            void *arg, void (*free_arg)(void *arg),
                            void (*done)(void *opaque), void *opaque,

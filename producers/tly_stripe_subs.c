@@ -636,6 +636,14 @@ json_t *tly_stripe_subs_change(const tly_stripe_subs_t *subs,
   const char *current = subscription_plan(config, sub);
   const tly_stripe_plan_prices_t *from =
       tly_config_stripe_plan_prices(config, current);
+  if (sub_id && !from) {
+    json_decref(sub);
+    return answer_error(status, 409, "unknown_subscription_plan",
+                        "the subject's live subscription has no base price of "
+                        "stripe.plans: tally cannot tell which items to "
+                        "change",
+                        NULL);
+  }
   if (!sub_id || (current && strcmp(current, plan) == 0)) {
     *status = 200;
     answer = json_pack("{s:s,s:s,s:b,s:b,s:o}", "subject", subject, "plan",
