@@ -157,8 +157,10 @@ static int compare_params(const void *a, const void *b) {
 static char *fingerprint(const char *method, const char *path,
                          const params_t *params) {
   param_t *sorted = malloc((params->count + 1) * sizeof(*sorted));
-  memcpy(sorted, params->items, params->count * sizeof(*sorted));
-  qsort(sorted, params->count, sizeof(*sorted), compare_params);
+  if (params->count) { /* a DELETE may have none: items is NULL then */
+    memcpy(sorted, params->items, params->count * sizeof(*sorted));
+    qsort(sorted, params->count, sizeof(*sorted), compare_params);
+  }
   json_t *json = json_pack("[s,s]", method, path);
   for (size_t i = 0; i < params->count; i++)
     json_array_append_new(json,

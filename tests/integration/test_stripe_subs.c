@@ -125,6 +125,15 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
+  const char *keep = getenv("TALLY_TEST_KEEP_FAKE_LOG"); /* debugging */
+  if (keep) {
+    char from[600];
+    snprintf(from, sizeof(from), "%s/fake.log", fake.dir);
+    char *text = th_read_file(from);
+    if (text)
+      write_file(keep, text);
+    free(text);
+  }
   return th_stripe_teardown(run.pid, &broker, &fake, dir);
 }
 
