@@ -174,7 +174,13 @@ rd_kafka_t *tly_proc_group_consumer_new(
       /* Prefetch deep enough that the fetcher never pauses while a batch
        * commits: at the default, the fold waited on fetches for a third
        * of its time. */
-      "queued.min.messages=1000000", "statistics.interval.ms=0", NULL};
+      "queued.min.messages=1000000", "statistics.interval.ms=0",
+      /* KIP-429: a rebalance revokes only the partitions that move; the
+       * others keep folding and answering (tly_processor.c, rebalance).
+       * -X partition.assignment.strategy=range,roundrobin brings back the
+       * eager protocol. The embedded broker supports it: the assignor
+       * runs in the group leader's client (probed on librdkafka 2.0.2). */
+      "partition.assignment.strategy=cooperative-sticky", NULL};
   rd_kafka_conf_t *kconf =
       tly_proc_kafka_conf(conf, consumer_defaults, errstr, errstr_size);
   if (!kconf)

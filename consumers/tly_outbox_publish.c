@@ -433,33 +433,74 @@ static int drop_pending(tly_processor_t *p, int inherited_only,
   return 0;
 }
 
+/* Partitions not assigned here, for tly_proc_resolve_inherited's filter:
+ * those it dropped something of are marked. */
+typedef struct {
+  tly_processor_t *p;
+  unsigned char *dropped;
+  int32_t cap;
+} unassigned_t;
+
+static int keep_assigned(void *opaque, int32_t partition) {
+  unassigned_t *filter = opaque;
+  if (partition_assigned_here(filter->p, partition))
+    return 1;
+  if (partition >= 0 && partition < filter->cap)
+    filter->dropped[partition] = 1;
+  return 0;
+}
+
 /*
- * The outbox a previous run left, at the first assignment. Outputs Kafka
- * already holds are dropped (the recovery reconciliation of DESIGN.md). Of
- * the others, those of partitions now assigned elsewhere are dropped too,
- * with their changelog records: that run's changelog bundles were held
- * behind its unacknowledged outputs, so the new owner restores from before
- * those records and replays them, sending each output that is missing;
- * sending it from here as well could duplicate it. 0, or -1 after setting
- * the fatal reason.
+ * The outbox a previous run left, at the first assignment that names
+ * partitions. Outputs Kafka already holds are dropped (the recovery
+ * reconciliation of DESIGN.md). Of the others, those of partitions not
+ * assigned here are dropped too, with their changelog records: that run's
+ * changelog bundles were held behind its unacknowledged outputs, so the
+ * owner restores from before those records and replays them, sending each
+ * output that is missing; sending it from here as well could duplicate it.
+ * The stored offset of every partition that lost something is deleted in
+ * the same commit: should it be assigned here later (the cooperative
+ * protocol hands partitions back over several rounds), it is rebuilt
+ * (restored and replayed, with the replay rule) rather than resumed past
+ * outputs nobody sent. 0, or -1 after setting the fatal reason.
  */
 int tly_proc_resolve_inherited(tly_processor_t *p) {
   char errstr[1024];
-  size_t dropped = 0, bundles = 0;
+  size_t dropped = 0, bundles = 0, rebuilt = 0;
   if (reconcile_outbox(p, errstr, sizeof(errstr))) {
     tly_proc_set_fatal(p, "recovery: %s", errstr);
     return -1;
   }
-  if (drop_pending(p, 1, partition_assigned_here, p, &dropped, &bundles))
+  unassigned_t filter = {p, calloc((size_t)p->partition_cap + 1, 1),
+                         p->partition_cap};
+  if (!filter.dropped) {
+    tly_proc_set_fatal(p, "out of memory resolving the outbox");
     return -1;
+  }
+  if (drop_pending(p, 1, keep_assigned, &filter, &dropped, &bundles)) {
+    free(filter.dropped);
+    return -1;
+  }
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    unsigned char key[4];
+    if (!filter.dropped[i])
+      continue;
+    tly_put_be32(key, (uint32_t)i);
+    tly_store_batch_delete(p->batch, TLY_CF_OFFSETS, key, sizeof(key));
+    rebuilt++;
+  }
+  free(filter.dropped);
   for (size_t i = 0; i < p->outbox_count; i++)
     p->outbox[i].inherited = 0;
   p->inherited_held = 0;
   tly_log(TLY_LOG_INFO, "processor",
-          "recovery: %zu outputs left by the previous run belong to "
-          "partitions now assigned elsewhere: dropped (their owner replays "
-          "them)",
-          dropped);
+          "recovery: %zu outputs and %zu changelog bundles left by the "
+          "previous run belong to partitions not assigned here: dropped "
+          "(their owner replays them); %zu partitions will be rebuilt if "
+          "they come here",
+          dropped, bundles, rebuilt);
+  if (rebuilt && tly_proc_batch_commit(p))
+    return -1;
   return 0;
 }
 

@@ -127,7 +127,15 @@ typedef struct {
   uint64_t dead_letters;
   uint64_t batches_committed;
   uint64_t outbox_pending;
-  uint64_t rebalances;     /* assignments and revocations handled */
+  uint64_t rebalances; /* assignments and revocations handled */
+  /* Rebalance callbacks (an assignment or a revocation each; under the
+   * cooperative protocol only the partitions that move), the time spent
+   * in them, and the partitions they assigned and revoked. */
+  uint64_t rebalance_callbacks, rebalance_ms;
+  uint64_t partitions_assigned, partitions_revoked;
+  /* Records the consumer skipped past (librdkafka 2.0.2 under the
+   * cooperative protocol), fetched again by seeking back. */
+  uint64_t fetch_gaps;
   uint64_t replay_skipped; /* replayed outputs found in Kafka, not re-sent */
   uint64_t stalls;    /* fences: the loop was away past the session timeout */
   uint64_t abandoned; /* unsent outputs of revoked partitions, left to the
@@ -202,8 +210,10 @@ const char *tly_processor_changelog_writer(tly_processor_t *processor);
 typedef enum {
   TLY_PARTITION_NOT_OWNED = 0, /* assigned to another instance (or none) */
   TLY_PARTITION_REPLAYING,     /* assigned here, but still rebuilding its
-                                  state (or a rebalance is under way): the
-                                  local state may be stale */
+                                  state (or a rebalance is under way: any
+                                  partition under the eager protocol, the
+                                  moving ones under the cooperative one):
+                                  the local state may be stale */
   TLY_PARTITION_SERVING        /* assigned here and caught up with the log
                                   end seen at assignment */
 } tly_partition_role_t;
@@ -213,6 +223,27 @@ typedef enum {
  * (the HTTP port answers 503, or forwards to the owner, otherwise). */
 tly_partition_role_t tly_processor_partition_role(tly_processor_t *processor,
                                                   int32_t partition);
+
+/*
+ * How stale a copy of partition's state is that holds every record below
+ * offset (a copy in this instance's store: what a subject read may be
+ * answered from while the partition moves or replays): *lag_records, the
+ * records of the log from offset to its end now, and *age_ms, how long ago
+ * the first of them (the one at offset) was produced, by its Kafka
+ * timestamp: the copy was exact until then (0 and 0 when the copy is at
+ * the log end). Asks the broker for the log end (and, once per partition
+ * and offset, reads that record): call it off the processor's thread. 0,
+ * or -1 when the broker did not answer within about 3 s. Thread-safe.
+ */
+int tly_processor_copy_staleness(tly_processor_t *processor, int32_t partition,
+                                 int64_t offset, int64_t *lag_records,
+                                 int64_t *age_ms);
+
+/* Moves by one when a restore from the changelog starts rewriting a
+ * partition's state and again when it has stored the offset: odd while
+ * one runs. A read of a copy that saw it odd, or moved, cannot trust what
+ * it read (a restore is not one atomic write). Thread-safe. */
+uint64_t tly_processor_restore_epoch(tly_processor_t *processor);
 
 /* The partition being restored from the changelog (during a rebalance),
  * or -1; thread-safe. */

@@ -16,6 +16,9 @@
  *                         cycles
  *   tly_group.c           the consumer's group membership: static or
  *                         dynamic, timeouts, when it joins
+ *   tly_rebalance.c       the rebalance callback: eager or cooperative
+ *                         (only the partitions that move)
+ *   tly_copy.c            how stale a copy of a partition's state is
  *
  * Owns the tly_processor_t definition, the per-partition and outbox state
  * and the prototypes by which those files call each other. Private to
@@ -167,6 +170,13 @@ typedef struct {
   int schema_waiting, schema_resuming, schema_attempts;
   int32_t schema_wait_id;
   int64_t schema_wait_offset, schema_retry_ms;
+  /* In the rebalance callback's list now (assigned or revoked): not
+   * served until the callback returns. */
+  int moving;
+  /* Sought back to position after a fetch gap (fetch_gap in
+   * tly_processor.c) in read round seek_round. */
+  int seeking, seek_failures;
+  uint64_t seek_round;
 } partition_state_t;
 
 /* The batch being written: what its commit releases. */
@@ -191,6 +201,10 @@ typedef struct {
 } ack_mark_t;
 
 #define TICK_OPAQUE ((void *)UINTPTR_MAX)
+
+/* Partitions whose copy timestamps are kept (tly_copy.c); above it each
+ * call reads the record again. */
+#define TLY_COPY_CACHE 1024
 
 struct tly_processor {
   tly_processor_conf_t conf;
@@ -261,8 +275,16 @@ struct tly_processor {
   partition_state_t *partitions;
   int32_t partition_cap;
   _Atomic int32_t partition_count;
-  _Atomic int rebalancing; /* inside the rebalance callback: partitions are
-                             being resumed one by one, so not ready */
+  _Atomic int rebalancing;     /* inside the rebalance callback: partitions are
+                                 being resumed one by one, so not ready */
+  _Atomic int rebalance_eager; /* that callback is the eager protocol's:
+                                  no partition is served meanwhile */
+  /* Rebalance callbacks handled and the time spent in them; partitions
+   * they assigned and revoked. */
+  atomic_uint_least64_t rebalance_callbacks, rebalance_ms;
+  atomic_uint_least64_t partitions_assigned, partitions_revoked;
+  atomic_uint_least64_t fetch_gaps; /* seeks back after a fetch gap */
+  uint64_t read_round;              /* read_records calls so far */
   /* Zombie fencing (stall_check): a thread stalled past the group session
    * (SIGSTOP, a frozen VM) may have lost its partitions to another
    * instance without knowing yet. Outputs are then held, and nothing is
@@ -304,16 +326,25 @@ struct tly_processor {
    * the open batch's records; scratch for expanding bundles. */
   char *changelog_topic;
   char writer_id[TLY_CHANGELOG_WRITER_SIZE]; /* names our records */
-  pthread_cond_t hold_released; /* with lock: a hold ended */
+  pthread_cond_t hold_released;              /* with lock: a hold ended */
   tly_changelog_bundle_t bundle;
   unsigned char *changelog_scratch;
   size_t changelog_scratch_cap;
   atomic_uint_least64_t restores, restored_records, restore_ms;
-  _Atomic int32_t restoring; /* the partition being restored, or -1 */
+  atomic_uint_least64_t restore_epoch; /* odd while a restore writes */
+  _Atomic int32_t restoring;           /* the partition being restored, or -1 */
   /* Schema registry lookups (tly_schema_gate.c): answered (found or not),
    * failed (to retry), partitions waiting on one now. */
   atomic_uint_least64_t schema_lookups, schema_lookup_failures;
   _Atomic int32_t schema_waiting;
+
+  /* Copy staleness (tly_copy.c): a reader of record timestamps and, per
+   * partition, the timestamp of the record a copy stops at. */
+  pthread_mutex_t copy_lock;
+  rd_kafka_t *copy_reader;
+  struct {
+    int64_t offset, timestamp_ms;
+  } copy_cache[TLY_COPY_CACHE];
 
   int fatal;
   char fatal_reason[1024];
@@ -338,6 +369,11 @@ rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
 rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
                                 const char *const *defaults, char *errstr,
                                 size_t errstr_size);
+
+/* tly_rebalance.c: the rebalance callback (eager or cooperative). */
+void tly_proc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                           rd_kafka_topic_partition_list_t *parts,
+                           void *opaque);
 
 /* tly_group.c: the consumer and its group membership (tly_group.h). */
 rd_kafka_t *tly_proc_group_consumer_new(
@@ -427,7 +463,11 @@ void tly_proc_end_replay(tly_processor_t *p);
 int tly_proc_schema_gate(tly_processor_t *p, const rd_kafka_message_t *msg);
 void tly_proc_schema_retry(tly_processor_t *p);
 void tly_proc_schema_reset(tly_processor_t *p, rd_kafka_t *rk,
-                           const rd_kafka_topic_partition_list_t *parts);
+                           const rd_kafka_topic_partition_list_t *parts,
+                           int incremental);
+
+/* tly_copy.c: copy staleness; its reader goes with the processor. */
+void tly_proc_copy_destroy(tly_processor_t *p);
 
 /* tly_ticks.c: time-driven work. */
 void tly_proc_fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms);

@@ -314,6 +314,9 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
   if (!reader)
     return -1;
   atomic_store(&p->restoring, partition);
+  /* Odd while the partition's state is rewritten (not in one atomic
+   * write): a read from a copy (tly_processor_restore_epoch) retries. */
+  atomic_fetch_add(&p->restore_epoch, 1);
   int rc =
       tly_changelog_restore(p->store, reader, p->changelog_topic, partition, 0,
                             end, &result, errstr, sizeof(errstr));
@@ -340,6 +343,7 @@ static int restore_partition(tly_processor_t *p, int32_t partition, int64_t end,
   }
   int failed = tly_store_commit(p->store, batch, 1, errstr, sizeof(errstr));
   tly_store_batch_destroy(batch);
+  atomic_fetch_add(&p->restore_epoch, 1);
   if (failed) {
     tly_proc_set_fatal(p, "storing restored partition %d: %s", (int)partition,
                        errstr);
@@ -485,6 +489,7 @@ static int resume_partitions(tly_processor_t *p,
       p->partitions[part->partition].watermark = watermark;
       p->partitions[part->partition].watermark_dirty = 0;
       p->partitions[part->partition].replay_target = high;
+      p->partitions[part->partition].seeking = 0;
     }
     pthread_mutex_unlock(&p->lock);
     tly_dedupe_free(dedupe);

@@ -169,14 +169,25 @@ void tly_proc_schema_retry(tly_processor_t *p) {
  * waits are over; partitions paused for one are resumed (a pause would
  * otherwise outlive the assignment). */
 void tly_proc_schema_reset(tly_processor_t *p, rd_kafka_t *rk,
-                           const rd_kafka_topic_partition_list_t *parts) {
+                           const rd_kafka_topic_partition_list_t *parts,
+                           int incremental) {
   int any = 0;
   for (int32_t i = 0; i < p->partition_cap; i++) {
+    int listed = 0;
+    for (int j = 0; parts && j < parts->cnt && !listed; j++)
+      listed = parts->elems[j].partition == i;
+    /* Under the cooperative protocol a partition that stays keeps waiting
+     * (it stays paused). */
+    if (incremental && !listed)
+      continue;
     any |= p->partitions[i].schema_waiting;
+    if (p->partitions[i].schema_waiting)
+      atomic_fetch_sub(&p->schema_waiting, 1);
     p->partitions[i].schema_waiting = 0;
     p->partitions[i].schema_resuming = 0;
   }
-  atomic_store(&p->schema_waiting, 0);
+  if (!incremental)
+    atomic_store(&p->schema_waiting, 0);
   if (any && parts && parts->cnt)
     rd_kafka_resume_partitions(rk, (rd_kafka_topic_partition_list_t *)parts);
 }

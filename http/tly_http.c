@@ -132,6 +132,7 @@ void tly_http_respond_moving(response_t *out, int32_t partition,
   }
   tly_http_respond_json(out, 503, body);
   out->retry_after_s = 1;
+  out->moving = 1;
 }
 
 /* ---- routing --------------------------------------------------------- */
@@ -368,9 +369,15 @@ static int forward_to(tly_http_t *http, request_t *req,
 /* The owner's answer, relayed: its status, content type and body, or 503
  * when it could not be reached (it may have just died or lost the
  * partition: the caller retries). */
-static void forward_answer(tly_http_t *http, request_t *req, response_t *out) {
+static void forward_answer(tly_http_t *http, request_t *req,
+                           struct MHD_Connection *connection, response_t *out) {
   tly_forward_result_t result;
   tly_forward_result(req->forward, &result);
+  /* The owner gone (killed, or it just lost the partition) or moving: a
+   * copy here may answer within the caller's bound. */
+  if ((result.status < 100 || result.status > 599 || result.status == 503) &&
+      tly_http_try_stale(http, req, connection, out))
+    return;
   /* The client was authenticated here: a 401 of the owner is about the
    * forwarding credential (another secret, a restarted owner), never the
    * client's key, so the client retries as for an unreachable owner. */
@@ -404,6 +411,10 @@ static void forward_answer(tly_http_t *http, request_t *req, response_t *out) {
   req->served_by = req->owner;
   if (result.status == 503)
     out->retry_after_s = 1;
+  /* The owner answered from a copy (tly_http_stale.c): its body says so,
+   * and so does the header here. */
+  if (result.status == 200 && out->body && strstr(out->body, "\"as_of\":{"))
+    out->stale = 1;
 }
 
 /* For a route that reads the subject's state: 1 when this instance serves
@@ -431,6 +442,21 @@ static int route_to_owner(tly_http_t *http, request_t *req,
     tly_members_owner(members, req->partition, &owner);
   const char *self = members ? tly_members_advertise(members) : "";
   int forwarded = req->forwarded;
+  int can_forward = tly_members_secret(members) && !forwarded &&
+                    owner.http[0] && strcmp(owner.http, self) != 0;
+  /* The owner serves it: the fresh answer is there. */
+  if (owner.state == TLY_OWNER_SERVING && can_forward) {
+    forward_to(http, req, connection, owner.http, owner.instance, out);
+    return 0;
+  }
+  /* Nobody serves it now: a copy here, within the caller's bound. */
+  if (tly_http_try_stale(http, req, connection, out))
+    return 0;
+  /* The new owner replays: its copy may be fresher than this one. */
+  if (owner.state == TLY_OWNER_REPLAYING && can_forward) {
+    forward_to(http, req, connection, owner.http, owner.instance, out);
+    return 0;
+  }
   if (!tly_members_secret(members) && req->partition >= 0) {
     tly_http_respond_moving(
         out, req->partition, NULL,
@@ -446,13 +472,11 @@ static int route_to_owner(tly_http_t *http, request_t *req,
           out, req->partition, NULL,
           "this instance announced the partition but does not "
           "serve it now");
-    else if (forwarded)
+    else
       tly_http_respond_moving(
           out, req->partition, owner.http,
           "a forwarded request reached an instance that does not "
           "serve the subject's partition");
-    else
-      forward_to(http, req, connection, owner.http, owner.instance, out);
     break;
   case TLY_OWNER_REPLAYING:
     tly_http_respond_moving(
@@ -650,6 +674,12 @@ static tly_mhd_result queue_answer(tly_http_t *http, request_t *req,
   MHD_add_response_header(response, "Content-Type", out->content_type);
   if (req && req->served_by && *req->served_by)
     MHD_add_response_header(response, TLY_SERVED_BY_HEADER, req->served_by);
+  if (out->stale)
+    MHD_add_response_header(response, "X-Tally-Stale", "1");
+  if (out->moving && req && req->route >= 0 &&
+      tly_http_route_table[req->route].owner_only &&
+      !strcmp(tly_http_route_table[req->route].method, "GET"))
+    atomic_fetch_add(&http->moving_reads_refused, 1);
   if (out->retry_after_s > 0) {
     char seconds[16];
     snprintf(seconds, sizeof(seconds), "%d", out->retry_after_s);
@@ -709,7 +739,7 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
       return MHD_YES;
     }
     if (req->forward) {
-      forward_answer(http, req, &out);
+      forward_answer(http, req, connection, &out);
       tly_forward_call_free(req->forward);
       req->forward = NULL;
       break;

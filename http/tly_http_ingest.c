@@ -440,7 +440,7 @@ void tly_http_handle_billing_portal(tly_http_t *http, request_t *req,
     tly_http_respond_req_error(out, &err);
     return;
   }
-  int found = tly_http_find_subject(http, &subject, &state, out);
+  int found = tly_http_find_subject(http, req, &subject, &state, out);
   if (found == 0 || (found > 0 && !state.account.stripe_customer_id[0])) {
     char message[TLY_REQ_SUBJECT_MAX + 64];
     snprintf(message, sizeof(message),

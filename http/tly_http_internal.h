@@ -94,6 +94,9 @@ struct tly_http {
   atomic_uint_least64_t forwards_relayed, forwards_failed, forwards_refused;
   /* Forwarded requests refused here (401): bad or missing credential. */
   atomic_uint_least64_t forwards_rejected;
+  /* Per-subject reads of partitions not served here: answered from a
+   * copy (stale), or 503 partition_moving (refused). */
+  atomic_uint_least64_t moving_reads_stale, moving_reads_refused;
   pthread_t poller;
   int poller_started;
   atomic_int stopping;
@@ -117,7 +120,22 @@ struct response {
   const char *content_type;
   int suspended;     /* the handler suspended the connection: no answer yet */
   int retry_after_s; /* >0: a Retry-After header */
+  int stale;         /* answered from a copy: X-Tally-Stale: 1 */
+  int moving;        /* a 503 partition_moving */
 };
+
+/* Reads during a move (tly_http_stale.c): the staleness bound's default
+ * for /quota, /usage, /usage/daily and /alerts (/cycles: 0), and its
+ * largest value (1 hour). */
+#define TLY_STALE_DEFAULT_MS 5000
+#define TLY_STALE_MAX_MS 3600000
+
+/* The copy a read is being answered from. */
+typedef struct {
+  int active;
+  int32_t partition;
+  int64_t offset, lag_records, age_ms;
+} tly_http_stale_t;
 
 typedef struct ingest ingest_t;
 
@@ -154,6 +172,8 @@ struct request {
   /* Marked as forwarded by another instance (an owner-only route): its
    * credential, not a bearer token, is checked, once the body is in. */
   int forwarded;
+  /* Being answered from a copy (tly_http_stale.c). */
+  tly_http_stale_t stale;
 };
 
 /* ---- tly_http.c: the route table, answers ---------------------------- */
@@ -178,9 +198,26 @@ void tly_http_respond_moving(response_t *out, int32_t partition,
 route_handler_fn tly_http_handle_usage, tly_http_handle_quota,
     tly_http_handle_daily, tly_http_handle_cycles, tly_http_handle_alerts,
     tly_http_handle_plans, tly_http_handle_estimate, tly_http_handle_prorate;
-/* The subject's committed state, from a partition served here. */
-int tly_http_find_subject(tly_http_t *http, const tly_req_subject_t *subject,
+/* The subject's committed state, from a partition served here (or from
+ * the copy req->stale names). */
+int tly_http_find_subject(tly_http_t *http, const request_t *req,
+                          const tly_req_subject_t *subject,
                           tly_subject_state_t *state, response_t *out);
+
+/* ---- tly_http_stale.c: reads during a move --------------------------- */
+
+/* The route's default staleness bound (ms). */
+int64_t tly_http_stale_default_ms(route_handler_t handler);
+/* ?max_staleness_ms (NULL: absent) or the route's default into *bound_ms;
+ * 0, or -1 with the 400 in err. */
+int tly_http_stale_bound(route_handler_t handler, const char *text,
+                         int64_t *bound_ms, tly_req_error_t *err);
+/* A read of req->partition, which this instance does not serve: 1 when
+ * out holds the answer from this store's copy (within the bound; or a 400
+ * for a bad bound), 0 when there is none to give (the caller answers
+ * 503). */
+int tly_http_try_stale(tly_http_t *http, request_t *req,
+                       struct MHD_Connection *connection, response_t *out);
 
 /* ---- tly_http_ingest.c: Kafka, the Stripe webhook and portal --------- */
 

@@ -369,6 +369,34 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               "tally_outbox_entries %llu\n",
               (unsigned long long)stats.outbox_pending);
   text_append(&text,
+              "# HELP tally_rebalances_total Rebalance callbacks handled (an "
+              "assignment or a revocation each; under the cooperative "
+              "protocol only the partitions that move).\n"
+              "# TYPE tally_rebalances_total counter\n"
+              "tally_rebalances_total %llu\n"
+              "# HELP tally_rebalance_seconds_total Time spent in those "
+              "callbacks (commit, outbox drain, restore).\n"
+              "# TYPE tally_rebalance_seconds_total counter\n"
+              "tally_rebalance_seconds_total %.3f\n"
+              "# HELP tally_partitions_assigned_total Partitions assigned "
+              "to this instance by rebalances.\n"
+              "# TYPE tally_partitions_assigned_total counter\n"
+              "tally_partitions_assigned_total %llu\n"
+              "# HELP tally_partitions_revoked_total Partitions revoked "
+              "from this instance by rebalances.\n"
+              "# TYPE tally_partitions_revoked_total counter\n"
+              "tally_partitions_revoked_total %llu\n"
+              "# HELP tally_fetch_gaps_total Times records were skipped "
+              "by the consumer's fetch (librdkafka 2.0.2 after an "
+              "incremental rebalance) and fetched again by seeking back.\n"
+              "# TYPE tally_fetch_gaps_total counter\n"
+              "tally_fetch_gaps_total %llu\n",
+              (unsigned long long)stats.rebalance_callbacks,
+              (double)stats.rebalance_ms / 1e3,
+              (unsigned long long)stats.partitions_assigned,
+              (unsigned long long)stats.partitions_revoked,
+              (unsigned long long)stats.fetch_gaps);
+  text_append(&text,
               "# HELP tally_replay_outputs_skipped_total Outputs of replayed "
               "records found in the output topics by id and not sent "
               "again.\n# TYPE tally_replay_outputs_skipped_total counter\n"

@@ -49,12 +49,27 @@ static int partition_served(void *processor, int32_t partition) {
  * partitions this instance serves only. 1, 0, or -1 when out holds the
  * answer: 500, or 503 when the subject's partition is not served here (any
  * more: a rebalance started since the request was routed). */
-int tly_http_find_subject(tly_http_t *http, const tly_req_subject_t *subject,
+/* The copy's partition only (a stale read). */
+static int stale_partition(void *opaque, int32_t partition) {
+  return partition == ((const tly_http_stale_t *)opaque)->partition;
+}
+
+int tly_http_find_subject(tly_http_t *http, const request_t *req,
+                          const tly_req_subject_t *subject,
                           tly_subject_state_t *state, response_t *out) {
   char errstr[512];
   int32_t partition_count = tly_processor_partition_count(http->conf.processor);
   int32_t home =
       tly_state_home_partition(partition_count, subject->kind, subject->id);
+  if (req->stale.active && req->stale.partition == home) {
+    /* Around the cache: it holds served partitions' state only. */
+    int found = tly_state_find_subject(
+        http->conf.store, partition_count, stale_partition, (void *)&req->stale,
+        subject->kind, subject->id, state, errstr, sizeof(errstr));
+    if (found < 0)
+      tly_http_respond_error(out, 500, "store_error", errstr);
+    return found;
+  }
   if (!partition_served(http->conf.processor, home)) {
     memset(state, 0, sizeof(*state));
     tly_http_respond_moving(
@@ -87,7 +102,7 @@ void tly_http_handle_usage(tly_http_t *http, request_t *req,
     tly_http_respond_req_error(out, &err);
     return;
   }
-  int found = tly_http_find_subject(http, &subject, &state, out);
+  int found = tly_http_find_subject(http, req, &subject, &state, out);
   if (found == 0) {
     char message[TLY_REQ_SUBJECT_MAX + 64];
     snprintf(message, sizeof(message), "no usage recorded for subject %s",
@@ -122,7 +137,7 @@ void tly_http_handle_quota(tly_http_t *http, request_t *req,
     tly_http_respond_req_error(out, &err);
     return;
   }
-  int found = tly_http_find_subject(http, &subject, &state, out);
+  int found = tly_http_find_subject(http, req, &subject, &state, out);
   tly_req_quota_answer_t answer;
   if (found >= 0 &&
       tly_req_quota_answer(http->conf.config, &subject, found ? &state : NULL,
@@ -194,7 +209,7 @@ static int history_subject(tly_http_t *http, request_t *req,
     tly_http_respond_req_error(out, &err);
     return 0;
   }
-  int found = tly_http_find_subject(http, subject, state, out);
+  int found = tly_http_find_subject(http, req, subject, state, out);
   if (found == 0) {
     char message[TLY_REQ_SUBJECT_MAX + 64];
     snprintf(message, sizeof(message), "no usage recorded for subject %s",

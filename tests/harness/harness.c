@@ -11,6 +11,7 @@
 #include <librdkafka/rdkafka_mock.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -316,16 +317,30 @@ static size_t collect(char *ptr, size_t size, size_t nmemb, void *userdata) {
   return n;
 }
 
+static pthread_key_t curl_key;
+static pthread_once_t curl_key_once = PTHREAD_ONCE_INIT;
+
+static void curl_key_free(void *curl) { curl_easy_cleanup(curl); }
+
+static void curl_key_create(void) {
+  pthread_key_create(&curl_key, curl_key_free);
+}
+
 int th_http_request(int port, const char *method, const char *path,
                     const char *authorization, const char *body,
                     size_t body_len, const char *const *headers, long *status,
                     char **response) {
-  static __thread CURL *curl; /* kept alive: reuses the connection */
+  /* One handle per thread, kept alive so it reuses its connection, and
+   * cleaned up when the thread exits (a reader thread of a test). */
+  static __thread CURL *curl;
   char url[8192], auth[256];
   struct curl_slist *list = NULL;
   buffer_t buffer = {calloc(1, 1), 0};
-  if (!curl)
+  if (!curl) {
     curl = curl_easy_init();
+    pthread_once(&curl_key_once, curl_key_create);
+    pthread_setspecific(curl_key, curl);
+  }
   curl_easy_reset(curl);
   snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
   curl_easy_setopt(curl, CURLOPT_URL, url);

@@ -204,8 +204,9 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     long status;
     const th_expected_t *e = &stream->expected[s];
     int port = port_of(opaque, s);
-    snprintf(path, sizeof(path),
-             "/v1/subjects/user:m%04d/usage?at=1794268800000", s);
+    snprintf(
+        path, sizeof(path),
+        "/v1/subjects/user:m%04d/usage?at=1794268800000&max_staleness_ms=0", s);
     assert_int_equal(th_http_get(port, path, &status, &body), 0);
     assert_int_equal(status, 200);
     json_t *json = json_loads(body, 0, NULL);
@@ -234,9 +235,10 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
                  e->cost_micros / 1000);
     json_decref(json);
     /* The hourly buckets, summed per day, add up to the same totals. */
-    snprintf(
-        path, sizeof(path),
-        "/v1/subjects/user:m%04d/usage/daily?from=2026-11-10&to=2026-11-11", s);
+    snprintf(path, sizeof(path),
+             "/v1/subjects/user:m%04d/usage/"
+             "daily?from=2026-11-10&to=2026-11-11&max_staleness_ms=0",
+             s);
     assert_int_equal(th_http_get(port, path, &status, &body), 0);
     assert_int_equal(status, 200);
     json = json_loads(body, 0, NULL);

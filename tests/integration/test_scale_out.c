@@ -151,7 +151,8 @@ static int owner_port(void *opaque, int s) {
   const group_t *group = opaque;
   char path[128];
   json_t *first = NULL;
-  snprintf(path, sizeof(path), "/v1/subjects/user:m%04d/usage?at=1794268800000",
+  snprintf(path, sizeof(path),
+           "/v1/subjects/user:m%04d/usage?at=1794268800000&max_staleness_ms=0",
            s);
   for (int i = 0; i < group->count; i++) {
     long status = 0;
@@ -318,8 +319,9 @@ static void test_scale_out(void **state) {
    * answers were relayed from their owner. */
   long long relayed = 0;
   for (int i = 0; i < group.count; i++)
-    relayed += th_metric_labeled(group.live[i]->port, "tally_http_forwards_total",
-                                 "{result=\"relayed\"}");
+    relayed +=
+        th_metric_labeled(group.live[i]->port, "tally_http_forwards_total",
+                          "{result=\"relayed\"}");
   printf("# %lld answers relayed from a partition's owner\n", relayed);
   assert_true(relayed >= SUBJECTS);
   printf("# verified after %lld ms\n", (long long)(th_now_ms() - started));
