@@ -211,7 +211,7 @@ static int subs_subject(tly_http_t *http, request_t *req,
     tly_http_respond_req_error(out, &err);
     return -1;
   }
-  return tly_http_find_subject(http, subject, state, out);
+  return tly_http_find_subject(http, req, subject, state, out);
 }
 
 /* The linked customer, or 0 with the 404 in out. */
