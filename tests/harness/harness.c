@@ -169,8 +169,13 @@ int th_broker_start(th_broker_t *broker, int partitions) {
   snprintf(file, sizeof(file), "%s/bootstrap", broker->dir);
   snprintf(log_path, sizeof(log_path), "%s/broker.log", broker->dir);
   snprintf(count, sizeof(count), "%d", partitions);
-  char *argv[] = {(char *)th_tally_bin(), "broker", "--partitions", count,
-                  "--bootstrap-file", file, NULL};
+  char *argv[] = {(char *)th_tally_bin(),
+                  "broker",
+                  "--partitions",
+                  count,
+                  "--bootstrap-file",
+                  file,
+                  NULL};
   broker->pid = th_spawn(argv, NULL, log_path, log_path);
   char *bootstrap = th_wait_file(file, 15000);
   if (!bootstrap) {
@@ -423,8 +428,8 @@ long long th_metric_labeled(int port, const char *name, const char *labels) {
   return metric_scan(port, name, labels);
 }
 
-int th_high_watermarks(const char *bootstrap, const char *topic,
-                       int partitions, int64_t *out) {
+int th_high_watermarks(const char *bootstrap, const char *topic, int partitions,
+                       int64_t *out) {
   char errstr[512];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr,
@@ -547,8 +552,8 @@ rd_kafka_mock_cluster_t *th_mock_cluster_new(int partitions,
   if (!host)
     return NULL;
   rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
-  if (!cluster || rd_kafka_mock_topic_create(cluster, "tally.usage",
-                                             partitions, 1) ||
+  if (!cluster ||
+      rd_kafka_mock_topic_create(cluster, "tally.usage", partitions, 1) ||
       rd_kafka_mock_topic_create(cluster, "tally.usage.dlq", 1, 1) ||
       rd_kafka_mock_topic_create(cluster, "tally.alerts", 4, 1)) {
     if (cluster)
