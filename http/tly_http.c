@@ -190,6 +190,16 @@ const route_t tly_http_route_table[] = {
      tly_http_handle_stripe_webhook, AUTH_SIGNED, 1, 0},
     {"POST", "/v1/subjects/{subject}/billing-portal", "/v1/subjects/",
      "/billing-portal", tly_http_handle_billing_portal, AUTH_REQUIRED, 1, 1},
+    {"POST", "/v1/subjects/{subject}/customer", "/v1/subjects/", "/customer",
+     tly_http_handle_customer, AUTH_REQUIRED, 1, 1},
+    {"POST", "/v1/subjects/{subject}/subscription", "/v1/subjects/",
+     "/subscription", tly_http_handle_subscribe, AUTH_REQUIRED, 1, 1},
+    {"PUT", "/v1/subjects/{subject}/subscription", "/v1/subjects/",
+     "/subscription", tly_http_handle_subscription_change, AUTH_REQUIRED, 1, 1},
+    {"DELETE", "/v1/subjects/{subject}/subscription", "/v1/subjects/",
+     "/subscription", tly_http_handle_subscription_cancel, AUTH_REQUIRED, 0, 1},
+    {"GET", "/v1/subjects/{subject}/invoices", "/v1/subjects/", "/invoices",
+     tly_http_handle_invoices, AUTH_REQUIRED, 0, 1},
     {"POST", "/v1/subjects/{subject}/reservations", "/v1/subjects/",
      "/reservations", tly_http_handle_reserve, AUTH_REQUIRED, 1, 1},
     /* A suffix ending in '*' takes one more segment (the handler reads it
@@ -337,6 +347,8 @@ static int forward_to(tly_http_t *http, request_t *req,
   char credential[TLY_FORWARD_CREDENTIAL_MAX];
   if (route->handler == tly_http_handle_billing_portal)
     timeout_ms = (long)http->conf.config->stripe.timeout_ms + 2000;
+  else if (tly_http_is_subs_route(route->handler))
+    timeout_ms = tly_http_subs_forward_timeout_ms(http);
   tly_forward_scope_t scope = forward_scope(req, owner_instance);
   int signed_ok =
       req->target && tly_cluster_forward_credential(
@@ -540,7 +552,8 @@ static void dispatch(tly_http_t *http, request_t *req,
   /* Without Stripe, the billing portal's 503 is this instance's to give:
    * it needs no state. */
   int local_answer =
-      route->handler == tly_http_handle_billing_portal && !http->portal;
+      (route->handler == tly_http_handle_billing_portal && !http->portal) ||
+      (tly_http_is_subs_route(route->handler) && !http->subs);
   if (route->owner_only && !local_answer &&
       !route_to_owner(http, req, connection, out))
     return;
@@ -755,6 +768,10 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
       req->forward = NULL;
       break;
     }
+    if (req->stripe_task) {
+      tly_http_subs_answer(req, &out);
+      break;
+    }
     if (req->portal) {
       int status;
       json_t *answer = tly_stripe_portal_answer(req->portal, &status);
@@ -807,6 +824,7 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
   tly_http_ingest_free(
       req->ingest); /* only when the client went away meanwhile */
   tly_stripe_portal_call_free(req->portal);
+  tly_stripe_task_free(req->stripe_task);
   tly_forward_call_free(req->forward);
   free(req->target);
   free(req->body);
@@ -819,12 +837,14 @@ static void http_free(tly_http_t *http) {
   if (http->producer)
     tally_producer_flush(http->producer, INGEST_TIMEOUT_MS + 5000);
   tly_stripe_portal_close(http->portal); /* its calls resume connections */
+  tly_http_subs_close(http);             /* so do its tasks */
   tly_forward_close(http->forward);      /* so do forwards */
   tly_http_guard_stop(http->guard);
   if (http->daemon)
     MHD_stop_daemon(http->daemon);
   tly_http_guard_free(http->guard); /* every connection is closed now */
   tly_stripe_portal_destroy(http->portal);
+  tly_http_subs_free(http);
   tly_forward_destroy(http->forward);
   if (http->poller_started)
     pthread_join(http->poller, NULL);
@@ -903,6 +923,8 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   if (conf->config->stripe.secret_key &&
       !(http->portal =
             tly_stripe_portal_new(&conf->config->stripe, errstr, errstr_size)))
+    goto fail;
+  if (tly_http_subs_init(http, errstr, errstr_size))
     goto fail;
   http->guard = tly_http_guard_new(&conf->config->http, errstr, errstr_size);
   if (!http->guard)
