@@ -237,14 +237,16 @@ tly_config_t *tly_config_default(void) {
   config->events.max_future_skew_ms = TLY_DEFAULT_MAX_FUTURE_SKEW_MS;
   snprintf(config->stripe.api_base, sizeof(config->stripe.api_base), "%s",
            TLY_STRIPE_DEFAULT_API_BASE);
-  snprintf(config->stripe.api_version, sizeof(config->stripe.api_version),
-           "%s", TLY_STRIPE_DEFAULT_API_VERSION);
+  snprintf(config->stripe.api_version, sizeof(config->stripe.api_version), "%s",
+           TLY_STRIPE_DEFAULT_API_VERSION);
   config->stripe.webhook_tolerance_s = 300;
   config->stripe.report_window_s = 3600;
   config->stripe.max_requests_per_s = 25;
   config->stripe.retry_max_s = 300;
   config->stripe.timeout_ms = 10000;
   tly_config_notifications_defaults(&config->notifications);
+  snprintf(config->stripe.proration_behavior,
+           sizeof(config->stripe.proration_behavior), "create_prorations");
 
   config->models = calloc(TLY_COUNT(model_seeds), sizeof(*config->models));
   if (!config->models)
@@ -365,8 +367,8 @@ void tly_civil_from_days(int64_t days, int64_t *year, int64_t *month,
   days += 719468;
   int64_t era = (days >= 0 ? days : days - 146096) / 146097;
   int64_t day_of_era = days - era * 146097;
-  int64_t year_of_era = (day_of_era - day_of_era / 1460 +
-                         day_of_era / 36524 - day_of_era / 146096) /
+  int64_t year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36524 -
+                         day_of_era / 146096) /
                         365;
   int64_t day_of_year =
       day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
@@ -873,9 +875,10 @@ static int apply_retention(tly_config_t *config, json_t *section,
     return -1;
   json_object_foreach(section, key, value) {
     path_key(path, "retention", key);
-    int64_t *days = strcmp(key, "daily_days") == 0    ? &config->retention.daily_days
-                    : strcmp(key, "alerts_days") == 0 ? &config->retention.alerts_days
-                                                      : NULL;
+    int64_t *days =
+        strcmp(key, "daily_days") == 0    ? &config->retention.daily_days
+        : strcmp(key, "alerts_days") == 0 ? &config->retention.alerts_days
+                                          : NULL;
     if (!days)
       return fail(err, path, "unknown key");
     /* At least a day; at most ten years, so day arithmetic stays small. */
@@ -949,7 +952,10 @@ static int apply_root(tly_config_t *config, json_t *root, tly_err_t *err) {
     return -1;
   if (tly_config_check_meters(config, err) != 0)
     return -1;
-  return tly_config_check_stripe_prices(config, err);
+  return tly_config_check_stripe_prices(config, err) ||
+                 tly_config_check_stripe_plans(config, err)
+             ? -1
+             : 0;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -64,7 +64,11 @@
  *     "max_requests_per_s": 25,              //   request rate,
  *     "retry_max_s": 300,                    //   longest retry backoff,
  *     "timeout_ms": 10000,                   //   one request's time limit
- *     "portal_return_url": "https://app.example.com/billing"
+ *     "portal_return_url": "https://app.example.com/billing",
+ *     "plans": {"pro": {"prices": {          // subscriptions tally creates:
+ *         "base": "price_pro_monthly",       //   the plan's licensed price,
+ *         "metered": {"api_calls": "price_api"}}}}, // one per stripe.meters
+ *     "proration_behavior": "create_prorations"   // or always_invoice, none
  *   },
  *   "meters": {                              // how a feature aggregates
  *     "storage_bytes": {"aggregation": "latest"},   // sum (default) | count
@@ -105,7 +109,10 @@
 #define TLY_UNLIMITED (-1)
 
 typedef enum { TLY_LIMIT_HARD = 0, TLY_LIMIT_SOFT = 1 } tly_limit_mode_t;
-typedef enum { TLY_PRICE_GRADUATED = 0, TLY_PRICE_VOLUME = 1 } tly_price_model_t;
+typedef enum {
+  TLY_PRICE_GRADUATED = 0,
+  TLY_PRICE_VOLUME = 1
+} tly_price_model_t;
 typedef enum {
   TLY_UNKNOWN_MODEL_DEAD_LETTER = 0,
   TLY_UNKNOWN_MODEL_FALLBACK = 1
@@ -118,7 +125,7 @@ typedef struct {
 
 typedef struct {
   char feature[TLY_CONFIG_NAME_MAX];
-  int64_t limit;       /* units per cycle; TLY_UNLIMITED for none */
+  int64_t limit; /* units per cycle; TLY_UNLIMITED for none */
   tly_limit_mode_t mode;
 } tly_feature_limit_t;
 
@@ -160,9 +167,9 @@ typedef struct {
 typedef struct {
   size_t api_key_count;
   tly_api_key_t *api_keys;
-  int metrics_public;     /* default 1 */
-  int64_t max_body_bytes; /* default TLY_HTTP_DEFAULT_MAX_BODY_BYTES */
-  int64_t max_url_bytes;  /* default TLY_HTTP_DEFAULT_MAX_URL_BYTES */
+  int metrics_public;             /* default 1 */
+  int64_t max_body_bytes;         /* default TLY_HTTP_DEFAULT_MAX_BODY_BYTES */
+  int64_t max_url_bytes;          /* default TLY_HTTP_DEFAULT_MAX_URL_BYTES */
   int64_t max_connections;        /* 16 .. 1,000,000 */
   int64_t max_connections_per_ip; /* 0 .. max_connections; 0: no cap */
   int64_t header_timeout_ms;      /* awaiting -> headers in; 100 .. 600,000 */
@@ -198,6 +205,22 @@ typedef struct {
   char event_name[TLY_STRIPE_EVENT_NAME_MAX + 1];
 } tly_stripe_meter_t;
 
+/* stripe.plans.<plan>.prices: what tally subscribes a customer to for a
+ * plan (POST /v1/subjects/{s}/subscription): the base (licensed) price and
+ * one metered price per reported meter (a feature of stripe.meters). */
+#define TLY_STRIPE_PLAN_METERED_MAX 16 /* Stripe: 20 items a subscription */
+typedef struct {
+  char feature[TLY_CONFIG_NAME_MAX];
+  char price_id[TLY_STRIPE_ID_MAX];
+} tly_stripe_metered_price_t;
+
+typedef struct {
+  char plan[TLY_CONFIG_NAME_MAX];
+  char base_price_id[TLY_STRIPE_ID_MAX];
+  size_t metered_count;
+  tly_stripe_metered_price_t metered[TLY_STRIPE_PLAN_METERED_MAX];
+} tly_stripe_plan_prices_t;
+
 typedef struct {
   int configured;
   char api_base[TLY_STRIPE_URL_MAX]; /* no trailing slash */
@@ -217,6 +240,11 @@ typedef struct {
   int64_t retry_max_s;        /* default 300 */
   int64_t timeout_ms;         /* default 10000 */
   char portal_return_url[TLY_STRIPE_URL_MAX]; /* "" = Stripe's default */
+  size_t plan_price_count;
+  tly_stripe_plan_prices_t *plan_prices; /* stripe.plans */
+  /* stripe.proration_behavior: "create_prorations" (default),
+   * "always_invoice" or "none", sent on a plan change. */
+  char proration_behavior[32];
 } tly_stripe_config_t;
 
 /* Alert webhooks ("notifications" in the file; http/tly_webhooks.h
@@ -286,8 +314,8 @@ typedef struct {
   tly_model_price_t fallback; /* used when unknown_model is FALLBACK */
   size_t model_count;
   tly_model_price_t *models;
-  int64_t cycle_anchor_ms;   /* monthly cycles start on this day/time */
-  size_t threshold_count;    /* default thresholds for plans without */
+  int64_t cycle_anchor_ms; /* monthly cycles start on this day/time */
+  size_t threshold_count;  /* default thresholds for plans without */
   int thresholds[TLY_CONFIG_MAX_THRESHOLDS];
   char default_plan[3][TLY_CONFIG_NAME_MAX]; /* by tly_subject_kind_t */
   size_t plan_count;
@@ -335,9 +363,13 @@ int tly_config_stripe_reports(const tly_config_t *config);
 /* The Stripe meter event_name of a feature (stripe.meters), or NULL. */
 const char *tly_config_stripe_meter(const tly_config_t *config,
                                     const char *feature);
-/* The plan of a Stripe price id (stripe.prices), or NULL. */
+/* The plan of a Stripe price id (stripe.prices, then the base prices of
+ * stripe.plans), or NULL. */
 const char *tly_config_stripe_plan(const tly_config_t *config,
                                    const char *price_id);
+/* The Stripe prices of a plan (stripe.plans), or NULL. */
+const tly_stripe_plan_prices_t *
+tly_config_stripe_plan_prices(const tly_config_t *config, const char *plan);
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
  * days_from_civil): exact for every year, no tables, no floating point.

@@ -140,6 +140,12 @@ void tly_config_notifications_clear(tly_notifications_config_t *n);
 int tly_config_apply_meters(tly_config_t *config, json_t *section,
                             tly_err_t *err);
 int tly_config_check_meters(const tly_config_t *config, tly_err_t *err);
+/* stripe.plans and stripe.proration_behavior (tly_config_stripe_plans.c):
+ * 1 when key is one of them (rc set), 0 when not. */
+int tly_config_apply_stripe_plans(tly_config_t *config, const char *key,
+                                  json_t *value, tly_err_t *err, int *rc);
+/* stripe.plans name plans and meters defined anywhere in the file. */
+int tly_config_check_stripe_plans(const tly_config_t *config, tly_err_t *err);
 /* Frees what the stripe section holds, wiping its secrets. */
 void tly_config_stripe_clear(tly_stripe_config_t *stripe);
 

@@ -169,6 +169,7 @@ void tly_config_stripe_clear(tly_stripe_config_t *stripe) {
   free(stripe->webhook_secrets);
   free(stripe->prices);
   free(stripe->meters);
+  free(stripe->plan_prices);
 }
 
 /* A non-empty string shorter than size, copied to out. */
@@ -425,6 +426,8 @@ int tly_config_apply_stripe(tly_config_t *config, json_t *section,
       rc = parse_int(err, path, value, 1, 86400, &stripe->retry_max_s);
     } else if (strcmp(key, "timeout_ms") == 0) {
       rc = parse_int(err, path, value, 100, 120000, &stripe->timeout_ms);
+    } else if (tly_config_apply_stripe_plans(config, key, value, err, &rc)) {
+      /* rc set */
     } else if (strcmp(key, "portal_return_url") == 0) {
       rc = parse_text(err, path, value, stripe->portal_return_url,
                       sizeof(stripe->portal_return_url)) ||
@@ -471,5 +474,8 @@ const char *tly_config_stripe_plan(const tly_config_t *config,
   for (size_t i = 0; i < config->stripe.price_count; i++)
     if (strcmp(config->stripe.prices[i].price_id, price_id) == 0)
       return config->stripe.prices[i].plan;
+  for (size_t i = 0; i < config->stripe.plan_price_count; i++)
+    if (strcmp(config->stripe.plan_prices[i].base_price_id, price_id) == 0)
+      return config->stripe.plan_prices[i].plan;
   return NULL;
 }

@@ -134,6 +134,7 @@ typedef struct {
   const char *config_path;     /* NULL: the built-in configuration */
   int64_t tick_interval_ms;    /* 0: no ticks */
   int batch_max_events, batch_max_ms;
+  int64_t memory_budget_bytes; /* --memory-budget; 0: the default (1 GiB) */
   const char *const *kafka_properties;
   /* HTTP auth: digests (64 hex) added to the config's http.api_keys. With
    * none in either place, cli_serve refuses to start unless no_auth. */

@@ -255,6 +255,7 @@ int cli_serve(const cli_serve_conf_t *conf) {
       .tick_interval_ms = conf->tick_interval_ms ? conf->tick_interval_ms : -1,
       .batch_max_events = conf->batch_max_events,
       .batch_max_ms = conf->batch_max_ms,
+      .memory_budget_bytes = conf->memory_budget_bytes,
       .kafka_properties = conf->kafka_properties,
       .registry = registry,
       .event_schema_id = event_schema_id,

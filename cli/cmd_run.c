@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include "tly_group.h"
+#include "tly_processor.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -38,6 +39,12 @@ static void usage(FILE *out) {
       "  --batch-events N        max events per commit (default 400000;\n"
       "                          1..10000000)\n"
       "  --batch-ms N            max ms per commit (default 100; 1..60000)\n"
+      "  --memory-budget BYTES   what the processor keeps in memory (default\n"
+      "                          1073741824 = 1 GiB; 1048576..1099511627776):\n"
+      "                          dedupe ids 1/2 (older ones spill to "
+      "RocksDB),\n"
+      "                          subject records 3/10, outbox 1/10, HTTP\n"
+      "                          subject cache 1/10\n"
       "  --config FILE           plans, prices, thresholds (default: built "
       "in)\n"
       "  --alerts-topic NAME     alerts topic (default tally.alerts)\n"
@@ -75,6 +82,7 @@ int cmd_run(int argc, char **argv) {
       {"dlq-topic", required_argument, NULL, 'd'},
       {"batch-events", required_argument, NULL, 'e'},
       {"batch-ms", required_argument, NULL, 'm'},
+      {"memory-budget", required_argument, NULL, 'B'},
       {"config", required_argument, NULL, 'c'},
       {"alerts-topic", required_argument, NULL, 'a'},
       {"changelog-topic", required_argument, NULL, 'C'},
@@ -131,6 +139,12 @@ int cmd_run(int argc, char **argv) {
       if (cli_parse_int("run", "batch-ms", optarg, 1, 60000, NULL, &number))
         return 2;
       conf.batch_max_ms = (int)number;
+      break;
+    case 'B':
+      if (cli_parse_int("run", "memory-budget", optarg, TLY_MEMORY_BUDGET_MIN,
+                        TLY_MEMORY_BUDGET_MAX, "(bytes)",
+                        &conf.memory_budget_bytes))
+        return 2;
       break;
     case 'c':
       conf.config_path = optarg;

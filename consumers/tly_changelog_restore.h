@@ -45,11 +45,10 @@ int tly_changelog_restore(tly_store_t *store, struct rd_kafka_s *reader,
                           char *errstr, size_t errstr_size);
 
 /* Wipes what the store holds of partition's state: accounts, usage
- * history, dedupe blobs, cycle-end and expiry indexes and the stored
- * offset (not its
- * Stripe report marks and cursors: a replay of the input from the start
- * rebuilds the usage, and the cursors say what of it was reported).
- * 0 or -1 (errstr). */
+ * history, dedupe blobs and spilled ids, cycle-end and expiry indexes and the
+ * stored offset (not its Stripe report marks and cursors: a replay of the input
+ * from the start rebuilds the usage, and the cursors say what of it was
+ * reported). 0 or -1 (errstr). */
 int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
                                  char *errstr, size_t errstr_size);
 /* Wipes partition's Stripe report marks and cursors (a restore does, and

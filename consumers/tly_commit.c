@@ -578,7 +578,12 @@ int tly_proc_batch_submit(tly_processor_t *p) {
       tly_proc_set_fatal(p, "out of memory tracking dedupe blobs");
       return -1;
     }
+    tly_dedupe_seal(part->dedupe, part->dedupe_key);
   }
+  /* Past the dedupe share of the memory budget: the oldest ids go to the
+   * store in this same commit (tly_dedupe_spill.c). */
+  if (tly_proc_dedupe_spill(p))
+    return -1;
   if (p->changelog_topic) {
     changelog_expire_blobs(p);
     changelog_expire_history(p);
@@ -666,7 +671,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
             : INT64_MIN;
     part->watermark_dirty = 0;
     if (part->dedupe) {
-      tly_dedupe_seal(part->dedupe);
+      tly_dedupe_seal(part->dedupe, part->dedupe_key);
       part->dedupe_key = -1;
       if (part->inflight_horizon != INT64_MIN) /* memory only */
         tly_dedupe_expire(part->dedupe, part->inflight_horizon);
@@ -837,6 +842,8 @@ int tly_proc_batch_wait(tly_processor_t *p) {
     part->inflight_watermark = INT64_MIN;
   }
   pthread_mutex_unlock(&p->lock);
+  /* The ids this commit spilled are in RocksDB now: they leave memory. */
+  tly_proc_dedupe_release(p);
   tly_proc_end_replay(p);
   atomic_fetch_add(&p->events_folded, flight->events);
   atomic_fetch_add(&p->batches_committed, 1);
@@ -849,6 +856,7 @@ int tly_proc_batch_wait(tly_processor_t *p) {
     tly_overlay_keep(&p->overlay, entry_is_dirty);
     p->last_entry = NULL;
   }
+  tly_proc_memory_check(p); /* and within its share of the budget */
   return 0;
 }
 

@@ -310,6 +310,27 @@ int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
       *view->watermark_ms > INT64_MIN + p->billing.dedupe_window_ms
           ? *view->watermark_ms - p->billing.dedupe_window_ms
           : INT64_MIN;
-  return tly_dedupe_lookup(part->dedupe, event_id, len, &seen_at_ms) &&
-         seen_at_ms >= horizon;
+  if (tly_dedupe_lookup(part->dedupe, event_id, len, &seen_at_ms))
+    return seen_at_ms >= horizon; /* the id's newest record */
+  if (!part->spilled)
+    return 0; /* memory holds every id of the window */
+  /* Spilled out of memory, perhaps: RocksDB's bloom filters answer almost
+   * every new id without reading a block; a found key is compared whole. */
+  char key[TLY_KEY_MAX], errstr[512], *value = NULL;
+  size_t key_len = tly_key_dedupe_id(p->view_partition, event_id, len, key,
+                                     sizeof(key)),
+         value_len = 0;
+  if (!key_len)
+    return 0; /* never spilled: longer than any stored id */
+  atomic_fetch_add(&p->id_reads, 1);
+  int found = tly_store_get(p->store, TLY_CF_DEDUPE_IDS, key, key_len, &value,
+                            &value_len, errstr, sizeof(errstr));
+  if (found < 0) {
+    tly_proc_set_fatal(p, "reading a spilled event id: %s", errstr);
+    return -1;
+  }
+  int seen = found && value_len >= 8 &&
+             (int64_t)tly_get_be64((const unsigned char *)value) >= horizon;
+  tly_store_free(value);
+  return seen;
 }

@@ -639,6 +639,10 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->billing.dedupe_window_ms = conf->dedupe_window_ms > 0
                                     ? conf->dedupe_window_ms
                                     : TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
+  int64_t budget = conf->memory_budget_bytes > 0 ? conf->memory_budget_bytes
+                                                 : TLY_DEFAULT_MEMORY_BUDGET;
+  p->memory_budget = budget;
+  p->dedupe_share = (size_t)tly_memory_share(budget, TLY_MEMORY_DEDUPE);
   if (!p->conf.tick_interval_ms)
     p->conf.tick_interval_ms = TLY_DEFAULT_TICK_INTERVAL_MS;
   p->view = (tly_billing_view_t){.opaque = p,
@@ -1167,4 +1171,14 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
     stats->visible_buckets[i] = atomic_load(&p->visible_buckets[i]);
   stats->visible_count = atomic_load(&p->visible_count);
   stats->visible_ms_total = atomic_load(&p->visible_ms);
+  for (int i = 0; i < TLY_MEMORY_PARTS; i++)
+    stats->memory_budget[i] =
+        (uint64_t)tly_memory_share(p->memory_budget, (tly_memory_part_t)i);
+  stats->memory_bytes[TLY_MEMORY_DEDUPE] = atomic_load(&p->dedupe_bytes);
+  stats->memory_bytes[TLY_MEMORY_OVERLAY] = atomic_load(&p->overlay_bytes);
+  stats->memory_bytes[TLY_MEMORY_OUTBOX] = atomic_load(&p->outbox_bytes);
+  stats->memory_bytes[TLY_MEMORY_SUBJECT_CACHE] = 0;
+  stats->dedupe_ids_spilled = atomic_load(&p->ids_spilled);
+  stats->dedupe_store_reads = atomic_load(&p->id_reads);
+  stats->last_assignment_ms = atomic_load(&p->assignment_ms);
 }

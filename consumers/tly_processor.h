@@ -35,6 +35,9 @@
 
 #define TLY_DEFAULT_GROUP_ID "tally"
 #define TLY_DEFAULT_TICK_INTERVAL_MS 60000
+#define TLY_DEFAULT_MEMORY_BUDGET (1LL << 30)
+#define TLY_MEMORY_BUDGET_MIN (1LL << 20)
+#define TLY_MEMORY_BUDGET_MAX (1LL << 40)
 
 typedef struct {
   const char *brokers;      /* required */
@@ -48,19 +51,24 @@ typedef struct {
   const char *changelog_topic;
   const tly_config_t *config; /* required; must outlive the processor */
   int64_t dedupe_window_ms;   /* default 7 days of event time */
-  int64_t tick_interval_ms;   /* default 60 s; <0 writes no ticks */
-  int batch_max_events;       /* default 400000 */
-  int batch_max_ms;           /* default 100: an upper bound (group commit,
-                                 consumers/tly_group_commit.h). A batch goes
-                                 to the writer as soon as the previous one
-                                 is durable; it is held open past
-                                 batch_max_ms only while the writer is still
-                                 busy, or while the processor is catching
-                                 up (more records ready, the last older
-                                 than 20 x batch_max_ms, at least 2 s: it
-                                 grows up to batch_max_events). Idle, the
-                                 loop comes round at least this often (and
-                                 once per heartbeat) */
+  /* What the processor keeps in memory (--memory-budget), in bytes;
+   * default TLY_DEFAULT_MEMORY_BUDGET. Shared out by tly_memory_share():
+   * the dedupe indexes past their share spill the oldest ids to RocksDB
+   * (tly_dedupe.h). */
+  int64_t memory_budget_bytes;
+  int64_t tick_interval_ms; /* default 60 s; <0 writes no ticks */
+  int batch_max_events;     /* default 400000 */
+  int batch_max_ms;         /* default 100: an upper bound (group commit,
+                               consumers/tly_group_commit.h). A batch goes
+                               to the writer as soon as the previous one
+                               is durable; it is held open past
+                               batch_max_ms only while the writer is still
+                               busy, or while the processor is catching
+                               up (more records ready, the last older
+                               than 20 x batch_max_ms, at least 2 s: it
+                               grows up to batch_max_events). Idle, the
+                               loop comes round at least this often (and
+                               once per heartbeat) */
   /* Extra librdkafka properties "name=value", NULL-terminated; applied to
    * the consumer and the outbox producer after tally's defaults. */
   const char *const *kafka_properties;
@@ -120,6 +128,24 @@ typedef struct {
         1000, 2000, 5000, 10000                                                \
   }
 
+/* The parts of the memory budget (--memory-budget), each with its share
+ * (tly_memory_share): the dedupe indexes 1/2 (past it the oldest ids spill
+ * to RocksDB), the processor's subject records (the overlay: the open
+ * batch and the cache kept across batches) 3/10 (past it the cache starts
+ * over), the outbox 1/10 (reported, not enforced: an entry leaves only
+ * once Kafka has it) and the HTTP port's subject cache 1/10 (its entries
+ * are sized from it). */
+typedef enum {
+  TLY_MEMORY_DEDUPE = 0,
+  TLY_MEMORY_OVERLAY,
+  TLY_MEMORY_OUTBOX,
+  TLY_MEMORY_SUBJECT_CACHE,
+  TLY_MEMORY_PARTS
+} tly_memory_part_t;
+/* The part's share of budget bytes; its name as /metrics labels it. */
+int64_t tly_memory_share(int64_t budget, tly_memory_part_t part);
+const char *tly_memory_part_name(tly_memory_part_t part);
+
 typedef struct {
   uint64_t events_folded;
   uint64_t duplicates;
@@ -157,6 +183,14 @@ typedef struct {
   uint64_t visible_buckets[TLY_VISIBLE_BUCKETS];
   uint64_t visible_count;
   uint64_t visible_ms_total;
+  /* Memory: each part's bytes held and share of the budget (the subject
+   * cache's bytes are the HTTP port's: 0 here), ids spilled to RocksDB
+   * and id lookups that read it. */
+  uint64_t memory_bytes[TLY_MEMORY_PARTS], memory_budget[TLY_MEMORY_PARTS];
+  uint64_t dedupe_ids_spilled, dedupe_store_reads;
+  /* How long the last assignment's setup took (resume, restore, dedupe
+   * load), in ms. */
+  uint64_t last_assignment_ms;
 } tly_processor_stats_t;
 
 /* The store stays the caller's; it must outlive the processor. */

@@ -136,6 +136,9 @@ typedef struct {
    * key of the open batch's blob: its first offset here, -1 if none yet. */
   tly_dedupe_t *dedupe;
   int64_t dedupe_key;
+  /* The store may hold spilled ids of this partition (dedupe_ids): a miss
+   * in memory is then looked up there. */
+  int spilled;
   /* What the batch in the writer's hands stores: the next offset (-1:
    * none) and the dedupe horizon it moves to (INT64_MIN: unchanged). */
   int64_t inflight_next;
@@ -303,6 +306,18 @@ struct tly_processor {
 
   atomic_uint_least64_t events_folded, dead_letters, batches_committed;
   atomic_uint_least64_t duplicates, alerts_total;
+  /* Dedupe memory (tly_dedupe_spill.c): the share of the budget the
+   * indexes may hold, what they hold (all partitions, kept by the fold
+   * thread for metrics), ids spilled to the store, and lookups of ids
+   * that read the store. */
+  size_t dedupe_share;
+  atomic_uint_least64_t dedupe_bytes, ids_spilled, id_reads;
+  /* The budget (tly_memory.c) and the other parts' bytes, counted at most
+   * once a second (memory_checked_ms, monotonic). */
+  int64_t memory_budget;
+  atomic_uint_least64_t overlay_bytes, outbox_bytes;
+  atomic_uint_least64_t assignment_ms; /* the last assignment's setup */
+  int64_t memory_checked_ms;
   atomic_uint_least64_t outbox_size; /* mirror of outbox_count for metrics */
   atomic_uint_least64_t commit_buckets[TLY_COMMIT_BUCKETS];
   atomic_uint_least64_t commit_count, commit_micros;
@@ -471,6 +486,17 @@ void tly_proc_schema_reset(tly_processor_t *p, rd_kafka_t *rk,
 
 /* tly_copy.c: copy staleness; its reader goes with the processor. */
 void tly_proc_copy_destroy(tly_processor_t *p);
+
+/* tly_dedupe_spill.c: dedupe memory within its share. */
+int tly_proc_dedupe_spill(tly_processor_t *p);
+void tly_proc_dedupe_release(tly_processor_t *p);
+int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
+                        tly_dedupe_t *dedupe, size_t limit);
+int tly_proc_dedupe_has_spilled(tly_processor_t *p, int32_t partition);
+void tly_proc_dedupe_count(tly_processor_t *p);
+
+/* tly_memory.c: the other parts of the budget, after each commit. */
+void tly_proc_memory_check(tly_processor_t *p);
 
 /* tly_ticks.c: time-driven work. */
 void tly_proc_fold_tick(tly_processor_t *p, int32_t partition, int64_t tick_ms);

@@ -88,6 +88,7 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
     tly_dedupe_free(p->partitions[i].dedupe);
     p->partitions[i].dedupe = NULL;
     p->partitions[i].dedupe_key = -1;
+    p->partitions[i].spilled = 0;
     free(p->partitions[i].blobs);
     p->partitions[i].blobs = NULL;
     p->partitions[i].blob_count = p->partitions[i].blob_cap = 0;
@@ -97,8 +98,11 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
     /* The previous run's outbox waits for an assignment that names
      * partitions: a cooperative member's first one is often empty (the
      * others release partitions first). */
-    if (p->fatal || tly_proc_resume_offsets(p, parts) ||
-        tly_proc_prepare_replay(p) ||
+    int64_t assign_started = tly_monotonic_ms();
+    int resumed = p->fatal ? -1 : tly_proc_resume_offsets(p, parts);
+    atomic_store(&p->assignment_ms,
+                 (uint64_t)(tly_monotonic_ms() - assign_started));
+    if (resumed || tly_proc_prepare_replay(p) ||
         (p->inherited_held && (parts->cnt || !incremental) &&
          tly_proc_resolve_inherited(p))) {
       if (!incremental)
@@ -106,6 +110,7 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
       return; /* fatal: the loop stops */
     }
     atomic_fetch_add(&p->partitions_assigned, (uint64_t)parts->cnt);
+    tly_proc_dedupe_count(p);
     apply_assignment(p, rk, incremental, 1, parts);
     return;
   }

@@ -30,9 +30,13 @@
 /* ---- assignment ------------------------------------------------------ */
 
 typedef struct {
+  tly_processor_t *p;
+  int32_t partition;
   tly_dedupe_t *dedupe;
-  int failed;
-  int track; /* with the changelog: list the blobs */
+  int64_t horizon; /* blobs wholly older are expired: not loaded */
+  size_t limit;    /* what the index may hold (tly_proc_dedupe_fit) */
+  int failed;      /* 1: corrupt or out of memory; 2: fatal already set */
+  int track;       /* with the changelog: list the blobs */
   blob_ref_t *blobs;
   size_t blob_count, blob_cap;
 } dedupe_load_t;
@@ -40,18 +44,28 @@ typedef struct {
 static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
                             const char *value, size_t value_len) {
   dedupe_load_t *load = opaque;
-  load->failed = tly_dedupe_load(load->dedupe, value, value_len) != 0;
-  if (!load->failed && load->track && key_len == 12 && value_len >= 8)
-    load->failed =
-        blob_track(&load->blobs, &load->blob_count, &load->blob_cap,
-                   (int64_t)tly_get_be64((const unsigned char *)key + 4),
-                   (int64_t)tly_get_be64((const unsigned char *)value)) != 0;
+  if (key_len != 12 || value_len < TLY_DEDUPE_BLOB_HEADER) {
+    load->failed = 1;
+    return 1;
+  }
+  int64_t offset = (int64_t)tly_get_be64((const unsigned char *)key + 4);
+  int64_t newest = (int64_t)tly_get_be64((const unsigned char *)value);
+  /* Spilled blobs (stubs) and expired ones are not loaded: memory holds
+   * only what was not spilled, whatever the window holds. */
+  if (newest >= load->horizon)
+    load->failed = tly_dedupe_load(load->dedupe, offset, value, value_len) != 0;
+  if (!load->failed && load->track)
+    load->failed = blob_track(&load->blobs, &load->blob_count, &load->blob_cap,
+                              offset, newest) != 0;
+  if (!load->failed &&
+      tly_proc_dedupe_fit(load->p, load->partition, load->dedupe, load->limit))
+    load->failed = 2;
   return load->failed;
 }
 
-/* The partition's event id index, rebuilt from its stored blobs (those the
- * compaction filter has not dropped yet); NULL after setting the fatal
- * reason. */
+/* The partition's event id index, rebuilt from its stored blobs not
+ * spilled (nor expired); beyond what is left of the dedupe share, the
+ * oldest are spilled as they load. NULL after setting the fatal reason. */
 static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
                                  int64_t watermark, dedupe_load_t *load_out) {
   char errstr[512] = "", prefix[4];
@@ -60,21 +74,36 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
     tly_proc_set_fatal(p, "out of memory loading event ids");
     return NULL;
   }
-  dedupe_load_t load = {dedupe, 0, p->changelog_topic != NULL, NULL, 0, 0};
+  size_t others = 0;
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    if (i != partition && p->partitions[i].dedupe)
+      others += tly_dedupe_bytes(p->partitions[i].dedupe);
+  dedupe_load_t load = {.p = p,
+                        .partition = partition,
+                        .dedupe = dedupe,
+                        .horizon =
+                            watermark > INT64_MIN + p->billing.dedupe_window_ms
+                                ? watermark - p->billing.dedupe_window_ms
+                                : INT64_MIN,
+                        /* at least a sixteenth of the share, whatever the
+                         * others hold: the next commits spill theirs */
+                        .limit = others < p->dedupe_share - p->dedupe_share / 16
+                                     ? p->dedupe_share - others
+                                     : p->dedupe_share / 16,
+                        .track = p->changelog_topic != NULL};
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE, prefix, 4,
                             load_dedupe_blob, &load, errstr, sizeof(errstr)) ||
       load.failed) {
-    tly_proc_set_fatal(
-        p, "partition %d: loading event ids: %s", (int)partition,
-        load.failed ? "a stored dedupe record is corrupt or memory ran out"
-                    : errstr);
+    if (load.failed != 2)
+      tly_proc_set_fatal(
+          p, "partition %d: loading event ids: %s", (int)partition,
+          load.failed ? "a stored dedupe record is corrupt or memory ran out"
+                      : errstr);
     tly_dedupe_free(dedupe);
     free(load.blobs);
     return NULL;
   }
-  if (watermark > INT64_MIN + p->billing.dedupe_window_ms)
-    tly_dedupe_expire(dedupe, watermark - p->billing.dedupe_window_ms);
   *load_out = load;
   return dedupe;
 }
@@ -469,12 +498,20 @@ static int resume_partitions(tly_processor_t *p,
     tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark, &loaded);
     if (!dedupe)
       return -1;
+    /* (after the load, which may have spilled) */
+    int spilled = tly_proc_dedupe_has_spilled(p, part->partition);
+    if (spilled < 0) {
+      tly_dedupe_free(dedupe);
+      free(loaded.blobs);
+      return -1;
+    }
     pthread_mutex_lock(&p->lock);
     if (tly_proc_ensure_partitions(p, part->partition + 1) == 0) {
       partition_state_t *state = &p->partitions[part->partition];
       tly_dedupe_free(state->dedupe);
       state->dedupe = dedupe;
       state->dedupe_key = -1;
+      state->spilled = spilled;
       dedupe = NULL;
       free(state->blobs);
       state->blobs = loaded.blobs;

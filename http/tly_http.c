@@ -198,6 +198,16 @@ const route_t tly_http_route_table[] = {
      tly_http_handle_stripe_webhook, AUTH_SIGNED, 1, 0},
     {"POST", "/v1/subjects/{subject}/billing-portal", "/v1/subjects/",
      "/billing-portal", tly_http_handle_billing_portal, AUTH_REQUIRED, 1, 1},
+    {"POST", "/v1/subjects/{subject}/customer", "/v1/subjects/", "/customer",
+     tly_http_handle_customer, AUTH_REQUIRED, 1, 1},
+    {"POST", "/v1/subjects/{subject}/subscription", "/v1/subjects/",
+     "/subscription", tly_http_handle_subscribe, AUTH_REQUIRED, 1, 1},
+    {"PUT", "/v1/subjects/{subject}/subscription", "/v1/subjects/",
+     "/subscription", tly_http_handle_subscription_change, AUTH_REQUIRED, 1, 1},
+    {"DELETE", "/v1/subjects/{subject}/subscription", "/v1/subjects/",
+     "/subscription", tly_http_handle_subscription_cancel, AUTH_REQUIRED, 0, 1},
+    {"GET", "/v1/subjects/{subject}/invoices", "/v1/subjects/", "/invoices",
+     tly_http_handle_invoices, AUTH_REQUIRED, 0, 1},
     {"POST", "/v1/subjects/{subject}/reservations", "/v1/subjects/",
      "/reservations", tly_http_handle_reserve, AUTH_REQUIRED, 1, 1},
     /* A suffix ending in '*' takes one more segment (the handler reads it
@@ -350,6 +360,8 @@ static int forward_to(tly_http_t *http, request_t *req,
   char credential[TLY_FORWARD_CREDENTIAL_MAX];
   if (route->handler == tly_http_handle_billing_portal)
     timeout_ms = (long)http->conf.config->stripe.timeout_ms + 2000;
+  else if (tly_http_is_subs_route(route->handler))
+    timeout_ms = tly_http_subs_forward_timeout_ms(http);
   tly_forward_scope_t scope = forward_scope(req, owner_instance);
   int signed_ok =
       req->target && tly_cluster_forward_credential(
@@ -553,7 +565,8 @@ static void dispatch(tly_http_t *http, request_t *req,
   /* Without Stripe, the billing portal's 503 is this instance's to give:
    * it needs no state. */
   int local_answer =
-      route->handler == tly_http_handle_billing_portal && !http->portal;
+      (route->handler == tly_http_handle_billing_portal && !http->portal) ||
+      (tly_http_is_subs_route(route->handler) && !http->subs);
   if (route->owner_only && !local_answer &&
       !route_to_owner(http, req, connection, out))
     return;
@@ -787,6 +800,10 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
       req->forward = NULL;
       break;
     }
+    if (req->stripe_task) {
+      tly_http_subs_answer(req, &out);
+      break;
+    }
     if (req->portal) {
       int status;
       json_t *answer = tly_stripe_portal_answer(req->portal, &status);
@@ -840,6 +857,7 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
   tly_http_ingest_free(
       req->ingest); /* only when the client went away meanwhile */
   tly_stripe_portal_call_free(req->portal);
+  tly_stripe_task_free(req->stripe_task);
   tly_forward_call_free(req->forward);
   free(req->target);
   free(req->body);
@@ -854,6 +872,7 @@ static void http_free(tly_http_t *http) {
   tly_http_streams_close(http->streams); /* resumes the suspended ones */
   tly_webhooks_stop(http->webhooks);
   tly_stripe_portal_close(http->portal); /* its calls resume connections */
+  tly_http_subs_close(http);             /* so do its tasks */
   tly_forward_close(http->forward);      /* so do forwards */
   tly_http_guard_stop(http->guard);
   if (http->daemon)
@@ -861,6 +880,7 @@ static void http_free(tly_http_t *http) {
   tly_http_guard_free(http->guard); /* every connection is closed now */
   tly_http_streams_free(http->streams);
   tly_stripe_portal_destroy(http->portal);
+  tly_http_subs_free(http);
   tly_forward_destroy(http->forward);
   if (http->poller_started)
     pthread_join(http->poller, NULL);
@@ -897,7 +917,16 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   }
   http->conf = *conf;
   pthread_mutex_init(&http->alert_lock, NULL);
-  http->cache = tly_state_cache_new(0);
+  /* As many entries as the subject cache's share of the memory budget
+   * holds (tly_processor.h, tly_memory_part_t). */
+  size_t cache_slots = 0;
+  if (conf->processor) {
+    tly_processor_stats_t stats;
+    tly_processor_stats(conf->processor, &stats);
+    cache_slots = tly_state_cache_slots_for(
+        (size_t)stats.memory_budget[TLY_MEMORY_SUBJECT_CACHE]);
+  }
+  http->cache = tly_state_cache_new(cache_slots);
   http->requests = calloc(tly_http_route_count + 1, sizeof(*http->requests));
   http->latency = tly_http_latency_new(tly_http_route_count + 1);
   if (!http->cache || !http->requests || !http->latency) {
@@ -940,6 +969,8 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   if (conf->config->stripe.secret_key &&
       !(http->portal =
             tly_stripe_portal_new(&conf->config->stripe, errstr, errstr_size)))
+    goto fail;
+  if (tly_http_subs_init(http, errstr, errstr_size))
     goto fail;
   http->guard = tly_http_guard_new(&conf->config->http, errstr, errstr_size);
   if (!http->guard)

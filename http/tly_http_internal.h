@@ -25,6 +25,7 @@
 #include "tly_state_cache.h"
 #include "tly_stripe_portal.h"
 #include "tly_webhooks.h"
+#include "tly_stripe_tasks.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -69,6 +70,8 @@ typedef struct {
 
 /* Live usage streams (tly_http_stream.c). */
 typedef struct tly_http_streams tly_http_streams_t;
+/* The Stripe subscription routes' client and tasks (tly_http_subs.c). */
+typedef struct tly_http_subs tly_http_subs_t;
 
 /* Reservations' state (tly_http_reserve.c). */
 typedef struct tly_http_reserve tly_http_reserve_t;
@@ -87,6 +90,7 @@ struct tly_http {
   pthread_mutex_t alert_lock;
   tally_producer_t *producer;
   tly_stripe_portal_t *portal; /* NULL: Stripe not configured */
+  tly_http_subs_t *subs;       /* NULL: Stripe not configured */
   tly_forward_t *forward;
   /* Forwards to a partition's owner: relayed, owner unreachable, refused
    * (at the in-flight bound). */
@@ -172,6 +176,7 @@ struct request {
   int answered;     /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
   tly_stripe_portal_call_t *portal; /* while waiting for Stripe */
+  tly_stripe_task_t *stripe_task;   /* a subscription route's Stripe calls */
   char *target;                     /* the request target, query included */
   tly_forward_call_t *forward;      /* while waiting for the owner */
   const char *served_by; /* X-Tally-Served-By: this instance or owner */
@@ -270,6 +275,23 @@ int tly_http_start_producer(tly_http_t *http, char *errstr, size_t errstr_size);
 /* A suspended ingest, resumed: its answer; freeing it. */
 void tly_http_ingest_answer(ingest_t *ingest, response_t *out);
 void tly_http_ingest_free(ingest_t *ingest);
+
+/* ---- tly_http_subs.c: customers, subscriptions, invoices in Stripe ---- */
+
+route_handler_fn tly_http_handle_customer, tly_http_handle_subscribe,
+    tly_http_handle_subscription_change, tly_http_handle_subscription_cancel,
+    tly_http_handle_invoices;
+/* The routes' Stripe client (none without stripe.secret_key_env). 0 or -1. */
+int tly_http_subs_init(tly_http_t *http, char *errstr, size_t errstr_size);
+/* Waits for the tasks in flight (they resume connections). */
+void tly_http_subs_close(tly_http_t *http);
+void tly_http_subs_free(tly_http_t *http);
+/* 1 for the routes above. */
+int tly_http_is_subs_route(route_handler_t handler);
+/* How long a forwarded request of these routes may take. */
+long tly_http_subs_forward_timeout_ms(const tly_http_t *http);
+/* A finished task's answer into out (frees the task). */
+void tly_http_subs_answer(request_t *req, response_t *out);
 
 /* ---- tly_http_reserve.c: reservations --------------------------------- */
 

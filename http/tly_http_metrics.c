@@ -330,6 +330,34 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               "(same event_id).\n# TYPE tally_duplicates_total counter\n"
               "tally_duplicates_total %llu\n",
               (unsigned long long)stats.duplicates);
+  stats.memory_bytes[TLY_MEMORY_SUBJECT_CACHE] =
+      tly_state_cache_bytes(http->cache);
+  text_append(&text, "# HELP tally_memory_bytes Bytes each part of the "
+                     "memory budget holds (--memory-budget).\n"
+                     "# TYPE tally_memory_bytes gauge\n");
+  for (int i = 0; i < TLY_MEMORY_PARTS; i++)
+    text_append(&text, "tally_memory_bytes{part=\"%s\"} %llu\n",
+                tly_memory_part_name((tly_memory_part_t)i),
+                (unsigned long long)stats.memory_bytes[i]);
+  text_append(&text, "# HELP tally_memory_budget_bytes Each part's share of "
+                     "the memory budget (--memory-budget).\n"
+                     "# TYPE tally_memory_budget_bytes gauge\n");
+  for (int i = 0; i < TLY_MEMORY_PARTS; i++)
+    text_append(&text, "tally_memory_budget_bytes{part=\"%s\"} %llu\n",
+                tly_memory_part_name((tly_memory_part_t)i),
+                (unsigned long long)stats.memory_budget[i]);
+  text_append(&text,
+              "# HELP tally_dedupe_spilled_ids_total Event ids moved from "
+              "memory to RocksDB (the dedupe share was full).\n"
+              "# TYPE tally_dedupe_spilled_ids_total counter\n"
+              "tally_dedupe_spilled_ids_total %llu\n",
+              (unsigned long long)stats.dedupe_ids_spilled);
+  text_append(&text,
+              "# HELP tally_dedupe_store_reads_total Event id lookups not "
+              "answered from memory, asked of RocksDB.\n"
+              "# TYPE tally_dedupe_store_reads_total counter\n"
+              "tally_dedupe_store_reads_total %llu\n",
+              (unsigned long long)stats.dedupe_store_reads);
   text_append(&text,
               "# HELP tally_alerts_total Alerts emitted by the fold.\n"
               "# TYPE tally_alerts_total counter\ntally_alerts_total %llu\n",

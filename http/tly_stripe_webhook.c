@@ -10,6 +10,7 @@
 
 #include "tly_event_time.h"
 #include "tly_sha256.h"
+#include "tly_stripe_client.h"
 
 #include <ctype.h>
 #include <openssl/crypto.h>
@@ -148,28 +149,9 @@ int tly_stripe_signature_verify(const tly_stripe_config_t *stripe,
 
 /* ---- amounts ------------------------------------------------------------ */
 
-/* Currencies whose minor unit is not a hundredth (Stripe's list of
- * zero-decimal and three-decimal currencies). */
-static const struct {
-  const char *code;
-  int64_t micros_per_unit;
-} currency_units[] = {
-    {"bif", 1000000}, {"clp", 1000000}, {"djf", 1000000}, {"gnf", 1000000},
-    {"jpy", 1000000}, {"kmf", 1000000}, {"krw", 1000000}, {"mga", 1000000},
-    {"pyg", 1000000}, {"rwf", 1000000}, {"ugx", 1000000}, {"vnd", 1000000},
-    {"vuv", 1000000}, {"xaf", 1000000}, {"xof", 1000000}, {"xpf", 1000000},
-    {"bhd", 1000},    {"jod", 1000},    {"kwd", 1000},    {"omr", 1000},
-    {"tnd", 1000},
-};
-
+/* The minor unit of each currency is tly_stripe_client.c's to know. */
 int64_t tly_stripe_amount_micros(int64_t amount, const char *currency) {
-  int64_t factor = 10000; /* cents */
-  char code[4] = "";
-  for (size_t i = 0; currency && currency[i] && i < 3; i++)
-    code[i] = (char)tolower((unsigned char)currency[i]);
-  for (size_t i = 0; i < TLY_COUNT(currency_units); i++)
-    if (strcmp(code, currency_units[i].code) == 0)
-      factor = currency_units[i].micros_per_unit;
+  int64_t factor = tly_stripe_micros_per_unit(currency);
   if (amount < 0 || amount > INT64_MAX / factor)
     return -1;
   return amount * factor;

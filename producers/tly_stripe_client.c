@@ -212,15 +212,17 @@ static void free_headers(struct curl_slist *list) {
   curl_slist_free_all(list);
 }
 
-/* One request: POST with the form as its body, or GET with it as the
- * query string. */
-static int request(tly_stripe_client_t *client, int post, const char *path,
-                   const tly_stripe_param_t *params, size_t param_count,
-                   const char *idempotency_key, tly_stripe_response_t *out) {
+/* One request: POST with the form as its body, or GET or DELETE with it as
+ * the query string (what Stripe's own libraries do for both). */
+static int request(tly_stripe_client_t *client, const char *method,
+                   const char *path, const tly_stripe_param_t *params,
+                   size_t param_count, const char *idempotency_key,
+                   tly_stripe_response_t *out) {
   char bearer[512], *url = NULL;
   collect_t collect = {out, 0, 0};
   struct curl_slist *headers = NULL;
   int rc = -1;
+  int post = strcmp(method, "POST") == 0;
 
   memset(out, 0, sizeof(*out));
   out->retry_after_s = -1;
@@ -258,6 +260,8 @@ static int request(tly_stripe_client_t *client, int post, const char *path,
                      (curl_off_t)strlen(form));
   } else {
     curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+    if (strcmp(method, "GET") != 0)
+      curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
   }
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, client->timeout_ms);
@@ -304,13 +308,21 @@ done:
 int tly_stripe_post(tly_stripe_client_t *client, const char *path,
                     const tly_stripe_param_t *params, size_t param_count,
                     const char *idempotency_key, tly_stripe_response_t *out) {
-  return request(client, 1, path, params, param_count, idempotency_key, out);
+  return request(client, "POST", path, params, param_count, idempotency_key,
+                 out);
 }
 
 int tly_stripe_get(tly_stripe_client_t *client, const char *path,
                    const tly_stripe_param_t *params, size_t param_count,
                    tly_stripe_response_t *out) {
-  return request(client, 0, path, params, param_count, NULL, out);
+  return request(client, "GET", path, params, param_count, NULL, out);
+}
+
+int tly_stripe_delete(tly_stripe_client_t *client, const char *path,
+                      const tly_stripe_param_t *params, size_t param_count,
+                      const char *idempotency_key, tly_stripe_response_t *out) {
+  return request(client, "DELETE", path, params, param_count, idempotency_key,
+                 out);
 }
 
 void tly_stripe_response_clear(tly_stripe_response_t *response) {
@@ -336,4 +348,29 @@ void tly_stripe_error_message(const char *body, char *out, size_t out_size) {
 
 void tly_stripe_error_code(const char *body, char *out, size_t out_size) {
   error_field(body, "code", out, out_size);
+}
+
+/* Stripe's zero-decimal currencies (the amount is whole units) and
+ * three-decimal ones; every other currency counts in hundredths. */
+static const struct {
+  const char *code;
+  int64_t micros_per_unit;
+} currency_units[] = {
+    {"bif", 1000000}, {"clp", 1000000}, {"djf", 1000000}, {"gnf", 1000000},
+    {"jpy", 1000000}, {"kmf", 1000000}, {"krw", 1000000}, {"mga", 1000000},
+    {"pyg", 1000000}, {"rwf", 1000000}, {"ugx", 1000000}, {"vnd", 1000000},
+    {"vuv", 1000000}, {"xaf", 1000000}, {"xof", 1000000}, {"xpf", 1000000},
+    {"bhd", 1000},    {"jod", 1000},    {"kwd", 1000},    {"omr", 1000},
+    {"tnd", 1000},
+};
+
+int64_t tly_stripe_micros_per_unit(const char *currency) {
+  char code[4] = "";
+  for (size_t i = 0; currency && currency[i] && i < 3; i++)
+    code[i] = (char)tolower((unsigned char)currency[i]);
+  for (size_t i = 0; i < sizeof(currency_units) / sizeof(currency_units[0]);
+       i++)
+    if (strcmp(code, currency_units[i].code) == 0)
+      return currency_units[i].micros_per_unit;
+  return 10000; /* cents */
 }

@@ -2,8 +2,8 @@
  * tly_stripe_client.h - a small Stripe API client over libcurl, shared by
  * the billing portal route and the usage-reporting emitter.
  *
- * One call is one HTTP request (POST, or GET with the parameters as the
- * query string): form-encoded parameters (keys may carry
+ * One call is one HTTP request (POST, or GET or DELETE with the parameters
+ * as the query string): form-encoded parameters (keys may carry
  * Stripe's brackets, "payload[stripe_customer_id]"), the secret key as a
  * bearer token, the pinned Stripe-Version, an optional Idempotency-Key and
  * a total time limit. It never retries: the caller decides, from what the
@@ -68,6 +68,11 @@ int tly_stripe_post(tly_stripe_client_t *client, const char *path,
 int tly_stripe_get(tly_stripe_client_t *client, const char *path,
                    const tly_stripe_param_t *params, size_t param_count,
                    tly_stripe_response_t *out);
+/* DELETE api_base + path (a cancel), the params as the query string, with
+ * an optional Idempotency-Key. Same answers as tly_stripe_post. */
+int tly_stripe_delete(tly_stripe_client_t *client, const char *path,
+                      const tly_stripe_param_t *params, size_t param_count,
+                      const char *idempotency_key, tly_stripe_response_t *out);
 void tly_stripe_response_clear(tly_stripe_response_t *response);
 
 /* application/x-www-form-urlencoded of params: each key and value
@@ -81,5 +86,10 @@ void tly_stripe_error_message(const char *body, char *out, size_t out_size);
 /* Stripe's error code ("error.code", e.g. "idempotency_key_in_use"), copied
  * to out ("" when there is none). */
 void tly_stripe_error_code(const char *body, char *out, size_t out_size);
+
+/* Micro-units of currency (ISO code, either case) in one of Stripe's
+ * amount units: 10,000 for cents, 1,000,000 for a zero-decimal currency
+ * (jpy), 1,000 for a three-decimal one (kwd). */
+int64_t tly_stripe_micros_per_unit(const char *currency);
 
 #endif

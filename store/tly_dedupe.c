@@ -14,8 +14,10 @@ typedef struct blob {
   unsigned char *data; /* header + records, as stored */
   size_t len, cap;
   int64_t max_ms;
+  int64_t key; /* the blob's store key (its batch's first offset) */
   uint32_t count;
   int sealed;
+  int spilling; /* its ids are in the batch being written to the store */
   struct blob *next;
 } blob_t;
 
@@ -31,6 +33,7 @@ struct tly_dedupe {
   size_t count;
   blob_t *head, *tail; /* oldest first; the tail may be the open blob */
   size_t blob_count;
+  size_t blob_bytes; /* sizeof(blob_t) + cap of every blob */
 };
 
 static uint64_t hash_id(const char *id, size_t len) {
@@ -100,7 +103,7 @@ int tly_dedupe_lookup(const tly_dedupe_t *dedupe, const char *id, size_t len,
 }
 
 static int grow(tly_dedupe_t *dedupe) {
-  size_t capacity = dedupe->capacity ? dedupe->capacity * 2 : 1024;
+  size_t capacity = dedupe->capacity ? dedupe->capacity * 2 : 64;
   /* Zeroed by writing, not calloc: calloc's fresh pages map the shared
    * zero page on the first read (a probe) and fault again, copying and
    * flushing every CPU's TLB, on the first write. That was a tenth of the
@@ -163,6 +166,7 @@ static void delete_slot(tly_dedupe_t *dedupe, size_t i) {
 }
 
 static void append_blob(tly_dedupe_t *dedupe, blob_t *blob) {
+  dedupe->blob_bytes += sizeof(*blob) + blob->cap;
   if (dedupe->tail)
     dedupe->tail->next = blob;
   else
@@ -202,6 +206,7 @@ int tly_dedupe_record(tly_dedupe_t *dedupe, const char *id, size_t len,
     unsigned char *grown = realloc(blob->data, cap);
     if (!grown)
       return -1;
+    dedupe->blob_bytes += cap - blob->cap;
     blob->data = grown;
     blob->cap = cap;
   }
@@ -232,11 +237,12 @@ const void *tly_dedupe_open_blob(tly_dedupe_t *dedupe, size_t *len) {
   return blob->data;
 }
 
-void tly_dedupe_seal(tly_dedupe_t *dedupe) {
+void tly_dedupe_seal(tly_dedupe_t *dedupe, int64_t key) {
   blob_t *blob = dedupe->tail;
   if (!blob || blob->sealed)
     return;
   blob->sealed = 1;
+  blob->key = key;
   /* A sealed blob never grows: give back the room the open one had (4 KiB
    * at least). With a commit per few events (group commit) most blobs
    * hold an id or two, and the slack would cost more than the ids. Slots
@@ -244,13 +250,15 @@ void tly_dedupe_seal(tly_dedupe_t *dedupe) {
   if (blob->cap > blob->len) {
     unsigned char *fitted = realloc(blob->data, blob->len);
     if (fitted) {
+      dedupe->blob_bytes -= blob->cap - blob->len;
       blob->data = fitted;
       blob->cap = blob->len;
     }
   }
 }
 
-int tly_dedupe_load(tly_dedupe_t *dedupe, const void *data, size_t len) {
+int tly_dedupe_load(tly_dedupe_t *dedupe, int64_t key, const void *data,
+                    size_t len) {
   const unsigned char *bytes = data;
   if (len < TLY_DEDUPE_BLOB_HEADER)
     return -1;
@@ -271,7 +279,11 @@ int tly_dedupe_load(tly_dedupe_t *dedupe, const void *data, size_t len) {
   }
   if (pos != len || (count && max_ms != (int64_t)tly_get_be64(bytes)))
     return -1;
-  tly_dedupe_seal(dedupe);
+  if (!count) /* a spilled blob's stub: its ids are in the store */
+    return 0;
+  blob_t *open = dedupe->tail;
+  if (open && !open->sealed) /* an open blob must stay the tail */
+    return -1;
   blob_t *blob = calloc(1, sizeof(*blob));
   if (!blob)
     return -1;
@@ -285,6 +297,7 @@ int tly_dedupe_load(tly_dedupe_t *dedupe, const void *data, size_t len) {
   blob->max_ms = max_ms;
   blob->count = count;
   blob->sealed = 1;
+  blob->key = key;
   append_blob(dedupe, blob);
   for (pos = TLY_DEDUPE_BLOB_HEADER; pos < len;) {
     size_t id_len = ((size_t)bytes[pos + 8] << 8) | bytes[pos + 9];
@@ -295,32 +308,117 @@ int tly_dedupe_load(tly_dedupe_t *dedupe, const void *data, size_t len) {
   return 0;
 }
 
+/* Forgets the oldest blob: its ids leave the index (only the slots still
+ * pointing into it: a newer record of the same id in a later blob owns
+ * the slot otherwise). */
+static void forget_head(tly_dedupe_t *dedupe) {
+  blob_t *blob = dedupe->head;
+  size_t mask = dedupe->capacity - 1;
+  for (size_t pos = TLY_DEDUPE_BLOB_HEADER; pos < blob->len;) {
+    const unsigned char *record = blob->data + pos;
+    size_t len = ((size_t)record[8] << 8) | record[9];
+    uint64_t hash = hash_id((const char *)record + 10, len);
+    for (size_t i = hash & mask; dedupe->slots[i].hash; i = (i + 1) & mask) {
+      if (dedupe->slots[i].blob == blob && dedupe->slots[i].offset == pos) {
+        delete_slot(dedupe, i);
+        break;
+      }
+    }
+    pos += 10 + len;
+  }
+  dedupe->head = blob->next;
+  if (!dedupe->head)
+    dedupe->tail = NULL;
+  dedupe->blob_count--;
+  dedupe->blob_bytes -= sizeof(*blob) + blob->cap;
+  free(blob->data);
+  free(blob);
+}
+
+/* Gives back table room once the index has shrunk to an eighth of it
+ * (spilling or expiry forgot most ids): without it the table would keep
+ * the room of the largest count ever held. 64 slots at least (as the
+ * first table: a partition with few ids costs 1.5 KiB, so many partitions
+ * fit a small dedupe share). */
+static void shrink(tly_dedupe_t *dedupe) {
+  size_t capacity = dedupe->capacity;
+  while (capacity > 64 && dedupe->count * 8 < capacity)
+    capacity /= 2;
+  if (capacity == dedupe->capacity)
+    return;
+  slot_t *slots = malloc(capacity * sizeof(*slots));
+  if (!slots)
+    return; /* keeps the larger table: still correct */
+  tly_zero_fill(slots, capacity * sizeof(*slots));
+  size_t mask = capacity - 1;
+  for (size_t i = 0; i < dedupe->capacity; i++) {
+    slot_t *old = &dedupe->slots[i];
+    if (!old->hash)
+      continue;
+    size_t j = old->hash & mask;
+    while (slots[j].hash)
+      j = (j + 1) & mask;
+    slots[j] = *old;
+  }
+  free(dedupe->slots);
+  dedupe->slots = slots;
+  dedupe->capacity = capacity;
+}
+
 void tly_dedupe_expire(tly_dedupe_t *dedupe, int64_t horizon_ms) {
+  int forgot = 0;
   while (dedupe->head && dedupe->head->sealed &&
          dedupe->head->max_ms < horizon_ms) {
-    blob_t *blob = dedupe->head;
-    size_t mask = dedupe->capacity - 1;
-    for (size_t pos = TLY_DEDUPE_BLOB_HEADER; pos < blob->len;) {
-      const unsigned char *record = blob->data + pos;
-      size_t len = ((size_t)record[8] << 8) | record[9];
-      uint64_t hash = hash_id((const char *)record + 10, len);
-      /* Only the slot still pointing here: a newer record of the same id
-       * in a later blob owns the slot otherwise. */
-      for (size_t i = hash & mask; dedupe->slots[i].hash; i = (i + 1) & mask) {
-        if (dedupe->slots[i].blob == blob && dedupe->slots[i].offset == pos) {
-          delete_slot(dedupe, i);
-          break;
-        }
-      }
-      pos += 10 + len;
-    }
-    dedupe->head = blob->next;
-    if (!dedupe->head)
-      dedupe->tail = NULL;
-    dedupe->blob_count--;
-    free(blob->data);
-    free(blob);
+    forget_head(dedupe);
+    forgot = 1;
   }
+  if (forgot)
+    shrink(dedupe);
+}
+
+const void *tly_dedupe_spill_next(tly_dedupe_t *dedupe, size_t *len,
+                                  int64_t *key) {
+  blob_t *blob = dedupe->head;
+  while (blob && blob->spilling)
+    blob = blob->next;
+  if (!blob || !blob->sealed)
+    return NULL;
+  blob->spilling = 1;
+  tly_put_be64(blob->data, (uint64_t)blob->max_ms);
+  tly_put_be32(blob->data + 8, blob->count);
+  *len = blob->len;
+  *key = blob->key;
+  return blob->data;
+}
+
+size_t tly_dedupe_release_spilled(tly_dedupe_t *dedupe) {
+  size_t released = 0;
+  while (dedupe->head && dedupe->head->spilling) {
+    forget_head(dedupe);
+    released++;
+  }
+  if (released)
+    shrink(dedupe);
+  return released;
+}
+
+int tly_dedupe_blob_next(const void *blob, size_t len, size_t *pos,
+                         const char **id, size_t *id_len,
+                         int64_t *occurred_at_ms) {
+  const unsigned char *bytes = blob;
+  if (*pos < TLY_DEDUPE_BLOB_HEADER)
+    *pos = TLY_DEDUPE_BLOB_HEADER;
+  if (*pos >= len || len - *pos < 10)
+    return 0;
+  const unsigned char *record = bytes + *pos;
+  size_t n = ((size_t)record[8] << 8) | record[9];
+  if (len - *pos - 10 < n)
+    return 0;
+  *occurred_at_ms = (int64_t)tly_get_be64(record);
+  *id = (const char *)record + 10;
+  *id_len = n;
+  *pos += 10 + n;
+  return 1;
 }
 
 size_t tly_dedupe_count(const tly_dedupe_t *dedupe) { return dedupe->count; }
@@ -330,8 +428,6 @@ size_t tly_dedupe_blobs(const tly_dedupe_t *dedupe) {
 }
 
 size_t tly_dedupe_bytes(const tly_dedupe_t *dedupe) {
-  size_t bytes = sizeof(*dedupe) + dedupe->capacity * sizeof(slot_t);
-  for (const blob_t *blob = dedupe->head; blob; blob = blob->next)
-    bytes += sizeof(*blob) + blob->cap;
-  return bytes;
+  return sizeof(*dedupe) + dedupe->capacity * sizeof(slot_t) +
+         dedupe->blob_bytes;
 }

@@ -86,3 +86,12 @@ size_t tly_key_expiry(const char *usage_key, size_t usage_len,
   memcpy(out + 12, usage_key, usage_len);
   return usage_len + 12;
 }
+
+size_t tly_key_dedupe_id(int32_t partition, const char *id, size_t id_len,
+                         char *out, size_t out_size) {
+  if (out_size < 4 || id_len > out_size - 4)
+    return 0;
+  tly_put_be32((unsigned char *)out, (uint32_t)partition);
+  memcpy(out + 4, id, id_len);
+  return 4 + id_len;
+}

@@ -8,7 +8,11 @@
  *   accounts:   [p][kind:id] -> subject record (account + kept usage rows,
  *               tly_subject_record_encode)
  *   dedupe:     [p][first input offset of the batch, 8 bytes BE] -> the
- *               batch's event ids (a blob, see tly_dedupe.h)
+ *               batch's event ids (a blob, see tly_dedupe.h); a blob whose
+ *               ids were spilled keeps its 12-byte header with count 0
+ *   dedupe_ids: [p][event id] -> [occurred_at, 8 bytes BE] (bytes after
+ *               the 8 are reserved for a small per-id value; readers
+ *               ignore them): an id spilled out of memory
  *   cycle_ends: [p][cycle end, 8 bytes BE][kind:id]
  *   usage (the history, values start with their expiry time):
  *     [p][kind:id][0]['H'][hour, 4 bytes BE] -> an hour's usage buckets (an
@@ -58,6 +62,10 @@ size_t tly_key_report_cursor(int32_t partition, tly_subject_kind_t kind,
  * short, else usage_len + 12. */
 size_t tly_key_expiry(const char *usage_key, size_t usage_len,
                       int64_t expires_at_ms, char *out, size_t out_size);
+
+/* [p][event id]: a spilled event id. */
+size_t tly_key_dedupe_id(int32_t partition, const char *id, size_t id_len,
+                         char *out, size_t out_size);
 
 /* The history kinds (the tag after the subject). */
 #define TLY_HISTORY_HOUR 'H'

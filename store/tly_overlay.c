@@ -306,3 +306,26 @@ void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
   }
   entry->bucket_count = kept;
 }
+
+size_t tly_overlay_bytes(const tly_overlay_t *overlay) {
+  size_t bytes = overlay->capacity * sizeof(tly_overlay_slot_t);
+  for (size_t i = 0; i < overlay->capacity; i++) {
+    const tly_overlay_entry_t *entry = overlay->slots[i].entry;
+    if (!entry)
+      continue;
+    bytes += sizeof(*entry) + entry->key_len +
+             entry->row_cap * sizeof(*entry->rows) +
+             entry->row_count * sizeof(**entry->rows) +
+             entry->bucket_cap * sizeof(*entry->buckets) +
+             entry->bucket_count * sizeof(**entry->buckets) +
+             entry->holds.cap * sizeof(*entry->holds.items) +
+             entry->distinct.cap * sizeof(*entry->distinct.items);
+    for (size_t d = 0; d < entry->distinct.count; d++) {
+      const tly_distinct_set_t *set = &entry->distinct.items[d];
+      bytes += set->cap * sizeof(*set->values);
+      for (size_t v = 0; v < set->count; v++)
+        bytes += strlen(set->values[v]) + 1;
+    }
+  }
+  return bytes;
+}

@@ -117,4 +117,8 @@ void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry);
 tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
                                         const char *key, size_t key_len);
 
+/* The memory the overlay holds (table, entries, their rows, buckets and
+ * holds; allocator overhead not counted), in bytes. Walks every entry. */
+size_t tly_overlay_bytes(const tly_overlay_t *overlay);
+
 #endif

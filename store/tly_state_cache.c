@@ -34,7 +34,14 @@ struct tly_state_cache {
   size_t mask;
   slot_t *slots;
   atomic_uint_least64_t hits, misses;
+  atomic_size_t bytes; /* the sets, the entries and their copies' items */
 };
+
+static size_t state_bytes(const tly_subject_state_t *state) {
+  return state->row_count * sizeof(*state->rows) +
+         state->bucket_count * sizeof(*state->buckets) +
+         state->hold_count * sizeof(*state->holds);
+}
 
 tly_state_cache_t *tly_state_cache_new(size_t slots) {
   size_t count = 1;
@@ -50,6 +57,7 @@ tly_state_cache_t *tly_state_cache_new(size_t slots) {
     return NULL;
   }
   cache->mask = count - 1;
+  atomic_init(&cache->bytes, count * sizeof(*cache->slots));
   for (size_t i = 0; i < count; i++)
     pthread_mutex_init(&cache->slots[i].lock, NULL);
   return cache;
@@ -93,14 +101,19 @@ static entry_t *find_entry(slot_t *slot, tly_subject_kind_t kind,
 
 /* Where to store (kind, id): its own entry, else an empty or stale one
  * (older than commit_count), else the next in turn. NULL on OOM. */
-static entry_t *claim_entry(slot_t *slot, tly_subject_kind_t kind,
-                            const char *id, uint64_t commit_count) {
+static entry_t *claim_entry(tly_state_cache_t *cache, slot_t *slot,
+                            tly_subject_kind_t kind, const char *id,
+                            uint64_t commit_count) {
   entry_t *entry = find_entry(slot, kind, id);
   if (entry)
     return entry;
   for (size_t w = 0; w < WAYS; w++) {
-    if (!slot->entries[w])
-      return slot->entries[w] = calloc(1, sizeof(entry_t));
+    if (!slot->entries[w]) {
+      slot->entries[w] = calloc(1, sizeof(entry_t));
+      if (slot->entries[w])
+        atomic_fetch_add(&cache->bytes, sizeof(entry_t));
+      return slot->entries[w];
+    }
     if (slot->entries[w]->commit_count != commit_count)
       return slot->entries[w];
   }
@@ -126,8 +139,10 @@ static int state_copy(tly_subject_state_t *dst,
   dst->buckets = NULL;
   dst->holds = NULL;
   if (copy_items(&dst->rows, src->rows, src->row_count, sizeof(*src->rows)) ||
-      copy_items(&dst->buckets, src->buckets, src->bucket_count, sizeof(*src->buckets)) ||
-      copy_items(&dst->holds, src->holds, src->hold_count, sizeof(*src->holds))) {
+      copy_items(&dst->buckets, src->buckets, src->bucket_count,
+                 sizeof(*src->buckets)) ||
+      copy_items(&dst->holds, src->holds, src->hold_count,
+                 sizeof(*src->holds))) {
     tly_state_subject_clear(dst);
     return -1;
   }
@@ -190,8 +205,10 @@ int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
   if (found && state_copy(&copy, out))
     return found; /* no memory for the cache: still answer */
   pthread_mutex_lock(&slot->lock);
-  entry_t *entry = claim_entry(slot, kind, id, before);
+  entry_t *entry = claim_entry(cache, slot, kind, id, before);
   if (entry) {
+    atomic_fetch_sub(&cache->bytes, state_bytes(&entry->state));
+    atomic_fetch_add(&cache->bytes, state_bytes(&copy));
     tly_state_subject_clear(&entry->state);
     entry->state = copy;
     entry->commit_count = before;
@@ -209,4 +226,17 @@ void tly_state_cache_stats(tly_state_cache_t *cache,
                            tly_state_cache_stats_t *stats) {
   stats->hits = atomic_load(&cache->hits);
   stats->misses = atomic_load(&cache->misses);
+}
+
+size_t tly_state_cache_bytes(tly_state_cache_t *cache) {
+  return atomic_load(&cache->bytes);
+}
+
+size_t tly_state_cache_slots_for(size_t bytes) {
+  /* an entry and a few rows and buckets, per slot */
+  size_t per = sizeof(entry_t) + 512;
+  size_t slots = 1024;
+  while (slots * 2 * per <= bytes && slots < ((size_t)1 << 24))
+    slots *= 2; /* a power of two: tly_state_cache_new rounds up */
+  return slots;
 }

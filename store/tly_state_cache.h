@@ -44,9 +44,9 @@ typedef uint64_t (*tly_commit_count_fn)(void *opaque);
 int tly_state_cache_find(tly_state_cache_t *cache, tly_store_t *store,
                          int32_t partition_count,
                          tly_state_readable_fn readable, void *readable_opaque,
-                         tly_commit_count_fn count,
-                         void *count_opaque, tly_subject_kind_t kind,
-                         const char *id, tly_subject_state_t *out, char *errstr,
+                         tly_commit_count_fn count, void *count_opaque,
+                         tly_subject_kind_t kind, const char *id,
+                         tly_subject_state_t *out, char *errstr,
                          size_t errstr_size);
 
 typedef struct {
@@ -54,5 +54,11 @@ typedef struct {
 } tly_state_cache_stats_t;
 void tly_state_cache_stats(tly_state_cache_t *cache,
                            tly_state_cache_stats_t *stats);
+
+/* The memory the cache holds (sets, entries, their copies' rows), in
+ * bytes; and how many slots fit in bytes (for tly_state_cache_new; 1024
+ * at least). */
+size_t tly_state_cache_bytes(tly_state_cache_t *cache);
+size_t tly_state_cache_slots_for(size_t bytes);
 
 #endif

@@ -72,6 +72,7 @@ static const tly_cf_desc_t tly_cf_table[] = {
     [TLY_CF_REPORTS] = {"reports", 0},
     [TLY_CF_CURSORS] = {"stripe_cursors", 1},
     [TLY_CF_EXPIRIES] = {"expiries", 0},
+    [TLY_CF_DEDUPE_IDS] = {"dedupe_ids", 1},
 };
 
 /* A new enum value without a row: if it is the last one the table comes out
@@ -109,12 +110,10 @@ struct tly_store {
   expiry_t expiry[2];
 };
 
-static unsigned char expiry_filter(void *state, int level, const char *key,
-                                   size_t key_length,
-                                   const char *existing_value,
-                                   size_t value_length, char **new_value,
-                                   size_t *new_value_length,
-                                   unsigned char *value_changed) {
+static unsigned char
+expiry_filter(void *state, int level, const char *key, size_t key_length,
+              const char *existing_value, size_t value_length, char **new_value,
+              size_t *new_value_length, unsigned char *value_changed) {
   expiry_t *expiry = state;
   (void)level, (void)new_value, (void)new_value_length;
   *value_changed = 0;
@@ -136,6 +135,8 @@ static const char *expiry_filter_name(void *state) {
 }
 
 static expiry_t *expiry_of(tly_store_t *store, tly_cf_t cf) {
+  if (cf == TLY_CF_DEDUPE_IDS) /* the spilled ids expire with the blobs */
+    cf = TLY_CF_DEDUPE;
   for (size_t i = 0; i < sizeof(store->expiry) / sizeof(store->expiry[0]); i++)
     if (store->expiry[i].cf == cf)
       return &store->expiry[i];
@@ -364,10 +365,10 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
       continue;
     slot_of[i] = open_count;
     names[open_count] = tly_cf_table[i].name;
-    cf_options[open_count] =
-        expiry_of(store, (tly_cf_t)i) ? expiry_of(store, (tly_cf_t)i)->options
-        : tly_cf_table[i].point_reads ? bloom_options
-                                      : plain_options;
+    cf_options[open_count] = expiry_of(store, (tly_cf_t)i)
+                                 ? expiry_of(store, (tly_cf_t)i)->options
+                             : tly_cf_table[i].point_reads ? bloom_options
+                                                           : plain_options;
     open_count++;
   }
 

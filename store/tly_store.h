@@ -43,6 +43,9 @@ typedef enum {
   TLY_CF_EXPIRIES,   /* [partition][expires at, 8 bytes BE][usage key] ->
                         empty: when each expiring history key goes, so the
                         state changelog gets its tombstone */
+  TLY_CF_DEDUPE_IDS, /* [partition][event id] -> occurred_at (8 bytes BE):
+                        the ids spilled out of memory (tly_dedupe.h); the
+                        dedupe family's expiry and horizon */
   TLY_CF__COUNT
 } tly_cf_t;
 
@@ -130,8 +133,10 @@ void tly_store_free(void *ptr);
  * Expiry by compaction, not by a scan, for two families whose values start
  * with an event time (8 bytes BE): the filter drops an entry of partition p
  * once that time is below p's horizon.
- *   dedupe: the time is a blob's newest occurred_at and the horizon the
- *           partition's event-time watermark minus the dedupe window;
+ *   dedupe: the time is a blob's newest occurred_at (dedupe) or an id's
+ *           occurred_at (dedupe_ids, which shares dedupe's horizon) and
+ *           the horizon the partition's event-time watermark minus the
+ *           dedupe window;
  *   usage:  the time is when the history record expires (event time) and
  *           the horizon the partition's watermark.
  * Set horizons from committed state only, so they never run ahead of what

@@ -25,9 +25,13 @@
  * (0 skips (c)), BENCH_HTTP_S
  * (default 10) each wrk run; BENCH_HTTP_S=0 skips (d). BENCH_CHANGELOG=1
  * adds the state changelog topic, so the fold publishes it (its cost).
+ * BENCH_MEMORY_BUDGET sets --memory-budget (bytes; default 1 GiB): a small
+ * one makes (b) spill event ids to RocksDB (tly_dedupe.h).
  * BENCH_METERS=1 gives every feature a meter (api_calls max, ai_tokens
  * sum: tly_meters.h).
  * BENCH_ONLY_HTTP=1 runs (d) alone on a small data set (bench_http.h).
+ * BENCH_DEDUPE_IDS=N runs the dedupe-scale run alone (bench_dedupe.c):
+ * N ids in the window under the memory budget, then 1 % duplicates.
  */
 #define _GNU_SOURCE /* nftw, usleep */
 #include "bench_http.h"
@@ -327,6 +331,8 @@ int main(int argc, char **argv) {
 
   if (getenv("BENCH_ONLY_HTTP") && atoi(getenv("BENCH_ONLY_HTTP")))
     return bench_http_only(argc, argv);
+  if (getenv("BENCH_DEDUPE_IDS") && atol(getenv("BENCH_DEDUPE_IDS")) > 0)
+    return bench_dedupe_main();
   tly_log_set_level(TLY_LOG_WARN);
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_t *host =
@@ -373,7 +379,10 @@ int main(int argc, char **argv) {
       .config = config,
       .tick_interval_ms = -1,
       .batch_max_events =
-          getenv("BENCH_BATCH") ? atoi(getenv("BENCH_BATCH")) : 0};
+          getenv("BENCH_BATCH") ? atoi(getenv("BENCH_BATCH")) : 0,
+      .memory_budget_bytes = getenv("BENCH_MEMORY_BUDGET")
+                                 ? atoll(getenv("BENCH_MEMORY_BUDGET"))
+                                 : 0};
   run_t run = {0};
   run.processor = tly_processor_new(&pconf, store, errstr, sizeof(errstr));
   if (!store || !run.processor) {
@@ -486,6 +495,12 @@ int main(int argc, char **argv) {
          usage.ru_maxrss / 1024);
   printf("| (e) RocksDB size | %.1f MiB |\n", (double)dir_bytes / 1048576.0);
   printf("| alerts | %llu |\n", (unsigned long long)stats.alerts);
+  printf("| dedupe: ids spilled to RocksDB / lookups that read it | %llu / "
+         "%llu (memory %llu of %llu bytes) |\n",
+         (unsigned long long)stats.dedupe_ids_spilled,
+         (unsigned long long)stats.dedupe_store_reads,
+         (unsigned long long)stats.memory_bytes[TLY_MEMORY_DEDUPE],
+         (unsigned long long)stats.memory_budget[TLY_MEMORY_DEDUPE]);
 
   tly_processor_destroy(run.processor);
   tly_store_close(store);

@@ -75,4 +75,7 @@ int bench_http_only(int argc, char **argv);
  * starts with it), from /proc. */
 double bench_thread_cpu_seconds(const char *name, int prefix);
 
+/* bench_dedupe.c: the dedupe-scale run (BENCH_DEDUPE_IDS). */
+int bench_dedupe_main(void);
+
 #endif

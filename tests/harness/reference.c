@@ -117,8 +117,44 @@ void *th_stream_main(void *arg) {
   }
   int64_t started = th_now_ms();
   int sent = 0;
+  unsigned duplicate_seed = seed ^ 0x5bd1e995u;
+  int duplicates = 0;
+  unsigned short *subject_of =
+      stream->duplicate_every
+          ? calloc((size_t)stream->events, sizeof(*subject_of))
+          : NULL;
+  if (stream->duplicate_every && !subject_of) {
+    snprintf(stream->error, sizeof(stream->error), "out of memory");
+    tally_producer_destroy(producer);
+    atomic_store(&stream->done, 1);
+    return NULL;
+  }
   for (int i = 0; i < stream->events; i++) {
     int s = rand_r(&seed) % stream->subjects;
+    if (subject_of)
+      subject_of[i] = (unsigned short)s;
+    if (subject_of && i > 0 && i % stream->duplicate_every == 0) {
+      /* An earlier event's id and subject again, at its own time; its
+       * body would change the totals if it were counted. */
+      int j = (int)(rand_r(&duplicate_seed) % (unsigned)i);
+      tly_event_t again = {0};
+      snprintf(id, sizeof(id), "m%04d", subject_of[j]);
+      snprintf(event_id, sizeof(event_id), "x-%u-%d", stream->seed, j);
+      again.event_id = event_id;
+      again.occurred_at_ms = FIRST_EVENT + (int64_t)j * 97;
+      again.subject_kind = TLY_SUBJECT_USER;
+      again.subject_id = id;
+      again.body_kind = TLY_BODY_USAGE_RECORDED;
+      again.body.usage.feature = "api_calls";
+      again.body.usage.quantity = 1;
+      if (tally_producer_send(producer, &again, NULL, errstr, sizeof(errstr))) {
+        snprintf(stream->error, sizeof(stream->error), "send duplicate: %s",
+                 errstr);
+        break;
+      }
+      duplicates++;
+      sent++;
+    }
     tly_event_t event = {0};
     snprintf(id, sizeof(id), "m%04d", s);
     snprintf(event_id, sizeof(event_id), "x-%u-%d", stream->seed, i);
@@ -152,8 +188,8 @@ void *th_stream_main(void *arg) {
     }
     sent++;
     if (stream->meters && i % 2 == 0) {
-      if (send_metered(producer, stream, &seed, i, s, id,
-                       event.occurred_at_ms, errstr, sizeof(errstr))) {
+      if (send_metered(producer, stream, &seed, i, s, id, event.occurred_at_ms,
+                       errstr, sizeof(errstr))) {
         snprintf(stream->error, sizeof(stream->error), "send %d-m: %s", i,
                  errstr);
         break;
@@ -170,9 +206,11 @@ void *th_stream_main(void *arg) {
   tally_producer_stats(producer, &stats);
   if (stats.failed || stats.delivered != (uint64_t)sent)
     snprintf(stream->error, sizeof(stream->error),
-             "%llu delivered, %llu failed of %d",
+             "%llu delivered, %llu failed of %d (and %d duplicates)",
              (unsigned long long)stats.delivered,
-             (unsigned long long)stats.failed, sent);
+             (unsigned long long)stats.failed, sent - duplicates, duplicates);
+  stream->duplicates_sent = duplicates;
+  free(subject_of);
   tally_producer_destroy(producer);
   atomic_store(&stream->done, 1);
   return NULL;

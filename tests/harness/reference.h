@@ -34,6 +34,11 @@ typedef struct {
   /* Optional: extra librdkafka properties for the stream's producer,
    * "name=value", NULL-terminated. */
   const char *const *kafka_properties;
+  /* Optional: after every Nth event, the same event id (and subject) of
+   * a random earlier event again, which the processor must refuse as a
+   * duplicate (not in expected). 0: none. */
+  int duplicate_every;
+  int duplicates_sent; /* set when done */
   /* With meters: every other event is followed by one of the metered
    * features of th_reference_meters_config_json (seats, peak, gauge). */
   int meters;

@@ -12,6 +12,7 @@
  * still runs) 409 idempotency_key_in_use.
  */
 #include "stripe_fake.h"
+#include "stripe_fake_internal.h"
 
 #include "harness.h"
 
@@ -43,129 +44,30 @@ typedef enum MHD_Result sf_mhd_result;
 #define IDENTIFIER_TTL_S 86400LL
 #define IDEMPOTENCY_TTL_S 86400LL
 
-typedef struct {
-  char *key, *value;
-} param_t;
-
-typedef struct {
-  size_t count;
-  param_t *items;
-} params_t;
-
-typedef struct {
-  char *customer, *event_name;
-  long long sum, count;
-} ledger_row_t;
-
-typedef struct {
-  char *key, *fingerprint, *body;
-  int status, should_retry;
-  int64_t created_s;            /* by the fake's clock */
-  int64_t in_progress_until_ms; /* real time: its request still runs */
-} idempotent_t;
-
-typedef struct {
-  char *id;
-  int64_t seen_s; /* by the fake's clock */
-} identifier_t;
-
-/* An accepted meter event, for the summaries. */
-typedef struct {
-  char *customer, *event_name;
-  long long value;
-  int64_t timestamp;
-} event_t;
-
-typedef struct {
-  char *id, *event_name;
-  int64_t created_s;
-} meter_t;
-
-typedef struct {
-  int remaining;
-  int status;         /* 0: not a status fault */
-  long retry_after_s; /* -1: no header */
-  int should_retry;   /* -1: no header */
-  long hang_ms;       /* > 0: hang, then drop */
-  int drop_after_apply;
-  int apply;          /* with status: run the endpoint first, keep the
-                         status as the key's answer */
-  long processing_ms; /* > 0: run, then hold the key in progress */
-  char path[128];     /* "" any */
-  char customer[128]; /* "" any */
-} fault_t;
-
-/* Growable arrays of the state, each under the server's lock. */
-#define GROW(array, count, cap)                                                \
-  ((count) < (cap) ||                                                          \
-           ((cap) = (cap) ? (cap)*2 : 16,                                      \
-            (array) = realloc((array), (cap) * sizeof(*(array)))) != NULL      \
-       ? 1                                                                     \
-       : (abort(), 0))
-
-struct sf_server {
-  struct MHD_Daemon *daemon;
-  uint16_t port;
-  char *secret_key;
-  atomic_int stopping;
-  pthread_mutex_t lock;
-  char **customers;
-  size_t customer_count, customer_cap;
-  identifier_t *identifiers;
-  size_t identifier_count, identifier_cap;
-  event_t *events;
-  size_t event_count, event_cap;
-  meter_t *meters;
-  size_t meter_count, meter_cap;
-  int64_t clock_offset_s; /* the fake's clock: the wall clock plus this */
-  ledger_row_t *ledger;
-  size_t ledger_count, ledger_cap;
-  idempotent_t *idempotent;
-  size_t idempotent_count, idempotent_cap;
-  fault_t *faults;
-  size_t fault_count, fault_cap;
-  json_t *log; /* array, the last LOG_MAX requests */
-  long long requests, portal_sessions, next_id;
-};
-
-typedef struct {
-  char *body;
-  size_t len;
-  int too_large;
-} request_t;
-
-typedef struct {
-  int status;
-  char *body; /* malloc'd JSON */
-  int should_retry;
-  long retry_after_s;
-  int replayed;
-  int drop; /* close the connection without an answer */
-} answer_t;
+/* The types and shared helpers are stripe_fake_internal.h's. */
 
 /* ---- small helpers ------------------------------------------------------ */
 
 /* The fake's clock (under the lock, or where a stale read is harmless). */
-static int64_t now_s(const sf_server_t *server) {
+int64_t sf_now_s(const sf_server_t *server) {
   return (int64_t)time(NULL) + server->clock_offset_s;
 }
 
-static void answer_json(answer_t *answer, int status, json_t *json) {
+void sf_answer_json(answer_t *answer, int status, json_t *json) {
   answer->status = status;
   answer->body = json_dumps(json, JSON_COMPACT | JSON_SORT_KEYS);
   json_decref(json);
 }
 
 /* Stripe's error shape; code and param may be NULL. */
-static void answer_error(answer_t *answer, int status, const char *type,
-                         const char *code, const char *param,
-                         const char *message) {
+void sf_answer_error(answer_t *answer, int status, const char *type,
+                     const char *code, const char *param, const char *message) {
   json_t *error = json_pack("{s:s,s:s}", "type", type, "message", message);
   if (code)
     json_object_set_new(error, "code", json_string(code));
   if (param)
     json_object_set_new(error, "param", json_string(param));
-  answer_json(answer, status, json_pack("{s:o}", "error", error));
+  sf_answer_json(answer, status, json_pack("{s:o}", "error", error));
 }
 
 static int hex_value(int c) {
@@ -236,7 +138,7 @@ static int form_parse(const char *body, size_t len, params_t *out) {
 }
 
 /* The last value of key, or NULL. */
-static const char *param(const params_t *params, const char *key) {
+const char *sf_param(const params_t *params, const char *key) {
   const char *value = NULL;
   for (size_t i = 0; i < params->count; i++)
     if (strcmp(params->items[i].key, key) == 0)
@@ -255,8 +157,10 @@ static int compare_params(const void *a, const void *b) {
 static char *fingerprint(const char *method, const char *path,
                          const params_t *params) {
   param_t *sorted = malloc((params->count + 1) * sizeof(*sorted));
-  memcpy(sorted, params->items, params->count * sizeof(*sorted));
-  qsort(sorted, params->count, sizeof(*sorted), compare_params);
+  if (params->count) { /* a DELETE may have none: items is NULL then */
+    memcpy(sorted, params->items, params->count * sizeof(*sorted));
+    qsort(sorted, params->count, sizeof(*sorted), compare_params);
+  }
   json_t *json = json_pack("[s,s]", method, path);
   for (size_t i = 0; i < params->count; i++)
     json_array_append_new(json,
@@ -267,14 +171,14 @@ static char *fingerprint(const char *method, const char *path,
   return text;
 }
 
-static int known(char **list, size_t count, const char *id) {
+int sf_known(char **list, size_t count, const char *id) {
   for (size_t i = 0; i < count; i++)
     if (strcmp(list[i], id) == 0)
       return 1;
   return 0;
 }
 
-static int parse_integer(const char *text, long long *out) {
+int sf_parse_integer(const char *text, long long *out) {
   char *end;
   if (!text || !*text || strlen(text) > 19 ||
       !(isdigit((unsigned char)text[0]) || text[0] == '-'))
@@ -286,16 +190,16 @@ static int parse_integer(const char *text, long long *out) {
 /* ---- endpoints (run under the lock) ------------------------------------- */
 
 /* 1 when a required parameter is missing (answer filled). */
-static int require(const params_t *params, const char *const *names,
-                   answer_t *answer) {
+int sf_require(const params_t *params, const char *const *names,
+               answer_t *answer) {
   for (size_t i = 0; names[i]; i++) {
-    const char *value = param(params, names[i]);
+    const char *value = sf_param(params, names[i]);
     if (value && *value)
       continue;
     char message[160];
     snprintf(message, sizeof(message), "Missing required param: %s.", names[i]);
-    answer_error(answer, 400, "invalid_request_error", "parameter_missing",
-                 names[i], message);
+    sf_answer_error(answer, 400, "invalid_request_error", "parameter_missing",
+                    names[i], message);
     return 1;
   }
   return 0;
@@ -308,43 +212,43 @@ static int meter_event_invalid(const sf_server_t *server,
                                long long *timestamp, answer_t *answer) {
   static const char *const required[] = {
       "event_name", "payload[stripe_customer_id]", "payload[value]", NULL};
-  if (require(params, required, answer))
+  if (sf_require(params, required, answer))
     return 1;
-  if (parse_integer(param(params, "payload[value]"), value)) {
-    answer_error(answer, 400, "invalid_request_error",
-                 "parameter_invalid_integer", "payload[value]",
-                 "Invalid integer: payload[value] must be a whole number.");
-    return 1;
-  }
-  const char *ts = param(params, "timestamp");
-  *timestamp = now_s(server);
-  if (ts && parse_integer(ts, timestamp)) {
-    answer_error(answer, 400, "invalid_request_error",
-                 "parameter_invalid_integer", "timestamp",
-                 "Invalid integer: timestamp.");
+  if (sf_parse_integer(sf_param(params, "payload[value]"), value)) {
+    sf_answer_error(answer, 400, "invalid_request_error",
+                    "parameter_invalid_integer", "payload[value]",
+                    "Invalid integer: payload[value] must be a whole number.");
     return 1;
   }
-  if (*timestamp < now_s(server) - METER_WINDOW_PAST_S) {
-    answer_error(answer, 400, "invalid_request_error",
-                 "timestamp_too_far_in_past", "timestamp",
-                 "Timestamp must be within the past 35 calendar days.");
+  const char *ts = sf_param(params, "timestamp");
+  *timestamp = sf_now_s(server);
+  if (ts && sf_parse_integer(ts, timestamp)) {
+    sf_answer_error(answer, 400, "invalid_request_error",
+                    "parameter_invalid_integer", "timestamp",
+                    "Invalid integer: timestamp.");
     return 1;
   }
-  if (*timestamp > now_s(server) + METER_WINDOW_FUTURE_S) {
-    answer_error(answer, 400, "invalid_request_error", "timestamp_in_future",
-                 "timestamp",
-                 "Timestamp must be no more than 5 minutes in the future.");
+  if (*timestamp < sf_now_s(server) - METER_WINDOW_PAST_S) {
+    sf_answer_error(answer, 400, "invalid_request_error",
+                    "timestamp_too_far_in_past", "timestamp",
+                    "Timestamp must be within the past 35 calendar days.");
+    return 1;
+  }
+  if (*timestamp > sf_now_s(server) + METER_WINDOW_FUTURE_S) {
+    sf_answer_error(answer, 400, "invalid_request_error", "timestamp_in_future",
+                    "timestamp",
+                    "Timestamp must be no more than 5 minutes in the future.");
     return 1;
   }
   return 0;
 }
 
-static void unknown_customer(answer_t *answer, const char *param_name,
-                             const char *customer) {
+void sf_unknown_customer(answer_t *answer, const char *param_name,
+                         const char *customer) {
   char message[256];
   snprintf(message, sizeof(message), "No such customer: '%.200s'", customer);
-  answer_error(answer, 400, "invalid_request_error", "resource_missing",
-               param_name, message);
+  sf_answer_error(answer, 400, "invalid_request_error", "resource_missing",
+                  param_name, message);
 }
 
 static void add_to_ledger(sf_server_t *server, const char *customer,
@@ -364,81 +268,83 @@ static void add_to_ledger(sf_server_t *server, const char *customer,
 }
 
 /* Returns 1 when the answer may be kept for an Idempotency-Key. */
-static int meter_event(sf_server_t *server, const params_t *params,
-                       answer_t *answer) {
+static int meter_event(sf_server_t *server, const char *path,
+                       const params_t *params, answer_t *answer) {
+  (void)path;
   long long value, timestamp;
   if (meter_event_invalid(server, params, &value, &timestamp, answer))
     return 0;
-  const char *customer = param(params, "payload[stripe_customer_id]");
-  const char *event_name = param(params, "event_name");
-  const char *given = param(params, "identifier");
+  const char *customer = sf_param(params, "payload[stripe_customer_id]");
+  const char *event_name = sf_param(params, "event_name");
+  const char *given = sf_param(params, "identifier");
   char identifier[128];
   if (given && *given)
     snprintf(identifier, sizeof(identifier), "%s", given);
   else
     snprintf(identifier, sizeof(identifier), "mev_fake_%lld",
              ++server->next_id);
-  if (!known(server->customers, server->customer_count, customer)) {
-    unknown_customer(answer, "payload[stripe_customer_id]", customer);
+  if (!sf_known(server->customers, server->customer_count, customer)) {
+    sf_unknown_customer(answer, "payload[stripe_customer_id]", customer);
     return 1;
   }
   identifier_t *seen = NULL;
   for (size_t i = 0; i < server->identifier_count && !seen; i++)
     if (strcmp(server->identifiers[i].id, identifier) == 0)
       seen = &server->identifiers[i];
-  if (seen && now_s(server) - seen->seen_s < IDENTIFIER_TTL_S) {
+  if (seen && sf_now_s(server) - seen->seen_s < IDENTIFIER_TTL_S) {
     char message[256];
     snprintf(message, sizeof(message),
              "An event already exists with identifier %s.", identifier);
-    answer_error(answer, 400, "invalid_request_error", NULL, NULL, message);
+    sf_answer_error(answer, 400, "invalid_request_error", NULL, NULL, message);
     answer->should_retry = 0;
     return 1;
   }
   if (seen) { /* unique for 24 hours only: this one counts again */
-    seen->seen_s = now_s(server);
+    seen->seen_s = sf_now_s(server);
   } else {
     GROW(server->identifiers, server->identifier_count, server->identifier_cap);
     server->identifiers[server->identifier_count++] =
-        (identifier_t){strdup(identifier), now_s(server)};
+        (identifier_t){strdup(identifier), sf_now_s(server)};
   }
   add_to_ledger(server, customer, event_name, value);
   GROW(server->events, server->event_count, server->event_cap);
   server->events[server->event_count++] =
       (event_t){strdup(customer), strdup(event_name), value, timestamp};
-  answer_json(answer, 200,
-              json_pack("{s:s,s:I,s:s,s:s,s:b,s:{s:s,s:s},s:I}", "object",
-                        "billing.meter_event", "created",
-                        (json_int_t)now_s(server), "event_name", event_name,
-                        "identifier", identifier, "livemode", 0, "payload",
-                        "stripe_customer_id", customer, "value",
-                        param(params, "payload[value]"), "timestamp",
-                        (json_int_t)timestamp));
+  sf_answer_json(answer, 200,
+                 json_pack("{s:s,s:I,s:s,s:s,s:b,s:{s:s,s:s},s:I}", "object",
+                           "billing.meter_event", "created",
+                           (json_int_t)sf_now_s(server), "event_name",
+                           event_name, "identifier", identifier, "livemode", 0,
+                           "payload", "stripe_customer_id", customer, "value",
+                           sf_param(params, "payload[value]"), "timestamp",
+                           (json_int_t)timestamp));
   return 1;
 }
 
-static int portal_session(sf_server_t *server, const params_t *params,
-                          answer_t *answer) {
+static int portal_session(sf_server_t *server, const char *path,
+                          const params_t *params, answer_t *answer) {
+  (void)path;
   static const char *const required[] = {"customer", NULL};
-  if (require(params, required, answer))
+  if (sf_require(params, required, answer))
     return 0;
-  const char *customer = param(params, "customer");
-  if (!known(server->customers, server->customer_count, customer)) {
-    unknown_customer(answer, "customer", customer);
+  const char *customer = sf_param(params, "customer");
+  if (!sf_known(server->customers, server->customer_count, customer)) {
+    sf_unknown_customer(answer, "customer", customer);
     return 1;
   }
-  const char *return_url = param(params, "return_url");
+  const char *return_url = sf_param(params, "return_url");
   char id[64], url[160];
   snprintf(id, sizeof(id), "bps_fake_%lld", ++server->next_id);
   snprintf(url, sizeof(url), "http://127.0.0.1:%u/p/session/%s",
            (unsigned)server->port, id);
   server->portal_sessions++;
-  answer_json(answer, 200,
-              json_pack("{s:s,s:s,s:I,s:s,s:b,s:o,s:s}", "id", id, "object",
-                        "billing_portal.session", "created",
-                        (json_int_t)now_s(server), "customer", customer,
-                        "livemode", 0, "return_url",
-                        return_url ? json_string(return_url) : json_null(),
-                        "url", url));
+  sf_answer_json(answer, 200,
+                 json_pack("{s:s,s:s,s:I,s:s,s:b,s:o,s:s}", "id", id, "object",
+                           "billing_portal.session", "created",
+                           (json_int_t)sf_now_s(server), "customer", customer,
+                           "livemode", 0, "return_url",
+                           return_url ? json_string(return_url) : json_null(),
+                           "url", url));
   return 1;
 }
 
@@ -456,21 +362,21 @@ static json_t *meter_json(const meter_t *meter) {
 }
 
 /* limit (1..100, default 10); 0 with answer filled when bad. */
-static long list_limit(const params_t *params, answer_t *answer) {
-  const char *text = param(params, "limit");
+long sf_list_limit(const params_t *params, answer_t *answer) {
+  const char *text = sf_param(params, "limit");
   long long limit = 10;
-  if (text && (parse_integer(text, &limit) || limit < 1 || limit > 100)) {
-    answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
-                 "limit", "limit must be an integer between 1 and 100.");
+  if (text && (sf_parse_integer(text, &limit) || limit < 1 || limit > 100)) {
+    sf_answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
+                    "limit", "limit must be an integer between 1 and 100.");
     return 0;
   }
   return (long)limit;
 }
 
 /* A Stripe list of items (taken) from the one after starting_after. */
-static void answer_list(answer_t *answer, const char *url, json_t *items,
-                        const params_t *params, long limit) {
-  const char *after = param(params, "starting_after");
+void sf_answer_list(answer_t *answer, const char *url, json_t *items,
+                    const params_t *params, long limit) {
+  const char *after = sf_param(params, "starting_after");
   size_t from = 0, i;
   json_t *item;
   json_array_foreach(items, i, item) {
@@ -483,22 +389,22 @@ static void answer_list(answer_t *answer, const char *url, json_t *items,
     json_array_append(data, json_array_get(items, i));
   int more = i < json_array_size(items);
   json_decref(items);
-  answer_json(answer, 200,
-              json_pack("{s:s,s:s,s:o,s:b}", "object", "list", "url", url,
-                        "data", data, "has_more", more));
+  sf_answer_json(answer, 200,
+                 json_pack("{s:s,s:s,s:o,s:b}", "object", "list", "url", url,
+                           "data", data, "has_more", more));
 }
 
 static void list_meters(sf_server_t *server, const params_t *params,
                         answer_t *answer) {
-  long limit = list_limit(params, answer);
-  const char *status = param(params, "status");
+  long limit = sf_list_limit(params, answer);
+  const char *status = sf_param(params, "status");
   if (!limit)
     return;
   json_t *items = json_array();
   for (size_t i = 0; i < server->meter_count; i++)
     if (!status || strcmp(status, "active") == 0)
       json_array_append_new(items, meter_json(&server->meters[i]));
-  answer_list(answer, "/v1/billing/meters", items, params, limit);
+  sf_answer_list(answer, "/v1/billing/meters", items, params, limit);
 }
 
 /* GET /v1/billing/meters/{id}/event_summaries: customer, start_time and
@@ -517,22 +423,22 @@ static void event_summaries(sf_server_t *server, const char *meter_id,
     char message[300];
     snprintf(message, sizeof(message), "No such billing meter: '%.200s'",
              meter_id);
-    answer_error(answer, 404, "invalid_request_error", "resource_missing", "id",
-                 message);
+    sf_answer_error(answer, 404, "invalid_request_error", "resource_missing",
+                    "id", message);
     return;
   }
-  long limit = list_limit(params, answer);
-  if (!limit || require(params, required, answer))
+  long limit = sf_list_limit(params, answer);
+  if (!limit || sf_require(params, required, answer))
     return;
   long long start, end, step = 0;
-  const char *window = param(params, "value_grouping_window");
-  if (parse_integer(param(params, "start_time"), &start) ||
-      parse_integer(param(params, "end_time"), &end) || start % 60 ||
+  const char *window = sf_param(params, "value_grouping_window");
+  if (sf_parse_integer(sf_param(params, "start_time"), &start) ||
+      sf_parse_integer(sf_param(params, "end_time"), &end) || start % 60 ||
       end % 60 || end <= start) {
-    answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
-                 "start_time",
-                 "start_time and end_time must be aligned with minute "
-                 "boundaries, start_time before end_time.");
+    sf_answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
+                    "start_time",
+                    "start_time and end_time must be aligned with minute "
+                    "boundaries, start_time before end_time.");
     return;
   }
   if (window && strcmp(window, "hour") == 0)
@@ -540,21 +446,21 @@ static void event_summaries(sf_server_t *server, const char *meter_id,
   else if (window && strcmp(window, "day") == 0)
     step = 86400;
   else if (window) {
-    answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
-                 "value_grouping_window",
-                 "value_grouping_window must be one of hour, day.");
+    sf_answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
+                    "value_grouping_window",
+                    "value_grouping_window must be one of hour, day.");
     return;
   }
   if (step && (start % step || end % step)) {
-    answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
-                 "start_time",
-                 "start_time and end_time must be aligned with "
-                 "value_grouping_window.");
+    sf_answer_error(answer, 400, "invalid_request_error", "parameter_invalid",
+                    "start_time",
+                    "start_time and end_time must be aligned with "
+                    "value_grouping_window.");
     return;
   }
   if (!step)
     step = end - start;
-  const char *customer = param(params, "customer");
+  const char *customer = sf_param(params, "customer");
   json_t *items = json_array();
   for (long long to = end; to > start; to -= step) {
     long long from = to - step, sum = 0;
@@ -578,7 +484,7 @@ static void event_summaries(sf_server_t *server, const char *meter_id,
   char url[300];
   snprintf(url, sizeof(url), "/v1/billing/meters/%s/event_summaries",
            meter->id);
-  answer_list(answer, url, items, params, limit);
+  sf_answer_list(answer, url, items, params, limit);
 }
 
 /* The GET API; 1 when path is one of it (answer filled). */
@@ -608,7 +514,7 @@ static int get_endpoint(sf_server_t *server, const char *path,
 
 static const struct {
   const char *path;
-  int (*run)(sf_server_t *server, const params_t *params, answer_t *answer);
+  sf_endpoint_fn run;
 } endpoints[] = {
     {"/v1/billing/meter_events", meter_event},
     {"/v1/billing_portal/sessions", portal_session},
@@ -623,23 +529,25 @@ static int authorized(const sf_server_t *server, const char *header,
   if (header && strcmp(header, expected) == 0)
     return 1;
   if (!header)
-    answer_error(answer, 401, "invalid_request_error", NULL, NULL,
-                 "You did not provide an API key. You need to provide your "
-                 "API key in the Authorization header, using Bearer auth "
-                 "(e.g. 'Authorization: Bearer YOUR_SECRET_KEY').");
+    sf_answer_error(answer, 401, "invalid_request_error", NULL, NULL,
+                    "You did not provide an API key. You need to provide your "
+                    "API key in the Authorization header, using Bearer auth "
+                    "(e.g. 'Authorization: Bearer YOUR_SECRET_KEY').");
   else
-    answer_error(answer, 401, "invalid_request_error", NULL, NULL,
-                 "Invalid API Key provided.");
+    sf_answer_error(answer, 401, "invalid_request_error", NULL, NULL,
+                    "Invalid API Key provided.");
   return 0;
 }
 
 /* The fault that applies to this request (consumed), or NULL. Under lock. */
-static fault_t *take_fault(sf_server_t *server, const char *path,
-                           const char *customer, fault_t *copy) {
+static fault_t *take_fault(sf_server_t *server, const char *method,
+                           const char *path, const char *customer,
+                           fault_t *copy) {
   for (size_t i = 0; i < server->fault_count; i++) {
     fault_t *fault = &server->faults[i];
     if (fault->remaining <= 0 ||
         (fault->path[0] && strcmp(fault->path, path)) ||
+        (fault->method[0] && strcmp(fault->method, method)) ||
         (fault->customer[0] &&
          (!customer || strcmp(fault->customer, customer))))
       continue;
@@ -653,12 +561,13 @@ static fault_t *take_fault(sf_server_t *server, const char *path,
 static void fault_answer(answer_t *answer, const fault_t *fault) {
   free(answer->body); /* an endpoint's answer it replaces */
   answer->body = NULL;
-  answer_error(answer, fault->status,
-               fault->status == 429 ? "invalid_request_error" : "api_error",
-               fault->status == 429 ? "rate_limit" : NULL, NULL,
-               fault->status == 429 ? "Too many requests hit the API too "
-                                      "quickly."
-                                    : "An unknown error occurred (injected).");
+  sf_answer_error(answer, fault->status,
+                  fault->status == 429 ? "invalid_request_error" : "api_error",
+                  fault->status == 429 ? "rate_limit" : NULL, NULL,
+                  fault->status == 429
+                      ? "Too many requests hit the API too "
+                        "quickly."
+                      : "An unknown error occurred (injected).");
   answer->retry_after_s = fault->retry_after_s;
   answer->should_retry = fault->should_retry;
 }
@@ -670,7 +579,7 @@ static idempotent_t *idempotency_record(sf_server_t *server, const char *key) {
     idempotent_t *saved = &server->idempotent[i];
     if (strcmp(saved->key, key) != 0)
       continue;
-    if (now_s(server) - saved->created_s < IDEMPOTENCY_TTL_S ||
+    if (sf_now_s(server) - saved->created_s < IDEMPOTENCY_TTL_S ||
         th_now_ms() < saved->in_progress_until_ms)
       return saved;
     free(saved->key);
@@ -702,7 +611,8 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
   int get = strcmp(method, "GET") == 0;
   params_t params = {0};
   int form_ok = 1;
-  if (get)
+  /* GET and DELETE carry their parameters in the query string. */
+  if (get || strcmp(method, "DELETE") == 0)
     MHD_get_connection_values(connection, MHD_GET_ARGUMENT_KIND, collect_query,
                               &params);
   else
@@ -722,13 +632,15 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
                         json_string(params.items[i].value));
   json_object_set_new(entry, "params", logged_params);
 
-  size_t endpoint = sizeof(endpoints) / sizeof(endpoints[0]);
+  sf_endpoint_fn run = NULL;
   for (size_t i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++)
     if (strcmp(path, endpoints[i].path) == 0 && strcmp(method, "POST") == 0)
-      endpoint = i;
-  const char *customer = param(&params, "payload[stripe_customer_id]");
+      run = endpoints[i].run;
+  if (!run && !get)
+    run = sf_billing_endpoint(method, path);
+  const char *customer = sf_param(&params, "payload[stripe_customer_id]");
   if (!customer)
-    customer = param(&params, "customer");
+    customer = sf_param(&params, "customer");
 
   fault_t fault_copy, *fault = NULL;
   pthread_mutex_lock(&server->lock);
@@ -736,19 +648,19 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
   if (!auth_ok)
     goto done;
   if (!form_ok) {
-    answer_error(
+    sf_answer_error(
         answer, 400, "invalid_request_error", NULL, NULL,
         "Invalid request body: not application/x-www-form-urlencoded.");
     goto done;
   }
-  if (endpoint == sizeof(endpoints) / sizeof(endpoints[0]) && !get) {
+  if (!run && !get) {
     char message[300];
     snprintf(message, sizeof(message), "Unrecognized request URL (%s: %.200s).",
              method, path);
-    answer_error(answer, 404, "invalid_request_error", NULL, NULL, message);
+    sf_answer_error(answer, 404, "invalid_request_error", NULL, NULL, message);
     goto done;
   }
-  fault = take_fault(server, path, customer, &fault_copy);
+  fault = take_fault(server, method, path, customer, &fault_copy);
   if (fault && fault->status && !fault->apply) {
     fault_answer(answer, fault);
     goto done;
@@ -758,11 +670,13 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
     goto done;
   }
   if (get) { /* reads: no idempotency */
-    if (!get_endpoint(server, path, &params, answer)) {
+    if (!get_endpoint(server, path, &params, answer) &&
+        !sf_billing_get(server, path, &params, answer)) {
       char message[300];
       snprintf(message, sizeof(message),
                "Unrecognized request URL (%s: %.200s).", method, path);
-      answer_error(answer, 404, "invalid_request_error", NULL, NULL, message);
+      sf_answer_error(answer, 404, "invalid_request_error", NULL, NULL,
+                      message);
     }
     goto done;
   }
@@ -777,8 +691,8 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
              "the other request is still going through): %.200s. Please try "
              "again later.",
              idempotency_key);
-    answer_error(answer, 409, "idempotency_error", "idempotency_key_in_use",
-                 NULL, message);
+    sf_answer_error(answer, 409, "idempotency_error", "idempotency_key_in_use",
+                    NULL, message);
   } else if (saved && strcmp(saved->fingerprint, print) != 0) {
     char message[400];
     snprintf(message, sizeof(message),
@@ -786,7 +700,7 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
              "parameters they were first used with. Try using a key other "
              "than '%.200s' if you meant to execute a different request.",
              idempotency_key);
-    answer_error(answer, 400, "idempotency_error", NULL, NULL, message);
+    sf_answer_error(answer, 400, "idempotency_error", NULL, NULL, message);
   } else if (saved) {
     answer->status = saved->status;
     answer->body = strdup(saved->body);
@@ -794,7 +708,7 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
     answer->should_retry = saved->status >= 500 ? 0 : saved->should_retry;
     answer->replayed = 1;
   } else {
-    int keep = endpoints[endpoint].run(server, &params, answer);
+    int keep = run(server, path, &params, answer);
     if (fault && fault->status && fault->apply) {
       fault_answer(answer, fault); /* it ran; it answers an error */
       keep = 1;
@@ -808,7 +722,7 @@ static void api_request(sf_server_t *server, struct MHD_Connection *connection,
           strdup(answer->body),
           answer->status,
           answer->should_retry,
-          now_s(server),
+          sf_now_s(server),
           fault && fault->processing_ms > 0 ? th_now_ms() + fault->processing_ms
                                             : 0};
     }
@@ -857,19 +771,21 @@ static void control_faults(sf_server_t *server, json_t *body,
       (long)json_integer_value(json_object_get(body, "processing_ms"));
   const char *path = json_string_value(json_object_get(body, "path"));
   snprintf(fault.path, sizeof(fault.path), "%s", path ? path : "");
+  const char *only = json_string_value(json_object_get(body, "method"));
+  snprintf(fault.method, sizeof(fault.method), "%s", only ? only : "");
   const char *customer = json_string_value(json_object_get(body, "customer"));
   snprintf(fault.customer, sizeof(fault.customer), "%s",
            customer ? customer : "");
   if (!fault.status && fault.hang_ms <= 0 && !fault.drop_after_apply &&
       fault.processing_ms <= 0) {
-    answer_error(answer, 400, "invalid_request_error", NULL, NULL,
-                 "a fault needs status, hang_ms, drop_after_apply or "
-                 "processing_ms");
+    sf_answer_error(answer, 400, "invalid_request_error", NULL, NULL,
+                    "a fault needs status, hang_ms, drop_after_apply or "
+                    "processing_ms");
     return;
   }
   GROW(server->faults, server->fault_count, server->fault_cap);
   server->faults[server->fault_count++] = fault;
-  answer_json(answer, 200, json_pack("{s:b}", "ok", 1));
+  sf_answer_json(answer, 200, json_pack("{s:b}", "ok", 1));
 }
 
 static void control_request(sf_server_t *server, const char *method,
@@ -880,14 +796,14 @@ static void control_request(sf_server_t *server, const char *method,
   if (strcmp(method, "POST") == 0 && strcmp(path, "/_fake/customers") == 0) {
     const char *id = json_string_value(json_object_get(body, "id"));
     if (!id || !*id) {
-      answer_error(answer, 400, "invalid_request_error", NULL, "id",
-                   "{\"id\": \"cus_...\"} expected");
+      sf_answer_error(answer, 400, "invalid_request_error", NULL, "id",
+                      "{\"id\": \"cus_...\"} expected");
     } else {
-      if (!known(server->customers, server->customer_count, id)) {
+      if (!sf_known(server->customers, server->customer_count, id)) {
         GROW(server->customers, server->customer_count, server->customer_cap);
         server->customers[server->customer_count++] = strdup(id);
       }
-      answer_json(answer, 200, json_pack("{s:s}", "id", id));
+      sf_answer_json(answer, 200, json_pack("{s:s}", "id", id));
     }
   } else if (strcmp(method, "POST") == 0 &&
              strcmp(path, "/_fake/faults") == 0) {
@@ -895,16 +811,16 @@ static void control_request(sf_server_t *server, const char *method,
   } else if (strcmp(method, "DELETE") == 0 &&
              strcmp(path, "/_fake/faults") == 0) {
     server->fault_count = 0;
-    answer_json(answer, 200, json_pack("{s:b}", "ok", 1));
+    sf_answer_json(answer, 200, json_pack("{s:b}", "ok", 1));
   } else if (strcmp(method, "POST") == 0 && strcmp(path, "/_fake/clock") == 0) {
     json_t *offset = json_object_get(body, "offset_s");
     if (!json_is_integer(offset)) {
-      answer_error(answer, 400, "invalid_request_error", NULL, "offset_s",
-                   "{\"offset_s\": N} expected");
+      sf_answer_error(answer, 400, "invalid_request_error", NULL, "offset_s",
+                      "{\"offset_s\": N} expected");
     } else {
       server->clock_offset_s = (int64_t)json_integer_value(offset);
-      answer_json(answer, 200,
-                  json_pack("{s:I}", "now", (json_int_t)now_s(server)));
+      sf_answer_json(answer, 200,
+                     json_pack("{s:I}", "now", (json_int_t)sf_now_s(server)));
     }
   } else if (strcmp(method, "POST") == 0 &&
              strcmp(path, "/_fake/meters") == 0) {
@@ -914,18 +830,18 @@ static void control_request(sf_server_t *server, const char *method,
       if (strcmp(server->meters[i].event_name, name) == 0)
         meter = &server->meters[i];
     if (!name || !*name) {
-      answer_error(answer, 400, "invalid_request_error", NULL, "event_name",
-                   "{\"event_name\": \"...\"} expected");
+      sf_answer_error(answer, 400, "invalid_request_error", NULL, "event_name",
+                      "{\"event_name\": \"...\"} expected");
     } else {
       if (!meter) {
         char id[64];
         snprintf(id, sizeof(id), "mtr_fake_%lld", ++server->next_id);
         GROW(server->meters, server->meter_count, server->meter_cap);
         server->meters[server->meter_count] =
-            (meter_t){strdup(id), strdup(name), now_s(server)};
+            (meter_t){strdup(id), strdup(name), sf_now_s(server)};
         meter = &server->meters[server->meter_count++];
       }
-      answer_json(answer, 200, meter_json(meter));
+      sf_answer_json(answer, 200, meter_json(meter));
     }
   } else if (strcmp(method, "GET") == 0 && strcmp(path, "/_fake/ledger") == 0) {
     json_t *rows = json_array();
@@ -936,19 +852,19 @@ static void control_request(sf_server_t *server, const char *method,
                     "event_name", server->ledger[i].event_name, "value",
                     (json_int_t)server->ledger[i].sum, "count",
                     (json_int_t)server->ledger[i].count));
-    answer_json(answer, 200,
-                json_pack("{s:o,s:I,s:I,s:I,s:I}", "meter_events", rows,
-                          "identifiers", (json_int_t)server->identifier_count,
-                          "portal_sessions",
-                          (json_int_t)server->portal_sessions, "requests",
-                          (json_int_t)server->requests, "clock_offset_s",
-                          (json_int_t)server->clock_offset_s));
+    sf_answer_json(
+        answer, 200,
+        json_pack("{s:o,s:I,s:I,s:I,s:I}", "meter_events", rows, "identifiers",
+                  (json_int_t)server->identifier_count, "portal_sessions",
+                  (json_int_t)server->portal_sessions, "requests",
+                  (json_int_t)server->requests, "clock_offset_s",
+                  (json_int_t)server->clock_offset_s));
   } else if (strcmp(method, "GET") == 0 &&
              strcmp(path, "/_fake/requests") == 0) {
-    answer_json(answer, 200, json_pack("{s:O}", "requests", server->log));
-  } else {
-    answer_error(answer, 404, "invalid_request_error", NULL, NULL,
-                 "no such control route");
+    sf_answer_json(answer, 200, json_pack("{s:O}", "requests", server->log));
+  } else if (!sf_billing_control(server, method, path, body, answer)) {
+    sf_answer_error(answer, 404, "invalid_request_error", NULL, NULL,
+                    "no such control route");
   }
   pthread_mutex_unlock(&server->lock);
   json_decref(body);
@@ -982,8 +898,8 @@ static sf_mhd_result on_request(void *cls, struct MHD_Connection *connection,
     return MHD_YES;
   }
   if (req->too_large)
-    answer_error(&answer, 413, "invalid_request_error", NULL, NULL,
-                 "Request body too large.");
+    sf_answer_error(&answer, 413, "invalid_request_error", NULL, NULL,
+                    "Request body too large.");
   else if (strncmp(url, "/_fake/", 7) == 0)
     control_request(server, method, url, req, &answer);
   else
@@ -1070,6 +986,7 @@ void sf_stop(sf_server_t *server) {
   }
   free(server->idempotent);
   free(server->faults);
+  sf_billing_free(server);
   json_decref(server->log);
   pthread_mutex_destroy(&server->lock);
   free(server->secret_key);

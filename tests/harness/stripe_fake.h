@@ -63,6 +63,7 @@
  *        "processing_ms": M  run the endpoint, then answer only after M ms,
  *            the Idempotency-Key in progress meanwhile;
  *        "path": "/v1/..." only requests to that path count;
+ *        "method": "POST" only requests of that method count;
  *        "customer": "cus_1" only requests for that customer count.
  *   DELETE /_fake/faults                           drop every fault left
  *   GET /_fake/ledger    {"meter_events": [{"customer", "event_name",

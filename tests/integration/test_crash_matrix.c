@@ -9,10 +9,17 @@
  * recovery reconciliation exists for). Afterwards, for every subject, usage
  * and credits equal a reference computed here from the test's own input,
  * and the alerts topic holds exactly the expected alerts, each once.
+ *
+ * With the smallest memory budget (--memory-budget 1048576: 512 KiB of
+ * event ids, a few thousand), so the dedupe index spills to RocksDB all
+ * along, and 1 % of the stream duplicates of earlier events (random, most
+ * of them long spilled), which must all be refused: spilling under
+ * SIGKILL, exact to the unit. The store holds spilled ids at the end.
  */
 #include "harness.h"
 
 #include "reference.h"
+#include "tly_store.h"
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -37,6 +44,13 @@ static int setting(const char *name, int fallback) {
   return value && atoi(value) > 0 ? atoi(value) : fallback;
 }
 
+static int count_key(void *opaque, const char *key, size_t key_len,
+                     const char *value, size_t value_len) {
+  (void)key, (void)key_len, (void)value, (void)value_len;
+  (*(long *)opaque)++;
+  return 0;
+}
+
 static void test_crash_matrix(void **state) {
   (void)state;
   th_broker_t broker;
@@ -54,6 +68,7 @@ static void test_crash_matrix(void **state) {
                         .subjects = subjects,
                         .events_per_second = EVENTS_PER_SECOND,
                         .seed = 11,
+                        .duplicate_every = 100,
                         .expected = expected};
   unsigned seed = (unsigned)th_now_ms();
   int kills = 0, self_kills = 0;
@@ -61,7 +76,8 @@ static void test_crash_matrix(void **state) {
   printf("# crash matrix seed %u\n", seed);
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
   char *config_path = th_reference_config_file(dir);
-  const char *extra[] = {"--config", config_path, NULL};
+  const char *extra[] = {"--config", config_path, "--memory-budget", "1048576",
+                         NULL};
 
   assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
   stream.bootstrap = broker.bootstrap;
@@ -71,7 +87,8 @@ static void test_crash_matrix(void **state) {
   while (kills < min_kills || !atomic_load(&stream.done)) {
     int64_t deadline = th_now_ms() + 60000;
     int rc = -1;
-    while (rc < 0 && th_metric_sum(run.port, "tally_events_folded_total") <= 0 &&
+    while (rc < 0 &&
+           th_metric_sum(run.port, "tally_events_folded_total") <= 0 &&
            th_now_ms() < deadline)
       rc = th_wait_exit(run.pid, 20);
     /* Every third run dies by its own hand after a few alert acks, between
@@ -104,7 +121,8 @@ static void test_crash_matrix(void **state) {
   pthread_join(producer, NULL);
   if (stream.error[0])
     fail_msg("%s", stream.error);
-  printf("# %d kills, %d of them right after an outbox ack\n", kills, self_kills);
+  printf("# %d kills, %d of them right after an outbox ack\n", kills,
+         self_kills);
   assert_true(self_kills >= 1);
 
   assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
@@ -114,7 +132,24 @@ static void test_crash_matrix(void **state) {
 
   th_verify_reference(run.port, broker.bootstrap, &stream);
 
+  printf("# last run: %lld ids spilled, %lld looked up in RocksDB\n",
+         th_metric_sum(run.port, "tally_dedupe_spilled_ids_total"),
+         th_metric_sum(run.port, "tally_dedupe_store_reads_total"));
   assert_int_equal(th_stop(run.pid), 0);
+  /* The event ids spilled out of memory, there to be looked up. */
+  char errstr[512];
+  long spilled = 0;
+  tly_store_t *store = tly_store_open(state_dir, 1, errstr, sizeof(errstr));
+  assert_non_null(store);
+  assert_int_equal(tly_store_scan_prefix(store, TLY_CF_DEDUPE_IDS, NULL, 0,
+                                         count_key, &spilled, errstr,
+                                         sizeof(errstr)),
+                   0);
+  tly_store_close(store);
+  printf("# %ld spilled ids in the store, %d duplicates sent\n", spilled,
+         stream.duplicates_sent);
+  assert_true(spilled > 0);
+  assert_true(stream.duplicates_sent > 0);
   th_broker_stop(&broker);
   th_rmrf(dir);
   free(config_path);

@@ -452,6 +452,28 @@ static const bad_case_t bad_cases[] = {
      "stripe.portal_return_url: must be an http:// or https:// URL"},
     {"{\"stripe\": {\"webhook_secret\": \"whsec_1\"}}",
      "stripe.webhook_secret: unknown key"},
+    /* stripe.plans: what a subscription is made of. */
+    {"{\"stripe\": {\"plans\": {\"gold\": {\"prices\": {\"base\": "
+     "\"price_g\"}}}}}",
+     "stripe.plans.gold: no plan named 'gold'"},
+    {"{\"stripe\": {\"plans\": {\"free\": {}}}}",
+     "stripe.plans.free.prices: required"},
+    {"{\"stripe\": {\"plans\": {\"free\": {\"prices\": {}}}}}",
+     "stripe.plans.free.prices.base: required"},
+    {"{\"stripe\": {\"plans\": {\"free\": {\"prices\": {\"base\": "
+     "\"a b\"}}}}}",
+     "stripe.plans.free.prices.base: must be printable ASCII"},
+    {"{\"stripe\": {\"plans\": {\"free\": {\"price\": 1}}}}",
+     "stripe.plans.free.price: unknown key"},
+    {"{\"stripe\": {\"plans\": {\"free\": {\"prices\": {\"base\": "
+     "\"price_f\", \"metered\": {\"api_calls\": \"price_a\"}}}}}}",
+     "stripe.plans.free.prices.metered.api_calls: 'api_calls' is not a "
+     "reported meter"},
+    {"{\"stripe\": {\"prices\": {\"price_f\": \"paid\"}, \"plans\": "
+     "{\"free\": {\"prices\": {\"base\": \"price_f\"}}}}}",
+     "stripe.plans.free.prices.base: price price_f is mapped to plan 'paid'"},
+    {"{\"stripe\": {\"proration_behavior\": \"sometimes\"}}",
+     "stripe.proration_behavior: must be"},
     /* The first error in document order wins. */
     {"{\"thresholds\": [5, 1], \"credits\": {\"micros_per_credit\": 0}}",
      "thresholds[1]: must be ascending"},
@@ -589,6 +611,30 @@ static void test_stripe_section(void **state) {
   assert_int_equal(stripe->timeout_ms, 2000);
   assert_string_equal(stripe->portal_return_url,
                       "https://app.example.com/billing");
+  assert_string_equal(stripe->proration_behavior, "create_prorations");
+  assert_null(tly_config_stripe_plan_prices(config, "pro"));
+  tly_config_free(config);
+
+  /* stripe.plans: the base price maps back to its plan for the webhook. */
+  static const char plans[] =
+      "{\"stripe\": {\"meters\": {\"api_calls\": \"api_requests\"}, "
+      "\"proration_behavior\": \"always_invoice\", "
+      "\"plans\": {\"pro\": {\"prices\": {\"base\": \"price_pro\", "
+      "\"metered\": {\"api_calls\": \"price_api\"}}}}}, "
+      "\"plans\": {\"pro\": {\"credits\": 10}}}";
+  config = tly_config_load_text(plans, strlen(plans), errstr, sizeof(errstr));
+  if (!config)
+    fail_msg("%s", errstr);
+  const tly_stripe_plan_prices_t *prices =
+      tly_config_stripe_plan_prices(config, "pro");
+  assert_non_null(prices);
+  assert_string_equal(prices->base_price_id, "price_pro");
+  assert_int_equal(prices->metered_count, 1);
+  assert_string_equal(prices->metered[0].feature, "api_calls");
+  assert_string_equal(prices->metered[0].price_id, "price_api");
+  assert_string_equal(tly_config_stripe_plan(config, "price_pro"), "pro");
+  assert_null(tly_config_stripe_plan(config, "price_api"));
+  assert_string_equal(config->stripe.proration_behavior, "always_invoice");
   tly_config_free(config);
 
   /* A message about the key names the variable, never its value. */

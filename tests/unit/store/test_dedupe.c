@@ -49,12 +49,12 @@ static void test_record_lookup_and_blob_round_trip(void **state) {
   size_t blob_len = len;
   unsigned char *copy = malloc(blob_len);
   memcpy(copy, blob, blob_len);
-  tly_dedupe_seal(dedupe);
+  tly_dedupe_seal(dedupe, 0);
   assert_null(tly_dedupe_open_blob(dedupe, &len)); /* nothing new since */
 
   /* A new index loaded from the stored bytes answers the same. */
   tly_dedupe_t *loaded = tly_dedupe_new();
-  assert_int_equal(tly_dedupe_load(loaded, copy, blob_len), 0);
+  assert_int_equal(tly_dedupe_load(loaded, 0, copy, blob_len), 0);
   assert_int_equal(tly_dedupe_count(loaded), 10000);
   assert_true(has(loaded, "evt-9999", &at));
   assert_int_equal(at, 1000 + 9999);
@@ -63,12 +63,12 @@ static void test_record_lookup_and_blob_round_trip(void **state) {
   /* Malformed blobs are refused: every truncation, and a wrong count. */
   for (size_t cut = 0; cut < 40; cut++) {
     tly_dedupe_t *bad = tly_dedupe_new();
-    assert_int_equal(tly_dedupe_load(bad, copy, cut), -1);
+    assert_int_equal(tly_dedupe_load(bad, 0, copy, cut), -1);
     tly_dedupe_free(bad);
   }
   copy[11] ^= 1;
   tly_dedupe_t *bad = tly_dedupe_new();
-  assert_int_equal(tly_dedupe_load(bad, copy, blob_len), -1);
+  assert_int_equal(tly_dedupe_load(bad, 0, copy, blob_len), -1);
   tly_dedupe_free(bad);
 
   free(copy);
@@ -85,14 +85,14 @@ static void test_expiry_is_by_whole_blob_and_keeps_newer_records(void **state) {
     snprintf(id, sizeof(id), "a%d", i);
     assert_int_equal(tly_dedupe_record(dedupe, id, strlen(id), 100 + i), 0);
   }
-  tly_dedupe_seal(dedupe);
+  tly_dedupe_seal(dedupe, 0);
   /* Blob 2: ids at 300..399 and a newer record of "a5". */
   for (int i = 0; i < 100; i++) {
     snprintf(id, sizeof(id), "b%d", i);
     assert_int_equal(tly_dedupe_record(dedupe, id, strlen(id), 300 + i), 0);
   }
   assert_int_equal(tly_dedupe_record(dedupe, "a5", 2, 350), 0);
-  tly_dedupe_seal(dedupe);
+  tly_dedupe_seal(dedupe, 0);
   assert_int_equal(tly_dedupe_blobs(dedupe), 2);
   assert_int_equal(tly_dedupe_count(dedupe), 200);
 
@@ -135,7 +135,7 @@ static void test_deletes_keep_every_other_id_reachable(void **state) {
       snprintf(id, sizeof(id), "%d/%d", blob, i);
       assert_int_equal(tly_dedupe_record(dedupe, id, strlen(id), blob), 0);
     }
-    tly_dedupe_seal(dedupe);
+    tly_dedupe_seal(dedupe, 0);
   }
   for (int horizon = 1; horizon <= 200; horizon += 7) {
     tly_dedupe_expire(dedupe, horizon);
@@ -174,7 +174,7 @@ static void test_sealed_blobs_hold_only_their_ids(void **state) {
   for (int i = 0; i < 1000; i++) {
     snprintf(id, sizeof(id), "evt-%d", i);
     assert_int_equal(tly_dedupe_record(dedupe, id, strlen(id), 1000 + i), 0);
-    tly_dedupe_seal(dedupe);
+    tly_dedupe_seal(dedupe, 0);
   }
   assert_int_equal(tly_dedupe_blobs(dedupe), 1000);
   assert_int_equal(tly_dedupe_count(dedupe), 1000);
@@ -196,6 +196,70 @@ static void test_sealed_blobs_hold_only_their_ids(void **state) {
   tly_dedupe_free(dedupe);
 }
 
+/* Spilling: the oldest sealed blobs are handed out in order (never the
+ * open one), keep answering until released, then leave memory whole; the
+ * byte count follows, the table shrinks, and a stub loads as nothing. */
+static void test_spill_hands_out_oldest_blobs_and_releases_them(void **state) {
+  (void)state;
+  tly_dedupe_t *dedupe = tly_dedupe_new();
+  char id[32];
+  int64_t at = 0, key = -1;
+  size_t len = 0;
+  for (int b = 0; b < 10; b++) { /* 10 blobs of 1,000 ids, keys 100 * b */
+    for (int i = 0; i < 1000; i++) {
+      snprintf(id, sizeof(id), "evt-%d", b * 1000 + i);
+      assert_int_equal(tly_dedupe_record(dedupe, id, strlen(id), b * 1000 + i),
+                       0);
+    }
+    tly_dedupe_seal(dedupe, 100 * b);
+  }
+  assert_int_equal(tly_dedupe_record(dedupe, "open", 4, 99999), 0);
+  size_t full = tly_dedupe_bytes(dedupe);
+  for (int b = 0; b < 9; b++) {
+    const void *blob = tly_dedupe_spill_next(dedupe, &len, &key);
+    assert_non_null(blob);
+    assert_int_equal(key, 100 * b);
+    /* Its records, in order, as stored. */
+    size_t pos = 0, id_len = 0, n = 0;
+    const char *stored;
+    while (tly_dedupe_blob_next(blob, len, &pos, &stored, &id_len, &at)) {
+      snprintf(id, sizeof(id), "evt-%d", b * 1000 + (int)n);
+      assert_int_equal(id_len, strlen(id));
+      assert_memory_equal(stored, id, id_len);
+      assert_int_equal(at, b * 1000 + (int)n);
+      n++;
+    }
+    assert_int_equal(n, 1000);
+  }
+  /* The tenth is the last sealed one; the open blob is never handed out. */
+  assert_non_null(tly_dedupe_spill_next(dedupe, &len, &key));
+  assert_int_equal(key, 900);
+  assert_null(tly_dedupe_spill_next(dedupe, &len, &key));
+  /* Until released, every id still answers from memory. */
+  assert_true(has(dedupe, "evt-0", &at));
+  assert_true(has(dedupe, "evt-9999", &at));
+  assert_int_equal(tly_dedupe_bytes(dedupe), full);
+  assert_int_equal(tly_dedupe_release_spilled(dedupe), 10);
+  assert_int_equal(tly_dedupe_count(dedupe), 1);
+  assert_false(has(dedupe, "evt-0", NULL));
+  assert_false(has(dedupe, "evt-9999", NULL));
+  assert_true(has(dedupe, "open", &at));
+  assert_int_equal(at, 99999);
+  size_t left = tly_dedupe_bytes(dedupe);
+  fprintf(stderr, "10,001 ids: %zu bytes; 1 id after spilling: %zu bytes\n",
+          full, left);
+  assert_true(left < 1024 * 24 + 4096 + 512); /* the table shrank back */
+  /* A spilled blob's stub (count 0) loads as nothing; a spilled blob's
+   * bytes, loaded back, answer again. */
+  unsigned char stub[TLY_DEDUPE_BLOB_HEADER] = {0};
+  tly_dedupe_t *loaded = tly_dedupe_new();
+  assert_int_equal(tly_dedupe_load(loaded, 5, stub, sizeof(stub)), 0);
+  assert_int_equal(tly_dedupe_count(loaded), 0);
+  assert_int_equal(tly_dedupe_blobs(loaded), 0);
+  tly_dedupe_free(loaded);
+  tly_dedupe_free(dedupe);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_record_lookup_and_blob_round_trip),
@@ -203,6 +267,7 @@ int main(void) {
       cmocka_unit_test(test_deletes_keep_every_other_id_reachable),
       cmocka_unit_test(test_refuses_ids_too_long_to_store),
       cmocka_unit_test(test_sealed_blobs_hold_only_their_ids),
+      cmocka_unit_test(test_spill_hands_out_oldest_blobs_and_releases_them),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

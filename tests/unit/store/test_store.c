@@ -342,13 +342,15 @@ static void test_get_absent(void **state) {
 /* Dedupe ids and the usage history expire by compaction: entries of a
  * partition whose time (the value's head) is below that family's horizon
  * for the partition go; the rest (other partitions, the other family,
- * families without expiry) stay. */
+ * families without expiry) stay. Spilled ids (dedupe_ids) follow the
+ * dedupe horizon. */
 static void test_expiry_by_compaction(void **state) {
   fixture_t *fx = *state;
-  static const tly_cf_t families[] = {TLY_CF_DEDUPE, TLY_CF_USAGE};
+  static const tly_cf_t families[] = {TLY_CF_DEDUPE, TLY_CF_USAGE,
+                                      TLY_CF_DEDUPE_IDS};
   tly_store_t *store = open_or_fail(fx->db, 0);
   tly_store_batch_t *batch = tly_store_batch_new();
-  for (int f = 0; f < 2; f++) {
+  for (int f = 0; f < 3; f++) {
     for (uint32_t partition = 0; partition < 2; partition++) {
       for (int i = 0; i < 100; i++) {
         unsigned char key[16], value[8];
@@ -367,9 +369,9 @@ static void test_expiry_by_compaction(void **state) {
   tly_store_set_horizon(store, TLY_CF_DEDUPE, 0, 1050);
   tly_store_set_horizon(store, TLY_CF_USAGE, 1, 1020);
   tly_store_set_horizon(store, TLY_CF_ACCOUNTS, 0, INT64_MAX);
-  for (int f = 0; f < 2; f++)
+  for (int f = 0; f < 3; f++)
     assert_int_equal(tly_store_compact(store, families[f]), 0);
-  for (int f = 0; f < 2; f++) {
+  for (int f = 0; f < 3; f++) {
     for (uint32_t partition = 0; partition < 2; partition++) {
       for (int i = 0; i < 100; i++) {
         unsigned char key[16];
@@ -377,12 +379,11 @@ static void test_expiry_by_compaction(void **state) {
         size_t len;
         tly_put_be32(key, partition);
         snprintf((char *)key + 4, sizeof(key) - 4, "id-%03d", i);
-        int found = tly_store_get(store, families[f], key, 4 + 6, &value,
-                                  &len, errstr, sizeof(errstr));
+        int found = tly_store_get(store, families[f], key, 4 + 6, &value, &len,
+                                  errstr, sizeof(errstr));
         tly_store_free(value);
-        int expected = families[f] == TLY_CF_DEDUPE
-                           ? partition == 1 || i >= 50
-                           : partition == 0 || i >= 20;
+        int expected = families[f] != TLY_CF_USAGE ? partition == 1 || i >= 50
+                                                   : partition == 0 || i >= 20;
         if (found != expected)
           fail_msg("%s partition %u id %d: found %d, expected %d",
                    tly_store_cf_name(families[f]), partition, i, found,

@@ -1,0 +1,185 @@
+/*
+ * tly_dedupe_spill.c - the dedupe indexes within their share of the memory
+ * budget (tly_dedupe.h, "Spilling").
+ *
+ * At each batch submit, while the partitions' indexes hold more than the
+ * share, the oldest sealed blob of the partition holding the most is
+ * spilled into the open batch: each id not yet expired under its own key
+ * in dedupe_ids ([p][id] -> [occurred_at BE8]) and the blob replaced by
+ * its stub, atomically with the batch's state and offsets. The blobs leave
+ * memory once that batch is durable (tly_proc_dedupe_release, from
+ * tly_proc_batch_wait). At assignment, a partition whose blobs not yet
+ * spilled hold more than what is left of the share spills at once, by a
+ * commit of its own (tly_proc_dedupe_fit): those are stored facts written
+ * in another form, so it changes no state.
+ *
+ * It never decides whether an event is a duplicate (tly_fold_view.c does,
+ * memory first, then the store) and writes nothing to the changelog: a
+ * restore from it gets the whole blobs and spills them again here.
+ */
+#include "tly_processor_internal.h"
+
+#include "tly_keys.h"
+
+#include <string.h>
+
+/* An id's slots and blob record, as tly_dedupe.h counts them: what a
+ * spilled blob gives back, estimated before it is released. */
+#define ID_TABLE_BYTES 48
+
+/* Puts the blob's ids (those still in the window) and its stub into
+ * batch. Returns the ids written. */
+static size_t spill_into(tly_store_batch_t *batch, int32_t partition,
+                         const void *blob, size_t len, int64_t key,
+                         int64_t horizon) {
+  char id_key[TLY_KEY_MAX];
+  unsigned char value[8], stub[TLY_DEDUPE_BLOB_HEADER];
+  size_t pos = 0, id_len, written = 0;
+  const char *id;
+  int64_t at;
+  while (tly_dedupe_blob_next(blob, len, &pos, &id, &id_len, &at)) {
+    size_t key_len =
+        tly_key_dedupe_id(partition, id, id_len, id_key, sizeof(id_key));
+    if (at < horizon || !key_len) /* expired; an id longer than a key: */
+      continue; /* never recorded (TLY_EVENT_ID_MAX is far below) */
+    tly_put_be64(value, (uint64_t)at);
+    tly_store_batch_put(batch, TLY_CF_DEDUPE_IDS, id_key, key_len, value,
+                        sizeof(value));
+    written++;
+  }
+  unsigned char blob_key[12];
+  tly_put_be32(blob_key, (uint32_t)partition);
+  tly_put_be64(blob_key + 4, (uint64_t)key);
+  memcpy(stub, blob, 8); /* its newest time: it expires as the blob did */
+  tly_put_be32(stub + 8, 0);
+  tly_store_batch_put(batch, TLY_CF_DEDUPE, blob_key, sizeof(blob_key), stub,
+                      sizeof(stub));
+  return written;
+}
+
+static int64_t horizon_of(const tly_processor_t *p,
+                          const partition_state_t *part) {
+  return part->watermark > INT64_MIN + p->billing.dedupe_window_ms
+             ? part->watermark - p->billing.dedupe_window_ms
+             : INT64_MIN;
+}
+
+/* Blob bytes (header excluded) and ids a blob frees, estimated. */
+static size_t blob_weight(const void *blob, size_t len) {
+  uint32_t count = tly_get_be32((const unsigned char *)blob + 8);
+  return len + (size_t)count * ID_TABLE_BYTES;
+}
+
+void tly_proc_dedupe_count(tly_processor_t *p) {
+  size_t total = 0;
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    if (p->partitions[i].dedupe)
+      total += tly_dedupe_bytes(p->partitions[i].dedupe);
+  atomic_store(&p->dedupe_bytes, total);
+}
+
+int tly_proc_dedupe_spill(tly_processor_t *p) {
+  size_t total = 0;
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    if (p->partitions[i].dedupe)
+      total += tly_dedupe_bytes(p->partitions[i].dedupe);
+  atomic_store(&p->dedupe_bytes, total);
+  if (total <= p->dedupe_share)
+    return 0;
+  /* What each partition would hold once the blobs chosen so far leave. */
+  size_t *left = malloc(sizeof(*left) * (size_t)p->partition_cap);
+  if (!left) {
+    tly_proc_set_fatal(p, "out of memory spilling event ids");
+    return -1;
+  }
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    left[i] =
+        p->partitions[i].dedupe ? tly_dedupe_bytes(p->partitions[i].dedupe) : 0;
+  while (total > p->dedupe_share) {
+    int32_t largest = -1;
+    for (int32_t i = 0; i < p->partition_cap; i++)
+      if (left[i] && (largest < 0 || left[i] > left[largest]))
+        largest = i;
+    if (largest < 0)
+      break;
+    partition_state_t *part = &p->partitions[largest];
+    size_t len = 0;
+    int64_t key = 0;
+    const void *blob = tly_dedupe_spill_next(part->dedupe, &len, &key);
+    if (!blob) {
+      left[largest] = 0; /* nothing sealed left to spill there */
+      continue;
+    }
+    size_t freed = blob_weight(blob, len);
+    uint64_t ids =
+        spill_into(p->batch, largest, blob, len, key, horizon_of(p, part));
+    atomic_fetch_add(&p->ids_spilled, ids);
+    part->spilled = 1;
+    left[largest] -= freed < left[largest] ? freed : left[largest];
+    total -= freed < total ? freed : total;
+  }
+  free(left);
+  return 0;
+}
+
+void tly_proc_dedupe_release(tly_processor_t *p) {
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    if (p->partitions[i].dedupe)
+      tly_dedupe_release_spilled(p->partitions[i].dedupe);
+  tly_proc_dedupe_count(p);
+}
+
+int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
+                        tly_dedupe_t *dedupe, size_t limit) {
+  char errstr[512];
+  if (tly_dedupe_bytes(dedupe) <= limit)
+    return 0;
+  tly_store_batch_t *batch = tly_store_batch_new();
+  if (!batch) {
+    tly_proc_set_fatal(p, "out of memory spilling event ids");
+    return -1;
+  }
+  const partition_state_t *part = &p->partitions[partition];
+  size_t bytes = tly_dedupe_bytes(dedupe), len = 0;
+  int64_t key = 0;
+  const void *blob;
+  while (bytes > limit &&
+         (blob = tly_dedupe_spill_next(dedupe, &len, &key)) != NULL) {
+    size_t freed = blob_weight(blob, len);
+    atomic_fetch_add(&p->ids_spilled, spill_into(batch, partition, blob, len,
+                                                 key, horizon_of(p, part)));
+    bytes -= freed < bytes ? freed : bytes;
+  }
+  /* Not synced: the blobs stay as they were until this write is in the
+   * WAL, and the next synced commit makes it durable with it. */
+  int rc = tly_store_commit(p->store, batch, 0, errstr, sizeof(errstr));
+  tly_store_batch_destroy(batch);
+  if (rc) {
+    tly_proc_set_fatal(p, "partition %d: spilling event ids: %s",
+                       (int)partition, errstr);
+    return -1;
+  }
+  tly_dedupe_release_spilled(dedupe);
+  return 0;
+}
+
+static int found_one(void *opaque, const char *key, size_t key_len,
+                     const char *value, size_t value_len) {
+  (void)key, (void)key_len, (void)value, (void)value_len;
+  *(int *)opaque = 1;
+  return 1;
+}
+
+int tly_proc_dedupe_has_spilled(tly_processor_t *p, int32_t partition) {
+  char errstr[512];
+  unsigned char prefix[4];
+  int found = 0;
+  tly_put_be32(prefix, (uint32_t)partition);
+  if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE_IDS, prefix, 4, found_one,
+                            &found, errstr, sizeof(errstr))) {
+    tly_proc_set_fatal(p, "partition %d: reading spilled event ids: %s",
+                       (int)partition, errstr);
+    return -1;
+  }
+  return found;
+}

@@ -1,0 +1,380 @@
+/*
+ * bench_dedupe.c - bench_fold's dedupe-scale run (issue 21): N event ids
+ * in the dedupe window on one instance, then more events of which 1 % are
+ * duplicates of random old ids, with the memory budget bounding the
+ * dedupe index (older ids spilled to RocksDB). Prints, each next to its
+ * ceiling or bound measured in the same run:
+ *   - peak RSS of the process against the budget (the embedded broker,
+ *     which holds every event in memory, is in the same process: its RSS
+ *     before the processor started is printed beside);
+ *   - the fold rate, filling the window and then with the duplicates,
+ *     against the raw consume rate of the same topic (goal >= 0.5);
+ *   - the duplicates refused against those sent (must be equal);
+ *   - bytes per id on disk (SST files after a compaction, all state);
+ *   - the assignment time of a restart on the full window.
+ *
+ *   BENCH_DEDUPE_IDS=2000000 build/bench_fold
+ *
+ * BENCH_DEDUPE_IDS: ids in the window (the issue's full run: 20000000);
+ * BENCH_DEDUPE_MORE: events after it (default a tenth of the ids);
+ * BENCH_MEMORY_BUDGET: bytes (default 1 GiB scaled by ids / 20 M, so a
+ * smaller run keeps the full run's proportion; 1099511627776 spills
+ * nothing, as before issue 21); BENCH_DEDUPE_PARTITIONS (default one per
+ * 25,000 events, 64 at least: the embedded broker keeps ~5 MiB a
+ * partition). 4,096 subjects, so the subject cache stays small; ids of 16
+ * characters.
+ */
+#define _GNU_SOURCE /* nftw */
+#include "bench_http.h"
+#include "tally_producer.h"
+#include "tly_config.h"
+#include "tly_log.h"
+#include "tly_processor.h"
+#include "tly_store.h"
+#include "tly_topics.h"
+
+#include <ftw.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+/* Enough subjects that every partition gets its share of the events: the
+ * embedded broker keeps about 5 MiB per partition and drops older
+ * records past it. Still a small subject cache (a few MiB). */
+#define SUBJECTS 4096
+#define FIRST_MS 1794268800000LL
+
+static volatile sig_atomic_t dedupe_stop;
+
+typedef struct {
+  tly_processor_t *processor;
+  int rc;
+  char errstr[512];
+} dedupe_run_t;
+
+static void *dedupe_run_main(void *arg) {
+  dedupe_run_t *run = arg;
+  prctl(PR_SET_NAME, "tly-fold"); /* for bench_thread_cpu_seconds */
+  run->rc = tly_processor_run(run->processor, &dedupe_stop, run->errstr,
+                              sizeof(run->errstr));
+  return NULL;
+}
+
+static long env_long(const char *name, long fallback) {
+  const char *value = getenv(name);
+  return value && atol(value) > 0 ? atol(value) : fallback;
+}
+
+/* Event i: id d<15 digits>, subject s<i % 64>, 1 ms of event time per 100
+ * events (20 M span 2.3 days: all in the 7-day window). */
+static void fill_event(tly_event_t *event, long i, char *id, char *subject) {
+  snprintf(id, 32, "d%015ld", i);
+  snprintf(subject, 16, "s%ld", i % SUBJECTS);
+  memset(event, 0, sizeof(*event));
+  event->event_id = id;
+  event->occurred_at_ms = FIRST_MS + i / 100;
+  event->subject_kind = TLY_SUBJECT_USER;
+  event->subject_id = subject;
+  event->body.usage.feature = "api_calls";
+  event->body.usage.quantity = 1;
+}
+
+/* Events from..to-1; with old > 0, every 100th is instead a duplicate of a
+ * random event below old. Returns the duplicates sent. */
+static long produce_range(const char *bootstrap, long from, long to, long old) {
+  char errstr[512], id[32], subject[16];
+  const char *fast[] = {"linger.ms=20", "batch.size=1000000", NULL};
+  tally_producer_conf_t conf = {.brokers = bootstrap, .kafka_properties = fast};
+  tally_producer_t *producer =
+      tally_producer_new(&conf, errstr, sizeof(errstr));
+  unsigned seed = 7;
+  long duplicates = 0;
+  if (!producer) {
+    fprintf(stderr, "bench: %s\n", errstr);
+    exit(1);
+  }
+  for (long i = from; i < to; i++) {
+    tly_event_t event;
+    long n = i;
+    if (old > 0 && i % 100 == 99) {
+      n = (long)(((unsigned long)rand_r(&seed) << 16 ^
+                  (unsigned long)rand_r(&seed)) %
+                 (unsigned long)old);
+      duplicates++;
+    }
+    fill_event(&event, n, id, subject);
+    if (tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr))) {
+      fprintf(stderr, "bench: %s\n", errstr);
+      exit(1);
+    }
+    if (i % 200000 == 0)
+      fprintf(stderr, "\rproducing %ld/%ld", i - from, to - from);
+  }
+  tally_producer_flush(producer, 600000);
+  tally_producer_destroy(producer);
+  fprintf(stderr, "\rproduced %ld events            \n", to - from);
+  return duplicates;
+}
+
+static double dedupe_raw_consume(const char *bootstrap, long events,
+                                 int partitions) {
+  char errstr[512];
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr,
+                    sizeof(errstr));
+  rd_kafka_conf_set(conf, "group.id", "bench-dedupe-raw", errstr,
+                    sizeof(errstr));
+  rd_kafka_conf_set(conf, "max.partition.fetch.bytes", "10485760", errstr,
+                    sizeof(errstr));
+  rd_kafka_t *rk =
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  rd_kafka_topic_partition_list_t *parts =
+      rd_kafka_topic_partition_list_new(partitions);
+  for (int p = 0; p < partitions; p++)
+    rd_kafka_topic_partition_list_add(parts, TALLY_DEFAULT_USAGE_TOPIC, p)
+        ->offset = RD_KAFKA_OFFSET_BEGINNING;
+  rd_kafka_assign(rk, parts);
+  rd_kafka_topic_partition_list_destroy(parts);
+  long seen = 0;
+  int64_t started = tly_monotonic_ms();
+  while (seen < events) {
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 1000);
+    if (!msg)
+      continue;
+    if (!msg->err)
+      seen++;
+    rd_kafka_message_destroy(msg);
+  }
+  int64_t elapsed = tly_monotonic_ms() - started;
+  rd_kafka_consumer_close(rk);
+  rd_kafka_destroy(rk);
+  return seen * 1000.0 / (double)(elapsed ? elapsed : 1);
+}
+
+static long rss_kib(void) {
+  FILE *file = fopen("/proc/self/status", "r");
+  char line[256];
+  long kib = 0;
+  while (file && fgets(line, sizeof(line), file))
+    if (!strncmp(line, "VmRSS:", 6))
+      kib = atol(line + 6);
+  if (file)
+    fclose(file);
+  return kib;
+}
+
+static long long sst_bytes, all_bytes;
+static int add_file(const char *path, const struct stat *st, int flag,
+                    struct FTW *ftw) {
+  (void)ftw;
+  if (flag == FTW_F) {
+    all_bytes += st->st_size;
+    size_t len = strlen(path);
+    if (len > 4 && !strcmp(path + len - 4, ".sst"))
+      sst_bytes += st->st_size;
+  }
+  return 0;
+}
+
+typedef struct {
+  double rate;       /* events (folded + duplicates) per second */
+  int64_t ms;        /* from the first folded to the last */
+  int64_t assign_ms; /* the assignment's setup */
+  tly_processor_stats_t stats;
+  long peak_rss_kib, end_rss_kib;
+  double fold_us, writer_us; /* CPU per event of the two threads */
+} phase_t;
+
+/* A processor on store until it has folded or refused `events` records;
+ * then stopped (graceful: it leaves the group). */
+static int fold_phase(const char *bootstrap, tly_store_t *store,
+                      tly_config_t *config, int64_t budget, long events,
+                      phase_t *out) {
+  char errstr[512];
+  tly_processor_conf_t conf = {.brokers = bootstrap,
+                               .group_id = "bench-dedupe",
+                               .config = config,
+                               .tick_interval_ms = -1,
+                               .memory_budget_bytes = budget};
+  dedupe_run_t run = {0};
+  run.processor = tly_processor_new(&conf, store, errstr, sizeof(errstr));
+  if (!run.processor) {
+    fprintf(stderr, "bench: %s\n", errstr);
+    return -1;
+  }
+  pthread_t thread;
+  dedupe_stop = 0;
+  pthread_create(&thread, NULL, dedupe_run_main, &run);
+  tly_processor_stats_t stats = {0};
+  int64_t first = 0, last = 0, shown = 0;
+  uint64_t first_count = 0;
+  long peak = 0;
+  double fold_cpu = 0, writer_cpu = 0;
+  for (;;) {
+    usleep(20000);
+    tly_processor_stats(run.processor, &stats);
+    uint64_t done = stats.events_folded + stats.duplicates + stats.dead_letters;
+    long rss = rss_kib();
+    if (rss > peak)
+      peak = rss;
+    /* From the assignment on (the group join is not the fold's). */
+    if (!first && stats.rebalances) {
+      first = tly_monotonic_ms();
+      first_count = done;
+      fold_cpu = bench_thread_cpu_seconds("tly-fold", 0);
+      writer_cpu = bench_thread_cpu_seconds("tly-writer", 0);
+    }
+    last = tly_monotonic_ms();
+    if (last - shown >= 2000) {
+      fprintf(
+          stderr, "\rfolded %llu/%ld, dedupe memory %llu MiB",
+          (unsigned long long)done, events,
+          (unsigned long long)(stats.memory_bytes[TLY_MEMORY_DEDUPE] >> 20));
+      shown = last;
+    }
+    if (done >= (uint64_t)events)
+      break;
+    if (run.rc) {
+      fprintf(stderr, "bench: processor stopped: %s\n", run.errstr);
+      return -1;
+    }
+  }
+  fprintf(stderr, "\n");
+  double folded = (double)(events > 0 ? events : 1);
+  out->fold_us =
+      (bench_thread_cpu_seconds("tly-fold", 0) - fold_cpu) * 1e6 / folded;
+  out->writer_us =
+      (bench_thread_cpu_seconds("tly-writer", 0) - writer_cpu) * 1e6 / folded;
+  out->end_rss_kib = rss_kib();
+  tly_processor_stats(run.processor, &stats);
+  out->stats = stats;
+  out->ms = last - first;
+  out->rate = (double)(stats.events_folded + stats.duplicates - first_count) *
+              1000.0 / (double)(out->ms ? out->ms : 1);
+  out->assign_ms = (int64_t)stats.last_assignment_ms;
+  out->peak_rss_kib = peak;
+  dedupe_stop = 1;
+  pthread_join(thread, NULL);
+  tly_processor_destroy(run.processor);
+  return run.rc;
+}
+
+int bench_dedupe_main(void) {
+  long ids = env_long("BENCH_DEDUPE_IDS", 2000000);
+  long more = env_long("BENCH_DEDUPE_MORE", ids / 10);
+  /* ~25,000 events of ~110 bytes a partition: within what the embedded
+   * broker keeps (5 MiB a partition), at least 64. */
+  long total = ids + env_long("BENCH_DEDUPE_MORE", ids / 10);
+  int partitions = (int)env_long("BENCH_DEDUPE_PARTITIONS",
+                                 total / 25000 > 64 ? total / 25000 : 64);
+  double scaled = (double)TLY_DEFAULT_MEMORY_BUDGET * (double)ids / 2e7;
+  int64_t budget = (int64_t)env_long(
+      "BENCH_MEMORY_BUDGET",
+      (long)(scaled < TLY_MEMORY_BUDGET_MIN       ? TLY_MEMORY_BUDGET_MIN
+             : scaled > TLY_DEFAULT_MEMORY_BUDGET ? TLY_DEFAULT_MEMORY_BUDGET
+                                                  : scaled));
+  char errstr[512], dir[] = "/tmp/tally-dedupe-XXXXXX";
+
+  tly_log_set_level(TLY_LOG_WARN);
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_t *host =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
+  rd_kafka_mock_topic_create(cluster, TALLY_DEFAULT_USAGE_TOPIC, partitions, 1);
+  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_DLQ_TOPIC, 1, 1);
+  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
+  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+
+  produce_range(bootstrap, 0, ids, 0);
+  fprintf(stderr, "(a) raw consume of the %ld ids...\n", ids);
+  double raw = dedupe_raw_consume(bootstrap, ids, partitions);
+  long broker_rss = rss_kib();
+
+  if (!mkdtemp(dir))
+    return 1;
+  tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
+  tly_config_t *config = tly_config_default();
+  if (!store) {
+    fprintf(stderr, "bench: %s\n", errstr);
+    return 1;
+  }
+  phase_t fill = {0}, tail = {0};
+  fprintf(stderr, "filling the window: %ld ids, budget %lld bytes\n", ids,
+          (long long)budget);
+  if (fold_phase(bootstrap, store, config, budget, ids, &fill))
+    return 1;
+  long long spilled_fill = (long long)fill.stats.dedupe_ids_spilled;
+  /* The ids on disk: SST files once the families are compacted. */
+  for (int cf = 0; cf < TLY_CF__COUNT; cf++)
+    tly_store_compact(store, (tly_cf_t)cf);
+  nftw(dir, add_file, 16, FTW_PHYS);
+  long long sst_after_fill = sst_bytes, dir_after_fill = all_bytes;
+
+  long duplicates = produce_range(bootstrap, ids, ids + more, ids);
+  fprintf(stderr,
+          "restart, then %ld more events (%ld duplicates of old "
+          "ids)\n",
+          more, duplicates);
+  if (fold_phase(bootstrap, store, config, budget, more, &tail))
+    return 1;
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+
+  printf("\n| figure | value |\n|---|---|\n");
+  printf("| window | %ld ids of 16 characters over %d subjects, %d "
+         "partitions; then %ld events, %ld of them (1 %%) duplicates of "
+         "random old ids |\n",
+         ids, SUBJECTS, partitions, more, duplicates);
+  printf("| memory budget | %lld bytes (dedupe share %lld) |\n",
+         (long long)budget,
+         (long long)tly_memory_share(budget, TLY_MEMORY_DEDUPE));
+  printf("| peak RSS (broker + processor, one process) | %ld MiB; the "
+         "broker alone holding the events: %ld MiB; budget %lld MiB |\n",
+         usage.ru_maxrss / 1024, broker_rss / 1024, (long long)(budget >> 20));
+  printf("| RSS at the end of the fill / of the tail (processor running) | "
+         "%ld / %ld MiB |\n",
+         fill.end_rss_kib / 1024, tail.end_rss_kib / 1024);
+  printf("| CPU per event, fold thread / writer thread: fill; tail | %.2f / "
+         "%.2f us; %.2f / %.2f us |\n",
+         fill.fold_us, fill.writer_us, tail.fold_us, tail.writer_us);
+  printf("| dedupe memory at the end of the fill / of the tail | %llu / "
+         "%llu bytes (share %llu) |\n",
+         (unsigned long long)fill.stats.memory_bytes[TLY_MEMORY_DEDUPE],
+         (unsigned long long)tail.stats.memory_bytes[TLY_MEMORY_DEDUPE],
+         (unsigned long long)fill.stats.memory_budget[TLY_MEMORY_DEDUPE]);
+  printf("| (a) raw consume, no processing | %.0f events/s |\n", raw);
+  printf("| fold, filling the window | %.0f events/s (%.2f of (a)); %lld "
+         "ids spilled |\n",
+         fill.rate, fill.rate / raw, spilled_fill);
+  printf("| fold after the restart, 1 %% duplicates | %.0f events/s (%.2f "
+         "of (a), goal >= 0.5); %llu ids spilled, %llu looked up in "
+         "RocksDB |\n",
+         tail.rate, tail.rate / raw,
+         (unsigned long long)tail.stats.dedupe_ids_spilled,
+         (unsigned long long)tail.stats.dedupe_store_reads);
+  printf("| duplicates refused / sent | %llu / %ld (%s) |\n",
+         (unsigned long long)tail.stats.duplicates, duplicates,
+         (long)tail.stats.duplicates == duplicates ? "exact" : "NOT EXACT");
+  printf("| bytes per id on disk (SST, all state, compacted) | %.1f (%.1f "
+         "MiB of SST, %.1f MiB with WAL and logs) |\n",
+         (double)sst_after_fill / (double)ids,
+         (double)sst_after_fill / 1048576.0,
+         (double)dir_after_fill / 1048576.0);
+  printf("| assignment time of the restart (%ld ids in the window) | %lld "
+         "ms |\n",
+         ids, (long long)tail.assign_ms);
+
+  tly_store_close(store);
+  tly_config_free(config);
+  rd_kafka_mock_cluster_destroy(cluster);
+  rd_kafka_destroy(host);
+  char command[600];
+  snprintf(command, sizeof(command), "rm -rf %s", dir);
+  return system(command) == 0 ? 0 : 1;
+}

@@ -1,0 +1,164 @@
+/*
+ * test_dedupe_spill.c - duplicates of event ids older than what memory
+ * holds are refused exactly (issue 21), with the smallest memory budget
+ * (--memory-budget 1048576: the dedupe share is 512 KiB, a few thousand
+ * ids):
+ *   1. 24,000 distinct events: the dedupe index spills (the metric says
+ *      so) and stays within its share;
+ *   2. the 2,000 oldest ids again, and 1,000 new events: every duplicate
+ *      refused (looked up in RocksDB), every new event counted;
+ *   3. SIGKILL, restart on the same state dir (assignment loads only what
+ *      was not spilled), duplicates of old and middle ids again with new
+ *      events: refused and counted exactly;
+ * each with every subject's totals exact to the unit.
+ */
+#include "harness.h"
+
+#include "tally_producer.h"
+
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#define PARTITIONS 4
+#define SUBJECTS 8
+#define FIRST 24000
+#define AT_MS 1763800000000LL
+
+static long long expected_quantity[SUBJECTS], expected_events[SUBJECTS];
+
+/* Event i is always the same event: subject i % SUBJECTS, quantity
+ * 1 + i % 7. counted: add it to the expected totals (a duplicate is
+ * not). */
+static void produce(const char *bootstrap, int from, int to, int counted) {
+  tally_producer_conf_t conf = {.brokers = bootstrap};
+  char errstr[512], id[32], event_id[32];
+  tally_producer_t *producer =
+      tally_producer_new(&conf, errstr, sizeof(errstr));
+  assert_non_null(producer);
+  for (int i = from; i < to; i++) {
+    int s = i % SUBJECTS;
+    tly_event_t event = {0};
+    snprintf(id, sizeof(id), "sp-%d", s);
+    snprintf(event_id, sizeof(event_id), "spill-event-%06d", i);
+    event.event_id = event_id;
+    event.occurred_at_ms = AT_MS + i;
+    event.subject_kind = TLY_SUBJECT_USER;
+    event.subject_id = id;
+    event.body_kind = TLY_BODY_USAGE_RECORDED;
+    event.body.usage.feature = "api_calls";
+    event.body.usage.unit = "call";
+    event.body.usage.quantity = 1 + i % 7;
+    assert_int_equal(
+        tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr)), 0);
+    if (counted) {
+      expected_quantity[s] += event.body.usage.quantity;
+      expected_events[s]++;
+    }
+  }
+  assert_int_equal(tally_producer_flush(producer, 60000), 0);
+  tally_producer_stats_t stats;
+  tally_producer_stats(producer, &stats);
+  assert_int_equal(stats.failed, 0);
+  tally_producer_destroy(producer);
+}
+
+static void verify_totals(int port) {
+  for (int s = 0; s < SUBJECTS; s++) {
+    char path[128], *body;
+    long status;
+    json_error_t error;
+    snprintf(path, sizeof(path), "/v1/subjects/user:sp-%d/usage?at=%lld", s,
+             AT_MS);
+    assert_int_equal(th_http_get(port, path, &status, &body), 0);
+    assert_int_equal(status, 200);
+    json_t *json = json_loads(body, 0, &error);
+    free(body);
+    json_t *row =
+        json_object_get(json_object_get(json, "features"), "api_calls");
+    assert_int_equal(json_integer_value(json_object_get(row, "events")),
+                     expected_events[s]);
+    assert_int_equal(json_integer_value(json_object_get(row, "quantity")),
+                     expected_quantity[s]);
+    json_decref(json);
+  }
+}
+
+static void settle(const th_run_t *run, const char *bootstrap) {
+  assert_int_equal(th_wait_caught_up(run->port, bootstrap, "tally.usage",
+                                     PARTITIONS, 120000),
+                   0);
+}
+
+static long long dedupe_metric(int port, const char *name) {
+  return th_metric_labeled(port, name, "{part=\"dedupe\"}");
+}
+
+static void test_old_duplicates_refused_with_small_budget(void **state) {
+  (void)state;
+  th_broker_t broker;
+  th_run_t run;
+  char *dir = th_mkdtemp("dedupe-spill");
+  char state_dir[600];
+  snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
+  const char *extra[] = {"--memory-budget", "1048576", NULL};
+  assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+
+  /* 1. More ids than the share holds. */
+  produce(broker.bootstrap, 0, FIRST, 1);
+  settle(&run, broker.bootstrap);
+  long long spilled = th_metric_sum(run.port, "tally_dedupe_spilled_ids_total");
+  long long held = dedupe_metric(run.port, "tally_memory_bytes");
+  long long share = dedupe_metric(run.port, "tally_memory_budget_bytes");
+  printf("# %d ids: %lld spilled, dedupe memory %lld of %lld bytes\n", FIRST,
+         spilled, held, share);
+  assert_int_equal(share, 1048576 / 2);
+  assert_true(spilled >= FIRST / 2);
+  assert_true(held > 0 && held <= share);
+  verify_totals(run.port);
+
+  /* 2. The oldest ids again: none is in memory any more. */
+  produce(broker.bootstrap, 0, 2000, 0);
+  produce(broker.bootstrap, FIRST, FIRST + 1000, 1);
+  settle(&run, broker.bootstrap);
+  assert_int_equal(th_metric_sum(run.port, "tally_duplicates_total"), 2000);
+  assert_int_equal(th_metric_sum(run.port, "tally_events_folded_total"),
+                   FIRST + 1000);
+  assert_true(th_metric_sum(run.port, "tally_dedupe_store_reads_total") >=
+              2000);
+  verify_totals(run.port);
+
+  /* 3. Killed; the restart loads only the blobs not spilled. */
+  th_kill9(run.pid);
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+  produce(broker.bootstrap, 0, 1000, 0);
+  produce(broker.bootstrap, 12000, 13000, 0);
+  produce(broker.bootstrap, FIRST + 500, FIRST + 1000, 0);
+  produce(broker.bootstrap, FIRST + 1000, FIRST + 1500, 1);
+  settle(&run, broker.bootstrap);
+  assert_int_equal(th_metric_sum(run.port, "tally_duplicates_total"), 2500);
+  held = dedupe_metric(run.port, "tally_memory_bytes");
+  printf("# after the restart: dedupe memory %lld of %lld bytes\n", held,
+         share);
+  assert_true(held <= share);
+  verify_totals(run.port);
+
+  assert_int_equal(th_stop(run.pid), 0);
+  th_broker_stop(&broker);
+  th_rmrf(dir);
+  free(dir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_old_duplicates_refused_with_small_budget),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
