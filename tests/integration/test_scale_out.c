@@ -314,6 +314,14 @@ static void test_scale_out(void **state) {
          stalls, abandoned);
   assert_true(abandoned >= 1); /* the commit's outputs, at least */
 
+  /* Outputs an instance had handed to its Kafka client, unacknowledged,
+   * when its partitions were revoked as lost (a session that expired on
+   * this loaded machine) may land after the next owner looked for them:
+   * the one duplicate the protocol allows (README "Known gaps"), counted
+   * by each instance. Every other alert must be there exactly once. */
+  for (int i = 0; i < group.count; i++)
+    stream.max_duplicate_alerts +=
+        th_metric_sum(group.live[i]->port, "tally_outputs_at_risk_total");
   th_verify_reference_routed(owner_port, &group, broker.bootstrap, &stream);
   /* Most subjects live on another instance than the one asked: those
    * answers were relayed from their owner. */
