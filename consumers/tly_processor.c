@@ -1157,6 +1157,7 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->replay_skipped = atomic_load(&p->replay_skipped);
   stats->stalls = atomic_load(&p->fences);
   stats->abandoned = atomic_load(&p->abandoned);
+  stats->at_risk = atomic_load(&p->at_risk);
   stats->changelog_restores = atomic_load(&p->restores);
   stats->changelog_restored_records = atomic_load(&p->restored_records);
   stats->changelog_restore_ms = atomic_load(&p->restore_ms);

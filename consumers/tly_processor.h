@@ -166,6 +166,11 @@ typedef struct {
   uint64_t stalls;    /* fences: the loop was away past the session timeout */
   uint64_t abandoned; /* unsent outputs of revoked partitions, left to the
                          next owner */
+  /* Outputs already handed to the Kafka client, not acknowledged, when
+   * partitions were revoked as lost or after the drain's deadline: each
+   * may still reach Kafka after the next owner looked for it, and then
+   * appears twice (README, "Known gaps"). */
+  uint64_t at_risk;
   uint64_t changelog_restores; /* partitions restored from the changelog */
   uint64_t changelog_restored_records; /* changelog records read by them */
   uint64_t changelog_restore_ms;       /* and the time they took */

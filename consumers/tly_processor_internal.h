@@ -303,6 +303,9 @@ struct tly_processor {
   int64_t join_at_ms;
   _Atomic int fenced;
   atomic_uint_least64_t fences, abandoned;
+  /* Outputs handed to the Kafka client and not acknowledged when their
+   * partitions were revoked as lost or after the drain's deadline. */
+  atomic_uint_least64_t at_risk;
 
   atomic_uint_least64_t events_folded, dead_letters, batches_committed;
   atomic_uint_least64_t duplicates, alerts_total;

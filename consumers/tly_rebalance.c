@@ -72,6 +72,14 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
               "left to the next owner");
     else
       tly_proc_drain_outbox(p);
+    /* What the Kafka client holds unacknowledged now cannot be called
+     * back: counted, as the duplicates the next owner may see. */
+    size_t in_flight = 0;
+    for (size_t i = 0; i < p->outbox_count; i++)
+      in_flight +=
+          p->outbox[i].state == OUTBOX_INFLIGHT && !p->outbox[i].bundle;
+    if (in_flight)
+      atomic_fetch_add(&p->at_risk, in_flight);
     if (!p->fatal)
       tly_proc_abandon_revoked(p, parts);
     p->fence_until_ms = 0; /* the group has spoken */

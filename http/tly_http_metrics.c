@@ -447,9 +447,17 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               "changelog bundles) of revoked partitions not yet sent, left "
               "to the next owner's replay.\n"
               "# TYPE tally_outputs_abandoned_total counter\n"
-              "tally_outputs_abandoned_total %llu\n",
+              "tally_outputs_abandoned_total %llu\n"
+              "# HELP tally_outputs_at_risk_total Outputs handed to the "
+              "Kafka client and not yet acknowledged when their partitions "
+              "were revoked as lost or after the drain's deadline: each may "
+              "reach Kafka after the next owner looked for it, and appear "
+              "twice.\n"
+              "# TYPE tally_outputs_at_risk_total counter\n"
+              "tally_outputs_at_risk_total %llu\n",
               (unsigned long long)stats.stalls,
-              (unsigned long long)stats.abandoned);
+              (unsigned long long)stats.abandoned,
+              (unsigned long long)stats.at_risk);
   text_append(&text,
               "# HELP tally_changelog_restores_total Partitions restored from "
               "the state changelog.\n# TYPE tally_changelog_restores_total "

@@ -42,6 +42,10 @@ typedef struct {
   /* With meters: every other event is followed by one of the metered
    * features of th_reference_meters_config_json (seats, peak, gauge). */
   int meters;
+  /* Extra copies of alerts the check accepts: the outputs the instances
+   * reported at risk (tally_outputs_at_risk_total, README "Known gaps").
+   * 0: every alert exactly once. A missing alert always fails. */
+  long long max_duplicate_alerts;
   atomic_int done;
   char error[1024]; /* set by the stream thread on failure */
 } th_stream_t;
