@@ -245,6 +245,11 @@ typedef struct {
   void *opaque;
 } alert_reader_t;
 
+/* Where each copy of an alert sits: "partition@offset, produced at T ms"
+ * per alert id, so a duplicate names when (and so by whom, with the
+ * instances' logs) each copy was sent. */
+static json_t *alert_copies;
+
 static void decode_alert(void *opaque, const rd_kafka_message_t *msg) {
   alert_reader_t *reader = opaque;
   char errstr[512];
@@ -252,6 +257,19 @@ static void decode_alert(void *opaque, const rd_kafka_message_t *msg) {
   if (tly_alert_decode(reader->codec, msg->payload, msg->len, &alert, errstr,
                        sizeof(errstr)))
     fail_msg("undecodable alert: %s", errstr);
+  if (alert_copies && alert.alert_id) {
+    char where[96];
+    rd_kafka_timestamp_type_t type;
+    snprintf(where, sizeof(where), "%d@%lld, produced at %lld ms",
+             (int)msg->partition, (long long)msg->offset,
+             (long long)rd_kafka_message_timestamp(msg, &type));
+    json_t *list = json_object_get(alert_copies, alert.alert_id);
+    if (!list) {
+      list = json_array();
+      json_object_set_new(alert_copies, alert.alert_id, list);
+    }
+    json_array_append_new(list, json_string(where));
+  }
   reader->visit(reader->opaque, &alert);
   tly_alert_clear(&alert);
 }
@@ -409,6 +427,7 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
   printf("# %d alerts expected\n", expected_alerts);
   assert_true(expected_alerts > stream->subjects * 5); /* crosses a lot */
 
+  alert_copies = json_object();
   int read = th_read_alerts(bootstrap, count_expected, ids);
   /* Each alert that is not there exactly once, named, before the total. */
   const char *id;
@@ -419,9 +438,16 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     long long seen = (long long)json_integer_value(count);
     missing += seen == 0;
     extra += seen > 1 ? seen - 1 : 0;
-    if (seen != 1 && wrong++ < 40)
+    if (seen != 1 && wrong++ < 40) {
       printf("# alert %s seen %lld times\n", id, seen);
+      json_t *copies = json_object_get(alert_copies, id);
+      for (size_t c = 0; c < json_array_size(copies); c++)
+        printf("#   copy %zu: %s\n", c + 1,
+               json_string_value(json_array_get(copies, c)));
+    }
   }
+  json_decref(alert_copies);
+  alert_copies = NULL;
   if (extra)
     printf("# %lld extra alert copies; %lld outputs were at risk\n", extra,
            stream->max_duplicate_alerts);
