@@ -24,8 +24,8 @@
 #include "tly_request.h"
 #include "tly_state_cache.h"
 #include "tly_stripe_portal.h"
-#include "tly_webhooks.h"
 #include "tly_stripe_tasks.h"
+#include "tly_webhooks.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -118,6 +118,21 @@ struct tly_http {
   tly_http_streams_t *streams; /* live usage (SSE) subscribers */
   tly_webhooks_t *webhooks;    /* alert webhooks (NULL: none configured) */
 };
+
+/* A scan of a subject's stored alerts (tly_state_history's visitor,
+ * tly_http_visit_alert): each decoded under the codec's lock and, when
+ * it occurred at or after from_ms (INT64_MIN: all), appended to list as
+ * its JSON answer, oldest first. failed: a corrupt record or no memory. */
+typedef struct {
+  tly_http_t *http;
+  int64_t from_ms;
+  json_t *list;
+  int failed;
+} tly_http_alert_scan_t;
+
+int tly_http_visit_alert(void *opaque, const unsigned char *suffix,
+                         size_t suffix_len, const char *value,
+                         size_t value_len);
 
 struct response {
   int status;

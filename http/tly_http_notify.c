@@ -36,35 +36,6 @@
 
 /* ---- the subject's alerts ----------------------------------------------- */
 
-typedef struct {
-  tly_http_t *http;
-  json_t *list; /* oldest first, as the keys come */
-  int failed;
-} notes_scan_t;
-
-static int visit_alert(void *opaque, const unsigned char *suffix,
-                       size_t suffix_len, const char *value, size_t value_len) {
-  notes_scan_t *scan = opaque;
-  tly_alert_t alert = {0};
-  char errstr[256];
-  (void)suffix, (void)suffix_len;
-  pthread_mutex_lock(&scan->http->alert_lock);
-  int bad = tly_alert_decode(scan->http->alert_codec, value, value_len, &alert,
-                             errstr, sizeof(errstr));
-  pthread_mutex_unlock(&scan->http->alert_lock);
-  if (bad) {
-    scan->failed = 1;
-    return 1;
-  }
-  json_t *json = tly_req_alert_json(&alert);
-  tly_alert_clear(&alert);
-  if (!json || json_array_append_new(scan->list, json)) {
-    scan->failed = 1;
-    return 1;
-  }
-  return 0;
-}
-
 /* The partition's event-time watermark: alerts that expired before it are
  * left out (as /alerts does). */
 static int64_t alerts_horizon(tly_http_t *http, int32_t partition) {
@@ -98,12 +69,12 @@ static int load_notes(tly_http_t *http, request_t *req,
   }
   if (found <= 0)
     return 0;
-  notes_scan_t scan = {http, json_array(), 0};
+  tly_http_alert_scan_t scan = {http, INT64_MIN, json_array(), 0};
   if (!scan.list ||
       tly_state_history(http->conf.store, state->partition, subject->kind,
                         subject->id, TLY_HISTORY_ALERT,
-                        alerts_horizon(http, state->partition), visit_alert,
-                        &scan, errstr, sizeof(errstr)) ||
+                        alerts_horizon(http, state->partition),
+                        tly_http_visit_alert, &scan, errstr, sizeof(errstr)) ||
       scan.failed) {
     json_decref(scan.list);
     tly_http_respond_error(out, 500, "store_error",

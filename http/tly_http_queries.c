@@ -400,10 +400,10 @@ void tly_http_handle_cycles(tly_http_t *http, request_t *req,
                    visit_cycle, &scan, &scan.failed,
                    "out of memory or a corrupt archived cycle", out))
     goto done;
-  tly_http_respond_table(out, connection,
-                         tly_req_cycles_json(http->conf.config, &subject,
-                                             scan.cycles, scan.count),
-                         tly_req_cycles_csv);
+  tly_http_respond_table(
+      out, connection,
+      tly_req_cycles_json(http->conf.config, &subject, scan.cycles, scan.count),
+      tly_req_cycles_csv);
 done:
   for (size_t i = 0; i < scan.owned_count; i++)
     free(scan.owned[i]);
@@ -412,15 +412,10 @@ done:
   tly_state_subject_clear(&state);
 }
 
-typedef struct {
-  tly_http_t *http;
-  json_t *list; /* oldest first, as the keys come */
-  int failed;
-} alerts_scan_t;
-
-static int visit_alert(void *opaque, const unsigned char *suffix,
-                       size_t suffix_len, const char *value, size_t value_len) {
-  alerts_scan_t *scan = opaque;
+int tly_http_visit_alert(void *opaque, const unsigned char *suffix,
+                         size_t suffix_len, const char *value,
+                         size_t value_len) {
+  tly_http_alert_scan_t *scan = opaque;
   tly_alert_t alert = {0}; /* decode clears what it is given */
   char errstr[256];
   (void)suffix, (void)suffix_len;
@@ -432,13 +427,13 @@ static int visit_alert(void *opaque, const unsigned char *suffix,
     scan->failed = 1;
     return 1;
   }
-  json_t *json = tly_req_alert_json(&alert);
-  tly_alert_clear(&alert);
-  if (!json || json_array_append_new(scan->list, json)) {
-    scan->failed = 1;
-    return 1;
+  if (alert.occurred_at_ms >= scan->from_ms) {
+    json_t *json = tly_req_alert_json(&alert);
+    if (!json || json_array_append_new(scan->list, json))
+      scan->failed = 1;
   }
-  return 0;
+  tly_alert_clear(&alert);
+  return scan->failed;
 }
 
 void tly_http_handle_alerts(tly_http_t *http, request_t *req,
@@ -448,7 +443,7 @@ void tly_http_handle_alerts(tly_http_t *http, request_t *req,
   tly_subject_state_t state = {0};
   tly_req_error_t err;
   int64_t limit;
-  alerts_scan_t scan = {http, json_array(), 0};
+  tly_http_alert_scan_t scan = {http, INT64_MIN, json_array(), 0};
   if (tly_req_parse_limit(MHD_lookup_connection_value(
                               connection, MHD_GET_ARGUMENT_KIND, "limit"),
                           &limit, &err)) {
@@ -458,9 +453,9 @@ void tly_http_handle_alerts(tly_http_t *http, request_t *req,
   if (!scan.list || !history_subject(http, req, &subject, &state, out))
     goto done;
   if (scan_history(http, &state, &subject, TLY_HISTORY_ALERT,
-                   history_horizon(http, state.partition), visit_alert, &scan,
-                   &scan.failed, "out of memory or a corrupt stored alert",
-                   out))
+                   history_horizon(http, state.partition), tly_http_visit_alert,
+                   &scan, &scan.failed,
+                   "out of memory or a corrupt stored alert", out))
     goto done;
   /* Keys run oldest first: answer newest first, up to limit. */
   json_t *alerts = json_array();

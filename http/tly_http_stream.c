@@ -135,36 +135,6 @@ static int queue_event(stream_t *s, const char *type, json_t *data) {
 
 /* ---- alerts ----------------------------------------------------------- */
 
-typedef struct {
-  tly_http_t *http;
-  int64_t from_ms;
-  json_t *list; /* oldest first */
-  int failed;
-} alert_scan_t;
-
-static int visit_alert(void *opaque, const unsigned char *suffix,
-                       size_t suffix_len, const char *value, size_t value_len) {
-  alert_scan_t *scan = opaque;
-  tly_alert_t alert = {0};
-  char errstr[256];
-  (void)suffix, (void)suffix_len;
-  pthread_mutex_lock(&scan->http->alert_lock);
-  int bad = tly_alert_decode(scan->http->alert_codec, value, value_len, &alert,
-                             errstr, sizeof(errstr));
-  pthread_mutex_unlock(&scan->http->alert_lock);
-  if (bad) {
-    scan->failed = 1;
-    return 1;
-  }
-  if (alert.occurred_at_ms >= scan->from_ms) {
-    json_t *json = tly_req_alert_json(&alert);
-    if (!json || json_array_append_new(scan->list, json))
-      scan->failed = 1;
-  }
-  tly_alert_clear(&alert);
-  return scan->failed;
-}
-
 /* ---- one subscriber's update ----------------------------------------- */
 
 /* What changed for s since its last update, queued (lock not held: reads
@@ -188,11 +158,12 @@ static int update(tly_http_streams_t *streams, stream_t *s,
   if (found > 0) {
     *usage_out =
         tly_req_usage_json(http->conf.config, subject, &state, tly_wall_ms());
-    alert_scan_t scan = {http, alerts_from, json_array(), 0};
+    tly_http_alert_scan_t scan = {http, alerts_from, json_array(), 0};
     if (!scan.list ||
         (tly_state_history(http->conf.store, state.partition, subject->kind,
                            subject->id, TLY_HISTORY_ALERT, INT64_MIN,
-                           visit_alert, &scan, errstr, sizeof(errstr)) ||
+                           tly_http_visit_alert, &scan, errstr,
+                           sizeof(errstr)) ||
          scan.failed)) {
       json_decref(scan.list);
       json_decref(*usage_out);
