@@ -20,12 +20,10 @@ echo "== tests under sanitizers"
 # 8+ kills (the
 # plain run above is the full matrix: this one looks for memory errors on
 # the same recovery paths).
-# TALLY_SCALE_OUT_FREEZE=0: test_scale_out without its SIGSTOP phase, which
-# under AddressSanitizer shows a bug not fixed yet (README, "Known gaps").
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 TALLY_CRASH_MATRIX_EVENTS=60000 TALLY_CRASH_MATRIX_SUBJECTS=600 \
-TALLY_CRASH_MATRIX_KILLS=8 TALLY_SCALE_OUT_FREEZE=0 \
+TALLY_CRASH_MATRIX_KILLS=8 \
   ctest --test-dir build-asan -j2 --output-on-failure --timeout 900
 
 echo "== fuzz the parsers (40 s in all)"
