@@ -130,6 +130,10 @@ typedef struct {
   int failed;
 } tly_http_alert_scan_t;
 
+/* The partition's event-time watermark: history (hours, alerts) that
+ * expired before it is left out, whether or not compaction dropped it. */
+int64_t tly_http_history_horizon(tly_http_t *http, int32_t partition);
+
 int tly_http_visit_alert(void *opaque, const unsigned char *suffix,
                          size_t suffix_len, const char *value,
                          size_t value_len);

@@ -36,18 +36,6 @@
 
 /* ---- the subject's alerts ----------------------------------------------- */
 
-/* The partition's event-time watermark: alerts that expired before it are
- * left out (as /alerts does). */
-static int64_t alerts_horizon(tly_http_t *http, int32_t partition) {
-  size_t count = 0;
-  int64_t horizon = INT64_MIN;
-  tly_partition_status_t *status = tly_http_partition_snapshot(http, &count);
-  if (status && partition >= 0 && (size_t)partition < count)
-    horizon = status[partition].watermark_ms;
-  free(status);
-  return horizon;
-}
-
 /* The subject's state and its kept alerts (oldest first) in *list; 1, or 0
  * when out holds the answer (an error, or 404 for an unknown subject). */
 static int load_notes(tly_http_t *http, request_t *req,
@@ -73,7 +61,7 @@ static int load_notes(tly_http_t *http, request_t *req,
   if (!scan.list ||
       tly_state_history(http->conf.store, state->partition, subject->kind,
                         subject->id, TLY_HISTORY_ALERT,
-                        alerts_horizon(http, state->partition),
+                        tly_http_history_horizon(http, state->partition),
                         tly_http_visit_alert, &scan, errstr, sizeof(errstr)) ||
       scan.failed) {
     json_decref(scan.list);

@@ -189,7 +189,7 @@ void tly_http_handle_prorate(tly_http_t *http, request_t *req,
 
 /* The partition's event-time watermark: history that expired before it is
  * left out, whether or not compaction dropped it yet. */
-static int64_t history_horizon(tly_http_t *http, int32_t partition) {
+int64_t tly_http_history_horizon(tly_http_t *http, int32_t partition) {
   size_t count = 0;
   int64_t horizon = INT64_MIN;
   tly_partition_status_t *status = tly_http_partition_snapshot(http, &count);
@@ -304,9 +304,9 @@ void tly_http_handle_daily(tly_http_t *http, request_t *req,
       goto done;
     scan.failed = add_buckets(&scan, state.buckets, state.bucket_count);
     if (scan_history(http, &state, &subject, TLY_HISTORY_HOUR,
-                     history_horizon(http, state.partition), visit_hour, &scan,
-                     &scan.failed, "out of memory or corrupt usage buckets",
-                     out))
+                     tly_http_history_horizon(http, state.partition),
+                     visit_hour, &scan, &scan.failed,
+                     "out of memory or corrupt usage buckets", out))
       goto done;
     if (commit_count(http->conf.processor) == before)
       break;
@@ -453,8 +453,8 @@ void tly_http_handle_alerts(tly_http_t *http, request_t *req,
   if (!scan.list || !history_subject(http, req, &subject, &state, out))
     goto done;
   if (scan_history(http, &state, &subject, TLY_HISTORY_ALERT,
-                   history_horizon(http, state.partition), tly_http_visit_alert,
-                   &scan, &scan.failed,
+                   tly_http_history_horizon(http, state.partition),
+                   tly_http_visit_alert, &scan, &scan.failed,
                    "out of memory or a corrupt stored alert", out))
     goto done;
   /* Keys run oldest first: answer newest first, up to limit. */
