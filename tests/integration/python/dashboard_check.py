@@ -278,6 +278,14 @@ def wait_panels(browser, what):
         o[e.id] = e.getAttribute('data-state'); }); return o; })()""")
 
 
+def tables_fit(browser, phase):
+    """The analytics tables fit their cards (no scrolling sideways)."""
+    wide = browser.eval("[...document.querySelectorAll('#top-table, #breakdown-table')]"
+                        ".filter(t => t.parentElement.scrollWidth > t.parentElement.clientWidth + 1).map(t => t.id)")
+    if wide:
+        fail("%s: %s wider than its card" % (phase, wide))
+
+
 def analytics_query():
     """The period the page asks for "this cycle" (ui/app.js analyticsPeriod):
     this UTC month so far, as days."""
@@ -584,9 +592,11 @@ def main():
         check_analytics(browser, top, models, "admin analytics (fixture)")
         check_events(browser, "admin analytics (fixture)")
         no_overflow(browser, "admin analytics (fixture)")
+        tables_fit(browser, "admin analytics (fixture)")
         browser.screenshot("admin-analytics-laptop")
         browser.viewport(PHONE)
         no_overflow(browser, "admin analytics (fixture, phone)")
+        tables_fit(browser, "admin analytics (fixture, phone)")
         browser.screenshot("admin-analytics-phone")
         browser.viewport(LAPTOP)
         browser.send("Fetch.disable")
