@@ -179,8 +179,12 @@ static void dead_letter(endpoint_t *e, const tly_webhook_parked_t *item) {
   snprintf(reason, sizeof(reason),
            "webhook %s: gave up after %" PRId64 " s: last attempt %s",
            e->cfg->url, w->n->give_up_s, item->why);
-  rd_kafka_headers_t *headers = rd_kafka_headers_new(3);
+  char first[32];
+  snprintf(first, sizeof(first), "%" PRId64, item->first_ms);
+  rd_kafka_headers_t *headers = rd_kafka_headers_new(4);
   rd_kafka_header_add(headers, "tally.error", -1, reason, -1);
+  /* When the give-up clock started (it survives restarts). */
+  rd_kafka_header_add(headers, "tally.webhook.first_attempt_ms", -1, first, -1);
   rd_kafka_header_add(headers, "tally.source", -1, "webhooks", -1);
   rd_kafka_header_add(headers, "tally.output.id", -1, item->id, -1);
   rd_kafka_resp_err_t err = rd_kafka_producev(

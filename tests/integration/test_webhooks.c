@@ -216,6 +216,7 @@ typedef struct {
   char error[1024];
   int count;
   int from_ok; /* dead letters of the /ok endpoint */
+  long long first_attempt_ms;
 } dead_t;
 
 static void visit_dead(void *opaque, const rd_kafka_message_t *msg) {
@@ -232,6 +233,9 @@ static void visit_dead(void *opaque, const rd_kafka_message_t *msg) {
     dead->count++;
     th_header(msg, "tally.output.id", dead->id, sizeof(dead->id));
     snprintf(dead->error, sizeof(dead->error), "%s", error);
+    char first[32] = "";
+    th_header(msg, "tally.webhook.first_attempt_ms", first, sizeof(first));
+    dead->first_attempt_ms = atoll(first);
   }
 }
 
@@ -368,6 +372,7 @@ static void test_webhooks(void **state) {
   /* SIGKILL mid-retry (the blocked alert parked, the others delivered
    * after it), restart, and let it through. */
   th_kill9(run.pid);
+  long long second_kill_ms = (long long)time(NULL) * 1000;
   th_run_env = secret_env;
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
   deadline = th_now_ms() + 30000;
@@ -419,6 +424,13 @@ static void test_webhooks(void **state) {
       assert_string_equal(dead.id, alerts->ids[i]);
   assert_non_null(strstr(dead.error, "/dead"));
   assert_non_null(strstr(dead.error, "503"));
+  /* The give-up clock ran from the first attempt across both SIGKILLs
+   * (kept in the committed offset's metadata), not from a restart. */
+  printf("# dead-lettered: first attempt %lld ms before the second "
+         "SIGKILL\n",
+         second_kill_ms - dead.first_attempt_ms);
+  assert_true(dead.first_attempt_ms > 0);
+  assert_true(dead.first_attempt_ms < second_kill_ms);
   assert_true(receiver.dead_attempts >= 2);
   assert_true(th_metric_labeled(run.port, "tally_webhook_deliveries_total",
                                 "{result=\"dead_lettered\"}") >= 1);
