@@ -224,7 +224,7 @@ static void test_scale_out(void **state) {
   th_run_env = stop_env;
   assert_int_equal(th_run_start(&c, broker.bootstrap, dir_c, extra), 0);
   group_t group = {{&a, &b, &c}, 3};
-  assert_int_equal(wait_settled(&group, NULL, 60000), 0);
+  assert_int_equal(wait_settled(&group, NULL, 120000), 0);
   printf("# 3 instances share %d partitions after %lld ms\n", PARTITIONS,
          (long long)(th_now_ms() - started));
   /* C's freeze below needs records still arriving: the last fifth of the
@@ -246,7 +246,7 @@ static void test_scale_out(void **state) {
   printf("# SIGKILL b after %lld ms\n", (long long)(th_now_ms() - started));
   assert_int_equal(th_run_start(&d, broker.bootstrap, dir_d, extra), 0);
   group = (group_t){{&a, &c, &d}, 3};
-  assert_int_equal(wait_settled(&group, NULL, 60000), 0);
+  assert_int_equal(wait_settled(&group, NULL, 120000), 0);
   printf("# a, c, d settled after %lld ms\n",
          (long long)(th_now_ms() - started));
 
@@ -273,7 +273,7 @@ static void test_scale_out(void **state) {
     assert_int_not_equal(access(stop_file, F_OK), 0);
     printf("# SIGSTOP c after %lld ms\n", (long long)(th_now_ms() - started));
     group = (group_t){{&a, &d}, 2};
-    assert_int_equal(wait_settled(&group, NULL, 60000), 0);
+    assert_int_equal(wait_settled(&group, NULL, 120000), 0);
     th_sleep_ms(1000); /* A and D fold C's old partitions for a while */
     assert_int_equal(kill(c.pid, SIGCONT), 0);
     printf("# SIGCONT c after %lld ms (a and d owned everything)\n",
@@ -299,7 +299,7 @@ static void test_scale_out(void **state) {
   int64_t high[PARTITIONS];
   assert_int_equal(
       th_high_watermarks(broker.bootstrap, "tally.usage", PARTITIONS, high), 0);
-  assert_int_equal(wait_settled(&group, high, 90000), 0);
+  assert_int_equal(wait_settled(&group, high, 180000), 0);
   printf("# 4 instances caught up after %lld ms\n",
          (long long)(th_now_ms() - started));
   for (int i = 0; i < group.count; i++) {
