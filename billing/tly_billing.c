@@ -26,6 +26,7 @@
 #include "tly_billing.h"
 
 #include "tly_bytes.h"
+#include "tly_corrections.h"
 #include "tly_event_time.h"
 
 #include <stdio.h>
@@ -43,58 +44,6 @@ _Static_assert(sizeof("subscription_canceled:") + TLY_SUBJECT_KEY_SIZE +
                        TLY_EVENT_ID_MAX <=
                    TLY_ALERT_ID_SIZE,
                "the longest alert id fits");
-
-/* ---- prices ----------------------------------------------------------- */
-
-int64_t tly_billing_tier_cost(const tly_feature_price_t *price,
-                              int64_t quantity) {
-  int64_t cost = 0, below = 0;
-  if (quantity <= 0 || !price->tier_count)
-    return 0;
-  if (price->model == TLY_PRICE_VOLUME) {
-    for (size_t i = 0; i < price->tier_count; i++) {
-      const tly_tier_t *tier = &price->tiers[i];
-      if (tier->up_to < 0 || quantity <= tier->up_to || i + 1 == price->tier_count)
-        return __builtin_mul_overflow(quantity, tier->unit_micros, &cost) ? -1
-                                                                          : cost;
-    }
-  }
-  for (size_t i = 0; i < price->tier_count && quantity > below; i++) {
-    const tly_tier_t *tier = &price->tiers[i];
-    int64_t top = tier->up_to < 0 || quantity < tier->up_to ? quantity
-                                                            : tier->up_to;
-    int64_t units = top - below, part;
-    if (__builtin_mul_overflow(units, tier->unit_micros, &part) ||
-        __builtin_add_overflow(cost, part, &cost))
-      return -1;
-    below = top;
-  }
-  return cost;
-}
-
-int64_t tly_billing_credits_used(const tly_config_t *config,
-                                 const tly_account_t *account) {
-  return account->cycle.cost_micros / config->micros_per_credit;
-}
-
-/* The same arithmetic as fold_usage's token pricing, for estimates. */
-int tly_billing_token_cost(const tly_config_t *config,
-                           const tly_model_price_t *model,
-                           int64_t input_tokens, int64_t output_tokens,
-                           int64_t *cost_micros, int64_t *remainder) {
-  int64_t a = 0, b = 0, base = 0, numerator = 0, cost = 0;
-  if (__builtin_mul_overflow(input_tokens, model->input_per_mtok, &a) ||
-      __builtin_mul_overflow(output_tokens, model->output_per_mtok, &b) ||
-      __builtin_add_overflow(a, b, &base) ||
-      __builtin_mul_overflow(base, 10000 + config->margin_bps, &numerator) ||
-      __builtin_add_overflow(numerator, *remainder, &numerator) ||
-      __builtin_add_overflow(*cost_micros,
-                             numerator / TLY_TOKEN_COST_DENOMINATOR, &cost))
-    return -1;
-  *cost_micros = cost;
-  *remainder = numerator % TLY_TOKEN_COST_DENOMINATOR;
-  return 0;
-}
 
 /* ---- alerts ----------------------------------------------------------- */
 
@@ -274,7 +223,7 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
   const tly_config_t *config = billing->config;
   const tly_plan_t *plan = tly_config_plan(config, account->plan);
   tly_cycle_t *cycle = &account->cycle;
-  int64_t t = event->occurred_at_ms;
+  int64_t t = event->occurred_at_ms, own_numerator = 0;
 
   if (!plan) {
     snprintf(errstr, errstr_size, "plan '%s' is not in the configuration",
@@ -347,8 +296,8 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
                __builtin_mul_overflow(out_tokens, model->output_per_mtok, &b) ||
                __builtin_add_overflow(a, b, &base) ||
                __builtin_mul_overflow(base, 10000 + config->margin_bps,
-                                      &numerator) ||
-               __builtin_add_overflow(numerator, next.cost_remainder,
+                                      &own_numerator) ||
+               __builtin_add_overflow(own_numerator, next.cost_remainder,
                                       &numerator) ||
                __builtin_add_overflow(next.cost_micros,
                                       numerator / TLY_TOKEN_COST_DENOMINATOR,
@@ -392,28 +341,42 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
   if (is_new &&
       tly_distinct_add(distinct, cycle->start_ms, usage->feature, value))
     return TLY_FOLD_FAILED;
+  if (tly_correction_record(view, event, cycle->start_ms, aggregation,
+                            own_numerator))
+    return TLY_FOLD_FAILED; /* its contribution, for usage_corrected */
   cycle->cost_micros = cycle_cost;
   cycle->events++;
   *row = next;
   *bucket = hour;
   if (cycle != &account->cycle)
     return TLY_FOLD_APPLIED; /* a closed cycle: no more alerts for it */
+  return tly_billing_check_limits(billing, account, plan, event->subject_kind,
+                                  event->subject_id, usage->feature, row, t,
+                                  out)
+             ? TLY_FOLD_FAILED
+             : TLY_FOLD_APPLIED;
+}
 
-  const tly_feature_limit_t *limit = tly_plan_limit(plan, usage->feature);
+int tly_billing_check_limits(const tly_billing_t *billing,
+                             tly_account_t *account, const tly_plan_t *plan,
+                             tly_subject_kind_t kind, const char *id,
+                             const char *feature, tly_billing_row_t *row,
+                             int64_t at_ms, tly_alert_list_t *out) {
+  const tly_feature_limit_t *limit = tly_plan_limit(plan, feature);
   if (limit && limit->limit != TLY_UNLIMITED &&
-      check_thresholds(billing, account, plan, event->subject_kind,
-                       event->subject_id, usage->feature, row->quantity,
-                       limit->limit, limit->mode == TLY_LIMIT_HARD,
-                       &row->thresholds_fired, t, out))
-    return TLY_FOLD_FAILED;
-  if (plan->credits != TLY_UNLIMITED &&
-      check_thresholds(billing, account, plan, event->subject_kind,
-                       event->subject_id, TLY_CREDITS_FEATURE,
-                       tly_billing_credits_used(config, account),
-                       plan->credits, 1, &account->credit_thresholds_fired, t,
-                       out))
-    return TLY_FOLD_FAILED;
-  return TLY_FOLD_APPLIED;
+      check_thresholds(billing, account, plan, kind, id, feature,
+                       row->quantity, limit->limit,
+                       limit->mode == TLY_LIMIT_HARD, &row->thresholds_fired,
+                       at_ms, out))
+    return -1;
+  return plan->credits != TLY_UNLIMITED &&
+                 check_thresholds(
+                     billing, account, plan, kind, id, TLY_CREDITS_FEATURE,
+                     tly_billing_credits_used(billing->config, account),
+                     plan->credits, 1, &account->credit_thresholds_fired,
+                     at_ms, out)
+             ? -1
+             : 0;
 }
 
 /* ---- the fold --------------------------------------------------------- */
@@ -562,6 +525,10 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
     switch (event->body_kind) {
     case TLY_BODY_USAGE_RECORDED:
       result = fold_usage(billing, view, &next, event, out, errstr, errstr_size);
+      break;
+    case TLY_BODY_USAGE_CORRECTED: /* tly_corrections.c */
+      result = tly_correction_fold(billing, view, &next, event, out, errstr,
+                                   errstr_size);
       break;
     case TLY_BODY_PLAN_ASSIGNED:
       if (set_plan(config, &next, event->body.plan_assigned.plan, errstr,

@@ -108,6 +108,7 @@ int32_t tly_billing_hour(int64_t t_ms);
  * persists afterwards; NULL means the caller failed (out of memory, store
  * error) and the fold stops with -1. */
 typedef struct tly_billing_view tly_billing_view_t;
+struct tly_contribution; /* tly_corrections.h */
 struct tly_billing_view {
   void *opaque;
   tly_account_t *(*account)(tly_billing_view_t *view,
@@ -141,6 +142,14 @@ struct tly_billing_view {
    * NULL return: the caller failed. */
   tly_distinct_sets_t *(*distinct)(tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id);
+  /* Optional (NULL: usage events keep no contribution and usage_corrected
+   * events are rejected): the contribution (tly_corrections.h) of the
+   * subject's usage event event_id. With write == 0: 1 and *contribution
+   * when kept, 0 when not; with write != 0: stores *contribution (0).
+   * -1: the caller failed. A write is seen by the next read at once. */
+  int (*contribution)(tly_billing_view_t *view, tly_subject_kind_t kind,
+                      const char *id, const char *event_id,
+                      struct tly_contribution *contribution, int write);
   /* The fold's clock for expiring holds: the Kafka timestamp of the record
    * being folded (in the log, so a replay decides the same); 0 or less:
    * none, the event's occurred_at is used. */
@@ -182,6 +191,15 @@ tly_meter_distinct_check(const tly_config_t *config, tly_billing_view_t *view,
                          const tly_event_t *event, int64_t cycle_start_ms,
                          tly_distinct_sets_t **sets, const char **value,
                          int *is_new, char *errstr, size_t errstr_size);
+
+/* The plan's thresholds for the row's feature (its limit) and for the
+ * plan's credits, after row changed in the account's current cycle: fires
+ * each one reached that has not fired this cycle. 0, or -1 on OOM. */
+int tly_billing_check_limits(const tly_billing_t *billing,
+                             tly_account_t *account, const tly_plan_t *plan,
+                             tly_subject_kind_t kind, const char *id,
+                             const char *feature, tly_billing_row_t *row,
+                             int64_t at_ms, tly_alert_list_t *out);
 
 /* Folds one event into the state; appends alerts to out. An event with a
  * time outside tly_event_time.h's absolute range (occurred_at, a period

@@ -57,7 +57,7 @@ int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
                                  char *errstr, size_t errstr_size) {
   static const tly_cf_t cfs[] = {
       TLY_CF_ACCOUNTS, TLY_CF_USAGE,   TLY_CF_DEDUPE,    TLY_CF_CYCLE_ENDS,
-      TLY_CF_EXPIRIES, TLY_CF_OFFSETS, TLY_CF_DEDUPE_IDS};
+      TLY_CF_EXPIRIES, TLY_CF_OFFSETS, TLY_CF_DEDUPE_IDS, TLY_CF_CONTRIBUTIONS};
   return wipe_families(store, partition, cfs, sizeof(cfs) / sizeof(cfs[0]),
                        errstr, errstr_size);
 }
@@ -335,7 +335,8 @@ static int kind_family(unsigned char kind, tly_cf_t *cf) {
                {TLY_CHANGELOG_USAGE, TLY_CF_USAGE},
                {TLY_CHANGELOG_DEDUPE, TLY_CF_DEDUPE},
                {TLY_CHANGELOG_REPORT, TLY_CF_REPORTS},
-               {TLY_CHANGELOG_CURSOR, TLY_CF_CURSORS}};
+               {TLY_CHANGELOG_CURSOR, TLY_CF_CURSORS},
+               {TLY_CHANGELOG_CONTRIBUTION, TLY_CF_CONTRIBUTIONS}};
   for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
     if ((unsigned char)kinds[i].kind == kind) {
       *cf = kinds[i].cf;

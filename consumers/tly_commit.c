@@ -679,6 +679,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   }
   p->batch_events = 0;
   p->batch_messages = 0;
+  tly_proc_contrib_submitted(p); /* read from memory until durable */
 
   pthread_mutex_lock(&p->writer_lock);
   tly_store_batch_t *writing = p->batch;
@@ -842,8 +843,10 @@ int tly_proc_batch_wait(tly_processor_t *p) {
     part->inflight_watermark = INT64_MIN;
   }
   pthread_mutex_unlock(&p->lock);
-  /* The ids this commit spilled are in RocksDB now: they leave memory. */
+  /* The ids this commit spilled are in RocksDB now: they leave memory, and
+   * so do its contributions. */
   tly_proc_dedupe_release(p);
+  tly_proc_contrib_durable(p);
   tly_proc_end_replay(p);
   atomic_fetch_add(&p->events_folded, flight->events);
   atomic_fetch_add(&p->batches_committed, 1);

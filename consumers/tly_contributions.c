@@ -1,0 +1,203 @@
+/*
+ * tly_contributions.c - the fold view's contribution callback
+ * (tly_corrections.h): each applied usage event's contribution, written
+ * into the open batch (family contributions, [p][kind:id][0][event id],
+ * and the state changelog as 'K' records), read back by usage_corrected
+ * events.
+ *
+ * Read-your-writes: a contribution the open batch wrote, or the batch in
+ * the writer's hands (not in RocksDB until its write returns), is found in
+ * memory first: two small tables, the open batch's and the in-flight
+ * batch's. At submit the open table becomes the in-flight one; once the
+ * write is durable (tly_proc_batch_wait) that one is emptied, RocksDB
+ * answering from then on. So a correction finds its original whether it
+ * was folded in the same batch, the one being written, or any earlier
+ * one, and a replay of the same log decides the same.
+ *
+ * It never decides what a correction does (tly_corrections.c does); it
+ * only keeps the bytes.
+ */
+#include "tly_processor_internal.h"
+
+#include "tly_changelog.h"
+#include "tly_corrections.h"
+#include "tly_keys.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* An entry in a table's data: [key length, 2 bytes][value length, 1 byte]
+ * [key][value]. Slots hold the entry's offset + 1 (0: empty). */
+static uint64_t hash_key(const char *key, size_t len) {
+  uint64_t hash = 14695981039346656037ULL; /* FNV-1a */
+  for (size_t i = 0; i < len; i++)
+    hash = (hash ^ (unsigned char)key[i]) * 1099511628211ULL;
+  return hash | 1;
+}
+
+static const unsigned char *entry_at(const tly_contrib_table_t *t,
+                                     uint32_t slot, size_t *key_len) {
+  const unsigned char *entry = t->data + slot - 1;
+  *key_len = (size_t)entry[0] << 8 | entry[1];
+  return entry;
+}
+
+/* The slot of key: its entry, or the empty one it would take. */
+static size_t find_slot(const tly_contrib_table_t *t, const char *key,
+                        size_t key_len) {
+  size_t mask = t->slot_cap - 1, i = hash_key(key, key_len) & mask;
+  for (;; i = (i + 1) & mask) {
+    size_t len;
+    if (!t->slots[i])
+      return i;
+    const unsigned char *entry = entry_at(t, t->slots[i], &len);
+    if (len == key_len && memcmp(entry + 3, key, key_len) == 0)
+      return i;
+  }
+}
+
+static int grow_slots(tly_contrib_table_t *t) {
+  size_t cap = t->slot_cap ? t->slot_cap * 2 : 1024;
+  uint32_t *old = t->slots, *slots = calloc(cap, sizeof(*slots));
+  size_t old_cap = t->slot_cap;
+  if (!slots)
+    return -1;
+  t->slots = slots;
+  t->slot_cap = cap;
+  for (size_t i = 0; i < old_cap; i++) {
+    size_t len;
+    if (!old[i])
+      continue;
+    const unsigned char *entry = entry_at(t, old[i], &len);
+    t->slots[find_slot(t, (const char *)entry + 3, len)] = old[i];
+  }
+  free(old);
+  return 0;
+}
+
+/* Adds (or replaces) key's value. 0, or -1 when out of memory. */
+static int table_put(tly_contrib_table_t *t, const char *key, size_t key_len,
+                     const unsigned char *value, size_t value_len) {
+  if ((t->count + 1) * 2 > t->slot_cap && grow_slots(t))
+    return -1;
+  size_t need = t->len + 3 + key_len + value_len;
+  if (need > UINT32_MAX - 1)
+    return -1;
+  if (need > t->cap) {
+    size_t cap = t->cap ? t->cap : 65536;
+    while (cap < need)
+      cap *= 2;
+    unsigned char *grown = realloc(t->data, cap);
+    if (!grown)
+      return -1;
+    t->data = grown;
+    t->cap = cap;
+  }
+  unsigned char *entry = t->data + t->len;
+  entry[0] = (unsigned char)(key_len >> 8);
+  entry[1] = (unsigned char)key_len;
+  entry[2] = (unsigned char)value_len;
+  memcpy(entry + 3, key, key_len);
+  memcpy(entry + 3 + key_len, value, value_len);
+  size_t slot = find_slot(t, key, key_len);
+  if (!t->slots[slot])
+    t->count++;
+  t->slots[slot] = (uint32_t)(t->len + 1);
+  t->len = need;
+  return 0;
+}
+
+/* The value of key, or NULL. */
+static const unsigned char *table_get(const tly_contrib_table_t *t,
+                                      const char *key, size_t key_len,
+                                      size_t *value_len) {
+  if (!t->count)
+    return NULL;
+  size_t slot = find_slot(t, key, key_len), len;
+  if (!t->slots[slot])
+    return NULL;
+  const unsigned char *entry = entry_at(t, t->slots[slot], &len);
+  *value_len = entry[2];
+  return entry + 3 + len;
+}
+
+static void table_clear(tly_contrib_table_t *t) {
+  if (t->count)
+    memset(t->slots, 0, t->slot_cap * sizeof(*t->slots));
+  t->count = 0;
+  t->len = 0;
+}
+
+void tly_proc_contrib_submitted(tly_processor_t *p) {
+  tly_contrib_table_t open = p->contrib_inflight;
+  p->contrib_inflight = p->contrib_open;
+  p->contrib_open = open;
+  table_clear(&p->contrib_open);
+}
+
+void tly_proc_contrib_durable(tly_processor_t *p) {
+  table_clear(&p->contrib_inflight);
+}
+
+void tly_proc_contrib_free(tly_processor_t *p) {
+  tly_contrib_table_t *tables[] = {&p->contrib_open, &p->contrib_inflight};
+  for (size_t i = 0; i < 2; i++) {
+    free(tables[i]->data);
+    free(tables[i]->slots);
+    memset(tables[i], 0, sizeof(*tables[i]));
+  }
+}
+
+int tly_proc_view_contribution(tly_billing_view_t *view,
+                               tly_subject_kind_t kind, const char *id,
+                               const char *event_id,
+                               tly_contribution_t *contribution, int write) {
+  tly_processor_t *p = view->opaque;
+  char key[TLY_KEY_MAX];
+  size_t key_len = tly_key_contribution(p->view_partition, kind, id, event_id,
+                                        key, sizeof(key));
+  if (!key_len) { /* the event bounds keep every key far below the max */
+    tly_proc_set_fatal(p, "a contribution key does not fit");
+    return -1;
+  }
+  if (write) {
+    unsigned char value[TLY_CONTRIBUTION_MAX];
+    size_t len = tly_contribution_encode(contribution, value);
+    if (table_put(&p->contrib_open, key, key_len, value, len)) {
+      tly_proc_set_fatal(p, "out of memory keeping a contribution");
+      return -1;
+    }
+    tly_store_batch_put(p->batch, TLY_CF_CONTRIBUTIONS, key, key_len, value,
+                        len);
+    if (p->changelog_topic)
+      tly_changelog_bundle_add(&p->bundle, p->view_partition,
+                               TLY_CHANGELOG_CONTRIBUTION, key, key_len,
+                               value, len);
+    return 0;
+  }
+  size_t len = 0;
+  const unsigned char *kept = table_get(&p->contrib_open, key, key_len, &len);
+  if (!kept)
+    kept = table_get(&p->contrib_inflight, key, key_len, &len);
+  if (kept && tly_contribution_decode(kept, len, contribution)) {
+    tly_proc_set_fatal(p, "a contribution in memory is corrupt");
+    return -1;
+  }
+  if (kept)
+    return 1;
+  char errstr[512], *value = NULL;
+  int found = tly_store_get(p->store, TLY_CF_CONTRIBUTIONS, key, key_len,
+                            &value, &len, errstr, sizeof(errstr));
+  if (found < 0) {
+    tly_proc_set_fatal(p, "reading a contribution: %s", errstr);
+    return -1;
+  }
+  int bad = found && tly_contribution_decode(value, len, contribution);
+  tly_store_free(value);
+  if (bad) {
+    tly_proc_set_fatal(p, "a stored contribution of partition %d is corrupt",
+                       (int)p->view_partition);
+    return -1;
+  }
+  return found;
+}
