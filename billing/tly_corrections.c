@@ -24,8 +24,7 @@ static size_t put_varint(unsigned char *out, size_t at, uint64_t value) {
 }
 
 static size_t put_signed(unsigned char *out, size_t at, int64_t value) {
-  return put_varint(out, at,
-                    ((uint64_t)value << 1) ^ (uint64_t)(value >> 63));
+  return put_varint(out, at, ((uint64_t)value << 1) ^ (uint64_t)(value >> 63));
 }
 
 size_t tly_contribution_encode(const tly_contribution_t *c,
@@ -34,9 +33,9 @@ size_t tly_contribution_encode(const tly_contribution_t *c,
   tly_put_be64(out, (uint64_t)c->occurred_at_ms);
   out[at++] = CONTRIBUTION_VERSION;
   /* wrapping: any pair of times round-trips */
-  at = put_signed(out, at,
-                  (int64_t)((uint64_t)c->occurred_at_ms -
-                            (uint64_t)c->cycle_start_ms));
+  at = put_signed(
+      out, at,
+      (int64_t)((uint64_t)c->occurred_at_ms - (uint64_t)c->cycle_start_ms));
   at = put_signed(out, at, c->quantity);
   at = put_signed(out, at, c->input_tokens);
   at = put_signed(out, at, c->output_tokens);
@@ -77,8 +76,7 @@ int tly_contribution_decode(const void *data, size_t len,
   reader_t r = {bytes + 9, bytes + len, 0};
   c->occurred_at_ms = (int64_t)tly_get_be64(bytes);
   int64_t back = take_signed(&r);
-  c->cycle_start_ms =
-      (int64_t)((uint64_t)c->occurred_at_ms - (uint64_t)back);
+  c->cycle_start_ms = (int64_t)((uint64_t)c->occurred_at_ms - (uint64_t)back);
   c->quantity = take_signed(&r);
   c->input_tokens = take_signed(&r);
   c->output_tokens = take_signed(&r);
@@ -104,8 +102,8 @@ int tly_correction_supported(tly_aggregation_t aggregation) {
 }
 
 int tly_correction_record(tly_billing_view_t *view, const tly_event_t *event,
-                          int64_t cycle_start_ms,
-                          tly_aggregation_t aggregation, int64_t numerator) {
+                          int64_t cycle_start_ms, tly_aggregation_t aggregation,
+                          int64_t numerator) {
   const tly_usage_recorded_t *usage = &event->body.usage;
   if (!view->contribution || !tly_correction_supported(aggregation))
     return 0;
@@ -124,8 +122,8 @@ int tly_correction_record(tly_billing_view_t *view, const tly_event_t *event,
              : 0;
 }
 
-__attribute__((format(printf, 3, 4))) static tly_fold_result_t reject(char *errstr, size_t errstr_size,
-                                const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static tly_fold_result_t
+reject(char *errstr, size_t errstr_size, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(errstr, errstr_size, fmt, ap);
@@ -153,12 +151,10 @@ static int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
-tly_fold_result_t tly_correction_fold(const tly_billing_t *billing,
-                                      tly_billing_view_t *view,
-                                      tly_account_t *account,
-                                      const tly_event_t *event,
-                                      tly_alert_list_t *out, char *errstr,
-                                      size_t errstr_size) {
+tly_fold_result_t
+tly_correction_fold(const tly_billing_t *billing, tly_billing_view_t *view,
+                    tly_account_t *account, const tly_event_t *event,
+                    tly_alert_list_t *out, char *errstr, size_t errstr_size) {
   const tly_usage_recorded_t *usage = &event->body.usage;
   const tly_config_t *config = billing->config;
   const tly_plan_t *plan = tly_config_plan(config, account->plan);
@@ -237,12 +233,12 @@ tly_fold_result_t tly_correction_fold(const tly_billing_t *billing,
       goto overflow;
   }
   int64_t events = now.counted - was.counted;
-  int64_t value = aggregation == TLY_AGG_COUNT ? events
-                                               : now.quantity - was.quantity;
+  int64_t value =
+      aggregation == TLY_AGG_COUNT ? events : now.quantity - was.quantity;
 
-  tly_billing_row_t *row = view->row(view, event->subject_kind,
-                                     event->subject_id, cycle->start_ms,
-                                     usage->feature);
+  tly_billing_row_t *row =
+      view->row(view, event->subject_kind, event->subject_id, cycle->start_ms,
+                usage->feature);
   if (!row)
     return TLY_FOLD_FAILED;
   tly_billing_row_t next = *row;
@@ -250,15 +246,14 @@ tly_fold_result_t tly_correction_fold(const tly_billing_t *billing,
   if (__builtin_add_overflow(next.quantity, value, &next.quantity) ||
       __builtin_add_overflow(next.input_tokens, in - was.input_tokens,
                              &next.input_tokens) ||
-      __builtin_add_overflow(next.output_tokens,
-                             out_tokens - was.output_tokens,
+      __builtin_add_overflow(next.output_tokens, out_tokens - was.output_tokens,
                              &next.output_tokens) ||
       __builtin_add_overflow(next.event_count, events, &next.event_count) ||
-      __builtin_add_overflow(next.cost_remainder,
-                             now.numerator - was.numerator, &remainder) ||
-      __builtin_add_overflow(
-          next.cost_micros,
-          floor_div(remainder, TLY_TOKEN_COST_DENOMINATOR), &next.cost_micros))
+      __builtin_add_overflow(next.cost_remainder, now.numerator - was.numerator,
+                             &remainder) ||
+      __builtin_add_overflow(next.cost_micros,
+                             floor_div(remainder, TLY_TOKEN_COST_DENOMINATOR),
+                             &next.cost_micros))
     goto overflow;
   next.cost_remainder =
       remainder - floor_div(remainder, TLY_TOKEN_COST_DENOMINATOR) *
@@ -282,18 +277,16 @@ tly_fold_result_t tly_correction_fold(const tly_billing_t *billing,
       __builtin_add_overflow(cycle->events, events, &cycle_events))
     goto overflow;
   /* The original's hour moves by the difference. */
-  tly_bucket_t *bucket = view->bucket(view, event->subject_kind,
-                                      event->subject_id,
-                                      tly_billing_hour(was.occurred_at_ms),
-                                      usage->feature);
+  tly_bucket_t *bucket =
+      view->bucket(view, event->subject_kind, event->subject_id,
+                   tly_billing_hour(was.occurred_at_ms), usage->feature);
   if (!bucket)
     return TLY_FOLD_FAILED;
   tly_bucket_t hour = *bucket;
   if (__builtin_add_overflow(hour.quantity, value, &hour.quantity) ||
       __builtin_add_overflow(hour.input_tokens, in - was.input_tokens,
                              &hour.input_tokens) ||
-      __builtin_add_overflow(hour.output_tokens,
-                             out_tokens - was.output_tokens,
+      __builtin_add_overflow(hour.output_tokens, out_tokens - was.output_tokens,
                              &hour.output_tokens) ||
       __builtin_add_overflow(hour.event_count, events, &hour.event_count) ||
       __builtin_add_overflow(hour.cost_micros, cost, &hour.cost_micros))

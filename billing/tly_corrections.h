@@ -73,16 +73,14 @@ int tly_correction_supported(tly_aggregation_t aggregation);
  * view->contribution (nothing without one, or for other aggregations).
  * 0, or -1 when the view failed. */
 int tly_correction_record(tly_billing_view_t *view, const tly_event_t *event,
-                          int64_t cycle_start_ms,
-                          tly_aggregation_t aggregation, int64_t numerator);
+                          int64_t cycle_start_ms, tly_aggregation_t aggregation,
+                          int64_t numerator);
 
 /* Folds a usage_corrected event into account (the fold's working copy)
  * and the rows, buckets and contribution behind the view. */
-tly_fold_result_t tly_correction_fold(const tly_billing_t *billing,
-                                      tly_billing_view_t *view,
-                                      tly_account_t *account,
-                                      const tly_event_t *event,
-                                      tly_alert_list_t *out, char *errstr,
-                                      size_t errstr_size);
+tly_fold_result_t
+tly_correction_fold(const tly_billing_t *billing, tly_billing_view_t *view,
+                    tly_account_t *account, const tly_event_t *event,
+                    tly_alert_list_t *out, char *errstr, size_t errstr_size);
 
 #endif

@@ -56,7 +56,7 @@ static int wipe_families(tly_store_t *store, int32_t partition,
 int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
                                  char *errstr, size_t errstr_size) {
   static const tly_cf_t cfs[] = {
-      TLY_CF_ACCOUNTS, TLY_CF_USAGE,   TLY_CF_DEDUPE,    TLY_CF_CYCLE_ENDS,
+      TLY_CF_ACCOUNTS, TLY_CF_USAGE,   TLY_CF_DEDUPE,     TLY_CF_CYCLE_ENDS,
       TLY_CF_EXPIRIES, TLY_CF_OFFSETS, TLY_CF_DEDUPE_IDS, TLY_CF_CONTRIBUTIONS};
   return wipe_families(store, partition, cfs, sizeof(cfs) / sizeof(cfs[0]),
                        errstr, errstr_size);

@@ -171,8 +171,8 @@ int tly_proc_view_contribution(tly_billing_view_t *view,
                         len);
     if (p->changelog_topic)
       tly_changelog_bundle_add(&p->bundle, p->view_partition,
-                               TLY_CHANGELOG_CONTRIBUTION, key, key_len,
-                               value, len);
+                               TLY_CHANGELOG_CONTRIBUTION, key, key_len, value,
+                               len);
     return 0;
   }
   size_t len = 0;
