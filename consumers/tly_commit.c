@@ -94,15 +94,18 @@ static size_t collect_hour(tly_processor_t *p, const tly_overlay_entry_t *entry,
 }
 
 /* Whether the hour's key must be written from memory at this commit: it is
- * not the newest, and a bucket of it changed or was in the record. */
+ * not the newest, and a bucket of it changed or was in the record. A
+ * changed bucket is written even when it holds no event any more (a
+ * correction retracted them: its stored key must not keep them). */
 static int hour_needs_write(const tly_overlay_entry_t *entry, int32_t hour,
                             int32_t newest) {
   if (hour == newest)
     return 0;
   for (size_t i = 0; i < entry->bucket_count; i++) {
     const tly_overlay_bucket_t *bucket = entry->buckets[i];
-    if (bucket->bucket.hour == hour && bucket->bucket.totals.event_count &&
-        (bucket->dirty || bucket->in_record))
+    if (bucket->bucket.hour == hour &&
+        (bucket->dirty ||
+         (bucket->in_record && bucket->bucket.totals.event_count)))
       return 1;
   }
   return 0;
@@ -561,6 +564,8 @@ int tly_proc_batch_submit(tly_processor_t *p) {
     mark_committed(p, entry);
   }
   p->dirty_count = 0;
+  if (tly_proc_contrib_flush(p))
+    return -1;
   for (int32_t i = 0; i < p->partition_cap; i++) {
     partition_state_t *part = &p->partitions[i];
     size_t blob_len = 0;

@@ -259,6 +259,8 @@ struct tly_processor {
   /* Contributions (tly_contributions.c) the open batch and the batch in
    * the writer's hands wrote, found before RocksDB has them. */
   tly_contrib_table_t contrib_open, contrib_inflight;
+  const unsigned char **contrib_sorted; /* the open table's entries, sorted */
+  size_t contrib_sorted_cap;
   /* The open batch: accounts and rows (kept across batches as a cache);
    * the entries this batch changed are on the dirty list. */
   tly_overlay_t overlay;
@@ -449,6 +451,9 @@ int tly_proc_view_contribution(tly_billing_view_t *view,
                                const char *event_id,
                                struct tly_contribution *contribution,
                                int write);
+/* Puts the open batch's contributions (the latest value of each key) into
+ * the batch and its changelog bundle, in key order. 0, or -1 (fatal). */
+int tly_proc_contrib_flush(tly_processor_t *p);
 void tly_proc_contrib_submitted(tly_processor_t *p);
 void tly_proc_contrib_durable(tly_processor_t *p);
 void tly_proc_contrib_free(tly_processor_t *p);
