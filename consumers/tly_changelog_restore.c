@@ -345,6 +345,28 @@ static int kind_family(unsigned char kind, tly_cf_t *cf) {
   return 0;
 }
 
+/* A commit's contributions of the partition (tly_contributions.c): each
+ * entry put under its own key (a blob's deletion leaves them to the store's
+ * expiry). An entry that runs past the blob or names another partition
+ * ends it. */
+static int apply_contributions(restore_t *r, const unsigned char *value,
+                               size_t len) {
+  size_t at = 8;
+  while (len >= at + 3) {
+    size_t key_len = (size_t)value[at] << 8 | value[at + 1];
+    size_t value_len = value[at + 2];
+    const unsigned char *key = value + at + 3;
+    if (key_len < 4 || len - at - 3 < key_len + value_len ||
+        tly_get_be32(key) != (uint32_t)r->partition)
+      break;
+    tly_store_batch_put(r->batch, TLY_CF_CONTRIBUTIONS, key, key_len,
+                        key + key_len, value_len);
+    at += 3 + key_len + value_len;
+  }
+  r->out->applied++;
+  return tly_store_batch_count(r->batch) >= RESTORE_CHUNK ? flush_chunk(r) : 0;
+}
+
 /* Writes a state record (value NULL: deletes it) unless a newer record of
  * its key was applied (strict: or one of the same offset, or version). */
 static int apply_as(restore_t *r, uint64_t hash, int64_t offset, int strict,
@@ -363,6 +385,8 @@ static int apply_as(restore_t *r, uint64_t hash, int64_t offset, int strict,
   }
   if (!admitted)
     return 0;
+  if (cf == TLY_CF_CONTRIBUTIONS)
+    return value ? apply_contributions(r, value, value_len) : 0;
   if (value)
     tly_store_batch_put(r->batch, cf, key + 1, key_len - 1, value, value_len);
   else

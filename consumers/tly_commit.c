@@ -397,6 +397,10 @@ static void changelog_expire_blobs(tly_processor_t *p) {
       tly_put_be64(key + 4, (uint64_t)part->blobs[b].key);
       tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_DEDUPE, key,
                                   sizeof(key));
+      /* the batch's contributions (tly_contributions.c): no newer than
+       * its event ids */
+      tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_CONTRIBUTION,
+                                  key, sizeof(key));
     }
     part->blob_count = kept;
   }

@@ -128,6 +128,51 @@ static void table_clear(tly_contrib_table_t *t) {
   t->len = 0;
 }
 
+/* The changelog gets one record per partition and commit, not one per
+ * event: key [p][the batch's first offset there, 8 BE] (the dedupe blob's
+ * key: it gets its tombstone when that blob does, tly_commit.c), value
+ * [newest occurred_at, 8 BE] then the partition's entries as the tables
+ * hold them ([key length, 2][value length, 1][key][value]), in key order;
+ * a restore puts each entry (tly_changelog_restore.c). */
+static int changelog_blobs(tly_processor_t *p, size_t count) {
+  for (size_t i = 0; i < count;) {
+    uint32_t partition = tly_get_be32(p->contrib_sorted[i] + 3);
+    size_t end = i, bytes = 8;
+    int64_t newest = INT64_MIN;
+    while (end < count &&
+           tly_get_be32(p->contrib_sorted[end] + 3) == partition) {
+      const unsigned char *entry = p->contrib_sorted[end];
+      size_t key_len = (size_t)entry[0] << 8 | entry[1];
+      int64_t at = (int64_t)tly_get_be64(entry + 3 + key_len);
+      newest = at > newest ? at : newest;
+      bytes += 3 + key_len + entry[2];
+      end++;
+    }
+    unsigned char *blob = tly_proc_record_room(p, bytes);
+    if (!blob) {
+      tly_proc_set_fatal(p, "out of memory writing contributions");
+      return -1;
+    }
+    tly_put_be64(blob, (uint64_t)newest);
+    size_t at = 8;
+    for (size_t j = i; j < end; j++) {
+      const unsigned char *entry = p->contrib_sorted[j];
+      size_t len = 3 + ((size_t)entry[0] << 8 | entry[1]) + entry[2];
+      memcpy(blob + at, entry, len);
+      at += len;
+    }
+    unsigned char key[12];
+    tly_put_be32(key, partition);
+    tly_put_be64(key + 4,
+                 (uint64_t)p->partitions[(int32_t)partition].dedupe_key);
+    tly_changelog_bundle_add(&p->bundle, (int32_t)partition,
+                             TLY_CHANGELOG_CONTRIBUTION, key, sizeof(key), blob,
+                             bytes);
+    i = end;
+  }
+  return 0;
+}
+
 static int compare_entries(const void *a, const void *b) {
   const unsigned char *x = *(const unsigned char *const *)a;
   const unsigned char *y = *(const unsigned char *const *)b;
@@ -157,12 +202,8 @@ int tly_proc_contrib_flush(tly_processor_t *p) {
     const unsigned char *key = entry + 3, *value = key + key_len;
     tly_store_batch_put(p->batch, TLY_CF_CONTRIBUTIONS, key, key_len, value,
                         len);
-    if (p->changelog_topic)
-      tly_changelog_bundle_add(&p->bundle, (int32_t)tly_get_be32(key),
-                               TLY_CHANGELOG_CONTRIBUTION, key, key_len, value,
-                               len);
   }
-  return 0;
+  return p->changelog_topic ? changelog_blobs(p, count) : 0;
 }
 
 void tly_proc_contrib_submitted(tly_processor_t *p) {
