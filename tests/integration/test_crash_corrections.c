@@ -275,6 +275,29 @@ static void test_corrections_survive_kills(void **state) {
   assert_int_equal(th_stripe_fake_sum(&fake, "cus_fix", "api_requests"),
                    th_folded_quantity(run.port, "fix", "api_calls",
                                       hour_ms - DAY_MS, hour_ms + DAY_MS));
+
+  /* A new instance on a fresh state dir restores the partitions from the
+   * state changelog, contributions included: it corrects u4 (7 -> 3) as
+   * the first one would have, and refuses u2's correction no more than
+   * the first would (u2 was retracted: bringing it back works). */
+  assert_int_equal(th_stop(run.pid), 0);
+  snprintf(state_dir, sizeof(state_dir), "%s/state-b", dir);
+  start_tally();
+  send_correction("c7", now + 2000, "u4", "api_calls", 3);
+  send_correction("c8", now + 2000, "u2", "api_calls", 4);
+  flush();
+  assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
+                                     PARTITIONS, 60000),
+                   0);
+  assert_true(th_metric_sum(run.port, "tally_changelog_restores_total") >= 1);
+  usage_fix = get_json("/v1/subjects/user:fix/usage");
+  calls = json_object_get(json_object_get(usage_fix, "features"), "api_calls");
+  assert_int_equal(json_integer_value(json_object_get(calls, "quantity")),
+                   total - 7 + 3 + 4);
+  assert_int_equal(json_integer_value(json_object_get(calls, "events")), 4);
+  json_decref(usage_fix);
+  assert_int_equal(wait_ledger("cus_fix", total - 7 + 3 + 4),
+                   total - 7 + 3 + 4);
 }
 
 int main(void) {
