@@ -25,31 +25,32 @@
 #include <stdint.h>
 
 typedef enum {
-  TLY_CF_USAGE = 0,     /* usage history: [p][kind:id][0][tag]... -> expiry
-                           time (8 bytes BE) first, then the record; see
-                           tly_keys.h */
-  TLY_CF_OFFSETS,       /* [partition] -> next input offset (8 bytes BE) */
-  TLY_CF_OUTBOX,        /* [sequence, 8 bytes BE] -> encoded output record */
-  TLY_CF_META,          /* free-form process metadata */
-  TLY_CF_ACCOUNTS,      /* [partition][subject key] -> subject record */
-  TLY_CF_DEDUPE,        /* [partition][batch key] -> newest occurred_at (8 bytes
-                           BE) first, then the batch's event ids */
-  TLY_CF_CYCLE_ENDS,    /* [partition][cycle end, 8 bytes BE][subject key] */
-  TLY_CF_REPORTS,       /* usage to report to Stripe: [partition][seq, 8 bytes
-                           BE][subject key] -> when and which hours; see
-                           tly_keys.h */
-  TLY_CF_CURSORS,       /* what was reported to Stripe, per subject, meter and
-                           window; see tly_keys.h */
-  TLY_CF_EXPIRIES,      /* [partition][expires at, 8 bytes BE][usage key] ->
-                           empty: when each expiring history key goes, so the
-                           state changelog gets its tombstone */
-  TLY_CF_DEDUPE_IDS,    /* [partition][event id] -> occurred_at (8 bytes BE):
-                           the ids spilled out of memory (tly_dedupe.h); the
-                           dedupe family's expiry and horizon */
-  TLY_CF_CONTRIBUTIONS, /* [partition][kind:id][0][event id] -> what a usage
-                           event contributed (tly_corrections.h), its
-                           occurred_at (8 bytes BE) first: expires with
-                           dedupe (its horizon), for usage_corrected */
+  TLY_CF_USAGE = 0,  /* usage history: [p][kind:id][0][tag]... -> expiry
+                        time (8 bytes BE) first, then the record; see
+                        tly_keys.h */
+  TLY_CF_OFFSETS,    /* [partition] -> next input offset (8 bytes BE) */
+  TLY_CF_OUTBOX,     /* [sequence, 8 bytes BE] -> encoded output record */
+  TLY_CF_META,       /* free-form process metadata */
+  TLY_CF_ACCOUNTS,   /* [partition][subject key] -> subject record */
+  TLY_CF_DEDUPE,     /* [partition][batch key] -> newest occurred_at (8 bytes
+                        BE) first, then the batch's event ids */
+  TLY_CF_CYCLE_ENDS, /* [partition][cycle end, 8 bytes BE][subject key] */
+  TLY_CF_REPORTS,    /* usage to report to Stripe: [partition][seq, 8 bytes
+                        BE][subject key] -> when and which hours; see
+                        tly_keys.h */
+  TLY_CF_CURSORS,    /* what was reported to Stripe, per subject, meter and
+                        window; see tly_keys.h */
+  TLY_CF_EXPIRIES,   /* [partition][expires at, 8 bytes BE][usage key] ->
+                        empty: when each expiring history key goes, so the
+                        state changelog gets its tombstone */
+  TLY_CF_DEDUPE_IDS, /* [partition][event id] -> occurred_at (8 bytes BE):
+                        the ids spilled out of memory (tly_dedupe.h); the
+                        dedupe family's expiry and horizon */
+
+  /* [partition][kind:id][0][event id] -> what a usage event contributed
+   * (tly_corrections.h), its occurred_at (8 bytes BE) first: expires with
+   * dedupe (its horizon), for usage_corrected */
+  TLY_CF_CONTRIBUTIONS,
   TLY_CF__COUNT
 } tly_cf_t;
 
