@@ -27,51 +27,57 @@
 #include <string.h>
 
 /* An entry in a table's data: [key length, 2 bytes][value length, 1 byte]
- * [key][value]. Slots hold the entry's offset + 1 (0: empty). */
-static uint64_t hash_key(const char *key, size_t len) {
+ * [key][value]. A slot holds the key's 32-bit hash (high half) and the
+ * entry's offset + 1 (low half; 0: empty): probes and growth compare and
+ * place by the hash without touching entries. */
+static uint32_t hash_key(const char *key, size_t len) {
   uint64_t hash = 14695981039346656037ULL; /* FNV-1a */
   for (size_t i = 0; i < len; i++)
     hash = (hash ^ (unsigned char)key[i]) * 1099511628211ULL;
-  return hash | 1;
+  return (uint32_t)(hash ^ (hash >> 32));
 }
 
 static const unsigned char *entry_at(const tly_contrib_table_t *t,
-                                     uint32_t slot, size_t *key_len) {
-  const unsigned char *entry = t->data + slot - 1;
+                                     uint64_t slot, size_t *key_len) {
+  const unsigned char *entry = t->data + (uint32_t)slot - 1;
   *key_len = (size_t)entry[0] << 8 | entry[1];
   return entry;
 }
 
 /* The slot of key: its entry, or the empty one it would take. */
 static size_t find_slot(const tly_contrib_table_t *t, const char *key,
-                        size_t key_len) {
-  size_t mask = t->slot_cap - 1, i = hash_key(key, key_len) & mask;
+                        size_t key_len, uint32_t hash) {
+  size_t mask = t->slot_cap - 1, i = hash & mask;
   for (;; i = (i + 1) & mask) {
     size_t len;
-    if (!t->slots[i])
+    uint64_t slot = t->slots[i];
+    if (!slot)
       return i;
-    const unsigned char *entry = entry_at(t, t->slots[i], &len);
+    if ((uint32_t)(slot >> 32) != hash)
+      continue;
+    const unsigned char *entry = entry_at(t, slot, &len);
     if (len == key_len && memcmp(entry + 3, key, key_len) == 0)
       return i;
   }
 }
 
 static int grow_slots(tly_contrib_table_t *t) {
-  size_t cap = t->slot_cap ? t->slot_cap * 2 : 1024;
-  uint32_t *old = t->slots, *slots = calloc(cap, sizeof(*slots));
+  size_t cap = t->slot_cap ? t->slot_cap * 2 : 1024, mask = cap - 1;
+  uint64_t *old = t->slots, *slots = calloc(cap, sizeof(*slots));
   size_t old_cap = t->slot_cap;
   if (!slots)
     return -1;
-  t->slots = slots;
-  t->slot_cap = cap;
   for (size_t i = 0; i < old_cap; i++) {
-    size_t len;
     if (!old[i])
       continue;
-    const unsigned char *entry = entry_at(t, old[i], &len);
-    t->slots[find_slot(t, (const char *)entry + 3, len)] = old[i];
+    size_t at = (uint32_t)(old[i] >> 32) & mask;
+    while (slots[at])
+      at = (at + 1) & mask;
+    slots[at] = old[i];
   }
   free(old);
+  t->slots = slots;
+  t->slot_cap = cap;
   return 0;
 }
 
@@ -99,10 +105,11 @@ static int table_put(tly_contrib_table_t *t, const char *key, size_t key_len,
   entry[2] = (unsigned char)value_len;
   memcpy(entry + 3, key, key_len);
   memcpy(entry + 3 + key_len, value, value_len);
-  size_t slot = find_slot(t, key, key_len);
+  uint32_t hash = hash_key(key, key_len);
+  size_t slot = find_slot(t, key, key_len, hash);
   if (!t->slots[slot])
     t->count++;
-  t->slots[slot] = (uint32_t)(t->len + 1);
+  t->slots[slot] = (uint64_t)hash << 32 | (uint64_t)(t->len + 1);
   t->len = need;
   return 0;
 }
@@ -113,7 +120,7 @@ static const unsigned char *table_get(const tly_contrib_table_t *t,
                                       size_t *value_len) {
   if (!t->count)
     return NULL;
-  size_t slot = find_slot(t, key, key_len), len;
+  size_t slot = find_slot(t, key, key_len, hash_key(key, key_len)), len;
   if (!t->slots[slot])
     return NULL;
   const unsigned char *entry = entry_at(t, t->slots[slot], &len);
@@ -193,7 +200,7 @@ int tly_proc_contrib_flush(tly_processor_t *p) {
   size_t count = 0;
   for (size_t i = 0; i < t->slot_cap; i++)
     if (t->slots[i])
-      p->contrib_sorted[count++] = t->data + t->slots[i] - 1;
+      p->contrib_sorted[count++] = t->data + (uint32_t)t->slots[i] - 1;
   /* In key order: RocksDB's memtable inserts sorted keys much faster. */
   qsort(p->contrib_sorted, count, sizeof(*p->contrib_sorted), compare_entries);
   for (size_t i = 0; i < count; i++) {

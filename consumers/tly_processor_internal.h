@@ -196,11 +196,11 @@ typedef struct {
 
 /* Contributions by key, in memory (tly_contributions.c): entries appended
  * to data ([key length, 2][value length, 1][key][value]); slots (a power
- * of two) hold an entry's offset + 1, 0 when empty. */
+ * of two) hold the key's hash and the entry's offset + 1, 0 when empty. */
 typedef struct {
   unsigned char *data;
   size_t len, cap;
-  uint32_t *slots;
+  uint64_t *slots; /* [hash, 32 bits][offset + 1, 32 bits] */
   size_t slot_cap, count;
 } tly_contrib_table_t;
 
