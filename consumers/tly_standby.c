@@ -87,6 +87,7 @@ typedef struct {
   size_t map_cap, map_count;
   tly_store_batch_t *batch;
   int64_t retry_at_ms;
+  uint64_t generation; /* the processor's assignment count at setup, + 1 */
 } standby_part_t;
 
 struct tly_standby {
@@ -104,13 +105,19 @@ struct tly_standby {
 
 /* ---- claims: the processor never sees a standby write ----------------- */
 
-static int claim(tly_processor_t *p, int32_t partition) {
+/* Claims partition for a write: only while the processor neither has it
+ * assigned nor is moving it, and has not assigned it since the copy was
+ * set up (*generation: its assignment count then; 0 sets it). */
+static int claim(tly_processor_t *p, int32_t partition, uint64_t *generation) {
   pthread_mutex_lock(&p->lock);
-  int ok = tly_proc_ensure_partitions(p, partition + 1) == 0 &&
-           !p->partitions[partition].assigned &&
-           !p->partitions[partition].moving;
-  if (ok)
+  int ok =
+      tly_proc_ensure_partitions(p, partition + 1) == 0 &&
+      !p->partitions[partition].assigned && !p->partitions[partition].moving &&
+      (!*generation || *generation == p->partitions[partition].generation + 1);
+  if (ok) {
     p->partitions[partition].standby_busy = 1;
+    *generation = p->partitions[partition].generation + 1;
+  }
   pthread_mutex_unlock(&p->lock);
   return ok;
 }
@@ -242,7 +249,7 @@ static int write_batch(struct tly_standby *st, int32_t partition,
   tly_store_batch_put(
       s->batch, TLY_CF_META, key,
       meta_key(META_STANDBY, sizeof(META_STANDBY) - 1, partition, key), "", 0);
-  if (!claim(p, partition))
+  if (!claim(p, partition, &s->generation))
     return 1;
   int rc = tly_store_commit(p->store, s->batch, 0, errstr, sizeof(errstr));
   release(p, partition);
@@ -427,11 +434,16 @@ static void start_part(struct tly_standby *st, int32_t partition) {
   standby_part_t *s = &st->parts[partition];
   char errstr[512];
   int64_t stored = -1, low = 0, high = 0;
-  if (!claim(p, partition))
+  uint64_t generation = 0;
+  /* What the store holds, read while claimed (the processor does not
+   * write it now); the broker is asked unclaimed: a rebalance never waits
+   * for it, and the generation tells if the partition came and went. */
+  if (!claim(p, partition, &generation))
     return;
   const char *why = NULL;
   int found = tly_store_get_offset(p->store, partition, &stored, errstr,
                                    sizeof(errstr));
+  release(p, partition);
   rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
       st->probe, p->changelog_topic, partition, &low, &high, 5000);
   int64_t position = high, applied = found > 0 ? stored : -1;
@@ -449,10 +461,14 @@ static void start_part(struct tly_standby *st, int32_t partition) {
   }
   if (!why && position < high && low > 0)
     why = "the changelog no longer starts at 0 (records expired)";
-  if (!why && !found &&
+  int claimed = !why && claim(p, partition, &generation);
+  if (!why && !claimed)
+    return; /* assigned here meanwhile */
+  if (claimed && !found &&
       tly_changelog_wipe_partition(p->store, partition, errstr, sizeof(errstr)))
     why = errstr;
-  release(p, partition);
+  if (claimed)
+    release(p, partition);
   if (why) {
     tly_log(TLY_LOG_WARN, "standby",
             "partition %d: no standby copy (tried again in %d s): %s",
@@ -479,6 +495,7 @@ static void start_part(struct tly_standby *st, int32_t partition) {
   }
   pthread_mutex_lock(&st->lock);
   s->active = 1;
+  s->generation = generation;
   s->applied = applied;
   s->pending = -1;
   s->position = position;
