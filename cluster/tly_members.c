@@ -476,6 +476,34 @@ int tly_members_map_standby_holder(const tly_members_map_t *map,
   return 1;
 }
 
+int tly_members_map_successor(const tly_members_map_t *map, int32_t partition,
+                              int64_t now_ms, tly_members_owner_t *out) {
+  const member_t *recent = NULL;
+  int64_t quiet_ms = map->stale_ms / 2;
+  memset(out, 0, sizeof(*out));
+  for (size_t i = 0; i < map->count; i++) {
+    const member_t *member = &map->members[i];
+    const tly_members_announcement_t *a = &member->announcement;
+    if (member->left || !is_fresh(map, member, now_ms))
+      continue;
+    int serves = contains(a->partitions, a->partition_count, partition);
+    if (!serves && !contains(a->replaying, a->replaying_count, partition))
+      continue;
+    if (now_ms - member->fresh_ms > quiet_ms)
+      continue; /* silent a heartbeat and more */
+    if (!serves || recent)
+      return 0; /* a recent claimant that replays, or two recent ones */
+    recent = member;
+  }
+  if (!recent)
+    return 0;
+  out->state = TLY_OWNER_SERVING;
+  snprintf(out->instance, sizeof(out->instance), "%s",
+           recent->announcement.instance);
+  snprintf(out->http, sizeof(out->http), "%s", recent->announcement.http);
+  return 1;
+}
+
 size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms) {
   size_t fresh = 0;
   for (size_t i = 0; i < map->count; i++)
@@ -657,6 +685,18 @@ int tly_members_standby_chosen(tly_members_t *members, int32_t partition,
                                           tly_wall_ms(), chosen);
   for (size_t i = 0; i < count && !found; i++)
     found = strcmp(chosen[i], members->instance) == 0;
+  pthread_mutex_unlock(&members->lock);
+  return found;
+}
+
+int tly_members_successor(tly_members_t *members, int32_t partition,
+                          tly_members_owner_t *out) {
+  memset(out, 0, sizeof(*out));
+  if (!members || !members->started)
+    return 0;
+  pthread_mutex_lock(&members->lock);
+  int found =
+      tly_members_map_successor(members->map, partition, tly_wall_ms(), out);
   pthread_mutex_unlock(&members->lock);
   return found;
 }

@@ -155,6 +155,20 @@ int tly_members_map_standby_holder(const tly_members_map_t *map,
                                    int32_t partition, const char *self,
                                    int64_t now_ms, tly_members_owner_t *out);
 
+/*
+ * For reads only, when several members claim partition (CONFLICT): the one
+ * that serves it and announced within the last heartbeat and a half
+ * (stale_ms / 2) while every other claimant has been silent longer (it
+ * missed a heartbeat: killed, or frozen, its claim not yet expired). That
+ * member was given the partition by the group and is caught up, so its
+ * answer is fresh; a claimant that stays silent that long cannot be
+ * serving what the other announces (a live owner announces a revocation at
+ * once). 1 with out set (state TLY_OWNER_SERVING), else 0. Never used for
+ * decisions only the owner may make (reservations).
+ */
+int tly_members_map_successor(const tly_members_map_t *map, int32_t partition,
+                              int64_t now_ms, tly_members_owner_t *out);
+
 /* Fresh members as of now_ms (for tests and logs). */
 size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms);
 
@@ -224,6 +238,9 @@ tly_owner_state_t tly_members_owner(tly_members_t *members, int32_t partition,
  * or without a secret. */
 int tly_members_standby_chosen(tly_members_t *members, int32_t partition,
                                size_t n);
+/* tly_members_map_successor, thread-safe. */
+int tly_members_successor(tly_members_t *members, int32_t partition,
+                          tly_members_owner_t *out);
 /* Another fresh member announcing an applied standby copy of partition
  * (tly_members_map_standby_holder); thread-safe. 1 with out set, else 0. */
 int tly_members_standby_holder(tly_members_t *members, int32_t partition,

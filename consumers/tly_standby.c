@@ -59,6 +59,11 @@
 #define STANDBY_CHUNK 20000
 /* A partition whose copy could not be set up is tried again after this. */
 #define STANDBY_RETRY_MS 10000
+/* A copy no longer chosen is kept applied this long: during a rebalance
+ * the ranking moves with the claims (a partition claimed by two members,
+ * then by its new owner), and a copy stopped and set up again may have to
+ * read its changelog from the start. */
+#define STANDBY_LINGER_MS 30000
 
 static const char META_STANDBY[] = "standby:";
 
@@ -88,6 +93,7 @@ typedef struct {
   tly_store_batch_t *batch;
   int64_t retry_at_ms;
   uint64_t generation; /* the processor's assignment count at setup, + 1 */
+  int64_t chosen_ms;   /* the gate last chose it (monotonic) */
 } standby_part_t;
 
 struct tly_standby {
@@ -520,12 +526,16 @@ static void refresh(struct tly_standby *st) {
                 (p->partitions[i].assigned || p->partitions[i].moving);
     pthread_mutex_unlock(&p->lock);
     standby_part_t *s = &st->parts[i];
-    int want = !owned && !p->fatal &&
-               st->gate.chosen(st->gate.opaque, i, st->replicas);
-    if (want && !s->active && now >= s->retry_at_ms)
+    int chosen = !owned && !p->fatal &&
+                 st->gate.chosen(st->gate.opaque, i, st->replicas);
+    if (chosen)
+      s->chosen_ms = now;
+    if (chosen && !s->active && now >= s->retry_at_ms)
       start_part(st, i);
-    else if (!want && s->active)
-      stop_part(st, i, owned ? "the partition is assigned here" : "not chosen");
+    else if (s->active && (owned || p->fatal))
+      stop_part(st, i, "the partition is assigned here");
+    else if (s->active && now - s->chosen_ms > STANDBY_LINGER_MS)
+      stop_part(st, i, "no longer chosen");
   }
 }
 

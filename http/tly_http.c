@@ -510,6 +510,17 @@ static int route_to_owner(tly_http_t *http, request_t *req,
     forward_to(http, req, connection, owner.http, owner.instance, out);
     return 0;
   }
+  /* Two claim it, and one of them went silent (killed, its claim not yet
+   * expired) while the other serves it: a read goes to the one serving. */
+  tly_members_owner_t successor;
+  if (owner.state == TLY_OWNER_CONFLICT && !forwarded &&
+      tly_members_secret(members) &&
+      tly_http_stale_route(tly_http_route_table[req->route].handler) &&
+      tly_members_successor(members, req->partition, &successor) &&
+      strcmp(successor.http, self) != 0) {
+    forward_to(http, req, connection, successor.http, successor.instance, out);
+    return 0;
+  }
   /* Nobody serves it now: a copy here, within the caller's bound. */
   if (tly_http_try_stale(http, req, connection, out))
     return 0;

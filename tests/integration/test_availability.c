@@ -22,7 +22,8 @@
  * It reports the share of reads answered in each phase and the p99
  * staleness of the answered ones, and whether the issue's goals are met
  * (at least 99 % answered during the rolling restart, 95 % under SIGKILL;
- * asserted with TALLY_AVAILABILITY_GOALS=1: not met yet, see the end).
+ * asserted with TALLY_AVAILABILITY_GOALS=1, see the end) and why the
+ * refused reads were refused.
  * Finally, with the stream done and every partition caught up, every
  * subject's usage equals the reference.
  */
@@ -77,6 +78,7 @@ typedef struct {
   int32_t partition;
   long long offset, lag_records, age_ms;
   int64_t sent_ms;
+  char reason[80]; /* a refusal's error message (its start) */
 } read_t;
 
 typedef struct {
@@ -215,6 +217,14 @@ static void *reader_main(void *arg) {
     read->status = (int)status;
     if (status == 200 && parse_usage(body, read))
       read->status = -1; /* malformed: fails the check */
+    if (status != 200) {
+      json_t *json = body ? json_loads(body, 0, NULL) : NULL;
+      const char *message = json_string_value(
+          json_object_get(json_object_get(json, "error"), "message"));
+      snprintf(read->reason, sizeof(read->reason), "%ld %s", status,
+               message ? message : "(no answer)");
+      json_decref(json);
+    }
     free(body);
     th_sleep_ms(3);
   }
@@ -481,6 +491,27 @@ static void test_availability(void **state) {
   printf("# p99 staleness of the answered reads: %lld ms (%d reads, %d "
          "events)\n",
          p99, staleness_count, events);
+  /* Why the others were refused, by message. */
+  for (int phase = PHASE_ROLLING; phase < PHASES; phase++) {
+    const char *seen[16];
+    int counts[16], kinds = 0;
+    for (int i = 0; i < reads; i++) {
+      const read_t *read = &world.reads[i];
+      if (read->phase != phase || read->status == 200)
+        continue;
+      int k = 0;
+      while (k < kinds && strcmp(seen[k], read->reason) != 0)
+        k++;
+      if (k == kinds && kinds < 16) {
+        seen[kinds] = read->reason;
+        counts[kinds++] = 0;
+      }
+      if (k < kinds)
+        counts[k]++;
+    }
+    for (int k = 0; k < kinds; k++)
+      printf("#   %s refused %d: %s\n", phase_names[phase], counts[k], seen[k]);
+  }
   free(staleness);
   assert_true(asked[PHASE_ROLLING] > 100 && asked[PHASE_KILL] > 100);
   /* The issue's goals. Not met yet (no standby replicas: while a

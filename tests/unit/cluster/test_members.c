@@ -242,6 +242,37 @@ static void test_standby_ranking(void **state) {
   tly_members_map_free(reverse);
 }
 
+/* Two claim a partition: a read goes to the one serving it only while
+ * the other has been silent over half the staleness timeout. */
+static void test_successor_for_reads(void **state) {
+  (void)state;
+  tly_members_owner_t owner;
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
+  assert_int_equal(apply(map, "a", announcement("a", 8081, "0", "", T0), T0),
+                   0);
+  assert_int_equal(
+      apply(map, "b", announcement("b", 8082, "0", "", T0 + 600), T0 + 600), 0);
+  /* Both announced recently: moving, no successor. */
+  assert_int_equal(tly_members_map_owner(map, 0, T0 + 700, &owner),
+                   TLY_OWNER_CONFLICT);
+  assert_int_equal(tly_members_map_successor(map, 0, T0 + 700, &owner), 0);
+  /* a silent for 1,200 ms (over 750): b serves the reads. */
+  assert_int_equal(tly_members_map_owner(map, 0, T0 + 1200, &owner),
+                   TLY_OWNER_CONFLICT);
+  assert_int_equal(tly_members_map_successor(map, 0, T0 + 1200, &owner), 1);
+  assert_int_equal(owner.state, TLY_OWNER_SERVING);
+  assert_string_equal(owner.instance, "b");
+  assert_string_equal(owner.http, "http://127.0.0.1:8082");
+  /* A recent claimant that only replays is no successor. */
+  assert_int_equal(
+      apply(map, "b", announcement("b", 8082, "", "0", T0 + 1100), T0 + 1100),
+      0);
+  assert_int_equal(tly_members_map_successor(map, 0, T0 + 1200, &owner), 0);
+  /* A partition nobody else claims has no successor (its owner answers). */
+  assert_int_equal(tly_members_map_successor(map, 5, T0 + 1200, &owner), 0);
+  tly_members_map_free(map);
+}
+
 /* The holder a read is forwarded to: a fresh member announcing a standby
  * copy, never the asking instance itself, none once it is stale. */
 static void test_standby_holder(void **state) {
@@ -681,6 +712,7 @@ int main(void) {
       cmocka_unit_test(test_stale_members_expire),
       cmocka_unit_test(test_standby_ranking),
       cmocka_unit_test(test_standby_holder),
+      cmocka_unit_test(test_successor_for_reads),
       cmocka_unit_test(test_conflicting_claims_are_moving),
       cmocka_unit_test(test_tombstone_and_bad_records),
   };
