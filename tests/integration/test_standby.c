@@ -145,12 +145,19 @@ static long long usage(int port, int s, const char *bound, int *stale,
   return quantity;
 }
 
+/* Every subject exact on port, fresh (a 503 while a partition still
+ * moves is asked again, for up to 30 s). */
 static void verify_fresh(int port) {
   for (int s = 0; s < SUBJECTS; s++) {
     int stale = 0;
-    long long lag = 0;
-    assert_int_equal(usage(port, s, "&max_staleness_ms=0", &stale, &lag),
-                     expected_quantity[s]);
+    long long lag = 0, quantity = -1;
+    int64_t deadline = th_now_ms() + 30000;
+    while ((quantity = usage(port, s, "&max_staleness_ms=0", &stale, &lag)) <
+               0 &&
+           th_now_ms() < deadline)
+      th_sleep_ms(200);
+    assert_int_equal(quantity, expected_quantity[s]);
+    assert_false(stale);
   }
 }
 
@@ -192,11 +199,15 @@ static void test_standby_replicas(void **state) {
 
   /* 2. a dies: its subjects answered on b from the copy, exact. */
   th_kill9(runs[0].pid);
-  int from_copy = 0, fresh = 0;
+  int from_copy = 0, fresh = 0, refused = 0;
   for (int s = 0; s < SUBJECTS; s++) {
     int stale = 0;
     long long lag = -1;
     long long quantity = usage(runs[1].port, s, "", &stale, &lag);
+    if (quantity < 0) { /* 503 (e.g. the broker slow to give the log end) */
+      refused++;
+      continue;
+    }
     assert_int_equal(quantity, expected_quantity[s]);
     if (stale)
       assert_int_equal(lag, 0);
@@ -204,8 +215,8 @@ static void test_standby_replicas(void **state) {
     fresh += !stale;
   }
   printf("# after the SIGKILL: %d subjects answered from b's standby copy, "
-         "%d fresh by their owner\n",
-         from_copy, fresh);
+         "%d fresh by their owner, %d refused\n",
+         from_copy, fresh, refused);
   assert_true(from_copy > 0);
 
   /* 3. b takes a's partitions over from its copies: no restore. */
