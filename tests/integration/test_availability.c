@@ -514,11 +514,11 @@ static void test_availability(void **state) {
   }
   free(staleness);
   assert_true(asked[PHASE_ROLLING] > 100 && asked[PHASE_KILL] > 100);
-  /* The issue's goals. Not met yet (no standby replicas: while a
-   * partition waits for the group's next round, about 2 s on the embedded
-   * broker, only an instance that owned it before holds a copy), so they
-   * are asserted only when asked (TALLY_AVAILABILITY_GOALS=1) and
-   * reported otherwise. */
+  /* The issue's goals. Met in most runs with standby replicas, not in
+   * all (a loaded machine: the suite runs two tests at a time, and under
+   * ASan), and a share of answered reads depends on the machine's speed,
+   * so they are asserted only when asked (TALLY_AVAILABILITY_GOALS=1) and
+   * reported otherwise (docs/h20-standby.md has the runs). */
   int rolling_met = answered[PHASE_ROLLING] * 100 >= asked[PHASE_ROLLING] * 99;
   int kill_met = answered[PHASE_KILL] * 100 >= asked[PHASE_KILL] * 95;
   printf("# goals: >= 99 %% during the rolling restart %s, >= 95 %% under "
