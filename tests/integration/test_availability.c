@@ -511,6 +511,24 @@ static void test_availability(void **state) {
     }
     for (int k = 0; k < kinds; k++)
       printf("#   %s refused %d: %s\n", phase_names[phase], counts[k], seen[k]);
+    if (getenv("TALLY_AVAILABILITY_DEBUG")) {
+      int by_status[6] = {0}; /* 200, 404, 503, 0, -1, other */
+      for (int i = 0; i < reads; i++) {
+        const read_t *read = &world.reads[i];
+        if (read->phase != phase)
+          continue;
+        int st = read->status;
+        by_status[st == 200   ? 0
+                  : st == 404 ? 1
+                  : st == 503 ? 2
+                  : st == 0   ? 3
+                  : st == -1  ? 4
+                              : 5]++;
+      }
+      printf("#   %s statuses: 200 %d, 404 %d, 503 %d, 0 %d, -1 %d, other %d\n",
+             phase_names[phase], by_status[0], by_status[1], by_status[2],
+             by_status[3], by_status[4], by_status[5]);
+    }
   }
   free(staleness);
   assert_true(asked[PHASE_ROLLING] > 100 && asked[PHASE_KILL] > 100);
