@@ -525,9 +525,11 @@ static void test_availability(void **state) {
                   : st == -1  ? 4
                               : 5]++;
       }
-      printf("#   %s statuses: 200 %d, 404 %d, 503 %d, 0 %d, -1 %d, other %d\n",
-             phase_names[phase], by_status[0], by_status[1], by_status[2],
-             by_status[3], by_status[4], by_status[5]);
+      fprintf(stderr,
+              "#   %s statuses: 200 %d, 404 %d, 503 %d, 0 %d, -1 %d, other "
+              "%d\n",
+              phase_names[phase], by_status[0], by_status[1], by_status[2],
+              by_status[3], by_status[4], by_status[5]);
     }
   }
   free(staleness);
