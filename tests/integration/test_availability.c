@@ -422,6 +422,8 @@ static void test_availability(void **state) {
   index_events(&world, events);
   int reads = atomic_load(&world.read_count);
   int asked[PHASES] = {0}, answered[PHASES] = {0}, stale[PHASES] = {0};
+  int unanswered_503[PHASES] = {0}, unanswered_no_answer[PHASES] = {0},
+      unanswered_other[PHASES] = {0};
   long long *staleness = calloc((size_t)reads + 1, sizeof(*staleness));
   int staleness_count = 0;
   assert_non_null(staleness);
@@ -430,8 +432,15 @@ static void test_availability(void **state) {
     asked[read->phase]++;
     if (read->status == -1)
       fail_msg("read %d: a 200 that is not a usage answer", i);
-    if (read->status != 200 && read->status != 404)
+    if (read->status != 200 && read->status != 404) {
+      if (read->status == 0)
+        unanswered_no_answer[read->phase]++;
+      else if (read->status == 503)
+        unanswered_503[read->phase]++;
+      else
+        unanswered_other[read->phase]++;
       continue;
+    }
     answered[read->phase]++;
     const subject_events_t *list = &by_subject[read->subject];
     int32_t home = list->count ? world.events[list->events[0]].partition : -1;
@@ -484,10 +493,11 @@ static void test_availability(void **state) {
       staleness_count ? staleness[(size_t)staleness_count * 99 / 100] : 0;
   for (int phase = PHASE_ROLLING; phase < PHASES; phase++)
     printf("# %s: %d of %d reads answered (%.2f %%), %d of them from a "
-           "copy\n",
+           "copy; refused: %d 503, %d no answer, %d other\n",
            phase_names[phase], answered[phase], asked[phase],
            asked[phase] ? 100.0 * answered[phase] / asked[phase] : 0.0,
-           stale[phase]);
+           stale[phase], unanswered_503[phase], unanswered_no_answer[phase],
+           unanswered_other[phase]);
   printf("# p99 staleness of the answered reads: %lld ms (%d reads, %d "
          "events)\n",
          p99, staleness_count, events);
