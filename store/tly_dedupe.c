@@ -49,6 +49,9 @@ struct tly_dedupe {
                      be the open blob */
   size_t blob_head, blob_count, blob_cap;
   uint32_t next_number; /* of the next record */
+  size_t open_hint;     /* the last sealed blob's length: the next open
+                           blob starts with that room, so a catch-up batch
+                           does not regrow (and copy) its blob by doubling */
   size_t blob_bytes;    /* sizeof(blob_t) + cap + marks of every blob */
 };
 
@@ -292,7 +295,7 @@ static blob_t *open_blob(tly_dedupe_t *dedupe) {
   blob_t *blob = calloc(1, sizeof(*blob));
   if (!blob)
     return NULL;
-  blob->cap = 4096;
+  blob->cap = dedupe->open_hint > 4096 ? dedupe->open_hint : 4096;
   blob->data = malloc(blob->cap);
   if (!blob->data || append_blob(dedupe, blob)) {
     free(blob->data);
@@ -364,6 +367,11 @@ void tly_dedupe_seal(tly_dedupe_t *dedupe, int64_t key) {
     return;
   blob->sealed = 1;
   blob->key = key;
+  /* A little more than it took (the next batch of a backlog is alike);
+   * capped, so one huge batch does not make every later blob huge. */
+  dedupe->open_hint = blob->len + blob->len / 8;
+  if (dedupe->open_hint > ((size_t)64 << 20))
+    dedupe->open_hint = (size_t)64 << 20;
   /* A sealed blob never grows: give back the room the open one had (4 KiB
    * at least). With a commit per few events (group commit) most blobs
    * hold an id or two, and the slack would cost more than the ids. Slots
