@@ -564,6 +564,9 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   for (int32_t i = 0; i < p->partition_cap; i++) {
     partition_state_t *part = &p->partitions[i];
     size_t blob_len = 0;
+    /* With a record of the partition (its changelog marker goes out). */
+    if (part->floor_dirty && part->batch_next >= 0)
+      tly_proc_dedupe_floor_put(p, i);
     const void *blob =
         part->dedupe ? tly_dedupe_open_blob(part->dedupe, &blob_len) : NULL;
     if (!blob)

@@ -85,6 +85,7 @@ int tly_proc_ensure_partitions(tly_processor_t *p, int32_t count) {
                                    .position = -1,
                                    .watermark = INT64_MIN,
                                    .dedupe_key = -1,
+                                   .dedupe_floor = INT64_MIN,
                                    .inflight_next = -1,
                                    .inflight_horizon = INT64_MIN,
                                    .inflight_watermark = INT64_MIN};
@@ -276,6 +277,7 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   p->view_partition = msg->partition;
   p->view_offset = msg->offset;
   p->view.watermark_ms = &p->partitions[msg->partition].watermark;
+  p->view.dedupe_floor_ms = &p->partitions[msg->partition].dedupe_floor;
   p->view.record_ms = record.timestamp_ms; /* the clock holds expire on */
   switch (tly_billing_fold(&p->billing, &p->view, &event, &p->alerts, errstr,
                            sizeof(errstr))) {
@@ -638,6 +640,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->reports = tly_config_stripe_reports(conf->config);
   p->billing.dedupe_window_ms = conf->dedupe_window_ms > 0
                                     ? conf->dedupe_window_ms
+                                : conf->config->events.dedupe_window_ms > 0
+                                    ? conf->config->events.dedupe_window_ms
                                     : TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
   int64_t budget = conf->memory_budget_bytes > 0 ? conf->memory_budget_bytes
                                                  : TLY_DEFAULT_MEMORY_BUDGET;

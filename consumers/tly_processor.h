@@ -50,7 +50,8 @@ typedef struct {
    * partitions as the input. */
   const char *changelog_topic;
   const tly_config_t *config; /* required; must outlive the processor */
-  int64_t dedupe_window_ms;   /* default 7 days of event time */
+  int64_t dedupe_window_ms;   /* 0: config events.dedupe_window_ms (35 days
+                                 of event time by default) */
   /* What the processor keeps in memory (--memory-budget), in bytes;
    * default TLY_DEFAULT_MEMORY_BUDGET. Shared out by tly_memory_share():
    * the dedupe indexes past their share spill the oldest ids to RocksDB

@@ -139,6 +139,11 @@ typedef struct {
   /* The store may hold spilled ids of this partition (dedupe_ids): a miss
    * in memory is then looked up there. */
   int spilled;
+  /* The dedupe floor (tly_billing.h, dedupe_floor_ms; tly_dedupe_floor.c):
+   * the oldest event time whose ids are all still known; INT64_MIN: none.
+   * floor_dirty: the floor record is written with the next commit. */
+  int64_t dedupe_floor;
+  int floor_dirty;
   /* What the batch in the writer's hands stores: the next offset (-1:
    * none) and the dedupe horizon it moves to (INT64_MIN: unchanged). */
   int64_t inflight_next;
@@ -489,6 +494,17 @@ void tly_proc_schema_reset(tly_processor_t *p, rd_kafka_t *rk,
 
 /* tly_copy.c: copy staleness; its reader goes with the processor. */
 void tly_proc_copy_destroy(tly_processor_t *p);
+
+/* tly_dedupe_floor.c: the dedupe floor record of a partition. */
+#define TLY_DEDUPE_FLOOR_KEY INT64_MAX /* its blob key: no offset reaches it   \
+                                        */
+#define TLY_DEDUPE_FLOOR_LEN 24
+int tly_proc_dedupe_floor_parse(const char *value, size_t len,
+                                int64_t *floor_ms, int64_t *window_ms);
+int64_t tly_proc_dedupe_floor_at_assignment(const tly_processor_t *p, int found,
+                                            int64_t floor_ms, int64_t window_ms,
+                                            int64_t watermark, int *dirty);
+void tly_proc_dedupe_floor_put(tly_processor_t *p, int32_t partition);
 
 /* tly_dedupe_spill.c: dedupe memory within its share. */
 int tly_proc_dedupe_spill(tly_processor_t *p);
