@@ -501,9 +501,8 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
   }
   if (view->dedupe_floor_ms && t < *view->dedupe_floor_ms) {
     snprintf(errstr, errstr_size,
-             "occurred_at %lld is older than the dedupe window: older than "
-             "%lld, the oldest event time whose ids the partition still "
-             "holds (the window was raised; it fills as event time moves on)",
+             "occurred_at %lld is older than the dedupe window (the window "
+             "was raised: ids before %lld are not all known)",
              (long long)t, (long long)*view->dedupe_floor_ms);
     return TLY_FOLD_REJECTED;
   }
