@@ -679,6 +679,8 @@ int tly_proc_batch_submit(tly_processor_t *p) {
       if (part->inflight_horizon != INT64_MIN) /* memory only */
         tly_dedupe_expire(part->dedupe, part->inflight_horizon);
     }
+    if (part->filter && part->inflight_horizon != INT64_MIN)
+      tly_dedupe_filter_expire(part->filter, part->inflight_horizon);
   }
   p->batch_events = 0;
   p->batch_messages = 0;

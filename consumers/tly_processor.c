@@ -989,6 +989,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   tly_overlay_free(&p->overlay);
   for (int32_t i = 0; i < p->partition_cap; i++) {
     tly_dedupe_free(p->partitions[i].dedupe);
+    tly_dedupe_filter_free(p->partitions[i].filter);
     free(p->partitions[i].blobs);
   }
   tly_proc_batch_discard_outputs(p);
@@ -1185,5 +1186,7 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->memory_bytes[TLY_MEMORY_SUBJECT_CACHE] = 0;
   stats->dedupe_ids_spilled = atomic_load(&p->ids_spilled);
   stats->dedupe_store_reads = atomic_load(&p->id_reads);
+  stats->dedupe_filter_skips = atomic_load(&p->filter_skips);
+  stats->dedupe_filter_build_ms = atomic_load(&p->filter_build_ms);
   stats->last_assignment_ms = atomic_load(&p->assignment_ms);
 }

@@ -194,6 +194,9 @@ typedef struct {
    * and id lookups that read it. */
   uint64_t memory_bytes[TLY_MEMORY_PARTS], memory_budget[TLY_MEMORY_PARTS];
   uint64_t dedupe_ids_spilled, dedupe_store_reads;
+  /* Misses of spilled partitions the filter answered without a read, and
+   * the ms spent building filters at assignment (tly_dedupe_filter.h). */
+  uint64_t dedupe_filter_skips, dedupe_filter_build_ms;
   /* How long the last assignment's setup took (resume, restore, dedupe
    * load), in ms. */
   uint64_t last_assignment_ms;

@@ -507,8 +507,13 @@ static int resume_partitions(tly_processor_t *p,
     tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark, &loaded);
     if (!dedupe)
       return -1;
-    /* (after the load, which may have spilled) */
-    int spilled = tly_proc_dedupe_has_spilled(p, part->partition);
+    /* (after the load, which may have spilled): the filter of every
+     * spilled id, streamed from the store */
+    tly_dedupe_filter_t *filter = NULL;
+    int64_t scan_began = tly_monotonic_ms();
+    int spilled = tly_proc_dedupe_scan_spilled(p, part->partition, &filter);
+    atomic_fetch_add(&p->filter_build_ms,
+                     (uint64_t)(tly_monotonic_ms() - scan_began));
     if (spilled < 0) {
       tly_dedupe_free(dedupe);
       free(loaded.blobs);
@@ -521,6 +526,9 @@ static int resume_partitions(tly_processor_t *p,
       state->dedupe = dedupe;
       state->dedupe_key = -1;
       state->spilled = spilled;
+      tly_dedupe_filter_free(state->filter);
+      state->filter = filter;
+      filter = NULL;
       state->dedupe_floor = tly_proc_dedupe_floor_at_assignment(
           p, loaded.floor_found, loaded.floor_ms, loaded.floor_window_ms,
           watermark, &state->floor_dirty);
@@ -542,6 +550,7 @@ static int resume_partitions(tly_processor_t *p,
     }
     pthread_mutex_unlock(&p->lock);
     tly_dedupe_free(dedupe);
+    tly_dedupe_filter_free(filter);
     free(loaded.blobs);
     if (part->partition + 1 > atomic_load(&p->partition_count))
       atomic_store(&p->partition_count, part->partition + 1);

@@ -1,0 +1,90 @@
+/*
+ * test_dedupe_filter.c - the filter of spilled event ids: every id added
+ * answers "look it up" (no false negative, across slices), new ids mostly
+ * answer "surely new" (false positives near the design's 1 %), slices
+ * grow with the ids held and are forgotten whole once the horizon passes
+ * their newest id; memory stays near 1.25 bytes per id of room.
+ */
+#include "tly_dedupe_filter.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+static size_t id_of(char *out, size_t size, const char *prefix, int i) {
+  return (size_t)snprintf(out, size, "%s%012d", prefix, i);
+}
+
+static void test_no_false_negatives_and_few_false_positives(void **state) {
+  (void)state;
+  tly_dedupe_filter_t *filter = tly_dedupe_filter_new();
+  char id[48];
+  const int n = 300000; /* several slices: 64 Ki, then twice what is held */
+  assert_int_equal(tly_dedupe_filter_maybe(filter, "x", 1), 0);
+  for (int i = 0; i < n; i++) {
+    size_t len = id_of(id, sizeof(id), "spilled-", i);
+    assert_int_equal(tly_dedupe_filter_add(filter, id, len, 1000 + i), 0);
+  }
+  assert_int_equal(tly_dedupe_filter_count(filter), (size_t)n);
+  for (int i = 0; i < n; i++) {
+    size_t len = id_of(id, sizeof(id), "spilled-", i);
+    assert_int_equal(tly_dedupe_filter_maybe(filter, id, len), 1);
+  }
+  int positives = 0;
+  for (int i = 0; i < n; i++) {
+    size_t len = id_of(id, sizeof(id), "new-", i);
+    positives += tly_dedupe_filter_maybe(filter, id, len);
+  }
+  double rate = (double)positives / n;
+  size_t bytes = tly_dedupe_filter_bytes(filter);
+  fprintf(stderr, "%d ids: false positives %.3f %%, %zu bytes (%.2f per id)\n",
+          n, rate * 100, bytes, (double)bytes / n);
+  assert_true(rate < 0.03);           /* ~1 % per slice, a few slices */
+  assert_true(bytes < (size_t)n * 4); /* room for at most ~3 x the ids */
+  tly_dedupe_filter_free(filter);
+}
+
+static void test_slices_expire_whole_by_newest_time(void **state) {
+  (void)state;
+  tly_dedupe_filter_t *filter = tly_dedupe_filter_new();
+  char id[48];
+  /* The first slice (65,536 ids) at times 0..65535, the next from 100000. */
+  for (int i = 0; i < 65536; i++) {
+    size_t len = id_of(id, sizeof(id), "a", i);
+    assert_int_equal(tly_dedupe_filter_add(filter, id, len, i), 0);
+  }
+  for (int i = 0; i < 1000; i++) {
+    size_t len = id_of(id, sizeof(id), "b", i);
+    assert_int_equal(tly_dedupe_filter_add(filter, id, len, 100000 + i), 0);
+  }
+  size_t full = tly_dedupe_filter_bytes(filter);
+  tly_dedupe_filter_expire(filter, 65535); /* its newest is not older */
+  assert_int_equal(tly_dedupe_filter_count(filter), 66536);
+  size_t len = id_of(id, sizeof(id), "a", 7);
+  assert_int_equal(tly_dedupe_filter_maybe(filter, id, len), 1);
+  tly_dedupe_filter_expire(filter, 65536); /* now it is: gone whole */
+  assert_int_equal(tly_dedupe_filter_count(filter), 1000);
+  assert_true(tly_dedupe_filter_bytes(filter) < full);
+  for (int i = 0; i < 1000; i++) { /* the newer slice still answers */
+    len = id_of(id, sizeof(id), "b", i);
+    assert_int_equal(tly_dedupe_filter_maybe(filter, id, len), 1);
+  }
+  /* The newest (open) slice is never forgotten, whatever its times. */
+  tly_dedupe_filter_expire(filter, INT64_MAX);
+  assert_int_equal(tly_dedupe_filter_count(filter), 1000);
+  tly_dedupe_filter_free(filter);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_no_false_negatives_and_few_false_positives),
+      cmocka_unit_test(test_slices_expire_whole_by_newest_time),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
