@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FIRST_CAPACITY 65536 /* ids in the first slice */
-#define BITS_PER_ID 10
+#define FIRST_CAPACITY 4096 /* ids in the first slice: 5 KiB */
+#define BITS_PER_ID 16
 #define BLOCK_BITS 512
 #define PROBES 7
-#define MAX_SLICES 24
+#define MAX_SLICES 32
 
 typedef struct {
   uint64_t *blocks; /* BLOCK_BITS / 64 words per block */
