@@ -25,7 +25,7 @@
 
 /* An id's slots and blob record, as tly_dedupe.h counts them: what a
  * spilled blob gives back, estimated before it is released. */
-#define ID_TABLE_BYTES 48
+#define ID_TABLE_BYTES 11
 
 /* Puts the blob's ids (those still in the window) and its stub into
  * batch. Returns the ids written. */

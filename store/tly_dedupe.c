@@ -565,6 +565,10 @@ size_t tly_dedupe_blobs(const tly_dedupe_t *dedupe) {
 }
 
 size_t tly_dedupe_bytes(const tly_dedupe_t *dedupe) {
+  /* The open blob by what it holds: the room it was given ahead (the last
+   * blob's size) is only address space until written. */
+  const blob_t *open = newest_blob(dedupe);
+  size_t room = open && !open->sealed ? open->cap - open->len : 0;
   return sizeof(*dedupe) + dedupe->capacity * sizeof(*dedupe->slots) +
-         dedupe->blob_cap * sizeof(*dedupe->blobs) + dedupe->blob_bytes;
+         dedupe->blob_cap * sizeof(*dedupe->blobs) + dedupe->blob_bytes - room;
 }

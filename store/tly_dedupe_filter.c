@@ -10,7 +10,7 @@
 #include <string.h>
 
 #define FIRST_CAPACITY 4096 /* ids in the first slice: 5 KiB */
-#define BITS_PER_ID 16
+#define BITS_PER_ID 12
 #define BLOCK_BITS 512
 #define PROBES 7
 #define MAX_SLICES 32

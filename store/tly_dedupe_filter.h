@@ -6,14 +6,14 @@
  * positive only costs the read (the store compares the whole id), so no
  * event is ever dropped on one.
  *
- * Blocked Bloom filters (one 64-byte block per id, 7 bits in it, 16 bits
- * per id: ~0.3 % false positives at capacity), in slices: ids go into the
+ * Blocked Bloom filters (one 64-byte block per id, 7 bits in it, 12 bits
+ * per id: ~0.8 % false positives at capacity), in slices: ids go into the
  * newest slice until it holds its capacity, then a new slice with room for
  * twice the ids held opens (so a partition's filter needs no count up front and
  * no rebuild; a lookup reads one cache line per slice, a handful at most). A
  * slice remembers the newest event time it holds and is forgotten whole
  * once the dedupe horizon passes it (its ids expired), so the filter
- * follows the window. Memory: 2 bytes per id of room, up to about
+ * follows the window. Memory: 1.5 bytes per id of room, up to about
  * three times that while the newest slice fills.
  *
  * Holds hashes only, never ids; no I/O (the processor fills it as it
