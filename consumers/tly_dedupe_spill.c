@@ -84,10 +84,37 @@ void tly_proc_dedupe_count(tly_processor_t *p) {
   atomic_store(&p->dedupe_bytes, total);
 }
 
-int tly_proc_dedupe_spill(tly_processor_t *p) {
+/* The spilled-id filters within a quarter of the dedupe share: past it,
+ * the largest are dropped (their partitions' misses read RocksDB again, as
+ * without a filter: still exact), so a small budget's memory goes to the
+ * recent ids rather than to filters of old ones. Returns what is left. */
+static size_t fit_filters(tly_processor_t *p) {
   size_t total = 0;
   for (int32_t i = 0; i < p->partition_cap; i++)
-    total += tly_proc_dedupe_part_bytes(&p->partitions[i]);
+    if (p->partitions[i].filter)
+      total += tly_dedupe_filter_bytes(p->partitions[i].filter);
+  while (total > p->dedupe_share / 4) {
+    partition_state_t *largest = NULL;
+    for (int32_t i = 0; i < p->partition_cap; i++)
+      if (p->partitions[i].filter &&
+          (!largest || tly_dedupe_filter_bytes(p->partitions[i].filter) >
+                           tly_dedupe_filter_bytes(largest->filter)))
+        largest = &p->partitions[i];
+    if (!largest)
+      break;
+    total -= tly_dedupe_filter_bytes(largest->filter);
+    tly_dedupe_filter_free(largest->filter);
+    largest->filter = NULL;
+    atomic_fetch_add(&p->filters_dropped, 1);
+  }
+  return total;
+}
+
+int tly_proc_dedupe_spill(tly_processor_t *p) {
+  size_t total = fit_filters(p);
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    if (p->partitions[i].dedupe)
+      total += tly_dedupe_bytes(p->partitions[i].dedupe);
   atomic_store(&p->dedupe_bytes, total);
   if (total <= p->dedupe_share)
     return 0;

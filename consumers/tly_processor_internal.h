@@ -325,7 +325,7 @@ struct tly_processor {
   atomic_uint_least64_t dedupe_bytes, ids_spilled, id_reads;
   /* Lookups the spilled-id filter answered "surely new" (no read), and
    * the time spent building filters at assignment. */
-  atomic_uint_least64_t filter_skips, filter_build_ms;
+  atomic_uint_least64_t filter_skips, filter_build_ms, filters_dropped;
   /* The budget (tly_memory.c) and the other parts' bytes, counted at most
    * once a second (memory_checked_ms, monotonic). */
   int64_t memory_budget;
