@@ -656,7 +656,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                  .archive = tly_proc_view_archive,
                                  .seen = tly_proc_view_seen,
                                  .holds = tly_proc_view_holds,
-                                 .distinct = tly_proc_view_distinct};
+                                 .distinct = tly_proc_view_distinct,
+                                 .contribution = tly_proc_view_contribution};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
   if (kill_after && *kill_after) {
     p->kill_after_acks = atol(kill_after);
@@ -943,6 +944,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
 void tly_processor_destroy(tly_processor_t *p) {
   if (!p)
     return;
+  tly_processor_standby_stop(p); /* its thread writes the store */
   /* The writer first: it finishes the batch in its hands (and may wake
    * the consumer's queue: the queue goes after it). */
   if (p->writer_started) {
@@ -987,6 +989,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   pthread_cond_destroy(&p->writer_done);
   tly_store_batch_destroy(p->batch);
   tly_overlay_free(&p->overlay);
+  tly_proc_contrib_free(p);
   for (int32_t i = 0; i < p->partition_cap; i++) {
     tly_dedupe_free(p->partitions[i].dedupe);
     tly_dedupe_filter_free(p->partitions[i].filter);

@@ -19,6 +19,7 @@
  *   tly_rebalance.c       the rebalance callback: eager or cooperative
  *                         (only the partitions that move)
  *   tly_copy.c            how stale a copy of a partition's state is
+ *   tly_standby.c         standby copies of partitions not owned here
  *
  * Owns the tly_processor_t definition, the per-partition and outbox state
  * and the prototypes by which those files call each other. Private to
@@ -184,6 +185,9 @@ typedef struct {
   /* In the rebalance callback's list now (assigned or revoked): not
    * served until the callback returns. */
   int moving;
+  /* The standby thread writes the partition's keys now (tly_standby.c):
+   * the rebalance callback waits for it (tly_proc_standby_wait). */
+  int standby_busy;
   /* Sought back to position after a fetch gap (fetch_gap in
    * tly_processor.c) in read round seek_round. */
   int seeking, seek_failures;
@@ -201,6 +205,16 @@ typedef struct {
   int64_t *produced_ms; /* the batch's records' Kafka timestamps */
   size_t produced_count, produced_cap;
 } commit_inflight_t;
+
+/* Contributions by key, in memory (tly_contributions.c): entries appended
+ * to data ([key length, 2][value length, 1][key][value]); slots (a power
+ * of two) hold the key's hash and the entry's offset + 1, 0 when empty. */
+typedef struct {
+  unsigned char *data;
+  size_t len, cap;
+  uint64_t *slots; /* [hash, 32 bits][offset + 1, 32 bits] */
+  size_t slot_cap, count;
+} tly_contrib_table_t;
 
 /* Where the output topics were last seen acknowledged: recovery reads them
  * from here to their end to find outbox entries Kafka already holds. */
@@ -254,6 +268,11 @@ struct tly_processor {
   long acks_seen;
   int64_t last_tick_slot;
 
+  /* Contributions (tly_contributions.c) the open batch and the batch in
+   * the writer's hands wrote, found before RocksDB has them. */
+  tly_contrib_table_t contrib_open, contrib_inflight;
+  const unsigned char **contrib_sorted; /* the open table's entries, sorted */
+  size_t contrib_sorted_cap;
   /* The open batch: accounts and rows (kept across batches as a cache);
    * the entries this batch changed are on the dirty list. */
   tly_overlay_t overlay;
@@ -375,6 +394,7 @@ struct tly_processor {
     int64_t offset, timestamp_ms;
   } copy_cache[TLY_COPY_CACHE];
 
+  struct tly_standby *standby; /* tly_standby.c; NULL: none */
   int fatal;
   char fatal_reason[1024];
 };
@@ -399,6 +419,14 @@ rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
                                 const char *const *defaults, char *errstr,
                                 size_t errstr_size);
 
+/* tly_standby.c: waits until the standby thread writes none of parts'
+ * partitions (their moving flag set: it starts no new write); and, for an
+ * assigned partition, rebuilds the indexes a standby copy does not keep
+ * (unless restored) and drops its mark. 0, or -1 fatal set. */
+void tly_proc_standby_wait(tly_processor_t *p,
+                           const rd_kafka_topic_partition_list_t *parts);
+int tly_proc_standby_promoted(tly_processor_t *p, int32_t partition,
+                              int restored);
 /* tly_rebalance.c: the rebalance callback (eager or cooperative). */
 void tly_proc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                            rd_kafka_topic_partition_list_t *parts,
@@ -438,6 +466,21 @@ tly_distinct_sets_t *tly_proc_view_distinct(tly_billing_view_t *view,
                                             const char *id);
 tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
                                  tly_subject_kind_t kind, const char *id);
+
+/* tly_contributions.c: the view's contribution callback and its
+ * read-your-writes tables (submitted: the open batch went to the writer;
+ * durable: its write returned). */
+int tly_proc_view_contribution(tly_billing_view_t *view,
+                               tly_subject_kind_t kind, const char *id,
+                               const char *event_id,
+                               struct tly_contribution *contribution,
+                               int write);
+/* Puts the open batch's contributions (the latest value of each key) into
+ * the batch and its changelog bundle, in key order. 0, or -1 (fatal). */
+int tly_proc_contrib_flush(tly_processor_t *p);
+void tly_proc_contrib_submitted(tly_processor_t *p);
+void tly_proc_contrib_durable(tly_processor_t *p);
+void tly_proc_contrib_free(tly_processor_t *p);
 
 /* tly_commit.c: the batch and its writer thread. */
 int tly_proc_batch_has_work(tly_processor_t *p);

@@ -87,6 +87,8 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
   }
   atomic_fetch_add(&p->rebalances, 1);
   tly_overlay_reset(&p->overlay);
+  tly_proc_contrib_submitted(p); /* as the overlay: RocksDB answers now */
+  tly_proc_contrib_durable(p);
   p->last_entry = NULL;
   p->dirty_count = 0;
   pthread_mutex_lock(&p->lock);
@@ -165,6 +167,8 @@ static void mark_moving(tly_processor_t *p,
       p->partitions[partition].moving = moving;
   }
   pthread_mutex_unlock(&p->lock);
+  if (moving) /* a standby write in progress ends first (tly_standby.c) */
+    tly_proc_standby_wait(p, parts);
 }
 
 void tly_proc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
