@@ -456,6 +456,13 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
              (long long)*view->watermark_ms);
     return TLY_FOLD_REJECTED;
   }
+  if (view->dedupe_floor_ms && t < *view->dedupe_floor_ms) {
+    snprintf(errstr, errstr_size,
+             "occurred_at %lld is older than the dedupe window (the window "
+             "was raised: ids before %lld are not all known)",
+             (long long)t, (long long)*view->dedupe_floor_ms);
+    return TLY_FOLD_REJECTED;
+  }
   int seen = view->seen(view, event->event_id, t, 0);
   if (seen < 0)
     return TLY_FOLD_FAILED;

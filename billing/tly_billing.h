@@ -29,7 +29,8 @@
 #include <stdint.h>
 
 #define TLY_BILLING_HISTORY 3 /* closed cycles kept for late events */
-#define TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS (7LL * 24 * 3600 * 1000)
+/* The dedupe window and its bounds: tly_config.h (events.dedupe_window_ms). */
+#define TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS TLY_DEFAULT_DEDUPE_WINDOW_MS
 #define TLY_CREDITS_FEATURE "credits" /* the plan's credit quota in alerts */
 /* Every alert id the fold builds fits in this many bytes with its NUL
  * (the longest: "subscription_canceled:" + subject key + ":" + event_id,
@@ -155,6 +156,12 @@ struct tly_billing_view {
    * being folded (in the log, so a replay decides the same); 0 or less:
    * none, the event's occurred_at is used. */
   int64_t record_ms;
+  /* Optional (NULL: none): the partition's dedupe floor, the oldest event
+   * time from which every folded id is still known. An event older than
+   * it is dead-lettered like one older than the window: after the window
+   * was raised, ids the smaller window let go are not known again until
+   * the watermark has moved on (never guessed at). */
+  const int64_t *dedupe_floor_ms;
 };
 
 typedef struct {

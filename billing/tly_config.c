@@ -235,6 +235,7 @@ tly_config_t *tly_config_default(void) {
   config->retention.daily_days = TLY_DEFAULT_RETENTION_DAYS;
   config->retention.alerts_days = TLY_DEFAULT_RETENTION_DAYS;
   config->events.max_future_skew_ms = TLY_DEFAULT_MAX_FUTURE_SKEW_MS;
+  config->events.dedupe_window_ms = TLY_DEFAULT_DEDUPE_WINDOW_MS;
   snprintf(config->stripe.api_base, sizeof(config->stripe.api_base), "%s",
            TLY_STRIPE_DEFAULT_API_BASE);
   snprintf(config->stripe.api_version, sizeof(config->stripe.api_version), "%s",
@@ -889,7 +890,8 @@ static int apply_retention(tly_config_t *config, json_t *section,
 }
 
 /* How far an event's occurred_at may lie ahead of the clock that judges it
- * (tly_event_time.h): 0 (none) to a year. */
+ * (tly_event_time.h): 0 (none) to a year; the dedupe window: an hour to
+ * 366 days (tly_config.h). */
 static int apply_events(tly_config_t *config, json_t *section, tly_err_t *err) {
   char path[TLY_PATH_SIZE];
   const char *key;
@@ -898,11 +900,18 @@ static int apply_events(tly_config_t *config, json_t *section, tly_err_t *err) {
     return -1;
   json_object_foreach(section, key, value) {
     path_key(path, "events", key);
-    if (strcmp(key, "max_future_skew_ms") != 0)
+    if (strcmp(key, "max_future_skew_ms") == 0) {
+      if (parse_int(err, path, value, 0, TLY_MAX_FUTURE_SKEW_LIMIT_MS,
+                    &config->events.max_future_skew_ms) != 0)
+        return -1;
+    } else if (strcmp(key, "dedupe_window_ms") == 0) {
+      if (parse_int(err, path, value, TLY_DEDUPE_WINDOW_MIN_MS,
+                    TLY_DEDUPE_WINDOW_MAX_MS,
+                    &config->events.dedupe_window_ms) != 0)
+        return -1;
+    } else {
       return fail(err, path, "unknown key");
-    if (parse_int(err, path, value, 0, TLY_MAX_FUTURE_SKEW_LIMIT_MS,
-                  &config->events.max_future_skew_ms) != 0)
-      return -1;
+    }
   }
   return 0;
 }

@@ -31,10 +31,13 @@
  *                     "api_key": "free"},
  *   "retention": {"daily_days": 90,          // daily usage buckets
  *                 "alerts_days": 90},        // alert history (/alerts)
- *   "events": {"max_future_skew_ms": 300000}, // occurred_at at most this far
+ *   "events": {"max_future_skew_ms": 300000, // occurred_at at most this far
  *                                            // ahead of the record's Kafka
  *                                            // timestamp (processor) or now
  *                                            // (HTTP, emit); 0 .. 1 year
+ *              "dedupe_window_ms": 3024000000}, // 35 days (default): older
+ *                                            // events are dead-lettered;
+ *                                            // 1 hour .. 366 days
  *   "http": {                                // the HTTP port
  *     "api_keys": [{"name": "svc", "sha256": "<64 hex: SHA-256 of the key>"}],
  *     "metrics_public": true,                // /metrics without a token
@@ -302,9 +305,21 @@ typedef struct {
   tly_dimension_t group_by[TLY_METER_GROUP_MAX];
 } tly_meter_t;
 
+/* The dedupe window: an event older than its partition's watermark minus
+ * the window is dead-lettered (its id may be forgotten). 35 days by
+ * default, as far back as Stripe takes meter events (a backfill after an
+ * outage). Every build before the window was configurable used 7 days
+ * (the legacy window: what stored state without a dedupe floor record was
+ * built with). */
+#define TLY_DEFAULT_DEDUPE_WINDOW_MS (35LL * 24 * 3600 * 1000)
+#define TLY_LEGACY_DEDUPE_WINDOW_MS (7LL * 24 * 3600 * 1000)
+#define TLY_DEDUPE_WINDOW_MIN_MS (3600LL * 1000)            /* an hour */
+#define TLY_DEDUPE_WINDOW_MAX_MS (366LL * 24 * 3600 * 1000) /* 366 days */
+
 /* Event time ("events" in the file; the rules are tly_event_time.h's). */
 typedef struct {
   int64_t max_future_skew_ms; /* default TLY_DEFAULT_MAX_FUTURE_SKEW_MS */
+  int64_t dedupe_window_ms;   /* default TLY_DEFAULT_DEDUPE_WINDOW_MS */
 } tly_events_config_t;
 
 typedef struct {

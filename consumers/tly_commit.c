@@ -573,6 +573,9 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   for (int32_t i = 0; i < p->partition_cap; i++) {
     partition_state_t *part = &p->partitions[i];
     size_t blob_len = 0;
+    /* With a record of the partition (its changelog marker goes out). */
+    if (part->floor_dirty && part->batch_next >= 0)
+      tly_proc_dedupe_floor_put(p, i);
     const void *blob =
         part->dedupe ? tly_dedupe_open_blob(part->dedupe, &blob_len) : NULL;
     if (!blob)
@@ -685,6 +688,8 @@ int tly_proc_batch_submit(tly_processor_t *p) {
       if (part->inflight_horizon != INT64_MIN) /* memory only */
         tly_dedupe_expire(part->dedupe, part->inflight_horizon);
     }
+    if (part->filter && part->inflight_horizon != INT64_MIN)
+      tly_dedupe_filter_expire(part->filter, part->inflight_horizon);
   }
   p->batch_events = 0;
   p->batch_messages = 0;

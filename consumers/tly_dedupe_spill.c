@@ -25,13 +25,13 @@
 
 /* An id's slots and blob record, as tly_dedupe.h counts them: what a
  * spilled blob gives back, estimated before it is released. */
-#define ID_TABLE_BYTES 48
+#define ID_TABLE_BYTES 11
 
 /* Puts the blob's ids (those still in the window) and its stub into
  * batch. Returns the ids written. */
 static size_t spill_into(tly_store_batch_t *batch, int32_t partition,
-                         const void *blob, size_t len, int64_t key,
-                         int64_t horizon) {
+                         tly_dedupe_filter_t *filter, const void *blob,
+                         size_t len, int64_t key, int64_t horizon) {
   char id_key[TLY_KEY_MAX];
   unsigned char value[8], stub[TLY_DEDUPE_BLOB_HEADER];
   size_t pos = 0, id_len, written = 0;
@@ -45,6 +45,8 @@ static size_t spill_into(tly_store_batch_t *batch, int32_t partition,
     tly_put_be64(value, (uint64_t)at);
     tly_store_batch_put(batch, TLY_CF_DEDUPE_IDS, id_key, key_len, value,
                         sizeof(value));
+    if (filter) /* out of memory: it answers "look it up" for all */
+      tly_dedupe_filter_add(filter, id, id_len, at);
     written++;
   }
   unsigned char blob_key[12];
@@ -70,16 +72,46 @@ static size_t blob_weight(const void *blob, size_t len) {
   return len + (size_t)count * ID_TABLE_BYTES;
 }
 
+size_t tly_proc_dedupe_part_bytes(const partition_state_t *part) {
+  return (part->dedupe ? tly_dedupe_bytes(part->dedupe) : 0) +
+         (part->filter ? tly_dedupe_filter_bytes(part->filter) : 0);
+}
+
 void tly_proc_dedupe_count(tly_processor_t *p) {
   size_t total = 0;
   for (int32_t i = 0; i < p->partition_cap; i++)
-    if (p->partitions[i].dedupe)
-      total += tly_dedupe_bytes(p->partitions[i].dedupe);
+    total += tly_proc_dedupe_part_bytes(&p->partitions[i]);
   atomic_store(&p->dedupe_bytes, total);
 }
 
-int tly_proc_dedupe_spill(tly_processor_t *p) {
+/* The spilled-id filters within a quarter of the dedupe share: past it,
+ * the largest are dropped (their partitions' misses read RocksDB again, as
+ * without a filter: still exact), so a small budget's memory goes to the
+ * recent ids rather than to filters of old ones. Returns what is left. */
+static size_t fit_filters(tly_processor_t *p) {
   size_t total = 0;
+  for (int32_t i = 0; i < p->partition_cap; i++)
+    if (p->partitions[i].filter)
+      total += tly_dedupe_filter_bytes(p->partitions[i].filter);
+  while (total > p->dedupe_share / 4) {
+    partition_state_t *largest = NULL;
+    for (int32_t i = 0; i < p->partition_cap; i++)
+      if (p->partitions[i].filter &&
+          (!largest || tly_dedupe_filter_bytes(p->partitions[i].filter) >
+                           tly_dedupe_filter_bytes(largest->filter)))
+        largest = &p->partitions[i];
+    if (!largest)
+      break;
+    total -= tly_dedupe_filter_bytes(largest->filter);
+    tly_dedupe_filter_free(largest->filter);
+    largest->filter = NULL;
+    atomic_fetch_add(&p->filters_dropped, 1);
+  }
+  return total;
+}
+
+int tly_proc_dedupe_spill(tly_processor_t *p) {
+  size_t total = fit_filters(p);
   for (int32_t i = 0; i < p->partition_cap; i++)
     if (p->partitions[i].dedupe)
       total += tly_dedupe_bytes(p->partitions[i].dedupe);
@@ -110,9 +142,11 @@ int tly_proc_dedupe_spill(tly_processor_t *p) {
       left[largest] = 0; /* nothing sealed left to spill there */
       continue;
     }
+    if (!part->filter && !part->spilled) /* the first spill: all it holds */
+      part->filter = tly_dedupe_filter_new();
     size_t freed = blob_weight(blob, len);
-    uint64_t ids =
-        spill_into(p->batch, largest, blob, len, key, horizon_of(p, part));
+    uint64_t ids = spill_into(p->batch, largest, part->filter, blob, len, key,
+                              horizon_of(p, part));
     atomic_fetch_add(&p->ids_spilled, ids);
     part->spilled = 1;
     left[largest] -= freed < left[largest] ? freed : left[largest];
@@ -146,8 +180,10 @@ int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
   while (bytes > limit &&
          (blob = tly_dedupe_spill_next(dedupe, &len, &key)) != NULL) {
     size_t freed = blob_weight(blob, len);
-    atomic_fetch_add(&p->ids_spilled, spill_into(batch, partition, blob, len,
-                                                 key, horizon_of(p, part)));
+    /* (at assignment: the filter is built from the store afterwards) */
+    atomic_fetch_add(&p->ids_spilled,
+                     spill_into(batch, partition, NULL, blob, len, key,
+                                horizon_of(p, part)));
     bytes -= freed < bytes ? freed : bytes;
   }
   /* Not synced: the blobs stay as they were until this write is in the
@@ -163,23 +199,41 @@ int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
   return 0;
 }
 
-static int found_one(void *opaque, const char *key, size_t key_len,
-                     const char *value, size_t value_len) {
-  (void)key, (void)key_len, (void)value, (void)value_len;
-  *(int *)opaque = 1;
-  return 1;
+typedef struct {
+  tly_dedupe_filter_t *filter;
+  size_t found;
+} spilled_scan_t;
+
+static int add_spilled(void *opaque, const char *key, size_t key_len,
+                       const char *value, size_t value_len) {
+  spilled_scan_t *scan = opaque;
+  scan->found++;
+  if (scan->filter && key_len >= 4)
+    tly_dedupe_filter_add(
+        scan->filter, key + 4, key_len - 4,
+        value_len >= 8 ? (int64_t)tly_get_be64((const unsigned char *)value)
+                       : INT64_MAX);
+  return 0;
 }
 
-int tly_proc_dedupe_has_spilled(tly_processor_t *p, int32_t partition) {
+int tly_proc_dedupe_scan_spilled(tly_processor_t *p, int32_t partition,
+                                 tly_dedupe_filter_t **filter) {
   char errstr[512];
   unsigned char prefix[4];
-  int found = 0;
+  spilled_scan_t scan = {tly_dedupe_filter_new(), 0};
   tly_put_be32(prefix, (uint32_t)partition);
-  if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE_IDS, prefix, 4, found_one,
-                            &found, errstr, sizeof(errstr))) {
+  *filter = NULL;
+  if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE_IDS, prefix, 4, add_spilled,
+                            &scan, errstr, sizeof(errstr))) {
+    tly_dedupe_filter_free(scan.filter);
     tly_proc_set_fatal(p, "partition %d: reading spilled event ids: %s",
                        (int)partition, errstr);
     return -1;
   }
-  return found;
+  if (!scan.found) {
+    tly_dedupe_filter_free(scan.filter);
+    return 0;
+  }
+  *filter = scan.filter; /* NULL (out of memory): every miss reads */
+  return 1;
 }

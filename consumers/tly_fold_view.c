@@ -314,6 +314,10 @@ int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
     return seen_at_ms >= horizon; /* the id's newest record */
   if (!part->spilled)
     return 0; /* memory holds every id of the window */
+  if (part->filter && !tly_dedupe_filter_maybe(part->filter, event_id, len)) {
+    atomic_fetch_add(&p->filter_skips, 1);
+    return 0; /* never spilled (the filter holds every spilled id) */
+  }
   /* Spilled out of memory, perhaps: RocksDB's bloom filters answer almost
    * every new id without reading a block; a found key is compared whole. */
   char key[TLY_KEY_MAX], errstr[512], *value = NULL;

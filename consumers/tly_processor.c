@@ -85,6 +85,7 @@ int tly_proc_ensure_partitions(tly_processor_t *p, int32_t count) {
                                    .position = -1,
                                    .watermark = INT64_MIN,
                                    .dedupe_key = -1,
+                                   .dedupe_floor = INT64_MIN,
                                    .inflight_next = -1,
                                    .inflight_horizon = INT64_MIN,
                                    .inflight_watermark = INT64_MIN};
@@ -276,6 +277,7 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   p->view_partition = msg->partition;
   p->view_offset = msg->offset;
   p->view.watermark_ms = &p->partitions[msg->partition].watermark;
+  p->view.dedupe_floor_ms = &p->partitions[msg->partition].dedupe_floor;
   p->view.record_ms = record.timestamp_ms; /* the clock holds expire on */
   switch (tly_billing_fold(&p->billing, &p->view, &event, &p->alerts, errstr,
                            sizeof(errstr))) {
@@ -638,6 +640,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->reports = tly_config_stripe_reports(conf->config);
   p->billing.dedupe_window_ms = conf->dedupe_window_ms > 0
                                     ? conf->dedupe_window_ms
+                                : conf->config->events.dedupe_window_ms > 0
+                                    ? conf->config->events.dedupe_window_ms
                                     : TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
   int64_t budget = conf->memory_budget_bytes > 0 ? conf->memory_budget_bytes
                                                  : TLY_DEFAULT_MEMORY_BUDGET;
@@ -988,6 +992,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   tly_proc_contrib_free(p);
   for (int32_t i = 0; i < p->partition_cap; i++) {
     tly_dedupe_free(p->partitions[i].dedupe);
+    tly_dedupe_filter_free(p->partitions[i].filter);
     free(p->partitions[i].blobs);
   }
   tly_proc_batch_discard_outputs(p);
@@ -1184,5 +1189,7 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->memory_bytes[TLY_MEMORY_SUBJECT_CACHE] = 0;
   stats->dedupe_ids_spilled = atomic_load(&p->ids_spilled);
   stats->dedupe_store_reads = atomic_load(&p->id_reads);
+  stats->dedupe_filter_skips = atomic_load(&p->filter_skips);
+  stats->dedupe_filter_build_ms = atomic_load(&p->filter_build_ms);
   stats->last_assignment_ms = atomic_load(&p->assignment_ms);
 }

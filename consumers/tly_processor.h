@@ -50,7 +50,8 @@ typedef struct {
    * partitions as the input. */
   const char *changelog_topic;
   const tly_config_t *config; /* required; must outlive the processor */
-  int64_t dedupe_window_ms;   /* default 7 days of event time */
+  int64_t dedupe_window_ms;   /* 0: config events.dedupe_window_ms (35 days
+                                 of event time by default) */
   /* What the processor keeps in memory (--memory-budget), in bytes;
    * default TLY_DEFAULT_MEMORY_BUDGET. Shared out by tly_memory_share():
    * the dedupe indexes past their share spill the oldest ids to RocksDB
@@ -193,6 +194,9 @@ typedef struct {
    * and id lookups that read it. */
   uint64_t memory_bytes[TLY_MEMORY_PARTS], memory_budget[TLY_MEMORY_PARTS];
   uint64_t dedupe_ids_spilled, dedupe_store_reads;
+  /* Misses of spilled partitions the filter answered without a read, and
+   * the ms spent building filters at assignment (tly_dedupe_filter.h). */
+  uint64_t dedupe_filter_skips, dedupe_filter_build_ms;
   /* How long the last assignment's setup took (resume, restore, dedupe
    * load), in ms. */
   uint64_t last_assignment_ms;

@@ -38,6 +38,7 @@
 #include "tly_changelog_restore.h"
 #include "tly_codec.h"
 #include "tly_dedupe.h"
+#include "tly_dedupe_filter.h"
 #include "tly_group.h"
 #include "tly_overlay.h"
 #include "tly_reroute.h"
@@ -138,8 +139,15 @@ typedef struct {
   tly_dedupe_t *dedupe;
   int64_t dedupe_key;
   /* The store may hold spilled ids of this partition (dedupe_ids): a miss
-   * in memory is then looked up there. */
+   * in memory is then looked up there, unless the filter of every spilled
+   * id (NULL: none; tly_dedupe_filter.h) says it is surely new. */
   int spilled;
+  tly_dedupe_filter_t *filter;
+  /* The dedupe floor (tly_billing.h, dedupe_floor_ms; tly_dedupe_floor.c):
+   * the oldest event time whose ids are all still known; INT64_MIN: none.
+   * floor_dirty: the floor record is written with the next commit. */
+  int64_t dedupe_floor;
+  int floor_dirty;
   /* What the batch in the writer's hands stores: the next offset (-1:
    * none) and the dedupe horizon it moves to (INT64_MIN: unchanged). */
   int64_t inflight_next;
@@ -334,6 +342,9 @@ struct tly_processor {
    * that read the store. */
   size_t dedupe_share;
   atomic_uint_least64_t dedupe_bytes, ids_spilled, id_reads;
+  /* Lookups the spilled-id filter answered "surely new" (no read), and
+   * the time spent building filters at assignment. */
+  atomic_uint_least64_t filter_skips, filter_build_ms, filters_dropped;
   /* The budget (tly_memory.c) and the other parts' bytes, counted at most
    * once a second (memory_checked_ms, monotonic). */
   int64_t memory_budget;
@@ -533,12 +544,28 @@ void tly_proc_schema_reset(tly_processor_t *p, rd_kafka_t *rk,
 /* tly_copy.c: copy staleness; its reader goes with the processor. */
 void tly_proc_copy_destroy(tly_processor_t *p);
 
+/* tly_dedupe_floor.c: the dedupe floor record of a partition. */
+#define TLY_DEDUPE_FLOOR_KEY                                                   \
+  INT64_MAX /* its blob key: no offset reaches it                              \
+             */
+#define TLY_DEDUPE_FLOOR_LEN 24
+int tly_proc_dedupe_floor_parse(const char *value, size_t len,
+                                int64_t *floor_ms, int64_t *window_ms);
+int64_t tly_proc_dedupe_floor_at_assignment(const tly_processor_t *p, int found,
+                                            int64_t floor_ms, int64_t window_ms,
+                                            int64_t watermark, int *dirty);
+void tly_proc_dedupe_floor_put(tly_processor_t *p, int32_t partition);
+
 /* tly_dedupe_spill.c: dedupe memory within its share. */
 int tly_proc_dedupe_spill(tly_processor_t *p);
 void tly_proc_dedupe_release(tly_processor_t *p);
 int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
                         tly_dedupe_t *dedupe, size_t limit);
-int tly_proc_dedupe_has_spilled(tly_processor_t *p, int32_t partition);
+/* Streams the partition's spilled ids into a new filter (*filter; NULL
+ * when there are none). 1: some, 0: none, -1 fatal (set). */
+int tly_proc_dedupe_scan_spilled(tly_processor_t *p, int32_t partition,
+                                 tly_dedupe_filter_t **filter);
+size_t tly_proc_dedupe_part_bytes(const partition_state_t *part);
 void tly_proc_dedupe_count(tly_processor_t *p);
 
 /* tly_memory.c: the other parts of the budget, after each commit. */

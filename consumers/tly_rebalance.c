@@ -99,6 +99,10 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
     p->partitions[i].dedupe = NULL;
     p->partitions[i].dedupe_key = -1;
     p->partitions[i].spilled = 0;
+    tly_dedupe_filter_free(p->partitions[i].filter);
+    p->partitions[i].filter = NULL;
+    p->partitions[i].dedupe_floor = INT64_MIN;
+    p->partitions[i].floor_dirty = 0;
     free(p->partitions[i].blobs);
     p->partitions[i].blobs = NULL;
     p->partitions[i].blob_count = p->partitions[i].blob_cap = 0;

@@ -37,6 +37,8 @@ typedef struct {
   size_t limit;    /* what the index may hold (tly_proc_dedupe_fit) */
   int failed;      /* 1: corrupt or out of memory; 2: fatal already set */
   int track;       /* with the changelog: list the blobs */
+  int floor_found; /* the floor record (tly_dedupe_floor.c) */
+  int64_t floor_ms, floor_window_ms;
   blob_ref_t *blobs;
   size_t blob_count, blob_cap;
 } dedupe_load_t;
@@ -50,6 +52,13 @@ static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
   }
   int64_t offset = (int64_t)tly_get_be64((const unsigned char *)key + 4);
   int64_t newest = (int64_t)tly_get_be64((const unsigned char *)value);
+  if (offset == TLY_DEDUPE_FLOOR_KEY) { /* not a blob: the floor */
+    load->floor_found =
+        tly_proc_dedupe_floor_parse(value, value_len, &load->floor_ms,
+                                    &load->floor_window_ms) == 0;
+    load->failed = !load->floor_found;
+    return load->failed;
+  }
   /* Spilled blobs (stubs) and expired ones are not loaded: memory holds
    * only what was not spilled, whatever the window holds. */
   if (newest >= load->horizon)
@@ -501,8 +510,13 @@ static int resume_partitions(tly_processor_t *p,
     tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark, &loaded);
     if (!dedupe)
       return -1;
-    /* (after the load, which may have spilled) */
-    int spilled = tly_proc_dedupe_has_spilled(p, part->partition);
+    /* (after the load, which may have spilled): the filter of every
+     * spilled id, streamed from the store */
+    tly_dedupe_filter_t *filter = NULL;
+    int64_t scan_began = tly_monotonic_ms();
+    int spilled = tly_proc_dedupe_scan_spilled(p, part->partition, &filter);
+    atomic_fetch_add(&p->filter_build_ms,
+                     (uint64_t)(tly_monotonic_ms() - scan_began));
     if (spilled < 0) {
       tly_dedupe_free(dedupe);
       free(loaded.blobs);
@@ -515,6 +529,12 @@ static int resume_partitions(tly_processor_t *p,
       state->dedupe = dedupe;
       state->dedupe_key = -1;
       state->spilled = spilled;
+      tly_dedupe_filter_free(state->filter);
+      state->filter = filter;
+      filter = NULL;
+      state->dedupe_floor = tly_proc_dedupe_floor_at_assignment(
+          p, loaded.floor_found, loaded.floor_ms, loaded.floor_window_ms,
+          watermark, &state->floor_dirty);
       dedupe = NULL;
       free(state->blobs);
       state->blobs = loaded.blobs;
@@ -533,6 +553,7 @@ static int resume_partitions(tly_processor_t *p,
     }
     pthread_mutex_unlock(&p->lock);
     tly_dedupe_free(dedupe);
+    tly_dedupe_filter_free(filter);
     free(loaded.blobs);
     if (part->partition + 1 > atomic_load(&p->partition_count))
       atomic_store(&p->partition_count, part->partition + 1);

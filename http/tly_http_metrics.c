@@ -411,6 +411,13 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               "tally_dedupe_store_reads_total %llu\n",
               (unsigned long long)stats.dedupe_store_reads);
   text_append(&text,
+              "# HELP tally_dedupe_filter_skips_total Event id lookups of a "
+              "partition that spilled, answered \"surely new\" by the "
+              "in-memory filter of spilled ids (no RocksDB read).\n"
+              "# TYPE tally_dedupe_filter_skips_total counter\n"
+              "tally_dedupe_filter_skips_total %llu\n",
+              (unsigned long long)stats.dedupe_filter_skips);
+  text_append(&text,
               "# HELP tally_alerts_total Alerts emitted by the fold.\n"
               "# TYPE tally_alerts_total counter\ntally_alerts_total %llu\n",
               (unsigned long long)stats.alerts);

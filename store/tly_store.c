@@ -159,6 +159,16 @@ int tly_store_compact(tly_store_t *store, tly_cf_t cf) {
   return 0;
 }
 
+uint64_t tly_store_sst_bytes(tly_store_t *store, tly_cf_t cf) {
+  if ((int)cf < 0 || cf >= TLY_CF__COUNT || !store->cf[cf])
+    return 0;
+  char *value = rocksdb_property_value_cf(store->db, store->cf[cf],
+                                          "rocksdb.total-sst-files-size");
+  uint64_t bytes = value ? strtoull(value, NULL, 10) : 0;
+  rocksdb_free(value);
+  return bytes;
+}
+
 /* Operations are appended to the batch buffer as this header followed by the
  * key and value bytes; the header is memcpy'd so no alignment is needed. */
 enum { TLY_BATCH_PUT = 1, TLY_BATCH_DELETE = 2, TLY_BATCH_DELETE_RANGE = 3 };

@@ -154,5 +154,8 @@ void tly_store_set_horizon(tly_store_t *store, tly_cf_t cf, int32_t partition,
                            int64_t horizon_ms);
 /* Compacts the whole family now (tests, maintenance). 0 or -1. */
 int tly_store_compact(tly_store_t *store, tly_cf_t cf);
+/* The bytes of a family's SST files (RocksDB's total-sst-files-size); 0
+ * if unknown. For benchmarks and reports. */
+uint64_t tly_store_sst_bytes(tly_store_t *store, tly_cf_t cf);
 
 #endif

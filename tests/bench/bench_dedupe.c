@@ -10,8 +10,12 @@
  *   - the fold rate, filling the window and then with the duplicates,
  *     against the raw consume rate of the same topic (goal >= 0.5);
  *   - the duplicates refused against those sent (must be equal);
- *   - bytes per id on disk (SST files after a compaction, all state);
+ *   - bytes per id on disk (SST files after a compaction, all state) and
+ *     RocksDB bytes per million ids of the two dedupe families;
  *   - the assignment time of a restart on the full window.
+ * BENCH_DEDUPE_WINDOWS=1 makes the run twice, at a dedupe window of 7 days
+ * and of 35 (the default), the ids' event times spread over 35 days, and
+ * prints the two side by side (issue 17's backfill: what 35 days cost).
  *
  *   BENCH_DEDUPE_IDS=2000000 build/bench_fold
  *
@@ -71,14 +75,19 @@ static long env_long(const char *name, long fallback) {
   return value && atol(value) > 0 ? atol(value) : fallback;
 }
 
-/* Event i: id d<15 digits>, subject s<i % 64>, 1 ms of event time per 100
- * events (20 M span 2.3 days: all in the 7-day window). */
+/* Event time per event (ms per 1,000 events): by default 10, 1 ms per
+ * 100 events (20 M span 2.3 days: all in any window); the window
+ * comparison spreads the fill over 35 days. */
+static double ms_per_kevent = 10;
+static int64_t first_ms = FIRST_MS; /* the first event's time */
+
+/* Event i: id d<15 digits>, subject s<i % 64>. */
 static void fill_event(tly_event_t *event, long i, char *id, char *subject) {
   snprintf(id, 32, "d%015ld", i);
   snprintf(subject, 16, "s%ld", i % SUBJECTS);
   memset(event, 0, sizeof(*event));
   event->event_id = id;
-  event->occurred_at_ms = FIRST_MS + i / 100;
+  event->occurred_at_ms = first_ms + (int64_t)((double)i * ms_per_kevent / 1e3);
   event->subject_kind = TLY_SUBJECT_USER;
   event->subject_id = subject;
   event->body.usage.feature = "api_calls";
@@ -265,6 +274,79 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
   return run.rc;
 }
 
+/* What one dedupe run measured (one window). */
+typedef struct {
+  int64_t window_ms;
+  double raw;
+  phase_t fill, tail;
+  long long spilled_fill, sst_after_fill, dir_after_fill;
+  long long dedupe_sst; /* dedupe + dedupe_ids families, compacted */
+  long duplicates;
+  long broker_rss_kib;
+} dedupe_result_t;
+
+/* One run: a fresh embedded broker and store, the window filled, then a
+ * restart and the tail. */
+static int dedupe_once(long ids, long more, int partitions, int64_t budget,
+                       int64_t window_ms, dedupe_result_t *out) {
+  char errstr[512], dir[] = "/tmp/tally-dedupe-XXXXXX";
+  out->window_ms = window_ms;
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_t *host =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
+  rd_kafka_mock_topic_create(cluster, TALLY_DEFAULT_USAGE_TOPIC, partitions, 1);
+  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_DLQ_TOPIC, 1, 1);
+  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
+  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+
+  produce_range(bootstrap, 0, ids, 0);
+  fprintf(stderr, "(a) raw consume of the %ld ids...\n", ids);
+  out->raw = dedupe_raw_consume(bootstrap, ids, partitions);
+  out->broker_rss_kib = rss_kib();
+
+  if (!mkdtemp(dir))
+    return 1;
+  tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
+  tly_config_t *config = tly_config_default();
+  if (!store || !config) {
+    fprintf(stderr, "bench: %s\n", errstr);
+    return 1;
+  }
+  config->events.dedupe_window_ms = window_ms;
+  fprintf(stderr,
+          "filling the window (%lld days): %ld ids, budget %lld "
+          "bytes\n",
+          (long long)(window_ms / 86400000), ids, (long long)budget);
+  if (fold_phase(bootstrap, store, config, budget, ids, &out->fill))
+    return 1;
+  out->spilled_fill = (long long)out->fill.stats.dedupe_ids_spilled;
+  /* The ids on disk: SST files once the families are compacted. */
+  for (int cf = 0; cf < TLY_CF__COUNT; cf++)
+    tly_store_compact(store, (tly_cf_t)cf);
+  sst_bytes = all_bytes = 0;
+  nftw(dir, add_file, 16, FTW_PHYS);
+  out->sst_after_fill = sst_bytes;
+  out->dir_after_fill = all_bytes;
+  out->dedupe_sst = (long long)(tly_store_sst_bytes(store, TLY_CF_DEDUPE) +
+                                tly_store_sst_bytes(store, TLY_CF_DEDUPE_IDS));
+
+  out->duplicates = produce_range(bootstrap, ids, ids + more, ids);
+  fprintf(stderr,
+          "restart, then %ld more events (%ld duplicates of old "
+          "ids)\n",
+          more, out->duplicates);
+  if (fold_phase(bootstrap, store, config, budget, more, &out->tail))
+    return 1;
+  tly_store_close(store);
+  tly_config_free(config);
+  rd_kafka_mock_cluster_destroy(cluster);
+  rd_kafka_destroy(host);
+  char command[600];
+  snprintf(command, sizeof(command), "rm -rf %s", dir);
+  return system(command) == 0 ? 0 : 1;
+}
+
 int bench_dedupe_main(void) {
   long ids = env_long("BENCH_DEDUPE_IDS", 2000000);
   long more = env_long("BENCH_DEDUPE_MORE", ids / 10);
@@ -279,102 +361,95 @@ int bench_dedupe_main(void) {
       (long)(scaled < TLY_MEMORY_BUDGET_MIN       ? TLY_MEMORY_BUDGET_MIN
              : scaled > TLY_DEFAULT_MEMORY_BUDGET ? TLY_DEFAULT_MEMORY_BUDGET
                                                   : scaled));
-  char errstr[512], dir[] = "/tmp/tally-dedupe-XXXXXX";
-
-  tly_log_set_level(TLY_LOG_WARN);
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_t *host =
-      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
-  rd_kafka_mock_topic_create(cluster, TALLY_DEFAULT_USAGE_TOPIC, partitions, 1);
-  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_DLQ_TOPIC, 1, 1);
-  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
-  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
-
-  produce_range(bootstrap, 0, ids, 0);
-  fprintf(stderr, "(a) raw consume of the %ld ids...\n", ids);
-  double raw = dedupe_raw_consume(bootstrap, ids, partitions);
-  long broker_rss = rss_kib();
-
-  if (!mkdtemp(dir))
-    return 1;
-  tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
-  tly_config_t *config = tly_config_default();
-  if (!store) {
-    fprintf(stderr, "bench: %s\n", errstr);
-    return 1;
+  /* BENCH_DEDUPE_WINDOWS=1: the same run at a 7-day window, then at 35
+   * days (the default), the ids' event times spread over 35 days, so the
+   * 7-day window holds a fifth of them and 35 days all. */
+  int compare = env_long("BENCH_DEDUPE_WINDOWS", 0) > 0;
+  int64_t windows[2] = {TLY_LEGACY_DEDUPE_WINDOW_MS,
+                        TLY_DEFAULT_DEDUPE_WINDOW_MS};
+  dedupe_result_t results[2] = {{0}};
+  int runs = compare ? 2 : 1;
+  if (compare) { /* 35 days over the ids, the tail just past them, all
+                  * before now (no event from the future) */
+    ms_per_kevent = 35.0 * 86400000.0 * 1e3 / (double)ids;
+    first_ms = tly_wall_ms() -
+               (int64_t)(ms_per_kevent * (double)(ids + more) / 1e3) - 3600000;
   }
-  phase_t fill = {0}, tail = {0};
-  fprintf(stderr, "filling the window: %ld ids, budget %lld bytes\n", ids,
-          (long long)budget);
-  if (fold_phase(bootstrap, store, config, budget, ids, &fill))
-    return 1;
-  long long spilled_fill = (long long)fill.stats.dedupe_ids_spilled;
-  /* The ids on disk: SST files once the families are compacted. */
-  for (int cf = 0; cf < TLY_CF__COUNT; cf++)
-    tly_store_compact(store, (tly_cf_t)cf);
-  nftw(dir, add_file, 16, FTW_PHYS);
-  long long sst_after_fill = sst_bytes, dir_after_fill = all_bytes;
+  if (!compare)
+    windows[0] = TLY_DEFAULT_DEDUPE_WINDOW_MS;
+  tly_log_set_level(TLY_LOG_WARN);
+  for (int r = 0; r < runs; r++)
+    if (dedupe_once(ids, more, partitions, budget, windows[r], &results[r]))
+      return 1;
 
-  long duplicates = produce_range(bootstrap, ids, ids + more, ids);
-  fprintf(stderr,
-          "restart, then %ld more events (%ld duplicates of old "
-          "ids)\n",
-          more, duplicates);
-  if (fold_phase(bootstrap, store, config, budget, more, &tail))
-    return 1;
-  struct rusage usage;
-  getrusage(RUSAGE_SELF, &usage);
-
-  printf("\n| figure | value |\n|---|---|\n");
-  printf("| window | %ld ids of 16 characters over %d subjects, %d "
-         "partitions; then %ld events, %ld of them (1 %%) duplicates of "
-         "random old ids |\n",
-         ids, SUBJECTS, partitions, more, duplicates);
-  printf("| memory budget | %lld bytes (dedupe share %lld) |\n",
-         (long long)budget,
-         (long long)tly_memory_share(budget, TLY_MEMORY_DEDUPE));
-  printf("| peak RSS (broker + processor, one process) | %ld MiB; the "
-         "broker alone holding the events: %ld MiB; budget %lld MiB |\n",
-         usage.ru_maxrss / 1024, broker_rss / 1024, (long long)(budget >> 20));
-  printf("| RSS at the end of the fill / of the tail (processor running) | "
-         "%ld / %ld MiB |\n",
-         fill.end_rss_kib / 1024, tail.end_rss_kib / 1024);
-  printf("| CPU per event, fold thread / writer thread: fill; tail | %.2f / "
-         "%.2f us; %.2f / %.2f us |\n",
-         fill.fold_us, fill.writer_us, tail.fold_us, tail.writer_us);
-  printf("| dedupe memory at the end of the fill / of the tail | %llu / "
-         "%llu bytes (share %llu) |\n",
-         (unsigned long long)fill.stats.memory_bytes[TLY_MEMORY_DEDUPE],
-         (unsigned long long)tail.stats.memory_bytes[TLY_MEMORY_DEDUPE],
-         (unsigned long long)fill.stats.memory_budget[TLY_MEMORY_DEDUPE]);
-  printf("| (a) raw consume, no processing | %.0f events/s |\n", raw);
-  printf("| fold, filling the window | %.0f events/s (%.2f of (a)); %lld "
-         "ids spilled |\n",
-         fill.rate, fill.rate / raw, spilled_fill);
-  printf("| fold after the restart, 1 %% duplicates | %.0f events/s (%.2f "
-         "of (a), goal >= 0.5); %llu ids spilled, %llu looked up in "
-         "RocksDB |\n",
-         tail.rate, tail.rate / raw,
-         (unsigned long long)tail.stats.dedupe_ids_spilled,
-         (unsigned long long)tail.stats.dedupe_store_reads);
-  printf("| duplicates refused / sent | %llu / %ld (%s) |\n",
-         (unsigned long long)tail.stats.duplicates, duplicates,
-         (long)tail.stats.duplicates == duplicates ? "exact" : "NOT EXACT");
-  printf("| bytes per id on disk (SST, all state, compacted) | %.1f (%.1f "
-         "MiB of SST, %.1f MiB with WAL and logs) |\n",
-         (double)sst_after_fill / (double)ids,
-         (double)sst_after_fill / 1048576.0,
-         (double)dir_after_fill / 1048576.0);
-  printf("| assignment time of the restart (%ld ids in the window) | %lld "
-         "ms |\n",
-         ids, (long long)tail.assign_ms);
-
-  tly_store_close(store);
-  tly_config_free(config);
-  rd_kafka_mock_cluster_destroy(cluster);
-  rd_kafka_destroy(host);
-  char command[600];
-  snprintf(command, sizeof(command), "rm -rf %s", dir);
-  return system(command) == 0 ? 0 : 1;
+  printf("\n| figure |");
+  for (int r = 0; r < runs; r++)
+    printf(" window %lld days |", (long long)(windows[r] / 86400000));
+  printf("\n|---|%s\n", runs == 2 ? "---|---|" : "---|");
+#define ROW(label, ...)                                                        \
+  do {                                                                         \
+    printf("| %s |", label);                                                   \
+    for (int r = 0; r < runs; r++) {                                           \
+      const dedupe_result_t *x = &results[r];                                  \
+      (void)x;                                                                 \
+      printf(" ");                                                             \
+      printf(__VA_ARGS__);                                                     \
+      printf(" |");                                                            \
+    }                                                                          \
+    printf("\n");                                                              \
+  } while (0)
+  ROW("window",
+      "%ld ids of 16 characters over %d subjects, %d partitions, "
+      "event times over %.1f days; then %ld events, %ld of them (1 %%) "
+      "duplicates of random old ids",
+      ids, SUBJECTS, partitions, ms_per_kevent * (double)ids / 1e3 / 86400000,
+      more, x->duplicates);
+  ROW("memory budget", "%lld bytes (dedupe share %lld)", (long long)budget,
+      (long long)tly_memory_share(budget, TLY_MEMORY_DEDUPE));
+  ROW("peak RSS, fill / tail (broker + processor, one process) vs budget",
+      "%ld / %ld MiB (the broker alone holding the events: %ld MiB); "
+      "budget %lld MiB",
+      x->fill.peak_rss_kib / 1024, x->tail.peak_rss_kib / 1024,
+      x->broker_rss_kib / 1024, (long long)(budget >> 20));
+  ROW("CPU per event, fold thread / writer thread: fill; tail",
+      "%.2f / %.2f us; %.2f / %.2f us", x->fill.fold_us, x->fill.writer_us,
+      x->tail.fold_us, x->tail.writer_us);
+  ROW("dedupe memory at the end of the fill / of the tail",
+      "%llu / %llu bytes (share %llu)",
+      (unsigned long long)x->fill.stats.memory_bytes[TLY_MEMORY_DEDUPE],
+      (unsigned long long)x->tail.stats.memory_bytes[TLY_MEMORY_DEDUPE],
+      (unsigned long long)x->fill.stats.memory_budget[TLY_MEMORY_DEDUPE]);
+  ROW("(a) raw consume, no processing", "%.0f events/s", x->raw);
+  ROW("fold, filling the window",
+      "%.0f events/s (%.2f of (a)); %lld ids "
+      "spilled",
+      x->fill.rate, x->fill.rate / x->raw, x->spilled_fill);
+  ROW("fold after the restart, 1 % duplicates",
+      "%.0f events/s (%.2f of (a), goal >= 0.5); %llu ids spilled, %llu "
+      "looked up in RocksDB, %llu answered by the filter",
+      x->tail.rate, x->tail.rate / x->raw,
+      (unsigned long long)x->tail.stats.dedupe_ids_spilled,
+      (unsigned long long)x->tail.stats.dedupe_store_reads,
+      (unsigned long long)x->tail.stats.dedupe_filter_skips);
+  ROW("duplicates refused + dead-lettered (older than the window) / sent",
+      "%llu + %llu / %ld (%s)", (unsigned long long)x->tail.stats.duplicates,
+      (unsigned long long)x->tail.stats.dead_letters, x->duplicates,
+      (long)(x->tail.stats.duplicates + x->tail.stats.dead_letters) ==
+              x->duplicates
+          ? "exact"
+          : "NOT EXACT");
+  ROW("RocksDB bytes per million dedupe ids (dedupe + dedupe_ids SST, "
+      "compacted)",
+      "%.1f MB", (double)x->dedupe_sst / ((double)ids / 1e6) / 1e6);
+  ROW("bytes per id on disk (SST, all state, compacted)",
+      "%.1f (%.1f MiB of SST, %.1f MiB with WAL and logs)",
+      (double)x->sst_after_fill / (double)ids,
+      (double)x->sst_after_fill / 1048576.0,
+      (double)x->dir_after_fill / 1048576.0);
+  ROW("assignment time of the restart",
+      "%lld ms (of which building the spilled-id filter %llu ms)",
+      (long long)x->tail.assign_ms,
+      (unsigned long long)x->tail.stats.dedupe_filter_build_ms);
+#undef ROW
+  return 0;
 }

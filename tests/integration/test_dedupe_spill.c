@@ -3,7 +3,7 @@
  * holds are refused exactly (issue 21), with the smallest memory budget
  * (--memory-budget 1048576: the dedupe share is 512 KiB, a few thousand
  * ids):
- *   1. 24,000 distinct events: the dedupe index spills (the metric says
+ *   1. 48,000 distinct events: the dedupe index spills (the metric says
  *      so) and stays within its share;
  *   2. the 2,000 oldest ids again, and 1,000 new events: every duplicate
  *      refused (looked up in RocksDB), every new event counted;
@@ -28,7 +28,7 @@
 
 #define PARTITIONS 4
 #define SUBJECTS 8
-#define FIRST 24000
+#define FIRST 48000
 #define AT_MS 1763800000000LL
 
 static long long expected_quantity[SUBJECTS], expected_events[SUBJECTS];
@@ -131,8 +131,17 @@ static void test_old_duplicates_refused_with_small_budget(void **state) {
   assert_int_equal(th_metric_sum(run.port, "tally_duplicates_total"), 2000);
   assert_int_equal(th_metric_sum(run.port, "tally_events_folded_total"),
                    FIRST + 1000);
-  assert_true(th_metric_sum(run.port, "tally_dedupe_store_reads_total") >=
-              2000);
+  long long reads = th_metric_sum(run.port, "tally_dedupe_store_reads_total");
+  long long skips = th_metric_sum(run.port, "tally_dedupe_filter_skips_total");
+  printf("# old duplicates: %lld RocksDB reads, %lld misses the filter "
+         "answered\n",
+         reads, skips);
+  /* Most of them from RocksDB: a partition holding fewer ids than the
+   * others may keep its oldest blob in memory (the partition holding the
+   * most spills first), so not necessarily all 2,000. The 1,000 new ids
+   * of spilled partitions: mostly answered by the filter, no read. */
+  assert_true(reads >= 1000);
+  assert_true(skips > 0);
   verify_totals(run.port);
 
   /* 3. Killed; the restart loads only the blobs not spilled. */

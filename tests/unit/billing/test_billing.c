@@ -713,13 +713,47 @@ static void test_tick_closes_idle_cycle(void **ctx) {
 
 static void test_dedupe_window(void **ctx) {
   fixture_t *f = *ctx;
+  /* The default: 35 days (Stripe takes meter events up to 35 days old). */
+  assert_int_equal(TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS, 35LL * DAY);
   f->billing.dedupe_window_ms = TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
-  assert_int_equal(usage(f, FEB1 + 10 * DAY, "api_calls", 1), TLY_FOLD_APPLIED);
-  assert_int_equal(f->state->watermark, FEB1 + 10 * DAY);
-  assert_int_equal(usage(f, FEB1 + 4 * DAY, "api_calls", 1), TLY_FOLD_APPLIED);
-  assert_int_equal(f->state->watermark, FEB1 + 10 * DAY);
-  assert_int_equal(usage(f, FEB1 + 2 * DAY, "api_calls", 1), TLY_FOLD_REJECTED);
+  /* (The subject's first cycle starts in February: late events reach back
+   * to its closed cycles, not before its first.) */
+  assert_int_equal(usage(f, FEB1, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(usage(f, FEB1 + 40 * DAY, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(f->state->watermark, FEB1 + 40 * DAY);
+  /* 34 days back: a backfill inside the window counts. */
+  assert_int_equal(usage(f, FEB1 + 6 * DAY, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(f->state->watermark, FEB1 + 40 * DAY);
+  /* Exactly at the window's edge counts; one ms past it does not. */
+  assert_int_equal(usage(f, FEB1 + 5 * DAY, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(usage(f, FEB1 + 5 * DAY - 1, "api_calls", 1),
+                   TLY_FOLD_REJECTED);
   assert_non_null(strstr(f->errstr, "dedupe window"));
+  /* A window of 7 days (configured): 8 days back is dead-lettered. */
+  f->billing.dedupe_window_ms = 7 * DAY;
+  assert_int_equal(usage(f, FEB1 + 32 * DAY, "api_calls", 1),
+                   TLY_FOLD_REJECTED);
+  assert_non_null(strstr(f->errstr, "dedupe window"));
+  assert_int_equal(usage(f, FEB1 + 34 * DAY, "api_calls", 1), TLY_FOLD_APPLIED);
+}
+
+/* The dedupe floor (the window was raised: ids the smaller window let go
+ * are unknown): an event older than the floor is dead-lettered, even
+ * inside the window; one at the floor counts. */
+static void test_dedupe_floor(void **ctx) {
+  fixture_t *f = *ctx;
+  int64_t floor = FEB1 + 33 * DAY;
+  f->billing.dedupe_window_ms = TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS;
+  assert_int_equal(usage(f, FEB1, "api_calls", 1), TLY_FOLD_APPLIED);
+  assert_int_equal(usage(f, FEB1 + 40 * DAY, "api_calls", 1), TLY_FOLD_APPLIED);
+  f->state->view.dedupe_floor_ms = &floor;
+  assert_int_equal(usage(f, floor - 1, "api_calls", 1), TLY_FOLD_REJECTED);
+  assert_non_null(strstr(f->errstr, "older than the dedupe window"));
+  assert_non_null(strstr(f->errstr, "window was raised"));
+  assert_int_equal(usage(f, floor, "api_calls", 1), TLY_FOLD_APPLIED);
+  /* Without a floor the window alone decides. */
+  f->state->view.dedupe_floor_ms = NULL;
+  assert_int_equal(usage(f, floor - 1, "api_calls", 1), TLY_FOLD_APPLIED);
 }
 
 static void test_feature_name_bound(void **ctx) {
@@ -1070,6 +1104,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_unknown_model, setup, teardown),
       cmocka_unit_test_setup_teardown(test_tick_closes_idle_cycle, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dedupe_window, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dedupe_floor, setup, teardown),
       cmocka_unit_test_setup_teardown(test_feature_name_bound, setup, teardown),
       cmocka_unit_test_setup_teardown(test_plans_payments_and_cancellation, setup, teardown),
       cmocka_unit_test_setup_teardown(test_same_log_same_alerts, setup, teardown),

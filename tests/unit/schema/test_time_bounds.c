@@ -148,6 +148,17 @@ static void test_config_events_section(void **state) {
   assert_int_equal(config->events.max_future_skew_ms, 60000);
   tly_config_free(config);
 
+  /* The dedupe window: 35 days by default, an hour to 366 days. */
+  config = tly_config_default();
+  assert_int_equal(config->events.dedupe_window_ms, 35LL * 86400000);
+  tly_config_free(config);
+  const char *window = "{\"events\": {\"dedupe_window_ms\": 604800000}}";
+  config = tly_config_load_text(window, strlen(window), errstr, sizeof(errstr));
+  assert_non_null(config);
+  assert_int_equal(config->events.dedupe_window_ms, 604800000);
+  assert_int_equal(config->events.max_future_skew_ms, 300000);
+  tly_config_free(config);
+
   static const struct {
     const char *json, *message;
   } bad[] = {
@@ -158,6 +169,13 @@ static void test_config_events_section(void **state) {
       {"{\"events\": {\"max_future_skew_ms\": \"5m\"}}",
        "events.max_future_skew_ms: must be an integer"},
       {"{\"events\": {\"max_past_ms\": 1}}", "events.max_past_ms: unknown key"},
+      {"{\"events\": {\"dedupe_window_ms\": 3599999}}",
+       "events.dedupe_window_ms: must be an integer from 3600000 to "
+       "31622400000"},
+      {"{\"events\": {\"dedupe_window_ms\": 31622400001}}",
+       "events.dedupe_window_ms: must be an integer from 3600000 to"},
+      {"{\"events\": {\"dedupe_window_ms\": \"35d\"}}",
+       "events.dedupe_window_ms: must be an integer"},
       {"{\"events\": 5}", "events: must be an object"},
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

@@ -1,0 +1,183 @@
+/*
+ * tly_dedupe_filter.c - sliced blocked Bloom filters of spilled event ids
+ * (see tly_dedupe_filter.h).
+ */
+#include "tly_dedupe_filter.h"
+
+#include "tly_bytes.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define FIRST_CAPACITY 4096 /* ids in the first slice: 5 KiB */
+#define BITS_PER_ID 12
+#define BLOCK_BITS 512
+#define PROBES 7
+#define MAX_SLICES 32
+
+typedef struct {
+  uint64_t *blocks; /* BLOCK_BITS / 64 words per block */
+  size_t block_count;
+  size_t capacity, count;
+  int64_t newest_ms;
+} slice_t;
+
+struct tly_dedupe_filter {
+  slice_t slices[MAX_SLICES]; /* oldest first */
+  size_t slice_count;
+  int broken; /* out of memory once: everything "maybe" */
+};
+
+/* Not the index's hash (tly_dedupe.c): another function, so an id's slot
+ * in the table and its block here are independent. */
+static uint64_t hash_id(const char *id, size_t len) {
+  uint64_t hash = 0xcbf29ce484222325ULL ^ ((uint64_t)len << 56);
+  while (len >= 8) {
+    uint64_t word;
+    memcpy(&word, id, 8);
+    hash = (hash ^ word) * 0x9E3779B97F4A7C15ULL;
+    hash ^= hash >> 29;
+    id += 8;
+    len -= 8;
+  }
+  if (len) {
+    uint64_t word = 0;
+    for (size_t i = 0; i < len; i++)
+      word |= (uint64_t)(unsigned char)id[i] << (8 * i);
+    hash = (hash ^ word) * 0xbf58476d1ce4e5b9ULL;
+    hash ^= hash >> 31;
+  }
+  hash ^= hash >> 33;
+  hash *= 0xff51afd7ed558ccdULL;
+  hash ^= hash >> 33;
+  hash *= 0xc4ceb9fe1a85ec53ULL;
+  hash ^= hash >> 33;
+  return hash;
+}
+
+tly_dedupe_filter_t *tly_dedupe_filter_new(void) {
+  return calloc(1, sizeof(tly_dedupe_filter_t));
+}
+
+void tly_dedupe_filter_free(tly_dedupe_filter_t *filter) {
+  if (!filter)
+    return;
+  for (size_t i = 0; i < filter->slice_count; i++)
+    free(filter->slices[i].blocks);
+  free(filter);
+}
+
+static const uint64_t *block_of(const slice_t *slice, uint64_t hash) {
+  size_t block = (size_t)(((hash >> 32) * slice->block_count) >> 32);
+  return slice->blocks + block * (BLOCK_BITS / 64);
+}
+
+/* PROBES bit positions in the block, 9 bits each from the hash's low
+ * half and its mix. */
+static int block_has(const uint64_t *words, uint64_t hash) {
+  uint64_t bits = hash * 0x9E3779B97F4A7C15ULL ^ (hash >> 17);
+  for (int i = 0; i < PROBES; i++, bits >>= 9) {
+    unsigned bit = (unsigned)(bits & (BLOCK_BITS - 1));
+    if (!(words[bit / 64] & (1ULL << (bit % 64))))
+      return 0;
+  }
+  return 1;
+}
+
+static void block_set(uint64_t *words, uint64_t hash) {
+  uint64_t bits = hash * 0x9E3779B97F4A7C15ULL ^ (hash >> 17);
+  for (int i = 0; i < PROBES; i++, bits >>= 9) {
+    unsigned bit = (unsigned)(bits & (BLOCK_BITS - 1));
+    words[bit / 64] |= 1ULL << (bit % 64);
+  }
+}
+
+static slice_t *open_slice(tly_dedupe_filter_t *filter) {
+  slice_t *last =
+      filter->slice_count ? &filter->slices[filter->slice_count - 1] : NULL;
+  if (last && last->count < last->capacity)
+    return last;
+  if (filter->slice_count == MAX_SLICES)
+    return NULL;
+  /* Twice the ids held: room grows with the partition's spilled ids (a
+   * few slices for millions) and stays put once expiry keeps pace. */
+  size_t capacity = 2 * tly_dedupe_filter_count(filter);
+  if (capacity < FIRST_CAPACITY)
+    capacity = FIRST_CAPACITY;
+  if (capacity > ((size_t)1 << 34))
+    capacity = (size_t)1 << 34;
+  size_t blocks = capacity * BITS_PER_ID / BLOCK_BITS + 1;
+  uint64_t *words = malloc(blocks * (BLOCK_BITS / 8));
+  if (!words)
+    return NULL;
+  tly_zero_fill(words, blocks * (BLOCK_BITS / 8));
+  slice_t *slice = &filter->slices[filter->slice_count++];
+  *slice = (slice_t){words, blocks, capacity, 0, INT64_MIN};
+  return slice;
+}
+
+int tly_dedupe_filter_add(tly_dedupe_filter_t *filter, const char *id,
+                          size_t len, int64_t occurred_at_ms) {
+  if (filter->broken)
+    return -1;
+  slice_t *slice = open_slice(filter);
+  if (!slice) {
+    filter->broken = 1;
+    return -1;
+  }
+  uint64_t hash = hash_id(id, len);
+  block_set((uint64_t *)block_of(slice, hash), hash);
+  slice->count++;
+  if (occurred_at_ms > slice->newest_ms)
+    slice->newest_ms = occurred_at_ms;
+  return 0;
+}
+
+int tly_dedupe_filter_maybe(const tly_dedupe_filter_t *filter, const char *id,
+                            size_t len) {
+  if (filter->broken)
+    return 1;
+  uint64_t hash = hash_id(id, len);
+  for (size_t i = filter->slice_count; i-- > 0;)
+    if (filter->slices[i].count &&
+        block_has(block_of(&filter->slices[i], hash), hash))
+      return 1;
+  return 0;
+}
+
+void tly_dedupe_filter_expire(tly_dedupe_filter_t *filter, int64_t horizon_ms) {
+  size_t gone = 0;
+  /* Any slice, not only the oldest: slices filled at assignment (ids in
+   * key order) hold every age; later ones hold spilled blobs, oldest
+   * first. The newest slice stays open for more. */
+  for (size_t i = 0; i + 1 < filter->slice_count; i++) {
+    slice_t *slice = &filter->slices[i];
+    if (slice->count && slice->newest_ms < horizon_ms) {
+      free(slice->blocks);
+      slice->blocks = NULL;
+      slice->count = 0;
+      gone++;
+    }
+  }
+  if (!gone)
+    return;
+  size_t kept = 0;
+  for (size_t i = 0; i < filter->slice_count; i++)
+    if (filter->slices[i].blocks)
+      filter->slices[kept++] = filter->slices[i];
+  filter->slice_count = kept;
+}
+
+size_t tly_dedupe_filter_count(const tly_dedupe_filter_t *filter) {
+  size_t count = 0;
+  for (size_t i = 0; i < filter->slice_count; i++)
+    count += filter->slices[i].count;
+  return count;
+}
+
+size_t tly_dedupe_filter_bytes(const tly_dedupe_filter_t *filter) {
+  size_t bytes = sizeof(*filter);
+  for (size_t i = 0; i < filter->slice_count; i++)
+    bytes += filter->slices[i].block_count * (BLOCK_BITS / 8);
+  return bytes;
+}
