@@ -24,6 +24,7 @@
  *      event naming a hold settles it, in the same step that counted it.
  */
 #include "tly_billing.h"
+#include "tly_dims.h"
 
 #include "tly_bytes.h"
 #include "tly_event_time.h"
@@ -43,58 +44,6 @@ _Static_assert(sizeof("subscription_canceled:") + TLY_SUBJECT_KEY_SIZE +
                        TLY_EVENT_ID_MAX <=
                    TLY_ALERT_ID_SIZE,
                "the longest alert id fits");
-
-/* ---- prices ----------------------------------------------------------- */
-
-int64_t tly_billing_tier_cost(const tly_feature_price_t *price,
-                              int64_t quantity) {
-  int64_t cost = 0, below = 0;
-  if (quantity <= 0 || !price->tier_count)
-    return 0;
-  if (price->model == TLY_PRICE_VOLUME) {
-    for (size_t i = 0; i < price->tier_count; i++) {
-      const tly_tier_t *tier = &price->tiers[i];
-      if (tier->up_to < 0 || quantity <= tier->up_to || i + 1 == price->tier_count)
-        return __builtin_mul_overflow(quantity, tier->unit_micros, &cost) ? -1
-                                                                          : cost;
-    }
-  }
-  for (size_t i = 0; i < price->tier_count && quantity > below; i++) {
-    const tly_tier_t *tier = &price->tiers[i];
-    int64_t top = tier->up_to < 0 || quantity < tier->up_to ? quantity
-                                                            : tier->up_to;
-    int64_t units = top - below, part;
-    if (__builtin_mul_overflow(units, tier->unit_micros, &part) ||
-        __builtin_add_overflow(cost, part, &cost))
-      return -1;
-    below = top;
-  }
-  return cost;
-}
-
-int64_t tly_billing_credits_used(const tly_config_t *config,
-                                 const tly_account_t *account) {
-  return account->cycle.cost_micros / config->micros_per_credit;
-}
-
-/* The same arithmetic as fold_usage's token pricing, for estimates. */
-int tly_billing_token_cost(const tly_config_t *config,
-                           const tly_model_price_t *model,
-                           int64_t input_tokens, int64_t output_tokens,
-                           int64_t *cost_micros, int64_t *remainder) {
-  int64_t a = 0, b = 0, base = 0, numerator = 0, cost = 0;
-  if (__builtin_mul_overflow(input_tokens, model->input_per_mtok, &a) ||
-      __builtin_mul_overflow(output_tokens, model->output_per_mtok, &b) ||
-      __builtin_add_overflow(a, b, &base) ||
-      __builtin_mul_overflow(base, 10000 + config->margin_bps, &numerator) ||
-      __builtin_add_overflow(numerator, *remainder, &numerator) ||
-      __builtin_add_overflow(*cost_micros,
-                             numerator / TLY_TOKEN_COST_DENOMINATOR, &cost))
-    return -1;
-  *cost_micros = cost;
-  *remainder = numerator % TLY_TOKEN_COST_DENOMINATOR;
-  return 0;
-}
 
 /* ---- alerts ----------------------------------------------------------- */
 
@@ -281,9 +230,10 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
              account->plan);
     return TLY_FOLD_REJECTED;
   }
-  if (strlen(usage->feature) >= TLY_CONFIG_NAME_MAX) {
-    snprintf(errstr, errstr_size,
-             "feature name is longer than %d bytes", TLY_CONFIG_NAME_MAX - 1);
+  if (strlen(usage->feature) >= TLY_CONFIG_NAME_MAX ||
+      strchr(usage->feature, TLY_DIM_SEP)) {
+    snprintf(errstr, errstr_size, "feature name is longer than %d bytes or "
+             "holds the byte 0x1f", TLY_CONFIG_NAME_MAX - 1);
     return TLY_FOLD_REJECTED;
   }
   if (t < cycle->start_ms) { /* late: a closed cycle still kept? */
@@ -389,6 +339,14 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
              usage->feature);
     return TLY_FOLD_REJECTED;
   }
+  tly_bucket_t delta = {next.quantity - row->quantity, in, out_tokens, 1,
+                        cost_delta}; /* the event's part (tly_dims.h) */
+  tly_dims_step_t groups;
+  tly_fold_result_t grouped = tly_dims_prepare(
+      config, view, event, tly_billing_hour(t), &delta, &groups, errstr,
+      errstr_size);
+  if (grouped != TLY_FOLD_APPLIED)
+    return grouped;
   if (is_new &&
       tly_distinct_add(distinct, cycle->start_ms, usage->feature, value))
     return TLY_FOLD_FAILED;
@@ -396,6 +354,7 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
   cycle->events++;
   *row = next;
   *bucket = hour;
+  tly_dims_apply(&groups);
   if (cycle != &account->cycle)
     return TLY_FOLD_APPLIED; /* a closed cycle: no more alerts for it */
 
@@ -912,7 +871,7 @@ static void take_row_entry(reader_t *r, tly_subject_row_t *row, int64_t base_ms,
 }
 
 static void put_bucket(writer_t *w, const tly_subject_bucket_t *bucket) {
-  put_string(w, bucket->feature, TLY_CONFIG_NAME_MAX - 1);
+  put_string(w, bucket->feature, TLY_BUCKET_NAME_MAX - 1);
   put_signed(w, bucket->totals.quantity);
   put_signed(w, bucket->totals.input_tokens);
   put_signed(w, bucket->totals.output_tokens);

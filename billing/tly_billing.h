@@ -88,10 +88,14 @@ typedef struct {
 #define TLY_HOUR_MS 3600000LL
 #define TLY_DAY_MS 86400000LL
 
+/* A bucket's name: a feature, or a feature's dimension value
+ * (tly_dims.h: feature, 0x1f, dimension, 0x1f, value) with its NUL. */
+#define TLY_BUCKET_NAME_MAX 176
+
 /* A bucket with what names it within its subject. */
 typedef struct {
   int32_t hour; /* hours since 1970-01-01T00:00Z */
-  char feature[TLY_CONFIG_NAME_MAX];
+  char feature[TLY_BUCKET_NAME_MAX]; /* the name: a feature or a group */
   tly_bucket_t totals;
 } tly_subject_bucket_t;
 
@@ -145,6 +149,12 @@ struct tly_billing_view {
    * being folded (in the log, so a replay decides the same); 0 or less:
    * none, the event's occurred_at is used. */
   int64_t record_ms;
+  /* Optional (NULL: no dimensions are kept, tly_dims.h): how many used
+   * buckets (events > 0) of hour have a name starting with prefix, and in
+   * *found whether one of them is named name. -1: the caller failed. */
+  long (*hour_names)(tly_billing_view_t *view, tly_subject_kind_t kind,
+                     const char *id, int32_t hour, const char *prefix,
+                     const char *name, int *found);
 };
 
 typedef struct {

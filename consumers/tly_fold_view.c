@@ -222,6 +222,34 @@ tly_bucket_t *tly_proc_view_bucket(tly_billing_view_t *view,
   return &bucket->bucket.totals;
 }
 
+/* The fold's question about an hour's group buckets (tly_dims.h): how many
+ * used ones start with prefix, and whether name is one. The hour is loaded
+ * whole first, as for a bucket. */
+long tly_proc_view_hour_names(tly_billing_view_t *view, tly_subject_kind_t kind,
+                              const char *id, int32_t hour, const char *prefix,
+                              const char *name, int *found) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return -1;
+  if (!tly_overlay_has_hour(entry, hour) && hour < newest_used_hour(entry) &&
+      load_hour(p, entry, hour))
+    return -1;
+  size_t prefix_len = strlen(prefix);
+  long count = 0;
+  *found = 0;
+  for (size_t i = 0; i < entry->bucket_count; i++) {
+    const tly_subject_bucket_t *bucket = &entry->buckets[i]->bucket;
+    if (bucket->hour != hour || !bucket->totals.event_count ||
+        strncmp(bucket->feature, prefix, prefix_len) != 0)
+      continue;
+    count++;
+    if (strcmp(bucket->feature + prefix_len, name + prefix_len) == 0)
+      *found = 1;
+  }
+  return count;
+}
+
 /* A closed cycle leaves the kept history: its totals and rows go to the
  * archive, in the same batch as the record that forgets them. */
 int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,

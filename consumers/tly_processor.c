@@ -652,7 +652,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                  .archive = tly_proc_view_archive,
                                  .seen = tly_proc_view_seen,
                                  .holds = tly_proc_view_holds,
-                                 .distinct = tly_proc_view_distinct};
+                                 .distinct = tly_proc_view_distinct,
+                                 .hour_names = tly_proc_view_hour_names};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
   if (kill_after && *kill_after) {
     p->kill_after_acks = atol(kill_after);
