@@ -138,8 +138,7 @@ tly_fold_result_t tly_dims_prepare(const tly_config_t *config,
     const char *value = tly_dims_value(&dims[i], usage);
     if (!tly_dims_bucket_name(prefix, sizeof(prefix), usage->feature, label,
                               NULL) ||
-        !tly_dims_bucket_name(name, sizeof(name), usage->feature, label,
-                              value))
+        !tly_dims_bucket_name(name, sizeof(name), usage->feature, label, value))
       return TLY_FOLD_FAILED; /* cannot be: every part is bounded */
     int found = 0;
     long held = view->hour_names(view, event->subject_kind, event->subject_id,
@@ -149,8 +148,8 @@ tly_fold_result_t tly_dims_prepare(const tly_config_t *config,
     if (!found && held >= TLY_DIM_VALUES_MAX)
       tly_dims_bucket_name(name, sizeof(name), usage->feature, label,
                            TLY_DIM_OTHER);
-    tly_bucket_t *bucket = view->bucket(view, event->subject_kind,
-                                        event->subject_id, hour, name);
+    tly_bucket_t *bucket =
+        view->bucket(view, event->subject_kind, event->subject_id, hour, name);
     if (!bucket)
       return TLY_FOLD_FAILED;
     step->targets[i] = bucket;

@@ -15,15 +15,17 @@ int64_t tly_billing_tier_cost(const tly_feature_price_t *price,
   if (price->model == TLY_PRICE_VOLUME) {
     for (size_t i = 0; i < price->tier_count; i++) {
       const tly_tier_t *tier = &price->tiers[i];
-      if (tier->up_to < 0 || quantity <= tier->up_to || i + 1 == price->tier_count)
-        return __builtin_mul_overflow(quantity, tier->unit_micros, &cost) ? -1
-                                                                          : cost;
+      if (tier->up_to < 0 || quantity <= tier->up_to ||
+          i + 1 == price->tier_count)
+        return __builtin_mul_overflow(quantity, tier->unit_micros, &cost)
+                   ? -1
+                   : cost;
     }
   }
   for (size_t i = 0; i < price->tier_count && quantity > below; i++) {
     const tly_tier_t *tier = &price->tiers[i];
-    int64_t top = tier->up_to < 0 || quantity < tier->up_to ? quantity
-                                                            : tier->up_to;
+    int64_t top =
+        tier->up_to < 0 || quantity < tier->up_to ? quantity : tier->up_to;
     int64_t units = top - below, part;
     if (__builtin_mul_overflow(units, tier->unit_micros, &part) ||
         __builtin_add_overflow(cost, part, &cost))
@@ -40,9 +42,9 @@ int64_t tly_billing_credits_used(const tly_config_t *config,
 
 /* The same arithmetic as fold_usage's token pricing, for estimates. */
 int tly_billing_token_cost(const tly_config_t *config,
-                           const tly_model_price_t *model,
-                           int64_t input_tokens, int64_t output_tokens,
-                           int64_t *cost_micros, int64_t *remainder) {
+                           const tly_model_price_t *model, int64_t input_tokens,
+                           int64_t output_tokens, int64_t *cost_micros,
+                           int64_t *remainder) {
   int64_t a = 0, b = 0, base = 0, numerator = 0, cost = 0;
   if (__builtin_mul_overflow(input_tokens, model->input_per_mtok, &a) ||
       __builtin_mul_overflow(output_tokens, model->output_per_mtok, &b) ||

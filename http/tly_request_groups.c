@@ -115,12 +115,11 @@ static int visit_groups(const tly_subject_bucket_t *buckets, size_t count,
 }
 
 static json_t *figures_json(const char *value, const tly_bucket_t *f) {
-  return json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "value", value, "quantity",
-                   (json_int_t)f->quantity, "input_tokens",
-                   (json_int_t)f->input_tokens, "output_tokens",
-                   (json_int_t)f->output_tokens, "events",
-                   (json_int_t)f->event_count, "cost_micros",
-                   (json_int_t)f->cost_micros);
+  return json_pack(
+      "{s:s,s:I,s:I,s:I,s:I,s:I}", "value", value, "quantity",
+      (json_int_t)f->quantity, "input_tokens", (json_int_t)f->input_tokens,
+      "output_tokens", (json_int_t)f->output_tokens, "events",
+      (json_int_t)f->event_count, "cost_micros", (json_int_t)f->cost_micros);
 }
 
 /* Adds figures to the group value of a "groups" list (kept sorted). */
@@ -131,16 +130,15 @@ static int add_to_list(json_t *list, const char *value,
     json_t *item = json_array_get(list, i);
     int cmp = strcmp(json_string_value(json_object_get(item, "value")), value);
     if (cmp == 0) {
-      static const char *const keys[] = {"quantity", "input_tokens",
-                                         "output_tokens", "events",
-                                         "cost_micros"};
+      static const char *const keys[] = {
+          "quantity", "input_tokens", "output_tokens", "events", "cost_micros"};
       const int64_t add[] = {figures->quantity, figures->input_tokens,
                              figures->output_tokens, figures->event_count,
                              figures->cost_micros};
       for (size_t k = 0; k < 5; k++) {
         json_t *number = json_object_get(item, keys[k]);
-        json_integer_set(number,
-                         tly_add_saturating(json_integer_value(number), add[k]));
+        json_integer_set(
+            number, tly_add_saturating(json_integer_value(number), add[k]));
       }
       return 0;
     }
@@ -249,16 +247,15 @@ int tly_req_usage_add_groups(json_t *usage, const char *label,
 int tly_req_parse_analytics(const tly_config_t *config,
                             tly_analytics_kind_t kind, const char *feature,
                             const char *by, const char *group_by,
-                            const char *from, const char *to,
-                            const char *limit, int64_t now_ms,
-                            tly_analytics_query_t *out, tly_req_error_t *err) {
+                            const char *from, const char *to, const char *limit,
+                            int64_t now_ms, tly_analytics_query_t *out,
+                            tly_req_error_t *err) {
   memset(out, 0, sizeof(*out));
   out->kind = kind;
   out->limit = TLY_ANALYTICS_LIMIT_DEFAULT;
   out->by_cost = 1;
   if (feature && *feature) {
-    if (strlen(feature) >= sizeof(out->feature) ||
-        strchr(feature, TLY_DIM_SEP))
+    if (strlen(feature) >= sizeof(out->feature) || strchr(feature, TLY_DIM_SEP))
       return tly_req_fail(err, 400, "bad_request", "feature",
                           "query parameter 'feature': at most %d bytes",
                           (int)sizeof(out->feature) - 1);
@@ -319,9 +316,9 @@ struct tly_analytics_acc {
   tly_analytics_query_t query;
   top_row_t *rows; /* top: subjects with events in range */
   size_t row_count, row_cap;
-  tly_bucket_t total;     /* breakdown */
-  json_t *groups;         /* breakdown: sorted list of figures_json */
-  const char *plan;       /* the subject being added */
+  tly_bucket_t total; /* breakdown */
+  json_t *groups;     /* breakdown: sorted list of figures_json */
+  const char *plan;   /* the subject being added */
   int failed;
 };
 
@@ -466,10 +463,11 @@ static json_t *groups_json(json_t *groups) {
   json_t *list = json_array();
   for (size_t i = 0; list && i < json_array_size(groups); i++) {
     json_t *g = json_array_get(groups, i);
-    json_t *item = json_pack(
-        "{s:O,s:O,s:O,s:O}", "value", json_object_get(g, "value"), "quantity",
-        json_object_get(g, "quantity"), "cost_micros",
-        json_object_get(g, "cost_micros"), "events", json_object_get(g, "events"));
+    json_t *item =
+        json_pack("{s:O,s:O,s:O,s:O}", "value", json_object_get(g, "value"),
+                  "quantity", json_object_get(g, "quantity"), "cost_micros",
+                  json_object_get(g, "cost_micros"), "events",
+                  json_object_get(g, "events"));
     if (!item || json_array_append_new(list, item)) {
       json_decref(list);
       return NULL;
@@ -564,7 +562,8 @@ json_t *tly_analytics_merge(const tly_analytics_query_t *query,
                  "an instance's part of the answer was malformed");
     return NULL;
   }
-  json_t *feature = query->feature[0] ? json_string(query->feature) : json_null();
+  json_t *feature =
+      query->feature[0] ? json_string(query->feature) : json_null();
   json_t *answer =
       query->kind == TLY_ANALYTICS_TOP
           ? json_pack("{s:o,s:s,s:I,s:I}", "feature", feature, "by",

@@ -43,8 +43,7 @@ int tly_req_parse_group_by(const char *text, int allow_plan, char *label,
  * buckets (any hours; those of the answer's days count). 0, or -1 (out of
  * memory). */
 int tly_req_daily_add_groups(json_t *daily, const char *label,
-                             const tly_subject_bucket_t *buckets,
-                             size_t count);
+                             const tly_subject_bucket_t *buckets, size_t count);
 /* The same for the features of a /usage answer, from the buckets of the
  * hours that overlap its cycle [start_ms, end_ms) ("group_by" is added to
  * the answer). */
@@ -57,7 +56,10 @@ char *tly_req_daily_groups_csv(const json_t *daily);
 
 /* ---- analytics --------------------------------------------------------- */
 
-typedef enum { TLY_ANALYTICS_TOP = 0, TLY_ANALYTICS_BREAKDOWN = 1 } tly_analytics_kind_t;
+typedef enum {
+  TLY_ANALYTICS_TOP = 0,
+  TLY_ANALYTICS_BREAKDOWN = 1
+} tly_analytics_kind_t;
 
 typedef struct {
   tly_analytics_kind_t kind;
@@ -74,9 +76,9 @@ typedef struct {
 int tly_req_parse_analytics(const tly_config_t *config,
                             tly_analytics_kind_t kind, const char *feature,
                             const char *by, const char *group_by,
-                            const char *from, const char *to,
-                            const char *limit, int64_t now_ms,
-                            tly_analytics_query_t *out, tly_req_error_t *err);
+                            const char *from, const char *to, const char *limit,
+                            int64_t now_ms, tly_analytics_query_t *out,
+                            tly_req_error_t *err);
 
 /* One instance's part, built subject by subject. */
 typedef struct tly_analytics_acc tly_analytics_acc_t;
