@@ -609,12 +609,12 @@ static int begin_request(tly_http_t *http, request_t *req,
    * client key comes along, the forwarding credential is checked instead
    * (dispatch, once the body it covers is in). Only the routes that are
    * ever forwarded; either marker, so no request passes as a client's. */
-  req->forwarded = (route->owner_only ||
-                    tly_http_is_gather_route(route->handler)) &&
-                   (MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
-                                                TLY_FORWARDED_HEADER) ||
-                    MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
-                                                TLY_FORWARD_AUTH_HEADER));
+  req->forwarded =
+      (route->owner_only || tly_http_is_gather_route(route->handler)) &&
+      (MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                   TLY_FORWARDED_HEADER) ||
+       MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                   TLY_FORWARD_AUTH_HEADER));
   if (!req->forwarded && !route_is_open(http, route)) {
     const tly_http_config_t *auth = &http->conf.config->http;
     const char *header = MHD_lookup_connection_value(

@@ -89,8 +89,8 @@ int tly_http_find_subject(tly_http_t *http, const request_t *req,
 
 /* ---- handlers: subjects ---------------------------------------------- */
 
-static void usage_by_group(tly_http_t *http, request_t *req,
-                           const char *group, int64_t now_ms, response_t *out);
+static void usage_by_group(tly_http_t *http, request_t *req, const char *group,
+                           int64_t now_ms, response_t *out);
 
 void tly_http_handle_usage(tly_http_t *http, request_t *req,
                            struct MHD_Connection *connection, response_t *out) {
@@ -341,9 +341,8 @@ void tly_http_handle_daily(tly_http_t *http, request_t *req,
   }
   if (!collect_buckets(http, req, &subject, &state, &scan, out))
     goto done;
-  json_t *answer = tly_req_daily_json(http->conf.config, &subject,
-                                      scan.buckets, scan.count, scan.from_day,
-                                      scan.to_day);
+  json_t *answer = tly_req_daily_json(http->conf.config, &subject, scan.buckets,
+                                      scan.count, scan.from_day, scan.to_day);
   if (answer && group[0] &&
       tly_req_daily_add_groups(answer, group, scan.buckets, scan.count)) {
     json_decref(answer);
@@ -359,9 +358,8 @@ done:
 
 /* /usage?group_by: the answer's features broken down over the hours of
  * its cycle. */
-static void usage_by_group(tly_http_t *http, request_t *req,
-                           const char *group, int64_t now_ms,
-                           response_t *out) {
+static void usage_by_group(tly_http_t *http, request_t *req, const char *group,
+                           int64_t now_ms, response_t *out) {
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   daily_scan_t scan = {.from_day = INT32_MIN, .to_day = INT32_MAX};
