@@ -343,6 +343,16 @@ static void handle(tly_http_t *http, request_t *req,
       tly_http_respond_json(out, 200, part);
     goto done;
   }
+  if (ARG("partitions")) { /* a gatherer's parameter, not a client's */
+    tly_http_respond_json(
+        out, 400,
+        json_pack("{s:o}", "error",
+                  tly_http_error_json("bad_request",
+                                      "query parameter 'partitions': only "
+                                      "between instances",
+                                      "partitions")));
+    goto done;
+  }
 #undef ARG
   /* Who answers for each partition: here, or its one caught-up owner. */
   tly_members_t *members = http->conf.members;

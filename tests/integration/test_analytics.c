@@ -424,6 +424,13 @@ static void test_analytics_across_instances(void **state) {
                           json_object_get(answer, "error"), "field")),
                       "group_by");
   json_decref(answer);
+  /* ?partitions= is the gatherer's to send, never a client's. */
+  answer = get_json(a.port, "/v1/analytics/top?partitions=0", &status);
+  assert_int_equal(status, 400);
+  assert_string_equal(json_string_value(json_object_get(
+                          json_object_get(answer, "error"), "field")),
+                      "partitions");
+  json_decref(answer);
   answer = get_json(b.port, "/v1/subjects/user:an-01/usage?group_by=region",
                     &status);
   assert_int_equal(status, 400);
