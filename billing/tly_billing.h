@@ -149,12 +149,18 @@ struct tly_billing_view {
    * being folded (in the log, so a replay decides the same); 0 or less:
    * none, the event's occurred_at is used. */
   int64_t record_ms;
-  /* Optional (NULL: no dimensions are kept, tly_dims.h): how many used
-   * buckets (events > 0) of hour have a name starting with prefix, and in
-   * *found whether one of them is named name. -1: the caller failed. */
-  long (*hour_names)(tly_billing_view_t *view, tly_subject_kind_t kind,
-                     const char *id, int32_t hour, const char *prefix,
-                     const char *name, int *found);
+  /* Optional (NULL: no dimensions are kept, tly_dims.h): the group bucket
+   * of hour for name, whose first prefix_len bytes name the feature and
+   * dimension: name's own when it is used (events > 0) or when fewer than
+   * max used buckets of hour start with that prefix, else the prefix's
+   * `other` bucket (name's first prefix_len bytes then "other"); zeroed
+   * when absent. name must have room for the "other" name
+   * (TLY_BUCKET_NAME_MAX) and may be rewritten to it. NULL: the caller
+   * failed. One pass over the hour's buckets. */
+  tly_bucket_t *(*group_bucket)(tly_billing_view_t *view,
+                                tly_subject_kind_t kind, const char *id,
+                                int32_t hour, char *name, size_t prefix_len,
+                                long max);
 };
 
 typedef struct {

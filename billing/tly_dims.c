@@ -129,27 +129,21 @@ tly_fold_result_t tly_dims_prepare(const tly_config_t *config,
   const tly_dimension_t *dims;
   size_t count = tly_dims_of(config, usage, &dims);
   step->count = 0;
-  if (!view->hour_names)
+  if (!view->group_bucket)
     return TLY_FOLD_APPLIED;
   for (size_t i = 0; i < count; i++) {
-    char label[TLY_DIM_LABEL_MAX], prefix[TLY_BUCKET_NAME_MAX],
-        name[TLY_BUCKET_NAME_MAX];
+    char label[TLY_DIM_LABEL_MAX], name[TLY_BUCKET_NAME_MAX];
     tly_dims_label(&dims[i], label);
+    size_t prefix_len =
+        tly_dims_bucket_name(name, sizeof(name), usage->feature, label, NULL);
     const char *value = tly_dims_value(&dims[i], usage);
-    if (!tly_dims_bucket_name(prefix, sizeof(prefix), usage->feature, label,
-                              NULL) ||
-        !tly_dims_bucket_name(name, sizeof(name), usage->feature, label, value))
+    size_t value_len = strlen(value);
+    if (!prefix_len || prefix_len + value_len >= sizeof(name))
       return TLY_FOLD_FAILED; /* cannot be: every part is bounded */
-    int found = 0;
-    long held = view->hour_names(view, event->subject_kind, event->subject_id,
-                                 hour, prefix, name, &found);
-    if (held < 0)
-      return TLY_FOLD_FAILED;
-    if (!found && held >= TLY_DIM_VALUES_MAX)
-      tly_dims_bucket_name(name, sizeof(name), usage->feature, label,
-                           TLY_DIM_OTHER);
+    memcpy(name + prefix_len, value, value_len + 1);
     tly_bucket_t *bucket =
-        view->bucket(view, event->subject_kind, event->subject_id, hour, name);
+        view->group_bucket(view, event->subject_kind, event->subject_id, hour,
+                           name, prefix_len, TLY_DIM_VALUES_MAX);
     if (!bucket)
       return TLY_FOLD_FAILED;
     step->targets[i] = bucket;

@@ -83,7 +83,7 @@ typedef struct {
  * delta to one group per dimension; nothing changes until
  * tly_dims_apply. TLY_FOLD_APPLIED, TLY_FOLD_REJECTED (a total would
  * overflow; errstr) or TLY_FOLD_FAILED (the view failed). Without the
- * view's hour_names nothing is grouped (count 0). */
+ * view's group_bucket nothing is grouped (count 0). */
 tly_fold_result_t tly_dims_prepare(const tly_config_t *config,
                                    tly_billing_view_t *view,
                                    const tly_event_t *event, int32_t hour,

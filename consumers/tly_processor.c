@@ -653,7 +653,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                  .seen = tly_proc_view_seen,
                                  .holds = tly_proc_view_holds,
                                  .distinct = tly_proc_view_distinct,
-                                 .hour_names = tly_proc_view_hour_names};
+                                 .group_bucket = tly_proc_view_group_bucket};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
   if (kill_after && *kill_after) {
     p->kill_after_acks = atol(kill_after);

@@ -7,7 +7,7 @@
  * without the dimension land in "none"; the bound (64 values per subject,
  * feature, dimension and hour; the 65th and later in "other", a new hour
  * starting afresh); a value longer than 64 bytes in "other"; group_by []
- * turning the AI default off; a view without hour_names keeping no group;
+ * turning the AI default off; a view without group_bucket keeping no group;
  * a feature name holding 0x1f refused with nothing changed; the config
  * refusing a group_by key longer than 32 bytes; and a group's bucket
  * round-tripping through the bucket encoding.
@@ -107,20 +107,22 @@ static tly_bucket_t *mem_bucket(tly_billing_view_t *view,
   return &bucket->bucket;
 }
 
-static long mem_hour_names(tly_billing_view_t *view, tly_subject_kind_t kind,
-                           const char *id, int32_t hour, const char *prefix,
-                           const char *name, int *found) {
+static tly_bucket_t *mem_group_bucket(tly_billing_view_t *view,
+                                      tly_subject_kind_t kind, const char *id,
+                                      int32_t hour, char *name,
+                                      size_t prefix_len, long max) {
   memory_t *m = view->opaque;
   long count = 0;
-  (void)kind, (void)id;
-  *found = 0;
+  int used = 0;
   for (size_t i = 0; i < m->bucket_count; i++)
     if (m->buckets[i].hour == hour && m->buckets[i].bucket.event_count &&
-        !strncmp(m->buckets[i].name, prefix, strlen(prefix))) {
+        !strncmp(m->buckets[i].name, name, prefix_len)) {
       count++;
-      *found |= !strcmp(m->buckets[i].name, name);
+      used |= !strcmp(m->buckets[i].name, name);
     }
-  return count;
+  if (!used && count >= max)
+    strcpy(name + prefix_len, TLY_DIM_OTHER);
+  return mem_bucket(view, kind, id, hour, name);
 }
 
 static int mem_seen(tly_billing_view_t *view, const char *event_id,
@@ -140,14 +142,14 @@ typedef struct {
 
 static memory_t *memory_new(int with_names) {
   memory_t *m = calloc(1, sizeof(*m));
-  m->view =
-      (tly_billing_view_t){.opaque = m,
-                           .account = mem_account,
-                           .row = mem_row,
-                           .bucket = mem_bucket,
-                           .seen = mem_seen,
-                           .watermark_ms = &m->watermark,
-                           .hour_names = with_names ? mem_hour_names : NULL};
+  m->view = (tly_billing_view_t){.opaque = m,
+                                 .account = mem_account,
+                                 .row = mem_row,
+                                 .bucket = mem_bucket,
+                                 .seen = mem_seen,
+                                 .watermark_ms = &m->watermark,
+                                 .group_bucket =
+                                     with_names ? mem_group_bucket : NULL};
   m->watermark = INT64_MIN;
   return m;
 }
@@ -360,7 +362,7 @@ static void refusals(void **ctx) {
   assert_non_null(strstr(f->errstr, "0x1f"));
   assert_int_equal(f->m->bucket_count, 0);
   assert_int_equal(f->m->row_count, 0);
-  /* Without hour_names the view keeps no group (the totals still move). */
+  /* Without group_bucket the view keeps no group (the totals still move). */
   free(f->m);
   f->m = memory_new(0);
   step_t ai = {"ai", 5, 0, "m1", "openai", NULL};
