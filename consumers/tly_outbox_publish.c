@@ -21,6 +21,7 @@
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_outbox.h"
+#include "tly_read_to_end.h"
 #include "tly_reroute.h"
 
 #include <signal.h>
@@ -593,6 +594,20 @@ static int load_ack_mark(void *opaque, const char *key, size_t key_len,
   return 0;
 }
 
+/* Notes the tally.output.id of an output read back from Kafka in ids. */
+static void add_output_id(void *opaque, const rd_kafka_message_t *msg) {
+  json_t *ids = opaque;
+  rd_kafka_headers_t *headers = NULL;
+  const void *id;
+  size_t id_len;
+  if (!rd_kafka_message_headers((rd_kafka_message_t *)msg, &headers) &&
+      !rd_kafka_header_get_last(headers, "tally.output.id", &id, &id_len)) {
+    char text[512];
+    snprintf(text, sizeof(text), "%.*s", (int)id_len, (const char *)id);
+    json_object_set_new(ids, text, json_true());
+  }
+}
+
 /* Adds the output ids found in topic to ids, read to the end from: the
  * last acknowledged offsets (from_time_ms < 0), the log start (0), or the
  * first record at or after from_time_ms (> 0; the log start where the
@@ -638,19 +653,10 @@ int tly_proc_collect_output_ids(tly_processor_t *p, const char *topic,
   }
   rd_kafka_topic_partition_list_t *parts =
       rd_kafka_topic_partition_list_new(partitions);
-  int pending = 0, rc = 0;
+  int rc = 0;
   for (int i = 0; i < partitions; i++) {
-    int64_t low, high;
     if (floors && (i >= floor_count || floors[i] < 0))
       continue;
-    err =
-        rd_kafka_query_watermark_offsets(reader, topic, i, &low, &high, 10000);
-    if (err) {
-      snprintf(errstr, errstr_size, "recovery: bounds of %s[%d]: %s", topic, i,
-               rd_kafka_err2str(err));
-      rc = -1;
-      goto out;
-    }
     ack_mark_t *mark = from_time_ms < 0 ? ack_find(p, topic, i, 0) : NULL;
     int64_t from = mark ? mark->next_offset : 0;
     if (from_time_ms > 0) {
@@ -667,45 +673,17 @@ int tly_proc_collect_output_ids(tly_processor_t *p, const char *topic,
     }
     if (floors && from < floors[i])
       from = floors[i];
-    if (from < low)
-      from = low;
-    if (from >= high)
-      continue;
     rd_kafka_topic_partition_list_add(parts, topic, i)->offset = from;
-    pending++;
   }
-  if (!pending)
-    goto out;
-  rd_kafka_assign(reader, parts);
-  int64_t deadline = tly_monotonic_ms() + 60000;
-  while (pending > 0) {
-    if (tly_monotonic_ms() > deadline) {
-      snprintf(errstr, errstr_size,
-               "recovery: could not read %s to its end within 60 s; refusing "
-               "to publish the outbox blind",
-               topic);
-      rc = -1;
-      goto out;
-    }
-    rd_kafka_message_t *msg = rd_kafka_consumer_poll(reader, 500);
-    if (!msg)
-      continue;
-    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-      pending--;
-    } else if (!msg->err) {
-      rd_kafka_headers_t *headers = NULL;
-      const void *id;
-      size_t id_len;
-      if (!rd_kafka_message_headers(msg, &headers) &&
-          !rd_kafka_header_get_last(headers, "tally.output.id", &id, &id_len)) {
-        char text[512];
-        snprintf(text, sizeof(text), "%.*s", (int)id_len, (const char *)id);
-        json_object_set_new(ids, text, json_true());
-      }
-    }
-    rd_kafka_message_destroy(msg);
+  /* Each partition up to its log end as it is now: every output
+   * acknowledged before this call is below it. */
+  if (tly_read_to_end(reader, parts, 60000, add_output_id, ids, kafka_err,
+                      sizeof(kafka_err))) {
+    snprintf(errstr, errstr_size,
+             "recovery: reading %s: %s; refusing to publish the outbox blind",
+             topic, kafka_err);
+    rc = -1;
   }
-out:
   rd_kafka_topic_partition_list_destroy(parts);
   rd_kafka_consumer_close(reader);
   rd_kafka_destroy(reader);

@@ -77,9 +77,8 @@ void tly_http_respond_json(response_t *out, int status, json_t *body) {
 
 void tly_http_respond_table(response_t *out, struct MHD_Connection *connection,
                             json_t *answer, char *(*to_csv)(const json_t *)) {
-  if (!answer ||
-      !tly_req_wants_csv(MHD_lookup_connection_value(
-          connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT))) {
+  if (!answer || !tly_req_wants_csv(MHD_lookup_connection_value(
+                     connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT))) {
     if (answer)
       tly_http_respond_json(out, 200, answer);
     else
@@ -193,9 +192,9 @@ const route_t tly_http_route_table[] = {
     {"POST", "/v1/subjects/{subject}/notifications/read", "/v1/subjects/",
      "/notifications/read", tly_http_handle_notifications_read, AUTH_REQUIRED,
      1, 1},
-    /* Answered by the owner only, never relayed (tly_http_stream.c). */
+    /* Relayed from the owner (tly_http_stream_relay.c). */
     {"GET", "/v1/subjects/{subject}/stream", "/v1/subjects/", "/stream",
-     tly_http_handle_stream, AUTH_REQUIRED, 0, 0},
+     tly_http_handle_stream, AUTH_REQUIRED, 0, 1},
     {"POST", "/v1/subjects/{subject}/plan", "/v1/subjects/", "/plan",
      tly_http_handle_plan, AUTH_REQUIRED, 1, 0},
     {"POST", "/v1/stripe/webhook", "/v1/stripe/webhook", NULL,
@@ -387,6 +386,9 @@ static int forward_to(tly_http_t *http, request_t *req,
       .body_len = scope.body_len,
       .timeout_ms = timeout_ms};
   snprintf(req->owner, sizeof(req->owner), "%s", owner);
+  /* A stream is relayed as it comes, not answered once. */
+  if (route->handler == tly_http_handle_stream && req->target && signed_ok)
+    return tly_http_stream_relay(http, req, connection, owner, credential, out);
   if (!http->forward || !req->target || !signed_ok) {
     tly_http_respond_moving(
         out, req->partition, owner,
@@ -705,6 +707,9 @@ static tly_mhd_result queue_answer(tly_http_t *http, request_t *req,
     MHD_add_response_header(out->stream, "Content-Type", out->content_type);
     MHD_add_response_header(out->stream, "Cache-Control", "no-store");
     MHD_add_response_header(out->stream, "X-Accel-Buffering", "no");
+    if (req && req->served_by && *req->served_by)
+      MHD_add_response_header(out->stream, TLY_SERVED_BY_HEADER,
+                              req->served_by);
     tly_mhd_result queued =
         MHD_queue_response(connection, (unsigned)out->status, out->stream);
     MHD_destroy_response(out->stream);
@@ -799,6 +804,10 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
       *upload_data_size = 0;
       return MHD_YES;
     }
+    if (req->relay) {
+      tly_http_stream_relay_answer(http, req, &out);
+      break;
+    }
     if (req->forward) {
       forward_answer(http, req, connection, &out);
       tly_forward_call_free(req->forward);
@@ -869,6 +878,7 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
   tly_stripe_task_free(req->stripe_task);
   tly_forward_call_free(req->forward);
   tly_http_gather_free(req->gather);
+  tly_http_stream_relay_drop(req->relay);
   free(req->target);
   free(req->body);
   free(req);

@@ -70,6 +70,8 @@ typedef struct {
 
 /* Live usage streams (tly_http_stream.c). */
 typedef struct tly_http_streams tly_http_streams_t;
+/* A stream relayed from the owner (tly_http_stream_relay.c). */
+typedef struct tly_stream_relay tly_stream_relay_t;
 /* The Stripe subscription routes' client and tasks (tly_http_subs.c). */
 typedef struct tly_http_subs tly_http_subs_t;
 
@@ -199,6 +201,7 @@ struct request {
   char *target;                     /* the request target, query included */
   tly_forward_call_t *forward;      /* while waiting for the owner */
   struct tly_http_gather *gather;   /* while waiting for the owners' parts */
+  tly_stream_relay_t *relay;        /* a stream relayed from the owner */
   const char *served_by; /* X-Tally-Served-By: this instance or owner */
   char owner[TLY_MEMBERS_URL_MAX]; /* the owner forwarded to */
   char content_type[128];          /* of the owner's answer */
@@ -355,9 +358,32 @@ tly_http_streams_t *tly_http_streams_new(tly_http_t *http); /* NULL: OOM */
 /* Ends every stream (before the daemon stops: none may stay suspended). */
 void tly_http_streams_close(tly_http_streams_t *streams);
 void tly_http_streams_free(tly_http_streams_t *streams);
+/* A relayed stream's slot (it counts against the stream bound): 0, or -1
+ * at the bound (counted as refused). End it when the relay's transfer is
+ * over. */
+int tly_http_streams_relay_begin(tly_http_streams_t *streams);
+void tly_http_streams_relay_end(tly_http_streams_t *streams);
+/* 1 once tly_http_streams_close began: relays abort their transfers. */
+int tly_http_streams_relay_stopping(tly_http_streams_t *streams);
 /* The streams' metrics (Prometheus text) into out, as snprintf. */
 size_t tly_http_streams_metrics(tly_http_streams_t *streams, char *out,
                                 size_t size);
+
+/* ---- tly_http_stream_relay.c: a stream relayed from the owner --------- */
+
+/* Opens the stream on the owner (its URL; credential: the signed
+ * forwarding credential) with the connection suspended. 1 when it went
+ * (req->relay; answered on resume with tly_http_stream_relay_answer), 0
+ * when out holds the answer (503). */
+int tly_http_stream_relay(tly_http_t *http, request_t *req,
+                          struct MHD_Connection *connection, const char *owner,
+                          const char *credential, response_t *out);
+/* The resumed request's answer: the owner's stream, or its other answer
+ * (or 503). Takes req->relay. */
+void tly_http_stream_relay_answer(tly_http_t *http, request_t *req,
+                                  response_t *out);
+/* A request that ended before its answer (the client went away). */
+void tly_http_stream_relay_drop(tly_stream_relay_t *relay);
 
 /* ---- tly_http_ui.c: the dashboard's files ----------------------------- */
 

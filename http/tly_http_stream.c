@@ -21,10 +21,11 @@
  * through the read cache and queues what changed; the connection, suspended
  * while it has nothing to send, is resumed. At most
  * http.max_streams (STREAM_MAX) subscribers per instance: one more is 503
- * too_many_streams. The stream is answered by the owner of the subject's
- * partition only: another instance answers 503 partition_moving naming the
- * owner (a stream is not relayed), and a stream whose partition moves away
- * ends (the client reconnects, with Last-Event-ID, to the new owner).
+ * too_many_streams; streams relayed from the owner count too. The stream
+ * is served by the owner of the subject's partition: another instance
+ * relays it (tly_http_stream_relay.c, routed by tly_http.c as any
+ * per-subject read), and a stream whose partition moves away ends (the
+ * client reconnects, with Last-Event-ID, to any instance).
  */
 #include "tly_http_internal.h"
 
@@ -78,11 +79,14 @@ struct tly_http_streams {
   pthread_mutex_t lock; /* the list and every stream's fields */
   stream_t *list;
   size_t count;
+  size_t relayed;             /* streams relayed from their owner, open */
+  pthread_cond_t relays_idle; /* relayed went to 0 */
+  atomic_int relay_stop;
   pthread_t thread;
   int started;
   atomic_int stop;
   uint64_t seen_commits;
-  atomic_uint_least64_t opened, refused, sent;
+  atomic_uint_least64_t opened, refused, sent, relays_opened;
 };
 
 static int64_t now_mono_ms(void) {
@@ -313,17 +317,45 @@ tly_http_streams_t *tly_http_streams_new(tly_http_t *http) {
     return NULL;
   streams->http = http;
   pthread_mutex_init(&streams->lock, NULL);
+  pthread_cond_init(&streams->relays_idle, NULL);
   return streams;
+}
+
+int tly_http_streams_relay_begin(tly_http_streams_t *streams) {
+  pthread_mutex_lock(&streams->lock);
+  int full = streams->count + streams->relayed >= STREAM_MAX ||
+             atomic_load(&streams->relay_stop);
+  if (!full)
+    streams->relayed++;
+  pthread_mutex_unlock(&streams->lock);
+  atomic_fetch_add(full ? &streams->refused : &streams->relays_opened, 1);
+  return full ? -1 : 0;
+}
+
+void tly_http_streams_relay_end(tly_http_streams_t *streams) {
+  pthread_mutex_lock(&streams->lock);
+  if (streams->relayed && --streams->relayed == 0)
+    pthread_cond_broadcast(&streams->relays_idle);
+  pthread_mutex_unlock(&streams->lock);
+}
+
+int tly_http_streams_relay_stopping(tly_http_streams_t *streams) {
+  return atomic_load(&streams->relay_stop);
 }
 
 void tly_http_streams_close(tly_http_streams_t *streams) {
   if (!streams)
     return;
+  atomic_store(&streams->relay_stop, 1);
   pthread_mutex_lock(&streams->lock);
   for (stream_t *s = streams->list; s; s = s->next) {
     s->ended = 1;
     wake(s);
   }
+  /* Each relay's transfer aborts within about a second (libcurl's
+   * progress callback) and resumes its connection. */
+  while (streams->relayed)
+    pthread_cond_wait(&streams->relays_idle, &streams->lock);
   pthread_mutex_unlock(&streams->lock);
 }
 
@@ -339,6 +371,7 @@ void tly_http_streams_free(tly_http_streams_t *streams) {
     free(s->buf);
     free(s);
   }
+  pthread_cond_destroy(&streams->relays_idle);
   pthread_mutex_destroy(&streams->lock);
   free(streams);
 }
@@ -349,17 +382,22 @@ size_t tly_http_streams_metrics(tly_http_streams_t *streams, char *out,
   pthread_mutex_lock(&streams->lock);
   for (stream_t *s = streams->list; s; s = s->next)
     open += !s->gone;
+  open += streams->relayed;
   pthread_mutex_unlock(&streams->lock);
   return (size_t)snprintf(
       out, size,
-      "# HELP tally_http_streams_open Live usage streams (SSE) open.\n"
+      "# HELP tally_http_streams_open Live usage streams (SSE) open, those "
+      "relayed from their owner included.\n"
       "# TYPE tally_http_streams_open gauge\ntally_http_streams_open %zu\n"
       "# HELP tally_http_streams_total Live usage streams by result "
-      "(opened; refused: at the %d-stream bound).\n"
+      "(opened: served here; relayed: relayed from the owner; refused: at "
+      "the %d-stream bound).\n"
       "# TYPE tally_http_streams_total counter\n"
       "tally_http_streams_total{result=\"opened\"} %llu\n"
+      "tally_http_streams_total{result=\"relayed\"} %llu\n"
       "tally_http_streams_total{result=\"refused\"} %llu\n",
       open, STREAM_MAX, (unsigned long long)atomic_load(&streams->opened),
+      (unsigned long long)atomic_load(&streams->relays_opened),
       (unsigned long long)atomic_load(&streams->refused));
 }
 
@@ -382,7 +420,7 @@ void tly_http_handle_stream(tly_http_t *http, request_t *req,
     tly_http_respond_req_error(out, &err);
     return;
   }
-  /* The owner answers (a stream is not relayed). */
+  /* The owner answers (tly_http.c relays it here from other instances). */
   int32_t home = tly_state_home_partition(
       tly_processor_partition_count(http->conf.processor), subject.kind,
       subject.id);
@@ -413,7 +451,7 @@ void tly_http_handle_stream(tly_http_t *http, request_t *req,
   s->alerts_from_ms = last >= 0 ? last : INT64_MIN;
   s->keepalive_at = now_mono_ms() + STREAM_KEEPALIVE_MS;
   pthread_mutex_lock(&streams->lock);
-  int full = streams->count >= STREAM_MAX;
+  int full = streams->count + streams->relayed >= STREAM_MAX;
   if (!full && !streams->started) {
     streams->seen_commits = commits(http);
     streams->started =

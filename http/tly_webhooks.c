@@ -20,14 +20,18 @@
  * instances of a cluster share each group, so each alert is delivered by
  * one of them.
  *
- * A failed attempt (no answer within timeout_ms, or not 2xx) is retried
- * after retry_initial_ms, doubling up to retry_max_ms, for give_up_s (24 h
- * by default) from the first attempt; then the alert goes to the
- * dead-letter topic (tally.error names the endpoint and the last answer)
- * and the next one is delivered. Alerts of one partition are delivered in
- * order, so a failing endpoint holds its later alerts back (other
- * endpoints are not affected). The consumer's max.poll.interval.ms is set
- * above retry_max_ms + timeout_ms so a wait never loses the group.
+ * A failed attempt (no answer within timeout_ms, or not 2xx) parks the
+ * alert (tly_webhook_parked.h) with its own backoff: retried after
+ * retry_initial_ms, doubling up to retry_max_ms, for give_up_s (24 h by
+ * default) from the first attempt; then it goes to the dead-letter topic
+ * (tally.error names the endpoint and the last answer). The alerts after
+ * it go out meanwhile: one failing alert never holds the others back. The
+ * committed offset of a partition is its oldest alert not yet delivered
+ * or dead-lettered (with the parked alerts' first attempt times in the
+ * commit's metadata), so a SIGKILL resumes from there. At most
+ * TLY_WEBHOOK_PARKED_MAX alerts are parked per endpoint; when full, no
+ * new record is taken until one finishes. The consumer's
+ * max.poll.interval.ms is set above retry_max_ms + timeout_ms.
  */
 #include "tly_webhooks.h"
 
@@ -37,6 +41,7 @@
 #include "tly_request.h"
 #include "tly_sha256.h"
 #include "tly_topic_names.h"
+#include "tly_webhook_parked.h"
 
 #include <curl/curl.h>
 #include <inttypes.h>
@@ -59,6 +64,7 @@ typedef struct {
   char group[64];
   rd_kafka_t *consumer;
   tly_alert_codec_t *codec;
+  tly_webhook_parked_set_t parked; /* alerts waiting for a retry */
   pthread_t thread;
   int started;
 } endpoint_t;
@@ -167,23 +173,26 @@ static long deliver(endpoint_t *e, const char *id, const char *body, char *why,
   return status;
 }
 
-static void dead_letter(endpoint_t *e, const rd_kafka_message_t *msg,
-                        const char *id, const char *body, const char *why) {
+static void dead_letter(endpoint_t *e, const tly_webhook_parked_t *item) {
   tly_webhooks_t *w = e->owner;
   char reason[1024];
   snprintf(reason, sizeof(reason),
            "webhook %s: gave up after %" PRId64 " s: last attempt %s",
-           e->cfg->url, w->n->give_up_s, why);
-  rd_kafka_headers_t *headers = rd_kafka_headers_new(3);
+           e->cfg->url, w->n->give_up_s, item->why);
+  char first[32];
+  snprintf(first, sizeof(first), "%" PRId64, item->first_ms);
+  rd_kafka_headers_t *headers = rd_kafka_headers_new(4);
   rd_kafka_header_add(headers, "tally.error", -1, reason, -1);
+  /* When the give-up clock started (it survives restarts). */
+  rd_kafka_header_add(headers, "tally.webhook.first_attempt_ms", -1, first, -1);
   rd_kafka_header_add(headers, "tally.source", -1, "webhooks", -1);
-  rd_kafka_header_add(headers, "tally.output.id", -1, id, -1);
-  rd_kafka_resp_err_t err =
-      rd_kafka_producev(w->producer, RD_KAFKA_V_TOPIC(w->conf.dlq_topic),
-                        RD_KAFKA_V_KEY(msg->key, msg->key_len),
-                        RD_KAFKA_V_VALUE((void *)body, strlen(body)),
-                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                        RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
+  rd_kafka_header_add(headers, "tally.output.id", -1, item->id, -1);
+  rd_kafka_resp_err_t err = rd_kafka_producev(
+      w->producer, RD_KAFKA_V_TOPIC(w->conf.dlq_topic),
+      RD_KAFKA_V_KEY(item->key, item->key_len),
+      RD_KAFKA_V_VALUE((void *)item->body, strlen(item->body)),
+      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+      RD_KAFKA_V_END);
   if (err)
     rd_kafka_headers_destroy(headers);
   /* Acknowledged before the offset moves past it. */
@@ -192,25 +201,47 @@ static void dead_letter(endpoint_t *e, const rd_kafka_message_t *msg,
          !atomic_load(&w->stop))
     ;
   atomic_fetch_add(&w->dead_lettered, 1);
-  tly_log(TLY_LOG_WARN, "webhooks", "%s: %s", id, reason);
+  tly_log(TLY_LOG_WARN, "webhooks", "%s: %s", item->id, reason);
 }
 
-/* One alert record, delivered (or dead-lettered, or of a type the endpoint
- * does not want). 0 to commit it, 1 when stopping (not delivered). */
-static int handle(endpoint_t *e, const rd_kafka_message_t *msg) {
+/* One attempt of a parked (or new) alert: 1 when it is finished (delivered,
+ * or past give_up_s and dead-lettered), 0 when it waits for its next
+ * attempt (next_ms and wait_ms moved on). */
+static int attempt(endpoint_t *e, tly_webhook_parked_t *item) {
   tly_webhooks_t *w = e->owner;
+  long status = deliver(e, item->id, item->body, item->why, sizeof(item->why));
+  if (status >= 200 && status < 300) {
+    atomic_fetch_add(&w->delivered, 1);
+    return 1;
+  }
+  atomic_fetch_add(&w->failed_attempts, 1);
+  int64_t now = tly_wall_ms();
+  if (now - item->first_ms >= w->n->give_up_s * 1000) {
+    dead_letter(e, item);
+    return 1;
+  }
+  item->next_ms = now + item->wait_ms;
+  item->wait_ms = item->wait_ms * 2 > w->n->retry_max_ms ? w->n->retry_max_ms
+                                                         : item->wait_ms * 2;
+  return 0;
+}
+
+/* One new alert record: skipped (not an alert, or of a type the endpoint
+ * does not want), delivered, or parked for its retries. 0, or -1 when it
+ * could not be taken (out of memory: read again later). */
+static int take(endpoint_t *e, const rd_kafka_message_t *msg) {
   tly_alert_t alert = {0};
-  char errstr[256], why[512] = "";
+  char errstr[256];
   if (tly_alert_decode(e->codec, msg->payload, msg->len, &alert, errstr,
                        sizeof(errstr))) {
     tly_log(TLY_LOG_WARN, "webhooks",
             "partition %d offset %" PRId64 ": not an alert (%s): skipped",
             (int)msg->partition, msg->offset, errstr);
-    return 0;
+    return tly_webhook_taken(&e->parked, msg->partition, msg->offset);
   }
   if (e->cfg->types && !(e->cfg->types & (1u << alert.type))) {
     tly_alert_clear(&alert);
-    return 0;
+    return tly_webhook_taken(&e->parked, msg->partition, msg->offset);
   }
   char when[40];
   time_t secs = (time_t)(alert.occurred_at_ms / 1000);
@@ -220,57 +251,176 @@ static int handle(endpoint_t *e, const rd_kafka_message_t *msg) {
   json_t *payload =
       json_pack("{s:s,s:s,s:o}", "type", tly_alert_type_name(alert.type),
                 "timestamp", when, "data", tly_req_alert_json(&alert));
-  char *body = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+  tly_webhook_parked_t item = {.partition = msg->partition,
+                               .offset = msg->offset};
+  item.body = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
   json_decref(payload);
-  char *id = alert.alert_id ? strdup(alert.alert_id) : NULL;
+  item.id = alert.alert_id ? strdup(alert.alert_id) : NULL;
   tly_alert_clear(&alert);
-  if (!body || !id) {
-    free(body);
-    free(id);
-    return pause_ms(w, 1000) ? 1 : handle(e, msg); /* out of memory */
+  item.key_len = msg->key ? msg->key_len : 0;
+  item.key = item.key_len ? malloc(item.key_len) : NULL;
+  if (item.key)
+    memcpy(item.key, msg->key, item.key_len);
+  if (!item.body || !item.id || (item.key_len && !item.key) ||
+      tly_webhook_taken(&e->parked, msg->partition, msg->offset)) {
+    free(item.body);
+    free(item.id);
+    free(item.key);
+    return -1;
   }
-  int64_t first = tly_wall_ms(), wait = w->n->retry_initial_ms;
-  int result = 1;
-  for (;;) {
-    long status = deliver(e, id, body, why, sizeof(why));
-    if (status >= 200 && status < 300) {
-      atomic_fetch_add(&w->delivered, 1);
-      result = 0;
-      break;
-    }
-    atomic_fetch_add(&w->failed_attempts, 1);
-    if (tly_wall_ms() - first >= w->n->give_up_s * 1000) {
-      dead_letter(e, msg, id, body, why);
-      result = 0;
-      break;
-    }
-    if (pause_ms(w, wait))
-      break;
-    wait = wait * 2 > w->n->retry_max_ms ? w->n->retry_max_ms : wait * 2;
+  /* Retried since before a crash: its give-up clock goes on. */
+  int64_t first = tly_webhook_hint(&e->parked, msg->partition, msg->offset);
+  item.first_ms = first >= 0 ? first : tly_wall_ms();
+  item.wait_ms = e->owner->n->retry_initial_ms;
+  if (attempt(e, &item) || tly_webhook_park(&e->parked, &item)) {
+    /* Finished (the caller never parks into a full set). */
+    free(item.body);
+    free(item.id);
+    free(item.key);
   }
-  free(body);
-  free(id);
-  return result;
+  return 0;
+}
+
+static void destroy_error(rd_kafka_error_t *error) {
+  if (error)
+    rd_kafka_error_destroy(error);
+}
+
+/* Commits each partition's progress that moved (offset or parked set):
+ * never past an alert not yet finished. */
+static void commit_progress(endpoint_t *e) {
+  tly_webhooks_t *w = e->owner;
+  rd_kafka_topic_partition_list_t *list = NULL;
+  for (size_t i = 0; i < e->parked.part_count; i++) {
+    tly_webhook_progress_t *p = &e->parked.parts[i];
+    int64_t offset = tly_webhook_commit_offset(&e->parked, p->partition);
+    if (offset < 0)
+      continue;
+    char metadata[TLY_WEBHOOK_METADATA_MAX];
+    size_t len = tly_webhook_metadata(&e->parked, p->partition, metadata,
+                                      sizeof(metadata));
+    uint64_t digest = tly_webhook_digest(metadata, len);
+    if (offset == p->committed && digest == p->committed_digest)
+      continue;
+    if (!list)
+      list = rd_kafka_topic_partition_list_new(4);
+    rd_kafka_topic_partition_t *part = rd_kafka_topic_partition_list_add(
+        list, w->conf.alerts_topic, p->partition);
+    part->offset = offset;
+    part->metadata = malloc(len);
+    if (part->metadata) {
+      memcpy(part->metadata, metadata, len);
+      part->metadata_size = len;
+    }
+  }
+  if (!list)
+    return;
+  rd_kafka_resp_err_t err = rd_kafka_commit(e->consumer, list, 0 /* sync */);
+  for (int i = 0; i < list->cnt; i++) {
+    rd_kafka_topic_partition_t *part = &list->elems[i];
+    tly_webhook_progress_t *p =
+        tly_webhook_progress(&e->parked, part->partition);
+    if (!err && !part->err && p) {
+      p->committed = part->offset;
+      p->committed_digest =
+          tly_webhook_digest(part->metadata, part->metadata_size);
+    }
+  }
+  if (err)
+    tly_log(TLY_LOG_WARN, "webhooks", "%s: commit: %s (retried)", e->cfg->url,
+            rd_kafka_err2str(err));
+  rd_kafka_topic_partition_list_destroy(list);
+}
+
+/* Partitions given or taken away. Given: the parked alerts' first attempt
+ * times come back from the committed metadata. Taken: their progress is
+ * committed and forgotten (whoever gets them resumes from there). */
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+  endpoint_t *e = opaque;
+  int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    rd_kafka_topic_partition_list_t *committed =
+        rd_kafka_topic_partition_list_copy(parts);
+    if (rd_kafka_committed(rk, committed, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+      for (int i = 0; i < committed->cnt; i++) {
+        rd_kafka_topic_partition_t *part = &committed->elems[i];
+        tly_webhook_drop_partition(&e->parked, part->partition);
+        tly_webhook_load_hints(&e->parked, part->partition, part->metadata,
+                               part->metadata_size);
+      }
+    rd_kafka_topic_partition_list_destroy(committed);
+    if (cooperative)
+      destroy_error(rd_kafka_incremental_assign(rk, parts));
+    else
+      rd_kafka_assign(rk, parts);
+    return;
+  }
+  if (!rd_kafka_assignment_lost(rk))
+    commit_progress(e);
+  for (int i = 0; i < parts->cnt; i++)
+    tly_webhook_drop_partition(&e->parked, parts->elems[i].partition);
+  if (cooperative)
+    rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, parts));
+  else
+    rd_kafka_assign(rk, NULL);
+}
+
+/* Retries the parked alerts that are due; 1 when stopping. */
+static int retry_due(endpoint_t *e) {
+  tly_webhooks_t *w = e->owner;
+  for (size_t i = 0; i < e->parked.count && !atomic_load(&w->stop);) {
+    tly_webhook_parked_t *item = &e->parked.items[i];
+    if (item->next_ms > tly_wall_ms()) {
+      i++;
+      continue;
+    }
+    if (attempt(e, item))
+      tly_webhook_unpark(&e->parked, i);
+    else
+      i++;
+    commit_progress(e);
+  }
+  return atomic_load(&w->stop);
 }
 
 static void *endpoint_main(void *arg) {
   endpoint_t *e = arg;
   tly_webhooks_t *w = e->owner;
   while (!atomic_load(&w->stop)) {
-    rd_kafka_message_t *msg = rd_kafka_consumer_poll(e->consumer, 100);
+    if (retry_due(e))
+      break;
+    int64_t due = tly_webhook_next_due(&e->parked) - tly_wall_ms();
+    int wait = due < 0 ? 0 : due > 100 ? 100 : (int)due;
+    if (e->parked.count >= TLY_WEBHOOK_PARKED_MAX) {
+      /* Full: no new record until a parked one finishes. */
+      pause_ms(w, wait);
+      continue;
+    }
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(e->consumer, wait);
     if (!msg)
       continue;
     if (msg->err) {
       if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
         tly_log(TLY_LOG_WARN, "webhooks", "%s: %s", e->cfg->url,
                 rd_kafka_message_errstr(msg));
-      rd_kafka_message_destroy(msg);
-      continue;
+    } else if (take(e, msg)) {
+      /* Out of memory: read it again after a pause. */
+      rd_kafka_topic_partition_list_t *at =
+          rd_kafka_topic_partition_list_new(1);
+      rd_kafka_topic_partition_list_add(at, w->conf.alerts_topic,
+                                        msg->partition)
+          ->offset = msg->offset;
+      destroy_error(rd_kafka_seek_partitions(e->consumer, at, 1000));
+      rd_kafka_topic_partition_list_destroy(at);
+      pause_ms(w, 1000);
     }
-    if (handle(e, msg) == 0)
-      rd_kafka_commit_message(e->consumer, msg, 0 /* sync */);
     rd_kafka_message_destroy(msg);
+    commit_progress(e);
   }
+  /* What finished is committed; the parked alerts are not (delivered
+   * again by whoever resumes). */
+  commit_progress(e);
   return NULL;
 }
 
@@ -321,6 +471,8 @@ static int start_endpoint(tly_webhooks_t *w, endpoint_t *e, char *errstr,
     rd_kafka_conf_destroy(kconf);
     return -1;
   }
+  rd_kafka_conf_set_rebalance_cb(kconf, on_rebalance);
+  rd_kafka_conf_set_opaque(kconf, e);
   e->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, kconf, err, sizeof(err));
   if (!e->consumer) {
     snprintf(errstr, errstr_size, "webhooks: %s", err);
@@ -401,6 +553,7 @@ void tly_webhooks_stop(tly_webhooks_t *w) {
       rd_kafka_destroy(e->consumer);
     }
     tly_alert_codec_destroy(e->codec);
+    tly_webhook_parked_clear(&e->parked);
   }
   if (w->producer) {
     rd_kafka_flush(w->producer, 5000);

@@ -8,10 +8,10 @@ scripts/install-deps.sh
 
 echo "== build (warnings are errors)"
 scripts/build.sh build -DTALLY_TESTS=ON
-# Two tests at a time: most of the suite waits on sockets, timers and
-# fsync, so two cores keep busy and the suite takes about half as long.
+# Three tests at a time: most of the suite waits on sockets, timers and
+# fsync, so two cores keep busy and the suite takes about a third as long.
 echo "== tests"
-ctest --test-dir build -j2 --output-on-failure --timeout 900
+ctest --test-dir build -j3 --output-on-failure --timeout 900
 
 echo "== build with AddressSanitizer + UndefinedBehaviorSanitizer"
 scripts/build.sh build-asan -DTALLY_TESTS=ON -DTALLY_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
@@ -24,7 +24,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 TALLY_CRASH_MATRIX_EVENTS=60000 TALLY_CRASH_MATRIX_SUBJECTS=600 \
 TALLY_CRASH_MATRIX_KILLS=8 \
-  ctest --test-dir build-asan -j2 --output-on-failure --timeout 900
+  ctest --test-dir build-asan -j3 --output-on-failure --timeout 900
 
 echo "== fuzz the parsers (40 s in all)"
 scripts/fuzz.sh 40

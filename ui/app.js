@@ -754,24 +754,108 @@
     load();
     refreshTimer = setInterval(load, REFRESH_MS);
   }
+  /* ---- admin analytics (issue 17's routes) ----------------------------
+   *
+   * GET /v1/analytics/top?by=cost&limit=10[&feature=F]&from=&to=
+   *   {"feature", "by", "from_ms", "to_ms", "complete",
+   *    "subjects": [{"subject", "quantity", "cost_micros", "events"}]}
+   * GET /v1/analytics/breakdown?group_by=model[&feature=F]&from=&to=
+   *   {"feature", "group_by", "from_ms", "to_ms", "complete",
+   *    "total": {"quantity", "cost_micros", "events"},
+   *    "groups": [{"value", "quantity", "cost_micros", "events"}]}
+   *
+   * "This cycle" is asked as this UTC month so far (from=YYYY-MM-DD, the
+   * 1st; to=YYYY-MM-DD, today); a server that refuses those parameters
+   * (400 naming from or to) is asked again without them, for its default
+   * period. The period shown is the answer's from_ms/to_ms. An answer with
+   * "complete": false (a partition did not answer) is marked as such. A
+   * route that answers 404 "no such route" (or 405) is "not available". */
+  function analyticsPeriod() {
+    var now = new Date();
+    var first = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1);
+    return '&from=' + isoDay(first) + '&to=' + isoDay(now.getTime());
+  }
+  function analyticsGet(path) {
+    return api('GET', path + analyticsPeriod()).then(function (r) {
+      var e = r.json && r.json.error;
+      if (r.status === 400 && e && (e.field === 'from' || e.field === 'to')) return api('GET', path);
+      return r;
+    });
+  }
+  function periodOf(json) {
+    return typeof json.from_ms === 'number' && typeof json.to_ms === 'number' && json.to_ms > json.from_ms
+      ? period(json.from_ms, json.to_ms) : '';
+  }
+  /* The panel's sub-heading: the period answered and, when the answer is
+   * not complete, a visible mark. */
+  function analyticsHead(p, json, key) {
+    var complete = json.complete !== false;
+    clear(p.actions);
+    append(p.actions, h('span', { class: 'muted small', 'data-k': key + '.period', 'data-v': (json.from_ms || '') + '-' + (json.to_ms || ''), text: periodOf(json) }),
+      complete ? null : h('span', { class: 'pill warn', 'data-k': key + '.complete', 'data-v': 'false', title: 'Some partitions did not answer: the figures may be low.', text: 'Incomplete' }));
+    return complete ? null : h('div', { class: 'state warn-note', role: 'status', 'data-panel': key, 'data-state': 'incomplete', text: 'Incomplete answer: some partitions did not answer (moving or unreachable), so these figures may be low. They refresh every 15 s.' });
+  }
+  function barCell(value, max) {
+    return h('td', { class: 'bar-cell' }, h('div', { class: 'track' }, h('div', { class: 'fill', style: { width: (max > 0 ? 100 * value / max : 0) + '%' } })));
+  }
+  function renderTop(p, json) {
+    var rows = Array.isArray(json.subjects) ? json.subjects : [];
+    var note = analyticsHead(p, json, 'top');
+    if (!rows.length) { fill(p, 'empty', [note, h('div', { class: 'state', text: 'No usage in this period.' })]); return; }
+    var byCost = json.by !== 'quantity';
+    var max = Math.max.apply(null, rows.map(function (r) { return Number(byCost ? r.cost_micros : r.quantity) || 0; }).concat([0]));
+    fill(p, 'ready', [note, h('div', { class: 'table-wrap' }, h('table', { id: 'top-table', class: 'bars-table' },
+      h('thead', null, h('tr', null, h('th', { text: '#' }), h('th', { text: 'Subject' }), h('th', { class: 'bar-cell', text: '' }),
+        h('th', { class: 'num', text: 'Cost' }), h('th', { class: 'num hide-phone', text: 'Quantity' }), h('th', { class: 'num hide-phone', text: 'Events' }))),
+      h('tbody', null, rows.map(function (r, i) {
+        var k = 'top.' + r.subject;
+        return h('tr', { 'data-subject': r.subject },
+          h('td', { class: 'muted', text: String(i + 1) }),
+          h('td', { class: 'name' }, h('a', { href: '#/s/' + encodeURIComponent(r.subject), title: r.subject, text: r.subject })),
+          barCell(Number(byCost ? r.cost_micros : r.quantity) || 0, max),
+          h('td', { class: 'num', 'data-k': k + '.cost_micros', 'data-v': r.cost_micros, text: money(r.cost_micros) }),
+          h('td', { class: 'num hide-phone', 'data-k': k + '.quantity', 'data-v': r.quantity, text: num(r.quantity) }),
+          h('td', { class: 'num hide-phone', 'data-k': k + '.events', 'data-v': r.events, text: num(r.events) }));
+      }))))]);
+  }
+  function renderBreakdown(p, json) {
+    var rows = (Array.isArray(json.groups) ? json.groups : []).slice();
+    var total = json.total || {};
+    var note = analyticsHead(p, json, 'breakdown');
+    if (!rows.length) { fill(p, 'empty', [note, h('div', { class: 'state', text: 'No AI usage in this period.' })]); return; }
+    rows.sort(function (a, b) { return (Number(b.cost_micros) || 0) - (Number(a.cost_micros) || 0) || (Number(b.quantity) || 0) - (Number(a.quantity) || 0); });
+    var max = Math.max.apply(null, rows.map(function (r) { return Number(r.cost_micros) || 0; }).concat([0]));
+    var totalCost = Number(total.cost_micros) || 0;
+    fill(p, 'ready', [note, h('div', { class: 'table-wrap' }, h('table', { id: 'breakdown-table', class: 'bars-table' },
+      h('thead', null, h('tr', null, h('th', { text: title(json.group_by || 'model') }), h('th', { class: 'bar-cell', text: '' }),
+        h('th', { class: 'num', text: 'Cost' }), h('th', { class: 'num hide-phone', text: 'Share' }), h('th', { class: 'num hide-phone', text: 'Events' }))),
+      h('tbody', null, rows.map(function (r) {
+        var k = 'breakdown.' + r.value;
+        return h('tr', { 'data-group': r.value },
+          h('td', { class: 'name', title: String(r.value), text: String(r.value) }),
+          barCell(Number(r.cost_micros) || 0, max),
+          h('td', { class: 'num', 'data-k': k + '.cost_micros', 'data-v': r.cost_micros, text: money(r.cost_micros) }),
+          h('td', { class: 'num hide-phone', text: totalCost > 0 ? (100 * (Number(r.cost_micros) || 0) / totalCost).toFixed(1) + ' %' : '–' }),
+          h('td', { class: 'num hide-phone', 'data-k': k + '.events', 'data-v': r.events, text: num(r.events) }));
+      })),
+      h('tfoot', null, h('tr', null, h('th', { text: 'Total' }), h('th', { class: 'bar-cell', text: '' }),
+        h('th', { class: 'num', 'data-k': 'breakdown.total.cost_micros', 'data-v': total.cost_micros, text: money(total.cost_micros) }),
+        h('th', { class: 'num hide-phone', text: '' }),
+        h('th', { class: 'num hide-phone', 'data-k': 'breakdown.total.events', 'data-v': total.events, text: num(total.events) })))))]);
+  }
   function loadAnalytics(top, models, feature, seq) {
     var f = feature ? '&feature=' + encodeURIComponent(feature) : '';
-    api('GET', '/v1/analytics/top?by=cost&limit=10' + f).then(function (r) {
+    analyticsGet('/v1/analytics/top?by=cost&limit=10' + f).then(function (r) {
       if (seq !== renderSeq) return;
-      if (routeMissing(r)) { unavailable(top, 'Top subjects', 'need the analytics routes (GET /v1/analytics/top).'); return; }
-      if (!r.ok) { failed(top, r); return; }
-      var rows = breakdownRows(r.json) || [];
-      if (!rows.length) { empty(top, 'No usage in this period.'); return; }
-      fill(top, 'ready', hbars(rows, 'top', true));
+      if (routeMissing(r)) { clear(top.actions); unavailable(top, 'Top subjects', 'need the analytics routes (GET /v1/analytics/top).'); return; }
+      if (!r.ok || !r.json) { failed(top, r); return; }
+      renderTop(top, r.json);
     });
-    api('GET', '/v1/analytics/breakdown?group_by=model' + f).then(function (r) {
+    analyticsGet('/v1/analytics/breakdown?group_by=model' + f).then(function (r) {
       if (seq !== renderSeq) return;
-      if (routeMissing(r)) { unavailable(models, 'Cost per model', 'needs the analytics routes (GET /v1/analytics/breakdown).'); return; }
-      if (!r.ok) { failed(models, r); return; }
-      var rows = breakdownRows(r.json) || [];
-      if (!rows.length) { empty(models, 'No AI usage in this period.'); return; }
-      rows.sort(function (a, b) { return (b.cost || b.quantity || 0) - (a.cost || a.quantity || 0); });
-      fill(models, 'ready', hbars(rows, 'breakdown', false));
+      if (routeMissing(r)) { clear(models.actions); unavailable(models, 'Cost per model', 'needs the analytics routes (GET /v1/analytics/breakdown).'); return; }
+      if (!r.ok || !r.json) { failed(models, r); return; }
+      renderBreakdown(models, r.json);
     });
   }
   function loadHealth(p, seq) {

@@ -4,6 +4,8 @@
  */
 #include "harness.h"
 
+#include "tly_read_to_end.h"
+
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -450,6 +452,18 @@ int th_high_watermarks(const char *bootstrap, const char *topic, int partitions,
   return rc;
 }
 
+typedef struct {
+  void (*visit)(void *opaque, const rd_kafka_message_t *msg);
+  void *opaque;
+  int total;
+} read_count_t;
+
+static void count_visit(void *opaque, const rd_kafka_message_t *msg) {
+  read_count_t *counted = opaque;
+  counted->visit(counted->opaque, msg);
+  counted->total++;
+}
+
 int th_read_topic(const char *bootstrap, const char *topic, int partitions,
                   void (*visit)(void *opaque, const rd_kafka_message_t *msg),
                   void *opaque) {
@@ -468,28 +482,18 @@ int th_read_topic(const char *bootstrap, const char *topic, int partitions,
   rd_kafka_topic_partition_list_t *parts =
       rd_kafka_topic_partition_list_new(partitions);
   for (int p = 0; p < partitions; p++)
-    rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
-        RD_KAFKA_OFFSET_BEGINNING;
-  int total = 0, eofs = 0;
-  if (rd_kafka_assign(rk, parts))
-    eofs = -1;
+    rd_kafka_topic_partition_list_add(parts, topic, p)->offset = 0;
+  /* Up to each partition's end as it is now (tally's reader: EOF comes
+   * again for a partition still being produced to). */
+  read_count_t counted = {visit, opaque, 0};
+  int rc = tly_read_to_end(rk, parts, 60000, count_visit, &counted, errstr,
+                           sizeof(errstr));
+  if (rc)
+    fprintf(stderr, "# reading %s: %s\n", topic, errstr);
   rd_kafka_topic_partition_list_destroy(parts);
-  int64_t deadline = th_now_ms() + 60000;
-  while (eofs >= 0 && eofs < partitions && th_now_ms() < deadline) {
-    rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
-    if (!msg)
-      continue;
-    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-      eofs++;
-    } else if (!msg->err) {
-      visit(opaque, msg);
-      total++;
-    }
-    rd_kafka_message_destroy(msg);
-  }
   rd_kafka_consumer_close(rk);
   rd_kafka_destroy(rk);
-  return eofs == partitions ? total : -1;
+  return rc ? -1 : counted.total;
 }
 
 const char *th_header(const rd_kafka_message_t *msg, const char *name,

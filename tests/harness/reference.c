@@ -130,6 +130,12 @@ void *th_stream_main(void *arg) {
     return NULL;
   }
   for (int i = 0; i < stream->events; i++) {
+    if (i == stream->hold_from && i > 0 && atomic_load(&stream->hold)) {
+      int64_t held = th_now_ms();
+      while (atomic_load(&stream->hold) && th_now_ms() - held < 300000)
+        tally_producer_poll(producer, 20);
+      started += th_now_ms() - held; /* then at the same pace */
+    }
     int s = rand_r(&seed) % stream->subjects;
     if (subject_of)
       subject_of[i] = (unsigned short)s;

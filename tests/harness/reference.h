@@ -46,6 +46,12 @@ typedef struct {
    * reported at risk (tally_outputs_at_risk_total, README "Known gaps").
    * 0: every alert exactly once. A missing alert always fails. */
   long long max_duplicate_alerts;
+  /* Optional: before event hold_from (> 0) the stream waits while hold is
+   * set (at most 5 minutes), then goes on at its pace: a test that needs
+   * records still arriving at some step releases the rest there, however
+   * slow the machine was to reach it. */
+  int hold_from;
+  atomic_int hold;
   atomic_int done;
   char error[1024]; /* set by the stream thread on failure */
 } th_stream_t;

@@ -499,8 +499,20 @@ static void test_no_false_failures(void **state) {
   flush();
   wait_ledger("cus_replay", "api_requests", 17);
   wait_ledger("cus_busy", "api_requests", 19);
+  /* The ledger has both from the first requests (Stripe applied them);
+   * the emitter, told the keys' answers will not change, sends each
+   * again under a fresh key after its backoff: wait for those. */
+  int64_t deadline = th_now_ms() + 30000;
+  for (;;) {
+    requests_t replay = requests_of("cus_replay", 500);
+    requests_t busy = requests_of("cus_busy", 409);
+    if ((replay.fresh_keys >= 1 && busy.fresh_keys >= 1) ||
+        th_now_ms() > deadline)
+      break;
+    th_sleep_ms(100);
+  }
   /* Settled: the emitter gave up on neither, and nothing waits. */
-  int64_t deadline = th_now_ms() + 20000;
+  deadline = th_now_ms() + 20000;
   while (metric("tally_stripe_oldest_unreported_seconds") != 0 &&
          th_now_ms() < deadline)
     th_sleep_ms(50);

@@ -5,9 +5,13 @@
  * OpenSSL's own HMAC (not tally's), answers 500 to the first two attempts
  * of each alert and 200 after:
  *
+ * - one alert (user:w-1's 25 %) is answered 500 until released: every
+ *   other alert, those after it on its partition too, arrives while it
+ *   still fails (no head-of-line blocking);
  * - every alert the processor wrote (read back from the alerts topic)
  *   arrives, and the distinct webhook-ids are exactly that set, though
- *   tally is SIGKILLed after the first deliveries and restarted (at least
+ *   tally is SIGKILLed after the first deliveries, and again while the
+ *   blocked alert is being retried, and restarted each time (at least
  *   once: an id may come again, never one that is no alert);
  * - every request is signed with the secret, its timestamp current, its
  *   body the alert;
@@ -57,7 +61,15 @@ typedef struct {
   int accepted[IDS_MAX];
   size_t count;
   int bad_signatures, bad_bodies, dead_attempts, requests;
+  /* The blocked alert (user:w-1's 25 %) is answered 500 until released:
+   * the others, of its partition too, must arrive meanwhile. */
+  int blocked_released, blocked_attempts;
 } receiver_t;
+
+static int is_blocked(const char *id) {
+  size_t len = strlen(id);
+  return strstr(id, ":user:w-1:") && len > 3 && !strcmp(id + len - 3, ":25");
+}
 
 static receiver_t receiver = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -132,7 +144,9 @@ static mhd_result on_request(void *cls, struct MHD_Connection *connection,
       if (i == receiver.count && i < IDS_MAX)
         snprintf(receiver.ids[receiver.count++], sizeof(receiver.ids[0]), "%s",
                  id);
-      if (i < IDS_MAX && ++receiver.attempts[i] > 2) {
+      int blocked = is_blocked(id) && !receiver.blocked_released;
+      receiver.blocked_attempts += blocked;
+      if (i < IDS_MAX && ++receiver.attempts[i] > 2 && !blocked) {
         receiver.accepted[i]++;
         status = 200;
       }
@@ -154,6 +168,17 @@ static void on_done(void *cls, struct MHD_Connection *connection, void **state,
     free(upload->body);
   free(upload);
   *state = NULL;
+}
+
+/* Whether the blocked alert was accepted (-1: never seen). */
+static int blocked_accepted(void) {
+  int accepted = -1;
+  pthread_mutex_lock(&receiver.lock);
+  for (size_t i = 0; i < receiver.count; i++)
+    if (is_blocked(receiver.ids[i]))
+      accepted = receiver.accepted[i] > 0;
+  pthread_mutex_unlock(&receiver.lock);
+  return accepted;
 }
 
 static size_t accepted_distinct(void) {
@@ -190,6 +215,8 @@ typedef struct {
   char id[700];
   char error[1024];
   int count;
+  int from_ok; /* dead letters of the /ok endpoint */
+  long long first_attempt_ms;
 } dead_t;
 
 static void visit_dead(void *opaque, const rd_kafka_message_t *msg) {
@@ -197,9 +224,18 @@ static void visit_dead(void *opaque, const rd_kafka_message_t *msg) {
   char source[64];
   if (th_header(msg, "tally.source", source, sizeof(source)) &&
       strcmp(source, "webhooks") == 0) {
+    char error[1024] = "";
+    th_header(msg, "tally.error", error, sizeof(error));
+    if (strstr(error, "/ok")) {
+      dead->from_ok++;
+      return;
+    }
     dead->count++;
     th_header(msg, "tally.output.id", dead->id, sizeof(dead->id));
-    th_header(msg, "tally.error", dead->error, sizeof(dead->error));
+    snprintf(dead->error, sizeof(dead->error), "%s", error);
+    char first[32] = "";
+    th_header(msg, "tally.webhook.first_attempt_ms", first, sizeof(first));
+    dead->first_attempt_ms = atoll(first);
   }
 }
 
@@ -238,7 +274,7 @@ static void test_webhooks(void **state) {
            " \"plans\": {\"t\": {\"credits\": -1, \"limits\": {\"api_calls\": "
            "{\"limit\": 100, \"mode\": \"hard\"}}}},"
            " \"notifications\": {\"retry_initial_ms\": 50, \"retry_max_ms\": "
-           "200, \"give_up_s\": 2, \"timeout_ms\": 2000, \"webhooks\": ["
+           "200, \"give_up_s\": 20, \"timeout_ms\": 2000, \"webhooks\": ["
            "  {\"url\": \"http://127.0.0.1:%d/ok\", \"secret_env\": "
            "\"TALLY_TEST_WEBHOOK_SECRET\"},"
            "  {\"url\": \"http://127.0.0.1:%d/dead\", \"secret_env\": "
@@ -316,6 +352,43 @@ static void test_webhooks(void **state) {
     exceeded += strcmp(alerts->types[i], "limit_exceeded") == 0;
   assert_int_equal(exceeded, 1);
 
+  /* One alert failing does not hold the others back: every other alert
+   * (those after it on its partition too) is accepted while it still
+   * fails. */
+  deadline = th_now_ms() + 60000;
+  while (accepted_distinct() < alerts->count - 1 && th_now_ms() < deadline)
+    th_sleep_ms(20);
+  assert_int_equal(blocked_accepted(), 0);
+  assert_int_equal(accepted_distinct(), alerts->count - 1);
+  pthread_mutex_lock(&receiver.lock);
+  int blocked_before = receiver.blocked_attempts;
+  pthread_mutex_unlock(&receiver.lock);
+  assert_true(blocked_before >= 1);
+  /* ... and not by giving it up: nothing of /ok was dead-lettered. */
+  dead_t early = {0};
+  assert_true(th_read_topic(broker.bootstrap, "tally.usage.dlq", 1, visit_dead,
+                            &early) >= 0);
+  assert_int_equal(early.from_ok, 0);
+  /* SIGKILL mid-retry (the blocked alert parked, the others delivered
+   * after it), restart, and let it through. */
+  th_kill9(run.pid);
+  long long second_kill_ms = (long long)time(NULL) * 1000;
+  th_run_env = secret_env;
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
+  deadline = th_now_ms() + 30000;
+  for (;;) {
+    pthread_mutex_lock(&receiver.lock);
+    int retried = receiver.blocked_attempts > blocked_before;
+    pthread_mutex_unlock(&receiver.lock);
+    if (retried || th_now_ms() > deadline)
+      break;
+    th_sleep_ms(20);
+  }
+  pthread_mutex_lock(&receiver.lock);
+  /* Resumed from the committed offset: the blocked alert comes again. */
+  assert_true(receiver.blocked_attempts > blocked_before);
+  receiver.blocked_released = 1;
+  pthread_mutex_unlock(&receiver.lock);
   deadline = th_now_ms() + 60000;
   while (accepted_distinct() < alerts->count && th_now_ms() < deadline)
     th_sleep_ms(20);
@@ -351,6 +424,13 @@ static void test_webhooks(void **state) {
       assert_string_equal(dead.id, alerts->ids[i]);
   assert_non_null(strstr(dead.error, "/dead"));
   assert_non_null(strstr(dead.error, "503"));
+  /* The give-up clock ran from the first attempt across both SIGKILLs
+   * (kept in the committed offset's metadata), not from a restart. */
+  printf("# dead-lettered: first attempt %lld ms before the second "
+         "SIGKILL\n",
+         second_kill_ms - dead.first_attempt_ms);
+  assert_true(dead.first_attempt_ms > 0);
+  assert_true(dead.first_attempt_ms < second_kill_ms);
   assert_true(receiver.dead_attempts >= 2);
   assert_true(th_metric_labeled(run.port, "tally_webhook_deliveries_total",
                                 "{result=\"dead_lettered\"}") >= 1);
