@@ -27,6 +27,7 @@
 #include "tly_dims.h"
 
 #include "tly_bytes.h"
+#include "tly_corrections.h"
 #include "tly_event_time.h"
 
 #include <stdio.h>
@@ -54,9 +55,7 @@ void tly_alert_list_clear(tly_alert_list_t *list) {
   memset(list, 0, sizeof(*list));
 }
 
-static char *dup_string(const char *text) {
-  return strdup(text ? text : "");
-}
+static char *dup_string(const char *text) { return strdup(text ? text : ""); }
 
 /* Appends an alert; the id is built from `id_fmt`. NULL on OOM. */
 static tly_alert_t *add_alert(tly_alert_list_t *out, tly_alert_type_t type,
@@ -148,8 +147,8 @@ static int close_cycle(const tly_billing_t *billing, tly_account_t *account,
   char alert_id[TLY_ALERT_ID_SIZE], subject_key[TLY_SUBJECT_KEY_SIZE];
   const tly_plan_t *plan = tly_config_plan(billing->config, account->plan);
   tly_subject_key(kind, id, subject_key, sizeof(subject_key));
-  snprintf(alert_id, sizeof(alert_id), "billing_cycle_end:%s:%lld",
-           subject_key, (long long)account->cycle.start_ms);
+  snprintf(alert_id, sizeof(alert_id), "billing_cycle_end:%s:%lld", subject_key,
+           (long long)account->cycle.start_ms);
   tly_alert_t *alert = add_alert(out, TLY_ALERT_BILLING_CYCLE_END, kind, id,
                                  account, at_ms, "", alert_id);
   if (!alert)
@@ -213,17 +212,15 @@ static int set_period(const tly_billing_t *billing, tly_account_t *account,
 
 /* ---- usage ------------------------------------------------------------ */
 
-static tly_fold_result_t fold_usage(const tly_billing_t *billing,
-                                    tly_billing_view_t *view,
-                                    tly_account_t *account,
-                                    const tly_event_t *event,
-                                    tly_alert_list_t *out, char *errstr,
-                                    size_t errstr_size) {
+static tly_fold_result_t
+fold_usage(const tly_billing_t *billing, tly_billing_view_t *view,
+           tly_account_t *account, const tly_event_t *event,
+           tly_alert_list_t *out, char *errstr, size_t errstr_size) {
   const tly_usage_recorded_t *usage = &event->body.usage;
   const tly_config_t *config = billing->config;
   const tly_plan_t *plan = tly_config_plan(config, account->plan);
   tly_cycle_t *cycle = &account->cycle;
-  int64_t t = event->occurred_at_ms;
+  int64_t t = event->occurred_at_ms, own_numerator = 0;
 
   if (!plan) {
     snprintf(errstr, errstr_size, "plan '%s' is not in the configuration",
@@ -232,8 +229,9 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
   }
   if (strlen(usage->feature) >= TLY_CONFIG_NAME_MAX ||
       strchr(usage->feature, TLY_DIM_SEP)) {
-    snprintf(errstr, errstr_size, "feature name is longer than %d bytes or "
-             "holds the byte 0x1f", TLY_CONFIG_NAME_MAX - 1);
+    snprintf(errstr, errstr_size,
+             "feature name is longer than %d bytes or holds the byte 0x1f",
+             TLY_CONFIG_NAME_MAX - 1);
     return TLY_FOLD_REJECTED;
   }
   if (t < cycle->start_ms) { /* late: a closed cycle still kept? */
@@ -265,9 +263,9 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
     if (checked != TLY_FOLD_APPLIED)
       return checked;
   }
-  tly_billing_row_t *row = view->row(view, event->subject_kind,
-                                     event->subject_id, cycle->start_ms,
-                                     usage->feature);
+  tly_billing_row_t *row =
+      view->row(view, event->subject_kind, event->subject_id, cycle->start_ms,
+                usage->feature);
   if (!row)
     return TLY_FOLD_FAILED;
   tly_billing_row_t next = *row;
@@ -297,8 +295,8 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
                __builtin_mul_overflow(out_tokens, model->output_per_mtok, &b) ||
                __builtin_add_overflow(a, b, &base) ||
                __builtin_mul_overflow(base, 10000 + config->margin_bps,
-                                      &numerator) ||
-               __builtin_add_overflow(numerator, next.cost_remainder,
+                                      &own_numerator) ||
+               __builtin_add_overflow(own_numerator, next.cost_remainder,
                                       &numerator) ||
                __builtin_add_overflow(next.cost_micros,
                                       numerator / TLY_TOKEN_COST_DENOMINATOR,
@@ -309,16 +307,15 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
     overflow = next.cost_micros < 0;
   }
   int64_t cost_delta = 0, cycle_cost = 0;
-  overflow = overflow ||
-             __builtin_sub_overflow(next.cost_micros, row->cost_micros,
-                                    &cost_delta) ||
-             __builtin_add_overflow(cycle->cost_micros, cost_delta,
-                                    &cycle_cost);
+  overflow =
+      overflow ||
+      __builtin_sub_overflow(next.cost_micros, row->cost_micros, &cost_delta) ||
+      __builtin_add_overflow(cycle->cost_micros, cost_delta, &cycle_cost);
   /* The hour's bucket: what this event added. */
   tly_bucket_t *bucket = NULL, hour = {0};
   if (!overflow) {
     bucket = view->bucket(view, event->subject_kind, event->subject_id,
-                        tly_billing_hour(t), usage->feature);
+                          tly_billing_hour(t), usage->feature);
     if (!bucket)
       return TLY_FOLD_FAILED;
     hour = *bucket;
@@ -350,6 +347,9 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
   if (is_new &&
       tly_distinct_add(distinct, cycle->start_ms, usage->feature, value))
     return TLY_FOLD_FAILED;
+  if (tly_correction_record(view, event, cycle->start_ms, aggregation,
+                            own_numerator))
+    return TLY_FOLD_FAILED; /* its contribution, for usage_corrected */
   cycle->cost_micros = cycle_cost;
   cycle->events++;
   *row = next;
@@ -357,22 +357,32 @@ static tly_fold_result_t fold_usage(const tly_billing_t *billing,
   tly_dims_apply(&groups);
   if (cycle != &account->cycle)
     return TLY_FOLD_APPLIED; /* a closed cycle: no more alerts for it */
+  return tly_billing_check_limits(billing, account, plan, event->subject_kind,
+                                  event->subject_id, usage->feature, row, t,
+                                  out)
+             ? TLY_FOLD_FAILED
+             : TLY_FOLD_APPLIED;
+}
 
-  const tly_feature_limit_t *limit = tly_plan_limit(plan, usage->feature);
+int tly_billing_check_limits(const tly_billing_t *billing,
+                             tly_account_t *account, const tly_plan_t *plan,
+                             tly_subject_kind_t kind, const char *id,
+                             const char *feature, tly_billing_row_t *row,
+                             int64_t at_ms, tly_alert_list_t *out) {
+  const tly_feature_limit_t *limit = tly_plan_limit(plan, feature);
   if (limit && limit->limit != TLY_UNLIMITED &&
-      check_thresholds(billing, account, plan, event->subject_kind,
-                       event->subject_id, usage->feature, row->quantity,
+      check_thresholds(billing, account, plan, kind, id, feature, row->quantity,
                        limit->limit, limit->mode == TLY_LIMIT_HARD,
-                       &row->thresholds_fired, t, out))
-    return TLY_FOLD_FAILED;
-  if (plan->credits != TLY_UNLIMITED &&
-      check_thresholds(billing, account, plan, event->subject_kind,
-                       event->subject_id, TLY_CREDITS_FEATURE,
-                       tly_billing_credits_used(config, account),
-                       plan->credits, 1, &account->credit_thresholds_fired, t,
-                       out))
-    return TLY_FOLD_FAILED;
-  return TLY_FOLD_APPLIED;
+                       &row->thresholds_fired, at_ms, out))
+    return -1;
+  return plan->credits != TLY_UNLIMITED &&
+                 check_thresholds(
+                     billing, account, plan, kind, id, TLY_CREDITS_FEATURE,
+                     tly_billing_credits_used(billing->config, account),
+                     plan->credits, 1, &account->credit_thresholds_fired, at_ms,
+                     out)
+             ? -1
+             : 0;
 }
 
 /* ---- the fold --------------------------------------------------------- */
@@ -501,15 +511,16 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
     break;
   }
   case TLY_BODY_SUBSCRIPTION_CHANGED: {
-    const tly_subscription_changed_t *change = &event->body.subscription_changed;
+    const tly_subscription_changed_t *change =
+        &event->body.subscription_changed;
     failed = roll_over(billing, &next, event->subject_kind, event->subject_id,
                        t, out);
     if (!failed && set_plan(config, &next, change->plan, errstr, errstr_size))
       result = TLY_FOLD_REJECTED;
     else if (!failed && change->period_start_ms && change->period_end_ms)
-      failed = set_period(billing, &next, event->subject_kind,
-                          event->subject_id, t, change->period_start_ms,
-                          change->period_end_ms, out);
+      failed =
+          set_period(billing, &next, event->subject_kind, event->subject_id, t,
+                     change->period_start_ms, change->period_end_ms, out);
     next.canceled = 0;
     break;
   }
@@ -520,7 +531,12 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
       break;
     switch (event->body_kind) {
     case TLY_BODY_USAGE_RECORDED:
-      result = fold_usage(billing, view, &next, event, out, errstr, errstr_size);
+      result =
+          fold_usage(billing, view, &next, event, out, errstr, errstr_size);
+      break;
+    case TLY_BODY_USAGE_CORRECTED: /* tly_corrections.c */
+      result = tly_correction_fold(billing, view, &next, event, out, errstr,
+                                   errstr_size);
       break;
     case TLY_BODY_PLAN_ASSIGNED:
       if (set_plan(config, &next, event->body.plan_assigned.plan, errstr,
@@ -971,8 +987,8 @@ static void put_read_marks(writer_t *w, const tly_read_marks_t *marks) {
     tly_put_be64(hash, marks->marks[i].hash);
     for (size_t b = 0; b < sizeof(hash); b++)
       put_byte(w, hash[b]);
-    put_signed(w,
-               wrapping_sub(marks->marks[i].alert_at_ms, marks->read_before_ms));
+    put_signed(
+        w, wrapping_sub(marks->marks[i].alert_at_ms, marks->read_before_ms));
   }
 }
 
@@ -1095,8 +1111,7 @@ int tly_subject_record_decode(const void *data, size_t len,
     take_bucket(&r, &record->buckets[i]);
   }
   if (with_holds && !r.bad) {
-    record->holds =
-        take_array(&r, sizeof(*record->holds), &record->hold_count);
+    record->holds = take_array(&r, sizeof(*record->holds), &record->hold_count);
     if (!record->hold_count || record->hold_count > TLY_HOLDS_MAX)
       r.bad = 1; /* version 4 is written for holds only, never too many */
     for (size_t i = 0; i < record->hold_count && !r.bad; i++)

@@ -22,13 +22,13 @@
 #include "tly_config.h"
 #include "tly_event.h"
 #include "tly_holds.h"
-#include "tly_read_marks.h"
 #include "tly_meters.h"
+#include "tly_read_marks.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define TLY_BILLING_HISTORY 3      /* closed cycles kept for late events */
+#define TLY_BILLING_HISTORY 3 /* closed cycles kept for late events */
 #define TLY_BILLING_DEFAULT_DEDUPE_WINDOW_MS (7LL * 24 * 3600 * 1000)
 #define TLY_CREDITS_FEATURE "credits" /* the plan's credit quota in alerts */
 /* Every alert id the fold builds fits in this many bytes with its NUL
@@ -52,7 +52,7 @@ typedef struct {
   int stripe_period; /* cycle bounds were set by Stripe */
   int payment_failed;
   int canceled;
-  tly_cycle_t cycle; /* the current one */
+  tly_cycle_t cycle;                /* the current one */
   uint32_t credit_thresholds_fired; /* bit i: plan threshold i, this cycle */
   size_t history_count;             /* newest first */
   tly_cycle_t history[TLY_BILLING_HISTORY];
@@ -68,7 +68,8 @@ typedef struct {
   int64_t output_tokens;
   int64_t event_count;
   int64_t cost_micros;
-  int64_t cost_remainder; /* numerator left over, < TLY_TOKEN_COST_DENOMINATOR */
+  int64_t
+      cost_remainder; /* numerator left over, < TLY_TOKEN_COST_DENOMINATOR */
   uint32_t thresholds_fired; /* bit i: plan threshold i, this cycle */
   int64_t latest_at_ms;      /* latest: the occurred_at of the value; else 0 */
 } tly_billing_row_t;
@@ -112,10 +113,11 @@ int32_t tly_billing_hour(int64_t t_ms);
  * persists afterwards; NULL means the caller failed (out of memory, store
  * error) and the fold stops with -1. */
 typedef struct tly_billing_view tly_billing_view_t;
+struct tly_contribution; /* tly_corrections.h */
 struct tly_billing_view {
   void *opaque;
-  tly_account_t *(*account)(tly_billing_view_t *view,
-                            tly_subject_kind_t kind, const char *id);
+  tly_account_t *(*account)(tly_billing_view_t *view, tly_subject_kind_t kind,
+                            const char *id);
   tly_billing_row_t *(*row)(tly_billing_view_t *view, tly_subject_kind_t kind,
                             const char *id, int64_t cycle_start_ms,
                             const char *feature);
@@ -145,6 +147,14 @@ struct tly_billing_view {
    * NULL return: the caller failed. */
   tly_distinct_sets_t *(*distinct)(tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id);
+  /* Optional (NULL: usage events keep no contribution and usage_corrected
+   * events are rejected): the contribution (tly_corrections.h) of the
+   * subject's usage event event_id. With write == 0: 1 and *contribution
+   * when kept, 0 when not; with write != 0: stores *contribution (0).
+   * -1: the caller failed. A write is seen by the next read at once. */
+  int (*contribution)(tly_billing_view_t *view, tly_subject_kind_t kind,
+                      const char *id, const char *event_id,
+                      struct tly_contribution *contribution, int write);
   /* The fold's clock for expiring holds: the Kafka timestamp of the record
    * being folded (in the log, so a replay decides the same); 0 or less:
    * none, the event's occurred_at is used. */
@@ -185,8 +195,8 @@ typedef struct {
 /* Step 5 of tly_billing_fold (tly_holds.c): the holds' part of an event
  * applied otherwise, through view->holds at the fold's clock. */
 tly_fold_result_t tly_billing_fold_holds(tly_billing_view_t *view,
-                                         const tly_event_t *event,
-                                         char *errstr, size_t errstr_size);
+                                         const tly_event_t *event, char *errstr,
+                                         size_t errstr_size);
 
 /* unique_count's part of a usage event (tly_meters.c): the value of the
  * meter's property, checked against the bounds, and whether the cycle's
@@ -198,6 +208,15 @@ tly_meter_distinct_check(const tly_config_t *config, tly_billing_view_t *view,
                          const tly_event_t *event, int64_t cycle_start_ms,
                          tly_distinct_sets_t **sets, const char **value,
                          int *is_new, char *errstr, size_t errstr_size);
+
+/* The plan's thresholds for the row's feature (its limit) and for the
+ * plan's credits, after row changed in the account's current cycle: fires
+ * each one reached that has not fired this cycle. 0, or -1 on OOM. */
+int tly_billing_check_limits(const tly_billing_t *billing,
+                             tly_account_t *account, const tly_plan_t *plan,
+                             tly_subject_kind_t kind, const char *id,
+                             const char *feature, tly_billing_row_t *row,
+                             int64_t at_ms, tly_alert_list_t *out);
 
 /* Folds one event into the state; appends alerts to out. An event with a
  * time outside tly_event_time.h's absolute range (occurred_at, a period
@@ -226,8 +245,8 @@ tly_fold_result_t tly_billing_tick(const tly_billing_t *billing,
  * beyond the int64 range saturates to INT64_MIN or INT64_MAX (so for t
  * near INT64_MAX the end may equal t). The fold only passes times of
  * tly_event_time.h's range, where no bound saturates. */
-void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms,
-                             int64_t *start_ms, int64_t *end_ms);
+void tly_billing_month_cycle(int64_t anchor_ms, int64_t t_ms, int64_t *start_ms,
+                             int64_t *end_ms);
 
 /* Cost in micros of `quantity` units under tiered pricing (graduated: each
  * unit at its tier's price; volume: every unit at the price of the tier the
@@ -240,9 +259,9 @@ int64_t tly_billing_tier_cost(const tly_feature_price_t *price,
  * carried in *remainder (< TLY_TOKEN_COST_DENOMINATOR) to the next call.
  * Adds to *cost_micros. 0, or -1 on overflow (nothing changed). Pure. */
 int tly_billing_token_cost(const tly_config_t *config,
-                           const tly_model_price_t *model,
-                           int64_t input_tokens, int64_t output_tokens,
-                           int64_t *cost_micros, int64_t *remainder);
+                           const tly_model_price_t *model, int64_t input_tokens,
+                           int64_t output_tokens, int64_t *cost_micros,
+                           int64_t *remainder);
 
 /* When ticks must next reach the subject (the time the processor indexes
  * it under, see tly_ticks.c): its cycle's end or its next hold expiry,

@@ -1,11 +1,9 @@
 /*
- * tly_prices.c - the billing fold's price arithmetic (tly_billing.h): tier
- * costs, token costs and credits used. Pure: integers only, no I/O.
- * (Moved out of tly_billing.c to keep that file within the size limit.)
+ * tly_prices.c - what usage costs: tiered prices, token prices with the
+ * margin, credits used (see tly_billing.h for the contracts). Pure: no
+ * I/O, integers only. Moved out of tly_billing.c unchanged.
  */
 #include "tly_billing.h"
-
-/* ---- prices ----------------------------------------------------------- */
 
 int64_t tly_billing_tier_cost(const tly_feature_price_t *price,
                               int64_t quantity) {

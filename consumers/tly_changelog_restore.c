@@ -56,8 +56,8 @@ static int wipe_families(tly_store_t *store, int32_t partition,
 int tly_changelog_wipe_partition(tly_store_t *store, int32_t partition,
                                  char *errstr, size_t errstr_size) {
   static const tly_cf_t cfs[] = {
-      TLY_CF_ACCOUNTS, TLY_CF_USAGE,   TLY_CF_DEDUPE,    TLY_CF_CYCLE_ENDS,
-      TLY_CF_EXPIRIES, TLY_CF_OFFSETS, TLY_CF_DEDUPE_IDS};
+      TLY_CF_ACCOUNTS, TLY_CF_USAGE,   TLY_CF_DEDUPE,     TLY_CF_CYCLE_ENDS,
+      TLY_CF_EXPIRIES, TLY_CF_OFFSETS, TLY_CF_DEDUPE_IDS, TLY_CF_CONTRIBUTIONS};
   return wipe_families(store, partition, cfs, sizeof(cfs) / sizeof(cfs[0]),
                        errstr, errstr_size);
 }
@@ -335,13 +335,36 @@ static int kind_family(unsigned char kind, tly_cf_t *cf) {
                {TLY_CHANGELOG_USAGE, TLY_CF_USAGE},
                {TLY_CHANGELOG_DEDUPE, TLY_CF_DEDUPE},
                {TLY_CHANGELOG_REPORT, TLY_CF_REPORTS},
-               {TLY_CHANGELOG_CURSOR, TLY_CF_CURSORS}};
+               {TLY_CHANGELOG_CURSOR, TLY_CF_CURSORS},
+               {TLY_CHANGELOG_CONTRIBUTION, TLY_CF_CONTRIBUTIONS}};
   for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
     if ((unsigned char)kinds[i].kind == kind) {
       *cf = kinds[i].cf;
       return 1;
     }
   return 0;
+}
+
+/* A commit's contributions of the partition (tly_contributions.c): each
+ * entry put under its own key (a blob's deletion leaves them to the store's
+ * expiry). An entry that runs past the blob or names another partition
+ * ends it. */
+static int apply_contributions(restore_t *r, const unsigned char *value,
+                               size_t len) {
+  size_t at = 8;
+  while (len >= at + 3) {
+    size_t key_len = (size_t)value[at] << 8 | value[at + 1];
+    size_t value_len = value[at + 2];
+    const unsigned char *key = value + at + 3;
+    if (key_len < 4 || len - at - 3 < key_len + value_len ||
+        tly_get_be32(key) != (uint32_t)r->partition)
+      break;
+    tly_store_batch_put(r->batch, TLY_CF_CONTRIBUTIONS, key, key_len,
+                        key + key_len, value_len);
+    at += 3 + key_len + value_len;
+  }
+  r->out->applied++;
+  return tly_store_batch_count(r->batch) >= RESTORE_CHUNK ? flush_chunk(r) : 0;
 }
 
 /* Writes a state record (value NULL: deletes it) unless a newer record of
@@ -362,6 +385,8 @@ static int apply_as(restore_t *r, uint64_t hash, int64_t offset, int strict,
   }
   if (!admitted)
     return 0;
+  if (cf == TLY_CF_CONTRIBUTIONS)
+    return value ? apply_contributions(r, value, value_len) : 0;
   if (value)
     tly_store_batch_put(r->batch, cf, key + 1, key_len - 1, value, value_len);
   else

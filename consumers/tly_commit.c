@@ -94,15 +94,18 @@ static size_t collect_hour(tly_processor_t *p, const tly_overlay_entry_t *entry,
 }
 
 /* Whether the hour's key must be written from memory at this commit: it is
- * not the newest, and a bucket of it changed or was in the record. */
+ * not the newest, and a bucket of it changed or was in the record. A
+ * changed bucket is written even when it holds no event any more (a
+ * correction retracted them: its stored key must not keep them). */
 static int hour_needs_write(const tly_overlay_entry_t *entry, int32_t hour,
                             int32_t newest) {
   if (hour == newest)
     return 0;
   for (size_t i = 0; i < entry->bucket_count; i++) {
     const tly_overlay_bucket_t *bucket = entry->buckets[i];
-    if (bucket->bucket.hour == hour && bucket->bucket.totals.event_count &&
-        (bucket->dirty || bucket->in_record))
+    if (bucket->bucket.hour == hour &&
+        (bucket->dirty ||
+         (bucket->in_record && bucket->bucket.totals.event_count)))
       return 1;
   }
   return 0;
@@ -394,6 +397,10 @@ static void changelog_expire_blobs(tly_processor_t *p) {
       tly_put_be64(key + 4, (uint64_t)part->blobs[b].key);
       tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_DEDUPE, key,
                                   sizeof(key));
+      /* the batch's contributions (tly_contributions.c): no newer than
+       * its event ids */
+      tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_CONTRIBUTION,
+                                  key, sizeof(key));
     }
     part->blob_count = kept;
   }
@@ -561,6 +568,8 @@ int tly_proc_batch_submit(tly_processor_t *p) {
     mark_committed(p, entry);
   }
   p->dirty_count = 0;
+  if (tly_proc_contrib_flush(p))
+    return -1;
   for (int32_t i = 0; i < p->partition_cap; i++) {
     partition_state_t *part = &p->partitions[i];
     size_t blob_len = 0;
@@ -679,6 +688,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   }
   p->batch_events = 0;
   p->batch_messages = 0;
+  tly_proc_contrib_submitted(p); /* read from memory until durable */
 
   pthread_mutex_lock(&p->writer_lock);
   tly_store_batch_t *writing = p->batch;
@@ -842,8 +852,10 @@ int tly_proc_batch_wait(tly_processor_t *p) {
     part->inflight_watermark = INT64_MIN;
   }
   pthread_mutex_unlock(&p->lock);
-  /* The ids this commit spilled are in RocksDB now: they leave memory. */
+  /* The ids this commit spilled are in RocksDB now: they leave memory, and
+   * so do its contributions. */
   tly_proc_dedupe_release(p);
+  tly_proc_contrib_durable(p);
   tly_proc_end_replay(p);
   atomic_fetch_add(&p->events_folded, flight->events);
   atomic_fetch_add(&p->batches_committed, 1);

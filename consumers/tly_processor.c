@@ -653,7 +653,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                  .seen = tly_proc_view_seen,
                                  .holds = tly_proc_view_holds,
                                  .distinct = tly_proc_view_distinct,
-                                 .group_bucket = tly_proc_view_group_bucket};
+                                 .group_bucket = tly_proc_view_group_bucket,
+                                 .contribution = tly_proc_view_contribution};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");
   if (kill_after && *kill_after) {
     p->kill_after_acks = atol(kill_after);
@@ -984,6 +985,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   pthread_cond_destroy(&p->writer_done);
   tly_store_batch_destroy(p->batch);
   tly_overlay_free(&p->overlay);
+  tly_proc_contrib_free(p);
   for (int32_t i = 0; i < p->partition_cap; i++) {
     tly_dedupe_free(p->partitions[i].dedupe);
     free(p->partitions[i].blobs);

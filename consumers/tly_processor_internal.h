@@ -194,6 +194,16 @@ typedef struct {
   size_t produced_count, produced_cap;
 } commit_inflight_t;
 
+/* Contributions by key, in memory (tly_contributions.c): entries appended
+ * to data ([key length, 2][value length, 1][key][value]); slots (a power
+ * of two) hold the key's hash and the entry's offset + 1, 0 when empty. */
+typedef struct {
+  unsigned char *data;
+  size_t len, cap;
+  uint64_t *slots; /* [hash, 32 bits][offset + 1, 32 bits] */
+  size_t slot_cap, count;
+} tly_contrib_table_t;
+
 /* Where the output topics were last seen acknowledged: recovery reads them
  * from here to their end to find outbox entries Kafka already holds. */
 typedef struct {
@@ -246,6 +256,11 @@ struct tly_processor {
   long acks_seen;
   int64_t last_tick_slot;
 
+  /* Contributions (tly_contributions.c) the open batch and the batch in
+   * the writer's hands wrote, found before RocksDB has them. */
+  tly_contrib_table_t contrib_open, contrib_inflight;
+  const unsigned char **contrib_sorted; /* the open table's entries, sorted */
+  size_t contrib_sorted_cap;
   /* The open batch: accounts and rows (kept across batches as a cache);
    * the entries this batch changed are on the dirty list. */
   tly_overlay_t overlay;
@@ -432,6 +447,21 @@ tly_distinct_sets_t *tly_proc_view_distinct(tly_billing_view_t *view,
                                             const char *id);
 tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
                                  tly_subject_kind_t kind, const char *id);
+
+/* tly_contributions.c: the view's contribution callback and its
+ * read-your-writes tables (submitted: the open batch went to the writer;
+ * durable: its write returned). */
+int tly_proc_view_contribution(tly_billing_view_t *view,
+                               tly_subject_kind_t kind, const char *id,
+                               const char *event_id,
+                               struct tly_contribution *contribution,
+                               int write);
+/* Puts the open batch's contributions (the latest value of each key) into
+ * the batch and its changelog bundle, in key order. 0, or -1 (fatal). */
+int tly_proc_contrib_flush(tly_processor_t *p);
+void tly_proc_contrib_submitted(tly_processor_t *p);
+void tly_proc_contrib_durable(tly_processor_t *p);
+void tly_proc_contrib_free(tly_processor_t *p);
 
 /* tly_commit.c: the batch and its writer thread. */
 int tly_proc_batch_has_work(tly_processor_t *p);

@@ -87,6 +87,8 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
   }
   atomic_fetch_add(&p->rebalances, 1);
   tly_overlay_reset(&p->overlay);
+  tly_proc_contrib_submitted(p); /* as the overlay: RocksDB answers now */
+  tly_proc_contrib_durable(p);
   p->last_entry = NULL;
   p->dirty_count = 0;
   pthread_mutex_lock(&p->lock);

@@ -1085,7 +1085,7 @@ static void parse_one_event(const tly_config_t *config, const json_t *object,
   }
   /* As the fold prices it (tly_billing.c): a model without a price is
    * dead-lettered there unless the config prices it at the fallback. */
-  if (item->event.body_kind == TLY_BODY_USAGE_RECORDED &&
+  if (TLY_BODY_IS_USAGE(item->event.body_kind) &&
       item->event.body.usage.has_ai &&
       !tly_config_model(config, item->event.body.usage.ai.model) &&
       config->unknown_model != TLY_UNKNOWN_MODEL_FALLBACK) {

@@ -138,7 +138,8 @@ static int may_continue(tly_stripe_emitter_t *e, const pass_t *pass) {
  * totals it was made at; its outcome adds the pending amount to reported
  * or failed, above the intent. */
 static int64_t cursor_version(const tly_stripe_cursor_t *cursor) {
-  return 2 * (cursor->reported + cursor->failed) + (cursor->pending != 0);
+  return 2 * (cursor->reported + cursor->failed + 2 * cursor->retracted) +
+         (cursor->pending != 0);
 }
 
 /* Commits what the batch holds (synced or not). 0 or -1 (logged). */
@@ -372,8 +373,7 @@ static int fail_too_old(tly_stripe_emitter_t *e, work_t *work, slot_t *slot,
                        .error = "window older than Stripe's 35 days: not sent"};
   if (tly_emitter_report_failure(e, &failure))
     return -1;
-  slot->cursor.failed += delta;
-  slot->cursor.pending = 0;
+  tly_stripe_cursor_settle(&slot->cursor, delta, 1);
   stage_cursor(e, slot->key, slot->key_len, &slot->cursor);
   if (commit_batch(e, 1, "writing a report cursor"))
     return -1;
@@ -426,7 +426,28 @@ static int plan_round(tly_stripe_emitter_t *e, work_t *work) {
     if (!slot->cursor.pending) {
       int64_t delta = slot->total - slot->cursor.reported - slot->cursor.failed;
       const char *customer = subject->subject.record.account.stripe_customer_id;
-      if (delta <= 0 || !customer[0]) {
+      /* A correction lowered the window (tly_corrections.h): what was
+       * counted failed (never in Stripe) is taken back first, without a
+       * request; the rest goes to Stripe as a negative meter event. */
+      if (delta < 0 && slot->cursor.failed > 0) {
+        int64_t back =
+            -delta < slot->cursor.failed ? -delta : slot->cursor.failed;
+        slot->cursor.failed -= back;
+        slot->cursor.retracted += back;
+        delta += back;
+        stage_cursor(e, slot->key, slot->key_len, &slot->cursor);
+        if (commit_batch(e, 1, "writing a report cursor")) {
+          subject->deferred = 1;
+          continue;
+        }
+        produce_changelog(e, work->pass.partition, TLY_CHANGELOG_CURSOR,
+                          slot->key, slot->key_len, &slot->cursor, NULL);
+        tly_stripe_report_identifier(
+            work->pass.partition, subject->subject.kind, subject->subject.id,
+            slot->meter->event_name, slot->window_start_ms, &slot->cursor,
+            slot->identifier);
+      }
+      if (delta == 0 || !customer[0]) {
         slot->settled = 1; /* an unlinked subject has no one to bill */
         continue;
       }
@@ -592,7 +613,7 @@ static int reconcile_round(tly_stripe_emitter_t *e, work_t *work) {
         subject->deferred = 1; /* the intent stays: reconciled later */
         continue;
       }
-      cursor->failed += cursor->pending;
+      tly_stripe_cursor_settle(cursor, 0, 1);
       atomic_fetch_add(&e->failed, 1);
     } else {
       tly_log(TLY_LOG_INFO, "stripe",
@@ -600,11 +621,10 @@ static int reconcile_round(tly_stripe_emitter_t *e, work_t *work) {
               "total after 24 h: reported",
               subject->name, slot->meter->event_name, cursor->pending,
               slot->window_start_ms);
-      cursor->reported += cursor->pending;
+      tly_stripe_cursor_settle(cursor, 0, 0);
       atomic_fetch_add(&e->sent, 1);
       atomic_fetch_add(&e->reconciled_in, 1);
     }
-    cursor->pending = 0;
     if (settle_cursor(e, &work->pass, slot->key, slot->key_len, cursor))
       return -1;
   }
@@ -644,13 +664,12 @@ static int send_round(tly_stripe_emitter_t *e, work_t *work) {
         subject->deferred = 1; /* the intent stays: resent later */
         continue;
       }
-      slot->cursor.failed += slot->cursor.pending;
+      tly_stripe_cursor_settle(&slot->cursor, 0, 1);
       atomic_fetch_add(&e->failed, 1);
     } else {
-      slot->cursor.reported += slot->cursor.pending;
+      tly_stripe_cursor_settle(&slot->cursor, 0, 0);
       atomic_fetch_add(&e->sent, 1);
     }
-    slot->cursor.pending = 0;
     if (settle_cursor(e, &work->pass, slot->key, slot->key_len, &slot->cursor))
       return -1;
   }

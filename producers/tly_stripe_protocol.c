@@ -23,15 +23,35 @@ size_t tly_stripe_cursor_encode(const tly_stripe_cursor_t *cursor,
   tly_put_be64(out, (uint64_t)cursor->reported);
   tly_put_be64(out + 8, (uint64_t)cursor->pending);
   tly_put_be64(out + 16, (uint64_t)cursor->failed);
-  if (!cursor->pending)
-    return 24;
+  if (!cursor->pending) {
+    if (!cursor->retracted)
+      return 24;
+    tly_put_be64(out + 24, (uint64_t)cursor->retracted);
+    return 32;
+  }
   size_t customer_len = strnlen(cursor->customer, sizeof(cursor->customer) - 1);
   tly_put_be64(out + 24, (uint64_t)cursor->timestamp_s);
   out[32] = (unsigned char)customer_len;
   memcpy(out + 33, cursor->customer, customer_len);
   tly_put_be64(out + 33 + customer_len, (uint64_t)cursor->made_at_s);
   tly_put_be32(out + 41 + customer_len, cursor->generation);
-  return 45 + customer_len;
+  if (!cursor->retracted)
+    return 45 + customer_len;
+  tly_put_be64(out + 45 + customer_len, (uint64_t)cursor->retracted);
+  return 53 + customer_len;
+}
+
+void tly_stripe_cursor_settle(tly_stripe_cursor_t *cursor, int64_t amount,
+                              int failed) {
+  if (cursor->pending)
+    amount = cursor->pending;
+  if (failed)
+    cursor->failed += amount;
+  else
+    cursor->reported += amount;
+  if (amount < 0)
+    cursor->retracted -= amount;
+  cursor->pending = 0;
 }
 
 int tly_stripe_cursor_decode(const void *data, size_t len,
@@ -43,14 +63,25 @@ int tly_stripe_cursor_decode(const void *data, size_t len,
   cursor->reported = (int64_t)tly_get_be64(bytes);
   cursor->pending = (int64_t)tly_get_be64(bytes + 8);
   cursor->failed = (int64_t)tly_get_be64(bytes + 16);
-  if (cursor->reported < 0 || cursor->pending < 0 || cursor->failed < 0)
-    return -1;
-  if (!cursor->pending)
-    return len == 24 ? 0 : -1;
+  if (!cursor->pending) {
+    if (len == 32)
+      cursor->retracted = (int64_t)tly_get_be64(bytes + 24);
+    return (len == 24 || (len == 32 && cursor->retracted > 0)) &&
+                   cursor->reported >= 0 && cursor->failed >= -cursor->retracted
+               ? 0
+               : -1;
+  }
   size_t customer_len = len > 33 ? bytes[32] : 0;
   /* Without made-at and generation: written before they existed. */
   int legacy = len == 33 + customer_len;
-  if (!customer_len || (!legacy && len != 45 + customer_len) ||
+  if (len == 53 + customer_len)
+    cursor->retracted = (int64_t)tly_get_be64(bytes + 45 + customer_len);
+  if (cursor->reported < 0 || cursor->retracted < 0 ||
+      cursor->failed < -cursor->retracted)
+    return -1;
+  if (!customer_len ||
+      (!legacy && len != 45 + customer_len &&
+       !(len == 53 + customer_len && cursor->retracted > 0)) ||
       customer_len >= sizeof(cursor->customer) ||
       memchr(bytes + 33, '\0', customer_len))
     return -1;
@@ -89,6 +120,12 @@ void tly_stripe_report_identifier(int32_t partition, tly_subject_kind_t kind,
     tail +=
         snprintf(text + len + (size_t)tail, sizeof(text) - len - (size_t)tail,
                  "|g%" PRIu32, cursor->generation);
+  /* After a fall of the window's total: the same reported and failed can
+   * come back, retracted never does. */
+  if (cursor->retracted)
+    tail +=
+        snprintf(text + len + (size_t)tail, sizeof(text) - len - (size_t)tail,
+                 "|r%" PRId64, cursor->retracted);
   tly_sha256_hex(text, len + (size_t)tail, hex);
   snprintf(out, TLY_STRIPE_IDENTIFIER_SIZE, "tly_%.40s", hex);
 }

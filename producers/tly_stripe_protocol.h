@@ -36,9 +36,23 @@ typedef struct {
   char customer[128];
   int64_t made_at_s;
   uint32_t generation;
+  /* Usage corrections (issue 17): the window's total can fall, and a
+   * negative delta is reported as a meter event with a negative value
+   * (Stripe's sum takes it). retracted adds up every amount the cursor's
+   * totals fell by (negative deltas, and refused amounts taken back), so
+   * reported + failed + 2 * retracted grows with every step and no two
+   * deltas share an identifier. Encoded after everything else, only when
+   * not 0 (cursors without corrections keep their bytes). pending and
+   * failed may be negative once it is not 0. */
+  int64_t retracted;
 } tly_stripe_cursor_t;
 
-#define TLY_STRIPE_CURSOR_MAX (4 * 8 + 1 + 128 + 8 + 4)
+#define TLY_STRIPE_CURSOR_MAX (4 * 8 + 1 + 128 + 8 + 4 + 8)
+
+/* Settles the pending amount (or, pending 0, amount) into reported (failed
+ * 0) or failed: a negative amount counts in retracted too. */
+void tly_stripe_cursor_settle(tly_stripe_cursor_t *cursor, int64_t amount,
+                              int failed);
 /* Returns the length written (out holds TLY_STRIPE_CURSOR_MAX bytes). */
 size_t tly_stripe_cursor_encode(const tly_stripe_cursor_t *cursor,
                                 unsigned char *out);

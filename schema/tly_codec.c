@@ -38,6 +38,18 @@
 _Static_assert(TLY_CODEC_HEADER_SIZE == TLY_AVRO_HEADER_SIZE,
                "one framing for every codec");
 
+/* Where a record read into body.usage keeps its fields (UsageRecorded has
+ * properties and no corrects, UsageCorrected the reverse: SIZE_MAX for a
+ * field the record lacks). */
+typedef struct {
+  size_t feature, quantity, unit, ai, properties, corrects;
+  int ai_null_branch, ai_record_branch;
+  size_t provider, model, input_tokens, output_tokens;
+} usage_layout_t;
+
+/* Which usage_layout_t of the layout a usage body kind reads through. */
+#define USAGE_OF(kind) ((kind) == TLY_BODY_USAGE_CORRECTED ? 1 : 0)
+
 /* Positions of the fields the codec reads and writes, resolved by name at
  * tly_codec_new() so a schema edit that moves a field is caught there. */
 typedef struct {
@@ -47,9 +59,8 @@ typedef struct {
   int branch[TLY_BODY__COUNT];
   /* flat bodies: record field index of each tly_body_specs field */
   size_t field[TLY_BODY__COUNT][TLY_BODY_MAX_FIELDS];
-  size_t feature, quantity, unit, ai, properties;
-  int ai_null_branch, ai_record_branch;
-  size_t provider, model, input_tokens, output_tokens;
+  /* body.usage's records: [0] UsageRecorded, [1] UsageCorrected */
+  usage_layout_t usage[2];
 } layout_t;
 
 struct tly_codec {
@@ -127,12 +138,47 @@ static int layout_flat_bodies(layout_t *l, avro_schema_t body, char *errstr,
   return 0;
 }
 
+/* A usage-shaped record: UsageRecorded (properties wanted: *properties
+ * gets the map's schema) or UsageCorrected (properties NULL: corrects). */
+static int layout_usage(avro_schema_t usage, const char *ai_name,
+                        usage_layout_t *u, avro_schema_t *properties,
+                        char *errstr, size_t errstr_size) {
+  avro_schema_t ai = NULL, ai_record = NULL;
+  u->properties = u->corrects = SIZE_MAX;
+  if (tly_avro_layout_field(usage, "feature", AVRO_STRING, &u->feature, NULL,
+                            errstr, errstr_size) ||
+      tly_avro_layout_field(usage, "quantity", AVRO_INT64, &u->quantity, NULL,
+                            errstr, errstr_size) ||
+      tly_avro_layout_field(usage, "unit", AVRO_STRING, &u->unit, NULL, errstr,
+                            errstr_size) ||
+      tly_avro_layout_field(usage, "ai", AVRO_UNION, &u->ai, &ai, errstr,
+                            errstr_size) ||
+      tly_avro_layout_branch(ai, NULL, &u->ai_null_branch, NULL, errstr,
+                             errstr_size) ||
+      tly_avro_layout_branch(ai, ai_name, &u->ai_record_branch, &ai_record,
+                             errstr, errstr_size) ||
+      tly_avro_layout_field(ai_record, "provider", AVRO_STRING, &u->provider,
+                            NULL, errstr, errstr_size) ||
+      tly_avro_layout_field(ai_record, "model", AVRO_STRING, &u->model, NULL,
+                            errstr, errstr_size) ||
+      tly_avro_layout_field(ai_record, "input_tokens", AVRO_INT64,
+                            &u->input_tokens, NULL, errstr, errstr_size) ||
+      tly_avro_layout_field(ai_record, "output_tokens", AVRO_INT64,
+                            &u->output_tokens, NULL, errstr, errstr_size))
+    return -1;
+  if (properties)
+    return tly_avro_layout_field(usage, "properties", AVRO_MAP, &u->properties,
+                                 properties, errstr, errstr_size);
+  return tly_avro_layout_field(usage, "corrects", AVRO_STRING, &u->corrects,
+                               NULL, errstr, errstr_size);
+}
+
 static int layout_resolve(tly_codec_t *codec, char *errstr,
                           size_t errstr_size) {
   const char *kind_names[TLY_SUBJECT__COUNT];
   layout_t *l = &codec->layout;
   avro_schema_t subject = NULL, kind = NULL, body = NULL, usage = NULL;
-  avro_schema_t ai = NULL, ai_record = NULL, properties = NULL;
+  avro_schema_t properties = NULL;
 
   if (!is_avro_record(codec->base.schema))
     return tly_avro_fail(errstr, errstr_size,
@@ -152,28 +198,11 @@ static int layout_resolve(tly_codec_t *codec, char *errstr,
       layout_flat_bodies(l, body, errstr, errstr_size))
     return -1;
   usage = avro_schema_union_branch(body, l->branch[TLY_BODY_USAGE_RECORDED]);
-  if (tly_avro_layout_field(usage, "feature", AVRO_STRING, &l->feature, NULL,
-                            errstr, errstr_size) ||
-      tly_avro_layout_field(usage, "quantity", AVRO_INT64, &l->quantity, NULL,
-                            errstr, errstr_size) ||
-      tly_avro_layout_field(usage, "unit", AVRO_STRING, &l->unit, NULL, errstr,
-                            errstr_size) ||
-      tly_avro_layout_field(usage, "ai", AVRO_UNION, &l->ai, &ai, errstr,
-                            errstr_size) ||
-      tly_avro_layout_branch(ai, NULL, &l->ai_null_branch, NULL, errstr,
-                             errstr_size) ||
-      tly_avro_layout_branch(ai, "AiUsage", &l->ai_record_branch, &ai_record,
-                             errstr, errstr_size) ||
-      tly_avro_layout_field(ai_record, "provider", AVRO_STRING, &l->provider,
-                            NULL, errstr, errstr_size) ||
-      tly_avro_layout_field(ai_record, "model", AVRO_STRING, &l->model, NULL,
-                            errstr, errstr_size) ||
-      tly_avro_layout_field(ai_record, "input_tokens", AVRO_INT64,
-                            &l->input_tokens, NULL, errstr, errstr_size) ||
-      tly_avro_layout_field(ai_record, "output_tokens", AVRO_INT64,
-                            &l->output_tokens, NULL, errstr, errstr_size) ||
-      tly_avro_layout_field(usage, "properties", AVRO_MAP, &l->properties,
-                            &properties, errstr, errstr_size))
+  if (layout_usage(usage, "AiUsage", &l->usage[0], &properties, errstr,
+                   errstr_size) ||
+      layout_usage(
+          avro_schema_union_branch(body, l->branch[TLY_BODY_USAGE_CORRECTED]),
+          "CorrectedAiUsage", &l->usage[1], NULL, errstr, errstr_size))
     return -1;
   if (!is_avro_string(avro_schema_map_values(properties)))
     return tly_avro_fail(errstr, errstr_size,
@@ -196,7 +225,7 @@ static int layout_resolve(tly_codec_t *codec, char *errstr,
                            "schema: body %d has too many fields", body_kind);
     for (size_t j = 0; j < TLY_BODY_MAX_FIELDS * 2; j++)
       codec->flat_target[body_kind][j] = -1;
-    if (body_kind == TLY_BODY_USAGE_RECORDED)
+    if (TLY_BODY_IS_USAGE(body_kind))
       continue;
     for (size_t i = 0; i < tly_body_specs[body_kind].field_count; i++)
       codec->flat_target[body_kind][l->field[body_kind][i]] = (int)i;
@@ -205,7 +234,7 @@ static int layout_resolve(tly_codec_t *codec, char *errstr,
   /* The validator's shape for body.properties, for duplicate-key counting. */
   codec->properties_shape = &codec->base.root.children[l->body]
                                  .children[l->branch[TLY_BODY_USAGE_RECORDED]]
-                                 .children[l->properties];
+                                 .children[l->usage[0].properties];
   return 0;
 }
 
@@ -262,10 +291,13 @@ void tly_codec_destroy(tly_codec_t *codec) {
 /* Encode                                                              */
 /* ------------------------------------------------------------------ */
 
-static int fill_usage(const layout_t *l, const tly_usage_recorded_t *usage,
-                      avro_value_t *record) {
+static int fill_usage(const usage_layout_t *l,
+                      const tly_usage_recorded_t *usage, avro_value_t *record) {
   avro_value_t ai, ai_record, properties;
 
+  if (l->corrects != SIZE_MAX &&
+      tly_avro_set_string(record, l->corrects, usage->corrects))
+    return -1;
   if (tly_avro_set_string(record, l->feature, usage->feature) ||
       tly_avro_set_long(record, l->quantity, usage->quantity) ||
       tly_avro_set_string(record, l->unit, usage->unit) ||
@@ -288,6 +320,8 @@ static int fill_usage(const layout_t *l, const tly_usage_recorded_t *usage,
       return -1;
   }
 
+  if (l->properties == SIZE_MAX)
+    return 0;
   if (avro_value_get_by_index(record, l->properties, &properties, NULL))
     return -1;
   for (size_t i = 0; i < usage->property_count; i++) {
@@ -343,8 +377,9 @@ static int fill_value(tly_codec_t *codec, const tly_event_t *event) {
       avro_value_get_by_index(root, l->body, &body, NULL) ||
       avro_value_set_branch(&body, l->branch[event->body_kind], &record))
     return -1;
-  if (event->body_kind == TLY_BODY_USAGE_RECORDED)
-    return fill_usage(l, &event->body.usage, &record);
+  if (TLY_BODY_IS_USAGE(event->body_kind))
+    return fill_usage(&l->usage[USAGE_OF(event->body_kind)], &event->body.usage,
+                      &record);
   return fill_flat(l, event, &record);
 }
 
@@ -364,8 +399,11 @@ static int check_event_text(const tly_event_t *event, char *errstr,
         tly_avro_check_text(tly_body_text_get(event, &spec->fields[i]),
                             spec->fields[i].name, errstr, errstr_size))
       return -1;
-  if (event->body_kind != TLY_BODY_USAGE_RECORDED)
+  if (!TLY_BODY_IS_USAGE(event->body_kind))
     return 0;
+  if (event->body_kind == TLY_BODY_USAGE_CORRECTED &&
+      tly_avro_check_text(usage->corrects, "corrects", errstr, errstr_size))
+    return -1;
   if (tly_avro_check_text(usage->feature, "feature", errstr, errstr_size) ||
       tly_avro_check_text(usage->unit, "unit", errstr, errstr_size))
     return -1;
@@ -445,12 +483,15 @@ static int extract_properties(avro_value_t *map, size_t expected,
 
 /* Copies the decoded avro value into *event. */
 
-static int extract_usage(const layout_t *l, avro_value_t *record,
+static int extract_usage(const usage_layout_t *l, avro_value_t *record,
                          size_t property_entries, tly_usage_recorded_t *usage,
                          char *errstr, size_t errstr_size) {
   avro_value_t ai, ai_record, properties;
   int branch = -1;
 
+  if (l->corrects != SIZE_MAX &&
+      tly_avro_get_string(record, l->corrects, &usage->corrects))
+    goto avro_error;
   if (tly_avro_get_string(record, l->feature, &usage->feature) ||
       tly_avro_get_long(record, l->quantity, &usage->quantity) ||
       tly_avro_get_string(record, l->unit, &usage->unit) ||
@@ -468,6 +509,8 @@ static int extract_usage(const layout_t *l, avro_value_t *record,
                           &usage->ai.output_tokens))
       goto avro_error;
   }
+  if (l->properties == SIZE_MAX)
+    return 0;
   if (avro_value_get_by_index(record, l->properties, &properties, NULL))
     goto avro_error;
   return extract_properties(&properties, property_entries, usage, errstr,
@@ -533,9 +576,10 @@ static int extract_event(tly_codec_t *codec, size_t property_entries,
     return tly_avro_fail(errstr, errstr_size,
                          "unsupported event body: union branch %d", branch);
   event->body_kind = (tly_body_kind_t)branch;
-  if (event->body_kind == TLY_BODY_USAGE_RECORDED)
-    return extract_usage(l, &record, property_entries, &event->body.usage,
-                         errstr, errstr_size);
+  if (TLY_BODY_IS_USAGE(event->body_kind))
+    return extract_usage(&l->usage[USAGE_OF(event->body_kind)], &record,
+                         property_entries, &event->body.usage, errstr,
+                         errstr_size);
   if (extract_flat(l, &record, event))
     goto avro_error;
   return 0;
@@ -799,12 +843,13 @@ static int view_properties(tly_codec_t *codec, view_reader_t *r,
 }
 
 static int view_usage(tly_codec_t *codec, view_reader_t *r,
-                      const tly_avro_shape_t *record, size_t property_entries,
-                      tly_usage_recorded_t *usage, char *errstr,
-                      size_t errstr_size) {
-  const layout_t *l = &codec->layout;
+                      const usage_layout_t *l, const tly_avro_shape_t *record,
+                      size_t property_entries, tly_usage_recorded_t *usage,
+                      char *errstr, size_t errstr_size) {
   for (size_t j = 0; j < record->child_count && !r->bad; j++) {
-    if (j == l->feature) {
+    if (j == l->corrects) {
+      usage->corrects = view_string(r);
+    } else if (j == l->feature) {
       usage->feature = view_string(r);
     } else if (j == l->quantity) {
       usage->quantity = view_long(r);
@@ -938,10 +983,11 @@ int tly_codec_decode_view(tly_codec_t *codec, const void *data, size_t len,
       }
       event->body_kind = (tly_body_kind_t)branch;
       const tly_avro_shape_t *record = &root->children[j].children[branch];
-      if (event->body_kind != TLY_BODY_USAGE_RECORDED)
+      if (!TLY_BODY_IS_USAGE(event->body_kind))
         view_flat(codec, &r, record, event);
-      else if (view_usage(codec, &r, record, property_entries,
-                          &event->body.usage, errstr, errstr_size))
+      else if (view_usage(codec, &r, &l->usage[USAGE_OF(event->body_kind)],
+                          record, property_entries, &event->body.usage, errstr,
+                          errstr_size))
         goto fail;
     } else {
       view_skip(&r, &root->children[j]);

@@ -42,6 +42,9 @@ static const char *const subject_kind_names[TLY_SUBJECT__COUNT] = {
 const tly_body_spec_t tly_body_specs[TLY_BODY__COUNT] = {
     [TLY_BODY_USAGE_RECORDED] =
         {"usage_recorded", "UsageRecorded", 1, 0, {{0}}, -1, -1},
+    /* body.usage with corrects, read and written by hand like usage. */
+    [TLY_BODY_USAGE_CORRECTED] =
+        {"usage_corrected", "UsageCorrected", 1, 0, {{0}}, -1, -1},
     [TLY_BODY_PLAN_ASSIGNED] = {"plan_assigned",
                                 "PlanAssigned",
                                 1,
@@ -187,6 +190,7 @@ static void usage_clear(tly_usage_recorded_t *usage) {
     free(usage->properties[i].value);
   }
   free(usage->properties);
+  free(usage->corrects);
 }
 
 void tly_event_clear(tly_event_t *event) {
@@ -194,7 +198,7 @@ void tly_event_clear(tly_event_t *event) {
     return;
   free(event->event_id);
   free(event->subject_id);
-  if (event->body_kind == TLY_BODY_USAGE_RECORDED) {
+  if (TLY_BODY_IS_USAGE(event->body_kind)) {
     usage_clear(&event->body.usage);
   } else {
     const tly_body_spec_t *spec = tly_body_spec(event->body_kind);
@@ -567,7 +571,26 @@ int tly_event_validate(const tly_event_t *event, char *errstr,
                  : "field 'subject': kind 'system' is only for tick events");
     return -1;
   }
-  if (event->body_kind == TLY_BODY_USAGE_RECORDED)
+  if (event->body_kind == TLY_BODY_USAGE_CORRECTED &&
+      (require_text(event->body.usage.corrects, "corrects", errstr,
+                    errstr_size) ||
+       require_size(event->body.usage.corrects, TLY_EVENT_ID_MAX, "corrects",
+                    errstr, errstr_size)))
+    return -1;
+  if (event->body_kind == TLY_BODY_USAGE_CORRECTED &&
+      event->body.usage.property_count) {
+    snprintf(errstr, errstr_size,
+             "field 'properties': a correction carries none (its "
+             "dimensions are the original's)");
+    return -1;
+  }
+  if (event->body_kind == TLY_BODY_USAGE_RECORDED &&
+      event->body.usage.corrects) {
+    snprintf(errstr, errstr_size,
+             "field 'corrects': only for type usage_corrected");
+    return -1;
+  }
+  if (TLY_BODY_IS_USAGE(event->body_kind))
     return usage_validate(&event->body.usage, errstr, errstr_size);
   if (flat_body_validate(event, errstr, errstr_size))
     return -1;

@@ -77,6 +77,8 @@ typedef enum {
   TLY_BODY_RESERVATION_HELD,     /* appended: earlier branches keep their */
   TLY_BODY_RESERVATION_RELEASED, /* indexes, so old records read the same */
   TLY_BODY_NOTIFICATION_READ,    /* appended after them (issue 18) */
+  TLY_BODY_USAGE_CORRECTED,      /* appended (issue 17): body.usage, with
+                                    corrects */
   TLY_BODY__COUNT
 } tly_body_kind_t;
 
@@ -100,7 +102,15 @@ typedef struct {
   tly_ai_usage_t ai;
   size_t property_count;
   tly_property_t *properties;
+  /* UsageCorrected only (NULL otherwise): the event_id of the usage event
+   * whose contribution this one replaces (1..TLY_EVENT_ID_MAX bytes). A
+   * correction carries no properties. */
+  char *corrects;
 } tly_usage_recorded_t;
+
+/* UsageRecorded and UsageCorrected both use body.usage. */
+#define TLY_BODY_IS_USAGE(kind)                                                \
+  ((kind) == TLY_BODY_USAGE_RECORDED || (kind) == TLY_BODY_USAGE_CORRECTED)
 
 /* An admin (or the HTTP port) put the subject on a plan. */
 typedef struct {

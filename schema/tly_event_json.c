@@ -411,6 +411,9 @@ static int get_properties(const json_t *value, tly_usage_recorded_t *usage,
 /* UsageRecorded's own fields (the envelope's are checked apart). */
 static const char *const usage_keys[] = {
     "feature", "quantity", "unit", "ai", "properties", "reservation_id", NULL};
+/* UsageCorrected's: no properties (its dimensions are the original's). */
+static const char *const corrected_keys[] = {"corrects", "feature", "quantity",
+                                             "unit",     "ai",      NULL};
 
 /* "reservation_id": the reservation this usage settles, carried in the
  * properties map under TLY_RESERVATION_PROPERTY (UsageRecorded has no field
@@ -554,7 +557,8 @@ static int get_type(const json_t *object, tly_body_kind_t *kind, char *errstr,
   }
   return fail(errstr, errstr_size,
               "field 'type': unknown type '%.64s' (expected usage_recorded, "
-              "plan_assigned, subscription_changed, subscription_canceled, "
+              "usage_corrected, plan_assigned, subscription_changed, "
+              "subscription_canceled, "
               "invoice_paid, payment_failed or customer_linked)",
               name);
 }
@@ -576,6 +580,9 @@ static int check_event_keys(const json_t *object, tly_body_kind_t kind,
     if (kind == TLY_BODY_USAGE_RECORDED)
       for (size_t i = 0; usage_keys[i] && !known; i++)
         known = strcmp(key, usage_keys[i]) == 0;
+    if (kind == TLY_BODY_USAGE_CORRECTED)
+      for (size_t i = 0; corrected_keys[i] && !known; i++)
+        known = strcmp(key, corrected_keys[i]) == 0;
     for (size_t i = 0; i < spec->field_count && !known; i++)
       known = strcmp(key, spec->fields[i].name) == 0;
     if (!known)
@@ -618,7 +625,14 @@ static int fill_event(const json_t *object, int64_t now_ms, tly_event_t *event,
   if (get_subject(value, event, errstr, errstr_size))
     return -1;
 
-  if (kind == TLY_BODY_USAGE_RECORDED) {
+  if (kind == TLY_BODY_USAGE_CORRECTED) {
+    if (!(value = json_object_get(object, "corrects")))
+      return fail(errstr, errstr_size, "field 'corrects': required");
+    if (copy_string(value, "corrects", 1, &event->body.usage.corrects, errstr,
+                    errstr_size))
+      return -1;
+  }
+  if (TLY_BODY_IS_USAGE(kind)) {
     if (fill_usage(object, &event->body.usage, errstr, errstr_size))
       return -1;
   } else {
@@ -759,7 +773,10 @@ int tly_event_to_json(const tly_event_t *event, json_t **out) {
       put(object, "occurred_at", json_integer(event->occurred_at_ms)) ||
       put_text(object, "subject", subject))
     goto done;
-  if (event->body_kind == TLY_BODY_USAGE_RECORDED
+  if (event->body_kind == TLY_BODY_USAGE_CORRECTED &&
+      put_text(object, "corrects", event->body.usage.corrects))
+    goto done;
+  if (TLY_BODY_IS_USAGE(event->body_kind)
           ? put_usage(object, &event->body.usage)
           : put_flat(object, event))
     goto done;

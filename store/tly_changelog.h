@@ -60,6 +60,7 @@
 #define TLY_CHANGELOG_DEDUPE 'D'  /* TLY_CF_DEDUPE */
 #define TLY_CHANGELOG_REPORT 'R'  /* TLY_CF_REPORTS (Stripe report marks) */
 #define TLY_CHANGELOG_CURSOR 'C'  /* TLY_CF_CURSORS (Stripe report cursors) */
+#define TLY_CHANGELOG_CONTRIBUTION 'K' /* TLY_CF_CONTRIBUTIONS */
 #define TLY_CHANGELOG_MARKER 'M'
 
 #define TLY_CHANGELOG_WRITER_HEADER "tally.writer"

@@ -24,6 +24,18 @@ size_t tly_key_account(int32_t partition, tly_subject_kind_t kind,
   return subject_part(partition, kind, id, out, out_size);
 }
 
+size_t tly_key_contribution(int32_t partition, tly_subject_kind_t kind,
+                            const char *id, const char *event_id, char *out,
+                            size_t out_size) {
+  size_t len = subject_part(partition, kind, id, out, out_size);
+  size_t id_len = strlen(event_id);
+  if (!len || len + 1 + id_len > out_size)
+    return 0;
+  out[len] = '\0';
+  memcpy(out + len + 1, event_id, id_len);
+  return len + 1 + id_len;
+}
+
 /* [p][8 bytes BE][kind:id]: the layout of cycle ends and report marks. */
 static size_t partition_number_subject(int32_t partition, int64_t number,
                                        tly_subject_kind_t kind, const char *id,

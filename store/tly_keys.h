@@ -14,6 +14,8 @@
  *               the 8 are reserved for a small per-id value; readers
  *               ignore them): an id spilled out of memory
  *   cycle_ends: [p][cycle end, 8 bytes BE][kind:id]
+ *   contributions: [p][kind:id][0][event id] -> [occurred_at, 8 bytes BE]
+ *               then the rest of tly_contribution_encode
  *   usage (the history, values start with their expiry time):
  *     [p][kind:id][0]['H'][hour, 4 bytes BE] -> an hour's usage buckets (an
  *                 hour that is no longer the subject's newest;
@@ -43,6 +45,11 @@
 
 size_t tly_key_account(int32_t partition, tly_subject_kind_t kind,
                        const char *id, char *out, size_t out_size);
+/* [p][kind:id][0][event id]: a usage event's contribution
+ * (contributions, tly_corrections.h). */
+size_t tly_key_contribution(int32_t partition, tly_subject_kind_t kind,
+                            const char *id, const char *event_id, char *out,
+                            size_t out_size);
 size_t tly_key_cycle_end(int32_t partition, int64_t cycle_end_ms,
                          tly_subject_kind_t kind, const char *id, char *out,
                          size_t out_size);

@@ -73,6 +73,7 @@ static const tly_cf_desc_t tly_cf_table[] = {
     [TLY_CF_CURSORS] = {"stripe_cursors", 1},
     [TLY_CF_EXPIRIES] = {"expiries", 0},
     [TLY_CF_DEDUPE_IDS] = {"dedupe_ids", 1},
+    [TLY_CF_CONTRIBUTIONS] = {"contributions", 1},
 };
 
 /* A new enum value without a row: if it is the last one the table comes out
@@ -135,7 +136,8 @@ static const char *expiry_filter_name(void *state) {
 }
 
 static expiry_t *expiry_of(tly_store_t *store, tly_cf_t cf) {
-  if (cf == TLY_CF_DEDUPE_IDS) /* the spilled ids expire with the blobs */
+  /* the spilled ids and the contributions expire with the blobs */
+  if (cf == TLY_CF_DEDUPE_IDS || cf == TLY_CF_CONTRIBUTIONS)
     cf = TLY_CF_DEDUPE;
   for (size_t i = 0; i < sizeof(store->expiry) / sizeof(store->expiry[0]); i++)
     if (store->expiry[i].cf == cf)

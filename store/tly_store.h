@@ -46,6 +46,11 @@ typedef enum {
   TLY_CF_DEDUPE_IDS, /* [partition][event id] -> occurred_at (8 bytes BE):
                         the ids spilled out of memory (tly_dedupe.h); the
                         dedupe family's expiry and horizon */
+
+  /* [partition][kind:id][0][event id] -> what a usage event contributed
+   * (tly_corrections.h), its occurred_at (8 bytes BE) first: expires with
+   * dedupe (its horizon), for usage_corrected */
+  TLY_CF_CONTRIBUTIONS,
   TLY_CF__COUNT
 } tly_cf_t;
 
@@ -134,7 +139,8 @@ void tly_store_free(void *ptr);
  * with an event time (8 bytes BE): the filter drops an entry of partition p
  * once that time is below p's horizon.
  *   dedupe: the time is a blob's newest occurred_at (dedupe) or an id's
- *           occurred_at (dedupe_ids, which shares dedupe's horizon) and
+ *           occurred_at (dedupe_ids and contributions, which share
+ *           dedupe's horizon) and
  *           the horizon the partition's event-time watermark minus the
  *           dedupe window;
  *   usage:  the time is when the history record expires (event time) and

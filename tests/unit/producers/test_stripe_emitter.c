@@ -61,6 +61,54 @@ static void test_cursor_round_trip(void **state) {
   assert_int_equal(tly_stripe_cursor_decode(bytes, len, &decoded), -1);
 }
 
+/* Corrections (issue 17): a window's total falls, a negative delta is
+ * settled; retracted round-trips, keeps every identifier new and the
+ * changelog version rising. */
+static void test_cursor_negative_delta(void **state) {
+  (void)state;
+  unsigned char bytes[TLY_STRIPE_CURSOR_MAX];
+  char ids[4][TLY_STRIPE_IDENTIFIER_SIZE];
+  tly_stripe_cursor_t cursor = {.reported = 10}, decoded;
+  /* +10 reported; then -6 (a retraction), then +6 again: reported is 10
+   * twice, the identifiers all differ. */
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "a", "m", 0, &cursor,
+                               ids[0]);
+  cursor.pending = -6;
+  cursor.customer[0] = 'c';
+  size_t len = tly_stripe_cursor_encode(&cursor, bytes);
+  assert_int_equal(tly_stripe_cursor_decode(bytes, len, &decoded), 0);
+  assert_true(decoded.pending == -6);
+  tly_stripe_cursor_settle(&cursor, 0, 0);
+  assert_true(cursor.reported == 4 && cursor.retracted == 6 &&
+              cursor.pending == 0);
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "a", "m", 0, &cursor,
+                               ids[1]);
+  len = tly_stripe_cursor_encode(&cursor, bytes);
+  assert_int_equal(len, 32);
+  assert_int_equal(tly_stripe_cursor_decode(bytes, len, &decoded), 0);
+  assert_true(decoded.reported == 4 && decoded.retracted == 6);
+  cursor.pending = 6;
+  tly_stripe_cursor_settle(&cursor, 0, 0);
+  assert_true(cursor.reported == 10 && cursor.retracted == 6);
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "a", "m", 0, &cursor,
+                               ids[2]);
+  /* a negative amount counted failed (refused, or too old) */
+  tly_stripe_cursor_settle(&cursor, -3, 1);
+  assert_true(cursor.failed == -3 && cursor.retracted == 9);
+  len = tly_stripe_cursor_encode(&cursor, bytes);
+  assert_int_equal(tly_stripe_cursor_decode(bytes, len, &decoded), 0);
+  assert_true(decoded.failed == -3 && decoded.retracted == 9);
+  tly_stripe_report_identifier(0, TLY_SUBJECT_USER, "a", "m", 0, &cursor,
+                               ids[3]);
+  for (int i = 0; i < 4; i++)
+    for (int j = i + 1; j < 4; j++)
+      assert_string_not_equal(ids[i], ids[j]);
+  /* without a retraction a negative total is still refused */
+  tly_stripe_cursor_t bad = {.reported = 1, .failed = -1};
+  len = tly_stripe_cursor_encode(&bad, bytes);
+  assert_int_equal(tly_stripe_cursor_decode(bytes, len, &decoded), -1);
+}
+
 static void test_identifier_is_deterministic(void **state) {
   (void)state;
   char a[TLY_STRIPE_IDENTIFIER_SIZE], b[TLY_STRIPE_IDENTIFIER_SIZE];
@@ -225,6 +273,7 @@ static void test_rate(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cursor_round_trip),
+      cmocka_unit_test(test_cursor_negative_delta),
       cmocka_unit_test(test_identifier_is_deterministic),
       cmocka_unit_test(test_identifier_generation),
       cmocka_unit_test(test_outcomes),

@@ -883,7 +883,7 @@ static void test_reject_enum_and_union(void **state) {
 
   raw = raw_valid();
   raw.body_branch = TLY_BODY__COUNT;
-  expect_raw_error(codec, &raw, "field 'body': union branch 11 out of range");
+  expect_raw_error(codec, &raw, "field 'body': union branch 12 out of range");
   raw.body_branch = -1;
   expect_raw_error(codec, &raw, "union branch -1 out of range");
 
@@ -1248,6 +1248,21 @@ static void build_flat(tly_body_kind_t kind, int variant, tly_event_t *event) {
     event->body.notification_read.alert_at_ms =
         extreme ? 253402300799999LL : 1793491200000LL;
     break;
+  case TLY_BODY_USAGE_CORRECTED: {
+    tly_usage_recorded_t *b = &event->body.usage;
+    b->corrects = dup_or_null(extreme ? "ëvent 😀" : "ev-1");
+    b->feature = dup_or_null(extreme ? "fëature 😀" : "api_calls");
+    b->quantity = extreme ? INT64_MAX : 0;
+    b->unit = dup_or_null(extreme ? "tok" : NULL);
+    if (extreme) {
+      b->has_ai = 1;
+      b->ai.provider = dup_or_null("openai");
+      b->ai.model = dup_or_null("gpt-4o");
+      b->ai.input_tokens = INT64_MAX;
+      b->ai.output_tokens = 7;
+    }
+    break;
+  }
   default:
     fail_msg("build_flat: kind %d", (int)kind);
   }
@@ -1269,6 +1284,22 @@ static void assert_flat_equal(const tly_event_t *got, const tly_event_t *want) {
   case TLY_BODY_PLAN_ASSIGNED:
     assert_text(got->body.plan_assigned.plan, want->body.plan_assigned.plan);
     break;
+  case TLY_BODY_USAGE_CORRECTED: {
+    const tly_usage_recorded_t *a = &got->body.usage, *b = &want->body.usage;
+    assert_text(a->corrects, b->corrects);
+    assert_text(a->feature, b->feature);
+    assert_true(a->quantity == b->quantity);
+    assert_text(a->unit, b->unit);
+    assert_int_equal(a->has_ai, b->has_ai);
+    if (b->has_ai) {
+      assert_text(a->ai.provider, b->ai.provider);
+      assert_text(a->ai.model, b->ai.model);
+      assert_true(a->ai.input_tokens == b->ai.input_tokens);
+      assert_true(a->ai.output_tokens == b->ai.output_tokens);
+    }
+    assert_int_equal(a->property_count, 0);
+    break;
+  }
   case TLY_BODY_SUBSCRIPTION_CHANGED: {
     const tly_subscription_changed_t *a = &got->body.subscription_changed,
                                      *b = &want->body.subscription_changed;
@@ -1629,6 +1660,10 @@ static void test_encode_rejects_new_kinds(void **state) {
 
   WITH(TLY_BODY_PLAN_ASSIGNED, event.body.plan_assigned.plan[0] = '\0',
        "field 'plan'");
+  WITH(TLY_BODY_USAGE_CORRECTED, event.body.usage.corrects[0] = '\0',
+       "field 'corrects'");
+  WITH(TLY_BODY_USAGE_CORRECTED, event.body.usage.quantity = -1,
+       "field 'quantity'");
   WITH(TLY_BODY_PLAN_ASSIGNED,
        (free(event.body.plan_assigned.plan),
         event.body.plan_assigned.plan = NULL),

@@ -888,8 +888,68 @@ static void test_reservation_id(void **state) {
   }
 }
 
+/* usage_corrected: corrects required, no properties, round trip. */
+static void test_usage_corrected(void **state) {
+  static const char *const bad[][2] = {
+      {"{\"type\":\"usage_corrected\",\"event_id\":\"c\",\"subject\":\"u\","
+       "\"feature\":\"f\",\"quantity\":1}",
+       "field 'corrects': required"},
+      {"{\"type\":\"usage_corrected\",\"event_id\":\"c\",\"subject\":\"u\","
+       "\"corrects\":\"\",\"feature\":\"f\",\"quantity\":1}",
+       "field 'corrects'"},
+      {"{\"type\":\"usage_corrected\",\"event_id\":\"c\",\"subject\":\"u\","
+       "\"corrects\":\"e\",\"feature\":\"f\",\"quantity\":-1}",
+       "field 'quantity'"},
+      {"{\"type\":\"usage_corrected\",\"event_id\":\"c\",\"subject\":\"u\","
+       "\"corrects\":\"e\",\"feature\":\"f\",\"quantity\":1,"
+       "\"properties\":{\"a\":\"b\"}}",
+       "unknown field 'properties'"},
+      {"{\"event_id\":\"c\",\"subject\":\"u\",\"corrects\":\"e\","
+       "\"feature\":\"f\",\"quantity\":1}",
+       "unknown field 'corrects'"},
+  };
+  const char *line =
+      "{\"type\":\"usage_corrected\",\"event_id\":\"c1\",\"subject\":"
+      "\"user:u\",\"corrects\":\"e1\",\"feature\":\"ai_tokens\",\"quantity\":"
+      "0,\"ai\":{\"provider\":\"openai\",\"model\":\"m\",\"input_tokens\":3,"
+      "\"output_tokens\":4}}";
+  tly_event_t event = {0};
+  char errstr[512] = "";
+  (void)state;
+  assert_int_equal(tly_event_from_json_text(line, strlen(line), NOW_MS, &event,
+                                            errstr, sizeof(errstr)),
+                   0);
+  assert_int_equal(event.body_kind, TLY_BODY_USAGE_CORRECTED);
+  assert_string_equal(event.body.usage.corrects, "e1");
+  assert_int_equal(event.body.usage.quantity, 0);
+  assert_int_equal(event.body.usage.ai.output_tokens, 4);
+  json_t *json = NULL;
+  assert_int_equal(tly_event_to_json(&event, &json), 0);
+  assert_string_equal(json_string_value(json_object_get(json, "type")),
+                      "usage_corrected");
+  assert_string_equal(json_string_value(json_object_get(json, "corrects")),
+                      "e1");
+  tly_event_t again = {0};
+  assert_int_equal(
+      tly_event_from_json(json, NOW_MS, &again, errstr, sizeof(errstr)), 0);
+  assert_string_equal(again.body.usage.corrects, "e1");
+  assert_int_equal(again.body.usage.ai.input_tokens, 3);
+  tly_event_clear(&again);
+  json_decref(json);
+  tly_event_clear(&event);
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    if (tly_event_from_json_text(bad[i][0], strlen(bad[i][0]), NOW_MS, &event,
+                                 errstr, sizeof(errstr)) == 0)
+      fail_msg("case %zu accepted", i);
+    if (!strstr(errstr, bad[i][1]))
+      fail_msg("case %zu: '%s' lacks '%s'", i, errstr, bad[i][1]);
+    assert_null(event.event_id);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_usage_corrected),
       cmocka_unit_test(test_reservation_id),
       cmocka_unit_test(test_valid_lines),
       cmocka_unit_test(test_invalid_lines),
