@@ -151,6 +151,9 @@ typedef struct {
    * a run that did not leave the group (tly_group.h); `tally run`. */
   int fast_rejoin;
   int64_t members_heartbeat_ms;
+  /* --standby-replicas (tly_standby.c): copies kept per partition by
+   * instances that do not own it; 0: none. */
+  int64_t standby_replicas;
   /* The cluster secret (tly_cluster_auth.h): from this file, else from
    * $TALLY_CLUSTER_SECRET; with neither, a random one when
    * cluster_secret_random (`tally dev`), else none (no forwarding). */

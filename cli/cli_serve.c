@@ -165,10 +165,18 @@ static unsigned char *processor_roles(void *opaque, size_t *count) {
       roles[i] = TLY_MEMBERS_REPLAYING;
       break;
     case TLY_PARTITION_NOT_OWNED:
-      roles[i] = TLY_MEMBERS_NOT_HERE;
+      roles[i] = tly_processor_standby_applied(processor, (int32_t)i)
+                     ? TLY_MEMBERS_STANDBY
+                     : TLY_MEMBERS_NOT_HERE;
       break;
     }
   return roles;
+}
+
+/* The standby gate (tly_standby_gate_t): the membership's ranking. */
+static int members_standby_chosen(void *opaque, int32_t partition,
+                                  size_t replicas) {
+  return tly_members_standby_chosen(opaque, partition, replicas);
 }
 
 /* The Stripe emitter's gate (tly_partition_gate.h): the partitions the
@@ -326,6 +334,12 @@ int cli_serve(const cli_serve_conf_t *conf) {
     fprintf(stderr, "tally: %s\n", errstr);
     goto out;
   }
+  tly_standby_gate_t standby_gate = {members, members_standby_chosen};
+  if (tly_processor_standby_start(processor, (size_t)conf->standby_replicas,
+                                  &standby_gate, errstr, sizeof(errstr))) {
+    fprintf(stderr, "tally: %s\n", errstr);
+    goto out;
+  }
   printf("tally: http   http://%s:%u\n", conf->http_address,
          (unsigned)tly_http_port(http));
   printf("tally: member %s at %s\n", instance, advertise);
@@ -348,6 +362,8 @@ int cli_serve(const cli_serve_conf_t *conf) {
 out:
   tly_cluster_secret_clear(&secret);
   tly_http_stop(http);
+  if (processor)
+    tly_processor_standby_stop(processor); /* it asks members */
   tly_members_destroy(members); /* the tombstone: this instance left */
   tly_stripe_emitter_stop(emitter);
   tly_processor_destroy(processor);

@@ -175,7 +175,8 @@ int cmd_dev(int argc, char **argv) {
   cli_serve_conf_t conf = {.http_address = address,
                            .http_port = 8080,
                            .tick_interval_ms = 60000,
-                           .cluster_secret_random = 1};
+                           .cluster_secret_random = 1,
+                           .standby_replicas = 1};
   cli_broker_conf_t bconf = {.partitions = 16};
   demo_conf_t demo = {.subjects = 300, .rate = 200};
   int opt, with_demo = 0, keep = 0, made_state_dir = 0;

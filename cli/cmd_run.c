@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include "tly_group.h"
+#include "tly_members.h"
 #include "tly_processor.h"
 
 #include <getopt.h>
@@ -29,6 +30,9 @@ static void usage(FILE *out) {
       "                          rebalance); 1-127 of A-Z a-z 0-9 . _ -\n"
       "  --members-heartbeat-ms N  announce this often (default 2000,\n"
       "                          100..600000; silent for 3 heartbeats = gone)\n"
+      "  --standby-replicas N    keep a standby copy of each partition on N\n"
+      "                          instances that do not own it, applied from\n"
+      "                          the changelog (default 1, 0..8; 0: none)\n"
       "  --cluster-secret-file F the secret every instance shares (16 to 1024\n"
       "                          bytes; or $TALLY_CLUSTER_SECRET): signs\n"
       "                          announcements and forwarded requests;\n"
@@ -93,13 +97,16 @@ int cmd_run(int argc, char **argv) {
       {"instance-id", required_argument, NULL, 'I'},
       {"members-heartbeat-ms", required_argument, NULL, 'M'},
       {"cluster-secret-file", required_argument, NULL, 'S'},
+      {"standby-replicas", required_argument, NULL, 'Y'},
       CLI_REGISTRY_OPTIONS,
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   cli_properties_t properties = {0};
   char address[64] = "127.0.0.1";
-  cli_serve_conf_t conf = {
-      .http_address = address, .http_port = 8080, .tick_interval_ms = 60000};
+  cli_serve_conf_t conf = {.http_address = address,
+                           .http_port = 8080,
+                           .tick_interval_ms = 60000,
+                           .standby_replicas = 1};
   int opt;
   int64_t number;
 
@@ -182,6 +189,11 @@ int cmd_run(int argc, char **argv) {
     case 'M':
       if (cli_parse_int("run", "members-heartbeat-ms", optarg, 100, 600000,
                         NULL, &conf.members_heartbeat_ms))
+        return 2;
+      break;
+    case 'Y':
+      if (cli_parse_int("run", "standby-replicas", optarg, 0,
+                        TLY_MEMBERS_STANDBY_MAX, NULL, &conf.standby_replicas))
         return 2;
       break;
     case 'S':

@@ -36,6 +36,7 @@ void tly_members_announcement_clear(tly_members_announcement_t *announcement) {
     return;
   free(announcement->partitions);
   free(announcement->replaying);
+  free(announcement->standby);
   memset(announcement, 0, sizeof(*announcement));
 }
 
@@ -125,7 +126,9 @@ int tly_members_decode(const char *value, size_t value_len,
   if (decode_partitions(root, "partitions", &out->partitions,
                         &out->partition_count, errstr, errstr_size) ||
       decode_partitions(root, "replaying", &out->replaying,
-                        &out->replaying_count, errstr, errstr_size))
+                        &out->replaying_count, errstr, errstr_size) ||
+      decode_partitions(root, "standby", &out->standby, &out->standby_count,
+                        errstr, errstr_size))
     goto out;
   rc = 0;
 out:
@@ -142,13 +145,14 @@ static json_t *partitions_json(const int32_t *partitions, size_t count) {
 
 char *tly_members_encode(const tly_members_announcement_t *announcement) {
   json_t *root = json_pack(
-      "{s:s,s:s,s:o,s:o,s:I,s:I}", "instance", announcement->instance, "http",
-      announcement->http, "partitions",
+      "{s:s,s:s,s:o,s:o,s:o,s:I,s:I}", "instance", announcement->instance,
+      "http", announcement->http, "partitions",
       partitions_json(announcement->partitions, announcement->partition_count),
       "replaying",
       partitions_json(announcement->replaying, announcement->replaying_count),
-      "at", (json_int_t)announcement->at_ms, "seq",
-      (json_int_t)announcement->seq);
+      "standby",
+      partitions_json(announcement->standby, announcement->standby_count), "at",
+      (json_int_t)announcement->at_ms, "seq", (json_int_t)announcement->seq);
   char *text = root ? json_dumps(root, JSON_COMPACT) : NULL;
   json_decref(root);
   return text;
@@ -379,6 +383,127 @@ tly_owner_state_t tly_members_map_owner(const tly_members_map_t *map,
   return out->state;
 }
 
+/* Rendezvous score of (instance, partition): FNV-1a, then a final mix. */
+static uint64_t standby_score(const char *instance, int32_t partition) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const char *c = instance; *c; c++)
+    h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+  for (int i = 0; i < 4; i++)
+    h = (h ^ (((uint32_t)partition >> (8 * i)) & 0xff)) * 1099511628211ULL;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  return h;
+}
+
+/* Whether a ranks before b (score, then id, for a total order). */
+static int standby_before(const member_t *a, uint64_t score_a,
+                          const member_t *b, uint64_t score_b) {
+  if (score_a != score_b)
+    return score_a > score_b;
+  return strcmp(a->announcement.instance, b->announcement.instance) < 0;
+}
+
+/* The fresh members not claiming partition, in rank order: up to max of
+ * them into ranked. Returns how many. */
+static size_t standby_rank(const tly_members_map_t *map, int32_t partition,
+                           int64_t now_ms, const member_t **ranked,
+                           uint64_t *scores, size_t max) {
+  size_t count = 0;
+  for (size_t i = 0; i < map->count; i++) {
+    const member_t *member = &map->members[i];
+    const tly_members_announcement_t *a = &member->announcement;
+    if (member->left || !is_fresh(map, member, now_ms) ||
+        contains(a->partitions, a->partition_count, partition) ||
+        contains(a->replaying, a->replaying_count, partition))
+      continue;
+    uint64_t score = standby_score(a->instance, partition);
+    size_t at = count < max ? count : max;
+    while (at > 0 &&
+           standby_before(member, score, ranked[at - 1], scores[at - 1])) {
+      if (at < max) {
+        ranked[at] = ranked[at - 1];
+        scores[at] = scores[at - 1];
+      }
+      at--;
+    }
+    if (at < max) {
+      ranked[at] = member;
+      scores[at] = score;
+      if (count < max)
+        count++;
+    }
+  }
+  return count;
+}
+
+size_t tly_members_map_standbys(const tly_members_map_t *map, int32_t partition,
+                                size_t n, int64_t now_ms, const char **out) {
+  const member_t *ranked[TLY_MEMBERS_STANDBY_MAX];
+  uint64_t scores[TLY_MEMBERS_STANDBY_MAX];
+  if (n > TLY_MEMBERS_STANDBY_MAX)
+    n = TLY_MEMBERS_STANDBY_MAX;
+  size_t count = standby_rank(map, partition, now_ms, ranked, scores, n);
+  for (size_t i = 0; i < count; i++)
+    out[i] = ranked[i]->announcement.instance;
+  return count;
+}
+
+int tly_members_map_standby_holder(const tly_members_map_t *map,
+                                   int32_t partition, const char *self,
+                                   int64_t now_ms, tly_members_owner_t *out) {
+  const member_t *best = NULL;
+  uint64_t best_score = 0;
+  memset(out, 0, sizeof(*out));
+  for (size_t i = 0; i < map->count; i++) {
+    const member_t *member = &map->members[i];
+    const tly_members_announcement_t *a = &member->announcement;
+    if (member->left || !is_fresh(map, member, now_ms) ||
+        (self && strcmp(a->instance, self) == 0) ||
+        !contains(a->standby, a->standby_count, partition))
+      continue;
+    uint64_t score = standby_score(a->instance, partition);
+    if (!best || standby_before(member, score, best, best_score)) {
+      best = member;
+      best_score = score;
+    }
+  }
+  if (!best)
+    return 0;
+  snprintf(out->instance, sizeof(out->instance), "%s",
+           best->announcement.instance);
+  snprintf(out->http, sizeof(out->http), "%s", best->announcement.http);
+  return 1;
+}
+
+int tly_members_map_successor(const tly_members_map_t *map, int32_t partition,
+                              int64_t now_ms, tly_members_owner_t *out) {
+  const member_t *recent = NULL;
+  int64_t quiet_ms = map->stale_ms / 2;
+  memset(out, 0, sizeof(*out));
+  for (size_t i = 0; i < map->count; i++) {
+    const member_t *member = &map->members[i];
+    const tly_members_announcement_t *a = &member->announcement;
+    if (member->left || !is_fresh(map, member, now_ms))
+      continue;
+    int serves = contains(a->partitions, a->partition_count, partition);
+    if (!serves && !contains(a->replaying, a->replaying_count, partition))
+      continue;
+    if (now_ms - member->fresh_ms > quiet_ms)
+      continue; /* silent a heartbeat and more */
+    if (!serves || recent)
+      return 0; /* a recent claimant that replays, or two recent ones */
+    recent = member;
+  }
+  if (!recent)
+    return 0;
+  out->state = TLY_OWNER_SERVING;
+  snprintf(out->instance, sizeof(out->instance), "%s",
+           recent->announcement.instance);
+  snprintf(out->http, sizeof(out->http), "%s", recent->announcement.http);
+  return 1;
+}
+
 size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms) {
   size_t fresh = 0;
   for (size_t i = 0; i < map->count; i++)
@@ -549,6 +674,45 @@ tly_owner_state_t tly_members_owner(tly_members_t *members, int32_t partition,
   return state;
 }
 
+int tly_members_standby_chosen(tly_members_t *members, int32_t partition,
+                               size_t n) {
+  const char *chosen[TLY_MEMBERS_STANDBY_MAX];
+  int found = 0;
+  if (!members || !members->started || !n)
+    return 0;
+  pthread_mutex_lock(&members->lock);
+  size_t count = tly_members_map_standbys(members->map, partition, n,
+                                          tly_wall_ms(), chosen);
+  for (size_t i = 0; i < count && !found; i++)
+    found = strcmp(chosen[i], members->instance) == 0;
+  pthread_mutex_unlock(&members->lock);
+  return found;
+}
+
+int tly_members_successor(tly_members_t *members, int32_t partition,
+                          tly_members_owner_t *out) {
+  memset(out, 0, sizeof(*out));
+  if (!members || !members->started)
+    return 0;
+  pthread_mutex_lock(&members->lock);
+  int found =
+      tly_members_map_successor(members->map, partition, tly_wall_ms(), out);
+  pthread_mutex_unlock(&members->lock);
+  return found;
+}
+
+int tly_members_standby_holder(tly_members_t *members, int32_t partition,
+                               tly_members_owner_t *out) {
+  memset(out, 0, sizeof(*out));
+  if (!members || !members->started)
+    return 0;
+  pthread_mutex_lock(&members->lock);
+  int found = tly_members_map_standby_holder(
+      members->map, partition, members->instance, tly_wall_ms(), out);
+  pthread_mutex_unlock(&members->lock);
+  return found;
+}
+
 /* Ignored records are logged at most once per this long (a forger can
  * write many). */
 #define IGNORED_LOG_INTERVAL_MS 10000
@@ -643,6 +807,8 @@ static int own_view(tly_members_t *members, tly_members_announcement_t *out) {
       rc = append(&out->partitions, &out->partition_count, (int32_t)i);
     else if (roles[i] == TLY_MEMBERS_REPLAYING)
       rc = append(&out->replaying, &out->replaying_count, (int32_t)i);
+    else if (roles[i] == TLY_MEMBERS_STANDBY)
+      rc = append(&out->standby, &out->standby_count, (int32_t)i);
   }
   free(roles);
   snprintf(out->instance, sizeof(out->instance), "%s", members->instance);
@@ -654,6 +820,10 @@ static int same_view(const tly_members_announcement_t *a,
                      const tly_members_announcement_t *b) {
   return a->partition_count == b->partition_count &&
          a->replaying_count == b->replaying_count &&
+         a->standby_count == b->standby_count &&
+         (!a->standby_count ||
+          memcmp(a->standby, b->standby, a->standby_count * sizeof(int32_t)) ==
+              0) &&
          (!a->partition_count ||
           memcmp(a->partitions, b->partitions,
                  a->partition_count * sizeof(int32_t)) == 0) &&
@@ -700,8 +870,10 @@ static void announce_if_due(tly_members_t *members) {
   if (value) {
     if (!same_view(&view, &members->last))
       tly_log(TLY_LOG_INFO, "members",
-              "announcing %s: %zu partition(s) served, %zu replaying",
-              members->advertise, view.partition_count, view.replaying_count);
+              "announcing %s: %zu partition(s) served, %zu replaying, %zu "
+              "standby",
+              members->advertise, view.partition_count, view.replaying_count,
+              view.standby_count);
     produce(members, value, view.at_ms);
     free(value);
     tly_members_announcement_clear(&members->last);

@@ -7,7 +7,7 @@
  * id, with a JSON value
  *   {"instance": ID, "http": "http://127.0.0.1:8080",
  *    "partitions": [serving...], "replaying": [assigned, still replaying],
- *    "at": MS, "seq": N}
+ *    "standby": [holds a standby copy, caught up], "at": MS, "seq": N}
  * whenever its assignment or its caught-up set changes and on every
  * heartbeat, and a tombstone (null value) on a clean shutdown. Every
  * instance reads the topic from its beginning (no consumer group) into a
@@ -43,6 +43,8 @@
 #define TLY_MEMBERS_URL_MAX 256
 /* An announcement lists at most this many partitions (both lists). */
 #define TLY_MEMBERS_PARTITIONS_MAX 65536
+/* --standby-replicas is 0..TLY_MEMBERS_STANDBY_MAX. */
+#define TLY_MEMBERS_STANDBY_MAX 8
 #define TLY_MEMBERS_DEFAULT_HEARTBEAT_MS 2000
 /* A signed record dated further ahead of the reader's clock is ignored. */
 #define TLY_MEMBERS_MAX_AHEAD_MS 10000
@@ -56,6 +58,8 @@ typedef struct {
   size_t partition_count;
   int32_t *replaying; /* assigned, not caught up yet; malloc'd */
   size_t replaying_count;
+  int32_t *standby; /* holds a standby copy, applied; malloc'd */
+  size_t standby_count;
   int64_t at_ms; /* when the instance announced it (its clock) */
   int64_t seq;
 } tly_members_announcement_t;
@@ -131,6 +135,40 @@ tly_owner_state_t tly_members_map_owner(const tly_members_map_t *map,
                                         int32_t partition, int64_t now_ms,
                                         tly_members_owner_t *out);
 
+/*
+ * Standby replicas: which fresh members should hold a standby copy of
+ * partition (--standby-replicas n). The fresh members that do not claim
+ * the partition (serving or replaying it) are ranked by a rendezvous hash
+ * of (instance id, partition), highest first, and the first n are chosen:
+ * every instance computes the same answer from the same map, a member that
+ * joins or leaves moves only the partitions it ranks first for, and when
+ * the owner moves to a standby holder the old owner (often next in rank)
+ * takes its place. Writes up to n instance ids (pointers into the map,
+ * valid until it changes) to out; returns how many.
+ */
+size_t tly_members_map_standbys(const tly_members_map_t *map, int32_t partition,
+                                size_t n, int64_t now_ms, const char **out);
+/* A fresh member other than `self` that announces an applied standby copy
+ * of partition (the first in rank order): 1 with out set (state
+ * TLY_OWNER_UNKNOWN, instance and http), else 0. */
+int tly_members_map_standby_holder(const tly_members_map_t *map,
+                                   int32_t partition, const char *self,
+                                   int64_t now_ms, tly_members_owner_t *out);
+
+/*
+ * For reads only, when several members claim partition (CONFLICT): the one
+ * that serves it and announced within the last heartbeat and a half
+ * (stale_ms / 2) while every other claimant has been silent longer (it
+ * missed a heartbeat: killed, or frozen, its claim not yet expired). That
+ * member was given the partition by the group and is caught up, so its
+ * answer is fresh; a claimant that stays silent that long cannot be
+ * serving what the other announces (a live owner announces a revocation at
+ * once). 1 with out set (state TLY_OWNER_SERVING), else 0. Never used for
+ * decisions only the owner may make (reservations).
+ */
+int tly_members_map_successor(const tly_members_map_t *map, int32_t partition,
+                              int64_t now_ms, tly_members_owner_t *out);
+
 /* Fresh members as of now_ms (for tests and logs). */
 size_t tly_members_map_count(const tly_members_map_t *map, int64_t now_ms);
 
@@ -142,7 +180,9 @@ typedef enum {
   TLY_MEMBERS_REPLAYING = 1, /* assigned, but not caught up with the log
                                 end seen at assignment, or a rebalance is
                                 under way: announced as replaying */
-  TLY_MEMBERS_SERVING = 2    /* assigned and caught up: announced served */
+  TLY_MEMBERS_SERVING = 2,   /* assigned and caught up: announced served */
+  TLY_MEMBERS_STANDBY = 3    /* not assigned; a standby copy is applied
+                                here (announced in "standby") */
 } tly_members_role_t;
 
 /* This instance's own view, read at every announcement. The processor
@@ -193,6 +233,18 @@ uint64_t tly_members_count(tly_members_t *members,
 /* The owner of partition as this instance knows it; thread-safe. */
 tly_owner_state_t tly_members_owner(tly_members_t *members, int32_t partition,
                                     tly_members_owner_t *out);
+/* Whether this instance is among the n chosen to hold a standby copy of
+ * partition now (tly_members_map_standbys); thread-safe. 0 before start
+ * or without a secret. */
+int tly_members_standby_chosen(tly_members_t *members, int32_t partition,
+                               size_t n);
+/* tly_members_map_successor, thread-safe. */
+int tly_members_successor(tly_members_t *members, int32_t partition,
+                          tly_members_owner_t *out);
+/* Another fresh member announcing an applied standby copy of partition
+ * (tly_members_map_standby_holder); thread-safe. 1 with out set, else 0. */
+int tly_members_standby_holder(tly_members_t *members, int32_t partition,
+                               tly_members_owner_t *out);
 /* Stops the thread, announces the tombstone (flushed, bounded) and frees.
  * NULL is fine. */
 void tly_members_destroy(tly_members_t *members);

@@ -564,6 +564,44 @@ static int index_history(void *opaque, const char *key, size_t key_len,
   return 0;
 }
 
+/* The cycle-end and expiry index entries of what the store holds of the
+ * partition (written through r's batch). 0, or -1 (r->errstr). */
+static int build_indexes(restore_t *r) {
+  unsigned char prefix[4];
+  index_scan_t scan = {r, 0};
+  tly_put_be32(prefix, (uint32_t)r->partition);
+  if (tly_store_scan_prefix(r->store, TLY_CF_ACCOUNTS, prefix, 4, index_account,
+                            &scan, r->errstr, r->errstr_size) ||
+      scan.failed || flush_chunk(r))
+    return -1;
+  if (tly_store_scan_prefix(r->store, TLY_CF_USAGE, prefix, 4, index_history,
+                            &scan, r->errstr, r->errstr_size) ||
+      scan.failed || flush_chunk(r))
+    return -1;
+  return 0;
+}
+
+int tly_changelog_rebuild_indexes(tly_store_t *store, int32_t partition,
+                                  char *errstr, size_t errstr_size) {
+  static const tly_cf_t cfs[] = {TLY_CF_CYCLE_ENDS, TLY_CF_EXPIRIES};
+  tly_changelog_restore_t out = {0};
+  restore_t r = {.store = store,
+                 .partition = partition,
+                 .out = &out,
+                 .errstr = errstr,
+                 .errstr_size = errstr_size};
+  if (wipe_families(store, partition, cfs, 2, errstr, errstr_size))
+    return -1;
+  r.batch = tly_store_batch_new();
+  if (!r.batch) {
+    snprintf(errstr, errstr_size, "out of memory");
+    return -1;
+  }
+  int rc = build_indexes(&r);
+  tly_store_batch_destroy(r.batch);
+  return rc;
+}
+
 int tly_changelog_restore(tly_store_t *store, rd_kafka_t *reader,
                           const char *topic, int32_t partition, int64_t low,
                           int64_t high, tly_changelog_restore_t *out,
@@ -631,21 +669,8 @@ int tly_changelog_restore(tly_store_t *store, rd_kafka_t *reader,
     rc = flush_chunk(&r) ? -1 : 0;
     goto unassign;
   }
-  if (flush_chunk(&r))
+  if (flush_chunk(&r) || build_indexes(&r))
     goto unassign;
-  {
-    unsigned char prefix[4];
-    index_scan_t scan = {&r, 0};
-    tly_put_be32(prefix, (uint32_t)partition);
-    if (tly_store_scan_prefix(store, TLY_CF_ACCOUNTS, prefix, 4, index_account,
-                              &scan, errstr, errstr_size) ||
-        scan.failed || flush_chunk(&r))
-      goto unassign;
-    if (tly_store_scan_prefix(store, TLY_CF_USAGE, prefix, 4, index_history,
-                              &scan, errstr, errstr_size) ||
-        scan.failed || flush_chunk(&r))
-      goto unassign;
-  }
   rc = 1;
 unassign:
   rd_kafka_assign(reader, NULL);

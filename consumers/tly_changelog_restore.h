@@ -44,6 +44,12 @@ int tly_changelog_restore(tly_store_t *store, struct rd_kafka_s *reader,
                           int64_t high, tly_changelog_restore_t *out,
                           char *errstr, size_t errstr_size);
 
+/* Rebuilds partition's cycle-end and expiry indexes from the subject
+ * records and history values the store holds (a standby copy applies the
+ * changelog's records without them: tly_standby.c). 0 or -1 (errstr). */
+int tly_changelog_rebuild_indexes(tly_store_t *store, int32_t partition,
+                                  char *errstr, size_t errstr_size);
+
 /* Wipes what the store holds of partition's state: accounts, usage
  * history, dedupe blobs and spilled ids, cycle-end and expiry indexes and the
  * stored offset (not its Stripe report marks and cursors: a replay of the input

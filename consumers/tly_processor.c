@@ -941,6 +941,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
 void tly_processor_destroy(tly_processor_t *p) {
   if (!p)
     return;
+  tly_processor_standby_stop(p); /* its thread writes the store */
   /* The writer first: it finishes the batch in its hands (and may wake
    * the consumer's queue: the queue goes after it). */
   if (p->writer_started) {

@@ -295,6 +295,45 @@ int32_t tly_processor_restoring(tly_processor_t *processor);
  * ownership can be trusted. */
 int tly_processor_rebalancing(tly_processor_t *processor);
 
+/*
+ * Standby replicas (tly_standby.c, --standby-replicas N): a continuously
+ * applied copy, from the state changelog, of the partitions the gate
+ * chooses for this instance while the processor does not own them. The
+ * gate (cli/ wires the membership's ranking in: consumers/ never decides
+ * who holds what) answers whether this instance should hold partition's
+ * copy with replicas copies per partition; it is called from the standby
+ * thread about twice a second per partition.
+ */
+typedef struct {
+  void *opaque;
+  int (*chosen)(void *opaque, int32_t partition, size_t replicas);
+} tly_standby_gate_t;
+/* Starts the standby thread (nothing when replicas is 0 or there is no
+ * changelog). Call after tly_processor_new; tly_processor_destroy stops it.
+ * 0, or -1 with errstr. */
+int tly_processor_standby_start(tly_processor_t *processor, size_t replicas,
+                                const tly_standby_gate_t *gate, char *errstr,
+                                size_t errstr_size);
+void tly_processor_standby_stop(tly_processor_t *processor);
+/* 1 when a standby copy of partition is applied here and caught up with
+ * the changelog (announced in "standby"); thread-safe. */
+int tly_processor_standby_applied(tly_processor_t *processor,
+                                  int32_t partition);
+typedef struct {
+  int32_t partition;
+  int64_t offset; /* input offset the copy holds every record below; -1 */
+  int caught_up;  /* past its catch-up: applied commit by commit */
+} tly_standby_status_t;
+typedef struct {
+  uint64_t markers;  /* owner commits (changelog markers) applied */
+  uint64_t catchups; /* copies set up (caught up with the changelog) */
+  uint64_t records;  /* changelog records read */
+} tly_standby_totals_t;
+/* The standby copies held now: up to max into out; returns how many. */
+size_t tly_processor_standbys(tly_processor_t *processor,
+                              tly_standby_status_t *out, size_t max,
+                              tly_standby_totals_t *totals);
+
 /* Thread-safe snapshots for HTTP and metrics. Fills up to max entries and
  * returns the number of partitions. */
 size_t tly_processor_partitions(tly_processor_t *processor,

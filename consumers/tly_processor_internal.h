@@ -19,6 +19,7 @@
  *   tly_rebalance.c       the rebalance callback: eager or cooperative
  *                         (only the partitions that move)
  *   tly_copy.c            how stale a copy of a partition's state is
+ *   tly_standby.c         standby copies of partitions not owned here
  *
  * Owns the tly_processor_t definition, the per-partition and outbox state
  * and the prototypes by which those files call each other. Private to
@@ -176,6 +177,9 @@ typedef struct {
   /* In the rebalance callback's list now (assigned or revoked): not
    * served until the callback returns. */
   int moving;
+  /* The standby thread writes the partition's keys now (tly_standby.c):
+   * the rebalance callback waits for it (tly_proc_standby_wait). */
+  int standby_busy;
   /* Sought back to position after a fetch gap (fetch_gap in
    * tly_processor.c) in read round seek_round. */
   int seeking, seek_failures;
@@ -379,6 +383,7 @@ struct tly_processor {
     int64_t offset, timestamp_ms;
   } copy_cache[TLY_COPY_CACHE];
 
+  struct tly_standby *standby; /* tly_standby.c; NULL: none */
   int fatal;
   char fatal_reason[1024];
 };
@@ -403,6 +408,14 @@ rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
                                 const char *const *defaults, char *errstr,
                                 size_t errstr_size);
 
+/* tly_standby.c: waits until the standby thread writes none of parts'
+ * partitions (their moving flag set: it starts no new write); and, for an
+ * assigned partition, rebuilds the indexes a standby copy does not keep
+ * (unless restored) and drops its mark. 0, or -1 fatal set. */
+void tly_proc_standby_wait(tly_processor_t *p,
+                           const rd_kafka_topic_partition_list_t *parts);
+int tly_proc_standby_promoted(tly_processor_t *p, int32_t partition,
+                              int restored);
 /* tly_rebalance.c: the rebalance callback (eager or cooperative). */
 void tly_proc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                            rd_kafka_topic_partition_list_t *parts,

@@ -163,6 +163,8 @@ static void mark_moving(tly_processor_t *p,
       p->partitions[partition].moving = moving;
   }
   pthread_mutex_unlock(&p->lock);
+  if (moving) /* a standby write in progress ends first (tly_standby.c) */
+    tly_proc_standby_wait(p, parts);
 }
 
 void tly_proc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,

@@ -442,6 +442,9 @@ static int resume_partitions(tly_processor_t *p,
                                                      plans[i].changelog_end,
                                                      why, &found, &stored)))
       return -1;
+    /* A standby copy kept no indexes (tly_standby.c). */
+    if (tly_proc_standby_promoted(p, part->partition, restore || !found))
+      return -1;
     if (!found && tly_changelog_wipe_partition(p->store, part->partition,
                                                errstr, sizeof(errstr))) {
       tly_proc_set_fatal(p, "partition %d: wiping state: %s",

@@ -409,17 +409,42 @@ static int forward_to(tly_http_t *http, request_t *req,
   return 1;
 }
 
+/* A read of a partition nobody here can answer: forwarded to a member
+ * that announces an applied standby copy of it (tly_standby.c), which
+ * answers from that copy under the caller's bound (tly_http_stale.c), at
+ * most once per request. 1 when it went (or out holds a 503), 0 when there
+ * is none to ask. */
+static int forward_to_standby(tly_http_t *http, request_t *req,
+                              struct MHD_Connection *connection,
+                              response_t *out) {
+  tly_members_t *members = http->conf.members;
+  tly_members_owner_t holder;
+  if (req->standby_tried || req->forwarded || req->partition < 0 ||
+      !tly_members_secret(members) ||
+      !tly_http_stale_route(tly_http_route_table[req->route].handler) ||
+      !tly_members_standby_holder(members, req->partition, &holder) ||
+      strcmp(holder.http, tly_members_advertise(members)) == 0)
+    return 0;
+  req->standby_tried = 1;
+  atomic_fetch_add(&http->standby_forwards, 1);
+  forward_to(http, req, connection, holder.http, holder.instance, out);
+  return 1;
+}
+
 /* The owner's answer, relayed: its status, content type and body, or 503
  * when it could not be reached (it may have just died or lost the
- * partition: the caller retries). */
+ * partition: the caller retries). call is the finished forward. */
 static void forward_answer(tly_http_t *http, request_t *req,
-                           struct MHD_Connection *connection, response_t *out) {
+                           struct MHD_Connection *connection, response_t *out,
+                           tly_forward_call_t *call) {
   tly_forward_result_t result;
-  tly_forward_result(req->forward, &result);
+  tly_forward_result(call, &result);
   /* The owner gone (killed, or it just lost the partition) or moving: a
-   * copy here may answer within the caller's bound. */
+   * copy here may answer within the caller's bound, else a standby
+   * copy's holder. */
   if ((result.status < 100 || result.status > 599 || result.status == 503) &&
-      tly_http_try_stale(http, req, connection, out))
+      (tly_http_try_stale(http, req, connection, out) ||
+       forward_to_standby(http, req, connection, out)))
     return;
   /* The client was authenticated here: a 401 of the owner is about the
    * forwarding credential (another secret, a restarted owner), never the
@@ -492,6 +517,17 @@ static int route_to_owner(tly_http_t *http, request_t *req,
     forward_to(http, req, connection, owner.http, owner.instance, out);
     return 0;
   }
+  /* Two claim it, and one of them went silent (killed, its claim not yet
+   * expired) while the other serves it: a read goes to the one serving. */
+  tly_members_owner_t successor;
+  if (owner.state == TLY_OWNER_CONFLICT && !forwarded &&
+      tly_members_secret(members) &&
+      tly_http_stale_route(tly_http_route_table[req->route].handler) &&
+      tly_members_successor(members, req->partition, &successor) &&
+      strcmp(successor.http, self) != 0) {
+    forward_to(http, req, connection, successor.http, successor.instance, out);
+    return 0;
+  }
   /* Nobody serves it now: a copy here, within the caller's bound. */
   if (tly_http_try_stale(http, req, connection, out))
     return 0;
@@ -500,6 +536,9 @@ static int route_to_owner(tly_http_t *http, request_t *req,
     forward_to(http, req, connection, owner.http, owner.instance, out);
     return 0;
   }
+  /* An instance holding a standby copy. */
+  if (forward_to_standby(http, req, connection, out))
+    return 0;
   if (!tly_members_secret(members) && req->partition >= 0) {
     tly_http_respond_moving(
         out, req->partition, NULL,
@@ -809,9 +848,11 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
       break;
     }
     if (req->forward) {
-      forward_answer(http, req, connection, &out);
-      tly_forward_call_free(req->forward);
+      /* (the answer may forward again: to a standby copy's holder) */
+      tly_forward_call_t *call = req->forward;
       req->forward = NULL;
+      forward_answer(http, req, connection, &out, call);
+      tly_forward_call_free(call);
       break;
     }
     if (req->stripe_task) {

@@ -102,6 +102,7 @@ struct tly_http {
   /* Per-subject reads of partitions not served here: answered from a
    * copy (stale), or 503 partition_moving (refused). */
   atomic_uint_least64_t moving_reads_stale, moving_reads_refused;
+  atomic_uint_least64_t standby_forwards; /* reads sent to a standby holder */
   pthread_t poller;
   int poller_started;
   atomic_int stopping;
@@ -211,6 +212,8 @@ struct request {
   int forwarded;
   /* Being answered from a copy (tly_http_stale.c). */
   tly_http_stale_t stale;
+  /* Forwarded to a standby copy's holder already: not again. */
+  int standby_tried;
 };
 
 /* ---- tly_http.c: the route table, answers ---------------------------- */
@@ -249,6 +252,8 @@ int tly_http_find_subject(tly_http_t *http, const request_t *req,
 
 /* The route's default staleness bound (ms). */
 int64_t tly_http_stale_default_ms(route_handler_t handler);
+/* 1 for the routes a copy may answer (reads of a subject's state). */
+int tly_http_stale_route(route_handler_t handler);
 /* ?max_staleness_ms (NULL: absent) or the route's default into *bound_ms;
  * 0, or -1 with the 400 in err. */
 int tly_http_stale_bound(route_handler_t handler, const char *text,

@@ -212,6 +212,58 @@ static void metrics_process(text_t *text) {
               tly_build_version, tly_build_commit);
 }
 
+/* Standby copies held here (tly_standby.c) and how far behind each is:
+ * records of the input past its offset, and the age of the first of them
+ * (tly_processor_copy_staleness: the true staleness; it asks the broker). */
+static void standby_metrics(tly_http_t *http, text_t *text) {
+  tly_standby_status_t status[256];
+  tly_standby_totals_t totals;
+  size_t count =
+      tly_processor_standbys(http->conf.processor, status, 256, &totals);
+  if (count > 256)
+    count = 256; /* (the first 256 partitions' lag is shown) */
+  text_append(text,
+              "# HELP tally_standby_partitions Standby copies held here.\n"
+              "# TYPE tally_standby_partitions gauge\n"
+              "tally_standby_partitions %zu\n"
+              "# HELP tally_standby_commits_applied_total Owner commits "
+              "(changelog markers) applied to standby copies.\n"
+              "# TYPE tally_standby_commits_applied_total counter\n"
+              "tally_standby_commits_applied_total %llu\n"
+              "# HELP tally_standby_catchups_total Standby copies set up "
+              "(caught up with the changelog).\n"
+              "# TYPE tally_standby_catchups_total counter\n"
+              "tally_standby_catchups_total %llu\n"
+              "# HELP tally_standby_records_read_total Changelog records "
+              "read for standby copies.\n"
+              "# TYPE tally_standby_records_read_total counter\n"
+              "tally_standby_records_read_total %llu\n",
+              count, (unsigned long long)totals.markers,
+              (unsigned long long)totals.catchups,
+              (unsigned long long)totals.records);
+  text_append(text, "# HELP tally_standby_lag_records Input records past a "
+                    "standby copy's offset.\n"
+                    "# TYPE tally_standby_lag_records gauge\n");
+  int64_t lag[256], age[256];
+  for (size_t i = 0; i < count; i++) {
+    lag[i] = age[i] = -1;
+    if (status[i].offset >= 0 &&
+        tly_processor_copy_staleness(http->conf.processor, status[i].partition,
+                                     status[i].offset, &lag[i], &age[i]))
+      lag[i] = age[i] = -1;
+    if (lag[i] >= 0)
+      text_append(text, "tally_standby_lag_records{partition=\"%d\"} %lld\n",
+                  (int)status[i].partition, (long long)lag[i]);
+  }
+  text_append(text, "# HELP tally_standby_lag_seconds Age of the first input "
+                    "record a standby copy misses (0: at the log end).\n"
+                    "# TYPE tally_standby_lag_seconds gauge\n");
+  for (size_t i = 0; i < count; i++)
+    if (age[i] >= 0)
+      text_append(text, "tally_standby_lag_seconds{partition=\"%d\"} %.3f\n",
+                  (int)status[i].partition, (double)age[i] / 1e3);
+}
+
 static void metrics_http(tly_http_t *http, text_t *text) {
   text_append(text, "# HELP tally_http_requests_total HTTP requests answered, "
                     "by route and status.\n# TYPE tally_http_requests_total "
@@ -431,6 +483,21 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               (unsigned long long)stats.partitions_assigned,
               (unsigned long long)stats.partitions_revoked,
               (unsigned long long)stats.fetch_gaps);
+  text_append(&text,
+              "# HELP tally_http_moving_reads_total Reads of a partition "
+              "not served here (moving or replaying) answered from a copy "
+              "(stale, with as_of) or refused (503 partition_moving).\n"
+              "# TYPE tally_http_moving_reads_total counter\n"
+              "tally_http_moving_reads_total{result=\"stale\"} %llu\n"
+              "tally_http_moving_reads_total{result=\"refused\"} %llu\n"
+              "# HELP tally_http_standby_forwards_total Reads forwarded to "
+              "an instance announcing a standby copy of the partition.\n"
+              "# TYPE tally_http_standby_forwards_total counter\n"
+              "tally_http_standby_forwards_total %llu\n",
+              (unsigned long long)atomic_load(&http->moving_reads_stale),
+              (unsigned long long)atomic_load(&http->moving_reads_refused),
+              (unsigned long long)atomic_load(&http->standby_forwards));
+  standby_metrics(http, &text);
   text_append(&text,
               "# HELP tally_replay_outputs_skipped_total Outputs of replayed "
               "records found in the output topics by id and not sent "

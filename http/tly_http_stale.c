@@ -42,8 +42,7 @@ int64_t tly_http_stale_default_ms(route_handler_t handler) {
   return 0; /* /cycles (what invoices are made from), and any other */
 }
 
-/* The routes a copy may answer: reads of a subject's state. */
-static int stale_route(route_handler_t handler) {
+int tly_http_stale_route(route_handler_t handler) {
   return handler == tly_http_handle_quota || handler == tly_http_handle_usage ||
          handler == tly_http_handle_daily ||
          handler == tly_http_handle_alerts || handler == tly_http_handle_cycles;
@@ -101,7 +100,7 @@ int tly_http_try_stale(tly_http_t *http, request_t *req,
   const route_t *route = &tly_http_route_table[req->route];
   tly_req_error_t err;
   int64_t bound_ms;
-  if (!stale_route(route->handler) || req->partition < 0)
+  if (!tly_http_stale_route(route->handler) || req->partition < 0)
     return 0;
   if (tly_http_stale_bound(route->handler,
                            MHD_lookup_connection_value(connection,

@@ -22,7 +22,8 @@
  * It reports the share of reads answered in each phase and the p99
  * staleness of the answered ones, and whether the issue's goals are met
  * (at least 99 % answered during the rolling restart, 95 % under SIGKILL;
- * asserted with TALLY_AVAILABILITY_GOALS=1: not met yet, see the end).
+ * asserted with TALLY_AVAILABILITY_GOALS=1, see the end) and why the
+ * refused reads were refused.
  * Finally, with the stream done and every partition caught up, every
  * subject's usage equals the reference.
  */
@@ -77,6 +78,7 @@ typedef struct {
   int32_t partition;
   long long offset, lag_records, age_ms;
   int64_t sent_ms;
+  char reason[80]; /* a refusal's error message (its start) */
 } read_t;
 
 typedef struct {
@@ -215,6 +217,14 @@ static void *reader_main(void *arg) {
     read->status = (int)status;
     if (status == 200 && parse_usage(body, read))
       read->status = -1; /* malformed: fails the check */
+    if (status != 200) {
+      json_t *json = body ? json_loads(body, 0, NULL) : NULL;
+      const char *message = json_string_value(
+          json_object_get(json_object_get(json, "error"), "message"));
+      snprintf(read->reason, sizeof(read->reason), "%ld %s", status,
+               message ? message : "(no answer)");
+      json_decref(json);
+    }
     free(body);
     th_sleep_ms(3);
   }
@@ -412,6 +422,8 @@ static void test_availability(void **state) {
   index_events(&world, events);
   int reads = atomic_load(&world.read_count);
   int asked[PHASES] = {0}, answered[PHASES] = {0}, stale[PHASES] = {0};
+  int unanswered_503[PHASES] = {0}, unanswered_no_answer[PHASES] = {0},
+      unanswered_other[PHASES] = {0};
   long long *staleness = calloc((size_t)reads + 1, sizeof(*staleness));
   int staleness_count = 0;
   assert_non_null(staleness);
@@ -420,8 +432,15 @@ static void test_availability(void **state) {
     asked[read->phase]++;
     if (read->status == -1)
       fail_msg("read %d: a 200 that is not a usage answer", i);
-    if (read->status != 200 && read->status != 404)
+    if (read->status != 200 && read->status != 404) {
+      if (read->status == 0)
+        unanswered_no_answer[read->phase]++;
+      else if (read->status == 503)
+        unanswered_503[read->phase]++;
+      else
+        unanswered_other[read->phase]++;
       continue;
+    }
     answered[read->phase]++;
     const subject_events_t *list = &by_subject[read->subject];
     int32_t home = list->count ? world.events[list->events[0]].partition : -1;
@@ -474,20 +493,62 @@ static void test_availability(void **state) {
       staleness_count ? staleness[(size_t)staleness_count * 99 / 100] : 0;
   for (int phase = PHASE_ROLLING; phase < PHASES; phase++)
     printf("# %s: %d of %d reads answered (%.2f %%), %d of them from a "
-           "copy\n",
+           "copy; refused: %d 503, %d no answer, %d other\n",
            phase_names[phase], answered[phase], asked[phase],
            asked[phase] ? 100.0 * answered[phase] / asked[phase] : 0.0,
-           stale[phase]);
+           stale[phase], unanswered_503[phase], unanswered_no_answer[phase],
+           unanswered_other[phase]);
   printf("# p99 staleness of the answered reads: %lld ms (%d reads, %d "
          "events)\n",
          p99, staleness_count, events);
+  /* Why the others were refused, by message. */
+  for (int phase = PHASE_ROLLING; phase < PHASES; phase++) {
+    const char *seen[16];
+    int counts[16], kinds = 0;
+    for (int i = 0; i < reads; i++) {
+      const read_t *read = &world.reads[i];
+      if (read->phase != phase || read->status == 200)
+        continue;
+      int k = 0;
+      while (k < kinds && strcmp(seen[k], read->reason) != 0)
+        k++;
+      if (k == kinds && kinds < 16) {
+        seen[kinds] = read->reason;
+        counts[kinds++] = 0;
+      }
+      if (k < kinds)
+        counts[k]++;
+    }
+    for (int k = 0; k < kinds; k++)
+      printf("#   %s refused %d: %s\n", phase_names[phase], counts[k], seen[k]);
+    if (getenv("TALLY_AVAILABILITY_DEBUG")) {
+      int by_status[6] = {0}; /* 200, 404, 503, 0, -1, other */
+      for (int i = 0; i < reads; i++) {
+        const read_t *read = &world.reads[i];
+        if (read->phase != phase)
+          continue;
+        int st = read->status;
+        by_status[st == 200   ? 0
+                  : st == 404 ? 1
+                  : st == 503 ? 2
+                  : st == 0   ? 3
+                  : st == -1  ? 4
+                              : 5]++;
+      }
+      fprintf(stderr,
+              "#   %s statuses: 200 %d, 404 %d, 503 %d, 0 %d, -1 %d, other "
+              "%d\n",
+              phase_names[phase], by_status[0], by_status[1], by_status[2],
+              by_status[3], by_status[4], by_status[5]);
+    }
+  }
   free(staleness);
   assert_true(asked[PHASE_ROLLING] > 100 && asked[PHASE_KILL] > 100);
-  /* The issue's goals. Not met yet (no standby replicas: while a
-   * partition waits for the group's next round, about 2 s on the embedded
-   * broker, only an instance that owned it before holds a copy), so they
-   * are asserted only when asked (TALLY_AVAILABILITY_GOALS=1) and
-   * reported otherwise. */
+  /* The issue's goals. Met in most runs with standby replicas, not in
+   * all (a loaded machine: the suite runs two tests at a time, and under
+   * ASan), and a share of answered reads depends on the machine's speed,
+   * so they are asserted only when asked (TALLY_AVAILABILITY_GOALS=1) and
+   * reported otherwise (docs/h20-standby.md has the runs). */
   int rolling_met = answered[PHASE_ROLLING] * 100 >= asked[PHASE_ROLLING] * 99;
   int kill_met = answered[PHASE_KILL] * 100 >= asked[PHASE_KILL] * 95;
   printf("# goals: >= 99 %% during the rolling restart %s, >= 95 %% under "

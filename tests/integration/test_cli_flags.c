@@ -38,6 +38,9 @@ static const bad_flag_t bad_flags[] = {
     {"run", "--tick-interval-ms", " 60000"},
     {"run", "--members-heartbeat-ms", "0"},
     {"run", "--members-heartbeat-ms", "-2000"},
+    {"run", "--standby-replicas", "9"},
+    {"run", "--standby-replicas", "-1"},
+    {"run", "--standby-replicas", "1x"},
     {"run", "--http", "127.0.0.1:+80"},
     {"run", "--http", "127.0.0.1:65536"},
     /* Kafka's group.instance.id rule, and tally's bound of 127 bytes. */

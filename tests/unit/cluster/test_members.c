@@ -167,6 +167,154 @@ static void test_owner_serving_and_replaying(void **state) {
   tly_members_map_free(map);
 }
 
+/* An announcement with a standby list too. */
+static char *announcement_standby(const char *instance, int port,
+                                  const char *serving, const char *standby,
+                                  int64_t at_ms) {
+  static char text[1024];
+  snprintf(text, sizeof(text),
+           "{\"instance\":\"%s\",\"http\":\"http://127.0.0.1:%d\","
+           "\"partitions\":[%s],\"replaying\":[],\"standby\":[%s],"
+           "\"at\":%lld,\"seq\":1}",
+           instance, port, serving, standby, (long long)at_ms);
+  return text;
+}
+
+/* Standby holders: n members per partition, never its owner, the same
+ * answer whatever order the announcements came in, and a member leaving
+ * moves only the partitions it was chosen for. */
+static void test_standby_ranking(void **state) {
+  (void)state;
+  static const char *names[] = {"a", "b", "c", "d"};
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
+  tly_members_map_t *reverse = tly_members_map_new(STALE_MS, secret());
+  static const char *serving[] = {"0,4", "1,5", "2,6", "3,7"};
+  for (int i = 0; i < 4; i++) {
+    assert_int_equal(apply(map, names[i],
+                           announcement(names[i], 8081 + i, serving[i], "", T0),
+                           T0),
+                     0);
+    assert_int_equal(
+        apply(reverse, names[3 - i],
+              announcement(names[3 - i], 8084 - i, serving[3 - i], "", T0), T0),
+        0);
+  }
+  int chosen_count[4] = {0};
+  const char *before[8][2];
+  for (int32_t partition = 0; partition < 8; partition++) {
+    const char *chosen[TLY_MEMBERS_STANDBY_MAX],
+        *again[TLY_MEMBERS_STANDBY_MAX];
+    size_t count = tly_members_map_standbys(map, partition, 2, T0, chosen);
+    assert_int_equal(count, 2);
+    assert_int_equal(tly_members_map_standbys(reverse, partition, 2, T0, again),
+                     2);
+    const char *owner = names[partition % 4];
+    assert_string_not_equal(chosen[0], chosen[1]);
+    for (size_t k = 0; k < count; k++) {
+      assert_string_not_equal(chosen[k], owner);
+      assert_string_equal(chosen[k], again[k]);
+      chosen_count[chosen[k][0] - 'a']++;
+      before[partition][k] = chosen[k];
+    }
+    /* More than there are others: every other member, no more. */
+    assert_int_equal(tly_members_map_standbys(map, partition, 8, T0, chosen),
+                     3);
+    /* Zero: none. */
+    assert_int_equal(tly_members_map_standbys(map, partition, 0, T0, chosen),
+                     0);
+  }
+  /* Spread: with 16 choices over 4 members none holds them all. */
+  for (int i = 0; i < 4; i++)
+    assert_true(chosen_count[i] < 8);
+  /* d leaves: a partition whose standbys did not include d keeps them. */
+  assert_int_equal(apply(map, "d", NULL, T0 + 1), 0);
+  for (int32_t partition = 0; partition < 8; partition++) {
+    if (partition % 4 == 3 || !strcmp(before[partition][0], "d") ||
+        !strcmp(before[partition][1], "d"))
+      continue;
+    const char *chosen[TLY_MEMBERS_STANDBY_MAX];
+    assert_int_equal(
+        tly_members_map_standbys(map, partition, 2, T0 + 1, chosen), 2);
+    assert_string_equal(chosen[0], before[partition][0]);
+    assert_string_equal(chosen[1], before[partition][1]);
+  }
+  tly_members_map_free(map);
+  tly_members_map_free(reverse);
+}
+
+/* Two claim a partition: a read goes to the one serving it only while
+ * the other has been silent over half the staleness timeout. */
+static void test_successor_for_reads(void **state) {
+  (void)state;
+  tly_members_owner_t owner;
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
+  assert_int_equal(apply(map, "a", announcement("a", 8081, "0", "", T0), T0),
+                   0);
+  assert_int_equal(
+      apply(map, "b", announcement("b", 8082, "0", "", T0 + 600), T0 + 600), 0);
+  /* Both announced recently: moving, no successor. */
+  assert_int_equal(tly_members_map_owner(map, 0, T0 + 700, &owner),
+                   TLY_OWNER_CONFLICT);
+  assert_int_equal(tly_members_map_successor(map, 0, T0 + 700, &owner), 0);
+  /* a silent for 1,200 ms (over 750): b serves the reads. */
+  assert_int_equal(tly_members_map_owner(map, 0, T0 + 1200, &owner),
+                   TLY_OWNER_CONFLICT);
+  assert_int_equal(tly_members_map_successor(map, 0, T0 + 1200, &owner), 1);
+  assert_int_equal(owner.state, TLY_OWNER_SERVING);
+  assert_string_equal(owner.instance, "b");
+  assert_string_equal(owner.http, "http://127.0.0.1:8082");
+  /* A recent claimant that only replays is no successor. */
+  assert_int_equal(
+      apply(map, "b", announcement("b", 8082, "", "0", T0 + 1100), T0 + 1100),
+      0);
+  assert_int_equal(tly_members_map_successor(map, 0, T0 + 1200, &owner), 0);
+  /* A partition nobody else claims has no successor (its owner answers). */
+  assert_int_equal(tly_members_map_successor(map, 5, T0 + 1200, &owner), 0);
+  tly_members_map_free(map);
+}
+
+/* The holder a read is forwarded to: a fresh member announcing a standby
+ * copy, never the asking instance itself, none once it is stale. */
+static void test_standby_holder(void **state) {
+  (void)state;
+  tly_members_owner_t holder;
+  tly_members_map_t *map = tly_members_map_new(STALE_MS, secret());
+  assert_int_equal(
+      apply(map, "a", announcement_standby("a", 8081, "0", "1,2", T0), T0), 0);
+  assert_int_equal(
+      apply(map, "b", announcement_standby("b", 8082, "1", "0", T0), T0), 0);
+  assert_int_equal(tly_members_map_standby_holder(map, 1, "b", T0, &holder), 1);
+  assert_string_equal(holder.instance, "a");
+  assert_string_equal(holder.http, "http://127.0.0.1:8081");
+  /* Not itself. */
+  assert_int_equal(tly_members_map_standby_holder(map, 1, "a", T0, &holder), 0);
+  assert_int_equal(tly_members_map_standby_holder(map, 0, "a", T0, &holder), 1);
+  assert_string_equal(holder.instance, "b");
+  /* Nobody holds 3. */
+  assert_int_equal(tly_members_map_standby_holder(map, 3, NULL, T0, &holder),
+                   0);
+  /* Stale: gone. */
+  assert_int_equal(
+      tly_members_map_standby_holder(map, 2, "b", T0 + STALE_MS + 1, &holder),
+      0);
+  /* The list round-trips through encode and decode. */
+  int32_t standby[] = {4, 9};
+  tly_members_announcement_t in = {
+      .standby = standby, .standby_count = 2, .at_ms = T0, .seq = 1};
+  snprintf(in.instance, sizeof(in.instance), "c");
+  snprintf(in.http, sizeof(in.http), "http://127.0.0.1:8083");
+  char *text = tly_members_encode(&in), errstr[256];
+  assert_non_null(text);
+  tly_members_announcement_t out;
+  assert_int_equal(
+      tly_members_decode(text, strlen(text), &out, errstr, sizeof(errstr)), 0);
+  assert_int_equal(out.standby_count, 2);
+  assert_int_equal(out.standby[1], 9);
+  tly_members_announcement_clear(&out);
+  free(text);
+  tly_members_map_free(map);
+}
+
 static void test_stale_members_expire(void **state) {
   (void)state;
   tly_members_owner_t owner;
@@ -562,6 +710,9 @@ int main(void) {
       cmocka_unit_test(test_decode_refuses_malformed),
       cmocka_unit_test(test_owner_serving_and_replaying),
       cmocka_unit_test(test_stale_members_expire),
+      cmocka_unit_test(test_standby_ranking),
+      cmocka_unit_test(test_standby_holder),
+      cmocka_unit_test(test_successor_for_reads),
       cmocka_unit_test(test_conflicting_claims_are_moving),
       cmocka_unit_test(test_tombstone_and_bad_records),
   };
