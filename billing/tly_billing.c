@@ -24,6 +24,7 @@
  *      event naming a hold settles it, in the same step that counted it.
  */
 #include "tly_billing.h"
+#include "tly_dims.h"
 
 #include "tly_bytes.h"
 #include "tly_corrections.h"
@@ -226,8 +227,10 @@ fold_usage(const tly_billing_t *billing, tly_billing_view_t *view,
              account->plan);
     return TLY_FOLD_REJECTED;
   }
-  if (strlen(usage->feature) >= TLY_CONFIG_NAME_MAX) {
-    snprintf(errstr, errstr_size, "feature name is longer than %d bytes",
+  if (strlen(usage->feature) >= TLY_CONFIG_NAME_MAX ||
+      strchr(usage->feature, TLY_DIM_SEP)) {
+    snprintf(errstr, errstr_size,
+             "feature name is longer than %d bytes or holds the byte 0x1f",
              TLY_CONFIG_NAME_MAX - 1);
     return TLY_FOLD_REJECTED;
   }
@@ -333,6 +336,14 @@ fold_usage(const tly_billing_t *billing, tly_billing_view_t *view,
              usage->feature);
     return TLY_FOLD_REJECTED;
   }
+  tly_bucket_t delta = {next.quantity - row->quantity, in, out_tokens, 1,
+                        cost_delta}; /* the event's part (tly_dims.h) */
+  tly_dims_step_t groups;
+  tly_fold_result_t grouped = tly_dims_prepare(
+      config, view, event, tly_billing_hour(t), &delta, &groups, errstr,
+      errstr_size);
+  if (grouped != TLY_FOLD_APPLIED)
+    return grouped;
   if (is_new &&
       tly_distinct_add(distinct, cycle->start_ms, usage->feature, value))
     return TLY_FOLD_FAILED;
@@ -343,6 +354,7 @@ fold_usage(const tly_billing_t *billing, tly_billing_view_t *view,
   cycle->events++;
   *row = next;
   *bucket = hour;
+  tly_dims_apply(&groups);
   if (cycle != &account->cycle)
     return TLY_FOLD_APPLIED; /* a closed cycle: no more alerts for it */
   return tly_billing_check_limits(billing, account, plan, event->subject_kind,
@@ -882,7 +894,7 @@ static void take_row_entry(reader_t *r, tly_subject_row_t *row, int64_t base_ms,
 }
 
 static void put_bucket(writer_t *w, const tly_subject_bucket_t *bucket) {
-  put_string(w, bucket->feature, TLY_CONFIG_NAME_MAX - 1);
+  put_string(w, bucket->feature, TLY_BUCKET_NAME_MAX - 1);
   put_signed(w, bucket->totals.quantity);
   put_signed(w, bucket->totals.input_tokens);
   put_signed(w, bucket->totals.output_tokens);

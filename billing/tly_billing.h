@@ -90,10 +90,14 @@ typedef struct {
 #define TLY_HOUR_MS 3600000LL
 #define TLY_DAY_MS 86400000LL
 
+/* A bucket's name: a feature, or a feature's dimension value
+ * (tly_dims.h: feature, 0x1f, dimension, 0x1f, value) with its NUL. */
+#define TLY_BUCKET_NAME_MAX 176
+
 /* A bucket with what names it within its subject. */
 typedef struct {
   int32_t hour; /* hours since 1970-01-01T00:00Z */
-  char feature[TLY_CONFIG_NAME_MAX];
+  char feature[TLY_BUCKET_NAME_MAX]; /* the name: a feature or a group */
   tly_bucket_t totals;
 } tly_subject_bucket_t;
 
@@ -162,6 +166,18 @@ struct tly_billing_view {
    * was raised, ids the smaller window let go are not known again until
    * the watermark has moved on (never guessed at). */
   const int64_t *dedupe_floor_ms;
+  /* Optional (NULL: no dimensions are kept, tly_dims.h): the group bucket
+   * of hour for name, whose first prefix_len bytes name the feature and
+   * dimension: name's own when it is used (events > 0) or when fewer than
+   * max used buckets of hour start with that prefix, else the prefix's
+   * `other` bucket (name's first prefix_len bytes then "other"); zeroed
+   * when absent. name must have room for the "other" name
+   * (TLY_BUCKET_NAME_MAX) and may be rewritten to it. NULL: the caller
+   * failed. One pass over the hour's buckets. */
+  tly_bucket_t *(*group_bucket)(tly_billing_view_t *view,
+                                tly_subject_kind_t kind, const char *id,
+                                int32_t hour, char *name, size_t prefix_len,
+                                long max);
 };
 
 typedef struct {

@@ -285,6 +285,7 @@ typedef enum {
 
 #define TLY_METER_PROPERTY_MAX 128 /* a property key with its NUL */
 #define TLY_METER_GROUP_MAX 4      /* group_by entries per meter */
+#define TLY_DIM_KEY_MAX 32         /* a property key in group_by (bytes) */
 typedef enum {
   TLY_DIM_MODEL = 0,
   TLY_DIM_PROVIDER = 1,

@@ -75,6 +75,10 @@ static int parse_group_by(tly_err_t *err, const char *path, json_t *array,
       dim->kind = TLY_DIM_PROPERTY;
       if (check_property_key(err, item_path, text + 11))
         return -1;
+      if (strlen(text + 11) > TLY_DIM_KEY_MAX)
+        return fail(err, item_path,
+                    "a property key to group by is at most %d bytes",
+                    TLY_DIM_KEY_MAX);
       snprintf(dim->key, sizeof(dim->key), "%s", text + 11);
     } else {
       return fail(err, item_path,

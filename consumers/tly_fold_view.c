@@ -222,6 +222,49 @@ tly_bucket_t *tly_proc_view_bucket(tly_billing_view_t *view,
   return &bucket->bucket.totals;
 }
 
+/* A group's bucket (tly_dims.h): name's own or the prefix's "other", in
+ * one pass over the hour's buckets. The hour is loaded whole first, as for
+ * a bucket. */
+tly_bucket_t *tly_proc_view_group_bucket(tly_billing_view_t *view,
+                                         tly_subject_kind_t kind,
+                                         const char *id, int32_t hour,
+                                         char *name, size_t prefix_len,
+                                         long max) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return NULL;
+  if (!tly_overlay_has_hour(entry, hour) && hour < newest_used_hour(entry) &&
+      load_hour(p, entry, hour))
+    return NULL;
+  tly_overlay_bucket_t *found = NULL;
+  long count = 0;
+  for (size_t i = 0; i < entry->bucket_count; i++) {
+    tly_overlay_bucket_t *bucket = entry->buckets[i];
+    if (bucket->bucket.hour != hour ||
+        strncmp(bucket->bucket.feature, name, prefix_len) != 0)
+      continue;
+    if (strcmp(bucket->bucket.feature + prefix_len, name + prefix_len) == 0)
+      found = bucket;
+    count += bucket->bucket.totals.event_count != 0;
+  }
+  if (!found || !found->bucket.totals.event_count) {
+    if (count >= max) {
+      strcpy(name + prefix_len, "other");
+      found = NULL;
+    }
+    if (!found)
+      found = tly_overlay_bucket(entry, hour, name);
+  }
+  if (!found) {
+    tly_proc_set_fatal(p, "out of memory adding a usage bucket");
+    return NULL;
+  }
+  found->dirty = 1;
+  mark_dirty(p, entry);
+  return &found->bucket.totals;
+}
+
 /* A closed cycle leaves the kept history: its totals and rows go to the
  * archive, in the same batch as the record that forgets them. */
 int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,

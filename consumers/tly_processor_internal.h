@@ -457,6 +457,11 @@ tly_billing_row_t *tly_proc_view_row(tly_billing_view_t *view,
 tly_bucket_t *tly_proc_view_bucket(tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id,
                                    int32_t hour, const char *feature);
+tly_bucket_t *tly_proc_view_group_bucket(tly_billing_view_t *view,
+                                         tly_subject_kind_t kind,
+                                         const char *id, int32_t hour,
+                                         char *name, size_t prefix_len,
+                                         long max);
 int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
                           const char *id, const tly_cycle_t *cycle);
 int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,

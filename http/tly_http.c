@@ -181,6 +181,10 @@ const route_t tly_http_route_table[] = {
      "/usage/daily", tly_http_handle_daily, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/cycles", "/v1/subjects/", "/cycles",
      tly_http_handle_cycles, AUTH_REQUIRED, 0, 1},
+    {"GET", "/v1/analytics/top", "/v1/analytics/top", NULL,
+     tly_http_handle_analytics_top, AUTH_REQUIRED, 0, 0},
+    {"GET", "/v1/analytics/breakdown", "/v1/analytics/breakdown", NULL,
+     tly_http_handle_analytics_breakdown, AUTH_REQUIRED, 0, 0},
     {"GET", "/v1/subjects/{subject}/alerts", "/v1/subjects/", "/alerts",
      tly_http_handle_alerts, AUTH_REQUIRED, 0, 1},
     {"GET", "/v1/subjects/{subject}/notifications", "/v1/subjects/",
@@ -646,11 +650,12 @@ static int begin_request(tly_http_t *http, request_t *req,
    * client key comes along, the forwarding credential is checked instead
    * (dispatch, once the body it covers is in). Only the routes that are
    * ever forwarded; either marker, so no request passes as a client's. */
-  req->forwarded = route->owner_only &&
-                   (MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
-                                                TLY_FORWARDED_HEADER) ||
-                    MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
-                                                TLY_FORWARD_AUTH_HEADER));
+  req->forwarded =
+      (route->owner_only || tly_http_is_gather_route(route->handler)) &&
+      (MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                   TLY_FORWARDED_HEADER) ||
+       MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                   TLY_FORWARD_AUTH_HEADER));
   if (!req->forwarded && !route_is_open(http, route)) {
     const tly_http_config_t *auth = &http->conf.config->http;
     const char *header = MHD_lookup_connection_value(
@@ -854,6 +859,10 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
       tly_http_subs_answer(req, &out);
       break;
     }
+    if (req->gather) {
+      tly_http_analytics_answer(http, req, connection, &out);
+      break;
+    }
     if (req->portal) {
       int status;
       json_t *answer = tly_stripe_portal_answer(req->portal, &status);
@@ -909,6 +918,7 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
   tly_stripe_portal_call_free(req->portal);
   tly_stripe_task_free(req->stripe_task);
   tly_forward_call_free(req->forward);
+  tly_http_gather_free(req->gather);
   tly_http_stream_relay_drop(req->relay);
   free(req->target);
   free(req->body);

@@ -201,6 +201,7 @@ struct request {
   tly_stripe_task_t *stripe_task;   /* a subscription route's Stripe calls */
   char *target;                     /* the request target, query included */
   tly_forward_call_t *forward;      /* while waiting for the owner */
+  struct tly_http_gather *gather;   /* while waiting for the owners' parts */
   tly_stream_relay_t *relay;        /* a stream relayed from the owner */
   const char *served_by; /* X-Tally-Served-By: this instance or owner */
   char owner[TLY_MEMBERS_URL_MAX]; /* the owner forwarded to */
@@ -343,6 +344,18 @@ void tly_http_registry_free(tly_http_t *http);
 route_handler_fn tly_http_handle_notifications,
     tly_http_handle_notifications_read;
 
+/* ---- tly_http_analytics.c: analytics across the cluster -------------- */
+route_handler_fn tly_http_handle_analytics_top,
+    tly_http_handle_analytics_breakdown;
+typedef struct tly_http_gather tly_http_gather_t;
+/* A resumed gather: its answer into out (frees req->gather). */
+void tly_http_analytics_answer(tly_http_t *http, request_t *req,
+                               struct MHD_Connection *connection,
+                               response_t *out);
+void tly_http_gather_free(tly_http_gather_t *gather); /* NULL is fine */
+/* 1 for the routes answered across the cluster: a forwarded request of
+ * them is a gatherer's, its credential checked as for an owner's. */
+int tly_http_is_gather_route(route_handler_t handler);
 /* ---- tly_http_stream.c: live usage (SSE) ------------------------------ */
 
 route_handler_fn tly_http_handle_stream;

@@ -15,6 +15,7 @@
 #include "tly_billing.h"
 #include "tly_log.h"
 #include "tly_request.h"
+#include "tly_request_groups.h"
 #include "tly_state.h"
 #include "tly_state_cache.h"
 #include "tly_store.h"
@@ -88,6 +89,9 @@ int tly_http_find_subject(tly_http_t *http, const request_t *req,
 
 /* ---- handlers: subjects ---------------------------------------------- */
 
+static void usage_by_group(tly_http_t *http, request_t *req, const char *group,
+                           int64_t now_ms, response_t *out);
+
 void tly_http_handle_usage(tly_http_t *http, request_t *req,
                            struct MHD_Connection *connection, response_t *out) {
   tly_req_subject_t subject;
@@ -100,6 +104,17 @@ void tly_http_handle_usage(tly_http_t *http, request_t *req,
           MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "at"),
           tly_wall_ms(), &now_ms, &err)) {
     tly_http_respond_req_error(out, &err);
+    return;
+  }
+  char group[TLY_ANALYTICS_LABEL_MAX];
+  if (tly_req_parse_group_by(MHD_lookup_connection_value(
+                                 connection, MHD_GET_ARGUMENT_KIND, "group_by"),
+                             0, group, &err)) {
+    tly_http_respond_req_error(out, &err);
+    return;
+  }
+  if (group[0]) {
+    usage_by_group(http, req, group, now_ms, out);
     return;
   }
   int found = tly_http_find_subject(http, req, &subject, &state, out);
@@ -279,43 +294,92 @@ static int visit_hour(void *opaque, const unsigned char *suffix,
   return scan->failed;
 }
 
+/* The subject's buckets on days [scan->from_day, scan->to_day] into
+ * scan, with its state. The newest hour lives in the subject record, older
+ * ones in keys: read both as of one commit (retry when a commit landed in
+ * between, since a commit may move the newest hour into its key). 1, or 0
+ * when out holds the answer (an error). */
+static int collect_buckets(tly_http_t *http, request_t *req,
+                           tly_req_subject_t *subject,
+                           tly_subject_state_t *state, daily_scan_t *scan,
+                           response_t *out) {
+  for (int attempt = 0; attempt < 3; attempt++) {
+    uint64_t before = commit_count(http->conf.processor);
+    tly_state_subject_clear(state);
+    scan->count = 0;
+    if (!history_subject(http, req, subject, state, out))
+      return 0;
+    scan->failed = add_buckets(scan, state->buckets, state->bucket_count);
+    if (scan_history(http, state, subject, TLY_HISTORY_HOUR,
+                     tly_http_history_horizon(http, state->partition),
+                     visit_hour, scan, &scan->failed,
+                     "out of memory or corrupt usage buckets", out))
+      return 0;
+    if (commit_count(http->conf.processor) == before)
+      break;
+  }
+  return 1;
+}
+
 void tly_http_handle_daily(tly_http_t *http, request_t *req,
                            struct MHD_Connection *connection, response_t *out) {
   tly_req_subject_t subject;
   tly_subject_state_t state = {0};
   tly_req_error_t err;
   daily_scan_t scan = {0};
+  char group[TLY_ANALYTICS_LABEL_MAX];
   if (tly_req_parse_daily(
           MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND,
                                       "from"),
           MHD_lookup_connection_value(connection, MHD_GET_ARGUMENT_KIND, "to"),
-          &scan.from_day, &scan.to_day, &err)) {
+          &scan.from_day, &scan.to_day, &err) ||
+      tly_req_parse_group_by(MHD_lookup_connection_value(
+                                 connection, MHD_GET_ARGUMENT_KIND, "group_by"),
+                             0, group, &err)) {
     tly_http_respond_req_error(out, &err);
     return;
   }
-  /* The newest hour lives in the subject record, older ones in keys: read
-   * both as of one commit (retry when a commit landed in between, since a
-   * commit may move the newest hour into its key). */
-  for (int attempt = 0; attempt < 3; attempt++) {
-    uint64_t before = commit_count(http->conf.processor);
-    tly_state_subject_clear(&state);
-    scan.count = 0;
-    if (!history_subject(http, req, &subject, &state, out))
-      goto done;
-    scan.failed = add_buckets(&scan, state.buckets, state.bucket_count);
-    if (scan_history(http, &state, &subject, TLY_HISTORY_HOUR,
-                     tly_http_history_horizon(http, state.partition),
-                     visit_hour, &scan, &scan.failed,
-                     "out of memory or corrupt usage buckets", out))
-      goto done;
-    if (commit_count(http->conf.processor) == before)
-      break;
+  if (!collect_buckets(http, req, &subject, &state, &scan, out))
+    goto done;
+  json_t *answer = tly_req_daily_json(http->conf.config, &subject, scan.buckets,
+                                      scan.count, scan.from_day, scan.to_day);
+  if (answer && group[0] &&
+      tly_req_daily_add_groups(answer, group, scan.buckets, scan.count)) {
+    json_decref(answer);
+    answer = NULL;
   }
-  tly_http_respond_table(out, connection,
-                         tly_req_daily_json(http->conf.config, &subject,
-                                            scan.buckets, scan.count,
-                                            scan.from_day, scan.to_day),
-                         tly_req_daily_csv);
+  tly_http_respond_table(out, connection, answer,
+                         group[0] ? tly_req_daily_groups_csv
+                                  : tly_req_daily_csv);
+done:
+  free(scan.buckets);
+  tly_state_subject_clear(&state);
+}
+
+/* /usage?group_by: the answer's features broken down over the hours of
+ * its cycle. */
+static void usage_by_group(tly_http_t *http, request_t *req, const char *group,
+                           int64_t now_ms, response_t *out) {
+  tly_req_subject_t subject;
+  tly_subject_state_t state = {0};
+  daily_scan_t scan = {.from_day = INT32_MIN, .to_day = INT32_MAX};
+  if (!collect_buckets(http, req, &subject, &state, &scan, out))
+    goto done;
+  json_t *answer =
+      tly_req_usage_json(http->conf.config, &subject, &state, now_ms);
+  json_t *cycle = json_object_get(answer, "cycle");
+  if (answer &&
+      tly_req_usage_add_groups(
+          answer, group, scan.buckets, scan.count,
+          (int64_t)json_integer_value(json_object_get(cycle, "start_ms")),
+          (int64_t)json_integer_value(json_object_get(cycle, "end_ms")))) {
+    json_decref(answer);
+    answer = NULL;
+  }
+  if (answer)
+    tly_http_respond_json(out, 200, answer);
+  else
+    tly_http_respond_error(out, 500, "internal", "out of memory");
 done:
   free(scan.buckets);
   tly_state_subject_clear(&state);

@@ -545,7 +545,8 @@ json_t *tly_req_daily_json(const tly_config_t *config,
   size_t n = 0;
   for (size_t i = 0; i < count; i++) {
     int32_t day = tly_req_day_of_hour(buckets[i].hour);
-    if (day >= from_day && day <= to_day && buckets[i].totals.event_count)
+    if (day >= from_day && day <= to_day && buckets[i].totals.event_count &&
+        !strchr(buckets[i].feature, '\x1f')) /* a group (tly_dims.h) */
       sorted[n++] = &buckets[i];
   }
   qsort(sorted, n, sizeof(*sorted), compare_buckets);

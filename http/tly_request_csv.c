@@ -8,6 +8,7 @@
  * spreadsheet never reads a feature name as a formula. Lines end in CRLF.
  */
 #include "tly_request.h"
+#include "tly_request_groups.h"
 
 #include "tly_bytes.h"
 
@@ -128,6 +129,55 @@ char *tly_req_cycles_csv(const json_t *cycles) {
       put_usage(&csv, usage);
       put(&csv, "\r\n", 2);
     }
+  }
+  return finish(&csv);
+}
+
+char *tly_req_daily_groups_csv(const json_t *daily) {
+  csv_t csv = {0};
+  const json_t *days = json_object_get(daily, "days");
+  const char *header = "date,feature,group,quantity,input_tokens,"
+                       "output_tokens,events,cost_micros\r\n";
+  put(&csv, header, strlen(header));
+  for (size_t d = 0; d < json_array_size(days); d++) {
+    const json_t *day = json_array_get(days, d);
+    const char *date = json_string_value(json_object_get(day, "date"));
+    const char *feature;
+    json_t *usage;
+    json_object_foreach((json_t *)json_object_get(day, "features"), feature,
+                        usage) {
+      const json_t *groups = json_object_get(usage, "groups");
+      for (size_t g = 0; g < json_array_size(groups); g++) {
+        const json_t *group = json_array_get(groups, g);
+        const char *value = json_string_value(json_object_get(group, "value"));
+        put_text(&csv, date ? date : "");
+        put(&csv, ",", 1);
+        put_text(&csv, feature);
+        put(&csv, ",", 1);
+        put_text(&csv, value ? value : "");
+        put_usage(&csv, group);
+        put(&csv, "\r\n", 2);
+      }
+    }
+  }
+  return finish(&csv);
+}
+
+char *tly_req_analytics_csv(const json_t *answer) {
+  csv_t csv = {0};
+  const json_t *subjects = json_object_get(answer, "subjects");
+  const json_t *list = subjects ? subjects : json_object_get(answer, "groups");
+  const char *name = subjects ? "subject" : "value";
+  put(&csv, name, strlen(name));
+  put(&csv, ",quantity,cost_micros,events\r\n", 30);
+  for (size_t i = 0; i < json_array_size(list); i++) {
+    const json_t *item = json_array_get(list, i);
+    const char *text = json_string_value(json_object_get(item, name));
+    put_text(&csv, text ? text : "");
+    put_member(&csv, item, "quantity");
+    put_member(&csv, item, "cost_micros");
+    put_member(&csv, item, "events");
+    put(&csv, "\r\n", 2);
   }
   return finish(&csv);
 }

@@ -28,7 +28,9 @@
  * BENCH_MEMORY_BUDGET sets --memory-budget (bytes; default 1 GiB): a small
  * one makes (b) spill event ids to RocksDB (tly_dedupe.h).
  * BENCH_METERS=1 gives every feature a meter (api_calls max, ai_tokens
- * sum: tly_meters.h).
+ * sum: tly_meters.h) and groups ai_tokens by model (tly_dims.h);
+ * BENCH_METERS=2 the same meters without dimensions (group_by []).
+ * Without meters, AI events group by model and provider (the default).
  * BENCH_ONLY_HTTP=1 runs (d) alone on a small data set (bench_http.h).
  * BENCH_DEDUPE_IDS=N runs the dedupe-scale run alone (bench_dedupe.c):
  * N ids in the window under the memory budget, then 1 % duplicates.
@@ -370,6 +372,11 @@ int main(int argc, char **argv) {
       config->meters[0].aggregation = TLY_AGG_MAX;
       snprintf(config->meters[1].feature, TLY_CONFIG_NAME_MAX, "ai_tokens");
       config->meters[1].aggregation = TLY_AGG_SUM;
+      /* Dimensions (tly_dims.h): 1 groups ai_tokens by model, 2 by
+       * nothing (group_by []), to measure what grouping costs. */
+      config->meters[1].group_by_set = 1;
+      config->meters[1].group_count = atoi(with_meters) == 2 ? 0 : 1;
+      config->meters[1].group_by[0].kind = TLY_DIM_MODEL;
       config->meter_count = 2;
     }
   }
@@ -472,7 +479,10 @@ int main(int argc, char **argv) {
          "events/s |\n",
          fold);
   printf("| (b)/(a)%s | %.2f |\n",
-         config->meter_count ? " (meters: api_calls max, ai_tokens sum)" : "",
+         !config->meter_count ? " (AI events grouped by model and provider)"
+         : config->meters[1].group_count
+             ? " (meters: api_calls max, ai_tokens sum by model)"
+             : " (meters: api_calls max, ai_tokens sum, no dimensions)",
          fold / raw);
   printf("| (b) CPU per event: process (broker included) / fold thread / "
          "writer thread | %.2f / %.2f / %.2f us |\n",

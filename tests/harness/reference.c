@@ -397,7 +397,8 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     /* The hourly buckets, summed per day, add up to the same totals. */
     snprintf(path, sizeof(path),
              "/v1/subjects/user:m%04d/usage/"
-             "daily?from=2026-11-10&to=2026-11-11&max_staleness_ms=0",
+             "daily?from=2026-11-10&to=2026-11-11&max_staleness_ms=0&"
+             "group_by=model",
              s);
     assert_int_equal(th_http_get(port, path, &status, &body), 0);
     assert_int_equal(status, 200);
@@ -405,9 +406,27 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     free(body);
     json_t *days = json_object_get(json, "days");
     int64_t day_calls = 0, day_tokens = 0, day_input = 0, day_cost = 0;
+    int64_t model_tokens = 0, model_input = 0;
     for (size_t d = 0; d < json_array_size(days); d++) {
       json_t *day = json_array_get(days, d);
       features = json_object_get(day, "features");
+      /* Grouped by model (tly_dims.h): every AI event names model "m", so
+       * its group holds the feature's whole day; nothing in "none". */
+      json_t *groups =
+          json_object_get(json_object_get(features, "ai_tokens"), "groups");
+      for (size_t g = 0; g < json_array_size(groups); g++) {
+        json_t *group = json_array_get(groups, g);
+        if (strcmp(json_string_value(json_object_get(group, "value")), "m"))
+          fail_msg("subject %d: a group %s", s,
+                   json_string_value(json_object_get(group, "value")));
+        model_tokens += json_integer_value(json_object_get(group, "quantity"));
+        model_input +=
+            json_integer_value(json_object_get(group, "input_tokens"));
+        if (json_integer_value(json_object_get(group, "events")) !=
+            json_integer_value(json_object_get(
+                json_object_get(features, "ai_tokens"), "events")))
+          fail_msg("subject %d: model m's events differ from ai_tokens'", s);
+      }
       day_calls += json_integer_value(
           json_object_get(json_object_get(features, "api_calls"), "quantity"));
       day_tokens += json_integer_value(
@@ -420,6 +439,10 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     expect_total(s, "ai_tokens summed over days", day_tokens, e->tokens);
     expect_total(s, "input_tokens summed over days", day_input, e->input);
     expect_total(s, "cost_micros summed over days", day_cost, e->cost_micros);
+    expect_total(s, "ai_tokens of model m summed over days", model_tokens,
+                 e->tokens);
+    expect_total(s, "input_tokens of model m summed over days", model_input,
+                 e->input);
     if (stream->meters)
       expect_meters(s, e, usage_features, days);
     json_decref(usage_features);
