@@ -52,10 +52,20 @@ static json_t *request(const char *method, const char *path, const char *body,
 }
 
 /* POST .../reservations; the answer (status out). */
+/* Only the owner decides a reservation: 503 partition_moving while the
+ * partition is being assigned (reads may already come from a standby
+ * copy), asked again for up to a minute. */
 static json_t *reserve(const char *subject, const char *body, long *status) {
   char path[256];
   snprintf(path, sizeof(path), "/v1/subjects/%s/reservations", subject);
-  return request("POST", path, body, status);
+  int64_t deadline = th_now_ms() + 60000;
+  for (;;) {
+    json_t *json = request("POST", path, body, status);
+    if (*status != 503 || th_now_ms() > deadline)
+      return json;
+    json_decref(json);
+    th_sleep_ms(100);
+  }
 }
 
 /* A reservation that must be granted: its id (malloc'd). */
