@@ -239,6 +239,47 @@ static void visit_dead(void *opaque, const rd_kafka_message_t *msg) {
   }
 }
 
+/* The first-attempt time the /dead endpoint's group committed with its
+ * offset (tally keeps it in the commit metadata, "wh1 <offset>:<ms> ..."),
+ * read with the group's own id, without joining it; 0 when none yet. */
+static long long committed_first_attempt(const char *bootstrap, int port) {
+  char url[128], group[64], errstr[512];
+  unsigned char digest[32];
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/dead", port);
+  EVP_Digest(url, strlen(url), digest, NULL, EVP_sha256(), NULL);
+  int n = snprintf(group, sizeof(group), "tally.webhooks.");
+  for (int i = 0; i < 8; i++)
+    n += snprintf(group + n, sizeof(group) - (size_t)n, "%02x", digest[i]);
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr,
+                    sizeof(errstr));
+  rd_kafka_conf_set(conf, "group.id", group, errstr, sizeof(errstr));
+  rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof(errstr));
+  rd_kafka_t *rk =
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  if (!rk)
+    return 0;
+  rd_kafka_topic_partition_list_t *parts =
+      rd_kafka_topic_partition_list_new(PARTITIONS);
+  for (int p = 0; p < PARTITIONS; p++)
+    rd_kafka_topic_partition_list_add(parts, "tally.alerts", p);
+  long long first = 0;
+  if (rd_kafka_committed(rk, parts, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+    for (int i = 0; i < parts->cnt; i++) {
+      const rd_kafka_topic_partition_t *part = &parts->elems[i];
+      char text[256] = "";
+      if (part->err || !part->metadata || part->metadata_size >= sizeof(text))
+        continue;
+      memcpy(text, part->metadata, part->metadata_size);
+      const char *colon = strchr(text, ':');
+      if (!strncmp(text, "wh1 ", 4) && colon)
+        first = atoll(colon + 1);
+    }
+  rd_kafka_topic_partition_list_destroy(parts);
+  rd_kafka_destroy(rk);
+  return first;
+}
+
 static void post(int port, const char *body) {
   long status;
   char *text = NULL;
@@ -369,6 +410,15 @@ static void test_webhooks(void **state) {
   assert_true(th_read_topic(broker.bootstrap, "tally.usage.dlq", 1, visit_dead,
                             &early) >= 0);
   assert_int_equal(early.from_ok, 0);
+  /* The /dead endpoint's first attempt is committed (with its offset)
+   * before the SIGKILL: the give-up clock must survive it. */
+  long long committed_first = 0;
+  deadline = th_now_ms() + 30000;
+  while (!(committed_first =
+               committed_first_attempt(broker.bootstrap, receiver_port)) &&
+         th_now_ms() < deadline)
+    th_sleep_ms(100);
+  assert_true(committed_first > 0);
   /* SIGKILL mid-retry (the blocked alert parked, the others delivered
    * after it), restart, and let it through. */
   th_kill9(run.pid);
@@ -431,6 +481,7 @@ static void test_webhooks(void **state) {
          second_kill_ms - dead.first_attempt_ms);
   assert_true(dead.first_attempt_ms > 0);
   assert_true(dead.first_attempt_ms < second_kill_ms);
+  assert_int_equal(dead.first_attempt_ms, committed_first);
   assert_true(receiver.dead_attempts >= 2);
   assert_true(th_metric_labeled(run.port, "tally_webhook_deliveries_total",
                                 "{result=\"dead_lettered\"}") >= 1);
