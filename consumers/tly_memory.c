@@ -27,16 +27,16 @@
 #include <string.h>
 
 int64_t tly_memory_share(int64_t budget, tly_memory_part_t part) {
-  /* Fortieths: 15 + 8 + 2 + 4 + 4 + 3 + 2 + 2 = 40. */
+  /* Fortieths: 20 + 6 + 2 + 4 + 3 + 3 + 1 + 1 = 40. */
   static const int64_t fortieths[TLY_MEMORY_PARTS] = {
-      [TLY_MEMORY_DEDUPE] = 15,
-      [TLY_MEMORY_OVERLAY] = 8,
+      [TLY_MEMORY_DEDUPE] = 20,
+      [TLY_MEMORY_OVERLAY] = 6,
       [TLY_MEMORY_OUTBOX] = 2,
       [TLY_MEMORY_SUBJECT_CACHE] = 4,
-      [TLY_MEMORY_ROCKSDB_BLOCK_CACHE] = 4,
+      [TLY_MEMORY_ROCKSDB_BLOCK_CACHE] = 3,
       [TLY_MEMORY_ROCKSDB_MEMTABLES] = 3,
-      [TLY_MEMORY_KAFKA_CONSUMER] = 2,
-      [TLY_MEMORY_KAFKA_PRODUCER] = 2};
+      [TLY_MEMORY_KAFKA_CONSUMER] = 1,
+      [TLY_MEMORY_KAFKA_PRODUCER] = 1};
   if (budget <= 0 || part < 0 || part >= TLY_MEMORY_PARTS)
     return 0;
   return budget / 40 * fortieths[part];

@@ -132,17 +132,17 @@ typedef struct {
 /* The parts of the memory budget (--memory-budget), each with its share
  * (tly_memory_share, in fortieths of the budget; together at most the
  * budget):
- * - the dedupe indexes 15/40 (past it the oldest ids spill to RocksDB);
+ * - the dedupe indexes 20/40 (past it the oldest ids spill to RocksDB);
  * - the processor's subject records (the overlay: the open batch and the
- *   cache kept across batches) 8/40 (past it the cache starts over);
+ *   cache kept across batches) 6/40 (past it the cache starts over);
  * - the outbox 2/40 (reported, not enforced: an entry leaves only once
  *   Kafka has it);
  * - the HTTP port's subject cache 4/40 (its entries are sized from it);
- * - RocksDB's block cache 4/40 (index and filter blocks charged to it) and
+ * - RocksDB's block cache 3/40 (index and filter blocks charged to it) and
  *   its memtables 3/40 (all column families together; tly_store.h,
  *   tly_store_memory_t);
- * - librdkafka: each consumer's prefetch 2/40 (queued.max.messages.kbytes
- *   and fetch.max.bytes, half each) and the producers' queues 2/40
+ * - librdkafka: each consumer's prefetch 1/40 (queued.max.messages.kbytes
+ *   and fetch.max.bytes, half each) and the producers' queues 1/40
  *   (queue.buffering.max.kbytes: half for the processor's producer, half
  *   for the HTTP port's), unless -X sets them (tly_memory_kafka_properties).
  * A part with a floor (tly_memory_bound: RocksDB and librdkafka minimums)
@@ -171,7 +171,7 @@ int64_t tly_memory_floor(tly_memory_part_t part);
 int64_t tly_memory_bound(int64_t budget, tly_memory_part_t part);
 /* The sum of the floors, and the least budget at which no floor applies. */
 #define TLY_MEMORY_FLOORS (7LL << 20)
-#define TLY_MEMORY_FLOORLESS_BUDGET (40LL << 20)
+#define TLY_MEMORY_FLOORLESS_BUDGET (80LL << 20)
 /* Whether tally_memory_bytes can show what the part holds: librdkafka does
  * not report its queues' bytes (only its bound is shown). */
 int tly_memory_part_measured(tly_memory_part_t part);

@@ -10,7 +10,7 @@
  * and credits equal a reference computed here from the test's own input,
  * and the alerts topic holds exactly the expected alerts, each once.
  *
- * With the smallest memory budget (--memory-budget 1048576: 384 KiB of
+ * With the smallest memory budget (--memory-budget 1048576: 512 KiB of
  * event ids, a few thousand), so the dedupe index spills to RocksDB all
  * along, and 1 % of the stream duplicates of earlier events (random, most
  * of them long spilled), which must all be refused: spilling under
