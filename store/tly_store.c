@@ -251,14 +251,16 @@ tly_store_options_new(rocksdb_cache_t *cache, int bloom,
       table, 1);
   if (memory && memory->memtables_bytes) {
     /* RocksDB flushes the family holding the oldest memtable once the
-     * written memtables pass 7/8 of db_write_buffer_size: half the bound,
-     * the other half for memtables being flushed. An eighth of the bound
-     * per memtable (RocksDB's own floor is 64 KiB), two per family. */
+     * written memtables pass 7/8 of db_write_buffer_size, a quarter of the
+     * bound; it checks before a write, and a commit's WriteBatch lands
+     * whole: the other 3/4 are for that write and for memtables being
+     * flushed. A sixteenth of the bound per memtable (RocksDB's own floor
+     * is 64 KiB), two per family. */
     size_t bound = memory->memtables_bytes;
-    size_t each = bound / 8;
+    size_t each = bound / 16;
     if (each > TLY_STORE_MEMTABLE_MAX)
       each = TLY_STORE_MEMTABLE_MAX;
-    rocksdb_options_set_db_write_buffer_size(options, bound / 2);
+    rocksdb_options_set_db_write_buffer_size(options, bound / 4);
     rocksdb_options_set_write_buffer_size(options, each);
     rocksdb_options_set_max_write_buffer_number(options, 2);
   }

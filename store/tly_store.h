@@ -74,10 +74,12 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
  * per family, no bound on their sum. */
 typedef struct {
   size_t block_cache_bytes;
-  /* All memtables: db_write_buffer_size is half of it (the other half is
-   * for memtables being flushed), each family's memtable an eighth of it,
-   * two at most per family (one written, one flushing). At least
-   * TLY_STORE_MEMTABLES_MIN (below it RocksDB would flush at every write). */
+  /* All memtables: db_write_buffer_size is a quarter of it (the rest is
+   * for one commit's write, which lands whole, and memtables being
+   * flushed), each family's memtable a sixteenth, two at most per family
+   * (one written, one flushing). At least TLY_STORE_MEMTABLES_MIN (below
+   * it RocksDB would flush at every write). A commit larger than 3/4 of
+   * it passes it until the flush. */
   size_t memtables_bytes;
 } tly_store_memory_t;
 #define TLY_STORE_BLOCK_CACHE_MIN ((size_t)1 << 20)
