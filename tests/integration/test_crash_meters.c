@@ -69,6 +69,9 @@ static void test_crash_meters(void **state) {
   int subjects = setting("TALLY_CRASH_MATRIX_SUBJECTS", SUBJECTS);
   if (subjects > SUBJECTS)
     subjects = SUBJECTS;
+  /* About 100 events per subject, so each crosses every threshold. */
+  if (subjects > events / 100)
+    subjects = events / 100 > 1 ? events / 100 : 1;
   th_stream_t stream = {.events = events,
                         .subjects = subjects,
                         .events_per_second = EVENTS_PER_SECOND,
