@@ -51,7 +51,15 @@
 /* Small enough that 300,000 ids of 16 characters spill (the dedupe share
  * is 10 MiB) and seconds of load fill every part; librdkafka's parts are
  * at their floors (2 MiB each, tly_memory_floor). */
+#if RSS_MEANINGFUL
 #define BUDGET (20LL << 20)
+#define EVENTS 300000
+#else
+/* Under ASan (3x slower, RSS not asserted): half the load, a budget whose
+ * dedupe share it still fills. */
+#define BUDGET (8LL << 20)
+#define EVENTS 150000
+#endif
 /* A commit's WriteBatch lands in RocksDB's memtables whole (RocksDB checks
  * its bound before a write): at most 5,000 events a batch here, a commit
  * of ~2-3 MB. */
@@ -68,7 +76,7 @@
 
 static int events_count(void) {
   const char *env = getenv("TALLY_MEMORY_RSS_EVENTS");
-  return env && atoi(env) > 0 ? atoi(env) : 300000;
+  return env && atoi(env) > 0 ? atoi(env) : EVENTS;
 }
 
 static long long expected_quantity[SUBJECTS], expected_events[SUBJECTS];
@@ -228,8 +236,16 @@ static void test_rss_within_budget_and_overhead(void **state) {
   verify_totals(run.port);
   long long hwm = proc_status_bytes(run.pid, "VmHWM");
   printf("# VmHWM %lld MiB\n", hwm >> 20);
+  /* The block cache may pass its capacity by blocks read at that moment
+   * (not a strict cache, tly_store.c): within it once they are let go. */
   part_t parts[PARTS];
-  assert_int_equal(read_parts(run.port, parts), 0);
+  for (int tries = 0;; tries++) {
+    assert_int_equal(read_parts(run.port, parts), 0);
+    if (parts[BLOCK_CACHE].held <= parts[BLOCK_CACHE].bound || tries == 20)
+      break;
+    struct timespec pause = {0, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+  }
   struct timespec end;
   clock_gettime(CLOCK_MONOTONIC, &end);
   printf("# %d events over %d subjects folded in %ld s, %d samples\n", events,
