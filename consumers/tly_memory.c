@@ -27,15 +27,15 @@
 #include <string.h>
 
 int64_t tly_memory_share(int64_t budget, tly_memory_part_t part) {
-  /* Fortieths: 20 + 6 + 2 + 4 + 3 + 3 + 1 + 1 = 40. */
+  /* Fortieths: 20 + 5 + 2 + 4 + 3 + 3 + 2 + 1 = 40. */
   static const int64_t fortieths[TLY_MEMORY_PARTS] = {
       [TLY_MEMORY_DEDUPE] = 20,
-      [TLY_MEMORY_OVERLAY] = 6,
+      [TLY_MEMORY_OVERLAY] = 5,
       [TLY_MEMORY_OUTBOX] = 2,
       [TLY_MEMORY_SUBJECT_CACHE] = 4,
       [TLY_MEMORY_ROCKSDB_BLOCK_CACHE] = 3,
       [TLY_MEMORY_ROCKSDB_MEMTABLES] = 3,
-      [TLY_MEMORY_KAFKA_CONSUMER] = 1,
+      [TLY_MEMORY_KAFKA_CONSUMER] = 2,
       [TLY_MEMORY_KAFKA_PRODUCER] = 1};
   if (budget <= 0 || part < 0 || part >= TLY_MEMORY_PARTS)
     return 0;
@@ -49,9 +49,12 @@ int64_t tly_memory_floor(tly_memory_part_t part) {
   case TLY_MEMORY_ROCKSDB_MEMTABLES:
     return (int64_t)TLY_STORE_MEMTABLES_MIN; /* 2 MiB */
   case TLY_MEMORY_KAFKA_CONSUMER:
-    /* 1 MiB queued + fetch.max.bytes of 1 MiB, at least librdkafka's
-     * default message.max.bytes (1,000,000), which it requires. */
-    return 2LL << 20;
+    /* 16 MiB queued + fetch.max.bytes of 16 MiB. librdkafka 2.0.2 stops
+     * fetching while its queue is past queued.max.messages.kbytes and comes
+     * back to it only some time later (not when the queue drains), so the
+     * queue caps the fold rate: bench_fold's dedupe-scale run at 2 M ids
+     * folded 41,000 events/s with a 1.3 MiB queue, ~250,000 with 64 MiB. */
+    return 32LL << 20;
   case TLY_MEMORY_KAFKA_PRODUCER:
     /* 1 MiB for each of the two producers: a queue must hold a record of
      * message.max.bytes, or producing it fails forever as "queue full". */
@@ -65,6 +68,14 @@ int64_t tly_memory_bound(int64_t budget, tly_memory_part_t part) {
   int64_t share = tly_memory_share(budget, part);
   int64_t floor = tly_memory_floor(part);
   return share > floor ? share : floor;
+}
+
+int tly_memory_batch_events(int64_t budget) {
+  int64_t events = tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_MEMTABLES) / 4 *
+                   3 / TLY_MEMORY_COMMIT_BYTES_PER_EVENT;
+  return events > TLY_DEFAULT_BATCH_EVENTS      ? TLY_DEFAULT_BATCH_EVENTS
+         : events < TLY_MEMORY_BATCH_EVENTS_MIN ? TLY_MEMORY_BATCH_EVENTS_MIN
+                                                : (int)events;
 }
 
 int tly_memory_part_measured(tly_memory_part_t part) {
@@ -118,7 +129,7 @@ void tly_memory_kafka_properties(
                (long long)fetch);
     if (!user_value(user, "max.partition.fetch.bytes"))
       snprintf(out[n++], TLY_MEMORY_KAFKA_PROPERTY_MAX,
-               "max.partition.fetch.bytes=%lld", (long long)(part / 8));
+               "max.partition.fetch.bytes=%lld", (long long)(part / 32));
   } else {
     int64_t kbytes =
         tly_memory_bound(budget, TLY_MEMORY_KAFKA_PRODUCER) / 2 / 1024;

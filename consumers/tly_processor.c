@@ -629,7 +629,9 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
    * up: the process's CPU per event 3.0 us at 200,000, 2.2 us at
    * 400,000. */
   if (p->conf.batch_max_events <= 0)
-    p->conf.batch_max_events = 400000;
+    p->conf.batch_max_events = tly_memory_batch_events(
+        conf->memory_budget_bytes > 0 ? conf->memory_budget_bytes
+                                      : TLY_DEFAULT_MEMORY_BUDGET);
   if (p->conf.batch_max_ms <= 0)
     p->conf.batch_max_ms = 100;
   /* Catching up: records this old are late whatever the batch size; a

@@ -58,7 +58,7 @@ typedef struct {
    * (tly_dedupe.h). */
   int64_t memory_budget_bytes;
   int64_t tick_interval_ms; /* default 60 s; <0 writes no ticks */
-  int batch_max_events;     /* default 400000 */
+  int batch_max_events;     /* default tly_memory_batch_events(budget) */
   int batch_max_ms;         /* default 100: an upper bound (group commit,
                                consumers/tly_group_commit.h). A batch goes
                                to the writer as soon as the previous one
@@ -170,8 +170,19 @@ const char *tly_memory_part_name(tly_memory_part_t part);
 int64_t tly_memory_floor(tly_memory_part_t part);
 int64_t tly_memory_bound(int64_t budget, tly_memory_part_t part);
 /* The sum of the floors, and the least budget at which no floor applies. */
-#define TLY_MEMORY_FLOORS (7LL << 20)
-#define TLY_MEMORY_FLOORLESS_BUDGET (80LL << 20)
+#define TLY_MEMORY_FLOORS (37LL << 20)
+#define TLY_MEMORY_FLOORLESS_BUDGET (640LL << 20)
+/* The default --batch-events for a budget: a commit's WriteBatch lands in
+ * RocksDB's memtables whole, so a batch's write should fit in 3/4 of the
+ * memtables part (tly_store.h). A batch writes ~160 bytes an event
+ * (measured: bench_fold's dedupe-scale run, 64 MB for a 400,000-event
+ * commit). TLY_DEFAULT_BATCH_EVENTS (400,000) from a budget of ~1.06 GiB up
+ * (377,487 at 1 GiB), TLY_MEMORY_BATCH_EVENTS_MIN (5,000) at least.
+ * --batch-events wins. */
+#define TLY_DEFAULT_BATCH_EVENTS 400000
+#define TLY_MEMORY_BATCH_EVENTS_MIN 5000
+#define TLY_MEMORY_COMMIT_BYTES_PER_EVENT 160
+int tly_memory_batch_events(int64_t budget);
 /* Whether tally_memory_bytes can show what the part holds: librdkafka does
  * not report its queues' bytes (only its bound is shown). */
 int tly_memory_part_measured(tly_memory_part_t part);

@@ -192,11 +192,30 @@ static void test_user_settings_win(void **state) {
   tly_memory_kafka_properties(64LL << 20, 0, user, text, list);
   assert_null(list[0]);
   /* A larger message.max.bytes raises what must hold one record. */
-  const char *big[] = {"message.max.bytes=5000000", NULL};
+  const char *big[] = {"message.max.bytes=40000000", NULL};
   tly_memory_kafka_properties(TLY_MEMORY_BUDGET_MIN, 1, big, text, list);
-  assert_int_equal(value_of(list, "fetch.max.bytes"), 5000000);
+  assert_int_equal(value_of(list, "fetch.max.bytes"), 40000000);
   tly_memory_kafka_properties(TLY_MEMORY_BUDGET_MIN, 0, big, text, list);
-  assert_true(value_of(list, "queue.buffering.max.kbytes") * 1024 >= 5000000);
+  assert_true(value_of(list, "queue.buffering.max.kbytes") * 1024 >= 40000000);
+}
+
+static void test_batch_events_fit_the_memtables(void **state) {
+  (void)state;
+  assert_int_equal(tly_memory_batch_events(TLY_MEMORY_BUDGET_MAX),
+                   TLY_DEFAULT_BATCH_EVENTS);
+  for (size_t b = 0; b < sizeof(budgets) / sizeof(budgets[0]); b++) {
+    int events = tly_memory_batch_events(budgets[b]);
+    assert_true(events >= TLY_MEMORY_BATCH_EVENTS_MIN &&
+                events <= TLY_DEFAULT_BATCH_EVENTS);
+    /* Past the least, a batch's write fits 3/4 of the memtables part. */
+    if (events > TLY_MEMORY_BATCH_EVENTS_MIN)
+      assert_true((int64_t)events * TLY_MEMORY_COMMIT_BYTES_PER_EVENT <=
+                  tly_memory_bound(budgets[b], TLY_MEMORY_ROCKSDB_MEMTABLES) /
+                      4 * 3);
+  }
+  /* It grows with the budget. */
+  assert_true(tly_memory_batch_events(64LL << 20) <
+              tly_memory_batch_events(TLY_DEFAULT_MEMORY_BUDGET));
 }
 
 int main(void) {
@@ -206,6 +225,7 @@ int main(void) {
       cmocka_unit_test(test_bounds_with_floors),
       cmocka_unit_test(test_kafka_properties_follow_the_bounds),
       cmocka_unit_test(test_user_settings_win),
+      cmocka_unit_test(test_batch_events_fit_the_memtables),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
