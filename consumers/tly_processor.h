@@ -134,18 +134,19 @@ typedef struct {
  * budget):
  * - the dedupe indexes 20/40 (past it the oldest ids spill to RocksDB);
  * - the processor's subject records (the overlay: the open batch and the
- *   cache kept across batches) 6/40 (past it the cache starts over);
+ *   cache kept across batches) 5/40 (past it the cache starts over);
  * - the outbox 2/40 (reported, not enforced: an entry leaves only once
  *   Kafka has it);
  * - the HTTP port's subject cache 4/40 (its entries are sized from it);
  * - RocksDB's block cache 3/40 (index and filter blocks charged to it) and
  *   its memtables 3/40 (all column families together; tly_store.h,
  *   tly_store_memory_t);
- * - librdkafka: each consumer's prefetch 1/40 (queued.max.messages.kbytes
+ * - librdkafka: each consumer's prefetch 2/40 (queued.max.messages.kbytes
  *   and fetch.max.bytes, half each) and the producers' queues 1/40
  *   (queue.buffering.max.kbytes: half for the processor's producer, half
  *   for the HTTP port's), unless -X sets them (tly_memory_kafka_properties).
- * A part with a floor (tly_memory_bound: RocksDB and librdkafka minimums)
+ * A part with a floor (tly_memory_bound: RocksDB's and librdkafka's
+ * minimums, and the consumer's prefetch the fold rate needs)
  * is held to the larger of its share and its floor: the bounds add up to
  * the budget from TLY_MEMORY_FLOORLESS_BUDGET up, to at most the budget +
  * TLY_MEMORY_FLOORS below it. */
@@ -195,7 +196,7 @@ int tly_memory_part_measured(tly_memory_part_t part);
  * -X setting wins. A consumer (consumer != 0): queued.max.messages.kbytes
  * and fetch.max.bytes half of the consumer part each (fetch.max.bytes at
  * least message.max.bytes, librdkafka's rule), max.partition.fetch.bytes
- * an eighth; a producer: queue.buffering.max.kbytes half of the producer
+ * a 32nd; a producer: queue.buffering.max.kbytes half of the producer
  * part. */
 #define TLY_MEMORY_KAFKA_PROPERTIES 4
 #define TLY_MEMORY_KAFKA_PROPERTY_MAX 64
