@@ -565,6 +565,8 @@ int tly_proc_batch_submit(tly_processor_t *p) {
       tly_proc_set_fatal(p, "out of memory encoding a subject record");
       return -1;
     }
+    if (tly_proc_contrib_put_subject(p, entry))
+      return -1;
     mark_committed(p, entry);
   }
   p->dirty_count = 0;
