@@ -51,7 +51,7 @@
 
 #define CHUNK_VERSION 2
 #define CHUNK_ENTRIES 4096 /* a part: bounds what one lookup reads */
-#define LOG_PREV 4        /* a log entry's link */
+#define LOG_PREV 4         /* a log entry's link */
 
 /* An entry in a table's data: [key length, 2 bytes][value length, 1 byte]
  * [key][value]. A slot holds the key's 32-bit hash (high half) and the
@@ -289,8 +289,8 @@ static int put_chunk(tly_processor_t *p, const tly_overlay_entry_t *entry,
   tly_put_be64((unsigned char *)key + entry->key_len + 5, (uint64_t)batch);
   key[entry->key_len + 13] = (char)(part >> 8);
   key[entry->key_len + 14] = (char)part;
-  tly_store_batch_put(p->batch, TLY_CF_CONTRIBUTIONS, key,
-                      entry->key_len + 15, out, at);
+  tly_store_batch_put(p->batch, TLY_CF_CONTRIBUTIONS, key, entry->key_len + 15,
+                      out, at);
   return 0;
 }
 
@@ -302,22 +302,27 @@ int tly_proc_contrib_put_subject(tly_processor_t *p,
     return 0;
   const tly_contrib_log_t *log = &p->contrib_log[slot];
   size_t count = 0;
-  for (uint32_t at = entry->contrib_head[slot]; at; count++)
-    memcpy(&at, log->data + at - 1, LOG_PREV);
-  if (array_room(&p->contrib_group, &p->contrib_group_cap, count,
-                 sizeof(*p->contrib_group)) ||
-      (p->changelog_topic &&
-       array_room(&p->contrib_kept, &p->contrib_kept_cap,
-                  p->contrib_kept_count + count, sizeof(*p->contrib_kept)))) {
+  for (uint32_t at = entry->contrib_head[slot]; at; count++) {
+    const unsigned char *e = log->data + at - 1;
+    if (array_room(&p->contrib_group, &p->contrib_group_cap, count + 1,
+                   sizeof(*p->contrib_group))) {
+      tly_proc_set_fatal(p, "out of memory writing contributions");
+      return -1;
+    }
+    p->contrib_group[count] = e;
+    memcpy(&at, e, LOG_PREV);
+  }
+  if (p->changelog_topic &&
+      array_room(&p->contrib_kept, &p->contrib_kept_cap,
+                 p->contrib_kept_count + count, sizeof(*p->contrib_kept))) {
     tly_proc_set_fatal(p, "out of memory writing contributions");
     return -1;
   }
   /* Oldest first: the changelog's entries keep fold order. */
-  size_t i = count;
-  for (uint32_t at = entry->contrib_head[slot]; at;) {
-    const unsigned char *e = log->data + at - 1;
-    p->contrib_group[--i] = e;
-    memcpy(&at, e, LOG_PREV);
+  for (size_t i = 0; i < count / 2; i++) {
+    const unsigned char *e = p->contrib_group[i];
+    p->contrib_group[i] = p->contrib_group[count - 1 - i];
+    p->contrib_group[count - 1 - i] = e;
   }
   if (count > 1 && entry_hour(p->contrib_group[0]) !=
                        entry_hour(p->contrib_group[count - 1]))
@@ -494,9 +499,8 @@ void tly_proc_contrib_free(tly_processor_t *p) {
 
 /* The subject's overlay entry, if the overlay holds it (NULL: it holds no
  * contribution in memory). */
-static tly_overlay_entry_t *subject_of(tly_processor_t *p,
-                                       tly_subject_kind_t kind,
-                                       const char *id) {
+static tly_overlay_entry_t *
+subject_of(tly_processor_t *p, tly_subject_kind_t kind, const char *id) {
   char key[TLY_KEY_MAX];
   size_t len = tly_key_account(p->view_partition, kind, id, key, sizeof(key));
   tly_overlay_entry_t *entry = p->last_entry;
