@@ -280,8 +280,8 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
   p->view.watermark_ms = &p->partitions[msg->partition].watermark;
   p->view.dedupe_floor_ms = &p->partitions[msg->partition].dedupe_floor;
   p->view.record_ms = record.timestamp_ms; /* the clock holds expire on */
-  tly_fold_result_t folded = tly_billing_fold(&p->billing, &p->view, &event,
-                                              &p->alerts, errstr, sizeof(errstr));
+  tly_fold_result_t folded = tly_billing_fold(
+      &p->billing, &p->view, &event, &p->alerts, errstr, sizeof(errstr));
   p->view_event_id = NULL; /* the codec's, valid until the next decode */
   switch (folded) {
   case TLY_FOLD_APPLIED:
