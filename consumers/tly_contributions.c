@@ -294,6 +294,15 @@ static int put_chunk(tly_processor_t *p, const tly_overlay_entry_t *entry,
   return 0;
 }
 
+void tly_proc_contrib_prefetch(const tly_processor_t *p,
+                               const tly_overlay_entry_t *entry) {
+  unsigned slot = (unsigned)(p->contrib_batch & 1);
+  if (entry->contrib_batch[slot] == p->contrib_batch &&
+      entry->contrib_head[slot])
+    __builtin_prefetch(p->contrib_log[slot].data + entry->contrib_head[slot] -
+                       1);
+}
+
 int tly_proc_contrib_put_subject(tly_processor_t *p,
                                  const tly_overlay_entry_t *entry) {
   unsigned slot = (unsigned)(p->contrib_batch & 1);
@@ -461,9 +470,19 @@ void tly_proc_contrib_submitted(tly_processor_t *p) {
   p->contrib_inflight_table = p->contrib_open;
   p->contrib_open = open;
   table_clear(&p->contrib_open);
+  size_t last = open_log(p)->len;
   p->contrib_batch++;
   p->contrib_inflight = 1;
-  open_log(p)->len = 0; /* the batch before the in-flight one: durable */
+  tly_contrib_log_t *log = open_log(p);
+  log->len = 0;          /* the batch before the in-flight one: durable */
+  if (log->cap < last) { /* room for a batch like the last, without */
+    unsigned char *room = malloc(last); /* regrowing it by doubling */
+    if (room) {
+      free(log->data);
+      log->data = room;
+      log->cap = last;
+    }
+  }
   p->contrib_kept_count = 0;
 }
 

@@ -511,6 +511,10 @@ int tly_proc_view_contribution(tly_billing_view_t *view,
  * the open batch as chunks into the batch. 0, or -1 (fatal). */
 int tly_proc_contrib_put_subject(tly_processor_t *p,
                                  const tly_overlay_entry_t *entry);
+/* A hint, a few subjects ahead of tly_proc_contrib_put_subject: fetches
+ * the subject's newest entry of the open batch. */
+void tly_proc_contrib_prefetch(const tly_processor_t *p,
+                               const tly_overlay_entry_t *entry);
 /* After the subjects: the corrections' replacements (the latest value of
  * each key) into the batch, in key order, and every contribution of the
  * batch into its changelog bundle. 0, or -1 (fatal). */

@@ -522,6 +522,21 @@ size_t tly_store_batch_count(const tly_store_batch_t *batch) {
   return batch->count;
 }
 
+size_t tly_store_batch_bytes(const tly_store_batch_t *batch) {
+  return batch->len;
+}
+
+void tly_store_batch_reserve(tly_store_batch_t *batch, size_t bytes) {
+  if (bytes <= batch->cap || batch->len)
+    return;
+  unsigned char *buf = malloc(bytes);
+  if (buf == NULL)
+    return;
+  free(batch->buf);
+  batch->buf = buf;
+  batch->cap = bytes;
+}
+
 static void tly_store_batch_append(tly_store_batch_t *batch, int kind,
                                    tly_cf_t cf, const void *key, size_t key_len,
                                    const void *value, size_t value_len) {
