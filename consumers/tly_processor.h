@@ -178,10 +178,11 @@ int64_t tly_memory_bound(int64_t budget, tly_memory_part_t part);
  * memtables part (tly_store.h). A batch writes ~160 bytes an event
  * (measured: bench_fold's dedupe-scale run, 64 MB for a 400,000-event
  * commit). TLY_DEFAULT_BATCH_EVENTS (400,000) from a budget of ~1.06 GiB up
- * (377,487 at 1 GiB), TLY_MEMORY_BATCH_EVENTS_MIN (5,000) at least.
+ * (377,487 at 1 GiB), TLY_MEMORY_BATCH_EVENTS_MIN (50,000) at least: smaller
+ * batches made test_crash_matrix at a 1 MiB budget ~3x slower.
  * --batch-events wins. */
 #define TLY_DEFAULT_BATCH_EVENTS 400000
-#define TLY_MEMORY_BATCH_EVENTS_MIN 5000
+#define TLY_MEMORY_BATCH_EVENTS_MIN 50000
 #define TLY_MEMORY_COMMIT_BYTES_PER_EVENT 160
 int tly_memory_batch_events(int64_t budget);
 /* Whether tally_memory_bytes can show what the part holds: librdkafka does
