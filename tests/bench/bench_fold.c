@@ -380,6 +380,9 @@ int main(int argc, char **argv) {
       config->meter_count = 2;
     }
   }
+  /* BENCH_KAFKA="name=value": one librdkafka property for the fold's
+   * clients, as -X gives tally run (e.g. queued.max.messages.kbytes). */
+  const char *bench_kafka[] = {getenv("BENCH_KAFKA"), NULL};
   tly_processor_conf_t pconf = {
       .brokers = bootstrap,
       .group_id = "bench-fold",
@@ -389,7 +392,8 @@ int main(int argc, char **argv) {
           getenv("BENCH_BATCH") ? atoi(getenv("BENCH_BATCH")) : 0,
       .memory_budget_bytes = getenv("BENCH_MEMORY_BUDGET")
                                  ? atoll(getenv("BENCH_MEMORY_BUDGET"))
-                                 : 0};
+                                 : 0,
+      .kafka_properties = bench_kafka};
   run_t run = {0};
   run.processor = tly_processor_new(&pconf, store, errstr, sizeof(errstr));
   if (!store || !run.processor) {
