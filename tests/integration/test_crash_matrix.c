@@ -15,6 +15,19 @@
  * along, and 1 % of the stream duplicates of earlier events (random, most
  * of them long spilled), which must all be refused: spilling under
  * SIGKILL, exact to the unit. The store holds spilled ids at the end.
+ *
+ * With corrections (usage_corrected, tly_corrections.h): after every 50th
+ * event, one of that event's subject: mostly amending or retracting a
+ * random earlier event of the stream (some the same original again: the
+ * latest wins; some right after it, in the same batch), folded into the
+ * reference exactly as the product defines it; one in ten names an id
+ * never sent and one in ten an earlier correction's id (a correction is
+ * not correctable): those must be dead-lettered exactly once each with
+ * their reason and count nothing. Usage, tokens, events, cost, credits,
+ * the hourly buckets and their model group (the corrections move the
+ * original's group, tly_dims.h) equal the reference; each threshold fires
+ * once at the highest value reached (a correction that lowers a value
+ * fires and re-arms nothing).
  */
 #include "harness.h"
 
@@ -69,6 +82,7 @@ static void test_crash_matrix(void **state) {
                         .events_per_second = EVENTS_PER_SECOND,
                         .seed = 11,
                         .duplicate_every = 100,
+                        .correct_every = 50,
                         .expected = expected};
   unsigned seed = (unsigned)th_now_ms();
   int kills = 0, self_kills = 0;
@@ -131,6 +145,10 @@ static void test_crash_matrix(void **state) {
   assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
 
   th_verify_reference(run.port, broker.bootstrap, &stream);
+  th_verify_corrections_dlq(broker.bootstrap, &stream);
+  assert_true(stream.corrections_applied > 0);
+  assert_true(stream.corrections_refused > 0);
+  free(stream.refused);
 
   printf("# last run: %lld ids spilled, %lld looked up in RocksDB\n",
          th_metric_sum(run.port, "tally_dedupe_spilled_ids_total"),
