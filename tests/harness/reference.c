@@ -65,9 +65,13 @@ const char *th_reference_meters_config_json =
 
 /* One metered event of subject s after the stream's event i (same time
  * plus 1 ms, so the subject's events stay in time order), into expected. */
+static const char *const metered_features[] = {"seats", "peak", "gauge"};
+
+/* *kind: which feature it was (1 + index in metered_features). */
 static int send_metered(tally_producer_t *producer, th_stream_t *stream,
                         unsigned *seed, int i, int s, const char *id,
-                        int64_t at_ms, char *errstr, size_t errstr_size) {
+                        int64_t at_ms, unsigned char *kind, char *errstr,
+                        size_t errstr_size) {
   char event_id[48], seat[16];
   th_expected_t *e = &stream->expected[s];
   tly_property_t property = {"seat", seat};
@@ -80,7 +84,9 @@ static int send_metered(tally_producer_t *producer, th_stream_t *stream,
   event.body_kind = TLY_BODY_USAGE_RECORDED;
   int64_t quantity = rand_r(seed) % 1000;
   event.body.usage.quantity = quantity;
-  switch (rand_r(seed) % 3) {
+  int which = rand_r(seed) % 3;
+  *kind = (unsigned char)(1 + which);
+  switch (which) {
   case 0: {
     int v = rand_r(seed) % 40;
     snprintf(seat, sizeof(seat), "v%d", v);
@@ -107,6 +113,8 @@ static int send_metered(tally_producer_t *producer, th_stream_t *stream,
 typedef struct {
   unsigned short subject;
   unsigned char ai, counted;
+  unsigned char metered; /* with meters: 1 + the metered feature sent after
+                            it (metered_features), or 0 */
   int32_t quantity, in, out;
 } sent_event_t;
 
@@ -143,8 +151,16 @@ static int send_correction(tally_producer_t *producer, th_stream_t *stream,
   char event_id[48], corrects[48], id[32];
   tly_event_t event = {0};
   int r = (int)(rand_r(&fixes->seed) % 10), s, ai;
-  int refused = r == 0 || (r == 1 && fixes->last_fix >= 0);
-  if (refused && r == 0) { /* an id never sent */
+  const char *feature = NULL;
+  int refused = r == 0 || (r == 1 && fixes->last_fix >= 0) ||
+                (r == 3 && stream->meters && sent[i - i % 2].metered);
+  if (refused && r == 3) { /* a metered event: max, latest, unique_count */
+    int j = i - i % 2;     /* an event followed by a metered one */
+    s = sent[j].subject;
+    ai = 0;
+    feature = metered_features[sent[j].metered - 1];
+    snprintf(corrects, sizeof(corrects), "x-%u-%d-m", stream->seed, j);
+  } else if (refused && r == 0) { /* an id never sent */
     s = sent[i].subject;
     ai = 0;
     snprintf(corrects, sizeof(corrects), "x-%u-nope-%d", stream->seed, i);
@@ -186,7 +202,8 @@ static int send_correction(tally_producer_t *producer, th_stream_t *stream,
       e->api_events += counted - o->counted;
     }
     note_peaks(e);
-    *o = (sent_event_t){o->subject, o->ai, (unsigned char)counted, q, in, out};
+    *o = (sent_event_t){
+        o->subject, o->ai, (unsigned char)counted, o->metered, q, in, out};
     event.body.usage.quantity = q;
     fixes->last_fix = i;
     fixes->last_fixed = j;
@@ -195,7 +212,7 @@ static int send_correction(tally_producer_t *producer, th_stream_t *stream,
   }
   if (refused) {
     event.body.usage.quantity = 1; /* would count, were it applied */
-    stream->refused[i] = 1;
+    stream->refused[i] = feature ? TH_REFUSED_AGGREGATION : TH_REFUSED_UNKNOWN;
   }
   snprintf(id, sizeof(id), "m%04d", s);
   snprintf(event_id, sizeof(event_id), "x-%u-%d-%c", stream->seed, i,
@@ -205,7 +222,9 @@ static int send_correction(tally_producer_t *producer, th_stream_t *stream,
   event.subject_kind = TLY_SUBJECT_USER;
   event.subject_id = id;
   event.body_kind = TLY_BODY_USAGE_CORRECTED;
-  event.body.usage.feature = ai ? "ai_tokens" : "api_calls";
+  event.body.usage.feature = (char *)(feature ? feature
+                                      : ai    ? "ai_tokens"
+                                              : "api_calls");
   event.body.usage.unit = "";
   event.body.usage.corrects = corrects;
   if (refused)
@@ -320,6 +339,7 @@ void *th_stream_main(void *arg) {
           (sent_event_t){(unsigned short)s,
                          event.body.usage.has_ai,
                          1,
+                         0,
                          (int32_t)event.body.usage.quantity,
                          (int32_t)event.body.usage.ai.input_tokens,
                          (int32_t)event.body.usage.ai.output_tokens};
@@ -329,12 +349,15 @@ void *th_stream_main(void *arg) {
     }
     sent++;
     if (stream->meters && i % 2 == 0) {
+      unsigned char kind = 0;
       if (send_metered(producer, stream, &seed, i, s, id, event.occurred_at_ms,
-                       errstr, sizeof(errstr))) {
+                       &kind, errstr, sizeof(errstr))) {
         snprintf(stream->error, sizeof(stream->error), "send %d-m: %s", i,
                  errstr);
         break;
       }
+      if (sent_events)
+        sent_events[i].metered = kind;
       sent++;
     }
     if (sent_events && i % stream->correct_every == stream->correct_every - 1) {
@@ -725,8 +748,17 @@ static void mark_dead_letter(void *opaque, const rd_kafka_message_t *msg) {
                  : "(no reason)");
     return;
   }
-  snprintf(want, sizeof(want), "corrects '%s': no usage event of subject ",
-           event.body.usage.corrects);
+  if (reader->stream->refused[i] == TH_REFUSED_AGGREGATION)
+    snprintf(want, sizeof(want),
+             "feature '%s' aggregates with %s: only sum and count events can "
+             "be corrected",
+             event.body.usage.feature,
+             !strcmp(event.body.usage.feature, "seats")  ? "unique_count"
+             : !strcmp(event.body.usage.feature, "peak") ? "max"
+                                                         : "latest");
+  else
+    snprintf(want, sizeof(want), "corrects '%s': no usage event of subject ",
+             event.body.usage.corrects);
   if (!th_header(msg, "tally.error", error, sizeof(error)) ||
       !strstr(error, want))
     fail_msg("dead letter %s: reason '%s', expected '%s...'", event.event_id,
@@ -747,13 +779,18 @@ void th_verify_corrections_dlq(const char *bootstrap,
   snprintf(reader.prefix, sizeof(reader.prefix), "x-%u-", stream->seed);
   assert_true(th_read_topic(bootstrap, "tally.usage.dlq", 1, mark_dead_letter,
                             &reader) >= 0);
-  int wrong = 0, refused = 0;
+  int wrong = 0, refused = 0, metered = 0;
   for (int i = 0; i < stream->events; i++) {
-    refused += stream->refused[i];
-    if (reader.copies[i] != stream->refused[i] && wrong++ < 10)
+    int want = stream->refused[i] != 0;
+    refused += want;
+    metered += stream->refused[i] == TH_REFUSED_AGGREGATION;
+    if (reader.copies[i] != want && wrong++ < 10)
       printf("# correction x-%u-%d-r: %d dead letters, %d expected\n",
-             stream->seed, i, reader.copies[i], stream->refused[i]);
+             stream->seed, i, reader.copies[i], want);
   }
+  if (stream->meters) /* of max, latest and unique_count features */
+    assert_true(metered > 0);
+  printf("# %d of the refused corrections of metered features\n", metered);
   printf("# %d corrections applied, %d refused\n", stream->corrections_applied,
          stream->corrections_refused);
   assert_int_equal(refused, stream->corrections_refused);

@@ -32,6 +32,9 @@ typedef struct {
   long long peak_api_calls, peak_tokens, peak_cost_micros;
 } th_expected_t;
 
+#define TH_REFUSED_UNKNOWN 1     /* an id never sent, or a correction's */
+#define TH_REFUSED_AGGREGATION 2 /* a max, latest or unique_count event */
+
 typedef struct {
   const char *bootstrap;
   int events, subjects, events_per_second;
@@ -58,8 +61,11 @@ typedef struct {
    * (th_verify_corrections_dlq). */
   int correct_every;
   int corrections_applied, corrections_refused; /* set when done */
-  /* Per event i of the stream: 1 when the correction sent after it was to
-   * be refused. malloc'd by the stream (with correct_every); free it. */
+  /* Per event i of the stream: TH_REFUSED_* when the correction sent after
+   * it was to be refused, else 0. malloc'd by the stream (with
+   * correct_every); free it. With meters, one in ten corrects a metered
+   * event (seats, peak, gauge): refused, their aggregation keeps no
+   * contributions. */
   unsigned char *refused;
   /* Extra copies of alerts the check accepts: the outputs the instances
    * reported at risk (tally_outputs_at_risk_total, README "Known gaps").
