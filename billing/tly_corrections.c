@@ -151,20 +151,26 @@ int tly_correction_record(tly_billing_view_t *view, const tly_event_t *event,
   const tly_usage_recorded_t *usage = &event->body.usage;
   if (!view->contribution || !tly_correction_supported(aggregation))
     return 0;
-  tly_contribution_t c = {
-      .occurred_at_ms = event->occurred_at_ms,
-      .cycle_start_ms = cycle_start_ms,
-      .quantity = usage->quantity,
-      .input_tokens = usage->has_ai ? usage->ai.input_tokens : 0,
-      .output_tokens = usage->has_ai ? usage->ai.output_tokens : 0,
-      .numerator = numerator,
-      .counted = 1};
+  /* Set field by field, not zeroed whole: the encoding reads the groups
+   * below group_count only (the names are most of the struct). */
+  tly_contribution_t c;
+  c.occurred_at_ms = event->occurred_at_ms;
+  c.cycle_start_ms = cycle_start_ms;
+  c.quantity = usage->quantity;
+  c.input_tokens = usage->has_ai ? usage->ai.input_tokens : 0;
+  c.output_tokens = usage->has_ai ? usage->ai.output_tokens : 0;
+  c.numerator = numerator;
+  c.counted = 1;
   snprintf(c.feature, sizeof(c.feature), "%s", usage->feature);
   /* The groups as the hour resolved them (the encoding keeps those that
    * fit the bound). */
-  for (size_t i = 0; groups && i < groups->count; i++)
-    snprintf(c.groups[c.group_count++], TLY_BUCKET_NAME_MAX, "%s",
-             groups->names[i] + groups->label_at);
+  c.group_count = 0;
+  for (size_t i = 0; groups && i < groups->count; i++) {
+    const char *name = groups->names[i] + groups->label_at;
+    size_t len = strnlen(name, TLY_BUCKET_NAME_MAX - 1);
+    memcpy(c.groups[c.group_count], name, len);
+    c.groups[c.group_count++][len] = '\0';
+  }
   return view->contribution(view, event->subject_kind, event->subject_id,
                             event->event_id, &c, 1) < 0
              ? -1
