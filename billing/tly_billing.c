@@ -339,9 +339,9 @@ fold_usage(const tly_billing_t *billing, tly_billing_view_t *view,
   tly_bucket_t delta = {next.quantity - row->quantity, in, out_tokens, 1,
                         cost_delta}; /* the event's part (tly_dims.h) */
   tly_dims_step_t groups;
-  tly_fold_result_t grouped =
-      tly_dims_prepare(config, view, event, tly_billing_hour(t), &delta,
-                       &groups, errstr, errstr_size);
+  tly_fold_result_t grouped = tly_dims_prepare(
+      config, view, event, tly_billing_hour(t), &delta, &groups, errstr,
+      errstr_size);
   if (grouped != TLY_FOLD_APPLIED)
     return grouped;
   if (is_new &&

@@ -33,10 +33,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TLY_DIM_VALUES_MAX                                                     \
-  64                         /* values per subject, feature, dimension, hour   \
-                              */
-#define TLY_DIM_VALUE_MAX 64 /* bytes of a value kept by name */
+#define TLY_DIM_VALUES_MAX 64 /* values per subject, feature, dimension, hour  \
+                               */
+#define TLY_DIM_VALUE_MAX 64  /* bytes of a value kept by name */
 #define TLY_DIM_SEP '\x1f'
 #define TLY_DIM_OTHER "other"
 #define TLY_DIM_NONE "none"
