@@ -7,6 +7,7 @@
 #include "tly_billing.h"
 #include "tly_keys.h"
 #include "tly_log.h"
+#include "tly_offset_map.h"
 
 #include <librdkafka/rdkafka.h>
 #include <openssl/rand.h>
@@ -230,72 +231,6 @@ int tly_changelog_last_writer(rd_kafka_t *reader, const char *topic,
   return rc == 1 && strlen(last.writer) >= out_size ? 0 : rc;
 }
 
-/* Key -> highest reflected offset applied: open addressing over 64-bit
- * hashes of [kind][key] (a collision would need 2^32 keys to be likely). */
-typedef struct {
-  uint64_t *hashes; /* 0: empty slot */
-  int64_t *offsets;
-  size_t cap, count;
-} offset_map_t;
-
-static uint64_t hash_key(const unsigned char *key, size_t len) {
-  uint64_t h = 1469598103934665603ULL; /* FNV-1a, then a final mix */
-  for (size_t i = 0; i < len; i++)
-    h = (h ^ key[i]) * 1099511628211ULL;
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  return h ? h : 1;
-}
-
-static int map_grow(offset_map_t *map) {
-  size_t cap = map->cap ? map->cap * 2 : 1 << 16;
-  uint64_t *hashes = calloc(cap, sizeof(*hashes));
-  int64_t *offsets = calloc(cap, sizeof(*offsets));
-  if (!hashes || !offsets) {
-    free(hashes);
-    free(offsets);
-    return -1;
-  }
-  for (size_t i = 0; i < map->cap; i++) {
-    if (!map->hashes[i])
-      continue;
-    size_t slot = map->hashes[i] & (cap - 1);
-    while (hashes[slot])
-      slot = (slot + 1) & (cap - 1);
-    hashes[slot] = map->hashes[i];
-    offsets[slot] = map->offsets[i];
-  }
-  free(map->hashes);
-  free(map->offsets);
-  map->hashes = hashes;
-  map->offsets = offsets;
-  map->cap = cap;
-  return 0;
-}
-
-/* 1 when offset may be applied for the key (and records it), 0 when a
- * newer record of the key was applied already (strict: or one of the same
- * offset), -1 out of memory. */
-static int map_admit(offset_map_t *map, uint64_t hash, int64_t offset,
-                     int strict) {
-  if ((map->count + 1) * 2 > map->cap && map_grow(map))
-    return -1;
-  size_t slot = hash & (map->cap - 1);
-  while (map->hashes[slot] && map->hashes[slot] != hash)
-    slot = (slot + 1) & (map->cap - 1);
-  if (map->hashes[slot]) {
-    if (map->offsets[slot] > offset || (strict && map->offsets[slot] == offset))
-      return 0;
-    map->offsets[slot] = offset;
-    return 1;
-  }
-  map->hashes[slot] = hash;
-  map->offsets[slot] = offset;
-  map->count++;
-  return 1;
-}
-
 /* A state record read after the last marker: applied once a marker at or
  * above its offset comes. */
 typedef struct {
@@ -310,7 +245,7 @@ typedef struct {
   tly_store_t *store;
   int32_t partition;
   tly_store_batch_t *batch;
-  offset_map_t map;
+  tly_offset_map_t map; /* key -> highest reflected offset applied */
   held_t **held;
   size_t held_count, held_cap;
   tly_changelog_restore_t *out;
@@ -378,7 +313,7 @@ static int apply_as(restore_t *r, uint64_t hash, int64_t offset, int strict,
   /* Only this partition's keys: a record can never write elsewhere. */
   if (key_len < 5 || tly_get_be32(key + 1) != (uint32_t)r->partition)
     return 0;
-  int admitted = map_admit(&r->map, hash, offset, strict);
+  int admitted = tly_offset_map_admit(&r->map, hash, offset, strict);
   if (admitted < 0) {
     snprintf(r->errstr, r->errstr_size, "out of memory restoring");
     return -1;
@@ -458,13 +393,13 @@ static int restore_record(restore_t *r, const rd_kafka_message_t *msg) {
   const unsigned char *key = msg->key, *value = msg->payload;
   if (key && msg->key_len >= 1 && key[0] == TLY_CHANGELOG_REPORT && !value)
     /* A settled mark: gone for good, whatever comes before or after. */
-    return apply_as(r, hash_key(key, msg->key_len), INT64_MAX, 0, key,
-                    msg->key_len, NULL, 0);
+    return apply_as(r, tly_offset_map_hash(key, msg->key_len), INT64_MAX, 0,
+                    key, msg->key_len, NULL, 0);
   if (key && msg->key_len >= 1 && key[0] == TLY_CHANGELOG_CURSOR) {
     /* A cursor: its own version, newest wins, no marker to wait for. */
     if (!value || msg->len < 8)
       return 0;
-    return apply_as(r, hash_key(key, msg->key_len),
+    return apply_as(r, tly_offset_map_hash(key, msg->key_len),
                     (int64_t)tly_get_be64(value), 1, key, msg->key_len,
                     value + 8, msg->len - 8);
   }
@@ -478,7 +413,7 @@ static int restore_record(restore_t *r, const rd_kafka_message_t *msg) {
         size != 8)
       return 0;
     int64_t offset = (int64_t)tly_get_be64(offset_bytes);
-    uint64_t hash = hash_key(key, msg->key_len);
+    uint64_t hash = tly_offset_map_hash(key, msg->key_len);
     if (offset <= r->out->next_offset)
       return apply(r, hash, offset, key, msg->key_len, NULL, 0);
     return hold(r, hash, offset, key, msg->key_len, NULL, 0);
@@ -493,7 +428,7 @@ static int restore_record(restore_t *r, const rd_kafka_message_t *msg) {
     r->out->watermark_ms = (int64_t)tly_get_be64(value + 8);
     return apply_held(r);
   }
-  uint64_t hash = hash_key(key, msg->key_len);
+  uint64_t hash = tly_offset_map_hash(key, msg->key_len);
   if (offset <= r->out->next_offset)
     return apply(r, hash, offset, key, msg->key_len, value + 8, msg->len - 8);
   return hold(r, hash, offset, key, msg->key_len, value + 8, msg->len - 8);
@@ -678,8 +613,7 @@ out:
   for (size_t i = 0; i < r.held_count; i++)
     free(r.held[i]); /* a commit whose publication was cut short */
   free(r.held);
-  free(r.map.hashes);
-  free(r.map.offsets);
+  tly_offset_map_free(&r.map);
   if (parts)
     rd_kafka_topic_partition_list_destroy(parts);
   tly_store_batch_destroy(r.batch);

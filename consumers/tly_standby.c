@@ -48,6 +48,7 @@
 
 #include "tly_keys.h"
 #include "tly_log.h"
+#include "tly_offset_map.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,9 +88,7 @@ typedef struct {
   held_t **held;
   size_t held_count, held_cap;
   /* Key -> newest offset applied since the last marker write. */
-  uint64_t *hashes;
-  int64_t *offsets;
-  size_t map_cap, map_count;
+  tly_offset_map_t map;
   tly_store_batch_t *batch;
   int64_t retry_at_ms;
   uint64_t generation; /* the processor's assignment count at setup, + 1 */
@@ -153,70 +152,11 @@ void tly_proc_standby_wait(tly_processor_t *p,
 
 /* ---- one partition's copy --------------------------------------------- */
 
-static uint64_t hash_key(const unsigned char *key, size_t len) {
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < len; i++)
-    h = (h ^ key[i]) * 1099511628211ULL;
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  return h ? h : 1;
-}
-
-static void map_clear(standby_part_t *s) {
-  if (s->hashes)
-    memset(s->hashes, 0, s->map_cap * sizeof(*s->hashes));
-  s->map_count = 0;
-}
-
-/* 1 when offset may be applied for the key (recorded), 0 when a newer
- * record of it was, -1 out of memory. */
-static int map_admit(standby_part_t *s, uint64_t hash, int64_t offset) {
-  if ((s->map_count + 1) * 2 > s->map_cap) {
-    size_t cap = s->map_cap ? s->map_cap * 2 : 1024;
-    uint64_t *hashes = calloc(cap, sizeof(*hashes));
-    int64_t *offsets = calloc(cap, sizeof(*offsets));
-    if (!hashes || !offsets) {
-      free(hashes);
-      free(offsets);
-      return -1;
-    }
-    for (size_t i = 0; i < s->map_cap; i++) {
-      if (!s->hashes[i])
-        continue;
-      size_t slot = s->hashes[i] & (cap - 1);
-      while (hashes[slot])
-        slot = (slot + 1) & (cap - 1);
-      hashes[slot] = s->hashes[i];
-      offsets[slot] = s->offsets[i];
-    }
-    free(s->hashes);
-    free(s->offsets);
-    s->hashes = hashes;
-    s->offsets = offsets;
-    s->map_cap = cap;
-  }
-  size_t slot = hash & (s->map_cap - 1);
-  while (s->hashes[slot] && s->hashes[slot] != hash)
-    slot = (slot + 1) & (s->map_cap - 1);
-  if (s->hashes[slot]) {
-    if (s->offsets[slot] > offset)
-      return 0;
-    s->offsets[slot] = offset;
-    return 1;
-  }
-  s->hashes[slot] = hash;
-  s->offsets[slot] = offset;
-  s->map_count++;
-  return 1;
-}
-
 static void part_clear(standby_part_t *s) {
   for (size_t i = 0; i < s->held_count; i++)
     free(s->held[i]);
   free(s->held);
-  free(s->hashes);
-  free(s->offsets);
+  tly_offset_map_free(&s->map);
   tly_store_batch_destroy(s->batch);
   int64_t retry = s->retry_at_ms;
   memset(s, 0, sizeof(*s));
@@ -269,7 +209,7 @@ static int write_batch(struct tly_standby *st, int32_t partition,
     pthread_mutex_lock(&st->lock);
     s->applied = s->pending;
     pthread_mutex_unlock(&st->lock);
-    map_clear(s);
+    tly_offset_map_clear(&s->map);
   }
   return 0;
 }
@@ -295,7 +235,7 @@ static int put(standby_part_t *s, int32_t partition, uint64_t hash,
   }
   if (key_len < 5 || tly_get_be32(key + 1) != (uint32_t)partition)
     return 0;
-  int admitted = map_admit(s, hash, offset);
+  int admitted = tly_offset_map_admit(&s->map, hash, offset, 0);
   if (admitted <= 0)
     return admitted;
   if (tombstone)
@@ -381,7 +321,7 @@ static int apply_record(struct tly_standby *st, int32_t partition,
   }
   if (offset <= s->applied)
     return 0; /* the copy holds it */
-  uint64_t hash = hash_key(key, msg->key_len);
+  uint64_t hash = tly_offset_map_hash(key, msg->key_len);
   const unsigned char *data = value ? value + 8 : NULL;
   size_t data_len = value ? msg->len - 8 : 0;
   int rc = offset <= s->pending ? put(s, partition, hash, offset, key,

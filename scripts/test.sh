@@ -17,13 +17,13 @@ echo "== build with AddressSanitizer + UndefinedBehaviorSanitizer"
 scripts/build.sh build-asan -DTALLY_TESTS=ON -DTALLY_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 echo "== tests under sanitizers"
 # The same suite; the crash matrix at 60,000 events over 600 subjects and
-# 8+ kills (the
-# plain run above is the full matrix: this one looks for memory errors on
-# the same recovery paths).
+# 8+ kills, its meters variant at 20,000 events (the plain run above is
+# the full matrix: this one looks for memory errors on the same recovery
+# paths).
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 TALLY_CRASH_MATRIX_EVENTS=60000 TALLY_CRASH_MATRIX_SUBJECTS=600 \
-TALLY_CRASH_MATRIX_KILLS=8 \
+TALLY_CRASH_MATRIX_KILLS=8 TALLY_CRASH_METERS_EVENTS=20000 \
   ctest --test-dir build-asan -j3 --output-on-failure --timeout 900
 
 echo "== fuzz the parsers (40 s in all)"

@@ -19,6 +19,8 @@
  */
 #include "tly_dedupe.h"
 
+#include "tly_hash.h"
+
 #include "tly_store.h"
 
 #include <stdlib.h>
@@ -55,28 +57,9 @@ struct tly_dedupe {
   size_t blob_bytes;    /* sizeof(blob_t) + cap + marks of every blob */
 };
 
-/* A word at a time: ids are 16 to 64 bytes, hashed for every event. */
+/* The index's seed; the filter's differs (base/tly_hash.h). */
 static uint64_t hash_id(const char *id, size_t len) {
-  uint64_t hash = 0x9E3779B97F4A7C15ULL ^ (uint64_t)len;
-  while (len >= 8) {
-    uint64_t word;
-    memcpy(&word, id, 8);
-    hash = (hash ^ word) * 0xbf58476d1ce4e5b9ULL;
-    hash ^= hash >> 31;
-    id += 8;
-    len -= 8;
-  }
-  if (len) {
-    uint64_t word = 0;
-    for (size_t i = 0; i < len; i++)
-      word |= (uint64_t)(unsigned char)id[i] << (8 * i);
-    hash = (hash ^ word) * 0x94d049bb133111ebULL;
-    hash ^= hash >> 29;
-  }
-  hash ^= hash >> 32;
-  hash *= 0xd6e8feb86659fd93ULL;
-  hash ^= hash >> 32;
-  return hash;
+  return tly_hash_bytes(id, len, TLY_HASH_SEED_DEDUPE);
 }
 
 static uint32_t tag_of(uint64_t hash) {

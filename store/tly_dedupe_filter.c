@@ -4,6 +4,8 @@
  */
 #include "tly_dedupe_filter.h"
 
+#include "tly_hash.h"
+
 #include "tly_bytes.h"
 
 #include <stdlib.h>
@@ -28,31 +30,10 @@ struct tly_dedupe_filter {
   int broken; /* out of memory once: everything "maybe" */
 };
 
-/* Not the index's hash (tly_dedupe.c): another function, so an id's slot
- * in the table and its block here are independent. */
+/* Another seed than the index's (base/tly_hash.h): an id's slot in the
+ * table and its block here are independent. */
 static uint64_t hash_id(const char *id, size_t len) {
-  uint64_t hash = 0xcbf29ce484222325ULL ^ ((uint64_t)len << 56);
-  while (len >= 8) {
-    uint64_t word;
-    memcpy(&word, id, 8);
-    hash = (hash ^ word) * 0x9E3779B97F4A7C15ULL;
-    hash ^= hash >> 29;
-    id += 8;
-    len -= 8;
-  }
-  if (len) {
-    uint64_t word = 0;
-    for (size_t i = 0; i < len; i++)
-      word |= (uint64_t)(unsigned char)id[i] << (8 * i);
-    hash = (hash ^ word) * 0xbf58476d1ce4e5b9ULL;
-    hash ^= hash >> 31;
-  }
-  hash ^= hash >> 33;
-  hash *= 0xff51afd7ed558ccdULL;
-  hash ^= hash >> 33;
-  hash *= 0xc4ceb9fe1a85ec53ULL;
-  hash ^= hash >> 33;
-  return hash;
+  return tly_hash_bytes(id, len, TLY_HASH_SEED_FILTER);
 }
 
 tly_dedupe_filter_t *tly_dedupe_filter_new(void) {

@@ -33,8 +33,9 @@
 #define PARTITIONS 24
 #define SUBJECTS 400
 #define EVENTS_PER_SECOND 1000
-/* TALLY_CRASH_MATRIX_EVENTS, _SUBJECTS and _KILLS shrink it, as for the
- * crash matrix. */
+/* TALLY_CRASH_METERS_EVENTS sets its events; TALLY_CRASH_MATRIX_EVENTS,
+ * _SUBJECTS and _KILLS shrink it, as for the crash matrix (never past its
+ * own default). */
 static int setting(const char *name, int fallback) {
   const char *value = getenv(name);
   return value && atoi(value) > 0 ? atoi(value) : fallback;
@@ -66,11 +67,17 @@ static void test_crash_meters(void **state) {
   char *dir = th_mkdtemp("meters");
   char state_dir[600], env[64];
   static th_expected_t expected[SUBJECTS];
-  const int events = setting("TALLY_CRASH_MATRIX_EVENTS", 40000);
+  int events = setting("TALLY_CRASH_MATRIX_EVENTS", 40000);
+  if (events > 40000)
+    events = 40000;
+  events = setting("TALLY_CRASH_METERS_EVENTS", events);
   const int min_kills = setting("TALLY_CRASH_MATRIX_KILLS", 10);
   int subjects = setting("TALLY_CRASH_MATRIX_SUBJECTS", SUBJECTS);
   if (subjects > SUBJECTS)
     subjects = SUBJECTS;
+  /* About 100 events per subject, so each crosses every threshold. */
+  if (subjects > events / 100)
+    subjects = events / 100 > 1 ? events / 100 : 1;
   th_stream_t stream = {.events = events,
                         .subjects = subjects,
                         .events_per_second = EVENTS_PER_SECOND,
