@@ -86,6 +86,7 @@ static void test_crash_matrix(void **state) {
                         .expected = expected};
   unsigned seed = (unsigned)th_now_ms();
   int kills = 0, self_kills = 0;
+  const int64_t began = th_now_ms();
 
   printf("# crash matrix seed %u\n", seed);
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
@@ -98,7 +99,13 @@ static void test_crash_matrix(void **state) {
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
   assert_int_equal(pthread_create(&producer, NULL, th_stream_main, &stream), 0);
 
+  int stream_done_at = -1;
   while (kills < min_kills || !atomic_load(&stream.done)) {
+    if (stream_done_at < 0 && atomic_load(&stream.done)) {
+      stream_done_at = kills;
+      printf("# the stream was sent after %d kills (%.1f s)\n", kills,
+             (th_now_ms() - began) / 1000.0);
+    }
     int64_t deadline = th_now_ms() + 60000;
     int rc = -1;
     while (rc < 0 &&
@@ -135,20 +142,23 @@ static void test_crash_matrix(void **state) {
   pthread_join(producer, NULL);
   if (stream.error[0])
     fail_msg("%s", stream.error);
-  printf("# %d kills, %d of them right after an outbox ack\n", kills,
-         self_kills);
+  printf("# %d kills, %d of them right after an outbox ack (%.1f s)\n", kills,
+         self_kills, (th_now_ms() - began) / 1000.0);
   assert_true(self_kills >= 1);
 
   assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
                                      PARTITIONS, 240000),
                    0);
   assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
+  printf("# caught up, outbox empty (%.1f s)\n",
+         (th_now_ms() - began) / 1000.0);
 
   th_verify_reference(run.port, broker.bootstrap, &stream);
   th_verify_corrections_dlq(broker.bootstrap, &stream);
   assert_true(stream.corrections_applied > 0);
   assert_true(stream.corrections_refused > 0);
   free(stream.refused);
+  printf("# verified (%.1f s)\n", (th_now_ms() - began) / 1000.0);
 
   printf("# last run: %lld ids spilled, %lld looked up in RocksDB\n",
          th_metric_sum(run.port, "tally_dedupe_spilled_ids_total"),
