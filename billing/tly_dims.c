@@ -86,9 +86,20 @@ const char *tly_dims_value(const tly_dimension_t *dim,
 
 size_t tly_dims_bucket_name(char *out, size_t size, const char *feature,
                             const char *label, const char *value) {
-  int n = snprintf(out, size, "%s%c%s%c%s", feature, TLY_DIM_SEP, label,
-                   TLY_DIM_SEP, value ? value : "");
-  return n > 0 && (size_t)n < size ? (size_t)n : 0;
+  /* What snprintf("%s\x1f%s\x1f%s") would write, without its cost: this
+   * runs for every grouped event the processor folds. */
+  size_t feature_len = strlen(feature), label_len = strlen(label);
+  size_t value_len = value ? strlen(value) : 0;
+  size_t n = feature_len + 1 + label_len + 1 + value_len;
+  if (n >= size)
+    return 0;
+  memcpy(out, feature, feature_len);
+  out[feature_len] = TLY_DIM_SEP;
+  memcpy(out + feature_len + 1, label, label_len);
+  out[feature_len + 1 + label_len] = TLY_DIM_SEP;
+  memcpy(out + feature_len + 2 + label_len, value ? value : "", value_len);
+  out[n] = '\0';
+  return n;
 }
 
 int tly_dims_split(const char *name, size_t *feature_len, const char **label,

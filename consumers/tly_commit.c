@@ -560,11 +560,15 @@ int tly_proc_batch_submit(tly_processor_t *p) {
         __builtin_prefetch((const char *)p->sort_keys[i + 8].entry + 64 * line);
     if (i + 3 < dirty)
       tly_overlay_prefetch_rows_of(p->sort_keys[i + 3].entry);
+    if (i + 2 < dirty)
+      tly_proc_contrib_prefetch(p, p->sort_keys[i + 2].entry);
     tly_overlay_entry_t *entry = p->sort_keys[i].entry;
     if (batch_put_entry(p, entry)) {
       tly_proc_set_fatal(p, "out of memory encoding a subject record");
       return -1;
     }
+    if (tly_proc_contrib_put_subject(p, entry))
+      return -1;
     mark_committed(p, entry);
   }
   p->dirty_count = 0;
@@ -699,6 +703,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   tly_store_batch_t *writing = p->batch;
   p->batch = p->writer_batch; /* written and waited for: reuse it */
   tly_store_batch_clear(p->batch);
+  tly_store_batch_reserve(p->batch, tly_store_batch_bytes(writing));
   p->writer_batch = writing;
   p->writer_job = 1;
   flight->busy = 1;

@@ -276,11 +276,14 @@ static void fold_message(tly_processor_t *p, const rd_kafka_message_t *msg) {
     return; /* the tick reads the cycle-end index: make it current */
   p->view_partition = msg->partition;
   p->view_offset = msg->offset;
+  p->view_event_id = event.event_id;
   p->view.watermark_ms = &p->partitions[msg->partition].watermark;
   p->view.dedupe_floor_ms = &p->partitions[msg->partition].dedupe_floor;
   p->view.record_ms = record.timestamp_ms; /* the clock holds expire on */
-  switch (tly_billing_fold(&p->billing, &p->view, &event, &p->alerts, errstr,
-                           sizeof(errstr))) {
+  tly_fold_result_t folded = tly_billing_fold(
+      &p->billing, &p->view, &event, &p->alerts, errstr, sizeof(errstr));
+  p->view_event_id = NULL; /* the codec's, valid until the next decode */
+  switch (folded) {
   case TLY_FOLD_APPLIED:
     p->partitions[msg->partition].watermark_dirty = 1;
     if (event.body_kind == TLY_BODY_TICK)
@@ -649,6 +652,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   p->dedupe_share = (size_t)tly_memory_share(budget, TLY_MEMORY_DEDUPE);
   if (!p->conf.tick_interval_ms)
     p->conf.tick_interval_ms = TLY_DEFAULT_TICK_INTERVAL_MS;
+  p->contrib_batch = 1; /* an entry's zeroed slots name no batch */
   p->view = (tly_billing_view_t){.opaque = p,
                                  .account = tly_proc_view_account,
                                  .row = tly_proc_view_row,

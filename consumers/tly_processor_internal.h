@@ -216,6 +216,15 @@ typedef struct {
   size_t slot_cap, count;
 } tly_contrib_table_t;
 
+/* A batch's contributions of the events it folded, in fold order
+ * (tly_contributions.c): entries [previous entry of the same subject,
+ * offset + 1, 4 bytes, 0: none][key length, 2][value length, 1][key]
+ * [value], each subject's entries linked from its overlay entry. */
+typedef struct {
+  unsigned char *data;
+  size_t len, cap;
+} tly_contrib_log_t;
+
 /* Where the output topics were last seen acknowledged: recovery reads them
  * from here to their end to find outbox entries Kafka already holds. */
 typedef struct {
@@ -269,10 +278,28 @@ struct tly_processor {
   int64_t last_tick_slot;
 
   /* Contributions (tly_contributions.c) the open batch and the batch in
-   * the writer's hands wrote, found before RocksDB has them. */
-  tly_contrib_table_t contrib_open, contrib_inflight;
+   * the writer's hands wrote, found before RocksDB has them: the events'
+   * own in logs ([batch number & 1]; the open batch is contrib_batch, the
+   * one before it is in the writer's hands while contrib_inflight), the
+   * corrections' replacements of earlier events' in the tables. */
+  tly_contrib_log_t contrib_log[2];
+  uint64_t contrib_batch;
+  int contrib_inflight;
+  tly_contrib_table_t contrib_open, contrib_inflight_table;
   const unsigned char **contrib_sorted; /* the open table's entries, sorted */
   size_t contrib_sorted_cap;
+  /* For the changelog: the log entries written as chunks this submit */
+  const unsigned char **contrib_kept;
+  size_t contrib_kept_count, contrib_kept_cap;
+  const unsigned char **contrib_merged; /* kept + table, by partition */
+  size_t contrib_merged_cap;
+  const unsigned char **contrib_group; /* one subject's entries */
+  size_t contrib_group_cap;
+  unsigned char *contrib_chunk; /* a chunk being encoded */
+  size_t contrib_chunk_cap;
+  /* The id of the event being folded (its own contribution goes to its
+   * batch's log; any other is a correction's replacement). */
+  const char *view_event_id;
   /* The open batch: accounts and rows (kept across batches as a cache);
    * the entries this batch changed are on the dirty list. */
   tly_overlay_t overlay;
@@ -480,8 +507,17 @@ int tly_proc_view_contribution(tly_billing_view_t *view,
                                const char *event_id,
                                struct tly_contribution *contribution,
                                int write);
-/* Puts the open batch's contributions (the latest value of each key) into
- * the batch and its changelog bundle, in key order. 0, or -1 (fatal). */
+/* At submit, for each dirty subject in key order: its contributions of
+ * the open batch as chunks into the batch. 0, or -1 (fatal). */
+int tly_proc_contrib_put_subject(tly_processor_t *p,
+                                 const tly_overlay_entry_t *entry);
+/* A hint, a few subjects ahead of tly_proc_contrib_put_subject: fetches
+ * the subject's newest entry of the open batch. */
+void tly_proc_contrib_prefetch(const tly_processor_t *p,
+                               const tly_overlay_entry_t *entry);
+/* After the subjects: the corrections' replacements (the latest value of
+ * each key) into the batch, in key order, and every contribution of the
+ * batch into its changelog bundle. 0, or -1 (fatal). */
 int tly_proc_contrib_flush(tly_processor_t *p);
 void tly_proc_contrib_submitted(tly_processor_t *p);
 void tly_proc_contrib_durable(tly_processor_t *p);

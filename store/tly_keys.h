@@ -15,7 +15,13 @@
  *               ignore them): an id spilled out of memory
  *   cycle_ends: [p][cycle end, 8 bytes BE][kind:id]
  *   contributions: [p][kind:id][0][event id] -> [occurred_at, 8 bytes BE]
- *               then the rest of tly_contribution_encode
+ *               then the rest of tly_contribution_encode (a correction's
+ *               replacement; entries restored from the changelog);
+ *               [p][kind:id][1][hour, 4 BE][batch key, 8 BE][part, 2 BE]
+ *               -> [newest occurred_at, 8 BE][2] then [id length, 2]
+ *               [value length, 1][event id][contribution] each: a chunk,
+ *               the subject's events of one hour folded in one batch
+ *               (consumers/tly_contributions.c)
  *   usage (the history, values start with their expiry time):
  *     [p][kind:id][0]['H'][hour, 4 bytes BE] -> an hour's usage buckets (an
  *                 hour that is no longer the subject's newest;

@@ -51,6 +51,11 @@ typedef struct tly_overlay_entry {
   tly_holds_t holds;
   /* Its unique_count values (tly_meters.h), stored in its record. */
   tly_distinct_sets_t distinct;
+  /* The processor's contributions of this subject (consumers/
+   * tly_contributions.c), in slot [batch & 1]: the batch's number and its
+   * newest entry in that batch's log (offset + 1; 0: none). Opaque here. */
+  uint64_t contrib_batch[2];
+  uint32_t contrib_head[2];
 } tly_overlay_entry_t;
 
 /* A slot keeps its entry's hash beside the pointer: a probe passes over

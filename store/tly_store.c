@@ -23,6 +23,8 @@
 
 #include <rocksdb/c.h>
 
+#include <pthread.h>
+
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -188,9 +190,40 @@ struct tly_store_batch {
   /* Set when an append ran out of memory: put/delete cannot report it, so
    * the commit does, rather than writing a batch with a hole in it. */
   int out_of_memory;
-  /* Reused across commits to avoid reallocating RocksDB's buffer. */
-  rocksdb_writebatch_t *scratch;
 };
+
+/* The RocksDB batch a commit replays into: one per committing thread,
+ * kept with its buffer across commits (rocksdb_writebatch_clear keeps the
+ * capacity). Per thread, not per batch: the processor fills one batch
+ * while its writer thread commits the other, and a buffer per batch was
+ * grown (doubling, copying and page-faulting tens of MB) once for each of
+ * the two; the writer's now grows once. Freed when its thread exits. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok;
+
+static void scratch_destroy(void *scratch) {
+  rocksdb_writebatch_destroy(scratch);
+}
+
+static void scratch_key_init(void) {
+  scratch_key_ok = pthread_key_create(&scratch_key, scratch_destroy) == 0;
+}
+
+static rocksdb_writebatch_t *thread_scratch(void) {
+  pthread_once(&scratch_once, scratch_key_init);
+  if (!scratch_key_ok)
+    return NULL;
+  rocksdb_writebatch_t *scratch = pthread_getspecific(scratch_key);
+  if (!scratch) {
+    scratch = rocksdb_writebatch_create();
+    if (scratch && pthread_setspecific(scratch_key, scratch)) {
+      rocksdb_writebatch_destroy(scratch);
+      scratch = NULL;
+    }
+  }
+  return scratch;
+}
 
 __attribute__((format(printf, 3, 4))) static void
 tly_store_error(char *errstr, size_t errstr_size, const char *fmt, ...) {
@@ -467,21 +500,12 @@ void tly_store_close(tly_store_t *store) {
 }
 
 tly_store_batch_t *tly_store_batch_new(void) {
-  tly_store_batch_t *batch = calloc(1, sizeof(*batch));
-  if (batch == NULL)
-    return NULL;
-  batch->scratch = rocksdb_writebatch_create();
-  if (batch->scratch == NULL) {
-    free(batch);
-    return NULL;
-  }
-  return batch;
+  return calloc(1, sizeof(tly_store_batch_t));
 }
 
 void tly_store_batch_destroy(tly_store_batch_t *batch) {
   if (batch == NULL)
     return;
-  rocksdb_writebatch_destroy(batch->scratch);
   free(batch->buf);
   free(batch);
 }
@@ -496,6 +520,21 @@ void tly_store_batch_clear(tly_store_batch_t *batch) {
 
 size_t tly_store_batch_count(const tly_store_batch_t *batch) {
   return batch->count;
+}
+
+size_t tly_store_batch_bytes(const tly_store_batch_t *batch) {
+  return batch->len;
+}
+
+void tly_store_batch_reserve(tly_store_batch_t *batch, size_t bytes) {
+  if (bytes <= batch->cap || batch->len)
+    return;
+  unsigned char *buf = malloc(bytes);
+  if (buf == NULL)
+    return;
+  free(batch->buf);
+  batch->buf = buf;
+  batch->cap = bytes;
 }
 
 static void tly_store_batch_append(tly_store_batch_t *batch, int kind,
@@ -635,7 +674,12 @@ int tly_store_commit(tly_store_t *store, tly_store_batch_t *batch, int sync,
     return 0;
 
   tly_store_thread_init();
-  rocksdb_writebatch_clear(batch->scratch);
+  rocksdb_writebatch_t *scratch = thread_scratch();
+  if (scratch == NULL) {
+    tly_store_error(errstr, errstr_size, "commit: out of memory");
+    return -1;
+  }
+  rocksdb_writebatch_clear(scratch);
   const unsigned char *at = batch->buf;
   const unsigned char *end = batch->buf + batch->len;
   while (at < end) {
@@ -644,19 +688,18 @@ int tly_store_commit(tly_store_t *store, tly_store_batch_t *batch, int sync,
     const char *key = (const char *)at + sizeof(op);
     const char *value = key + op.key_len;
     if (op.kind == TLY_BATCH_PUT)
-      rocksdb_writebatch_put_cf(batch->scratch, store->cf[op.cf], key,
-                                op.key_len, value, op.value_len);
+      rocksdb_writebatch_put_cf(scratch, store->cf[op.cf], key, op.key_len,
+                                value, op.value_len);
     else if (op.kind == TLY_BATCH_DELETE_RANGE)
-      rocksdb_writebatch_delete_range_cf(batch->scratch, store->cf[op.cf], key,
+      rocksdb_writebatch_delete_range_cf(scratch, store->cf[op.cf], key,
                                          op.key_len, value, op.value_len);
     else
-      rocksdb_writebatch_delete_cf(batch->scratch, store->cf[op.cf], key,
-                                   op.key_len);
+      rocksdb_writebatch_delete_cf(scratch, store->cf[op.cf], key, op.key_len);
     at = (const unsigned char *)value + op.value_len;
   }
 
   rocksdb_write(store->db, sync ? store->write_sync : store->write_nosync,
-                batch->scratch, &err);
+                scratch, &err);
   if (err != NULL) {
     tly_store_error(errstr, errstr_size, "commit: %s", err);
     rocksdb_free(err);

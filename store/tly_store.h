@@ -74,6 +74,12 @@ void tly_store_batch_destroy(tly_store_batch_t *batch);
 void tly_store_batch_clear(tly_store_batch_t *batch);
 /* Number of operations queued. */
 size_t tly_store_batch_count(const tly_store_batch_t *batch);
+/* The bytes the batch's operations take, and a hint: room for at least
+ * bytes in a batch about to be refilled (an empty batch gets it without
+ * copying, so a large batch does not regrow by doubling and copying; a
+ * failure leaves it as it was, to grow as it fills). */
+size_t tly_store_batch_bytes(const tly_store_batch_t *batch);
+void tly_store_batch_reserve(tly_store_batch_t *batch, size_t bytes);
 void tly_store_batch_put(tly_store_batch_t *batch, tly_cf_t cf, const void *key,
                          size_t key_len, const void *value, size_t value_len);
 void tly_store_batch_delete(tly_store_batch_t *batch, tly_cf_t cf,

@@ -45,14 +45,15 @@ typedef struct {
 int th_broker_start(th_broker_t *broker, int partitions);
 void th_broker_stop(th_broker_t *broker);
 
-typedef struct {
+typedef struct th_run {
   pid_t pid;
   int port;
   char state_dir[512];
   char log_path[600];
 } th_run_t;
-/* `tally run` on state_dir, HTTP on a free port, logs to state_dir/../run-N.log.
- * extra: NULL-terminated extra arguments (may be NULL). 0 or -1. */
+/* `tally run` on state_dir, HTTP on a free port, logs to
+ * state_dir/../run-N.log. extra: NULL-terminated extra arguments (may be NULL).
+ * 0 or -1. */
 int th_run_start(th_run_t *run, const char *bootstrap, const char *state_dir,
                  const char *const *extra);
 
@@ -98,8 +99,8 @@ long long th_metric_labeled(int port, const char *name, const char *labels);
 
 /* The high watermark of every partition of topic (array of partitions
  * entries). 0 or -1. */
-int th_high_watermarks(const char *bootstrap, const char *topic,
-                       int partitions, int64_t *out);
+int th_high_watermarks(const char *bootstrap, const char *topic, int partitions,
+                       int64_t *out);
 
 /* Reads partitions 0..partitions-1 of topic from their start to their end
  * (enable.partition.eof), calling visit for each record. The number of

@@ -801,3 +801,52 @@ void th_verify_corrections_dlq(const char *bootstrap,
   tly_codec_destroy(reader.codec);
   free(reader.copies);
 }
+
+int th_crash_loop(th_run_t *run, th_stream_t *stream, pthread_t producer,
+                  const char *state_dir, const char *const *extra,
+                  int min_kills, unsigned *seed, int *self_kills) {
+  char env[64];
+  int kills = 0;
+  *self_kills = 0;
+  while (kills < min_kills || !atomic_load(&stream->done)) {
+    int64_t deadline = th_now_ms() + 60000;
+    int rc = -1;
+    while (rc < 0 && th_now_ms() < deadline) {
+      if (th_metric_sum(run->port, "tally_events_folded_total") > 0 ||
+          (atomic_load(&stream->done) &&
+           th_metric_sum(run->port, "tally_ready") > 0))
+        break;
+      rc = th_wait_exit(run->pid, 20);
+    }
+    /* Every third run dies by its own hand after a few alert acks, between
+     * Kafka's acknowledgement and the outbox delete; the others are killed
+     * from outside at a random moment. */
+    if (rc < 0)
+      rc = th_wait_exit(run->pid,
+                        kills % 3 == 2 ? 4000 : (int)(rand_r(seed) % 1200));
+    if (rc == 128 + 9) {
+      (*self_kills)++;
+    } else {
+      assert_int_equal(rc, -1); /* still running: it must not exit alone */
+      th_kill9(run->pid);
+    }
+    kills++;
+    if (kills % 3 == 2) {
+      snprintf(env, sizeof(env), "TALLY_FAULT_KILL_AFTER_ACKS=%u",
+               1 + rand_r(seed) % 5);
+      th_run_env = env;
+    }
+    assert_int_equal(th_run_start(run, stream->bootstrap, state_dir, extra), 0);
+  }
+  /* The last run must be able to finish: if it was started to die after
+   * an ack, let it (or kill it) and start a clean one. */
+  if (kills % 3 == 2) {
+    if (th_wait_exit(run->pid, 4000) < 0)
+      th_kill9(run->pid);
+    assert_int_equal(th_run_start(run, stream->bootstrap, state_dir, extra), 0);
+  }
+  pthread_join(producer, NULL);
+  if (stream->error[0])
+    fail_msg("%s", stream->error);
+  return kills;
+}

@@ -10,6 +10,7 @@
 
 #include "tly_alert.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 /* Write this as the processor's --config. */
@@ -112,6 +113,21 @@ void th_verify_corrections_dlq(const char *bootstrap,
  * the processor failed to count. */
 void th_verify_stream_in_topic(const char *bootstrap, int partitions,
                                const th_stream_t *stream);
+
+/* The crash matrices' kill loop (harness.h's th_run_t): until min_kills
+ * runs were killed and the stream is done, each run is let fold
+ * something (once the stream is done: become ready, there may be nothing
+ * left to fold), then is SIGKILLed at a random moment within 1.2 s; every
+ * third run instead kills itself after 1-5 alert acks
+ * (TALLY_FAULT_KILL_AFTER_ACKS: between Kafka's acknowledgement and the
+ * outbox delete), or is killed after 4 s. Each is restarted on state_dir
+ * with extra; the loop ends with a run that can finish, the stream joined
+ * from *producer. Asserts a run never exits by itself otherwise. Returns
+ * the kills; *self_kills: runs that died by their own hand. */
+struct th_run;
+int th_crash_loop(struct th_run *run, th_stream_t *stream, pthread_t producer,
+                  const char *state_dir, const char *const *extra,
+                  int min_kills, unsigned *seed, int *self_kills);
 
 /* Reads the whole alerts topic (to the end of every partition, which it
  * asserts), decoding every alert (an undecodable one fails the test) and

@@ -65,7 +65,7 @@ static void test_crash_meters(void **state) {
   th_run_t run;
   pthread_t producer;
   char *dir = th_mkdtemp("meters");
-  char state_dir[600], env[64];
+  char state_dir[600];
   static th_expected_t expected[SUBJECTS];
   int events = setting("TALLY_CRASH_MATRIX_EVENTS", 40000);
   if (events > 40000)
@@ -86,7 +86,7 @@ static void test_crash_meters(void **state) {
                         .correct_every = 50,
                         .expected = expected};
   unsigned seed = (unsigned)th_now_ms();
-  int kills = 0, self_kills = 0;
+  int kills, self_kills;
 
   printf("# crash meters seed %u\n", seed);
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
@@ -98,43 +98,8 @@ static void test_crash_meters(void **state) {
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
   assert_int_equal(pthread_create(&producer, NULL, th_stream_main, &stream), 0);
 
-  while (kills < min_kills || !atomic_load(&stream.done)) {
-    int64_t deadline = th_now_ms() + 60000;
-    int rc = -1;
-    while (rc < 0 &&
-           th_metric_sum(run.port, "tally_events_folded_total") <= 0 &&
-           th_now_ms() < deadline)
-      rc = th_wait_exit(run.pid, 20);
-    /* Every third run dies by its own hand after a few alert acks, between
-     * Kafka's acknowledgement and the outbox delete; the others are killed
-     * from outside at a random moment. */
-    if (rc < 0)
-      rc = th_wait_exit(run.pid,
-                        kills % 3 == 2 ? 4000 : (int)(rand_r(&seed) % 1200));
-    if (rc == 128 + 9) {
-      self_kills++;
-    } else {
-      assert_int_equal(rc, -1); /* still running: it must not exit alone */
-      th_kill9(run.pid);
-    }
-    kills++;
-    if (kills % 3 == 2) {
-      snprintf(env, sizeof(env), "TALLY_FAULT_KILL_AFTER_ACKS=%u",
-               1 + rand_r(&seed) % 5);
-      th_run_env = env;
-    }
-    assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
-  }
-  /* The last run must be able to finish: if it was started to die after
-   * an ack, let it (or kill it) and start a clean one. */
-  if (kills % 3 == 2) {
-    if (th_wait_exit(run.pid, 4000) < 0)
-      th_kill9(run.pid);
-    assert_int_equal(th_run_start(&run, stream.bootstrap, state_dir, extra), 0);
-  }
-  pthread_join(producer, NULL);
-  if (stream.error[0])
-    fail_msg("%s", stream.error);
+  kills = th_crash_loop(&run, &stream, producer, state_dir, extra, min_kills,
+                        &seed, &self_kills);
   printf("# %d kills, %d of them right after an outbox ack\n", kills,
          self_kills);
   assert_true(self_kills >= 1);

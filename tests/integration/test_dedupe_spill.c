@@ -10,6 +10,10 @@
  *   3. SIGKILL, restart on the same state dir (assignment loads only what
  *      was not spilled), duplicates of old and middle ids again with new
  *      events: refused and counted exactly;
+ *   4. corrections (usage_corrected) of the oldest events, long spilled:
+ *      their contributions are found through the spilled ids' event time
+ *      (the chunks of their hour, consumers/tly_contributions.c), amended
+ *      and retracted exactly; and of events of the last batches;
  * each with every subject's totals exact to the unit.
  */
 #include "harness.h"
@@ -67,6 +71,36 @@ static void produce(const char *bootstrap, int from, int to, int counted) {
   tally_producer_stats(producer, &stats);
   assert_int_equal(stats.failed, 0);
   tally_producer_destroy(producer);
+}
+
+/* A correction of event i (as produce made it) to quantity (0 retracts
+ * it), with its own event id; the expected totals follow. */
+static void correct(const char *bootstrap, int i, int quantity) {
+  tally_producer_conf_t conf = {.brokers = bootstrap};
+  char errstr[512], id[32], event_id[40], corrects[32];
+  tally_producer_t *producer =
+      tally_producer_new(&conf, errstr, sizeof(errstr));
+  assert_non_null(producer);
+  int s = i % SUBJECTS;
+  tly_event_t event = {0};
+  snprintf(id, sizeof(id), "sp-%d", s);
+  snprintf(event_id, sizeof(event_id), "spill-fix-%06d", i);
+  snprintf(corrects, sizeof(corrects), "spill-event-%06d", i);
+  event.event_id = event_id;
+  event.occurred_at_ms = AT_MS + FIRST + 2000;
+  event.subject_kind = TLY_SUBJECT_USER;
+  event.subject_id = id;
+  event.body_kind = TLY_BODY_USAGE_CORRECTED;
+  event.body.usage.corrects = corrects;
+  event.body.usage.feature = "api_calls";
+  event.body.usage.unit = "call";
+  event.body.usage.quantity = quantity;
+  assert_int_equal(
+      tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr)), 0);
+  assert_int_equal(tally_producer_flush(producer, 60000), 0);
+  tally_producer_destroy(producer);
+  expected_quantity[s] += quantity - (1 + i % 7);
+  expected_events[s] -= quantity == 0;
 }
 
 static void verify_totals(int port) {
@@ -157,6 +191,17 @@ static void test_old_duplicates_refused_with_small_budget(void **state) {
   printf("# after the restart: dedupe memory %lld of %lld bytes\n", held,
          share);
   assert_true(held <= share);
+  verify_totals(run.port);
+
+  /* 4. Corrections of spilled originals (the oldest ids) and of recent
+   * ones: each found, exactly. */
+  long long dead = th_metric_sum(run.port, "tally_dead_letters_total");
+  for (int i = 0; i < 24; i++)
+    correct(broker.bootstrap, i * 7, i % 3 ? 100 + i : 0);
+  for (int i = FIRST + 1400; i < FIRST + 1408; i++)
+    correct(broker.bootstrap, i, i % 2 ? 50 : 0);
+  settle(&run, broker.bootstrap);
+  assert_int_equal(th_metric_sum(run.port, "tally_dead_letters_total"), dead);
   verify_totals(run.port);
 
   assert_int_equal(th_stop(run.pid), 0);
