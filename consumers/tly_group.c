@@ -182,7 +182,7 @@ rd_kafka_t *tly_proc_group_consumer_new(
        * runs in the group leader's client (probed on librdkafka 2.0.2). */
       "partition.assignment.strategy=cooperative-sticky", NULL};
   rd_kafka_conf_t *kconf =
-      tly_proc_kafka_conf(conf, consumer_defaults, errstr, errstr_size);
+      tly_proc_kafka_conf(conf, 1, consumer_defaults, errstr, errstr_size);
   if (!kconf)
     return NULL;
   if (rd_kafka_conf_set(kconf, "group.id",

@@ -10,29 +10,142 @@
  * of what RocksDB holds), as it does past CACHE_MAX_ENTRIES. The outbox is
  * only reported: an entry leaves once Kafka has it, never earlier. It
  * never writes state.
+ *
+ * The parts outside tally's own structures are sized here and held by
+ * their owners: RocksDB's block cache and memtables (the store is opened
+ * with them, cli_serve.c; usage read back in tly_processor_stats) and
+ * librdkafka's queues (tly_memory_kafka_properties, applied to every
+ * client the processor and the HTTP port's ingest open, before the user's
+ * properties so that -X wins).
  */
 #include "tly_processor_internal.h"
 
 #include "tly_log.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 int64_t tly_memory_share(int64_t budget, tly_memory_part_t part) {
+  /* Fortieths: 20 + 5 + 2 + 4 + 3 + 3 + 2 + 1 = 40. */
+  static const int64_t fortieths[TLY_MEMORY_PARTS] = {
+      [TLY_MEMORY_DEDUPE] = 20,
+      [TLY_MEMORY_OVERLAY] = 5,
+      [TLY_MEMORY_OUTBOX] = 2,
+      [TLY_MEMORY_SUBJECT_CACHE] = 4,
+      [TLY_MEMORY_ROCKSDB_BLOCK_CACHE] = 3,
+      [TLY_MEMORY_ROCKSDB_MEMTABLES] = 3,
+      [TLY_MEMORY_KAFKA_CONSUMER] = 2,
+      [TLY_MEMORY_KAFKA_PRODUCER] = 1};
+  if (budget <= 0 || part < 0 || part >= TLY_MEMORY_PARTS)
+    return 0;
+  return budget / 40 * fortieths[part];
+}
+
+int64_t tly_memory_floor(tly_memory_part_t part) {
   switch (part) {
-  case TLY_MEMORY_DEDUPE:
-    return budget / 2;
-  case TLY_MEMORY_OVERLAY:
-    return budget / 10 * 3;
-  case TLY_MEMORY_OUTBOX:
-  case TLY_MEMORY_SUBJECT_CACHE:
-    return budget / 10;
+  case TLY_MEMORY_ROCKSDB_BLOCK_CACHE:
+    return (int64_t)TLY_STORE_BLOCK_CACHE_MIN; /* 1 MiB */
+  case TLY_MEMORY_ROCKSDB_MEMTABLES:
+    return (int64_t)TLY_STORE_MEMTABLES_MIN; /* 2 MiB */
+  case TLY_MEMORY_KAFKA_CONSUMER:
+    /* 16 MiB queued + fetch.max.bytes of 16 MiB. librdkafka 2.0.2 stops
+     * fetching while its queue is past queued.max.messages.kbytes and comes
+     * back to it only some time later (not when the queue drains), so the
+     * queue caps the fold rate: bench_fold's dedupe-scale run at 2 M ids
+     * folded 41,000 events/s with a 1.3 MiB queue, ~250,000 with 64 MiB. */
+    return 32LL << 20;
+  case TLY_MEMORY_KAFKA_PRODUCER:
+    /* 1 MiB for each of the two producers: a queue must hold a record of
+     * message.max.bytes, or producing it fails forever as "queue full". */
+    return 2LL << 20;
   default:
     return 0;
   }
 }
 
+int64_t tly_memory_bound(int64_t budget, tly_memory_part_t part) {
+  int64_t share = tly_memory_share(budget, part);
+  int64_t floor = tly_memory_floor(part);
+  return share > floor ? share : floor;
+}
+
+int tly_memory_batch_events(int64_t budget) {
+  int64_t events = tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_MEMTABLES) / 4 *
+                   3 / TLY_MEMORY_COMMIT_BYTES_PER_EVENT;
+  return events > TLY_DEFAULT_BATCH_EVENTS      ? TLY_DEFAULT_BATCH_EVENTS
+         : events < TLY_MEMORY_BATCH_EVENTS_MIN ? TLY_MEMORY_BATCH_EVENTS_MIN
+                                                : (int)events;
+}
+
+int tly_memory_part_measured(tly_memory_part_t part) {
+  return part != TLY_MEMORY_KAFKA_CONSUMER && part != TLY_MEMORY_KAFKA_PRODUCER;
+}
+
 const char *tly_memory_part_name(tly_memory_part_t part) {
-  static const char *const names[TLY_MEMORY_PARTS] = {
-      "dedupe", "overlay", "outbox", "subject_cache"};
+  static const char *const names[TLY_MEMORY_PARTS] = {"dedupe",
+                                                      "overlay",
+                                                      "outbox",
+                                                      "subject_cache",
+                                                      "rocksdb_block_cache",
+                                                      "rocksdb_memtables",
+                                                      "kafka_consumer",
+                                                      "kafka_producer"};
   return part >= 0 && part < TLY_MEMORY_PARTS ? names[part] : "";
+}
+
+/* The value of name in the NULL-terminated "name=value" list, or NULL. */
+static const char *user_value(const char *const *user, const char *name) {
+  size_t len = strlen(name);
+  const char *found = NULL;
+  for (size_t i = 0; user && user[i]; i++)
+    if (!strncmp(user[i], name, len) && user[i][len] == '=')
+      found = user[i] + len + 1; /* the later entry wins */
+  return found;
+}
+
+void tly_memory_kafka_properties(
+    int64_t budget, int consumer, const char *const *user,
+    char out[TLY_MEMORY_KAFKA_PROPERTIES][TLY_MEMORY_KAFKA_PROPERTY_MAX],
+    const char *list[TLY_MEMORY_KAFKA_PROPERTIES + 1]) {
+  size_t n = 0;
+  /* librdkafka's default message.max.bytes, or the user's if larger: a
+   * consumer's fetch.max.bytes must be at least that (librdkafka refuses
+   * less), and a producer's queue must hold one such record. */
+  int64_t message_max = 1000000;
+  const char *message = user_value(user, "message.max.bytes");
+  if (message && atoll(message) > message_max)
+    message_max = atoll(message);
+  if (consumer) {
+    int64_t part = tly_memory_bound(budget, TLY_MEMORY_KAFKA_CONSUMER);
+    int64_t fetch = part / 2;
+    if (fetch < message_max)
+      fetch = message_max;
+    if (!user_value(user, "queued.max.messages.kbytes"))
+      snprintf(out[n++], TLY_MEMORY_KAFKA_PROPERTY_MAX,
+               "queued.max.messages.kbytes=%lld", (long long)(part / 2 / 1024));
+    if (!user_value(user, "fetch.max.bytes"))
+      snprintf(out[n++], TLY_MEMORY_KAFKA_PROPERTY_MAX, "fetch.max.bytes=%lld",
+               (long long)fetch);
+    if (!user_value(user, "max.partition.fetch.bytes"))
+      snprintf(out[n++], TLY_MEMORY_KAFKA_PROPERTY_MAX,
+               "max.partition.fetch.bytes=%lld", (long long)(part / 32));
+  } else {
+    int64_t kbytes =
+        tly_memory_bound(budget, TLY_MEMORY_KAFKA_PRODUCER) / 2 / 1024;
+    if (kbytes * 1024 < message_max)
+      kbytes = (message_max + 1023) / 1024;
+    if (!user_value(user, "queue.buffering.max.kbytes"))
+      snprintf(out[n++], TLY_MEMORY_KAFKA_PROPERTY_MAX,
+               "queue.buffering.max.kbytes=%lld", (long long)kbytes);
+  }
+  for (size_t i = 0; i < n; i++)
+    list[i] = out[i];
+  list[n] = NULL;
+}
+
+int64_t tly_processor_memory_budget(const tly_processor_t *p) {
+  return p->memory_budget;
 }
 
 static int entry_is_dirty(tly_overlay_entry_t *entry) { return entry->dirty; }

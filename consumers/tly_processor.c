@@ -522,10 +522,16 @@ static int fetch_gap(tly_processor_t *p, partition_state_t *part,
 /* ---- lifecycle ------------------------------------------------------- */
 
 rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
-                                     const char *const *defaults, char *errstr,
-                                     size_t errstr_size) {
+                                     int consumer, const char *const *defaults,
+                                     char *errstr, size_t errstr_size) {
   rd_kafka_conf_t *kconf = rd_kafka_conf_new();
   char kafka_err[512];
+  char bound_text[TLY_MEMORY_KAFKA_PROPERTIES][TLY_MEMORY_KAFKA_PROPERTY_MAX];
+  const char *bounds[TLY_MEMORY_KAFKA_PROPERTIES + 1];
+  tly_memory_kafka_properties(
+      conf->memory_budget_bytes > 0 ? conf->memory_budget_bytes
+                                    : TLY_DEFAULT_MEMORY_BUDGET,
+      consumer, conf->kafka_properties, bound_text, bounds);
   tly_kafka_conf_log(kconf);
   if (rd_kafka_conf_set(kconf, "bootstrap.servers", conf->brokers, kafka_err,
                         sizeof(kafka_err)) != RD_KAFKA_CONF_OK) {
@@ -533,6 +539,7 @@ rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
     goto fail;
   }
   if (tly_kafka_conf_apply(kconf, defaults, errstr, errstr_size) ||
+      tly_kafka_conf_apply(kconf, bounds, errstr, errstr_size) ||
       tly_kafka_conf_apply(kconf, conf->kafka_properties, errstr, errstr_size))
     goto fail;
   return kconf;
@@ -545,7 +552,7 @@ rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
                                 const char *const *defaults, char *errstr,
                                 size_t errstr_size) {
   rd_kafka_conf_t *kconf =
-      tly_proc_kafka_conf(&p->conf, defaults, errstr, errstr_size);
+      tly_proc_kafka_conf(&p->conf, 1, defaults, errstr, errstr_size);
   if (!kconf)
     return NULL;
   rd_kafka_t *reader =
@@ -625,7 +632,9 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
    * up: the process's CPU per event 3.0 us at 200,000, 2.2 us at
    * 400,000. */
   if (p->conf.batch_max_events <= 0)
-    p->conf.batch_max_events = 400000;
+    p->conf.batch_max_events = tly_memory_batch_events(
+        conf->memory_budget_bytes > 0 ? conf->memory_budget_bytes
+                                      : TLY_DEFAULT_MEMORY_BUDGET);
   if (p->conf.batch_max_ms <= 0)
     p->conf.batch_max_ms = 100;
   /* Catching up: records this old are late whatever the batch size; a
@@ -709,7 +718,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
    * of their key, as a Java client would (tly_kafka_client.h). */
   const char *producer_defaults[] = {"enable.idempotence=true", "linger.ms=5",
                                      TLY_KAFKA_PARTITIONER_PROPERTY, NULL};
-  kconf = tly_proc_kafka_conf(conf, producer_defaults, errstr, errstr_size);
+  kconf = tly_proc_kafka_conf(conf, 0, producer_defaults, errstr, errstr_size);
   if (!kconf)
     goto fail;
   rd_kafka_conf_set_opaque(kconf, p);
@@ -1187,11 +1196,16 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->visible_ms_total = atomic_load(&p->visible_ms);
   for (int i = 0; i < TLY_MEMORY_PARTS; i++)
     stats->memory_budget[i] =
-        (uint64_t)tly_memory_share(p->memory_budget, (tly_memory_part_t)i);
+        (uint64_t)tly_memory_bound(p->memory_budget, (tly_memory_part_t)i);
   stats->memory_bytes[TLY_MEMORY_DEDUPE] = atomic_load(&p->dedupe_bytes);
   stats->memory_bytes[TLY_MEMORY_OVERLAY] = atomic_load(&p->overlay_bytes);
   stats->memory_bytes[TLY_MEMORY_OUTBOX] = atomic_load(&p->outbox_bytes);
   stats->memory_bytes[TLY_MEMORY_SUBJECT_CACHE] = 0;
+  tly_store_memory_usage_t rocksdb;
+  tly_store_memory_usage(p->store, &rocksdb);
+  stats->memory_bytes[TLY_MEMORY_ROCKSDB_BLOCK_CACHE] =
+      rocksdb.block_cache_bytes;
+  stats->memory_bytes[TLY_MEMORY_ROCKSDB_MEMTABLES] = rocksdb.memtables_bytes;
   stats->dedupe_ids_spilled = atomic_load(&p->ids_spilled);
   stats->dedupe_store_reads = atomic_load(&p->id_reads);
   stats->dedupe_filter_skips = atomic_load(&p->filter_skips);

@@ -58,7 +58,7 @@ typedef struct {
    * (tly_dedupe.h). */
   int64_t memory_budget_bytes;
   int64_t tick_interval_ms; /* default 60 s; <0 writes no ticks */
-  int batch_max_events;     /* default 400000 */
+  int batch_max_events;     /* default tly_memory_batch_events(budget) */
   int batch_max_ms;         /* default 100: an upper bound (group commit,
                                consumers/tly_group_commit.h). A batch goes
                                to the writer as soon as the previous one
@@ -130,22 +130,81 @@ typedef struct {
   }
 
 /* The parts of the memory budget (--memory-budget), each with its share
- * (tly_memory_share): the dedupe indexes 1/2 (past it the oldest ids spill
- * to RocksDB), the processor's subject records (the overlay: the open
- * batch and the cache kept across batches) 3/10 (past it the cache starts
- * over), the outbox 1/10 (reported, not enforced: an entry leaves only
- * once Kafka has it) and the HTTP port's subject cache 1/10 (its entries
- * are sized from it). */
+ * (tly_memory_share, in fortieths of the budget; together at most the
+ * budget):
+ * - the dedupe indexes 20/40 (past it the oldest ids spill to RocksDB);
+ * - the processor's subject records (the overlay: the open batch and the
+ *   cache kept across batches) 5/40 (past it the cache starts over);
+ * - the outbox 2/40 (reported, not enforced: an entry leaves only once
+ *   Kafka has it);
+ * - the HTTP port's subject cache 4/40 (its entries are sized from it);
+ * - RocksDB's block cache 3/40 (index and filter blocks charged to it) and
+ *   its memtables 3/40 (all column families together; tly_store.h,
+ *   tly_store_memory_t);
+ * - librdkafka: each consumer's prefetch 2/40 (queued.max.messages.kbytes
+ *   and fetch.max.bytes, half each) and the producers' queues 1/40
+ *   (queue.buffering.max.kbytes: half for the processor's producer, half
+ *   for the HTTP port's), unless -X sets them (tly_memory_kafka_properties).
+ * A part with a floor (tly_memory_bound: RocksDB's and librdkafka's
+ * minimums, and the consumer's prefetch the fold rate needs)
+ * is held to the larger of its share and its floor: the bounds add up to
+ * the budget from TLY_MEMORY_FLOORLESS_BUDGET up, to at most the budget +
+ * TLY_MEMORY_FLOORS below it. */
 typedef enum {
   TLY_MEMORY_DEDUPE = 0,
   TLY_MEMORY_OVERLAY,
   TLY_MEMORY_OUTBOX,
   TLY_MEMORY_SUBJECT_CACHE,
+  TLY_MEMORY_ROCKSDB_BLOCK_CACHE,
+  TLY_MEMORY_ROCKSDB_MEMTABLES,
+  TLY_MEMORY_KAFKA_CONSUMER,
+  TLY_MEMORY_KAFKA_PRODUCER,
   TLY_MEMORY_PARTS
 } tly_memory_part_t;
 /* The part's share of budget bytes; its name as /metrics labels it. */
+/* The processor's budget (--memory-budget, or the default). */
+int64_t tly_processor_memory_budget(const tly_processor_t *p);
 int64_t tly_memory_share(int64_t budget, tly_memory_part_t part);
 const char *tly_memory_part_name(tly_memory_part_t part);
+/* The least a part can be held to (0: none), and the bound it is held to:
+ * the larger of its share and its floor. */
+int64_t tly_memory_floor(tly_memory_part_t part);
+int64_t tly_memory_bound(int64_t budget, tly_memory_part_t part);
+/* The sum of the floors, and the least budget at which no floor applies. */
+#define TLY_MEMORY_FLOORS (37LL << 20)
+#define TLY_MEMORY_FLOORLESS_BUDGET (640LL << 20)
+/* The default --batch-events for a budget: a commit's WriteBatch lands in
+ * RocksDB's memtables whole, so a batch's write should fit in 3/4 of the
+ * memtables part (tly_store.h). A batch writes ~160 bytes an event
+ * (measured: bench_fold's dedupe-scale run, 64 MB for a 400,000-event
+ * commit). TLY_DEFAULT_BATCH_EVENTS (400,000) from a budget of ~1.06 GiB up
+ * (377,487 at 1 GiB), TLY_MEMORY_BATCH_EVENTS_MIN (50,000) at least: smaller
+ * batches made test_crash_matrix at a 1 MiB budget ~3x slower.
+ * --batch-events wins. */
+#define TLY_DEFAULT_BATCH_EVENTS 400000
+#define TLY_MEMORY_BATCH_EVENTS_MIN 50000
+#define TLY_MEMORY_COMMIT_BYTES_PER_EVENT 160
+int tly_memory_batch_events(int64_t budget);
+/* Whether tally_memory_bytes can show what the part holds: librdkafka does
+ * not report its queues' bytes (only its bound is shown). */
+int tly_memory_part_measured(tly_memory_part_t part);
+
+/* The librdkafka properties that hold a client to its part of the budget,
+ * "name=value" strings written into out[] (at most
+ * TLY_MEMORY_KAFKA_PROPERTIES, each of TLY_MEMORY_KAFKA_PROPERTY_MAX
+ * bytes), NULL-terminated in list[]; properties already in user (the
+ * user's, "name=value", NULL-terminated; may be NULL) are left out, so a
+ * -X setting wins. A consumer (consumer != 0): queued.max.messages.kbytes
+ * and fetch.max.bytes half of the consumer part each (fetch.max.bytes at
+ * least message.max.bytes, librdkafka's rule), max.partition.fetch.bytes
+ * a 32nd; a producer: queue.buffering.max.kbytes half of the producer
+ * part. */
+#define TLY_MEMORY_KAFKA_PROPERTIES 4
+#define TLY_MEMORY_KAFKA_PROPERTY_MAX 64
+void tly_memory_kafka_properties(
+    int64_t budget, int consumer, const char *const *user,
+    char out[TLY_MEMORY_KAFKA_PROPERTIES][TLY_MEMORY_KAFKA_PROPERTY_MAX],
+    const char *list[TLY_MEMORY_KAFKA_PROPERTIES + 1]);
 
 typedef struct {
   uint64_t events_folded;

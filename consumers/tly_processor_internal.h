@@ -437,9 +437,12 @@ static const char META_ACK[] = "ack:";
 void tly_proc_set_fatal(tly_processor_t *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 int tly_proc_ensure_partitions(tly_processor_t *p, int32_t count);
+/* defaults, then the memory budget's bounds for a consumer (consumer != 0)
+ * or a producer (tly_memory_kafka_properties), then the user's properties
+ * (which win). */
 rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
-                                     const char *const *defaults, char *errstr,
-                                     size_t errstr_size);
+                                     int consumer, const char *const *defaults,
+                                     char *errstr, size_t errstr_size);
 /* A consumer built from tly_proc_kafka_conf for reading by assignment (no
  * group membership: restore, replay). NULL with the reason in errstr. */
 rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,

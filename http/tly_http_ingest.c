@@ -118,6 +118,16 @@ int tly_http_start_producer(tly_http_t *http, char *errstr,
   snprintf(timeout, sizeof(timeout), "message.timeout.ms=%d",
            INGEST_TIMEOUT_MS);
   properties[count++] = timeout;
+  /* Its queue within half the producer part of the memory budget
+   * (tly_processor.h); a -X setting (below) wins. */
+  char bound_text[TLY_MEMORY_KAFKA_PROPERTIES][TLY_MEMORY_KAFKA_PROPERTY_MAX];
+  const char *bounds[TLY_MEMORY_KAFKA_PROPERTIES + 1];
+  tly_memory_kafka_properties(
+      http->conf.processor ? tly_processor_memory_budget(http->conf.processor)
+                           : TLY_DEFAULT_MEMORY_BUDGET,
+      0, http->conf.kafka_properties, bound_text, bounds);
+  for (size_t i = 0; bounds[i]; i++)
+    properties[count++] = bounds[i];
   for (size_t i = 0; http->conf.kafka_properties &&
                      http->conf.kafka_properties[i] && count < 79;
        i++)

@@ -387,12 +387,16 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
   text_append(&text, "# HELP tally_memory_bytes Bytes each part of the "
                      "memory budget holds (--memory-budget).\n"
                      "# TYPE tally_memory_bytes gauge\n");
+  /* librdkafka's queues report no bytes: their parts show only their
+   * bound (tly_memory_part_measured). */
   for (int i = 0; i < TLY_MEMORY_PARTS; i++)
-    text_append(&text, "tally_memory_bytes{part=\"%s\"} %llu\n",
-                tly_memory_part_name((tly_memory_part_t)i),
-                (unsigned long long)stats.memory_bytes[i]);
-  text_append(&text, "# HELP tally_memory_budget_bytes Each part's share of "
-                     "the memory budget (--memory-budget).\n"
+    if (tly_memory_part_measured((tly_memory_part_t)i))
+      text_append(&text, "tally_memory_bytes{part=\"%s\"} %llu\n",
+                  tly_memory_part_name((tly_memory_part_t)i),
+                  (unsigned long long)stats.memory_bytes[i]);
+  text_append(&text, "# HELP tally_memory_budget_bytes What each part is held "
+                     "to: its share of the memory budget (--memory-budget), "
+                     "or its floor.\n"
                      "# TYPE tally_memory_budget_bytes gauge\n");
   for (int i = 0; i < TLY_MEMORY_PARTS; i++)
     text_append(&text, "tally_memory_budget_bytes{part=\"%s\"} %llu\n",

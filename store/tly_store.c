@@ -33,7 +33,13 @@
 
 /* Options, shortly justified:
  * - one LRU block cache shared by all column families, so the memory bound
- *   is one number whatever the number of column families;
+ *   is one number whatever the number of column families; the index and
+ *   filter blocks are charged to it (high priority: evicted after data
+ *   blocks), so the table readers hold no unbounded memory beside it. Not
+ *   pinned: a pinned block could hold the cache past its capacity;
+ * - with a tly_store_memory_t (tly_store_open_sized), the memtables of all
+ *   families together are bounded (db_write_buffer_size) and each family's
+ *   memtable is sized from that bound;
  * - a bloom filter on the usage column family only: HTTP quota checks and the
  *   processor's overlay loads are point reads there, many of them for keys
  *   that do not exist yet (a subject's first event). The other families are
@@ -55,6 +61,8 @@
 #define TLY_STORE_MAX_OPEN_FILES 256
 #define TLY_STORE_KEEP_LOG_FILES 5
 #define TLY_STORE_MAX_WAL_BYTES (128u << 20)
+/* RocksDB's default memtable size, kept as the largest when sized. */
+#define TLY_STORE_MEMTABLE_MAX ((size_t)64 << 20)
 
 /* One row per column family: adding state kinds means adding an enum value
  * in tly_store.h and one row here. point_reads turns the bloom filter on. */
@@ -101,6 +109,9 @@ struct tly_store {
   rocksdb_readoptions_t *read_options;
   rocksdb_writeoptions_t *write_sync;
   rocksdb_writeoptions_t *write_nosync;
+  /* The block cache (for its usage) and the memtables' bound (0: none). */
+  rocksdb_cache_t *cache;
+  size_t memtables_bound;
   atomic_int injected_failures;
   /* The environment's faults (tests only, tly_store.h): commits numbered
    * fault_write_from .. fault_write_from + fault_write_count - 1 fail, and
@@ -245,8 +256,9 @@ const char *tly_store_cf_name(tly_cf_t cf) {
  * settings; RocksDB ignores those in the per-family copies). The block-based
  * table options are copied into the table factory and the cache is
  * reference-counted, so neither needs to outlive this call. */
-static rocksdb_options_t *tly_store_options_new(rocksdb_cache_t *cache,
-                                                int bloom) {
+static rocksdb_options_t *
+tly_store_options_new(rocksdb_cache_t *cache, int bloom,
+                      const tly_store_memory_t *memory) {
   rocksdb_options_t *options = rocksdb_options_create();
   rocksdb_block_based_table_options_t *table =
       rocksdb_block_based_options_create();
@@ -267,6 +279,24 @@ static rocksdb_options_t *tly_store_options_new(rocksdb_cache_t *cache,
   rocksdb_options_set_max_total_wal_size(options, TLY_STORE_MAX_WAL_BYTES);
 
   rocksdb_block_based_options_set_block_cache(table, cache);
+  rocksdb_block_based_options_set_cache_index_and_filter_blocks(table, 1);
+  rocksdb_block_based_options_set_cache_index_and_filter_blocks_with_high_priority(
+      table, 1);
+  if (memory && memory->memtables_bytes) {
+    /* RocksDB flushes the family holding the oldest memtable once the
+     * written memtables pass 7/8 of db_write_buffer_size, a quarter of the
+     * bound; it checks before a write, and a commit's WriteBatch lands
+     * whole: the other 3/4 are for that write and for memtables being
+     * flushed. A sixteenth of the bound per memtable (RocksDB's own floor
+     * is 64 KiB), two per family. */
+    size_t bound = memory->memtables_bytes;
+    size_t each = bound / 16;
+    if (each > TLY_STORE_MEMTABLE_MAX)
+      each = TLY_STORE_MEMTABLE_MAX;
+    rocksdb_options_set_db_write_buffer_size(options, bound / 4);
+    rocksdb_options_set_write_buffer_size(options, each);
+    rocksdb_options_set_max_write_buffer_number(options, 2);
+  }
   if (bloom) {
     /* The table options take ownership of the policy (it is reset() into a
      * shared_ptr): destroying it here as well would be a double free. */
@@ -330,6 +360,12 @@ static void tly_store_faults_from_env(tly_store_t *store) {
 
 tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
                             size_t errstr_size) {
+  return tly_store_open_sized(dir, read_only, NULL, errstr, errstr_size);
+}
+
+tly_store_t *tly_store_open_sized(const char *dir, int read_only,
+                                  const tly_store_memory_t *sizes, char *errstr,
+                                  size_t errstr_size) {
   tly_store_t *store = NULL;
   rocksdb_cache_t *cache = NULL;
   rocksdb_options_t *plain_options = NULL;
@@ -357,16 +393,26 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
     }
   }
 
+  tly_store_memory_t memory = {TLY_STORE_BLOCK_CACHE_BYTES, 0};
+  if (sizes && sizes->block_cache_bytes)
+    memory.block_cache_bytes =
+        sizes->block_cache_bytes < TLY_STORE_BLOCK_CACHE_MIN
+            ? TLY_STORE_BLOCK_CACHE_MIN
+            : sizes->block_cache_bytes;
+  if (sizes && sizes->memtables_bytes)
+    memory.memtables_bytes = sizes->memtables_bytes < TLY_STORE_MEMTABLES_MIN
+                                 ? TLY_STORE_MEMTABLES_MIN
+                                 : sizes->memtables_bytes;
   store = calloc(1, sizeof(*store));
-  cache = rocksdb_cache_create_lru(TLY_STORE_BLOCK_CACHE_BYTES);
-  plain_options = tly_store_options_new(cache, 0);
-  bloom_options = tly_store_options_new(cache, 1);
+  cache = rocksdb_cache_create_lru(memory.block_cache_bytes);
+  plain_options = tly_store_options_new(cache, 0, &memory);
+  bloom_options = tly_store_options_new(cache, 1, &memory);
   int expiry_failed = store == NULL;
   static const tly_cf_t expiring[] = {TLY_CF_DEDUPE, TLY_CF_USAGE};
   for (size_t e = 0; e < 2 && !expiry_failed; e++) {
     expiry_t *expiry = &store->expiry[e];
     expiry->cf = expiring[e];
-    expiry->options = tly_store_options_new(cache, 1);
+    expiry->options = tly_store_options_new(cache, 1, &memory);
     expiry->horizons =
         malloc(sizeof(*expiry->horizons) * TLY_STORE_MAX_PARTITIONS);
     expiry->filter = rocksdb_compactionfilter_create(
@@ -449,10 +495,11 @@ tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
   rocksdb_writeoptions_set_sync(store->write_nosync, 0);
 
   /* The database copied what it needs from the options; the cache lives on
-   * through the table factories' references. */
+   * through the table factories' references and the store's (its usage). */
   rocksdb_options_destroy(plain_options);
   rocksdb_options_destroy(bloom_options);
-  rocksdb_cache_destroy(cache);
+  store->cache = cache;
+  store->memtables_bound = memory.memtables_bytes;
   if (existing != NULL)
     rocksdb_list_column_families_destroy(existing, existing_count);
   return store;
@@ -488,6 +535,8 @@ void tly_store_close(tly_store_t *store) {
     rocksdb_writeoptions_destroy(store->write_sync);
   if (store->write_nosync != NULL)
     rocksdb_writeoptions_destroy(store->write_nosync);
+  if (store->cache != NULL)
+    rocksdb_cache_destroy(store->cache);
   for (size_t e = 0; e < sizeof(store->expiry) / sizeof(store->expiry[0]);
        e++) {
     if (store->expiry[e].options != NULL)
@@ -885,3 +934,21 @@ done:
 /* Values from tly_store_get() are our own malloc() copies; rocksdb_free() is
  * free() too, so anything either returns may be freed here. */
 void tly_store_free(void *ptr) { free(ptr); }
+
+void tly_store_memory_usage(tly_store_t *store, tly_store_memory_usage_t *out) {
+  memset(out, 0, sizeof(*out));
+  if (store == NULL || store->db == NULL)
+    return;
+  out->block_cache_bytes = rocksdb_cache_get_usage(store->cache);
+  out->block_cache_capacity = rocksdb_cache_get_capacity(store->cache);
+  out->memtables_bound = store->memtables_bound;
+  for (int i = 0; i <= TLY_CF__COUNT; i++) {
+    rocksdb_column_family_handle_t *cf =
+        i == TLY_CF__COUNT ? store->default_cf : store->cf[i];
+    uint64_t bytes = 0;
+    if (cf != NULL &&
+        rocksdb_property_int_cf(store->db, cf, "rocksdb.size-all-mem-tables",
+                                &bytes) == 0)
+      out->memtables_bytes += bytes;
+  }
+}

@@ -64,6 +64,42 @@ typedef struct tly_store_batch tly_store_batch_t;
  * as empty. NULL + errstr (naming dir) on failure. */
 tly_store_t *tly_store_open(const char *dir, int read_only, char *errstr,
                             size_t errstr_size);
+
+/* RocksDB's own memory, bounded whatever the number of column families:
+ * one LRU block cache shared by every family, with the index and filter
+ * blocks charged to it (not held beside it by the table readers), and the
+ * memtables of all families together (RocksDB's db_write_buffer_size:
+ * past 7/8 of it RocksDB flushes the family holding the oldest memtable).
+ * 0 in a field keeps the default: a 64 MiB block cache; memtables of 64 MiB
+ * per family, no bound on their sum. */
+typedef struct {
+  size_t block_cache_bytes;
+  /* All memtables: db_write_buffer_size is a quarter of it (the rest is
+   * for one commit's write, which lands whole, and memtables being
+   * flushed), each family's memtable a sixteenth, two at most per family
+   * (one written, one flushing). At least TLY_STORE_MEMTABLES_MIN (below
+   * it RocksDB would flush at every write). A commit larger than 3/4 of
+   * it passes it until the flush. */
+  size_t memtables_bytes;
+} tly_store_memory_t;
+#define TLY_STORE_BLOCK_CACHE_MIN ((size_t)1 << 20)
+#define TLY_STORE_MEMTABLES_MIN ((size_t)2 << 20)
+
+/* tly_store_open with RocksDB's memory sized by memory (NULL: defaults);
+ * a field below its minimum is raised to it. */
+tly_store_t *tly_store_open_sized(const char *dir, int read_only,
+                                  const tly_store_memory_t *memory,
+                                  char *errstr, size_t errstr_size);
+
+/* What RocksDB holds now: the block cache's usage (data, index and filter
+ * blocks) and the memtables of every family (RocksDB's
+ * rocksdb.size-all-mem-tables: written, flushing and flushed but still
+ * pinned), and the sizes it was opened with (0: no bound). Any thread. */
+typedef struct {
+  uint64_t block_cache_bytes, memtables_bytes;
+  uint64_t block_cache_capacity, memtables_bound;
+} tly_store_memory_usage_t;
+void tly_store_memory_usage(tly_store_t *store, tly_store_memory_usage_t *out);
 void tly_store_close(tly_store_t *store);
 
 /* The column family's name as stored in RocksDB. */

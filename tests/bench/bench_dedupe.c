@@ -307,7 +307,14 @@ static int dedupe_once(long ids, long more, int partitions, int64_t budget,
 
   if (!mkdtemp(dir))
     return 1;
-  tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
+  /* RocksDB sized from the budget as `tally run` opens it (cli_serve.c). */
+  tly_store_memory_t rocksdb_memory = {
+      .block_cache_bytes =
+          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_BLOCK_CACHE),
+      .memtables_bytes =
+          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_MEMTABLES)};
+  tly_store_t *store =
+      tly_store_open_sized(dir, 0, &rocksdb_memory, errstr, sizeof(errstr));
   tly_config_t *config = tly_config_default();
   if (!store || !config) {
     fprintf(stderr, "bench: %s\n", errstr);
@@ -419,6 +426,16 @@ int bench_dedupe_main(void) {
       (unsigned long long)x->fill.stats.memory_bytes[TLY_MEMORY_DEDUPE],
       (unsigned long long)x->tail.stats.memory_bytes[TLY_MEMORY_DEDUPE],
       (unsigned long long)x->fill.stats.memory_budget[TLY_MEMORY_DEDUPE]);
+  ROW("RocksDB at the end of the fill: block cache / memtables",
+      "%llu of %llu / %llu of %llu bytes",
+      (unsigned long long)
+          x->fill.stats.memory_bytes[TLY_MEMORY_ROCKSDB_BLOCK_CACHE],
+      (unsigned long long)
+          x->fill.stats.memory_budget[TLY_MEMORY_ROCKSDB_BLOCK_CACHE],
+      (unsigned long long)
+          x->fill.stats.memory_bytes[TLY_MEMORY_ROCKSDB_MEMTABLES],
+      (unsigned long long)
+          x->fill.stats.memory_budget[TLY_MEMORY_ROCKSDB_MEMTABLES]);
   ROW("(a) raw consume, no processing", "%.0f events/s", x->raw);
   ROW("fold, filling the window",
       "%.0f events/s (%.2f of (a)); %lld ids "
