@@ -348,7 +348,7 @@ fold_usage(const tly_billing_t *billing, tly_billing_view_t *view,
       tly_distinct_add(distinct, cycle->start_ms, usage->feature, value))
     return TLY_FOLD_FAILED;
   if (tly_correction_record(view, event, cycle->start_ms, aggregation,
-                            own_numerator))
+                            own_numerator, &groups))
     return TLY_FOLD_FAILED; /* its contribution, for usage_corrected */
   cycle->cost_micros = cycle_cost;
   cycle->events++;

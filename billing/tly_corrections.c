@@ -10,7 +10,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#define CONTRIBUTION_VERSION 1
+/* 1: no groups section (written before groups were kept; still read).
+ * 2: the groups after the feature. */
+#define CONTRIBUTION_VERSION_PLAIN 1
+#define CONTRIBUTION_VERSION 2
 
 /* ---- encoding --------------------------------------------------------- */
 
@@ -43,7 +46,22 @@ size_t tly_contribution_encode(const tly_contribution_t *c,
   out[at++] = c->counted ? 1 : 0;
   out[at++] = (unsigned char)feature_len;
   memcpy(out + at, c->feature, feature_len);
-  return at + feature_len;
+  at += feature_len;
+  /* The groups, in order, while they fit the bound (deterministic: the
+   * same event keeps the same names on replay). */
+  size_t count_at = at++, kept = 0;
+  for (size_t i = 0; i < c->group_count && i < TLY_METER_GROUP_MAX; i++) {
+    size_t len = strnlen(c->groups[i], TLY_BUCKET_NAME_MAX - 1);
+    if (!len || feature_len + 1 + len >= TLY_BUCKET_NAME_MAX ||
+        at + 1 + len > TLY_CONTRIBUTION_MAX)
+      continue; /* its correction's difference shows in "none" */
+    out[at++] = (unsigned char)len;
+    memcpy(out + at, c->groups[i], len);
+    at += len;
+    kept++;
+  }
+  out[count_at] = (unsigned char)kept;
+  return at;
 }
 
 typedef struct {
@@ -71,8 +89,11 @@ int tly_contribution_decode(const void *data, size_t len,
                             tly_contribution_t *c) {
   const unsigned char *bytes = data;
   memset(c, 0, sizeof(*c));
-  if (len < 10 || bytes[8] != CONTRIBUTION_VERSION)
+  if (len < 10 || len > TLY_CONTRIBUTION_MAX ||
+      (bytes[8] != CONTRIBUTION_VERSION &&
+       bytes[8] != CONTRIBUTION_VERSION_PLAIN))
     return -1;
+  int version = bytes[8];
   reader_t r = {bytes + 9, bytes + len, 0};
   c->occurred_at_ms = (int64_t)tly_get_be64(bytes);
   int64_t back = take_signed(&r);
@@ -87,12 +108,35 @@ int tly_contribution_decode(const void *data, size_t len,
   size_t feature_len = r.pos[1];
   r.pos += 2;
   if (feature_len >= TLY_CONFIG_NAME_MAX ||
-      (size_t)(r.end - r.pos) != feature_len || c->quantity < 0 ||
+      (size_t)(r.end - r.pos) < feature_len || c->quantity < 0 ||
       c->input_tokens < 0 || c->output_tokens < 0 || c->numerator < 0)
     return -1;
   memcpy(c->feature, r.pos, feature_len);
   c->feature[feature_len] = '\0';
-  return strlen(c->feature) == feature_len ? 0 : -1;
+  r.pos += feature_len;
+  if (strlen(c->feature) != feature_len)
+    return -1;
+  if (version == CONTRIBUTION_VERSION_PLAIN)
+    return r.pos == r.end ? 0 : -1; /* no groups: moves the feature only */
+  if (r.pos == r.end || *r.pos > TLY_METER_GROUP_MAX)
+    return -1;
+  size_t count = *r.pos++;
+  for (size_t i = 0; i < count; i++) {
+    if (r.pos == r.end)
+      return -1;
+    size_t name_len = *r.pos++;
+    /* A name is "label 0x1f value": never empty, no NUL, and "feature 0x1f
+     * name" is a bucket's name. */
+    if (!name_len || feature_len + 1 + name_len >= TLY_BUCKET_NAME_MAX ||
+        (size_t)(r.end - r.pos) < name_len || memchr(r.pos, '\0', name_len) ||
+        !memchr(r.pos, TLY_DIM_SEP, name_len))
+      return -1;
+    memcpy(c->groups[i], r.pos, name_len);
+    c->groups[i][name_len] = '\0';
+    r.pos += name_len;
+  }
+  c->group_count = count;
+  return r.pos == r.end ? 0 : -1;
 }
 
 /* ---- the fold's part -------------------------------------------------- */
@@ -103,19 +147,30 @@ int tly_correction_supported(tly_aggregation_t aggregation) {
 
 int tly_correction_record(tly_billing_view_t *view, const tly_event_t *event,
                           int64_t cycle_start_ms, tly_aggregation_t aggregation,
-                          int64_t numerator) {
+                          int64_t numerator, const tly_dims_step_t *groups) {
   const tly_usage_recorded_t *usage = &event->body.usage;
   if (!view->contribution || !tly_correction_supported(aggregation))
     return 0;
-  tly_contribution_t c = {
-      .occurred_at_ms = event->occurred_at_ms,
-      .cycle_start_ms = cycle_start_ms,
-      .quantity = usage->quantity,
-      .input_tokens = usage->has_ai ? usage->ai.input_tokens : 0,
-      .output_tokens = usage->has_ai ? usage->ai.output_tokens : 0,
-      .numerator = numerator,
-      .counted = 1};
+  /* Set field by field, not zeroed whole: the encoding reads the groups
+   * below group_count only (the names are most of the struct). */
+  tly_contribution_t c;
+  c.occurred_at_ms = event->occurred_at_ms;
+  c.cycle_start_ms = cycle_start_ms;
+  c.quantity = usage->quantity;
+  c.input_tokens = usage->has_ai ? usage->ai.input_tokens : 0;
+  c.output_tokens = usage->has_ai ? usage->ai.output_tokens : 0;
+  c.numerator = numerator;
+  c.counted = 1;
   snprintf(c.feature, sizeof(c.feature), "%s", usage->feature);
+  /* The groups as the hour resolved them (the encoding keeps those that
+   * fit the bound). */
+  c.group_count = 0;
+  for (size_t i = 0; groups && i < groups->count; i++) {
+    const char *name = groups->names[i] + groups->label_at;
+    size_t len = strnlen(name, TLY_BUCKET_NAME_MAX - 1);
+    memcpy(c.groups[c.group_count], name, len);
+    c.groups[c.group_count++][len] = '\0';
+  }
   return view->contribution(view, event->subject_kind, event->subject_id,
                             event->event_id, &c, 1) < 0
              ? -1
@@ -291,6 +346,30 @@ tly_correction_fold(const tly_billing_t *billing, tly_billing_view_t *view,
       __builtin_add_overflow(hour.event_count, events, &hour.event_count) ||
       __builtin_add_overflow(hour.cost_micros, cost, &hour.cost_micros))
     goto overflow;
+  /* ... and so do the groups its event went to in that hour (the names
+   * it kept: "other" when it overflowed there, never a named group it did
+   * not reach). Without the view's groups (group_bucket NULL) nothing is
+   * grouped, as for usage. */
+  tly_dims_step_t groups = {.count = 0};
+  tly_bucket_t delta = {value, in - was.input_tokens,
+                        out_tokens - was.output_tokens, events, cost};
+  for (size_t i = 0; view->group_bucket && i < was.group_count; i++) {
+    char *name = groups.names[i];
+    int n = snprintf(name, TLY_BUCKET_NAME_MAX, "%s%c%s", usage->feature,
+                     TLY_DIM_SEP, was.groups[i]);
+    if (n < 0 || n >= TLY_BUCKET_NAME_MAX)
+      return TLY_FOLD_FAILED; /* cannot be: decode checked the length */
+    tly_bucket_t *group =
+        view->bucket(view, event->subject_kind, event->subject_id,
+                     tly_billing_hour(was.occurred_at_ms), name);
+    if (!group)
+      return TLY_FOLD_FAILED;
+    groups.targets[i] = group;
+    groups.next[i] = *group;
+    if (tly_bucket_add(&groups.next[i], &delta))
+      goto overflow;
+    groups.count = i + 1;
+  }
   if (view->contribution(view, event->subject_kind, event->subject_id,
                          usage->corrects, &now, 1) < 0)
     return TLY_FOLD_FAILED;
@@ -298,6 +377,7 @@ tly_correction_fold(const tly_billing_t *billing, tly_billing_view_t *view,
   cycle->events = cycle_events;
   *row = next;
   *bucket = hour;
+  tly_dims_apply(&groups);
   if (cycle != &account->cycle)
     return TLY_FOLD_APPLIED; /* a closed cycle: no more alerts for it */
   return tly_billing_check_limits(billing, account, plan, event->subject_kind,

@@ -20,6 +20,20 @@
  * A second correction replaces the first one's contribution: the latest
  * correction in log order wins (a replay decides the same).
  *
+ * Groups (tly_dims.h): the contribution also keeps the names of the group
+ * buckets its event went to in its hour ("label 0x1f value", after the
+ * feature: the value as the hour resolved it, so "other" when the event
+ * overflowed into it), and a correction moves those very groups of that
+ * hour by the same difference as the feature's bucket: the corrected
+ * quantity shows under the original's model, provider or property, never
+ * in "none", never twice. The bound: a contribution's record is at most
+ * TLY_CONTRIBUTION_MAX (255) bytes; the names are kept in the meter's
+ * group_by order while they fit (a name that does not is left out, a
+ * later shorter one may still fit). A left-out dimension's difference
+ * shows in "none" (its groups still sum to the feature). A contribution
+ * written before groups were kept (version 1) has none: its correction
+ * moves the feature only (the difference shows in "none", as before).
+ *
  * Rejected (dead letter, with the reason), nothing changed:
  *   - an id with no contribution of this subject: never folded, rejected,
  *     of another subject, of a feature that keeps none (max, latest,
@@ -41,6 +55,7 @@
 #define TLY_CORRECTIONS_H
 
 #include "tly_billing.h"
+#include "tly_dims.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -53,13 +68,24 @@ typedef struct tly_contribution {
   int64_t numerator; /* its part of the token cost numerator, 0 without */
   int counted;       /* counts as an event (0 once retracted) */
   char feature[TLY_CONFIG_NAME_MAX];
+  /* The groups its event went to: "label 0x1f value" each (the bucket's
+   * name after "feature 0x1f"), group_count of them; 0 for a feature not
+   * grouped and for a version-1 record. */
+  size_t group_count;
+  char groups[TLY_METER_GROUP_MAX][TLY_BUCKET_NAME_MAX];
 } tly_contribution_t;
 
-/* [occurred_at, 8 bytes BE: the store's expiry filter reads it][version]
+/* [occurred_at, 8 bytes BE: the store's expiry filter reads it][version 2]
  * then varints (cycle start as an offset back from occurred_at, quantity,
- * tokens, numerator), the counted byte and the feature (length byte and
- * bytes): about 20 bytes plus the feature name for a typical event. */
-#define TLY_CONTRIBUTION_MAX (8 + 1 + 5 * 10 + 1 + 1 + TLY_CONFIG_NAME_MAX)
+ * tokens, numerator), the counted byte, the feature (length byte and
+ * bytes), then the groups: a count byte and each name (length byte and
+ * bytes) while the whole stays within TLY_CONTRIBUTION_MAX. About 20 bytes
+ * plus the feature name for an ungrouped event; an AI event grouped by
+ * model and provider adds their names (e.g. 32 bytes for "model 0x1f
+ * gpt-4o", "provider 0x1f openai"). Version 1 (no groups section) still
+ * decodes, with no groups. At most 255 bytes: the value's length is one
+ * byte in the tables and changelog blobs of tly_contributions.c. */
+#define TLY_CONTRIBUTION_MAX 255
 size_t tly_contribution_encode(const tly_contribution_t *contribution,
                                unsigned char *out);
 /* 0, or -1 when malformed (other version, truncated, trailing bytes). */
@@ -70,11 +96,12 @@ int tly_contribution_decode(const void *data, size_t len,
 int tly_correction_supported(tly_aggregation_t aggregation);
 
 /* fold_usage's last step: the applied usage event's contribution, through
- * view->contribution (nothing without one, or for other aggregations).
+ * view->contribution (nothing without one, or for other aggregations),
+ * with the groups of groups (NULL: none) as they were resolved.
  * 0, or -1 when the view failed. */
 int tly_correction_record(tly_billing_view_t *view, const tly_event_t *event,
                           int64_t cycle_start_ms, tly_aggregation_t aggregation,
-                          int64_t numerator);
+                          int64_t numerator, const tly_dims_step_t *groups);
 
 /* Folds a usage_corrected event into account (the fold's working copy)
  * and the rows, buckets and contribution behind the view. */

@@ -140,16 +140,17 @@ tly_fold_result_t tly_dims_prepare(const tly_config_t *config,
   const tly_dimension_t *dims;
   size_t count = tly_dims_of(config, usage, &dims);
   step->count = 0;
+  step->label_at = strlen(usage->feature) + 1;
   if (!view->group_bucket)
     return TLY_FOLD_APPLIED;
   for (size_t i = 0; i < count; i++) {
-    char label[TLY_DIM_LABEL_MAX], name[TLY_BUCKET_NAME_MAX];
+    char label[TLY_DIM_LABEL_MAX], *name = step->names[i];
     tly_dims_label(&dims[i], label);
-    size_t prefix_len =
-        tly_dims_bucket_name(name, sizeof(name), usage->feature, label, NULL);
+    size_t prefix_len = tly_dims_bucket_name(name, TLY_BUCKET_NAME_MAX,
+                                             usage->feature, label, NULL);
     const char *value = tly_dims_value(&dims[i], usage);
     size_t value_len = strlen(value);
-    if (!prefix_len || prefix_len + value_len >= sizeof(name))
+    if (!prefix_len || prefix_len + value_len >= TLY_BUCKET_NAME_MAX)
       return TLY_FOLD_FAILED; /* cannot be: every part is bounded */
     memcpy(name + prefix_len, value, value_len + 1);
     tly_bucket_t *bucket =

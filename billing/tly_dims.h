@@ -72,11 +72,15 @@ size_t tly_dims_bucket_name(char *out, size_t size, const char *feature,
 int tly_dims_split(const char *name, size_t *feature_len, const char **label,
                    size_t *label_len, const char **value);
 
-/* One event's step of its groups: the buckets and what they become. */
+/* One event's step of its groups: the buckets and what they become, and
+ * their names as the hour resolved them ("feature 0x1f label 0x1f value",
+ * the value "other" when it went there; the label starts at label_at):
+ * what the event's contribution keeps (tly_corrections.h). */
 typedef struct {
-  size_t count;
+  size_t count, label_at;
   tly_bucket_t *targets[TLY_METER_GROUP_MAX];
   tly_bucket_t next[TLY_METER_GROUP_MAX];
+  char names[TLY_METER_GROUP_MAX][TLY_BUCKET_NAME_MAX];
 } tly_dims_step_t;
 
 /* Prepares the step of event (a usage event, folded into hour) adding

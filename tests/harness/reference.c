@@ -30,6 +30,7 @@
 #define CREDITS 150
 
 static const int thresholds[] = {25, 50, 75, 90, 100};
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
 #define THRESHOLDS 5
 
 /* Prices chosen so the reference is plain integer arithmetic: an API call
@@ -64,9 +65,13 @@ const char *th_reference_meters_config_json =
 
 /* One metered event of subject s after the stream's event i (same time
  * plus 1 ms, so the subject's events stay in time order), into expected. */
+static const char *const metered_features[] = {"seats", "peak", "gauge"};
+
+/* *kind: which feature it was (1 + index in metered_features). */
 static int send_metered(tally_producer_t *producer, th_stream_t *stream,
                         unsigned *seed, int i, int s, const char *id,
-                        int64_t at_ms, char *errstr, size_t errstr_size) {
+                        int64_t at_ms, unsigned char *kind, char *errstr,
+                        size_t errstr_size) {
   char event_id[48], seat[16];
   th_expected_t *e = &stream->expected[s];
   tly_property_t property = {"seat", seat};
@@ -79,7 +84,9 @@ static int send_metered(tally_producer_t *producer, th_stream_t *stream,
   event.body_kind = TLY_BODY_USAGE_RECORDED;
   int64_t quantity = rand_r(seed) % 1000;
   event.body.usage.quantity = quantity;
-  switch (rand_r(seed) % 3) {
+  int which = rand_r(seed) % 3;
+  *kind = (unsigned char)(1 + which);
+  switch (which) {
   case 0: {
     int v = rand_r(seed) % 40;
     snprintf(seat, sizeof(seat), "v%d", v);
@@ -98,6 +105,132 @@ static int send_metered(tally_producer_t *producer, th_stream_t *stream,
     event.body.usage.feature = "gauge";
     e->gauge = quantity;
   }
+  return tally_producer_send(producer, &event, NULL, errstr, errstr_size);
+}
+
+/* What the stream sent as event i, as it counts now (corrections change
+ * it): its subject, feature (ai or api_calls), quantity and tokens. */
+typedef struct {
+  unsigned short subject;
+  unsigned char ai, counted;
+  unsigned char metered; /* with meters: 1 + the metered feature sent after
+                            it (metered_features), or 0 */
+  int32_t quantity, in, out;
+} sent_event_t;
+
+/* The values thresholds are checked against only rise to a peak: a
+ * correction that lowers one fires nothing, and re-arms nothing. */
+static void note_peaks(th_expected_t *e) {
+  if (e->api_calls > e->peak_api_calls)
+    e->peak_api_calls = e->api_calls;
+  if (e->tokens > e->peak_tokens)
+    e->peak_tokens = e->tokens;
+  if (e->cost_micros > e->peak_cost_micros)
+    e->peak_cost_micros = e->cost_micros;
+}
+
+/* The corrections' own state between two of them. */
+typedef struct {
+  unsigned seed;
+  int last_fix;    /* the stream index after which the last applied
+                      correction was sent, or -1 */
+  int last_fixed;  /* the event it corrected */
+  int last_fix_ai; /* its feature */
+  int last_fix_subject;
+} fixes_t;
+
+/* The correction sent after event i (th_stream_t.correct_every), folded
+ * into expected exactly as tly_corrections.c defines it: the original's
+ * quantity and tokens become the correction's (api_calls at 1,000 micros a
+ * call; tokens at 1 micro in, 2 out), quantity 0 without tokens retracts
+ * it (events - 1), a later correction of the same original replaces the
+ * previous one's values. */
+static int send_correction(tally_producer_t *producer, th_stream_t *stream,
+                           fixes_t *fixes, sent_event_t *sent, int i,
+                           char *errstr, size_t errstr_size) {
+  char event_id[48], corrects[48], id[32];
+  tly_event_t event = {0};
+  int r = (int)(rand_r(&fixes->seed) % 10), s, ai;
+  const char *feature = NULL;
+  int refused = r == 0 || (r == 1 && fixes->last_fix >= 0) ||
+                (r == 3 && stream->meters && sent[i - i % 2].metered);
+  if (refused && r == 3) { /* a metered event: max, latest, unique_count */
+    int j = i - i % 2;     /* an event followed by a metered one */
+    s = sent[j].subject;
+    ai = 0;
+    feature = metered_features[sent[j].metered - 1];
+    snprintf(corrects, sizeof(corrects), "x-%u-%d-m", stream->seed, j);
+  } else if (refused && r == 0) { /* an id never sent */
+    s = sent[i].subject;
+    ai = 0;
+    snprintf(corrects, sizeof(corrects), "x-%u-nope-%d", stream->seed, i);
+  } else if (refused) { /* a correction's id: not correctable */
+    s = fixes->last_fix_subject;
+    ai = fixes->last_fix_ai;
+    snprintf(corrects, sizeof(corrects), "x-%u-%d-c", stream->seed,
+             fixes->last_fix);
+  } else {
+    int j = r == 2 && fixes->last_fixed >= 0
+                ? fixes->last_fixed /* again: the latest wins */
+                : (int)(rand_r(&fixes->seed) % (unsigned)(i + 1));
+    sent_event_t *o = &sent[j];
+    s = o->subject;
+    ai = o->ai;
+    snprintf(corrects, sizeof(corrects), "x-%u-%d", stream->seed, j);
+    int retract = rand_r(&fixes->seed) % 4 == 0;
+    int32_t q = 0, in = 0, out = 0;
+    if (!retract && !ai)
+      q = (int32_t)(rand_r(&fixes->seed) % 4); /* 0: a retraction too */
+    if (!retract && ai) {
+      in = 100 + (int32_t)(rand_r(&fixes->seed) % 600);
+      out = (int32_t)(rand_r(&fixes->seed) % 400);
+      q = in + out;
+      event.body.usage.has_ai = 1;
+      event.body.usage.ai = (tly_ai_usage_t){"p", "m", in, out};
+    }
+    th_expected_t *e = &stream->expected[s];
+    int counted = q != 0 || in != 0 || out != 0;
+    if (ai) {
+      e->tokens += q - o->quantity;
+      e->input += in - o->in;
+      e->output += out - o->out;
+      e->cost_micros += (in - o->in) + 2 * (out - o->out);
+      e->ai_events += counted - o->counted;
+    } else {
+      e->api_calls += q - o->quantity;
+      e->cost_micros += 1000LL * (q - o->quantity);
+      e->api_events += counted - o->counted;
+    }
+    note_peaks(e);
+    *o = (sent_event_t){
+        o->subject, o->ai, (unsigned char)counted, o->metered, q, in, out};
+    event.body.usage.quantity = q;
+    fixes->last_fix = i;
+    fixes->last_fixed = j;
+    fixes->last_fix_ai = ai;
+    fixes->last_fix_subject = s;
+  }
+  if (refused) {
+    event.body.usage.quantity = 1; /* would count, were it applied */
+    stream->refused[i] = feature ? TH_REFUSED_AGGREGATION : TH_REFUSED_UNKNOWN;
+  }
+  snprintf(id, sizeof(id), "m%04d", s);
+  snprintf(event_id, sizeof(event_id), "x-%u-%d-%c", stream->seed, i,
+           refused ? 'r' : 'c');
+  event.event_id = event_id;
+  event.occurred_at_ms = FIRST_EVENT + (int64_t)i * 97 + 2;
+  event.subject_kind = TLY_SUBJECT_USER;
+  event.subject_id = id;
+  event.body_kind = TLY_BODY_USAGE_CORRECTED;
+  event.body.usage.feature = (char *)(feature ? feature
+                                      : ai    ? "ai_tokens"
+                                              : "api_calls");
+  event.body.usage.unit = "";
+  event.body.usage.corrects = corrects;
+  if (refused)
+    stream->corrections_refused++;
+  else
+    stream->corrections_applied++;
   return tally_producer_send(producer, &event, NULL, errstr, errstr_size);
 }
 
@@ -123,7 +256,17 @@ void *th_stream_main(void *arg) {
       stream->duplicate_every
           ? calloc((size_t)stream->events, sizeof(*subject_of))
           : NULL;
-  if (stream->duplicate_every && !subject_of) {
+  sent_event_t *sent_events =
+      stream->correct_every
+          ? calloc((size_t)stream->events, sizeof(*sent_events))
+          : NULL;
+  fixes_t fixes = {seed ^ 0x2545f491u, -1, -1, 0, 0};
+  if (stream->correct_every)
+    stream->refused = calloc((size_t)stream->events, 1);
+  if ((stream->duplicate_every && !subject_of) ||
+      (stream->correct_every && (!sent_events || !stream->refused))) {
+    free(sent_events);
+    free(subject_of);
     snprintf(stream->error, sizeof(stream->error), "out of memory");
     tally_producer_destroy(producer);
     atomic_store(&stream->done, 1);
@@ -177,6 +320,7 @@ void *th_stream_main(void *arg) {
       event.body.usage.quantity = 1 + rand_r(&seed) % 3;
       expected[s].api_calls += event.body.usage.quantity;
       expected[s].cost_micros += 1000 * event.body.usage.quantity;
+      expected[s].api_events++;
     } else {
       int64_t in = 100 + rand_r(&seed) % 600, out = rand_r(&seed) % 400;
       event.body.usage.feature = "ai_tokens";
@@ -187,16 +331,39 @@ void *th_stream_main(void *arg) {
       expected[s].input += in;
       expected[s].output += out;
       expected[s].cost_micros += in + 2 * out;
+      expected[s].ai_events++;
     }
+    note_peaks(&expected[s]);
+    if (sent_events)
+      sent_events[i] =
+          (sent_event_t){(unsigned short)s,
+                         event.body.usage.has_ai,
+                         1,
+                         0,
+                         (int32_t)event.body.usage.quantity,
+                         (int32_t)event.body.usage.ai.input_tokens,
+                         (int32_t)event.body.usage.ai.output_tokens};
     if (tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr))) {
       snprintf(stream->error, sizeof(stream->error), "send %d: %s", i, errstr);
       break;
     }
     sent++;
     if (stream->meters && i % 2 == 0) {
+      unsigned char kind = 0;
       if (send_metered(producer, stream, &seed, i, s, id, event.occurred_at_ms,
-                       errstr, sizeof(errstr))) {
+                       &kind, errstr, sizeof(errstr))) {
         snprintf(stream->error, sizeof(stream->error), "send %d-m: %s", i,
+                 errstr);
+        break;
+      }
+      if (sent_events)
+        sent_events[i].metered = kind;
+      sent++;
+    }
+    if (sent_events && i % stream->correct_every == stream->correct_every - 1) {
+      if (send_correction(producer, stream, &fixes, sent_events, i, errstr,
+                          sizeof(errstr))) {
+        snprintf(stream->error, sizeof(stream->error), "send %d-c: %s", i,
                  errstr);
         break;
       }
@@ -217,6 +384,7 @@ void *th_stream_main(void *arg) {
              (unsigned long long)stats.failed, sent - duplicates, duplicates);
   stream->duplicates_sent = duplicates;
   free(subject_of);
+  free(sent_events);
   tally_producer_destroy(producer);
   atomic_store(&stream->done, 1);
   return NULL;
@@ -393,6 +561,14 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
                  json_integer_value(
                      json_object_get(json_object_get(json, "credits"), "used")),
                  e->cost_micros / 1000);
+    if (stream->correct_every) { /* retractions take events away */
+      expect_total(s, "api_calls events",
+                   json_integer_value(json_object_get(api, "events")),
+                   e->api_events);
+      expect_total(s, "ai_tokens events",
+                   json_integer_value(json_object_get(ai, "events")),
+                   e->ai_events);
+    }
     json_decref(json);
     /* The hourly buckets, summed per day, add up to the same totals. */
     snprintf(path, sizeof(path),
@@ -448,9 +624,14 @@ void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
     json_decref(usage_features);
     json_decref(json);
     size_t before = json_object_size(ids);
-    expect_threshold_alerts(ids, s, "api_calls", e->api_calls, API_LIMIT);
-    expect_threshold_alerts(ids, s, "ai_tokens", e->tokens, TOKEN_LIMIT);
-    expect_threshold_alerts(ids, s, "credits", e->cost_micros / 1000, CREDITS);
+    /* Thresholds are crossed once, at the highest value reached. */
+    expect_threshold_alerts(ids, s, "api_calls",
+                            MAX(e->api_calls, e->peak_api_calls), API_LIMIT);
+    expect_threshold_alerts(ids, s, "ai_tokens", MAX(e->tokens, e->peak_tokens),
+                            TOKEN_LIMIT);
+    expect_threshold_alerts(ids, s, "credits",
+                            MAX(e->cost_micros, e->peak_cost_micros) / 1000,
+                            CREDITS);
     expected_alerts += (int)(json_object_size(ids) - before);
   }
   printf("# %d alerts expected\n", expected_alerts);
@@ -507,7 +688,10 @@ static void mark_event(void *opaque, const rd_kafka_message_t *msg) {
   size_t prefix_len = strlen(reader->prefix);
   if (strncmp(event.event_id, reader->prefix, prefix_len))
     return; /* not this stream's */
-  int i = atoi(event.event_id + prefix_len);
+  char *end = NULL;
+  long i = strtol(event.event_id + prefix_len, &end, 10);
+  if (*end) /* a metered event's or a correction's id: not the stream's */
+    return;
   if (i >= 0 && i < reader->stream->events)
     reader->seen[i] = 1;
 }
@@ -532,6 +716,90 @@ void th_verify_stream_in_topic(const char *bootstrap, int partitions,
                reader.prefix, i, TALLY_DEFAULT_USAGE_TOPIC);
   tly_codec_destroy(reader.codec);
   free(reader.seen);
+}
+
+typedef struct {
+  const th_stream_t *stream;
+  tly_codec_t *codec;
+  int *copies; /* per event of the stream: its refused correction's */
+  char prefix[32];
+  int others;
+} dlq_reader_t;
+
+static void mark_dead_letter(void *opaque, const rd_kafka_message_t *msg) {
+  dlq_reader_t *reader = opaque;
+  char errstr[512], error[1024], want[160];
+  tly_event_t event;
+  if (tly_codec_decode_view(reader->codec, msg->payload, msg->len, &event,
+                            errstr, sizeof(errstr)))
+    fail_msg("undecodable dead letter at %d@%lld: %s", (int)msg->partition,
+             (long long)msg->offset, errstr);
+  size_t prefix_len = strlen(reader->prefix);
+  if (strncmp(event.event_id, reader->prefix, prefix_len))
+    return; /* not this stream's */
+  char *end = NULL;
+  long i = strtol(event.event_id + prefix_len, &end, 10);
+  if (strcmp(end, "-r") || i < 0 || i >= reader->stream->events ||
+      !reader->stream->refused[i]) {
+    if (reader->others++ < 10)
+      printf("# unexpected dead letter %s: %s\n", event.event_id,
+             th_header(msg, "tally.error", error, sizeof(error))
+                 ? error
+                 : "(no reason)");
+    return;
+  }
+  if (reader->stream->refused[i] == TH_REFUSED_AGGREGATION)
+    snprintf(want, sizeof(want),
+             "feature '%s' aggregates with %s: only sum and count events can "
+             "be corrected",
+             event.body.usage.feature,
+             !strcmp(event.body.usage.feature, "seats")  ? "unique_count"
+             : !strcmp(event.body.usage.feature, "peak") ? "max"
+                                                         : "latest");
+  else
+    snprintf(want, sizeof(want), "corrects '%s': no usage event of subject ",
+             event.body.usage.corrects);
+  if (!th_header(msg, "tally.error", error, sizeof(error)) ||
+      !strstr(error, want))
+    fail_msg("dead letter %s: reason '%s', expected '%s...'", event.event_id,
+             error, want);
+  reader->copies[i]++;
+}
+
+void th_verify_corrections_dlq(const char *bootstrap,
+                               const th_stream_t *stream) {
+  char errstr[512];
+  dlq_reader_t reader = {
+      stream,
+      tly_codec_new(TLY_CODEC_DEFAULT_SCHEMA_ID, errstr, sizeof(errstr)),
+      calloc((size_t)stream->events, sizeof(int)), "", 0};
+  assert_non_null(reader.codec);
+  assert_non_null(reader.copies);
+  assert_non_null(stream->refused);
+  snprintf(reader.prefix, sizeof(reader.prefix), "x-%u-", stream->seed);
+  assert_true(th_read_topic(bootstrap, "tally.usage.dlq", 1, mark_dead_letter,
+                            &reader) >= 0);
+  int wrong = 0, refused = 0, metered = 0;
+  for (int i = 0; i < stream->events; i++) {
+    int want = stream->refused[i] != 0;
+    refused += want;
+    metered += stream->refused[i] == TH_REFUSED_AGGREGATION;
+    if (reader.copies[i] != want && wrong++ < 10)
+      printf("# correction x-%u-%d-r: %d dead letters, %d expected\n",
+             stream->seed, i, reader.copies[i], want);
+  }
+  if (stream->meters) /* of max, latest and unique_count features */
+    assert_true(metered > 0);
+  printf("# %d of the refused corrections of metered features\n", metered);
+  printf("# %d corrections applied, %d refused\n", stream->corrections_applied,
+         stream->corrections_refused);
+  assert_int_equal(refused, stream->corrections_refused);
+  if (wrong || reader.others)
+    fail_msg("%d refused corrections not dead-lettered exactly once, %d other "
+             "dead letters of the stream",
+             wrong, reader.others);
+  tly_codec_destroy(reader.codec);
+  free(reader.copies);
 }
 
 int th_crash_loop(th_run_t *run, th_stream_t *stream, pthread_t producer,

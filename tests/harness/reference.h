@@ -25,7 +25,16 @@ typedef struct {
    * "v<v>" sent this cycle), max "peak", latest "gauge". */
   unsigned long long seats;
   long long peak, gauge;
+  /* With corrections (th_stream_t.correct_every): events counted per
+   * feature (a retraction takes one away), and the highest value each
+   * threshold was checked against in fold order (a correction can lower a
+   * value, but an alert already fired stays). */
+  long long api_events, ai_events;
+  long long peak_api_calls, peak_tokens, peak_cost_micros;
 } th_expected_t;
+
+#define TH_REFUSED_UNKNOWN 1     /* an id never sent, or a correction's */
+#define TH_REFUSED_AGGREGATION 2 /* a max, latest or unique_count event */
 
 typedef struct {
   const char *bootstrap;
@@ -43,6 +52,22 @@ typedef struct {
   /* With meters: every other event is followed by one of the metered
    * features of th_reference_meters_config_json (seats, peak, gauge). */
   int meters;
+  /* Optional: after every Nth event (N > 0), a usage_corrected event of
+   * that event's subject (tly_corrections.h): mostly amending or
+   * retracting an earlier event of the subject's (api_calls 0-3 calls, AI
+   * tokens anew; a quarter retract), some a second time (the latest
+   * wins), folded into expected as the product defines; one in ten names
+   * an id never sent and one in ten the id of an earlier correction (not
+   * correctable): both must be dead-lettered and count nothing
+   * (th_verify_corrections_dlq). */
+  int correct_every;
+  int corrections_applied, corrections_refused; /* set when done */
+  /* Per event i of the stream: TH_REFUSED_* when the correction sent after
+   * it was to be refused, else 0. malloc'd by the stream (with
+   * correct_every); free it. With meters, one in ten corrects a metered
+   * event (seats, peak, gauge): refused, their aggregation keeps no
+   * contributions. */
+  unsigned char *refused;
   /* Extra copies of alerts the check accepts: the outputs the instances
    * reported at risk (tally_outputs_at_risk_total, README "Known gaps").
    * 0: every alert exactly once. A missing alert always fails. */
@@ -75,6 +100,12 @@ void th_verify_reference(int port, const char *bootstrap,
 void th_verify_reference_routed(int (*port_of)(void *opaque, int subject),
                                 void *opaque, const char *bootstrap,
                                 const th_stream_t *stream);
+
+/* Asserts that the dead-letter topic holds each correction the stream
+ * sent to be refused exactly once, with its reason, and no other record
+ * of the stream. */
+void th_verify_corrections_dlq(const char *bootstrap,
+                               const th_stream_t *stream);
 
 /* Asserts that the usage topic holds every event the stream sent, by
  * event id (duplicates from producer retries are fine), naming the first

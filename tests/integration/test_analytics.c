@@ -15,6 +15,14 @@
  *    features; /usage/daily?group_by as CSV has the group column;
  *  - both instances' answers are the same (each gathered the other's part);
  *  - an unknown group_by is a 400 naming the field; CSV answers.
+ * Corrections (usage_corrected) are folded in: a third of the subjects
+ * amend an AI event, a third retract one, a sixth amend an api_calls event
+ * with a region. The reference moves the original's model, provider and
+ * region by the difference, so the breakdowns above, each subject's
+ * /usage?group_by=model groups (equal to the subject's figures per model)
+ * and /usage/daily?group_by=model summed over days show the corrected
+ * quantity under the original's model, and "none" of model stays absent
+ * (a correction's difference used to land there).
  */
 #include "harness.h"
 
@@ -54,6 +62,8 @@ typedef struct {
 /* The reference: per subject (all features, and ai_tokens alone), per
  * model, provider and region. */
 static fig_t subject_all[SUBJECTS], subject_ai[SUBJECTS];
+static fig_t subject_model[SUBJECTS][3];
+static int corrections_sent;
 static fig_t by_model[3], by_provider[3], by_region[3]; /* [2]: none */
 static fig_t total_all, total_ai, total_api;
 
@@ -61,6 +71,84 @@ static void add(fig_t *f, long long q, long long c) {
   f->quantity += q;
   f->cost += c;
   f->events++;
+}
+
+/* A correction: the quantity and cost move by the difference; events by
+ * -1 for a retraction. */
+static void move(fig_t *f, long long dq, long long dc, int retracted) {
+  f->quantity += dq;
+  f->cost += dc;
+  f->events -= retracted;
+}
+
+/* What a subject's event e was, to correct it. */
+typedef struct {
+  int m, p, r;
+  long long in, out, q;
+} sent_t;
+
+/* Subject s's correction (corrections_sent counts them): a third amend
+ * their first AI event (same model), a third retract their second, a sixth
+ * amend their first api_calls event. Sent after the subject's events, so
+ * after the originals in its partition. */
+static void send_correction(tally_producer_t *producer, int s, int64_t at_ms,
+                            const sent_t *sent) {
+  static const char *const models[] = {"m1", "m2", "m3"};
+  static const long long in_price[] = {1, 3, 7}, out_price[] = {2, 5, 1};
+  static const char *const providers[] = {"openai", "anthropic"};
+  char errstr[512], id[32], event_id[48], corrects[48];
+  tly_event_t event = {0};
+  snprintf(id, sizeof(id), "an-%02d", s);
+  snprintf(event_id, sizeof(event_id), "an-%d-fix", s);
+  event.event_id = event_id;
+  event.occurred_at_ms = at_ms + 100;
+  event.subject_kind = TLY_SUBJECT_USER;
+  event.subject_id = id;
+  event.body_kind = TLY_BODY_USAGE_CORRECTED;
+  event.body.usage.corrects = corrects;
+  event.body.usage.unit = "";
+  int e = s % 3 == 0 ? 0 : s % 3 == 1 ? 2 : 1;
+  if (s % 3 == 2 && s % 6 != 5)
+    return;
+  const sent_t *was = &sent[e];
+  snprintf(corrects, sizeof(corrects), "an-%d-%d", s, e);
+  if (e == 1) { /* api_calls: 3 more calls, in the original's region */
+    long long q = was->q + 3;
+    event.body.usage.feature = "api_calls";
+    event.body.usage.quantity = q;
+    move(&subject_all[s], 3, 3000, 0);
+    move(&by_region[was->r], 3, 3000, 0);
+    move(&by_provider[2], 3, 3000, 0);
+    move(&total_api, 3, 3000, 0);
+    move(&total_all, 3, 3000, 0);
+  } else {
+    int retract = e == 2;
+    long long in = retract ? 0 : was->in + 250, out = retract ? 0 : 7;
+    long long dq = in + out - (was->in + was->out);
+    long long dc = (in - was->in) * in_price[was->m] +
+                   (out - was->out) * out_price[was->m];
+    event.body.usage.feature = "ai_tokens";
+    event.body.usage.quantity = in + out;
+    if (!retract) {
+      event.body.usage.has_ai = 1;
+      event.body.usage.ai.model = (char *)models[was->m];
+      event.body.usage.ai.provider = (char *)providers[was->p];
+      event.body.usage.ai.input_tokens = in;
+      event.body.usage.ai.output_tokens = out;
+    }
+    fig_t *figs[] = {&subject_all[s],
+                     &subject_ai[s],
+                     &by_model[was->m],
+                     &subject_model[s][was->m],
+                     &by_provider[was->p],
+                     &total_ai,
+                     &total_all};
+    for (size_t i = 0; i < sizeof(figs) / sizeof(figs[0]); i++)
+      move(figs[i], dq, dc, retract);
+  }
+  if (tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr)))
+    fail_msg("send correction: %s", errstr);
+  corrections_sent++;
 }
 
 static void produce(const char *bootstrap, int64_t at_ms) {
@@ -74,7 +162,8 @@ static void produce(const char *bootstrap, int64_t at_ms) {
       tally_producer_new(&conf, errstr, sizeof(errstr));
   assert_non_null(producer);
   unsigned seed = 17;
-  for (int s = 0; s < SUBJECTS; s++)
+  for (int s = 0; s < SUBJECTS; s++) {
+    sent_t sent[EVENTS * 2] = {{0}};
     for (int e = 0; e < EVENTS * 2; e++) {
       tly_event_t event = {0};
       tly_property_t property = {"region", NULL};
@@ -97,8 +186,10 @@ static void produce(const char *bootstrap, int64_t at_ms) {
         event.body.usage.ai.provider = (char *)providers[p];
         event.body.usage.ai.input_tokens = in;
         event.body.usage.ai.output_tokens = out;
+        sent[e] = (sent_t){m, p, 0, in, out, in + out};
         add(&subject_all[s], in + out, cost);
         add(&subject_ai[s], in + out, cost);
+        add(&subject_model[s][m], in + out, cost);
         add(&by_model[m], in + out, cost);
         add(&by_provider[p], in + out, cost);
         add(&total_ai, in + out, cost);
@@ -114,6 +205,7 @@ static void produce(const char *bootstrap, int64_t at_ms) {
           event.body.usage.property_count = 1;
           event.body.usage.properties = &property;
         }
+        sent[e] = (sent_t){0, 0, r, 0, 0, q};
         add(&subject_all[s], q, q * 1000);
         add(&by_region[r], q, q * 1000);
         add(&by_provider[2], q, q * 1000); /* no provider dimension */
@@ -123,6 +215,8 @@ static void produce(const char *bootstrap, int64_t at_ms) {
       if (tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr)))
         fail_msg("send: %s", errstr);
     }
+    send_correction(producer, s, at_ms + EVENTS * 2, sent);
+  }
   assert_int_equal(tally_producer_flush(producer, 30000), 0);
   tally_producer_destroy(producer);
 }
@@ -271,6 +365,7 @@ static void test_analytics_across_instances(void **state) {
   assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
   int64_t at_ms = (int64_t)time(NULL) * 1000 - 120000; /* wall clock */
   produce(broker.bootstrap, at_ms);
+  assert_int_equal(corrections_sent, SUBJECTS / 3 * 2 + SUBJECTS / 6);
   assert_int_equal(th_run_start(&a, broker.bootstrap, state_a, extra_a), 0);
   assert_int_equal(th_run_start(&b, broker.bootstrap, state_b, extra_b), 0);
   /* Both ready: the group split the partitions and both caught up (the
@@ -379,6 +474,54 @@ static void test_analytics_across_instances(void **state) {
     }
     expect_fig("a subject's groups", ai, &groups);
     expect_fig("a subject's ai_tokens", ai, &subject_ai[s]);
+    /* Each model's group is the subject's figures of that model, the
+     * corrections included; nothing in "none". */
+    static const char *const model_names[] = {"m1", "m2", "m3"};
+    size_t nonzero = 0;
+    for (int m = 0; m < 3; m++) {
+      const json_t *g = group_of(ai, model_names[m]);
+      if (!subject_model[s][m].events && !subject_model[s][m].quantity) {
+        if (g) /* a retracted event's group: all zero */
+          expect_fig(model_names[m], g, &subject_model[s][m]);
+        nonzero += g != NULL;
+        continue;
+      }
+      if (!g)
+        fail_msg("user:an-%02d: no group %s", s, model_names[m]);
+      expect_fig(model_names[m], g, &subject_model[s][m]);
+      nonzero++;
+    }
+    assert_null(group_of(ai, "none"));
+    assert_int_equal(json_array_size(list), nonzero);
+    /* /usage/daily?group_by=model: the days' groups sum to the same. */
+    snprintf(path, sizeof(path),
+             "/v1/subjects/user:an-%02d/usage/daily?group_by=model&%s", s,
+             range);
+    json_t *daily = get_200(ports[s % 2], path);
+    fig_t daily_model[3] = {{0}};
+    const json_t *days = json_object_get(daily, "days");
+    for (size_t d = 0; d < json_array_size(days); d++) {
+      const json_t *day_ai = json_object_get(
+          json_object_get(json_array_get(days, d), "features"), "ai_tokens");
+      assert_null(group_of(day_ai, "none"));
+      for (int m = 0; m < 3; m++) {
+        const json_t *g = group_of(day_ai, model_names[m]);
+        if (g) {
+          daily_model[m].quantity += member(g, "quantity");
+          daily_model[m].cost += member(g, "cost_micros");
+          daily_model[m].events += member(g, "events");
+        }
+      }
+    }
+    for (int m = 0; m < 3; m++)
+      if (memcmp(&daily_model[m], &subject_model[s][m], sizeof(fig_t)))
+        fail_msg("user:an-%02d: model %s summed over days %lld/%lld/%lld, the "
+                 "reference says %lld/%lld/%lld",
+                 s, model_names[m], daily_model[m].quantity,
+                 daily_model[m].cost, daily_model[m].events,
+                 subject_model[s][m].quantity, subject_model[s][m].cost,
+                 subject_model[s][m].events);
+    json_decref(daily);
     usage_sum.quantity += member(ai, "quantity");
     usage_sum.cost += member(ai, "cost_micros");
     usage_sum.events += member(ai, "events");

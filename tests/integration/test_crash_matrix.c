@@ -15,6 +15,19 @@
  * along, and 1 % of the stream duplicates of earlier events (random, most
  * of them long spilled), which must all be refused: spilling under
  * SIGKILL, exact to the unit. The store holds spilled ids at the end.
+ *
+ * With corrections (usage_corrected, tly_corrections.h): after every 50th
+ * event, one of that event's subject: mostly amending or retracting a
+ * random earlier event of the stream (some the same original again: the
+ * latest wins; some right after it, in the same batch), folded into the
+ * reference exactly as the product defines it; one in ten names an id
+ * never sent and one in ten an earlier correction's id (a correction is
+ * not correctable): those must be dead-lettered exactly once each with
+ * their reason and count nothing. Usage, tokens, events, cost, credits,
+ * the hourly buckets and their model group (the corrections move the
+ * original's group, tly_dims.h) equal the reference; each threshold fires
+ * once at the highest value reached (a correction that lowers a value
+ * fires and re-arms nothing).
  */
 #include "harness.h"
 
@@ -69,9 +82,11 @@ static void test_crash_matrix(void **state) {
                         .events_per_second = EVENTS_PER_SECOND,
                         .seed = 11,
                         .duplicate_every = 100,
+                        .correct_every = 50,
                         .expected = expected};
   unsigned seed = (unsigned)th_now_ms();
   int kills, self_kills;
+  const int64_t began = th_now_ms();
 
   printf("# crash matrix seed %u\n", seed);
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
@@ -86,16 +101,23 @@ static void test_crash_matrix(void **state) {
 
   kills = th_crash_loop(&run, &stream, producer, state_dir, extra, min_kills,
                         &seed, &self_kills);
-  printf("# %d kills, %d of them right after an outbox ack\n", kills,
-         self_kills);
+  printf("# %d kills, %d of them right after an outbox ack (%.1f s)\n", kills,
+         self_kills, (th_now_ms() - began) / 1000.0);
   assert_true(self_kills >= 1);
 
   assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
                                      PARTITIONS, 240000),
                    0);
   assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
+  printf("# caught up, outbox empty (%.1f s)\n",
+         (th_now_ms() - began) / 1000.0);
 
   th_verify_reference(run.port, broker.bootstrap, &stream);
+  th_verify_corrections_dlq(broker.bootstrap, &stream);
+  assert_true(stream.corrections_applied > 0);
+  assert_true(stream.corrections_refused > 0);
+  free(stream.refused);
+  printf("# verified (%.1f s)\n", (th_now_ms() - began) / 1000.0);
 
   printf("# last run: %lld ids spilled, %lld looked up in RocksDB\n",
          th_metric_sum(run.port, "tally_dedupe_spilled_ids_total"),

@@ -8,6 +8,12 @@
  * computed from the test's own input, to the unit (the distinct values
  * counted exactly, the maximum, the latest value), the hourly buckets
  * summed over days equal them too, and every alert is there once.
+ *
+ * With corrections (th_stream_t.correct_every, as in the crash matrix):
+ * amends and retractions of api_calls and AI events folded into the
+ * reference, and corrections of the metered events (unique_count, max,
+ * latest), which keep no contribution: each dead-lettered exactly once
+ * with its reason, counting nothing, under the same SIGKILLs.
  */
 #include "harness.h"
 
@@ -77,6 +83,7 @@ static void test_crash_meters(void **state) {
                         .events_per_second = EVENTS_PER_SECOND,
                         .seed = 13,
                         .meters = 1,
+                        .correct_every = 50,
                         .expected = expected};
   unsigned seed = (unsigned)th_now_ms();
   int kills, self_kills;
@@ -104,6 +111,9 @@ static void test_crash_meters(void **state) {
 
   wait_served(run.port, subjects);
   th_verify_reference(run.port, broker.bootstrap, &stream);
+  th_verify_corrections_dlq(broker.bootstrap, &stream);
+  assert_true(stream.corrections_applied > 0);
+  free(stream.refused);
 
   assert_int_equal(th_stop(run.pid), 0);
   th_broker_stop(&broker);
