@@ -531,36 +531,10 @@ subject_of(tly_processor_t *p, tly_subject_kind_t kind, const char *id) {
 }
 
 /* When the event event_id of this partition occurred, by its dedupe
- * record (in memory, or spilled). 1 and *at_ms, 0 when the index has no
- * record of it, -1 fatal. */
+ * record (in memory, or spilled): tly_proc_dedupe_time. */
 static int original_time(tly_processor_t *p, const char *event_id,
                          int64_t *at_ms) {
-  partition_state_t *part = &p->partitions[p->view_partition];
-  size_t len = strlen(event_id);
-  if (!part->dedupe)
-    return 0;
-  if (tly_dedupe_lookup(part->dedupe, event_id, len, at_ms))
-    return 1;
-  if (!part->spilled ||
-      (part->filter && !tly_dedupe_filter_maybe(part->filter, event_id, len)))
-    return 0;
-  char key[TLY_KEY_MAX], errstr[512], *value = NULL;
-  size_t value_len = 0, key_len = tly_key_dedupe_id(p->view_partition, event_id,
-                                                    len, key, sizeof(key));
-  if (!key_len)
-    return 0;
-  atomic_fetch_add(&p->id_reads, 1);
-  int found = tly_store_get(p->store, TLY_CF_DEDUPE_IDS, key, key_len, &value,
-                            &value_len, errstr, sizeof(errstr));
-  if (found < 0) {
-    tly_proc_set_fatal(p, "reading a spilled event id: %s", errstr);
-    return -1;
-  }
-  found = found && value_len >= 8;
-  if (found)
-    *at_ms = (int64_t)tly_get_be64((const unsigned char *)value);
-  tly_store_free(value);
-  return found;
+  return tly_proc_dedupe_time(p, event_id, strlen(event_id), at_ms);
 }
 
 typedef struct {

@@ -353,8 +353,19 @@ int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
       *view->watermark_ms > INT64_MIN + p->billing.dedupe_window_ms
           ? *view->watermark_ms - p->billing.dedupe_window_ms
           : INT64_MIN;
-  if (tly_dedupe_lookup(part->dedupe, event_id, len, &seen_at_ms))
-    return seen_at_ms >= horizon; /* the id's newest record */
+  int known = tly_proc_dedupe_time(p, event_id, len, &seen_at_ms);
+  if (known < 0)
+    return -1;
+  return known && seen_at_ms >= horizon; /* the id's newest record */
+}
+
+int tly_proc_dedupe_time(tly_processor_t *p, const char *event_id, size_t len,
+                         int64_t *at_ms) {
+  partition_state_t *part = &p->partitions[p->view_partition];
+  if (!part->dedupe)
+    return 0;
+  if (tly_dedupe_lookup(part->dedupe, event_id, len, at_ms))
+    return 1;
   if (!part->spilled)
     return 0; /* memory holds every id of the window */
   if (part->filter && !tly_dedupe_filter_maybe(part->filter, event_id, len)) {
@@ -376,8 +387,9 @@ int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
     tly_proc_set_fatal(p, "reading a spilled event id: %s", errstr);
     return -1;
   }
-  int seen = found && value_len >= 8 &&
-             (int64_t)tly_get_be64((const unsigned char *)value) >= horizon;
+  found = found && value_len >= 8;
+  if (found)
+    *at_ms = (int64_t)tly_get_be64((const unsigned char *)value);
   tly_store_free(value);
-  return seen;
+  return found;
 }

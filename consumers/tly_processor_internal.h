@@ -496,6 +496,13 @@ int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
                           const char *id, const tly_cycle_t *cycle);
 int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
                        int64_t occurred_at_ms, int record);
+/* When the event event_id of the view's partition occurred, by its
+ * dedupe record: in memory, else (the partition spilled, and the spilled-id
+ * filter says "look it up") its key in RocksDB. 1 and *at_ms, 0 when no
+ * record is found (never recorded, or forgotten), -1 fatal (set). Counts
+ * filter skips and RocksDB reads. */
+int tly_proc_dedupe_time(tly_processor_t *p, const char *event_id, size_t len,
+                         int64_t *at_ms);
 tly_distinct_sets_t *tly_proc_view_distinct(tly_billing_view_t *view,
                                             tly_subject_kind_t kind,
                                             const char *id);
