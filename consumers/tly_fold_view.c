@@ -200,6 +200,16 @@ static int load_hour(tly_processor_t *p, tly_overlay_entry_t *entry,
   return failed ? -1 : 0;
 }
 
+/* Before a bucket of hour is touched: an hour older than the newest may
+ * have a key, so it is loaded whole first and rewritten complete. An hour
+ * in memory is always whole. 0, or -1 after setting the fatal reason. */
+static int whole_hour(tly_processor_t *p, tly_overlay_entry_t *entry,
+                      int32_t hour) {
+  if (tly_overlay_has_hour(entry, hour) || hour >= newest_used_hour(entry))
+    return 0;
+  return load_hour(p, entry, hour);
+}
+
 tly_bucket_t *tly_proc_view_bucket(tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id,
                                    int32_t hour, const char *feature) {
@@ -207,10 +217,7 @@ tly_bucket_t *tly_proc_view_bucket(tly_billing_view_t *view,
   tly_overlay_entry_t *entry = subject_entry(p, kind, id);
   if (!entry)
     return NULL;
-  /* An hour older than the newest may have a key: load it whole first, so
-   * the hour is rewritten complete. An hour in memory is always whole. */
-  if (!tly_overlay_has_hour(entry, hour) && hour < newest_used_hour(entry) &&
-      load_hour(p, entry, hour))
+  if (whole_hour(p, entry, hour))
     return NULL;
   tly_overlay_bucket_t *bucket = tly_overlay_bucket(entry, hour, feature);
   if (!bucket) {
@@ -234,8 +241,7 @@ tly_bucket_t *tly_proc_view_group_bucket(tly_billing_view_t *view,
   tly_overlay_entry_t *entry = subject_entry(p, kind, id);
   if (!entry)
     return NULL;
-  if (!tly_overlay_has_hour(entry, hour) && hour < newest_used_hour(entry) &&
-      load_hour(p, entry, hour))
+  if (whole_hour(p, entry, hour))
     return NULL;
   tly_overlay_bucket_t *found = NULL;
   long count = 0;
