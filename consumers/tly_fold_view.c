@@ -374,7 +374,8 @@ int tly_proc_dedupe_time(tly_processor_t *p, const char *event_id, size_t len,
     return 1;
   if (!part->spilled)
     return 0; /* memory holds every id of the window */
-  if (part->filter && !tly_dedupe_filter_maybe(part->filter, event_id, len)) {
+  if (part->filter && !part->filter_build &&
+      !tly_dedupe_filter_maybe(part->filter, event_id, len)) {
     atomic_fetch_add(&p->filter_skips, 1);
     return 0; /* never spilled (the filter holds every spilled id) */
   }

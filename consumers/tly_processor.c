@@ -689,6 +689,8 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   for (int i = 0; i < TLY_COPY_CACHE; i++)
     p->copy_cache[i].offset = -1;
   pthread_cond_init(&p->hold_released, NULL);
+  pthread_mutex_init(&p->filter_lock, NULL);
+  pthread_cond_init(&p->filter_cond, NULL);
   pthread_mutex_init(&p->writer_lock, NULL);
   pthread_cond_init(&p->writer_cond, NULL);
   pthread_cond_init(&p->writer_done, NULL);
@@ -902,6 +904,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
       round_ms = 10;
     int64_t began = tly_monotonic_ms();
     int consumed = 0, behind = 0, submit = 0;
+    tly_proc_filters_adopt(p);
     while (!*stop && !p->fatal) {
       if (release_written(p))
         break;
@@ -959,6 +962,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   if (!p)
     return;
   tly_processor_standby_stop(p); /* its thread writes the store */
+  tly_proc_filters_stop(p);      /* its thread reads the store */
   /* The writer first: it finishes the batch in its hands (and may wake
    * the consumer's queue: the queue goes after it). */
   if (p->writer_started) {
@@ -998,6 +1002,8 @@ void tly_processor_destroy(tly_processor_t *p) {
     free(p->inflight.outputs[i].record);
   free(p->inflight.outputs);
   tly_store_batch_destroy(p->writer_batch);
+  pthread_mutex_destroy(&p->filter_lock);
+  pthread_cond_destroy(&p->filter_cond);
   pthread_mutex_destroy(&p->writer_lock);
   pthread_cond_destroy(&p->writer_cond);
   pthread_cond_destroy(&p->writer_done);

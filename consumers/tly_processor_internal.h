@@ -143,6 +143,9 @@ typedef struct {
    * id (NULL: none; tly_dedupe_filter.h) says it is surely new. */
   int spilled;
   tly_dedupe_filter_t *filter;
+  /* Non-zero: the ticket of the filter being built off the fold thread
+   * (tly_filter_build.c); until it is adopted, misses read the store. */
+  uint64_t filter_build;
   /* The dedupe floor (tly_billing.h, dedupe_floor_ms; tly_dedupe_floor.c):
    * the oldest event time whose ids are all still known; INT64_MIN: none.
    * floor_dirty: the floor record is written with the next commit. */
@@ -317,6 +320,15 @@ struct tly_processor {
   int writer_job, writer_quit;
   int writer_wakes_loop; /* yield the consumer's queue after each batch */
   char writer_error[600];
+
+  /* tly_filter_build.c: spilled-id filters built off the fold thread. */
+  pthread_t filter_thread;
+  int filter_started;
+  atomic_int filter_quit, filter_done_ready;
+  pthread_mutex_t filter_lock;
+  pthread_cond_t filter_cond;
+  struct tly_filter_job *filter_queue, *filter_done;
+  uint64_t filter_tickets;
   size_t output_count, output_cap;
   size_t batch_events;
   int64_t catchup_ms; /* records older than this: the batch keeps growing */
@@ -612,10 +624,18 @@ int tly_proc_dedupe_spill(tly_processor_t *p);
 void tly_proc_dedupe_release(tly_processor_t *p);
 int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
                         tly_dedupe_t *dedupe, size_t limit);
-/* Streams the partition's spilled ids into a new filter (*filter; NULL
- * when there are none). 1: some, 0: none, -1 fatal (set). */
-int tly_proc_dedupe_scan_spilled(tly_processor_t *p, int32_t partition,
-                                 tly_dedupe_filter_t **filter);
+
+/* tly_filter_build.c: spilled-id filters built off the fold thread. */
+/* Whether the store holds spilled ids of the partition: 1, 0, -1 fatal. */
+int tly_proc_dedupe_any_spilled(tly_processor_t *p, int32_t partition);
+/* Queues the build of the partition's filter under ticket (its
+ * filter_build). 0, or -1 fatal (set). */
+int tly_proc_filter_queue(tly_processor_t *p, int32_t partition,
+                          uint64_t ticket);
+/* The fold thread takes the filters built (at a round's start). */
+void tly_proc_filters_adopt(tly_processor_t *p);
+/* Stops the thread and frees what it holds (tly_processor_destroy). */
+void tly_proc_filters_stop(tly_processor_t *p);
 size_t tly_proc_dedupe_part_bytes(const partition_state_t *part);
 void tly_proc_dedupe_count(tly_processor_t *p);
 

@@ -101,6 +101,7 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
     p->partitions[i].spilled = 0;
     tly_dedupe_filter_free(p->partitions[i].filter);
     p->partitions[i].filter = NULL;
+    p->partitions[i].filter_build = 0; /* a build under way is thrown away */
     p->partitions[i].dedupe_floor = INT64_MIN;
     p->partitions[i].floor_dirty = 0;
     free(p->partitions[i].blobs);

@@ -510,13 +510,12 @@ static int resume_partitions(tly_processor_t *p,
     tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark, &loaded);
     if (!dedupe)
       return -1;
-    /* (after the load, which may have spilled): the filter of every
-     * spilled id, streamed from the store */
-    tly_dedupe_filter_t *filter = NULL;
-    int64_t scan_began = tly_monotonic_ms();
-    int spilled = tly_proc_dedupe_scan_spilled(p, part->partition, &filter);
-    atomic_fetch_add(&p->filter_build_ms,
-                     (uint64_t)(tly_monotonic_ms() - scan_began));
+    /* (after the load, which may have spilled, committed): the filter of
+     * every spilled id is built off this thread (tly_filter_build.c);
+     * until then misses read the store. */
+    int spilled = tly_proc_dedupe_any_spilled(p, part->partition);
+    tly_dedupe_filter_t *filter = spilled > 0 ? tly_dedupe_filter_new() : NULL;
+    uint64_t ticket = 0;
     if (spilled < 0) {
       tly_dedupe_free(dedupe);
       free(loaded.blobs);
@@ -532,6 +531,7 @@ static int resume_partitions(tly_processor_t *p,
       tly_dedupe_filter_free(state->filter);
       state->filter = filter;
       filter = NULL;
+      state->filter_build = ticket = spilled ? ++p->filter_tickets : 0;
       state->dedupe_floor = tly_proc_dedupe_floor_at_assignment(
           p, loaded.floor_found, loaded.floor_ms, loaded.floor_window_ms,
           watermark, &state->floor_dirty);
@@ -555,6 +555,8 @@ static int resume_partitions(tly_processor_t *p,
     tly_dedupe_free(dedupe);
     tly_dedupe_filter_free(filter);
     free(loaded.blobs);
+    if (ticket && tly_proc_filter_queue(p, part->partition, ticket))
+      return -1;
     if (part->partition + 1 > atomic_load(&p->partition_count))
       atomic_store(&p->partition_count, part->partition + 1);
     tly_log(TLY_LOG_INFO, "processor",

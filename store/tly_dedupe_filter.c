@@ -126,6 +126,19 @@ int tly_dedupe_filter_maybe(const tly_dedupe_filter_t *filter, const char *id,
   return 0;
 }
 
+void tly_dedupe_filter_merge(tly_dedupe_filter_t *into,
+                             tly_dedupe_filter_t *from) {
+  if (from->broken || into->slice_count + from->slice_count > MAX_SLICES)
+    into->broken = 1;
+  if (!into->broken) {
+    memcpy(into->slices + into->slice_count, from->slices,
+           from->slice_count * sizeof(*from->slices));
+    into->slice_count += from->slice_count;
+    from->slice_count = 0;
+  }
+  tly_dedupe_filter_free(from);
+}
+
 void tly_dedupe_filter_expire(tly_dedupe_filter_t *filter, int64_t horizon_ms) {
   size_t gone = 0;
   /* Any slice, not only the oldest: slices filled at assignment (ids in

@@ -40,6 +40,13 @@ int tly_dedupe_filter_add(tly_dedupe_filter_t *filter, const char *id,
 int tly_dedupe_filter_maybe(const tly_dedupe_filter_t *filter, const char *id,
                             size_t len);
 
+/* Moves every slice of from into into (after its own: later adds go to
+ * from's newest slice) and frees from: into then answers "look it up" for
+ * every id either held. Past the slice bound, or with either broken, into
+ * answers "look it up" for all (still exact). */
+void tly_dedupe_filter_merge(tly_dedupe_filter_t *into,
+                             tly_dedupe_filter_t *from);
+
 /* Forgets the slices whose newest id is older than horizon_ms. */
 void tly_dedupe_filter_expire(tly_dedupe_filter_t *filter, int64_t horizon_ms);
 

@@ -464,7 +464,7 @@ int bench_dedupe_main(void) {
       (double)x->sst_after_fill / 1048576.0,
       (double)x->dir_after_fill / 1048576.0);
   ROW("assignment time of the restart",
-      "%lld ms (of which building the spilled-id filter %llu ms)",
+      "%lld ms (then the spilled-id filters, built off the fold thread: %llu ms)",
       (long long)x->tail.assign_ms,
       (unsigned long long)x->tail.stats.dedupe_filter_build_ms);
 #undef ROW

@@ -84,10 +84,71 @@ static void test_slices_expire_whole_by_newest_time(void **state) {
   tly_dedupe_filter_free(filter);
 }
 
+/* A filter built off the fold thread is merged with the one the fold
+ * filled meanwhile (tly_filter_build.c): every id of either answers "look
+ * it up", later adds land after both, expiry still works per slice, and
+ * past the slice bound or from a broken filter every id answers "look it
+ * up" (never "surely new" for an id that was added). */
+static void test_merge_keeps_every_id_of_both(void **state) {
+  (void)state;
+  tly_dedupe_filter_t *built = tly_dedupe_filter_new();
+  tly_dedupe_filter_t *fold = tly_dedupe_filter_new();
+  char id[48];
+  for (int i = 0; i < 50000; i++) { /* several slices */
+    size_t len = id_of(id, sizeof(id), "scanned-", i);
+    assert_int_equal(tly_dedupe_filter_add(built, id, len, 1000), 0);
+  }
+  for (int i = 0; i < 5000; i++) {
+    size_t len = id_of(id, sizeof(id), "folded-", i);
+    assert_int_equal(tly_dedupe_filter_add(fold, id, len, 5000), 0);
+  }
+  tly_dedupe_filter_merge(built, fold); /* frees fold */
+  assert_int_equal(tly_dedupe_filter_count(built), 55000);
+  for (int i = 0; i < 50000; i++) {
+    size_t len = id_of(id, sizeof(id), "scanned-", i);
+    assert_int_equal(tly_dedupe_filter_maybe(built, id, len), 1);
+  }
+  for (int i = 0; i < 5000; i++) {
+    size_t len = id_of(id, sizeof(id), "folded-", i);
+    assert_int_equal(tly_dedupe_filter_maybe(built, id, len), 1);
+  }
+  int positives = 0;
+  for (int i = 0; i < 50000; i++) {
+    size_t len = id_of(id, sizeof(id), "new-", i);
+    positives += tly_dedupe_filter_maybe(built, id, len);
+  }
+  assert_true(positives < 50000 / 20); /* still a filter, not "all maybe" */
+  size_t len = id_of(id, sizeof(id), "later-", 1);
+  assert_int_equal(tly_dedupe_filter_add(built, id, len, 9000), 0);
+  assert_int_equal(tly_dedupe_filter_maybe(built, id, len), 1);
+  /* The scanned slices (newest 1000) go; the fold's and the later stay. */
+  tly_dedupe_filter_expire(built, 2000);
+  assert_int_equal(tly_dedupe_filter_count(built), 5001);
+  len = id_of(id, sizeof(id), "folded-", 7);
+  assert_int_equal(tly_dedupe_filter_maybe(built, id, len), 1);
+  tly_dedupe_filter_free(built);
+
+  /* Past the slice bound: everything "look it up". */
+  tly_dedupe_filter_t *a = tly_dedupe_filter_new();
+  for (int k = 0; k < 40; k++) { /* 32 slices at most */
+    tly_dedupe_filter_t *b = tly_dedupe_filter_new();
+    len = id_of(id, sizeof(id), "b-", k);
+    assert_int_equal(tly_dedupe_filter_add(b, id, len, 1), 0);
+    tly_dedupe_filter_add(a, id, len, 1);
+    tly_dedupe_filter_merge(a, b);
+  }
+  for (int i = 0; i < 100; i++) {
+    len = id_of(id, sizeof(id), "never-", i);
+    assert_int_equal(tly_dedupe_filter_maybe(a, id, len), 1);
+  }
+  tly_dedupe_filter_free(a);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_no_false_negatives_and_few_false_positives),
       cmocka_unit_test(test_slices_expire_whole_by_newest_time),
+      cmocka_unit_test(test_merge_keeps_every_id_of_both),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
