@@ -16,6 +16,7 @@
  */
 #include "tly_billing.h"
 #include "tly_corrections.h"
+#include "tly_mem_view.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -53,133 +54,21 @@ static const char *config_json =
     "     \"calls\": {\"tiers\": [{\"up_to\": null, \"unit_micros\": 10}]}}"
     "}}}";
 
-/* ---- a memory view ---------------------------------------------------- */
-
-#define ITEMS 64
-
-typedef struct {
-  int64_t cycle;
-  char feature[64];
-  tly_billing_row_t row;
-} mem_row_t;
-
-typedef struct {
-  int32_t hour;
-  char feature[64];
-  tly_bucket_t bucket;
-} mem_bucket_t;
-
-typedef struct {
-  char event_id[32];
-  unsigned char value[TLY_CONTRIBUTION_MAX];
-  size_t len;
-} mem_contribution_t;
-
-typedef struct {
-  tly_billing_view_t view;
-  tly_account_t account;
-  mem_row_t rows[ITEMS];
-  size_t row_count;
-  mem_bucket_t buckets[ITEMS];
-  size_t bucket_count;
-  mem_contribution_t contributions[ITEMS];
-  size_t contribution_count;
-  char seen[ITEMS][32];
-  size_t seen_count;
-  int64_t watermark;
-} memory_t;
-
-static tly_account_t *mem_account(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id) {
-  (void)kind, (void)id;
-  return &((memory_t *)view->opaque)->account;
+/* A view with contributions (tly_mem_view.h), afresh. */
+static tly_mem_view_t *renew(tly_mem_view_t *m) {
+  tly_mem_view_free(m);
+  return tly_mem_view_new(TLY_MEM_WITH_CONTRIBUTIONS);
 }
 
-static tly_billing_row_t *mem_row(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id,
-                                  int64_t cycle, const char *feature) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  for (size_t i = 0; i < m->row_count; i++)
-    if (m->rows[i].cycle == cycle && !strcmp(m->rows[i].feature, feature))
-      return &m->rows[i].row;
-  assert_true(m->row_count < ITEMS);
-  mem_row_t *row = &m->rows[m->row_count++];
-  row->cycle = cycle;
-  snprintf(row->feature, sizeof(row->feature), "%s", feature);
-  return &row->row;
-}
-
-static tly_bucket_t *mem_bucket(tly_billing_view_t *view,
-                                tly_subject_kind_t kind, const char *id,
-                                int32_t hour, const char *feature) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  for (size_t i = 0; i < m->bucket_count; i++)
-    if (m->buckets[i].hour == hour && !strcmp(m->buckets[i].feature, feature))
-      return &m->buckets[i].bucket;
-  assert_true(m->bucket_count < ITEMS);
-  mem_bucket_t *bucket = &m->buckets[m->bucket_count++];
-  bucket->hour = hour;
-  snprintf(bucket->feature, sizeof(bucket->feature), "%s", feature);
-  return &bucket->bucket;
-}
-
-static int mem_seen(tly_billing_view_t *view, const char *event_id,
-                    int64_t occurred_at, int record) {
-  memory_t *m = view->opaque;
-  (void)occurred_at;
-  for (size_t i = 0; i < m->seen_count; i++)
-    if (!strcmp(m->seen[i], event_id))
-      return record ? 0 : 1;
-  if (record) {
-    assert_true(m->seen_count < ITEMS);
-    snprintf(m->seen[m->seen_count++], 32, "%s", event_id);
-  }
-  return 0;
-}
-
-/* Kept encoded, as the processor keeps them: the encoding is in the loop. */
-static int mem_contribution(tly_billing_view_t *view, tly_subject_kind_t kind,
-                            const char *id, const char *event_id,
-                            tly_contribution_t *c, int write) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  mem_contribution_t *slot = NULL;
-  for (size_t i = 0; i < m->contribution_count && !slot; i++)
-    if (!strcmp(m->contributions[i].event_id, event_id))
-      slot = &m->contributions[i];
-  if (!write) {
-    if (!slot)
-      return 0;
-    assert_int_equal(tly_contribution_decode(slot->value, slot->len, c), 0);
-    return 1;
-  }
-  if (!slot) {
-    assert_true(m->contribution_count < ITEMS);
-    slot = &m->contributions[m->contribution_count++];
-    snprintf(slot->event_id, sizeof(slot->event_id), "%s", event_id);
-  }
-  slot->len = tly_contribution_encode(c, slot->value);
-  return 0;
-}
-
-static void memory_init(memory_t *m) {
-  memset(m, 0, sizeof(*m));
-  m->view = (tly_billing_view_t){.opaque = m,
-                                 .account = mem_account,
-                                 .row = mem_row,
-                                 .bucket = mem_bucket,
-                                 .seen = mem_seen,
-                                 .watermark_ms = &m->watermark,
-                                 .contribution = mem_contribution};
-  m->watermark = INT64_MIN;
+/* The one subject's account. */
+static tly_account_t *account_of(tly_mem_view_t *m) {
+  return &tly_mem_subject(m, "alice")->account;
 }
 
 typedef struct {
   tly_config_t *config;
   tly_billing_t billing;
-  memory_t m, ref;
+  tly_mem_view_t *m, *ref;
   tly_alert_list_t alerts;
   char errstr[512];
 } fixture_t;
@@ -193,8 +82,8 @@ static int setup(void **ctx) {
     return -1;
   }
   f->billing = (tly_billing_t){f->config, 7 * DAY};
-  memory_init(&f->m);
-  memory_init(&f->ref);
+  f->m = renew(NULL);
+  f->ref = renew(NULL);
   *ctx = f;
   return 0;
 }
@@ -202,6 +91,8 @@ static int setup(void **ctx) {
 static int teardown(void **ctx) {
   fixture_t *f = *ctx;
   tly_alert_list_clear(&f->alerts);
+  tly_mem_view_free(f->m);
+  tly_mem_view_free(f->ref);
   tly_config_free(f->config);
   free(f);
   return 0;
@@ -217,7 +108,8 @@ typedef struct {
   int64_t in, out; /* ai tokens (model m1) when in >= 0 */
 } step_t;
 
-static tly_fold_result_t fold_into(fixture_t *f, memory_t *m, const step_t *s) {
+static tly_fold_result_t fold_into(fixture_t *f, tly_mem_view_t *m,
+                                   const step_t *s) {
   tly_event_t e = {.event_id = (char *)s->event_id,
                    .occurred_at_ms = s->at_ms,
                    .subject_kind = TLY_SUBJECT_USER,
@@ -236,7 +128,8 @@ static tly_fold_result_t fold_into(fixture_t *f, memory_t *m, const step_t *s) {
                           sizeof(f->errstr));
 }
 
-static void assert_rows_equal(const memory_t *a, const memory_t *b) {
+static void assert_rows_equal(const tly_mem_view_t *a,
+                              const tly_mem_view_t *b) {
   for (size_t i = 0; i < b->row_count; i++) {
     const tly_billing_row_t *want = &b->rows[i].row, *got = NULL;
     for (size_t j = 0; j < a->row_count && !got; j++)
@@ -273,47 +166,48 @@ static void assert_rows_equal(const memory_t *a, const memory_t *b) {
 }
 
 /* Every hour's quantity, tokens and events; the costs' sum per feature. */
-static void assert_hours_equal(const memory_t *a, const memory_t *b) {
-  const memory_t *sides[2] = {a, b};
+static void assert_hours_equal(const tly_mem_view_t *a,
+                               const tly_mem_view_t *b) {
+  const tly_mem_view_t *sides[2] = {a, b};
   for (int s = 0; s < 2; s++)
     for (size_t i = 0; i < sides[s]->bucket_count; i++) {
-      const mem_bucket_t *x = &sides[s]->buckets[i];
+      const tly_mem_bucket_t *x = &sides[s]->buckets[i];
       tly_bucket_t other = {0};
-      const memory_t *o = sides[1 - s];
+      const tly_mem_view_t *o = sides[1 - s];
       for (size_t j = 0; j < o->bucket_count; j++)
         if (o->buckets[j].hour == x->hour &&
-            !strcmp(o->buckets[j].feature, x->feature))
+            !strcmp(o->buckets[j].name, x->name))
           other = o->buckets[j].bucket;
       if (x->bucket.quantity != other.quantity ||
           x->bucket.input_tokens != other.input_tokens ||
           x->bucket.output_tokens != other.output_tokens ||
           x->bucket.event_count != other.event_count)
         fail_msg("hour %d of %s: %lld events %lld against %lld events %lld",
-                 (int)x->hour, x->feature, (long long)x->bucket.quantity,
+                 (int)x->hour, x->name, (long long)x->bucket.quantity,
                  (long long)x->bucket.event_count, (long long)other.quantity,
                  (long long)other.event_count);
     }
 }
 
 /* The buckets' costs add up to the cycles' cost (one subject). */
-static void assert_costs_add_up(const memory_t *m) {
-  int64_t hours = 0, cycles = m->account.cycle.cost_micros;
+static void assert_costs_add_up(tly_mem_view_t *m) {
+  const tly_account_t *account = account_of(m);
+  int64_t hours = 0, cycles = account->cycle.cost_micros;
   for (size_t i = 0; i < m->bucket_count; i++)
     hours += m->buckets[i].bucket.cost_micros;
-  for (size_t i = 0; i < m->account.history_count; i++)
-    cycles += m->account.history[i].cost_micros;
+  for (size_t i = 0; i < account->history_count; i++)
+    cycles += account->history[i].cost_micros;
   assert_int_equal(hours, cycles);
 }
 
-static void assert_cycles_equal(const memory_t *a, const memory_t *b) {
-  assert_int_equal(a->account.cycle.cost_micros, b->account.cycle.cost_micros);
-  assert_int_equal(a->account.cycle.events, b->account.cycle.events);
-  assert_int_equal(a->account.history_count, b->account.history_count);
-  for (size_t i = 0; i < a->account.history_count; i++) {
-    assert_int_equal(a->account.history[i].cost_micros,
-                     b->account.history[i].cost_micros);
-    assert_int_equal(a->account.history[i].events,
-                     b->account.history[i].events);
+static void assert_cycles_equal(tly_mem_view_t *m, tly_mem_view_t *ref) {
+  const tly_account_t *a = account_of(m), *b = account_of(ref);
+  assert_int_equal(a->cycle.cost_micros, b->cycle.cost_micros);
+  assert_int_equal(a->cycle.events, b->cycle.events);
+  assert_int_equal(a->history_count, b->history_count);
+  for (size_t i = 0; i < a->history_count; i++) {
+    assert_int_equal(a->history[i].cost_micros, b->history[i].cost_micros);
+    assert_int_equal(a->history[i].events, b->history[i].events);
   }
 }
 
@@ -380,19 +274,19 @@ static void table(void **ctx) {
         {"e2", NULL, "bytes", 2, FEB1 + HOUR, NO_AI}}},
   };
   for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-    memory_init(&f->m);
-    memory_init(&f->ref);
+    f->m = renew(f->m);
+    f->ref = renew(f->ref);
     for (size_t i = 0; i < MAX_STEPS && cases[c].stream[i].event_id; i++)
-      if (fold_into(f, &f->m, &cases[c].stream[i]) != TLY_FOLD_APPLIED)
+      if (fold_into(f, f->m, &cases[c].stream[i]) != TLY_FOLD_APPLIED)
         fail_msg("%s: step %zu: %s", cases[c].name, i, f->errstr);
     for (size_t i = 0; i < MAX_STEPS && cases[c].reference[i].event_id; i++)
-      if (fold_into(f, &f->ref, &cases[c].reference[i]) != TLY_FOLD_APPLIED)
+      if (fold_into(f, f->ref, &cases[c].reference[i]) != TLY_FOLD_APPLIED)
         fail_msg("%s: reference step %zu: %s", cases[c].name, i, f->errstr);
     print_message("case: %s\n", cases[c].name);
-    assert_rows_equal(&f->m, &f->ref);
-    assert_hours_equal(&f->m, &f->ref);
-    assert_cycles_equal(&f->m, &f->ref);
-    assert_costs_add_up(&f->m);
+    assert_rows_equal(f->m, f->ref);
+    assert_hours_equal(f->m, f->ref);
+    assert_cycles_equal(f->m, f->ref);
+    assert_costs_add_up(f->m);
   }
 }
 
@@ -422,30 +316,31 @@ static void refusals(void **ctx) {
       {"e2", NULL, "bytes", 3, JAN1 + 2 * DAY, NO_AI},
       {"c1", "e2", "bytes", 4, JAN1 + 8 * DAY, NO_AI},
   };
-  memory_init(&f->m);
+  f->m = renew(f->m);
   for (size_t i = 0; i < sizeof(before) / sizeof(before[0]); i++)
-    assert_int_equal(fold_into(f, &f->m, &before[i]), TLY_FOLD_APPLIED);
+    assert_int_equal(fold_into(f, f->m, &before[i]), TLY_FOLD_APPLIED);
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-    static memory_t snapshot;
-    memcpy(&snapshot, &f->m, sizeof(snapshot)); /* compared as bytes */
-    tly_fold_result_t result = fold_into(f, &f->m, &bad[i].step);
+    static tly_mem_view_t snapshot;
+    memcpy(&snapshot, f->m, sizeof(snapshot)); /* compared as bytes */
+    tly_fold_result_t result = fold_into(f, f->m, &bad[i].step);
     if (result != TLY_FOLD_REJECTED || !strstr(f->errstr, bad[i].reason))
       fail_msg("case %zu: result %d, '%s' lacks '%s'", i, (int)result,
                f->errstr, bad[i].reason);
-    assert_memory_equal(f->m.rows, snapshot.rows, sizeof(snapshot.rows));
-    assert_memory_equal(f->m.buckets, snapshot.buckets,
+    assert_memory_equal(f->m->rows, snapshot.rows, sizeof(snapshot.rows));
+    assert_memory_equal(f->m->buckets, snapshot.buckets,
                         sizeof(snapshot.buckets));
-    assert_memory_equal(f->m.contributions, snapshot.contributions,
+    assert_memory_equal(f->m->contributions, snapshot.contributions,
                         sizeof(snapshot.contributions));
-    assert_memory_equal(&f->m.account, &snapshot.account,
-                        sizeof(snapshot.account));
-    assert_int_equal(f->m.seen_count, snapshot.seen_count);
+    assert_memory_equal(account_of(f->m), account_of(&snapshot),
+                        sizeof(tly_account_t));
+    assert_int_equal(f->m->seen_count, snapshot.seen_count);
   }
   /* The correction c1 again (its own id): a duplicate, applied once. */
   step_t again = before[4];
   again.quantity = 1;
-  assert_int_equal(fold_into(f, &f->m, &again), TLY_FOLD_DUPLICATE);
-  const tly_billing_row_t *row = mem_row(&f->m.view, 0, "", JAN1, "bytes");
+  assert_int_equal(fold_into(f, f->m, &again), TLY_FOLD_DUPLICATE);
+  const tly_billing_row_t *row =
+      f->m->view.row(&f->m->view, TLY_SUBJECT_USER, "alice", JAN1, "bytes");
   assert_int_equal(row->quantity, 9); /* 5 + 4 */
   assert_int_equal(row->event_count, 2);
 }
@@ -461,10 +356,10 @@ static void thresholds(void **ctx) {
       {"c3", "e1", "api", 7, JAN1 + HOUR, NO_AI}, /* 11: nothing again */
   };
   const size_t alerts_after[] = {0, 1, 2, 2, 2};
-  memory_init(&f->m);
+  f->m = renew(f->m);
   tly_alert_list_clear(&f->alerts);
   for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
-    assert_int_equal(fold_into(f, &f->m, &steps[i]), TLY_FOLD_APPLIED);
+    assert_int_equal(fold_into(f, f->m, &steps[i]), TLY_FOLD_APPLIED);
     assert_int_equal(f->alerts.count, alerts_after[i]);
   }
   assert_string_equal(f->alerts.items[1].alert_id,

@@ -24,6 +24,7 @@
 #include "tly_billing.h"
 #include "tly_corrections.h"
 #include "tly_dims.h"
+#include "tly_mem_view.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -56,171 +57,14 @@ static const char *config_json =
     "   \"prices\": {\"api_calls\": {\"model\": \"graduated\", \"tiers\": "
     "     [{\"up_to\": null, \"unit_micros\": 1000}]}}}}}";
 
-/* ---- a memory view with groups ---------------------------------------- */
-
-#define ITEMS 64
-#define BUCKETS 256
-
-typedef struct {
-  int32_t hour;
-  char name[TLY_BUCKET_NAME_MAX];
-  tly_bucket_t bucket;
-} mem_bucket_t;
-
-typedef struct {
-  int64_t cycle;
-  char feature[64];
-  tly_billing_row_t row;
-} mem_row_t;
-
-typedef struct {
-  char event_id[32];
-  unsigned char value[TLY_CONTRIBUTION_MAX];
-  size_t len;
-} mem_contribution_t;
-
-typedef struct {
-  tly_billing_view_t view;
-  tly_account_t account;
-  mem_row_t rows[ITEMS];
-  size_t row_count;
-  mem_bucket_t buckets[BUCKETS];
-  size_t bucket_count;
-  mem_contribution_t contributions[BUCKETS];
-  size_t contribution_count;
-  char seen[BUCKETS][32];
-  size_t seen_count;
-  int64_t watermark;
-} memory_t;
-
-static tly_account_t *mem_account(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id) {
-  (void)kind, (void)id;
-  return &((memory_t *)view->opaque)->account;
-}
-
-static tly_billing_row_t *mem_row(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id,
-                                  int64_t cycle, const char *feature) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  for (size_t i = 0; i < m->row_count; i++)
-    if (m->rows[i].cycle == cycle && !strcmp(m->rows[i].feature, feature))
-      return &m->rows[i].row;
-  assert_true(m->row_count < ITEMS);
-  mem_row_t *row = &m->rows[m->row_count++];
-  row->cycle = cycle;
-  snprintf(row->feature, sizeof(row->feature), "%s", feature);
-  return &row->row;
-}
-
-static mem_bucket_t *find_bucket(memory_t *m, int32_t hour, const char *name) {
-  for (size_t i = 0; i < m->bucket_count; i++)
-    if (m->buckets[i].hour == hour && !strcmp(m->buckets[i].name, name))
-      return &m->buckets[i];
-  return NULL;
-}
-
-static tly_bucket_t *mem_bucket(tly_billing_view_t *view,
-                                tly_subject_kind_t kind, const char *id,
-                                int32_t hour, const char *name) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  mem_bucket_t *found = find_bucket(m, hour, name);
-  if (found)
-    return &found->bucket;
-  assert_true(m->bucket_count < BUCKETS);
-  found = &m->buckets[m->bucket_count++];
-  found->hour = hour;
-  assert_true(strlen(name) < sizeof(found->name));
-  strcpy(found->name, name);
-  return &found->bucket;
-}
-
-/* As tly_proc_view_group_bucket decides: name's own when used or while
- * fewer than max used ones of the prefix, else the prefix's "other". */
-static tly_bucket_t *mem_group_bucket(tly_billing_view_t *view,
-                                      tly_subject_kind_t kind, const char *id,
-                                      int32_t hour, char *name,
-                                      size_t prefix_len, long max) {
-  memory_t *m = view->opaque;
-  long used = 0;
-  mem_bucket_t *found = NULL;
-  for (size_t i = 0; i < m->bucket_count; i++) {
-    mem_bucket_t *b = &m->buckets[i];
-    if (b->hour != hour || strncmp(b->name, name, prefix_len))
-      continue;
-    if (!strcmp(b->name, name))
-      found = b;
-    used += b->bucket.event_count != 0;
-  }
-  if ((!found || !found->bucket.event_count) && used >= max)
-    strcpy(name + prefix_len, TLY_DIM_OTHER);
-  return mem_bucket(view, kind, id, hour, name);
-}
-
-static int mem_seen(tly_billing_view_t *view, const char *event_id,
-                    int64_t occurred_at, int record) {
-  memory_t *m = view->opaque;
-  (void)occurred_at;
-  for (size_t i = 0; i < m->seen_count; i++)
-    if (!strcmp(m->seen[i], event_id))
-      return record ? 0 : 1;
-  if (record) {
-    assert_true(m->seen_count < BUCKETS);
-    snprintf(m->seen[m->seen_count++], 32, "%s", event_id);
-  }
-  return 0;
-}
-
-static mem_contribution_t *find_contribution(memory_t *m,
-                                             const char *event_id) {
-  for (size_t i = 0; i < m->contribution_count; i++)
-    if (!strcmp(m->contributions[i].event_id, event_id))
-      return &m->contributions[i];
-  return NULL;
-}
-
-/* Kept encoded, as the processor keeps them: the encoding is in the loop. */
-static int mem_contribution(tly_billing_view_t *view, tly_subject_kind_t kind,
-                            const char *id, const char *event_id,
-                            tly_contribution_t *c, int write) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  mem_contribution_t *slot = find_contribution(m, event_id);
-  if (!write) {
-    if (!slot)
-      return 0;
-    assert_int_equal(tly_contribution_decode(slot->value, slot->len, c), 0);
-    return 1;
-  }
-  if (!slot) {
-    assert_true(m->contribution_count < BUCKETS);
-    slot = &m->contributions[m->contribution_count++];
-    snprintf(slot->event_id, sizeof(slot->event_id), "%s", event_id);
-  }
-  slot->len = tly_contribution_encode(c, slot->value);
-  assert_true(slot->len <= TLY_CONTRIBUTION_MAX);
-  return 0;
-}
-
-static void memory_init(memory_t *m) {
-  memset(m, 0, sizeof(*m));
-  m->view = (tly_billing_view_t){.opaque = m,
-                                 .account = mem_account,
-                                 .row = mem_row,
-                                 .bucket = mem_bucket,
-                                 .seen = mem_seen,
-                                 .watermark_ms = &m->watermark,
-                                 .contribution = mem_contribution,
-                                 .group_bucket = mem_group_bucket};
-  m->watermark = INT64_MIN;
-}
+/* A view with groups and contributions (tly_mem_view.h): its group
+ * buckets resolve names as the processor's do. */
+#define WITH (TLY_MEM_WITH_NAMES | TLY_MEM_WITH_CONTRIBUTIONS)
 
 typedef struct {
   tly_config_t *config;
   tly_billing_t billing;
-  memory_t m, ref;
+  tly_mem_view_t *m, *ref;
   tly_alert_list_t alerts;
   char errstr[512];
 } fixture_t;
@@ -234,8 +78,8 @@ static int setup(void **ctx) {
     return -1;
   }
   f->billing = (tly_billing_t){f->config, 7 * DAY};
-  memory_init(&f->m);
-  memory_init(&f->ref);
+  f->m = tly_mem_view_new(WITH);
+  f->ref = tly_mem_view_new(WITH);
   *ctx = f;
   return 0;
 }
@@ -243,6 +87,8 @@ static int setup(void **ctx) {
 static int teardown(void **ctx) {
   fixture_t *f = *ctx;
   tly_alert_list_clear(&f->alerts);
+  tly_mem_view_free(f->m);
+  tly_mem_view_free(f->ref);
   tly_config_free(f->config);
   free(f);
   return 0;
@@ -260,7 +106,8 @@ typedef struct {
   const char *region; /* property "region", or NULL */
 } step_t;
 
-static tly_fold_result_t fold_into(fixture_t *f, memory_t *m, const step_t *s) {
+static tly_fold_result_t fold_into(fixture_t *f, tly_mem_view_t *m,
+                                   const step_t *s) {
   tly_property_t property = {"region", (char *)s->region};
   tly_event_t e = {.event_id = (char *)s->event_id,
                    .occurred_at_ms = s->at_ms,
@@ -285,14 +132,16 @@ static tly_fold_result_t fold_into(fixture_t *f, memory_t *m, const step_t *s) {
                           sizeof(f->errstr));
 }
 
-static void fold_all(fixture_t *f, memory_t *m, const step_t *steps, size_t n) {
+static void fold_all(fixture_t *f, tly_mem_view_t *m, const step_t *steps,
+                     size_t n) {
   for (size_t i = 0; i < n; i++)
     if (fold_into(f, m, &steps[i]) != TLY_FOLD_APPLIED)
       fail_msg("step %zu (%s): %s", i, steps[i].event_id, f->errstr);
 }
 
-static tly_bucket_t bucket_of(memory_t *m, int32_t hour, const char *name) {
-  mem_bucket_t *b = find_bucket(m, hour, name);
+static tly_bucket_t bucket_of(tly_mem_view_t *m, int32_t hour,
+                              const char *name) {
+  tly_mem_bucket_t *b = tly_mem_bucket_find(m, "alice", hour, name);
   return b ? b->bucket : (tly_bucket_t){0};
 }
 
@@ -300,11 +149,11 @@ static int32_t hour_of(int64_t t) { return tly_billing_hour(t); }
 
 /* Every bucket of either side, feature or group, equal in both (absent is
  * zero). */
-static void assert_buckets_equal(memory_t *a, memory_t *b) {
-  memory_t *sides[2] = {a, b};
+static void assert_buckets_equal(tly_mem_view_t *a, tly_mem_view_t *b) {
+  tly_mem_view_t *sides[2] = {a, b};
   for (int s = 0; s < 2; s++)
     for (size_t i = 0; i < sides[s]->bucket_count; i++) {
-      const mem_bucket_t *x = &sides[s]->buckets[i];
+      const tly_mem_bucket_t *x = &sides[s]->buckets[i];
       tly_bucket_t y = bucket_of(sides[1 - s], x->hour, x->name);
       if (memcmp(&x->bucket, &y, sizeof(y)) != 0)
         fail_msg("hour %d, bucket %s: quantity %lld tokens %lld,%lld events "
@@ -321,8 +170,8 @@ static void assert_buckets_equal(memory_t *a, memory_t *b) {
 }
 
 /* The groups of (hour, feature, label) summed. */
-static tly_bucket_t groups_sum(memory_t *m, int32_t hour, const char *feature,
-                               const char *label) {
+static tly_bucket_t groups_sum(tly_mem_view_t *m, int32_t hour,
+                               const char *feature, const char *label) {
   char prefix[TLY_BUCKET_NAME_MAX];
   size_t len =
       tly_dims_bucket_name(prefix, sizeof(prefix), feature, label, NULL);
@@ -334,8 +183,8 @@ static tly_bucket_t groups_sum(memory_t *m, int32_t hour, const char *feature,
 }
 
 /* Each dimension's groups add up to the feature exactly in the hour. */
-static void assert_groups_sum(memory_t *m, int32_t hour, const char *feature,
-                              const char *label) {
+static void assert_groups_sum(tly_mem_view_t *m, int32_t hour,
+                              const char *feature, const char *label) {
   tly_bucket_t sum = groups_sum(m, hour, feature, label),
                whole = bucket_of(m, hour, feature);
   if (memcmp(&sum, &whole, sizeof(sum)) != 0)
@@ -385,37 +234,36 @@ static void moves_the_originals_groups(void **ctx) {
       {"e4", NULL, "api_calls", 7, t + 3, PLAIN, "eu"},
       {"e5", NULL, "api_calls", 1, t + 4, PLAIN, NULL},
   };
-  fold_all(f, &f->m, stream, sizeof(stream) / sizeof(stream[0]));
-  fold_all(f, &f->ref, right, sizeof(right) / sizeof(right[0]));
+  fold_all(f, f->m, stream, sizeof(stream) / sizeof(stream[0]));
+  fold_all(f, f->ref, right, sizeof(right) / sizeof(right[0]));
   /* The retracted events' groups are left at zero in m: absent in ref. */
-  assert_buckets_equal(&f->m, &f->ref);
+  assert_buckets_equal(f->m, f->ref);
   char name[TLY_BUCKET_NAME_MAX];
-  tly_bucket_t m1 = bucket_of(&f->m, hour_of(t),
-                              group_name(name, "ai_tokens", "model", "m1"));
+  tly_bucket_t m1 =
+      bucket_of(f->m, hour_of(t), group_name(name, "ai_tokens", "model", "m1"));
   assert_int_equal(m1.quantity, 50);
   assert_int_equal(m1.input_tokens, 40);
   assert_int_equal(m1.cost_micros, 40 + 2 * 10);
   assert_int_equal(m1.event_count, 1);
   tly_bucket_t none = bucket_of(
-      &f->m, hour_of(t), group_name(name, "ai_tokens", "model", TLY_DIM_NONE));
+      f->m, hour_of(t), group_name(name, "ai_tokens", "model", TLY_DIM_NONE));
   assert_int_equal(none.quantity, 0);
   assert_int_equal(none.event_count, 0);
-  tly_bucket_t anthropic =
-      bucket_of(&f->m, hour_of(t),
-                group_name(name, "ai_tokens", "provider", "anthropic"));
+  tly_bucket_t anthropic = bucket_of(
+      f->m, hour_of(t), group_name(name, "ai_tokens", "provider", "anthropic"));
   assert_int_equal(anthropic.quantity, 0);
   assert_int_equal(anthropic.event_count, 0);
   /* e5 had no region: its correction stays in region "none". */
   tly_bucket_t region_none =
-      bucket_of(&f->m, hour_of(t),
+      bucket_of(f->m, hour_of(t),
                 group_name(name, "api_calls", "properties.region", "none"));
   assert_int_equal(region_none.quantity, 1);
   /* Nothing moved in the corrections' own hour. */
-  assert_int_equal(bucket_of(&f->m, hour_of(t + HOUR), "ai_tokens").event_count,
+  assert_int_equal(bucket_of(f->m, hour_of(t + HOUR), "ai_tokens").event_count,
                    0);
-  assert_groups_sum(&f->m, hour_of(t), "ai_tokens", "model");
-  assert_groups_sum(&f->m, hour_of(t), "ai_tokens", "provider");
-  assert_groups_sum(&f->m, hour_of(t), "api_calls", "properties.region");
+  assert_groups_sum(f->m, hour_of(t), "ai_tokens", "model");
+  assert_groups_sum(f->m, hour_of(t), "ai_tokens", "provider");
+  assert_groups_sum(f->m, hour_of(t), "api_calls", "properties.region");
 }
 
 /* A correction naming model m2 is priced at m2, but its difference stays
@@ -427,19 +275,19 @@ static void another_model_stays_in_the_originals_group(void **ctx) {
       {"e1", NULL, "ai_tokens", 30, t, AI("m1", "openai", 20, 10), NULL},
       {"c1", "e1", "ai_tokens", 7, t + 1, AI("m2", "other-co", 5, 2), NULL},
   };
-  fold_all(f, &f->m, stream, 2);
+  fold_all(f, f->m, stream, 2);
   char name[TLY_BUCKET_NAME_MAX];
-  tly_bucket_t m1 = bucket_of(&f->m, hour_of(t),
-                              group_name(name, "ai_tokens", "model", "m1"));
+  tly_bucket_t m1 =
+      bucket_of(f->m, hour_of(t), group_name(name, "ai_tokens", "model", "m1"));
   assert_int_equal(m1.quantity, 7);
   assert_int_equal(m1.cost_micros, 5 * 3 + 2 * 5); /* at m2's price */
-  assert_null(find_bucket(&f->m, hour_of(t),
-                          group_name(name, "ai_tokens", "model", "m2")));
-  assert_null(
-      find_bucket(&f->m, hour_of(t),
-                  group_name(name, "ai_tokens", "provider", "other-co")));
-  assert_groups_sum(&f->m, hour_of(t), "ai_tokens", "model");
-  assert_groups_sum(&f->m, hour_of(t), "ai_tokens", "provider");
+  assert_null(tly_mem_bucket_find(
+      f->m, "alice", hour_of(t), group_name(name, "ai_tokens", "model", "m2")));
+  assert_null(tly_mem_bucket_find(
+      f->m, "alice", hour_of(t),
+      group_name(name, "ai_tokens", "provider", "other-co")));
+  assert_groups_sum(f->m, hour_of(t), "ai_tokens", "model");
+  assert_groups_sum(f->m, hour_of(t), "ai_tokens", "provider");
 }
 
 /* An original that overflowed into "other" is corrected there, even once
@@ -454,7 +302,7 @@ static void overflow_goes_back_to_other(void **ctx) {
     snprintf(regions[i], sizeof(regions[i]), "r%d", i);
     fill[i] = (step_t){ids[i], NULL, "api_calls", 1, t + i, PLAIN, regions[i]};
   }
-  fold_all(f, &f->m, fill, TLY_DIM_VALUES_MAX);
+  fold_all(f, f->m, fill, TLY_DIM_VALUES_MAX);
   const step_t after[] = {
       /* the hour is full: "late" goes to other */
       {"x", NULL, "api_calls", 5, t + 100, PLAIN, "late"},
@@ -466,21 +314,21 @@ static void overflow_goes_back_to_other(void **ctx) {
       /* x is corrected where it went: other */
       {"c3", "x", "api_calls", 10, t + 103, PLAIN, NULL},
   };
-  fold_all(f, &f->m, after, 5);
+  fold_all(f, f->m, after, 5);
   char name[TLY_BUCKET_NAME_MAX];
   tly_bucket_t other = bucket_of(
-      &f->m, hour_of(t),
+      f->m, hour_of(t),
       group_name(name, "api_calls", "properties.region", TLY_DIM_OTHER));
   tly_bucket_t late =
-      bucket_of(&f->m, hour_of(t),
+      bucket_of(f->m, hour_of(t),
                 group_name(name, "api_calls", "properties.region", "late"));
   assert_int_equal(other.quantity, 10);
   assert_int_equal(other.event_count, 1);
   assert_int_equal(late.quantity, 2); /* y alone: never doubled */
   assert_int_equal(late.event_count, 1);
-  assert_int_equal(bucket_of(&f->m, hour_of(t), "api_calls").quantity,
+  assert_int_equal(bucket_of(f->m, hour_of(t), "api_calls").quantity,
                    TLY_DIM_VALUES_MAX - 2 + 10 + 2);
-  assert_groups_sum(&f->m, hour_of(t), "api_calls", "properties.region");
+  assert_groups_sum(f->m, hour_of(t), "api_calls", "properties.region");
 }
 
 /* A contribution written before groups were kept (version 1) reads, and
@@ -491,9 +339,9 @@ static void version_1_moves_the_feature_only(void **ctx) {
   const int64_t t = JAN1 + 3 * HOUR;
   const step_t e1 = {"e1", NULL, "ai_tokens", 30, t, AI("m1", "openai", 20, 10),
                      NULL};
-  fold_all(f, &f->m, &e1, 1);
+  fold_all(f, f->m, &e1, 1);
   /* Rewrite e1's contribution as version 1 wrote it: no groups section. */
-  mem_contribution_t *slot = find_contribution(&f->m, "e1");
+  tly_mem_contribution_t *slot = tly_mem_contribution_find(f->m, "alice", "e1");
   assert_non_null(slot);
   tly_contribution_t c;
   assert_int_equal(tly_contribution_decode(slot->value, slot->len, &c), 0);
@@ -510,18 +358,18 @@ static void version_1_moves_the_feature_only(void **ctx) {
 
   const step_t c1 = {
       "c1", "e1", "ai_tokens", 6, t + 1, AI("m1", "openai", 4, 2), NULL};
-  fold_all(f, &f->m, &c1, 1);
+  fold_all(f, f->m, &c1, 1);
   char name[TLY_BUCKET_NAME_MAX];
-  assert_int_equal(bucket_of(&f->m, hour_of(t), "ai_tokens").quantity, 6);
-  tly_bucket_t m1 = bucket_of(&f->m, hour_of(t),
-                              group_name(name, "ai_tokens", "model", "m1"));
+  assert_int_equal(bucket_of(f->m, hour_of(t), "ai_tokens").quantity, 6);
+  tly_bucket_t m1 =
+      bucket_of(f->m, hour_of(t), group_name(name, "ai_tokens", "model", "m1"));
   assert_int_equal(m1.quantity, 30); /* not moved: as before groups were kept */
-  tly_bucket_t sum = groups_sum(&f->m, hour_of(t), "ai_tokens", "model");
-  assert_int_equal(bucket_of(&f->m, hour_of(t), "ai_tokens").quantity -
+  tly_bucket_t sum = groups_sum(f->m, hour_of(t), "ai_tokens", "model");
+  assert_int_equal(bucket_of(f->m, hour_of(t), "ai_tokens").quantity -
                        sum.quantity,
                    6 - 30); /* the difference, beyond the groups */
   /* Written again as version 2, still without groups: the same next time. */
-  slot = find_contribution(&f->m, "e1");
+  slot = tly_mem_contribution_find(f->m, "alice", "e1");
   assert_int_equal(slot->value[8], 2);
   assert_int_equal(tly_contribution_decode(slot->value, slot->len, &c), 0);
   assert_int_equal(c.group_count, 0);
@@ -552,29 +400,29 @@ static void the_bound(void **ctx) {
   e.body.usage.unit = "";
   e.body.usage.property_count = 3;
   e.body.usage.properties = props;
-  assert_int_equal(tly_billing_fold(&f->billing, &f->m.view, &e, &f->alerts,
+  assert_int_equal(tly_billing_fold(&f->billing, &f->m->view, &e, &f->alerts,
                                     f->errstr, sizeof(f->errstr)),
                    TLY_FOLD_APPLIED);
   tly_contribution_t c;
-  mem_contribution_t *slot = find_contribution(&f->m, "w1");
+  tly_mem_contribution_t *slot = tly_mem_contribution_find(f->m, "alice", "w1");
   assert_true(slot->len <= TLY_CONTRIBUTION_MAX);
   assert_int_equal(tly_contribution_decode(slot->value, slot->len, &c), 0);
   assert_int_equal(c.group_count, 2);
   assert_int_equal(strlen(c.groups[0]), 11 + 32 + 1 + TLY_DIM_VALUE_MAX);
   const step_t c1 = {"c1", "w1", "wide", 4, t + 1, PLAIN, NULL};
-  fold_all(f, &f->m, &c1, 1);
+  fold_all(f, f->m, &c1, 1);
   char name[TLY_BUCKET_NAME_MAX];
   const char *labels[3] = {"properties." KEY(1), "properties." KEY(2),
                            "properties." KEY(3)};
   const int64_t want[3] = {4, 4, 9};
   for (int i = 0; i < 3; i++)
     assert_int_equal(
-        bucket_of(&f->m, hour_of(t), group_name(name, "wide", labels[i], v[i]))
+        bucket_of(f->m, hour_of(t), group_name(name, "wide", labels[i], v[i]))
             .quantity,
         want[i]);
-  assert_groups_sum(&f->m, hour_of(t), "wide", labels[0]);
-  assert_groups_sum(&f->m, hour_of(t), "wide", labels[1]);
-  assert_int_equal(groups_sum(&f->m, hour_of(t), "wide", labels[2]).quantity,
+  assert_groups_sum(f->m, hour_of(t), "wide", labels[0]);
+  assert_groups_sum(f->m, hour_of(t), "wide", labels[1]);
+  assert_int_equal(groups_sum(f->m, hour_of(t), "wide", labels[2]).quantity,
                    9); /* and the feature 4: -5 beyond the groups */
 }
 

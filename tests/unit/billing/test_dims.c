@@ -14,6 +14,7 @@
  */
 #include "tly_billing.h"
 #include "tly_dims.h"
+#include "tly_mem_view.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -47,112 +48,14 @@ static const char *config_json =
     "     \"peak\": {\"tiers\": [{\"up_to\": null, \"unit_micros\": 100}]},"
     "     \"gauge\": {\"tiers\": [{\"up_to\": null, \"unit_micros\": 3}]}}}}}";
 
-/* ---- a memory view: buckets by (hour, name) --------------------------- */
-
-#define BUCKETS 512
-
-typedef struct {
-  int32_t hour;
-  char name[TLY_BUCKET_NAME_MAX];
-  tly_bucket_t bucket;
-} mem_bucket_t;
-
-typedef struct {
-  tly_billing_view_t view;
-  tly_account_t account;
-  struct {
-    int64_t cycle;
-    char feature[64];
-    tly_billing_row_t row;
-  } rows[16];
-  size_t row_count;
-  mem_bucket_t buckets[BUCKETS];
-  size_t bucket_count;
-  int64_t watermark;
-} memory_t;
-
-static tly_account_t *mem_account(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id) {
-  (void)kind, (void)id;
-  return &((memory_t *)view->opaque)->account;
-}
-
-static tly_billing_row_t *mem_row(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id,
-                                  int64_t cycle, const char *feature) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  for (size_t i = 0; i < m->row_count; i++)
-    if (m->rows[i].cycle == cycle && !strcmp(m->rows[i].feature, feature))
-      return &m->rows[i].row;
-  assert_true(m->row_count < 16);
-  m->rows[m->row_count].cycle = cycle;
-  snprintf(m->rows[m->row_count].feature, 64, "%s", feature);
-  return &m->rows[m->row_count++].row;
-}
-
-static tly_bucket_t *mem_bucket(tly_billing_view_t *view,
-                                tly_subject_kind_t kind, const char *id,
-                                int32_t hour, const char *name) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  for (size_t i = 0; i < m->bucket_count; i++)
-    if (m->buckets[i].hour == hour && !strcmp(m->buckets[i].name, name))
-      return &m->buckets[i].bucket;
-  assert_true(m->bucket_count < BUCKETS);
-  assert_true(strlen(name) < TLY_BUCKET_NAME_MAX);
-  mem_bucket_t *bucket = &m->buckets[m->bucket_count++];
-  bucket->hour = hour;
-  strcpy(bucket->name, name);
-  return &bucket->bucket;
-}
-
-static tly_bucket_t *mem_group_bucket(tly_billing_view_t *view,
-                                      tly_subject_kind_t kind, const char *id,
-                                      int32_t hour, char *name,
-                                      size_t prefix_len, long max) {
-  memory_t *m = view->opaque;
-  long count = 0;
-  int used = 0;
-  for (size_t i = 0; i < m->bucket_count; i++)
-    if (m->buckets[i].hour == hour && m->buckets[i].bucket.event_count &&
-        !strncmp(m->buckets[i].name, name, prefix_len)) {
-      count++;
-      used |= !strcmp(m->buckets[i].name, name);
-    }
-  if (!used && count >= max)
-    strcpy(name + prefix_len, TLY_DIM_OTHER);
-  return mem_bucket(view, kind, id, hour, name);
-}
-
-static int mem_seen(tly_billing_view_t *view, const char *event_id,
-                    int64_t occurred_at, int record) {
-  (void)view, (void)event_id, (void)occurred_at, (void)record;
-  return 0;
-}
-
 typedef struct {
   tly_config_t *config;
   tly_billing_t billing;
-  memory_t *m;
+  tly_mem_view_t *m;
   tly_alert_list_t alerts;
   char errstr[512];
   int counter;
 } fixture_t;
-
-static memory_t *memory_new(int with_names) {
-  memory_t *m = calloc(1, sizeof(*m));
-  m->view = (tly_billing_view_t){.opaque = m,
-                                 .account = mem_account,
-                                 .row = mem_row,
-                                 .bucket = mem_bucket,
-                                 .seen = mem_seen,
-                                 .watermark_ms = &m->watermark,
-                                 .group_bucket =
-                                     with_names ? mem_group_bucket : NULL};
-  m->watermark = INT64_MIN;
-  return m;
-}
 
 static int setup(void **ctx) {
   fixture_t *f = calloc(1, sizeof(*f));
@@ -163,7 +66,7 @@ static int setup(void **ctx) {
     return -1;
   }
   f->billing = (tly_billing_t){f->config, 7 * 86400000LL};
-  f->m = memory_new(1);
+  f->m = tly_mem_view_new(TLY_MEM_WITH_NAMES);
   *ctx = f;
   return 0;
 }
@@ -171,7 +74,7 @@ static int setup(void **ctx) {
 static int teardown(void **ctx) {
   fixture_t *f = *ctx;
   tly_alert_list_clear(&f->alerts);
-  free(f->m);
+  tly_mem_view_free(f->m);
   tly_config_free(f->config);
   free(f);
   return 0;
@@ -214,29 +117,29 @@ static tly_fold_result_t fold(fixture_t *f, const step_t *s) {
 }
 
 /* The group bucket of (hour, feature, label, value), or NULL. */
-static const tly_bucket_t *group(memory_t *m, int32_t hour, const char *feature,
-                                 const char *label, const char *value) {
+static const tly_bucket_t *group(tly_mem_view_t *m, int32_t hour,
+                                 const char *feature, const char *label,
+                                 const char *value) {
   char name[TLY_BUCKET_NAME_MAX];
   assert_true(tly_dims_bucket_name(name, sizeof(name), feature, label, value));
-  for (size_t i = 0; i < m->bucket_count; i++)
-    if (m->buckets[i].hour == hour && !strcmp(m->buckets[i].name, name))
-      return &m->buckets[i].bucket;
-  return NULL;
+  const tly_mem_bucket_t *found = tly_mem_bucket_find(m, "alice", hour, name);
+  return found ? &found->bucket : NULL;
 }
 
 /* Every feature bucket equals the sum of its groups of label, field by
  * field; returns how many groups of label there are in all. */
-static size_t check_sums(memory_t *m, const char *feature, const char *label) {
+static size_t check_sums(tly_mem_view_t *m, const char *feature,
+                         const char *label) {
   size_t groups = 0;
   for (size_t i = 0; i < m->bucket_count; i++) {
-    const mem_bucket_t *b = &m->buckets[i];
+    const tly_mem_bucket_t *b = &m->buckets[i];
     if (strcmp(b->name, feature) != 0)
       continue;
     tly_bucket_t sum = {0};
     for (size_t j = 0; j < m->bucket_count; j++) {
       size_t feature_len, label_len;
       const char *part, *value;
-      const mem_bucket_t *g = &m->buckets[j];
+      const tly_mem_bucket_t *g = &m->buckets[j];
       if (g->hour != b->hour || !g->bucket.event_count ||
           !tly_dims_split(g->name, &feature_len, &part, &label_len, &value) ||
           feature_len != strlen(feature) ||
@@ -363,8 +266,8 @@ static void refusals(void **ctx) {
   assert_int_equal(f->m->bucket_count, 0);
   assert_int_equal(f->m->row_count, 0);
   /* Without group_bucket the view keeps no group (the totals still move). */
-  free(f->m);
-  f->m = memory_new(0);
+  tly_mem_view_free(f->m);
+  f->m = tly_mem_view_new(0);
   step_t ai = {"ai", 5, 0, "m1", "openai", NULL};
   assert_int_equal(fold(f, &ai), TLY_FOLD_APPLIED);
   assert_int_equal(f->m->bucket_count, 1);

@@ -10,6 +10,7 @@
  */
 #include "tly_billing.h"
 #include "tly_holds.h"
+#include "tly_mem_view.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -31,98 +32,10 @@ static const char *config_json =
     " \"plans\": {\"t\": {\"credits\": -1,"
     "   \"limits\": {\"api_calls\": {\"limit\": 50, \"mode\": \"hard\"}}}}}";
 
-/* ---- a one-subject-at-a-time memory view ------------------------------ */
-
-#define SUBJECTS 4
-
-typedef struct {
-  char id[64];
-  tly_account_t account;
-  tly_billing_row_t row; /* one feature, one cycle is all these tests use */
-  tly_bucket_t bucket;
-  tly_holds_t holds;
-} subject_t;
-
-typedef struct {
-  tly_billing_view_t view;
-  subject_t subjects[SUBJECTS];
-  size_t subject_count;
-  char seen[512][64];
-  size_t seen_count;
-  int64_t watermark;
-} memory_t;
-
-static subject_t *subject(memory_t *m, const char *id) {
-  for (size_t i = 0; i < m->subject_count; i++)
-    if (!strcmp(m->subjects[i].id, id))
-      return &m->subjects[i];
-  assert_true(m->subject_count < SUBJECTS);
-  subject_t *s = &m->subjects[m->subject_count++];
-  snprintf(s->id, sizeof(s->id), "%s", id);
-  return s;
-}
-
-static tly_account_t *mem_account(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id) {
-  (void)kind;
-  return &subject(view->opaque, id)->account;
-}
-
-static tly_billing_row_t *mem_row(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id,
-                                  int64_t cycle, const char *feature) {
-  (void)kind, (void)cycle, (void)feature;
-  return &subject(view->opaque, id)->row;
-}
-
-static tly_bucket_t *mem_bucket(tly_billing_view_t *view,
-                                tly_subject_kind_t kind, const char *id,
-                                int32_t hour, const char *feature) {
-  (void)kind, (void)hour, (void)feature;
-  return &subject(view->opaque, id)->bucket;
-}
-
-static tly_holds_t *mem_holds(tly_billing_view_t *view, tly_subject_kind_t kind,
-                              const char *id) {
-  (void)kind;
-  return &subject(view->opaque, id)->holds;
-}
-
-static int mem_seen(tly_billing_view_t *view, const char *event_id,
-                    int64_t occurred_at, int record) {
-  memory_t *m = view->opaque;
-  (void)occurred_at;
-  for (size_t i = 0; i < m->seen_count; i++)
-    if (!strcmp(m->seen[i], event_id))
-      return record ? 0 : 1;
-  if (record)
-    snprintf(m->seen[m->seen_count++], 64, "%s", event_id);
-  return 0;
-}
-
-static memory_t *memory_new(int with_holds) {
-  memory_t *m = calloc(1, sizeof(*m));
-  m->view = (tly_billing_view_t){.opaque = m,
-                                 .account = mem_account,
-                                 .row = mem_row,
-                                 .bucket = mem_bucket,
-                                 .seen = mem_seen,
-                                 .watermark_ms = &m->watermark,
-                                 .holds = with_holds ? mem_holds : NULL};
-  m->watermark = INT64_MIN;
-  return m;
-}
-
-static void memory_free(memory_t *m) {
-  for (size_t i = 0; i < m->subject_count; i++)
-    tly_holds_free(&m->subjects[i].holds);
-  free(m);
-}
-
 typedef struct {
   tly_config_t *config;
   tly_billing_t billing;
-  memory_t *m;
+  tly_mem_view_t *m;
   tly_alert_list_t alerts;
   char errstr[512];
   int counter;
@@ -137,7 +50,7 @@ static int setup(void **ctx) {
     return -1;
   }
   f->billing = (tly_billing_t){f->config, 7 * 86400000LL};
-  f->m = memory_new(1);
+  f->m = tly_mem_view_new(TLY_MEM_WITH_HOLDS);
   *ctx = f;
   return 0;
 }
@@ -145,7 +58,7 @@ static int setup(void **ctx) {
 static int teardown(void **ctx) {
   fixture_t *f = *ctx;
   tly_alert_list_clear(&f->alerts);
-  memory_free(f->m);
+  tly_mem_view_free(f->m);
   tly_config_free(f->config);
   free(f);
   return 0;
@@ -155,8 +68,8 @@ static int teardown(void **ctx) {
 
 /* Folds one event at time t with the record's Kafka timestamp record_ms
  * (0: none) into m. */
-static tly_fold_result_t fold_at(fixture_t *f, memory_t *m, tly_event_t *event,
-                                 int64_t record_ms) {
+static tly_fold_result_t fold_at(fixture_t *f, tly_mem_view_t *m,
+                                 tly_event_t *event, int64_t record_ms) {
   char event_id[32];
   if (!event->event_id) {
     snprintf(event_id, sizeof(event_id), "e-%d", ++f->counter);
@@ -212,12 +125,18 @@ static tly_event_t usage(const char *who, int64_t quantity, const char *id,
   return e;
 }
 
+/* The subject's holds and usage in m (tly_mem_view.h). */
 static const tly_holds_t *holds_of(fixture_t *f, const char *who) {
-  return &subject(f->m, who)->holds;
+  return &tly_mem_subject(f->m, who)->holds;
 }
 
-static int64_t used_of(fixture_t *f, const char *who) {
-  return subject(f->m, who)->row.quantity;
+/* Its rows' quantities added up (one feature, one cycle in these tests). */
+static int64_t used_of(tly_mem_view_t *m, const char *who) {
+  int64_t used = 0;
+  for (size_t i = 0; i < m->row_count; i++)
+    if (!strcmp(m->rows[i].subject, who))
+      used += m->rows[i].row.quantity;
+  return used;
 }
 
 /* ---- tests ------------------------------------------------------------- */
@@ -233,9 +152,9 @@ static void test_held_is_recorded(void **ctx) {
   assert_true(holds->items[0].quantity == 7);
   assert_true(holds->items[0].expires_at_ms == JAN1 + MIN_MS + 30000);
   /* A hold is no usage: no row, no event counted, no alert. */
-  assert_true(used_of(f, "alice") == 0);
-  assert_true(subject(f->m, "alice")->account.exists);
-  assert_true(subject(f->m, "alice")->account.cycle.events == 0);
+  assert_true(used_of(f->m, "alice") == 0);
+  assert_true(tly_mem_subject(f->m, "alice")->account.exists);
+  assert_true(tly_mem_subject(f->m, "alice")->account.cycle.events == 0);
   assert_int_equal(f->alerts.count, 0);
   assert_true(tly_holds_held(holds->items, holds->count, "api_calls",
                              JAN1 + MIN_MS) == 7);
@@ -261,17 +180,17 @@ static void test_usage_settles(void **ctx) {
   assert_int_equal(fold_at(f, f->m, &less, t + 1000), TLY_FOLD_APPLIED);
   assert_int_equal(holds_of(f, "alice")->count, 1);
   assert_string_equal(holds_of(f, "alice")->items[0].id, "rsv_b");
-  assert_true(used_of(f, "alice") == 3);
+  assert_true(used_of(f->m, "alice") == 3);
   tly_event_t more = usage("alice", 14, "rsv_b", t + 2000);
   assert_int_equal(fold_at(f, f->m, &more, t + 2000), TLY_FOLD_APPLIED);
   assert_int_equal(holds_of(f, "alice")->count, 0);
-  assert_true(used_of(f, "alice") == 17);
+  assert_true(used_of(f->m, "alice") == 17);
   /* Settled already, or never held: the usage just counts. */
   tly_event_t again = usage("alice", 2, "rsv_b", t + 3000);
   tly_event_t unknown = usage("alice", 1, "rsv_nobody", t + 3000);
   assert_int_equal(fold_at(f, f->m, &again, t + 3000), TLY_FOLD_APPLIED);
   assert_int_equal(fold_at(f, f->m, &unknown, t + 3000), TLY_FOLD_APPLIED);
-  assert_true(used_of(f, "alice") == 20);
+  assert_true(used_of(f->m, "alice") == 20);
   assert_int_equal(holds_of(f, "alice")->count, 0);
 }
 
@@ -292,7 +211,7 @@ static void test_settle_is_per_subject_and_once(void **ctx) {
   settle.event_id = "settle-1";
   assert_int_equal(fold_at(f, f->m, &settle, t + 2), TLY_FOLD_APPLIED);
   assert_int_equal(fold_at(f, f->m, &settle, t + 2), TLY_FOLD_DUPLICATE);
-  assert_true(used_of(f, "bob") == 4);
+  assert_true(used_of(f->m, "bob") == 4);
   assert_int_equal(holds_of(f, "bob")->count, 0);
 }
 
@@ -307,7 +226,7 @@ static void test_rejected_usage_keeps_the_hold(void **ctx) {
   tly_event_t late = usage("alice", 1, "rsv_a", JAN1 - 86400000LL);
   assert_int_equal(fold_at(f, f->m, &late, t), TLY_FOLD_REJECTED);
   assert_int_equal(holds_of(f, "alice")->count, 1);
-  assert_true(used_of(f, "alice") == 0);
+  assert_true(used_of(f->m, "alice") == 0);
 }
 
 static void test_release(void **ctx) {
@@ -327,7 +246,7 @@ static void test_release(void **ctx) {
   assert_int_equal(fold_at(f, f->m, &again, t + 2), TLY_FOLD_APPLIED);
   assert_int_equal(fold_at(f, f->m, &unknown, t + 2), TLY_FOLD_APPLIED);
   assert_int_equal(holds_of(f, "alice")->count, 1);
-  assert_true(used_of(f, "alice") == 0);
+  assert_true(used_of(f->m, "alice") == 0);
 }
 
 /* The fold's clock is the record's Kafka timestamp (occurred_at without
@@ -361,7 +280,7 @@ static void test_expiry_on_the_fold_clock(void **ctx) {
   assert_int_equal(fold_at(f, f->m, &untimed, 0), TLY_FOLD_APPLIED);
   assert_int_equal(holds_of(f, "alice")->count, 1);
   /* A tick at rsv_b's expiry drops it, with no event of the subject. */
-  assert_true(tly_subject_due_ms(&subject(f->m, "alice")->account,
+  assert_true(tly_subject_due_ms(&tly_mem_subject(f->m, "alice")->account,
                                  holds_of(f, "alice")->items,
                                  holds_of(f, "alice")->count) == t + 5000);
   assert_int_equal(tly_billing_tick(&f->billing, &f->m->view, TLY_SUBJECT_USER,
@@ -373,9 +292,10 @@ static void test_expiry_on_the_fold_clock(void **ctx) {
                    TLY_FOLD_APPLIED);
   assert_int_equal(holds_of(f, "alice")->count, 0);
   /* With no holds the subject is due at its cycle's end again. */
-  assert_true(tly_subject_due_ms(&subject(f->m, "alice")->account, NULL, 0) ==
-              subject(f->m, "alice")->account.cycle.end_ms);
-  assert_true(used_of(f, "alice") == 3);
+  assert_true(
+      tly_subject_due_ms(&tly_mem_subject(f->m, "alice")->account, NULL, 0) ==
+      tly_mem_subject(f->m, "alice")->account.cycle.end_ms);
+  assert_true(used_of(f->m, "alice") == 3);
 }
 
 /* The same id twice keeps the first hold; past TLY_HOLDS_MAX open holds a
@@ -415,20 +335,20 @@ static void test_duplicate_id_and_bound(void **ctx) {
  * still counts settling usage. */
 static void test_view_without_holds(void **ctx) {
   fixture_t *f = *ctx;
-  memory_t *m = memory_new(0);
+  tly_mem_view_t *m = tly_mem_view_new(0);
   tly_event_t a = held("alice", "rsv_a", 5, 300000, JAN1 + MIN_MS);
   assert_int_equal(fold_at(f, m, &a, 0), TLY_FOLD_REJECTED);
   assert_non_null(strstr(f->errstr, "no reservations"));
   tly_event_t u = usage("alice", 2, "rsv_a", JAN1 + MIN_MS);
   assert_int_equal(fold_at(f, m, &u, 0), TLY_FOLD_APPLIED);
-  assert_true(subject(m, "alice")->row.quantity == 2);
-  memory_free(m);
+  assert_true(used_of(m, "alice") == 2);
+  tly_mem_view_free(m);
 }
 
 /* The same records give the same holds, whoever folds them. */
 static void test_replay_decides_the_same(void **ctx) {
   fixture_t *f = *ctx;
-  memory_t *runs[2] = {f->m, memory_new(1)};
+  tly_mem_view_t *runs[2] = {f->m, tly_mem_view_new(TLY_MEM_WITH_HOLDS)};
   int64_t t = JAN1 + MIN_MS;
   for (int run = 0; run < 2; run++) {
     f->counter = 0;
@@ -445,14 +365,13 @@ static void test_replay_decides_the_same(void **ctx) {
       }
     }
   }
-  const tly_holds_t *a = &subject(runs[0], "alice")->holds;
-  const tly_holds_t *b = &subject(runs[1], "alice")->holds;
+  const tly_holds_t *a = &tly_mem_subject(runs[0], "alice")->holds;
+  const tly_holds_t *b = &tly_mem_subject(runs[1], "alice")->holds;
   assert_true(a->count > 0);
   assert_int_equal(a->count, b->count);
   assert_memory_equal(a->items, b->items, a->count * sizeof(a->items[0]));
-  assert_true(subject(runs[0], "alice")->row.quantity ==
-              subject(runs[1], "alice")->row.quantity);
-  memory_free(runs[1]);
+  assert_true(used_of(runs[0], "alice") == used_of(runs[1], "alice"));
+  tly_mem_view_free(runs[1]);
 }
 
 /* The subject record keeps holds (version 4); without holds it is version

@@ -12,6 +12,7 @@
  * meter state keeps version 3's bytes.
  */
 #include "tly_billing.h"
+#include "tly_mem_view.h"
 #include "tly_meters.h"
 
 #include <setjmp.h>
@@ -49,124 +50,22 @@ static const char *config_json =
     "     \"bytes\": {\"tiers\": [{\"up_to\": null, \"unit_micros\": 1}]}}"
     "}}}";
 
-/* ---- a memory view: rows by (cycle, feature), buckets by (hour, feature) */
-
-#define ITEMS 64
-
-typedef struct {
-  int64_t cycle;
-  char feature[64];
-  tly_billing_row_t row;
-} mem_row_t;
-
-typedef struct {
-  int32_t hour;
-  char feature[64];
-  tly_bucket_t bucket;
-} mem_bucket_t;
-
-typedef struct {
-  tly_billing_view_t view;
-  tly_account_t account;
-  mem_row_t rows[ITEMS];
-  size_t row_count;
-  mem_bucket_t buckets[ITEMS];
-  size_t bucket_count;
-  tly_distinct_sets_t distinct;
-  char (*seen)[32];
-  size_t seen_count;
-  int64_t watermark;
-} memory_t;
-
-static tly_account_t *mem_account(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id) {
-  (void)kind, (void)id;
-  return &((memory_t *)view->opaque)->account;
-}
-
-static tly_billing_row_t *mem_row(tly_billing_view_t *view,
-                                  tly_subject_kind_t kind, const char *id,
-                                  int64_t cycle, const char *feature) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  for (size_t i = 0; i < m->row_count; i++)
-    if (m->rows[i].cycle == cycle && !strcmp(m->rows[i].feature, feature))
-      return &m->rows[i].row;
-  assert_true(m->row_count < ITEMS);
-  mem_row_t *row = &m->rows[m->row_count++];
-  row->cycle = cycle;
-  snprintf(row->feature, sizeof(row->feature), "%s", feature);
-  return &row->row;
-}
-
-static tly_bucket_t *mem_bucket(tly_billing_view_t *view,
-                                tly_subject_kind_t kind, const char *id,
-                                int32_t hour, const char *feature) {
-  memory_t *m = view->opaque;
-  (void)kind, (void)id;
-  for (size_t i = 0; i < m->bucket_count; i++)
-    if (m->buckets[i].hour == hour && !strcmp(m->buckets[i].feature, feature))
-      return &m->buckets[i].bucket;
-  assert_true(m->bucket_count < ITEMS);
-  mem_bucket_t *bucket = &m->buckets[m->bucket_count++];
-  bucket->hour = hour;
-  snprintf(bucket->feature, sizeof(bucket->feature), "%s", feature);
-  return &bucket->bucket;
-}
-
-static tly_distinct_sets_t *mem_distinct(tly_billing_view_t *view,
-                                         tly_subject_kind_t kind,
-                                         const char *id) {
-  (void)kind, (void)id;
-  return &((memory_t *)view->opaque)->distinct;
-}
-
-static int mem_seen(tly_billing_view_t *view, const char *event_id,
-                    int64_t occurred_at, int record) {
-  memory_t *m = view->opaque;
-  (void)occurred_at;
-  for (size_t i = 0; i < m->seen_count; i++)
-    if (!strcmp(m->seen[i], event_id))
-      return record ? 0 : 1;
-  if (record)
-    snprintf(m->seen[m->seen_count++], 32, "%s", event_id);
-  return 0;
-}
-
-static memory_t *memory_new(void) {
-  memory_t *m = calloc(1, sizeof(*m));
-  m->seen = calloc(4096, sizeof(*m->seen));
-  m->view = (tly_billing_view_t){.opaque = m,
-                                 .account = mem_account,
-                                 .row = mem_row,
-                                 .bucket = mem_bucket,
-                                 .seen = mem_seen,
-                                 .watermark_ms = &m->watermark,
-                                 .distinct = mem_distinct};
-  m->watermark = INT64_MIN;
-  return m;
-}
-
-static void memory_free(memory_t *m) {
-  tly_distinct_sets_clear(&m->distinct);
-  free(m->seen);
-  free(m);
+/* The one subject's account (its view: tly_mem_view.h). */
+static tly_account_t *account_of(tly_mem_view_t *m) {
+  return &tly_mem_subject(m, "alice")->account;
 }
 
 /* The row of (cycle, feature), or NULL. */
-static const tly_billing_row_t *row_of(memory_t *m, int64_t cycle,
+static const tly_billing_row_t *row_of(tly_mem_view_t *m, int64_t cycle,
                                        const char *feature) {
-  for (size_t i = 0; i < m->row_count; i++)
-    if (m->rows[i].cycle == cycle && !strcmp(m->rows[i].feature, feature))
-      return &m->rows[i].row;
-  return NULL;
+  return tly_mem_row_find(m, "alice", cycle, feature);
 }
 
 /* What the feature's buckets add up to. */
-static tly_bucket_t bucket_sum(memory_t *m, const char *feature) {
+static tly_bucket_t bucket_sum(tly_mem_view_t *m, const char *feature) {
   tly_bucket_t sum = {0};
   for (size_t i = 0; i < m->bucket_count; i++) {
-    if (strcmp(m->buckets[i].feature, feature))
+    if (strcmp(m->buckets[i].name, feature))
       continue;
     sum.quantity += m->buckets[i].bucket.quantity;
     sum.event_count += m->buckets[i].bucket.event_count;
@@ -178,7 +77,7 @@ static tly_bucket_t bucket_sum(memory_t *m, const char *feature) {
 typedef struct {
   tly_config_t *config;
   tly_billing_t billing;
-  memory_t *m;
+  tly_mem_view_t *m;
   tly_alert_list_t alerts;
   char errstr[512];
   int counter;
@@ -193,7 +92,7 @@ static int setup(void **ctx) {
     return -1;
   }
   f->billing = (tly_billing_t){f->config, 7 * 86400000LL};
-  f->m = memory_new();
+  f->m = tly_mem_view_new(TLY_MEM_WITH_DISTINCT);
   *ctx = f;
   return 0;
 }
@@ -201,7 +100,7 @@ static int setup(void **ctx) {
 static int teardown(void **ctx) {
   fixture_t *f = *ctx;
   tly_alert_list_clear(&f->alerts);
-  memory_free(f->m);
+  tly_mem_view_free(f->m);
   tly_config_free(f->config);
   free(f);
   return 0;
@@ -278,8 +177,8 @@ static void table(void **ctx) {
   for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
     fixture_t *f = *ctx;
     const case_t *k = &cases[c];
-    memory_free(f->m);
-    f->m = memory_new();
+    tly_mem_view_free(f->m);
+    f->m = tly_mem_view_new(TLY_MEM_WITH_DISTINCT);
     for (size_t i = 0; i < k->step_count; i++)
       assert_int_equal(fold(f, k->feature, k->steps[i].quantity,
                             JAN1 + k->steps[i].offset_ms, k->steps[i].value),
@@ -291,7 +190,7 @@ static void table(void **ctx) {
                (long long)row->quantity, (long long)k->value);
     assert_int_equal(row->event_count, (int64_t)k->step_count);
     assert_int_equal(row->cost_micros, k->value * k->unit_price);
-    assert_int_equal(f->m->account.cycle.cost_micros, row->cost_micros);
+    assert_int_equal(account_of(f->m)->cycle.cost_micros, row->cost_micros);
     /* The hours' changes add up to the value, its cost and its events. */
     tly_bucket_t sum = bucket_sum(f->m, k->feature);
     assert_int_equal(sum.quantity, k->value);
@@ -350,13 +249,13 @@ static void unique_count_bounds(void **ctx) {
   const tly_billing_row_t *row = row_of(f->m, JAN1, "seats");
   assert_int_equal(row->quantity, TLY_DISTINCT_MAX);
   tly_billing_row_t before = *row;
-  int64_t cost_before = f->m->account.cycle.cost_micros;
+  int64_t cost_before = account_of(f->m)->cycle.cost_micros;
   assert_int_equal(fold(f, "seats", 1, JAN1 + 5000, "new"), TLY_FOLD_REJECTED);
   assert_non_null(strstr(f->errstr, "1000 distinct values"));
   assert_memory_equal(row, &before, sizeof(before));
-  assert_int_equal(f->m->account.cycle.cost_micros, cost_before);
-  const tly_distinct_set_t *set =
-      tly_distinct_find(&f->m->distinct, JAN1, "seats");
+  assert_int_equal(account_of(f->m)->cycle.cost_micros, cost_before);
+  const tly_distinct_set_t *set = tly_distinct_find(
+      &tly_mem_subject(f->m, "alice")->distinct, JAN1, "seats");
   assert_int_equal(set->count, TLY_DISTINCT_MAX);
   assert_false(tly_distinct_has(set, "new"));
   /* A value already counted still applies, as an event. */
