@@ -63,6 +63,8 @@
 #define TLY_STORE_MAX_WAL_BYTES (128u << 20)
 /* RocksDB's default memtable size, kept as the largest when sized. */
 #define TLY_STORE_MEMTABLE_MAX ((size_t)64 << 20)
+/* The size of an index or filter partition (RocksDB's default block size). */
+#define TLY_STORE_METADATA_BLOCK 4096
 
 /* One row per column family: adding state kinds means adding an enum value
  * in tly_store.h and one row here. point_reads turns the bloom filter on. */
@@ -282,6 +284,20 @@ tly_store_options_new(rocksdb_cache_t *cache, int bloom,
   rocksdb_block_based_options_set_cache_index_and_filter_blocks(table, 1);
   rocksdb_block_based_options_set_cache_index_and_filter_blocks_with_high_priority(
       table, 1);
+  /* Partitioned index and filters: a table's index and bloom filter are
+   * split into blocks of TLY_STORE_METADATA_BLOCK bytes under a small top
+   * level (pinned in the cache), so a point read loads one partition of
+   * each, not the table's whole index and filter. With the block cache a
+   * small share of the memory budget, a whole filter (1.2 MiB per million
+   * keys) was evicted and read again from the file for nearly every
+   * lookup of a spilled event id (measured: ~200 us a lookup). */
+  rocksdb_block_based_options_set_index_type(
+      table, rocksdb_block_based_table_index_type_two_level_index_search);
+  rocksdb_block_based_options_set_partition_filters(table,
+                                                    (unsigned char)bloom);
+  rocksdb_block_based_options_set_metadata_block_size(table,
+                                                      TLY_STORE_METADATA_BLOCK);
+  rocksdb_block_based_options_set_pin_top_level_index_and_filter(table, 1);
   if (memory && memory->memtables_bytes) {
     /* RocksDB flushes the family holding the oldest memtable once the
      * written memtables pass 7/8 of db_write_buffer_size, a quarter of the
