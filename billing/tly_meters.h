@@ -79,7 +79,7 @@ void tly_distinct_prune(tly_distinct_sets_t *sets,
                         int (*keep)(const void *opaque, int64_t cycle_start_ms,
                                     const char *feature),
                         const void *opaque);
-/* Encoding, inside the subject record (tly_billing.c writes the record):
+/* Encoding, inside the subject record (tly_billing_records.c writes it):
  * [set count] then per set [cycle - base_ms][feature][value count][values],
  * varints and length-prefixed strings. encode returns the length it needs,
  * the bytes in out when that fits (out may be NULL to measure); sets with
