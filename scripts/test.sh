@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The README's second command (and all that CI runs): install what is
 # missing, build, and run the whole test suite twice: once as built for
-# users, once under AddressSanitizer + UndefinedBehaviorSanitizer; then
-# fuzz the parsers.
+# users, once under AddressSanitizer + UndefinedBehaviorSanitizer; and fuzz
+# the parsers.
 #
 # Most of the suite waits (sockets, timers, Kafka rebalances, fsync), so
-# work that computes runs beside it: the sanitizer build and the fuzzers
-# build and run while the plain tests run (the builds niced, so the tests
-# keep the CPU they need). Their output goes to a
-# log printed when they are done; a failure anywhere fails the script, after
-# every part has run (the summary at the end names the parts that failed).
+# work that computes runs beside it: the sanitizer build (niced, so the
+# tests keep the CPU they need) while the plain tests run, then the
+# fuzzers' build and their 40 s, whichever tests run by then. A background
+# part's output goes to a log, printed when its turn comes. A failure
+# anywhere fails the script, after every part has run; the last line names
+# the parts that failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -18,13 +19,15 @@ began=$SECONDS
 stage() { echo "== $* (at $((SECONDS - began)) s)"; }
 logs=$(mktemp -d "${TMPDIR:-/tmp}/tally-test.XXXXXX")
 background=()
-# An interrupted or failed run leaves no build running behind it.
+# An interrupted or failed run leaves nothing running behind it.
 stop_background() {
   local pid
   for pid in "${background[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+  rm -rf "$logs"
 }
 trap stop_background EXIT
-set -m # each background part in its own process group (killed whole above)
+trap 'exit 130' INT
+trap 'exit 143' TERM
 failed=()
 # A background part's log without make's progress lines (warnings, errors
 # and the fuzzers' figures stay).
@@ -33,13 +36,15 @@ quiet() { grep -v '^\[ *[0-9]*%\] ' "$1" || true; }
 stage "build (warnings are errors)"
 scripts/build.sh build -DTALLY_TESTS=ON
 
-# The sanitizer build, then the fuzzers (their own clang build, then 40 s of
-# fuzzing in all), beside the plain tests.
-stage "building with AddressSanitizer + UndefinedBehaviorSanitizer, then fuzzing, in the background"
+stage "building with AddressSanitizer + UndefinedBehaviorSanitizer, then the fuzzers, in the background"
+set -m # the background part in its own process group (stopped whole above)
 (
+  rc=0
   nice -n 10 scripts/build.sh build-asan -DTALLY_TESTS=ON -DTALLY_SANITIZE=ON \
-    -DCMAKE_BUILD_TYPE=Debug >"$logs/build-asan.log" 2>&1 || exit 1
-  touch "$logs/build-asan.ok"
+    -DCMAKE_BUILD_TYPE=Debug >"$logs/build-asan.log" 2>&1 || rc=$?
+  echo "$rc" >"$logs/build-asan.rc.new"
+  mv "$logs/build-asan.rc.new" "$logs/build-asan.rc"
+  [ "$rc" -eq 0 ] || exit 1
   scripts/fuzz.sh 40 >"$logs/fuzz.log" 2>&1 || exit 2
 ) &
 background+=($!)
@@ -49,27 +54,17 @@ set +m
 # the sum of the tests' times hardly grows from 3 to 4 at a time), so two
 # cores keep busy.
 stage "tests"
-ctest --test-dir build -j5 --output-on-failure --timeout 900 || failed+=("tests")
+ctest --test-dir build -j5 --output-on-failure --timeout 900 ||
+  failed+=("tests")
 
-stage "waiting for the sanitizer build and the fuzzers"
-rc=0
-wait "${background[0]}" || rc=$?
-background=()
-stage "build with AddressSanitizer + UndefinedBehaviorSanitizer (log)"
-if [ -f "$logs/build-asan.ok" ]; then
+stage "waiting for the sanitizer build"
+while [ ! -e "$logs/build-asan.rc" ] && kill -0 "${background[0]}" 2>/dev/null; do
+  sleep 1
+done
+stage "build with AddressSanitizer + UndefinedBehaviorSanitizer (its log)"
+if [ "$(cat "$logs/build-asan.rc" 2>/dev/null)" = 0 ]; then
   quiet "$logs/build-asan.log"
-else
-  cat "$logs/build-asan.log"
-  failed+=("sanitizer build")
-fi
-if [ -f "$logs/fuzz.log" ]; then
-  stage "fuzz the parsers (40 s in all) (log)"
-  quiet "$logs/fuzz.log"
-fi
-[ "$rc" -ne 2 ] || failed+=("fuzz")
-
-if [ -f "$logs/build-asan.ok" ]; then
-  stage "tests under sanitizers"
+  stage "tests under sanitizers (the fuzzers build and run beside them)"
   # The same suite; the crash matrix at 60,000 events over 600 subjects and
   # 8+ kills, its meters variant at 20,000 events (the plain run above is
   # the full matrix: this one looks for memory errors on the same recovery
@@ -80,11 +75,24 @@ if [ -f "$logs/build-asan.ok" ]; then
   TALLY_CRASH_MATRIX_KILLS=8 TALLY_CRASH_METERS_EVENTS=20000 \
     ctest --test-dir build-asan -j5 --output-on-failure --timeout 900 ||
     failed+=("tests under sanitizers")
+else
+  cat "$logs/build-asan.log" 2>/dev/null || true
+  failed+=("sanitizer build")
 fi
 
-rm -rf "$logs"
+stage "waiting for the fuzzers"
+rc=0
+wait "${background[0]}" || rc=$?
+background=()
+if [ -e "$logs/fuzz.log" ]; then
+  stage "fuzz the parsers (40 s in all) (its log)"
+  quiet "$logs/fuzz.log"
+fi
+[ "$rc" -ne 2 ] || failed+=("fuzz")
+
 if [ ${#failed[@]} -ne 0 ]; then
-  stage "FAILED: ${failed[*]}"
+  list=$(printf '%s, ' "${failed[@]}")
+  stage "FAILED: ${list%, }"
   exit 1
 fi
 stage "all passed"
