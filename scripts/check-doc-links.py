@@ -27,6 +27,7 @@ for f in files:
         if line.lstrip().startswith('```'):
             fence = not fence; continue
         if fence: continue
+        line = re.sub(r'`[^`]*`', '', line)  # links in code spans are text
         for target in re.findall(r'\]\(([^)\s]*#[^)\s]+)\)', line):
             path, frag = target.split('#', 1)
             dest = f if path == '' else os.path.normpath(os.path.join(os.path.dirname(f), path))
