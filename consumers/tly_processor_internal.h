@@ -328,6 +328,7 @@ struct tly_processor {
   pthread_t filter_thread;
   int filter_started;
   atomic_int filter_quit, filter_done_ready;
+  atomic_uint_least64_t filters_building; /* tickets not yet adopted */
   pthread_mutex_t filter_lock;
   pthread_cond_t filter_cond;
   struct tly_filter_job *filter_queue, *filter_done;

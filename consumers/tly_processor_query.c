@@ -204,6 +204,7 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->dedupe_ids_spilled = atomic_load(&p->ids_spilled);
   stats->dedupe_store_reads = atomic_load(&p->id_reads);
   stats->dedupe_filter_skips = atomic_load(&p->filter_skips);
+  stats->dedupe_filters_building = atomic_load(&p->filters_building);
   stats->dedupe_filter_build_ms = atomic_load(&p->filter_build_ms);
   stats->last_assignment_ms = atomic_load(&p->assignment_ms);
 }
