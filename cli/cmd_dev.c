@@ -13,6 +13,7 @@
 #include "tally_producer.h"
 #include "tly_auth.h"
 #include "tly_log.h"
+#include "tly_processor.h"
 
 #include <ftw.h>
 #include <getopt.h>
@@ -169,6 +170,7 @@ int cmd_dev(int argc, char **argv) {
       {"advertise", required_argument, NULL, 'A'},
       {"cluster-secret-file", required_argument, NULL, 'S'},
       {"keep", no_argument, NULL, 'k'},
+      {"memory-budget", required_argument, NULL, 'B'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   char address[64] = "127.0.0.1", state_dir[4096] = "";
@@ -226,11 +228,17 @@ int cmd_dev(int argc, char **argv) {
     case 'k':
       keep = 1;
       break;
+    case 'B': /* as tally run's (the embedded broker is outside it) */
+      if (cli_parse_int("dev", "memory-budget", optarg, TLY_MEMORY_BUDGET_MIN,
+                        TLY_MEMORY_BUDGET_MAX, "(bytes)",
+                        &conf.memory_budget_bytes))
+        return 2;
+      break;
     case 'h':
       printf("usage: tally dev [--demo] [--state-dir DIR] [--http ADDR:PORT] "
              "[--partitions N] [--demo-rate EVENTS_PER_S] [--demo-subjects N] "
              "[--config FILE] [--advertise URL] [--cluster-secret-file F] "
-             "[--keep]\n"
+             "[--keep] [--memory-budget BYTES]\n"
              "  without --state-dir, a fresh /tmp/tally-dev-XXXXXX is used and "
              "removed on\n"
              "  exit (--keep keeps it)\n"
@@ -238,7 +246,10 @@ int cmd_dev(int argc, char **argv) {
              "$TALLY_CLUSTER_SECRET) is\n"
              "  only needed for `tally run` instances joining this one; "
              "without it a\n"
-             "  random one is used for this run\n");
+             "  random one is used for this run\n"
+             "  --memory-budget BYTES bounds what the processor keeps in "
+             "memory, as for\n"
+             "  tally run (default 1 GiB; the embedded broker is not in it)\n");
       return 0;
     default:
       return 2;

@@ -22,6 +22,7 @@
 #include "tly_keys.h"
 #include "tly_log.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -751,12 +752,32 @@ static void record_visible(tly_processor_t *p,
   atomic_fetch_add(&p->visible_ms, total_ms);
 }
 
+/* What the allocator keeps of freed memory goes back to the system, at
+ * most once a second, on the writer thread (idle between commits, off the
+ * fold's path). glibc returns a heap's free pages only from its top, so
+ * the churn of librdkafka's fetch buffers and the batch buffers stayed
+ * resident: an instance folding at a 20 MiB budget held 156 MiB, of which
+ * malloc_trim gave back 90 MiB (malloc_stats: 163 MB taken from the
+ * system, 61 MB in use). */
+static void trim_freed_memory(int64_t *last_ms) {
+#ifdef __GLIBC__
+  int64_t now = tly_monotonic_ms();
+  if (now - *last_ms < 1000)
+    return;
+  *last_ms = now;
+  malloc_trim(0);
+#else
+  (void)last_ms;
+#endif
+}
+
 /* The writer thread: one synced RocksDB write per batch handed to it. A
  * failed write leaves RocksDB untouched, so the same batch can simply be
  * written again; a store that keeps failing stops the processor. */
 void *tly_proc_writer_main(void *arg) {
   tly_processor_t *p = arg;
   prctl(PR_SET_NAME, "tly-writer"); /* for top -H and perf */
+  int64_t last_trim_ms = tly_monotonic_ms();
   pthread_mutex_lock(&p->writer_lock);
   for (;;) {
     while (!p->writer_job && !p->writer_quit)
@@ -797,6 +818,10 @@ void *tly_proc_writer_main(void *arg) {
     if (p->writer_wakes_loop)
       rd_kafka_queue_yield(p->queue);
     pthread_cond_broadcast(&p->writer_done);
+    /* Outside the lock: the loop may hand over the next batch meanwhile. */
+    pthread_mutex_unlock(&p->writer_lock);
+    trim_freed_memory(&last_trim_ms);
+    pthread_mutex_lock(&p->writer_lock);
   }
   pthread_mutex_unlock(&p->writer_lock);
   return NULL;

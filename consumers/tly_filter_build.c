@@ -28,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
 
 struct tly_filter_job {
   int32_t partition;
@@ -77,9 +79,24 @@ int tly_proc_dedupe_any_spilled(tly_processor_t *p, int32_t partition) {
   return any;
 }
 
+/* Fault injection for tests (announced on stderr): while the file named by
+ * TALLY_FAULT_FILTER_HOLD_FILE exists, no build starts, so a test can fold
+ * with every filter of a restart still pending (test_dedupe_spill). */
+static void hold_while_file(tly_processor_t *p, const char *path) {
+  struct timespec pause = {0, 20 * 1000000L};
+  while (path && access(path, F_OK) == 0 && !atomic_load(&p->filter_quit))
+    nanosleep(&pause, NULL);
+}
+
 static void *filter_main(void *arg) {
   tly_processor_t *p = arg;
   prctl(PR_SET_NAME, "tly-filters"); /* for top -H and perf */
+  const char *hold = getenv("TALLY_FAULT_FILTER_HOLD_FILE");
+  if (hold && !*hold)
+    hold = NULL;
+  if (hold)
+    tly_log(TLY_LOG_WARN, "processor",
+            "fault injection: spilled-id filters wait while %s exists", hold);
   pthread_mutex_lock(&p->filter_lock);
   for (;;) {
     while (!p->filter_queue && !atomic_load(&p->filter_quit))
@@ -89,6 +106,7 @@ static void *filter_main(void *arg) {
     struct tly_filter_job *job = p->filter_queue;
     p->filter_queue = job->next;
     pthread_mutex_unlock(&p->filter_lock);
+    hold_while_file(p, hold);
 
     int64_t began = tly_monotonic_ms();
     char errstr[512];
@@ -139,6 +157,7 @@ int tly_proc_filter_queue(tly_processor_t *p, int32_t partition,
   while (*last)
     last = &(*last)->next;
   *last = job;
+  atomic_fetch_add(&p->filters_building, 1);
   pthread_cond_signal(&p->filter_cond);
   pthread_mutex_unlock(&p->filter_lock);
   return 0;
@@ -155,6 +174,7 @@ void tly_proc_filters_adopt(tly_processor_t *p) {
   while (done) {
     struct tly_filter_job *job = done;
     done = job->next;
+    atomic_fetch_sub(&p->filters_building, 1);
     partition_state_t *part = job->partition < p->partition_cap
                                   ? &p->partitions[job->partition]
                                   : NULL;

@@ -25,10 +25,12 @@
  *
  * This file is the loop (steps 1 and 2: consume, and fold each record,
  * with what the fold sends out; the rebalance callback is tly_rebalance.c) and
- * the public API. The rest of the processor (tly_processor_internal.h): step 3
- * in tly_commit.c, step 4 in tly_outbox_publish.c, the state the fold works
- * through in tly_fold_view.c, assigned partitions' state in
- * tly_restore.c, the replay rule in tly_replay.c, ticks in tly_ticks.c.
+ * the processor's lifecycle (new, run, destroy). The rest of the processor
+ * (tly_processor_internal.h): step 3 in tly_commit.c, step 4 in
+ * tly_outbox_publish.c, the state the fold works through in tly_fold_view.c,
+ * assigned partitions' state in tly_restore.c, the replay rule in
+ * tly_replay.c, ticks in tly_ticks.c, the read-side API (status queries) in
+ * tly_processor_query.c, the Kafka clients' setup in tly_processor_kafka.c.
  */
 #include "tly_processor.h"
 #include "tly_processor_internal.h"
@@ -58,7 +60,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define KEY_MAX 1200
 
@@ -517,93 +518,7 @@ static int fetch_gap(tly_processor_t *p, partition_state_t *part,
   return 1;
 }
 
-/* ---- rebalance ------------------------------------------------------- */
-
 /* ---- lifecycle ------------------------------------------------------- */
-
-rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
-                                     int consumer, const char *const *defaults,
-                                     char *errstr, size_t errstr_size) {
-  rd_kafka_conf_t *kconf = rd_kafka_conf_new();
-  char kafka_err[512];
-  char bound_text[TLY_MEMORY_KAFKA_PROPERTIES][TLY_MEMORY_KAFKA_PROPERTY_MAX];
-  const char *bounds[TLY_MEMORY_KAFKA_PROPERTIES + 1];
-  tly_memory_kafka_properties(
-      conf->memory_budget_bytes > 0 ? conf->memory_budget_bytes
-                                    : TLY_DEFAULT_MEMORY_BUDGET,
-      consumer, conf->kafka_properties, bound_text, bounds);
-  tly_kafka_conf_log(kconf);
-  if (rd_kafka_conf_set(kconf, "bootstrap.servers", conf->brokers, kafka_err,
-                        sizeof(kafka_err)) != RD_KAFKA_CONF_OK) {
-    snprintf(errstr, errstr_size, "brokers: %.400s", kafka_err);
-    goto fail;
-  }
-  if (tly_kafka_conf_apply(kconf, defaults, errstr, errstr_size) ||
-      tly_kafka_conf_apply(kconf, bounds, errstr, errstr_size) ||
-      tly_kafka_conf_apply(kconf, conf->kafka_properties, errstr, errstr_size))
-    goto fail;
-  return kconf;
-fail:
-  rd_kafka_conf_destroy(kconf);
-  return NULL;
-}
-
-rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
-                                const char *const *defaults, char *errstr,
-                                size_t errstr_size) {
-  rd_kafka_conf_t *kconf =
-      tly_proc_kafka_conf(&p->conf, 1, defaults, errstr, errstr_size);
-  if (!kconf)
-    return NULL;
-  rd_kafka_t *reader =
-      rd_kafka_new(RD_KAFKA_CONSUMER, kconf, errstr, errstr_size);
-  if (!reader)
-    rd_kafka_conf_destroy(kconf);
-  return reader;
-}
-
-/* The partition count of topic as the cluster sees it now; -1 if it does
- * not exist (or cannot be asked). */
-static int32_t topic_partitions_now(tly_processor_t *p, const char *topic) {
-  const struct rd_kafka_metadata *md = NULL;
-  rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, topic, NULL);
-  rd_kafka_resp_err_t err = rd_kafka_metadata(p->producer, 0, rkt, &md, 10000);
-  int32_t count = -1;
-  if (!err && md->topic_cnt == 1 && !md->topics[0].err)
-    count = md->topics[0].partition_cnt;
-  if (md)
-    rd_kafka_metadata_destroy(md);
-  rd_kafka_topic_destroy(rkt);
-  return count;
-}
-
-/* Waits for the usage topic to exist and returns its partition count. */
-static int32_t topic_partition_count(tly_processor_t *p, char *errstr,
-                                     size_t errstr_size) {
-  for (int attempt = 0; attempt < 30; attempt++) {
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_t *rkt =
-        rd_kafka_topic_new(p->consumer, p->usage_topic, NULL);
-    rd_kafka_resp_err_t err = rd_kafka_metadata(p->consumer, 0, rkt, &md, 5000);
-    int32_t count = -1;
-    if (!err && md->topic_cnt == 1 && !md->topics[0].err)
-      count = md->topics[0].partition_cnt;
-    else if (!err && md->topic_cnt == 1)
-      err = md->topics[0].err;
-    if (md)
-      rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_destroy(rkt);
-    if (count > 0)
-      return count;
-    tly_log(TLY_LOG_INFO, "processor", "waiting for topic %s: %s",
-            p->usage_topic, rd_kafka_err2str(err));
-    struct timespec pause = {1, 0};
-    nanosleep(&pause, NULL);
-  }
-  snprintf(errstr, errstr_size, "topic %s: not found on %s", p->usage_topic,
-           p->conf.brokers);
-  return -1;
-}
 
 tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                    tly_store_t *store, char *errstr,
@@ -764,7 +679,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     p->inherited_held = 1;
   }
 
-  int32_t count = topic_partition_count(p, errstr, errstr_size);
+  int32_t count = tly_proc_topic_partition_count(p, errstr, errstr_size);
   if (count < 0)
     goto fail;
   pthread_mutex_lock(&p->lock);
@@ -778,7 +693,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   const char *changelog = conf->changelog_topic ? conf->changelog_topic
                                                 : TLY_DEFAULT_CHANGELOG_TOPIC;
   if (*changelog) {
-    int32_t changelog_count = topic_partitions_now(p, changelog);
+    int32_t changelog_count = tly_proc_topic_partitions_now(p, changelog);
     if (changelog_count >= count) {
       p->changelog_topic = strdup(changelog);
       if (!p->changelog_topic) {
@@ -1027,194 +942,4 @@ void tly_processor_destroy(tly_processor_t *p) {
   pthread_cond_destroy(&p->hold_released);
   pthread_mutex_destroy(&p->lock);
   free(p);
-}
-
-int32_t tly_processor_restoring(tly_processor_t *p) {
-  return atomic_load(&p->restoring);
-}
-
-/* The loop has not come round for longer than the session timeout: it
- * may be stalled (or just woken, before stall_check ran), and the group
- * may have moved its partitions. Other threads treat that as fenced. */
-static int loop_stale(tly_processor_t *p) {
-  int64_t alive = atomic_load(&p->alive_ms);
-  return alive && tly_monotonic_ms() - alive > p->session_timeout_ms;
-}
-
-int tly_processor_rebalancing(tly_processor_t *p) {
-  return atomic_load(&p->rebalancing) || atomic_load(&p->fenced) ||
-         loop_stale(p);
-}
-
-tly_partition_role_t tly_processor_partition_role(tly_processor_t *p,
-                                                  int32_t partition) {
-  tly_partition_role_t role = TLY_PARTITION_NOT_OWNED;
-  /* A fenced or stalled loop may have lost every partition; an eager
-   * rebalance moves them all; a cooperative one only those in its list. */
-  int untrusted =
-      atomic_load(&p->fenced) || loop_stale(p) ||
-      (atomic_load(&p->rebalancing) && atomic_load(&p->rebalance_eager));
-  pthread_mutex_lock(&p->lock);
-  if (partition >= 0 && partition < p->partition_cap &&
-      p->partitions[partition].assigned) {
-    const partition_state_t *part = &p->partitions[partition];
-    int64_t committed = part->committed < 0 ? 0 : part->committed;
-    role = committed < part->replay_target || part->moving
-               ? TLY_PARTITION_REPLAYING
-               : TLY_PARTITION_SERVING;
-  }
-  pthread_mutex_unlock(&p->lock);
-  if (role == TLY_PARTITION_SERVING &&
-      (untrusted || atomic_load(&p->fenced) || loop_stale(p) ||
-       (atomic_load(&p->rebalancing) && atomic_load(&p->rebalance_eager))))
-    role = TLY_PARTITION_REPLAYING; /* being set up: not yet trusted (asked
-                                       again: a rebalance may have started
-                                       while the lock was taken) */
-  return role;
-}
-
-int tly_processor_assigned(tly_processor_t *p, int32_t partition) {
-  pthread_mutex_lock(&p->lock);
-  int assigned = partition >= 0 && partition < p->partition_cap &&
-                 p->partitions[partition].assigned;
-  pthread_mutex_unlock(&p->lock);
-  return assigned;
-}
-
-int64_t tly_processor_committed(tly_processor_t *p, int32_t partition) {
-  pthread_mutex_lock(&p->lock);
-  int64_t committed = partition >= 0 && partition < p->partition_cap
-                          ? p->partitions[partition].committed
-                          : -1;
-  pthread_mutex_unlock(&p->lock);
-  return committed;
-}
-
-int tly_processor_hold(tly_processor_t *p, int32_t partition,
-                       uint64_t *generation) {
-  pthread_mutex_lock(&p->lock);
-  const partition_state_t *part = partition >= 0 && partition < p->partition_cap
-                                      ? &p->partitions[partition]
-                                      : NULL;
-  /* Not while fenced: a stalled loop may have lost the partition. */
-  int held = part && part->assigned &&
-             (!*generation || *generation == part->generation) &&
-             !atomic_load(&p->fenced) && !loop_stale(p);
-  if (held) {
-    p->partitions[partition].holds++;
-    *generation = part->generation;
-  }
-  pthread_mutex_unlock(&p->lock);
-  return held;
-}
-
-void tly_processor_release(tly_processor_t *p, int32_t partition) {
-  pthread_mutex_lock(&p->lock);
-  if (partition >= 0 && partition < p->partition_cap &&
-      p->partitions[partition].holds > 0)
-    p->partitions[partition].holds--;
-  pthread_cond_broadcast(&p->hold_released);
-  pthread_mutex_unlock(&p->lock);
-}
-
-const char *tly_processor_changelog_topic(tly_processor_t *p) {
-  return p->changelog_topic;
-}
-
-const char *tly_processor_changelog_writer(tly_processor_t *p) {
-  return p->writer_id;
-}
-
-int32_t tly_processor_partition_count(tly_processor_t *p) {
-  return atomic_load(&p->partition_count);
-}
-
-size_t tly_processor_partitions(tly_processor_t *p, tly_partition_status_t *out,
-                                size_t max) {
-  size_t count;
-  pthread_mutex_lock(&p->lock);
-  count = (size_t)p->partition_cap;
-  for (size_t i = 0; i < count && i < max; i++) {
-    int64_t low = -1, high = -1;
-    out[i].partition = (int32_t)i;
-    out[i].assigned = p->partitions[i].assigned;
-    out[i].committed_offset = p->partitions[i].committed;
-    out[i].high_watermark = -1;
-    out[i].replay_target = p->partitions[i].replay_target;
-    out[i].watermark_ms = p->partitions[i].watermark;
-    out[i].forwarded = p->partitions[i].forwarded;
-    if (out[i].assigned &&
-        rd_kafka_get_watermark_offsets(p->consumer, p->usage_topic, (int32_t)i,
-                                       &low, &high) == 0)
-      out[i].high_watermark = high;
-  }
-  pthread_mutex_unlock(&p->lock);
-  return count;
-}
-
-tly_partition_status_t *tly_processor_partitions_copy(tly_processor_t *p,
-                                                      size_t *count) {
-  size_t cap = 64;
-  for (;;) { /* partitions may be added between the two calls: retry */
-    tly_partition_status_t *status = calloc(cap, sizeof(*status));
-    if (!status)
-      return NULL;
-    size_t total = tly_processor_partitions(p, status, cap);
-    if (total <= cap) {
-      *count = total;
-      return status;
-    }
-    free(status);
-    cap = total;
-  }
-}
-
-void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
-  stats->events_folded = atomic_load(&p->events_folded);
-  stats->dead_letters = atomic_load(&p->dead_letters);
-  stats->duplicates = atomic_load(&p->duplicates);
-  stats->alerts = atomic_load(&p->alerts_total);
-  stats->batches_committed = atomic_load(&p->batches_committed);
-  stats->outbox_pending = atomic_load(&p->outbox_size);
-  stats->rebalances = atomic_load(&p->rebalances);
-  stats->rebalance_callbacks = atomic_load(&p->rebalance_callbacks);
-  stats->rebalance_ms = atomic_load(&p->rebalance_ms);
-  stats->partitions_assigned = atomic_load(&p->partitions_assigned);
-  stats->partitions_revoked = atomic_load(&p->partitions_revoked);
-  stats->fetch_gaps = atomic_load(&p->fetch_gaps);
-  stats->replay_skipped = atomic_load(&p->replay_skipped);
-  stats->stalls = atomic_load(&p->fences);
-  stats->abandoned = atomic_load(&p->abandoned);
-  stats->at_risk = atomic_load(&p->at_risk);
-  stats->changelog_restores = atomic_load(&p->restores);
-  stats->changelog_restored_records = atomic_load(&p->restored_records);
-  stats->changelog_restore_ms = atomic_load(&p->restore_ms);
-  stats->schema_lookups = atomic_load(&p->schema_lookups);
-  stats->schema_lookup_failures = atomic_load(&p->schema_lookup_failures);
-  stats->schema_waiting = atomic_load(&p->schema_waiting);
-  for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
-    stats->commit_buckets[i] = atomic_load(&p->commit_buckets[i]);
-  stats->commit_count = atomic_load(&p->commit_count);
-  stats->commit_micros_total = atomic_load(&p->commit_micros);
-  for (int i = 0; i < TLY_VISIBLE_BUCKETS; i++)
-    stats->visible_buckets[i] = atomic_load(&p->visible_buckets[i]);
-  stats->visible_count = atomic_load(&p->visible_count);
-  stats->visible_ms_total = atomic_load(&p->visible_ms);
-  for (int i = 0; i < TLY_MEMORY_PARTS; i++)
-    stats->memory_budget[i] =
-        (uint64_t)tly_memory_bound(p->memory_budget, (tly_memory_part_t)i);
-  stats->memory_bytes[TLY_MEMORY_DEDUPE] = atomic_load(&p->dedupe_bytes);
-  stats->memory_bytes[TLY_MEMORY_OVERLAY] = atomic_load(&p->overlay_bytes);
-  stats->memory_bytes[TLY_MEMORY_OUTBOX] = atomic_load(&p->outbox_bytes);
-  stats->memory_bytes[TLY_MEMORY_SUBJECT_CACHE] = 0;
-  tly_store_memory_usage_t rocksdb;
-  tly_store_memory_usage(p->store, &rocksdb);
-  stats->memory_bytes[TLY_MEMORY_ROCKSDB_BLOCK_CACHE] =
-      rocksdb.block_cache_bytes;
-  stats->memory_bytes[TLY_MEMORY_ROCKSDB_MEMTABLES] = rocksdb.memtables_bytes;
-  stats->dedupe_ids_spilled = atomic_load(&p->ids_spilled);
-  stats->dedupe_store_reads = atomic_load(&p->id_reads);
-  stats->dedupe_filter_skips = atomic_load(&p->filter_skips);
-  stats->dedupe_filter_build_ms = atomic_load(&p->filter_build_ms);
-  stats->last_assignment_ms = atomic_load(&p->assignment_ms);
 }

@@ -253,9 +253,12 @@ typedef struct {
    * and id lookups that read it. */
   uint64_t memory_bytes[TLY_MEMORY_PARTS], memory_budget[TLY_MEMORY_PARTS];
   uint64_t dedupe_ids_spilled, dedupe_store_reads;
-  /* Misses of spilled partitions the filter answered without a read, and
-   * the ms spent building filters at assignment (tly_dedupe_filter.h). */
+  /* Misses of spilled partitions the filter answered without a read, the
+   * ms spent building filters after assignments (tly_dedupe_filter.h,
+   * tly_filter_build.c) and the partitions whose filter is being built
+   * (their misses read RocksDB meanwhile). */
   uint64_t dedupe_filter_skips, dedupe_filter_build_ms;
+  uint64_t dedupe_filters_building;
   /* How long the last assignment's setup took (resume, restore, dedupe
    * load), in ms. */
   uint64_t last_assignment_ms;

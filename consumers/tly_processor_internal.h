@@ -2,8 +2,11 @@
  * tly_processor_internal.h - the processor's state, shared by the files
  * that make up the processor, one role each (its top comment says more):
  *   tly_processor.c       the loop: consume, fold each record (with its
- *                         dead letters, alerts and forwards), rebalance;
- *                         lifecycle and the thread-safe status queries
+ *                         dead letters, alerts and forwards); lifecycle
+ *   tly_processor_query.c the thread-safe status queries (tly_processor.h's
+ *                         read side: HTTP port, CLI)
+ *   tly_processor_kafka.c the Kafka clients' configuration, readers by
+ *                         assignment, topic metadata
  *   tly_fold_view.c       the tly_billing_view_t the fold works through
  *   tly_commit.c          the batch: one WriteBatch, the writer thread
  *                         (when a batch is closed: tly_group_commit.h,
@@ -325,6 +328,7 @@ struct tly_processor {
   pthread_t filter_thread;
   int filter_started;
   atomic_int filter_quit, filter_done_ready;
+  atomic_uint_least64_t filters_building; /* tickets not yet adopted */
   pthread_mutex_t filter_lock;
   pthread_cond_t filter_cond;
   struct tly_filter_job *filter_queue, *filter_done;
@@ -445,10 +449,12 @@ static const char META_ACK[] = "ack:";
 /* What the processor's files call each other by; each function's comment
  * is at its definition. */
 
-/* tly_processor.c: the loop, rebalance and lifecycle. */
+/* tly_processor.c: the loop and lifecycle. */
 void tly_proc_set_fatal(tly_processor_t *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 int tly_proc_ensure_partitions(tly_processor_t *p, int32_t count);
+
+/* tly_processor_kafka.c: the Kafka clients and topic metadata. */
 /* defaults, then the memory budget's bounds for a consumer (consumer != 0)
  * or a producer (tly_memory_kafka_properties), then the user's properties
  * (which win). */
@@ -460,6 +466,9 @@ rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
 rd_kafka_t *tly_proc_reader_new(const tly_processor_t *p,
                                 const char *const *defaults, char *errstr,
                                 size_t errstr_size);
+int32_t tly_proc_topic_partitions_now(tly_processor_t *p, const char *topic);
+int32_t tly_proc_topic_partition_count(tly_processor_t *p, char *errstr,
+                                       size_t errstr_size);
 
 /* tly_standby.c: waits until the standby thread writes none of parts'
  * partitions (their moving flag set: it starts no new write); and, for an

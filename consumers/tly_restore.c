@@ -515,7 +515,6 @@ static int resume_partitions(tly_processor_t *p,
      * until then misses read the store. */
     int spilled = tly_proc_dedupe_any_spilled(p, part->partition);
     tly_dedupe_filter_t *filter = spilled > 0 ? tly_dedupe_filter_new() : NULL;
-    uint64_t ticket = 0;
     if (spilled < 0) {
       tly_dedupe_free(dedupe);
       free(loaded.blobs);
@@ -531,7 +530,7 @@ static int resume_partitions(tly_processor_t *p,
       tly_dedupe_filter_free(state->filter);
       state->filter = filter;
       filter = NULL;
-      state->filter_build = ticket = spilled ? ++p->filter_tickets : 0;
+      state->filter_build = spilled ? ++p->filter_tickets : 0;
       state->dedupe_floor = tly_proc_dedupe_floor_at_assignment(
           p, loaded.floor_found, loaded.floor_ms, loaded.floor_window_ms,
           watermark, &state->floor_dirty);
@@ -555,14 +554,23 @@ static int resume_partitions(tly_processor_t *p,
     tly_dedupe_free(dedupe);
     tly_dedupe_filter_free(filter);
     free(loaded.blobs);
-    if (ticket && tly_proc_filter_queue(p, part->partition, ticket))
-      return -1;
     if (part->partition + 1 > atomic_load(&p->partition_count))
       atomic_store(&p->partition_count, part->partition + 1);
     tly_log(TLY_LOG_INFO, "processor",
             "partition %d: resuming at %s%lld (log %lld..%lld)",
             (int)part->partition, found ? "" : "beginning ",
             (long long)(found ? stored : low), (long long)low, (long long)high);
+  }
+  /* The filters' builds once every partition is set up, so that their
+   * scans do not compete with the assignment's own loading (each partition
+   * of this assignment with a ticket got it above: a revoke clears it). */
+  for (int i = 0; i < parts->cnt; i++) {
+    int32_t partition = parts->elems[i].partition;
+    if (partition >= 0 && partition < p->partition_cap &&
+        p->partitions[partition].filter_build &&
+        tly_proc_filter_queue(p, partition,
+                              p->partitions[partition].filter_build))
+      return -1;
   }
   return 0;
 }

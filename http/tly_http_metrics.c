@@ -422,6 +422,13 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               "tally_dedupe_filter_skips_total %llu\n",
               (unsigned long long)stats.dedupe_filter_skips);
   text_append(&text,
+              "# HELP tally_dedupe_filters_building Partitions whose filter "
+              "of spilled ids is being built after an assignment (their "
+              "misses read RocksDB meanwhile).\n"
+              "# TYPE tally_dedupe_filters_building gauge\n"
+              "tally_dedupe_filters_building %llu\n",
+              (unsigned long long)stats.dedupe_filters_building);
+  text_append(&text,
               "# HELP tally_alerts_total Alerts emitted by the fold.\n"
               "# TYPE tally_alerts_total counter\ntally_alerts_total %llu\n",
               (unsigned long long)stats.alerts);

@@ -358,7 +358,18 @@ int main(int argc, char **argv) {
   fprintf(stderr, "(b) measuring the fold...\n");
   if (!mkdtemp(dir))
     return 1;
-  tly_store_t *store = tly_store_open(dir, 0, errstr, sizeof(errstr));
+  /* RocksDB sized from the budget as `tally run` opens it (cli_serve.c):
+   * the block cache and memtables of its parts. */
+  int64_t budget = getenv("BENCH_MEMORY_BUDGET")
+                       ? atoll(getenv("BENCH_MEMORY_BUDGET"))
+                       : TLY_DEFAULT_MEMORY_BUDGET;
+  tly_store_memory_t rocksdb_memory = {
+      .block_cache_bytes =
+          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_BLOCK_CACHE),
+      .memtables_bytes =
+          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_MEMTABLES)};
+  tly_store_t *store =
+      tly_store_open_sized(dir, 0, &rocksdb_memory, errstr, sizeof(errstr));
   tly_config_t *config = tly_config_default();
   bench_http_add_key(config);
   /* BENCH_METERS=1: every feature has a meter (api_calls the max of its
@@ -390,9 +401,7 @@ int main(int argc, char **argv) {
       .tick_interval_ms = -1,
       .batch_max_events =
           getenv("BENCH_BATCH") ? atoi(getenv("BENCH_BATCH")) : 0,
-      .memory_budget_bytes = getenv("BENCH_MEMORY_BUDGET")
-                                 ? atoll(getenv("BENCH_MEMORY_BUDGET"))
-                                 : 0,
+      .memory_budget_bytes = budget,
       .kafka_properties = bench_kafka};
   run_t run = {0};
   run.processor = tly_processor_new(&pconf, store, errstr, sizeof(errstr));

@@ -55,6 +55,8 @@ static const bad_flag_t bad_flags[] = {
     {"dev", "--partitions", "0"},
     {"dev", "--demo-rate", "-1"},
     {"dev", "--demo-subjects", "1.5"},
+    {"dev", "--memory-budget", "1048575"},
+    {"dev", "--memory-budget", "1G"},
     {"broker", "--partitions", "4x"},
     {"broker", "--partitions", "-4"},
     {"topics", "--partitions", "-3"},

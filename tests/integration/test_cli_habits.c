@@ -478,6 +478,12 @@ static void test_dev_removes_its_dir(void **state) {
   free(out);
   th_rmrf(state_dir);
 
+  /* dev takes run's --memory-budget (20 MiB: RocksDB and the processor
+   * sized from it) and serves with it. */
+  const char *budget[] = {"--memory-budget", "20971520", NULL};
+  assert_int_equal(run_dev(dir, budget, state_dir, sizeof(state_dir), &out), 0);
+  free(out);
+
   snprintf(own, sizeof(own), "%s/own-state", dir);
   const char *given[] = {"--state-dir", own, NULL};
   assert_int_equal(run_dev(dir, given, state_dir, sizeof(state_dir), &out), 0);
