@@ -7,7 +7,8 @@
 # Most of the suite waits (sockets, timers, Kafka rebalances, fsync), so
 # work that computes runs beside it: the sanitizer build (niced, so the
 # tests keep the CPU they need) while the plain tests run, then the
-# fuzzers' build and their 40 s, whichever tests run by then. A background
+# fuzzers' build and their 40 s (the sanitizer tests start once their build
+# is done, whether the fuzzers are or not). A background
 # part's output goes to a log, printed when its turn comes. A failure
 # anywhere fails the script, after every part has run; the last line names
 # the parts that failed.
@@ -50,13 +51,16 @@ set -m # the background part in its own process group (stopped whole above)
 background+=($!)
 set +m
 
-# Five plain tests at a time, four under sanitizers: most of the suite
-# waits (on 2 cores the sum of the tests' times hardly grows from 3 to 4 at
-# a time), so two cores keep busy. Under the sanitizers (every process 2-3
-# times the CPU) five at a time once starved test_crash_meters' fault runs
-# of their alerts on a loaded machine (docs/h33-suite.md).
+# Four tests at a time: most of the suite waits (on 2 cores the sum of the
+# tests' own times hardly grows from 3 to 4 at a time), so two cores keep
+# busy, and the background part (which needs a core for its builds and its
+# fuzzing) is done before these tests are. Five at a time: the plain tests
+# are faster, but then the fuzzers run beside the sanitizer tests, at a
+# third of their executions; and under the sanitizers the tests' time grows
+# (CPU-bound) and once starved test_crash_meters' fault runs of their
+# alerts (docs/h33-suite.md).
 stage "tests"
-ctest --test-dir build -j5 --output-on-failure --timeout 900 ||
+ctest --test-dir build -j4 --output-on-failure --timeout 900 ||
   failed+=("tests")
 
 stage "waiting for the sanitizer build"
@@ -66,7 +70,7 @@ done
 stage "build with AddressSanitizer + UndefinedBehaviorSanitizer (its log)"
 if [ "$(cat "$logs/build-asan.rc" 2>/dev/null)" = 0 ]; then
   quiet "$logs/build-asan.log"
-  stage "tests under sanitizers (the fuzzers build and run beside them)"
+  stage "tests under sanitizers"
   # The same suite; the crash matrix at 60,000 events over 600 subjects and
   # 8+ kills, its meters variant at 20,000 events (the plain run above is
   # the full matrix: this one looks for memory errors on the same recovery
