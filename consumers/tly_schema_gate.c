@@ -75,8 +75,11 @@ static int64_t backoff_ms(int attempts) {
   return wait < RETRY_MAX_MS ? wait : RETRY_MAX_MS;
 }
 
-static void pause_or_resume(tly_processor_t *p, int32_t partition,
-                            int64_t offset, int resume) {
+/* 0, or the error of the pause, the seek or the resume (a pause's is
+ * fatal here; a resume's is the caller's to handle). */
+static rd_kafka_resp_err_t pause_or_resume(tly_processor_t *p,
+                                           int32_t partition, int64_t offset,
+                                           int resume) {
   rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
   rd_kafka_topic_partition_t *part =
       rd_kafka_topic_partition_list_add(list, p->usage_topic, partition);
@@ -93,14 +96,13 @@ static void pause_or_resume(tly_processor_t *p, int32_t partition,
     if (!err)
       err = rd_kafka_resume_partitions(p->consumer, list);
   }
-  if (err)
+  if (err && !resume)
     tly_proc_set_fatal(p,
-                       "partition %d: cannot %s it for the schema "
+                       "partition %d: cannot pause it for the schema "
                        "registry: %s",
-                       (int)partition,
-                       resume ? "seek back and resume" : "pause",
-                       rd_kafka_err2str(err));
+                       (int)partition, rd_kafka_err2str(err));
   rd_kafka_topic_partition_list_destroy(list);
+  return err;
 }
 
 int tly_proc_schema_gate(tly_processor_t *p, const rd_kafka_message_t *msg) {
@@ -161,7 +163,33 @@ void tly_proc_schema_retry(tly_processor_t *p) {
             "partition %d resumes at offset %lld: schema id %" PRId32
             " looked up",
             (int)i, (long long)part->schema_wait_offset, part->schema_wait_id);
-    pause_or_resume(p, i, part->schema_wait_offset, 1);
+    uint64_t generation = part->generation;
+    rd_kafka_resp_err_t err =
+        pause_or_resume(p, i, part->schema_wait_offset, 1);
+    if (!err)
+      continue;
+    /* The seek waits for the consumer, which may run a rebalance meanwhile
+     * (seen: "Local: Timed out" as the partition was revoked). Gone from
+     * here, or assigned again meanwhile: its owner (this one, anew)
+     * starts from the stored offsets, which never pass the waiting record.
+     * Still here: it stays paused at the record and the seek is tried
+     * again, like a lookup. Never fatal: nothing was folded past it. */
+    part->schema_resuming = 0;
+    if (!part->assigned || part->generation != generation) {
+      tly_log(TLY_LOG_INFO, "processor",
+              "partition %d moved while resuming at offset %lld (%s)", (int)i,
+              (long long)part->schema_wait_offset, rd_kafka_err2str(err));
+      continue;
+    }
+    part->schema_waiting = 1;
+    atomic_fetch_add(&p->schema_waiting, 1);
+    part->schema_attempts++;
+    part->schema_retry_ms =
+        tly_monotonic_ms() + backoff_ms(part->schema_attempts);
+    tly_log(TLY_LOG_WARN, "processor",
+            "partition %d: seeking back to offset %lld failed (%s); it stays "
+            "paused there and is tried again",
+            (int)i, (long long)part->schema_wait_offset, rd_kafka_err2str(err));
   }
 }
 
@@ -180,7 +208,8 @@ void tly_proc_schema_reset(tly_processor_t *p, rd_kafka_t *rk,
      * (it stays paused). */
     if (incremental && !listed)
       continue;
-    any |= p->partitions[i].schema_waiting;
+    /* (resuming: paused still, if the rebalance came during the seek) */
+    any |= p->partitions[i].schema_waiting || p->partitions[i].schema_resuming;
     if (p->partitions[i].schema_waiting)
       atomic_fetch_sub(&p->schema_waiting, 1);
     p->partitions[i].schema_waiting = 0;
