@@ -279,9 +279,13 @@ static void test_rss_within_budget_and_overhead(void **state) {
   assert_true(parts[MEMTABLES].held <=
               parts[MEMTABLES].bound + COMMIT_ALLOWANCE);
   assert_true(parts[DEDUPE].held <= parts[DEDUPE].bound + 5000 * 100);
-  assert_true(hwm > 0 && hwm >= rss_peak);
+  /* Linux keeps RSS in per-CPU counters folded in batches (since 6.2), so
+   * VmRSS and VmHWM are approximate: a sample read 197 MiB against a
+   * VmHWM of 196 MiB once. Consistent within 16 MiB; the bound below takes
+   * the larger of the two. */
+  assert_true(hwm > 0 && hwm + (16LL << 20) >= rss_peak);
 #if RSS_MEANINGFUL
-  assert_true(hwm <= bounds + OVERHEAD);
+  assert_true((hwm > rss_peak ? hwm : rss_peak) <= bounds + OVERHEAD);
 #else
   printf("# sanitizer build: its shadow memory and quarantine are in the "
          "RSS; the RSS bound is not asserted\n");
