@@ -58,7 +58,7 @@ set +m
 # are faster, but then the fuzzers run beside the sanitizer tests, at a
 # third of their executions; and under the sanitizers the tests' time grows
 # (CPU-bound) and once starved test_crash_meters' fault runs of their
-# alerts (docs/h33-suite.md).
+# alerts (README, Tests).
 stage "tests"
 ctest --test-dir build -j4 --output-on-failure --timeout 900 ||
   failed+=("tests")

@@ -548,7 +548,7 @@ static void test_availability(void **state) {
    * all (a loaded machine: the suite runs two tests at a time, and under
    * ASan), and a share of answered reads depends on the machine's speed,
    * so they are asserted only when asked (TALLY_AVAILABILITY_GOALS=1) and
-   * reported otherwise (docs/h20-standby.md has the runs). */
+   * reported otherwise (the README's availability tests have the runs). */
   int rolling_met = answered[PHASE_ROLLING] * 100 >= asked[PHASE_ROLLING] * 99;
   int kill_met = answered[PHASE_KILL] * 100 >= asked[PHASE_KILL] * 95;
   printf("# goals: >= 99 %% during the rolling restart %s, >= 95 %% under "

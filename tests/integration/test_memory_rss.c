@@ -1,6 +1,6 @@
 /*
  * test_memory_rss.c - a `tally run`'s memory stays within --memory-budget
- * plus a stated fixed overhead (issue 21, docs/h21-budget.md), under a load
+ * plus a stated fixed overhead (issue 21, README, "Memory"), under a load
  * that fills its parts:
  *   1. a backlog of EVENTS usage events (distinct ids of 16 characters,
  *      SUBJECTS subjects) is in Kafka before the processor starts, so the
@@ -16,7 +16,7 @@
  *      (no write comes after it to trigger the flush), the dedupe index within
  * its share but for the open batch, and the peak (VmHWM) <= the parts' bounds
  * (the budget, or more where a floor applies) + OVERHEAD. Without the RocksDB
- * and librdkafka bounds the same run peaks far above (docs/h21-budget.md:
+ * and librdkafka bounds the same run peaks far above (README, "Memory":
  * RocksDB's memtables of 64 MiB per family with a 6.4 MiB bloom filter each,
  * librdkafka's 64 MiB prefetch).
  */
@@ -72,7 +72,7 @@
  * (the open batch and the one being written), librdkafka's fetch buffers
  * (a queued record keeps its whole fetch response alive) and its other
  * clients (members, emitters), RocksDB's table readers and write path.
- * Measured with this load (docs/h21-budget.md): a peak of 205-213 MiB,
+ * Measured with this load (README, "Memory"): a peak of 205-213 MiB,
  * bounds 53 MiB (budget 20 MiB, librdkafka's consumer at its 32 MiB
  * floor); without the RocksDB and librdkafka bounds the same run peaked
  * at 344 MiB. */
@@ -192,7 +192,7 @@ static void test_rss_within_budget_and_overhead(void **state) {
   produce(broker.bootstrap, events);
 
   /* Batches of at most 5,000 events: a commit writes at most ~2 MB, which
-   * lands in RocksDB's memtables whole (docs/h21-budget.md). */
+   * lands in RocksDB's memtables whole (README, "Memory"). */
   const char *extra[] = {"--memory-budget", budget, "--batch-events", "5000",
                          NULL};
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
