@@ -422,7 +422,13 @@ static void test_webhooks(void **state) {
   /* SIGKILL mid-retry (the blocked alert parked, the others delivered
    * after it), restart, and let it through. */
   th_kill9(run.pid);
-  long long second_kill_ms = (long long)time(NULL) * 1000;
+  /* To the millisecond: time(NULL) * 1000 read up to 999 ms early, and a
+   * first attempt in the same second as the kill then looked later than
+   * it (CI: "-173 ms before the second SIGKILL"). */
+  struct timespec killed_at;
+  clock_gettime(CLOCK_REALTIME, &killed_at);
+  long long second_kill_ms =
+      (long long)killed_at.tv_sec * 1000 + killed_at.tv_nsec / 1000000;
   th_run_env = secret_env;
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
   deadline = th_now_ms() + 30000;
