@@ -249,13 +249,8 @@ int cli_serve(const cli_serve_conf_t *conf) {
   }
   /* RocksDB's block cache and memtables within their parts of the memory
    * budget (tly_processor.h, tly_memory_part_t). */
-  int64_t budget = conf->memory_budget_bytes > 0 ? conf->memory_budget_bytes
-                                                 : TLY_DEFAULT_MEMORY_BUDGET;
-  tly_store_memory_t rocksdb_memory = {
-      .block_cache_bytes =
-          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_BLOCK_CACHE),
-      .memtables_bytes =
-          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_MEMTABLES)};
+  tly_store_memory_t rocksdb_memory =
+      tly_memory_store_sizes(conf->memory_budget_bytes);
   store = tly_store_open_sized(conf->state_dir, 0, &rocksdb_memory, errstr,
                                sizeof(errstr));
   if (!store) {

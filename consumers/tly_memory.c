@@ -70,6 +70,15 @@ int64_t tly_memory_bound(int64_t budget, tly_memory_part_t part) {
   return share > floor ? share : floor;
 }
 
+tly_store_memory_t tly_memory_store_sizes(int64_t budget) {
+  if (budget <= 0)
+    budget = TLY_DEFAULT_MEMORY_BUDGET;
+  return (tly_store_memory_t){.block_cache_bytes = (size_t)tly_memory_bound(
+                                  budget, TLY_MEMORY_ROCKSDB_BLOCK_CACHE),
+                              .memtables_bytes = (size_t)tly_memory_bound(
+                                  budget, TLY_MEMORY_ROCKSDB_MEMTABLES)};
+}
+
 int tly_memory_batch_events(int64_t budget) {
   int64_t events = tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_MEMTABLES) / 4 *
                    3 / TLY_MEMORY_COMMIT_BYTES_PER_EVENT;

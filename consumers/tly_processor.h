@@ -170,6 +170,9 @@ const char *tly_memory_part_name(tly_memory_part_t part);
  * the larger of its share and its floor. */
 int64_t tly_memory_floor(tly_memory_part_t part);
 int64_t tly_memory_bound(int64_t budget, tly_memory_part_t part);
+/* RocksDB's block cache and memtables for a budget (0: the default), as
+ * `tally run` opens its store (tly_store_open_sized). */
+tly_store_memory_t tly_memory_store_sizes(int64_t budget);
 /* The sum of the floors, and the least budget at which no floor applies. */
 #define TLY_MEMORY_FLOORS (37LL << 20)
 #define TLY_MEMORY_FLOORLESS_BUDGET (640LL << 20)

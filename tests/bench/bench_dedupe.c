@@ -313,11 +313,7 @@ static int dedupe_once(long ids, long more, int partitions, int64_t budget,
   if (!mkdtemp(dir))
     return 1;
   /* RocksDB sized from the budget as `tally run` opens it (cli_serve.c). */
-  tly_store_memory_t rocksdb_memory = {
-      .block_cache_bytes =
-          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_BLOCK_CACHE),
-      .memtables_bytes =
-          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_MEMTABLES)};
+  tly_store_memory_t rocksdb_memory = tly_memory_store_sizes(budget);
   tly_store_t *store =
       tly_store_open_sized(dir, 0, &rocksdb_memory, errstr, sizeof(errstr));
   tly_config_t *config = tly_config_default();

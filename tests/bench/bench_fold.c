@@ -363,11 +363,7 @@ int main(int argc, char **argv) {
   int64_t budget = getenv("BENCH_MEMORY_BUDGET")
                        ? atoll(getenv("BENCH_MEMORY_BUDGET"))
                        : TLY_DEFAULT_MEMORY_BUDGET;
-  tly_store_memory_t rocksdb_memory = {
-      .block_cache_bytes =
-          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_BLOCK_CACHE),
-      .memtables_bytes =
-          (size_t)tly_memory_bound(budget, TLY_MEMORY_ROCKSDB_MEMTABLES)};
+  tly_store_memory_t rocksdb_memory = tly_memory_store_sizes(budget);
   tly_store_t *store =
       tly_store_open_sized(dir, 0, &rocksdb_memory, errstr, sizeof(errstr));
   tly_config_t *config = tly_config_default();
