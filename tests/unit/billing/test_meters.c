@@ -74,35 +74,15 @@ static tly_bucket_t bucket_sum(tly_mem_view_t *m, const char *feature) {
   return sum;
 }
 
-typedef struct {
-  tly_config_t *config;
-  tly_billing_t billing;
-  tly_mem_view_t *m;
-  tly_alert_list_t alerts;
-  char errstr[512];
-  int counter;
-} fixture_t;
+typedef tly_mem_fixture_t fixture_t;
 
 static int setup(void **ctx) {
-  fixture_t *f = calloc(1, sizeof(*f));
-  f->config = tly_config_load_text(config_json, strlen(config_json), f->errstr,
-                                   sizeof(f->errstr));
-  if (!f->config) {
-    fprintf(stderr, "config: %s\n", f->errstr);
-    return -1;
-  }
-  f->billing = (tly_billing_t){f->config, 7 * 86400000LL};
-  f->m = tly_mem_view_new(TLY_MEM_WITH_DISTINCT);
-  *ctx = f;
-  return 0;
+  *ctx = tly_mem_fixture_new(config_json, TLY_MEM_WITH_DISTINCT, 0);
+  return *ctx ? 0 : -1;
 }
 
 static int teardown(void **ctx) {
-  fixture_t *f = *ctx;
-  tly_alert_list_clear(&f->alerts);
-  tly_mem_view_free(f->m);
-  tly_config_free(f->config);
-  free(f);
+  tly_mem_fixture_free(*ctx);
   return 0;
 }
 

@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -199,4 +200,29 @@ void tly_mem_view_free(tly_mem_view_t *m) {
     tly_distinct_sets_clear(&m->subjects[i].distinct);
   }
   free(m);
+}
+
+tly_mem_fixture_t *tly_mem_fixture_new(const char *config_json, unsigned with,
+                                       int with_ref) {
+  tly_mem_fixture_t *f = calloc(1, sizeof(*f));
+  assert_non_null(f);
+  f->config = tly_config_load_text(config_json, strlen(config_json), f->errstr,
+                                   sizeof(f->errstr));
+  if (!f->config) {
+    fprintf(stderr, "config: %s\n", f->errstr);
+    free(f);
+    return NULL;
+  }
+  f->billing = (tly_billing_t){f->config, 7 * 86400000LL};
+  f->m = tly_mem_view_new(with);
+  f->ref = with_ref ? tly_mem_view_new(with) : NULL;
+  return f;
+}
+
+void tly_mem_fixture_free(tly_mem_fixture_t *f) {
+  tly_alert_list_clear(&f->alerts);
+  tly_mem_view_free(f->m);
+  tly_mem_view_free(f->ref);
+  tly_config_free(f->config);
+  free(f);
 }

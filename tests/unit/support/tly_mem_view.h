@@ -96,4 +96,22 @@ tly_mem_contribution_t *tly_mem_contribution_find(tly_mem_view_t *m,
                                                   const char *subject,
                                                   const char *event_id);
 
+/* What a billing unit test folds with: the configuration loaded from JSON
+ * text, a 7-day dedupe window, a view with the optional parts in with (and
+ * a second one, ref, for tests that fold a reference stream beside it), the
+ * alerts of the folds, an error buffer and a counter for event ids. */
+typedef struct {
+  tly_config_t *config;
+  tly_billing_t billing;
+  tly_mem_view_t *m, *ref;
+  tly_alert_list_t alerts;
+  char errstr[512];
+  int counter;
+} tly_mem_fixture_t;
+
+/* NULL (the configuration's error printed) when config_json is refused. */
+tly_mem_fixture_t *tly_mem_fixture_new(const char *config_json, unsigned with,
+                                       int with_ref);
+void tly_mem_fixture_free(tly_mem_fixture_t *f);
+
 #endif
