@@ -677,19 +677,35 @@ typedef struct {
   char prefix[32];     /* its event ids: "x-<seed>-" */
 } stream_reader_t;
 
+/* Decodes a record of a stream's topic (what names it in a failure) and
+ * reads the number in its event id "<prefix><number><suffix>": 1 and *i,
+ * *suffix (past the digits), or 0 when the id is not the stream's. */
+static int stream_event_number(tly_codec_t *codec, const char *prefix,
+                               const rd_kafka_message_t *msg, const char *what,
+                               tly_event_t *event, long *i,
+                               const char **suffix) {
+  char errstr[512];
+  if (tly_codec_decode_view(codec, msg->payload, msg->len, event, errstr,
+                            sizeof(errstr)))
+    fail_msg("undecodable %s at %d@%lld: %s", what, (int)msg->partition,
+             (long long)msg->offset, errstr);
+  size_t prefix_len = strlen(prefix);
+  if (strncmp(event->event_id, prefix, prefix_len))
+    return 0; /* not this stream's */
+  char *end = NULL;
+  *i = strtol(event->event_id + prefix_len, &end, 10);
+  *suffix = end;
+  return 1;
+}
+
 static void mark_event(void *opaque, const rd_kafka_message_t *msg) {
   stream_reader_t *reader = opaque;
-  char errstr[512];
   tly_event_t event;
-  if (tly_codec_decode_view(reader->codec, msg->payload, msg->len, &event,
-                            errstr, sizeof(errstr)))
-    fail_msg("undecodable usage record at %d@%lld: %s", (int)msg->partition,
-             (long long)msg->offset, errstr);
-  size_t prefix_len = strlen(reader->prefix);
-  if (strncmp(event.event_id, reader->prefix, prefix_len))
-    return; /* not this stream's */
-  char *end = NULL;
-  long i = strtol(event.event_id + prefix_len, &end, 10);
+  long i;
+  const char *end;
+  if (!stream_event_number(reader->codec, reader->prefix, msg, "usage record",
+                           &event, &i, &end))
+    return;
   if (*end) /* a metered event's or a correction's id: not the stream's */
     return;
   if (i >= 0 && i < reader->stream->events)
@@ -728,17 +744,13 @@ typedef struct {
 
 static void mark_dead_letter(void *opaque, const rd_kafka_message_t *msg) {
   dlq_reader_t *reader = opaque;
-  char errstr[512], error[1024], want[160];
+  char error[1024], want[160];
   tly_event_t event;
-  if (tly_codec_decode_view(reader->codec, msg->payload, msg->len, &event,
-                            errstr, sizeof(errstr)))
-    fail_msg("undecodable dead letter at %d@%lld: %s", (int)msg->partition,
-             (long long)msg->offset, errstr);
-  size_t prefix_len = strlen(reader->prefix);
-  if (strncmp(event.event_id, reader->prefix, prefix_len))
-    return; /* not this stream's */
-  char *end = NULL;
-  long i = strtol(event.event_id + prefix_len, &end, 10);
+  long i;
+  const char *end;
+  if (!stream_event_number(reader->codec, reader->prefix, msg, "dead letter",
+                           &event, &i, &end))
+    return;
   if (strcmp(end, "-r") || i < 0 || i >= reader->stream->events ||
       !reader->stream->refused[i]) {
     if (reader->others++ < 10)
