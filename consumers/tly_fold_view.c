@@ -93,6 +93,8 @@ static tly_overlay_entry_t *view_entry(tly_processor_t *p, tly_cf_t cf,
     entry = NULL;
   } else {
     entry->stored = found;
+    if (found)
+      tly_overlay_account(overlay, entry); /* its rows, buckets, sets */
   }
   tly_store_free(loaded);
   return entry;

@@ -4,12 +4,13 @@
  * commit of the parts it does not keep counted as they change.
  *
  * The dedupe indexes are counted as they change and spill within their
- * share (tly_dedupe_spill.c). The overlay (subject records) and the
- * outbox are counted here, by a walk, at most once a second: an overlay
- * past its share keeps only the open batch's entries (the rest is a cache
- * of what RocksDB holds), as it does past CACHE_MAX_ENTRIES. The outbox is
- * only reported: an entry leaves once Kafka has it, never earlier. It
- * never writes state.
+ * share (tly_dedupe_spill.c). The overlay (subject records) is counted
+ * as entries are loaded and written (tly_overlay_account), and kept within
+ * its share and CACHE_MAX_ENTRIES after every commit: the clock evicts
+ * entries not found since its last pass, never the open batch's (the rest
+ * is a cache of what RocksDB holds). The outbox is counted here by a walk,
+ * at most once a second, and only reported: an entry leaves once Kafka
+ * has it, never earlier. It never writes state.
  *
  * The parts outside tally's own structures are sized here and held by
  * their owners: RocksDB's block cache and memtables (the store is opened
@@ -157,21 +158,24 @@ int64_t tly_processor_memory_budget(const tly_processor_t *p) {
   return p->memory_budget;
 }
 
+/* Accounts and rows stay in the overlay across batches as a write-through
+ * cache of committed state (it saves a RocksDB read per touched key), up
+ * to this many entries and the overlay's share of the budget. */
+#define CACHE_MAX_ENTRIES 1000000
+
 static int entry_is_dirty(tly_overlay_entry_t *entry) { return entry->dirty; }
 
 void tly_proc_memory_check(tly_processor_t *p) {
+  size_t share = (size_t)tly_memory_share(p->memory_budget, TLY_MEMORY_OVERLAY);
+  if ((tly_overlay_bytes(&p->overlay) > share ||
+       p->overlay.count > CACHE_MAX_ENTRIES) &&
+      tly_overlay_evict(&p->overlay, share, CACHE_MAX_ENTRIES, entry_is_dirty))
+    p->last_entry = NULL;
+  atomic_store(&p->overlay_bytes, tly_overlay_bytes(&p->overlay));
   int64_t now = tly_monotonic_ms();
   if (now - p->memory_checked_ms < 1000)
     return;
   p->memory_checked_ms = now;
-  size_t overlay = tly_overlay_bytes(&p->overlay);
-  if (overlay >
-      (size_t)tly_memory_share(p->memory_budget, TLY_MEMORY_OVERLAY)) {
-    tly_overlay_keep(&p->overlay, entry_is_dirty);
-    p->last_entry = NULL;
-    overlay = tly_overlay_bytes(&p->overlay);
-  }
-  atomic_store(&p->overlay_bytes, overlay);
   size_t outbox = p->outbox_cap * sizeof(*p->outbox);
   for (size_t i = 0; i < p->outbox_count; i++)
     outbox += p->outbox[i].record_len;

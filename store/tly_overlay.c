@@ -49,6 +49,8 @@ void tly_overlay_reset(tly_overlay_t *overlay) {
     }
   }
   overlay->count = 0;
+  overlay->entry_bytes = 0;
+  overlay->hand = 0;
 }
 
 void tly_overlay_free(tly_overlay_t *overlay) {
@@ -80,12 +82,6 @@ static tly_overlay_slot_t *empty_slot(tly_overlay_slot_t *slots,
   while (slots[i].hash)
     i = (i + 1) & mask;
   return &slots[i];
-}
-
-static void place(tly_overlay_slot_t *slots, size_t capacity,
-                  tly_overlay_entry_t *entry) {
-  uint64_t hash = hash_key(entry->cf, entry->key, entry->key_len);
-  *empty_slot(slots, capacity, hash) = (tly_overlay_slot_t){hash, entry};
 }
 
 uint64_t tly_overlay_hash(tly_cf_t cf, const char *key, size_t key_len) {
@@ -142,41 +138,62 @@ tly_overlay_entry_t *tly_overlay_find(tly_overlay_t *overlay, tly_cf_t cf,
                                       const char *key, size_t key_len) {
   if (!overlay->capacity)
     return NULL;
-  return probe(overlay->slots, overlay->capacity, hash_key(cf, key, key_len),
-               cf, key, key_len)
-      ->entry;
+  tly_overlay_entry_t *entry =
+      probe(overlay->slots, overlay->capacity, hash_key(cf, key, key_len), cf,
+            key, key_len)
+          ->entry;
+  if (entry && !entry->referenced)
+    entry->referenced = 1;
+  return entry;
 }
 
-void tly_overlay_keep(tly_overlay_t *overlay,
-                      int (*keep)(tly_overlay_entry_t *entry)) {
-  size_t count = overlay->count, dropping = 0;
-  for (size_t i = 0; i < overlay->capacity; i++)
-    if (overlay->slots[i].entry && !keep(overlay->slots[i].entry))
-      dropping++;
-  if (!dropping)
-    return; /* everything stays where it is */
-  tly_overlay_entry_t **kept = malloc(sizeof(*kept) * (count ? count : 1));
-  size_t kept_count = 0;
-  if (!kept) { /* no room to rebuild: dropping everything is always safe */
-    tly_overlay_reset(overlay);
-    return;
-  }
-  for (size_t i = 0; i < overlay->capacity; i++) {
-    tly_overlay_entry_t *entry = overlay->slots[i].entry;
-    if (!entry)
+/* Empties slot i and shifts the entries after it that probed past it back
+ * (linear probing's deletion without tombstones). */
+static void remove_slot(tly_overlay_t *overlay, size_t i) {
+  size_t mask = overlay->capacity - 1;
+  for (size_t j = (i + 1) & mask; overlay->slots[j].hash; j = (j + 1) & mask) {
+    size_t home = (size_t)overlay->slots[j].hash & mask;
+    /* The entry at j may fill the hole at i unless its home lies
+     * cyclically in (i, j]. */
+    int stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+    if (stays)
       continue;
-    overlay->slots[i] = (tly_overlay_slot_t){0, NULL};
-    if (keep(entry)) { /* keep() must answer the same the second time */
-      kept[kept_count++] = entry;
-    } else {
-      free_entry(entry);
-    }
+    overlay->slots[i] = overlay->slots[j];
+    i = j;
   }
-  /* Reinsert: removing from a linear-probing table would need tombstones. */
-  for (size_t i = 0; i < kept_count; i++)
-    place(overlay->slots, overlay->capacity, kept[i]);
-  overlay->count = kept_count;
-  free(kept);
+  overlay->slots[i] = (tly_overlay_slot_t){0, NULL};
+}
+
+size_t tly_overlay_evict(tly_overlay_t *overlay, size_t max_bytes,
+                         size_t max_count,
+                         int (*keep)(tly_overlay_entry_t *entry)) {
+  size_t evicted = 0, mask = overlay->capacity - 1;
+  /* Two full turns of the hand give every entry its second chance and
+   * then its end; an eviction does not move the hand. */
+  size_t moves = 0;
+  while (
+      overlay->count && moves < 2 * overlay->capacity &&
+      (tly_overlay_bytes(overlay) > max_bytes || overlay->count > max_count)) {
+    size_t i = overlay->hand & mask;
+    tly_overlay_entry_t *entry = overlay->slots[i].entry;
+    if (entry && !keep(entry)) {
+      if (!entry->referenced) {
+        overlay->entry_bytes -= entry->accounted;
+        overlay->count--;
+        free_entry(entry);
+        remove_slot(overlay, i);
+        evicted++;
+        /* Slot i may now hold an entry shifted back from further on: the
+         * hand looks at it next (one that wrapped round from the table's
+         * start is looked at once more in this turn). */
+        continue;
+      }
+      entry->referenced = 0;
+    }
+    overlay->hand = (i + 1) & mask;
+    moves++;
+  }
+  return evicted;
 }
 
 static int grow(tly_overlay_t *overlay) {
@@ -210,6 +227,8 @@ tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
   entry->key_len = key_len;
   entry->cf = cf;
   entry->stored_cycle_end = -1;
+  entry->accounted = sizeof(*entry) + key_len;
+  overlay->entry_bytes += entry->accounted;
   uint64_t hash = hash_key(cf, key, key_len);
   *empty_slot(overlay->slots, overlay->capacity, hash) =
       (tly_overlay_slot_t){hash, entry};
@@ -307,25 +326,37 @@ void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
   entry->bucket_count = kept;
 }
 
-size_t tly_overlay_bytes(const tly_overlay_t *overlay) {
-  size_t bytes = overlay->capacity * sizeof(tly_overlay_slot_t);
-  for (size_t i = 0; i < overlay->capacity; i++) {
-    const tly_overlay_entry_t *entry = overlay->slots[i].entry;
-    if (!entry)
-      continue;
-    bytes += sizeof(*entry) + entry->key_len +
-             entry->row_cap * sizeof(*entry->rows) +
-             entry->row_count * sizeof(**entry->rows) +
-             entry->bucket_cap * sizeof(*entry->buckets) +
-             entry->bucket_count * sizeof(**entry->buckets) +
-             entry->holds.cap * sizeof(*entry->holds.items) +
-             entry->distinct.cap * sizeof(*entry->distinct.items);
-    for (size_t d = 0; d < entry->distinct.count; d++) {
-      const tly_distinct_set_t *set = &entry->distinct.items[d];
-      bytes += set->cap * sizeof(*set->values);
-      for (size_t v = 0; v < set->count; v++)
-        bytes += strlen(set->values[v]) + 1;
-    }
+size_t tly_overlay_entry_bytes(const tly_overlay_entry_t *entry) {
+  size_t bytes = sizeof(*entry) + entry->key_len +
+                 entry->row_cap * sizeof(*entry->rows) +
+                 entry->row_count * sizeof(**entry->rows) +
+                 entry->bucket_cap * sizeof(*entry->buckets) +
+                 entry->bucket_count * sizeof(**entry->buckets) +
+                 entry->holds.cap * sizeof(*entry->holds.items) +
+                 entry->distinct.cap * sizeof(*entry->distinct.items);
+  for (size_t d = 0; d < entry->distinct.count; d++) {
+    const tly_distinct_set_t *set = &entry->distinct.items[d];
+    bytes += set->cap * sizeof(*set->values);
+    for (size_t v = 0; v < set->count; v++)
+      bytes += strlen(set->values[v]) + 1;
   }
+  return bytes;
+}
+
+void tly_overlay_account(tly_overlay_t *overlay, tly_overlay_entry_t *entry) {
+  size_t now = tly_overlay_entry_bytes(entry);
+  overlay->entry_bytes = overlay->entry_bytes - entry->accounted + now;
+  entry->accounted = now;
+}
+
+size_t tly_overlay_bytes(const tly_overlay_t *overlay) {
+  return overlay->capacity * sizeof(tly_overlay_slot_t) + overlay->entry_bytes;
+}
+
+size_t tly_overlay_bytes_walked(const tly_overlay_t *overlay) {
+  size_t bytes = overlay->capacity * sizeof(tly_overlay_slot_t);
+  for (size_t i = 0; i < overlay->capacity; i++)
+    if (overlay->slots[i].entry)
+      bytes += tly_overlay_entry_bytes(overlay->slots[i].entry);
   return bytes;
 }

@@ -56,6 +56,10 @@ typedef struct tly_overlay_entry {
    * newest entry in that batch's log (offset + 1; 0: none). Opaque here. */
   uint64_t contrib_batch[2];
   uint32_t contrib_head[2];
+  /* The bytes counted for it in the overlay's total (tly_overlay_account),
+   * and the eviction clock's mark: found since the hand last passed. */
+  size_t accounted;
+  unsigned char referenced;
 } tly_overlay_entry_t;
 
 /* A slot keeps its entry's hash beside the pointer: a probe passes over
@@ -69,6 +73,8 @@ typedef struct {
   tly_overlay_slot_t *slots;
   size_t capacity; /* power of two */
   size_t count;
+  size_t entry_bytes; /* the entries' accounted bytes, summed */
+  size_t hand;        /* the eviction clock's position (a slot) */
 } tly_overlay_t;
 
 void tly_overlay_init(tly_overlay_t *overlay);
@@ -77,12 +83,19 @@ void tly_overlay_free(tly_overlay_t *overlay);
 /* Drops every entry, keeping the table's memory for the next batch. */
 void tly_overlay_reset(tly_overlay_t *overlay);
 
-/* Keeps the entries for which keep() returns non-zero (it may update them)
- * and frees the others; kept entries keep their addresses. */
-void tly_overlay_keep(tly_overlay_t *overlay,
-                      int (*keep)(tly_overlay_entry_t *entry));
+/* Evicts entries for which keep() returns 0, with a clock sweep (an entry
+ * found since the hand last passed it gets a second chance), until the
+ * overlay holds at most max_bytes (tly_overlay_bytes) and max_count
+ * entries, or every entry has been passed twice. Freed entries' slots are
+ * refilled by backward shifting (no tombstones); other entries keep their
+ * addresses. The cost is in proportion to what is evicted: a cache kept
+ * at its bound after every commit frees a few entries at a time instead
+ * of most of them at once. Returns how many were evicted. */
+size_t tly_overlay_evict(tly_overlay_t *overlay, size_t max_bytes,
+                         size_t max_count,
+                         int (*keep)(tly_overlay_entry_t *entry));
 
-/* The entry for (cf, key), or NULL. */
+/* The entry for (cf, key), or NULL. Marks it referenced (the clock). */
 tly_overlay_entry_t *tly_overlay_find(tly_overlay_t *overlay, tly_cf_t cf,
                                       const char *key, size_t key_len);
 /* The entry's row for (cycle, feature), added zeroed when absent; NULL on
@@ -122,8 +135,17 @@ void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry);
 tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
                                         const char *key, size_t key_len);
 
-/* The memory the overlay holds (table, entries, their rows, buckets and
- * holds; allocator overhead not counted), in bytes. Walks every entry. */
+/* The memory the overlay holds (table, entries, their rows, buckets,
+ * holds and unique_count sets; allocator overhead not counted), in bytes,
+ * as last accounted: an entry is counted when inserted and again at each
+ * tly_overlay_account. O(1). */
 size_t tly_overlay_bytes(const tly_overlay_t *overlay);
+/* Counts the entry's memory as it is now (after loading it, or after
+ * writing it: a changed entry is recounted there). */
+void tly_overlay_account(tly_overlay_t *overlay, tly_overlay_entry_t *entry);
+/* The entry's memory now, and the overlay's by walking every entry (what
+ * the O(1) total is held to in the tests). */
+size_t tly_overlay_entry_bytes(const tly_overlay_entry_t *entry);
+size_t tly_overlay_bytes_walked(const tly_overlay_t *overlay);
 
 #endif

@@ -186,6 +186,127 @@ static void test_overlay_rows_stable_found_pruned(void **state) {
   tly_overlay_free(&overlay);
 }
 
+static int keep_dirty(tly_overlay_entry_t *entry) { return entry->dirty; }
+
+/* n entries k<i>, each with (i % 4) rows and (i % 3) buckets, counted as
+ * the processor counts a loaded entry; every 5th one dirty. */
+static void fill_overlay(tly_overlay_t *overlay, int n) {
+  char key[32];
+  for (int i = 0; i < n; i++) {
+    int len = snprintf(key, sizeof(key), "k%d", i);
+    tly_overlay_entry_t *entry =
+        tly_overlay_insert(overlay, TLY_CF_ACCOUNTS, key, (size_t)len);
+    assert_non_null(entry);
+    for (int r = 0; r < i % 4; r++)
+      assert_non_null(tly_overlay_row(entry, r, "api_calls"));
+    for (int b = 0; b < i % 3; b++)
+      assert_non_null(tly_overlay_bucket(entry, b, "api_calls"));
+    entry->account.cycle.events = i;
+    entry->dirty = i % 5 == 0;
+    tly_overlay_account(overlay, entry);
+  }
+}
+
+/* Every entry still in the table is found by its key at its address with
+ * its own contents, and the running total equals a walk. */
+static int overlay_consistent(tly_overlay_t *overlay, int n) {
+  char key[32];
+  size_t found = 0;
+  for (int i = 0; i < n; i++) {
+    int len = snprintf(key, sizeof(key), "k%d", i);
+    tly_overlay_entry_t *entry =
+        tly_overlay_find(overlay, TLY_CF_ACCOUNTS, key, (size_t)len);
+    if (!entry)
+      continue;
+    found++;
+    if (entry->account.cycle.events != i ||
+        entry->row_count != (size_t)(i % 4))
+      return 0;
+  }
+  return found == overlay->count &&
+         tly_overlay_bytes(overlay) == tly_overlay_bytes_walked(overlay);
+}
+
+static void test_overlay_bytes_counted_as_changed(void **state) {
+  (void)state;
+  tly_overlay_t overlay;
+  tly_overlay_init(&overlay);
+  fill_overlay(&overlay, 3000);
+  assert_true(overlay_consistent(&overlay, 3000));
+  size_t before = tly_overlay_bytes(&overlay);
+  /* A change is counted when the entry is accounted again (after its
+   * write), not before. */
+  tly_overlay_entry_t *entry = tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, "k7", 2);
+  assert_non_null(tly_overlay_row(entry, 99, "more"));
+  assert_int_equal(tly_overlay_bytes(&overlay), before);
+  tly_overlay_account(&overlay, entry);
+  assert_true(tly_overlay_bytes(&overlay) > before);
+  assert_int_equal(tly_overlay_bytes(&overlay), tly_overlay_bytes_walked(&overlay));
+  tly_overlay_reset(&overlay);
+  assert_int_equal(tly_overlay_bytes(&overlay), tly_overlay_bytes_walked(&overlay));
+  tly_overlay_free(&overlay);
+}
+
+static void test_overlay_evict_clock(void **state) {
+  (void)state;
+  char key[32];
+  tly_overlay_t overlay;
+  tly_overlay_init(&overlay);
+  fill_overlay(&overlay, 20000);
+  size_t full = tly_overlay_bytes(&overlay);
+  /* Down to half: the bound is met, no dirty entry goes, every entry left
+   * is still found (the backward shift kept the probe chains whole). */
+  size_t evicted = tly_overlay_evict(&overlay, full / 2, SIZE_MAX, keep_dirty);
+  assert_true(evicted > 0);
+  assert_int_equal(overlay.count, 20000 - evicted);
+  assert_true(tly_overlay_bytes(&overlay) <= full / 2);
+  assert_true(overlay_consistent(&overlay, 20000));
+  for (int i = 0; i < 20000; i += 5) {
+    int len = snprintf(key, sizeof(key), "k%d", i);
+    assert_non_null(tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, key, (size_t)len));
+  }
+  /* A count bound: exactly as many as asked. */
+  size_t count = overlay.count;
+  assert_int_equal(tly_overlay_evict(&overlay, SIZE_MAX, count - 10, keep_dirty), 10);
+  assert_true(overlay_consistent(&overlay, 20000));
+  /* Nothing may go but clean entries: asked for 0 bytes, the dirty fifth
+   * stays (after two turns of the hand), and only it. */
+  tly_overlay_evict(&overlay, 0, 0, keep_dirty);
+  assert_int_equal(overlay.count, 4000);
+  assert_true(overlay_consistent(&overlay, 20000));
+  for (int i = 0; i < 20000; i += 5) {
+    int len = snprintf(key, sizeof(key), "k%d", i);
+    tly_overlay_entry_t *entry =
+        tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, key, (size_t)len);
+    assert_non_null(entry);
+    assert_int_equal(entry->dirty, 1);
+  }
+  /* The table takes new keys after evictions (no tombstones left). */
+  assert_non_null(tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "k1", 2));
+  assert_int_equal(overlay.count, 4001);
+  tly_overlay_free(&overlay);
+}
+
+/* A second chance is given once: an entry referenced before a sweep
+ * survives the first turn of the hand, a clean unreferenced one does
+ * not. */
+static void test_overlay_evict_second_chance(void **state) {
+  (void)state;
+  tly_overlay_t overlay;
+  tly_overlay_init(&overlay);
+  tly_overlay_entry_t *a = tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "a", 1);
+  tly_overlay_entry_t *b = tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "b", 1);
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_ptr_equal(tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, "a", 1), a);
+  assert_int_equal(a->referenced, 1);
+  assert_int_equal(b->referenced, 0);
+  assert_int_equal(tly_overlay_evict(&overlay, SIZE_MAX, 1, keep_dirty), 1);
+  assert_ptr_equal(tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, "a", 1), a);
+  assert_null(tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, "b", 1));
+  tly_overlay_free(&overlay);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_outbox_round_trip),
@@ -193,6 +314,9 @@ int main(void) {
       cmocka_unit_test(test_outbox_rejects_too_many_headers),
       cmocka_unit_test(test_overlay_insert_find_grow_reset),
       cmocka_unit_test(test_overlay_rows_stable_found_pruned),
+      cmocka_unit_test(test_overlay_bytes_counted_as_changed),
+      cmocka_unit_test(test_overlay_evict_clock),
+      cmocka_unit_test(test_overlay_evict_second_chance),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
