@@ -110,6 +110,28 @@ static int add_output(tly_processor_t *p, const tly_outbox_record_t *record) {
 
 /* An input record that cannot be folded goes to the dead-letter topic with
  * the reason and where it came from; the loop goes on. */
+/* At most this many dead letters a second are logged one by one; the rest
+ * are summed in one line when the second is over. Every one of them is on
+ * the dead-letter topic with its reason and in tally_dead_letters_total. */
+#define DEAD_LETTER_LOG_PER_S 20
+
+/* Starts a new second of dead-letter logging once the last one is over,
+ * logging how many were left out of it. */
+static void log_dead_letters_left_out(tly_processor_t *p) {
+  int64_t second = tly_monotonic_ms() / 1000;
+  if (second == p->dead_log_second)
+    return;
+  if (p->dead_log_left_out)
+    tly_log(TLY_LOG_WARN, "processor",
+            "%llu more dead letters in a second were not logged one by one "
+            "(each is on %s with its reason; tally_dead_letters_total "
+            "counts them all)",
+            (unsigned long long)p->dead_log_left_out, p->dlq_topic);
+  p->dead_log_second = second;
+  p->dead_log_count = 0;
+  p->dead_log_left_out = 0;
+}
+
 static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
                         const char *reason) {
   char partition[16], offset[24], output_id[320];
@@ -144,6 +166,12 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
     return;
   }
   atomic_fetch_add(&p->dead_letters, 1);
+  log_dead_letters_left_out(p);
+  if (p->dead_log_count >= DEAD_LETTER_LOG_PER_S) {
+    p->dead_log_left_out++;
+    return;
+  }
+  p->dead_log_count++;
   tly_log(TLY_LOG_WARN, "processor", "dead letter %s[%d]@%lld: %s", topic,
           (int)msg->partition, (long long)msg->offset, reason);
 }
@@ -844,6 +872,8 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
       break;
     idle = consumed == 0;
     tly_proc_schema_retry(p);
+    if (p->dead_log_left_out) /* a flood that ended: its summary */
+      log_dead_letters_left_out(p);
     rd_kafka_poll(p->producer, 0); /* delivery reports -> ACKED */
     tly_proc_write_ticks(p);
     /* Written while the next batch is folded; release_written hands its

@@ -378,6 +378,13 @@ struct tly_processor {
   atomic_uint_least64_t at_risk;
 
   atomic_uint_least64_t events_folded, dead_letters, batches_committed;
+  /* Dead letters logged in the current second, and those left out of the
+   * log past DEAD_LETTER_LOG_PER_S (tly_processor.c): a flood of bad
+   * records must not become a flood of log lines (each one a write to
+   * stderr on the fold thread, which blocks when the reader is slow). */
+  int64_t dead_log_second;
+  unsigned dead_log_count;
+  uint64_t dead_log_left_out;
   atomic_uint_least64_t duplicates, alerts_total;
   /* Dedupe memory (tly_dedupe_spill.c): the share of the budget the
    * indexes may hold, what they hold (all partitions, kept by the fold

@@ -227,9 +227,94 @@ static void test_poison_goes_to_dead_letters(void **state) {
   free(dir);
 }
 
+/* Counts a flood's dead letters in tally run's log: each one logged alone,
+ * plus those the summary lines say were left out. */
+static void count_logged(const char *log, long long *alone,
+                         long long *summed) {
+  *alone = 0;
+  *summed = 0;
+  for (const char *at = log; (at = strstr(at, "dead letter tally.usage[")); at++)
+    (*alone)++;
+  const char *mark = " more dead letters in a second were not logged";
+  for (const char *at = log; (at = strstr(at, mark)); at++) {
+    const char *digits = at;
+    while (digits > log && digits[-1] >= '0' && digits[-1] <= '9')
+      digits--;
+    *summed += atoll(digits);
+  }
+}
+
+#define FLOOD 3000
+
+static void count_dlq(void *opaque, const rd_kafka_message_t *msg) {
+  (void)opaque;
+  assert_int_equal(msg->len, sizeof(truncated)); /* its bytes, unchanged */
+}
+
+/* A flood of bad records is not a flood of log lines: at most 20 a second
+ * are logged one by one, the rest counted in one line per second, and
+ * every one of them is on the dead-letter topic. */
+static void test_flood_logged_in_summary(void **state) {
+  (void)state;
+  th_broker_t broker;
+  th_run_t run;
+  char *dir = th_mkdtemp("poison-flood");
+  char state_dir[600], errstr[512];
+  snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
+  assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", broker.bootstrap, errstr,
+                    sizeof(errstr));
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  assert_non_null(rk);
+  for (int i = 0; i < FLOOD; i++)
+    assert_int_equal(rd_kafka_producev(
+                         rk, RD_KAFKA_V_TOPIC("tally.usage"),
+                         RD_KAFKA_V_KEY("user:flood", 10),
+                         RD_KAFKA_V_VALUE((void *)truncated, sizeof(truncated)),
+                         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+                     0);
+  assert_int_equal(rd_kafka_flush(rk, 30000), 0);
+  rd_kafka_destroy(rk);
+
+  int64_t started = th_now_ms();
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, NULL), 0);
+  assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
+                                     PARTITIONS, 60000),
+                   0);
+  assert_int_equal(th_metric_sum(run.port, "tally_dead_letters_total"), FLOOD);
+  /* The last second's summary comes once that second is over. */
+  long long alone = 0, summed = 0;
+  for (int tries = 0; tries < 100 && alone + summed < FLOOD; tries++) {
+    char *log = th_read_file(run.log_path);
+    assert_non_null(log);
+    count_logged(log, &alone, &summed);
+    free(log);
+    if (alone + summed < FLOOD)
+      th_sleep_ms(100);
+  }
+  long long seconds = (th_now_ms() - started) / 1000 + 1;
+  printf("# %d dead letters: %lld logged one by one, %lld in summaries, "
+         "over %lld s\n",
+         FLOOD, alone, summed, seconds);
+  assert_int_equal(alone + summed, FLOOD);
+  assert_true(alone >= 20);
+  assert_true(alone <= 20 * (seconds + 1));
+  assert_true(summed > 0);
+  assert_int_equal(th_read_topic(broker.bootstrap, "tally.usage.dlq", 1,
+                                 count_dlq, NULL),
+                   FLOOD);
+
+  assert_int_equal(th_stop(run.pid), 0);
+  th_broker_stop(&broker);
+  th_rmrf(dir);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_poison_goes_to_dead_letters),
+      cmocka_unit_test(test_flood_logged_in_summary),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
