@@ -411,7 +411,14 @@ size_t tly_processor_partitions(tly_processor_t *processor,
  * out of memory. */
 tly_partition_status_t *
 tly_processor_partitions_copy(tly_processor_t *processor, size_t *count);
+/* Everything /metrics shows, RocksDB's memory included (a property read
+ * per column family and the block cache's shards locked: tens of
+ * microseconds). Not for a request's path: see tly_processor_epoch. */
 void tly_processor_stats(tly_processor_t *processor,
                          tly_processor_stats_t *stats);
+/* Moves with every commit and every rebalance (batches committed +
+ * rebalances), so an answer cached under one epoch is current while the
+ * epoch stays: two atomic loads, for every cached read. */
+uint64_t tly_processor_epoch(tly_processor_t *processor);
 
 #endif

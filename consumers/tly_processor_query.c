@@ -158,6 +158,10 @@ tly_partition_status_t *tly_processor_partitions_copy(tly_processor_t *p,
   }
 }
 
+uint64_t tly_processor_epoch(tly_processor_t *p) {
+  return atomic_load(&p->batches_committed) + atomic_load(&p->rebalances);
+}
+
 void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->events_folded = atomic_load(&p->events_folded);
   stats->dead_letters = atomic_load(&p->dead_letters);

@@ -31,11 +31,12 @@
 /* ---- state ----------------------------------------------------------- */
 
 /* Moves after every commit and every rebalance (what is current changes
- * with the assignment), so cached answers never outlive either. */
+ * with the assignment), so cached answers never outlive either. Two
+ * atomic loads: tly_processor_stats, which reads RocksDB's memory too,
+ * cost every pre-check 5 us more CPU than the bare server and a p99 of
+ * 4 ms (the block cache's shard locks) against its 0.8 ms. */
 static uint64_t commit_count(void *opaque) {
-  tly_processor_stats_t stats;
-  tly_processor_stats(opaque, &stats);
-  return stats.batches_committed + stats.rebalances;
+  return tly_processor_epoch(opaque);
 }
 
 /* Whether this instance serves the partition: assigned here, caught up,

@@ -96,9 +96,7 @@ static int64_t now_mono_ms(void) {
 }
 
 static uint64_t commits(tly_http_t *http) {
-  tly_processor_stats_t stats;
-  tly_processor_stats(http->conf.processor, &stats);
-  return stats.batches_committed + stats.rebalances;
+  return tly_processor_epoch(http->conf.processor);
 }
 
 /* Appends text to the stream's queue (the lock held); 0, or -1 past the
