@@ -23,32 +23,13 @@ threads="${4:-1}"
 command -v wrk >/dev/null || scripts/install-deps.sh
 scripts/build.sh build >/dev/null
 
-work=$(mktemp -d /tmp/tally-bench-http-XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_file() { # path seconds
-  for _ in $(seq 1 $(($2 * 10))); do
-    [ -s "$1" ] && return 0
-    sleep 0.1
-  done
-  echo "bench-http: timed out waiting for $1" >&2
-  return 1
-}
+. scripts/bench-lib.sh
+bench_begin bench-http
 
 token="bench_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 token_sha256=$(printf %s "$token" | sha256sum | cut -d' ' -f1)
 
-build/tally broker --partitions 16 --bootstrap-file "$work/bootstrap" \
-  >"$work/broker.log" 2>&1 &
-pids+=($!)
-wait_file "$work/bootstrap" 30
-bootstrap=$(cat "$work/bootstrap")
+bench_broker 16
 
 echo "== $subjects subjects: one usage event each, through tally emit"
 awk -v n="$subjects" 'BEGIN { for (i = 0; i < n; i++)
@@ -60,12 +41,9 @@ build/tally run --brokers "$bootstrap" --state-dir "$work/state" \
   --http 127.0.0.1:0 --http-port-file "$work/port" --tick-interval-ms 0 \
   --api-key-sha256 "$token_sha256" >"$work/run.log" 2>&1 &
 pids+=($!)
-wait_file "$work/port" 30
+bench_wait_file "$work/port" 30
 port=$(cat "$work/port")
-for _ in $(seq 1 600); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ] && break
-  sleep 0.1
-done
+bench_ready "$port"
 # Steady state: the alerts of the initial fold published and their acks
 # committed (each commit invalidates the read cache), nothing left to do.
 metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }

@@ -24,40 +24,18 @@ config="${4:-compose/tally.json}"
 command -v python3 >/dev/null || scripts/install-deps.sh
 scripts/build.sh build >/dev/null
 
-work=$(mktemp -d /tmp/tally-bench-visible-XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. scripts/bench-lib.sh
+bench_begin bench-visible
 
-wait_file() { # path seconds
-  for _ in $(seq 1 $(($2 * 10))); do
-    [ -s "$1" ] && return 0
-    sleep 0.1
-  done
-  echo "bench-visible: timed out waiting for $1" >&2
-  return 1
-}
-
-build/tally broker --partitions 16 --bootstrap-file "$work/bootstrap" \
-  >"$work/broker.log" 2>&1 &
-pids+=($!)
-wait_file "$work/bootstrap" 30
-bootstrap=$(cat "$work/bootstrap")
+bench_broker 16
 
 build/tally run --brokers "$bootstrap" --state-dir "$work/state" \
   --config "$config" --no-auth --http 127.0.0.1:0 \
   --http-port-file "$work/port" >"$work/run.log" 2>&1 &
 pids+=($!)
-wait_file "$work/port" 30
+bench_wait_file "$work/port" 30
 port=$(cat "$work/port")
-for _ in $(seq 1 600); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ] && break
-  sleep 0.1
-done
+bench_ready "$port"
 
 echo "== $rate events/s for $seconds s over $subjects subjects, tally emit -> tally run (default flags)"
 python3 - "$rate" "$seconds" "$subjects" <<'EOF' | build/tally emit --brokers "$bootstrap" --quiet
