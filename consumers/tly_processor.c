@@ -108,8 +108,6 @@ static int add_output(tly_processor_t *p, const tly_outbox_record_t *record) {
   return 0;
 }
 
-/* An input record that cannot be folded goes to the dead-letter topic with
- * the reason and where it came from; the loop goes on. */
 /* At most this many dead letters a second are logged one by one; the rest
  * are summed in one line when the second is over. Every one of them is on
  * the dead-letter topic with its reason and in tally_dead_letters_total. */
@@ -132,6 +130,8 @@ static void log_dead_letters_left_out(tly_processor_t *p) {
   p->dead_log_left_out = 0;
 }
 
+/* An input record that cannot be folded goes to the dead-letter topic with
+ * the reason and where it came from; the loop goes on. */
 static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
                         const char *reason) {
   char partition[16], offset[24], output_id[320];
