@@ -125,9 +125,17 @@ void tly_http_handle_usage(tly_http_t *http, request_t *req,
              subject.key);
     tly_http_respond_error(out, 404, "not_found", message);
   } else if (found > 0) {
-    tly_http_respond_json(
-        out, 200,
-        tly_req_usage_json(http->conf.config, &subject, &state, now_ms));
+    /* As the quota answer: the text straight into a buffer, the tree only
+     * when the text cannot be written (a string that is not UTF-8). */
+    out->body = tly_req_usage_text(http->conf.config, &subject, &state, now_ms);
+    if (out->body) {
+      out->status = 200;
+      out->content_type = "application/json";
+    } else {
+      tly_http_respond_json(
+          out, 200,
+          tly_req_usage_json(http->conf.config, &subject, &state, now_ms));
+    }
   }
   tly_state_subject_clear(&state);
 }

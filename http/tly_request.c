@@ -376,7 +376,7 @@ json_t *tly_req_quota_json(const tly_config_t *config,
 
 /* ---- usage ------------------------------------------------------------- */
 
-static int64_t percent_of(int64_t used, int64_t limit) {
+int64_t tly_req_percent_of(int64_t used, int64_t limit) {
   if (limit <= 0)
     return used > 0 || limit == 0 ? 100 : 0;
   return (int64_t)((__int128)used * 100 / limit);
@@ -403,7 +403,7 @@ static void add_limit_fields(json_t *entry, const tly_plan_t *plan,
   json_object_set_new(entry, "remaining",
                       json_integer(remaining > 0 ? remaining : 0));
   json_object_set_new(entry, "percent",
-                      json_integer(percent_of(quantity, limit->limit)));
+                      json_integer(tly_req_percent_of(quantity, limit->limit)));
   json_object_set_new(entry, "exceeded", json_boolean(remaining < 0));
 }
 
@@ -448,8 +448,9 @@ json_t *tly_req_usage_json(const tly_config_t *config,
     json_object_set_new(credits, "limit", json_integer(plan->credits));
     json_object_set_new(credits, "remaining",
                         json_integer(remaining > 0 ? remaining : 0));
-    json_object_set_new(credits, "percent",
-                        json_integer(percent_of(credits_used, plan->credits)));
+    json_object_set_new(
+        credits, "percent",
+        json_integer(tly_req_percent_of(credits_used, plan->credits)));
     json_object_set_new(credits, "exceeded", json_boolean(remaining < 0));
   } else {
     json_object_set_new(credits, "limit", json_null());

@@ -173,6 +173,15 @@ json_t *tly_req_quota_json(const tly_config_t *config,
 json_t *tly_req_usage_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,
                            const tly_subject_state_t *state, int64_t now_ms);
+/* The same answer as text, byte for byte json_dumps(JSON_COMPACT) of the
+ * tree above (tly_request_text.c): a string that is not UTF-8 gives NULL
+ * and the caller builds the tree. malloc'd. */
+char *tly_req_usage_text(const tly_config_t *config,
+                         const tly_req_subject_t *subject,
+                         const tly_subject_state_t *state, int64_t now_ms);
+/* used as a whole percentage of limit (100 past a limit of 0 or below
+ * once anything is used), rounded down. */
+int64_t tly_req_percent_of(int64_t used, int64_t limit);
 
 /* ---- GET /v1/plans, POST /v1/estimate, POST /v1/prorate ----------------- */
 

@@ -3,8 +3,8 @@
  * (tly_json_text.h, tly_req_quota_answer_text, tly_jt_dump) against
  * jansson's own compact dump of the same values: byte for byte, for strings
  * needing every kind of escape, integers at their bounds, nested objects,
- * random trees of objects, arrays and scalars, and the quota
- * answer over every plan, feature, limit state and kind of subject of the
+ * random trees of objects, arrays and scalars, and the quota and usage
+ * answers over every plan, feature, limit state and kind of subject of the
  * default config.
  */
 #include "tly_config.h"
@@ -303,6 +303,99 @@ static void test_quota_answer_as_jansson(void **state) {
   tly_config_free(config);
 }
 
+/* The usage answer over every plan of the default config, rows of every
+ * listed feature and an unlisted one (two cycles, a feature twice in one
+ * cycle), costs at and past the credits, ended and current cycles, and
+ * the flags: the text against the tree's dump. */
+static void test_usage_answer_as_jansson(void **state) {
+  (void)state;
+  tly_config_t *config = tly_config_default();
+  assert_non_null(config);
+  static const char *const subjects[] = {"user:alice", "org:a\"b\\c/d",
+                                         "user:caf\xc3\xa9\x01"};
+  static const int64_t used[] = {0, 999, 1000, 100001, INT64_MAX / 2};
+  static const int64_t cost[] = {0, 2500000, INT64_MAX / 4};
+  const int64_t start = 1793491200000LL, end = 1796083200000LL;
+  size_t compared = 0, with_features = 0;
+  tly_state_row_t rows[64];
+  for (size_t p = 0; p < config->plan_count; p++) {
+    const tly_plan_t *plan = &config->plans[p];
+    for (size_t u = 0; u < sizeof(used) / sizeof(used[0]); u++) {
+      size_t n = 0;
+      for (size_t f = 0; f < plan->limit_count + plan->price_count + 1 &&
+                         n + 2 < sizeof(rows) / sizeof(rows[0]);
+           f++) {
+        const char *feature = f < plan->limit_count ? plan->limits[f].feature
+                              : f < plan->limit_count + plan->price_count
+                                  ? plan->prices[f - plan->limit_count].feature
+                                  : "unlisted_\xc3\xa9\"feature";
+        rows[n] = (tly_state_row_t){.cycle_start_ms = start};
+        snprintf(rows[n].feature, sizeof(rows[n].feature), "%s", feature);
+        rows[n].row.quantity = used[u] + (int64_t)f;
+        rows[n].row.input_tokens = (int64_t)f * 7;
+        rows[n].row.output_tokens = (int64_t)f * 3;
+        rows[n].row.event_count = (int64_t)f + 1;
+        rows[n].row.cost_micros = (int64_t)f * 1000;
+        n++;
+        rows[n] = rows[n - 1]; /* the same feature, the previous cycle */
+        rows[n].cycle_start_ms = start - 86400000LL;
+        n++;
+      }
+      if (n) { /* the first feature again in the same cycle */
+        rows[n] = rows[0];
+        rows[n].row.quantity += 5;
+        n++;
+      }
+      for (size_t s = 0; s < sizeof(subjects) / sizeof(subjects[0]); s++)
+        for (size_t c = 0; c < sizeof(cost) / sizeof(cost[0]); c++)
+          for (int flags = 0; flags < 8; flags++)
+            for (int ended = 0; ended < 2; ended++) {
+              tly_req_subject_t subject = {.kind = TLY_SUBJECT_USER};
+              snprintf(subject.key, sizeof(subject.key), "%s", subjects[s]);
+              tly_subject_state_t st = {.partition = (int32_t)s * 7,
+                                        .row_count = n,
+                                        .rows = rows};
+              st.account.exists = 1;
+              snprintf(st.account.plan, sizeof(st.account.plan), "%s",
+                       plan->name);
+              st.account.cycle.start_ms = start;
+              st.account.cycle.end_ms = end;
+              st.account.cycle.cost_micros = cost[c];
+              st.account.payment_failed = flags & 1;
+              st.account.canceled = (flags & 2) != 0;
+              if (flags & 4)
+                snprintf(st.account.stripe_customer_id,
+                         sizeof(st.account.stripe_customer_id), "cus_1");
+              int64_t now = ended ? end + 1000 : start + 1000;
+              json_t *tree = tly_req_usage_json(config, &subject, &st, now);
+              with_features +=
+                  json_object_size(json_object_get(tree, "features")) > 0;
+              expect_same(tree, tly_req_usage_text(config, &subject, &st, now));
+              compared++;
+            }
+    }
+  }
+  assert_true(compared > 500);
+  assert_true(with_features > 0);
+  /* A plan the config does not know: no limits, no credits. */
+  tly_req_subject_t subject = {.kind = TLY_SUBJECT_USER};
+  snprintf(subject.key, sizeof(subject.key), "user:x");
+  tly_state_row_t row = {.cycle_start_ms = start};
+  snprintf(row.feature, sizeof(row.feature), "api_calls");
+  row.row.quantity = 3;
+  tly_subject_state_t st = {.row_count = 1, .rows = &row};
+  st.account.exists = 1;
+  snprintf(st.account.plan, sizeof(st.account.plan), "gone");
+  st.account.cycle.start_ms = start;
+  st.account.cycle.end_ms = end;
+  expect_same(tly_req_usage_json(config, &subject, &st, start + 1),
+              tly_req_usage_text(config, &subject, &st, start + 1));
+  /* A subject that is not UTF-8: no text; the caller builds the tree. */
+  snprintf(subject.key, sizeof(subject.key), "user:\xff");
+  assert_null(tly_req_usage_text(config, &subject, &st, start + 1));
+  tly_config_free(config);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strings_as_jansson),
@@ -310,6 +403,7 @@ int main(void) {
       cmocka_unit_test(test_failures),
       cmocka_unit_test(test_dump_as_jansson),
       cmocka_unit_test(test_quota_answer_as_jansson),
+      cmocka_unit_test(test_usage_answer_as_jansson),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
