@@ -415,14 +415,27 @@ static json_t *usage_entry(const tly_billing_row_t *row) {
       "cost_micros", (json_int_t)row->cost_micros);
 }
 
+void tly_req_usage_head(const tly_config_t *config,
+                        const tly_subject_state_t *state, int64_t now_ms,
+                        tly_req_usage_head_t *head) {
+  const tly_account_t *account = &state->account;
+  head->plan = tly_config_plan(config, account->plan);
+  head->ended = tly_req_effective_cycle(config, account, now_ms,
+                                        &head->start_ms, &head->end_ms);
+  head->cost_micros = head->ended ? 0 : account->cycle.cost_micros;
+  head->credits_used = head->cost_micros / config->micros_per_credit;
+}
+
 json_t *tly_req_usage_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,
                            const tly_subject_state_t *state, int64_t now_ms) {
   const tly_account_t *account = &state->account;
-  const tly_plan_t *plan = tly_config_plan(config, account->plan);
-  int64_t start, end;
-  int ended = tly_req_effective_cycle(config, account, now_ms, &start, &end);
-  int64_t cost = ended ? 0 : account->cycle.cost_micros;
+  tly_req_usage_head_t head;
+  tly_req_usage_head(config, state, now_ms, &head);
+  const tly_plan_t *plan = head.plan;
+  int64_t start = head.start_ms, end = head.end_ms;
+  int ended = head.ended;
+  int64_t cost = head.cost_micros;
   json_t *features = json_object();
 
   if (!ended)
@@ -441,7 +454,7 @@ json_t *tly_req_usage_json(const tly_config_t *config,
         (int64_t)json_integer_value(json_object_get(entry, "quantity")));
   }
 
-  int64_t credits_used = cost / config->micros_per_credit;
+  int64_t credits_used = head.credits_used;
   json_t *credits = json_pack("{s:I}", "used", (json_int_t)credits_used);
   if (plan && plan->credits != TLY_UNLIMITED) {
     int64_t remaining = plan->credits - credits_used;

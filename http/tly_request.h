@@ -169,6 +169,19 @@ json_t *tly_req_quota_json(const tly_config_t *config,
 
 /* ---- GET /v1/subjects/{subject}/usage ---------------------------------- */
 
+/* What both writers of the usage answer start from: the subject's plan
+ * (NULL when the config no longer has it), the cycle as of now, and its
+ * cost and credits (0 once the cycle ended). */
+typedef struct {
+  const tly_plan_t *plan;
+  int64_t start_ms, end_ms;
+  int ended;
+  int64_t cost_micros, credits_used;
+} tly_req_usage_head_t;
+void tly_req_usage_head(const tly_config_t *config,
+                        const tly_subject_state_t *state, int64_t now_ms,
+                        tly_req_usage_head_t *head);
+
 /* The usage answer from committed state (state must be found). */
 json_t *tly_req_usage_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,

@@ -104,11 +104,8 @@ char *tly_req_usage_text(const tly_config_t *config,
                          const tly_req_subject_t *subject,
                          const tly_subject_state_t *state, int64_t now_ms) {
   const tly_account_t *account = &state->account;
-  const tly_plan_t *plan = tly_config_plan(config, account->plan);
-  int64_t start, end;
-  int ended = tly_req_effective_cycle(config, account, now_ms, &start, &end);
-  int64_t cost = ended ? 0 : account->cycle.cost_micros;
-  int64_t credits_used = cost / config->micros_per_credit;
+  tly_req_usage_head_t head;
+  tly_req_usage_head(config, state, now_ms, &head);
   tly_jt_t jt;
   tly_jt_init(&jt, 1024);
   TLY_JT_LITERAL(&jt, "{\"subject\":");
@@ -118,25 +115,25 @@ char *tly_req_usage_text(const tly_config_t *config,
   TLY_JT_LITERAL(&jt, ",\"plan\":");
   tly_jt_string(&jt, account->plan);
   TLY_JT_LITERAL(&jt, ",\"cycle\":{\"start_ms\":");
-  tly_jt_int(&jt, start);
+  tly_jt_int(&jt, head.start_ms);
   TLY_JT_LITERAL(&jt, ",\"end_ms\":");
-  tly_jt_int(&jt, end);
+  tly_jt_int(&jt, head.end_ms);
   TLY_JT_LITERAL(&jt, "},\"cycle_ended\":");
-  tly_jt_bool(&jt, ended);
+  tly_jt_bool(&jt, head.ended);
   TLY_JT_LITERAL(&jt, ",\"cost_micros\":");
-  tly_jt_int(&jt, cost);
+  tly_jt_int(&jt, head.cost_micros);
   TLY_JT_LITERAL(&jt, ",\"base_price_micros\":");
-  tly_jt_int(&jt, plan ? plan->base_price_micros : 0);
+  tly_jt_int(&jt, head.plan ? head.plan->base_price_micros : 0);
   TLY_JT_LITERAL(&jt, ",\"credits\":{\"used\":");
-  tly_jt_int(&jt, credits_used);
-  if (plan && plan->credits != TLY_UNLIMITED) {
-    int64_t remaining = plan->credits - credits_used;
+  tly_jt_int(&jt, head.credits_used);
+  if (head.plan && head.plan->credits != TLY_UNLIMITED) {
+    int64_t remaining = head.plan->credits - head.credits_used;
     TLY_JT_LITERAL(&jt, ",\"limit\":");
-    tly_jt_int(&jt, plan->credits);
+    tly_jt_int(&jt, head.plan->credits);
     TLY_JT_LITERAL(&jt, ",\"remaining\":");
     tly_jt_int(&jt, remaining > 0 ? remaining : 0);
     TLY_JT_LITERAL(&jt, ",\"percent\":");
-    tly_jt_int(&jt, tly_req_percent_of(credits_used, plan->credits));
+    tly_jt_int(&jt, tly_req_percent_of(head.credits_used, head.plan->credits));
     TLY_JT_LITERAL(&jt, ",\"exceeded\":");
     tly_jt_bool(&jt, remaining < 0);
   } else {
@@ -151,20 +148,20 @@ char *tly_req_usage_text(const tly_config_t *config,
   tly_jt_bool(&jt, account->stripe_customer_id[0] != '\0');
   TLY_JT_LITERAL(&jt, ",\"features\":{");
   int first = 1;
-  for (size_t i = 0; !ended && i < state->row_count; i++) {
+  for (size_t i = 0; !head.ended && i < state->row_count; i++) {
     const tly_state_row_t *row = &state->rows[i];
-    if (row->cycle_start_ms != start)
+    if (row->cycle_start_ms != head.start_ms)
       continue;
     /* The tree keeps a feature where it first came, with the last row's
      * value (json_object_set_new replaces in place). */
     int seen = 0;
     for (size_t k = 0; k < i && !seen; k++)
-      seen = state->rows[k].cycle_start_ms == start &&
+      seen = state->rows[k].cycle_start_ms == head.start_ms &&
              strcmp(state->rows[k].feature, row->feature) == 0;
     if (seen)
       continue;
     for (size_t k = i + 1; k < state->row_count; k++)
-      if (state->rows[k].cycle_start_ms == start &&
+      if (state->rows[k].cycle_start_ms == head.start_ms &&
           strcmp(state->rows[k].feature, row->feature) == 0)
         row = &state->rows[k];
     if (!first)
@@ -184,7 +181,7 @@ char *tly_req_usage_text(const tly_config_t *config,
     TLY_JT_LITERAL(&jt, ",\"aggregation\":");
     tly_jt_string(
         &jt, tly_aggregation_name(tly_meter_aggregation(config, row->feature)));
-    jt_limit_fields(&jt, plan, row->feature, row->row.quantity);
+    jt_limit_fields(&jt, head.plan, row->feature, row->row.quantity);
     TLY_JT_LITERAL(&jt, "}");
   }
   TLY_JT_LITERAL(&jt, "}}");

@@ -231,14 +231,17 @@ static void test_dump_as_jansson(void **state) {
  * config, each feature it limits or prices plus an unlisted one, used
  * amounts below, at and past the limit, spent credits, quantities 0, 1 and
  * huge, known and unknown subjects, a running and an ended cycle. */
+/* The answers' cases: subjects needing escapes (and a control
+ * character), usage and cost at and past the default plans' limits. */
+static const char *const subjects[] = {"user:alice", "org:a\"b\\c/d",
+                                       "user:caf\xc3\xa9\x01"};
+static const int64_t used[] = {0, 999, 1000, 100001, INT64_MAX / 2};
+static const int64_t cost[] = {0, 2500000, INT64_MAX / 4};
+
 static void test_quota_answer_as_jansson(void **state) {
   (void)state;
   tly_config_t *config = tly_config_default();
   assert_non_null(config);
-  static const char *const subjects[] = {"user:alice", "org:a\"b\\c/d",
-                                         "user:caf\xc3\xa9\x01"};
-  static const int64_t used[] = {0, 999, 1000, 100001, INT64_MAX / 2};
-  static const int64_t cost[] = {0, 2500000, INT64_MAX / 4};
   static const int64_t quantity[] = {0, 1, 2, INT64_MAX};
   const int64_t start = 1793491200000LL, end = 1796083200000LL;
   size_t compared = 0, soft = 0, blocked = 0;
@@ -311,10 +314,6 @@ static void test_usage_answer_as_jansson(void **state) {
   (void)state;
   tly_config_t *config = tly_config_default();
   assert_non_null(config);
-  static const char *const subjects[] = {"user:alice", "org:a\"b\\c/d",
-                                         "user:caf\xc3\xa9\x01"};
-  static const int64_t used[] = {0, 999, 1000, 100001, INT64_MAX / 2};
-  static const int64_t cost[] = {0, 2500000, INT64_MAX / 4};
   const int64_t start = 1793491200000LL, end = 1796083200000LL;
   size_t compared = 0, with_features = 0;
   tly_state_row_t rows[64];
