@@ -374,116 +374,6 @@ json_t *tly_req_quota_json(const tly_config_t *config,
   return tly_req_quota_answer_json(&answer);
 }
 
-/* ---- usage ------------------------------------------------------------- */
-
-int64_t tly_req_percent_of(int64_t used, int64_t limit) {
-  if (limit <= 0)
-    return used > 0 || limit == 0 ? 100 : 0;
-  return (int64_t)((__int128)used * 100 / limit);
-}
-
-/* Limit, mode, remaining, percent and exceeded of one feature. */
-static void add_limit_fields(json_t *entry, const tly_plan_t *plan,
-                             const char *feature, int64_t quantity) {
-  const tly_feature_limit_t *limit =
-      plan ? tly_plan_limit(plan, feature) : NULL;
-  if (!limit || limit->limit == TLY_UNLIMITED) {
-    json_object_set_new(entry, "limit", json_null());
-    json_object_set_new(entry, "mode", json_string("unlimited"));
-    json_object_set_new(entry, "remaining", json_null());
-    json_object_set_new(entry, "percent", json_null());
-    json_object_set_new(entry, "exceeded", json_false());
-    return;
-  }
-  int64_t remaining = limit->limit - quantity;
-  json_object_set_new(entry, "limit", json_integer(limit->limit));
-  json_object_set_new(
-      entry, "mode",
-      json_string(limit->mode == TLY_LIMIT_HARD ? "hard" : "soft"));
-  json_object_set_new(entry, "remaining",
-                      json_integer(remaining > 0 ? remaining : 0));
-  json_object_set_new(entry, "percent",
-                      json_integer(tly_req_percent_of(quantity, limit->limit)));
-  json_object_set_new(entry, "exceeded", json_boolean(remaining < 0));
-}
-
-static json_t *usage_entry(const tly_billing_row_t *row) {
-  return json_pack(
-      "{s:I,s:I,s:I,s:I,s:I}", "quantity", (json_int_t)row->quantity,
-      "input_tokens", (json_int_t)row->input_tokens, "output_tokens",
-      (json_int_t)row->output_tokens, "events", (json_int_t)row->event_count,
-      "cost_micros", (json_int_t)row->cost_micros);
-}
-
-void tly_req_usage_head(const tly_config_t *config,
-                        const tly_subject_state_t *state, int64_t now_ms,
-                        tly_req_usage_head_t *head) {
-  const tly_account_t *account = &state->account;
-  head->plan = tly_config_plan(config, account->plan);
-  head->ended = tly_req_effective_cycle(config, account, now_ms,
-                                        &head->start_ms, &head->end_ms);
-  head->cost_micros = head->ended ? 0 : account->cycle.cost_micros;
-  head->credits_used = head->cost_micros / config->micros_per_credit;
-}
-
-json_t *tly_req_usage_json(const tly_config_t *config,
-                           const tly_req_subject_t *subject,
-                           const tly_subject_state_t *state, int64_t now_ms) {
-  const tly_account_t *account = &state->account;
-  tly_req_usage_head_t head;
-  tly_req_usage_head(config, state, now_ms, &head);
-  const tly_plan_t *plan = head.plan;
-  int64_t start = head.start_ms, end = head.end_ms;
-  int ended = head.ended;
-  int64_t cost = head.cost_micros;
-  json_t *features = json_object();
-
-  if (!ended)
-    for (size_t i = 0; i < state->row_count; i++)
-      if (state->rows[i].cycle_start_ms == start)
-        json_object_set_new(features, state->rows[i].feature,
-                            usage_entry(&state->rows[i].row));
-  const char *feature;
-  json_t *entry;
-  json_object_foreach(features, feature, entry) {
-    json_object_set_new(entry, "aggregation",
-                        json_string(tly_aggregation_name(
-                            tly_meter_aggregation(config, feature))));
-    add_limit_fields(
-        entry, plan, feature,
-        (int64_t)json_integer_value(json_object_get(entry, "quantity")));
-  }
-
-  int64_t credits_used = head.credits_used;
-  json_t *credits = json_pack("{s:I}", "used", (json_int_t)credits_used);
-  if (plan && plan->credits != TLY_UNLIMITED) {
-    int64_t remaining = plan->credits - credits_used;
-    json_object_set_new(credits, "limit", json_integer(plan->credits));
-    json_object_set_new(credits, "remaining",
-                        json_integer(remaining > 0 ? remaining : 0));
-    json_object_set_new(
-        credits, "percent",
-        json_integer(tly_req_percent_of(credits_used, plan->credits)));
-    json_object_set_new(credits, "exceeded", json_boolean(remaining < 0));
-  } else {
-    json_object_set_new(credits, "limit", json_null());
-    json_object_set_new(credits, "remaining", json_null());
-    json_object_set_new(credits, "percent", json_null());
-    json_object_set_new(credits, "exceeded", json_false());
-  }
-  /* billing_linked: a Stripe customer is linked (the billing portal
-   * answers for it). */
-  return json_pack(
-      "{s:s,s:i,s:s,s:{s:I,s:I},s:b,s:I,s:I,s:o,s:b,s:b,s:b,s:o}", "subject",
-      subject->key, "partition", (int)state->partition, "plan", account->plan,
-      "cycle", "start_ms", (json_int_t)start, "end_ms", (json_int_t)end,
-      "cycle_ended", ended, "cost_micros", (json_int_t)cost,
-      "base_price_micros", (json_int_t)(plan ? plan->base_price_micros : 0),
-      "credits", credits, "payment_failed", account->payment_failed, "canceled",
-      account->canceled, "billing_linked",
-      account->stripe_customer_id[0] != '\0', "features", features);
-}
-
 /* ---- the usage history ------------------------------------------------ */
 
 int tly_req_parse_daily(const char *from, const char *to, int32_t *from_day,
@@ -625,7 +515,7 @@ json_t *tly_req_cycles_json(const tly_config_t *config,
       if (cycles[i].rows[r].cycle_start_ms == cycle->start_ms &&
           cycles[i].rows[r].row.event_count)
         json_object_set_new(features, cycles[i].rows[r].feature,
-                            usage_entry(&cycles[i].rows[r].row));
+                            tly_req_usage_entry(&cycles[i].rows[r].row));
     json_array_append_new(
         list,
         json_pack("{s:I,s:I,s:b,s:I,s:I,s:I,s:o}", "start_ms",
@@ -897,7 +787,7 @@ json_t *tly_req_estimate(const tly_config_t *config, const char *body,
       tly_req_fail(err, 400, "bad_request", "usage", "total cost overflows");
       goto done;
     }
-    add_limit_fields(entry, plan, feature, quantity);
+    tly_req_limit_fields(entry, plan, feature, quantity);
     const tly_feature_limit_t *limit = tly_plan_limit(plan, feature);
     if (json_is_true(json_object_get(entry, "exceeded")) && limit &&
         limit->mode == TLY_LIMIT_HARD)

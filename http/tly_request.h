@@ -195,6 +195,13 @@ char *tly_req_usage_text(const tly_config_t *config,
 /* used as a whole percentage of limit (100 past a limit of 0 or below
  * once anything is used), rounded down. */
 int64_t tly_req_percent_of(int64_t used, int64_t limit);
+/* One feature's usage row as the usage answers show it (quantity, tokens,
+ * events, cost), and the plan's limit fields added to such an entry
+ * (limit, mode, remaining, percent, exceeded): shared by the usage, cycles
+ * and estimate answers (tly_request_usage.c). */
+json_t *tly_req_usage_entry(const tly_billing_row_t *row);
+void tly_req_limit_fields(json_t *entry, const tly_plan_t *plan,
+                          const char *feature, int64_t quantity);
 
 /* ---- GET /v1/plans, POST /v1/estimate, POST /v1/prorate ----------------- */
 

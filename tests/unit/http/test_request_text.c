@@ -238,12 +238,30 @@ static const char *const subjects[] = {"user:alice", "org:a\"b\\c/d",
 static const int64_t used[] = {0, 999, 1000, 100001, INT64_MAX / 2};
 static const int64_t cost[] = {0, 2500000, INT64_MAX / 4};
 
+/* The cycle the answers' accounts are in. */
+static const int64_t start = 1793491200000LL, end = 1796083200000LL;
+
+/* An account on plan in that cycle, with cost_micros spent. */
+static void account_in(tly_account_t *account, const char *plan,
+                       int64_t cost_micros) {
+  account->exists = 1;
+  snprintf(account->plan, sizeof(account->plan), "%s", plan);
+  account->cycle.start_ms = start;
+  account->cycle.end_ms = end;
+  account->cycle.cost_micros = cost_micros;
+}
+
+static tly_req_subject_t subject_of(const char *key) {
+  tly_req_subject_t subject = {.kind = TLY_SUBJECT_USER};
+  snprintf(subject.key, sizeof(subject.key), "%s", key);
+  return subject;
+}
+
 static void test_quota_answer_as_jansson(void **state) {
   (void)state;
   tly_config_t *config = tly_config_default();
   assert_non_null(config);
   static const int64_t quantity[] = {0, 1, 2, INT64_MAX};
-  const int64_t start = 1793491200000LL, end = 1796083200000LL;
   size_t compared = 0, soft = 0, blocked = 0;
   for (size_t p = 0; p < config->plan_count; p++) {
     const tly_plan_t *plan = &config->plans[p];
@@ -259,20 +277,14 @@ static void test_quota_answer_as_jansson(void **state) {
             for (size_t q = 0; q < sizeof(quantity) / sizeof(quantity[0]); q++)
               for (int known = 0; known < 2; known++)
                 for (int ended = 0; ended < 2; ended++) {
-                  tly_req_subject_t subject = {.kind = TLY_SUBJECT_USER};
-                  snprintf(subject.key, sizeof(subject.key), "%s", subjects[s]);
+                  tly_req_subject_t subject = subject_of(subjects[s]);
                   tly_req_quota_query_t query = {.quantity = quantity[q]};
                   snprintf(query.feature, sizeof(query.feature), "%s", feature);
                   tly_state_row_t row = {.cycle_start_ms = start};
                   snprintf(row.feature, sizeof(row.feature), "%s", feature);
                   row.row.quantity = used[u];
                   tly_subject_state_t st = {.row_count = 1, .rows = &row};
-                  st.account.exists = 1;
-                  snprintf(st.account.plan, sizeof(st.account.plan), "%s",
-                           plan->name);
-                  st.account.cycle.start_ms = start;
-                  st.account.cycle.end_ms = end;
-                  st.account.cycle.cost_micros = cost[c];
+                  account_in(&st.account, plan->name, cost[c]);
                   tly_req_quota_answer_t answer;
                   tly_req_error_t err;
                   assert_int_equal(
@@ -293,8 +305,7 @@ static void test_quota_answer_as_jansson(void **state) {
   assert_true(soft > 0);
   assert_true(blocked > 0);
   /* A subject that is not UTF-8: no text (jansson refuses it too). */
-  tly_req_subject_t subject = {.kind = TLY_SUBJECT_USER};
-  snprintf(subject.key, sizeof(subject.key), "user:\xff");
+  tly_req_subject_t subject = subject_of("user:\xff");
   tly_req_quota_query_t query = {.quantity = 1};
   snprintf(query.feature, sizeof(query.feature), "api_calls");
   tly_req_quota_answer_t answer;
@@ -314,7 +325,6 @@ static void test_usage_answer_as_jansson(void **state) {
   (void)state;
   tly_config_t *config = tly_config_default();
   assert_non_null(config);
-  const int64_t start = 1793491200000LL, end = 1796083200000LL;
   size_t compared = 0, with_features = 0;
   tly_state_row_t rows[64];
   for (size_t p = 0; p < config->plan_count; p++) {
@@ -349,17 +359,10 @@ static void test_usage_answer_as_jansson(void **state) {
         for (size_t c = 0; c < sizeof(cost) / sizeof(cost[0]); c++)
           for (int flags = 0; flags < 8; flags++)
             for (int ended = 0; ended < 2; ended++) {
-              tly_req_subject_t subject = {.kind = TLY_SUBJECT_USER};
-              snprintf(subject.key, sizeof(subject.key), "%s", subjects[s]);
-              tly_subject_state_t st = {.partition = (int32_t)s * 7,
-                                        .row_count = n,
-                                        .rows = rows};
-              st.account.exists = 1;
-              snprintf(st.account.plan, sizeof(st.account.plan), "%s",
-                       plan->name);
-              st.account.cycle.start_ms = start;
-              st.account.cycle.end_ms = end;
-              st.account.cycle.cost_micros = cost[c];
+              tly_req_subject_t subject = subject_of(subjects[s]);
+              tly_subject_state_t st = {
+                  .partition = (int32_t)s * 7, .row_count = n, .rows = rows};
+              account_in(&st.account, plan->name, cost[c]);
               st.account.payment_failed = flags & 1;
               st.account.canceled = (flags & 2) != 0;
               if (flags & 4)
@@ -377,20 +380,16 @@ static void test_usage_answer_as_jansson(void **state) {
   assert_true(compared > 500);
   assert_true(with_features > 0);
   /* A plan the config does not know: no limits, no credits. */
-  tly_req_subject_t subject = {.kind = TLY_SUBJECT_USER};
-  snprintf(subject.key, sizeof(subject.key), "user:x");
+  tly_req_subject_t subject = subject_of("user:x");
   tly_state_row_t row = {.cycle_start_ms = start};
   snprintf(row.feature, sizeof(row.feature), "api_calls");
   row.row.quantity = 3;
   tly_subject_state_t st = {.row_count = 1, .rows = &row};
-  st.account.exists = 1;
-  snprintf(st.account.plan, sizeof(st.account.plan), "gone");
-  st.account.cycle.start_ms = start;
-  st.account.cycle.end_ms = end;
+  account_in(&st.account, "gone", 0);
   expect_same(tly_req_usage_json(config, &subject, &st, start + 1),
               tly_req_usage_text(config, &subject, &st, start + 1));
   /* A subject that is not UTF-8: no text; the caller builds the tree. */
-  snprintf(subject.key, sizeof(subject.key), "user:\xff");
+  subject = subject_of("user:\xff");
   assert_null(tly_req_usage_text(config, &subject, &st, start + 1));
   tly_config_free(config);
 }
