@@ -6,7 +6,8 @@
  * The dedupe indexes are counted as they change and spill within their
  * share (tly_dedupe_spill.c). The overlay (subject records) is counted
  * as entries are loaded and written (tly_overlay_account), and kept within
- * its share and CACHE_MAX_ENTRIES after every commit: the clock evicts
+ * its share, what the dedupe indexes leave of theirs (tly_memory_lent) and
+ * CACHE_MAX_ENTRIES after every commit: the clock evicts
  * entries not found since its last pass, never the open batch's (the rest
  * is a cache of what RocksDB holds). The outbox is counted here by a walk,
  * at most once a second, and only reported: an entry leaves once Kafka
@@ -165,8 +166,21 @@ int64_t tly_processor_memory_budget(const tly_processor_t *p) {
 
 static int entry_is_dirty(tly_overlay_entry_t *entry) { return entry->dirty; }
 
+int64_t tly_memory_lent(int64_t budget, int64_t dedupe_held) {
+  int64_t share = tly_memory_share(budget, TLY_MEMORY_DEDUPE);
+  return dedupe_held < share ? share - (dedupe_held > 0 ? dedupe_held : 0) : 0;
+}
+
 void tly_proc_memory_check(tly_processor_t *p) {
-  size_t share = (size_t)tly_memory_share(p->memory_budget, TLY_MEMORY_OVERLAY);
+  /* A cache of subjects is worth more than memory kept free for ids not
+   * yet seen: the overlay may use what the dedupe share holds no ids in
+   * (counted at the last submit). */
+  int64_t lent =
+      tly_memory_lent(p->memory_budget, (int64_t)atomic_load(&p->dedupe_bytes));
+  atomic_store(&p->overlay_lent, (uint64_t)lent);
+  size_t share =
+      (size_t)tly_memory_share(p->memory_budget, TLY_MEMORY_OVERLAY) +
+      (size_t)lent;
   if ((tly_overlay_bytes(&p->overlay) > share ||
        p->overlay.count > CACHE_MAX_ENTRIES) &&
       tly_overlay_evict(&p->overlay, share, CACHE_MAX_ENTRIES, entry_is_dirty))

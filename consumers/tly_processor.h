@@ -134,7 +134,8 @@ typedef struct {
  * budget):
  * - the dedupe indexes 20/40 (past it the oldest ids spill to RocksDB);
  * - the processor's subject records (the overlay: the open batch and the
- *   cache kept across batches) 5/40 (past it the cache starts over);
+ *   cache kept across batches) 5/40, and what the dedupe indexes leave
+ *   unused of theirs (tly_memory_lent; past it the clock evicts);
  * - the outbox 2/40 (reported, not enforced: an entry leaves only once
  *   Kafka has it);
  * - the HTTP port's subject cache 4/40 (its entries are sized from it);
@@ -173,6 +174,12 @@ int64_t tly_memory_bound(int64_t budget, tly_memory_part_t part);
 /* RocksDB's block cache and memtables for a budget (0: the default), as
  * `tally run` opens its store (tly_store_open_sized). */
 tly_store_memory_t tly_memory_store_sizes(int64_t budget);
+/* What the dedupe part lends the overlay: the part of its share the dedupe
+ * indexes do not hold (dedupe_held bytes; 0 once they hold it all). The
+ * overlay is kept within its share plus this after every commit; the
+ * indexes take it back as they grow (the overlay is evicted down at the
+ * next commit), so the two together stay within their two shares. */
+int64_t tly_memory_lent(int64_t budget, int64_t dedupe_held);
 /* The sum of the floors, and the least budget at which no floor applies. */
 #define TLY_MEMORY_FLOORS (37LL << 20)
 #define TLY_MEMORY_FLOORLESS_BUDGET (640LL << 20)
@@ -255,6 +262,9 @@ typedef struct {
    * cache's bytes are the HTTP port's: 0 here), ids spilled to RocksDB
    * and id lookups that read it. */
   uint64_t memory_bytes[TLY_MEMORY_PARTS], memory_budget[TLY_MEMORY_PARTS];
+  /* What the dedupe part lends the overlay (tly_memory_lent), as of the
+   * last commit. */
+  uint64_t memory_lent;
   uint64_t dedupe_ids_spilled, dedupe_store_reads;
   /* Misses of spilled partitions the filter answered without a read, the
    * ms spent building filters after assignments (tly_dedupe_filter.h,

@@ -398,7 +398,7 @@ struct tly_processor {
   /* The budget (tly_memory.c) and the other parts' bytes, counted at most
    * once a second (memory_checked_ms, monotonic). */
   int64_t memory_budget;
-  atomic_uint_least64_t overlay_bytes, outbox_bytes;
+  atomic_uint_least64_t overlay_bytes, overlay_lent, outbox_bytes;
   atomic_uint_least64_t assignment_ms; /* the last assignment's setup */
   int64_t memory_checked_ms;
   atomic_uint_least64_t outbox_size; /* mirror of outbox_count for metrics */

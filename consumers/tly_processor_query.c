@@ -198,6 +198,7 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
         (uint64_t)tly_memory_bound(p->memory_budget, (tly_memory_part_t)i);
   stats->memory_bytes[TLY_MEMORY_DEDUPE] = atomic_load(&p->dedupe_bytes);
   stats->memory_bytes[TLY_MEMORY_OVERLAY] = atomic_load(&p->overlay_bytes);
+  stats->memory_lent = atomic_load(&p->overlay_lent);
   stats->memory_bytes[TLY_MEMORY_OUTBOX] = atomic_load(&p->outbox_bytes);
   stats->memory_bytes[TLY_MEMORY_SUBJECT_CACHE] = 0;
   tly_store_memory_usage_t rocksdb;

@@ -403,6 +403,14 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
                 tly_memory_part_name((tly_memory_part_t)i),
                 (unsigned long long)stats.memory_budget[i]);
   text_append(&text,
+              "# HELP tally_memory_lent_bytes What one part of the memory "
+              "budget lends another: the dedupe share's bytes its indexes do "
+              "not hold, which the overlay may use beyond its own share (as "
+              "of the last commit).\n# TYPE tally_memory_lent_bytes gauge\n"
+              "tally_memory_lent_bytes{from=\"dedupe\",to=\"overlay\"} "
+              "%llu\n",
+              (unsigned long long)stats.memory_lent);
+  text_append(&text,
               "# HELP tally_dedupe_spilled_ids_total Event ids moved from "
               "memory to RocksDB (the dedupe share was full).\n"
               "# TYPE tally_dedupe_spilled_ids_total counter\n"

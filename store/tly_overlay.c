@@ -31,9 +31,11 @@ static void free_entry(tly_overlay_entry_t *entry) {
   for (size_t i = 0; i < entry->row_count; i++)
     free(entry->rows[i]);
   free(entry->rows);
+  free(entry->row_tags);
   for (size_t i = 0; i < entry->bucket_count; i++)
     free(entry->buckets[i]);
   free(entry->buckets);
+  free(entry->bucket_tags);
   tly_holds_free(&entry->holds);
   tly_distinct_sets_clear(&entry->distinct);
   free(entry);
@@ -112,6 +114,10 @@ void tly_overlay_prefetch_entry(const tly_overlay_t *overlay, uint64_t hash) {
 }
 
 void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry) {
+  if (entry->row_tags)
+    __builtin_prefetch(entry->row_tags);
+  if (entry->bucket_tags)
+    __builtin_prefetch(entry->bucket_tags);
   if (entry->rows)
     __builtin_prefetch(entry->rows);
   for (size_t i = 0; i < entry->row_count && i < 8; i++)
@@ -236,16 +242,48 @@ tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
   return entry;
 }
 
+/* A name's hash (FNV-1a, 32 bits) and, through len, its length. */
+static uint32_t name_hash(const char *name, size_t *len) {
+  uint32_t hash = 2166136261u;
+  const char *at = name;
+  for (; *at; at++)
+    hash = (hash ^ (unsigned char)*at) * 16777619u;
+  *len = (size_t)(at - name);
+  return hash;
+}
+
+static uint64_t row_tag(int64_t cycle_start_ms, uint32_t name) {
+  uint64_t tag = (uint64_t)cycle_start_ms * 0x9E3779B97F4A7C15ULL;
+  return (tag ^ (tag >> 29)) ^ name;
+}
+
+static uint64_t bucket_tag(int32_t hour, uint32_t name) {
+  return (uint64_t)(uint32_t)hour << 32 | name;
+}
+
+/* tags grown to cap entries (its pointers' array already has them). */
+static int grow_tags(uint64_t **tags, size_t cap) {
+  uint64_t *grown = realloc(*tags, cap * sizeof(*grown));
+  if (!grown)
+    return -1;
+  *tags = grown;
+  return 0;
+}
+
 tly_subject_row_t *tly_overlay_row(tly_overlay_entry_t *entry,
                                    int64_t cycle_start_ms,
                                    const char *feature) {
+  size_t len;
+  uint64_t tag = row_tag(cycle_start_ms, name_hash(feature, &len));
   for (size_t i = 0; i < entry->row_count; i++) {
+    if (entry->row_tags[i] != tag)
+      continue;
     tly_subject_row_t *row = entry->rows[i];
     if (row->cycle_start_ms == cycle_start_ms &&
         strcmp(row->feature, feature) == 0)
       return row;
   }
-  if (strlen(feature) >= sizeof(entry->rows[0]->feature))
+  if (len >= sizeof(entry->rows[0]->feature))
     return NULL;
   if (entry->row_count == entry->row_cap) {
     size_t cap = entry->row_cap ? entry->row_cap * 2 : 4;
@@ -253,13 +291,16 @@ tly_subject_row_t *tly_overlay_row(tly_overlay_entry_t *entry,
     if (!grown)
       return NULL;
     entry->rows = grown;
+    if (grow_tags(&entry->row_tags, cap))
+      return NULL; /* the pointers' array grew: harmless, cap stays */
     entry->row_cap = cap;
   }
   tly_subject_row_t *row = calloc(1, sizeof(*row));
   if (!row)
     return NULL;
   row->cycle_start_ms = cycle_start_ms;
-  strcpy(row->feature, feature);
+  memcpy(row->feature, feature, len + 1);
+  entry->row_tags[entry->row_count] = tag;
   entry->rows[entry->row_count++] = row;
   return row;
 }
@@ -269,23 +310,29 @@ void tly_overlay_prune_rows(tly_overlay_entry_t *entry,
                                         const tly_subject_row_t *row)) {
   size_t kept = 0;
   for (size_t i = 0; i < entry->row_count; i++) {
-    if (keep(&entry->account, entry->rows[i]))
+    if (keep(&entry->account, entry->rows[i])) {
+      entry->row_tags[kept] = entry->row_tags[i];
       entry->rows[kept++] = entry->rows[i];
-    else
+    } else {
       free(entry->rows[i]);
+    }
   }
   entry->row_count = kept;
 }
 
 tly_overlay_bucket_t *tly_overlay_bucket(tly_overlay_entry_t *entry,
                                          int32_t hour, const char *feature) {
+  size_t len;
+  uint64_t tag = bucket_tag(hour, name_hash(feature, &len));
   for (size_t i = 0; i < entry->bucket_count; i++) {
+    if (entry->bucket_tags[i] != tag)
+      continue;
     tly_overlay_bucket_t *bucket = entry->buckets[i];
     if (bucket->bucket.hour == hour &&
         strcmp(bucket->bucket.feature, feature) == 0)
       return bucket;
   }
-  if (strlen(feature) >= sizeof(entry->buckets[0]->bucket.feature))
+  if (len >= sizeof(entry->buckets[0]->bucket.feature))
     return NULL;
   if (entry->bucket_count == entry->bucket_cap) {
     size_t cap = entry->bucket_cap ? entry->bucket_cap * 2 : 4;
@@ -294,20 +341,23 @@ tly_overlay_bucket_t *tly_overlay_bucket(tly_overlay_entry_t *entry,
     if (!grown)
       return NULL;
     entry->buckets = grown;
+    if (grow_tags(&entry->bucket_tags, cap))
+      return NULL;
     entry->bucket_cap = cap;
   }
   tly_overlay_bucket_t *bucket = calloc(1, sizeof(*bucket));
   if (!bucket)
     return NULL;
   bucket->bucket.hour = hour;
-  strcpy(bucket->bucket.feature, feature);
+  memcpy(bucket->bucket.feature, feature, len + 1);
+  entry->bucket_tags[entry->bucket_count] = tag;
   entry->buckets[entry->bucket_count++] = bucket;
   return bucket;
 }
 
 int tly_overlay_has_hour(const tly_overlay_entry_t *entry, int32_t hour) {
   for (size_t i = 0; i < entry->bucket_count; i++)
-    if (entry->buckets[i]->bucket.hour == hour)
+    if ((uint32_t)(entry->bucket_tags[i] >> 32) == (uint32_t)hour)
       return 1;
   return 0;
 }
@@ -318,22 +368,26 @@ void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
                                void *opaque) {
   size_t kept = 0;
   for (size_t i = 0; i < entry->bucket_count; i++) {
-    if (keep(entry->buckets[i], opaque))
+    if (keep(entry->buckets[i], opaque)) {
+      entry->bucket_tags[kept] = entry->bucket_tags[i];
       entry->buckets[kept++] = entry->buckets[i];
-    else
+    } else {
       free(entry->buckets[i]);
+    }
   }
   entry->bucket_count = kept;
 }
 
 size_t tly_overlay_entry_bytes(const tly_overlay_entry_t *entry) {
-  size_t bytes = sizeof(*entry) + entry->key_len +
-                 entry->row_cap * sizeof(*entry->rows) +
-                 entry->row_count * sizeof(**entry->rows) +
-                 entry->bucket_cap * sizeof(*entry->buckets) +
-                 entry->bucket_count * sizeof(**entry->buckets) +
-                 entry->holds.cap * sizeof(*entry->holds.items) +
-                 entry->distinct.cap * sizeof(*entry->distinct.items);
+  size_t bytes =
+      sizeof(*entry) + entry->key_len +
+      entry->row_cap * (sizeof(*entry->rows) + sizeof(*entry->row_tags)) +
+      entry->row_count * sizeof(**entry->rows) +
+      entry->bucket_cap *
+          (sizeof(*entry->buckets) + sizeof(*entry->bucket_tags)) +
+      entry->bucket_count * sizeof(**entry->buckets) +
+      entry->holds.cap * sizeof(*entry->holds.items) +
+      entry->distinct.cap * sizeof(*entry->distinct.items);
   for (size_t d = 0; d < entry->distinct.count; d++) {
     const tly_distinct_set_t *set = &entry->distinct.items[d];
     bytes += set->cap * sizeof(*set->values);

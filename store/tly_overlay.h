@@ -43,10 +43,17 @@ typedef struct tly_overlay_entry {
    * handed to the fold keeps its address while others are added. */
   tly_subject_row_t **rows;
   size_t row_count, row_cap;
+  /* Beside each row and bucket pointer, a tag of what names it (rows:
+   * cycle and feature hashed; buckets: the hour in the high half, the
+   * name's hash in the low): a lookup compares tags in one array and reads
+   * only the row or bucket whose tag matches, instead of every row and
+   * bucket it passes (each allocated apart, each a cache miss). */
+  uint64_t *row_tags;
   /* Its buckets in memory: the newest hour's, and older hours' while the
    * fold works on them. Allocated one by one, like rows. */
   tly_overlay_bucket_t **buckets;
   size_t bucket_count, bucket_cap;
+  uint64_t *bucket_tags;
   /* The subject's open reservations (tly_holds.h), stored in its record. */
   tly_holds_t holds;
   /* Its unique_count values (tly_meters.h), stored in its record. */

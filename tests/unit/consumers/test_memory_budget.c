@@ -218,6 +218,21 @@ static void test_batch_events_fit_the_memtables(void **state) {
               tly_memory_batch_events(TLY_DEFAULT_MEMORY_BUDGET));
 }
 
+/* The dedupe part lends the overlay what its indexes do not hold. */
+static void test_dedupe_lends_what_it_does_not_hold(void **state) {
+  (void)state;
+  for (size_t b = 0; b < sizeof(budgets) / sizeof(budgets[0]); b++) {
+    int64_t share = tly_memory_share(budgets[b], TLY_MEMORY_DEDUPE);
+    assert_int_equal(tly_memory_lent(budgets[b], 0), share);
+    assert_int_equal(tly_memory_lent(budgets[b], share / 4), share - share / 4);
+    assert_int_equal(tly_memory_lent(budgets[b], share), 0);
+    assert_int_equal(tly_memory_lent(budgets[b], share + 12345), 0);
+    /* Held + lent never passes the share: the two together stay in it. */
+    for (int64_t held = 0; held <= share; held += share / 7 + 1)
+      assert_true(held + tly_memory_lent(budgets[b], held) <= share);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_shares_add_up_to_at_most_the_budget),
@@ -226,6 +241,7 @@ int main(void) {
       cmocka_unit_test(test_kafka_properties_follow_the_bounds),
       cmocka_unit_test(test_user_settings_win),
       cmocka_unit_test(test_batch_events_fit_the_memtables),
+      cmocka_unit_test(test_dedupe_lends_what_it_does_not_hold),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

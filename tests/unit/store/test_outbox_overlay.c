@@ -117,7 +117,8 @@ static void test_overlay_insert_find_grow_reset(void **state) {
   assert_null(tly_overlay_find(&overlay, TLY_CF_USAGE, "x", 1));
   for (int i = 0; i < 5000; i++) {
     int len = snprintf(key, sizeof(key), "k%d", i);
-    tly_overlay_entry_t *entry = tly_overlay_insert(&overlay, TLY_CF_USAGE, key, (size_t)len);
+    tly_overlay_entry_t *entry =
+        tly_overlay_insert(&overlay, TLY_CF_USAGE, key, (size_t)len);
     assert_non_null(entry);
     assert_int_equal(entry->account.cycle.events, 0);
     entry->account.cycle.events = i;
@@ -155,7 +156,8 @@ static void test_overlay_rows_stable_found_pruned(void **state) {
   (void)state;
   tly_overlay_t overlay;
   tly_overlay_init(&overlay);
-  tly_overlay_entry_t *entry = tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "s", 1);
+  tly_overlay_entry_t *entry =
+      tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "s", 1);
   assert_non_null(entry);
   tly_subject_row_t *first = tly_overlay_row(entry, 100, "api_calls");
   assert_non_null(first);
@@ -183,6 +185,78 @@ static void test_overlay_rows_stable_found_pruned(void **state) {
   assert_ptr_equal(tly_overlay_row(entry, 100, "api_calls"), first);
   for (size_t i = 0; i < entry->row_count; i++)
     assert_int_equal(entry->rows[i]->row.event_count, 1);
+  /* Each kept row is still found under its own name (its tag moved with
+   * it); a pruned one comes back new. */
+  for (int i = 1; i < 50; i += 2) {
+    snprintf(feature, sizeof(feature), "f%d", i);
+    tly_subject_row_t *row = tly_overlay_row(entry, 200, feature);
+    assert_string_equal(row->feature, feature);
+    assert_int_equal(row->row.event_count, 1);
+  }
+  assert_int_equal(entry->row_count, 26);
+  assert_int_equal(tly_overlay_row(entry, 200, "f0")->row.event_count, 0);
+  assert_int_equal(entry->row_count, 27);
+  tly_overlay_free(&overlay);
+}
+
+static int keep_hour_odd(const tly_overlay_bucket_t *bucket, void *opaque) {
+  (void)opaque;
+  return bucket->bucket.hour % 2 != 0;
+}
+
+/* Buckets are found by hour and name among many (each compared by its tag
+ * first: tly_overlay.h), has_hour answers from the tags, and pruning keeps
+ * every tag beside its bucket. */
+static void test_overlay_buckets_found_by_hour_and_name(void **state) {
+  (void)state;
+  tly_overlay_t overlay;
+  tly_overlay_init(&overlay);
+  tly_overlay_entry_t *entry =
+      tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "s", 1);
+  assert_non_null(entry);
+  tly_overlay_bucket_t *made[10][6];
+  char name[32];
+  for (int hour = 0; hour < 10; hour++)
+    for (int f = 0; f < 6; f++) {
+      snprintf(name, sizeof(name), "ai_tokens\x1fmodel\x1fm%d", f);
+      made[hour][f] = tly_overlay_bucket(entry, hour - 5, name);
+      assert_non_null(made[hour][f]);
+      made[hour][f]->bucket.totals.quantity = hour * 10 + f;
+    }
+  assert_int_equal(entry->bucket_count, 60);
+  for (int hour = 0; hour < 10; hour++)
+    for (int f = 0; f < 6; f++) {
+      snprintf(name, sizeof(name), "ai_tokens\x1fmodel\x1fm%d", f);
+      tly_overlay_bucket_t *found = tly_overlay_bucket(entry, hour - 5, name);
+      assert_ptr_equal(found, made[hour][f]);
+      assert_int_equal(found->bucket.hour, hour - 5);
+      assert_string_equal(found->bucket.feature, name);
+      assert_int_equal(found->bucket.totals.quantity, hour * 10 + f);
+    }
+  assert_int_equal(entry->bucket_count, 60); /* nothing added by finding */
+  assert_true(tly_overlay_has_hour(entry, -5));
+  assert_true(tly_overlay_has_hour(entry, 4));
+  assert_false(tly_overlay_has_hour(entry, 5));
+  assert_false(tly_overlay_has_hour(entry, INT32_MIN));
+  tly_overlay_prune_buckets(entry, keep_hour_odd, NULL);
+  assert_int_equal(entry->bucket_count, 30); /* hours -5, -3, -1, 1, 3 */
+  for (int hour = -5; hour < 5; hour++)
+    assert_int_equal(tly_overlay_has_hour(entry, hour), hour % 2 != 0);
+  for (int hour = 0; hour < 10; hour++) {
+    if ((hour - 5) % 2 == 0)
+      continue;
+    for (int f = 0; f < 6; f++) {
+      snprintf(name, sizeof(name), "ai_tokens\x1fmodel\x1fm%d", f);
+      assert_ptr_equal(tly_overlay_bucket(entry, hour - 5, name),
+                       made[hour][f]);
+    }
+  }
+  /* A pruned hour's bucket comes back new and zeroed. */
+  tly_overlay_bucket_t *again = tly_overlay_bucket(entry, 0, "api_calls");
+  assert_non_null(again);
+  assert_int_equal(again->bucket.totals.quantity, 0);
+  assert_int_equal(entry->bucket_count, 31);
+  assert_true(tly_overlay_has_hour(entry, 0));
   tly_overlay_free(&overlay);
 }
 
@@ -219,8 +293,7 @@ static int overlay_consistent(tly_overlay_t *overlay, int n) {
     if (!entry)
       continue;
     found++;
-    if (entry->account.cycle.events != i ||
-        entry->row_count != (size_t)(i % 4))
+    if (entry->account.cycle.events != i || entry->row_count != (size_t)(i % 4))
       return 0;
   }
   return found == overlay->count &&
@@ -236,14 +309,17 @@ static void test_overlay_bytes_counted_as_changed(void **state) {
   size_t before = tly_overlay_bytes(&overlay);
   /* A change is counted when the entry is accounted again (after its
    * write), not before. */
-  tly_overlay_entry_t *entry = tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, "k7", 2);
+  tly_overlay_entry_t *entry =
+      tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, "k7", 2);
   assert_non_null(tly_overlay_row(entry, 99, "more"));
   assert_int_equal(tly_overlay_bytes(&overlay), before);
   tly_overlay_account(&overlay, entry);
   assert_true(tly_overlay_bytes(&overlay) > before);
-  assert_int_equal(tly_overlay_bytes(&overlay), tly_overlay_bytes_walked(&overlay));
+  assert_int_equal(tly_overlay_bytes(&overlay),
+                   tly_overlay_bytes_walked(&overlay));
   tly_overlay_reset(&overlay);
-  assert_int_equal(tly_overlay_bytes(&overlay), tly_overlay_bytes_walked(&overlay));
+  assert_int_equal(tly_overlay_bytes(&overlay),
+                   tly_overlay_bytes_walked(&overlay));
   tly_overlay_free(&overlay);
 }
 
@@ -263,11 +339,13 @@ static void test_overlay_evict_clock(void **state) {
   assert_true(overlay_consistent(&overlay, 20000));
   for (int i = 0; i < 20000; i += 5) {
     int len = snprintf(key, sizeof(key), "k%d", i);
-    assert_non_null(tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, key, (size_t)len));
+    assert_non_null(
+        tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, key, (size_t)len));
   }
   /* A count bound: exactly as many as asked. */
   size_t count = overlay.count;
-  assert_int_equal(tly_overlay_evict(&overlay, SIZE_MAX, count - 10, keep_dirty), 10);
+  assert_int_equal(
+      tly_overlay_evict(&overlay, SIZE_MAX, count - 10, keep_dirty), 10);
   assert_true(overlay_consistent(&overlay, 20000));
   /* Nothing may go but clean entries: asked for 0 bytes, the dirty fifth
    * stays (after two turns of the hand), and only it. */
@@ -294,8 +372,10 @@ static void test_overlay_evict_second_chance(void **state) {
   (void)state;
   tly_overlay_t overlay;
   tly_overlay_init(&overlay);
-  tly_overlay_entry_t *a = tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "a", 1);
-  tly_overlay_entry_t *b = tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "b", 1);
+  tly_overlay_entry_t *a =
+      tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "a", 1);
+  tly_overlay_entry_t *b =
+      tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "b", 1);
   assert_non_null(a);
   assert_non_null(b);
   assert_ptr_equal(tly_overlay_find(&overlay, TLY_CF_ACCOUNTS, "a", 1), a);
@@ -314,6 +394,7 @@ int main(void) {
       cmocka_unit_test(test_outbox_rejects_too_many_headers),
       cmocka_unit_test(test_overlay_insert_find_grow_reset),
       cmocka_unit_test(test_overlay_rows_stable_found_pruned),
+      cmocka_unit_test(test_overlay_buckets_found_by_hour_and_name),
       cmocka_unit_test(test_overlay_bytes_counted_as_changed),
       cmocka_unit_test(test_overlay_evict_clock),
       cmocka_unit_test(test_overlay_evict_second_chance),
