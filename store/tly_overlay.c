@@ -30,12 +30,16 @@ void tly_overlay_init(tly_overlay_t *overlay) {
 static void free_entry(tly_overlay_entry_t *entry) {
   for (size_t i = 0; i < entry->row_count; i++)
     free(entry->rows[i]);
-  free(entry->rows);
-  free(entry->row_tags);
+  if (entry->rows != entry->rows_inline) {
+    free(entry->rows);
+    free(entry->row_tags);
+  }
   for (size_t i = 0; i < entry->bucket_count; i++)
     free(entry->buckets[i]);
-  free(entry->buckets);
-  free(entry->bucket_tags);
+  if (entry->buckets != entry->buckets_inline) {
+    free(entry->buckets);
+    free(entry->bucket_tags);
+  }
   tly_holds_free(&entry->holds);
   tly_distinct_sets_clear(&entry->distinct);
   free(entry);
@@ -117,16 +121,16 @@ void tly_overlay_prefetch_entry(const tly_overlay_t *overlay, uint64_t hash) {
 }
 
 void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry) {
-  if (entry->row_tags)
+  if (entry->rows != entry->rows_inline) {
     __builtin_prefetch(entry->row_tags);
-  if (entry->bucket_tags)
-    __builtin_prefetch(entry->bucket_tags);
-  if (entry->rows)
     __builtin_prefetch(entry->rows);
+  }
+  if (entry->buckets != entry->buckets_inline) {
+    __builtin_prefetch(entry->bucket_tags);
+    __builtin_prefetch(entry->buckets);
+  }
   for (size_t i = 0; i < entry->row_count && i < 8; i++)
     __builtin_prefetch(entry->rows[i]);
-  if (entry->buckets)
-    __builtin_prefetch(entry->buckets);
   for (size_t i = 0; i < entry->bucket_count && i < 8; i++)
     __builtin_prefetch(entry->buckets[i]);
 }
@@ -236,6 +240,12 @@ tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
   entry->key_len = key_len;
   entry->cf = cf;
   entry->stored_cycle_end = -1;
+  entry->rows = entry->rows_inline;
+  entry->row_tags = entry->row_tags_inline;
+  entry->row_cap = TLY_OVERLAY_INLINE;
+  entry->buckets = entry->buckets_inline;
+  entry->bucket_tags = entry->bucket_tags_inline;
+  entry->bucket_cap = TLY_OVERLAY_INLINE;
   entry->accounted = sizeof(*entry) + key_len;
   overlay->entry_bytes += entry->accounted;
   uint64_t hash = hash_key(cf, key, key_len);
@@ -264,12 +274,26 @@ static uint64_t bucket_tag(int32_t hour, uint32_t name) {
   return (uint64_t)(uint32_t)hour << 32 | name;
 }
 
-/* tags grown to cap entries (its pointers' array already has them). */
-static int grow_tags(uint64_t **tags, size_t cap) {
-  uint64_t *grown = realloc(*tags, cap * sizeof(*grown));
-  if (!grown)
+/* A pointer array and its tags grown from count to cap entries: out of
+ * the entry (inline: the arrays in it) into arrays of their own, or
+ * reallocated. 0, or -1 with both as they were. */
+static int grow_arrays(void **pointers, uint64_t **tags, size_t count,
+                       size_t cap, int inline_now) {
+  void *grown = malloc(cap * sizeof(void *));
+  uint64_t *grown_tags = malloc(cap * sizeof(*grown_tags));
+  if (!grown || !grown_tags) {
+    free(grown);
+    free(grown_tags);
     return -1;
-  *tags = grown;
+  }
+  memcpy(grown, *pointers, count * sizeof(void *));
+  memcpy(grown_tags, *tags, count * sizeof(*grown_tags));
+  if (!inline_now) {
+    free(*pointers);
+    free(*tags);
+  }
+  *pointers = grown;
+  *tags = grown_tags;
   return 0;
 }
 
@@ -289,14 +313,12 @@ tly_subject_row_t *tly_overlay_row(tly_overlay_entry_t *entry,
   if (len >= sizeof(entry->rows[0]->feature))
     return NULL;
   if (entry->row_count == entry->row_cap) {
-    size_t cap = entry->row_cap ? entry->row_cap * 2 : 4;
-    tly_subject_row_t **grown = realloc(entry->rows, cap * sizeof(*grown));
-    if (!grown)
+    void *rows = entry->rows;
+    if (grow_arrays(&rows, &entry->row_tags, entry->row_count,
+                    entry->row_cap * 2, entry->rows == entry->rows_inline))
       return NULL;
-    entry->rows = grown;
-    if (grow_tags(&entry->row_tags, cap))
-      return NULL; /* the pointers' array grew: harmless, cap stays */
-    entry->row_cap = cap;
+    entry->rows = rows;
+    entry->row_cap *= 2;
   }
   tly_subject_row_t *row = calloc(1, sizeof(*row));
   if (!row)
@@ -338,15 +360,13 @@ tly_overlay_bucket_t *tly_overlay_bucket(tly_overlay_entry_t *entry,
   if (len >= sizeof(entry->buckets[0]->bucket.feature))
     return NULL;
   if (entry->bucket_count == entry->bucket_cap) {
-    size_t cap = entry->bucket_cap ? entry->bucket_cap * 2 : 4;
-    tly_overlay_bucket_t **grown =
-        realloc(entry->buckets, cap * sizeof(*grown));
-    if (!grown)
+    void *buckets = entry->buckets;
+    if (grow_arrays(&buckets, &entry->bucket_tags, entry->bucket_count,
+                    entry->bucket_cap * 2,
+                    entry->buckets == entry->buckets_inline))
       return NULL;
-    entry->buckets = grown;
-    if (grow_tags(&entry->bucket_tags, cap))
-      return NULL;
-    entry->bucket_cap = cap;
+    entry->buckets = buckets;
+    entry->bucket_cap *= 2;
   }
   tly_overlay_bucket_t *bucket = calloc(1, sizeof(*bucket));
   if (!bucket)
@@ -382,12 +402,15 @@ void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
 }
 
 size_t tly_overlay_entry_bytes(const tly_overlay_entry_t *entry) {
+  /* The inline arrays are in sizeof(*entry); arrays of their own beside. */
+  size_t rows_apart = entry->rows != entry->rows_inline ? entry->row_cap : 0;
+  size_t buckets_apart =
+      entry->buckets != entry->buckets_inline ? entry->bucket_cap : 0;
   size_t bytes =
       sizeof(*entry) + entry->key_len +
-      entry->row_cap * (sizeof(*entry->rows) + sizeof(*entry->row_tags)) +
+      rows_apart * (sizeof(*entry->rows) + sizeof(*entry->row_tags)) +
       entry->row_count * sizeof(**entry->rows) +
-      entry->bucket_cap *
-          (sizeof(*entry->buckets) + sizeof(*entry->bucket_tags)) +
+      buckets_apart * (sizeof(*entry->buckets) + sizeof(*entry->bucket_tags)) +
       entry->bucket_count * sizeof(**entry->buckets) +
       entry->holds.cap * sizeof(*entry->holds.items) +
       entry->distinct.cap * sizeof(*entry->distinct.items);

@@ -30,6 +30,8 @@ typedef struct {
                               hour's key from memory; 0: none */
 } tly_overlay_bucket_t;
 
+#define TLY_OVERLAY_INLINE 8
+
 typedef struct tly_overlay_entry {
   tly_cf_t cf;
   char *key; /* in the entry's own allocation, after it */
@@ -67,6 +69,14 @@ typedef struct tly_overlay_entry {
    * and the eviction clock's mark: found since the hand last passed. */
   size_t accounted;
   unsigned char referenced;
+  /* The first TLY_OVERLAY_INLINE rows' and buckets' pointers and tags live
+   * here, in the entry (fetched with it: tly_overlay_prefetch_entry);
+   * rows, row_tags, buckets and bucket_tags point at these until they
+   * outgrow them, then at arrays of their own. */
+  tly_subject_row_t *rows_inline[TLY_OVERLAY_INLINE];
+  uint64_t row_tags_inline[TLY_OVERLAY_INLINE];
+  tly_overlay_bucket_t *buckets_inline[TLY_OVERLAY_INLINE];
+  uint64_t bucket_tags_inline[TLY_OVERLAY_INLINE];
 } tly_overlay_entry_t;
 
 /* A slot keeps its entry's hash beside the pointer: a probe passes over
