@@ -783,8 +783,15 @@ static int read_records(tly_processor_t *p, int64_t wait_ms, int first_only,
       handle_message(p, msgs[i]);
     if (i == got - 1)
       last_age_ms = record_age_ms(msgs[i]);
-    rd_kafka_message_destroy(msgs[i]);
   }
+  /* Released together, after the fold: a message is freed into the arena
+   * of the librdkafka thread that fetched it, under that arena's lock.
+   * One free after each fold met that thread's allocations for the next
+   * fetch, and the fold thread slept on the lock: bench_fold's fold thread
+   * switched out 66,000 times in 9 s, 32,000 of them on that lock; with
+   * the frees together, 8,000-10,000 and 3,500-4,300. */
+  for (ssize_t i = 0; i < got; i++)
+    rd_kafka_message_destroy(msgs[i]);
   /* Catching up starts when a read is handed all it asked for and the
    * last record is old; it ends with a young record or a read that finds
    * nothing waiting (one that finds a few old records leaves it as it
