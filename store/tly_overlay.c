@@ -129,10 +129,15 @@ void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry) {
     __builtin_prefetch(entry->bucket_tags);
     __builtin_prefetch(entry->buckets);
   }
+  /* Whole: the fold reads a row's name and then its counts, a bucket's
+   * hour and name and then its totals (lines apart), and a commit encodes
+   * all of it. */
   for (size_t i = 0; i < entry->row_count && i < 8; i++)
-    __builtin_prefetch(entry->rows[i]);
+    for (size_t line = 0; line < sizeof(**entry->rows); line += 64)
+      __builtin_prefetch((const char *)entry->rows[i] + line);
   for (size_t i = 0; i < entry->bucket_count && i < 8; i++)
-    __builtin_prefetch(entry->buckets[i]);
+    for (size_t line = 0; line < sizeof(**entry->buckets); line += 64)
+      __builtin_prefetch((const char *)entry->buckets[i] + line);
 }
 
 void tly_overlay_prefetch_rows(const tly_overlay_t *overlay, uint64_t hash) {
