@@ -555,12 +555,16 @@ int tly_proc_batch_submit(tly_processor_t *p) {
    * cache; the next ones are fetched meanwhile. */
   for (size_t i = 0; i < dirty; i++) {
     if (i + 8 < dirty)
-      for (int line = 0; line < 4; line++)
-        __builtin_prefetch((const char *)p->sort_keys[i + 8].entry + 64 * line);
+      for (size_t line = 0; line < sizeof(tly_overlay_entry_t); line += 64)
+        __builtin_prefetch((const char *)p->sort_keys[i + 8].entry + line);
     if (i + 3 < dirty)
       tly_overlay_prefetch_rows_of(p->sort_keys[i + 3].entry);
-    if (i + 2 < dirty)
-      tly_proc_contrib_prefetch(p, p->sort_keys[i + 2].entry);
+    /* A subject's contributions are a chain through the log (tly_
+     * contributions.c): its links fetched one a step, ahead of the walk. */
+    for (int depth = 0; depth < 4; depth++)
+      if (i + 4 - (size_t)depth < dirty)
+        tly_proc_contrib_prefetch(p, p->sort_keys[i + 4 - (size_t)depth].entry,
+                                  depth);
     tly_overlay_entry_t *entry = p->sort_keys[i].entry;
     if (batch_put_entry(p, entry)) {
       tly_proc_set_fatal(p, "out of memory encoding a subject record");

@@ -295,12 +295,16 @@ static int put_chunk(tly_processor_t *p, const tly_overlay_entry_t *entry,
 }
 
 void tly_proc_contrib_prefetch(const tly_processor_t *p,
-                               const tly_overlay_entry_t *entry) {
+                               const tly_overlay_entry_t *entry, int depth) {
   unsigned slot = (unsigned)(p->contrib_batch & 1);
-  if (entry->contrib_batch[slot] == p->contrib_batch &&
-      entry->contrib_head[slot])
-    __builtin_prefetch(p->contrib_log[slot].data + entry->contrib_head[slot] -
-                       1);
+  if (entry->contrib_batch[slot] != p->contrib_batch)
+    return;
+  /* The links before depth were fetched by the earlier calls. */
+  uint32_t at = entry->contrib_head[slot];
+  for (int i = 0; i < depth && at; i++)
+    memcpy(&at, p->contrib_log[slot].data + at - 1, LOG_PREV);
+  if (at)
+    __builtin_prefetch(p->contrib_log[slot].data + at - 1);
 }
 
 int tly_proc_contrib_put_subject(tly_processor_t *p,

@@ -550,9 +550,10 @@ int tly_proc_view_contribution(tly_billing_view_t *view,
 int tly_proc_contrib_put_subject(tly_processor_t *p,
                                  const tly_overlay_entry_t *entry);
 /* A hint, a few subjects ahead of tly_proc_contrib_put_subject: fetches
- * the subject's newest entry of the open batch. */
+ * the subject's entry depth links back from its newest of the open batch
+ * (the ones before it fetched by earlier calls, one step each). */
 void tly_proc_contrib_prefetch(const tly_processor_t *p,
-                               const tly_overlay_entry_t *entry);
+                               const tly_overlay_entry_t *entry, int depth);
 /* After the subjects: the corrections' replacements (the latest value of
  * each key) into the batch, in key order, and every contribution of the
  * batch into its changelog bundle. 0, or -1 (fatal). */
