@@ -637,9 +637,6 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   pthread_mutex_init(&p->writer_lock, NULL);
   pthread_cond_init(&p->writer_cond, NULL);
   pthread_cond_init(&p->writer_done, NULL);
-  if (tly_release_start(&p->release))
-    tly_log(TLY_LOG_WARN, "processor",
-            "no thread to free messages on: the fold frees them");
   p->writer_batch = tly_store_batch_new();
   if (p->writer_batch &&
       pthread_create(&p->writer, NULL, tly_proc_writer_main, p) == 0)
@@ -760,9 +757,9 @@ fail:
  * (rd_kafka_queue_yield). */
 static int read_records(tly_processor_t *p, int64_t wait_ms, int first_only,
                         int want, int *behind) {
-  rd_kafka_message_t *msgs[TLY_RELEASE_BATCH];
-  if (want > TLY_RELEASE_BATCH)
-    want = TLY_RELEASE_BATCH;
+  rd_kafka_message_t *msgs[512];
+  if (want > 512)
+    want = 512;
   if (want <= 0)
     return 0;
   p->read_round++;
@@ -787,15 +784,14 @@ static int read_records(tly_processor_t *p, int64_t wait_ms, int first_only,
     if (i == got - 1)
       last_age_ms = record_age_ms(msgs[i]);
   }
-  /* Released together, after the fold, and freed on another thread
-   * (tly_release.h): a message is freed into the arena of the librdkafka
-   * thread that fetched it, under that arena's lock. One free after each
-   * fold met that thread's allocations for the next fetch, and the fold
-   * thread slept on the lock (bench_fold: 32,000 of its 66,000 switches
-   * in 9 s); freed together on the fold thread, the frees were still
-   * about a tenth of its time. */
-  if (got > 0)
-    tly_release_put(&p->release, msgs, (size_t)got);
+  /* Released together, after the fold: a message is freed into the arena
+   * of the librdkafka thread that fetched it, under that arena's lock.
+   * One free after each fold met that thread's allocations for the next
+   * fetch, and the fold thread slept on the lock: bench_fold's fold thread
+   * switched out 66,000 times in 9 s, 32,000 of them on that lock; with
+   * the frees together, 8,000-10,000 and 3,500-4,300. */
+  for (ssize_t i = 0; i < got; i++)
+    rd_kafka_message_destroy(msgs[i]);
   /* Catching up starts when a read is handed all it asked for and the
    * last record is old; it ends with a young record or a read that finds
    * nothing waiting (one that finds a few old records leaves it as it
@@ -903,7 +899,6 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
   /* From here on nothing reads the queue, and the close must not be woken
    * (see tly_proc_writer_main); the writer may still be busy if fatal. */
   tly_proc_writer_wakes(p, 0);
-  tly_release_drain(&p->release); /* no message outstanding at the close */
   tly_proc_group_leave(p);
   if (p->fatal) {
     snprintf(errstr, errstr_size,
@@ -931,7 +926,6 @@ void tly_processor_destroy(tly_processor_t *p) {
   }
   tly_proc_copy_destroy(p);
   pthread_mutex_destroy(&p->copy_lock);
-  tly_release_stop(&p->release); /* before the consumer goes */
   if (p->queue)
     rd_kafka_queue_destroy(p->queue);
   if (p->consumer)

@@ -44,7 +44,6 @@
 #include "tly_dedupe_filter.h"
 #include "tly_group.h"
 #include "tly_overlay.h"
-#include "tly_release.h"
 #include "tly_reroute.h"
 #include "tly_store.h"
 
@@ -318,8 +317,6 @@ struct tly_processor {
   /* The writer thread and the batch it writes. */
   pthread_t writer;
   int writer_started;
-  /* Frees the fold's messages once folded (tly_release.h). */
-  tly_release_t release;
   pthread_mutex_t writer_lock;
   pthread_cond_t writer_cond, writer_done;
   tly_store_batch_t *writer_batch;
