@@ -75,6 +75,15 @@ void tly_http_respond_json(response_t *out, int status, json_t *body) {
   json_decref(body);
 }
 
+int tly_http_respond_json_text(response_t *out, int status, char *text) {
+  if (!text)
+    return -1;
+  out->status = status;
+  out->body = text;
+  out->content_type = "application/json";
+  return 0;
+}
+
 void tly_http_respond_table(response_t *out, struct MHD_Connection *connection,
                             json_t *answer, char *(*to_csv)(const json_t *)) {
   if (!answer || !tly_req_wants_csv(MHD_lookup_connection_value(

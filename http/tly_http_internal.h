@@ -225,6 +225,10 @@ extern const size_t tly_http_route_count;
 json_t *tly_http_error_json(const char *code, const char *message,
                             const char *field);
 void tly_http_respond_json(response_t *out, int status, json_t *body);
+/* An answer its handler wrote as JSON text (malloc'd; taken): 0, or -1
+ * with nothing set when text is NULL (the writer met a string that is
+ * not UTF-8: the handler answers from its jansson tree instead). */
+int tly_http_respond_json_text(response_t *out, int status, char *text);
 /* 200 with answer as JSON, or as CSV (to_csv, text/csv) when the request's
  * Accept names text/csv (tly_req_wants_csv). Takes answer; NULL: 500. */
 void tly_http_respond_table(response_t *out, struct MHD_Connection *connection,

@@ -127,15 +127,12 @@ void tly_http_handle_usage(tly_http_t *http, request_t *req,
   } else if (found > 0) {
     /* As the quota answer: the text straight into a buffer, the tree only
      * when the text cannot be written (a string that is not UTF-8). */
-    out->body = tly_req_usage_text(http->conf.config, &subject, &state, now_ms);
-    if (out->body) {
-      out->status = 200;
-      out->content_type = "application/json";
-    } else {
+    if (tly_http_respond_json_text(
+            out, 200,
+            tly_req_usage_text(http->conf.config, &subject, &state, now_ms)))
       tly_http_respond_json(
           out, 200,
           tly_req_usage_json(http->conf.config, &subject, &state, now_ms));
-    }
   }
   tly_state_subject_clear(&state);
 }
@@ -170,13 +167,9 @@ void tly_http_handle_quota(tly_http_t *http, request_t *req,
   } else if (found >= 0) {
     /* The text straight into a buffer: building and dumping a jansson tree
      * cost more than the rest of the request. */
-    out->body = tly_req_quota_answer_text(&answer);
-    if (out->body) {
-      out->status = 200;
-      out->content_type = "application/json";
-    } else {
+    if (tly_http_respond_json_text(out, 200,
+                                   tly_req_quota_answer_text(&answer)))
       tly_http_respond_json(out, 200, tly_req_quota_answer_json(&answer));
-    }
   }
   tly_state_subject_clear(&state);
 }

@@ -187,8 +187,8 @@ json_t *tly_req_usage_json(const tly_config_t *config,
                            const tly_req_subject_t *subject,
                            const tly_subject_state_t *state, int64_t now_ms);
 /* The same answer as text, byte for byte json_dumps(JSON_COMPACT) of the
- * tree above (tly_request_text.c): a string that is not UTF-8 gives NULL
- * and the caller builds the tree. malloc'd. */
+ * tree above (beside it in tly_request_usage.c): a string that is not UTF-8
+ * gives NULL and the caller builds the tree. malloc'd. */
 char *tly_req_usage_text(const tly_config_t *config,
                          const tly_req_subject_t *subject,
                          const tly_subject_state_t *state, int64_t now_ms);
