@@ -158,6 +158,12 @@ static int read_parts(int port, part_t parts[PARTS]) {
   return 0;
 }
 
+/* What the dedupe share lends the overlay (tly_memory_lent), in bytes. */
+static long long lent_bytes(int port) {
+  return th_metric_labeled(port, "tally_memory_lent_bytes",
+                           "{from=\"dedupe\",to=\"overlay\"}");
+}
+
 /* Every stride-th subject the load touched: its events and quantity over
  * HTTP. */
 static void verify_totals(int port, int stride) {
@@ -286,8 +292,7 @@ static void test_rss_within_budget_and_overhead(void **state) {
    * commit, and nothing is open once caught up), and what the dedupe
    * share lends it (tly_memory_lent). The outbox is reported,
    * not enforced: printed only. */
-  long long lent = th_metric_labeled(run.port, "tally_memory_lent_bytes",
-                                     "{from=\"dedupe\",to=\"overlay\"}");
+  long long lent = lent_bytes(run.port);
   printf("# dedupe lends the overlay %lld bytes\n", lent);
   assert_true(lent >= 0);
   assert_true(parts[OVERLAY].held <= parts[OVERLAY].bound + lent);
@@ -356,8 +361,7 @@ static void test_overlay_uses_what_dedupe_leaves(void **state) {
   assert_int_equal(committed(run.port), LENDING_EVENTS);
   part_t parts[PARTS];
   assert_int_equal(read_parts(run.port, parts), 0);
-  long long lent = th_metric_labeled(run.port, "tally_memory_lent_bytes",
-                                     "{from=\"dedupe\",to=\"overlay\"}");
+  long long lent = lent_bytes(run.port);
   printf("# overlay %lld bytes (share %lld), dedupe %lld of %lld, lent "
          "%lld\n",
          parts[OVERLAY].held, parts[OVERLAY].bound, parts[DEDUPE].held,
