@@ -49,6 +49,8 @@ static size_t spill_into(tly_store_batch_t *batch, int32_t partition,
       tly_dedupe_filter_add(filter, id, id_len, at);
     written++;
   }
+  /* A filter saved at a revoke no longer holds every spilled id. */
+  tly_proc_filter_forget(batch, partition);
   unsigned char blob_key[12];
   tly_put_be32(blob_key, (uint32_t)partition);
   tly_put_be64(blob_key + 4, (uint64_t)key);
@@ -164,7 +166,8 @@ void tly_proc_dedupe_release(tly_processor_t *p) {
 }
 
 int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
-                        tly_dedupe_t *dedupe, size_t limit) {
+                        tly_dedupe_t *dedupe, size_t limit,
+                        tly_dedupe_filter_t *filter) {
   char errstr[512];
   if (tly_dedupe_bytes(dedupe) <= limit)
     return 0;
@@ -180,9 +183,10 @@ int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
   while (bytes > limit &&
          (blob = tly_dedupe_spill_next(dedupe, &len, &key)) != NULL) {
     size_t freed = blob_weight(blob, len);
-    /* (at assignment: the filter is built from the store afterwards) */
+    /* At assignment: into the saved filter taken, if any; without one,
+     * the filter is built from the store afterwards. */
     atomic_fetch_add(&p->ids_spilled,
-                     spill_into(batch, partition, NULL, blob, len, key,
+                     spill_into(batch, partition, filter, blob, len, key,
                                 horizon_of(p, part)));
     bytes -= freed < bytes ? freed : bytes;
   }

@@ -20,6 +20,21 @@
  * no longer matches or the filter is gone, and misses keep reading the
  * store. The thread only reads the store and touches no partition state;
  * the fold thread alone changes a partition's filter.
+ *
+ * Saved filters. A filter the processor holds whole (no build pending,
+ * never out of memory) is written to the store when its partition is
+ * revoked, graceful stops included: [META_FILTER][p] -> [the stored next
+ * offset BE8][tly_dedupe_filter_encode]. An assignment that finds it at
+ * the partition's stored offset takes it and skips the build, so a
+ * restart's new ids are answered by the filter from its first event, not
+ * looked up in RocksDB until a scan of every spilled id ends. Exactness
+ * rests on the filter holding every spilled id of the partition in this
+ * store: ids only become spilled through spill_into (tly_dedupe_spill.c),
+ * and every batch it writes to also deletes the saved filter, atomically;
+ * the offset check refuses a filter saved before later commits, a restore
+ * from the changelog never takes one, and ids the compaction filter
+ * expires only leave the filter answering "look it up" for them. A crash
+ * saves nothing, and the next assignment builds as before.
  */
 #include "tly_processor_internal.h"
 
@@ -195,6 +210,96 @@ void tly_proc_filters_adopt(tly_processor_t *p) {
     free(job);
   }
   tly_proc_dedupe_count(p);
+}
+
+static size_t filter_key(int32_t partition, char out[16]) {
+  memcpy(out, META_FILTER, sizeof(META_FILTER) - 1);
+  tly_put_be32((unsigned char *)out + sizeof(META_FILTER) - 1,
+               (uint32_t)partition);
+  return sizeof(META_FILTER) - 1 + 4;
+}
+
+void tly_proc_filter_forget(tly_store_batch_t *batch, int32_t partition) {
+  char key[16];
+  tly_store_batch_delete(batch, TLY_CF_META, key, filter_key(partition, key));
+}
+
+static int leaving(const rd_kafka_topic_partition_list_t *parts, int all,
+                   int32_t partition) {
+  if (all)
+    return 1;
+  for (int i = 0; i < parts->cnt; i++)
+    if (parts->elems[i].partition == partition)
+      return 1;
+  return 0;
+}
+
+void tly_proc_filters_save(tly_processor_t *p,
+                           const rd_kafka_topic_partition_list_t *parts,
+                           int all) {
+  char errstr[512], key[16];
+  int64_t began = tly_monotonic_ms();
+  size_t saved = 0, bytes = 0;
+  tly_store_batch_t *batch = NULL;
+  for (int32_t i = 0; i < p->partition_cap; i++) {
+    partition_state_t *part = &p->partitions[i];
+    int64_t offset;
+    unsigned char *encoded = NULL;
+    size_t len = 0;
+    if (!part->spilled || !part->filter || part->filter_build ||
+        !leaving(parts, all, i) ||
+        tly_store_get_offset(p->store, i, &offset, errstr, sizeof(errstr)) !=
+            1 ||
+        tly_dedupe_filter_encode(part->filter, &encoded, &len))
+      continue; /* nothing whole to save: the next owner here builds one */
+    unsigned char *value = malloc(8 + len);
+    if (!batch)
+      batch = tly_store_batch_new();
+    if (value && batch) {
+      tly_put_be64(value, (uint64_t)offset);
+      memcpy(value + 8, encoded, len);
+      tly_store_batch_put(batch, TLY_CF_META, key, filter_key(i, key), value,
+                          8 + len);
+      saved++;
+      bytes += 8 + len;
+    }
+    free(value);
+    free(encoded);
+  }
+  /* Not synced: a filter lost with the WAL's tail is only built again. */
+  if (saved && tly_store_commit(p->store, batch, 0, errstr, sizeof(errstr)))
+    tly_log(TLY_LOG_WARN, "processor",
+            "saving the spilled-id filters: %s (the next assignment builds "
+            "them)",
+            errstr);
+  else if (saved)
+    tly_log(TLY_LOG_INFO, "processor",
+            "saved the spilled-id filters of %zu partitions (%zu bytes) in "
+            "%lld ms",
+            saved, bytes, (long long)(tly_monotonic_ms() - began));
+  tly_store_batch_destroy(batch);
+}
+
+tly_dedupe_filter_t *tly_proc_filter_load(tly_processor_t *p, int32_t partition,
+                                          int64_t stored) {
+  char errstr[512], key[16], *value = NULL;
+  size_t len = 0;
+  int found =
+      tly_store_get(p->store, TLY_CF_META, key, filter_key(partition, key),
+                    &value, &len, errstr, sizeof(errstr));
+  tly_dedupe_filter_t *filter = NULL;
+  if (found == 1 && len > 8 &&
+      (int64_t)tly_get_be64((const unsigned char *)value) == stored)
+    filter = tly_dedupe_filter_decode(value + 8, len - 8);
+  else if (found < 0)
+    tly_log(TLY_LOG_WARN, "processor",
+            "partition %d: reading the saved spilled-id filter: %s (built "
+            "again instead)",
+            (int)partition, errstr);
+  tly_store_free(value);
+  if (filter)
+    atomic_fetch_add(&p->filters_loaded, 1);
+  return filter;
 }
 
 static void free_jobs(struct tly_filter_job *job) {

@@ -271,6 +271,8 @@ typedef struct {
    * tly_filter_build.c) and the partitions whose filter is being built
    * (their misses read RocksDB meanwhile). */
   uint64_t dedupe_filter_skips, dedupe_filter_build_ms;
+  /* Partitions assigned with their saved filter (no build). */
+  uint64_t dedupe_filters_loaded;
   uint64_t dedupe_filters_building;
   /* How long the last assignment's setup took (resume, restore, dedupe
    * load), in ms. */

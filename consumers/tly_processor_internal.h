@@ -395,6 +395,8 @@ struct tly_processor {
   /* Lookups the spilled-id filter answered "surely new" (no read), and
    * the time spent building filters at assignment. */
   atomic_uint_least64_t filter_skips, filter_build_ms, filters_dropped;
+  /* Assignments that took a saved filter (tly_proc_filter_load). */
+  atomic_uint_least64_t filters_loaded;
   /* The budget (tly_memory.c) and the other parts' bytes, counted at most
    * once a second (memory_checked_ms, monotonic). */
   int64_t memory_budget;
@@ -452,6 +454,9 @@ struct tly_processor {
 static const char META_NEXT_SEQ[] = "outbox.next_seq";
 static const char META_WATERMARK[] = "wm:";
 static const char META_ACK[] = "ack:";
+/* + partition (BE4): the partition's spilled-id filter saved at a revoke
+ * (tly_filter_build.c, "Saved filters"). */
+static const char META_FILTER[] = "df:";
 
 /* What the processor's files call each other by; each function's comment
  * is at its definition. */
@@ -640,7 +645,8 @@ void tly_proc_dedupe_floor_put(tly_processor_t *p, int32_t partition);
 int tly_proc_dedupe_spill(tly_processor_t *p);
 void tly_proc_dedupe_release(tly_processor_t *p);
 int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
-                        tly_dedupe_t *dedupe, size_t limit);
+                        tly_dedupe_t *dedupe, size_t limit,
+                        tly_dedupe_filter_t *filter);
 
 /* tly_filter_build.c: spilled-id filters built off the fold thread. */
 /* Whether the store holds spilled ids of the partition: 1, 0, -1 fatal. */
@@ -653,6 +659,18 @@ int tly_proc_filter_queue(tly_processor_t *p, int32_t partition,
 void tly_proc_filters_adopt(tly_processor_t *p);
 /* Stops the thread and frees what it holds (tly_processor_destroy). */
 void tly_proc_filters_stop(tly_processor_t *p);
+/* Saved filters: at a revoke, the complete filters of the partitions
+ * leaving (all with all set) are written beside the stored offset they
+ * cover; an assignment that finds its partition's filter saved at its
+ * stored offset takes it instead of building one (NULL: build). Every
+ * batch that spills ids of a partition deletes its saved filter
+ * (tly_proc_filter_forget). */
+void tly_proc_filters_save(tly_processor_t *p,
+                           const rd_kafka_topic_partition_list_t *parts,
+                           int all);
+tly_dedupe_filter_t *tly_proc_filter_load(tly_processor_t *p, int32_t partition,
+                                          int64_t stored);
+void tly_proc_filter_forget(tly_store_batch_t *batch, int32_t partition);
 size_t tly_proc_dedupe_part_bytes(const partition_state_t *part);
 void tly_proc_dedupe_count(tly_processor_t *p);
 

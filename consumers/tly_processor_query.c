@@ -211,5 +211,6 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->dedupe_filter_skips = atomic_load(&p->filter_skips);
   stats->dedupe_filters_building = atomic_load(&p->filters_building);
   stats->dedupe_filter_build_ms = atomic_load(&p->filter_build_ms);
+  stats->dedupe_filters_loaded = atomic_load(&p->filters_loaded);
   stats->last_assignment_ms = atomic_load(&p->assignment_ms);
 }

@@ -91,6 +91,10 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
   tly_proc_contrib_durable(p);
   p->last_entry = NULL;
   p->dirty_count = 0;
+  /* The partitions leaving keep their spilled-id filters for their next
+   * assignment here (after the commit above: they cover its offsets). */
+  if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !p->fatal)
+    tly_proc_filters_save(p, parts, !incremental);
   pthread_mutex_lock(&p->lock);
   for (int32_t i = 0; i < p->partition_cap; i++) {
     if (incremental && !in_parts(parts, i))

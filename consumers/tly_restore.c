@@ -35,6 +35,7 @@ typedef struct {
   tly_dedupe_t *dedupe;
   int64_t horizon; /* blobs wholly older are expired: not loaded */
   size_t limit;    /* what the index may hold (tly_proc_dedupe_fit) */
+  tly_dedupe_filter_t *filter; /* the saved filter taken, or NULL */
   int failed;      /* 1: corrupt or out of memory; 2: fatal already set */
   int track;       /* with the changelog: list the blobs */
   int floor_found; /* the floor record (tly_dedupe_floor.c) */
@@ -67,16 +68,19 @@ static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
     load->failed = blob_track(&load->blobs, &load->blob_count, &load->blob_cap,
                               offset, newest) != 0;
   if (!load->failed &&
-      tly_proc_dedupe_fit(load->p, load->partition, load->dedupe, load->limit))
+      tly_proc_dedupe_fit(load->p, load->partition, load->dedupe, load->limit,
+                          load->filter))
     load->failed = 2;
   return load->failed;
 }
 
 /* The partition's event id index, rebuilt from its stored blobs not
  * spilled (nor expired); beyond what is left of the dedupe share, the
- * oldest are spilled as they load. NULL after setting the fatal reason. */
+ * oldest are spilled as they load (into filter, when a saved one was
+ * taken). NULL after setting the fatal reason. */
 static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
-                                 int64_t watermark, dedupe_load_t *load_out) {
+                                 int64_t watermark, tly_dedupe_filter_t *filter,
+                                 dedupe_load_t *load_out) {
   char errstr[512] = "", prefix[4];
   tly_dedupe_t *dedupe = tly_dedupe_new();
   if (!dedupe) {
@@ -99,6 +103,7 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
                         .limit = others < p->dedupe_share - p->dedupe_share / 16
                                      ? p->dedupe_share - others
                                      : p->dedupe_share / 16,
+                        .filter = filter,
                         .track = p->changelog_topic != NULL};
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE, prefix, 4,
@@ -506,15 +511,25 @@ static int resume_partitions(tly_processor_t *p,
       tly_store_set_horizon(p->store, TLY_CF_DEDUPE, part->partition,
                             watermark - p->billing.dedupe_window_ms);
     tly_store_set_horizon(p->store, TLY_CF_USAGE, part->partition, watermark);
+    /* The filter of every spilled id: the one saved at this partition's
+     * last revoke here, if it covers the stored offset (the load's own
+     * spills go into it); otherwise built off this thread once the load,
+     * which may have spilled, is committed (tly_filter_build.c), misses
+     * reading the store until then. */
+    tly_dedupe_filter_t *saved =
+        found && !restore ? tly_proc_filter_load(p, part->partition, stored)
+                          : NULL;
     dedupe_load_t loaded;
-    tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark, &loaded);
-    if (!dedupe)
+    tly_dedupe_t *dedupe =
+        load_dedupe(p, part->partition, watermark, saved, &loaded);
+    if (!dedupe) {
+      tly_dedupe_filter_free(saved);
       return -1;
-    /* (after the load, which may have spilled, committed): the filter of
-     * every spilled id is built off this thread (tly_filter_build.c);
-     * until then misses read the store. */
-    int spilled = tly_proc_dedupe_any_spilled(p, part->partition);
-    tly_dedupe_filter_t *filter = spilled > 0 ? tly_dedupe_filter_new() : NULL;
+    }
+    int spilled = saved ? 1 : tly_proc_dedupe_any_spilled(p, part->partition);
+    tly_dedupe_filter_t *filter = saved         ? saved
+                                  : spilled > 0 ? tly_dedupe_filter_new()
+                                                : NULL;
     if (spilled < 0) {
       tly_dedupe_free(dedupe);
       free(loaded.blobs);
@@ -530,7 +545,7 @@ static int resume_partitions(tly_processor_t *p,
       tly_dedupe_filter_free(state->filter);
       state->filter = filter;
       filter = NULL;
-      state->filter_build = spilled ? ++p->filter_tickets : 0;
+      state->filter_build = spilled && !saved ? ++p->filter_tickets : 0;
       state->dedupe_floor = tly_proc_dedupe_floor_at_assignment(
           p, loaded.floor_found, loaded.floor_ms, loaded.floor_window_ms,
           watermark, &state->floor_dirty);

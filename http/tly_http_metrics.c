@@ -437,6 +437,13 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               "tally_dedupe_filters_building %llu\n",
               (unsigned long long)stats.dedupe_filters_building);
   text_append(&text,
+              "# HELP tally_dedupe_filters_loaded_total Partitions assigned "
+              "with the filter of spilled ids saved at their last revoke "
+              "here (no build, no RocksDB reads while one runs).\n"
+              "# TYPE tally_dedupe_filters_loaded_total counter\n"
+              "tally_dedupe_filters_loaded_total %llu\n",
+              (unsigned long long)stats.dedupe_filters_loaded);
+  text_append(&text,
               "# HELP tally_alerts_total Alerts emitted by the fold.\n"
               "# TYPE tally_alerts_total counter\ntally_alerts_total %llu\n",
               (unsigned long long)stats.alerts);

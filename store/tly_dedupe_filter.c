@@ -162,6 +162,92 @@ void tly_dedupe_filter_expire(tly_dedupe_filter_t *filter, int64_t horizon_ms) {
   filter->slice_count = kept;
 }
 
+/* The encoding: a header, then per slice its four figures and its words.
+ * The check word reads back only in the byte order that wrote it. */
+#define ENCODING_MAGIC "TDF1"
+#define ENCODING_CHECK 0x0102030405060708ULL
+#define HEADER_BYTES (4 + 8 + 4)
+#define SLICE_HEADER_BYTES (4 * 8)
+
+int tly_dedupe_filter_encode(const tly_dedupe_filter_t *filter,
+                             unsigned char **out, size_t *len) {
+  *out = NULL;
+  *len = 0;
+  if (filter->broken)
+    return -1;
+  size_t bytes = HEADER_BYTES;
+  for (size_t i = 0; i < filter->slice_count; i++)
+    bytes +=
+        SLICE_HEADER_BYTES + filter->slices[i].block_count * (BLOCK_BITS / 8);
+  unsigned char *buf = malloc(bytes), *at = buf;
+  if (!buf)
+    return -1;
+  uint64_t check = ENCODING_CHECK;
+  uint32_t slices = (uint32_t)filter->slice_count;
+  memcpy(at, ENCODING_MAGIC, 4);
+  memcpy(at + 4, &check, 8);
+  memcpy(at + 12, &slices, 4);
+  at += HEADER_BYTES;
+  for (size_t i = 0; i < filter->slice_count; i++) {
+    const slice_t *slice = &filter->slices[i];
+    uint64_t figures[4] = {slice->capacity, slice->count,
+                           (uint64_t)slice->newest_ms, slice->block_count};
+    memcpy(at, figures, sizeof(figures));
+    at += SLICE_HEADER_BYTES;
+    size_t words = slice->block_count * (BLOCK_BITS / 8);
+    memcpy(at, slice->blocks, words);
+    at += words;
+  }
+  *out = buf;
+  *len = bytes;
+  return 0;
+}
+
+tly_dedupe_filter_t *tly_dedupe_filter_decode(const void *bytes, size_t len) {
+  const unsigned char *at = bytes, *end = at + len;
+  uint64_t check;
+  uint32_t slices;
+  if (len < HEADER_BYTES || memcmp(at, ENCODING_MAGIC, 4))
+    return NULL;
+  memcpy(&check, at + 4, 8);
+  memcpy(&slices, at + 12, 4);
+  if (check != ENCODING_CHECK || slices > MAX_SLICES)
+    return NULL;
+  at += HEADER_BYTES;
+  tly_dedupe_filter_t *filter = tly_dedupe_filter_new();
+  if (!filter)
+    return NULL;
+  for (uint32_t i = 0; i < slices; i++) {
+    uint64_t figures[4];
+    if ((size_t)(end - at) < SLICE_HEADER_BYTES)
+      goto bad;
+    memcpy(figures, at, sizeof(figures));
+    at += SLICE_HEADER_BYTES;
+    uint64_t capacity = figures[0], count = figures[1], blocks = figures[3];
+    /* The block count open_slice gives that capacity, and no more ids
+     * than it holds: anything else is not a slice this code wrote. */
+    if (capacity == 0 || capacity > ((uint64_t)1 << 34) || count > capacity ||
+        blocks != capacity * BITS_PER_ID / BLOCK_BITS + 1 ||
+        (size_t)(end - at) / (BLOCK_BITS / 8) < blocks)
+      goto bad;
+    size_t words = (size_t)blocks * (BLOCK_BITS / 8);
+    uint64_t *copy = malloc(words);
+    if (!copy)
+      goto bad;
+    memcpy(copy, at, words);
+    at += words;
+    filter->slices[filter->slice_count++] =
+        (slice_t){copy, (size_t)blocks, (size_t)capacity, (size_t)count,
+                  (int64_t)figures[2]};
+  }
+  if (at != end)
+    goto bad;
+  return filter;
+bad:
+  tly_dedupe_filter_free(filter);
+  return NULL;
+}
+
 size_t tly_dedupe_filter_count(const tly_dedupe_filter_t *filter) {
   size_t count = 0;
   for (size_t i = 0; i < filter->slice_count; i++)

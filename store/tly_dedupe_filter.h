@@ -50,6 +50,20 @@ void tly_dedupe_filter_merge(tly_dedupe_filter_t *into,
 /* Forgets the slices whose newest id is older than horizon_ms. */
 void tly_dedupe_filter_expire(tly_dedupe_filter_t *filter, int64_t horizon_ms);
 
+/* The filter as bytes, to be kept beside the ids it covers (its
+ * snapshot, tly_filter_build.c) and read back by tly_dedupe_filter_decode.
+ * A malloc'd buffer in *out and its length; -1 when the filter is broken
+ * (out of memory once: nothing worth keeping) or memory runs out. The
+ * words are in this machine's byte order; the encoding says which, and a
+ * decode elsewhere refuses it. */
+int tly_dedupe_filter_encode(const tly_dedupe_filter_t *filter,
+                             unsigned char **out, size_t *len);
+
+/* A filter from tly_dedupe_filter_encode's bytes; NULL when they are not
+ * one (another version or byte order, truncated, a slice that does not
+ * add up) or memory runs out. */
+tly_dedupe_filter_t *tly_dedupe_filter_decode(const void *bytes, size_t len);
+
 /* Ids added to the slices held; bytes held. */
 size_t tly_dedupe_filter_count(const tly_dedupe_filter_t *filter);
 size_t tly_dedupe_filter_bytes(const tly_dedupe_filter_t *filter);

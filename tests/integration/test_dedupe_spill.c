@@ -14,7 +14,12 @@
  *      their contributions are found through the spilled ids' event time
  *      (the chunks of their hour, consumers/tly_contributions.c), amended
  *      and retracted exactly; and of events of the last batches;
- * each with every subject's totals exact to the unit.
+ * each with every subject's totals exact to the unit. A second test:
+ *   5. a graceful stop saves each partition's spilled-id filter; the
+ *      restart, with a smaller budget, takes them (no build: held back by
+ *      the fault-injection file, and not needed) while its own assignment
+ *      spills more ids into them; every id sent again is refused, new ones
+ *      counted, and new ids are answered by the saved filters.
  */
 #include "harness.h"
 
@@ -246,9 +251,72 @@ static void test_old_duplicates_refused_with_small_budget(void **state) {
   free(dir);
 }
 
+static void test_saved_filters_taken_after_a_graceful_stop(void **state) {
+  (void)state;
+  th_broker_t broker;
+  th_run_t run;
+  char *dir = th_mkdtemp("dedupe-saved");
+  char state_dir[600], hold[600];
+  snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
+  snprintf(hold, sizeof(hold), "%s/hold-filters", dir);
+  memset(expected_quantity, 0, sizeof(expected_quantity));
+  memset(expected_events, 0, sizeof(expected_events));
+  const char *larger[] = {"--memory-budget", "2097152", NULL};
+  const char *smaller[] = {"--memory-budget", "1048576", NULL};
+  assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, larger), 0);
+  /* As a live stream: commits of a few thousand events, not one of all. */
+  for (int from = 0; from < FIRST; from += FIRST / 8) {
+    produce(broker.bootstrap, from, from + FIRST / 8, 1);
+    settle(&run, broker.bootstrap);
+  }
+  long long spilled = th_metric_sum(run.port, "tally_dedupe_spilled_ids_total");
+  assert_true(spilled > 0);
+  /* Every filter whole before the stop (none was built: a first run). */
+  assert_int_equal(th_metric_sum(run.port, "tally_dedupe_filters_building"), 0);
+  assert_int_equal(th_stop(run.pid), 0);
+
+  /* The restart with half the budget: its assignment spills what
+   * no longer fits, into the filters it takes. No build may run. */
+  FILE *gate = fopen(hold, "w");
+  assert_non_null(gate);
+  fclose(gate);
+  setenv("TALLY_FAULT_FILTER_HOLD_FILE", hold, 1);
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, smaller), 0);
+  unsetenv("TALLY_FAULT_FILTER_HOLD_FILE");
+  settle(&run, broker.bootstrap); /* assigned, nothing new to fold */
+  long long respilled =
+      th_metric_sum(run.port, "tally_dedupe_spilled_ids_total");
+  long long loaded =
+      th_metric_sum(run.port, "tally_dedupe_filters_loaded_total");
+  printf("# after the graceful stop: %lld saved filters taken, %lld ids "
+         "spilled by the assignment (%lld before the stop)\n",
+         loaded, respilled, spilled);
+  assert_true(loaded > 0 && loaded <= PARTITIONS);
+  assert_true(respilled > 0); /* the assignment's own spill happened */
+  assert_int_equal(th_metric_sum(run.port, "tally_dedupe_filters_building"), 0);
+
+  /* Every id again (the oldest, spilled before the stop; the newest, which
+   * the smaller budget spilled at the assignment), then new ones. */
+  produce(broker.bootstrap, 0, FIRST, 0);
+  produce(broker.bootstrap, FIRST, FIRST + 2000, 1);
+  settle(&run, broker.bootstrap);
+  assert_int_equal(th_metric_sum(run.port, "tally_duplicates_total"), FIRST);
+  assert_int_equal(th_metric_sum(run.port, "tally_events_folded_total"), 2000);
+  assert_true(th_metric_sum(run.port, "tally_dedupe_filter_skips_total") > 0);
+  verify_totals(run.port);
+
+  assert_int_equal(th_stop(run.pid), 0);
+  unlink(hold);
+  th_broker_stop(&broker);
+  th_rmrf(dir);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_old_duplicates_refused_with_small_budget),
+      cmocka_unit_test(test_saved_filters_taken_after_a_graceful_stop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -144,11 +144,73 @@ static void test_merge_keeps_every_id_of_both(void **state) {
   tly_dedupe_filter_free(a);
 }
 
+/* A filter read back from its bytes answers as the one that wrote them:
+ * every id added "look it up", the same "surely new" answers for others,
+ * the same count and expiry; bytes that are not a filter are refused. */
+static void test_encode_decode_round_trip(void **state) {
+  (void)state;
+  tly_dedupe_filter_t *filter = tly_dedupe_filter_new();
+  char id[48];
+  const int n = 20000; /* three slices */
+  for (int i = 0; i < n; i++) {
+    size_t len = id_of(id, sizeof(id), "kept-", i);
+    assert_int_equal(tly_dedupe_filter_add(filter, id, len, 1000 + i), 0);
+  }
+  unsigned char *bytes = NULL;
+  size_t len = 0;
+  assert_int_equal(tly_dedupe_filter_encode(filter, &bytes, &len), 0);
+  tly_dedupe_filter_t *back = tly_dedupe_filter_decode(bytes, len);
+  assert_non_null(back);
+  assert_int_equal(tly_dedupe_filter_count(back), (size_t)n);
+  assert_int_equal(tly_dedupe_filter_bytes(back),
+                   tly_dedupe_filter_bytes(filter));
+  for (int i = 0; i < n; i++) {
+    size_t id_len = id_of(id, sizeof(id), "kept-", i);
+    assert_int_equal(tly_dedupe_filter_maybe(back, id, id_len), 1);
+  }
+  int differ = 0, positives = 0;
+  for (int i = 0; i < n; i++) {
+    size_t id_len = id_of(id, sizeof(id), "other-", i);
+    int answer = tly_dedupe_filter_maybe(back, id, id_len);
+    differ += answer != tly_dedupe_filter_maybe(filter, id, id_len);
+    positives += answer;
+  }
+  assert_int_equal(differ, 0);
+  assert_true(positives < n / 20);
+  /* Still a filter: more ids go in, and slices expire by their times. */
+  assert_int_equal(tly_dedupe_filter_add(back, "late", 4, 5000000), 0);
+  assert_int_equal(tly_dedupe_filter_maybe(back, "late", 4), 1);
+  tly_dedupe_filter_expire(back, 1000 + n);
+  assert_true(tly_dedupe_filter_count(back) < (size_t)n);
+
+  /* Damaged or foreign bytes are refused, never half read. */
+  assert_null(tly_dedupe_filter_decode(bytes, len - 1));
+  assert_null(tly_dedupe_filter_decode(bytes, 10));
+  unsigned char *copy = malloc(len + 1);
+  assert_non_null(copy);
+  memcpy(copy, bytes, len);
+  copy[len] = 0;
+  assert_null(tly_dedupe_filter_decode(copy, len + 1)); /* trailing byte */
+  copy[0] = 'X';                                        /* another format */
+  assert_null(tly_dedupe_filter_decode(copy, len));
+  memcpy(copy, bytes, len);
+  copy[4] ^= 0xff; /* another byte order */
+  assert_null(tly_dedupe_filter_decode(copy, len));
+  memcpy(copy, bytes, len);
+  copy[17] ^= 0x01; /* the first slice's capacity: its blocks disagree */
+  assert_null(tly_dedupe_filter_decode(copy, len));
+  free(copy);
+  free(bytes);
+  tly_dedupe_filter_free(back);
+  tly_dedupe_filter_free(filter);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_no_false_negatives_and_few_false_positives),
       cmocka_unit_test(test_slices_expire_whole_by_newest_time),
       cmocka_unit_test(test_merge_keeps_every_id_of_both),
+      cmocka_unit_test(test_encode_decode_round_trip),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
