@@ -7,8 +7,10 @@
  *   - peak RSS of the process against the budget (the embedded broker,
  *     which holds every event in memory, is in the same process: its RSS
  *     before the processor started is printed beside);
- *   - the fold rate, filling the window and then with the duplicates,
- *     against the raw consume rate of the same topic (goal >= 0.5);
+ *   - the fold rate against the raw consume rate of the same topic: filling
+ *     the window, then with it full and the duplicates (the same
+ *     processor folding on: the issue's figure, goal >= 0.5), then after a
+ *     restart on the full window, counted from its assignment on;
  *   - the duplicates refused against those sent (must be equal);
  *   - bytes per id on disk (SST files after a compaction, all state) and
  *     RocksDB bytes per million ids of the two dedupe families;
@@ -20,7 +22,8 @@
  *   BENCH_DEDUPE_IDS=2000000 build/bench_fold
  *
  * BENCH_DEDUPE_IDS: ids in the window (the issue's full run: 20000000);
- * BENCH_DEDUPE_MORE: events after it (default a tenth of the ids);
+ * BENCH_DEDUPE_MORE: events after it, and as many again after the
+ * restart (default a tenth of the ids each);
  * BENCH_MEMORY_BUDGET: bytes (default 1 GiB scaled by ids / 20 M, so a
  * smaller run keeps the full run's proportion; 1099511627776 spills
  * nothing, as before issue 21); BENCH_DEDUPE_PARTITIONS (default one per
@@ -103,7 +106,7 @@ static long produce_range(const char *bootstrap, long from, long to, long old) {
   tally_producer_conf_t conf = {.brokers = bootstrap, .kafka_properties = fast};
   tally_producer_t *producer =
       tally_producer_new(&conf, errstr, sizeof(errstr));
-  unsigned seed = 7;
+  unsigned seed = 7 + (unsigned)from; /* other old ids in each range */
   long duplicates = 0;
   if (!producer) {
     fprintf(stderr, "bench: %s\n", errstr);
@@ -201,11 +204,47 @@ typedef struct {
   double fold_us, writer_us; /* CPU per event of the two threads */
 } phase_t;
 
+/* The figures of a phase from the sample `from` to the latest one. */
+typedef struct {
+  int64_t ms;
+  uint64_t done;
+  double fold_cpu, writer_cpu;
+  tly_processor_stats_t stats;
+} sample_t;
+
+static void phase_between(const sample_t *from, const sample_t *to,
+                          phase_t *out) {
+  double folded = (double)(to->done > from->done ? to->done - from->done : 1);
+  out->fold_us = (to->fold_cpu - from->fold_cpu) * 1e6 / folded;
+  out->writer_us = (to->writer_cpu - from->writer_cpu) * 1e6 / folded;
+  out->stats = to->stats;
+  /* The counters of this part alone (the gauges are as at its end). */
+  out->stats.duplicates -= from->stats.duplicates;
+  out->stats.dead_letters -= from->stats.dead_letters;
+  out->stats.dedupe_ids_spilled -= from->stats.dedupe_ids_spilled;
+  out->stats.dedupe_store_reads -= from->stats.dedupe_store_reads;
+  out->stats.dedupe_filter_skips -= from->stats.dedupe_filter_skips;
+  out->ms = to->ms - from->ms;
+  out->rate = (double)(to->done - from->done) * 1000.0 /
+              (double)(out->ms ? out->ms : 1);
+}
+
+static void take_sample(tly_processor_t *processor, sample_t *sample) {
+  tly_processor_stats(processor, &sample->stats);
+  sample->done = sample->stats.events_folded + sample->stats.duplicates +
+                 sample->stats.dead_letters;
+  sample->ms = tly_monotonic_ms();
+  sample->fold_cpu = bench_thread_cpu_seconds("tly-fold", 0);
+  sample->writer_cpu = bench_thread_cpu_seconds("tly-writer", 0);
+}
+
 /* A processor on store until it has folded or refused `events` records;
- * then stopped (graceful: it leaves the group). */
+ * then stopped (graceful: it leaves the group). With mark > 0 the records
+ * up to mark are out's and the rest after's (one processor folding
+ * through both without a pause); otherwise all are out's. */
 static int fold_phase(const char *bootstrap, tly_store_t *store,
                       tly_config_t *config, int64_t budget, long events,
-                      phase_t *out) {
+                      long mark, phase_t *out, phase_t *after) {
   char errstr[512];
   tly_processor_conf_t conf = {.brokers = bootstrap,
                                .group_id = "bench-dedupe",
@@ -221,26 +260,25 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
   pthread_t thread;
   dedupe_stop = 0;
   pthread_create(&thread, NULL, dedupe_run_main, &run);
-  tly_processor_stats_t stats = {0};
-  int64_t first = 0, last = 0, shown = 0;
-  uint64_t first_count = 0;
-  long peak = 0;
-  double fold_cpu = 0, writer_cpu = 0;
+  sample_t first = {0}, at_mark = {0}, now = {0};
+  int64_t shown = 0;
+  long peak = 0, peak_at_mark = 0;
   for (;;) {
     usleep(20000);
-    tly_processor_stats(run.processor, &stats);
-    uint64_t done = stats.events_folded + stats.duplicates + stats.dead_letters;
+    take_sample(run.processor, &now);
+    const tly_processor_stats_t stats = now.stats;
+    uint64_t done = now.done;
     long rss = rss_kib();
     if (rss > peak)
       peak = rss;
     /* From the assignment on (the group join is not the fold's). */
-    if (!first && stats.rebalances) {
-      first = tly_monotonic_ms();
-      first_count = done;
-      fold_cpu = bench_thread_cpu_seconds("tly-fold", 0);
-      writer_cpu = bench_thread_cpu_seconds("tly-writer", 0);
+    if (!first.ms && stats.rebalances)
+      first = now;
+    if (mark > 0 && !at_mark.ms && done >= (uint64_t)mark) {
+      at_mark = now;
+      peak_at_mark = peak;
     }
-    last = tly_monotonic_ms();
+    int64_t last = now.ms;
     if (last - shown >= 2000) {
       fprintf(
           stderr, "\rfolded %llu/%ld, dedupe memory %llu MiB",
@@ -256,19 +294,19 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
     }
   }
   fprintf(stderr, "\n");
-  double folded = (double)(events > 0 ? events : 1);
-  out->fold_us =
-      (bench_thread_cpu_seconds("tly-fold", 0) - fold_cpu) * 1e6 / folded;
-  out->writer_us =
-      (bench_thread_cpu_seconds("tly-writer", 0) - writer_cpu) * 1e6 / folded;
+  if (mark > 0 && after) {
+    phase_between(&first, &at_mark, out);
+    phase_between(&at_mark, &now, after);
+    out->peak_rss_kib = peak_at_mark;
+    after->peak_rss_kib = peak;
+    after->end_rss_kib = rss_kib();
+    after->assign_ms = (int64_t)now.stats.last_assignment_ms;
+  } else {
+    phase_between(&first, &now, out);
+    out->peak_rss_kib = peak;
+  }
   out->end_rss_kib = rss_kib();
-  tly_processor_stats(run.processor, &stats);
-  out->stats = stats;
-  out->ms = last - first;
-  out->rate = (double)(stats.events_folded + stats.duplicates - first_count) *
-              1000.0 / (double)(out->ms ? out->ms : 1);
-  out->assign_ms = (int64_t)stats.last_assignment_ms;
-  out->peak_rss_kib = peak;
+  out->assign_ms = (int64_t)now.stats.last_assignment_ms;
   dedupe_stop = 1;
   pthread_join(thread, NULL);
   tly_processor_destroy(run.processor);
@@ -279,15 +317,17 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
 typedef struct {
   int64_t window_ms;
   double raw;
-  phase_t fill, tail;
+  /* The fill, then the same processor on through the full window's more
+   * events (full), then a restarted one through as many again (tail). */
+  phase_t fill, full, tail;
   long long spilled_fill, sst_after_fill, dir_after_fill;
   long long dedupe_sst; /* dedupe + dedupe_ids families, compacted */
-  long duplicates;
+  long duplicates_full, duplicates;
   long broker_rss_kib;
 } dedupe_result_t;
 
-/* One run: a fresh embedded broker and store, the window filled, then a
- * restart and the tail. */
+/* One run: a fresh embedded broker and store, the window filled and the
+ * same processor folding on with it full, then a restart and the tail. */
 static int dedupe_once(long ids, long more, int partitions, int64_t budget,
                        int64_t window_ms, dedupe_result_t *out) {
   char errstr[512], dir[] = "/tmp/tally-dedupe-XXXXXX";
@@ -326,7 +366,11 @@ static int dedupe_once(long ids, long more, int partitions, int64_t budget,
           "filling the window (%lld days): %ld ids, budget %lld "
           "bytes\n",
           (long long)(window_ms / 86400000), ids, (long long)budget);
-  if (fold_phase(bootstrap, store, config, budget, ids, &out->fill))
+  /* Queued behind the fill, so the processor folds through both at
+   * saturation: the rate with the window full is the issue's figure. */
+  out->duplicates_full = produce_range(bootstrap, ids, ids + more, ids);
+  if (fold_phase(bootstrap, store, config, budget, ids + more, ids, &out->fill,
+                 &out->full))
     return 1;
   out->spilled_fill = (long long)out->fill.stats.dedupe_ids_spilled;
   /* The ids on disk: SST files once the families are compacted. */
@@ -339,13 +383,13 @@ static int dedupe_once(long ids, long more, int partitions, int64_t budget,
   out->dedupe_sst = (long long)(tly_store_sst_bytes(store, TLY_CF_DEDUPE) +
                                 tly_store_sst_bytes(store, TLY_CF_DEDUPE_IDS));
 
-  out->duplicates = produce_range(bootstrap, ids, ids + more, ids);
+  out->duplicates = produce_range(bootstrap, ids + more, ids + 2 * more, ids);
   fprintf(stderr,
           "restart, then %ld more events (%ld duplicates of old "
           "ids)\n",
           more, out->duplicates);
   malloc_trim(0); /* (see above) */
-  if (fold_phase(bootstrap, store, config, budget, more, &out->tail))
+  if (fold_phase(bootstrap, store, config, budget, more, 0, &out->tail, NULL))
     return 1;
   tly_store_close(store);
   tly_config_free(config);
@@ -361,7 +405,7 @@ int bench_dedupe_main(void) {
   long more = env_long("BENCH_DEDUPE_MORE", ids / 10);
   /* ~25,000 events of ~110 bytes a partition: within what the embedded
    * broker keeps (5 MiB a partition), at least 64. */
-  long total = ids + env_long("BENCH_DEDUPE_MORE", ids / 10);
+  long total = ids + 2 * env_long("BENCH_DEDUPE_MORE", ids / 10);
   int partitions = (int)env_long("BENCH_DEDUPE_PARTITIONS",
                                  total / 25000 > 64 ? total / 25000 : 64);
   double scaled = (double)TLY_DEFAULT_MEMORY_BUDGET * (double)ids / 2e7;
@@ -382,7 +426,8 @@ int bench_dedupe_main(void) {
                   * before now (no event from the future) */
     ms_per_kevent = 35.0 * 86400000.0 * 1e3 / (double)ids;
     first_ms = tly_wall_ms() -
-               (int64_t)(ms_per_kevent * (double)(ids + more) / 1e3) - 3600000;
+               (int64_t)(ms_per_kevent * (double)(ids + 2 * more) / 1e3) -
+               3600000;
   }
   if (!compare)
     windows[0] = TLY_DEFAULT_DEDUPE_WINDOW_MS;
@@ -410,22 +455,29 @@ int bench_dedupe_main(void) {
   ROW("window",
       "%ld ids of 16 characters over %d subjects, %d partitions, "
       "event times over %.1f days; then %ld events, %ld of them (1 %%) "
-      "duplicates of random old ids",
+      "duplicates of random old ids, folded by the same processor; then a "
+      "restart and %ld more (%ld duplicates)",
       ids, SUBJECTS, partitions, ms_per_kevent * (double)ids / 1e3 / 86400000,
-      more, x->duplicates);
+      more, x->duplicates_full, more, x->duplicates);
   ROW("memory budget", "%lld bytes (dedupe share %lld)", (long long)budget,
       (long long)tly_memory_share(budget, TLY_MEMORY_DEDUPE));
-  ROW("peak RSS, fill / tail (broker + processor, one process) vs budget",
-      "%ld / %ld MiB (the broker alone holding the events: %ld MiB); "
+  ROW("peak RSS, fill / window full / after the restart (broker + "
+      "processor, one process) vs budget",
+      "%ld / %ld / %ld MiB (the broker alone holding the events: %ld MiB); "
       "budget %lld MiB",
-      x->fill.peak_rss_kib / 1024, x->tail.peak_rss_kib / 1024,
-      x->broker_rss_kib / 1024, (long long)(budget >> 20));
-  ROW("CPU per event, fold thread / writer thread: fill; tail",
-      "%.2f / %.2f us; %.2f / %.2f us", x->fill.fold_us, x->fill.writer_us,
-      x->tail.fold_us, x->tail.writer_us);
-  ROW("dedupe memory at the end of the fill / of the tail",
-      "%llu / %llu bytes (share %llu)",
+      x->fill.peak_rss_kib / 1024, x->full.peak_rss_kib / 1024,
+      x->tail.peak_rss_kib / 1024, x->broker_rss_kib / 1024,
+      (long long)(budget >> 20));
+  ROW("CPU per event, fold thread / writer thread: fill; window full; "
+      "after the restart",
+      "%.2f / %.2f us; %.2f / %.2f us; %.2f / %.2f us", x->fill.fold_us,
+      x->fill.writer_us, x->full.fold_us, x->full.writer_us, x->tail.fold_us,
+      x->tail.writer_us);
+  ROW("dedupe memory at the end of the fill / window full / after the "
+      "restart",
+      "%llu / %llu / %llu bytes (share %llu)",
       (unsigned long long)x->fill.stats.memory_bytes[TLY_MEMORY_DEDUPE],
+      (unsigned long long)x->full.stats.memory_bytes[TLY_MEMORY_DEDUPE],
       (unsigned long long)x->tail.stats.memory_bytes[TLY_MEMORY_DEDUPE],
       (unsigned long long)x->fill.stats.memory_budget[TLY_MEMORY_DEDUPE]);
   ROW("RocksDB at the end of the fill: block cache / memtables",
@@ -443,15 +495,36 @@ int bench_dedupe_main(void) {
       "%.0f events/s (%.2f of (a)); %lld ids "
       "spilled",
       x->fill.rate, x->fill.rate / x->raw, x->spilled_fill);
-  ROW("fold after the restart, 1 % duplicates",
+  ROW("fold with the window full, 1 % duplicates (the same processor)",
       "%.0f events/s (%.2f of (a), goal >= 0.5); %llu ids spilled, %llu "
+      "looked up in RocksDB, %llu answered by the filter",
+      x->full.rate, x->full.rate / x->raw,
+      (unsigned long long)x->full.stats.dedupe_ids_spilled,
+      (unsigned long long)x->full.stats.dedupe_store_reads,
+      (unsigned long long)x->full.stats.dedupe_filter_skips);
+  ROW("fold after a restart on the full window, 1 % duplicates, from the "
+      "assignment on (its load included)",
+      "%.0f events/s (%.2f of (a)); %llu ids spilled, %llu "
       "looked up in RocksDB, %llu answered by the filter",
       x->tail.rate, x->tail.rate / x->raw,
       (unsigned long long)x->tail.stats.dedupe_ids_spilled,
       (unsigned long long)x->tail.stats.dedupe_store_reads,
       (unsigned long long)x->tail.stats.dedupe_filter_skips);
-  ROW("duplicates refused + dead-lettered (older than the window) / sent",
-      "%llu + %llu / %ld (%s)", (unsigned long long)x->tail.stats.duplicates,
+  ROW("duplicates refused + dead-lettered (older than the window) / sent: "
+      "window full; after the restart",
+      "%llu + %llu / %ld (%s); %llu + %llu / %ld (%s)",
+      /* over the whole first processor: near the mark, partitions fold
+       * the fill's last events and the next ones' first side by side */
+      (unsigned long long)(x->fill.stats.duplicates + x->full.stats.duplicates),
+      (unsigned long long)(x->fill.stats.dead_letters +
+                           x->full.stats.dead_letters),
+      x->duplicates_full,
+      (long)(x->fill.stats.duplicates + x->full.stats.duplicates +
+             x->fill.stats.dead_letters + x->full.stats.dead_letters) ==
+              x->duplicates_full
+          ? "exact"
+          : "NOT EXACT",
+      (unsigned long long)x->tail.stats.duplicates,
       (unsigned long long)x->tail.stats.dead_letters, x->duplicates,
       (long)(x->tail.stats.duplicates + x->tail.stats.dead_letters) ==
               x->duplicates
@@ -459,10 +532,12 @@ int bench_dedupe_main(void) {
           : "NOT EXACT");
   ROW("RocksDB bytes per million dedupe ids (dedupe + dedupe_ids SST, "
       "compacted)",
-      "%.1f MB", (double)x->dedupe_sst / ((double)ids / 1e6) / 1e6);
+      "%.1f MB",
+      (double)x->dedupe_sst /
+          ((double)(ids + more - x->duplicates_full) / 1e6) / 1e6);
   ROW("bytes per id on disk (SST, all state, compacted)",
       "%.1f (%.1f MiB of SST, %.1f MiB with WAL and logs)",
-      (double)x->sst_after_fill / (double)ids,
+      (double)x->sst_after_fill / (double)(ids + more - x->duplicates_full),
       (double)x->sst_after_fill / 1048576.0,
       (double)x->dir_after_fill / 1048576.0);
   ROW("assignment time of the restart",
