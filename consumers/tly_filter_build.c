@@ -237,47 +237,52 @@ static int leaving(const rd_kafka_topic_partition_list_t *parts, int all,
 void tly_proc_filters_save(tly_processor_t *p,
                            const rd_kafka_topic_partition_list_t *parts,
                            int all) {
-  char errstr[512], key[16];
+  char errstr[512] = "", key[16];
   int64_t began = tly_monotonic_ms();
-  size_t saved = 0, bytes = 0;
+  size_t saved = 0, failed = 0, bytes = 0;
   tly_store_batch_t *batch = NULL;
   for (int32_t i = 0; i < p->partition_cap; i++) {
     partition_state_t *part = &p->partitions[i];
     int64_t offset;
-    unsigned char *encoded = NULL;
+    unsigned char *value = NULL;
     size_t len = 0;
     if (!part->spilled || !part->filter || part->filter_build ||
         !leaving(parts, all, i) ||
         tly_store_get_offset(p->store, i, &offset, errstr, sizeof(errstr)) !=
             1 ||
-        tly_dedupe_filter_encode(part->filter, &encoded, &len))
+        tly_dedupe_filter_encode(part->filter, 8, &value, &len))
       continue; /* nothing whole to save: the next owner here builds one */
-    unsigned char *value = malloc(8 + len);
     if (!batch)
       batch = tly_store_batch_new();
-    if (value && batch) {
-      tly_put_be64(value, (uint64_t)offset);
-      memcpy(value + 8, encoded, len);
+    /* One write per partition, not synced: what is held beside the filter
+     * while it is written stays one partition's, and a filter lost with
+     * the WAL's tail is only built again. */
+    tly_put_be64(value, (uint64_t)offset);
+    if (batch) {
+      tly_store_batch_clear(batch);
       tly_store_batch_put(batch, TLY_CF_META, key, filter_key(i, key), value,
-                          8 + len);
+                          len);
+    }
+    if (batch &&
+        !tly_store_commit(p->store, batch, 0, errstr, sizeof(errstr))) {
       saved++;
-      bytes += 8 + len;
+      bytes += len;
+    } else {
+      failed++;
     }
     free(value);
-    free(encoded);
   }
-  /* Not synced: a filter lost with the WAL's tail is only built again. */
-  if (saved && tly_store_commit(p->store, batch, 0, errstr, sizeof(errstr)))
+  if (failed)
     tly_log(TLY_LOG_WARN, "processor",
-            "saving the spilled-id filters: %s (the next assignment builds "
-            "them)",
-            errstr);
-  else if (saved)
+            "saving the spilled-id filters of %zu partitions failed: %s (their "
+            "next assignment builds them)",
+            failed, batch ? errstr : "out of memory");
+  tly_store_batch_destroy(batch);
+  if (saved)
     tly_log(TLY_LOG_INFO, "processor",
             "saved the spilled-id filters of %zu partitions (%zu bytes) in "
             "%lld ms",
             saved, bytes, (long long)(tly_monotonic_ms() - began));
-  tly_store_batch_destroy(batch);
 }
 
 tly_dedupe_filter_t *tly_proc_filter_load(tly_processor_t *p, int32_t partition,

@@ -169,17 +169,17 @@ void tly_dedupe_filter_expire(tly_dedupe_filter_t *filter, int64_t horizon_ms) {
 #define HEADER_BYTES (4 + 8 + 4)
 #define SLICE_HEADER_BYTES (4 * 8)
 
-int tly_dedupe_filter_encode(const tly_dedupe_filter_t *filter,
+int tly_dedupe_filter_encode(const tly_dedupe_filter_t *filter, size_t lead,
                              unsigned char **out, size_t *len) {
   *out = NULL;
   *len = 0;
   if (filter->broken)
     return -1;
-  size_t bytes = HEADER_BYTES;
+  size_t bytes = lead + HEADER_BYTES;
   for (size_t i = 0; i < filter->slice_count; i++)
     bytes +=
         SLICE_HEADER_BYTES + filter->slices[i].block_count * (BLOCK_BITS / 8);
-  unsigned char *buf = malloc(bytes), *at = buf;
+  unsigned char *buf = malloc(bytes), *at = buf + lead;
   if (!buf)
     return -1;
   uint64_t check = ENCODING_CHECK;

@@ -52,11 +52,13 @@ void tly_dedupe_filter_expire(tly_dedupe_filter_t *filter, int64_t horizon_ms);
 
 /* The filter as bytes, to be kept beside the ids it covers (its
  * snapshot, tly_filter_build.c) and read back by tly_dedupe_filter_decode.
- * A malloc'd buffer in *out and its length; -1 when the filter is broken
- * (out of memory once: nothing worth keeping) or memory runs out. The
- * words are in this machine's byte order; the encoding says which, and a
- * decode elsewhere refuses it. */
-int tly_dedupe_filter_encode(const tly_dedupe_filter_t *filter,
+ * A malloc'd buffer in *out and its length, the encoding starting after
+ * `lead` bytes left for the caller (its own header: no second copy of a
+ * large filter); -1 when the filter is broken (out of memory once:
+ * nothing worth keeping) or memory runs out. The words are in this
+ * machine's byte order; the encoding says which, and a decode elsewhere
+ * refuses it. */
+int tly_dedupe_filter_encode(const tly_dedupe_filter_t *filter, size_t lead,
                              unsigned char **out, size_t *len);
 
 /* A filter from tly_dedupe_filter_encode's bytes; NULL when they are not

@@ -158,7 +158,7 @@ static void test_encode_decode_round_trip(void **state) {
   }
   unsigned char *bytes = NULL;
   size_t len = 0;
-  assert_int_equal(tly_dedupe_filter_encode(filter, &bytes, &len), 0);
+  assert_int_equal(tly_dedupe_filter_encode(filter, 0, &bytes, &len), 0);
   tly_dedupe_filter_t *back = tly_dedupe_filter_decode(bytes, len);
   assert_non_null(back);
   assert_int_equal(tly_dedupe_filter_count(back), (size_t)n);
