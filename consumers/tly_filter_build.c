@@ -258,18 +258,16 @@ void tly_proc_filters_save(tly_processor_t *p,
      * while it is written stays one partition's, and a filter lost with
      * the WAL's tail is only built again. */
     tly_put_be64(value, (uint64_t)offset);
+    int written = 0;
     if (batch) {
       tly_store_batch_clear(batch);
       tly_store_batch_put(batch, TLY_CF_META, key, filter_key(i, key), value,
                           len);
+      written = !tly_store_commit(p->store, batch, 0, errstr, sizeof(errstr));
     }
-    if (batch &&
-        !tly_store_commit(p->store, batch, 0, errstr, sizeof(errstr))) {
-      saved++;
-      bytes += len;
-    } else {
-      failed++;
-    }
+    saved += written;
+    failed += !written;
+    bytes += written ? len : 0;
     free(value);
   }
   if (failed)

@@ -229,11 +229,17 @@ static void phase_between(const sample_t *from, const sample_t *to,
               (double)(out->ms ? out->ms : 1);
 }
 
+/* Every poll reads the counters; the threads' CPU (a walk of /proc) only
+ * the samples a phase keeps (sample_cpu), not 50 times a second beside the
+ * fold it measures. */
 static void take_sample(tly_processor_t *processor, sample_t *sample) {
   tly_processor_stats(processor, &sample->stats);
   sample->done = sample->stats.events_folded + sample->stats.duplicates +
                  sample->stats.dead_letters;
   sample->ms = tly_monotonic_ms();
+}
+
+static void sample_cpu(sample_t *sample) {
   sample->fold_cpu = bench_thread_cpu_seconds("tly-fold", 0);
   sample->writer_cpu = bench_thread_cpu_seconds("tly-writer", 0);
 }
@@ -266,16 +272,19 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
   for (;;) {
     usleep(20000);
     take_sample(run.processor, &now);
-    const tly_processor_stats_t stats = now.stats;
+    const tly_processor_stats_t *stats = &now.stats;
     uint64_t done = now.done;
     long rss = rss_kib();
     if (rss > peak)
       peak = rss;
     /* From the assignment on (the group join is not the fold's). */
-    if (!first.ms && stats.rebalances)
+    if (!first.ms && stats->rebalances) {
       first = now;
+      sample_cpu(&first);
+    }
     if (mark > 0 && !at_mark.ms && done >= (uint64_t)mark) {
       at_mark = now;
+      sample_cpu(&at_mark);
       peak_at_mark = peak;
     }
     int64_t last = now.ms;
@@ -283,7 +292,7 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
       fprintf(
           stderr, "\rfolded %llu/%ld, dedupe memory %llu MiB",
           (unsigned long long)done, events,
-          (unsigned long long)(stats.memory_bytes[TLY_MEMORY_DEDUPE] >> 20));
+          (unsigned long long)(stats->memory_bytes[TLY_MEMORY_DEDUPE] >> 20));
       shown = last;
     }
     if (done >= (uint64_t)events)
@@ -294,6 +303,7 @@ static int fold_phase(const char *bootstrap, tly_store_t *store,
     }
   }
   fprintf(stderr, "\n");
+  sample_cpu(&now);
   if (mark > 0 && after) {
     phase_between(&first, &at_mark, out);
     phase_between(&at_mark, &now, after);
@@ -405,7 +415,7 @@ int bench_dedupe_main(void) {
   long more = env_long("BENCH_DEDUPE_MORE", ids / 10);
   /* ~25,000 events of ~110 bytes a partition: within what the embedded
    * broker keeps (5 MiB a partition), at least 64. */
-  long total = ids + 2 * env_long("BENCH_DEDUPE_MORE", ids / 10);
+  long total = ids + 2 * more;
   int partitions = (int)env_long("BENCH_DEDUPE_PARTITIONS",
                                  total / 25000 > 64 ? total / 25000 : 64);
   double scaled = (double)TLY_DEFAULT_MEMORY_BUDGET * (double)ids / 2e7;
