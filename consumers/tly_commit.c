@@ -767,7 +767,10 @@ static void record_visible(tly_processor_t *p,
  * <= 40 ms to <= 750 ms. */
 #define TRIM_IDLE_MS 1000
 
-static void trim_freed_memory(void) {
+static void trim_freed_memory(tly_processor_t *p) {
+  /* The overlay's subjects live on huge pages of their own (tly_slab.h):
+   * the pages only evicted subjects held go back too. */
+  tly_overlay_purge(&p->overlay);
 #ifdef __GLIBC__
   malloc_trim(0);
 #endif
@@ -795,7 +798,7 @@ void *tly_proc_writer_main(void *arg) {
           !p->writer_job && !p->writer_quit) {
         trim_due = 0; /* idle: nothing waits on the allocator's locks */
         pthread_mutex_unlock(&p->writer_lock);
-        trim_freed_memory();
+        trim_freed_memory(p);
         pthread_mutex_lock(&p->writer_lock);
       }
     }

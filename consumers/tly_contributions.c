@@ -45,6 +45,7 @@
 #include "tly_changelog.h"
 #include "tly_corrections.h"
 #include "tly_keys.h"
+#include "tly_slab.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -183,7 +184,7 @@ static int log_append(tly_processor_t *p, tly_overlay_entry_t *entry,
     size_t cap = log->cap ? log->cap : 65536;
     while (cap < need)
       cap *= 2;
-    unsigned char *grown = realloc(log->data, cap);
+    unsigned char *grown = tly_huge_realloc(log->data, log->cap, cap);
     if (!grown)
       return -1;
     log->data = grown;
@@ -480,9 +481,10 @@ void tly_proc_contrib_submitted(tly_processor_t *p) {
   tly_contrib_log_t *log = open_log(p);
   log->len = 0;          /* the batch before the in-flight one: durable */
   if (log->cap < last) { /* room for a batch like the last, without */
-    unsigned char *room = malloc(last); /* regrowing it by doubling */
+    /* regrowing it by doubling */
+    unsigned char *room = tly_huge_alloc(last);
     if (room) {
-      free(log->data);
+      tly_huge_free(log->data, log->cap);
       log->data = room;
       log->cap = last;
     }
@@ -503,7 +505,7 @@ void tly_proc_contrib_free(tly_processor_t *p) {
     free(tables[i]->data);
     free(tables[i]->slots);
     memset(tables[i], 0, sizeof(*tables[i]));
-    free(p->contrib_log[i].data);
+    tly_huge_free(p->contrib_log[i].data, p->contrib_log[i].cap);
     memset(&p->contrib_log[i], 0, sizeof(p->contrib_log[i]));
   }
   free(p->contrib_sorted);

@@ -20,6 +20,7 @@
 #include "tly_dedupe.h"
 
 #include "tly_hash.h"
+#include "tly_slab.h"
 
 #include "tly_store.h"
 
@@ -120,7 +121,7 @@ void tly_dedupe_free(tly_dedupe_t *dedupe) {
   for (size_t i = 0; i < dedupe->blob_count; i++)
     blob_free(blob_at(dedupe, i));
   free(dedupe->blobs);
-  free(dedupe->slots);
+  tly_huge_free(dedupe->slots, dedupe->capacity * sizeof(*dedupe->slots));
   free(dedupe);
 }
 
@@ -169,13 +170,11 @@ static int resize(tly_dedupe_t *dedupe, size_t capacity) {
   unsigned bits = log2_of(capacity);
   if (bits > 32)
     return -1;
-  /* Zeroed by writing, not calloc: calloc's fresh pages map the shared
-   * zero page on the first read (a probe) and fault again on the first
-   * write. */
-  uint64_t *slots = malloc(capacity * sizeof(*slots));
+  /* Probed at random: from huge pages once it takes 2 MiB (tly_slab.h),
+   * one TLB entry and one fault per 2 MiB. */
+  uint64_t *slots = tly_huge_alloc(capacity * sizeof(*slots));
   if (!slots)
     return -1;
-  tly_zero_fill(slots, capacity * sizeof(*slots));
   unsigned shift = 32 - bits;
   size_t mask = capacity - 1;
   for (size_t i = 0; i < dedupe->capacity; i++) {
@@ -187,7 +186,7 @@ static int resize(tly_dedupe_t *dedupe, size_t capacity) {
       j = (j + 1) & mask;
     slots[j] = slot;
   }
-  free(dedupe->slots);
+  tly_huge_free(dedupe->slots, dedupe->capacity * sizeof(*dedupe->slots));
   dedupe->slots = slots;
   dedupe->capacity = capacity;
   dedupe->shift = shift;

@@ -9,6 +9,8 @@
  */
 #include "tly_overlay.h"
 
+#include "tly_slab.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -25,24 +27,25 @@ static uint64_t hash_key(tly_cf_t cf, const char *key, size_t len) {
 
 void tly_overlay_init(tly_overlay_t *overlay) {
   memset(overlay, 0, sizeof(*overlay));
+  overlay->slab = tly_slab_new(); /* NULL: calloc and free (tly_slab.h) */
 }
 
-static void free_entry(tly_overlay_entry_t *entry) {
+static void free_entry(tly_slab_t *slab, tly_overlay_entry_t *entry) {
   for (size_t i = 0; i < entry->row_count; i++)
-    free(entry->rows[i]);
+    tly_slab_free(slab, entry->rows[i], sizeof(*entry->rows[i]));
   if (entry->rows != entry->rows_inline) {
     free(entry->rows);
     free(entry->row_tags);
   }
   for (size_t i = 0; i < entry->bucket_count; i++)
-    free(entry->buckets[i]);
+    tly_slab_free(slab, entry->buckets[i], sizeof(*entry->buckets[i]));
   if (entry->buckets != entry->buckets_inline) {
     free(entry->buckets);
     free(entry->bucket_tags);
   }
   tly_holds_free(&entry->holds);
   tly_distinct_sets_clear(&entry->distinct);
-  free(entry);
+  tly_slab_free(slab, entry, sizeof(*entry) + entry->key_len);
 }
 
 void tly_overlay_reset(tly_overlay_t *overlay) {
@@ -50,7 +53,7 @@ void tly_overlay_reset(tly_overlay_t *overlay) {
     return;
   for (size_t i = 0; i < overlay->capacity; i++) {
     if (overlay->slots[i].entry) {
-      free_entry(overlay->slots[i].entry);
+      free_entry(overlay->slab, overlay->slots[i].entry);
       overlay->slots[i] = (tly_overlay_slot_t){0, NULL};
     }
   }
@@ -61,8 +64,13 @@ void tly_overlay_reset(tly_overlay_t *overlay) {
 
 void tly_overlay_free(tly_overlay_t *overlay) {
   tly_overlay_reset(overlay);
-  free(overlay->slots);
+  tly_huge_free(overlay->slots, overlay->capacity * sizeof(*overlay->slots));
+  tly_slab_destroy(overlay->slab);
   memset(overlay, 0, sizeof(*overlay));
+}
+
+size_t tly_overlay_purge(tly_overlay_t *overlay) {
+  return tly_slab_purge(overlay->slab);
 }
 
 /* The slot holding (cf, key), or the empty slot where it would go. */
@@ -198,7 +206,7 @@ size_t tly_overlay_evict(tly_overlay_t *overlay, size_t max_bytes,
       if (!entry->referenced) {
         overlay->entry_bytes -= entry->accounted;
         overlay->count--;
-        free_entry(entry);
+        free_entry(overlay->slab, entry);
         remove_slot(overlay, i);
         evicted++;
         /* Slot i may now hold an entry shifted back from further on: the
@@ -216,18 +224,15 @@ size_t tly_overlay_evict(tly_overlay_t *overlay, size_t max_bytes,
 
 static int grow(tly_overlay_t *overlay) {
   size_t capacity = overlay->capacity ? overlay->capacity * 2 : 1024;
-  /* Zeroed by writing (see tly_dedupe.c's grow: calloc'd pages fault
-   * twice, read then write). */
-  tly_overlay_slot_t *slots = malloc(capacity * sizeof(*slots));
+  tly_overlay_slot_t *slots = tly_huge_alloc(capacity * sizeof(*slots));
   if (!slots)
     return -1;
-  tly_zero_fill(slots, capacity * sizeof(*slots));
   for (size_t i = 0; i < overlay->capacity; i++) {
     tly_overlay_slot_t old = overlay->slots[i];
     if (old.hash)
       *empty_slot(slots, capacity, old.hash) = old;
   }
-  free(overlay->slots);
+  tly_huge_free(overlay->slots, overlay->capacity * sizeof(*overlay->slots));
   overlay->slots = slots;
   overlay->capacity = capacity;
   return 0;
@@ -237,9 +242,11 @@ tly_overlay_entry_t *tly_overlay_insert(tly_overlay_t *overlay, tly_cf_t cf,
                                         const char *key, size_t key_len) {
   if ((overlay->count + 1) * 2 > overlay->capacity && grow(overlay))
     return NULL;
-  tly_overlay_entry_t *entry = calloc(1, sizeof(*entry) + key_len);
+  tly_overlay_entry_t *entry =
+      tly_slab_alloc(overlay->slab, sizeof(*entry) + key_len);
   if (!entry)
     return NULL;
+  entry->slab = overlay->slab;
   entry->key = (char *)(entry + 1);
   memcpy(entry->key, key, key_len);
   entry->key_len = key_len;
@@ -325,7 +332,7 @@ tly_subject_row_t *tly_overlay_row(tly_overlay_entry_t *entry,
     entry->rows = rows;
     entry->row_cap *= 2;
   }
-  tly_subject_row_t *row = calloc(1, sizeof(*row));
+  tly_subject_row_t *row = tly_slab_alloc(entry->slab, sizeof(*row));
   if (!row)
     return NULL;
   row->cycle_start_ms = cycle_start_ms;
@@ -344,7 +351,7 @@ void tly_overlay_prune_rows(tly_overlay_entry_t *entry,
       entry->row_tags[kept] = entry->row_tags[i];
       entry->rows[kept++] = entry->rows[i];
     } else {
-      free(entry->rows[i]);
+      tly_slab_free(entry->slab, entry->rows[i], sizeof(*entry->rows[i]));
     }
   }
   entry->row_count = kept;
@@ -373,7 +380,7 @@ tly_overlay_bucket_t *tly_overlay_bucket(tly_overlay_entry_t *entry,
     entry->buckets = buckets;
     entry->bucket_cap *= 2;
   }
-  tly_overlay_bucket_t *bucket = calloc(1, sizeof(*bucket));
+  tly_overlay_bucket_t *bucket = tly_slab_alloc(entry->slab, sizeof(*bucket));
   if (!bucket)
     return NULL;
   bucket->bucket.hour = hour;
@@ -400,7 +407,7 @@ void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
       entry->bucket_tags[kept] = entry->bucket_tags[i];
       entry->buckets[kept++] = entry->buckets[i];
     } else {
-      free(entry->buckets[i]);
+      tly_slab_free(entry->slab, entry->buckets[i], sizeof(*entry->buckets[i]));
     }
   }
   entry->bucket_count = kept;

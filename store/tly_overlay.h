@@ -33,6 +33,7 @@ typedef struct {
 #define TLY_OVERLAY_INLINE 8
 
 typedef struct tly_overlay_entry {
+  struct tly_slab *slab; /* its overlay's: where its rows and buckets live */
   tly_cf_t cf;
   char *key; /* in the entry's own allocation, after it */
   size_t key_len;
@@ -92,6 +93,9 @@ typedef struct {
   size_t count;
   size_t entry_bytes; /* the entries' accounted bytes, summed */
   size_t hand;        /* the eviction clock's position (a slot) */
+  /* Entries, rows and buckets, from huge pages (base/tly_slab.h); the
+   * slots too, once they take 2 MiB. */
+  struct tly_slab *slab;
 } tly_overlay_t;
 
 void tly_overlay_init(tly_overlay_t *overlay);
@@ -99,6 +103,10 @@ void tly_overlay_init(tly_overlay_t *overlay);
 void tly_overlay_free(tly_overlay_t *overlay);
 /* Drops every entry, keeping the table's memory for the next batch. */
 void tly_overlay_reset(tly_overlay_t *overlay);
+/* Gives the pages that only freed entries, rows and buckets held back to
+ * the system (tly_slab_purge); the bytes. Safe from another thread while
+ * the owner folds: the slab locks itself. */
+size_t tly_overlay_purge(tly_overlay_t *overlay);
 
 /* Evicts entries for which keep() returns 0, with a clock sweep (an entry
  * found since the hand last passed it gets a second chance), until the

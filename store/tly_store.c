@@ -21,6 +21,8 @@
  */
 #include "tly_store.h"
 
+#include "tly_slab.h"
+
 #include <rocksdb/c.h>
 
 #include <pthread.h>
@@ -571,7 +573,7 @@ tly_store_batch_t *tly_store_batch_new(void) {
 void tly_store_batch_destroy(tly_store_batch_t *batch) {
   if (batch == NULL)
     return;
-  free(batch->buf);
+  tly_huge_free(batch->buf, batch->cap);
   free(batch);
 }
 
@@ -594,10 +596,10 @@ size_t tly_store_batch_bytes(const tly_store_batch_t *batch) {
 void tly_store_batch_reserve(tly_store_batch_t *batch, size_t bytes) {
   if (bytes <= batch->cap || batch->len)
     return;
-  unsigned char *buf = malloc(bytes);
+  unsigned char *buf = tly_huge_alloc(bytes); /* huge pages: tly_slab.h */
   if (buf == NULL)
     return;
-  free(batch->buf);
+  tly_huge_free(batch->buf, batch->cap);
   batch->buf = buf;
   batch->cap = bytes;
 }
@@ -624,7 +626,7 @@ static void tly_store_batch_append(tly_store_batch_t *batch, int kind,
     size_t cap = batch->cap ? batch->cap : 4096;
     while (cap < batch->len + need)
       cap = cap > SIZE_MAX / 2 ? batch->len + need : cap * 2;
-    unsigned char *buf = realloc(batch->buf, cap);
+    unsigned char *buf = tly_huge_realloc(batch->buf, batch->cap, cap);
     if (buf == NULL) {
       batch->out_of_memory = 1;
       return;

@@ -1,0 +1,279 @@
+/*
+ * tly_slab.c - huge-page blocks and the slab of small objects
+ * (tly_slab.h).
+ */
+#define _GNU_SOURCE /* mremap */
+#include "tly_slab.h"
+
+#include "tly_bytes.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SLAB_USES_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLAB_USES_MALLOC 1
+#endif
+#endif
+#ifndef SLAB_USES_MALLOC
+#define SLAB_USES_MALLOC 0
+#endif
+
+#define SMALL_PAGE ((uintptr_t)4096)
+
+/* ---- blocks ------------------------------------------------------------ */
+
+static int is_huge(size_t bytes) {
+  return !SLAB_USES_MALLOC && bytes >= TLY_HUGE_MIN;
+}
+
+static size_t huge_length(size_t bytes) {
+  return (bytes + TLY_HUGE_PAGE - 1) & ~(TLY_HUGE_PAGE - 1);
+}
+
+/* Whole 2 MiB pages at a 2 MiB boundary, so that each may be one huge
+ * page: a mapping one page longer, its ends cut off. NULL on failure. */
+static void *map_huge(size_t bytes) {
+  size_t length = huge_length(bytes);
+  if (length < bytes || length > SIZE_MAX - TLY_HUGE_PAGE)
+    return NULL;
+  unsigned char *mapped =
+      mmap(NULL, length + TLY_HUGE_PAGE, PROT_READ | PROT_WRITE,
+           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED)
+    return NULL;
+  uintptr_t at =
+      ((uintptr_t)mapped + TLY_HUGE_PAGE - 1) & ~(uintptr_t)(TLY_HUGE_PAGE - 1);
+  size_t head = (size_t)(at - (uintptr_t)mapped);
+  if (head)
+    munmap(mapped, head);
+  munmap((unsigned char *)at + length, TLY_HUGE_PAGE - head);
+#ifdef MADV_HUGEPAGE
+  madvise((void *)at, length, MADV_HUGEPAGE); /* a hint: THP may be off */
+#endif
+  return (void *)at;
+}
+
+void *tly_huge_alloc(size_t bytes) {
+  if (is_huge(bytes))
+    return map_huge(bytes); /* fresh from the kernel: zero */
+  /* Zeroed by writing, not calloc (tly_bytes.h: tly_zero_fill). */
+  void *block = malloc(bytes ? bytes : 1);
+  if (block)
+    tly_zero_fill(block, bytes);
+  return block;
+}
+
+void tly_huge_free(void *block, size_t bytes) {
+  if (!block)
+    return;
+  if (is_huge(bytes))
+    munmap(block, huge_length(bytes));
+  else
+    free(block);
+}
+
+void *tly_huge_realloc(void *block, size_t old_bytes, size_t bytes) {
+  if (!block)
+    return tly_huge_alloc(bytes);
+  if (!is_huge(old_bytes) && !is_huge(bytes))
+    return realloc(block, bytes ? bytes : 1);
+  if (is_huge(old_bytes) && is_huge(bytes)) {
+    size_t had = huge_length(old_bytes), wants = huge_length(bytes);
+    if (had == wants)
+      return block;
+    /* In place when the pages after it are free (or when shrinking): no
+     * copy, and the block keeps its 2 MiB boundary. */
+    if (mremap(block, had, wants, 0) != MAP_FAILED)
+      return block;
+  }
+  void *grown = is_huge(bytes) ? map_huge(bytes) : malloc(bytes ? bytes : 1);
+  if (!grown)
+    return NULL;
+  memcpy(grown, block, old_bytes < bytes ? old_bytes : bytes);
+  tly_huge_free(block, old_bytes);
+  return grown;
+}
+
+/* ---- the slab ------------------------------------------------------------ */
+
+/* Size classes: 16-byte steps to 256, 64-byte steps to 1,024, 256-byte
+ * steps to 4,096. An object wastes less than a step; few classes means
+ * few chunks, each a huge page once touched. */
+#define CLASSES (16 + 12 + 12)
+
+typedef struct {
+  size_t size;
+  unsigned char *cursor, *limit; /* the untouched rest of its newest chunk */
+  void **free_objects;           /* outside the objects: a purged page reads
+                                    zeroes */
+  size_t free_count, free_cap;
+} slab_class_t;
+
+struct tly_slab {
+  pthread_mutex_t lock;
+  slab_class_t classes[CLASSES];
+  void **chunks;
+  size_t chunk_count, chunk_cap;
+};
+
+static size_t class_of(size_t bytes) {
+  if (bytes <= 256)
+    return (bytes + 15) / 16 - 1;
+  if (bytes <= 1024)
+    return 16 + (bytes - 256 + 63) / 64 - 1;
+  return 28 + (bytes - 1024 + 255) / 256 - 1;
+}
+
+static size_t class_size(size_t index) {
+  if (index < 16)
+    return (index + 1) * 16;
+  if (index < 28)
+    return 256 + (index - 16 + 1) * 64;
+  return 1024 + (index - 28 + 1) * 256;
+}
+
+tly_slab_t *tly_slab_new(void) {
+  tly_slab_t *slab = calloc(1, sizeof(*slab));
+  if (!slab)
+    return NULL;
+  if (pthread_mutex_init(&slab->lock, NULL)) {
+    free(slab);
+    return NULL;
+  }
+  for (size_t i = 0; i < CLASSES; i++)
+    slab->classes[i].size = class_size(i);
+  return slab;
+}
+
+static int add_chunk(tly_slab_t *slab, slab_class_t *class) {
+  if (slab->chunk_count == slab->chunk_cap) {
+    size_t cap = slab->chunk_cap ? slab->chunk_cap * 2 : 16;
+    void **chunks = realloc(slab->chunks, cap * sizeof(*chunks));
+    if (!chunks)
+      return -1;
+    slab->chunks = chunks;
+    slab->chunk_cap = cap;
+  }
+  unsigned char *chunk = map_huge(TLY_HUGE_PAGE);
+  if (!chunk)
+    return -1;
+  slab->chunks[slab->chunk_count++] = chunk;
+  class->cursor = chunk;
+  class->limit = chunk + TLY_HUGE_PAGE;
+  return 0;
+}
+
+void *tly_slab_alloc(tly_slab_t *slab, size_t bytes) {
+  if (!bytes)
+    return NULL;
+  if (SLAB_USES_MALLOC || !slab || bytes > TLY_SLAB_MAX)
+    return calloc(1, bytes);
+  slab_class_t *class = &slab->classes[class_of(bytes)];
+  pthread_mutex_lock(&slab->lock);
+  if (class->free_count) {
+    void *object = class->free_objects[--class->free_count];
+    pthread_mutex_unlock(&slab->lock);
+    memset(object, 0, class->size);
+    return object;
+  }
+  if ((size_t)(class->limit - class->cursor) < class->size &&
+      add_chunk(slab, class)) {
+    pthread_mutex_unlock(&slab->lock);
+    return NULL;
+  }
+  void *object = class->cursor; /* never used: still zero */
+  class->cursor += class->size;
+  pthread_mutex_unlock(&slab->lock);
+  return object;
+}
+
+void tly_slab_free(tly_slab_t *slab, void *object, size_t bytes) {
+  if (!object)
+    return;
+  if (SLAB_USES_MALLOC || !slab || bytes > TLY_SLAB_MAX) {
+    free(object);
+    return;
+  }
+  slab_class_t *class = &slab->classes[class_of(bytes)];
+  pthread_mutex_lock(&slab->lock);
+  if (class->free_count == class->free_cap) {
+    size_t cap = class->free_cap ? class->free_cap * 2 : 256;
+    void **grown = realloc(class->free_objects, cap * sizeof(*grown));
+    if (!grown) { /* out of memory: the object is lost to reuse, no more */
+      pthread_mutex_unlock(&slab->lock);
+      return;
+    }
+    class->free_objects = grown;
+    class->free_cap = cap;
+  }
+  class->free_objects[class->free_count++] = object;
+  pthread_mutex_unlock(&slab->lock);
+}
+
+static int compare_addresses(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t) * (void *const *)a,
+            y = (uintptr_t) * (void *const *)b;
+  return (x > y) - (x < y);
+}
+
+/* Gives back the small pages wholly inside [from, to). */
+static size_t give_back(uintptr_t from, uintptr_t to) {
+  uintptr_t first = (from + SMALL_PAGE - 1) & ~(SMALL_PAGE - 1);
+  uintptr_t end = to & ~(SMALL_PAGE - 1);
+  if (end <= first || madvise((void *)first, end - first, MADV_DONTNEED))
+    return 0;
+  return (size_t)(end - first);
+}
+
+size_t tly_slab_purge(tly_slab_t *slab) {
+  if (!slab)
+    return 0;
+  size_t given = 0;
+  pthread_mutex_lock(&slab->lock);
+  for (size_t c = 0; c < CLASSES; c++) {
+    slab_class_t *class = &slab->classes[c];
+    if (class->limit > class->cursor) /* the newest chunk's unused rest */
+      given += give_back((uintptr_t) class->cursor, (uintptr_t) class->limit);
+    if (!class->free_count)
+      continue;
+    /* Runs of free objects side by side in one chunk cover whole pages. */
+    qsort(class->free_objects, class->free_count, sizeof(void *),
+          compare_addresses);
+    uintptr_t start = (uintptr_t) class->free_objects[0], end = start;
+    for (size_t i = 0; i <= class->free_count; i++) {
+      uintptr_t at =
+          i < class->free_count ? (uintptr_t) class->free_objects[i] : 0;
+      if (i < class->free_count && at == end) {
+        end = at + class->size;
+        continue;
+      }
+      given += give_back(start, end);
+      start = at;
+      end = at + class->size;
+    }
+  }
+  pthread_mutex_unlock(&slab->lock);
+  return given;
+}
+
+size_t tly_slab_mapped(const tly_slab_t *slab) {
+  return slab ? slab->chunk_count * TLY_HUGE_PAGE : 0;
+}
+
+void tly_slab_destroy(tly_slab_t *slab) {
+  if (!slab)
+    return;
+  for (size_t i = 0; i < slab->chunk_count; i++)
+    munmap(slab->chunks[i], TLY_HUGE_PAGE);
+  for (size_t c = 0; c < CLASSES; c++)
+    free(slab->classes[c].free_objects);
+  free(slab->chunks);
+  pthread_mutex_destroy(&slab->lock);
+  free(slab);
+}
