@@ -59,6 +59,36 @@ static void *map_huge(size_t bytes) {
   return (void *)at;
 }
 
+/* Moves a block's pages to a fresh 2 MiB boundary with room for wants
+ * bytes: the kernel moves the page tables, nothing is copied and no page
+ * faults again (a copy to a new block was a tenth of the fold thread in
+ * the first batch, the store batch doubling). NULL on failure. */
+static void *move_huge(void *block, size_t had, size_t wants) {
+  if (wants > SIZE_MAX - TLY_HUGE_PAGE)
+    return NULL;
+  unsigned char *reserved =
+      mmap(NULL, wants + TLY_HUGE_PAGE, PROT_NONE,
+           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (reserved == MAP_FAILED)
+    return NULL;
+  uintptr_t at = ((uintptr_t)reserved + TLY_HUGE_PAGE - 1) &
+                 ~(uintptr_t)(TLY_HUGE_PAGE - 1);
+  size_t head = (size_t)(at - (uintptr_t)reserved);
+  void *moved = mremap(block, had, wants, MREMAP_MAYMOVE | MREMAP_FIXED,
+                       (void *)at); /* replaces the reservation there */
+  if (moved == MAP_FAILED) {
+    munmap(reserved, wants + TLY_HUGE_PAGE);
+    return NULL;
+  }
+  if (head)
+    munmap(reserved, head);
+  munmap((unsigned char *)at + wants, TLY_HUGE_PAGE - head);
+#ifdef MADV_HUGEPAGE
+  madvise(moved, wants, MADV_HUGEPAGE);
+#endif
+  return moved;
+}
+
 void *tly_huge_alloc(size_t bytes) {
   if (is_huge(bytes))
     return map_huge(bytes); /* fresh from the kernel: zero */
@@ -87,10 +117,12 @@ void *tly_huge_realloc(void *block, size_t old_bytes, size_t bytes) {
     size_t had = huge_length(old_bytes), wants = huge_length(bytes);
     if (had == wants)
       return block;
-    /* In place when the pages after it are free (or when shrinking): no
-     * copy, and the block keeps its 2 MiB boundary. */
+    /* In place when the pages after it are free (or when shrinking). */
     if (mremap(block, had, wants, 0) != MAP_FAILED)
       return block;
+    void *moved = move_huge(block, had, wants);
+    if (moved)
+      return moved;
   }
   void *grown = is_huge(bytes) ? map_huge(bytes) : malloc(bytes ? bytes : 1);
   if (!grown)

@@ -17,6 +17,8 @@
 
 #include <cmocka.h>
 
+#include <sys/mman.h>
+
 static int all_zero(const unsigned char *at, size_t len) {
   for (size_t i = 0; i < len; i++)
     if (at[i])
@@ -166,6 +168,16 @@ static int filled(const unsigned char *at, size_t len) {
   return 1;
 }
 
+/* Huge pages are in use (not AddressSanitizer's malloc). */
+static int huge_pages_on(void) {
+  tly_slab_t *slab = tly_slab_new();
+  void *object = tly_slab_alloc(slab, 64);
+  int on = tly_slab_mapped(slab) > 0;
+  tly_slab_free(slab, object, 64);
+  tly_slab_destroy(slab);
+  return on;
+}
+
 static void test_blocks_keep_contents_across_sizes(void **state) {
   (void)state;
   const size_t mib = (size_t)1 << 20;
@@ -188,6 +200,30 @@ static void test_blocks_keep_contents_across_sizes(void **state) {
   assert_non_null(block);
   assert_true(filled(block, mib));
   tly_huge_free(block, 5 * mib);
+  /* A block that cannot grow in place (a page mapped right after it)
+   * moves, keeping its bytes and a 2 MiB boundary. */
+  block = tly_huge_alloc(3 * mib);
+  assert_non_null(block);
+  fill(block, 3 * mib);
+  void *guard = MAP_FAILED;
+  if (huge_pages_on()) {
+    assert_int_equal((uintptr_t)block % TLY_HUGE_PAGE, 0);
+    guard = mmap(block + 4 * mib, 4096, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    assert_true(guard == block + 4 * mib);
+  }
+  unsigned char *moved = tly_huge_realloc(block, 3 * mib, 11 * mib);
+  assert_non_null(moved);
+  assert_true(filled(moved, 3 * mib));
+  if (guard != MAP_FAILED) {
+    assert_ptr_not_equal(moved, block);
+    assert_int_equal((uintptr_t)moved % TLY_HUGE_PAGE, 0);
+    munmap(guard, 4096);
+  }
+  assert_true(all_zero(moved + 4 * mib, 7 * mib)); /* grown: zero */
+  fill(moved, 11 * mib);
+  assert_true(filled(moved, 11 * mib));
+  tly_huge_free(moved, 11 * mib);
   unsigned char *small = tly_huge_alloc(1000);
   assert_non_null(small);
   assert_true(all_zero(small, 1000));
