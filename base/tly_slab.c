@@ -37,6 +37,14 @@ static int is_huge(size_t bytes) {
  * size's list for the next (the dedupe index of a partition doubles from
  * 8 KiB; a grown table's old slots go to the next partition's). */
 #define MEDIUM_CLASSES 5 /* 64 KiB .. 1 MiB */
+/* Free blocks keep their pages up to this many bytes in all, for the next
+ * of their size; past it a freed block's pages go back at once (a
+ * partition's table outgrows its old one, and all partitions grow
+ * together: the 20 M-id run's 960 tables left hundreds of MB on the free
+ * lists). A given-back block is marked in its entry's low bit (blocks are
+ * 64 KiB-aligned). */
+#define MEDIUM_KEPT ((size_t)32 << 20)
+#define GIVEN_BACK ((uintptr_t)1)
 
 static int is_medium(size_t bytes) {
   return !SLAB_USES_MALLOC && bytes >= TLY_HUGE_MEDIUM &&
@@ -49,6 +57,7 @@ static struct {
   void **free_blocks[MEDIUM_CLASSES];
   size_t free_count[MEDIUM_CLASSES], free_cap[MEDIUM_CLASSES];
   size_t chunks; /* mapped, never given back: their pages are, by purge */
+  size_t free_resident; /* bytes of free blocks whose pages are kept */
 } medium = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static size_t medium_class(size_t bytes) {
@@ -121,7 +130,10 @@ static void *medium_alloc(size_t bytes) {
   size_t c = medium_class(bytes), size = (size_t)TLY_HUGE_MEDIUM << c;
   pthread_mutex_lock(&medium.lock);
   if (medium.free_count[c]) {
-    void *block = medium.free_blocks[c][--medium.free_count[c]];
+    uintptr_t entry = (uintptr_t)medium.free_blocks[c][--medium.free_count[c]];
+    if (!(entry & GIVEN_BACK))
+      medium.free_resident -= size;
+    void *block = (void *)(entry & ~(uintptr_t)GIVEN_BACK);
     pthread_mutex_unlock(&medium.lock);
     memset(block, 0, size);
     return block;
@@ -156,7 +168,14 @@ static void medium_free(void *block, size_t bytes) {
     medium.free_blocks[c] = grown;
     medium.free_cap[c] = cap;
   }
-  medium.free_blocks[c][medium.free_count[c]++] = block;
+  uintptr_t entry = (uintptr_t)block;
+  size_t size = (size_t)TLY_HUGE_MEDIUM << c;
+  if (medium.free_resident + size > MEDIUM_KEPT &&
+      !madvise(block, size, MADV_DONTNEED))
+    entry |= GIVEN_BACK;
+  else
+    medium.free_resident += size;
+  medium.free_blocks[c][medium.free_count[c]++] = (void *)entry;
   pthread_mutex_unlock(&medium.lock);
 }
 
@@ -165,9 +184,15 @@ size_t tly_huge_purge(void) {
   pthread_mutex_lock(&medium.lock);
   for (size_t c = 0; c < MEDIUM_CLASSES; c++) {
     size_t size = (size_t)TLY_HUGE_MEDIUM << c;
-    for (size_t i = 0; i < medium.free_count[c]; i++)
-      if (!madvise(medium.free_blocks[c][i], size, MADV_DONTNEED))
+    for (size_t i = 0; i < medium.free_count[c]; i++) {
+      uintptr_t entry = (uintptr_t)medium.free_blocks[c][i];
+      if (!(entry & GIVEN_BACK) &&
+          !madvise((void *)entry, size, MADV_DONTNEED)) {
         given += size;
+        medium.free_resident -= size;
+        medium.free_blocks[c][i] = (void *)(entry | GIVEN_BACK);
+      }
+    }
     if (medium.limit[c] > medium.cursor[c] &&
         !madvise(medium.cursor[c], (size_t)(medium.limit[c] - medium.cursor[c]),
                  MADV_DONTNEED))

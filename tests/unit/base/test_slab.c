@@ -228,6 +228,24 @@ static void test_blocks_keep_contents_across_sizes(void **state) {
   assert_true(filled(b, 200000)); /* the purge left b alone */
   tly_huge_free(again, 150000);
   tly_huge_free(b, 200000);
+  /* Freed medium blocks keep their pages up to 32 MiB in all: 64 MiB of
+   * them freed leave at most that resident before any purge. */
+  if (huge_pages_on()) {
+    enum { BLOCKS = 64 };
+    unsigned char *blocks[BLOCKS];
+    for (int i = 0; i < BLOCKS; i++) {
+      blocks[i] = tly_huge_alloc(mib);
+      assert_non_null(blocks[i]);
+      memset(blocks[i], 0x33, mib);
+    }
+    long full = resident_pages();
+    for (int i = 0; i < BLOCKS; i++)
+      tly_huge_free(blocks[i], mib);
+    long freed = resident_pages();
+    assert_true(full - freed >= (long)(30 * mib / 4096)); /* >= 30 MiB */
+    tly_huge_purge();
+    assert_true(freed - resident_pages() >= (long)(16 * mib / 4096));
+  }
   /* A block that cannot grow in place (a page mapped right after it)
    * moves, keeping its bytes and a 2 MiB boundary. */
   block = tly_huge_alloc(3 * mib);
