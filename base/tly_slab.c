@@ -29,42 +29,7 @@
 /* ---- blocks ------------------------------------------------------------ */
 
 static int is_huge(size_t bytes) {
-  return !SLAB_USES_MALLOC && bytes > TLY_HUGE_MEDIUM_MAX;
-}
-
-/* Medium blocks (TLY_HUGE_MEDIUM to 1 MiB): one power of two each, carved
- * from shared 2 MiB chunks, one size a chunk; a freed block waits on its
- * size's list for the next (the dedupe index of a partition doubles from
- * 8 KiB; a grown table's old slots go to the next partition's). */
-#define MEDIUM_CLASSES 5 /* 64 KiB .. 1 MiB */
-/* Free blocks keep their pages up to this many bytes in all, for the next
- * of their size; past it a freed block's pages go back at once (a
- * partition's table outgrows its old one, and all partitions grow
- * together: the 20 M-id run's 960 tables left hundreds of MB on the free
- * lists). A given-back block is marked in its entry's low bit (blocks are
- * 64 KiB-aligned). */
-#define MEDIUM_KEPT ((size_t)32 << 20)
-#define GIVEN_BACK ((uintptr_t)1)
-
-static int is_medium(size_t bytes) {
-  return !SLAB_USES_MALLOC && bytes >= TLY_HUGE_MEDIUM &&
-         bytes <= TLY_HUGE_MEDIUM_MAX;
-}
-
-static struct {
-  pthread_mutex_t lock;
-  unsigned char *cursor[MEDIUM_CLASSES], *limit[MEDIUM_CLASSES];
-  void **free_blocks[MEDIUM_CLASSES];
-  size_t free_count[MEDIUM_CLASSES], free_cap[MEDIUM_CLASSES];
-  size_t chunks; /* mapped, never given back: their pages are, by purge */
-  size_t free_resident; /* bytes of free blocks whose pages are kept */
-} medium = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static size_t medium_class(size_t bytes) {
-  size_t c = 0;
-  while (((size_t)TLY_HUGE_MEDIUM << c) < bytes)
-    c++;
-  return c;
+  return !SLAB_USES_MALLOC && bytes >= TLY_HUGE_MIN;
 }
 
 static size_t huge_length(size_t bytes) {
@@ -124,89 +89,9 @@ static void *move_huge(void *block, size_t had, size_t wants) {
   return moved;
 }
 
-static void *map_huge(size_t bytes);
-
-static void *medium_alloc(size_t bytes) {
-  size_t c = medium_class(bytes), size = (size_t)TLY_HUGE_MEDIUM << c;
-  pthread_mutex_lock(&medium.lock);
-  if (medium.free_count[c]) {
-    uintptr_t entry = (uintptr_t)medium.free_blocks[c][--medium.free_count[c]];
-    if (!(entry & GIVEN_BACK))
-      medium.free_resident -= size;
-    void *block = (void *)(entry & ~(uintptr_t)GIVEN_BACK);
-    pthread_mutex_unlock(&medium.lock);
-    memset(block, 0, size);
-    return block;
-  }
-  if (medium.cursor[c] == medium.limit[c]) {
-    unsigned char *chunk = map_huge(TLY_HUGE_PAGE);
-    if (!chunk) {
-      pthread_mutex_unlock(&medium.lock);
-      return NULL;
-    }
-    medium.chunks++;
-    medium.cursor[c] = chunk;
-    medium.limit[c] = chunk + TLY_HUGE_PAGE;
-  }
-  void *block = medium.cursor[c]; /* never used: zero */
-  medium.cursor[c] += size;
-  pthread_mutex_unlock(&medium.lock);
-  return block;
-}
-
-static void medium_free(void *block, size_t bytes) {
-  size_t c = medium_class(bytes);
-  pthread_mutex_lock(&medium.lock);
-  if (medium.free_count[c] == medium.free_cap[c]) {
-    size_t cap = medium.free_cap[c] ? medium.free_cap[c] * 2 : 64;
-    void **grown = realloc(medium.free_blocks[c], cap * sizeof(*grown));
-    if (!grown) { /* out of memory: give its pages back, lose the block */
-      pthread_mutex_unlock(&medium.lock);
-      madvise(block, (size_t)TLY_HUGE_MEDIUM << c, MADV_DONTNEED);
-      return;
-    }
-    medium.free_blocks[c] = grown;
-    medium.free_cap[c] = cap;
-  }
-  uintptr_t entry = (uintptr_t)block;
-  size_t size = (size_t)TLY_HUGE_MEDIUM << c;
-  if (medium.free_resident + size > MEDIUM_KEPT &&
-      !madvise(block, size, MADV_DONTNEED))
-    entry |= GIVEN_BACK;
-  else
-    medium.free_resident += size;
-  medium.free_blocks[c][medium.free_count[c]++] = (void *)entry;
-  pthread_mutex_unlock(&medium.lock);
-}
-
-size_t tly_huge_purge(void) {
-  size_t given = 0;
-  pthread_mutex_lock(&medium.lock);
-  for (size_t c = 0; c < MEDIUM_CLASSES; c++) {
-    size_t size = (size_t)TLY_HUGE_MEDIUM << c;
-    for (size_t i = 0; i < medium.free_count[c]; i++) {
-      uintptr_t entry = (uintptr_t)medium.free_blocks[c][i];
-      if (!(entry & GIVEN_BACK) &&
-          !madvise((void *)entry, size, MADV_DONTNEED)) {
-        given += size;
-        medium.free_resident -= size;
-        medium.free_blocks[c][i] = (void *)(entry | GIVEN_BACK);
-      }
-    }
-    if (medium.limit[c] > medium.cursor[c] &&
-        !madvise(medium.cursor[c], (size_t)(medium.limit[c] - medium.cursor[c]),
-                 MADV_DONTNEED))
-      given += (size_t)(medium.limit[c] - medium.cursor[c]);
-  }
-  pthread_mutex_unlock(&medium.lock);
-  return given;
-}
-
 void *tly_huge_alloc(size_t bytes) {
   if (is_huge(bytes))
     return map_huge(bytes); /* fresh from the kernel: zero */
-  if (is_medium(bytes))
-    return medium_alloc(bytes);
   /* Zeroed by writing, not calloc (tly_bytes.h: tly_zero_fill). */
   void *block = malloc(bytes ? bytes : 1);
   if (block)
@@ -219,8 +104,6 @@ void tly_huge_free(void *block, size_t bytes) {
     return;
   if (is_huge(bytes))
     munmap(block, huge_length(bytes));
-  else if (is_medium(bytes))
-    medium_free(block, bytes);
   else
     free(block);
 }
@@ -228,12 +111,8 @@ void tly_huge_free(void *block, size_t bytes) {
 void *tly_huge_realloc(void *block, size_t old_bytes, size_t bytes) {
   if (!block)
     return tly_huge_alloc(bytes);
-  if (!is_huge(old_bytes) && !is_huge(bytes) && !is_medium(old_bytes) &&
-      !is_medium(bytes))
+  if (!is_huge(old_bytes) && !is_huge(bytes))
     return realloc(block, bytes ? bytes : 1);
-  if (is_medium(old_bytes) && is_medium(bytes) &&
-      medium_class(old_bytes) == medium_class(bytes))
-    return block;
   if (is_huge(old_bytes) && is_huge(bytes)) {
     size_t had = huge_length(old_bytes), wants = huge_length(bytes);
     if (had == wants)
@@ -245,8 +124,7 @@ void *tly_huge_realloc(void *block, size_t old_bytes, size_t bytes) {
     if (moved)
       return moved;
   }
-  void *grown = is_huge(bytes) || is_medium(bytes) ? tly_huge_alloc(bytes)
-                                                   : malloc(bytes ? bytes : 1);
+  void *grown = is_huge(bytes) ? map_huge(bytes) : malloc(bytes ? bytes : 1);
   if (!grown)
     return NULL;
   memcpy(grown, block, old_bytes < bytes ? old_bytes : bytes);

@@ -15,11 +15,9 @@
  *
  * Two parts:
  *   - tly_huge_alloc / _realloc / _free: one block (a table, a buffer).
- *     Below TLY_HUGE_MEDIUM (64 KiB) it is plain malloc; up to 1 MiB, a
- *     power of two carved from shared 2 MiB chunks (reused once freed,
- *     its pages given back by tly_huge_purge); from 1 MiB on, an
- *     anonymous mapping of whole 2 MiB pages. Always zeroed. The caller
- *     passes the size it asked for back when it frees or grows.
+ *     Below TLY_HUGE_MIN it is plain malloc; at or above, an anonymous
+ *     mapping of whole 2 MiB pages, zeroed (fresh from the kernel). The
+ *     caller passes the size it asked for back when it frees or grows.
  *   - tly_slab_t: many small objects of sizes up to TLY_SLAB_MAX, carved
  *     from 2 MiB chunks, one size class per chunk, each class with its own
  *     free list (kept outside the objects). Freed objects are reused;
@@ -36,10 +34,8 @@
 #include <stddef.h>
 
 #define TLY_HUGE_PAGE ((size_t)2 << 20)
-#define TLY_HUGE_MEDIUM ((size_t)64 << 10)    /* shared chunks from here */
-#define TLY_HUGE_MEDIUM_MAX ((size_t)1 << 20) /* a mapping of its own past it  \
-                                               */
-#define TLY_SLAB_MAX 4096 /* larger objects come from calloc */
+#define TLY_HUGE_MIN TLY_HUGE_PAGE /* smaller blocks come from malloc */
+#define TLY_SLAB_MAX 4096          /* larger objects come from calloc */
 
 /* A zeroed block of bytes, or NULL. */
 void *tly_huge_alloc(size_t bytes);
@@ -47,9 +43,6 @@ void *tly_huge_alloc(size_t bytes);
  * to the smaller size; NULL leaves block as it was. block may be NULL. */
 void *tly_huge_realloc(void *block, size_t old_bytes, size_t bytes);
 void tly_huge_free(void *block, size_t bytes);
-/* Gives back the pages of the medium blocks freed and waiting for reuse;
- * the bytes. */
-size_t tly_huge_purge(void);
 
 typedef struct tly_slab tly_slab_t;
 

@@ -21,7 +21,6 @@
 #include "tly_changelog.h"
 #include "tly_keys.h"
 #include "tly_log.h"
-#include "tly_slab.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -772,7 +771,6 @@ static void trim_freed_memory(tly_processor_t *p) {
   /* The overlay's subjects live on huge pages of their own (tly_slab.h):
    * the pages only evicted subjects held go back too. */
   tly_overlay_purge(&p->overlay);
-  tly_huge_purge(); /* and the freed tables and buffers of 64 KiB-1 MiB */
 #ifdef __GLIBC__
   malloc_trim(0);
 #endif

@@ -3,8 +3,7 @@
  * on huge pages. Objects come back zeroed, never overlap, are reused after
  * a free; a purge gives back only pages no live object touches, and a
  * live object keeps every byte; a block keeps its contents across growing
- * and shrinking, between malloc, medium and huge in both directions; a
- * freed medium block is reused zeroed, its pages given back by a purge.
+ * and shrinking, across the 2 MiB line in both directions.
  */
 #include "tly_slab.h"
 
@@ -190,62 +189,17 @@ static void test_blocks_keep_contents_across_sizes(void **state) {
   assert_non_null(block);
   assert_true(filled(block, 3 * mib));
   fill(block, 9 * mib);
-  block = tly_huge_realloc(block, 9 * mib, mib / 2); /* huge -> medium */
+  block = tly_huge_realloc(block, 9 * mib, mib / 2); /* huge -> malloc */
   assert_non_null(block);
   assert_true(filled(block, mib / 2));
-  block = tly_huge_realloc(block, mib / 2, mib); /* medium -> medium */
+  block = tly_huge_realloc(block, mib / 2, mib); /* malloc -> malloc */
   assert_non_null(block);
   assert_true(filled(block, mib / 2));
   fill(block, mib);
-  block = tly_huge_realloc(block, mib, 5 * mib); /* medium -> huge */
+  block = tly_huge_realloc(block, mib, 5 * mib); /* malloc -> huge */
   assert_non_null(block);
   assert_true(filled(block, mib));
-  fill(block, 5 * mib);
-  block = tly_huge_realloc(block, 5 * mib, 40000); /* huge -> malloc */
-  assert_non_null(block);
-  assert_true(filled(block, 40000));
-  block = tly_huge_realloc(block, 40000, 100000); /* malloc -> medium */
-  assert_non_null(block);
-  assert_true(filled(block, 40000));
-  tly_huge_free(block, 100000);
-  /* A freed medium block is the next of its size, zeroed again; a purge
-   * gives its pages back. */
-  unsigned char *a = tly_huge_alloc(200000), *b = tly_huge_alloc(200000);
-  assert_non_null(a);
-  assert_non_null(b);
-  assert_true(all_zero(a, 200000) && all_zero(b, 200000));
-  assert_true(a + 200000 <= b || b + 200000 <= a);
-  fill(a, 200000);
-  fill(b, 200000);
-  tly_huge_free(a, 200000);
-  if (huge_pages_on())
-    assert_true(tly_huge_purge() >= 256 * 1024); /* a's whole block */
-  unsigned char *again = tly_huge_alloc(150000); /* the same power of two */
-  assert_non_null(again);
-  assert_true(all_zero(again, 150000));
-  if (huge_pages_on())
-    assert_ptr_equal(again, a);
-  assert_true(filled(b, 200000)); /* the purge left b alone */
-  tly_huge_free(again, 150000);
-  tly_huge_free(b, 200000);
-  /* Freed medium blocks keep their pages up to 32 MiB in all: 64 MiB of
-   * them freed leave at most that resident before any purge. */
-  if (huge_pages_on()) {
-    enum { BLOCKS = 64 };
-    unsigned char *blocks[BLOCKS];
-    for (int i = 0; i < BLOCKS; i++) {
-      blocks[i] = tly_huge_alloc(mib);
-      assert_non_null(blocks[i]);
-      memset(blocks[i], 0x33, mib);
-    }
-    long full = resident_pages();
-    for (int i = 0; i < BLOCKS; i++)
-      tly_huge_free(blocks[i], mib);
-    long freed = resident_pages();
-    assert_true(full - freed >= (long)(30 * mib / 4096)); /* >= 30 MiB */
-    tly_huge_purge();
-    assert_true(freed - resident_pages() >= (long)(16 * mib / 4096));
-  }
+  tly_huge_free(block, 5 * mib);
   /* A block that cannot grow in place (a page mapped right after it)
    * moves, keeping its bytes and a 2 MiB boundary. */
   block = tly_huge_alloc(3 * mib);
