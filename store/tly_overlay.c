@@ -3,7 +3,9 @@
  * Linear probing, FNV-1a hashing, grows at 50% load. Entries are never
  * removed one by one, only all at once at the end of a batch, so no
  * tombstones are needed; they are allocated one by one (with their key) so
- * their addresses survive the table growing. Slots hold each entry's hash:
+ * their addresses survive the table growing, from the overlay's slab of
+ * huge pages (base/tly_slab.h), as are rows and buckets; the slots too once
+ * they take 2 MiB. Slots hold each entry's hash:
  * with a million cached subjects a probe that had to read every entry it
  * passes was a third of the fold's time, in cache misses.
  */
