@@ -36,15 +36,14 @@ static size_t huge_length(size_t bytes) {
   return (bytes + TLY_HUGE_PAGE - 1) & ~(TLY_HUGE_PAGE - 1);
 }
 
-/* Whole 2 MiB pages at a 2 MiB boundary, so that each may be one huge
- * page: a mapping one page longer, its ends cut off. NULL on failure. */
-static void *map_huge(size_t bytes) {
-  size_t length = huge_length(bytes);
-  if (length < bytes || length > SIZE_MAX - TLY_HUGE_PAGE)
+/* length bytes (a multiple of 2 MiB) mapped with prot and flags at a
+ * 2 MiB boundary, so that each 2 MiB may be one huge page: a mapping one
+ * page longer, its ends cut off. NULL on failure. */
+static unsigned char *map_aligned(size_t length, int prot, int flags) {
+  if (length > SIZE_MAX - TLY_HUGE_PAGE)
     return NULL;
-  unsigned char *mapped =
-      mmap(NULL, length + TLY_HUGE_PAGE, PROT_READ | PROT_WRITE,
-           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  unsigned char *mapped = mmap(NULL, length + TLY_HUGE_PAGE, prot,
+                               MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
   if (mapped == MAP_FAILED)
     return NULL;
   uintptr_t at =
@@ -53,10 +52,27 @@ static void *map_huge(size_t bytes) {
   if (head)
     munmap(mapped, head);
   munmap((unsigned char *)at + length, TLY_HUGE_PAGE - head);
+  return (unsigned char *)at;
+}
+
+static void advise_huge(void *at, size_t length) {
 #ifdef MADV_HUGEPAGE
-  madvise((void *)at, length, MADV_HUGEPAGE); /* a hint: THP may be off */
+  madvise(at, length, MADV_HUGEPAGE); /* a hint: THP may be off */
+#else
+  (void)at;
+  (void)length;
 #endif
-  return (void *)at;
+}
+
+/* Whole 2 MiB pages for bytes, zero, marked for huge pages. */
+static void *map_huge(size_t bytes) {
+  size_t length = huge_length(bytes);
+  if (length < bytes)
+    return NULL;
+  unsigned char *at = map_aligned(length, PROT_READ | PROT_WRITE, 0);
+  if (at)
+    advise_huge(at, length);
+  return at;
 }
 
 /* Moves a block's pages to a fresh 2 MiB boundary with room for wants
@@ -64,28 +80,16 @@ static void *map_huge(size_t bytes) {
  * faults again (a copy to a new block was a tenth of the fold thread in
  * the first batch, the store batch doubling). NULL on failure. */
 static void *move_huge(void *block, size_t had, size_t wants) {
-  if (wants > SIZE_MAX - TLY_HUGE_PAGE)
+  unsigned char *reserved = map_aligned(wants, PROT_NONE, MAP_NORESERVE);
+  if (!reserved)
     return NULL;
-  unsigned char *reserved =
-      mmap(NULL, wants + TLY_HUGE_PAGE, PROT_NONE,
-           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (reserved == MAP_FAILED)
-    return NULL;
-  uintptr_t at = ((uintptr_t)reserved + TLY_HUGE_PAGE - 1) &
-                 ~(uintptr_t)(TLY_HUGE_PAGE - 1);
-  size_t head = (size_t)(at - (uintptr_t)reserved);
   void *moved = mremap(block, had, wants, MREMAP_MAYMOVE | MREMAP_FIXED,
-                       (void *)at); /* replaces the reservation there */
+                       reserved); /* replaces the reservation */
   if (moved == MAP_FAILED) {
-    munmap(reserved, wants + TLY_HUGE_PAGE);
+    munmap(reserved, wants);
     return NULL;
   }
-  if (head)
-    munmap(reserved, head);
-  munmap((unsigned char *)at + wants, TLY_HUGE_PAGE - head);
-#ifdef MADV_HUGEPAGE
-  madvise(moved, wants, MADV_HUGEPAGE);
-#endif
+  advise_huge(moved, wants);
   return moved;
 }
 
@@ -274,7 +278,7 @@ size_t tly_slab_purge(tly_slab_t *slab) {
       given += give_back((uintptr_t) class->cursor, (uintptr_t) class->limit);
     if (!class->free_count)
       continue;
-    /* Runs of free objects side by side in one chunk cover whole pages. */
+    /* Runs of free objects side by side cover whole pages. */
     qsort(class->free_objects, class->free_count, sizeof(void *),
           compare_addresses);
     uintptr_t start = (uintptr_t) class->free_objects[0], end = start;

@@ -505,21 +505,21 @@ int bench_dedupe_main(void) {
       "%.0f events/s (%.2f of (a)); %lld ids "
       "spilled",
       x->fill.rate, x->fill.rate / x->raw, x->spilled_fill);
-  ROW("fold with the window full, 1 % duplicates (the same processor)",
-      "%.0f events/s (%.2f of (a), goal >= 0.5); %llu ids spilled, %llu "
-      "looked up in RocksDB, %llu answered by the filter",
-      x->full.rate, x->full.rate / x->raw,
-      (unsigned long long)x->full.stats.dedupe_ids_spilled,
-      (unsigned long long)x->full.stats.dedupe_store_reads,
-      (unsigned long long)x->full.stats.dedupe_filter_skips);
-  ROW("fold after a restart on the full window, 1 % duplicates, from the "
-      "assignment on (its load included)",
-      "%.0f events/s (%.2f of (a)); %llu ids spilled, %llu "
-      "looked up in RocksDB, %llu answered by the filter",
-      x->tail.rate, x->tail.rate / x->raw,
-      (unsigned long long)x->tail.stats.dedupe_ids_spilled,
-      (unsigned long long)x->tail.stats.dedupe_store_reads,
-      (unsigned long long)x->tail.stats.dedupe_filter_skips);
+/* A phase on the full window: its rate against (a), and how its new ids
+ * were answered. */
+#define WINDOW_ROW(label, phase, goal)                                         \
+  ROW(label,                                                                   \
+      "%.0f events/s (%.2f of (a)%s); %llu ids spilled, %llu looked up in "    \
+      "RocksDB, %llu answered by the filter",                                  \
+      x->phase.rate, x->phase.rate / x->raw, goal,                             \
+      (unsigned long long)x->phase.stats.dedupe_ids_spilled,                   \
+      (unsigned long long)x->phase.stats.dedupe_store_reads,                   \
+      (unsigned long long)x->phase.stats.dedupe_filter_skips)
+  WINDOW_ROW("fold with the window full, 1 % duplicates (the same processor)",
+             full, ", goal >= 0.5");
+  WINDOW_ROW("fold after a restart on the full window, 1 % duplicates, from "
+             "the assignment on (its load included)",
+             tail, "");
   ROW("duplicates refused + dead-lettered (older than the window) / sent: "
       "window full; after the restart",
       "%llu + %llu / %ld (%s); %llu + %llu / %ld (%s)",
@@ -555,6 +555,7 @@ int bench_dedupe_main(void) {
       "ms)",
       (long long)x->tail.assign_ms,
       (unsigned long long)x->tail.stats.dedupe_filter_build_ms);
+#undef WINDOW_ROW
 #undef ROW
   return 0;
 }
