@@ -55,8 +55,9 @@ void tly_slab_free(tly_slab_t *slab, void *object, size_t bytes);
 /* Gives back every 4 KiB page that only free objects cover; the bytes it
  * gave back. */
 size_t tly_slab_purge(tly_slab_t *slab);
-/* The bytes of the slab's chunks, whether touched or not. */
-size_t tly_slab_mapped(const tly_slab_t *slab);
+/* The bytes of the slab's chunks, whether touched or not, those faulted
+ * in ahead included. */
+size_t tly_slab_mapped(tly_slab_t *slab);
 void tly_slab_destroy(tly_slab_t *slab);
 
 #endif

@@ -311,6 +311,8 @@ struct tly_processor {
   tly_overlay_t overlay;
   tly_overlay_entry_t *last_entry; /* the account the fold asked for last */
   tly_store_batch_t *batch;
+  struct tly_release *release; /* consumed messages destroyed off the fold
+                                  thread (tly_release.h) */
   pending_output_t *outputs;
   commit_inflight_t inflight;
 

@@ -3,8 +3,10 @@
  * on huge pages. Objects come back zeroed, never overlap, are reused after
  * a free; a purge gives back only pages no live object touches, and a
  * live object keeps every byte; a block keeps its contents across growing
- * and shrinking, across the 2 MiB line in both directions.
+ * and shrinking, across the 2 MiB line in both directions; a growing slab
+ * has chunks faulted in ahead, and gives them back when purged.
  */
+#define _GNU_SOURCE /* RUSAGE_THREAD */
 #include "tly_slab.h"
 
 #include <setjmp.h>
@@ -14,10 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 static int all_zero(const unsigned char *at, size_t len) {
   for (size_t i = 0; i < len; i++)
@@ -235,8 +239,66 @@ static void test_blocks_keep_contents_across_sizes(void **state) {
   tly_huge_free(NULL, 4 * mib); /* nothing */
 }
 
+/* A slab past 8 chunks has chunks faulted in ahead by its helper (an
+ * eighth of those in use); they count as mapped, come out zeroed and
+ * resident, and a purge gives them back. */
+static void test_chunks_faulted_in_ahead(void **state) {
+  (void)state;
+  if (!huge_pages_on()) { /* AddressSanitizer: malloc, no chunks */
+    skip();
+    return;
+  }
+  tly_slab_t *slab = tly_slab_new();
+  assert_non_null(slab);
+  enum { PER_CHUNK = 512, CHUNKS = 24 }; /* objects of 4,096 bytes */
+  void **objects = calloc(PER_CHUNK * (CHUNKS + 4), sizeof(void *));
+  assert_non_null(objects);
+  memset(objects, 0, PER_CHUNK * (CHUNKS + 4) * sizeof(void *)); /* faulted */
+  size_t count = 0;
+  for (; count < PER_CHUNK * CHUNKS; count++) {
+    objects[count] = tly_slab_alloc(slab, 4096);
+    assert_non_null(objects[count]);
+    memset(objects[count], 0xab, 4096);
+  }
+  const size_t in_use = CHUNKS * TLY_HUGE_PAGE;
+  size_t mapped = 0;
+  for (int waited = 0; waited < 500; waited++) { /* up to 5 s */
+    if ((mapped = tly_slab_mapped(slab)) == in_use + 3 * TLY_HUGE_PAGE)
+      break;
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+  }
+  assert_int_equal(mapped, in_use + 3 * TLY_HUGE_PAGE); /* 24 / 8 ahead */
+  /* The next chunk's objects come from the pool: zero, and their pages
+   * already there: writing all of them takes this thread no page fault
+   * (one, or 512, for a chunk faulted in on first use). */
+  struct rusage before, after;
+  getrusage(RUSAGE_THREAD, &before);
+  for (size_t i = 0; i < PER_CHUNK; i++, count++) {
+    objects[count] = tly_slab_alloc(slab, 4096);
+    assert_non_null(objects[count]);
+    assert_true(all_zero(objects[count], 4096));
+    memset(objects[count], 0xcd, 4096);
+  }
+  getrusage(RUSAGE_THREAD, &after);
+  assert_int_equal(after.ru_minflt - before.ru_minflt, 0);
+  /* Idle: the chunks held ahead go back, the live ones stay. */
+  size_t given = tly_slab_purge(slab);
+  assert_true(given >= 2 * TLY_HUGE_PAGE);
+  assert_int_equal(tly_slab_mapped(slab), in_use + TLY_HUGE_PAGE);
+  for (size_t i = 0; i < count; i++) {
+    unsigned char *o = objects[i];
+    assert_int_equal(o[0], i < PER_CHUNK * CHUNKS ? 0xab : 0xcd);
+    assert_int_equal(o[4095], i < PER_CHUNK * CHUNKS ? 0xab : 0xcd);
+    tly_slab_free(slab, o, 4096);
+  }
+  free(objects);
+  tly_slab_destroy(slab); /* joins the helper */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_chunks_faulted_in_ahead),
       cmocka_unit_test(test_objects_zeroed_apart_and_reused),
       cmocka_unit_test(test_purge_gives_back_free_pages_only),
       cmocka_unit_test(test_blocks_keep_contents_across_sizes),
