@@ -482,9 +482,9 @@ void tly_proc_contrib_submitted(tly_processor_t *p) {
   log->len = 0;          /* the batch before the in-flight one: durable */
   if (log->cap < last) { /* room for a batch like the last, without */
     /* regrowing it by doubling */
-    unsigned char *room = tly_huge_alloc(last);
+    /* Grown, not replaced: its pages stay faulted in (tly_slab.h). */
+    unsigned char *room = tly_huge_realloc(log->data, log->cap, last);
     if (room) {
-      tly_huge_free(log->data, log->cap);
       log->data = room;
       log->cap = last;
     }

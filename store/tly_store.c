@@ -596,10 +596,12 @@ size_t tly_store_batch_bytes(const tly_store_batch_t *batch) {
 void tly_store_batch_reserve(tly_store_batch_t *batch, size_t bytes) {
   if (bytes <= batch->cap || batch->len)
     return;
-  unsigned char *buf = tly_huge_alloc(bytes); /* huge pages: tly_slab.h */
+  /* Grown, not replaced: the pages it has keep their place (tly_slab.h
+   * moves them, nothing is copied), and only the new room faults in on
+   * the fold thread, not the whole buffer again. */
+  unsigned char *buf = tly_huge_realloc(batch->buf, batch->cap, bytes);
   if (buf == NULL)
     return;
-  tly_huge_free(batch->buf, batch->cap);
   batch->buf = buf;
   batch->cap = bytes;
 }
