@@ -154,11 +154,11 @@ typedef struct {
 /* Chunks faulted in ahead by a helper thread ("tly-prefault"). The
  * kernel zeroes a fresh huge page (its clear_page) on the thread that
  * first touches it: in bench_fold that was 30 % of the fold thread in the
- * first batch and 6 % once warm, while the other core sat half idle. The
- * helper maps a chunk, touches each 4 KiB of it (one fault per huge page,
- * or per small page where THP gives none) and only then puts it in the
- * pool, so no chunk is written by two threads. The pool's target is an
- * eighth of the chunks in use, at most READY_MAX (32 MiB): a small slab
+ * first batch, most of it these chunks, while the other core sat half
+ * idle. The helper maps a chunk, touches each 4 KiB of it (one fault per
+ * huge page, or per small page where THP gives none) and only then puts
+ * it in the pool, so no chunk is written by two threads. The pool's target is
+ * an eighth of the chunks in use, at most READY_MAX (32 MiB): a small slab
  * starts no helper and holds nothing ahead. */
 #define READY_MAX 16
 #define READY_SHARE 8
