@@ -644,7 +644,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     p->writer_started = 1;
   tly_overlay_init(&p->overlay);
   p->batch = tly_store_batch_new();
-  p->release = tly_release_new(); /* NULL: messages destroyed inline */
+  p->release = tly_release_new(0); /* NULL: destroyed inline */
   p->codec = tly_codec_new(conf->event_schema_id ? conf->event_schema_id
                                                  : TLY_CODEC_DEFAULT_SCHEMA_ID,
                            errstr, errstr_size);

@@ -9,8 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Held for the thread at most: past it the caller destroys its own (the
- * thread is behind, and memory must not pile up). 512 per read. */
+/* Held for the thread at most, by default: past it the caller destroys
+ * its own (the thread is behind, and memory must not pile up). 512 per
+ * read. */
 #define RELEASE_MAX 65536
 
 struct tly_release {
@@ -19,7 +20,7 @@ struct tly_release {
   pthread_t thread;
   int started, failed, stopping, busy;
   rd_kafka_message_t **pending; /* handed over, not yet taken */
-  size_t count, cap;
+  size_t count, cap, max_waiting;
   rd_kafka_message_t **taken; /* the thread's: being destroyed */
   size_t taken_cap;
 };
@@ -52,10 +53,11 @@ static void *release_main(void *arg) {
   return NULL;
 }
 
-tly_release_t *tly_release_new(void) {
+tly_release_t *tly_release_new(size_t max_waiting) {
   tly_release_t *r = calloc(1, sizeof(*r));
   if (!r)
     return NULL;
+  r->max_waiting = max_waiting ? max_waiting : RELEASE_MAX;
   pthread_mutex_init(&r->lock, NULL);
   pthread_cond_init(&r->wake, NULL);
   pthread_cond_init(&r->drained, NULL);
@@ -86,7 +88,7 @@ void tly_release_messages(tly_release_t *r, rd_kafka_message_t **msgs,
 #endif
     }
   }
-  int inline_now = r->failed || r->count + n > RELEASE_MAX;
+  int inline_now = r->failed || r->count + n > r->max_waiting;
   if (!inline_now && r->count + n > r->cap) {
     size_t cap = r->cap ? r->cap : 1024;
     while (cap < r->count + n)
