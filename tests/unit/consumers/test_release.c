@@ -133,61 +133,55 @@ static void assert_consumer_destroyed(rd_kafka_t *consumer) {
   pthread_join(thread, NULL);
 }
 
-static void test_drained_messages_are_all_destroyed(void **state) {
-  (void)state;
+/* Consumes records through a release (none: with_release 0) that holds
+ * at most max_waiting, then drains it or not, and destroys it before the
+ * consumer or after; every message must be gone by the consumer's end. */
+typedef struct {
+  int records, with_release, drain, release_first;
+  size_t max_waiting;
+} case_t;
+
+static void run_case(case_t k) {
   cluster_t c;
-  cluster_start(&c, 20000);
+  cluster_start(&c, k.records);
   rd_kafka_t *consumer = consumer_new(&c);
-  tly_release_t *release = tly_release_new(0);
-  assert_non_null(release);
-  consume_into(consumer, release, 20000);
-  tly_release_drain(release);
+  tly_release_t *release =
+      k.with_release ? tly_release_new(k.max_waiting) : NULL;
+  assert_true(!k.with_release || release);
+  consume_into(consumer, release, k.records);
+  if (k.drain)
+    tly_release_drain(release);
+  if (k.release_first)
+    tly_release_destroy(release);
   assert_consumer_destroyed(consumer);
-  tly_release_destroy(release);
+  if (!k.release_first)
+    tly_release_destroy(release);
   cluster_stop(&c);
 }
 
-/* The release goes with messages possibly still waiting (no drain):
- * it destroys them first. */
+static void test_drained_messages_are_all_destroyed(void **state) {
+  (void)state;
+  run_case((case_t){.records = 20000, .with_release = 1, .drain = 1});
+}
+
+/* The release goes with messages possibly still waiting (no drain): it
+ * destroys them first. */
 static void test_destroyed_with_messages_waiting(void **state) {
   (void)state;
-  cluster_t c;
-  cluster_start(&c, 20000);
-  rd_kafka_t *consumer = consumer_new(&c);
-  tly_release_t *release = tly_release_new(0);
-  assert_non_null(release);
-  consume_into(consumer, release, 20000);
-  tly_release_destroy(release);
-  assert_consumer_destroyed(consumer);
-  cluster_stop(&c);
+  run_case((case_t){.records = 20000, .with_release = 1, .release_first = 1});
 }
 
 /* Past what the thread may hold (here 1, less than any read), the caller
- * destroys its own. */
+ * destroys its own: no drain, and none may be left. */
 static void test_past_the_bound_the_caller_destroys(void **state) {
   (void)state;
-  cluster_t c;
-  cluster_start(&c, 5000);
-  rd_kafka_t *consumer = consumer_new(&c);
-  tly_release_t *release = tly_release_new(1);
-  assert_non_null(release);
-  consume_into(consumer, release, 5000);
-  assert_consumer_destroyed(consumer); /* no drain: none was held */
-  tly_release_destroy(release);
-  cluster_stop(&c);
+  run_case((case_t){.records = 5000, .with_release = 1, .max_waiting = 1});
 }
 
 /* No release (out of memory at start): destroyed inline. */
 static void test_without_a_release_thread(void **state) {
   (void)state;
-  cluster_t c;
-  cluster_start(&c, 3000);
-  rd_kafka_t *consumer = consumer_new(&c);
-  consume_into(consumer, NULL, 3000);
-  tly_release_drain(NULL);
-  assert_consumer_destroyed(consumer);
-  tly_release_destroy(NULL);
-  cluster_stop(&c);
+  run_case((case_t){.records = 3000, .drain = 1});
 }
 
 int main(void) {
