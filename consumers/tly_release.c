@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Held for the thread at most, by default: past it the caller destroys
- * its own (the thread is behind, and memory must not pile up). 512 per
- * read. */
-#define RELEASE_MAX 65536
+/* Held for the thread at most, by default: 16 reads of 512. Past it the
+ * caller destroys its own: the thread is behind, and a waiting message
+ * keeps its fetch buffer alive, outside librdkafka's queue bound. */
+#define RELEASE_MAX 8192
 
 struct tly_release {
   pthread_mutex_t lock;

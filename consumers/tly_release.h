@@ -27,7 +27,7 @@
 typedef struct tly_release tly_release_t;
 
 /* NULL when out of memory (tly_release_messages then destroys inline).
- * max_waiting: the most messages held for the thread (0: 65,536); past it
+ * max_waiting: the most messages held for the thread (0: 8,192); past it
  * the caller destroys its own. */
 tly_release_t *tly_release_new(size_t max_waiting);
 /* Takes the n messages (destroyed, soon, on the release thread). */
