@@ -22,7 +22,7 @@ struct tly_release {
   rd_kafka_message_t **pending; /* handed over, not yet taken */
   size_t count, cap, max_waiting;
   rd_kafka_message_t **taken; /* the thread's: being destroyed */
-  size_t taken_cap;
+  size_t taken_cap, taken_count;
 };
 
 static void *release_main(void *arg) {
@@ -41,12 +41,14 @@ static void *release_main(void *arg) {
     r->taken = taken;
     r->taken_cap = cap;
     r->count = 0;
+    r->taken_count = n;
     r->busy = 1;
     pthread_mutex_unlock(&r->lock);
     for (size_t i = 0; i < n; i++)
       rd_kafka_message_destroy(taken[i]);
     pthread_mutex_lock(&r->lock);
     r->busy = 0;
+    r->taken_count = 0;
     pthread_cond_broadcast(&r->drained);
   }
   pthread_mutex_unlock(&r->lock);
@@ -88,7 +90,8 @@ void tly_release_messages(tly_release_t *r, rd_kafka_message_t **msgs,
 #endif
     }
   }
-  int inline_now = r->failed || r->count + n > r->max_waiting;
+  /* Those being destroyed count too: their fetch buffers are alive. */
+  int inline_now = r->failed || r->count + r->taken_count + n > r->max_waiting;
   if (!inline_now && r->count + n > r->cap) {
     size_t cap = r->cap ? r->cap : 1024;
     while (cap < r->count + n)
