@@ -27,8 +27,8 @@
 typedef struct tly_release tly_release_t;
 
 /* NULL when out of memory (tly_release_messages then destroys inline).
- * max_waiting: the most messages held for the thread (0: 8,192); past it
- * the caller destroys its own. */
+ * max_waiting: the most messages held for the thread, waiting or being
+ * destroyed (0: 8,192); past it the caller destroys its own. */
 tly_release_t *tly_release_new(size_t max_waiting);
 /* Takes the n messages (destroyed, soon, on the release thread). */
 void tly_release_messages(tly_release_t *release, rd_kafka_message_t **msgs,
