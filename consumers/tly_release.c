@@ -18,10 +18,11 @@ struct tly_release {
   pthread_mutex_t lock;
   pthread_cond_t wake, drained;
   pthread_t thread;
-  int started, failed, stopping, busy;
+  int started, failed, stopping;
   rd_kafka_message_t **pending; /* handed over, not yet taken */
   size_t count, cap, max_waiting;
-  rd_kafka_message_t **taken; /* the thread's: being destroyed */
+  rd_kafka_message_t **taken; /* the thread's: being destroyed (taken_count,
+                                 0 while the thread waits) */
   size_t taken_cap, taken_count;
 };
 
@@ -42,12 +43,10 @@ static void *release_main(void *arg) {
     r->taken_cap = cap;
     r->count = 0;
     r->taken_count = n;
-    r->busy = 1;
     pthread_mutex_unlock(&r->lock);
     for (size_t i = 0; i < n; i++)
       rd_kafka_message_destroy(taken[i]);
     pthread_mutex_lock(&r->lock);
-    r->busy = 0;
     r->taken_count = 0;
     pthread_cond_broadcast(&r->drained);
   }
@@ -119,7 +118,7 @@ void tly_release_drain(tly_release_t *r) {
   if (!r)
     return;
   pthread_mutex_lock(&r->lock);
-  while (r->count || r->busy)
+  while (r->count || r->taken_count)
     pthread_cond_wait(&r->drained, &r->lock);
   pthread_mutex_unlock(&r->lock);
 }
