@@ -48,7 +48,9 @@
  *                                            //   past either, the oldest
  *                                            //   idle one is closed
  *     "header_timeout_ms": 10000,            // idle/accept -> headers in
- *     "request_timeout_ms": 30000            // idle/accept -> body in
+ *     "request_timeout_ms": 30000,           // idle/accept -> body in
+ *     "threads": 0                           // HTTP threads; 0: one per
+ *                                            //   two cores, at least 1
  *   },
  *   "stripe": {                              // webhooks, portal, reporting
  *     "api_base": "https://api.stripe.com",
@@ -178,7 +180,10 @@ typedef struct {
   int64_t header_timeout_ms;      /* awaiting -> headers in; 100 .. 600,000 */
   int64_t request_timeout_ms;     /* awaiting -> body in, and an answer's
                                      reading; header_timeout_ms .. 3,600,000 */
+  int64_t threads; /* the port's threads, 1 .. TLY_HTTP_THREADS_MAX; 0 (the
+                      default): tly_http_default_threads() */
 } tly_http_config_t;
+#define TLY_HTTP_THREADS_MAX 64
 
 /* How long the usage history keeps what it holds ("retention"), in days of
  * event time after the day (or alert) itself. Closed cycles are kept for

@@ -133,6 +133,10 @@ int tly_config_apply_http(tly_config_t *config, json_t *section,
       if (parse_int(err, path, value, 100, 3600000,
                     &config->http.request_timeout_ms) != 0)
         return -1;
+    } else if (strcmp(key, "threads") == 0) {
+      if (parse_int(err, path, value, 0, TLY_HTTP_THREADS_MAX,
+                    &config->http.threads) != 0)
+        return -1;
     } else {
       return fail(err, path, "unknown key");
     }

@@ -52,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #if MHD_VERSION < 0x00097002
 typedef int tly_mhd_result;
@@ -925,7 +926,7 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
   tly_http_ingest_free(
       req->ingest); /* only when the client went away meanwhile */
   tly_stripe_portal_call_free(req->portal);
-  tly_stripe_task_free(req->stripe_task);
+  tly_http_task_free(req->stripe_task);
   tly_forward_call_free(req->forward);
   tly_http_gather_free(req->gather);
   tly_http_stream_relay_drop(req->relay);
@@ -935,6 +936,16 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
   *state = NULL;
 }
 
+unsigned tly_http_default_threads(void) {
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  if (cores < 2)
+    return 1;
+  return cores / 2 > TLY_HTTP_THREADS_MAX ? TLY_HTTP_THREADS_MAX
+                                          : (unsigned)(cores / 2);
+}
+
+unsigned tly_http_threads(const tly_http_t *http) { return http->threads; }
+
 static void http_free(tly_http_t *http) {
   atomic_store(&http->stopping, 1);
   if (http->producer)
@@ -943,6 +954,7 @@ static void http_free(tly_http_t *http) {
   tly_webhooks_stop(http->webhooks);
   tly_stripe_portal_close(http->portal); /* its calls resume connections */
   tly_http_subs_close(http);             /* so do its tasks */
+  tly_http_tasks_close(http->scans);     /* and analytics scans */
   tly_forward_close(http->forward);      /* so do forwards */
   tly_http_guard_stop(http->guard);
   if (http->daemon)
@@ -951,6 +963,7 @@ static void http_free(tly_http_t *http) {
   tly_http_streams_free(http->streams);
   tly_stripe_portal_destroy(http->portal);
   tly_http_subs_free(http);
+  tly_http_tasks_destroy(http->scans);
   tly_forward_destroy(http->forward);
   if (http->poller_started)
     pthread_join(http->poller, NULL);
@@ -1005,7 +1018,8 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   }
   http->reserve = tly_http_reserve_new();
   http->streams = tly_http_streams_new(http);
-  if (!http->reserve || !http->streams) {
+  http->scans = tly_http_tasks_new(TLY_ANALYTICS_SCANS_MAX);
+  if (!http->reserve || !http->streams || !http->scans) {
     snprintf(errstr, errstr_size, "out of memory");
     goto fail;
   }
@@ -1045,7 +1059,11 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
   http->guard = tly_http_guard_new(&conf->config->http, errstr, errstr_size);
   if (!http->guard)
     goto fail;
-  unsigned threads = conf->threads ? conf->threads : 2u;
+  unsigned threads = conf->threads ? conf->threads
+                     : conf->config->http.threads
+                         ? (unsigned)conf->config->http.threads
+                         : tly_http_default_threads();
+  http->threads = threads;
   /* libmicrohttpd's own limit and timeout are backstops: the guard closes
    * connections before either is reached (tly_http_conn.h). */
   http->daemon = MHD_start_daemon(

@@ -37,7 +37,8 @@ typedef struct {
   tly_processor_t *processor;
   tly_stripe_emitter_t *stripe_emitter; /* NULL: not reporting (metrics) */
   const tly_config_t *config;           /* http.api_keys, limits, plans */
-  unsigned threads;                     /* default 2 */
+  unsigned threads; /* 0: config's http.threads, and if that is 0 too,
+                       tly_http_default_threads() */
   int no_auth; /* 1: every route is open (`tally run --no-auth`) */
   /* Ingest (POST /v1/events, /plan): produced here with the idempotent
    * producer. brokers NULL: those routes answer 503. */
@@ -62,6 +63,14 @@ typedef struct tly_http tly_http_t;
 tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
                            size_t errstr_size);
 uint16_t tly_http_port(const tly_http_t *http);
+/* The port's threads by default: one per two online cores, at least 1. On
+ * two cores that is one: the fold thread, the Kafka client and the
+ * clients of a benchmark on the same machine get the other core, instead
+ * of two busy HTTP threads time-slicing with them (README, "HTTP
+ * threads"). */
+unsigned tly_http_default_threads(void);
+/* The threads this port runs. */
+unsigned tly_http_threads(const tly_http_t *http);
 void tly_http_stop(tly_http_t *http);
 
 /* The routes that exist, for the OpenAPI check and docs: method, path

@@ -15,8 +15,10 @@
  * subjects per instance and request).
  *
  * The owners are asked in parallel on the forwarder's threads while the
- * connection is suspended; the last answer resumes it. The local scan runs
- * on the HTTP thread (bounded by the scan bound). Reads only.
+ * connection is suspended, and this instance's partitions are scanned on a
+ * thread of their own meanwhile (tly_http_tasks.h: a scan may take a
+ * second or more and never holds up an HTTP thread's other connections);
+ * the last of them resumes the connection. Reads only.
  */
 #include "tly_http_internal.h"
 
@@ -47,8 +49,16 @@ typedef struct {
 } gather_call_t;
 
 struct tly_http_gather {
+  tly_http_t *http;
   tly_analytics_query_t query;
-  json_t *local; /* this instance's part */
+  int forwarded; /* a gatherer asked: the answer is this part alone */
+  /* This instance's part, scanned on a task over these partitions, or
+   * NULL with the failure's answer in local_failure. */
+  int32_t *partitions;
+  size_t partition_count;
+  tly_http_task_t *scan;
+  json_t *local;
+  response_t local_failure;
   gather_call_t calls[GATHER_MAX];
   size_t call_count;
   atomic_size_t pending;
@@ -62,7 +72,10 @@ void tly_http_gather_free(tly_http_gather_t *gather) {
     tly_forward_call_free(gather->calls[i].call);
     free(gather->calls[i].target);
   }
+  tly_http_task_free(gather->scan);
   json_decref(gather->local);
+  free(gather->local_failure.body);
+  free(gather->partitions);
   free(gather);
 }
 
@@ -252,6 +265,17 @@ static void gather_done(void *opaque) {
     MHD_resume_connection(gather->connection);
 }
 
+/* The scan task (on a thread of its own): this instance's part, or NULL
+ * with the failure's answer in local_failure. */
+static json_t *scan_run(void *arg, int *status) {
+  tly_http_gather_t *gather = arg;
+  gather->local =
+      local_part(gather->http, &gather->query, gather->partitions,
+                 gather->partition_count, &gather->local_failure);
+  *status = gather->local ? 200 : gather->local_failure.status;
+  return NULL;
+}
+
 static void respond_answer(tly_http_t *http, struct MHD_Connection *connection,
                            const tly_analytics_query_t *query,
                            json_t *const *parts, size_t count,
@@ -272,6 +296,16 @@ void tly_http_analytics_answer(tly_http_t *http, request_t *req,
   tly_http_gather_t *gather = req->gather;
   json_t *parts[GATHER_MAX + 1];
   size_t count = 0;
+  if (!gather->local) { /* the scan's failure is the answer */
+    *out = gather->local_failure;
+    gather->local_failure.body = NULL;
+    goto done;
+  }
+  if (gather->forwarded) { /* a gatherer's: this part alone */
+    tly_http_respond_json(out, 200, gather->local);
+    gather->local = NULL;
+    goto done;
+  }
   parts[count++] = gather->local;
   for (size_t i = 0; i < gather->call_count; i++) {
     tly_forward_result_t result = {.status = 0, .error = "not sent"};
@@ -324,6 +358,7 @@ static void handle(tly_http_t *http, request_t *req,
   int32_t *mine = malloc((size_t)partition_count * sizeof(*mine));
   int32_t *owner_of = malloc((size_t)partition_count * sizeof(*owner_of));
   tly_http_gather_t *gather = calloc(1, sizeof(*gather));
+  tly_members_t *members = http->conf.members;
   size_t mine_count = 0;
   if (!mine || !owner_of || !gather) {
     tly_http_respond_error(out, 500, "internal", "out of memory");
@@ -338,10 +373,8 @@ static void handle(tly_http_t *http, request_t *req,
                              "partition numbers");
       goto done;
     }
-    json_t *part = local_part(http, &query, mine, mine_count, out);
-    if (part)
-      tly_http_respond_json(out, 200, part);
-    goto done;
+    gather->forwarded = 1;
+    goto start;
   }
   if (ARG("partitions")) { /* a gatherer's parameter, not a client's */
     tly_http_respond_json(
@@ -355,7 +388,6 @@ static void handle(tly_http_t *http, request_t *req,
   }
 #undef ARG
   /* Who answers for each partition: here, or its one caught-up owner. */
-  tly_members_t *members = http->conf.members;
   const char *self = members ? tly_members_advertise(members) : "";
   for (int32_t p = 0; p < partition_count; p++) {
     owner_of[p] = -1;
@@ -392,13 +424,6 @@ static void handle(tly_http_t *http, request_t *req,
     }
     owner_of[p] = (int32_t)c;
   }
-  gather->local = local_part(http, &query, mine, mine_count, out);
-  if (!gather->local)
-    goto done;
-  if (!gather->call_count) {
-    respond_answer(http, connection, &query, &gather->local, 1, out);
-    goto done;
-  }
   /* Each owner's target: this one with the partitions it answers for. */
   for (size_t c = 0; c < gather->call_count; c++) {
     size_t cap = strlen(req->target) + 16 + (size_t)partition_count * 11;
@@ -417,10 +442,26 @@ static void handle(tly_http_t *http, request_t *req,
       }
     gather->calls[c].target = target;
   }
+start:
+  /* Suspended until the scan of this instance's partitions and every
+   * owner's answer are in: the last of them resumes the connection. */
+  gather->http = http;
+  gather->partitions = mine;
+  gather->partition_count = mine_count;
+  mine = NULL; /* the gather's now */
   gather->connection = connection;
-  atomic_store(&gather->pending, gather->call_count);
-  req->gather = gather;
+  atomic_store(&gather->pending, gather->call_count + 1);
   MHD_suspend_connection(connection);
+  if (tly_http_tasks_start(http->scans, scan_run, gather, NULL, gather_done,
+                           gather, &gather->scan)) {
+    MHD_resume_connection(connection);
+    tly_http_respond_error(out, 503, "analytics_busy",
+                           "as many analytics queries as this instance runs "
+                           "at once are running; retry");
+    out->retry_after_s = 1;
+    goto done;
+  }
+  req->gather = gather;
   for (size_t c = 0; c < gather->call_count; c++) {
     char credential[TLY_FORWARD_CREDENTIAL_MAX];
     tly_forward_scope_t scope = {.method = "GET",

@@ -24,7 +24,7 @@
 #include "tly_request.h"
 #include "tly_state_cache.h"
 #include "tly_stripe_portal.h"
-#include "tly_stripe_tasks.h"
+#include "tly_http_tasks.h"
 #include "tly_webhooks.h"
 
 #include <jansson.h>
@@ -94,6 +94,10 @@ struct tly_http {
   tly_stripe_portal_t *portal; /* NULL: Stripe not configured */
   tly_http_subs_t *subs;       /* NULL: Stripe not configured */
   tly_forward_t *forward;
+  /* The analytics routes' scans of this instance's partitions, off the
+   * HTTP threads (tly_http_analytics.c). */
+  tly_http_tasks_t *scans;
+  unsigned threads; /* the daemon's thread pool */
   /* Forwards to a partition's owner: relayed, owner unreachable, refused
    * (at the in-flight bound). */
   atomic_uint_least64_t forwards_relayed, forwards_failed, forwards_refused;
@@ -198,7 +202,7 @@ struct request {
   int answered;     /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
   tly_stripe_portal_call_t *portal; /* while waiting for Stripe */
-  tly_stripe_task_t *stripe_task;   /* a subscription route's Stripe calls */
+  tly_http_task_t *stripe_task;   /* a subscription route's Stripe calls */
   char *target;                     /* the request target, query included */
   tly_forward_call_t *forward;      /* while waiting for the owner */
   struct tly_http_gather *gather;   /* while waiting for the owners' parts */
@@ -352,6 +356,9 @@ route_handler_fn tly_http_handle_notifications,
 route_handler_fn tly_http_handle_analytics_top,
     tly_http_handle_analytics_breakdown;
 typedef struct tly_http_gather tly_http_gather_t;
+/* Scans of this instance's partitions running at once, at most (each on a
+ * thread of its own, http->scans): one more answers 503 analytics_busy. */
+#define TLY_ANALYTICS_SCANS_MAX 4
 /* A resumed gather: its answer into out (frees req->gather). */
 void tly_http_analytics_answer(tly_http_t *http, request_t *req,
                                struct MHD_Connection *connection,

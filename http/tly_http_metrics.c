@@ -307,6 +307,11 @@ static void metrics_http(tly_http_t *http, text_t *text) {
   tly_conn_stats_t conns;
   tly_http_guard_stats(http->guard, &conns);
   text_append(text,
+              "# HELP tally_http_threads The HTTP port's threads "
+              "(http.threads).\n# TYPE tally_http_threads gauge\n"
+              "tally_http_threads %u\n",
+              http->threads);
+  text_append(text,
               "# HELP tally_http_connections_open HTTP connections open "
               "(http.max_connections at most).\n# TYPE "
               "tally_http_connections_open gauge\n"

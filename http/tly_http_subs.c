@@ -9,7 +9,7 @@
  * Each reads the subject's committed state here (the link to its Stripe
  * customer, its plan and cycle, its closed cycles), checks the request,
  * then runs the Stripe calls of producers/tly_stripe_subs.h on a thread of
- * its own (tly_stripe_tasks.h) while the connection is suspended. Nothing
+ * its own (tly_http_tasks.h) while the connection is suspended. Nothing
  * here changes tally's state: Stripe's webhooks do, through the log.
  * Without a Stripe secret key every route answers 503
  * stripe_not_configured; a subject without a Stripe customer 404
@@ -23,7 +23,7 @@
 #include "tly_state.h"
 #include "tly_stripe_client.h"
 #include "tly_stripe_subs.h"
-#include "tly_stripe_tasks.h"
+#include "tly_http_tasks.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -33,10 +33,13 @@
 
 #define DAY_MS 86400000LL
 #define INVOICES_DEFAULT 10
+/* Stripe tasks in flight at once, at most: one more answers 503
+ * stripe_unavailable. */
+#define TLY_STRIPE_SUBS_TASKS_MAX 64
 
 struct tly_http_subs {
   tly_stripe_client_t *client;
-  tly_stripe_tasks_t *tasks;
+  tly_http_tasks_t *tasks;
   tly_stripe_subs_t subs;
 };
 
@@ -54,12 +57,12 @@ int tly_http_subs_init(tly_http_t *http, char *errstr, size_t errstr_size) {
                                    .api_version = stripe->api_version,
                                    .timeout_ms = (long)stripe->timeout_ms};
   subs->client = tly_stripe_client_new(&conf, errstr, errstr_size);
-  subs->tasks = tly_stripe_tasks_new();
+  subs->tasks = tly_http_tasks_new(TLY_STRIPE_SUBS_TASKS_MAX);
   if (!subs->client || !subs->tasks) {
     if (subs->client && !subs->tasks)
       snprintf(errstr, errstr_size, "stripe subscriptions: out of memory");
     tly_stripe_client_destroy(subs->client);
-    tly_stripe_tasks_destroy(subs->tasks);
+    tly_http_tasks_destroy(subs->tasks);
     free(subs);
     return -1;
   }
@@ -72,13 +75,13 @@ int tly_http_subs_init(tly_http_t *http, char *errstr, size_t errstr_size) {
 
 void tly_http_subs_close(tly_http_t *http) {
   if (http->subs)
-    tly_stripe_tasks_close(http->subs->tasks);
+    tly_http_tasks_close(http->subs->tasks);
 }
 
 void tly_http_subs_free(tly_http_t *http) {
   if (!http->subs)
     return;
-  tly_stripe_tasks_destroy(http->subs->tasks);
+  tly_http_tasks_destroy(http->subs->tasks);
   tly_stripe_client_destroy(http->subs->client);
   free(http->subs);
   http->subs = NULL;
@@ -100,12 +103,12 @@ long tly_http_subs_forward_timeout_ms(const tly_http_t *http) {
 
 void tly_http_subs_answer(request_t *req, response_t *out) {
   int status;
-  json_t *answer = tly_stripe_task_answer(req->stripe_task, &status);
+  json_t *answer = tly_http_task_answer(req->stripe_task, &status);
   if (!answer)
     tly_http_respond_error(out, 500, "internal", "out of memory");
   else
     tly_http_respond_json(out, status, answer);
-  tly_stripe_task_free(req->stripe_task);
+  tly_http_task_free(req->stripe_task);
   req->stripe_task = NULL;
 }
 
@@ -183,7 +186,7 @@ static void job_start(tly_http_t *http, request_t *req,
                       struct MHD_Connection *connection, job_t *job,
                       response_t *out) {
   MHD_suspend_connection(connection);
-  if (tly_stripe_tasks_start(http->subs->tasks, job_run, job, job_free,
+  if (tly_http_tasks_start(http->subs->tasks, job_run, job, job_free,
                              job_done, connection, &req->stripe_task)) {
     MHD_resume_connection(connection);
     tly_http_respond_error(out, 503, "stripe_unavailable",

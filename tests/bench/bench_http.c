@@ -180,7 +180,10 @@ int bench_http_run(tly_store_t *store, tly_processor_t *processor,
   if (result->rounds > BENCH_ROUNDS_MAX)
     result->rounds = BENCH_ROUNDS_MAX;
   result->seconds = seconds / result->rounds > 0 ? seconds / result->rounds : 1;
-  result->threads = 2; /* tly_http_conf_t's default, as `tally run` */
+  /* By default as many as `tally run` starts (http.threads 0). */
+  const char *t = getenv("BENCH_HTTP_THREADS");
+  result->threads =
+      t && atoi(t) > 0 ? (unsigned)atoi(t) : tly_http_default_threads();
   tly_http_conf_t hconf = {.store = store,
                            .processor = processor,
                            .config = config,
@@ -202,9 +205,10 @@ int bench_http_run(tly_store_t *store, tly_processor_t *processor,
       "/v1/subjects/user:b{n}/usage", "/healthz"};
   uint16_t port = tly_http_port(http);
   fprintf(stderr,
-          "(d) HTTP with wrk -t1 -c%d: %d rounds of the ceiling, the quota "
-          "pre-check, /usage and /healthz, %d s each\n",
-          result->connections, result->rounds, result->seconds);
+          "(d) HTTP with wrk -t1 -c%d, %u server threads each: %d rounds of "
+          "the ceiling, the quota pre-check, /usage and /healthz, %d s each\n",
+          result->connections, result->threads, result->rounds,
+          result->seconds);
   /* Rounds, each running every route in turn: a route and the ceiling are
    * measured minutes apart at most, so a machine getting busier or quieter
    * (other work on it) weighs on both alike. */

@@ -1,23 +1,23 @@
 /*
- * tly_stripe_tasks.c - Stripe tasks on detached threads (see
- * tly_stripe_tasks.h). Subscription changes are rare and human-initiated,
- * so a thread each is simpler than a pool.
+ * tly_http_tasks.c - the HTTP port's tasks on detached threads (see
+ * tly_http_tasks.h). Subscription changes and analytics queries are rare
+ * next to the port's reads, so a thread each is simpler than a pool.
  */
-#include "tly_stripe_tasks.h"
+#include "tly_http_tasks.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 
-struct tly_stripe_tasks {
+struct tly_http_tasks {
   pthread_mutex_t lock;
   pthread_cond_t idle;
-  size_t in_flight;
+  size_t in_flight, max;
   int closing;
 };
 
-struct tly_stripe_task {
-  tly_stripe_tasks_t *tasks;
-  tly_stripe_task_fn run;
+struct tly_http_task {
+  tly_http_tasks_t *tasks;
+  tly_http_task_fn run;
   void *arg;
   void (*free_arg)(void *arg);
   void (*done)(void *opaque);
@@ -26,18 +26,19 @@ struct tly_stripe_task {
   int status;
 };
 
-tly_stripe_tasks_t *tly_stripe_tasks_new(void) {
-  tly_stripe_tasks_t *tasks = calloc(1, sizeof(*tasks));
+tly_http_tasks_t *tly_http_tasks_new(size_t max) {
+  tly_http_tasks_t *tasks = calloc(1, sizeof(*tasks));
   if (!tasks)
     return NULL;
+  tasks->max = max ? max : 1;
   pthread_mutex_init(&tasks->lock, NULL);
   pthread_cond_init(&tasks->idle, NULL);
   return tasks;
 }
 
 static void *task_main(void *opaque) {
-  tly_stripe_task_t *task = opaque;
-  tly_stripe_tasks_t *tasks = task->tasks;
+  tly_http_task_t *task = opaque;
+  tly_http_tasks_t *tasks = task->tasks;
   task->status = 500;
   task->answer = task->run(task->arg, &task->status);
   /* The task belongs to the caller from here on: not touched again. */
@@ -49,11 +50,11 @@ static void *task_main(void *opaque) {
   return NULL;
 }
 
-int tly_stripe_tasks_start(tly_stripe_tasks_t *tasks, tly_stripe_task_fn run,
+int tly_http_tasks_start(tly_http_tasks_t *tasks, tly_http_task_fn run,
                            void *arg, void (*free_arg)(void *arg),
                            void (*done)(void *opaque), void *opaque,
-                           tly_stripe_task_t **out) {
-  tly_stripe_task_t *task = calloc(1, sizeof(*task));
+                           tly_http_task_t **out) {
+  tly_http_task_t *task = calloc(1, sizeof(*task));
   pthread_attr_t attr;
   pthread_t thread;
   *out = NULL;
@@ -62,11 +63,11 @@ int tly_stripe_tasks_start(tly_stripe_tasks_t *tasks, tly_stripe_task_fn run,
       free_arg(arg);
     return -1;
   }
-  *task = (tly_stripe_task_t){tasks, run, arg, free_arg, done, opaque, NULL, 0};
+  *task = (tly_http_task_t){tasks, run, arg, free_arg, done, opaque, NULL, 0};
   *out = task;
   int rc = -1;
   pthread_mutex_lock(&tasks->lock);
-  if (!tasks->closing && tasks->in_flight < TLY_STRIPE_TASKS_MAX &&
+  if (!tasks->closing && tasks->in_flight < tasks->max &&
       pthread_attr_init(&attr) == 0) {
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     tasks->in_flight++;
@@ -77,20 +78,20 @@ int tly_stripe_tasks_start(tly_stripe_tasks_t *tasks, tly_stripe_task_fn run,
   }
   pthread_mutex_unlock(&tasks->lock);
   if (rc) {
-    tly_stripe_task_free(task);
+    tly_http_task_free(task);
     *out = NULL;
   }
   return rc;
 }
 
-json_t *tly_stripe_task_answer(tly_stripe_task_t *task, int *status) {
+json_t *tly_http_task_answer(tly_http_task_t *task, int *status) {
   json_t *answer = task->answer;
   task->answer = NULL;
   *status = task->status;
   return answer;
 }
 
-void tly_stripe_task_free(tly_stripe_task_t *task) {
+void tly_http_task_free(tly_http_task_t *task) {
   if (!task)
     return;
   if (task->free_arg)
@@ -99,7 +100,7 @@ void tly_stripe_task_free(tly_stripe_task_t *task) {
   free(task);
 }
 
-void tly_stripe_tasks_close(tly_stripe_tasks_t *tasks) {
+void tly_http_tasks_close(tly_http_tasks_t *tasks) {
   if (!tasks)
     return;
   pthread_mutex_lock(&tasks->lock);
@@ -109,10 +110,10 @@ void tly_stripe_tasks_close(tly_stripe_tasks_t *tasks) {
   pthread_mutex_unlock(&tasks->lock);
 }
 
-void tly_stripe_tasks_destroy(tly_stripe_tasks_t *tasks) {
+void tly_http_tasks_destroy(tly_http_tasks_t *tasks) {
   if (!tasks)
     return;
-  tly_stripe_tasks_close(tasks);
+  tly_http_tasks_close(tasks);
   pthread_cond_destroy(&tasks->idle);
   pthread_mutex_destroy(&tasks->lock);
   free(tasks);
