@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -256,7 +257,8 @@ static char *metrics_text(void) {
 
 /* /metrics: the per-route latency histograms move for exactly the routes
  * called (by route template, however many subjects), the process
- * collector's figures are the process's, and the build is named. */
+ * collector's figures are the process's, the build is named and the
+ * port's thread count is http.threads' default. */
 static void test_metrics_latency_process_and_build_info(void **state) {
   (void)state;
   enum { MAX = 64 };
@@ -350,6 +352,12 @@ static void test_metrics_latency_process_and_build_info(void **state) {
     fail_msg("process_start_time_seconds %.2f, now %.0f", started, now);
   assert_true(metric_value(text, "process_cpu_seconds_total") > 0);
   assert_non_null(strstr(text, "# TYPE process_cpu_seconds_total counter"));
+
+  /* The port's threads: http.threads is not set, so one per two online
+   * cores, at least 1. */
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  assert_true(metric_value(text, "tally_http_threads") ==
+              (double)(cores < 2 ? 1 : cores / 2));
 
   /* The build: a version x.y.z and a commit (hex, or "unknown"). */
   const char *info = strstr(text, "\ntally_build_info{version=\"");

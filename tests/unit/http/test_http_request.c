@@ -172,7 +172,7 @@ static void test_config_http_section(void **state) {
   snprintf(text, sizeof(text),
            "{\"http\": {\"api_keys\": [{\"name\": \"svc\", \"sha256\": "
            "\"%s\"}], \"metrics_public\": false, \"max_body_bytes\": 4096, "
-           "\"max_url_bytes\": 512}}",
+           "\"max_url_bytes\": 512, \"threads\": 3}}",
            hex);
   tly_config_t *config =
       tly_config_load_text(text, strlen(text), errstr, sizeof(errstr));
@@ -182,12 +182,14 @@ static void test_config_http_section(void **state) {
   assert_int_equal(config->http.metrics_public, 0);
   assert_int_equal(config->http.max_body_bytes, 4096);
   assert_int_equal(config->http.max_url_bytes, 512);
+  assert_int_equal(config->http.threads, 3);
   tly_config_free(config);
 
   config = tly_config_default();
   assert_int_equal(config->http.api_key_count, 0);
   assert_int_equal(config->http.metrics_public, 1);
   assert_int_equal(config->http.max_body_bytes, 1048576);
+  assert_int_equal(config->http.threads, 0); /* one per two cores */
   tly_config_free(config);
 
   static const struct {
@@ -207,6 +209,9 @@ static void test_config_http_section(void **state) {
       {"{\"http\": {\"max_body_bytes\": 10}}", "http.max_body_bytes: "},
       {"{\"http\": {\"max_url_bytes\": 1e9}}", "http.max_url_bytes: "},
       {"{\"http\": {\"port\": 80}}", "http.port: unknown key"},
+      {"{\"http\": {\"threads\": 65}}", "http.threads: "},
+      {"{\"http\": {\"threads\": -1}}", "http.threads: "},
+      {"{\"http\": {\"threads\": \"2\"}}", "http.threads: "},
       {"{\"http\": {\"api_keys\": [{\"name\": \"a\", \"sha256\": "
        "\"0000000000000000000000000000000000000000000000000000000000000000\"},"
        "{\"name\": \"a\", \"sha256\": "
