@@ -39,7 +39,7 @@ typedef struct {
   const tly_config_t *config;           /* http.api_keys, limits, plans */
   unsigned threads; /* 0: config's http.threads, and if that is 0 too,
                        tly_http_default_threads() */
-  int no_auth; /* 1: every route is open (`tally run --no-auth`) */
+  int no_auth;      /* 1: every route is open (`tally run --no-auth`) */
   /* Ingest (POST /v1/events, /plan): produced here with the idempotent
    * producer. brokers NULL: those routes answer 503. */
   const char *brokers;

@@ -269,9 +269,8 @@ static void gather_done(void *opaque) {
  * with the failure's answer in local_failure. */
 static json_t *scan_run(void *arg, int *status) {
   tly_http_gather_t *gather = arg;
-  gather->local =
-      local_part(gather->http, &gather->query, gather->partitions,
-                 gather->partition_count, &gather->local_failure);
+  gather->local = local_part(gather->http, &gather->query, gather->partitions,
+                             gather->partition_count, &gather->local_failure);
   *status = gather->local ? 200 : gather->local_failure.status;
   return NULL;
 }

@@ -21,10 +21,10 @@
 #include "tly_http.h"
 #include "tly_http_conn.h"
 #include "tly_http_latency.h"
+#include "tly_http_tasks.h"
 #include "tly_request.h"
 #include "tly_state_cache.h"
 #include "tly_stripe_portal.h"
-#include "tly_http_tasks.h"
 #include "tly_webhooks.h"
 
 #include <jansson.h>
@@ -202,7 +202,7 @@ struct request {
   int answered;     /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
   tly_stripe_portal_call_t *portal; /* while waiting for Stripe */
-  tly_http_task_t *stripe_task;   /* a subscription route's Stripe calls */
+  tly_http_task_t *stripe_task;     /* a subscription route's Stripe calls */
   char *target;                     /* the request target, query included */
   tly_forward_call_t *forward;      /* while waiting for the owner */
   struct tly_http_gather *gather;   /* while waiting for the owners' parts */

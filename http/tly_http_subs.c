@@ -17,13 +17,13 @@
  */
 #include "tly_billing.h"
 #include "tly_http_internal.h"
+#include "tly_http_tasks.h"
 #include "tly_keys.h"
 #include "tly_log.h"
 #include "tly_request.h"
 #include "tly_state.h"
 #include "tly_stripe_client.h"
 #include "tly_stripe_subs.h"
-#include "tly_http_tasks.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -186,8 +186,8 @@ static void job_start(tly_http_t *http, request_t *req,
                       struct MHD_Connection *connection, job_t *job,
                       response_t *out) {
   MHD_suspend_connection(connection);
-  if (tly_http_tasks_start(http->subs->tasks, job_run, job, job_free,
-                             job_done, connection, &req->stripe_task)) {
+  if (tly_http_tasks_start(http->subs->tasks, job_run, job, job_free, job_done,
+                           connection, &req->stripe_task)) {
     MHD_resume_connection(connection);
     tly_http_respond_error(out, 503, "stripe_unavailable",
                            "no Stripe call can be started now; retry");

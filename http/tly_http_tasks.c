@@ -51,9 +51,9 @@ static void *task_main(void *opaque) {
 }
 
 int tly_http_tasks_start(tly_http_tasks_t *tasks, tly_http_task_fn run,
-                           void *arg, void (*free_arg)(void *arg),
-                           void (*done)(void *opaque), void *opaque,
-                           tly_http_task_t **out) {
+                         void *arg, void (*free_arg)(void *arg),
+                         void (*done)(void *opaque), void *opaque,
+                         tly_http_task_t **out) {
   tly_http_task_t *task = calloc(1, sizeof(*task));
   pthread_attr_t attr;
   pthread_t thread;

@@ -20,7 +20,6 @@
 #include <jansson.h>
 #include <stddef.h>
 
-
 typedef struct tly_http_tasks tly_http_tasks_t;
 typedef struct tly_http_task tly_http_task_t;
 
@@ -38,9 +37,9 @@ tly_http_tasks_t *tly_http_tasks_new(size_t max);
  * was called). -1 when closing or out of resources: done is never called
  * and arg is freed (also when max are in flight). */
 int tly_http_tasks_start(tly_http_tasks_t *tasks, tly_http_task_fn run,
-                           void *arg, void (*free_arg)(void *arg),
-                           void (*done)(void *opaque), void *opaque,
-                           tly_http_task_t **task);
+                         void *arg, void (*free_arg)(void *arg),
+                         void (*done)(void *opaque), void *opaque,
+                         tly_http_task_t **task);
 
 /* The answer of a finished task (taken: the caller's), and its status. */
 json_t *tly_http_task_answer(tly_http_task_t *task, int *status);

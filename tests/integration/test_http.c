@@ -199,15 +199,17 @@ static void test_health_and_metrics_are_open(void **state) {
   const char *count = strstr(text, "tally_commit_seconds_count ");
   assert_non_null(inf);
   assert_non_null(count);
-  assert_int_equal(atoll(inf + strlen("tally_commit_seconds_bucket{le=\"+Inf\"} ")),
-                   atoll(count + strlen("tally_commit_seconds_count ")));
+  assert_int_equal(
+      atoll(inf + strlen("tally_commit_seconds_bucket{le=\"+Inf\"} ")),
+      atoll(count + strlen("tally_commit_seconds_count ")));
   /* Event to visible: the setup's event was folded and committed. */
   assert_non_null(strstr(text, "# TYPE tally_event_visible_seconds histogram"));
   inf = strstr(text, "tally_event_visible_seconds_bucket{le=\"+Inf\"} ");
   count = strstr(text, "tally_event_visible_seconds_count ");
   assert_non_null(inf);
   assert_non_null(count);
-  long long visible = atoll(count + strlen("tally_event_visible_seconds_count "));
+  long long visible =
+      atoll(count + strlen("tally_event_visible_seconds_count "));
   assert_true(visible >= 1);
   assert_int_equal(
       atoll(inf + strlen("tally_event_visible_seconds_bucket{le=\"+Inf\"} ")),
@@ -373,8 +375,8 @@ static void test_metrics_latency_process_and_build_info(void **state) {
    * had uncommitted changes. */
   size_t hex = strspn(commit, "0123456789abcdef");
   assert_true(strcmp(commit, "unknown") == 0 ||
-              (hex > 0 && (commit[hex] == '\0' ||
-                           strcmp(commit + hex, "-dirty") == 0)));
+              (hex > 0 &&
+               (commit[hex] == '\0' || strcmp(commit + hex, "-dirty") == 0)));
   free(text);
 }
 
@@ -757,9 +759,8 @@ static void test_daily_cycles_and_alerts(void **state) {
          line = strstr(line, "\r\n") + 2) {
       char date[16], feature[64];
       long long quantity;
-      assert_int_equal(sscanf(line, "%10[^,],%63[^,],%lld", date, feature,
-                              &quantity),
-                       3);
+      assert_int_equal(
+          sscanf(line, "%10[^,],%63[^,],%lld", date, feature, &quantity), 3);
       if (strcmp(feature, "api_calls") == 0)
         csv_total += quantity;
       lines++;
@@ -770,11 +771,10 @@ static void test_daily_cycles_and_alerts(void **state) {
     assert_true(lines >= used_days);
     free(text);
     text = NULL;
-    assert_int_equal(th_http_request(run.port, "GET",
-                                     "/v1/subjects/user:hist/cycles",
-                                     TH_AUTH_DEFAULT, NULL, 0, csv_headers,
-                                     &status, &text),
-                     0);
+    assert_int_equal(
+        th_http_request(run.port, "GET", "/v1/subjects/user:hist/cycles",
+                        TH_AUTH_DEFAULT, NULL, 0, csv_headers, &status, &text),
+        0);
     assert_int_equal(status, 200);
     assert_int_equal(strncmp(text, "start_ms,end_ms,final,feature,", 30), 0);
     free(text);

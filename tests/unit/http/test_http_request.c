@@ -493,7 +493,8 @@ static void test_usage_aggregation(void **ctx) {
                             {0, "api_calls", {4, 0, 0, 2, 0, 0, 0, 0}}};
   tly_subject_state_t subject_state = {0};
   subject_state.account.exists = 1;
-  snprintf(subject_state.account.plan, sizeof(subject_state.account.plan), "free");
+  snprintf(subject_state.account.plan, sizeof(subject_state.account.plan),
+           "free");
   subject_state.account.cycle = (tly_cycle_t){0, INT64_MAX, 0, 5};
   subject_state.rows = rows;
   subject_state.row_count = 2;
@@ -502,11 +503,11 @@ static void test_usage_aggregation(void **ctx) {
   json_t *storage = json_object_get(features, "storage");
   assert_string_equal(
       json_string_value(json_object_get(storage, "aggregation")), "latest");
-  assert_int_equal(json_integer_value(json_object_get(storage, "quantity")),
-                   7);
-  assert_string_equal(json_string_value(json_object_get(
-                          json_object_get(features, "api_calls"), "aggregation")),
-                      "sum");
+  assert_int_equal(json_integer_value(json_object_get(storage, "quantity")), 7);
+  assert_string_equal(
+      json_string_value(json_object_get(json_object_get(features, "api_calls"),
+                                        "aggregation")),
+      "sum");
   json_decref(json);
   tly_config_free(config);
 }
@@ -516,23 +517,23 @@ static void test_usage_aggregation(void **ctx) {
  * start like a formula. */
 static void test_csv(void **ctx) {
   (void)ctx;
-  json_t *daily = json_loads(
-      "{\"days\": [{\"date\": \"2026-01-02\", \"features\": {"
-      "\"api_calls\": {\"quantity\": 3, \"input_tokens\": 0, "
-      "\"output_tokens\": 0, \"events\": 2, \"cost_micros\": 30},"
-      "\"a,\\\"b\": {\"quantity\": 1, \"input_tokens\": 2, "
-      "\"output_tokens\": 3, \"events\": 4, \"cost_micros\": 5},"
-      "\"=cmd\": {\"quantity\": -1, \"input_tokens\": 0, "
-      "\"output_tokens\": 0, \"events\": 1, \"cost_micros\": 0}}}]}",
-      0, NULL);
+  json_t *daily =
+      json_loads("{\"days\": [{\"date\": \"2026-01-02\", \"features\": {"
+                 "\"api_calls\": {\"quantity\": 3, \"input_tokens\": 0, "
+                 "\"output_tokens\": 0, \"events\": 2, \"cost_micros\": 30},"
+                 "\"a,\\\"b\": {\"quantity\": 1, \"input_tokens\": 2, "
+                 "\"output_tokens\": 3, \"events\": 4, \"cost_micros\": 5},"
+                 "\"=cmd\": {\"quantity\": -1, \"input_tokens\": 0, "
+                 "\"output_tokens\": 0, \"events\": 1, \"cost_micros\": 0}}}]}",
+                 0, NULL);
   assert_non_null(daily);
   char *csv = tly_req_daily_csv(daily);
-  assert_string_equal(
-      csv, "date,feature,quantity,input_tokens,output_tokens,events,"
-           "cost_micros\r\n"
-           "2026-01-02,api_calls,3,0,0,2,30\r\n"
-           "2026-01-02,\"a,\"\"b\",1,2,3,4,5\r\n"
-           "2026-01-02,\"=cmd\",-1,0,0,1,0\r\n");
+  assert_string_equal(csv,
+                      "date,feature,quantity,input_tokens,output_tokens,events,"
+                      "cost_micros\r\n"
+                      "2026-01-02,api_calls,3,0,0,2,30\r\n"
+                      "2026-01-02,\"a,\"\"b\",1,2,3,4,5\r\n"
+                      "2026-01-02,\"=cmd\",-1,0,0,1,0\r\n");
   free(csv);
   json_decref(daily);
   json_t *cycles = json_loads(

@@ -100,16 +100,23 @@ static int *number(int n) {
   return arg;
 }
 
-static void test_runs_elsewhere_done_once(void **state) {
-  (void)state;
+/* A fresh gate, tasks of at most 4, and one task started with n. */
+static tly_http_tasks_t *start_one(int n, atomic_int *calls,
+                                   tly_http_task_t **task) {
   gate_reset();
   tly_http_tasks_t *tasks = tly_http_tasks_new(4);
   assert_non_null(tasks);
+  assert_int_equal(
+      tly_http_tasks_start(tasks, run, number(n), free_arg, done, calls, task),
+      0);
+  return tasks;
+}
+
+static void test_runs_elsewhere_done_once(void **state) {
+  (void)state;
   atomic_int calls = 0;
   tly_http_task_t *task = NULL;
-  assert_int_equal(tly_http_tasks_start(tasks, run, number(7), free_arg, done,
-                                        &calls, &task),
-                   0);
+  tly_http_tasks_t *tasks = start_one(7, &calls, &task);
   assert_non_null(task);
   wait_for(&gate.started, 1);
   assert_int_equal(atomic_load(&calls), 0); /* still running */
@@ -140,8 +147,8 @@ static void test_at_most_max_in_flight(void **state) {
   atomic_int calls = 0, refused_calls = 0;
   tly_http_task_t *running[MAX];
   for (int i = 0; i < MAX; i++)
-    assert_int_equal(tly_http_tasks_start(tasks, run, number(i), free_arg,
-                                          done, &calls, &running[i]),
+    assert_int_equal(tly_http_tasks_start(tasks, run, number(i), free_arg, done,
+                                          &calls, &running[i]),
                      0);
   wait_for(&gate.started, MAX);
   tly_http_task_t *refused = (tly_http_task_t *)&refused_calls; /* not NULL */
@@ -198,14 +205,9 @@ static void *closer_main(void *opaque) {
 
 static void test_close_waits_and_refuses(void **state) {
   (void)state;
-  gate_reset();
-  tly_http_tasks_t *tasks = tly_http_tasks_new(4);
-  assert_non_null(tasks);
   atomic_int calls = 0;
   tly_http_task_t *task = NULL;
-  assert_int_equal(tly_http_tasks_start(tasks, run, number(1), free_arg, done,
-                                        &calls, &task),
-                   0);
+  tly_http_tasks_t *tasks = start_one(1, &calls, &task);
   wait_for(&gate.started, 1);
   closer_t closer = {.tasks = tasks};
   pthread_t thread;
