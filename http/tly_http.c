@@ -1064,13 +1064,19 @@ tly_http_t *tly_http_start(const tly_http_conf_t *conf, char *errstr,
                          ? (unsigned)conf->config->http.threads
                          : tly_http_default_threads();
   http->threads = threads;
+  /* One thread is libmicrohttpd's internal thread without a pool: it warns
+   * of a pool size of 0 or 1, so the option is left out then. */
+  struct MHD_OptionItem pool[] = {
+      {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
+       (intptr_t)threads, NULL},
+      {MHD_OPTION_END, 0, NULL}};
   /* libmicrohttpd's own limit and timeout are backstops: the guard closes
    * connections before either is reached (tly_http_conn.h). */
   http->daemon = MHD_start_daemon(
       MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
           MHD_USE_ERROR_LOG,
       conf->port, NULL, NULL, handle_request, http, MHD_OPTION_SOCK_ADDR, &addr,
-      MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
+      MHD_OPTION_ARRAY, pool, MHD_OPTION_CONNECTION_LIMIT,
       tly_http_guard_mhd_connection_limit(http->guard, threads),
       MHD_OPTION_CONNECTION_TIMEOUT, tly_http_guard_mhd_timeout_s(http->guard),
       MHD_OPTION_NOTIFY_CONNECTION, tly_http_guard_notify, http->guard,

@@ -71,10 +71,15 @@ static struct MHD_Daemon *ceiling_start(unsigned threads, uint16_t *port) {
   memset(&addr, 0, sizeof(addr));
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  struct MHD_Daemon *daemon = MHD_start_daemon(
-      MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-      ceiling_handler, NULL, MHD_OPTION_SOCK_ADDR, &addr,
-      MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_END);
+  /* As tally's port: no pool option for one thread. */
+  struct MHD_OptionItem pool[] = {
+      {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
+       (intptr_t)threads, NULL},
+      {MHD_OPTION_END, 0, NULL}};
+  struct MHD_Daemon *daemon =
+      MHD_start_daemon(MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0,
+                       NULL, NULL, ceiling_handler, NULL, MHD_OPTION_SOCK_ADDR,
+                       &addr, MHD_OPTION_ARRAY, pool, MHD_OPTION_END);
   const union MHD_DaemonInfo *info =
       daemon ? MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT) : NULL;
   *port = info ? info->port : 0;
