@@ -309,8 +309,14 @@ static void metrics_http(tly_http_t *http, text_t *text) {
   text_append(text,
               "# HELP tally_http_threads The HTTP port's threads "
               "(http.threads).\n# TYPE tally_http_threads gauge\n"
-              "tally_http_threads %u\n",
-              http->threads);
+              "tally_http_threads %u\n"
+              "# HELP tally_http_analytics_scans_running Analytics scans of "
+              "this instance's partitions running now, each on a thread of "
+              "its own (at most %d).\n# TYPE "
+              "tally_http_analytics_scans_running gauge\n"
+              "tally_http_analytics_scans_running %zu\n",
+              http->threads, TLY_ANALYTICS_SCANS_MAX,
+              tly_http_tasks_in_flight(http->scans));
   text_append(text,
               "# HELP tally_http_connections_open HTTP connections open "
               "(http.max_connections at most).\n# TYPE "

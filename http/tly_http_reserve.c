@@ -524,8 +524,7 @@ void tly_http_handle_release(tly_http_t *http, request_t *req,
   tly_http_reserve_t *reserve = http->reserve;
   pthread_mutex_lock(&reserve->lock);
   prune(reserve, call->partition,
-        tly_processor_committed(http->conf.processor, call->partition),
-        now_ms);
+        tly_processor_committed(http->conf.processor, call->partition), now_ms);
   int found = read_state(http, &call->subject, &state, errstr, sizeof(errstr));
   const tly_hold_t *open = NULL;
   int index =

@@ -100,6 +100,13 @@ void tly_http_task_free(tly_http_task_t *task) {
   free(task);
 }
 
+size_t tly_http_tasks_in_flight(tly_http_tasks_t *tasks) {
+  pthread_mutex_lock(&tasks->lock);
+  size_t in_flight = tasks->in_flight;
+  pthread_mutex_unlock(&tasks->lock);
+  return in_flight;
+}
+
 void tly_http_tasks_close(tly_http_tasks_t *tasks) {
   if (!tasks)
     return;

@@ -45,6 +45,9 @@ int tly_http_tasks_start(tly_http_tasks_t *tasks, tly_http_task_fn run,
 json_t *tly_http_task_answer(tly_http_task_t *task, int *status);
 void tly_http_task_free(tly_http_task_t *task); /* NULL is fine */
 
+/* Tasks running now (for metrics and tests). */
+size_t tly_http_tasks_in_flight(tly_http_tasks_t *tasks);
+
 /* Refuses new tasks and waits for those in flight. */
 void tly_http_tasks_close(tly_http_tasks_t *tasks);
 void tly_http_tasks_destroy(tly_http_tasks_t *tasks); /* closes first */

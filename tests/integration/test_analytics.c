@@ -14,7 +14,11 @@
  *    figures; each subject's /usage?group_by=model groups sum to its
  *    features; /usage/daily?group_by as CSV has the group column;
  *  - both instances' answers are the same (each gathered the other's part);
- *  - an unknown group_by is a 400 naming the field; CSV answers.
+ *  - an unknown group_by is a 400 naming the field; CSV answers;
+ *  - a scan runs off the HTTP thread: with http.threads 1, /metrics shows
+ *    tally_http_analytics_scans_running 1 and a pre-check is answered
+ *    while a breakdown scans 40,000 more subjects (fails with the scan on
+ *    the HTTP thread: checked).
  * Corrections (usage_corrected) are folded in: a third of the subjects
  * amend an AI event, a third retract one, a sixth amend an api_calls event
  * with a region. The reference moves the original's model, provider and
@@ -29,8 +33,10 @@
 #include "tally_producer.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +56,7 @@ static const char *config_json =
     "   \"m2\": {\"input_per_mtok\": 3000000, \"output_per_mtok\": 5000000},"
     "   \"m3\": {\"input_per_mtok\": 7000000, \"output_per_mtok\": 1000000}}},"
     " \"default_plans\": {\"user\": \"basic\"},"
+    " \"http\": {\"threads\": 1},"
     " \"meters\": {\"api_calls\": {\"group_by\": [\"properties.region\"]}},"
     " \"plans\": {\"basic\": {\"credits\": -1,"
     "   \"prices\": {\"api_calls\": {\"model\": \"graduated\", \"tiers\": "
@@ -341,6 +348,64 @@ static void check_top(const json_t *top, int by_cost, const fig_t *figs,
   assert_true(above < limit);
 }
 
+/* SCAN_SUBJECTS more subjects, one api_calls event each: enough that a
+ * scan of an instance's partitions takes a while. */
+#define SCAN_SUBJECTS 40000
+static void produce_scan_subjects(const char *bootstrap, int64_t at_ms) {
+  tally_producer_conf_t conf = {.brokers = bootstrap};
+  char errstr[512], id[32], event_id[48];
+  tally_producer_t *producer =
+      tally_producer_new(&conf, errstr, sizeof(errstr));
+  assert_non_null(producer);
+  for (int s = 0; s < SCAN_SUBJECTS; s++) {
+    tly_event_t event = {0};
+    snprintf(id, sizeof(id), "scan-%05d", s);
+    snprintf(event_id, sizeof(event_id), "scan-%d", s);
+    event.event_id = event_id;
+    event.occurred_at_ms = at_ms;
+    event.subject_kind = TLY_SUBJECT_USER;
+    event.subject_id = id;
+    event.body_kind = TLY_BODY_USAGE_RECORDED;
+    event.body.usage.feature = "api_calls";
+    event.body.usage.unit = "call";
+    event.body.usage.quantity = 1;
+    if (tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr)))
+      fail_msg("send: %s", errstr);
+  }
+  assert_int_equal(tally_producer_flush(producer, 30000), 0);
+  tally_producer_destroy(producer);
+}
+
+typedef struct {
+  int port;
+  const char *path;
+  long status;
+  atomic_int done;
+} scan_call_t;
+
+static void *scan_call_main(void *opaque) {
+  scan_call_t *call = opaque;
+  char *body = NULL;
+  if (th_http_get(call->port, call->path, &call->status, &body))
+    call->status = 0;
+  free(body);
+  atomic_store(&call->done, 1);
+  return NULL;
+}
+
+/* tally_http_analytics_scans_running from /metrics; -1 without it. */
+static long scans_running(int port) {
+  long status = 0, value = -1;
+  char *body = NULL;
+  if (th_http_get(port, "/metrics", &status, &body) == 0 && status == 200) {
+    const char *at = strstr(body, "\ntally_http_analytics_scans_running ");
+    if (at)
+      value = atol(at + strlen("\ntally_http_analytics_scans_running "));
+  }
+  free(body);
+  return value;
+}
+
 static void test_analytics_across_instances(void **state) {
   (void)state;
   th_broker_t broker;
@@ -581,6 +646,50 @@ static void test_analytics_across_instances(void **state) {
                           json_object_get(answer, "error"), "field")),
                       "group_by");
   json_decref(answer);
+
+  /* A scan never holds up the port: with one HTTP thread (http.threads 1)
+   * the port answers /metrics, showing the scan running, and a pre-check
+   * while an analytics request scans SCAN_SUBJECTS more subjects. A scan
+   * on the HTTP thread would hold both until it ended (the gauge reads 0
+   * then). Tried up to 20 times: each try's scan must last longer than
+   * one /metrics answer. */
+  produce_scan_subjects(broker.bootstrap, at_ms);
+  snprintf(path, sizeof(path),
+           "/v1/analytics/breakdown?feature=api_calls&"
+           "group_by=plan&%s",
+           range);
+  deadline = th_now_ms() + 60000;
+  for (;;) { /* every scan subject folded on both instances */
+    answer = get_200(a.port, path);
+    long long events = member(json_object_get(answer, "total"), "events");
+    json_decref(answer);
+    if (events >= total_api.events + SCAN_SUBJECTS)
+      break;
+    if (th_now_ms() > deadline)
+      fail_msg("scan subjects not folded: %lld events", events);
+    th_sleep_ms(200);
+  }
+  int seen = 0;
+  for (int attempt = 0; attempt < 20 && !seen; attempt++) {
+    scan_call_t call = {.port = a.port, .path = path};
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, scan_call_main, &call), 0);
+    while (!atomic_load(&call.done) && !seen) {
+      if (scans_running(a.port) != 1)
+        continue;
+      seen = 1; /* /metrics answered while the scan ran */
+      answer = get_json(a.port,
+                        "/v1/subjects/user:scan-00001/quota?feature=api_calls",
+                        &status);
+      json_decref(answer);
+      assert_int_equal(status, 200);
+    }
+    pthread_join(thread, NULL);
+    assert_int_equal(call.status, 200);
+  }
+  if (!seen)
+    fail_msg("the port never answered while an analytics scan ran");
+  assert_int_equal(scans_running(a.port), 0);
 
   th_stop(a.pid);
   th_stop(b.pid);

@@ -7,7 +7,8 @@
  *  - at most max run at once: one more is refused (done never called, the
  *    argument freed) while the others run, and accepted again once one
  *    finished;
- *  - close waits for the tasks in flight and refuses new ones.
+ *  - close waits for the tasks in flight and refuses new ones;
+ *  - the in-flight count (the analytics scans' gauge) counts running ones.
  * The tasks block on a gate the test opens.
  */
 #include "tly_http_tasks.h"
@@ -151,6 +152,7 @@ static void test_at_most_max_in_flight(void **state) {
                                           &calls, &running[i]),
                      0);
   wait_for(&gate.started, MAX);
+  assert_int_equal(tly_http_tasks_in_flight(tasks), MAX);
   tly_http_task_t *refused = (tly_http_task_t *)&refused_calls; /* not NULL */
   assert_int_equal(tly_http_tasks_start(tasks, run, number(99), free_arg, done,
                                         &refused_calls, &refused),
@@ -160,6 +162,7 @@ static void test_at_most_max_in_flight(void **state) {
   gate_open();
   wait_for(&gate.done, MAX);
   tly_http_tasks_close(tasks);
+  assert_int_equal(tly_http_tasks_in_flight(tasks), 0);
   assert_int_equal(atomic_load(&calls), MAX);
   assert_int_equal(atomic_load(&refused_calls), 0);
   for (int i = 0; i < MAX; i++)
