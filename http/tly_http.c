@@ -944,8 +944,6 @@ unsigned tly_http_default_threads(void) {
                                           : (unsigned)(cores / 2);
 }
 
-unsigned tly_http_threads(const tly_http_t *http) { return http->threads; }
-
 static void http_free(tly_http_t *http) {
   atomic_store(&http->stopping, 1);
   if (http->producer)

@@ -69,8 +69,6 @@ uint16_t tly_http_port(const tly_http_t *http);
  * of two busy HTTP threads time-slicing with them (README, "HTTP
  * threads"). */
 unsigned tly_http_default_threads(void);
-/* The threads this port runs. */
-unsigned tly_http_threads(const tly_http_t *http);
 void tly_http_stop(tly_http_t *http);
 
 /* The routes that exist, for the OpenAPI check and docs: method, path
