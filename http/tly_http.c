@@ -875,9 +875,9 @@ handle_request(void *cls, struct MHD_Connection *connection, const char *url,
     }
     if (req->portal) {
       int status;
-      json_t *answer = tly_stripe_portal_answer(req->portal, &status);
+      json_t *answer = tly_http_task_answer(req->portal, &status);
       tly_http_respond_json(&out, status, answer);
-      tly_stripe_portal_call_free(req->portal);
+      tly_http_task_free(req->portal);
       req->portal = NULL;
       break;
     }
@@ -925,7 +925,7 @@ static void on_completed(void *cls, struct MHD_Connection *connection,
     return;
   tly_http_ingest_free(
       req->ingest); /* only when the client went away meanwhile */
-  tly_stripe_portal_call_free(req->portal);
+  tly_http_task_free(req->portal);
   tly_http_task_free(req->stripe_task);
   tly_forward_call_free(req->forward);
   tly_http_gather_free(req->gather);

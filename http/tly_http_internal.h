@@ -201,12 +201,12 @@ struct request {
   int body_too_large;
   int answered;     /* an answer is queued: the handler never runs again */
   ingest_t *ingest; /* while waiting for Kafka */
-  tly_stripe_portal_call_t *portal; /* while waiting for Stripe */
-  tly_http_task_t *stripe_task;     /* a subscription route's Stripe calls */
-  char *target;                     /* the request target, query included */
-  tly_forward_call_t *forward;      /* while waiting for the owner */
-  struct tly_http_gather *gather;   /* while waiting for the owners' parts */
-  tly_stream_relay_t *relay;        /* a stream relayed from the owner */
+  tly_http_task_t *portal;        /* while waiting for Stripe */
+  tly_http_task_t *stripe_task;   /* a subscription route's Stripe calls */
+  char *target;                   /* the request target, query included */
+  tly_forward_call_t *forward;    /* while waiting for the owner */
+  struct tly_http_gather *gather; /* while waiting for the owners' parts */
+  tly_stream_relay_t *relay;      /* a stream relayed from the owner */
   const char *served_by; /* X-Tally-Served-By: this instance or owner */
   char owner[TLY_MEMBERS_URL_MAX]; /* the owner forwarded to */
   char content_type[128];          /* of the owner's answer */

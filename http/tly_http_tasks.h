@@ -1,8 +1,9 @@
 /*
  * tly_http_tasks.h - work of the HTTP port on threads of its own: the
  * Stripe calls of the subscription, customer and invoice routes
- * (tly_http_subs.c) and the analytics routes' scan of this instance's
- * partitions (tly_http_analytics.c).
+ * (tly_http_subs.c) and of the billing portal (tly_stripe_portal.c), and
+ * the analytics routes' scan of this instance's partitions
+ * (tly_http_analytics.c).
  *
  * Such work may take seconds (Stripe calls with their retries, each
  * bounded by stripe.timeout_ms; a scan of up to TLY_ANALYTICS_SCAN_MAX
@@ -12,7 +13,7 @@
  * on a detached thread, and done is called from there once the answer is
  * in; the port resumes the connection and takes the answer with
  * tly_http_task_answer. The in-flight count lets shutdown wait for every
- * task (like the billing portal's calls, tly_stripe_portal.h).
+ * task.
  */
 #ifndef TLY_HTTP_TASKS_H
 #define TLY_HTTP_TASKS_H

@@ -1,14 +1,14 @@
 /*
  * tly_stripe_portal.c - billing portal sessions on their own threads (see
- * tly_stripe_portal.h). A call is a detached thread: portal sessions are
- * rare and human-initiated, so a thread each is simpler than a pool, and
- * the in-flight count lets shutdown wait for them.
+ * tly_stripe_portal.h). A call is a task of the HTTP port's
+ * (tly_http_tasks.h): a detached thread, since portal sessions are rare
+ * and human-initiated, whose in-flight count lets shutdown wait for them.
  */
 #include "tly_stripe_portal.h"
 
 #include "tly_stripe_client.h"
 
-#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,21 +16,14 @@
 struct tly_stripe_portal {
   const tly_stripe_config_t *stripe;
   tly_stripe_client_t *client;
-  pthread_mutex_t lock;
-  pthread_cond_t idle;
-  size_t in_flight;
-  int closing;
+  tly_http_tasks_t *calls; /* unbounded, as sessions are human-initiated */
 };
 
-struct tly_stripe_portal_call {
+/* One call's argument: the portal and the customer. */
+typedef struct {
   tly_stripe_portal_t *portal;
   char customer[TLY_STRIPE_ID_MAX];
-  void (*done)(void *opaque);
-  void *opaque;
-  long stripe_status; /* 0: no answer */
-  char *body;
-  char error[256];
-};
+} call_arg_t;
 
 tly_stripe_portal_t *tly_stripe_portal_new(const tly_stripe_config_t *stripe,
                                            char *errstr, size_t errstr_size) {
@@ -49,67 +42,47 @@ tly_stripe_portal_t *tly_stripe_portal_new(const tly_stripe_config_t *stripe,
     free(portal);
     return NULL;
   }
-  pthread_mutex_init(&portal->lock, NULL);
-  pthread_cond_init(&portal->idle, NULL);
+  portal->calls = tly_http_tasks_new(SIZE_MAX);
+  if (!portal->calls) {
+    snprintf(errstr, errstr_size, "stripe portal: out of memory");
+    tly_stripe_client_destroy(portal->client);
+    free(portal);
+    return NULL;
+  }
   return portal;
 }
 
-static void *call_main(void *arg) {
-  tly_stripe_portal_call_t *call = arg;
-  tly_stripe_portal_t *portal = call->portal;
+/* The call (on a thread of its own): the session, or Stripe's error. */
+static json_t *call_run(void *opaque, int *status) {
+  call_arg_t *arg = opaque;
+  tly_stripe_portal_t *portal = arg->portal;
   tly_stripe_param_t params[] = {
-      {"customer", call->customer},
+      {"customer", arg->customer},
       {"return_url", portal->stripe->portal_return_url},
   };
   size_t count = portal->stripe->portal_return_url[0] ? 2 : 1;
   tly_stripe_response_t response;
-  if (tly_stripe_post(portal->client, "/v1/billing_portal/sessions", params,
-                      count, NULL, &response) == 0) {
-    call->stripe_status = response.status;
-    call->body = response.body;
-    response.body = NULL;
-  } else {
-    snprintf(call->error, sizeof(call->error), "%s", response.error);
-  }
+  json_t *answer =
+      tly_stripe_post(portal->client, "/v1/billing_portal/sessions", params,
+                      count, NULL, &response) == 0
+          ? tly_stripe_portal_result(response.status, response.body, NULL,
+                                     status)
+          : tly_stripe_portal_result(0, NULL, response.error, status);
   tly_stripe_response_clear(&response);
-  /* The call belongs to the caller from here on: not touched again. */
-  call->done(call->opaque);
-  pthread_mutex_lock(&portal->lock);
-  if (--portal->in_flight == 0)
-    pthread_cond_broadcast(&portal->idle);
-  pthread_mutex_unlock(&portal->lock);
-  return NULL;
+  return answer;
 }
 
 int tly_stripe_portal_request(tly_stripe_portal_t *portal, const char *customer,
                               void (*done)(void *opaque), void *opaque,
-                              tly_stripe_portal_call_t **out) {
-  tly_stripe_portal_call_t *call = calloc(1, sizeof(*call));
-  pthread_attr_t attr;
-  pthread_t thread;
-  if (!call)
+                              tly_http_task_t **call) {
+  call_arg_t *arg = calloc(1, sizeof(*arg));
+  *call = NULL;
+  if (!arg)
     return -1;
-  call->portal = portal;
-  snprintf(call->customer, sizeof(call->customer), "%s", customer);
-  call->done = done;
-  call->opaque = opaque;
-  *out = call;
-  pthread_mutex_lock(&portal->lock);
-  int rc = -1;
-  if (!portal->closing && pthread_attr_init(&attr) == 0) {
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    portal->in_flight++;
-    rc = pthread_create(&thread, &attr, call_main, call) == 0 ? 0 : -1;
-    if (rc)
-      portal->in_flight--;
-    pthread_attr_destroy(&attr);
-  }
-  pthread_mutex_unlock(&portal->lock);
-  if (rc) {
-    free(call);
-    *out = NULL;
-  }
-  return rc;
+  arg->portal = portal;
+  snprintf(arg->customer, sizeof(arg->customer), "%s", customer);
+  return tly_http_tasks_start(portal->calls, call_run, arg, free, done, opaque,
+                              call);
 }
 
 json_t *tly_stripe_portal_result(long stripe_status, const char *body,
@@ -141,35 +114,15 @@ json_t *tly_stripe_portal_result(long stripe_status, const char *body,
                    (json_int_t)stripe_status);
 }
 
-json_t *tly_stripe_portal_answer(const tly_stripe_portal_call_t *call,
-                                 int *status) {
-  return tly_stripe_portal_result(call->stripe_status, call->body, call->error,
-                                  status);
-}
-
-void tly_stripe_portal_call_free(tly_stripe_portal_call_t *call) {
-  if (!call)
-    return;
-  free(call->body);
-  free(call);
-}
-
 void tly_stripe_portal_close(tly_stripe_portal_t *portal) {
-  if (!portal)
-    return;
-  pthread_mutex_lock(&portal->lock);
-  portal->closing = 1;
-  while (portal->in_flight)
-    pthread_cond_wait(&portal->idle, &portal->lock);
-  pthread_mutex_unlock(&portal->lock);
+  if (portal)
+    tly_http_tasks_close(portal->calls);
 }
 
 void tly_stripe_portal_destroy(tly_stripe_portal_t *portal) {
   if (!portal)
     return;
-  tly_stripe_portal_close(portal);
+  tly_http_tasks_destroy(portal->calls); /* closes first */
   tly_stripe_client_destroy(portal->client);
-  pthread_cond_destroy(&portal->idle);
-  pthread_mutex_destroy(&portal->lock);
   free(portal);
 }
