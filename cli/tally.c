@@ -6,6 +6,7 @@
 #include "cli.h"
 
 #include "tally_version.h"
+#include "tly_malloc.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
@@ -52,6 +53,11 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))
     return cmd_version(argc - 1, argv + 1);
+  /* The long-running commands: malloc's large blocks on huge pages
+   * (tly_malloc.h; may execute tally again, the same process). */
+  if (!strcmp(argv[1], "dev") || !strcmp(argv[1], "run") ||
+      !strcmp(argv[1], "broker"))
+    tly_malloc_hugepages(argv);
   for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
     if (!strcmp(argv[1], commands[i].name))
       return commands[i].run(argc - 1, argv + 1);

@@ -14,6 +14,7 @@
 #include "tly_http_conn.h"
 #include "tly_http_latency.h"
 #include "tly_http_process.h"
+#include "tly_malloc.h"
 #include "tly_members.h"
 #include "tly_processor.h"
 #include "tly_state_cache.h"
@@ -210,6 +211,12 @@ static void metrics_process(text_t *text) {
               "1.\n# TYPE tally_build_info gauge\n"
               "tally_build_info{version=\"%s\",commit=\"%s\"} 1\n",
               tly_build_version, tly_build_commit);
+  text_append(text,
+              "# HELP tally_malloc_hugepages 1 when malloc's large blocks may "
+              "be transparent huge pages (glibc.malloc.hugetlb).\n"
+              "# TYPE tally_malloc_hugepages gauge\n"
+              "tally_malloc_hugepages %d\n",
+              tly_malloc_hugepages_on());
 }
 
 /* Standby copies held here (tly_standby.c) and how far behind each is:

@@ -41,6 +41,7 @@
 #include "tly_config.h"
 #include "tly_http.h"
 #include "tly_log.h"
+#include "tly_malloc.h"
 #include "tly_processor.h"
 #include "tly_store.h"
 #include "tly_topics.h"
@@ -331,6 +332,8 @@ int main(int argc, char **argv) {
   int http_s = getenv("BENCH_HTTP_S") ? atoi(getenv("BENCH_HTTP_S")) : 10;
   char errstr[512], dir[] = "/tmp/tally-bench-XXXXXX";
 
+  /* As `tally run` and `tally dev` start (tly_malloc.h). */
+  tly_malloc_hugepages(argv);
   if (getenv("BENCH_ONLY_HTTP") && atoi(getenv("BENCH_ONLY_HTTP")))
     return bench_http_only(argc, argv);
   if (getenv("BENCH_DEDUPE_IDS") && atol(getenv("BENCH_DEDUPE_IDS")) > 0)
