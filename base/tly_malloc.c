@@ -43,6 +43,7 @@ int tly_malloc_hugepages_on(void) {
 #endif
 }
 
+#ifndef TLY_OWN_ALLOCATOR
 /* Transparent huge pages are on (always or madvise) in the kernel. */
 static int thp_enabled(void) {
   FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
@@ -53,6 +54,7 @@ static int thp_enabled(void) {
   fclose(f);
   return on;
 }
+#endif
 
 void tly_malloc_hugepages(char **argv) {
 #ifdef TLY_OWN_ALLOCATOR
