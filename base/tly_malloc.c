@@ -5,6 +5,8 @@
 #define _GNU_SOURCE /* setenv */
 #include "tly_malloc.h"
 
+#include "tly_sanitize.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,16 +24,8 @@ int tly_malloc_tunables(const char *current, char *out, size_t out_size) {
   return n > 0 && (size_t)n < out_size;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TLY_OWN_ALLOCATOR 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TLY_OWN_ALLOCATOR 1
-#endif
-#endif
-
 int tly_malloc_hugepages_on(void) {
-#ifdef TLY_OWN_ALLOCATOR
+#if TLY_ADDRESS_SANITIZER
   return 0;
 #else
   const char *tunables = getenv("GLIBC_TUNABLES");
@@ -43,7 +37,7 @@ int tly_malloc_hugepages_on(void) {
 #endif
 }
 
-#ifndef TLY_OWN_ALLOCATOR
+#if !TLY_ADDRESS_SANITIZER
 /* Transparent huge pages are on (always or madvise) in the kernel. */
 static int thp_enabled(void) {
   FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
@@ -57,7 +51,7 @@ static int thp_enabled(void) {
 #endif
 
 void tly_malloc_hugepages(char **argv) {
-#ifdef TLY_OWN_ALLOCATOR
+#if TLY_ADDRESS_SANITIZER
   (void)argv;
 #else
   const char *opt_out = getenv("TALLY_MALLOC_HUGEPAGES");

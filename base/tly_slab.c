@@ -6,6 +6,7 @@
 #include "tly_slab.h"
 
 #include "tly_bytes.h"
+#include "tly_sanitize.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -13,16 +14,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SLAB_USES_MALLOC 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SLAB_USES_MALLOC 1
-#endif
-#endif
-#ifndef SLAB_USES_MALLOC
-#define SLAB_USES_MALLOC 0
-#endif
+/* Under AddressSanitizer, plain malloc (the sanitizer checks objects). */
+#define SLAB_USES_MALLOC TLY_ADDRESS_SANITIZER
 
 #define SMALL_PAGE ((uintptr_t)4096)
 

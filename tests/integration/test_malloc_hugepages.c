@@ -13,6 +13,8 @@
 #define _GNU_SOURCE /* setenv */
 #include "harness.h"
 
+#include "tly_sanitize.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,20 +24,9 @@
 
 #include <cmocka.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-
 /* tally adds the setting here: a plain build, THP not `never`. */
 static int expect_added(void) {
-  if (SANITIZED)
+  if (TLY_ADDRESS_SANITIZER)
     return 0;
   char *thp = th_read_file("/sys/kernel/mm/transparent_hugepage/enabled");
   int on = thp && !strstr(thp, "[never]");

@@ -23,6 +23,7 @@
 #include "harness.h"
 
 #include "tally_producer.h"
+#include "tly_sanitize.h"
 
 #include <jansson.h>
 #include <setjmp.h>
@@ -36,16 +37,7 @@
 #include <cmocka.h>
 
 /* ASan's shadow memory and quarantine make RSS say nothing of tally's. */
-#if defined(__SANITIZE_ADDRESS__)
-#define RSS_MEANINGFUL 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define RSS_MEANINGFUL 0
-#endif
-#endif
-#ifndef RSS_MEANINGFUL
-#define RSS_MEANINGFUL 1
-#endif
+#define RSS_MEANINGFUL (!TLY_ADDRESS_SANITIZER)
 
 #define PARTITIONS 32 /* the embedded broker keeps ~5 MiB of each */
 #define SUBJECTS 20000
