@@ -94,11 +94,13 @@ typedef struct {
  * (tly_dims.h: feature, 0x1f, dimension, 0x1f, value) with its NUL. */
 #define TLY_BUCKET_NAME_MAX 176
 
-/* A bucket with what names it within its subject. */
+/* A bucket with what names it within its subject. The name is last: the
+ * overlay allocates its buckets only up to the name's NUL
+ * (store/tly_overlay.c), so nothing may copy an overlay's bucket whole. */
 typedef struct {
   int32_t hour; /* hours since 1970-01-01T00:00Z */
-  char feature[TLY_BUCKET_NAME_MAX]; /* the name: a feature or a group */
   tly_bucket_t totals;
+  char feature[TLY_BUCKET_NAME_MAX]; /* the name: a feature or a group */
 } tly_subject_bucket_t;
 
 /* The hour of an event time (floor, so times before 1970 work too),

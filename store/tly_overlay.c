@@ -40,7 +40,7 @@ static void free_entry(tly_slab_t *slab, tly_overlay_entry_t *entry) {
     free(entry->row_tags);
   }
   for (size_t i = 0; i < entry->bucket_count; i++)
-    tly_slab_free(slab, entry->buckets[i], sizeof(*entry->buckets[i]));
+    tly_slab_free(slab, entry->buckets[i], entry->buckets[i]->size);
   if (entry->buckets != entry->buckets_inline) {
     free(entry->buckets);
     free(entry->bucket_tags);
@@ -145,9 +145,14 @@ void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry) {
   for (size_t i = 0; i < entry->row_count && i < 8; i++)
     for (size_t line = 0; line < sizeof(**entry->rows); line += 64)
       __builtin_prefetch((const char *)entry->rows[i] + line);
-  for (size_t i = 0; i < entry->bucket_count && i < 8; i++)
-    for (size_t line = 0; line < sizeof(**entry->buckets); line += 64)
-      __builtin_prefetch((const char *)entry->buckets[i] + line);
+  /* A bucket is allocated up to its name's NUL: most take two lines; a
+   * name of up to 64 bytes, three. */
+  for (size_t i = 0; i < entry->bucket_count && i < 8; i++) {
+    const char *bucket = (const char *)entry->buckets[i];
+    __builtin_prefetch(bucket);
+    __builtin_prefetch(bucket + 64);
+    __builtin_prefetch(bucket + 127);
+  }
 }
 
 void tly_overlay_prefetch_rows(const tly_overlay_t *overlay, uint64_t hash) {
@@ -382,9 +387,13 @@ tly_overlay_bucket_t *tly_overlay_bucket(tly_overlay_entry_t *entry,
     entry->buckets = buckets;
     entry->bucket_cap *= 2;
   }
-  tly_overlay_bucket_t *bucket = tly_slab_alloc(entry->slab, sizeof(*bucket));
+  /* Up to the name's NUL (the name is last: tly_overlay.h). */
+  size_t size = offsetof(tly_overlay_bucket_t, bucket.feature) + len + 1;
+  tly_overlay_bucket_t *bucket = tly_slab_alloc(entry->slab, size);
   if (!bucket)
     return NULL;
+  bucket->size = (uint16_t)size;
+  entry->bucket_bytes += size;
   bucket->bucket.hour = hour;
   memcpy(bucket->bucket.feature, feature, len + 1);
   entry->bucket_tags[entry->bucket_count] = tag;
@@ -409,7 +418,8 @@ void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
       entry->bucket_tags[kept] = entry->bucket_tags[i];
       entry->buckets[kept++] = entry->buckets[i];
     } else {
-      tly_slab_free(entry->slab, entry->buckets[i], sizeof(*entry->buckets[i]));
+      entry->bucket_bytes -= entry->buckets[i]->size;
+      tly_slab_free(entry->slab, entry->buckets[i], entry->buckets[i]->size);
     }
   }
   entry->bucket_count = kept;
@@ -425,8 +435,7 @@ size_t tly_overlay_entry_bytes(const tly_overlay_entry_t *entry) {
       rows_apart * (sizeof(*entry->rows) + sizeof(*entry->row_tags)) +
       entry->row_count * sizeof(**entry->rows) +
       buckets_apart * (sizeof(*entry->buckets) + sizeof(*entry->bucket_tags)) +
-      entry->bucket_count * sizeof(**entry->buckets) +
-      entry->holds.cap * sizeof(*entry->holds.items) +
+      entry->bucket_bytes + entry->holds.cap * sizeof(*entry->holds.items) +
       entry->distinct.cap * sizeof(*entry->distinct.items);
   for (size_t d = 0; d < entry->distinct.count; d++) {
     const tly_distinct_set_t *set = &entry->distinct.items[d];

@@ -23,11 +23,15 @@
  * own key. An hour present in an entry is always present with all its
  * buckets, so the hour's key can be rewritten from memory. */
 typedef struct {
-  tly_subject_bucket_t bucket;
-  unsigned char dirty;     /* changed in the open batch */
-  unsigned char in_record; /* stored inside the subject record */
   uint64_t flushed;        /* the batch (submit number) that last wrote the
                               hour's key from memory; 0: none */
+  unsigned char dirty;     /* changed in the open batch */
+  unsigned char in_record; /* stored inside the subject record */
+  uint16_t size;           /* the bytes allocated for it (see below) */
+  /* Last, and allocated only up to its name's NUL: a bucket named
+   * "ai_tokens" takes 80 bytes, not sizeof (240; the name's room is 176).
+   * Never copied whole. */
+  tly_subject_bucket_t bucket;
 } tly_overlay_bucket_t;
 
 #define TLY_OVERLAY_INLINE 8
@@ -56,6 +60,7 @@ typedef struct tly_overlay_entry {
    * fold works on them. Allocated one by one, like rows. */
   tly_overlay_bucket_t **buckets;
   size_t bucket_count, bucket_cap;
+  size_t bucket_bytes; /* the buckets' sizes, summed */
   uint64_t *bucket_tags;
   /* The subject's open reservations (tly_holds.h), stored in its record. */
   tly_holds_t holds;

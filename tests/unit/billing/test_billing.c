@@ -120,8 +120,8 @@ static tly_billing_row_t *mem_row(tly_billing_view_t *view,
 }
 
 static tly_bucket_t *mem_bucket(tly_billing_view_t *view,
-                              tly_subject_kind_t kind, const char *id,
-                              int32_t hour, const char *feature) {
+                                tly_subject_kind_t kind, const char *id,
+                                int32_t hour, const char *feature) {
   memory_state_t *state = view->opaque;
   (void)kind;
   for (size_t i = 0; i < state->bucket_count; i++)
@@ -183,9 +183,8 @@ typedef struct {
 
 static int setup(void **ctx) {
   fixture_t *f = calloc(1, sizeof(*f));
-  f->config =
-      tly_config_load_text(config_json, strlen(config_json), f->errstr,
-                           sizeof(f->errstr));
+  f->config = tly_config_load_text(config_json, strlen(config_json), f->errstr,
+                                   sizeof(f->errstr));
   if (!f->config) {
     fprintf(stderr, "config: %s\n", f->errstr);
     return -1;
@@ -215,9 +214,9 @@ static tly_fold_result_t fold(fixture_t *f, tly_event_t *event) {
   }
   if (!event->subject_id)
     event->subject_id = "alice";
-  tly_fold_result_t rc = tly_billing_fold(&f->billing, &f->state->view, event,
-                                          &f->alerts, f->errstr,
-                                          sizeof(f->errstr));
+  tly_fold_result_t rc =
+      tly_billing_fold(&f->billing, &f->state->view, event, &f->alerts,
+                       f->errstr, sizeof(f->errstr));
   if (event->event_id == event_id)
     event->event_id = NULL;
   return rc;
@@ -225,22 +224,21 @@ static tly_fold_result_t fold(fixture_t *f, tly_event_t *event) {
 
 static tly_fold_result_t usage(fixture_t *f, int64_t at, const char *feature,
                                int64_t quantity) {
-  tly_event_t event = {.occurred_at_ms = at,
-                       .body_kind = TLY_BODY_USAGE_RECORDED,
-                       .body.usage = {.feature = (char *)feature,
-                                      .quantity = quantity}};
+  tly_event_t event = {
+      .occurred_at_ms = at,
+      .body_kind = TLY_BODY_USAGE_RECORDED,
+      .body.usage = {.feature = (char *)feature, .quantity = quantity}};
   return fold(f, &event);
 }
 
 static tly_fold_result_t tokens(fixture_t *f, int64_t at, const char *model,
                                 int64_t in, int64_t out) {
-  tly_event_t event = {
-      .occurred_at_ms = at,
-      .body_kind = TLY_BODY_USAGE_RECORDED,
-      .body.usage = {.feature = "ai_tokens",
-                     .quantity = in + out,
-                     .has_ai = 1,
-                     .ai = {"p", (char *)model, in, out}}};
+  tly_event_t event = {.occurred_at_ms = at,
+                       .body_kind = TLY_BODY_USAGE_RECORDED,
+                       .body.usage = {.feature = "ai_tokens",
+                                      .quantity = in + out,
+                                      .has_ai = 1,
+                                      .ai = {"p", (char *)model, in, out}}};
   return fold(f, &event);
 }
 
@@ -257,20 +255,20 @@ static tly_account_t *alice(fixture_t *f) {
 
 static void test_tier_boundaries(void **ctx) {
   (void)ctx;
-  tly_feature_price_t graduated = {"api_calls", TLY_PRICE_GRADUATED, 3,
-                                   {{5, 1000}, {10, 500}, {-1, 100}}};
-  tly_feature_price_t volume = {"storage", TLY_PRICE_VOLUME, 2,
-                                {{100, 10}, {-1, 5}}};
+  tly_feature_price_t graduated = {
+      "api_calls", TLY_PRICE_GRADUATED, 3, {{5, 1000}, {10, 500}, {-1, 100}}};
+  tly_feature_price_t volume = {
+      "storage", TLY_PRICE_VOLUME, 2, {{100, 10}, {-1, 5}}};
   const struct {
     const tly_feature_price_t *price;
     int64_t quantity, cost;
   } cases[] = {
-      {&graduated, 0, 0},        {&graduated, 1, 1000},
-      {&graduated, 5, 5000},     {&graduated, 6, 5500},
-      {&graduated, 10, 7500},    {&graduated, 11, 7600},
+      {&graduated, 0, 0},         {&graduated, 1, 1000},
+      {&graduated, 5, 5000},      {&graduated, 6, 5500},
+      {&graduated, 10, 7500},     {&graduated, 11, 7600},
       {&graduated, 1000, 106500}, {&volume, 0, 0},
-      {&volume, 1, 10},          {&volume, 100, 1000},
-      {&volume, 101, 505},       {&volume, 200, 1000},
+      {&volume, 1, 10},           {&volume, 100, 1000},
+      {&volume, 101, 505},        {&volume, 200, 1000},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     int64_t cost = tly_billing_tier_cost(cases[i].price, cases[i].quantity);
@@ -540,7 +538,8 @@ static void test_rollover_and_late_event(void **ctx) {
   assert_int_equal(end->cycle_end_ms, FEB1);
   assert_int_equal(end->cost_micros, 2000);
   assert_int_equal(end->credits_used, 2);
-  assert_string_equal(end->alert_id, "billing_cycle_end:user:alice:1767225600000");
+  assert_string_equal(end->alert_id,
+                      "billing_cycle_end:user:alice:1767225600000");
   assert_int_equal(alice(f)->cycle.start_ms, FEB1);
   assert_int_equal(alice(f)->history_count, 1);
   /* A late January event lands in January's row and history, not in the
@@ -558,7 +557,7 @@ static void test_rollover_and_late_event(void **ctx) {
 }
 
 static const tly_bucket_t *bucket_of(fixture_t *f, int64_t t,
-                                    const char *feature) {
+                                     const char *feature) {
   return mem_bucket(&f->state->view, TLY_SUBJECT_USER, "alice",
                     tly_billing_hour(t), feature);
 }
@@ -602,8 +601,8 @@ static void test_hourly_buckets(void **ctx) {
   assert_int_equal(tly_billing_hour(JAN1 + HOUR), (int32_t)(JAN1 / HOUR) + 1);
 }
 
-static void test_closed_cycles_are_archived_once_they_leave_history(
-    void **ctx) {
+static void
+test_closed_cycles_are_archived_once_they_leave_history(void **ctx) {
   fixture_t *f = *ctx;
   int64_t starts[6] = {JAN1, FEB1, MAR1};
   for (int i = 3; i < 6; i++) {
@@ -643,8 +642,8 @@ static void test_invoice_paid_resets_quota(void **ctx) {
   assert_int_equal(f->alerts.count, 2);
   tly_event_t paid = {.occurred_at_ms = JAN1 + 10 * DAY,
                       .body_kind = TLY_BODY_INVOICE_PAID,
-                      .body.invoice_paid = {"in_1", 29000000,
-                                            JAN1 + 10 * DAY, FEB1 + 10 * DAY}};
+                      .body.invoice_paid = {"in_1", 29000000, JAN1 + 10 * DAY,
+                                            FEB1 + 10 * DAY}};
   assert_int_equal(fold(f, &paid), TLY_FOLD_APPLIED);
   assert_int_equal(f->alerts.count, 3);
   assert_int_equal(f->alerts.items[2].type, TLY_ALERT_BILLING_CYCLE_END);
@@ -786,9 +785,10 @@ static void test_plans_payments_and_cancellation(void **ctx) {
                         .body.payment_failed = {"in_9", 1000, 1}};
   assert_int_equal(fold(f, &failed), TLY_FOLD_APPLIED);
   assert_int_equal(alice(f)->payment_failed, 1);
-  tly_event_t canceled = {.occurred_at_ms = JAN1 + 2 * DAY,
-                          .body_kind = TLY_BODY_SUBSCRIPTION_CANCELED,
-                          .body.subscription_canceled = {"sub_1", "too pricey"}};
+  tly_event_t canceled = {
+      .occurred_at_ms = JAN1 + 2 * DAY,
+      .body_kind = TLY_BODY_SUBSCRIPTION_CANCELED,
+      .body.subscription_canceled = {"sub_1", "too pricey"}};
   assert_int_equal(fold(f, &canceled), TLY_FOLD_APPLIED);
   assert_int_equal(alice(f)->canceled, 1);
   assert_string_equal(alice(f)->plan, "t"); /* back to the kind's default */
@@ -808,11 +808,12 @@ static void test_same_log_same_alerts(void **ctx) {
     for (int i = 0; i < 300; i++) {
       char event_id[32];
       snprintf(event_id, sizeof(event_id), "d-%d", i);
-      tly_event_t event = {.event_id = event_id,
-                           .occurred_at_ms = JAN1 + (int64_t)i * DAY / 5,
-                           .subject_id = "alice",
-                           .body_kind = TLY_BODY_USAGE_RECORDED,
-                           .body.usage = {.feature = "api_calls", .quantity = 1}};
+      tly_event_t event = {
+          .event_id = event_id,
+          .occurred_at_ms = JAN1 + (int64_t)i * DAY / 5,
+          .subject_id = "alice",
+          .body_kind = TLY_BODY_USAGE_RECORDED,
+          .body.usage = {.feature = "api_calls", .quantity = 1}};
       tly_billing_fold(&f->billing, view, &event, out, f->errstr,
                        sizeof(f->errstr));
     }
@@ -861,7 +862,8 @@ static void test_state_encodings(void **ctx) {
   tly_billing_row_t row = {1, 2, 3, 4, 5, 6, 0x3, 0}, row_back;
   unsigned char row_bytes[TLY_BILLING_ROW_SIZE];
   tly_billing_row_encode(&row, row_bytes);
-  assert_int_equal(tly_billing_row_decode(row_bytes, sizeof(row_bytes), &row_back), 0);
+  assert_int_equal(
+      tly_billing_row_decode(row_bytes, sizeof(row_bytes), &row_back), 0);
   assert_int_equal(row_back.quantity, 1);
   assert_int_equal(row_back.input_tokens, 2);
   assert_int_equal(row_back.output_tokens, 3);
@@ -869,12 +871,13 @@ static void test_state_encodings(void **ctx) {
   assert_int_equal(row_back.cost_micros, 5);
   assert_int_equal(row_back.cost_remainder, 6);
   assert_int_equal(row_back.thresholds_fired, 0x3);
-  assert_int_equal(tly_billing_row_decode(row_bytes, sizeof(row_bytes) - 1, &row_back), -1);
+  assert_int_equal(
+      tly_billing_row_decode(row_bytes, sizeof(row_bytes) - 1, &row_back), -1);
 }
 
 /* Field by field: the structs have padding that memcmp would read. */
 static void assert_bucket_equal(const tly_subject_bucket_t *x,
-                             const tly_subject_bucket_t *y) {
+                                const tly_subject_bucket_t *y) {
   assert_int_equal(x->hour, y->hour);
   assert_string_equal(x->feature, y->feature);
   assert_memory_equal(&x->totals, &y->totals, sizeof(x->totals));
@@ -908,15 +911,15 @@ static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
       JAN1 - 31 * DAY, "api_calls", {1, 0, 0, 1, 1, 0, 0, 0}};
   tly_subject_row_t unused = {FEB1, "storage_bytes", {0}};
   const tly_subject_row_t *rows[] = {&current, &gone, &tokens, &unused, &kept};
-  tly_subject_bucket_t today = {20000, "api_calls", {6, 0, 0, 2, 18}};
-  tly_subject_bucket_t untouched = {20000, "ai_tokens", {0}};
+  tly_subject_bucket_t today = {20000, {6, 0, 0, 2, 18}, "api_calls"};
+  tly_subject_bucket_t untouched = {20000, {0}, "ai_tokens"};
   const tly_subject_bucket_t *days[] = {&today, &untouched};
   unsigned char small[8], bytes[1024];
-  size_t need =
-      tly_subject_record_encode(&account, rows, 5, days, 2, small, sizeof(small));
+  size_t need = tly_subject_record_encode(&account, rows, 5, days, 2, small,
+                                          sizeof(small));
   assert_true(need > sizeof(small)); /* tells the size, writes nothing */
-  size_t len =
-      tly_subject_record_encode(&account, rows, 5, days, 2, bytes, sizeof(bytes));
+  size_t len = tly_subject_record_encode(&account, rows, 5, days, 2, bytes,
+                                         sizeof(bytes));
   assert_int_equal(len, need);
 
   tly_subject_record_t record;
@@ -1002,7 +1005,7 @@ static void test_subject_record_rejects_garbage(void **ctx) {
   full.history[0] = (tly_cycle_t){JAN1 - 31 * DAY, JAN1, 5, 6};
   tly_subject_row_t row = {
       JAN1, "ai_tokens", {-7, 300, 400, 2, 99, 12345, 3, 0}};
-  tly_subject_bucket_t bucket = {20000, "ai_tokens", {-7, 300, 400, 2, 99}};
+  tly_subject_bucket_t bucket = {20000, {-7, 300, 400, 2, 99}, "ai_tokens"};
   const tly_subject_row_t *rows[] = {&row};
   const tly_subject_bucket_t *buckets[] = {&bucket};
   unsigned char bytes[512], work[512];
@@ -1037,9 +1040,9 @@ static void test_subject_record_rejects_garbage(void **ctx) {
 
 static void test_bucket_and_archive_encodings(void **ctx) {
   (void)ctx;
-  tly_subject_bucket_t a = {20001, "api_calls", {1, 2, 3, 4, 5}};
-  tly_subject_bucket_t b = {20001, "storage_bytes", {7, 0, 0, 1, -9}};
-  tly_subject_bucket_t none = {20001, "ai_tokens", {0}};
+  tly_subject_bucket_t a = {20001, {1, 2, 3, 4, 5}, "api_calls"};
+  tly_subject_bucket_t b = {20001, {7, 0, 0, 1, -9}, "storage_bytes"};
+  tly_subject_bucket_t none = {20001, {0}, "ai_tokens"};
   const tly_subject_bucket_t *hours[] = {&a, &none, &b};
   unsigned char bytes[512];
   size_t len = tly_bucket_encode(hours, 3, bytes, sizeof(bytes));
@@ -1091,23 +1094,32 @@ int main(void) {
       cmocka_unit_test(test_billing_hour_extremes),
       cmocka_unit_test_setup_teardown(test_fold_refuses_times_out_of_range,
                                       setup, teardown),
-      cmocka_unit_test_setup_teardown(test_graduated_price_and_hard_limit_alerts, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_soft_limit_and_exact_token_cost, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_unlimited_volume_and_credit_thresholds, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_rollover_and_late_event, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_graduated_price_and_hard_limit_alerts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_soft_limit_and_exact_token_cost,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_unlimited_volume_and_credit_thresholds, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_rollover_and_late_event, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_hourly_buckets, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_closed_cycles_are_archived_once_they_leave_history, setup,
           teardown),
-      cmocka_unit_test_setup_teardown(test_invoice_paid_resets_quota, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_duplicate_event_ids, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_invoice_paid_resets_quota, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_duplicate_event_ids, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_unknown_model, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_tick_closes_idle_cycle, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tick_closes_idle_cycle, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_dedupe_window, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dedupe_floor, setup, teardown),
       cmocka_unit_test_setup_teardown(test_feature_name_bound, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_plans_payments_and_cancellation, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_same_log_same_alerts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_plans_payments_and_cancellation,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_same_log_same_alerts, setup,
+                                      teardown),
       cmocka_unit_test(test_state_encodings),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

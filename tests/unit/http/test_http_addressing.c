@@ -203,9 +203,9 @@ static void test_daily_sums_saturate(void **state) {
    * cycle's total, not a day's: the hours belong to two cycles). */
   const int64_t near = INT64_MAX - 1000;
   tly_subject_bucket_t hours[] = {
-      {20000 * 24 + 1, "storage_bytes", {near, near, near, near, near}},
-      {20000 * 24 + 5, "storage_bytes", {near, near, near, near, near}},
-      {20000 * 24 + 6, "api_calls", {1, 0, 0, 1, INT64_MAX}},
+      {20000 * 24 + 1, {near, near, near, near, near}, "storage_bytes"},
+      {20000 * 24 + 5, {near, near, near, near, near}, "storage_bytes"},
+      {20000 * 24 + 6, {1, 0, 0, 1, INT64_MAX}, "api_calls"},
   };
   json_t *json = tly_req_daily_json(config, &subject, hours, 3, 20000, 20000);
   assert_non_null(json);

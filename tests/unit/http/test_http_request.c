@@ -392,12 +392,12 @@ static void test_history_answers(void **state) {
   /* Hourly buckets in any order: two hours of one day and feature (summed),
    * one outside the range, one unused. */
   tly_subject_bucket_t hours[] = {
-      {20002 * 24 + 3, "api_calls", {5, 0, 0, 2, 50}},
-      {20000 * 24 + 23, "ai_tokens", {30, 10, 20, 1, 7}},
-      {20000 * 24 + 1, "api_calls", {1, 0, 0, 1, 10}},
-      {20000 * 24 + 2, "api_calls", {2, 0, 0, 1, 20}},
-      {19990 * 24, "api_calls", {9, 0, 0, 9, 90}},
-      {20001 * 24, "storage_bytes", {0}},
+      {20002 * 24 + 3, {5, 0, 0, 2, 50}, "api_calls"},
+      {20000 * 24 + 23, {30, 10, 20, 1, 7}, "ai_tokens"},
+      {20000 * 24 + 1, {1, 0, 0, 1, 10}, "api_calls"},
+      {20000 * 24 + 2, {2, 0, 0, 1, 20}, "api_calls"},
+      {19990 * 24, {9, 0, 0, 9, 90}, "api_calls"},
+      {20001 * 24, {0}, "storage_bytes"},
   };
   json_t *json = tly_req_daily_json(config, &subject, hours, 6, 19995, 20002);
   json_t *list = json_object_get(json, "days");
