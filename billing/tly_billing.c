@@ -338,9 +338,9 @@ fold_usage(const tly_billing_t *billing, tly_billing_view_t *view,
   tly_bucket_t delta = {next.quantity - row->quantity, in, out_tokens, 1,
                         cost_delta}; /* the event's part (tly_dims.h) */
   tly_dims_step_t groups;
-  tly_fold_result_t grouped = tly_dims_prepare(
-      config, view, event, tly_billing_hour(t), &delta, &groups, errstr,
-      errstr_size);
+  tly_fold_result_t grouped =
+      tly_dims_prepare(config, view, event, tly_billing_hour(t), &delta,
+                       &groups, errstr, errstr_size);
   if (grouped != TLY_FOLD_APPLIED)
     return grouped;
   if (is_new &&
@@ -489,6 +489,7 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
   /* Work on a copy: a rejected event leaves the account as it was. */
   tly_account_t next = *account;
   size_t alerts_before = out->count;
+  tly_read_marks_t *marks = NULL; /* a NotificationRead's subject's */
   if (!next.exists) {
     next.exists = 1;
     snprintf(next.plan, sizeof(next.plan), "%s",
@@ -568,14 +569,16 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
     case TLY_BODY_RESERVATION_HELD:
     case TLY_BODY_RESERVATION_RELEASED:
       break; /* the holds change below, with everything else applied */
-    case TLY_BODY_NOTIFICATION_READ: {
-      const tly_notification_read_t *read = &event->body.notification_read;
-      tly_read_marks_add(
-          &next.read_marks,
-          tly_read_mark_hash(read->alert_id, strlen(read->alert_id)),
-          read->alert_at_ms);
+    case TLY_BODY_NOTIFICATION_READ: /* added below, once applied */
+      if (!view->read_marks) {
+        snprintf(errstr, errstr_size,
+                 "notification reads are not kept by this view");
+        result = TLY_FOLD_REJECTED;
+      } else if (!(marks = view->read_marks(view, event->subject_kind,
+                                            event->subject_id))) {
+        failed = 1;
+      }
       break;
-    }
     default:
       snprintf(errstr, errstr_size, "event body %d is not folded",
                (int)event->body_kind);
@@ -595,6 +598,12 @@ tly_fold_result_t tly_billing_fold(const tly_billing_t *billing,
   if (archive_dropped(view, event->subject_kind, event->subject_id, account,
                       &next))
     return TLY_FOLD_FAILED;
+  if (marks) {
+    const tly_notification_read_t *read = &event->body.notification_read;
+    tly_read_marks_add(
+        marks, tly_read_mark_hash(read->alert_id, strlen(read->alert_id)),
+        read->alert_at_ms);
+  }
   *account = next;
   return remember(view, event);
 }

@@ -57,9 +57,10 @@ typedef struct {
   uint32_t credit_thresholds_fired; /* bit i: plan threshold i, this cycle */
   size_t history_count;             /* newest first */
   tly_cycle_t history[TLY_BILLING_HISTORY];
-  /* Which alerts the subject read (NotificationRead events): kept in the
-   * subject record (version 6), not in tly_account_encode's bytes. */
-  tly_read_marks_t read_marks;
+  /* Which alerts the subject read (NotificationRead events) is not here
+   * but beside the account, in the subject record (version 6) and the
+   * view (read_marks below): 512 bytes that most subjects never use, which
+   * the fold would copy twice per event. */
 } tly_account_t;
 
 typedef struct {
@@ -150,6 +151,11 @@ struct tly_billing_view {
    * NULL return: the caller failed. */
   tly_distinct_sets_t *(*distinct)(tly_billing_view_t *view,
                                    tly_subject_kind_t kind, const char *id);
+  /* Optional (NULL: NotificationRead events are rejected): the subject's
+   * read marks (tly_read_marks.h), which the fold changes in place once
+   * the event is applied; NULL return: the caller failed. */
+  tly_read_marks_t *(*read_marks)(tly_billing_view_t *view,
+                                  tly_subject_kind_t kind, const char *id);
   /* Optional (NULL: usage events keep no contribution and usage_corrected
    * events are rejected): the contribution (tly_corrections.h) of the
    * subject's usage event event_id. With write == 0: 1 and *contribution

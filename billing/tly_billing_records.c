@@ -410,14 +410,15 @@ size_t tly_subject_record_encode_holds(
     unsigned char *out, size_t out_size) {
   return tly_subject_record_encode_meters(account, rows, row_count, buckets,
                                           bucket_count, holds, hold_count, NULL,
-                                          out, out_size);
+                                          NULL, out, out_size);
 }
 
 size_t tly_subject_record_encode_meters(
     const tly_account_t *account, const tly_subject_row_t *const *rows,
     size_t row_count, const tly_subject_bucket_t *const *buckets,
     size_t bucket_count, const tly_hold_t *holds, size_t hold_count,
-    const tly_distinct_sets_t *distinct, unsigned char *out, size_t out_size) {
+    const tly_distinct_sets_t *distinct, const tly_read_marks_t *read_marks,
+    unsigned char *out, size_t out_size) {
   writer_t w = {out, out_size, 0};
   size_t kept = 0, used_buckets = 0;
   int meters = 0;
@@ -431,7 +432,7 @@ size_t tly_subject_record_encode_meters(
              cycle_kept(account, distinct->items[i].cycle_start_ms, NULL);
   for (size_t i = 0; i < bucket_count; i++)
     used_buckets += buckets[i]->totals.event_count != 0;
-  int marks = tly_read_marks_any(&account->read_marks);
+  int marks = read_marks && tly_read_marks_any(read_marks);
   /* Read marks take version 5's layout (rows with latest_at, the hold
    * count, the distinct values, any of them empty), then the marks. */
   int layout5 = meters || marks;
@@ -465,7 +466,7 @@ size_t tly_subject_record_encode_meters(
     w.len += n;
   }
   if (marks)
-    put_read_marks(&w, &account->read_marks);
+    put_read_marks(&w, read_marks);
   return w.len;
 }
 
@@ -524,7 +525,7 @@ int tly_subject_record_decode(const void *data, size_t len,
     r.pos += n;
   }
   if (with_marks && !r.bad)
-    take_read_marks(&r, &record->account.read_marks);
+    take_read_marks(&r, &record->read_marks);
   if (r.bad || r.pos != len) {
     tly_subject_record_clear(record);
     return -1;

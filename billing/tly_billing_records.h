@@ -76,6 +76,7 @@ typedef struct {
   tly_hold_t *holds; /* open reservations, oldest first */
   size_t hold_count;
   tly_distinct_sets_t distinct; /* unique_count's values (version 5) */
+  tly_read_marks_t read_marks;  /* the alerts read (version 6) */
 } tly_subject_record_t;
 
 size_t tly_subject_record_encode(const tly_account_t *account,
@@ -90,12 +91,14 @@ size_t tly_subject_record_encode_holds(
     size_t row_count, const tly_subject_bucket_t *const *buckets,
     size_t bucket_count, const tly_hold_t *holds, size_t hold_count,
     unsigned char *out, size_t out_size);
-/* The same with the subject's distinct values (NULL: none). */
+/* The same with the subject's distinct values and read marks (NULL:
+ * none). */
 size_t tly_subject_record_encode_meters(
     const tly_account_t *account, const tly_subject_row_t *const *rows,
     size_t row_count, const tly_subject_bucket_t *const *buckets,
     size_t bucket_count, const tly_hold_t *holds, size_t hold_count,
-    const tly_distinct_sets_t *distinct, unsigned char *out, size_t out_size);
+    const tly_distinct_sets_t *distinct, const tly_read_marks_t *marks,
+    unsigned char *out, size_t out_size);
 int tly_subject_record_decode(const void *data, size_t len,
                               tly_subject_record_t *record);
 void tly_subject_record_clear(tly_subject_record_t *record);

@@ -236,13 +236,15 @@ static int batch_put_entry(tly_processor_t *p, tly_overlay_entry_t *entry) {
     const tly_holds_t *holds = &entry->holds;
     size_t len = tly_subject_record_encode_meters(
         account, rows, entry->row_count, p->bucket_ptrs, bucket_count,
-        holds->items, holds->count, &entry->distinct, p->record, p->record_cap);
+        holds->items, holds->count, &entry->distinct, entry->read_marks,
+        p->record, p->record_cap);
     if (len > p->record_cap) {
       if (!tly_proc_record_room(p, len))
         return -1;
       tly_subject_record_encode_meters(
           account, rows, entry->row_count, p->bucket_ptrs, bucket_count,
-          holds->items, holds->count, &entry->distinct, p->record, len);
+          holds->items, holds->count, &entry->distinct, entry->read_marks,
+          p->record, len);
     }
     tly_store_batch_put(p->batch, TLY_CF_ACCOUNTS, entry->key, entry->key_len,
                         p->record, len);

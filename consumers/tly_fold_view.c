@@ -40,6 +40,12 @@ static int decode_entry(tly_overlay_entry_t *entry, const char *value,
   record.hold_count = 0;
   entry->distinct = record.distinct; /* and its distinct values */
   memset(&record.distinct, 0, sizeof(record.distinct));
+  if (tly_read_marks_any(&record.read_marks)) { /* and its read marks */
+    entry->read_marks = malloc(sizeof(*entry->read_marks));
+    if (entry->read_marks)
+      *entry->read_marks = record.read_marks;
+    failed = !entry->read_marks;
+  }
   entry->stored_cycle_end = tly_subject_due_ms(
       &entry->account, entry->holds.items, entry->holds.count);
   for (size_t i = 0; i < record.row_count && !failed; i++) {
@@ -318,6 +324,24 @@ tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
     return NULL;
   mark_dirty(p, entry);
   return &entry->holds;
+}
+
+/* The subject's read marks, in its record (written with it): allocated
+ * for the few subjects that read alerts (tly_overlay.h). */
+tly_read_marks_t *tly_proc_view_read_marks(tly_billing_view_t *view,
+                                           tly_subject_kind_t kind,
+                                           const char *id) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (!entry)
+    return NULL;
+  if (!entry->read_marks &&
+      !(entry->read_marks = calloc(1, sizeof(*entry->read_marks)))) {
+    tly_proc_set_fatal(p, "out of memory adding read marks");
+    return NULL;
+  }
+  mark_dirty(p, entry);
+  return entry->read_marks;
 }
 
 /* The subject's unique_count values, in its record (written with it). */

@@ -614,6 +614,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
                                  .seen = tly_proc_view_seen,
                                  .holds = tly_proc_view_holds,
                                  .distinct = tly_proc_view_distinct,
+                                 .read_marks = tly_proc_view_read_marks,
                                  .group_bucket = tly_proc_view_group_bucket,
                                  .contribution = tly_proc_view_contribution};
   const char *kill_after = getenv("TALLY_FAULT_KILL_AFTER_ACKS");

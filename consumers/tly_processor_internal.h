@@ -543,6 +543,9 @@ tly_distinct_sets_t *tly_proc_view_distinct(tly_billing_view_t *view,
                                             const char *id);
 tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
                                  tly_subject_kind_t kind, const char *id);
+tly_read_marks_t *tly_proc_view_read_marks(tly_billing_view_t *view,
+                                           tly_subject_kind_t kind,
+                                           const char *id);
 
 /* tly_contributions.c: the view's contribution callback and its
  * read-your-writes tables (submitted: the open batch went to the writer;

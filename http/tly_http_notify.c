@@ -75,12 +75,11 @@ static int load_notes(tly_http_t *http, request_t *req,
   return 1;
 }
 
-static int note_is_read(const tly_account_t *account, const json_t *alert) {
+static int note_is_read(const tly_read_marks_t *marks, const json_t *alert) {
   const char *id = json_string_value(json_object_get(alert, "alert_id"));
-  return id &&
-         tly_read_marks_is_read(
-             &account->read_marks, tly_read_mark_hash(id, strlen(id)),
-             json_integer_value(json_object_get(alert, "occurred_at_ms")));
+  return id && tly_read_marks_is_read(marks, tly_read_mark_hash(id, strlen(id)),
+                                      json_integer_value(json_object_get(
+                                          alert, "occurred_at_ms")));
 }
 
 /* ---- GET .../notifications ---------------------------------------------- */
@@ -109,7 +108,7 @@ void tly_http_handle_notifications(tly_http_t *http, request_t *req,
   size_t total = json_array_size(list), unread = 0;
   for (size_t i = total; i > 0; i--) { /* newest first */
     json_t *alert = json_array_get(list, i - 1);
-    int read = note_is_read(&state.account, alert);
+    int read = note_is_read(&state.read_marks, alert);
     unread += !read;
     json_object_set_new(alert, "read", json_boolean(read));
     if ((!unread_only || !read) && json_array_size(notes) < (size_t)limit)
@@ -233,7 +232,7 @@ void tly_http_handle_notifications_read(tly_http_t *http, request_t *req,
               tly_http_error_json("notification_not_found", message, "ids")));
       goto done;
     }
-    if (note_is_read(&state.account, alert)) {
+    if (note_is_read(&state.read_marks, alert)) {
       json_array_append_new(call->already, json_string(ids.ids[i]));
       continue;
     }

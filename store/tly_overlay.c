@@ -47,6 +47,7 @@ static void free_entry(tly_slab_t *slab, tly_overlay_entry_t *entry) {
   }
   tly_holds_free(&entry->holds);
   tly_distinct_sets_clear(&entry->distinct);
+  free(entry->read_marks);
   tly_slab_free(slab, entry, sizeof(*entry) + entry->key_len);
 }
 
@@ -436,7 +437,8 @@ size_t tly_overlay_entry_bytes(const tly_overlay_entry_t *entry) {
       entry->row_count * sizeof(**entry->rows) +
       buckets_apart * (sizeof(*entry->buckets) + sizeof(*entry->bucket_tags)) +
       entry->bucket_bytes + entry->holds.cap * sizeof(*entry->holds.items) +
-      entry->distinct.cap * sizeof(*entry->distinct.items);
+      entry->distinct.cap * sizeof(*entry->distinct.items) +
+      (entry->read_marks ? sizeof(*entry->read_marks) : 0);
   for (size_t d = 0; d < entry->distinct.count; d++) {
     const tly_distinct_set_t *set = &entry->distinct.items[d];
     bytes += set->cap * sizeof(*set->values);

@@ -66,6 +66,9 @@ typedef struct tly_overlay_entry {
   tly_holds_t holds;
   /* Its unique_count values (tly_meters.h), stored in its record. */
   tly_distinct_sets_t distinct;
+  /* Its read marks (tly_read_marks.h), stored in its record; NULL until
+   * it has some (most subjects never read an alert: 512 bytes each). */
+  tly_read_marks_t *read_marks;
   /* The processor's contributions of this subject (consumers/
    * tly_contributions.c), in slot [batch & 1]: the batch's number and its
    * newest entry in that batch's log (offset + 1; 0: none). Opaque here. */

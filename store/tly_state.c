@@ -61,6 +61,7 @@ static int read_subject(tly_store_t *store, int32_t partition,
   out->bucket_count = record.bucket_count;
   out->holds = record.holds;
   out->hold_count = record.hold_count;
+  out->read_marks = record.read_marks;
   tly_distinct_sets_clear(&record.distinct); /* no reader needs the values */
   return 1;
 }
@@ -98,8 +99,7 @@ int tly_state_find_subject(tly_store_t *store, int32_t partition_count,
       continue;
     if (readable && !readable(readable_opaque, partition))
       continue;
-    found = read_subject(store, partition, kind, id, out, errstr,
-                         errstr_size);
+    found = read_subject(store, partition, kind, id, out, errstr, errstr_size);
     if (found < 0)
       return -1;
     if (found)
@@ -125,17 +125,17 @@ static int visit_history(void *opaque, const char *key, size_t key_len,
   }
   if ((int64_t)tly_get_be64((const unsigned char *)value) < scan->horizon_ms)
     return 0; /* expired: compaction drops it sooner or later */
-  return scan->cb(scan->opaque,
-                  (const unsigned char *)key + scan->prefix_len,
+  return scan->cb(scan->opaque, (const unsigned char *)key + scan->prefix_len,
                   key_len - scan->prefix_len, value + 8, value_len - 8);
 }
 
 int tly_state_history(tly_store_t *store, int32_t partition,
                       tly_subject_kind_t kind, const char *id, char tag,
-                      int64_t horizon_ms, tly_state_history_cb cb,
-                      void *opaque, char *errstr, size_t errstr_size) {
+                      int64_t horizon_ms, tly_state_history_cb cb, void *opaque,
+                      char *errstr, size_t errstr_size) {
   char prefix[TLY_KEY_MAX];
-  size_t len = tly_key_history(partition, kind, id, tag, prefix, sizeof(prefix));
+  size_t len =
+      tly_key_history(partition, kind, id, tag, prefix, sizeof(prefix));
   if (!len) {
     snprintf(errstr, errstr_size, "subject id too long");
     return -1;

@@ -32,6 +32,7 @@ typedef struct {
   tly_hold_t *holds; /* open reservations as folded (tly_holds.h: readers
                         leave out those past expires_at by their clock);
                         malloc'd */
+  tly_read_marks_t read_marks; /* the alerts it read (tly_read_marks.h) */
 } tly_subject_state_t;
 
 /* Which partitions may be read: 1 when this instance serves partition
@@ -68,7 +69,7 @@ typedef int (*tly_state_history_cb)(void *opaque, const unsigned char *suffix,
                                     size_t value_len);
 int tly_state_history(tly_store_t *store, int32_t partition,
                       tly_subject_kind_t kind, const char *id, char tag,
-                      int64_t horizon_ms, tly_state_history_cb cb,
-                      void *opaque, char *errstr, size_t errstr_size);
+                      int64_t horizon_ms, tly_state_history_cb cb, void *opaque,
+                      char *errstr, size_t errstr_size);
 
 #endif

@@ -19,8 +19,7 @@
 #include <string.h>
 
 static size_t encode(const tly_subject_record_t *record, unsigned char **out) {
-  const tly_subject_row_t **rows =
-      calloc(record->row_count + 1, sizeof(*rows));
+  const tly_subject_row_t **rows = calloc(record->row_count + 1, sizeof(*rows));
   const tly_subject_bucket_t **buckets =
       calloc(record->bucket_count + 1, sizeof(*buckets));
   if (!rows || !buckets)
@@ -31,13 +30,15 @@ static size_t encode(const tly_subject_record_t *record, unsigned char **out) {
     buckets[i] = &record->buckets[i];
   size_t len = tly_subject_record_encode_meters(
       &record->account, rows, record->row_count, buckets, record->bucket_count,
-      record->holds, record->hold_count, &record->distinct, NULL, 0);
+      record->holds, record->hold_count, &record->distinct, &record->read_marks,
+      NULL, 0);
   *out = malloc(len ? len : 1);
   if (!*out)
     abort();
-  tly_subject_record_encode_meters(
-      &record->account, rows, record->row_count, buckets, record->bucket_count,
-      record->holds, record->hold_count, &record->distinct, *out, len);
+  tly_subject_record_encode_meters(&record->account, rows, record->row_count,
+                                   buckets, record->bucket_count, record->holds,
+                                   record->hold_count, &record->distinct,
+                                   &record->read_marks, *out, len);
   free(rows);
   free(buckets);
   return len;

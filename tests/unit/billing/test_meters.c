@@ -364,7 +364,7 @@ static void record_version_5(void **ctx) {
       tly_distinct_add(&sets, JAN1 - 31 * 86400000LL, "seats", "gone"), 0);
   unsigned char out[4096];
   size_t len = tly_subject_record_encode_meters(
-      &account, rows, 2, NULL, 0, NULL, 0, &sets, out, sizeof(out));
+      &account, rows, 2, NULL, 0, NULL, 0, &sets, NULL, out, sizeof(out));
   assert_true(len <= sizeof(out));
   assert_int_equal(out[0], 5);
   tly_subject_record_t back;
@@ -388,7 +388,7 @@ static void record_version_5(void **ctx) {
   tly_distinct_sets_clear(&sets);
   unsigned char plain[4096], old[4096];
   size_t plain_len = tly_subject_record_encode_meters(
-      &account, rows, 2, NULL, 0, NULL, 0, &sets, plain, sizeof(plain));
+      &account, rows, 2, NULL, 0, NULL, 0, &sets, NULL, plain, sizeof(plain));
   size_t old_len =
       tly_subject_record_encode(&account, rows, 2, NULL, 0, old, sizeof(old));
   assert_int_equal(plain[0], 3);

@@ -81,6 +81,7 @@ static void test_overflow_moves_the_watermark(void **state) {
 typedef struct {
   tly_billing_view_t view;
   tly_account_t account;
+  tly_read_marks_t marks;
   tly_billing_row_t row;
   tly_bucket_t bucket;
   char seen[64][96];
@@ -92,6 +93,12 @@ static tly_account_t *mem_account(tly_billing_view_t *view,
                                   tly_subject_kind_t kind, const char *id) {
   (void)kind, (void)id;
   return &((memory_t *)view->opaque)->account;
+}
+static tly_read_marks_t *mem_read_marks(tly_billing_view_t *view,
+                                        tly_subject_kind_t kind,
+                                        const char *id) {
+  (void)kind, (void)id;
+  return &((memory_t *)view->opaque)->marks;
 }
 static tly_billing_row_t *mem_row(tly_billing_view_t *view,
                                   tly_subject_kind_t kind, const char *id,
@@ -124,6 +131,7 @@ static void fold_reads(memory_t *m, const tly_config_t *config) {
                                  .row = mem_row,
                                  .bucket = mem_bucket,
                                  .seen = mem_seen,
+                                 .read_marks = mem_read_marks,
                                  .watermark_ms = &m->watermark};
   m->watermark = INT64_MIN;
   tly_billing_t billing = {config, 7 * 86400000LL};
@@ -161,17 +169,14 @@ static void test_fold_applies_reads(void **state) {
   assert_non_null(config);
   memory_t *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
   fold_reads(a, config);
-  assert_int_equal(a->account.read_marks.count, 2);
-  assert_true(tly_read_marks_is_read(&a->account.read_marks,
-                                     h("limit_warning:user:a:1:api_calls:50"),
-                                     T0 + 1));
-  assert_false(tly_read_marks_is_read(&a->account.read_marks,
-                                      h("limit_warning:user:a:1:api_calls:75"),
-                                      T0 + 2));
+  assert_int_equal(a->marks.count, 2);
+  assert_true(tly_read_marks_is_read(
+      &a->marks, h("limit_warning:user:a:1:api_calls:50"), T0 + 1));
+  assert_false(tly_read_marks_is_read(
+      &a->marks, h("limit_warning:user:a:1:api_calls:75"), T0 + 2));
   /* A replay decides the same. */
   fold_reads(b, config);
-  assert_memory_equal(&a->account.read_marks, &b->account.read_marks,
-                      sizeof(a->account.read_marks));
+  assert_memory_equal(&a->marks, &b->marks, sizeof(a->marks));
   free(a);
   free(b);
   tly_config_free(config);
@@ -190,6 +195,7 @@ static void test_record_versions(void **state) {
   (void)state;
   unsigned char bytes[4096];
   tly_account_t account;
+  tly_read_marks_t marks;
   tly_subject_record_t record;
   account_for(&account);
 
@@ -199,7 +205,7 @@ static void test_record_versions(void **state) {
   assert_true(len < sizeof(bytes));
   assert_int_equal(bytes[0], 3);
   assert_int_equal(tly_subject_record_decode(bytes, len, &record), 0);
-  assert_false(tly_read_marks_any(&record.account.read_marks));
+  assert_false(tly_read_marks_any(&record.read_marks));
   tly_subject_record_clear(&record);
 
   /* Holds only: version 4, read as before (no marks). */
@@ -211,26 +217,26 @@ static void test_record_versions(void **state) {
   assert_int_equal(bytes[0], 4);
   assert_int_equal(tly_subject_record_decode(bytes, len, &record), 0);
   assert_int_equal(record.hold_count, 1);
-  assert_false(tly_read_marks_any(&record.account.read_marks));
+  assert_false(tly_read_marks_any(&record.read_marks));
   tly_subject_record_clear(&record);
 
   /* Marks, without and with holds: version 6, read back exactly. */
   for (int with_hold = 0; with_hold < 2; with_hold++) {
     account_for(&account);
+    memset(&marks, 0, sizeof(marks));
     char id[32];
     for (int i = 0; i < TLY_READ_MARKS_MAX + 3; i++) {
       snprintf(id, sizeof(id), "alert-%d", i);
-      tly_read_marks_add(&account.read_marks, h(id), T0 - 86400000LL + i * 10);
+      tly_read_marks_add(&marks, h(id), T0 - 86400000LL + i * 10);
     }
-    len = tly_subject_record_encode_holds(
+    len = tly_subject_record_encode_meters(
         &account, NULL, 0, NULL, 0, with_hold ? &hold : NULL, (size_t)with_hold,
-        bytes, sizeof(bytes));
+        NULL, &marks, bytes, sizeof(bytes));
     assert_true(len < sizeof(bytes));
     assert_int_equal(bytes[0], 6);
     assert_int_equal(tly_subject_record_decode(bytes, len, &record), 0);
     assert_int_equal(record.hold_count, (size_t)with_hold);
-    assert_memory_equal(&record.account.read_marks, &account.read_marks,
-                        sizeof(account.read_marks));
+    assert_memory_equal(&record.read_marks, &marks, sizeof(marks));
     assert_string_equal(record.account.plan, "pro");
     tly_subject_record_clear(&record);
     /* Every cut is refused; so is a byte more. */
@@ -261,16 +267,16 @@ static void test_record_meters_and_marks(void **state) {
   size_t len = tly_subject_record_encode(&account, rows, 1, NULL, 0, bytes,
                                          sizeof(bytes));
   assert_int_equal(bytes[0], 5); /* meters only: main's version 5 */
-  tly_read_marks_add(&account.read_marks, h("x"), T0 + 5);
-  len = tly_subject_record_encode(&account, rows, 1, NULL, 0, bytes,
-                                  sizeof(bytes));
+  tly_read_marks_t marks = {0};
+  tly_read_marks_add(&marks, h("x"), T0 + 5);
+  len = tly_subject_record_encode_meters(&account, rows, 1, NULL, 0, NULL, 0,
+                                         NULL, &marks, bytes, sizeof(bytes));
   assert_int_equal(bytes[0], 6);
   assert_int_equal(tly_subject_record_decode(bytes, len, &record), 0);
   assert_int_equal(record.row_count, 1);
   assert_true(record.rows[0].row.latest_at_ms == T0 + 777);
   assert_true(record.rows[0].row.quantity == 42);
-  assert_memory_equal(&record.account.read_marks, &account.read_marks,
-                      sizeof(account.read_marks));
+  assert_memory_equal(&record.read_marks, &marks, sizeof(marks));
   tly_subject_record_clear(&record);
 }
 
