@@ -33,11 +33,13 @@ void tly_billing_row_encode(const tly_billing_row_t *row, unsigned char *out);
 int tly_billing_row_decode(const void *data, size_t len,
                            tly_billing_row_t *row);
 
-/* A usage row with what names it within its subject. */
+/* A usage row with what names it within its subject. The name is last:
+ * the overlay allocates its rows only up to the name's NUL
+ * (store/tly_overlay.c), so nothing may copy an overlay's row whole. */
 typedef struct {
   int64_t cycle_start_ms;
-  char feature[TLY_CONFIG_NAME_MAX];
   tly_billing_row_t row;
+  char feature[TLY_CONFIG_NAME_MAX];
 } tly_subject_row_t;
 
 /* Whether a row still belongs in the subject record: it was used and its

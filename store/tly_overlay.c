@@ -32,9 +32,17 @@ void tly_overlay_init(tly_overlay_t *overlay) {
   overlay->slab = tly_slab_new(); /* NULL: calloc and free (tly_slab.h) */
 }
 
+/* What a row or a bucket named name_len bytes takes: up to its name's NUL
+ * (the name is last: tly_billing_records.h, tly_overlay.h). */
+#define ROW_SIZE(name_len)                                                     \
+  (offsetof(tly_subject_row_t, feature) + (name_len) + 1)
+#define BUCKET_SIZE(name_len)                                                  \
+  (offsetof(tly_overlay_bucket_t, bucket.feature) + (name_len) + 1)
+
 static void free_entry(tly_slab_t *slab, tly_overlay_entry_t *entry) {
   for (size_t i = 0; i < entry->row_count; i++)
-    tly_slab_free(slab, entry->rows[i], sizeof(*entry->rows[i]));
+    tly_slab_free(slab, entry->rows[i],
+                  ROW_SIZE(strlen(entry->rows[i]->feature)));
   if (entry->rows != entry->rows_inline) {
     free(entry->rows);
     free(entry->row_tags);
@@ -143,11 +151,14 @@ void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry) {
   /* Whole: the fold reads a row's name and then its counts, a bucket's
    * hour and name and then its totals (lines apart), and a commit encodes
    * all of it. */
-  for (size_t i = 0; i < entry->row_count && i < 8; i++)
-    for (size_t line = 0; line < sizeof(**entry->rows); line += 64)
-      __builtin_prefetch((const char *)entry->rows[i] + line);
-  /* A bucket is allocated up to its name's NUL: most take two lines; a
-   * name of up to 64 bytes, three. */
+  /* Rows and buckets are allocated up to their names' NUL: most take two
+   * lines, a name of up to 64 bytes three. */
+  for (size_t i = 0; i < entry->row_count && i < 8; i++) {
+    const char *row = (const char *)entry->rows[i];
+    __builtin_prefetch(row);
+    __builtin_prefetch(row + 64);
+    __builtin_prefetch(row + 127);
+  }
   for (size_t i = 0; i < entry->bucket_count && i < 8; i++) {
     const char *bucket = (const char *)entry->buckets[i];
     __builtin_prefetch(bucket);
@@ -340,9 +351,10 @@ tly_subject_row_t *tly_overlay_row(tly_overlay_entry_t *entry,
     entry->rows = rows;
     entry->row_cap *= 2;
   }
-  tly_subject_row_t *row = tly_slab_alloc(entry->slab, sizeof(*row));
+  tly_subject_row_t *row = tly_slab_alloc(entry->slab, ROW_SIZE(len));
   if (!row)
     return NULL;
+  entry->row_bytes += ROW_SIZE(len);
   row->cycle_start_ms = cycle_start_ms;
   memcpy(row->feature, feature, len + 1);
   entry->row_tags[entry->row_count] = tag;
@@ -359,7 +371,9 @@ void tly_overlay_prune_rows(tly_overlay_entry_t *entry,
       entry->row_tags[kept] = entry->row_tags[i];
       entry->rows[kept++] = entry->rows[i];
     } else {
-      tly_slab_free(entry->slab, entry->rows[i], sizeof(*entry->rows[i]));
+      size_t size = ROW_SIZE(strlen(entry->rows[i]->feature));
+      entry->row_bytes -= size;
+      tly_slab_free(entry->slab, entry->rows[i], size);
     }
   }
   entry->row_count = kept;
@@ -388,8 +402,7 @@ tly_overlay_bucket_t *tly_overlay_bucket(tly_overlay_entry_t *entry,
     entry->buckets = buckets;
     entry->bucket_cap *= 2;
   }
-  /* Up to the name's NUL (the name is last: tly_overlay.h). */
-  size_t size = offsetof(tly_overlay_bucket_t, bucket.feature) + len + 1;
+  size_t size = BUCKET_SIZE(len);
   tly_overlay_bucket_t *bucket = tly_slab_alloc(entry->slab, size);
   if (!bucket)
     return NULL;
@@ -434,7 +447,7 @@ size_t tly_overlay_entry_bytes(const tly_overlay_entry_t *entry) {
   size_t bytes =
       sizeof(*entry) + entry->key_len +
       rows_apart * (sizeof(*entry->rows) + sizeof(*entry->row_tags)) +
-      entry->row_count * sizeof(**entry->rows) +
+      entry->row_bytes +
       buckets_apart * (sizeof(*entry->buckets) + sizeof(*entry->bucket_tags)) +
       entry->bucket_bytes + entry->holds.cap * sizeof(*entry->holds.items) +
       entry->distinct.cap * sizeof(*entry->distinct.items) +

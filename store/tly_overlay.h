@@ -50,6 +50,7 @@ typedef struct tly_overlay_entry {
    * handed to the fold keeps its address while others are added. */
   tly_subject_row_t **rows;
   size_t row_count, row_cap;
+  size_t row_bytes; /* the rows' sizes, summed (each up to its name) */
   /* Beside each row and bucket pointer, a tag of what names it (rows:
    * cycle and feature hashed; buckets: the hour in the high half, the
    * name's hash in the low): a lookup compares tags in one array and reads

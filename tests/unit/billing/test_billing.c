@@ -904,12 +904,12 @@ static void test_subject_record_keeps_rows_of_kept_cycles(void **ctx) {
   account.cycle = (tly_cycle_t){FEB1, FEB1 + 28 * DAY, 50, 5};
   account.history_count = 1;
   account.history[0] = (tly_cycle_t){JAN1, FEB1, 40, 4};
-  tly_subject_row_t current = {FEB1, "api_calls", {10, 0, 0, 3, 30, 0, 1, 0}};
-  tly_subject_row_t tokens = {FEB1, "ai_tokens", {0, 7, 9, 2, 20, 12345, 0, 0}};
-  tly_subject_row_t kept = {JAN1, "api_calls", {4, 0, 0, 4, 40, 0, 0, 0}};
+  tly_subject_row_t current = {FEB1, {10, 0, 0, 3, 30, 0, 1, 0}, "api_calls"};
+  tly_subject_row_t tokens = {FEB1, {0, 7, 9, 2, 20, 12345, 0, 0}, "ai_tokens"};
+  tly_subject_row_t kept = {JAN1, {4, 0, 0, 4, 40, 0, 0, 0}, "api_calls"};
   tly_subject_row_t gone = {
-      JAN1 - 31 * DAY, "api_calls", {1, 0, 0, 1, 1, 0, 0, 0}};
-  tly_subject_row_t unused = {FEB1, "storage_bytes", {0}};
+      JAN1 - 31 * DAY, {1, 0, 0, 1, 1, 0, 0, 0}, "api_calls"};
+  tly_subject_row_t unused = {FEB1, {0}, "storage_bytes"};
   const tly_subject_row_t *rows[] = {&current, &gone, &tokens, &unused, &kept};
   tly_subject_bucket_t today = {20000, {6, 0, 0, 2, 18}, "api_calls"};
   tly_subject_bucket_t untouched = {20000, {0}, "ai_tokens"};
@@ -1004,7 +1004,7 @@ static void test_subject_record_rejects_garbage(void **ctx) {
   full.history_count = 1;
   full.history[0] = (tly_cycle_t){JAN1 - 31 * DAY, JAN1, 5, 6};
   tly_subject_row_t row = {
-      JAN1, "ai_tokens", {-7, 300, 400, 2, 99, 12345, 3, 0}};
+      JAN1, {-7, 300, 400, 2, 99, 12345, 3, 0}, "ai_tokens"};
   tly_subject_bucket_t bucket = {20000, {-7, 300, 400, 2, 99}, "ai_tokens"};
   const tly_subject_row_t *rows[] = {&row};
   const tly_subject_bucket_t *buckets[] = {&bucket};
@@ -1061,8 +1061,8 @@ static void test_bucket_and_archive_encodings(void **ctx) {
   }
 
   tly_cycle_t cycle = {JAN1, FEB1, 123, 4}, cycle_back;
-  tly_subject_row_t r1 = {JAN1, "api_calls", {10, 0, 0, 3, 30, 0, 1, 0}};
-  tly_subject_row_t r2 = {JAN1, "ai_tokens", {0, 7, 9, 1, 93, 5, 0, 0}};
+  tly_subject_row_t r1 = {JAN1, {10, 0, 0, 3, 30, 0, 1, 0}, "api_calls"};
+  tly_subject_row_t r2 = {JAN1, {0, 7, 9, 1, 93, 5, 0, 0}, "ai_tokens"};
   const tly_subject_row_t *rows[] = {&r1, &r2};
   len = tly_cycle_archive_encode(&cycle, rows, 2, bytes, sizeof(bytes));
   assert_true(len < sizeof(bytes));

@@ -354,8 +354,8 @@ static void record_version_5(void **ctx) {
   account.cycle = (tly_cycle_t){FEB1, FEB1 + 28 * 86400000LL, 10, 2};
   account.history_count = 1;
   account.history[0] = (tly_cycle_t){JAN1, FEB1, 5, 1};
-  tly_subject_row_t r1 = {FEB1, "storage", {4, 0, 0, 2, 28, 0, 0, FEB1 + 7}};
-  tly_subject_row_t r2 = {JAN1, "seats", {2, 0, 0, 3, 2000, 0, 1, 0}};
+  tly_subject_row_t r1 = {FEB1, {4, 0, 0, 2, 28, 0, 0, FEB1 + 7}, "storage"};
+  tly_subject_row_t r2 = {JAN1, {2, 0, 0, 3, 2000, 0, 1, 0}, "seats"};
   const tly_subject_row_t *rows[] = {&r1, &r2};
   tly_distinct_sets_t sets = {0};
   assert_int_equal(tly_distinct_add(&sets, JAN1, "seats", "zed"), 0);

@@ -429,8 +429,8 @@ static void test_history_answers(void **state) {
   assert_int_equal(tly_req_day_of_hour(-25), -2);
 
   /* Cycles come out newest first, each with only its own rows. */
-  tly_subject_row_t rows[] = {{100, "api_calls", {3, 0, 0, 3, 3000, 0, 0, 0}},
-                              {200, "api_calls", {4, 0, 0, 4, 4000, 0, 0, 0}}};
+  tly_subject_row_t rows[] = {{100, {3, 0, 0, 3, 3000, 0, 0, 0}, "api_calls"},
+                              {200, {4, 0, 0, 4, 4000, 0, 0, 0}, "api_calls"}};
   tly_req_cycle_t cycles[] = {{{100, 200, 3000, 3}, 1, rows, 2},
                               {{200, 300, 4000, 4}, 0, rows, 2}};
   json = tly_req_cycles_json(config, &subject, cycles, 2);
@@ -489,8 +489,8 @@ static void test_usage_aggregation(void **ctx) {
   tly_req_subject_t subject;
   tly_req_error_t err;
   assert_int_equal(tly_req_parse_subject("user:g", &subject, &err), 0);
-  tly_state_row_t rows[] = {{0, "storage", {7, 0, 0, 3, 0, 0, 0, 5}},
-                            {0, "api_calls", {4, 0, 0, 2, 0, 0, 0, 0}}};
+  tly_state_row_t rows[] = {{0, {7, 0, 0, 3, 0, 0, 0, 5}, "storage"},
+                            {0, {4, 0, 0, 2, 0, 0, 0, 0}, "api_calls"}};
   tly_subject_state_t subject_state = {0};
   subject_state.account.exists = 1;
   snprintf(subject_state.account.plan, sizeof(subject_state.account.plan),
