@@ -165,6 +165,19 @@ void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry) {
     __builtin_prefetch(bucket + 64);
     __builtin_prefetch(bucket + 127);
   }
+  /* And each one's first word read now, all together: on the 2-core VM
+   * the prefetches alone left the fold waiting on the first read of each
+   * row and bucket two records later (tly_overlay_row and
+   * tly_overlay_bucket, 15 % of the fold thread, each on its first load),
+   * one after another; read here their misses overlap, and the fold
+   * thread's CPU per event in bench_fold fell by about 8 % (four
+   * alternating pairs: 2.12-2.51 us against 2.32-2.65). */
+  uint64_t sum = 0;
+  for (size_t i = 0; i < entry->row_count && i < 8; i++)
+    sum += *(const volatile uint64_t *)entry->rows[i];
+  for (size_t i = 0; i < entry->bucket_count && i < 8; i++)
+    sum += *(const volatile uint64_t *)entry->buckets[i];
+  __asm__ volatile("" ::"r"(sum)); /* kept: nothing else uses the reads */
 }
 
 void tly_overlay_prefetch_rows(const tly_overlay_t *overlay, uint64_t hash) {

@@ -161,7 +161,8 @@ void tly_overlay_prune_buckets(tly_overlay_entry_t *entry,
 uint64_t tly_overlay_hash(tly_cf_t cf, const char *key, size_t key_len);
 void tly_overlay_prefetch_slot(const tly_overlay_t *overlay, uint64_t hash);
 void tly_overlay_prefetch_entry(const tly_overlay_t *overlay, uint64_t hash);
-/* Once the entry is in: its rows and buckets (allocated one by one). */
+/* Once the entry is in: its rows and buckets (allocated one by one),
+ * fetched, and the first word of each read (waits for them, all at once). */
 void tly_overlay_prefetch_rows(const tly_overlay_t *overlay, uint64_t hash);
 void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry);
 
