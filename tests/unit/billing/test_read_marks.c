@@ -182,6 +182,55 @@ static void test_fold_applies_reads(void **state) {
   tly_config_free(config);
 }
 
+/* The marks live beside the account (the view's read_marks), not in it:
+ * a view without them refuses a read instead of losing it, and leaves the
+ * account as it was; a read's marks change only once it is applied. */
+static void test_fold_without_marks_refuses(void **state) {
+  (void)state;
+  static const char config_json[] =
+      "{\"default_plans\": {\"user\": \"t\", \"api_key\": \"t\", "
+      "\"anonymous\": \"t\"}, \"plans\": {\"t\": {\"credits\": -1}}}";
+  char errstr[256];
+  tly_config_t *config = tly_config_load_text(config_json, strlen(config_json),
+                                              errstr, sizeof(errstr));
+  assert_non_null(config);
+  memory_t *m = calloc(1, sizeof(*m));
+  assert_non_null(m);
+  m->view = (tly_billing_view_t){.opaque = m,
+                                 .account = mem_account,
+                                 .row = mem_row,
+                                 .bucket = mem_bucket,
+                                 .seen = mem_seen,
+                                 .watermark_ms = &m->watermark};
+  m->watermark = INT64_MIN;
+  tly_billing_t billing = {config, 7 * 86400000LL};
+  tly_alert_list_t alerts = {0};
+  tly_event_t e = {.event_id = "read-1",
+                   .occurred_at_ms = T0,
+                   .subject_kind = TLY_SUBJECT_USER,
+                   .subject_id = "a",
+                   .body_kind = TLY_BODY_NOTIFICATION_READ};
+  e.body.notification_read.alert_id = "limit_warning:user:a:1:api_calls:25";
+  e.body.notification_read.alert_at_ms = T0;
+  errstr[0] = '\0';
+  assert_int_equal(
+      tly_billing_fold(&billing, &m->view, &e, &alerts, errstr, sizeof(errstr)),
+      TLY_FOLD_REJECTED);
+  assert_non_null(strstr(errstr, "notification reads"));
+  assert_false(m->account.exists);
+  assert_false(tly_read_marks_any(&m->marks));
+  /* With them, the same read is kept. */
+  m->view.read_marks = mem_read_marks;
+  assert_int_equal(
+      tly_billing_fold(&billing, &m->view, &e, &alerts, errstr, sizeof(errstr)),
+      TLY_FOLD_APPLIED);
+  assert_true(tly_read_marks_is_read(
+      &m->marks, h("limit_warning:user:a:1:api_calls:25"), T0));
+  tly_alert_list_clear(&alerts);
+  free(m);
+  tly_config_free(config);
+}
+
 /* ---- the subject record -------------------------------------------------- */
 
 static void account_for(tly_account_t *account) {
@@ -285,6 +334,7 @@ int main(void) {
       cmocka_unit_test(test_mark_and_read),
       cmocka_unit_test(test_overflow_moves_the_watermark),
       cmocka_unit_test(test_fold_applies_reads),
+      cmocka_unit_test(test_fold_without_marks_refuses),
       cmocka_unit_test(test_record_versions),
       cmocka_unit_test(test_record_meters_and_marks),
   };

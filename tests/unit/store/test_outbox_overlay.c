@@ -260,6 +260,106 @@ static void test_overlay_buckets_found_by_hour_and_name(void **state) {
   tly_overlay_free(&overlay);
 }
 
+static int keep_no_row(const tly_account_t *account,
+                       const tly_subject_row_t *row) {
+  (void)account, (void)row;
+  return 0;
+}
+
+static int keep_no_bucket(const tly_overlay_bucket_t *bucket, void *opaque) {
+  (void)bucket, (void)opaque;
+  return 0;
+}
+
+/* A row and a bucket take their name's bytes, not the name's room (the
+ * name is last and allocated up to its NUL): counted so, written and read
+ * back whole beside their neighbours (under AddressSanitizer each is an
+ * allocation of that size, so a write past it fails the test), and given
+ * back when pruned. Read marks are counted only once a subject has some. */
+static void test_overlay_rows_buckets_take_their_names(void **state) {
+  (void)state;
+  tly_overlay_t overlay;
+  tly_overlay_init(&overlay);
+  tly_overlay_entry_t *entry =
+      tly_overlay_insert(&overlay, TLY_CF_ACCOUNTS, "s", 1);
+  assert_non_null(entry);
+  size_t base = tly_overlay_entry_bytes(entry);
+  tly_subject_row_t *row = tly_overlay_row(entry, 7, "api_calls");
+  assert_non_null(row);
+  size_t row_size = offsetof(tly_subject_row_t, feature) + sizeof("api_calls");
+  assert_int_equal(tly_overlay_entry_bytes(entry), base + row_size);
+  assert_true(row_size < sizeof(tly_subject_row_t));
+  const char *group = "ai_tokens\x1fmodel\x1fgpt-4o";
+  tly_overlay_bucket_t *bucket = tly_overlay_bucket(entry, 3, group);
+  assert_non_null(bucket);
+  size_t bucket_size =
+      offsetof(tly_overlay_bucket_t, bucket.feature) + strlen(group) + 1;
+  assert_int_equal(bucket->size, bucket_size);
+  assert_int_equal(tly_overlay_entry_bytes(entry),
+                   base + row_size + bucket_size);
+  assert_true(bucket_size * 2 < sizeof(tly_overlay_bucket_t));
+  /* The longest names fit; one byte more is refused. */
+  char longest[TLY_BUCKET_NAME_MAX + 1];
+  memset(longest, 'b', sizeof(longest));
+  longest[TLY_BUCKET_NAME_MAX] = '\0';
+  assert_null(tly_overlay_bucket(entry, 3, longest));
+  longest[TLY_BUCKET_NAME_MAX - 1] = '\0';
+  tly_overlay_bucket_t *widest = tly_overlay_bucket(entry, 3, longest);
+  assert_non_null(widest);
+  assert_int_equal(widest->size, sizeof(tly_overlay_bucket_t));
+  char longest_row[TLY_CONFIG_NAME_MAX + 1];
+  memset(longest_row, 'r', sizeof(longest_row));
+  longest_row[TLY_CONFIG_NAME_MAX] = '\0';
+  assert_null(tly_overlay_row(entry, 7, longest_row));
+  longest_row[TLY_CONFIG_NAME_MAX - 1] = '\0';
+  assert_non_null(tly_overlay_row(entry, 7, longest_row));
+  /* Many neighbours, every field written, then every one read back. */
+  char name[32];
+  for (int i = 0; i < 40; i++) {
+    snprintf(name, sizeof(name), "f%d", i);
+    tly_subject_row_t *r = tly_overlay_row(entry, 100 + i, name);
+    tly_overlay_bucket_t *b = tly_overlay_bucket(entry, 100 + i, name);
+    assert_non_null(r);
+    assert_non_null(b);
+    r->row = (tly_billing_row_t){i, i + 1, i + 2, i + 3, i + 4, 5, 1, i + 6};
+    b->bucket.totals = (tly_bucket_t){i, i + 1, i + 2, i + 3, i + 4};
+    b->dirty = 1;
+    b->flushed = (uint64_t)i;
+  }
+  for (int i = 0; i < 40; i++) {
+    snprintf(name, sizeof(name), "f%d", i);
+    tly_subject_row_t *r = tly_overlay_row(entry, 100 + i, name);
+    tly_overlay_bucket_t *b = tly_overlay_bucket(entry, 100 + i, name);
+    assert_string_equal(r->feature, name);
+    assert_int_equal(r->row.latest_at_ms, i + 6);
+    assert_int_equal(r->row.quantity, i);
+    assert_string_equal(b->bucket.feature, name);
+    assert_int_equal(b->bucket.totals.cost_micros, i + 4);
+    assert_int_equal(b->flushed, (uint64_t)i);
+  }
+  assert_int_equal(row->row.quantity, 0);
+  assert_string_equal(bucket->bucket.feature, group);
+  /* Pruned: back to the bare entry and the pointer arrays it grew (42
+   * rows and 43 buckets outgrew the 8 kept inline: 64 of each, a pointer
+   * and a tag). */
+  tly_overlay_prune_rows(entry, keep_no_row);
+  tly_overlay_prune_buckets(entry, keep_no_bucket, NULL);
+  assert_int_equal(entry->row_count, 0);
+  assert_int_equal(entry->bucket_count, 0);
+  assert_int_equal(entry->row_cap, 64);
+  assert_int_equal(entry->bucket_cap, 64);
+  base += 2 * 64 * (sizeof(void *) + sizeof(uint64_t));
+  assert_int_equal(tly_overlay_entry_bytes(entry), base);
+  /* Read marks: none until the subject has some. */
+  assert_null(entry->read_marks);
+  entry->read_marks = calloc(1, sizeof(*entry->read_marks));
+  assert_non_null(entry->read_marks);
+  assert_int_equal(tly_overlay_entry_bytes(entry),
+                   base + sizeof(tly_read_marks_t));
+  assert_true(sizeof(tly_account_t) < 400); /* the fold copies it twice */
+  tly_overlay_free(&overlay);               /* frees the marks too */
+}
+
 static int keep_dirty(tly_overlay_entry_t *entry) { return entry->dirty; }
 
 /* n entries k<i>, each with (i % 4) rows and (i % 3) buckets, counted as
@@ -395,6 +495,7 @@ int main(void) {
       cmocka_unit_test(test_overlay_insert_find_grow_reset),
       cmocka_unit_test(test_overlay_rows_stable_found_pruned),
       cmocka_unit_test(test_overlay_buckets_found_by_hour_and_name),
+      cmocka_unit_test(test_overlay_rows_buckets_take_their_names),
       cmocka_unit_test(test_overlay_bytes_counted_as_changed),
       cmocka_unit_test(test_overlay_evict_clock),
       cmocka_unit_test(test_overlay_evict_second_chance),
