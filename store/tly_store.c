@@ -606,24 +606,29 @@ void tly_store_batch_reserve(tly_store_batch_t *batch, size_t bytes) {
   batch->cap = bytes;
 }
 
-static void tly_store_batch_append(tly_store_batch_t *batch, int kind,
-                                   tly_cf_t cf, const void *key, size_t key_len,
-                                   const void *value, size_t value_len) {
+/* Room at the batch's end for an operation with up to value_len bytes of
+ * value, its header and key written; the value's place, or NULL (out of
+ * memory: recorded). The batch's length is not moved: batch_finish does
+ * that, with the value's actual length. */
+static unsigned char *batch_open(tly_store_batch_t *batch, int kind,
+                                 tly_cf_t cf, const void *key, size_t key_len,
+                                 size_t value_len) {
   if (batch->out_of_memory)
-    return;
+    return NULL;
   if ((int)cf < 0 || cf >= TLY_CF__COUNT) {
     /* A programming error; treated like a failed append so that the commit
      * refuses the batch instead of dropping one operation. */
     batch->out_of_memory = 1;
-    return;
+    return NULL;
   }
   tly_batch_op_t op = {(unsigned char)kind, (unsigned char)cf, key_len,
                        value_len};
-  size_t need = sizeof(op) + key_len + value_len;
-  if (need > SIZE_MAX - batch->len) {
+  if (key_len > SIZE_MAX / 4 || value_len > SIZE_MAX / 4 ||
+      sizeof(op) + key_len + value_len > SIZE_MAX - batch->len) {
     batch->out_of_memory = 1;
-    return;
+    return NULL;
   }
+  size_t need = sizeof(op) + key_len + value_len;
   if (batch->len + need > batch->cap) {
     size_t cap = batch->cap ? batch->cap : 4096;
     while (cap < batch->len + need)
@@ -631,7 +636,7 @@ static void tly_store_batch_append(tly_store_batch_t *batch, int kind,
     unsigned char *buf = tly_huge_realloc(batch->buf, batch->cap, cap);
     if (buf == NULL) {
       batch->out_of_memory = 1;
-      return;
+      return NULL;
     }
     batch->buf = buf;
     batch->cap = cap;
@@ -641,11 +646,40 @@ static void tly_store_batch_append(tly_store_batch_t *batch, int kind,
   at += sizeof(op);
   if (key_len > 0)
     memcpy(at, key, key_len);
-  at += key_len;
+  return at + key_len;
+}
+
+/* The operation batch_open began, value_len bytes of value (at most what
+ * it was opened with) in place: its header says so, and the batch holds
+ * it. */
+static void batch_finish(tly_store_batch_t *batch, size_t value_len) {
+  tly_batch_op_t op;
+  memcpy(&op, batch->buf + batch->len, sizeof(op));
+  op.value_len = value_len;
+  memcpy(batch->buf + batch->len, &op, sizeof(op));
+  batch->len += sizeof(op) + op.key_len + value_len;
+  batch->count++;
+}
+
+static void tly_store_batch_append(tly_store_batch_t *batch, int kind,
+                                   tly_cf_t cf, const void *key, size_t key_len,
+                                   const void *value, size_t value_len) {
+  unsigned char *at = batch_open(batch, kind, cf, key, key_len, value_len);
+  if (!at)
+    return;
   if (value_len > 0)
     memcpy(at, value, value_len);
-  batch->len += need;
-  batch->count++;
+  batch_finish(batch, value_len);
+}
+
+unsigned char *tly_store_batch_put_open(tly_store_batch_t *batch, tly_cf_t cf,
+                                        const void *key, size_t key_len,
+                                        size_t max_value_len) {
+  return batch_open(batch, TLY_BATCH_PUT, cf, key, key_len, max_value_len);
+}
+
+void tly_store_batch_put_close(tly_store_batch_t *batch, size_t value_len) {
+  batch_finish(batch, value_len);
 }
 
 void tly_store_batch_put(tly_store_batch_t *batch, tly_cf_t cf, const void *key,

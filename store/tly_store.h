@@ -118,6 +118,16 @@ size_t tly_store_batch_bytes(const tly_store_batch_t *batch);
 void tly_store_batch_reserve(tly_store_batch_t *batch, size_t bytes);
 void tly_store_batch_put(tly_store_batch_t *batch, tly_cf_t cf, const void *key,
                          size_t key_len, const void *value, size_t value_len);
+/* A put whose value is written in place, with no copy: put_open appends
+ * the key and returns room for up to max_value_len bytes of value (NULL:
+ * out of memory, recorded as put's is); the caller writes the value there
+ * and put_close gives its length (at most max_value_len), which makes the
+ * put part of the batch. A put opened and not closed is not in the batch
+ * (the next operation takes its place); nothing else may come between. */
+unsigned char *tly_store_batch_put_open(tly_store_batch_t *batch, tly_cf_t cf,
+                                        const void *key, size_t key_len,
+                                        size_t max_value_len);
+void tly_store_batch_put_close(tly_store_batch_t *batch, size_t value_len);
 void tly_store_batch_delete(tly_store_batch_t *batch, tly_cf_t cf,
                             const void *key, size_t key_len);
 /* Deletes every key of cf in [begin, end) (a partition's range: [p], [p+1]). */

@@ -242,6 +242,54 @@ static void test_batch_count_clear_and_empty_commit(void **state) {
   tly_store_close(store);
 }
 
+/* A put written in place (put_open, put_close): the value is what was
+ * written, cut to the length closed with; a put opened and never closed
+ * is not in the batch (the next operation takes its place); room far
+ * larger than the buffer so far grows it, earlier operations intact. */
+static void test_batch_put_in_place(void **state) {
+  fixture_t *fx = *state;
+  tly_store_t *store = open_or_fail(fx->db, 0);
+  tly_store_batch_t *batch = tly_store_batch_new();
+  put_str(batch, TLY_CF_USAGE, "before", "b");
+  unsigned char *at =
+      tly_store_batch_put_open(batch, TLY_CF_USAGE, "k1", 2, 64);
+  assert_non_null(at);
+  memcpy(at, "in place, then cut", 18);
+  tly_store_batch_put_close(batch, 8);
+  /* Opened, written, abandoned: the next put goes where it was. */
+  at = tly_store_batch_put_open(batch, TLY_CF_USAGE, "dropped", 7, 16);
+  assert_non_null(at);
+  memcpy(at, "never", 5);
+  put_str(batch, TLY_CF_USAGE, "after", "a");
+  /* Room of 8 MB: the buffer grows; all before it stays. */
+  size_t big = 8u << 20;
+  at = tly_store_batch_put_open(batch, TLY_CF_USAGE, "big", 3, big);
+  assert_non_null(at);
+  memset(at, 'x', big);
+  tly_store_batch_put_close(batch, 100000);
+  at = tly_store_batch_put_open(batch, TLY_CF_USAGE, "empty", 5, 10);
+  assert_non_null(at);
+  tly_store_batch_put_close(batch, 0);
+  assert_int_equal(tly_store_batch_count(batch), 5);
+  commit_or_fail(store, batch, 1);
+  assert_value(store, TLY_CF_USAGE, "before", "b");
+  assert_value(store, TLY_CF_USAGE, "k1", "in place");
+  assert_value(store, TLY_CF_USAGE, "dropped", NULL);
+  assert_value(store, TLY_CF_USAGE, "after", "a");
+  assert_value(store, TLY_CF_USAGE, "empty", "");
+  char *out = NULL, errstr[256];
+  size_t len = 0;
+  assert_int_equal(tly_store_get(store, TLY_CF_USAGE, "big", 3, &out, &len,
+                                 errstr, sizeof(errstr)),
+                   1);
+  assert_int_equal(len, 100000);
+  assert_int_equal(out[0], 'x');
+  assert_int_equal(out[99999], 'x');
+  tly_store_free(out);
+  tly_store_batch_destroy(batch);
+  tly_store_close(store);
+}
+
 static void test_commit_atomic_across_families(void **state) {
   fixture_t *fx = *state;
   tly_store_t *store = open_or_fail(fx->db, 0);
@@ -1023,6 +1071,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_open_close_reopen, setup, teardown),
       cmocka_unit_test_setup_teardown(test_batch_count_clear_and_empty_commit,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(test_batch_put_in_place, setup, teardown),
       cmocka_unit_test_setup_teardown(test_commit_atomic_across_families, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
