@@ -158,8 +158,8 @@ static void fold_reads(memory_t *m, const tly_config_t *config) {
   tly_alert_list_clear(&alerts);
 }
 
-static void test_fold_applies_reads(void **state) {
-  (void)state;
+/* One plan, no limits, for every kind of subject. */
+static tly_config_t *unlimited_config(void) {
   static const char config_json[] =
       "{\"default_plans\": {\"user\": \"t\", \"api_key\": \"t\", "
       "\"anonymous\": \"t\"}, \"plans\": {\"t\": {\"credits\": -1}}}";
@@ -167,6 +167,12 @@ static void test_fold_applies_reads(void **state) {
   tly_config_t *config = tly_config_load_text(config_json, strlen(config_json),
                                               errstr, sizeof(errstr));
   assert_non_null(config);
+  return config;
+}
+
+static void test_fold_applies_reads(void **state) {
+  (void)state;
+  tly_config_t *config = unlimited_config();
   memory_t *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b));
   fold_reads(a, config);
   assert_int_equal(a->marks.count, 2);
@@ -187,13 +193,8 @@ static void test_fold_applies_reads(void **state) {
  * account as it was; a read's marks change only once it is applied. */
 static void test_fold_without_marks_refuses(void **state) {
   (void)state;
-  static const char config_json[] =
-      "{\"default_plans\": {\"user\": \"t\", \"api_key\": \"t\", "
-      "\"anonymous\": \"t\"}, \"plans\": {\"t\": {\"credits\": -1}}}";
   char errstr[256];
-  tly_config_t *config = tly_config_load_text(config_json, strlen(config_json),
-                                              errstr, sizeof(errstr));
-  assert_non_null(config);
+  tly_config_t *config = unlimited_config();
   memory_t *m = calloc(1, sizeof(*m));
   assert_non_null(m);
   m->view = (tly_billing_view_t){.opaque = m,
