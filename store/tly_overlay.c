@@ -149,10 +149,9 @@ void tly_overlay_prefetch_rows_of(const tly_overlay_entry_t *entry) {
     __builtin_prefetch(entry->buckets);
   }
   /* Whole: the fold reads a row's name and then its counts, a bucket's
-   * hour and name and then its totals (lines apart), and a commit encodes
-   * all of it. */
-  /* Rows and buckets are allocated up to their names' NUL: most take two
-   * lines, a name of up to 64 bytes three. */
+   * hour and name and then its totals, and a commit encodes all of it.
+   * Each is allocated up to its name's NUL: most take two lines, one with
+   * a name of up to 64 bytes three. */
   for (size_t i = 0; i < entry->row_count && i < 8; i++) {
     const char *row = (const char *)entry->rows[i];
     __builtin_prefetch(row);
