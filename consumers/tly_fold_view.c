@@ -315,15 +315,23 @@ int tly_proc_view_archive(tly_billing_view_t *view, tly_subject_kind_t kind,
   return 0;
 }
 
+/* The subject's entry, to be written at commit: for what the fold may
+ * change in place in its record. NULL after setting the fatal reason. */
+static tly_overlay_entry_t *changing_entry(tly_billing_view_t *view,
+                                           tly_subject_kind_t kind,
+                                           const char *id) {
+  tly_processor_t *p = view->opaque;
+  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  if (entry)
+    mark_dirty(p, entry);
+  return entry;
+}
+
 /* The subject's open reservations, in its record (written with it). */
 tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
                                  tly_subject_kind_t kind, const char *id) {
-  tly_processor_t *p = view->opaque;
-  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
-  if (!entry)
-    return NULL;
-  mark_dirty(p, entry);
-  return &entry->holds;
+  tly_overlay_entry_t *entry = changing_entry(view, kind, id);
+  return entry ? &entry->holds : NULL;
 }
 
 /* The subject's read marks, in its record (written with it): allocated
@@ -331,16 +339,12 @@ tly_holds_t *tly_proc_view_holds(tly_billing_view_t *view,
 tly_read_marks_t *tly_proc_view_read_marks(tly_billing_view_t *view,
                                            tly_subject_kind_t kind,
                                            const char *id) {
-  tly_processor_t *p = view->opaque;
-  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
+  tly_overlay_entry_t *entry = changing_entry(view, kind, id);
   if (!entry)
     return NULL;
   if (!entry->read_marks &&
-      !(entry->read_marks = calloc(1, sizeof(*entry->read_marks)))) {
-    tly_proc_set_fatal(p, "out of memory adding read marks");
-    return NULL;
-  }
-  mark_dirty(p, entry);
+      !(entry->read_marks = calloc(1, sizeof(*entry->read_marks))))
+    tly_proc_set_fatal(view->opaque, "out of memory adding read marks");
   return entry->read_marks;
 }
 
@@ -348,12 +352,8 @@ tly_read_marks_t *tly_proc_view_read_marks(tly_billing_view_t *view,
 tly_distinct_sets_t *tly_proc_view_distinct(tly_billing_view_t *view,
                                             tly_subject_kind_t kind,
                                             const char *id) {
-  tly_processor_t *p = view->opaque;
-  tly_overlay_entry_t *entry = subject_entry(p, kind, id);
-  if (!entry)
-    return NULL;
-  mark_dirty(p, entry);
-  return &entry->distinct;
+  tly_overlay_entry_t *entry = changing_entry(view, kind, id);
+  return entry ? &entry->distinct : NULL;
 }
 
 int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,

@@ -36,13 +36,16 @@ void tly_overlay_init(tly_overlay_t *overlay) {
  * (the name is last: tly_billing_records.h, tly_overlay.h). */
 #define ROW_SIZE(name_len)                                                     \
   (offsetof(tly_subject_row_t, feature) + (name_len) + 1)
+/* A row's size, from its name (a bucket keeps its own: size). */
+static size_t row_size(const tly_subject_row_t *row) {
+  return ROW_SIZE(strlen(row->feature));
+}
 #define BUCKET_SIZE(name_len)                                                  \
   (offsetof(tly_overlay_bucket_t, bucket.feature) + (name_len) + 1)
 
 static void free_entry(tly_slab_t *slab, tly_overlay_entry_t *entry) {
   for (size_t i = 0; i < entry->row_count; i++)
-    tly_slab_free(slab, entry->rows[i],
-                  ROW_SIZE(strlen(entry->rows[i]->feature)));
+    tly_slab_free(slab, entry->rows[i], row_size(entry->rows[i]));
   if (entry->rows != entry->rows_inline) {
     free(entry->rows);
     free(entry->row_tags);
@@ -383,7 +386,7 @@ void tly_overlay_prune_rows(tly_overlay_entry_t *entry,
       entry->row_tags[kept] = entry->row_tags[i];
       entry->rows[kept++] = entry->rows[i];
     } else {
-      size_t size = ROW_SIZE(strlen(entry->rows[i]->feature));
+      size_t size = row_size(entry->rows[i]);
       entry->row_bytes -= size;
       tly_slab_free(entry->slab, entry->rows[i], size);
     }

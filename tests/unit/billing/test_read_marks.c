@@ -124,16 +124,22 @@ static int mem_seen(tly_billing_view_t *view, const char *event_id,
   return 0;
 }
 
-static void fold_reads(memory_t *m, const tly_config_t *config) {
+/* m emptied, its view set up (with read marks or without). */
+static void memory_reset(memory_t *m, int with_marks) {
   memset(m, 0, sizeof(*m));
-  m->view = (tly_billing_view_t){.opaque = m,
-                                 .account = mem_account,
-                                 .row = mem_row,
-                                 .bucket = mem_bucket,
-                                 .seen = mem_seen,
-                                 .read_marks = mem_read_marks,
-                                 .watermark_ms = &m->watermark};
+  m->view =
+      (tly_billing_view_t){.opaque = m,
+                           .account = mem_account,
+                           .row = mem_row,
+                           .bucket = mem_bucket,
+                           .seen = mem_seen,
+                           .read_marks = with_marks ? mem_read_marks : NULL,
+                           .watermark_ms = &m->watermark};
   m->watermark = INT64_MIN;
+}
+
+static void fold_reads(memory_t *m, const tly_config_t *config) {
+  memory_reset(m, 1);
   tly_billing_t billing = {config, 7 * 86400000LL};
   tly_alert_list_t alerts = {0};
   char errstr[256];
@@ -197,13 +203,7 @@ static void test_fold_without_marks_refuses(void **state) {
   tly_config_t *config = unlimited_config();
   memory_t *m = calloc(1, sizeof(*m));
   assert_non_null(m);
-  m->view = (tly_billing_view_t){.opaque = m,
-                                 .account = mem_account,
-                                 .row = mem_row,
-                                 .bucket = mem_bucket,
-                                 .seen = mem_seen,
-                                 .watermark_ms = &m->watermark};
-  m->watermark = INT64_MIN;
+  memory_reset(m, 0);
   tly_billing_t billing = {config, 7 * 86400000LL};
   tly_alert_list_t alerts = {0};
   tly_event_t e = {.event_id = "read-1",
