@@ -161,7 +161,10 @@ int tly_correction_record(tly_billing_view_t *view, const tly_event_t *event,
   c.output_tokens = usage->has_ai ? usage->ai.output_tokens : 0;
   c.numerator = numerator;
   c.counted = 1;
-  snprintf(c.feature, sizeof(c.feature), "%s", usage->feature);
+  /* Copied, not snprintf'd: this runs for every event folded. */
+  size_t feature_len = strnlen(usage->feature, sizeof(c.feature) - 1);
+  memcpy(c.feature, usage->feature, feature_len);
+  c.feature[feature_len] = '\0';
   /* The groups as the hour resolved them (the encoding keeps those that
    * fit the bound). */
   c.group_count = 0;
