@@ -289,6 +289,26 @@ static double cpu_seconds(void) {
          (double)(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
 }
 
+/* The threads of (b) besides the fold and the writer, by name (a prefix):
+ * where the rest of the process's CPU per event goes. */
+static const struct {
+  const char *label, *name;
+} other_threads[] = {
+    {"RocksDB flush + compaction", "rocksdb:"},
+    {"librdkafka (fetch, produce)", "rdk:broker"},
+    {"the fold's helpers (prefault, release)", "tly-"},
+    {"the embedded broker", "rdk:mock"},
+};
+#define OTHER_THREADS (int)(sizeof(other_threads) / sizeof(other_threads[0]))
+
+static void other_threads_cpu(double out[OTHER_THREADS]) {
+  for (int i = 0; i < OTHER_THREADS; i++)
+    out[i] = bench_thread_cpu_seconds(other_threads[i].name, 1);
+  /* "tly-" takes the fold and the writer too: theirs are shown apart. */
+  out[2] -= bench_thread_cpu_seconds("tly-fold", 0) +
+            bench_thread_cpu_seconds("tly-writer", 0);
+}
+
 /* (a) the ceiling: read every record, do nothing with it. */
 static double raw_consume(const char *bootstrap, long events, int partitions) {
   char errstr[512];
@@ -415,6 +435,8 @@ int main(int argc, char **argv) {
   uint64_t first_count = 0; /* every event counts (see below) */
   double cpu_first = 0, cpu_last = 0, fold_first = 0, fold_last = 0;
   double writer_first = 0, writer_last = 0;
+  /* The other threads' CPU per event, sampled as the fold's is. */
+  double others_first[OTHER_THREADS] = {0}, others_last[OTHER_THREADS] = {0};
   int64_t shown = 0;
   /* (b) is timed from the assignment (the group join behind, the
    * partitions' setup included) and counts every event: whether the first
@@ -433,6 +455,7 @@ int main(int argc, char **argv) {
       cpu_first = cpu_seconds();
       fold_first = bench_thread_cpu_seconds("tly-fold", 0);
       writer_first = bench_thread_cpu_seconds("tly-writer", 0);
+      other_threads_cpu(others_first);
     }
     last = tly_monotonic_ms();
     if (first && !warm && stats.events_folded >= 2 * (uint64_t)subjects) {
@@ -445,6 +468,7 @@ int main(int argc, char **argv) {
             (uint64_t)events) {
       fold_last = bench_thread_cpu_seconds("tly-fold", 0);
       writer_last = bench_thread_cpu_seconds("tly-writer", 0);
+      other_threads_cpu(others_last);
     }
     if (last - shown >= 1000) {
       fprintf(stderr, "\rfolded %llu/%ld",
@@ -524,6 +548,21 @@ int main(int argc, char **argv) {
   printf("| (b) CPU per event: process (broker included) / fold thread / "
          "writer thread | %.2f / %.2f / %.2f us |\n",
          cpu_us, fold_us, writer_us);
+  printf("| (b) CPU per event, the other threads:");
+  for (int i = 0; i < OTHER_THREADS; i++)
+    printf("%s %s", i ? " /" : "", other_threads[i].label);
+  printf(" |");
+  for (int i = 0; i < OTHER_THREADS; i++)
+    printf("%s %.2f", i ? " /" : "",
+           (others_last[i] - others_first[i]) * 1e6 / folded);
+  printf(" us |\n");
+  /* On this machine's cores, at the CPU per event measured: what the
+   * whole process (broker included) could fold if no core ever idled. */
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  printf("| (b) against what %ld cores allow at the process's CPU per event "
+         "(%.0f events/s) | %.2f |\n",
+         cores, cpu_us > 0 ? (double)cores * 1e6 / cpu_us : 0,
+         cpu_us > 0 ? fold / ((double)cores * 1e6 / cpu_us) : 0);
   printf("| batches committed in (b) | %llu (%.0f events each) |\n",
          (unsigned long long)after_fold.batches_committed,
          (double)after_fold.events_folded /
