@@ -202,13 +202,14 @@ typedef struct {
   tly_processor_stats_t stats;
   long peak_rss_kib, end_rss_kib;
   double fold_us, writer_us; /* CPU per event of the two threads */
+  double rocksdb_us;         /* and of RocksDB's flushes and compactions */
 } phase_t;
 
 /* The figures of a phase from the sample `from` to the latest one. */
 typedef struct {
   int64_t ms;
   uint64_t done;
-  double fold_cpu, writer_cpu;
+  double fold_cpu, writer_cpu, rocksdb_cpu;
   tly_processor_stats_t stats;
 } sample_t;
 
@@ -217,6 +218,7 @@ static void phase_between(const sample_t *from, const sample_t *to,
   double folded = (double)(to->done > from->done ? to->done - from->done : 1);
   out->fold_us = (to->fold_cpu - from->fold_cpu) * 1e6 / folded;
   out->writer_us = (to->writer_cpu - from->writer_cpu) * 1e6 / folded;
+  out->rocksdb_us = (to->rocksdb_cpu - from->rocksdb_cpu) * 1e6 / folded;
   out->stats = to->stats;
   /* The counters of this part alone (the gauges are as at its end). */
   out->stats.duplicates -= from->stats.duplicates;
@@ -242,6 +244,7 @@ static void take_sample(tly_processor_t *processor, sample_t *sample) {
 static void sample_cpu(sample_t *sample) {
   sample->fold_cpu = bench_thread_cpu_seconds("tly-fold", 0);
   sample->writer_cpu = bench_thread_cpu_seconds("tly-writer", 0);
+  sample->rocksdb_cpu = bench_thread_cpu_seconds("rocksdb:", 1);
 }
 
 /* A processor on store until it has folded or refused `events` records;
@@ -478,11 +481,12 @@ int bench_dedupe_main(void) {
       x->fill.peak_rss_kib / 1024, x->full.peak_rss_kib / 1024,
       x->tail.peak_rss_kib / 1024, x->broker_rss_kib / 1024,
       (long long)(budget >> 20));
-  ROW("CPU per event, fold thread / writer thread: fill; window full; "
-      "after the restart",
-      "%.2f / %.2f us; %.2f / %.2f us; %.2f / %.2f us", x->fill.fold_us,
-      x->fill.writer_us, x->full.fold_us, x->full.writer_us, x->tail.fold_us,
-      x->tail.writer_us);
+  ROW("CPU per event, fold thread / writer thread / RocksDB's flushes and "
+      "compactions: fill; window full; after the restart",
+      "%.2f / %.2f / %.2f us; %.2f / %.2f / %.2f us; %.2f / %.2f / %.2f us",
+      x->fill.fold_us, x->fill.writer_us, x->fill.rocksdb_us, x->full.fold_us,
+      x->full.writer_us, x->full.rocksdb_us, x->tail.fold_us, x->tail.writer_us,
+      x->tail.rocksdb_us);
   ROW("dedupe memory at the end of the fill / window full / after the "
       "restart",
       "%llu / %llu / %llu bytes (share %llu)",
