@@ -301,13 +301,13 @@ static const struct {
 };
 #define OTHER_THREADS (int)(sizeof(other_threads) / sizeof(other_threads[0]))
 
-static void other_threads_cpu(double out[OTHER_THREADS]) {
+/* fold_writer: the fold and writer threads' CPU, read just before (the
+ * "tly-" prefix takes them too; theirs are shown apart). */
+static void other_threads_cpu(double out[OTHER_THREADS], double fold_writer) {
   for (int i = 0; i < OTHER_THREADS; i++) {
     out[i] = bench_thread_cpu_seconds(other_threads[i].name, 1);
-    /* "tly-" takes the fold and the writer too: theirs are shown apart. */
     if (!strcmp(other_threads[i].name, "tly-"))
-      out[i] -= bench_thread_cpu_seconds("tly-fold", 0) +
-                bench_thread_cpu_seconds("tly-writer", 0);
+      out[i] -= fold_writer;
   }
 }
 
@@ -457,7 +457,7 @@ int main(int argc, char **argv) {
       cpu_first = cpu_seconds();
       fold_first = bench_thread_cpu_seconds("tly-fold", 0);
       writer_first = bench_thread_cpu_seconds("tly-writer", 0);
-      other_threads_cpu(others_first);
+      other_threads_cpu(others_first, fold_first + writer_first);
     }
     last = tly_monotonic_ms();
     if (first && !warm && stats.events_folded >= 2 * (uint64_t)subjects) {
@@ -470,7 +470,7 @@ int main(int argc, char **argv) {
             (uint64_t)events) {
       fold_last = bench_thread_cpu_seconds("tly-fold", 0);
       writer_last = bench_thread_cpu_seconds("tly-writer", 0);
-      other_threads_cpu(others_last);
+      other_threads_cpu(others_last, fold_last + writer_last);
     }
     if (last - shown >= 1000) {
       fprintf(stderr, "\rfolded %llu/%ld",
