@@ -55,6 +55,7 @@ static int add_raw_output(tly_processor_t *p, char *record, size_t len) {
                  sizeof(*p->outputs)))
     return -1;
   p->outputs[p->output_count++] = (pending_output_t){record, len};
+  p->output_bytes += len;
   return 0;
 }
 
@@ -62,6 +63,7 @@ void tly_proc_batch_discard_outputs(tly_processor_t *p) {
   for (size_t i = 0; i < p->output_count; i++)
     free(p->outputs[i].record);
   p->output_count = 0;
+  p->output_bytes = 0;
 }
 
 /* Queues one overlay entry's write. */
@@ -682,6 +684,8 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   p->outputs = outputs;
   p->output_cap = output_cap;
   p->output_count = 0;
+  p->inflight_output_bytes = p->output_bytes;
+  p->output_bytes = 0;
   p->next_seq = first_seq + flight->output_count;
   for (size_t i = 0; i < p->ack_count; i++)
     p->acks[i].dirty = 0;
@@ -881,6 +885,7 @@ int tly_proc_batch_wait(tly_processor_t *p) {
       return -1;
     }
     flight->outputs[i].record = NULL;
+    p->inflight_output_bytes -= flight->outputs[i].record_len;
   }
   /* Fault injection for the stall test: freeze (once) with this commit's
    * outputs waiting in the outbox and nothing left in the Kafka client. */

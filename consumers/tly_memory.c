@@ -9,9 +9,10 @@
  * its share, what the dedupe indexes leave of theirs (tly_memory_lent) and
  * CACHE_MAX_ENTRIES after every commit: the clock evicts
  * entries not found since its last pass, never the open batch's (the rest
- * is a cache of what RocksDB holds). The outbox is counted here by a walk,
- * at most once a second, and only reported: an entry leaves once Kafka
- * has it, never earlier. It never writes state.
+ * is a cache of what RocksDB holds). The outbox is counted as outputs come
+ * and go (tly_proc_outbox_held_bytes); an entry leaves once Kafka has it,
+ * never earlier, so the outbox is held to its bound by making records
+ * wait before the fold (tly_gate.c). It never writes state.
  *
  * The parts outside tally's own structures are sized here and held by
  * their owners: RocksDB's block cache and memtables (the store is opened
@@ -57,6 +58,11 @@ int64_t tly_memory_floor(tly_memory_part_t part) {
      * queue caps the fold rate: bench_fold's dedupe-scale run at 2 M ids
      * folded 41,000 events/s with a 1.3 MiB queue, ~250,000 with 64 MiB. */
     return 32LL << 20;
+  case TLY_MEMORY_OUTBOX:
+    /* Room for a record of message.max.bytes and a small batch's outputs,
+     * so that a small budget does not hold the fold at every batch's
+     * dead letters (tly_gate.c). */
+    return 4LL << 20;
   case TLY_MEMORY_KAFKA_PRODUCER:
     /* 1 MiB for each of the two producers: a queue must hold a record of
      * message.max.bytes, or producing it fails forever as "queue full". */
@@ -186,12 +192,5 @@ void tly_proc_memory_check(tly_processor_t *p) {
       tly_overlay_evict(&p->overlay, share, CACHE_MAX_ENTRIES, entry_is_dirty))
     p->last_entry = NULL;
   atomic_store(&p->overlay_bytes, tly_overlay_bytes(&p->overlay));
-  int64_t now = tly_monotonic_ms();
-  if (now - p->memory_checked_ms < 1000)
-    return;
-  p->memory_checked_ms = now;
-  size_t outbox = p->outbox_cap * sizeof(*p->outbox);
-  for (size_t i = 0; i < p->outbox_count; i++)
-    outbox += p->outbox[i].record_len;
-  atomic_store(&p->outbox_bytes, outbox);
+  atomic_store(&p->outbox_bytes, tly_proc_outbox_held_bytes(p));
 }

@@ -45,8 +45,14 @@ int tly_proc_outbox_append(tly_processor_t *p, uint64_t seq, char *record,
                       0,
                       0,
                       0};
+  p->outbox_record_bytes += record_len;
   atomic_store(&p->outbox_size, p->outbox_count);
   return 0;
+}
+
+size_t tly_proc_outbox_held_bytes(const tly_processor_t *p) {
+  return p->outbox_record_bytes + p->output_bytes + p->inflight_output_bytes +
+         p->outbox_cap * sizeof(*p->outbox);
 }
 
 static outbox_item_t *outbox_find(tly_processor_t *p, uint64_t seq) {
@@ -329,9 +335,10 @@ void tly_proc_outbox_publish(tly_processor_t *p) {
 void tly_proc_outbox_compact(tly_processor_t *p) {
   size_t kept = 0;
   for (size_t i = 0; i < p->outbox_count; i++) {
-    if (p->outbox[i].state == OUTBOX_DELETING)
+    if (p->outbox[i].state == OUTBOX_DELETING) {
+      p->outbox_record_bytes -= p->outbox[i].record_len;
       free(p->outbox[i].record);
-    else
+    } else
       p->outbox[kept++] = p->outbox[i];
   }
   p->outbox_count = kept;
@@ -427,6 +434,8 @@ static int drop_pending(tly_processor_t *p, int inherited_only,
       return -1;
     }
     *bundles += kept_len != item->record_len;
+    p->outbox_record_bytes =
+        p->outbox_record_bytes - item->record_len + kept_len;
     free(item->record);
     item->record = kept;
     item->record_len = kept_len;

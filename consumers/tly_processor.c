@@ -105,6 +105,7 @@ static int add_output(tly_processor_t *p, const tly_outbox_record_t *record) {
   pending_output_t *out = &p->outputs[p->output_count];
   if (tly_outbox_encode(record, &out->record, &out->record_len))
     return -1;
+  p->output_bytes += out->record_len;
   p->output_count++;
   return 0;
 }
@@ -471,12 +472,14 @@ static void handle_message(tly_processor_t *p, rd_kafka_message_t *msg) {
   partition_state_t *part = &p->partitions[msg->partition];
   if (part->position >= 0 && msg->offset < part->position)
     return;
+  if (tly_proc_gate_skips(part, msg))
+    return; /* its partition waits (not a fetch gap: nothing was folded) */
   if (part->position >= 0 && msg->offset > part->position &&
       fetch_gap(p, part, msg))
     return;          /* fetched again from the position */
   part->seeking = 0; /* the record at the position came */
-  if (tly_proc_schema_gate(p, msg))
-    return; /* its partition waits for the schema registry */
+  if (tly_proc_gate(p, msg))
+    return; /* it waits: for the schema registry or the outbox */
   fold_message(p, msg);
   part->position = msg->offset + 1;
   part->batch_next = msg->offset + 1;
@@ -878,7 +881,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
     if (p->fatal)
       break;
     idle = consumed == 0;
-    tly_proc_schema_retry(p);
+    tly_proc_gate_retry(p);
     if (p->dead_log_left_out) /* a flood that ended: its summary */
       log_dead_letters_left_out(p);
     rd_kafka_poll(p->producer, 0); /* delivery reports -> ACKED */

@@ -136,8 +136,8 @@ typedef struct {
  * - the processor's subject records (the overlay: the open batch and the
  *   cache kept across batches) 5/40, and what the dedupe indexes leave
  *   unused of theirs (tly_memory_lent; past it the clock evicts);
- * - the outbox 2/40 (reported, not enforced: an entry leaves only once
- *   Kafka has it);
+ * - the outbox 2/40, at least 4 MiB (an entry leaves only once Kafka has
+ *   it: past its bound records wait before the fold until it drains);
  * - the HTTP port's subject cache 4/40 (its entries are sized from it);
  * - RocksDB's block cache 3/40 (index and filter blocks charged to it) and
  *   its memtables 3/40 (all column families together; tly_store.h,
@@ -147,7 +147,8 @@ typedef struct {
  *   (queue.buffering.max.kbytes: half for the processor's producer, half
  *   for the HTTP port's), unless -X sets them (tly_memory_kafka_properties).
  * A part with a floor (tly_memory_bound: RocksDB's and librdkafka's
- * minimums, and the consumer's prefetch the fold rate needs)
+ * minimums, the consumer's prefetch the fold rate needs, and the outbox's
+ * room for a small batch's outputs)
  * is held to the larger of its share and its floor: the bounds add up to
  * the budget from TLY_MEMORY_FLOORLESS_BUDGET up, to at most the budget +
  * TLY_MEMORY_FLOORS below it. */
@@ -181,7 +182,7 @@ tly_store_memory_t tly_memory_store_sizes(int64_t budget);
  * next commit), so the two together stay within their two shares. */
 int64_t tly_memory_lent(int64_t budget, int64_t dedupe_held);
 /* The sum of the floors, and the least budget at which no floor applies. */
-#define TLY_MEMORY_FLOORS (37LL << 20)
+#define TLY_MEMORY_FLOORS (41LL << 20)
 #define TLY_MEMORY_FLOORLESS_BUDGET (640LL << 20)
 /* The default --batch-events for a budget: a commit's WriteBatch lands in
  * RocksDB's memtables whole, so a batch's write should fit in 3/4 of the
@@ -248,6 +249,10 @@ typedef struct {
    * partitions waiting on one now. */
   uint64_t schema_lookups, schema_lookup_failures;
   int32_t schema_waiting;
+  /* The outbox's hold (past its bound of the memory budget): partitions
+   * waiting for it to drain now, and the holds begun. */
+  int32_t outbox_waiting;
+  uint64_t outbox_holds;
   /* Synced RocksDB commits: cumulative counts per bucket (Prometheus
    * style: bucket i counts commits that took <= bound i), the +Inf count
    * and the total time. */

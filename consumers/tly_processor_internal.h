@@ -178,16 +178,17 @@ typedef struct {
    * asked (forward_floor_ms, monotonic; 0: never), see
    * tly_proc_forward_scan_from. */
   int64_t forward_floor, forward_floor_ms;
-  /* Waiting for the schema registry (tly_schema_gate.c): the record at
-   * schema_wait_offset is framed with schema_wait_id, which the registry
-   * could not be asked about; the partition is paused, and the lookup
-   * tried again at schema_retry_ms (monotonic) after schema_attempts
-   * tries. Once answered, the partition is sought back to that record,
-   * and records that arrive before it (fetched before the seek) are
-   * skipped while schema_resuming. */
-  int schema_waiting, schema_resuming, schema_attempts;
+  /* Waiting at the record at wait_offset, paused, nothing of it folded
+   * (tly_gate.c): for the schema registry (WAIT_SCHEMA: the record is
+   * framed with schema_wait_id, which the registry could not be asked
+   * about; the lookup is tried again at schema_retry_ms, monotonic, after
+   * schema_attempts tries) or for the outbox to drain (WAIT_OUTBOX). Once
+   * over, the partition is sought back to that record, and records that
+   * arrive before it (fetched before the seek) are skipped while
+   * resuming. */
+  int wait, resuming, schema_attempts;
   int32_t schema_wait_id;
-  int64_t schema_wait_offset, schema_retry_ms;
+  int64_t wait_offset, schema_retry_ms;
   /* In the rebalance callback's list now (assigned or revoked): not
    * served until the callback returns. */
   int moving;
@@ -399,13 +400,12 @@ struct tly_processor {
   atomic_uint_least64_t filter_skips, filter_build_ms, filters_dropped;
   /* Assignments that took a saved filter (tly_proc_filter_load). */
   atomic_uint_least64_t filters_loaded;
-  /* The budget (tly_memory.c) and the other parts' bytes, counted at most
-   * once a second (memory_checked_ms, monotonic). */
+  /* The budget (tly_memory.c) and the other parts' bytes as of the last
+   * check (tly_proc_memory_check). */
   int64_t memory_budget;
   atomic_uint_least64_t overlay_bytes, overlay_lent, outbox_bytes;
   atomic_uint_least64_t assignment_ms; /* the last assignment's setup */
-  int64_t memory_checked_ms;
-  atomic_uint_least64_t outbox_size; /* mirror of outbox_count for metrics */
+  atomic_uint_least64_t outbox_size;   /* mirror of outbox_count for metrics */
   atomic_uint_least64_t commit_buckets[TLY_COMMIT_BUCKETS];
   atomic_uint_least64_t commit_count, commit_micros;
   atomic_uint_least64_t visible_buckets[TLY_VISIBLE_BUCKETS];
@@ -435,10 +435,19 @@ struct tly_processor {
   atomic_uint_least64_t restores, restored_records, restore_ms;
   atomic_uint_least64_t restore_epoch; /* odd while a restore writes */
   _Atomic int32_t restoring;           /* the partition being restored, or -1 */
-  /* Schema registry lookups (tly_schema_gate.c): answered (found or not),
+  /* Schema registry lookups (tly_gate.c): answered (found or not),
    * failed (to retry), partitions waiting on one now. */
   atomic_uint_least64_t schema_lookups, schema_lookup_failures;
   _Atomic int32_t schema_waiting;
+  /* The outbox's hold (tly_gate.c): partitions waiting for it to drain
+   * now, and the holds begun. The bytes it holds are counted as they
+   * come and go: the outbox's records (outbox_record_bytes), the open
+   * batch's outputs (output_bytes) and the batch being written's
+   * (inflight_output_bytes). */
+  _Atomic int32_t outbox_waiting;
+  atomic_uint_least64_t outbox_holds;
+  int outbox_hold_logged;
+  size_t outbox_record_bytes, output_bytes, inflight_output_bytes;
 
   /* Copy staleness (tly_copy.c): a reader of record timestamps and, per
    * partition, the timestamp of the record a copy stops at. */
@@ -623,13 +632,23 @@ int tly_proc_forward_already_sent(tly_processor_t *p,
 int tly_proc_prepare_replay(tly_processor_t *p);
 void tly_proc_end_replay(tly_processor_t *p);
 
-/* tly_schema_gate.c: records framed with a schema id the codec does not
- * know yet. */
-int tly_proc_schema_gate(tly_processor_t *p, const rd_kafka_message_t *msg);
-void tly_proc_schema_retry(tly_processor_t *p);
-void tly_proc_schema_reset(tly_processor_t *p, rd_kafka_t *rk,
-                           const rd_kafka_topic_partition_list_t *parts,
-                           int incremental);
+/* tly_gate.c: records that wait before the fold, their partition paused:
+ * framed with a schema id the codec does not know yet, or arriving while
+ * the outbox is over its bound. tly_proc_gate_skips, before anything else
+ * looks at a record above the position: 1 when msg is skipped, its
+ * partition waiting or sought back to the record it waited at.
+ * tly_proc_gate: 1 when msg waits. tly_proc_gate_retry, once a round:
+ * lookups tried again, the outbox's waits ended once it drained.
+ * tly_proc_gate_reset: a rebalance ends the waits of parts. */
+int tly_proc_gate_skips(partition_state_t *part, const rd_kafka_message_t *msg);
+int tly_proc_gate(tly_processor_t *p, const rd_kafka_message_t *msg);
+void tly_proc_gate_retry(tly_processor_t *p);
+void tly_proc_gate_reset(tly_processor_t *p, rd_kafka_t *rk,
+                         const rd_kafka_topic_partition_list_t *parts,
+                         int incremental);
+/* What the outbox holds: its records, the open batch's outputs and the
+ * batch being written's, and its array (tly_outbox_publish.c). */
+size_t tly_proc_outbox_held_bytes(const tly_processor_t *p);
 
 /* tly_copy.c: copy staleness; its reader goes with the processor. */
 void tly_proc_copy_destroy(tly_processor_t *p);

@@ -185,6 +185,8 @@ void tly_processor_stats(tly_processor_t *p, tly_processor_stats_t *stats) {
   stats->schema_lookups = atomic_load(&p->schema_lookups);
   stats->schema_lookup_failures = atomic_load(&p->schema_lookup_failures);
   stats->schema_waiting = atomic_load(&p->schema_waiting);
+  stats->outbox_waiting = atomic_load(&p->outbox_waiting);
+  stats->outbox_holds = atomic_load(&p->outbox_holds);
   for (int i = 0; i < TLY_COMMIT_BUCKETS; i++)
     stats->commit_buckets[i] = atomic_load(&p->commit_buckets[i]);
   stats->commit_count = atomic_load(&p->commit_count);

@@ -60,7 +60,7 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
   /* Whatever happens next, what was folded so far is committed first; the
    * cache goes, since partitions that come back may have moved meanwhile. */
   tly_proc_batch_commit(p);
-  tly_proc_schema_reset(p, rk, parts, incremental);
+  tly_proc_gate_reset(p, rk, parts, incremental);
   if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && !p->fatal) {
     /* A lost assignment (the session expired: another instance may own
      * these partitions already) or a fenced one sends nothing more. */

@@ -606,6 +606,17 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               (unsigned long long)stats.schema_lookups,
               (unsigned long long)stats.schema_lookup_failures,
               (int)stats.schema_waiting);
+  text_append(&text,
+              "# HELP tally_outbox_waiting_partitions Partitions whose next "
+              "record waits (paused) until the outbox is down to half its "
+              "memory bound.\n# TYPE tally_outbox_waiting_partitions "
+              "gauge\ntally_outbox_waiting_partitions %d\n"
+              "# HELP tally_outbox_holds_total Times the outbox reached its "
+              "memory bound and records began to wait.\n# TYPE "
+              "tally_outbox_holds_total counter\ntally_outbox_holds_total "
+              "%llu\n",
+              (int)stats.outbox_waiting,
+              (unsigned long long)stats.outbox_holds);
   tly_partition_status_t *status = tly_http_partition_snapshot(http, &count);
   text_append(&text, "# HELP tally_partition_committed_offset Next input "
                      "offset committed to RocksDB.\n# TYPE "
