@@ -686,6 +686,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   p->output_count = 0;
   p->inflight_output_bytes = p->output_bytes;
   p->output_bytes = 0;
+  p->changelog_bytes_max = 0;
   p->next_seq = first_seq + flight->output_count;
   for (size_t i = 0; i < p->ack_count; i++)
     p->acks[i].dirty = 0;
@@ -693,6 +694,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
     partition_state_t *part = &p->partitions[i];
     part->inflight_next = part->batch_next;
     part->batch_next = -1;
+    part->changelog_bytes = 0;
     part->inflight_watermark =
         part->watermark_dirty ? part->watermark : INT64_MIN;
     part->inflight_horizon =

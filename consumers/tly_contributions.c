@@ -206,6 +206,9 @@ static int log_append(tly_processor_t *p, tly_overlay_entry_t *entry,
   memcpy(at + 7 + key_len, value, value_len);
   entry->contrib_head[slot] = (uint32_t)log->len + 1;
   log->len = need;
+  tly_proc_changelog_grows(
+      p, (int32_t)tly_get_be32((const unsigned char *)entry->key),
+      3 + key_len + value_len);
   return 0;
 }
 
@@ -646,6 +649,7 @@ int tly_proc_view_contribution(tly_billing_view_t *view,
       tly_proc_set_fatal(p, "out of memory keeping a contribution");
       return -1;
     }
+    tly_proc_changelog_grows(p, p->view_partition, 3 + key_len + len);
     return 0; /* into the batch at submit (tly_proc_contrib_flush) */
   }
   size_t len = 0;

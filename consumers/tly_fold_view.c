@@ -376,6 +376,7 @@ int tly_proc_view_seen(tly_billing_view_t *view, const char *event_id,
     }
     if (part->dedupe_key < 0)
       part->dedupe_key = p->view_offset;
+    tly_proc_changelog_grows(p, p->view_partition, 10 + len);
     return 0;
   }
   /* An id older than the window is expired whether or not it has been

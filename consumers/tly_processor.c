@@ -862,12 +862,22 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
       if (release_written(p))
         break;
       int records = p->batch_messages > 0;
+      int want = p->conf.batch_max_events - consumed;
+      if (p->changelog_topic) { /* its records' size (TLY_CHANGELOG_...) */
+        size_t room =
+            p->changelog_bytes_max < TLY_CHANGELOG_BATCH_BYTES
+                ? (TLY_CHANGELOG_BATCH_BYTES - p->changelog_bytes_max) /
+                      TLY_CHANGELOG_EVENT_BYTES_MAX
+                : 0;
+        if (room < (size_t)(want > 0 ? want : 0))
+          want = (int)room;
+      }
       tly_group_commit_in_t in = {.records = records,
                                   .other_work =
                                       !records && tly_proc_batch_has_work(p),
                                   .writer_busy = tly_proc_writer_busy(p),
                                   .behind = behind,
-                                  .full = consumed >= p->conf.batch_max_events,
+                                  .full = want <= 0,
                                   .waited_ms = tly_monotonic_ms() - began,
                                   .round_ms = round_ms};
       tly_group_commit_t next = tly_group_commit_decide(&in);
@@ -875,8 +885,7 @@ int tly_processor_run(tly_processor_t *p, volatile sig_atomic_t *stop,
         submit = next.submit;
         break;
       }
-      consumed += read_records(p, next.wait_ms, next.first_only,
-                               p->conf.batch_max_events - consumed, &behind);
+      consumed += read_records(p, next.wait_ms, next.first_only, want, &behind);
     }
     if (p->fatal)
       break;

@@ -141,6 +141,9 @@ typedef struct {
    * key of the open batch's blob: its first offset here, -1 if none yet. */
   tly_dedupe_t *dedupe;
   int64_t dedupe_key;
+  /* Bytes the open batch's changelog records of this partition hold at
+   * most: its dedupe blob and its contributions (tly_proc_changelog_grows). */
+  size_t changelog_bytes;
   /* The store may hold spilled ids of this partition (dedupe_ids): a miss
    * in memory is then looked up there, unless the filter of every spilled
    * id (NULL: none; tly_dedupe_filter.h) says it is surely new. */
@@ -460,7 +463,32 @@ struct tly_processor {
   struct tly_standby *standby; /* tly_standby.c; NULL: none */
   int fatal;
   char fatal_reason[1024];
+  /* The largest partitions[i].changelog_bytes of the open batch. */
+  size_t changelog_bytes_max;
 };
+
+/* A commit's changelog records of a partition that grow with its events,
+ * its dedupe blob ('D') and its contributions ('K', tly_changelog.h), are
+ * one Kafka record each, and a record over the producer's
+ * message.max.bytes (librdkafka's default 1,000,000; Kafka's topic default
+ * max.message.bytes is 1,048,588) can never be sent: it would hold the
+ * outbox, and every output after it, for good. With a changelog the open
+ * batch closes before a partition's would pass TLY_CHANGELOG_BATCH_BYTES,
+ * and a read takes no more records than the room left at
+ * TLY_CHANGELOG_EVENT_BYTES_MAX an event (its id in the blob, 266 bytes at
+ * most, and its contribution and a correction's replacement, 777 bytes
+ * each at most: 256-byte ids, a 255-byte value). */
+#define TLY_CHANGELOG_BATCH_BYTES 900000
+#define TLY_CHANGELOG_EVENT_BYTES_MAX 2048
+static inline void tly_proc_changelog_grows(tly_processor_t *p,
+                                            int32_t partition, size_t bytes) {
+  if (partition < 0 || partition >= p->partition_cap)
+    return;
+  partition_state_t *part = &p->partitions[partition];
+  part->changelog_bytes += bytes;
+  if (part->changelog_bytes > p->changelog_bytes_max)
+    p->changelog_bytes_max = part->changelog_bytes;
+}
 
 static const char META_NEXT_SEQ[] = "outbox.next_seq";
 static const char META_WATERMARK[] = "wm:";

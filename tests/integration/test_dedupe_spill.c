@@ -4,7 +4,8 @@
  * (--memory-budget 1048576: the dedupe share is 20/40, 512 KiB, a few thousand
  * ids):
  *   1. 48,000 distinct events: the dedupe index spills (the metric says
- *      so) and stays within its share;
+ *      so) and stays within its share; the outbox empties (the changelog's
+ *      records of a commit each under message.max.bytes);
  *   2. the 2,000 oldest ids again, and 1,000 new events: every duplicate
  *      refused (looked up in RocksDB), every new event counted;
  *   3. SIGKILL, restart on the same state dir (assignment loads only what
@@ -163,6 +164,11 @@ static void test_old_duplicates_refused_with_small_budget(void **state) {
   assert_true(spilled >= FIRST / 2);
   assert_true(held > 0 && held <= share);
   verify_totals(run.port);
+  /* Every output reached Kafka, the changelog's records included: a
+   * commit's dedupe blob and contributions of a partition are one record
+   * each, kept under message.max.bytes (TLY_CHANGELOG_BATCH_BYTES); one
+   * over it was never sent and held the outbox for good. */
+  assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
 
   /* 2. The oldest ids again: none is in memory any more. */
   produce(broker.bootstrap, 0, 2000, 0);
