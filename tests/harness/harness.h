@@ -133,4 +133,15 @@ void th_mock_cluster_destroy(struct rd_kafka_mock_cluster_s *cluster);
 int64_t th_now_ms(void);
 void th_sleep_ms(int ms);
 
+/* A simple stream of good events (calls.c): count api_calls events of
+ * quantity 1 + i % 7 at TH_CALLS_AT_MS to user:good-NN (NN = i % subjects),
+ * ids "g-<round>-<i>", through tally's producer, each subject's quantity
+ * added to per_subject; the total quantity, or -1. th_check_calls: every
+ * subject's api_calls quantity on port equals per_subject; their sum, or
+ * -1 (saying which differs). */
+#define TH_CALLS_AT_MS 1763800000000LL
+long long th_produce_calls(const char *bootstrap, int round, int count,
+                           int subjects, long long *per_subject);
+long long th_check_calls(int port, int subjects, const long long *per_subject);
+
 #endif

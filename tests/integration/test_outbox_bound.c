@@ -16,9 +16,6 @@
  */
 #include "harness.h"
 
-#include "tally_producer.h"
-
-#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <setjmp.h>
@@ -39,35 +36,6 @@
  * (about 5 MB: it drops a log's oldest records past that). */
 #define BAD 280
 #define BAD_BYTES 16384
-
-static long long produce_good(const char *bootstrap, int round, int count,
-                              long long *per_subject) {
-  tally_producer_conf_t conf = {.brokers = bootstrap};
-  char errstr[512], id[32], event_id[32];
-  long long total = 0;
-  tally_producer_t *producer =
-      tally_producer_new(&conf, errstr, sizeof(errstr));
-  assert_non_null(producer);
-  for (int i = 0; i < count; i++) {
-    tly_event_t event = {0};
-    snprintf(id, sizeof(id), "good-%02d", i % SUBJECTS);
-    snprintf(event_id, sizeof(event_id), "g-%d-%d", round, i);
-    event.event_id = event_id;
-    event.occurred_at_ms = 1763800000000LL;
-    event.subject_kind = TLY_SUBJECT_USER;
-    event.subject_id = id;
-    event.body.usage.feature = "api_calls";
-    event.body.usage.unit = "call";
-    event.body.usage.quantity = 1 + i % 7;
-    assert_int_equal(
-        tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr)), 0);
-    per_subject[i % SUBJECTS] += 1 + i % 7;
-    total += 1 + i % 7;
-  }
-  assert_int_equal(tally_producer_flush(producer, 30000), 0);
-  tally_producer_destroy(producer);
-  return total;
-}
 
 /* BAD records of BAD_BYTES bytes that are not an event (no Avro frame),
  * keyed bad-N, their bytes 'a' + N % 26 over and over. */
@@ -139,7 +107,8 @@ static void test_outbox_held_to_its_bound(void **state) {
 
   /* A first few events, so the processor is up and has produced nothing
    * yet when the dead-letter topic loses its leader. */
-  long long total = produce_good(bootstrap, 0, 100, per_subject);
+  long long total = th_produce_calls(bootstrap, 0, 100, SUBJECTS, per_subject);
+  assert_true(total > 0);
   /* One produce request in flight: see test_broker_faults.c (the mock
    * broker does not check an idempotent producer's sequence numbers, so a
    * failed request followed by a successful one loses the first). */
@@ -154,9 +123,13 @@ static void test_outbox_held_to_its_bound(void **state) {
   assert_int_equal(bound, 4LL << 20);
 
   rd_kafka_mock_partition_set_leader(cluster, "tally.usage.dlq", 0, -1);
-  total += produce_good(bootstrap, 1, GOOD / 2, per_subject);
+  long long first =
+      th_produce_calls(bootstrap, 1, GOOD / 2, SUBJECTS, per_subject);
   produce_bad(bootstrap);
-  total += produce_good(bootstrap, 2, GOOD / 2, per_subject);
+  long long second =
+      th_produce_calls(bootstrap, 2, GOOD / 2, SUBJECTS, per_subject);
+  assert_true(first > 0 && second > 0);
+  total += first + second;
 
   /* The hold: records wait once the outbox is at its bound. */
   int64_t deadline = th_now_ms() + 60000;
@@ -202,24 +175,7 @@ static void test_outbox_held_to_its_bound(void **state) {
   assert_int_equal(th_metric_sum(run.port, "tally_dead_letters_total"), BAD);
   assert_int_equal(th_metric_sum(run.port, "tally_outbox_waiting_partitions"),
                    0);
-  long long sum = 0;
-  for (int s = 0; s < SUBJECTS; s++) {
-    char path[128], *body;
-    long status;
-    snprintf(path, sizeof(path),
-             "/v1/subjects/user:good-%02d/usage?at=1763800000000", s);
-    assert_int_equal(th_http_get(run.port, path, &status, &body), 0);
-    assert_int_equal(status, 200);
-    json_t *json = json_loads(body, 0, NULL);
-    json_t *row =
-        json_object_get(json_object_get(json, "features"), "api_calls");
-    assert_int_equal(json_integer_value(json_object_get(row, "quantity")),
-                     per_subject[s]);
-    sum += json_integer_value(json_object_get(row, "quantity"));
-    json_decref(json);
-    free(body);
-  }
-  assert_int_equal(sum, total);
+  assert_int_equal(th_check_calls(run.port, SUBJECTS, per_subject), total);
   static dead_letters_t dl;
   assert_int_equal(
       th_read_topic(bootstrap, "tally.usage.dlq", 1, visit_dead_letter, &dl),

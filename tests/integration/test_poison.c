@@ -5,9 +5,6 @@
  */
 #include "harness.h"
 
-#include "tally_producer.h"
-
-#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -77,35 +74,6 @@ static void produce_poison(const char *bootstrap) {
   rd_kafka_destroy(rk);
   for (size_t i = 0; i < POISONS; i++)
     assert_true(poisons[i].offset >= 0);
-}
-
-static long long produce_good(const char *bootstrap, int round,
-                              long long *per_subject) {
-  tally_producer_conf_t conf = {.brokers = bootstrap};
-  char errstr[512], id[32], event_id[32];
-  long long total = 0;
-  tally_producer_t *producer =
-      tally_producer_new(&conf, errstr, sizeof(errstr));
-  assert_non_null(producer);
-  for (int i = 0; i < GOOD_EVENTS; i++) {
-    tly_event_t event = {0};
-    snprintf(id, sizeof(id), "good-%02d", i % SUBJECTS);
-    snprintf(event_id, sizeof(event_id), "g-%d-%d", round, i);
-    event.event_id = event_id;
-    event.occurred_at_ms = 1763800000000LL;
-    event.subject_kind = TLY_SUBJECT_USER;
-    event.subject_id = id;
-    event.body.usage.feature = "api_calls";
-    event.body.usage.unit = "call";
-    event.body.usage.quantity = 1 + i % 7;
-    assert_int_equal(
-        tally_producer_send(producer, &event, NULL, errstr, sizeof(errstr)), 0);
-    per_subject[i % SUBJECTS] += 1 + i % 7;
-    total += 1 + i % 7;
-  }
-  assert_int_equal(tally_producer_flush(producer, 30000), 0);
-  tally_producer_destroy(producer);
-  return total;
 }
 
 static const char *header(rd_kafka_headers_t *headers, const char *name,
@@ -191,9 +159,14 @@ static void test_poison_goes_to_dead_letters(void **state) {
 
   snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
   assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
-  long long half = produce_good(broker.bootstrap, 1, per_subject);
+  long long half =
+      th_produce_calls(broker.bootstrap, 1, GOOD_EVENTS, SUBJECTS, per_subject);
+  assert_true(half > 0);
   produce_poison(broker.bootstrap);
-  long long total = half + produce_good(broker.bootstrap, 2, per_subject);
+  long long second =
+      th_produce_calls(broker.bootstrap, 2, GOOD_EVENTS, SUBJECTS, per_subject);
+  assert_true(second > 0);
+  long long total = half + second;
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, NULL), 0);
   assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
                                      PARTITIONS, 60000),
@@ -203,24 +176,7 @@ static void test_poison_goes_to_dead_letters(void **state) {
   assert_int_equal(th_metric_sum(run.port, "tally_dead_letters_total"),
                    (long long)POISONS);
 
-  long long folded = 0;
-  for (int s = 0; s < SUBJECTS; s++) {
-    char path[128], *body;
-    long status;
-    snprintf(path, sizeof(path),
-             "/v1/subjects/user:good-%02d/usage?at=1763800000000", s);
-    assert_int_equal(th_http_get(run.port, path, &status, &body), 0);
-    assert_int_equal(status, 200);
-    json_t *json = json_loads(body, 0, NULL);
-    json_t *row =
-        json_object_get(json_object_get(json, "features"), "api_calls");
-    assert_int_equal(json_integer_value(json_object_get(row, "quantity")),
-                     per_subject[s]);
-    folded += json_integer_value(json_object_get(row, "quantity"));
-    json_decref(json);
-    free(body);
-  }
-  assert_int_equal(folded, total);
+  assert_int_equal(th_check_calls(run.port, SUBJECTS, per_subject), total);
 
   assert_int_equal(read_dead_letters(broker.bootstrap), (int)POISONS);
   for (size_t i = 0; i < POISONS; i++)
