@@ -587,6 +587,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   p->dirty_count = 0;
   if (tly_proc_contrib_flush(p))
     return -1;
+  size_t sealed = 0; /* what the blobs sealed here hold, for the spill */
   for (int32_t i = 0; i < p->partition_cap; i++) {
     partition_state_t *part = &p->partitions[i];
     size_t blob_len = 0;
@@ -597,6 +598,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
         part->dedupe ? tly_dedupe_open_blob(part->dedupe, &blob_len) : NULL;
     if (!blob)
       continue;
+    sealed += tly_proc_dedupe_blob_weight(blob, blob_len);
     tly_put_be32((unsigned char *)meta_key, (uint32_t)i);
     tly_put_be64((unsigned char *)meta_key + 4, (uint64_t)part->dedupe_key);
     tly_store_batch_put(p->batch, TLY_CF_DEDUPE, meta_key, 12, blob, blob_len);
@@ -611,7 +613,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   }
   /* Past the dedupe share of the memory budget: the oldest ids go to the
    * store in this same commit (tly_dedupe_spill.c). */
-  if (tly_proc_dedupe_spill(p))
+  if (tly_proc_dedupe_spill(p, sealed))
     return -1;
   if (p->changelog_topic) {
     changelog_expire_blobs(p);

@@ -3,7 +3,10 @@
  * budget (tly_dedupe.h, "Spilling").
  *
  * At each batch submit, while the partitions' indexes hold more than the
- * share, the oldest sealed blob of the partition holding the most is
+ * share less the room kept for the next batch's ids (twice what the batch
+ * just sealed holds, at most a quarter of the share: so they stay within
+ * the share between commits too), the oldest sealed blob of the partition
+ * holding the most is
  * spilled into the open batch: each id not yet expired under its own key
  * in dedupe_ids ([p][id] -> [occurred_at BE8]) and the blob replaced by
  * its stub, atomically with the batch's state and offsets. The blobs leave
@@ -69,7 +72,7 @@ static int64_t horizon_of(const tly_processor_t *p,
 }
 
 /* Blob bytes (header excluded) and ids a blob frees, estimated. */
-static size_t blob_weight(const void *blob, size_t len) {
+size_t tly_proc_dedupe_blob_weight(const void *blob, size_t len) {
   uint32_t count = tly_get_be32((const unsigned char *)blob + 8);
   return len + (size_t)count * ID_TABLE_BYTES;
 }
@@ -112,13 +115,21 @@ static size_t fit_filters(tly_processor_t *p) {
   return total;
 }
 
-int tly_proc_dedupe_spill(tly_processor_t *p) {
+int tly_proc_dedupe_spill(tly_processor_t *p, size_t sealed) {
+  /* Room for the next batch's ids, taken to be at most twice this one's
+   * (and at most a quarter of the share): spilled down to the share less
+   * that, the indexes stay within the share while the next batch is
+   * folded too, not only at commits. */
+  size_t headroom = sealed < p->dedupe_share / 8 ? 2 * sealed
+                                                 : p->dedupe_share / 4;
+  size_t target = p->dedupe_share - headroom;
+  p->dedupe_headroom = headroom;
   size_t total = fit_filters(p);
   for (int32_t i = 0; i < p->partition_cap; i++)
     if (p->partitions[i].dedupe)
       total += tly_dedupe_bytes(p->partitions[i].dedupe);
   atomic_store(&p->dedupe_bytes, total);
-  if (total <= p->dedupe_share)
+  if (total <= target)
     return 0;
   /* What each partition would hold once the blobs chosen so far leave. */
   size_t *left = malloc(sizeof(*left) * (size_t)p->partition_cap);
@@ -129,7 +140,7 @@ int tly_proc_dedupe_spill(tly_processor_t *p) {
   for (int32_t i = 0; i < p->partition_cap; i++)
     left[i] =
         p->partitions[i].dedupe ? tly_dedupe_bytes(p->partitions[i].dedupe) : 0;
-  while (total > p->dedupe_share) {
+  while (total > target) {
     int32_t largest = -1;
     for (int32_t i = 0; i < p->partition_cap; i++)
       if (left[i] && (largest < 0 || left[i] > left[largest]))
@@ -146,7 +157,7 @@ int tly_proc_dedupe_spill(tly_processor_t *p) {
     }
     if (!part->filter && !part->spilled) /* the first spill: all it holds */
       part->filter = tly_dedupe_filter_new();
-    size_t freed = blob_weight(blob, len);
+    size_t freed = tly_proc_dedupe_blob_weight(blob, len);
     uint64_t ids = spill_into(p->batch, largest, part->filter, blob, len, key,
                               horizon_of(p, part));
     atomic_fetch_add(&p->ids_spilled, ids);
@@ -182,7 +193,7 @@ int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
   const void *blob;
   while (bytes > limit &&
          (blob = tly_dedupe_spill_next(dedupe, &len, &key)) != NULL) {
-    size_t freed = blob_weight(blob, len);
+    size_t freed = tly_proc_dedupe_blob_weight(blob, len);
     /* At assignment: into the saved filter taken, if any; without one,
      * the filter is built from the store afterwards. */
     atomic_fetch_add(&p->ids_spilled,

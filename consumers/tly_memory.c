@@ -181,8 +181,9 @@ void tly_proc_memory_check(tly_processor_t *p) {
   /* A cache of subjects is worth more than memory kept free for ids not
    * yet seen: the overlay may use what the dedupe share holds no ids in
    * (counted at the last submit). */
-  int64_t lent =
-      tly_memory_lent(p->memory_budget, (int64_t)atomic_load(&p->dedupe_bytes));
+  int64_t lent = tly_memory_lent(
+      p->memory_budget,
+      (int64_t)(atomic_load(&p->dedupe_bytes) + p->dedupe_headroom));
   atomic_store(&p->overlay_lent, (uint64_t)lent);
   size_t share =
       (size_t)tly_memory_share(p->memory_budget, TLY_MEMORY_OVERLAY) +

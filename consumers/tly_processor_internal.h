@@ -397,6 +397,9 @@ struct tly_processor {
    * thread for metrics), ids spilled to the store, and lookups of ids
    * that read the store. */
   size_t dedupe_share;
+  /* Kept free of the share at the last submit for the open batch's ids
+   * (tly_proc_dedupe_spill); not lent to the overlay. */
+  size_t dedupe_headroom;
   atomic_uint_least64_t dedupe_bytes, ids_spilled, id_reads;
   /* Lookups the spilled-id filter answered "surely new" (no read), and
    * the time spent building filters at assignment. */
@@ -693,8 +696,12 @@ int64_t tly_proc_dedupe_floor_at_assignment(const tly_processor_t *p, int found,
                                             int64_t watermark, int *dirty);
 void tly_proc_dedupe_floor_put(tly_processor_t *p, int32_t partition);
 
-/* tly_dedupe_spill.c: dedupe memory within its share. */
-int tly_proc_dedupe_spill(tly_processor_t *p);
+/* tly_dedupe_spill.c: dedupe memory within its share. At a submit,
+ * sealed: what the blobs the batch just sealed hold (their ids, as
+ * tly_proc_dedupe_blob_weight estimates), taken as the room the next batch
+ * needs. */
+size_t tly_proc_dedupe_blob_weight(const void *blob, size_t len);
+int tly_proc_dedupe_spill(tly_processor_t *p, size_t sealed);
 void tly_proc_dedupe_release(tly_processor_t *p);
 int tly_proc_dedupe_fit(tly_processor_t *p, int32_t partition,
                         tly_dedupe_t *dedupe, size_t limit,
