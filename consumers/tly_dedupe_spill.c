@@ -6,8 +6,7 @@
  * share less the room kept for the next batch's ids (twice what the batch
  * just sealed holds, at most a quarter of the share: so they stay within
  * the share between commits too), the oldest sealed blob of the partition
- * holding the most is
- * spilled into the open batch: each id not yet expired under its own key
+ * holding the most is spilled into the open batch: each id not yet expired under its own key
  * in dedupe_ids ([p][id] -> [occurred_at BE8]) and the blob replaced by
  * its stub, atomically with the batch's state and offsets. The blobs leave
  * memory once that batch is durable (tly_proc_dedupe_release, from
@@ -120,8 +119,8 @@ int tly_proc_dedupe_spill(tly_processor_t *p, size_t sealed) {
    * (and at most a quarter of the share): spilled down to the share less
    * that, the indexes stay within the share while the next batch is
    * folded too, not only at commits. */
-  size_t headroom = sealed < p->dedupe_share / 8 ? 2 * sealed
-                                                 : p->dedupe_share / 4;
+  size_t headroom =
+      sealed < p->dedupe_share / 8 ? 2 * sealed : p->dedupe_share / 4;
   size_t target = p->dedupe_share - headroom;
   p->dedupe_headroom = headroom;
   size_t total = fit_filters(p);
