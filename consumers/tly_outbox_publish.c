@@ -343,6 +343,18 @@ void tly_proc_outbox_compact(tly_processor_t *p) {
   }
   p->outbox_count = kept;
   atomic_store(&p->outbox_size, kept);
+  /* Given back as it empties: a hold's many entries would otherwise keep
+   * their array, counted in the outbox's bytes, past half its bound. */
+  size_t cap = p->outbox_cap;
+  while (cap > 64 && kept <= cap / 4)
+    cap /= 2;
+  if (cap < p->outbox_cap) {
+    outbox_item_t *smaller = realloc(p->outbox, cap * sizeof(*p->outbox));
+    if (smaller) {
+      p->outbox = smaller;
+      p->outbox_cap = cap;
+    }
+  }
 }
 
 /*
