@@ -115,12 +115,14 @@ static size_t fit_filters(tly_processor_t *p) {
 }
 
 int tly_proc_dedupe_spill(tly_processor_t *p, size_t sealed) {
-  /* Room for the next batch's ids, taken to be at most twice this one's
-   * (and at most a quarter of the share): spilled down to the share less
-   * that, the indexes stay within the share while the next batch is
-   * folded too, not only at commits. */
+  /* Room for the next batch's ids, taken to be at most twice the larger
+   * of this batch's and the last one's (and at most a quarter of the
+   * share): spilled down to the share less that, the indexes stay within
+   * the share while the next batch is folded too, not only at commits. */
+  size_t recent = sealed > p->dedupe_sealed ? sealed : p->dedupe_sealed;
+  p->dedupe_sealed = sealed;
   size_t headroom =
-      sealed < p->dedupe_share / 8 ? 2 * sealed : p->dedupe_share / 4;
+      recent < p->dedupe_share / 8 ? 2 * recent : p->dedupe_share / 4;
   size_t target = p->dedupe_share - headroom;
   p->dedupe_headroom = headroom;
   size_t total = fit_filters(p);

@@ -400,6 +400,7 @@ struct tly_processor {
   /* Kept free of the share at the last submit for the open batch's ids
    * (tly_proc_dedupe_spill); not lent to the overlay. */
   size_t dedupe_headroom;
+  size_t dedupe_sealed; /* what the last batch's blobs held when sealed */
   atomic_uint_least64_t dedupe_bytes, ids_spilled, id_reads;
   /* Lookups the spilled-id filter answered "surely new" (no read), and
    * the time spent building filters at assignment. */
