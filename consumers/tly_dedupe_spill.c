@@ -3,17 +3,17 @@
  * budget (tly_dedupe.h, "Spilling").
  *
  * At each batch submit, while the partitions' indexes hold more than the
- * share less the room kept for the next batch's ids (twice what the batch
- * just sealed holds, at most a quarter of the share: so they stay within
- * the share between commits too), the oldest sealed blob of the partition
- * holding the most is spilled into the open batch: each id not yet expired
- * under its own key in dedupe_ids ([p][id] -> [occurred_at BE8]) and the blob
- * replaced by its stub, atomically with the batch's state and offsets. The
- * blobs leave memory once that batch is durable (tly_proc_dedupe_release, from
- * tly_proc_batch_wait). At assignment, a partition whose blobs not yet
- * spilled hold more than what is left of the share spills at once, by a
- * commit of its own (tly_proc_dedupe_fit): those are stored facts written
- * in another form, so it changes no state.
+ * share less the room kept for the next batch's ids (twice the larger of
+ * what the batch just sealed and the one before it hold, at most a quarter
+ * of the share: so they stay within the share between commits too), the oldest
+ * sealed blob of the partition holding the most is spilled into the open batch:
+ * each id not yet expired under its own key in dedupe_ids ([p][id] ->
+ * [occurred_at BE8]) and the blob replaced by its stub, atomically with the
+ * batch's state and offsets. The blobs leave memory once that batch is durable
+ * (tly_proc_dedupe_release, from tly_proc_batch_wait). At assignment, a
+ * partition whose blobs not yet spilled hold more than what is left of the
+ * share spills at once, by a commit of its own (tly_proc_dedupe_fit): those are
+ * stored facts written in another form, so it changes no state.
  *
  * It never decides whether an event is a duplicate (tly_fold_view.c does,
  * memory first, then the store) and writes nothing to the changelog: a
