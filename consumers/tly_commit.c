@@ -689,6 +689,7 @@ int tly_proc_batch_submit(tly_processor_t *p) {
   p->inflight_output_bytes = p->output_bytes;
   p->output_bytes = 0;
   p->changelog_bytes_max = 0;
+  p->changelog_open_bytes = 0;
   p->next_seq = first_seq + flight->output_count;
   for (size_t i = 0; i < p->ack_count; i++)
     p->acks[i].dirty = 0;

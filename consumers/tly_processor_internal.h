@@ -469,6 +469,12 @@ struct tly_processor {
   char fatal_reason[1024];
   /* The largest partitions[i].changelog_bytes of the open batch. */
   size_t changelog_bytes_max;
+  /* The open batch's changelog records, as the fold goes (its bundle is
+   * built at the seal): every partition's changelog_bytes and the subject
+   * records it changed (each at its accounted bytes when first changed).
+   * In the outbox's held bytes with the changelog on, so that the hold
+   * (tly_gate.c) sees them before the seal adds them at once. */
+  size_t changelog_open_bytes;
 };
 
 /* A commit's changelog records of a partition that grow with its events,
@@ -490,6 +496,7 @@ static inline void tly_proc_changelog_grows(tly_processor_t *p,
     return;
   partition_state_t *part = &p->partitions[partition];
   part->changelog_bytes += bytes;
+  p->changelog_open_bytes += bytes;
   if (part->changelog_bytes > p->changelog_bytes_max)
     p->changelog_bytes_max = part->changelog_bytes;
 }
