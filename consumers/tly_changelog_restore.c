@@ -499,6 +499,34 @@ static int index_history(void *opaque, const char *key, size_t key_len,
   return 0;
 }
 
+/* The expiry index entry of a restored dedupe blob (or its stub: the
+ * blob's changelog record is whole until its tombstone), due at its newest
+ * event time: this does not know the dedupe window, so the processor looks
+ * at it with the first scan of the partition's expiries and either gives
+ * the blob its tombstone or moves the entry to when the window passes it
+ * (tly_commit.c). The floor record (at offset INT64_MAX) is no blob. */
+static int index_blob(void *opaque, const char *key, size_t key_len,
+                      const char *value, size_t value_len) {
+  index_scan_t *scan = opaque;
+  restore_t *r = scan->restore;
+  if (key_len != 12 || value_len < 8)
+    return 0;
+  int64_t offset = (int64_t)tly_get_be64((const unsigned char *)key + 4);
+  if (offset == INT64_MAX)
+    return 0;
+  char index_key[TLY_KEY_EXPIRY_BLOB_LEN];
+  int64_t newest = (int64_t)tly_get_be64((const unsigned char *)value);
+  tly_key_expiry_blob(r->partition, offset, newest, index_key,
+                      sizeof(index_key));
+  tly_store_batch_put(r->batch, TLY_CF_EXPIRIES, index_key, sizeof(index_key),
+                      value, 8);
+  if (tly_store_batch_count(r->batch) >= RESTORE_CHUNK && flush_chunk(r)) {
+    scan->failed = 1;
+    return 1;
+  }
+  return 0;
+}
+
 /* The cycle-end and expiry index entries of what the store holds of the
  * partition (written through r's batch). 0, or -1 (r->errstr). */
 static int build_indexes(restore_t *r) {
@@ -510,6 +538,10 @@ static int build_indexes(restore_t *r) {
       scan.failed || flush_chunk(r))
     return -1;
   if (tly_store_scan_prefix(r->store, TLY_CF_USAGE, prefix, 4, index_history,
+                            &scan, r->errstr, r->errstr_size) ||
+      scan.failed || flush_chunk(r))
+    return -1;
+  if (tly_store_scan_prefix(r->store, TLY_CF_DEDUPE, prefix, 4, index_blob,
                             &scan, r->errstr, r->errstr_size) ||
       scan.failed || flush_chunk(r))
     return -1;

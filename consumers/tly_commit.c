@@ -385,34 +385,27 @@ static void mark_committed(tly_processor_t *p, tly_overlay_entry_t *entry) {
   tly_overlay_account(&p->overlay, entry); /* as it stays cached */
 }
 
-/* Blobs the dedupe window has passed (the store's compaction filter drops
- * them by the same horizon) get a changelog tombstone in this commit, so a
- * compacted changelog does not keep every event id forever. */
-static void changelog_expire_blobs(tly_processor_t *p) {
-  for (int32_t i = 0; i < p->partition_cap; i++) {
-    partition_state_t *part = &p->partitions[i];
-    if (!part->watermark_dirty ||
-        part->watermark <= INT64_MIN + p->billing.dedupe_window_ms)
-      continue;
-    int64_t horizon = part->watermark - p->billing.dedupe_window_ms;
-    size_t kept = 0;
-    for (size_t b = 0; b < part->blob_count; b++) {
-      unsigned char key[12];
-      if (part->blobs[b].newest_ms >= horizon) {
-        part->blobs[kept++] = part->blobs[b];
-        continue;
-      }
-      tly_put_be32(key, (uint32_t)i);
-      tly_put_be64(key + 4, (uint64_t)part->blobs[b].key);
-      tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_DEDUPE, key,
-                                  sizeof(key));
-      /* the batch's contributions (tly_contributions.c): no newer than
-       * its event ids */
-      tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_CONTRIBUTION,
-                                  key, sizeof(key));
-    }
-    part->blob_count = kept;
-  }
+/* When a dedupe blob is looked at again for its changelog tombstone: once
+ * the window passes its newest event (the store's compaction filter drops
+ * it by the same horizon, newest < watermark - window). */
+static int64_t blob_check_at(const tly_processor_t *p, int64_t newest_ms) {
+  return newest_ms < INT64_MAX - p->billing.dedupe_window_ms - 1
+             ? newest_ms + p->billing.dedupe_window_ms + 1
+             : INT64_MAX;
+}
+
+/* The sealed blob's entry in the expiry index (with the changelog): on
+ * disk, so what the changelog's blob tombstones need takes no memory
+ * however many batches the window holds. */
+static void index_blob(tly_processor_t *p, int32_t partition, int64_t offset,
+                       int64_t newest_ms) {
+  char key[TLY_KEY_EXPIRY_BLOB_LEN];
+  unsigned char value[8];
+  tly_put_be64(value, (uint64_t)newest_ms);
+  tly_key_expiry_blob(partition, offset, blob_check_at(p, newest_ms), key,
+                      sizeof(key));
+  tly_store_batch_put(p->batch, TLY_CF_EXPIRIES, key, sizeof(key), value,
+                      sizeof(value));
 }
 
 /* Expired history keys of a scanned partition: the index keys, up to the
@@ -423,6 +416,7 @@ typedef struct {
   struct expired_key {
     char *key;
     size_t len;
+    int64_t newest_ms; /* a blob's entry: its newest event time */
   } * keys;
   size_t count, cap;
   int failed;
@@ -431,8 +425,6 @@ typedef struct {
 static int collect_expired(void *opaque, const char *key, size_t key_len,
                            const char *value, size_t value_len) {
   expired_scan_t *scan = opaque;
-  (void)value;
-  (void)value_len;
   if (key_len < 12 + 4 ||
       (int64_t)tly_get_be64((const unsigned char *)key + 4) > scan->watermark)
     return 1;
@@ -444,8 +436,38 @@ static int collect_expired(void *opaque, const char *key, size_t key_len,
     return 1;
   }
   memcpy(copy, key, key_len);
-  scan->keys[scan->count++] = (struct expired_key){copy, key_len};
+  scan->keys[scan->count++] = (struct expired_key){
+      copy, key_len,
+      value_len == 8 ? (int64_t)tly_get_be64((const unsigned char *)value)
+                     : INT64_MIN};
   return 0;
+}
+
+/* A dedupe blob's expiry entry come due: the blob's changelog records (its
+ * ids and its batch's contributions, under the blob's key) get their
+ * tombstones once the window passed its newest event; otherwise (the
+ * window was raised since, or the entry was written at a restore, which
+ * does not know the window) it is looked at again when it will have. */
+static void expire_blob(tly_processor_t *p, int32_t partition,
+                        const struct expired_key *expired, int64_t offset) {
+  partition_state_t *part = &p->partitions[partition];
+  int64_t horizon = part->watermark > INT64_MIN + p->billing.dedupe_window_ms
+                        ? part->watermark - p->billing.dedupe_window_ms
+                        : INT64_MIN;
+  tly_store_batch_delete(p->batch, TLY_CF_EXPIRIES, expired->key, expired->len);
+  if (expired->newest_ms >= horizon) {
+    index_blob(p, partition, offset, expired->newest_ms);
+    return;
+  }
+  unsigned char key[12];
+  tly_put_be32(key, (uint32_t)partition);
+  tly_put_be64(key + 4, (uint64_t)offset);
+  tly_changelog_bundle_delete(&p->bundle, partition, TLY_CHANGELOG_DEDUPE, key,
+                              sizeof(key));
+  /* the batch's contributions (tly_contributions.c): no newer than its
+   * event ids */
+  tly_changelog_bundle_delete(&p->bundle, partition, TLY_CHANGELOG_CONTRIBUTION,
+                              key, sizeof(key));
 }
 
 /* History keys whose expiry the watermark passed (hours past
@@ -473,7 +495,11 @@ static void changelog_expire_history(tly_processor_t *p) {
                          scan.failed ? "out of memory" : errstr);
     for (size_t k = 0; k < scan.count; k++) {
       const struct expired_key *expired = &scan.keys[k];
-      if (!p->fatal) {
+      int64_t blob_offset;
+      if (!p->fatal &&
+          tly_key_expiry_is_blob(expired->key, expired->len, &blob_offset))
+        expire_blob(p, i, expired, blob_offset);
+      else if (!p->fatal) {
         tly_changelog_bundle_delete(&p->bundle, i, TLY_CHANGELOG_USAGE,
                                     expired->key + 12, expired->len - 12);
         tly_store_batch_delete(p->batch, TLY_CF_EXPIRIES, expired->key,
@@ -603,22 +629,16 @@ int tly_proc_batch_submit(tly_processor_t *p) {
     tly_put_be64((unsigned char *)meta_key + 4, (uint64_t)part->dedupe_key);
     tly_store_batch_put(p->batch, TLY_CF_DEDUPE, meta_key, 12, blob, blob_len);
     changelog_put(p, TLY_CHANGELOG_DEDUPE, meta_key, 12, blob, blob_len);
-    if (p->changelog_topic && blob_len >= 8 &&
-        blob_track(&part->blobs, &part->blob_count, &part->blob_cap,
-                   part->dedupe_key, (int64_t)tly_get_be64(blob))) {
-      tly_proc_set_fatal(p, "out of memory tracking dedupe blobs");
-      return -1;
-    }
+    if (p->changelog_topic && blob_len >= 8)
+      index_blob(p, i, part->dedupe_key, (int64_t)tly_get_be64(blob));
     tly_dedupe_seal(part->dedupe, part->dedupe_key);
   }
   /* Past the dedupe share of the memory budget: the oldest ids go to the
    * store in this same commit (tly_dedupe_spill.c). */
   if (tly_proc_dedupe_spill(p, sealed))
     return -1;
-  if (p->changelog_topic) {
-    changelog_expire_blobs(p);
+  if (p->changelog_topic)
     changelog_expire_history(p);
-  }
   if (changelog_finish(p))
     return -1;
   for (size_t i = 0; i < p->output_count; i++) {

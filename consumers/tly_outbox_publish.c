@@ -53,11 +53,14 @@ int tly_proc_outbox_append(tly_processor_t *p, uint64_t seq, char *record,
 /* What the gate (tly_gate.c) checks before each record, so that nothing
  * it has let through adds much at once later: the open batch's changelog
  * records are counted as the fold makes them (changelog_open_bytes), not
- * only once the seal builds its bundle, and the array at the size its next
- * growth takes it to (twice its entries) once it is over half full. */
+ * only once the seal builds its bundle; and the array at the size its
+ * growth takes it to (twice its entries) once it is over half full, its
+ * entries counting the outputs that are not in it yet (the open batch's
+ * and the batch being written's), each an entry once its batch is
+ * durable. */
 size_t tly_proc_outbox_held_bytes(const tly_processor_t *p) {
-  size_t slots =
-      p->outbox_cap > 2 * p->outbox_count ? p->outbox_cap : 2 * p->outbox_count;
+  size_t entries = p->outbox_count + p->output_count + p->inflight.output_count;
+  size_t slots = p->outbox_cap > 2 * entries ? p->outbox_cap : 2 * entries;
   return p->outbox_record_bytes + p->output_bytes + p->inflight_output_bytes +
          (p->changelog_topic ? p->changelog_open_bytes : 0) +
          slots * sizeof(*p->outbox);

@@ -979,7 +979,6 @@ void tly_processor_destroy(tly_processor_t *p) {
   for (int32_t i = 0; i < p->partition_cap; i++) {
     tly_dedupe_free(p->partitions[i].dedupe);
     tly_dedupe_filter_free(p->partitions[i].filter);
-    free(p->partitions[i].blobs);
   }
   tly_proc_batch_discard_outputs(p);
   free(p->outputs);

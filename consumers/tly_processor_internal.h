@@ -82,11 +82,6 @@ typedef struct {
   size_t record_len;
 } pending_output_t;
 
-typedef struct {
-  int64_t key;       /* the blob's first offset (its key after [p]) */
-  int64_t newest_ms; /* its newest event time */
-} blob_ref_t;
-
 /* Grows the array *array points at (any item type, item_size bytes each,
  * *cap items now) to hold at least count items, doubling. 0, or -1 when
  * out of memory (the array is left as it was). Every growing array of the
@@ -105,15 +100,6 @@ static inline int array_room(void *array, size_t *cap, size_t count,
     return -1;
   memcpy(array, &grown, sizeof(grown));
   *cap = grown_cap;
-  return 0;
-}
-
-/* Appends a blob reference; -1 when out of memory. */
-static inline int blob_track(blob_ref_t **blobs, size_t *count, size_t *cap,
-                             int64_t key, int64_t newest_ms) {
-  if (array_room(blobs, cap, *count + 1, sizeof(**blobs)))
-    return -1;
-  (*blobs)[(*count)++] = (blob_ref_t){key, newest_ms};
   return 0;
 }
 
@@ -163,10 +149,6 @@ typedef struct {
   int64_t inflight_horizon;
   int64_t inflight_watermark; /* INT64_MIN: unchanged */
   int64_t replay_target; /* log end when assigned: caught up at this offset */
-  /* With the changelog: the stored dedupe blobs (key offset, newest event
-   * time), so each gets a changelog tombstone once the window passed it. */
-  blob_ref_t *blobs;
-  size_t blob_count, blob_cap;
   /* The Stripe emitter's holds on the partition (tly_processor_hold): a
    * revocation waits for them. generation counts the assignments. */
   int holds;

@@ -108,9 +108,6 @@ static void rebalance(tly_processor_t *p, rd_kafka_t *rk,
     p->partitions[i].filter_build = 0; /* a build under way is thrown away */
     p->partitions[i].dedupe_floor = INT64_MIN;
     p->partitions[i].floor_dirty = 0;
-    free(p->partitions[i].blobs);
-    p->partitions[i].blobs = NULL;
-    p->partitions[i].blob_count = p->partitions[i].blob_cap = 0;
   }
   pthread_mutex_unlock(&p->lock);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {

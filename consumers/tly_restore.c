@@ -37,11 +37,8 @@ typedef struct {
   size_t limit;    /* what the index may hold (tly_proc_dedupe_fit) */
   tly_dedupe_filter_t *filter; /* the saved filter taken, or NULL */
   int failed;      /* 1: corrupt or out of memory; 2: fatal already set */
-  int track;       /* with the changelog: list the blobs */
   int floor_found; /* the floor record (tly_dedupe_floor.c) */
   int64_t floor_ms, floor_window_ms;
-  blob_ref_t *blobs;
-  size_t blob_count, blob_cap;
 } dedupe_load_t;
 
 static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
@@ -64,9 +61,6 @@ static int load_dedupe_blob(void *opaque, const char *key, size_t key_len,
    * only what was not spilled, whatever the window holds. */
   if (newest >= load->horizon)
     load->failed = tly_dedupe_load(load->dedupe, offset, value, value_len) != 0;
-  if (!load->failed && load->track)
-    load->failed = blob_track(&load->blobs, &load->blob_count, &load->blob_cap,
-                              offset, newest) != 0;
   if (!load->failed &&
       tly_proc_dedupe_fit(load->p, load->partition, load->dedupe, load->limit,
                           load->filter))
@@ -103,8 +97,7 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
                         .limit = others < p->dedupe_share - p->dedupe_share / 16
                                      ? p->dedupe_share - others
                                      : p->dedupe_share / 16,
-                        .filter = filter,
-                        .track = p->changelog_topic != NULL};
+                        .filter = filter};
   tly_put_be32((unsigned char *)prefix, (uint32_t)partition);
   if (tly_store_scan_prefix(p->store, TLY_CF_DEDUPE, prefix, 4,
                             load_dedupe_blob, &load, errstr, sizeof(errstr)) ||
@@ -115,7 +108,6 @@ static tly_dedupe_t *load_dedupe(tly_processor_t *p, int32_t partition,
           load.failed ? "a stored dedupe record is corrupt or memory ran out"
                       : errstr);
     tly_dedupe_free(dedupe);
-    free(load.blobs);
     return NULL;
   }
   *load_out = load;
@@ -532,7 +524,6 @@ static int resume_partitions(tly_processor_t *p,
                                                 : NULL;
     if (spilled < 0) {
       tly_dedupe_free(dedupe);
-      free(loaded.blobs);
       return -1;
     }
     pthread_mutex_lock(&p->lock);
@@ -550,11 +541,6 @@ static int resume_partitions(tly_processor_t *p,
           p, loaded.floor_found, loaded.floor_ms, loaded.floor_window_ms,
           watermark, &state->floor_dirty);
       dedupe = NULL;
-      free(state->blobs);
-      state->blobs = loaded.blobs;
-      state->blob_count = loaded.blob_count;
-      state->blob_cap = loaded.blob_cap;
-      loaded.blobs = NULL;
       p->partitions[part->partition].assigned = 1;
       p->partitions[part->partition].generation++;
       p->partitions[part->partition].committed = found ? stored : -1;
@@ -568,7 +554,6 @@ static int resume_partitions(tly_processor_t *p,
     pthread_mutex_unlock(&p->lock);
     tly_dedupe_free(dedupe);
     tly_dedupe_filter_free(filter);
-    free(loaded.blobs);
     if (part->partition + 1 > atomic_load(&p->partition_count))
       atomic_store(&p->partition_count, part->partition + 1);
     tly_log(TLY_LOG_INFO, "processor",

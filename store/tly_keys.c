@@ -99,6 +99,26 @@ size_t tly_key_expiry(const char *usage_key, size_t usage_len,
   return usage_len + 12;
 }
 
+size_t tly_key_expiry_blob(int32_t partition, int64_t blob_offset,
+                           int64_t check_at_ms, char *out, size_t out_size) {
+  if (out_size < TLY_KEY_EXPIRY_BLOB_LEN)
+    return 0;
+  tly_put_be32((unsigned char *)out, (uint32_t)partition);
+  tly_put_be64((unsigned char *)out + 4, (uint64_t)check_at_ms);
+  tly_put_be32((unsigned char *)out + 12, (uint32_t)partition);
+  out[16] = '\0';
+  tly_put_be64((unsigned char *)out + 17, (uint64_t)blob_offset);
+  return TLY_KEY_EXPIRY_BLOB_LEN;
+}
+
+int tly_key_expiry_is_blob(const char *key, size_t key_len,
+                           int64_t *blob_offset) {
+  if (key_len != TLY_KEY_EXPIRY_BLOB_LEN || key[16] != '\0')
+    return 0;
+  *blob_offset = (int64_t)tly_get_be64((const unsigned char *)key + 17);
+  return 1;
+}
+
 size_t tly_key_dedupe_id(int32_t partition, const char *id, size_t id_len,
                          char *out, size_t out_size) {
   if (out_size < 4 || id_len > out_size - 4)

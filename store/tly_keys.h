@@ -76,6 +76,20 @@ size_t tly_key_report_cursor(int32_t partition, tly_subject_kind_t kind,
 size_t tly_key_expiry(const char *usage_key, size_t usage_len,
                       int64_t expires_at_ms, char *out, size_t out_size);
 
+/* [p][check at, 8 bytes BE][p][0][blob offset, 8 bytes BE]: the expiry
+ * index entry of a dedupe blob (its value: the blob's newest event time, 8
+ * bytes BE), so the state changelog gets the blob's tombstone once the
+ * dedupe window passes it. A history key's bytes after [p] are a subject
+ * kind's name, never 0: the two kinds of entry never meet. 0 when out_size
+ * is short, else TLY_KEY_EXPIRY_BLOB_LEN. */
+#define TLY_KEY_EXPIRY_BLOB_LEN 25
+size_t tly_key_expiry_blob(int32_t partition, int64_t blob_offset,
+                           int64_t check_at_ms, char *out, size_t out_size);
+/* 1 when key is a dedupe blob's expiry index entry (its offset in
+ * *blob_offset), else 0. */
+int tly_key_expiry_is_blob(const char *key, size_t key_len,
+                           int64_t *blob_offset);
+
 /* [p][event id]: a spilled event id. */
 size_t tly_key_dedupe_id(int32_t partition, const char *id, size_t id_len,
                          char *out, size_t out_size);

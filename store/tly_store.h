@@ -42,7 +42,8 @@ typedef enum {
                         window; see tly_keys.h */
   TLY_CF_EXPIRIES,   /* [partition][expires at, 8 bytes BE][usage key] ->
                         empty: when each expiring history key goes, so the
-                        state changelog gets its tombstone */
+                        state changelog gets its tombstone; and a dedupe
+                        blob's (tly_key_expiry_blob) */
   TLY_CF_DEDUPE_IDS, /* [partition][event id] -> occurred_at (8 bytes BE):
                         the ids spilled out of memory (tly_dedupe.h); the
                         dedupe family's expiry and horizon */

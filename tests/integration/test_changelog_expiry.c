@@ -8,9 +8,16 @@
  * every hour of every subject forever.
  *
  * With retention.daily_days = 1: usage five days old over six hours, then
- * usage three hours old, then usage now. Every hour key of the old usage
- * must end as a tombstone on the changelog; the recent hour keys must
- * still hold their buckets.
+ * usage three hours old, then usage now (all two days back: see below). Every
+ * hour key of the old usage must end as a tombstone on the changelog; the
+ * recent hour keys must still hold their buckets.
+ *
+ * The same goes for each batch's dedupe blob (its event ids, 'D' keys):
+ * with events.dedupe_window_ms one day, the blobs of the old usage end as
+ * tombstones, the recent ones still hold their ids. Then the state is
+ * restored from the changelog into an empty state dir (which indexes the
+ * restored blobs anew, not knowing the window) and more usage a day later
+ * folds: the blobs it leaves behind get their tombstones too.
  */
 #include "harness.h"
 
@@ -49,9 +56,9 @@ static void post_usage(int port, const char *tag, const int64_t *times,
   assert_true(n + 2 < sizeof(body));
   long status = 0;
   char *response = NULL;
-  assert_int_equal(th_http_request(port, "POST", "/v1/events",
-                                   TH_AUTH_DEFAULT, body, strlen(body), NULL,
-                                   &status, &response),
+  assert_int_equal(th_http_request(port, "POST", "/v1/events", TH_AUTH_DEFAULT,
+                                   body, strlen(body), NULL, &status,
+                                   &response),
                    0);
   if (status != 202)
     fail_msg("POST /v1/events: %ld %s", status, response);
@@ -95,6 +102,77 @@ static void visit(void *opaque, const rd_kafka_message_t *msg) {
   keys->state[i] = msg->payload ? 1 : -1;
 }
 
+/* Every dedupe blob key on the changelog ('D' [p][offset], not the floor
+ * record at offset INT64_MAX): the newest event time its first value held
+ * (tly_changelog.h),
+ * and whether its last record is a value (1) or a tombstone (-1). */
+#define BLOBS 64
+typedef struct {
+  unsigned char key[12];
+  int64_t newest_ms;
+  int state;
+} blob_key_t;
+typedef struct {
+  blob_key_t blobs[BLOBS];
+  int count;
+} blob_keys_t;
+
+static int64_t be64(const unsigned char *b) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++)
+    v = v << 8 | b[i];
+  return (int64_t)v;
+}
+
+static void visit_blob(void *opaque, const rd_kafka_message_t *msg) {
+  blob_keys_t *keys = opaque;
+  const unsigned char *key = msg->key;
+  if (!key || msg->key_len != 13 || key[0] != 'D' || be64(key + 5) == INT64_MAX)
+    return;
+  int i = 0;
+  while (i < keys->count && memcmp(keys->blobs[i].key, key + 1, 12))
+    i++;
+  if (i == keys->count) {
+    assert_true(keys->count < BLOBS);
+    keys->count++;
+    memcpy(keys->blobs[i].key, key + 1, 12);
+    keys->blobs[i].newest_ms = INT64_MIN;
+  }
+  /* [offset the record reflects, 8 BE][the blob: its newest time first] */
+  if (msg->payload && msg->len >= 16 && keys->blobs[i].newest_ms == INT64_MIN)
+    keys->blobs[i].newest_ms = be64((const unsigned char *)msg->payload + 8);
+  keys->blobs[i].state = msg->payload ? 1 : -1;
+}
+
+/* Blobs whose newest event is older than horizon_ms must be tombstones, the
+ * others values; how many of each through *expired and *kept. */
+static void check_blobs(const char *bootstrap, int64_t horizon_ms, int *expired,
+                        int *kept) {
+  static blob_keys_t keys;
+  memset(&keys, 0, sizeof(keys));
+  assert_true(th_read_topic(bootstrap, "tally.changelog", PARTITIONS,
+                            visit_blob, &keys) > 0);
+  *expired = *kept = 0;
+  for (int i = 0; i < keys.count; i++) {
+    const blob_key_t *blob = &keys.blobs[i];
+    assert_true(blob->newest_ms != INT64_MIN); /* a value came first */
+    if (blob->newest_ms < horizon_ms) {
+      if (blob->state != -1)
+        fail_msg("the blob at partition %d offset %lld (newest %lld) is past "
+                 "the window but has no tombstone",
+                 (int)(be64(blob->key) >> 32), (long long)be64(blob->key + 4),
+                 (long long)blob->newest_ms);
+      (*expired)++;
+    } else {
+      if (blob->state != 1)
+        fail_msg("the blob at offset %lld (newest %lld) is in the window but "
+                 "was deleted",
+                 (long long)be64(blob->key + 4), (long long)blob->newest_ms);
+      (*kept)++;
+    }
+  }
+}
+
 static void test_expired_hours_get_tombstones(void **state) {
   (void)state;
   th_broker_t broker;
@@ -105,14 +183,18 @@ static void test_expired_hours_get_tombstones(void **state) {
   snprintf(config_path, sizeof(config_path), "%s/config.json", dir);
   FILE *config = fopen(config_path, "w");
   assert_non_null(config);
-  fputs("{\"retention\": {\"daily_days\": 1, \"alerts_days\": 1}}\n", config);
+  fputs("{\"retention\": {\"daily_days\": 1, \"alerts_days\": 1}, "
+        "\"events\": {\"dedupe_window_ms\": 86400000}}\n",
+        config);
   fclose(config);
   const char *extra[] = {"--config", config_path, NULL};
 
   assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, extra), 0);
 
-  int64_t now = (int64_t)time(NULL) * 1000;
+  /* "now" is two days back, so that the last wave, a day and more later,
+   * is not in the future. */
+  int64_t now = (int64_t)time(NULL) * 1000 - 2 * DAY_MS;
   int64_t now_hour = now - now % HOUR_MS;
   int64_t old_hour = now_hour - 5 * DAY_MS;
   int64_t old[OLD_HOURS], recent[1] = {now_hour - 3 * HOUR_MS + 1},
@@ -159,6 +241,35 @@ static void test_expired_hours_get_tombstones(void **state) {
   assert_int_equal(tombstoned, SUBJECTS * OLD_HOURS);
   assert_int_equal(kept, SUBJECTS);
 
+  /* The old wave's blobs (one a partition) are past the window of the
+   * latest watermark; the recent and latest waves' are not. */
+  int expired_blobs = 0, kept_blobs = 0;
+  check_blobs(broker.bootstrap, now_hour + 1 - DAY_MS, &expired_blobs,
+              &kept_blobs);
+  printf("# %d dedupe blobs past the window tombstoned, %d kept\n",
+         expired_blobs, kept_blobs);
+  assert_int_equal(expired_blobs, PARTITIONS);
+  assert_true(kept_blobs >= 2 * PARTITIONS);
+  assert_int_equal(th_stop(run.pid), 0);
+
+  /* Restored from the changelog into an empty state dir, the blobs are
+   * indexed anew; usage a day and more later passes the recent and latest
+   * waves' blobs by the window: they get their tombstones too. */
+  char fresh_dir[640];
+  snprintf(fresh_dir, sizeof(fresh_dir), "%s/fresh", dir);
+  assert_int_equal(th_run_start(&run, broker.bootstrap, fresh_dir, extra), 0);
+  int64_t later[1] = {now_hour + DAY_MS + 2 * HOUR_MS + 1};
+  post_usage(run.port, "later", later, 1);
+  assert_int_equal(th_wait_caught_up(run.port, broker.bootstrap, "tally.usage",
+                                     PARTITIONS, 30000),
+                   0);
+  assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
+  check_blobs(broker.bootstrap, later[0] - DAY_MS, &expired_blobs, &kept_blobs);
+  printf("# after a restore and a day more: %d dedupe blobs tombstoned, %d "
+         "kept\n",
+         expired_blobs, kept_blobs);
+  assert_true(expired_blobs >= 3 * PARTITIONS);
+  assert_true(kept_blobs >= PARTITIONS);
   assert_int_equal(th_stop(run.pid), 0);
   th_broker_stop(&broker);
   th_rmrf(dir);
