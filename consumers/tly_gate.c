@@ -132,16 +132,23 @@ static void wait_at(tly_processor_t *p, const rd_kafka_message_t *msg,
                                       : "for the outbox");
 }
 
-/* Partition i's wait is over: sought back to its record and resumed. 0,
- * or -1 when it waits still: the seek failed and the partition is here. */
-static int end_wait(tly_processor_t *p, int32_t i) {
+/* Partition i's wait ends: it is about to be sought back to its record
+ * and resumed. What it waited for. */
+static int wait_ending(tly_processor_t *p, int32_t i) {
   partition_state_t *part = &p->partitions[i];
   int kind = part->wait;
   part->wait = WAIT_NONE;
   part->resuming = 1;
   atomic_fetch_sub(waiting_count(p, kind), 1);
-  uint64_t generation = part->generation;
-  rd_kafka_resp_err_t err = pause_or_resume(p, i, part->wait_offset, 1, "");
+  return kind;
+}
+
+/* After wait_ending: its seek and resume answered err. 0, or -1 when it
+ * waits still (for kind): the seek failed and the partition is here.
+ * generation: the partition's when the seek began. */
+static int wait_ended(tly_processor_t *p, int32_t i, int kind,
+                      uint64_t generation, rd_kafka_resp_err_t err) {
+  partition_state_t *part = &p->partitions[i];
   if (!err)
     return 0;
   /* The seek waits for the consumer, which may run a rebalance meanwhile
@@ -164,6 +171,14 @@ static int end_wait(tly_processor_t *p, int32_t i) {
           "paused there and is tried again",
           (int)i, (long long)part->wait_offset, rd_kafka_err2str(err));
   return -1;
+}
+
+/* Partition i's wait is over: sought back to its record and resumed. */
+static int end_wait(tly_processor_t *p, int32_t i) {
+  uint64_t generation = p->partitions[i].generation;
+  int kind = wait_ending(p, i);
+  return wait_ended(p, i, kind, generation,
+                    pause_or_resume(p, i, p->partitions[i].wait_offset, 1, ""));
 }
 
 static size_t outbox_bound(const tly_processor_t *p) {
@@ -226,10 +241,49 @@ static void outbox_retry(tly_processor_t *p) {
   atomic_store(&p->outbox_bytes, held); /* no commit may come meanwhile */
   if (held > outbox_bound(p) / 2)
     return;
-  int resumed = 0;
-  for (int32_t i = 0; i < p->partition_cap && !p->fatal; i++)
+  /* Every waiting partition in one seek and one resume: a seek waits for
+   * the consumer's answer, partition by partition it would add up. */
+  rd_kafka_topic_partition_list_t *list =
+      rd_kafka_topic_partition_list_new((int)atomic_load(&p->outbox_waiting));
+  for (int32_t i = 0; i < p->partition_cap; i++)
     if (p->partitions[i].wait == WAIT_OUTBOX)
-      resumed += end_wait(p, i) == 0;
+      rd_kafka_topic_partition_list_add(list, p->usage_topic, i)->offset =
+          p->partitions[i].wait_offset;
+  uint64_t *generations = calloc((size_t)list->cnt + 1, sizeof(*generations));
+  if (!generations) {
+    rd_kafka_topic_partition_list_destroy(list);
+    return; /* tried again next round */
+  }
+  for (int k = 0; k < list->cnt; k++) {
+    generations[k] = p->partitions[list->elems[k].partition].generation;
+    wait_ending(p, list->elems[k].partition);
+  }
+  rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 5000);
+  rd_kafka_resp_err_t all = error ? rd_kafka_error_code(error) : 0;
+  if (error)
+    rd_kafka_error_destroy(error);
+  /* Those sought resume (together); the others wait still and are tried
+   * again (wait_ended). */
+  rd_kafka_topic_partition_list_t *sought =
+      rd_kafka_topic_partition_list_new(list->cnt);
+  for (int k = 0; k < list->cnt; k++)
+    if (!all && !list->elems[k].err)
+      rd_kafka_topic_partition_list_add(sought, p->usage_topic,
+                                        list->elems[k].partition);
+  rd_kafka_resp_err_t resume_err =
+      sought->cnt ? rd_kafka_resume_partitions(p->consumer, sought) : 0;
+  int resumed = 0;
+  for (int k = 0; k < list->cnt; k++) {
+    rd_kafka_resp_err_t err = all ? all : list->elems[k].err;
+    for (int s = 0; !err && s < sought->cnt; s++)
+      if (sought->elems[s].partition == list->elems[k].partition)
+        err = resume_err ? resume_err : sought->elems[s].err;
+    resumed += wait_ended(p, list->elems[k].partition, WAIT_OUTBOX,
+                          generations[k], err) == 0;
+  }
+  free(generations);
+  rd_kafka_topic_partition_list_destroy(sought);
+  rd_kafka_topic_partition_list_destroy(list);
   tly_log(TLY_LOG_INFO, "processor",
           "the outbox is down to %zu bytes: %d partitions resume", held,
           resumed);
