@@ -311,6 +311,15 @@ static void other_threads_cpu(double out[OTHER_THREADS], double fold_writer) {
   }
 }
 
+static double median3(const double v[3]) {
+  double a = v[0], b = v[1], c = v[2];
+  if ((a <= b && b <= c) || (c <= b && b <= a))
+    return b;
+  if ((b <= a && a <= c) || (c <= a && a <= b))
+    return a;
+  return c;
+}
+
 /* (a) the ceiling: read every record, do nothing with it. */
 static double raw_consume(const char *bootstrap, long events, int partitions) {
   char errstr[512];
@@ -378,7 +387,14 @@ int main(int argc, char **argv) {
 
   int64_t produce_ms = produce(bootstrap, events, subjects, "b", 0);
   fprintf(stderr, "(a) measuring the raw consume rate...\n");
-  double raw = raw_consume(bootstrap, events, partitions);
+  /* (a) is measured three times, twice here and once right after (b)
+   * (the processor caught up and idle), and the ceiling is their median:
+   * on this VM one measurement of it drifts by a third from the next (635
+   * to 935 k events/s within minutes), more than anything (b) is
+   * compared for. */
+  double raws[3];
+  raws[0] = raw_consume(bootstrap, events, partitions);
+  raws[1] = raw_consume(bootstrap, events, partitions);
 
   fprintf(stderr, "(b) measuring the fold...\n");
   if (!mkdtemp(dir))
@@ -497,6 +513,12 @@ int main(int argc, char **argv) {
   double writer_us = (writer_last - writer_first) * 1e6 / folded;
   tly_processor_stats(run.processor, &stats);
   tly_processor_stats_t after_fold = stats;
+  fprintf(stderr, "(a) measuring the raw consume rate again...\n");
+  raws[2] = raw_consume(bootstrap, events, partitions);
+  double raw = median3(raws), raw_max = raws[0];
+  for (int i = 1; i < 3; i++)
+    if (raws[i] > raw_max)
+      raw_max = raws[i];
 
   /* (c) on the running processor: at 5,000 events/s, then at half of
    * (b)'s rate, next to a synced write timed here and now. */
@@ -527,16 +549,18 @@ int main(int argc, char **argv) {
          events, subjects, partitions);
   printf("| produce (idempotent) | %.0f events/s |\n",
          events * 1000.0 / (double)(produce_ms ? produce_ms : 1));
-  printf("| (a) raw consume, no processing | %.0f events/s |\n", raw);
+  printf("| (a) raw consume, no processing (the median of three: two "
+         "before (b), one after) | %.0f events/s (%.0f, %.0f; %.0f) |\n",
+         raw, raws[0], raws[1], raws[2]);
   printf("| (b) fold, exactly-once (synced RocksDB commit per batch) | %.0f "
          "events/s |\n",
          fold);
-  printf("| (b)/(a)%s | %.2f |\n",
+  printf("| (b)/(a)%s | %.2f (%.2f of the fastest (a)) |\n",
          !config->meter_count ? " (AI events grouped by model and provider)"
          : config->meters[1].group_count
              ? " (meters: api_calls max, ai_tokens sum by model)"
              : " (meters: api_calls max, ai_tokens sum, no dimensions)",
-         fold / raw);
+         fold / raw, fold / raw_max);
   if (warm_rate > 0)
     printf("| (b) once warm (from the first commit past %ld events, twice "
            "the subjects: their state filled) | %.0f events/s, %.2f of "
