@@ -163,6 +163,30 @@ static void dead_letter(tly_processor_t *p, const rd_kafka_message_t *msg,
   record.headers[4] =
       (tly_outbox_header_t){"tally.output.id", output_id, strlen(output_id)};
   record.header_count = 5;
+  /* A record larger than the producer takes (message.max.bytes: its key,
+   * value and headers) would be refused at every try and hold the outbox,
+   * and so the fold, for good: its value is cut to fit, and the dead letter
+   * says so (tally.truncated: the value's length in the input topic, where
+   * the whole record stays at tally.source.offset). */
+  char original[24], original_key[24];
+  size_t headers = 1024; /* the headers' framing, and tally.truncated */
+  for (size_t i = 0; i < record.header_count; i++)
+    headers += strlen(record.headers[i].name) + record.headers[i].value_len;
+  if (record.key_len > p->message_max / 2) { /* a key, even, may be huge */
+    snprintf(original_key, sizeof(original_key), "%zu", record.key_len);
+    record.key_len = p->message_max / 2;
+    record.headers[record.header_count++] = (tly_outbox_header_t){
+        "tally.truncated.key", original_key, strlen(original_key)};
+  }
+  size_t room = p->message_max > record.key_len + headers
+                    ? p->message_max - record.key_len - headers
+                    : 0;
+  if (record.value_len > room) {
+    snprintf(original, sizeof(original), "%zu", record.value_len);
+    record.value_len = room;
+    record.headers[record.header_count++] =
+        (tly_outbox_header_t){"tally.truncated", original, strlen(original)};
+  }
   if (add_output(p, &record)) {
     tly_proc_set_fatal(p, "out of memory writing a dead letter");
     return;
@@ -681,6 +705,16 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
     goto fail;
   }
   kconf = NULL;
+  {
+    /* What the producer takes at most (a dead letter is cut to fit). */
+    char value[32];
+    size_t value_size = sizeof(value);
+    p->message_max = 1000000;
+    if (rd_kafka_conf_get(rd_kafka_conf(p->producer), "message.max.bytes",
+                          value, &value_size) == RD_KAFKA_CONF_OK &&
+        atoll(value) > 0)
+      p->message_max = (size_t)atoll(value);
+  }
   /* The consumer after the producer: its group settings depend on the
    * cluster it finds (tly_group.c). */
   p->consumer = tly_proc_group_consumer_new(p, tly_proc_rebalance_cb, errstr,

@@ -235,6 +235,8 @@ typedef struct {
 struct tly_processor {
   tly_processor_conf_t conf;
   char *usage_topic, *dlq_topic, *alerts_topic;
+  /* The producer's message.max.bytes: a dead letter is cut to fit it. */
+  size_t message_max;
   tly_store_t *store;
   rd_kafka_t *consumer;
   rd_kafka_queue_t *queue; /* the consumer's queue, for batch reads */

@@ -137,6 +137,10 @@ static delivered_t produce_raw(const char *bootstrap, const char *key,
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr,
                     sizeof(errstr));
   rd_kafka_conf_set_dr_msg_cb(conf, raw_delivered);
+  /* Records up to 2 MB (test_record_too_large_for_the_producer); Kafka's
+   * topics default to 1 MB. */
+  rd_kafka_conf_set(conf, "message.max.bytes", "2000000", errstr,
+                    sizeof(errstr));
   rd_kafka_t *rk =
       rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
   assert_non_null(rk);
@@ -216,6 +220,8 @@ typedef struct {
   char reasons[4][512];
   size_t lengths[4];
   int64_t offsets[4];
+  char truncated[4][32]; /* tally.truncated, "" if none */
+  int all_z[4];          /* every byte 'z' */
 } dead_letters_t;
 
 static void visit_dead_letter(void *opaque,
@@ -232,6 +238,16 @@ static void visit_dead_letter(void *opaque,
       th_header(msg, "tally.source.offset", offset, sizeof(offset))
           ? atoll(offset)
           : -1;
+  if (!th_header(msg, "tally.truncated", seen->truncated[seen->count],
+                 sizeof(seen->truncated[0])))
+    seen->truncated[seen->count][0] = '\0';
+  const unsigned char *bytes = msg->payload;
+  seen->all_z[seen->count] = msg->len > 0;
+  for (size_t i = 0; i < msg->len; i++)
+    if (bytes[i] != 'z') {
+      seen->all_z[seen->count] = 0;
+      break;
+    }
   seen->lengths[seen->count++] = msg->len;
 }
 
@@ -401,6 +417,61 @@ static void test_oversized_fields(void **state) {
   free(body);
   free(huge_id);
   free(huge_subject);
+  th_rmrf(dir);
+  free(dir);
+}
+
+/* ---- a record larger than the processor's producer takes ------------- */
+
+/* A malformed record of 1,000,000 bytes (Kafka's topics take up to 1 MB)
+ * is a dead letter of more than the processor's producer takes
+ * (message.max.bytes, 1,000,000 by default, counts the key and headers
+ * too): refused at every try, it held the outbox for good, and with the
+ * outbox's hold the fold behind it. Its value is cut to fit, the dead
+ * letter says so (tally.truncated: 1000000), the outbox empties and the
+ * events after it fold. */
+#define TOO_LARGE 1000000
+static void test_record_too_large_for_the_producer(void **state) {
+  (void)state;
+  th_broker_t broker;
+  th_run_t run;
+  char *dir = th_mkdtemp("too-large");
+  char state_dir[600];
+  snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
+  assert_int_equal(th_broker_start(&broker, 1), 0);
+  assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, NULL), 0);
+  char *value = malloc(TOO_LARGE);
+  assert_non_null(value);
+  memset(value, 'z', TOO_LARGE);
+  delivered_t at = produce_raw(broker.bootstrap, "user:big", value, TOO_LARGE);
+  free(value);
+  tly_event_t later[] = {usage_event("t-1", "bob", 7),
+                         usage_event("t-2", "bob", 8)};
+  produce_events(broker.bootstrap, later, 2);
+
+  assert_int_equal(
+      th_wait_caught_up(run.port, broker.bootstrap, "tally.usage", 1, 60000),
+      0);
+  assert_true(alive(run.pid));
+  assert_int_equal(usage_of(run.port, "bob"), 15);
+  assert_int_equal(th_metric_sum(run.port, "tally_dead_letters_total"), 1);
+  assert_int_equal(th_wait_outbox_empty(run.port, 30000), 0);
+  static dead_letters_t seen;
+  assert_true(th_read_topic(broker.bootstrap, "tally.usage.dlq", 1,
+                            visit_dead_letter, &seen) >= 0);
+  assert_int_equal(seen.count, 1);
+  assert_int_equal(seen.offsets[0], at.offset);
+  printf("# dead letter of %d bytes: %zu bytes, tally.truncated %s: %s\n",
+         TOO_LARGE, seen.lengths[0], seen.truncated[0], seen.reasons[0]);
+  assert_string_equal(seen.truncated[0], "1000000");
+  assert_true(seen.lengths[0] > TOO_LARGE - 4096 &&
+              seen.lengths[0] < TOO_LARGE);
+  assert_true(seen.all_z[0]);
+  assert_string_equal(seen.reasons[0],
+                      "record value: 1000000 bytes, at most 131072");
+
+  assert_int_equal(th_stop(run.pid), 0);
+  th_broker_stop(&broker);
   th_rmrf(dir);
   free(dir);
 }
@@ -608,6 +679,7 @@ int main(void) {
       cmocka_unit_test(test_oversized_fields),
       cmocka_unit_test(test_commit_failure),
       cmocka_unit_test(test_fold_failure),
+      cmocka_unit_test(test_record_too_large_for_the_producer),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
