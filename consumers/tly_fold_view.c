@@ -117,7 +117,6 @@ static void mark_dirty(tly_processor_t *p, tly_overlay_entry_t *entry) {
   }
   entry->dirty = 1;
   p->dirty[p->dirty_count++] = entry;
-  p->changelog_open_bytes += entry->key_len + entry->accounted;
 }
 
 tly_account_t *tly_proc_view_account(tly_billing_view_t *view,

@@ -50,13 +50,13 @@ int tly_proc_outbox_append(tly_processor_t *p, uint64_t seq, char *record,
   return 0;
 }
 
-/* What the gate (tly_gate.c) checks before each record, so that nothing
- * it has let through adds much at once later: the open batch's changelog
- * records are counted as the fold makes them (changelog_open_bytes), not
- * only once the seal builds its bundle; and the array at the size its
- * growth takes it to (twice its entries) once it is over half full, its
- * entries counting the outputs that are not in it yet (the open batch's
- * and the batch being written's), each an entry once its batch is
+/* What the gate (tly_gate.c) checks before each record, so that little it
+ * has let through adds at once later: the open batch's changelog records
+ * of event ids and contributions are counted as the fold makes them
+ * (changelog_open_bytes), not only once the seal builds its bundle; and the
+ * array at the size its growth takes it to (twice its entries) once it is over
+ * half full, its entries counting the outputs that are not in it yet (the open
+ * batch's and the batch being written's), each an entry once its batch is
  * durable. */
 size_t tly_proc_outbox_held_bytes(const tly_processor_t *p) {
   size_t entries = p->outbox_count + p->output_count + p->inflight.output_count;
