@@ -92,32 +92,15 @@ static _Atomic int32_t *waiting_count(tly_processor_t *p, int kind) {
   return kind == WAIT_SCHEMA ? &p->schema_waiting : &p->outbox_waiting;
 }
 
-/* 0, or the error of the pause, the seek or the resume (a pause's is
- * fatal here; a resume's is the caller's to handle). */
-static rd_kafka_resp_err_t pause_or_resume(tly_processor_t *p,
-                                           int32_t partition, int64_t offset,
-                                           int resume, const char *why) {
+/* Pauses the partition (a failure is fatal here). */
+static void pause_at(tly_processor_t *p, int32_t partition, const char *why) {
   rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
-  rd_kafka_topic_partition_t *part =
-      rd_kafka_topic_partition_list_add(list, p->usage_topic, partition);
-  rd_kafka_resp_err_t err;
-  if (!resume) {
-    err = rd_kafka_pause_partitions(p->consumer, list);
-  } else {
-    /* Back to the waiting record: what was fetched after it was skipped. */
-    part->offset = offset;
-    rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 5000);
-    err = error ? rd_kafka_error_code(error) : list->elems[0].err;
-    if (error)
-      rd_kafka_error_destroy(error);
-    if (!err)
-      err = rd_kafka_resume_partitions(p->consumer, list);
-  }
-  if (err && !resume)
+  rd_kafka_topic_partition_list_add(list, p->usage_topic, partition);
+  rd_kafka_resp_err_t err = rd_kafka_pause_partitions(p->consumer, list);
+  if (err)
     tly_proc_set_fatal(p, "partition %d: cannot pause it %s: %s",
                        (int)partition, why, rd_kafka_err2str(err));
   rd_kafka_topic_partition_list_destroy(list);
-  return err;
 }
 
 /* msg's partition waits at msg (kind: WAIT_SCHEMA or WAIT_OUTBOX). */
@@ -127,9 +110,8 @@ static void wait_at(tly_processor_t *p, const rd_kafka_message_t *msg,
   part->wait = kind;
   part->wait_offset = msg->offset;
   atomic_fetch_add(waiting_count(p, kind), 1);
-  pause_or_resume(p, msg->partition, msg->offset, 0,
-                  kind == WAIT_SCHEMA ? "for the schema registry"
-                                      : "for the outbox");
+  pause_at(p, msg->partition,
+           kind == WAIT_SCHEMA ? "for the schema registry" : "for the outbox");
 }
 
 /* Partition i's wait ends: it is about to be sought back to its record
@@ -173,12 +155,55 @@ static int wait_ended(tly_processor_t *p, int32_t i, int kind,
   return -1;
 }
 
-/* Partition i's wait is over: sought back to its record and resumed. */
-static int end_wait(tly_processor_t *p, int32_t i) {
-  uint64_t generation = p->partitions[i].generation;
-  int kind = wait_ending(p, i);
-  return wait_ended(p, i, kind, generation,
-                    pause_or_resume(p, i, p->partitions[i].wait_offset, 1, ""));
+/* The partition's entry of list: its error, or -1 when it is not there. */
+static rd_kafka_resp_err_t
+listed_err(const rd_kafka_topic_partition_list_t *list, int32_t partition) {
+  for (int k = 0; k < list->cnt; k++)
+    if (list->elems[k].partition == partition)
+      return list->elems[k].err;
+  return (rd_kafka_resp_err_t)-1;
+}
+
+/* The waits of parts[0..n) (all for kind) are over: every one sought back
+ * to its record in one seek and resumed in one resume (a seek waits for
+ * the consumer's answer: partition by partition, a hold's end over
+ * hundreds of partitions added up). How many wait still: those here whose
+ * seek or resume failed, paused at their record (wait_ended). */
+static int end_waits(tly_processor_t *p, int kind, const int32_t *parts,
+                     int n) {
+  uint64_t *generations = calloc((size_t)n + 1, sizeof(*generations));
+  if (!generations)
+    return n; /* nothing changed: tried again later */
+  rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(n);
+  for (int k = 0; k < n; k++) {
+    generations[k] = p->partitions[parts[k]].generation;
+    rd_kafka_topic_partition_list_add(list, p->usage_topic, parts[k])->offset =
+        p->partitions[parts[k]].wait_offset;
+    wait_ending(p, parts[k]);
+  }
+  rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 5000);
+  rd_kafka_resp_err_t all = error ? rd_kafka_error_code(error) : 0;
+  if (error)
+    rd_kafka_error_destroy(error);
+  /* Those sought resume (together); the others wait still. */
+  rd_kafka_topic_partition_list_t *sought =
+      rd_kafka_topic_partition_list_new(n);
+  for (int k = 0; k < n && !all; k++)
+    if (!listed_err(list, parts[k]))
+      rd_kafka_topic_partition_list_add(sought, p->usage_topic, parts[k]);
+  rd_kafka_resp_err_t resume_err =
+      sought->cnt ? rd_kafka_resume_partitions(p->consumer, sought) : 0;
+  int still = 0;
+  for (int k = 0; k < n; k++) {
+    rd_kafka_resp_err_t err = all ? all : listed_err(list, parts[k]);
+    if (!err)
+      err = resume_err ? resume_err : listed_err(sought, parts[k]);
+    still += wait_ended(p, parts[k], kind, generations[k], err) != 0;
+  }
+  free(generations);
+  rd_kafka_topic_partition_list_destroy(sought);
+  rd_kafka_topic_partition_list_destroy(list);
+  return still;
 }
 
 static size_t outbox_bound(const tly_processor_t *p) {
@@ -241,49 +266,15 @@ static void outbox_retry(tly_processor_t *p) {
   atomic_store(&p->outbox_bytes, held); /* no commit may come meanwhile */
   if (held > outbox_bound(p) / 2)
     return;
-  /* Every waiting partition in one seek and one resume: a seek waits for
-   * the consumer's answer, partition by partition it would add up. */
-  rd_kafka_topic_partition_list_t *list =
-      rd_kafka_topic_partition_list_new((int)atomic_load(&p->outbox_waiting));
+  int32_t *parts = malloc((size_t)p->partition_cap * sizeof(*parts) + 1);
+  if (!parts)
+    return; /* tried again next round */
+  int n = 0;
   for (int32_t i = 0; i < p->partition_cap; i++)
     if (p->partitions[i].wait == WAIT_OUTBOX)
-      rd_kafka_topic_partition_list_add(list, p->usage_topic, i)->offset =
-          p->partitions[i].wait_offset;
-  uint64_t *generations = calloc((size_t)list->cnt + 1, sizeof(*generations));
-  if (!generations) {
-    rd_kafka_topic_partition_list_destroy(list);
-    return; /* tried again next round */
-  }
-  for (int k = 0; k < list->cnt; k++) {
-    generations[k] = p->partitions[list->elems[k].partition].generation;
-    wait_ending(p, list->elems[k].partition);
-  }
-  rd_kafka_error_t *error = rd_kafka_seek_partitions(p->consumer, list, 5000);
-  rd_kafka_resp_err_t all = error ? rd_kafka_error_code(error) : 0;
-  if (error)
-    rd_kafka_error_destroy(error);
-  /* Those sought resume (together); the others wait still and are tried
-   * again (wait_ended). */
-  rd_kafka_topic_partition_list_t *sought =
-      rd_kafka_topic_partition_list_new(list->cnt);
-  for (int k = 0; k < list->cnt; k++)
-    if (!all && !list->elems[k].err)
-      rd_kafka_topic_partition_list_add(sought, p->usage_topic,
-                                        list->elems[k].partition);
-  rd_kafka_resp_err_t resume_err =
-      sought->cnt ? rd_kafka_resume_partitions(p->consumer, sought) : 0;
-  int resumed = 0;
-  for (int k = 0; k < list->cnt; k++) {
-    rd_kafka_resp_err_t err = all ? all : list->elems[k].err;
-    for (int s = 0; !err && s < sought->cnt; s++)
-      if (sought->elems[s].partition == list->elems[k].partition)
-        err = resume_err ? resume_err : sought->elems[s].err;
-    resumed += wait_ended(p, list->elems[k].partition, WAIT_OUTBOX,
-                          generations[k], err) == 0;
-  }
-  free(generations);
-  rd_kafka_topic_partition_list_destroy(sought);
-  rd_kafka_topic_partition_list_destroy(list);
+      parts[n++] = i;
+  int resumed = n - end_waits(p, WAIT_OUTBOX, parts, n);
+  free(parts);
   tly_log(TLY_LOG_INFO, "processor",
           "the outbox is down to %zu bytes: %d partitions resume", held,
           resumed);
@@ -314,7 +305,7 @@ void tly_proc_gate_retry(tly_processor_t *p) {
             "partition %d resumes at offset %lld: schema id %" PRId32
             " looked up",
             (int)i, (long long)part->wait_offset, part->schema_wait_id);
-    if (end_wait(p, i)) {
+    if (end_waits(p, WAIT_SCHEMA, &i, 1)) {
       part->schema_attempts++;
       part->schema_retry_ms =
           tly_monotonic_ms() + backoff_ms(part->schema_attempts);
