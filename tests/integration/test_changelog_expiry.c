@@ -21,6 +21,8 @@
  */
 #include "harness.h"
 
+#include "tly_bytes.h"
+
 #include <librdkafka/rdkafka.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -117,12 +119,7 @@ typedef struct {
   int count;
 } blob_keys_t;
 
-static int64_t be64(const unsigned char *b) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++)
-    v = v << 8 | b[i];
-  return (int64_t)v;
-}
+static int64_t be64(const unsigned char *b) { return (int64_t)tly_get_be64(b); }
 
 static void visit_blob(void *opaque, const rd_kafka_message_t *msg) {
   blob_keys_t *keys = opaque;
