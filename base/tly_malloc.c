@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __GLIBC__ /* (defined by the headers above) */
+#include <malloc.h>
+#endif
 
 #define HUGETLB_NAME "glibc.malloc.hugetlb"
 #define HUGETLB_SETTING HUGETLB_NAME "=1"
@@ -82,5 +85,23 @@ void tly_malloc_hugepages(char **argv) {
   else
     unsetenv("GLIBC_TUNABLES");
   free(saved);
+#endif
+}
+
+static int arena_cap;
+
+int tly_malloc_arena_cap(void) { return arena_cap; }
+
+int tly_malloc_arenas(void) {
+#if TLY_ADDRESS_SANITIZER || !defined(__GLIBC__)
+  return 0;
+#else
+  const char *tunables = getenv("GLIBC_TUNABLES");
+  if (getenv("MALLOC_ARENA_MAX") ||
+      (tunables && strstr(tunables, "glibc.malloc.arena_max")))
+    return 0;
+  if (mallopt(M_ARENA_MAX, TLY_MALLOC_ARENAS) == 1)
+    arena_cap = TLY_MALLOC_ARENAS;
+  return arena_cap;
 #endif
 }

@@ -47,4 +47,20 @@ int tly_malloc_hugepages_on(void);
  * only when it does not. */
 void tly_malloc_hugepages(char **argv);
 
+/* glibc's malloc gives each thread that meets a locked arena a new one,
+ * up to 8 per core: a processor's fold, writer, librdkafka and RocksDB
+ * threads end up in ~16, and each keeps what its threads freed (glibc
+ * returns a heap's pages only from its top, or at malloc_trim). In
+ * bench_fold's dedupe-scale run at 20 M ids that was ~150 MB of the
+ * processor's peak RSS. TLY_MALLOC_ARENAS caps them (M_ARENA_MAX), unless
+ * the operator chose (MALLOC_ARENA_MAX, or glibc.malloc.arena_max in
+ * GLIBC_TUNABLES). Call it in main before any thread starts. Returns the
+ * cap set, or 0 when none was (another allocator, AddressSanitizer, the
+ * operator's own). */
+#define TLY_MALLOC_ARENAS 4
+int tly_malloc_arenas(void);
+
+/* What tly_malloc_arenas set (0: nothing): /metrics' tally_malloc_arena_max. */
+int tly_malloc_arena_cap(void);
+
 #endif

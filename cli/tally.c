@@ -56,8 +56,10 @@ int main(int argc, char **argv) {
   /* The long-running commands: malloc's large blocks on huge pages
    * (tly_malloc.h; may execute tally again, the same process). */
   if (!strcmp(argv[1], "dev") || !strcmp(argv[1], "run") ||
-      !strcmp(argv[1], "broker"))
+      !strcmp(argv[1], "broker")) {
     tly_malloc_hugepages(argv);
+    tly_malloc_arenas(); /* before any thread */
+  }
   for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
     if (!strcmp(argv[1], commands[i].name))
       return commands[i].run(argc - 1, argv + 1);

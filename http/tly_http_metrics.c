@@ -215,8 +215,12 @@ static void metrics_process(text_t *text) {
               "# HELP tally_malloc_hugepages 1 when malloc's large blocks may "
               "be transparent huge pages (glibc.malloc.hugetlb).\n"
               "# TYPE tally_malloc_hugepages gauge\n"
-              "tally_malloc_hugepages %d\n",
-              tly_malloc_hugepages_on());
+              "tally_malloc_hugepages %d\n"
+              "# HELP tally_malloc_arena_max The cap tally set on glibc's "
+              "malloc arenas (M_ARENA_MAX; 0: none set, glibc's own or the "
+              "operator's).\n# TYPE tally_malloc_arena_max gauge\n"
+              "tally_malloc_arena_max %d\n",
+              tly_malloc_hugepages_on(), tly_malloc_arena_cap());
 }
 
 /* Standby copies held here (tly_standby.c) and how far behind each is:

@@ -4,9 +4,12 @@
  * duplicates of random old ids, with the memory budget bounding the
  * dedupe index (older ids spilled to RocksDB). Prints, each next to its
  * ceiling or bound measured in the same run:
- *   - peak RSS of the process against the budget (the embedded broker,
- *     which holds every event in memory, is in the same process: its RSS
- *     before the processor started is printed beside);
+ *   - peak RSS of the processor's process against the budget: the
+ *     embedded broker, which holds every event in memory, runs in a
+ *     process of its own (this program run again, BENCH_BROKER_CHILD), so
+ *     the figure is the processor's alone (with the bench's producer and
+ *     raw consumer, freed and trimmed before each phase); the broker's RSS
+ *     is printed beside;
  *   - the fold rate against the raw consume rate of the same topic: filling
  *     the window, then with it full and the duplicates (the same
  *     processor folding on: the issue's figure, goal >= 0.5), then after a
@@ -45,11 +48,14 @@
 #include <librdkafka/rdkafka_mock.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Enough subjects that every partition gets its share of the events: the
@@ -336,8 +342,107 @@ typedef struct {
   long long spilled_fill, sst_after_fill, dir_after_fill;
   long long dedupe_sst; /* dedupe + dedupe_ids families, compacted */
   long duplicates_full, duplicates;
-  long broker_rss_kib;
+  long broker_rss_kib; /* the broker's process, holding every event */
+  long base_rss_kib;   /* this process before the fill's processor */
 } dedupe_result_t;
+
+/* The embedded broker's process: BENCH_BROKER_CHILD=<partitions>. Creates
+ * the mock cluster and the topics, writes its bootstrap servers as one line
+ * to stdout, and serves until stdin closes (the bench is done with it or
+ * gone; it also dies with the bench, PR_SET_PDEATHSIG). */
+int bench_broker_child_main(void) {
+  char errstr[512], line[64];
+  int partitions = atoi(getenv("BENCH_BROKER_CHILD"));
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_t *host =
+      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+  if (!host || partitions <= 0) {
+    fprintf(stderr, "bench broker: %s\n", host ? "no partitions" : errstr);
+    return 1;
+  }
+  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
+  rd_kafka_mock_topic_create(cluster, TALLY_DEFAULT_USAGE_TOPIC, partitions, 1);
+  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_DLQ_TOPIC, 1, 1);
+  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
+  printf("%s\n", rd_kafka_mock_cluster_bootstraps(cluster));
+  fflush(stdout);
+  while (fgets(line, sizeof(line), stdin))
+    ;
+  rd_kafka_mock_cluster_destroy(cluster);
+  rd_kafka_destroy(host);
+  return 0;
+}
+
+typedef struct {
+  pid_t pid;
+  FILE *to_child; /* closed: the child ends */
+  char bootstrap[256];
+} broker_child_t;
+
+extern char **environ;
+
+/* Starts the broker's process (this program again). 0, or -1. */
+static int broker_child_start(int partitions, broker_child_t *b) {
+  int in[2], out[2];
+  char setting[64], *argv[] = {"bench_fold", NULL};
+  if (pipe(in) || pipe(out))
+    return -1;
+  size_t n = 0;
+  while (environ[n])
+    n++;
+  char **env = calloc(n + 2, sizeof(*env));
+  if (!env)
+    return -1;
+  memcpy(env, environ, n * sizeof(*env));
+  snprintf(setting, sizeof(setting), "BENCH_BROKER_CHILD=%d", partitions);
+  env[n] = setting;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in[0], 0);
+  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+  posix_spawn_file_actions_addclose(&actions, in[1]);
+  posix_spawn_file_actions_addclose(&actions, out[0]);
+  int rc = posix_spawn(&b->pid, "/proc/self/exe", &actions, NULL, argv, env);
+  posix_spawn_file_actions_destroy(&actions);
+  free(env);
+  close(in[0]);
+  close(out[1]);
+  FILE *from = fdopen(out[0], "r");
+  b->to_child = fdopen(in[1], "w");
+  int ok = !rc && from && b->to_child &&
+           fgets(b->bootstrap, sizeof(b->bootstrap), from);
+  if (from)
+    fclose(from);
+  b->bootstrap[strcspn(b->bootstrap, "\n")] = 0;
+  if (!ok || !b->bootstrap[0]) {
+    fprintf(stderr, "bench: the broker's process did not start\n");
+    return -1;
+  }
+  return 0;
+}
+
+static long broker_child_rss_kib(const broker_child_t *b) {
+  char path[64], line[256];
+  long kib = 0;
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)b->pid);
+  FILE *file = fopen(path, "r");
+  while (file && fgets(line, sizeof(line), file))
+    if (!strncmp(line, "VmRSS:", 6))
+      kib = atol(line + 6);
+  if (file)
+    fclose(file);
+  return kib;
+}
+
+static void broker_child_stop(broker_child_t *b) {
+  if (b->to_child)
+    fclose(b->to_child);
+  b->to_child = NULL;
+  if (b->pid > 0)
+    waitpid(b->pid, NULL, 0);
+  b->pid = 0;
+}
 
 /* One run: a fresh embedded broker and store, the window filled and the
  * same processor folding on with it full, then a restart and the tail. */
@@ -345,23 +450,14 @@ static int dedupe_once(long ids, long more, int partitions, int64_t budget,
                        int64_t window_ms, dedupe_result_t *out) {
   char errstr[512], dir[] = "/tmp/tally-dedupe-XXXXXX";
   out->window_ms = window_ms;
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_t *host =
-      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
-  rd_kafka_mock_topic_create(cluster, TALLY_DEFAULT_USAGE_TOPIC, partitions, 1);
-  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_DLQ_TOPIC, 1, 1);
-  rd_kafka_mock_topic_create(cluster, TLY_DEFAULT_ALERTS_TOPIC, 4, 1);
-  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+  broker_child_t broker = {0};
+  if (broker_child_start(partitions, &broker))
+    return 1;
+  const char *bootstrap = broker.bootstrap;
 
   produce_range(bootstrap, 0, ids, 0);
   fprintf(stderr, "(a) raw consume of the %ld ids...\n", ids);
   out->raw = dedupe_raw_consume(bootstrap, ids, partitions);
-  /* What the consumers freed goes back to the system before each reading,
-   * so a phase's peak is the broker's records and that phase's processor,
-   * not the heap the phase before left behind in this one process. */
-  malloc_trim(0);
-  out->broker_rss_kib = rss_kib();
 
   if (!mkdtemp(dir))
     return 1;
@@ -382,6 +478,11 @@ static int dedupe_once(long ids, long more, int partitions, int64_t budget,
   /* Queued behind the fill, so the processor folds through both at
    * saturation: the rate with the window full is the issue's figure. */
   out->duplicates_full = produce_range(bootstrap, ids, ids + more, ids);
+  /* What the producer and the raw consumer freed goes back to the system
+   * before each phase, so its peak is that phase's processor, not the heap
+   * the bench's own clients left behind in this process. */
+  malloc_trim(0);
+  out->base_rss_kib = rss_kib();
   if (fold_phase(bootstrap, store, config, budget, ids + more, ids, &out->fill,
                  &out->full))
     return 1;
@@ -406,8 +507,8 @@ static int dedupe_once(long ids, long more, int partitions, int64_t budget,
     return 1;
   tly_store_close(store);
   tly_config_free(config);
-  rd_kafka_mock_cluster_destroy(cluster);
-  rd_kafka_destroy(host);
+  out->broker_rss_kib = broker_child_rss_kib(&broker); /* every event in */
+  broker_child_stop(&broker);
   char command[600];
   snprintf(command, sizeof(command), "rm -rf %s", dir);
   return system(command) == 0 ? 0 : 1;
@@ -474,13 +575,14 @@ int bench_dedupe_main(void) {
       more, x->duplicates_full, more, x->duplicates);
   ROW("memory budget", "%lld bytes (dedupe share %lld)", (long long)budget,
       (long long)tly_memory_share(budget, TLY_MEMORY_DEDUPE));
-  ROW("peak RSS, fill / window full / after the restart (broker + "
-      "processor, one process) vs budget",
-      "%ld / %ld / %ld MiB (the broker alone holding the events: %ld MiB); "
-      "budget %lld MiB",
+  ROW("peak RSS of the processor's process, fill / window full / after "
+      "the restart, vs budget",
+      "%ld / %ld / %ld MiB (%ld MiB before the processor started); budget "
+      "%lld MiB; the embedded broker, in a process of its own, holding "
+      "every event: %ld MiB",
       x->fill.peak_rss_kib / 1024, x->full.peak_rss_kib / 1024,
-      x->tail.peak_rss_kib / 1024, x->broker_rss_kib / 1024,
-      (long long)(budget >> 20));
+      x->tail.peak_rss_kib / 1024, x->base_rss_kib / 1024,
+      (long long)(budget >> 20), x->broker_rss_kib / 1024);
   ROW("CPU per event, fold thread / writer thread / RocksDB's flushes and "
       "compactions: fill; window full; after the restart",
       "%.2f / %.2f / %.2f us; %.2f / %.2f / %.2f us; %.2f / %.2f / %.2f us",

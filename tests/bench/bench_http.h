@@ -78,4 +78,7 @@ double bench_thread_cpu_seconds(const char *name, int prefix);
 /* bench_dedupe.c: the dedupe-scale run (BENCH_DEDUPE_IDS). */
 int bench_dedupe_main(void);
 
+/* bench_dedupe.c: the embedded broker's own process (BENCH_BROKER_CHILD). */
+int bench_broker_child_main(void);
+
 #endif
