@@ -176,8 +176,9 @@ static double dedupe_raw_consume(const char *bootstrap, long events,
   return seen * 1000.0 / (double)(elapsed ? elapsed : 1);
 }
 
-static long rss_kib(void) {
-  FILE *file = fopen("/proc/self/status", "r");
+/* VmRSS of the process whose status file is path. */
+static long rss_kib_of(const char *path) {
+  FILE *file = fopen(path, "r");
   char line[256];
   long kib = 0;
   while (file && fgets(line, sizeof(line), file))
@@ -187,6 +188,8 @@ static long rss_kib(void) {
     fclose(file);
   return kib;
 }
+
+static long rss_kib(void) { return rss_kib_of("/proc/self/status"); }
 
 static long long sst_bytes, all_bytes;
 static int add_file(const char *path, const struct stat *st, int flag,
@@ -423,16 +426,9 @@ static int broker_child_start(int partitions, broker_child_t *b) {
 }
 
 static long broker_child_rss_kib(const broker_child_t *b) {
-  char path[64], line[256];
-  long kib = 0;
+  char path[64];
   snprintf(path, sizeof(path), "/proc/%d/status", (int)b->pid);
-  FILE *file = fopen(path, "r");
-  while (file && fgets(line, sizeof(line), file))
-    if (!strncmp(line, "VmRSS:", 6))
-      kib = atol(line + 6);
-  if (file)
-    fclose(file);
-  return kib;
+  return rss_kib_of(path);
 }
 
 static void broker_child_stop(broker_child_t *b) {
