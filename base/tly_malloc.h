@@ -47,13 +47,14 @@ int tly_malloc_hugepages_on(void);
  * only when it does not. */
 void tly_malloc_hugepages(char **argv);
 
-/* glibc's malloc gives each thread that meets a locked arena a new one,
- * up to 8 per core: a processor's fold, writer, librdkafka and RocksDB
- * threads end up in ~16, and each keeps what its threads freed (glibc
- * returns a heap's pages only from its top, or at malloc_trim). In
- * bench_fold's dedupe-scale run at 20 M ids that was ~150 MB of the
- * processor's peak RSS. TLY_MALLOC_ARENAS caps them (M_ARENA_MAX), unless
- * the operator chose (MALLOC_ARENA_MAX, or glibc.malloc.arena_max in
+/* glibc's malloc gives each new thread that allocates an arena of its
+ * own, up to 8 per core: a processor's fold, writer, librdkafka and
+ * RocksDB threads end up in ~16, and each keeps what its threads freed
+ * (glibc returns a heap's pages only from its top, or at malloc_trim).
+ * bench_fold's dedupe-scale run at 20 M ids peaked at 1,320 MiB with four
+ * against 1,341 without; its fold rate was not lower (README, "What the
+ * budget still does not cover"). TLY_MALLOC_ARENAS caps them (M_ARENA_MAX),
+ * unless the operator chose (MALLOC_ARENA_MAX, or glibc.malloc.arena_max in
  * GLIBC_TUNABLES). Call it in main before any thread starts. Returns the
  * cap set, or 0 when none was (another allocator, AddressSanitizer, the
  * operator's own). */

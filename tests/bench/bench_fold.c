@@ -366,10 +366,10 @@ int main(int argc, char **argv) {
   /* As `tally run` and `tally dev` start (tly_malloc.h). */
   tly_malloc_hugepages(argv);
   tly_malloc_arenas();
+  if (getenv("BENCH_BROKER_CHILD")) /* first: it inherits the bench's env */
+    return bench_broker_child_main();
   if (getenv("BENCH_ONLY_HTTP") && atoi(getenv("BENCH_ONLY_HTTP")))
     return bench_http_only(argc, argv);
-  if (getenv("BENCH_BROKER_CHILD"))
-    return bench_broker_child_main();
   if (getenv("BENCH_DEDUPE_IDS") && atol(getenv("BENCH_DEDUPE_IDS")) > 0)
     return bench_dedupe_main();
   tly_log_set_level(TLY_LOG_WARN);
