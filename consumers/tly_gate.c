@@ -115,14 +115,12 @@ static void wait_at(tly_processor_t *p, const rd_kafka_message_t *msg,
 }
 
 /* Partition i's wait ends: it is about to be sought back to its record
- * and resumed. What it waited for. */
-static int wait_ending(tly_processor_t *p, int32_t i) {
+ * and resumed. */
+static void wait_ending(tly_processor_t *p, int32_t i) {
   partition_state_t *part = &p->partitions[i];
-  int kind = part->wait;
+  atomic_fetch_sub(waiting_count(p, part->wait), 1);
   part->wait = WAIT_NONE;
   part->resuming = 1;
-  atomic_fetch_sub(waiting_count(p, kind), 1);
-  return kind;
 }
 
 /* After wait_ending: its seek and resume answered err. 0, or -1 when it
@@ -171,6 +169,8 @@ listed_err(const rd_kafka_topic_partition_list_t *list, int32_t partition) {
  * seek or resume failed, paused at their record (wait_ended). */
 static int end_waits(tly_processor_t *p, int kind, const int32_t *parts,
                      int n) {
+  if (n <= 0)
+    return 0; /* no seek of an empty list */
   uint64_t *generations = calloc((size_t)n + 1, sizeof(*generations));
   if (!generations)
     return n; /* nothing changed: tried again later */
