@@ -66,9 +66,9 @@
 /* The write-mostly families' level 0 (see write_mostly below): files
  * before a compaction into level 1, and where RocksDB slows and stops
  * writes (its defaults: 4, 20, 36). */
-#define TLY_STORE_WRITE_MOSTLY_L0_COMPACTION 16
-#define TLY_STORE_WRITE_MOSTLY_L0_SLOWDOWN 48
-#define TLY_STORE_WRITE_MOSTLY_L0_STOP 64
+#define TLY_STORE_WRITE_MOSTLY_L0_COMPACTION 64
+#define TLY_STORE_WRITE_MOSTLY_L0_SLOWDOWN 160
+#define TLY_STORE_WRITE_MOSTLY_L0_STOP 200
 /* RocksDB's default memtable size, kept as the largest when sized. */
 #define TLY_STORE_MEMTABLE_MAX ((size_t)64 << 20)
 /* The size of an index or filter partition (RocksDB's default block size). */
@@ -160,9 +160,17 @@ static void expiry_filter_destroy(void *state) { (void)state; }
  * RocksDB's default of 4 files, the contributions were written 5.5 times
  * over and the three families' compactions took more CPU than the fold
  * thread (bench_fold's dedupe-scale run at 4 M ids: 10.4 s of compaction,
- * 4.9 s of it the contributions'). Sixteen files a compaction write level
- * 1 a quarter as often; a point read checks up to sixteen level-0 files'
- * bloom filters instead of four. */
+ * 4.9 s of it the contributions'). Sixteen files a compaction wrote level
+ * 1 a quarter as often; 64 write it a quarter as often again: the
+ * memtables are small (a sixteenth of the budget's memtables part each,
+ * ~5 MiB at 1 GiB), so sixteen level-0 files were ~80 MiB against a
+ * level 1 of up to 256 MiB of spilled ids. In the dedupe-scale run at
+ * 20 M ids (window full) RocksDB's flushes and compactions fell from
+ * 1.98-2.92 to 0.50-0.56 us per event. A point read checks up to 64
+ * level-0 files' bloom filters (in the block cache): the spilled ids are
+ * read only when the in-memory filter cannot rule one out (~1 % of the
+ * events there), the blobs and contributions at an assignment or a
+ * correction. */
 static void write_mostly(rocksdb_options_t *options) {
   rocksdb_options_set_level0_file_num_compaction_trigger(
       options, TLY_STORE_WRITE_MOSTLY_L0_COMPACTION);
