@@ -658,6 +658,7 @@ tly_processor_t *tly_processor_new(const tly_processor_conf_t *conf,
   atomic_store(&p->restoring, -1);
   pthread_mutex_init(&p->lock, NULL);
   pthread_mutex_init(&p->copy_lock, NULL);
+  pthread_mutex_init(&p->standby_lock, NULL);
   for (int i = 0; i < TLY_COPY_CACHE; i++)
     p->copy_cache[i].offset = -1;
   pthread_cond_init(&p->hold_released, NULL);
@@ -973,6 +974,7 @@ void tly_processor_destroy(tly_processor_t *p) {
   }
   tly_proc_copy_destroy(p);
   pthread_mutex_destroy(&p->copy_lock);
+  pthread_mutex_destroy(&p->standby_lock);
   tly_release_destroy(p->release); /* its messages before the consumer */
   if (p->queue)
     rd_kafka_queue_destroy(p->queue);

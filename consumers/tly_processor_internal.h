@@ -449,6 +449,10 @@ struct tly_processor {
   } copy_cache[TLY_COPY_CACHE];
 
   struct tly_standby *standby; /* tly_standby.c; NULL: none */
+  /* Held while standby is set, cleared or read by another thread
+   * (membership's announcements, the HTTP port's status): stopping the
+   * copies frees them while those threads may still ask. */
+  pthread_mutex_t standby_lock;
   int fatal;
   char fatal_reason[1024];
   /* The largest partitions[i].changelog_bytes of the open batch. */

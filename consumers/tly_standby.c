@@ -576,7 +576,9 @@ int tly_processor_standby_start(tly_processor_t *p, size_t replicas,
     free(st);
     return -1;
   }
+  pthread_mutex_lock(&p->standby_lock);
   p->standby = st;
+  pthread_mutex_unlock(&p->standby_lock);
   tly_log(TLY_LOG_INFO, "standby",
           "standby replicas: %zu per partition (of %d), from %s", replicas,
           (int)count, p->changelog_topic);
@@ -584,7 +586,13 @@ int tly_processor_standby_start(tly_processor_t *p, size_t replicas,
 }
 
 void tly_processor_standby_stop(tly_processor_t *p) {
+  /* Unset first (waiting for a reader inside), so that membership's
+   * announcements and the HTTP port, which may still ask, find none
+   * rather than what is freed below. */
+  pthread_mutex_lock(&p->standby_lock);
   struct tly_standby *st = p->standby;
+  p->standby = NULL;
+  pthread_mutex_unlock(&p->standby_lock);
   if (!st)
     return;
   atomic_store(&st->stop, 1);
@@ -598,28 +606,33 @@ void tly_processor_standby_stop(tly_processor_t *p) {
   pthread_mutex_destroy(&st->lock);
   free(st->parts);
   free(st);
-  p->standby = NULL;
 }
 
 int tly_processor_standby_applied(tly_processor_t *p, int32_t partition) {
+  pthread_mutex_lock(&p->standby_lock);
   struct tly_standby *st = p->standby;
-  if (!st || partition < 0 || partition >= st->count)
-    return 0;
-  pthread_mutex_lock(&st->lock);
-  int applied = st->parts[partition].active && st->parts[partition].steady &&
-                st->parts[partition].applied >= 0;
-  pthread_mutex_unlock(&st->lock);
+  int applied = 0;
+  if (st && partition >= 0 && partition < st->count) {
+    pthread_mutex_lock(&st->lock);
+    applied = st->parts[partition].active && st->parts[partition].steady &&
+              st->parts[partition].applied >= 0;
+    pthread_mutex_unlock(&st->lock);
+  }
+  pthread_mutex_unlock(&p->standby_lock);
   return applied;
 }
 
 size_t tly_processor_standbys(tly_processor_t *p, tly_standby_status_t *out,
                               size_t max, tly_standby_totals_t *totals) {
-  struct tly_standby *st = p->standby;
   size_t n = 0;
   if (totals)
     memset(totals, 0, sizeof(*totals));
-  if (!st)
+  pthread_mutex_lock(&p->standby_lock);
+  struct tly_standby *st = p->standby;
+  if (!st) {
+    pthread_mutex_unlock(&p->standby_lock);
     return 0;
+  }
   if (totals) {
     totals->markers = atomic_load(&st->markers);
     totals->catchups = atomic_load(&st->catchups);
@@ -636,6 +649,7 @@ size_t tly_processor_standbys(tly_processor_t *p, tly_standby_status_t *out,
     n++;
   }
   pthread_mutex_unlock(&st->lock);
+  pthread_mutex_unlock(&p->standby_lock);
   return n;
 }
 
