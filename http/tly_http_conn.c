@@ -6,6 +6,7 @@
  */
 #include "tly_http_conn.h"
 
+#include "tly_files.h"
 #include "tly_log.h"
 
 #include <netinet/in.h>
@@ -13,14 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 
-/* Descriptors kept for everything but HTTP connections: RocksDB's open
- * files (TLY_STORE_MAX_OPEN_FILES, 256), Kafka's sockets, the listening
- * socket, epoll, logs. */
-#define FD_RESERVE 512
 /* The smallest connection cap the open-file limit may lower it to. */
 #define MIN_CONNECTIONS 16
 #define CLIENT_KEY_MAX 16
@@ -395,21 +391,6 @@ static void shutdown_socket(void *opaque, int fd,
   shutdown(fd, SHUT_RDWR);
 }
 
-/* Raises the soft open-file limit to the hard one; the limit now. */
-static uint64_t raise_open_files(void) {
-  struct rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit))
-    return 0;
-  if (limit.rlim_cur < limit.rlim_max) {
-    rlim_t wanted = limit.rlim_max;
-    limit.rlim_cur = wanted;
-    if (setrlimit(RLIMIT_NOFILE, &limit) && getrlimit(RLIMIT_NOFILE, &limit))
-      return 0;
-  }
-  return limit.rlim_cur == RLIM_INFINITY ? UINT64_MAX
-                                         : (uint64_t)limit.rlim_cur;
-}
-
 tly_http_guard_t *tly_http_guard_new(const tly_http_config_t *config,
                                      char *errstr, size_t errstr_size) {
   tly_http_guard_t *guard = calloc(1, sizeof(*guard));
@@ -422,18 +403,22 @@ tly_http_guard_t *tly_http_guard_new(const tly_http_config_t *config,
                           .max_per_client = config->max_connections_per_ip,
                           .header_timeout_ms = config->header_timeout_ms,
                           .request_timeout_ms = config->request_timeout_ms};
-  uint64_t open_files = raise_open_files();
+  /* Descriptors kept for everything but HTTP connections: RocksDB's open
+   * table files, Kafka's sockets, the listening socket, epoll, logs
+   * (tly_files.h). */
+  uint64_t open_files = tly_files_raise_limit();
+  uint64_t reserve = tly_files_reserved(open_files);
   if (open_files && open_files != UINT64_MAX) {
-    int64_t budget = open_files > FD_RESERVE + MIN_CONNECTIONS
-                         ? (int64_t)(open_files - FD_RESERVE)
+    int64_t budget = open_files > reserve + MIN_CONNECTIONS
+                         ? (int64_t)(open_files - reserve)
                          : MIN_CONNECTIONS;
     if (guard->limits.max_connections > budget) {
       tly_log(TLY_LOG_WARN, "http",
               "http.max_connections %lld lowered to %lld: the process may "
-              "open only %llu files (RLIMIT_NOFILE; %d kept for the store "
+              "open only %llu files (RLIMIT_NOFILE; %llu kept for the store "
               "and Kafka)",
               (long long)guard->limits.max_connections, (long long)budget,
-              (unsigned long long)open_files, FD_RESERVE);
+              (unsigned long long)open_files, (unsigned long long)reserve);
       guard->limits.max_connections = budget;
     }
   }

@@ -21,6 +21,7 @@
  */
 #include "tly_store.h"
 
+#include "tly_files.h"
 #include "tly_slab.h"
 
 #include <rocksdb/c.h>
@@ -51,16 +52,18 @@
  *   on, leaving a core for the processor and HTTP threads;
  * - level compaction with RocksDB's defaults (64 MiB memtables, snappy): the
  *   write volume is already reduced by the per-batch aggregation;
- * - a cap on open table files: the default (-1) keeps every SST open, which
- *   could eat the process's 1024 descriptors that Kafka and HTTP sockets
- *   also need;
+ * - a cap on open table files that follows the process's open-file limit
+ *   (tly_files.h; raised to the hard limit first): 256 at 1,024, up to
+ *   4,096. The default (-1) keeps every SST open, which could eat the
+ *   descriptors Kafka and HTTP sockets also need; too few and point reads
+ *   reopen table files (the dedupe window's families keep up to 64
+ *   level-0 files each);
  * - few old info logs: every open starts a new LOG file, and dev mode opens
  *   often;
  * - a bound on the write-ahead log (see tly_store_options_new). */
 #define TLY_STORE_BLOCK_CACHE_BYTES (64u << 20)
 #define TLY_STORE_BLOOM_BITS_PER_KEY 10.0
 #define TLY_STORE_BACKGROUND_JOBS 2
-#define TLY_STORE_MAX_OPEN_FILES 256
 #define TLY_STORE_KEEP_LOG_FILES 5
 #define TLY_STORE_MAX_WAL_BYTES (128u << 20)
 /* The write-mostly families' level 0 (see write_mostly below): files
@@ -307,7 +310,8 @@ tly_store_options_new(rocksdb_cache_t *cache, int bloom,
   rocksdb_options_set_create_missing_column_families(options, 1);
   rocksdb_options_increase_parallelism(options, TLY_STORE_BACKGROUND_JOBS);
   rocksdb_options_set_compaction_style(options, rocksdb_level_compaction);
-  rocksdb_options_set_max_open_files(options, TLY_STORE_MAX_OPEN_FILES);
+  rocksdb_options_set_max_open_files(
+      options, tly_files_store_tables(tly_files_raise_limit()));
   rocksdb_options_set_keep_log_file_num(options, TLY_STORE_KEEP_LOG_FILES);
   /* Every batch writes the small families (offsets, meta, outbox) too, and
    * a write-ahead log file can go only once every family with data in it
