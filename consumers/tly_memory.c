@@ -30,16 +30,21 @@
 #include <string.h>
 
 int64_t tly_memory_share(int64_t budget, tly_memory_part_t part) {
-  /* Fortieths: 20 + 5 + 2 + 4 + 3 + 3 + 2 + 1 = 40. */
+  /* Fortieths: 6 + 5 + 2 + 4 + 3 + 3 + 2 + 1 + 14 = 40. The dedupe
+   * indexes had 20 until the headroom took 14 of them: at 20 M ids the
+   * process's resident set was ~1.3 GiB at a 1 GiB budget, and with the
+   * store's open files no longer capped at 256 a smaller share spills
+   * without slowing the fold (README, "Headroom"). */
   static const int64_t fortieths[TLY_MEMORY_PARTS] = {
-      [TLY_MEMORY_DEDUPE] = 20,
+      [TLY_MEMORY_DEDUPE] = 6,
       [TLY_MEMORY_OVERLAY] = 5,
       [TLY_MEMORY_OUTBOX] = 2,
       [TLY_MEMORY_SUBJECT_CACHE] = 4,
       [TLY_MEMORY_ROCKSDB_BLOCK_CACHE] = 3,
       [TLY_MEMORY_ROCKSDB_MEMTABLES] = 3,
       [TLY_MEMORY_KAFKA_CONSUMER] = 2,
-      [TLY_MEMORY_KAFKA_PRODUCER] = 1};
+      [TLY_MEMORY_KAFKA_PRODUCER] = 1,
+      [TLY_MEMORY_HEADROOM] = 14};
   if (budget <= 0 || part < 0 || part >= TLY_MEMORY_PARTS)
     return 0;
   return budget / 40 * fortieths[part];
@@ -99,6 +104,15 @@ int tly_memory_part_measured(tly_memory_part_t part) {
   return part != TLY_MEMORY_KAFKA_CONSUMER && part != TLY_MEMORY_KAFKA_PRODUCER;
 }
 
+uint64_t tly_memory_headroom_bytes(uint64_t resident,
+                                   const uint64_t bytes[TLY_MEMORY_PARTS]) {
+  uint64_t counted = 0;
+  for (int i = 0; i < TLY_MEMORY_PARTS; i++)
+    if (i != TLY_MEMORY_HEADROOM && tly_memory_part_measured(i))
+      counted += bytes[i];
+  return resident > counted ? resident - counted : 0;
+}
+
 const char *tly_memory_part_name(tly_memory_part_t part) {
   static const char *const names[TLY_MEMORY_PARTS] = {"dedupe",
                                                       "overlay",
@@ -107,7 +121,8 @@ const char *tly_memory_part_name(tly_memory_part_t part) {
                                                       "rocksdb_block_cache",
                                                       "rocksdb_memtables",
                                                       "kafka_consumer",
-                                                      "kafka_producer"};
+                                                      "kafka_producer",
+                                                      "headroom"};
   return part >= 0 && part < TLY_MEMORY_PARTS ? names[part] : "";
 }
 

@@ -132,7 +132,7 @@ typedef struct {
 /* The parts of the memory budget (--memory-budget), each with its share
  * (tly_memory_share, in fortieths of the budget; together at most the
  * budget):
- * - the dedupe indexes 20/40 (past it the oldest ids spill to RocksDB);
+ * - the dedupe indexes 6/40 (past it the oldest ids spill to RocksDB);
  * - the processor's subject records (the overlay: the open batch and the
  *   cache kept across batches) 5/40, and what the dedupe indexes leave
  *   unused of theirs (tly_memory_lent; past it the clock evicts);
@@ -145,7 +145,11 @@ typedef struct {
  * - librdkafka: each consumer's prefetch 2/40 (queued.max.messages.kbytes
  *   and fetch.max.bytes, half each) and the producers' queues 1/40
  *   (queue.buffering.max.kbytes: half for the processor's producer, half
- *   for the HTTP port's), unless -X sets them (tly_memory_kafka_properties).
+ *   for the HTTP port's), unless -X sets them (tly_memory_kafka_properties);
+ * - headroom 14/40, held by no structure: what the process holds beyond
+ *   the parts it counts (malloc's free memory and holes, the batch
+ *   buffers, librdkafka's fetch buffers, thread stacks, the binary), so
+ *   that the resident set stays within the budget (README, "Headroom").
  * A part with a floor (tly_memory_bound: RocksDB's and librdkafka's
  * minimums, the consumer's prefetch the fold rate needs, and the outbox's
  * room for a small batch's outputs)
@@ -161,6 +165,7 @@ typedef enum {
   TLY_MEMORY_ROCKSDB_MEMTABLES,
   TLY_MEMORY_KAFKA_CONSUMER,
   TLY_MEMORY_KAFKA_PRODUCER,
+  TLY_MEMORY_HEADROOM,
   TLY_MEMORY_PARTS
 } tly_memory_part_t;
 /* The part's share of budget bytes; its name as /metrics labels it. */
@@ -197,8 +202,14 @@ int64_t tly_memory_lent(int64_t budget, int64_t dedupe_held);
 #define TLY_MEMORY_COMMIT_BYTES_PER_EVENT 160
 int tly_memory_batch_events(int64_t budget);
 /* Whether tally_memory_bytes can show what the part holds: librdkafka does
- * not report its queues' bytes (only its bound is shown). */
+ * not report its queues' bytes (only its bound is shown). The headroom
+ * shows the resident set less what the measured parts hold
+ * (tly_memory_headroom_bytes). */
 int tly_memory_part_measured(tly_memory_part_t part);
+/* The headroom's bytes: the process's resident set less the bytes of the
+ * other measured parts (bytes[], indexed by part), 0 if they exceed it. */
+uint64_t tly_memory_headroom_bytes(uint64_t resident,
+                                   const uint64_t bytes[TLY_MEMORY_PARTS]);
 
 /* The librdkafka properties that hold a client to its part of the budget,
  * "name=value" strings written into out[] (at most

@@ -406,8 +406,13 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               (unsigned long long)stats.duplicates);
   stats.memory_bytes[TLY_MEMORY_SUBJECT_CACHE] =
       tly_state_cache_bytes(http->cache);
+  tly_process_stats_t process;
+  tly_process_stats(&process);
+  stats.memory_bytes[TLY_MEMORY_HEADROOM] =
+      tly_memory_headroom_bytes(process.resident_bytes, stats.memory_bytes);
   text_append(&text, "# HELP tally_memory_bytes Bytes each part of the "
-                     "memory budget holds (--memory-budget).\n"
+                     "memory budget holds (--memory-budget); headroom: the "
+                     "resident set less the other parts shown.\n"
                      "# TYPE tally_memory_bytes gauge\n");
   /* librdkafka's queues report no bytes: their parts show only their
    * bound (tly_memory_part_measured). */

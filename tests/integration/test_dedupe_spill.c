@@ -1,7 +1,7 @@
 /*
  * test_dedupe_spill.c - duplicates of event ids older than what memory
  * holds are refused exactly (issue 21), with the smallest memory budget
- * (--memory-budget 1048576: the dedupe share is 20/40, 512 KiB, a few thousand
+ * (--memory-budget 1048576: the dedupe share is 6/40, ~154 KiB, a few thousand
  * ids):
  *   1. 48,000 distinct events: the dedupe index spills (the metric says
  *      so) and stays within its share; the outbox empties (the changelog's
@@ -160,7 +160,7 @@ static void test_old_duplicates_refused_with_small_budget(void **state) {
   long long share = dedupe_metric(run.port, "tally_memory_budget_bytes");
   printf("# %d ids: %lld spilled, dedupe memory %lld of %lld bytes\n", FIRST,
          spilled, held, share);
-  assert_int_equal(share, 1048576 / 40 * 20); /* tly_memory_share */
+  assert_int_equal(share, 1048576 / 40 * 6); /* tly_memory_share */
   assert_true(spilled >= FIRST / 2);
   assert_true(held > 0 && held <= share);
   verify_totals(run.port);
@@ -267,9 +267,9 @@ static void test_saved_filters_taken_after_a_graceful_stop(void **state) {
   snprintf(hold, sizeof(hold), "%s/hold-filters", dir);
   memset(expected_quantity, 0, sizeof(expected_quantity));
   memset(expected_events, 0, sizeof(expected_events));
-  /* 3 MiB: its dedupe share (1.5 MiB, less the room kept for a batch's
-   * ids, up to a quarter of it) spills some of the ~1.8 MB of ids and
-   * keeps more than the smaller budget's whole share (512 KiB). */
+  /* 3 MiB: its dedupe share (6/40, ~460 KiB, less the room kept for a
+   * batch's ids, up to a quarter of it) spills some of the ~1.8 MB of ids
+   * and keeps more than the smaller budget's whole share (~154 KiB). */
   const char *larger[] = {"--memory-budget", "3145728", NULL};
   const char *smaller[] = {"--memory-budget", "1048576", NULL};
   assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);

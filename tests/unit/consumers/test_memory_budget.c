@@ -78,6 +78,21 @@ static void test_the_default_budget_keeps_the_earlier_sizes(void **state) {
                       "kafka_producer");
   assert_false(tly_memory_part_measured(TLY_MEMORY_KAFKA_CONSUMER));
   assert_true(tly_memory_part_measured(TLY_MEMORY_ROCKSDB_MEMTABLES));
+  /* The headroom: 14/40, no floor, measured as the resident set less the
+   * other measured parts (librdkafka's, unmeasured, are in it). */
+  assert_string_equal(tly_memory_part_name(TLY_MEMORY_HEADROOM), "headroom");
+  assert_true(tly_memory_share(gib, TLY_MEMORY_HEADROOM) == gib / 40 * 14);
+  assert_true(tly_memory_share(gib, TLY_MEMORY_DEDUPE) == gib / 40 * 6);
+  assert_int_equal(tly_memory_floor(TLY_MEMORY_HEADROOM), 0);
+  assert_true(tly_memory_part_measured(TLY_MEMORY_HEADROOM));
+  uint64_t bytes[TLY_MEMORY_PARTS] = {0};
+  bytes[TLY_MEMORY_DEDUPE] = 100;
+  bytes[TLY_MEMORY_OVERLAY] = 50;
+  bytes[TLY_MEMORY_KAFKA_CONSUMER] = 1000; /* not measured: not taken off */
+  bytes[TLY_MEMORY_HEADROOM] = 7;          /* its own: not taken off */
+  assert_true(tly_memory_headroom_bytes(1000, bytes) == 850);
+  assert_true(tly_memory_headroom_bytes(150, bytes) == 0);
+  assert_true(tly_memory_headroom_bytes(100, bytes) == 0);
 }
 
 static void test_bounds_with_floors(void **state) {
