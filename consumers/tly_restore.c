@@ -511,21 +511,42 @@ static int resume_partitions(tly_processor_t *p,
     tly_dedupe_filter_t *saved =
         found && !restore ? tly_proc_filter_load(p, part->partition, stored)
                           : NULL;
-    dedupe_load_t loaded;
-    tly_dedupe_t *dedupe =
-        load_dedupe(p, part->partition, watermark, saved, &loaded);
-    if (!dedupe) {
+    /* A partition that never spilled here has no spilled ids to build a
+     * filter of: the load's own spills (a smaller budget than the last
+     * run's) go into a fresh one, which then holds every spilled id of
+     * the partition, and no build is needed. */
+    int before = saved ? 1 : tly_proc_dedupe_any_spilled(p, part->partition);
+    if (before < 0) {
       tly_dedupe_filter_free(saved);
       return -1;
     }
-    int spilled = saved ? 1 : tly_proc_dedupe_any_spilled(p, part->partition);
-    tly_dedupe_filter_t *filter = saved         ? saved
-                                  : spilled > 0 ? tly_dedupe_filter_new()
-                                                : NULL;
-    if (spilled < 0) {
-      tly_dedupe_free(dedupe);
+    tly_dedupe_filter_t *fresh = before ? NULL : tly_dedupe_filter_new();
+    dedupe_load_t loaded;
+    tly_dedupe_t *dedupe = load_dedupe(p, part->partition, watermark,
+                                       saved ? saved : fresh, &loaded);
+    if (!dedupe) {
+      tly_dedupe_filter_free(saved);
+      tly_dedupe_filter_free(fresh);
       return -1;
     }
+    int spilled = saved || before
+                      ? before
+                      : tly_proc_dedupe_any_spilled(p, part->partition);
+    if (spilled < 0) {
+      tly_dedupe_free(dedupe);
+      tly_dedupe_filter_free(fresh);
+      return -1;
+    }
+    /* The saved filter, the fresh one if the load spilled into it, or an
+     * empty one that the build fills (every spilled id of an earlier
+     * run). */
+    int built = saved || (!before && fresh);
+    tly_dedupe_filter_t *filter = saved      ? saved
+                                  : !spilled ? NULL
+                                  : fresh    ? fresh
+                                             : tly_dedupe_filter_new();
+    if (filter != fresh)
+      tly_dedupe_filter_free(fresh);
     pthread_mutex_lock(&p->lock);
     if (tly_proc_ensure_partitions(p, part->partition + 1) == 0) {
       partition_state_t *state = &p->partitions[part->partition];
@@ -536,7 +557,7 @@ static int resume_partitions(tly_processor_t *p,
       tly_dedupe_filter_free(state->filter);
       state->filter = filter;
       filter = NULL;
-      state->filter_build = spilled && !saved ? ++p->filter_tickets : 0;
+      state->filter_build = spilled && !built ? ++p->filter_tickets : 0;
       state->dedupe_floor = tly_proc_dedupe_floor_at_assignment(
           p, loaded.floor_found, loaded.floor_ms, loaded.floor_window_ms,
           watermark, &state->floor_dirty);

@@ -267,10 +267,12 @@ static void test_saved_filters_taken_after_a_graceful_stop(void **state) {
   snprintf(hold, sizeof(hold), "%s/hold-filters", dir);
   memset(expected_quantity, 0, sizeof(expected_quantity));
   memset(expected_events, 0, sizeof(expected_events));
-  /* 3 MiB: its dedupe share (6/40, ~460 KiB, less the room kept for a
-   * batch's ids, up to a quarter of it) spills some of the ~1.8 MB of ids
-   * and keeps more than the smaller budget's whole share (~154 KiB). */
-  const char *larger[] = {"--memory-budget", "3145728", NULL};
+  /* 8 MiB: its dedupe share (6/40, ~1.2 MiB, less the room kept for a
+   * batch's ids, up to a quarter of it, and the filters' bytes) spills
+   * some of the ~1.8 MB of ids and keeps several times the smaller
+   * budget's whole share (~154 KiB). At 3 MiB (a 460 KiB share) it kept
+   * too little to be sure of that: one CI run's restart spilled nothing. */
+  const char *larger[] = {"--memory-budget", "8388608", NULL};
   const char *smaller[] = {"--memory-budget", "1048576", NULL};
   assert_int_equal(th_broker_start(&broker, PARTITIONS), 0);
   assert_int_equal(th_run_start(&run, broker.bootstrap, state_dir, larger), 0);
@@ -285,7 +287,7 @@ static void test_saved_filters_taken_after_a_graceful_stop(void **state) {
   assert_int_equal(th_metric_sum(run.port, "tally_dedupe_filters_building"), 0);
   assert_int_equal(th_stop(run.pid), 0);
 
-  /* The restart with a third of the budget: its assignment spills what
+  /* The restart with an eighth of the budget: its assignment spills what
    * no longer fits, into the filters it takes. No build may run. */
   FILE *gate = fopen(hold, "w");
   assert_non_null(gate);
