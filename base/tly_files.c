@@ -20,9 +20,7 @@ uint64_t tly_files_raise_limit(void) {
 }
 
 int tly_files_store_tables(uint64_t limit) {
-  if (limit == 0)
-    return TLY_FILES_STORE_MIN;
-  if (limit <= 512 + 2 * (uint64_t)TLY_FILES_STORE_MIN)
+  if (limit <= 512 + 2 * (uint64_t)TLY_FILES_STORE_MIN) /* 0: unknown */
     return TLY_FILES_STORE_MIN;
   uint64_t half = (limit - 512) / 2;
   return half >= TLY_FILES_STORE_MAX ? TLY_FILES_STORE_MAX : (int)half;

@@ -529,18 +529,17 @@ static int resume_partitions(tly_processor_t *p,
       tly_dedupe_filter_free(fresh);
       return -1;
     }
-    int spilled = saved || before
-                      ? before
-                      : tly_proc_dedupe_any_spilled(p, part->partition);
+    int spilled =
+        before ? before : tly_proc_dedupe_any_spilled(p, part->partition);
     if (spilled < 0) {
       tly_dedupe_free(dedupe);
       tly_dedupe_filter_free(fresh);
       return -1;
     }
-    /* The saved filter, the fresh one if the load spilled into it, or an
-     * empty one that the build fills (every spilled id of an earlier
-     * run). */
-    int built = saved || (!before && fresh);
+    /* The saved filter, the fresh one if the load spilled into it (both
+     * hold every spilled id), or an empty one that the build fills (every
+     * spilled id of an earlier run). */
+    int built = saved || fresh;
     tly_dedupe_filter_t *filter = saved      ? saved
                                   : !spilled ? NULL
                                   : fresh    ? fresh

@@ -179,9 +179,7 @@ static void metrics_latency(tly_http_t *http, text_t *text) {
 
 /* The standard process collector's names (as Prometheus client libraries
  * export them), and what this binary was built from. */
-static void metrics_process(text_t *text) {
-  tly_process_stats_t process;
-  tly_process_stats(&process);
+static void metrics_process(text_t *text, const tly_process_stats_t *process) {
   text_append(text,
               "# HELP process_cpu_seconds_total Total user and system CPU "
               "time spent in seconds.\n# TYPE process_cpu_seconds_total "
@@ -201,10 +199,11 @@ static void metrics_process(text_t *text) {
               "since unix epoch in seconds.\n# TYPE "
               "process_start_time_seconds gauge\n"
               "process_start_time_seconds %.2f\n",
-              process.cpu_seconds, (unsigned long long)process.resident_bytes,
-              (unsigned long long)process.virtual_bytes,
-              (unsigned long long)process.open_fds,
-              (unsigned long long)process.max_fds, process.start_time_seconds);
+              process->cpu_seconds, (unsigned long long)process->resident_bytes,
+              (unsigned long long)process->virtual_bytes,
+              (unsigned long long)process->open_fds,
+              (unsigned long long)process->max_fds,
+              process->start_time_seconds);
   text_append(text,
               "# HELP tally_build_info The version of tally and the git "
               "commit it was built from (\"unknown\" without git); always "
@@ -389,6 +388,9 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
   (void)req, (void)connection;
 
   tly_processor_stats(http->conf.processor, &stats);
+  /* Read once: the headroom's bytes and the process_* metrics. */
+  tly_process_stats_t process;
+  tly_process_stats(&process);
   text_append(&text,
               "# HELP tally_events_folded_total Usage events folded into "
               "committed state.\n# TYPE tally_events_folded_total counter\n"
@@ -406,8 +408,6 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
               (unsigned long long)stats.duplicates);
   stats.memory_bytes[TLY_MEMORY_SUBJECT_CACHE] =
       tly_state_cache_bytes(http->cache);
-  tly_process_stats_t process;
-  tly_process_stats(&process);
   stats.memory_bytes[TLY_MEMORY_HEADROOM] =
       tly_memory_headroom_bytes(process.resident_bytes, stats.memory_bytes);
   text_append(&text, "# HELP tally_memory_bytes Bytes each part of the "
@@ -701,7 +701,7 @@ void tly_http_handle_metrics(tly_http_t *http, request_t *req,
         (unsigned long long)stripe.reconciled_resent);
   }
   metrics_http(http, &text);
-  metrics_process(&text);
+  metrics_process(&text, &process);
   out->status = text.data ? 200 : 500;
   out->body = text.data ? text.data : strdup("out of memory\n");
   out->content_type = "text/plain; version=0.0.4";
