@@ -7,6 +7,7 @@
 
 #include "tly_bytes.h"
 #include "tly_sanitize.h"
+#include "tly_thread.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -211,6 +212,7 @@ static size_t ready_target(const tly_slab_t *slab) {
  * then waits. The mapping and the touch run outside the lock. */
 static void *prefault_main(void *arg) {
   tly_slab_t *slab = arg;
+  tly_thread_become_helper(); /* below the fold thread (tly_thread.h) */
   pthread_mutex_lock(&slab->lock);
   while (!slab->stopping) {
     if (!slab->wanted || slab->ready_count >= ready_target(slab)) {

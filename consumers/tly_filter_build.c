@@ -39,6 +39,7 @@
 #include "tly_processor_internal.h"
 
 #include "tly_log.h"
+#include "tly_thread.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +107,7 @@ static void hold_while_file(tly_processor_t *p, const char *path) {
 static void *filter_main(void *arg) {
   tly_processor_t *p = arg;
   prctl(PR_SET_NAME, "tly-filters"); /* for top -H and perf */
+  tly_thread_become_helper();        /* below the fold (tly_thread.h) */
   const char *hold = getenv("TALLY_FAULT_FILTER_HOLD_FILE");
   if (hold && !*hold)
     hold = NULL;

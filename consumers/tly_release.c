@@ -5,6 +5,8 @@
 #define _GNU_SOURCE /* pthread_setname_np */
 #include "tly_release.h"
 
+#include "tly_thread.h"
+
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +30,7 @@ struct tly_release {
 
 static void *release_main(void *arg) {
   tly_release_t *r = arg;
+  tly_thread_become_helper(); /* below the fold thread (tly_thread.h) */
   pthread_mutex_lock(&r->lock);
   for (;;) {
     while (!r->count && !r->stopping)

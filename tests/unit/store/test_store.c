@@ -1059,6 +1059,43 @@ static void test_crash_safety(void **state) {
   }
 }
 
+/* Levels 0 and 1 uncompressed, LZ4 below, in every column family: read
+ * from the OPTIONS file RocksDB writes with the options in effect. */
+static void test_compression_by_level(void **state) {
+  fixture_t *fx = *state;
+  tly_store_t *store = open_or_fail(fx->db, 0);
+  tly_store_close(store);
+  DIR *dir = opendir(fx->db);
+  assert_non_null(dir);
+  char newest[300] = "";
+  struct dirent *e;
+  while ((e = readdir(dir)) != NULL)
+    if (!strncmp(e->d_name, "OPTIONS-", 8) && strcmp(e->d_name, newest) > 0)
+      snprintf(newest, sizeof(newest), "%s", e->d_name);
+  closedir(dir);
+  assert_true(newest[0]);
+  char path[800];
+  snprintf(path, sizeof(path), "%s/%s", fx->db, newest);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  char line[4096];
+  int families = 0, by_level = 0;
+  while (fgets(line, sizeof(line), f)) {
+    if (!strncmp(line, "[CFOptions ", 11))
+      families++;
+    if (strstr(line, "compression_per_level=")) {
+      assert_non_null(strstr(line, "compression_per_level=kNoCompression:"
+                                   "kNoCompression:kLZ4Compression:"
+                                   "kLZ4Compression:kLZ4Compression:"
+                                   "kLZ4Compression:kLZ4Compression"));
+      by_level++;
+    }
+  }
+  fclose(f);
+  assert_true(families >= TLY_CF__COUNT);
+  assert_int_equal(by_level, families);
+}
+
 int main(int argc, char **argv) {
   if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)
     return crash_child(argv[2], atoi(argv[3]));
@@ -1069,6 +1106,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_be_helpers),
       cmocka_unit_test(test_cf_names),
       cmocka_unit_test_setup_teardown(test_open_close_reopen, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_compression_by_level, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_batch_count_clear_and_empty_commit,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_batch_put_in_place, setup, teardown),

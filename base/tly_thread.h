@@ -1,0 +1,39 @@
+/*
+ * tly_thread.h - the processor's helper threads yield to the fold.
+ *
+ * Why: the fold thread is the processor's bottleneck (one thread folds
+ * every record in order), and on a small machine it shares its cores with
+ * threads whose work can wait a little: librdkafka's fetch threads (the
+ * consumer's queue holds about a second of records), the prefault and
+ * release helpers, the dedupe filter builder and RocksDB's compactions. In
+ * bench_fold on 2 cores the fold thread was preempted ~2,300 times in 5 s
+ * and ran on the CPU ~80 % of its wall time. Those helpers now run at a
+ * lower priority (nice TLY_THREAD_HELPER_NICE, RocksDB's compactions at
+ * RocksDB's own "low", nice 19), so they take what the fold leaves and
+ * never delay it. The writer, RocksDB's flushes, the producers and the
+ * HTTP port keep the normal priority: the fold waits on the writer, a
+ * write waits on flushes, and the others answer people.
+ *
+ * TALLY_HELPER_NICE=0 in the environment turns it off; 1..19 sets the nice
+ * value. A nice value is per thread on Linux: raising one's own needs no
+ * privilege.
+ */
+#ifndef TLY_THREAD_H
+#define TLY_THREAD_H
+
+#define TLY_THREAD_HELPER_NICE 10
+
+/* The nice value helper threads take: TALLY_HELPER_NICE if set (0..19,
+ * anything else is the default), else TLY_THREAD_HELPER_NICE. 0: off. */
+int tly_thread_helper_nice(void);
+
+/* Lowers the calling thread to the helper nice value (nothing when it is
+ * 0). Returns the value now in effect for the thread, or -1 when it could
+ * not be set (the thread runs on as it was). */
+int tly_thread_become_helper(void);
+
+/* Lowers RocksDB's compaction threads (process-wide, once) unless helper
+ * priorities are off. */
+void tly_thread_lower_rocksdb_compactions(void);
+
+#endif
