@@ -187,6 +187,15 @@ static void expiry_filter_destroy(void *state) { (void)state; }
  * events there), the blobs and contributions at an assignment or a
  * correction. */
 static void write_mostly(rocksdb_options_t *options) {
+  /* Compressed at every level: these families hold most of a store's
+   * bytes (every event's id for the dedupe window), and their level 0
+   * and 1 are large. Uncompressed, the dedupe-scale run's ids took 25.6
+   * MB per million on disk against 11.5 with snappy. */
+  int compression[TLY_STORE_LEVELS];
+  for (int level = 0; level < TLY_STORE_LEVELS; level++)
+    compression[level] = rocksdb_lz4_compression;
+  rocksdb_options_set_compression_per_level(options, compression,
+                                            TLY_STORE_LEVELS);
   rocksdb_options_set_level0_file_num_compaction_trigger(
       options, TLY_STORE_WRITE_MOSTLY_L0_COMPACTION);
   rocksdb_options_set_level0_slowdown_writes_trigger(
