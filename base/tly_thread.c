@@ -5,8 +5,6 @@
 #include "tly_thread.h"
 
 #include <errno.h>
-#include <pthread.h>
-#include <rocksdb/c.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -31,18 +29,4 @@ int tly_thread_become_helper(void) {
   errno = 0;
   int now = getpriority(PRIO_PROCESS, tid);
   return now == -1 && errno ? -1 : now;
-}
-
-static void lower_compactions(void) {
-  rocksdb_env_t *env = rocksdb_create_default_env();
-  if (!env)
-    return;
-  rocksdb_env_lower_thread_pool_cpu_priority(env); /* the "low" pool */
-  rocksdb_env_destroy(env); /* the wrapper: the default env stays */
-}
-
-void tly_thread_lower_rocksdb_compactions(void) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  if (tly_thread_helper_nice() > 0)
-    pthread_once(&once, lower_compactions);
 }

@@ -10,13 +10,14 @@
  * and ran on the CPU ~80 % of its wall time. Those helpers now run at a
  * lower priority (nice TLY_THREAD_HELPER_NICE, RocksDB's compactions at
  * RocksDB's own "low", nice 19), so they take what the fold leaves and
- * never delay it. The writer, RocksDB's flushes, the producers and the
- * HTTP port keep the normal priority: the fold waits on the writer, a
- * write waits on flushes, and the others answer people.
+ * never delay it (the compactions: store/tly_store.c). The writer,
+ * RocksDB's flushes, the producers and the HTTP port keep the normal
+ * priority: the fold waits on the writer, a write waits on flushes, and
+ * the others answer people.
  *
  * TALLY_HELPER_NICE=0 in the environment turns it off; 1..19 sets the nice
- * value. A nice value is per thread on Linux: raising one's own needs no
- * privilege.
+ * value. A nice value is per thread on Linux: lowering one's own priority
+ * (raising the value) needs no privilege.
  */
 #ifndef TLY_THREAD_H
 #define TLY_THREAD_H
@@ -31,9 +32,5 @@ int tly_thread_helper_nice(void);
  * 0). Returns the value now in effect for the thread, or -1 when it could
  * not be set (the thread runs on as it was). */
 int tly_thread_become_helper(void);
-
-/* Lowers RocksDB's compaction threads (process-wide, once) unless helper
- * priorities are off. */
-void tly_thread_lower_rocksdb_compactions(void);
 
 #endif
