@@ -142,21 +142,25 @@ static int new_threads_at(const thread_t *before, int before_count,
   return seen;
 }
 
-static int starter_nice(void) {
-  int value = nice_of((int)syscall(SYS_gettid));
-  return value;
+/* The cluster started and *base the test's own nice value; 0 when the
+ * test already runs below the helpers (nothing to tell apart: skipped). */
+static int ready(cluster_t *c, int *base) {
+  *base = nice_of((int)syscall(SYS_gettid));
+  if (*base > TLY_THREAD_HELPER_NICE)
+    return 0;
+  unsetenv("TALLY_HELPER_NICE");
+  cluster_start(c);
+  return 1;
 }
 
 static void test_consumer_fetches_yield(void **state) {
   (void)state;
-  int base = starter_nice();
-  if (base > TLY_THREAD_HELPER_NICE) {
+  cluster_t c;
+  int base;
+  if (!ready(&c, &base)) {
     skip();
     return;
   }
-  unsetenv("TALLY_HELPER_NICE");
-  cluster_t c;
-  cluster_start(&c);
   thread_t before[MAX_THREADS];
   int before_count = 0;
   rd_kafka_t *consumer = client_new(&c, 1, before, &before_count);
@@ -179,14 +183,12 @@ static void test_consumer_fetches_yield(void **state) {
 
 static void test_release_thread_yields(void **state) {
   (void)state;
-  int base = starter_nice();
-  if (base > TLY_THREAD_HELPER_NICE) {
+  cluster_t c;
+  int base;
+  if (!ready(&c, &base)) {
     skip();
     return;
   }
-  unsetenv("TALLY_HELPER_NICE");
-  cluster_t c;
-  cluster_start(&c);
   char errstr[512];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", c.bootstrap, NULL, 0);
