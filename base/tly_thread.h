@@ -22,11 +22,17 @@
 #ifndef TLY_THREAD_H
 #define TLY_THREAD_H
 
+#include <stddef.h>
+
 #define TLY_THREAD_HELPER_NICE 10
 
 /* The nice value helper threads take: TALLY_HELPER_NICE if set (0..19,
  * anything else is the default), else TLY_THREAD_HELPER_NICE. 0: off. */
 int tly_thread_helper_nice(void);
+
+/* 0 when TALLY_HELPER_NICE is unset, empty or 0..19; else -1 with the
+ * reason in errstr (tally run and dev stop at startup naming it). */
+int tly_thread_helper_nice_check(char *errstr, size_t errstr_size);
 
 /* Lowers the calling thread to the helper nice value (nothing when it is
  * 0). Returns the value now in effect for the thread, or -1 when it could

@@ -7,6 +7,7 @@
 
 #include "tally_version.h"
 #include "tly_malloc.h"
+#include "tly_thread.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
@@ -57,6 +58,12 @@ int main(int argc, char **argv) {
    * (tly_malloc.h; may execute tally again, the same process). */
   if (!strcmp(argv[1], "dev") || !strcmp(argv[1], "run") ||
       !strcmp(argv[1], "broker")) {
+    char errstr[256];
+    if (strcmp(argv[1], "broker") &&
+        tly_thread_helper_nice_check(errstr, sizeof(errstr))) {
+      fprintf(stderr, "tally: %s\n", errstr);
+      return 2;
+    }
     tly_malloc_hugepages(argv);
     tly_malloc_arenas(); /* before any thread */
   }

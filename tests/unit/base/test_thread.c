@@ -14,6 +14,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -64,6 +65,28 @@ static void test_the_setting(void **state) {
   unsetenv("TALLY_HELPER_NICE");
 }
 
+/* What tally run and dev check at startup: a bad value stops them, naming
+ * the variable; unset, empty and 0..19 pass. */
+static void test_the_startup_check(void **state) {
+  (void)state;
+  char errstr[256] = "";
+  const char *good[] = {"0", "1", "10", "19", ""};
+  for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+    setenv("TALLY_HELPER_NICE", good[i], 1);
+    assert_int_equal(tly_thread_helper_nice_check(errstr, sizeof(errstr)), 0);
+  }
+  unsetenv("TALLY_HELPER_NICE");
+  assert_int_equal(tly_thread_helper_nice_check(errstr, sizeof(errstr)), 0);
+  const char *bad[] = {"-5", "20", "ten", "5x", " 5", "99999999999999999999"};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    errstr[0] = '\0';
+    setenv("TALLY_HELPER_NICE", bad[i], 1);
+    assert_int_equal(tly_thread_helper_nice_check(errstr, sizeof(errstr)), -1);
+    assert_non_null(strstr(errstr, "TALLY_HELPER_NICE"));
+  }
+  unsetenv("TALLY_HELPER_NICE");
+}
+
 static void test_a_helper_lowers_itself_only(void **state) {
   (void)state;
   id_t self = (id_t)syscall(SYS_gettid);
@@ -93,6 +116,7 @@ static void test_a_helper_lowers_itself_only(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_the_setting),
+      cmocka_unit_test(test_the_startup_check),
       cmocka_unit_test(test_a_helper_lowers_itself_only),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
