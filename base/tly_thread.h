@@ -3,17 +3,17 @@
  *
  * Why: the fold thread is the processor's bottleneck (one thread folds
  * every record in order), and on a small machine it shares its cores with
- * threads whose work can wait a little: librdkafka's fetch threads (the
- * consumer's queue holds about a second of records), the prefault and
- * release helpers, the dedupe filter builder and RocksDB's compactions. In
- * bench_fold on 2 cores the fold thread was preempted ~2,300 times in 5 s
- * and ran on the CPU ~80 % of its wall time. Those helpers now run at a
- * lower priority (nice TLY_THREAD_HELPER_NICE, RocksDB's compactions at
- * RocksDB's own "low", nice 19), so they take what the fold leaves and
- * never delay it (the compactions: store/tly_store.c). The writer,
- * RocksDB's flushes, the producers and the HTTP port keep the normal
- * priority: the fold waits on the writer, a write waits on flushes, and
- * the others answer people.
+ * helpers whose work can wait or be skipped: the prefault helper (pages
+ * the fold would otherwise fault in itself), the release helper (messages
+ * the fold would otherwise destroy itself) and the dedupe filter builder
+ * (lookups go to RocksDB until it is done). In bench_fold on 2 cores the
+ * fold thread was preempted ~2,300 times in 5 s and ran on a CPU ~80 % of
+ * its wall time. Those helpers now run at a lower priority (nice
+ * TLY_THREAD_HELPER_NICE), so they take what the fold leaves. Threads the
+ * fold depends on keep the normal priority: librdkafka's fetches (lowered,
+ * they starved the consumer's queue while the machine was busy), RocksDB's
+ * flushes and compactions (a write stalls on them), the writer, the
+ * producers and the HTTP port.
  *
  * TALLY_HELPER_NICE=0 in the environment turns it off; 1..19 sets the nice
  * value. A nice value is per thread on Linux: lowering one's own priority

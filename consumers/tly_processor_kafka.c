@@ -14,37 +14,10 @@
 #include "tally_producer.h"
 #include "tly_kafka_client.h"
 #include "tly_log.h"
-#include "tly_thread.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <time.h>
-
-/* A consumer's broker threads fetch ahead of the fold (its queue holds
- * about a second of records at full speed): they yield to the fold thread
- * (tly_thread.h). The main thread (timers, the group's state) keeps its
- * priority. */
-static rd_kafka_resp_err_t fetch_thread_start(rd_kafka_t *rk,
-                                              rd_kafka_thread_type_t type,
-                                              const char *name, void *opaque) {
-  (void)rk;
-  (void)name;
-  (void)opaque;
-  if (type == RD_KAFKA_THREAD_BROKER)
-    tly_thread_become_helper();
-  return RD_KAFKA_RESP_ERR_NO_ERROR;
-}
-
-static rd_kafka_resp_err_t fetch_threads_yield(rd_kafka_t *rk,
-                                               const rd_kafka_conf_t *conf,
-                                               void *opaque, char *errstr,
-                                               size_t errstr_size) {
-  (void)conf;
-  (void)errstr;
-  (void)errstr_size;
-  return rd_kafka_interceptor_add_on_thread_start(rk, "tally-helper-nice",
-                                                  fetch_thread_start, opaque);
-}
 
 rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
                                      int consumer, const char *const *defaults,
@@ -61,12 +34,6 @@ rd_kafka_conf_t *tly_proc_kafka_conf(const tly_processor_conf_t *conf,
   if (rd_kafka_conf_set(kconf, "bootstrap.servers", conf->brokers, kafka_err,
                         sizeof(kafka_err)) != RD_KAFKA_CONF_OK) {
     snprintf(errstr, errstr_size, "brokers: %.400s", kafka_err);
-    goto fail;
-  }
-  if (consumer && tly_thread_helper_nice() > 0 &&
-      rd_kafka_conf_interceptor_add_on_new(kconf, "tally-helper-nice",
-                                           fetch_threads_yield, NULL)) {
-    snprintf(errstr, errstr_size, "kafka: could not add an interceptor");
     goto fail;
   }
   if (tly_kafka_conf_apply(kconf, defaults, errstr, errstr_size) ||

@@ -23,7 +23,6 @@
 
 #include "tly_files.h"
 #include "tly_slab.h"
-#include "tly_thread.h"
 
 #include <rocksdb/c.h>
 
@@ -186,24 +185,6 @@ static void expiry_filter_destroy(void *state) { (void)state; }
  * read only when the in-memory filter cannot rule one out (~1 % of the
  * events there), the blobs and contributions at an assignment or a
  * correction. */
-/* RocksDB's compaction pool (process-wide, once) at RocksDB's own low
- * priority, nice 19, unless helper priorities are off (tly_thread.h): the
- * flush pool keeps the normal one, since a write waits on a flush when the
- * memtables are full. */
-static void lower_compaction_pool(void) {
-  rocksdb_env_t *env = rocksdb_create_default_env();
-  if (!env)
-    return;
-  rocksdb_env_lower_thread_pool_cpu_priority(env); /* the "low" pool */
-  rocksdb_env_destroy(env); /* the wrapper: the default env stays */
-}
-
-static void lower_compactions(void) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  if (tly_thread_helper_nice() > 0)
-    pthread_once(&once, lower_compaction_pool);
-}
-
 static void write_mostly(rocksdb_options_t *options) {
   /* Compressed at every level: these families hold most of a store's
    * bytes (every event's id for the dedupe window), and their level 0
@@ -573,8 +554,6 @@ tly_store_t *tly_store_open_sized(const char *dir, int read_only,
     store->db = rocksdb_open_for_read_only_column_families(
         plain_options, dir, open_count, names, cf_options, handles, 0, &err);
   } else {
-    /* Compactions take what the fold thread leaves (tly_thread.h). */
-    lower_compactions();
     store->db = rocksdb_open_column_families(plain_options, dir, open_count,
                                              names, cf_options, handles, &err);
   }

@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -1111,58 +1110,6 @@ static void test_compression_by_level(void **state) {
   assert_int_equal(write_mostly, 3);
 }
 
-/* RocksDB's compactions run below the fold (base/tly_thread.h): after a
- * compaction, a "rocksdb:low" thread (the one that ran it) is at nice 19,
- * RocksDB's low priority, and the flush threads ("rocksdb:high") at the
- * test's own. Read back from the kernel for each thread. */
-static void test_compactions_at_low_priority(void **state) {
-  fixture_t *fx = *state;
-  errno = 0;
-  int base = getpriority(PRIO_PROCESS, 0);
-  assert_false(base == -1 && errno);
-  if (base > 0) {
-    skip(); /* already lowered: nothing to tell apart */
-    return;
-  }
-  tly_store_t *store = open_or_fail(fx->db, 0);
-  tly_store_batch_t *batch = tly_store_batch_new();
-  put_str(batch, TLY_CF_USAGE, "a", "1");
-  put_str(batch, TLY_CF_USAGE, "b", "2");
-  commit_or_fail(store, batch, 1);
-  assert_int_equal(tly_store_compact(store, TLY_CF_USAGE), 0);
-  DIR *dir = opendir("/proc/self/task");
-  assert_non_null(dir);
-  int low = 0, low_lowered = 0, high = 0;
-  struct dirent *e;
-  while ((e = readdir(dir)) != NULL) {
-    if (e->d_name[0] == '.')
-      continue;
-    char path[300], name[64] = "";
-    snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
-    FILE *f = fopen(path, "r");
-    if (!f)
-      continue;
-    if (!fgets(name, sizeof(name), f))
-      name[0] = '\0';
-    fclose(f);
-    errno = 0;
-    int nice_value = getpriority(PRIO_PROCESS, (id_t)atoi(e->d_name));
-    if (!strncmp(name, "rocksdb:low", 11)) {
-      low++;
-      low_lowered += nice_value == 19;
-    } else if (!strncmp(name, "rocksdb:high", 12)) {
-      high++;
-      assert_int_equal(nice_value, base);
-    }
-  }
-  closedir(dir);
-  assert_true(low >= 1);
-  assert_true(low_lowered >= 1);
-  (void)high;
-  tly_store_batch_destroy(batch);
-  tly_store_close(store);
-}
-
 int main(int argc, char **argv) {
   if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)
     return crash_child(argv[2], atoi(argv[3]));
@@ -1174,8 +1121,6 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_cf_names),
       cmocka_unit_test_setup_teardown(test_open_close_reopen, setup, teardown),
       cmocka_unit_test_setup_teardown(test_compression_by_level, setup,
-                                      teardown),
-      cmocka_unit_test_setup_teardown(test_compactions_at_low_priority, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_batch_count_clear_and_empty_commit,
                                       setup, teardown),
