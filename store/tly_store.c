@@ -166,6 +166,16 @@ expiry_filter(void *state, int level, const char *key, size_t key_length,
 
 static void expiry_filter_destroy(void *state) { (void)state; }
 
+/* Levels before `uncompressed` without compression, the rest LZ4. */
+static void compress_levels(rocksdb_options_t *options, int uncompressed) {
+  int compression[TLY_STORE_LEVELS];
+  for (int level = 0; level < TLY_STORE_LEVELS; level++)
+    compression[level] =
+        level < uncompressed ? rocksdb_no_compression : rocksdb_lz4_compression;
+  rocksdb_options_set_compression_per_level(options, compression,
+                                            TLY_STORE_LEVELS);
+}
+
 /* The families that expire with the dedupe window (dedupe blobs, spilled
  * ids, contributions) are written by every commit across the whole key
  * space (every partition and subject) and read rarely (a spilled id the
@@ -190,11 +200,7 @@ static void write_mostly(rocksdb_options_t *options) {
    * bytes (every event's id for the dedupe window), and their level 0
    * and 1 are large. Uncompressed, the dedupe-scale run's ids took 25.6
    * MB per million on disk against 11.5 with snappy. */
-  int compression[TLY_STORE_LEVELS];
-  for (int level = 0; level < TLY_STORE_LEVELS; level++)
-    compression[level] = rocksdb_lz4_compression;
-  rocksdb_options_set_compression_per_level(options, compression,
-                                            TLY_STORE_LEVELS);
+  compress_levels(options, 0);
   rocksdb_options_set_level0_file_num_compaction_trigger(
       options, TLY_STORE_WRITE_MOSTLY_L0_COMPACTION);
   rocksdb_options_set_level0_slowdown_writes_trigger(
@@ -339,13 +345,7 @@ tly_store_options_new(rocksdb_cache_t *cache, int bloom,
    * WAL file alive (measured: 0.9 GB of WAL after 2 M events). Past this
    * size RocksDB flushes the families that hold the oldest file. */
   rocksdb_options_set_max_total_wal_size(options, TLY_STORE_MAX_WAL_BYTES);
-  int compression[TLY_STORE_LEVELS];
-  for (int level = 0; level < TLY_STORE_LEVELS; level++)
-    compression[level] = level < TLY_STORE_UNCOMPRESSED_LEVELS
-                             ? rocksdb_no_compression
-                             : rocksdb_lz4_compression;
-  rocksdb_options_set_compression_per_level(options, compression,
-                                            TLY_STORE_LEVELS);
+  compress_levels(options, TLY_STORE_UNCOMPRESSED_LEVELS);
 
   rocksdb_block_based_options_set_block_cache(table, cache);
   rocksdb_block_based_options_set_cache_index_and_filter_blocks(table, 1);
