@@ -6,6 +6,7 @@
  * slower partition's end, and a replay sent alerts a second time).
  */
 #include "tly_read_to_end.h"
+#include "tly_test_cluster.h"
 
 #include <librdkafka/rdkafka_mock.h>
 #include <pthread.h>
@@ -82,15 +83,9 @@ static rd_kafka_t *client(rd_kafka_type_t type, const char *bootstrap,
 static void test_reads_a_slow_partition_to_its_end(void **state) {
   (void)state;
   char errstr[512];
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "log_level", "3", NULL, 0);
-  rd_kafka_t *host =
-      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  assert_non_null(host);
-  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
-  assert_non_null(cluster);
-  assert_int_equal(rd_kafka_mock_topic_create(cluster, TOPIC, PARTS, 1), 0);
-  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+  const char *bootstrap = NULL;
+  rd_kafka_mock_cluster_t *cluster =
+      tly_test_cluster_new(TOPIC, PARTS, &bootstrap);
 
   const char *fast[] = {"linger.ms", "0", NULL};
   rd_kafka_t *producer = client(RD_KAFKA_PRODUCER, bootstrap, fast);
@@ -167,8 +162,7 @@ static void test_reads_a_slow_partition_to_its_end(void **state) {
   rd_kafka_destroy(reader);
   rd_kafka_destroy(c.producer);
   rd_kafka_destroy(producer);
-  rd_kafka_mock_cluster_destroy(cluster);
-  rd_kafka_destroy(host);
+  tly_test_cluster_destroy(cluster);
 }
 
 int main(void) {

@@ -24,6 +24,7 @@
 #include "tly_changelog_restore.h"
 #include "tly_keys.h"
 #include "tly_store.h"
+#include "tly_test_cluster.h"
 
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -48,21 +49,21 @@ static void test_bundle_expands_records_then_markers(void **state) {
   tly_changelog_bundle_t bundle = {0};
   tly_changelog_bundle_add(&bundle, 3, TLY_CHANGELOG_ACCOUNT, "\0\0\0\3k1", 6,
                            "v1", 2);
-  tly_changelog_bundle_add(&bundle, 5, TLY_CHANGELOG_USAGE, "\0\0\0\5k2", 6,
-                           "", 0);
+  tly_changelog_bundle_add(&bundle, 5, TLY_CHANGELOG_USAGE, "\0\0\0\5k2", 6, "",
+                           0);
   tly_changelog_marker_t markers[] = {{3, 700, 111}, {5, 900, 222}};
   char *data;
   size_t len, cursor = 0, cap = 0;
   unsigned char *scratch = NULL;
   tly_changelog_record_t record;
-  assert_int_equal(tly_changelog_bundle_finish(&bundle, markers, 2, &data, &len),
-                   0);
+  assert_int_equal(
+      tly_changelog_bundle_finish(&bundle, markers, 2, &data, &len), 0);
   assert_true(tly_changelog_is_bundle(data, len));
   assert_false(tly_changelog_is_bundle("\0\5topic", 7));
 
-  assert_int_equal(tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap,
-                                             &record),
-                   1);
+  assert_int_equal(
+      tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap, &record),
+      1);
   assert_int_equal(record.partition, 3);
   assert_int_equal(record.key_len, 7);
   assert_memory_equal(record.key, "A\0\0\0\3k1", 7);
@@ -70,35 +71,35 @@ static void test_bundle_expands_records_then_markers(void **state) {
   assert_int_equal(tly_get_be64(record.value), 700);
   assert_memory_equal((const char *)record.value + 8, "v1", 2);
 
-  assert_int_equal(tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap,
-                                             &record),
-                   1);
+  assert_int_equal(
+      tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap, &record),
+      1);
   assert_int_equal(record.partition, 5);
   assert_int_equal(tly_get_be64(record.value), 900);
   assert_int_equal(record.value_len, 8);
 
   for (int m = 0; m < 2; m++) {
-    assert_int_equal(tly_changelog_bundle_next(data, len, &cursor, &scratch,
-                                               &cap, &record),
-                     1);
+    assert_int_equal(
+        tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap, &record),
+        1);
     assert_int_equal(record.partition, markers[m].partition);
     assert_memory_equal(record.key, "M", 1);
     assert_int_equal(tly_get_be64(record.value), markers[m].next_offset);
     assert_int_equal(tly_get_be64((const unsigned char *)record.value + 8),
                      markers[m].watermark_ms);
   }
-  assert_int_equal(tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap,
-                                             &record),
-                   0);
+  assert_int_equal(
+      tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap, &record),
+      0);
   /* A deletion: a tombstone (null value) carrying its reflected offset. */
   free(data);
   cursor = 0;
   tly_changelog_bundle_delete(&bundle, 3, TLY_CHANGELOG_DEDUPE, "\0\0\0\3d", 5);
-  assert_int_equal(tly_changelog_bundle_finish(&bundle, markers, 1, &data, &len),
-                   0);
-  assert_int_equal(tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap,
-                                             &record),
-                   1);
+  assert_int_equal(
+      tly_changelog_bundle_finish(&bundle, markers, 1, &data, &len), 0);
+  assert_int_equal(
+      tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap, &record),
+      1);
   assert_null(record.value);
   assert_int_equal(record.value_len, 0);
   assert_int_equal(record.offset, 700);
@@ -107,10 +108,10 @@ static void test_bundle_expands_records_then_markers(void **state) {
   {
     char *both, *only5;
     size_t both_len, only5_len, at = 0;
-    tly_changelog_bundle_add(&bundle, 3, TLY_CHANGELOG_ACCOUNT, "\0\0\0\3a",
-                             5, "x", 1);
-    tly_changelog_bundle_add(&bundle, 5, TLY_CHANGELOG_ACCOUNT, "\0\0\0\5b",
-                             5, "y", 1);
+    tly_changelog_bundle_add(&bundle, 3, TLY_CHANGELOG_ACCOUNT, "\0\0\0\3a", 5,
+                             "x", 1);
+    tly_changelog_bundle_add(&bundle, 5, TLY_CHANGELOG_ACCOUNT, "\0\0\0\5b", 5,
+                             "y", 1);
     assert_int_equal(
         tly_changelog_bundle_finish(&bundle, markers, 2, &both, &both_len), 0);
     assert_int_equal(tly_changelog_bundle_filter(both, both_len, only_five,
@@ -135,11 +136,11 @@ static void test_bundle_expands_records_then_markers(void **state) {
   free(data);
   tly_changelog_bundle_add(&bundle, 4, TLY_CHANGELOG_USAGE, "\0\0\0\4k", 5, "",
                            0);
-  assert_int_equal(tly_changelog_bundle_finish(&bundle, markers, 1, &data, &len),
-                   0);
-  assert_int_equal(tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap,
-                                             &record),
-                   -1);
+  assert_int_equal(
+      tly_changelog_bundle_finish(&bundle, markers, 1, &data, &len), 0);
+  assert_int_equal(
+      tly_changelog_bundle_next(data, len, &cursor, &scratch, &cap, &record),
+      -1);
   free(data);
   free(scratch);
   tly_changelog_bundle_free(&bundle);
@@ -153,13 +154,12 @@ static void produce(rd_kafka_t *producer, char kind, const char *key,
   memcpy(k + 1, key, key_len);
   tly_put_be64(v, (uint64_t)offset);
   memcpy(v + 8, value, value_len);
-  assert_int_equal(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(TOPIC),
-                                     RD_KAFKA_V_PARTITION(1),
-                                     RD_KAFKA_V_KEY(k, 1 + key_len),
-                                     RD_KAFKA_V_VALUE(v, 8 + value_len),
-                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                     RD_KAFKA_V_END),
-                   0);
+  assert_int_equal(
+      rd_kafka_producev(
+          producer, RD_KAFKA_V_TOPIC(TOPIC), RD_KAFKA_V_PARTITION(1),
+          RD_KAFKA_V_KEY(k, 1 + key_len), RD_KAFKA_V_VALUE(v, 8 + value_len),
+          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+      0);
 }
 
 static void produce_tombstone(rd_kafka_t *producer, const char *key,
@@ -170,14 +170,13 @@ static void produce_tombstone(rd_kafka_t *producer, const char *key,
   tly_put_be64(o, (uint64_t)offset);
   rd_kafka_headers_t *headers = rd_kafka_headers_new(1);
   rd_kafka_header_add(headers, TLY_CHANGELOG_OFFSET_HEADER, -1, o, 8);
-  assert_int_equal(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(TOPIC),
-                                     RD_KAFKA_V_PARTITION(1),
-                                     RD_KAFKA_V_KEY(k, 1 + key_len),
-                                     RD_KAFKA_V_VALUE(NULL, 0),
-                                     RD_KAFKA_V_HEADERS(headers),
-                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                     RD_KAFKA_V_END),
-                   0);
+  assert_int_equal(
+      rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(TOPIC),
+                        RD_KAFKA_V_PARTITION(1), RD_KAFKA_V_KEY(k, 1 + key_len),
+                        RD_KAFKA_V_VALUE(NULL, 0), RD_KAFKA_V_HEADERS(headers),
+                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                        RD_KAFKA_V_END),
+      0);
 }
 
 static void produce_marker(rd_kafka_t *producer, int64_t offset,
@@ -237,16 +236,10 @@ static void test_restore_rules(void **state) {
   size_t other_len =
       tly_key_account(1, TLY_SUBJECT_USER, "stale-local", other, sizeof(other));
 
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "log_level", "3", NULL, 0);
-  rd_kafka_t *host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  assert_non_null(host);
-  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
-  assert_non_null(cluster);
-  assert_int_equal(rd_kafka_mock_topic_create(cluster, TOPIC, 2, 1), 0);
-  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+  const char *bootstrap = NULL;
+  rd_kafka_mock_cluster_t *cluster = tly_test_cluster_new(TOPIC, 2, &bootstrap);
 
-  conf = rd_kafka_conf_new();
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, NULL, 0);
   rd_kafka_conf_set(conf, "enable.idempotence", "true", NULL, 0);
   rd_kafka_t *producer =
@@ -291,8 +284,8 @@ static void test_restore_rules(void **state) {
   produce_tombstone(producer, blob2, 12, 30);
   /* A key of another partition in this one's changelog: never written. */
   char foreign[64];
-  size_t foreign_len =
-      tly_key_account(0, TLY_SUBJECT_USER, "elsewhere", foreign, sizeof(foreign));
+  size_t foreign_len = tly_key_account(0, TLY_SUBJECT_USER, "elsewhere",
+                                       foreign, sizeof(foreign));
   produce(producer, TLY_CHANGELOG_ACCOUNT, foreign, foreign_len, 5, value, len);
   assert_int_equal(rd_kafka_flush(producer, 10000), 0);
   rd_kafka_destroy(producer);
@@ -303,18 +296,21 @@ static void test_restore_rules(void **state) {
   tly_store_batch_t *batch = tly_store_batch_new();
   tly_store_batch_put(batch, TLY_CF_ACCOUNTS, other, other_len, "x", 1);
   tly_store_batch_set_offset(batch, 1, 3);
-  assert_int_equal(tly_store_commit(store, batch, 1, errstr, sizeof(errstr)), 0);
+  assert_int_equal(tly_store_commit(store, batch, 1, errstr, sizeof(errstr)),
+                   0);
   tly_store_batch_destroy(batch);
 
   conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, NULL, 0);
   rd_kafka_conf_set(conf, "group.id", "test-restore", NULL, 0);
   rd_kafka_conf_set(conf, "enable.partition.eof", "true", NULL, 0);
-  rd_kafka_t *reader = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+  rd_kafka_t *reader =
+      rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
   assert_non_null(reader);
   int64_t low, high;
   assert_int_equal(
-      rd_kafka_query_watermark_offsets(reader, TOPIC, 1, &low, &high, 10000), 0);
+      rd_kafka_query_watermark_offsets(reader, TOPIC, 1, &low, &high, 10000),
+      0);
   assert_int_equal(high, 16);
   tly_changelog_restore_t result;
   assert_int_equal(tly_changelog_restore(store, reader, TOPIC, 1, low, high,
@@ -372,8 +368,9 @@ static void test_restore_rules(void **state) {
   assert_memory_equal(blob_value, "ids2", 4);
   tly_store_free(blob_value);
   int64_t offset;
-  assert_int_equal(tly_store_get_offset(store, 1, &offset, errstr, sizeof(errstr)),
-                   0); /* the caller stores it */
+  assert_int_equal(
+      tly_store_get_offset(store, 1, &offset, errstr, sizeof(errstr)),
+      0); /* the caller stores it */
   /* The cycle-end index: k1 at 9000 (not at its older 5000), k2 at 5000. */
   int index_keys = 0;
   unsigned char prefix[4];
@@ -384,9 +381,8 @@ static void test_restore_rules(void **state) {
                    0);
   assert_int_equal(index_keys, 2);
   char index_key[80];
-  size_t index_len =
-      tly_key_cycle_end(1, 9000, TLY_SUBJECT_USER, "one", index_key,
-                        sizeof(index_key));
+  size_t index_len = tly_key_cycle_end(1, 9000, TLY_SUBJECT_USER, "one",
+                                       index_key, sizeof(index_key));
   char *found_value = NULL;
   size_t found_len = 0;
   assert_int_equal(tly_store_get(store, TLY_CF_CYCLE_ENDS, index_key, index_len,
@@ -416,8 +412,7 @@ static void test_restore_rules(void **state) {
   rd_kafka_consumer_close(reader);
   rd_kafka_destroy(reader);
   tly_store_close(store);
-  rd_kafka_mock_cluster_destroy(cluster);
-  rd_kafka_destroy(host);
+  tly_test_cluster_destroy(cluster);
   char command[128];
   snprintf(command, sizeof(command), "rm -rf %s", dir);
   assert_int_equal(system(command), 0);
@@ -510,16 +505,9 @@ static void test_report_restore_rules(void **state) {
   size_t local_cursor_len = tly_key_report_cursor(
       1, TLY_SUBJECT_USER, "old", "api", 3600000, local_cursor, 128);
 
+  const char *bootstrap = NULL;
+  rd_kafka_mock_cluster_t *cluster = tly_test_cluster_new(TOPIC, 3, &bootstrap);
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "log_level", "3", NULL, 0);
-  rd_kafka_t *host =
-      rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  assert_non_null(host);
-  rd_kafka_mock_cluster_t *cluster = rd_kafka_mock_cluster_new(host, 1);
-  assert_non_null(cluster);
-  assert_int_equal(rd_kafka_mock_topic_create(cluster, TOPIC, 3, 1), 0);
-  const char *bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
-  conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, NULL, 0);
   rd_kafka_conf_set(conf, "enable.idempotence", "true", NULL, 0);
   rd_kafka_t *producer =
@@ -678,8 +666,7 @@ static void test_report_restore_rules(void **state) {
   rd_kafka_consumer_close(reader);
   rd_kafka_destroy(reader);
   tly_store_close(store);
-  rd_kafka_mock_cluster_destroy(cluster);
-  rd_kafka_destroy(host);
+  tly_test_cluster_destroy(cluster);
   char command[128];
   snprintf(command, sizeof(command), "rm -rf %s", dir);
   assert_int_equal(system(command), 0);

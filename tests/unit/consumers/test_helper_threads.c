@@ -12,11 +12,11 @@
 #define _GNU_SOURCE /* syscall */
 #include "tly_processor_internal.h"
 #include "tly_release.h"
+#include "tly_test_cluster.h"
 #include "tly_thread.h"
 
 #include <dirent.h>
 #include <errno.h>
-#include <librdkafka/rdkafka_mock.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -77,27 +77,11 @@ static int nice_of(int tid) {
 }
 
 typedef struct {
-  rd_kafka_t *host;
   rd_kafka_mock_cluster_t *cluster;
   const char *bootstrap;
 } cluster_t;
 
-static void cluster_start(cluster_t *c) {
-  char errstr[512];
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "log_level", "3", NULL, 0);
-  c->host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  assert_non_null(c->host);
-  c->cluster = rd_kafka_mock_cluster_new(c->host, 1);
-  assert_non_null(c->cluster);
-  assert_int_equal(rd_kafka_mock_topic_create(c->cluster, TOPIC, 2, 1), 0);
-  c->bootstrap = rd_kafka_mock_cluster_bootstraps(c->cluster);
-}
-
-static void cluster_stop(cluster_t *c) {
-  rd_kafka_mock_cluster_destroy(c->cluster);
-  rd_kafka_destroy(c->host);
-}
+static void cluster_stop(cluster_t *c) { tly_test_cluster_destroy(c->cluster); }
 
 /* A client of the processor's configuration; *before holds the threads
  * that were there before it. */
@@ -149,7 +133,7 @@ static int ready(cluster_t *c, int *base) {
   if (*base > TLY_THREAD_HELPER_NICE)
     return 0;
   unsetenv("TALLY_HELPER_NICE");
-  cluster_start(c);
+  c->cluster = tly_test_cluster_new(TOPIC, 2, &c->bootstrap);
   return 1;
 }
 

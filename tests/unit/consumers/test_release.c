@@ -9,6 +9,7 @@
  * than 20 s.
  */
 #include "tly_release.h"
+#include "tly_test_cluster.h"
 
 #include <librdkafka/rdkafka_mock.h>
 #include <pthread.h>
@@ -27,22 +28,14 @@
 #define PARTS 4
 
 typedef struct {
-  rd_kafka_t *host;
   rd_kafka_mock_cluster_t *cluster;
   const char *bootstrap;
 } cluster_t;
 
 static void cluster_start(cluster_t *c, int records) {
   char errstr[512];
+  c->cluster = tly_test_cluster_new(TOPIC, PARTS, &c->bootstrap);
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "log_level", "3", NULL, 0);
-  c->host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-  assert_non_null(c->host);
-  c->cluster = rd_kafka_mock_cluster_new(c->host, 1);
-  assert_non_null(c->cluster);
-  assert_int_equal(rd_kafka_mock_topic_create(c->cluster, TOPIC, PARTS, 1), 0);
-  c->bootstrap = rd_kafka_mock_cluster_bootstraps(c->cluster);
-  conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", c->bootstrap, NULL, 0);
   rd_kafka_conf_set(conf, "linger.ms", "5", NULL, 0);
   rd_kafka_t *producer =
@@ -62,10 +55,7 @@ static void cluster_start(cluster_t *c, int records) {
   rd_kafka_destroy(producer);
 }
 
-static void cluster_stop(cluster_t *c) {
-  rd_kafka_mock_cluster_destroy(c->cluster);
-  rd_kafka_destroy(c->host);
-}
+static void cluster_stop(cluster_t *c) { tly_test_cluster_destroy(c->cluster); }
 
 static rd_kafka_t *consumer_new(const cluster_t *c) {
   char errstr[512];
